@@ -1,0 +1,121 @@
+#include "buffers.hpp"
+
+namespace slimgrad::bind {
+namespace {
+
+// ml_dtypes.bfloat16 is a user-defined NumPy type: its type number is only
+// known at run time. Looked up once, when the first non-builtin dtype is seen.
+int bfloat16_num() {
+  static const int num = [] {
+    try {
+      return py::dtype::from_args(py::module_::import("ml_dtypes").attr("bfloat16")).num();
+    } catch (const py::error_already_set&) {
+      return -1;
+    }
+  }();
+  return num;
+}
+
+std::string expected_str(std::initializer_list<DType> dtypes) {
+  std::string s;
+  std::size_t i = 0;
+  for (DType d : dtypes) {
+    if (i > 0) s += (i + 1 == dtypes.size()) ? " or " : ", ";
+    s += dtype_name(d);
+    ++i;
+  }
+  return s;
+}
+
+bool native_order(const py::dtype& dt) {
+  const char bo = dt.byteorder();
+  constexpr char native = (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__) ? '<' : '>';
+  return bo == '=' || bo == '|' || bo == native;
+}
+
+}  // namespace
+
+const char* dtype_name(DType d) {
+  switch (d) {
+    case DType::f32: return "float32";
+    case DType::f64: return "float64";
+    case DType::f16: return "float16";
+    case DType::bf16: return "bfloat16";
+    case DType::i8: return "int8";
+    case DType::u8: return "uint8";
+    case DType::i16: return "int16";
+    case DType::u16: return "uint16";
+    case DType::i32: return "int32";
+    case DType::u32: return "uint32";
+    case DType::i64: return "int64";
+    case DType::u64: return "uint64";
+    case DType::boolean: return "bool";
+    case DType::other: break;
+  }
+  return "other";
+}
+
+DType dtype_of(const py::dtype& dt) {
+  const char kind = dt.kind();
+  const auto size = dt.itemsize();
+  switch (kind) {
+    case 'f': return size == 4 ? DType::f32 : size == 8 ? DType::f64 : size == 2 ? DType::f16 : DType::other;
+    case 'i':
+      return size == 1 ? DType::i8 : size == 2 ? DType::i16 : size == 4 ? DType::i32 : size == 8 ? DType::i64 : DType::other;
+    case 'u':
+      return size == 1 ? DType::u8 : size == 2 ? DType::u16 : size == 4 ? DType::u32 : size == 8 ? DType::u64 : DType::other;
+    case 'b': return DType::boolean;
+    default: break;
+  }
+  if (dt.num() >= 256 && size == 2 && dt.num() == bfloat16_num()) return DType::bf16;
+  return DType::other;
+}
+
+std::string shape_str(const std::vector<py::ssize_t>& shape) {
+  std::string s = "(";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (i > 0) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + (shape.size() == 1 ? ",)" : ")");
+}
+
+std::string describe(py::handle obj) {
+  if (!py::isinstance<py::array>(obj)) return std::string(py::str(py::type::handle_of(obj).attr("__name__")));
+  const auto arr = py::reinterpret_borrow<py::array>(obj);
+  std::string s;
+  if (!native_order(arr.dtype())) s += "non-native byte order ";
+  if (!(arr.flags() & py::array::c_style)) s += "non-contiguous ";
+  s += std::string(py::str(arr.dtype().attr("name")));
+  return s + " array of shape " + shape_str({arr.shape(), arr.shape() + arr.ndim()});
+}
+
+Array check_array(py::handle obj, const std::string& name, std::initializer_list<DType> dtypes,
+                  Access access, const std::vector<py::ssize_t>* shape) {
+  auto expected = [&] {
+    std::string s = expected_str(dtypes) + " C-contiguous array";
+    if (shape) s += " of shape " + shape_str(*shape);
+    return s;
+  };
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(name + ": expected " + expected() + ", got " + describe(obj));
+  Array a{py::reinterpret_borrow<py::array>(obj), name, DType::other};
+  const py::dtype dt = a.arr.dtype();
+  a.dtype = dtype_of(dt);
+  bool dtype_ok = false;
+  for (DType d : dtypes) dtype_ok = dtype_ok || d == a.dtype;
+  if (!dtype_ok || !native_order(dt) || !(a.arr.flags() & py::array::c_style))
+    throw py::type_error(name + ": expected " + expected() + ", got " + describe(obj));
+  if (shape && a.shape() != *shape)
+    throw py::value_error(name + ": expected " + expected() + ", got " + describe(obj));
+  if (access == Access::write && !a.arr.writeable())
+    throw py::value_error(name + ": expected a writable array, got a read-only " + describe(obj));
+  return a;
+}
+
+Array check_like(py::handle obj, const std::string& name, const Array& like, Access access) {
+  const auto shape = like.shape();
+  return check_array(obj, name, {like.dtype}, access, &shape);
+}
+
+}  // namespace slimgrad::bind

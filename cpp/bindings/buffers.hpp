@@ -1,0 +1,69 @@
+// The buffer contract (DESIGN.md section 2), implemented once for every binding.
+//
+// Arguments arrive as plain Python objects and are checked here rather than by
+// pybind11's array_t caster: the caster either copies silently (without
+// noconvert) or fails with a generic "incompatible function arguments" that
+// names neither the argument nor what was wrong. check_array() never copies:
+// it accepts exactly a native-endian, C-contiguous ndarray of an allowed dtype
+// (a TypeError otherwise), then checks shape and writability (ValueError).
+// Messages name the argument, what was expected and what was given, e.g.
+//   grads['fc1.weight']: expected float32 C-contiguous array of shape (512, 64), got float64 array of shape (512, 64)
+// Callers check every argument before touching any memory, so a bad argument
+// leaves every array unchanged.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+namespace slimgrad::bind {
+
+namespace py = pybind11;
+
+enum class DType { f32, f64, f16, bf16, i8, u8, i16, u16, i32, u32, i64, u64, boolean, other };
+
+const char* dtype_name(DType d);
+DType dtype_of(const py::dtype& dt);
+template <class T> constexpr DType dtype_for();
+template <> constexpr DType dtype_for<float>() { return DType::f32; }
+template <> constexpr DType dtype_for<double>() { return DType::f64; }
+template <> constexpr DType dtype_for<std::int8_t>() { return DType::i8; }
+template <> constexpr DType dtype_for<std::uint8_t>() { return DType::u8; }
+template <> constexpr DType dtype_for<std::int32_t>() { return DType::i32; }
+template <> constexpr DType dtype_for<std::int64_t>() { return DType::i64; }
+template <> constexpr DType dtype_for<bool>() { return DType::boolean; }
+
+enum class Access { read, write };
+
+// A checked ndarray argument. Holds a reference to the array, so its memory
+// stays valid while the GIL is released.
+struct Array {
+  py::array arr;
+  std::string name;
+  DType dtype = DType::other;
+
+  std::size_t size() const { return static_cast<std::size_t>(arr.size()); }
+  py::ssize_t ndim() const { return arr.ndim(); }
+  py::ssize_t dim(py::ssize_t i) const { return arr.shape(i); }
+  std::vector<py::ssize_t> shape() const { return {arr.shape(), arr.shape() + arr.ndim()}; }
+  // Raw pointers. The caller asked for Access::write if it writes.
+  template <class T> T* mut() const { return static_cast<T*>(const_cast<void*>(arr.data())); }
+  template <class T> const T* ptr() const { return static_cast<const T*>(arr.data()); }
+};
+
+// Checks obj against the contract. `shape` (if not null) must match exactly.
+Array check_array(py::handle obj, const std::string& name, std::initializer_list<DType> dtypes,
+                  Access access, const std::vector<py::ssize_t>* shape = nullptr);
+// Same dtype and shape as `like` (e.g. a gradient for its parameter).
+Array check_like(py::handle obj, const std::string& name, const Array& like, Access access);
+
+std::string shape_str(const std::vector<py::ssize_t>& shape);
+// "float64 array of shape (3, 4)", "big-endian float32 ...", "list", ...
+std::string describe(py::handle obj);
+
+}  // namespace slimgrad::bind

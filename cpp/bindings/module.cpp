@@ -1,0 +1,29 @@
+// The extension module: one register_<area>() per area, each in its own file.
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+namespace slimgrad::bind {
+void register_core(py::module_& m);
+void register_optim(py::module_& m);
+void register_nn(py::module_& m);
+void register_prune(py::module_& m);
+void register_quant(py::module_& m);
+void register_distill(py::module_& m);
+}  // namespace slimgrad::bind
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "slimgrad's compiled core. Use the slimgrad package, not this module.";
+  using namespace slimgrad::bind;
+  register_core(m);
+  auto optim = m.def_submodule("optim");
+  register_optim(optim);
+  auto nn = m.def_submodule("nn");
+  register_nn(nn);
+  auto prune = m.def_submodule("prune");
+  register_prune(prune);
+  auto quant = m.def_submodule("quant");
+  register_quant(quant);
+  auto distill = m.def_submodule("distill");
+  register_distill(distill);
+}

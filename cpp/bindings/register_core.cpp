@@ -1,0 +1,97 @@
+// Bindings of the runtime (ISA, threads, build info) and the core kernels.
+#include <stdexcept>
+
+#include "buffers.hpp"
+#include "slimgrad/core.hpp"
+#include "slimgrad/isa.hpp"
+#include "slimgrad/threading.hpp"
+
+namespace slimgrad::bind {
+namespace {
+
+Isa isa_arg(const std::string& name) {
+  const auto isa = parse_isa(name);
+  if (!isa) throw py::value_error("isa: expected one of 'scalar', 'avx2', 'avx512', got '" + name + "'");
+  return *isa;
+}
+
+void bind_runtime(py::module_& m) {
+  m.def("available_isas", [] {
+    py::list out;
+    for (Isa i : {Isa::scalar, Isa::avx2, Isa::avx512})
+      if (isa_supported(i)) out.append(isa_name(i));
+    return out;
+  });
+  m.def("built_isas", [] {
+    py::list out;
+    for (Isa i : {Isa::scalar, Isa::avx2, Isa::avx512})
+      if (isa_built(i)) out.append(isa_name(i));
+    return out;
+  });
+  m.def("best_isa", [] { return isa_name(best_isa()); });
+  m.def("active_isa", [] { return isa_name(active_isa()); });
+  m.def("set_active_isa", [](const std::string& name) {
+    try {
+      set_active_isa(isa_arg(name));
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
+  }, py::arg("isa"));
+  m.def("get_num_threads", &get_num_threads);
+  m.def("set_num_threads", [](int n) {
+    if (n < 1) throw py::value_error("n: expected a thread count >= 1, got " + std::to_string(n));
+    set_num_threads(n);
+  }, py::arg("n"));
+  m.def("openmp_enabled", &openmp_enabled);
+  m.attr("compiler") = SLIMGRAD_COMPILER;
+}
+
+// One float32/float64 kernel call: checks x (and y) and releases the GIL for the work.
+void bind_kernels(py::module_& m) {
+  m.def("axpy_", [](py::handle y, py::handle x, double alpha) {
+    const Array ya = check_array(y, "y", {DType::f32, DType::f64}, Access::write);
+    const Array xa = check_like(x, "x", ya, Access::read);
+    py::gil_scoped_release release;  // both arrays are held by ya/xa for the call
+    if (ya.dtype == DType::f32)
+      axpy(ya.mut<float>(), xa.ptr<float>(), static_cast<float>(alpha), ya.size());
+    else
+      axpy(ya.mut<double>(), xa.ptr<double>(), alpha, ya.size());
+  }, py::arg("y"), py::arg("x"), py::arg("alpha"));
+
+  m.def("squared_norm", [](py::handle x) {
+    const Array xa = check_array(x, "x", {DType::f32, DType::f64}, Access::read);
+    py::gil_scoped_release release;
+    return xa.dtype == DType::f32 ? squared_norm(xa.ptr<float>(), xa.size())
+                                  : squared_norm(xa.ptr<double>(), xa.size());
+  }, py::arg("x"));
+
+  m.def("find_nonfinite", [](py::handle x) {
+    const Array xa = check_array(x, "x", {DType::f32, DType::f64}, Access::read);
+    py::gil_scoped_release release;
+    return xa.dtype == DType::f32 ? find_nonfinite(xa.ptr<float>(), xa.size())
+                                  : find_nonfinite(xa.ptr<double>(), xa.size());
+  }, py::arg("x"));
+
+  m.def("stream_probe", [](py::handle p, py::handle g, py::handle mm, py::handle v) {
+    const Array pa = check_array(p, "p", {DType::f32}, Access::write);
+    const Array ga = check_like(g, "g", pa, Access::read);
+    const Array ma = check_like(mm, "m", pa, Access::write);
+    const Array va = check_like(v, "v", pa, Access::write);
+    py::gil_scoped_release release;
+    stream_probe(pa.mut<float>(), ga.ptr<float>(), ma.mut<float>(), va.mut<float>(), pa.size());
+  }, py::arg("p"), py::arg("g"), py::arg("m"), py::arg("v"));
+}
+
+}  // namespace
+
+void register_core(py::module_& m) {
+  try {
+    init_isa_from_env();
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+  bind_runtime(m);
+  bind_kernels(m);
+}
+
+}  // namespace slimgrad::bind

@@ -1,0 +1,46 @@
+// Core elementwise kernels shared by the optimizers and utilities:
+// an in-place axpy, a fixed-order squared norm and a finite check.
+//
+// Two layers, the pattern every area follows:
+//  - slimgrad::kernels::<fn><Isa, T>: single-threaded kernels on one
+//    contiguous range, one explicit instantiation per ISA file;
+//  - slimgrad::<fn>: the entry points: split the range into fixed chunks,
+//    run them on the thread pool and dispatch to the active ISA.
+#pragma once
+
+#include <cstddef>
+
+#include "slimgrad/isa.hpp"
+
+namespace slimgrad {
+
+namespace kernels {
+// y[i] += alpha * x[i]
+template <Isa I, class T>
+void axpy(T* y, const T* x, T alpha, std::size_t n);
+// sum of x[i]^2, accumulated in T lanes, returned as double
+template <Isa I, class T>
+double sum_squares(const T* x, std::size_t n);
+// index of the first NaN or +-inf in x[0, n), or n if all are finite
+template <Isa I, class T>
+std::size_t find_nonfinite(const T* x, std::size_t n);
+// Streaming-bandwidth probe: the memory traffic of an Adam step (reads p, g,
+// m, v; writes p, m, v) with trivial arithmetic, so it runs at the speed of
+// memory. Optimizer benchmarks report their step as a fraction of it.
+template <Isa I>
+void stream_probe(float* p, const float* g, float* m, float* v, std::size_t n);
+}  // namespace kernels
+
+template <class T>
+void axpy(T* y, const T* x, T alpha, std::size_t n);
+// Chunks of kSumBlock elements are reduced independently and their partials
+// added in order: the result does not depend on the thread count.
+inline constexpr std::size_t kSumBlock = 4096;
+template <class T>
+double squared_norm(const T* x, std::size_t n);
+// -1 if every element is finite.
+template <class T>
+std::ptrdiff_t find_nonfinite(const T* x, std::size_t n);
+void stream_probe(float* p, const float* g, float* m, float* v, std::size_t n);
+
+}  // namespace slimgrad

@@ -1,0 +1,13 @@
+// Core kernels for avx512: instantiations of kernels_core_simd.hpp, compiled
+// with this ISA's flags (set per file in CMakeLists.txt).
+#include "kernels_core_simd.hpp"
+
+namespace slimgrad::kernels {
+template void axpy<Isa::avx512, float>(float*, const float*, float, std::size_t);
+template void axpy<Isa::avx512, double>(double*, const double*, double, std::size_t);
+template double sum_squares<Isa::avx512, float>(const float*, std::size_t);
+template double sum_squares<Isa::avx512, double>(const double*, std::size_t);
+template std::size_t find_nonfinite<Isa::avx512, float>(const float*, std::size_t);
+template std::size_t find_nonfinite<Isa::avx512, double>(const double*, std::size_t);
+template void stream_probe<Isa::avx512>(float*, const float*, float*, float*, std::size_t);
+}  // namespace slimgrad::kernels

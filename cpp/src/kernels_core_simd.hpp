@@ -1,0 +1,91 @@
+// Core kernels written once against simd.hpp, instantiated by
+// kernels_core_avx2.cpp and kernels_core_avx512.cpp.
+//  - axpy: unaligned loads, one FMA per vector; the tail uses a padded copy.
+//  - sum_squares: four independent accumulators (hides FMA latency) in T
+//    lanes; called on blocks of kSumBlock elements, so float32 error stays
+//    ~1e-6 relative, and the caller adds block partials in double.
+//  - find_nonfinite: vector test per 4 vectors, exact index found by a
+//    scalar rescan of the one group that failed.
+#pragma once
+
+#include <cmath>
+
+#include "slimgrad/core.hpp"
+#include "slimgrad/simd.hpp"
+
+namespace slimgrad::kernels {
+// Mask helpers take intrinsic types, which argument-dependent lookup cannot
+// tie to slimgrad::simd: bring the vocabulary in by name.
+using namespace slimgrad::simd;
+
+template <Isa I, class T>
+void axpy(T* y, const T* x, T alpha, std::size_t n) {
+  using V = simd::Vec<T, I>;
+  const V a = V::set1(alpha);
+  std::size_t i = 0;
+  for (; i + V::width <= n; i += V::width) fma(a, V::load(x + i), V::load(y + i)).store(y + i);
+  if (i < n) {
+    const std::size_t k = n - i;
+    simd::store_partial(y + i, k,
+                        fma(a, simd::load_partial<V>(x + i, k), simd::load_partial<V>(y + i, k)));
+  }
+}
+
+template <Isa I, class T>
+double sum_squares(const T* x, std::size_t n) {
+  using V = simd::Vec<T, I>;
+  constexpr std::size_t W = V::width;
+  V s0 = V::zero(), s1 = V::zero(), s2 = V::zero(), s3 = V::zero();
+  std::size_t i = 0;
+  for (; i + 4 * W <= n; i += 4 * W) {
+    const V a = V::load(x + i), b = V::load(x + i + W), c = V::load(x + i + 2 * W),
+            d = V::load(x + i + 3 * W);
+    s0 = fma(a, a, s0);
+    s1 = fma(b, b, s1);
+    s2 = fma(c, c, s2);
+    s3 = fma(d, d, s3);
+  }
+  for (; i + W <= n; i += W) {
+    const V a = V::load(x + i);
+    s0 = fma(a, a, s0);
+  }
+  if (i < n) {
+    const V a = simd::load_partial<V>(x + i, n - i);
+    s1 = fma(a, a, s1);
+  }
+  return static_cast<double>(reduce_sum((s0 + s1) + (s2 + s3)));
+}
+
+template <Isa I, class T>
+std::size_t find_nonfinite(const T* x, std::size_t n) {
+  using V = simd::Vec<T, I>;
+  constexpr std::size_t W = V::width;
+  std::size_t i = 0;
+  for (; i + 4 * W <= n; i += 4 * W) {
+    const auto ok = mask_and(mask_and(isfinite(V::load(x + i)), isfinite(V::load(x + i + W))),
+                             mask_and(isfinite(V::load(x + i + 2 * W)), isfinite(V::load(x + i + 3 * W))));
+    if (!all(ok)) break;
+  }
+  for (; i < n; ++i)
+    if (!std::isfinite(x[i])) return i;
+  return n;
+}
+
+template <Isa I>
+void stream_probe(float* p, const float* g, float* m, float* v, std::size_t n) {
+  using V = simd::Vec<float, I>;
+  std::size_t i = 0;
+  for (; i + V::width <= n; i += V::width) {
+    const V gi = V::load(g + i);
+    (V::load(p + i) + gi).store(p + i);
+    (V::load(m + i) + gi).store(m + i);
+    (V::load(v + i) + gi).store(v + i);
+  }
+  for (; i < n; ++i) {
+    p[i] += g[i];
+    m[i] += g[i];
+    v[i] += g[i];
+  }
+}
+
+}  // namespace slimgrad::kernels

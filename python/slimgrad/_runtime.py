@@ -1,0 +1,90 @@
+"""ISA dispatch, thread count and build information."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from . import _core
+from ._version import __version__
+
+
+def available_isas() -> list[str]:
+    """Instruction-set levels this build has and this CPU can run, lowest first.
+
+    Always starts with ``"scalar"`` (the reference kernels); ``"avx2"`` needs
+    AVX2 + FMA + F16C (x86-64-v3), ``"avx512"`` the x86-64-v4 subset.
+    """
+    return list(_core.available_isas())
+
+
+def active_isa() -> str:
+    """The level kernels currently run on (the best available unless forced)."""
+    return str(_core.active_isa())
+
+
+def _set_isa(name: str) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"isa: expected a str, got {type(name).__name__}")
+    _core.set_active_isa(name)  # ValueError naming what is available
+
+
+@contextlib.contextmanager
+def use_isa(name: str) -> Iterator[str]:
+    """Run the kernels on one ISA level inside a ``with`` block.
+
+    Raises ``ValueError`` if ``name`` is unknown or not available here. The
+    choice is process-wide (not per thread), like ``SLIMGRAD_ISA``, which
+    sets it at import.
+    """
+    previous = active_isa()
+    _set_isa(name)
+    try:
+        yield name
+    finally:
+        _core.set_active_isa(previous)
+
+
+def get_num_threads() -> int:
+    """Threads the kernels use (default: OpenMP's, i.e. the cores or ``OMP_NUM_THREADS``)."""
+    return int(_core.get_num_threads())
+
+
+def set_num_threads(n: int) -> None:
+    """Set the kernels' thread count (``n >= 1``, ``ValueError`` otherwise).
+
+    Results do not depend on it: work is split in fixed chunks and reduced in
+    a fixed order. It does not change other OpenMP users in the process.
+    """
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n: expected an int, got {type(n).__name__}")
+    _core.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def num_threads(n: int) -> Iterator[int]:
+    """Use ``n`` threads inside a ``with`` block, then restore the previous count."""
+    previous = get_num_threads()
+    set_num_threads(n)
+    try:
+        yield n
+    finally:
+        set_num_threads(previous)
+
+
+def build_info() -> dict[str, Any]:
+    """Version, compiler, ISA levels built / available / active, OpenMP and threads."""
+    return {
+        "version": __version__,
+        "python": sys.version.split()[0],
+        "platform": f"{platform.system()} {platform.machine()}",
+        "compiler": str(_core.compiler),
+        "isas_built": list(_core.built_isas()),
+        "isas_available": available_isas(),
+        "isa_active": active_isa(),
+        "openmp": bool(_core.openmp_enabled()),
+        "threads": get_num_threads(),
+    }

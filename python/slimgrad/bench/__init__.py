@@ -1,0 +1,151 @@
+"""Side-by-side benchmarks: ours next to what a user would pick instead.
+
+A suite is a module ``slimgrad.bench.<name>`` with ``DEFAULT_SIZE`` and
+``cases(size) -> Iterable[Case]``. Each case holds one callable per
+implementation ("slimgrad", "numpy", "torch", ...). The harness times them
+interleaved in one process (every repeat runs each implementation once, in
+rotating order, so drift and noise from other tenants hit all of them alike),
+reports the median and the ratio to ours (> 1 means slimgrad is faster), and
+the throughput when the case says how many bytes one call moves.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from statistics import median
+
+SUITES = ("core", "optim", "quant", "prune", "distill", "nn")
+OURS = "slimgrad"
+PROBE = "stream probe"
+
+
+@dataclass
+class Case:
+    """One benchmark: the same work done by several implementations.
+
+    ``bytes`` is the memory one call must read plus write (0 if not
+    meaningful); ``setup`` (optional) runs before every timed batch, untimed.
+    """
+
+    name: str
+    impls: dict[str, Callable[[], object]]
+    bytes: int = 0
+    setup: Callable[[], object] | None = None
+    note: str = ""
+
+
+@dataclass
+class Result:
+    suite: str
+    case: str
+    impl: str
+    seconds: float  # median time of one call
+    gbps: float | None
+    ratio: float | None  # this impl's time / ours: > 1 means ours is faster
+    samples: list[float] = field(default_factory=list)
+    note: str = ""
+
+
+def _time_batch(fn: Callable[[], object], inner: int) -> float:
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - start) / inner
+
+
+def measure(case: Case, repeats: int = 7, target: float = 0.02) -> dict[str, list[float]]:
+    """Per implementation, ``repeats`` samples of the mean time of one call.
+
+    A batch of calls lasts about ``target`` seconds so timer resolution and
+    call overhead do not dominate small cases.
+    """
+    names = list(case.impls)
+    inner: dict[str, int] = {}
+    for name in names:  # warm-up, and size the batch
+        if case.setup:
+            case.setup()
+        one = max(_time_batch(case.impls[name], 1), 1e-7)
+        inner[name] = max(1, min(10_000, int(target / one)))
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for k in range(len(names)):
+            name = names[(r + k) % len(names)]
+            if case.setup:
+                case.setup()
+            samples[name].append(_time_batch(case.impls[name], inner[name]))
+    return samples
+
+
+def run_suite(suite: str, size: int | None = None, repeats: int = 7) -> Iterator[Result]:
+    module = importlib.import_module(f"{__name__}.{suite}")
+    cases: Iterable[Case] = module.cases(size or module.DEFAULT_SIZE)
+    for case in cases:
+        samples = measure(case, repeats=repeats)
+        ours = median(samples[OURS]) if OURS in samples else None
+        for impl, times in samples.items():
+            t = median(times)
+            yield Result(
+                suite=suite,
+                case=case.name,
+                impl=impl,
+                seconds=t,
+                gbps=case.bytes / t / 1e9 if case.bytes else None,
+                ratio=t / ours if ours else None,
+                samples=times,
+                note=case.note,
+            )
+
+
+def format_table(results: list[Result]) -> str:
+    """A plain-text table; ours first in each case, then the peers."""
+    probe = next((r.gbps for r in results if r.case == PROBE and r.impl == OURS), None)
+    header = f"{'case':<34} {'impl':<22} {'median':>11} {'GB/s':>7} {'vs ours':>8}"
+    if probe:
+        header += f" {'of probe':>8}"
+    lines = [header, "-" * len(header)]
+    for r in results:
+        t = r.seconds
+        shown = f"{t * 1e3:8.3f} ms" if t >= 1e-4 else f"{t * 1e6:8.2f} us"
+        row = f"{r.case:<34} {r.impl:<22} {shown:>11} "
+        row += f"{r.gbps:7.1f}" if r.gbps is not None else f"{'':>7}"
+        row += f" {r.ratio:7.2f}x" if r.ratio is not None else f" {'':>8}"
+        if probe and r.gbps is not None:
+            row += f" {100 * r.gbps / probe:7.0f}%"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def environment() -> dict[str, object]:
+    """What the figures depend on: our build, NumPy's and torch's versions and threads."""
+    import numpy as np
+
+    from .._runtime import build_info
+
+    env: dict[str, object] = {"slimgrad": build_info(), "numpy": np.__version__}
+    try:
+        import torch
+
+        env["torch"] = torch.__version__
+        env["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        env["torch"] = None
+    try:
+        import platform
+
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+        env["cpu"] = model or platform.processor()
+    except OSError:
+        pass
+    return env
+
+
+def optional_import(name: str):
+    """The module, or None when it is not installed (peers are optional)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None

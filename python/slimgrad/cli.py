@@ -1,0 +1,116 @@
+"""The ``slimgrad`` command line.
+
+``info`` and ``bench`` live here; the other commands belong to their areas
+and are found through COMMANDS: a module with ``configure(parser)`` and
+``run(args) -> int``. User mistakes (bad paths, bad values) end in one line
+on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+
+# command -> module providing configure(parser) and run(args)
+COMMANDS = {
+    "demo": "slimgrad.distill.demo",
+    "quantize": "slimgrad.quant.cli",
+    "prune": "slimgrad.prune.cli",
+}
+
+
+class UsageError(Exception):
+    """A user mistake: reported as one line, exit status 2."""
+
+
+def _info(args: argparse.Namespace) -> int:
+    from ._runtime import build_info
+
+    info = build_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        width = max(map(len, info))
+        for key, value in info.items():
+            shown = ", ".join(value) if isinstance(value, list) else value
+            print(f"{key:<{width}}  {shown}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    suites = bench.SUITES if args.suite == "all" else (args.suite,)
+    env = bench.environment()
+    print(f"slimgrad bench on {env.get('cpu', '?')}: slimgrad {env['slimgrad']['version']} "
+          f"({env['slimgrad']['isa_active']}, {env['slimgrad']['threads']} threads), "
+          f"numpy {env['numpy']}, torch {env['torch']}")
+    print("median of interleaved repeats; 'vs ours' = peer time / slimgrad time (> 1: slimgrad faster)")
+    results = []
+    for suite in suites:
+        try:
+            importlib.import_module(f"slimgrad.bench.{suite}")
+        except ImportError:
+            if args.suite != "all":
+                raise UsageError(f"--suite {suite}: this suite is not available in this build")
+            continue
+        rows = list(bench.run_suite(suite, args.size, repeats=args.repeats))
+        print(f"\n== {suite} ==")
+        print(bench.format_table(rows))
+        results += rows
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": env, "results": [r.__dict__ for r in results]}, f, indent=2)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import bench
+    from ._version import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="slimgrad", description="Fast training and compression kernels on NumPy buffers.")
+    parser.add_argument("--version", action="version", version=f"slimgrad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="print version, compiler, ISA levels, OpenMP, threads")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_info)
+
+    p = sub.add_parser("bench", help="time kernels side by side with NumPy / torch / others")
+    p.add_argument("--suite", default="all", choices=(*bench.SUITES, "all"))
+    p.add_argument("--size", type=int, default=None, help="problem size (suite default if omitted)")
+    p.add_argument("--repeats", type=int, default=7, help="interleaved repeats per case (median)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.set_defaults(run=_bench)
+
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue  # area not built into this version
+        p = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
+        module.configure(p)
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (UsageError, ValueError, TypeError, OSError, KeyError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"slimgrad {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

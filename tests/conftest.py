@@ -1,0 +1,45 @@
+"""Shared fixtures: every kernel test runs on every available ISA and thread count."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import slimgrad
+
+ISAS = slimgrad.available_isas()
+THREADS = sorted({1, max(2, slimgrad.get_num_threads())})
+
+
+@pytest.fixture(params=ISAS, ids=lambda name: f"isa={name}")
+def isa(request):
+    """Runs the test with kernels forced to one ISA level."""
+    with slimgrad.use_isa(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=THREADS, ids=lambda n: f"threads={n}")
+def threads(request):
+    """Runs the test with a given kernel thread count."""
+    with slimgrad.num_threads(request.param):
+        yield request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+def run_everywhere(fn):
+    """fn() on every (ISA, thread count) pair: {(isa, threads): result}."""
+    out = {}
+    for name in ISAS:
+        for n in THREADS:
+            with slimgrad.use_isa(name), slimgrad.num_threads(n):
+                out[(name, n)] = fn()
+    return out
+
+
+# Sizes that hit empty, single, every vector tail around the widths used by
+# the kernels (8/16 floats, 4/8 doubles), chunk boundaries and a large odd size.
+EDGE_SIZES = [0, 1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 63, 65, 4095, 4097, 32769, 100_003]

@@ -1,0 +1,67 @@
+"""Core kernels against a float64 NumPy reference, on every ISA and thread count."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import EDGE_SIZES, run_everywhere
+from slimgrad import ops
+
+DTYPES = [np.float32, np.float64]
+# One FMA vs multiply-then-add differs by at most one rounding of the product.
+AXPY_RTOL = {np.float32: 2e-7, np.float64: 4e-16}
+# Blocked float32 lanes: error grows with the block length (4096), not with n.
+NORM_RTOL = {np.float32: 2e-6, np.float64: 1e-13}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n", EDGE_SIZES)
+def test_axpy_matches_reference(isa, threads, dtype, n, rng):
+    y = rng.standard_normal(n).astype(dtype)
+    x = rng.standard_normal(n).astype(dtype)
+    expected = y.astype(np.float64) + 0.75 * x.astype(np.float64)
+    ops.axpy_(y, x, 0.75)
+    np.testing.assert_allclose(y, expected, rtol=AXPY_RTOL[dtype], atol=AXPY_RTOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n", EDGE_SIZES)
+def test_squared_norm_matches_reference(isa, threads, dtype, n, rng):
+    x = rng.standard_normal(n).astype(dtype)
+    expected = float(np.sum(x.astype(np.float64) ** 2))
+    assert ops.squared_norm(x) == pytest.approx(expected, rel=NORM_RTOL[dtype], abs=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_results_identical_across_threads_per_isa(dtype, rng):
+    x = rng.standard_normal(300_007).astype(dtype)
+    y0 = rng.standard_normal(300_007).astype(dtype)
+
+    def run():
+        y = y0.copy()
+        ops.axpy_(y, x, -1.5)
+        return ops.squared_norm(x), y
+
+    results = run_everywhere(run)
+    for (name, _), (norm, y) in results.items():
+        ref_norm, ref_y = results[(name, 1)]
+        assert norm == ref_norm  # bit-identical for every thread count
+        np.testing.assert_array_equal(y, ref_y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n", [1, 9, 17, 65, 4097, 100_003])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_find_nonfinite_finds_the_first(isa, threads, dtype, n, bad, rng):
+    x = rng.standard_normal(n).astype(dtype)
+    assert ops.find_nonfinite(x) == -1
+    positions = sorted({n - 1, n // 2, n // 3})
+    for p in reversed(positions):
+        x[p] = bad
+    assert ops.find_nonfinite(x) == positions[0]
+
+
+def test_find_nonfinite_empty():
+    assert ops.find_nonfinite(np.zeros(0, np.float32)) == -1
+    assert ops.squared_norm(np.zeros(0, np.float64)) == 0.0

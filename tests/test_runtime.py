@@ -1,0 +1,81 @@
+"""ISA dispatch, threads and build info."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import slimgrad
+
+
+def test_scalar_is_always_available():
+    assert slimgrad.available_isas()[0] == "scalar"
+    assert slimgrad.active_isa() in slimgrad.available_isas()
+
+
+def test_use_isa_switches_and_restores():
+    before = slimgrad.active_isa()
+    with slimgrad.use_isa("scalar"):
+        assert slimgrad.active_isa() == "scalar"
+    assert slimgrad.active_isa() == before
+
+
+def test_use_isa_rejects_unknown_and_unsupported():
+    with pytest.raises(ValueError, match="expected one of 'scalar', 'avx2', 'avx512', got 'sse9'"):
+        with slimgrad.use_isa("sse9"):
+            pass
+    for name in ("avx2", "avx512"):
+        if name not in slimgrad.available_isas():
+            with pytest.raises(ValueError, match=f"ISA '{name}' is not"):
+                with slimgrad.use_isa(name):
+                    pass
+
+
+def _import_with_env(value: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SLIMGRAD_ISA=value)
+    code = "import slimgrad; print(slimgrad.active_isa())"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+def test_env_forces_level():
+    out = _import_with_env("scalar")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "scalar"
+
+
+def test_env_unknown_level_raises_clearly():
+    out = _import_with_env("neon9")
+    assert out.returncode != 0
+    assert "SLIMGRAD_ISA: expected one of scalar, avx2, avx512, got 'neon9'" in out.stderr
+
+
+def test_threads_set_get_and_context():
+    before = slimgrad.get_num_threads()
+    with slimgrad.num_threads(1):
+        assert slimgrad.get_num_threads() == 1
+    assert slimgrad.get_num_threads() == before
+    with pytest.raises(ValueError, match="n: expected a thread count >= 1, got 0"):
+        slimgrad.set_num_threads(0)
+    with pytest.raises(TypeError, match="n: expected an int, got float"):
+        slimgrad.set_num_threads(2.0)
+    assert slimgrad.get_num_threads() == before
+
+
+def test_build_info_fields():
+    info = slimgrad.build_info()
+    assert info["version"] == slimgrad.__version__
+    assert info["isa_active"] == slimgrad.active_isa()
+    assert "scalar" in info["isas_built"]
+    assert set(info["isas_available"]) <= set(info["isas_built"])
+    assert isinstance(info["openmp"], bool)
+    assert info["threads"] == slimgrad.get_num_threads()
+
+
+def test_info_command_prints_build():
+    out = subprocess.run([sys.executable, "-m", "slimgrad", "info"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert slimgrad.__version__ in out.stdout
+    assert "isa_active" in out.stdout
