@@ -6,6 +6,7 @@ namespace py = pybind11;
 namespace slimgrad::bind {
 void register_core(py::module_& m);
 void register_optim(py::module_& m);
+void register_optim_extra(py::module_& m);
 void register_nn(py::module_& m);
 void register_prune(py::module_& m);
 void register_quant(py::module_& m);
@@ -18,6 +19,7 @@ PYBIND11_MODULE(_core, m) {
   register_core(m);
   auto optim = m.def_submodule("optim");
   register_optim(optim);
+  register_optim_extra(optim);
   auto nn = m.def_submodule("nn");
   register_nn(nn);
   auto prune = m.def_submodule("prune");
