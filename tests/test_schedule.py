@@ -8,7 +8,6 @@ import warnings
 
 import numpy as np
 import pytest
-
 from slimgrad import schedule as S
 
 REL_TOL = 1e-12  # torch parity and closed forms, relative, over hundreds of steps
@@ -26,9 +25,7 @@ class Opt:
 
 class AdamLike:
     def __init__(self, lrs=(0.1, 0.05)):
-        self.param_groups = [
-            {"lr": lr, "betas": (0.9, 0.999), "weight_decay": 1e-2} for lr in lrs
-        ]
+        self.param_groups = [{"lr": lr, "betas": (0.9, 0.999), "weight_decay": 1e-2} for lr in lrs]
         self.defaults = {"lr": 1e-3, "betas": (0.9, 0.999)}
 
 
@@ -109,16 +106,27 @@ CASES = {
         o, [0.01, 0.02], [0.1, 0.3], step_size_up=15, step_size_down=35, mode="triangular2"
     ),
     "CyclicLR_exp": lambda L, o: L.CyclicLR(
-        o, 0.01, 0.1, step_size_up=20, mode="exp_range", gamma=0.995,
-        base_momentum=[0.8, 0.85], max_momentum=0.95,
+        o,
+        0.01,
+        0.1,
+        step_size_up=20,
+        mode="exp_range",
+        gamma=0.995,
+        base_momentum=[0.8, 0.85],
+        max_momentum=0.95,
     ),
     "CyclicLR_fn": lambda L, o: L.CyclicLR(
         o, 0.01, 0.1, step_size_up=10, scale_fn=lambda x: 1 / (1 + x), scale_mode="iterations"
     ),
     "OneCycleLR": lambda L, o: L.OneCycleLR(o, max_lr=0.1, total_steps=STEPS - 1),
     "OneCycleLR_3": lambda L, o: L.OneCycleLR(
-        o, max_lr=[0.1, 0.3], epochs=7, steps_per_epoch=57, three_phase=True,
-        anneal_strategy="linear", pct_start=0.25,
+        o,
+        max_lr=[0.1, 0.3],
+        epochs=7,
+        steps_per_epoch=57,
+        three_phase=True,
+        anneal_strategy="linear",
+        pct_start=0.25,
     ),
     "SequentialLR": lambda L, o: L.SequentialLR(
         o, [L.LinearLR(o, 0.01, 1.0, 50), L.CosineAnnealingLR(o, 200, 1e-3)], milestones=[50]
@@ -172,8 +180,10 @@ def test_matches_torch(torch, name, adam):
         want = run(theirs_opt, theirs, STEPS, key="lr", optimizer_step=theirs_opt.step)
     assert_seq_close(got, want)
     # Momentum / beta1 (cycled by CyclicLR and OneCycleLR, untouched otherwise).
-    momentum = [[g["betas"][0] if adam else g["momentum"] for g in o.param_groups]
-                for o in (mine_opt, theirs_opt)]
+    momentum = [
+        [g["betas"][0] if adam else g["momentum"] for g in o.param_groups]
+        for o in (mine_opt, theirs_opt)
+    ]
     assert all(close(a, b) for a, b in zip(*momentum)), (keys, momentum)
 
 
@@ -201,8 +211,13 @@ def test_reduce_on_plateau_matches_torch(torch):
     rng = np.random.default_rng(0)
     # A scripted metric: improving, plateauing, noisy, improving again.
     metric = np.concatenate(
-        [np.linspace(1.0, 0.5, 40), np.full(30, 0.5), 0.5 + 0.01 * rng.standard_normal(80),
-         np.linspace(0.5, 0.1, 50), np.full(100, 0.1)]
+        [
+            np.linspace(1.0, 0.5, 40),
+            np.full(30, 0.5),
+            0.5 + 0.01 * rng.standard_normal(80),
+            np.linspace(0.5, 0.1, 50),
+            np.full(100, 0.1),
+        ]
     )
     configs = [
         {},
@@ -307,26 +322,30 @@ CLOSED = {
         lambda b, t: b * (1 + math.cos(math.pi * _cur(t, 5, 3)[0] / _cur(t, 5, 3)[1])) / 2,
     ),
     "LambdaLR": (lambda o: S.LambdaLR(o, lambda e: 1 / (1 + e)), lambda b, t: b / (1 + t)),
-    "MultiplicativeLR": (
-        lambda o: S.MultiplicativeLR(o, lambda e: 0.99), lambda b, t: b * 0.99**t
-    ),
+    "MultiplicativeLR": (lambda o: S.MultiplicativeLR(o, lambda e: 0.99), lambda b, t: b * 0.99**t),
     "WarmupCosine": (
         lambda o: S.WarmupCosine(o, warmup_steps=20, total_steps=300, min_lr=1e-4),
-        lambda b, t: b * (t + 1) / 20 if t < 20 else (
-            1e-4 + (b - 1e-4) * (1 + math.cos(math.pi * (t - 20) / 280)) / 2 if t < 300 else 1e-4
+        lambda b, t: (
+            b * (t + 1) / 20
+            if t < 20
+            else (
+                1e-4 + (b - 1e-4) * (1 + math.cos(math.pi * (t - 20) / 280)) / 2
+                if t < 300
+                else 1e-4
+            )
         ),
     ),
     "WarmupStableDecay": (
         lambda o: S.WarmupStableDecay(o, 10, 100, 50, min_lr=1e-3),
-        lambda b, t: b * (t + 1) / 10 if t < 10 else (
-            b if t < 110 else (b + (1e-3 - b) * (t - 109) / 50 if t < 160 else 1e-3)
+        lambda b, t: (
+            b * (t + 1) / 10
+            if t < 10
+            else (b if t < 110 else (b + (1e-3 - b) * (t - 109) / 50 if t < 160 else 1e-3))
         ),
     ),
     "CyclicLR": (
         lambda o: S.CyclicLR(o, 0.01, 0.1, step_size_up=10, step_size_down=30),
-        lambda b, t: 0.01 + 0.09 * (
-            (t % 40) / 10 if t % 40 <= 10 else 1 - (t % 40 - 10) / 30
-        ),
+        lambda b, t: 0.01 + 0.09 * ((t % 40) / 10 if t % 40 <= 10 else 1 - (t % 40 - 10) / 30),
     ),
 }
 
@@ -360,7 +379,10 @@ def test_warmup_schedules_endpoints():
     # No warmup / no decay phases.
     assert values(S.WarmupCosine(Opt((1.0,)), 0, 5), 1) == [[1.0]]
     assert [x[0] for x in values(S.WarmupStableDecay(Opt((1.0,)), 0, 2, 0, 0.1), 4)] == [
-        1.0, 1.0, 0.1, 0.1,
+        1.0,
+        1.0,
+        0.1,
+        0.1,
     ]
 
 
@@ -399,8 +421,10 @@ STATEFUL = {
 @pytest.mark.parametrize("load_optimizer", [True, False], ids=["opt-loaded", "fresh-opt"])
 def test_state_dict_round_trip(name, load_optimizer):
     if name == "ChainedScheduler_cos" and not load_optimizer:
-        pytest.skip("a chain holding CosineAnnealingLR is history-dependent (as in torch): "
-                    "it needs the optimizer state loaded too")
+        pytest.skip(
+            "a chain holding CosineAnnealingLR is history-dependent (as in torch): "
+            "it needs the optimizer state loaded too"
+        )
     make = STATEFUL[name]
     ref_opt = Opt()
     ref = make(ref_opt)
@@ -466,66 +490,122 @@ def test_reduce_on_plateau_state_round_trip():
 BAD = [
     (lambda o: S.StepLR(o, 0), "Expected positive integer step_size, but got 0"),
     (lambda o: S.StepLR(o, -3), "Expected positive integer step_size, but got -3"),
-    (lambda o: S.MultiStepLR(o, [30, 10]),
-     "milestones must be strictly increasing integers, but got [30, 10]"),
-    (lambda o: S.MultiStepLR(o, [10, 10]),
-     "milestones must be strictly increasing integers, but got [10, 10]"),
-    (lambda o: S.ConstantLR(o, factor=1.5),
-     "Constant multiplicative factor expected to be between 0 and 1."),
-    (lambda o: S.LinearLR(o, start_factor=0),
-     "Starting multiplicative factor expected to be greater than 0 and less or equal to 1."),
-    (lambda o: S.LinearLR(o, end_factor=2),
-     "Ending multiplicative factor expected to be between 0 and 1."),
+    (
+        lambda o: S.MultiStepLR(o, [30, 10]),
+        "milestones must be strictly increasing integers, but got [30, 10]",
+    ),
+    (
+        lambda o: S.MultiStepLR(o, [10, 10]),
+        "milestones must be strictly increasing integers, but got [10, 10]",
+    ),
+    (
+        lambda o: S.ConstantLR(o, factor=1.5),
+        "Constant multiplicative factor expected to be between 0 and 1.",
+    ),
+    (
+        lambda o: S.LinearLR(o, start_factor=0),
+        "Starting multiplicative factor expected to be greater than 0 and less or equal to 1.",
+    ),
+    (
+        lambda o: S.LinearLR(o, end_factor=2),
+        "Ending multiplicative factor expected to be between 0 and 1.",
+    ),
     (lambda o: S.LinearLR(o, total_iters=0), "Expected positive integer total_iters, but got 0"),
-    (lambda o: S.PolynomialLR(o, total_iters=-1),
-     "Expected positive integer total_iters, but got -1"),
+    (
+        lambda o: S.PolynomialLR(o, total_iters=-1),
+        "Expected positive integer total_iters, but got -1",
+    ),
     (lambda o: S.CosineAnnealingLR(o, T_max=0), "Expected positive integer T_max, but got 0"),
     (lambda o: S.CosineAnnealingWarmRestarts(o, T_0=0), "Expected positive integer T_0, but got 0"),
-    (lambda o: S.CosineAnnealingWarmRestarts(o, T_0=5, T_mult=0),
-     "Expected integer T_mult >= 1, but got 0"),
+    (
+        lambda o: S.CosineAnnealingWarmRestarts(o, T_0=5, T_mult=0),
+        "Expected integer T_mult >= 1, but got 0",
+    ),
     (lambda o: S.LambdaLR(o, [lambda e: 1.0]), "Expected 2 lr_lambdas, but got 1"),
     (lambda o: S.CyclicLR(o, 0.01, 0.1, mode="zigzag"), "mode is invalid and scale_fn is None"),
-    (lambda o: S.CyclicLR(o, [0.01], 0.1),
-     "base_lr must have the same length as optimizer.param_groups. "
-     "base_lr has 1 values, param_groups has 2."),
-    (lambda o: S.CyclicLR(o, 0.01, 0.1, step_size_up=0),
-     "Expected positive step_size_up and step_size_down, but got 0 and None"),
-    (lambda o: S.OneCycleLR(o, 0.1), "You must define either total_steps OR (epochs AND steps_per_epoch)"),
-    (lambda o: S.OneCycleLR(o, 0.1, total_steps=-5), "Expected positive integer total_steps, but got -5"),
-    (lambda o: S.OneCycleLR(o, 0.1, epochs=0, steps_per_epoch=3),
-     "Expected positive integer epochs, but got 0"),
-    (lambda o: S.OneCycleLR(o, 0.1, total_steps=10, pct_start=1.5),
-     "Expected float between 0 and 1 pct_start, but got 1.5"),
-    (lambda o: S.OneCycleLR(o, 0.1, total_steps=10, anneal_strategy="exp"),
-     "anneal_strategy must be one of 'cos' or 'linear', instead got exp"),
-    (lambda o: S.OneCycleLR(o, [0.1, 0.2, 0.3], total_steps=10),
-     "max_lr must have the same length as optimizer.param_groups. "
-     "max_lr has 3 values, param_groups has 2."),
-    (lambda o: S.WarmupCosine(o, warmup_steps=100, total_steps=50),
-     "total_steps (50) must be greater than warmup_steps (100)"),
-    (lambda o: S.WarmupCosine(o, warmup_steps=-1, total_steps=50),
-     "Expected non-negative integer warmup_steps, but got -1"),
-    (lambda o: S.WarmupCosine(o, 10, 100, min_lr=[0.0]),
-     "min_lr must have the same length as optimizer.param_groups. "
-     "min_lr has 1 values, param_groups has 2."),
-    (lambda o: S.WarmupStableDecay(o, 10, -1, 10),
-     "Expected non-negative integer stable_steps, but got -1"),
-    (lambda o: S.WarmupStableDecay(o, 10, 10, 2.5),
-     "Expected non-negative integer decay_steps, but got 2.5"),
+    (
+        lambda o: S.CyclicLR(o, [0.01], 0.1),
+        "base_lr must have the same length as optimizer.param_groups. "
+        "base_lr has 1 values, param_groups has 2.",
+    ),
+    (
+        lambda o: S.CyclicLR(o, 0.01, 0.1, step_size_up=0),
+        "Expected positive step_size_up and step_size_down, but got 0 and None",
+    ),
+    (
+        lambda o: S.OneCycleLR(o, 0.1),
+        "You must define either total_steps OR (epochs AND steps_per_epoch)",
+    ),
+    (
+        lambda o: S.OneCycleLR(o, 0.1, total_steps=-5),
+        "Expected positive integer total_steps, but got -5",
+    ),
+    (
+        lambda o: S.OneCycleLR(o, 0.1, epochs=0, steps_per_epoch=3),
+        "Expected positive integer epochs, but got 0",
+    ),
+    (
+        lambda o: S.OneCycleLR(o, 0.1, total_steps=10, pct_start=1.5),
+        "Expected float between 0 and 1 pct_start, but got 1.5",
+    ),
+    (
+        lambda o: S.OneCycleLR(o, 0.1, total_steps=10, anneal_strategy="exp"),
+        "anneal_strategy must be one of 'cos' or 'linear', instead got exp",
+    ),
+    (
+        lambda o: S.OneCycleLR(o, [0.1, 0.2, 0.3], total_steps=10),
+        "max_lr must have the same length as optimizer.param_groups. "
+        "max_lr has 3 values, param_groups has 2.",
+    ),
+    (
+        lambda o: S.WarmupCosine(o, warmup_steps=100, total_steps=50),
+        "total_steps (50) must be greater than warmup_steps (100)",
+    ),
+    (
+        lambda o: S.WarmupCosine(o, warmup_steps=-1, total_steps=50),
+        "Expected non-negative integer warmup_steps, but got -1",
+    ),
+    (
+        lambda o: S.WarmupCosine(o, 10, 100, min_lr=[0.0]),
+        "min_lr must have the same length as optimizer.param_groups. "
+        "min_lr has 1 values, param_groups has 2.",
+    ),
+    (
+        lambda o: S.WarmupStableDecay(o, 10, -1, 10),
+        "Expected non-negative integer stable_steps, but got -1",
+    ),
+    (
+        lambda o: S.WarmupStableDecay(o, 10, 10, 2.5),
+        "Expected non-negative integer decay_steps, but got 2.5",
+    ),
     (lambda o: S.ReduceLROnPlateau(o, factor=1.0), "Factor should be < 1.0."),
     (lambda o: S.ReduceLROnPlateau(o, mode="up"), "mode up is unknown!"),
     (lambda o: S.ReduceLROnPlateau(o, threshold_mode="pct"), "threshold mode pct is unknown!"),
     (lambda o: S.ReduceLROnPlateau(o, min_lr=[0.1]), "expected 2 min_lrs, got 1"),
-    (lambda o: S.ReduceLROnPlateau(o, patience=-1), "Expected non-negative integer patience, but got -1"),
-    (lambda o: S.ExponentialLR(o, 0.9, hyperparam="betas2"),
-     "hyperparam 'betas2' is not in optimizer.param_groups[0] (no 'betas2' key)"),
-    (lambda o: S.StepLR(o, 3, hyperparam="beta1"),
-     "hyperparam 'beta1' is not in optimizer.param_groups[0] (no 'betas' key)"),
-    (lambda o: S.ExponentialLR(o, 0.9, last_epoch=-2), "Expected integer last_epoch >= -1, but got -2"),
-    (lambda o: S.SequentialLR(o, [], milestones=[]),
-     "SequentialLR expects at least one scheduler, but got no scheduler."),
-    (lambda o: S.ChainedScheduler([]),
-     "ChainedScheduler expects at least one scheduler to be chained, but got no scheduler."),
+    (
+        lambda o: S.ReduceLROnPlateau(o, patience=-1),
+        "Expected non-negative integer patience, but got -1",
+    ),
+    (
+        lambda o: S.ExponentialLR(o, 0.9, hyperparam="betas2"),
+        "hyperparam 'betas2' is not in optimizer.param_groups[0] (no 'betas2' key)",
+    ),
+    (
+        lambda o: S.StepLR(o, 3, hyperparam="beta1"),
+        "hyperparam 'beta1' is not in optimizer.param_groups[0] (no 'betas' key)",
+    ),
+    (
+        lambda o: S.ExponentialLR(o, 0.9, last_epoch=-2),
+        "Expected integer last_epoch >= -1, but got -2",
+    ),
+    (
+        lambda o: S.SequentialLR(o, [], milestones=[]),
+        "SequentialLR expects at least one scheduler, but got no scheduler.",
+    ),
+    (
+        lambda o: S.ChainedScheduler([]),
+        "ChainedScheduler expects at least one scheduler to be chained, but got no scheduler.",
+    ),
 ]
 
 

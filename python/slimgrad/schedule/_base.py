@@ -59,8 +59,7 @@ def check_hyperparam(optimizer: Any, key: str) -> None:
         if not has_value(group, key):
             name = "betas" if key == _BETA1 else key
             raise ValueError(
-                f"hyperparam {key!r} is not in optimizer.param_groups[{i}] "
-                f"(no {name!r} key)"
+                f"hyperparam {key!r} is not in optimizer.param_groups[{i}] (no {name!r} key)"
             )
 
 
@@ -92,9 +91,7 @@ def check_positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
 
 def callable_state(fns: Sequence[Callable[..., Any]]) -> list[dict[str, Any] | None]:
     """Torch's convention: save a callable object's ``__dict__``, never a function."""
-    return [
-        None if isinstance(fn, types.FunctionType) else dict(vars(fn)) for fn in fns
-    ]
+    return [None if isinstance(fn, types.FunctionType) else dict(vars(fn)) for fn in fns]
 
 
 def load_callable_state(
@@ -296,7 +293,9 @@ class LRScheduler:
         self._written = [get_value(g, self.hyperparam) for g in self.optimizer.param_groups]
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(hyperparam={self.hyperparam!r}, last_epoch={self.last_epoch})"
+        return (
+            f"{type(self).__name__}(hyperparam={self.hyperparam!r}, last_epoch={self.last_epoch})"
+        )
 
 
 class FactorScheduler(LRScheduler):

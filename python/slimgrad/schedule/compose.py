@@ -13,9 +13,7 @@ from .plateau import ReduceLROnPlateau
 __all__ = ["SequentialLR", "ChainedScheduler"]
 
 
-def _check_children(
-    name: str, optimizer: Any, schedulers: Sequence[Any], empty_msg: str
-) -> None:
+def _check_children(name: str, optimizer: Any, schedulers: Sequence[Any], empty_msg: str) -> None:
     if len(schedulers) < 1:
         raise ValueError(empty_msg)
     for i, sched in enumerate(schedulers):
@@ -47,6 +45,7 @@ class _Composite:
 
     optimizer: Any
     _schedulers: list[Any]
+    _last_lr: list[float]
 
     def state_dict(self) -> dict[str, Any]:
         """Return own state plus each child's ``state_dict()`` under ``"_schedulers"``."""
@@ -213,9 +212,7 @@ class ChainedScheduler(_Composite):
         self._closed_form = all(isinstance(s, LRScheduler) for s in schedulers)
         # Torch's chained cosine depends on history (its minimum wipes the other
         # factors), so chains holding one replay torch's recursion instead.
-        self._foldable = self._closed_form and all(
-            s._chain_kind != "recursive" for s in schedulers
-        )
+        self._foldable = self._closed_form and all(s._chain_kind != "recursive" for s in schedulers)
         self._keys = list(dict.fromkeys(getattr(s, "hyperparam", "lr") for s in schedulers))
         self._recursive = {k: [False] * len(optimizer.param_groups) for k in self._keys}
         self._adopt()
@@ -249,7 +246,7 @@ class ChainedScheduler(_Composite):
         groups = self.optimizer.param_groups
         for key in self._keys:
             chain = [s for s in self._schedulers if s.hyperparam == key]
-            values = {id(s): [] for s in chain}
+            values: dict[int, list[float]] = {id(s): [] for s in chain}
             for g, group in enumerate(groups):
                 current = get_value(group, key)
                 if current != self._written[key][g]:

@@ -286,8 +286,7 @@ class OneCycleLR(LRScheduler):
             raise ValueError(f"Expected float between 0 and 1 pct_start, but got {pct_start}")
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(
-                "anneal_strategy must be one of 'cos' or 'linear', "
-                f"instead got {anneal_strategy}"
+                f"anneal_strategy must be one of 'cos' or 'linear', instead got {anneal_strategy}"
             )
         max_lrs = per_group("max_lr", optimizer, max_lr)
         self.cycle_momentum = bool(cycle_momentum) and hyperparam == "lr"
@@ -338,13 +337,14 @@ class OneCycleLR(LRScheduler):
         raise AssertionError("unreachable")
 
     def _value(self, name: str, g: int) -> float:
-        return {
+        table: dict[str, list[float]] = {
             "initial": self.initial_lrs,
             "max": self.max_lrs,
             "min": self.min_lrs,
-            "high": getattr(self, "max_momentums", None),
-            "low": getattr(self, "base_momentums", None),
-        }[name][g]
+            "high": getattr(self, "max_momentums", []),
+            "low": getattr(self, "base_momentums", []),
+        }
+        return table[name][g]
 
     def _closed(self, g: int, x: float, t: int) -> float:
         pct, phase = self._phase(t)
@@ -364,4 +364,3 @@ class OneCycleLR(LRScheduler):
                 f"Tried to step {self.last_epoch + 1} times. "
                 f"The specified number of total steps is {self.total_steps}"
             )
-

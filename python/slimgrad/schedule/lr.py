@@ -12,7 +12,6 @@ from ._base import (
     FactorScheduler,
     LRScheduler,
     callable_state,
-    check_last_epoch,
     check_optimizer,
     check_positive_int,
     load_callable_state,
@@ -242,9 +241,7 @@ class MultiStepLR(FactorScheduler):
 
 def _increasing(name: str, values: Iterable[int]) -> list[int]:
     out = list(values)
-    if any(not isinstance(v, int) for v in out) or any(
-        b <= a for a, b in zip(out, out[1:])
-    ):
+    if any(not isinstance(v, int) for v in out) or any(b <= a for a, b in zip(out, out[1:])):
         raise ValueError(f"{name} must be strictly increasing integers, but got {out}")
     return out
 
@@ -541,9 +538,9 @@ class CosineAnnealingWarmRestarts(LRScheduler):
 
     def _closed(self, g: int, x: float, t: int) -> float:
         eta = self.eta_min
-        return eta + (self.base_values[g] - eta) * (
-            1 + math.cos(math.pi * self.T_cur / self.T_i)
-        ) / 2
+        return (
+            eta + (self.base_values[g] - eta) * (1 + math.cos(math.pi * self.T_cur / self.T_i)) / 2
+        )
 
 
 class WarmupCosine(LRScheduler):
@@ -596,8 +593,7 @@ class WarmupCosine(LRScheduler):
         check_positive_int("total_steps", total_steps)
         if total_steps <= warmup_steps:
             raise ValueError(
-                f"total_steps ({total_steps}) must be greater than "
-                f"warmup_steps ({warmup_steps})"
+                f"total_steps ({total_steps}) must be greater than warmup_steps ({warmup_steps})"
             )
         self.min_lrs = per_group("min_lr", optimizer, min_lr)
         self.warmup_steps = warmup_steps

@@ -153,4 +153,6 @@ class ReduceLROnPlateau:
         vars(self).update(copy.deepcopy(state_dict))
 
     def __repr__(self) -> str:
-        return f"ReduceLROnPlateau(mode={self.mode!r}, factor={self.factor}, patience={self.patience})"
+        return (
+            f"ReduceLROnPlateau(mode={self.mode!r}, factor={self.factor}, patience={self.patience})"
+        )

@@ -29,8 +29,10 @@ def _label_items(schedules: Schedules) -> list[tuple[str, Any]]:
         schedules = [schedules]
     items = []
     for item in schedules:
-        name = type(item).__name__ if hasattr(item, "optimizer") else getattr(
-            item, "__name__", type(item).__name__
+        name = (
+            type(item).__name__
+            if hasattr(item, "optimizer")
+            else getattr(item, "__name__", type(item).__name__)
         )
         items.append((name, item))
     return items
