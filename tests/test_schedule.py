@@ -264,10 +264,11 @@ def test_real_slimgrad_optimizers():
     sgd = optim.SGD([np.zeros(3, np.float32)], lr=0.1, momentum=0.9)
     sched = S.OneCycleLR(sgd, max_lr=0.5, total_steps=20)
     assert sgd.param_groups[0]["momentum"] == pytest.approx(0.95)
-    for _ in range(20):
+    for _ in range(19):  # the last step of the cycle lands exactly on min_lr
         sgd.step([np.ones(3, np.float32)])
         sched.step()
     assert sgd.param_groups[0]["lr"] == pytest.approx(0.5 / 25 / 1e4)
+    assert sgd.param_groups[0]["momentum"] == pytest.approx(0.95)
     adamw = optim.AdamW([np.zeros(4, np.float32)], lr=1e-3)
     cyc = S.CyclicLR(adamw, 1e-4, 1e-3, step_size_up=5)
     for _ in range(5):
