@@ -7,6 +7,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -28,19 +29,22 @@ BnShape bn_shape(const Array& x) {
 }
 
 // An optional per-channel array: None, or shape (c,) with x's dtype.
-Array optional_channel(py::handle obj, const std::string& name, const Array& x, std::size_t c, Access access) {
-  if (obj.is_none()) return Array{};
+// (std::optional, not an empty Array: a default py::array is a real, empty
+// array, not a null handle.)
+std::optional<Array> optional_channel(py::handle obj, const std::string& name, const Array& x, std::size_t c,
+                                      Access access) {
+  if (obj.is_none()) return std::nullopt;
   const std::vector<py::ssize_t> shape{static_cast<py::ssize_t>(c)};
   return check_array(obj, name, {x.dtype}, access, &shape);
 }
 
 template <class T>
-T* opt_mut(const Array& a) {
-  return a.arr ? a.mut<T>() : nullptr;
+T* opt_mut(const std::optional<Array>& a) {
+  return a ? a->mut<T>() : nullptr;
 }
 template <class T>
-const T* opt_ptr(const Array& a) {
-  return a.arr ? a.ptr<T>() : nullptr;
+const T* opt_ptr(const std::optional<Array>& a) {
+  return a ? a->ptr<T>() : nullptr;
 }
 
 bool tanh_arg(const std::string& approximate) {
@@ -69,20 +73,20 @@ void bind_batch_norm(py::module_& m) {
     const Array xa = check_array(x, "x", kFloat, Access::read);
     const BnShape s = bn_shape(xa);
     const Array ya = check_like(y, "y", xa, Access::write);
-    const Array wa = optional_channel(weight, "weight", xa, s.c, Access::read);
-    const Array ba = optional_channel(bias, "bias", xa, s.c, Access::read);
+    const auto wa = optional_channel(weight, "weight", xa, s.c, Access::read);
+    const auto ba = optional_channel(bias, "bias", xa, s.c, Access::read);
     const Access stats_access = training ? Access::write : Access::read;
-    const Array rm = optional_channel(running_mean, "running_mean", xa, s.c, stats_access);
-    const Array rv = optional_channel(running_var, "running_var", xa, s.c, stats_access);
-    if (bool(rm.arr) != bool(rv.arr))
+    const auto rm = optional_channel(running_mean, "running_mean", xa, s.c, stats_access);
+    const auto rv = optional_channel(running_var, "running_var", xa, s.c, stats_access);
+    if (rm.has_value() != rv.has_value())
       throw py::value_error("running_mean, running_var: expected both arrays or both None");
-    if (!training && !rm.arr)
+    if (!training && !rm)
       throw py::value_error("running_mean: expected an array in eval mode (training=False), got None");
     const std::vector<py::ssize_t> cshape{static_cast<py::ssize_t>(s.c)};
     const Array sm = check_array(save_mean, "save_mean", {DType::f64}, Access::write, &cshape);
     const Array si = check_array(save_invstd, "save_invstd", {DType::f64}, Access::write, &cshape);
     if (!(eps > 0.0)) throw py::value_error("eps: expected a positive number, got " + std::string(py::repr(py::float_(eps))));
-    if (training && rv.arr && s.n * s.l == 1)
+    if (training && rv && s.n * s.l == 1)
       throw py::value_error("x: expected more than 1 value per channel when training, got " + describe(xa.arr));
     py::gil_scoped_release release;
     auto run = [&](auto tag) {
@@ -91,8 +95,8 @@ void bind_batch_norm(py::module_& m) {
         batch_norm_forward_train(xa.ptr<T>(), ya.mut<T>(), s, opt_ptr<T>(wa), opt_ptr<T>(ba), eps, opt_mut<T>(rm),
                                  opt_mut<T>(rv), momentum, sm.mut<double>(), si.mut<double>());
       else
-        batch_norm_forward_eval(xa.ptr<T>(), ya.mut<T>(), s, opt_ptr<T>(wa), opt_ptr<T>(ba), eps, rm.ptr<T>(),
-                                rv.ptr<T>(), sm.mut<double>(), si.mut<double>());
+        batch_norm_forward_eval(xa.ptr<T>(), ya.mut<T>(), s, opt_ptr<T>(wa), opt_ptr<T>(ba), eps, rm->ptr<T>(),
+                                rv->ptr<T>(), sm.mut<double>(), si.mut<double>());
     };
     if (xa.dtype == DType::f32)
       run(float{});
@@ -109,12 +113,12 @@ void bind_batch_norm(py::module_& m) {
     const BnShape s = bn_shape(xa);
     const Array ga = check_like(dy, "grad_out", xa, Access::read);
     const Array da = check_like(dx, "grad_in", xa, Access::write);
-    const Array wa = optional_channel(weight, "weight", xa, s.c, Access::read);
+    const auto wa = optional_channel(weight, "weight", xa, s.c, Access::read);
     const std::vector<py::ssize_t> cshape{static_cast<py::ssize_t>(s.c)};
     const Array sm = check_array(save_mean, "save_mean", {DType::f64}, Access::read, &cshape);
     const Array si = check_array(save_invstd, "save_invstd", {DType::f64}, Access::read, &cshape);
-    const Array gw = optional_channel(grad_weight, "grad_weight", xa, s.c, Access::write);
-    const Array gb = optional_channel(grad_bias, "grad_bias", xa, s.c, Access::write);
+    const auto gw = optional_channel(grad_weight, "grad_weight", xa, s.c, Access::write);
+    const auto gb = optional_channel(grad_bias, "grad_bias", xa, s.c, Access::write);
     py::gil_scoped_release release;
     auto run = [&](auto tag) {
       using T = decltype(tag);

@@ -236,10 +236,10 @@ class BatchNorm1d(Module):
             )
         update = self.training and self.track_running_stats
         factor = 0.0
-        if update:
+        if update:  # the counter advances after the kernel accepted every argument
             assert self.num_batches_tracked is not None
-            self.num_batches_tracked += 1
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            batches = int(self.num_batches_tracked) + 1
+            factor = 1.0 / batches if self.momentum is None else self.momentum
         y = np.empty_like(x)
         save_mean = np.empty(c, np.float64)
         save_invstd = np.empty(c, np.float64)
@@ -257,6 +257,8 @@ class BatchNorm1d(Module):
             factor,
             self.eps,
         )
+        if update:
+            self.num_batches_tracked += 1
         self._cache = (x, save_mean, save_invstd, batch_stats)
         self._y = y
         return y
