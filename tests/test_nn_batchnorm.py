@@ -19,6 +19,22 @@ FD_RTOL = 1e-6  # central differences in float64, step 1e-6
 SHAPES = [(2, 1), (5, 3), (17, 8), (9, 17), (64, 33), (3, 4, 1), (4, 3, 7), (6, 5, 17), (2, 9, 33)]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _torch_single_thread():
+    """torch on one thread for these tiny tensors: its thread pool makes each
+    op take milliseconds when the machine's cores are oversubscribed (results
+    do not depend on it). Restored afterwards."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def reference_forward(x, weight, bias, eps, mean=None, var=None):
     x64 = x.astype(np.float64)
     axes = (0,) if x.ndim == 2 else (0, 2)

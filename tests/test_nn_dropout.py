@@ -25,6 +25,22 @@ KAT = [
 BINOMIAL_SIGMAS = 6.0
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _torch_single_thread():
+    """torch on one thread for these tiny tensors: its thread pool makes each
+    op take milliseconds when the machine's cores are oversubscribed (results
+    do not depend on it). Restored afterwards."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def philox_numpy(counter, key):
     """Philox-4x32-10 in NumPy uint64 lanes: the oracle, written from the paper."""
     c = [np.asarray(v, np.uint64) & MASK32 for v in counter]
