@@ -3,8 +3,9 @@
 //  - BatchNorm sums accumulate in Vec<double, I>: float32 input is widened
 //    W floats at a time (W = double lanes; vcvtps2pd, see load_wide). For a
 //    2-D (n, c) input the channels are the contiguous axis, so lanes are
-//    channels and each lane adds its rows in row order: the same order, hence
-//    the same double sums, as the scalar reference. For (n, c, l) input each
+//    channels and each lane adds its rows in row order (groups of kRowGroup
+//    rows streamed together): the same order, hence the same double sums, as
+//    the scalar reference. For (n, c, l) input each
 //    (row, channel) segment of l elements is reduced in lanes, then added to
 //    the channel's total; the segment's tail runs in a scalar loop (padded
 //    lanes would add (0 - mean)^2 otherwise).
@@ -52,6 +53,13 @@ inline Vec<double, I> load_wide_partial(const T* p, std::size_t k) {
   return load_wide<I>(tmp);
 }
 
+// 2-D input: the per-channel accumulators (c doubles, in L1 for usual c)
+// are loaded once per group of rows and the group's rows are streamed in
+// order; a group small enough that its rows stay in L1 across the channel
+// loop. Walking all rows of one channel vector instead would stride by the
+// row length and thrash L1's sets (rows of 4 KiB map to the same set).
+constexpr std::size_t kRowGroup = 4;
+
 }  // namespace
 
 template <Isa I, class T>
@@ -59,17 +67,21 @@ void bn_sum(const T* x, std::size_t rows, std::size_t c, std::size_t l, double* 
   using D = Vec<double, I>;
   constexpr std::size_t W = D::width;
   if (l == 1) {
-    std::size_t ch = 0;
-    for (; ch + W <= c; ch += W) {
-      D a = D::load(acc + ch);
-      for (std::size_t r = 0; r < rows; ++r) a = a + load_wide<I>(x + r * c + ch);
-      a.store(acc + ch);
-    }
-    if (ch < c) {
-      const std::size_t k = c - ch;
-      D a = load_partial<D>(acc + ch, k);
-      for (std::size_t r = 0; r < rows; ++r) a = a + load_wide_partial<I>(x + r * c + ch, k);
-      store_partial(acc + ch, k, a);
+    for (std::size_t r0 = 0; r0 < rows; r0 += kRowGroup) {
+      const std::size_t nr = rows - r0 < kRowGroup ? rows - r0 : kRowGroup;
+      const T* xr = x + r0 * c;
+      std::size_t ch = 0;
+      for (; ch + W <= c; ch += W) {
+        D a = D::load(acc + ch);
+        for (std::size_t r = 0; r < nr; ++r) a = a + load_wide<I>(xr + r * c + ch);
+        a.store(acc + ch);
+      }
+      if (ch < c) {
+        const std::size_t k = c - ch;
+        D a = load_partial<D>(acc + ch, k);
+        for (std::size_t r = 0; r < nr; ++r) a = a + load_wide_partial<I>(xr + r * c + ch, k);
+        store_partial(acc + ch, k, a);
+      }
     }
     return;
   }
@@ -93,25 +105,29 @@ void bn_sqdev(const T* x, std::size_t rows, std::size_t c, std::size_t l, const 
   using D = Vec<double, I>;
   constexpr std::size_t W = D::width;
   if (l == 1) {
-    std::size_t ch = 0;
-    for (; ch + W <= c; ch += W) {
-      const D m = D::load(mean + ch);
-      D a = D::load(acc + ch);
-      for (std::size_t r = 0; r < rows; ++r) {
-        const D d = load_wide<I>(x + r * c + ch) - m;
-        a = fma(d, d, a);
+    for (std::size_t r0 = 0; r0 < rows; r0 += kRowGroup) {
+      const std::size_t nr = rows - r0 < kRowGroup ? rows - r0 : kRowGroup;
+      const T* xr = x + r0 * c;
+      std::size_t ch = 0;
+      for (; ch + W <= c; ch += W) {
+        const D m = D::load(mean + ch);
+        D a = D::load(acc + ch);
+        for (std::size_t r = 0; r < nr; ++r) {
+          const D d = load_wide<I>(xr + r * c + ch) - m;
+          a = fma(d, d, a);
+        }
+        a.store(acc + ch);
       }
-      a.store(acc + ch);
-    }
-    if (ch < c) {  // padded lanes: x = 0 and mean = 0, so d = 0
-      const std::size_t k = c - ch;
-      const D m = load_partial<D>(mean + ch, k);
-      D a = load_partial<D>(acc + ch, k);
-      for (std::size_t r = 0; r < rows; ++r) {
-        const D d = load_wide_partial<I>(x + r * c + ch, k) - m;
-        a = fma(d, d, a);
+      if (ch < c) {  // padded lanes: x = 0 and mean = 0, so d = 0
+        const std::size_t k = c - ch;
+        const D m = load_partial<D>(mean + ch, k);
+        D a = load_partial<D>(acc + ch, k);
+        for (std::size_t r = 0; r < nr; ++r) {
+          const D d = load_wide_partial<I>(xr + r * c + ch, k) - m;
+          a = fma(d, d, a);
+        }
+        store_partial(acc + ch, k, a);
       }
-      store_partial(acc + ch, k, a);
     }
     return;
   }
@@ -141,29 +157,34 @@ void bn_dot(const T* x, const T* dy, std::size_t rows, std::size_t c, std::size_
   using D = Vec<double, I>;
   constexpr std::size_t W = D::width;
   if (l == 1) {
-    std::size_t ch = 0;
-    for (; ch + W <= c; ch += W) {
-      const D m = D::load(mean + ch);
-      D a = D::load(sum_dy + ch), b = D::load(sum_dy_xmu + ch);
-      for (std::size_t r = 0; r < rows; ++r) {
-        const D g = load_wide<I>(dy + r * c + ch);
-        a = a + g;
-        b = fma(g, load_wide<I>(x + r * c + ch) - m, b);
+    for (std::size_t r0 = 0; r0 < rows; r0 += kRowGroup) {
+      const std::size_t nr = rows - r0 < kRowGroup ? rows - r0 : kRowGroup;
+      const T* xr = x + r0 * c;
+      const T* gr = dy + r0 * c;
+      std::size_t ch = 0;
+      for (; ch + W <= c; ch += W) {
+        const D m = D::load(mean + ch);
+        D a = D::load(sum_dy + ch), b = D::load(sum_dy_xmu + ch);
+        for (std::size_t r = 0; r < nr; ++r) {
+          const D g = load_wide<I>(gr + r * c + ch);
+          a = a + g;
+          b = fma(g, load_wide<I>(xr + r * c + ch) - m, b);
+        }
+        a.store(sum_dy + ch);
+        b.store(sum_dy_xmu + ch);
       }
-      a.store(sum_dy + ch);
-      b.store(sum_dy_xmu + ch);
-    }
-    if (ch < c) {  // padded lanes have dy = 0
-      const std::size_t k = c - ch;
-      const D m = load_partial<D>(mean + ch, k);
-      D a = load_partial<D>(sum_dy + ch, k), b = load_partial<D>(sum_dy_xmu + ch, k);
-      for (std::size_t r = 0; r < rows; ++r) {
-        const D g = load_wide_partial<I>(dy + r * c + ch, k);
-        a = a + g;
-        b = fma(g, load_wide_partial<I>(x + r * c + ch, k) - m, b);
+      if (ch < c) {  // padded lanes have dy = 0
+        const std::size_t k = c - ch;
+        const D m = load_partial<D>(mean + ch, k);
+        D a = load_partial<D>(sum_dy + ch, k), b = load_partial<D>(sum_dy_xmu + ch, k);
+        for (std::size_t r = 0; r < nr; ++r) {
+          const D g = load_wide_partial<I>(gr + r * c + ch, k);
+          a = a + g;
+          b = fma(g, load_wide_partial<I>(xr + r * c + ch, k) - m, b);
+        }
+        store_partial(sum_dy + ch, k, a);
+        store_partial(sum_dy_xmu + ch, k, b);
       }
-      store_partial(sum_dy + ch, k, a);
-      store_partial(sum_dy_xmu + ch, k, b);
     }
     return;
   }
