@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import run_everywhere
 from slimgrad import _core, nn
 
@@ -57,13 +56,24 @@ def make(shape, dtype, rng, **kwargs):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_forward_matches_float64_reference(isa, threads, dtype, shape, rng):
-    x = (rng.standard_normal(shape) * 3 + 10).astype(dtype)  # offset mean: tests the two-pass variance
+    x = (rng.standard_normal(shape) * 3 + 10).astype(
+        dtype
+    )  # offset mean: tests the two-pass variance
     bn = make(shape, dtype, rng)
     y = bn.forward(x)
-    np.testing.assert_allclose(y, reference_forward(x, bn.weight, bn.bias, bn.eps), rtol=RTOL[dtype], atol=ATOL[dtype])
+    np.testing.assert_allclose(
+        y, reference_forward(x, bn.weight, bn.bias, bn.eps), rtol=RTOL[dtype], atol=ATOL[dtype]
+    )
     bn.eval()
     y = bn.forward(x)
-    ref = reference_forward(x, bn.weight, bn.bias, bn.eps, bn.running_mean.astype(np.float64), bn.running_var.astype(np.float64))
+    ref = reference_forward(
+        x,
+        bn.weight,
+        bn.bias,
+        bn.eps,
+        bn.running_mean.astype(np.float64),
+        bn.running_var.astype(np.float64),
+    )
     np.testing.assert_allclose(y, ref, rtol=RTOL[dtype], atol=ATOL[dtype])
 
 
@@ -71,7 +81,13 @@ def test_forward_matches_float64_reference(isa, threads, dtype, shape, rng):
 @pytest.mark.parametrize("shape", [(8, 5), (33, 17), (4, 3, 9), (16, 12, 5)], ids=str)
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"momentum": None}, {"affine": False}, {"track_running_stats": False}, {"momentum": 0.5, "eps": 1e-3}],
+    [
+        {},
+        {"momentum": None},
+        {"affine": False},
+        {"track_running_stats": False},
+        {"momentum": 0.5, "eps": 1e-3},
+    ],
     ids=["default", "cumulative", "no-affine", "no-running", "momentum-eps"],
 )
 def test_matches_torch_over_several_steps(dtype, shape, kwargs, rng):
@@ -102,8 +118,12 @@ def test_matches_torch_over_several_steps(dtype, shape, kwargs, rng):
         if bn.affine:
             gw, gb = bn.gradients()["weight"], bn.gradients()["bias"]
             scale = float(np.abs(g).sum(axis=(0, 2) if len(shape) == 3 else 0).max())
-            np.testing.assert_allclose(gw, tb.weight.grad.numpy(), rtol=RTOL[dtype], atol=ATOL[dtype] * scale)
-            np.testing.assert_allclose(gb, tb.bias.grad.numpy(), rtol=RTOL[dtype], atol=ATOL[dtype] * scale)
+            np.testing.assert_allclose(
+                gw, tb.weight.grad.numpy(), rtol=RTOL[dtype], atol=ATOL[dtype] * scale
+            )
+            np.testing.assert_allclose(
+                gb, tb.bias.grad.numpy(), rtol=RTOL[dtype], atol=ATOL[dtype] * scale
+            )
         if bn.track_running_stats:
             np.testing.assert_allclose(bn.running_mean, tb.running_mean.numpy(), **tol)
             np.testing.assert_allclose(bn.running_var, tb.running_var.numpy(), **tol)
@@ -176,8 +196,10 @@ def test_identical_for_any_thread_count(dtype, shape, rng):
 def test_batch_of_one_raises_like_torch():
     bn = nn.BatchNorm1d(3)
     for shape in [(1, 3), (1, 3, 1)]:
+        n = shape[0]
         with pytest.raises(
-            ValueError, match=rf"Expected more than 1 value per channel when training, got input size \({shape[0]}, 3"
+            ValueError,
+            match=rf"Expected more than 1 value per channel when training, got input size \({n}, 3",
         ):
             bn.forward(np.zeros(shape, np.float32))
     assert int(bn.num_batches_tracked) == 0
@@ -198,28 +220,63 @@ def test_empty_batch_leaves_running_stats():
 def test_bad_inputs_raise_naming_the_argument():
     bn = nn.BatchNorm1d(4)
     rm = bn.running_mean.copy()
-    with pytest.raises(ValueError, match=r"x: expected a 2-D \(N, 4\) or 3-D \(N, 4, L\) array, got shape \(8, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"x: expected a 2-D \(N, 4\) or 3-D \(N, 4, L\) array, got shape \(8, 5\)"
+    ):
         bn.forward(np.zeros((8, 5), np.float32))
-    with pytest.raises(ValueError, match=r"x: expected a 2-D \(N, 4\) or 3-D \(N, 4, L\) array, got shape \(8, 4, 2, 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"x: expected a 2-D \(N, 4\) or 3-D \(N, 4, L\) array, got shape \(8, 4, 2, 2\)",
+    ):
         bn.forward(np.zeros((8, 4, 2, 2), np.float32))
-    with pytest.raises(TypeError, match=r"x: expected a float32 ndarray, got float64 array of shape \(8, 4\)"):
+    with pytest.raises(
+        TypeError, match=r"x: expected a float32 ndarray, got float64 array of shape \(8, 4\)"
+    ):
         bn.forward(np.zeros((8, 4)))
-    with pytest.raises(TypeError, match="x: expected float32 or float64 C-contiguous array, got non-contiguous"):
+    with pytest.raises(
+        TypeError, match="x: expected float32 or float64 C-contiguous array, got non-contiguous"
+    ):
         bn.forward(np.zeros((4, 8), np.float32).T)
     np.testing.assert_array_equal(bn.running_mean, rm)
     assert int(bn.num_batches_tracked) == 0
     bn.forward(np.ones((8, 4), np.float32))
-    with pytest.raises(ValueError, match=r"grad_out: expected shape \(8, 4\) \(the forward output's\), got \(8, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"grad_out: expected shape \(8, 4\) \(the forward output's\), got \(8, 3\)",
+    ):
         bn.backward(np.zeros((8, 3), np.float32))
     x = np.zeros((8, 4), np.float32)
     y = np.zeros((8, 4), np.float32)
     sm, si = np.zeros(4), np.zeros(4)
-    with pytest.raises(TypeError, match=r"weight: expected float32 C-contiguous array of shape \(4,\), got float64"):
+    with pytest.raises(
+        TypeError, match=r"weight: expected float32 C-contiguous array of shape \(4,\), got float64"
+    ):
         _core.nn.batch_norm_forward(x, y, np.ones(4), None, None, None, sm, si, True, 0.1, 1e-5)
-    with pytest.raises(ValueError, match=r"running_var: expected float32 C-contiguous array of shape \(4,\), got float32 array of shape \(3,\)"):
-        _core.nn.batch_norm_forward(x, y, None, None, np.zeros(4, np.float32), np.zeros(3, np.float32), sm, si, True, 0.1, 1e-5)
-    with pytest.raises(TypeError, match=r"save_mean: expected float64 C-contiguous array of shape \(4,\), got float32"):
-        _core.nn.batch_norm_forward(x, y, None, None, None, None, sm.astype(np.float32), si, True, 0.1, 1e-5)
+    with pytest.raises(
+        ValueError,
+        match=r"running_var: expected float32 C-contiguous array of shape \(4,\), "
+        r"got float32 array of shape \(3,\)",
+    ):
+        _core.nn.batch_norm_forward(
+            x,
+            y,
+            None,
+            None,
+            np.zeros(4, np.float32),
+            np.zeros(3, np.float32),
+            sm,
+            si,
+            True,
+            0.1,
+            1e-5,
+        )
+    with pytest.raises(
+        TypeError,
+        match=r"save_mean: expected float64 C-contiguous array of shape \(4,\), got float32",
+    ):
+        _core.nn.batch_norm_forward(
+            x, y, None, None, None, None, sm.astype(np.float32), si, True, 0.1, 1e-5
+        )
     with pytest.raises(ValueError, match="eps: expected a positive number, got 0.0"):
         _core.nn.batch_norm_forward(x, y, None, None, None, None, sm, si, True, 0.1, 0.0)
     with pytest.raises(ValueError, match="num_features: expected an int >= 0, got -1"):

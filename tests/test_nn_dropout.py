@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import EDGE_SIZES, run_everywhere
 from slimgrad import _core, nn
 
@@ -51,7 +50,12 @@ def philox_numpy(counter, key):
             k1 = (k1 + np.uint64(0xBB67AE85)) & MASK32
         p0 = np.uint64(0xD2511F53) * c[0]
         p1 = np.uint64(0xCD9E8D57) * c[2]
-        c = [(p1 >> np.uint64(32)) ^ c[1] ^ k0, p1 & MASK32, (p0 >> np.uint64(32)) ^ c[3] ^ k1, p0 & MASK32]
+        c = [
+            (p1 >> np.uint64(32)) ^ c[1] ^ k0,
+            p1 & MASK32,
+            (p0 >> np.uint64(32)) ^ c[3] ^ k1,
+            p0 & MASK32,
+        ]
     return c
 
 
@@ -138,7 +142,9 @@ def test_keep_rate_within_binomial_bounds(p):
 
 def test_seeds_and_streams_give_different_masks():
     x = np.ones(4096, np.float32)
-    masks = [nn.dropout(x, 0.5, s, t) != 0 for s, t in [(0, 0), (1, 0), (0, 1), (2**63, 0), (0, 2**40)]]
+    masks = [
+        nn.dropout(x, 0.5, s, t) != 0 for s, t in [(0, 0), (1, 0), (0, 1), (2**63, 0), (0, 2**40)]
+    ]
     for i in range(len(masks)):
         for j in range(i):
             agree = np.mean(masks[i] == masks[j])
@@ -176,17 +182,25 @@ def test_invalid_p_raises_before_writing(p):
     with pytest.raises(ValueError, match="p: dropout probability has to be between 0 and 1"):
         _core.nn.dropout(x, out, p, 0, 0)
     np.testing.assert_array_equal(out, 7.0)
-    with pytest.raises(ValueError, match="dropout probability has to be between 0 and 1, but got 1.5"):
+    with pytest.raises(
+        ValueError, match="dropout probability has to be between 0 and 1, but got 1.5"
+    ):
         nn.Dropout(1.5)
 
 
 def test_bad_buffers_raise_naming_the_argument():
     x = np.ones(10, np.float32)
-    with pytest.raises(TypeError, match=r"out: expected float32 C-contiguous array of shape \(10,\), got float64"):
+    with pytest.raises(
+        TypeError, match=r"out: expected float32 C-contiguous array of shape \(10,\), got float64"
+    ):
         nn.dropout(x, 0.5, 0, out=np.zeros(10, np.float64))
-    with pytest.raises(TypeError, match="x: expected float32 or float64 C-contiguous array, got non-contiguous"):
+    with pytest.raises(
+        TypeError, match="x: expected float32 or float64 C-contiguous array, got non-contiguous"
+    ):
         nn.dropout(np.ones(20, np.float32)[::2], 0.5, 0)
-    with pytest.raises(TypeError, match="x: expected a float32 or float64 ndarray, got int64 array"):
+    with pytest.raises(
+        TypeError, match="x: expected a float32 or float64 ndarray, got int64 array"
+    ):
         nn.dropout(np.ones(3, np.int64), 0.5, 0)
     with pytest.raises(ValueError, match=r"seed: expected an int in \[0, 2\*\*64\), got -1"):
         nn.Dropout(0.5, seed=-1)

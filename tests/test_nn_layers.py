@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from slimgrad import nn
 
 DTYPES = [np.float32, np.float64]
@@ -60,7 +59,9 @@ def check_finite_differences(module, x, rng, before_forward=lambda: None):
     grads = {k: v.copy() for k, v in module.gradients().items()}
     np.testing.assert_allclose(grad_x, numeric_grad(loss, x), rtol=FD_TOL, atol=FD_TOL)
     for name, p in module.parameters().items():
-        np.testing.assert_allclose(grads[name], numeric_grad(loss, p), rtol=FD_TOL, atol=FD_TOL, err_msg=name)
+        np.testing.assert_allclose(
+            grads[name], numeric_grad(loss, p), rtol=FD_TOL, atol=FD_TOL, err_msg=name
+        )
 
 
 # ------------------------------------------------------------------ Linear
@@ -87,7 +88,9 @@ def test_linear_init_is_torch_default_and_seeded():
 def test_linear_matches_torch(dtype, shape, bias, rng):
     torch = pytest.importorskip("torch")
     layer = nn.Linear(7, 4, bias=bias, dtype=dtype, seed=1)
-    t = torch.nn.Linear(7, 4, bias=bias, dtype=torch.float32 if dtype == np.float32 else torch.float64)
+    t = torch.nn.Linear(
+        7, 4, bias=bias, dtype=torch.float32 if dtype == np.float32 else torch.float64
+    )
     with torch.no_grad():
         t.weight.copy_(torch.from_numpy(layer.weight))
         if bias:
@@ -99,10 +102,16 @@ def test_linear_matches_torch(dtype, shape, bias, rng):
     np.testing.assert_allclose(y, ty.detach().numpy(), rtol=RTOL[dtype], atol=ATOL[dtype])
     g = rng.standard_normal(y.shape).astype(dtype)
     ty.backward(torch.from_numpy(g))
-    np.testing.assert_allclose(layer.backward(g), tx.grad.numpy(), rtol=RTOL[dtype], atol=ATOL[dtype])
-    np.testing.assert_allclose(layer.gradients()["weight"], t.weight.grad.numpy(), rtol=RTOL[dtype], atol=ATOL[dtype])
+    np.testing.assert_allclose(
+        layer.backward(g), tx.grad.numpy(), rtol=RTOL[dtype], atol=ATOL[dtype]
+    )
+    np.testing.assert_allclose(
+        layer.gradients()["weight"], t.weight.grad.numpy(), rtol=RTOL[dtype], atol=ATOL[dtype]
+    )
     if bias:
-        np.testing.assert_allclose(layer.gradients()["bias"], t.bias.grad.numpy(), rtol=RTOL[dtype], atol=ATOL[dtype])
+        np.testing.assert_allclose(
+            layer.gradients()["bias"], t.bias.grad.numpy(), rtol=RTOL[dtype], atol=ATOL[dtype]
+        )
 
 
 def test_linear_finite_differences(rng):
@@ -112,7 +121,9 @@ def test_linear_finite_differences(rng):
 
 def test_linear_errors_name_the_argument():
     layer = nn.Linear(4, 2)
-    with pytest.raises(TypeError, match=r"x: expected a float32 ndarray, got float64 array of shape \(3, 4\)"):
+    with pytest.raises(
+        TypeError, match=r"x: expected a float32 ndarray, got float64 array of shape \(3, 4\)"
+    ):
         layer.forward(np.zeros((3, 4)))
     with pytest.raises(TypeError, match="x: expected a float32 ndarray, got list"):
         layer.forward([[1.0] * 4])
@@ -121,7 +132,10 @@ def test_linear_errors_name_the_argument():
     with pytest.raises(RuntimeError, match="Linear.backward: call forward first"):
         layer.backward(np.zeros((3, 2), np.float32))
     layer.forward(np.zeros((3, 4), np.float32))
-    with pytest.raises(ValueError, match=r"grad_out: expected shape \(3, 2\) \(the forward output's\), got \(3, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"grad_out: expected shape \(3, 2\) \(the forward output's\), got \(3, 3\)",
+    ):
         layer.backward(np.zeros((3, 3), np.float32))
     with pytest.raises(TypeError, match="dtype: expected float32 or float64, got"):
         nn.Linear(2, 2, dtype=np.float16)
@@ -160,8 +174,12 @@ def test_gelu_matches_torch(threads, approximate, dtype, n, rng):
     tx = torch.from_numpy(x).requires_grad_()
     ty = torch.nn.functional.gelu(tx, approximate=approximate)
     ty.backward(torch.from_numpy(g))
-    np.testing.assert_allclose(layer.forward(x), ty.detach().numpy(), rtol=RTOL[dtype], atol=ATOL[dtype])
-    np.testing.assert_allclose(layer.backward(g), tx.grad.numpy(), rtol=RTOL[dtype], atol=ATOL[dtype])
+    np.testing.assert_allclose(
+        layer.forward(x), ty.detach().numpy(), rtol=RTOL[dtype], atol=ATOL[dtype]
+    )
+    np.testing.assert_allclose(
+        layer.backward(g), tx.grad.numpy(), rtol=RTOL[dtype], atol=ATOL[dtype]
+    )
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
@@ -182,7 +200,9 @@ def test_gelu_errors():
         nn.GELU("fast")
     with pytest.raises(ValueError, match="approximate: expected 'none' or 'tanh', got 'fast'"):
         nn.gelu(np.zeros(3, np.float32), "fast")
-    with pytest.raises(TypeError, match="x: expected float32 or float64 C-contiguous array, got non-contiguous"):
+    with pytest.raises(
+        TypeError, match="x: expected float32 or float64 C-contiguous array, got non-contiguous"
+    ):
         nn.GELU().forward(np.zeros((4, 4), np.float32).T)
 
 
@@ -251,7 +271,9 @@ def test_load_state_dict_errors_change_nothing():
     bad = dict(before)
     bad["0.weight"] = np.zeros((3, 3), np.float32)
     bad["1.bias"] = np.full(8, 5.0, np.float32)
-    with pytest.raises(ValueError, match=r"state\['0.weight'\]: expected shape \(8, 6\), got \(3, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"state\['0.weight'\]: expected shape \(8, 6\), got \(3, 3\)"
+    ):
         model.load_state_dict(bad)
     missing = dict(before)
     del missing["4.bias"]
@@ -280,8 +302,15 @@ def test_softmax_and_log_softmax_match_torch(dtype, rng):
     x = (rng.standard_normal((5, 7)) * 30 + 1000).astype(dtype)  # exp would overflow unshifted
     t = torch.from_numpy(x)
     for axis in (0, -1):
-        np.testing.assert_allclose(nn.softmax(x, axis), torch.softmax(t, axis).numpy(), rtol=RTOL[dtype], atol=ATOL[dtype])
-        np.testing.assert_allclose(nn.log_softmax(x, axis), torch.log_softmax(t, axis).numpy(), rtol=RTOL[dtype], atol=ATOL[dtype] * 30)
+        np.testing.assert_allclose(
+            nn.softmax(x, axis), torch.softmax(t, axis).numpy(), rtol=RTOL[dtype], atol=ATOL[dtype]
+        )
+        np.testing.assert_allclose(
+            nn.log_softmax(x, axis),
+            torch.log_softmax(t, axis).numpy(),
+            rtol=RTOL[dtype],
+            atol=ATOL[dtype] * 30,
+        )
     assert np.isfinite(nn.log_softmax(x)).all()
 
 
@@ -293,7 +322,9 @@ def test_cross_entropy_matches_torch(dtype, label_smoothing, rng):
     labels = rng.integers(0, 5, 9)
     loss, grad = nn.cross_entropy(logits, labels, label_smoothing=label_smoothing)
     t = torch.from_numpy(logits).requires_grad_()
-    tl = torch.nn.functional.cross_entropy(t, torch.from_numpy(labels), label_smoothing=label_smoothing)
+    tl = torch.nn.functional.cross_entropy(
+        t, torch.from_numpy(labels), label_smoothing=label_smoothing
+    )
     tl.backward()
     assert isinstance(loss, float)
     assert loss == pytest.approx(tl.item(), rel=RTOL[dtype], abs=ATOL[dtype])
@@ -319,17 +350,25 @@ def test_cross_entropy_is_stable_for_huge_logits():
 
 def test_cross_entropy_errors():
     x = np.zeros((3, 4), np.float32)
-    with pytest.raises(ValueError, match=r"labels: expected values in \[0, 4\), got values in \[0, 4\]"):
+    with pytest.raises(
+        ValueError, match=r"labels: expected values in \[0, 4\), got values in \[0, 4\]"
+    ):
         nn.cross_entropy(x, np.array([0, 1, 4]))
     with pytest.raises(ValueError, match=r"labels: expected shape \(3,\), got \(2,\)"):
         nn.cross_entropy(x, np.array([0, 1]))
     with pytest.raises(TypeError, match="labels: expected an integer array, got float64"):
         nn.cross_entropy(x, np.array([0.0, 1.0, 2.0]))
-    with pytest.raises(ValueError, match=r"logits: expected a 2-D \(N, C\) array, got shape \(4,\)"):
+    with pytest.raises(
+        ValueError, match=r"logits: expected a 2-D \(N, C\) array, got shape \(4,\)"
+    ):
         nn.cross_entropy(np.zeros(4, np.float32), np.array([0]))
-    with pytest.raises(ValueError, match=r"logits: expected at least one row and one class, got shape \(0, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"logits: expected at least one row and one class, got shape \(0, 4\)"
+    ):
         nn.cross_entropy(np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
-    with pytest.raises(TypeError, match="logits: expected a float32 or float64 ndarray, got int64 array"):
+    with pytest.raises(
+        TypeError, match="logits: expected a float32 or float64 ndarray, got int64 array"
+    ):
         nn.cross_entropy(np.zeros((3, 4), np.int64), np.array([0, 1, 2]))
     with pytest.raises(ValueError, match=r"label_smoothing: expected a value in \[0, 1\], got 1.5"):
         nn.cross_entropy(x, np.array([0, 1, 2]), label_smoothing=1.5)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from slimgrad import nn
 
 MIN_TEST_ACCURACY = 0.95

@@ -76,14 +76,18 @@ def cross_entropy(
         raise ValueError(f"logits: expected a 2-D (N, C) array, got shape {logits.shape}")
     n, c = logits.shape
     if n == 0 or c == 0:
-        raise ValueError(f"logits: expected at least one row and one class, got shape {logits.shape}")
+        raise ValueError(
+            f"logits: expected at least one row and one class, got shape {logits.shape}"
+        )
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels: expected an integer array, got {labels.dtype.name}")
     if labels.shape != (n,):
         raise ValueError(f"labels: expected shape ({n},), got {labels.shape}")
     if labels.min() < 0 or labels.max() >= c:
-        raise ValueError(f"labels: expected values in [0, {c}), got values in [{labels.min()}, {labels.max()}]")
+        raise ValueError(
+            f"labels: expected values in [0, {c}), got values in [{labels.min()}, {labels.max()}]"
+        )
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing: expected a value in [0, 1], got {label_smoothing}")
     logp = log_softmax(logits)

@@ -48,9 +48,13 @@ class Linear(Module):
         rng = np.random.default_rng(check_seed(seed, "seed"))
         bound = 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
         shape = (self.out_features, self.in_features)
-        self.weight = self.register_parameter("weight", rng.uniform(-bound, bound, shape).astype(self.dtype))
+        self.weight = self.register_parameter(
+            "weight", rng.uniform(-bound, bound, shape).astype(self.dtype)
+        )
         self.bias = (
-            self.register_parameter("bias", rng.uniform(-bound, bound, self.out_features).astype(self.dtype))
+            self.register_parameter(
+                "bias", rng.uniform(-bound, bound, self.out_features).astype(self.dtype)
+            )
             if bias
             else None
         )
@@ -81,7 +85,8 @@ class Linear(Module):
         return g @ self.weight
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        bias = self.bias is not None
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}"
 
 
 class ReLU(Module):
@@ -213,14 +218,17 @@ class BatchNorm1d(Module):
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
         c = self.num_features
+        self.running_mean: np.ndarray | None = None
+        self.running_var: np.ndarray | None = None
+        self.num_batches_tracked: np.ndarray | None = None
         self.weight = self.register_parameter("weight", np.ones(c, self.dtype)) if affine else None
         self.bias = self.register_parameter("bias", np.zeros(c, self.dtype)) if affine else None
         if self.track_running_stats:
             self.running_mean = self.register_buffer("running_mean", np.zeros(c, self.dtype))
             self.running_var = self.register_buffer("running_var", np.ones(c, self.dtype))
-            self.num_batches_tracked = self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
-        else:
-            self.running_mean = self.running_var = self.num_batches_tracked = None
+            self.num_batches_tracked = self.register_buffer(
+                "num_batches_tracked", np.zeros((), np.int64)
+            )
         self._cache: tuple[np.ndarray, np.ndarray, np.ndarray, bool] | None = None
         self._y: np.ndarray | None = None
 
@@ -228,11 +236,14 @@ class BatchNorm1d(Module):
         check_input(x, "x", self.dtype)
         c = self.num_features
         if x.ndim not in (2, 3) or x.shape[1] != c:
-            raise ValueError(f"x: expected a 2-D (N, {c}) or 3-D (N, {c}, L) array, got shape {x.shape}")
+            raise ValueError(
+                f"x: expected a 2-D (N, {c}) or 3-D (N, {c}, L) array, got shape {x.shape}"
+            )
         batch_stats = self.training or not self.track_running_stats
         if batch_stats and x.shape[0] * math.prod(x.shape[2:]) == 1:
-            raise ValueError(
-                f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
+            raise ValueError(  # torch's message
+                "Expected more than 1 value per channel when training, "
+                f"got input size {tuple(x.shape)}"
             )
         update = self.training and self.track_running_stats
         factor = 0.0
@@ -258,7 +269,8 @@ class BatchNorm1d(Module):
             self.eps,
         )
         if update:
-            self.num_batches_tracked += 1
+            assert self.num_batches_tracked is not None
+            self.num_batches_tracked[...] += 1  # in place: the live buffer
         self._cache = (x, save_mean, save_invstd, batch_stats)
         self._y = y
         return y

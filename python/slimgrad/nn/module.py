@@ -11,13 +11,14 @@ arrays: an optimizer updates ``parameters()`` in place from ``gradients()``.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def float_dtype(dtype: object, name: str = "dtype") -> np.dtype:
+def float_dtype(dtype: Any, name: str = "dtype") -> np.dtype:
     """``np.dtype(dtype)`` if it is float32 or float64, else ``TypeError`` naming ``name``."""
     try:
         dt = np.dtype(dtype)
@@ -33,7 +34,9 @@ def check_input(x: object, name: str, dtype: np.dtype) -> np.ndarray:
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name}: expected a {dtype.name} ndarray, got {type(x).__name__}")
     if x.dtype != dtype:
-        raise TypeError(f"{name}: expected a {dtype.name} ndarray, got {x.dtype.name} array of shape {x.shape}")
+        raise TypeError(
+            f"{name}: expected a {dtype.name} ndarray, got {x.dtype.name} array of shape {x.shape}"
+        )
     return x
 
 
@@ -44,7 +47,9 @@ def check_grad(grad_out: object, like: np.ndarray | None, module: str) -> np.nda
     check_input(grad_out, "grad_out", like.dtype)
     assert isinstance(grad_out, np.ndarray)
     if grad_out.shape != like.shape:
-        raise ValueError(f"grad_out: expected shape {like.shape} (the forward output's), got {grad_out.shape}")
+        raise ValueError(
+            f"grad_out: expected shape {like.shape} (the forward output's), got {grad_out.shape}"
+        )
     return grad_out
 
 
@@ -90,7 +95,7 @@ class Module:
         raise NotImplementedError
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Fill the gradient buffers (overwritten, not accumulated) and return the input gradient."""
+        """Fill the gradient buffers (overwritten, not accumulated); return the input gradient."""
         raise NotImplementedError
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
