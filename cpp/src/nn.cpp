@@ -55,18 +55,25 @@ void dropout(const T* x, T* out, std::size_t n, double p, std::uint64_t seed, st
 // ----------------------------------------------------------- BatchNorm
 namespace {
 
-// A reduction block holds about kBnGrain elements (whole rows), and there are
-// at most kBnMaxBlocks of them (bounding the partials' memory to
-// kBnMaxBlocks * c doubles per sum). Both depend on the shape only.
+// A reduction block holds at least kBnGrain elements (whole rows) and at
+// least kBnMinValues values per channel, and there are at most kBnMaxBlocks
+// blocks. The partial sums (one double per channel per block) thus take at
+// most kBnMaxBlocks * c doubles and at most 2 / kBnMinValues of the input's
+// bytes. Everything depends on the shape only, never on the thread count.
 constexpr std::size_t kBnGrain = 1 << 14;
+constexpr std::size_t kBnMinValues = 16;
 constexpr std::size_t kBnMaxBlocks = 64;
+
+std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
 
 std::size_t rows_per_block(const BnShape& s) {
   const std::size_t row = s.c * s.l > 0 ? s.c * s.l : 1;
-  std::size_t r = (kBnGrain + row - 1) / row;
-  const std::size_t min_r = (s.n + kBnMaxBlocks - 1) / kBnMaxBlocks;
-  if (r < min_r) r = min_r;
-  return r > 0 ? r : 1;
+  std::size_t r = ceil_div(kBnGrain, row);
+  const std::size_t by_values = ceil_div(kBnMinValues, s.l > 0 ? s.l : 1);
+  const std::size_t by_blocks = ceil_div(s.n, kBnMaxBlocks);
+  if (r < by_values) r = by_values;
+  if (r < by_blocks) r = by_blocks;
+  return r;
 }
 
 // out[j], j < nacc * c: the sum of each block's partial, blocks in order.
