@@ -132,5 +132,7 @@ void dropout<Isa::avx2, double>(const double* x, double* out, std::size_t n, std
 SLIMGRAD_NN_INSTANTIATE(float)
 SLIMGRAD_NN_INSTANTIATE(double)
 #undef SLIMGRAD_NN_INSTANTIATE
+template void gelu_forward_f32<Isa::avx2>(const float*, float*, std::size_t, bool);
+template void gelu_backward_f32<Isa::avx2>(const float*, const float*, float*, std::size_t, bool);
 
 }  // namespace slimgrad::kernels

@@ -135,5 +135,7 @@ void dropout<Isa::avx512, double>(const double* x, double* out, std::size_t n, s
 SLIMGRAD_NN_INSTANTIATE(float)
 SLIMGRAD_NN_INSTANTIATE(double)
 #undef SLIMGRAD_NN_INSTANTIATE
+template void gelu_forward_f32<Isa::avx512>(const float*, float*, std::size_t, bool);
+template void gelu_backward_f32<Isa::avx512>(const float*, const float*, float*, std::size_t, bool);
 
 }  // namespace slimgrad::kernels

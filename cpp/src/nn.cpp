@@ -5,6 +5,7 @@
 #include <cstring>
 #include <sstream>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "slimgrad/threading.hpp"
@@ -198,17 +199,31 @@ void batch_norm_backward(const T* x, const T* dy, T* dx, BnShape s, const T* wei
 }
 
 // ---------------------------------------------------------------- GELU
+// float32 on a SIMD ISA: the vector kernels; otherwise (scalar ISA, float64)
+// the libm reference loops.
 template <class T>
 void gelu_forward(const T* x, T* y, std::size_t n, bool tanh_approx) {
-  parallel_for(n, kDefaultGrain / 4, [&](std::size_t b, std::size_t e) {
-    kernels::gelu_forward<T>(x + b, y + b, e - b, tanh_approx);
+  dispatch([&](auto isa) {
+    constexpr Isa I = decltype(isa)::value;
+    parallel_for(n, kDefaultGrain / 4, [&](std::size_t b, std::size_t e) {
+      if constexpr (std::is_same_v<T, float> && I != Isa::scalar)
+        kernels::gelu_forward_f32<I>(x + b, y + b, e - b, tanh_approx);
+      else
+        kernels::gelu_forward<T>(x + b, y + b, e - b, tanh_approx);
+    });
   });
 }
 
 template <class T>
 void gelu_backward(const T* x, const T* dy, T* dx, std::size_t n, bool tanh_approx) {
-  parallel_for(n, kDefaultGrain / 4, [&](std::size_t b, std::size_t e) {
-    kernels::gelu_backward<T>(x + b, dy + b, dx + b, e - b, tanh_approx);
+  dispatch([&](auto isa) {
+    constexpr Isa I = decltype(isa)::value;
+    parallel_for(n, kDefaultGrain / 4, [&](std::size_t b, std::size_t e) {
+      if constexpr (std::is_same_v<T, float> && I != Isa::scalar)
+        kernels::gelu_backward_f32<I>(x + b, dy + b, dx + b, e - b, tanh_approx);
+      else
+        kernels::gelu_backward<T>(x + b, dy + b, dx + b, e - b, tanh_approx);
+    });
   });
 }
 
