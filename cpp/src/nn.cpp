@@ -130,20 +130,42 @@ void batch_norm_forward_train(const T* x, T* y, BnShape s, const T* weight, cons
   }
   if (running_var && m < 2)
     throw std::invalid_argument("x: expected more than 1 value per channel to update running_var");
+  // Per block of rows: a two-pass mean and sum of squared deviations (the
+  // second pass re-reads the block from cache, so x streams from memory once
+  // for the statistics); then the blocks are merged in block order with
+  // Chan et al.'s update, as stable as a global two-pass.
+  const std::size_t rb = rows_per_block(s), blocks = num_chunks(s.n, rb), c = s.c;
+  std::vector<double> parts(blocks * 2 * c, 0.0);
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
-    reduce_channels(s, 1, save_mean, [&](std::size_t b, std::size_t e, double* acc) {
-      kernels::bn_sum<I, T>(x + b * stride, e - b, s.c, s.l, acc);
-    });
-    for (std::size_t ch = 0; ch < s.c; ++ch) save_mean[ch] /= static_cast<double>(m);
-    // Two-pass variance: the squared deviations from the exact-in-double mean.
-    reduce_channels(s, 1, save_invstd, [&](std::size_t b, std::size_t e, double* acc) {
-      kernels::bn_sqdev<I, T>(x + b * stride, e - b, s.c, s.l, save_mean, acc);
+    parallel_for(s.n, rb, [&](std::size_t b, std::size_t e) {
+      double* mean = parts.data() + (b / rb) * 2 * c;
+      kernels::bn_sum<I, T>(x + b * stride, e - b, c, s.l, mean);
+      const double count = static_cast<double>((e - b) * s.l);
+      for (std::size_t ch = 0; ch < c; ++ch) mean[ch] /= count;
+      kernels::bn_sqdev<I, T>(x + b * stride, e - b, c, s.l, mean, mean + c);
     });
   });
+  double* m2 = save_invstd;  // holds the sum of squared deviations until the end
+  for (std::size_t ch = 0; ch < c; ++ch) {
+    save_mean[ch] = parts[ch];
+    m2[ch] = parts[c + ch];
+  }
+  double count = static_cast<double>(rb < s.n ? rb * s.l : m);
+  for (std::size_t k = 1; k < blocks; ++k) {
+    const double nb = static_cast<double>(((k + 1) * rb < s.n ? rb : s.n - k * rb) * s.l);
+    const double total = count + nb;
+    const double* bm = parts.data() + k * 2 * c;
+    for (std::size_t ch = 0; ch < c; ++ch) {
+      const double delta = bm[ch] - save_mean[ch];
+      save_mean[ch] += delta * (nb / total);
+      m2[ch] += bm[c + ch] + delta * delta * (count * nb / total);
+    }
+    count = total;
+  }
   const double md = static_cast<double>(m);
   for (std::size_t ch = 0; ch < s.c; ++ch) {
-    const double var = save_invstd[ch] / md;  // biased: normalizes the batch
+    const double var = m2[ch] / md;  // biased: normalizes the batch
     if (running_mean)
       running_mean[ch] = static_cast<T>(momentum * save_mean[ch] + (1.0 - momentum) * running_mean[ch]);
     if (running_var)  // unbiased, like torch

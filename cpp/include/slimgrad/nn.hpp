@@ -17,8 +17,9 @@
 // BatchNorm: the input is viewed as (n, c, l) (l = 1 for a 2-D (n, c) input).
 // Per-channel sums run in double (also for float32 input, as torch's CPU
 // kernel does), over fixed blocks of rows whose partials are added in block
-// order: the statistics are identical for any thread count. Variance is
-// two-pass (mean first, then the sum of squared deviations).
+// order: the statistics are identical for any thread count. Variance: a
+// two-pass mean and sum of squared deviations per block of rows (the block
+// is re-read from cache), blocks merged in order with Chan et al.'s update.
 #pragma once
 
 #include <cstddef>
