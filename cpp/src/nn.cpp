@@ -58,9 +58,10 @@ namespace {
 
 // A reduction block holds at least kBnGrain elements (whole rows) and at
 // least kBnMinValues values per channel, and there are at most kBnMaxBlocks
-// blocks. The partial sums (one double per channel per block) thus take at
-// most kBnMaxBlocks * c doubles and at most 2 / kBnMinValues of the input's
-// bytes. Everything depends on the shape only, never on the thread count.
+// blocks. The partials (at most two doubles per channel per block) thus take
+// at most 2 * kBnMaxBlocks * c doubles and at most a quarter of a float32
+// input's bytes. Everything depends on the shape only, never on the thread
+// count.
 constexpr std::size_t kBnGrain = 1 << 14;
 constexpr std::size_t kBnMinValues = 16;
 constexpr std::size_t kBnMaxBlocks = 64;
