@@ -100,6 +100,9 @@ class Bucket:
     step: int = 0
     # State dicts of the params (for step counting), parallel to keys.
     state_dicts: list[dict[str, Any]] = field(default_factory=list)
+    # Free for the subclass: whatever it precomputes once per bucket (argument
+    # objects, label lists). Rebuilt with the bucket (new state, load_state_dict).
+    cache: dict[str, Any] = field(default_factory=dict)
 
 
 def _label(key: Key) -> str:
@@ -470,6 +473,7 @@ class Optimizer:
                     i -= len(b.grads)
             check = False
         for b in buckets:
+            # With several buckets, a bucket may only fail in ways checked above.
             bad = self._step_bucket(self.param_groups[b.group_index], b, check)
             if bad is not None:
                 return self._nonfinite(b, *bad)
@@ -480,14 +484,12 @@ class Optimizer:
         return True
 
     def _validate_all(self, buckets: list[Bucket]) -> None:
-        """Buffer checks of every bucket before any kernel runs (several-bucket steps)."""
-        from .. import _core
+        """Check every bucket's arrays before any kernel runs (steps with several buckets).
 
-        fn = getattr(_core.optim, "check_bucket", None)
-        if fn is None:
-            return
-        for b in buckets:
-            fn(b.params, b.grads, b.masters, list(b.states.values()), list(b.states), b.labels)
+        Override to run the buffer checks of your kernel without running it,
+        so that a bad array in a later bucket cannot leave earlier buckets
+        updated. Must not modify anything.
+        """
 
     def _nonfinite(self, b: Bucket, i: int, j: int) -> bool:
         b.grads = []

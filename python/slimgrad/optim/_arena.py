@@ -1,0 +1,1 @@
+def flatten(params): raise NotImplementedError
