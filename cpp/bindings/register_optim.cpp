@@ -63,9 +63,10 @@ Checked check_lists(const StepArgs& args, const py::list& params, const py::list
   c.slots.resize(n);
   std::uint64_t offset = 0;
   for (std::size_t i = 0; i < n; ++i) {
+    // One list holds one dtype (the Python layer buckets params by dtype).
     const Array p = i == 0 ? check_array(params[i], str_at(pn, i), {DType::f32, DType::f64, DType::f16, DType::bf16},
                                          Access::write)
-                           : check_like(params[i], str_at(pn, i), c.keep.front(), Access::write);
+                           : check_array(params[i], str_at(pn, i), {c.keep.front().dtype}, Access::write);
     if (i == 0) c.storage = storage_of(p.dtype);
     const Array g = check_like(grads[i], str_at(gn, i), p, Access::read);
     const auto shape = p.shape();
