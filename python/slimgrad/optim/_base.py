@@ -176,6 +176,7 @@ class Optimizer:
         self._params: list[np.ndarray] = []
         self._group_of: list[int] = []
         self._buckets: list[Bucket] | None = None
+        self._str_keys = True  # every param has a name (grads may be a dict)
 
         if isinstance(params, np.ndarray):
             raise TypeError("params: expected a dict, a list of ndarrays or a list of param groups, got ndarray")
@@ -257,6 +258,7 @@ class Optimizer:
         group["params"] = dict(pairs) if isinstance(raw, Mapping) else [p for _, p in pairs]
         gi = len(self.param_groups)
         self.param_groups.append(group)
+        self._str_keys = self._str_keys and isinstance(raw, Mapping)
         for k, p in pairs:
             self._keys.append(k)
             self._params.append(p)
@@ -359,7 +361,7 @@ class Optimizer:
         """grads in the flat order of params; TypeError/ValueError on a structure mismatch."""
         n = len(self._keys)
         if isinstance(grads, Mapping):
-            if self._layout == "list" or any(not isinstance(k, str) for k in self._keys):
+            if self._layout == "list" or not self._str_keys:
                 raise TypeError("grads: expected a list in the order of params, got dict")
             try:
                 flat = [grads[k] for k in self._keys]
