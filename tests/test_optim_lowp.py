@@ -6,7 +6,6 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-
 from conftest import run_everywhere
 from slimgrad import optim
 from slimgrad.optim import functional as F
@@ -35,7 +34,9 @@ def _fmix32(x: np.ndarray) -> np.ndarray:
 
 
 def sr_bits(seed: int, step: int, n: int, offset: int = 0) -> np.ndarray:
-    key = _mix64_int(_mix64_int((seed + 0x9E3779B97F4A7C15) & M64) ^ ((step * 0xD1B54A32D192ED03) & M64))
+    key = _mix64_int(
+        _mix64_int((seed + 0x9E3779B97F4A7C15) & M64) ^ ((step * 0xD1B54A32D192ED03) & M64)
+    )
     idx = np.arange(offset, offset + n, dtype=np.uint64)
     lo = (idx & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     hi = (idx >> np.uint64(32)).astype(np.uint32)
@@ -156,8 +157,29 @@ def test_stochastic_rounding_is_unbiased(dtype):
 
 
 SPECIALS = np.array(
-    [0.0, -0.0, 1e-6, -3e-8, 1e-9, 6.1e-5, 65504.0, 65505.0, 65519.0, 65520.0, 7e4, -7e4, 1e38, 3.4e38,
-     np.inf, -np.inf, np.nan, 1.0, -2.5, 1.0 + 2.0**-12, 1.5e-45],
+    [
+        0.0,
+        -0.0,
+        1e-6,
+        -3e-8,
+        1e-9,
+        6.1e-5,
+        65504.0,
+        65505.0,
+        65519.0,
+        65520.0,
+        7e4,
+        -7e4,
+        1e38,
+        3.4e38,
+        np.inf,
+        -np.inf,
+        np.nan,
+        1.0,
+        -2.5,
+        1.0 + 2.0**-12,
+        1.5e-45,
+    ],
     np.float32,
 )
 
@@ -176,7 +198,9 @@ def test_stochastic_special_values(dtype):
         got = p.astype(np.float32)
         nan = np.isnan(expected)
         np.testing.assert_array_equal(np.isnan(got), nan, err_msg=str(key))
-        np.testing.assert_array_equal(got[~nan].view(np.uint32), expected[~nan].view(np.uint32), err_msg=str(key))
+        np.testing.assert_array_equal(
+            got[~nan].view(np.uint32), expected[~nan].view(np.uint32), err_msg=str(key)
+        )
 
 
 def test_stochastic_depends_on_seed_and_step():
@@ -184,7 +208,15 @@ def test_stochastic_depends_on_seed_and_step():
     outs = []
     for seed, step in [(0, 1), (1, 1), (0, 2), (0, 1)]:
         p = np.zeros(1000, ml_dtypes.bfloat16)
-        F.sgd_(p, np.zeros_like(p), step=step, lr=0.0, master=x.copy(), rounding="stochastic", seed=seed)
+        F.sgd_(
+            p,
+            np.zeros_like(p),
+            step=step,
+            lr=0.0,
+            master=x.copy(),
+            rounding="stochastic",
+            seed=seed,
+        )
         outs.append(p.view(np.uint16).copy())
     assert not np.array_equal(outs[0], outs[1])
     assert not np.array_equal(outs[0], outs[2])
@@ -208,5 +240,7 @@ def test_half_master_must_be_float32():
     p = np.zeros(4, np.float16)
     with pytest.raises(TypeError, match="master: expected float32 C-contiguous array of shape"):
         F.sgd_(p, p.copy(), step=1, lr=0.1, master=np.zeros(4, np.float16))
-    with pytest.raises(ValueError, match="masters: float16/bfloat16 params need float32 master copies"):
+    with pytest.raises(
+        ValueError, match="masters: float16/bfloat16 params need float32 master copies"
+    ):
         F.sgd_(p, p.copy(), step=1, lr=0.1)

@@ -31,7 +31,20 @@ def transformer_shapes(size: int) -> list[tuple[int, ...]]:
     d = max(8, int(round(384 * math.sqrt(size / DEFAULT_SIZE) / 8)) * 8)
     shapes: list[tuple[int, ...]] = [(4096, d)]  # token embedding
     for _ in range(8):
-        shapes += [(d,), (d,), (3 * d, d), (3 * d,), (d, d), (d,), (d,), (d,), (4 * d, d), (4 * d,), (d, 4 * d), (d,)]
+        shapes += [
+            (d,),
+            (d,),
+            (3 * d, d),
+            (3 * d,),
+            (d, d),
+            (d,),
+            (d,),
+            (d,),
+            (4 * d, d),
+            (4 * d,),
+            (d, 4 * d),
+            (d,),
+        ]
     shapes += [(d,), (d,)]
     return shapes
 
@@ -124,17 +137,22 @@ def _case(label, name, cls, kw, tname, tkw, arrays_moved, shapes, torch, arena: 
     return Case(f"{label} {name}", impls, bytes=arrays_moved * 4 * n)
 
 
-def cases(size: int) -> Iterator[Case]:
-    torch = optional_import("torch")
+def _probe(size: int) -> Case:
     rng = np.random.default_rng(0)
     p, g, m, v = (rng.standard_normal(size).astype(np.float32) * 1e-3 for _ in range(4))
-    yield Case(PROBE, {"slimgrad": lambda: _core.stream_probe(p, g, m, v)}, bytes=7 * 4 * size)
-    del p, g, m, v
+    return Case(PROBE, {"slimgrad": lambda: _core.stream_probe(p, g, m, v)}, bytes=7 * 4 * size)
+
+
+def cases(size: int) -> Iterator[Case]:
+    torch = optional_import("torch")
+    yield _probe(size)
 
     mixed = transformer_shapes(size)
     for name, cls, kw, tname, tkw, moved in OPTIMIZERS:
         yield _case("1 array", name, cls, kw, tname, tkw, moved, [(size,)], torch, arena=False)
-        yield _case(f"{len(mixed)} arrays", name, cls, kw, tname, tkw, moved, mixed, torch, arena=True)
+        yield _case(
+            f"{len(mixed)} arrays", name, cls, kw, tname, tkw, moved, mixed, torch, arena=True
+        )
 
     yield _bf16_case(size, torch)
 
@@ -164,5 +182,9 @@ def _bf16_case(size: int, torch) -> Case:
                 topt.step()
 
         impls["torch fused=True (bf16 m, v)"] = step
-    return Case("1 array AdamW bf16 params", impls, bytes=30 * size,
-                note="ours: float32 master + moments (30 B/elem); torch: bfloat16 moments, no master")
+    return Case(
+        "1 array AdamW bf16 params",
+        impls,
+        bytes=30 * size,
+        note="ours: float32 master + moments (30 B/elem); torch: bfloat16 moments, no master",
+    )
