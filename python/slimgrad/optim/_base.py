@@ -338,13 +338,14 @@ class Optimizer:
 
     def _ensure_state(self) -> list[Key]:
         """Create missing state (lazily, at the first step); returns the keys created."""
+        if self._buckets is not None:
+            return []  # buckets exist only while every param has its state
         created = []
         for k, p, gi in zip(self._keys, self._params, self._group_of):
             if k not in self.state:
                 self.state[k] = self._full_init_state(self.param_groups[gi], p)
                 created.append(k)
-        if created or self._buckets is None:
-            self._build_buckets()
+        self._build_buckets()
         return created
 
     def _build_buckets(self) -> None:
