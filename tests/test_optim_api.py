@@ -594,3 +594,16 @@ def test_state_is_placed_at_the_params_cache_line_offset(rng):
     sd = opt.state_dict()
     opt.load_state_dict(sd)  # loading places the copies the same way
     assert opt.state[0]["exp_avg"].ctypes.data % 64 == p.ctypes.data % 64
+
+
+def test_bench_suite_runs_at_a_tiny_size():
+    # Correctness of the suite's plumbing only; speed is never asserted.
+    from slimgrad.bench import optim as suite
+
+    names = []
+    for case in suite.cases(2048):
+        assert case.bytes > 0 and "slimgrad" in case.impls
+        for fn in case.impls.values():
+            fn()
+        names.append(case.name)
+    assert names[0] == "stream probe" and len(names) == 10
