@@ -451,6 +451,7 @@ def test_checkpoint_structure_round_trip(tmp_path):
             "param_groups": [{"betas": (0.9, 0.99), "lr": 1e-3}],
         },
         "extra": [1, 2.5, None, "x", True, float("inf")],
+        "shapes": [np.full((), 2.0), np.zeros((0, 3), np.int8), np.ones((3, 4))[:, 1]],
     }
     path = tmp_path / "c.safetensors"
     slimgrad.save(path, **state)
@@ -461,6 +462,19 @@ def test_checkpoint_structure_round_trip(tmp_path):
     np.testing.assert_array_equal(back["params"]["w"], state["params"]["w"])
     assert back["params"]["h"].dtype == ml_dtypes.bfloat16
     assert back["params"]["w"].flags.writeable
+    for a, b in zip(back["shapes"], state["shapes"]):  # 0-d, empty, non-contiguous
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+def test_zero_d_and_empty_params_step_and_round_trip(tmp_path):
+    ps = {"a": np.zeros((0, 3), np.float32), "b": np.array(1.5, np.float32)}
+    opt = optim.Adam(ps, lr=0.1)
+    assert opt.step({k: np.ones_like(v) for k, v in ps.items()})
+    assert ps["b"] == np.float32(1.5) - np.float32(0.1)
+    slimgrad.save(tmp_path / "c.safetensors", opt=opt.state_dict())
+    opt.load_state_dict(slimgrad.load(tmp_path / "c.safetensors")["opt"])
+    assert opt.state["b"]["exp_avg"].shape == ()
 
 
 def test_checkpoint_is_readable_by_safetensors(tmp_path):

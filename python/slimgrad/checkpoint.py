@@ -135,7 +135,8 @@ def save(path: str | os.PathLike, **state: Any) -> None:
     offset = 0
     arrays = []
     for name, a in tensors.items():
-        a = np.ascontiguousarray(a)
+        if not a.flags.c_contiguous:  # (not ascontiguousarray: it turns 0-d into 1-d)
+            a = a.copy(order="C")
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
         header[name] = {
