@@ -49,6 +49,14 @@ multi-tensor C++ call and passes ``check=False``, so that a bad gradient in
 the last bucket cannot leave the first ones updated. ``nonfinite="ignore"``
 passes ``check=False`` always (torch's behaviour: NaN flows into the params).
 
+Optional hooks: ``_validate_all(buckets)`` runs before the first bucket of a
+several-bucket step; override it to run your kernel's buffer checks without
+the kernel, so a bad array in a later bucket raises before any bucket is
+updated (the default does nothing). ``bucket.cache`` is a dict for whatever a
+subclass precomputes per bucket (argument objects, label lists); buckets are
+rebuilt, with an empty cache, when state is created or loaded or a group is
+added.
+
 State layout: ``opt.state[key]`` is a dict per parameter (``key`` is the
 name for dict params, the flat index for list params), holding ``"step"``
 (int), the arrays from ``_init_state`` and, for float16/bfloat16 params,
