@@ -223,6 +223,64 @@ inline void sr_round8(const float* xs, std::uint16_t* out, std::uint64_t key, st
 }  // namespace
 #endif  // __AVX2__
 
+#if defined(__AVX512F__)
+// The same for 16 lanes with AVX-512 (masks instead of blends).
+namespace {
+
+inline __m512i fmix32_z(__m512i x) {
+  x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+  x = _mm512_mullo_epi32(x, _mm512_set1_epi32(static_cast<int>(0x85EBCA6Bu)));
+  x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 13));
+  x = _mm512_mullo_epi32(x, _mm512_set1_epi32(static_cast<int>(0xC2B2AE35u)));
+  return _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+}
+
+// sr_bits(key, index0 + j) for j < 16; the low 32 bits of the index must not wrap.
+inline __m512i sr_bits16(std::uint64_t key, std::uint64_t index0) {
+  const __m512i lo = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(index0))),
+                                      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  const __m512i a = fmix32_z(_mm512_add_epi32(_mm512_mullo_epi32(lo, _mm512_set1_epi32(static_cast<int>(0x9E3779B1u))),
+                                              _mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(key)))));
+  const std::uint32_t h =
+      static_cast<std::uint32_t>(key >> 32) ^ (static_cast<std::uint32_t>(index0 >> 32) * 0x85EBCA77u);
+  return fmix32_z(_mm512_xor_si512(a, _mm512_set1_epi32(static_cast<int>(h))));
+}
+
+inline void sr_round16(__m512 x, std::uint16_t* out, std::uint64_t key, std::uint64_t index0, bool bf16) {
+  const __m512i r = sr_bits16(key, index0);
+  const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_sub_ps(x, x), _mm512_setzero_ps(), _CMP_EQ_OQ);
+  __m512i res;
+  if (bf16) {
+    const __m512i bits = _mm512_castps_si512(x);
+    const __m512i sr = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_and_si512(r, _mm512_set1_epi32(0xFFFF))), 16);
+    // Nearest even for inf/NaN (NaN quieted), as simd::store_bf16.
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i near = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    near = _mm512_mask_or_epi32(near, nan, _mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
+    res = _mm512_mask_blend_epi32(finite, near, sr);
+  } else {
+    const __m256i down = _mm512_cvtps_ph(x, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m512i d32 = _mm512_cvtepu16_epi32(down);
+    const __m512i u32 = _mm512_add_epi32(d32, _mm512_set1_epi32(1));
+    const __m512 ax = _mm512_abs_ps(x);
+    const __m512 fd = _mm512_abs_ps(_mm512_cvtph_ps(down));
+    const __m512 fu = _mm512_abs_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(u32)));
+    const __m512 frac = _mm512_div_ps(_mm512_sub_ps(ax, fd), _mm512_sub_ps(fu, fd));
+    const __m512 u = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(r, 8)), _mm512_set1_ps(5.9604644775390625e-8f));
+    const __mmask16 up = _mm512_cmp_ps_mask(u, frac, _CMP_LT_OQ) & _mm512_cmp_ps_mask(fd, ax, _CMP_NEQ_OQ);
+    const __m512i sr = _mm512_mask_blend_epi32(up, d32, u32);
+    const __m512i near = _mm512_cvtepu16_epi32(_mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __mmask16 special =
+        static_cast<__mmask16>(_mm512_cmp_ps_mask(ax, _mm512_set1_ps(65504.0f), _CMP_GT_OQ) | ~finite);
+    res = _mm512_mask_blend_epi32(special, sr, near);
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm512_cvtepi32_epi16(res));
+}
+
+}  // namespace
+#endif  // __AVX512F__
+
 template <Isa I>
 inline Vec<float, I> load_half(const std::uint16_t* p, bool bf16) {
   return bf16 ? load_bf16<I>(p) : load_f16<I>(p);
@@ -298,6 +356,16 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
       io.st(master + i, x);
       std::uint16_t out[W];
       if (a.stochastic) {
+#if defined(__AVX512F__)
+        if constexpr (I == Isa::avx512) {
+          const std::uint64_t idx = s.offset + i;
+          if (static_cast<std::uint32_t>(idx) <= 0xFFFFFFF0u) {  // no wrap of the low 32 bits
+            sr_round16(x.v, out, key, idx, bf16);
+            std::memcpy(p + i, out, n * sizeof(std::uint16_t));
+            return;
+          }
+        }
+#endif
         float xs[W];
         x.store(xs);
         for (std::size_t j = 0; j < n; j += 8) {
