@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import importlib
 
-from ._base import Optimizer
+from ._base import Bucket, Optimizer
 
-__all__ = ["Optimizer"]
+__all__ = ["Bucket", "Optimizer"]
 
 # name -> module. Each module is imported if present: the second half of the
 # optimizers (part B: Lion, LAMB, AdamW8bit, Adafactor, clipping) lives in its
