@@ -139,9 +139,9 @@ void bind_lion(py::module_& m) {
         if (p.empty()) return;
         const double decay = 1.0 - lr * weight_decay;
         if (p[0].dtype == DType::f32)
-          lion_call<float>(p, g, mm, {float(lr), float(beta1), float(beta2), float(decay), maximize});
+          lion_call<float>(p, g, mm, {float(lr), float(beta1), float(beta2), float(1 - beta1), float(1 - beta2), float(decay), maximize});
         else
-          lion_call<double>(p, g, mm, {lr, beta1, beta2, decay, maximize});
+          lion_call<double>(p, g, mm, {lr, beta1, beta2, 1 - beta1, 1 - beta2, decay, maximize});
       },
       py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("labels") = py::none(), py::kw_only(),
       py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("weight_decay"), py::arg("maximize") = false,
@@ -178,15 +178,17 @@ void bind_lamb(py::module_& m) {
         const double s = static_cast<double>(step);
         const double inv_bc1 = 1.0 / (1.0 - std::pow(beta1, s)), inv_bc2 = 1.0 / (1.0 - std::pow(beta2, s));
         std::vector<double> ratios;
-        if (p.empty()) return py::cast(ratios);
+        if (p.empty()) return py::list();
         if (p[0].dtype == DType::f32)
           ratios = lamb_call<float>(p, g, mm, vv,
-                                    {float(beta1), float(beta2), float(inv_bc1), float(inv_bc2), float(eps),
+                                    {float(beta1), float(beta2), float(1 - beta1), float(1 - beta2), float(inv_bc1), float(inv_bc2), float(eps),
                                      float(weight_decay)},
                                     float(lr));
         else
-          ratios = lamb_call<double>(p, g, mm, vv, {beta1, beta2, inv_bc1, inv_bc2, eps, weight_decay}, lr);
-        return py::cast(ratios);
+          ratios = lamb_call<double>(p, g, mm, vv, {beta1, beta2, 1 - beta1, 1 - beta2, inv_bc1, inv_bc2, eps, weight_decay}, lr);
+        py::list out;
+        for (double r : ratios) out.append(r);
+        return out;
       },
       py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"),
       py::arg("labels") = py::none(), py::kw_only(), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
@@ -232,10 +234,10 @@ void bind_adamw8bit(py::module_& m) {
         const double step_size = lr / bc1, inv_sqrt_bc2 = 1.0 / std::sqrt(bc2), decay = 1.0 - lr * weight_decay;
         if (p[0].dtype == DType::f32)
           adam8_call<float>(p, g, mm, vv, ms, vs,
-                            {float(beta1), float(beta2), float(step_size), float(inv_sqrt_bc2), float(eps),
+                            {float(beta1), float(beta2), float(1 - beta1), float(1 - beta2), float(step_size), float(inv_sqrt_bc2), float(eps),
                              float(decay), maximize});
         else
-          adam8_call<double>(p, g, mm, vv, ms, vs, {beta1, beta2, step_size, inv_sqrt_bc2, eps, decay, maximize});
+          adam8_call<double>(p, g, mm, vv, ms, vs, {beta1, beta2, 1 - beta1, 1 - beta2, step_size, inv_sqrt_bc2, eps, decay, maximize});
       },
       py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"), py::arg("exp_avg_scales"),
       py::arg("exp_avg_sq_scales"), py::arg("labels") = py::none(), py::kw_only(), py::arg("lr"), py::arg("beta1"),

@@ -22,9 +22,9 @@ template <class T>
 void lion_ref(T* p, const T* g, T* m, std::size_t n, const LionCoef<T>& c) {
   for (std::size_t i = 0; i < n; ++i) {
     const T gi = c.maximize ? -g[i] : g[i];
-    const T u = c.beta1 * m[i] + (T(1) - c.beta1) * gi;
+    const T u = c.beta1 * m[i] + c.one_minus_beta1 * gi;
     p[i] = p[i] * c.decay - c.lr * sign_of(u);
-    m[i] = c.beta2 * m[i] + (T(1) - c.beta2) * gi;
+    m[i] = c.beta2 * m[i] + c.one_minus_beta2 * gi;
   }
 }
 
@@ -37,8 +37,8 @@ template <class T>
 void lamb_moments_ref(const T* p, const T* g, T* m, T* v, std::size_t n, const LambCoef<T>& c, double* sums) {
   double pp = 0.0, rr = 0.0;
   for (std::size_t i = 0; i < n; ++i) {
-    m[i] = c.beta1 * m[i] + (T(1) - c.beta1) * g[i];
-    v[i] = c.beta2 * v[i] + (T(1) - c.beta2) * g[i] * g[i];
+    m[i] = c.beta1 * m[i] + c.one_minus_beta1 * g[i];
+    v[i] = c.beta2 * v[i] + c.one_minus_beta2 * g[i] * g[i];
     const T r = lamb_r(p[i], m[i], v[i], c);
     pp += static_cast<double>(p[i]) * p[i];
     rr += static_cast<double>(r) * r;
@@ -105,8 +105,8 @@ void adamw8bit_ref(T* p, const T* g, std::int8_t* m, std::uint8_t* v, float* ms,
     const std::size_t blk = b / kQuantBlock;
     for (std::size_t i = 0; i < k; ++i) {
       const T gi = c.maximize ? -g[b + i] : g[b + i];
-      const T mi = c.beta1 * static_cast<T>(decode_signed(m[b + i], ms[blk])) + (T(1) - c.beta1) * gi;
-      const T vi = c.beta2 * static_cast<T>(decode_unsigned(v[b + i], vs[blk])) + (T(1) - c.beta2) * gi * gi;
+      const T mi = c.beta1 * static_cast<T>(decode_signed(m[b + i], ms[blk])) + c.one_minus_beta1 * gi;
+      const T vi = c.beta2 * static_cast<T>(decode_unsigned(v[b + i], vs[blk])) + c.one_minus_beta2 * gi * gi;
       const T denom = std::sqrt(vi) * c.inv_sqrt_bc2 + c.eps;
       p[b + i] = p[b + i] * c.decay - c.step_size * (mi / denom);
       mb[i] = static_cast<float>(mi);

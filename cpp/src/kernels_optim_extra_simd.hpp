@@ -189,8 +189,8 @@ T torch_lerp(T a, T b, T w) {
 template <Isa I, class T>
 void lion(T* p, const T* g, T* m, std::size_t n, const LionCoef<T>& c) {
   using V = Vec<T, I>;
-  const V b1 = V::set1(c.beta1), omb1 = V::set1(T(1) - c.beta1), b2 = V::set1(c.beta2),
-          omb2 = V::set1(T(1) - c.beta2), nlr = V::set1(-c.lr), decay = V::set1(c.decay);
+  const V b1 = V::set1(c.beta1), omb1 = V::set1(c.one_minus_beta1), b2 = V::set1(c.beta2),
+          omb2 = V::set1(c.one_minus_beta2), nlr = V::set1(-c.lr), decay = V::set1(c.decay);
   const bool neg = c.maximize;
   for_vecs<V>(n, [&](std::size_t i, std::size_t k) {
     V gi = ld<V>(g + i, k);
@@ -212,8 +212,8 @@ V lamb_r(V p, V m, V v, const LambCoef<T>& c) {
 template <Isa I, class T>
 void lamb_moments(const T* p, const T* g, T* m, T* v, std::size_t n, const LambCoef<T>& c, double* sums) {
   using V = Vec<T, I>;
-  const V b1 = V::set1(c.beta1), omb1 = V::set1(T(1) - c.beta1), b2 = V::set1(c.beta2),
-          omb2 = V::set1(T(1) - c.beta2);
+  const V b1 = V::set1(c.beta1), omb1 = V::set1(c.one_minus_beta1), b2 = V::set1(c.beta2),
+          omb2 = V::set1(c.one_minus_beta2);
   V pp = V::zero(), rr = V::zero();
   for_vecs<V>(n, [&](std::size_t i, std::size_t k) {
     const V gi = ld<V>(g + i, k), pi = ld<V>(p + i, k);
@@ -277,8 +277,8 @@ void adamw8bit(T* p, const T* g, std::int8_t* m, std::uint8_t* v, float* ms, flo
     decode_unsigned_block<I>(vcode, vs[blk], vb, kp);
     if constexpr (std::is_same_v<T, float>) {
       using V = VF;
-      const V b1 = V::set1(c.beta1), omb1 = V::set1(1.0f - c.beta1), b2 = V::set1(c.beta2),
-              omb2 = V::set1(1.0f - c.beta2), step = V::set1(-c.step_size), ibc = V::set1(c.inv_sqrt_bc2),
+      const V b1 = V::set1(c.beta1), omb1 = V::set1(c.one_minus_beta1), b2 = V::set1(c.beta2),
+              omb2 = V::set1(c.one_minus_beta2), step = V::set1(-c.step_size), ibc = V::set1(c.inv_sqrt_bc2),
               eps = V::set1(c.eps), decay = V::set1(c.decay);
       for (std::size_t i = 0; i < kp; i += V::width) {
         V gi = V::load(gp + i);
@@ -295,8 +295,8 @@ void adamw8bit(T* p, const T* g, std::int8_t* m, std::uint8_t* v, float* ms, flo
       // update is done in T as plain loops.
       for (std::size_t i = 0; i < kp; ++i) {
         const T gi = c.maximize ? -gp[i] : gp[i];
-        const T mi = c.beta1 * static_cast<T>(mb[i]) + (T(1) - c.beta1) * gi;
-        const T vi = c.beta2 * static_cast<T>(vb[i]) + (T(1) - c.beta2) * gi * gi;
+        const T mi = c.beta1 * static_cast<T>(mb[i]) + c.one_minus_beta1 * gi;
+        const T vi = c.beta2 * static_cast<T>(vb[i]) + c.one_minus_beta2 * gi * gi;
         const T denom = std::sqrt(vi) * c.inv_sqrt_bc2 + c.eps;
         pp[i] = pp[i] * c.decay - c.step_size * (mi / denom);
         mb[i] = static_cast<float>(mi);
