@@ -31,9 +31,29 @@ std::vector<Item> make_items(const std::size_t* sizes, std::size_t count) {
   return items;
 }
 
+// Below this much work a parallel region costs more than it saves (and on a
+// busy machine waking a second thread can cost milliseconds).
+constexpr std::size_t kSerialBelow = 2 * kExtraGrain;
+
 template <class Body>
 void run_items(const std::vector<Item>& items, Body&& body) {
+  std::size_t total = 0;
+  for (const Item& it : items) total += it.end - it.begin;
+  if (total < kSerialBelow) {
+    for (std::size_t t = 0; t < items.size(); ++t) body(t, items[t]);
+    return;
+  }
   parallel_tasks(items.size(), [&](std::size_t t) { body(t, items[t]); });
+}
+
+// Tiles of one matrix: same rule.
+template <class Body>
+void run_tiles(std::size_t n_tiles, std::size_t elems, Body&& body) {
+  if (elems < kSerialBelow) {
+    for (std::size_t t = 0; t < n_tiles; ++t) body(t);
+    return;
+  }
+  parallel_tasks(n_tiles, body);
 }
 
 template <class T>
@@ -225,7 +245,9 @@ void adafactor_step(T* p, const T* g, T* row_var, T* col_var, T* var, std::size_
   const T w = static_cast<T>(a.beta2_weight);
   const T decay = static_cast<T>(1.0 - a.lr * a.weight_decay);
   // alpha from the parameter's RMS before weight decay (torch's order).
-  const double p_rms = n ? std::sqrt(squared_norm(p, n)) / std::sqrt(static_cast<double>(n)) : 0.0;
+  const T* const pc[1] = {p};
+  const std::size_t nn[1] = {n};
+  const double p_rms = n ? total_norm<T>(pc, nn, 1, 2.0) / std::sqrt(static_cast<double>(n)) : 0.0;
   const double alpha = std::max(a.eps2, p_rms) * a.rho;
   double u_sq = 0.0;
   if (factored) {
@@ -236,7 +258,7 @@ void adafactor_step(T* p, const T* g, T* row_var, T* col_var, T* var, std::size_
     for (std::size_t b = 0; b < batch; ++b) {
       const T* gb = g + b * rows * cols;
       dispatch([&](auto isa) {
-        parallel_tasks(tiles.size(), [&](std::size_t t) {
+        run_tiles(tiles.size(), rows * cols, [&](std::size_t t) {
           const Tile& q = tiles[t];
           kernels::sq_rows_cols<decltype(isa)::value, T>(gb + q.r0 * cols + q.c0, q.r1 - q.r0, q.c1 - q.c0, cols,
                                                           &row_part[q.cb * rows + q.r0],
@@ -263,7 +285,7 @@ void adafactor_step(T* p, const T* g, T* row_var, T* col_var, T* var, std::size_
     for (std::size_t b = 0; b < batch; ++b) {
       const T* gb = g + b * rows * cols;
       dispatch([&](auto isa) {
-        parallel_tasks(tiles.size(), [&](std::size_t t) {
+        run_tiles(tiles.size(), rows * cols, [&](std::size_t t) {
           const Tile& q = tiles[t];
           part[t] = kernels::adafactor_factored_norm<decltype(isa)::value, T>(
               gb + q.r0 * cols + q.c0, row_var + b * rows + q.r0, col_var + b * cols + q.c0, q.r1 - q.r0,
@@ -277,7 +299,7 @@ void adafactor_step(T* p, const T* g, T* row_var, T* col_var, T* var, std::size_
     for (std::size_t b = 0; b < batch; ++b) {
       const std::size_t off = b * rows * cols;
       dispatch([&](auto isa) {
-        parallel_tasks(tiles.size(), [&](std::size_t t) {
+        run_tiles(tiles.size(), rows * cols, [&](std::size_t t) {
           const Tile& q = tiles[t];
           const std::size_t o = off + q.r0 * cols + q.c0;
           kernels::adafactor_factored_apply<decltype(isa)::value, T>(
