@@ -287,9 +287,12 @@ def test_adamw8bit_training_close_to_fp32_adamw():
         loss, grads = loss_grad(params)
         losses.append(loss)
         opt.step(grads)
-    # Stated tolerance: the 8-bit run ends within 10 % of the fp32 run's final
-    # loss (both fall by > 10x from the start).
-    assert ref_losses[-1] < losses[0] / 10
+    # Stated tolerance: at every step the 8-bit run's loss is within a factor
+    # 1.5 of the fp32 run's (measured: 0.76-1.01 while the loss falls 1e6x),
+    # and it ends within 10 % of (or below) the fp32 run's final loss.
+    assert ref_losses[-1] < losses[0] / 1e4
+    ratio = np.array(losses) / np.array(ref_losses)
+    assert np.all(np.abs(np.log(ratio)) <= np.log(1.5)), ratio
     assert losses[-1] <= 1.10 * ref_losses[-1], (losses[-1], ref_losses[-1])
     # And the state is ~25 % of fp32 AdamW's 8 bytes per element.
     nbytes = sum(v.nbytes for st in opt.state.values() for v in st.values() if isinstance(v, np.ndarray))
