@@ -61,15 +61,16 @@ float block_absmax(const float* x, std::size_t n) {
   return a;
 }
 
+// Blocks whose absmax is below the smallest normal float (1/a would
+// overflow) are stored as zeros: such moments are far below any eps.
+constexpr float kMinScale = 1.17549435e-38f;
+
 void encode_signed(const float* x, std::int8_t* c, float* scale, std::size_t n) {
   const float a = block_absmax(x, n);
   *scale = a;
+  const float inv = a >= kMinScale ? 1.0f / a : 0.0f;
   for (std::size_t i = 0; i < n; ++i) {
-    if (!(a > 0.0f)) {
-      c[i] = 0;
-      continue;
-    }
-    const float z = std::sqrt(std::fabs(x[i]) / a) * kSignedMax;
+    const float z = std::sqrt(std::fabs(x[i]) * inv) * kSignedMax;
     const auto k = static_cast<std::int8_t>(static_cast<int>(std::nearbyint(z)));
     c[i] = x[i] < 0.0f ? static_cast<std::int8_t>(-k) : k;
   }
@@ -77,12 +78,9 @@ void encode_signed(const float* x, std::int8_t* c, float* scale, std::size_t n) 
 void encode_unsigned(const float* x, std::uint8_t* c, float* scale, std::size_t n) {
   const float a = block_absmax(x, n);
   *scale = a;
+  const float inv = a >= kMinScale ? 1.0f / a : 0.0f;
   for (std::size_t i = 0; i < n; ++i) {
-    if (!(a > 0.0f)) {
-      c[i] = 0;
-      continue;
-    }
-    const float z = std::sqrt(std::sqrt(std::fabs(x[i]) / a)) * kUnsignedMax;
+    const float z = std::sqrt(std::fabs(x[i]) * inv) * kUnsignedMax;
     c[i] = static_cast<std::uint8_t>(static_cast<int>(std::nearbyint(z)));
   }
 }
@@ -92,10 +90,12 @@ float decode_signed(std::int8_t c, float scale) {
 }
 float decode_unsigned(std::uint8_t c, float scale) {
   const float t = static_cast<float>(c) * (1.0f / kUnsignedMax);
-  const float t2 = t * t;
-  return (t2 * t2) * scale;
+  return (t * t) * scale;
 }
 
+// The second moment is stored as sqrt(v) (what the update divides by), so
+// the encoder reuses the update's square root and v's dynamic range is
+// halved in the log domain.
 template <class T>
 void adamw8bit_ref(T* p, const T* g, std::int8_t* m, std::uint8_t* v, float* ms, float* vs, std::size_t n,
                    const Adam8Coef<T>& c) {
@@ -105,12 +105,14 @@ void adamw8bit_ref(T* p, const T* g, std::int8_t* m, std::uint8_t* v, float* ms,
     const std::size_t blk = b / kQuantBlock;
     for (std::size_t i = 0; i < k; ++i) {
       const T gi = c.maximize ? -g[b + i] : g[b + i];
+      const T sv = static_cast<T>(decode_unsigned(v[b + i], vs[blk]));
       const T mi = c.beta1 * static_cast<T>(decode_signed(m[b + i], ms[blk])) + c.one_minus_beta1 * gi;
-      const T vi = c.beta2 * static_cast<T>(decode_unsigned(v[b + i], vs[blk])) + c.one_minus_beta2 * gi * gi;
-      const T denom = std::sqrt(vi) * c.inv_sqrt_bc2 + c.eps;
+      const T vi = c.beta2 * (sv * sv) + c.one_minus_beta2 * gi * gi;
+      const T svi = std::sqrt(vi);
+      const T denom = svi * c.inv_sqrt_bc2 + c.eps;
       p[b + i] = p[b + i] * c.decay - c.step_size * (mi / denom);
       mb[i] = static_cast<float>(mi);
-      vb[i] = static_cast<float>(vi);
+      vb[i] = static_cast<float>(svi);
     }
     encode_signed(mb, m + b, ms + blk, k);
     encode_unsigned(vb, v + b, vs + blk, k);

@@ -11,8 +11,10 @@
 //    streamed once. The codec needs int8 <-> float conversions, which the Vec
 //    vocabulary lacks: raw AVX2 / AVX-512 intrinsics below, in an anonymous
 //    namespace so the per-ISA copies never meet at link time. Decode and
-//    encode use only exact-order multiplies, divides, square roots and
-//    round-to-nearest-even conversions, so codes equal the scalar oracle's.
+//    encode use only multiplies, one square root and round-to-nearest-even
+//    conversions (no multiply-add to contract), so codes equal the scalar
+//    oracle's bit for bit. Per element: 2 square roots (the update's sqrt(v),
+//    reused by the v encoder, and the m encoder's) and 1 division.
 #pragma once
 
 #include <algorithm>
@@ -127,19 +129,19 @@ float absmax_block(const float* x, std::size_t n) {
   for (float l : lanes) r = std::max(r, l);
   return r;
 }
+// Below the smallest normal float 1/a overflows: such blocks become zeros
+// (the scalar oracle does the same).
+constexpr float kMinScale = 1.17549435e-38f;
+
 template <Isa I>
 void encode_signed_block(const float* x, std::int8_t* c, float* scale, std::size_t n_padded) {
   using V = Vec<float, I>;
   const float a = absmax_block<I>(x, n_padded);
   *scale = a;
-  if (!(a > 0.0f)) {
-    for (std::size_t i = 0; i < n_padded; ++i) c[i] = 0;
-    return;
-  }
-  const V va = V::set1(a), k = V::set1(127.0f), zero = V::zero();
+  const V inv = V::set1(a >= kMinScale ? 1.0f / a : 0.0f), k = V::set1(127.0f), zero = V::zero();
   for (std::size_t i = 0; i < n_padded; i += V::width) {
     const V xi = V::load(x + i);
-    const V z = sqrt(abs(xi) / va) * k;
+    const V z = sqrt(abs(xi) * inv) * k;
     Codec<I>::store_i8(c + i, select(lt(xi, zero), zero - z, z));
   }
 }
@@ -148,15 +150,9 @@ void encode_unsigned_block(const float* x, std::uint8_t* c, float* scale, std::s
   using V = Vec<float, I>;
   const float a = absmax_block<I>(x, n_padded);
   *scale = a;
-  if (!(a > 0.0f)) {
-    for (std::size_t i = 0; i < n_padded; ++i) c[i] = 0;
-    return;
-  }
-  const V va = V::set1(a), k = V::set1(255.0f);
-  for (std::size_t i = 0; i < n_padded; i += V::width) {
-    const V xi = V::load(x + i);
-    Codec<I>::store_u8(c + i, sqrt(sqrt(abs(xi) / va)) * k);
-  }
+  const V inv = V::set1(a >= kMinScale ? 1.0f / a : 0.0f), k = V::set1(255.0f);
+  for (std::size_t i = 0; i < n_padded; i += V::width)
+    Codec<I>::store_u8(c + i, sqrt(abs(V::load(x + i)) * inv) * k);
 }
 template <Isa I>
 void decode_signed_block(const std::int8_t* c, float scale, float* x, std::size_t n_padded) {
@@ -173,8 +169,7 @@ void decode_unsigned_block(const std::uint8_t* c, float scale, float* x, std::si
   const V inv = V::set1(1.0f / 255.0f), s = V::set1(scale);
   for (std::size_t i = 0; i < n_padded; i += V::width) {
     const V t = Codec<I>::load_u8(c + i) * inv;
-    const V t2 = t * t;
-    ((t2 * t2) * s).store(x + i);
+    ((t * t) * s).store(x + i);
   }
 }
 
@@ -283,24 +278,26 @@ void adamw8bit(T* p, const T* g, std::int8_t* m, std::uint8_t* v, float* ms, flo
       for (std::size_t i = 0; i < kp; i += V::width) {
         V gi = V::load(gp + i);
         if (c.maximize) gi = V::zero() - gi;
+        const V sv = V::load(vb + i);
         const V mi = fma(b1, V::load(mb + i), omb1 * gi);
-        const V vi = fma(b2, V::load(vb + i), omb2 * gi * gi);
-        const V denom = fma(sqrt(vi), ibc, eps);
+        const V svi = sqrt(fma(b2, sv * sv, omb2 * gi * gi));
+        const V denom = fma(svi, ibc, eps);
         fma(step, mi / denom, V::load(pp + i) * decay).store(pp + i);
         mi.store(mb + i);
-        vi.store(vb + i);
+        svi.store(vb + i);
       }
     } else {
       // float64 parameters: moments are float (they are 8-bit anyway), the
       // update is done in T as plain loops.
       for (std::size_t i = 0; i < kp; ++i) {
         const T gi = c.maximize ? -gp[i] : gp[i];
+        const T sv = static_cast<T>(vb[i]);
         const T mi = c.beta1 * static_cast<T>(mb[i]) + c.one_minus_beta1 * gi;
-        const T vi = c.beta2 * static_cast<T>(vb[i]) + c.one_minus_beta2 * gi * gi;
-        const T denom = std::sqrt(vi) * c.inv_sqrt_bc2 + c.eps;
+        const T svi = std::sqrt(c.beta2 * (sv * sv) + c.one_minus_beta2 * gi * gi);
+        const T denom = svi * c.inv_sqrt_bc2 + c.eps;
         pp[i] = pp[i] * c.decay - c.step_size * (mi / denom);
         mb[i] = static_cast<float>(mi);
-        vb[i] = static_cast<float>(vi);
+        vb[i] = static_cast<float>(svi);
       }
     }
     encode_signed_block<I>(mb, mcode, ms + blk, kp);

@@ -51,13 +51,13 @@ struct LambCoef {
 //   p *= decay (= 1 - lr*weight_decay)
 //   m = beta1*m + (1-beta1)*g;  v = beta2*v + (1-beta2)*g^2
 //   p -= step_size * m / (sqrt(v)*inv_sqrt_bc2 + eps),  step_size = lr/bc1
-// m is stored signed, x = scale * sign(c) * (|c|/127)^2, c in [-127, 127];
-// v is stored unsigned, x = scale * (c/255)^4, c in [0, 255]; scale is the
-// block's absmax (the float32 per block of kQuantBlock). Encoding rounds to
-// nearest (ties to even) in the companded domain: c = rint(127*sqrt(|x|/a)),
-// c = rint(255*sqrt(sqrt(x/a))). Only multiplies, divides and square roots,
-// so the codes are bit-identical on every ISA. The moments are updated in
-// float (T for the update itself) and re-encoded in the same pass.
+// Codec (square law, per block of kQuantBlock with a float32 absmax a):
+//   signed   (int8,  m):       c = rint(127*sqrt(|x|*(1/a))) * sign(x),  x = a*(c/127)*|c/127|
+//   unsigned (uint8, sqrt(v)): c = rint(255*sqrt(x*(1/a))),             x = a*(c/255)^2
+// i.e. the second moment is stored through s = sqrt(v) (so v = a*(c/255)^4
+// with a = the block's max sqrt(v)). rint rounds ties to even. Only
+// multiplies and square roots: codes are bit-identical on every ISA. The
+// moments are updated in T and re-encoded in the same pass.
 template <class T>
 struct Adam8Coef {
   T beta1, beta2, one_minus_beta1, one_minus_beta2, step_size, inv_sqrt_bc2, eps, decay;

@@ -14,15 +14,18 @@ BLOCK_SIZE = 256
 
 
 def quantize_moment(x: np.ndarray, signed: bool) -> tuple[np.ndarray, np.ndarray]:
-    """8-bit blockwise codes of a float32 moment: ``(codes, scales)``.
+    """8-bit blockwise square-law codes of a float32 array: ``(codes, scales)``.
 
-    ``signed=True`` (first moment): int8 codes ``c`` in [-127, 127] with
-    ``x ~ scale * sign(c) * (|c| / 127)**2``; ``signed=False`` (second moment,
-    ``x >= 0``): uint8 codes with ``x ~ scale * (c / 255)**4``. ``scale`` is the
-    absmax of each block of 256 consecutive elements (float32, one per block;
-    the last block may be shorter). Codes round to nearest (ties to even) in
-    the companded domain. ``x`` must be a C-contiguous float32 array
-    (``TypeError`` otherwise); it is not modified.
+    ``scale`` is the absmax of each block of 256 consecutive elements (float32,
+    one per block; the last block may be shorter). ``signed=True``: int8 codes
+    ``c = rint(127 * sqrt(|x| / scale)) * sign(x)`` in [-127, 127], decoded as
+    ``scale * (c/127) * |c/127|``; ``signed=False`` (``x >= 0``): uint8 codes
+    ``c = rint(255 * sqrt(x / scale))``, decoded as ``scale * (c/255)**2``.
+    ``rint`` rounds ties to even; ``1/scale`` is applied as a multiplication.
+    A block whose absmax is below the smallest normal float32 is coded as
+    zeros. AdamW8bit codes its first moment with the signed map and the
+    square root of its second moment with the unsigned one. ``x`` must be a
+    C-contiguous float32 array (``TypeError`` otherwise); it is not modified.
     """
     codes = np.empty(x.shape, np.int8 if signed else np.uint8)
     scales = np.empty((x.size + BLOCK_SIZE - 1) // BLOCK_SIZE, np.float32)
@@ -49,17 +52,20 @@ class AdamW8bit(Optimizer):
     but ``m`` and ``v`` live as one byte per element plus one float32 scale
     (the block's absmax) per block of 256 elements, in the spirit of
     bitsandbytes' blockwise quantization. Instead of its dynamic-tree table
-    the maps are power companders, which keep resolution for small values and
-    need no table lookups (SIMD-friendly, exact on every ISA):
+    the maps are square-law companders (see :func:`quantize_moment`), which
+    keep resolution for small values, need no table lookups (SIMD-friendly)
+    and give the same codes on every ISA:
 
-    * ``m`` (signed, int8): ``m = scale * sign(c) * (|c|/127)**2`` — 127 levels
-      per sign, square-law, relative resolution ~1.6 % near the block's max
-      and smallest non-zero magnitude ``scale * 6e-5``;
-    * ``v`` (non-negative, uint8): ``v = scale * (c/255)**4``, i.e. ``sqrt(v)``
-      (what the update divides by) is square-law coded over 255 levels:
-      ``sqrt(v)`` resolution ~0.8 % at the top and down to
-      ``sqrt(scale) * 1.5e-5``, so elements with tiny ``v`` are not flushed to
-      0 (which would turn ``m / (sqrt(v) + eps)`` into ``m / eps``).
+    * ``m`` (signed, int8): ``m = scale * (c/127) * |c/127|`` — relative
+      resolution ~0.8 % near the block's max, smallest non-zero magnitude
+      ``scale * 6e-5``;
+    * ``v`` (non-negative, uint8) is stored through ``s = sqrt(v)``, the
+      quantity the update divides by: ``s = scale * (c/255)**2`` (so
+      ``v = scale**2 * (c/255)**4``) — ``s`` resolution ~0.4 % at the top and
+      down to ``scale * 1.5e-5``, so elements with a small ``v`` are not
+      flushed to 0 (which would turn ``m / (sqrt(v) + eps)`` into ``m / eps``).
+      The encoder reuses the update's square root: 2 square roots and 1
+      division per element in all.
 
     Each block is dequantized, updated in float32 and requantized in the same
     pass (read p, g, 2 code bytes; write p, 2 code bytes; plus the scales).
@@ -79,8 +85,9 @@ class AdamW8bit(Optimizer):
         ``"raise"`` (default), ``"skip"`` or ``"ignore"``; see :class:`Optimizer`.
 
     State per parameter: ``"exp_avg"`` (int8, param's shape),
-    ``"exp_avg_sq"`` (uint8), ``"exp_avg_scale"`` and ``"exp_avg_sq_scale"``
-    (float32, one per block), ``"step"``.
+    ``"exp_avg_sq"`` (uint8, codes of ``sqrt(v)``), ``"exp_avg_scale"`` and
+    ``"exp_avg_sq_scale"`` (float32, one per block: the block's max ``|m|``
+    and max ``sqrt(v)``), ``"step"``.
 
     Raises
     ------
