@@ -118,25 +118,28 @@ V sign_of(V x) {
 }
 
 // Block codec on n <= 256 floats in a padded buffer (multiple of width).
-template <Isa I>
-float absmax_block(const float* x, std::size_t n) {
-  using V = Vec<float, I>;
-  V a = V::zero();
-  for (std::size_t i = 0; i < n; i += V::width) a = max(a, abs(V::load(x + i)));
+template <class V>
+float lanes_max(V a) {
   float lanes[V::width];
   a.store(lanes);
   float r = 0.0f;
   for (float l : lanes) r = std::max(r, l);
   return r;
 }
+template <Isa I>
+float absmax_block(const float* x, std::size_t n) {
+  using V = Vec<float, I>;
+  V a = V::zero();
+  for (std::size_t i = 0; i < n; i += V::width) a = max(a, abs(V::load(x + i)));
+  return lanes_max(a);
+}
 // Below the smallest normal float 1/a overflows: such blocks become zeros
 // (the scalar oracle does the same).
 constexpr float kMinScale = 1.17549435e-38f;
 
 template <Isa I>
-void encode_signed_block(const float* x, std::int8_t* c, float* scale, std::size_t n_padded) {
+void encode_signed_block(const float* x, std::int8_t* c, float* scale, std::size_t n_padded, float a) {
   using V = Vec<float, I>;
-  const float a = absmax_block<I>(x, n_padded);
   *scale = a;
   const V inv = V::set1(a >= kMinScale ? 1.0f / a : 0.0f), k = V::set1(127.0f), zero = V::zero();
   for (std::size_t i = 0; i < n_padded; i += V::width) {
@@ -146,9 +149,8 @@ void encode_signed_block(const float* x, std::int8_t* c, float* scale, std::size
   }
 }
 template <Isa I>
-void encode_unsigned_block(const float* x, std::uint8_t* c, float* scale, std::size_t n_padded) {
+void encode_unsigned_block(const float* x, std::uint8_t* c, float* scale, std::size_t n_padded, float a) {
   using V = Vec<float, I>;
-  const float a = absmax_block<I>(x, n_padded);
   *scale = a;
   const V inv = V::set1(a >= kMinScale ? 1.0f / a : 0.0f), k = V::set1(255.0f);
   for (std::size_t i = 0; i < n_padded; i += V::width)
@@ -268,27 +270,38 @@ void adamw8bit(T* p, const T* g, std::int8_t* m, std::uint8_t* v, float* ms, flo
       pp = pb;
       gp = gb;
     }
-    decode_signed_block<I>(mcode, ms[blk], mb, kp);
-    decode_unsigned_block<I>(vcode, vs[blk], vb, kp);
+    float amax_m, amax_v;
     if constexpr (std::is_same_v<T, float>) {
+      // One pass: decode, update, keep the block's new absmax in registers.
       using V = VF;
       const V b1 = V::set1(c.beta1), omb1 = V::set1(c.one_minus_beta1), b2 = V::set1(c.beta2),
               omb2 = V::set1(c.one_minus_beta2), step = V::set1(-c.step_size), ibc = V::set1(c.inv_sqrt_bc2),
               eps = V::set1(c.eps), decay = V::set1(c.decay);
+      const V inv_m = V::set1(1.0f / 127.0f), inv_v = V::set1(1.0f / 255.0f), sm = V::set1(ms[blk]),
+              sv_scale = V::set1(vs[blk]);
+      V am = V::zero(), av = V::zero();
       for (std::size_t i = 0; i < kp; i += V::width) {
         V gi = V::load(gp + i);
         if (c.maximize) gi = V::zero() - gi;
-        const V sv = V::load(vb + i);
-        const V mi = fma(b1, V::load(mb + i), omb1 * gi);
+        const V tm = Codec<I>::load_i8(mcode + i) * inv_m;
+        const V tv = Codec<I>::load_u8(vcode + i) * inv_v;
+        const V m0 = (tm * abs(tm)) * sm, sv = (tv * tv) * sv_scale;
+        const V mi = fma(b1, m0, omb1 * gi);
         const V svi = sqrt(fma(b2, sv * sv, omb2 * gi * gi));
         const V denom = fma(svi, ibc, eps);
         fma(step, mi / denom, V::load(pp + i) * decay).store(pp + i);
         mi.store(mb + i);
         svi.store(vb + i);
+        am = max(am, abs(mi));
+        av = max(av, svi);
       }
+      amax_m = lanes_max(am);
+      amax_v = lanes_max(av);
     } else {
       // float64 parameters: moments are float (they are 8-bit anyway), the
       // update is done in T as plain loops.
+      decode_signed_block<I>(mcode, ms[blk], mb, kp);
+      decode_unsigned_block<I>(vcode, vs[blk], vb, kp);
       for (std::size_t i = 0; i < kp; ++i) {
         const T gi = c.maximize ? -gp[i] : gp[i];
         const T sv = static_cast<T>(vb[i]);
@@ -299,9 +312,11 @@ void adamw8bit(T* p, const T* g, std::int8_t* m, std::uint8_t* v, float* ms, flo
         mb[i] = static_cast<float>(mi);
         vb[i] = static_cast<float>(svi);
       }
+      amax_m = absmax_block<I>(mb, kp);
+      amax_v = absmax_block<I>(vb, kp);
     }
-    encode_signed_block<I>(mb, mcode, ms + blk, kp);
-    encode_unsigned_block<I>(vb, vcode, vs + blk, kp);
+    encode_signed_block<I>(mb, mcode, ms + blk, kp, amax_m);
+    encode_unsigned_block<I>(vb, vcode, vs + blk, kp, amax_v);
     if (!full) {
       std::copy(mc, mc + k, m + b);
       std::copy(vc, vc + k, v + b);
@@ -318,7 +333,7 @@ void quantize_signed(const float* x, std::int8_t* codes, float* scales, std::siz
     const std::size_t k = std::min(kQuantBlock, n - b);
     std::fill(xb, xb + kQuantBlock, 0.0f);
     std::copy(x + b, x + b + k, xb);
-    encode_signed_block<I>(xb, cb, scales + b / kQuantBlock, kQuantBlock);
+    encode_signed_block<I>(xb, cb, scales + b / kQuantBlock, kQuantBlock, absmax_block<I>(xb, kQuantBlock));
     std::copy(cb, cb + k, codes + b);
   }
 }
@@ -330,7 +345,7 @@ void quantize_unsigned(const float* x, std::uint8_t* codes, float* scales, std::
     const std::size_t k = std::min(kQuantBlock, n - b);
     std::fill(xb, xb + kQuantBlock, 0.0f);
     std::copy(x + b, x + b + k, xb);
-    encode_unsigned_block<I>(xb, cb, scales + b / kQuantBlock, kQuantBlock);
+    encode_unsigned_block<I>(xb, cb, scales + b / kQuantBlock, kQuantBlock, absmax_block<I>(xb, kQuantBlock));
     std::copy(cb, cb + k, codes + b);
   }
 }
