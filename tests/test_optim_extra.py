@@ -599,3 +599,21 @@ def test_clip_bad_input_changes_nothing(make, exc, message, rng):
 def test_find_nonfinite_helper_is_the_base_one():
     # The extra optimizers rely on the base's multi-tensor check.
     assert _base.find_nonfinite([np.ones(3, np.float32), np.array([0, np.inf], np.float32)]) == (1, 1)
+
+
+@pytest.mark.parametrize("cls, kw", OPTIMIZERS, ids=OPT_IDS)
+@pytest.mark.parametrize("nonfinite", ["raise", "ignore"])
+def test_several_buckets_checked_before_any_update(cls, kw, nonfinite, rng):
+    # Two dtypes: two kernel calls. A bad array in the second bucket must not
+    # leave the first one updated.
+    params = {"a": rng.standard_normal((3, 4)).astype(np.float32), "b": rng.standard_normal(5)}
+    opt = cls(params, nonfinite=nonfinite, **kw)
+    opt.step({"a": np.ones((3, 4), np.float32), "b": np.ones(5)})
+    snap = _snapshot(params, opt)
+    with pytest.raises(ValueError, match=r"grads\['b'\]: expected float64 C-contiguous array of shape \(5,\)"):
+        opt.step({"a": np.ones((3, 4), np.float32), "b": np.ones(6)})
+    _assert_unchanged(params, opt, snap)
+    if nonfinite == "raise":
+        with pytest.raises(FloatingPointError, match=r"grads\['b'\] has a non-finite value at index 4"):
+            opt.step({"a": np.ones((3, 4), np.float32), "b": np.array([0, 0, 0, 0, np.nan])})
+        _assert_unchanged(params, opt, snap)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ._base import Bucket, find_nonfinite
+from ._base import Bucket, Optimizer, find_nonfinite
 
 KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -55,24 +55,43 @@ def _first_nonfinite(grads: list[np.ndarray]) -> tuple[int, int] | None:
     return find_nonfinite(list(grads))
 
 
-def prepare(bucket: Bucket, check: bool) -> tuple[list[np.ndarray], list[np.ndarray], tuple[int, int] | None]:
-    """Validate a bucket's grads and params; the arrays the kernel works on.
-
-    Returns ``(work, grads, bad)``: ``work`` is the params (float32/float64)
-    or the float32 masters (float16/bfloat16), ``grads`` matching them, and
-    ``bad`` the first non-finite gradient (array, element) if ``check``.
-    Raises before anything is modified.
-    """
+def validate(bucket: Bucket) -> None:
+    """Every grad like its param (dtype, shape, layout), every param writable; raises, modifies nothing."""
     for p, g, label in zip(bucket.params, bucket.grads, bucket.labels):
         check_like(g, "grads" + label, p)
         check_writable(p, "params" + label)
-    if check:
-        bad = _first_nonfinite(bucket.grads)
-        if bad is not None:
-            return [], [], bad
-    if bucket.masters is None:
-        return list(bucket.params), list(bucket.grads), None
-    return list(bucket.masters), [g.astype(np.float32) for g in bucket.grads], None
+
+
+class ExtraOptimizer(Optimizer):
+    """Base of Lion, LAMB, AdamW8bit and Adafactor: validation and half-precision plumbing."""
+
+    def _validate_all(self, buckets: list[Bucket]) -> None:
+        for b in buckets:
+            validate(b)
+
+    def _prepare(
+        self, bucket: Bucket, check: bool
+    ) -> tuple[list[np.ndarray], list[np.ndarray], tuple[int, int] | None]:
+        """Validate; the arrays the kernel works on and the first non-finite gradient.
+
+        Returns ``(work, grads, bad)``: ``work`` is the params (float32/float64)
+        or the float32 masters (float16/bfloat16), ``grads`` matching them, and
+        ``bad`` the first non-finite gradient (array, element) if ``check``.
+        Raises before anything is modified.
+        """
+        buckets = self._buckets or [bucket]
+        if bucket is buckets[0]:
+            # A step of several buckets is several kernel calls: check every
+            # bucket before the first one runs (also with nonfinite="ignore",
+            # where the base does not call _validate_all).
+            self._validate_all(buckets)
+        if check:
+            bad = _first_nonfinite(bucket.grads)
+            if bad is not None:
+                return [], [], bad
+        if bucket.masters is None:
+            return list(bucket.params), list(bucket.grads), None
+        return list(bucket.masters), [g.astype(np.float32) for g in bucket.grads], None
 
 
 def round_back(bucket: Bucket) -> None:

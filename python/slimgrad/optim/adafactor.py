@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ._base import Bucket, Optimizer, _check_nonneg
-from ._extra import prepare, round_back
+from ._base import Bucket, _check_nonneg
+from ._extra import ExtraOptimizer, round_back
 
 
 def _machine_eps(dtype: np.dtype) -> float:
@@ -21,7 +21,7 @@ def _machine_eps(dtype: np.dtype) -> float:
         return float(ml_dtypes.finfo(dtype).eps)
 
 
-class Adafactor(Optimizer):
+class Adafactor(ExtraOptimizer):
     """Adafactor with torch's arguments, defaults and update rule.
 
     At step ``t`` for each array ``p`` with gradient ``g`` (negated if
@@ -129,7 +129,7 @@ class Adafactor(Optimizer):
         return {"row_var": empty, "col_var": empty.copy(), "variance": np.zeros(param.shape, dt)}
 
     def _step_bucket(self, group: dict[str, Any], bucket: Bucket, check: bool) -> tuple[int, int] | None:
-        work, grads, bad = prepare(bucket, check)
+        work, grads, bad = self._prepare(bucket, check)
         if bad is not None:
             return bad
         t = float(bucket.step)

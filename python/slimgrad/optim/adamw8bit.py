@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ._base import Bucket, Optimizer, _check_betas, _check_nonneg
-from ._extra import prepare, round_back
+from ._base import Bucket, _check_betas, _check_nonneg
+from ._extra import ExtraOptimizer, round_back
 
 BLOCK_SIZE = 256
 
@@ -40,7 +40,7 @@ def dequantize_moment(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return out
 
 
-class AdamW8bit(Optimizer):
+class AdamW8bit(ExtraOptimizer):
     """AdamW (torch semantics) with 8-bit blockwise-quantized moments.
 
     The update is torch's AdamW::
@@ -129,7 +129,7 @@ class AdamW8bit(Optimizer):
         }
 
     def _step_bucket(self, group: dict[str, Any], bucket: Bucket, check: bool) -> tuple[int, int] | None:
-        work, grads, bad = prepare(bucket, check)
+        work, grads, bad = self._prepare(bucket, check)
         if bad is not None:
             return bad
         beta1, beta2 = group["betas"]

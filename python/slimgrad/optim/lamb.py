@@ -7,11 +7,11 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ._base import Bucket, Optimizer, _check_betas, _check_nonneg
-from ._extra import prepare, round_back
+from ._base import Bucket, _check_betas, _check_nonneg
+from ._extra import ExtraOptimizer, round_back
 
 
-class LAMB(Optimizer):
+class LAMB(ExtraOptimizer):
     """LAMB: Adam's direction scaled per parameter array by a trust ratio.
 
     For each array, at step ``t`` (``g`` the gradient)::
@@ -80,7 +80,7 @@ class LAMB(Optimizer):
         return {"exp_avg": np.zeros(param.shape, dt), "exp_avg_sq": np.zeros(param.shape, dt)}
 
     def _step_bucket(self, group: dict[str, Any], bucket: Bucket, check: bool) -> tuple[int, int] | None:
-        work, grads, bad = prepare(bucket, check)
+        work, grads, bad = self._prepare(bucket, check)
         if bad is not None:
             return bad
         beta1, beta2 = group["betas"]

@@ -7,11 +7,11 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ._base import Bucket, Optimizer, _check_betas, _check_nonneg
-from ._extra import prepare, round_back
+from ._base import Bucket, _check_betas, _check_nonneg
+from ._extra import ExtraOptimizer, round_back
 
 
-class Lion(Optimizer):
+class Lion(ExtraOptimizer):
     """Lion: the sign of an interpolated momentum, with decoupled weight decay.
 
     Per element, with ``g`` the gradient (negated if ``maximize``)::
@@ -72,7 +72,7 @@ class Lion(Optimizer):
         return {"exp_avg": np.zeros(param.shape, self.state_dtype(param))}
 
     def _step_bucket(self, group: dict[str, Any], bucket: Bucket, check: bool) -> tuple[int, int] | None:
-        work, grads, bad = prepare(bucket, check)
+        work, grads, bad = self._prepare(bucket, check)
         if bad is not None:
             return bad
         beta1, beta2 = group["betas"]
