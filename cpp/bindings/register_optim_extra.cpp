@@ -337,7 +337,9 @@ void bind_grad_utils(py::module_& m) {
           if (apply) {
             // torch's arithmetic, in the gradients' dtype.
             const float coef = std::fmin(static_cast<float>(max_norm) / (static_cast<float>(total) + 1e-6f), 1.0f);
-            if (!(coef == 1.0f)) scale_all<float>(gp.data(), n.data(), n.size(), std::isnan(total) ? NAN : coef);
+            // fmin drops a NaN: a NaN norm scales by NaN explicitly (torch does).
+            if (std::isnan(total) || coef != 1.0f)
+              scale_all<float>(gp.data(), n.data(), n.size(), std::isnan(total) ? NAN : coef);
           }
           return total;
         }
@@ -346,7 +348,8 @@ void bind_grad_utils(py::module_& m) {
         const double total = total_norm<double>(gc.data(), n.data(), n.size(), norm_type);
         if (apply) {
           const double coef = std::fmin(max_norm / (total + 1e-6), 1.0);
-          if (!(coef == 1.0)) scale_all<double>(gp.data(), n.data(), n.size(), std::isnan(total) ? NAN : coef);
+          if (std::isnan(total) || coef != 1.0)
+            scale_all<double>(gp.data(), n.data(), n.size(), std::isnan(total) ? NAN : coef);
         }
         return total;
       },

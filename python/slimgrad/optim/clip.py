@@ -69,11 +69,13 @@ def clip_grad_norm_(
     if math.isnan(max_norm):
         raise ValueError("max_norm: expected a number, got nan")
     groups = by_dtype(arrays, labels)
-    norms = []
-    for idx, lab in groups.values():
-        norms.append(
-            _core.optim.clip_grad_norm([arrays[i] for i in idx], lab, max_norm=max_norm, norm_type=norm_type, apply=False)
-        )
+    if len(groups) == 1 and not error_if_nonfinite:
+        # The common case: norm and scaling in one multi-tensor C++ call.
+        return float(_core.optim.clip_grad_norm(arrays, labels, max_norm=max_norm, norm_type=norm_type, apply=True))
+    norms = [
+        _core.optim.clip_grad_norm([arrays[i] for i in idx], lab, max_norm=max_norm, norm_type=norm_type, apply=False)
+        for idx, lab in groups.values()
+    ]
     if not norms:
         return 0.0
     if len(norms) == 1:
@@ -89,6 +91,7 @@ def clip_grad_norm_(
             "set error_if_nonfinite=False"
         )
     for dtype, (idx, lab) in groups.items():
+        # torch's arithmetic, in the gradients' dtype (as the C++ path does).
         t = dtype.type
         coef = min(t(max_norm) / (t(total) + t(1e-6)), t(1.0)) if not math.isnan(total) else t(math.nan)
         if not coef == 1.0:
