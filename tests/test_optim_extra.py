@@ -12,7 +12,6 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import run_everywhere
 from slimgrad.optim import _base
 from slimgrad.optim.adafactor import Adafactor
@@ -44,7 +43,10 @@ def grad_stream(rng, params, steps, scale=1.0):
     """Gradients of mixed magnitude per array, like a real model's layers."""
     mags = {k: 10.0 ** rng.uniform(-3, 1) for k in params}
     return [
-        {k: np.asarray(scale * mags[k] * rng.standard_normal(p.shape), p.dtype) for k, p in params.items()}
+        {
+            k: np.asarray(scale * mags[k] * rng.standard_normal(p.shape), p.dtype)
+            for k, p in params.items()
+        }
         for _ in range(steps)
     ]
 
@@ -203,21 +205,42 @@ def test_adamw8bit_step_matches_reference(isa, dtype, rng):
     opt = AdamW8bit(params, lr=1e-2, weight_decay=0.05)
     stream = grad_stream(rng, params, 12)
     for t, g in enumerate(stream, start=1):
-        before = {k: (p.copy(), {n: v.copy() for n, v in opt.state[k].items() if n != "step"} if t > 1 else None)
-                  for k, p in params.items()}
+        before = {
+            k: (
+                p.copy(),
+                {n: v.copy() for n, v in opt.state[k].items() if n != "step"} if t > 1 else None,
+            )
+            for k, p in params.items()
+        }
         opt.step(g)
         for k, p in params.items():
             p0, st = before[k]
             if st is None:
                 n = p.size
-                st = {"exp_avg": np.zeros(n, np.int8), "exp_avg_sq": np.zeros(n, np.uint8),
-                      "exp_avg_scale": np.zeros((n + 255) // 256, np.float32),
-                      "exp_avg_sq_scale": np.zeros((n + 255) // 256, np.float32)}
+                st = {
+                    "exp_avg": np.zeros(n, np.int8),
+                    "exp_avg_sq": np.zeros(n, np.uint8),
+                    "exp_avg_scale": np.zeros((n + 255) // 256, np.float32),
+                    "exp_avg_sq_scale": np.zeros((n + 255) // 256, np.float32),
+                }
             ref_p, ref_m, ref_v = adamw8bit_ref_step(
-                p0, g[k], st["exp_avg"], st["exp_avg_scale"], st["exp_avg_sq"], st["exp_avg_sq_scale"],
-                t, 1e-2, 0.9, 0.999, 1e-8, 0.05)
+                p0,
+                g[k],
+                st["exp_avg"],
+                st["exp_avg_scale"],
+                st["exp_avg_sq"],
+                st["exp_avg_sq_scale"],
+                t,
+                1e-2,
+                0.9,
+                0.999,
+                1e-8,
+                0.05,
+            )
             # Update arithmetic in float32 (SIMD: with FMAs) vs float64.
-            np.testing.assert_allclose(p.ravel(), ref_p, rtol=2e-5, atol=2e-6 * max(1, np.abs(ref_p).max(initial=0)))
+            np.testing.assert_allclose(
+                p.ravel(), ref_p, rtol=2e-5, atol=2e-6 * max(1, np.abs(ref_p).max(initial=0))
+            )
             # New codes: those of the reference moments, +-1 where float32
             # rounding sits on a code boundary.
             cm, sm = np_quantize(ref_m.astype(np.float32), True)
@@ -250,7 +273,9 @@ def mlp_problem(seed=0):
     """A 2-layer tanh MLP regressing a random teacher: (init params, loss+grad fn)."""
     r = np.random.default_rng(seed)
     x = r.standard_normal((256, 16)).astype(np.float32)
-    teacher = np.tanh(x @ r.standard_normal((16, 8)).astype(np.float32) / 2) @ r.standard_normal((8, 1)).astype(np.float32)
+    teacher = np.tanh(x @ r.standard_normal((16, 8)).astype(np.float32) / 2) @ r.standard_normal(
+        (8, 1)
+    ).astype(np.float32)
     teacher = teacher.astype(np.float32)
     init = {
         "w1": (r.standard_normal((16, 300)) / 4).astype(np.float32),  # 4800 elements: 19 blocks
@@ -292,22 +317,39 @@ def test_adamw8bit_training_close_to_fp32_adamw():
     assert np.all(np.abs(np.log(ratio)) <= np.log(1.5)), ratio
     assert losses[-1] <= 1.10 * ref_losses[-1], (losses[-1], ref_losses[-1])
     # And the state is ~25 % of fp32 AdamW's 8 bytes per element.
-    nbytes = sum(v.nbytes for st in opt.state.values() for v in st.values() if isinstance(v, np.ndarray))
+    nbytes = sum(
+        v.nbytes for st in opt.state.values() for v in st.values() if isinstance(v, np.ndarray)
+    )
     n = sum(p.size for p in params.values())
     assert nbytes <= 0.27 * 8 * n
 
 
 # ----------------------------------------------------------- Adafactor
 # (40, 1100) crosses the 32 x 1024 tiles of the factored kernels.
-ADAFACTOR_SHAPES = [(3, 5), (100,), (7, 9, 11), (), (1,), (17, 1), (1, 33), (2, 3, 4, 5), (40, 1100)]
+ADAFACTOR_SHAPES = [
+    (3, 5),
+    (100,),
+    (7, 9, 11),
+    (),
+    (1,),
+    (17, 1),
+    (1, 33),
+    (2, 3, 4, 5),
+    (40, 1100),
+]
 ADAFACTOR_CASES = [
-    (np.float32, {}), (np.float32, {"weight_decay": 0.1, "lr": 0.05}),
-    (np.float32, {"maximize": True, "eps": (1e-20, 1e-3), "d": 2.0}), (np.float32, {"beta2_decay": -0.5, "lr": 1e-3}),
-    (np.float64, {}), (np.float64, {"weight_decay": 0.1, "maximize": True}),
+    (np.float32, {}),
+    (np.float32, {"weight_decay": 0.1, "lr": 0.05}),
+    (np.float32, {"maximize": True, "eps": (1e-20, 1e-3), "d": 2.0}),
+    (np.float32, {"beta2_decay": -0.5, "lr": 1e-3}),
+    (np.float64, {}),
+    (np.float64, {"weight_decay": 0.1, "maximize": True}),
 ]
 
 
-@pytest.mark.parametrize("dtype, kwargs", ADAFACTOR_CASES, ids=[f"{np.dtype(d).name}-{k}" for d, k in ADAFACTOR_CASES])
+@pytest.mark.parametrize(
+    "dtype, kwargs", ADAFACTOR_CASES, ids=[f"{np.dtype(d).name}-{k}" for d, k in ADAFACTOR_CASES]
+)
 def test_adafactor_matches_torch(isa, dtype, kwargs, rng):
     torch = pytest.importorskip("torch")
     torch_threads = torch.get_num_threads()
@@ -334,7 +376,10 @@ def _adafactor_vs_torch(torch, dtype, kwargs, rng):
         tst = topt.state[t]
         for name in ("row_var", "col_var", "variance"):
             if name in tst:
-                assert rel_err(opt.state[k][name], tst[name].numpy()) <= 10 * TORCH_RTOL[dtype], (k, name)
+                assert rel_err(opt.state[k][name], tst[name].numpy()) <= 10 * TORCH_RTOL[dtype], (
+                    k,
+                    name,
+                )
 
 
 # ------------------------------------------------------- clip / accumulate
@@ -347,8 +392,14 @@ CLIP_SHAPES = [(3, 5), (100,), (7, 9, 11), (0,), (1,), (40_000,)]
 def test_clip_grad_norm_matches_torch(isa, dtype, norm_type, max_norm, rng):
     torch = pytest.importorskip("torch")
     # torch cannot take the inf norm of an empty tensor: no empty array there.
-    grads = [rng.standard_normal(s).astype(dtype) for s in CLIP_SHAPES if s != (0,) or norm_type != math.inf]
-    tparams = [torch.nn.Parameter(torch.zeros(g.shape, dtype=torch.from_numpy(g).dtype)) for g in grads]
+    grads = [
+        rng.standard_normal(s).astype(dtype)
+        for s in CLIP_SHAPES
+        if s != (0,) or norm_type != math.inf
+    ]
+    tparams = [
+        torch.nn.Parameter(torch.zeros(g.shape, dtype=torch.from_numpy(g).dtype)) for g in grads
+    ]
     for t, g in zip(tparams, grads):
         t.grad = torch.from_numpy(g.copy())
     total = clip_grad_norm_(grads, max_norm, norm_type)
@@ -359,7 +410,10 @@ def test_clip_grad_norm_matches_torch(isa, dtype, norm_type, max_norm, rng):
 
 
 def test_clip_grad_norm_dict_and_float64_reference(isa, rng):
-    grads = {"a": rng.standard_normal((30, 7)).astype(np.float32), "b": rng.standard_normal(5).astype(np.float64)}
+    grads = {
+        "a": rng.standard_normal((30, 7)).astype(np.float32),
+        "b": rng.standard_normal(5).astype(np.float64),
+    }
     ref = {k: v.astype(np.float64) for k, v in grads.items()}
     total_ref = math.sqrt(sum(float(np.sum(v**2)) for v in ref.values()))
     total = clip_grad_norm_(grads, 1.0)
@@ -386,7 +440,9 @@ def test_clip_grad_value_matches_torch(isa, dtype, rng):
     torch = pytest.importorskip("torch")
     grads = [rng.standard_normal(s).astype(dtype) for s in CLIP_SHAPES]
     grads[1][3] = np.nan
-    tparams = [torch.nn.Parameter(torch.zeros(g.shape, dtype=torch.from_numpy(g).dtype)) for g in grads]
+    tparams = [
+        torch.nn.Parameter(torch.zeros(g.shape, dtype=torch.from_numpy(g).dtype)) for g in grads
+    ]
     for t, g in zip(tparams, grads):
         t.grad = torch.from_numpy(g.copy())
     clip_grad_value_(grads, 0.7)
@@ -407,7 +463,9 @@ def test_accumulate_matches_numpy(isa, threads, dtype, scale, rng):
         if scale == 1.0:  # a plain add: exactly NumPy's
             np.testing.assert_array_equal(acc[k], acc0[k] + grads[k])
         else:  # one FMA (or multiply then add): within one rounding of float64
-            np.testing.assert_allclose(acc[k], ref[k], rtol=2 * np.finfo(dtype).eps, atol=2 * np.finfo(dtype).eps)
+            np.testing.assert_allclose(
+                acc[k], ref[k], rtol=2 * np.finfo(dtype).eps, atol=2 * np.finfo(dtype).eps
+            )
 
 
 # ------------------------------------------------ threads: bit-identical
@@ -417,8 +475,12 @@ def test_results_identical_across_threads_per_isa(rng):
 
     def run():
         out = {}
-        for name, cls, kw in [("lion", Lion, {}), ("lamb", LAMB, {"weight_decay": 0.01}),
-                              ("adamw8bit", AdamW8bit, {}), ("adafactor", Adafactor, {})]:
+        for name, cls, kw in [
+            ("lion", Lion, {}),
+            ("lamb", LAMB, {"weight_decay": 0.01}),
+            ("adamw8bit", AdamW8bit, {}),
+            ("adafactor", Adafactor, {}),
+        ]:
             params = {k: v.copy() for k, v in params0.items()}
             opt = cls(params, **kw)
             for g in stream:
@@ -449,8 +511,10 @@ OPT_IDS = ["Lion", "LAMB", "AdamW8bit", "Adafactor"]
 
 
 def _setup(cls, kw, rng, steps=2):
-    params = {"fc.weight": rng.standard_normal((4, 6)).astype(np.float32),
-              "fc.bias": rng.standard_normal(6).astype(np.float32)}
+    params = {
+        "fc.weight": rng.standard_normal((4, 6)).astype(np.float32),
+        "fc.bias": rng.standard_normal(6).astype(np.float32),
+    }
     opt = cls(params, **kw)
     for g in grad_stream(rng, params, steps):
         opt.step(g)
@@ -472,23 +536,52 @@ def _assert_unchanged(params, opt, snap):
 
 
 BAD_GRADS = [
-    ("dtype", lambda g: {**g, "fc.bias": g["fc.bias"].astype(np.float64)}, TypeError,
-     "grads['fc.bias']: expected float32 C-contiguous array of shape (6,), got float64 array of shape (6,)"),
-    ("shape", lambda g: {**g, "fc.weight": np.zeros((6, 4), np.float32)}, ValueError,
-     "grads['fc.weight']: expected float32 C-contiguous array of shape (4, 6), got float32 array of shape (6, 4)"),
-    ("strided", lambda g: {**g, "fc.weight": np.zeros((4, 12), np.float32)[:, ::2]}, TypeError,
-     "grads['fc.weight']: expected float32 C-contiguous array of shape (4, 6), got non-contiguous float32 array of shape (4, 6)"),
-    ("list", lambda g: {**g, "fc.bias": [0.0] * 6}, TypeError,
-     "grads['fc.bias']: expected float32 C-contiguous array of shape (6,), got list"),
-    ("missing", lambda g: {"fc.weight": g["fc.weight"]}, ValueError,
-     "grads: missing 'fc.bias' (a gradient for every parameter is required)"),
-    ("nan", lambda g: {**g, "fc.bias": np.where(np.arange(6) == 2, np.nan, g["fc.bias"]).astype(np.float32)},
-     FloatingPointError, "grads['fc.bias'] has a non-finite value at index 2"),
+    (
+        "dtype",
+        lambda g: {**g, "fc.bias": g["fc.bias"].astype(np.float64)},
+        TypeError,
+        "grads['fc.bias']: expected float32 C-contiguous array of shape (6,), got float64 array of shape (6,)",  # noqa: E501
+    ),
+    (
+        "shape",
+        lambda g: {**g, "fc.weight": np.zeros((6, 4), np.float32)},
+        ValueError,
+        "grads['fc.weight']: expected float32 C-contiguous array of shape (4, 6), got float32 array of shape (6, 4)",  # noqa: E501
+    ),
+    (
+        "strided",
+        lambda g: {**g, "fc.weight": np.zeros((4, 12), np.float32)[:, ::2]},
+        TypeError,
+        "grads['fc.weight']: expected float32 C-contiguous array of shape (4, 6), got non-contiguous float32 array of shape (4, 6)",  # noqa: E501
+    ),
+    (
+        "list",
+        lambda g: {**g, "fc.bias": [0.0] * 6},
+        TypeError,
+        "grads['fc.bias']: expected float32 C-contiguous array of shape (6,), got list",
+    ),
+    (
+        "missing",
+        lambda g: {"fc.weight": g["fc.weight"]},
+        ValueError,
+        "grads: missing 'fc.bias' (a gradient for every parameter is required)",
+    ),
+    (
+        "nan",
+        lambda g: {
+            **g,
+            "fc.bias": np.where(np.arange(6) == 2, np.nan, g["fc.bias"]).astype(np.float32),
+        },
+        FloatingPointError,
+        "grads['fc.bias'] has a non-finite value at index 2",
+    ),
 ]
 
 
 @pytest.mark.parametrize("cls, kw", OPTIMIZERS, ids=OPT_IDS)
-@pytest.mark.parametrize("make, exc, message", [r[1:] for r in BAD_GRADS], ids=[r[0] for r in BAD_GRADS])
+@pytest.mark.parametrize(
+    "make, exc, message", [r[1:] for r in BAD_GRADS], ids=[r[0] for r in BAD_GRADS]
+)
 def test_bad_grads_raise_and_change_nothing(cls, kw, make, exc, message, rng):
     params, opt = _setup(cls, kw, rng)
     good = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
@@ -530,7 +623,9 @@ def test_state_dict_round_trip_resumes_bit_identically(cls, kw, rng):
         np.testing.assert_array_equal(params[k], twin[k])
     # A mismatched state dict raises and changes nothing.
     bad = opt.state_dict()
-    name = next(n for n, v in bad["state"]["fc.weight"].items() if isinstance(v, np.ndarray) and v.size)
+    name = next(
+        n for n, v in bad["state"]["fc.weight"].items() if isinstance(v, np.ndarray) and v.size
+    )
     bad["state"]["fc.weight"][name] = bad["state"]["fc.weight"][name][:-1]
     snap = _snapshot(twin, opt2)
     with pytest.raises(ValueError, match=rf"state_dict\['state'\]\['fc.weight'\]\['{name}'\]"):
@@ -567,15 +662,30 @@ def test_bad_constructor_args():
 
 
 BAD_CLIP = [
-    ("int", lambda g: [g[0], g[1].astype(np.int32)], TypeError,
-     "grads[1]: expected float32 or float64 C-contiguous array, got int32 array of shape (5,)"),
-    ("readonly", lambda g: [g[0], np.frombuffer(g[1].tobytes(), np.float32)], ValueError,
-     "grads[1]: expected a writable array, got a read-only float32 array of shape (5,)"),
-    ("container", lambda g: 3.0, TypeError, "grads: expected a dict, a list of ndarrays or an ndarray, got float"),
+    (
+        "int",
+        lambda g: [g[0], g[1].astype(np.int32)],
+        TypeError,
+        "grads[1]: expected float32 or float64 C-contiguous array, got int32 array of shape (5,)",
+    ),
+    (
+        "readonly",
+        lambda g: [g[0], np.frombuffer(g[1].tobytes(), np.float32)],
+        ValueError,
+        "grads[1]: expected a writable array, got a read-only float32 array of shape (5,)",
+    ),
+    (
+        "container",
+        lambda g: 3.0,
+        TypeError,
+        "grads: expected a dict, a list of ndarrays or an ndarray, got float",
+    ),
 ]
 
 
-@pytest.mark.parametrize("make, exc, message", [r[1:] for r in BAD_CLIP], ids=[r[0] for r in BAD_CLIP])
+@pytest.mark.parametrize(
+    "make, exc, message", [r[1:] for r in BAD_CLIP], ids=[r[0] for r in BAD_CLIP]
+)
 def test_clip_bad_input_changes_nothing(make, exc, message, rng):
     g = [rng.standard_normal(4).astype(np.float64) * 100, rng.standard_normal(5).astype(np.float32)]
     bad = make(g)
@@ -589,7 +699,10 @@ def test_clip_bad_input_changes_nothing(make, exc, message, rng):
     with pytest.raises(ValueError, match="norm_type: expected a number > 0 or inf, got -1.0"):
         clip_grad_norm_(g, 1.0, norm_type=-1)
     acc = {"a": np.zeros(3, np.float32)}
-    with pytest.raises(ValueError, match=r"grads\['a'\]: expected float32 C-contiguous array of shape \(3,\), got float32 array of shape \(4,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"grads\['a'\]: expected float32 C-contiguous array of shape \(3,\), got float32 array of shape \(4,\)",  # noqa: E501
+    ):
         accumulate_(acc, {"a": np.ones(4, np.float32)})
     with pytest.raises(ValueError, match="grads: missing 'a'"):
         accumulate_(acc, {"b": np.ones(3, np.float32)})
@@ -598,7 +711,10 @@ def test_clip_bad_input_changes_nothing(make, exc, message, rng):
 
 def test_find_nonfinite_helper_is_the_base_one():
     # The extra optimizers rely on the base's multi-tensor check.
-    assert _base.find_nonfinite([np.ones(3, np.float32), np.array([0, np.inf], np.float32)]) == (1, 1)
+    assert _base.find_nonfinite([np.ones(3, np.float32), np.array([0, np.inf], np.float32)]) == (
+        1,
+        1,
+    )
 
 
 @pytest.mark.parametrize("cls, kw", OPTIMIZERS, ids=OPT_IDS)
@@ -610,10 +726,14 @@ def test_several_buckets_checked_before_any_update(cls, kw, nonfinite, rng):
     opt = cls(params, nonfinite=nonfinite, **kw)
     opt.step({"a": np.ones((3, 4), np.float32), "b": np.ones(5)})
     snap = _snapshot(params, opt)
-    with pytest.raises(ValueError, match=r"grads\['b'\]: expected float64 C-contiguous array of shape \(5,\)"):
+    with pytest.raises(
+        ValueError, match=r"grads\['b'\]: expected float64 C-contiguous array of shape \(5,\)"
+    ):
         opt.step({"a": np.ones((3, 4), np.float32), "b": np.ones(6)})
     _assert_unchanged(params, opt, snap)
     if nonfinite == "raise":
-        with pytest.raises(FloatingPointError, match=r"grads\['b'\] has a non-finite value at index 4"):
+        with pytest.raises(
+            FloatingPointError, match=r"grads\['b'\] has a non-finite value at index 4"
+        ):
             opt.step({"a": np.ones((3, 4), np.float32), "b": np.array([0, 0, 0, 0, np.nan])})
         _assert_unchanged(params, opt, snap)

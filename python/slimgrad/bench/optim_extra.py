@@ -106,7 +106,9 @@ def _clip(size: int, torch) -> Case:
             t = torch.zeros(g.shape).requires_grad_()
             t.grad = torch.from_numpy(g.copy())
             tps.append(t)
-        impls["torch clip_grad_norm_"] = lambda: torch.nn.utils.clip_grad_norm_(tps, 1.0, foreach=True)
+        impls["torch clip_grad_norm_"] = lambda: torch.nn.utils.clip_grad_norm_(
+            tps, 1.0, foreach=True
+        )
     ng = [g.copy() for g in gs]
 
     def numpy_clip():

@@ -29,7 +29,12 @@ def describe(a: Any) -> str:
 def check_like(g: Any, name: str, p: np.ndarray) -> None:
     """``g`` must be a C-contiguous array of ``p``'s dtype (TypeError) and shape (ValueError)."""
     want = f"{p.dtype.name} C-contiguous array of shape {p.shape}"
-    if not isinstance(g, np.ndarray) or g.dtype != p.dtype or not g.flags.c_contiguous or not g.dtype.isnative:
+    if (
+        not isinstance(g, np.ndarray)
+        or g.dtype != p.dtype
+        or not g.flags.c_contiguous
+        or not g.dtype.isnative
+    ):
         raise TypeError(f"{name}: expected {want}, got {describe(g)}")
     if g.shape != p.shape:
         raise ValueError(f"{name}: expected {want}, got {describe(g)}")
@@ -56,7 +61,10 @@ def _first_nonfinite(grads: list[np.ndarray]) -> tuple[int, int] | None:
 
 
 def validate(bucket: Bucket) -> None:
-    """Every grad like its param (dtype, shape, layout), every param writable; raises, modifies nothing."""
+    """Every grad like its param (dtype, shape, layout), every param writable.
+
+    Raises TypeError/ValueError naming the array; modifies nothing.
+    """
     for p, g, label in zip(bucket.params, bucket.grads, bucket.labels):
         check_like(g, "grads" + label, p)
         check_writable(p, "params" + label)
@@ -109,7 +117,9 @@ def as_array_list(arrays: Any, what: str) -> tuple[list[Any], list[str]]:
         return list(arrays.values()), [f"[{k!r}]" for k in arrays]
     if isinstance(arrays, (list, tuple)):
         return list(arrays), [f"[{i}]" for i in range(len(arrays))]
-    raise TypeError(f"{what}: expected a dict, a list of ndarrays or an ndarray, got {type(arrays).__name__}")
+    raise TypeError(
+        f"{what}: expected a dict, a list of ndarrays or an ndarray, got {type(arrays).__name__}"
+    )
 
 
 def check_float_arrays(arrays: list[Any], labels: list[str], what: str, writable: bool) -> None:
@@ -121,12 +131,16 @@ def check_float_arrays(arrays: list[Any], labels: list[str], what: str, writable
             or not a.flags.c_contiguous
             or not a.dtype.isnative
         ):
-            raise TypeError(f"{what}{label}: expected float32 or float64 C-contiguous array, got {describe(a)}")
+            raise TypeError(
+                f"{what}{label}: expected float32 or float64 C-contiguous array, got {describe(a)}"
+            )
         if writable:
             check_writable(a, what + label)
 
 
-def by_dtype(arrays: list[np.ndarray], labels: list[str]) -> dict[np.dtype, tuple[list[int], list[str]]]:
+def by_dtype(
+    arrays: list[np.ndarray], labels: list[str]
+) -> dict[np.dtype, tuple[list[int], list[str]]]:
     """Indices and labels of the arrays of each dtype, in order of first appearance."""
     out: dict[np.dtype, tuple[list[int], list[str]]] = {}
     for i, (a, label) in enumerate(zip(arrays, labels)):

@@ -128,7 +128,9 @@ class Adafactor(ExtraOptimizer):
             }
         return {"row_var": empty, "col_var": empty.copy(), "variance": np.zeros(param.shape, dt)}
 
-    def _step_bucket(self, group: dict[str, Any], bucket: Bucket, check: bool) -> tuple[int, int] | None:
+    def _step_bucket(
+        self, group: dict[str, Any], bucket: Bucket, check: bool
+    ) -> tuple[int, int] | None:
         work, grads, bad = self._prepare(bucket, check)
         if bad is not None:
             return bad
@@ -141,9 +143,20 @@ class Adafactor(ExtraOptimizer):
             # torch: eps1 defaults to the epsilon of the parameter's own dtype.
             e1 = _machine_eps(bucket.params[i].dtype) if eps1 is None else float(eps1)
             _core.optim.adafactor_step(
-                p, g, st["row_var"], st["col_var"], st["variance"], bucket.labels[i],
-                lr=lr, rho=rho, eps1=e1, eps2=float(eps2), d=float(group["d"]),
-                weight_decay=float(group["weight_decay"]), beta2_weight=weight, maximize=bool(group["maximize"]),
+                p,
+                g,
+                st["row_var"],
+                st["col_var"],
+                st["variance"],
+                bucket.labels[i],
+                lr=lr,
+                rho=rho,
+                eps1=e1,
+                eps2=float(eps2),
+                d=float(group["d"]),
+                weight_decay=float(group["weight_decay"]),
+                beta2_weight=weight,
+                maximize=bool(group["maximize"]),
             )
         round_back(bucket)
         return None

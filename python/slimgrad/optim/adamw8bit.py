@@ -109,7 +109,10 @@ class AdamW8bit(ExtraOptimizer):
         nonfinite: str = "raise",
     ) -> None:
         if block_size != BLOCK_SIZE:
-            raise ValueError(f"block_size: expected {BLOCK_SIZE} (the only size the kernels support), got {block_size!r}")
+            raise ValueError(
+                f"block_size: expected {BLOCK_SIZE} (the only size the kernels support), "
+                f"got {block_size!r}"
+            )
         defaults = dict(
             lr=_check_nonneg("lr", lr),
             betas=_check_betas(betas),
@@ -128,16 +131,29 @@ class AdamW8bit(ExtraOptimizer):
             "exp_avg_sq_scale": np.zeros(blocks, np.float32),
         }
 
-    def _step_bucket(self, group: dict[str, Any], bucket: Bucket, check: bool) -> tuple[int, int] | None:
+    def _step_bucket(
+        self, group: dict[str, Any], bucket: Bucket, check: bool
+    ) -> tuple[int, int] | None:
         work, grads, bad = self._prepare(bucket, check)
         if bad is not None:
             return bad
         beta1, beta2 = group["betas"]
         s = bucket.states
         _core.optim.adamw8bit_step(
-            work, grads, s["exp_avg"], s["exp_avg_sq"], s["exp_avg_scale"], s["exp_avg_sq_scale"], bucket.labels,
-            lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]),
-            weight_decay=float(group["weight_decay"]), step=int(bucket.step), maximize=bool(group["maximize"]),
+            work,
+            grads,
+            s["exp_avg"],
+            s["exp_avg_sq"],
+            s["exp_avg_scale"],
+            s["exp_avg_sq_scale"],
+            bucket.labels,
+            lr=float(group["lr"]),
+            beta1=float(beta1),
+            beta2=float(beta2),
+            eps=float(group["eps"]),
+            weight_decay=float(group["weight_decay"]),
+            step=int(bucket.step),
+            maximize=bool(group["maximize"]),
         )
         round_back(bucket)
         return None

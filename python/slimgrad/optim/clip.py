@@ -12,10 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-
 from .. import _core
-from ._extra import as_array_list, by_dtype, check_float_arrays, check_like, check_writable
+from ._extra import as_array_list, by_dtype, check_float_arrays, check_like
 
 __all__ = ["accumulate_", "clip_grad_norm_", "clip_grad_value_"]
 
@@ -71,9 +69,15 @@ def clip_grad_norm_(
     groups = by_dtype(arrays, labels)
     if len(groups) == 1 and not error_if_nonfinite:
         # The common case: norm and scaling in one multi-tensor C++ call.
-        return float(_core.optim.clip_grad_norm(arrays, labels, max_norm=max_norm, norm_type=norm_type, apply=True))
+        return float(
+            _core.optim.clip_grad_norm(
+                arrays, labels, max_norm=max_norm, norm_type=norm_type, apply=True
+            )
+        )
     norms = [
-        _core.optim.clip_grad_norm([arrays[i] for i in idx], lab, max_norm=max_norm, norm_type=norm_type, apply=False)
+        _core.optim.clip_grad_norm(
+            [arrays[i] for i in idx], lab, max_norm=max_norm, norm_type=norm_type, apply=False
+        )
         for idx, lab in groups.values()
     ]
     if not norms:
@@ -86,14 +90,19 @@ def clip_grad_norm_(
         total = sum(n**norm_type for n in norms) ** (1.0 / norm_type)
     if error_if_nonfinite and not math.isfinite(total):
         raise RuntimeError(
-            f"The total norm of order {norm_type} for gradients is non-finite, so it cannot be clipped. "
+            f"The total norm of order {norm_type} for gradients is non-finite, "
+            "so it cannot be clipped. "
             "To disable this error and scale the gradients by the non-finite norm anyway, "
             "set error_if_nonfinite=False"
         )
     for dtype, (idx, lab) in groups.items():
         # torch's arithmetic, in the gradients' dtype (as the C++ path does).
         t = dtype.type
-        coef = min(t(max_norm) / (t(total) + t(1e-6)), t(1.0)) if not math.isnan(total) else t(math.nan)
+        coef = (
+            min(t(max_norm) / (t(total) + t(1e-6)), t(1.0))
+            if not math.isnan(total)
+            else t(math.nan)
+        )
         if not coef == 1.0:
             _core.optim.grads_scale([arrays[i] for i in idx], lab, scale=float(coef))
     return float(total)
@@ -147,17 +156,22 @@ def accumulate_(acc: Any, grads: Any, scale: float = 1.0) -> Any:
     TypeError
         Mismatched containers, wrong array type/dtype/layout.
     ValueError
-        Missing/extra names, wrong count, shape mismatch, read-only accumulator, non-finite ``scale``.
+        Missing/extra names, wrong count, shape mismatch, read-only accumulator,
+        non-finite ``scale``.
     """
     acc_arrays, labels = as_array_list(acc, "acc")
     check_float_arrays(acc_arrays, labels, "acc", writable=True)
     if isinstance(acc, dict) != isinstance(grads, dict):
         want = "a dict by name" if isinstance(acc, dict) else "a list in the order of acc"
-        raise TypeError(f"grads: expected {want} (the structure of acc), got {type(grads).__name__}")
+        raise TypeError(
+            f"grads: expected {want} (the structure of acc), got {type(grads).__name__}"
+        )
     if isinstance(acc, dict):
         missing = [k for k in acc if k not in grads]
         if missing:
-            raise ValueError(f"grads: missing {missing[0]!r} (a gradient for every accumulator is required)")
+            raise ValueError(
+                f"grads: missing {missing[0]!r} (a gradient for every accumulator is required)"
+            )
         extra = [k for k in grads if k not in acc]
         if extra:
             raise ValueError(f"grads: unexpected name {extra[0]!r} (not in acc)")
@@ -165,12 +179,17 @@ def accumulate_(acc: Any, grads: Any, scale: float = 1.0) -> Any:
     else:
         g_arrays, _ = as_array_list(grads, "grads")
         if len(g_arrays) != len(acc_arrays):
-            raise ValueError(f"grads: expected {len(acc_arrays)} arrays (one per accumulator), got {len(g_arrays)}")
+            raise ValueError(
+                f"grads: expected {len(acc_arrays)} arrays (one per accumulator), "
+                f"got {len(g_arrays)}"
+            )
     for a, g, label in zip(acc_arrays, g_arrays, labels):
         check_like(g, "grads" + label, a)
     scale = float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"scale: expected a finite number, got {scale!r}")
     for idx, lab in by_dtype(acc_arrays, labels).values():
-        _core.optim.accumulate([acc_arrays[i] for i in idx], [g_arrays[i] for i in idx], lab, scale=scale)
+        _core.optim.accumulate(
+            [acc_arrays[i] for i in idx], [g_arrays[i] for i in idx], lab, scale=scale
+        )
     return acc

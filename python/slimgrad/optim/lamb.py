@@ -79,15 +79,25 @@ class LAMB(ExtraOptimizer):
         dt = self.state_dtype(param)
         return {"exp_avg": np.zeros(param.shape, dt), "exp_avg_sq": np.zeros(param.shape, dt)}
 
-    def _step_bucket(self, group: dict[str, Any], bucket: Bucket, check: bool) -> tuple[int, int] | None:
+    def _step_bucket(
+        self, group: dict[str, Any], bucket: Bucket, check: bool
+    ) -> tuple[int, int] | None:
         work, grads, bad = self._prepare(bucket, check)
         if bad is not None:
             return bad
         beta1, beta2 = group["betas"]
         ratios = _core.optim.lamb_step(
-            work, grads, bucket.states["exp_avg"], bucket.states["exp_avg_sq"], bucket.labels,
-            lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]),
-            weight_decay=float(group["weight_decay"]), step=int(bucket.step),
+            work,
+            grads,
+            bucket.states["exp_avg"],
+            bucket.states["exp_avg_sq"],
+            bucket.labels,
+            lr=float(group["lr"]),
+            beta1=float(beta1),
+            beta2=float(beta2),
+            eps=float(group["eps"]),
+            weight_decay=float(group["weight_decay"]),
+            step=int(bucket.step),
         )
         self.trust_ratios.update(zip(bucket.keys, ratios))
         round_back(bucket)

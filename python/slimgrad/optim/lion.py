@@ -71,15 +71,23 @@ class Lion(ExtraOptimizer):
     def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
         return {"exp_avg": np.zeros(param.shape, self.state_dtype(param))}
 
-    def _step_bucket(self, group: dict[str, Any], bucket: Bucket, check: bool) -> tuple[int, int] | None:
+    def _step_bucket(
+        self, group: dict[str, Any], bucket: Bucket, check: bool
+    ) -> tuple[int, int] | None:
         work, grads, bad = self._prepare(bucket, check)
         if bad is not None:
             return bad
         beta1, beta2 = group["betas"]
         _core.optim.lion_step(
-            work, grads, bucket.states["exp_avg"], bucket.labels,
-            lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2),
-            weight_decay=float(group["weight_decay"]), maximize=bool(group["maximize"]),
+            work,
+            grads,
+            bucket.states["exp_avg"],
+            bucket.labels,
+            lr=float(group["lr"]),
+            beta1=float(beta1),
+            beta2=float(beta2),
+            weight_decay=float(group["weight_decay"]),
+            maximize=bool(group["maximize"]),
         )
         round_back(bucket)
         return None
