@@ -505,11 +505,14 @@ def test_flatten_views_one_buffer(rng):
     params = model(rng)
     flat = optim.flatten(params)
     assert list(flat) == list(params)
-    base = flat["fc1.weight"].base
+    start = flat["fc1.weight"].ctypes.data
+    assert start % 64 == 0
+    offset = 0
     for k, v in flat.items():
-        assert v.base is base and v.shape == params[k].shape and v.flags.c_contiguous
+        assert v.ctypes.data == start + offset  # back to back, in order
+        assert v.shape == params[k].shape and v.flags.c_contiguous and v.flags.writeable
         np.testing.assert_array_equal(v, params[k])
-    assert base.size == sum(v.size for v in params.values())
+        offset += v.nbytes
 
 
 def test_flattened_model_steps_like_separate_arrays(rng):
@@ -574,3 +577,20 @@ def test_functional_errors_name_the_argument():
     with pytest.raises(FloatingPointError, match="grad has a non-finite value at index 2"):
         F.sgd_(p, g, step=1, lr=0.1, check_finite=True)
     np.testing.assert_array_equal(p, 0)
+
+
+def test_state_is_placed_at_the_params_cache_line_offset(rng):
+    import ml_dtypes
+
+    buf = np.zeros(70_000 + 16, np.float32)
+    p = buf[3 : 3 + 70_000]  # 12 bytes past whatever NumPy gave
+    h = np.zeros(5000, ml_dtypes.bfloat16)
+    opt = optim.Adam([p, h], amsgrad=True)
+    opt.step([np.ones_like(p), np.ones_like(h)])
+    for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+        assert opt.state[0][name].ctypes.data % 64 == p.ctypes.data % 64
+        assert opt.state[1][name].ctypes.data % 64 == 0
+    assert opt.state[1]["master"].ctypes.data % 64 == 0
+    sd = opt.state_dict()
+    opt.load_state_dict(sd)  # loading places the copies the same way
+    assert opt.state[0]["exp_avg"].ctypes.data % 64 == p.ctypes.data % 64

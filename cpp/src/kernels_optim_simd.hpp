@@ -238,6 +238,28 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
   T* s1 = static_cast<T*>(s.s[1]);
   T* s2 = static_cast<T*>(s.s[2]);
   const auto off = [](T* q, std::size_t i) { return q ? q + i : q; };
+  // Elements [b, i) up to the first 64-byte boundary of the main stream go
+  // through partial vectors, so the main loop runs on cache-line-aligned
+  // addresses of it and, since NumPy gives large arrays the same offset
+  // within a page, usually of every other stream too (no split accesses).
+  // Results do not change: every element's update is independent.
+  const auto peel = [&](const auto* q, std::size_t i, std::size_t end, auto&& body) {
+    using E = std::remove_cv_t<std::remove_pointer_t<decltype(q)>>;
+    const auto addr = reinterpret_cast<std::uintptr_t>(q + i);
+    if (addr % sizeof(E) != 0) return i;
+    std::size_t head = ((64 - addr % 64) % 64) / sizeof(E);
+    if (head > end - i) head = end - i;
+    while (head > 0) {
+      const std::size_t k = head < W ? head : W;
+      if (k == W)
+        body(i, Access<V, true>{W});
+      else
+        body(i, Access<V, false>{k});
+      i += k;
+      head -= k;
+    }
+    return i;
+  };
 
   if constexpr (std::is_same_v<T, double>) {
     double* p = static_cast<double*>(s.p);
@@ -245,7 +267,7 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
     const auto body = [&](std::size_t i, auto io) {
       io.st(p + i, update<A>(k, c, io.ld(p + i), io.ld(g + i), off(s0, i), off(s1, i), off(s2, i), io));
     };
-    std::size_t i = b;
+    std::size_t i = peel(p, b, e, body);
     for (; i + W <= e; i += W) body(i, Access<V, true>{W});
     if (i < e) body(i, Access<V, false>{e - i});
   } else if (a.storage == Storage::f32) {
@@ -254,7 +276,7 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
     const auto body = [&](std::size_t i, auto io) {
       io.st(p + i, update<A>(k, c, io.ld(p + i), io.ld(g + i), off(s0, i), off(s1, i), off(s2, i), io));
     };
-    std::size_t i = b;
+    std::size_t i = peel(p, b, e, body);
     for (; i + W <= e; i += W) body(i, Access<V, true>{W});
     if (i < e) body(i, Access<V, false>{e - i});
   } else {
@@ -298,7 +320,8 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
       }
       std::memcpy(p + i, out, n * sizeof(std::uint16_t));
     };
-    std::size_t i = b;
+    // Align on the float32 master (the widest stream), as peel() does.
+    std::size_t i = peel(master, b, e, [&](std::size_t j, auto io) { body(j, io.k, io); });
     for (; i + W <= e; i += W) body(i, W, Access<V, true>{W});
     if (i < e) body(i, e - i, Access<V, false>{e - i});
   }

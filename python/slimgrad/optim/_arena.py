@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ._base import _empty_at
+
 __all__ = ["flatten"]
 
 
@@ -24,7 +26,7 @@ def flatten(params: Mapping[str, np.ndarray] | list[np.ndarray]) -> Any:
     dict or list
         The same names (or order) and shapes, holding the same values, as
         C-contiguous writable views that lie back to back in one buffer per
-        dtype, in the given order (``view.base`` is the flat buffer).
+        dtype, in the given order. Each buffer starts on a 64-byte boundary.
 
     Why: an optimizer given params that are consecutive views of one buffer
     places their state the same way, and its C++ step merges arrays that are
@@ -53,7 +55,9 @@ def flatten(params: Mapping[str, np.ndarray] | list[np.ndarray]) -> Any:
     totals: dict[np.dtype, int] = {}
     for _, a in items:
         totals[a.dtype] = totals.get(a.dtype, 0) + a.size
-    buffers = {dt: np.empty(n, dt) for dt, n in totals.items()}
+    # 64-byte aligned: every arena (params, grads, the optimizer's state)
+    # starts on a cache line, so the kernels' vectors never straddle two.
+    buffers = {dt: _empty_at((n,), dt, 0) for dt, n in totals.items()}
     offsets = dict.fromkeys(totals, 0)
     out = []
     for k, a in items:

@@ -18,8 +18,9 @@ copies of float16/bfloat16 parameters, non-finite policy, step counting,
         def _init_state(self, group, param):
             # Fresh state of one parameter, without "step" and "master"
             # (the base adds them). Arrays use self.state_dtype(param):
-            # float32 for float16/bfloat16 params, the param's dtype otherwise.
-            return {"exp_avg": np.zeros(param.shape, self.state_dtype(param))}
+            # float32 for float16/bfloat16 params, the param's dtype otherwise;
+            # self.state_full(param, value) also aligns them like the param.
+            return {"exp_avg": self.state_full(param)}
 
         def _step_bucket(self, group, bucket, check):
             # Update every array of the bucket in place, in one C++ call if
@@ -72,7 +73,7 @@ try:  # ml_dtypes is a dependency, but the float32/float64 paths do not need it
 except ImportError:  # pragma: no cover
     _bfloat16 = None
 
-__all__ = ["Bucket", "Optimizer", "find_nonfinite", "HALF_DTYPES", "PARAM_DTYPES"]
+__all__ = ["Bucket", "Optimizer", "find_nonfinite", "state_offset", "HALF_DTYPES", "PARAM_DTYPES"]
 
 Key = Union[str, int]
 
@@ -111,6 +112,28 @@ def _label(key: Key) -> str:
 
 def _data_ptr(a: np.ndarray) -> int:
     return int(a.__array_interface__["data"][0])
+
+
+def _empty_at(shape: tuple[int, ...], dtype: np.dtype, offset: int) -> np.ndarray:
+    """An uninitialized C-contiguous array whose data address is ``offset`` mod 64."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = np.empty(nbytes + 64, np.uint8)
+    start = (offset - _data_ptr(buf)) % 64
+    return buf[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def state_offset(param: np.ndarray) -> int:
+    """Where state arrays of ``param`` start within a 64-byte line.
+
+    float32/float64 params: the param's own offset, so that once a kernel has
+    stepped to a cache-line boundary of the param, the state arrays are
+    aligned too (NumPy gives large arrays an address 16 bytes past a page
+    boundary; split loads cost ~40 % of the step with AVX-512 here).
+    float16/bfloat16 params: 0 (the float32 master and states are aligned
+    among themselves).
+    """
+    return 0 if param.dtype.itemsize == 2 else _data_ptr(param) % 64
 
 
 def find_nonfinite(arrays: list[np.ndarray]) -> tuple[int, int] | None:
@@ -284,6 +307,15 @@ class Optimizer:
         """dtype of state arrays for ``param``: float32 for float16/bfloat16, else the param's."""
         return np.dtype(np.float32) if param.dtype.itemsize == 2 else param.dtype
 
+    @classmethod
+    def state_full(cls, param: np.ndarray, value: float = 0.0) -> np.ndarray:
+        """A state array for ``param``: its shape, ``state_dtype(param)``, filled with
+        ``value``, placed at ``state_offset(param)`` within a cache line (use it
+        for state arrays of the param's shape)."""
+        a = _empty_at(param.shape, cls.state_dtype(param), state_offset(param))
+        a.fill(value)
+        return a
+
     def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
         """Fresh state of one param (without "step"/"master"); see the module docstring."""
         return {}
@@ -299,7 +331,9 @@ class Optimizer:
         st: dict[str, Any] = {"step": 0}
         st.update(self._init_state(group, param))
         if param.dtype in HALF_DTYPES:
-            st["master"] = param.astype(np.float32)
+            master = _empty_at(param.shape, np.dtype(np.float32), state_offset(param))
+            master[...] = param
+            st["master"] = master
         return st
 
     def _ensure_state(self) -> list[Key]:
@@ -362,7 +396,7 @@ class Optimizer:
             ):
                 continue
             total = sum(a.size for a in arrays)
-            flat = np.empty(total, v.dtype)
+            flat = _empty_at((total,), v.dtype, state_offset(b.params[0]))
             off = 0
             for st, a in zip(sts, arrays):
                 view = flat[off : off + a.size].reshape(a.shape)
@@ -619,7 +653,8 @@ class Optimizer:
                             raise ValueError(
                                 f"{where}[{n!r}]: expected {t.dtype.name} array of shape {t.shape}, got {got}"
                             )
-                        st[n] = np.array(v, dtype=t.dtype, order="C", copy=True)
+                        t[...] = v  # the fresh array is placed like the optimizer's own state
+                        st[n] = t
                     else:
                         ok = isinstance(
                             v, (int, float, np.integer, np.floating)

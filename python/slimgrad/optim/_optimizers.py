@@ -52,8 +52,7 @@ class _Fused(Optimizer):
         raise NotImplementedError
 
     def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
-        dt = self.state_dtype(param)
-        return {k: np.zeros(param.shape, dt) for k in self._state_keys(group)}
+        return {k: self.state_full(param) for k in self._state_keys(group)}
 
     def _set_args(self, args: Any, group: dict[str, Any]) -> None:
         """Copy the group's options into the kernel's argument object."""
@@ -185,9 +184,7 @@ class Adagrad(_Fused):
         return ["sum"]
 
     def _init_state(self, group, param):
-        return {
-            "sum": np.full(param.shape, group["initial_accumulator_value"], self.state_dtype(param))
-        }
+        return {"sum": self.state_full(param, group["initial_accumulator_value"])}
 
     def _set_args(self, a, g):
         a.lr, a.lr_decay, a.weight_decay, a.eps, a.maximize = (
