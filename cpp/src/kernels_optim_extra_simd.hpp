@@ -111,6 +111,28 @@ V first_lanes(V x, std::size_t k) {
   return V::load(tmp);
 }
 
+// Like for_vecs, but first peels up to a 64-byte boundary of `anchor` (the
+// array written), so the main loop's loads and stores of arrays with the
+// same offset in a cache line never split a line (NumPy places large arrays
+// 16 bytes past a page boundary; split accesses cost ~40 % with AVX-512).
+// Only for elementwise kernels: a peel moves lane boundaries, which would
+// change the order of a reduction with the address.
+template <class V, class Body>
+void for_vecs_aligned(std::size_t n, const void* anchor, Body&& body) {
+  using S = typename V::Scalar;
+  const std::size_t mis = reinterpret_cast<std::uintptr_t>(anchor) % 64;
+  std::size_t peel = mis % sizeof(S) ? 0 : ((64 - mis) % 64) / sizeof(S);
+  peel = std::min(peel, n);
+  std::size_t i = 0;
+  while (i < peel) {
+    const std::size_t k = std::min(V::width, peel - i);
+    body(i, k);
+    i += k;
+  }
+  for (; i + V::width <= n; i += V::width) body(i, V::width);
+  if (i < n) body(i, n - i);
+}
+
 template <class V>
 V sign_of(V x) {
   const V zero = V::zero(), one = V::set1(1), mone = V::set1(-1);
@@ -189,7 +211,7 @@ void lion(T* p, const T* g, T* m, std::size_t n, const LionCoef<T>& c) {
   const V b1 = V::set1(c.beta1), omb1 = V::set1(c.one_minus_beta1), b2 = V::set1(c.beta2),
           omb2 = V::set1(c.one_minus_beta2), nlr = V::set1(-c.lr), decay = V::set1(c.decay);
   const bool neg = c.maximize;
-  for_vecs<V>(n, [&](std::size_t i, std::size_t k) {
+  for_vecs_aligned<V>(n, p, [&](std::size_t i, std::size_t k) {
     V gi = ld<V>(g + i, k);
     if (neg) gi = V::zero() - gi;
     const V mi = ld<V>(m + i, k);
@@ -230,7 +252,7 @@ template <Isa I, class T>
 void lamb_apply(T* p, const T* m, const T* v, std::size_t n, const LambCoef<T>& c, T lr_ratio) {
   using V = Vec<T, I>;
   const V nl = V::set1(-lr_ratio);
-  for_vecs<V>(n, [&](std::size_t i, std::size_t k) {
+  for_vecs_aligned<V>(n, p, [&](std::size_t i, std::size_t k) {
     const V pi = ld<V>(p + i, k);
     st(p + i, k, fma(nl, lamb_r(pi, ld<V>(m + i, k), ld<V>(v + i, k), c), pi));
   });
@@ -421,7 +443,7 @@ template <Isa I, class T>
 void scale(T* x, std::size_t n, T s) {
   using V = Vec<T, I>;
   const V vs = V::set1(s);
-  for_vecs<V>(n, [&](std::size_t i, std::size_t k) { st(x + i, k, ld<V>(x + i, k) * vs); });
+  for_vecs_aligned<V>(n, x, [&](std::size_t i, std::size_t k) { st(x + i, k, ld<V>(x + i, k) * vs); });
 }
 
 template <Isa I, class T>
@@ -429,7 +451,7 @@ void clamp_abs(T* x, std::size_t n, T c) {
   using V = Vec<T, I>;
   const V hi = V::set1(c), lo = V::set1(-c);
   // simd min/max return their first argument when it is NaN: NaN stays.
-  for_vecs<V>(n, [&](std::size_t i, std::size_t k) { st(x + i, k, min(max(ld<V>(x + i, k), lo), hi)); });
+  for_vecs_aligned<V>(n, x, [&](std::size_t i, std::size_t k) { st(x + i, k, min(max(ld<V>(x + i, k), lo), hi)); });
 }
 
 template <Isa I, class T>
@@ -437,9 +459,11 @@ void accumulate(T* acc, const T* g, std::size_t n, T s) {
   using V = Vec<T, I>;
   const V vs = V::set1(s);
   if (s == T(1))
-    for_vecs<V>(n, [&](std::size_t i, std::size_t k) { st(acc + i, k, ld<V>(acc + i, k) + ld<V>(g + i, k)); });
+    for_vecs_aligned<V>(n, acc, [&](std::size_t i, std::size_t k) {
+      st(acc + i, k, ld<V>(acc + i, k) + ld<V>(g + i, k));
+    });
   else
-    for_vecs<V>(n, [&](std::size_t i, std::size_t k) {
+    for_vecs_aligned<V>(n, acc, [&](std::size_t i, std::size_t k) {
       st(acc + i, k, fma(vs, ld<V>(g + i, k), ld<V>(acc + i, k)));
     });
 }

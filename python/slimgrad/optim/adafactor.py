@@ -126,7 +126,7 @@ class Adafactor(ExtraOptimizer):
                 "col_var": np.zeros(shape[:-2] + (1, shape[-1]), dt),
                 "variance": empty,
             }
-        return {"row_var": empty, "col_var": empty.copy(), "variance": np.zeros(param.shape, dt)}
+        return {"row_var": empty, "col_var": empty.copy(), "variance": self.state_full(param)}
 
     def _step_bucket(
         self, group: dict[str, Any], bucket: Bucket, check: bool

@@ -76,8 +76,7 @@ class LAMB(ExtraOptimizer):
         """Trust ratio of each parameter at the last step (by state key)."""
 
     def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
-        dt = self.state_dtype(param)
-        return {"exp_avg": np.zeros(param.shape, dt), "exp_avg_sq": np.zeros(param.shape, dt)}
+        return {"exp_avg": self.state_full(param), "exp_avg_sq": self.state_full(param)}
 
     def _step_bucket(
         self, group: dict[str, Any], bucket: Bucket, check: bool

@@ -69,7 +69,7 @@ class Lion(ExtraOptimizer):
         super().__init__(params, defaults, nonfinite=nonfinite)
 
     def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
-        return {"exp_avg": np.zeros(param.shape, self.state_dtype(param))}
+        return {"exp_avg": self.state_full(param)}  # aligned like the param
 
     def _step_bucket(
         self, group: dict[str, Any], bucket: Bucket, check: bool
