@@ -10,7 +10,9 @@ machine's streaming speed:
     2 x 4 B of scales per 256 elements read and written (~16.06 B/elem). The
     fp32 peers in that case move 28 B/elem: for them the GB/s column is the
     8-bit traffic over their time (an "effective" rate); compare times;
-  - clip_grad_norm_: read g for the norm, read and write g to scale (12 B/elem).
+  - clip_grad_norm_: read g for the norm, read and write g to scale (12 B/elem)
+    when it clips; the norm alone (4 B/elem) when the norm is below max_norm
+    (ours then skips the multiply by 1; torch does it).
 Our optimizers by default also read the gradients once more to check them for
 NaN/inf first; the ``nonfinite=ignore`` rows skip that (torch's behaviour).
 """
@@ -93,32 +95,66 @@ def _adamw8bit(size: int, torch) -> Case:
     )
 
 
-def _clip(size: int, torch) -> Case:
+def _clip(size: int, torch, clips: bool) -> Case:
+    """64 arrays. ``clips``: every call lowers max_norm by 1 % below the last
+    norm, so every call scales (12 B/elem; ``setup`` restores the gradients
+    before each timed batch); else max_norm = 1e9: the norm alone, 4 B/elem
+    (torch multiplies by 1 anyway, ours and the NumPy version skip that)."""
     rng = np.random.default_rng(3)
     n_arrays = 64
-    gs = [(rng.standard_normal(size // n_arrays)).astype(np.float32) for _ in range(n_arrays)]
-    n = sum(g.size for g in gs)
-    # max_norm below the norm: every call scales (by ~1 - 1e-6 after the first).
-    impls = {"slimgrad": lambda: optim.clip_grad_norm_(gs, 1.0)}
+    orig = [(rng.standard_normal(size // n_arrays)).astype(np.float32) for _ in range(n_arrays)]
+    n = sum(g.size for g in orig)
+    gs = [g.copy() for g in orig]
+    ng = [g.copy() for g in orig]
+    limits = {"slimgrad": 1e9, "torch": 1e9, "numpy": 1e9}
+
+    def max_norm(who: str) -> float:
+        if clips:
+            limits[who] *= 0.99
+        return limits[who]
+
+    def numpy_clip():
+        m = max_norm("numpy")
+        total = np.sqrt(sum(float(np.dot(g, g)) for g in ng))
+        limits["numpy"] = min(limits["numpy"], total)
+        coef = np.float32(min(m / (total + 1e-6), 1.0))
+        if coef != 1:
+            for g in ng:
+                g *= coef
+
+    def ours():
+        total = optim.clip_grad_norm_(gs, max_norm("slimgrad"))
+        limits["slimgrad"] = min(limits["slimgrad"], total)
+
+    impls = {"slimgrad": ours}
+    tgs = []
     if torch is not None:
         tps = []
-        for g in gs:
+        for g in orig:
             t = torch.zeros(g.shape).requires_grad_()
             t.grad = torch.from_numpy(g.copy())
             tps.append(t)
-        impls["torch clip_grad_norm_"] = lambda: torch.nn.utils.clip_grad_norm_(
-            tps, 1.0, foreach=True
-        )
-    ng = [g.copy() for g in gs]
+            tgs.append(t.grad.numpy())
 
-    def numpy_clip():
-        total = np.sqrt(sum(float(np.dot(g, g)) for g in ng))
-        coef = np.float32(min(1.0 / (total + 1e-6), 1.0))
-        for g in ng:
-            g *= coef
+        def torch_clip():
+            total = torch.nn.utils.clip_grad_norm_(tps, max_norm("torch"), foreach=True)
+            limits["torch"] = min(limits["torch"], float(total))
 
+        impls["torch clip_grad_norm_"] = torch_clip
     impls["numpy dot + scale"] = numpy_clip
-    return Case(f"clip_grad_norm_ {n_arrays} arrays", impls, bytes=12 * n)
+
+    def setup():
+        if clips:
+            for o, *copies in zip(orig, gs, ng, *([tgs] if tgs else [])):
+                for c in copies:
+                    np.copyto(c, o)
+            for k in limits:
+                limits[k] = 1e9
+
+    label = "clips" if clips else "norm only"
+    return Case(
+        f"clip_grad_norm_ 64 arr, {label}", impls, bytes=(12 if clips else 4) * n, setup=setup
+    )
 
 
 def cases(size: int) -> Iterator[Case]:
@@ -126,4 +162,5 @@ def cases(size: int) -> Iterator[Case]:
     yield _probe(size)
     yield _lion(size)
     yield _adamw8bit(size, torch)
-    yield _clip(size, torch)
+    yield _clip(size, torch, clips=True)
+    yield _clip(size, torch, clips=False)
