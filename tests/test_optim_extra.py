@@ -737,3 +737,20 @@ def test_several_buckets_checked_before_any_update(cls, kw, nonfinite, rng):
         ):
             opt.step({"a": np.ones((3, 4), np.float32), "b": np.array([0, 0, 0, 0, np.nan])})
         _assert_unchanged(params, opt, snap)
+
+
+@pytest.mark.parametrize("cls, kw", OPTIMIZERS, ids=OPT_IDS)
+def test_flatten_arena_gives_the_same_steps(cls, kw, rng):
+    from slimgrad.optim import flatten
+
+    # Per-array semantics (LAMB's trust ratio, 8-bit blocks, Adafactor's
+    # factors) must survive params that lie back to back in one buffer.
+    params = make_params(rng, np.float32, [(5, 7), (300,), (0,), (3, 90), (1,)])
+    arena = flatten({k: v.copy() for k, v in params.items()})
+    grads = grad_stream(rng, params, 4)
+    opt, opt2 = cls(params, **kw), cls(arena, **kw)
+    for g in grads:
+        opt.step(g)
+        opt2.step(g)
+    for k in params:
+        np.testing.assert_array_equal(arena[k], params[k])
