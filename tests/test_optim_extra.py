@@ -754,3 +754,29 @@ def test_flatten_arena_gives_the_same_steps(cls, kw, rng):
         opt2.step(g)
     for k in params:
         np.testing.assert_array_equal(arena[k], params[k])
+
+
+def test_adamw8bit_nonfinite_ignore_flows_like_torch(rng):
+    # nonfinite="ignore": a NaN gradient reaches the param and the block's
+    # state (scale NaN, codes 0) on every ISA alike, and stays NaN after.
+    def run():
+        p = {"w": rng.standard_normal(600).astype(np.float32)}
+        opt = AdamW8bit(p, nonfinite="ignore")
+        g = np.ones(600, np.float32)
+        opt.step({"w": g})
+        g[300] = np.nan
+        g[10] = np.inf
+        opt.step({"w": g})
+        opt.step({"w": np.ones(600, np.float32)})
+        return p["w"].copy(), opt.state_dict()["state"]["w"]
+
+    results = run_everywhere(run)
+    for w, st in results.values():
+        assert np.isnan(w[256:512]).all() and np.isnan(w[:256]).all()
+        assert np.isfinite(w[512:]).all()
+        assert np.isnan(st["exp_avg_scale"][:2]).all() and np.isfinite(st["exp_avg_scale"][2])
+        assert (st["exp_avg"][:512] == 0).all()
+    first = next(iter(results.values()))
+    for w, st in results.values():
+        np.testing.assert_array_equal(st["exp_avg"], first[1]["exp_avg"])
+        np.testing.assert_array_equal(st["exp_avg_sq"], first[1]["exp_avg_sq"])

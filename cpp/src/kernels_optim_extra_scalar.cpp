@@ -55,20 +55,31 @@ void lamb_apply_ref(T* p, const T* m, const T* v, std::size_t n, const LambCoef<
 // ---- 8-bit moment codec (see Adam8Coef) ----
 constexpr float kSignedMax = 127.0f, kUnsignedMax = 255.0f;
 
+// NaN if the block holds a NaN or an infinity (so that, with
+// nonfinite="ignore", a non-finite moment decodes as NaN from then on, like
+// torch's NaN flowing through the state).
 float block_absmax(const float* x, std::size_t n) {
   float a = 0.0f;
-  for (std::size_t i = 0; i < n; ++i) a = std::max(a, std::fabs(x[i]));
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(x[i])) return NAN;
+    a = std::max(a, std::fabs(x[i]));
+  }
   return a;
 }
 
 // Blocks whose absmax is below the smallest normal float (1/a would
-// overflow) are stored as zeros: such moments are far below any eps.
+// overflow) are stored as zeros: such moments are far below any eps. A
+// non-finite block (scale NaN) is stored as zeros too.
 constexpr float kMinScale = 1.17549435e-38f;
 
 void encode_signed(const float* x, std::int8_t* c, float* scale, std::size_t n) {
   const float a = block_absmax(x, n);
   *scale = a;
-  const float inv = a >= kMinScale ? 1.0f / a : 0.0f;
+  if (!(a >= kMinScale)) {
+    std::fill(c, c + n, std::int8_t(0));
+    return;
+  }
+  const float inv = 1.0f / a;
   for (std::size_t i = 0; i < n; ++i) {
     const float z = std::sqrt(std::fabs(x[i]) * inv) * kSignedMax;
     const auto k = static_cast<std::int8_t>(static_cast<int>(std::nearbyint(z)));
@@ -78,7 +89,11 @@ void encode_signed(const float* x, std::int8_t* c, float* scale, std::size_t n) 
 void encode_unsigned(const float* x, std::uint8_t* c, float* scale, std::size_t n) {
   const float a = block_absmax(x, n);
   *scale = a;
-  const float inv = a >= kMinScale ? 1.0f / a : 0.0f;
+  if (!(a >= kMinScale)) {
+    std::fill(c, c + n, std::uint8_t(0));
+    return;
+  }
+  const float inv = 1.0f / a;
   for (std::size_t i = 0; i < n; ++i) {
     const float z = std::sqrt(std::fabs(x[i]) * inv) * kUnsignedMax;
     c[i] = static_cast<std::uint8_t>(static_cast<int>(std::nearbyint(z)));

@@ -148,22 +148,35 @@ float lanes_max(V a) {
   for (float l : lanes) r = std::max(r, l);
   return r;
 }
+// NaN if any element is NaN or infinite (see the scalar oracle).
+template <class V>
+float finite_or_nan(float a, V bad) {
+  return std::isfinite(reduce_sum(bad)) ? a : NAN;
+}
 template <Isa I>
 float absmax_block(const float* x, std::size_t n) {
   using V = Vec<float, I>;
-  V a = V::zero();
-  for (std::size_t i = 0; i < n; i += V::width) a = max(a, abs(V::load(x + i)));
-  return lanes_max(a);
+  V a = V::zero(), bad = V::zero();
+  for (std::size_t i = 0; i < n; i += V::width) {
+    const V xi = V::load(x + i);
+    a = max(a, abs(xi));
+    bad = bad + (xi - xi);  // 0 for finite lanes, NaN otherwise
+  }
+  return finite_or_nan(lanes_max(a), bad);
 }
-// Below the smallest normal float 1/a overflows: such blocks become zeros
-// (the scalar oracle does the same).
+// Below the smallest normal float 1/a overflows: such blocks become zeros,
+// and so do non-finite blocks (scale NaN), as in the scalar oracle.
 constexpr float kMinScale = 1.17549435e-38f;
 
 template <Isa I>
 void encode_signed_block(const float* x, std::int8_t* c, float* scale, std::size_t n_padded, float a) {
   using V = Vec<float, I>;
   *scale = a;
-  const V inv = V::set1(a >= kMinScale ? 1.0f / a : 0.0f), k = V::set1(127.0f), zero = V::zero();
+  if (!(a >= kMinScale)) {
+    std::fill(c, c + n_padded, 0);
+    return;
+  }
+  const V inv = V::set1(1.0f / a), k = V::set1(127.0f), zero = V::zero();
   for (std::size_t i = 0; i < n_padded; i += V::width) {
     const V xi = V::load(x + i);
     const V z = sqrt(abs(xi) * inv) * k;
@@ -174,7 +187,11 @@ template <Isa I>
 void encode_unsigned_block(const float* x, std::uint8_t* c, float* scale, std::size_t n_padded, float a) {
   using V = Vec<float, I>;
   *scale = a;
-  const V inv = V::set1(a >= kMinScale ? 1.0f / a : 0.0f), k = V::set1(255.0f);
+  if (!(a >= kMinScale)) {
+    std::fill(c, c + n_padded, 0);
+    return;
+  }
+  const V inv = V::set1(1.0f / a), k = V::set1(255.0f);
   for (std::size_t i = 0; i < n_padded; i += V::width)
     Codec<I>::store_u8(c + i, sqrt(abs(V::load(x + i)) * inv) * k);
 }
@@ -301,7 +318,7 @@ void adamw8bit(T* p, const T* g, std::int8_t* m, std::uint8_t* v, float* ms, flo
               eps = V::set1(c.eps), decay = V::set1(c.decay);
       const V inv_m = V::set1(1.0f / 127.0f), inv_v = V::set1(1.0f / 255.0f), sm = V::set1(ms[blk]),
               sv_scale = V::set1(vs[blk]);
-      V am = V::zero(), av = V::zero();
+      V am = V::zero(), av = V::zero(), bad_m = V::zero(), bad_v = V::zero();
       for (std::size_t i = 0; i < kp; i += V::width) {
         V gi = V::load(gp + i);
         if (c.maximize) gi = V::zero() - gi;
@@ -316,9 +333,11 @@ void adamw8bit(T* p, const T* g, std::int8_t* m, std::uint8_t* v, float* ms, flo
         svi.store(vb + i);
         am = max(am, abs(mi));
         av = max(av, svi);
+        bad_m = bad_m + (mi - mi);
+        bad_v = bad_v + (svi - svi);
       }
-      amax_m = lanes_max(am);
-      amax_v = lanes_max(av);
+      amax_m = finite_or_nan(lanes_max(am), bad_m);
+      amax_v = finite_or_nan(lanes_max(av), bad_v);
     } else {
       // float64 parameters: moments are float (they are 8-bit anyway), the
       // update is done in T as plain loops.
