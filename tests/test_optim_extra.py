@@ -777,6 +777,6 @@ def test_adamw8bit_nonfinite_ignore_flows_like_torch(rng):
         assert np.isnan(st["exp_avg_scale"][:2]).all() and np.isfinite(st["exp_avg_scale"][2])
         assert (st["exp_avg"][:512] == 0).all()
     first = next(iter(results.values()))
-    for w, st in results.values():
+    for _, st in results.values():
         np.testing.assert_array_equal(st["exp_avg"], first[1]["exp_avg"])
         np.testing.assert_array_equal(st["exp_avg_sq"], first[1]["exp_avg_sq"])
