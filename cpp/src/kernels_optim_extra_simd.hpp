@@ -57,6 +57,9 @@ struct Codec<Isa::avx2> {
     const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
     _mm_storel_epi64(reinterpret_cast<__m128i*>(c), _mm_packus_epi16(w, w));
   }
+  // The exact root: with 256-bit vectors it is as fast here as an rsqrt
+  // estimate plus the Newton step 8 bits would need (measured).
+  static V sqrt_approx(V y) { return sqrt(y); }
 };
 #endif
 
@@ -77,6 +80,11 @@ struct Codec<Isa::avx512> {
   }
   static void store_u8(std::uint8_t* c, V x) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(c), _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(x.v)));
+  }
+  // sqrt(y) for y >= 0 from the 14-bit rsqrt estimate: a code needs 8 bits
+  // (127*sqrt(y) is off by < 0.008). Floored like the AVX2 version.
+  static V sqrt_approx(V y) {
+    return {_mm512_mul_ps(y.v, _mm512_rsqrt14_ps(_mm512_max_ps(y.v, _mm512_set1_ps(1e-30f))))};
   }
 };
 #endif
@@ -195,6 +203,39 @@ void encode_unsigned_block(const float* x, std::uint8_t* c, float* scale, std::s
   for (std::size_t i = 0; i < n_padded; i += V::width)
     Codec<I>::store_u8(c + i, sqrt(abs(V::load(x + i)) * inv) * k);
 }
+// The optimizer's encoders: as above but with sqrt_approx (the square root
+// is the bottleneck of the step: sqrtps has a fraction of the multiplier's
+// throughput). A code may then differ by one from the exact encoder's where
+// 127*sqrt(y) lies within 0.01 of a rounding boundary; the codec functions
+// (quantize_moment) keep the exact, ISA-independent codes.
+template <Isa I>
+void encode_signed_block_fast(const float* x, std::int8_t* c, float* scale, std::size_t n_padded, float a) {
+  using V = Vec<float, I>;
+  *scale = a;
+  if (!(a >= kMinScale)) {
+    std::fill(c, c + n_padded, 0);
+    return;
+  }
+  const V inv = V::set1(1.0f / a), k = V::set1(127.0f), zero = V::zero();
+  for (std::size_t i = 0; i < n_padded; i += V::width) {
+    const V xi = V::load(x + i);
+    const V z = Codec<I>::sqrt_approx(abs(xi) * inv) * k;
+    Codec<I>::store_i8(c + i, select(lt(xi, zero), zero - z, z));
+  }
+}
+template <Isa I>
+void encode_unsigned_block_fast(const float* x, std::uint8_t* c, float* scale, std::size_t n_padded, float a) {
+  using V = Vec<float, I>;
+  *scale = a;
+  if (!(a >= kMinScale)) {
+    std::fill(c, c + n_padded, 0);
+    return;
+  }
+  const V inv = V::set1(1.0f / a), k = V::set1(255.0f);
+  for (std::size_t i = 0; i < n_padded; i += V::width)
+    Codec<I>::store_u8(c + i, Codec<I>::sqrt_approx(abs(V::load(x + i)) * inv) * k);
+}
+
 template <Isa I>
 void decode_signed_block(const std::int8_t* c, float scale, float* x, std::size_t n_padded) {
   using V = Vec<float, I>;
@@ -356,8 +397,8 @@ void adamw8bit(T* p, const T* g, std::int8_t* m, std::uint8_t* v, float* ms, flo
       amax_m = absmax_block<I>(mb, kp);
       amax_v = absmax_block<I>(vb, kp);
     }
-    encode_signed_block<I>(mb, mcode, ms + blk, kp, amax_m);
-    encode_unsigned_block<I>(vb, vcode, vs + blk, kp, amax_v);
+    encode_signed_block_fast<I>(mb, mcode, ms + blk, kp, amax_m);
+    encode_unsigned_block_fast<I>(vb, vcode, vs + blk, kp, amax_v);
     if (!full) {
       std::copy(mc, mc + k, m + b);
       std::copy(vc, vc + k, v + b);
