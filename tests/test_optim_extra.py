@@ -310,7 +310,7 @@ def test_adamw8bit_training_close_to_fp32_adamw():
         losses.append(loss)
         opt.step(grads)
     # Stated tolerance: at every step the 8-bit run's loss is within a factor
-    # 1.5 of the fp32 run's (measured: 0.76-1.01 while the loss falls 1e6x),
+    # 1.5 of the fp32 run's (measured: 0.74-1.003 while the loss falls 1e6x),
     # and it ends within 10 % of (or below) the fp32 run's final loss.
     assert ref_losses[-1] < losses[0] / 1e4
     ratio = np.array(losses) / np.array(ref_losses)

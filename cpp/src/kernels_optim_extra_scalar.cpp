@@ -108,9 +108,9 @@ float decode_unsigned(std::uint8_t c, float scale) {
   return (t * t) * scale;
 }
 
-// The second moment is stored as sqrt(v) (what the update divides by), so
-// the encoder reuses the update's square root and v's dynamic range is
-// halved in the log domain.
+// The second moment is stored through sqrt(v) (what the update divides by,
+// computed by the update anyway), which halves v's dynamic range in the log
+// domain before the square-law code.
 template <class T>
 void adamw8bit_ref(T* p, const T* g, std::int8_t* m, std::uint8_t* v, float* ms, float* vs, std::size_t n,
                    const Adam8Coef<T>& c) {

@@ -6,15 +6,17 @@
 //    load_partial/store_partial, i.e. the same arithmetic as the body.
 //  - Reductions accumulate in T lanes within one work item (<= 32K elements)
 //    and return a double; the entry points add item partials in order.
-//  - AdamW8bit works per block of 256 in three short passes over L1-resident
-//    buffers (decode codes -> update in T -> absmax + encode), so memory is
-//    streamed once. The codec needs int8 <-> float conversions, which the Vec
-//    vocabulary lacks: raw AVX2 / AVX-512 intrinsics below, in an anonymous
-//    namespace so the per-ISA copies never meet at link time. Decode and
-//    encode use only multiplies, one square root and round-to-nearest-even
-//    conversions (no multiply-add to contract), so codes equal the scalar
-//    oracle's bit for bit. Per element: 2 square roots (the update's sqrt(v),
-//    reused by the v encoder, and the m encoder's) and 1 division.
+//  - AdamW8bit works per block of 256: one pass decodes the codes, updates
+//    and keeps the block's new absmax in registers (moments to an L1 buffer),
+//    a second short pass encodes, so memory is streamed once. The codec needs
+//    int8 <-> float conversions, which the Vec vocabulary lacks: raw AVX2 /
+//    AVX-512 intrinsics below, in an anonymous namespace so the per-ISA copies
+//    never meet at link time. The codec functions use only multiplies, one
+//    square root and round-to-nearest-even conversions (no multiply-add to
+//    contract), so their codes equal the scalar oracle's bit for bit. Per
+//    element the step takes 3 square roots (update, m code, sqrt(v) code) and
+//    1 division; on AVX-512 the two encoders' roots come from the 14-bit rsqrt
+//    estimate (see encode_*_block_fast).
 #pragma once
 
 #include <algorithm>

@@ -64,8 +64,9 @@ class AdamW8bit(ExtraOptimizer):
       ``v = scale**2 * (c/255)**4``) — ``s`` resolution ~0.4 % at the top and
       down to ``scale * 1.5e-5``, so elements with a small ``v`` are not
       flushed to 0 (which would turn ``m / (sqrt(v) + eps)`` into ``m / eps``).
-      The encoder reuses the update's square root: 2 square roots and 1
-      division per element in all.
+      The update computes ``sqrt(v)`` anyway; encoding takes one more root
+      per moment (from the 14-bit rsqrt estimate on AVX-512, so a code may
+      differ by one near a rounding boundary).
 
     Each block is dequantized, updated in float32 and requantized in the same
     pass (read p, g, 2 code bytes; write p, 2 code bytes; plus the scales).
