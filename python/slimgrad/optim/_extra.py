@@ -28,16 +28,18 @@ def describe(a: Any) -> str:
 
 def check_like(g: Any, name: str, p: np.ndarray) -> None:
     """``g`` must be a C-contiguous array of ``p``'s dtype (TypeError) and shape (ValueError)."""
+    ok_type = (
+        isinstance(g, np.ndarray)
+        and g.dtype == p.dtype
+        and g.flags.c_contiguous
+        and g.dtype.isnative
+    )
+    if ok_type and g.shape == p.shape:
+        return  # the common case, without building a message
     want = f"{p.dtype.name} C-contiguous array of shape {p.shape}"
-    if (
-        not isinstance(g, np.ndarray)
-        or g.dtype != p.dtype
-        or not g.flags.c_contiguous
-        or not g.dtype.isnative
-    ):
+    if not ok_type:
         raise TypeError(f"{name}: expected {want}, got {describe(g)}")
-    if g.shape != p.shape:
-        raise ValueError(f"{name}: expected {want}, got {describe(g)}")
+    raise ValueError(f"{name}: expected {want}, got {describe(g)}")
 
 
 def check_writable(p: np.ndarray, name: str) -> None:
