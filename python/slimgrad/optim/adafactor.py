@@ -139,9 +139,10 @@ class Adafactor(ExtraOptimizer):
         eps1, eps2 = group["eps"]
         weight = t ** group["beta2_decay"]
         rho = min(lr, 1.0 / math.sqrt(t))
+        # torch: eps1 defaults to the epsilon of the parameter's own dtype
+        # (one dtype per bucket).
+        e1 = _machine_eps(bucket.dtype) if eps1 is None else float(eps1)
         for i, (p, g, st) in enumerate(zip(work, grads, bucket.state_dicts)):
-            # torch: eps1 defaults to the epsilon of the parameter's own dtype.
-            e1 = _machine_eps(bucket.params[i].dtype) if eps1 is None else float(eps1)
             _core.optim.adafactor_step(
                 p,
                 g,
