@@ -1,0 +1,351 @@
+// Threaded, dispatched, multi-tensor entry points of the extra optimizer
+// kernels (see optim_extra.hpp).
+//
+// A list of arrays becomes a list of work items (array, begin, end) of at
+// most kExtraGrain elements; items depend only on the sizes, run on the
+// thread pool (dynamic schedule: arrays of uneven sizes) and write their own
+// slots, and reductions add item partials in item order. So every result,
+// including LAMB's trust ratios and the clip norm, is identical for any
+// thread count.
+#include "slimgrad/optim_extra.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "slimgrad/core.hpp"
+#include "slimgrad/threading.hpp"
+
+namespace slimgrad {
+namespace {
+
+struct Item {
+  std::size_t array, begin, end;
+};
+
+std::vector<Item> make_items(const std::size_t* sizes, std::size_t count) {
+  std::vector<Item> items;
+  for (std::size_t a = 0; a < count; ++a)
+    for (std::size_t b = 0; b < sizes[a]; b += kExtraGrain) items.push_back({a, b, std::min(sizes[a], b + kExtraGrain)});
+  return items;
+}
+
+// Below this much work a parallel region costs more than it saves (and on a
+// busy machine waking a second thread can cost milliseconds).
+constexpr std::size_t kSerialBelow = 2 * kExtraGrain;
+
+template <class Body>
+void run_items(const std::vector<Item>& items, Body&& body) {
+  std::size_t total = 0;
+  for (const Item& it : items) total += it.end - it.begin;
+  if (total < kSerialBelow) {
+    for (std::size_t t = 0; t < items.size(); ++t) body(t, items[t]);
+    return;
+  }
+  parallel_tasks(items.size(), [&](std::size_t t) { body(t, items[t]); });
+}
+
+// Tiles of one matrix: same rule.
+template <class Body>
+void run_tiles(std::size_t n_tiles, std::size_t elems, Body&& body) {
+  if (elems < kSerialBelow) {
+    for (std::size_t t = 0; t < n_tiles; ++t) body(t);
+    return;
+  }
+  parallel_tasks(n_tiles, body);
+}
+
+template <class T>
+T torch_lerp(T a, T b, T w) {
+  return w < T(0.5) ? a + w * (b - a) : b - (b - a) * (T(1) - w);
+}
+
+}  // namespace
+
+template <class T>
+void lion_step(T* const* p, const T* const* g, T* const* m, const std::size_t* sizes, std::size_t count,
+               const LionCoef<T>& c) {
+  const auto items = make_items(sizes, count);
+  dispatch([&](auto isa) {
+    run_items(items, [&](std::size_t, const Item& it) {
+      kernels::lion<decltype(isa)::value, T>(p[it.array] + it.begin, g[it.array] + it.begin,
+                                              m[it.array] + it.begin, it.end - it.begin, c);
+    });
+  });
+}
+
+template <class T>
+void lamb_step(T* const* p, const T* const* g, T* const* m, T* const* v, const std::size_t* sizes,
+               std::size_t count, const LambCoef<T>& c, T lr, double* ratios) {
+  const auto items = make_items(sizes, count);
+  std::vector<double> partial(2 * items.size(), 0.0);
+  dispatch([&](auto isa) {
+    run_items(items, [&](std::size_t t, const Item& it) {
+      const std::size_t o = it.begin;
+      kernels::lamb_moments<decltype(isa)::value, T>(p[it.array] + o, g[it.array] + o, m[it.array] + o,
+                                                      v[it.array] + o, it.end - o, c, &partial[2 * t]);
+    });
+  });
+  // Per-array norms, item partials added in order.
+  std::vector<double> pn(count, 0.0), rn(count, 0.0);
+  for (std::size_t t = 0; t < items.size(); ++t) {
+    pn[items[t].array] += partial[2 * t];
+    rn[items[t].array] += partial[2 * t + 1];
+  }
+  std::vector<T> lr_ratio(count);
+  for (std::size_t a = 0; a < count; ++a) {
+    const double wn = std::sqrt(pn[a]), un = std::sqrt(rn[a]);
+    // The paper's phi is the identity; a zero norm (fresh zero init, or a
+    // zero update) would make the ratio 0 or inf, so it is 1 there.
+    const double ratio = (wn > 0.0 && un > 0.0) ? wn / un : 1.0;
+    if (ratios) ratios[a] = ratio;
+    lr_ratio[a] = static_cast<T>(static_cast<double>(lr) * ratio);
+  }
+  dispatch([&](auto isa) {
+    run_items(items, [&](std::size_t, const Item& it) {
+      const std::size_t o = it.begin;
+      kernels::lamb_apply<decltype(isa)::value, T>(p[it.array] + o, m[it.array] + o, v[it.array] + o, it.end - o,
+                                                    c, lr_ratio[it.array]);
+    });
+  });
+}
+
+template <class T>
+void adamw8bit_step(T* const* p, const T* const* g, std::int8_t* const* m, std::uint8_t* const* v,
+                    float* const* ms, float* const* vs, const std::size_t* sizes, std::size_t count,
+                    const Adam8Coef<T>& c) {
+  static_assert(kExtraGrain % kQuantBlock == 0, "items must start on a quantization block");
+  const auto items = make_items(sizes, count);
+  dispatch([&](auto isa) {
+    run_items(items, [&](std::size_t, const Item& it) {
+      const std::size_t o = it.begin, a = it.array;
+      kernels::adamw8bit<decltype(isa)::value, T>(p[a] + o, g[a] + o, m[a] + o, v[a] + o, ms[a] + o / kQuantBlock,
+                                                   vs[a] + o / kQuantBlock, it.end - o, c);
+    });
+  });
+}
+
+void quantize_moment(const float* x, void* codes, float* scales, std::size_t n, bool is_signed) {
+  dispatch([&](auto isa) {
+    constexpr Isa I = decltype(isa)::value;
+    parallel_for(n, kExtraGrain, [&](std::size_t b, std::size_t e) {
+      if (is_signed)
+        kernels::quantize_signed<I>(x + b, static_cast<std::int8_t*>(codes) + b, scales + b / kQuantBlock, e - b);
+      else
+        kernels::quantize_unsigned<I>(x + b, static_cast<std::uint8_t*>(codes) + b, scales + b / kQuantBlock,
+                                      e - b);
+    });
+  });
+}
+
+void dequantize_moment(const void* codes, const float* scales, float* x, std::size_t n, bool is_signed) {
+  dispatch([&](auto isa) {
+    constexpr Isa I = decltype(isa)::value;
+    parallel_for(n, kExtraGrain, [&](std::size_t b, std::size_t e) {
+      if (is_signed)
+        kernels::dequantize_signed<I>(static_cast<const std::int8_t*>(codes) + b, scales + b / kQuantBlock, x + b,
+                                      e - b);
+      else
+        kernels::dequantize_unsigned<I>(static_cast<const std::uint8_t*>(codes) + b, scales + b / kQuantBlock,
+                                        x + b, e - b);
+    });
+  });
+}
+
+template <class T>
+double total_norm(const T* const* x, const std::size_t* sizes, std::size_t count, double norm_type) {
+  const auto items = make_items(sizes, count);
+  std::vector<double> partial(items.size(), 0.0);
+  const bool inf = std::isinf(norm_type);
+  dispatch([&](auto isa) {
+    constexpr Isa I = decltype(isa)::value;
+    run_items(items, [&](std::size_t t, const Item& it) {
+      const T* xi = x[it.array] + it.begin;
+      const std::size_t n = it.end - it.begin;
+      if (inf)
+        partial[t] = kernels::max_abs<I, T>(xi, n);
+      else if (norm_type == 2.0)
+        partial[t] = kernels::sum_squares<I, T>(xi, n);
+      else if (norm_type == 1.0)
+        partial[t] = kernels::sum_abs<I, T>(xi, n);
+      else
+        partial[t] = kernels::sum_abs_pow<I, T>(xi, n, norm_type);
+    });
+  });
+  double total = 0.0;
+  if (inf) {
+    for (double v : partial) {
+      if (std::isnan(v)) return v;
+      total = std::max(total, v);
+    }
+    return total;
+  }
+  for (double v : partial) total += v;
+  if (norm_type == 2.0) return std::sqrt(total);
+  if (norm_type == 1.0) return total;
+  return std::pow(total, 1.0 / norm_type);
+}
+
+template <class T>
+void scale_all(T* const* x, const std::size_t* sizes, std::size_t count, T s) {
+  const auto items = make_items(sizes, count);
+  dispatch([&](auto isa) {
+    run_items(items, [&](std::size_t, const Item& it) {
+      kernels::scale<decltype(isa)::value, T>(x[it.array] + it.begin, it.end - it.begin, s);
+    });
+  });
+}
+
+template <class T>
+void clamp_all(T* const* x, const std::size_t* sizes, std::size_t count, T c) {
+  const auto items = make_items(sizes, count);
+  dispatch([&](auto isa) {
+    run_items(items, [&](std::size_t, const Item& it) {
+      kernels::clamp_abs<decltype(isa)::value, T>(x[it.array] + it.begin, it.end - it.begin, c);
+    });
+  });
+}
+
+template <class T>
+void accumulate_all(T* const* acc, const T* const* g, const std::size_t* sizes, std::size_t count, T s) {
+  const auto items = make_items(sizes, count);
+  dispatch([&](auto isa) {
+    run_items(items, [&](std::size_t, const Item& it) {
+      kernels::accumulate<decltype(isa)::value, T>(acc[it.array] + it.begin, g[it.array] + it.begin,
+                                                    it.end - it.begin, s);
+    });
+  });
+}
+
+// ----------------------------------------------------------- Adafactor
+namespace {
+// Tiles of a (rows, cols) matrix: kTileRows rows by up to kExtraGrain /
+// kTileRows columns; fixed by the shape alone.
+constexpr std::size_t kTileRows = 32;
+constexpr std::size_t kTileCols = kExtraGrain / kTileRows;
+
+struct Tile {
+  std::size_t rb, cb, r0, r1, c0, c1;
+};
+std::vector<Tile> make_tiles(std::size_t rows, std::size_t cols) {
+  std::vector<Tile> tiles;
+  for (std::size_t r = 0, rb = 0; r < rows; r += kTileRows, ++rb)
+    for (std::size_t c = 0, cb = 0; c < cols; c += kTileCols, ++cb)
+      tiles.push_back({rb, cb, r, std::min(rows, r + kTileRows), c, std::min(cols, c + kTileCols)});
+  return tiles;
+}
+}  // namespace
+
+template <class T>
+void adafactor_step(T* p, const T* g, T* row_var, T* col_var, T* var, std::size_t batch, std::size_t rows,
+                    std::size_t cols, bool factored, const AdafactorArgs& a) {
+  const std::size_t n = factored ? batch * rows * cols : batch;
+  const T eps1sq = static_cast<T>(a.eps1 * a.eps1);
+  const T w = static_cast<T>(a.beta2_weight);
+  const T decay = static_cast<T>(1.0 - a.lr * a.weight_decay);
+  // alpha from the parameter's RMS before weight decay (torch's order).
+  const T* const pc[1] = {p};
+  const std::size_t nn[1] = {n};
+  const double p_rms = n ? total_norm<T>(pc, nn, 1, 2.0) / std::sqrt(static_cast<double>(n)) : 0.0;
+  const double alpha = std::max(a.eps2, p_rms) * a.rho;
+  double u_sq = 0.0;
+  if (factored) {
+    const auto tiles = make_tiles(rows, cols);
+    const std::size_t n_rb = (rows + kTileRows - 1) / kTileRows, n_cb = (cols + kTileCols - 1) / kTileCols;
+    std::vector<double> row_part(n_cb * rows), col_part(n_rb * cols);
+    std::vector<T> rmean(batch);
+    for (std::size_t b = 0; b < batch; ++b) {
+      const T* gb = g + b * rows * cols;
+      dispatch([&](auto isa) {
+        run_tiles(tiles.size(), rows * cols, [&](std::size_t t) {
+          const Tile& q = tiles[t];
+          kernels::sq_rows_cols<decltype(isa)::value, T>(gb + q.r0 * cols + q.c0, q.r1 - q.r0, q.c1 - q.c0, cols,
+                                                          &row_part[q.cb * rows + q.r0],
+                                                          &col_part[q.rb * cols + q.c0]);
+        });
+      });
+      T* rv = row_var + b * rows;
+      T* cv = col_var + b * cols;
+      double rsum = 0.0;
+      for (std::size_t r = 0; r < rows; ++r) {
+        double s = 0.0;
+        for (std::size_t cb = 0; cb < n_cb; ++cb) s += row_part[cb * rows + r];
+        rv[r] = torch_lerp(rv[r], static_cast<T>(s / static_cast<double>(cols)), w);
+        rsum += static_cast<double>(rv[r]);
+      }
+      for (std::size_t c = 0; c < cols; ++c) {
+        double s = 0.0;
+        for (std::size_t rb = 0; rb < n_rb; ++rb) s += col_part[rb * cols + c];
+        cv[c] = torch_lerp(cv[c], static_cast<T>(s / static_cast<double>(rows)), w);
+      }
+      rmean[b] = std::max(static_cast<T>(rsum / static_cast<double>(rows)), static_cast<T>(a.eps1));
+    }
+    std::vector<double> part(tiles.size());
+    for (std::size_t b = 0; b < batch; ++b) {
+      const T* gb = g + b * rows * cols;
+      dispatch([&](auto isa) {
+        run_tiles(tiles.size(), rows * cols, [&](std::size_t t) {
+          const Tile& q = tiles[t];
+          part[t] = kernels::adafactor_factored_norm<decltype(isa)::value, T>(
+              gb + q.r0 * cols + q.c0, row_var + b * rows + q.r0, col_var + b * cols + q.c0, q.r1 - q.r0,
+              q.c1 - q.c0, cols, rmean[b], eps1sq, a.maximize);
+        });
+      });
+      for (double v : part) u_sq += v;
+    }
+    const double denom = std::max(1.0, std::sqrt(u_sq) / (std::sqrt(static_cast<double>(n)) * a.d));
+    const T step = static_cast<T>(alpha / denom);
+    for (std::size_t b = 0; b < batch; ++b) {
+      const std::size_t off = b * rows * cols;
+      dispatch([&](auto isa) {
+        run_tiles(tiles.size(), rows * cols, [&](std::size_t t) {
+          const Tile& q = tiles[t];
+          const std::size_t o = off + q.r0 * cols + q.c0;
+          kernels::adafactor_factored_apply<decltype(isa)::value, T>(
+              p + o, g + o, row_var + b * rows + q.r0, col_var + b * cols + q.c0, q.r1 - q.r0, q.c1 - q.c0, cols,
+              rmean[b], eps1sq, a.maximize, decay, step);
+        });
+      });
+    }
+    return;
+  }
+  const std::size_t sizes[1] = {n};
+  const auto items = make_items(sizes, 1);
+  std::vector<double> part(items.size());
+  dispatch([&](auto isa) {
+    run_items(items, [&](std::size_t t, const Item& it) {
+      part[t] = kernels::adafactor_vector_var<decltype(isa)::value, T>(g + it.begin, var + it.begin,
+                                                                       it.end - it.begin, w, eps1sq, a.maximize);
+    });
+  });
+  for (double v : part) u_sq += v;
+  const double denom = std::max(1.0, std::sqrt(u_sq) / (std::sqrt(static_cast<double>(n)) * a.d));
+  const T step = static_cast<T>(alpha / denom);
+  dispatch([&](auto isa) {
+    run_items(items, [&](std::size_t, const Item& it) {
+      kernels::adafactor_vector_apply<decltype(isa)::value, T>(p + it.begin, g + it.begin, var + it.begin,
+                                                               it.end - it.begin, eps1sq, a.maximize, decay, step);
+    });
+  });
+}
+
+#define SLIMGRAD_EXTRA_ENTRY(T)                                                                                 \
+  template void lion_step<T>(T* const*, const T* const*, T* const*, const std::size_t*, std::size_t,           \
+                             const LionCoef<T>&);                                                               \
+  template void lamb_step<T>(T* const*, const T* const*, T* const*, T* const*, const std::size_t*, std::size_t, \
+                             const LambCoef<T>&, T, double*);                                                   \
+  template void adamw8bit_step<T>(T* const*, const T* const*, std::int8_t* const*, std::uint8_t* const*,       \
+                                  float* const*, float* const*, const std::size_t*, std::size_t,               \
+                                  const Adam8Coef<T>&);                                                         \
+  template double total_norm<T>(const T* const*, const std::size_t*, std::size_t, double);                      \
+  template void scale_all<T>(T* const*, const std::size_t*, std::size_t, T);                                    \
+  template void clamp_all<T>(T* const*, const std::size_t*, std::size_t, T);                                    \
+  template void accumulate_all<T>(T* const*, const T* const*, const std::size_t*, std::size_t, T);              \
+  template void adafactor_step<T>(T*, const T*, T*, T*, T*, std::size_t, std::size_t, std::size_t, bool,        \
+                                  const AdafactorArgs&);
+SLIMGRAD_EXTRA_ENTRY(float)
+SLIMGRAD_EXTRA_ENTRY(double)
+#undef SLIMGRAD_EXTRA_ENTRY
+
+}  // namespace slimgrad

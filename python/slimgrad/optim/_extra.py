@@ -1,0 +1,152 @@
+"""Helpers shared by the extra optimizers (Lion, LAMB, AdamW8bit, Adafactor) and clip.
+
+Their kernels take float32/float64 arrays. float16/bfloat16 parameters are
+stepped on the float32 master copies the base class keeps, then rounded to
+nearest into the parameters (a second, cheap pass; see docs/optim_extra.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .. import _core
+from ._base import Bucket, Optimizer, find_nonfinite
+
+KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def describe(a: Any) -> str:
+    """How buffers.cpp describes a value in its messages."""
+    if not isinstance(a, np.ndarray):
+        return type(a).__name__
+    prefix = "" if a.flags.c_contiguous else "non-contiguous "
+    return f"{prefix}{a.dtype.name} array of shape {a.shape}"
+
+
+def check_like(g: Any, name: str, p: np.ndarray) -> None:
+    """``g`` must be a C-contiguous array of ``p``'s dtype (TypeError) and shape (ValueError)."""
+    ok_type = (
+        isinstance(g, np.ndarray)
+        and g.dtype == p.dtype
+        and g.flags.c_contiguous
+        and g.dtype.isnative
+    )
+    if ok_type and g.shape == p.shape:
+        return  # the common case, without building a message
+    want = f"{p.dtype.name} C-contiguous array of shape {p.shape}"
+    if not ok_type:
+        raise TypeError(f"{name}: expected {want}, got {describe(g)}")
+    raise ValueError(f"{name}: expected {want}, got {describe(g)}")
+
+
+def check_writable(p: np.ndarray, name: str) -> None:
+    if not p.flags.writeable:
+        raise ValueError(f"{name}: expected a writable array, got a read-only {describe(p)}")
+
+
+def _first_nonfinite(grads: list[np.ndarray]) -> tuple[int, int] | None:
+    """(array, element) of the first NaN/inf, or None.
+
+    float32/float64: the core kernel per array (measured 5x faster on one
+    16M array than the base's multi-tensor scan, which also handles halves).
+    """
+    if grads and grads[0].dtype in KERNEL_DTYPES:
+        for i, g in enumerate(grads):
+            j = int(_core.find_nonfinite(g))
+            if j >= 0:
+                return i, j
+        return None
+    return find_nonfinite(list(grads))
+
+
+def validate(bucket: Bucket) -> None:
+    """Every grad like its param (dtype, shape, layout), every param writable.
+
+    Raises TypeError/ValueError naming the array; modifies nothing.
+    """
+    for p, g, label in zip(bucket.params, bucket.grads, bucket.labels):
+        check_like(g, "grads" + label, p)
+        check_writable(p, "params" + label)
+
+
+class ExtraOptimizer(Optimizer):
+    """Base of Lion, LAMB, AdamW8bit and Adafactor: validation and half-precision plumbing."""
+
+    def _validate_all(self, buckets: list[Bucket]) -> None:
+        for b in buckets:
+            validate(b)
+
+    def _prepare(
+        self, bucket: Bucket, check: bool
+    ) -> tuple[list[np.ndarray], list[np.ndarray], tuple[int, int] | None]:
+        """Validate; the arrays the kernel works on and the first non-finite gradient.
+
+        Returns ``(work, grads, bad)``: ``work`` is the params (float32/float64)
+        or the float32 masters (float16/bfloat16), ``grads`` matching them, and
+        ``bad`` the first non-finite gradient (array, element) if ``check``.
+        Raises before anything is modified.
+        """
+        buckets = self._buckets or [bucket]
+        if bucket is buckets[0]:
+            # A step of several buckets is several kernel calls: check every
+            # bucket before the first one runs (also with nonfinite="ignore",
+            # where the base does not call _validate_all).
+            self._validate_all(buckets)
+        if check:
+            bad = _first_nonfinite(bucket.grads)
+            if bad is not None:
+                return [], [], bad
+        if bucket.masters is None:
+            return list(bucket.params), list(bucket.grads), None
+        return list(bucket.masters), [g.astype(np.float32) for g in bucket.grads], None
+
+
+def round_back(bucket: Bucket) -> None:
+    """Write the updated float32 masters into float16/bfloat16 params (round to nearest even)."""
+    if bucket.masters is not None:
+        for p, m in zip(bucket.params, bucket.masters):
+            p[...] = m.astype(p.dtype)
+
+
+def as_array_list(arrays: Any, what: str) -> tuple[list[Any], list[str]]:
+    """A dict, list/tuple or single ndarray as (arrays, labels) in order."""
+    if isinstance(arrays, np.ndarray):
+        return [arrays], ["[0]"]
+    if isinstance(arrays, Mapping):
+        return list(arrays.values()), [f"[{k!r}]" for k in arrays]
+    if isinstance(arrays, (list, tuple)):
+        return list(arrays), [f"[{i}]" for i in range(len(arrays))]
+    raise TypeError(
+        f"{what}: expected a dict, a list of ndarrays or an ndarray, got {type(arrays).__name__}"
+    )
+
+
+def check_float_arrays(arrays: list[Any], labels: list[str], what: str, writable: bool) -> None:
+    """float32/float64 C-contiguous native arrays (TypeError), writable if asked (ValueError)."""
+    for a, label in zip(arrays, labels):
+        if (
+            not isinstance(a, np.ndarray)
+            or a.dtype not in KERNEL_DTYPES
+            or not a.flags.c_contiguous
+            or not a.dtype.isnative
+        ):
+            raise TypeError(
+                f"{what}{label}: expected float32 or float64 C-contiguous array, got {describe(a)}"
+            )
+        if writable:
+            check_writable(a, what + label)
+
+
+def by_dtype(
+    arrays: list[np.ndarray], labels: list[str]
+) -> dict[np.dtype, tuple[list[int], list[str]]]:
+    """Indices and labels of the arrays of each dtype, in order of first appearance."""
+    out: dict[np.dtype, tuple[list[int], list[str]]] = {}
+    for i, (a, label) in enumerate(zip(arrays, labels)):
+        idx, lab = out.setdefault(a.dtype, ([], []))
+        idx.append(i)
+        lab.append(label)
+    return out

@@ -1,0 +1,163 @@
+"""Adafactor, following ``torch.optim.Adafactor`` (torch 2.x) exactly."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .. import _core
+from ._base import Bucket, _check_nonneg
+from ._extra import ExtraOptimizer, round_back
+
+
+def _machine_eps(dtype: np.dtype) -> float:
+    try:
+        return float(np.finfo(dtype).eps)
+    except ValueError:  # bfloat16: NumPy does not know it, ml_dtypes does
+        import ml_dtypes
+
+        return float(ml_dtypes.finfo(dtype).eps)
+
+
+class Adafactor(ExtraOptimizer):
+    """Adafactor with torch's arguments, defaults and update rule.
+
+    At step ``t`` for each array ``p`` with gradient ``g`` (negated if
+    ``maximize``), as ``torch.optim.Adafactor`` does it::
+
+        beta2_t = 1 - t**beta2_decay                  (lerp weight t**beta2_decay)
+        rho = min(lr, 1 / sqrt(t))
+        alpha = max(eps2, RMS(p)) * rho               (RMS before weight decay)
+        p = p * (1 - lr * weight_decay)
+        ndim >= 2 (factored over the last two dims, leading dims are a batch):
+            row_var = lerp(row_var, mean(g**2, -1), t**beta2_decay)
+            col_var = lerp(col_var, mean(g**2, -2), t**beta2_decay)
+            var = row_var @ col_var / max(mean(row_var, -2), eps1)
+        else:
+            variance = lerp(variance, g**2, t**beta2_decay);  var = variance
+        u = g / sqrt(max(var, eps1**2))
+        p = p - alpha / max(1, RMS(u) / d) * u
+
+    ``eps1=None`` means the machine epsilon of the parameter's dtype. Each
+    array is one C++ call (GIL released, OpenMP inside) of three passes: the
+    norms of ``p`` and the row/column sums of ``g**2``, the RMS of ``u``, then
+    the update (``u`` recomputed rather than stored). Reductions are
+    fixed-order in double, so results are identical for any thread count and
+    agree with torch to ~1e-6 relative in float32.
+
+    Parameters
+    ----------
+    params
+        Dict, list or param groups of float32/float64/float16/bfloat16
+        C-contiguous arrays, updated in place (see :class:`Optimizer`).
+    lr : float
+        Learning rate (an upper bound on ``rho``), >= 0.
+    beta2_decay : float
+        Exponent of the second-moment decay, <= 0.
+    eps : tuple
+        ``(eps1 or None, eps2)``, both >= 0.
+    d : float
+        Clipping threshold of the update RMS, >= 1.
+    weight_decay : float
+        Decoupled weight decay (scaled by ``lr``), >= 0.
+    foreach : bool or None
+        Accepted for torch compatibility; ignored (every path is C++).
+    maximize : bool
+        Maximize the objective.
+    nonfinite : str
+        ``"raise"`` (default), ``"skip"`` or ``"ignore"``; see :class:`Optimizer`.
+
+    State per parameter: ``"row_var"`` (shape ``p.shape[:-1] + (1,)``) and
+    ``"col_var"`` (``p.shape[:-2] + (1, p.shape[-1])``) for ndim >= 2, else
+    ``"variance"`` (``p.shape``), as in torch; the entries a parameter does
+    not use are empty arrays (the base class keeps one key set per bucket);
+    ``"step"``.
+
+    Raises
+    ------
+    ValueError
+        An argument outside the ranges above (torch's checks).
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-2,
+        beta2_decay: float = -0.8,
+        eps: tuple[float | None, float] = (None, 1e-3),
+        d: float = 1.0,
+        weight_decay: float = 0.0,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        nonfinite: str = "raise",
+    ) -> None:
+        lr = _check_nonneg("lr", lr)
+        if not float(beta2_decay) <= 0.0:
+            raise ValueError(f"beta2_decay: expected <= 0, got {beta2_decay!r}")
+        if not isinstance(eps, (tuple, list)) or len(eps) != 2:
+            raise ValueError(f"eps: expected a pair (eps1 or None, eps2), got {eps!r}")
+        eps1 = None if eps[0] is None else _check_nonneg("eps[0]", eps[0])
+        eps2 = _check_nonneg("eps[1]", eps[1])
+        if not float(d) >= 1.0:
+            raise ValueError(f"d: expected >= 1, got {d!r}")
+        defaults = dict(
+            lr=lr,
+            beta2_decay=float(beta2_decay),
+            eps=(eps1, eps2),
+            d=float(d),
+            weight_decay=_check_nonneg("weight_decay", weight_decay),
+            foreach=foreach,
+            maximize=bool(maximize),
+        )
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+    def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
+        # The base class wants the same state keys for every parameter of a
+        # bucket, so the unused ones are empty (0-element) arrays.
+        dt = self.state_dtype(param)
+        empty = np.zeros(0, dt)
+        if param.ndim >= 2:
+            shape = param.shape
+            return {
+                "row_var": np.zeros(shape[:-1] + (1,), dt),
+                "col_var": np.zeros(shape[:-2] + (1, shape[-1]), dt),
+                "variance": empty,
+            }
+        return {"row_var": empty, "col_var": empty.copy(), "variance": self.state_full(param)}
+
+    def _step_bucket(
+        self, group: dict[str, Any], bucket: Bucket, check: bool
+    ) -> tuple[int, int] | None:
+        work, grads, bad = self._prepare(bucket, check)
+        if bad is not None:
+            return bad
+        t = float(bucket.step)
+        lr = float(group["lr"])
+        eps1, eps2 = group["eps"]
+        weight = t ** group["beta2_decay"]
+        rho = min(lr, 1.0 / math.sqrt(t))
+        # torch: eps1 defaults to the epsilon of the parameter's own dtype
+        # (one dtype per bucket).
+        e1 = _machine_eps(bucket.dtype) if eps1 is None else float(eps1)
+        for i, (p, g, st) in enumerate(zip(work, grads, bucket.state_dicts)):
+            _core.optim.adafactor_step(
+                p,
+                g,
+                st["row_var"],
+                st["col_var"],
+                st["variance"],
+                bucket.labels[i],
+                lr=lr,
+                rho=rho,
+                eps1=e1,
+                eps2=float(eps2),
+                d=float(group["d"]),
+                weight_decay=float(group["weight_decay"]),
+                beta2_weight=weight,
+                maximize=bool(group["maximize"]),
+            )
+        round_back(bucket)
+        return None

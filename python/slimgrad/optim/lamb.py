@@ -1,0 +1,103 @@
+"""LAMB (You et al. 2019, "Large Batch Optimization for Deep Learning")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import _core
+from ._base import Bucket, _check_betas, _check_nonneg
+from ._extra import ExtraOptimizer, round_back
+
+
+class LAMB(ExtraOptimizer):
+    """LAMB: Adam's direction scaled per parameter array by a trust ratio.
+
+    For each array, at step ``t`` (``g`` the gradient)::
+
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g**2
+        r = (m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + eps) + weight_decay * p
+        ratio = ||p|| / ||r||      (1 if either norm is 0)
+        p = p - lr * ratio * r
+
+    Bias correction: applied, as in the paper's Algorithm 2 and NVIDIA's
+    reference implementation (``bias_correction=True``); the paper's scaling
+    function phi is the identity (no clamping of ``||p||``). The norms are
+    per array (per "layer"), computed by fixed-order reductions in double
+    from float32/float64 lane sums, so the ratio — and every result — is
+    identical for any thread count. Two passes over memory: the first updates
+    ``m``, ``v`` and accumulates both norms, the second recomputes ``r`` with
+    the same arithmetic and applies it.
+
+    Parameters
+    ----------
+    params
+        Dict, list or param groups of float32/float64/float16/bfloat16
+        C-contiguous arrays, updated in place (see :class:`Optimizer`).
+    lr : float
+        Learning rate, >= 0.
+    betas : tuple of float
+        ``(beta1, beta2)`` in [0, 1).
+    eps : float
+        Added to the denominator, >= 0.
+    weight_decay : float
+        Weight decay added to the update direction (before the trust ratio), >= 0.
+    nonfinite : str
+        ``"raise"`` (default), ``"skip"`` or ``"ignore"``; see :class:`Optimizer`.
+
+    State per parameter: ``"exp_avg"``, ``"exp_avg_sq"`` and ``"step"``.
+
+    Raises
+    ------
+    ValueError
+        A negative ``lr``, ``eps`` or ``weight_decay``; a beta outside [0, 1).
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        *,
+        nonfinite: str = "raise",
+    ) -> None:
+        defaults = dict(
+            lr=_check_nonneg("lr", lr),
+            betas=_check_betas(betas),
+            eps=_check_nonneg("eps", eps),
+            weight_decay=_check_nonneg("weight_decay", weight_decay),
+        )
+        super().__init__(params, defaults, nonfinite=nonfinite)
+        self.trust_ratios: dict[Any, float] = {}
+        """Trust ratio of each parameter at the last step (by state key)."""
+
+    def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
+        return {"exp_avg": self.state_full(param), "exp_avg_sq": self.state_full(param)}
+
+    def _step_bucket(
+        self, group: dict[str, Any], bucket: Bucket, check: bool
+    ) -> tuple[int, int] | None:
+        work, grads, bad = self._prepare(bucket, check)
+        if bad is not None:
+            return bad
+        beta1, beta2 = group["betas"]
+        ratios = _core.optim.lamb_step(
+            work,
+            grads,
+            bucket.states["exp_avg"],
+            bucket.states["exp_avg_sq"],
+            bucket.labels,
+            lr=float(group["lr"]),
+            beta1=float(beta1),
+            beta2=float(beta2),
+            eps=float(group["eps"]),
+            weight_decay=float(group["weight_decay"]),
+            step=int(bucket.step),
+        )
+        self.trust_ratios.update(zip(bucket.keys, ratios))
+        round_back(bucket)
+        return None
