@@ -90,7 +90,8 @@ py::array nm_keep_py(py::handle w, const std::string& name, std::size_t inner, i
 }
 
 // apply_masks_(masks, groups, names): zero groups[i][j] where masks[i] is
-// False; groups[i][0] is the weight, the rest its optimizer moments.
+// False; groups[i][0] is the weight, the rest its optimizer moments;
+// names[i][j] names groups[i][j] in error messages.
 void apply_masks_py(py::sequence masks, py::sequence groups, py::sequence names) {
   const std::size_t count = py::len(masks);
   if (py::len(groups) != count || py::len(names) != count)
@@ -98,9 +99,11 @@ void apply_masks_py(py::sequence masks, py::sequence groups, py::sequence names)
   std::vector<Array> held;
   std::vector<MaskGroup> plan;
   for (std::size_t i = 0; i < count; ++i) {
-    const std::string name = py::str(names[i]);
     const py::sequence arrays = groups[i].cast<py::sequence>();
-    if (py::len(arrays) == 0) throw py::value_error("groups[" + std::to_string(i) + "]: expected the weight first");
+    const py::sequence labels = names[i].cast<py::sequence>();
+    if (py::len(arrays) == 0 || py::len(labels) != py::len(arrays))
+      throw py::value_error("groups[" + std::to_string(i) + "]: expected the weight first and one name per array");
+    const std::string name = py::str(labels[0]);
     const Array w = check_array(arrays[0], name, {DType::f16, DType::bf16, DType::f32, DType::f64}, Access::write);
     const auto shape = w.shape();
     const Array m = check_array(masks[i], "mask " + name, {DType::boolean}, Access::read, &shape);
@@ -108,7 +111,7 @@ void apply_masks_py(py::sequence masks, py::sequence groups, py::sequence names)
     held.push_back(m);
     for (std::size_t j = 0; j < py::len(arrays); ++j) {
       const Array a = j == 0 ? w
-                             : check_array(arrays[j], name + " state " + std::to_string(j),
+                             : check_array(arrays[j], py::str(labels[j]),
                                            {DType::f16, DType::bf16, DType::f32, DType::f64}, Access::write, &shape);
       g.arrays.emplace_back(const_cast<void*>(a.arr.data()), static_cast<int>(a.arr.itemsize()));
       held.push_back(a);

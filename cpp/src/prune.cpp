@@ -12,6 +12,7 @@
 #include "slimgrad/prune.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "slimgrad/threading.hpp"
@@ -31,6 +32,26 @@ std::vector<Piece> split(const std::vector<PruneSegment>& segments, std::size_t 
     for (std::size_t b = 0; b < segments[s].n; b += grain)
       pieces.push_back({s, b, std::min(segments[s].n, b + grain)});
   return pieces;
+}
+
+// Threads only pay off when each gets at least a chunk of elements: waking
+// an OpenMP team costs microseconds (milliseconds on a busy machine), more
+// than the whole pass over a small array. Depends on sizes only.
+std::size_t worth_threads(std::size_t total_elements, std::size_t units) {
+  const std::size_t by_size = std::max<std::size_t>(1, total_elements / kDefaultGrain);
+  return std::min({units, by_size, static_cast<std::size_t>(get_num_threads())});
+}
+
+// body(i) for i in [0, units): in parallel when the work is large enough.
+template <class Body>
+void for_units(std::size_t units, std::size_t total_elements, Body&& body) {
+  if (worth_threads(total_elements, units) > 1) {
+    parallel_for(units, 1, [&](std::size_t b, std::size_t e) {
+      for (std::size_t i = b; i < e; ++i) body(i);
+    });
+  } else {
+    for (std::size_t i = 0; i < units; ++i) body(i);
+  }
 }
 
 template <class T>
@@ -58,8 +79,9 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
   using Key = KeyOf<T>;
   const std::vector<Piece> pieces = split(segments, kDefaultGrain);
   if (pieces.empty()) return {};
-  const std::size_t tasks =
-      std::min<std::size_t>(pieces.size(), static_cast<std::size_t>(get_num_threads()));
+  std::size_t total = 0;
+  for (const PruneSegment& s : segments) total += s.n;
+  const std::size_t tasks = worth_threads(total, pieces.size());
 
   Key prefix = 0;           // digits chosen so far: the candidates' key >> hi
   std::size_t rem = k;      // still to prune among the candidates
@@ -115,12 +137,10 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
   if (ties > 0) {
     std::vector<std::size_t> counts(pieces.size());
     dispatch([&](auto isa) {
-      parallel_for(pieces.size(), 1, [&](std::size_t pb, std::size_t pe) {
-        for (std::size_t p = pb; p < pe; ++p) {
-          const PruneSegment& s = segments[pieces[p].segment];
-          counts[p] = kernels::count_equal<decltype(isa)::value, T>(
-              data<T>(s) + pieces[p].begin, prior_at(s, pieces[p].begin), pieces[p].end - pieces[p].begin, bound);
-        }
+      for_units(pieces.size(), total, [&](std::size_t p) {
+        const PruneSegment& s = segments[pieces[p].segment];
+        counts[p] = kernels::count_equal<decltype(isa)::value, T>(
+            data<T>(s) + pieces[p].begin, prior_at(s, pieces[p].begin), pieces[p].end - pieces[p].begin, bound);
       });
     });
     std::size_t left = ties;
@@ -138,20 +158,18 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
 
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
-    parallel_for(pieces.size(), 1, [&](std::size_t pb, std::size_t pe) {
-      for (std::size_t p = pb; p < pe; ++p) {
-        const PruneSegment& s = segments[pieces[p].segment];
-        const std::size_t b = pieces[p].begin, e = pieces[p].end;
-        // Keep key >= bound + 1 (ties pruned) before the cut, >= bound after.
-        if (ties == 0 || p > cut_piece) {
-          kernels::threshold_keep<I, T>(data<T>(s) + b, prior_at(s, b), e - b, bound, s.keep + b);
-        } else if (p < cut_piece) {
-          kernels::threshold_keep<I, T>(data<T>(s) + b, prior_at(s, b), e - b, bound + 1, s.keep + b);
-        } else {
-          kernels::threshold_keep<I, T>(data<T>(s) + b, prior_at(s, b), cut_end - b, bound + 1, s.keep + b);
-          kernels::threshold_keep<I, T>(data<T>(s) + cut_end, prior_at(s, cut_end), e - cut_end, bound,
-                                        s.keep + cut_end);
-        }
+    for_units(pieces.size(), total, [&](std::size_t p) {
+      const PruneSegment& s = segments[pieces[p].segment];
+      const std::size_t b = pieces[p].begin, e = pieces[p].end;
+      // Keep key >= bound + 1 (ties pruned) before the cut, >= bound after.
+      if (ties == 0 || p > cut_piece) {
+        kernels::threshold_keep<I, T>(data<T>(s) + b, prior_at(s, b), e - b, bound, s.keep + b);
+      } else if (p < cut_piece) {
+        kernels::threshold_keep<I, T>(data<T>(s) + b, prior_at(s, b), e - b, bound + 1, s.keep + b);
+      } else {
+        kernels::threshold_keep<I, T>(data<T>(s) + b, prior_at(s, b), cut_end - b, bound + 1, s.keep + b);
+        kernels::threshold_keep<I, T>(data<T>(s) + cut_end, prior_at(s, cut_end), e - cut_end, bound,
+                                      s.keep + cut_end);
       }
     });
   });
@@ -160,17 +178,26 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
 
 template <class T>
 std::ptrdiff_t nm_keep(const T* x, std::size_t rows, std::size_t inner, int n, int m, std::uint8_t* keep) {
-  const std::size_t size = rows * static_cast<std::size_t>(m) * inner;
-  const std::vector<PruneSegment> one{{x, nullptr, size, nullptr}};
-  const NanPosition nan = first_nan<T>(one);
-  if (nan.found) return static_cast<std::ptrdiff_t>(nan.index);
   const std::size_t row = static_cast<std::size_t>(m) * inner;
   const std::size_t grain = std::max<std::size_t>(1, kDefaultGrain / std::max<std::size_t>(row, 1));
+  // Each chunk checks its rows for NaN just before ranking them (the rows
+  // are then in cache); the first NaN of the first failing chunk wins, so
+  // the answer does not depend on the thread count.
+  std::vector<std::size_t> first(num_chunks(rows, grain), SIZE_MAX);
   dispatch([&](auto isa) {
+    constexpr Isa I = decltype(isa)::value;
     parallel_for(rows, grain, [&](std::size_t b, std::size_t e) {
-      kernels::nm_keep<decltype(isa)::value, T>(x + b * row, e - b, inner, n, m, keep + b * row);
+      const std::size_t len = (e - b) * row;
+      const std::size_t bad = kernels::find_nan<I, T>(x + b * row, len);
+      if (bad < len) {
+        first[b / grain] = b * row + bad;
+        return;
+      }
+      kernels::nm_keep<I, T>(x + b * row, e - b, inner, n, m, keep + b * row);
     });
   });
+  for (std::size_t f : first)
+    if (f != SIZE_MAX) return static_cast<std::ptrdiff_t>(f);
   return -1;
 }
 
@@ -179,13 +206,16 @@ void apply_masks(const std::vector<MaskGroup>& groups) {
     std::size_t group, begin, end;
   };
   std::vector<Span> spans;
-  for (std::size_t g = 0; g < groups.size(); ++g)
+  std::size_t total = 0;
+  for (std::size_t g = 0; g < groups.size(); ++g) {
     for (std::size_t b = 0; b < groups[g].n; b += kDefaultGrain)
       spans.push_back({g, b, std::min(groups[g].n, b + kDefaultGrain)});
+    total += groups[g].n * groups[g].arrays.size();
+  }
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
-    parallel_for(spans.size(), 1, [&](std::size_t sb, std::size_t se) {
-      for (std::size_t i = sb; i < se; ++i) {
+    for_units(spans.size(), total, [&](std::size_t i) {
+      {
         const Span& sp = spans[i];
         const MaskGroup& g = groups[sp.group];
         const std::uint8_t* keep = g.keep + sp.begin;

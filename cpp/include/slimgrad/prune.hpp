@@ -100,7 +100,7 @@ template <class T>
 NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_t k);
 
 // N:M masks of a C-contiguous array viewed as (rows, m, inner); returns the
-// first NaN's flat index (keep untouched) or -1.
+// first NaN's flat index (keep then holds no valid mask) or -1.
 template <class T>
 std::ptrdiff_t nm_keep(const T* x, std::size_t rows, std::size_t inner, int n, int m,
                        std::uint8_t* keep);

@@ -217,10 +217,11 @@ class Pruner:
         state = getattr(self.optimizer, "state", None)
         if not isinstance(state, Mapping):
             return []
-        entry = state[key] if key in state else state[i] if i in state else None
+        found = key if key in state else i if i in state else None
+        entry = state[found] if found is not None else None
         if not isinstance(entry, Mapping):
             return []
-        return [v for v in entry.values()
+        return [(f"optimizer.state[{found!r}][{name!r}]", v) for name, v in entry.items()
                 if isinstance(v, np.ndarray) and v is not w and v.shape == w.shape
                 and (v.dtype.kind == "f" or v.dtype.name == "bfloat16")]
 
@@ -233,8 +234,12 @@ class Pruner:
         """
         if self.masks is None:
             return
-        groups = [[w, *self._moments(i, k, w)] for i, (k, w) in enumerate(zip(self.keys, self.arrays))]
-        _core.prune.apply_masks_([self.masks[k] for k in self.keys], groups, self.names)
+        groups, names = [], []
+        for i, (k, w, name) in enumerate(zip(self.keys, self.arrays, self.names)):
+            moments = self._moments(i, k, w)
+            groups.append([w, *(v for _, v in moments)])
+            names.append([name, *(label for label, _ in moments)])
+        _core.prune.apply_masks_([self.masks[k] for k in self.keys], groups, names)
 
     def step(self) -> None:
         """Advance one training step: update the masks if the schedule says so, then apply them."""
@@ -310,7 +315,7 @@ def sensitivity(evaluate: Callable[[], float], params: Mapping | Sequence, spars
             for s in levels:
                 mask = magnitude_mask(saved, s) if method == "magnitude" else structured_mask(saved, s)
                 np.copyto(w, saved)
-                _core.prune.apply_masks_([mask], [[w]], [name])
+                _core.prune.apply_masks_([mask], [[w]], [[name]])
                 row[s] = evaluate()
         finally:
             np.copyto(w, saved)

@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         masks = {name: magnitude_mask(w, args.sparsity) for name, w in targets.items()}
     if targets:
-        _core.prune.apply_masks_([masks[n] for n in targets], [[w] for w in targets.values()], list(targets))
+        _core.prune.apply_masks_([masks[n] for n in targets], [[w] for w in targets.values()],
+                                 [[n] for n in targets])
     for name, w in targets.items():
         data = w.astype(w.dtype.newbyteorder("<")).tobytes()
         tensors[name] = st.Entry(tensors[name].dtype, tensors[name].shape, data)
