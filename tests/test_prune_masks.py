@@ -87,6 +87,46 @@ def test_magnitude_mask_adversarial(isa, dtype, kind, n, rng):
         np.testing.assert_array_equal(prune.magnitude_mask(w, s), mask_from_order(order, count(s, n), w.shape))
 
 
+# Arrays from 2**18 elements on are selected through a sampled key range:
+# cover it with the adversarial data too, and with a sample that misleads.
+LARGE = 2**18 + 7
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("kind", ["normal", "ties", "denormal", "inf", "constant"])
+def test_magnitude_mask_large_arrays(dtype, kind, rng):
+    w = make(kind, LARGE, dtype, rng)
+    order = reference_order(w)
+    for s in [1e-6, 0.05, 0.5, 0.999, 0.9999999]:
+        np.testing.assert_array_equal(prune.magnitude_mask(w, s), mask_from_order(order, count(s, LARGE), w.shape))
+
+
+def test_misleading_sample_falls_back_to_exact(rng):
+    # The selection samples 16384 evenly spaced entries; make exactly those
+    # tiny, so the guessed range around the median is far too low.
+    samples = 16384
+    positions = (2 * np.arange(samples) + 1) * LARGE // (2 * samples)
+    w = (1 + rng.random(LARGE)).astype(np.float32)
+    w[positions] = rng.random(samples).astype(np.float32) * 1e-3
+    order = reference_order(w)
+    for s in [0.01, 0.3, 0.5, 0.97]:
+        np.testing.assert_array_equal(prune.magnitude_mask(w, s), mask_from_order(order, count(s, LARGE), w.shape))
+
+
+@pytest.mark.parametrize("n", [1000, LARGE])
+def test_prior_mask_prunes_previously_pruned_first(n, rng):
+    from slimgrad.prune._masks import _select
+
+    w = make("ties", n, np.float32, rng)
+    prior = rng.random(n) < 0.7  # False = pruned before
+    # Reference: previously pruned first (in flat order), then by |w|.
+    a = np.where(prior, np.abs(w.astype(np.float64)), -1.0)
+    order = np.lexsort((np.arange(n), a))
+    for s in [0.1, 0.3, 0.5, 0.9]:
+        (got,) = _select([w], ["w"], count(s, n), [prior])
+        np.testing.assert_array_equal(got, mask_from_order(order, count(s, n), w.shape))
+
+
 def test_tie_rule_is_lower_flat_index_first():
     w = np.array([[3.0, -1.0, 1.0], [0.0, -0.0, 1.0]], np.float32)
     # |w| = 3 1 1 / 0 0 1: the zeros go first (index 3 then 4), then the 1s
@@ -262,13 +302,13 @@ def test_random_mask_exact_and_deterministic(rng):
 
 def test_every_isa_and_thread_count_identical(rng):
     w = make("ties", 300_007, np.float32, rng)
-    d = make("inf", 200_003, np.float64, rng)
+    d = make("inf", 300_007, np.float64, rng)
     v = make("normal", 4 * 100_003, np.float32, rng).reshape(-1, 4)
 
     def run():
         return (prune.magnitude_mask(w, 0.61), prune.magnitude_mask(d, 0.37),
                 prune.global_magnitude_masks({"a": w, "b": w[:1001].copy()}, 0.5)["b"],
-                prune.nm_mask(v), prune.nm_mask(d.reshape(-1, 1)[:200_000].reshape(-1, 8), 3, 8))
+                prune.nm_mask(v), prune.nm_mask(d[:300_000].reshape(-1, 8), 3, 8))
 
     results = run_everywhere(run)
     first = next(iter(results.values()))

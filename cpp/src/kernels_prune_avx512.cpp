@@ -5,7 +5,7 @@
 namespace slimgrad::kernels {
 #define SLIMGRAD_PRUNE_INSTANTIATE(T)                                                             \
   template KeyOf<T> histogram<Isa::avx512, T>(const T*, const std::uint8_t*, std::size_t, KeyOf<T>, \
-                                             int, int, std::uint32_t*);                           \
+                                             KeyOf<T>, int, int, std::uint32_t*, std::size_t*);   \
   template std::size_t count_equal<Isa::avx512, T>(const T*, const std::uint8_t*, std::size_t,       \
                                                  KeyOf<T>);                                       \
   template void threshold_keep<Isa::avx512, T>(const T*, const std::uint8_t*, std::size_t, KeyOf<T>, \

@@ -26,17 +26,21 @@ KeyOf<T> key_at(const T* x, const std::uint8_t* prior, std::size_t i) {
 }
 
 template <class T>
-KeyOf<T> histogram_ref(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> prefix,
-                       int hi, int lo, std::uint32_t* hist) {
+KeyOf<T> histogram_ref(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> base, KeyOf<T> prefix,
+                       int hi, int lo, std::uint32_t* hist, std::size_t* below) {
   const std::size_t bins = std::size_t(1) << (hi - lo);
   const KeyOf<T> digit_mask = static_cast<KeyOf<T>>(bins - 1);
   KeyOf<T> max_raw = 0;
+  std::size_t under = 0;
   for (std::size_t i = 0; i < n; ++i) {
     const KeyOf<T> raw = raw_key(x[i]);
     if (raw > max_raw) max_raw = raw;
-    const KeyOf<T> k = key_at(x, prior, i);
+    const KeyOf<T> key = key_at(x, prior, i);
+    under += key < base;
+    const KeyOf<T> k = key - base;
     if ((k >> hi) == prefix) ++hist[(i % kHistCopies) * bins + ((k >> lo) & digit_mask)];
   }
+  *below += under;
   return max_raw;
 }
 
@@ -94,8 +98,9 @@ void apply_keep_ref(U* a, const std::uint8_t* keep, std::size_t n) {
 #define SLIMGRAD_PRUNE_SCALAR(T)                                                                  \
   template <>                                                                                     \
   KeyOf<T> histogram<Isa::scalar, T>(const T* x, const std::uint8_t* prior, std::size_t n,        \
-                                     KeyOf<T> prefix, int hi, int lo, std::uint32_t* hist) {      \
-    return histogram_ref(x, prior, n, prefix, hi, lo, hist);                                      \
+                                     KeyOf<T> base, KeyOf<T> prefix, int hi, int lo,              \
+                                     std::uint32_t* hist, std::size_t* below) {                   \
+    return histogram_ref(x, prior, n, base, prefix, hi, lo, hist, below);                         \
   }                                                                                               \
   template <>                                                                                     \
   std::size_t count_equal<Isa::scalar, T>(const T* x, const std::uint8_t* prior, std::size_t n,   \

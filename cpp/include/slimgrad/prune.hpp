@@ -49,13 +49,16 @@ inline constexpr int kDigitBits = 11;
 inline constexpr int kHistCopies = 4;
 
 namespace kernels {
-// Histogram of digit (key >> lo) & (2^(hi-lo) - 1) over the candidates, the
-// elements with (key >> hi) == prefix; hist has kHistCopies * 2^(hi-lo)
-// counters (copy c counts positions i with i % 4 == c) and is added to.
-// Returns the largest raw key |x| bits (ignoring prior), for the NaN check.
+// Histogram of digit ((key - base) >> lo) & (2^(hi-lo) - 1) over the
+// candidates, the elements with ((key - base) >> hi) == prefix (unsigned
+// wrap-around: keys below base never match, since keys use at most
+// KeyTraits<T>::bits bits). hist has kHistCopies * 2^(hi-lo) counters (each
+// count goes to one of the copies) and is added to; so is *below, the
+// number of keys < base. Returns the largest raw key (|x| bits, ignoring
+// prior): a NaN is there if it is above KeyTraits<T>::inf.
 template <Isa I, class T>
-KeyOf<T> histogram(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> prefix, int hi,
-                   int lo, std::uint32_t* hist);
+KeyOf<T> histogram(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> base, KeyOf<T> prefix,
+                   int hi, int lo, std::uint32_t* hist, std::size_t* below);
 // Number of elements whose key equals `key`.
 template <Isa I, class T>
 std::size_t count_equal(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> key);
