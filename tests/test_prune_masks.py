@@ -9,7 +9,6 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-
 from conftest import EDGE_SIZES, run_everywhere
 from slimgrad import prune
 
@@ -84,7 +83,8 @@ def test_magnitude_mask_adversarial(isa, dtype, kind, n, rng):
     w = make(kind, n, dtype, rng)
     order = reference_order(w)
     for s in SPARSITIES:
-        np.testing.assert_array_equal(prune.magnitude_mask(w, s), mask_from_order(order, count(s, n), w.shape))
+        expected = mask_from_order(order, count(s, n), w.shape)
+        np.testing.assert_array_equal(prune.magnitude_mask(w, s), expected)
 
 
 # Arrays from 2**18 elements on are selected through a sampled key range:
@@ -98,7 +98,8 @@ def test_magnitude_mask_large_arrays(dtype, kind, rng):
     w = make(kind, LARGE, dtype, rng)
     order = reference_order(w)
     for s in [1e-6, 0.05, 0.5, 0.999, 0.9999999]:
-        np.testing.assert_array_equal(prune.magnitude_mask(w, s), mask_from_order(order, count(s, LARGE), w.shape))
+        expected = mask_from_order(order, count(s, LARGE), w.shape)
+        np.testing.assert_array_equal(prune.magnitude_mask(w, s), expected)
 
 
 def test_misleading_sample_falls_back_to_exact(rng):
@@ -110,7 +111,8 @@ def test_misleading_sample_falls_back_to_exact(rng):
     w[positions] = rng.random(samples).astype(np.float32) * 1e-3
     order = reference_order(w)
     for s in [0.01, 0.3, 0.5, 0.97]:
-        np.testing.assert_array_equal(prune.magnitude_mask(w, s), mask_from_order(order, count(s, LARGE), w.shape))
+        expected = mask_from_order(order, count(s, LARGE), w.shape)
+        np.testing.assert_array_equal(prune.magnitude_mask(w, s), expected)
 
 
 @pytest.mark.parametrize("n", [1000, LARGE])
@@ -276,7 +278,8 @@ def test_structured_against_torch_ln_structured(rng):
     torch = pytest.importorskip("torch")
     from torch.nn.utils import prune as tprune
 
-    for shape, amount, norm, dim in [((16, 8), 0.25, 1, 0), ((12, 10), 3, 2, 1), ((8, 3, 3, 3), 0.5, 2, 0)]:
+    cases = [((16, 8), 0.25, 1, 0), ((12, 10), 3, 2, 1), ((8, 3, 3, 3), 0.5, 2, 0)]
+    for shape, amount, norm, dim in cases:
         w = rng.standard_normal(shape).astype(np.float32)
         module = torch.nn.Linear(1, 1)
         module.weight = torch.nn.Parameter(torch.from_numpy(w.copy()))
@@ -350,11 +353,13 @@ BAD = [
     ("int weights", lambda w: prune.magnitude_mask(w.astype(np.int32), 0.5), TypeError,
      "w: expected float32 or float64 C-contiguous array, got int32 array of shape (4, 8)"),
     ("strided", lambda w: prune.magnitude_mask(w[:, ::2], 0.5), TypeError,
-     "w: expected float32 or float64 C-contiguous array, got non-contiguous float32 array of shape (4, 4)"),
+     "w: expected float32 or float64 C-contiguous array, "
+     "got non-contiguous float32 array of shape (4, 4)"),
     ("list", lambda w: prune.magnitude_mask(w.tolist(), 0.5), TypeError,
      "w: expected float32 or float64 C-contiguous array, got list"),
-    ("mixed global", lambda w: prune.global_magnitude_masks({"a": w, "b": w.astype(np.float64)}, 0.5),
-     TypeError, "weights['b']: expected float32 C-contiguous array, got float64 array of shape (4, 8)"),
+    ("mixed global",
+     lambda w: prune.global_magnitude_masks({"a": w, "b": w.astype(np.float64)}, 0.5), TypeError,
+     "weights['b']: expected float32 C-contiguous array, got float64 array of shape (4, 8)"),
     ("nm indivisible", lambda w: prune.nm_mask(w[:, :6].copy()), ValueError,
      "w: length 6 along axis 1 is not divisible by m=4"),
     ("nm axis 0", lambda w: prune.nm_mask(w, 2, 8, axis=0), ValueError,

@@ -52,9 +52,19 @@ std::size_t count_equal_ref(const T* x, const std::uint8_t* prior, std::size_t n
 }
 
 template <class T>
-void threshold_keep_ref(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> bound,
-                        std::uint8_t* keep) {
-  for (std::size_t i = 0; i < n; ++i) keep[i] = key_at(x, prior, i) >= bound;
+std::size_t threshold_keep_ref(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> bound,
+                               KeyOf<T> amb_lo, std::uint8_t* keep, KeyOf<T>* amb_keys,
+                               std::uint32_t* amb_pos) {
+  std::size_t found = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const KeyOf<T> k = key_at(x, prior, i);
+    keep[i] = k >= bound;
+    if (k >= amb_lo && k < bound) {
+      amb_keys[found] = k;
+      amb_pos[found++] = static_cast<std::uint32_t>(i);
+    }
+  }
+  return found;
 }
 
 // Element s of a group is pruned before t when its key is smaller, or equal
@@ -108,9 +118,10 @@ void apply_keep_ref(U* a, const std::uint8_t* keep, std::size_t n) {
     return count_equal_ref(x, prior, n, key);                                                     \
   }                                                                                               \
   template <>                                                                                     \
-  void threshold_keep<Isa::scalar, T>(const T* x, const std::uint8_t* prior, std::size_t n,       \
-                                      KeyOf<T> bound, std::uint8_t* keep) {                       \
-    threshold_keep_ref(x, prior, n, bound, keep);                                                 \
+  std::size_t threshold_keep<Isa::scalar, T>(const T* x, const std::uint8_t* prior, std::size_t n, \
+                                             KeyOf<T> bound, KeyOf<T> amb_lo, std::uint8_t* keep,  \
+                                             KeyOf<T>* amb_keys, std::uint32_t* amb_pos) {          \
+    return threshold_keep_ref(x, prior, n, bound, amb_lo, keep, amb_keys, amb_pos);                 \
   }                                                                                               \
   template <>                                                                                     \
   void nm_keep<Isa::scalar, T>(const T* x, std::size_t rows, std::size_t inner, int n, int m,     \

@@ -213,20 +213,40 @@ std::size_t count_equal(const T* x, const std::uint8_t* prior, std::size_t n, Ke
 }
 
 template <Isa I, class T>
-void threshold_keep(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> bound,
-                    std::uint8_t* keep) {
-  std::size_t i = 0;
+std::size_t threshold_keep(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> bound,
+                           KeyOf<T> amb_lo, std::uint8_t* keep, KeyOf<T>* amb_keys,
+                           std::uint32_t* amb_pos) {
+  std::size_t i = 0, found = 0;
 #if defined(__AVX2__)
   using KV = KeyVec<T>;
   constexpr std::size_t W = KV::W;
   // key >= bound  <=>  key > bound - 1 (bound - 1 = -1 when bound is 0).
-  const __m256i below = KV::set1(bound - 1);
+  const __m256i below = KV::set1(bound - 1), vlo = KV::set1(amb_lo);
+  constexpr unsigned all = (1u << W) - 1;
   for (; i + W <= n; i += W) {
-    const std::uint64_t bytes = spread_bits(KV::bits(KV::gt(keys(x, prior, i, KV::raw(x + i)), below)));
+    const __m256i k = keys(x, prior, i, KV::raw(x + i));
+    const unsigned kept = KV::bits(KV::gt(k, below));
+    const std::uint64_t bytes = spread_bits(kept);
     std::memcpy(keep + i, &bytes, W);
+    // The ambiguous few (a narrow key range): a rarely taken branch.
+    unsigned amb = all & ~kept & ~KV::bits(KV::gt(vlo, k));
+    while (amb) {
+      const unsigned j = static_cast<unsigned>(__builtin_ctz(amb));
+      amb_keys[found] = key_at_s(x, prior, i + j);
+      amb_pos[found++] = static_cast<std::uint32_t>(i + j);
+      amb &= amb - 1;
+    }
   }
 #endif
-  for (; i < n; ++i) keep[i] = key_at_s(x, prior, i) >= bound;
+  for (; i < n; ++i) {
+    const KeyOf<T> k = key_at_s(x, prior, i);
+    keep[i] = k >= bound;
+    if (k >= amb_lo && k < bound) {
+      amb_keys[found] = k;
+      amb_pos[found++] = static_cast<std::uint32_t>(i);
+    }
+  }
+  return found;
 }
 
 template <Isa I, class T>

@@ -133,6 +133,45 @@ int bit_width(std::uint64_t v) {
   return w;
 }
 
+// The write pass when the k-th key lies in a small bucket [amb_lo, bound):
+// keys >= bound are kept, keys below are pruned, and the bucket's elements
+// (amb_count of them) are collected per task in flat order, then ranked by
+// (key, position): the first amb_rem stay pruned, the others are kept. Any
+// thread count gives the same lists (tasks hold contiguous pieces) and so
+// the same masks.
+template <class T>
+void write_and_rank(const std::vector<PruneSegment>& segments, const std::vector<Piece>& pieces,
+                    std::size_t tasks, KeyOf<T> bound, KeyOf<T> amb_lo, std::size_t amb_count,
+                    std::size_t amb_rem) {
+  using Key = KeyOf<T>;
+  struct Found {
+    Key key;
+    std::size_t segment, index;
+  };
+  std::vector<std::vector<Found>> found(tasks);
+  std::vector<Key> keys(tasks * amb_count);
+  std::vector<std::uint32_t> pos(tasks * amb_count);
+  dispatch([&](auto isa) {
+    parallel_tasks(tasks, [&](std::size_t t) {
+      for (std::size_t p = pieces.size() * t / tasks; p < pieces.size() * (t + 1) / tasks; ++p) {
+        const Piece& pc = pieces[p];
+        const PruneSegment& s = segments[pc.segment];
+        Key* kt = keys.data() + t * amb_count;
+        std::uint32_t* pt = pos.data() + t * amb_count;
+        const std::size_t got = kernels::threshold_keep<decltype(isa)::value, T>(
+            data<T>(s) + pc.begin, prior_at(s, pc.begin), pc.end - pc.begin, bound, amb_lo, s.keep + pc.begin, kt, pt);
+        for (std::size_t j = 0; j < got; ++j) found[t].push_back({kt[j], pc.segment, pc.begin + pt[j]});
+      }
+    });
+  });
+  std::vector<Found> all;
+  all.reserve(amb_count);
+  for (const auto& f : found) all.insert(all.end(), f.begin(), f.end());
+  // `all` is in flat order, so a stable sort by key ranks by (key, position).
+  std::stable_sort(all.begin(), all.end(), [](const Found& a, const Found& b) { return a.key < b.key; });
+  for (std::size_t j = amb_rem; j < all.size(); ++j) segments[all[j].segment].keep[all[j].index] = 1;
+}
+
 }  // namespace
 
 template <class T>
@@ -198,7 +237,12 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
   }
 
   Key bound = 0;         // keys below bound are pruned ...
-  std::size_t ties = 0;  // ... and the first `ties` keys equal to bound too
+  std::size_t ties = 0;  // ... and the first `ties` keys equal to bound too,
+  // or: the keys in [amb_lo, bound) (amb_count of them, a narrow bucket) are
+  // listed by the write pass and the first amb_rem in (key, position)
+  // order stay pruned.
+  Key amb_lo = 0;
+  std::size_t amb_rem = 0, amb_count = 0;
   if (k > 0) {
     std::size_t rem = k - below;  // to prune among the candidates
     Key prefix = 0;               // digits chosen so far: the candidates' (key - base) >> hi
@@ -207,9 +251,17 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
       while (count_below + hist[b] < rem) count_below += hist[b++];
       rem -= count_below;
       prefix = (prefix << (hi - lo)) | static_cast<Key>(b);
+      // Clamped so that it stays a valid (signed-comparable) key bound.
+      const Key bucket_end = std::min<Key>(base + ((prefix + 1) << lo), KeyTraits<T>::inf + 2);
       if (rem == hist[b]) {  // the whole bucket is pruned: no ties to break
-        // Clamped so that it stays a valid (signed-comparable) key bound.
-        bound = std::min<Key>(base + ((prefix + 1) << lo), KeyTraits<T>::inf + 2);
+        bound = bucket_end;
+        break;
+      }
+      if (hist[b] <= kCollectMax) {  // few enough to rank in memory
+        bound = bucket_end;
+        amb_lo = base + (prefix << lo);
+        amb_rem = rem;
+        amb_count = hist[b];
         break;
       }
       if (lo == 0) {  // a full key, held by hist[b] > rem elements
@@ -249,20 +301,27 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
     cut_end = i;  // ties at segment index < cut_end in this piece are pruned
   }
 
+  if (amb_count > 0) {
+    write_and_rank<T>(segments, pieces, tasks, bound, amb_lo, amb_count, amb_rem);
+    return {};
+  }
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
     for_units(pieces.size(), total, [&](std::size_t p) {
       const PruneSegment& s = segments[pieces[p].segment];
       const std::size_t b = pieces[p].begin, e = pieces[p].end;
+      auto write = [&](std::size_t from, std::size_t to, Key keep_from) {
+        kernels::threshold_keep<I, T>(data<T>(s) + from, prior_at(s, from), to - from, keep_from, keep_from,
+                                      s.keep + from, nullptr, nullptr);
+      };
       // Keep key >= bound + 1 (ties pruned) before the cut, >= bound after.
       if (ties == 0 || p > cut_piece) {
-        kernels::threshold_keep<I, T>(data<T>(s) + b, prior_at(s, b), e - b, bound, s.keep + b);
+        write(b, e, bound);
       } else if (p < cut_piece) {
-        kernels::threshold_keep<I, T>(data<T>(s) + b, prior_at(s, b), e - b, bound + 1, s.keep + b);
+        write(b, e, bound + 1);
       } else {
-        kernels::threshold_keep<I, T>(data<T>(s) + b, prior_at(s, b), cut_end - b, bound + 1, s.keep + b);
-        kernels::threshold_keep<I, T>(data<T>(s) + cut_end, prior_at(s, cut_end), e - cut_end, bound,
-                                      s.keep + cut_end);
+        write(b, cut_end, bound + 1);
+        write(cut_end, e, bound);
       }
     });
   });

@@ -47,6 +47,10 @@ inline constexpr int kDigitBits = 11;
 // digits (ties, zeros) then increment different counters, so the increments
 // do not wait on each other through memory.
 inline constexpr int kHistCopies = 4;
+// When the bucket holding the k-th key has at most this many elements, the
+// write pass lists them and ranks them in memory instead of another radix
+// pass (memory: this many entries per thread, whatever the array size).
+inline constexpr std::size_t kCollectMax = 1 << 14;
 
 namespace kernels {
 // Histogram of digit ((key - base) >> lo) & (2^(hi-lo) - 1) over the
@@ -62,10 +66,13 @@ KeyOf<T> histogram(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T
 // Number of elements whose key equals `key`.
 template <Isa I, class T>
 std::size_t count_equal(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> key);
-// keep[i] = key(x[i]) >= bound  (1 = kept, 0 = pruned)
+// keep[i] = key(x[i]) >= bound (1 = kept, 0 = pruned). The elements with
+// amb_lo <= key < bound (none when amb_lo == bound) are also listed, in
+// order, as (key, i) in amb_keys / amb_pos; returns how many.
 template <Isa I, class T>
-void threshold_keep(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> bound,
-                    std::uint8_t* keep);
+std::size_t threshold_keep(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> bound,
+                           KeyOf<T> amb_lo, std::uint8_t* keep, KeyOf<T>* amb_keys,
+                           std::uint32_t* amb_pos);
 // N:M over `rows` group rows of m * inner elements, element t of group j at
 // t * inner + j: keep the n largest keys of each group; the m - n pruned are
 // the smallest, ties pruned lower index first (as magnitude selection).

@@ -60,7 +60,8 @@ def cases(size: int) -> Iterator[Case]:
 
     # Global: the same number of weights as 16 layers of different shapes.
     rows = size * size // 16 // 1024
-    layers = {f"l{i}": rng.standard_normal((rows + 8 * (i % 3), 1024), dtype=np.float32) for i in range(16)}
+    layers = {f"l{i}": rng.standard_normal((rows + 8 * (i % 3), 1024), dtype=np.float32)
+              for i in range(16)}
     total = sum(a.size for a in layers.values())
     kg = int(round(SPARSITY * total))
 
@@ -81,7 +82,8 @@ def cases(size: int) -> Iterator[Case]:
         impls["torch cat+kthvalue"] = torch_global
     yield Case("global_magnitude_masks 16 arrays", impls, bytes=total * 4 * 4 + total)
 
-    impls = {"slimgrad": lambda: prune.nm_mask(w, 2, 4), "numpy argsort groups": lambda: _numpy_24(w)}
+    impls = {"slimgrad": lambda: prune.nm_mask(w, 2, 4),
+             "numpy argsort groups": lambda: _numpy_24(w)}
     if torch is not None:
         def torch_24():
             g = tw.abs().reshape(-1, 4)

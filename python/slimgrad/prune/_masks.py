@@ -149,7 +149,8 @@ def _axis(w: np.ndarray, axis: object, name: str = "axis") -> int:
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"{name}: expected an int, got {type(axis).__name__}")
     if not -w.ndim <= int(axis) < w.ndim:
-        raise ValueError(f"{name}: expected an axis of an array with {w.ndim} dimensions, got {axis}")
+        raise ValueError(
+            f"{name}: expected an axis of an array with {w.ndim} dimensions, got {axis}")
     return int(axis) % w.ndim
 
 
@@ -213,7 +214,8 @@ def _first_nan(w: np.ndarray, name: str) -> None:
     bad = np.argwhere(np.isnan(w))
     if len(bad):
         flat = int(np.ravel_multi_index(tuple(bad[0]), w.shape))
-        raise ValueError(f"{name}: NaN at index {tuple(int(i) for i in bad[0])} (flat index {flat}); "
+        index = tuple(int(i) for i in bad[0])
+        raise ValueError(f"{name}: NaN at index {index} (flat index {flat}); "
                          "NaN weights have no magnitude to rank")
 
 
@@ -232,7 +234,8 @@ def slice_norms(w: np.ndarray, axis: int = 0, norm: int = 1) -> np.ndarray:
 
 def _slice_count(amount: object, slices: int) -> int:
     if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
-        raise TypeError(f"amount: expected a fraction in [0, 1] or a count, got {type(amount).__name__}")
+        raise TypeError("amount: expected a fraction in [0, 1] or a count, "
+                        f"got {type(amount).__name__}")
     if isinstance(amount, numbers.Integral):
         if not 0 <= int(amount) <= slices:
             raise ValueError(f"amount: expected a count of slices in [0, {slices}], got {amount}")

@@ -71,7 +71,8 @@ def write(path: str, tensors: dict[str, Entry], metadata: dict | None) -> None:
         header["__metadata__"] = metadata
     offset = 0
     for name, e in tensors.items():
-        header[name] = {"dtype": e.dtype, "shape": e.shape, "data_offsets": [offset, offset + len(e.data)]}
+        header[name] = {"dtype": e.dtype, "shape": e.shape,
+                        "data_offsets": [offset, offset + len(e.data)]}
         offset += len(e.data)
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # keeps the data 8-byte aligned
