@@ -321,7 +321,7 @@ def random_mask(w: np.ndarray, sparsity: float, seed: int = 0) -> np.ndarray:
     entries with the smallest keys are pruned, with the exact selection of
     :func:`magnitude_mask`. So the mask depends only on ``seed``, the shape
     and the sparsity: not on the thread count, the ISA or the values of
-    ``w`` (which may hold NaN). Memory: 8 bytes per entry for the keys.
+    ``w`` (which may hold NaN). Temporary memory: 16 bytes per entry.
 
     Parameters
     ----------
@@ -346,5 +346,8 @@ def random_mask(w: np.ndarray, sparsity: float, seed: int = 0) -> np.ndarray:
     z += base
     # The top 53 bits as a float64 in [0, 2**53): exact, so the float order
     # is the integer order and the C++ selection applies unchanged.
-    keys = (_splitmix64(z) >> np.uint64(11)).astype(np.float64)
+    z = _splitmix64(z)
+    z >>= np.uint64(11)
+    keys = z.astype(np.float64)
+    del z
     return _select([keys], ["keys"], _count(s, w.size))[0].reshape(w.shape)
