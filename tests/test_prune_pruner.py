@@ -3,6 +3,7 @@ no revival), sensitivity, and a small MLP pruned to 80 % on the digits data."""
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 from conftest import run_everywhere
@@ -303,3 +304,26 @@ def test_mlp_pruned_gradually_to_80_percent_keeps_accuracy():
         assert (opt.state[k]["momentum_buffer"][~pruner.masks[k]] == 0).all()
     print(f"digits MLP accuracy: dense {dense:.3f}, 80% pruned {pruned:.3f}")
     assert pruned >= dense - 0.03, (dense, pruned)
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 15, 16, 17, 4097, 100_003])
+def test_fused_apply_every_width(isa, threads, n, rng):
+    # The kernel zeroes by element width (2, 4, 8 bytes): every dtype, tails.
+    w = rng.standard_normal(n).astype(np.float16)
+    moments = [rng.standard_normal(n).astype(dt)
+               for dt in (np.float32, np.float64, ml_dtypes.bfloat16, np.float16)]
+    mask = rng.random(n) < 0.6
+    expected = [np.where(mask, a, np.zeros((), a.dtype)) for a in (w, *moments)]
+    opt = FakeOptimizer({"w": {f"m{i}": m for i, m in enumerate(moments)}})
+    pruner = prune.Pruner({"w": w}, schedule=0.5, optimizer=opt)
+    pruner.masks = {"w": mask}
+    pruner.apply()
+    for got, want in zip((w, *moments), expected):
+        np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))  # +0.0 bits
+
+
+def test_sensitivity_structured(rng):
+    w = rng.standard_normal((10, 4)).astype(np.float32)
+    table = prune.sensitivity(lambda: int((np.abs(w).sum(axis=1) == 0).sum()), {"w": w},
+                              [0.2, 0.5], method="structured")
+    assert table == {"w": {0.2: 2, 0.5: 5}}
