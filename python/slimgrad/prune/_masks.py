@@ -228,8 +228,8 @@ def slice_norms(w: np.ndarray, axis: int = 0, norm: int = 1) -> np.ndarray:
     ax = _axis(w, axis)
     others = tuple(i for i in range(w.ndim) if i != ax)
     if norm == 1:
-        return np.sum(np.abs(w), axis=others, dtype=np.float64)
-    return np.sqrt(np.sum(np.square(w, dtype=np.float64), axis=others))
+        return np.asarray(np.sum(np.abs(w), axis=others, dtype=np.float64))
+    return np.asarray(np.sqrt(np.sum(np.square(w, dtype=np.float64), axis=others)))
 
 
 def _slice_count(amount: object, slices: int) -> int:
@@ -291,7 +291,7 @@ def structured_mask(w: np.ndarray, amount: float | int, axis: int = 0, norm: int
         _first_nan(w, "w")
     priors = None
     if prior is not None:
-        index = [0] * w.ndim
+        index: list[int | slice] = [0] * w.ndim
         index[ax] = slice(None)
         priors = [np.ascontiguousarray(prior[tuple(index)])]
     keep = _select([norms], ["norms"], k, priors)[0]

@@ -68,7 +68,7 @@ class PolynomialSchedule:
         self.frequency = _check_int(frequency, "frequency", 1)
         if isinstance(power, bool) or not isinstance(power, numbers.Real) or not power > 0:
             raise ValueError(f"power: expected a number > 0, got {power!r}")
-        self.power = float(power)
+        self.power: float = float(power)
 
     def sparsity(self, step: int) -> float:
         """Target sparsity at ``step`` (``s_i`` before the ramp, ``s_f`` after)."""

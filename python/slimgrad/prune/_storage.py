@@ -77,6 +77,8 @@ class CSR(tuple):
     sharing the arrays).
     """
 
+    shape: tuple[int, int]
+
     def __new__(cls, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
                 shape: tuple[int, int]) -> CSR:
         self = super().__new__(cls, (data, indices, indptr))
@@ -148,7 +150,7 @@ def to_csr(w: np.ndarray, mask: np.ndarray | None = None) -> CSR:
     nnz = int(counts.sum())
     indptr = np.zeros(w.shape[0] + 1, dtype=_index_dtype(nnz))
     np.cumsum(counts, out=indptr[1:])
-    indices = np.nonzero(keep)[1].astype(_index_dtype(w.shape[1]), copy=False)
+    indices: np.ndarray = np.nonzero(keep)[1].astype(_index_dtype(w.shape[1]), copy=False)
     return CSR(w[keep], indices, indptr, w.shape)
 
 
@@ -191,6 +193,8 @@ class Compressed24(tuple):
     ``4j .. 4j+3`` of ``values.ravel()``. ``.shape`` (the dense shape),
     ``.nbytes``, ``.dense_nbytes``.
     """
+
+    shape: tuple[int, ...]
 
     def __new__(cls, values: np.ndarray, indices: np.ndarray) -> Compressed24:
         self = super().__new__(cls, (values, indices))
