@@ -3,6 +3,9 @@ bytes elsewhere, the printed table, and one-line errors with exit status 2."""
 
 from __future__ import annotations
 
+import json
+import struct
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -95,6 +98,9 @@ def test_global_and_bfloat16(tmp_path, rng, capsys):
      "--sparsity: expected a number in [0, 1], got 1.5"),
     (["{inp}", "-o", "{out}", "--nm", "2:4", "--global"], "--global: only with --sparsity"),
     (["{garbage}", "-o", "{out}", "--sparsity", "0.5"], "not a safetensors file"),
+    (["{bad_entry}", "-o", "{out}", "--sparsity", "0.5"], "not a safetensors file (bad entry 'x')"),
+    (["{short}", "-o", "{out}", "--sparsity", "0.5"],
+     "tensor 'x' has 4 bytes, F32 (2, 2) needs 16"),
 ])
 def test_user_errors_are_one_line_exit_2(checkpoint, tmp_path, capsys, args, message):
     path, _ = checkpoint
@@ -102,6 +108,11 @@ def test_user_errors_are_one_line_exit_2(checkpoint, tmp_path, capsys, args, mes
     garbage.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
     names = {"missing": tmp_path / "missing.safetensors", "out": tmp_path / "out.safetensors",
              "inp": path, "garbage": garbage}
+    for key, entry in (("bad_entry", {"x": {"dtype": "F32"}}),
+                       ("short", {"x": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 4]}})):
+        header = json.dumps(entry).encode()
+        names[key] = tmp_path / f"{key}.safetensors"
+        names[key].write_bytes(struct.pack("<Q", len(header)) + header + bytes(4))
     code, out, err = _run([a.format(**names) for a in args], capsys)
     assert code == 2 and out == ""
     assert err.startswith("slimgrad prune: error: ") and message in err
