@@ -2,10 +2,12 @@
 // kernels_prune_avx512.cpp. All the work is on integer keys (|x| bits), so
 // every path is exact and agrees with the scalar oracle bit for bit.
 //  - Intrinsics: 256-bit AVX2 integer ops (and, shifts, compares, shuffles)
-//    plus BMI2 pdep to spread a lane mask into 0/1 bytes. The avx512 level
+//    plus BMI2: pdep spreads a lane mask into 0/1 mask bytes, pdep + pext
+//    build the permutation that left-packs histogram candidates. N:M with
+//    m = 4 ranks each group with three in-lane rotations. The avx512 level
 //    reuses these 256-bit bodies (x86-64-v4 includes AVX2 and BMI2): the
 //    kernels are bound by memory and by the histogram's scalar increments,
-//    not by vector width.
+//    not by vector width. Other N:M shapes use the scalar kernel.
 //  - Keys of float32 are below 2^31 and of float64 below 2^63 (sign bit
 //    cleared, +1 for a prior mask), so signed integer compares order them.
 //  - Tails (n % width elements) run the same integer logic in a scalar loop:
