@@ -232,8 +232,9 @@ def reference_nm(w: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
 @pytest.mark.parametrize("shape, axis, nm", [
     (shape, axis, nm)
     for shape, axis in [((1, 4), -1), ((3, 8), 1), ((257, 12), -1), ((8, 5), 0), ((4, 12, 3), 1),
-                        ((1031, 16), 1), ((6, 6, 4), -1)]
-    for nm in [(2, 4), (1, 4), (4, 8), (0, 4), (4, 4), (1, 2)]
+                        ((1031, 16), 1), ((6, 6, 4), -1), ((8, 20), 0), ((3, 16, 2, 9), 1),
+                        ((16, 33), 0)]
+    for nm in [(2, 4), (1, 4), (4, 8), (0, 4), (4, 4), (1, 2), (5, 16)]
     if shape[axis] % nm[1] == 0])
 def test_nm_mask_matches_reference(isa, dtype, shape, axis, nm, rng):
     n, m = nm

@@ -7,7 +7,8 @@
 //    m = 4 ranks each group with three in-lane rotations. The avx512 level
 //    reuses these 256-bit bodies (x86-64-v4 includes AVX2 and BMI2): the
 //    kernels are bound by memory and by the histogram's scalar increments,
-//    not by vector width. Other N:M shapes use the scalar kernel.
+//    not by vector width. N:M along an outer axis (inner >= width, m <= 16)
+//    vectorizes across the inner axis; other N:M shapes use the scalar kernel.
 //  - Keys of float32 are below 2^31 and of float64 below 2^63 (sign bit
 //    cleared, +1 for a prior mask), so signed integer compares order them.
 //  - Tails (n % width elements) run the same integer logic in a scalar loop:
@@ -291,6 +292,48 @@ void nm_keep(const T* x, std::size_t rows, std::size_t inner, int n, int m, std:
       std::memcpy(keep + i, &bytes, W);
     }
     if (i < total) nm_keep<Isa::scalar, T>(x + i, (total - i) / 4, 1, n, m, keep + i);
+    return;
+  }
+  if (inner >= KeyVec<T>::W && m <= 16) {
+    // Groups along an outer axis (conv channels): the vector runs across
+    // `inner` (W groups at once); rank by all m (m - 1) / 2 pairs.
+    using KV = KeyVec<T>;
+    constexpr std::size_t W = KV::W;
+    const std::size_t row = static_cast<std::size_t>(m) * inner;
+    const __m256i need = KV::set1(static_cast<KeyOf<T>>(m - n - 1)), ones = KV::set1(~KeyOf<T>(0));
+    for (std::size_t r = 0; r < rows; ++r) {
+      const T* xr = x + r * row;
+      std::uint8_t* kr = keep + r * row;
+      std::size_t j = 0;
+      for (; j + W <= inner; j += W) {
+        __m256i k[16], rank[16];
+        for (int t = 0; t < m; ++t) {
+          k[t] = KV::raw(xr + static_cast<std::size_t>(t) * inner + j);
+          rank[t] = _mm256_setzero_si256();
+        }
+        for (int t = 1; t < m; ++t)
+          for (int s = 0; s < t; ++s) {
+            // s (the lower index) goes first unless its key is larger.
+            const __m256i s_later = KV::gt(k[s], k[t]);
+            rank[s] = KV::sub(rank[s], s_later);
+            rank[t] = KV::sub(rank[t], _mm256_andnot_si256(s_later, ones));
+          }
+        for (int t = 0; t < m; ++t) {
+          const std::uint64_t bytes = spread_bits(KV::bits(KV::gt(rank[t], need)));
+          std::memcpy(kr + static_cast<std::size_t>(t) * inner + j, &bytes, W);
+        }
+      }
+      for (; j < inner; ++j)  // the last inner % W columns
+        for (int t = 0; t < m; ++t) {
+          const KeyOf<T> kt = raw_key_s(xr[static_cast<std::size_t>(t) * inner + j]);
+          int rank = 0;
+          for (int s = 0; s < m; ++s) {
+            const KeyOf<T> ks = raw_key_s(xr[static_cast<std::size_t>(s) * inner + j]);
+            rank += ks < kt || (ks == kt && s < t);
+          }
+          kr[static_cast<std::size_t>(t) * inner + j] = rank >= m - n;
+        }
+    }
     return;
   }
 #endif
