@@ -50,13 +50,21 @@ std::size_t worth_threads(std::size_t total_elements, std::size_t units) {
   return std::min({units, by_size, static_cast<std::size_t>(get_num_threads())});
 }
 
-// body(i) for i in [0, units): in parallel when the work is large enough.
+// Histogram tasks: a few per thread, handed out dynamically, so a thread
+// that the OS delays (a shared machine) does not hold up the pass. Each
+// task owns a contiguous run of pieces and its own counters; counts merge
+// exactly, so the number of tasks never changes a result.
+std::size_t task_count(std::size_t total_elements, std::size_t units) {
+  const std::size_t threads = worth_threads(total_elements, units);
+  return threads > 1 ? std::min(units, 4 * threads) : 1;
+}
+
+// body(i) for i in [0, units): in parallel (dynamically scheduled, for the
+// same reason) when the work is large enough.
 template <class Body>
 void for_units(std::size_t units, std::size_t total_elements, Body&& body) {
   if (worth_threads(total_elements, units) > 1) {
-    parallel_for(units, 1, [&](std::size_t b, std::size_t e) {
-      for (std::size_t i = b; i < e; ++i) body(i);
-    });
+    parallel_tasks(units, body);
   } else {
     for (std::size_t i = 0; i < units; ++i) body(i);
   }
@@ -181,7 +189,7 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
   if (pieces.empty()) return {};
   std::size_t total = 0;
   for (const PruneSegment& s : segments) total += s.n;
-  const std::size_t tasks = worth_threads(total, pieces.size());
+  const std::size_t tasks = task_count(total, pieces.size());
   // Runs body(task, piece) over every piece, each task on a contiguous run
   // of pieces (its own counters, merged afterwards in task order).
   auto per_task = [&](auto&& body) {
