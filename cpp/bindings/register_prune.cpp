@@ -51,13 +51,28 @@ py::list magnitude_keep_py(py::sequence arrays, py::sequence names, std::size_t 
   if (k > total)
     throw py::value_error("k: expected at most " + std::to_string(total) + " (the number of weights), got " +
                           std::to_string(k));
+  // Several masks are views into one buffer: one allocation instead of one
+  // per array, which for many mid-sized arrays saves more time (fresh pages
+  // faulted in one by one) than the selection itself takes.
   py::list out;
   std::vector<PruneSegment> segments;
+  py::array flat = count == 1 ? new_mask(ws[0]) : py::array(py::dtype("bool"), std::vector<py::ssize_t>{
+                                                                 static_cast<py::ssize_t>(total)});
+  auto* base = static_cast<std::uint8_t*>(flat.mutable_data());
+  std::size_t offset = 0;
   for (std::size_t i = 0; i < count; ++i) {
-    py::array m = new_mask(ws[i]);
     segments.push_back({ws[i].arr.data(), have_priors ? ps[i].ptr<std::uint8_t>() : nullptr, ws[i].size(),
-                        static_cast<std::uint8_t*>(m.mutable_data())});
-    out.append(m);
+                        base + offset});
+    if (count == 1) {
+      out.append(flat);
+    } else {
+      const auto begin = static_cast<py::ssize_t>(offset), end = static_cast<py::ssize_t>(offset + ws[i].size());
+      const auto shape = ws[i].shape();
+      py::tuple dims(shape.size());
+      for (std::size_t d = 0; d < shape.size(); ++d) dims[d] = py::int_(shape[d]);
+      out.append(flat[py::slice(begin, end, 1)].attr("reshape")(dims));
+    }
+    offset += ws[i].size();
   }
   NanPosition nan;
   {

@@ -125,7 +125,9 @@ def global_magnitude_masks(weights: Mapping[str, np.ndarray], sparsity: float) -
     Returns
     -------
     dict of name to bool ndarray
-        ``True`` = kept, in the order of ``weights``.
+        ``True`` = kept, in the order of ``weights``. The masks are views
+        into one buffer (a single allocation), each C-contiguous and
+        writable; copy one to keep it without the others.
 
     Raises
     ------
