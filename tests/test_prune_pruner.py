@@ -64,6 +64,9 @@ def test_pruner_zeroes_weights_and_moments_in_one_pass(rng):
     assert (opt.state[1]["momentum_buffer"] == 0).sum() == int(round(0.5 * 7))
     report = pruner.sparsity()
     assert report.per_array == {"w": 0.5, "b": 4 / 7}
+    empty = prune.Pruner({"e": np.zeros((0, 3), np.float32)}, schedule=0.5)
+    empty.step()
+    assert empty.sparsity().per_array == {"e": 0.0} and empty.sparsity().total == 0.0
     assert report.total == pytest.approx((256 + 4) / (512 + 7))
     assert "total" in str(report)
 
@@ -180,6 +183,7 @@ def test_pruner_errors_change_nothing(rng):
     with pytest.raises(TypeError, match=message):
         pruner.step()
     np.testing.assert_array_equal(w2, before)
+    assert pruner.masks is None and pruner.step_count == 0
     with pytest.raises(ValueError, match="method: expected one of"):
         prune.Pruner({"w": w2}, method="random", schedule=0.5)
     with pytest.raises(TypeError, match=r"params\['x'\]: expected an ndarray, got list"):

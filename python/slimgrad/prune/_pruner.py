@@ -247,19 +247,29 @@ class Pruner:
         _core.prune.apply_masks_([self.masks[k] for k in self.keys], groups, names)
 
     def step(self) -> None:
-        """Advance one training step: update the masks if the schedule says so, then apply them."""
+        """Advance one training step: update the masks if the schedule says so, then apply them.
+
+        Raises (and changes nothing: weights, moments, masks, step count)
+        if a weight is NaN at an update or an array breaks the buffer
+        contract.
+        """
+        previous = self.masks
         if self.schedule.is_update(self.step_count):
             masks = self._compute_masks(self.schedule.sparsity(self.step_count))
             self.masks = dict(zip(self.keys, masks))
-        self.apply()
+        try:
+            self.apply()
+        except BaseException:
+            self.masks = previous  # a failed step leaves the pruner as it was
+            raise
         self.step_count += 1
 
     def sparsity(self) -> SparsityReport:
         """Fraction pruned by the current masks, per array (by key) and in total (0 before any)."""
         if self.masks is None:
             return SparsityReport({k: 0.0 for k in self.keys}, 0.0)
-        per = {k: float(1.0 - np.count_nonzero(self.masks[k]) / max(self.masks[k].size, 1))
-               for k in self.keys}
+        per = {k: (1.0 - np.count_nonzero(self.masks[k]) / self.masks[k].size
+                   if self.masks[k].size else 0.0) for k in self.keys}
         total = sum(a.size for a in self.arrays)
         pruned = sum(int(self.masks[k].size - np.count_nonzero(self.masks[k])) for k in self.keys)
         return SparsityReport(per, pruned / total if total else 0.0)
