@@ -1,0 +1,10 @@
+"""Integer quantization: int2..int8 codes per tensor / channel / group,
+GGUF-exact blocks (:mod:`slimgrad.quant.gguf`), products on quantized weights
+and safetensors / GGUF I/O. See docs/quant.md for a tour.
+"""
+
+from __future__ import annotations
+
+from ._tensor import QuantizedTensor, dequantize, fake_quantize, quantize
+
+__all__ = ["QuantizedTensor", "dequantize", "fake_quantize", "quantize"]
