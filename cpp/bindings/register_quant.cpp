@@ -107,6 +107,33 @@ void register_quant(py::module_& m) {
     py::gil_scoped_release release;
     quant::pack(ca.ptr<std::uint8_t>(), s, da.mut<std::uint8_t>());
   }, py::arg("codes"), py::arg("spec"), py::arg("data"));
+
+  auto gguf_type = [](int t) {
+    if (t < 0 || t > 4) throw py::value_error("type: expected 0..4 (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), got " + std::to_string(t));
+    return static_cast<quant::GgufType>(t);
+  };
+  m.def("gguf_quantize", [gguf_type](py::handle x, int type, py::handle out) {
+    const quant::GgufType t = gguf_type(type);
+    const Array xa = check_array(x, "w", {DType::f32}, Access::read);
+    if (xa.size() % quant::kGgufBlock != 0)
+      throw py::value_error("w: expected a multiple of 32 elements, got " + describe(xa.arr));
+    const std::size_t blocks = xa.size() / quant::kGgufBlock;
+    const Array oa = check_array(out, "out", {DType::u8}, Access::write);
+    check_size(oa, blocks * quant::gguf_type_size(t));
+    py::gil_scoped_release release;
+    quant::gguf_quantize(t, xa.ptr<float>(), blocks, oa.mut<std::uint8_t>());
+  }, py::arg("w"), py::arg("type"), py::arg("out"));
+  m.def("gguf_dequantize", [gguf_type](py::handle data, int type, py::handle out) {
+    const quant::GgufType t = gguf_type(type);
+    const Array oa = check_array(out, "out", {DType::f32}, Access::write);
+    if (oa.size() % quant::kGgufBlock != 0)
+      throw py::value_error("out: expected a multiple of 32 elements, got " + describe(oa.arr));
+    const std::size_t blocks = oa.size() / quant::kGgufBlock;
+    const Array da = check_array(data, "data", {DType::u8}, Access::read);
+    check_size(da, blocks * quant::gguf_type_size(t));
+    py::gil_scoped_release release;
+    quant::gguf_dequantize(t, da.ptr<std::uint8_t>(), blocks, oa.mut<float>());
+  }, py::arg("data"), py::arg("type"), py::arg("out"));
 }
 
 }  // namespace slimgrad::bind

@@ -21,4 +21,6 @@ template void quant_codes<Isa::avx512>(const float*, std::size_t, float, float, 
 template void quant_dequant<Isa::avx512>(const std::uint8_t*, bool, std::size_t, float, float, float*);
 template void quant_pack<Isa::avx512>(const std::uint8_t*, std::size_t, int, std::uint8_t*);
 template void quant_unpack<Isa::avx512>(const std::uint8_t*, std::size_t, int, bool, std::uint8_t*);
+template void gguf_quantize<Isa::avx512>(int, const float*, std::size_t, std::uint8_t*);
+template void gguf_dequantize<Isa::avx512>(int, const std::uint8_t*, std::size_t, float*);
 }  // namespace slimgrad::kernels

@@ -69,6 +69,31 @@ struct QOps<Isa::avx2> {
     const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
     return {_mm256_cvtepi32_ps(is_signed ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b))};
   }
+  // GGUF blocks: 32 values = 4 vectors.
+  static unsigned eq_mask(F a, float s) {
+    return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(a.v, _mm256_set1_ps(s), _CMP_EQ_OQ)));
+  }
+  // 4 vectors of small integral floats (|v| <= 127) -> 32 bytes, in order.
+  static void block_bytes(const F* c, std::uint8_t* out) {
+    const __m256i a = _mm256_packs_epi32(_mm256_cvttps_epi32(c[0].v), _mm256_cvttps_epi32(c[1].v));
+    const __m256i b = _mm256_packs_epi32(_mm256_cvttps_epi32(c[2].v), _mm256_cvttps_epi32(c[3].v));
+    const __m256i p = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(a, b), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), p);
+  }
+  // Element k*W + lane of 32 codes (uint8) plus bit (k*W + lane) of qh << 4.
+  static F codes5(const std::uint8_t* q, std::uint32_t qh, int k, bool five) {
+    __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * k)));
+    if (five) {
+      const __m256i sh = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(8 * k));
+      const __m256i bit = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(qh)), sh),
+                                           _mm256_set1_epi32(1));
+      c = _mm256_or_si256(c, _mm256_slli_epi32(bit, 4));
+    }
+    return {_mm256_cvtepi32_ps(c)};
+  }
+  static F codes8(const std::uint8_t* q, int k) {
+    return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * k))))};
+  }
 };
 
 #if defined(__AVX512F__)
@@ -107,6 +132,26 @@ struct QOps<Isa::avx512> {
   static F load_codes(const std::uint8_t* p, bool is_signed) {
     const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     return {_mm512_cvtepi32_ps(is_signed ? _mm512_cvtepi8_epi32(b) : _mm512_cvtepu8_epi32(b))};
+  }
+  static unsigned eq_mask(F a, float s) {
+    return static_cast<unsigned>(_mm512_cmp_ps_mask(a.v, _mm512_set1_ps(s), _CMP_EQ_OQ));
+  }
+  static void block_bytes(const F* c, std::uint8_t* out) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(c[0].v)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(c[1].v)));
+  }
+  static F codes5(const std::uint8_t* q, std::uint32_t qh, int k, bool five) {
+    __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16 * k)));
+    if (five) {
+      const __m512i sh = _mm512_add_epi32(iota(), _mm512_set1_epi32(16 * k));
+      const __m512i bit = _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32(static_cast<int>(qh)), sh),
+                                           _mm512_set1_epi32(1));
+      c = _mm512_or_si512(c, _mm512_slli_epi32(bit, 4));
+    }
+    return {_mm512_cvtepi32_ps(c)};
+  }
+  static F codes8(const std::uint8_t* q, int k) {
+    return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16 * k))))};
   }
 };
 #endif
@@ -321,6 +366,146 @@ void quant_unpack(const std::uint8_t* in, std::size_t n, int bits, bool is_signe
     }
   }
   unpack_generic(in + i * static_cast<std::size_t>(bits) / 8, n - i, bits, is_signed, codes + i);
+}
+
+// ---------------------------------------------------------------- GGUF
+// The oracle (kernels_quant_scalar.cpp), called for degenerate blocks.
+template <>
+void gguf_quantize<Isa::scalar>(int type, const float* x, std::size_t n_blocks, std::uint8_t* out);
+
+// One block of 32 per iteration, the oracle's float32 steps in its order
+// (see kernels_quant_scalar.cpp); the per-block scalars (d, 1/d) are plain
+// float divisions here too. A block whose 1/d or d is not finite (tiny or
+// huge values: NumPy's NaN/inf casts decide its codes) goes to the oracle.
+namespace {
+
+inline void put_half_f16c(std::uint8_t* p, float v) {
+  const int h = _mm_extract_epi16(_mm_cvtps_ph(_mm_set_ss(v), _MM_FROUND_TO_NEAREST_INT), 0);
+  const auto u = static_cast<std::uint16_t>(h);
+  std::memcpy(p, &u, 2);
+}
+inline float get_half_f16c(const std::uint8_t* p) {
+  std::uint16_t u;
+  std::memcpy(&u, p, 2);
+  return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u)));
+}
+
+template <Isa I>
+inline void gguf_block_simd(int type, const float* x, std::uint8_t* out) {
+  using V = Vec<float, I>;
+  using Q = QOps<I>;
+  constexpr int W = static_cast<int>(V::width), K = 32 / W;
+  const auto t = static_cast<quant::GgufType>(type);
+  V v[K], c[K];
+  for (int k = 0; k < K; ++k) v[k] = V::load(x + k * W);
+  auto reduce = [](V a, bool take_max) {
+    float l[W];
+    a.store(l);
+    float r = l[0];
+    for (int i = 1; i < W; ++i) r = take_max ? (l[i] > r ? l[i] : r) : (l[i] < r ? l[i] : r);
+    return r;
+  };
+  std::uint8_t q[32];
+  if (t == quant::GgufType::q8_0 || t == quant::GgufType::q4_0 || t == quant::GgufType::q5_0) {
+    V a = abs(v[0]);
+    for (int k = 1; k < K; ++k) a = max(a, abs(v[k]));
+    const float amax = reduce(a, true);
+    if (t == quant::GgufType::q8_0) {
+      const float d = amax / 127.0f;
+      const float id = d == 0.0f ? 0.0f : 1.0f / d;
+      if (!__builtin_isfinite(id)) return gguf_quantize<Isa::scalar>(type, x, 1, out);
+      put_half_f16c(out, d);
+      for (int k = 0; k < K; ++k) c[k] = Q::round_away(v[k] * V::set1(id));
+      Q::block_bytes(c, out + 2);
+      return;
+    }
+    std::uint32_t hits = 0;  // first index of the largest |x| (argmax)
+    for (int k = 0; k < K; ++k) hits |= Q::eq_mask(abs(v[k]), amax) << (k * W);
+    const float m = x[__builtin_ctz(hits)];
+    const bool five = t == quant::GgufType::q5_0;
+    const float d = m / (five ? -16.0f : -8.0f);
+    const float id = d == 0.0f ? 0.0f : 1.0f / d;
+    if (!__builtin_isfinite(id)) return gguf_quantize<Isa::scalar>(type, x, 1, out);
+    const V vid = V::set1(id), bias = V::set1(five ? 16.5f : 8.5f), top = V::set1(five ? 31.0f : 15.0f);
+    for (int k = 0; k < K; ++k) c[k] = min(Q::trunc(v[k] * vid + bias), top);
+    put_half_f16c(out, d);
+    out += 2;
+  } else {
+    V lo = v[0], hi = v[0];
+    for (int k = 1; k < K; ++k) {
+      lo = min(lo, v[k]);
+      hi = max(hi, v[k]);
+    }
+    const float mn = reduce(lo, false), mx = reduce(hi, true);
+    const bool five = t == quant::GgufType::q5_1;
+    const float d = (mx - mn) / (five ? 31.0f : 15.0f);
+    const float id = d == 0.0f ? 0.0f : 1.0f / d;
+    if (!__builtin_isfinite(id) || !__builtin_isfinite(d)) return gguf_quantize<Isa::scalar>(type, x, 1, out);
+    const V vid = V::set1(id), vmn = V::set1(mn), half = V::set1(0.5f), top = V::set1(five ? 31.0f : 15.0f);
+    for (int k = 0; k < K; ++k) c[k] = min(Q::trunc((v[k] - vmn) * vid + half), top);
+    put_half_f16c(out, d);
+    put_half_f16c(out + 2, mn);
+    out += 4;
+  }
+  Q::block_bytes(c, q);
+  const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+  if (t == quant::GgufType::q5_0 || t == quant::GgufType::q5_1) {
+    const auto qh = static_cast<std::uint32_t>(_mm256_movemask_epi8(_mm256_slli_epi16(qa, 3)));
+    std::memcpy(out, &qh, 4);
+    out += 4;
+  }
+  const __m128i m4 = _mm_set1_epi8(0x0F);
+  const __m128i lo = _mm_and_si128(_mm256_castsi256_si128(qa), m4);
+  const __m128i hi = _mm_and_si128(_mm256_extracti128_si256(qa, 1), m4);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm_or_si128(lo, _mm_slli_epi16(hi, 4)));
+}
+
+template <Isa I>
+inline void gguf_unblock_simd(int type, const std::uint8_t* in, float* x) {
+  using V = Vec<float, I>;
+  using Q = QOps<I>;
+  constexpr int W = static_cast<int>(V::width), K = 32 / W;
+  const auto t = static_cast<quant::GgufType>(type);
+  const V d = V::set1(get_half_f16c(in));
+  if (t == quant::GgufType::q8_0) {
+    for (int k = 0; k < K; ++k) (d * Q::codes8(in + 2, k)).store(x + k * W);
+    return;
+  }
+  const bool affine = t == quant::GgufType::q4_1 || t == quant::GgufType::q5_1;
+  const bool five = t == quant::GgufType::q5_0 || t == quant::GgufType::q5_1;
+  const V m = V::set1(affine ? get_half_f16c(in + 2) : 0.0f);
+  const std::uint8_t* p = in + (affine ? 4 : 2);
+  std::uint32_t qh = 0;
+  if (five) {
+    std::memcpy(&qh, p, 4);
+    p += 4;
+  }
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  std::uint8_t q[32];
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm_and_si128(b, _mm_set1_epi8(0x0F)));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16), _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0F)));
+  const V off = V::set1(five ? 16.0f : 8.0f);
+  for (int k = 0; k < K; ++k) {
+    const V c = Q::codes5(q, qh, k, five);
+    if (affine)
+      (d * c + m).store(x + k * W);
+    else
+      (d * (c - off)).store(x + k * W);
+  }
+}
+
+}  // namespace
+
+template <Isa I>
+void gguf_quantize(int type, const float* x, std::size_t n_blocks, std::uint8_t* out) {
+  const std::size_t ts = quant::gguf_type_size(static_cast<quant::GgufType>(type));
+  for (std::size_t b = 0; b < n_blocks; ++b) gguf_block_simd<I>(type, x + 32 * b, out + ts * b);
+}
+
+template <Isa I>
+void gguf_dequantize(int type, const std::uint8_t* in, std::size_t n_blocks, float* out) {
+  const std::size_t ts = quant::gguf_type_size(static_cast<quant::GgufType>(type));
+  for (std::size_t b = 0; b < n_blocks; ++b) gguf_unblock_simd<I>(type, in + ts * b, out + 32 * b);
 }
 
 }  // namespace slimgrad::kernels

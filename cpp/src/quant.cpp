@@ -278,3 +278,27 @@ std::vector<Param> parameters(const float* x, const Spec& s, const std::vector<S
 }  // namespace
 
 }  // namespace slimgrad::quant
+
+namespace slimgrad::quant {
+
+// Blocks are independent: fixed chunks of 1024 blocks (32K values) per item.
+void gguf_quantize(GgufType type, const float* x, std::size_t n_blocks, std::uint8_t* out) {
+  const std::size_t ts = gguf_type_size(type);
+  dispatch([&](auto isa) {
+    parallel_for(n_blocks, 1024, [&](std::size_t b, std::size_t e) {
+      kernels::gguf_quantize<decltype(isa)::value>(static_cast<int>(type), x + kGgufBlock * b, e - b, out + ts * b);
+    });
+  });
+}
+
+void gguf_dequantize(GgufType type, const std::uint8_t* in, std::size_t n_blocks, float* out) {
+  const std::size_t ts = gguf_type_size(type);
+  dispatch([&](auto isa) {
+    parallel_for(n_blocks, 1024, [&](std::size_t b, std::size_t e) {
+      kernels::gguf_dequantize<decltype(isa)::value>(static_cast<int>(type), in + ts * b, e - b,
+                                                     out + kGgufBlock * b);
+    });
+  });
+}
+
+}  // namespace slimgrad::quant

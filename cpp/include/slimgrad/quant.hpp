@@ -131,6 +131,33 @@ void quant_pack(const std::uint8_t* codes, std::size_t n, int bits, std::uint8_t
 // The inverse: n codes, sign-extended to int8 when is_signed.
 template <Isa I>
 void quant_unpack(const std::uint8_t* in, std::size_t n, int bits, bool is_signed, std::uint8_t* codes);
+
+// GGUF blocks of 32 values, byte for byte what the gguf package's
+// gguf.quants.quantize writes (its NumPy float32 steps, in its order; its
+// float -> integer casts give 0 for NaN/inf). type: GgufType.
+template <Isa I>
+void gguf_quantize(int type, const float* x, std::size_t n_blocks, std::uint8_t* out);
+template <Isa I>
+void gguf_dequantize(int type, const std::uint8_t* in, std::size_t n_blocks, float* out);
 }  // namespace kernels
+
+namespace quant {
+enum class GgufType : int { q8_0 = 0, q4_0 = 1, q4_1 = 2, q5_0 = 3, q5_1 = 4 };
+inline constexpr std::size_t kGgufBlock = 32;
+// Bytes per block: Q8_0 34 (f16 d, 32 int8), Q4_0 18 (d, 16 nibble bytes),
+// Q4_1 20 (d, m, nibbles), Q5_0 22 (d, u32 high bits, nibbles), Q5_1 24.
+inline std::size_t gguf_type_size(GgufType t) {
+  switch (t) {
+    case GgufType::q8_0: return 34;
+    case GgufType::q4_0: return 18;
+    case GgufType::q4_1: return 20;
+    case GgufType::q5_0: return 22;
+    case GgufType::q5_1: return 24;
+  }
+  return 0;
+}
+void gguf_quantize(GgufType type, const float* x, std::size_t n_blocks, std::uint8_t* out);
+void gguf_dequantize(GgufType type, const std::uint8_t* in, std::size_t n_blocks, float* out);
+}  // namespace quant
 
 }  // namespace slimgrad
