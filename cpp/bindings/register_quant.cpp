@@ -108,6 +108,44 @@ void register_quant(py::module_& m) {
     quant::pack(ca.ptr<std::uint8_t>(), s, da.mut<std::uint8_t>());
   }, py::arg("codes"), py::arg("spec"), py::arg("data"));
 
+  m.def("matmul", [](py::handle x, py::handle data, const py::dict& spec, py::handle scale, py::handle zero_point,
+                     py::handle y) {
+    const Spec s = spec_from(spec);
+    if (!(s.bits == 8 || (s.bits == 4 && (s.layout == quant::Layout::runs || s.group_size % 2 == 0))))
+      throw py::value_error("qt: the fused product takes 8-bit weights or 4-bit weights with an even group size");
+    if (s.layout == quant::Layout::runs && !(s.channels == 1 || (s.channels == s.rows && s.run == s.cols)))
+      throw py::value_error("qt: expected parameters per tensor, per row (axis 0) or per group along the row");
+    const Array xa = check_array(x, "x", {DType::f32}, Access::read);
+    if (s.cols == 0 ? xa.size() % 1 != 0 : xa.size() % s.cols != 0)
+      throw py::value_error("x: expected a multiple of " + std::to_string(s.cols) + " elements, got " + describe(xa.arr));
+    const std::size_t batch = s.cols ? xa.size() / s.cols : 0;
+    const Array da = check_array(data, "data", {DType::i8, DType::u8}, Access::read);
+    check_size(da, s.rows * s.row_bytes());
+    const Array sa = check_array(scale, "scale", {DType::f32}, Access::read);
+    check_size(sa, s.n_params());
+    const Array za = check_array(zero_point, "zero_point", {DType::i32}, Access::read);
+    check_size(za, s.n_params());
+    const Array ya = check_array(y, "out", {DType::f32}, Access::write);
+    check_size(ya, batch * s.rows);
+    py::gil_scoped_release release;
+    quant::qmatmul(xa.ptr<float>(), batch, s, da.ptr<std::uint8_t>(), sa.ptr<float>(), za.ptr<std::int32_t>(),
+                   ya.mut<float>());
+  }, py::arg("x"), py::arg("data"), py::arg("spec"), py::arg("scale"), py::arg("zero_point"), py::arg("out"));
+
+  m.def("matmul_int8", [](py::handle a, py::handle b, py::handle c) {
+    const Array aa = check_array(a, "a", {DType::i8}, Access::read);
+    const Array ba = check_array(b, "b", {DType::i8}, Access::read);
+    if (aa.ndim() != 2 || ba.ndim() != 2 || aa.dim(1) != ba.dim(1))
+      throw py::value_error("a, b: expected int8 arrays of shapes (M, K) and (N, K), got " + describe(aa.arr) +
+                            " and " + describe(ba.arr));
+    const std::vector<py::ssize_t> shape{aa.dim(0), ba.dim(0)};
+    const Array ca = check_array(c, "out", {DType::i32}, Access::write, &shape);
+    py::gil_scoped_release release;
+    quant::matmul_s8(aa.ptr<std::int8_t>(), static_cast<std::size_t>(aa.dim(0)), ba.ptr<std::int8_t>(),
+                     static_cast<std::size_t>(ba.dim(0)), static_cast<std::size_t>(aa.dim(1)), ca.mut<std::int32_t>());
+  }, py::arg("a"), py::arg("b"), py::arg("out"));
+  m.def("has_avx512_vnni", &quant::has_avx512_vnni);
+
   auto gguf_type = [](int t) {
     if (t < 0 || t > 4) throw py::value_error("type: expected 0..4 (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), got " + std::to_string(t));
     return static_cast<quant::GgufType>(t);

@@ -302,3 +302,91 @@ void gguf_dequantize(GgufType type, const std::uint8_t* in, std::size_t n_blocks
 }
 
 }  // namespace slimgrad::quant
+
+namespace slimgrad::quant {
+
+bool has_avx512_vnni() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool vnni = __builtin_cpu_supports("avx512vnni");
+  return vnni;
+#else
+  return false;
+#endif
+}
+
+void qmatmul(const float* x, std::size_t batch, const Spec& s, const std::uint8_t* data, const float* scale,
+             const std::int32_t* zero_point, float* y) {
+  kernels::QMatmulArgs a;
+  a.x = x;
+  a.batch = batch;
+  a.in = s.cols;
+  a.out = s.rows;
+  a.w = data;
+  a.row_bytes = s.row_bytes();
+  a.bits = s.bits;
+  a.is_signed = s.symmetric;
+  a.scale = scale;
+  a.zp = zero_point;
+  if (s.layout == Layout::groups) {
+    a.group_size = s.group_size;
+    a.n_groups = s.n_groups();
+    a.param_stride = a.n_groups;
+  } else {  // per tensor (one parameter) or per row (channels along axis 0)
+    a.group_size = std::max<std::size_t>(s.cols, 1);
+    a.n_groups = s.cols ? 1 : 0;
+    a.param_stride = s.channels == 1 ? 0 : 1;
+  }
+  a.y = y;
+  if (s.rows == 0 || batch == 0) return;
+  std::vector<float> xp, xsum;
+  if (batch == 1) {
+    // x per group in 32-chunks (zero-padded), even then odd elements for 4
+    // bits; and the group sums for the zero-point correction.
+    const std::size_t per_group = (a.group_size + 31) / 32 * 32;
+    xp.assign(a.n_groups * per_group, 0.0f);
+    xsum.assign(a.n_groups, 0.0f);
+    for (std::size_t g = 0; g < a.n_groups; ++g) {
+      const std::size_t j0 = g * a.group_size, j1 = std::min(s.cols, j0 + a.group_size);
+      float sum = 0.0f;
+      for (std::size_t j = j0; j < j1; ++j) {
+        const std::size_t t = (j - j0) % 32, c = (j - j0) - t;
+        const std::size_t slot = s.bits == 4 ? (t % 2 ? 16 + t / 2 : t / 2) : t;
+        xp[g * per_group + c + slot] = x[j];
+        sum += x[j];
+      }
+      xsum[g] = sum;
+    }
+    a.xp = xp.data();
+    a.xsum = xsum.data();
+  }
+  if (s.cols == 0) {
+    std::fill(y, y + batch * s.rows, 0.0f);
+    return;
+  }
+  dispatch([&](auto isa) {
+    const std::size_t grain = batch == 1 ? 16 : 4;
+    parallel_for(s.rows, grain, [&](std::size_t b, std::size_t e) {
+      std::vector<float> scratch(batch == 1 ? 0 : 4 * s.cols);
+      kernels::qmatmul_rows<decltype(isa)::value>(a, b, e, scratch.data());
+    });
+  });
+}
+
+void matmul_s8(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::size_t N, std::size_t K,
+               std::int32_t* c) {
+  if (M == 0 || N == 0) return;
+  constexpr std::size_t kM = 64;  // rows of a per item; columns come in blocks of 4
+  const std::size_t nb = (N + 3) / 4, mb = (M + kM - 1) / kM;
+  dispatch([&](auto isa) {
+    parallel_for(nb * mb, 1, [&](std::size_t lo, std::size_t hi) {
+      std::vector<std::int16_t> scratch(4 * K);
+      for (std::size_t item = lo; item < hi; ++item) {
+        const std::size_t n0 = (item % nb) * 4, m0 = (item / nb) * kM;
+        kernels::matmul_s8_cols<decltype(isa)::value>(a + m0 * K, std::min(kM, M - m0), b, K, n0,
+                                                     std::min(N, n0 + 4), nullptr, c + m0 * N, N, scratch.data());
+      }
+    });
+  });
+}
+
+}  // namespace slimgrad::quant

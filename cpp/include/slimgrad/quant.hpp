@@ -139,9 +139,45 @@ template <Isa I>
 void gguf_quantize(int type, const float* x, std::size_t n_blocks, std::uint8_t* out);
 template <Isa I>
 void gguf_dequantize(int type, const std::uint8_t* in, std::size_t n_blocks, float* out);
+
+// Products on quantized weights W (out x in, codes per row as in Spec, bits 8
+// or 4): y[b, r] = sum_j x[b, j] * scale[r, g(j)] * (q[r, j] - zp[r, g(j)]).
+struct QMatmulArgs {
+  const float* x = nullptr;      // batch x in
+  const float* xp = nullptr;     // GEMV: x per group, 32-padded, even-then-odd per chunk for 4 bits
+  const float* xsum = nullptr;   // batch x n_groups: sums of x over each group
+  std::size_t batch = 0, in = 0, out = 0;
+  const std::uint8_t* w = nullptr;
+  std::size_t row_bytes = 0;
+  int bits = 8;
+  bool is_signed = true;
+  const float* scale = nullptr;  // scale[r * param_stride + g]
+  const std::int32_t* zp = nullptr;
+  std::size_t param_stride = 0, n_groups = 1, group_size = 0;
+  float* y = nullptr;            // batch x out
+};
+// Rows [r0, r1) of y. scratch: 4 * in floats (batched path).
+template <Isa I>
+void qmatmul_rows(const QMatmulArgs& a, std::size_t r0, std::size_t r1, float* scratch);
+// c[m, n] = sum_k a[m, k] * b[n, k] for n in [n0, n1), all m (int32, exact).
+// scratch: 4 * K int16 (widened rows of b). bsum[n] = sum_k b[n, k].
+template <Isa I>
+void matmul_s8_cols(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::size_t K, std::size_t n0,
+                    std::size_t n1, const std::int32_t* bsum, std::int32_t* c, std::size_t N, std::int16_t* scratch);
 }  // namespace kernels
 
 namespace quant {
+// y = x @ W.T for a weight quantized per row (tensor / channel along axis 0 /
+// groups along the row) to 8 or 4 bits; x is batch x in. For 4 bits the
+// group size must be even (groups start on a byte).
+void qmatmul(const float* x, std::size_t batch, const Spec& spec, const std::uint8_t* data, const float* scale,
+             const std::int32_t* zero_point, float* y);
+// c (M x N, int32) = a (M x K, int8) @ b (N x K, int8).T, exact.
+void matmul_s8(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::size_t N, std::size_t K,
+               std::int32_t* c);
+// Whether this CPU runs AVX512-VNNI (vpdpbusd), used by matmul_s8 on avx512.
+bool has_avx512_vnni();
+
 enum class GgufType : int { q8_0 = 0, q4_0 = 1, q4_1 = 2, q5_0 = 3, q5_1 = 4 };
 inline constexpr std::size_t kGgufBlock = 32;
 // Bytes per block: Q8_0 34 (f16 d, 32 int8), Q4_0 18 (d, 16 nibble bytes),

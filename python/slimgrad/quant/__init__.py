@@ -5,6 +5,7 @@ and safetensors / GGUF I/O. See docs/quant.md for a tour.
 
 from __future__ import annotations
 
+from ._matmul import matmul, matmul_int8
 from ._tensor import QuantizedTensor, dequantize, fake_quantize, quantize
 
-__all__ = ["QuantizedTensor", "dequantize", "fake_quantize", "quantize"]
+__all__ = ["QuantizedTensor", "dequantize", "fake_quantize", "matmul", "matmul_int8", "quantize"]
