@@ -7,5 +7,7 @@ from __future__ import annotations
 
 from ._matmul import matmul, matmul_int8
 from ._tensor import QuantizedTensor, dequantize, fake_quantize, quantize
+from .io import load, save, save_gguf
 
-__all__ = ["QuantizedTensor", "dequantize", "fake_quantize", "matmul", "matmul_int8", "quantize"]
+__all__ = ["QuantizedTensor", "dequantize", "fake_quantize", "load", "matmul", "matmul_int8", "quantize", "save",
+           "save_gguf"]
