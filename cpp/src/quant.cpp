@@ -259,19 +259,108 @@ void pack(const std::uint8_t* codes, const Spec& s, std::uint8_t* data) {
 
 namespace {
 
-std::vector<Param> parameters(const float* x, const Spec& s, const std::vector<Stat>& stats) {
-  (void)x;  // the clipping searches read x (see clip below)
-  std::vector<Param> params(stats.size());
-  for (std::size_t p = 0; p < stats.size(); ++p) {
-    const Stat& st = stats[p];
-    if (st.bad != kNone) {
-      params[p].bad = true;
-      params[p].zp = 0.0f;
-      continue;
-    }
-    if (!st.seen) continue;  // no elements: scale 1, zero point 0
-    params[p] = make_param(st.lo, st.hi, st.lo == st.hi, s);
+// The values of parameter p, gathered (groups are contiguous; a channel is
+// every channels-th run).
+void gather(const float* x, const Spec& s, std::size_t p, std::vector<float>& buf) {
+  buf.clear();
+  if (s.layout == Layout::groups) {
+    const std::size_t G = s.n_groups(), r = p / G, j0 = (p % G) * s.group_size;
+    const std::size_t j1 = std::min(s.cols, j0 + s.group_size);
+    buf.assign(x + r * s.cols + j0, x + r * s.cols + j1);
+  } else {
+    for (std::size_t t = p; t * s.run < s.size(); t += s.channels)
+      buf.insert(buf.end(), x + t * s.run, x + (t + 1) * s.run);
   }
+}
+
+// np.percentile(v, q) with the default linear interpolation (v is reordered).
+double percentile_of(std::vector<float>& v, double q) {
+  const std::size_t n = v.size();
+  const double pos = q / 100.0 * static_cast<double>(n - 1);
+  const std::size_t k = std::min(static_cast<std::size_t>(pos), n - 1);
+  const double t = pos - static_cast<double>(k);
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
+  const double a = v[k];
+  if (t <= 0.0 || k + 1 >= n) return a;
+  const double b = *std::min_element(v.begin() + static_cast<std::ptrdiff_t>(k) + 1, v.end());
+  const double d = b - a;
+  return t >= 0.5 ? b - d * (1.0 - t) : a + d * t;  // NumPy's _lerp
+}
+
+// Squared reconstruction error of v under p, with the quantizer's own
+// arithmetic (half-to-even rounding stands in for stochastic rounding).
+double sq_error(const std::vector<float>& v, const Param& p, const Spec& s) {
+  const float qmin = static_cast<float>(s.qmin()), qmax = static_cast<float>(s.qmax());
+  const bool away = s.rounding == Rounding::half_away;
+  double e = 0.0;
+  for (float x : v) {
+    const float r = p.use_div ? x / p.scale : x * p.inv;
+    float t = r + p.zp;
+    t = away ? std::round(t) : std::nearbyint(t);
+    t = std::min(std::max(t, qmin), qmax);
+    const double d = static_cast<double>(x) - static_cast<double>(p.scale * (t - p.zp));
+    e += d * d;
+  }
+  return e;
+}
+
+// The clipped parameter of one group (clip != minmax, not constant).
+Param clipped(std::vector<float>& v, const Stat& st, const Spec& s) {
+  if (s.clip == Clip::percentile) {
+    float lo, hi;
+    if (s.symmetric) {
+      for (float& x : v) x = std::fabs(x);
+      hi = static_cast<float>(percentile_of(v, s.percentile));
+      lo = -hi;
+    } else {
+      std::vector<float> w = v;
+      lo = static_cast<float>(percentile_of(w, 100.0 - s.percentile));
+      hi = static_cast<float>(percentile_of(v, s.percentile));
+    }
+    if (!(lo < hi) || (s.symmetric && hi == 0.0f)) return make_param(st.lo, st.hi, false, s);
+    return make_param(lo, hi, false, s);
+  }
+  // mse: shrink the range by ratios 1, 1 - 1/steps, ...; the smallest error
+  // wins, the widest range on ties.
+  Param best = make_param(st.lo, st.hi, false, s);
+  double best_err = sq_error(v, best, s);
+  for (int k = 1; k < s.mse_steps; ++k) {
+    const double ratio = 1.0 - static_cast<double>(k) / s.mse_steps;
+    if (ratio < s.mse_min_ratio) break;
+    const auto lo = static_cast<float>(st.lo * ratio), hi = static_cast<float>(st.hi * ratio);
+    if (!(lo < hi)) break;
+    const Param p = make_param(lo, hi, false, s);
+    const double err = sq_error(v, p, s);
+    if (err < best_err) {
+      best = p;
+      best_err = err;
+    }
+  }
+  return best;
+}
+
+std::vector<Param> parameters(const float* x, const Spec& s, const std::vector<Stat>& stats) {
+  std::vector<Param> params(stats.size());
+  // Each parameter is independent, so any split over threads gives the same result.
+  parallel_for(stats.size(), s.clip == Clip::minmax ? 4096 : 1, [&](std::size_t b, std::size_t e) {
+    std::vector<float> buf;
+    for (std::size_t p = b; p < e; ++p) {
+      const Stat& st = stats[p];
+      if (st.bad != kNone) {
+        params[p].bad = true;
+        params[p].zp = 0.0f;
+        continue;
+      }
+      if (!st.seen) continue;  // no elements: scale 1, zero point 0
+      const bool constant = st.lo == st.hi;
+      if (s.clip == Clip::minmax || constant) {
+        params[p] = make_param(st.lo, st.hi, constant, s);
+        continue;
+      }
+      gather(x, s, p, buf);
+      params[p] = clipped(buf, st, s);
+    }
+  });
   return params;
 }
 
