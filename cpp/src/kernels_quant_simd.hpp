@@ -69,6 +69,16 @@ struct QOps<Isa::avx2> {
     const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
     return {_mm256_cvtepi32_ps(is_signed ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b))};
   }
+  static float hmin(F a) {
+    __m128 s = _mm_min_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
+    s = _mm_min_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_min_ss(s, _mm_movehdup_ps(s)));
+  }
+  static float hmax(F a) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+  }
   // GGUF blocks: 32 values = 4 vectors.
   static unsigned eq_mask(F a, float s) {
     return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(a.v, _mm256_set1_ps(s), _CMP_EQ_OQ)));
@@ -133,6 +143,8 @@ struct QOps<Isa::avx512> {
     const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     return {_mm512_cvtepi32_ps(is_signed ? _mm512_cvtepi8_epi32(b) : _mm512_cvtepu8_epi32(b))};
   }
+  static float hmin(F a) { return _mm512_reduce_min_ps(a.v); }
+  static float hmax(F a) { return _mm512_reduce_max_ps(a.v); }
   static unsigned eq_mask(F a, float s) {
     return static_cast<unsigned>(_mm512_cmp_ps_mask(a.v, _mm512_set1_ps(s), _CMP_EQ_OQ));
   }
@@ -276,16 +288,8 @@ std::size_t quant_minmax(const float* x, std::size_t n, float* lo, float* hi) {
     for (std::size_t k = 0; k < n; ++k)
       if (!__builtin_isfinite(x[k])) return k;
   }
-  float la[W], lb[W];
-  min(a, a2).store(la);
-  max(b, b2).store(lb);
-  float mn = la[0], mx = lb[0];
-  for (std::size_t k = 1; k < W; ++k) {
-    mn = la[k] < mn ? la[k] : mn;
-    mx = mx < lb[k] ? lb[k] : mx;
-  }
-  *lo = mn;
-  *hi = mx;
+  *lo = QOps<I>::hmin(min(a, a2));  // exact: the order of min/max does not matter
+  *hi = QOps<I>::hmax(max(b, b2));
   return n;
 }
 
@@ -398,18 +402,11 @@ inline void gguf_block_simd(int type, const float* x, std::uint8_t* out) {
   const auto t = static_cast<quant::GgufType>(type);
   V v[K], c[K];
   for (int k = 0; k < K; ++k) v[k] = V::load(x + k * W);
-  auto reduce = [](V a, bool take_max) {
-    float l[W];
-    a.store(l);
-    float r = l[0];
-    for (int i = 1; i < W; ++i) r = take_max ? (l[i] > r ? l[i] : r) : (l[i] < r ? l[i] : r);
-    return r;
-  };
   std::uint8_t q[32];
   if (t == quant::GgufType::q8_0 || t == quant::GgufType::q4_0 || t == quant::GgufType::q5_0) {
     V a = abs(v[0]);
     for (int k = 1; k < K; ++k) a = max(a, abs(v[k]));
-    const float amax = reduce(a, true);
+    const float amax = Q::hmax(a);
     if (t == quant::GgufType::q8_0) {
       const float d = amax / 127.0f;
       const float id = d == 0.0f ? 0.0f : 1.0f / d;
@@ -436,7 +433,7 @@ inline void gguf_block_simd(int type, const float* x, std::uint8_t* out) {
       lo = min(lo, v[k]);
       hi = max(hi, v[k]);
     }
-    const float mn = reduce(lo, false), mx = reduce(hi, true);
+    const float mn = Q::hmin(lo), mx = Q::hmax(hi);
     const bool five = t == quant::GgufType::q5_1;
     const float d = (mx - mn) / (five ? 31.0f : 15.0f);
     const float id = d == 0.0f ? 0.0f : 1.0f / d;

@@ -167,8 +167,66 @@ std::vector<Param> parameters(const float* x, const Spec& s, const std::vector<S
 
 }  // namespace
 
+// Groups with min/max ranges: one pass. Each item is whole groups of one
+// row (a multiple of 8 columns), so statistics, parameters and codes of a
+// group are made while it is in cache, with no per-group temporaries. On a
+// non-finite value (raise mode) the outputs are garbage, but the caller
+// discards them: only the first bad index is reported.
+static std::ptrdiff_t quantize_groups_fused(const float* x, const Spec& s, float* scale, std::int32_t* zero_point,
+                                            std::uint8_t* data) {
+  const std::size_t gs = s.group_size, cw = (kChunk / gs) * gs;
+  const std::size_t per_row = (s.cols + cw - 1) / cw, G = s.n_groups(), rb = s.row_bytes();
+  const float qmin = static_cast<float>(s.qmin()), qmax = static_cast<float>(s.qmax());
+  std::vector<std::size_t> first(s.rows * per_row, kNone);
+  dispatch([&](auto isa) {
+    constexpr Isa I = decltype(isa)::value;
+    parallel_for(s.rows * per_row, 1, [&](std::size_t b, std::size_t e) {
+      std::uint8_t buf[kChunk];
+      for (std::size_t item = b; item < e; ++item) {
+        const std::size_t r = item / per_row, j0 = (item % per_row) * cw;
+        const std::size_t j1 = std::min(s.cols, j0 + cw);
+        std::uint8_t* dst = s.bits == 8 ? data + r * s.cols + j0 : buf;
+        for (std::size_t jb = j0; jb < j1; jb += gs) {
+          const std::size_t je = std::min(j1, jb + gs), p = r * G + jb / gs;
+          const float* xs = x + r * s.cols + jb;
+          float lo, hi;
+          const std::size_t k = kernels::quant_minmax<I>(xs, je - jb, &lo, &hi);
+          if (k < je - jb) {
+            first[item] = std::min(first[item], r * s.cols + jb + k);
+            scale[p] = std::numeric_limits<float>::quiet_NaN();
+            zero_point[p] = 0;
+            std::memset(dst + (jb - j0), 0, je - jb);
+            continue;
+          }
+          const Param q = make_param(lo, hi, lo == hi, s);
+          scale[p] = q.scale;
+          zero_point[p] = static_cast<std::int32_t>(q.zp);
+          kernels::quant_codes<I>(xs, je - jb, q.scale, q.inv, q.use_div, q.zp, qmin, qmax,
+                                  static_cast<int>(s.rounding), s.seed, r * s.cols + jb, dst + (jb - j0));
+        }
+        if (s.bits < 8) kernels::quant_pack<I>(buf, j1 - j0, s.bits, data + r * rb + j0 * s.bits / 8);
+      }
+    });
+  });
+  if (!s.propagate) {
+    const std::size_t bad = *std::min_element(first.begin(), first.end());
+    if (bad != kNone) return static_cast<std::ptrdiff_t>(bad);
+  }
+  return -1;
+}
+
 std::ptrdiff_t quantize(const float* x, const Spec& s, float* scale, std::int32_t* zero_point,
                         std::uint8_t* data) {
+  if (s.clip == Clip::minmax && s.size() > 0) {
+    if (s.layout == Layout::groups && s.group_size % 8 == 0 && s.group_size <= kChunk)
+      return quantize_groups_fused(x, s, scale, zero_point, data);
+    if (s.layout == Layout::runs && s.channels == s.rows && s.run == s.cols && s.cols <= kChunk) {
+      Spec rows = s;  // one channel per row (axis 0 of a 2-D weight): one group per row
+      rows.layout = Layout::groups;
+      rows.group_size = s.cols;
+      return quantize_groups_fused(x, rows, scale, zero_point, data);
+    }
+  }
   const std::vector<Stat> stats = statistics(x, s);
   if (!s.propagate) {
     std::size_t first = kNone;

@@ -314,10 +314,10 @@ def quantize(w: np.ndarray, bits: int = 8, *, symmetric: bool = True, granularit
     if granularity != "channel":
         axis = 0
     sshape = _scale_shape(shape, granularity, axis, group_size)
-    scale = np.ones(sshape, np.float32)
-    zero_point = np.zeros(sshape, np.int32)
     data = _empty_data(shape, bits, symmetric)
-    if wf.size:
+    if wf.size:  # the kernel writes every scale and zero point
+        scale = np.empty(sshape, np.float32)
+        zero_point = np.empty(sshape, np.int32)
         spec = _core_spec(shape, bits, bool(symmetric), granularity, axis, int(group_size), rounding=rounding,
                           seed=int(seed), clip=clip, percentile=percentile, mse_steps=int(mse_steps),
                           mse_min_ratio=float(mse_min_ratio), propagate=nonfinite == "propagate")
@@ -328,6 +328,8 @@ def quantize(w: np.ndarray, bits: int = 8, *, symmetric: bool = True, granularit
                              f"(pass nonfinite='propagate' to keep it as a NaN group)")
     else:
         data[...] = 0
+        scale = np.ones(sshape, np.float32)
+        zero_point = np.zeros(sshape, np.int32)
     return QuantizedTensor(data, scale, zero_point, shape, bits, bool(symmetric), granularity, axis, int(group_size))
 
 
