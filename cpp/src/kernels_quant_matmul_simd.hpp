@@ -167,36 +167,45 @@ void dequant_row(const QMatmulArgs& a, std::size_t r, float* out) {
   }
 }
 
+// Batched: a panel of 2W rows is dequantized (exactly dequantize()'s
+// values), transposed so that column j of the panel is 2W consecutive floats,
+// then multiplied as outer products: for each j, 2 panel vectors times a
+// broadcast x[b, j] for BB rows of x at once (2 * BB accumulators, FMA-bound).
 template <Isa I>
 void batched_rows(const QMatmulArgs& a, std::size_t r0, std::size_t r1, float* scratch) {
   using V = Vec<float, I>;
-  constexpr std::size_t W = V::width;
-  for (std::size_t r = r0; r < r1; r += 4) {
-    const std::size_t nr = r1 - r < 4 ? r1 - r : 4;
-    for (std::size_t k = 0; k < nr; ++k) dequant_row<I>(a, r + k, scratch + k * a.in);
-    for (std::size_t k = nr; k < 4; ++k) std::memset(scratch + k * a.in, 0, a.in * sizeof(float));
-    const float *w0 = scratch, *w1 = scratch + a.in, *w2 = scratch + 2 * a.in, *w3 = scratch + 3 * a.in;
-    for (std::size_t b = 0; b < a.batch; ++b) {
-      const float* x = a.x + b * a.in;
-      V s0 = V::zero(), s1 = V::zero(), s2 = V::zero(), s3 = V::zero();
-      std::size_t j = 0;
-      for (; j + W <= a.in; j += W) {
-        const V xv = V::load(x + j);
-        s0 = fma(xv, V::load(w0 + j), s0);
-        s1 = fma(xv, V::load(w1 + j), s1);
-        s2 = fma(xv, V::load(w2 + j), s2);
-        s3 = fma(xv, V::load(w3 + j), s3);
+  constexpr std::size_t W = V::width, PR = 2 * W;
+  constexpr std::size_t BB = I == Isa::avx512 ? 6 : 4;
+  const std::size_t in = a.in;
+  float* rows = scratch;
+  float* panel = scratch + PR * in;
+  for (std::size_t r = r0; r < r1; r += PR) {
+    const std::size_t nr = r1 - r < PR ? r1 - r : PR;
+    for (std::size_t k = 0; k < nr; ++k) dequant_row<I>(a, r + k, rows + k * in);
+    for (std::size_t k = nr; k < PR; ++k) std::memset(rows + k * in, 0, in * sizeof(float));
+    for (std::size_t j0 = 0; j0 < in; j0 += 64)  // transpose in column strips (cache friendly)
+      for (std::size_t i = 0; i < PR; ++i)
+        for (std::size_t j = j0; j < j0 + 64 && j < in; ++j) panel[j * PR + i] = rows[i * in + j];
+    for (std::size_t b = 0; b < a.batch; b += BB) {
+      const std::size_t nb = a.batch - b < BB ? a.batch - b : BB;
+      const float* xr[BB];
+      for (std::size_t t = 0; t < BB; ++t) xr[t] = a.x + (b + (t < nb ? t : nb - 1)) * in;
+      V acc[BB][2];
+      for (std::size_t t = 0; t < BB; ++t) acc[t][0] = acc[t][1] = V::zero();
+      for (std::size_t j = 0; j < in; ++j) {
+        const V p0 = V::load(panel + j * PR), p1 = V::load(panel + j * PR + W);
+        for (std::size_t t = 0; t < BB; ++t) {
+          const V xv = V::set1(xr[t][j]);
+          acc[t][0] = fma(xv, p0, acc[t][0]);
+          acc[t][1] = fma(xv, p1, acc[t][1]);
+        }
       }
-      if (j < a.in) {
-        const std::size_t k = a.in - j;
-        const V xv = load_partial<V>(x + j, k);
-        s0 = fma(xv, load_partial<V>(w0 + j, k), s0);
-        s1 = fma(xv, load_partial<V>(w1 + j, k), s1);
-        s2 = fma(xv, load_partial<V>(w2 + j, k), s2);
-        s3 = fma(xv, load_partial<V>(w3 + j, k), s3);
+      for (std::size_t t = 0; t < nb; ++t) {
+        float tmp[PR];
+        acc[t][0].store(tmp);
+        acc[t][1].store(tmp + W);
+        std::memcpy(a.y + (b + t) * a.out + r, tmp, nr * sizeof(float));
       }
-      const float sums[4] = {reduce_sum(s0), reduce_sum(s1), reduce_sum(s2), reduce_sum(s3)};
-      for (std::size_t k = 0; k < nr; ++k) a.y[b * a.out + r + k] = sums[k];
     }
   }
 }

@@ -511,9 +511,10 @@ void qmatmul(const float* x, std::size_t batch, const Spec& s, const std::uint8_
     return;
   }
   dispatch([&](auto isa) {
-    const std::size_t grain = batch == 1 ? 16 : 4;
+    // batched: chunks of 32 rows = whole panels of the avx512 kernel (2 x 16)
+    const std::size_t grain = batch == 1 ? 16 : 32;
     parallel_for(s.rows, grain, [&](std::size_t b, std::size_t e) {
-      std::vector<float> scratch(batch == 1 ? 0 : 4 * s.cols);
+      std::vector<float> scratch(batch == 1 ? 0 : 64 * s.cols);
       kernels::qmatmul_rows<decltype(isa)::value>(a, b, e, scratch.data());
     });
   });

@@ -156,7 +156,7 @@ struct QMatmulArgs {
   std::size_t param_stride = 0, n_groups = 1, group_size = 0;
   float* y = nullptr;            // batch x out
 };
-// Rows [r0, r1) of y. scratch: 4 * in floats (batched path).
+// Rows [r0, r1) of y. scratch: 64 * in floats (batched path).
 template <Isa I>
 void qmatmul_rows(const QMatmulArgs& a, std::size_t r0, std::size_t r1, float* scratch);
 // c[m, n] = sum_k a[m, k] * b[n, k] for n in [n0, n1), all m (int32, exact).
