@@ -305,6 +305,37 @@ void quant_codes(const float* x, std::size_t n, float scale, float inv, bool use
 }
 
 template <Isa I>
+std::size_t quant_groups(const float* x, std::size_t n, std::size_t gs, int bits, bool symmetric, int rounding,
+                         std::uint64_t seed, std::uint64_t index, float* scale, std::int32_t* zero_point,
+                         std::uint8_t* codes) {
+  const int qmax = symmetric ? (1 << (bits - 1)) - 1 : (1 << bits) - 1;
+  const float fmax = static_cast<float>(qmax), fmin = symmetric ? -fmax : 0.0f;
+  std::size_t first = n;
+  for (std::size_t g = 0, j = 0; j < n; ++g, j += gs) {
+    const std::size_t len = n - j < gs ? n - j : gs;
+    float lo, hi;
+    const std::size_t k = quant_minmax<I>(x + j, len, &lo, &hi);
+    if (k < len) {
+      first = first < n ? first : j + k;
+      scale[g] = __builtin_nanf("");
+      zero_point[g] = 0;
+      std::memset(codes + j, 0, len);
+      continue;
+    }
+    const quant::Param p = quant::make_param(lo, hi, lo == hi, qmax, symmetric);
+    scale[g] = p.scale;
+    zero_point[g] = static_cast<std::int32_t>(p.zp);
+    if (rounding == 0)
+      codes_impl<I, 0>(x + j, len, p.scale, p.inv, p.use_div, p.zp, fmin, fmax, seed, index + j, codes + j);
+    else if (rounding == 1)
+      codes_impl<I, 1>(x + j, len, p.scale, p.inv, p.use_div, p.zp, fmin, fmax, seed, index + j, codes + j);
+    else
+      codes_impl<I, 2>(x + j, len, p.scale, p.inv, p.use_div, p.zp, fmin, fmax, seed, index + j, codes + j);
+  }
+  return first;
+}
+
+template <Isa I>
 void quant_dequant(const std::uint8_t* codes, bool is_signed, std::size_t n, float scale, float zp, float* out) {
   using V = Vec<float, I>;
   using Q = QOps<I>;

@@ -43,11 +43,6 @@ void merge(Stat& into, const Stat& s) {
   into.bad = std::min(into.bad, s.bad);
 }
 
-struct Param {
-  float scale = 1.0f, inv = 1.0f, zp = 0.0f;
-  bool use_div = false, bad = false;
-};
-
 // Calls fn(param, jb, je) for the segments of constant parameter covering
 // columns [j0, j1) of row r.
 template <class Fn>
@@ -131,36 +126,8 @@ std::vector<Stat> statistics(const float* x, const Spec& s) {
   return stats;
 }
 
-// Scale and zero point of one parameter from its (possibly clipped) range
-// [lo, hi] and whether all its values are equal (then exact round trip:
-// the scale is |c| and the code +-1, or 0 with zero point 1).
 Param make_param(float lo, float hi, bool constant, const Spec& s) {
-  Param p;
-  const double qmax = s.qmax();
-  if (constant) {
-    const float c = lo;
-    if (c == 0.0f) {
-      p.scale = 1.0f;
-    } else if (s.symmetric || c > 0.0f) {
-      p.scale = std::fabs(c);
-    } else {
-      p.scale = -c;
-      p.zp = 1.0f;
-    }
-  } else if (s.symmetric) {
-    const double amax = std::max(-static_cast<double>(lo), static_cast<double>(hi));
-    p.scale = static_cast<float>(amax / qmax);
-    if (!(p.scale > 0.0f)) p.scale = amax > 0.0 ? std::numeric_limits<float>::denorm_min() : 1.0f;
-  } else {
-    const double a = std::min(static_cast<double>(lo), 0.0), b = std::max(static_cast<double>(hi), 0.0);
-    p.scale = static_cast<float>((b - a) / qmax);
-    if (!(p.scale > 0.0f)) p.scale = b > a ? std::numeric_limits<float>::denorm_min() : 1.0f;
-    const double z = std::nearbyint(-a / static_cast<double>(p.scale));
-    p.zp = static_cast<float>(std::min(std::max(z, 0.0), qmax));
-  }
-  p.inv = 1.0f / p.scale;
-  p.use_div = p.scale < FLT_MIN;
-  return p;
+  return make_param(lo, hi, constant, s.qmax(), s.symmetric);
 }
 
 std::vector<Param> parameters(const float* x, const Spec& s, const std::vector<Stat>& stats);
@@ -176,7 +143,6 @@ static std::ptrdiff_t quantize_groups_fused(const float* x, const Spec& s, float
                                             std::uint8_t* data) {
   const std::size_t gs = s.group_size, cw = (kChunk / gs) * gs;
   const std::size_t per_row = (s.cols + cw - 1) / cw, G = s.n_groups(), rb = s.row_bytes();
-  const float qmin = static_cast<float>(s.qmin()), qmax = static_cast<float>(s.qmax());
   std::vector<std::size_t> first(s.rows * per_row, kNone);
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
@@ -186,24 +152,11 @@ static std::ptrdiff_t quantize_groups_fused(const float* x, const Spec& s, float
         const std::size_t r = item / per_row, j0 = (item % per_row) * cw;
         const std::size_t j1 = std::min(s.cols, j0 + cw);
         std::uint8_t* dst = s.bits == 8 ? data + r * s.cols + j0 : buf;
-        for (std::size_t jb = j0; jb < j1; jb += gs) {
-          const std::size_t je = std::min(j1, jb + gs), p = r * G + jb / gs;
-          const float* xs = x + r * s.cols + jb;
-          float lo, hi;
-          const std::size_t k = kernels::quant_minmax<I>(xs, je - jb, &lo, &hi);
-          if (k < je - jb) {
-            first[item] = std::min(first[item], r * s.cols + jb + k);
-            scale[p] = std::numeric_limits<float>::quiet_NaN();
-            zero_point[p] = 0;
-            std::memset(dst + (jb - j0), 0, je - jb);
-            continue;
-          }
-          const Param q = make_param(lo, hi, lo == hi, s);
-          scale[p] = q.scale;
-          zero_point[p] = static_cast<std::int32_t>(q.zp);
-          kernels::quant_codes<I>(xs, je - jb, q.scale, q.inv, q.use_div, q.zp, qmin, qmax,
-                                  static_cast<int>(s.rounding), s.seed, r * s.cols + jb, dst + (jb - j0));
-        }
+        const std::size_t p0 = r * G + j0 / gs;
+        const std::size_t k = kernels::quant_groups<I>(x + r * s.cols + j0, j1 - j0, gs, s.bits, s.symmetric,
+                                                       static_cast<int>(s.rounding), s.seed, r * s.cols + j0,
+                                                       scale + p0, zero_point + p0, dst);
+        if (k < j1 - j0) first[item] = r * s.cols + j0 + k;
         if (s.bits < 8) kernels::quant_pack<I>(buf, j1 - j0, s.bits, data + r * rb + j0 * s.bits / 8);
       }
     });
