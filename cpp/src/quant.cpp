@@ -16,6 +16,7 @@
 #include <limits>
 #include <vector>
 
+#include "slimgrad/core.hpp"
 #include "slimgrad/quant.hpp"
 #include "slimgrad/threading.hpp"
 
@@ -382,13 +383,24 @@ std::vector<Param> parameters(const float* x, const Spec& s, const std::vector<S
 namespace slimgrad::quant {
 
 // Blocks are independent: fixed chunks of 1024 blocks (32K values) per item.
-void gguf_quantize(GgufType type, const float* x, std::size_t n_blocks, std::uint8_t* out) {
+// Each chunk is checked for NaN/inf just before it is quantized (while it
+// is in cache) instead of in a separate pass over memory.
+std::ptrdiff_t gguf_quantize(GgufType type, const float* x, std::size_t n_blocks, std::uint8_t* out) {
   const std::size_t ts = gguf_type_size(type);
+  constexpr std::size_t kBlocks = 1024;
+  std::vector<std::size_t> first(num_chunks(n_blocks, kBlocks), kNone);
   dispatch([&](auto isa) {
-    parallel_for(n_blocks, 1024, [&](std::size_t b, std::size_t e) {
-      kernels::gguf_quantize<decltype(isa)::value>(static_cast<int>(type), x + kGgufBlock * b, e - b, out + ts * b);
+    constexpr Isa I = decltype(isa)::value;
+    parallel_for(n_blocks, kBlocks, [&](std::size_t b, std::size_t e) {
+      const float* xb = x + kGgufBlock * b;
+      const std::size_t n = kGgufBlock * (e - b);
+      const std::size_t k = kernels::find_nonfinite<I, float>(xb, n);
+      if (k < n) first[b / kBlocks] = kGgufBlock * b + k;
+      kernels::gguf_quantize<I>(static_cast<int>(type), xb, e - b, out + ts * b);
     });
   });
+  const std::size_t bad = first.empty() ? kNone : *std::min_element(first.begin(), first.end());
+  return bad == kNone ? -1 : static_cast<std::ptrdiff_t>(bad);
 }
 
 void gguf_dequantize(GgufType type, const std::uint8_t* in, std::size_t n_blocks, float* out) {

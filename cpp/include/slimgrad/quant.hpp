@@ -240,7 +240,8 @@ inline std::size_t gguf_type_size(GgufType t) {
   }
   return 0;
 }
-void gguf_quantize(GgufType type, const float* x, std::size_t n_blocks, std::uint8_t* out);
+// Returns -1, or the flat index of the first NaN/inf (out is then garbage).
+std::ptrdiff_t gguf_quantize(GgufType type, const float* x, std::size_t n_blocks, std::uint8_t* out);
 void gguf_dequantize(GgufType type, const std::uint8_t* in, std::size_t n_blocks, float* out);
 }  // namespace quant
 

@@ -62,12 +62,11 @@ def quantize(w: np.ndarray, type: Any) -> np.ndarray:
     if w.ndim == 0 or w.shape[-1] % BLOCK_SIZE:
         raise ValueError(f"w: expected a last axis that is a multiple of {BLOCK_SIZE}, got shape {w.shape}")
     wf = np.ascontiguousarray(w, dtype=np.float32)
-    bad = _core.find_nonfinite(wf)
-    if bad >= 0:
+    out = np.empty((*w.shape[:-1], w.shape[-1] // BLOCK_SIZE * TYPE_SIZE[name]), np.uint8)
+    bad = _core.quant.gguf_quantize(wf, TYPES.index(name), out)
+    if bad >= 0:  # checked while quantizing; the partial output is dropped
         raise ValueError(f"w: non-finite value {wf.reshape(-1)[bad]} at index "
                          f"{tuple(int(i) for i in np.unravel_index(bad, wf.shape))}")
-    out = np.empty((*w.shape[:-1], w.shape[-1] // BLOCK_SIZE * TYPE_SIZE[name]), np.uint8)
-    _core.quant.gguf_quantize(wf, TYPES.index(name), out)
     return out
 
 
