@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import run_everywhere
 from slimgrad import quant
 
@@ -49,7 +48,9 @@ def reference_mse_scale(g, bits, steps=100, min_ratio=0.2):
             break
         s = np.float32(np.float32(amax * ratio) / qmax)
         q = np.clip(np.rint(g * (np.float32(1) / s)), -qmax, qmax)
-        err = float(np.sum((g.astype(np.float64) - (s * q.astype(np.float32)).astype(np.float64)) ** 2))
+        err = float(
+            np.sum((g.astype(np.float64) - (s * q.astype(np.float32)).astype(np.float64)) ** 2)
+        )
         if err < best_err * (1 - 1e-12):
             best, best_err = s, err
     return best, best_err
@@ -65,7 +66,7 @@ def test_mse_search_finds_the_best_ratio(rng):
     assert np.all(qt.scale <= base.scale)
     for r in range(8):
         for g in range(3):
-            _, ref_err = reference_mse_scale(w[r, 32 * g: 32 * (g + 1)], 4)
+            _, ref_err = reference_mse_scale(w[r, 32 * g : 32 * (g + 1)], 4)
             assert err[r, g] == pytest.approx(ref_err, rel=1e-9)
 
 
@@ -76,9 +77,13 @@ def test_clipping_identical_everywhere(rng):
         out = []
         for clip in ("percentile", "mse"):
             for symmetric in (True, False):
-                qt = quant.quantize(w, 4, symmetric=symmetric, clip=clip, granularity="group", group_size=64)
+                qt = quant.quantize(
+                    w, 4, symmetric=symmetric, clip=clip, granularity="group", group_size=64
+                )
                 out += [qt.data.copy(), qt.scale.copy(), qt.zero_point.copy()]
-                qt = quant.quantize(w, 8, symmetric=symmetric, clip=clip, granularity="channel", axis=1)
+                qt = quant.quantize(
+                    w, 8, symmetric=symmetric, clip=clip, granularity="channel", axis=1
+                )
                 out += [qt.data.copy(), qt.scale.copy()]
         return out
 
@@ -109,8 +114,9 @@ def test_fake_quantize_equals_torch(rng):
             qt = quant.quantize(w, bits, symmetric=symmetric, clip=clip, percentile=98.0)
             np.testing.assert_array_equal(y, qt.dequantize())
             x = torch.from_numpy(w.copy()).requires_grad_(True)
-            t = torch.fake_quantize_per_channel_affine(x, torch.from_numpy(qt.scale), torch.from_numpy(qt.zero_point),
-                                                       0, qt.qmin, qt.qmax)
+            t = torch.fake_quantize_per_channel_affine(
+                x, torch.from_numpy(qt.scale), torch.from_numpy(qt.zero_point), 0, qt.qmin, qt.qmax
+            )
             t.sum().backward()
             np.testing.assert_array_equal(y, t.detach().numpy())
             np.testing.assert_array_equal(mask, x.grad.numpy() == 1)
@@ -122,8 +128,12 @@ def test_fake_quantize_equals_torch(rng):
 
 def test_fake_quantize_group_mask(rng):
     w = heavy_tailed(rng, (4, 70))
-    y, mask = quant.fake_quantize(w, 4, granularity="group", group_size=32, clip="percentile", percentile=90.0)
-    qt = quant.quantize(w, 4, granularity="group", group_size=32, clip="percentile", percentile=90.0)
+    y, mask = quant.fake_quantize(
+        w, 4, granularity="group", group_size=32, clip="percentile", percentile=90.0
+    )
+    qt = quant.quantize(
+        w, 4, granularity="group", group_size=32, clip="percentile", percentile=90.0
+    )
     lim = qt.expand(qt.scale) * 7.5
     np.testing.assert_array_equal(mask, np.abs(w) < lim)  # no exact ties here
     np.testing.assert_array_equal(y, qt.dequantize())
