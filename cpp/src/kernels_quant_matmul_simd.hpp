@@ -331,21 +331,35 @@ __attribute__((target("avx512vnni"))) void s8_vnni(const std::int8_t* a, std::si
       }
       bsum[i] = _mm512_reduce_add_epi32(s);
     }
-    for (std::size_t m = 0; m < M; ++m) {
-      const std::int8_t* am = a + m * K;
-      __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
-      for (std::size_t k = 0; k < K; k += 64) {
-        const __mmask64 mk = K - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (K - k)) - 1;
-        // a + 128 as unsigned; padded bytes become 128 but meet b's zeros
-        const __m512i av = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mk, am + k), flip);
-        s0 = _mm512_dpbusd_epi32(s0, av, _mm512_maskz_loadu_epi8(mk, br[0] + k));
-        s1 = _mm512_dpbusd_epi32(s1, av, _mm512_maskz_loadu_epi8(mk, br[1] + k));
-        s2 = _mm512_dpbusd_epi32(s2, av, _mm512_maskz_loadu_epi8(mk, br[2] + k));
-        s3 = _mm512_dpbusd_epi32(s3, av, _mm512_maskz_loadu_epi8(mk, br[3] + k));
+    // 4 rows of a x 4 rows of b per tile: 16 accumulators, 8 loads per 16 vpdpbusd
+    for (std::size_t m = 0; m < M; m += 4) {
+      const std::size_t nm = M - m < 4 ? M - m : 4;
+      const std::int8_t* ar[4];
+      for (std::size_t i = 0; i < 4; ++i) ar[i] = a + (m + (i < nm ? i : 0)) * K;
+      __m512i acc[4][4];
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_si512();
+      std::size_t k = 0;
+      for (; k + 64 <= K; k += 64) {
+        __m512i bv[4];
+        for (int j = 0; j < 4; ++j) bv[j] = _mm512_loadu_si512(br[j] + k);
+        for (int i = 0; i < 4; ++i) {
+          const __m512i av = _mm512_xor_si512(_mm512_loadu_si512(ar[i] + k), flip);  // a + 128, unsigned
+          for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, bv[j]);
+        }
       }
-      const std::int32_t t[4] = {_mm512_reduce_add_epi32(s0), _mm512_reduce_add_epi32(s1),
-                                 _mm512_reduce_add_epi32(s2), _mm512_reduce_add_epi32(s3)};
-      for (std::size_t i = 0; i < nn; ++i) c[m * N + n + i] = t[i] - 128 * bsum[i];
+      if (k < K) {  // padded bytes: a becomes 128 but meets b's zeros
+        const __mmask64 mk = (__mmask64{1} << (K - k)) - 1;
+        __m512i bv[4];
+        for (int j = 0; j < 4; ++j) bv[j] = _mm512_maskz_loadu_epi8(mk, br[j] + k);
+        for (int i = 0; i < 4; ++i) {
+          const __m512i av = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mk, ar[i] + k), flip);
+          for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, bv[j]);
+        }
+      }
+      for (std::size_t i = 0; i < nm; ++i)
+        for (std::size_t j = 0; j < nn; ++j)
+          c[(m + i) * N + n + j] = _mm512_reduce_add_epi32(acc[i][j]) - 128 * bsum[j];
     }
   }
 }
