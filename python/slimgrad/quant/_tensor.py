@@ -210,6 +210,11 @@ class QuantizedTensor:
         ``scale`` / ``zero_point`` must have the shape :func:`quantize` gives.
         """
         codes = np.asarray(codes)
+        if codes.ndim == 0 or codes.dtype.kind not in "iu":
+            raise ValueError(
+                f"codes: expected an integer array of at least one dimension, "
+                f"got {codes.dtype.name} array of shape {codes.shape}"
+            )
         shape = codes.shape
         spec = _core_spec(shape, bits, symmetric, granularity, axis, group_size)
         lo, hi = (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
