@@ -116,9 +116,10 @@ void register_quant(py::module_& m) {
     if (s.layout == quant::Layout::runs && !(s.channels == 1 || (s.channels == s.rows && s.run == s.cols)))
       throw py::value_error("qt: expected parameters per tensor, per row (axis 0) or per group along the row");
     const Array xa = check_array(x, "x", {DType::f32}, Access::read);
-    if (s.cols == 0 ? xa.size() % 1 != 0 : xa.size() % s.cols != 0)
-      throw py::value_error("x: expected a multiple of " + std::to_string(s.cols) + " elements, got " + describe(xa.arr));
-    const std::size_t batch = s.cols ? xa.size() / s.cols : 0;
+    if (s.cols == 0 || xa.size() % s.cols != 0)
+      throw py::value_error("x: expected a positive multiple of " + std::to_string(s.cols) + " elements, got " +
+                            describe(xa.arr));
+    const std::size_t batch = xa.size() / s.cols;
     const Array da = check_array(data, "data", {DType::i8, DType::u8}, Access::read);
     check_size(da, s.rows * s.row_bytes());
     const Array sa = check_array(scale, "scale", {DType::f32}, Access::read);
@@ -147,7 +148,8 @@ void register_quant(py::module_& m) {
   m.def("has_avx512_vnni", &quant::has_avx512_vnni);
 
   auto gguf_type = [](int t) {
-    if (t < 0 || t > 4) throw py::value_error("type: expected 0..4 (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), got " + std::to_string(t));
+    if (t < 0 || t > 4)
+      throw py::value_error("type: expected 0..4 (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), got " + std::to_string(t));
     return static_cast<quant::GgufType>(t);
   };
   m.def("gguf_quantize", [gguf_type](py::handle x, int type, py::handle out) {

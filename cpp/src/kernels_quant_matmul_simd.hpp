@@ -1,19 +1,23 @@
 // Quantized products written once for avx2 and avx512, instantiated by
 // kernels_quant_matmul_avx2.cpp / _avx512.cpp.
-//  - GEMV (batch 1), the decoding case: weights streamed once, codes widened
-//    straight to float lanes and multiplied into x with explicit FMAs; per
-//    group y += scale * sum(x * v) - scale * z * sum(x), where v is the
+//  - GEMV (batch 1), the decoding case: weights streamed once. Codes are
+//    widened straight to float lanes and multiplied into x with explicit
+//    FMAs; per group y += scale * sum(x * v) - scale * z * sum(x), v the
 //    unsigned code (4-bit signed codes are read as u ^ 8 = c + 8, so z is the
 //    zero point + 8 there: one XOR per 32 codes instead of a sign extension).
 //    x comes pre-arranged per 32-chunk (even then odd elements for 4 bits, so
-//    low / high nibbles need no interleaving; zero-padded tails). Float sums
-//    differ from the oracle's order: tolerance, not bit identity.
-//  - batched: 4 rows dequantized into scratch exactly as dequantize() does,
-//    then 4 dot products per row of x (x loaded once for 4 rows).
+//    low / high nibbles need no interleaving; zero-padded tails). AVX2 runs
+//    two rows at a time (x loaded once); AVX-512 with 4-bit full groups looks
+//    the 16 possible weights of a group up with vpermps (no conversions, no
+//    per-group term). Float sums differ from the oracle's order: tolerance,
+//    not bit identity; each output is computed by one thread in a fixed order.
+//  - batched: panels of 2W rows dequantized exactly as dequantize() does,
+//    transposed, then register-blocked outer products (2 x BB accumulators).
 //  - int8 x int8 -> int32: AVX2 widens both to int16 and uses vpmaddwd
 //    (exact for every int8 value, unlike vpmaddubsw's sign trick, which
-//    fails for -128 and can saturate); AVX512 with VNNI uses vpdpbusd on
-//    (a + 128) as unsigned and subtracts 128 * sum(b), exact in int32.
+//    fails for -128 and can saturate); AVX512 with VNNI (cpuid at run time)
+//    uses vpdpbusd on (a + 128) as unsigned in 4 x 4 tiles and subtracts
+//    128 * sum(b), exact in int32.
 #pragma once
 
 #include <immintrin.h>

@@ -3,12 +3,17 @@
 // kernels_quant_scalar.cpp computes (tests compare bytes):
 //  - the including file turns FP contraction off (#pragma before any
 //    include): `x * inv + zp` must stay a multiply then an add, like the
-//    oracle and torch; explicit fma intrinsics are unaffected;
+//    oracle, torch and the gguf package; explicit fma intrinsics are
+//    unaffected;
 //  - rounding: vroundps/vrndscaleps to nearest even; half away from zero as
 //    trunc(t) + sign(t) where |t - trunc(t)| >= 0.5 (exact, unlike
 //    floor(t + 0.5)); stochastic: floor(t + u), u from the same 32-bit hash;
 //  - int32 -> byte: truncation to the low byte (vpmovdb on avx512, mask +
 //    unsigned packs on avx2), so signed and unsigned codes share one path;
+//  - quant_groups: min/max, parameters (quant::make_param, plain IEEE double
+//    arithmetic) and codes of consecutive groups in one call;
+//  - GGUF: 16 blocks at a time (statistics, then d and 1/d as vector
+//    divisions, then codes), degenerate blocks through the oracle;
 //  - tails go through a padded stack copy and the same vector arithmetic.
 // Helpers have internal linkage and std:: algorithms are avoided (per-file
 // ISA flags + ODR). Integer-only work (pack/unpack) uses AVX2 intrinsics in
