@@ -121,12 +121,9 @@ float gemv_corr(const QMatmulArgs& a, std::size_t r) {
 template <Isa I, int Bits, bool Signed>
 float gemv_row(const QMatmulArgs& a, std::size_t r) {
   using V = Vec<float, I>;
-  constexpr std::size_t W = V::width;
   const std::uint8_t* row = a.w + r * a.row_bytes;
   const std::size_t gs = a.group_size, per_group = (gs + 31) / 32 * 32;
-  constexpr float zoff = (Bits == 4 && Signed) ? 8.0f : 0.0f;
   const float* sc = a.scale + r * a.param_stride;
-  const std::int32_t* zp = a.zp + r * a.param_stride;
   // Two accumulators over alternate groups: the per-group scale FMA is a
   // loop-carried chain, which would otherwise bound small groups.
   V acc[2] = {V::zero(), V::zero()};
