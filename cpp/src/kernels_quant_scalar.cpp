@@ -60,6 +60,21 @@ void quant_dequant<Isa::scalar>(const std::uint8_t* codes, bool is_signed, std::
 }
 
 template <>
+void quant_codes_cols<Isa::scalar>(const float* x, std::size_t n, const float* inv, const float* zp, float qmin,
+                                   float qmax, int rounding, std::uint64_t seed, std::uint64_t index,
+                                   std::uint8_t* codes) {
+  for (std::size_t i = 0; i < n; ++i)
+    quant_codes<Isa::scalar>(x + i, 1, 1.0f / inv[i], inv[i], false, zp[i], qmin, qmax, rounding, seed, index + i,
+                             codes + i);
+}
+
+template <>
+void quant_dequant_cols<Isa::scalar>(const std::uint8_t* codes, bool is_signed, std::size_t n, const float* scale,
+                                     const float* zp, float* out) {
+  for (std::size_t i = 0; i < n; ++i) quant_dequant<Isa::scalar>(codes + i, is_signed, 1, scale[i], zp[i], out + i);
+}
+
+template <>
 void quant_pack<Isa::scalar>(const std::uint8_t* codes, std::size_t n, int bits, std::uint8_t* out) {
   if (bits == 8) {
     std::memcpy(out, codes, n);

@@ -223,6 +223,46 @@ void codes_impl(const float* x, std::size_t n, float scale, float inv, bool use_
   }
 }
 
+// Channels along the last axis: per-lane inv and zero point.
+template <Isa I, int Mode>
+void codes_cols_impl(const float* x, std::size_t n, const float* inv, const float* zp, float qmin, float qmax,
+                     std::uint64_t seed, std::uint64_t index, std::uint8_t* codes) {
+  using V = Vec<float, I>;
+  using Q = QOps<I>;
+  constexpr std::size_t W = V::width;
+  const V vlo = V::set1(qmin), vhi = V::set1(qmax), one = V::set1(1.0f);
+  std::size_t i = 0;
+  while (i < n) {
+    const std::uint64_t f = index + i;
+    const std::uint64_t to_wrap = (std::uint64_t{1} << 32) - (f & 0xFFFFFFFFu);
+    const std::size_t end = (Mode == 2 && to_wrap < n - i) ? i + static_cast<std::size_t>(to_wrap) : n;
+    const quant::StreamKey key = Mode == 2 ? quant::stream_key(seed, static_cast<std::uint32_t>(f >> 32))
+                                           : quant::StreamKey{0, 0};
+    typename Q::VI lo = Q::add(Q::set1(static_cast<std::uint32_t>(f)), Q::iota());
+    const typename Q::VI step = Q::set1(static_cast<std::uint32_t>(W));
+    for (; i < end; i += W) {
+      const std::size_t k = end - i < W ? end - i : W;
+      float xt[W], it[W], zt[W];
+      const float *xp = x + i, *ip = inv + i, *zpp = zp + i;
+      if (k < W) {
+        for (std::size_t t = 0; t < W; ++t) {
+          xt[t] = t < k ? x[i + t] : 0.0f;
+          it[t] = t < k ? inv[i + t] : 1.0f;
+          zt[t] = t < k ? zp[i + t] : 0.0f;
+        }
+        xp = xt, ip = it, zpp = zt;
+      }
+      const V vi = V::load(ip);
+      const V c = code_vec<I, Mode>(V::load(xp), one, vi, false, V::load(zpp), vlo, vhi, lo, key);
+      std::uint8_t out[16];
+      Q::store_bytes(out, c);
+      std::memcpy(codes + i, out, k);
+      lo = Q::add(lo, step);
+    }
+    i = end;
+  }
+}
+
 inline void pack_generic(const std::uint8_t* codes, std::size_t n, int bits, std::uint8_t* out) {
   const std::uint32_t mask = (1u << bits) - 1;
   std::size_t byte = 0;
@@ -339,6 +379,38 @@ std::size_t quant_groups(const float* x, std::size_t n, std::size_t gs, int bits
       codes_impl<I, 2>(x + j, len, p.scale, p.inv, p.use_div, p.zp, fmin, fmax, seed, index + j, codes + j);
   }
   return first;
+}
+
+template <Isa I>
+void quant_codes_cols(const float* x, std::size_t n, const float* inv, const float* zp, float qmin, float qmax,
+                      int rounding, std::uint64_t seed, std::uint64_t index, std::uint8_t* codes) {
+  if (rounding == 0)
+    codes_cols_impl<I, 0>(x, n, inv, zp, qmin, qmax, seed, index, codes);
+  else if (rounding == 1)
+    codes_cols_impl<I, 1>(x, n, inv, zp, qmin, qmax, seed, index, codes);
+  else
+    codes_cols_impl<I, 2>(x, n, inv, zp, qmin, qmax, seed, index, codes);
+}
+
+template <Isa I>
+void quant_dequant_cols(const std::uint8_t* codes, bool is_signed, std::size_t n, const float* scale,
+                        const float* zp, float* out) {
+  using V = Vec<float, I>;
+  using Q = QOps<I>;
+  constexpr std::size_t W = V::width;
+  std::size_t i = 0;
+  for (; i + 16 <= n; i += W)
+    (V::load(scale + i) * (Q::load_codes(codes + i, is_signed) - V::load(zp + i))).store(out + i);
+  for (; i < n; i += W) {
+    const std::size_t k = n - i < W ? n - i : W;
+    std::uint8_t ct[16] = {};
+    float st[W] = {}, zt[W] = {}, res[W];
+    std::memcpy(ct, codes + i, k);
+    std::memcpy(st, scale + i, k * sizeof(float));
+    std::memcpy(zt, zp + i, k * sizeof(float));
+    (V::load(st) * (Q::load_codes(ct, is_signed) - V::load(zt))).store(res);
+    std::memcpy(out + i, res, k * sizeof(float));
+  }
 }
 
 template <Isa I>

@@ -117,8 +117,30 @@ std::vector<Stat> statistics(const float* x, const Spec& s) {
       });
       for (std::size_t item = 0; item < parts.size(); ++item)
         merge(stats[(item / per_run) % s.channels], parts[item]);
+    } else if (s.run == 1 && s.channels == s.cols) {
+      // Channels along the last axis: column blocks in parallel, rows in order.
+      balanced_for(s.cols, 256, [&](std::size_t c0, std::size_t c1) {
+        for (std::size_t r = 0; r < s.rows; ++r) {
+          const float* xr = x + r * s.cols;
+          for (std::size_t c = c0; c < c1; ++c) {
+            Stat& st = stats[c];
+            const float v = xr[c];
+            if (!std::isfinite(v)) {
+              st.bad = std::min(st.bad, r * s.cols + c);
+              st.seen = true;
+              continue;
+            }
+            if (!st.seen) {
+              st.lo = st.hi = v;
+              st.seen = true;
+            }
+            st.lo = v < st.lo ? v : st.lo;
+            st.hi = st.hi < v ? v : st.hi;
+          }
+        }
+      });
     } else {
-      // Short runs (e.g. channels along the last axis): a plain pass.
+      // Short runs (e.g. channels along the middle axis of a 3-D tensor): a plain pass.
       for (std::size_t f = 0; f < s.size(); ++f) {
         Stat& st = stats[(f / s.run) % s.channels];
         const float v = x[f];
@@ -208,6 +230,18 @@ std::ptrdiff_t quantize(const float* x, const Spec& s, float* scale, std::int32_
   const std::size_t per_row = (s.cols + kChunk - 1) / kChunk;
   const float qmin = static_cast<float>(s.qmin()), qmax = static_cast<float>(s.qmax());
   const std::size_t rb = s.row_bytes();
+  // Channels along the last axis: per-column parameter vectors, one kernel
+  // call per item (unless a subnormal scale or a NaN group needs the
+  // per-segment path).
+  bool cols = s.layout == Layout::runs && s.run == 1 && s.channels == s.cols && s.cols > 1;
+  for (const Param& q : params) cols = cols && !q.bad && !q.use_div;
+  std::vector<float> invs, zps;
+  if (cols) {
+    for (const Param& q : params) {
+      invs.push_back(q.inv);
+      zps.push_back(q.zp);
+    }
+  }
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
     balanced_for(s.rows * per_row, 1, [&](std::size_t b, std::size_t e) {
@@ -216,6 +250,12 @@ std::ptrdiff_t quantize(const float* x, const Spec& s, float* scale, std::int32_
         const std::size_t r = item / per_row, j0 = (item % per_row) * kChunk;
         const std::size_t j1 = std::min(s.cols, j0 + kChunk);
         std::uint8_t* dst = s.bits == 8 ? data + r * s.cols + j0 : buf;
+        if (cols) {
+          kernels::quant_codes_cols<I>(x + r * s.cols + j0, j1 - j0, invs.data() + j0, zps.data() + j0, qmin, qmax,
+                                       static_cast<int>(s.rounding), s.seed, r * s.cols + j0, dst);
+          if (s.bits < 8) kernels::quant_pack<I>(buf, j1 - j0, s.bits, data + r * rb + j0 * s.bits / 8);
+          continue;
+        }
         for_segments(s, r, j0, j1, [&](std::size_t p, std::size_t jb, std::size_t je) {
           const Param& q = params[p];
           if (q.bad) {
@@ -237,6 +277,9 @@ void dequantize(const std::uint8_t* data, const Spec& s, const float* scale, con
   if (s.size() == 0) return;
   const std::size_t per_row = (s.cols + kChunk - 1) / kChunk;
   const std::size_t rb = s.row_bytes();
+  const bool cols = s.layout == Layout::runs && s.run == 1 && s.channels == s.cols && s.cols > 1;
+  std::vector<float> zps;
+  if (cols) zps.assign(zero_point, zero_point + s.cols);
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
     balanced_for(s.rows * per_row, 1, [&](std::size_t b, std::size_t e) {
@@ -248,6 +291,11 @@ void dequantize(const std::uint8_t* data, const Spec& s, const float* scale, con
         if (s.bits < 8) {
           kernels::quant_unpack<I>(data + r * rb + j0 * s.bits / 8, j1 - j0, s.bits, s.symmetric, buf);
           src = buf;
+        }
+        if (cols) {
+          kernels::quant_dequant_cols<I>(src, s.symmetric, j1 - j0, scale + j0, zps.data() + j0,
+                                         out + r * s.cols + j0);
+          continue;
         }
         for_segments(s, r, j0, j1, [&](std::size_t p, std::size_t jb, std::size_t je) {
           kernels::quant_dequant<I>(src + (jb - j0), s.symmetric, je - jb, scale[p],

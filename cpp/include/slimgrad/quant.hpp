@@ -164,6 +164,15 @@ void quant_codes(const float* x, std::size_t n, float scale, float inv, bool use
 template <Isa I>
 void quant_dequant(const std::uint8_t* codes, bool is_signed, std::size_t n, float scale, float zp,
                    float* out);
+// Channels along the last axis: element i uses inv[i] and zp[i] (no
+// subnormal scales: the caller routes those through quant_codes), and
+// dequantizes with scale[i], zp[i].
+template <Isa I>
+void quant_codes_cols(const float* x, std::size_t n, const float* inv, const float* zp, float qmin, float qmax,
+                      int rounding, std::uint64_t seed, std::uint64_t index, std::uint8_t* codes);
+template <Isa I>
+void quant_dequant_cols(const std::uint8_t* codes, bool is_signed, std::size_t n, const float* scale,
+                        const float* zp, float* out);
 // n codes (low `bits` bits of each byte) into ceil(n * bits / 8) bytes.
 template <Isa I>
 void quant_pack(const std::uint8_t* codes, std::size_t n, int bits, std::uint8_t* out);
