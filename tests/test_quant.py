@@ -61,8 +61,9 @@ def ref_quantize(w, bits, symmetric, granularity, axis=0, group_size=128, roundi
     scale, zp = ref_params(lo, hi, bits, symmetric)
     s = quant._tensor._expand(scale, w.shape, granularity, axis, group_size)
     z = quant._tensor._expand(zp, w.shape, granularity, axis, group_size).astype(np.float32)
-    inv = np.float32(1) / s
-    r = np.where(s < FLT_MIN, w / s, w * inv).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # 1/s of subnormal scales: not used
+        inv = np.float32(1) / s
+        r = np.where(s < FLT_MIN, w / s, w * inv).astype(np.float32)
     t = (r + z).astype(np.float32)
     if rounding == "half_even":
         t = np.rint(t)
