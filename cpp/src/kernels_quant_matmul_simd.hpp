@@ -166,29 +166,41 @@ float gemv_row(const QMatmulArgs& a, std::size_t r) {
 // weights. vpermps reads the low 4 bits of each index, so the nibbles need
 // no masking after widening.
 template <bool Signed>
-float gemv_row_lut(const QMatmulArgs& a, std::size_t r) {
-  const std::size_t gs = a.group_size, full = a.in / gs;
-  const std::uint8_t* row = a.w + r * a.row_bytes;
-  const float* sc = a.scale + r * a.param_stride;
-  const std::int32_t* zp = a.zp + r * a.param_stride;
-  // nibble n as a code: two's complement when signed
+inline __m512 lut_table(const QMatmulArgs& a, std::size_t r, std::size_t g) {
+  // nibble n as a code: two's complement when signed (then the zero point is 0)
   const __m512 codes = Signed ? _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1)
                               : _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  const std::size_t p = r * a.param_stride + g;
+  if constexpr (Signed) return _mm512_mul_ps(_mm512_set1_ps(a.scale[p]), codes);
+  return _mm512_mul_ps(_mm512_set1_ps(a.scale[p]), _mm512_sub_ps(codes, _mm512_set1_ps(static_cast<float>(a.zp[p]))));
+}
+
+// Rows r0 (and r0 + 1 when two) of y; x chunks are loaded once for both.
+template <bool Signed, bool Two>
+void gemv_rows_lut(const QMatmulArgs& a, std::size_t r0, float* y) {
+  const std::size_t gs = a.group_size, full = a.in / gs;
+  const std::uint8_t* w0 = a.w + r0 * a.row_bytes;
+  const std::uint8_t* w1 = w0 + a.row_bytes;
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
   for (std::size_t g = 0; g < full; ++g) {
-    const __m512 table = _mm512_mul_ps(_mm512_set1_ps(sc[g]),
-                                       _mm512_sub_ps(codes, _mm512_set1_ps(static_cast<float>(zp[g]))));
-    const std::uint8_t* src = row + g * gs / 2;
+    const __m512 t0 = lut_table<Signed>(a, r0, g);
+    const __m512 t1 = Two ? lut_table<Signed>(a, r0 + 1, g) : t0;
+    const std::size_t off = g * gs / 2;
     const float* xg = a.xp + g * gs;
     for (std::size_t c = 0; c < gs; c += 32) {
-      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + c / 2));
-      const __m512 wlo = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(b), table);
-      const __m512 whi = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_srli_epi16(b, 4)), table);
-      acc0 = _mm512_fmadd_ps(wlo, _mm512_loadu_ps(xg + c), acc0);
-      acc1 = _mm512_fmadd_ps(whi, _mm512_loadu_ps(xg + c + 16), acc1);
+      const __m512 xe = _mm512_loadu_ps(xg + c), xo = _mm512_loadu_ps(xg + c + 16);
+      const __m128i b0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w0 + off + c / 2));
+      acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(b0), t0), xe, acc0);
+      acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_srli_epi16(b0, 4)), t0), xo, acc1);
+      if constexpr (Two) {
+        const __m128i b1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w1 + off + c / 2));
+        acc2 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(b1), t1), xe, acc2);
+        acc3 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_srli_epi16(b1, 4)), t1), xo, acc3);
+      }
     }
   }
-  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  y[0] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  if constexpr (Two) y[1] = _mm512_reduce_add_ps(_mm512_add_ps(acc2, acc3));
 }
 #endif
 
@@ -381,7 +393,10 @@ void qmatmul_rows(const QMatmulArgs& a, std::size_t r0, std::size_t r1, float* s
     };
 #if defined(__AVX512F__)
     if (pairs) {
-      for (std::size_t r = r0; r < r1; ++r) a.y[r] = a.is_signed ? gemv_row_lut<true>(a, r) : gemv_row_lut<false>(a, r);
+      std::size_t r = r0;
+      for (; r + 2 <= r1; r += 2)
+        a.is_signed ? gemv_rows_lut<true, true>(a, r, a.y + r) : gemv_rows_lut<false, true>(a, r, a.y + r);
+      if (r < r1) a.is_signed ? gemv_rows_lut<true, false>(a, r, a.y + r) : gemv_rows_lut<false, false>(a, r, a.y + r);
       return;
     }
 #endif
