@@ -5,12 +5,14 @@ and safetensors / GGUF I/O. See docs/quant.md for a tour.
 
 from __future__ import annotations
 
+from . import gguf
 from ._matmul import matmul, matmul_int8
 from ._tensor import QuantizedTensor, dequantize, fake_quantize, quantize
 from .io import load, save, save_gguf
 
 __all__ = [
     "QuantizedTensor",
+    "gguf",
     "dequantize",
     "fake_quantize",
     "load",
