@@ -39,7 +39,7 @@ def check(y, x, qt):
 
 
 @pytest.mark.parametrize("kw", FUSED + FALLBACK, ids=str)
-@pytest.mark.parametrize("shape", [(1, 1), (5, 33), (37, 1000)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1), (5, 33), (37, 1000), (19, 512)], ids=str)
 def test_matmul_matches_dequantized_product(isa, kw, shape, rng):
     w = rng.standard_normal(shape).astype(np.float32)
     qt = quant.quantize(w, **kw)
@@ -48,9 +48,10 @@ def test_matmul_matches_dequantized_product(isa, kw, shape, rng):
         check(quant.matmul(x, qt), x, qt)
 
 
-def test_matmul_identical_for_any_thread_count(rng):
-    w = rng.standard_normal((203, 777)).astype(np.float32)
-    x = rng.standard_normal((5, 777)).astype(np.float32)
+@pytest.mark.parametrize("shape", [(203, 777), (101, 1024)], ids=str)
+def test_matmul_identical_for_any_thread_count(shape, rng):
+    w = rng.standard_normal(shape).astype(np.float32)
+    x = rng.standard_normal((5, shape[1])).astype(np.float32)
     qts = [quant.quantize(w, **kw) for kw in FUSED[:8]]
     results = run_everywhere(lambda: [quant.matmul(xx, q) for q in qts for xx in (x[0], x)])
     for (name, _), ys in results.items():
