@@ -388,3 +388,15 @@ def test_channels_on_the_last_axis(isa, symmetric, rng):
     first = next(iter(runs.values()))
     for data in runs.values():
         np.testing.assert_array_equal(data, first)
+
+
+@pytest.mark.parametrize("granularity,group_size", [("group", 32), ("group", 100), ("channel", 0)])
+def test_long_rows_split_into_items(granularity, group_size, rng):
+    # rows longer than one work item (8192 columns): items start mid-row
+    w = rng.standard_normal((2, 20_001)).astype(np.float32)
+    for bits in (8, 3):
+        qt = quant.quantize(w, bits, granularity=granularity, group_size=group_size or 1)
+        q, scale, _, deq = ref_quantize(w, bits, True, granularity, 0, group_size or 1)
+        np.testing.assert_array_equal(qt.codes(), q)
+        np.testing.assert_array_equal(qt.scale, scale)
+        np.testing.assert_array_equal(qt.dequantize(), deq)
