@@ -1,0 +1,424 @@
+// Quantized products written once for avx2 and avx512, instantiated by
+// kernels_quant_matmul_avx2.cpp / _avx512.cpp.
+//  - GEMV (batch 1), the decoding case: weights streamed once. Codes are
+//    widened straight to float lanes and multiplied into x with explicit
+//    FMAs; per group y += scale * sum(x * v) - scale * z * sum(x), v the
+//    unsigned code (4-bit signed codes are read as u ^ 8 = c + 8, so z is the
+//    zero point + 8 there: one XOR per 32 codes instead of a sign extension).
+//    x comes pre-arranged per 32-chunk (even then odd elements for 4 bits, so
+//    low / high nibbles need no interleaving; zero-padded tails). AVX2 runs
+//    two rows at a time (x loaded once); AVX-512 with 4-bit full groups looks
+//    the 16 possible weights of a group up with vpermps (no conversions, no
+//    per-group term). Float sums differ from the oracle's order: tolerance,
+//    not bit identity; each output is computed by one thread in a fixed order.
+//  - batched: panels of 2W rows dequantized exactly as dequantize() does,
+//    transposed, then register-blocked outer products (2 x BB accumulators).
+//  - int8 x int8 -> int32: AVX2 widens both to int16 and uses vpmaddwd
+//    (exact for every int8 value, unlike vpmaddubsw's sign trick, which
+//    fails for -128 and can saturate); AVX512 with VNNI (cpuid at run time)
+//    uses vpdpbusd on (a + 128) as unsigned in 4 x 4 tiles and subtracts
+//    128 * sum(b), exact in int32.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "slimgrad/quant.hpp"
+#include "slimgrad/simd.hpp"
+
+namespace slimgrad::kernels {
+using namespace slimgrad::simd;
+
+namespace {
+
+template <Isa I>
+struct MOps;
+
+template <>
+struct MOps<Isa::avx2> {
+  using F = Vec<float, Isa::avx2>;
+  // 32 codes at p (16 bytes for 4 bits, 32 for 8) times x chunk xc.
+  template <int bits, bool is_signed>
+  static void chunk(const std::uint8_t* p, const float* xc, F& ga, F& gb) {
+    if constexpr (bits == 4) {
+      __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      if constexpr (is_signed) b = _mm_xor_si128(b, _mm_set1_epi8(static_cast<char>(0x88)));
+      const __m128i m = _mm_set1_epi8(0x0F);
+      const __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+      ga.v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), _mm256_loadu_ps(xc), ga.v);
+      gb.v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), _mm256_loadu_ps(xc + 8), gb.v);
+      ga.v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), _mm256_loadu_ps(xc + 16), ga.v);
+      gb.v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), _mm256_loadu_ps(xc + 24), gb.v);
+    } else {
+      for (int k = 0; k < 4; k += 2) {
+        const __m128i b0 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * k));
+        const __m128i b1 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * k + 8));
+        const __m256i c0 = is_signed ? _mm256_cvtepi8_epi32(b0) : _mm256_cvtepu8_epi32(b0);
+        const __m256i c1 = is_signed ? _mm256_cvtepi8_epi32(b1) : _mm256_cvtepu8_epi32(b1);
+        ga.v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c0), _mm256_loadu_ps(xc + 8 * k), ga.v);
+        gb.v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c1), _mm256_loadu_ps(xc + 8 * k + 8), gb.v);
+      }
+    }
+  }
+};
+
+#if defined(__AVX512F__)
+template <>
+struct MOps<Isa::avx512> {
+  using F = Vec<float, Isa::avx512>;
+  template <int bits, bool is_signed>
+  static void chunk(const std::uint8_t* p, const float* xc, F& ga, F& gb) {
+    if constexpr (bits == 4) {
+      __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      if constexpr (is_signed) b = _mm_xor_si128(b, _mm_set1_epi8(static_cast<char>(0x88)));
+      const __m128i m = _mm_set1_epi8(0x0F);
+      const __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+      ga.v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), _mm512_loadu_ps(xc), ga.v);
+      gb.v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), _mm512_loadu_ps(xc + 16), gb.v);
+    } else {
+      const __m128i b0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      const __m128i b1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16));
+      const __m512i c0 = is_signed ? _mm512_cvtepi8_epi32(b0) : _mm512_cvtepu8_epi32(b0);
+      const __m512i c1 = is_signed ? _mm512_cvtepi8_epi32(b1) : _mm512_cvtepu8_epi32(b1);
+      ga.v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c0), _mm512_loadu_ps(xc), ga.v);
+      gb.v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c1), _mm512_loadu_ps(xc + 16), gb.v);
+    }
+  }
+};
+#endif
+
+// Zero-point correction of row r: sum_g s_g * z_g * xsum_g, vectorized over
+// groups (z includes the +8 of signed 4-bit codes read as u ^ 8).
+template <Isa I, int Bits, bool Signed>
+float gemv_corr(const QMatmulArgs& a, std::size_t r) {
+  using V = Vec<float, I>;
+  constexpr std::size_t W = V::width;
+  constexpr float zoff = (Bits == 4 && Signed) ? 8.0f : 0.0f;
+  const float* sc = a.scale + r * a.param_stride;
+  const std::int32_t* zp = a.zp + r * a.param_stride;
+  float corr = 0.0f;
+  if (zoff != 0.0f || !Signed) {
+    V cv = V::zero();
+    const std::size_t G = a.n_groups;
+    std::size_t k = 0;
+    if (a.param_stride) {
+      for (; k + W <= G; k += W) {
+        float z[W];
+        for (std::size_t t = 0; t < W; ++t) z[t] = static_cast<float>(zp[k + t]) + zoff;
+        cv = fma(V::load(sc + k) * V::load(z), V::load(a.xsum + k), cv);
+      }
+    }
+    for (; k < G; ++k) {
+      const std::size_t p = a.param_stride ? k : 0;
+      corr += sc[p] * (static_cast<float>(zp[p]) + zoff) * a.xsum[k];
+    }
+    corr += reduce_sum(cv);
+  }
+  return corr;
+}
+
+template <Isa I, int Bits, bool Signed>
+float gemv_row(const QMatmulArgs& a, std::size_t r) {
+  using V = Vec<float, I>;
+  const std::uint8_t* row = a.w + r * a.row_bytes;
+  const std::size_t gs = a.group_size, per_group = (gs + 31) / 32 * 32;
+  const float* sc = a.scale + r * a.param_stride;
+  // Two accumulators over alternate groups: the per-group scale FMA is a
+  // loop-carried chain, which would otherwise bound small groups.
+  V acc[2] = {V::zero(), V::zero()};
+  std::size_t g = 0;
+  if (gs % 32 == 0) {  // full groups: whole 32-chunks, no tail handling
+    const std::size_t full = a.in / gs;
+    for (; g < full; ++g) {
+      const std::uint8_t* src = row + g * gs * Bits / 8;
+      const float* xg = a.xp + g * gs;
+      V ga = V::zero(), gb = V::zero();
+      for (std::size_t c = 0; c < gs; c += 32) MOps<I>::template chunk<Bits, Signed>(src + c * Bits / 8, xg + c, ga, gb);
+      acc[g & 1] = fma(V::set1(sc[a.param_stride ? g : 0]), ga + gb, acc[g & 1]);
+    }
+  }
+  for (; g < a.n_groups; ++g) {
+    const std::size_t j0 = g * gs, len = (a.in - j0 < gs) ? a.in - j0 : gs;
+    const float* xg = a.xp + g * per_group;
+    V ga = V::zero(), gb = V::zero();
+    for (std::size_t c = 0; c < len; c += 32) {
+      const std::size_t jc = j0 + c, avail = len - c < 32 ? len - c : 32;
+      const std::uint8_t* src = row + jc * Bits / 8;
+      std::uint8_t tmp[32];
+      if (avail < 32) {
+        std::memset(tmp, 0, sizeof tmp);
+        std::memcpy(tmp, src, Bits == 4 ? (avail + 1) / 2 : avail);
+        src = tmp;
+      }
+      MOps<I>::template chunk<Bits, Signed>(src, xg + c, ga, gb);
+    }
+    acc[g & 1] = fma(V::set1(sc[a.param_stride ? g : 0]), ga + gb, acc[g & 1]);
+  }
+  return reduce_sum(acc[0] + acc[1]) - gemv_corr<I, Bits, Signed>(a, r);
+}
+
+#if defined(__AVX512F__)
+// AVX-512, 4 bits, every group full (32 | group size): the 16 possible
+// weights of a group, scale * (code - zero point), form a table, and
+// vpermps looks codes up in it: no int -> float conversion, no per-group
+// scale or zero-point term, and the products use exactly dequantize()'s
+// weights. vpermps reads the low 4 bits of each index, so the nibbles need
+// no masking after widening.
+template <bool Signed>
+inline __m512 lut_table(const QMatmulArgs& a, std::size_t r, std::size_t g) {
+  // nibble n as a code: two's complement when signed (then the zero point is 0)
+  const __m512 codes = Signed ? _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1)
+                              : _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const std::size_t p = r * a.param_stride + g;
+  if constexpr (Signed) return _mm512_mul_ps(_mm512_set1_ps(a.scale[p]), codes);
+  return _mm512_mul_ps(_mm512_set1_ps(a.scale[p]), _mm512_sub_ps(codes, _mm512_set1_ps(static_cast<float>(a.zp[p]))));
+}
+
+// Rows r0 (and r0 + 1 when two) of y; x chunks are loaded once for both.
+template <bool Signed, bool Two>
+void gemv_rows_lut(const QMatmulArgs& a, std::size_t r0, float* y) {
+  const std::size_t gs = a.group_size, full = a.in / gs;
+  const std::uint8_t* w0 = a.w + r0 * a.row_bytes;
+  const std::uint8_t* w1 = w0 + a.row_bytes;
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+  for (std::size_t g = 0; g < full; ++g) {
+    const __m512 t0 = lut_table<Signed>(a, r0, g);
+    const __m512 t1 = Two ? lut_table<Signed>(a, r0 + 1, g) : t0;
+    const std::size_t off = g * gs / 2;
+    const float* xg = a.xp + g * gs;
+    for (std::size_t c = 0; c < gs; c += 32) {
+      const __m512 xe = _mm512_loadu_ps(xg + c), xo = _mm512_loadu_ps(xg + c + 16);
+      const __m128i b0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w0 + off + c / 2));
+      acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(b0), t0), xe, acc0);
+      acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_srli_epi16(b0, 4)), t0), xo, acc1);
+      if constexpr (Two) {
+        const __m128i b1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w1 + off + c / 2));
+        acc2 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(b1), t1), xe, acc2);
+        acc3 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_srli_epi16(b1, 4)), t1), xo, acc3);
+      }
+    }
+  }
+  y[0] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  if constexpr (Two) y[1] = _mm512_reduce_add_ps(_mm512_add_ps(acc2, acc3));
+}
+#endif
+
+// Two rows at once on the fast path (every group full, 32 | group size): x
+// chunks are loaded once for both rows and the two rows' chains interleave.
+template <Isa I, int Bits, bool Signed>
+void gemv_two_rows(const QMatmulArgs& a, std::size_t r, float* y0, float* y1) {
+  using V = Vec<float, I>;
+  const std::size_t gs = a.group_size, full = a.in / gs;
+  const std::uint8_t* w0 = a.w + r * a.row_bytes;
+  const std::uint8_t* w1 = w0 + a.row_bytes;
+  const float* s0 = a.scale + r * a.param_stride;
+  const float* s1 = s0 + a.param_stride;
+  V acc0 = V::zero(), acc1 = V::zero();
+  for (std::size_t g = 0; g < full; ++g) {
+    const std::size_t off = g * gs * Bits / 8;
+    const float* xg = a.xp + g * gs;
+    V a0 = V::zero(), b0 = V::zero(), a1 = V::zero(), b1 = V::zero();
+    for (std::size_t c = 0; c < gs; c += 32) {
+      MOps<I>::template chunk<Bits, Signed>(w0 + off + c * Bits / 8, xg + c, a0, b0);
+      MOps<I>::template chunk<Bits, Signed>(w1 + off + c * Bits / 8, xg + c, a1, b1);
+    }
+    acc0 = fma(V::set1(s0[g]), a0 + b0, acc0);
+    acc1 = fma(V::set1(s1[g]), a1 + b1, acc1);
+  }
+  *y0 = reduce_sum(acc0) - gemv_corr<I, Bits, Signed>(a, r);
+  *y1 = reduce_sum(acc1) - gemv_corr<I, Bits, Signed>(a, r + 1);
+}
+
+// Row r of W as floats, exactly dequantize()'s values.
+template <Isa I>
+void dequant_row(const QMatmulArgs& a, std::size_t r, float* out) {
+  const std::uint8_t* row = a.w + r * a.row_bytes;
+  std::uint8_t codes[4096];
+  for (std::size_t g = 0; g < a.n_groups; ++g) {
+    const std::size_t j0 = g * a.group_size;
+    const std::size_t j1 = (a.in - j0 < a.group_size) ? a.in : j0 + a.group_size;
+    const std::size_t p = r * a.param_stride + g;
+    for (std::size_t j = j0; j < j1; j += 4096) {  // j stays even: pieces start on a byte
+      const std::size_t n = j1 - j < 4096 ? j1 - j : 4096;
+      const std::uint8_t* src = row + j;
+      if (a.bits == 4) {
+        quant_unpack<I>(row + j / 2, n, 4, a.is_signed, codes);
+        src = codes;
+      }
+      quant_dequant<I>(src, a.is_signed, n, a.scale[p], static_cast<float>(a.zp[p]), out + j);
+    }
+  }
+}
+
+// Batched: a panel of 2W rows is dequantized (exactly dequantize()'s
+// values), transposed so that column j of the panel is 2W consecutive floats,
+// then multiplied as outer products: for each j, 2 panel vectors times a
+// broadcast x[b, j] for BB rows of x at once (2 * BB accumulators, FMA-bound).
+template <Isa I>
+void batched_rows(const QMatmulArgs& a, std::size_t r0, std::size_t r1, float* scratch) {
+  using V = Vec<float, I>;
+  constexpr std::size_t W = V::width, PR = 2 * W;
+  constexpr std::size_t BB = I == Isa::avx512 ? 6 : 4;
+  const std::size_t in = a.in;
+  float* rows = scratch;
+  float* panel = scratch + PR * in;
+  for (std::size_t r = r0; r < r1; r += PR) {
+    const std::size_t nr = r1 - r < PR ? r1 - r : PR;
+    for (std::size_t k = 0; k < nr; ++k) dequant_row<I>(a, r + k, rows + k * in);
+    for (std::size_t k = nr; k < PR; ++k) std::memset(rows + k * in, 0, in * sizeof(float));
+    for (std::size_t j0 = 0; j0 < in; j0 += 64)  // transpose in column strips (cache friendly)
+      for (std::size_t i = 0; i < PR; ++i)
+        for (std::size_t j = j0; j < j0 + 64 && j < in; ++j) panel[j * PR + i] = rows[i * in + j];
+    for (std::size_t b = 0; b < a.batch; b += BB) {
+      const std::size_t nb = a.batch - b < BB ? a.batch - b : BB;
+      const float* xr[BB];
+      for (std::size_t t = 0; t < BB; ++t) xr[t] = a.x + (b + (t < nb ? t : nb - 1)) * in;
+      V acc[BB][2];
+      for (std::size_t t = 0; t < BB; ++t) acc[t][0] = acc[t][1] = V::zero();
+      for (std::size_t j = 0; j < in; ++j) {
+        const V p0 = V::load(panel + j * PR), p1 = V::load(panel + j * PR + W);
+        for (std::size_t t = 0; t < BB; ++t) {
+          const V xv = V::set1(xr[t][j]);
+          acc[t][0] = fma(xv, p0, acc[t][0]);
+          acc[t][1] = fma(xv, p1, acc[t][1]);
+        }
+      }
+      for (std::size_t t = 0; t < nb; ++t) {
+        float tmp[PR];
+        acc[t][0].store(tmp);
+        acc[t][1].store(tmp + W);
+        std::memcpy(a.y + (b + t) * a.out + r, tmp, nr * sizeof(float));
+      }
+    }
+  }
+}
+
+inline std::int32_t hsum256(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+void s8_madd(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::size_t K, std::size_t n0,
+             std::size_t n1, std::int32_t* c, std::size_t N, std::int16_t* bw) {
+  for (std::size_t n = n0; n < n1; n += 4) {
+    const std::size_t nn = n1 - n < 4 ? n1 - n : 4;
+    for (std::size_t i = 0; i < 4; ++i)
+      for (std::size_t k = 0; k < K; ++k) bw[i * K + k] = i < nn ? b[(n + i) * K + k] : 0;
+    for (std::size_t m = 0; m < M; ++m) {
+      const std::int8_t* am = a + m * K;
+      __m256i s[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+      std::size_t k = 0;
+      for (; k + 16 <= K; k += 16) {
+        const __m256i av = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(am + k)));
+        for (int i = 0; i < 4; ++i)
+          s[i] = _mm256_add_epi32(
+              s[i], _mm256_madd_epi16(av, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bw + i * K + k))));
+      }
+      for (std::size_t i = 0; i < nn; ++i) {
+        std::int32_t t = hsum256(s[i]);
+        for (std::size_t kk = k; kk < K; ++kk) t += static_cast<std::int32_t>(am[kk]) * bw[i * K + kk];
+        c[m * N + n + i] = t;
+      }
+    }
+  }
+}
+
+#if defined(__AVX512F__)
+__attribute__((target("avx512vnni"))) void s8_vnni(const std::int8_t* a, std::size_t M, const std::int8_t* b,
+                                                   std::size_t K, std::size_t n0, std::size_t n1, std::int32_t* c,
+                                                   std::size_t N) {
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80)), ones = _mm512_set1_epi8(1);
+  for (std::size_t n = n0; n < n1; n += 4) {
+    const std::size_t nn = n1 - n < 4 ? n1 - n : 4;
+    const std::int8_t* br[4];
+    for (std::size_t i = 0; i < 4; ++i) br[i] = b + (n + (i < nn ? i : 0)) * K;
+    std::int32_t bsum[4];
+    for (int i = 0; i < 4; ++i) {
+      __m512i s = _mm512_setzero_si512();
+      for (std::size_t k = 0; k < K; k += 64) {
+        const __mmask64 mk = K - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (K - k)) - 1;
+        s = _mm512_dpbusd_epi32(s, ones, _mm512_maskz_loadu_epi8(mk, br[i] + k));
+      }
+      bsum[i] = _mm512_reduce_add_epi32(s);
+    }
+    // 4 rows of a x 4 rows of b per tile: 16 accumulators, 8 loads per 16 vpdpbusd
+    for (std::size_t m = 0; m < M; m += 4) {
+      const std::size_t nm = M - m < 4 ? M - m : 4;
+      const std::int8_t* ar[4];
+      for (std::size_t i = 0; i < 4; ++i) ar[i] = a + (m + (i < nm ? i : 0)) * K;
+      __m512i acc[4][4];
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_si512();
+      std::size_t k = 0;
+      for (; k + 64 <= K; k += 64) {
+        __m512i bv[4];
+        for (int j = 0; j < 4; ++j) bv[j] = _mm512_loadu_si512(br[j] + k);
+        for (int i = 0; i < 4; ++i) {
+          const __m512i av = _mm512_xor_si512(_mm512_loadu_si512(ar[i] + k), flip);  // a + 128, unsigned
+          for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, bv[j]);
+        }
+      }
+      if (k < K) {  // padded bytes: a becomes 128 but meets b's zeros
+        const __mmask64 mk = (__mmask64{1} << (K - k)) - 1;
+        __m512i bv[4];
+        for (int j = 0; j < 4; ++j) bv[j] = _mm512_maskz_loadu_epi8(mk, br[j] + k);
+        for (int i = 0; i < 4; ++i) {
+          const __m512i av = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mk, ar[i] + k), flip);
+          for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, bv[j]);
+        }
+      }
+      for (std::size_t i = 0; i < nm; ++i)
+        for (std::size_t j = 0; j < nn; ++j)
+          c[(m + i) * N + n + j] = _mm512_reduce_add_epi32(acc[i][j]) - 128 * bsum[j];
+    }
+  }
+}
+#endif
+
+}  // namespace
+
+template <Isa I>
+void qmatmul_rows(const QMatmulArgs& a, std::size_t r0, std::size_t r1, float* scratch) {
+  if (a.batch == 1) {
+    // pairs pay off for 4-bit codes (conversion-bound); 8-bit rows are load-bound
+    const bool pairs = a.bits == 4 && a.param_stride != 0 && a.group_size % 32 == 0 && a.in % a.group_size == 0;
+    auto run = [&](auto one, auto two) {
+      std::size_t r = r0;
+      if (pairs)
+        for (; r + 2 <= r1; r += 2) two(a, r, a.y + r, a.y + r + 1);
+      for (; r < r1; ++r) a.y[r] = one(a, r);
+    };
+#if defined(__AVX512F__)
+    if (pairs) {
+      std::size_t r = r0;
+      for (; r + 2 <= r1; r += 2)
+        a.is_signed ? gemv_rows_lut<true, true>(a, r, a.y + r) : gemv_rows_lut<false, true>(a, r, a.y + r);
+      if (r < r1) a.is_signed ? gemv_rows_lut<true, false>(a, r, a.y + r) : gemv_rows_lut<false, false>(a, r, a.y + r);
+      return;
+    }
+#endif
+    if (a.bits == 4)
+      a.is_signed ? run(gemv_row<I, 4, true>, gemv_two_rows<I, 4, true>)
+                  : run(gemv_row<I, 4, false>, gemv_two_rows<I, 4, false>);
+    else
+      a.is_signed ? run(gemv_row<I, 8, true>, gemv_two_rows<I, 8, true>)
+                  : run(gemv_row<I, 8, false>, gemv_two_rows<I, 8, false>);
+  } else {
+    batched_rows<I>(a, r0, r1, scratch);
+  }
+}
+
+template <Isa I>
+void matmul_s8_cols(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::size_t K, std::size_t n0,
+                    std::size_t n1, const std::int32_t* bsum, std::int32_t* c, std::size_t N, std::int16_t* scratch) {
+  (void)bsum;
+#if defined(__AVX512F__)
+  if (quant::has_avx512_vnni()) return s8_vnni(a, M, b, K, n0, n1, c, N);
+#endif
+  s8_madd(a, M, b, K, n0, n1, c, N, scratch);
+}
+
+}  // namespace slimgrad::kernels
