@@ -1,0 +1,59 @@
+"""Learning-rate and hyperparameter schedules with torch's names and exact values.
+
+Every scheduler works on any optimizer with ``param_groups`` (``slimgrad.optim``,
+``torch.optim`` or a stand-in), follows torch's constructor signatures, and computes
+its values in closed form from the step count, so long runs never drift. The extra
+keyword ``hyperparam`` schedules another group key the same way: ``"momentum"``,
+``"weight_decay"`` or ``"beta1"`` (the first of Adam's ``betas``).
+
+Usage::
+
+    opt = slimgrad.optim.AdamW(params, lr=3e-4)
+    sched = slimgrad.schedule.WarmupCosine(opt, warmup_steps=100, total_steps=2000)
+    for batch in data:
+        opt.step(grads)
+        sched.step()
+"""
+
+from ._base import LRScheduler
+from .compose import ChainedScheduler, SequentialLR
+from .cyclic import CyclicLR, OneCycleLR
+from .lr import (
+    ConstantLR,
+    CosineAnnealingLR,
+    CosineAnnealingWarmRestarts,
+    ExponentialLR,
+    LambdaLR,
+    LinearLR,
+    MultiplicativeLR,
+    MultiStepLR,
+    PolynomialLR,
+    StepLR,
+    WarmupCosine,
+    WarmupStableDecay,
+)
+from .plateau import ReduceLROnPlateau
+from .plot import plot, simulate
+
+__all__ = [
+    "LRScheduler",
+    "LambdaLR",
+    "MultiplicativeLR",
+    "StepLR",
+    "MultiStepLR",
+    "ConstantLR",
+    "LinearLR",
+    "ExponentialLR",
+    "PolynomialLR",
+    "CosineAnnealingLR",
+    "CosineAnnealingWarmRestarts",
+    "CyclicLR",
+    "OneCycleLR",
+    "SequentialLR",
+    "ChainedScheduler",
+    "ReduceLROnPlateau",
+    "WarmupCosine",
+    "WarmupStableDecay",
+    "plot",
+    "simulate",
+]
