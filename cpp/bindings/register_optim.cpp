@@ -1,8 +1,200 @@
-// Bindings of the optim kernels (slimgrad._core.optim).
+// Bindings of the optimizer steps (slimgrad._core.optim).
+//
+// step(args, params, grads, masters, states, names, check) validates every
+// array of the list first (the buffer contract: dtype, C-contiguity, shape,
+// writability, with the caller's names in the messages), then releases the
+// GIL and runs one multi-tensor step. Nothing is written unless every check
+// passed, and, with check=True, unless every gradient is finite.
+#include <stdexcept>
+#include <string>
+#include <vector>
+
 #include "buffers.hpp"
+#include "slimgrad/optim.hpp"
 
 namespace slimgrad::bind {
+namespace {
 
-void register_optim(py::module_& m) { (void)m; }
+Storage storage_of(DType d) {
+  switch (d) {
+    case DType::f32: return Storage::f32;
+    case DType::f64: return Storage::f64;
+    case DType::f16: return Storage::f16;
+    default: return Storage::bf16;
+  }
+}
+
+const char* algo_name(Algo a) {
+  static const char* names[] = {"sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamax", "nadam", "radam"};
+  return names[static_cast<int>(a)];
+}
+
+Algo parse_algo(const std::string& s) {
+  for (int i = 0; i <= static_cast<int>(Algo::radam); ++i)
+    if (s == algo_name(static_cast<Algo>(i))) return static_cast<Algo>(i);
+  throw py::value_error("algo: unknown optimizer '" + s + "'");
+}
+
+std::string str_at(const py::list& names, std::size_t i) { return py::cast<std::string>(names[i]); }
+
+// The checked arrays of one step, as Slots.
+struct Checked {
+  std::vector<Array> keep;  // holds references while the GIL is released
+  std::vector<Slot> slots;
+  Storage storage = Storage::f32;
+};
+
+// names = (param_names, grad_names, master_names or None, [state_names per state])
+Checked check_lists(const StepArgs& args, const py::list& params, const py::list& grads,
+                    const py::object& masters, const py::list& states, const py::tuple& names) {
+  const std::size_t n = params.size();
+  if (names.size() != 4) throw py::value_error("names: expected (params, grads, masters, states) labels");
+  const py::list pn = names[0], gn = names[1];
+  const py::list sn = names[3];
+  if (grads.size() != n)
+    throw py::value_error("grads: expected " + std::to_string(n) + " arrays, got " + std::to_string(grads.size()));
+  int used[3];
+  const int ns = state_slots(args, used);
+  if (static_cast<int>(states.size()) != ns)
+    throw py::value_error("states: expected " + std::to_string(ns) + " state lists for these options, got " +
+                          std::to_string(states.size()));
+  Checked c;
+  c.keep.reserve(n * (3 + ns));
+  c.slots.resize(n);
+  std::uint64_t offset = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    // One list holds one dtype (the Python layer buckets params by dtype).
+    const Array p = i == 0 ? check_array(params[i], str_at(pn, i), {DType::f32, DType::f64, DType::f16, DType::bf16},
+                                         Access::write)
+                           : check_array(params[i], str_at(pn, i), {c.keep.front().dtype}, Access::write);
+    if (i == 0) c.storage = storage_of(p.dtype);
+    const Array g = check_like(grads[i], str_at(gn, i), p, Access::read);
+    const auto shape = p.shape();
+    const bool half = c.storage == Storage::f16 || c.storage == Storage::bf16;
+    const DType sd = half ? DType::f32 : p.dtype;
+    Slot& s = c.slots[i];
+    s.p = p.mut<void>();
+    s.g = g.ptr<void>();
+    s.n = p.size();
+    s.offset = offset;
+    offset += s.n;
+    c.keep.push_back(p);
+    c.keep.push_back(g);
+    if (half) {
+      if (masters.is_none()) throw py::value_error("masters: float16/bfloat16 params need float32 master copies");
+      const py::list ml = masters, mn = names[2];
+      if (ml.size() != n) throw py::value_error("masters: expected " + std::to_string(n) + " arrays");
+      const Array m = check_array(ml[i], str_at(mn, i), {DType::f32}, Access::write, &shape);
+      s.master = m.mut<float>();
+      c.keep.push_back(m);
+    }
+    for (int k = 0; k < ns; ++k) {
+      const py::list sl = states[k];
+      const py::list sln = sn[k];
+      if (sl.size() != n) throw py::value_error("states: expected " + std::to_string(n) + " arrays per state");
+      const Array a = check_array(sl[i], str_at(sln, i), {sd}, Access::write, &shape);
+      s.s[used[k]] = a.mut<void>();
+      c.keep.push_back(a);
+    }
+  }
+  return c;
+}
+
+}  // namespace
+
+void register_optim(py::module_& m) {
+  py::class_<StepArgs>(m, "StepArgs", "Options and step count of one multi-tensor step (see optim.hpp).")
+      .def(py::init<>())
+      .def_property(
+          "algo", [](const StepArgs& a) { return std::string(algo_name(a.algo)); },
+          [](StepArgs& a, const std::string& s) { a.algo = parse_algo(s); })
+      .def_readwrite("stochastic", &StepArgs::stochastic)
+      .def_readwrite("seed", &StepArgs::seed)
+      .def_readwrite("step", &StepArgs::step)
+      .def_readwrite("lr", &StepArgs::lr)
+      .def_readwrite("weight_decay", &StepArgs::weight_decay)
+      .def_readwrite("eps", &StepArgs::eps)
+      .def_readwrite("beta1", &StepArgs::beta1)
+      .def_readwrite("beta2", &StepArgs::beta2)
+      .def_readwrite("alpha", &StepArgs::alpha)
+      .def_readwrite("rho", &StepArgs::rho)
+      .def_readwrite("momentum", &StepArgs::momentum)
+      .def_readwrite("dampening", &StepArgs::dampening)
+      .def_readwrite("lr_decay", &StepArgs::lr_decay)
+      .def_readwrite("momentum_decay", &StepArgs::momentum_decay)
+      .def_readwrite("mu_product", &StepArgs::mu_product)
+      .def_readwrite("maximize", &StepArgs::maximize)
+      .def_readwrite("nesterov", &StepArgs::nesterov)
+      .def_readwrite("amsgrad", &StepArgs::amsgrad)
+      .def_readwrite("centered", &StepArgs::centered)
+      .def_readwrite("decoupled", &StepArgs::decoupled)
+      .def_readonly("c3", &StepArgs::c3);
+
+  m.def("state_count", [](const StepArgs& a) { int used[3]; return state_slots(a, used); }, py::arg("args"));
+
+  m.def(
+      "step",
+      [](StepArgs& args, const py::list& params, const py::list& grads, const py::object& masters,
+         const py::list& states, const py::tuple& names, bool check) -> py::object {
+        Checked c = check_lists(args, params, grads, masters, states, names);
+        args.storage = c.storage;
+        step_constants(args);
+        std::size_t bad_slot = 0, bad_index = 0;
+        bool ok;
+        {
+          py::gil_scoped_release release;  // every array is referenced by c.keep
+          ok = optim_step(args, c.slots.data(), c.slots.size(), check, &bad_slot, &bad_index);
+        }
+        if (ok) return py::none();
+        return py::make_tuple(bad_slot, bad_index);
+      },
+      py::arg("args"), py::arg("params"), py::arg("grads"), py::arg("masters"), py::arg("states"),
+      py::arg("names"), py::arg("check"),
+      "One fused multi-tensor step; None, or (array, index) of the first non-finite gradient "
+      "(then nothing was written).");
+
+  m.def(
+      "check_step",
+      [](const StepArgs& args, const py::list& params, const py::list& grads, const py::object& masters,
+         const py::list& states, const py::tuple& names) { check_lists(args, params, grads, masters, states, names); },
+      py::arg("args"), py::arg("params"), py::arg("grads"), py::arg("masters"), py::arg("states"), py::arg("names"),
+      "The buffer checks of step() alone.");
+
+  m.def(
+      "find_nonfinite_multi",
+      [](const py::list& arrays) -> py::object {
+        // Runs of equal dtype are scanned in one call each, in list order.
+        std::vector<Array> keep;
+        keep.reserve(arrays.size());
+        for (std::size_t i = 0; i < arrays.size(); ++i)
+          keep.push_back(check_array(arrays[i], "arrays[" + std::to_string(i) + "]",
+                                     {DType::f32, DType::f64, DType::f16, DType::bf16}, Access::read));
+        std::size_t bad_array = 0, bad_index = 0;
+        bool found = false;
+        {
+          py::gil_scoped_release release;
+          std::size_t b = 0;
+          while (b < keep.size() && !found) {
+            std::size_t e = b;
+            std::vector<const void*> ptrs;
+            std::vector<std::size_t> sizes;
+            while (e < keep.size() && keep[e].dtype == keep[b].dtype) {
+              ptrs.push_back(keep[e].ptr<void>());
+              sizes.push_back(keep[e].size());
+              ++e;
+            }
+            if (find_nonfinite_multi(storage_of(keep[b].dtype), ptrs.data(), sizes.data(), ptrs.size(),
+                                     &bad_array, &bad_index)) {
+              bad_array += b;
+              found = true;
+            }
+            b = e;
+          }
+        }
+        if (!found) return py::none();
+        return py::make_tuple(bad_array, bad_index);
+      },
+      py::arg("arrays"), "(array, flat index) of the first NaN/inf in a list of arrays, or None.");
+}
 
 }  // namespace slimgrad::bind

@@ -1,0 +1,208 @@
+// Optimizer steps (SGD, Adagrad, RMSprop, Adadelta, Adam/AdamW, Adamax,
+// NAdam, RAdam) with torch.optim's update rules, one fused pass per array.
+//
+// Layers, as in core.hpp:
+//  - kernels::optim_step<Isa>: one sub-range [b, e) of one array, single
+//    threaded; the scalar specialization (kernels_optim_scalar.cpp) is the
+//    oracle, the SIMD one (kernels_optim_simd.hpp) uses the same operations
+//    in the same order and no FMA contraction, so every ISA gives the same
+//    bits (tested).
+//  - slimgrad::optim_step: a multi-tensor step over a list of arrays
+//    (merging arrays that lie back to back in memory), an optional
+//    non-finite scan of all gradients first, work items of kOptimGrain
+//    elements on the thread pool. Elementwise, so results do not depend on
+//    the thread count.
+//
+// Storage: float32 / float64 params do their math in their own type, and
+// the state arrays have that type. float16 / bfloat16 params (and grads) do
+// their math in float32 on a float32 master copy; the same pass writes the
+// master and the rounded param (nearest even, or stochastic: see sr_bits).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <cmath>
+
+#include "slimgrad/isa.hpp"
+#include "slimgrad/simd.hpp"
+
+namespace slimgrad {
+
+enum class Algo : int { sgd, adagrad, rmsprop, adadelta, adam, adamax, nadam, radam };
+enum class Storage : int { f32, f64, f16, bf16 };
+
+// Everything one step needs besides the arrays. The Python layer sets the
+// options; step_constants() derives the per-step scalars (bias corrections
+// ...) in double, so every ISA sees the same constants. Kernels convert them
+// to the math type once per call.
+struct StepArgs {
+  Algo algo = Algo::sgd;
+  Storage storage = Storage::f32;
+  bool stochastic = false;  // rounding of float16/bfloat16 params
+  std::uint64_t seed = 0;
+  std::uint64_t step = 1;  // count including this step (1 on the first)
+  // Options (torch's names).
+  double lr = 1e-3, weight_decay = 0, eps = 1e-8;
+  double beta1 = 0.9, beta2 = 0.999;  // Adam family
+  double alpha = 0.99, rho = 0.9;      // RMSprop, Adadelta
+  double momentum = 0, dampening = 0;  // SGD, RMSprop
+  double lr_decay = 0;                 // Adagrad
+  double momentum_decay = 4e-3;        // NAdam
+  double mu_product = 1;               // NAdam: product of mu over the previous steps
+  bool maximize = false, nesterov = false, amsgrad = false, centered = false, decoupled = false;
+  // Per-step constants (filled by step_constants).
+  // sgd: flag = first step | adagrad: c0 = lr / (1 + (step - 1) lr_decay)
+  // adam: c0 = lr / bc1, c1 = sqrt(bc2) | adamax: c0 = lr / bc1
+  // nadam: c0 = bc2, c1 = -lr (1 - mu) / (1 - mu_product'), c2 = -lr mu' / (1 - mu_product''),
+  //        c3 = mu_product' (the new product, to store back)
+  // radam: c0 = bc1, c1 = sqrt(bc2), c2 = rect, flag = rho_t > 5
+  // wd_scale = 1 - lr * weight_decay (decoupled weight decay)
+  double c0 = 0, c1 = 0, c2 = 0, c3 = 0, wd_scale = 1;
+  bool flag = false;
+};
+
+// Fills the per-step constants of `a` from its options and step.
+void step_constants(StepArgs& a);
+
+// One array: raw pointers into the caller's buffers. For float16/bfloat16,
+// p and g point to uint16 bit patterns and master to the float32 copy;
+// otherwise master is null. s[] are the state arrays the algorithm uses, in
+// the slots documented at state_slots(). `offset` is the array's first
+// element within its list (keys stochastic rounding, so that merging arrays
+// does not change results).
+struct Slot {
+  void* p = nullptr;
+  const void* g = nullptr;
+  float* master = nullptr;
+  void* s[3] = {nullptr, nullptr, nullptr};
+  std::size_t n = 0;
+  std::uint64_t offset = 0;
+};
+
+// State arrays per algorithm, as Slot::s indices:
+//  sgd: 0 momentum_buffer (if momentum != 0) | adagrad: 0 sum
+//  rmsprop: 0 square_avg, 1 momentum_buffer (if momentum > 0), 2 grad_avg (if centered)
+//  adadelta: 0 square_avg, 1 acc_delta | adam: 0 exp_avg, 1 exp_avg_sq, 2 max_exp_avg_sq (if amsgrad)
+//  adamax: 0 exp_avg, 1 exp_inf | nadam, radam: 0 exp_avg, 1 exp_avg_sq
+// Writes the indices in use to out[] and returns how many.
+int state_slots(const StepArgs& a, int out[3]);
+
+// The scalars of one step in the math type T (float for float16/bfloat16
+// storage), converted once per kernel call, the same way for every ISA.
+//  decay / one_minus_decay: beta2 (Adam family), alpha (RMSprop), rho (Adadelta);
+//  w, w_rest: lerp weight 1 - beta1 (1 - alpha for RMSprop's grad_avg) and
+//  1 - w computed in T, as torch's lerp does.
+template <class T>
+struct StepConsts {
+  T lr, neg_lr, wd, eps, momentum, one_minus_dampening, beta1;
+  T decay, one_minus_decay, w, w_rest;
+  T c0, c1, c2, c3, wd_scale;
+  bool maximize, nesterov, amsgrad, centered, decoupled, flag, has_wd, has_momentum;
+
+  explicit StepConsts(const StepArgs& a) {
+    const auto t = [](double x) { return static_cast<T>(x); };
+    lr = t(a.lr);
+    neg_lr = t(-a.lr);
+    wd = t(a.weight_decay);
+    eps = t(a.eps);
+    momentum = t(a.momentum);
+    one_minus_dampening = t(1.0 - a.dampening);
+    beta1 = t(a.beta1);
+    const double d = a.algo == Algo::rmsprop ? a.alpha : a.algo == Algo::adadelta ? a.rho : a.beta2;
+    decay = t(d);
+    one_minus_decay = t(1.0 - d);
+    w = t(a.algo == Algo::rmsprop ? 1.0 - a.alpha : 1.0 - a.beta1);
+    w_rest = T(1) - w;
+    c0 = t(a.c0);
+    c1 = t(a.c1);
+    c2 = t(a.c2);
+    c3 = t(a.c3);
+    wd_scale = t(a.wd_scale);
+    maximize = a.maximize;
+    nesterov = a.nesterov;
+    amsgrad = a.amsgrad;
+    centered = a.centered;
+    decoupled = a.decoupled;
+    flag = a.flag;
+    has_wd = a.weight_decay != 0;
+    has_momentum = a.momentum != 0;
+  }
+};
+
+inline constexpr std::size_t kOptimGrain = 1 << 15;
+
+namespace kernels {
+template <Isa I>
+void optim_step(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e);
+}  // namespace kernels
+
+// Steps every slot. With check, first scans all gradients; if one holds a
+// NaN or inf, sets *bad_slot / *bad_index (first in list order) and returns
+// false without writing anything.
+bool optim_step(const StepArgs& a, const Slot* slots, std::size_t count, bool check,
+                std::size_t* bad_slot, std::size_t* bad_index);
+
+// First non-finite element over a list of arrays of one storage type.
+bool find_nonfinite_multi(Storage st, const void* const* arrays, const std::size_t* sizes,
+                          std::size_t count, std::size_t* bad_array, std::size_t* bad_index);
+
+// ------------------------------------------------- stochastic rounding
+// A counter-based hash of (seed, step, element index): the same bits for any
+// thread count, chunking or ISA. sr_key is computed once per call.
+inline std::uint64_t mix64(std::uint64_t x) {  // splitmix64 finalizer
+  x ^= x >> 30;
+  x *= 0xBF58476D1CE4E5B9ull;
+  x ^= x >> 27;
+  x *= 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+inline std::uint64_t sr_key(std::uint64_t seed, std::uint64_t step) {
+  return mix64(mix64(seed + 0x9E3779B97F4A7C15ull) ^ (step * 0xD1B54A32D192ED03ull));
+}
+inline std::uint32_t sr_bits(std::uint64_t key, std::uint64_t index) {
+  return static_cast<std::uint32_t>(mix64(key + index * 0x9E3779B97F4A7C15ull) >> 32);
+}
+
+// bfloat16: add 16 random bits below the kept ones and truncate, so x rounds
+// up with probability (x - down) / (up - down). NaN/inf round to nearest.
+inline std::uint16_t bf16_stochastic(float x, std::uint32_t r) {
+  if (!std::isfinite(x)) return simd::float_to_bf16(x);
+  std::uint32_t bits;
+  std::memcpy(&bits, &x, 4);
+  return static_cast<std::uint16_t>((bits + (r & 0xFFFFu)) >> 16);
+}
+
+// float16 toward zero (finite x).
+inline std::uint16_t float_to_half_rtz(float f) {
+  std::uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const auto sign = static_cast<std::uint16_t>((x >> 16) & 0x8000);
+  x &= 0x7FFFFFFFu;
+  if (x >= 0x477FE000u) return sign | 0x7BFF;  // >= 65504: the largest half
+  if (x < 0x38800000u) {                       // subnormal half: |f| * 2^24, truncated
+    float a;
+    std::memcpy(&a, &x, 4);
+    return sign | static_cast<std::uint16_t>(a * 16777216.0f);
+  }
+  return sign | static_cast<std::uint16_t>((x >> 13) - (112u << 10));
+}
+
+// float16: the two neighbours `down` (toward zero) and `up` (next away from
+// zero); up with probability (|x| - |down|) / (|up| - |down|), computed in
+// float32 (exact IEEE operations, identical everywhere). Values beyond the
+// largest half, NaN and inf round to nearest.
+inline std::uint16_t f16_stochastic(float x, std::uint32_t r) {
+  if (!std::isfinite(x) || std::fabs(x) > 65504.0f) return simd::float_to_half(x);
+  const std::uint16_t down = float_to_half_rtz(x);
+  const float fd = std::fabs(simd::half_to_float(down));
+  const float ax = std::fabs(x);
+  if (fd == ax) return down;
+  const std::uint16_t up = static_cast<std::uint16_t>(down + 1);
+  const float fu = std::fabs(simd::half_to_float(up));
+  const float frac = (ax - fd) / (fu - fd);
+  const float u = static_cast<float>(r >> 8) * 5.9604644775390625e-8f;  // [0, 1) in steps of 2^-24
+  return u < frac ? up : down;
+}
+
+}  // namespace slimgrad

@@ -1,0 +1,7 @@
+// Optimizer steps for avx2: the instantiation of kernels_optim_simd.hpp,
+// compiled with this ISA's flags (set per file in CMakeLists.txt).
+#include "kernels_optim_simd.hpp"
+
+namespace slimgrad::kernels {
+template void optim_step<Isa::avx2>(const StepArgs&, const Slot&, std::size_t, std::size_t);
+}  // namespace slimgrad::kernels

@@ -1,0 +1,177 @@
+// Scalar reference of the optimizer steps: plain loops, one element at a
+// time, compiled with -ffp-contract=off. This is the oracle the SIMD kernels
+// must match bit for bit: every formula below is written in torch's order of
+// operations (addcmul: self + (value * t1) * t2; addcdiv: self + (value * t1)
+// / t2; lerp: self + w (end - self) for w < 0.5, else end - (end - self)(1 - w)),
+// and the SIMD code repeats the same operations in the same order.
+#include <cmath>
+
+#include "slimgrad/optim.hpp"
+
+namespace slimgrad::kernels {
+namespace {
+
+template <class T>
+inline T lerp(T self, T end, const StepConsts<T>& k) {
+  return k.w < T(0.5) ? self + k.w * (end - self) : end - (end - self) * k.w_rest;
+}
+
+// Gradient after maximize and (coupled) weight decay; decoupled decay scales p.
+template <class T>
+inline T prepare(T& p, T g, const StepConsts<T>& k) {
+  if (k.maximize) g = -g;
+  if (k.has_wd) {
+    if (k.decoupled)
+      p = p * k.wd_scale;
+    else
+      g = g + k.wd * p;
+  }
+  return g;
+}
+
+template <class T>
+struct Updater {
+  const StepConsts<T>& k;
+  Algo algo;
+  T* s0;
+  T* s1;
+  T* s2;
+
+  // The new value of p[i] (states at i updated in place).
+  T operator()(T p, T g, std::size_t i) const {
+    switch (algo) {
+      case Algo::sgd: {
+        g = prepare(p, g, k);
+        if (k.has_momentum) {
+          const T buf = k.flag ? g : s0[i] * k.momentum + k.one_minus_dampening * g;
+          s0[i] = buf;
+          g = k.nesterov ? g + k.momentum * buf : buf;
+        }
+        return p + k.neg_lr * g;
+      }
+      case Algo::adagrad: {
+        g = prepare(p, g, k);
+        const T sum = s0[i] + g * g;
+        s0[i] = sum;
+        return p + (-k.c0 * g) / (std::sqrt(sum) + k.eps);
+      }
+      case Algo::rmsprop: {
+        g = prepare(p, g, k);
+        const T sq = s0[i] * k.decay + (k.one_minus_decay * g) * g;
+        s0[i] = sq;
+        T avg;
+        if (k.centered) {
+          const T ga = lerp(s2[i], g, k);
+          s2[i] = ga;
+          avg = std::sqrt(sq - ga * ga) + k.eps;
+        } else {
+          avg = std::sqrt(sq) + k.eps;
+        }
+        if (k.has_momentum) {
+          const T buf = s1[i] * k.momentum + g / avg;
+          s1[i] = buf;
+          return p + k.neg_lr * buf;
+        }
+        return p + (k.neg_lr * g) / avg;
+      }
+      case Algo::adadelta: {
+        g = prepare(p, g, k);
+        const T sq = s0[i] * k.decay + (k.one_minus_decay * g) * g;
+        s0[i] = sq;
+        const T std_ = std::sqrt(sq + k.eps);
+        const T delta = (std::sqrt(s1[i] + k.eps) / std_) * g;
+        s1[i] = s1[i] * k.decay + (k.one_minus_decay * delta) * delta;
+        return p + k.neg_lr * delta;
+      }
+      case Algo::adam: {
+        g = prepare(p, g, k);
+        const T m = lerp(s0[i], g, k);
+        const T v = s1[i] * k.decay + (k.one_minus_decay * g) * g;
+        s0[i] = m;
+        s1[i] = v;
+        T vh = v;
+        if (k.amsgrad) {
+          vh = s2[i] < v ? v : s2[i];
+          s2[i] = vh;
+        }
+        const T den = std::sqrt(vh) / k.c1 + k.eps;
+        return p + (-k.c0 * m) / den;
+      }
+      case Algo::adamax: {
+        g = prepare(p, g, k);
+        const T m = lerp(s0[i], g, k);
+        const T a = s1[i] * k.decay;
+        const T b = std::fabs(g) + k.eps;
+        const T u = a < b ? b : a;
+        s0[i] = m;
+        s1[i] = u;
+        return p + (-k.c0 * m) / u;
+      }
+      case Algo::nadam: {
+        g = prepare(p, g, k);
+        const T m = lerp(s0[i], g, k);
+        const T v = s1[i] * k.decay + (k.one_minus_decay * g) * g;
+        s0[i] = m;
+        s1[i] = v;
+        const T den = std::sqrt(v / k.c0) + k.eps;
+        p = p + (k.c1 * g) / den;
+        return p + (k.c2 * m) / den;
+      }
+      case Algo::radam: {
+        g = prepare(p, g, k);
+        const T m = lerp(s0[i], g, k);
+        const T v = s1[i] * k.decay + (k.one_minus_decay * g) * g;
+        s0[i] = m;
+        s1[i] = v;
+        const T bm = m / k.c0;
+        if (k.flag) return p - ((bm * k.lr) * (k.c1 / (std::sqrt(v) + k.eps))) * k.c2;
+        return p - bm * k.lr;
+      }
+    }
+    return p;
+  }
+};
+
+template <class T>
+void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
+  const StepConsts<T> k(a);
+  const Updater<T> up{k, a.algo, static_cast<T*>(s.s[0]), static_cast<T*>(s.s[1]),
+                      static_cast<T*>(s.s[2])};
+  if constexpr (std::is_same_v<T, double>) {
+    double* p = static_cast<double*>(s.p);
+    const double* g = static_cast<const double*>(s.g);
+    for (std::size_t i = b; i < e; ++i) p[i] = up(p[i], g[i], i);
+  } else if (a.storage == Storage::f32) {
+    float* p = static_cast<float*>(s.p);
+    const float* g = static_cast<const float*>(s.g);
+    for (std::size_t i = b; i < e; ++i) p[i] = up(p[i], g[i], i);
+  } else {
+    auto* p = static_cast<std::uint16_t*>(s.p);
+    const auto* g = static_cast<const std::uint16_t*>(s.g);
+    const bool bf16 = a.storage == Storage::bf16;
+    const std::uint64_t key = sr_key(a.seed, a.step);
+    for (std::size_t i = b; i < e; ++i) {
+      const float gi = bf16 ? simd::bf16_to_float(g[i]) : simd::half_to_float(g[i]);
+      const float x = up(s.master[i], gi, i);
+      s.master[i] = x;
+      if (a.stochastic) {
+        const std::uint32_t r = sr_bits(key, s.offset + i);
+        p[i] = bf16 ? bf16_stochastic(x, r) : f16_stochastic(x, r);
+      } else {
+        p[i] = bf16 ? simd::float_to_bf16(x) : simd::float_to_half(x);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <>
+void optim_step<Isa::scalar>(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
+  if (a.storage == Storage::f64)
+    run<double>(a, s, b, e);
+  else
+    run<float>(a, s, b, e);
+}
+
+}  // namespace slimgrad::kernels

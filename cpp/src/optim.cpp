@@ -1,0 +1,212 @@
+// Multi-tensor, threaded, dispatched optimizer steps (see optim.hpp).
+#include "slimgrad/optim.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "slimgrad/core.hpp"
+#include "slimgrad/threading.hpp"
+
+namespace slimgrad {
+
+void step_constants(StepArgs& a) {
+  const double t = static_cast<double>(a.step);
+  a.wd_scale = 1.0 - a.lr * a.weight_decay;
+  a.flag = false;
+  switch (a.algo) {
+    case Algo::sgd:
+      a.flag = a.step == 1;
+      break;
+    case Algo::adagrad:
+      a.c0 = a.lr / (1.0 + (t - 1.0) * a.lr_decay);
+      break;
+    case Algo::rmsprop:
+    case Algo::adadelta:
+      break;
+    case Algo::adam: {
+      const double bc1 = 1.0 - std::pow(a.beta1, t), bc2 = 1.0 - std::pow(a.beta2, t);
+      a.c0 = a.lr / bc1;
+      a.c1 = std::sqrt(bc2);
+      break;
+    }
+    case Algo::adamax:
+      a.c0 = a.lr / (1.0 - std::pow(a.beta1, t));
+      break;
+    case Algo::nadam: {
+      const double mu = a.beta1 * (1.0 - 0.5 * std::pow(0.96, t * a.momentum_decay));
+      const double mu_next = a.beta1 * (1.0 - 0.5 * std::pow(0.96, (t + 1.0) * a.momentum_decay));
+      const double prod = a.mu_product * mu, prod_next = prod * mu_next;
+      a.c0 = 1.0 - std::pow(a.beta2, t);
+      a.c1 = -a.lr * (1.0 - mu) / (1.0 - prod);
+      a.c2 = (-a.lr * mu_next) / (1.0 - prod_next);
+      a.c3 = prod;
+      break;
+    }
+    case Algo::radam: {
+      const double bc1 = 1.0 - std::pow(a.beta1, t), bc2 = 1.0 - std::pow(a.beta2, t);
+      const double rho_inf = 2.0 / (1.0 - a.beta2) - 1.0;
+      const double rho_t = rho_inf - 2.0 * t * std::pow(a.beta2, t) / bc2;
+      a.c0 = bc1;
+      a.c1 = std::sqrt(bc2);
+      a.flag = rho_t > 5.0;
+      a.c2 = a.flag ? std::sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf /
+                                ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+                    : 0.0;
+      break;
+    }
+  }
+}
+
+int state_slots(const StepArgs& a, int out[3]) {
+  int n = 0;
+  const auto use = [&](int k) { out[n++] = k; };
+  switch (a.algo) {
+    case Algo::sgd:
+      if (a.momentum != 0) use(0);
+      break;
+    case Algo::adagrad: use(0); break;
+    case Algo::rmsprop:
+      use(0);
+      if (a.momentum > 0) use(1);
+      if (a.centered) use(2);
+      break;
+    case Algo::adam:
+      use(0);
+      use(1);
+      if (a.amsgrad) use(2);
+      break;
+    case Algo::adadelta:
+    case Algo::adamax:
+    case Algo::nadam:
+    case Algo::radam:
+      use(0);
+      use(1);
+      break;
+  }
+  return n;
+}
+
+namespace {
+
+std::size_t elem_size(Storage st) { return st == Storage::f64 ? 8 : st == Storage::f32 ? 4 : 2; }
+
+bool follows(const void* a, std::size_t bytes, const void* b) {
+  if (a == nullptr || b == nullptr) return a == b;
+  return static_cast<const char*>(a) + bytes == static_cast<const char*>(b);
+}
+
+// Arrays that lie back to back in every stream (the flatten() arena) become
+// one range, so a model in an arena is stepped as one array.
+std::vector<Slot> merge_contiguous(const StepArgs& a, const Slot* slots, std::size_t count) {
+  std::vector<Slot> out;
+  const std::size_t es = elem_size(a.storage);
+  const std::size_t ss = a.storage == Storage::f64 ? 8 : 4;  // state / master element
+  for (std::size_t i = 0; i < count; ++i) {
+    const Slot& s = slots[i];
+    if (!out.empty()) {
+      Slot& l = out.back();
+      bool ok = follows(l.p, l.n * es, s.p) && follows(l.g, l.n * es, s.g) &&
+                follows(l.master, l.n * ss, s.master) && l.offset + l.n == s.offset;
+      for (int k = 0; k < 3 && ok; ++k) ok = follows(l.s[k], l.n * ss, s.s[k]);
+      if (ok) {
+        l.n += s.n;
+        continue;
+      }
+    }
+    out.push_back(s);
+  }
+  return out;
+}
+
+struct Item {
+  std::size_t slot, b, e;
+};
+
+std::vector<Item> work_items(const std::vector<Slot>& slots) {
+  std::vector<Item> items;
+  for (std::size_t i = 0; i < slots.size(); ++i)
+    for (std::size_t b = 0; b < slots[i].n; b += kOptimGrain)
+      items.push_back({i, b, std::min(slots[i].n, b + kOptimGrain)});
+  return items;
+}
+
+// Index of the first non-finite element of x[0, n), or n.
+template <Isa I>
+std::size_t first_nonfinite(Storage st, const void* x, std::size_t n) {
+  switch (st) {
+    case Storage::f32: return kernels::find_nonfinite<I, float>(static_cast<const float*>(x), n);
+    case Storage::f64: return kernels::find_nonfinite<I, double>(static_cast<const double*>(x), n);
+    default: break;
+  }
+  // Half types: exponent all ones. Blocks without an early exit vectorize.
+  const auto* h = static_cast<const std::uint16_t*>(x);
+  const std::uint16_t mask = st == Storage::bf16 ? 0x7F80 : 0x7C00;
+  constexpr std::size_t B = 256;
+  for (std::size_t b = 0; b < n; b += B) {
+    const std::size_t e = std::min(n, b + B);
+    bool bad = false;
+    for (std::size_t i = b; i < e; ++i) bad |= (h[i] & mask) == mask;
+    if (bad)
+      for (std::size_t i = b; i < e; ++i)
+        if ((h[i] & mask) == mask) return i;
+  }
+  return n;
+}
+
+// Scans items of (array, range) in parallel; the first bad one in list order.
+bool scan(Storage st, const void* const* arrays, const std::size_t* sizes, std::size_t count,
+          std::size_t* bad_array, std::size_t* bad_index) {
+  std::vector<Item> items;
+  for (std::size_t i = 0; i < count; ++i)
+    for (std::size_t b = 0; b < sizes[i]; b += kOptimGrain)
+      items.push_back({i, b, std::min(sizes[i], b + kOptimGrain)});
+  std::vector<std::size_t> found(items.size(), SIZE_MAX);
+  const std::size_t es = elem_size(st);
+  dispatch([&](auto isa) {
+    parallel_tasks(items.size(), [&](std::size_t t) {
+      const Item& it = items[t];
+      const auto* base = static_cast<const char*>(arrays[it.slot]) + it.b * es;
+      const std::size_t k = first_nonfinite<decltype(isa)::value>(st, base, it.e - it.b);
+      if (k < it.e - it.b) found[t] = it.b + k;
+    });
+  });
+  for (std::size_t t = 0; t < items.size(); ++t)
+    if (found[t] != SIZE_MAX) {
+      *bad_array = items[t].slot;
+      *bad_index = found[t];
+      return true;
+    }
+  return false;
+}
+
+}  // namespace
+
+bool find_nonfinite_multi(Storage st, const void* const* arrays, const std::size_t* sizes,
+                          std::size_t count, std::size_t* bad_array, std::size_t* bad_index) {
+  return scan(st, arrays, sizes, count, bad_array, bad_index);
+}
+
+bool optim_step(const StepArgs& args, const Slot* slots, std::size_t count, bool check,
+                std::size_t* bad_slot, std::size_t* bad_index) {
+  if (check) {
+    std::vector<const void*> gs(count);
+    std::vector<std::size_t> ns(count);
+    for (std::size_t i = 0; i < count; ++i) {
+      gs[i] = slots[i].g;
+      ns[i] = slots[i].n;
+    }
+    if (scan(args.storage, gs.data(), ns.data(), count, bad_slot, bad_index)) return false;
+  }
+  const std::vector<Slot> merged = merge_contiguous(args, slots, count);
+  const std::vector<Item> items = work_items(merged);
+  dispatch([&](auto isa) {
+    parallel_tasks(items.size(), [&](std::size_t t) {
+      const Item& it = items[t];
+      kernels::optim_step<decltype(isa)::value>(args, merged[it.slot], it.b, it.e);
+    });
+  });
+  return true;
+}
+
+}  // namespace slimgrad

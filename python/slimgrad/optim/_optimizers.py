@@ -1,0 +1,371 @@
+"""SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW, Adamax, NAdam, RAdam.
+
+torch.optim's names, argument names, defaults and update rules (the
+single-tensor "for-loop" implementation of torch 2.x is the reference,
+including where ``eps`` goes and the bias corrections). Each step is one C++
+call per (param group, dtype): it checks every array, then updates params and
+states in one fused pass per array, threaded, with the GIL released.
+
+Extras over torch, on every optimizer here (keyword-only):
+
+``nonfinite="raise" | "skip" | "ignore"``
+    what a NaN/inf gradient does (see :meth:`Optimizer.step`);
+``rounding="nearest" | "stochastic"``, ``seed=0``
+    rounding of float16/bfloat16 params from their float32 master copy;
+    stochastic rounding is keyed by (seed, step, element index), so it is
+    reproducible and identical for any thread count or ISA.
+
+Options that decide which state arrays exist (``momentum`` of SGD/RMSprop
+being zero or not, ``centered``, ``amsgrad``) must not change after the first
+step (the step raises ``ValueError``); every other option (``lr``, betas,
+weight decay...) can be edited in ``param_groups`` between steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import _core
+from ._base import Bucket, Optimizer, _check_betas, _check_nonneg
+
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam"]
+
+
+class _Fused(Optimizer):
+    """An optimizer stepped by ``_core.optim.step`` (one algorithm of optim.hpp)."""
+
+    _algo = ""
+
+    def __init__(self, params: Any, defaults: dict[str, Any], nonfinite: str, rounding: str, seed: int) -> None:
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
+        super().__init__(params, {**defaults, "rounding": rounding, "seed": int(seed)}, nonfinite=nonfinite)
+
+    # State keys in use for a group's options, in the kernel's slot order.
+    def _state_keys(self, group: dict[str, Any]) -> list[str]:
+        raise NotImplementedError
+
+    def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
+        dt = self.state_dtype(param)
+        return {k: np.zeros(param.shape, dt) for k in self._state_keys(group)}
+
+    def _set_args(self, args: Any, group: dict[str, Any]) -> None:
+        """Copy the group's options into the kernel's argument object."""
+        raise NotImplementedError
+
+    def _bucket_call(self, group: dict[str, Any], b: Bucket) -> tuple[Any, list, tuple]:
+        c = b.cache
+        if not c:
+            keys = self._state_keys(group)
+            c["args"] = _core.optim.StepArgs()
+            c["args"].algo = self._algo
+            c["states"] = [b.states[k] for k in keys]
+            c["names"] = (
+                ["params" + lb for lb in b.labels],
+                ["grads" + lb for lb in b.labels],
+                None if b.masters is None else [f"state{lb}['master']" for lb in b.labels],
+                [[f"state{lb}[{k!r}]" for lb in b.labels] for k in keys],
+            )
+        args = c["args"]
+        self._set_args(args, group)
+        args.step = b.step
+        args.stochastic = group["rounding"] == "stochastic"
+        args.seed = group["seed"]
+        return args, c["states"], c["names"]
+
+    def _step_bucket(self, group: dict[str, Any], b: Bucket, check: bool) -> tuple[int, int] | None:
+        args, states, names = self._bucket_call(group, b)
+        return _core.optim.step(args, b.params, b.grads, b.masters, states, names, check)
+
+    def _validate_all(self, buckets: list[Bucket]) -> None:
+        for b in buckets:
+            args, states, names = self._bucket_call(self.param_groups[b.group_index], b)
+            _core.optim.check_step(args, b.params, b.grads, b.masters, states, names)
+
+
+def _lr(lr: Any) -> float:
+    return _check_nonneg("lr", lr)
+
+
+class SGD(_Fused):
+    """Stochastic gradient descent with momentum, as ``torch.optim.SGD``.
+
+    ``g = -g if maximize; g += weight_decay * p; buf = g`` (first step) or
+    ``buf = momentum * buf + (1 - dampening) * g``; ``g = g + momentum * buf``
+    (nesterov) or ``buf``; ``p -= lr * g``. State: ``momentum_buffer`` when
+    ``momentum != 0``. See :mod:`slimgrad.optim._optimizers` for the extra
+    keyword options and :class:`Optimizer` for params/grads/errors.
+    """
+
+    _algo = "sgd"
+
+    def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0, dampening: float = 0,
+                 weight_decay: float = 0, nesterov: bool = False, *, maximize: bool = False,
+                 nonfinite: str = "raise", rounding: str = "nearest", seed: int = 0) -> None:
+        _lr(lr)
+        _check_nonneg("momentum", momentum)
+        _check_nonneg("weight_decay", weight_decay)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("nesterov: requires momentum > 0 and dampening == 0")
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                        nesterov=nesterov, maximize=maximize)
+        super().__init__(params, defaults, nonfinite, rounding, seed)
+
+    def _state_keys(self, group):
+        return ["momentum_buffer"] if group["momentum"] != 0 else []
+
+    def _set_args(self, a, g):
+        a.lr, a.momentum, a.dampening = g["lr"], g["momentum"], g["dampening"]
+        a.weight_decay, a.nesterov, a.maximize = g["weight_decay"], g["nesterov"], g["maximize"]
+
+
+class Adagrad(_Fused):
+    """Adagrad, as ``torch.optim.Adagrad``.
+
+    ``clr = lr / (1 + (step - 1) * lr_decay); sum += g * g;
+    p -= clr * g / (sqrt(sum) + eps)``. State: ``sum`` (starts at
+    ``initial_accumulator_value``).
+    """
+
+    _algo = "adagrad"
+
+    def __init__(self, params: Any, lr: float = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
+                 initial_accumulator_value: float = 0, eps: float = 1e-10, *, maximize: bool = False,
+                 nonfinite: str = "raise", rounding: str = "nearest", seed: int = 0) -> None:
+        _lr(lr)
+        _check_nonneg("lr_decay", lr_decay)
+        _check_nonneg("weight_decay", weight_decay)
+        _check_nonneg("initial_accumulator_value", initial_accumulator_value)
+        _check_nonneg("eps", eps)
+        defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                        initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize)
+        super().__init__(params, defaults, nonfinite, rounding, seed)
+
+    def _state_keys(self, group):
+        return ["sum"]
+
+    def _init_state(self, group, param):
+        return {"sum": np.full(param.shape, group["initial_accumulator_value"], self.state_dtype(param))}
+
+    def _set_args(self, a, g):
+        a.lr, a.lr_decay, a.weight_decay, a.eps, a.maximize = (
+            g["lr"], g["lr_decay"], g["weight_decay"], g["eps"], g["maximize"])
+
+
+class RMSprop(_Fused):
+    """RMSprop, as ``torch.optim.RMSprop``.
+
+    ``sq = alpha * sq + (1 - alpha) * g * g``; centered: ``ga = lerp(ga, g, 1 - alpha)``,
+    ``avg = sqrt(sq - ga * ga) + eps`` else ``sqrt(sq) + eps``; momentum > 0:
+    ``buf = momentum * buf + g / avg; p -= lr * buf``, else ``p -= lr * g / avg``.
+    State: ``square_avg``, ``momentum_buffer`` (momentum > 0), ``grad_avg`` (centered).
+    """
+
+    _algo = "rmsprop"
+
+    def __init__(self, params: Any, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0, momentum: float = 0, centered: bool = False, *,
+                 maximize: bool = False, nonfinite: str = "raise", rounding: str = "nearest",
+                 seed: int = 0) -> None:
+        _lr(lr)
+        _check_nonneg("alpha", alpha)
+        _check_nonneg("eps", eps)
+        _check_nonneg("weight_decay", weight_decay)
+        _check_nonneg("momentum", momentum)
+        defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                        centered=centered, maximize=maximize)
+        super().__init__(params, defaults, nonfinite, rounding, seed)
+
+    def _state_keys(self, group):
+        keys = ["square_avg"]
+        if group["momentum"] > 0:
+            keys.append("momentum_buffer")
+        if group["centered"]:
+            keys.append("grad_avg")
+        return keys
+
+    def _set_args(self, a, g):
+        a.lr, a.alpha, a.eps, a.weight_decay = g["lr"], g["alpha"], g["eps"], g["weight_decay"]
+        a.momentum, a.centered, a.maximize = g["momentum"], g["centered"], g["maximize"]
+
+
+class Adadelta(_Fused):
+    """Adadelta, as ``torch.optim.Adadelta``.
+
+    ``sq = rho * sq + (1 - rho) * g * g; delta = sqrt(acc + eps) / sqrt(sq + eps) * g;
+    acc = rho * acc + (1 - rho) * delta * delta; p -= lr * delta``.
+    State: ``square_avg``, ``acc_delta``.
+    """
+
+    _algo = "adadelta"
+
+    def __init__(self, params: Any, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
+                 weight_decay: float = 0, *, maximize: bool = False, nonfinite: str = "raise",
+                 rounding: str = "nearest", seed: int = 0) -> None:
+        _lr(lr)
+        if not 0.0 <= rho <= 1.0:
+            raise ValueError(f"rho: expected 0 <= rho <= 1, got {rho!r}")
+        _check_nonneg("eps", eps)
+        _check_nonneg("weight_decay", weight_decay)
+        defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
+        super().__init__(params, defaults, nonfinite, rounding, seed)
+
+    def _state_keys(self, group):
+        return ["square_avg", "acc_delta"]
+
+    def _set_args(self, a, g):
+        a.lr, a.rho, a.eps, a.weight_decay, a.maximize = g["lr"], g["rho"], g["eps"], g["weight_decay"], g["maximize"]
+
+
+class Adam(_Fused):
+    """Adam, as ``torch.optim.Adam`` (and AdamW with ``decoupled_weight_decay=True``).
+
+    ``m = lerp(m, g, 1 - beta1); v = beta2 * v + (1 - beta2) * g * g``;
+    amsgrad: ``vmax = max(vmax, v)`` used instead of ``v``;
+    ``p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)``.
+    Weight decay adds ``weight_decay * p`` to ``g``, or (decoupled) scales
+    ``p`` by ``1 - lr * weight_decay`` first. State: ``exp_avg``,
+    ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad).
+    """
+
+    _algo = "adam"
+
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0, amsgrad: bool = False, *,
+                 maximize: bool = False, decoupled_weight_decay: bool = False, nonfinite: str = "raise",
+                 rounding: str = "nearest", seed: int = 0) -> None:
+        _lr(lr)
+        betas = _check_betas(betas)
+        _check_nonneg("eps", eps)
+        _check_nonneg("weight_decay", weight_decay)
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
+        super().__init__(params, defaults, nonfinite, rounding, seed)
+
+    def _state_keys(self, group):
+        return ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
+
+    def _set_args(self, a, g):
+        a.lr, (a.beta1, a.beta2), a.eps, a.weight_decay = g["lr"], g["betas"], g["eps"], g["weight_decay"]
+        a.amsgrad, a.maximize, a.decoupled = g["amsgrad"], g["maximize"], g["decoupled_weight_decay"]
+
+
+class AdamW(Adam):
+    """AdamW, as ``torch.optim.AdamW``: Adam with decoupled weight decay (default 1e-2)."""
+
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
+                 maximize: bool = False, nonfinite: str = "raise", rounding: str = "nearest",
+                 seed: int = 0) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
+                         decoupled_weight_decay=True, nonfinite=nonfinite, rounding=rounding, seed=seed)
+
+
+class Adamax(_Fused):
+    """Adamax, as ``torch.optim.Adamax``.
+
+    ``m = lerp(m, g, 1 - beta1); u = max(beta2 * u, |g| + eps);
+    p -= lr / (1 - beta1^t) * m / u``. State: ``exp_avg``, ``exp_inf``.
+    """
+
+    _algo = "adamax"
+
+    def __init__(self, params: Any, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0, *, maximize: bool = False,
+                 nonfinite: str = "raise", rounding: str = "nearest", seed: int = 0) -> None:
+        _lr(lr)
+        betas = _check_betas(betas)
+        _check_nonneg("eps", eps)
+        _check_nonneg("weight_decay", weight_decay)
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
+        super().__init__(params, defaults, nonfinite, rounding, seed)
+
+    def _state_keys(self, group):
+        return ["exp_avg", "exp_inf"]
+
+    def _set_args(self, a, g):
+        a.lr, (a.beta1, a.beta2), a.eps, a.weight_decay, a.maximize = (
+            g["lr"], g["betas"], g["eps"], g["weight_decay"], g["maximize"])
+
+
+class NAdam(_Fused):
+    """NAdam, as ``torch.optim.NAdam`` (momentum decay schedule, optional decoupled weight decay).
+
+    ``mu_t = beta1 (1 - 0.5 * 0.96^(t * momentum_decay))``; ``m``, ``v`` as Adam;
+    ``den = sqrt(v / (1 - beta2^t)) + eps``;
+    ``p += -lr (1 - mu_t) / (1 - prod mu) * g / den - lr mu_{t+1} / (1 - prod mu * mu_{t+1}) * m / den``.
+    State: ``exp_avg``, ``exp_avg_sq``, ``mu_product`` (a float, kept in float64;
+    torch keeps it as a float32 scalar tensor unless its default dtype is float64).
+    """
+
+    _algo = "nadam"
+
+    def __init__(self, params: Any, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0, momentum_decay: float = 4e-3,
+                 decoupled_weight_decay: bool = False, *, maximize: bool = False, nonfinite: str = "raise",
+                 rounding: str = "nearest", seed: int = 0) -> None:
+        _lr(lr)
+        betas = _check_betas(betas)
+        _check_nonneg("eps", eps)
+        _check_nonneg("weight_decay", weight_decay)
+        _check_nonneg("momentum_decay", momentum_decay)
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
+                        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+        super().__init__(params, defaults, nonfinite, rounding, seed)
+
+    def _state_keys(self, group):
+        return ["exp_avg", "exp_avg_sq"]
+
+    def _init_state(self, group, param):
+        return {**super()._init_state(group, param), "mu_product": 1.0}
+
+    def _set_args(self, a, g):
+        a.lr, (a.beta1, a.beta2), a.eps, a.weight_decay = g["lr"], g["betas"], g["eps"], g["weight_decay"]
+        a.momentum_decay, a.decoupled, a.maximize = g["momentum_decay"], g["decoupled_weight_decay"], g["maximize"]
+
+    def _bucket_call(self, group, b):
+        args, states, names = super()._bucket_call(group, b)
+        args.mu_product = b.state_dicts[0]["mu_product"]
+        return args, states, names
+
+    def _step_bucket(self, group, b, check):
+        bad = super()._step_bucket(group, b, check)
+        if bad is None:
+            # Safe to commit here: a later bucket cannot fail any more (with
+            # several buckets, all are validated and checked before the first runs).
+            new = b.cache["args"].c3
+            for st in b.state_dicts:
+                st["mu_product"] = new
+        return bad
+
+
+class RAdam(_Fused):
+    """RAdam, as ``torch.optim.RAdam`` (optional decoupled weight decay).
+
+    ``m``, ``v`` as Adam; ``rho_t = rho_inf - 2 t beta2^t / (1 - beta2^t)``; if
+    ``rho_t > 5``: ``p -= m / (1 - beta1^t) * lr * sqrt(1 - beta2^t) / (sqrt(v) + eps) * rect``
+    else ``p -= m / (1 - beta1^t) * lr``. State: ``exp_avg``, ``exp_avg_sq``.
+    """
+
+    _algo = "radam"
+
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0, decoupled_weight_decay: bool = False, *,
+                 maximize: bool = False, nonfinite: str = "raise", rounding: str = "nearest",
+                 seed: int = 0) -> None:
+        _lr(lr)
+        betas = _check_betas(betas)
+        _check_nonneg("eps", eps)
+        _check_nonneg("weight_decay", weight_decay)
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+        super().__init__(params, defaults, nonfinite, rounding, seed)
+
+    def _state_keys(self, group):
+        return ["exp_avg", "exp_avg_sq"]
+
+    def _set_args(self, a, g):
+        a.lr, (a.beta1, a.beta2), a.eps, a.weight_decay = g["lr"], g["betas"], g["eps"], g["weight_decay"]
+        a.decoupled, a.maximize = g["decoupled_weight_decay"], g["maximize"]

@@ -1,0 +1,180 @@
+"""float16 / bfloat16 parameters: float32 master copy, float32 math, rounding
+to nearest or stochastic, against a NumPy emulation (bit for bit)."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from conftest import run_everywhere
+from slimgrad import optim
+from slimgrad.optim import functional as F
+from test_optim import RICH, _opts, reference_init, reference_step
+
+HALVES = [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)]
+HALF_IDS = ["float16", "bfloat16"]
+M64 = (1 << 64) - 1
+
+
+# ---------------------------------------------- the counter-based hash (optim.hpp)
+def _mix64_int(x: int) -> int:
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & M64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & M64
+    return x ^ (x >> 31)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def sr_bits(seed: int, step: int, n: int, offset: int = 0) -> np.ndarray:
+    key = _mix64_int(_mix64_int((seed + 0x9E3779B97F4A7C15) & M64) ^ ((step * 0xD1B54A32D192ED03) & M64))
+    idx = np.arange(offset, offset + n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        return (_mix64(np.uint64(key) + idx * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)).astype(np.uint32)
+
+
+def round_stochastic(x: np.ndarray, dtype: np.dtype, r: np.ndarray) -> np.ndarray:
+    """NumPy emulation of bf16_stochastic / f16_stochastic (finite inputs)."""
+    x = x.astype(np.float32)
+    if dtype == np.dtype(ml_dtypes.bfloat16):
+        bits = x.view(np.uint32).astype(np.uint64) + (r & 0xFFFF)
+        return (bits >> 16).astype(np.uint16).view(ml_dtypes.bfloat16)
+    near = x.astype(np.float16)  # nearest; step toward zero if it went beyond |x|
+    nb = near.view(np.uint16).copy()
+    over = np.abs(near.astype(np.float32)) > np.abs(x)
+    nb[over] -= 1
+    down = nb.view(np.float16)
+    up = (nb + 1).astype(np.uint16).view(np.float16)
+    fd, fu, ax = np.abs(down.astype(np.float32)), np.abs(up.astype(np.float32)), np.abs(x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = (ax - fd) / (fu - fd)
+    u = (r >> 8).astype(np.float32) * np.float32(2.0**-24)
+    out = np.where((fd != ax) & (u < frac), up, down)
+    return out
+
+
+def emulate(name, kw, p0, grads, rounding="nearest", seed=0):
+    """Our low-precision step in NumPy: float32 master, reference formula, rounding."""
+    o = _opts(name, kw)
+    master = p0.astype(np.float32)
+    st = reference_init(name, o, p0.shape, np.float32)
+    p = p0
+    for t, g in enumerate(grads, 1):
+        master = reference_step(name, o, master, g.astype(np.float32), st, t)
+        if rounding == "nearest":
+            p = master.astype(p0.dtype)
+        else:
+            p = round_stochastic(master, p0.dtype, sr_bits(seed, t, master.size))
+    return p, master
+
+
+def problem(n, dtype, steps=5, seed=0):
+    rng = np.random.default_rng(seed)
+    p0 = rng.standard_normal(n).astype(dtype)
+    grads = [rng.standard_normal(n).astype(dtype) for _ in range(steps)]
+    return p0, grads
+
+
+def run(name, kw, p0, grads, **extra):
+    p = p0.copy()
+    opt = getattr(optim, name)([p], **kw, **extra)
+    for g in grads:
+        opt.step([g])
+    return p, opt
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=HALF_IDS)
+@pytest.mark.parametrize("name", list(RICH))
+def test_nearest_matches_numpy_emulation(name, dtype):
+    p0, grads = problem(1000 + 7, dtype)
+    p, opt = run(name, RICH[name], p0, grads)
+    ep, em = emulate(name, RICH[name], p0, grads)
+    np.testing.assert_array_equal(opt.state[0]["master"], em)
+    np.testing.assert_array_equal(p.view(np.uint16), ep.view(np.uint16))
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=HALF_IDS)
+def test_state_is_float32_with_a_master_copy(dtype):
+    p0, grads = problem(10, dtype, steps=1)
+    _, opt = run("Adam", {}, p0, grads)
+    st = opt.state[0]
+    assert set(st) == {"step", "exp_avg", "exp_avg_sq", "master"}
+    assert all(st[k].dtype == np.float32 for k in ("exp_avg", "exp_avg_sq", "master"))
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=HALF_IDS)
+@pytest.mark.parametrize("name", ["AdamW", "SGD"])
+def test_stochastic_matches_numpy_emulation_everywhere(name, dtype):
+    p0, grads = problem(70_001, dtype, steps=3, seed=5)
+    kw = RICH[name]
+    ep, em = emulate(name, kw, p0, grads, rounding="stochastic", seed=11)
+
+    def go():
+        return run(name, kw, p0, grads, rounding="stochastic", seed=11)[0]
+
+    for key, p in run_everywhere(go).items():
+        np.testing.assert_array_equal(p.view(np.uint16), ep.view(np.uint16), err_msg=str(key))
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=HALF_IDS)
+def test_stochastic_rounding_is_unbiased(dtype):
+    # lr=0: the master stays x and each step rounds it again with new bits.
+    x = np.random.default_rng(3).uniform(-4, 4, 64).astype(np.float32)
+    x = x[(x.astype(dtype).astype(np.float32) != x)]  # not representable: two neighbours
+    p = x.astype(dtype)
+    g = np.zeros_like(p)
+    n = 4000
+    total = np.zeros(x.size)
+    seen = [set() for _ in range(x.size)]
+    for t in range(1, n + 1):
+        F.sgd_(p, g, step=t, lr=0.0, master=x, rounding="stochastic", seed=1)
+        v = p.astype(np.float64)
+        total += v
+        for i, vi in enumerate(v):
+            seen[i].add(vi)
+    np.testing.assert_array_equal(x, x)  # the master did not move
+    assert all(len(s) == 2 for s in seen)  # always one of the two neighbours
+    ulp = np.array([max(s) - min(s) for s in seen])
+    # mean of n Bernoulli roundings: within 5 standard deviations of x
+    assert np.all(np.abs(total / n - x) <= 5 * ulp * 0.5 / np.sqrt(n))
+
+
+def test_stochastic_depends_on_seed_and_step():
+    x = np.full(1000, 1.0 + 2.0**-8, np.float32)  # halfway between two bfloat16 values (ulp 2^-7)
+    outs = []
+    for seed, step in [(0, 1), (1, 1), (0, 2), (0, 1)]:
+        p = np.zeros(1000, ml_dtypes.bfloat16)
+        F.sgd_(p, np.zeros_like(p), step=step, lr=0.0, master=x.copy(), rounding="stochastic", seed=seed)
+        outs.append(p.view(np.uint16).copy())
+    assert not np.array_equal(outs[0], outs[1])
+    assert not np.array_equal(outs[0], outs[2])
+    np.testing.assert_array_equal(outs[0], outs[3])
+    assert 400 < np.count_nonzero(outs[0] != outs[0].min()) < 600
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=HALF_IDS)
+def test_half_nonfinite_grad_is_detected(dtype):
+    p0, grads = problem(100, dtype, steps=1)
+    p = p0.copy()
+    opt = optim.Adam([p])
+    g = grads[0].copy()
+    g[42] = np.inf
+    with pytest.raises(FloatingPointError, match=r"grads\[0\] has a non-finite value at index 42"):
+        opt.step([g])
+    np.testing.assert_array_equal(p.view(np.uint16), p0.view(np.uint16))
+
+
+def test_half_master_must_be_float32():
+    p = np.zeros(4, np.float16)
+    with pytest.raises(TypeError, match="master: expected float32 C-contiguous array of shape"):
+        F.sgd_(p, p.copy(), step=1, lr=0.1, master=np.zeros(4, np.float16))
+    with pytest.raises(ValueError, match="masters: float16/bfloat16 params need float32 master copies"):
+        F.sgd_(p, p.copy(), step=1, lr=0.1)
