@@ -1,0 +1,311 @@
+// nn kernels written once against simd.hpp, instantiated by
+// kernels_nn_avx2.cpp and kernels_nn_avx512.cpp.
+//  - BatchNorm sums accumulate in Vec<double, I>: float32 input is widened
+//    W floats at a time (W = double lanes; vcvtps2pd, see load_wide). For a
+//    2-D (n, c) input the channels are the contiguous axis, so lanes are
+//    channels and each lane adds its rows in row order (groups of kRowGroup
+//    rows streamed together): the same order, hence the same double sums, as
+//    the scalar reference. For (n, c, l) input each
+//    (row, channel) segment of l elements is reduced in lanes, then added to
+//    the channel's total; the segment's tail runs in a scalar loop (padded
+//    lanes would add (0 - mean)^2 otherwise).
+//  - Elementwise passes (normalize, input gradient) run in T with one FMA;
+//    channel tails go through load_partial/store_partial.
+//  - dropout_batches: the batch loop shared by both ISAs; the Philox rounds
+//    and the masking are ISA-specific intrinsics in the ISA files.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "slimgrad/nn.hpp"
+#include "slimgrad/philox.hpp"
+#include "slimgrad/simd.hpp"
+
+namespace slimgrad::kernels {
+using namespace slimgrad::simd;
+
+namespace {
+
+// W = Vec<double, I>::width elements of T, as doubles.
+template <Isa I>
+inline Vec<double, I> load_wide(const double* p) {
+  return Vec<double, I>::load(p);
+}
+template <Isa I>
+inline Vec<double, I> load_wide(const float* p);
+#if defined(__AVX2__)
+template <>
+inline Vec<double, Isa::avx2> load_wide<Isa::avx2>(const float* p) {
+  return {_mm256_cvtps_pd(_mm_loadu_ps(p))};
+}
+#endif
+#if defined(__AVX512F__)
+template <>
+inline Vec<double, Isa::avx512> load_wide<Isa::avx512>(const float* p) {
+  return {_mm512_cvtps_pd(_mm256_loadu_ps(p))};
+}
+#endif
+template <Isa I, class T>
+inline Vec<double, I> load_wide_partial(const T* p, std::size_t k) {
+  T tmp[Vec<double, I>::width] = {};
+  std::memcpy(tmp, p, k * sizeof(T));
+  return load_wide<I>(tmp);
+}
+
+// 2-D input: the per-channel accumulators (c doubles, in L1 for usual c)
+// are loaded once per group of rows and the group's rows are streamed in
+// order; a group small enough that its rows stay in L1 across the channel
+// loop. Walking all rows of one channel vector instead would stride by the
+// row length and thrash L1's sets (rows of 4 KiB map to the same set).
+constexpr std::size_t kRowGroup = 4;
+
+}  // namespace
+
+template <Isa I, class T>
+void bn_sum(const T* x, std::size_t rows, std::size_t c, std::size_t l, double* acc) {
+  using D = Vec<double, I>;
+  constexpr std::size_t W = D::width;
+  if (l == 1) {
+    for (std::size_t r0 = 0; r0 < rows; r0 += kRowGroup) {
+      const std::size_t nr = rows - r0 < kRowGroup ? rows - r0 : kRowGroup;
+      const T* xr = x + r0 * c;
+      std::size_t ch = 0;
+      for (; ch + W <= c; ch += W) {
+        D a = D::load(acc + ch);
+        for (std::size_t r = 0; r < nr; ++r) a = a + load_wide<I>(xr + r * c + ch);
+        a.store(acc + ch);
+      }
+      if (ch < c) {
+        const std::size_t k = c - ch;
+        D a = load_partial<D>(acc + ch, k);
+        for (std::size_t r = 0; r < nr; ++r) a = a + load_wide_partial<I>(xr + r * c + ch, k);
+        store_partial(acc + ch, k, a);
+      }
+    }
+    return;
+  }
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t ch = 0; ch < c; ++ch) {
+      const T* p = x + (r * c + ch) * l;
+      D s0 = D::zero(), s1 = D::zero();
+      std::size_t j = 0;
+      for (; j + 2 * W <= l; j += 2 * W) {
+        s0 = s0 + load_wide<I>(p + j);
+        s1 = s1 + load_wide<I>(p + j + W);
+      }
+      double t = reduce_sum(s0 + s1);
+      for (; j < l; ++j) t += static_cast<double>(p[j]);
+      acc[ch] += t;
+    }
+}
+
+template <Isa I, class T>
+void bn_sqdev(const T* x, std::size_t rows, std::size_t c, std::size_t l, const double* mean, double* acc) {
+  using D = Vec<double, I>;
+  constexpr std::size_t W = D::width;
+  if (l == 1) {
+    for (std::size_t r0 = 0; r0 < rows; r0 += kRowGroup) {
+      const std::size_t nr = rows - r0 < kRowGroup ? rows - r0 : kRowGroup;
+      const T* xr = x + r0 * c;
+      std::size_t ch = 0;
+      for (; ch + W <= c; ch += W) {
+        const D m = D::load(mean + ch);
+        D a = D::load(acc + ch);
+        for (std::size_t r = 0; r < nr; ++r) {
+          const D d = load_wide<I>(xr + r * c + ch) - m;
+          a = fma(d, d, a);
+        }
+        a.store(acc + ch);
+      }
+      if (ch < c) {  // padded lanes: x = 0 and mean = 0, so d = 0
+        const std::size_t k = c - ch;
+        const D m = load_partial<D>(mean + ch, k);
+        D a = load_partial<D>(acc + ch, k);
+        for (std::size_t r = 0; r < nr; ++r) {
+          const D d = load_wide_partial<I>(xr + r * c + ch, k) - m;
+          a = fma(d, d, a);
+        }
+        store_partial(acc + ch, k, a);
+      }
+    }
+    return;
+  }
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t ch = 0; ch < c; ++ch) {
+      const T* p = x + (r * c + ch) * l;
+      const D m = D::set1(mean[ch]);
+      D s0 = D::zero(), s1 = D::zero();
+      std::size_t j = 0;
+      for (; j + 2 * W <= l; j += 2 * W) {
+        const D d0 = load_wide<I>(p + j) - m, d1 = load_wide<I>(p + j + W) - m;
+        s0 = fma(d0, d0, s0);
+        s1 = fma(d1, d1, s1);
+      }
+      double t = reduce_sum(s0 + s1);
+      for (; j < l; ++j) {
+        const double d = static_cast<double>(p[j]) - mean[ch];
+        t += d * d;
+      }
+      acc[ch] += t;
+    }
+}
+
+template <Isa I, class T>
+void bn_dot(const T* x, const T* dy, std::size_t rows, std::size_t c, std::size_t l, const double* mean,
+            double* sum_dy, double* sum_dy_xmu) {
+  using D = Vec<double, I>;
+  constexpr std::size_t W = D::width;
+  if (l == 1) {
+    for (std::size_t r0 = 0; r0 < rows; r0 += kRowGroup) {
+      const std::size_t nr = rows - r0 < kRowGroup ? rows - r0 : kRowGroup;
+      const T* xr = x + r0 * c;
+      const T* gr = dy + r0 * c;
+      std::size_t ch = 0;
+      for (; ch + W <= c; ch += W) {
+        const D m = D::load(mean + ch);
+        D a = D::load(sum_dy + ch), b = D::load(sum_dy_xmu + ch);
+        for (std::size_t r = 0; r < nr; ++r) {
+          const D g = load_wide<I>(gr + r * c + ch);
+          a = a + g;
+          b = fma(g, load_wide<I>(xr + r * c + ch) - m, b);
+        }
+        a.store(sum_dy + ch);
+        b.store(sum_dy_xmu + ch);
+      }
+      if (ch < c) {  // padded lanes have dy = 0
+        const std::size_t k = c - ch;
+        const D m = load_partial<D>(mean + ch, k);
+        D a = load_partial<D>(sum_dy + ch, k), b = load_partial<D>(sum_dy_xmu + ch, k);
+        for (std::size_t r = 0; r < nr; ++r) {
+          const D g = load_wide_partial<I>(gr + r * c + ch, k);
+          a = a + g;
+          b = fma(g, load_wide_partial<I>(xr + r * c + ch, k) - m, b);
+        }
+        store_partial(sum_dy + ch, k, a);
+        store_partial(sum_dy_xmu + ch, k, b);
+      }
+    }
+    return;
+  }
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t ch = 0; ch < c; ++ch) {
+      const std::size_t o = (r * c + ch) * l;
+      const D m = D::set1(mean[ch]);
+      D a = D::zero(), b = D::zero();
+      std::size_t j = 0;
+      for (; j + W <= l; j += W) {
+        const D g = load_wide<I>(dy + o + j);
+        a = a + g;
+        b = fma(g, load_wide<I>(x + o + j) - m, b);
+      }
+      double ta = reduce_sum(a), tb = reduce_sum(b);
+      for (; j < l; ++j) {
+        const double g = static_cast<double>(dy[o + j]);
+        ta += g;
+        tb += g * (static_cast<double>(x[o + j]) - mean[ch]);
+      }
+      sum_dy[ch] += ta;
+      sum_dy_xmu[ch] += tb;
+    }
+}
+
+template <Isa I, class T>
+void bn_normalize(const T* x, T* y, std::size_t rows, std::size_t c, std::size_t l, const T* mean, const T* scale,
+                  const T* shift) {
+  using V = Vec<T, I>;
+  constexpr std::size_t W = V::width;
+  if (l == 1) {
+    for (std::size_t r = 0; r < rows; ++r) {
+      const T* xr = x + r * c;
+      T* yr = y + r * c;
+      std::size_t ch = 0;
+      for (; ch + W <= c; ch += W)
+        fma(V::load(xr + ch) - V::load(mean + ch), V::load(scale + ch), V::load(shift + ch)).store(yr + ch);
+      if (ch < c) {
+        const std::size_t k = c - ch;
+        store_partial(yr + ch, k,
+                      fma(load_partial<V>(xr + ch, k) - load_partial<V>(mean + ch, k),
+                          load_partial<V>(scale + ch, k), load_partial<V>(shift + ch, k)));
+      }
+    }
+    return;
+  }
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t ch = 0; ch < c; ++ch) {
+      const std::size_t o = (r * c + ch) * l;
+      const V m = V::set1(mean[ch]), s = V::set1(scale[ch]), b = V::set1(shift[ch]);
+      std::size_t j = 0;
+      for (; j + W <= l; j += W) fma(V::load(x + o + j) - m, s, b).store(y + o + j);
+      if (j < l) store_partial(y + o + j, l - j, fma(load_partial<V>(x + o + j, l - j) - m, s, b));
+    }
+}
+
+template <Isa I, class T>
+void bn_input_grad(const T* x, const T* dy, T* dx, std::size_t rows, std::size_t c, std::size_t l, const T* mean,
+                   const T* k, const T* mean_dy, const T* scale) {
+  using V = Vec<T, I>;
+  constexpr std::size_t W = V::width;
+  // (dy - mean_dy - (x - mean) k) scale, as fma(mean - x, k, dy - mean_dy) * scale
+  if (l == 1) {
+    for (std::size_t r = 0; r < rows; ++r) {
+      const T* xr = x + r * c;
+      const T* gr = dy + r * c;
+      T* dr = dx + r * c;
+      std::size_t ch = 0;
+      for (; ch + W <= c; ch += W) {
+        const V t = V::load(gr + ch) - V::load(mean_dy + ch);
+        (fma(V::load(mean + ch) - V::load(xr + ch), V::load(k + ch), t) * V::load(scale + ch)).store(dr + ch);
+      }
+      if (ch < c) {
+        const std::size_t n = c - ch;
+        const V t = load_partial<V>(gr + ch, n) - load_partial<V>(mean_dy + ch, n);
+        store_partial(dr + ch, n,
+                      fma(load_partial<V>(mean + ch, n) - load_partial<V>(xr + ch, n), load_partial<V>(k + ch, n),
+                          t) *
+                          load_partial<V>(scale + ch, n));
+      }
+    }
+    return;
+  }
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t ch = 0; ch < c; ++ch) {
+      const std::size_t o = (r * c + ch) * l;
+      const V m = V::set1(mean[ch]), kk = V::set1(k[ch]), md = V::set1(mean_dy[ch]), s = V::set1(scale[ch]);
+      std::size_t j = 0;
+      for (; j + W <= l; j += W)
+        (fma(m - V::load(x + o + j), kk, V::load(dy + o + j) - md) * s).store(dx + o + j);
+      if (j < l) {
+        const std::size_t n = l - j;
+        store_partial(dx + o + j, n,
+                      fma(m - load_partial<V>(x + o + j, n), kk, load_partial<V>(dy + o + j, n) - md) * s);
+      }
+    }
+}
+
+// The batch loop of dropout. Gen (per ISA) turns Gen::kBlocks consecutive
+// Philox blocks (kElems = 4 * kBlocks elements) into either the masked
+// output of a full aligned batch (apply) or the raw words (words). A batch
+// is aligned to a multiple of kElems in the global index, so chunks that
+// start on such a multiple (the entry point's do) never take the word path
+// except for the last partial batch.
+template <class Gen, class T>
+void dropout_batches(const Gen& gen, const T* x, T* out, std::size_t n, std::uint64_t first, T scale) {
+  constexpr std::size_t E = Gen::kElems;
+  std::size_t i = 0;
+  while (i < n) {
+    const std::uint64_t g = first + i;
+    const std::uint64_t base = g - g % E;
+    if (g == base && n - i >= E) {
+      gen.apply(x + i, out + i, base / 4, scale);
+      i += E;
+      continue;
+    }
+    std::uint32_t w[E];
+    gen.words(base / 4, w);
+    for (std::size_t k = static_cast<std::size_t>(g - base); k < E && i < n; ++k, ++i)
+      out[i] = w[k] >= gen.threshold ? x[i] * scale : T(0);
+  }
+}
+
+}  // namespace slimgrad::kernels

@@ -1,0 +1,222 @@
+// Threaded, dispatched entry points of the nn kernels (see nn.hpp).
+#include "slimgrad/nn.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <sstream>
+#include <stdexcept>
+#include <vector>
+
+#include "slimgrad/threading.hpp"
+
+namespace slimgrad {
+
+// ------------------------------------------------------------- Dropout
+namespace {
+constexpr double kTwo32 = 4294967296.0;
+}
+
+std::uint32_t dropout_threshold(double p) {
+  if (!(p >= 0.0 && p <= 1.0)) {  // also rejects NaN
+    std::ostringstream msg;
+    msg << "p: dropout probability has to be between 0 and 1, but got " << p;
+    throw std::invalid_argument(msg.str());
+  }
+  // p * 2^32 is exact (a power-of-two scaling); 2^32 means "drop everything"
+  // and does not fit: the caller treats p that high as p == 1.
+  const double t = std::ceil(p * kTwo32);
+  return t >= kTwo32 ? 0xFFFFFFFFu : static_cast<std::uint32_t>(t);
+}
+
+template <class T>
+void dropout(const T* x, T* out, std::size_t n, double p, std::uint64_t seed, std::uint64_t stream) {
+  const std::uint32_t threshold = dropout_threshold(p);
+  if (threshold == 0) {  // p == 0: keep everything, scale 1
+    if (out != x)
+      parallel_for(n, kDefaultGrain, [&](std::size_t b, std::size_t e) { std::memcpy(out + b, x + b, (e - b) * sizeof(T)); });
+    return;
+  }
+  if (std::ceil(p * kTwo32) >= kTwo32) {  // p == 1 (or within 2^-32 of it): zeros
+    parallel_for(n, kDefaultGrain, [&](std::size_t b, std::size_t e) {
+      for (std::size_t i = b; i < e; ++i) out[i] = T(0);
+    });
+    return;
+  }
+  const T scale = static_cast<T>(1.0 / (1.0 - p));
+  // kDefaultGrain is a multiple of every ISA's batch (32 or 64 elements), so
+  // each chunk starts on a batch boundary.
+  dispatch([&](auto isa) {
+    parallel_for(n, kDefaultGrain, [&](std::size_t b, std::size_t e) {
+      kernels::dropout<decltype(isa)::value, T>(x + b, out + b, e - b, b, seed, stream, threshold, scale);
+    });
+  });
+}
+
+// ----------------------------------------------------------- BatchNorm
+namespace {
+
+// A reduction block holds about kBnGrain elements (whole rows), and there are
+// at most kBnMaxBlocks of them (bounding the partials' memory to
+// kBnMaxBlocks * c doubles per sum). Both depend on the shape only.
+constexpr std::size_t kBnGrain = 1 << 14;
+constexpr std::size_t kBnMaxBlocks = 64;
+
+std::size_t rows_per_block(const BnShape& s) {
+  const std::size_t row = s.c * s.l > 0 ? s.c * s.l : 1;
+  std::size_t r = (kBnGrain + row - 1) / row;
+  const std::size_t min_r = (s.n + kBnMaxBlocks - 1) / kBnMaxBlocks;
+  if (r < min_r) r = min_r;
+  return r > 0 ? r : 1;
+}
+
+// out[j], j < nacc * c: the sum of each block's partial, blocks in order.
+// partial(row_begin, row_end, acc) adds its rows into acc (zeroed).
+template <class Partial>
+void reduce_channels(const BnShape& s, std::size_t nacc, double* out, Partial&& partial) {
+  const std::size_t rb = rows_per_block(s), blocks = num_chunks(s.n, rb), width = nacc * s.c;
+  std::vector<double> parts(blocks * width, 0.0);
+  parallel_for(s.n, rb, [&](std::size_t b, std::size_t e) { partial(b, e, parts.data() + (b / rb) * width); });
+  for (std::size_t j = 0; j < width; ++j) out[j] = 0.0;
+  for (std::size_t k = 0; k < blocks; ++k)
+    for (std::size_t j = 0; j < width; ++j) out[j] += parts[k * width + j];
+}
+
+template <class T>
+void normalize(const T* x, T* y, const BnShape& s, const std::vector<T>& mean, const std::vector<T>& scale,
+               const std::vector<T>& shift) {
+  const std::size_t rb = rows_per_block(s), stride = s.c * s.l;
+  dispatch([&](auto isa) {
+    parallel_for(s.n, rb, [&](std::size_t b, std::size_t e) {
+      kernels::bn_normalize<decltype(isa)::value, T>(x + b * stride, y + b * stride, e - b, s.c, s.l, mean.data(),
+                                                      scale.data(), shift.data());
+    });
+  });
+}
+
+// y = (x - mean) * invstd * weight + bias with per-channel coefficients in T.
+template <class T>
+void affine_output(const T* x, T* y, const BnShape& s, const T* weight, const T* bias, const double* mean,
+                   const double* invstd) {
+  std::vector<T> m(s.c), scale(s.c), shift(s.c);
+  for (std::size_t ch = 0; ch < s.c; ++ch) {
+    m[ch] = static_cast<T>(mean[ch]);
+    scale[ch] = static_cast<T>(invstd[ch] * (weight ? static_cast<double>(weight[ch]) : 1.0));
+    shift[ch] = bias ? bias[ch] : T(0);
+  }
+  normalize(x, y, s, m, scale, shift);
+}
+
+}  // namespace
+
+template <class T>
+void batch_norm_forward_train(const T* x, T* y, BnShape s, const T* weight, const T* bias, double eps,
+                              T* running_mean, T* running_var, double momentum, double* save_mean,
+                              double* save_invstd) {
+  const std::size_t m = s.n * s.l, stride = s.c * s.l;
+  if (m == 0) {  // empty batch: nothing to normalize, statistics unchanged
+    for (std::size_t ch = 0; ch < s.c; ++ch) {
+      save_mean[ch] = 0.0;
+      save_invstd[ch] = 1.0 / std::sqrt(eps);
+    }
+    return;
+  }
+  if (running_var && m < 2)
+    throw std::invalid_argument("x: expected more than 1 value per channel to update running_var");
+  dispatch([&](auto isa) {
+    constexpr Isa I = decltype(isa)::value;
+    reduce_channels(s, 1, save_mean, [&](std::size_t b, std::size_t e, double* acc) {
+      kernels::bn_sum<I, T>(x + b * stride, e - b, s.c, s.l, acc);
+    });
+    for (std::size_t ch = 0; ch < s.c; ++ch) save_mean[ch] /= static_cast<double>(m);
+    // Two-pass variance: the squared deviations from the exact-in-double mean.
+    reduce_channels(s, 1, save_invstd, [&](std::size_t b, std::size_t e, double* acc) {
+      kernels::bn_sqdev<I, T>(x + b * stride, e - b, s.c, s.l, save_mean, acc);
+    });
+  });
+  const double md = static_cast<double>(m);
+  for (std::size_t ch = 0; ch < s.c; ++ch) {
+    const double var = save_invstd[ch] / md;  // biased: normalizes the batch
+    if (running_mean)
+      running_mean[ch] = static_cast<T>(momentum * save_mean[ch] + (1.0 - momentum) * running_mean[ch]);
+    if (running_var)  // unbiased, like torch
+      running_var[ch] = static_cast<T>(momentum * (var * md / (md - 1.0)) + (1.0 - momentum) * running_var[ch]);
+    save_invstd[ch] = 1.0 / std::sqrt(var + eps);
+  }
+  affine_output(x, y, s, weight, bias, save_mean, save_invstd);
+}
+
+template <class T>
+void batch_norm_forward_eval(const T* x, T* y, BnShape s, const T* weight, const T* bias, double eps,
+                             const T* running_mean, const T* running_var, double* save_mean, double* save_invstd) {
+  for (std::size_t ch = 0; ch < s.c; ++ch) {
+    save_mean[ch] = static_cast<double>(running_mean[ch]);
+    save_invstd[ch] = 1.0 / std::sqrt(static_cast<double>(running_var[ch]) + eps);
+  }
+  affine_output(x, y, s, weight, bias, save_mean, save_invstd);
+}
+
+template <class T>
+void batch_norm_backward(const T* x, const T* dy, T* dx, BnShape s, const T* weight, const double* save_mean,
+                         const double* save_invstd, bool training, T* grad_weight, T* grad_bias) {
+  const std::size_t m = s.n * s.l, stride = s.c * s.l;
+  std::vector<double> sums(2 * s.c);
+  dispatch([&](auto isa) {
+    reduce_channels(s, 2, sums.data(), [&](std::size_t b, std::size_t e, double* acc) {
+      kernels::bn_dot<decltype(isa)::value, T>(x + b * stride, dy + b * stride, e - b, s.c, s.l, save_mean, acc,
+                                               acc + s.c);
+    });
+  });
+  const double* sum_dy = sums.data();
+  const double* sum_dy_xmu = sums.data() + s.c;
+  std::vector<T> mean(s.c), k(s.c), mean_dy(s.c), scale(s.c);
+  for (std::size_t ch = 0; ch < s.c; ++ch) {
+    const double invstd = save_invstd[ch];
+    if (grad_bias) grad_bias[ch] = static_cast<T>(sum_dy[ch]);
+    if (grad_weight) grad_weight[ch] = static_cast<T>(sum_dy_xmu[ch] * invstd);
+    mean[ch] = static_cast<T>(save_mean[ch]);
+    // With batch statistics, the mean and variance depend on x too:
+    // dx = (dy - mean(dy) - xhat * mean(dy * xhat)) * invstd * w.
+    const bool batch = training && m > 0;
+    k[ch] = batch ? static_cast<T>(sum_dy_xmu[ch] * invstd * invstd / static_cast<double>(m)) : T(0);
+    mean_dy[ch] = batch ? static_cast<T>(sum_dy[ch] / static_cast<double>(m)) : T(0);
+    scale[ch] = static_cast<T>(invstd * (weight ? static_cast<double>(weight[ch]) : 1.0));
+  }
+  const std::size_t rb = rows_per_block(s);
+  dispatch([&](auto isa) {
+    parallel_for(s.n, rb, [&](std::size_t b, std::size_t e) {
+      kernels::bn_input_grad<decltype(isa)::value, T>(x + b * stride, dy + b * stride, dx + b * stride, e - b, s.c,
+                                                      s.l, mean.data(), k.data(), mean_dy.data(), scale.data());
+    });
+  });
+}
+
+// ---------------------------------------------------------------- GELU
+template <class T>
+void gelu_forward(const T* x, T* y, std::size_t n, bool tanh_approx) {
+  parallel_for(n, kDefaultGrain / 4, [&](std::size_t b, std::size_t e) {
+    kernels::gelu_forward<T>(x + b, y + b, e - b, tanh_approx);
+  });
+}
+
+template <class T>
+void gelu_backward(const T* x, const T* dy, T* dx, std::size_t n, bool tanh_approx) {
+  parallel_for(n, kDefaultGrain / 4, [&](std::size_t b, std::size_t e) {
+    kernels::gelu_backward<T>(x + b, dy + b, dx + b, e - b, tanh_approx);
+  });
+}
+
+#define SLIMGRAD_NN_ENTRY(T)                                                                                    \
+  template void dropout<T>(const T*, T*, std::size_t, double, std::uint64_t, std::uint64_t);                    \
+  template void batch_norm_forward_train<T>(const T*, T*, BnShape, const T*, const T*, double, T*, T*, double, \
+                                            double*, double*);                                                 \
+  template void batch_norm_forward_eval<T>(const T*, T*, BnShape, const T*, const T*, double, const T*,        \
+                                           const T*, double*, double*);                                        \
+  template void batch_norm_backward<T>(const T*, const T*, T*, BnShape, const T*, const double*, const double*, \
+                                       bool, T*, T*);                                                          \
+  template void gelu_forward<T>(const T*, T*, std::size_t, bool);                                              \
+  template void gelu_backward<T>(const T*, const T*, T*, std::size_t, bool);
+SLIMGRAD_NN_ENTRY(float)
+SLIMGRAD_NN_ENTRY(double)
+#undef SLIMGRAD_NN_ENTRY
+
+}  // namespace slimgrad

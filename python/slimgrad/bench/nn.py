@@ -1,0 +1,99 @@
+"""nn suite: Dropout and BatchNorm1d forward+backward on (size, 1024) float32.
+
+Each implementation does what a training step does: forward, then backward
+with a given output gradient, allocating its outputs like a layer would.
+  - slimgrad: the nn layers (C++ kernels; the dropout mask is recomputed in
+    backward from the Philox counter, BatchNorm statistics in float64).
+  - numpy: the textbook formulas (a boolean mask kept for backward; float32
+    statistics through NumPy's pairwise sums).
+  - torch: torch.nn.functional.dropout / torch.nn.BatchNorm1d with autograd.
+``bytes`` is the compulsory traffic: forward reads x and writes y, backward
+reads the output gradient (and x for BatchNorm) and writes the input gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from .. import nn
+from . import Case, optional_import
+
+DEFAULT_SIZE = 4096  # rows; 1024 features: 16 MiB per float32 array
+FEATURES = 1024
+P = 0.1
+EPS = 1e-5
+
+
+def cases(size: int) -> Iterator[Case]:
+    torch = optional_import("torch")
+    rng = np.random.default_rng(0)
+    shape = (size, FEATURES)
+    n = size * FEATURES
+    x = rng.standard_normal(shape, dtype=np.float32)
+    g = rng.standard_normal(shape, dtype=np.float32)
+    tx = tg = None
+    if torch is not None:
+        tx = torch.from_numpy(x.copy()).requires_grad_()
+        tg = torch.from_numpy(g)
+
+    # ------------------------------------------------------------- Dropout
+    drop = nn.Dropout(P, seed=0)
+
+    def ours_dropout():
+        drop.forward(x)
+        return drop.backward(g)
+
+    np_rng = np.random.default_rng(1)
+    scale = np.float32(1.0 / (1.0 - P))
+
+    def numpy_dropout():
+        keep = np_rng.random(shape, dtype=np.float32) >= P
+        y = np.where(keep, x * scale, np.float32(0))
+        return y, np.where(keep, g * scale, np.float32(0))
+
+    impls = {"slimgrad": ours_dropout, "numpy (bool mask)": numpy_dropout}
+    if torch is not None:
+
+        def torch_dropout():
+            tx.grad = None
+            torch.nn.functional.dropout(tx, p=P, training=True).backward(tg)
+
+        impls["torch F.dropout+autograd"] = torch_dropout
+    yield Case(f"Dropout fwd+bwd f32 {size}x{FEATURES}", impls, bytes=4 * 4 * n)
+
+    # --------------------------------------------------------- BatchNorm1d
+    bn = nn.BatchNorm1d(FEATURES)
+
+    def ours_bn():
+        bn.forward(x)
+        return bn.backward(g)
+
+    w = np.ones(FEATURES, np.float32)
+    b = np.zeros(FEATURES, np.float32)
+
+    def numpy_bn():
+        mean = x.mean(axis=0)
+        xc = x - mean
+        var = np.mean(xc * xc, axis=0)
+        invstd = 1.0 / np.sqrt(var + np.float32(EPS))
+        xhat = xc * invstd
+        y = xhat * w + b
+        # backward
+        gw = np.sum(g * xhat, axis=0)
+        gb = np.sum(g, axis=0)
+        dx = (w * invstd) * (g - gb / size - xhat * (gw / size))
+        return y, dx, gw, gb
+
+    impls = {"slimgrad": ours_bn, "numpy (textbook)": numpy_bn}
+    if torch is not None:
+        tbn = torch.nn.BatchNorm1d(FEATURES)
+
+        def torch_bn():
+            tx.grad = None
+            tbn.zero_grad(set_to_none=True)
+            tbn(tx).backward(tg)
+
+        impls["torch BatchNorm1d+autograd"] = torch_bn
+    yield Case(f"BatchNorm1d fwd+bwd f32 {size}x{FEATURES}", impls, bytes=5 * 4 * n)

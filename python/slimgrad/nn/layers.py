@@ -1,0 +1,300 @@
+"""Layers: Linear, ReLU, GELU, Dropout, BatchNorm1d."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import _core
+from .functional import check_probability, check_seed
+from .module import Module, check_grad, check_input, float_dtype
+
+_nn = _core.nn
+
+
+def _check_count(value: object, name: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    return int(value)
+
+
+class Linear(Module):
+    """``y = x @ weight.T + bias`` with ``weight`` of shape (out_features, in_features).
+
+    Initialization is torch's default (``kaiming_uniform_(a=sqrt(5))``): weight
+    and bias ~ U(-1/sqrt(in_features), 1/sqrt(in_features)), drawn from
+    ``np.random.default_rng(seed)`` (weight first). ``x`` has shape
+    (..., in_features) and the layer's dtype (``TypeError`` otherwise,
+    ``ValueError`` for a wrong last dimension). The matrix products run in
+    NumPy (BLAS). ``backward`` overwrites ``gradients()["weight"]`` and
+    ``["bias"]``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        dtype: object = np.float32,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.in_features = _check_count(in_features, "in_features")
+        self.out_features = _check_count(out_features, "out_features")
+        self.dtype = float_dtype(dtype)
+        rng = np.random.default_rng(check_seed(seed, "seed"))
+        bound = 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
+        shape = (self.out_features, self.in_features)
+        self.weight = self.register_parameter(
+            "weight", rng.uniform(-bound, bound, shape).astype(self.dtype)
+        )
+        self.bias = (
+            self.register_parameter(
+                "bias", rng.uniform(-bound, bound, self.out_features).astype(self.dtype)
+            )
+            if bias
+            else None
+        )
+        self._x: np.ndarray | None = None
+        self._y_shape: tuple[int, ...] | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        check_input(x, "x", self.dtype)
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x: expected shape (..., {self.in_features}), got {x.shape}")
+        y = x @ self.weight.T
+        if self.bias is not None:
+            y += self.bias
+        self._x = x
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        if self._x is None:
+            raise RuntimeError("Linear.backward: call forward first")
+        x = self._x
+        expected = np.empty(x.shape[:-1] + (self.out_features,), dtype=self.dtype)
+        g = check_grad(grad_out, expected, "Linear")
+        g2 = g.reshape(-1, self.out_features)
+        x2 = x.reshape(-1, self.in_features)
+        np.matmul(g2.T, x2, out=self._gradients["weight"])
+        if self.bias is not None:
+            np.sum(g2, axis=0, out=self._gradients["bias"])
+        return g @ self.weight
+
+    def extra_repr(self) -> str:
+        bias = self.bias is not None
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}"
+
+
+class ReLU(Module):
+    """``max(x, 0)``; backward passes the gradient where ``x > 0``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._x: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"x: expected an ndarray, got {type(x).__name__}")
+        self._x = x
+        return np.maximum(x, x.dtype.type(0))
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        x = self._x
+        g = check_grad(grad_out, x, "ReLU")
+        assert x is not None
+        return np.where(x > 0, g, g.dtype.type(0))
+
+
+class GELU(Module):
+    """GELU, ``x * Phi(x)`` (``approximate="none"``) or the tanh approximation.
+
+    C++ kernel (libm erf/tanh, threaded). ``x``: C-contiguous float32/float64.
+    """
+
+    def __init__(self, approximate: str = "none") -> None:
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+        self._x: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        y = np.empty_like(x, order="C") if isinstance(x, np.ndarray) else x
+        _nn.gelu_forward(x, y, self.approximate)
+        self._x = x
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        x = self._x
+        g = check_grad(grad_out, x, "GELU")
+        grad_in = np.empty_like(g, order="C")
+        _nn.gelu_backward(x, g, grad_in, self.approximate)
+        return grad_in
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
+
+
+class Dropout(Module):
+    """Inverted dropout: zero each element with probability ``p``, scale the rest by ``1/(1-p)``.
+
+    Training only; in eval mode (and for ``p == 0``) forward returns ``x``
+    itself. The mask is Philox-4x32-10 keyed by ``(seed, call number, element
+    index)``: every forward call in training draws a new mask (the call
+    counter advances), the same for any thread count and ISA, and backward
+    recomputes it instead of storing it. ``x``: C-contiguous float32/float64.
+    ``ValueError`` if ``p`` is outside [0, 1] (torch's message).
+    """
+
+    def __init__(self, p: float = 0.5, seed: int = 0) -> None:
+        super().__init__()
+        self.p = check_probability(p)
+        self.seed = check_seed(seed, "seed")
+        self.calls = 0  # the Philox stream of the next training forward
+        self._stream: int | None = None  # the stream of the last forward, None if identity
+        self._y: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if not self.training or self.p == 0.0:
+            self._stream = None
+            self._y = x
+            return x
+        y = np.empty_like(x, order="C") if isinstance(x, np.ndarray) else x
+        _nn.dropout(x, y, self.p, self.seed, self.calls)
+        self._stream = self.calls
+        self.calls += 1
+        self._y = y
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        g = check_grad(grad_out, self._y, "Dropout")
+        if self._stream is None:
+            return g
+        grad_in = np.empty_like(g, order="C")
+        _nn.dropout(g, grad_in, self.p, self.seed, self._stream)
+        return grad_in
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, seed={self.seed}"
+
+
+class BatchNorm1d(Module):
+    """Batch normalization over (N, C) or (N, C, L) input, with torch's semantics.
+
+    Training: normalize with the batch mean and biased variance (per channel,
+    summed in float64 in a fixed order: the same result for any thread
+    count), then update ``running_mean`` / ``running_var`` (unbiased
+    variance) with ``momentum``, or with the cumulative average
+    ``1 / num_batches_tracked`` when ``momentum`` is None. Eval: normalize
+    with the running statistics (batch statistics if
+    ``track_running_stats=False``). ``affine=False`` drops ``weight``/``bias``.
+
+    ``x`` must be a C-contiguous array of the layer's dtype (``TypeError``
+    otherwise) with C = ``num_features`` (``ValueError``); a batch with one
+    value per channel in training raises torch's ``ValueError``. ``backward``
+    overwrites ``gradients()["weight"]`` and ``["bias"]``.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        dtype: object = np.float32,
+    ) -> None:
+        super().__init__()
+        self.num_features = _check_count(num_features, "num_features")
+        self.dtype = float_dtype(dtype)
+        if not eps > 0:
+            raise ValueError(f"eps: expected a positive number, got {eps}")
+        self.eps = float(eps)
+        self.momentum = None if momentum is None else float(momentum)
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        c = self.num_features
+        self.running_mean: np.ndarray | None = None
+        self.running_var: np.ndarray | None = None
+        self.num_batches_tracked: np.ndarray | None = None
+        self.weight = self.register_parameter("weight", np.ones(c, self.dtype)) if affine else None
+        self.bias = self.register_parameter("bias", np.zeros(c, self.dtype)) if affine else None
+        if self.track_running_stats:
+            self.running_mean = self.register_buffer("running_mean", np.zeros(c, self.dtype))
+            self.running_var = self.register_buffer("running_var", np.ones(c, self.dtype))
+            self.num_batches_tracked = self.register_buffer(
+                "num_batches_tracked", np.zeros((), np.int64)
+            )
+        self._cache: tuple[np.ndarray, np.ndarray, np.ndarray, bool] | None = None
+        self._y: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        check_input(x, "x", self.dtype)
+        c = self.num_features
+        if x.ndim not in (2, 3) or x.shape[1] != c:
+            raise ValueError(
+                f"x: expected a 2-D (N, {c}) or 3-D (N, {c}, L) array, got shape {x.shape}"
+            )
+        batch_stats = self.training or not self.track_running_stats
+        if batch_stats and x.shape[0] * math.prod(x.shape[2:]) == 1:
+            raise ValueError(  # torch's message
+                "Expected more than 1 value per channel when training, "
+                f"got input size {tuple(x.shape)}"
+            )
+        update = self.training and self.track_running_stats
+        factor = 0.0
+        if update:  # the counter advances after the kernel accepted every argument
+            assert self.num_batches_tracked is not None
+            batches = int(self.num_batches_tracked) + 1
+            factor = 1.0 / batches if self.momentum is None else self.momentum
+        y = np.empty_like(x)
+        save_mean = np.empty(c, np.float64)
+        save_invstd = np.empty(c, np.float64)
+        use_running = update or not batch_stats
+        _nn.batch_norm_forward(
+            x,
+            y,
+            self.weight,
+            self.bias,
+            self.running_mean if use_running else None,
+            self.running_var if use_running else None,
+            save_mean,
+            save_invstd,
+            batch_stats,
+            factor,
+            self.eps,
+        )
+        if update:
+            assert self.num_batches_tracked is not None
+            self.num_batches_tracked[...] += 1  # in place: the live buffer
+        self._cache = (x, save_mean, save_invstd, batch_stats)
+        self._y = y
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        g = check_grad(grad_out, self._y, "BatchNorm1d")
+        assert self._cache is not None
+        x, save_mean, save_invstd, batch_stats = self._cache
+        grad_in = np.empty_like(g)
+        _nn.batch_norm_backward(
+            x,
+            g,
+            grad_in,
+            self.weight,
+            save_mean,
+            save_invstd,
+            batch_stats,
+            self._gradients.get("weight"),
+            self._gradients.get("bias"),
+        )
+        return grad_in
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
