@@ -1,8 +1,134 @@
 // Bindings of the prune kernels (slimgrad._core.prune).
+//
+// Masks are returned as new bool arrays, allocated here with the GIL held;
+// inputs are only read, except in apply_masks_, which zeroes in place. Every
+// argument is checked before any work, so an error changes nothing.
+#include <string>
+#include <vector>
+
 #include "buffers.hpp"
+#include "slimgrad/prune.hpp"
 
 namespace slimgrad::bind {
+namespace {
 
-void register_prune(py::module_& m) { (void)m; }
+std::string index_str(std::size_t flat, const std::vector<py::ssize_t>& shape) {
+  std::vector<py::ssize_t> idx(shape.size());
+  for (std::size_t d = shape.size(); d-- > 0;) {
+    idx[d] = static_cast<py::ssize_t>(flat % static_cast<std::size_t>(shape[d]));
+    flat /= static_cast<std::size_t>(shape[d]);
+  }
+  return shape_str(idx);
+}
+
+[[noreturn]] void raise_nan(const Array& a, std::size_t flat) {
+  throw py::value_error(a.name + ": NaN at index " + index_str(flat, a.shape()) + " (flat index " +
+                        std::to_string(flat) + "); NaN weights have no magnitude to rank");
+}
+
+py::array new_mask(const Array& like) { return py::array(py::dtype("bool"), like.shape()); }
+
+// magnitude_keep(arrays, names, k, priors) -> list of bool masks (True = kept)
+py::list magnitude_keep_py(py::sequence arrays, py::sequence names, std::size_t k, py::object priors) {
+  const std::size_t count = py::len(arrays);
+  if (py::len(names) != count) throw py::value_error("names: expected one name per array");
+  const bool have_priors = !priors.is_none();
+  if (have_priors && py::len(priors) != count) throw py::value_error("priors: expected one mask per array");
+  std::vector<Array> ws, ps;
+  std::size_t total = 0;
+  for (std::size_t i = 0; i < count; ++i) {
+    const std::string name = py::str(names[i]);
+    if (i == 0)
+      ws.push_back(check_array(arrays[i], name, {DType::f32, DType::f64}, Access::read));
+    else  // one key width for the whole selection
+      ws.push_back(check_array(arrays[i], name, {ws[0].dtype}, Access::read));
+    if (have_priors) {
+      const auto shape = ws.back().shape();
+      ps.push_back(check_array(priors.cast<py::sequence>()[i], "prior " + name, {DType::boolean}, Access::read, &shape));
+    }
+    total += ws.back().size();
+  }
+  if (k > total)
+    throw py::value_error("k: expected at most " + std::to_string(total) + " (the number of weights), got " +
+                          std::to_string(k));
+  py::list out;
+  std::vector<PruneSegment> segments;
+  for (std::size_t i = 0; i < count; ++i) {
+    py::array m = new_mask(ws[i]);
+    segments.push_back({ws[i].arr.data(), have_priors ? ps[i].ptr<std::uint8_t>() : nullptr, ws[i].size(),
+                        static_cast<std::uint8_t*>(m.mutable_data())});
+    out.append(m);
+  }
+  NanPosition nan;
+  {
+    py::gil_scoped_release release;  // ws, ps and out hold every buffer for the call
+    nan = (count > 0 && ws[0].dtype == DType::f32) ? magnitude_keep<float>(segments, k)
+                                                   : magnitude_keep<double>(segments, k);
+  }
+  if (nan.found) raise_nan(ws[nan.segment], nan.index);
+  return out;
+}
+
+// nm_keep(w, name, inner, n, m) -> bool mask; w is viewed as (rows, m, inner).
+py::array nm_keep_py(py::handle w, const std::string& name, std::size_t inner, int n, int m) {
+  const Array wa = check_array(w, name, {DType::f32, DType::f64}, Access::read);
+  if (m < 1 || n < 0 || n > m) throw py::value_error("n, m: expected 0 <= n <= m and m >= 1");
+  const std::size_t row = static_cast<std::size_t>(m) * inner;
+  if (row == 0 || wa.size() % row != 0)
+    throw py::value_error(name + ": size " + std::to_string(wa.size()) + " is not a whole number of groups of " +
+                          std::to_string(m) + " x " + std::to_string(inner));
+  py::array out = new_mask(wa);
+  auto* keep = static_cast<std::uint8_t*>(out.mutable_data());
+  std::ptrdiff_t nan;
+  {
+    py::gil_scoped_release release;
+    nan = wa.dtype == DType::f32 ? nm_keep(wa.ptr<float>(), wa.size() / row, inner, n, m, keep)
+                                 : nm_keep(wa.ptr<double>(), wa.size() / row, inner, n, m, keep);
+  }
+  if (nan >= 0) raise_nan(wa, static_cast<std::size_t>(nan));
+  return out;
+}
+
+// apply_masks_(masks, groups, names): zero groups[i][j] where masks[i] is
+// False; groups[i][0] is the weight, the rest its optimizer moments;
+// names[i][j] names groups[i][j] in error messages.
+void apply_masks_py(py::sequence masks, py::sequence groups, py::sequence names) {
+  const std::size_t count = py::len(masks);
+  if (py::len(groups) != count || py::len(names) != count)
+    throw py::value_error("masks, groups, names: expected the same length");
+  std::vector<Array> held;
+  std::vector<MaskGroup> plan;
+  for (std::size_t i = 0; i < count; ++i) {
+    const py::sequence arrays = groups[i].cast<py::sequence>();
+    const py::sequence labels = names[i].cast<py::sequence>();
+    if (py::len(arrays) == 0 || py::len(labels) != py::len(arrays))
+      throw py::value_error("groups[" + std::to_string(i) + "]: expected the weight first and one name per array");
+    const std::string name = py::str(labels[0]);
+    const Array w = check_array(arrays[0], name, {DType::f16, DType::bf16, DType::f32, DType::f64}, Access::write);
+    const auto shape = w.shape();
+    const Array m = check_array(masks[i], "mask " + name, {DType::boolean}, Access::read, &shape);
+    MaskGroup g{m.ptr<std::uint8_t>(), m.size(), {}};
+    held.push_back(m);
+    for (std::size_t j = 0; j < py::len(arrays); ++j) {
+      const Array a = j == 0 ? w
+                             : check_array(arrays[j], py::str(labels[j]),
+                                           {DType::f16, DType::bf16, DType::f32, DType::f64}, Access::write, &shape);
+      g.arrays.emplace_back(const_cast<void*>(a.arr.data()), static_cast<int>(a.arr.itemsize()));
+      held.push_back(a);
+    }
+    plan.push_back(std::move(g));
+  }
+  py::gil_scoped_release release;  // `held` keeps every buffer alive
+  apply_masks(plan);
+}
+
+}  // namespace
+
+void register_prune(py::module_& m) {
+  m.def("magnitude_keep", &magnitude_keep_py, py::arg("arrays"), py::arg("names"), py::arg("k"),
+        py::arg("priors") = py::none());
+  m.def("nm_keep", &nm_keep_py, py::arg("w"), py::arg("name"), py::arg("inner"), py::arg("n"), py::arg("m"));
+  m.def("apply_masks_", &apply_masks_py, py::arg("masks"), py::arg("groups"), py::arg("names"));
+}
 
 }  // namespace slimgrad::bind

@@ -1,0 +1,119 @@
+// Pruning kernels: exact magnitude selection (radix select on the float
+// bits), N:M masks and the fused mask application of the Pruner.
+//
+// The selection key of a float x is the IEEE bit pattern of |x| read as an
+// unsigned integer (sign bit cleared): for non-NaN values it orders exactly
+// like |x| (+0.0 and -0.0 share key 0, denormals sit above 0, +-inf on top),
+// and NaN keys are larger than the key of inf, which is how NaN is detected.
+//
+// With a `prior` keep mask (the Pruner's previous mask), positions it pruned
+// get key 0 and every other key is shifted up by one: previously pruned
+// weights are pruned again first, so a mask update never revives a weight.
+//
+// Two layers, as in core.hpp: single-threaded kernels<Isa, T> on one
+// contiguous range, and threaded, dispatched entry points.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "slimgrad/isa.hpp"
+
+namespace slimgrad {
+
+template <class T>
+struct KeyTraits;
+template <>
+struct KeyTraits<float> {
+  using Key = std::uint32_t;
+  static constexpr int bits = 31;  // the sign bit is cleared
+  static constexpr Key inf = 0x7F800000u;
+};
+template <>
+struct KeyTraits<double> {
+  using Key = std::uint64_t;
+  static constexpr int bits = 63;
+  static constexpr Key inf = 0x7FF0000000000000ull;
+};
+template <class T>
+using KeyOf = typename KeyTraits<T>::Key;
+
+// Radix digits of at most this many bits: 2048 bins of uint32 (x4 copies)
+// stay in L1.
+inline constexpr int kDigitBits = 11;
+// Copies of each histogram, indexed by position mod 4: consecutive equal
+// digits (ties, zeros) then increment different counters, so the increments
+// do not wait on each other through memory.
+inline constexpr int kHistCopies = 4;
+
+namespace kernels {
+// Histogram of digit (key >> lo) & (2^(hi-lo) - 1) over the candidates, the
+// elements with (key >> hi) == prefix; hist has kHistCopies * 2^(hi-lo)
+// counters (copy c counts positions i with i % 4 == c) and is added to.
+// Returns the largest raw key |x| bits (ignoring prior), for the NaN check.
+template <Isa I, class T>
+KeyOf<T> histogram(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> prefix, int hi,
+                   int lo, std::uint32_t* hist);
+// Number of elements whose key equals `key`.
+template <Isa I, class T>
+std::size_t count_equal(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> key);
+// keep[i] = key(x[i]) >= bound  (1 = kept, 0 = pruned)
+template <Isa I, class T>
+void threshold_keep(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> bound,
+                    std::uint8_t* keep);
+// N:M over `rows` group rows of m * inner elements, element t of group j at
+// t * inner + j: keep the n largest keys of each group; the m - n pruned are
+// the smallest, ties pruned lower index first (as magnitude selection).
+template <Isa I, class T>
+void nm_keep(const T* x, std::size_t rows, std::size_t inner, int n, int m, std::uint8_t* keep);
+// Index of the first NaN in x[0, n), or n.
+template <Isa I, class T>
+std::size_t find_nan(const T* x, std::size_t n);
+// a[i] = 0 where keep[i] == 0. U is the unsigned integer of the element's
+// width: zeroing is a bit operation, so one kernel serves every dtype.
+template <Isa I, class U>
+void apply_keep(U* a, const std::uint8_t* keep, std::size_t n);
+}  // namespace kernels
+
+// One array of a magnitude selection.
+struct PruneSegment {
+  const void* x;               // float or double, n elements, C order
+  const std::uint8_t* prior;   // nullptr or n bytes: 0 = pruned before
+  std::size_t n;
+  std::uint8_t* keep;          // out: n bytes, 1 = kept
+};
+
+// Where a NaN stopped a selection (found == false: none).
+struct NanPosition {
+  bool found = false;
+  std::size_t segment = 0;
+  std::size_t index = 0;
+};
+
+// Prunes exactly k of the elements of all segments together (k <= total):
+// the k smallest keys, ties pruned in (segment, flat index) order. Returns
+// the first NaN (in that order) without writing any mask if there is one.
+// Memory: the masks plus O(bins x threads); no copy of the data.
+template <class T>
+NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_t k);
+
+// N:M masks of a C-contiguous array viewed as (rows, m, inner); returns the
+// first NaN's flat index (keep then holds no valid mask) or -1.
+template <class T>
+std::ptrdiff_t nm_keep(const T* x, std::size_t rows, std::size_t inner, int n, int m,
+                       std::uint8_t* keep);
+
+// One mask and the arrays it applies to (the weight and its optimizer
+// moments), each `n` elements of `itemsize` 2, 4 or 8 bytes.
+struct MaskGroup {
+  const std::uint8_t* keep;
+  std::size_t n;
+  std::vector<std::pair<void*, int>> arrays;  // (data, itemsize)
+};
+// Zeroes every array of every group where its mask is 0: one pass over the
+// data, chunk by chunk (the mask chunk is read once for all its arrays).
+void apply_masks(const std::vector<MaskGroup>& groups);
+
+}  // namespace slimgrad

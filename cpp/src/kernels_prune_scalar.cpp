@@ -1,0 +1,137 @@
+// Scalar reference (the oracle) of the prune kernels: plain loops over the
+// integer keys (|x| bits), no arithmetic on floats, so every ISA must match
+// them bit for bit.
+#include <cmath>
+#include <cstring>
+
+#include "slimgrad/prune.hpp"
+
+namespace slimgrad::kernels {
+namespace {
+
+template <class T>
+KeyOf<T> raw_key(T x) {
+  KeyOf<T> k;
+  std::memcpy(&k, &x, sizeof(T));
+  return k & (~KeyOf<T>(0) >> 1);
+}
+
+// The selection key: with a prior mask, previously pruned positions come
+// first (key 0) and the others move up by one.
+template <class T>
+KeyOf<T> key_at(const T* x, const std::uint8_t* prior, std::size_t i) {
+  const KeyOf<T> k = raw_key(x[i]);
+  if (!prior) return k;
+  return prior[i] ? k + 1 : 0;
+}
+
+template <class T>
+KeyOf<T> histogram_ref(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> prefix,
+                       int hi, int lo, std::uint32_t* hist) {
+  const std::size_t bins = std::size_t(1) << (hi - lo);
+  const KeyOf<T> digit_mask = static_cast<KeyOf<T>>(bins - 1);
+  KeyOf<T> max_raw = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const KeyOf<T> raw = raw_key(x[i]);
+    if (raw > max_raw) max_raw = raw;
+    const KeyOf<T> k = key_at(x, prior, i);
+    if ((k >> hi) == prefix) ++hist[(i % kHistCopies) * bins + ((k >> lo) & digit_mask)];
+  }
+  return max_raw;
+}
+
+template <class T>
+std::size_t count_equal_ref(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> key) {
+  std::size_t c = 0;
+  for (std::size_t i = 0; i < n; ++i) c += key_at(x, prior, i) == key;
+  return c;
+}
+
+template <class T>
+void threshold_keep_ref(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> bound,
+                        std::uint8_t* keep) {
+  for (std::size_t i = 0; i < n; ++i) keep[i] = key_at(x, prior, i) >= bound;
+}
+
+// Element s of a group is pruned before t when its key is smaller, or equal
+// with s < t; t's rank is the number pruned before it, and t is kept when at
+// least m - n are pruned before it.
+template <class T>
+void nm_keep_ref(const T* x, std::size_t rows, std::size_t inner, int n, int m, std::uint8_t* keep) {
+  const std::size_t row = static_cast<std::size_t>(m) * inner;
+  for (std::size_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * row;
+    std::uint8_t* kr = keep + r * row;
+    for (std::size_t j = 0; j < inner; ++j) {
+      for (int t = 0; t < m; ++t) {
+        const KeyOf<T> kt = raw_key(xr[t * inner + j]);
+        int rank = 0;
+        for (int s = 0; s < m; ++s) {
+          const KeyOf<T> ks = raw_key(xr[s * inner + j]);
+          rank += ks < kt || (ks == kt && s < t);
+        }
+        kr[t * inner + j] = rank >= m - n;
+      }
+    }
+  }
+}
+
+template <class T>
+std::size_t find_nan_ref(const T* x, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i)
+    if (std::isnan(x[i])) return i;
+  return n;
+}
+
+template <class U>
+void apply_keep_ref(U* a, const std::uint8_t* keep, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i)
+    if (!keep[i]) a[i] = 0;
+}
+
+}  // namespace
+
+#define SLIMGRAD_PRUNE_SCALAR(T)                                                                  \
+  template <>                                                                                     \
+  KeyOf<T> histogram<Isa::scalar, T>(const T* x, const std::uint8_t* prior, std::size_t n,        \
+                                     KeyOf<T> prefix, int hi, int lo, std::uint32_t* hist) {      \
+    return histogram_ref(x, prior, n, prefix, hi, lo, hist);                                      \
+  }                                                                                               \
+  template <>                                                                                     \
+  std::size_t count_equal<Isa::scalar, T>(const T* x, const std::uint8_t* prior, std::size_t n,   \
+                                          KeyOf<T> key) {                                         \
+    return count_equal_ref(x, prior, n, key);                                                     \
+  }                                                                                               \
+  template <>                                                                                     \
+  void threshold_keep<Isa::scalar, T>(const T* x, const std::uint8_t* prior, std::size_t n,       \
+                                      KeyOf<T> bound, std::uint8_t* keep) {                       \
+    threshold_keep_ref(x, prior, n, bound, keep);                                                 \
+  }                                                                                               \
+  template <>                                                                                     \
+  void nm_keep<Isa::scalar, T>(const T* x, std::size_t rows, std::size_t inner, int n, int m,     \
+                               std::uint8_t* keep) {                                              \
+    nm_keep_ref(x, rows, inner, n, m, keep);                                                      \
+  }                                                                                               \
+  template <>                                                                                     \
+  std::size_t find_nan<Isa::scalar, T>(const T* x, std::size_t n) {                               \
+    return find_nan_ref(x, n);                                                                    \
+  }
+
+SLIMGRAD_PRUNE_SCALAR(float)
+SLIMGRAD_PRUNE_SCALAR(double)
+#undef SLIMGRAD_PRUNE_SCALAR
+
+template <>
+void apply_keep<Isa::scalar, std::uint16_t>(std::uint16_t* a, const std::uint8_t* keep, std::size_t n) {
+  apply_keep_ref(a, keep, n);
+}
+template <>
+void apply_keep<Isa::scalar, std::uint32_t>(std::uint32_t* a, const std::uint8_t* keep, std::size_t n) {
+  apply_keep_ref(a, keep, n);
+}
+template <>
+void apply_keep<Isa::scalar, std::uint64_t>(std::uint64_t* a, const std::uint8_t* keep, std::size_t n) {
+  apply_keep_ref(a, keep, n);
+}
+
+}  // namespace slimgrad::kernels

@@ -1,0 +1,302 @@
+// Prune kernels written once, instantiated by kernels_prune_avx2.cpp and
+// kernels_prune_avx512.cpp. All the work is on integer keys (|x| bits), so
+// every path is exact and agrees with the scalar oracle bit for bit.
+//  - Intrinsics: 256-bit AVX2 integer ops (and, shifts, compares, shuffles)
+//    plus BMI2 pdep to spread a lane mask into 0/1 bytes. The avx512 level
+//    reuses these 256-bit bodies (x86-64-v4 includes AVX2 and BMI2): the
+//    kernels are bound by memory and by the histogram's scalar increments,
+//    not by vector width.
+//  - Keys of float32 are below 2^31 and of float64 below 2^63 (sign bit
+//    cleared, +1 for a prior mask), so signed integer compares order them.
+//  - Tails (n % width elements) run the same integer logic in a scalar loop:
+//    no rounding is involved, so no padded copy is needed.
+//  - Helpers live in an unnamed namespace: each ISA file gets its own copy,
+//    compiled with its own flags (no one-definition-rule trap).
+#pragma once
+
+#include <cmath>
+#include <cstring>
+
+#include "slimgrad/prune.hpp"
+#include "slimgrad/simd.hpp"
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace slimgrad::kernels {
+
+// The scalar kernels, for shapes the vector paths do not cover.
+template <>
+void nm_keep<Isa::scalar, float>(const float*, std::size_t, std::size_t, int, int, std::uint8_t*);
+template <>
+void nm_keep<Isa::scalar, double>(const double*, std::size_t, std::size_t, int, int, std::uint8_t*);
+
+namespace {
+
+template <class T>
+KeyOf<T> raw_key_s(T x) {
+  KeyOf<T> k;
+  std::memcpy(&k, &x, sizeof(T));
+  return k & (~KeyOf<T>(0) >> 1);
+}
+template <class T>
+KeyOf<T> key_at_s(const T* x, const std::uint8_t* prior, std::size_t i) {
+  const KeyOf<T> k = raw_key_s(x[i]);
+  if (!prior) return k;
+  return prior[i] ? k + 1 : 0;
+}
+
+#if defined(__AVX2__)
+// Integer key vectors: 8 x int32 for float, 4 x int64 for double.
+template <class T>
+struct KeyVec;
+
+template <>
+struct KeyVec<float> {
+  using Key = std::uint32_t;
+  static constexpr std::size_t W = 8;
+  static __m256i raw(const float* p) {
+    return _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
+                            _mm256_set1_epi32(0x7FFFFFFF));
+  }
+  // All-ones lanes where the prior mask pruned (byte == 0).
+  static __m256i was_pruned(const std::uint8_t* p) {
+    const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return _mm256_cmpeq_epi32(_mm256_cvtepu8_epi32(b), _mm256_setzero_si256());
+  }
+  static __m256i set1(Key k) { return _mm256_set1_epi32(static_cast<int>(k)); }
+  static __m256i one() { return _mm256_set1_epi32(1); }
+  static __m256i add(__m256i a, __m256i b) { return _mm256_add_epi32(a, b); }
+  static __m256i srl(__m256i a, int s) { return _mm256_srl_epi32(a, _mm_cvtsi32_si128(s)); }
+  static __m256i eq(__m256i a, __m256i b) { return _mm256_cmpeq_epi32(a, b); }
+  static __m256i gt(__m256i a, __m256i b) { return _mm256_cmpgt_epi32(a, b); }
+  static __m256i max(__m256i a, __m256i b) { return _mm256_max_epi32(a, b); }
+  static unsigned bits(__m256i m) { return static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(m))); }
+  static __m256i copy_offsets(Key bins) {  // lane j counts into copy j % 4
+    const int b = static_cast<int>(bins);
+    return _mm256_setr_epi32(0, b, 2 * b, 3 * b, 0, b, 2 * b, 3 * b);
+  }
+};
+
+template <>
+struct KeyVec<double> {
+  using Key = std::uint64_t;
+  static constexpr std::size_t W = 4;
+  static __m256i raw(const double* p) {
+    return _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
+                            _mm256_set1_epi64x(0x7FFFFFFFFFFFFFFFll));
+  }
+  static __m256i was_pruned(const std::uint8_t* p) {
+    int b4;
+    std::memcpy(&b4, p, 4);
+    return _mm256_cmpeq_epi64(_mm256_cvtepu8_epi64(_mm_cvtsi32_si128(b4)), _mm256_setzero_si256());
+  }
+  static __m256i set1(Key k) { return _mm256_set1_epi64x(static_cast<long long>(k)); }
+  static __m256i one() { return _mm256_set1_epi64x(1); }
+  static __m256i add(__m256i a, __m256i b) { return _mm256_add_epi64(a, b); }
+  static __m256i srl(__m256i a, int s) { return _mm256_srl_epi64(a, _mm_cvtsi32_si128(s)); }
+  static __m256i eq(__m256i a, __m256i b) { return _mm256_cmpeq_epi64(a, b); }
+  static __m256i gt(__m256i a, __m256i b) { return _mm256_cmpgt_epi64(a, b); }
+  static __m256i max(__m256i a, __m256i b) { return _mm256_blendv_epi8(b, a, _mm256_cmpgt_epi64(a, b)); }
+  static unsigned bits(__m256i m) { return static_cast<unsigned>(_mm256_movemask_pd(_mm256_castsi256_pd(m))); }
+  static __m256i copy_offsets(Key bins) {
+    const long long b = static_cast<long long>(bins);
+    return _mm256_setr_epi64x(0, b, 2 * b, 3 * b);
+  }
+};
+
+template <class T>
+inline __m256i keys(const T* x, const std::uint8_t* prior, std::size_t i, __m256i raw) {
+  using KV = KeyVec<T>;
+  if (!prior) return raw;
+  (void)x;
+  return _mm256_andnot_si256(KV::was_pruned(prior + i), KV::add(raw, KV::one()));
+}
+
+// Lane mask bits (one per lane) -> one 0/1 byte per lane.
+inline std::uint64_t spread_bits(unsigned bits) { return _pdep_u64(bits, 0x0101010101010101ull); }
+
+template <class T>
+inline KeyOf<T> hmax(__m256i v) {
+  alignas(32) KeyOf<T> t[KeyVec<T>::W];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(t), v);
+  KeyOf<T> m = 0;
+  for (std::size_t j = 0; j < KeyVec<T>::W; ++j) m = t[j] > m ? t[j] : m;
+  return m;
+}
+#endif  // __AVX2__
+
+}  // namespace
+
+template <Isa I, class T>
+KeyOf<T> histogram(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> prefix, int hi,
+                   int lo, std::uint32_t* hist) {
+  using Key = KeyOf<T>;
+  const Key bins = Key(1) << (hi - lo);
+  const Key digit_mask = bins - 1;
+  Key max_raw = 0;
+  std::size_t i = 0;
+#if defined(__AVX2__)
+  using KV = KeyVec<T>;
+  constexpr std::size_t W = KV::W;
+  const __m256i vprefix = KV::set1(prefix), vmask = KV::set1(digit_mask);
+  const __m256i offsets = KV::copy_offsets(bins);
+  __m256i vmax = _mm256_setzero_si256();
+  alignas(32) Key slot[W];
+  for (; i + W <= n; i += W) {
+    const __m256i raw = KV::raw(x + i);
+    vmax = KV::max(vmax, raw);
+    const __m256i k = keys(x, prior, i, raw);
+    unsigned cand = KV::bits(KV::eq(KV::srl(k, hi), vprefix));
+    if (!cand) continue;
+    // Digit plus the offset of its histogram copy (lane j -> copy j % 4;
+    // i is a multiple of 4, so this is copy (i + j) % 4 as in the oracle).
+    const __m256i d = KV::add(_mm256_and_si256(KV::srl(k, lo), vmask), offsets);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(slot), d);
+    if (cand == (1u << W) - 1) {
+      for (std::size_t j = 0; j < W; ++j) ++hist[slot[j]];
+    } else {
+      while (cand) {
+        ++hist[slot[__builtin_ctz(cand)]];
+        cand &= cand - 1;
+      }
+    }
+  }
+  max_raw = hmax<T>(vmax);
+#endif
+  for (; i < n; ++i) {
+    const Key raw = raw_key_s(x[i]);
+    max_raw = raw > max_raw ? raw : max_raw;
+    const Key k = key_at_s(x, prior, i);
+    if ((k >> hi) == prefix) ++hist[(i % kHistCopies) * bins + ((k >> lo) & digit_mask)];
+  }
+  return max_raw;
+}
+
+template <Isa I, class T>
+std::size_t count_equal(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> key) {
+  std::size_t c = 0, i = 0;
+#if defined(__AVX2__)
+  using KV = KeyVec<T>;
+  const __m256i vkey = KV::set1(key);
+  for (; i + KV::W <= n; i += KV::W)
+    c += static_cast<std::size_t>(__builtin_popcount(KV::bits(KV::eq(keys(x, prior, i, KV::raw(x + i)), vkey))));
+#endif
+  for (; i < n; ++i) c += key_at_s(x, prior, i) == key;
+  return c;
+}
+
+template <Isa I, class T>
+void threshold_keep(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> bound,
+                    std::uint8_t* keep) {
+  std::size_t i = 0;
+#if defined(__AVX2__)
+  using KV = KeyVec<T>;
+  constexpr std::size_t W = KV::W;
+  // key >= bound  <=>  key > bound - 1 (bound - 1 = -1 when bound is 0).
+  const __m256i below = KV::set1(bound - 1);
+  for (; i + W <= n; i += W) {
+    const std::uint64_t bytes = spread_bits(KV::bits(KV::gt(keys(x, prior, i, KV::raw(x + i)), below)));
+    std::memcpy(keep + i, &bytes, W);
+  }
+#endif
+  for (; i < n; ++i) keep[i] = key_at_s(x, prior, i) >= bound;
+}
+
+template <Isa I, class T>
+void nm_keep(const T* x, std::size_t rows, std::size_t inner, int n, int m, std::uint8_t* keep) {
+#if defined(__AVX2__)
+  if (m == 4 && inner == 1) {
+    // Each group of 4 is a 128-bit lane (float) or a whole register
+    // (double). Rotations by r compare lane t with lane s = (t + r) % 4;
+    // s < t exactly for the lanes t >= 4 - r, where ties also count.
+    using KV = KeyVec<T>;
+    constexpr std::size_t W = KV::W;
+    const std::size_t total = rows * 4;
+    const __m256i need = KV::set1(static_cast<KeyOf<T>>(m - n - 1));
+    __m256i tie_lanes[3];
+    for (int r = 1; r <= 3; ++r) {
+      alignas(32) KeyOf<T> t[W];
+      for (std::size_t j = 0; j < W; ++j) t[j] = static_cast<int>(j % 4) >= 4 - r ? ~KeyOf<T>(0) : 0;
+      tie_lanes[r - 1] = _mm256_load_si256(reinterpret_cast<const __m256i*>(t));
+    }
+    std::size_t i = 0;
+    for (; i + W <= total; i += W) {
+      const __m256i k = KV::raw(x + i);
+      __m256i rot[3];
+      if constexpr (W == 8) {
+        rot[0] = _mm256_shuffle_epi32(k, _MM_SHUFFLE(0, 3, 2, 1));
+        rot[1] = _mm256_shuffle_epi32(k, _MM_SHUFFLE(1, 0, 3, 2));
+        rot[2] = _mm256_shuffle_epi32(k, _MM_SHUFFLE(2, 1, 0, 3));
+      } else {
+        rot[0] = _mm256_permute4x64_epi64(k, _MM_SHUFFLE(0, 3, 2, 1));
+        rot[1] = _mm256_permute4x64_epi64(k, _MM_SHUFFLE(1, 0, 3, 2));
+        rot[2] = _mm256_permute4x64_epi64(k, _MM_SHUFFLE(2, 1, 0, 3));
+      }
+      __m256i rank = _mm256_setzero_si256();
+      for (int r = 0; r < 3; ++r) {
+        const __m256i before = _mm256_or_si256(KV::gt(k, rot[r]),
+                                               _mm256_and_si256(KV::eq(k, rot[r]), tie_lanes[r]));
+        rank = KV::add(rank, _mm256_and_si256(before, KV::one()));
+      }
+      const std::uint64_t bytes = spread_bits(KV::bits(KV::gt(rank, need)));
+      std::memcpy(keep + i, &bytes, W);
+    }
+    if (i < total) nm_keep<Isa::scalar, T>(x + i, (total - i) / 4, 1, n, m, keep + i);
+    return;
+  }
+#endif
+  nm_keep<Isa::scalar, T>(x, rows, inner, n, m, keep);
+}
+
+template <Isa I, class T>
+std::size_t find_nan(const T* x, std::size_t n) {
+  using V = simd::Vec<T, I>;
+  constexpr std::size_t W = V::width;
+  std::size_t i = 0;
+  for (; i + 4 * W <= n; i += 4 * W) {
+    const V a = V::load(x + i), b = V::load(x + i + W), c = V::load(x + i + 2 * W),
+            d = V::load(x + i + 3 * W);
+    // x <= x is false only for NaN.
+    using simd::le;
+    using simd::mask_and;
+    if (!simd::all(mask_and(mask_and(le(a, a), le(b, b)), mask_and(le(c, c), le(d, d))))) break;
+  }
+  for (; i < n; ++i)
+    if (std::isnan(x[i])) return i;
+  return n;
+}
+
+template <Isa I, class U>
+void apply_keep(U* a, const std::uint8_t* keep, std::size_t n) {
+  std::size_t i = 0;
+#if defined(__AVX2__)
+  const __m256i zero = _mm256_setzero_si256();
+  if constexpr (sizeof(U) == 2) {
+    for (; i + 16 <= n; i += 16) {
+      const __m256i k = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(keep + i)));
+      auto* p = reinterpret_cast<__m256i*>(a + i);
+      _mm256_storeu_si256(p, _mm256_andnot_si256(_mm256_cmpeq_epi16(k, zero), _mm256_loadu_si256(p)));
+    }
+  } else if constexpr (sizeof(U) == 4) {
+    for (; i + 8 <= n; i += 8) {
+      const __m256i k = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(keep + i)));
+      auto* p = reinterpret_cast<__m256i*>(a + i);
+      _mm256_storeu_si256(p, _mm256_andnot_si256(_mm256_cmpeq_epi32(k, zero), _mm256_loadu_si256(p)));
+    }
+  } else {
+    for (; i + 4 <= n; i += 4) {
+      int b4;
+      std::memcpy(&b4, keep + i, 4);
+      const __m256i k = _mm256_cvtepu8_epi64(_mm_cvtsi32_si128(b4));
+      auto* p = reinterpret_cast<__m256i*>(a + i);
+      _mm256_storeu_si256(p, _mm256_andnot_si256(_mm256_cmpeq_epi64(k, zero), _mm256_loadu_si256(p)));
+    }
+  }
+#endif
+  for (; i < n; ++i)
+    if (!keep[i]) a[i] = 0;
+}
+
+}  // namespace slimgrad::kernels

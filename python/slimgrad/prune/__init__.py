@@ -1,0 +1,51 @@
+"""Pruning: exact magnitude masks, N:M, structured, gradual schedules, sparse storage.
+
+Masks are bool arrays of the weight's shape, ``True`` = kept. Selection runs
+in C++ (an O(n) radix select on the bits of ``|w|``, identical for every ISA
+and thread count); see the function docstrings for the exact tie rules.
+"""
+
+from __future__ import annotations
+
+from ._masks import (
+    global_magnitude_masks,
+    magnitude_mask,
+    nm_mask,
+    random_mask,
+    slice_norms,
+    structured_mask,
+)
+from ._pruner import PolynomialSchedule, Pruner, SparsityReport, sensitivity
+from ._storage import (
+    CSR,
+    Compressed24,
+    compress_24,
+    decompress_24,
+    from_csr,
+    pack_mask,
+    storage_report,
+    to_csr,
+    unpack_mask,
+)
+
+__all__ = [
+    "CSR",
+    "Compressed24",
+    "PolynomialSchedule",
+    "Pruner",
+    "SparsityReport",
+    "compress_24",
+    "decompress_24",
+    "from_csr",
+    "global_magnitude_masks",
+    "magnitude_mask",
+    "nm_mask",
+    "pack_mask",
+    "random_mask",
+    "sensitivity",
+    "slice_norms",
+    "storage_report",
+    "structured_mask",
+    "to_csr",
+    "unpack_mask",
+]

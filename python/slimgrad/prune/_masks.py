@@ -1,0 +1,347 @@
+"""Pruning masks: magnitude (per array and global), N:M, structured, random.
+
+Every mask is a new ``bool`` array of the weight's shape with ``True`` where
+the weight is **kept** and ``False`` where it is pruned (``w * mask`` prunes).
+Weights are only read. Magnitude and N:M selection run in C++ on the IEEE
+bits of ``|w|`` (exact, no sort); ``-0.0`` and ``0.0`` have the same
+magnitude, ``inf`` is the largest, and a NaN raises ``ValueError`` naming its
+position. float32 and float64 arrays are used in place (C-contiguous,
+native byte order, else ``TypeError``); float16 and bfloat16 arrays are
+first converted to float32 (an explicit copy; the conversion is exact, so
+the order of magnitudes is unchanged).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+
+import numpy as np
+
+from .. import _core
+
+_core_prune = _core.prune
+
+__all__ = [
+    "global_magnitude_masks",
+    "magnitude_mask",
+    "nm_mask",
+    "random_mask",
+    "structured_mask",
+]
+
+
+def _half_dtypes() -> tuple:
+    try:
+        import ml_dtypes
+
+        return (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
+    except ImportError:  # pragma: no cover - ml_dtypes is a dependency
+        return (np.dtype(np.float16),)
+
+
+def _as_keyable(w: object) -> object:
+    """float16 / bfloat16 -> float32 (exact); anything else goes to C++ unchanged."""
+    if isinstance(w, np.ndarray) and w.dtype in _half_dtypes():
+        return w.astype(np.float32)
+    return w
+
+
+def _check_fraction(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number in [0, 1], got {type(value).__name__}")
+    value = float(value)
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
+    return value
+
+
+def _count(fraction: float, size: int) -> int:
+    # Python's round() rounds half to even: 0.5 of 7 elements prunes 4.
+    return int(round(fraction * size))
+
+
+def _select(arrays: list, names: list, k: int, priors: list | None = None) -> list:
+    """Masks pruning exactly ``k`` of all the arrays together (C++ radix select)."""
+    return list(_core_prune.magnitude_keep([_as_keyable(a) for a in arrays], names, k, priors))
+
+
+def magnitude_mask(w: np.ndarray, sparsity: float) -> np.ndarray:
+    """Mask pruning the ``round(sparsity * w.size)`` smallest ``|w|``.
+
+    Parameters
+    ----------
+    w : ndarray
+        float32 or float64 (C-contiguous, used in place) or float16 /
+        bfloat16 (converted to float32). Only read.
+    sparsity : float
+        Fraction of entries to prune, in ``[0, 1]``. The count is
+        ``round(sparsity * w.size)``, rounded half to even.
+
+    Returns
+    -------
+    ndarray of bool, shape ``w.shape``
+        ``True`` = kept, ``False`` = pruned. Exactly that many entries are
+        pruned: the smallest magnitudes first, and among equal magnitudes
+        the lower flat (C-order) index first.
+
+    Raises
+    ------
+    TypeError
+        ``w`` is not a C-contiguous float array, or sparsity is not a number.
+    ValueError
+        sparsity outside ``[0, 1]``, or ``w`` holds a NaN (the message names
+        its index).
+
+    Notes
+    -----
+    O(n): a radix select over the bits of ``|w|`` (three passes of 11-bit
+    histograms for float32) and one pass writing the mask; the result is the
+    same for every ISA and thread count.
+    """
+    s = _check_fraction(sparsity, "sparsity")
+    size = int(w.size) if isinstance(w, np.ndarray) else 0
+    return _select([w], ["w"], _count(s, size))[0]
+
+
+def global_magnitude_masks(weights: Mapping[str, np.ndarray], sparsity: float) -> dict:
+    """Masks pruning the smallest ``|w|`` across all arrays with one threshold.
+
+    Exactly ``round(sparsity * total)`` entries are pruned over all arrays
+    together (``total`` = the sum of their sizes), smallest magnitudes first;
+    ties are pruned in the dict's order, then by flat index. The arrays are
+    not concatenated: the selection reads them in place, so the memory used
+    is the masks plus a few histograms.
+
+    Parameters
+    ----------
+    weights : mapping of name to ndarray
+        All float32 or all float64 (float16 / bfloat16 entries are converted
+        to float32); C-contiguous. Only read.
+    sparsity : float
+        Fraction in ``[0, 1]`` of all entries to prune.
+
+    Returns
+    -------
+    dict of name to bool ndarray
+        ``True`` = kept, in the order of ``weights``.
+
+    Raises
+    ------
+    TypeError
+        An array is not C-contiguous float, or the arrays mix float32 and
+        float64 (the message names the array).
+    ValueError
+        sparsity outside ``[0, 1]`` or a NaN weight (named with its index).
+    """
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"weights: expected a dict of arrays, got {type(weights).__name__}")
+    s = _check_fraction(sparsity, "sparsity")
+    names = list(weights)
+    arrays = [_as_keyable(weights[n]) for n in names]
+    total = sum(int(a.size) for a in arrays if isinstance(a, np.ndarray))
+    masks = _select(arrays, [f"weights[{n!r}]" for n in names], _count(s, total))
+    return dict(zip(names, masks))
+
+
+def _axis(w: np.ndarray, axis: object, name: str = "axis") -> int:
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(axis).__name__}")
+    if not -w.ndim <= int(axis) < w.ndim:
+        raise ValueError(f"{name}: expected an axis of an array with {w.ndim} dimensions, got {axis}")
+    return int(axis) % w.ndim
+
+
+def _check_array(w: object, name: str = "w") -> np.ndarray:
+    if not isinstance(w, np.ndarray):
+        raise TypeError(f"{name}: expected an ndarray, got {type(w).__name__}")
+    return w
+
+
+def nm_mask(w: np.ndarray, n: int = 2, m: int = 4, axis: int = -1) -> np.ndarray:
+    """N:M mask: in every group of ``m`` consecutive entries along ``axis``, keep ``n``.
+
+    The ``m - n`` pruned entries of a group are its smallest ``|w|``; among
+    equal magnitudes the lower index along ``axis`` is pruned first (the
+    rule of :func:`magnitude_mask`, so each group's mask is
+    ``magnitude_mask(group, (m - n) / m)``). 2:4 is the pattern sparse
+    tensor cores accelerate; 4:8 etc. work alike.
+
+    Parameters
+    ----------
+    w : ndarray
+        float32 / float64 (C-contiguous, used in place) or float16 / bfloat16
+        (converted to float32). Only read.
+    n, m : int
+        Keep ``n`` of every ``m`` (``0 <= n <= m``, ``m >= 1``).
+    axis : int
+        The axis along which groups are formed (default: the last, the
+        input dimension of a ``(out, in)`` weight).
+
+    Returns
+    -------
+    ndarray of bool, shape ``w.shape`` (``True`` = kept).
+
+    Raises
+    ------
+    TypeError
+        Not a C-contiguous float array, or n, m, axis not ints.
+    ValueError
+        ``w.shape[axis]`` not divisible by ``m``, bad n / m / axis, a 0-d
+        array, or a NaN weight.
+    """
+    w = _check_array(w)
+    for value, label in ((n, "n"), (m, "m")):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{label}: expected an int, got {type(value).__name__}")
+    n, m = int(n), int(m)
+    if m < 1 or not 0 <= n <= m:
+        raise ValueError(f"n, m: expected 0 <= n <= m and m >= 1, got n={n}, m={m}")
+    if w.ndim == 0:
+        raise ValueError("w: expected an array with at least one dimension, got a 0-d array")
+    ax = _axis(w, axis)
+    if w.shape[ax] % m:
+        raise ValueError(f"w: length {w.shape[ax]} along axis {ax} is not divisible by m={m}")
+    inner = math.prod(w.shape[ax + 1:])
+    if w.size == 0:
+        return np.ones(w.shape, dtype=bool)
+    return _core_prune.nm_keep(_as_keyable(w), "w", inner, n, m)
+
+
+def _first_nan(w: np.ndarray, name: str) -> None:
+    bad = np.argwhere(np.isnan(w))
+    if len(bad):
+        flat = int(np.ravel_multi_index(tuple(bad[0]), w.shape))
+        raise ValueError(f"{name}: NaN at index {tuple(int(i) for i in bad[0])} (flat index {flat}); "
+                         "NaN weights have no magnitude to rank")
+
+
+def slice_norms(w: np.ndarray, axis: int = 0, norm: int = 1) -> np.ndarray:
+    """Norm of every slice ``w[..., i, ...]`` along ``axis``, in float64.
+
+    ``norm=1``: sum of ``|w|``; ``norm=2``: Euclidean norm; over all the other
+    axes. Returns a float64 array of length ``w.shape[axis]``.
+    """
+    ax = _axis(w, axis)
+    others = tuple(i for i in range(w.ndim) if i != ax)
+    if norm == 1:
+        return np.sum(np.abs(w), axis=others, dtype=np.float64)
+    return np.sqrt(np.sum(np.square(w, dtype=np.float64), axis=others))
+
+
+def _slice_count(amount: object, slices: int) -> int:
+    if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
+        raise TypeError(f"amount: expected a fraction in [0, 1] or a count, got {type(amount).__name__}")
+    if isinstance(amount, numbers.Integral):
+        if not 0 <= int(amount) <= slices:
+            raise ValueError(f"amount: expected a count of slices in [0, {slices}], got {amount}")
+        return int(amount)
+    return _count(_check_fraction(amount, "amount"), slices)
+
+
+def structured_mask(w: np.ndarray, amount: float | int, axis: int = 0, norm: int = 1,
+                    prior: np.ndarray | None = None) -> np.ndarray:
+    """Mask pruning whole slices along ``axis`` (rows, output channels) by norm.
+
+    Like ``torch.nn.utils.prune.ln_structured(..., amount, n=norm, dim=axis)``:
+    the slices ``w.take(i, axis)`` with the smallest L1 or L2 norm (computed
+    in float64 over all other axes) are pruned entirely; ties are pruned
+    lower index first.
+
+    Parameters
+    ----------
+    w : ndarray
+        Any float array with at least one dimension; only read.
+    amount : float or int
+        A fraction in ``[0, 1]`` of the slices (``round(amount * slices)``,
+        half to even) or an int count of slices.
+    axis : int
+        The axis whose slices are pruned (0: rows of an ``(out, in)`` weight,
+        output channels of a conv kernel).
+    norm : {1, 2}
+        L1 or L2 norm.
+    prior : bool ndarray, optional
+        A previous mask of this function: slices it pruned are pruned again
+        first (the Pruner uses this so slices never come back).
+
+    Returns
+    -------
+    ndarray of bool, shape ``w.shape`` (``True`` = kept).
+
+    Raises
+    ------
+    TypeError
+        ``w`` not an ndarray, or amount not a number.
+    ValueError
+        Bad amount, axis or norm, a 0-d array, or a NaN weight.
+    """
+    w = _check_array(w)
+    if norm not in (1, 2) or isinstance(norm, bool):
+        raise ValueError(f"norm: expected 1 or 2, got {norm!r}")
+    if w.ndim == 0:
+        raise ValueError("w: expected an array with at least one dimension, got a 0-d array")
+    ax = _axis(w, axis)
+    k = _slice_count(amount, w.shape[ax])
+    norms = slice_norms(w, ax, norm)
+    if np.isnan(norms).any():
+        _first_nan(w, "w")
+    priors = None
+    if prior is not None:
+        index = [0] * w.ndim
+        index[ax] = slice(None)
+        priors = [np.ascontiguousarray(prior[tuple(index)])]
+    keep = _select([norms], ["norms"], k, priors)[0]
+    shape = [1] * w.ndim
+    shape[ax] = w.shape[ax]
+    return np.broadcast_to(keep.reshape(shape), w.shape).copy()
+
+
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    """The splitmix64 finalizer on a uint64 array (wrapping arithmetic, in place)."""
+    z ^= z >> np.uint64(30)
+    z *= np.uint64(0xBF58476D1CE4E5B9)
+    z ^= z >> np.uint64(27)
+    z *= np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return z
+
+
+def random_mask(w: np.ndarray, sparsity: float, seed: int = 0) -> np.ndarray:
+    """Mask pruning exactly ``round(sparsity * w.size)`` entries chosen at random.
+
+    Counter-based: entry ``i`` gets the key ``splitmix64(splitmix64(seed) +
+    (i + 1) * golden)`` (a pure function of seed and flat index) and the
+    entries with the smallest keys are pruned, with the exact selection of
+    :func:`magnitude_mask`. So the mask depends only on ``seed``, the shape
+    and the sparsity: not on the thread count, the ISA or the values of
+    ``w`` (which may hold NaN). Memory: 8 bytes per entry for the keys.
+
+    Parameters
+    ----------
+    w : ndarray
+        Any array; only its shape is used.
+    sparsity : float
+        Fraction in ``[0, 1]`` to prune (half-to-even rounded count).
+    seed : int
+        Non-negative; taken modulo 2**64.
+
+    Returns
+    -------
+    ndarray of bool, shape ``w.shape`` (``True`` = kept).
+    """
+    w = _check_array(w)
+    s = _check_fraction(sparsity, "sparsity")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+    base = _splitmix64(np.array([int(seed) % (1 << 64)], dtype=np.uint64))
+    z = np.arange(1, w.size + 1, dtype=np.uint64)
+    z *= _GAMMA
+    z += base
+    # The top 53 bits as a float64 in [0, 2**53): exact, so the float order
+    # is the integer order and the C++ selection applies unchanged.
+    keys = (_splitmix64(z) >> np.uint64(11)).astype(np.float64)
+    return _select([keys], ["keys"], _count(s, w.size))[0].reshape(w.shape)

@@ -1,0 +1,93 @@
+"""prune a safetensors checkpoint (magnitude or N:M) and print per-tensor sparsity.
+
+Every float tensor (F16, BF16, F32, F64) with at least 2 dimensions is
+pruned; vectors (biases, norms) and integer tensors are copied unchanged,
+byte for byte, as is the metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+
+import numpy as np
+
+from .. import _core
+from ..cli import UsageError
+from . import _safetensors as st
+from ._masks import global_magnitude_masks, magnitude_mask, nm_mask
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", metavar="IN.safetensors", help="checkpoint to prune")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT.safetensors",
+                        help="where to write the pruned checkpoint (written atomically)")
+    how = parser.add_mutually_exclusive_group(required=True)
+    how.add_argument("--sparsity", type=float, metavar="S",
+                     help="prune this fraction (0..1) of each tensor by magnitude")
+    how.add_argument("--nm", metavar="N:M", help="keep N of every M consecutive entries of the last axis, e.g. 2:4")
+    parser.add_argument("--global", dest="global_", action="store_true",
+                        help="with --sparsity: one magnitude threshold across all pruned tensors")
+
+
+def _parse_nm(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
+    if not match:
+        raise UsageError(f"--nm: expected N:M such as 2:4, got {text!r}")
+    n, m = int(match[1]), int(match[2])
+    if m < 1 or n > m:
+        raise UsageError(f"--nm: expected 0 <= N <= M and M >= 1, got {text!r}")
+    return n, m
+
+
+def run(args: argparse.Namespace) -> int:
+    nm = _parse_nm(args.nm) if args.nm is not None else None
+    if nm is None and not 0.0 <= args.sparsity <= 1.0:
+        raise UsageError(f"--sparsity: expected a number in [0, 1], got {args.sparsity}")
+    if args.global_ and nm is not None:
+        raise UsageError("--global: only with --sparsity")
+    tensors, metadata = st.read(args.input)
+
+    targets = {name: e.array() for name, e in tensors.items()
+               if e.dtype in st.FLOAT_DTYPES and len(e.shape) >= 2}
+    skipped: dict[str, str] = {}
+    if nm is not None:
+        for name in list(targets):
+            if targets[name].shape[-1] % nm[1]:
+                skipped[name] = f"last axis {targets[name].shape[-1]} not divisible by {nm[1]}"
+                del targets[name]
+        masks = {name: nm_mask(w, *nm) for name, w in targets.items()}
+    elif args.global_:
+        masks = global_magnitude_masks(targets, args.sparsity)
+    else:
+        masks = {name: magnitude_mask(w, args.sparsity) for name, w in targets.items()}
+    if targets:
+        _core.prune.apply_masks_([masks[n] for n in targets], [[w] for w in targets.values()],
+                                 [[n] for n in targets])
+    for name, w in targets.items():
+        data = w.astype(w.dtype.newbyteorder("<")).tobytes()
+        tensors[name] = st.Entry(tensors[name].dtype, tensors[name].shape, data)
+    st.write(args.output, tensors, metadata)
+
+    rows = []
+    pruned_total = size_total = 0
+    for name, e in tensors.items():
+        size = math.prod(e.shape)
+        if name in targets:
+            zeros = size - int(np.count_nonzero(targets[name]))
+            pruned_total += zeros
+            size_total += size
+            note = f"{zeros / size:8.2%}" if size else f"{'-':>8}"
+        else:
+            note = f"{'kept':>8}  ({skipped.get(name) or ('not float' if e.dtype not in st.FLOAT_DTYPES else '< 2-D')})"
+        rows.append((name, str(tuple(e.shape)), e.dtype, note))
+    width = max([len(r[0]) for r in rows] + [6])
+    swidth = max([len(r[1]) for r in rows] + [5])
+    print(f"{'tensor':<{width}}  {'shape':<{swidth}}  {'dtype':<5}  {'sparsity':>8}")
+    for name, shape, dtype, note in rows:
+        print(f"{name:<{width}}  {shape:<{swidth}}  {dtype:<5}  {note}")
+    share = pruned_total / size_total if size_total else 0.0
+    print(f"total: {pruned_total} of {size_total} weights in {len(targets)} pruned tensors are zero "
+          f"({share:.2%}); wrote {args.output}")
+    return 0

@@ -1,0 +1,107 @@
+"""`slimgrad prune` on safetensors checkpoints: pruned tensors, untouched
+bytes elsewhere, the printed table, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from slimgrad import prune
+from slimgrad.cli import main
+from slimgrad.prune import _safetensors as st
+
+safetensors_numpy = pytest.importorskip("safetensors.numpy")
+
+
+@pytest.fixture
+def checkpoint(tmp_path, rng):
+    tensors = {
+        "fc1.weight": rng.standard_normal((32, 16)).astype(np.float32),
+        "fc1.bias": rng.standard_normal(32).astype(np.float32),
+        "conv.weight": rng.standard_normal((8, 4, 3, 4)).astype(np.float64),
+        "odd.weight": rng.standard_normal((5, 6)).astype(np.float16),
+        "steps": np.arange(4, dtype=np.int64),
+    }
+    path = tmp_path / "in.safetensors"
+    safetensors_numpy.save_file(tensors, str(path), metadata={"format": "np", "epoch": "3"})
+    return path, tensors
+
+
+def _run(args, capsys):
+    code = main(["prune", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_sparsity_prunes_matrices_only(checkpoint, tmp_path, capsys):
+    path, tensors = checkpoint
+    out_path = tmp_path / "out.safetensors"
+    code, out, err = _run([path, "-o", out_path, "--sparsity", "0.5"], capsys)
+    assert code == 0 and err == ""
+    got = safetensors_numpy.load_file(str(out_path))
+    assert sorted(got) == sorted(tensors)
+    for name in ("fc1.weight", "conv.weight", "odd.weight"):
+        expected = tensors[name] * prune.magnitude_mask(tensors[name], 0.5)
+        np.testing.assert_array_equal(got[name], expected)
+        assert got[name].dtype == tensors[name].dtype
+    for name in ("fc1.bias", "steps"):
+        np.testing.assert_array_equal(got[name], tensors[name])
+    from safetensors import safe_open
+
+    with safe_open(str(out_path), "np") as f:
+        assert f.metadata() == {"format": "np", "epoch": "3"}
+    lines = out.splitlines()
+    assert lines[0].split() == ["tensor", "shape", "dtype", "sparsity"]
+    row = next(ln for ln in lines if ln.startswith("fc1.weight"))
+    assert row.split()[-1] == "50.00%" and "(32, 16)" in row
+    assert "kept  (< 2-D)" in next(ln for ln in lines if ln.startswith("fc1.bias"))
+    assert lines[-1].startswith("total: 463 of 926 weights in 3 pruned tensors are zero (50.00%)")
+
+
+def test_nm_prunes_last_axis_and_skips_indivisible(checkpoint, tmp_path, capsys):
+    path, tensors = checkpoint
+    out_path = tmp_path / "out.safetensors"
+    code, out, _ = _run([path, "-o", out_path, "--nm", "2:4"], capsys)
+    assert code == 0
+    got = safetensors_numpy.load_file(str(out_path))
+    for name in ("fc1.weight", "conv.weight"):
+        np.testing.assert_array_equal(got[name], tensors[name] * prune.nm_mask(tensors[name], 2, 4))
+    np.testing.assert_array_equal(got["odd.weight"], tensors["odd.weight"])
+    assert "last axis 6 not divisible by 4" in out
+
+
+def test_global_and_bfloat16(tmp_path, rng, capsys):
+    a = rng.standard_normal((16, 16)).astype(ml_dtypes.bfloat16)
+    b = (rng.standard_normal((8, 8)) * 100).astype(np.float32)
+    entries = {"a": st.Entry("BF16", [16, 16], a.tobytes()), "b": st.Entry("F32", [8, 8], b.tobytes())}
+    path, out_path = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
+    st.write(str(path), entries, None)
+    code, _, _ = _run([path, "-o", out_path, "--sparsity", "0.5", "--global"], capsys)
+    assert code == 0
+    got, metadata = st.read(str(out_path))
+    assert metadata is None
+    masks = prune.global_magnitude_masks({"a": a, "b": b}, 0.5)
+    np.testing.assert_array_equal(got["a"].array(), np.where(masks["a"], a, 0).astype(ml_dtypes.bfloat16))
+    np.testing.assert_array_equal(got["b"].array(), b * masks["b"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{missing}", "-o", "{out}", "--sparsity", "0.5"], "No such file or directory"),
+    (["{inp}", "-o", "{out}", "--nm", "2-4"], "--nm: expected N:M such as 2:4, got '2-4'"),
+    (["{inp}", "-o", "{out}", "--nm", "5:4"], "--nm: expected 0 <= N <= M and M >= 1, got '5:4'"),
+    (["{inp}", "-o", "{out}", "--sparsity", "1.5"], "--sparsity: expected a number in [0, 1], got 1.5"),
+    (["{inp}", "-o", "{out}", "--nm", "2:4", "--global"], "--global: only with --sparsity"),
+    (["{garbage}", "-o", "{out}", "--sparsity", "0.5"], "not a safetensors file"),
+])
+def test_user_errors_are_one_line_exit_2(checkpoint, tmp_path, capsys, args, message):
+    path, _ = checkpoint
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    names = {"missing": tmp_path / "missing.safetensors", "out": tmp_path / "out.safetensors",
+             "inp": path, "garbage": garbage}
+    code, out, err = _run([a.format(**names) for a in args], capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("slimgrad prune: error: ") and message in err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "out.safetensors").exists()

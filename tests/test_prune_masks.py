@@ -1,0 +1,344 @@
+"""Pruning masks against sort-based NumPy references, on every ISA and thread count.
+
+The references rank with np.lexsort on (flat index, |w| in float64): the
+contract is exact (count, order, tie rule), so masks must be equal, not close.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from conftest import EDGE_SIZES, run_everywhere
+from slimgrad import prune
+
+DTYPES = [np.float32, np.float64]
+SPARSITIES = [0.0, 0.3, 0.5, 0.77, 1.0]
+TIE_SIZES = [0, 1, 7, 8, 9, 33, 4097, 32769, 100_003]
+
+
+def reference_order(w: np.ndarray) -> np.ndarray:
+    """Flat indices in pruning order: |w| ascending, ties lower flat index first."""
+    a = np.abs(w.astype(np.float64)).ravel()
+    return np.lexsort((np.arange(a.size), a))
+
+
+def mask_from_order(order: np.ndarray, k: int, shape) -> np.ndarray:
+    keep = np.ones(order.size, dtype=bool)
+    keep[order[:k]] = False
+    return keep.reshape(shape)
+
+
+def reference_mask(w: np.ndarray, k: int) -> np.ndarray:
+    """Prune the k smallest |w|, ties lower flat index first, by a full sort."""
+    return mask_from_order(reference_order(w), k, w.shape)
+
+
+def count(s: float, n: int) -> int:
+    return int(round(s * n))
+
+
+def make(kind: str, n: int, dtype, rng) -> np.ndarray:
+    """Adversarial data: heavy ties, signed zeros, denormals, infinities."""
+    if kind == "normal":
+        return rng.standard_normal(n).astype(dtype)
+    if kind == "ties":
+        w = rng.integers(-3, 4, n).astype(dtype)
+        w[rng.random(n) < 0.2] = -0.0
+        return w
+    if kind == "denormal":
+        tiny = np.finfo(dtype).smallest_subnormal
+        w = (rng.integers(-5, 6, n) * tiny).astype(dtype)
+        w[rng.random(n) < 0.1] = np.finfo(dtype).tiny  # the smallest normal
+        return w
+    if kind == "inf":
+        w = rng.standard_normal(n).astype(dtype)
+        w[rng.random(n) < 0.3] = np.inf
+        w[rng.random(n) < 0.3] = -np.inf
+        w[rng.random(n) < 0.1] = -0.0
+        return w
+    if kind == "constant":
+        return np.full(n, -2.5, dtype)
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n", EDGE_SIZES)
+def test_magnitude_mask_matches_sort_reference(isa, threads, dtype, n, rng):
+    w = make("normal", n, dtype, rng)
+    before = w.copy()
+    order = reference_order(w)
+    for s in SPARSITIES:
+        mask = prune.magnitude_mask(w, s)
+        assert mask.dtype == np.bool_ and mask.shape == w.shape
+        assert int((~mask).sum()) == count(s, n)
+        np.testing.assert_array_equal(mask, mask_from_order(order, count(s, n), w.shape))
+    np.testing.assert_array_equal(w, before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("kind", ["ties", "denormal", "inf", "constant"])
+@pytest.mark.parametrize("n", TIE_SIZES)
+def test_magnitude_mask_adversarial(isa, dtype, kind, n, rng):
+    w = make(kind, n, dtype, rng)
+    order = reference_order(w)
+    for s in SPARSITIES:
+        np.testing.assert_array_equal(prune.magnitude_mask(w, s), mask_from_order(order, count(s, n), w.shape))
+
+
+def test_tie_rule_is_lower_flat_index_first():
+    w = np.array([[3.0, -1.0, 1.0], [0.0, -0.0, 1.0]], np.float32)
+    # |w| = 3 1 1 / 0 0 1: the zeros go first (index 3 then 4), then the 1s
+    # by flat index (1, 2, 5).
+    expected_pruned = [3, 4, 1, 2, 5, 0]
+    for k in range(7):
+        mask = prune.magnitude_mask(w, k / 6)
+        pruned = sorted(np.flatnonzero(~mask.ravel()))
+        assert pruned == sorted(expected_pruned[:k])
+
+
+def test_half_to_even_count():
+    w = np.arange(1, 8, dtype=np.float32)  # 7 entries
+    assert (~prune.magnitude_mask(w, 0.5)).sum() == 4  # round(3.5) = 4
+    w = np.arange(1, 6, dtype=np.float32)  # 5 entries
+    assert (~prune.magnitude_mask(w, 0.5)).sum() == 2  # round(2.5) = 2
+    np.testing.assert_array_equal(prune.magnitude_mask(w, 0.5), [False, False, True, True, True])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16], ids=["float16", "bfloat16"])
+def test_half_dtypes_rank_like_float32(dtype, rng):
+    w = make("ties", 5000, np.float32, rng).astype(dtype)
+    w[::7] = rng.standard_normal(w[::7].size).astype(dtype)
+    for s in SPARSITIES:
+        np.testing.assert_array_equal(prune.magnitude_mask(w, s),
+                                      reference_mask(w.astype(np.float32), count(s, w.size)))
+
+
+def test_multidimensional_shapes(rng):
+    w = rng.standard_normal((5, 7, 3)).astype(np.float32)
+    mask = prune.magnitude_mask(w, 0.4)
+    assert mask.shape == (5, 7, 3)
+    np.testing.assert_array_equal(mask, reference_mask(w, count(0.4, w.size)))
+    scalar = np.array(2.0, np.float64)
+    assert prune.magnitude_mask(scalar, 1.0).shape == ()
+
+
+def test_against_torch_l1_unstructured(rng):
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils import prune as tprune
+
+    for n, s in [(1000, 0.3), (777, 0.5), (4096, 0.9), (513, 0.25)]:
+        w = rng.standard_normal(n).astype(np.float32)  # distinct values: same set
+        module = torch.nn.Linear(1, 1)
+        module.weight = torch.nn.Parameter(torch.from_numpy(w.copy()))
+        tprune.l1_unstructured(module, "weight", amount=s)
+        torch_keep = module.weight_mask.numpy().astype(bool)
+        mask = prune.magnitude_mask(w, s)
+        assert (~mask).sum() == (~torch_keep).sum()
+        np.testing.assert_array_equal(mask, torch_keep)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_global_matches_reference_on_concatenation(isa, threads, dtype, rng):
+    parts = {"a": make("ties", 40_000, dtype, rng).reshape(200, 200),
+             "b": make("normal", 9, dtype, rng),
+             "empty": np.zeros((0, 3), dtype),
+             "c": make("inf", 33_000, dtype, rng)}
+    flat = np.concatenate([p.ravel() for p in parts.values()])
+    order = reference_order(flat)
+    for s in SPARSITIES:
+        masks = prune.global_magnitude_masks(parts, s)
+        assert list(masks) == list(parts)
+        ref = mask_from_order(order, count(s, flat.size), flat.shape)
+        got = np.concatenate([masks[k].ravel() for k in parts])
+        np.testing.assert_array_equal(got, ref)
+        for k in parts:
+            assert masks[k].shape == parts[k].shape
+
+
+def test_global_single_array_equals_magnitude_mask(rng):
+    w = make("ties", 70_001, np.float32, rng)
+    for s in SPARSITIES:
+        np.testing.assert_array_equal(prune.global_magnitude_masks({"w": w}, s)["w"],
+                                      prune.magnitude_mask(w, s))
+    assert prune.global_magnitude_masks({}, 0.5) == {}
+
+
+def test_global_one_threshold(rng):
+    big = rng.standard_normal(10_000).astype(np.float32) * 10
+    small = rng.standard_normal(10_000).astype(np.float32) * 0.01
+    masks = prune.global_magnitude_masks({"big": big, "small": small}, 0.5)
+    # The small-scale array is pruned (almost) entirely, unlike per-array pruning.
+    assert (~masks["small"]).sum() > 9_900
+    kept = np.concatenate([np.abs(big[masks["big"]]), np.abs(small[masks["small"]])])
+    pruned = np.concatenate([np.abs(big[~masks["big"]]), np.abs(small[~masks["small"]])])
+    assert pruned.max() <= kept.min()
+
+
+def reference_nm(w: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
+    moved = np.moveaxis(w, axis, -1)
+    groups = np.abs(moved.reshape(-1, m).astype(np.float64))
+    position = np.broadcast_to(np.arange(m), groups.shape)
+    order = np.lexsort((position, groups), axis=-1)  # per group, pruning order
+    keep = np.ones(groups.shape, dtype=bool)
+    np.put_along_axis(keep, order[:, : m - n], False, axis=-1)
+    return np.moveaxis(keep.reshape(moved.shape), -1, axis)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape, axis, nm", [
+    (shape, axis, nm)
+    for shape, axis in [((1, 4), -1), ((3, 8), 1), ((257, 12), -1), ((8, 5), 0), ((4, 12, 3), 1),
+                        ((1031, 16), 1), ((6, 6, 4), -1)]
+    for nm in [(2, 4), (1, 4), (4, 8), (0, 4), (4, 4), (1, 2)]
+    if shape[axis] % nm[1] == 0])
+def test_nm_mask_matches_reference(isa, dtype, shape, axis, nm, rng):
+    n, m = nm
+    for kind in ("normal", "ties"):
+        w = make(kind, int(np.prod(shape)), dtype, rng).reshape(shape)
+        mask = prune.nm_mask(w, n, m, axis)
+        np.testing.assert_array_equal(mask, reference_nm(w, n, m, axis))
+        per_group = np.moveaxis(mask, axis, -1).reshape(-1, m).sum(axis=1)
+        assert (per_group == n).all()
+
+
+def test_nm_mask_large_is_valid(isa, threads, rng):
+    w = make("ties", 4096 * 33, np.float32, rng).reshape(33, 4096)
+    mask = prune.nm_mask(w)
+    np.testing.assert_array_equal(mask, reference_nm(w, 2, 4, -1))
+
+
+def reference_structured(w, k, axis, norm):
+    others = tuple(i for i in range(w.ndim) if i != axis)
+    norms = (np.abs(w.astype(np.float64)).sum(axis=others) if norm == 1
+             else np.sqrt((w.astype(np.float64) ** 2).sum(axis=others)))
+    keep = reference_mask(norms, k)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    return np.broadcast_to(keep.reshape(shape), w.shape)
+
+
+@pytest.mark.parametrize("norm", [1, 2])
+@pytest.mark.parametrize("axis", [0, 1, -1])
+@pytest.mark.parametrize("amount", [0.0, 0.3, 0.5, 1.0, 2, 0])
+def test_structured_mask_matches_reference(norm, axis, amount, rng):
+    w = rng.standard_normal((10, 6, 4)).astype(np.float32)
+    w[3] = 0.0  # a dead row, and tied rows
+    w[5] = w[6]
+    slices = w.shape[axis]
+    k = amount if isinstance(amount, int) else count(amount, slices)
+    mask = prune.structured_mask(w, amount, axis=axis, norm=norm)
+    np.testing.assert_array_equal(mask, reference_structured(w, k, axis % 3, norm))
+
+
+def test_structured_against_torch_ln_structured(rng):
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils import prune as tprune
+
+    for shape, amount, norm, dim in [((16, 8), 0.25, 1, 0), ((12, 10), 3, 2, 1), ((8, 3, 3, 3), 0.5, 2, 0)]:
+        w = rng.standard_normal(shape).astype(np.float32)
+        module = torch.nn.Linear(1, 1)
+        module.weight = torch.nn.Parameter(torch.from_numpy(w.copy()))
+        tprune.ln_structured(module, "weight", amount=amount, n=norm, dim=dim)
+        np.testing.assert_array_equal(prune.structured_mask(w, amount, axis=dim, norm=norm),
+                                      module.weight_mask.numpy().astype(bool))
+
+
+def test_random_mask_exact_and_deterministic(rng):
+    w = np.empty((123, 457), np.float32)
+    w[:] = np.nan  # values are not used
+    for s in SPARSITIES:
+        mask = prune.random_mask(w, s, seed=7)
+        assert mask.shape == w.shape
+        assert (~mask).sum() == count(s, w.size)
+    a = run_everywhere(lambda: prune.random_mask(w, 0.5, seed=3))
+    for got in a.values():
+        np.testing.assert_array_equal(got, next(iter(a.values())))
+    assert not np.array_equal(prune.random_mask(w, 0.5, seed=3), prune.random_mask(w, 0.5, seed=4))
+    # Roughly uniform: each row pruned about half.
+    assert 0.35 < (~prune.random_mask(w, 0.5, seed=3)).mean(axis=1).min()
+
+
+def test_every_isa_and_thread_count_identical(rng):
+    w = make("ties", 300_007, np.float32, rng)
+    d = make("inf", 200_003, np.float64, rng)
+    v = make("normal", 4 * 100_003, np.float32, rng).reshape(-1, 4)
+
+    def run():
+        return (prune.magnitude_mask(w, 0.61), prune.magnitude_mask(d, 0.37),
+                prune.global_magnitude_masks({"a": w, "b": w[:1001].copy()}, 0.5)["b"],
+                prune.nm_mask(v), prune.nm_mask(d.reshape(-1, 1)[:200_000].reshape(-1, 8), 3, 8))
+
+    results = run_everywhere(run)
+    first = next(iter(results.values()))
+    for got in results.values():
+        for a, b in zip(got, first):
+            np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------- errors
+def test_nan_raises_naming_position(isa, threads):
+    w = np.ones((300, 400), np.float32)
+    w[123, 45] = np.nan
+    w[200, 1] = np.nan
+    before = w.copy()
+    message = "w: NaN at index (123, 45) (flat index 49245); NaN weights have no magnitude to rank"
+    for s in (0.0, 0.5):
+        with pytest.raises(ValueError) as info:
+            prune.magnitude_mask(w, s)
+        assert str(info.value) == message
+    with pytest.raises(ValueError) as info:
+        prune.nm_mask(w)
+    assert str(info.value) == message
+    with pytest.raises(ValueError, match=r"weights\['b'\]: NaN at index \(123, 45\)"):
+        prune.global_magnitude_masks({"a": np.ones(5, np.float32), "b": w}, 0.5)
+    with pytest.raises(ValueError, match=r"w: NaN at index \(123, 45\)"):
+        prune.structured_mask(w, 0.5)
+    np.testing.assert_array_equal(w, before)
+
+
+BAD = [
+    ("sparsity>1", lambda w: prune.magnitude_mask(w, 1.5), ValueError,
+     "sparsity: expected a number in [0, 1], got 1.5"),
+    ("sparsity<0", lambda w: prune.magnitude_mask(w, -0.1), ValueError,
+     "sparsity: expected a number in [0, 1], got -0.1"),
+    ("sparsity nan", lambda w: prune.magnitude_mask(w, float("nan")), ValueError,
+     "sparsity: expected a number in [0, 1], got nan"),
+    ("sparsity str", lambda w: prune.magnitude_mask(w, "0.5"), TypeError,
+     "sparsity: expected a number in [0, 1], got str"),
+    ("int weights", lambda w: prune.magnitude_mask(w.astype(np.int32), 0.5), TypeError,
+     "w: expected float32 or float64 C-contiguous array, got int32 array of shape (4, 8)"),
+    ("strided", lambda w: prune.magnitude_mask(w[:, ::2], 0.5), TypeError,
+     "w: expected float32 or float64 C-contiguous array, got non-contiguous float32 array of shape (4, 4)"),
+    ("list", lambda w: prune.magnitude_mask(w.tolist(), 0.5), TypeError,
+     "w: expected float32 or float64 C-contiguous array, got list"),
+    ("mixed global", lambda w: prune.global_magnitude_masks({"a": w, "b": w.astype(np.float64)}, 0.5),
+     TypeError, "weights['b']: expected float32 C-contiguous array, got float64 array of shape (4, 8)"),
+    ("nm indivisible", lambda w: prune.nm_mask(w[:, :6].copy()), ValueError,
+     "w: length 6 along axis 1 is not divisible by m=4"),
+    ("nm axis 0", lambda w: prune.nm_mask(w, 2, 8, axis=0), ValueError,
+     "w: length 4 along axis 0 is not divisible by m=8"),
+    ("nm n>m", lambda w: prune.nm_mask(w, 5, 4), ValueError,
+     "n, m: expected 0 <= n <= m and m >= 1, got n=5, m=4"),
+    ("nm bad axis", lambda w: prune.nm_mask(w, axis=2), ValueError,
+     "axis: expected an axis of an array with 2 dimensions, got 2"),
+    ("nm 0-d", lambda w: prune.nm_mask(np.ones((), np.float32)), ValueError,
+     "w: expected an array with at least one dimension, got a 0-d array"),
+    ("structured count", lambda w: prune.structured_mask(w, 5), ValueError,
+     "amount: expected a count of slices in [0, 4], got 5"),
+    ("structured norm", lambda w: prune.structured_mask(w, 0.5, norm=3), ValueError,
+     "norm: expected 1 or 2, got 3"),
+    ("random seed", lambda w: prune.random_mask(w, 0.5, seed=-1), ValueError,
+     "seed: expected a non-negative int, got -1"),
+]
+
+
+@pytest.mark.parametrize("call, exc, message", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_arguments_raise_and_change_nothing(call, exc, message, rng):
+    w = rng.standard_normal((4, 8)).astype(np.float32)
+    before = w.copy()
+    with pytest.raises(exc) as info:
+        call(w)
+    assert str(info.value) == message
+    np.testing.assert_array_equal(w, before)
