@@ -1,8 +1,177 @@
-// Bindings of the quant kernels (slimgrad._core.quant).
+// Bindings of the quant kernels (slimgrad._core.quant). The Python layer
+// (slimgrad.quant) validates user-facing arguments and allocates outputs;
+// these functions re-check everything that guards memory (dtypes, sizes,
+// layout consistency) before releasing the GIL, so a wrong call raises
+// instead of reading or writing out of bounds.
+#include <stdexcept>
+#include <string>
+
 #include "buffers.hpp"
+#include "slimgrad/quant.hpp"
 
 namespace slimgrad::bind {
+namespace {
 
-void register_quant(py::module_& m) { (void)m; }
+using quant::Spec;
+
+Spec spec_from(const py::dict& d) {
+  Spec s;
+  s.bits = d["bits"].cast<int>();
+  s.symmetric = d["symmetric"].cast<bool>();
+  s.rows = d["rows"].cast<std::size_t>();
+  s.cols = d["cols"].cast<std::size_t>();
+  const std::string layout = d["layout"].cast<std::string>();
+  if (layout == "runs") s.layout = quant::Layout::runs;
+  else if (layout == "groups") s.layout = quant::Layout::groups;
+  else throw py::value_error("spec['layout']: expected 'runs' or 'groups', got '" + layout + "'");
+  s.run = d["run"].cast<std::size_t>();
+  s.channels = d["channels"].cast<std::size_t>();
+  s.group_size = d["group_size"].cast<std::size_t>();
+  s.rounding = static_cast<quant::Rounding>(d["rounding"].cast<int>());
+  s.seed = d["seed"].cast<std::uint64_t>();
+  s.clip = static_cast<quant::Clip>(d["clip"].cast<int>());
+  s.percentile = d["percentile"].cast<double>();
+  s.mse_steps = d["mse_steps"].cast<int>();
+  s.mse_min_ratio = d["mse_min_ratio"].cast<double>();
+  s.propagate = d["propagate"].cast<bool>();
+  if (s.bits < 2 || s.bits > 8) throw py::value_error("spec['bits']: expected 2..8, got " + std::to_string(s.bits));
+  if (s.group_size < 1 || s.run < 1 || s.channels < 1)
+    throw py::value_error("spec: group_size, run and channels must be >= 1");
+  if (s.layout == quant::Layout::runs && s.size() > 0 &&
+      (s.size() % s.run != 0 || (s.size() / s.run) % s.channels != 0))
+    throw py::value_error("spec: size " + std::to_string(s.size()) + " is not a multiple of run * channels");
+  const int r = static_cast<int>(s.rounding), c = static_cast<int>(s.clip);
+  if (r < 0 || r > 2) throw py::value_error("spec['rounding']: expected 0, 1 or 2");
+  if (c < 0 || c > 2) throw py::value_error("spec['clip']: expected 0, 1 or 2");
+  if (!(s.percentile > 0.0 && s.percentile <= 100.0))
+    throw py::value_error("spec['percentile']: expected a value in (0, 100]");
+  if (s.mse_steps < 1 || !(s.mse_min_ratio > 0.0 && s.mse_min_ratio <= 1.0))
+    throw py::value_error("spec: mse_steps must be >= 1 and mse_min_ratio in (0, 1]");
+  return s;
+}
+
+void check_size(const Array& a, std::size_t n) {
+  if (a.size() != n)
+    throw py::value_error(a.name + ": expected " + std::to_string(n) + " elements, got " + describe(a.arr));
+}
+
+}  // namespace
+
+void register_quant(py::module_& m) {
+  m.def("quantize", [](py::handle x, const py::dict& spec, py::handle scale, py::handle zero_point,
+                       py::handle data) {
+    const Spec s = spec_from(spec);
+    const Array xa = check_array(x, "w", {DType::f32}, Access::read);
+    check_size(xa, s.size());
+    const Array sa = check_array(scale, "scale", {DType::f32}, Access::write);
+    check_size(sa, s.n_params());
+    const Array za = check_array(zero_point, "zero_point", {DType::i32}, Access::write);
+    check_size(za, s.n_params());
+    const Array da = check_array(data, "data", {DType::i8, DType::u8}, Access::write);
+    check_size(da, s.rows * s.row_bytes());
+    py::gil_scoped_release release;  // every array is held by its Array for the call
+    return quant::quantize(xa.ptr<float>(), s, sa.mut<float>(), za.mut<std::int32_t>(), da.mut<std::uint8_t>());
+  }, py::arg("w"), py::arg("spec"), py::arg("scale"), py::arg("zero_point"), py::arg("data"));
+
+  m.def("dequantize", [](py::handle data, const py::dict& spec, py::handle scale, py::handle zero_point,
+                         py::handle out) {
+    const Spec s = spec_from(spec);
+    const Array da = check_array(data, "data", {DType::i8, DType::u8}, Access::read);
+    check_size(da, s.rows * s.row_bytes());
+    const Array sa = check_array(scale, "scale", {DType::f32}, Access::read);
+    check_size(sa, s.n_params());
+    const Array za = check_array(zero_point, "zero_point", {DType::i32}, Access::read);
+    check_size(za, s.n_params());
+    const Array oa = check_array(out, "out", {DType::f32}, Access::write);
+    check_size(oa, s.size());
+    py::gil_scoped_release release;
+    quant::dequantize(da.ptr<std::uint8_t>(), s, sa.ptr<float>(), za.ptr<std::int32_t>(), oa.mut<float>());
+  }, py::arg("data"), py::arg("spec"), py::arg("scale"), py::arg("zero_point"), py::arg("out"));
+
+  m.def("unpack", [](py::handle data, const py::dict& spec, py::handle codes) {
+    const Spec s = spec_from(spec);
+    const Array da = check_array(data, "data", {DType::i8, DType::u8}, Access::read);
+    check_size(da, s.rows * s.row_bytes());
+    const Array ca = check_array(codes, "codes", {DType::i8, DType::u8}, Access::write);
+    check_size(ca, s.size());
+    py::gil_scoped_release release;
+    quant::unpack(da.ptr<std::uint8_t>(), s, ca.mut<std::uint8_t>());
+  }, py::arg("data"), py::arg("spec"), py::arg("codes"));
+
+  m.def("pack", [](py::handle codes, const py::dict& spec, py::handle data) {
+    const Spec s = spec_from(spec);
+    const Array ca = check_array(codes, "codes", {DType::i8, DType::u8}, Access::read);
+    check_size(ca, s.size());
+    const Array da = check_array(data, "data", {DType::i8, DType::u8}, Access::write);
+    check_size(da, s.rows * s.row_bytes());
+    py::gil_scoped_release release;
+    quant::pack(ca.ptr<std::uint8_t>(), s, da.mut<std::uint8_t>());
+  }, py::arg("codes"), py::arg("spec"), py::arg("data"));
+
+  m.def("matmul", [](py::handle x, py::handle data, const py::dict& spec, py::handle scale, py::handle zero_point,
+                     py::handle y) {
+    const Spec s = spec_from(spec);
+    if (!(s.bits == 8 || (s.bits == 4 && (s.layout == quant::Layout::runs || s.group_size % 2 == 0))))
+      throw py::value_error("qt: the fused product takes 8-bit weights or 4-bit weights with an even group size");
+    if (s.layout == quant::Layout::runs && !(s.channels == 1 || (s.channels == s.rows && s.run == s.cols)))
+      throw py::value_error("qt: expected parameters per tensor, per row (axis 0) or per group along the row");
+    const Array xa = check_array(x, "x", {DType::f32}, Access::read);
+    if (s.cols == 0 ? xa.size() % 1 != 0 : xa.size() % s.cols != 0)
+      throw py::value_error("x: expected a multiple of " + std::to_string(s.cols) + " elements, got " + describe(xa.arr));
+    const std::size_t batch = s.cols ? xa.size() / s.cols : 0;
+    const Array da = check_array(data, "data", {DType::i8, DType::u8}, Access::read);
+    check_size(da, s.rows * s.row_bytes());
+    const Array sa = check_array(scale, "scale", {DType::f32}, Access::read);
+    check_size(sa, s.n_params());
+    const Array za = check_array(zero_point, "zero_point", {DType::i32}, Access::read);
+    check_size(za, s.n_params());
+    const Array ya = check_array(y, "out", {DType::f32}, Access::write);
+    check_size(ya, batch * s.rows);
+    py::gil_scoped_release release;
+    quant::qmatmul(xa.ptr<float>(), batch, s, da.ptr<std::uint8_t>(), sa.ptr<float>(), za.ptr<std::int32_t>(),
+                   ya.mut<float>());
+  }, py::arg("x"), py::arg("data"), py::arg("spec"), py::arg("scale"), py::arg("zero_point"), py::arg("out"));
+
+  m.def("matmul_int8", [](py::handle a, py::handle b, py::handle c) {
+    const Array aa = check_array(a, "a", {DType::i8}, Access::read);
+    const Array ba = check_array(b, "b", {DType::i8}, Access::read);
+    if (aa.ndim() != 2 || ba.ndim() != 2 || aa.dim(1) != ba.dim(1))
+      throw py::value_error("a, b: expected int8 arrays of shapes (M, K) and (N, K), got " + describe(aa.arr) +
+                            " and " + describe(ba.arr));
+    const std::vector<py::ssize_t> shape{aa.dim(0), ba.dim(0)};
+    const Array ca = check_array(c, "out", {DType::i32}, Access::write, &shape);
+    py::gil_scoped_release release;
+    quant::matmul_s8(aa.ptr<std::int8_t>(), static_cast<std::size_t>(aa.dim(0)), ba.ptr<std::int8_t>(),
+                     static_cast<std::size_t>(ba.dim(0)), static_cast<std::size_t>(aa.dim(1)), ca.mut<std::int32_t>());
+  }, py::arg("a"), py::arg("b"), py::arg("out"));
+  m.def("has_avx512_vnni", &quant::has_avx512_vnni);
+
+  auto gguf_type = [](int t) {
+    if (t < 0 || t > 4) throw py::value_error("type: expected 0..4 (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), got " + std::to_string(t));
+    return static_cast<quant::GgufType>(t);
+  };
+  m.def("gguf_quantize", [gguf_type](py::handle x, int type, py::handle out) {
+    const quant::GgufType t = gguf_type(type);
+    const Array xa = check_array(x, "w", {DType::f32}, Access::read);
+    if (xa.size() % quant::kGgufBlock != 0)
+      throw py::value_error("w: expected a multiple of 32 elements, got " + describe(xa.arr));
+    const std::size_t blocks = xa.size() / quant::kGgufBlock;
+    const Array oa = check_array(out, "out", {DType::u8}, Access::write);
+    check_size(oa, blocks * quant::gguf_type_size(t));
+    py::gil_scoped_release release;
+    quant::gguf_quantize(t, xa.ptr<float>(), blocks, oa.mut<std::uint8_t>());
+  }, py::arg("w"), py::arg("type"), py::arg("out"));
+  m.def("gguf_dequantize", [gguf_type](py::handle data, int type, py::handle out) {
+    const quant::GgufType t = gguf_type(type);
+    const Array oa = check_array(out, "out", {DType::f32}, Access::write);
+    if (oa.size() % quant::kGgufBlock != 0)
+      throw py::value_error("out: expected a multiple of 32 elements, got " + describe(oa.arr));
+    const std::size_t blocks = oa.size() / quant::kGgufBlock;
+    const Array da = check_array(data, "data", {DType::u8}, Access::read);
+    check_size(da, blocks * quant::gguf_type_size(t));
+    py::gil_scoped_release release;
+    quant::gguf_dequantize(t, da.ptr<std::uint8_t>(), blocks, oa.mut<float>());
+  }, py::arg("data"), py::arg("type"), py::arg("out"));
+}
 
 }  // namespace slimgrad::bind

@@ -1,0 +1,199 @@
+// Integer quantization: codes of 2..8 bits per tensor / channel / group,
+// GGUF-exact blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) and products on quantized
+// weights (weight-only int8 / grouped int4, and int8 x int8 -> int32).
+//
+// Two layers, the pattern of every area (see core.hpp):
+//  - slimgrad::kernels::<fn><Isa>: single-threaded kernels on one contiguous
+//    range, one explicit instantiation per ISA file;
+//  - slimgrad::quant::<fn>: the entry points: fixed work items (never
+//    dependent on the thread count) on the thread pool, dispatched.
+//
+// Definitions (every ISA computes exactly these, bit for bit):
+//   r = x * inv           (float32; inv = 1.0f / scale computed once per group;
+//                          x / scale instead when scale < FLT_MIN, so a
+//                          subnormal scale never makes inv infinite)
+//   q = clamp(round(r + zp), qmin, qmax)   (float32 add, then round)
+//   x_hat = scale * (q - zp)               (float32)
+// round is half-to-even, half-away-from-zero, or stochastic floor(t + u) with
+// u = hash(seed, flat index) / 2^24 in [0, 1). This is torch's
+// quantize_per_channel formula (mul by the float32 reciprocal, add the zero
+// point, then round), so codes agree with torch for equal scales.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "slimgrad/isa.hpp"
+
+namespace slimgrad {
+
+namespace quant {
+
+enum class Rounding : int { half_even = 0, half_away = 1, stochastic = 2 };
+enum class Clip : int { minmax = 0, percentile = 1, mse = 2 };
+
+// How parameters (scale, zero point) map onto the elements of a C-ordered
+// tensor viewed as rows x cols (cols = the last axis; packing is per row).
+//  - runs:   flat element f uses parameter (f / run) % channels. Per tensor:
+//            run = size, channels = 1; per channel along axis k:
+//            run = prod(shape[k+1:]), channels = shape[k].
+//  - groups: element (r, j) uses parameter r * n_groups + j / group_size,
+//            n_groups = ceil(cols / group_size) (the last group is shorter).
+enum class Layout : int { runs = 0, groups = 1 };
+
+struct Spec {
+  int bits = 8;            // 2..8
+  bool symmetric = true;   // signed codes in [-(2^(b-1)-1), 2^(b-1)-1], zp 0;
+                           // else unsigned codes in [0, 2^b - 1], integer zp
+  std::size_t rows = 0, cols = 0;
+  Layout layout = Layout::runs;
+  std::size_t run = 1, channels = 1;   // Layout::runs
+  std::size_t group_size = 1;          // Layout::groups
+  Rounding rounding = Rounding::half_even;
+  std::uint64_t seed = 0;
+  Clip clip = Clip::minmax;
+  double percentile = 99.9;   // Clip::percentile: of |x| (symmetric) or both tails
+  int mse_steps = 100;        // Clip::mse: ratios 1, 1 - 1/steps, ... down to mse_min_ratio
+  double mse_min_ratio = 0.2;
+  bool propagate = false;     // non-finite groups: NaN scale (true) or an error (false)
+
+  std::size_t size() const { return rows * cols; }
+  std::size_t n_groups() const { return (cols + group_size - 1) / group_size; }
+  std::size_t n_params() const { return layout == Layout::runs ? channels : rows * n_groups(); }
+  std::size_t row_bytes() const { return (cols * static_cast<std::size_t>(bits) + 7) / 8; }
+  int qmin() const { return symmetric ? -((1 << (bits - 1)) - 1) : 0; }
+  int qmax() const { return symmetric ? (1 << (bits - 1)) - 1 : (1 << bits) - 1; }
+};
+
+// Quantizes x (rows x cols float32) into data (rows x row_bytes; for 8 bits
+// the int8/uint8 codes themselves, else a little-endian bitstream per row:
+// code j occupies bits [j*b, (j+1)*b) of the row, bit k of the row being bit
+// k % 8 of byte k / 8; signed codes are stored as b-bit two's complement),
+// scale and zero_point (n_params each). Returns -1, or the flat index of the
+// first NaN/inf when !spec.propagate (then nothing has been written).
+std::ptrdiff_t quantize(const float* x, const Spec& spec, float* scale, std::int32_t* zero_point,
+                        std::uint8_t* data);
+// out (rows x cols) = scale * (code - zero_point).
+void dequantize(const std::uint8_t* data, const Spec& spec, const float* scale,
+                const std::int32_t* zero_point, float* out);
+// Codes of a packed tensor as one byte each (int8 when signed), and back.
+void unpack(const std::uint8_t* data, const Spec& spec, std::uint8_t* codes);
+void pack(const std::uint8_t* codes, const Spec& spec, std::uint8_t* data);
+
+// Counter-based random numbers for stochastic rounding: element f of a
+// tensor gets u = (h >> 8) / 2^24, h = mix32(mix32(lo32(f) + k1) ^ k2), with
+// (k1, k2) derived from the seed and hi32(f). Pure 32-bit integer arithmetic,
+// so every ISA and thread count draws the same u for the same element.
+// Internal linkage: each ISA file compiles its own copy (no ODR trap).
+namespace {
+inline std::uint32_t mix32(std::uint32_t x) {  // "lowbias32" (C. Wellons)
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return x;
+}
+struct StreamKey {
+  std::uint32_t k1, k2;
+};
+inline StreamKey stream_key(std::uint64_t seed, std::uint32_t index_hi) {
+  const std::uint32_t a = mix32(static_cast<std::uint32_t>(seed) ^ 0x9e3779b9u);
+  const std::uint32_t b = mix32(static_cast<std::uint32_t>(seed >> 32) + a);
+  const std::uint32_t c = mix32(index_hi ^ b ^ 0x85ebca6bu);
+  return {c, mix32(c + 0xc2b2ae35u)};
+}
+inline std::uint32_t stream_bits(StreamKey k, std::uint32_t index_lo) {
+  return mix32(mix32(index_lo + k.k1) ^ k.k2);
+}
+}  // namespace
+
+}  // namespace quant
+
+namespace kernels {
+// Smallest and largest of x[0, n) (n >= 1) and the index of the first NaN or
+// inf (n if none; lo/hi are then meaningless).
+template <Isa I>
+std::size_t quant_minmax(const float* x, std::size_t n, float* lo, float* hi);
+// codes[i] = low byte of clamp(round(r + zp), qmin, qmax), r = use_div ?
+// x/scale : x*inv; `index` is the flat index of x[0] (stochastic rounding).
+template <Isa I>
+void quant_codes(const float* x, std::size_t n, float scale, float inv, bool use_div, float zp,
+                 float qmin, float qmax, int rounding, std::uint64_t seed, std::uint64_t index,
+                 std::uint8_t* codes);
+// out[i] = scale * (code - zp), codes read as int8 (is_signed) or uint8.
+template <Isa I>
+void quant_dequant(const std::uint8_t* codes, bool is_signed, std::size_t n, float scale, float zp,
+                   float* out);
+// n codes (low `bits` bits of each byte) into ceil(n * bits / 8) bytes.
+template <Isa I>
+void quant_pack(const std::uint8_t* codes, std::size_t n, int bits, std::uint8_t* out);
+// The inverse: n codes, sign-extended to int8 when is_signed.
+template <Isa I>
+void quant_unpack(const std::uint8_t* in, std::size_t n, int bits, bool is_signed, std::uint8_t* codes);
+
+// GGUF blocks of 32 values, byte for byte what the gguf package's
+// gguf.quants.quantize writes (its NumPy float32 steps, in its order; its
+// float -> integer casts give 0 for NaN/inf). type: GgufType.
+template <Isa I>
+void gguf_quantize(int type, const float* x, std::size_t n_blocks, std::uint8_t* out);
+template <Isa I>
+void gguf_dequantize(int type, const std::uint8_t* in, std::size_t n_blocks, float* out);
+
+// Products on quantized weights W (out x in, codes per row as in Spec, bits 8
+// or 4): y[b, r] = sum_j x[b, j] * scale[r, g(j)] * (q[r, j] - zp[r, g(j)]).
+struct QMatmulArgs {
+  const float* x = nullptr;      // batch x in
+  const float* xp = nullptr;     // GEMV: x per group, 32-padded, even-then-odd per chunk for 4 bits
+  const float* xsum = nullptr;   // batch x n_groups: sums of x over each group
+  std::size_t batch = 0, in = 0, out = 0;
+  const std::uint8_t* w = nullptr;
+  std::size_t row_bytes = 0;
+  int bits = 8;
+  bool is_signed = true;
+  const float* scale = nullptr;  // scale[r * param_stride + g]
+  const std::int32_t* zp = nullptr;
+  std::size_t param_stride = 0, n_groups = 1, group_size = 0;
+  float* y = nullptr;            // batch x out
+};
+// Rows [r0, r1) of y. scratch: 4 * in floats (batched path).
+template <Isa I>
+void qmatmul_rows(const QMatmulArgs& a, std::size_t r0, std::size_t r1, float* scratch);
+// c[m, n] = sum_k a[m, k] * b[n, k] for n in [n0, n1), all m (int32, exact).
+// scratch: 4 * K int16 (widened rows of b). bsum[n] = sum_k b[n, k].
+template <Isa I>
+void matmul_s8_cols(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::size_t K, std::size_t n0,
+                    std::size_t n1, const std::int32_t* bsum, std::int32_t* c, std::size_t N, std::int16_t* scratch);
+}  // namespace kernels
+
+namespace quant {
+// y = x @ W.T for a weight quantized per row (tensor / channel along axis 0 /
+// groups along the row) to 8 or 4 bits; x is batch x in. For 4 bits the
+// group size must be even (groups start on a byte).
+void qmatmul(const float* x, std::size_t batch, const Spec& spec, const std::uint8_t* data, const float* scale,
+             const std::int32_t* zero_point, float* y);
+// c (M x N, int32) = a (M x K, int8) @ b (N x K, int8).T, exact.
+void matmul_s8(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::size_t N, std::size_t K,
+               std::int32_t* c);
+// Whether this CPU runs AVX512-VNNI (vpdpbusd), used by matmul_s8 on avx512.
+bool has_avx512_vnni();
+
+enum class GgufType : int { q8_0 = 0, q4_0 = 1, q4_1 = 2, q5_0 = 3, q5_1 = 4 };
+inline constexpr std::size_t kGgufBlock = 32;
+// Bytes per block: Q8_0 34 (f16 d, 32 int8), Q4_0 18 (d, 16 nibble bytes),
+// Q4_1 20 (d, m, nibbles), Q5_0 22 (d, u32 high bits, nibbles), Q5_1 24.
+inline std::size_t gguf_type_size(GgufType t) {
+  switch (t) {
+    case GgufType::q8_0: return 34;
+    case GgufType::q4_0: return 18;
+    case GgufType::q4_1: return 20;
+    case GgufType::q5_0: return 22;
+    case GgufType::q5_1: return 24;
+  }
+  return 0;
+}
+void gguf_quantize(GgufType type, const float* x, std::size_t n_blocks, std::uint8_t* out);
+void gguf_dequantize(GgufType type, const std::uint8_t* in, std::size_t n_blocks, float* out);
+}  // namespace quant
+
+}  // namespace slimgrad

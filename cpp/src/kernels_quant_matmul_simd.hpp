@@ -1,0 +1,301 @@
+// Quantized products written once for avx2 and avx512, instantiated by
+// kernels_quant_matmul_avx2.cpp / _avx512.cpp.
+//  - GEMV (batch 1), the decoding case: weights streamed once, codes widened
+//    straight to float lanes and multiplied into x with explicit FMAs; per
+//    group y += scale * sum(x * v) - scale * z * sum(x), where v is the
+//    unsigned code (4-bit signed codes are read as u ^ 8 = c + 8, so z is the
+//    zero point + 8 there: one XOR per 32 codes instead of a sign extension).
+//    x comes pre-arranged per 32-chunk (even then odd elements for 4 bits, so
+//    low / high nibbles need no interleaving; zero-padded tails). Float sums
+//    differ from the oracle's order: tolerance, not bit identity.
+//  - batched: 4 rows dequantized into scratch exactly as dequantize() does,
+//    then 4 dot products per row of x (x loaded once for 4 rows).
+//  - int8 x int8 -> int32: AVX2 widens both to int16 and uses vpmaddwd
+//    (exact for every int8 value, unlike vpmaddubsw's sign trick, which
+//    fails for -128 and can saturate); AVX512 with VNNI uses vpdpbusd on
+//    (a + 128) as unsigned and subtracts 128 * sum(b), exact in int32.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "slimgrad/quant.hpp"
+#include "slimgrad/simd.hpp"
+
+namespace slimgrad::kernels {
+using namespace slimgrad::simd;
+
+namespace {
+
+template <Isa I>
+struct MOps;
+
+template <>
+struct MOps<Isa::avx2> {
+  using F = Vec<float, Isa::avx2>;
+  // 32 codes at p (16 bytes for 4 bits, 32 for 8) times x chunk xc.
+  template <int bits, bool is_signed>
+  static void chunk(const std::uint8_t* p, const float* xc, F& ga, F& gb) {
+    if constexpr (bits == 4) {
+      __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      if constexpr (is_signed) b = _mm_xor_si128(b, _mm_set1_epi8(static_cast<char>(0x88)));
+      const __m128i m = _mm_set1_epi8(0x0F);
+      const __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+      ga.v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), _mm256_loadu_ps(xc), ga.v);
+      gb.v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), _mm256_loadu_ps(xc + 8), gb.v);
+      ga.v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), _mm256_loadu_ps(xc + 16), ga.v);
+      gb.v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), _mm256_loadu_ps(xc + 24), gb.v);
+    } else {
+      for (int k = 0; k < 4; k += 2) {
+        const __m128i b0 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * k));
+        const __m128i b1 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * k + 8));
+        const __m256i c0 = is_signed ? _mm256_cvtepi8_epi32(b0) : _mm256_cvtepu8_epi32(b0);
+        const __m256i c1 = is_signed ? _mm256_cvtepi8_epi32(b1) : _mm256_cvtepu8_epi32(b1);
+        ga.v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c0), _mm256_loadu_ps(xc + 8 * k), ga.v);
+        gb.v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c1), _mm256_loadu_ps(xc + 8 * k + 8), gb.v);
+      }
+    }
+  }
+};
+
+#if defined(__AVX512F__)
+template <>
+struct MOps<Isa::avx512> {
+  using F = Vec<float, Isa::avx512>;
+  template <int bits, bool is_signed>
+  static void chunk(const std::uint8_t* p, const float* xc, F& ga, F& gb) {
+    if constexpr (bits == 4) {
+      __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      if constexpr (is_signed) b = _mm_xor_si128(b, _mm_set1_epi8(static_cast<char>(0x88)));
+      const __m128i m = _mm_set1_epi8(0x0F);
+      const __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+      ga.v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), _mm512_loadu_ps(xc), ga.v);
+      gb.v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), _mm512_loadu_ps(xc + 16), gb.v);
+    } else {
+      const __m128i b0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      const __m128i b1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16));
+      const __m512i c0 = is_signed ? _mm512_cvtepi8_epi32(b0) : _mm512_cvtepu8_epi32(b0);
+      const __m512i c1 = is_signed ? _mm512_cvtepi8_epi32(b1) : _mm512_cvtepu8_epi32(b1);
+      ga.v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c0), _mm512_loadu_ps(xc), ga.v);
+      gb.v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c1), _mm512_loadu_ps(xc + 16), gb.v);
+    }
+  }
+};
+#endif
+
+template <Isa I, int Bits, bool Signed>
+float gemv_row(const QMatmulArgs& a, std::size_t r) {
+  using V = Vec<float, I>;
+  constexpr std::size_t W = V::width;
+  const std::uint8_t* row = a.w + r * a.row_bytes;
+  const std::size_t gs = a.group_size, per_group = (gs + 31) / 32 * 32;
+  constexpr float zoff = (Bits == 4 && Signed) ? 8.0f : 0.0f;
+  const float* sc = a.scale + r * a.param_stride;
+  const std::int32_t* zp = a.zp + r * a.param_stride;
+  // Two accumulators over alternate groups: the per-group scale FMA is a
+  // loop-carried chain, which would otherwise bound small groups.
+  V acc[2] = {V::zero(), V::zero()};
+  std::size_t g = 0;
+  if (gs % 32 == 0) {  // full groups: whole 32-chunks, no tail handling
+    const std::size_t full = a.in / gs;
+    for (; g < full; ++g) {
+      const std::uint8_t* src = row + g * gs * Bits / 8;
+      const float* xg = a.xp + g * gs;
+      V ga = V::zero(), gb = V::zero();
+      for (std::size_t c = 0; c < gs; c += 32) MOps<I>::template chunk<Bits, Signed>(src + c * Bits / 8, xg + c, ga, gb);
+      acc[g & 1] = fma(V::set1(sc[a.param_stride ? g : 0]), ga + gb, acc[g & 1]);
+    }
+  }
+  for (; g < a.n_groups; ++g) {
+    const std::size_t j0 = g * gs, len = (a.in - j0 < gs) ? a.in - j0 : gs;
+    const float* xg = a.xp + g * per_group;
+    V ga = V::zero(), gb = V::zero();
+    for (std::size_t c = 0; c < len; c += 32) {
+      const std::size_t jc = j0 + c, avail = len - c < 32 ? len - c : 32;
+      const std::uint8_t* src = row + jc * Bits / 8;
+      std::uint8_t tmp[32];
+      if (avail < 32) {
+        std::memset(tmp, 0, sizeof tmp);
+        std::memcpy(tmp, src, Bits == 4 ? (avail + 1) / 2 : avail);
+        src = tmp;
+      }
+      MOps<I>::template chunk<Bits, Signed>(src, xg + c, ga, gb);
+    }
+    acc[g & 1] = fma(V::set1(sc[a.param_stride ? g : 0]), ga + gb, acc[g & 1]);
+  }
+  // Zero-point correction sum_g s_g * z_g * xsum_g, vectorized over groups.
+  float corr = 0.0f;
+  if (zoff != 0.0f || !Signed) {
+    V cv = V::zero();
+    const std::size_t G = a.n_groups;
+    std::size_t k = 0;
+    if (a.param_stride) {
+      for (; k + W <= G; k += W) {
+        float z[W];
+        for (std::size_t t = 0; t < W; ++t) z[t] = static_cast<float>(zp[k + t]) + zoff;
+        cv = fma(V::load(sc + k) * V::load(z), V::load(a.xsum + k), cv);
+      }
+    }
+    for (; k < G; ++k) {
+      const std::size_t p = a.param_stride ? k : 0;
+      corr += sc[p] * (static_cast<float>(zp[p]) + zoff) * a.xsum[k];
+    }
+    corr += reduce_sum(cv);
+  }
+  return reduce_sum(acc[0] + acc[1]) - corr;
+}
+
+// Row r of W as floats, exactly dequantize()'s values.
+template <Isa I>
+void dequant_row(const QMatmulArgs& a, std::size_t r, float* out) {
+  const std::uint8_t* row = a.w + r * a.row_bytes;
+  std::uint8_t codes[4096];
+  for (std::size_t g = 0; g < a.n_groups; ++g) {
+    const std::size_t j0 = g * a.group_size;
+    const std::size_t j1 = (a.in - j0 < a.group_size) ? a.in : j0 + a.group_size;
+    const std::size_t p = r * a.param_stride + g;
+    for (std::size_t j = j0; j < j1; j += 4096) {  // j stays even: pieces start on a byte
+      const std::size_t n = j1 - j < 4096 ? j1 - j : 4096;
+      const std::uint8_t* src = row + j;
+      if (a.bits == 4) {
+        quant_unpack<I>(row + j / 2, n, 4, a.is_signed, codes);
+        src = codes;
+      }
+      quant_dequant<I>(src, a.is_signed, n, a.scale[p], static_cast<float>(a.zp[p]), out + j);
+    }
+  }
+}
+
+template <Isa I>
+void batched_rows(const QMatmulArgs& a, std::size_t r0, std::size_t r1, float* scratch) {
+  using V = Vec<float, I>;
+  constexpr std::size_t W = V::width;
+  for (std::size_t r = r0; r < r1; r += 4) {
+    const std::size_t nr = r1 - r < 4 ? r1 - r : 4;
+    for (std::size_t k = 0; k < nr; ++k) dequant_row<I>(a, r + k, scratch + k * a.in);
+    for (std::size_t k = nr; k < 4; ++k) std::memset(scratch + k * a.in, 0, a.in * sizeof(float));
+    const float *w0 = scratch, *w1 = scratch + a.in, *w2 = scratch + 2 * a.in, *w3 = scratch + 3 * a.in;
+    for (std::size_t b = 0; b < a.batch; ++b) {
+      const float* x = a.x + b * a.in;
+      V s0 = V::zero(), s1 = V::zero(), s2 = V::zero(), s3 = V::zero();
+      std::size_t j = 0;
+      for (; j + W <= a.in; j += W) {
+        const V xv = V::load(x + j);
+        s0 = fma(xv, V::load(w0 + j), s0);
+        s1 = fma(xv, V::load(w1 + j), s1);
+        s2 = fma(xv, V::load(w2 + j), s2);
+        s3 = fma(xv, V::load(w3 + j), s3);
+      }
+      if (j < a.in) {
+        const std::size_t k = a.in - j;
+        const V xv = load_partial<V>(x + j, k);
+        s0 = fma(xv, load_partial<V>(w0 + j, k), s0);
+        s1 = fma(xv, load_partial<V>(w1 + j, k), s1);
+        s2 = fma(xv, load_partial<V>(w2 + j, k), s2);
+        s3 = fma(xv, load_partial<V>(w3 + j, k), s3);
+      }
+      const float sums[4] = {reduce_sum(s0), reduce_sum(s1), reduce_sum(s2), reduce_sum(s3)};
+      for (std::size_t k = 0; k < nr; ++k) a.y[b * a.out + r + k] = sums[k];
+    }
+  }
+}
+
+inline std::int32_t hsum256(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+void s8_madd(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::size_t K, std::size_t n0,
+             std::size_t n1, std::int32_t* c, std::size_t N, std::int16_t* bw) {
+  for (std::size_t n = n0; n < n1; n += 4) {
+    const std::size_t nn = n1 - n < 4 ? n1 - n : 4;
+    for (std::size_t i = 0; i < 4; ++i)
+      for (std::size_t k = 0; k < K; ++k) bw[i * K + k] = i < nn ? b[(n + i) * K + k] : 0;
+    for (std::size_t m = 0; m < M; ++m) {
+      const std::int8_t* am = a + m * K;
+      __m256i s[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+      std::size_t k = 0;
+      for (; k + 16 <= K; k += 16) {
+        const __m256i av = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(am + k)));
+        for (int i = 0; i < 4; ++i)
+          s[i] = _mm256_add_epi32(
+              s[i], _mm256_madd_epi16(av, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bw + i * K + k))));
+      }
+      for (std::size_t i = 0; i < nn; ++i) {
+        std::int32_t t = hsum256(s[i]);
+        for (std::size_t kk = k; kk < K; ++kk) t += static_cast<std::int32_t>(am[kk]) * bw[i * K + kk];
+        c[m * N + n + i] = t;
+      }
+    }
+  }
+}
+
+#if defined(__AVX512F__)
+__attribute__((target("avx512vnni"))) void s8_vnni(const std::int8_t* a, std::size_t M, const std::int8_t* b,
+                                                   std::size_t K, std::size_t n0, std::size_t n1, std::int32_t* c,
+                                                   std::size_t N) {
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80)), ones = _mm512_set1_epi8(1);
+  for (std::size_t n = n0; n < n1; n += 4) {
+    const std::size_t nn = n1 - n < 4 ? n1 - n : 4;
+    const std::int8_t* br[4];
+    for (std::size_t i = 0; i < 4; ++i) br[i] = b + (n + (i < nn ? i : 0)) * K;
+    std::int32_t bsum[4];
+    for (int i = 0; i < 4; ++i) {
+      __m512i s = _mm512_setzero_si512();
+      for (std::size_t k = 0; k < K; k += 64) {
+        const __mmask64 mk = K - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (K - k)) - 1;
+        s = _mm512_dpbusd_epi32(s, ones, _mm512_maskz_loadu_epi8(mk, br[i] + k));
+      }
+      bsum[i] = _mm512_reduce_add_epi32(s);
+    }
+    for (std::size_t m = 0; m < M; ++m) {
+      const std::int8_t* am = a + m * K;
+      __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+      for (std::size_t k = 0; k < K; k += 64) {
+        const __mmask64 mk = K - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (K - k)) - 1;
+        // a + 128 as unsigned; padded bytes become 128 but meet b's zeros
+        const __m512i av = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mk, am + k), flip);
+        s0 = _mm512_dpbusd_epi32(s0, av, _mm512_maskz_loadu_epi8(mk, br[0] + k));
+        s1 = _mm512_dpbusd_epi32(s1, av, _mm512_maskz_loadu_epi8(mk, br[1] + k));
+        s2 = _mm512_dpbusd_epi32(s2, av, _mm512_maskz_loadu_epi8(mk, br[2] + k));
+        s3 = _mm512_dpbusd_epi32(s3, av, _mm512_maskz_loadu_epi8(mk, br[3] + k));
+      }
+      const std::int32_t t[4] = {_mm512_reduce_add_epi32(s0), _mm512_reduce_add_epi32(s1),
+                                 _mm512_reduce_add_epi32(s2), _mm512_reduce_add_epi32(s3)};
+      for (std::size_t i = 0; i < nn; ++i) c[m * N + n + i] = t[i] - 128 * bsum[i];
+    }
+  }
+}
+#endif
+
+}  // namespace
+
+template <Isa I>
+void qmatmul_rows(const QMatmulArgs& a, std::size_t r0, std::size_t r1, float* scratch) {
+  if (a.batch == 1) {
+    auto run = [&](auto fn) {
+      for (std::size_t r = r0; r < r1; ++r) a.y[r] = fn(a, r);
+    };
+    if (a.bits == 4)
+      a.is_signed ? run(gemv_row<I, 4, true>) : run(gemv_row<I, 4, false>);
+    else
+      a.is_signed ? run(gemv_row<I, 8, true>) : run(gemv_row<I, 8, false>);
+  } else {
+    batched_rows<I>(a, r0, r1, scratch);
+  }
+}
+
+template <Isa I>
+void matmul_s8_cols(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::size_t K, std::size_t n0,
+                    std::size_t n1, const std::int32_t* bsum, std::int32_t* c, std::size_t N, std::int16_t* scratch) {
+  (void)bsum;
+#if defined(__AVX512F__)
+  if (quant::has_avx512_vnni()) return s8_vnni(a, M, b, K, n0, n1, c, N);
+#endif
+  s8_madd(a, M, b, K, n0, n1, c, N, scratch);
+}
+
+}  // namespace slimgrad::kernels

@@ -1,0 +1,511 @@
+// Quantization kernels written once for avx2 and avx512, instantiated by
+// kernels_quant_avx2.cpp / kernels_quant_avx512.cpp. They compute exactly what
+// kernels_quant_scalar.cpp computes (tests compare bytes):
+//  - the including file turns FP contraction off (#pragma before any
+//    include): `x * inv + zp` must stay a multiply then an add, like the
+//    oracle and torch; explicit fma intrinsics are unaffected;
+//  - rounding: vroundps/vrndscaleps to nearest even; half away from zero as
+//    trunc(t) + sign(t) where |t - trunc(t)| >= 0.5 (exact, unlike
+//    floor(t + 0.5)); stochastic: floor(t + u), u from the same 32-bit hash;
+//  - int32 -> byte: truncation to the low byte (vpmovdb on avx512, mask +
+//    unsigned packs on avx2), so signed and unsigned codes share one path;
+//  - tails go through a padded stack copy and the same vector arithmetic.
+// Helpers have internal linkage and std:: algorithms are avoided (per-file
+// ISA flags + ODR). Integer-only work (pack/unpack) uses AVX2 intrinsics in
+// both files.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "slimgrad/quant.hpp"
+#include "slimgrad/simd.hpp"
+
+namespace slimgrad::kernels {
+using namespace slimgrad::simd;
+
+namespace {
+
+// Per-ISA integer helpers on float-width lanes.
+template <Isa I>
+struct QOps;
+
+template <>
+struct QOps<Isa::avx2> {
+  using F = Vec<float, Isa::avx2>;
+  using VI = __m256i;
+  static F round_even(F t) { return {_mm256_round_ps(t.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+  static F trunc(F t) { return {_mm256_round_ps(t.v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC)}; }
+  static F floor(F t) { return {_mm256_round_ps(t.v, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC)}; }
+  static F round_away(F t) {
+    const __m256 tr = _mm256_round_ps(t.v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 sign = _mm256_and_ps(t.v, _mm256_set1_ps(-0.0f));
+    const __m256 frac = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_sub_ps(t.v, tr));
+    const __m256 big = _mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    return {_mm256_add_ps(tr, _mm256_and_ps(big, _mm256_or_ps(sign, _mm256_set1_ps(1.0f))))};
+  }
+  static VI iota() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
+  static VI set1(std::uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)); }
+  static VI add(VI a, VI b) { return _mm256_add_epi32(a, b); }
+  static VI mix(VI x) {
+    x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+    x = _mm256_mullo_epi32(x, _mm256_set1_epi32(0x7feb352d));
+    x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 15));
+    x = _mm256_mullo_epi32(x, _mm256_set1_epi32(static_cast<int>(0x846ca68bu)));
+    return _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+  }
+  static F uniform(VI lo, quant::StreamKey k) {
+    const VI h = mix(_mm256_xor_si256(mix(add(lo, set1(k.k1))), set1(k.k2)));
+    return {_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(h, 8)), _mm256_set1_ps(5.9604644775390625e-8f))};
+  }
+  // Low bytes of the (integral) lanes of t, to 8 bytes at p.
+  static void store_bytes(std::uint8_t* p, F t) {
+    const __m256i v = _mm256_and_si256(_mm256_cvttps_epi32(t.v), _mm256_set1_epi32(0xFF));
+    const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packus_epi16(w, w));
+  }
+  static F load_codes(const std::uint8_t* p, bool is_signed) {
+    const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return {_mm256_cvtepi32_ps(is_signed ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b))};
+  }
+  // GGUF blocks: 32 values = 4 vectors.
+  static unsigned eq_mask(F a, float s) {
+    return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(a.v, _mm256_set1_ps(s), _CMP_EQ_OQ)));
+  }
+  // 4 vectors of small integral floats (|v| <= 127) -> 32 bytes, in order.
+  static void block_bytes(const F* c, std::uint8_t* out) {
+    const __m256i a = _mm256_packs_epi32(_mm256_cvttps_epi32(c[0].v), _mm256_cvttps_epi32(c[1].v));
+    const __m256i b = _mm256_packs_epi32(_mm256_cvttps_epi32(c[2].v), _mm256_cvttps_epi32(c[3].v));
+    const __m256i p = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(a, b), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), p);
+  }
+  // Element k*W + lane of 32 codes (uint8) plus bit (k*W + lane) of qh << 4.
+  static F codes5(const std::uint8_t* q, std::uint32_t qh, int k, bool five) {
+    __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * k)));
+    if (five) {
+      const __m256i sh = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(8 * k));
+      const __m256i bit = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(qh)), sh),
+                                           _mm256_set1_epi32(1));
+      c = _mm256_or_si256(c, _mm256_slli_epi32(bit, 4));
+    }
+    return {_mm256_cvtepi32_ps(c)};
+  }
+  static F codes8(const std::uint8_t* q, int k) {
+    return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * k))))};
+  }
+};
+
+#if defined(__AVX512F__)
+template <>
+struct QOps<Isa::avx512> {
+  using F = Vec<float, Isa::avx512>;
+  using VI = __m512i;
+  static F round_even(F t) { return {_mm512_roundscale_ps(t.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+  static F trunc(F t) { return {_mm512_roundscale_ps(t.v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC)}; }
+  static F floor(F t) { return {_mm512_roundscale_ps(t.v, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC)}; }
+  static F round_away(F t) {
+    const __m512 tr = _mm512_roundscale_ps(t.v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m512 frac = _mm512_abs_ps(_mm512_sub_ps(t.v, tr));
+    const __mmask16 big = _mm512_cmp_ps_mask(frac, _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+    const __m512i one = _mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(t.v), _mm512_set1_epi32(INT32_MIN)),
+                                        _mm512_castps_si512(_mm512_set1_ps(1.0f)));
+    return {_mm512_mask_add_ps(tr, big, tr, _mm512_castsi512_ps(one))};
+  }
+  static VI iota() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
+  static VI set1(std::uint32_t v) { return _mm512_set1_epi32(static_cast<int>(v)); }
+  static VI add(VI a, VI b) { return _mm512_add_epi32(a, b); }
+  static VI mix(VI x) {
+    x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+    x = _mm512_mullo_epi32(x, _mm512_set1_epi32(0x7feb352d));
+    x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
+    x = _mm512_mullo_epi32(x, _mm512_set1_epi32(static_cast<int>(0x846ca68bu)));
+    return _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+  }
+  static F uniform(VI lo, quant::StreamKey k) {
+    const VI h = mix(_mm512_xor_si512(mix(add(lo, set1(k.k1))), set1(k.k2)));
+    return {_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(h, 8)), _mm512_set1_ps(5.9604644775390625e-8f))};
+  }
+  static void store_bytes(std::uint8_t* p, F t) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(t.v)));
+  }
+  static F load_codes(const std::uint8_t* p, bool is_signed) {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return {_mm512_cvtepi32_ps(is_signed ? _mm512_cvtepi8_epi32(b) : _mm512_cvtepu8_epi32(b))};
+  }
+  static unsigned eq_mask(F a, float s) {
+    return static_cast<unsigned>(_mm512_cmp_ps_mask(a.v, _mm512_set1_ps(s), _CMP_EQ_OQ));
+  }
+  static void block_bytes(const F* c, std::uint8_t* out) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(c[0].v)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(c[1].v)));
+  }
+  static F codes5(const std::uint8_t* q, std::uint32_t qh, int k, bool five) {
+    __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16 * k)));
+    if (five) {
+      const __m512i sh = _mm512_add_epi32(iota(), _mm512_set1_epi32(16 * k));
+      const __m512i bit = _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32(static_cast<int>(qh)), sh),
+                                           _mm512_set1_epi32(1));
+      c = _mm512_or_si512(c, _mm512_slli_epi32(bit, 4));
+    }
+    return {_mm512_cvtepi32_ps(c)};
+  }
+  static F codes8(const std::uint8_t* q, int k) {
+    return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16 * k))))};
+  }
+};
+#endif
+
+// One vector of codes from one vector of x; `lo` holds the low 32 bits of
+// each lane's flat index (stochastic rounding only).
+template <Isa I, int Mode>
+inline Vec<float, I> code_vec(Vec<float, I> x, Vec<float, I> scale, Vec<float, I> inv, bool use_div,
+                              Vec<float, I> zp, Vec<float, I> qmin, Vec<float, I> qmax,
+                              typename QOps<I>::VI lo, quant::StreamKey key) {
+  using Q = QOps<I>;
+  const Vec<float, I> r = use_div ? x / scale : x * inv;
+  Vec<float, I> t = r + zp;
+  if constexpr (Mode == 0) t = Q::round_even(t);
+  else if constexpr (Mode == 1) t = Q::round_away(t);
+  else t = Q::floor(t + Q::uniform(lo, key));
+  return min(max(t, qmin), qmax);  // t is never NaN here: no NaN-order question
+}
+
+template <Isa I, int Mode>
+void codes_impl(const float* x, std::size_t n, float scale, float inv, bool use_div, float zp, float qmin,
+                float qmax, std::uint64_t seed, std::uint64_t index, std::uint8_t* codes) {
+  using V = Vec<float, I>;
+  using Q = QOps<I>;
+  constexpr std::size_t W = V::width;
+  const V vs = V::set1(scale), vi = V::set1(inv), vz = V::set1(zp), vlo = V::set1(qmin), vhi = V::set1(qmax);
+  std::size_t i = 0;
+  while (i < n) {
+    // A piece never crosses a multiple of 2^32 in the flat index, so the
+    // high half (part of the key) is constant within it.
+    const std::uint64_t f = index + i;
+    const std::uint64_t to_wrap = (std::uint64_t{1} << 32) - (f & 0xFFFFFFFFu);
+    const std::size_t end = (Mode == 2 && to_wrap < n - i) ? i + static_cast<std::size_t>(to_wrap) : n;
+    const quant::StreamKey key = Mode == 2 ? quant::stream_key(seed, static_cast<std::uint32_t>(f >> 32))
+                                           : quant::StreamKey{0, 0};
+    typename Q::VI lo = Q::add(Q::set1(static_cast<std::uint32_t>(f)), Q::iota());
+    const typename Q::VI step = Q::set1(static_cast<std::uint32_t>(W));
+    for (; i + W <= end; i += W) {
+      Q::store_bytes(codes + i, code_vec<I, Mode>(V::load(x + i), vs, vi, use_div, vz, vlo, vhi, lo, key));
+      lo = Q::add(lo, step);
+    }
+    if (i < end) {
+      const std::size_t k = end - i;
+      float tmp[W] = {};
+      std::memcpy(tmp, x + i, k * sizeof(float));
+      std::uint8_t out[W];
+      Q::store_bytes(out, code_vec<I, Mode>(V::load(tmp), vs, vi, use_div, vz, vlo, vhi, lo, key));
+      std::memcpy(codes + i, out, k);
+      i = end;
+    }
+  }
+}
+
+inline void pack_generic(const std::uint8_t* codes, std::size_t n, int bits, std::uint8_t* out) {
+  const std::uint32_t mask = (1u << bits) - 1;
+  std::size_t byte = 0;
+  std::uint32_t acc = 0;
+  int have = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    acc |= (codes[i] & mask) << have;
+    have += bits;
+    while (have >= 8) {
+      out[byte++] = static_cast<std::uint8_t>(acc);
+      acc >>= 8;
+      have -= 8;
+    }
+  }
+  if (have > 0) out[byte] = static_cast<std::uint8_t>(acc);
+}
+
+inline void unpack_generic(const std::uint8_t* in, std::size_t n, int bits, bool is_signed, std::uint8_t* codes) {
+  const std::uint32_t mask = (1u << bits) - 1;
+  std::size_t byte = 0;
+  std::uint32_t acc = 0;
+  int have = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (have < bits) {
+      acc |= static_cast<std::uint32_t>(in[byte++]) << have;
+      have += 8;
+    }
+    std::uint32_t c = acc & mask;
+    acc >>= bits;
+    have -= bits;
+    if (is_signed && (c >> (bits - 1))) c |= ~mask;
+    codes[i] = static_cast<std::uint8_t>(c);
+  }
+}
+
+}  // namespace
+
+template <Isa I>
+std::size_t quant_minmax(const float* x, std::size_t n, float* lo, float* hi) {
+  using V = Vec<float, I>;
+  constexpr std::size_t W = V::width;
+  V a = V::set1(x[0]), b = a, a2 = a, b2 = a;
+  auto ok = isfinite(a);
+  std::size_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    const V u = V::load(x + i), v = V::load(x + i + W);
+    a = min(a, u);
+    b = max(b, u);
+    a2 = min(a2, v);
+    b2 = max(b2, v);
+    ok = mask_and(ok, mask_and(isfinite(u), isfinite(v)));
+  }
+  for (; i + W <= n; i += W) {
+    const V u = V::load(x + i);
+    a = min(a, u);
+    b = max(b, u);
+    ok = mask_and(ok, isfinite(u));
+  }
+  if (i < n) {  // pad with x[0]: it cannot change the min, the max or finiteness
+    float tmp[W];
+    for (std::size_t k = 0; k < W; ++k) tmp[k] = x[0];
+    std::memcpy(tmp, x + i, (n - i) * sizeof(float));
+    const V u = V::load(tmp);
+    a = min(a, u);
+    b = max(b, u);
+    ok = mask_and(ok, isfinite(u));
+  }
+  if (!all(ok)) {
+    for (std::size_t k = 0; k < n; ++k)
+      if (!__builtin_isfinite(x[k])) return k;
+  }
+  float la[W], lb[W];
+  min(a, a2).store(la);
+  max(b, b2).store(lb);
+  float mn = la[0], mx = lb[0];
+  for (std::size_t k = 1; k < W; ++k) {
+    mn = la[k] < mn ? la[k] : mn;
+    mx = mx < lb[k] ? lb[k] : mx;
+  }
+  *lo = mn;
+  *hi = mx;
+  return n;
+}
+
+template <Isa I>
+void quant_codes(const float* x, std::size_t n, float scale, float inv, bool use_div, float zp, float qmin,
+                 float qmax, int rounding, std::uint64_t seed, std::uint64_t index, std::uint8_t* codes) {
+  if (rounding == 0)
+    codes_impl<I, 0>(x, n, scale, inv, use_div, zp, qmin, qmax, seed, index, codes);
+  else if (rounding == 1)
+    codes_impl<I, 1>(x, n, scale, inv, use_div, zp, qmin, qmax, seed, index, codes);
+  else
+    codes_impl<I, 2>(x, n, scale, inv, use_div, zp, qmin, qmax, seed, index, codes);
+}
+
+template <Isa I>
+void quant_dequant(const std::uint8_t* codes, bool is_signed, std::size_t n, float scale, float zp, float* out) {
+  using V = Vec<float, I>;
+  using Q = QOps<I>;
+  constexpr std::size_t W = V::width;
+  const V vs = V::set1(scale), vz = V::set1(zp);
+  std::size_t i = 0;
+  for (; i + 16 <= n; i += W) (vs * (Q::load_codes(codes + i, is_signed) - vz)).store(out + i);
+  if (i < n) {  // the loads above read 8 (avx2) or 16 (avx512) bytes
+    std::uint8_t tmp[16] = {};
+    float res[W];
+    for (; i < n; i += W) {
+      const std::size_t k = n - i < W ? n - i : W;
+      std::memcpy(tmp, codes + i, k);
+      (vs * (Q::load_codes(tmp, is_signed) - vz)).store(res);
+      std::memcpy(out + i, res, k * sizeof(float));
+    }
+  }
+}
+
+template <Isa I>
+void quant_pack(const std::uint8_t* codes, std::size_t n, int bits, std::uint8_t* out) {
+  if (bits == 8) {
+    std::memcpy(out, codes, n);
+    return;
+  }
+  std::size_t i = 0;
+  if (bits == 4) {
+    // maddubs: (c_even & 15) * 1 + (c_odd & 15) * 16 per 16-bit lane, then
+    // the low bytes of the 16 lanes, in order.
+    const __m256i m = _mm256_set1_epi8(0x0F), w = _mm256_set1_epi16(0x1001);
+    for (; i + 32 <= n; i += 32) {
+      const __m256i c = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + i)), m);
+      const __m256i s = _mm256_maddubs_epi16(c, w);
+      const __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi16(s, s), 0x08);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i / 2), _mm256_castsi256_si128(p));
+    }
+  } else if (bits == 2) {
+    for (; i + 4 <= n; i += 4)
+      out[i / 4] = static_cast<std::uint8_t>((codes[i] & 3) | (codes[i + 1] & 3) << 2 | (codes[i + 2] & 3) << 4 |
+                                             (codes[i + 3] & 3) << 6);
+  }
+  pack_generic(codes + i, n - i, bits, out + i * static_cast<std::size_t>(bits) / 8);
+}
+
+template <Isa I>
+void quant_unpack(const std::uint8_t* in, std::size_t n, int bits, bool is_signed, std::uint8_t* codes) {
+  if (bits == 8) {
+    std::memcpy(codes, in, n);
+    return;
+  }
+  std::size_t i = 0;
+  if (bits == 4) {
+    const __m128i m = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
+    for (; i + 32 <= n; i += 32) {
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i / 2));
+      __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+      if (is_signed) {  // (c ^ 8) - 8 sign-extends a nibble
+        lo = _mm_sub_epi8(_mm_xor_si128(lo, eight), eight);
+        hi = _mm_sub_epi8(_mm_xor_si128(hi, eight), eight);
+      }
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm_unpacklo_epi8(lo, hi));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i + 16), _mm_unpackhi_epi8(lo, hi));
+    }
+  }
+  unpack_generic(in + i * static_cast<std::size_t>(bits) / 8, n - i, bits, is_signed, codes + i);
+}
+
+// ---------------------------------------------------------------- GGUF
+// The oracle (kernels_quant_scalar.cpp), called for degenerate blocks.
+template <>
+void gguf_quantize<Isa::scalar>(int type, const float* x, std::size_t n_blocks, std::uint8_t* out);
+
+// One block of 32 per iteration, the oracle's float32 steps in its order
+// (see kernels_quant_scalar.cpp); the per-block scalars (d, 1/d) are plain
+// float divisions here too. A block whose 1/d or d is not finite (tiny or
+// huge values: NumPy's NaN/inf casts decide its codes) goes to the oracle.
+namespace {
+
+inline void put_half_f16c(std::uint8_t* p, float v) {
+  const int h = _mm_extract_epi16(_mm_cvtps_ph(_mm_set_ss(v), _MM_FROUND_TO_NEAREST_INT), 0);
+  const auto u = static_cast<std::uint16_t>(h);
+  std::memcpy(p, &u, 2);
+}
+inline float get_half_f16c(const std::uint8_t* p) {
+  std::uint16_t u;
+  std::memcpy(&u, p, 2);
+  return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u)));
+}
+
+template <Isa I>
+inline void gguf_block_simd(int type, const float* x, std::uint8_t* out) {
+  using V = Vec<float, I>;
+  using Q = QOps<I>;
+  constexpr int W = static_cast<int>(V::width), K = 32 / W;
+  const auto t = static_cast<quant::GgufType>(type);
+  V v[K], c[K];
+  for (int k = 0; k < K; ++k) v[k] = V::load(x + k * W);
+  auto reduce = [](V a, bool take_max) {
+    float l[W];
+    a.store(l);
+    float r = l[0];
+    for (int i = 1; i < W; ++i) r = take_max ? (l[i] > r ? l[i] : r) : (l[i] < r ? l[i] : r);
+    return r;
+  };
+  std::uint8_t q[32];
+  if (t == quant::GgufType::q8_0 || t == quant::GgufType::q4_0 || t == quant::GgufType::q5_0) {
+    V a = abs(v[0]);
+    for (int k = 1; k < K; ++k) a = max(a, abs(v[k]));
+    const float amax = reduce(a, true);
+    if (t == quant::GgufType::q8_0) {
+      const float d = amax / 127.0f;
+      const float id = d == 0.0f ? 0.0f : 1.0f / d;
+      if (!__builtin_isfinite(id)) return gguf_quantize<Isa::scalar>(type, x, 1, out);
+      put_half_f16c(out, d);
+      for (int k = 0; k < K; ++k) c[k] = Q::round_away(v[k] * V::set1(id));
+      Q::block_bytes(c, out + 2);
+      return;
+    }
+    std::uint32_t hits = 0;  // first index of the largest |x| (argmax)
+    for (int k = 0; k < K; ++k) hits |= Q::eq_mask(abs(v[k]), amax) << (k * W);
+    const float m = x[__builtin_ctz(hits)];
+    const bool five = t == quant::GgufType::q5_0;
+    const float d = m / (five ? -16.0f : -8.0f);
+    const float id = d == 0.0f ? 0.0f : 1.0f / d;
+    if (!__builtin_isfinite(id)) return gguf_quantize<Isa::scalar>(type, x, 1, out);
+    const V vid = V::set1(id), bias = V::set1(five ? 16.5f : 8.5f), top = V::set1(five ? 31.0f : 15.0f);
+    for (int k = 0; k < K; ++k) c[k] = min(Q::trunc(v[k] * vid + bias), top);
+    put_half_f16c(out, d);
+    out += 2;
+  } else {
+    V lo = v[0], hi = v[0];
+    for (int k = 1; k < K; ++k) {
+      lo = min(lo, v[k]);
+      hi = max(hi, v[k]);
+    }
+    const float mn = reduce(lo, false), mx = reduce(hi, true);
+    const bool five = t == quant::GgufType::q5_1;
+    const float d = (mx - mn) / (five ? 31.0f : 15.0f);
+    const float id = d == 0.0f ? 0.0f : 1.0f / d;
+    if (!__builtin_isfinite(id) || !__builtin_isfinite(d)) return gguf_quantize<Isa::scalar>(type, x, 1, out);
+    const V vid = V::set1(id), vmn = V::set1(mn), half = V::set1(0.5f), top = V::set1(five ? 31.0f : 15.0f);
+    for (int k = 0; k < K; ++k) c[k] = min(Q::trunc((v[k] - vmn) * vid + half), top);
+    put_half_f16c(out, d);
+    put_half_f16c(out + 2, mn);
+    out += 4;
+  }
+  Q::block_bytes(c, q);
+  const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+  if (t == quant::GgufType::q5_0 || t == quant::GgufType::q5_1) {
+    const auto qh = static_cast<std::uint32_t>(_mm256_movemask_epi8(_mm256_slli_epi16(qa, 3)));
+    std::memcpy(out, &qh, 4);
+    out += 4;
+  }
+  const __m128i m4 = _mm_set1_epi8(0x0F);
+  const __m128i lo = _mm_and_si128(_mm256_castsi256_si128(qa), m4);
+  const __m128i hi = _mm_and_si128(_mm256_extracti128_si256(qa, 1), m4);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm_or_si128(lo, _mm_slli_epi16(hi, 4)));
+}
+
+template <Isa I>
+inline void gguf_unblock_simd(int type, const std::uint8_t* in, float* x) {
+  using V = Vec<float, I>;
+  using Q = QOps<I>;
+  constexpr int W = static_cast<int>(V::width), K = 32 / W;
+  const auto t = static_cast<quant::GgufType>(type);
+  const V d = V::set1(get_half_f16c(in));
+  if (t == quant::GgufType::q8_0) {
+    for (int k = 0; k < K; ++k) (d * Q::codes8(in + 2, k)).store(x + k * W);
+    return;
+  }
+  const bool affine = t == quant::GgufType::q4_1 || t == quant::GgufType::q5_1;
+  const bool five = t == quant::GgufType::q5_0 || t == quant::GgufType::q5_1;
+  const V m = V::set1(affine ? get_half_f16c(in + 2) : 0.0f);
+  const std::uint8_t* p = in + (affine ? 4 : 2);
+  std::uint32_t qh = 0;
+  if (five) {
+    std::memcpy(&qh, p, 4);
+    p += 4;
+  }
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  std::uint8_t q[32];
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm_and_si128(b, _mm_set1_epi8(0x0F)));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16), _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0F)));
+  const V off = V::set1(five ? 16.0f : 8.0f);
+  for (int k = 0; k < K; ++k) {
+    const V c = Q::codes5(q, qh, k, five);
+    if (affine)
+      (d * c + m).store(x + k * W);
+    else
+      (d * (c - off)).store(x + k * W);
+  }
+}
+
+}  // namespace
+
+template <Isa I>
+void gguf_quantize(int type, const float* x, std::size_t n_blocks, std::uint8_t* out) {
+  const std::size_t ts = quant::gguf_type_size(static_cast<quant::GgufType>(type));
+  for (std::size_t b = 0; b < n_blocks; ++b) gguf_block_simd<I>(type, x + 32 * b, out + ts * b);
+}
+
+template <Isa I>
+void gguf_dequantize(int type, const std::uint8_t* in, std::size_t n_blocks, float* out) {
+  const std::size_t ts = quant::gguf_type_size(static_cast<quant::GgufType>(type));
+  for (std::size_t b = 0; b < n_blocks; ++b) gguf_unblock_simd<I>(type, in + ts * b, out + 32 * b);
+}
+
+}  // namespace slimgrad::kernels

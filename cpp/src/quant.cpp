@@ -1,0 +1,392 @@
+// Threaded, dispatched entry points of the quantizers (see quant.hpp).
+//
+// Three passes, each over fixed work items (so results never depend on the
+// thread count):
+//  1. statistics: min, max and the first non-finite index per parameter
+//     (per group, or per (run, chunk) combined in order for runs);
+//  2. parameters: scale, 1/scale and zero point per parameter (scalar, tiny);
+//  3. codes: items of up to kChunk columns of one row (a multiple of 8, so
+//     every item starts on a byte of the packed row); each item splits into
+//     segments of constant parameters, quantized by the SIMD kernel into a
+//     stack buffer and then packed (or written straight to data for 8 bits).
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "slimgrad/quant.hpp"
+#include "slimgrad/threading.hpp"
+
+namespace slimgrad::quant {
+namespace {
+
+constexpr std::size_t kChunk = 8192;      // columns per code item (multiple of 8)
+constexpr std::size_t kStatChunk = 1 << 15;
+constexpr std::size_t kNone = std::numeric_limits<std::size_t>::max();
+
+struct Stat {
+  float lo = 0.0f, hi = 0.0f;
+  bool seen = false;
+  std::size_t bad = kNone;  // flat index of the first non-finite element
+};
+
+void merge(Stat& into, const Stat& s) {
+  if (!s.seen) return;
+  if (!into.seen) {
+    into = s;
+    return;
+  }
+  into.lo = s.lo < into.lo ? s.lo : into.lo;
+  into.hi = into.hi < s.hi ? s.hi : into.hi;
+  into.bad = std::min(into.bad, s.bad);
+}
+
+struct Param {
+  float scale = 1.0f, inv = 1.0f, zp = 0.0f;
+  bool use_div = false, bad = false;
+};
+
+// Calls fn(param, jb, je) for the segments of constant parameter covering
+// columns [j0, j1) of row r.
+template <class Fn>
+void for_segments(const Spec& s, std::size_t r, std::size_t j0, std::size_t j1, Fn&& fn) {
+  if (s.layout == Layout::groups) {
+    const std::size_t G = s.n_groups();
+    for (std::size_t j = j0; j < j1;) {
+      const std::size_t g = j / s.group_size;
+      const std::size_t e = std::min(j1, (g + 1) * s.group_size);
+      fn(r * G + g, j, e);
+      j = e;
+    }
+  } else {
+    const std::size_t base = r * s.cols;
+    for (std::size_t f = base + j0; f < base + j1;) {
+      const std::size_t t = f / s.run;
+      const std::size_t e = std::min(base + j1, (t + 1) * s.run);
+      fn(t % s.channels, f - base, e - base);
+      f = e;
+    }
+  }
+}
+
+template <Isa I>
+Stat segment_stat(const float* x, std::size_t n, std::size_t flat0) {
+  Stat st;
+  if (n == 0) return st;
+  const std::size_t k = kernels::quant_minmax<I>(x, n, &st.lo, &st.hi);
+  st.seen = true;
+  if (k < n) st.bad = flat0 + k;
+  return st;
+}
+
+std::vector<Stat> statistics(const float* x, const Spec& s) {
+  std::vector<Stat> stats(s.n_params());
+  if (s.size() == 0) return stats;
+  dispatch([&](auto isa) {
+    constexpr Isa I = decltype(isa)::value;
+    if (s.layout == Layout::groups) {
+      const std::size_t G = s.n_groups();
+      const std::size_t grain = std::max<std::size_t>(1, kStatChunk / s.group_size);
+      parallel_for(stats.size(), grain, [&](std::size_t b, std::size_t e) {
+        for (std::size_t p = b; p < e; ++p) {
+          const std::size_t r = p / G, j0 = (p % G) * s.group_size;
+          const std::size_t j1 = std::min(s.cols, j0 + s.group_size);
+          stats[p] = segment_stat<I>(x + r * s.cols + j0, j1 - j0, r * s.cols + j0);
+        }
+      });
+    } else if (s.run >= 256) {
+      const std::size_t n_runs = s.size() / s.run;
+      const std::size_t per_run = (s.run + kStatChunk - 1) / kStatChunk;
+      std::vector<Stat> parts(n_runs * per_run);
+      parallel_for(parts.size(), 1, [&](std::size_t b, std::size_t e) {
+        for (std::size_t item = b; item < e; ++item) {
+          const std::size_t f0 = (item / per_run) * s.run + (item % per_run) * kStatChunk;
+          const std::size_t f1 = std::min((item / per_run + 1) * s.run, f0 + kStatChunk);
+          parts[item] = segment_stat<I>(x + f0, f1 - f0, f0);
+        }
+      });
+      for (std::size_t item = 0; item < parts.size(); ++item)
+        merge(stats[(item / per_run) % s.channels], parts[item]);
+    } else {
+      // Short runs (e.g. channels along the last axis): a plain pass.
+      for (std::size_t f = 0; f < s.size(); ++f) {
+        Stat& st = stats[(f / s.run) % s.channels];
+        const float v = x[f];
+        if (!std::isfinite(v)) {
+          st.bad = std::min(st.bad, f);
+          st.seen = true;
+          continue;
+        }
+        if (!st.seen) {
+          st.lo = st.hi = v;
+          st.seen = true;
+        }
+        st.lo = v < st.lo ? v : st.lo;
+        st.hi = st.hi < v ? v : st.hi;
+      }
+    }
+  });
+  return stats;
+}
+
+// Scale and zero point of one parameter from its (possibly clipped) range
+// [lo, hi] and whether all its values are equal (then exact round trip:
+// the scale is |c| and the code +-1, or 0 with zero point 1).
+Param make_param(float lo, float hi, bool constant, const Spec& s) {
+  Param p;
+  const double qmax = s.qmax();
+  if (constant) {
+    const float c = lo;
+    if (c == 0.0f) {
+      p.scale = 1.0f;
+    } else if (s.symmetric || c > 0.0f) {
+      p.scale = std::fabs(c);
+    } else {
+      p.scale = -c;
+      p.zp = 1.0f;
+    }
+  } else if (s.symmetric) {
+    const double amax = std::max(-static_cast<double>(lo), static_cast<double>(hi));
+    p.scale = static_cast<float>(amax / qmax);
+    if (!(p.scale > 0.0f)) p.scale = amax > 0.0 ? std::numeric_limits<float>::denorm_min() : 1.0f;
+  } else {
+    const double a = std::min(static_cast<double>(lo), 0.0), b = std::max(static_cast<double>(hi), 0.0);
+    p.scale = static_cast<float>((b - a) / qmax);
+    if (!(p.scale > 0.0f)) p.scale = b > a ? std::numeric_limits<float>::denorm_min() : 1.0f;
+    const double z = std::nearbyint(-a / static_cast<double>(p.scale));
+    p.zp = static_cast<float>(std::min(std::max(z, 0.0), qmax));
+  }
+  p.inv = 1.0f / p.scale;
+  p.use_div = p.scale < FLT_MIN;
+  return p;
+}
+
+std::vector<Param> parameters(const float* x, const Spec& s, const std::vector<Stat>& stats);
+
+}  // namespace
+
+std::ptrdiff_t quantize(const float* x, const Spec& s, float* scale, std::int32_t* zero_point,
+                        std::uint8_t* data) {
+  const std::vector<Stat> stats = statistics(x, s);
+  if (!s.propagate) {
+    std::size_t first = kNone;
+    for (const Stat& st : stats) first = std::min(first, st.bad);
+    if (first != kNone) return static_cast<std::ptrdiff_t>(first);
+  }
+  const std::vector<Param> params = parameters(x, s, stats);
+  for (std::size_t p = 0; p < params.size(); ++p) {
+    scale[p] = params[p].bad ? std::numeric_limits<float>::quiet_NaN() : params[p].scale;
+    zero_point[p] = static_cast<std::int32_t>(params[p].zp);
+  }
+  if (s.size() == 0) return -1;
+  const std::size_t per_row = (s.cols + kChunk - 1) / kChunk;
+  const float qmin = static_cast<float>(s.qmin()), qmax = static_cast<float>(s.qmax());
+  const std::size_t rb = s.row_bytes();
+  dispatch([&](auto isa) {
+    constexpr Isa I = decltype(isa)::value;
+    parallel_for(s.rows * per_row, 1, [&](std::size_t b, std::size_t e) {
+      std::uint8_t buf[kChunk];
+      for (std::size_t item = b; item < e; ++item) {
+        const std::size_t r = item / per_row, j0 = (item % per_row) * kChunk;
+        const std::size_t j1 = std::min(s.cols, j0 + kChunk);
+        std::uint8_t* dst = s.bits == 8 ? data + r * s.cols + j0 : buf;
+        for_segments(s, r, j0, j1, [&](std::size_t p, std::size_t jb, std::size_t je) {
+          const Param& q = params[p];
+          if (q.bad) {
+            std::memset(dst + (jb - j0), static_cast<int>(q.zp), je - jb);
+            return;
+          }
+          kernels::quant_codes<I>(x + r * s.cols + jb, je - jb, q.scale, q.inv, q.use_div, q.zp, qmin, qmax,
+                                  static_cast<int>(s.rounding), s.seed, r * s.cols + jb, dst + (jb - j0));
+        });
+        if (s.bits < 8) kernels::quant_pack<I>(buf, j1 - j0, s.bits, data + r * rb + j0 * s.bits / 8);
+      }
+    });
+  });
+  return -1;
+}
+
+void dequantize(const std::uint8_t* data, const Spec& s, const float* scale, const std::int32_t* zero_point,
+                float* out) {
+  if (s.size() == 0) return;
+  const std::size_t per_row = (s.cols + kChunk - 1) / kChunk;
+  const std::size_t rb = s.row_bytes();
+  dispatch([&](auto isa) {
+    constexpr Isa I = decltype(isa)::value;
+    parallel_for(s.rows * per_row, 1, [&](std::size_t b, std::size_t e) {
+      std::uint8_t buf[kChunk];
+      for (std::size_t item = b; item < e; ++item) {
+        const std::size_t r = item / per_row, j0 = (item % per_row) * kChunk;
+        const std::size_t j1 = std::min(s.cols, j0 + kChunk);
+        const std::uint8_t* src = data + r * s.cols + j0;
+        if (s.bits < 8) {
+          kernels::quant_unpack<I>(data + r * rb + j0 * s.bits / 8, j1 - j0, s.bits, s.symmetric, buf);
+          src = buf;
+        }
+        for_segments(s, r, j0, j1, [&](std::size_t p, std::size_t jb, std::size_t je) {
+          kernels::quant_dequant<I>(src + (jb - j0), s.symmetric, je - jb, scale[p],
+                                    static_cast<float>(zero_point[p]), out + r * s.cols + jb);
+        });
+      }
+    });
+  });
+}
+
+void unpack(const std::uint8_t* data, const Spec& s, std::uint8_t* codes) {
+  const std::size_t rb = s.row_bytes();
+  dispatch([&](auto isa) {
+    parallel_for(s.rows, std::max<std::size_t>(1, kStatChunk / std::max<std::size_t>(1, s.cols)),
+                 [&](std::size_t b, std::size_t e) {
+                   for (std::size_t r = b; r < e; ++r)
+                     kernels::quant_unpack<decltype(isa)::value>(data + r * rb, s.cols, s.bits, s.symmetric,
+                                                                 codes + r * s.cols);
+                 });
+  });
+}
+
+void pack(const std::uint8_t* codes, const Spec& s, std::uint8_t* data) {
+  const std::size_t rb = s.row_bytes();
+  dispatch([&](auto isa) {
+    parallel_for(s.rows, std::max<std::size_t>(1, kStatChunk / std::max<std::size_t>(1, s.cols)),
+                 [&](std::size_t b, std::size_t e) {
+                   for (std::size_t r = b; r < e; ++r)
+                     kernels::quant_pack<decltype(isa)::value>(codes + r * s.cols, s.cols, s.bits, data + r * rb);
+                 });
+  });
+}
+
+namespace {
+
+std::vector<Param> parameters(const float* x, const Spec& s, const std::vector<Stat>& stats) {
+  (void)x;  // the clipping searches read x (see clip below)
+  std::vector<Param> params(stats.size());
+  for (std::size_t p = 0; p < stats.size(); ++p) {
+    const Stat& st = stats[p];
+    if (st.bad != kNone) {
+      params[p].bad = true;
+      params[p].zp = 0.0f;
+      continue;
+    }
+    if (!st.seen) continue;  // no elements: scale 1, zero point 0
+    params[p] = make_param(st.lo, st.hi, st.lo == st.hi, s);
+  }
+  return params;
+}
+
+}  // namespace
+
+}  // namespace slimgrad::quant
+
+namespace slimgrad::quant {
+
+// Blocks are independent: fixed chunks of 1024 blocks (32K values) per item.
+void gguf_quantize(GgufType type, const float* x, std::size_t n_blocks, std::uint8_t* out) {
+  const std::size_t ts = gguf_type_size(type);
+  dispatch([&](auto isa) {
+    parallel_for(n_blocks, 1024, [&](std::size_t b, std::size_t e) {
+      kernels::gguf_quantize<decltype(isa)::value>(static_cast<int>(type), x + kGgufBlock * b, e - b, out + ts * b);
+    });
+  });
+}
+
+void gguf_dequantize(GgufType type, const std::uint8_t* in, std::size_t n_blocks, float* out) {
+  const std::size_t ts = gguf_type_size(type);
+  dispatch([&](auto isa) {
+    parallel_for(n_blocks, 1024, [&](std::size_t b, std::size_t e) {
+      kernels::gguf_dequantize<decltype(isa)::value>(static_cast<int>(type), in + ts * b, e - b,
+                                                     out + kGgufBlock * b);
+    });
+  });
+}
+
+}  // namespace slimgrad::quant
+
+namespace slimgrad::quant {
+
+bool has_avx512_vnni() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool vnni = __builtin_cpu_supports("avx512vnni");
+  return vnni;
+#else
+  return false;
+#endif
+}
+
+void qmatmul(const float* x, std::size_t batch, const Spec& s, const std::uint8_t* data, const float* scale,
+             const std::int32_t* zero_point, float* y) {
+  kernels::QMatmulArgs a;
+  a.x = x;
+  a.batch = batch;
+  a.in = s.cols;
+  a.out = s.rows;
+  a.w = data;
+  a.row_bytes = s.row_bytes();
+  a.bits = s.bits;
+  a.is_signed = s.symmetric;
+  a.scale = scale;
+  a.zp = zero_point;
+  if (s.layout == Layout::groups) {
+    a.group_size = s.group_size;
+    a.n_groups = s.n_groups();
+    a.param_stride = a.n_groups;
+  } else {  // per tensor (one parameter) or per row (channels along axis 0)
+    a.group_size = std::max<std::size_t>(s.cols, 1);
+    a.n_groups = s.cols ? 1 : 0;
+    a.param_stride = s.channels == 1 ? 0 : 1;
+  }
+  a.y = y;
+  if (s.rows == 0 || batch == 0) return;
+  std::vector<float> xp, xsum;
+  if (batch == 1) {
+    // x per group in 32-chunks (zero-padded), even then odd elements for 4
+    // bits; and the group sums for the zero-point correction.
+    const std::size_t per_group = (a.group_size + 31) / 32 * 32;
+    xp.assign(a.n_groups * per_group, 0.0f);
+    xsum.assign(a.n_groups, 0.0f);
+    for (std::size_t g = 0; g < a.n_groups; ++g) {
+      const std::size_t j0 = g * a.group_size, j1 = std::min(s.cols, j0 + a.group_size);
+      float sum = 0.0f;
+      for (std::size_t j = j0; j < j1; ++j) {
+        const std::size_t t = (j - j0) % 32, c = (j - j0) - t;
+        const std::size_t slot = s.bits == 4 ? (t % 2 ? 16 + t / 2 : t / 2) : t;
+        xp[g * per_group + c + slot] = x[j];
+        sum += x[j];
+      }
+      xsum[g] = sum;
+    }
+    a.xp = xp.data();
+    a.xsum = xsum.data();
+  }
+  if (s.cols == 0) {
+    std::fill(y, y + batch * s.rows, 0.0f);
+    return;
+  }
+  dispatch([&](auto isa) {
+    const std::size_t grain = batch == 1 ? 16 : 4;
+    parallel_for(s.rows, grain, [&](std::size_t b, std::size_t e) {
+      std::vector<float> scratch(batch == 1 ? 0 : 4 * s.cols);
+      kernels::qmatmul_rows<decltype(isa)::value>(a, b, e, scratch.data());
+    });
+  });
+}
+
+void matmul_s8(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::size_t N, std::size_t K,
+               std::int32_t* c) {
+  if (M == 0 || N == 0) return;
+  constexpr std::size_t kM = 64;  // rows of a per item; columns come in blocks of 4
+  const std::size_t nb = (N + 3) / 4, mb = (M + kM - 1) / kM;
+  dispatch([&](auto isa) {
+    parallel_for(nb * mb, 1, [&](std::size_t lo, std::size_t hi) {
+      std::vector<std::int16_t> scratch(4 * K);
+      for (std::size_t item = lo; item < hi; ++item) {
+        const std::size_t n0 = (item % nb) * 4, m0 = (item / nb) * kM;
+        kernels::matmul_s8_cols<decltype(isa)::value>(a + m0 * K, std::min(kM, M - m0), b, K, n0,
+                                                     std::min(N, n0 + 4), nullptr, c + m0 * N, N, scratch.data());
+      }
+    });
+  });
+}
+
+}  // namespace slimgrad::quant

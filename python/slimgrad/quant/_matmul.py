@@ -1,0 +1,102 @@
+"""Products on quantized weights: weight-only int8 / int4 and int8 x int8 -> int32."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _core
+from ._tensor import QuantizedTensor
+
+
+def _fused(qt: QuantizedTensor) -> bool:
+    if len(qt.shape) != 2:
+        return False
+    if qt.granularity == "channel" and qt.axis != 0:
+        return False
+    if qt.bits == 8:
+        return True
+    return qt.bits == 4 and (qt.granularity != "group" or qt.group_size % 2 == 0)
+
+
+def matmul(x: np.ndarray, qt: QuantizedTensor, out: np.ndarray | None = None) -> np.ndarray:
+    """``x @ W.T`` for a quantized weight ``W`` of shape ``(out, in)``.
+
+    For 8-bit weights and 4-bit weights (per tensor, per output channel
+    ``axis=0``, or groups of even size along ``in``) dequantization is fused
+    into the product in C++: a single row of ``x`` (the decoding case) streams
+    the packed weights once, widening codes straight into float FMAs and
+    applying each group's scale (and zero point, through the group sums of
+    ``x``) once per group; a batch dequantizes four weight rows at a time
+    into a small buffer and reuses them for every row of ``x``. Other specs
+    (2, 3, 5, 6, 7 bits, channels along axis 1, odd 4-bit groups) fall back
+    to ``x @ qt.dequantize().T`` in NumPy. Results agree with the float64
+    product of the dequantized weight to float32 accuracy (the summation
+    order differs between ISAs); every thread count gives identical results.
+
+    Parameters
+    ----------
+    x : ndarray
+        ``(..., in)`` floats; float32 C-contiguous is used in place, anything
+        else is converted to a float32 copy first.
+    qt : QuantizedTensor
+        A 2-D quantized weight ``(out, in)``.
+    out : ndarray, optional
+        float32 C-contiguous ``(..., out)``, written in place and returned.
+
+    Raises
+    ------
+    TypeError
+        ``qt`` is not a QuantizedTensor, ``x`` not a float array, ``out`` of
+        the wrong dtype or layout.
+    ValueError
+        Mismatched shapes (the message names the argument).
+    """
+    if not isinstance(qt, QuantizedTensor):
+        raise TypeError(f"qt: expected a QuantizedTensor, got {type(qt).__name__}")
+    if len(qt.shape) != 2:
+        raise ValueError(f"qt: expected a 2-D (out, in) weight, got shape {qt.shape}")
+    if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
+        raise TypeError(f"x: expected a floating-point NumPy array, got {getattr(x, 'dtype', type(x).__name__)}")
+    n_out, n_in = qt.shape
+    if x.ndim == 0 or x.shape[-1] != n_in:
+        raise ValueError(f"x: expected shape (..., {n_in}), got {x.shape}")
+    oshape = (*x.shape[:-1], n_out)
+    if out is None:
+        out = np.empty(oshape, np.float32)
+    elif not isinstance(out, np.ndarray) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise TypeError(f"out: expected float32 C-contiguous array of shape {oshape}, got "
+                        f"{getattr(out, 'dtype', type(out).__name__)}")
+    elif out.shape != oshape:
+        raise ValueError(f"out: expected float32 C-contiguous array of shape {oshape}, got shape {out.shape}")
+    xf = np.ascontiguousarray(x, dtype=np.float32)
+    if out.size == 0 or n_in == 0:
+        out[...] = 0
+        return out
+    if not _fused(qt):
+        np.matmul(xf, qt.dequantize().T, out=out)
+        return out
+    _core.quant.matmul(xf, qt.data, qt._core_spec(), qt.scale.reshape(-1), qt.zero_point.reshape(-1), out)
+    return out
+
+
+def matmul_int8(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``a @ b.T`` for int8 ``a`` (M, K) and int8 ``b`` (N, K), exact in int32.
+
+    Both operands are row-major along ``K`` (activations and an ``(out, in)``
+    weight, the W8A8 layout). AVX2 widens to int16 and uses ``vpmaddwd``;
+    with AVX512-VNNI, ``vpdpbusd`` on ``a + 128`` minus ``128 * sum(b)``. Every
+    int8 value, -128 included, is handled exactly. Sums are exact while
+    ``K * 128 * 128 < 2**31`` (K < 131072).
+
+    Raises
+    ------
+    TypeError
+        Not int8 C-contiguous arrays, or ``out`` not int32 C-contiguous.
+    ValueError
+        Shapes that are not (M, K) and (N, K), or ``out`` not (M, N).
+    """
+    c_shape = (a.shape[0], b.shape[0]) if getattr(a, "ndim", 0) == 2 and getattr(b, "ndim", 0) == 2 else None
+    if out is None:
+        out = np.empty(c_shape if c_shape else (0, 0), np.int32)
+    _core.quant.matmul_int8(a, b, out)
+    return out

@@ -1,0 +1,364 @@
+"""Integer quantization of float tensors: :func:`quantize`, :class:`QuantizedTensor`.
+
+Definitions (every ISA and thread count computes exactly these, bit for bit):
+
+* ``inv = 1.0f / scale`` (float32, once per parameter); ``r = x * inv``, or
+  ``r = x / scale`` when ``scale`` is below the smallest normal float32 (so a
+  subnormal scale never makes ``inv`` infinite);
+* ``q = clamp(round(r + zero_point), qmin, qmax)`` with a float32 add, then the
+  rounding: ``"half_even"`` (default, as torch), ``"half_away"`` (from zero) or
+  ``"stochastic"`` (``floor(t + u)``, ``u`` in [0, 1) from a counter-based hash
+  of ``(seed, flat index)``: the same draw for any thread count and ISA).
+  This is torch's ``quantize_per_channel`` formula, so int8 codes agree with
+  torch for the same scales and zero points;
+* ``x_hat = scale * (q - zero_point)`` (float32).
+
+Ranges: symmetric ``b``-bit codes are signed in ``[-(2^(b-1) - 1), 2^(b-1) - 1]``
+(the restricted range: -2^(b-1) is never used, so the grid is symmetric) with
+zero point 0 and ``scale = absmax / (2^(b-1) - 1)``; asymmetric codes are
+unsigned in ``[0, 2^b - 1]`` with ``lo = min(x.min(), 0)``,
+``hi = max(x.max(), 0)``, ``scale = (hi - lo) / (2^b - 1)`` and
+``zero_point = clamp(round_half_even(-lo / scale), 0, 2^b - 1)``. Scales are
+computed in float64 and rounded once to float32. A parameter whose values are
+all equal to ``c`` round-trips exactly: ``c == 0`` gives scale 1 and code 0;
+otherwise the scale is ``|c|`` and the code ``sign(c)`` (asymmetric negative
+``c``: code 0, zero point 1).
+
+Storage (``qt.data``): for 8 bits the codes themselves, int8 (symmetric) or
+uint8 (asymmetric), with the tensor's shape. For 2..7 bits a uint8 array of
+shape ``(*shape[:-1], ceil(shape[-1] * bits / 8))``: each row (last axis) is a
+little-endian bitstream, code ``j`` in bits ``[j*b, (j+1)*b)`` where bit ``k``
+of the row is bit ``k % 8`` of byte ``k // 8``; rows start on a byte, the last
+byte of a row is zero-padded. So 4-bit codes are two per byte, the low nibble
+holding the even index; 2-bit codes four per byte from the low bits up; 3, 5,
+6 and 7-bit codes straddle bytes (8 codes fill exactly ``b`` bytes). Signed
+codes are stored as ``b``-bit two's complement fields.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .. import _core
+
+_q = _core.quant
+
+GRANULARITIES = ("tensor", "channel", "group")
+ROUNDINGS = ("half_even", "half_away", "stochastic")
+CLIPS = ("minmax", "percentile", "mse")
+NONFINITE = ("raise", "propagate")
+FLT_MIN = np.float32(np.finfo(np.float32).tiny)
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return value
+
+
+def _as_float32(w: Any, name: str = "w") -> np.ndarray:
+    """float32 C-contiguous view of w, or a converted copy (documented in quantize)."""
+    if not isinstance(w, np.ndarray):
+        raise TypeError(f"{name}: expected a NumPy array of floats, got {type(w).__name__}")
+    if w.dtype.kind != "f" and w.dtype.name != "bfloat16":
+        raise TypeError(f"{name}: expected a floating-point array, got {w.dtype.name} array of shape {w.shape}")
+    return np.ascontiguousarray(w, dtype=np.float32)
+
+
+class QuantizedTensor:
+    """Integer codes plus the parameters that map them back to floats.
+
+    Attributes
+    ----------
+    data : ndarray
+        The codes (see the module docstring for the layout): int8 / uint8 with
+        the tensor's shape for 8 bits, else densely packed uint8 rows.
+    scale : ndarray of float32
+        Shape ``()`` per tensor, ``(shape[axis],)`` per channel,
+        ``(*shape[:-1], n_groups)`` per group (``n_groups = ceil(shape[-1] / group_size)``).
+    zero_point : ndarray of int32
+        Same shape as ``scale``; all zero when ``symmetric``.
+    shape : tuple of int
+        Shape of the original tensor.
+    bits, symmetric, granularity, axis, group_size
+        The quantization spec (``axis`` only matters per channel, ``group_size``
+        only per group).
+    """
+
+    def __init__(self, data: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, shape: tuple[int, ...],
+                 bits: int, symmetric: bool, granularity: str, axis: int = 0, group_size: int = 128) -> None:
+        self.data = data
+        self.scale = scale
+        self.zero_point = zero_point
+        self.shape = tuple(int(s) for s in shape)
+        self.bits = int(bits)
+        self.symmetric = bool(symmetric)
+        self.granularity = granularity
+        self.axis = int(axis)
+        self.group_size = int(group_size)
+
+    # -- layout ------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of storage: codes + scales (+ zero points when asymmetric)."""
+        return int(self.data.nbytes + self.scale.nbytes + (0 if self.symmetric else self.zero_point.nbytes))
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1) - 1) if self.symmetric else 0
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
+
+    def spec(self) -> dict[str, Any]:
+        """The quantization spec as plain values (what ``save`` writes as metadata)."""
+        return {"bits": self.bits, "symmetric": self.symmetric, "granularity": self.granularity,
+                "axis": self.axis, "group_size": self.group_size, "shape": list(self.shape)}
+
+    def _core_spec(self, **extra: Any) -> dict[str, Any]:
+        return _core_spec(self.shape, self.bits, self.symmetric, self.granularity, self.axis,
+                          self.group_size, **extra)
+
+    def expand(self, values: np.ndarray) -> np.ndarray:
+        """Per-parameter ``values`` (shaped like ``scale``) broadcast to one per element."""
+        return _expand(values, self.shape, self.granularity, self.axis, self.group_size)
+
+    # -- conversions ---------------------------------------------------------
+    def dequantize(self, out: np.ndarray | None = None) -> np.ndarray:
+        """``scale * (q - zero_point)`` as float32 of shape ``self.shape``.
+
+        Parameters
+        ----------
+        out : ndarray, optional
+            float32 C-contiguous array of shape ``self.shape``, written in place
+            and returned. A wrong dtype or layout raises ``TypeError``, a wrong
+            shape or a read-only array ``ValueError`` (nothing written).
+        """
+        if out is None:
+            out = np.empty(self.shape, np.float32)
+        elif isinstance(out, np.ndarray) and out.shape != self.shape:
+            raise ValueError(f"out: expected float32 C-contiguous array of shape {self.shape}, "
+                             f"got {out.dtype.name} array of shape {out.shape}")
+        if self.size == 0:
+            return out
+        _q.dequantize(self.data, self._core_spec(), self.scale.reshape(-1), self.zero_point.reshape(-1), out)
+        return out
+
+    def codes(self) -> np.ndarray:
+        """The integer codes, one per element, shape ``self.shape``: int8 when
+        symmetric, uint8 otherwise (unpacked from ``data``)."""
+        codes = np.empty(self.shape, np.int8 if self.symmetric else np.uint8)
+        if self.size:
+            _q.unpack(self.data, self._core_spec(), codes)
+        return codes
+
+    @classmethod
+    def from_codes(cls, codes: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None = None, *,
+                   bits: int = 8, symmetric: bool = True, granularity: str = "channel", axis: int = 0,
+                   group_size: int = 128) -> QuantizedTensor:
+        """Packs given integer ``codes`` (shape of the tensor) with their parameters.
+
+        ``codes`` must lie in the range of the spec (ValueError otherwise);
+        ``scale`` / ``zero_point`` must have the shape :func:`quantize` gives.
+        """
+        codes = np.asarray(codes)
+        shape = codes.shape
+        spec = _core_spec(shape, bits, symmetric, granularity, axis, group_size)
+        lo, hi = (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
+        if codes.size and (codes.min() < lo or codes.max() > hi):
+            raise ValueError(f"codes: expected integers in [{lo}, {hi}], got values in [{codes.min()}, {codes.max()}]")
+        sshape = _scale_shape(shape, granularity, axis, group_size)
+        scale = np.ascontiguousarray(scale, np.float32)
+        zero_point = np.zeros(sshape, np.int32) if zero_point is None else np.ascontiguousarray(zero_point, np.int32)
+        for name, arr in (("scale", scale), ("zero_point", zero_point)):
+            if arr.shape != sshape:
+                raise ValueError(f"{name}: expected shape {sshape}, got {arr.shape}")
+        data = _empty_data(shape, bits, symmetric)
+        if codes.size:
+            _q.pack(np.ascontiguousarray(codes.astype(np.int8 if symmetric else np.uint8)), spec, data)
+        return cls(data, scale, zero_point, shape, bits, symmetric, granularity, axis, group_size)
+
+    def __repr__(self) -> str:
+        extra = {"channel": f", axis={self.axis}", "group": f", group_size={self.group_size}"}.get(self.granularity, "")
+        return (f"QuantizedTensor(shape={self.shape}, bits={self.bits}, symmetric={self.symmetric}, "
+                f"granularity={self.granularity!r}{extra}, nbytes={self.nbytes})")
+
+
+# -- layout helpers ------------------------------------------------------------
+def _scale_shape(shape: tuple[int, ...], granularity: str, axis: int, group_size: int) -> tuple[int, ...]:
+    if granularity == "tensor":
+        return ()
+    if granularity == "channel":
+        return (shape[axis],)
+    return (*shape[:-1], -(-shape[-1] // group_size))
+
+
+def _empty_data(shape: tuple[int, ...], bits: int, symmetric: bool) -> np.ndarray:
+    if bits == 8:
+        return np.empty(shape, np.int8 if symmetric else np.uint8)
+    return np.empty((*shape[:-1], (shape[-1] * bits + 7) // 8), np.uint8)
+
+
+def _core_spec(shape: tuple[int, ...], bits: int, symmetric: bool, granularity: str, axis: int,
+               group_size: int, *, rounding: str = "half_even", seed: int = 0, clip: str = "minmax",
+               percentile: float = 99.9, mse_steps: int = 100, mse_min_ratio: float = 0.2,
+               propagate: bool = False) -> dict[str, Any]:
+    size = math.prod(shape)
+    cols = shape[-1]
+    spec = {"bits": bits, "symmetric": symmetric, "rows": size // cols if cols else 0, "cols": cols,
+            "layout": "groups" if granularity == "group" else "runs", "run": 1, "channels": 1,
+            "group_size": group_size, "rounding": ROUNDINGS.index(rounding), "seed": seed,
+            "clip": CLIPS.index(clip), "percentile": float(percentile), "mse_steps": int(mse_steps),
+            "mse_min_ratio": float(mse_min_ratio), "propagate": propagate}
+    if granularity == "tensor":
+        spec["run"] = max(size, 1)
+    elif granularity == "channel":
+        spec["run"] = max(math.prod(shape[axis + 1:]), 1)
+        spec["channels"] = max(shape[axis], 1)
+    return spec
+
+
+def _expand(values: np.ndarray, shape: tuple[int, ...], granularity: str, axis: int, group_size: int) -> np.ndarray:
+    values = np.asarray(values)
+    if granularity == "tensor":
+        return np.broadcast_to(values, shape)
+    if granularity == "channel":
+        view = [1] * len(shape)
+        view[axis] = shape[axis]
+        return np.broadcast_to(values.reshape(view), shape)
+    return np.repeat(values, group_size, axis=-1)[..., : shape[-1]]
+
+
+def _index(shape: tuple[int, ...], flat: int) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.unravel_index(flat, shape))
+
+
+# -- public functions -------------------------------------------------------------
+def quantize(w: np.ndarray, bits: int = 8, *, symmetric: bool = True, granularity: str = "channel",
+             axis: int = 0, group_size: int = 128, rounding: str = "half_even", clip: str = "minmax",
+             seed: int = 0, percentile: float = 99.9, mse_steps: int = 100, mse_min_ratio: float = 0.2,
+             nonfinite: str = "raise") -> QuantizedTensor:
+    """Quantizes ``w`` to ``bits``-bit integer codes; returns a :class:`QuantizedTensor`.
+
+    Parameters
+    ----------
+    w : ndarray
+        Floating-point array of at least one dimension. float32 C-contiguous
+        input is read in place; any other float dtype or layout is first
+        converted to a float32 C-contiguous copy (explicitly, here).
+    bits : int
+        2..8. See the module docstring for ranges and the packed layout.
+    symmetric : bool
+        Signed codes with zero point 0 (True) or unsigned codes with an
+        integer zero point (False).
+    granularity : {"channel", "tensor", "group"}
+        One scale for the whole tensor, one per index along ``axis`` (torch's
+        per-channel convention: ``axis=0`` is the output channel of an
+        ``(out, in)`` weight), or one per ``group_size`` consecutive elements
+        along the last axis (the last group of a row is shorter when
+        ``group_size`` does not divide it).
+    rounding : {"half_even", "half_away", "stochastic"}
+    clip : {"minmax", "percentile", "mse"}
+        Range of each parameter: the full range; the ``percentile``-th
+        percentile of ``|x|`` (symmetric) or the ``(100 - percentile, percentile)``
+        percentiles (asymmetric), linear interpolation as ``np.percentile``; or
+        the range scaled by the ratio in ``1, 1 - 1/mse_steps, ...`` (down to
+        ``mse_min_ratio``) that minimizes the squared reconstruction error.
+    seed : int
+        Seed of the stochastic rounding (0 <= seed < 2**64).
+    nonfinite : {"raise", "propagate"}
+        NaN/inf raise ``ValueError`` naming the first position (default), or
+        give the parameters that contain them a NaN scale and codes equal to
+        the zero point, so the dequantized group is NaN.
+
+    Raises
+    ------
+    TypeError
+        ``w`` is not a floating-point ndarray.
+    ValueError
+        Bad argument values (the message names the argument), or a
+        non-finite value with ``nonfinite="raise"``. ``w`` is never modified.
+    """
+    wf = _as_float32(w)
+    if w.ndim == 0:
+        raise ValueError("w: expected an array of at least one dimension, got a 0-d array")
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 2 <= bits <= 8:
+        raise ValueError(f"bits: expected an integer in 2..8, got {bits!r}")
+    bits = int(bits)
+    _choice("granularity", granularity, GRANULARITIES)
+    _choice("rounding", rounding, ROUNDINGS)
+    _choice("clip", clip, CLIPS)
+    _choice("nonfinite", nonfinite, NONFINITE)
+    if not isinstance(axis, (int, np.integer)) or not -wf.ndim <= axis < wf.ndim:
+        raise ValueError(f"axis: expected an integer in [{-wf.ndim}, {wf.ndim - 1}], got {axis!r}")
+    axis = int(axis) % wf.ndim
+    if not isinstance(group_size, (int, np.integer)) or group_size < 1:
+        raise ValueError(f"group_size: expected a positive integer, got {group_size!r}")
+    if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed: expected an integer in [0, 2**64), got {seed!r}")
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile: expected a value in (0, 100], got {percentile!r}")
+    if not isinstance(mse_steps, (int, np.integer)) or mse_steps < 1:
+        raise ValueError(f"mse_steps: expected a positive integer, got {mse_steps!r}")
+    if not 0 < mse_min_ratio <= 1:
+        raise ValueError(f"mse_min_ratio: expected a value in (0, 1], got {mse_min_ratio!r}")
+    shape = wf.shape
+    if granularity != "channel":
+        axis = 0
+    sshape = _scale_shape(shape, granularity, axis, group_size)
+    scale = np.ones(sshape, np.float32)
+    zero_point = np.zeros(sshape, np.int32)
+    data = _empty_data(shape, bits, symmetric)
+    if wf.size:
+        spec = _core_spec(shape, bits, bool(symmetric), granularity, axis, int(group_size), rounding=rounding,
+                          seed=int(seed), clip=clip, percentile=percentile, mse_steps=int(mse_steps),
+                          mse_min_ratio=float(mse_min_ratio), propagate=nonfinite == "propagate")
+        bad = _q.quantize(wf, spec, scale.reshape(-1), zero_point.reshape(-1), data)
+        if bad >= 0:
+            value = wf.reshape(-1)[bad]
+            raise ValueError(f"w: non-finite value {value} at index {_index(shape, bad)} "
+                             f"(pass nonfinite='propagate' to keep it as a NaN group)")
+    else:
+        data[...] = 0
+    return QuantizedTensor(data, scale, zero_point, shape, bits, bool(symmetric), granularity, axis, int(group_size))
+
+
+def dequantize(qt: QuantizedTensor, out: np.ndarray | None = None) -> np.ndarray:
+    """``qt.dequantize(out)``: float32 reconstruction ``scale * (q - zero_point)``."""
+    return qt.dequantize(out)
+
+
+def fake_quantize(x: np.ndarray, bits: int = 8, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Quantize-dequantize for quantization-aware training.
+
+    Takes the arguments of :func:`quantize`. Returns ``(y, mask)``: ``y`` is
+    the float32 reconstruction (shape of ``x``) and ``mask`` (bool) marks the
+    entries that were not clipped, i.e. whose rounded code before clamping,
+    ``round(x * inv + zero_point)``, lies in ``[qmin, qmax]``: the
+    straight-through estimator passes the gradient there
+    (``grad_x = grad_y * mask``), as torch's fake_quantize does. With
+    stochastic rounding the mask uses half-to-even rounding.
+    """
+    qt = quantize(x, bits, **kwargs)
+    y = qt.dequantize()
+    xf = _as_float32(x)
+    scale = qt.expand(qt.scale)
+    zp = qt.expand(qt.zero_point.astype(np.float32))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        inv = np.float32(1.0) / scale
+        r = np.where(scale < FLT_MIN, xf / scale, xf * inv).astype(np.float32) + zp
+        if kwargs.get("rounding", "half_even") == "half_away":
+            t = np.trunc(r)
+            t = t + np.where(np.abs(r - t) >= 0.5, np.sign(r), np.float32(0))
+        else:
+            t = np.rint(r)
+        mask = (t >= qt.qmin) & (t <= qt.qmax)
+    return y, mask

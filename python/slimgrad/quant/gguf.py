@@ -1,0 +1,100 @@
+"""GGUF block quantization, byte-identical to the ``gguf`` package.
+
+:func:`quantize` writes the same bytes as ``gguf.quants.quantize(w, type)``
+for Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 (blocks of 32 values along the last axis;
+each block a float16 scale ``d``, for the ``_1`` types a float16 minimum ``m``,
+for Q5 a little-endian uint32 of the codes' fifth bits, then the codes: Q8_0
+32 int8, the others 16 bytes holding codes ``j`` (low nibble) and ``j + 16``
+(high nibble)). It reproduces the package's NumPy float32 arithmetic step by
+step: ``d = amax / 127`` and half-away-from-zero rounding for Q8_0;
+``d = max / -8`` (``max`` the signed value of the first largest ``|x|``) and
+``trunc(x / d + 8.5)`` for Q4_0; ``d = (max - min) / 15`` and
+``trunc((x - min) / d + 0.5)`` for Q4_1 (Q5: 16, 16.5, 31), with ``1 / d``
+computed once, multiply and add never fused, and NumPy's casts (NaN and
+infinity become code 0, which only tiny or huge blocks reach).
+:func:`dequantize` equals ``gguf.quants.dequantize``. Both run in C++ (SIMD,
+threads), identical on every ISA.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .. import _core
+
+TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
+BLOCK_SIZE = 32
+TYPE_SIZE = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24}
+
+
+def _type_name(type: Any) -> str:
+    name = getattr(type, "name", type)  # a gguf.GGMLQuantizationType works too
+    if name not in TYPES:
+        raise ValueError(f"type: expected one of {', '.join(map(repr, TYPES))}, got {type!r}")
+    return name
+
+
+def quantize(w: np.ndarray, type: Any) -> np.ndarray:
+    """GGUF blocks of ``w`` as uint8, shape ``(*w.shape[:-1], w.shape[-1] // 32 * type_size)``.
+
+    Parameters
+    ----------
+    w : ndarray
+        Floating-point array whose last axis is a multiple of 32. float32
+        C-contiguous input is read in place, others are converted to a
+        float32 copy first (as the gguf package does).
+    type : {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"} or gguf.GGMLQuantizationType
+
+    Raises
+    ------
+    TypeError
+        ``w`` is not a floating-point ndarray.
+    ValueError
+        Unknown type, a last axis that is not a multiple of 32, or a NaN/inf
+        in ``w`` (the message names the first position).
+    """
+    name = _type_name(type)
+    if not isinstance(w, np.ndarray) or (w.dtype.kind != "f" and w.dtype.name != "bfloat16"):
+        raise TypeError(f"w: expected a floating-point NumPy array, got {getattr(w, 'dtype', w.__class__.__name__)}")
+    if w.ndim == 0 or w.shape[-1] % BLOCK_SIZE:
+        raise ValueError(f"w: expected a last axis that is a multiple of {BLOCK_SIZE}, got shape {w.shape}")
+    wf = np.ascontiguousarray(w, dtype=np.float32)
+    bad = _core.find_nonfinite(wf)
+    if bad >= 0:
+        raise ValueError(f"w: non-finite value {wf.reshape(-1)[bad]} at index "
+                         f"{tuple(int(i) for i in np.unravel_index(bad, wf.shape))}")
+    out = np.empty((*w.shape[:-1], w.shape[-1] // BLOCK_SIZE * TYPE_SIZE[name]), np.uint8)
+    _core.quant.gguf_quantize(wf, TYPES.index(name), out)
+    return out
+
+
+def dequantize(data: np.ndarray, type: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """float32 values of GGUF blocks (as ``gguf.quants.dequantize``).
+
+    Parameters
+    ----------
+    data : ndarray of uint8
+        Blocks as written by :func:`quantize` (C-contiguous).
+    type : str or gguf.GGMLQuantizationType
+    shape : tuple of int, optional
+        Shape of the result; default: ``data``'s shape with the last axis
+        converted from bytes to values.
+    """
+    name = _type_name(type)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        raise TypeError(f"data: expected a uint8 NumPy array, got {getattr(data, 'dtype', data.__class__.__name__)}")
+    ts = TYPE_SIZE[name]
+    if shape is None:
+        if data.ndim == 0 or data.shape[-1] % ts:
+            raise ValueError(f"data: expected a last axis that is a multiple of {ts} bytes, got shape {data.shape}")
+        shape = (*data.shape[:-1], data.shape[-1] // ts * BLOCK_SIZE)
+    shape = tuple(int(s) for s in shape)
+    n = math.prod(shape)
+    if n % BLOCK_SIZE or data.size != n // BLOCK_SIZE * ts:
+        raise ValueError(f"data: {data.size} bytes do not hold {name} blocks of shape {shape}")
+    out = np.empty(shape, np.float32)
+    _core.quant.gguf_dequantize(data, TYPES.index(name), out)
+    return out
