@@ -159,6 +159,9 @@ class Distiller:
         validation: tuple[np.ndarray, np.ndarray] | None = None,
         progress: bool = True,
         seed: int = 0,
+        *,
+        step_callback: Callable[[], object] | None = None,
+        desc: str | None = None,
     ) -> History:
         """Train the student for ``epochs`` passes over ``(X, y)`` in shuffled mini-batches.
 
@@ -178,10 +181,16 @@ class Distiller:
         seed : int
             Seeds the shuffling (``np.random.default_rng(seed)``): the same
             seed and inputs give the same training run.
+        step_callback : callable, optional
+            Called with no argument after every optimizer (and scheduler)
+            step, e.g. ``pruner.step`` to keep pruned weights at zero.
+        desc : str, optional
+            Label of the progress bar.
 
         Returns
         -------
         History
+            The student is left in eval mode.
 
         Raises
         ------
@@ -202,7 +211,7 @@ class Distiller:
         history = History()
         steps = (n + batch_size - 1) // batch_size
         teacher_all = None
-        bar = tqdm(total=epochs * steps, disable=not progress, desc="distill" if self.alpha > 0 else "train",
+        bar = tqdm(total=epochs * steps, disable=not progress, desc=desc or ("distill" if self.alpha > 0 else "train"),
                    leave=False, dynamic_ncols=True)
         try:
             for _ in range(epochs):
@@ -229,6 +238,8 @@ class Distiller:
                     self.optimizer.step(self.student.gradients())
                     if self.scheduler is not None:
                         self.scheduler.step()
+                    if step_callback is not None:
+                        step_callback()
                     history.step_loss.append(loss)
                     total_loss += loss * len(idx)
                     correct += int(np.sum(np.argmax(logits, axis=1) == yb))
