@@ -62,6 +62,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="a reduced run (smaller teacher, a few epochs) for tests")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads for slimgrad and BLAS (default 1: the models are small, and "
+                             "more threads cost more in synchronisation than they save)")
 
 
 # ---------------------------------------------------------------- data
@@ -210,6 +213,17 @@ def _sparse_bytes(model: Any, fmt: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run every stage, print the table, write report.json and report.png; returns 0."""
+    from threadpoolctl import threadpool_limits
+
+    from .. import num_threads
+
+    if args.threads < 1:
+        raise ValueError(f"--threads: expected an int >= 1, got {args.threads}")
+    with threadpool_limits(limits=args.threads), num_threads(args.threads):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from .distiller import predict_logits
 
     cfg = QUICK if args.quick else FULL
@@ -272,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
     table = format_table(rows, len(x_test))
     print(table)
     report = {
-        "config": {**cfg.__dict__, "seed": seed, "quick": bool(args.quick)},
+        "config": {**cfg.__dict__, "seed": seed, "quick": bool(args.quick), "threads": args.threads},
         "data": {"train": int(len(data[0])), "test": int(len(x_test)), "augment_copies": cfg.augment_copies},
         "stages": rows,
         "histories": histories,
