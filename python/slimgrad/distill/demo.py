@@ -2,11 +2,15 @@
 
 Stages (each evaluated on the same held-out test set):
 
-1. ``teacher``: an MLP trained with AdamW and a warmup-cosine schedule;
-2. ``student alone``: a model many times smaller trained on the labels only;
-3. ``student distilled``: the same student (same initialization, data,
-   optimizer and schedule) trained with :func:`~slimgrad.distill.kd_loss`
-   against the teacher's logits;
+1. ``teacher``: an MLP trained on every training label with AdamW and a
+   warmup-cosine schedule;
+2. ``student alone``: a model 70 times smaller, trained on the labels it is
+   given: a stratified fraction of the training set (``--labels``, 10 %);
+3. ``student distilled``: the same student (same initialization, optimizer
+   and schedule) trained with :func:`~slimgrad.distill.kd_loss` on the
+   teacher's logits for every training image (a transfer set: it needs no
+   labels, ``alpha = 1``). This is distillation's usual setting: a teacher
+   trained on much data, a student taught through it;
 4. ``pruned 50%`` / ``pruned 2:4``: the distilled student pruned gradually
    (Zhu & Gupta schedule; 2:4 at once) while fine-tuning with the teacher;
 5. ``int8 per-channel`` / ``int4 group-wise``: the 50 %-pruned student's
@@ -38,27 +42,28 @@ class Config:
     teacher_hidden: tuple[int, ...]
     student_hidden: int
     teacher_epochs: int
+    alone_epochs: int
     student_epochs: int
     finetune_epochs: int
     batch_size: int
-    augment_copies: int
     temperature: float
     alpha: float
     timing_repeats: int
 
 
-FULL = Config(teacher_hidden=(256, 256), student_hidden=16, teacher_epochs=30, student_epochs=40,
-              finetune_epochs=15, batch_size=64, augment_copies=3, temperature=2.0, alpha=0.9,
+FULL = Config(teacher_hidden=(256, 256), student_hidden=16, teacher_epochs=60, alone_epochs=300,
+              student_epochs=100, finetune_epochs=40, batch_size=64, temperature=2.0, alpha=1.0,
               timing_repeats=50)
-QUICK = Config(teacher_hidden=(64,), student_hidden=16, teacher_epochs=3, student_epochs=3,
-               finetune_epochs=2, batch_size=128, augment_copies=0, temperature=2.0, alpha=0.9,
-               timing_repeats=3)
+QUICK = Config(teacher_hidden=(64,), student_hidden=16, teacher_epochs=3, alone_epochs=3, student_epochs=3,
+               finetune_epochs=2, batch_size=128, temperature=2.0, alpha=1.0, timing_repeats=3)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="slimgrad-demo", metavar="DIR",
                         help="directory for report.json and report.png (default: ./slimgrad-demo)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    parser.add_argument("--labels", type=float, default=0.1, metavar="FRACTION",
+                        help="fraction of the training labels the student may use (default 0.1)")
     parser.add_argument("--quick", action="store_true",
                         help="a reduced run (smaller teacher, a few epochs) for tests")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -68,30 +73,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------- data
-def load_data(seed: int, augment_copies: int) -> tuple[np.ndarray, ...]:
-    """Digits scaled to [0, 1], a stratified 70/30 split, and shifted copies of the training images.
+def load_data(seed: int, labels: float) -> tuple[np.ndarray, ...]:
+    """Digits scaled to [0, 1]: a stratified 70/30 train/test split, and the student's labelled subset.
 
-    The augmented copies (every image moved by -1..1 pixel in x and y) form
-    a fixed training set, so the teacher's logits on it are computed once.
+    Returns ``x_train, y_train, x_test, y_test, x_labelled, y_labelled``;
+    the labelled subset is a stratified ``labels`` fraction of the training set.
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
+    y = y.astype(np.int64)
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.3, random_state=seed, stratify=y)
-    rng = np.random.default_rng(seed)
-    images = x_train.reshape(-1, 8, 8)
-    xs, ys = [x_train], [y_train]
-    for _ in range(augment_copies):
-        shifted = np.empty_like(images)
-        for i, (dy, dx) in enumerate(rng.integers(-1, 2, (len(images), 2))):
-            shifted[i] = np.roll(images[i], (dy, dx), axis=(0, 1))
-        xs.append(shifted.reshape(-1, 64))
-        ys.append(y_train)
-    x_aug = np.ascontiguousarray(np.concatenate(xs))
-    y_aug = np.concatenate(ys).astype(np.int64)
-    return x_aug, y_aug, np.ascontiguousarray(x_test), y_test.astype(np.int64)
+    if labels < 1:
+        x_lab, _, y_lab, _ = train_test_split(x_train, y_train, train_size=labels, random_state=seed,
+                                              stratify=y_train)
+    else:
+        x_lab, y_lab = x_train, y_train
+    return tuple(np.ascontiguousarray(a) for a in (x_train, y_train, x_test, y_test, x_lab, y_lab))
 
 
 # -------------------------------------------------------------- models
@@ -232,31 +232,39 @@ def _run(args: argparse.Namespace) -> int:
     os.makedirs(args.out, exist_ok=True)
     started = time.perf_counter()
 
-    data = load_data(seed, cfg.augment_copies)
-    x_test, y_test = data[2], data[3]
+    if not 0 < args.labels <= 1:
+        raise ValueError(f"--labels: expected a fraction in (0, 1], got {args.labels}")
+    x_train, y_train, x_test, y_test, x_lab, y_lab = load_data(seed, args.labels)
+    everything = (x_train, y_train, x_test, y_test)
+    labelled = (x_lab, y_lab, x_test, y_test)
     teacher_sizes = [64, *cfg.teacher_hidden, 10]
     student_sizes = [64, cfg.student_hidden, 10]
     histories: dict[str, dict[str, list[float]]] = {}
+    common = {"progress": progress, "seed": seed}
 
+    # The teacher learns from every label. The student may use a fraction of
+    # them: alone, that is all it has; distilled, it also learns from the
+    # teacher's logits on every training image (alpha = 1: the transfer set
+    # needs no labels; the labels only feed the accuracy shown while training).
     teacher = mlp(teacher_sizes, seed=seed + 100)
-    histories["teacher"] = train(teacher, None, data, cfg.teacher_epochs, cfg, alpha=0.0, lr=2e-3,
-                                 weight_decay=1e-4, seed=seed, progress=progress, desc="teacher")
+    histories["teacher"] = train(teacher, None, everything, cfg.teacher_epochs, cfg, alpha=0.0, lr=2e-3,
+                                 weight_decay=1e-4, desc="teacher", **common)
     teacher.eval()
     alone = mlp(student_sizes, seed=seed)
-    histories["student alone"] = train(alone, None, data, cfg.student_epochs, cfg, alpha=0.0, lr=5e-3,
-                                       weight_decay=1e-4, seed=seed, progress=progress, desc="student alone")
+    histories["student alone"] = train(alone, None, labelled, cfg.alone_epochs, cfg, alpha=0.0, lr=3e-3,
+                                       weight_decay=1e-4, desc="student alone", **common)
     student = mlp(student_sizes, seed=seed)
-    histories["student distilled"] = train(student, teacher, data, cfg.student_epochs, cfg, alpha=cfg.alpha,
-                                           lr=5e-3, weight_decay=1e-4, seed=seed, progress=progress,
-                                           desc="student distilled")
+    histories["student distilled"] = train(student, teacher, everything, cfg.student_epochs, cfg,
+                                           alpha=cfg.alpha, lr=3e-3, weight_decay=1e-4,
+                                           desc="student distilled", **common)
     pruned = clone(student, student_sizes)
-    histories["pruned 50%"] = train(pruned, teacher, data, cfg.finetune_epochs, cfg, alpha=cfg.alpha, lr=1e-3,
-                                    weight_decay=0.0, seed=seed, progress=progress, desc="prune 50%",
-                                    pruning={"method": "magnitude", "sparsity": 0.5})
+    histories["pruned 50%"] = train(pruned, teacher, everything, cfg.finetune_epochs, cfg, alpha=cfg.alpha,
+                                    lr=1e-3, weight_decay=0.0, desc="prune 50%",
+                                    pruning={"method": "magnitude", "sparsity": 0.5}, **common)
     pruned24 = clone(student, student_sizes)
-    histories["pruned 2:4"] = train(pruned24, teacher, data, cfg.finetune_epochs, cfg, alpha=cfg.alpha, lr=1e-3,
-                                    weight_decay=0.0, seed=seed, progress=progress, desc="prune 2:4",
-                                    pruning={"method": "nm"})
+    histories["pruned 2:4"] = train(pruned24, teacher, everything, cfg.finetune_epochs, cfg, alpha=cfg.alpha,
+                                    lr=1e-3, weight_decay=0.0, desc="prune 2:4", pruning={"method": "nm"},
+                                    **common)
     int8 = QuantizedMLP(pruned, 8, "channel")
     int4 = QuantizedMLP(pruned, 4, "group", group_size=32)
 
@@ -283,11 +291,12 @@ def _run(args: argparse.Namespace) -> int:
                      "accuracy": _accuracy(qm.forward, x_test, y_test),
                      "inference_ms": _time_ms(qm.forward, x_test, cfg.timing_repeats)})
 
-    table = format_table(rows, len(x_test))
+    table = format_table(rows, len(x_test), len(x_train), len(x_lab))
     print(table)
     report = {
-        "config": {**cfg.__dict__, "seed": seed, "quick": bool(args.quick), "threads": args.threads},
-        "data": {"train": int(len(data[0])), "test": int(len(x_test)), "augment_copies": cfg.augment_copies},
+        "config": {**cfg.__dict__, "seed": seed, "quick": bool(args.quick), "threads": args.threads,
+                   "labels": args.labels},
+        "data": {"train": int(len(x_train)), "student_labels": int(len(x_lab)), "test": int(len(x_test))},
         "stages": rows,
         "histories": histories,
         "seconds": time.perf_counter() - started,
@@ -300,13 +309,15 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_table(rows: list[dict], n_test: int) -> str:
+def format_table(rows: list[dict], n_test: int, n_train: int, n_labels: int) -> str:
     header = f"{'stage':<19} {'params':>8} {'nonzero':>8} {'bytes':>9} {'test acc':>9} {'infer ms':>9}"
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(f"{r['stage']:<19} {r['parameters']:>8} {r['nonzero']:>8} {r['bytes']:>9} "
                      f"{100 * r['accuracy']:>8.2f}% {r['inference_ms']:>9.3f}")
-    lines.append(f"(test set: {n_test} images; inference: the whole test set, median)")
+    lines.append(f"(teacher: {n_train} labelled images; student: {n_labels} labels, plus the teacher's "
+                 f"logits on all {n_train} images when distilled;\n test set: {n_test} images; inference: "
+                 f"the whole test set, median)")
     return "\n".join(lines)
 
 
@@ -320,20 +331,24 @@ def plot_report(report: dict, path: str) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
     (ax_loss, ax_acc), (ax_lr, ax_size) = axes
     for name, h in report["histories"].items():
-        epochs = np.arange(1, len(h["loss"]) + 1)
-        ax_loss.plot(epochs, h["loss"], label=name)
-        ax_acc.plot(epochs, [100 * a for a in h["val_accuracy"]], label=name)
+        # Epochs differ in length between stages (labelled subset vs all
+        # images): plot against optimizer steps, each point at an epoch's end.
+        per_epoch = len(h["lr"]) // max(1, len(h["loss"]))
+        steps = per_epoch * np.arange(1, len(h["loss"]) + 1)
+        ax_loss.plot(steps, h["loss"], label=name)
+        ax_acc.plot(steps, [100 * a for a in h["val_accuracy"]], label=name)
         ax_lr.plot(np.arange(len(h["lr"])), h["lr"], label=name)
-    ax_loss.set(title="training loss (KD objective; cross-entropy without teacher)", xlabel="epoch", yscale="log")
-    ax_acc.set(title="test accuracy per epoch", xlabel="epoch", ylabel="%")
+    ax_loss.set(title="training loss per epoch (KD objective, or cross-entropy alone)", xlabel="optimizer step",
+                yscale="log")
+    ax_acc.set(title="test accuracy per epoch", xlabel="optimizer step", ylabel="%")
     ax_lr.set(title="learning rate (AdamW + WarmupCosine)", xlabel="optimizer step", ylabel="lr")
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    for r in report["stages"]:
+    for i, r in enumerate(report["stages"]):
         ax_size.scatter(r["bytes"], 100 * r["accuracy"], s=40)
         ax_size.annotate(r["stage"], (r["bytes"], 100 * r["accuracy"]), fontsize=8,
-                         xytext=(4, 4), textcoords="offset points")
+                         xytext=(5, 5 if i % 2 else -11), textcoords="offset points")
     ax_size.set(title="test accuracy vs model size", xlabel="bytes (log scale)", ylabel="%", xscale="log")
     ax_size.grid(alpha=0.3)
     fig.suptitle(f"slimgrad demo on digits (seed {report['config']['seed']})")
