@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import slimgrad
 from conftest import run_everywhere
 from slimgrad import _core
 from slimgrad.distill import feature_loss, kd_loss
@@ -78,8 +76,16 @@ def _data(rng, b, v, dtype, scale=3.0):
 
 def _check(s, t, y, temperature, alpha, reduction="batchmean", idx=None, **kw):
     dtype = s.dtype.type
-    loss, grad = kd_loss(s, t, y, temperature=temperature, alpha=alpha, reduction=reduction,
-                         teacher_indices=idx, **kw)
+    loss, grad = kd_loss(
+        s,
+        t,
+        y,
+        temperature=temperature,
+        alpha=alpha,
+        reduction=reduction,
+        teacher_indices=idx,
+        **kw,
+    )
     ref_loss, ref_grad = reference(s, t, y, temperature, alpha, reduction, idx)
     assert grad.dtype == s.dtype and grad.shape == s.shape
     # The float64 reference itself forms s/T - lse(s/T): it loses the ulps of
@@ -153,12 +159,20 @@ def test_kd_loss_matches_torch_autograd(temperature, alpha, reduction, rng):
             tt = torch.tensor(td)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch warns about reduction="mean"
-                kl = fn.kl_div(fn.log_softmax(ts / temperature, 1), fn.log_softmax(tt / temperature, 1),
-                               reduction=reduction, log_target=True)
-            ce = fn.cross_entropy(ts, torch.tensor(y), reduction="sum" if reduction == "sum" else "mean")
+                kl = fn.kl_div(
+                    fn.log_softmax(ts / temperature, 1),
+                    fn.log_softmax(tt / temperature, 1),
+                    reduction=reduction,
+                    log_target=True,
+                )
+            ce = fn.cross_entropy(
+                ts, torch.tensor(y), reduction="sum" if reduction == "sum" else "mean"
+            )
             (alpha * temperature**2 * kl + (1 - alpha) * ce).backward()
             expected_loss = (alpha * temperature**2 * kl + (1 - alpha) * ce).item()
-            loss, grad = kd_loss(sd, td, y, temperature=temperature, alpha=alpha, reduction=reduction)
+            loss, grad = kd_loss(
+                sd, td, y, temperature=temperature, alpha=alpha, reduction=reduction
+            )
             # torch computes in the input dtype too: allow both errors.
             rtol = 4 * LOSS_RTOL[dtype]
             assert loss == pytest.approx(expected_loss, rel=rtol, abs=rtol)
@@ -172,15 +186,21 @@ def test_kd_loss_gradient_matches_finite_differences(temperature, alpha, rng):
     s, t, y = _data(rng, 3, 11, np.float64)
     idx = rng.permutation(11)[:5].reshape(1, 5).repeat(3, 0)
     for teacher, indices in ((t, None), (np.take_along_axis(t, idx, 1), idx)):
-        _, grad = kd_loss(s, teacher, y, temperature=temperature, alpha=alpha, teacher_indices=indices)
+        _, grad = kd_loss(
+            s, teacher, y, temperature=temperature, alpha=alpha, teacher_indices=indices
+        )
         h = 1e-6
         numeric = np.empty_like(s)
         for i in np.ndindex(s.shape):
             sp, sm = s.copy(), s.copy()
             sp[i] += h
             sm[i] -= h
-            lp = kd_loss(sp, teacher, y, temperature=temperature, alpha=alpha, teacher_indices=indices)[0]
-            lm = kd_loss(sm, teacher, y, temperature=temperature, alpha=alpha, teacher_indices=indices)[0]
+            lp = kd_loss(
+                sp, teacher, y, temperature=temperature, alpha=alpha, teacher_indices=indices
+            )[0]
+            lm = kd_loss(
+                sm, teacher, y, temperature=temperature, alpha=alpha, teacher_indices=indices
+            )[0]
             numeric[i] = (lp - lm) / (2 * h)
         np.testing.assert_allclose(grad, numeric, rtol=0, atol=1e-8 * max(1.0, temperature))
 
@@ -213,9 +233,11 @@ def test_identical_for_every_thread_count_and_close_across_isas(dtype, rng):
     vals = np.ascontiguousarray(np.take_along_axis(t, idx, axis=1))
 
     def run():
-        return (kd_loss(s, t, y, temperature=2.0, alpha=0.5),
-                kd_loss(s, vals, y, temperature=2.0, alpha=0.7, teacher_indices=idx),
-                feature_loss(s, t))
+        return (
+            kd_loss(s, t, y, temperature=2.0, alpha=0.5),
+            kd_loss(s, vals, y, temperature=2.0, alpha=0.7, teacher_indices=idx),
+            feature_loss(s, t),
+        )
 
     results = run_everywhere(run)
     scalar = results[("scalar", 1)]
@@ -261,54 +283,116 @@ def test_non_finite_logits_give_non_finite_loss(rng):
 def _bad_kd_cases():
     f, d = np.float32, np.float64
     s = np.zeros((3, 5), f)
-    y = np.array([0, 1, 4])
     idx = np.array([[0, 1], [2, 3], [4, 0]])
     return [
-        (dict(student_logits=s.astype(d)), TypeError,
-         "teacher_logits: expected float64 C-contiguous array of shape (3, 5), got float32 array of shape (3, 5)"),
-        (dict(student_logits=s.tolist()), TypeError,
-         "student_logits: expected float32 or float64 C-contiguous array, got list"),
-        (dict(student_logits=np.zeros((3, 10), f)[:, ::2]), TypeError,
-         "student_logits: expected float32 or float64 C-contiguous array, got non-contiguous float32 array of shape (3, 5)"),
-        (dict(student_logits=np.zeros(5, f), teacher_logits=np.zeros(5, f)), ValueError,
-         "student_logits: expected a 2-D array (batch, classes), got float32 array of shape (5,)"),
-        (dict(student_logits=np.zeros((3, 0), f), teacher_logits=np.zeros((3, 0), f)), ValueError,
-         "student_logits: expected at least one class, got float32 array of shape (3, 0)"),
-        (dict(teacher_logits=np.zeros((3, 4), f)), ValueError,
-         "teacher_logits: expected float32 C-contiguous array of shape (3, 5), got float32 array of shape (3, 4)"),
+        (
+            dict(student_logits=s.astype(d)),
+            TypeError,
+            "teacher_logits: expected float64 C-contiguous array of shape (3, 5), got float32 array of shape (3, 5)",  # noqa: E501
+        ),
+        (
+            dict(student_logits=s.tolist()),
+            TypeError,
+            "student_logits: expected float32 or float64 C-contiguous array, got list",
+        ),
+        (
+            dict(student_logits=np.zeros((3, 10), f)[:, ::2]),
+            TypeError,
+            "student_logits: expected float32 or float64 C-contiguous array, got non-contiguous float32 array of shape (3, 5)",  # noqa: E501
+        ),
+        (
+            dict(student_logits=np.zeros(5, f), teacher_logits=np.zeros(5, f)),
+            ValueError,
+            "student_logits: expected a 2-D array (batch, classes), got float32 array of shape (5,)",  # noqa: E501
+        ),
+        (
+            dict(student_logits=np.zeros((3, 0), f), teacher_logits=np.zeros((3, 0), f)),
+            ValueError,
+            "student_logits: expected at least one class, got float32 array of shape (3, 0)",
+        ),
+        (
+            dict(teacher_logits=np.zeros((3, 4), f)),
+            ValueError,
+            "teacher_logits: expected float32 C-contiguous array of shape (3, 5), got float32 array of shape (3, 4)",  # noqa: E501
+        ),
         (dict(labels=None), ValueError, "labels: required when alpha < 1 (alpha=0.5), got None"),
-        (dict(labels=np.array([0, 1, 5])), ValueError,
-         "labels: expected class indices in [0, 5), got 5 at flat position 2"),
-        (dict(labels=np.array([0, -1, 2])), ValueError,
-         "labels: expected class indices in [0, 5), got -1 at flat position 1"),
-        (dict(labels=np.array([0, 1])), ValueError,
-         "labels: expected int64 C-contiguous array of shape (3,), got int64 array of shape (2,)"),
-        (dict(labels=np.array([0.0, 1.0, 2.0])), TypeError,
-         "labels: expected int64 C-contiguous array of shape (3,), got float64 array of shape (3,)"),
+        (
+            dict(labels=np.array([0, 1, 5])),
+            ValueError,
+            "labels: expected class indices in [0, 5), got 5 at flat position 2",
+        ),
+        (
+            dict(labels=np.array([0, -1, 2])),
+            ValueError,
+            "labels: expected class indices in [0, 5), got -1 at flat position 1",
+        ),
+        (
+            dict(labels=np.array([0, 1])),
+            ValueError,
+            "labels: expected int64 C-contiguous array of shape (3,), got int64 array of shape (2,)",  # noqa: E501
+        ),
+        (
+            dict(labels=np.array([0.0, 1.0, 2.0])),
+            TypeError,
+            "labels: expected int64 C-contiguous array of shape (3,), got float64 array of shape (3,)",  # noqa: E501
+        ),
         (dict(temperature=0.0), ValueError, "temperature: expected a finite number > 0, got 0.0"),
-        (dict(temperature=float("inf")), ValueError, "temperature: expected a finite number > 0, got inf"),
+        (
+            dict(temperature=float("inf")),
+            ValueError,
+            "temperature: expected a finite number > 0, got inf",
+        ),
         (dict(alpha=1.5), ValueError, "alpha: expected a number in [0, 1], got 1.5"),
         (dict(alpha=float("nan")), ValueError, "alpha: expected a number in [0, 1], got nan"),
-        (dict(reduction="avg"), ValueError, "reduction: expected 'batchmean', 'mean' or 'sum', got 'avg'"),
-        (dict(teacher_logits=np.zeros((3, 2), f), teacher_indices=idx + 5), ValueError,
-         "teacher_indices: expected class indices in [0, 5), got 5 at flat position 0"),
-        (dict(teacher_logits=np.zeros((3, 2), f), teacher_indices=np.array([[0, 1], [2, 2], [4, 0]])),
-         ValueError, "teacher_indices: expected distinct indices in each row, got 2 twice in row 1"),
-        (dict(teacher_logits=np.zeros((3, 2), f), teacher_indices=idx.astype(np.float64)), TypeError,
-         "teacher_indices: expected int64 C-contiguous array of shape (3, 2), got float64 array of shape (3, 2)"),
-        (dict(teacher_logits=np.zeros((3, 6), f), teacher_indices=np.zeros((3, 6), np.int64)), ValueError,
-         "teacher_logits: expected top-k values of shape (3, k) with 1 <= k <= 5, got float32 array of shape (3, 6)"),
-        (dict(out=np.zeros((3, 5), d)), TypeError,
-         "out: expected float32 C-contiguous array of shape (3, 5), got float64 array of shape (3, 5)"),
+        (
+            dict(reduction="avg"),
+            ValueError,
+            "reduction: expected 'batchmean', 'mean' or 'sum', got 'avg'",
+        ),
+        (
+            dict(teacher_logits=np.zeros((3, 2), f), teacher_indices=idx + 5),
+            ValueError,
+            "teacher_indices: expected class indices in [0, 5), got 5 at flat position 0",
+        ),
+        (
+            dict(
+                teacher_logits=np.zeros((3, 2), f),
+                teacher_indices=np.array([[0, 1], [2, 2], [4, 0]]),
+            ),
+            ValueError,
+            "teacher_indices: expected distinct indices in each row, got 2 twice in row 1",
+        ),
+        (
+            dict(teacher_logits=np.zeros((3, 2), f), teacher_indices=idx.astype(np.float64)),
+            TypeError,
+            "teacher_indices: expected int64 C-contiguous array of shape (3, 2), got float64 array of shape (3, 2)",  # noqa: E501
+        ),
+        (
+            dict(teacher_logits=np.zeros((3, 6), f), teacher_indices=np.zeros((3, 6), np.int64)),
+            ValueError,
+            "teacher_logits: expected top-k values of shape (3, k) with 1 <= k <= 5, got float32 array of shape (3, 6)",  # noqa: E501
+        ),
+        (
+            dict(out=np.zeros((3, 5), d)),
+            TypeError,
+            "out: expected float32 C-contiguous array of shape (3, 5), got float64 array of shape (3, 5)",  # noqa: E501
+        ),
     ]
 
 
 @pytest.mark.parametrize("case", range(len(_bad_kd_cases())))
 def test_kd_loss_bad_inputs_raise_and_change_nothing(case):
     kwargs, exc, message = _bad_kd_cases()[case]
-    args = dict(student_logits=np.ones((3, 5), np.float32), teacher_logits=np.ones((3, 5), np.float32),
-                labels=np.array([0, 1, 4]), temperature=2.0, alpha=0.5, reduction="batchmean",
-                teacher_indices=None, out=np.full((3, 5), 7.0, np.float32))
+    args = dict(
+        student_logits=np.ones((3, 5), np.float32),
+        teacher_logits=np.ones((3, 5), np.float32),
+        labels=np.array([0, 1, 4]),
+        temperature=2.0,
+        alpha=0.5,
+        reduction="batchmean",
+        teacher_indices=None,
+        out=np.full((3, 5), 7.0, np.float32),
+    )
     args.update(kwargs)
     before = {k: np.copy(v) for k, v in args.items() if isinstance(v, np.ndarray)}
     with pytest.raises(exc) as info:
@@ -326,7 +410,9 @@ def test_kd_loss_read_only_or_overlapping_out_raises():
     y = np.array([0, 2])
     ro = np.zeros((2, 3), np.float32)
     ro.flags.writeable = False
-    with pytest.raises(ValueError, match=r"^out: expected a writable array, got a read-only float32"):
+    with pytest.raises(
+        ValueError, match=r"^out: expected a writable array, got a read-only float32"
+    ):
         kd_loss(s, t, y, out=ro)
     with pytest.raises(ValueError, match=r"^out: expected memory not shared with teacher_logits"):
         kd_loss(s, t, y, out=t)
@@ -357,7 +443,9 @@ def test_feature_loss_matches_torch_and_checks_inputs(rng):
     loss, grad = feature_loss(s, t)
     assert loss == pytest.approx(ref.item(), rel=1e-6)
     np.testing.assert_allclose(grad, ts.grad.numpy(), rtol=1e-6, atol=0)
-    with pytest.raises(ValueError, match=r"^teacher_feat: expected float32 C-contiguous array of shape \(8, 16\)"):
+    with pytest.raises(
+        ValueError, match=r"^teacher_feat: expected float32 C-contiguous array of shape \(8, 16\)"
+    ):
         feature_loss(s, t[:4].copy())
     with pytest.raises(TypeError, match=r"^student_feat: expected float32 or float64"):
         feature_loss(s.astype(np.float16), t)

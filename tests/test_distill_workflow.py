@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from slimgrad import num_threads
 from slimgrad.distill import Distiller, History
 
@@ -53,19 +52,25 @@ def test_distiller_transfers_the_teachers_knowledge(digits):
     with num_threads(1):
         teacher = _mlp([64, 128, 10], seed=10)
         Distiller(None, teacher, optim.AdamW(teacher.parameters(), lr=3e-3), alpha=0.0).fit(
-            x_train, y_train, epochs=15, batch_size=32, progress=False)
+            x_train, y_train, epochs=15, batch_size=32, progress=False
+        )
         alone = _mlp([64, 16, 10], seed=0)
         Distiller(None, alone, optim.AdamW(alone.parameters(), lr=3e-3), alpha=0.0).fit(
-            x_train[:100], y_train[:100], epochs=150, batch_size=32, progress=False)
+            x_train[:100], y_train[:100], epochs=150, batch_size=32, progress=False
+        )
         student = _mlp([64, 16, 10], seed=0)
-        history = Distiller(teacher, student, optim.AdamW(student.parameters(), lr=3e-3),
-                            temperature=2.0, alpha=1.0).fit(
-            x_train, y_train, epochs=12, batch_size=32, validation=(x_test, y_test), progress=False)
+        history = Distiller(
+            teacher, student, optim.AdamW(student.parameters(), lr=3e-3), temperature=2.0, alpha=1.0
+        ).fit(
+            x_train, y_train, epochs=12, batch_size=32, validation=(x_test, y_test), progress=False
+        )
     teacher_acc, alone_acc = _accuracy(teacher, x_test, y_test), _accuracy(alone, x_test, y_test)
     distilled_acc = _accuracy(student, x_test, y_test)
     assert teacher_acc > 0.95
     assert distilled_acc >= alone_acc + DISTILL_MARGIN, (teacher_acc, alone_acc, distilled_acc)
-    assert isinstance(history, History) and len(history.loss) == 12 and len(history.val_accuracy) == 12
+    assert (
+        isinstance(history, History) and len(history.loss) == 12 and len(history.val_accuracy) == 12
+    )
     assert history.loss[-1] < history.loss[0]
     assert history.val_accuracy[-1] == pytest.approx(distilled_acc)
 
@@ -105,7 +110,13 @@ def test_distiller_scheduler_and_callback(digits):
     sched = schedule.WarmupCosine(opt, warmup_steps=2, total_steps=8)
     steps = []
     h = Distiller(None, student, opt, sched, alpha=0.0).fit(
-        x_train[:256], y_train[:256], epochs=2, batch_size=64, progress=False, step_callback=lambda: steps.append(1))
+        x_train[:256],
+        y_train[:256],
+        epochs=2,
+        batch_size=64,
+        progress=False,
+        step_callback=lambda: steps.append(1),
+    )
     assert len(steps) == 8
     assert h.lr[0] == pytest.approx(5e-3) and h.lr[1] == pytest.approx(1e-2) and h.lr[-1] < 1e-2
 
@@ -113,7 +124,9 @@ def test_distiller_scheduler_and_callback(digits):
 def test_distiller_bad_arguments():
     student = _mlp([4, 3], seed=0)
     opt = optim.AdamW(student.parameters())
-    with pytest.raises(ValueError, match=r"^teacher: required when alpha > 0 \(alpha=0.5\), got None$"):
+    with pytest.raises(
+        ValueError, match=r"^teacher: required when alpha > 0 \(alpha=0.5\), got None$"
+    ):
         Distiller(None, student, opt)
     with pytest.raises(ValueError, match=r"^temperature: expected a finite number > 0, got 0$"):
         Distiller(None, student, opt, temperature=0, alpha=0.0)
@@ -131,8 +144,14 @@ def _slimgrad(*args, cwd):
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.path.join(root, "python") + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "slimgrad", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "slimgrad", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_demo_quick_writes_a_report_with_every_stage(tmp_path):
@@ -148,8 +167,18 @@ def test_demo_quick_writes_a_report_with_every_stage(tmp_path):
         assert s["stage"] in result.stdout
     by = {s["stage"]: s for s in report["stages"]}
     assert by["pruned 50%"]["nonzero"] < 0.6 * by["student distilled"]["nonzero"]
-    assert by["int4 group-wise"]["bytes"] < by["int8 per-channel"]["bytes"] < by["student distilled"]["bytes"]
-    assert set(report["histories"]) == {"teacher", "student alone", "student distilled", "pruned 50%", "pruned 2:4"}
+    assert (
+        by["int4 group-wise"]["bytes"]
+        < by["int8 per-channel"]["bytes"]
+        < by["student distilled"]["bytes"]
+    )
+    assert set(report["histories"]) == {
+        "teacher",
+        "student alone",
+        "student distilled",
+        "pruned 50%",
+        "pruned 2:4",
+    }
     assert (tmp_path / "tmp" / "report.png").stat().st_size > 10_000
 
 

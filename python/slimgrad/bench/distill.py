@@ -9,7 +9,7 @@ runs), NumPy as the straightforward vectorized formula.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -47,7 +47,7 @@ def cases(size: int) -> Iterator[Case]:
     y = rng.integers(0, v, b)
     grad = np.empty_like(s)
 
-    kd = {
+    kd: dict[str, Callable[[], object]] = {
         "slimgrad": lambda: kd_loss(s, t, y, temperature=TEMPERATURE, alpha=ALPHA, out=grad),
         "slimgrad (new grad)": lambda: kd_loss(s, t, y, temperature=TEMPERATURE, alpha=ALPHA),
         "numpy": lambda: _numpy_kd(s, t, y),
@@ -59,8 +59,12 @@ def cases(size: int) -> Iterator[Case]:
 
         def torch_kd():
             ts.grad = None
-            kl = fn.kl_div(fn.log_softmax(ts / TEMPERATURE, 1), fn.log_softmax(tt / TEMPERATURE, 1),
-                           reduction="batchmean", log_target=True)
+            kl = fn.kl_div(
+                fn.log_softmax(ts / TEMPERATURE, 1),
+                fn.log_softmax(tt / TEMPERATURE, 1),
+                reduction="batchmean",
+                log_target=True,
+            )
             loss = ALPHA * TEMPERATURE**2 * kl + (1 - ALPHA) * fn.cross_entropy(ts, ty)
             loss.backward()
             return loss.item()
@@ -72,8 +76,11 @@ def cases(size: int) -> Iterator[Case]:
     k = 64
     idx = np.ascontiguousarray(np.argpartition(-t, k, axis=1)[:, :k]).astype(np.int64)
     vals = np.ascontiguousarray(np.take_along_axis(t, idx, axis=1))
-    topk = {"slimgrad": lambda: kd_loss(s, vals, y, temperature=TEMPERATURE, alpha=ALPHA,
-                                        teacher_indices=idx, out=grad)}
+    topk: dict[str, Callable[[], object]] = {
+        "slimgrad": lambda: kd_loss(
+            s, vals, y, temperature=TEMPERATURE, alpha=ALPHA, teacher_indices=idx, out=grad
+        )
+    }
     if torch is not None:
         tv, ti = torch.from_numpy(vals), torch.from_numpy(idx)
 
@@ -97,7 +104,10 @@ def cases(size: int) -> Iterator[Case]:
         d = fs - ft
         return float(np.dot(d, d)) / n, d * np.float32(2 / n)
 
-    mse = {"slimgrad": lambda: feature_loss(fs, ft, out=fgrad), "numpy": numpy_mse}
+    mse: dict[str, Callable[[], object]] = {
+        "slimgrad": lambda: feature_loss(fs, ft, out=fgrad),
+        "numpy": numpy_mse,
+    }
     if torch is not None:
         tfs, tft = torch.from_numpy(fs).requires_grad_(), torch.from_numpy(ft)
 

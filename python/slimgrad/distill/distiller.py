@@ -49,7 +49,9 @@ def predict_logits(model: Any, x: np.ndarray, batch_size: int = 1024) -> np.ndar
     if was_training is not None and hasattr(model, "eval"):
         model.eval()
     try:
-        parts = [np.asarray(_forward(model, x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
+        parts = [
+            np.asarray(_forward(model, x[i : i + batch_size])) for i in range(0, len(x), batch_size)
+        ]
     finally:
         if was_training and hasattr(model, "train"):
             model.train()
@@ -131,7 +133,7 @@ class Distiller:
         """Forget the cached teacher logits."""
         self._cache.clear()
 
-    def teacher_logits(self, x: np.ndarray, dtype: object = np.float32) -> np.ndarray:
+    def teacher_logits(self, x: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
         """The teacher's logits for ``x`` (C-contiguous, ``dtype``), cached if enabled."""
         key = (id(x), x.__array_interface__["data"][0], x.shape, x.dtype.str, np.dtype(dtype).str)
         if self.cache_teacher and key in self._cache:
@@ -211,8 +213,13 @@ class Distiller:
         history = History()
         steps = (n + batch_size - 1) // batch_size
         teacher_all = None
-        bar = tqdm(total=epochs * steps, disable=not progress, desc=desc or ("distill" if self.alpha > 0 else "train"),
-                   leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            total=epochs * steps,
+            disable=not progress,
+            desc=desc or ("distill" if self.alpha > 0 else "train"),
+            leave=False,
+            dynamic_ncols=True,
+        )
         try:
             for _ in range(epochs):
                 self.student.train()
@@ -220,7 +227,7 @@ class Distiller:
                 total_loss = 0.0
                 correct = 0
                 for b in range(0, n, batch_size):
-                    idx = order[b:b + batch_size]
+                    idx = order[b : b + batch_size]
                     xb, yb = X[idx], y[idx]
                     logits = np.ascontiguousarray(_forward(self.student, xb))
                     if self.alpha > 0:
@@ -229,10 +236,14 @@ class Distiller:
                                 teacher_all = self.teacher_logits(X, logits.dtype)
                             tb = teacher_all[idx]
                         else:
-                            tb = np.ascontiguousarray(predict_logits(self.teacher, xb), dtype=logits.dtype)
+                            tb = np.ascontiguousarray(
+                                predict_logits(self.teacher, xb), dtype=logits.dtype
+                            )
                     else:
                         tb = logits  # not read when alpha == 0
-                    loss, grad = kd_loss(logits, tb, yb, temperature=self.temperature, alpha=self.alpha)
+                    loss, grad = kd_loss(
+                        logits, tb, yb, temperature=self.temperature, alpha=self.alpha
+                    )
                     self.student.backward(grad)
                     history.lr.append(self._lr())
                     self.optimizer.step(self.student.gradients())

@@ -67,10 +67,11 @@ def kd_loss(
         summed over the batch.
     teacher_indices : ndarray of integers, shape (B, k), or None
         Top-k teacher: the class index of each value in ``teacher_logits``,
-        distinct within a row (int64; other integer dtypes are copied). The teacher distribution is renormalised over
-        the k given classes, ``p_t = softmax(values / T)`` on those classes and
-        0 elsewhere (the mass the teacher put outside its top k is dropped),
-        so ``KL = sum_j p_t[j] * (log p_t[j] - log p_s[idx[j]])``.
+        distinct within a row (int64; other integer dtypes are copied). The
+        teacher distribution is renormalised over the k given classes,
+        ``p_t = softmax(values / T)`` on those classes and 0 elsewhere (the
+        mass the teacher put outside its top k is dropped), so
+        ``KL = sum_j p_t[j] * (log p_t[j] - log p_s[idx[j]])``.
     out : ndarray, optional
         Where to write the gradient, shape and dtype of ``student_logits``;
         may be ``student_logits`` itself (overwritten in place) but must not
@@ -99,8 +100,15 @@ def kd_loss(
     give a NaN or infinite loss and gradient (never an exception or a crash).
     """
     loss, grad = _core.distill.kd_loss(
-        student_logits, teacher_logits, _as_labels(labels), float(temperature), float(alpha),
-        str(reduction), _as_labels(teacher_indices), out)
+        student_logits,
+        teacher_logits,
+        _as_labels(labels),
+        float(temperature),
+        float(alpha),
+        str(reduction),
+        _as_labels(teacher_indices),
+        out,
+    )
     return float(loss), grad
 
 
