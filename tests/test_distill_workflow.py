@@ -121,6 +121,18 @@ def test_distiller_scheduler_and_callback(digits):
     assert h.lr[0] == pytest.approx(5e-3) and h.lr[1] == pytest.approx(1e-2) and h.lr[-1] < 1e-2
 
 
+def test_strided_and_int32_labels_are_accepted(digits):
+    from slimgrad.distill import kd_loss
+
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal((4, 6)).astype(np.float32)
+    y = np.array([[1, 0], [5, 0], [2, 0], [3, 0]])[:, 0]  # strided view
+    assert not y.flags.c_contiguous
+    expected = kd_loss(s, s, np.ascontiguousarray(y))[0]
+    assert kd_loss(s, s, y)[0] == expected
+    assert kd_loss(s, s, y.astype(np.int32))[0] == expected
+
+
 def test_distiller_bad_arguments():
     student = _mlp([4, 3], seed=0)
     opt = optim.AdamW(student.parameters())
@@ -180,6 +192,13 @@ def test_demo_quick_writes_a_report_with_every_stage(tmp_path):
         "pruned 2:4",
     }
     assert (tmp_path / "tmp" / "report.png").stat().st_size > 10_000
+
+    # Deterministic: the same seed in another process gives the same run.
+    again = _slimgrad("demo", "--quick", "--no-progress", "--out", "again", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    report2 = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert report2["histories"] == report["histories"]
+    assert [s["accuracy"] for s in report2["stages"]] == [s["accuracy"] for s in report["stages"]]
 
 
 def test_demo_user_errors_are_one_line(tmp_path):

@@ -10,10 +10,11 @@ _REDUCTIONS = ("batchmean", "mean", "sum")
 
 
 def _as_labels(labels: object) -> object:
-    # Labels are read-only indices: an explicit int64 copy of other integer
-    # dtypes is harmless (B elements) and saves users a cast; floats are refused.
-    if isinstance(labels, np.ndarray) and labels.dtype.kind in "iu" and labels.dtype != np.int64:
-        return labels.astype(np.int64)
+    # Labels and indices are read-only: an int64 C-contiguous copy of other
+    # integer arrays (B or B x k elements) is harmless and saves users a cast.
+    # Anything else goes to the binding as is, which names what is wrong.
+    if isinstance(labels, np.ndarray) and labels.dtype.kind in "iu":
+        return np.ascontiguousarray(labels, dtype=np.int64)
     return labels
 
 
@@ -51,7 +52,7 @@ def kd_loss(
         shape (B, k) with ``1 <= k <= V``. Not read when ``alpha == 0``.
     labels : ndarray of integers, shape (B,), or None
         Class indices in ``[0, V)``. Required when ``alpha < 1``. Integer
-        dtypes other than int64 are copied to int64 (B elements).
+        arrays that are not int64 C-contiguous are copied to one (B elements).
     temperature : float
         ``T > 0``. Logits are scaled by ``1 / T`` (a multiplication, exact
         when T is a power of two).
@@ -67,7 +68,7 @@ def kd_loss(
         summed over the batch.
     teacher_indices : ndarray of integers, shape (B, k), or None
         Top-k teacher: the class index of each value in ``teacher_logits``,
-        distinct within a row (int64; other integer dtypes are copied). The
+        distinct within a row (int64; other integer arrays are copied). The
         teacher distribution is renormalised over the k given classes,
         ``p_t = softmax(values / T)`` on those classes and 0 elsewhere (the
         mass the teacher put outside its top k is dropped), so
