@@ -101,6 +101,22 @@ def test_distiller_is_deterministic_and_caches_the_teacher(digits):
     assert len(h1.lr) == 12 and h1.val_accuracy == []
 
 
+def test_teacher_cache_never_confuses_arrays(digits):
+    x_train, _, _, _ = digits
+    net = _mlp([64, 10], seed=0)
+    d = Distiller(net, _mlp([64, 10], seed=1), None, alpha=1.0)
+    for i in range(6):  # fresh arrays of one shape: freed buffers get reused
+        x = np.ascontiguousarray(x_train[i * 50 : (i + 1) * 50])
+        np.testing.assert_array_equal(d.teacher_logits(x), net.forward(x))
+        del x
+    assert len(d._cache) == Distiller.CACHE_SIZE
+    x = np.ascontiguousarray(x_train[:50])
+    first = d.teacher_logits(x)
+    assert d.teacher_logits(x) is first
+    d.clear_cache()
+    assert d.teacher_logits(x) is not first
+
+
 def test_distiller_scheduler_and_callback(digits):
     from slimgrad import schedule
 

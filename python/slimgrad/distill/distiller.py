@@ -93,15 +93,18 @@ class Distiller:
         Compute the teacher's logits once per training set (the first epoch
         of :meth:`fit` computes them for the whole ``X`` in batches) instead
         of once per batch: teachers are fixed, so this is the same result for
-        a fraction of the cost. The cache is keyed by the array's identity,
-        address, shape and dtype: call :meth:`clear_cache` after modifying
-        ``X`` in place.
+        a fraction of the cost. The cache holds the last
+        ``CACHE_SIZE`` input arrays themselves (so a freed array's address can
+        never be mistaken for a new one) and matches them by identity: call
+        :meth:`clear_cache` after modifying ``X`` in place.
 
     Raises
     ------
     ValueError
         ``teacher`` is None while ``alpha > 0``; bad temperature or alpha.
     """
+
+    CACHE_SIZE = 4
 
     def __init__(
         self,
@@ -127,7 +130,7 @@ class Distiller:
         self.temperature = float(temperature)
         self.alpha = float(alpha)
         self.cache_teacher = cache_teacher
-        self._cache: dict[tuple, np.ndarray] = {}
+        self._cache: list[tuple[np.ndarray, np.ndarray]] = []
 
     def clear_cache(self) -> None:
         """Forget the cached teacher logits."""
@@ -135,12 +138,13 @@ class Distiller:
 
     def teacher_logits(self, x: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
         """The teacher's logits for ``x`` (C-contiguous, ``dtype``), cached if enabled."""
-        key = (id(x), x.__array_interface__["data"][0], x.shape, x.dtype.str, np.dtype(dtype).str)
-        if self.cache_teacher and key in self._cache:
-            return self._cache[key]
+        dtype = np.dtype(dtype)
+        for cached_x, logits in self._cache:
+            if cached_x is x and logits.dtype == dtype:
+                return logits
         logits = np.ascontiguousarray(predict_logits(self.teacher, x), dtype=dtype)
         if self.cache_teacher:
-            self._cache[key] = logits
+            self._cache = [*self._cache[-(self.CACHE_SIZE - 1) :], (x, logits)]
         return logits
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> tuple[float, float]:
