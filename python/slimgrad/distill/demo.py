@@ -291,9 +291,17 @@ def _sparse_bytes(model: Any, fmt: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run every stage, print the table, write report.json and report.png; returns 0."""
-    from threadpoolctl import threadpool_limits
-
     from .. import num_threads
+    from ..cli import UsageError
+
+    try:  # the demo extra: one clear line rather than a traceback
+        import matplotlib  # noqa: F401
+        import sklearn  # noqa: F401
+        from threadpoolctl import threadpool_limits
+    except ImportError as e:
+        raise UsageError(
+            f"needs the demo extra ({e.name} is missing): pip install 'slimgrad[demo]'"
+        ) from e
 
     if args.threads < 1:
         raise ValueError(f"--threads: expected an int >= 1, got {args.threads}")
