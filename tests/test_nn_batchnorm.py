@@ -168,7 +168,7 @@ def test_backward_matches_finite_differences(isa, shape, training, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("shape", [(3000, 37), (257, 6, 40)], ids=str)
+@pytest.mark.parametrize("shape", [(3000, 37), (40, 3001), (257, 6, 40)], ids=str)
 def test_identical_for_any_thread_count(dtype, shape, rng):
     x = (rng.standard_normal(shape) + 3).astype(dtype)
     g = rng.standard_normal(shape).astype(dtype)

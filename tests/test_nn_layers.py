@@ -14,6 +14,10 @@ ATOL = {np.float32: 1e-5, np.float64: 1e-12}
 FD_STEP = 1e-6
 FD_TOL = 1e-6  # central differences in float64
 GELU_SIZES = [0, 1, 7, 8, 9, 17, 65, 8193, 100_003]
+# float32 GELU in SIMD: A&S 7.1.26 for erfc (1.5e-7 on Phi) plus roundings,
+# relative to |x|; the derivative is O(1): absolute.
+GELU_F32_ERR = 4e-7
+GELU_F32_GRAD_ERR = 2e-6
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -193,6 +197,21 @@ def test_gelu_finite_differences_and_reference(approximate, rng):
 
         ref = 0.5 * x * (1 + np.vectorize(erf)(x / np.sqrt(2)))
     np.testing.assert_allclose(nn.gelu(x, approximate), ref, rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_float32_error_bound_against_float64(isa, approximate):
+    x = np.linspace(-12, 12, 24_001).astype(np.float32)
+    x = np.concatenate([x, np.float32([-87.5, -30, 30, 88.5, 1e-30, -1e-30, 0.0])])
+    ref_y = nn.gelu(x.astype(np.float64), approximate)  # libm in float64
+    layer = nn.GELU(approximate)
+    y = layer.forward(x)
+    np.testing.assert_array_less(np.abs(y - ref_y), GELU_F32_ERR * np.abs(x) + 1e-38)
+    ref_layer = nn.GELU(approximate)
+    ref_layer.forward(x.astype(np.float64))
+    ref_g = ref_layer.backward(np.ones(x.size))
+    g = layer.backward(np.ones_like(x))
+    np.testing.assert_allclose(g, ref_g, rtol=0, atol=GELU_F32_GRAD_ERR)
 
 
 def test_gelu_errors():

@@ -1,9 +1,9 @@
 // nn kernels for avx2: the BatchNorm kernels of kernels_nn_simd.hpp, and
 // dropout with Philox-4x32-10 in 8 lanes.
-//  - Philox: lane j computes block b0 + j; the 32x32->64 multiplies use
-//    vpmuludq on the even and (shifted) odd lanes, recombined with vpblendd.
-//    The 4 output words x 8 blocks are transposed (unpack + permute2x128)
-//    into element order: 32 elements per batch.
+//  - Philox: two sets of four blocks, one block per 64-bit lane, so each
+//    32x32->64 multiply is one vpmuludq and its high word one shift. The
+//    4 words x 8 blocks are interleaved (blend, unpack, permute2x128) into
+//    element order: 32 elements per batch.
 //  - Mask: keep = (bits >= threshold) as unsigned, i.e. max_epu32(bits, t) == bits;
 //    the output is (x * scale) AND keep, so dropped elements are +0 (also
 //    for NaN or inf input); the scalar reference gives the same bits.
@@ -13,11 +13,31 @@
 namespace slimgrad::kernels {
 namespace {
 
-inline void mulhilo(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
-  const __m256i even = _mm256_mul_epu32(a, m);
-  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
-  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
-  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+// Four Philox blocks in the four 64-bit lanes of each of c0..c3: only the
+// low 32 bits of a lane are the counter word. vpmuludq reads just those, so
+// after a round the high halves may hold garbage (the full product stands in
+// for its low word, the XORs mix in high bits) without affecting any low word.
+struct Lanes4 {
+  __m256i c0, c1, c2, c3;
+};
+
+inline void philox_round(Lanes4& s, __m256i m0, __m256i m1, __m256i k0, __m256i k1) {
+  const __m256i p0 = _mm256_mul_epu32(s.c0, m0);
+  const __m256i p1 = _mm256_mul_epu32(s.c2, m1);
+  s.c0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p1, 32), s.c1), k0);
+  s.c1 = p1;
+  s.c2 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p0, 32), s.c3), k1);
+  s.c3 = p0;
+}
+
+// The low words of s (blocks j..j+3) in element order: lo = blocks j, j+1; hi = j+2, j+3.
+inline void to_elements(const Lanes4& s, __m256i& lo, __m256i& hi) {
+  const __m256i w01 = _mm256_blend_epi32(s.c0, _mm256_slli_epi64(s.c1, 32), 0xAA);
+  const __m256i w23 = _mm256_blend_epi32(s.c2, _mm256_slli_epi64(s.c3, 32), 0xAA);
+  const __m256i even = _mm256_unpacklo_epi64(w01, w23);  // blocks j | j+2
+  const __m256i odd = _mm256_unpackhi_epi64(w01, w23);   // blocks j+1 | j+3
+  lo = _mm256_permute2x128_si256(even, odd, 0x20);
+  hi = _mm256_permute2x128_si256(even, odd, 0x31);
 }
 
 struct Philox8 {
@@ -27,15 +47,12 @@ struct Philox8 {
 
   // r[k] = the words of elements 8k .. 8k+7 of blocks b0 .. b0+7.
   void generate(std::uint64_t b0, __m256i r[4]) const {
-    alignas(32) std::uint32_t lo[8], hi[8];
-    for (int j = 0; j < 8; ++j) {
-      lo[j] = static_cast<std::uint32_t>(b0 + j);
-      hi[j] = static_cast<std::uint32_t>((b0 + j) >> 32);
-    }
-    __m256i c0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo));
-    __m256i c1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi));
-    __m256i c2 = _mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(stream)));
-    __m256i c3 = _mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(stream >> 32)));
+    const __m256i first = _mm256_add_epi64(_mm256_set1_epi64x(static_cast<long long>(b0)), _mm256_set_epi64x(3, 2, 1, 0));
+    const __m256i second = _mm256_add_epi64(first, _mm256_set1_epi64x(4));
+    const __m256i s_lo = _mm256_set1_epi64x(static_cast<long long>(stream));
+    const __m256i s_hi = _mm256_set1_epi64x(static_cast<long long>(stream >> 32));
+    Lanes4 a{first, _mm256_srli_epi64(first, 32), s_lo, s_hi};
+    Lanes4 b{second, _mm256_srli_epi64(second, 32), s_lo, s_hi};
     std::uint32_t k0 = static_cast<std::uint32_t>(seed), k1 = static_cast<std::uint32_t>(seed >> 32);
     const __m256i m0 = _mm256_set1_epi32(static_cast<int>(philox::kMul0));
     const __m256i m1 = _mm256_set1_epi32(static_cast<int>(philox::kMul1));
@@ -44,25 +61,12 @@ struct Philox8 {
         k0 += philox::kWeyl0;
         k1 += philox::kWeyl1;
       }
-      __m256i hi0, lo0, hi1, lo1;
-      mulhilo(c0, m0, hi0, lo0);
-      mulhilo(c2, m1, hi1, lo1);
-      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32(static_cast<int>(k0)));
-      c1 = lo1;
-      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(static_cast<int>(k1)));
-      c3 = lo0;
+      const __m256i kv0 = _mm256_set1_epi32(static_cast<int>(k0)), kv1 = _mm256_set1_epi32(static_cast<int>(k1));
+      philox_round(a, m0, m1, kv0, kv1);
+      philox_round(b, m0, m1, kv0, kv1);
     }
-    // c0..c3 hold word 0..3 of blocks 0..7; interleave to block-major order.
-    const __m256i t0 = _mm256_unpacklo_epi32(c0, c1), t1 = _mm256_unpackhi_epi32(c0, c1);
-    const __m256i t2 = _mm256_unpacklo_epi32(c2, c3), t3 = _mm256_unpackhi_epi32(c2, c3);
-    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2);  // blocks 0 | 4
-    const __m256i u1 = _mm256_unpackhi_epi64(t0, t2);  // blocks 1 | 5
-    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3);  // blocks 2 | 6
-    const __m256i u3 = _mm256_unpackhi_epi64(t1, t3);  // blocks 3 | 7
-    r[0] = _mm256_permute2x128_si256(u0, u1, 0x20);
-    r[1] = _mm256_permute2x128_si256(u2, u3, 0x20);
-    r[2] = _mm256_permute2x128_si256(u0, u1, 0x31);
-    r[3] = _mm256_permute2x128_si256(u2, u3, 0x31);
+    to_elements(a, r[0], r[1]);
+    to_elements(b, r[2], r[3]);
   }
 
   void words(std::uint64_t b0, std::uint32_t* w) const {
@@ -128,5 +132,7 @@ void dropout<Isa::avx2, double>(const double* x, double* out, std::size_t n, std
 SLIMGRAD_NN_INSTANTIATE(float)
 SLIMGRAD_NN_INSTANTIATE(double)
 #undef SLIMGRAD_NN_INSTANTIATE
+template void gelu_forward_f32<Isa::avx2>(const float*, float*, std::size_t, bool);
+template void gelu_backward_f32<Isa::avx2>(const float*, const float*, float*, std::size_t, bool);
 
 }  // namespace slimgrad::kernels

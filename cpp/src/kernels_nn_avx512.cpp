@@ -1,9 +1,9 @@
 // nn kernels for avx512: the BatchNorm kernels of kernels_nn_simd.hpp, and
 // dropout with Philox-4x32-10 in 16 lanes.
-//  - Philox: lane j computes block b0 + j; vpmuludq on even and (shifted)
-//    odd lanes, recombined with a masked blend. The 4 words x 16 blocks are
-//    transposed into element order (unpack within 128-bit lanes, then a
-//    4x4 transpose of 128-bit lanes with vshufi32x4): 64 elements per batch.
+//  - Philox: two sets of eight blocks, one block per 64-bit lane, so each
+//    32x32->64 multiply is one vpmuludq and its high word one shift. The
+//    4 words x 16 blocks are interleaved (masked blend, unpack, vpermt2q)
+//    into element order: 64 elements per batch.
 //  - Mask: vpcmpud (bits >= threshold, unsigned) into a k-register; the
 //    output is a zero-masked multiply, so dropped elements are +0 (also for
 //    NaN or inf input), the same bits as the scalar reference.
@@ -20,11 +20,32 @@
 namespace slimgrad::kernels {
 namespace {
 
-inline void mulhilo(__m512i a, __m512i m, __m512i& hi, __m512i& lo) {
-  const __m512i even = _mm512_mul_epu32(a, m);
-  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
-  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
-  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+// Eight Philox blocks in the eight 64-bit lanes of each of c0..c3: only the
+// low 32 bits of a lane are the counter word. vpmuludq reads just those, so
+// after a round the high halves may hold garbage (the full product stands in
+// for its low word, the XORs mix in high bits) without affecting any low word.
+struct Lanes8 {
+  __m512i c0, c1, c2, c3;
+};
+
+inline void philox_round(Lanes8& s, __m512i m0, __m512i m1, __m512i k0, __m512i k1) {
+  const __m512i p0 = _mm512_mul_epu32(s.c0, m0);
+  const __m512i p1 = _mm512_mul_epu32(s.c2, m1);
+  s.c0 = _mm512_xor_si512(_mm512_xor_si512(_mm512_srli_epi64(p1, 32), s.c1), k0);
+  s.c1 = p1;
+  s.c2 = _mm512_xor_si512(_mm512_xor_si512(_mm512_srli_epi64(p0, 32), s.c3), k1);
+  s.c3 = p0;
+}
+
+// The low words of s (blocks j..j+7) in element order: lo = blocks j..j+3, hi = j+4..j+7.
+inline void to_elements(const Lanes8& s, __m512i& lo, __m512i& hi) {
+  const __m512i w01 = _mm512_mask_blend_epi32(0xAAAA, s.c0, _mm512_slli_epi64(s.c1, 32));
+  const __m512i w23 = _mm512_mask_blend_epi32(0xAAAA, s.c2, _mm512_slli_epi64(s.c3, 32));
+  const __m512i even = _mm512_unpacklo_epi64(w01, w23);  // blocks j, j+2, j+4, j+6 (one per 128 bits)
+  const __m512i odd = _mm512_unpackhi_epi64(w01, w23);   // blocks j+1, j+3, j+5, j+7
+  // qword indices: 0-7 from even, 8-15 from odd
+  lo = _mm512_permutex2var_epi64(even, _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0), odd);
+  hi = _mm512_permutex2var_epi64(even, _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4), odd);
 }
 
 struct Philox16 {
@@ -34,15 +55,13 @@ struct Philox16 {
 
   // r[k] = the words of elements 16k .. 16k+15 of blocks b0 .. b0+15.
   void generate(std::uint64_t b0, __m512i r[4]) const {
-    alignas(64) std::uint32_t lo[16], hi[16];
-    for (int j = 0; j < 16; ++j) {
-      lo[j] = static_cast<std::uint32_t>(b0 + j);
-      hi[j] = static_cast<std::uint32_t>((b0 + j) >> 32);
-    }
-    __m512i c0 = _mm512_load_si512(lo);
-    __m512i c1 = _mm512_load_si512(hi);
-    __m512i c2 = _mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(stream)));
-    __m512i c3 = _mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(stream >> 32)));
+    const __m512i first =
+        _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(b0)), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
+    const __m512i second = _mm512_add_epi64(first, _mm512_set1_epi64(8));
+    const __m512i s_lo = _mm512_set1_epi64(static_cast<long long>(stream));
+    const __m512i s_hi = _mm512_set1_epi64(static_cast<long long>(stream >> 32));
+    Lanes8 a{first, _mm512_srli_epi64(first, 32), s_lo, s_hi};
+    Lanes8 b{second, _mm512_srli_epi64(second, 32), s_lo, s_hi};
     std::uint32_t k0 = static_cast<std::uint32_t>(seed), k1 = static_cast<std::uint32_t>(seed >> 32);
     const __m512i m0 = _mm512_set1_epi32(static_cast<int>(philox::kMul0));
     const __m512i m1 = _mm512_set1_epi32(static_cast<int>(philox::kMul1));
@@ -51,29 +70,12 @@ struct Philox16 {
         k0 += philox::kWeyl0;
         k1 += philox::kWeyl1;
       }
-      __m512i hi0, lo0, hi1, lo1;
-      mulhilo(c0, m0, hi0, lo0);
-      mulhilo(c2, m1, hi1, lo1);
-      c0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(static_cast<int>(k0)));
-      c1 = lo1;
-      c2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(k1)));
-      c3 = lo0;
+      const __m512i kv0 = _mm512_set1_epi32(static_cast<int>(k0)), kv1 = _mm512_set1_epi32(static_cast<int>(k1));
+      philox_round(a, m0, m1, kv0, kv1);
+      philox_round(b, m0, m1, kv0, kv1);
     }
-    // Within each 128-bit lane q: u0 = block 4q, u1 = 4q+1, u2 = 4q+2, u3 = 4q+3.
-    const __m512i t0 = _mm512_unpacklo_epi32(c0, c1), t1 = _mm512_unpackhi_epi32(c0, c1);
-    const __m512i t2 = _mm512_unpacklo_epi32(c2, c3), t3 = _mm512_unpackhi_epi32(c2, c3);
-    const __m512i u0 = _mm512_unpacklo_epi64(t0, t2);  // blocks 0, 4, 8, 12
-    const __m512i u1 = _mm512_unpackhi_epi64(t0, t2);  // blocks 1, 5, 9, 13
-    const __m512i u2 = _mm512_unpacklo_epi64(t1, t3);  // blocks 2, 6, 10, 14
-    const __m512i u3 = _mm512_unpackhi_epi64(t1, t3);  // blocks 3, 7, 11, 15
-    const __m512i v0 = _mm512_shuffle_i32x4(u0, u1, 0x44);  // blocks 0, 4, 1, 5
-    const __m512i v1 = _mm512_shuffle_i32x4(u2, u3, 0x44);  // blocks 2, 6, 3, 7
-    const __m512i v2 = _mm512_shuffle_i32x4(u0, u1, 0xEE);  // blocks 8, 12, 9, 13
-    const __m512i v3 = _mm512_shuffle_i32x4(u2, u3, 0xEE);  // blocks 10, 14, 11, 15
-    r[0] = _mm512_shuffle_i32x4(v0, v1, 0x88);  // blocks 0, 1, 2, 3
-    r[1] = _mm512_shuffle_i32x4(v0, v1, 0xDD);  // blocks 4, 5, 6, 7
-    r[2] = _mm512_shuffle_i32x4(v2, v3, 0x88);  // blocks 8, 9, 10, 11
-    r[3] = _mm512_shuffle_i32x4(v2, v3, 0xDD);  // blocks 12, 13, 14, 15
+    to_elements(a, r[0], r[1]);
+    to_elements(b, r[2], r[3]);
   }
 
   void words(std::uint64_t b0, std::uint32_t* w) const {
@@ -133,5 +135,7 @@ void dropout<Isa::avx512, double>(const double* x, double* out, std::size_t n, s
 SLIMGRAD_NN_INSTANTIATE(float)
 SLIMGRAD_NN_INSTANTIATE(double)
 #undef SLIMGRAD_NN_INSTANTIATE
+template void gelu_forward_f32<Isa::avx512>(const float*, float*, std::size_t, bool);
+template void gelu_backward_f32<Isa::avx512>(const float*, const float*, float*, std::size_t, bool);
 
 }  // namespace slimgrad::kernels

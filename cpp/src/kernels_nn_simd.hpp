@@ -11,6 +11,7 @@
 //    lanes would add (0 - mean)^2 otherwise).
 //  - Elementwise passes (normalize, input gradient) run in T with one FMA;
 //    channel tails go through load_partial/store_partial.
+//  - GELU (float32): vector exp and A&S 7.1.26, see nn.hpp for the error.
 //  - dropout_batches: the batch loop shared by both ISAs; the Philox rounds
 //    and the masking are ISA-specific intrinsics in the ISA files.
 #pragma once
@@ -46,6 +47,84 @@ inline Vec<double, Isa::avx512> load_wide<Isa::avx512>(const float* p) {
   return {_mm512_cvtps_pd(_mm256_loadu_ps(p))};
 }
 #endif
+// exp(x) for float lanes: x clamped to [-87, 88] (so 2^n stays a normal
+// float), x = n ln2 + r with |r| <= ln2/2 (ln2 split in two for an exact
+// n ln2), e^r by its degree-7 Taylor polynomial (truncation < 1e-8 relative),
+// times 2^n built in the exponent bits. About 1 ulp; NaN stays NaN.
+template <Isa I>
+inline Vec<float, I> exp_f32(Vec<float, I> x);
+template <Isa I>
+inline Vec<float, I> exp_poly(Vec<float, I> x, Vec<float, I> n) {
+  using V = Vec<float, I>;
+  V r = fma(n, V::set1(-0.693359375f), x);
+  r = fma(n, V::set1(2.12194440e-4f), r);
+  V p = V::set1(1.0f / 5040);
+  p = fma(p, r, V::set1(1.0f / 720));
+  p = fma(p, r, V::set1(1.0f / 120));
+  p = fma(p, r, V::set1(1.0f / 24));
+  p = fma(p, r, V::set1(1.0f / 6));
+  p = fma(p, r, V::set1(0.5f));
+  p = fma(p, r, V::set1(1.0f));
+  return fma(p, r, V::set1(1.0f));
+}
+#if defined(__AVX2__)
+template <>
+inline Vec<float, Isa::avx2> exp_f32<Isa::avx2>(Vec<float, Isa::avx2> x) {
+  using V = Vec<float, Isa::avx2>;
+  x = min(max(x, V::set1(-87.0f)), V::set1(88.0f));
+  const __m256i ni = _mm256_cvtps_epi32(_mm256_mul_ps(x.v, _mm256_set1_ps(1.44269504f)));  // round to nearest
+  const V p = exp_poly<Isa::avx2>(x, V{_mm256_cvtepi32_ps(ni)});
+  const __m256i pow2n = _mm256_slli_epi32(_mm256_add_epi32(ni, _mm256_set1_epi32(127)), 23);
+  return p * V{_mm256_castsi256_ps(pow2n)};
+}
+#endif
+#if defined(__AVX512F__)
+template <>
+inline Vec<float, Isa::avx512> exp_f32<Isa::avx512>(Vec<float, Isa::avx512> x) {
+  using V = Vec<float, Isa::avx512>;
+  x = min(max(x, V::set1(-87.0f)), V::set1(88.0f));
+  const __m512i ni = _mm512_cvtps_epi32(_mm512_mul_ps(x.v, _mm512_set1_ps(1.44269504f)));
+  const V p = exp_poly<Isa::avx512>(x, V{_mm512_cvtepi32_ps(ni)});
+  const __m512i pow2n = _mm512_slli_epi32(_mm512_add_epi32(ni, _mm512_set1_epi32(127)), 23);
+  return p * V{_mm512_castsi512_ps(pow2n)};
+}
+#endif
+
+// GELU pieces for one vector (see nn.hpp). Exact form: with a = |x| / sqrt 2,
+// c = t P(t) e^(-a^2) ~ erfc(a) (A&S 7.1.26), Phi(x) = x >= 0 ? 1 - c/2 : c/2
+// (the negative tail without cancellation), and e^(-a^2) = e^(-x^2/2) also
+// gives the density for the derivative. Tanh form: s = sigmoid(2u).
+template <Isa I>
+struct GeluTerms {
+  Vec<float, I> cdf, dcdf;  // y = x cdf;  dy/dx = dcdf
+};
+template <Isa I>
+inline GeluTerms<I> gelu_terms(Vec<float, I> x, bool tanh_approx) {
+  using V = Vec<float, I>;
+  const V one = V::set1(1.0f), half = V::set1(0.5f);
+  if (tanh_approx) {
+    const V beta = V::set1(0.7978845608f), kappa = V::set1(0.044715f);
+    const V x2 = x * x;
+    const V u = beta * fma(kappa * x2, x, x);
+    const V e = exp_f32<I>(V::set1(-2.0f) * u);
+    const V s = one / (one + e);
+    // d/dx x s(2u) = s + x s (1 - s) 2 u',  u' = beta (1 + 3 kappa x^2)
+    const V du = beta * fma(V::set1(3.0f * 0.044715f), x2, one);
+    return {s, fma(x * s * (one - s), V::set1(2.0f) * du, s)};
+  }
+  const V a = abs(x) * V::set1(0.70710678f);
+  const V t = one / fma(V::set1(0.3275911f), a, one);
+  V q = V::set1(1.061405429f);
+  q = fma(q, t, V::set1(-1.453152027f));
+  q = fma(q, t, V::set1(1.421413741f));
+  q = fma(q, t, V::set1(-0.284496736f));
+  q = fma(q, t, V::set1(0.254829592f));
+  const V e = exp_f32<I>(V::zero() - a * a);
+  const V half_c = half * (q * t * e);
+  const V cdf = select(lt(x, V::zero()), half_c, one - half_c);
+  return {cdf, fma(x, V::set1(0.39894228f) * e, cdf)};
+}
+
 template <Isa I, class T>
 inline Vec<double, I> load_wide_partial(const T* p, std::size_t k) {
   T tmp[Vec<double, I>::width] = {};
@@ -281,6 +360,32 @@ void bn_input_grad(const T* x, const T* dy, T* dx, std::size_t rows, std::size_t
                       fma(m - load_partial<V>(x + o + j, n), kk, load_partial<V>(dy + o + j, n) - md) * s);
       }
     }
+}
+
+template <Isa I>
+void gelu_forward_f32(const float* x, float* y, std::size_t n, bool tanh_approx) {
+  using V = Vec<float, I>;
+  std::size_t i = 0;
+  for (; i + V::width <= n; i += V::width) {
+    const V v = V::load(x + i);
+    (v * gelu_terms<I>(v, tanh_approx).cdf).store(y + i);
+  }
+  if (i < n) {
+    const V v = load_partial<V>(x + i, n - i);
+    store_partial(y + i, n - i, v * gelu_terms<I>(v, tanh_approx).cdf);
+  }
+}
+
+template <Isa I>
+void gelu_backward_f32(const float* x, const float* dy, float* dx, std::size_t n, bool tanh_approx) {
+  using V = Vec<float, I>;
+  std::size_t i = 0;
+  for (; i + V::width <= n; i += V::width)
+    (V::load(dy + i) * gelu_terms<I>(V::load(x + i), tanh_approx).dcdf).store(dx + i);
+  if (i < n) {
+    const std::size_t k = n - i;
+    store_partial(dx + i, k, load_partial<V>(dy + i, k) * gelu_terms<I>(load_partial<V>(x + i, k), tanh_approx).dcdf);
+  }
 }
 
 // The batch loop of dropout. Gen (per ISA) turns Gen::kBlocks consecutive

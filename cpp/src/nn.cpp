@@ -5,6 +5,7 @@
 #include <cstring>
 #include <sstream>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "slimgrad/threading.hpp"
@@ -55,18 +56,26 @@ void dropout(const T* x, T* out, std::size_t n, double p, std::uint64_t seed, st
 // ----------------------------------------------------------- BatchNorm
 namespace {
 
-// A reduction block holds about kBnGrain elements (whole rows), and there are
-// at most kBnMaxBlocks of them (bounding the partials' memory to
-// kBnMaxBlocks * c doubles per sum). Both depend on the shape only.
+// A reduction block holds at least kBnGrain elements (whole rows) and at
+// least kBnMinValues values per channel, and there are at most kBnMaxBlocks
+// blocks. The partials (at most two doubles per channel per block) thus take
+// at most 2 * kBnMaxBlocks * c doubles and at most a quarter of a float32
+// input's bytes. Everything depends on the shape only, never on the thread
+// count.
 constexpr std::size_t kBnGrain = 1 << 14;
+constexpr std::size_t kBnMinValues = 16;
 constexpr std::size_t kBnMaxBlocks = 64;
+
+std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
 
 std::size_t rows_per_block(const BnShape& s) {
   const std::size_t row = s.c * s.l > 0 ? s.c * s.l : 1;
-  std::size_t r = (kBnGrain + row - 1) / row;
-  const std::size_t min_r = (s.n + kBnMaxBlocks - 1) / kBnMaxBlocks;
-  if (r < min_r) r = min_r;
-  return r > 0 ? r : 1;
+  std::size_t r = ceil_div(kBnGrain, row);
+  const std::size_t by_values = ceil_div(kBnMinValues, s.l > 0 ? s.l : 1);
+  const std::size_t by_blocks = ceil_div(s.n, kBnMaxBlocks);
+  if (r < by_values) r = by_values;
+  if (r < by_blocks) r = by_blocks;
+  return r;
 }
 
 // out[j], j < nacc * c: the sum of each block's partial, blocks in order.
@@ -122,20 +131,42 @@ void batch_norm_forward_train(const T* x, T* y, BnShape s, const T* weight, cons
   }
   if (running_var && m < 2)
     throw std::invalid_argument("x: expected more than 1 value per channel to update running_var");
+  // Per block of rows: a two-pass mean and sum of squared deviations (the
+  // second pass re-reads the block from cache, so x streams from memory once
+  // for the statistics); then the blocks are merged in block order with
+  // Chan et al.'s update, as stable as a global two-pass.
+  const std::size_t rb = rows_per_block(s), blocks = num_chunks(s.n, rb), c = s.c;
+  std::vector<double> parts(blocks * 2 * c, 0.0);
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
-    reduce_channels(s, 1, save_mean, [&](std::size_t b, std::size_t e, double* acc) {
-      kernels::bn_sum<I, T>(x + b * stride, e - b, s.c, s.l, acc);
-    });
-    for (std::size_t ch = 0; ch < s.c; ++ch) save_mean[ch] /= static_cast<double>(m);
-    // Two-pass variance: the squared deviations from the exact-in-double mean.
-    reduce_channels(s, 1, save_invstd, [&](std::size_t b, std::size_t e, double* acc) {
-      kernels::bn_sqdev<I, T>(x + b * stride, e - b, s.c, s.l, save_mean, acc);
+    parallel_for(s.n, rb, [&](std::size_t b, std::size_t e) {
+      double* mean = parts.data() + (b / rb) * 2 * c;
+      kernels::bn_sum<I, T>(x + b * stride, e - b, c, s.l, mean);
+      const double count = static_cast<double>((e - b) * s.l);
+      for (std::size_t ch = 0; ch < c; ++ch) mean[ch] /= count;
+      kernels::bn_sqdev<I, T>(x + b * stride, e - b, c, s.l, mean, mean + c);
     });
   });
+  double* m2 = save_invstd;  // holds the sum of squared deviations until the end
+  for (std::size_t ch = 0; ch < c; ++ch) {
+    save_mean[ch] = parts[ch];
+    m2[ch] = parts[c + ch];
+  }
+  double count = static_cast<double>(rb < s.n ? rb * s.l : m);
+  for (std::size_t k = 1; k < blocks; ++k) {
+    const double nb = static_cast<double>(((k + 1) * rb < s.n ? rb : s.n - k * rb) * s.l);
+    const double total = count + nb;
+    const double* bm = parts.data() + k * 2 * c;
+    for (std::size_t ch = 0; ch < c; ++ch) {
+      const double delta = bm[ch] - save_mean[ch];
+      save_mean[ch] += delta * (nb / total);
+      m2[ch] += bm[c + ch] + delta * delta * (count * nb / total);
+    }
+    count = total;
+  }
   const double md = static_cast<double>(m);
   for (std::size_t ch = 0; ch < s.c; ++ch) {
-    const double var = save_invstd[ch] / md;  // biased: normalizes the batch
+    const double var = m2[ch] / md;  // biased: normalizes the batch
     if (running_mean)
       running_mean[ch] = static_cast<T>(momentum * save_mean[ch] + (1.0 - momentum) * running_mean[ch]);
     if (running_var)  // unbiased, like torch
@@ -191,17 +222,31 @@ void batch_norm_backward(const T* x, const T* dy, T* dx, BnShape s, const T* wei
 }
 
 // ---------------------------------------------------------------- GELU
+// float32 on a SIMD ISA: the vector kernels; otherwise (scalar ISA, float64)
+// the libm reference loops.
 template <class T>
 void gelu_forward(const T* x, T* y, std::size_t n, bool tanh_approx) {
-  parallel_for(n, kDefaultGrain / 4, [&](std::size_t b, std::size_t e) {
-    kernels::gelu_forward<T>(x + b, y + b, e - b, tanh_approx);
+  dispatch([&](auto isa) {
+    constexpr Isa I = decltype(isa)::value;
+    parallel_for(n, kDefaultGrain / 4, [&](std::size_t b, std::size_t e) {
+      if constexpr (std::is_same_v<T, float> && I != Isa::scalar)
+        kernels::gelu_forward_f32<I>(x + b, y + b, e - b, tanh_approx);
+      else
+        kernels::gelu_forward<T>(x + b, y + b, e - b, tanh_approx);
+    });
   });
 }
 
 template <class T>
 void gelu_backward(const T* x, const T* dy, T* dx, std::size_t n, bool tanh_approx) {
-  parallel_for(n, kDefaultGrain / 4, [&](std::size_t b, std::size_t e) {
-    kernels::gelu_backward<T>(x + b, dy + b, dx + b, e - b, tanh_approx);
+  dispatch([&](auto isa) {
+    constexpr Isa I = decltype(isa)::value;
+    parallel_for(n, kDefaultGrain / 4, [&](std::size_t b, std::size_t e) {
+      if constexpr (std::is_same_v<T, float> && I != Isa::scalar)
+        kernels::gelu_backward_f32<I>(x + b, dy + b, dx + b, e - b, tanh_approx);
+      else
+        kernels::gelu_backward<T>(x + b, dy + b, dx + b, e - b, tanh_approx);
+    });
   });
 }
 

@@ -17,8 +17,9 @@
 // BatchNorm: the input is viewed as (n, c, l) (l = 1 for a 2-D (n, c) input).
 // Per-channel sums run in double (also for float32 input, as torch's CPU
 // kernel does), over fixed blocks of rows whose partials are added in block
-// order: the statistics are identical for any thread count. Variance is
-// two-pass (mean first, then the sum of squared deviations).
+// order: the statistics are identical for any thread count. Variance: a
+// two-pass mean and sum of squared deviations per block of rows (the block
+// is re-read from cache), blocks merged in order with Chan et al.'s update.
 #pragma once
 
 #include <cstddef>
@@ -55,12 +56,20 @@ template <Isa I, class T>
 void bn_input_grad(const T* x, const T* dy, T* dx, std::size_t rows, std::size_t c, std::size_t l,
                    const T* mean, const T* k, const T* mean_dy, const T* scale);
 
-// GELU has no SIMD version (erf and tanh come from libm): these plain loops
-// in kernels_nn_scalar.cpp run for every ISA, threaded by the entry points.
+// GELU reference: plain loops with libm's erf/tanh/exp (kernels_nn_scalar.cpp),
+// used for the scalar ISA and for float64 on every ISA.
 template <class T>
 void gelu_forward(const T* x, T* y, std::size_t n, bool tanh_approx);
 template <class T>
 void gelu_backward(const T* x, const T* dy, T* dx, std::size_t n, bool tanh_approx);
+// float32 GELU in SIMD (avx2, avx512): a vector exp, and for the exact form
+// Abramowitz-Stegun 7.1.26 for erfc (|error| <= 1.5e-7 on Phi, so
+// |y - x Phi(x)| <= 1.5e-7 |x| plus rounding); the tanh form as
+// x * sigmoid(2u), which equals 0.5 x (1 + tanh u) without its cancellation.
+template <Isa I>
+void gelu_forward_f32(const float* x, float* y, std::size_t n, bool tanh_approx);
+template <Isa I>
+void gelu_backward_f32(const float* x, const float* dy, float* dx, std::size_t n, bool tanh_approx);
 }  // namespace kernels
 
 // ------------------------------------------------------------- Dropout

@@ -1,4 +1,4 @@
-"""nn suite: Dropout and BatchNorm1d forward+backward on (size, 1024) float32.
+"""nn suite: Dropout, BatchNorm1d and GELU forward+backward on (size, 1024) float32.
 
 Each implementation does what a training step does: forward, then backward
 with a given output gradient, allocating its outputs like a layer would.
@@ -6,9 +6,12 @@ with a given output gradient, allocating its outputs like a layer would.
     backward from the Philox counter, BatchNorm statistics in float64).
   - numpy: the textbook formulas (a boolean mask kept for backward; float32
     statistics through NumPy's pairwise sums).
-  - torch: torch.nn.functional.dropout / torch.nn.BatchNorm1d with autograd.
+  - torch: torch.nn.functional.dropout / torch.nn.BatchNorm1d / F.gelu with
+    autograd.
 ``bytes`` is the compulsory traffic: forward reads x and writes y, backward
-reads the output gradient (and x for BatchNorm) and writes the input gradient.
+reads the output gradient (and x for BatchNorm and GELU) and writes the input
+gradient. NumPy has no erf, so GELU has no NumPy peer (scipy.special.erf
+would be one more dependency).
 """
 
 from __future__ import annotations
@@ -97,3 +100,20 @@ def cases(size: int) -> Iterator[Case]:
 
         impls["torch BatchNorm1d+autograd"] = torch_bn
     yield Case(f"BatchNorm1d fwd+bwd f32 {size}x{FEATURES}", impls, bytes=5 * 4 * n)
+
+    # ---------------------------------------------------------------- GELU
+    gelu = nn.GELU()
+
+    def ours_gelu():
+        gelu.forward(x)
+        return gelu.backward(g)
+
+    impls = {"slimgrad": ours_gelu}
+    if torch is not None:
+
+        def torch_gelu():
+            tx.grad = None
+            torch.nn.functional.gelu(tx).backward(tg)
+
+        impls["torch F.gelu+autograd"] = torch_gelu
+    yield Case(f"GELU (erf) fwd+bwd f32 {size}x{FEATURES}", impls, bytes=5 * 4 * n)

@@ -40,17 +40,20 @@ def check_input(x: object, name: str, dtype: np.dtype) -> np.ndarray:
     return x
 
 
-def check_grad(grad_out: object, like: np.ndarray | None, module: str) -> np.ndarray:
-    """The output gradient must match the forward output (dtype and shape)."""
+def check_grad(
+    grad_out: object, like: np.ndarray | None, module: str, shape: tuple[int, ...] | None = None
+) -> np.ndarray:
+    """The output gradient must match the forward output: ``like``'s dtype and
+    shape (or ``shape`` when given, for a module that keeps no output)."""
     if like is None:
         raise RuntimeError(f"{module}.backward: call forward first")
-    check_input(grad_out, "grad_out", like.dtype)
-    assert isinstance(grad_out, np.ndarray)
-    if grad_out.shape != like.shape:
+    g = check_input(grad_out, "grad_out", like.dtype)
+    expected = like.shape if shape is None else shape
+    if g.shape != expected:
         raise ValueError(
-            f"grad_out: expected shape {like.shape} (the forward output's), got {grad_out.shape}"
+            f"grad_out: expected shape {expected} (the forward output's), got {g.shape}"
         )
-    return grad_out
+    return g
 
 
 class Module:
