@@ -14,7 +14,6 @@ import math
 
 import numpy as np
 import pytest
-
 import slimgrad
 from conftest import EDGE_SIZES, ISAS, THREADS, run_everywhere
 from slimgrad import optim
@@ -35,7 +34,12 @@ CONFIGS = [
     ("SGD", dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.1)),
     ("SGD", dict(lr=0.01, momentum=0.9, dampening=0.3, maximize=True)),
     ("Adagrad", dict()),
-    ("Adagrad", dict(lr_decay=0.01, weight_decay=0.1, initial_accumulator_value=0.5, eps=1e-6, maximize=True)),
+    (
+        "Adagrad",
+        dict(
+            lr_decay=0.01, weight_decay=0.1, initial_accumulator_value=0.5, eps=1e-6, maximize=True
+        ),
+    ),
     ("RMSprop", dict()),
     ("RMSprop", dict(centered=True, weight_decay=0.1)),
     ("RMSprop", dict(momentum=0.9, centered=True, alpha=0.9, maximize=True)),
@@ -56,7 +60,9 @@ CONFIGS = [
     ("RAdam", dict(weight_decay=0.1, betas=(0.9, 0.9))),  # rho_t > 5 early: rectified path
     ("RAdam", dict(weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
 ]
-CONFIG_IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}" for n, kw in CONFIGS]
+CONFIG_IDS = [
+    f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}" for n, kw in CONFIGS
+]
 DTYPES = [np.float32, np.float64]
 
 
@@ -95,7 +101,9 @@ def reference_init(name: str, o: dict, shape, dtype) -> dict:
     return st
 
 
-def reference_step(name: str, o: dict, p: np.ndarray, g: np.ndarray, st: dict, t: int) -> np.ndarray:
+def reference_step(
+    name: str, o: dict, p: np.ndarray, g: np.ndarray, st: dict, t: int
+) -> np.ndarray:
     """One step in p's dtype; returns the new p and updates st. Scalars are
     computed in Python floats (double) and rounded to the dtype once."""
     T = p.dtype.type
@@ -116,7 +124,11 @@ def reference_step(name: str, o: dict, p: np.ndarray, g: np.ndarray, st: dict, t
             g = g + c(wd) * p
     if name == "SGD":
         if o["momentum"] != 0:
-            b = g if t == 1 else st["momentum_buffer"] * c(o["momentum"]) + c(1 - o["dampening"]) * g
+            b = (
+                g
+                if t == 1
+                else st["momentum_buffer"] * c(o["momentum"]) + c(1 - o["dampening"]) * g
+            )
             st["momentum_buffer"] = b
             g = g + c(o["momentum"]) * b if o["nesterov"] else b
         return p + c(-lr) * g
@@ -172,7 +184,9 @@ def reference_step(name: str, o: dict, p: np.ndarray, g: np.ndarray, st: dict, t
     rho_t = rho_inf - 2 * t * b2**t / bc2
     bm = m / c(bc1)
     if rho_t > 5:
-        rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        rect = math.sqrt(
+            (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+        )
         return p - ((bm * c(lr)) * (c(math.sqrt(bc2)) / (np.sqrt(v) + eps))) * c(rect)
     return p - bm * c(lr)
 
@@ -276,7 +290,10 @@ def test_every_isa_and_thread_count_gives_the_same_bits(name, dtype):
 @pytest.mark.parametrize("n", EDGE_SIZES)
 def test_edge_sizes(isa, dtype, n):
     p0, grads = problem(n, dtype, steps=2, seed=n)
-    for name, kw in [("Adam", dict(amsgrad=True, weight_decay=0.1)), ("SGD", dict(lr=0.1, momentum=0.9))]:
+    for name, kw in [
+        ("Adam", dict(amsgrad=True, weight_decay=0.1)),
+        ("SGD", dict(lr=0.1, momentum=0.9)),
+    ]:
         ours, _ = run_ours(name, kw, p0, grads)
         np.testing.assert_array_equal(ours, run_reference(name, kw, p0, grads, dtype))
 
@@ -301,7 +318,17 @@ def test_defaults_match_torch():
     torch = pytest.importorskip("torch")
     import inspect
 
-    for name in ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam"]:
+    for name in [
+        "SGD",
+        "Adagrad",
+        "RMSprop",
+        "Adadelta",
+        "Adam",
+        "AdamW",
+        "Adamax",
+        "NAdam",
+        "RAdam",
+    ]:
         ours = inspect.signature(getattr(optim, name)).parameters
         theirs = inspect.signature(getattr(torch.optim, name)).parameters
         for arg, par in theirs.items():

@@ -7,7 +7,6 @@ import os
 
 import numpy as np
 import pytest
-
 import slimgrad
 from slimgrad import optim
 from slimgrad.optim import functional as F
@@ -27,8 +26,15 @@ def grads_like(params, rng):
 
 def snapshot(opt, params):
     """Deep copy of everything a failed step must leave alone."""
-    state = {k: {n: (v.copy() if isinstance(v, np.ndarray) else v) for n, v in st.items()} for k, st in opt.state.items()}
-    ps = {k: v.copy() for k, v in params.items()} if isinstance(params, dict) else [v.copy() for v in params]
+    state = {
+        k: {n: (v.copy() if isinstance(v, np.ndarray) else v) for n, v in st.items()}
+        for k, st in opt.state.items()
+    }
+    ps = (
+        {k: v.copy() for k, v in params.items()}
+        if isinstance(params, dict)
+        else [v.copy() for v in params]
+    )
     return state, ps
 
 
@@ -65,17 +71,28 @@ def test_param_groups_with_their_own_options(rng):
     params = model(rng)
     before = {k: v.copy() for k, v in params.items()}
     opt = optim.SGD(
-        [{"params": {"fc1.weight": params["fc1.weight"]}, "lr": 1.0},
-         {"params": {k: params[k] for k in ("fc1.bias", "fc2.weight")}}],
+        [
+            {"params": {"fc1.weight": params["fc1.weight"]}, "lr": 1.0},
+            {"params": {k: params[k] for k in ("fc1.bias", "fc2.weight")}},
+        ],
         lr=0.5,
     )
     assert [g["lr"] for g in opt.param_groups] == [1.0, 0.5]
     g = grads_like(params, rng)
     opt.step(g)  # a flat dict by name
-    np.testing.assert_allclose(params["fc1.weight"], before["fc1.weight"] - g["fc1.weight"], rtol=1e-6)
-    np.testing.assert_allclose(params["fc1.bias"], before["fc1.bias"] - 0.5 * g["fc1.bias"], rtol=1e-6)
+    np.testing.assert_allclose(
+        params["fc1.weight"], before["fc1.weight"] - g["fc1.weight"], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        params["fc1.bias"], before["fc1.bias"] - 0.5 * g["fc1.bias"], rtol=1e-6
+    )
     # one dict per group works too
-    opt.step([{"fc1.weight": g["fc1.weight"]}, {"fc1.bias": g["fc1.bias"], "fc2.weight": g["fc2.weight"]}])
+    opt.step(
+        [
+            {"fc1.weight": g["fc1.weight"]},
+            {"fc1.bias": g["fc1.bias"], "fc2.weight": g["fc2.weight"]},
+        ]
+    )
     assert opt.state["fc2.weight"]["step"] == 2
 
 
@@ -92,18 +109,41 @@ def test_list_params_and_list_groups(rng):
 @pytest.mark.parametrize(
     ("grads", "exc", "msg"),
     [
-        (lambda g: [g["fc1.weight"]], TypeError, "grads: expected a dict by parameter name, got list"),
-        (lambda g: {k: g[k] for k in ("fc1.weight", "fc2.weight")}, ValueError,
-         "grads: missing 'fc1.bias' (a gradient for every parameter is required)"),
-        (lambda g: {**g, "extra": g["fc1.bias"]}, ValueError, "grads: unexpected name 'extra' (not a parameter)"),
-        (lambda g: {**g, "fc1.bias": g["fc1.bias"].astype(np.float64)}, TypeError,
-         "grads['fc1.bias']: expected float32 C-contiguous array of shape (16,), got float64 array of shape (16,)"),
-        (lambda g: {**g, "fc2.weight": g["fc2.weight"].T.copy()}, ValueError,
-         "grads['fc2.weight']: expected float32 C-contiguous array of shape (4, 16), got float32 array of shape (16, 4)"),
-        (lambda g: {**g, "fc2.weight": np.asfortranarray(g["fc2.weight"])}, TypeError,
-         "grads['fc2.weight']: expected float32 C-contiguous array of shape (4, 16), got non-contiguous float32 array of shape (4, 16)"),
-        (lambda g: {**g, "fc1.bias": list(g["fc1.bias"])}, TypeError,
-         "grads['fc1.bias']: expected float32 C-contiguous array of shape (16,), got list"),
+        (
+            lambda g: [g["fc1.weight"]],
+            TypeError,
+            "grads: expected a dict by parameter name, got list",
+        ),
+        (
+            lambda g: {k: g[k] for k in ("fc1.weight", "fc2.weight")},
+            ValueError,
+            "grads: missing 'fc1.bias' (a gradient for every parameter is required)",
+        ),
+        (
+            lambda g: {**g, "extra": g["fc1.bias"]},
+            ValueError,
+            "grads: unexpected name 'extra' (not a parameter)",
+        ),
+        (
+            lambda g: {**g, "fc1.bias": g["fc1.bias"].astype(np.float64)},
+            TypeError,
+            "grads['fc1.bias']: expected float32 C-contiguous array of shape (16,), got float64 array of shape (16,)",
+        ),
+        (
+            lambda g: {**g, "fc2.weight": g["fc2.weight"].T.copy()},
+            ValueError,
+            "grads['fc2.weight']: expected float32 C-contiguous array of shape (4, 16), got float32 array of shape (16, 4)",
+        ),
+        (
+            lambda g: {**g, "fc2.weight": np.asfortranarray(g["fc2.weight"])},
+            TypeError,
+            "grads['fc2.weight']: expected float32 C-contiguous array of shape (4, 16), got non-contiguous float32 array of shape (4, 16)",
+        ),
+        (
+            lambda g: {**g, "fc1.bias": list(g["fc1.bias"])},
+            TypeError,
+            "grads['fc1.bias']: expected float32 C-contiguous array of shape (16,), got list",
+        ),
     ],
     ids=["list-for-dict", "missing", "extra", "dtype", "shape", "fortran", "not-array"],
 )
@@ -141,17 +181,27 @@ def test_read_only_param_raises(rng):
     snap = snapshot(opt, params)
     with pytest.raises(ValueError) as e:
         opt.step(grads_like(params, rng))
-    assert str(e.value) == "params['fc2.weight']: expected a writable array, got a read-only float32 array of shape (4, 16)"
+    assert (
+        str(e.value)
+        == "params['fc2.weight']: expected a writable array, got a read-only float32 array of shape (4, 16)"
+    )
     assert_unchanged(opt, params, snap)
 
 
 @pytest.mark.parametrize(
     ("params", "exc", "msg"),
     [
-        (np.zeros(3), TypeError, "params: expected a dict, a list of ndarrays or a list of param groups, got ndarray"),
+        (
+            np.zeros(3),
+            TypeError,
+            "params: expected a dict, a list of ndarrays or a list of param groups, got ndarray",
+        ),
         ([], ValueError, "params: expected at least one parameter, got an empty list"),
-        ({"w": np.zeros(3, np.int32)}, TypeError,
-         "params['w']: expected float32, float64, float16 or bfloat16 C-contiguous array, got int32 array of shape (3,)"),
+        (
+            {"w": np.zeros(3, np.int32)},
+            TypeError,
+            "params['w']: expected float32, float64, float16 or bfloat16 C-contiguous array, got int32 array of shape (3,)",
+        ),
         ({"w": [1.0, 2.0]}, TypeError, "params['w']: expected an ndarray, got list"),
     ],
     ids=["array", "empty", "int", "list"],
@@ -217,7 +267,11 @@ def test_nonfinite_in_a_later_group_leaves_earlier_groups_untouched(rng):
     params = [a, b, c]
     opt = optim.Adam([{"params": [a, b]}, {"params": [c], "lr": 0.1}], nonfinite="skip")
     snap = snapshot(opt, params)
-    g = [rng.standard_normal(50).astype(np.float32), rng.standard_normal(50_000), rng.standard_normal(70).astype(np.float32)]
+    g = [
+        rng.standard_normal(50).astype(np.float32),
+        rng.standard_normal(50_000),
+        rng.standard_normal(70).astype(np.float32),
+    ]
     g[2][69] = np.inf
     assert opt.step(g) is False
     assert_unchanged(opt, params, snap)
@@ -240,8 +294,15 @@ def test_nonfinite_ignore_lets_nan_through(rng):
 
 # ------------------------------------------------------------- state dicts
 ROUND_TRIP = [
-    ("Adam", dict(amsgrad=True)), ("AdamW", {}), ("SGD", dict(momentum=0.9)), ("Adagrad", {}),
-    ("RMSprop", dict(centered=True, momentum=0.5)), ("Adadelta", {}), ("Adamax", {}), ("NAdam", {}), ("RAdam", {}),
+    ("Adam", dict(amsgrad=True)),
+    ("AdamW", {}),
+    ("SGD", dict(momentum=0.9)),
+    ("Adagrad", {}),
+    ("RMSprop", dict(centered=True, momentum=0.5)),
+    ("Adadelta", {}),
+    ("Adamax", {}),
+    ("NAdam", {}),
+    ("RAdam", {}),
 ]
 
 
@@ -290,26 +351,61 @@ def _bad_state_dicts(sd):
         return d
 
     return [
-        (edit(lambda d: d["state"]["fc1.bias"].__setitem__("exp_avg", np.zeros(15, np.float32))), ValueError,
-         "state_dict['state']['fc1.bias']['exp_avg']: expected float32 array of shape (16,), got float32 array of shape (15,)"),
-        (edit(lambda d: d["state"]["fc1.bias"].__setitem__("exp_avg", np.zeros(16))), ValueError,
-         "state_dict['state']['fc1.bias']['exp_avg']: expected float32 array of shape (16,), got float64 array of shape (16,)"),
-        (edit(lambda d: d["state"]["fc1.bias"].pop("exp_avg_sq")), ValueError,
-         "state_dict['state']['fc1.bias']: expected entries ['exp_avg', 'exp_avg_sq', 'step'], got ['exp_avg', 'step']"),
-        (edit(lambda d: d["state"].pop("fc2.weight")), ValueError,
-         "state_dict['state']: missing 'fc2.weight' (its group has state)"),
-        (edit(lambda d: d["state"].__setitem__("nope", {})), ValueError,
-         "state_dict['state']: unexpected key 'nope' (not a parameter)"),
-        (edit(lambda d: d["param_groups"].append(dict(d["param_groups"][0]))), ValueError,
-         "state_dict: expected 1 param groups, got 2"),
-        (edit(lambda d: d["param_groups"][0].__setitem__("params", ["fc1.bias", "fc1.weight", "fc2.weight"])), ValueError,
-         "state_dict['param_groups'][0]['params']: expected keys ['fc1.weight', 'fc1.bias', 'fc2.weight'], "
-         "got ['fc1.bias', 'fc1.weight', 'fc2.weight']"),
-        (edit(lambda d: d["state"]["fc1.bias"].__setitem__("step", -1)), ValueError,
-         "state_dict['state']['fc1.bias']['step']: expected a non-negative number, got -1"),
-        (edit(lambda d: d["state"]["fc1.bias"].__setitem__("step", 7)), ValueError,
-         "state_dict['state']: group 0 has different step counts [2, 7]"),
-        ({"state": {}}, TypeError, "state_dict: expected a dict with exactly 'state' and 'param_groups'"),
+        (
+            edit(lambda d: d["state"]["fc1.bias"].__setitem__("exp_avg", np.zeros(15, np.float32))),
+            ValueError,
+            "state_dict['state']['fc1.bias']['exp_avg']: expected float32 array of shape (16,), got float32 array of shape (15,)",
+        ),
+        (
+            edit(lambda d: d["state"]["fc1.bias"].__setitem__("exp_avg", np.zeros(16))),
+            ValueError,
+            "state_dict['state']['fc1.bias']['exp_avg']: expected float32 array of shape (16,), got float64 array of shape (16,)",
+        ),
+        (
+            edit(lambda d: d["state"]["fc1.bias"].pop("exp_avg_sq")),
+            ValueError,
+            "state_dict['state']['fc1.bias']: expected entries ['exp_avg', 'exp_avg_sq', 'step'], got ['exp_avg', 'step']",
+        ),
+        (
+            edit(lambda d: d["state"].pop("fc2.weight")),
+            ValueError,
+            "state_dict['state']: missing 'fc2.weight' (its group has state)",
+        ),
+        (
+            edit(lambda d: d["state"].__setitem__("nope", {})),
+            ValueError,
+            "state_dict['state']: unexpected key 'nope' (not a parameter)",
+        ),
+        (
+            edit(lambda d: d["param_groups"].append(dict(d["param_groups"][0]))),
+            ValueError,
+            "state_dict: expected 1 param groups, got 2",
+        ),
+        (
+            edit(
+                lambda d: d["param_groups"][0].__setitem__(
+                    "params", ["fc1.bias", "fc1.weight", "fc2.weight"]
+                )
+            ),
+            ValueError,
+            "state_dict['param_groups'][0]['params']: expected keys ['fc1.weight', 'fc1.bias', 'fc2.weight'], "
+            "got ['fc1.bias', 'fc1.weight', 'fc2.weight']",
+        ),
+        (
+            edit(lambda d: d["state"]["fc1.bias"].__setitem__("step", -1)),
+            ValueError,
+            "state_dict['state']['fc1.bias']['step']: expected a non-negative number, got -1",
+        ),
+        (
+            edit(lambda d: d["state"]["fc1.bias"].__setitem__("step", 7)),
+            ValueError,
+            "state_dict['state']: group 0 has different step counts [2, 7]",
+        ),
+        (
+            {"state": {}},
+            TypeError,
+            "state_dict: expected a dict with exactly 'state' and 'param_groups'",
+        ),
     ]
 
 
@@ -346,8 +442,14 @@ def test_checkpoint_structure_round_trip(tmp_path):
     import ml_dtypes
 
     state = {
-        "params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "h": np.ones(3, ml_dtypes.bfloat16)},
-        "optimizer": {"state": {0: {"step": 3, "m": np.zeros(2)}}, "param_groups": [{"betas": (0.9, 0.99), "lr": 1e-3}]},
+        "params": {
+            "w": np.arange(6, dtype=np.float32).reshape(2, 3),
+            "h": np.ones(3, ml_dtypes.bfloat16),
+        },
+        "optimizer": {
+            "state": {0: {"step": 3, "m": np.zeros(2)}},
+            "param_groups": [{"betas": (0.9, 0.99), "lr": 1e-3}],
+        },
         "extra": [1, 2.5, None, "x", True, float("inf")],
     }
     path = tmp_path / "c.safetensors"
@@ -458,8 +560,13 @@ def test_functional_errors_name_the_argument():
     p = np.zeros(4, np.float32)
     with pytest.raises(TypeError) as e:
         F.sgd_(p, np.zeros(4), step=1, lr=0.1)
-    assert str(e.value) == "grad: expected float32 C-contiguous array of shape (4,), got float64 array of shape (4,)"
-    with pytest.raises(ValueError, match="exp_avg_sq: expected float32 C-contiguous array of shape"):
+    assert (
+        str(e.value)
+        == "grad: expected float32 C-contiguous array of shape (4,), got float64 array of shape (4,)"
+    )
+    with pytest.raises(
+        ValueError, match="exp_avg_sq: expected float32 C-contiguous array of shape"
+    ):
         F.adam_(p, p.copy(), np.zeros(4, np.float32), np.zeros(3, np.float32), step=1)
     with pytest.raises(ValueError, match="momentum_buffer: required exactly when momentum != 0"):
         F.sgd_(p, p.copy(), step=1, lr=0.1, momentum=0.9)

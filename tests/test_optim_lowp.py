@@ -6,7 +6,6 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-
 from conftest import run_everywhere
 from slimgrad import optim
 from slimgrad.optim import functional as F
@@ -26,19 +25,24 @@ def _mix64_int(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+def _fmix32(x: np.ndarray) -> np.ndarray:
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x85EBCA6B)
+    x = x ^ (x >> np.uint32(13))
+    x = x * np.uint32(0xC2B2AE35)
+    return x ^ (x >> np.uint32(16))
 
 
 def sr_bits(seed: int, step: int, n: int, offset: int = 0) -> np.ndarray:
-    key = _mix64_int(_mix64_int((seed + 0x9E3779B97F4A7C15) & M64) ^ ((step * 0xD1B54A32D192ED03) & M64))
+    key = _mix64_int(
+        _mix64_int((seed + 0x9E3779B97F4A7C15) & M64) ^ ((step * 0xD1B54A32D192ED03) & M64)
+    )
     idx = np.arange(offset, offset + n, dtype=np.uint64)
+    lo = (idx & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    hi = (idx >> np.uint64(32)).astype(np.uint32)
     with np.errstate(over="ignore"):
-        return (_mix64(np.uint64(key) + idx * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)).astype(np.uint32)
+        a = _fmix32(lo * np.uint32(0x9E3779B1) + np.uint32(key & 0xFFFFFFFF))
+        return _fmix32(a ^ np.uint32(key >> 32) ^ (hi * np.uint32(0x85EBCA77)))
 
 
 def round_stochastic(x: np.ndarray, dtype: np.dtype, r: np.ndarray) -> np.ndarray:
@@ -46,10 +50,13 @@ def round_stochastic(x: np.ndarray, dtype: np.dtype, r: np.ndarray) -> np.ndarra
     x = x.astype(np.float32)
     if dtype == np.dtype(ml_dtypes.bfloat16):
         bits = x.view(np.uint32).astype(np.uint64) + (r & 0xFFFF)
-        return (bits >> 16).astype(np.uint16).view(ml_dtypes.bfloat16)
-    near = x.astype(np.float16)  # nearest; step toward zero if it went beyond |x|
+        sr = (bits >> 16).astype(np.uint16).view(ml_dtypes.bfloat16)
+        return np.where(np.isfinite(x), sr, x.astype(ml_dtypes.bfloat16))
+    with np.errstate(over="ignore"):
+        near = x.astype(np.float16)  # nearest; step toward zero if it went beyond |x|
     nb = near.view(np.uint16).copy()
-    over = np.abs(near.astype(np.float32)) > np.abs(x)
+    with np.errstate(invalid="ignore"):
+        over = np.abs(near.astype(np.float32)) > np.abs(x)
     nb[over] -= 1
     down = nb.view(np.float16)
     up = (nb + 1).astype(np.uint16).view(np.float16)
@@ -58,7 +65,9 @@ def round_stochastic(x: np.ndarray, dtype: np.dtype, r: np.ndarray) -> np.ndarra
         frac = (ax - fd) / (fu - fd)
     u = (r >> 8).astype(np.float32) * np.float32(2.0**-24)
     out = np.where((fd != ax) & (u < frac), up, down)
-    return out
+    special = ~np.isfinite(x) | (ax > 65504)  # rounded to nearest
+    with np.errstate(over="ignore"):
+        return np.where(special, x.astype(np.float16), out)
 
 
 def emulate(name, kw, p0, grads, rounding="nearest", seed=0):
@@ -147,12 +156,67 @@ def test_stochastic_rounding_is_unbiased(dtype):
     assert np.all(np.abs(total / n - x) <= 5 * ulp * 0.5 / np.sqrt(n))
 
 
+SPECIALS = np.array(
+    [
+        0.0,
+        -0.0,
+        1e-6,
+        -3e-8,
+        1e-9,
+        6.1e-5,
+        65504.0,
+        65505.0,
+        65519.0,
+        65520.0,
+        7e4,
+        -7e4,
+        1e38,
+        3.4e38,
+        np.inf,
+        -np.inf,
+        np.nan,
+        1.0,
+        -2.5,
+        1.0 + 2.0**-12,
+        1.5e-45,
+    ],
+    np.float32,
+)
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=HALF_IDS)
+def test_stochastic_special_values(dtype):
+    x = np.tile(SPECIALS, 5)  # 105 elements: full vectors and a tail
+
+    def go():
+        p = np.zeros(x.size, dtype)
+        F.sgd_(p, np.zeros_like(p), step=3, lr=0.0, master=x.copy(), rounding="stochastic", seed=9)
+        return p
+
+    expected = round_stochastic(x, dtype, sr_bits(9, 3, x.size)).astype(np.float32)
+    for key, p in run_everywhere(go).items():
+        got = p.astype(np.float32)
+        nan = np.isnan(expected)
+        np.testing.assert_array_equal(np.isnan(got), nan, err_msg=str(key))
+        np.testing.assert_array_equal(
+            got[~nan].view(np.uint32), expected[~nan].view(np.uint32), err_msg=str(key)
+        )
+
+
 def test_stochastic_depends_on_seed_and_step():
     x = np.full(1000, 1.0 + 2.0**-8, np.float32)  # halfway between two bfloat16 values (ulp 2^-7)
     outs = []
     for seed, step in [(0, 1), (1, 1), (0, 2), (0, 1)]:
         p = np.zeros(1000, ml_dtypes.bfloat16)
-        F.sgd_(p, np.zeros_like(p), step=step, lr=0.0, master=x.copy(), rounding="stochastic", seed=seed)
+        F.sgd_(
+            p,
+            np.zeros_like(p),
+            step=step,
+            lr=0.0,
+            master=x.copy(),
+            rounding="stochastic",
+            seed=seed,
+        )
         outs.append(p.view(np.uint16).copy())
     assert not np.array_equal(outs[0], outs[1])
     assert not np.array_equal(outs[0], outs[2])
@@ -176,5 +240,7 @@ def test_half_master_must_be_float32():
     p = np.zeros(4, np.float16)
     with pytest.raises(TypeError, match="master: expected float32 C-contiguous array of shape"):
         F.sgd_(p, p.copy(), step=1, lr=0.1, master=np.zeros(4, np.float16))
-    with pytest.raises(ValueError, match="masters: float16/bfloat16 params need float32 master copies"):
+    with pytest.raises(
+        ValueError, match="masters: float16/bfloat16 params need float32 master copies"
+    ):
         F.sgd_(p, p.copy(), step=1, lr=0.1)

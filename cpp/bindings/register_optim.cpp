@@ -37,12 +37,55 @@ Algo parse_algo(const std::string& s) {
 
 std::string str_at(const py::list& names, std::size_t i) { return py::cast<std::string>(names[i]); }
 
+// The buffer contract's accept path, without allocations: a step over
+// hundreds of small arrays checks ~4 arrays per parameter, and check_array
+// (which builds dtype and shape objects) would cost more than the update.
+// Anything this does not accept goes through check_array, which raises the
+// exact error (or accepts an unusual but valid array).
+struct Quick {
+  int type_num;
+  const py::ssize_t* dims;
+  int nd;
+};
+
+bool quick_ok(py::handle obj, const Quick& q, Access access) {
+  if (!py::isinstance<py::array>(obj)) return false;
+  const auto* a = py::detail::array_proxy(obj.ptr());
+  const auto* d = py::detail::array_descriptor_proxy(a->descr);
+  using api = py::detail::npy_api;
+  static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "quick_ok assumes a little-endian host");
+  if (d->type_num != q.type_num || d->byteorder == '>') return false;
+  if (!(a->flags & api::NPY_ARRAY_C_CONTIGUOUS_)) return false;
+  if (access == Access::write && !(a->flags & api::NPY_ARRAY_WRITEABLE_)) return false;
+  if (a->nd != q.nd) return false;
+  for (int i = 0; i < q.nd; ++i)
+    if (a->dimensions[i] != q.dims[i]) return false;
+  return true;
+}
+
+void* data_of(py::handle obj) { return py::detail::array_proxy(obj.ptr())->data; }
+
+int type_num_of(py::handle obj) {
+  return py::detail::array_descriptor_proxy(py::detail::array_proxy(obj.ptr())->descr)->type_num;
+}
+
 // The checked arrays of one step, as Slots.
 struct Checked {
-  std::vector<Array> keep;  // holds references while the GIL is released
+  std::vector<py::object> keep;  // references held while the GIL is released
   std::vector<Slot> slots;
   Storage storage = Storage::f32;
 };
+
+// Checks obj (quick path, else the full contract) and returns its data pointer.
+void* checked(py::handle obj, const py::list& names, std::size_t i, const Quick& q, std::initializer_list<DType> dt,
+              Access access, Checked& c) {
+  if (!quick_ok(obj, q, access)) {
+    const std::vector<py::ssize_t> shape(q.dims, q.dims + q.nd);
+    check_array(obj, str_at(names, i), dt, access, &shape);
+  }
+  c.keep.push_back(py::reinterpret_borrow<py::object>(obj));
+  return data_of(obj);
+}
 
 // names = (param_names, grad_names, master_names or None, [state_names per state])
 Checked check_lists(const StepArgs& args, const py::list& params, const py::list& grads,
@@ -58,44 +101,49 @@ Checked check_lists(const StepArgs& args, const py::list& params, const py::list
   if (static_cast<int>(states.size()) != ns)
     throw py::value_error("states: expected " + std::to_string(ns) + " state lists for these options, got " +
                           std::to_string(states.size()));
+  std::vector<py::list> sl(ns), sln(ns);
+  for (int k = 0; k < ns; ++k) {
+    sl[k] = states[k];
+    sln[k] = sn[k];
+    if (sl[k].size() != n) throw py::value_error("states: expected " + std::to_string(n) + " arrays per state");
+  }
   Checked c;
   c.keep.reserve(n * (3 + ns));
   c.slots.resize(n);
+  if (n == 0) return c;
+  // The first param fixes the list's dtype (the Python layer buckets by dtype).
+  const Array first = check_array(params[0], str_at(pn, 0), {DType::f32, DType::f64, DType::f16, DType::bf16},
+                                  Access::write);
+  c.storage = storage_of(first.dtype);
+  const bool half = c.storage == Storage::f16 || c.storage == Storage::bf16;
+  const DType pd = first.dtype, sd = half ? DType::f32 : first.dtype;
+  const int p_num = type_num_of(params[0]);
+  const int s_num = half ? py::dtype::of<float>().num() : p_num;
+  py::list ml, mn;
+  if (half) {
+    if (masters.is_none()) throw py::value_error("masters: float16/bfloat16 params need float32 master copies");
+    ml = masters;
+    mn = names[2];
+    if (ml.size() != n) throw py::value_error("masters: expected " + std::to_string(n) + " arrays");
+  }
   std::uint64_t offset = 0;
   for (std::size_t i = 0; i < n; ++i) {
-    // One list holds one dtype (the Python layer buckets params by dtype).
-    const Array p = i == 0 ? check_array(params[i], str_at(pn, i), {DType::f32, DType::f64, DType::f16, DType::bf16},
-                                         Access::write)
-                           : check_array(params[i], str_at(pn, i), {c.keep.front().dtype}, Access::write);
-    if (i == 0) c.storage = storage_of(p.dtype);
-    const Array g = check_like(grads[i], str_at(gn, i), p, Access::read);
-    const auto shape = p.shape();
-    const bool half = c.storage == Storage::f16 || c.storage == Storage::bf16;
-    const DType sd = half ? DType::f32 : p.dtype;
+    const py::handle ph = params[i];
+    // A param's shape is its own: only its type is checked before reading it.
+    if (!py::isinstance<py::array>(ph)) check_array(ph, str_at(pn, i), {pd}, Access::write);
+    const auto* pa = py::detail::array_proxy(ph.ptr());
+    const Quick q{p_num, pa->dimensions, pa->nd};
     Slot& s = c.slots[i];
-    s.p = p.mut<void>();
-    s.g = g.ptr<void>();
-    s.n = p.size();
+    s.p = checked(ph, pn, i, q, {pd}, Access::write, c);
+    s.g = checked(grads[i], gn, i, q, {pd}, Access::read, c);
+    std::size_t size = 1;
+    for (int d = 0; d < pa->nd; ++d) size *= static_cast<std::size_t>(pa->dimensions[d]);
+    s.n = size;
     s.offset = offset;
-    offset += s.n;
-    c.keep.push_back(p);
-    c.keep.push_back(g);
-    if (half) {
-      if (masters.is_none()) throw py::value_error("masters: float16/bfloat16 params need float32 master copies");
-      const py::list ml = masters, mn = names[2];
-      if (ml.size() != n) throw py::value_error("masters: expected " + std::to_string(n) + " arrays");
-      const Array m = check_array(ml[i], str_at(mn, i), {DType::f32}, Access::write, &shape);
-      s.master = m.mut<float>();
-      c.keep.push_back(m);
-    }
-    for (int k = 0; k < ns; ++k) {
-      const py::list sl = states[k];
-      const py::list sln = sn[k];
-      if (sl.size() != n) throw py::value_error("states: expected " + std::to_string(n) + " arrays per state");
-      const Array a = check_array(sl[i], str_at(sln, i), {sd}, Access::write, &shape);
-      s.s[used[k]] = a.mut<void>();
-      c.keep.push_back(a);
-    }
+    offset += size;
+    const Quick qs{s_num, pa->dimensions, pa->nd};
+    if (half) s.master = static_cast<float*>(checked(ml[i], mn, i, qs, {DType::f32}, Access::write, c));
+    for (int k = 0; k < ns; ++k) s.s[used[k]] = checked(sl[k][i], sln[k], i, qs, {sd}, Access::write, c);
   }
   return c;
 }

@@ -161,6 +161,68 @@ inline V update(const StepConsts<typename V::Scalar>& k, const VConsts<V>& c, V 
   }
 }
 
+#if defined(__AVX2__)
+// Stochastic rounding of 8 floats, the vector form of bf16_stochastic /
+// f16_stochastic (optim.hpp), bit for bit. In an anonymous namespace: this
+// header is compiled once per ISA file, and internal linkage keeps the AVX2
+// copy and the AVX-512-flagged copy apart (the per-file-flags ODR trap).
+namespace {
+
+inline __m256i fmix32_v(__m256i x) {
+  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+  x = _mm256_mullo_epi32(x, _mm256_set1_epi32(static_cast<int>(0x85EBCA6Bu)));
+  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 13));
+  x = _mm256_mullo_epi32(x, _mm256_set1_epi32(static_cast<int>(0xC2B2AE35u)));
+  return _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+}
+
+// sr_bits(key, index0 + j) for j < 8; the low 32 bits of the index must not wrap.
+inline __m256i sr_bits8(std::uint64_t key, std::uint64_t index0) {
+  const __m256i lo = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(index0))),
+                                      _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  const __m256i a = fmix32_v(_mm256_add_epi32(_mm256_mullo_epi32(lo, _mm256_set1_epi32(static_cast<int>(0x9E3779B1u))),
+                                              _mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(key)))));
+  const std::uint32_t h =
+      static_cast<std::uint32_t>(key >> 32) ^ (static_cast<std::uint32_t>(index0 >> 32) * 0x85EBCA77u);
+  return fmix32_v(_mm256_xor_si256(a, _mm256_set1_epi32(static_cast<int>(h))));
+}
+
+inline __m128i pack16(__m256i v) {  // 8 lanes < 65536 -> 8 uint16
+  return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(v, v), 0x08));
+}
+
+inline void sr_round8(const float* xs, std::uint16_t* out, std::uint64_t key, std::uint64_t index0, bool bf16) {
+  const __m256i r = sr_bits8(key, index0);
+  const __m256 x = _mm256_loadu_ps(xs);
+  const __m256 finite = _mm256_cmp_ps(_mm256_sub_ps(x, x), _mm256_setzero_ps(), _CMP_EQ_OQ);
+  __m256i res;
+  if (bf16) {
+    const __m256i sr = _mm256_srli_epi32(
+        _mm256_add_epi32(_mm256_castps_si256(x), _mm256_and_si256(r, _mm256_set1_epi32(0xFFFF))), 16);
+    res = _mm256_blendv_epi8(simd::bf16_round_bits(simd::F8{x}), sr, _mm256_castps_si256(finite));
+  } else {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m128i down = _mm256_cvtps_ph(x, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256i d32 = _mm256_cvtepu16_epi32(down);
+    const __m256i u32 = _mm256_add_epi32(d32, _mm256_set1_epi32(1));
+    const __m256 ax = _mm256_andnot_ps(sign, x);
+    const __m256 fd = _mm256_andnot_ps(sign, _mm256_cvtph_ps(down));
+    const __m256 fu = _mm256_andnot_ps(sign, _mm256_cvtph_ps(pack16(u32)));
+    const __m256 frac = _mm256_div_ps(_mm256_sub_ps(ax, fd), _mm256_sub_ps(fu, fd));
+    const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(r, 8)), _mm256_set1_ps(5.9604644775390625e-8f));
+    const __m256 up = _mm256_and_ps(_mm256_cmp_ps(u, frac, _CMP_LT_OQ), _mm256_cmp_ps(fd, ax, _CMP_NEQ_OQ));
+    const __m256i sr = _mm256_blendv_epi8(d32, u32, _mm256_castps_si256(up));
+    const __m256i near = _mm256_cvtepu16_epi32(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m256 special = _mm256_or_ps(_mm256_cmp_ps(ax, _mm256_set1_ps(65504.0f), _CMP_GT_OQ),
+                                        _mm256_xor_ps(finite, _mm256_castsi256_ps(_mm256_set1_epi32(-1))));
+    res = _mm256_blendv_epi8(sr, near, _mm256_castps_si256(special));
+  }
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), pack16(res));
+}
+
+}  // namespace
+#endif  // __AVX2__
+
 template <Isa I>
 inline Vec<float, I> load_half(const std::uint16_t* p, bool bf16) {
   return bf16 ? load_bf16<I>(p) : load_f16<I>(p);
@@ -216,9 +278,18 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
       if (a.stochastic) {
         float xs[W];
         x.store(xs);
-        for (std::size_t j = 0; j < n; ++j) {
-          const std::uint32_t r = sr_bits(key, s.offset + i + j);
-          out[j] = bf16 ? bf16_stochastic(xs[j], r) : f16_stochastic(xs[j], r);
+        for (std::size_t j = 0; j < n; j += 8) {
+          const std::uint64_t idx = s.offset + i + j;
+#if defined(__AVX2__)
+          if (static_cast<std::uint32_t>(idx) <= 0xFFFFFFF8u) {  // no wrap of the low 32 bits
+            sr_round8(xs + j, out + j, key, idx, bf16);
+            continue;
+          }
+#endif
+          for (std::size_t q = j; q < j + 8 && q < W; ++q) {
+            const std::uint32_t r = sr_bits(key, s.offset + i + q);
+            out[q] = bf16 ? bf16_stochastic(xs[q], r) : f16_stochastic(xs[q], r);
+          }
         }
       } else if (bf16) {
         store_bf16(out, x);

@@ -27,9 +27,17 @@ import numpy as np
 __all__ = ["save", "load"]
 
 _DTYPES = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
-    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
-    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"),
+    "U32": np.dtype("<u4"),
+    "U16": np.dtype("<u2"),
+    "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
 }
 try:
@@ -64,7 +72,9 @@ def _encode(obj: Any, where: str, tensors: dict[str, np.ndarray]) -> Any:
         items = []
         for k, v in obj.items():
             if not isinstance(k, (str, int)) or isinstance(k, bool):
-                raise TypeError(f"{where}: dict keys must be str or int to be saved, got {type(k).__name__}")
+                raise TypeError(
+                    f"{where}: dict keys must be str or int to be saved, got {type(k).__name__}"
+                )
             items.append([k, _encode(v, f"{where}/{k}", tensors)])
         return {"__dict__": items}
     if isinstance(obj, (list, tuple)):
@@ -79,7 +89,9 @@ def _encode(obj: Any, where: str, tensors: dict[str, np.ndarray]) -> Any:
         return f if math.isfinite(f) else {"__float__": repr(f)}
     if obj is None or isinstance(obj, str):
         return obj
-    raise TypeError(f"{where}: cannot save a {type(obj).__name__} (arrays, dicts, lists, tuples, scalars, str, None)")
+    raise TypeError(
+        f"{where}: cannot save a {type(obj).__name__} (arrays, dicts, lists, tuples, scalars, str, None)"
+    )
 
 
 def _decode(obj: Any, tensors: dict[str, np.ndarray]) -> Any:
@@ -126,7 +138,11 @@ def save(path: str | os.PathLike, **state: Any) -> None:
         a = np.ascontiguousarray(a)
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
-        header[name] = {"dtype": _code(a, name), "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        header[name] = {
+            "dtype": _code(a, name),
+            "shape": list(a.shape),
+            "data_offsets": [offset, offset + a.nbytes],
+        }
         offset += a.nbytes
         arrays.append(a)
     raw = json.dumps(header, separators=(",", ":")).encode()
@@ -177,7 +193,9 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{os.fspath(path)}: not a safetensors file (too short)")
     (n,) = struct.unpack("<Q", data[:8])
     if n > len(data) - 8:
-        raise ValueError(f"{os.fspath(path)}: not a safetensors file (header length {n} beyond the end)")
+        raise ValueError(
+            f"{os.fspath(path)}: not a safetensors file (header length {n} beyond the end)"
+        )
     try:
         header = json.loads(data[8 : 8 + n])
     except ValueError as e:
@@ -188,12 +206,18 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
     for name, info in header.items():
         dt = _DTYPES.get(info.get("dtype"))
         if dt is None:
-            raise ValueError(f"{os.fspath(path)}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
+            raise ValueError(
+                f"{os.fspath(path)}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}"
+            )
         b, e = info["data_offsets"]
         shape = tuple(info["shape"])
         if not 0 <= b <= e <= len(body) or e - b != dt.itemsize * math.prod(shape):
             raise ValueError(f"{os.fspath(path)}: tensor {name!r} has bad data offsets {[b, e]}")
-        tensors[name] = np.frombuffer(body[b:e], dtype=dt).reshape(shape).astype(dt.newbyteorder("="), copy=True)
+        tensors[name] = (
+            np.frombuffer(body[b:e], dtype=dt)
+            .reshape(shape)
+            .astype(dt.newbyteorder("="), copy=True)
+        )
     if _KEY not in meta:
         return tensors
     tree = json.loads(meta[_KEY])

@@ -149,7 +149,9 @@ bool find_nonfinite_multi(Storage st, const void* const* arrays, const std::size
 
 // ------------------------------------------------- stochastic rounding
 // A counter-based hash of (seed, step, element index): the same bits for any
-// thread count, chunking or ISA. sr_key is computed once per call.
+// thread count, chunking or ISA. sr_key mixes seed and step once per call
+// (64-bit); the per-element part works on 32-bit lanes (two murmur3
+// finalizer rounds) so AVX2 can compute 8 at a time with vpmulld.
 inline std::uint64_t mix64(std::uint64_t x) {  // splitmix64 finalizer
   x ^= x >> 30;
   x *= 0xBF58476D1CE4E5B9ull;
@@ -160,8 +162,17 @@ inline std::uint64_t mix64(std::uint64_t x) {  // splitmix64 finalizer
 inline std::uint64_t sr_key(std::uint64_t seed, std::uint64_t step) {
   return mix64(mix64(seed + 0x9E3779B97F4A7C15ull) ^ (step * 0xD1B54A32D192ED03ull));
 }
+inline std::uint32_t fmix32(std::uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x85EBCA6Bu;
+  x ^= x >> 13;
+  x *= 0xC2B2AE35u;
+  return x ^ (x >> 16);
+}
 inline std::uint32_t sr_bits(std::uint64_t key, std::uint64_t index) {
-  return static_cast<std::uint32_t>(mix64(key + index * 0x9E3779B97F4A7C15ull) >> 32);
+  const auto lo = static_cast<std::uint32_t>(index), hi = static_cast<std::uint32_t>(index >> 32);
+  const std::uint32_t a = fmix32(lo * 0x9E3779B1u + static_cast<std::uint32_t>(key));
+  return fmix32(a ^ static_cast<std::uint32_t>(key >> 32) ^ (hi * 0x85EBCA77u));
 }
 
 // bfloat16: add 16 random bits below the kept ones and truncate, so x rounds

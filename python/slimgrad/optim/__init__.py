@@ -22,7 +22,17 @@ __all__ = ["Optimizer"]
 # own modules, written in parallel; until a module exists its names are
 # simply absent (an explicit list, so a typo here is not silently hidden).
 _EXPORTS = {
-    "_optimizers": ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam"],
+    "_optimizers": [
+        "SGD",
+        "Adagrad",
+        "RMSprop",
+        "Adadelta",
+        "Adam",
+        "AdamW",
+        "Adamax",
+        "NAdam",
+        "RAdam",
+    ],
     "_arena": ["flatten"],
     "lion": ["Lion"],
     "lamb": ["LAMB"],
@@ -44,6 +54,8 @@ for _mod, _names in _EXPORTS.items():
         globals()[_n] = getattr(_m, _n)
         __all__.append(_n)
 
-from . import functional  # noqa: E402
+from . import functional  # noqa: E402, F401  (exported through __all__ below)
+
+__all__.append("functional")
 
 del importlib, _mod, _names

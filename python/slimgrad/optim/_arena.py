@@ -44,7 +44,9 @@ def flatten(params: Mapping[str, np.ndarray] | list[np.ndarray]) -> Any:
     elif isinstance(params, (list, tuple)):
         items = list(enumerate(params))
     else:
-        raise TypeError(f"params: expected a dict or a list of ndarrays, got {type(params).__name__}")
+        raise TypeError(
+            f"params: expected a dict or a list of ndarrays, got {type(params).__name__}"
+        )
     for k, a in items:
         if not isinstance(a, np.ndarray):
             raise TypeError(f"params[{k!r}]: expected an ndarray, got {type(a).__name__}")

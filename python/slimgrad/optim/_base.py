@@ -165,7 +165,9 @@ class Optimizer:
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite: expected one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         if "rounding" in defaults and defaults["rounding"] not in ROUNDING_MODES:
-            raise ValueError(f"rounding: expected one of {ROUNDING_MODES}, got {defaults['rounding']!r}")
+            raise ValueError(
+                f"rounding: expected one of {ROUNDING_MODES}, got {defaults['rounding']!r}"
+            )
         self.defaults = dict(defaults)
         self.nonfinite = nonfinite
         self.param_groups: list[dict[str, Any]] = []
@@ -176,9 +178,12 @@ class Optimizer:
         self._params: list[np.ndarray] = []
         self._group_of: list[int] = []
         self._buckets: list[Bucket] | None = None
+        self._str_keys = True  # every param has a name (grads may be a dict)
 
         if isinstance(params, np.ndarray):
-            raise TypeError("params: expected a dict, a list of ndarrays or a list of param groups, got ndarray")
+            raise TypeError(
+                "params: expected a dict, a list of ndarrays or a list of param groups, got ndarray"
+            )
         if isinstance(params, Mapping):
             self._layout = "dict"
             groups: list[Any] = [{"params": params}]
@@ -213,7 +218,9 @@ class Optimizer:
             raise TypeError("param_group: expected a dict with a 'params' entry")
         unknown = set(param_group) - set(self.defaults) - {"params"}
         if unknown:
-            raise ValueError(f"param_group: unknown option(s) {sorted(unknown)}; known: {sorted(self.defaults)}")
+            raise ValueError(
+                f"param_group: unknown option(s) {sorted(unknown)}; known: {sorted(self.defaults)}"
+            )
         raw = param_group["params"]
         if isinstance(raw, np.ndarray):
             raw = [raw]
@@ -244,7 +251,9 @@ class Optimizer:
                     f"or non-native {p.dtype.name} array of shape {p.shape}"
                 )
             if not p.flags.writeable:
-                raise ValueError(f"{label}: expected a writable array, got a read-only {p.dtype.name} array")
+                raise ValueError(
+                    f"{label}: expected a writable array, got a read-only {p.dtype.name} array"
+                )
             if id(p) in seen_ids:
                 raise ValueError(f"{label}: this array appears more than once in params")
             if k in seen_keys:
@@ -253,10 +262,13 @@ class Optimizer:
             seen_keys.add(k)
         group = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         if group.get("rounding", "nearest") not in ROUNDING_MODES:
-            raise ValueError(f"rounding: expected one of {ROUNDING_MODES}, got {group['rounding']!r}")
+            raise ValueError(
+                f"rounding: expected one of {ROUNDING_MODES}, got {group['rounding']!r}"
+            )
         group["params"] = dict(pairs) if isinstance(raw, Mapping) else [p for _, p in pairs]
         gi = len(self.param_groups)
         self.param_groups.append(group)
+        self._str_keys = self._str_keys and isinstance(raw, Mapping)
         for k, p in pairs:
             self._keys.append(k)
             self._params.append(p)
@@ -276,7 +288,9 @@ class Optimizer:
         """Fresh state of one param (without "step"/"master"); see the module docstring."""
         return {}
 
-    def _step_bucket(self, group: dict[str, Any], bucket: Bucket, check: bool) -> tuple[int, int] | None:
+    def _step_bucket(
+        self, group: dict[str, Any], bucket: Bucket, check: bool
+    ) -> tuple[int, int] | None:
         """Update one bucket in place; see the module docstring."""
         raise NotImplementedError
 
@@ -317,7 +331,9 @@ class Optimizer:
             sts = [self.state[k] for k in b.keys]
             steps = {st["step"] for st in sts}
             if len(steps) != 1:
-                raise RuntimeError(f"parameters of one group have different step counts {sorted(steps)}")
+                raise RuntimeError(
+                    f"parameters of one group have different step counts {sorted(steps)}"
+                )
             self._pack_state(b, sts)
             b.state_dicts = sts
             if b.masters is not None:
@@ -359,36 +375,48 @@ class Optimizer:
         """grads in the flat order of params; TypeError/ValueError on a structure mismatch."""
         n = len(self._keys)
         if isinstance(grads, Mapping):
-            if self._layout == "list" or any(not isinstance(k, str) for k in self._keys):
+            if self._layout == "list" or not self._str_keys:
                 raise TypeError("grads: expected a list in the order of params, got dict")
             try:
                 flat = [grads[k] for k in self._keys]
             except KeyError:
                 missing = [k for k in self._keys if k not in grads]
-                raise ValueError(f"grads: missing {missing[0]!r} (a gradient for every parameter is required)") from None
+                raise ValueError(
+                    f"grads: missing {missing[0]!r} (a gradient for every parameter is required)"
+                ) from None
             if len(grads) != n:
                 known = set(self._keys)
                 extra = [k for k in grads if k not in known]
                 raise ValueError(f"grads: unexpected name {extra[0]!r} (not a parameter)")
             return flat
         if isinstance(grads, np.ndarray) or not isinstance(grads, (list, tuple)):
-            want = "a dict by parameter name" if self._layout == "dict" else "a list in the order of params"
+            want = (
+                "a dict by parameter name"
+                if self._layout == "dict"
+                else "a list in the order of params"
+            )
             raise TypeError(f"grads: expected {want}, got {type(grads).__name__}")
         if self._layout == "dict":
             raise TypeError("grads: expected a dict by parameter name, got list")
         if self._layout == "groups" and grads and not isinstance(grads[0], np.ndarray):
             # One entry per group, each shaped like that group's params.
             if len(grads) != len(self.param_groups):
-                raise ValueError(f"grads: expected {len(self.param_groups)} groups, got {len(grads)}")
+                raise ValueError(
+                    f"grads: expected {len(self.param_groups)} groups, got {len(grads)}"
+                )
             flat = []
             for gi, (group, gg) in enumerate(zip(self.param_groups, grads)):
                 gp = group["params"]
                 if isinstance(gp, Mapping):
                     if not isinstance(gg, Mapping):
-                        raise TypeError(f"grads[{gi}]: expected a dict by parameter name, got {type(gg).__name__}")
+                        raise TypeError(
+                            f"grads[{gi}]: expected a dict by parameter name, got {type(gg).__name__}"
+                        )
                     missing = [k for k in gp if k not in gg]
                     if missing:
-                        raise ValueError(f"grads: missing {missing[0]!r} (a gradient for every parameter is required)")
+                        raise ValueError(
+                            f"grads: missing {missing[0]!r} (a gradient for every parameter is required)"
+                        )
                     if len(gg) != len(gp):
                         extra = [k for k in gg if k not in gp]
                         raise ValueError(f"grads: unexpected name {extra[0]!r} (not a parameter)")
@@ -532,7 +560,9 @@ class Optimizer:
         if not isinstance(groups, (list, tuple)) or not isinstance(state, Mapping):
             raise TypeError("state_dict: 'param_groups' must be a list and 'state' a dict")
         if len(groups) != len(self.param_groups):
-            raise ValueError(f"state_dict: expected {len(self.param_groups)} param groups, got {len(groups)}")
+            raise ValueError(
+                f"state_dict: expected {len(self.param_groups)} param groups, got {len(groups)}"
+            )
         new_groups = []
         for gi, (mine, theirs) in enumerate(zip(self.param_groups, groups)):
             if not isinstance(theirs, Mapping) or "params" not in theirs:
@@ -550,7 +580,9 @@ class Optimizer:
             new_groups.append({n: copy.deepcopy(v) for n, v in theirs.items() if n != "params"})
         unknown = [k for k in state if k not in set(self._keys)]
         if unknown:
-            raise ValueError(f"state_dict['state']: unexpected key {unknown[0]!r} (not a parameter)")
+            raise ValueError(
+                f"state_dict['state']: unexpected key {unknown[0]!r} (not a parameter)"
+            )
         new_state: dict[Key, dict[str, Any]] = {}
         for gi, group in enumerate(new_groups):
             steps = set()
@@ -567,26 +599,42 @@ class Optimizer:
                     raise TypeError(f"{where}: expected a dict, got {type(theirs).__name__}")
                 template = self._full_init_state({**self.param_groups[gi], **group}, p)
                 if set(theirs) != set(template):
-                    raise ValueError(f"{where}: expected entries {sorted(template)}, got {sorted(theirs)}")
+                    raise ValueError(
+                        f"{where}: expected entries {sorted(template)}, got {sorted(theirs)}"
+                    )
                 st: dict[str, Any] = {}
                 for n, t in template.items():
                     v = theirs[n]
                     if isinstance(t, np.ndarray):
-                        if not isinstance(v, np.ndarray) or v.shape != t.shape or v.dtype != t.dtype:
-                            got = f"{v.dtype.name} array of shape {v.shape}" if isinstance(v, np.ndarray) else type(v).__name__
+                        if (
+                            not isinstance(v, np.ndarray)
+                            or v.shape != t.shape
+                            or v.dtype != t.dtype
+                        ):
+                            got = (
+                                f"{v.dtype.name} array of shape {v.shape}"
+                                if isinstance(v, np.ndarray)
+                                else type(v).__name__
+                            )
                             raise ValueError(
                                 f"{where}[{n!r}]: expected {t.dtype.name} array of shape {t.shape}, got {got}"
                             )
                         st[n] = np.array(v, dtype=t.dtype, order="C", copy=True)
                     else:
-                        ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                        ok = isinstance(
+                            v, (int, float, np.integer, np.floating)
+                        ) and not isinstance(v, bool)
                         if not ok or (n == "step" and (int(v) != v or v < 0)):
-                            raise ValueError(f"{where}[{n!r}]: expected a non-negative number, got {v!r}")
+                            raise ValueError(
+                                f"{where}[{n!r}]: expected a non-negative number, got {v!r}"
+                            )
                         st[n] = type(t)(v)
                 steps.add(st["step"])
                 new_state[k] = st
             if len(steps) > 1:
-                raise ValueError(f"state_dict['state']: group {gi} has different step counts {sorted(steps)}")
+                raise ValueError(
+                    f"state_dict['state']: group {gi} has different step counts {sorted(steps)}"
+                )
         # All checked: commit.
         for mine, new in zip(self.param_groups, new_groups):
             mine.update(new)

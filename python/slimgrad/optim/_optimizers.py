@@ -38,10 +38,14 @@ class _Fused(Optimizer):
 
     _algo = ""
 
-    def __init__(self, params: Any, defaults: dict[str, Any], nonfinite: str, rounding: str, seed: int) -> None:
+    def __init__(
+        self, params: Any, defaults: dict[str, Any], nonfinite: str, rounding: str, seed: int
+    ) -> None:
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
-        super().__init__(params, {**defaults, "rounding": rounding, "seed": int(seed)}, nonfinite=nonfinite)
+        super().__init__(
+            params, {**defaults, "rounding": rounding, "seed": int(seed)}, nonfinite=nonfinite
+        )
 
     # State keys in use for a group's options, in the kernel's slot order.
     def _state_keys(self, group: dict[str, Any]) -> list[str]:
@@ -101,16 +105,33 @@ class SGD(_Fused):
 
     _algo = "sgd"
 
-    def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0, dampening: float = 0,
-                 weight_decay: float = 0, nesterov: bool = False, *, maximize: bool = False,
-                 nonfinite: str = "raise", rounding: str = "nearest", seed: int = 0) -> None:
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        nonfinite: str = "raise",
+        rounding: str = "nearest",
+        seed: int = 0,
+    ) -> None:
         _lr(lr)
         _check_nonneg("momentum", momentum)
         _check_nonneg("weight_decay", weight_decay)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov: requires momentum > 0 and dampening == 0")
-        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                        nesterov=nesterov, maximize=maximize)
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            maximize=maximize,
+        )
         super().__init__(params, defaults, nonfinite, rounding, seed)
 
     def _state_keys(self, group):
@@ -131,27 +152,51 @@ class Adagrad(_Fused):
 
     _algo = "adagrad"
 
-    def __init__(self, params: Any, lr: float = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
-                 initial_accumulator_value: float = 0, eps: float = 1e-10, *, maximize: bool = False,
-                 nonfinite: str = "raise", rounding: str = "nearest", seed: int = 0) -> None:
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-2,
+        lr_decay: float = 0,
+        weight_decay: float = 0,
+        initial_accumulator_value: float = 0,
+        eps: float = 1e-10,
+        *,
+        maximize: bool = False,
+        nonfinite: str = "raise",
+        rounding: str = "nearest",
+        seed: int = 0,
+    ) -> None:
         _lr(lr)
         _check_nonneg("lr_decay", lr_decay)
         _check_nonneg("weight_decay", weight_decay)
         _check_nonneg("initial_accumulator_value", initial_accumulator_value)
         _check_nonneg("eps", eps)
-        defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                        initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize)
+        defaults = dict(
+            lr=lr,
+            lr_decay=lr_decay,
+            weight_decay=weight_decay,
+            initial_accumulator_value=initial_accumulator_value,
+            eps=eps,
+            maximize=maximize,
+        )
         super().__init__(params, defaults, nonfinite, rounding, seed)
 
     def _state_keys(self, group):
         return ["sum"]
 
     def _init_state(self, group, param):
-        return {"sum": np.full(param.shape, group["initial_accumulator_value"], self.state_dtype(param))}
+        return {
+            "sum": np.full(param.shape, group["initial_accumulator_value"], self.state_dtype(param))
+        }
 
     def _set_args(self, a, g):
         a.lr, a.lr_decay, a.weight_decay, a.eps, a.maximize = (
-            g["lr"], g["lr_decay"], g["weight_decay"], g["eps"], g["maximize"])
+            g["lr"],
+            g["lr_decay"],
+            g["weight_decay"],
+            g["eps"],
+            g["maximize"],
+        )
 
 
 class RMSprop(_Fused):
@@ -165,17 +210,35 @@ class RMSprop(_Fused):
 
     _algo = "rmsprop"
 
-    def __init__(self, params: Any, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
-                 weight_decay: float = 0, momentum: float = 0, centered: bool = False, *,
-                 maximize: bool = False, nonfinite: str = "raise", rounding: str = "nearest",
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum: float = 0,
+        centered: bool = False,
+        *,
+        maximize: bool = False,
+        nonfinite: str = "raise",
+        rounding: str = "nearest",
+        seed: int = 0,
+    ) -> None:
         _lr(lr)
         _check_nonneg("alpha", alpha)
         _check_nonneg("eps", eps)
         _check_nonneg("weight_decay", weight_decay)
         _check_nonneg("momentum", momentum)
-        defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                        centered=centered, maximize=maximize)
+        defaults = dict(
+            lr=lr,
+            alpha=alpha,
+            eps=eps,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            centered=centered,
+            maximize=maximize,
+        )
         super().__init__(params, defaults, nonfinite, rounding, seed)
 
     def _state_keys(self, group):
@@ -201,9 +264,19 @@ class Adadelta(_Fused):
 
     _algo = "adadelta"
 
-    def __init__(self, params: Any, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
-                 weight_decay: float = 0, *, maximize: bool = False, nonfinite: str = "raise",
-                 rounding: str = "nearest", seed: int = 0) -> None:
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1.0,
+        rho: float = 0.9,
+        eps: float = 1e-6,
+        weight_decay: float = 0,
+        *,
+        maximize: bool = False,
+        nonfinite: str = "raise",
+        rounding: str = "nearest",
+        seed: int = 0,
+    ) -> None:
         _lr(lr)
         if not 0.0 <= rho <= 1.0:
             raise ValueError(f"rho: expected 0 <= rho <= 1, got {rho!r}")
@@ -216,7 +289,13 @@ class Adadelta(_Fused):
         return ["square_avg", "acc_delta"]
 
     def _set_args(self, a, g):
-        a.lr, a.rho, a.eps, a.weight_decay, a.maximize = g["lr"], g["rho"], g["eps"], g["weight_decay"], g["maximize"]
+        a.lr, a.rho, a.eps, a.weight_decay, a.maximize = (
+            g["lr"],
+            g["rho"],
+            g["eps"],
+            g["weight_decay"],
+            g["maximize"],
+        )
 
 
 class Adam(_Fused):
@@ -232,35 +311,83 @@ class Adam(_Fused):
 
     _algo = "adam"
 
-    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0, amsgrad: bool = False, *,
-                 maximize: bool = False, decoupled_weight_decay: bool = False, nonfinite: str = "raise",
-                 rounding: str = "nearest", seed: int = 0) -> None:
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        decoupled_weight_decay: bool = False,
+        nonfinite: str = "raise",
+        rounding: str = "nearest",
+        seed: int = 0,
+    ) -> None:
         _lr(lr)
         betas = _check_betas(betas)
         _check_nonneg("eps", eps)
         _check_nonneg("weight_decay", weight_decay)
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                        maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            decoupled_weight_decay=decoupled_weight_decay,
+        )
         super().__init__(params, defaults, nonfinite, rounding, seed)
 
     def _state_keys(self, group):
         return ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
 
     def _set_args(self, a, g):
-        a.lr, (a.beta1, a.beta2), a.eps, a.weight_decay = g["lr"], g["betas"], g["eps"], g["weight_decay"]
-        a.amsgrad, a.maximize, a.decoupled = g["amsgrad"], g["maximize"], g["decoupled_weight_decay"]
+        a.lr, (a.beta1, a.beta2), a.eps, a.weight_decay = (
+            g["lr"],
+            g["betas"],
+            g["eps"],
+            g["weight_decay"],
+        )
+        a.amsgrad, a.maximize, a.decoupled = (
+            g["amsgrad"],
+            g["maximize"],
+            g["decoupled_weight_decay"],
+        )
 
 
 class AdamW(Adam):
     """AdamW, as ``torch.optim.AdamW``: Adam with decoupled weight decay (default 1e-2)."""
 
-    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
-                 maximize: bool = False, nonfinite: str = "raise", rounding: str = "nearest",
-                 seed: int = 0) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
-                         decoupled_weight_decay=True, nonfinite=nonfinite, rounding=rounding, seed=seed)
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        nonfinite: str = "raise",
+        rounding: str = "nearest",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            maximize=maximize,
+            decoupled_weight_decay=True,
+            nonfinite=nonfinite,
+            rounding=rounding,
+            seed=seed,
+        )
 
 
 class Adamax(_Fused):
@@ -272,9 +399,19 @@ class Adamax(_Fused):
 
     _algo = "adamax"
 
-    def __init__(self, params: Any, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0, *, maximize: bool = False,
-                 nonfinite: str = "raise", rounding: str = "nearest", seed: int = 0) -> None:
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        *,
+        maximize: bool = False,
+        nonfinite: str = "raise",
+        rounding: str = "nearest",
+        seed: int = 0,
+    ) -> None:
         _lr(lr)
         betas = _check_betas(betas)
         _check_nonneg("eps", eps)
@@ -287,7 +424,12 @@ class Adamax(_Fused):
 
     def _set_args(self, a, g):
         a.lr, (a.beta1, a.beta2), a.eps, a.weight_decay, a.maximize = (
-            g["lr"], g["betas"], g["eps"], g["weight_decay"], g["maximize"])
+            g["lr"],
+            g["betas"],
+            g["eps"],
+            g["weight_decay"],
+            g["maximize"],
+        )
 
 
 class NAdam(_Fused):
@@ -302,17 +444,35 @@ class NAdam(_Fused):
 
     _algo = "nadam"
 
-    def __init__(self, params: Any, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0, momentum_decay: float = 4e-3,
-                 decoupled_weight_decay: bool = False, *, maximize: bool = False, nonfinite: str = "raise",
-                 rounding: str = "nearest", seed: int = 0) -> None:
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum_decay: float = 4e-3,
+        decoupled_weight_decay: bool = False,
+        *,
+        maximize: bool = False,
+        nonfinite: str = "raise",
+        rounding: str = "nearest",
+        seed: int = 0,
+    ) -> None:
         _lr(lr)
         betas = _check_betas(betas)
         _check_nonneg("eps", eps)
         _check_nonneg("weight_decay", weight_decay)
         _check_nonneg("momentum_decay", momentum_decay)
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
-                        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            momentum_decay=momentum_decay,
+            decoupled_weight_decay=decoupled_weight_decay,
+            maximize=maximize,
+        )
         super().__init__(params, defaults, nonfinite, rounding, seed)
 
     def _state_keys(self, group):
@@ -322,8 +482,17 @@ class NAdam(_Fused):
         return {**super()._init_state(group, param), "mu_product": 1.0}
 
     def _set_args(self, a, g):
-        a.lr, (a.beta1, a.beta2), a.eps, a.weight_decay = g["lr"], g["betas"], g["eps"], g["weight_decay"]
-        a.momentum_decay, a.decoupled, a.maximize = g["momentum_decay"], g["decoupled_weight_decay"], g["maximize"]
+        a.lr, (a.beta1, a.beta2), a.eps, a.weight_decay = (
+            g["lr"],
+            g["betas"],
+            g["eps"],
+            g["weight_decay"],
+        )
+        a.momentum_decay, a.decoupled, a.maximize = (
+            g["momentum_decay"],
+            g["decoupled_weight_decay"],
+            g["maximize"],
+        )
 
     def _bucket_call(self, group, b):
         args, states, names = super()._bucket_call(group, b)
@@ -351,21 +520,42 @@ class RAdam(_Fused):
 
     _algo = "radam"
 
-    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0, decoupled_weight_decay: bool = False, *,
-                 maximize: bool = False, nonfinite: str = "raise", rounding: str = "nearest",
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        decoupled_weight_decay: bool = False,
+        *,
+        maximize: bool = False,
+        nonfinite: str = "raise",
+        rounding: str = "nearest",
+        seed: int = 0,
+    ) -> None:
         _lr(lr)
         betas = _check_betas(betas)
         _check_nonneg("eps", eps)
         _check_nonneg("weight_decay", weight_decay)
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay,
+            maximize=maximize,
+        )
         super().__init__(params, defaults, nonfinite, rounding, seed)
 
     def _state_keys(self, group):
         return ["exp_avg", "exp_avg_sq"]
 
     def _set_args(self, a, g):
-        a.lr, (a.beta1, a.beta2), a.eps, a.weight_decay = g["lr"], g["betas"], g["eps"], g["weight_decay"]
+        a.lr, (a.beta1, a.beta2), a.eps, a.weight_decay = (
+            g["lr"],
+            g["betas"],
+            g["eps"],
+            g["weight_decay"],
+        )
         a.decoupled, a.maximize = g["decoupled_weight_decay"], g["maximize"]

@@ -26,15 +26,37 @@ import numpy as np
 
 from .. import _core
 
-__all__ = ["sgd_", "adagrad_", "rmsprop_", "adadelta_", "adam_", "adamw_", "adamax_", "nadam_", "radam_"]
+__all__ = [
+    "sgd_",
+    "adagrad_",
+    "rmsprop_",
+    "adadelta_",
+    "adam_",
+    "adamw_",
+    "adamax_",
+    "nadam_",
+    "radam_",
+]
 
 
-def _run(algo: str, param: np.ndarray, grad: np.ndarray, states: list[tuple[str, np.ndarray]],
-         master: np.ndarray | None, step: int, rounding: str, seed: int, check_finite: bool, **opts) -> object:
+def _run(
+    algo: str,
+    param: np.ndarray,
+    grad: np.ndarray,
+    states: list[tuple[str, np.ndarray]],
+    master: np.ndarray | None,
+    step: int,
+    rounding: str,
+    seed: int,
+    check_finite: bool,
+    **opts,
+) -> object:
     if rounding not in ("nearest", "stochastic"):
         raise ValueError(f"rounding: expected 'nearest' or 'stochastic', got {rounding!r}")
     if int(step) < 1:
-        raise ValueError(f"step: expected the step count including this update (>= 1), got {step!r}")
+        raise ValueError(
+            f"step: expected the step count including this update (>= 1), got {step!r}"
+        )
     args = _core.optim.StepArgs()
     args.algo = algo
     for k, v in opts.items():
@@ -43,43 +65,118 @@ def _run(algo: str, param: np.ndarray, grad: np.ndarray, states: list[tuple[str,
     args.stochastic = rounding == "stochastic"
     args.seed = int(seed)
     names = (["param"], ["grad"], ["master"], [[n] for n, _ in states])
-    bad = _core.optim.step(args, [param], [grad], None if master is None else [master],
-                           [[a] for _, a in states], names, check_finite)
+    bad = _core.optim.step(
+        args,
+        [param],
+        [grad],
+        None if master is None else [master],
+        [[a] for _, a in states],
+        names,
+        check_finite,
+    )
     if bad is not None:
         raise FloatingPointError(f"grad has a non-finite value at index {bad[1]}")
     return args
 
 
-def sgd_(param: np.ndarray, grad: np.ndarray, momentum_buffer: np.ndarray | None = None, *, step: int,
-         lr: float, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
-         nesterov: bool = False, maximize: bool = False, master: np.ndarray | None = None,
-         rounding: str = "nearest", seed: int = 0, check_finite: bool = False) -> np.ndarray:
+def sgd_(
+    param: np.ndarray,
+    grad: np.ndarray,
+    momentum_buffer: np.ndarray | None = None,
+    *,
+    step: int,
+    lr: float,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+    master: np.ndarray | None = None,
+    rounding: str = "nearest",
+    seed: int = 0,
+    check_finite: bool = False,
+) -> np.ndarray:
     """SGD update (``torch.optim.SGD``'s rule). ``momentum_buffer`` is required when
     ``momentum != 0``; on ``step == 1`` it is set to the gradient (torch's first step)."""
     if (momentum != 0) != (momentum_buffer is not None):
         raise ValueError("momentum_buffer: required exactly when momentum != 0")
     states = [("momentum_buffer", momentum_buffer)] if momentum_buffer is not None else []
-    _run("sgd", param, grad, states, master, step, rounding, seed, check_finite, lr=lr, momentum=momentum,
-         dampening=dampening, weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
+    _run(
+        "sgd",
+        param,
+        grad,
+        states,
+        master,
+        step,
+        rounding,
+        seed,
+        check_finite,
+        lr=lr,
+        momentum=momentum,
+        dampening=dampening,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+        maximize=maximize,
+    )
     return param
 
 
-def adagrad_(param: np.ndarray, grad: np.ndarray, state_sum: np.ndarray, *, step: int, lr: float = 1e-2,
-             lr_decay: float = 0.0, weight_decay: float = 0.0, eps: float = 1e-10, maximize: bool = False,
-             master: np.ndarray | None = None, rounding: str = "nearest", seed: int = 0,
-             check_finite: bool = False) -> np.ndarray:
+def adagrad_(
+    param: np.ndarray,
+    grad: np.ndarray,
+    state_sum: np.ndarray,
+    *,
+    step: int,
+    lr: float = 1e-2,
+    lr_decay: float = 0.0,
+    weight_decay: float = 0.0,
+    eps: float = 1e-10,
+    maximize: bool = False,
+    master: np.ndarray | None = None,
+    rounding: str = "nearest",
+    seed: int = 0,
+    check_finite: bool = False,
+) -> np.ndarray:
     """Adagrad update (``torch.optim.Adagrad``'s rule); ``state_sum`` is the running sum of squares."""
-    _run("adagrad", param, grad, [("state_sum", state_sum)], master, step, rounding, seed, check_finite,
-         lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, maximize=maximize)
+    _run(
+        "adagrad",
+        param,
+        grad,
+        [("state_sum", state_sum)],
+        master,
+        step,
+        rounding,
+        seed,
+        check_finite,
+        lr=lr,
+        lr_decay=lr_decay,
+        weight_decay=weight_decay,
+        eps=eps,
+        maximize=maximize,
+    )
     return param
 
 
-def rmsprop_(param: np.ndarray, grad: np.ndarray, square_avg: np.ndarray,
-             momentum_buffer: np.ndarray | None = None, grad_avg: np.ndarray | None = None, *, step: int,
-             lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
-             momentum: float = 0.0, centered: bool = False, maximize: bool = False,
-             master: np.ndarray | None = None, rounding: str = "nearest", seed: int = 0,
-             check_finite: bool = False) -> np.ndarray:
+def rmsprop_(
+    param: np.ndarray,
+    grad: np.ndarray,
+    square_avg: np.ndarray,
+    momentum_buffer: np.ndarray | None = None,
+    grad_avg: np.ndarray | None = None,
+    *,
+    step: int,
+    lr: float = 1e-2,
+    alpha: float = 0.99,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    centered: bool = False,
+    maximize: bool = False,
+    master: np.ndarray | None = None,
+    rounding: str = "nearest",
+    seed: int = 0,
+    check_finite: bool = False,
+) -> np.ndarray:
     """RMSprop update (``torch.optim.RMSprop``'s rule). ``momentum_buffer`` is required
     exactly when ``momentum > 0``, ``grad_avg`` exactly when ``centered``."""
     if (momentum > 0) != (momentum_buffer is not None):
@@ -91,26 +188,85 @@ def rmsprop_(param: np.ndarray, grad: np.ndarray, square_avg: np.ndarray,
         states.append(("momentum_buffer", momentum_buffer))
     if grad_avg is not None:
         states.append(("grad_avg", grad_avg))
-    _run("rmsprop", param, grad, states, master, step, rounding, seed, check_finite, lr=lr, alpha=alpha,
-         eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered, maximize=maximize)
+    _run(
+        "rmsprop",
+        param,
+        grad,
+        states,
+        master,
+        step,
+        rounding,
+        seed,
+        check_finite,
+        lr=lr,
+        alpha=alpha,
+        eps=eps,
+        weight_decay=weight_decay,
+        momentum=momentum,
+        centered=centered,
+        maximize=maximize,
+    )
     return param
 
 
-def adadelta_(param: np.ndarray, grad: np.ndarray, square_avg: np.ndarray, acc_delta: np.ndarray, *,
-              step: int, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6, weight_decay: float = 0.0,
-              maximize: bool = False, master: np.ndarray | None = None, rounding: str = "nearest",
-              seed: int = 0, check_finite: bool = False) -> np.ndarray:
+def adadelta_(
+    param: np.ndarray,
+    grad: np.ndarray,
+    square_avg: np.ndarray,
+    acc_delta: np.ndarray,
+    *,
+    step: int,
+    lr: float = 1.0,
+    rho: float = 0.9,
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+    master: np.ndarray | None = None,
+    rounding: str = "nearest",
+    seed: int = 0,
+    check_finite: bool = False,
+) -> np.ndarray:
     """Adadelta update (``torch.optim.Adadelta``'s rule)."""
-    _run("adadelta", param, grad, [("square_avg", square_avg), ("acc_delta", acc_delta)], master, step,
-         rounding, seed, check_finite, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
+    _run(
+        "adadelta",
+        param,
+        grad,
+        [("square_avg", square_avg), ("acc_delta", acc_delta)],
+        master,
+        step,
+        rounding,
+        seed,
+        check_finite,
+        lr=lr,
+        rho=rho,
+        eps=eps,
+        weight_decay=weight_decay,
+        maximize=maximize,
+    )
     return param
 
 
-def adam_(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray, *, step: int,
-          lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-          weight_decay: float = 0.0, amsgrad: bool = False, max_exp_avg_sq: np.ndarray | None = None,
-          maximize: bool = False, decoupled_weight_decay: bool = False, master: np.ndarray | None = None,
-          rounding: str = "nearest", seed: int = 0, check_finite: bool = False) -> np.ndarray:
+def adam_(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
+    *,
+    step: int,
+    lr: float = 1e-3,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    amsgrad: bool = False,
+    max_exp_avg_sq: np.ndarray | None = None,
+    maximize: bool = False,
+    decoupled_weight_decay: bool = False,
+    master: np.ndarray | None = None,
+    rounding: str = "nearest",
+    seed: int = 0,
+    check_finite: bool = False,
+) -> np.ndarray:
     """Adam update (``torch.optim.Adam``'s rule); AdamW with ``decoupled_weight_decay=True``.
     ``max_exp_avg_sq`` is required exactly when ``amsgrad``."""
     if amsgrad != (max_exp_avg_sq is not None):
@@ -118,55 +274,184 @@ def adam_(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: 
     states = [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
     if max_exp_avg_sq is not None:
         states.append(("max_exp_avg_sq", max_exp_avg_sq))
-    _run("adam", param, grad, states, master, step, rounding, seed, check_finite, lr=lr, beta1=beta1,
-         beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
-         decoupled=decoupled_weight_decay)
+    _run(
+        "adam",
+        param,
+        grad,
+        states,
+        master,
+        step,
+        rounding,
+        seed,
+        check_finite,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        amsgrad=amsgrad,
+        maximize=maximize,
+        decoupled=decoupled_weight_decay,
+    )
     return param
 
 
-def adamw_(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray, *, step: int,
-           lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-           weight_decay: float = 1e-2, **kwargs) -> np.ndarray:
+def adamw_(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
+    *,
+    step: int,
+    lr: float = 1e-3,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    **kwargs,
+) -> np.ndarray:
     """AdamW update: :func:`adam_` with decoupled weight decay (default 1e-2)."""
-    return adam_(param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                 weight_decay=weight_decay, decoupled_weight_decay=True, **kwargs)
+    return adam_(
+        param,
+        grad,
+        exp_avg,
+        exp_avg_sq,
+        step=step,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        decoupled_weight_decay=True,
+        **kwargs,
+    )
 
 
-def adamax_(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_inf: np.ndarray, *, step: int,
-            lr: float = 2e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-            weight_decay: float = 0.0, maximize: bool = False, master: np.ndarray | None = None,
-            rounding: str = "nearest", seed: int = 0, check_finite: bool = False) -> np.ndarray:
+def adamax_(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_inf: np.ndarray,
+    *,
+    step: int,
+    lr: float = 2e-3,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+    master: np.ndarray | None = None,
+    rounding: str = "nearest",
+    seed: int = 0,
+    check_finite: bool = False,
+) -> np.ndarray:
     """Adamax update (``torch.optim.Adamax``'s rule)."""
-    _run("adamax", param, grad, [("exp_avg", exp_avg), ("exp_inf", exp_inf)], master, step, rounding, seed,
-         check_finite, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize)
+    _run(
+        "adamax",
+        param,
+        grad,
+        [("exp_avg", exp_avg), ("exp_inf", exp_inf)],
+        master,
+        step,
+        rounding,
+        seed,
+        check_finite,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        maximize=maximize,
+    )
     return param
 
 
-def nadam_(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray, *, step: int,
-           mu_product: float, lr: float = 2e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-           weight_decay: float = 0.0, momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False,
-           maximize: bool = False, master: np.ndarray | None = None, rounding: str = "nearest",
-           seed: int = 0, check_finite: bool = False) -> float:
+def nadam_(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
+    *,
+    step: int,
+    mu_product: float,
+    lr: float = 2e-3,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum_decay: float = 4e-3,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+    master: np.ndarray | None = None,
+    rounding: str = "nearest",
+    seed: int = 0,
+    check_finite: bool = False,
+) -> float:
     """NAdam update (``torch.optim.NAdam``'s rule).
 
     ``mu_product`` is the product of the momentum coefficients of the
     previous steps (1.0 before the first); returns the new product, to pass
     to the next call (``param`` is updated in place).
     """
-    args = _run("nadam", param, grad, [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)], master, step,
-                rounding, seed, check_finite, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                weight_decay=weight_decay, momentum_decay=momentum_decay, decoupled=decoupled_weight_decay,
-                maximize=maximize, mu_product=float(mu_product))
+    args = _run(
+        "nadam",
+        param,
+        grad,
+        [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)],
+        master,
+        step,
+        rounding,
+        seed,
+        check_finite,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        momentum_decay=momentum_decay,
+        decoupled=decoupled_weight_decay,
+        maximize=maximize,
+        mu_product=float(mu_product),
+    )
     return float(args.c3)
 
 
-def radam_(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray, *, step: int,
-           lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-           weight_decay: float = 0.0, decoupled_weight_decay: bool = False, maximize: bool = False,
-           master: np.ndarray | None = None, rounding: str = "nearest", seed: int = 0,
-           check_finite: bool = False) -> np.ndarray:
+def radam_(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
+    *,
+    step: int,
+    lr: float = 1e-3,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+    master: np.ndarray | None = None,
+    rounding: str = "nearest",
+    seed: int = 0,
+    check_finite: bool = False,
+) -> np.ndarray:
     """RAdam update (``torch.optim.RAdam``'s rule)."""
-    _run("radam", param, grad, [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)], master, step, rounding,
-         seed, check_finite, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-         decoupled=decoupled_weight_decay, maximize=maximize)
+    _run(
+        "radam",
+        param,
+        grad,
+        [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)],
+        master,
+        step,
+        rounding,
+        seed,
+        check_finite,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        decoupled=decoupled_weight_decay,
+        maximize=maximize,
+    )
     return param
