@@ -3,10 +3,12 @@ bytes elsewhere, the printed table, and one-line errors with exit status 2."""
 
 from __future__ import annotations
 
+import json
+import struct
+
 import ml_dtypes
 import numpy as np
 import pytest
-
 from slimgrad import prune
 from slimgrad.cli import main
 from slimgrad.prune import _safetensors as st
@@ -74,7 +76,8 @@ def test_nm_prunes_last_axis_and_skips_indivisible(checkpoint, tmp_path, capsys)
 def test_global_and_bfloat16(tmp_path, rng, capsys):
     a = rng.standard_normal((16, 16)).astype(ml_dtypes.bfloat16)
     b = (rng.standard_normal((8, 8)) * 100).astype(np.float32)
-    entries = {"a": st.Entry("BF16", [16, 16], a.tobytes()), "b": st.Entry("F32", [8, 8], b.tobytes())}
+    entries = {"a": st.Entry("BF16", [16, 16], a.tobytes()),
+               "b": st.Entry("F32", [8, 8], b.tobytes())}
     path, out_path = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
     st.write(str(path), entries, None)
     code, _, _ = _run([path, "-o", out_path, "--sparsity", "0.5", "--global"], capsys)
@@ -82,7 +85,8 @@ def test_global_and_bfloat16(tmp_path, rng, capsys):
     got, metadata = st.read(str(out_path))
     assert metadata is None
     masks = prune.global_magnitude_masks({"a": a, "b": b}, 0.5)
-    np.testing.assert_array_equal(got["a"].array(), np.where(masks["a"], a, 0).astype(ml_dtypes.bfloat16))
+    expected_a = np.where(masks["a"], a, 0).astype(ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(got["a"].array(), expected_a)
     np.testing.assert_array_equal(got["b"].array(), b * masks["b"])
 
 
@@ -90,9 +94,13 @@ def test_global_and_bfloat16(tmp_path, rng, capsys):
     (["{missing}", "-o", "{out}", "--sparsity", "0.5"], "No such file or directory"),
     (["{inp}", "-o", "{out}", "--nm", "2-4"], "--nm: expected N:M such as 2:4, got '2-4'"),
     (["{inp}", "-o", "{out}", "--nm", "5:4"], "--nm: expected 0 <= N <= M and M >= 1, got '5:4'"),
-    (["{inp}", "-o", "{out}", "--sparsity", "1.5"], "--sparsity: expected a number in [0, 1], got 1.5"),
+    (["{inp}", "-o", "{out}", "--sparsity", "1.5"],
+     "--sparsity: expected a number in [0, 1], got 1.5"),
     (["{inp}", "-o", "{out}", "--nm", "2:4", "--global"], "--global: only with --sparsity"),
     (["{garbage}", "-o", "{out}", "--sparsity", "0.5"], "not a safetensors file"),
+    (["{bad_entry}", "-o", "{out}", "--sparsity", "0.5"], "not a safetensors file (bad entry 'x')"),
+    (["{short}", "-o", "{out}", "--sparsity", "0.5"],
+     "tensor 'x' has 4 bytes, F32 (2, 2) needs 16"),
 ])
 def test_user_errors_are_one_line_exit_2(checkpoint, tmp_path, capsys, args, message):
     path, _ = checkpoint
@@ -100,6 +108,11 @@ def test_user_errors_are_one_line_exit_2(checkpoint, tmp_path, capsys, args, mes
     garbage.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
     names = {"missing": tmp_path / "missing.safetensors", "out": tmp_path / "out.safetensors",
              "inp": path, "garbage": garbage}
+    for key, entry in (("bad_entry", {"x": {"dtype": "F32"}}),
+                       ("short", {"x": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 4]}})):
+        header = json.dumps(entry).encode()
+        names[key] = tmp_path / f"{key}.safetensors"
+        names[key].write_bytes(struct.pack("<Q", len(header)) + header + bytes(4))
     code, out, err = _run([a.format(**names) for a in args], capsys)
     assert code == 2 and out == ""
     assert err.startswith("slimgrad prune: error: ") and message in err

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-
 from conftest import EDGE_SIZES, run_everywhere
 from slimgrad import prune
 
@@ -84,7 +83,50 @@ def test_magnitude_mask_adversarial(isa, dtype, kind, n, rng):
     w = make(kind, n, dtype, rng)
     order = reference_order(w)
     for s in SPARSITIES:
-        np.testing.assert_array_equal(prune.magnitude_mask(w, s), mask_from_order(order, count(s, n), w.shape))
+        expected = mask_from_order(order, count(s, n), w.shape)
+        np.testing.assert_array_equal(prune.magnitude_mask(w, s), expected)
+
+
+# Arrays from 2**18 elements on are selected through a sampled key range:
+# cover it with the adversarial data too, and with a sample that misleads.
+LARGE = 2**18 + 7
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("kind", ["normal", "ties", "denormal", "inf", "constant"])
+def test_magnitude_mask_large_arrays(dtype, kind, rng):
+    w = make(kind, LARGE, dtype, rng)
+    order = reference_order(w)
+    for s in [1e-6, 0.05, 0.5, 0.999, 0.9999999]:
+        expected = mask_from_order(order, count(s, LARGE), w.shape)
+        np.testing.assert_array_equal(prune.magnitude_mask(w, s), expected)
+
+
+def test_misleading_sample_falls_back_to_exact(rng):
+    # The selection samples 16384 evenly spaced entries; make exactly those
+    # tiny, so the guessed range around the median is far too low.
+    samples = 16384
+    positions = (2 * np.arange(samples) + 1) * LARGE // (2 * samples)
+    w = (1 + rng.random(LARGE)).astype(np.float32)
+    w[positions] = rng.random(samples).astype(np.float32) * 1e-3
+    order = reference_order(w)
+    for s in [0.01, 0.3, 0.5, 0.97]:
+        expected = mask_from_order(order, count(s, LARGE), w.shape)
+        np.testing.assert_array_equal(prune.magnitude_mask(w, s), expected)
+
+
+@pytest.mark.parametrize("n", [1000, LARGE])
+def test_prior_mask_prunes_previously_pruned_first(n, rng):
+    from slimgrad.prune._masks import _select
+
+    w = make("ties", n, np.float32, rng)
+    prior = rng.random(n) < 0.7  # False = pruned before
+    # Reference: previously pruned first (in flat order), then by |w|.
+    a = np.where(prior, np.abs(w.astype(np.float64)), -1.0)
+    order = np.lexsort((np.arange(n), a))
+    for s in [0.1, 0.3, 0.5, 0.9]:
+        (got,) = _select([w], ["w"], count(s, n), [prior])
+        np.testing.assert_array_equal(got, mask_from_order(order, count(s, n), w.shape))
 
 
 def test_tie_rule_is_lower_flat_index_first():
@@ -190,8 +232,9 @@ def reference_nm(w: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
 @pytest.mark.parametrize("shape, axis, nm", [
     (shape, axis, nm)
     for shape, axis in [((1, 4), -1), ((3, 8), 1), ((257, 12), -1), ((8, 5), 0), ((4, 12, 3), 1),
-                        ((1031, 16), 1), ((6, 6, 4), -1)]
-    for nm in [(2, 4), (1, 4), (4, 8), (0, 4), (4, 4), (1, 2)]
+                        ((1031, 16), 1), ((6, 6, 4), -1), ((8, 20), 0), ((3, 16, 2, 9), 1),
+                        ((16, 33), 0)]
+    for nm in [(2, 4), (1, 4), (4, 8), (0, 4), (4, 4), (1, 2), (5, 16)]
     if shape[axis] % nm[1] == 0])
 def test_nm_mask_matches_reference(isa, dtype, shape, axis, nm, rng):
     n, m = nm
@@ -236,7 +279,8 @@ def test_structured_against_torch_ln_structured(rng):
     torch = pytest.importorskip("torch")
     from torch.nn.utils import prune as tprune
 
-    for shape, amount, norm, dim in [((16, 8), 0.25, 1, 0), ((12, 10), 3, 2, 1), ((8, 3, 3, 3), 0.5, 2, 0)]:
+    cases = [((16, 8), 0.25, 1, 0), ((12, 10), 3, 2, 1), ((8, 3, 3, 3), 0.5, 2, 0)]
+    for shape, amount, norm, dim in cases:
         w = rng.standard_normal(shape).astype(np.float32)
         module = torch.nn.Linear(1, 1)
         module.weight = torch.nn.Parameter(torch.from_numpy(w.copy()))
@@ -262,13 +306,13 @@ def test_random_mask_exact_and_deterministic(rng):
 
 def test_every_isa_and_thread_count_identical(rng):
     w = make("ties", 300_007, np.float32, rng)
-    d = make("inf", 200_003, np.float64, rng)
+    d = make("inf", 300_007, np.float64, rng)
     v = make("normal", 4 * 100_003, np.float32, rng).reshape(-1, 4)
 
     def run():
         return (prune.magnitude_mask(w, 0.61), prune.magnitude_mask(d, 0.37),
                 prune.global_magnitude_masks({"a": w, "b": w[:1001].copy()}, 0.5)["b"],
-                prune.nm_mask(v), prune.nm_mask(d.reshape(-1, 1)[:200_000].reshape(-1, 8), 3, 8))
+                prune.nm_mask(v), prune.nm_mask(d[:300_000].reshape(-1, 8), 3, 8))
 
     results = run_everywhere(run)
     first = next(iter(results.values()))
@@ -310,11 +354,13 @@ BAD = [
     ("int weights", lambda w: prune.magnitude_mask(w.astype(np.int32), 0.5), TypeError,
      "w: expected float32 or float64 C-contiguous array, got int32 array of shape (4, 8)"),
     ("strided", lambda w: prune.magnitude_mask(w[:, ::2], 0.5), TypeError,
-     "w: expected float32 or float64 C-contiguous array, got non-contiguous float32 array of shape (4, 4)"),
+     "w: expected float32 or float64 C-contiguous array, "
+     "got non-contiguous float32 array of shape (4, 4)"),
     ("list", lambda w: prune.magnitude_mask(w.tolist(), 0.5), TypeError,
      "w: expected float32 or float64 C-contiguous array, got list"),
-    ("mixed global", lambda w: prune.global_magnitude_masks({"a": w, "b": w.astype(np.float64)}, 0.5),
-     TypeError, "weights['b']: expected float32 C-contiguous array, got float64 array of shape (4, 8)"),
+    ("mixed global",
+     lambda w: prune.global_magnitude_masks({"a": w, "b": w.astype(np.float64)}, 0.5), TypeError,
+     "weights['b']: expected float32 C-contiguous array, got float64 array of shape (4, 8)"),
     ("nm indivisible", lambda w: prune.nm_mask(w[:, :6].copy()), ValueError,
      "w: length 6 along axis 1 is not divisible by m=4"),
     ("nm axis 0", lambda w: prune.nm_mask(w, 2, 8, axis=0), ValueError,

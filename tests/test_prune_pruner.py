@@ -3,15 +3,16 @@ no revival), sensitivity, and a small MLP pruned to 80 % on the digits data."""
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
-
 from conftest import run_everywhere
 from slimgrad import prune
 
 
 def test_schedule_follows_zhu_gupta():
-    s = prune.PolynomialSchedule(0.8, begin_step=10, end_step=110, initial_sparsity=0.1, frequency=10)
+    s = prune.PolynomialSchedule(0.8, begin_step=10, end_step=110, initial_sparsity=0.1,
+                                 frequency=10)
     updates = [t for t in range(200) if s.is_update(t)]
     assert updates == list(range(10, 111, 10))
     assert s.sparsity(10) == 0.1 and s.sparsity(110) == 0.8 and s.sparsity(500) == 0.8
@@ -26,7 +27,8 @@ def test_schedule_follows_zhu_gupta():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"final_sparsity": 1.2}, "final_sparsity: expected a number in [0, 1], got 1.2"),
-    ({"final_sparsity": 0.5, "begin_step": 5, "end_step": 4}, "end_step: expected an int >= 5, got 4"),
+    ({"final_sparsity": 0.5, "begin_step": 5, "end_step": 4},
+     "end_step: expected an int >= 5, got 4"),
     ({"final_sparsity": 0.5, "frequency": 0}, "frequency: expected an int >= 1, got 0"),
     ({"final_sparsity": 0.5, "power": 0}, "power: expected a number > 0, got 0"),
 ])
@@ -57,7 +59,7 @@ def test_pruner_zeroes_weights_and_moments_in_one_pass(rng):
     np.testing.assert_array_equal(pruner.masks["w"], expected)
     assert (w[~expected] == 0).all() and (w[expected] != 0).all()
     for v in moments.values():
-        assert (v[~expected] == 0).all() and (v[expected] >= 5 - 6).all() and (v[expected] != 0).all()
+        assert (v[~expected] == 0).all() and (v[expected] != 0).all()
     assert opt.state["w"]["step"] == 3 and (other == 1).all()
     assert (opt.state[1]["momentum_buffer"] == 0).sum() == int(round(0.5 * 7))
     report = pruner.sparsity()
@@ -109,7 +111,8 @@ def test_pruned_sets_only_grow(method, rng):
     for _ in range(60):
         pruner.step()
         for v in params.values():
-            v += rng.standard_normal(v.shape).astype(np.float32) * 0.01 * (rng.random(v.shape) < 0.5)
+            moved = rng.random(v.shape) < 0.5
+            v += rng.standard_normal(v.shape).astype(np.float32) * 0.01 * moved
         current = {k: ~m for k, m in pruner.masks.items()}
         if previous is not None:
             for k in params:
@@ -121,7 +124,8 @@ def test_pruned_sets_only_grow(method, rng):
         assert report.per_array == {"a": 0.9, "b": 0.9}
         assert (params["a"][~pruner.masks["a"][:, 0]] == 0).all()
     else:
-        assert report.total == pytest.approx(round(0.9 * 1400) / 1400 if method == "global" else 0.9)
+        expected = round(0.9 * 1400) / 1400 if method == "global" else 0.9
+        assert report.total == pytest.approx(expected)
     for k, v in params.items():
         assert (v[~pruner.masks[k]] == 0).all()
 
@@ -132,7 +136,8 @@ def test_pruner_nm_method(rng):
     pruner.step()
     assert (pruner.masks[0].reshape(-1, 4).sum(axis=1) == 2).all()
     assert pruner.sparsity().total == 0.5
-    with pytest.raises(ValueError, match=r"params\[0\]: shape \(8, 6\) has no axis -1 divisible by m=4"):
+    message = r"params\[0\]: shape \(8, 6\) has no axis -1 divisible by m=4"
+    with pytest.raises(ValueError, match=message):
         prune.Pruner([np.ones((8, 6), np.float32)], method="nm")
 
 
@@ -142,7 +147,8 @@ def test_pruner_identical_across_isas_and_threads(rng):
 
     def run():
         a, m = a0.copy(), m0.copy()
-        pruner = prune.Pruner({"a": a}, schedule=0.63, optimizer=FakeOptimizer({"a": {"exp_avg": m}}))
+        opt = FakeOptimizer({"a": {"exp_avg": m}})
+        pruner = prune.Pruner({"a": a}, schedule=0.63, optimizer=opt)
         pruner.step()
         return a, m
 
@@ -166,10 +172,12 @@ def test_pruner_errors_change_nothing(rng):
 
     w2 = rng.standard_normal((10, 10)).astype(np.float32)
     strided = np.ones((10, 20), np.float32)[:, ::2]
-    pruner = prune.Pruner({"w": w2}, schedule=0.5, optimizer=FakeOptimizer({"w": {"exp_avg": strided}}))
+    opt = FakeOptimizer({"w": {"exp_avg": strided}})
+    pruner = prune.Pruner({"w": w2}, schedule=0.5, optimizer=opt)
     before = w2.copy()
-    with pytest.raises(TypeError, match=r"optimizer.state\['w'\]\['exp_avg'\]: expected float16, bfloat16, float32 or float64 "
-                       r"C-contiguous array of shape \(10, 10\), got non-contiguous float32"):
+    message = (r"optimizer.state\['w'\]\['exp_avg'\]: expected float16, bfloat16, float32 or "
+               r"float64 C-contiguous array of shape \(10, 10\), got non-contiguous float32")
+    with pytest.raises(TypeError, match=message):
         pruner.step()
     np.testing.assert_array_equal(w2, before)
     with pytest.raises(ValueError, match="method: expected one of"):
@@ -274,8 +282,10 @@ def _train_epoch(p, opt, x, y, rng, pruner=None, batch=64):
 def test_mlp_pruned_gradually_to_80_percent_keeps_accuracy():
     xtr, ytr, xte, yte = _digits()
     rng = np.random.default_rng(1)
-    p = {"w1": (rng.standard_normal((64, 64)) * 0.125).astype(np.float32), "b1": np.zeros(64, np.float32),
-         "w2": (rng.standard_normal((64, 10)) * 0.125).astype(np.float32), "b2": np.zeros(10, np.float32)}
+    p = {"w1": (rng.standard_normal((64, 64)) * 0.125).astype(np.float32),
+         "b1": np.zeros(64, np.float32),
+         "w2": (rng.standard_normal((64, 10)) * 0.125).astype(np.float32),
+         "b2": np.zeros(10, np.float32)}
     opt = MomentumSGD(p, lr=0.05)
     for _ in range(20):
         _train_epoch(p, opt, xtr, ytr, rng)
@@ -294,3 +304,26 @@ def test_mlp_pruned_gradually_to_80_percent_keeps_accuracy():
         assert (opt.state[k]["momentum_buffer"][~pruner.masks[k]] == 0).all()
     print(f"digits MLP accuracy: dense {dense:.3f}, 80% pruned {pruned:.3f}")
     assert pruned >= dense - 0.03, (dense, pruned)
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 15, 16, 17, 4097, 100_003])
+def test_fused_apply_every_width(isa, threads, n, rng):
+    # The kernel zeroes by element width (2, 4, 8 bytes): every dtype, tails.
+    w = rng.standard_normal(n).astype(np.float16)
+    moments = [rng.standard_normal(n).astype(dt)
+               for dt in (np.float32, np.float64, ml_dtypes.bfloat16, np.float16)]
+    mask = rng.random(n) < 0.6
+    expected = [np.where(mask, a, np.zeros((), a.dtype)) for a in (w, *moments)]
+    opt = FakeOptimizer({"w": {f"m{i}": m for i, m in enumerate(moments)}})
+    pruner = prune.Pruner({"w": w}, schedule=0.5, optimizer=opt)
+    pruner.masks = {"w": mask}
+    pruner.apply()
+    for got, want in zip((w, *moments), expected):
+        np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))  # +0.0 bits
+
+
+def test_sensitivity_structured(rng):
+    w = rng.standard_normal((10, 4)).astype(np.float32)
+    table = prune.sensitivity(lambda: int((np.abs(w).sum(axis=1) == 0).sum()), {"w": w},
+                              [0.2, 0.5], method="structured")
+    assert table == {"w": {0.2: 2, 0.5: 5}}

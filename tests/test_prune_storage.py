@@ -5,7 +5,6 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-
 from slimgrad import prune
 
 SIZES = [0, 1, 7, 8, 9, 63, 65, 100_003]
@@ -29,7 +28,8 @@ def test_pack_mask_bit_order_and_shape():
 
 
 def test_pack_mask_errors():
-    with pytest.raises(TypeError, match=r"mask: expected a bool ndarray, got float32 array of shape \(3,\)"):
+    message = r"mask: expected a bool ndarray, got float32 array of shape \(3,\)"
+    with pytest.raises(TypeError, match=message):
         prune.pack_mask(np.ones(3, np.float32))
     with pytest.raises(ValueError, match=r"packed: expected 2 bytes for shape \(3, 5\), got 3"):
         prune.unpack_mask(np.zeros(3, np.uint8), (3, 5))
@@ -45,7 +45,8 @@ def test_csr_round_trip(dtype, shape, rng):
     nnz = int(np.count_nonzero(w))
     assert data.dtype == w.dtype and data.size == nnz
     assert indices.dtype == np.int32 and indptr.dtype == np.int32 and indptr.size == shape[0] + 1
-    assert csr.nbytes == data.nbytes + indices.nbytes + indptr.nbytes == nnz * (w.itemsize + 4) + 4 * (shape[0] + 1)
+    assert csr.nbytes == data.nbytes + indices.nbytes + indptr.nbytes
+    assert csr.nbytes == nnz * (w.itemsize + 4) + 4 * (shape[0] + 1)
     np.testing.assert_array_equal(prune.from_csr(csr), w)
     np.testing.assert_array_equal(prune.from_csr((data, indices, indptr), shape=shape), w)
 
@@ -77,9 +78,11 @@ def test_csr_errors():
     with pytest.raises(ValueError, match=r"w: expected a 2-D array, got shape \(3,\)"):
         prune.to_csr(np.ones(3))
     with pytest.raises(ValueError, match="csr: arrays inconsistent"):
-        prune.from_csr((np.ones(2), np.zeros(2, np.int32), np.array([0, 1], np.int32)), shape=(1, 3))
+        prune.from_csr((np.ones(2), np.zeros(2, np.int32), np.array([0, 1], np.int32)),
+                       shape=(1, 3))
     with pytest.raises(ValueError, match="indices within the columns"):
-        prune.from_csr((np.ones(1), np.array([5], np.int32), np.array([0, 1], np.int32)), shape=(1, 3))
+        prune.from_csr((np.ones(1), np.array([5], np.int32), np.array([0, 1], np.int32)),
+                       shape=(1, 3))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, ml_dtypes.bfloat16],

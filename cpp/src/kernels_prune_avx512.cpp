@@ -5,11 +5,12 @@
 namespace slimgrad::kernels {
 #define SLIMGRAD_PRUNE_INSTANTIATE(T)                                                             \
   template KeyOf<T> histogram<Isa::avx512, T>(const T*, const std::uint8_t*, std::size_t, KeyOf<T>, \
-                                             int, int, std::uint32_t*);                           \
+                                             KeyOf<T>, int, int, std::uint32_t*, std::size_t*);   \
   template std::size_t count_equal<Isa::avx512, T>(const T*, const std::uint8_t*, std::size_t,       \
                                                  KeyOf<T>);                                       \
-  template void threshold_keep<Isa::avx512, T>(const T*, const std::uint8_t*, std::size_t, KeyOf<T>, \
-                                             std::uint8_t*);                                      \
+  template std::size_t threshold_keep<Isa::avx512, T>(const T*, const std::uint8_t*, std::size_t,  \
+                                                   KeyOf<T>, KeyOf<T>, std::uint8_t*, KeyOf<T>*,   \
+                                                   std::uint32_t*);                               \
   template void nm_keep<Isa::avx512, T>(const T*, std::size_t, std::size_t, int, int, std::uint8_t*); \
   template std::size_t find_nan<Isa::avx512, T>(const T*, std::size_t);
 SLIMGRAD_PRUNE_INSTANTIATE(float)

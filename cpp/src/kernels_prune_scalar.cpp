@@ -26,17 +26,21 @@ KeyOf<T> key_at(const T* x, const std::uint8_t* prior, std::size_t i) {
 }
 
 template <class T>
-KeyOf<T> histogram_ref(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> prefix,
-                       int hi, int lo, std::uint32_t* hist) {
+KeyOf<T> histogram_ref(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> base, KeyOf<T> prefix,
+                       int hi, int lo, std::uint32_t* hist, std::size_t* below) {
   const std::size_t bins = std::size_t(1) << (hi - lo);
   const KeyOf<T> digit_mask = static_cast<KeyOf<T>>(bins - 1);
   KeyOf<T> max_raw = 0;
+  std::size_t under = 0;
   for (std::size_t i = 0; i < n; ++i) {
     const KeyOf<T> raw = raw_key(x[i]);
     if (raw > max_raw) max_raw = raw;
-    const KeyOf<T> k = key_at(x, prior, i);
+    const KeyOf<T> key = key_at(x, prior, i);
+    under += key < base;
+    const KeyOf<T> k = key - base;
     if ((k >> hi) == prefix) ++hist[(i % kHistCopies) * bins + ((k >> lo) & digit_mask)];
   }
+  *below += under;
   return max_raw;
 }
 
@@ -48,9 +52,19 @@ std::size_t count_equal_ref(const T* x, const std::uint8_t* prior, std::size_t n
 }
 
 template <class T>
-void threshold_keep_ref(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> bound,
-                        std::uint8_t* keep) {
-  for (std::size_t i = 0; i < n; ++i) keep[i] = key_at(x, prior, i) >= bound;
+std::size_t threshold_keep_ref(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> bound,
+                               KeyOf<T> amb_lo, std::uint8_t* keep, KeyOf<T>* amb_keys,
+                               std::uint32_t* amb_pos) {
+  std::size_t found = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const KeyOf<T> k = key_at(x, prior, i);
+    keep[i] = k >= bound;
+    if (k >= amb_lo && k < bound) {
+      amb_keys[found] = k;
+      amb_pos[found++] = static_cast<std::uint32_t>(i);
+    }
+  }
+  return found;
 }
 
 // Element s of a group is pruned before t when its key is smaller, or equal
@@ -94,8 +108,9 @@ void apply_keep_ref(U* a, const std::uint8_t* keep, std::size_t n) {
 #define SLIMGRAD_PRUNE_SCALAR(T)                                                                  \
   template <>                                                                                     \
   KeyOf<T> histogram<Isa::scalar, T>(const T* x, const std::uint8_t* prior, std::size_t n,        \
-                                     KeyOf<T> prefix, int hi, int lo, std::uint32_t* hist) {      \
-    return histogram_ref(x, prior, n, prefix, hi, lo, hist);                                      \
+                                     KeyOf<T> base, KeyOf<T> prefix, int hi, int lo,              \
+                                     std::uint32_t* hist, std::size_t* below) {                   \
+    return histogram_ref(x, prior, n, base, prefix, hi, lo, hist, below);                         \
   }                                                                                               \
   template <>                                                                                     \
   std::size_t count_equal<Isa::scalar, T>(const T* x, const std::uint8_t* prior, std::size_t n,   \
@@ -103,9 +118,10 @@ void apply_keep_ref(U* a, const std::uint8_t* keep, std::size_t n) {
     return count_equal_ref(x, prior, n, key);                                                     \
   }                                                                                               \
   template <>                                                                                     \
-  void threshold_keep<Isa::scalar, T>(const T* x, const std::uint8_t* prior, std::size_t n,       \
-                                      KeyOf<T> bound, std::uint8_t* keep) {                       \
-    threshold_keep_ref(x, prior, n, bound, keep);                                                 \
+  std::size_t threshold_keep<Isa::scalar, T>(const T* x, const std::uint8_t* prior, std::size_t n, \
+                                             KeyOf<T> bound, KeyOf<T> amb_lo, std::uint8_t* keep,  \
+                                             KeyOf<T>* amb_keys, std::uint32_t* amb_pos) {          \
+    return threshold_keep_ref(x, prior, n, bound, amb_lo, keep, amb_keys, amb_pos);                 \
   }                                                                                               \
   template <>                                                                                     \
   void nm_keep<Isa::scalar, T>(const T* x, std::size_t rows, std::size_t inner, int n, int m,     \

@@ -2,10 +2,13 @@
 // kernels_prune_avx512.cpp. All the work is on integer keys (|x| bits), so
 // every path is exact and agrees with the scalar oracle bit for bit.
 //  - Intrinsics: 256-bit AVX2 integer ops (and, shifts, compares, shuffles)
-//    plus BMI2 pdep to spread a lane mask into 0/1 bytes. The avx512 level
+//    plus BMI2: pdep spreads a lane mask into 0/1 mask bytes, pdep + pext
+//    build the permutation that left-packs histogram candidates. N:M with
+//    m = 4 ranks each group with three in-lane rotations. The avx512 level
 //    reuses these 256-bit bodies (x86-64-v4 includes AVX2 and BMI2): the
 //    kernels are bound by memory and by the histogram's scalar increments,
-//    not by vector width.
+//    not by vector width. N:M along an outer axis (inner >= width, m <= 16)
+//    vectorizes across the inner axis; other N:M shapes use the scalar kernel.
 //  - Keys of float32 are below 2^31 and of float64 below 2^63 (sign bit
 //    cleared, +1 for a prior mask), so signed integer compares order them.
 //  - Tails (n % width elements) run the same integer logic in a scalar loop:
@@ -68,7 +71,9 @@ struct KeyVec<float> {
   static __m256i set1(Key k) { return _mm256_set1_epi32(static_cast<int>(k)); }
   static __m256i one() { return _mm256_set1_epi32(1); }
   static __m256i add(__m256i a, __m256i b) { return _mm256_add_epi32(a, b); }
+  static __m256i sub(__m256i a, __m256i b) { return _mm256_sub_epi32(a, b); }
   static __m256i srl(__m256i a, int s) { return _mm256_srl_epi32(a, _mm_cvtsi32_si128(s)); }
+  static unsigned lanes32(unsigned bits) { return bits; }  // one 32-bit lane per key
   static __m256i eq(__m256i a, __m256i b) { return _mm256_cmpeq_epi32(a, b); }
   static __m256i gt(__m256i a, __m256i b) { return _mm256_cmpgt_epi32(a, b); }
   static __m256i max(__m256i a, __m256i b) { return _mm256_max_epi32(a, b); }
@@ -95,7 +100,9 @@ struct KeyVec<double> {
   static __m256i set1(Key k) { return _mm256_set1_epi64x(static_cast<long long>(k)); }
   static __m256i one() { return _mm256_set1_epi64x(1); }
   static __m256i add(__m256i a, __m256i b) { return _mm256_add_epi64(a, b); }
+  static __m256i sub(__m256i a, __m256i b) { return _mm256_sub_epi64(a, b); }
   static __m256i srl(__m256i a, int s) { return _mm256_srl_epi64(a, _mm_cvtsi32_si128(s)); }
+  static unsigned lanes32(unsigned bits) { return _pdep_u32(bits, 0x55u) * 3u; }  // two per key
   static __m256i eq(__m256i a, __m256i b) { return _mm256_cmpeq_epi64(a, b); }
   static __m256i gt(__m256i a, __m256i b) { return _mm256_cmpgt_epi64(a, b); }
   static __m256i max(__m256i a, __m256i b) { return _mm256_blendv_epi8(b, a, _mm256_cmpgt_epi64(a, b)); }
@@ -114,6 +121,14 @@ inline __m256i keys(const T* x, const std::uint8_t* prior, std::size_t i, __m256
   return _mm256_andnot_si256(KV::was_pruned(prior + i), KV::add(raw, KV::one()));
 }
 
+// Moves the 32-bit lanes selected by `lanes` (bit j = lane j) to the front,
+// in order: the permutation comes from pext on the identity 0..7.
+inline __m256i left_pack(__m256i v, unsigned lanes) {
+  const std::uint64_t spread = _pdep_u64(lanes, 0x0101010101010101ull) * 0xFF;
+  const std::uint64_t order = _pext_u64(0x0706050403020100ull, spread);
+  return _mm256_permutevar8x32_epi32(v, _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(order))));
+}
+
 // Lane mask bits (one per lane) -> one 0/1 byte per lane.
 inline std::uint64_t spread_bits(unsigned bits) { return _pdep_u64(bits, 0x0101010101010101ull); }
 
@@ -129,48 +144,61 @@ inline KeyOf<T> hmax(__m256i v) {
 
 }  // namespace
 
+// Candidates are rare after the first digit (a few percent), and a branch
+// per vector on "any candidate?" mispredicts often; so each block of
+// kBlock elements first left-packs the candidates' digits into a small
+// buffer without branches, then increments the counters for the buffer
+// (entry j into copy j % 4, so runs of equal digits do not serialize).
 template <Isa I, class T>
-KeyOf<T> histogram(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> prefix, int hi,
-                   int lo, std::uint32_t* hist) {
+KeyOf<T> histogram(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> base, KeyOf<T> prefix,
+                   int hi, int lo, std::uint32_t* hist, std::size_t* below) {
   using Key = KeyOf<T>;
   const Key bins = Key(1) << (hi - lo);
   const Key digit_mask = bins - 1;
   Key max_raw = 0;
-  std::size_t i = 0;
+  std::size_t under = 0, i = 0;
 #if defined(__AVX2__)
   using KV = KeyVec<T>;
-  constexpr std::size_t W = KV::W;
-  const __m256i vprefix = KV::set1(prefix), vmask = KV::set1(digit_mask);
-  const __m256i offsets = KV::copy_offsets(bins);
+  constexpr std::size_t W = KV::W, kBlock = 512;
+  const __m256i vbase = KV::set1(base), vprefix = KV::set1(prefix), vmask = KV::set1(digit_mask);
   __m256i vmax = _mm256_setzero_si256();
-  alignas(32) Key slot[W];
-  for (; i + W <= n; i += W) {
-    const __m256i raw = KV::raw(x + i);
-    vmax = KV::max(vmax, raw);
-    const __m256i k = keys(x, prior, i, raw);
-    unsigned cand = KV::bits(KV::eq(KV::srl(k, hi), vprefix));
-    if (!cand) continue;
-    // Digit plus the offset of its histogram copy (lane j -> copy j % 4;
-    // i is a multiple of 4, so this is copy (i + j) % 4 as in the oracle).
-    const __m256i d = KV::add(_mm256_and_si256(KV::srl(k, lo), vmask), offsets);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(slot), d);
-    if (cand == (1u << W) - 1) {
-      for (std::size_t j = 0; j < W; ++j) ++hist[slot[j]];
-    } else {
-      while (cand) {
-        ++hist[slot[__builtin_ctz(cand)]];
-        cand &= cand - 1;
-      }
+  alignas(32) Key buf[kBlock + W];
+  while (i + W <= n) {
+    const std::size_t avail = (n - i) / W * W;
+    const std::size_t end = i + (avail < kBlock ? avail : kBlock);
+    std::size_t count = 0;
+    for (; i < end; i += W) {
+      const __m256i raw = KV::raw(x + i);
+      vmax = KV::max(vmax, raw);
+      const __m256i key = keys(x, prior, i, raw);
+      // Keys and base are below 2^31 (2^63): a signed compare orders them.
+      under += static_cast<std::size_t>(__builtin_popcount(KV::bits(KV::gt(vbase, key))));
+      const __m256i k = KV::sub(key, vbase);
+      const unsigned cand = KV::bits(KV::eq(KV::srl(k, hi), vprefix));
+      const __m256i d = _mm256_and_si256(KV::srl(k, lo), vmask);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(buf + count), left_pack(d, KV::lanes32(cand)));
+      count += static_cast<std::size_t>(__builtin_popcount(cand));
     }
+    std::size_t j = 0;
+    for (; j + 4 <= count; j += 4) {
+      ++hist[buf[j]];
+      ++hist[bins + buf[j + 1]];
+      ++hist[2 * bins + buf[j + 2]];
+      ++hist[3 * bins + buf[j + 3]];
+    }
+    for (; j < count; ++j) ++hist[(j % kHistCopies) * bins + buf[j]];
   }
   max_raw = hmax<T>(vmax);
 #endif
   for (; i < n; ++i) {
     const Key raw = raw_key_s(x[i]);
     max_raw = raw > max_raw ? raw : max_raw;
-    const Key k = key_at_s(x, prior, i);
+    const Key key = key_at_s(x, prior, i);
+    under += key < base;
+    const Key k = key - base;
     if ((k >> hi) == prefix) ++hist[(i % kHistCopies) * bins + ((k >> lo) & digit_mask)];
   }
+  *below += under;
   return max_raw;
 }
 
@@ -188,20 +216,40 @@ std::size_t count_equal(const T* x, const std::uint8_t* prior, std::size_t n, Ke
 }
 
 template <Isa I, class T>
-void threshold_keep(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> bound,
-                    std::uint8_t* keep) {
-  std::size_t i = 0;
+std::size_t threshold_keep(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> bound,
+                           KeyOf<T> amb_lo, std::uint8_t* keep, KeyOf<T>* amb_keys,
+                           std::uint32_t* amb_pos) {
+  std::size_t i = 0, found = 0;
 #if defined(__AVX2__)
   using KV = KeyVec<T>;
   constexpr std::size_t W = KV::W;
   // key >= bound  <=>  key > bound - 1 (bound - 1 = -1 when bound is 0).
-  const __m256i below = KV::set1(bound - 1);
+  const __m256i below = KV::set1(bound - 1), vlo = KV::set1(amb_lo);
+  constexpr unsigned all = (1u << W) - 1;
   for (; i + W <= n; i += W) {
-    const std::uint64_t bytes = spread_bits(KV::bits(KV::gt(keys(x, prior, i, KV::raw(x + i)), below)));
+    const __m256i k = keys(x, prior, i, KV::raw(x + i));
+    const unsigned kept = KV::bits(KV::gt(k, below));
+    const std::uint64_t bytes = spread_bits(kept);
     std::memcpy(keep + i, &bytes, W);
+    // The ambiguous few (a narrow key range): a rarely taken branch.
+    unsigned amb = all & ~kept & ~KV::bits(KV::gt(vlo, k));
+    while (amb) {
+      const unsigned j = static_cast<unsigned>(__builtin_ctz(amb));
+      amb_keys[found] = key_at_s(x, prior, i + j);
+      amb_pos[found++] = static_cast<std::uint32_t>(i + j);
+      amb &= amb - 1;
+    }
   }
 #endif
-  for (; i < n; ++i) keep[i] = key_at_s(x, prior, i) >= bound;
+  for (; i < n; ++i) {
+    const KeyOf<T> k = key_at_s(x, prior, i);
+    keep[i] = k >= bound;
+    if (k >= amb_lo && k < bound) {
+      amb_keys[found] = k;
+      amb_pos[found++] = static_cast<std::uint32_t>(i);
+    }
+  }
+  return found;
 }
 
 template <Isa I, class T>
@@ -244,6 +292,48 @@ void nm_keep(const T* x, std::size_t rows, std::size_t inner, int n, int m, std:
       std::memcpy(keep + i, &bytes, W);
     }
     if (i < total) nm_keep<Isa::scalar, T>(x + i, (total - i) / 4, 1, n, m, keep + i);
+    return;
+  }
+  if (inner >= KeyVec<T>::W && m <= 16) {
+    // Groups along an outer axis (conv channels): the vector runs across
+    // `inner` (W groups at once); rank by all m (m - 1) / 2 pairs.
+    using KV = KeyVec<T>;
+    constexpr std::size_t W = KV::W;
+    const std::size_t row = static_cast<std::size_t>(m) * inner;
+    const __m256i need = KV::set1(static_cast<KeyOf<T>>(m - n - 1)), ones = KV::set1(~KeyOf<T>(0));
+    for (std::size_t r = 0; r < rows; ++r) {
+      const T* xr = x + r * row;
+      std::uint8_t* kr = keep + r * row;
+      std::size_t j = 0;
+      for (; j + W <= inner; j += W) {
+        __m256i k[16], rank[16];
+        for (int t = 0; t < m; ++t) {
+          k[t] = KV::raw(xr + static_cast<std::size_t>(t) * inner + j);
+          rank[t] = _mm256_setzero_si256();
+        }
+        for (int t = 1; t < m; ++t)
+          for (int s = 0; s < t; ++s) {
+            // s (the lower index) goes first unless its key is larger.
+            const __m256i s_later = KV::gt(k[s], k[t]);
+            rank[s] = KV::sub(rank[s], s_later);
+            rank[t] = KV::sub(rank[t], _mm256_andnot_si256(s_later, ones));
+          }
+        for (int t = 0; t < m; ++t) {
+          const std::uint64_t bytes = spread_bits(KV::bits(KV::gt(rank[t], need)));
+          std::memcpy(kr + static_cast<std::size_t>(t) * inner + j, &bytes, W);
+        }
+      }
+      for (; j < inner; ++j)  // the last inner % W columns
+        for (int t = 0; t < m; ++t) {
+          const KeyOf<T> kt = raw_key_s(xr[static_cast<std::size_t>(t) * inner + j]);
+          int rank = 0;
+          for (int s = 0; s < m; ++s) {
+            const KeyOf<T> ks = raw_key_s(xr[static_cast<std::size_t>(s) * inner + j]);
+            rank += ks < kt || (ks == kt && s < t);
+          }
+          kr[static_cast<std::size_t>(t) * inner + j] = rank >= m - n;
+        }
+    }
     return;
   }
 #endif

@@ -1,19 +1,27 @@
 // Threaded, dispatched entry points of the prune kernels (see prune.hpp).
 //
-// Magnitude selection is a radix select over the keys of all segments at
-// once, most significant digit first (11-bit digits: 3 passes for float32,
-// at most 6 for float64, fewer when a bucket is used up). Each pass reads
-// the data and builds per-task histograms of the candidates' next digit;
-// integer counts merge exactly, so the result does not depend on how the
-// work was split. A final pass writes the masks from the threshold key; if
-// the k-th key is tied, one counting pass per chunk plus a prefix sum finds
-// the flat position where ties stop being pruned, which keeps the tie rule
-// deterministic for any thread count.
+// Magnitude selection is an exact radix select over the keys of all
+// segments at once, without copying them:
+//  1. A fixed, evenly spaced sample of 16384 keys guesses a narrow key range
+//     [lo, hi] around the k-th smallest; one pass counts exactly the keys
+//     below lo and inside [lo, hi] (and finds the largest key: NaN check).
+//     If the k-th is inside, the radix select runs on key - lo over only
+//     bit_width(hi - lo) bits, with a few percent of the elements as
+//     candidates; otherwise on the whole key (the result is exact either way).
+//  2. Radix passes, most significant 11-bit digit first: each reads the data
+//     and builds per-task histograms of the candidates' next digit; integer
+//     counts merge exactly, so the result does not depend on the split.
+//  3. One pass writes the masks from the threshold key. If the k-th key is
+//     tied, a counting pass per chunk plus a prefix sum first finds the flat
+//     position where ties stop being pruned, so the tie rule (lower index
+//     first) holds for any thread count.
 #include "slimgrad/prune.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <tuple>
 
 #include "slimgrad/threading.hpp"
 
@@ -42,13 +50,21 @@ std::size_t worth_threads(std::size_t total_elements, std::size_t units) {
   return std::min({units, by_size, static_cast<std::size_t>(get_num_threads())});
 }
 
-// body(i) for i in [0, units): in parallel when the work is large enough.
+// Histogram tasks: a few per thread, handed out dynamically, so a thread
+// that the OS delays (a shared machine) does not hold up the pass. Each
+// task owns a contiguous run of pieces and its own counters; counts merge
+// exactly, so the number of tasks never changes a result.
+std::size_t task_count(std::size_t total_elements, std::size_t units) {
+  const std::size_t threads = worth_threads(total_elements, units);
+  return threads > 1 ? std::min(units, 4 * threads) : 1;
+}
+
+// body(i) for i in [0, units): in parallel (dynamically scheduled, for the
+// same reason) when the work is large enough.
 template <class Body>
 void for_units(std::size_t units, std::size_t total_elements, Body&& body) {
   if (worth_threads(total_elements, units) > 1) {
-    parallel_for(units, 1, [&](std::size_t b, std::size_t e) {
-      for (std::size_t i = b; i < e; ++i) body(i);
-    });
+    parallel_tasks(units, body);
   } else {
     for (std::size_t i = 0; i < units; ++i) body(i);
   }
@@ -72,6 +88,98 @@ NanPosition first_nan(const std::vector<PruneSegment>& segments) {
   return pos;
 }
 
+// The selection key of element i of a segment, as the kernels compute it.
+template <class T>
+KeyOf<T> key_of(const PruneSegment& s, std::size_t i) {
+  KeyOf<T> k;
+  std::memcpy(&k, static_cast<const T*>(s.x) + i, sizeof(T));
+  k &= ~KeyOf<T>(0) >> 1;
+  if (!s.prior) return k;
+  return s.prior[i] ? k + 1 : 0;
+}
+
+// A key range [lo, hi] that very likely holds the k-th smallest key, from
+// a fixed, evenly spaced sample (so the same for every thread count): the
+// sample ranks k / total * S +- 4 standard deviations of a binomial. If the
+// guess is wrong the caller notices from exact counts and falls back to the
+// full key range; the result is exact either way.
+template <class T>
+std::pair<KeyOf<T>, KeyOf<T>> guess_range(const std::vector<PruneSegment>& segments, std::size_t total,
+                                          std::size_t k) {
+  using Key = KeyOf<T>;
+  constexpr std::size_t S = 16384;
+  std::vector<Key> sample;
+  sample.reserve(S);
+  std::size_t seg = 0, seg_begin = 0;
+  for (std::size_t j = 0; j < S; ++j) {
+    const std::size_t v = (2 * j + 1) * total / (2 * S);  // virtual index
+    while (v >= seg_begin + segments[seg].n) seg_begin += segments[seg++].n;
+    sample.push_back(key_of<T>(segments[seg], v - seg_begin));
+  }
+  const double p = static_cast<double>(k) / static_cast<double>(total);
+  const auto margin = static_cast<std::ptrdiff_t>(4.0 * std::sqrt(S * p * (1.0 - p)) + 8.0);
+  const auto center = static_cast<std::ptrdiff_t>(p * S);
+  const std::ptrdiff_t lo_rank = center - margin, hi_rank = center + margin;
+  Key lo = 0, hi = KeyTraits<T>::inf + 1;  // the whole range of non-NaN keys
+  if (lo_rank > 0) {
+    std::nth_element(sample.begin(), sample.begin() + lo_rank, sample.end());
+    lo = sample[static_cast<std::size_t>(lo_rank)];
+  }
+  if (hi_rank < static_cast<std::ptrdiff_t>(S) - 1) {
+    std::nth_element(sample.begin() + std::max<std::ptrdiff_t>(lo_rank, 0), sample.begin() + hi_rank, sample.end());
+    hi = sample[static_cast<std::size_t>(hi_rank)];
+  }
+  return {lo, hi};
+}
+
+int bit_width(std::uint64_t v) {
+  int w = 0;
+  while (v) {
+    ++w;
+    v >>= 1;
+  }
+  return w;
+}
+
+// The write pass when the k-th key lies in a small bucket [amb_lo, bound):
+// keys >= bound are kept, keys below are pruned, and the bucket's elements
+// (amb_count of them) are collected per task in flat order, then ranked by
+// (key, position): the first amb_rem stay pruned, the others are kept. Any
+// thread count gives the same lists (tasks hold contiguous pieces) and so
+// the same masks.
+template <class T>
+void write_and_rank(const std::vector<PruneSegment>& segments, const std::vector<Piece>& pieces,
+                    std::size_t tasks, KeyOf<T> bound, KeyOf<T> amb_lo, std::size_t amb_count,
+                    std::size_t amb_rem) {
+  using Key = KeyOf<T>;
+  struct Found {
+    Key key;
+    std::size_t segment, index;
+  };
+  std::vector<std::vector<Found>> found(tasks);
+  std::vector<Key> keys(tasks * amb_count);
+  std::vector<std::uint32_t> pos(tasks * amb_count);
+  dispatch([&](auto isa) {
+    parallel_tasks(tasks, [&](std::size_t t) {
+      for (std::size_t p = pieces.size() * t / tasks; p < pieces.size() * (t + 1) / tasks; ++p) {
+        const Piece& pc = pieces[p];
+        const PruneSegment& s = segments[pc.segment];
+        Key* kt = keys.data() + t * amb_count;
+        std::uint32_t* pt = pos.data() + t * amb_count;
+        const std::size_t got = kernels::threshold_keep<decltype(isa)::value, T>(
+            data<T>(s) + pc.begin, prior_at(s, pc.begin), pc.end - pc.begin, bound, amb_lo, s.keep + pc.begin, kt, pt);
+        for (std::size_t j = 0; j < got; ++j) found[t].push_back({kt[j], pc.segment, pc.begin + pt[j]});
+      }
+    });
+  });
+  std::vector<Found> all;
+  all.reserve(amb_count);
+  for (const auto& f : found) all.insert(all.end(), f.begin(), f.end());
+  // `all` is in flat order, so a stable sort by key ranks by (key, position).
+  std::stable_sort(all.begin(), all.end(), [](const Found& a, const Found& b) { return a.key < b.key; });
+  for (std::size_t j = amb_rem; j < all.size(); ++j) segments[all[j].segment].keep[all[j].index] = 1;
+}
+
 }  // namespace
 
 template <class T>
@@ -81,54 +189,99 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
   if (pieces.empty()) return {};
   std::size_t total = 0;
   for (const PruneSegment& s : segments) total += s.n;
-  const std::size_t tasks = worth_threads(total, pieces.size());
+  const std::size_t tasks = task_count(total, pieces.size());
+  // Runs body(task, piece) over every piece, each task on a contiguous run
+  // of pieces (its own counters, merged afterwards in task order).
+  auto per_task = [&](auto&& body) {
+    parallel_tasks(tasks, [&](std::size_t t) {
+      for (std::size_t p = pieces.size() * t / tasks; p < pieces.size() * (t + 1) / tasks; ++p) body(t, pieces[p]);
+    });
+  };
 
-  Key prefix = 0;           // digits chosen so far: the candidates' key >> hi
-  std::size_t rem = k;      // still to prune among the candidates
-  Key bound = 0;            // keys below bound are pruned ...
-  std::size_t ties = 0;     // ... and the first `ties` keys equal to bound too
-  int hi = KeyTraits<T>::bits;
-  bool first = true;
-  while (true) {
-    const int lo = std::max(hi - kDigitBits, 0);
+  // One radix pass: merged histogram of the candidates' digit [lo, hi) of
+  // key - base, the number of keys below base, the largest raw key.
+  std::vector<std::size_t> hist;
+  auto radix_pass = [&](Key base, Key prefix, int hi, int lo, std::size_t* below_base) {
     const std::size_t bins = std::size_t(1) << (hi - lo);
     std::vector<std::uint32_t> hists(tasks * kHistCopies * bins, 0);
+    std::vector<std::size_t> below(tasks, 0);
     std::vector<Key> maxima(tasks, 0);
     dispatch([&](auto isa) {
-      parallel_tasks(tasks, [&](std::size_t t) {
-        std::uint32_t* h = hists.data() + t * kHistCopies * bins;
-        Key mx = 0;
-        for (std::size_t p = pieces.size() * t / tasks; p < pieces.size() * (t + 1) / tasks; ++p) {
-          const PruneSegment& s = segments[pieces[p].segment];
-          const Key m = kernels::histogram<decltype(isa)::value, T>(
-              data<T>(s) + pieces[p].begin, prior_at(s, pieces[p].begin), pieces[p].end - pieces[p].begin,
-              prefix, hi, lo, h);
-          mx = std::max(mx, m);
-        }
-        maxima[t] = mx;
+      per_task([&](std::size_t t, const Piece& pc) {
+        const PruneSegment& s = segments[pc.segment];
+        const Key m = kernels::histogram<decltype(isa)::value, T>(
+            data<T>(s) + pc.begin, prior_at(s, pc.begin), pc.end - pc.begin, base, prefix, hi, lo,
+            hists.data() + t * kHistCopies * bins, &below[t]);
+        maxima[t] = std::max(maxima[t], m);
       });
     });
-    if (first && *std::max_element(maxima.begin(), maxima.end()) > KeyTraits<T>::inf)
-      return first_nan<T>(segments);
-    first = false;
-    if (rem == 0) break;  // k == 0: bound 0 keeps everything
-    std::vector<std::size_t> hist(bins, 0);
+    hist.assign(bins, 0);
     for (std::size_t c = 0; c < tasks * kHistCopies; ++c)
       for (std::size_t b = 0; b < bins; ++b) hist[b] += hists[c * bins + b];
-    std::size_t b = 0, below = 0;
-    while (below + hist[b] < rem) below += hist[b++];
-    rem -= below;
-    prefix = (prefix << (hi - lo)) | static_cast<Key>(b);
-    if (rem == hist[b]) {  // the whole bucket is pruned: no ties to break
-      bound = (prefix + 1) << lo;
-      break;
+    *below_base = 0;
+    for (std::size_t b : below) *below_base += b;
+    return *std::max_element(maxima.begin(), maxima.end());
+  };
+
+  // First pass: the NaN check, the keys below the guessed range, and the
+  // top digit of the keys in it; the whole key range if the guess missed.
+  Key base = 0;
+  int width = KeyTraits<T>::bits;
+  if (total >= (std::size_t(1) << 18) && k > 0 && k < total) {
+    const auto [lo, hi] = guess_range<T>(segments, total, k);
+    base = lo;
+    width = bit_width(static_cast<std::uint64_t>(hi - lo));
+  }
+  std::size_t below = 0;
+  int hi = width, lo = std::max(width - kDigitBits, 0);
+  if (radix_pass(base, 0, hi, lo, &below) > KeyTraits<T>::inf) return first_nan<T>(segments);
+  std::size_t in_range = 0;
+  for (std::size_t c : hist) in_range += c;
+  if (k > 0 && !(below < k && k <= below + in_range)) {  // the guess missed
+    base = 0;
+    hi = KeyTraits<T>::bits;
+    lo = hi - kDigitBits;
+    radix_pass(base, 0, hi, lo, &below);
+  }
+
+  Key bound = 0;         // keys below bound are pruned ...
+  std::size_t ties = 0;  // ... and the first `ties` keys equal to bound too,
+  // or: the keys in [amb_lo, bound) (amb_count of them, a narrow bucket) are
+  // listed by the write pass and the first amb_rem in (key, position)
+  // order stay pruned.
+  Key amb_lo = 0;
+  std::size_t amb_rem = 0, amb_count = 0;
+  if (k > 0) {
+    std::size_t rem = k - below;  // to prune among the candidates
+    Key prefix = 0;               // digits chosen so far: the candidates' (key - base) >> hi
+    while (true) {
+      std::size_t b = 0, count_below = 0;
+      while (count_below + hist[b] < rem) count_below += hist[b++];
+      rem -= count_below;
+      prefix = (prefix << (hi - lo)) | static_cast<Key>(b);
+      // Clamped so that it stays a valid (signed-comparable) key bound.
+      const Key bucket_end = std::min<Key>(base + ((prefix + 1) << lo), KeyTraits<T>::inf + 2);
+      if (rem == hist[b]) {  // the whole bucket is pruned: no ties to break
+        bound = bucket_end;
+        break;
+      }
+      if (hist[b] <= kCollectMax) {  // few enough to rank in memory
+        bound = bucket_end;
+        amb_lo = base + (prefix << lo);
+        amb_rem = rem;
+        amb_count = hist[b];
+        break;
+      }
+      if (lo == 0) {  // a full key, held by hist[b] > rem elements
+        bound = base + prefix;
+        ties = rem;
+        break;
+      }
+      hi = lo;
+      lo = std::max(hi - kDigitBits, 0);
+      std::size_t ignored;
+      radix_pass(base, prefix, hi, lo, &ignored);
     }
-    if (lo == 0) {  // prefix is now a full key, held by hist[b] > rem elements
-      bound = prefix;
-      ties = rem;
-      break;
-    }
-    hi = lo;
   }
 
   // Position of the last tie to prune: (piece, offset in piece); pieces
@@ -156,20 +309,27 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
     cut_end = i;  // ties at segment index < cut_end in this piece are pruned
   }
 
+  if (amb_count > 0) {
+    write_and_rank<T>(segments, pieces, tasks, bound, amb_lo, amb_count, amb_rem);
+    return {};
+  }
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
     for_units(pieces.size(), total, [&](std::size_t p) {
       const PruneSegment& s = segments[pieces[p].segment];
       const std::size_t b = pieces[p].begin, e = pieces[p].end;
+      auto write = [&](std::size_t from, std::size_t to, Key keep_from) {
+        kernels::threshold_keep<I, T>(data<T>(s) + from, prior_at(s, from), to - from, keep_from, keep_from,
+                                      s.keep + from, nullptr, nullptr);
+      };
       // Keep key >= bound + 1 (ties pruned) before the cut, >= bound after.
       if (ties == 0 || p > cut_piece) {
-        kernels::threshold_keep<I, T>(data<T>(s) + b, prior_at(s, b), e - b, bound, s.keep + b);
+        write(b, e, bound);
       } else if (p < cut_piece) {
-        kernels::threshold_keep<I, T>(data<T>(s) + b, prior_at(s, b), e - b, bound + 1, s.keep + b);
+        write(b, e, bound + 1);
       } else {
-        kernels::threshold_keep<I, T>(data<T>(s) + b, prior_at(s, b), cut_end - b, bound + 1, s.keep + b);
-        kernels::threshold_keep<I, T>(data<T>(s) + cut_end, prior_at(s, cut_end), e - cut_end, bound,
-                                      s.keep + cut_end);
+        write(b, cut_end, bound + 1);
+        write(cut_end, e, bound);
       }
     });
   });

@@ -47,22 +47,32 @@ inline constexpr int kDigitBits = 11;
 // digits (ties, zeros) then increment different counters, so the increments
 // do not wait on each other through memory.
 inline constexpr int kHistCopies = 4;
+// When the bucket holding the k-th key has at most this many elements, the
+// write pass lists them and ranks them in memory instead of another radix
+// pass (memory: this many entries per thread, whatever the array size).
+inline constexpr std::size_t kCollectMax = 1 << 14;
 
 namespace kernels {
-// Histogram of digit (key >> lo) & (2^(hi-lo) - 1) over the candidates, the
-// elements with (key >> hi) == prefix; hist has kHistCopies * 2^(hi-lo)
-// counters (copy c counts positions i with i % 4 == c) and is added to.
-// Returns the largest raw key |x| bits (ignoring prior), for the NaN check.
+// Histogram of digit ((key - base) >> lo) & (2^(hi-lo) - 1) over the
+// candidates, the elements with ((key - base) >> hi) == prefix (unsigned
+// wrap-around: keys below base never match, since keys use at most
+// KeyTraits<T>::bits bits). hist has kHistCopies * 2^(hi-lo) counters (each
+// count goes to one of the copies) and is added to; so is *below, the
+// number of keys < base. Returns the largest raw key (|x| bits, ignoring
+// prior): a NaN is there if it is above KeyTraits<T>::inf.
 template <Isa I, class T>
-KeyOf<T> histogram(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> prefix, int hi,
-                   int lo, std::uint32_t* hist);
+KeyOf<T> histogram(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> base, KeyOf<T> prefix,
+                   int hi, int lo, std::uint32_t* hist, std::size_t* below);
 // Number of elements whose key equals `key`.
 template <Isa I, class T>
 std::size_t count_equal(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> key);
-// keep[i] = key(x[i]) >= bound  (1 = kept, 0 = pruned)
+// keep[i] = key(x[i]) >= bound (1 = kept, 0 = pruned). The elements with
+// amb_lo <= key < bound (none when amb_lo == bound) are also listed, in
+// order, as (key, i) in amb_keys / amb_pos; returns how many.
 template <Isa I, class T>
-void threshold_keep(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> bound,
-                    std::uint8_t* keep);
+std::size_t threshold_keep(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> bound,
+                           KeyOf<T> amb_lo, std::uint8_t* keep, KeyOf<T>* amb_keys,
+                           std::uint32_t* amb_pos);
 // N:M over `rows` group rows of m * inner elements, element t of group j at
 // t * inner + j: keep the n largest keys of each group; the m - n pruned are
 // the smallest, ties pruned lower index first (as magnitude selection).

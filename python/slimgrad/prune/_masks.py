@@ -149,7 +149,8 @@ def _axis(w: np.ndarray, axis: object, name: str = "axis") -> int:
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"{name}: expected an int, got {type(axis).__name__}")
     if not -w.ndim <= int(axis) < w.ndim:
-        raise ValueError(f"{name}: expected an axis of an array with {w.ndim} dimensions, got {axis}")
+        raise ValueError(
+            f"{name}: expected an axis of an array with {w.ndim} dimensions, got {axis}")
     return int(axis) % w.ndim
 
 
@@ -213,7 +214,8 @@ def _first_nan(w: np.ndarray, name: str) -> None:
     bad = np.argwhere(np.isnan(w))
     if len(bad):
         flat = int(np.ravel_multi_index(tuple(bad[0]), w.shape))
-        raise ValueError(f"{name}: NaN at index {tuple(int(i) for i in bad[0])} (flat index {flat}); "
+        index = tuple(int(i) for i in bad[0])
+        raise ValueError(f"{name}: NaN at index {index} (flat index {flat}); "
                          "NaN weights have no magnitude to rank")
 
 
@@ -226,13 +228,14 @@ def slice_norms(w: np.ndarray, axis: int = 0, norm: int = 1) -> np.ndarray:
     ax = _axis(w, axis)
     others = tuple(i for i in range(w.ndim) if i != ax)
     if norm == 1:
-        return np.sum(np.abs(w), axis=others, dtype=np.float64)
-    return np.sqrt(np.sum(np.square(w, dtype=np.float64), axis=others))
+        return np.asarray(np.sum(np.abs(w), axis=others, dtype=np.float64))
+    return np.asarray(np.sqrt(np.sum(np.square(w, dtype=np.float64), axis=others)))
 
 
 def _slice_count(amount: object, slices: int) -> int:
     if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
-        raise TypeError(f"amount: expected a fraction in [0, 1] or a count, got {type(amount).__name__}")
+        raise TypeError("amount: expected a fraction in [0, 1] or a count, "
+                        f"got {type(amount).__name__}")
     if isinstance(amount, numbers.Integral):
         if not 0 <= int(amount) <= slices:
             raise ValueError(f"amount: expected a count of slices in [0, {slices}], got {amount}")
@@ -288,7 +291,7 @@ def structured_mask(w: np.ndarray, amount: float | int, axis: int = 0, norm: int
         _first_nan(w, "w")
     priors = None
     if prior is not None:
-        index = [0] * w.ndim
+        index: list[int | slice] = [0] * w.ndim
         index[ax] = slice(None)
         priors = [np.ascontiguousarray(prior[tuple(index)])]
     keep = _select([norms], ["norms"], k, priors)[0]
@@ -318,7 +321,7 @@ def random_mask(w: np.ndarray, sparsity: float, seed: int = 0) -> np.ndarray:
     entries with the smallest keys are pruned, with the exact selection of
     :func:`magnitude_mask`. So the mask depends only on ``seed``, the shape
     and the sparsity: not on the thread count, the ISA or the values of
-    ``w`` (which may hold NaN). Memory: 8 bytes per entry for the keys.
+    ``w`` (which may hold NaN). Temporary memory: 16 bytes per entry.
 
     Parameters
     ----------
@@ -343,5 +346,8 @@ def random_mask(w: np.ndarray, sparsity: float, seed: int = 0) -> np.ndarray:
     z += base
     # The top 53 bits as a float64 in [0, 2**53): exact, so the float order
     # is the integer order and the C++ selection applies unchanged.
-    keys = (_splitmix64(z) >> np.uint64(11)).astype(np.float64)
+    z = _splitmix64(z)
+    z >>= np.uint64(11)
+    keys = z.astype(np.float64)
+    del z
     return _select([keys], ["keys"], _count(s, w.size))[0].reshape(w.shape)

@@ -68,7 +68,7 @@ class PolynomialSchedule:
         self.frequency = _check_int(frequency, "frequency", 1)
         if isinstance(power, bool) or not isinstance(power, numbers.Real) or not power > 0:
             raise ValueError(f"power: expected a number > 0, got {power!r}")
-        self.power = float(power)
+        self.power: float = float(power)
 
     def sparsity(self, step: int) -> float:
         """Target sparsity at ``step`` (``s_i`` before the ramp, ``s_f`` after)."""
@@ -79,7 +79,8 @@ class PolynomialSchedule:
         if step >= self.end_step:
             return self.final_sparsity
         frac = (step - self.begin_step) / (self.end_step - self.begin_step)
-        return self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * (1.0 - frac) ** self.power
+        s_i, s_f = self.initial_sparsity, self.final_sparsity
+        return s_f + (s_i - s_f) * (1.0 - frac) ** self.power
 
     def is_update(self, step: int) -> bool:
         """Whether masks are recomputed at ``step``."""
@@ -88,7 +89,8 @@ class PolynomialSchedule:
         return step == self.end_step or (step - self.begin_step) % self.frequency == 0
 
     def __repr__(self) -> str:
-        return (f"PolynomialSchedule(final_sparsity={self.final_sparsity}, begin_step={self.begin_step}, "
+        return (f"PolynomialSchedule(final_sparsity={self.final_sparsity}, "
+                f"begin_step={self.begin_step}, "
                 f"end_step={self.end_step}, initial_sparsity={self.initial_sparsity}, "
                 f"frequency={self.frequency}, power={self.power})")
 
@@ -173,7 +175,8 @@ class Pruner:
                  optimizer: object = None, *, n: int = 2, m: int = 4, axis: int | None = None,
                  norm: int = 1) -> None:
         if method not in _METHODS:
-            raise ValueError(f"method: expected one of {', '.join(map(repr, _METHODS))}, got {method!r}")
+            expected = ", ".join(map(repr, _METHODS))
+            raise ValueError(f"method: expected one of {expected}, got {method!r}")
         self.keys, self.arrays, self.names = _named(params)
         self.method = method
         if isinstance(schedule, PolynomialSchedule):
@@ -183,17 +186,19 @@ class Pruner:
         elif schedule is None and method == "nm":
             self.schedule = PolynomialSchedule(0.5)
         elif isinstance(schedule, numbers.Real) and not isinstance(schedule, bool):
-            self.schedule = PolynomialSchedule(float(schedule), 0, 0, initial_sparsity=float(schedule))
+            level = float(schedule)
+            self.schedule = PolynomialSchedule(level, 0, 0, initial_sparsity=level)
         else:
-            raise TypeError("schedule: expected a PolynomialSchedule, its keyword arguments as a dict, "
-                            f"or a constant sparsity, got {type(schedule).__name__}")
+            raise TypeError("schedule: expected a PolynomialSchedule, its keyword arguments as a "
+                            f"dict, or a constant sparsity, got {type(schedule).__name__}")
         self.optimizer = optimizer
         self.n, self.m, self.norm = n, m, norm
         self.axis = axis if axis is not None else (-1 if method == "nm" else 0)
         if method == "nm":
             for a, name in zip(self.arrays, self.names):  # fail now, not at step begin_step
                 if a.ndim == 0 or a.shape[self.axis] % m:
-                    raise ValueError(f"{name}: shape {a.shape} has no axis {self.axis} divisible by m={m}")
+                    raise ValueError(
+                        f"{name}: shape {a.shape} has no axis {self.axis} divisible by m={m}")
         self.masks: dict | None = None
         self.step_count = 0
 
@@ -271,14 +276,15 @@ class Pruner:
             for k, w, name in zip(self.keys, self.arrays, self.names):
                 mk = masks.get(k) if isinstance(masks, Mapping) else None
                 if not isinstance(mk, np.ndarray) or mk.dtype != np.bool_ or mk.shape != w.shape:
-                    raise ValueError(f"masks[{k!r}]: expected a bool array of shape {w.shape} for {name}")
+                    raise ValueError(
+                        f"masks[{k!r}]: expected a bool array of shape {w.shape} for {name}")
             masks = {k: np.array(masks[k]) for k in self.keys}
         self.step_count = _check_int(state["step"], "step")
         self.masks = masks
 
 
-def sensitivity(evaluate: Callable[[], float], params: Mapping | Sequence, sparsities: Sequence[float],
-                method: str = "magnitude") -> dict:
+def sensitivity(evaluate: Callable[[], float], params: Mapping | Sequence,
+                sparsities: Sequence[float], method: str = "magnitude") -> dict:
     """Which arrays tolerate pruning: prune one array at a time and measure.
 
     For every array and every sparsity, the array is pruned in place
@@ -313,7 +319,10 @@ def sensitivity(evaluate: Callable[[], float], params: Mapping | Sequence, spars
         row = {}
         try:
             for s in levels:
-                mask = magnitude_mask(saved, s) if method == "magnitude" else structured_mask(saved, s)
+                if method == "magnitude":
+                    mask = magnitude_mask(saved, s)
+                else:
+                    mask = structured_mask(saved, s)
                 np.copyto(w, saved)
                 _core.prune.apply_masks_([mask], [[w]], [[name]])
                 row[s] = evaluate()

@@ -11,6 +11,7 @@ byte.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import tempfile
@@ -55,12 +56,24 @@ def read(path: str) -> tuple[dict[str, Entry], dict | None]:
         raise ValueError(f"{path}: not a safetensors file (header is not an object)")
     metadata = header.pop("__metadata__", None)
     body = memoryview(blob)[8 + n:]
+    entries = []
+    for name, info in header.items():
+        try:
+            begin, end = (int(v) for v in info["data_offsets"])
+            entries.append((begin, end, name, str(info["dtype"]), [int(d) for d in info["shape"]]))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: not a safetensors file (bad entry {name!r})") from None
     tensors = {}
-    for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-        begin, end = info["data_offsets"]
+    for begin, end, name, dtype, shape in sorted(entries):
         if not 0 <= begin <= end <= len(body):
             raise ValueError(f"{path}: tensor {name!r} lies outside the file")
-        tensors[name] = Entry(info["dtype"], info["shape"], bytes(body[begin:end]))
+        tensors[name] = Entry(dtype, shape, bytes(body[begin:end]))
+        expected = end - begin  # other dtypes are copied as they are
+        if dtype in FLOAT_DTYPES:
+            expected = np.dtype(FLOAT_DTYPES[dtype]).itemsize * math.prod(shape)
+        if end - begin != expected:
+            raise ValueError(f"{path}: tensor {name!r} has {end - begin} bytes, "
+                             f"{dtype} {tuple(shape)} needs {expected}")
     return tensors, metadata
 
 
@@ -71,7 +84,8 @@ def write(path: str, tensors: dict[str, Entry], metadata: dict | None) -> None:
         header["__metadata__"] = metadata
     offset = 0
     for name, e in tensors.items():
-        header[name] = {"dtype": e.dtype, "shape": e.shape, "data_offsets": [offset, offset + len(e.data)]}
+        header[name] = {"dtype": e.dtype, "shape": e.shape,
+                        "data_offsets": [offset, offset + len(e.data)]}
         offset += len(e.data)
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # keeps the data 8-byte aligned

@@ -58,7 +58,8 @@ def unpack_mask(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     shape = tuple(int(s) for s in shape)
     size = math.prod(shape)
     if packed.size != (size + 7) // 8:
-        raise ValueError(f"packed: expected {(size + 7) // 8} bytes for shape {shape}, got {packed.size}")
+        raise ValueError(
+            f"packed: expected {(size + 7) // 8} bytes for shape {shape}, got {packed.size}")
     return np.unpackbits(packed.ravel(), count=size).astype(bool).reshape(shape)
 
 
@@ -75,6 +76,8 @@ class CSR(tuple):
     ``dense_nbytes`` and ``to_scipy()`` (a ``scipy.sparse.csr_matrix``
     sharing the arrays).
     """
+
+    shape: tuple[int, int]
 
     def __new__(cls, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
                 shape: tuple[int, int]) -> CSR:
@@ -140,13 +143,14 @@ def to_csr(w: np.ndarray, mask: np.ndarray | None = None) -> CSR:
         keep = w != 0
     else:
         if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.shape != w.shape:
-            raise ValueError(f"mask: expected a bool array of shape {w.shape}, got {_describe(mask)}")
+            raise ValueError(
+                f"mask: expected a bool array of shape {w.shape}, got {_describe(mask)}")
         keep = mask
     counts = keep.sum(axis=1)
     nnz = int(counts.sum())
     indptr = np.zeros(w.shape[0] + 1, dtype=_index_dtype(nnz))
     np.cumsum(counts, out=indptr[1:])
-    indices = np.nonzero(keep)[1].astype(_index_dtype(w.shape[1]), copy=False)
+    indices: np.ndarray = np.nonzero(keep)[1].astype(_index_dtype(w.shape[1]), copy=False)
     return CSR(w[keep], indices, indptr, w.shape)
 
 
@@ -166,10 +170,12 @@ def from_csr(csr, shape: tuple[int, int] | None = None) -> np.ndarray:
     data, indices, indptr = csr
     rows, cols = (int(s) for s in shape)
     data, indices, indptr = np.asarray(data), np.asarray(indices), np.asarray(indptr)
-    if indptr.shape != (rows + 1,) or indptr[0] != 0 or indptr[-1] != data.size or indices.size != data.size:
+    if (indptr.shape != (rows + 1,) or indptr[0] != 0 or indptr[-1] != data.size
+            or indices.size != data.size):
         raise ValueError(f"csr: arrays inconsistent with shape {(rows, cols)}: "
                          f"data {data.size}, indices {indices.size}, indptr {indptr.size}")
-    if np.any(np.diff(indptr) < 0) or (indices.size and (indices.min() < 0 or indices.max() >= cols)):
+    out_of_range = indices.size and (indices.min() < 0 or indices.max() >= cols)
+    if np.any(np.diff(indptr) < 0) or out_of_range:
         raise ValueError("csr: indptr must be non-decreasing and indices within the columns")
     out = np.zeros((rows, cols), dtype=data.dtype)
     row_of = np.repeat(np.arange(rows), np.diff(indptr))
@@ -187,6 +193,8 @@ class Compressed24(tuple):
     ``4j .. 4j+3`` of ``values.ravel()``. ``.shape`` (the dense shape),
     ``.nbytes``, ``.dense_nbytes``.
     """
+
+    shape: tuple[int, ...]
 
     def __new__(cls, values: np.ndarray, indices: np.ndarray) -> Compressed24:
         self = super().__new__(cls, (values, indices))
@@ -252,7 +260,8 @@ def decompress_24(values: np.ndarray, indices: np.ndarray) -> np.ndarray:
         raise ValueError("values: expected at least one dimension")
     kept = values.size
     if kept % 2 or indices.size != (kept + 3) // 4:
-        raise ValueError(f"indices: expected {(kept + 3) // 4} bytes for {kept} values, got {indices.size}")
+        raise ValueError(
+            f"indices: expected {(kept + 3) // 4} bytes for {kept} values, got {indices.size}")
     flat = indices.ravel()
     positions = np.stack([(flat >> s) & 3 for s in (0, 2, 4, 6)], axis=1).ravel()[:kept]
     pairs = positions.reshape(-1, 2).astype(np.intp)
@@ -279,6 +288,7 @@ def storage_report(w: np.ndarray, mask: np.ndarray | None = None) -> dict[str, i
     report = {"dense": int(w.nbytes), "bitmask": int(w[keep].nbytes + pack_mask(keep).nbytes)}
     if w.ndim == 2:
         report["csr"] = to_csr(w, keep).nbytes
-    if w.ndim >= 1 and w.shape[-1] % 4 == 0 and w.size and keep.reshape(-1, 4).sum(axis=1).max() <= 2:
+    if (w.ndim >= 1 and w.shape[-1] % 4 == 0 and w.size
+            and keep.reshape(-1, 4).sum(axis=1).max() <= 2):
         report["2:4"] = compress_24(np.where(keep, w, np.zeros((), w.dtype))).nbytes
     return report

@@ -26,7 +26,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     how = parser.add_mutually_exclusive_group(required=True)
     how.add_argument("--sparsity", type=float, metavar="S",
                      help="prune this fraction (0..1) of each tensor by magnitude")
-    how.add_argument("--nm", metavar="N:M", help="keep N of every M consecutive entries of the last axis, e.g. 2:4")
+    how.add_argument("--nm", metavar="N:M",
+                     help="keep N of every M consecutive entries of the last axis, e.g. 2:4")
     parser.add_argument("--global", dest="global_", action="store_true",
                         help="with --sparsity: one magnitude threshold across all pruned tensors")
 
@@ -80,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
             size_total += size
             note = f"{zeros / size:8.2%}" if size else f"{'-':>8}"
         else:
-            note = f"{'kept':>8}  ({skipped.get(name) or ('not float' if e.dtype not in st.FLOAT_DTYPES else '< 2-D')})"
+            why = skipped.get(name) or ("not float" if e.dtype not in st.FLOAT_DTYPES else "< 2-D")
+            note = f"{'kept':>8}  ({why})"
         rows.append((name, str(tuple(e.shape)), e.dtype, note))
     width = max([len(r[0]) for r in rows] + [6])
     swidth = max([len(r[1]) for r in rows] + [5])
@@ -88,6 +90,6 @@ def run(args: argparse.Namespace) -> int:
     for name, shape, dtype, note in rows:
         print(f"{name:<{width}}  {shape:<{swidth}}  {dtype:<5}  {note}")
     share = pruned_total / size_total if size_total else 0.0
-    print(f"total: {pruned_total} of {size_total} weights in {len(targets)} pruned tensors are zero "
-          f"({share:.2%}); wrote {args.output}")
+    print(f"total: {pruned_total} of {size_total} weights in {len(targets)} pruned tensors "
+          f"are zero ({share:.2%}); wrote {args.output}")
     return 0
