@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import run_everywhere
 from slimgrad import quant
 
@@ -13,7 +12,12 @@ FLT_MIN = np.float32(np.finfo(np.float32).tiny)
 # Relative RMS error of int8 per-channel on Gaussian rows of 1024: the step is
 # ~2 * 3.3 sigma / 254, RMS error step / sqrt(12) ~ 0.0075 sigma.
 INT8_CHANNEL_REL_ERR = 0.01
-SCHEMES = [(b, s, g) for b in (2, 3, 4, 5, 6, 7, 8) for s in (True, False) for g in ("tensor", "channel", "group")]
+SCHEMES = [
+    (b, s, g)
+    for b in (2, 3, 4, 5, 6, 7, 8)
+    for s in (True, False)
+    for g in ("tensor", "channel", "group")
+]
 SHAPES = [(1,), (7,), (1, 1), (3, 17), (5, 33), (2, 3, 40), (4, 129)]
 
 
@@ -94,7 +98,9 @@ def test_every_scheme_matches_reference(bits, symmetric, granularity, rng):
     w[2, :7] = 0.25  # a constant group when group_size=7
     w[3] = 0.0  # an all-zero channel
     for rounding in ("half_even", "half_away"):
-        qt = quant.quantize(w, bits, symmetric=symmetric, granularity=granularity, group_size=7, rounding=rounding)
+        qt = quant.quantize(
+            w, bits, symmetric=symmetric, granularity=granularity, group_size=7, rounding=rounding
+        )
         q, scale, zp, deq = ref_quantize(w, bits, symmetric, granularity, 0, 7, rounding)
         np.testing.assert_array_equal(qt.scale, scale)
         np.testing.assert_array_equal(qt.zero_point, zp)
@@ -112,7 +118,9 @@ def test_shapes_and_tails(isa, threads, shape, granularity, rng):
     w = rng.standard_normal(shape).astype(np.float32)
     for bits, symmetric in ((8, True), (4, True), (3, False)):
         axis = -1 if granularity == "channel" and len(shape) > 1 else 0
-        qt = quant.quantize(w, bits, symmetric=symmetric, granularity=granularity, axis=axis, group_size=16)
+        qt = quant.quantize(
+            w, bits, symmetric=symmetric, granularity=granularity, axis=axis, group_size=16
+        )
         q, scale, zp, deq = ref_quantize(w, bits, symmetric, granularity, axis % w.ndim, 16)
         np.testing.assert_array_equal(qt.codes(), q)
         np.testing.assert_array_equal(qt.scale, scale)
@@ -160,7 +168,9 @@ def test_constant_and_zero_groups_round_trip_exactly(recwarn):
     for bits in (2, 4, 8):
         for symmetric in (True, False):
             for granularity in ("channel", "group", "tensor"):
-                qt = quant.quantize(w, bits, symmetric=symmetric, granularity=granularity, group_size=20)
+                qt = quant.quantize(
+                    w, bits, symmetric=symmetric, granularity=granularity, group_size=20
+                )
                 y = qt.dequantize()
                 assert not np.isnan(y).any()
                 if granularity != "tensor":
@@ -169,7 +179,10 @@ def test_constant_and_zero_groups_round_trip_exactly(recwarn):
 
 
 def test_extreme_values_stay_finite():
-    w = np.array([[3.0e38, -3.0e38, 1.0, 0.0], [1e-45, -1e-45, 0.0, 1e-44], [1e-40, 2e-40, 0, 1e-38]], np.float32)
+    w = np.array(
+        [[3.0e38, -3.0e38, 1.0, 0.0], [1e-45, -1e-45, 0.0, 1e-44], [1e-40, 2e-40, 0, 1e-38]],
+        np.float32,
+    )
     for symmetric in (True, False):
         qt = quant.quantize(w, 8, symmetric=symmetric)
         assert np.isfinite(qt.scale).all() and (qt.scale > 0).all()
@@ -181,11 +194,14 @@ def test_extreme_values_stay_finite():
 def test_identical_on_every_isa_and_thread_count(rng):
     w = rng.standard_normal((37, 1031)).astype(np.float32)
     w1 = rng.standard_normal(100_003).astype(np.float32)
-    cases = [dict(bits=8), dict(bits=4, granularity="group", group_size=32),
-             dict(bits=3, symmetric=False, granularity="group", group_size=100, rounding="half_away"),
-             dict(bits=4, granularity="group", group_size=64, rounding="stochastic", seed=7),
-             dict(bits=8, granularity="tensor", rounding="stochastic", seed=3),
-             dict(bits=5, symmetric=False, granularity="channel", axis=1)]
+    cases = [
+        dict(bits=8),
+        dict(bits=4, granularity="group", group_size=32),
+        dict(bits=3, symmetric=False, granularity="group", group_size=100, rounding="half_away"),
+        dict(bits=4, granularity="group", group_size=64, rounding="stochastic", seed=7),
+        dict(bits=8, granularity="tensor", rounding="stochastic", seed=3),
+        dict(bits=5, symmetric=False, granularity="channel", axis=1),
+    ]
 
     def run():
         out = []
@@ -214,7 +230,10 @@ def test_stochastic_rounding_is_unbiased_and_seeded(rng):
     q = a.codes().astype(np.float64)
     assert np.all((q == np.floor(r)) | (q == np.ceil(r)) | (np.abs(q) == 7))
     # mean over seeds approaches x (unbiased); half_even's error does not average out
-    mean = np.mean([quant.quantize(w, 4, rounding="stochastic", seed=s).dequantize() for s in range(64)], axis=0)
+    mean = np.mean(
+        [quant.quantize(w, 4, rounding="stochastic", seed=s).dequantize() for s in range(64)],
+        axis=0,
+    )
     step = a.expand(a.scale)
     assert np.abs(mean - w).mean() < 0.1 * step.mean()
 
@@ -233,9 +252,13 @@ def test_int8_codes_equal_torch_quantize_per_channel(rng):
             qt = quant.quantize(x, 8, symmetric=symmetric)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                t = torch.quantize_per_channel(torch.from_numpy(x), torch.from_numpy(qt.scale.astype(np.float64)),
-                                               torch.from_numpy(qt.zero_point.astype(np.int64)), 0,
-                                               torch.qint8 if symmetric else torch.quint8)
+                t = torch.quantize_per_channel(
+                    torch.from_numpy(x),
+                    torch.from_numpy(qt.scale.astype(np.float64)),
+                    torch.from_numpy(qt.zero_point.astype(np.int64)),
+                    0,
+                    torch.qint8 if symmetric else torch.quint8,
+                )
             np.testing.assert_array_equal(qt.codes(), t.int_repr().numpy())
             np.testing.assert_array_equal(qt.dequantize(), t.dequantize().numpy())
 
@@ -249,7 +272,8 @@ def test_reconstruction_quality(rng):
     assert rel(quant.quantize(w, 8)) < INT8_CHANNEL_REL_ERR
     assert rel(quant.quantize(w, 4, granularity="group", group_size=32)) < rel(quant.quantize(w, 4))
     assert rel(quant.quantize(w, 4, symmetric=False, granularity="group", group_size=32)) < rel(
-        quant.quantize(w, 4, granularity="group", group_size=32))
+        quant.quantize(w, 4, granularity="group", group_size=32)
+    )
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -273,17 +297,26 @@ def test_nonfinite_propagate_gives_nan_groups(rng):
     np.testing.assert_array_equal(qt.codes()[1, :8], 0)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(bits=1), "bits: expected an integer in 2..8, got 1"),
-    (dict(bits=9), "bits: expected an integer in 2..8, got 9"),
-    (dict(granularity="row"), "granularity: expected one of 'tensor', 'channel', 'group', got 'row'"),
-    (dict(rounding="up"), "rounding: expected one of 'half_even', 'half_away', 'stochastic', got 'up'"),
-    (dict(clip="max"), "clip: expected one of 'minmax', 'percentile', 'mse', got 'max'"),
-    (dict(axis=2), r"axis: expected an integer in \[-2, 1\], got 2"),
-    (dict(group_size=0), "group_size: expected a positive integer, got 0"),
-    (dict(seed=-1), r"seed: expected an integer in \[0, 2\*\*64\), got -1"),
-    (dict(nonfinite="ignore"), "nonfinite: expected one of 'raise', 'propagate', got 'ignore'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(bits=1), "bits: expected an integer in 2..8, got 1"),
+        (dict(bits=9), "bits: expected an integer in 2..8, got 9"),
+        (
+            dict(granularity="row"),
+            "granularity: expected one of 'tensor', 'channel', 'group', got 'row'",
+        ),
+        (
+            dict(rounding="up"),
+            "rounding: expected one of 'half_even', 'half_away', 'stochastic', got 'up'",
+        ),
+        (dict(clip="max"), "clip: expected one of 'minmax', 'percentile', 'mse', got 'max'"),
+        (dict(axis=2), r"axis: expected an integer in \[-2, 1\], got 2"),
+        (dict(group_size=0), "group_size: expected a positive integer, got 0"),
+        (dict(seed=-1), r"seed: expected an integer in \[0, 2\*\*64\), got -1"),
+        (dict(nonfinite="ignore"), "nonfinite: expected one of 'raise', 'propagate', got 'ignore'"),
+    ],
+)
 def test_bad_arguments_raise(kwargs, message, rng):
     w = rng.standard_normal((3, 8)).astype(np.float32)
     before = w.copy()
@@ -301,10 +334,15 @@ def test_bad_inputs_raise_type_errors(rng):
         quant.quantize(np.ones((), np.float32))
     qt = quant.quantize(rng.standard_normal((3, 8)).astype(np.float32), 4)
     out = np.zeros((3, 8), np.float64)
-    with pytest.raises(TypeError, match=r"out: expected float32 C-contiguous array, got float64 array of shape \(3, 8\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"out: expected float32 C-contiguous array, got float64 array of shape \(3, 8\)",
+    ):
         qt.dequantize(out)
     assert not out.any()
-    with pytest.raises(ValueError, match=r"out: expected float32 C-contiguous array of shape \(3, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"out: expected float32 C-contiguous array of shape \(3, 8\)"
+    ):
         qt.dequantize(np.zeros((8, 3), np.float32))
     ro = np.zeros((3, 8), np.float32)
     ro.flags.writeable = False
@@ -314,7 +352,9 @@ def test_bad_inputs_raise_type_errors(rng):
 
 def test_other_float_dtypes_and_empty(rng):
     w = rng.standard_normal((4, 9))
-    np.testing.assert_array_equal(quant.quantize(w, 8).data, quant.quantize(w.astype(np.float32), 8).data)
+    np.testing.assert_array_equal(
+        quant.quantize(w, 8).data, quant.quantize(w.astype(np.float32), 8).data
+    )
     qt = quant.quantize(np.zeros((0, 5), np.float32), 4, granularity="group", group_size=2)
     assert qt.data.shape == (0, 3) and qt.dequantize().shape == (0, 5)
     qt = quant.quantize(np.zeros((3, 0), np.float32), 8)

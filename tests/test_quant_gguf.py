@@ -6,7 +6,6 @@ import warnings
 
 import numpy as np
 import pytest
-
 from conftest import run_everywhere
 from slimgrad.quant import gguf as sg
 
@@ -18,7 +17,10 @@ def adversarial(rng):
     """(name, array) pairs aimed at each rounding rule of the reference."""
     yield "gaussian", rng.standard_normal((33, 256)).astype(np.float32)
     yield "ties", (rng.integers(-16, 17, (16, 128)) * 0.5).astype(np.float32)
-    yield "ties/127", (rng.integers(-254, 255, (16, 128)) * (np.float32(1.7) / 254)).astype(np.float32)
+    yield (
+        "ties/127",
+        (rng.integers(-254, 255, (16, 128)) * (np.float32(1.7) / 254)).astype(np.float32),
+    )
     z = np.zeros((6, 64), np.float32)
     z[1] = 3.0
     z[2] = -1e-3
@@ -67,15 +69,21 @@ def test_identical_everywhere_on_a_large_tensor(rng):
 
 def test_accepts_gguf_enum_and_float64(rng):
     w = rng.standard_normal((2, 64))
-    np.testing.assert_array_equal(sg.quantize(w, gguf.GGMLQuantizationType.Q4_0),
-                                  gq.quantize(w.astype(np.float32), gguf.GGMLQuantizationType.Q4_0))
+    np.testing.assert_array_equal(
+        sg.quantize(w, gguf.GGMLQuantizationType.Q4_0),
+        gq.quantize(w.astype(np.float32), gguf.GGMLQuantizationType.Q4_0),
+    )
 
 
 def test_bad_inputs(rng):
     w = rng.standard_normal((2, 48)).astype(np.float32)
-    with pytest.raises(ValueError, match=r"w: expected a last axis that is a multiple of 32, got shape \(2, 48\)"):
+    with pytest.raises(
+        ValueError, match=r"w: expected a last axis that is a multiple of 32, got shape \(2, 48\)"
+    ):
         sg.quantize(w, "Q8_0")
-    with pytest.raises(ValueError, match="type: expected one of 'Q8_0', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', got 'Q2_K'"):
+    with pytest.raises(
+        ValueError, match="type: expected one of 'Q8_0', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', got 'Q2_K'"
+    ):
         sg.quantize(w[:, :32], "Q2_K")
     w = w[:, :32].copy()
     w[1, 3] = np.nan
@@ -83,5 +91,7 @@ def test_bad_inputs(rng):
         sg.quantize(w, "Q4_1")
     with pytest.raises(TypeError, match="data: expected a uint8 NumPy array"):
         sg.dequantize(np.zeros(34, np.int8), "Q8_0")
-    with pytest.raises(ValueError, match=r"data: 33 bytes do not hold Q8_0 blocks of shape \(32,\)"):
+    with pytest.raises(
+        ValueError, match=r"data: 33 bytes do not hold Q8_0 blocks of shape \(32,\)"
+    ):
         sg.dequantize(np.zeros(33, np.uint8), "Q8_0", (32,))

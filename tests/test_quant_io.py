@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from slimgrad import cli, quant
 
 pytest.importorskip("safetensors")
@@ -13,22 +12,26 @@ pytest.importorskip("safetensors")
 def make_checkpoint(path, rng):
     from safetensors.numpy import save_file
 
-    tensors = {"fc1.weight": rng.standard_normal((64, 96)).astype(np.float32),
-               "fc1.bias": rng.standard_normal(64).astype(np.float32),
-               "fc2.weight": rng.standard_normal((10, 64)).astype(np.float16),
-               "odd": rng.standard_normal((5, 40)).astype(np.float32),
-               "steps": np.arange(3, dtype=np.int64)}
+    tensors = {
+        "fc1.weight": rng.standard_normal((64, 96)).astype(np.float32),
+        "fc1.bias": rng.standard_normal(64).astype(np.float32),
+        "fc2.weight": rng.standard_normal((10, 64)).astype(np.float16),
+        "odd": rng.standard_normal((5, 40)).astype(np.float32),
+        "steps": np.arange(3, dtype=np.int64),
+    }
     save_file(tensors, str(path))
     return tensors
 
 
 def test_save_load_round_trip(tmp_path, rng):
     w = rng.standard_normal((12, 70)).astype(np.float32)
-    tensors = {"a": quant.quantize(w, 4, granularity="group", group_size=32),
-               "b": quant.quantize(w, 8, symmetric=False),
-               "c": quant.quantize(w, 3, granularity="tensor"),
-               "d": quant.quantize(w.reshape(3, 4, 70), 6, granularity="channel", axis=1),
-               "plain": w}
+    tensors = {
+        "a": quant.quantize(w, 4, granularity="group", group_size=32),
+        "b": quant.quantize(w, 8, symmetric=False),
+        "c": quant.quantize(w, 3, granularity="tensor"),
+        "d": quant.quantize(w.reshape(3, 4, 70), 6, granularity="channel", axis=1),
+        "plain": w,
+    }
     path = tmp_path / "q.safetensors"
     quant.save(path, tensors)
     back = quant.load(path)
@@ -49,7 +52,9 @@ def test_save_refuses_collisions_and_keeps_old_file(tmp_path, rng):
     before = path.read_bytes()
     with pytest.raises(ValueError, match="tensors: the stored name 'w.scale' is used twice"):
         quant.save(path, {"w": quant.quantize(w, 8), "w.scale": w})
-    with pytest.raises(TypeError, match=r"tensors\['x'\]: expected a QuantizedTensor or ndarray, got list"):
+    with pytest.raises(
+        TypeError, match=r"tensors\['x'\]: expected a QuantizedTensor or ndarray, got list"
+    ):
         quant.save(path, {"x": [1, 2]})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["q.safetensors"]
@@ -59,7 +64,10 @@ def test_save_refuses_collisions_and_keeps_old_file(tmp_path, rng):
 
 def test_gguf_export_equals_gguf_package(tmp_path, rng):
     gguf = pytest.importorskip("gguf")
-    tensors = {"w": rng.standard_normal((8, 64)).astype(np.float32), "v": rng.standard_normal(8).astype(np.float32)}
+    tensors = {
+        "w": rng.standard_normal((8, 64)).astype(np.float32),
+        "v": rng.standard_normal(8).astype(np.float32),
+    }
     path = tmp_path / "m.gguf"
     assert quant.save_gguf(path, tensors, "Q4_1") == {"w": "Q4_1", "v": "F32"}
     reader = gguf.GGUFReader(str(path))
@@ -74,7 +82,9 @@ def test_cli_quantize_safetensors(tmp_path, rng, capsys):
     src = tmp_path / "in.safetensors"
     tensors = make_checkpoint(src, rng)
     out = tmp_path / "out.safetensors"
-    assert cli.main(["quantize", str(src), "-o", str(out), "--bits", "4", "--group-size", "32"]) == 0
+    assert (
+        cli.main(["quantize", str(src), "-o", str(out), "--bits", "4", "--group-size", "32"]) == 0
+    )
     table = capsys.readouterr().out
     lines = table.splitlines()
     assert lines[0].split()[:3] == ["tensor", "shape", "bytes"]
@@ -85,7 +95,9 @@ def test_cli_quantize_safetensors(tmp_path, rng, capsys):
     assert isinstance(back["fc1.weight"], quant.QuantizedTensor) and back["fc1.weight"].bits == 4
     err = float(row.split()[-1])
     w = tensors["fc1.weight"]
-    assert err == pytest.approx(np.linalg.norm(back["fc1.weight"].dequantize() - w) / np.linalg.norm(w), rel=1e-3)
+    assert err == pytest.approx(
+        np.linalg.norm(back["fc1.weight"].dequantize() - w) / np.linalg.norm(w), rel=1e-3
+    )
     assert err < 0.12
     np.testing.assert_array_equal(back["steps"], tensors["steps"])
 
@@ -100,12 +112,18 @@ def test_cli_quantize_gguf(tmp_path, rng, capsys):
     assert "Q8_0" in table and "F32 (row not a multiple of 32)" in table and out.exists()
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--bits", "9"], "--bits: expected 2..8, got 9"),
-    (["--bits", "3", "--format", "gguf"], "--bits 3: GGUF export supports 8"),
-    (["--group-size", "64", "--format", "gguf"], "--group-size: GGUF blocks hold 32 values, got 64"),
-    (["--group-size", "0"], "--group-size: expected a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--bits", "9"], "--bits: expected 2..8, got 9"),
+        (["--bits", "3", "--format", "gguf"], "--bits 3: GGUF export supports 8"),
+        (
+            ["--group-size", "64", "--format", "gguf"],
+            "--group-size: GGUF blocks hold 32 values, got 64",
+        ),
+        (["--group-size", "0"], "--group-size: expected a positive integer, got 0"),
+    ],
+)
 def test_cli_user_errors_exit_2_with_one_line(tmp_path, rng, capsys, argv, message):
     src = tmp_path / "in.safetensors"
     make_checkpoint(src, rng)
@@ -116,7 +134,9 @@ def test_cli_user_errors_exit_2_with_one_line(tmp_path, rng, capsys, argv, messa
 
 
 def test_cli_missing_and_bad_input(tmp_path, capsys):
-    assert cli.main(["quantize", str(tmp_path / "none.safetensors"), "-o", str(tmp_path / "o")]) == 2
+    assert (
+        cli.main(["quantize", str(tmp_path / "none.safetensors"), "-o", str(tmp_path / "o")]) == 2
+    )
     assert "none.safetensors: no such file" in capsys.readouterr().err
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file")

@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import run_everywhere
 from slimgrad import quant
 
 # float32 dot products of length n in a different order than the float64
 # reference: relative to sum(|x| |w|), a few ulps times sqrt(n) at most.
 MATMUL_RTOL = 2e-6
-FUSED = [dict(bits=8), dict(bits=8, symmetric=False), dict(bits=8, granularity="tensor"),
-         dict(bits=8, granularity="group", group_size=64),
-         dict(bits=4), dict(bits=4, symmetric=False), dict(bits=4, granularity="group", group_size=32),
-         dict(bits=4, symmetric=False, granularity="group", group_size=32),
-         dict(bits=4, granularity="group", group_size=50), dict(bits=4, granularity="group", group_size=128)]
-FALLBACK = [dict(bits=3, granularity="group", group_size=32), dict(bits=8, granularity="channel", axis=1),
-            dict(bits=4, granularity="group", group_size=7)]
+FUSED = [
+    dict(bits=8),
+    dict(bits=8, symmetric=False),
+    dict(bits=8, granularity="tensor"),
+    dict(bits=8, granularity="group", group_size=64),
+    dict(bits=4),
+    dict(bits=4, symmetric=False),
+    dict(bits=4, granularity="group", group_size=32),
+    dict(bits=4, symmetric=False, granularity="group", group_size=32),
+    dict(bits=4, granularity="group", group_size=50),
+    dict(bits=4, granularity="group", group_size=128),
+]
+FALLBACK = [
+    dict(bits=3, granularity="group", group_size=32),
+    dict(bits=8, granularity="channel", axis=1),
+    dict(bits=4, granularity="group", group_size=7),
+]
 
 
 def check(y, x, qt):
@@ -60,7 +69,10 @@ def test_matmul_out_and_errors(rng):
         quant.matmul(np.zeros((2, 41), np.float32), qt)
     with pytest.raises(TypeError, match="qt: expected a QuantizedTensor, got ndarray"):
         quant.matmul(x, w)
-    with pytest.raises(ValueError, match=r"out: expected float32 C-contiguous array of shape \(2, 6\), got shape \(6, 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"out: expected float32 C-contiguous array of shape \(2, 6\), got shape \(6, 2\)",
+    ):
         quant.matmul(x, qt, out=np.empty((6, 2), np.float32))
     with pytest.raises(TypeError, match="out: expected float32 C-contiguous array of shape"):
         quant.matmul(x, qt, out=np.empty((2, 6), np.float64))
@@ -68,7 +80,9 @@ def test_matmul_out_and_errors(rng):
         quant.matmul(x, quant.quantize(w.reshape(2, 3, 40), 8))
 
 
-@pytest.mark.parametrize("mk", [(1, 1), (3, 15), (4, 16), (5, 17), (37, 63), (8, 64), (9, 65), (33, 1000)], ids=str)
+@pytest.mark.parametrize(
+    "mk", [(1, 1), (3, 15), (4, 16), (5, 17), (37, 63), (8, 64), (9, 65), (33, 1000)], ids=str
+)
 def test_matmul_int8_exact(isa, threads, mk, rng):
     m, k = mk
     for n in (1, 3, 4, 6, 45):
@@ -86,7 +100,9 @@ def test_matmul_int8_extremes_and_errors(rng):
         a = np.full((2, k), v, np.int8)
         b = np.full((3, k), -128, np.int8)
         np.testing.assert_array_equal(quant.matmul_int8(a, b), np.full((2, 3), v * -128 * k))
-    with pytest.raises(ValueError, match=r"a, b: expected int8 arrays of shapes \(M, K\) and \(N, K\)"):
+    with pytest.raises(
+        ValueError, match=r"a, b: expected int8 arrays of shapes \(M, K\) and \(N, K\)"
+    ):
         quant.matmul_int8(np.zeros((2, 3), np.int8), np.zeros((2, 4), np.int8))
     with pytest.raises(TypeError, match="a: expected int8 C-contiguous array, got int16 array"):
         quant.matmul_int8(np.zeros((2, 3), np.int16), np.zeros((2, 3), np.int8))

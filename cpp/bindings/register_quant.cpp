@@ -159,7 +159,7 @@ void register_quant(py::module_& m) {
     const Array oa = check_array(out, "out", {DType::u8}, Access::write);
     check_size(oa, blocks * quant::gguf_type_size(t));
     py::gil_scoped_release release;
-    quant::gguf_quantize(t, xa.ptr<float>(), blocks, oa.mut<std::uint8_t>());
+    return quant::gguf_quantize(t, xa.ptr<float>(), blocks, oa.mut<std::uint8_t>());
   }, py::arg("w"), py::arg("type"), py::arg("out"));
   m.def("gguf_dequantize", [gguf_type](py::handle data, int type, py::handle out) {
     const quant::GgufType t = gguf_type(type);

@@ -18,6 +18,8 @@ namespace slimgrad::kernels {
 template std::size_t quant_minmax<Isa::avx2>(const float*, std::size_t, float*, float*);
 template void quant_codes<Isa::avx2>(const float*, std::size_t, float, float, bool, float, float, float, int,
                                     std::uint64_t, std::uint64_t, std::uint8_t*);
+template std::size_t quant_groups<Isa::avx2>(const float*, std::size_t, std::size_t, int, bool, int, std::uint64_t,
+                                              std::uint64_t, float*, std::int32_t*, std::uint8_t*);
 template void quant_dequant<Isa::avx2>(const std::uint8_t*, bool, std::size_t, float, float, float*);
 template void quant_pack<Isa::avx2>(const std::uint8_t*, std::size_t, int, std::uint8_t*);
 template void quant_unpack<Isa::avx2>(const std::uint8_t*, std::size_t, int, bool, std::uint8_t*);

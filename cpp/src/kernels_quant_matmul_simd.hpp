@@ -84,6 +84,36 @@ struct MOps<Isa::avx512> {
 };
 #endif
 
+// Zero-point correction of row r: sum_g s_g * z_g * xsum_g, vectorized over
+// groups (z includes the +8 of signed 4-bit codes read as u ^ 8).
+template <Isa I, int Bits, bool Signed>
+float gemv_corr(const QMatmulArgs& a, std::size_t r) {
+  using V = Vec<float, I>;
+  constexpr std::size_t W = V::width;
+  constexpr float zoff = (Bits == 4 && Signed) ? 8.0f : 0.0f;
+  const float* sc = a.scale + r * a.param_stride;
+  const std::int32_t* zp = a.zp + r * a.param_stride;
+  float corr = 0.0f;
+  if (zoff != 0.0f || !Signed) {
+    V cv = V::zero();
+    const std::size_t G = a.n_groups;
+    std::size_t k = 0;
+    if (a.param_stride) {
+      for (; k + W <= G; k += W) {
+        float z[W];
+        for (std::size_t t = 0; t < W; ++t) z[t] = static_cast<float>(zp[k + t]) + zoff;
+        cv = fma(V::load(sc + k) * V::load(z), V::load(a.xsum + k), cv);
+      }
+    }
+    for (; k < G; ++k) {
+      const std::size_t p = a.param_stride ? k : 0;
+      corr += sc[p] * (static_cast<float>(zp[p]) + zoff) * a.xsum[k];
+    }
+    corr += reduce_sum(cv);
+  }
+  return corr;
+}
+
 template <Isa I, int Bits, bool Signed>
 float gemv_row(const QMatmulArgs& a, std::size_t r) {
   using V = Vec<float, I>;
@@ -124,26 +154,67 @@ float gemv_row(const QMatmulArgs& a, std::size_t r) {
     }
     acc[g & 1] = fma(V::set1(sc[a.param_stride ? g : 0]), ga + gb, acc[g & 1]);
   }
-  // Zero-point correction sum_g s_g * z_g * xsum_g, vectorized over groups.
-  float corr = 0.0f;
-  if (zoff != 0.0f || !Signed) {
-    V cv = V::zero();
-    const std::size_t G = a.n_groups;
-    std::size_t k = 0;
-    if (a.param_stride) {
-      for (; k + W <= G; k += W) {
-        float z[W];
-        for (std::size_t t = 0; t < W; ++t) z[t] = static_cast<float>(zp[k + t]) + zoff;
-        cv = fma(V::load(sc + k) * V::load(z), V::load(a.xsum + k), cv);
-      }
+  return reduce_sum(acc[0] + acc[1]) - gemv_corr<I, Bits, Signed>(a, r);
+}
+
+#if defined(__AVX512F__)
+// AVX-512, 4 bits, every group full (32 | group size): the 16 possible
+// weights of a group, scale * (code - zero point), form a table, and
+// vpermps looks codes up in it: no int -> float conversion, no per-group
+// scale or zero-point term, and the products use exactly dequantize()'s
+// weights. vpermps reads the low 4 bits of each index, so the nibbles need
+// no masking after widening.
+template <bool Signed>
+float gemv_row_lut(const QMatmulArgs& a, std::size_t r) {
+  const std::size_t gs = a.group_size, full = a.in / gs;
+  const std::uint8_t* row = a.w + r * a.row_bytes;
+  const float* sc = a.scale + r * a.param_stride;
+  const std::int32_t* zp = a.zp + r * a.param_stride;
+  // nibble n as a code: two's complement when signed
+  const __m512 codes = Signed ? _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1)
+                              : _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  for (std::size_t g = 0; g < full; ++g) {
+    const __m512 table = _mm512_mul_ps(_mm512_set1_ps(sc[g]),
+                                       _mm512_sub_ps(codes, _mm512_set1_ps(static_cast<float>(zp[g]))));
+    const std::uint8_t* src = row + g * gs / 2;
+    const float* xg = a.xp + g * gs;
+    for (std::size_t c = 0; c < gs; c += 32) {
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + c / 2));
+      const __m512 wlo = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(b), table);
+      const __m512 whi = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_srli_epi16(b, 4)), table);
+      acc0 = _mm512_fmadd_ps(wlo, _mm512_loadu_ps(xg + c), acc0);
+      acc1 = _mm512_fmadd_ps(whi, _mm512_loadu_ps(xg + c + 16), acc1);
     }
-    for (; k < G; ++k) {
-      const std::size_t p = a.param_stride ? k : 0;
-      corr += sc[p] * (static_cast<float>(zp[p]) + zoff) * a.xsum[k];
-    }
-    corr += reduce_sum(cv);
   }
-  return reduce_sum(acc[0] + acc[1]) - corr;
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+#endif
+
+// Two rows at once on the fast path (every group full, 32 | group size): x
+// chunks are loaded once for both rows and the two rows' chains interleave.
+template <Isa I, int Bits, bool Signed>
+void gemv_two_rows(const QMatmulArgs& a, std::size_t r, float* y0, float* y1) {
+  using V = Vec<float, I>;
+  const std::size_t gs = a.group_size, full = a.in / gs;
+  const std::uint8_t* w0 = a.w + r * a.row_bytes;
+  const std::uint8_t* w1 = w0 + a.row_bytes;
+  const float* s0 = a.scale + r * a.param_stride;
+  const float* s1 = s0 + a.param_stride;
+  V acc0 = V::zero(), acc1 = V::zero();
+  for (std::size_t g = 0; g < full; ++g) {
+    const std::size_t off = g * gs * Bits / 8;
+    const float* xg = a.xp + g * gs;
+    V a0 = V::zero(), b0 = V::zero(), a1 = V::zero(), b1 = V::zero();
+    for (std::size_t c = 0; c < gs; c += 32) {
+      MOps<I>::template chunk<Bits, Signed>(w0 + off + c * Bits / 8, xg + c, a0, b0);
+      MOps<I>::template chunk<Bits, Signed>(w1 + off + c * Bits / 8, xg + c, a1, b1);
+    }
+    acc0 = fma(V::set1(s0[g]), a0 + b0, acc0);
+    acc1 = fma(V::set1(s1[g]), a1 + b1, acc1);
+  }
+  *y0 = reduce_sum(acc0) - gemv_corr<I, Bits, Signed>(a, r);
+  *y1 = reduce_sum(acc1) - gemv_corr<I, Bits, Signed>(a, r + 1);
 }
 
 // Row r of W as floats, exactly dequantize()'s values.
@@ -167,36 +238,45 @@ void dequant_row(const QMatmulArgs& a, std::size_t r, float* out) {
   }
 }
 
+// Batched: a panel of 2W rows is dequantized (exactly dequantize()'s
+// values), transposed so that column j of the panel is 2W consecutive floats,
+// then multiplied as outer products: for each j, 2 panel vectors times a
+// broadcast x[b, j] for BB rows of x at once (2 * BB accumulators, FMA-bound).
 template <Isa I>
 void batched_rows(const QMatmulArgs& a, std::size_t r0, std::size_t r1, float* scratch) {
   using V = Vec<float, I>;
-  constexpr std::size_t W = V::width;
-  for (std::size_t r = r0; r < r1; r += 4) {
-    const std::size_t nr = r1 - r < 4 ? r1 - r : 4;
-    for (std::size_t k = 0; k < nr; ++k) dequant_row<I>(a, r + k, scratch + k * a.in);
-    for (std::size_t k = nr; k < 4; ++k) std::memset(scratch + k * a.in, 0, a.in * sizeof(float));
-    const float *w0 = scratch, *w1 = scratch + a.in, *w2 = scratch + 2 * a.in, *w3 = scratch + 3 * a.in;
-    for (std::size_t b = 0; b < a.batch; ++b) {
-      const float* x = a.x + b * a.in;
-      V s0 = V::zero(), s1 = V::zero(), s2 = V::zero(), s3 = V::zero();
-      std::size_t j = 0;
-      for (; j + W <= a.in; j += W) {
-        const V xv = V::load(x + j);
-        s0 = fma(xv, V::load(w0 + j), s0);
-        s1 = fma(xv, V::load(w1 + j), s1);
-        s2 = fma(xv, V::load(w2 + j), s2);
-        s3 = fma(xv, V::load(w3 + j), s3);
+  constexpr std::size_t W = V::width, PR = 2 * W;
+  constexpr std::size_t BB = I == Isa::avx512 ? 6 : 4;
+  const std::size_t in = a.in;
+  float* rows = scratch;
+  float* panel = scratch + PR * in;
+  for (std::size_t r = r0; r < r1; r += PR) {
+    const std::size_t nr = r1 - r < PR ? r1 - r : PR;
+    for (std::size_t k = 0; k < nr; ++k) dequant_row<I>(a, r + k, rows + k * in);
+    for (std::size_t k = nr; k < PR; ++k) std::memset(rows + k * in, 0, in * sizeof(float));
+    for (std::size_t j0 = 0; j0 < in; j0 += 64)  // transpose in column strips (cache friendly)
+      for (std::size_t i = 0; i < PR; ++i)
+        for (std::size_t j = j0; j < j0 + 64 && j < in; ++j) panel[j * PR + i] = rows[i * in + j];
+    for (std::size_t b = 0; b < a.batch; b += BB) {
+      const std::size_t nb = a.batch - b < BB ? a.batch - b : BB;
+      const float* xr[BB];
+      for (std::size_t t = 0; t < BB; ++t) xr[t] = a.x + (b + (t < nb ? t : nb - 1)) * in;
+      V acc[BB][2];
+      for (std::size_t t = 0; t < BB; ++t) acc[t][0] = acc[t][1] = V::zero();
+      for (std::size_t j = 0; j < in; ++j) {
+        const V p0 = V::load(panel + j * PR), p1 = V::load(panel + j * PR + W);
+        for (std::size_t t = 0; t < BB; ++t) {
+          const V xv = V::set1(xr[t][j]);
+          acc[t][0] = fma(xv, p0, acc[t][0]);
+          acc[t][1] = fma(xv, p1, acc[t][1]);
+        }
       }
-      if (j < a.in) {
-        const std::size_t k = a.in - j;
-        const V xv = load_partial<V>(x + j, k);
-        s0 = fma(xv, load_partial<V>(w0 + j, k), s0);
-        s1 = fma(xv, load_partial<V>(w1 + j, k), s1);
-        s2 = fma(xv, load_partial<V>(w2 + j, k), s2);
-        s3 = fma(xv, load_partial<V>(w3 + j, k), s3);
+      for (std::size_t t = 0; t < nb; ++t) {
+        float tmp[PR];
+        acc[t][0].store(tmp);
+        acc[t][1].store(tmp + W);
+        std::memcpy(a.y + (b + t) * a.out + r, tmp, nr * sizeof(float));
       }
-      const float sums[4] = {reduce_sum(s0), reduce_sum(s1), reduce_sum(s2), reduce_sum(s3)};
-      for (std::size_t k = 0; k < nr; ++k) a.y[b * a.out + r + k] = sums[k];
     }
   }
 }
@@ -251,21 +331,35 @@ __attribute__((target("avx512vnni"))) void s8_vnni(const std::int8_t* a, std::si
       }
       bsum[i] = _mm512_reduce_add_epi32(s);
     }
-    for (std::size_t m = 0; m < M; ++m) {
-      const std::int8_t* am = a + m * K;
-      __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
-      for (std::size_t k = 0; k < K; k += 64) {
-        const __mmask64 mk = K - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (K - k)) - 1;
-        // a + 128 as unsigned; padded bytes become 128 but meet b's zeros
-        const __m512i av = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mk, am + k), flip);
-        s0 = _mm512_dpbusd_epi32(s0, av, _mm512_maskz_loadu_epi8(mk, br[0] + k));
-        s1 = _mm512_dpbusd_epi32(s1, av, _mm512_maskz_loadu_epi8(mk, br[1] + k));
-        s2 = _mm512_dpbusd_epi32(s2, av, _mm512_maskz_loadu_epi8(mk, br[2] + k));
-        s3 = _mm512_dpbusd_epi32(s3, av, _mm512_maskz_loadu_epi8(mk, br[3] + k));
+    // 4 rows of a x 4 rows of b per tile: 16 accumulators, 8 loads per 16 vpdpbusd
+    for (std::size_t m = 0; m < M; m += 4) {
+      const std::size_t nm = M - m < 4 ? M - m : 4;
+      const std::int8_t* ar[4];
+      for (std::size_t i = 0; i < 4; ++i) ar[i] = a + (m + (i < nm ? i : 0)) * K;
+      __m512i acc[4][4];
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_si512();
+      std::size_t k = 0;
+      for (; k + 64 <= K; k += 64) {
+        __m512i bv[4];
+        for (int j = 0; j < 4; ++j) bv[j] = _mm512_loadu_si512(br[j] + k);
+        for (int i = 0; i < 4; ++i) {
+          const __m512i av = _mm512_xor_si512(_mm512_loadu_si512(ar[i] + k), flip);  // a + 128, unsigned
+          for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, bv[j]);
+        }
       }
-      const std::int32_t t[4] = {_mm512_reduce_add_epi32(s0), _mm512_reduce_add_epi32(s1),
-                                 _mm512_reduce_add_epi32(s2), _mm512_reduce_add_epi32(s3)};
-      for (std::size_t i = 0; i < nn; ++i) c[m * N + n + i] = t[i] - 128 * bsum[i];
+      if (k < K) {  // padded bytes: a becomes 128 but meets b's zeros
+        const __mmask64 mk = (__mmask64{1} << (K - k)) - 1;
+        __m512i bv[4];
+        for (int j = 0; j < 4; ++j) bv[j] = _mm512_maskz_loadu_epi8(mk, br[j] + k);
+        for (int i = 0; i < 4; ++i) {
+          const __m512i av = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mk, ar[i] + k), flip);
+          for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, bv[j]);
+        }
+      }
+      for (std::size_t i = 0; i < nm; ++i)
+        for (std::size_t j = 0; j < nn; ++j)
+          c[(m + i) * N + n + j] = _mm512_reduce_add_epi32(acc[i][j]) - 128 * bsum[j];
     }
   }
 }
@@ -276,13 +370,26 @@ __attribute__((target("avx512vnni"))) void s8_vnni(const std::int8_t* a, std::si
 template <Isa I>
 void qmatmul_rows(const QMatmulArgs& a, std::size_t r0, std::size_t r1, float* scratch) {
   if (a.batch == 1) {
-    auto run = [&](auto fn) {
-      for (std::size_t r = r0; r < r1; ++r) a.y[r] = fn(a, r);
+    // pairs pay off for 4-bit codes (conversion-bound); 8-bit rows are load-bound
+    const bool pairs = a.bits == 4 && a.param_stride != 0 && a.group_size % 32 == 0 && a.in % a.group_size == 0;
+    auto run = [&](auto one, auto two) {
+      std::size_t r = r0;
+      if (pairs)
+        for (; r + 2 <= r1; r += 2) two(a, r, a.y + r, a.y + r + 1);
+      for (; r < r1; ++r) a.y[r] = one(a, r);
     };
+#if defined(__AVX512F__)
+    if (pairs) {
+      for (std::size_t r = r0; r < r1; ++r) a.y[r] = a.is_signed ? gemv_row_lut<true>(a, r) : gemv_row_lut<false>(a, r);
+      return;
+    }
+#endif
     if (a.bits == 4)
-      a.is_signed ? run(gemv_row<I, 4, true>) : run(gemv_row<I, 4, false>);
+      a.is_signed ? run(gemv_row<I, 4, true>, gemv_two_rows<I, 4, true>)
+                  : run(gemv_row<I, 4, false>, gemv_two_rows<I, 4, false>);
     else
-      a.is_signed ? run(gemv_row<I, 8, true>) : run(gemv_row<I, 8, false>);
+      a.is_signed ? run(gemv_row<I, 8, true>, gemv_two_rows<I, 8, true>)
+                  : run(gemv_row<I, 8, false>, gemv_two_rows<I, 8, false>);
   } else {
     batched_rows<I>(a, r0, r1, scratch);
   }

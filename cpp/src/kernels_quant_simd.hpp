@@ -69,6 +69,16 @@ struct QOps<Isa::avx2> {
     const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
     return {_mm256_cvtepi32_ps(is_signed ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b))};
   }
+  static float hmin(F a) {
+    __m128 s = _mm_min_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
+    s = _mm_min_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_min_ss(s, _mm_movehdup_ps(s)));
+  }
+  static float hmax(F a) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+  }
   // GGUF blocks: 32 values = 4 vectors.
   static unsigned eq_mask(F a, float s) {
     return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(a.v, _mm256_set1_ps(s), _CMP_EQ_OQ)));
@@ -133,12 +143,15 @@ struct QOps<Isa::avx512> {
     const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     return {_mm512_cvtepi32_ps(is_signed ? _mm512_cvtepi8_epi32(b) : _mm512_cvtepu8_epi32(b))};
   }
+  static float hmin(F a) { return _mm512_reduce_min_ps(a.v); }
+  static float hmax(F a) { return _mm512_reduce_max_ps(a.v); }
   static unsigned eq_mask(F a, float s) {
     return static_cast<unsigned>(_mm512_cmp_ps_mask(a.v, _mm512_set1_ps(s), _CMP_EQ_OQ));
   }
-  static void block_bytes(const F* c, std::uint8_t* out) {
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(c[0].v)));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(c[1].v)));
+  static void block_bytes(const F* c, std::uint8_t* out) {  // one 32-byte store: the reload forwards
+    const __m128i a = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(c[0].v));
+    const __m128i b = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(c[1].v));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_set_m128i(b, a));
   }
   static F codes5(const std::uint8_t* q, std::uint32_t qh, int k, bool five) {
     __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16 * k)));
@@ -276,16 +289,8 @@ std::size_t quant_minmax(const float* x, std::size_t n, float* lo, float* hi) {
     for (std::size_t k = 0; k < n; ++k)
       if (!__builtin_isfinite(x[k])) return k;
   }
-  float la[W], lb[W];
-  min(a, a2).store(la);
-  max(b, b2).store(lb);
-  float mn = la[0], mx = lb[0];
-  for (std::size_t k = 1; k < W; ++k) {
-    mn = la[k] < mn ? la[k] : mn;
-    mx = mx < lb[k] ? lb[k] : mx;
-  }
-  *lo = mn;
-  *hi = mx;
+  *lo = QOps<I>::hmin(min(a, a2));  // exact: the order of min/max does not matter
+  *hi = QOps<I>::hmax(max(b, b2));
   return n;
 }
 
@@ -298,6 +303,37 @@ void quant_codes(const float* x, std::size_t n, float scale, float inv, bool use
     codes_impl<I, 1>(x, n, scale, inv, use_div, zp, qmin, qmax, seed, index, codes);
   else
     codes_impl<I, 2>(x, n, scale, inv, use_div, zp, qmin, qmax, seed, index, codes);
+}
+
+template <Isa I>
+std::size_t quant_groups(const float* x, std::size_t n, std::size_t gs, int bits, bool symmetric, int rounding,
+                         std::uint64_t seed, std::uint64_t index, float* scale, std::int32_t* zero_point,
+                         std::uint8_t* codes) {
+  const int qmax = symmetric ? (1 << (bits - 1)) - 1 : (1 << bits) - 1;
+  const float fmax = static_cast<float>(qmax), fmin = symmetric ? -fmax : 0.0f;
+  std::size_t first = n;
+  for (std::size_t g = 0, j = 0; j < n; ++g, j += gs) {
+    const std::size_t len = n - j < gs ? n - j : gs;
+    float lo, hi;
+    const std::size_t k = quant_minmax<I>(x + j, len, &lo, &hi);
+    if (k < len) {
+      first = first < n ? first : j + k;
+      scale[g] = __builtin_nanf("");
+      zero_point[g] = 0;
+      std::memset(codes + j, 0, len);
+      continue;
+    }
+    const quant::Param p = quant::make_param(lo, hi, lo == hi, qmax, symmetric);
+    scale[g] = p.scale;
+    zero_point[g] = static_cast<std::int32_t>(p.zp);
+    if (rounding == 0)
+      codes_impl<I, 0>(x + j, len, p.scale, p.inv, p.use_div, p.zp, fmin, fmax, seed, index + j, codes + j);
+    else if (rounding == 1)
+      codes_impl<I, 1>(x + j, len, p.scale, p.inv, p.use_div, p.zp, fmin, fmax, seed, index + j, codes + j);
+    else
+      codes_impl<I, 2>(x + j, len, p.scale, p.inv, p.use_div, p.zp, fmin, fmax, seed, index + j, codes + j);
+  }
+  return first;
 }
 
 template <Isa I>
@@ -390,74 +426,103 @@ inline float get_half_f16c(const std::uint8_t* p) {
   return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u)));
 }
 
+// Up to 16 blocks per call, in three phases, so the long per-block chain
+// (reduction -> two divisions -> codes) overlaps across blocks:
+//  1. per block, the statistic: amax (Q8_0), the signed first largest |x|
+//     (Q4_0, Q5_0), or min and max (Q4_1, Q5_1);
+//  2. vectorized over the 16 blocks: d, 1/d (0 when d == 0), float16 bits;
+//  3. per block: header and codes. A block with a non-finite d or 1/d goes
+//     to the oracle (NumPy's NaN/inf casts decide its codes).
 template <Isa I>
-inline void gguf_block_simd(int type, const float* x, std::uint8_t* out) {
+inline void gguf_blocks_simd(int type, const float* x, std::size_t nb, std::uint8_t* out, std::size_t ts) {
   using V = Vec<float, I>;
   using Q = QOps<I>;
   constexpr int W = static_cast<int>(V::width), K = 32 / W;
   const auto t = static_cast<quant::GgufType>(type);
-  V v[K], c[K];
-  for (int k = 0; k < K; ++k) v[k] = V::load(x + k * W);
-  auto reduce = [](V a, bool take_max) {
-    float l[W];
-    a.store(l);
-    float r = l[0];
-    for (int i = 1; i < W; ++i) r = take_max ? (l[i] > r ? l[i] : r) : (l[i] < r ? l[i] : r);
-    return r;
-  };
-  std::uint8_t q[32];
-  if (t == quant::GgufType::q8_0 || t == quant::GgufType::q4_0 || t == quant::GgufType::q5_0) {
-    V a = abs(v[0]);
-    for (int k = 1; k < K; ++k) a = max(a, abs(v[k]));
-    const float amax = reduce(a, true);
-    if (t == quant::GgufType::q8_0) {
-      const float d = amax / 127.0f;
-      const float id = d == 0.0f ? 0.0f : 1.0f / d;
-      if (!__builtin_isfinite(id)) return gguf_quantize<Isa::scalar>(type, x, 1, out);
-      put_half_f16c(out, d);
-      for (int k = 0; k < K; ++k) c[k] = Q::round_away(v[k] * V::set1(id));
-      Q::block_bytes(c, out + 2);
-      return;
+  const bool q8 = t == quant::GgufType::q8_0;
+  const bool sym = q8 || t == quant::GgufType::q4_0 || t == quant::GgufType::q5_0;
+  const bool five = t == quant::GgufType::q5_0 || t == quant::GgufType::q5_1;
+  alignas(64) float s1[16] = {}, s2[16] = {}, dv[16], idv[16];
+  alignas(64) std::uint16_t hd[16], hm[16];
+  for (std::size_t b = 0; b < nb; ++b) {
+    const float* xb = x + 32 * b;
+    V v[K];
+    for (int k = 0; k < K; ++k) v[k] = V::load(xb + k * W);
+    if (sym) {
+      V a = abs(v[0]);
+      for (int k = 1; k < K; ++k) a = max(a, abs(v[k]));
+      const float amax = Q::hmax(a);
+      if (q8) {
+        s1[b] = amax;
+      } else {
+        std::uint32_t hits = 0;  // first index of the largest |x| (argmax)
+        for (int k = 0; k < K; ++k) hits |= Q::eq_mask(abs(v[k]), amax) << (k * W);
+        s1[b] = xb[__builtin_ctz(hits)];
+      }
+    } else {
+      V lo = v[0], hi = v[0];
+      for (int k = 1; k < K; ++k) {
+        lo = min(lo, v[k]);
+        hi = max(hi, v[k]);
+      }
+      s1[b] = Q::hmin(lo);
+      s2[b] = Q::hmax(hi);
     }
-    std::uint32_t hits = 0;  // first index of the largest |x| (argmax)
-    for (int k = 0; k < K; ++k) hits |= Q::eq_mask(abs(v[k]), amax) << (k * W);
-    const float m = x[__builtin_ctz(hits)];
-    const bool five = t == quant::GgufType::q5_0;
-    const float d = m / (five ? -16.0f : -8.0f);
-    const float id = d == 0.0f ? 0.0f : 1.0f / d;
-    if (!__builtin_isfinite(id)) return gguf_quantize<Isa::scalar>(type, x, 1, out);
-    const V vid = V::set1(id), bias = V::set1(five ? 16.5f : 8.5f), top = V::set1(five ? 31.0f : 15.0f);
-    for (int k = 0; k < K; ++k) c[k] = min(Q::trunc(v[k] * vid + bias), top);
-    put_half_f16c(out, d);
-    out += 2;
-  } else {
-    V lo = v[0], hi = v[0];
-    for (int k = 1; k < K; ++k) {
-      lo = min(lo, v[k]);
-      hi = max(hi, v[k]);
+  }
+  const float div = q8 ? 127.0f : t == quant::GgufType::q4_0 ? -8.0f : t == quant::GgufType::q5_0 ? -16.0f
+                  : t == quant::GgufType::q4_1 ? 15.0f : 31.0f;
+  for (int i = 0; i < 16; i += W) {
+    const V d = (sym ? V::load(s1 + i) : V::load(s2 + i) - V::load(s1 + i)) / V::set1(div);
+    const V id = select(le(abs(d), V::zero()), V::zero(), V::set1(1.0f) / d);
+    d.store(dv + i);
+    id.store(idv + i);
+  }
+  for (int i = 0; i < 16; i += 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(hd + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(dv + i), _MM_FROUND_TO_NEAREST_INT));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(hm + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(s1 + i), _MM_FROUND_TO_NEAREST_INT));
+  }
+  for (std::size_t b = 0; b < nb; ++b) {
+    const float* xb = x + 32 * b;
+    std::uint8_t* o = out + ts * b;
+    if (!__builtin_isfinite(idv[b]) || !__builtin_isfinite(dv[b])) {
+      gguf_quantize<Isa::scalar>(type, xb, 1, o);
+      continue;
     }
-    const float mn = reduce(lo, false), mx = reduce(hi, true);
-    const bool five = t == quant::GgufType::q5_1;
-    const float d = (mx - mn) / (five ? 31.0f : 15.0f);
-    const float id = d == 0.0f ? 0.0f : 1.0f / d;
-    if (!__builtin_isfinite(id) || !__builtin_isfinite(d)) return gguf_quantize<Isa::scalar>(type, x, 1, out);
-    const V vid = V::set1(id), vmn = V::set1(mn), half = V::set1(0.5f), top = V::set1(five ? 31.0f : 15.0f);
-    for (int k = 0; k < K; ++k) c[k] = min(Q::trunc((v[k] - vmn) * vid + half), top);
-    put_half_f16c(out, d);
-    put_half_f16c(out + 2, mn);
-    out += 4;
+    V v[K], c[K];
+    for (int k = 0; k < K; ++k) v[k] = V::load(xb + k * W);
+    const V vid = V::set1(idv[b]);
+    std::memcpy(o, hd + b, 2);
+    if (q8) {
+      for (int k = 0; k < K; ++k) c[k] = Q::round_away(v[k] * vid);
+      Q::block_bytes(c, o + 2);
+      continue;
+    }
+    const V top = V::set1(five ? 31.0f : 15.0f);
+    if (sym) {
+      const V bias = V::set1(five ? 16.5f : 8.5f);
+      for (int k = 0; k < K; ++k) c[k] = min(Q::trunc(v[k] * vid + bias), top);
+      o += 2;
+    } else {
+      const V vmn = V::set1(s1[b]), half = V::set1(0.5f);
+      for (int k = 0; k < K; ++k) c[k] = min(Q::trunc((v[k] - vmn) * vid + half), top);
+      std::memcpy(o + 2, hm + b, 2);
+      o += 4;
+    }
+    std::uint8_t q[32];
+    Q::block_bytes(c, q);
+    const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+    if (five) {
+      const auto qh = static_cast<std::uint32_t>(_mm256_movemask_epi8(_mm256_slli_epi16(qa, 3)));
+      std::memcpy(o, &qh, 4);
+      o += 4;
+    }
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(_mm256_castsi256_si128(qa), m4);
+    const __m128i hi = _mm_and_si128(_mm256_extracti128_si256(qa, 1), m4);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(o), _mm_or_si128(lo, _mm_slli_epi16(hi, 4)));
   }
-  Q::block_bytes(c, q);
-  const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
-  if (t == quant::GgufType::q5_0 || t == quant::GgufType::q5_1) {
-    const auto qh = static_cast<std::uint32_t>(_mm256_movemask_epi8(_mm256_slli_epi16(qa, 3)));
-    std::memcpy(out, &qh, 4);
-    out += 4;
-  }
-  const __m128i m4 = _mm_set1_epi8(0x0F);
-  const __m128i lo = _mm_and_si128(_mm256_castsi256_si128(qa), m4);
-  const __m128i hi = _mm_and_si128(_mm256_extracti128_si256(qa, 1), m4);
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm_or_si128(lo, _mm_slli_epi16(hi, 4)));
 }
 
 template <Isa I>
@@ -499,7 +564,8 @@ inline void gguf_unblock_simd(int type, const std::uint8_t* in, float* x) {
 template <Isa I>
 void gguf_quantize(int type, const float* x, std::size_t n_blocks, std::uint8_t* out) {
   const std::size_t ts = quant::gguf_type_size(static_cast<quant::GgufType>(type));
-  for (std::size_t b = 0; b < n_blocks; ++b) gguf_block_simd<I>(type, x + 32 * b, out + ts * b);
+  for (std::size_t b = 0; b < n_blocks; b += 16)
+    gguf_blocks_simd<I>(type, x + 32 * b, n_blocks - b < 16 ? n_blocks - b : 16, out + ts * b, ts);
 }
 
 template <Isa I>

@@ -16,6 +16,7 @@
 #include <limits>
 #include <vector>
 
+#include "slimgrad/core.hpp"
 #include "slimgrad/quant.hpp"
 #include "slimgrad/threading.hpp"
 
@@ -25,6 +26,18 @@ namespace {
 constexpr std::size_t kChunk = 8192;      // columns per code item (multiple of 8)
 constexpr std::size_t kStatChunk = 1 << 15;
 constexpr std::size_t kNone = std::numeric_limits<std::size_t>::max();
+
+// Like parallel_for (fixed chunks of `grain`), but the chunks are handed out
+// dynamically: on a shared machine a descheduled thread does not hold the
+// others back. Every chunk writes its own outputs, so the results do not
+// depend on which thread ran which chunk.
+template <class Body>
+void balanced_for(std::size_t n, std::size_t grain, Body&& body) {
+  parallel_tasks(num_chunks(n, grain), [&](std::size_t c) {
+    const std::size_t b = c * grain;
+    body(b, std::min(n, b + grain));
+  });
+}
 
 struct Stat {
   float lo = 0.0f, hi = 0.0f;
@@ -42,11 +55,6 @@ void merge(Stat& into, const Stat& s) {
   into.hi = into.hi < s.hi ? s.hi : into.hi;
   into.bad = std::min(into.bad, s.bad);
 }
-
-struct Param {
-  float scale = 1.0f, inv = 1.0f, zp = 0.0f;
-  bool use_div = false, bad = false;
-};
 
 // Calls fn(param, jb, je) for the segments of constant parameter covering
 // columns [j0, j1) of row r.
@@ -89,7 +97,7 @@ std::vector<Stat> statistics(const float* x, const Spec& s) {
     if (s.layout == Layout::groups) {
       const std::size_t G = s.n_groups();
       const std::size_t grain = std::max<std::size_t>(1, kStatChunk / s.group_size);
-      parallel_for(stats.size(), grain, [&](std::size_t b, std::size_t e) {
+      balanced_for(stats.size(), grain, [&](std::size_t b, std::size_t e) {
         for (std::size_t p = b; p < e; ++p) {
           const std::size_t r = p / G, j0 = (p % G) * s.group_size;
           const std::size_t j1 = std::min(s.cols, j0 + s.group_size);
@@ -100,7 +108,7 @@ std::vector<Stat> statistics(const float* x, const Spec& s) {
       const std::size_t n_runs = s.size() / s.run;
       const std::size_t per_run = (s.run + kStatChunk - 1) / kStatChunk;
       std::vector<Stat> parts(n_runs * per_run);
-      parallel_for(parts.size(), 1, [&](std::size_t b, std::size_t e) {
+      balanced_for(parts.size(), 1, [&](std::size_t b, std::size_t e) {
         for (std::size_t item = b; item < e; ++item) {
           const std::size_t f0 = (item / per_run) * s.run + (item % per_run) * kStatChunk;
           const std::size_t f1 = std::min((item / per_run + 1) * s.run, f0 + kStatChunk);
@@ -131,44 +139,60 @@ std::vector<Stat> statistics(const float* x, const Spec& s) {
   return stats;
 }
 
-// Scale and zero point of one parameter from its (possibly clipped) range
-// [lo, hi] and whether all its values are equal (then exact round trip:
-// the scale is |c| and the code +-1, or 0 with zero point 1).
 Param make_param(float lo, float hi, bool constant, const Spec& s) {
-  Param p;
-  const double qmax = s.qmax();
-  if (constant) {
-    const float c = lo;
-    if (c == 0.0f) {
-      p.scale = 1.0f;
-    } else if (s.symmetric || c > 0.0f) {
-      p.scale = std::fabs(c);
-    } else {
-      p.scale = -c;
-      p.zp = 1.0f;
-    }
-  } else if (s.symmetric) {
-    const double amax = std::max(-static_cast<double>(lo), static_cast<double>(hi));
-    p.scale = static_cast<float>(amax / qmax);
-    if (!(p.scale > 0.0f)) p.scale = amax > 0.0 ? std::numeric_limits<float>::denorm_min() : 1.0f;
-  } else {
-    const double a = std::min(static_cast<double>(lo), 0.0), b = std::max(static_cast<double>(hi), 0.0);
-    p.scale = static_cast<float>((b - a) / qmax);
-    if (!(p.scale > 0.0f)) p.scale = b > a ? std::numeric_limits<float>::denorm_min() : 1.0f;
-    const double z = std::nearbyint(-a / static_cast<double>(p.scale));
-    p.zp = static_cast<float>(std::min(std::max(z, 0.0), qmax));
-  }
-  p.inv = 1.0f / p.scale;
-  p.use_div = p.scale < FLT_MIN;
-  return p;
+  return make_param(lo, hi, constant, s.qmax(), s.symmetric);
 }
 
 std::vector<Param> parameters(const float* x, const Spec& s, const std::vector<Stat>& stats);
 
 }  // namespace
 
+// Groups with min/max ranges: one pass. Each item is whole groups of one
+// row (a multiple of 8 columns), so statistics, parameters and codes of a
+// group are made while it is in cache, with no per-group temporaries. On a
+// non-finite value (raise mode) the outputs are garbage, but the caller
+// discards them: only the first bad index is reported.
+static std::ptrdiff_t quantize_groups_fused(const float* x, const Spec& s, float* scale, std::int32_t* zero_point,
+                                            std::uint8_t* data) {
+  const std::size_t gs = s.group_size, cw = (kChunk / gs) * gs;
+  const std::size_t per_row = (s.cols + cw - 1) / cw, G = s.n_groups(), rb = s.row_bytes();
+  std::vector<std::size_t> first(s.rows * per_row, kNone);
+  dispatch([&](auto isa) {
+    constexpr Isa I = decltype(isa)::value;
+    balanced_for(s.rows * per_row, 1, [&](std::size_t b, std::size_t e) {
+      std::uint8_t buf[kChunk];
+      for (std::size_t item = b; item < e; ++item) {
+        const std::size_t r = item / per_row, j0 = (item % per_row) * cw;
+        const std::size_t j1 = std::min(s.cols, j0 + cw);
+        std::uint8_t* dst = s.bits == 8 ? data + r * s.cols + j0 : buf;
+        const std::size_t p0 = r * G + j0 / gs;
+        const std::size_t k = kernels::quant_groups<I>(x + r * s.cols + j0, j1 - j0, gs, s.bits, s.symmetric,
+                                                       static_cast<int>(s.rounding), s.seed, r * s.cols + j0,
+                                                       scale + p0, zero_point + p0, dst);
+        if (k < j1 - j0) first[item] = r * s.cols + j0 + k;
+        if (s.bits < 8) kernels::quant_pack<I>(buf, j1 - j0, s.bits, data + r * rb + j0 * s.bits / 8);
+      }
+    });
+  });
+  if (!s.propagate) {
+    const std::size_t bad = *std::min_element(first.begin(), first.end());
+    if (bad != kNone) return static_cast<std::ptrdiff_t>(bad);
+  }
+  return -1;
+}
+
 std::ptrdiff_t quantize(const float* x, const Spec& s, float* scale, std::int32_t* zero_point,
                         std::uint8_t* data) {
+  if (s.clip == Clip::minmax && s.size() > 0) {
+    if (s.layout == Layout::groups && s.group_size % 8 == 0 && s.group_size <= kChunk)
+      return quantize_groups_fused(x, s, scale, zero_point, data);
+    if (s.layout == Layout::runs && s.channels == s.rows && s.run == s.cols && s.cols <= kChunk) {
+      Spec rows = s;  // one channel per row (axis 0 of a 2-D weight): one group per row
+      rows.layout = Layout::groups;
+      rows.group_size = s.cols;
+      return quantize_groups_fused(x, rows, scale, zero_point, data);
+    }
+  }
   const std::vector<Stat> stats = statistics(x, s);
   if (!s.propagate) {
     std::size_t first = kNone;
@@ -186,7 +210,7 @@ std::ptrdiff_t quantize(const float* x, const Spec& s, float* scale, std::int32_
   const std::size_t rb = s.row_bytes();
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
-    parallel_for(s.rows * per_row, 1, [&](std::size_t b, std::size_t e) {
+    balanced_for(s.rows * per_row, 1, [&](std::size_t b, std::size_t e) {
       std::uint8_t buf[kChunk];
       for (std::size_t item = b; item < e; ++item) {
         const std::size_t r = item / per_row, j0 = (item % per_row) * kChunk;
@@ -215,7 +239,7 @@ void dequantize(const std::uint8_t* data, const Spec& s, const float* scale, con
   const std::size_t rb = s.row_bytes();
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
-    parallel_for(s.rows * per_row, 1, [&](std::size_t b, std::size_t e) {
+    balanced_for(s.rows * per_row, 1, [&](std::size_t b, std::size_t e) {
       std::uint8_t buf[kChunk];
       for (std::size_t item = b; item < e; ++item) {
         const std::size_t r = item / per_row, j0 = (item % per_row) * kChunk;
@@ -237,7 +261,7 @@ void dequantize(const std::uint8_t* data, const Spec& s, const float* scale, con
 void unpack(const std::uint8_t* data, const Spec& s, std::uint8_t* codes) {
   const std::size_t rb = s.row_bytes();
   dispatch([&](auto isa) {
-    parallel_for(s.rows, std::max<std::size_t>(1, kStatChunk / std::max<std::size_t>(1, s.cols)),
+    balanced_for(s.rows, std::max<std::size_t>(1, kStatChunk / std::max<std::size_t>(1, s.cols)),
                  [&](std::size_t b, std::size_t e) {
                    for (std::size_t r = b; r < e; ++r)
                      kernels::quant_unpack<decltype(isa)::value>(data + r * rb, s.cols, s.bits, s.symmetric,
@@ -249,7 +273,7 @@ void unpack(const std::uint8_t* data, const Spec& s, std::uint8_t* codes) {
 void pack(const std::uint8_t* codes, const Spec& s, std::uint8_t* data) {
   const std::size_t rb = s.row_bytes();
   dispatch([&](auto isa) {
-    parallel_for(s.rows, std::max<std::size_t>(1, kStatChunk / std::max<std::size_t>(1, s.cols)),
+    balanced_for(s.rows, std::max<std::size_t>(1, kStatChunk / std::max<std::size_t>(1, s.cols)),
                  [&](std::size_t b, std::size_t e) {
                    for (std::size_t r = b; r < e; ++r)
                      kernels::quant_pack<decltype(isa)::value>(codes + r * s.cols, s.cols, s.bits, data + r * rb);
@@ -259,19 +283,108 @@ void pack(const std::uint8_t* codes, const Spec& s, std::uint8_t* data) {
 
 namespace {
 
-std::vector<Param> parameters(const float* x, const Spec& s, const std::vector<Stat>& stats) {
-  (void)x;  // the clipping searches read x (see clip below)
-  std::vector<Param> params(stats.size());
-  for (std::size_t p = 0; p < stats.size(); ++p) {
-    const Stat& st = stats[p];
-    if (st.bad != kNone) {
-      params[p].bad = true;
-      params[p].zp = 0.0f;
-      continue;
-    }
-    if (!st.seen) continue;  // no elements: scale 1, zero point 0
-    params[p] = make_param(st.lo, st.hi, st.lo == st.hi, s);
+// The values of parameter p, gathered (groups are contiguous; a channel is
+// every channels-th run).
+void gather(const float* x, const Spec& s, std::size_t p, std::vector<float>& buf) {
+  buf.clear();
+  if (s.layout == Layout::groups) {
+    const std::size_t G = s.n_groups(), r = p / G, j0 = (p % G) * s.group_size;
+    const std::size_t j1 = std::min(s.cols, j0 + s.group_size);
+    buf.assign(x + r * s.cols + j0, x + r * s.cols + j1);
+  } else {
+    for (std::size_t t = p; t * s.run < s.size(); t += s.channels)
+      buf.insert(buf.end(), x + t * s.run, x + (t + 1) * s.run);
   }
+}
+
+// np.percentile(v, q) with the default linear interpolation (v is reordered).
+double percentile_of(std::vector<float>& v, double q) {
+  const std::size_t n = v.size();
+  const double pos = q / 100.0 * static_cast<double>(n - 1);
+  const std::size_t k = std::min(static_cast<std::size_t>(pos), n - 1);
+  const double t = pos - static_cast<double>(k);
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
+  const double a = v[k];
+  if (t <= 0.0 || k + 1 >= n) return a;
+  const double b = *std::min_element(v.begin() + static_cast<std::ptrdiff_t>(k) + 1, v.end());
+  const double d = b - a;
+  return t >= 0.5 ? b - d * (1.0 - t) : a + d * t;  // NumPy's _lerp
+}
+
+// Squared reconstruction error of v under p, with the quantizer's own
+// arithmetic (half-to-even rounding stands in for stochastic rounding).
+double sq_error(const std::vector<float>& v, const Param& p, const Spec& s) {
+  const float qmin = static_cast<float>(s.qmin()), qmax = static_cast<float>(s.qmax());
+  const bool away = s.rounding == Rounding::half_away;
+  double e = 0.0;
+  for (float x : v) {
+    const float r = p.use_div ? x / p.scale : x * p.inv;
+    float t = r + p.zp;
+    t = away ? std::round(t) : std::nearbyint(t);
+    t = std::min(std::max(t, qmin), qmax);
+    const double d = static_cast<double>(x) - static_cast<double>(p.scale * (t - p.zp));
+    e += d * d;
+  }
+  return e;
+}
+
+// The clipped parameter of one group (clip != minmax, not constant).
+Param clipped(std::vector<float>& v, const Stat& st, const Spec& s) {
+  if (s.clip == Clip::percentile) {
+    float lo, hi;
+    if (s.symmetric) {
+      for (float& x : v) x = std::fabs(x);
+      hi = static_cast<float>(percentile_of(v, s.percentile));
+      lo = -hi;
+    } else {
+      std::vector<float> w = v;
+      lo = static_cast<float>(percentile_of(w, 100.0 - s.percentile));
+      hi = static_cast<float>(percentile_of(v, s.percentile));
+    }
+    if (!(lo < hi) || (s.symmetric && hi == 0.0f)) return make_param(st.lo, st.hi, false, s);
+    return make_param(lo, hi, false, s);
+  }
+  // mse: shrink the range by ratios 1, 1 - 1/steps, ...; the smallest error
+  // wins, the widest range on ties.
+  Param best = make_param(st.lo, st.hi, false, s);
+  double best_err = sq_error(v, best, s);
+  for (int k = 1; k < s.mse_steps; ++k) {
+    const double ratio = 1.0 - static_cast<double>(k) / s.mse_steps;
+    if (ratio < s.mse_min_ratio) break;
+    const auto lo = static_cast<float>(st.lo * ratio), hi = static_cast<float>(st.hi * ratio);
+    if (!(lo < hi)) break;
+    const Param p = make_param(lo, hi, false, s);
+    const double err = sq_error(v, p, s);
+    if (err < best_err) {
+      best = p;
+      best_err = err;
+    }
+  }
+  return best;
+}
+
+std::vector<Param> parameters(const float* x, const Spec& s, const std::vector<Stat>& stats) {
+  std::vector<Param> params(stats.size());
+  // Each parameter is independent, so any split over threads gives the same result.
+  balanced_for(stats.size(), s.clip == Clip::minmax ? 4096 : 1, [&](std::size_t b, std::size_t e) {
+    std::vector<float> buf;
+    for (std::size_t p = b; p < e; ++p) {
+      const Stat& st = stats[p];
+      if (st.bad != kNone) {
+        params[p].bad = true;
+        params[p].zp = 0.0f;
+        continue;
+      }
+      if (!st.seen) continue;  // no elements: scale 1, zero point 0
+      const bool constant = st.lo == st.hi;
+      if (s.clip == Clip::minmax || constant) {
+        params[p] = make_param(st.lo, st.hi, constant, s);
+        continue;
+      }
+      gather(x, s, p, buf);
+      params[p] = clipped(buf, st, s);
+    }
+  });
   return params;
 }
 
@@ -282,19 +395,30 @@ std::vector<Param> parameters(const float* x, const Spec& s, const std::vector<S
 namespace slimgrad::quant {
 
 // Blocks are independent: fixed chunks of 1024 blocks (32K values) per item.
-void gguf_quantize(GgufType type, const float* x, std::size_t n_blocks, std::uint8_t* out) {
+// Each chunk is checked for NaN/inf just before it is quantized (while it
+// is in cache) instead of in a separate pass over memory.
+std::ptrdiff_t gguf_quantize(GgufType type, const float* x, std::size_t n_blocks, std::uint8_t* out) {
   const std::size_t ts = gguf_type_size(type);
+  constexpr std::size_t kBlocks = 1024;
+  std::vector<std::size_t> first(num_chunks(n_blocks, kBlocks), kNone);
   dispatch([&](auto isa) {
-    parallel_for(n_blocks, 1024, [&](std::size_t b, std::size_t e) {
-      kernels::gguf_quantize<decltype(isa)::value>(static_cast<int>(type), x + kGgufBlock * b, e - b, out + ts * b);
+    constexpr Isa I = decltype(isa)::value;
+    balanced_for(n_blocks, kBlocks, [&](std::size_t b, std::size_t e) {
+      const float* xb = x + kGgufBlock * b;
+      const std::size_t n = kGgufBlock * (e - b);
+      const std::size_t k = kernels::find_nonfinite<I, float>(xb, n);
+      if (k < n) first[b / kBlocks] = kGgufBlock * b + k;
+      kernels::gguf_quantize<I>(static_cast<int>(type), xb, e - b, out + ts * b);
     });
   });
+  const std::size_t bad = first.empty() ? kNone : *std::min_element(first.begin(), first.end());
+  return bad == kNone ? -1 : static_cast<std::ptrdiff_t>(bad);
 }
 
 void gguf_dequantize(GgufType type, const std::uint8_t* in, std::size_t n_blocks, float* out) {
   const std::size_t ts = gguf_type_size(type);
   dispatch([&](auto isa) {
-    parallel_for(n_blocks, 1024, [&](std::size_t b, std::size_t e) {
+    balanced_for(n_blocks, 1024, [&](std::size_t b, std::size_t e) {
       kernels::gguf_dequantize<decltype(isa)::value>(static_cast<int>(type), in + ts * b, e - b,
                                                      out + kGgufBlock * b);
     });
@@ -364,9 +488,11 @@ void qmatmul(const float* x, std::size_t batch, const Spec& s, const std::uint8_
     return;
   }
   dispatch([&](auto isa) {
-    const std::size_t grain = batch == 1 ? 16 : 4;
-    parallel_for(s.rows, grain, [&](std::size_t b, std::size_t e) {
-      std::vector<float> scratch(batch == 1 ? 0 : 4 * s.cols);
+    // batched: chunks of 32 rows = whole panels of the avx512 kernel (2 x 16)
+    const std::size_t grain = batch == 1 ? 16 : 32;
+    balanced_for(s.rows, grain, [&](std::size_t b, std::size_t e) {
+      thread_local std::vector<float> scratch;  // kept between calls: no page faults per chunk
+      if (batch > 1 && scratch.size() < 64 * s.cols) scratch.resize(64 * s.cols);
       kernels::qmatmul_rows<decltype(isa)::value>(a, b, e, scratch.data());
     });
   });
@@ -378,7 +504,7 @@ void matmul_s8(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::s
   constexpr std::size_t kM = 64;  // rows of a per item; columns come in blocks of 4
   const std::size_t nb = (N + 3) / 4, mb = (M + kM - 1) / kM;
   dispatch([&](auto isa) {
-    parallel_for(nb * mb, 1, [&](std::size_t lo, std::size_t hi) {
+    balanced_for(nb * mb, 1, [&](std::size_t lo, std::size_t hi) {
       std::vector<std::int16_t> scratch(4 * K);
       for (std::size_t item = lo; item < hi; ++item) {
         const std::size_t n0 = (item % nb) * 4, m0 = (item / nb) * kM;

@@ -106,6 +106,45 @@ inline StreamKey stream_key(std::uint64_t seed, std::uint32_t index_hi) {
 inline std::uint32_t stream_bits(StreamKey k, std::uint32_t index_lo) {
   return mix32(mix32(index_lo + k.k1) ^ k.k2);
 }
+
+// Scale and zero point of one parameter from its (possibly clipped) range
+// [lo, hi] and whether all its values are equal (then an exact round trip:
+// scale |c| and code +-1, or code 0 with zero point 1). Computed in double,
+// rounded once to float; plain IEEE operations (no fma, no std:: calls that
+// could be linked from another ISA's file), so every ISA gets the same bits.
+struct Param {
+  float scale = 1.0f, inv = 1.0f, zp = 0.0f;
+  bool use_div = false, bad = false;
+};
+inline Param make_param(float lo, float hi, bool constant, int qmax_i, bool symmetric) {
+  Param p;
+  const double qmax = qmax_i;
+  if (constant) {
+    const float c = lo;
+    if (c == 0.0f) {
+      p.scale = 1.0f;
+    } else if (symmetric || c > 0.0f) {
+      p.scale = c < 0.0f ? -c : c;
+    } else {
+      p.scale = -c;
+      p.zp = 1.0f;
+    }
+  } else if (symmetric) {
+    const double a = -static_cast<double>(lo), b = hi;
+    const double amax = a > b ? a : b;
+    p.scale = static_cast<float>(amax / qmax);
+    if (!(p.scale > 0.0f)) p.scale = amax > 0.0 ? 1.40129846e-45f : 1.0f;
+  } else {
+    const double a = lo < 0.0f ? static_cast<double>(lo) : 0.0, b = hi > 0.0f ? static_cast<double>(hi) : 0.0;
+    p.scale = static_cast<float>((b - a) / qmax);
+    if (!(p.scale > 0.0f)) p.scale = b > a ? 1.40129846e-45f : 1.0f;
+    const double z = __builtin_nearbyint(-a / static_cast<double>(p.scale));
+    p.zp = static_cast<float>(z < 0.0 ? 0.0 : (z > qmax ? qmax : z));
+  }
+  p.inv = 1.0f / p.scale;
+  p.use_div = p.scale < 1.17549435e-38f;  // FLT_MIN
+  return p;
+}
 }  // namespace
 
 }  // namespace quant
@@ -131,6 +170,15 @@ void quant_pack(const std::uint8_t* codes, std::size_t n, int bits, std::uint8_t
 // The inverse: n codes, sign-extended to int8 when is_signed.
 template <Isa I>
 void quant_unpack(const std::uint8_t* in, std::size_t n, int bits, bool is_signed, std::uint8_t* codes);
+// Groups of gs consecutive values of x[0, n) (the last may be shorter), all
+// in one call: min/max, quant::make_param, codes (one byte each) into codes;
+// scale[g] / zero_point[g] per group. `index` is the flat index of x[0].
+// Returns the offset of the first NaN/inf (n if none); its group gets a NaN
+// scale, zero point 0 and zero codes.
+template <Isa I>
+std::size_t quant_groups(const float* x, std::size_t n, std::size_t gs, int bits, bool symmetric, int rounding,
+                         std::uint64_t seed, std::uint64_t index, float* scale, std::int32_t* zero_point,
+                         std::uint8_t* codes);
 
 // GGUF blocks of 32 values, byte for byte what the gguf package's
 // gguf.quants.quantize writes (its NumPy float32 steps, in its order; its
@@ -156,7 +204,7 @@ struct QMatmulArgs {
   std::size_t param_stride = 0, n_groups = 1, group_size = 0;
   float* y = nullptr;            // batch x out
 };
-// Rows [r0, r1) of y. scratch: 4 * in floats (batched path).
+// Rows [r0, r1) of y. scratch: 64 * in floats (batched path).
 template <Isa I>
 void qmatmul_rows(const QMatmulArgs& a, std::size_t r0, std::size_t r1, float* scratch);
 // c[m, n] = sum_k a[m, k] * b[n, k] for n in [n0, n1), all m (int32, exact).
@@ -192,7 +240,8 @@ inline std::size_t gguf_type_size(GgufType t) {
   }
   return 0;
 }
-void gguf_quantize(GgufType type, const float* x, std::size_t n_blocks, std::uint8_t* out);
+// Returns -1, or the flat index of the first NaN/inf (out is then garbage).
+std::ptrdiff_t gguf_quantize(GgufType type, const float* x, std::size_t n_blocks, std::uint8_t* out);
 void gguf_dequantize(GgufType type, const std::uint8_t* in, std::size_t n_blocks, float* out);
 }  // namespace quant
 

@@ -9,5 +9,14 @@ from ._matmul import matmul, matmul_int8
 from ._tensor import QuantizedTensor, dequantize, fake_quantize, quantize
 from .io import load, save, save_gguf
 
-__all__ = ["QuantizedTensor", "dequantize", "fake_quantize", "load", "matmul", "matmul_int8", "quantize", "save",
-           "save_gguf"]
+__all__ = [
+    "QuantizedTensor",
+    "dequantize",
+    "fake_quantize",
+    "load",
+    "matmul",
+    "matmul_int8",
+    "quantize",
+    "save",
+    "save_gguf",
+]

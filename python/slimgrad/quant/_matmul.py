@@ -56,7 +56,9 @@ def matmul(x: np.ndarray, qt: QuantizedTensor, out: np.ndarray | None = None) ->
     if len(qt.shape) != 2:
         raise ValueError(f"qt: expected a 2-D (out, in) weight, got shape {qt.shape}")
     if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
-        raise TypeError(f"x: expected a floating-point NumPy array, got {getattr(x, 'dtype', type(x).__name__)}")
+        raise TypeError(
+            f"x: expected a floating-point NumPy array, got {getattr(x, 'dtype', type(x).__name__)}"
+        )
     n_out, n_in = qt.shape
     if x.ndim == 0 or x.shape[-1] != n_in:
         raise ValueError(f"x: expected shape (..., {n_in}), got {x.shape}")
@@ -64,10 +66,14 @@ def matmul(x: np.ndarray, qt: QuantizedTensor, out: np.ndarray | None = None) ->
     if out is None:
         out = np.empty(oshape, np.float32)
     elif not isinstance(out, np.ndarray) or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise TypeError(f"out: expected float32 C-contiguous array of shape {oshape}, got "
-                        f"{getattr(out, 'dtype', type(out).__name__)}")
+        raise TypeError(
+            f"out: expected float32 C-contiguous array of shape {oshape}, got "
+            f"{getattr(out, 'dtype', type(out).__name__)}"
+        )
     elif out.shape != oshape:
-        raise ValueError(f"out: expected float32 C-contiguous array of shape {oshape}, got shape {out.shape}")
+        raise ValueError(
+            f"out: expected float32 C-contiguous array of shape {oshape}, got shape {out.shape}"
+        )
     xf = np.ascontiguousarray(x, dtype=np.float32)
     if out.size == 0 or n_in == 0:
         out[...] = 0
@@ -75,7 +81,9 @@ def matmul(x: np.ndarray, qt: QuantizedTensor, out: np.ndarray | None = None) ->
     if not _fused(qt):
         np.matmul(xf, qt.dequantize().T, out=out)
         return out
-    _core.quant.matmul(xf, qt.data, qt._core_spec(), qt.scale.reshape(-1), qt.zero_point.reshape(-1), out)
+    _core.quant.matmul(
+        xf, qt.data, qt._core_spec(), qt.scale.reshape(-1), qt.zero_point.reshape(-1), out
+    )
     return out
 
 
@@ -95,7 +103,11 @@ def matmul_int8(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> 
     ValueError
         Shapes that are not (M, K) and (N, K), or ``out`` not (M, N).
     """
-    c_shape = (a.shape[0], b.shape[0]) if getattr(a, "ndim", 0) == 2 and getattr(b, "ndim", 0) == 2 else None
+    c_shape = (
+        (a.shape[0], b.shape[0])
+        if getattr(a, "ndim", 0) == 2 and getattr(b, "ndim", 0) == 2
+        else None
+    )
     if out is None:
         out = np.empty(c_shape if c_shape else (0, 0), np.int32)
     _core.quant.matmul_int8(a, b, out)

@@ -64,7 +64,9 @@ def _as_float32(w: Any, name: str = "w") -> np.ndarray:
     if not isinstance(w, np.ndarray):
         raise TypeError(f"{name}: expected a NumPy array of floats, got {type(w).__name__}")
     if w.dtype.kind != "f" and w.dtype.name != "bfloat16":
-        raise TypeError(f"{name}: expected a floating-point array, got {w.dtype.name} array of shape {w.shape}")
+        raise TypeError(
+            f"{name}: expected a floating-point array, got {w.dtype.name} array of shape {w.shape}"
+        )
     return np.ascontiguousarray(w, dtype=np.float32)
 
 
@@ -88,8 +90,18 @@ class QuantizedTensor:
         only per group).
     """
 
-    def __init__(self, data: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, shape: tuple[int, ...],
-                 bits: int, symmetric: bool, granularity: str, axis: int = 0, group_size: int = 128) -> None:
+    def __init__(
+        self,
+        data: np.ndarray,
+        scale: np.ndarray,
+        zero_point: np.ndarray,
+        shape: tuple[int, ...],
+        bits: int,
+        symmetric: bool,
+        granularity: str,
+        axis: int = 0,
+        group_size: int = 128,
+    ) -> None:
         self.data = data
         self.scale = scale
         self.zero_point = zero_point
@@ -108,7 +120,9 @@ class QuantizedTensor:
     @property
     def nbytes(self) -> int:
         """Bytes of storage: codes + scales (+ zero points when asymmetric)."""
-        return int(self.data.nbytes + self.scale.nbytes + (0 if self.symmetric else self.zero_point.nbytes))
+        return int(
+            self.data.nbytes + self.scale.nbytes + (0 if self.symmetric else self.zero_point.nbytes)
+        )
 
     @property
     def qmin(self) -> int:
@@ -120,12 +134,25 @@ class QuantizedTensor:
 
     def spec(self) -> dict[str, Any]:
         """The quantization spec as plain values (what ``save`` writes as metadata)."""
-        return {"bits": self.bits, "symmetric": self.symmetric, "granularity": self.granularity,
-                "axis": self.axis, "group_size": self.group_size, "shape": list(self.shape)}
+        return {
+            "bits": self.bits,
+            "symmetric": self.symmetric,
+            "granularity": self.granularity,
+            "axis": self.axis,
+            "group_size": self.group_size,
+            "shape": list(self.shape),
+        }
 
     def _core_spec(self, **extra: Any) -> dict[str, Any]:
-        return _core_spec(self.shape, self.bits, self.symmetric, self.granularity, self.axis,
-                          self.group_size, **extra)
+        return _core_spec(
+            self.shape,
+            self.bits,
+            self.symmetric,
+            self.granularity,
+            self.axis,
+            self.group_size,
+            **extra,
+        )
 
     def expand(self, values: np.ndarray) -> np.ndarray:
         """Per-parameter ``values`` (shaped like ``scale``) broadcast to one per element."""
@@ -145,11 +172,15 @@ class QuantizedTensor:
         if out is None:
             out = np.empty(self.shape, np.float32)
         elif isinstance(out, np.ndarray) and out.shape != self.shape:
-            raise ValueError(f"out: expected float32 C-contiguous array of shape {self.shape}, "
-                             f"got {out.dtype.name} array of shape {out.shape}")
+            raise ValueError(
+                f"out: expected float32 C-contiguous array of shape {self.shape}, "
+                f"got {out.dtype.name} array of shape {out.shape}"
+            )
         if self.size == 0:
             return out
-        _q.dequantize(self.data, self._core_spec(), self.scale.reshape(-1), self.zero_point.reshape(-1), out)
+        _q.dequantize(
+            self.data, self._core_spec(), self.scale.reshape(-1), self.zero_point.reshape(-1), out
+        )
         return out
 
     def codes(self) -> np.ndarray:
@@ -161,9 +192,18 @@ class QuantizedTensor:
         return codes
 
     @classmethod
-    def from_codes(cls, codes: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None = None, *,
-                   bits: int = 8, symmetric: bool = True, granularity: str = "channel", axis: int = 0,
-                   group_size: int = 128) -> QuantizedTensor:
+    def from_codes(
+        cls,
+        codes: np.ndarray,
+        scale: np.ndarray,
+        zero_point: np.ndarray | None = None,
+        *,
+        bits: int = 8,
+        symmetric: bool = True,
+        granularity: str = "channel",
+        axis: int = 0,
+        group_size: int = 128,
+    ) -> QuantizedTensor:
         """Packs given integer ``codes`` (shape of the tensor) with their parameters.
 
         ``codes`` must lie in the range of the spec (ValueError otherwise);
@@ -174,26 +214,41 @@ class QuantizedTensor:
         spec = _core_spec(shape, bits, symmetric, granularity, axis, group_size)
         lo, hi = (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
         if codes.size and (codes.min() < lo or codes.max() > hi):
-            raise ValueError(f"codes: expected integers in [{lo}, {hi}], got values in [{codes.min()}, {codes.max()}]")
+            raise ValueError(
+                f"codes: expected integers in [{lo}, {hi}], "
+                f"got values in [{codes.min()}, {codes.max()}]"
+            )
         sshape = _scale_shape(shape, granularity, axis, group_size)
         scale = np.ascontiguousarray(scale, np.float32)
-        zero_point = np.zeros(sshape, np.int32) if zero_point is None else np.ascontiguousarray(zero_point, np.int32)
+        zero_point = (
+            np.zeros(sshape, np.int32)
+            if zero_point is None
+            else np.ascontiguousarray(zero_point, np.int32)
+        )
         for name, arr in (("scale", scale), ("zero_point", zero_point)):
             if arr.shape != sshape:
                 raise ValueError(f"{name}: expected shape {sshape}, got {arr.shape}")
         data = _empty_data(shape, bits, symmetric)
         if codes.size:
-            _q.pack(np.ascontiguousarray(codes.astype(np.int8 if symmetric else np.uint8)), spec, data)
+            _q.pack(
+                np.ascontiguousarray(codes.astype(np.int8 if symmetric else np.uint8)), spec, data
+            )
         return cls(data, scale, zero_point, shape, bits, symmetric, granularity, axis, group_size)
 
     def __repr__(self) -> str:
-        extra = {"channel": f", axis={self.axis}", "group": f", group_size={self.group_size}"}.get(self.granularity, "")
-        return (f"QuantizedTensor(shape={self.shape}, bits={self.bits}, symmetric={self.symmetric}, "
-                f"granularity={self.granularity!r}{extra}, nbytes={self.nbytes})")
+        extra = {"channel": f", axis={self.axis}", "group": f", group_size={self.group_size}"}.get(
+            self.granularity, ""
+        )
+        return (
+            f"QuantizedTensor(shape={self.shape}, bits={self.bits}, symmetric={self.symmetric}, "
+            f"granularity={self.granularity!r}{extra}, nbytes={self.nbytes})"
+        )
 
 
 # -- layout helpers ------------------------------------------------------------
-def _scale_shape(shape: tuple[int, ...], granularity: str, axis: int, group_size: int) -> tuple[int, ...]:
+def _scale_shape(
+    shape: tuple[int, ...], granularity: str, axis: int, group_size: int
+) -> tuple[int, ...]:
     if granularity == "tensor":
         return ()
     if granularity == "channel":
@@ -207,26 +262,52 @@ def _empty_data(shape: tuple[int, ...], bits: int, symmetric: bool) -> np.ndarra
     return np.empty((*shape[:-1], (shape[-1] * bits + 7) // 8), np.uint8)
 
 
-def _core_spec(shape: tuple[int, ...], bits: int, symmetric: bool, granularity: str, axis: int,
-               group_size: int, *, rounding: str = "half_even", seed: int = 0, clip: str = "minmax",
-               percentile: float = 99.9, mse_steps: int = 100, mse_min_ratio: float = 0.2,
-               propagate: bool = False) -> dict[str, Any]:
+def _core_spec(
+    shape: tuple[int, ...],
+    bits: int,
+    symmetric: bool,
+    granularity: str,
+    axis: int,
+    group_size: int,
+    *,
+    rounding: str = "half_even",
+    seed: int = 0,
+    clip: str = "minmax",
+    percentile: float = 99.9,
+    mse_steps: int = 100,
+    mse_min_ratio: float = 0.2,
+    propagate: bool = False,
+) -> dict[str, Any]:
     size = math.prod(shape)
     cols = shape[-1]
-    spec = {"bits": bits, "symmetric": symmetric, "rows": size // cols if cols else 0, "cols": cols,
-            "layout": "groups" if granularity == "group" else "runs", "run": 1, "channels": 1,
-            "group_size": group_size, "rounding": ROUNDINGS.index(rounding), "seed": seed,
-            "clip": CLIPS.index(clip), "percentile": float(percentile), "mse_steps": int(mse_steps),
-            "mse_min_ratio": float(mse_min_ratio), "propagate": propagate}
+    spec = {
+        "bits": bits,
+        "symmetric": symmetric,
+        "rows": size // cols if cols else 0,
+        "cols": cols,
+        "layout": "groups" if granularity == "group" else "runs",
+        "run": 1,
+        "channels": 1,
+        "group_size": group_size,
+        "rounding": ROUNDINGS.index(rounding),
+        "seed": seed,
+        "clip": CLIPS.index(clip),
+        "percentile": float(percentile),
+        "mse_steps": int(mse_steps),
+        "mse_min_ratio": float(mse_min_ratio),
+        "propagate": propagate,
+    }
     if granularity == "tensor":
         spec["run"] = max(size, 1)
     elif granularity == "channel":
-        spec["run"] = max(math.prod(shape[axis + 1:]), 1)
+        spec["run"] = max(math.prod(shape[axis + 1 :]), 1)
         spec["channels"] = max(shape[axis], 1)
     return spec
 
 
-def _expand(values: np.ndarray, shape: tuple[int, ...], granularity: str, axis: int, group_size: int) -> np.ndarray:
+def _expand(
+    values: np.ndarray, shape: tuple[int, ...], granularity: str, axis: int, group_size: int
+) -> np.ndarray:
     values = np.asarray(values)
     if granularity == "tensor":
         return np.broadcast_to(values, shape)
@@ -242,10 +323,22 @@ def _index(shape: tuple[int, ...], flat: int) -> tuple[int, ...]:
 
 
 # -- public functions -------------------------------------------------------------
-def quantize(w: np.ndarray, bits: int = 8, *, symmetric: bool = True, granularity: str = "channel",
-             axis: int = 0, group_size: int = 128, rounding: str = "half_even", clip: str = "minmax",
-             seed: int = 0, percentile: float = 99.9, mse_steps: int = 100, mse_min_ratio: float = 0.2,
-             nonfinite: str = "raise") -> QuantizedTensor:
+def quantize(
+    w: np.ndarray,
+    bits: int = 8,
+    *,
+    symmetric: bool = True,
+    granularity: str = "channel",
+    axis: int = 0,
+    group_size: int = 128,
+    rounding: str = "half_even",
+    clip: str = "minmax",
+    seed: int = 0,
+    percentile: float = 99.9,
+    mse_steps: int = 100,
+    mse_min_ratio: float = 0.2,
+    nonfinite: str = "raise",
+) -> QuantizedTensor:
     """Quantizes ``w`` to ``bits``-bit integer codes; returns a :class:`QuantizedTensor`.
 
     Parameters
@@ -314,21 +407,39 @@ def quantize(w: np.ndarray, bits: int = 8, *, symmetric: bool = True, granularit
     if granularity != "channel":
         axis = 0
     sshape = _scale_shape(shape, granularity, axis, group_size)
-    scale = np.ones(sshape, np.float32)
-    zero_point = np.zeros(sshape, np.int32)
     data = _empty_data(shape, bits, symmetric)
-    if wf.size:
-        spec = _core_spec(shape, bits, bool(symmetric), granularity, axis, int(group_size), rounding=rounding,
-                          seed=int(seed), clip=clip, percentile=percentile, mse_steps=int(mse_steps),
-                          mse_min_ratio=float(mse_min_ratio), propagate=nonfinite == "propagate")
+    if wf.size:  # the kernel writes every scale and zero point
+        scale = np.empty(sshape, np.float32)
+        zero_point = np.empty(sshape, np.int32)
+        spec = _core_spec(
+            shape,
+            bits,
+            bool(symmetric),
+            granularity,
+            axis,
+            int(group_size),
+            rounding=rounding,
+            seed=int(seed),
+            clip=clip,
+            percentile=percentile,
+            mse_steps=int(mse_steps),
+            mse_min_ratio=float(mse_min_ratio),
+            propagate=nonfinite == "propagate",
+        )
         bad = _q.quantize(wf, spec, scale.reshape(-1), zero_point.reshape(-1), data)
         if bad >= 0:
             value = wf.reshape(-1)[bad]
-            raise ValueError(f"w: non-finite value {value} at index {_index(shape, bad)} "
-                             f"(pass nonfinite='propagate' to keep it as a NaN group)")
+            raise ValueError(
+                f"w: non-finite value {value} at index {_index(shape, bad)} "
+                f"(pass nonfinite='propagate' to keep it as a NaN group)"
+            )
     else:
         data[...] = 0
-    return QuantizedTensor(data, scale, zero_point, shape, bits, bool(symmetric), granularity, axis, int(group_size))
+        scale = np.ones(sshape, np.float32)
+        zero_point = np.zeros(sshape, np.int32)
+    return QuantizedTensor(
+        data, scale, zero_point, shape, bits, bool(symmetric), granularity, axis, int(group_size)
+    )
 
 
 def dequantize(qt: QuantizedTensor, out: np.ndarray | None = None) -> np.ndarray:

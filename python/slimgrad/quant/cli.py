@@ -20,13 +20,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="IN", help="safetensors checkpoint")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="file to write")
     parser.add_argument("--bits", type=int, default=8, help="2..8 (GGUF: 8, 5 or 4); default 8")
-    parser.add_argument("--group-size", type=int, default=None,
-                        help="values per scale along the last axis (default: one scale per row; GGUF: 32)")
-    parser.add_argument("--asymmetric", action="store_true", help="unsigned codes with a zero point")
-    parser.add_argument("--rounding", default="half_even", choices=("half_even", "half_away", "stochastic"))
+    parser.add_argument(
+        "--group-size",
+        type=int,
+        default=None,
+        help="values per scale along the last axis (default: one scale per row; GGUF: 32)",
+    )
+    parser.add_argument(
+        "--asymmetric", action="store_true", help="unsigned codes with a zero point"
+    )
+    parser.add_argument(
+        "--rounding", default="half_even", choices=("half_even", "half_away", "stochastic")
+    )
     parser.add_argument("--clip", default="minmax", choices=("minmax", "percentile", "mse"))
-    parser.add_argument("--format", choices=("safetensors", "gguf"), default=None,
-                        help="output format (default: from OUT's extension)")
+    parser.add_argument(
+        "--format",
+        choices=("safetensors", "gguf"),
+        default=None,
+        help="output format (default: from OUT's extension)",
+    )
 
 
 def _load(path: str) -> dict[str, np.ndarray]:
@@ -49,8 +61,8 @@ def _rel_error(w: np.ndarray, w_hat: np.ndarray) -> float:
 
 def run(args: argparse.Namespace) -> int:
     from ..cli import UsageError
+    from . import QuantizedTensor, io, quantize
     from . import gguf as sg
-    from . import io, quantize
 
     fmt = args.format or ("gguf" if args.output.endswith(".gguf") else "safetensors")
     if not 2 <= args.bits <= 8:
@@ -61,46 +73,59 @@ def run(args: argparse.Namespace) -> int:
     if fmt == "gguf":
         gguf_type = io.GGUF_TYPES.get((args.bits, not args.asymmetric))
         if gguf_type is None:
-            raise UsageError(f"--bits {args.bits}{' --asymmetric' if args.asymmetric else ''}: GGUF export "
-                             "supports 8 (Q8_0), 5 (Q5_0, --asymmetric Q5_1) and 4 (Q4_0, --asymmetric Q4_1)")
+            raise UsageError(
+                f"--bits {args.bits}{' --asymmetric' if args.asymmetric else ''}: GGUF export "
+                "supports 8 (Q8_0), 5 (Q5_0, --asymmetric Q5_1) and 4 (Q4_0, --asymmetric Q4_1)"
+            )
         if args.group_size not in (None, sg.BLOCK_SIZE):
-            raise UsageError(f"--group-size: GGUF blocks hold {sg.BLOCK_SIZE} values, got {args.group_size}")
+            raise UsageError(
+                f"--group-size: GGUF blocks hold {sg.BLOCK_SIZE} values, got {args.group_size}"
+            )
     tensors = _load(args.input)
     rows = []
-    out: dict[str, object] = {}
+    keep: dict[str, np.ndarray] = {}  # GGUF: the float tensors, quantized by the writer call
+    out: dict[str, QuantizedTensor | np.ndarray] = {}
     for name, w in tensors.items():
         quantizable = w.ndim == 2 and w.dtype.kind == "f" and w.size > 0
         before = w.nbytes
         if not quantizable:
-            out[name] = w
+            out[name] = keep[name] = w
             rows.append((name, w.shape, before, before, "kept"))
             continue
         if fmt == "gguf":
+            keep[name] = w
             if w.shape[-1] % sg.BLOCK_SIZE:
-                out[name] = w
                 rows.append((name, w.shape, before, w.size * 4, "F32 (row not a multiple of 32)"))
                 continue
             blocks = sg.quantize(w, gguf_type)
-            out[name] = w
             err = _rel_error(w, sg.dequantize(blocks, gguf_type, w.shape))
             rows.append((name, w.shape, before, blocks.nbytes, f"{err:.3e}"))
         else:
             granularity = "group" if args.group_size else "channel"
-            qt = quantize(w, args.bits, symmetric=not args.asymmetric, granularity=granularity,
-                          group_size=args.group_size or 128, rounding=args.rounding, clip=args.clip)
+            qt = quantize(
+                w,
+                args.bits,
+                symmetric=not args.asymmetric,
+                granularity=granularity,
+                group_size=args.group_size or 128,
+                rounding=args.rounding,
+                clip=args.clip,
+            )
             out[name] = qt
             rows.append((name, w.shape, before, qt.nbytes, f"{_rel_error(w, qt.dequantize()):.3e}"))
-    if fmt == "gguf":
-        io.save_gguf(args.output, out, gguf_type)
+    if gguf_type is not None:
+        io.save_gguf(args.output, keep, gguf_type)
     else:
         io.save(args.output, out, metadata={"source": os.path.basename(args.input)})
-    _print_table(rows, fmt if fmt == "safetensors" else gguf_type)
+    _print_table(rows, gguf_type or fmt)
     return 0
 
 
 def _print_table(rows: list[tuple], scheme: str) -> None:
     width = max([len("tensor")] + [len(r[0]) for r in rows])
-    print(f"{'tensor':<{width}}  {'shape':<14} {'bytes before':>13} {'bytes after':>12}  rel. error")
+    print(
+        f"{'tensor':<{width}}  {'shape':<14} {'bytes before':>13} {'bytes after':>12}  rel. error"
+    )
     total_before = total_after = 0
     for name, shape, before, after, err in rows:
         total_before += before
@@ -108,4 +133,5 @@ def _print_table(rows: list[tuple], scheme: str) -> None:
         shape_s = "x".join(map(str, shape)) or "scalar"
         print(f"{name:<{width}}  {shape_s:<14} {before:>13,} {after:>12,}  {err}")
     ratio = total_before / total_after if total_after else 1.0
-    print(f"{'total':<{width}}  {'':<14} {total_before:>13,} {total_after:>12,}  ({ratio:.2f}x smaller, {scheme})")
+    summary = f"({ratio:.2f}x smaller, {scheme})"
+    print(f"{'total':<{width}}  {'':<14} {total_before:>13,} {total_after:>12,}  {summary}")

@@ -58,16 +58,20 @@ def quantize(w: np.ndarray, type: Any) -> np.ndarray:
     """
     name = _type_name(type)
     if not isinstance(w, np.ndarray) or (w.dtype.kind != "f" and w.dtype.name != "bfloat16"):
-        raise TypeError(f"w: expected a floating-point NumPy array, got {getattr(w, 'dtype', w.__class__.__name__)}")
+        given = getattr(w, "dtype", w.__class__.__name__)
+        raise TypeError(f"w: expected a floating-point NumPy array, got {given}")
     if w.ndim == 0 or w.shape[-1] % BLOCK_SIZE:
-        raise ValueError(f"w: expected a last axis that is a multiple of {BLOCK_SIZE}, got shape {w.shape}")
+        raise ValueError(
+            f"w: expected a last axis that is a multiple of {BLOCK_SIZE}, got shape {w.shape}"
+        )
     wf = np.ascontiguousarray(w, dtype=np.float32)
-    bad = _core.find_nonfinite(wf)
-    if bad >= 0:
-        raise ValueError(f"w: non-finite value {wf.reshape(-1)[bad]} at index "
-                         f"{tuple(int(i) for i in np.unravel_index(bad, wf.shape))}")
     out = np.empty((*w.shape[:-1], w.shape[-1] // BLOCK_SIZE * TYPE_SIZE[name]), np.uint8)
-    _core.quant.gguf_quantize(wf, TYPES.index(name), out)
+    bad = _core.quant.gguf_quantize(wf, TYPES.index(name), out)
+    if bad >= 0:  # checked while quantizing; the partial output is dropped
+        raise ValueError(
+            f"w: non-finite value {wf.reshape(-1)[bad]} at index "
+            f"{tuple(int(i) for i in np.unravel_index(bad, wf.shape))}"
+        )
     return out
 
 
@@ -85,11 +89,15 @@ def dequantize(data: np.ndarray, type: Any, shape: tuple[int, ...] | None = None
     """
     name = _type_name(type)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
-        raise TypeError(f"data: expected a uint8 NumPy array, got {getattr(data, 'dtype', data.__class__.__name__)}")
+        given = getattr(data, "dtype", data.__class__.__name__)
+        raise TypeError(f"data: expected a uint8 NumPy array, got {given}")
     ts = TYPE_SIZE[name]
     if shape is None:
         if data.ndim == 0 or data.shape[-1] % ts:
-            raise ValueError(f"data: expected a last axis that is a multiple of {ts} bytes, got shape {data.shape}")
+            raise ValueError(
+                f"data: expected a last axis that is a multiple of {ts} bytes, "
+                f"got shape {data.shape}"
+            )
         shape = (*data.shape[:-1], data.shape[-1] // ts * BLOCK_SIZE)
     shape = tuple(int(s) for s in shape)
     n = math.prod(shape)

@@ -40,8 +40,11 @@ def _atomic(path: str | os.PathLike, write) -> None:
         raise
 
 
-def save(path: str | os.PathLike, tensors: Mapping[str, QuantizedTensor | np.ndarray],
-         metadata: Mapping[str, str] | None = None) -> None:
+def save(
+    path: str | os.PathLike,
+    tensors: Mapping[str, QuantizedTensor | np.ndarray],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
     """Writes ``tensors`` (name -> QuantizedTensor or ndarray) to a safetensors file.
 
     Raises
@@ -74,7 +77,9 @@ def save(path: str | os.PathLike, tensors: Mapping[str, QuantizedTensor | np.nda
         elif isinstance(t, np.ndarray):
             put(name, t)
         else:
-            raise TypeError(f"tensors[{name!r}]: expected a QuantizedTensor or ndarray, got {type(t).__name__}")
+            raise TypeError(
+                f"tensors[{name!r}]: expected a QuantizedTensor or ndarray, got {type(t).__name__}"
+            )
     meta = dict(metadata or {})
     meta[META_KEY] = json.dumps({"version": FORMAT_VERSION, "tensors": specs})
     _atomic(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
@@ -112,8 +117,17 @@ def load(path: str | os.PathLike) -> dict[str, QuantizedTensor | np.ndarray]:
         try:
             data, scale = arrays[name], arrays[f"{name}.scale"]
             zp = arrays.get(f"{name}.zero_point", np.zeros(scale.shape, np.int32))
-            out[name] = QuantizedTensor(data, scale, zp, tuple(spec["shape"]), spec["bits"], spec["symmetric"],
-                                        spec["granularity"], spec["axis"], spec["group_size"])
+            out[name] = QuantizedTensor(
+                data,
+                scale,
+                zp,
+                tuple(spec["shape"]),
+                spec["bits"],
+                spec["symmetric"],
+                spec["granularity"],
+                spec["axis"],
+                spec["group_size"],
+            )
         except KeyError as e:
             raise ValueError(f"{path}: quantized tensor {name!r} is missing {e}") from None
         used |= {name, f"{name}.scale", f"{name}.zero_point"}
@@ -123,11 +137,22 @@ def load(path: str | os.PathLike) -> dict[str, QuantizedTensor | np.ndarray]:
     return out
 
 
-GGUF_TYPES = {(8, True): "Q8_0", (4, True): "Q4_0", (4, False): "Q4_1", (5, True): "Q5_0", (5, False): "Q5_1"}
+GGUF_TYPES = {
+    (8, True): "Q8_0",
+    (4, True): "Q4_0",
+    (4, False): "Q4_1",
+    (5, True): "Q5_0",
+    (5, False): "Q5_1",
+}
 
 
-def save_gguf(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], type: str = "Q4_0", *,
-              arch: str = "slimgrad") -> dict[str, str]:
+def save_gguf(
+    path: str | os.PathLike,
+    tensors: Mapping[str, np.ndarray],
+    type: str = "Q4_0",
+    *,
+    arch: str = "slimgrad",
+) -> dict[str, str]:
     """Writes float ``tensors`` to a GGUF file through the ``gguf`` package's GGUFWriter.
 
     2-D (or higher) tensors whose last axis is a multiple of 32 are stored as
