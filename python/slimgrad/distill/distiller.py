@@ -1,0 +1,274 @@
+"""The distillation workflow: train a student on a teacher's softened outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .losses import kd_loss
+
+
+@dataclass
+class History:
+    """What :meth:`Distiller.fit` measured.
+
+    Per epoch (lists of length ``epochs``): ``loss`` (mean training loss, the
+    KD objective), ``accuracy`` (training accuracy of the predictions made
+    during the epoch, in training mode), ``val_loss`` (cross-entropy on the
+    validation set, eval mode) and ``val_accuracy`` (empty without
+    validation data). Per optimizer step: ``step_loss`` and ``lr`` (the
+    first parameter group's learning rate used for that step).
+    """
+
+    loss: list[float] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    step_loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list[float]]:
+        """The lists as a plain dict (JSON-ready)."""
+        return asdict(self)
+
+
+def _forward(model: Any, x: np.ndarray) -> np.ndarray:
+    return model.forward(x) if hasattr(model, "forward") else model(x)
+
+
+def predict_logits(model: Any, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Logits of ``model`` on ``x`` in batches (eval mode for modules, restored after).
+
+    ``model`` is a :mod:`slimgrad.nn` module (``forward``) or any callable
+    mapping a batch of inputs to a 2-D logits array.
+    """
+    was_training = getattr(model, "training", None)
+    if was_training is not None and hasattr(model, "eval"):
+        model.eval()
+    try:
+        parts = [
+            np.asarray(_forward(model, x[i : i + batch_size])) for i in range(0, len(x), batch_size)
+        ]
+    finally:
+        if was_training and hasattr(model, "train"):
+            model.train()
+    if not parts:
+        return np.zeros((0, 0), np.float32)
+    return np.concatenate(parts, axis=0)
+
+
+def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(z).sum(axis=1))
+    return float(np.mean(lse - z[np.arange(len(labels)), labels]))
+
+
+class Distiller:
+    """Train ``student`` to match ``teacher`` (Hinton-style knowledge distillation).
+
+    Each step: ``student.forward(x)``, :func:`~slimgrad.distill.kd_loss`
+    against the teacher's logits and the labels, ``student.backward(grad)``,
+    ``optimizer.step(student.gradients())``, then ``scheduler.step()``.
+
+    Parameters
+    ----------
+    teacher : callable or module, or None
+        Maps a batch of inputs to logits of shape (batch, classes): any
+        callable, or an object with ``forward`` (a :mod:`slimgrad.nn` module,
+        run in eval mode). Not called when ``alpha == 0`` (then it may be
+        None: the student is trained on the labels alone, the baseline).
+    student : slimgrad.nn.Module (or the same protocol)
+        ``forward``, ``backward``, ``gradients()``, ``train()``, ``eval()``.
+    optimizer : slimgrad.optim optimizer (or anything with ``step(grads)``)
+        Built on ``student.parameters()``.
+    scheduler : optional
+        Anything with ``step()``, called after every optimizer step.
+    temperature, alpha : float
+        As in :func:`~slimgrad.distill.kd_loss`.
+    cache_teacher : bool
+        Compute the teacher's logits once per training set (the first epoch
+        of :meth:`fit` computes them for the whole ``X`` in batches) instead
+        of once per batch: teachers are fixed, so this is the same result for
+        a fraction of the cost. The cache holds the last
+        ``CACHE_SIZE`` input arrays themselves (so a freed array's address can
+        never be mistaken for a new one) and matches them by identity: call
+        :meth:`clear_cache` after modifying ``X`` in place.
+
+    Raises
+    ------
+    ValueError
+        ``teacher`` is None while ``alpha > 0``; bad temperature or alpha.
+    """
+
+    CACHE_SIZE = 4
+
+    def __init__(
+        self,
+        teacher: Callable[[np.ndarray], np.ndarray] | Any | None,
+        student: Any,
+        optimizer: Any,
+        scheduler: Any | None = None,
+        *,
+        temperature: float = 2.0,
+        alpha: float = 0.5,
+        cache_teacher: bool = True,
+    ) -> None:
+        if not (np.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature: expected a finite number > 0, got {temperature}")
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"alpha: expected a number in [0, 1], got {alpha}")
+        if teacher is None and alpha > 0:
+            raise ValueError(f"teacher: required when alpha > 0 (alpha={alpha}), got None")
+        self.teacher = teacher
+        self.student = student
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.temperature = float(temperature)
+        self.alpha = float(alpha)
+        self.cache_teacher = cache_teacher
+        self._cache: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def clear_cache(self) -> None:
+        """Forget the cached teacher logits."""
+        self._cache.clear()
+
+    def teacher_logits(self, x: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
+        """The teacher's logits for ``x`` (C-contiguous, ``dtype``), cached if enabled."""
+        dtype = np.dtype(dtype)
+        for cached_x, logits in self._cache:
+            if cached_x is x and logits.dtype == dtype:
+                return logits
+        logits = np.ascontiguousarray(predict_logits(self.teacher, x), dtype=dtype)
+        if self.cache_teacher:
+            self._cache = [*self._cache[-(self.CACHE_SIZE - 1) :], (x, logits)]
+        return logits
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> tuple[float, float]:
+        """``(cross-entropy, accuracy)`` of the student on ``(x, y)`` in eval mode."""
+        logits = predict_logits(self.student, x, batch_size)
+        return _cross_entropy(logits, y), float(np.mean(np.argmax(logits, axis=1) == y))
+
+    def _lr(self) -> float:
+        groups = getattr(self.optimizer, "param_groups", None)
+        return float(groups[0]["lr"]) if groups else float("nan")
+
+    def fit(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        epochs: int,
+        batch_size: int,
+        validation: tuple[np.ndarray, np.ndarray] | None = None,
+        progress: bool = True,
+        seed: int = 0,
+        *,
+        step_callback: Callable[[], object] | None = None,
+        desc: str | None = None,
+    ) -> History:
+        """Train the student for ``epochs`` passes over ``(X, y)`` in shuffled mini-batches.
+
+        Parameters
+        ----------
+        X : ndarray (N, ...)
+            Inputs, in the dtype the student expects.
+        y : ndarray of integers (N,)
+            Class labels (needed for the cross-entropy term and the accuracy).
+        epochs, batch_size : int
+            ``>= 1``. The last batch of an epoch may be smaller.
+        validation : (X_val, y_val), optional
+            Evaluated after every epoch.
+        progress : bool
+            Show a tqdm progress bar (one bar over all steps, with the loss and
+            accuracies as postfix).
+        seed : int
+            Seeds the shuffling (``np.random.default_rng(seed)``): the same
+            seed and inputs give the same training run.
+        step_callback : callable, optional
+            Called with no argument after every optimizer (and scheduler)
+            step, e.g. ``pruner.step`` to keep pruned weights at zero.
+        desc : str, optional
+            Label of the progress bar.
+
+        Returns
+        -------
+        History
+            The student is left in eval mode.
+
+        Raises
+        ------
+        ValueError
+            ``epochs`` or ``batch_size`` < 1, ``X`` and ``y`` of different
+            lengths, an empty training set.
+        """
+        from tqdm.auto import tqdm
+
+        if int(epochs) < 1 or int(batch_size) < 1:
+            raise ValueError(f"epochs, batch_size: expected ints >= 1, got {epochs}, {batch_size}")
+        y = np.asarray(y)
+        if len(X) != len(y) or len(X) == 0:
+            raise ValueError(f"X, y: expected the same non-zero length, got {len(X)} and {len(y)}")
+        y = y.astype(np.int64, copy=False)
+        n = len(X)
+        rng = np.random.default_rng(seed)
+        history = History()
+        steps = (n + batch_size - 1) // batch_size
+        teacher_all = None
+        bar = tqdm(
+            total=epochs * steps,
+            disable=not progress,
+            desc=desc or ("distill" if self.alpha > 0 else "train"),
+            leave=False,
+            dynamic_ncols=True,
+        )
+        try:
+            for _ in range(epochs):
+                self.student.train()
+                order = rng.permutation(n)
+                total_loss = 0.0
+                correct = 0
+                for b in range(0, n, batch_size):
+                    idx = order[b : b + batch_size]
+                    xb, yb = X[idx], y[idx]
+                    logits = np.ascontiguousarray(_forward(self.student, xb))
+                    if self.alpha > 0:
+                        if self.cache_teacher:
+                            if teacher_all is None:
+                                teacher_all = self.teacher_logits(X, logits.dtype)
+                            tb = teacher_all[idx]
+                        else:
+                            tb = np.ascontiguousarray(
+                                predict_logits(self.teacher, xb), dtype=logits.dtype
+                            )
+                    else:
+                        tb = logits  # not read when alpha == 0
+                    loss, grad = kd_loss(
+                        logits, tb, yb, temperature=self.temperature, alpha=self.alpha
+                    )
+                    self.student.backward(grad)
+                    history.lr.append(self._lr())
+                    self.optimizer.step(self.student.gradients())
+                    if self.scheduler is not None:
+                        self.scheduler.step()
+                    if step_callback is not None:
+                        step_callback()
+                    history.step_loss.append(loss)
+                    total_loss += loss * len(idx)
+                    correct += int(np.sum(np.argmax(logits, axis=1) == yb))
+                    bar.update(1)
+                history.loss.append(total_loss / n)
+                history.accuracy.append(correct / n)
+                postfix = {"loss": f"{history.loss[-1]:.4f}", "acc": f"{history.accuracy[-1]:.3f}"}
+                if validation is not None:
+                    vl, va = self.evaluate(*validation)
+                    history.val_loss.append(vl)
+                    history.val_accuracy.append(va)
+                    postfix["val_acc"] = f"{va:.3f}"
+                bar.set_postfix(postfix)
+        finally:
+            bar.close()
+        self.student.eval()
+        return history
