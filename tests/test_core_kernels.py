@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import EDGE_SIZES, run_everywhere
 from slimgrad import ops
 

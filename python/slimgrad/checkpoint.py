@@ -90,7 +90,8 @@ def _encode(obj: Any, where: str, tensors: dict[str, np.ndarray]) -> Any:
     if obj is None or isinstance(obj, str):
         return obj
     raise TypeError(
-        f"{where}: cannot save a {type(obj).__name__} (arrays, dicts, lists, tuples, scalars, str, None)"
+        f"{where}: cannot save a {type(obj).__name__} "
+        "(arrays, dicts, lists, tuples, scalars, str, None)"
     )
 
 

@@ -1,7 +1,7 @@
 """Side-by-side benchmarks: ours next to what a user would pick instead.
 
-A suite is a module ``slimgrad.bench.<name>`` with ``DEFAULT_SIZE`` and
-``cases(size) -> Iterable[Case]``. Each case holds one callable per
+A suite is one or more modules ``slimgrad.bench.<module>`` (see SUITES), each
+with ``DEFAULT_SIZE`` and ``cases(size) -> Iterable[Case]``. Each case holds one callable per
 implementation ("slimgrad", "numpy", "torch", ...). The harness times them
 interleaved in one process (every repeat runs each implementation once, in
 rotating order, so drift and noise from other tenants hit all of them alike),
@@ -17,7 +17,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from statistics import median
 
-SUITES = ("core", "optim", "quant", "prune", "distill", "nn")
+# suite name (as given to `slimgrad bench --suite`) -> the modules it runs
+SUITES = {
+    "core": ("core",),
+    "optim": ("optim", "optim_extra"),
+    "quant": ("quant",),
+    "prune": ("prune",),
+    "distill": ("distill",),
+    "nn": ("nn",),
+}
 OURS = "slimgrad"
 PROBE = "stream probe"
 
@@ -79,9 +87,15 @@ def measure(case: Case, repeats: int = 7, target: float = 0.02) -> dict[str, lis
     return samples
 
 
+def suite_cases(suite: str, size: int | None = None) -> Iterator[Case]:
+    """The cases of every module of ``suite``, each at ``size`` or its module's default."""
+    for name in SUITES[suite]:
+        module = importlib.import_module(f"{__name__}.{name}")
+        yield from module.cases(size or module.DEFAULT_SIZE)
+
+
 def run_suite(suite: str, size: int | None = None, repeats: int = 7) -> Iterator[Result]:
-    module = importlib.import_module(f"{__name__}.{suite}")
-    cases: Iterable[Case] = module.cases(size or module.DEFAULT_SIZE)
+    cases: Iterable[Case] = suite_cases(suite, size)
     for case in cases:
         samples = measure(case, repeats=repeats)
         ours = median(samples[OURS]) if OURS in samples else None
@@ -136,7 +150,8 @@ def environment() -> dict[str, object]:
         import platform
 
         with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+            names = (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+            model = next(names, "")
         env["cpu"] = model or platform.processor()
     except OSError:
         pass

@@ -31,7 +31,6 @@ def cases(size: int) -> Iterator[Case]:
         tp, tg, tm, tv = (torch.from_numpy(a) for a in (p, g, m, v))
         probe["torch foreach_add_"] = lambda: torch._foreach_add_([tp, tm, tv], [tg, tg, tg])
     yield Case(PROBE, probe, bytes=7 * 4 * size)
-    del m, v
 
     axpy = {"slimgrad": lambda: ops.axpy_(p, g, 1e-3)}
     axpy["numpy p += a*g"] = lambda: np.add(p, np.multiply(g, f(1e-3)), out=p)

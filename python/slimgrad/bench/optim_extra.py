@@ -1,6 +1,6 @@
-"""Extra optimizer suite: Lion, AdamW8bit (vs fp32 AdamW, ours and torch's
-fused), clip_grad_norm_ (vs torch) and the streaming probe, on 16M float32
-parameters.
+"""Extra optimizer cases, run as part of the optim suite (after its streaming
+probe): Lion, AdamW8bit (vs fp32 AdamW, ours and torch's fused),
+clip_grad_norm_ (vs torch), on 16M float32 parameters.
 
 ``bytes`` of a case is the traffic the operation itself needs, the same for
 every implementation of the case, so "of probe" compares each with the
@@ -23,17 +23,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .. import _core, optim
-from . import PROBE, Case, optional_import
+from .. import optim
+from . import Case, optional_import
 
 DEFAULT_SIZE = 1 << 24  # 16M float32 parameters
 LR = 1e-4
-
-
-def _probe(size: int) -> Case:
-    rng = np.random.default_rng(0)
-    p, g, m, v = (rng.standard_normal(size).astype(np.float32) * 1e-3 for _ in range(4))
-    return Case(PROBE, {"slimgrad": lambda: _core.stream_probe(p, g, m, v)}, bytes=7 * 4 * size)
 
 
 def _lion(size: int) -> Case:
@@ -159,7 +153,6 @@ def _clip(size: int, torch, clips: bool) -> Case:
 
 def cases(size: int) -> Iterator[Case]:
     torch = optional_import("torch")
-    yield _probe(size)
     yield _lion(size)
     yield _adamw8bit(size, torch)
     yield _clip(size, torch, clips=True)
