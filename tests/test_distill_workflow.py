@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import slimgrad
 from slimgrad import num_threads
 from slimgrad.distill import Distiller, History
 
@@ -169,9 +170,11 @@ def test_distiller_bad_arguments():
 
 
 def _slimgrad(*args, cwd):
+    # Run the same slimgrad this process imported (the installed package, or the
+    # working tree under PYTHONPATH=python), never a source tree without its build.
     env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.path.join(root, "python") + os.pathsep + env.get("PYTHONPATH", "")
+    here = os.path.dirname(os.path.dirname(os.path.abspath(slimgrad.__file__)))
+    env["PYTHONPATH"] = here + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run(
         [sys.executable, "-m", "slimgrad", *args],
         cwd=cwd,
