@@ -207,7 +207,8 @@ class MultiStepLR(FactorScheduler):
     optimizer : object
         Optimizer with ``param_groups``.
     milestones : iterable of int
-        Strictly increasing step indices.
+        Non-decreasing step indices; a repeated milestone applies ``gamma``
+        once per occurrence, as torch's counter does.
     gamma : float, default 0.1
         Multiplicative factor at each milestone.
     last_epoch : int, default -1
@@ -218,8 +219,8 @@ class MultiStepLR(FactorScheduler):
     Raises
     ------
     ValueError
-        If ``milestones`` is not strictly increasing (torch documents the same
-        requirement but does not check it).
+        If ``milestones`` decreases somewhere (torch documents increasing
+        milestones but does not check them).
     """
 
     def __init__(
@@ -231,7 +232,7 @@ class MultiStepLR(FactorScheduler):
         *,
         hyperparam: str = "lr",
     ) -> None:
-        self.milestones = _increasing("milestones", milestones)
+        self.milestones = _non_decreasing("milestones", milestones)
         self.gamma = gamma
         super().__init__(optimizer, last_epoch, hyperparam=hyperparam)
 
@@ -239,10 +240,10 @@ class MultiStepLR(FactorScheduler):
         return self.gamma ** bisect_right(self.milestones, t)
 
 
-def _increasing(name: str, values: Iterable[int]) -> list[int]:
+def _non_decreasing(name: str, values: Iterable[int]) -> list[int]:
     out = list(values)
-    if any(not isinstance(v, int) for v in out) or any(b <= a for a, b in zip(out, out[1:])):
-        raise ValueError(f"{name} must be strictly increasing integers, but got {out}")
+    if any(not isinstance(v, int) for v in out) or any(b < a for a, b in zip(out, out[1:])):
+        raise ValueError(f"{name} must be non-decreasing integers, but got {out}")
     return out
 
 
