@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import EDGE_SIZES, run_everywhere
-from slimgrad import ops
+from slimgrad import _core, ops
 
 DTYPES = [np.float32, np.float64]
 # One FMA vs multiply-then-add differs by at most one rounding of the product.
@@ -64,3 +64,14 @@ def test_find_nonfinite_finds_the_first(isa, threads, dtype, n, bad, rng):
 def test_find_nonfinite_empty():
     assert ops.find_nonfinite(np.zeros(0, np.float32)) == -1
     assert ops.squared_norm(np.zeros(0, np.float64)) == 0.0
+
+
+@pytest.mark.parametrize("n", EDGE_SIZES)
+@pytest.mark.parametrize("offset", [0, 1, 4], ids=lambda k: f"offset={k}")
+def test_stream_probe_adds_g_to_three_arrays(isa, threads, n, offset, rng):
+    # offset shifts the arrays off NumPy's alignment, so the peel loop runs.
+    p, m, v, g = (rng.standard_normal(n + offset).astype(np.float32)[offset:] for _ in range(4))
+    expected = [a + g for a in (p, m, v)]  # one float32 add each: exact
+    _core.stream_probe(p, g, m, v)
+    for got, want in zip((p, m, v), expected):
+        np.testing.assert_array_equal(got, want)
