@@ -44,6 +44,11 @@ def _bench(args: argparse.Namespace) -> int:
     from . import bench
 
     suites = tuple(bench.SUITES) if args.suite == "all" else (args.suite,)
+    if args.json:  # fail now, not after minutes of measuring
+        try:
+            open(args.json, "a").close()
+        except OSError as e:
+            raise UsageError(f"--json {args.json}: cannot write ({e.strerror})") from None
     env = bench.environment()
     print(f"slimgrad bench on {env.get('cpu', '?')}: slimgrad {env['slimgrad']['version']} "
           f"({env['slimgrad']['isa_active']}, {env['slimgrad']['threads']} threads), "
@@ -63,6 +68,16 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import bench
     from ._version import __version__
@@ -78,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time kernels side by side with NumPy / torch / others")
     p.add_argument("--suite", default="all", choices=(*bench.SUITES, "all"))
-    p.add_argument("--size", type=int, default=None, help="problem size (suite default if omitted)")
-    p.add_argument("--repeats", type=int, default=7, help="interleaved repeats per case (median)")
+    p.add_argument("--size", type=_positive_int, default=None,
+                   help="problem size (suite default if omitted)")
+    p.add_argument("--repeats", type=_positive_int, default=7,
+                   help="interleaved repeats per case (median)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.set_defaults(run=_bench)
 
