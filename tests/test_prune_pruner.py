@@ -379,6 +379,11 @@ def test_pruner_zeroes_integer_codes_of_the_params_size_in_any_shape(rng):
     np.testing.assert_array_equal(flat, np.where(pruned.ravel(), 0, 7))
     np.testing.assert_array_equal(square, np.where(pruned, 0, 9))
     assert (scales == 2.0).all() and (wide == 5).all()
+    # A one-element parameter: its code is zeroed, a 0-d integer counter is not.
+    one = np.ones(1, np.float32)
+    state = {"code": np.array([9], np.uint8), "step": np.array(4)}
+    prune.Pruner([one], schedule=1.0, optimizer=FakeOptimizer({0: state})).step()
+    assert one[0] == 0 and state["code"][0] == 0 and state["step"] == 4
 
 
 def test_pruner_bad_code_array_raises_and_changes_nothing(rng):

@@ -134,10 +134,12 @@ def _is_moment(v: np.ndarray, w: np.ndarray) -> bool:
     codes of quantized moments, one per element, in any shape (AdamW8bit:
     int8 / uint8 of the param's shape; flat layouts count too). Their code
     0 decodes to 0, so zeroing a code zeroes the moment. Block scales
-    (float, one per block) have another size and are left alone.
+    (float, one per block) have another size and are left alone, and so are
+    0-d integer arrays (counters such as a step kept as an array, which
+    would otherwise match a one-element parameter).
     """
     if v.dtype.kind in "iu":
-        return v.size == w.size
+        return v.ndim > 0 and v.size == w.size
     return v.shape == w.shape and (v.dtype.kind == "f" or v.dtype.name == "bfloat16")
 
 
@@ -171,11 +173,11 @@ class Pruner:
         off zero. That is: float arrays of the parameter's shape
         (``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``,
         ``momentum_buffer``, ``master``, ...), and integer arrays with as
-        many elements as the parameter, in any shape (C order): the codes of
-        quantized moments, e.g. :class:`~slimgrad.optim.AdamW8bit`'s int8
-        ``exp_avg`` and uint8 ``exp_avg_sq``, whose code 0 decodes to 0
-        whatever the block scale. Scalars and arrays of other sizes (block
-        scales, factored second moments) are left alone. Looked up at every
+        many elements as the parameter, in any shape but 0-d (C order): the
+        codes of quantized moments, e.g. :class:`~slimgrad.optim.AdamW8bit`'s
+        int8 ``exp_avg`` and uint8 ``exp_avg_sq``, whose code 0 decodes to 0
+        whatever the block scale. Scalars, 0-d arrays and arrays of other
+        sizes (block scales, factored second moments) are left alone. Looked up at every
         step (state created lazily by the first optimizer step is found);
         those arrays must be writable and C-contiguous (checked before
         anything is zeroed).
