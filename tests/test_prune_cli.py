@@ -91,7 +91,6 @@ def test_global_and_bfloat16(tmp_path, rng, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["{missing}", "-o", "{out}", "--sparsity", "0.5"], "No such file or directory"),
     (["{inp}", "-o", "{out}", "--nm", "2-4"], "--nm: expected N:M such as 2:4, got '2-4'"),
     (["{inp}", "-o", "{out}", "--nm", "5:4"], "--nm: expected 0 <= N <= M and M >= 1, got '5:4'"),
     (["{inp}", "-o", "{out}", "--sparsity", "1.5"],
@@ -118,3 +117,67 @@ def test_user_errors_are_one_line_exit_2(checkpoint, tmp_path, capsys, args, mes
     assert err.startswith("slimgrad prune: error: ") and message in err
     assert err.count("\n") == 1
     assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{missing}", "-o", "{out}", "--sparsity", "0.5"], "{missing}: no such file"),
+    (["{folder}", "-o", "{out}", "--sparsity", "0.5"],
+     "{folder}: is a directory, not a safetensors file"),
+    (["{inp}", "-o", "{folder}", "--sparsity", "0.5"],
+     "{folder}: is a directory; -o takes the path of the file to write"),
+    (["{inp}", "-o", "{folder}/none/out.safetensors", "--sparsity", "0.5"],
+     "{folder}/none/out.safetensors: cannot write, no such directory {folder}/none"),
+    (["{inp}", "-o", "{inp}/out.safetensors", "--nm", "2:4"],
+     "{inp}/out.safetensors: cannot write, no such directory {inp}"),
+], ids=["missing", "input-folder", "output-folder", "output-parent-missing",
+        "output-parent-a-file"])
+def test_path_errors_are_one_clean_line(checkpoint, tmp_path, capsys, args, message):
+    path, _ = checkpoint
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    names = {"missing": tmp_path / "nope.safetensors", "out": tmp_path / "out.safetensors",
+             "inp": path, "folder": folder}
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, out, err = _run([a.format(**names) for a in args], capsys)
+    assert (code, out) == (2, "")
+    assert err == f"slimgrad prune: error: {message.format(**names)}\n"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no output, no temp file
+
+
+def test_relative_missing_input_is_named_as_given(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _run(["nope.safetensors", "-o", "out.safetensors", "--sparsity", "0.5"],
+                          capsys)
+    assert (code, out, err) == (2, "", "slimgrad prune: error: nope.safetensors: no such file\n")
+
+
+def test_failed_write_names_the_output_not_the_temporary_file(checkpoint, tmp_path, capsys,
+                                                              monkeypatch):
+    path, _ = checkpoint
+    out_path = tmp_path / "out.safetensors"
+
+    def refuse(src, dst):  # what a full disk or a vanished folder does at the rename
+        raise OSError(28, "No space left on device", src)
+
+    monkeypatch.setattr(st.os, "replace", refuse)
+    code, out, err = _run([path, "-o", out_path, "--sparsity", "0.5"], capsys)
+    assert (code, out) == (2, "")
+    assert err == f"slimgrad prune: error: {out_path}: cannot write (No space left on device)\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors"]  # temp file removed
+
+
+@pytest.mark.parametrize("how", [["--sparsity", "0.5"], ["--sparsity", "0.5", "--global"],
+                                 ["--nm", "2:4"]], ids=["magnitude", "global", "nm"])
+def test_nan_weight_error_names_the_tensor(tmp_path, rng, capsys, how):
+    tensors = {"layer.0.weight": rng.standard_normal((4, 8)).astype(np.float32),
+               "layer.7.weight": rng.standard_normal((4, 8)).astype(np.float16)}
+    tensors["layer.7.weight"][1, 3] = np.nan
+    if how[0] == "--nm":  # a tensor --nm keeps unchanged (6 % 4) may hold NaN: first in file
+        tensors = {"head.weight": np.full((3, 6), np.nan, np.float32), **tensors}
+    path, out_path = tmp_path / "nan.safetensors", tmp_path / "out.safetensors"
+    safetensors_numpy.save_file(tensors, str(path))
+    code, out, err = _run([path, "-o", out_path, *how], capsys)
+    assert (code, out) == (2, "")
+    assert err == ("slimgrad prune: error: layer.7.weight: NaN at index (1, 3) (flat index 11); "
+                   "NaN weights have no magnitude to rank\n")
+    assert not out_path.exists()

@@ -353,9 +353,6 @@ BAD = [
      "sparsity: expected a number in [0, 1], got str"),
     ("int weights", lambda w: prune.magnitude_mask(w.astype(np.int32), 0.5), TypeError,
      "w: expected float32 or float64 C-contiguous array, got int32 array of shape (4, 8)"),
-    ("strided", lambda w: prune.magnitude_mask(w[:, ::2], 0.5), TypeError,
-     "w: expected float32 or float64 C-contiguous array, "
-     "got non-contiguous float32 array of shape (4, 4)"),
     ("list", lambda w: prune.magnitude_mask(w.tolist(), 0.5), TypeError,
      "w: expected float32 or float64 C-contiguous array, got list"),
     ("mixed global",
@@ -388,3 +385,48 @@ def test_bad_arguments_raise_and_change_nothing(call, exc, message, rng):
         call(w)
     assert str(info.value) == message
     np.testing.assert_array_equal(w, before)
+
+
+READ_ONLY_VIEWS = {
+    "strided": lambda w: w[:, ::2],
+    "transposed": lambda w: w.T,
+    "big-endian": lambda w: w.astype(">f4"),
+    "f64 big-endian strided": lambda w: w.astype(">f8")[::2],
+    "f16 transposed": lambda w: w.astype(np.float16).T,
+    "bf16 strided": lambda w: w.astype(ml_dtypes.bfloat16)[:, 1::2],
+    "negative stride": lambda w: w[::-1],
+}
+
+
+@pytest.mark.parametrize("view", READ_ONLY_VIEWS.values(), ids=READ_ONLY_VIEWS.keys())
+def test_read_only_inputs_accept_any_layout_and_byte_order(view, rng):
+    # The mask functions only read w: a non-contiguous or non-native array is
+    # copied explicitly and gives the masks of its contiguous native copy.
+    base = rng.integers(-4, 5, (16, 24)).astype(np.float32)  # ties: order matters
+    before = base.copy()
+    v = view(base)
+    c = np.ascontiguousarray(v, dtype=v.dtype.newbyteorder("="))
+    assert not (v.flags.c_contiguous and v.dtype.isnative)
+    np.testing.assert_array_equal(prune.magnitude_mask(v, 0.4), prune.magnitude_mask(c, 0.4))
+    np.testing.assert_array_equal(prune.magnitude_mask(v, 0.4), reference_mask(c, count(0.4, c.size)))
+    np.testing.assert_array_equal(prune.nm_mask(v, 2, 4), prune.nm_mask(c, 2, 4))
+    np.testing.assert_array_equal(prune.nm_mask(v, 1, 4, axis=0), prune.nm_mask(c, 1, 4, axis=0))
+    other = rng.integers(-4, 5, 50).astype(c.dtype)
+    got = prune.global_magnitude_masks({"v": v, "o": other}, 0.5)
+    want = prune.global_magnitude_masks({"v": c, "o": other}, 0.5)
+    for k in ("v", "o"):
+        np.testing.assert_array_equal(got[k], want[k])
+    np.testing.assert_array_equal(prune.structured_mask(v, 0.5), prune.structured_mask(c, 0.5))
+    for got, want in zip(prune.compress_24(v), prune.compress_24(c)):
+        np.testing.assert_array_equal(got, want)
+    assert prune.storage_report(v) == prune.storage_report(c)
+    np.testing.assert_array_equal(base, before)
+
+
+def test_nan_in_a_strided_view_is_named_by_its_own_index():
+    w = np.ones((4, 10), np.float32)
+    w[2, 6] = np.nan
+    with pytest.raises(ValueError) as info:
+        prune.magnitude_mask(w[:, ::2], 0.5)
+    assert str(info.value) == ("w: NaN at index (2, 3) (flat index 13); "
+                               "NaN weights have no magnitude to rank")

@@ -310,12 +310,13 @@ def test_mlp_pruned_gradually_to_80_percent_keeps_accuracy():
     assert pruned >= dense - 0.03, (dense, pruned)
 
 
-@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 15, 16, 17, 4097, 100_003])
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 15, 16, 17, 31, 32, 33, 4097, 100_003])
 def test_fused_apply_every_width(isa, threads, n, rng):
-    # The kernel zeroes by element width (2, 4, 8 bytes): every dtype, tails.
+    # The kernel zeroes by element width (1, 2, 4, 8 bytes): every dtype, tails.
     w = rng.standard_normal(n).astype(np.float16)
     moments = [rng.standard_normal(n).astype(dt)
                for dt in (np.float32, np.float64, ml_dtypes.bfloat16, np.float16)]
+    moments += [rng.integers(1, 127, n).astype(dt) for dt in (np.int8, np.uint8, np.int32)]
     mask = rng.random(n) < 0.6
     expected = [np.where(mask, a, np.zeros((), a.dtype)) for a in (w, *moments)]
     opt = FakeOptimizer({"w": {f"m{i}": m for i, m in enumerate(moments)}})
@@ -331,3 +332,128 @@ def test_sensitivity_structured(rng):
     table = prune.sensitivity(lambda: int((np.abs(w).sum(axis=1) == 0).sum()), {"w": w},
                               [0.2, 0.5], method="structured")
     assert table == {"w": {0.2: 2, 0.5: 5}}
+
+
+def test_pruner_zeroes_adamw8bit_codes_so_pruned_weights_stay_zero(rng):
+    # AdamW8bit keeps its moments as int8 / uint8 codes with a float32 scale
+    # per block of 256: the codes at pruned positions must be zeroed too, or
+    # momentum moves pruned weights off zero at the next optimizer step.
+    from slimgrad import optim
+    from slimgrad.optim.adamw8bit import dequantize_moment
+
+    params = {"w": rng.standard_normal((16, 64)).astype(np.float32),  # 4 blocks
+              "h": rng.standard_normal((5, 67)).astype(np.float16)}   # float32 master, tail block
+    opt = optim.AdamW8bit(params, lr=1e-2)
+    pruner = prune.Pruner(params, "magnitude", schedule=0.5, optimizer=opt)
+    for _ in range(3):
+        opt.step({k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in params.items()})
+        pruner.step()
+    for k, w in params.items():
+        st, pruned = opt.state[k], ~pruner.masks[k]
+        assert pruned.sum() == round(0.5 * w.size)
+        assert st["exp_avg"].dtype == np.int8 and st["exp_avg_sq"].dtype == np.uint8
+        m = dequantize_moment(st["exp_avg"], st["exp_avg_scale"])
+        v = dequantize_moment(st["exp_avg_sq"], st["exp_avg_sq_scale"])
+        assert (m[pruned] == 0).all() and (v[pruned] == 0).all()
+        assert (m[~pruned] != 0).any() and (v[~pruned] != 0).all()  # the rest is kept
+        assert (st["exp_avg_scale"] > 0).all()  # block scales are not pruning targets
+    for _ in range(3):  # gradients of a pruned model: zero at pruned weights
+        opt.step({k: rng.standard_normal(v.shape).astype(v.dtype) * pruner.masks[k]
+                  for k, v in params.items()})
+        for k, w in params.items():
+            assert (w[~pruner.masks[k]] == 0).all(), k  # before pruner.step(): no revival
+        pruner.step()
+
+
+def test_pruner_zeroes_integer_codes_of_the_params_size_in_any_shape(rng):
+    w = rng.standard_normal((6, 8)).astype(np.float32)
+    flat = np.full(48, 7, np.int8)  # one code per element, flat layout
+    square = np.full((6, 8), 9, np.uint8)
+    scales = np.full(48 // 16, 2.0, np.float32)  # another size: left alone
+    wide = np.full(96, 5, np.int8)  # another size: left alone
+    opt = FakeOptimizer({"w": {"c1": flat, "c2": square, "scale": scales, "wide": wide}})
+    pruner = prune.Pruner({"w": w}, schedule=0.25, optimizer=opt)
+    pruner.step()
+    pruned = ~pruner.masks["w"]
+    assert pruned.sum() == 12
+    np.testing.assert_array_equal(flat, np.where(pruned.ravel(), 0, 7))
+    np.testing.assert_array_equal(square, np.where(pruned, 0, 9))
+    assert (scales == 2.0).all() and (wide == 5).all()
+    # A one-element parameter: its code is zeroed, a 0-d integer counter is not.
+    one = np.ones(1, np.float32)
+    state = {"code": np.array([9], np.uint8), "step": np.array(4)}
+    prune.Pruner([one], schedule=1.0, optimizer=FakeOptimizer({0: state})).step()
+    assert one[0] == 0 and state["code"][0] == 0 and state["step"] == 4
+
+
+def test_pruner_bad_code_array_raises_and_changes_nothing(rng):
+    w = rng.standard_normal((4, 8)).astype(np.float32)
+    codes = np.full((4, 16), 3, np.int8)[:, ::2]  # one per element, but strided
+    before = w.copy()
+    opt = FakeOptimizer({"w": {"exp_avg": codes}})
+    pruner = prune.Pruner({"w": w}, schedule=0.5, optimizer=opt)
+    with pytest.raises(TypeError) as info:
+        pruner.step()
+    assert str(info.value) == (
+        "optimizer.state['w']['exp_avg']: expected int8, uint8, int16, uint16, int32, uint32, "
+        "int64 or uint64 C-contiguous array, got non-contiguous int8 array of shape (4, 8)")
+    np.testing.assert_array_equal(w, before)
+    assert (codes == 3).all() and pruner.masks is None and pruner.step_count == 0
+
+
+@pytest.mark.parametrize("schedule, exc, message", [
+    (1.5, ValueError, "schedule: expected a number in [0, 1], got 1.5"),
+    (-0.25, ValueError, "schedule: expected a number in [0, 1], got -0.25"),
+    (float("nan"), ValueError, "schedule: expected a number in [0, 1], got nan"),
+    (True, TypeError, "schedule: expected a PolynomialSchedule, its keyword arguments as a dict, "
+     "or a constant sparsity, got bool"),
+    ({"final": 0.5}, TypeError, "schedule: unknown keys ['final']; a PolynomialSchedule takes "
+     "final_sparsity, begin_step, end_step, initial_sparsity, frequency, power"),
+    ({"final_sparsity": 2}, ValueError, "final_sparsity: expected a number in [0, 1], got 2.0"),
+], ids=["above", "below", "nan", "bool", "unknown-key", "dict-value"])
+def test_pruner_schedule_errors_name_the_argument_given(schedule, exc, message):
+    with pytest.raises(exc) as info:
+        prune.Pruner({"w": np.ones((2, 2), np.float32)}, schedule=schedule)
+    assert str(info.value) == message
+
+
+def _read_only(a):
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("make, exc, message", [
+    (lambda: np.ones((3, 4), np.int32), TypeError,
+     "params['w']: expected float16, bfloat16, float32 or float64 C-contiguous array, "
+     "got int32 array of shape (3, 4)"),
+    (lambda: np.ones((3, 8), np.float32)[:, ::2], TypeError,
+     "params['w']: expected float16, bfloat16, float32 or float64 C-contiguous array, "
+     "got non-contiguous float32 array of shape (3, 4)"),
+    (lambda: np.ones((3, 4), ">f4"), TypeError,
+     "params['w']: expected float16, bfloat16, float32 or float64 C-contiguous array, "
+     "got non-native byte order float32 array of shape (3, 4)"),
+    (lambda: _read_only(np.ones((3, 4), np.float32)), ValueError,
+     "params['w']: expected a writable array, got a read-only float32 array of shape (3, 4)"),
+], ids=["int32", "strided", "big-endian", "read-only"])
+def test_pruner_checks_params_at_construction(make, exc, message):
+    good = np.ones((2, 2), np.float32)
+    bad = make()
+    before = bad.copy()
+    with pytest.raises(exc) as info:
+        prune.Pruner({"ok": good, "w": bad}, schedule=0.5)
+    assert str(info.value) == message
+    np.testing.assert_array_equal(bad, before)
+    assert (good == 1).all()
+
+
+def test_pruner_construction_and_step_give_the_same_message(rng):
+    w = rng.standard_normal((3, 4)).astype(np.float32)
+    pruner = prune.Pruner([w], schedule=0.5)
+    w.flags.writeable = False  # after construction: caught at step
+    with pytest.raises(ValueError) as at_step:
+        pruner.step()
+    with pytest.raises(ValueError) as at_init:
+        prune.Pruner([w], schedule=0.5)
+    assert str(at_init.value) == str(at_step.value) == (
+        "params[0]: expected a writable array, got a read-only float32 array of shape (3, 4)")
+    assert pruner.masks is None and pruner.step_count == 0

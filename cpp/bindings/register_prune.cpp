@@ -104,8 +104,43 @@ py::array nm_keep_py(py::handle w, const std::string& name, std::size_t inner, i
   return out;
 }
 
+// The Pruner's weights: zeroed in place, so writable, C-contiguous, native.
+Array check_weight(py::handle obj, const std::string& name) {
+  return check_array(obj, name, {DType::f16, DType::bf16, DType::f32, DType::f64}, Access::write);
+}
+
+bool is_integer_array(py::handle obj) {
+  if (!py::isinstance<py::array>(obj)) return false;
+  const char kind = py::reinterpret_borrow<py::array>(obj).dtype().kind();
+  return kind == 'i' || kind == 'u';
+}
+
+// A moment of `w`: a float array of w's shape, or integer codes (8-bit
+// optimizers) with one code per element of w, in any shape (code 0 must
+// mean 0, so zeroing a code zeroes the moment).
+Array check_moment(py::handle obj, const std::string& name, const Array& w) {
+  const auto shape = w.shape();
+  if (!is_integer_array(obj))
+    return check_array(obj, name, {DType::f16, DType::bf16, DType::f32, DType::f64}, Access::write, &shape);
+  Array a = check_array(obj, name, {DType::i8, DType::u8, DType::i16, DType::u16, DType::i32, DType::u32, DType::i64,
+                                    DType::u64},
+                        Access::write);
+  if (a.size() != w.size())
+    throw py::value_error(name + ": expected integer codes with one element per element of " + w.name + " (" +
+                          std::to_string(w.size()) + "), got " + describe(obj));
+  return a;
+}
+
+// check_weights_(arrays, names): the checks apply_masks_ makes on weights,
+// without touching them (the Pruner runs them at construction).
+void check_weights_py(py::sequence arrays, py::sequence names) {
+  if (py::len(names) != py::len(arrays)) throw py::value_error("names: expected one name per array");
+  for (std::size_t i = 0; i < py::len(arrays); ++i) check_weight(arrays[i], py::str(names[i]));
+}
+
 // apply_masks_(masks, groups, names): zero groups[i][j] where masks[i] is
-// False; groups[i][0] is the weight, the rest its optimizer moments;
+// False; groups[i][0] is the weight, the rest its optimizer moments (float
+// arrays of its shape or integer codes of its size, see check_moment);
 // names[i][j] names groups[i][j] in error messages.
 void apply_masks_py(py::sequence masks, py::sequence groups, py::sequence names) {
   const std::size_t count = py::len(masks);
@@ -118,16 +153,13 @@ void apply_masks_py(py::sequence masks, py::sequence groups, py::sequence names)
     const py::sequence labels = names[i].cast<py::sequence>();
     if (py::len(arrays) == 0 || py::len(labels) != py::len(arrays))
       throw py::value_error("groups[" + std::to_string(i) + "]: expected the weight first and one name per array");
-    const std::string name = py::str(labels[0]);
-    const Array w = check_array(arrays[0], name, {DType::f16, DType::bf16, DType::f32, DType::f64}, Access::write);
+    const Array w = check_weight(arrays[0], py::str(labels[0]));
     const auto shape = w.shape();
-    const Array m = check_array(masks[i], "mask " + name, {DType::boolean}, Access::read, &shape);
+    const Array m = check_array(masks[i], "mask " + w.name, {DType::boolean}, Access::read, &shape);
     MaskGroup g{m.ptr<std::uint8_t>(), m.size(), {}};
     held.push_back(m);
     for (std::size_t j = 0; j < py::len(arrays); ++j) {
-      const Array a = j == 0 ? w
-                             : check_array(arrays[j], py::str(labels[j]),
-                                           {DType::f16, DType::bf16, DType::f32, DType::f64}, Access::write, &shape);
+      const Array a = j == 0 ? w : check_moment(arrays[j], py::str(labels[j]), w);
       g.arrays.emplace_back(const_cast<void*>(a.arr.data()), static_cast<int>(a.arr.itemsize()));
       held.push_back(a);
     }
@@ -144,6 +176,7 @@ void register_prune(py::module_& m) {
         py::arg("priors") = py::none());
   m.def("nm_keep", &nm_keep_py, py::arg("w"), py::arg("name"), py::arg("inner"), py::arg("n"), py::arg("m"));
   m.def("apply_masks_", &apply_masks_py, py::arg("masks"), py::arg("groups"), py::arg("names"));
+  m.def("check_weights_", &check_weights_py, py::arg("arrays"), py::arg("names"));
 }
 
 }  // namespace slimgrad::bind

@@ -16,6 +16,7 @@ namespace slimgrad::kernels {
 SLIMGRAD_PRUNE_INSTANTIATE(float)
 SLIMGRAD_PRUNE_INSTANTIATE(double)
 #undef SLIMGRAD_PRUNE_INSTANTIATE
+template void apply_keep<Isa::avx2, std::uint8_t>(std::uint8_t*, const std::uint8_t*, std::size_t);
 template void apply_keep<Isa::avx2, std::uint16_t>(std::uint16_t*, const std::uint8_t*, std::size_t);
 template void apply_keep<Isa::avx2, std::uint32_t>(std::uint32_t*, const std::uint8_t*, std::size_t);
 template void apply_keep<Isa::avx2, std::uint64_t>(std::uint64_t*, const std::uint8_t*, std::size_t);

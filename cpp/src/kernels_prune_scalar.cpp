@@ -138,6 +138,10 @@ SLIMGRAD_PRUNE_SCALAR(double)
 #undef SLIMGRAD_PRUNE_SCALAR
 
 template <>
+void apply_keep<Isa::scalar, std::uint8_t>(std::uint8_t* a, const std::uint8_t* keep, std::size_t n) {
+  apply_keep_ref(a, keep, n);
+}
+template <>
 void apply_keep<Isa::scalar, std::uint16_t>(std::uint16_t* a, const std::uint8_t* keep, std::size_t n) {
   apply_keep_ref(a, keep, n);
 }

@@ -363,7 +363,13 @@ void apply_keep(U* a, const std::uint8_t* keep, std::size_t n) {
   std::size_t i = 0;
 #if defined(__AVX2__)
   const __m256i zero = _mm256_setzero_si256();
-  if constexpr (sizeof(U) == 2) {
+  if constexpr (sizeof(U) == 1) {  // 8-bit optimizer codes: the mask bytes line up with the data
+    for (; i + 32 <= n; i += 32) {
+      const __m256i k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(keep + i));
+      auto* p = reinterpret_cast<__m256i*>(a + i);
+      _mm256_storeu_si256(p, _mm256_andnot_si256(_mm256_cmpeq_epi8(k, zero), _mm256_loadu_si256(p)));
+    }
+  } else if constexpr (sizeof(U) == 2) {
     for (; i + 16 <= n; i += 16) {
       const __m256i k = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(keep + i)));
       auto* p = reinterpret_cast<__m256i*>(a + i);

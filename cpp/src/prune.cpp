@@ -381,7 +381,9 @@ void apply_masks(const std::vector<MaskGroup>& groups) {
         const std::uint8_t* keep = g.keep + sp.begin;
         const std::size_t n = sp.end - sp.begin;
         for (const auto& [ptr, itemsize] : g.arrays) {
-          if (itemsize == 2)
+          if (itemsize == 1)
+            kernels::apply_keep<I, std::uint8_t>(static_cast<std::uint8_t*>(ptr) + sp.begin, keep, n);
+          else if (itemsize == 2)
             kernels::apply_keep<I, std::uint16_t>(static_cast<std::uint16_t*>(ptr) + sp.begin, keep, n);
           else if (itemsize == 4)
             kernels::apply_keep<I, std::uint32_t>(static_cast<std::uint32_t*>(ptr) + sp.begin, keep, n);

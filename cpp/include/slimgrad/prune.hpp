@@ -116,7 +116,8 @@ std::ptrdiff_t nm_keep(const T* x, std::size_t rows, std::size_t inner, int n, i
                        std::uint8_t* keep);
 
 // One mask and the arrays it applies to (the weight and its optimizer
-// moments), each `n` elements of `itemsize` 2, 4 or 8 bytes.
+// moments, float or 8-bit codes), each `n` elements of `itemsize` 1, 2, 4
+// or 8 bytes.
 struct MaskGroup {
   const std::uint8_t* keep;
   std::size_t n;

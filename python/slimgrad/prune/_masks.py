@@ -5,10 +5,14 @@ the weight is **kept** and ``False`` where it is pruned (``w * mask`` prunes).
 Weights are only read. Magnitude and N:M selection run in C++ on the IEEE
 bits of ``|w|`` (exact, no sort); ``-0.0`` and ``0.0`` have the same
 magnitude, ``inf`` is the largest, and a NaN raises ``ValueError`` naming its
-position. float32 and float64 arrays are used in place (C-contiguous,
-native byte order, else ``TypeError``); float16 and bfloat16 arrays are
-first converted to float32 (an explicit copy; the conversion is exact, so
-the order of magnitudes is unchanged).
+position. float32 and float64 arrays that are C-contiguous in native byte
+order are read in place (no copy); other layouts (strided views,
+transposes) and byte orders are first copied to a C-contiguous native array
+(an explicit copy: the mask functions only read ``w``). float16 and bfloat16
+arrays are first converted to float32 (an explicit copy; the conversion is
+exact, so the order of magnitudes is unchanged). Other dtypes raise
+``TypeError``. Arrays written in place (the :class:`Pruner`'s parameters)
+keep the strict contract: C-contiguous, native, writable, never copied.
 """
 
 from __future__ import annotations
@@ -41,10 +45,27 @@ def _half_dtypes() -> tuple:
         return (np.dtype(np.float16),)
 
 
+_KEY_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _as_keyable(w: object) -> object:
-    """float16 / bfloat16 -> float32 (exact); anything else goes to C++ unchanged."""
-    if isinstance(w, np.ndarray) and w.dtype in _half_dtypes():
-        return w.astype(np.float32)
+    """The array the C++ selection reads: ``w`` itself when it can, else an explicit copy.
+
+    float32 / float64, C-contiguous, native byte order: ``w`` unchanged (read
+    in place, no copy). Other layouts or byte orders of these dtypes: a
+    C-contiguous native copy (the mask functions only read ``w``, so a copy
+    is safe; arrays written in place, such as the Pruner's, keep the strict
+    no-copy contract and are checked elsewhere). float16 / bfloat16: a
+    C-contiguous float32 copy (exact). Anything else goes to C++ unchanged,
+    which raises ``TypeError`` naming the argument.
+    """
+    if not isinstance(w, np.ndarray):
+        return w
+    native = w.dtype.newbyteorder("=")
+    if native in _half_dtypes():
+        return w.astype(np.float32, order="C")
+    if native in _KEY_DTYPES and not (w.flags.c_contiguous and w.dtype.isnative):
+        return np.ascontiguousarray(w, dtype=native)
     return w
 
 
@@ -73,8 +94,9 @@ def magnitude_mask(w: np.ndarray, sparsity: float) -> np.ndarray:
     Parameters
     ----------
     w : ndarray
-        float32 or float64 (C-contiguous, used in place) or float16 /
-        bfloat16 (converted to float32). Only read.
+        float32 or float64 (read in place when C-contiguous and native,
+        else copied to such an array first) or float16 / bfloat16
+        (converted to float32). Any layout; only read.
     sparsity : float
         Fraction of entries to prune, in ``[0, 1]``. The count is
         ``round(sparsity * w.size)``, rounded half to even.
@@ -89,7 +111,7 @@ def magnitude_mask(w: np.ndarray, sparsity: float) -> np.ndarray:
     Raises
     ------
     TypeError
-        ``w`` is not a C-contiguous float array, or sparsity is not a number.
+        ``w`` is not a float ndarray, or sparsity is not a number.
     ValueError
         sparsity outside ``[0, 1]``, or ``w`` holds a NaN (the message names
         its index).
@@ -111,14 +133,16 @@ def global_magnitude_masks(weights: Mapping[str, np.ndarray], sparsity: float) -
     Exactly ``round(sparsity * total)`` entries are pruned over all arrays
     together (``total`` = the sum of their sizes), smallest magnitudes first;
     ties are pruned in the dict's order, then by flat index. The arrays are
-    not concatenated: the selection reads them in place, so the memory used
-    is the masks plus a few histograms.
+    not concatenated: the selection reads C-contiguous native float32 /
+    float64 arrays in place, so the memory used is the masks plus a few
+    histograms (other layouts, byte orders and half dtypes cost a copy each,
+    as in :func:`magnitude_mask`).
 
     Parameters
     ----------
     weights : mapping of name to ndarray
         All float32 or all float64 (float16 / bfloat16 entries are converted
-        to float32); C-contiguous. Only read.
+        to float32); any layout (see :func:`magnitude_mask`). Only read.
     sparsity : float
         Fraction in ``[0, 1]`` of all entries to prune.
 
@@ -132,7 +156,7 @@ def global_magnitude_masks(weights: Mapping[str, np.ndarray], sparsity: float) -
     Raises
     ------
     TypeError
-        An array is not C-contiguous float, or the arrays mix float32 and
+        An array is not a float ndarray, or the arrays mix float32 and
         float64 (the message names the array).
     ValueError
         sparsity outside ``[0, 1]`` or a NaN weight (named with its index).
@@ -174,8 +198,9 @@ def nm_mask(w: np.ndarray, n: int = 2, m: int = 4, axis: int = -1) -> np.ndarray
     Parameters
     ----------
     w : ndarray
-        float32 / float64 (C-contiguous, used in place) or float16 / bfloat16
-        (converted to float32). Only read.
+        float32 / float64 (read in place when C-contiguous and native, else
+        copied first) or float16 / bfloat16 (converted to float32). Any
+        layout; only read.
     n, m : int
         Keep ``n`` of every ``m`` (``0 <= n <= m``, ``m >= 1``).
     axis : int
@@ -189,7 +214,7 @@ def nm_mask(w: np.ndarray, n: int = 2, m: int = 4, axis: int = -1) -> np.ndarray
     Raises
     ------
     TypeError
-        Not a C-contiguous float array, or n, m, axis not ints.
+        Not a float ndarray, or n, m, axis not ints.
     ValueError
         ``w.shape[axis]`` not divisible by ``m``, bad n / m / axis, a 0-d
         array, or a NaN weight.

@@ -30,6 +30,8 @@ from ._masks import (
 __all__ = ["PolynomialSchedule", "Pruner", "SparsityReport", "sensitivity"]
 
 _METHODS = ("magnitude", "global", "nm", "structured")
+_SCHEDULE_ARGS = ("final_sparsity", "begin_step", "end_step", "initial_sparsity", "frequency",
+                  "power")
 
 
 def _check_int(value: object, name: str, low: int = 0) -> int:
@@ -125,6 +127,22 @@ def _named(params: object) -> tuple[list, list, list]:
     return keys, arrays, names
 
 
+def _is_moment(v: np.ndarray, w: np.ndarray) -> bool:
+    """Whether the optimizer state array ``v`` holds one value per element of ``w``.
+
+    Float moments have ``w``'s shape; integer arrays are 8-bit (or wider)
+    codes of quantized moments, one per element, in any shape (AdamW8bit:
+    int8 / uint8 of the param's shape; flat layouts count too). Their code
+    0 decodes to 0, so zeroing a code zeroes the moment. Block scales
+    (float, one per block) have another size and are left alone, and so are
+    0-d integer arrays (counters such as a step kept as an array, which
+    would otherwise match a one-element parameter).
+    """
+    if v.dtype.kind in "iu":
+        return v.ndim > 0 and v.size == w.size
+    return v.shape == w.shape and (v.dtype.kind == "f" or v.dtype.name == "bfloat16")
+
+
 class Pruner:
     """Prunes parameters gradually while training and keeps them pruned.
 
@@ -133,7 +151,9 @@ class Pruner:
     params : dict of name to ndarray, or list of ndarrays
         The arrays to prune (pass only the weights you want pruned, e.g. the
         matrices and not the biases). float16 / bfloat16 / float32 / float64,
-        C-contiguous and writable: they are zeroed in place.
+        C-contiguous, native byte order and writable: they are zeroed in
+        place, never copied. Checked here, with the messages ``step()``
+        would give.
     method : {"magnitude", "global", "nm", "structured"}
         ``magnitude``: each array to the target sparsity; ``global``: one
         magnitude threshold over all arrays; ``nm``: N:M along ``axis``
@@ -141,18 +161,26 @@ class Pruner:
         whole slices along ``axis`` (default 0) by L``norm`` norm.
     schedule : PolynomialSchedule, dict, float or None
         When and how much: a schedule, the keyword arguments of one, or a
-        constant sparsity (one-shot at step 0). ``None`` with ``nm`` prunes
-        at step 0.
+        constant sparsity in ``[0, 1]`` (one-shot at step 0). ``None`` with
+        ``nm`` prunes at step 0.
     optimizer : object, optional
         Duck-typed: an object with a ``state`` mapping. For the parameter
         with key ``k`` (dict name, or list index) at position ``i``,
         ``optimizer.state[k]`` (else ``optimizer.state[i]``), if present,
-        is a dict; each of its values that is an ndarray of the
-        parameter's shape and a float dtype (``exp_avg``, ``exp_avg_sq``,
-        ``max_exp_avg_sq``, ``momentum_buffer``, ...) is zeroed at the pruned
-        positions together with the weight, so momentum cannot move a pruned
-        weight off zero. Looked up at every step (state created lazily by
-        the first optimizer step is found).
+        is a dict; each of its values that is an ndarray holding one value
+        per element of the parameter is zeroed at the pruned positions
+        together with the weight, so momentum cannot move a pruned weight
+        off zero. That is: float arrays of the parameter's shape
+        (``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``,
+        ``momentum_buffer``, ``master``, ...), and integer arrays with as
+        many elements as the parameter, in any shape but 0-d (C order): the
+        codes of quantized moments, e.g. :class:`~slimgrad.optim.AdamW8bit`'s
+        int8 ``exp_avg`` and uint8 ``exp_avg_sq``, whose code 0 decodes to 0
+        whatever the block scale. Scalars, 0-d arrays and arrays of other
+        sizes (block scales, factored second moments) are left alone. Looked up at every
+        step (state created lazily by the first optimizer step is found);
+        those arrays must be writable and C-contiguous (checked before
+        anything is zeroed).
     n, m : int
         The N:M pattern (default 2:4).
     axis : int, optional
@@ -160,6 +188,18 @@ class Pruner:
         (default 0).
     norm : {1, 2}
         Norm for ``structured``.
+
+    Raises
+    ------
+    TypeError
+        ``params`` not a dict or list of arrays; a parameter not a
+        C-contiguous native float16 / bfloat16 / float32 / float64 array
+        (named ``params['fc1.weight']`` or ``params[0]``); ``schedule`` of
+        the wrong type or a dict with unknown keys.
+    ValueError
+        Unknown ``method``; a read-only parameter; ``schedule`` or a
+        schedule argument out of range (the message names it); for
+        ``nm``, an axis not divisible by ``m``.
 
     Notes
     -----
@@ -178,15 +218,22 @@ class Pruner:
             expected = ", ".join(map(repr, _METHODS))
             raise ValueError(f"method: expected one of {expected}, got {method!r}")
         self.keys, self.arrays, self.names = _named(params)
+        # The weights are zeroed in place at every step: check them now, with
+        # the messages step() would give, rather than steps into training.
+        _core.prune.check_weights_(self.arrays, self.names)
         self.method = method
         if isinstance(schedule, PolynomialSchedule):
             self.schedule = schedule
         elif isinstance(schedule, Mapping):
+            unknown = [k for k in schedule if k not in _SCHEDULE_ARGS]
+            if unknown:
+                raise TypeError(f"schedule: unknown keys {unknown}; a PolynomialSchedule "
+                                f"takes {', '.join(_SCHEDULE_ARGS)}")
             self.schedule = PolynomialSchedule(**schedule)
         elif schedule is None and method == "nm":
             self.schedule = PolynomialSchedule(0.5)
         elif isinstance(schedule, numbers.Real) and not isinstance(schedule, bool):
-            level = float(schedule)
+            level = _check_fraction(schedule, "schedule")
             self.schedule = PolynomialSchedule(level, 0, 0, initial_sparsity=level)
         else:
             raise TypeError("schedule: expected a PolynomialSchedule, its keyword arguments as a "
@@ -227,15 +274,15 @@ class Pruner:
         if not isinstance(entry, Mapping):
             return []
         return [(f"optimizer.state[{found!r}][{name!r}]", v) for name, v in entry.items()
-                if isinstance(v, np.ndarray) and v is not w and v.shape == w.shape
-                and (v.dtype.kind == "f" or v.dtype.name == "bfloat16")]
+                if isinstance(v, np.ndarray) and v is not w and _is_moment(v, w)]
 
     def apply(self) -> None:
         """Zero the weights and their optimizer moments where the masks are False.
 
         One C++ call for all arrays; a no-op before the first mask update.
         Raises ``TypeError`` / ``ValueError`` (before changing anything) if a
-        weight or moment is not a writable C-contiguous float array.
+        weight or moment is not a writable C-contiguous native array (float,
+        or integer codes for a moment).
         """
         if self.masks is None:
             return

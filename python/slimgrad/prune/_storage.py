@@ -226,7 +226,7 @@ def compress_24(w: np.ndarray) -> Compressed24:
     Parameters
     ----------
     w : ndarray
-        float32 / float64 (C-contiguous) or float16 / bfloat16, at least 1-D,
+        float32 / float64 / float16 / bfloat16, any layout, at least 1-D,
         last axis divisible by 4. Only read.
 
     Returns

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 
 import numpy as np
@@ -42,13 +43,32 @@ def _parse_nm(text: str) -> tuple[int, int]:
     return n, m
 
 
+def _check_paths(source: str, output: str) -> None:
+    """One-line errors for paths, before any work (no OSError text with temp-file names)."""
+    if os.path.isdir(source):
+        raise UsageError(f"{source}: is a directory, not a safetensors file")
+    if not os.path.exists(source):
+        raise UsageError(f"{source}: no such file")
+    if os.path.isdir(output):
+        raise UsageError(f"{output}: is a directory; -o takes the path of the file to write")
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{output}: cannot write, no such directory {folder}")
+
+
 def run(args: argparse.Namespace) -> int:
+    from ._masks import _first_nan  # local: leaves the import block to the _safetensors move
+
     nm = _parse_nm(args.nm) if args.nm is not None else None
     if nm is None and not 0.0 <= args.sparsity <= 1.0:
         raise UsageError(f"--sparsity: expected a number in [0, 1], got {args.sparsity}")
     if args.global_ and nm is not None:
         raise UsageError("--global: only with --sparsity")
-    tensors, metadata = st.read(args.input)
+    _check_paths(args.input, args.output)
+    try:
+        tensors, metadata = st.read(args.input)
+    except OSError as e:  # e.g. permission denied: the reason, without the errno prefix
+        raise UsageError(f"{args.input}: cannot read ({e.strerror or e})") from None
 
     targets = {name: e.array() for name, e in tensors.items()
                if e.dtype in st.FLOAT_DTYPES and len(e.shape) >= 2}
@@ -58,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
             if targets[name].shape[-1] % nm[1]:
                 skipped[name] = f"last axis {targets[name].shape[-1]} not divisible by {nm[1]}"
                 del targets[name]
+    for name, w in targets.items():
+        _first_nan(w, name)  # the mask functions would name it `w`: name the tensor
+    if nm is not None:
         masks = {name: nm_mask(w, *nm) for name, w in targets.items()}
     elif args.global_:
         masks = global_magnitude_masks(targets, args.sparsity)
@@ -69,7 +92,10 @@ def run(args: argparse.Namespace) -> int:
     for name, w in targets.items():
         data = w.astype(w.dtype.newbyteorder("<")).tobytes()
         tensors[name] = st.Entry(tensors[name].dtype, tensors[name].shape, data)
-    st.write(args.output, tensors, metadata)
+    try:
+        st.write(args.output, tensors, metadata)
+    except OSError as e:  # its filename is the temporary file: report the output instead
+        raise UsageError(f"{args.output}: cannot write ({e.strerror or e})") from None
 
     rows = []
     pruned_total = size_total = 0
