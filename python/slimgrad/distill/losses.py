@@ -97,8 +97,19 @@ def kd_loss(
 
     Notes
     -----
-    Logits must be finite for a meaningful result: NaN or infinite logits
-    give a NaN or infinite loss and gradient (never an exception or a crash).
+    Non-finite logits never raise or crash; per row:
+
+    - a teacher logit of ``-inf`` (a masked class, dense or top-k) gives
+      ``p_t = 0`` there and the class contributes 0 to the KL term
+      (``0 * log 0 = 0``): the loss stays finite and equals torch's
+      ``T**2 * kl_div(log_softmax(s / T), softmax(t / T))``. This holds also
+      where the student logit is ``-inf`` too (torch gives NaN there);
+    - a student logit of ``-inf`` where the teacher has mass gives a loss of
+      ``+inf`` (the true KL divergence) and a finite gradient; at the label
+      the cross-entropy is ``+inf``;
+    - a NaN or ``+inf`` logit, or a row whose student or teacher logits are
+      all ``-inf`` (no softmax), gives a NaN loss and NaN gradient entries in
+      that row; the other rows' gradients are unaffected.
     """
     loss, grad = _core.distill.kd_loss(
         student_logits,
