@@ -366,6 +366,66 @@ def test_other_non_finite_logits_follow_the_documented_policy(isa, rng):
     assert np.isnan(kd_loss(s, t, y, alpha=1.0)[0])
 
 
+def _strided(a):
+    big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+    big[..., ::2] = a
+    return big[..., ::2]
+
+
+READ_LAYOUTS = {
+    "strided": _strided,
+    "fortran": np.asfortranarray,
+    "byteswapped": lambda a: a.astype(a.dtype.newbyteorder("S")),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("layout", list(READ_LAYOUTS))
+def test_read_only_inputs_accept_any_layout_and_byte_order(dtype, layout, rng):
+    make = READ_LAYOUTS[layout]
+    s, t, y = _data(rng, 5, 33, dtype)
+    sv, tv = make(s), make(t)
+    assert not (sv.flags.c_contiguous and sv.dtype.isnative)
+    loss_ref, grad_ref = kd_loss(s, t, y, temperature=2.0)
+    for args in ((sv, t), (s, tv), (sv, tv)):
+        loss, grad = kd_loss(*args, y, temperature=2.0)
+        assert loss == loss_ref
+        np.testing.assert_array_equal(grad, grad_ref)
+        assert grad.flags.c_contiguous and grad.dtype == dtype and grad.dtype.isnative
+    out = np.empty_like(s)
+    assert kd_loss(sv, tv, y, temperature=2.0, out=out)[1] is out
+    np.testing.assert_array_equal(out, grad_ref)
+    idx = np.argsort(-t, axis=1, kind="stable")[:, :4]
+    vals = np.take_along_axis(t, idx, axis=1)
+    ref_k = kd_loss(s, np.ascontiguousarray(vals), y, teacher_indices=idx)
+    got_k = kd_loss(sv, make(vals), y, teacher_indices=idx)
+    assert got_k[0] == ref_k[0]
+    np.testing.assert_array_equal(got_k[1], ref_k[1])
+    np.testing.assert_array_equal(sv, s)  # inputs untouched
+    np.testing.assert_array_equal(tv, t)
+    f_ref = feature_loss(s, t)
+    for args in ((sv, t), (s, tv), (sv, tv)):
+        f = feature_loss(*args)
+        assert f[0] == f_ref[0]
+        np.testing.assert_array_equal(f[1], f_ref[1])
+
+
+def test_written_arrays_keep_the_strict_contract(rng):
+    s, t, y = _data(rng, 3, 5, np.float32)
+    sv = _strided(s)
+    before = sv.copy()
+    # student_logits passed as out is written in place: no copy, TypeError.
+    with pytest.raises(TypeError, match=r"^student_logits: expected float32 or float64 C-contig"):
+        kd_loss(sv, t, y, out=sv)
+    with pytest.raises(TypeError, match=r"^out: expected float32 C-contiguous array of shape"):
+        kd_loss(s, t, y, out=_strided(np.zeros_like(s)))
+    with pytest.raises(TypeError, match=r"^student_feat: expected float32 or float64 C-contig"):
+        feature_loss(sv, t, out=sv)
+    with pytest.raises(TypeError, match=r"^out: expected float32 C-contiguous array of shape"):
+        feature_loss(s, t, out=_strided(np.zeros_like(s)))
+    np.testing.assert_array_equal(sv, before)
+
+
 def _bad_kd_cases():
     f, d = np.float32, np.float64
     s = np.zeros((3, 5), f)
@@ -382,9 +442,9 @@ def _bad_kd_cases():
             "student_logits: expected float32 or float64 C-contiguous array, got list",
         ),
         (
-            dict(student_logits=np.zeros((3, 10), f)[:, ::2]),
+            dict(out=np.zeros((3, 10), f)[:, ::2]),  # written in place: strict, no copy
             TypeError,
-            "student_logits: expected float32 or float64 C-contiguous array, got non-contiguous float32 array of shape (3, 5)",  # noqa: E501
+            "out: expected float32 C-contiguous array of shape (3, 5), got non-contiguous float32 array of shape (3, 5)",  # noqa: E501
         ),
         (
             dict(student_logits=np.zeros(5, f), teacher_logits=np.zeros(5, f)),
