@@ -461,7 +461,11 @@ def _bad_kd_cases():
             ValueError,
             "teacher_logits: expected float32 C-contiguous array of shape (3, 5), got float32 array of shape (3, 4)",  # noqa: E501
         ),
-        (dict(labels=None), ValueError, "labels: required when alpha < 1 (alpha=0.5), got None"),
+        (
+            dict(labels=None),  # the default alpha=0.5: say how to fix it
+            ValueError,
+            "labels: required when alpha < 1 (alpha=0.5), got None; pass labels, or alpha=1.0 for pure distillation",  # noqa: E501
+        ),
         (
             dict(labels=np.array([0, 1, 5])),
             ValueError,

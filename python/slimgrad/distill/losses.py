@@ -56,8 +56,10 @@ def kd_loss(
         shape (B, k) with ``1 <= k <= V``. Not read when ``alpha == 0``.
         Read only: copied like ``student_logits`` when strided.
     labels : ndarray of integers, shape (B,), or None
-        Class indices in ``[0, V)``. Required when ``alpha < 1``. Integer
-        arrays that are not int64 C-contiguous are copied to one (B elements).
+        Class indices in ``[0, V)``. Required when ``alpha < 1``, so also
+        with the default ``alpha=0.5`` (the ``ValueError`` says: pass labels,
+        or ``alpha=1.0`` for pure distillation). Integer arrays that are not
+        int64 C-contiguous are copied to one (B elements).
     temperature : float
         ``T > 0``. Logits are scaled by ``1 / T`` (a multiplication, exact
         when T is a power of two).
