@@ -41,11 +41,15 @@ def reference(s, t, y, temperature, alpha, reduction="batchmean", idx=None):
     log_ps = s / temperature - _lse(s / temperature)
     log_pt = t / temperature - _lse(t / temperature)
     pt = np.exp(log_pt)
+    log_ps_t = log_ps if idx is None else np.take_along_axis(log_ps, idx, axis=1)
+    # A class with p_t == 0 (a masked -inf teacher logit) contributes 0: 0 log 0 = 0,
+    # also where log_ps is -inf too (-inf - -inf is NaN, never used).
+    with np.errstate(invalid="ignore"):
+        diff = log_pt - log_ps_t
+    kl_rows = np.multiply(pt, diff, out=np.zeros_like(pt), where=pt > 0).sum(axis=1)
     if idx is None:
-        kl_rows = (pt * (log_pt - log_ps)).sum(axis=1)
         pt_full = pt
     else:
-        kl_rows = (pt * (log_pt - np.take_along_axis(log_ps, idx, axis=1))).sum(axis=1)
         pt_full = np.zeros_like(s)
         np.put_along_axis(pt_full, idx, pt, axis=1)
     loss, grad = 0.0, np.zeros_like(s)
@@ -90,7 +94,7 @@ def _check(s, t, y, temperature, alpha, reduction="batchmean", idx=None, **kw):
     assert grad.dtype == s.dtype and grad.shape == s.shape
     # The float64 reference itself forms s/T - lse(s/T): it loses the ulps of
     # |s/T| (5000 ulps for logits of 1e4 at T=2), more than our float64 does.
-    mag = max(1.0, float(np.abs(s).max(initial=0)) / temperature) if dtype == np.float64 else 1.0
+    mag = max(1.0, float(np.abs(s[np.isfinite(s)]).max(initial=0)) / temperature) if dtype == np.float64 else 1.0
     assert loss == pytest.approx(ref_loss, rel=LOSS_RTOL[dtype] * mag, abs=LOSS_RTOL[dtype] * mag)
     tol = GRAD_ATOL[dtype] * _coef(temperature, alpha, reduction, *s.shape) * mag
     np.testing.assert_allclose(grad, ref_grad, rtol=0, atol=tol)
@@ -280,6 +284,148 @@ def test_non_finite_logits_give_non_finite_loss(rng):
     assert np.isnan(loss) and np.isnan(grad[1]).all() and np.isfinite(grad[[0, 2]]).all()
 
 
+MASK_CLASSES = [1, 2, 9, 17, 513, 1031]  # 1031: whole masked 512-logit chunks first
+
+
+def _masked(rng, b, v, dtype):
+    """Logits with masked (-inf) teacher classes in every pattern the kernels meet."""
+    s, t, y = _data(rng, b, v, dtype)
+    ninf = -np.inf
+    if v == 1:
+        return s, t, y
+    h = v // 2
+    t[0, h:] = ninf  # trailing classes masked
+    t[1, :h] = ninf  # leading classes masked (whole chunks when v > 1024)
+    t[2, 1::3] = ninf  # scattered
+    s[3, :h] = t[3, :h] = ninf  # masked in both: 0 log 0 for the teacher, p_s = 0
+    y[3] = v - 1
+    return s, t, y
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+def test_masked_teacher_classes_contribute_zero(isa, threads, dtype, temperature, alpha, rng):
+    for v in MASK_CLASSES:
+        s, t, y = _masked(rng, 4, v, dtype)
+        loss, grad = _check(s, t, y, temperature, alpha)
+        assert np.isfinite(loss) and np.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_masked_top_k_teacher_values_contribute_zero(isa, dtype, rng):
+    s, t, y = _data(rng, 3, 40, dtype)
+    idx = np.argsort(-t, axis=1, kind="stable")[:, :6]
+    vals = np.ascontiguousarray(np.take_along_axis(t, idx, axis=1))
+    vals[0, 3:] = -np.inf
+    vals[1, :2] = -np.inf
+    for alpha in (0.5, 1.0):
+        loss, grad = _check(s, vals, y, 2.0, alpha, idx=idx)
+        assert np.isfinite(loss) and np.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_masked_teacher_matches_torch_kl_div(dtype, rng):
+    torch = pytest.importorskip("torch")
+    for v in (10, 1031):
+        s, t, _ = _masked(rng, 4, v, dtype)
+        # Rows 0-2 only: torch's kl_div gives NaN where both are -inf (0 * -inf),
+        # a case we define as 0 (see kd_loss's Notes).
+        s, t = s[:3].copy(), t[:3].copy()
+        for temperature in (1.0, 2.0):
+            ts = torch.tensor(s, requires_grad=True)
+            ref = temperature**2 * torch.nn.functional.kl_div(
+                torch.log_softmax(ts / temperature, dim=1),
+                torch.softmax(torch.tensor(t) / temperature, dim=1),
+                reduction="batchmean",
+            )
+            ref.backward()
+            loss, grad = kd_loss(s, t, temperature=temperature, alpha=1.0)
+            assert np.isfinite(ref.item())
+            assert loss == pytest.approx(ref.item(), rel=LOSS_RTOL[dtype] * 10)
+            np.testing.assert_allclose(
+                grad, ts.grad.numpy(), rtol=0, atol=GRAD_ATOL[dtype] * 10 * temperature / 3
+            )
+
+
+def test_other_non_finite_logits_follow_the_documented_policy(isa, rng):
+    # -inf student logit where the teacher has mass: p_s = 0 under p_t > 0, KL = +inf.
+    s, t, y = _data(rng, 2, 9, np.float32)
+    s[0, 2] = -np.inf
+    loss, grad = kd_loss(s, t, y, alpha=1.0)
+    assert loss == np.inf and np.isfinite(grad).all()
+    for where, value in (("s", np.inf), ("t", np.inf), ("t", np.nan)):
+        s, t, y = _data(rng, 3, 20, np.float32)
+        (s if where == "s" else t)[1, 4] = value
+        loss, grad = kd_loss(s, t, y)
+        assert np.isnan(loss), (where, value)
+        assert np.isfinite(grad[[0, 2]]).all()
+    # A row with every teacher class masked has no teacher distribution: NaN (torch too).
+    s, t, y = _data(rng, 2, 600, np.float32)
+    t[1] = -np.inf
+    assert np.isnan(kd_loss(s, t, y, alpha=1.0)[0])
+
+
+def _strided(a):
+    big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+    big[..., ::2] = a
+    return big[..., ::2]
+
+
+READ_LAYOUTS = {
+    "strided": _strided,
+    "fortran": np.asfortranarray,
+    "byteswapped": lambda a: a.astype(a.dtype.newbyteorder("S")),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("layout", list(READ_LAYOUTS))
+def test_read_only_inputs_accept_any_layout_and_byte_order(dtype, layout, rng):
+    make = READ_LAYOUTS[layout]
+    s, t, y = _data(rng, 5, 33, dtype)
+    sv, tv = make(s), make(t)
+    assert not (sv.flags.c_contiguous and sv.dtype.isnative)
+    loss_ref, grad_ref = kd_loss(s, t, y, temperature=2.0)
+    for args in ((sv, t), (s, tv), (sv, tv)):
+        loss, grad = kd_loss(*args, y, temperature=2.0)
+        assert loss == loss_ref
+        np.testing.assert_array_equal(grad, grad_ref)
+        assert grad.flags.c_contiguous and grad.dtype == dtype and grad.dtype.isnative
+    out = np.empty_like(s)
+    assert kd_loss(sv, tv, y, temperature=2.0, out=out)[1] is out
+    np.testing.assert_array_equal(out, grad_ref)
+    idx = np.argsort(-t, axis=1, kind="stable")[:, :4]
+    vals = np.take_along_axis(t, idx, axis=1)
+    ref_k = kd_loss(s, np.ascontiguousarray(vals), y, teacher_indices=idx)
+    got_k = kd_loss(sv, make(vals), y, teacher_indices=idx)
+    assert got_k[0] == ref_k[0]
+    np.testing.assert_array_equal(got_k[1], ref_k[1])
+    np.testing.assert_array_equal(sv, s)  # inputs untouched
+    np.testing.assert_array_equal(tv, t)
+    f_ref = feature_loss(s, t)
+    for args in ((sv, t), (s, tv), (sv, tv)):
+        f = feature_loss(*args)
+        assert f[0] == f_ref[0]
+        np.testing.assert_array_equal(f[1], f_ref[1])
+
+
+def test_written_arrays_keep_the_strict_contract(rng):
+    s, t, y = _data(rng, 3, 5, np.float32)
+    sv = _strided(s)
+    before = sv.copy()
+    # student_logits passed as out is written in place: no copy, TypeError.
+    with pytest.raises(TypeError, match=r"^student_logits: expected float32 or float64 C-contig"):
+        kd_loss(sv, t, y, out=sv)
+    with pytest.raises(TypeError, match=r"^out: expected float32 C-contiguous array of shape"):
+        kd_loss(s, t, y, out=_strided(np.zeros_like(s)))
+    with pytest.raises(TypeError, match=r"^student_feat: expected float32 or float64 C-contig"):
+        feature_loss(sv, t, out=sv)
+    with pytest.raises(TypeError, match=r"^out: expected float32 C-contiguous array of shape"):
+        feature_loss(s, t, out=_strided(np.zeros_like(s)))
+    np.testing.assert_array_equal(sv, before)
+
+
 def _bad_kd_cases():
     f, d = np.float32, np.float64
     s = np.zeros((3, 5), f)
@@ -296,9 +442,9 @@ def _bad_kd_cases():
             "student_logits: expected float32 or float64 C-contiguous array, got list",
         ),
         (
-            dict(student_logits=np.zeros((3, 10), f)[:, ::2]),
+            dict(out=np.zeros((3, 10), f)[:, ::2]),  # written in place: strict, no copy
             TypeError,
-            "student_logits: expected float32 or float64 C-contiguous array, got non-contiguous float32 array of shape (3, 5)",  # noqa: E501
+            "out: expected float32 C-contiguous array of shape (3, 5), got non-contiguous float32 array of shape (3, 5)",  # noqa: E501
         ),
         (
             dict(student_logits=np.zeros(5, f), teacher_logits=np.zeros(5, f)),
@@ -315,7 +461,11 @@ def _bad_kd_cases():
             ValueError,
             "teacher_logits: expected float32 C-contiguous array of shape (3, 5), got float32 array of shape (3, 4)",  # noqa: E501
         ),
-        (dict(labels=None), ValueError, "labels: required when alpha < 1 (alpha=0.5), got None"),
+        (
+            dict(labels=None),  # the default alpha=0.5: say how to fix it
+            ValueError,
+            "labels: required when alpha < 1 (alpha=0.5), got None; pass labels, or alpha=1.0 for pure distillation",  # noqa: E501
+        ),
         (
             dict(labels=np.array([0, 1, 5])),
             ValueError,

@@ -169,6 +169,75 @@ def test_distiller_bad_arguments():
         d.fit(x, np.zeros(5, int), epochs=0, batch_size=2, progress=False)
 
 
+def _bn_student(seed=0):
+    return nn.Sequential(
+        nn.Linear(64, 16, seed=seed), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10, seed=seed)
+    )
+
+
+def _fit(student, x, y, teacher=None, **kw):
+    alpha = 0.5 if teacher is not None else 0.0
+    opt = optim.AdamW(student.parameters(), lr=1e-2)
+    d = Distiller(teacher, student, opt, alpha=alpha)
+    return d.fit(x, y, progress=False, **kw)
+
+
+def test_float64_inputs_are_converted_once_for_a_float32_student(digits):
+    x_train, x_test, y_train, y_test = digits
+    x, y = x_train[:64], y_train[:64]
+    teacher = _mlp([64, 32, 10], seed=3)
+    seen = []
+
+    def teacher_fn(batch):
+        seen.append(batch.dtype)
+        return teacher.forward(batch.astype(np.float32))
+
+    ref_student, student = _mlp([64, 16, 10], seed=0), _mlp([64, 16, 10], seed=0)
+    val = (x_test[:50], y_test[:50])
+    ref = _fit(ref_student, x, y, teacher_fn, epochs=2, batch_size=16, validation=val)
+    seen.clear()
+    x64 = x.astype(np.float64)
+    got = _fit(
+        student, x64, y, teacher_fn, epochs=2, batch_size=16,
+        validation=(val[0].astype(np.float64), val[1]),
+    )
+    assert got.as_dict() == ref.as_dict()
+    assert seen == [np.float64]  # the teacher is given X as passed
+    for name, p in student.parameters().items():
+        np.testing.assert_array_equal(p, ref_student.parameters()[name])
+        assert p.dtype == np.float32
+
+
+def test_batchnorm_student_drops_a_last_batch_of_one_sample(digits):
+    x_train, _, y_train, _ = digits
+    x, y = x_train[:65], y_train[:65]  # 65 = 2 * 32 + 1
+    student = _bn_student()
+    history = _fit(student, x, y, epochs=3, batch_size=32)
+    assert len(history.step_loss) == 3 * 2  # the 1-sample batch is dropped every epoch
+    assert all(np.isfinite(history.loss)) and 0 <= history.accuracy[-1] <= 1
+    history = _fit(_bn_student(), x_train[:66], y_train[:66], epochs=1, batch_size=32)
+    assert len(history.step_loss) == 3  # a last batch of 2 is kept
+    history = _fit(_mlp([64, 16, 10], seed=0), x, y, epochs=1, batch_size=32)
+    assert len(history.step_loss) == 3  # no BatchNorm: nothing dropped
+
+
+@pytest.mark.parametrize("n, batch_size", [(10, 1), (1, 4)])
+def test_batchnorm_student_with_single_sample_batches_raises_before_training(
+    digits, n, batch_size
+):
+    x_train, _, y_train, _ = digits
+    student = _bn_student()
+    before = {k: v.copy() for k, v in student.state_dict().items()}
+    with pytest.raises(
+        ValueError,
+        match=rf"^batch_size: a student with BatchNorm1d needs batches of at least 2 samples in "
+        rf"training, got batch_size={batch_size} with {n} samples$",
+    ):
+        _fit(student, x_train[:n], y_train[:n], epochs=1, batch_size=batch_size)
+    for k, v in student.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
 def _slimgrad(*args, cwd):
     # Run the same slimgrad this process imported (the installed package, or the
     # working tree under PYTHONPATH=python), never a source tree without its build.

@@ -194,10 +194,15 @@ def test_bad_buffers_raise_naming_the_argument():
         TypeError, match=r"out: expected float32 C-contiguous array of shape \(10,\), got float64"
     ):
         nn.dropout(x, 0.5, 0, out=np.zeros(10, np.float64))
+    strided = np.full(20, 7.0, np.float32)[::2]
     with pytest.raises(
-        TypeError, match="x: expected float32 or float64 C-contiguous array, got non-contiguous"
+        TypeError,
+        match=r"^out: expected float32 C-contiguous array of shape \(10,\), got non-contiguous",
     ):
-        nn.dropout(np.ones(20, np.float32)[::2], 0.5, 0)
+        nn.dropout(x, 0.5, 0, out=strided)  # written in place: strict, no copy
+    with pytest.raises(TypeError, match=r"^x: expected float32 or float64 C-contiguous array"):
+        nn.dropout(strided, 0.5, 0, out=strided)  # in place: x is written too
+    np.testing.assert_array_equal(strided, 7.0)
     with pytest.raises(
         TypeError, match="x: expected a float32 or float64 ndarray, got int64 array"
     ):

@@ -219,10 +219,17 @@ def test_gelu_errors():
         nn.GELU("fast")
     with pytest.raises(ValueError, match="approximate: expected 'none' or 'tanh', got 'fast'"):
         nn.gelu(np.zeros(3, np.float32), "fast")
+    strided = np.full((4, 8), 7.0, np.float32)[:, ::2]
     with pytest.raises(
-        TypeError, match="x: expected float32 or float64 C-contiguous array, got non-contiguous"
+        TypeError,
+        match=r"^out: expected float32 C-contiguous array of shape \(4, 4\), got non-contiguous",
     ):
-        nn.GELU().forward(np.zeros((4, 4), np.float32).T)
+        nn.gelu(np.zeros((4, 4), np.float32), out=strided)  # written: strict, no copy
+    with pytest.raises(TypeError, match=r"^x: expected float32 or float64 C-contiguous array"):
+        nn.gelu(strided, out=strided)  # in place: x is written too
+    np.testing.assert_array_equal(strided, 7.0)
+    with pytest.raises(TypeError, match=r"^x: expected float32 or float64 C-contiguous array"):
+        nn.GELU().forward(np.zeros((4, 4), np.float16))
 
 
 def test_dropout_layer_finite_differences(rng):
@@ -365,6 +372,70 @@ def test_cross_entropy_is_stable_for_huge_logits():
     loss, grad = nn.cross_entropy(logits, np.array([1]))
     assert loss == pytest.approx(1e4)
     np.testing.assert_allclose(grad, [[1.0, -1.0, 0.0]], atol=1e-6)
+
+
+INF, NAN = np.inf, np.nan
+# (row, label, expected loss kind) for cross_entropy's documented non-finite policy.
+NONFINITE_ROWS = [
+    ([0.5, -INF, 1.0, -0.3], 0, "finite"),  # a masked class
+    ([-INF, 0.0, 1.0, 2.0], 0, "inf"),  # the label is masked
+    ([0.0, INF, 1.0, 0.0], 2, "nan"),
+    ([0.0, NAN, 1.0, 0.0], 2, "nan"),
+    ([-INF, -INF, -INF, -INF], 1, "nan"),  # no softmax at all
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", range(len(NONFINITE_ROWS)))
+def test_cross_entropy_non_finite_policy_without_warnings(dtype, case):
+    # filterwarnings = error: any NumPy RuntimeWarning fails the test.
+    row, label, kind = NONFINITE_ROWS[case]
+    good = [0.3, -1.0, 2.0, 0.1]
+    logits = np.array([good, row], dtype)
+    labels = np.array([3, label])
+    loss, grad = nn.cross_entropy(logits, labels)
+    _, grad_good = nn.cross_entropy(np.array([good], dtype), np.array([3]))
+    np.testing.assert_allclose(grad[0], grad_good[0] / 2, rtol=1e-6)  # other rows unaffected
+    x = np.array(row, np.float64)
+    if kind == "nan":
+        assert np.isnan(loss) and np.isnan(grad[1]).all()
+        return
+    assert np.isfinite(grad[1]).all()
+    masked = np.isneginf(x)
+    masked[label] = False  # the label's gradient is -1/N + p = -1/N
+    assert (grad[1][masked] == 0).all()
+    finite = x[np.isfinite(x)]
+    lse = np.log(np.sum(np.exp(finite)))
+    g = np.array(good, np.float64)
+    ref_good = np.log(np.sum(np.exp(g))) - g[3]
+    if kind == "inf":
+        assert loss == np.inf and np.isfinite(grad[1]).all()
+    else:
+        assert loss == pytest.approx((ref_good + lse - x[label]) / 2, rel=1e-6)
+    # Label smoothing puts mass on the masked class: +inf, gradient still finite.
+    loss_s, grad_s = nn.cross_entropy(logits, labels, label_smoothing=0.1)
+    assert loss_s == np.inf and np.isfinite(grad_s).all()
+    for f in (nn.softmax, nn.log_softmax):
+        f(logits)  # no warning either
+
+
+def test_cross_entropy_non_finite_matches_torch():
+    torch = pytest.importorskip("torch")
+    logits = np.array([row for row, _, _ in NONFINITE_ROWS], np.float32)
+    labels = np.array([label for _, label, _ in NONFINITE_ROWS])
+    for ls in (0.0, 0.1):
+        for rows in ([0], [0, 1], list(range(len(labels)))):
+            x = torch.tensor(logits[rows], requires_grad=True)
+            ref = torch.nn.functional.cross_entropy(
+                x, torch.tensor(labels[rows]), label_smoothing=ls
+            )
+            ref.backward()
+            loss, grad = nn.cross_entropy(logits[rows], labels[rows], ls)
+            np.testing.assert_allclose(loss, ref.item(), rtol=1e-6)
+            np.testing.assert_allclose(grad, x.grad.numpy(), rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(
+                nn.softmax(logits[rows]), torch.softmax(x.detach(), 1).numpy(), rtol=1e-6
+            )
 
 
 def test_cross_entropy_errors():

@@ -89,7 +89,8 @@ py::tuple kd_loss_binding(py::handle student, py::handle teacher, py::handle lab
 
   if (!has_labels) {
     if (alpha < 1)
-      throw py::value_error("labels: required when alpha < 1 (alpha=" + num(alpha) + "), got None");
+      throw py::value_error("labels: required when alpha < 1 (alpha=" + num(alpha) +
+                            "), got None; pass labels, or alpha=1.0 for pure distillation");
   } else {
     const std::vector<py::ssize_t> shape{sa.dim(0)};
     la = check_array(labels, "labels", {DType::i64}, Access::read, &shape);

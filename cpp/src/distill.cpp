@@ -72,7 +72,8 @@ void kd_rows(const T* student, const T* teacher, const std::int64_t* teacher_ind
           const T dz = static_cast<T>(s[ti[j]] * inv_t) - c.a_s;
           const double e = std::exp(static_cast<double>(dt));
           tk_sum += e;
-          w += e * static_cast<double>(dt - dz);
+          // p_t == 0 (a -inf value: masked) contributes 0, as in the dense pass.
+          if (!(e <= 0)) w += e * static_cast<double>(dt - dz);
         }
         const double l_t = std::log(tk_sum);
         c.l_t = static_cast<T>(l_t);

@@ -6,6 +6,10 @@
 // of the SIMD kernels, so the two agree only if both are right. Exponent
 // arguments are formed in the row's dtype exactly as in the SIMD kernels
 // ((x * inv_t) - a), so the differences come from exp and summation only.
+//
+// Non-finite logits: a teacher logit of -inf (a masked class) has p_t = 0 and
+// contributes 0 to the KL term; NaN or +inf make the row's terms NaN; a row
+// whose logits are all -inf has no softmax (NaN), as in torch.
 #include <cmath>
 #include <limits>
 
@@ -30,7 +34,10 @@ void row_stats(const T* s, const T* t, std::size_t n, T inv_t, KdRowMode mode, K
       const T dt = t[i] * inv_t - a_t;
       const T et = std::exp(dt);
       t_sum += et;
-      w += static_cast<double>(et) * static_cast<double>(dt - dz);
+      // A class the teacher gives probability 0 (a -inf logit: masked)
+      // contributes 0 (0 log 0 = 0), even where dt - dz is infinite or NaN.
+      // NaN et is kept so a NaN teacher logit still poisons the row.
+      if (!(et <= 0)) w += static_cast<double>(et) * static_cast<double>(dt - dz);
     }
     if (mode.u) u_sum += std::exp(s[i] - s_max);
   }

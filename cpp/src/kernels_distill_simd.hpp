@@ -18,6 +18,9 @@
 //    then the chunk's exponentials are summed in T lanes and the lane sums
 //    added to double totals. Tails: a lane mask (select) so padding lanes
 //    never contribute, whatever their values.
+//    Non-finite logits: a teacher -inf (masked class, p_t = 0) contributes
+//    0 to the KL term (0 log 0 = 0), also in chunks seen before any finite
+//    logit; NaN or +inf make the row NaN; an all -inf row is NaN (no softmax).
 //  - kd_row_grad: one pass, every exponential re-evaluated against the final
 //    reference points (cheaper than storing them: V-wide rows stay in L2).
 //  - mse_grad: one FMA accumulator in T lanes; the caller reduces blocks of
@@ -140,6 +143,13 @@ inline auto tail_mask(std::size_t k) {
   return lt(V::load(iota), V::set1(static_cast<T>(k)));
 }
 
+// The reference point of a stream whose maximum so far is m: m * scale,
+// or 0 while m is -inf (every logit so far masked).
+template <class T>
+inline T ref(T m, T scale) {
+  return m == -std::numeric_limits<T>::infinity() ? T(0) : static_cast<T>(m * scale);
+}
+
 template <Isa I, class T, bool Z, bool DT, bool U>
 void row_stats_impl(const T* s, const T* t, std::size_t n, T inv_t, KdRowStats* out) {
   static_assert(!DT || Z, "the teacher term is relative to the student's softmax");
@@ -169,11 +179,15 @@ void row_stats_impl(const T* s, const T* t, std::size_t n, T inv_t, KdRowStats* 
     // Move the reference points to the new maxima. The sums so far were
     // taken against the old ones: exp terms scale by exp(old - new); w also
     // holds (dt - dz) factors, which shift with the reference points.
+    // While a maximum is still -inf (only masked logits so far) the
+    // reference is 0 instead (ref below): -inf - -inf would be NaN. Those
+    // sums are then exactly 0 and need no rescaling (exp(0 - a_new) could
+    // overflow), except w's shift by the student's reference.
     const T cs = hmax(ms);
     if (cs > s_max) {
-      if (c != 0) {
-        const double a_old = static_cast<T>(s_max * inv_t), a_new = static_cast<T>(cs * inv_t);
-        if constexpr (DT) w += (a_new - a_old) * t_sum;
+      const double a_old = ref(s_max, inv_t), a_new = ref(cs, inv_t);
+      if constexpr (DT) w += (a_new - a_old) * t_sum;
+      if (s_max != ninf) {
         if constexpr (Z) z_sum *= std::exp(a_old - a_new);
         if constexpr (U) u_sum *= std::exp(static_cast<double>(s_max) - static_cast<double>(cs));
       }
@@ -182,8 +196,8 @@ void row_stats_impl(const T* s, const T* t, std::size_t n, T inv_t, KdRowStats* 
     if constexpr (DT) {
       const T ct = hmax(mt);
       if (ct > t_max) {
-        if (c != 0) {
-          const double a_old = static_cast<T>(t_max * inv_t), a_new = static_cast<T>(ct * inv_t);
+        if (t_max != ninf) {
+          const double a_old = ref(t_max, inv_t), a_new = ref(ct, inv_t);
           const double f = std::exp(a_old - a_new);
           w = f * (w - (a_new - a_old) * t_sum);
           t_sum *= f;
@@ -192,8 +206,8 @@ void row_stats_impl(const T* s, const T* t, std::size_t n, T inv_t, KdRowStats* 
       }
     }
 
-    const V a_s = V::set1(static_cast<T>(s_max * inv_t)), a_t = V::set1(static_cast<T>(t_max * inv_t));
-    const V m_u = V::set1(s_max);
+    const V a_s = V::set1(ref(s_max, inv_t)), a_t = V::set1(ref(t_max, inv_t));
+    const V m_u = V::set1(ref(s_max, T(1)));
     V acc_z = V::zero(), acc_t = V::zero(), acc_w = V::zero(), acc_u = V::zero();
     auto accumulate = [&](V sv, V tv, auto keep) {
       V dz = V::zero();
@@ -205,7 +219,9 @@ void row_stats_impl(const T* s, const T* t, std::size_t n, T inv_t, KdRowStats* 
         const V dt = tv * vinv - a_t;
         const V et = keep(vexp(dt));
         acc_t = acc_t + et;
-        acc_w = fma(et, keep(dt - dz), acc_w);
+        // p_t == 0 (a masked -inf logit, or an underflow) contributes 0
+        // (0 log 0 = 0) even where dt - dz is infinite or NaN; NaN et stays.
+        acc_w = fma(et, keep(select(le(et, V::zero()), V::zero(), dt - dz)), acc_w);
       }
       if constexpr (U) acc_u = acc_u + keep(vexp(sv - m_u));
     };

@@ -492,8 +492,15 @@ def format_table(rows: list[dict], n_test: int, n_train: int, n_labels: int) -> 
     return "\n".join(lines)
 
 
-def plot_report(report: dict, path: str) -> None:
-    """Training curves, learning-rate schedules and accuracy vs size in one PNG."""
+# One marker per stage in the size panel, so the legend identifies the points.
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
+
+
+def report_figure(report: dict) -> Any:
+    """The report's matplotlib figure (Agg backend): training curves, learning-rate
+    schedules and accuracy vs size. The size panel identifies stages by marker and
+    colour in a legend placed where it covers no point (``loc="best"``), never by text
+    next to the points: stages of equal size and close accuracy would overlap."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -520,19 +527,29 @@ def plot_report(report: dict, path: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     for i, r in enumerate(report["stages"]):
-        ax_size.scatter(r["bytes"], 100 * r["accuracy"], s=40)
-        ax_size.annotate(
-            r["stage"],
-            (r["bytes"], 100 * r["accuracy"]),
-            fontsize=8,
-            xytext=(5, 5 if i % 2 else -11),
-            textcoords="offset points",
+        acc = 100 * r["accuracy"]
+        ax_size.scatter(
+            r["bytes"],
+            acc,
+            s=45,
+            marker=_MARKERS[i % len(_MARKERS)],
+            label=f"{r['stage']} ({acc:.1f}%, {r['bytes']:,} B)",
+            zorder=3,
         )
     ax_size.set(
         title="test accuracy vs model size", xlabel="bytes (log scale)", ylabel="%", xscale="log"
     )
     ax_size.grid(alpha=0.3)
+    ax_size.legend(fontsize=8, loc="best", framealpha=0.9)
     fig.suptitle(f"slimgrad demo on digits (seed {report['config']['seed']})")
     fig.tight_layout()
+    return fig
+
+
+def plot_report(report: dict, path: str) -> None:
+    """Write :func:`report_figure` to ``path`` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = report_figure(report)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -35,6 +35,38 @@ class History:
         return asdict(self)
 
 
+def _student_dtype(model: Any) -> np.dtype | None:
+    """The one float dtype of a module's parameters, None if unknown or mixed."""
+    params = getattr(model, "parameters", None)
+    if not callable(params):
+        return None
+    try:
+        dtypes = {np.dtype(p.dtype) for p in dict(params()).values()}
+    except (TypeError, AttributeError, ValueError):
+        return None
+    if len(dtypes) != 1:
+        return None
+    (dtype,) = dtypes
+    return dtype if dtype.kind == "f" else None
+
+
+def _as_student_input(model: Any, x: Any) -> Any:
+    # A float64 X for a float32 student (NumPy's default dtype meeting a
+    # float32 model) is converted once, here, instead of failing on the first
+    # batch with an error about that batch. Other inputs pass unchanged.
+    dtype = _student_dtype(model)
+    if dtype is not None and isinstance(x, np.ndarray) and x.dtype.kind == "f" and x.dtype != dtype:
+        return x.astype(dtype)
+    return x
+
+
+def _has_batch_norm(model: Any) -> bool:
+    from ..nn import BatchNorm1d
+
+    modules = getattr(model, "modules", None)
+    return callable(modules) and any(isinstance(m, BatchNorm1d) for m in modules())
+
+
 def _forward(model: Any, x: np.ndarray) -> np.ndarray:
     return model.forward(x) if hasattr(model, "forward") else model(x)
 
@@ -148,8 +180,12 @@ class Distiller:
         return logits
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> tuple[float, float]:
-        """``(cross-entropy, accuracy)`` of the student on ``(x, y)`` in eval mode."""
-        logits = predict_logits(self.student, x, batch_size)
+        """``(cross-entropy, accuracy)`` of the student on ``(x, y)`` in eval mode.
+
+        A float ``x`` of another dtype than the student's parameters is
+        converted to it first (as in :meth:`fit`).
+        """
+        logits = predict_logits(self.student, _as_student_input(self.student, x), batch_size)
         return _cross_entropy(logits, y), float(np.mean(np.argmax(logits, axis=1) == y))
 
     def _lr(self) -> float:
@@ -174,11 +210,21 @@ class Distiller:
         Parameters
         ----------
         X : ndarray (N, ...)
-            Inputs, in the dtype the student expects.
+            Inputs. When the student's parameters all have one float dtype
+            (e.g. float32) and ``X`` is a float array of another (e.g.
+            NumPy's default float64), ``X`` is converted once to the
+            student's dtype before training (one copy of ``X``; validation
+            inputs too); the teacher is given ``X`` as passed.
         y : ndarray of integers (N,)
             Class labels (needed for the cross-entropy term and the accuracy).
         epochs, batch_size : int
-            ``>= 1``. The last batch of an epoch may be smaller.
+            ``>= 1``. The last batch of an epoch may be smaller. If the
+            student contains a :class:`~slimgrad.nn.BatchNorm1d` (which
+            cannot train on one sample), a last batch of exactly one sample
+            is dropped, like torch's ``DataLoader(drop_last=True)`` for that
+            case (a different sample each epoch, since the order is
+            shuffled); the per-epoch ``loss`` and ``accuracy`` average over
+            the samples used.
         validation : (X_val, y_val), optional
             Evaluated after every epoch.
         progress : bool
@@ -202,7 +248,9 @@ class Distiller:
         ------
         ValueError
             ``epochs`` or ``batch_size`` < 1, ``X`` and ``y`` of different
-            lengths, an empty training set.
+            lengths, an empty training set; a student with BatchNorm1d and
+            ``batch_size == 1`` or a single sample (every batch would have
+            one sample). Raised before anything is updated.
         """
         from tqdm.auto import tqdm
 
@@ -213,9 +261,22 @@ class Distiller:
             raise ValueError(f"X, y: expected the same non-zero length, got {len(X)} and {len(y)}")
         y = y.astype(np.int64, copy=False)
         n = len(X)
+        # BatchNorm1d cannot train on a batch of one sample (torch raises
+        # too): drop such a last batch rather than fail after updates.
+        drop_single = _has_batch_norm(self.student)
+        if drop_single and min(n, int(batch_size)) == 1:
+            raise ValueError(
+                "batch_size: a student with BatchNorm1d needs batches of at least 2 samples in "
+                f"training, got batch_size={batch_size} with {n} samples"
+            )
+        drop_last = drop_single and n % batch_size == 1
+        used = n - 1 if drop_last else n
+        X_student = _as_student_input(self.student, X)
+        if validation is not None:
+            validation = (_as_student_input(self.student, validation[0]), validation[1])
         rng = np.random.default_rng(seed)
         history = History()
-        steps = (n + batch_size - 1) // batch_size
+        steps = (used + batch_size - 1) // batch_size
         teacher_all = None
         bar = tqdm(
             total=epochs * steps,
@@ -230,9 +291,9 @@ class Distiller:
                 order = rng.permutation(n)
                 total_loss = 0.0
                 correct = 0
-                for b in range(0, n, batch_size):
-                    idx = order[b : b + batch_size]
-                    xb, yb = X[idx], y[idx]
+                for b in range(0, used, batch_size):
+                    idx = order[b : min(b + batch_size, used)]
+                    xb, yb = X_student[idx], y[idx]
                     logits = np.ascontiguousarray(_forward(self.student, xb))
                     if self.alpha > 0:
                         if self.cache_teacher:
@@ -241,7 +302,7 @@ class Distiller:
                             tb = teacher_all[idx]
                         else:
                             tb = np.ascontiguousarray(
-                                predict_logits(self.teacher, xb), dtype=logits.dtype
+                                predict_logits(self.teacher, X[idx]), dtype=logits.dtype
                             )
                     else:
                         tb = logits  # not read when alpha == 0
@@ -259,8 +320,8 @@ class Distiller:
                     total_loss += loss * len(idx)
                     correct += int(np.sum(np.argmax(logits, axis=1) == yb))
                     bar.update(1)
-                history.loss.append(total_loss / n)
-                history.accuracy.append(correct / n)
+                history.loss.append(total_loss / used)
+                history.accuracy.append(correct / used)
                 postfix = {"loss": f"{history.loss[-1]:.4f}", "acc": f"{history.accuracy[-1]:.3f}"}
                 if validation is not None:
                     vl, va = self.evaluate(*validation)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
+from ..nn.module import as_readable
 
 _REDUCTIONS = ("batchmean", "mean", "sum")
 
@@ -45,14 +46,20 @@ def kd_loss(
 
     Parameters
     ----------
-    student_logits : ndarray, float32 or float64, shape (B, V), C-contiguous
-        Read only (unless passed as ``out``).
+    student_logits : ndarray, float32 or float64, shape (B, V)
+        Read only (unless passed as ``out``): any layout or byte order; a
+        strided view or byte-swapped array is copied once, explicitly, to a
+        C-contiguous native array (``np.ascontiguousarray``), one that
+        already is C-contiguous is used in place (zero copy).
     teacher_logits : ndarray, same dtype
         Shape (B, V); or, with ``teacher_indices``, the teacher's top-k logits,
         shape (B, k) with ``1 <= k <= V``. Not read when ``alpha == 0``.
+        Read only: copied like ``student_logits`` when strided.
     labels : ndarray of integers, shape (B,), or None
-        Class indices in ``[0, V)``. Required when ``alpha < 1``. Integer
-        arrays that are not int64 C-contiguous are copied to one (B elements).
+        Class indices in ``[0, V)``. Required when ``alpha < 1``, so also
+        with the default ``alpha=0.5`` (the ``ValueError`` says: pass labels,
+        or ``alpha=1.0`` for pure distillation). Integer arrays that are not
+        int64 C-contiguous are copied to one (B elements).
     temperature : float
         ``T > 0``. Logits are scaled by ``1 / T`` (a multiplication, exact
         when T is a power of two).
@@ -74,9 +81,11 @@ def kd_loss(
         mass the teacher put outside its top k is dropped), so
         ``KL = sum_j p_t[j] * (log p_t[j] - log p_s[idx[j]])``.
     out : ndarray, optional
-        Where to write the gradient, shape and dtype of ``student_logits``;
-        may be ``student_logits`` itself (overwritten in place) but must not
-        share memory with the other inputs. A new array when None.
+        Where to write the gradient, shape and dtype of ``student_logits``,
+        C-contiguous and writable (written in place: never copied, a strided
+        ``out`` raises ``TypeError``); may be ``student_logits`` itself
+        (overwritten in place) but must not share memory with the other
+        inputs. A new array when None.
 
     Returns
     -------
@@ -88,7 +97,8 @@ def kd_loss(
     Raises
     ------
     TypeError
-        An array argument of the wrong dtype, not C-contiguous, or not an ndarray.
+        An array argument of the wrong dtype or not an ndarray; an ``out``
+        that is not C-contiguous.
     ValueError
         Wrong shapes, labels / indices out of range, repeated top-k indices,
         ``labels`` missing while ``alpha < 1``, ``temperature <= 0``,
@@ -97,12 +107,25 @@ def kd_loss(
 
     Notes
     -----
-    Logits must be finite for a meaningful result: NaN or infinite logits
-    give a NaN or infinite loss and gradient (never an exception or a crash).
+    Non-finite logits never raise or crash; per row:
+
+    - a teacher logit of ``-inf`` (a masked class, dense or top-k) gives
+      ``p_t = 0`` there and the class contributes 0 to the KL term
+      (``0 * log 0 = 0``): the loss stays finite and equals torch's
+      ``T**2 * kl_div(log_softmax(s / T), softmax(t / T))``. This holds also
+      where the student logit is ``-inf`` too (torch gives NaN there);
+    - a student logit of ``-inf`` where the teacher has mass gives a loss of
+      ``+inf`` (the true KL divergence) and a finite gradient; at the label
+      the cross-entropy is ``+inf``;
+    - a NaN or ``+inf`` logit, or a row whose student or teacher logits are
+      all ``-inf`` (no softmax), gives a NaN loss and NaN gradient entries in
+      that row; the other rows' gradients are unaffected.
     """
+    if student_logits is not out:  # only read: zero copy unless strided / byte-swapped
+        student_logits = as_readable(student_logits)
     loss, grad = _core.distill.kd_loss(
         student_logits,
-        teacher_logits,
+        as_readable(teacher_logits),
         _as_labels(labels),
         float(temperature),
         float(alpha),
@@ -124,11 +147,15 @@ def feature_loss(
 
     Parameters
     ----------
-    student_feat, teacher_feat : ndarray, float32 or float64, same shape, C-contiguous
-        Any shape. Read only (``student_feat`` may be passed as ``out``).
+    student_feat, teacher_feat : ndarray, float32 or float64, same shape
+        Any shape, layout and byte order. Read only (``student_feat`` may be
+        passed as ``out``): a strided view or byte-swapped array is copied
+        once, explicitly, to a C-contiguous native array
+        (``np.ascontiguousarray``); a C-contiguous one is used in place.
     out : ndarray, optional
-        Where to write the gradient; same shape and dtype; must not share
-        memory with ``teacher_feat``.
+        Where to write the gradient; same shape and dtype, C-contiguous and
+        writable (never copied: a strided ``out`` raises ``TypeError``);
+        must not share memory with ``teacher_feat``.
 
     Returns
     -------
@@ -140,9 +167,11 @@ def feature_loss(
     Raises
     ------
     TypeError
-        Wrong dtype or layout, or not an ndarray.
+        Wrong dtype, not an ndarray, or an ``out`` that is not C-contiguous.
     ValueError
         Shape mismatch, read-only or overlapping ``out``. Nothing is written.
     """
-    loss, grad = _core.distill.mse_loss(student_feat, teacher_feat, out)
+    if student_feat is not out:  # only read: zero copy unless strided / byte-swapped
+        student_feat = as_readable(student_feat)
+    loss, grad = _core.distill.mse_loss(student_feat, as_readable(teacher_feat), out)
     return float(loss), grad

@@ -5,14 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from .module import FLOAT_DTYPES
+from .module import FLOAT_DTYPES, as_readable
 
 _nn = _core.nn
 _UINT64 = 1 << 64
 
 
 def _float_array(x: object, name: str) -> np.ndarray:
-    if not isinstance(x, np.ndarray) or x.dtype not in FLOAT_DTYPES:
+    # Either byte order: these inputs are only read (NumPy ufuncs, or a copy
+    # to native C order by as_readable before a kernel).
+    if not isinstance(x, np.ndarray) or x.dtype.newbyteorder("=") not in FLOAT_DTYPES:
         got = f"{x.dtype.name} array" if isinstance(x, np.ndarray) else type(x).__name__
         raise TypeError(f"{name}: expected a float32 or float64 ndarray, got {got}")
     return x
@@ -40,21 +42,27 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """``exp(x) / sum(exp(x))`` along ``axis``, shifted by the max for stability.
 
     Float32 or float64 input of any shape; returns a new array of the same
-    dtype. ``TypeError`` for other dtypes.
+    dtype. ``TypeError`` for other dtypes. Non-finite values as torch, with
+    no NumPy warning: ``-inf`` gets probability 0; a slice holding NaN or
+    ``+inf``, or only ``-inf``, is NaN.
     """
     _float_array(x, "x")
-    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
-    return e / np.sum(e, axis=axis, keepdims=True)
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN is the documented result
+        e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+        return e / np.sum(e, axis=axis, keepdims=True)
 
 
 def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """``x - logsumexp(x)`` along ``axis`` (max-shifted, no overflow for large logits).
 
     Float32 or float64 input; returns a new array of the same dtype.
+    Non-finite values as :func:`softmax` (``-inf`` stays ``-inf``; NaN or
+    ``+inf`` in a slice, or only ``-inf``, gives NaN), with no NumPy warning.
     """
     _float_array(x, "x")
-    shifted = x - np.max(x, axis=axis, keepdims=True)
-    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+    with np.errstate(invalid="ignore", divide="ignore"):  # documented NaN / -inf results
+        shifted = x - np.max(x, axis=axis, keepdims=True)
+        return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
 
 
 def cross_entropy(
@@ -70,6 +78,13 @@ def cross_entropy(
     Raises ``TypeError`` for non-float logits or non-integer labels,
     ``ValueError`` for wrong shapes, an empty batch, labels outside
     ``[0, C)`` or ``label_smoothing`` outside ``[0, 1]``.
+
+    Non-finite logits never raise and emit no NumPy warning; the results
+    are torch's: a ``-inf`` logit is a masked class (probability 0, gradient
+    0 there) and the loss stays finite, unless it is a row's label or label
+    smoothing gives it target mass (then the loss is ``+inf``, the gradient
+    finite). A NaN or ``+inf`` logit, or a row of only ``-inf``, makes the
+    loss NaN and that row's gradient NaN; other rows are unaffected.
     """
     _float_array(logits, "logits")
     if logits.ndim != 2:
@@ -113,8 +128,11 @@ def dropout(
     The mask of element ``i`` (flat, C order) is a pure function of
     ``(seed, stream, i)`` (Philox-4x32-10): the same for any thread count and
     ISA, so calling this again with the same ``seed`` and ``stream`` on the
-    output gradient gives the backward pass. ``x``: C-contiguous float32 or
-    float64. ``out`` (optional, may be ``x`` for in-place) must match ``x``.
+    output gradient gives the backward pass. ``x``: float32 or float64;
+    unless it is ``out`` (in place) it is only read, so a strided or
+    byte-swapped ``x`` is copied once to a C-contiguous native array (zero
+    copy when it already is one). ``out`` (optional, may be ``x`` for
+    in-place) is written: C-contiguous, ``x``'s dtype and shape, no copy.
     ``p == 0`` copies, ``p == 1`` gives zeros. Dropped elements are +0 even
     for NaN or infinite input.
 
@@ -124,9 +142,11 @@ def dropout(
     p = check_probability(p)
     seed = check_seed(seed, "seed")
     stream = check_seed(stream, "stream")
+    if out is not x:  # x only read: copied once if strided or byte-swapped
+        x = as_readable(x)
     if out is None:
         _float_array(x, "x")
-        out = np.empty_like(x, order="C")
+        out = np.empty_like(x)
     _nn.dropout(x, out, p, seed, stream)
     return out
 
@@ -134,12 +154,17 @@ def dropout(
 def gelu(x: np.ndarray, approximate: str = "none", out: np.ndarray | None = None) -> np.ndarray:
     """GELU: ``x * Phi(x)`` (``approximate="none"``) or its tanh approximation.
 
-    C-contiguous float32/float64 input; ``out`` optional (may be ``x``).
+    float32/float64 input; unless it is ``out`` (in place) it is only read,
+    so a strided or byte-swapped ``x`` is copied once to a C-contiguous
+    native array (zero copy when it already is one). ``out`` optional (may
+    be ``x``), written: C-contiguous, ``x``'s dtype and shape, no copy.
     Matches ``torch.nn.functional.gelu``. ``ValueError`` for an unknown
     ``approximate``.
     """
+    if out is not x:  # x only read: copied once if strided or byte-swapped
+        x = as_readable(x)
     if out is None:
         _float_array(x, "x")
-        out = np.empty_like(x, order="C")
+        out = np.empty_like(x)
     _nn.gelu_forward(x, out, approximate)
     return out

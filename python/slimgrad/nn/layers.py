@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import _core
 from .functional import check_probability, check_seed
-from .module import Module, check_grad, check_input, float_dtype
+from .module import Module, as_readable, check_grad, check_input, float_dtype
 
 _nn = _core.nn
 
@@ -28,7 +28,8 @@ class Linear(Module):
     and bias ~ U(-1/sqrt(in_features), 1/sqrt(in_features)), drawn from
     ``np.random.default_rng(seed)`` (weight first). ``x`` has shape
     (..., in_features) and the layer's dtype (``TypeError`` otherwise,
-    ``ValueError`` for a wrong last dimension). The matrix products run in
+    ``ValueError`` for a wrong last dimension), any layout or byte order (a
+    strided or byte-swapped ``x`` is copied once to C order). The matrix products run in
     NumPy (BLAS). ``backward`` overwrites ``gradients()["weight"]`` and
     ``["bias"]``.
     """
@@ -62,7 +63,7 @@ class Linear(Module):
         self._y_shape: tuple[int, ...] | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        check_input(x, "x", self.dtype)
+        x = check_input(x, "x", self.dtype)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape (..., {self.in_features}), got {x.shape}")
         y = x @ self.weight.T
@@ -111,7 +112,10 @@ class ReLU(Module):
 class GELU(Module):
     """GELU, ``x * Phi(x)`` (``approximate="none"``) or the tanh approximation.
 
-    C++ kernel (libm erf/tanh, threaded). ``x``: C-contiguous float32/float64.
+    C++ kernel (libm erf/tanh, threaded). ``x``: float32/float64, any layout
+    and byte order: it is only read, so a strided or byte-swapped ``x`` (and
+    ``grad_out``) is copied once to a C-contiguous native array (zero copy
+    when it already is one). Other dtypes raise ``TypeError`` naming ``x``.
     """
 
     def __init__(self, approximate: str = "none") -> None:
@@ -122,7 +126,8 @@ class GELU(Module):
         self._x: np.ndarray | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        y = np.empty_like(x, order="C") if isinstance(x, np.ndarray) else x
+        x = as_readable(x)  # only read: strided or byte-swapped input is copied once
+        y = np.empty_like(x) if isinstance(x, np.ndarray) else x
         _nn.gelu_forward(x, y, self.approximate)
         self._x = x
         return y
@@ -145,8 +150,11 @@ class Dropout(Module):
     itself. The mask is Philox-4x32-10 keyed by ``(seed, call number, element
     index)``: every forward call in training draws a new mask (the call
     counter advances), the same for any thread count and ISA, and backward
-    recomputes it instead of storing it. ``x``: C-contiguous float32/float64.
-    ``ValueError`` if ``p`` is outside [0, 1] (torch's message).
+    recomputes it instead of storing it. ``x``: float32/float64, any layout
+    and byte order: it is only read, so a strided or byte-swapped ``x`` (and
+    ``grad_out``) is copied once to a C-contiguous native array (zero copy
+    when it already is one). ``ValueError`` if ``p`` is outside [0, 1]
+    (torch's message).
     """
 
     def __init__(self, p: float = 0.5, seed: int = 0) -> None:
@@ -162,7 +170,8 @@ class Dropout(Module):
             self._stream = None
             self._y = x
             return x
-        y = np.empty_like(x, order="C") if isinstance(x, np.ndarray) else x
+        x = as_readable(x)  # only read: strided or byte-swapped input is copied once
+        y = np.empty_like(x) if isinstance(x, np.ndarray) else x
         _nn.dropout(x, y, self.p, self.seed, self.calls)
         self._stream = self.calls
         self.calls += 1
@@ -192,8 +201,10 @@ class BatchNorm1d(Module):
     with the running statistics (batch statistics if
     ``track_running_stats=False``). ``affine=False`` drops ``weight``/``bias``.
 
-    ``x`` must be a C-contiguous array of the layer's dtype (``TypeError``
-    otherwise) with C = ``num_features`` (``ValueError``); a batch with one
+    ``x`` must be an array of the layer's dtype (``TypeError`` otherwise),
+    any layout or byte order (only read: a strided or byte-swapped ``x`` is
+    copied once to a C-contiguous native array, zero copy when it already
+    is one), with C = ``num_features`` (``ValueError``); a batch with one
     value per channel in training raises torch's ``ValueError``. ``backward``
     overwrites ``gradients()["weight"]`` and ``["bias"]``.
     """
@@ -232,7 +243,7 @@ class BatchNorm1d(Module):
         self._y: np.ndarray | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        check_input(x, "x", self.dtype)
+        x = check_input(x, "x", self.dtype)
         c = self.num_features
         if x.ndim not in (2, 3) or x.shape[1] != c:
             raise ValueError(

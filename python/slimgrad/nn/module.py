@@ -29,22 +29,47 @@ def float_dtype(dtype: Any, name: str = "dtype") -> np.dtype:
     return dt
 
 
+def as_readable(x: Any) -> Any:
+    """An input that is only *read*, in the layout the C++ kernels take.
+
+    A float32/float64 ndarray that is a strided view or in non-native byte
+    order is copied once, explicitly, to a C-contiguous native-order array
+    (what ``np.ascontiguousarray`` does, without its promotion of 0-d arrays
+    to 1-d); one that already is C-contiguous and native is returned itself
+    (zero copy). Anything else is returned unchanged, so the check that
+    follows names what is wrong. Arrays written in place never go through
+    this: they keep the strict buffer contract (``TypeError``, no copy).
+    """
+    if (
+        isinstance(x, np.ndarray)
+        and x.dtype.newbyteorder("=") in FLOAT_DTYPES
+        and not (x.flags.c_contiguous and x.dtype.isnative)
+    ):
+        return np.asarray(x, dtype=x.dtype.newbyteorder("="), order="C")
+    return x
+
+
 def check_input(x: object, name: str, dtype: np.dtype) -> np.ndarray:
-    """``x`` if it is an ndarray of ``dtype``; ``TypeError`` naming ``name`` otherwise."""
+    """``x`` as a C-contiguous native ``dtype`` array (see :func:`as_readable`: a copy
+    only for strided or byte-swapped input); ``TypeError`` naming ``name`` if ``x``
+    is not an ndarray of ``dtype`` (in either byte order)."""
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name}: expected a {dtype.name} ndarray, got {type(x).__name__}")
-    if x.dtype != dtype:
+    if x.dtype.newbyteorder("=") != dtype.newbyteorder("="):
         raise TypeError(
             f"{name}: expected a {dtype.name} ndarray, got {x.dtype.name} array of shape {x.shape}"
         )
-    return x
+    return as_readable(x)
 
 
 def check_grad(
     grad_out: object, like: np.ndarray | None, module: str, shape: tuple[int, ...] | None = None
 ) -> np.ndarray:
     """The output gradient must match the forward output: ``like``'s dtype and
-    shape (or ``shape`` when given, for a module that keeps no output)."""
+    shape (or ``shape`` when given, for a module that keeps no output).
+
+    ``grad_out`` is only read: returned C-contiguous and native (a copy only
+    for strided or byte-swapped input, see :func:`as_readable`)."""
     if like is None:
         raise RuntimeError(f"{module}.backward: call forward first")
     g = check_input(grad_out, "grad_out", like.dtype)
