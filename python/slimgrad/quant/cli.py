@@ -18,8 +18,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .io import GgufTensor
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -102,6 +106,10 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"--group-size: GGUF blocks hold {sg.BLOCK_SIZE} values, got {args.group_size}"
             )
+        try:
+            import gguf  # noqa: F401  (the writer)
+        except ImportError:
+            raise UsageError("GGUF output needs the gguf package: pip install gguf") from None
     if _same_file(args.input, args.output):
         raise UsageError(f"-o {args.output}: is the input file; write to another path")
     entries, metadata = io.read_checkpoint(args.input)
@@ -110,12 +118,12 @@ def run(args: argparse.Namespace) -> int:
     io.check_output(args.output)
 
     rows = []  # (name, shape, bytes before, bytes after, error or note)
-    quantized = {}  # safetensors: name -> QuantizedTensor or the untouched entry
+    quantized: dict[str, Any] = {}  # safetensors: name -> QuantizedTensor or the untouched entry
     prepared = []  # GGUF: io.GgufTensor in file order
     for name, e in entries.items():
         before = len(e.data)
         shape = tuple(e.shape)
-        if not (len(shape) == 2 and e.dtype in io.FLOAT_CODES and math.prod(shape)):
+        if not (len(shape) == 2 and e.dtype in io.FLOAT_CODES and 0 not in shape):
             if gguf_type is None:
                 quantized[name] = e
                 rows.append((name, shape, before, before, "kept"))
@@ -164,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _kept(t) -> str:
+def _kept(t: GgufTensor) -> str:
     """The table's note for a tensor written unquantized to GGUF."""
     return f"{t.type} ({t.note})" if t.note else f"kept {t.type}"
 
