@@ -9,9 +9,9 @@ import struct
 import ml_dtypes
 import numpy as np
 import pytest
+from slimgrad import _safetensors as st
 from slimgrad import prune
 from slimgrad.cli import main
-from slimgrad.prune import _safetensors as st
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 

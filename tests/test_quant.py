@@ -400,3 +400,27 @@ def test_long_rows_split_into_items(granularity, group_size, rng):
         np.testing.assert_array_equal(qt.codes(), q)
         np.testing.assert_array_equal(qt.scale, scale)
         np.testing.assert_array_equal(qt.dequantize(), deq)
+
+
+def test_source_dtype_is_recorded_and_optional_on_dequantize(rng):
+    import ml_dtypes
+
+    w32 = rng.standard_normal((6, 40)).astype(np.float32)
+    for dtype in (np.float16, ml_dtypes.bfloat16, np.float64, np.float32):
+        w = w32.astype(dtype)
+        qt = quant.quantize(w, 4, granularity="group", group_size=16)
+        assert qt.source_dtype == np.dtype(dtype) and qt.spec()["dtype"] == np.dtype(dtype).name
+        y = qt.dequantize()
+        assert y.dtype == np.float32  # the default does not change with the source
+        back = qt.dequantize(dtype=qt.source_dtype)
+        assert back.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(back, y.astype(dtype))
+        np.testing.assert_array_equal(quant.dequantize(qt, dtype=dtype), back)
+    assert quant.quantize(w32.astype(">f4"), 8).source_dtype == np.dtype("=f4")
+    with pytest.raises(ValueError, match="^dtype: not together with out"):
+        qt.dequantize(np.empty_like(w32), dtype=np.float16)
+    with pytest.raises(TypeError, match="^dtype: expected a floating-point dtype, got int8$"):
+        qt.dequantize(dtype=np.int8)
+    q8 = quant.quantize(w32, 8)
+    codes = quant.QuantizedTensor.from_codes(q8.codes(), q8.scale, source_dtype="bfloat16")
+    assert codes.source_dtype == ml_dtypes.bfloat16

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+import slimgrad
 from slimgrad import cli, quant
 
 pytest.importorskip("safetensors")
@@ -142,4 +148,50 @@ def test_cli_missing_and_bad_input(tmp_path, capsys):
     bad.write_bytes(b"not a safetensors file")
     assert cli.main(["quantize", str(bad), "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "not a readable safetensors file" in err and err.count("\n") == 1
+    assert err == (
+        f"slimgrad quantize: error: {bad}: not a safetensors file "
+        "(header length 7021991845529153390 beyond the end)\n"
+    )
+
+
+def test_load_bfloat16_and_float8_in_a_fresh_process(tmp_path, rng):
+    import ml_dtypes
+
+    w = rng.standard_normal((4, 8)).astype(ml_dtypes.bfloat16)
+    path = tmp_path / "qb.safetensors"
+    quant.save(
+        path,
+        {
+            "q": quant.quantize(w, 8),
+            "b": np.arange(3).astype(ml_dtypes.bfloat16),
+            "f8": np.arange(3).astype(ml_dtypes.float8_e5m2),
+        },
+    )
+    code = (
+        "import sys, slimgrad.quant as Q\n"
+        "t = Q.load(sys.argv[1])\n"
+        "print(t['q'].source_dtype, t['b'].dtype, t['b'].tolist(), t['f8'].dtype, t['f8'].tolist())\n"
+    )
+    # the subprocess imports the slimgrad this process runs (installed or PYTHONPATH)
+    env = dict(os.environ)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(slimgrad.__file__)))
+    env["PYTHONPATH"] = here + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == "bfloat16 bfloat16 [0.0, 1.0, 2.0] float8_e5m2 [0.0, 1.0, 2.0]\n"
+
+
+def test_files_without_a_recorded_dtype_load_as_float32(tmp_path, rng):
+    from safetensors.numpy import save_file
+
+    qt = quant.quantize(rng.standard_normal((4, 8)).astype(np.float16), 8)
+    spec = qt.spec()
+    del spec["dtype"]  # written before the dtype was recorded
+    meta = {"slimgrad.quant": json.dumps({"version": 1, "tensors": {"w": spec}})}
+    path = tmp_path / "old.safetensors"
+    save_file({"w": qt.data, "w.scale": qt.scale}, str(path), metadata=meta)
+    back = quant.load(path)["w"]
+    assert back.source_dtype == np.float32
+    np.testing.assert_array_equal(back.dequantize(), qt.dequantize())

@@ -110,3 +110,20 @@ def test_matmul_int8_extremes_and_errors(rng):
     out = np.zeros((2, 2), np.int64)
     with pytest.raises(TypeError, match="out: expected int32 C-contiguous array of shape"):
         quant.matmul_int8(np.zeros((2, 3), np.int8), np.zeros((2, 3), np.int8), out)
+
+
+def test_matmul_int8_k_limit(isa):
+    # the longest K whose int32 sums cannot wrap, at the worst case -128 * -128
+    k = quant.MAX_K_INT8
+    assert k == 131071
+    a = np.full((1, k), -128, np.int8)
+    np.testing.assert_array_equal(quant.matmul_int8(a, a), [[k * 128 * 128]])
+    a = np.full((1, k + 1), -128, np.int8)
+    out = np.full((1, 1), 7, np.int32)
+    with pytest.raises(ValueError) as e:
+        quant.matmul_int8(a, a, out)
+    assert str(e.value) == (
+        "a: K = 131072 exceeds 131071, the longest row whose int8 products sum exactly "
+        "in int32; split K and add the partial products in int64"
+    )
+    assert out[0, 0] == 7

@@ -15,8 +15,8 @@ import re
 import numpy as np
 
 from .. import _core
+from .. import _safetensors as st
 from ..cli import UsageError
-from . import _safetensors as st
 from ._masks import global_magnitude_masks, magnitude_mask, nm_mask
 
 

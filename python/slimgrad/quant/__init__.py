@@ -6,11 +6,12 @@ and safetensors / GGUF I/O. See docs/quant.md for a tour.
 from __future__ import annotations
 
 from . import gguf
-from ._matmul import matmul, matmul_int8
+from ._matmul import MAX_K_INT8, matmul, matmul_int8
 from ._tensor import QuantizedTensor, dequantize, fake_quantize, quantize
 from .io import load, save, save_gguf
 
 __all__ = [
+    "MAX_K_INT8",
     "QuantizedTensor",
     "gguf",
     "dequantize",

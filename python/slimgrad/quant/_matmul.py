@@ -7,6 +7,9 @@ import numpy as np
 from .. import _core
 from ._tensor import QuantizedTensor
 
+# 131071 * (-128) * (-128) = 2**31 - 16384 still fits int32; one more term may not
+MAX_K_INT8 = (2**31 - 1) // (128 * 128)
+
 
 def _fused(qt: QuantizedTensor) -> bool:
     if len(qt.shape) != 2:
@@ -94,20 +97,27 @@ def matmul_int8(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> 
     weight, the W8A8 layout). AVX2 widens to int16 and uses ``vpmaddwd``;
     with AVX512-VNNI, ``vpdpbusd`` on ``a + 128`` minus ``128 * sum(b)``. Every
     int8 value, -128 included, is handled exactly. Sums are exact while
-    ``K * 128 * 128 < 2**31`` (K < 131072).
+    ``K * 128 * 128 < 2**31``, so ``K`` is limited to ``MAX_K_INT8`` (131071);
+    for longer rows, split ``K`` and add the int32 partial products in int64.
 
     Raises
     ------
     TypeError
         Not int8 C-contiguous arrays, or ``out`` not int32 C-contiguous.
     ValueError
-        Shapes that are not (M, K) and (N, K), or ``out`` not (M, N).
+        Shapes that are not (M, K) and (N, K), ``out`` not (M, N), or
+        ``K > 131071`` (the int32 sums could wrap).
     """
     c_shape = (
         (a.shape[0], b.shape[0])
         if getattr(a, "ndim", 0) == 2 and getattr(b, "ndim", 0) == 2
         else None
     )
+    if c_shape and a.shape[1] > MAX_K_INT8:
+        raise ValueError(
+            f"a: K = {a.shape[1]} exceeds {MAX_K_INT8}, the longest row whose int8 products "
+            "sum exactly in int32; split K and add the partial products in int64"
+        )
     if out is None:
         out = np.empty(c_shape if c_shape else (0, 0), np.int32)
     _core.quant.matmul_int8(a, b, out)

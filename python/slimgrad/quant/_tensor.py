@@ -53,6 +53,19 @@ NONFINITE = ("raise", "propagate")
 FLT_MIN = np.float32(np.finfo(np.float32).tiny)
 
 
+def _float_dtype(dtype: Any, name: str = "dtype") -> np.dtype:
+    """A floating-point NumPy dtype (bfloat16 by name too, through ml_dtypes)."""
+    import ml_dtypes  # noqa: F401  (registers "bfloat16" and the float8 names)
+
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name}: expected a floating-point dtype, got {dtype!r}") from None
+    if dt.kind != "f" and dt.name != "bfloat16":
+        raise TypeError(f"{name}: expected a floating-point dtype, got {dt.name}")
+    return dt
+
+
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
@@ -88,6 +101,10 @@ class QuantizedTensor:
     bits, symmetric, granularity, axis, group_size
         The quantization spec (``axis`` only matters per channel, ``group_size``
         only per group).
+    source_dtype : numpy.dtype
+        dtype of the array that was quantized (float32, float16, bfloat16,
+        float64), recorded in the file by ``save``; ``dequantize(dtype=...)``
+        can give it back, the default result stays float32.
     """
 
     def __init__(
@@ -101,6 +118,7 @@ class QuantizedTensor:
         granularity: str,
         axis: int = 0,
         group_size: int = 128,
+        source_dtype: Any = np.float32,
     ) -> None:
         self.data = data
         self.scale = scale
@@ -111,6 +129,7 @@ class QuantizedTensor:
         self.granularity = granularity
         self.axis = int(axis)
         self.group_size = int(group_size)
+        self.source_dtype = _float_dtype(source_dtype, "source_dtype")
 
     # -- layout ------------------------------------------------------------
     @property
@@ -141,6 +160,7 @@ class QuantizedTensor:
             "axis": self.axis,
             "group_size": self.group_size,
             "shape": list(self.shape),
+            "dtype": self.source_dtype.name,
         }
 
     def _core_spec(self, **extra: Any) -> dict[str, Any]:
@@ -159,7 +179,7 @@ class QuantizedTensor:
         return _expand(values, self.shape, self.granularity, self.axis, self.group_size)
 
     # -- conversions ---------------------------------------------------------
-    def dequantize(self, out: np.ndarray | None = None) -> np.ndarray:
+    def dequantize(self, out: np.ndarray | None = None, *, dtype: Any = None) -> np.ndarray:
         """``scale * (q - zero_point)`` as float32 of shape ``self.shape``.
 
         Parameters
@@ -168,7 +188,16 @@ class QuantizedTensor:
             float32 C-contiguous array of shape ``self.shape``, written in place
             and returned. A wrong dtype or layout raises ``TypeError``, a wrong
             shape or a read-only array ``ValueError`` (nothing written).
+        dtype : dtype, optional
+            Return the float32 values converted to this dtype (a new array);
+            ``dtype=qt.source_dtype`` gives back the dtype that was quantized.
+            Not together with ``out``. The default stays float32 whatever the
+            source was, so code written for float32 results keeps working.
         """
+        if dtype is not None:
+            if out is not None:
+                raise ValueError("dtype: not together with out (out fixes the dtype)")
+            return self.dequantize().astype(_float_dtype(dtype))
         if out is None:
             out = np.empty(self.shape, np.float32)
         elif isinstance(out, np.ndarray) and out.shape != self.shape:
@@ -203,11 +232,14 @@ class QuantizedTensor:
         granularity: str = "channel",
         axis: int = 0,
         group_size: int = 128,
+        source_dtype: Any = np.float32,
     ) -> QuantizedTensor:
         """Packs given integer ``codes`` (shape of the tensor) with their parameters.
 
         ``codes`` must lie in the range of the spec (ValueError otherwise);
-        ``scale`` / ``zero_point`` must have the shape :func:`quantize` gives.
+        ``scale`` / ``zero_point`` must have the shape :func:`quantize` gives;
+        ``source_dtype`` is recorded as :attr:`source_dtype` (TypeError if not
+        a floating-point dtype).
         """
         codes = np.asarray(codes)
         if codes.ndim == 0 or codes.dtype.kind not in "iu":
@@ -238,7 +270,18 @@ class QuantizedTensor:
             _q.pack(
                 np.ascontiguousarray(codes.astype(np.int8 if symmetric else np.uint8)), spec, data
             )
-        return cls(data, scale, zero_point, shape, bits, symmetric, granularity, axis, group_size)
+        return cls(
+            data,
+            scale,
+            zero_point,
+            shape,
+            bits,
+            symmetric,
+            granularity,
+            axis,
+            group_size,
+            source_dtype,
+        )
 
     def __repr__(self) -> str:
         extra = {"channel": f", axis={self.axis}", "group": f", group_size={self.group_size}"}.get(
@@ -443,13 +486,25 @@ def quantize(
         scale = np.ones(sshape, np.float32)
         zero_point = np.zeros(sshape, np.int32)
     return QuantizedTensor(
-        data, scale, zero_point, shape, bits, bool(symmetric), granularity, axis, int(group_size)
+        data,
+        scale,
+        zero_point,
+        shape,
+        bits,
+        bool(symmetric),
+        granularity,
+        axis,
+        int(group_size),
+        w.dtype.newbyteorder("="),
     )
 
 
-def dequantize(qt: QuantizedTensor, out: np.ndarray | None = None) -> np.ndarray:
-    """``qt.dequantize(out)``: float32 reconstruction ``scale * (q - zero_point)``."""
-    return qt.dequantize(out)
+def dequantize(
+    qt: QuantizedTensor, out: np.ndarray | None = None, *, dtype: Any = None
+) -> np.ndarray:
+    """``qt.dequantize(out, dtype=dtype)``: the reconstruction ``scale * (q - zero_point)``,
+    float32 unless ``dtype`` is given (``dtype=qt.source_dtype``: the quantized dtype)."""
+    return qt.dequantize(out, dtype=dtype)
 
 
 def fake_quantize(x: np.ndarray, bits: int = 8, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -55,21 +55,36 @@ def quantize(w: np.ndarray, type: Any) -> np.ndarray:
     ValueError
         Unknown type, a last axis that is not a multiple of 32, or a NaN/inf
         in ``w`` (the message names the first position).
+
+    Notes
+    -----
+    Like the gguf package, a block whose scale ``d = amax / 127`` (Q8_0; Q4:
+    ``/ 8``, Q5: ``/ 16``, or the range ``/ 15`` and ``/ 31`` for the ``_1``
+    types) exceeds float16's 65504 gets an infinite ``d`` and dequantizes to
+    inf/NaN: the bytes stay identical to the package's. :func:`slimgrad.quant.save_gguf`
+    and ``slimgrad quantize --format gguf`` check for this and keep such a
+    tensor unquantized.
     """
+    return _quantize(w, type, "w")
+
+
+def _quantize(w: np.ndarray, type: Any, label: str) -> np.ndarray:
+    """:func:`quantize` with error messages naming ``label`` instead of ``w``."""
     name = _type_name(type)
     if not isinstance(w, np.ndarray) or (w.dtype.kind != "f" and w.dtype.name != "bfloat16"):
         given = getattr(w, "dtype", w.__class__.__name__)
-        raise TypeError(f"w: expected a floating-point NumPy array, got {given}")
+        raise TypeError(f"{label}: expected a floating-point NumPy array, got {given}")
     if w.ndim == 0 or w.shape[-1] % BLOCK_SIZE:
         raise ValueError(
-            f"w: expected a last axis that is a multiple of {BLOCK_SIZE}, got shape {w.shape}"
+            f"{label}: expected a last axis that is a multiple of {BLOCK_SIZE}, "
+            f"got shape {w.shape}"
         )
     wf = np.ascontiguousarray(w, dtype=np.float32)
     out = np.empty((*w.shape[:-1], w.shape[-1] // BLOCK_SIZE * TYPE_SIZE[name]), np.uint8)
     bad = _core.quant.gguf_quantize(wf, TYPES.index(name), out)
     if bad >= 0:  # checked while quantizing; the partial output is dropped
         raise ValueError(
-            f"w: non-finite value {wf.reshape(-1)[bad]} at index "
+            f"{label}: non-finite value {wf.reshape(-1)[bad]} at index "
             f"{tuple(int(i) for i in np.unravel_index(bad, wf.shape))}"
         )
     return out
