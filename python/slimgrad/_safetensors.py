@@ -90,7 +90,7 @@ def write(path: str, tensors: dict[str, Entry], metadata: dict | None) -> None:
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # keeps the data 8-byte aligned
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".prune-", suffix=".safetensors")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".slimgrad-", suffix=".safetensors")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(struct.pack("<Q", len(raw)))
