@@ -17,46 +17,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from . import _safetensors as st
+
 __all__ = ["save", "load"]
 
-_DTYPES = {
-    "F64": np.dtype("<f8"),
-    "F32": np.dtype("<f4"),
-    "F16": np.dtype("<f2"),
-    "I64": np.dtype("<i8"),
-    "I32": np.dtype("<i4"),
-    "I16": np.dtype("<i2"),
-    "I8": np.dtype("i1"),
-    "U64": np.dtype("<u8"),
-    "U32": np.dtype("<u4"),
-    "U16": np.dtype("<u2"),
-    "U8": np.dtype("u1"),
-    "BOOL": np.dtype("?"),
-}
-try:
-    from ml_dtypes import bfloat16 as _bf16
-
-    _DTYPES["BF16"] = np.dtype(_bf16)
-except ImportError:  # pragma: no cover
-    pass
-_CODES = {dt: code for code, dt in _DTYPES.items()}
 _KEY = "slimgrad"
 _FORMAT = 1
-
-
-def _code(a: np.ndarray, where: str) -> str:
-    dt = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
-    code = _CODES.get(np.dtype(dt))
-    if code is None:
-        raise TypeError(f"{where}: cannot store dtype {a.dtype} in safetensors")
-    return code
 
 
 def _encode(obj: Any, where: str, tensors: dict[str, np.ndarray]) -> Any:
@@ -65,7 +36,8 @@ def _encode(obj: Any, where: str, tensors: dict[str, np.ndarray]) -> Any:
         name = where
         while name in tensors:
             name += "'"
-        _code(obj, where)
+        if st.code_of(obj.dtype) is None:  # checked before anything is written
+            raise TypeError(f"{where}: cannot store dtype {obj.dtype} in safetensors")
         tensors[name] = obj
         return {"__tensor__": name}
     if isinstance(obj, Mapping):
@@ -132,49 +104,9 @@ def save(path: str | os.PathLike, **state: Any) -> None:
     """
     tensors: dict[str, np.ndarray] = {}
     tree = _encode(dict(state), "", tensors)
-    header: dict[str, Any] = {"__metadata__": {_KEY: json.dumps({"format": _FORMAT, "tree": tree})}}
-    offset = 0
-    arrays = []
-    for name, a in tensors.items():
-        if not a.flags.c_contiguous:  # (not ascontiguousarray: it turns 0-d into 1-d)
-            a = a.copy(order="C")
-        if a.dtype.byteorder == ">":
-            a = a.astype(a.dtype.newbyteorder("<"))
-        header[name] = {
-            "dtype": _code(a, name),
-            "shape": list(a.shape),
-            "data_offsets": [offset, offset + a.nbytes],
-        }
-        offset += a.nbytes
-        arrays.append(a)
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            for a in arrays:
-                f.write(memoryview(a.reshape(-1).view(np.uint8)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    metadata = {_KEY: json.dumps({"format": _FORMAT, "tree": tree})}
+    entries = {name: st.to_entry(a, name) for name, a in tensors.items()}
+    st.write(os.fspath(path), entries, metadata)
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:
@@ -189,37 +121,9 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
     ValueError
         The file is not a valid safetensors file (truncated, bad header).
     """
-    with open(path, "rb") as f:
-        data = f.read()
-    if len(data) < 8:
-        raise ValueError(f"{os.fspath(path)}: not a safetensors file (too short)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > len(data) - 8:
-        raise ValueError(
-            f"{os.fspath(path)}: not a safetensors file (header length {n} beyond the end)"
-        )
-    try:
-        header = json.loads(data[8 : 8 + n])
-    except ValueError as e:
-        raise ValueError(f"{os.fspath(path)}: bad safetensors header: {e}") from None
-    body = memoryview(data)[8 + n :]
-    meta = header.pop("__metadata__", None) or {}
-    tensors = {}
-    for name, info in header.items():
-        dt = _DTYPES.get(info.get("dtype"))
-        if dt is None:
-            raise ValueError(
-                f"{os.fspath(path)}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}"
-            )
-        b, e = info["data_offsets"]
-        shape = tuple(info["shape"])
-        if not 0 <= b <= e <= len(body) or e - b != dt.itemsize * math.prod(shape):
-            raise ValueError(f"{os.fspath(path)}: tensor {name!r} has bad data offsets {[b, e]}")
-        tensors[name] = (
-            np.frombuffer(body[b:e], dtype=dt)
-            .reshape(shape)
-            .astype(dt.newbyteorder("="), copy=True)
-        )
+    entries, meta = st.read(os.fspath(path))
+    meta = meta or {}
+    tensors = {name: st.to_array(name, e) for name, e in entries.items()}
     if _KEY not in meta:
         return tensors
     tree = json.loads(meta[_KEY])

@@ -18,7 +18,6 @@ so bfloat16 and float8 tensors load in any process, as ``ml_dtypes`` arrays.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -26,37 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 from .. import _safetensors as st
+from .._safetensors import CODES, DTYPES, to_array, to_entry  # noqa: F401 (re-exported)
 from ._tensor import QuantizedTensor
 
 META_KEY = "slimgrad.quant"
 FORMAT_VERSION = 1
 
-# safetensors dtype codes and the NumPy dtypes they load as
-DTYPES: dict[str, np.dtype] = {
-    code: np.dtype(dt)
-    for code, dt in {
-        "BOOL": np.bool_,
-        "U8": np.uint8,
-        "I8": np.int8,
-        "U16": np.uint16,
-        "I16": np.int16,
-        "U32": np.uint32,
-        "I32": np.int32,
-        "U64": np.uint64,
-        "I64": np.int64,
-        "F16": np.float16,
-        "BF16": ml_dtypes.bfloat16,
-        "F32": np.float32,
-        "F64": np.float64,
-        "F8_E4M3": ml_dtypes.float8_e4m3fn,
-        "F8_E5M2": ml_dtypes.float8_e5m2,
-    }.items()
-}
-CODES = {dt.name: code for code, dt in DTYPES.items()}
 FLOAT_CODES = ("F16", "BF16", "F32", "F64")  # what the quantizers accept
 
 
@@ -121,31 +98,6 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, st.Entry], dict[
             f"{os.fspath(path)}: not a safetensors file (__metadata__ is not an object)"
         )
     return tensors, dict(metadata or {})
-
-
-def to_array(name: str, entry: st.Entry) -> np.ndarray:
-    """A writable ndarray of one entry (bfloat16 / float8 as ml_dtypes arrays).
-
-    Raises ``ValueError`` for a dtype NumPy cannot hold or a wrong byte count.
-    """
-    dt = DTYPES.get(entry.dtype)
-    if dt is None:
-        raise ValueError(f"{name}: cannot load {entry.dtype} tensors as NumPy arrays")
-    if len(entry.data) != dt.itemsize * math.prod(entry.shape):
-        raise ValueError(
-            f"{name}: {len(entry.data)} bytes do not hold {entry.dtype} {tuple(entry.shape)}"
-        )
-    little = dt.newbyteorder("<")
-    return np.frombuffer(entry.data, little).reshape(entry.shape).astype(dt)  # a copy
-
-
-def to_entry(a: np.ndarray) -> st.Entry:
-    """The safetensors entry of an array (little-endian bytes)."""
-    code = CODES.get(a.dtype.newbyteorder("=").name)
-    if code is None:
-        raise TypeError(f"cannot store {a.dtype.name} arrays in safetensors")
-    data = np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes()
-    return st.Entry(code, list(a.shape), data)
 
 
 # -- safetensors ---------------------------------------------------------------------
