@@ -101,13 +101,14 @@ bool follows(const void* a, std::size_t bytes, const void* b) {
 std::vector<Slot> merge_contiguous(const StepArgs& a, const Slot* slots, std::size_t count) {
   std::vector<Slot> out;
   const std::size_t es = elem_size(a.storage);
-  const std::size_t ss = a.storage == Storage::f64 ? 8 : 4;  // state / master element
+  const std::size_t ms = 4;  // float32 master element
+  const std::size_t ss = a.storage == Storage::f64 ? 8 : a.bf16_state ? 2 : 4;  // state element
   for (std::size_t i = 0; i < count; ++i) {
     const Slot& s = slots[i];
     if (!out.empty()) {
       Slot& l = out.back();
       bool ok = follows(l.p, l.n * es, s.p) && follows(l.g, l.n * es, s.g) &&
-                follows(l.master, l.n * ss, s.master) && l.offset + l.n == s.offset;
+                follows(l.master, l.n * ms, s.master) && l.offset + l.n == s.offset;
       for (int k = 0; k < 3 && ok; ++k) ok = follows(l.s[k], l.n * ss, s.s[k]);
       if (ok) {
         l.n += s.n;
