@@ -51,9 +51,11 @@ def _key(seed: int, step: int) -> int:
     )
 
 
-def _state_key(seed: int, step: int, slot: int) -> int:
-    """optim.hpp state_sr_key: a stream per state slot, apart from the param's."""
-    return _mix64_int((_key(seed, step) + (slot + 1) * 0xA0761D6478BD642F) & M64)
+def _state_bits(seed: int, step: int, slot: int, n: int) -> np.ndarray:
+    """optim.hpp state_sr_key: slots 0/1 (2) take the low/high 16 bits of a hash
+    whose key is apart from the param's."""
+    key = _mix64_int((_key(seed, step) + (slot // 2 + 1) * 0xA0761D6478BD642F) & M64)
+    return _bits(key, n) >> np.uint32(16 * (slot % 2))
 
 
 def _bits(key: int, n: int, offset: int = 0) -> np.ndarray:
@@ -65,10 +67,11 @@ def _bits(key: int, n: int, offset: int = 0) -> np.ndarray:
         return _fmix32(a ^ np.uint32(key >> 32) ^ (hi * np.uint32(0x85EBCA77)))
 
 
-def _round(x, dtype, rounding, key, offset=0):
+def _round(x, dtype, rounding, r):
+    """x rounded to dtype: nearest even, or stochastic with the bits r() (lazy)."""
     if rounding == "nearest":
         return x.astype(dtype)
-    return round_stochastic(x, dtype, _bits(key, x.size, offset))
+    return round_stochastic(x, dtype, r())
 
 
 def emulate(name, kw, p0, grads, *, state_dtype=None, master=True, rounding="nearest", seed=0):
@@ -88,10 +91,12 @@ def emulate(name, kw, p0, grads, *, state_dtype=None, master=True, rounding="nea
             arrays = [k for k, v in st.items() if isinstance(v, np.ndarray)]
             for j, k in enumerate(arrays):
                 slot = slots[k] if slots else j
-                r = _round(st[k], BF16, rounding, _state_key(seed, t, slot))
+                r = _round(
+                    st[k], BF16, rounding, lambda: _state_bits(seed, t, slot, st[k].size)
+                )
                 st[k] = r.astype(np.float32)
         if half:
-            p = _round(x, p0.dtype, rounding, _key(seed, t))
+            p = _round(x, p0.dtype, rounding, lambda: _bits(_key(seed, t), x.size))
             if not master:
                 x = p.astype(np.float32)
         else:

@@ -3,7 +3,8 @@
 // must match bit for bit: every formula below is written in torch's order of
 // operations (addcmul: self + (value * t1) * t2; addcdiv: self + (value * t1)
 // / t2; lerp: self + w (end - self) for w < 0.5, else end - (end - self)(1 - w)),
-// and the SIMD code repeats the same operations in the same order.
+// and the SIMD code repeats the same operations in the same order. State
+// arrays may be bfloat16 (States: widened on load, rounded on store).
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -37,7 +38,7 @@ template <class T>
 struct States {
   void* s[3];
   bool bf16 = false, stochastic = false;
-  std::uint64_t key[3] = {0, 0, 0};
+  std::uint64_t key[2] = {0, 0};  // state_sr_key(seed, step, slot / 2)
   std::uint64_t offset = 0;
 
   T ld(int k, std::size_t i) const {
@@ -49,7 +50,8 @@ struct States {
     if constexpr (std::is_same_v<T, float>) {
       if (bf16) {
         static_cast<std::uint16_t*>(s[k])[i] =
-            stochastic ? bf16_stochastic(x, sr_bits(key[k], offset + i)) : simd::float_to_bf16(x);
+            stochastic ? bf16_stochastic(x, sr_bits(key[k / 2], offset + i) >> (16 * (k % 2)))
+                       : simd::float_to_bf16(x);
         return;
       }
     }
@@ -165,7 +167,7 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
   st.bf16 = a.bf16_state;
   st.stochastic = a.stochastic;
   st.offset = s.offset;
-  for (int j = 0; j < 3; ++j) st.key[j] = state_sr_key(a.seed, a.step, j);
+  for (int j = 0; j < 2; ++j) st.key[j] = state_sr_key(a.seed, a.step, j);
   const Updater<T> up{k, a.algo, st};
   if constexpr (std::is_same_v<T, double>) {
     double* p = static_cast<double*>(s.p);

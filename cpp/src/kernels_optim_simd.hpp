@@ -27,6 +27,12 @@
 // once inlined into them), not to the intrinsic headers.
 #pragma GCC optimize("fp-contract=off")
 
+// The per-vector helpers below must inline into the loops of run(): a call
+// per vector (GCC declined to inline update() with bfloat16 state) costs more
+// than the memory traffic saved.
+#define SLIMGRAD_OPTIM_INLINE inline __attribute__((always_inline))
+#define SLIMGRAD_LAMBDA_INLINE __attribute__((always_inline))
+
 namespace slimgrad::kernels {
 using namespace slimgrad::simd;
 
@@ -79,7 +85,7 @@ inline V vmax(V a, V b) {  // a < b ? b : a, as the oracle
 // The new p of one vector position; `st` loads and stores the state slots
 // there (StateIO: T, or bfloat16 rounded on store).
 template <Algo A, class V, class S>
-inline V update(const StepConsts<typename V::Scalar>& k, const VConsts<V>& c, V p, V g, const S& st) {
+SLIMGRAD_OPTIM_INLINE V update(const StepConsts<typename V::Scalar>& k, const VConsts<V>& c, V p, V g, const S& st) {
   using T = typename V::Scalar;
   const auto lerp = [&](V self, V end) {
     return k.w < T(0.5) ? self + c.w * (end - self) : end - (end - self) * c.w_rest;
@@ -169,7 +175,7 @@ inline V update(const StepConsts<typename V::Scalar>& k, const VConsts<V>& c, V 
 // copy and the AVX-512-flagged copy apart (the per-file-flags ODR trap).
 namespace {
 
-inline __m256i fmix32_v(__m256i x) {
+SLIMGRAD_OPTIM_INLINE __m256i fmix32_v(__m256i x) {
   x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
   x = _mm256_mullo_epi32(x, _mm256_set1_epi32(static_cast<int>(0x85EBCA6Bu)));
   x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 13));
@@ -178,7 +184,7 @@ inline __m256i fmix32_v(__m256i x) {
 }
 
 // sr_bits(key, index0 + j) for j < 8; the low 32 bits of the index must not wrap.
-inline __m256i sr_bits8(std::uint64_t key, std::uint64_t index0) {
+SLIMGRAD_OPTIM_INLINE __m256i sr_bits8(std::uint64_t key, std::uint64_t index0) {
   const __m256i lo = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(index0))),
                                       _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   const __m256i a = fmix32_v(_mm256_add_epi32(_mm256_mullo_epi32(lo, _mm256_set1_epi32(static_cast<int>(0x9E3779B1u))),
@@ -188,12 +194,14 @@ inline __m256i sr_bits8(std::uint64_t key, std::uint64_t index0) {
   return fmix32_v(_mm256_xor_si256(a, _mm256_set1_epi32(static_cast<int>(h))));
 }
 
-inline __m128i pack16(__m256i v) {  // 8 lanes < 65536 -> 8 uint16
+SLIMGRAD_OPTIM_INLINE __m128i pack16(__m256i v) {  // 8 lanes < 65536 -> 8 uint16
   return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(v, v), 0x08));
 }
 
-inline void sr_round8(__m256 x, std::uint16_t* out, std::uint64_t key, std::uint64_t index0, bool bf16) {
-  const __m256i r = sr_bits8(key, index0);
+// shift: which bits of the hash (16 for the odd bfloat16 state slots).
+SLIMGRAD_OPTIM_INLINE void sr_round8(__m256 x, std::uint16_t* out, std::uint64_t key, std::uint64_t index0, bool bf16,
+                                     int shift = 0) {
+  const __m256i r = _mm256_srl_epi32(sr_bits8(key, index0), _mm_cvtsi32_si128(shift));
   const __m256 finite = _mm256_cmp_ps(_mm256_sub_ps(x, x), _mm256_setzero_ps(), _CMP_EQ_OQ);
   __m256i res;
   if (bf16) {
@@ -227,7 +235,7 @@ inline void sr_round8(__m256 x, std::uint16_t* out, std::uint64_t key, std::uint
 // The same for 16 lanes with AVX-512 (masks instead of blends).
 namespace {
 
-inline __m512i fmix32_z(__m512i x) {
+SLIMGRAD_OPTIM_INLINE __m512i fmix32_z(__m512i x) {
   x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
   x = _mm512_mullo_epi32(x, _mm512_set1_epi32(static_cast<int>(0x85EBCA6Bu)));
   x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 13));
@@ -236,7 +244,7 @@ inline __m512i fmix32_z(__m512i x) {
 }
 
 // sr_bits(key, index0 + j) for j < 16; the low 32 bits of the index must not wrap.
-inline __m512i sr_bits16(std::uint64_t key, std::uint64_t index0) {
+SLIMGRAD_OPTIM_INLINE __m512i sr_bits16(std::uint64_t key, std::uint64_t index0) {
   const __m512i lo = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(index0))),
                                       _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
   const __m512i a = fmix32_z(_mm512_add_epi32(_mm512_mullo_epi32(lo, _mm512_set1_epi32(static_cast<int>(0x9E3779B1u))),
@@ -246,8 +254,9 @@ inline __m512i sr_bits16(std::uint64_t key, std::uint64_t index0) {
   return fmix32_z(_mm512_xor_si512(a, _mm512_set1_epi32(static_cast<int>(h))));
 }
 
-inline void sr_round16(__m512 x, std::uint16_t* out, std::uint64_t key, std::uint64_t index0, bool bf16) {
-  const __m512i r = sr_bits16(key, index0);
+SLIMGRAD_OPTIM_INLINE void sr_round16(__m512 x, std::uint16_t* out, std::uint64_t key, std::uint64_t index0,
+                                      bool bf16, int shift = 0) {
+  const __m512i r = _mm512_srl_epi32(sr_bits16(key, index0), _mm_cvtsi32_si128(shift));
   const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_sub_ps(x, x), _mm512_setzero_ps(), _CMP_EQ_OQ);
   __m512i res;
   if (bf16) {
@@ -283,7 +292,7 @@ inline void sr_round16(__m512 x, std::uint16_t* out, std::uint64_t key, std::uin
 
 // float16/bfloat16 vectors: widen n lanes (n < W: zero-padded copy).
 template <Isa I, bool Full>
-inline Vec<float, I> load_half(const std::uint16_t* p, std::size_t n, bool bf16) {
+SLIMGRAD_OPTIM_INLINE Vec<float, I> load_half(const std::uint16_t* p, std::size_t n, bool bf16) {
   if constexpr (Full) {
     return bf16 ? load_bf16<I>(p) : load_f16<I>(p);
   } else {
@@ -294,38 +303,39 @@ inline Vec<float, I> load_half(const std::uint16_t* p, std::size_t n, bool bf16)
 }
 
 // Stochastic rounding of the W lanes of x (element indices index0 + j) to
-// out[0, W): the vector forms where the low 32 bits of the index do not wrap
-// within the vector, else the scalar functions of optim.hpp (same bits).
+// out[0, W) with the bits sr_bits(key, index) >> shift: the vector forms
+// where the low 32 bits of the index do not wrap within the vector, else the
+// scalar functions of optim.hpp (same bits).
 template <Isa I>
-inline void round_stochastic(std::uint16_t* out, Vec<float, I> x, bool bf16, std::uint64_t key,
-                             std::uint64_t index0) {
+SLIMGRAD_OPTIM_INLINE void round_stochastic(std::uint16_t* out, Vec<float, I> x, bool bf16, std::uint64_t key,
+                                            std::uint64_t index0, int shift) {
   constexpr std::size_t W = Vec<float, I>::width;
 #if defined(__AVX512F__)
   if constexpr (I == Isa::avx512) {
-    if (static_cast<std::uint32_t>(index0) <= 0xFFFFFFF0u) return sr_round16(x.v, out, key, index0, bf16);
+    if (static_cast<std::uint32_t>(index0) <= 0xFFFFFFF0u) return sr_round16(x.v, out, key, index0, bf16, shift);
   }
 #endif
 #if defined(__AVX2__)
   if constexpr (I == Isa::avx2) {
-    if (static_cast<std::uint32_t>(index0) <= 0xFFFFFFF8u) return sr_round8(x.v, out, key, index0, bf16);
+    if (static_cast<std::uint32_t>(index0) <= 0xFFFFFFF8u) return sr_round8(x.v, out, key, index0, bf16, shift);
   }
 #endif
   float xs[W];
   x.store(xs);
   for (std::size_t q = 0; q < W; ++q) {
-    const std::uint32_t r = sr_bits(key, index0 + q);
+    const std::uint32_t r = sr_bits(key, index0 + q) >> shift;
     out[q] = bf16 ? bf16_stochastic(xs[q], r) : f16_stochastic(xs[q], r);
   }
 }
 
 // Rounds x to float16/bfloat16 and stores n lanes (all W if Full).
 template <Isa I, bool Full>
-inline void store_half(std::uint16_t* dst, Vec<float, I> x, std::size_t n, bool bf16, bool stochastic,
-                       std::uint64_t key, std::uint64_t index0) {
+SLIMGRAD_OPTIM_INLINE void store_half(std::uint16_t* dst, Vec<float, I> x, std::size_t n, bool bf16, bool stochastic,
+                       std::uint64_t key, std::uint64_t index0, int shift = 0) {
   std::uint16_t tmp[Vec<float, I>::width];
   std::uint16_t* out = Full ? dst : tmp;
   if (stochastic)
-    round_stochastic<I>(out, x, bf16, key, index0);
+    round_stochastic<I>(out, x, bf16, key, index0, shift);
   else if (bf16)
     store_bf16(out, x);
   else
@@ -337,7 +347,7 @@ inline void store_half(std::uint16_t* dst, Vec<float, I> x, std::size_t n, bool 
 struct StateBase {
   void* s[3];
   bool stochastic;
-  std::uint64_t key[3];  // state_sr_key per slot
+  std::uint64_t key[2];  // state_sr_key(seed, step, slot / 2)
   std::uint64_t offset;  // the array's first element within its list
 };
 
@@ -348,7 +358,7 @@ struct StateIO {
   using V = Vec<T, I>;
   const StateBase& b;
   std::size_t i, n;
-  V ld(int j) const {
+  SLIMGRAD_OPTIM_INLINE V ld(int j) const {
     if constexpr (Bf16) {
       return load_half<I, Full>(static_cast<const std::uint16_t*>(b.s[j]) + i, n, true);
     } else {
@@ -357,10 +367,12 @@ struct StateIO {
       else return load_partial<V>(q, n);
     }
   }
-  void st(int j, V x) const {
+  SLIMGRAD_OPTIM_INLINE void st(int j, V x) const {
     if constexpr (Bf16) {
-      store_half<I, Full>(static_cast<std::uint16_t*>(b.s[j]) + i, x, n, true, b.stochastic, b.key[j],
-                          b.offset + i);
+      // Slots 2k and 2k + 1 share one hash (low and high 16 bits, see
+      // state_sr_key); inlined, the compiler computes it once.
+      store_half<I, Full>(static_cast<std::uint16_t*>(b.s[j]) + i, x, n, true, b.stochastic, b.key[j / 2],
+                          b.offset + i, 16 * (j % 2));
     } else {
       T* q = static_cast<T*>(b.s[j]) + i;
       if constexpr (Full) x.store(q);
@@ -375,9 +387,9 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
   constexpr std::size_t W = V::width;
   const StepConsts<T> k(a);
   const VConsts<V> c(k);
-  StateBase sb{{s.s[0], s.s[1], s.s[2]}, a.stochastic, {0, 0, 0}, s.offset};
+  StateBase sb{{s.s[0], s.s[1], s.s[2]}, a.stochastic, {0, 0}, s.offset};
   if constexpr (Bf16State)
-    for (int j = 0; j < 3; ++j) sb.key[j] = state_sr_key(a.seed, a.step, j);
+    for (int j = 0; j < 2; ++j) sb.key[j] = state_sr_key(a.seed, a.step, j);
   // Runs body(i, n, Access) over [b, e): full vectors, then a padded tail.
   // Elements [b, i) up to the first 64-byte boundary of the main stream q go
   // through single vectors first, so the main loop runs on cache-line-aligned
@@ -385,7 +397,7 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
   // within a page and the optimizer places its state accordingly, usually of
   // every other stream too (no split accesses). Results do not change: every
   // element's update is independent.
-  const auto sweep = [&](const auto* q, auto&& body) {
+  const auto sweep = [&](const auto* q, auto&& body) SLIMGRAD_LAMBDA_INLINE {
     using E = std::remove_cv_t<std::remove_pointer_t<decltype(q)>>;
     std::size_t i = b;
     const auto addr = reinterpret_cast<std::uintptr_t>(q + i);
@@ -405,20 +417,20 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
     for (; i + W <= e; i += W) body(i, W, Access<V, true>{W});
     if (i < e) body(i, e - i, Access<V, false>{e - i});
   };
-  const auto states = [&](std::size_t i, std::size_t n, auto io) {
+  const auto states = [&](std::size_t i, std::size_t n, auto io) SLIMGRAD_LAMBDA_INLINE {
     return StateIO<I, T, decltype(io)::full, Bf16State>{sb, i, n};
   };
 
   if constexpr (std::is_same_v<T, double>) {
     double* p = static_cast<double*>(s.p);
     const double* g = static_cast<const double*>(s.g);
-    sweep(p, [&](std::size_t i, std::size_t n, auto io) {
+    sweep(p, [&](std::size_t i, std::size_t n, auto io) SLIMGRAD_LAMBDA_INLINE {
       io.st(p + i, update<A>(k, c, io.ld(p + i), io.ld(g + i), states(i, n, io)));
     });
   } else if (a.storage == Storage::f32) {
     float* p = static_cast<float*>(s.p);
     const float* g = static_cast<const float*>(s.g);
-    sweep(p, [&](std::size_t i, std::size_t n, auto io) {
+    sweep(p, [&](std::size_t i, std::size_t n, auto io) SLIMGRAD_LAMBDA_INLINE {
       io.st(p + i, update<A>(k, c, io.ld(p + i), io.ld(g + i), states(i, n, io)));
     });
   } else {
@@ -429,7 +441,7 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
     const std::uint64_t key = sr_key(a.seed, a.step);
     if (master != nullptr) {
       // Align on the float32 master (the widest stream).
-      sweep(master, [&](std::size_t i, std::size_t n, auto io) {
+      sweep(master, [&](std::size_t i, std::size_t n, auto io) SLIMGRAD_LAMBDA_INLINE {
         constexpr bool F = decltype(io)::full;
         const V x = update<A>(k, c, io.ld(master + i), load_half<I, F>(g + i, n, bf16), states(i, n, io));
         io.st(master + i, x);
@@ -437,7 +449,7 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
       });
     } else {
       // No master: the param is widened, updated and rounded back.
-      sweep(p, [&](std::size_t i, std::size_t n, auto io) {
+      sweep(p, [&](std::size_t i, std::size_t n, auto io) SLIMGRAD_LAMBDA_INLINE {
         constexpr bool F = decltype(io)::full;
         const V x = update<A>(k, c, load_half<I, F>(p + i, n, bf16), load_half<I, F>(g + i, n, bf16),
                               states(i, n, io));

@@ -22,7 +22,7 @@
 //    float16/bfloat16 params); the math stays float32, each state value is
 //    rounded on store (nearest even, or stochastic with a stream of its own
 //    per state slot, see state_sr_key) and the step itself uses the
-//    unrounded values.
+//    unrounded values. Stochastic rounding of state: see state_sr_key.
 //  - no master (float16/bfloat16 params): the param itself is widened, updated
 //    in float32 and rounded back; Slot::master is null.
 #pragma once
@@ -173,10 +173,12 @@ inline std::uint64_t mix64(std::uint64_t x) {  // splitmix64 finalizer
 inline std::uint64_t sr_key(std::uint64_t seed, std::uint64_t step) {
   return mix64(mix64(seed + 0x9E3779B97F4A7C15ull) ^ (step * 0xD1B54A32D192ED03ull));
 }
-// The stream of state slot k (0..2) for stochastic rounding of bfloat16
-// state: independent of the param's stream (sr_key) and of the other slots.
-inline std::uint64_t state_sr_key(std::uint64_t seed, std::uint64_t step, int k) {
-  return mix64(sr_key(seed, step) + static_cast<std::uint64_t>(k + 1) * 0xA0761D6478BD642Full);
+// Stochastic rounding of bfloat16 state: state slot k takes the 16 bits
+// [16 (k % 2), 16 (k % 2) + 16) of sr_bits(state_sr_key(seed, step, k / 2),
+// index): a key apart from the param's (sr_key), and disjoint bits of one
+// hash for slots 0 and 1, so one hash per element serves both moments.
+inline std::uint64_t state_sr_key(std::uint64_t seed, std::uint64_t step, int pair) {
+  return mix64(sr_key(seed, step) + static_cast<std::uint64_t>(pair + 1) * 0xA0761D6478BD642Full);
 }
 inline std::uint32_t fmix32(std::uint32_t x) {
   x ^= x >> 16;
