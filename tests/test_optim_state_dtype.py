@@ -478,3 +478,33 @@ def test_training_with_bf16_moments_reaches_the_fp32_loss():
     for kw in (dict(state_dtype="bfloat16"), dict(state_dtype="bfloat16", rounding="stochastic")):
         loss = train(**kw)
         assert abs(loss - ref) <= TRAIN_LOSS_RTOL * ref, (kw, loss, ref)
+
+
+# ------------------------------------------------- non-finite scan of half grads
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
+def test_half_gradient_scan_finds_the_first_bad_element_everywhere(dtype):
+    # The SIMD scan (4 vectors at a time, then element by element) on every
+    # ISA: the largest finite value passes; inf/-inf/NaN are found at the
+    # first position, in the vector groups and in the tail.
+    big = (ml_dtypes.finfo if dtype == BF16 else np.finfo)(dtype).max
+    for n, bad_at in [(1, [0]), (17, [16]), (64, [63, 5]), (130, [129]), (1000, [999, 64, 65]), (70_001, [70_000, 40_000])]:
+        for value in (np.inf, -np.inf, np.nan):
+            g = np.full(n, big, dtype)
+            for j in bad_at:
+                g[j] = value
+            p0 = np.zeros(n, dtype)
+
+            def go(g=g, p0=p0):
+                p = p0.copy()
+                opt = optim.AdamW([p], state_dtype="bfloat16", master_weights=False, nonfinite="skip")
+                ok = opt.step([g])
+                found = slimgrad._core.optim.find_nonfinite_multi([g])
+                return ok, found, bits(p).copy(), opt.state
+
+            for key, (ok, found, pb, state) in run_everywhere(go).items():
+                assert ok is False and state == {}, key
+                assert found == (0, min(bad_at)), (key, n, value)
+                np.testing.assert_array_equal(pb, bits(p0))
+    # All finite: nothing found.
+    g = np.full(4097, big, dtype)
+    assert all(v is None for v in run_everywhere(lambda: slimgrad._core.optim.find_nonfinite_multi([g])).values())

@@ -200,6 +200,14 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
 }  // namespace
 
 template <>
+std::size_t find_nonfinite_half<Isa::scalar>(const std::uint16_t* x, std::size_t n, bool bf16) {
+  const std::uint16_t mask = bf16 ? 0x7F80 : 0x7C00;  // exponent all ones: inf or NaN
+  for (std::size_t i = 0; i < n; ++i)
+    if ((x[i] & mask) == mask) return i;
+  return n;
+}
+
+template <>
 void optim_step<Isa::scalar>(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
   if (a.storage == Storage::f64)
     run<double>(a, s, b, e);

@@ -476,6 +476,25 @@ void run_algo(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
 }  // namespace optim_simd
 
 template <Isa I>
+std::size_t find_nonfinite_half(const std::uint16_t* x, std::size_t n, bool bf16) {
+  using V = Vec<float, I>;
+  constexpr std::size_t W = V::width;
+  std::size_t i = 0;
+  const auto ld = [&](std::size_t j) SLIMGRAD_LAMBDA_INLINE {
+    return bf16 ? load_bf16<I>(x + j) : load_f16<I>(x + j);
+  };
+  for (; i + 4 * W <= n; i += 4 * W) {
+    const auto ok = mask_and(mask_and(isfinite(ld(i)), isfinite(ld(i + W))),
+                             mask_and(isfinite(ld(i + 2 * W)), isfinite(ld(i + 3 * W))));
+    if (!all(ok)) break;
+  }
+  const std::uint16_t mask = bf16 ? 0x7F80 : 0x7C00;
+  for (; i < n; ++i)
+    if ((x[i] & mask) == mask) return i;
+  return n;
+}
+
+template <Isa I>
 void optim_step(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
   if (a.storage == Storage::f64)
     optim_simd::run_algo<I, double, false>(a, s, b, e);

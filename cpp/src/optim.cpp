@@ -161,19 +161,7 @@ std::size_t first_nonfinite(Storage st, const void* x, std::size_t n) {
     case Storage::f64: return kernels::find_nonfinite<I, double>(static_cast<const double*>(x), n);
     default: break;
   }
-  // Half types: exponent all ones. Blocks without an early exit vectorize.
-  const auto* h = static_cast<const std::uint16_t*>(x);
-  const std::uint16_t mask = st == Storage::bf16 ? 0x7F80 : 0x7C00;
-  constexpr std::size_t B = 256;
-  for (std::size_t b = 0; b < n; b += B) {
-    const std::size_t e = std::min(n, b + B);
-    bool bad = false;
-    for (std::size_t i = b; i < e; ++i) bad |= (h[i] & mask) == mask;
-    if (bad)
-      for (std::size_t i = b; i < e; ++i)
-        if ((h[i] & mask) == mask) return i;
-  }
-  return n;
+  return kernels::find_nonfinite_half<I>(static_cast<const std::uint16_t*>(x), n, st == Storage::bf16);
 }
 
 // Scans all arrays in parallel; the first bad element in list order.

@@ -146,6 +146,11 @@ inline constexpr std::size_t kOptimGrain = 1 << 15;
 namespace kernels {
 template <Isa I>
 void optim_step(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e);
+// Index of the first NaN/inf among n float16 (bf16 false) or bfloat16 bit
+// patterns, or n: widened to float32 (exact, inf/NaN kept) and tested a
+// group of vectors at a time, like the core's find_nonfinite.
+template <Isa I>
+std::size_t find_nonfinite_half(const std::uint16_t* x, std::size_t n, bool bf16);
 }  // namespace kernels
 
 // Steps every slot. With check, first scans all gradients; if one holds a
