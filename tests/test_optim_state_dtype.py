@@ -67,11 +67,9 @@ def _bits(key: int, n: int, offset: int = 0) -> np.ndarray:
         return _fmix32(a ^ np.uint32(key >> 32) ^ (hi * np.uint32(0x85EBCA77)))
 
 
-def _round(x, dtype, rounding, r):
-    """x rounded to dtype: nearest even, or stochastic with the bits r() (lazy)."""
-    if rounding == "nearest":
-        return x.astype(dtype)
-    return round_stochastic(x, dtype, r())
+def _round(x, dtype, r):
+    """x rounded to dtype: nearest even (r None), or stochastic with the bits r."""
+    return x.astype(dtype) if r is None else round_stochastic(x, dtype, r)
 
 
 def emulate(name, kw, p0, grads, *, state_dtype=None, master=True, rounding="nearest", seed=0):
@@ -91,12 +89,11 @@ def emulate(name, kw, p0, grads, *, state_dtype=None, master=True, rounding="nea
             arrays = [k for k, v in st.items() if isinstance(v, np.ndarray)]
             for j, k in enumerate(arrays):
                 slot = slots[k] if slots else j
-                r = _round(
-                    st[k], BF16, rounding, lambda: _state_bits(seed, t, slot, st[k].size)
-                )
-                st[k] = r.astype(np.float32)
+                r = None if rounding == "nearest" else _state_bits(seed, t, slot, st[k].size)
+                st[k] = _round(st[k], BF16, r).astype(np.float32)
         if half:
-            p = _round(x, p0.dtype, rounding, lambda: _bits(_key(seed, t), x.size))
+            r = None if rounding == "nearest" else _bits(_key(seed, t), x.size)
+            p = _round(x, p0.dtype, r)
             if not master:
                 x = p.astype(np.float32)
         else:
@@ -157,7 +154,14 @@ def test_half_params_match_emulation(name, dtype, state_dtype, master, rounding)
     p0, grads = problem(1000 + 7, dtype, seed=1)
     kw = RICH[name]
     p, opt = run(
-        name, kw, p0, grads, state_dtype=state_dtype, master_weights=master, rounding=rounding, seed=5
+        name,
+        kw,
+        p0,
+        grads,
+        state_dtype=state_dtype,
+        master_weights=master,
+        rounding=rounding,
+        seed=5,
     )
     expected = emulate(
         name, kw, p0, grads, state_dtype=state_dtype, master=master, rounding=rounding, seed=5
@@ -244,9 +248,7 @@ def test_flatten_arena_steps_like_separate_arrays(dtype):
     for a, b in zip(sep, arena):
         np.testing.assert_array_equal(bits(a), bits(b))
     for i in range(len(shapes)):
-        np.testing.assert_array_equal(
-            bits(o1.state[i]["exp_avg"]), bits(o2.state[i]["exp_avg"])
-        )
+        np.testing.assert_array_equal(bits(o1.state[i]["exp_avg"]), bits(o2.state[i]["exp_avg"]))
 
 
 def test_default_is_unchanged_and_float32_is_the_default():
@@ -364,9 +366,7 @@ def test_load_state_dict_with_other_state_dtype_changes_nothing():
 
 
 # ----------------------------------------------------------- bad arguments
-@pytest.mark.parametrize(
-    "value", ["float16", np.float16, "bf16", np.float64, 3, "torch.bfloat16"]
-)
+@pytest.mark.parametrize("value", ["float16", np.float16, "bf16", np.float64, 3, "torch.bfloat16"])
 def test_bad_state_dtype(value):
     p = np.zeros(4, np.float32)
     msg = (
@@ -487,7 +487,14 @@ def test_half_gradient_scan_finds_the_first_bad_element_everywhere(dtype):
     # ISA: the largest finite value passes; inf/-inf/NaN are found at the
     # first position, in the vector groups and in the tail.
     big = (ml_dtypes.finfo if dtype == BF16 else np.finfo)(dtype).max
-    for n, bad_at in [(1, [0]), (17, [16]), (64, [63, 5]), (130, [129]), (1000, [999, 64, 65]), (70_001, [70_000, 40_000])]:
+    for n, bad_at in [
+        (1, [0]),
+        (17, [16]),
+        (64, [63, 5]),
+        (130, [129]),
+        (1000, [999, 64, 65]),
+        (70_001, [70_000, 40_000]),
+    ]:
         for value in (np.inf, -np.inf, np.nan):
             g = np.full(n, big, dtype)
             for j in bad_at:
@@ -496,7 +503,9 @@ def test_half_gradient_scan_finds_the_first_bad_element_everywhere(dtype):
 
             def go(g=g, p0=p0):
                 p = p0.copy()
-                opt = optim.AdamW([p], state_dtype="bfloat16", master_weights=False, nonfinite="skip")
+                opt = optim.AdamW(
+                    [p], state_dtype="bfloat16", master_weights=False, nonfinite="skip"
+                )
                 ok = opt.step([g])
                 found = slimgrad._core.optim.find_nonfinite_multi([g])
                 return ok, found, bits(p).copy(), opt.state
@@ -507,4 +516,7 @@ def test_half_gradient_scan_finds_the_first_bad_element_everywhere(dtype):
                 np.testing.assert_array_equal(pb, bits(p0))
     # All finite: nothing found.
     g = np.full(4097, big, dtype)
-    assert all(v is None for v in run_everywhere(lambda: slimgrad._core.optim.find_nonfinite_multi([g])).values())
+    assert all(
+        v is None
+        for v in run_everywhere(lambda: slimgrad._core.optim.find_nonfinite_multi([g])).values()
+    )
