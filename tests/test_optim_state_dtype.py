@@ -520,3 +520,19 @@ def test_half_gradient_scan_finds_the_first_bad_element_everywhere(dtype):
         v is None
         for v in run_everywhere(lambda: slimgrad._core.optim.find_nonfinite_multi([g])).values()
     )
+
+
+def test_state_dict_without_the_new_options_still_loads():
+    # A state dict saved before state_dtype / master_weights existed.
+    p0, grads = problem(100, np.float32, steps=3)
+    full, _ = run("Adam", {}, p0, grads)
+    p, opt = run("Adam", {}, p0, grads[:2])
+    sd = opt.state_dict()
+    for g in sd["param_groups"]:
+        del g["state_dtype"], g["master_weights"]
+    q = p.copy()
+    opt2 = optim.Adam([q])
+    opt2.load_state_dict(sd)
+    opt2.step([grads[2]])
+    np.testing.assert_array_equal(bits(q), bits(full))
+    assert "state_dtype" not in sd["param_groups"][0]  # the caller's dict is not modified

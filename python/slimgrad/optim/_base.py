@@ -20,6 +20,9 @@ copies of float16/bfloat16 parameters, non-finite policy, step counting,
             # (the base adds them). Arrays use self.state_dtype(param):
             # float32 for float16/bfloat16 params, the param's dtype otherwise;
             # self.state_full(param, value) also aligns them like the param.
+            # (With a "state_dtype" option in the defaults, pass the group:
+            # self.state_full(param, value, group) honours it; a
+            # "master_weights" option decides whether the base adds "master".)
             return {"exp_avg": self.state_full(param)}
 
         def _step_bucket(self, group, bucket, check):

@@ -103,6 +103,21 @@ class _Fused(Optimizer):
         args.seed = group["seed"]
         return args, c["states"], c["names"]
 
+    def load_state_dict(self, state_dict: Any) -> None:
+        """As :meth:`Optimizer.load_state_dict`; a state dict saved before the
+        ``state_dtype`` / ``master_weights`` options existed loads as if it had
+        their defaults (None, True)."""
+        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+        if isinstance(groups, (list, tuple)) and any(
+            isinstance(g, dict) and "params" in g and "state_dtype" not in g for g in groups
+        ):
+            filled = [
+                {"state_dtype": None, "master_weights": True, **g} if isinstance(g, dict) else g
+                for g in groups
+            ]
+            state_dict = {**state_dict, "param_groups": filled}
+        super().load_state_dict(state_dict)
+
     def _check_layout(self, group: dict[str, Any], b: Bucket) -> None:
         """The group's state_dtype / master_weights must describe the state that
         exists (they decide its layout, so they cannot change after the first
@@ -185,9 +200,7 @@ class SGD(_Fused):
             nesterov=nesterov,
             maximize=maximize,
         )
-        super().__init__(
-            params, defaults, nonfinite, rounding, seed, state_dtype, master_weights
-        )
+        super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
 
     def _state_keys(self, group):
         return ["momentum_buffer"] if group["momentum"] != 0 else []
@@ -236,9 +249,7 @@ class Adagrad(_Fused):
             eps=eps,
             maximize=maximize,
         )
-        super().__init__(
-            params, defaults, nonfinite, rounding, seed, state_dtype, master_weights
-        )
+        super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
 
     def _state_keys(self, group):
         return ["sum"]
@@ -298,9 +309,7 @@ class RMSprop(_Fused):
             centered=centered,
             maximize=maximize,
         )
-        super().__init__(
-            params, defaults, nonfinite, rounding, seed, state_dtype, master_weights
-        )
+        super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
 
     def _state_keys(self, group):
         keys = ["square_avg"]
@@ -346,9 +355,7 @@ class Adadelta(_Fused):
         _check_nonneg("eps", eps)
         _check_nonneg("weight_decay", weight_decay)
         defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
-        super().__init__(
-            params, defaults, nonfinite, rounding, seed, state_dtype, master_weights
-        )
+        super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
 
     def _state_keys(self, group):
         return ["square_avg", "acc_delta"]
@@ -406,9 +413,7 @@ class Adam(_Fused):
             maximize=maximize,
             decoupled_weight_decay=decoupled_weight_decay,
         )
-        super().__init__(
-            params, defaults, nonfinite, rounding, seed, state_dtype, master_weights
-        )
+        super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
 
     def _state_keys(self, group):
         return ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
@@ -492,9 +497,7 @@ class Adamax(_Fused):
         _check_nonneg("eps", eps)
         _check_nonneg("weight_decay", weight_decay)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
-        super().__init__(
-            params, defaults, nonfinite, rounding, seed, state_dtype, master_weights
-        )
+        super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
 
     def _state_keys(self, group):
         return ["exp_avg", "exp_inf"]
@@ -552,9 +555,7 @@ class NAdam(_Fused):
             decoupled_weight_decay=decoupled_weight_decay,
             maximize=maximize,
         )
-        super().__init__(
-            params, defaults, nonfinite, rounding, seed, state_dtype, master_weights
-        )
+        super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
 
     def _state_keys(self, group):
         return ["exp_avg", "exp_avg_sq"]
@@ -629,9 +630,7 @@ class RAdam(_Fused):
             decoupled_weight_decay=decoupled_weight_decay,
             maximize=maximize,
         )
-        super().__init__(
-            params, defaults, nonfinite, rounding, seed, state_dtype, master_weights
-        )
+        super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
 
     def _state_keys(self, group):
         return ["exp_avg", "exp_avg_sq"]
