@@ -10,9 +10,12 @@
 //  - Tails: the last k < width elements go through padded copies
 //    (load_partial / store_partial), i.e. the same arithmetic as the body.
 //  - float16/bfloat16: widened to float32 (F16C / shifts), math on the float32
-//    master, rounded back in the same pass: round-to-nearest-even vector
-//    stores, or stochastic rounding per lane through the scalar functions of
-//    optim.hpp (the same bits as the oracle by construction).
+//    master (or, without master_weights, on the widened param), rounded back
+//    in the same pass: round-to-nearest-even vector stores, or vector
+//    stochastic rounding (sr_round8/16: the scalar functions of optim.hpp
+//    lane by lane, bit for bit).
+//  - bfloat16 state (StateIO<..., Bf16 = true>): loads widen, stores round
+//    (nearest even or stochastic); update() sees float32 vectors either way.
 #pragma once
 
 #include <cmath>
