@@ -536,3 +536,34 @@ def test_state_dict_without_the_new_options_still_loads():
     opt2.step([grads[2]])
     np.testing.assert_array_equal(bits(q), bits(full))
     assert "state_dtype" not in sd["param_groups"][0]  # the caller's dict is not modified
+
+
+def test_nearest_bf16_store_of_special_values_everywhere():
+    # Ties to even, subnormals, the largest values, inf and NaN through the
+    # bfloat16 state store (SGD's first step: momentum_buffer = g) and the
+    # bfloat16 param store (lr = 0 from a float32 master), on every ISA.
+    from test_optim_lowp import SPECIALS
+
+    ties = np.array(
+        [1 + 2.0**-8, 1 + 3 * 2.0**-8, -(1 + 2.0**-8), 3.3895314e38, 1.1754942e-38, 9.2e-41],
+        np.float32,
+    )
+    x = np.tile(np.concatenate([SPECIALS, ties]), 4)  # full vectors and a tail
+
+    def go():
+        buf = np.zeros(x.size, BF16)
+        p32 = np.zeros(x.size, np.float32)
+        F.sgd_(p32, x, buf, step=1, lr=0.0, momentum=0.9)
+        p = np.zeros(x.size, BF16)
+        F.sgd_(p, np.zeros_like(p), step=1, lr=0.0, master=x.copy())
+        return buf, p
+
+    expected = x.astype(BF16)
+    nan = np.isnan(x)
+    results = run_everywhere(go)
+    first = next(iter(results.values()))
+    for key, outs in results.items():
+        for got, ref in zip(outs, first):
+            np.testing.assert_array_equal(bits(got), bits(ref), err_msg=str(key))  # NaN bits too
+            np.testing.assert_array_equal(np.isnan(got.astype(np.float32)), nan, err_msg=str(key))
+            np.testing.assert_array_equal(bits(got)[~nan], bits(expected)[~nan], err_msg=str(key))

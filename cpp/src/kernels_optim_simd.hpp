@@ -331,6 +331,29 @@ SLIMGRAD_OPTIM_INLINE void round_stochastic(std::uint16_t* out, Vec<float, I> x,
   }
 }
 
+// Round to nearest even to bfloat16, as simd::store_bf16 (NaN quieted),
+// in fewer instructions for AVX-512: the rounding bias through a mask add,
+// NaN through a masked or, and the high halves picked by one word permute.
+template <Isa I>
+SLIMGRAD_OPTIM_INLINE void store_bf16_fast(std::uint16_t* out, Vec<float, I> x) {
+#if defined(__AVX512BW__)
+  if constexpr (I == Isa::avx512) {
+    const __m512i bits = _mm512_castps_si512(x.v);
+    const __mmask16 odd = _mm512_test_epi32_mask(bits, _mm512_set1_epi32(0x10000));
+    __m512i t = _mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF));
+    t = _mm512_mask_add_epi32(t, odd, t, _mm512_set1_epi32(1));
+    const __mmask16 nan = _mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q);
+    t = _mm512_mask_or_epi32(t, nan, bits, _mm512_set1_epi32(0x400000));
+    const __m512i hi = _mm512_set_epi16(31, 31, 31, 31, 31, 31, 31, 31, 31, 31, 31, 31, 31, 31, 31, 31, 31, 29,
+                                        27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out),
+                        _mm512_castsi512_si256(_mm512_permutexvar_epi16(hi, t)));
+    return;
+  }
+#endif
+  store_bf16(out, x);
+}
+
 // Rounds x to float16/bfloat16 and stores n lanes (all W if Full).
 template <Isa I, bool Full>
 SLIMGRAD_OPTIM_INLINE void store_half(std::uint16_t* dst, Vec<float, I> x, std::size_t n, bool bf16, bool stochastic,
@@ -340,7 +363,7 @@ SLIMGRAD_OPTIM_INLINE void store_half(std::uint16_t* dst, Vec<float, I> x, std::
   if (stochastic)
     round_stochastic<I>(out, x, bf16, key, index0, shift);
   else if (bf16)
-    store_bf16(out, x);
+    store_bf16_fast<I>(out, x);
   else
     store_f16(out, x);
   if constexpr (!Full) std::memcpy(dst, tmp, n * sizeof(std::uint16_t));
