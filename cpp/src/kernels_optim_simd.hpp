@@ -188,10 +188,13 @@ SLIMGRAD_OPTIM_INLINE __m256i fmix32_v(__m256i x) {
 
 // sr_bits(key, index0 + j) for j < 8; the low 32 bits of the index must not wrap.
 SLIMGRAD_OPTIM_INLINE __m256i sr_bits8(std::uint64_t key, std::uint64_t index0) {
-  const __m256i lo = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(index0))),
-                                      _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  const __m256i a = fmix32_v(_mm256_add_epi32(_mm256_mullo_epi32(lo, _mm256_set1_epi32(static_cast<int>(0x9E3779B1u))),
-                                              _mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(key)))));
+  // (index0 + j) * C + key mod 2^32 = (index0 * C + key) + j * C: one add, no multiply.
+  constexpr std::uint32_t C = 0x9E3779B1u;
+  const std::uint32_t base = static_cast<std::uint32_t>(index0) * C + static_cast<std::uint32_t>(key);
+  const __m256i jc = _mm256_setr_epi32(0, static_cast<int>(C), static_cast<int>(2 * C), static_cast<int>(3 * C),
+                                       static_cast<int>(4 * C), static_cast<int>(5 * C), static_cast<int>(6 * C),
+                                       static_cast<int>(7 * C));
+  const __m256i a = fmix32_v(_mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(base)), jc));
   const std::uint32_t h =
       static_cast<std::uint32_t>(key >> 32) ^ (static_cast<std::uint32_t>(index0 >> 32) * 0x85EBCA77u);
   return fmix32_v(_mm256_xor_si256(a, _mm256_set1_epi32(static_cast<int>(h))));
@@ -248,10 +251,13 @@ SLIMGRAD_OPTIM_INLINE __m512i fmix32_z(__m512i x) {
 
 // sr_bits(key, index0 + j) for j < 16; the low 32 bits of the index must not wrap.
 SLIMGRAD_OPTIM_INLINE __m512i sr_bits16(std::uint64_t key, std::uint64_t index0) {
-  const __m512i lo = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(index0))),
-                                      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-  const __m512i a = fmix32_z(_mm512_add_epi32(_mm512_mullo_epi32(lo, _mm512_set1_epi32(static_cast<int>(0x9E3779B1u))),
-                                              _mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(key)))));
+  // (index0 + j) * C + key mod 2^32 = (index0 * C + key) + j * C: one add, no multiply.
+  constexpr std::uint32_t C = 0x9E3779B1u;
+  const std::uint32_t base = static_cast<std::uint32_t>(index0) * C + static_cast<std::uint32_t>(key);
+  const auto jc = [](std::uint32_t j) { return static_cast<int>(j * C); };
+  const __m512i js = _mm512_setr_epi32(jc(0), jc(1), jc(2), jc(3), jc(4), jc(5), jc(6), jc(7), jc(8), jc(9), jc(10),
+                                       jc(11), jc(12), jc(13), jc(14), jc(15));
+  const __m512i a = fmix32_z(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(base)), js));
   const std::uint32_t h =
       static_cast<std::uint32_t>(key >> 32) ^ (static_cast<std::uint32_t>(index0 >> 32) * 0x85EBCA77u);
   return fmix32_z(_mm512_xor_si512(a, _mm512_set1_epi32(static_cast<int>(h))));
