@@ -63,6 +63,19 @@ bool quick_ok(py::handle obj, const Quick& q, Access access) {
   return true;
 }
 
+// ml_dtypes.bfloat16's NumPy type number (run-time; buffers.cpp keeps its
+// own lookup private), for the quick path of bfloat16 state arrays.
+int bf16_type_num() {
+  static const int num = [] {
+    try {
+      return py::dtype::from_args(py::module_::import("ml_dtypes").attr("bfloat16")).num();
+    } catch (const py::error_already_set&) {
+      return -1;
+    }
+  }();
+  return num;
+}
+
 void* data_of(py::handle obj) { return py::detail::array_proxy(obj.ptr())->data; }
 
 int type_num_of(py::handle obj) {
@@ -116,15 +129,24 @@ Checked check_lists(const StepArgs& args, const py::list& params, const py::list
                                   Access::write);
   c.storage = storage_of(first.dtype);
   const bool half = c.storage == Storage::f16 || c.storage == Storage::bf16;
-  const DType pd = first.dtype, sd = half ? DType::f32 : first.dtype;
+  if (args.bf16_state && c.storage == Storage::f64)
+    throw py::value_error("state_dtype: bfloat16 state needs float32, float16 or bfloat16 params, got float64 " +
+                          str_at(pn, 0));
+  const DType pd = first.dtype;
+  const DType sd = args.bf16_state ? DType::bf16 : half ? DType::f32 : first.dtype;
   const int p_num = type_num_of(params[0]);
-  const int s_num = half ? py::dtype::of<float>().num() : p_num;
+  const int s_num = args.bf16_state ? bf16_type_num() : half ? py::dtype::of<float>().num() : p_num;
+  const int m_num = py::dtype::of<float>().num();
+  const bool use_master = half && args.master_weights;
   py::list ml, mn;
-  if (half) {
+  if (use_master) {
     if (masters.is_none()) throw py::value_error("masters: float16/bfloat16 params need float32 master copies");
     ml = masters;
     mn = names[2];
     if (ml.size() != n) throw py::value_error("masters: expected " + std::to_string(n) + " arrays");
+  } else if (!masters.is_none()) {
+    throw py::value_error(half ? "masters: expected None with master_weights=False"
+                               : "masters: expected None for float32/float64 params");
   }
   std::uint64_t offset = 0;
   for (std::size_t i = 0; i < n; ++i) {
@@ -142,7 +164,8 @@ Checked check_lists(const StepArgs& args, const py::list& params, const py::list
     s.offset = offset;
     offset += size;
     const Quick qs{s_num, pa->dimensions, pa->nd};
-    if (half) s.master = static_cast<float*>(checked(ml[i], mn, i, qs, {DType::f32}, Access::write, c));
+    const Quick qm{m_num, pa->dimensions, pa->nd};
+    if (use_master) s.master = static_cast<float*>(checked(ml[i], mn, i, qm, {DType::f32}, Access::write, c));
     for (int k = 0; k < ns; ++k) s.s[used[k]] = checked(sl[k][i], sln[k], i, qs, {sd}, Access::write, c);
   }
   return c;
@@ -157,6 +180,8 @@ void register_optim(py::module_& m) {
           "algo", [](const StepArgs& a) { return std::string(algo_name(a.algo)); },
           [](StepArgs& a, const std::string& s) { a.algo = parse_algo(s); })
       .def_readwrite("stochastic", &StepArgs::stochastic)
+      .def_readwrite("bf16_state", &StepArgs::bf16_state)
+      .def_readwrite("master_weights", &StepArgs::master_weights)
       .def_readwrite("seed", &StepArgs::seed)
       .def_readwrite("step", &StepArgs::step)
       .def_readwrite("lr", &StepArgs::lr)

@@ -9,4 +9,5 @@
 
 namespace slimgrad::kernels {
 template void optim_step<Isa::avx512>(const StepArgs&, const Slot&, std::size_t, std::size_t);
+template std::size_t find_nonfinite_half<Isa::avx512>(const std::uint16_t*, std::size_t, bool);
 }  // namespace slimgrad::kernels

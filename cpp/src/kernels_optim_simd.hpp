@@ -10,9 +10,12 @@
 //  - Tails: the last k < width elements go through padded copies
 //    (load_partial / store_partial), i.e. the same arithmetic as the body.
 //  - float16/bfloat16: widened to float32 (F16C / shifts), math on the float32
-//    master, rounded back in the same pass: round-to-nearest-even vector
-//    stores, or stochastic rounding per lane through the scalar functions of
-//    optim.hpp (the same bits as the oracle by construction).
+//    master (or, without master_weights, on the widened param), rounded back
+//    in the same pass: round-to-nearest-even vector stores, or vector
+//    stochastic rounding (sr_round8/16: the scalar functions of optim.hpp
+//    lane by lane, bit for bit).
+//  - bfloat16 state (StateIO<..., Bf16 = true>): loads widen, stores round
+//    (nearest even or stochastic); update() sees float32 vectors either way.
 #pragma once
 
 #include <cmath>
@@ -26,6 +29,12 @@
 // After the includes: applies to the kernels below (and the simd.hpp inlines
 // once inlined into them), not to the intrinsic headers.
 #pragma GCC optimize("fp-contract=off")
+
+// The per-vector helpers below must inline into the loops of run(): a call
+// per vector (GCC declined to inline update() with bfloat16 state) costs more
+// than the memory traffic saved.
+#define SLIMGRAD_OPTIM_INLINE inline __attribute__((always_inline))
+#define SLIMGRAD_LAMBDA_INLINE __attribute__((always_inline))
 
 namespace slimgrad::kernels {
 using namespace slimgrad::simd;
@@ -59,6 +68,7 @@ struct VConsts {
 template <class V, bool Full>
 struct Access {
   using T = typename V::Scalar;
+  static constexpr bool full = Full;
   std::size_t k;  // lanes in use (tail only)
   V ld(const T* p) const {
     if constexpr (Full) return V::load(p);
@@ -75,10 +85,10 @@ inline V vmax(V a, V b) {  // a < b ? b : a, as the oracle
   return select(lt(a, b), b, a);
 }
 
-template <Algo A, class V, class Acc>
-inline V update(const StepConsts<typename V::Scalar>& k, const VConsts<V>& c, V p, V g,
-                typename V::Scalar* s0, typename V::Scalar* s1, typename V::Scalar* s2,
-                const Acc& io) {
+// The new p of one vector position; `st` loads and stores the state slots
+// there (StateIO: T, or bfloat16 rounded on store).
+template <Algo A, class V, class S>
+SLIMGRAD_OPTIM_INLINE V update(const StepConsts<typename V::Scalar>& k, const VConsts<V>& c, V p, V g, const S& st) {
   using T = typename V::Scalar;
   const auto lerp = [&](V self, V end) {
     return k.w < T(0.5) ? self + c.w * (end - self) : end - (end - self) * c.w_rest;
@@ -92,69 +102,69 @@ inline V update(const StepConsts<typename V::Scalar>& k, const VConsts<V>& c, V 
   }
   if constexpr (A == Algo::sgd) {
     if (k.has_momentum) {
-      const V buf = k.flag ? g : io.ld(s0) * c.momentum + c.one_minus_dampening * g;
-      io.st(s0, buf);
+      const V buf = k.flag ? g : st.ld(0) * c.momentum + c.one_minus_dampening * g;
+      st.st(0, buf);
       g = k.nesterov ? g + c.momentum * buf : buf;
     }
     return p + c.neg_lr * g;
   } else if constexpr (A == Algo::adagrad) {
-    const V sum = io.ld(s0) + g * g;
-    io.st(s0, sum);
+    const V sum = st.ld(0) + g * g;
+    st.st(0, sum);
     return p + (c.neg_c0 * g) / (sqrt(sum) + c.eps);
   } else if constexpr (A == Algo::rmsprop) {
-    const V sq = io.ld(s0) * c.decay + (c.one_minus_decay * g) * g;
-    io.st(s0, sq);
+    const V sq = st.ld(0) * c.decay + (c.one_minus_decay * g) * g;
+    st.st(0, sq);
     V avg;
     if (k.centered) {
-      const V ga = lerp(io.ld(s2), g);
-      io.st(s2, ga);
+      const V ga = lerp(st.ld(2), g);
+      st.st(2, ga);
       avg = sqrt(sq - ga * ga) + c.eps;
     } else {
       avg = sqrt(sq) + c.eps;
     }
     if (k.has_momentum) {
-      const V buf = io.ld(s1) * c.momentum + g / avg;
-      io.st(s1, buf);
+      const V buf = st.ld(1) * c.momentum + g / avg;
+      st.st(1, buf);
       return p + c.neg_lr * buf;
     }
     return p + (c.neg_lr * g) / avg;
   } else if constexpr (A == Algo::adadelta) {
-    const V sq = io.ld(s0) * c.decay + (c.one_minus_decay * g) * g;
-    io.st(s0, sq);
-    const V acc = io.ld(s1);
+    const V sq = st.ld(0) * c.decay + (c.one_minus_decay * g) * g;
+    st.st(0, sq);
+    const V acc = st.ld(1);
     const V delta = (sqrt(acc + c.eps) / sqrt(sq + c.eps)) * g;
-    io.st(s1, acc * c.decay + (c.one_minus_decay * delta) * delta);
+    st.st(1, acc * c.decay + (c.one_minus_decay * delta) * delta);
     return p + c.neg_lr * delta;
   } else if constexpr (A == Algo::adam) {
-    const V m = lerp(io.ld(s0), g);
-    const V v = io.ld(s1) * c.decay + (c.one_minus_decay * g) * g;
-    io.st(s0, m);
-    io.st(s1, v);
+    const V m = lerp(st.ld(0), g);
+    const V v = st.ld(1) * c.decay + (c.one_minus_decay * g) * g;
+    st.st(0, m);
+    st.st(1, v);
     V vh = v;
     if (k.amsgrad) {
-      vh = vmax(io.ld(s2), v);
-      io.st(s2, vh);
+      vh = vmax(st.ld(2), v);
+      st.st(2, vh);
     }
     return p + (c.neg_c0 * m) / (sqrt(vh) / c.c1 + c.eps);
   } else if constexpr (A == Algo::adamax) {
-    const V m = lerp(io.ld(s0), g);
-    const V u = vmax(io.ld(s1) * c.decay, abs(g) + c.eps);
-    io.st(s0, m);
-    io.st(s1, u);
+    const V m = lerp(st.ld(0), g);
+    const V u = vmax(st.ld(1) * c.decay, abs(g) + c.eps);
+    st.st(0, m);
+    st.st(1, u);
     return p + (c.neg_c0 * m) / u;
   } else if constexpr (A == Algo::nadam) {
-    const V m = lerp(io.ld(s0), g);
-    const V v = io.ld(s1) * c.decay + (c.one_minus_decay * g) * g;
-    io.st(s0, m);
-    io.st(s1, v);
+    const V m = lerp(st.ld(0), g);
+    const V v = st.ld(1) * c.decay + (c.one_minus_decay * g) * g;
+    st.st(0, m);
+    st.st(1, v);
     const V den = sqrt(v / c.c0) + c.eps;
     p = p + (c.c1 * g) / den;
     return p + (c.c2 * m) / den;
   } else {  // radam
-    const V m = lerp(io.ld(s0), g);
-    const V v = io.ld(s1) * c.decay + (c.one_minus_decay * g) * g;
-    io.st(s0, m);
-    io.st(s1, v);
+    const V m = lerp(st.ld(0), g);
+    const V v = st.ld(1) * c.decay + (c.one_minus_decay * g) * g;
+    st.st(0, m);
+    st.st(1, v);
     const V bm = m / c.c0;
     if (k.flag) return p - ((bm * c.lr) * (c.c1 / (sqrt(v) + c.eps))) * c.c2;
     return p - bm * c.lr;
@@ -168,7 +178,7 @@ inline V update(const StepConsts<typename V::Scalar>& k, const VConsts<V>& c, V 
 // copy and the AVX-512-flagged copy apart (the per-file-flags ODR trap).
 namespace {
 
-inline __m256i fmix32_v(__m256i x) {
+SLIMGRAD_OPTIM_INLINE __m256i fmix32_v(__m256i x) {
   x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
   x = _mm256_mullo_epi32(x, _mm256_set1_epi32(static_cast<int>(0x85EBCA6Bu)));
   x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 13));
@@ -177,23 +187,27 @@ inline __m256i fmix32_v(__m256i x) {
 }
 
 // sr_bits(key, index0 + j) for j < 8; the low 32 bits of the index must not wrap.
-inline __m256i sr_bits8(std::uint64_t key, std::uint64_t index0) {
-  const __m256i lo = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(index0))),
-                                      _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  const __m256i a = fmix32_v(_mm256_add_epi32(_mm256_mullo_epi32(lo, _mm256_set1_epi32(static_cast<int>(0x9E3779B1u))),
-                                              _mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(key)))));
+SLIMGRAD_OPTIM_INLINE __m256i sr_bits8(std::uint64_t key, std::uint64_t index0) {
+  // (index0 + j) * C + key mod 2^32 = (index0 * C + key) + j * C: one add, no multiply.
+  constexpr std::uint32_t C = 0x9E3779B1u;
+  const std::uint32_t base = static_cast<std::uint32_t>(index0) * C + static_cast<std::uint32_t>(key);
+  const __m256i jc = _mm256_setr_epi32(0, static_cast<int>(C), static_cast<int>(2 * C), static_cast<int>(3 * C),
+                                       static_cast<int>(4 * C), static_cast<int>(5 * C), static_cast<int>(6 * C),
+                                       static_cast<int>(7 * C));
+  const __m256i a = fmix32_v(_mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(base)), jc));
   const std::uint32_t h =
       static_cast<std::uint32_t>(key >> 32) ^ (static_cast<std::uint32_t>(index0 >> 32) * 0x85EBCA77u);
   return fmix32_v(_mm256_xor_si256(a, _mm256_set1_epi32(static_cast<int>(h))));
 }
 
-inline __m128i pack16(__m256i v) {  // 8 lanes < 65536 -> 8 uint16
+SLIMGRAD_OPTIM_INLINE __m128i pack16(__m256i v) {  // 8 lanes < 65536 -> 8 uint16
   return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(v, v), 0x08));
 }
 
-inline void sr_round8(const float* xs, std::uint16_t* out, std::uint64_t key, std::uint64_t index0, bool bf16) {
-  const __m256i r = sr_bits8(key, index0);
-  const __m256 x = _mm256_loadu_ps(xs);
+// shift: which bits of the hash (16 for the odd bfloat16 state slots).
+SLIMGRAD_OPTIM_INLINE void sr_round8(__m256 x, std::uint16_t* out, std::uint64_t key, std::uint64_t index0, bool bf16,
+                                     int shift = 0) {
+  const __m256i r = _mm256_srl_epi32(sr_bits8(key, index0), _mm_cvtsi32_si128(shift));
   const __m256 finite = _mm256_cmp_ps(_mm256_sub_ps(x, x), _mm256_setzero_ps(), _CMP_EQ_OQ);
   __m256i res;
   if (bf16) {
@@ -227,7 +241,7 @@ inline void sr_round8(const float* xs, std::uint16_t* out, std::uint64_t key, st
 // The same for 16 lanes with AVX-512 (masks instead of blends).
 namespace {
 
-inline __m512i fmix32_z(__m512i x) {
+SLIMGRAD_OPTIM_INLINE __m512i fmix32_z(__m512i x) {
   x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
   x = _mm512_mullo_epi32(x, _mm512_set1_epi32(static_cast<int>(0x85EBCA6Bu)));
   x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 13));
@@ -236,18 +250,22 @@ inline __m512i fmix32_z(__m512i x) {
 }
 
 // sr_bits(key, index0 + j) for j < 16; the low 32 bits of the index must not wrap.
-inline __m512i sr_bits16(std::uint64_t key, std::uint64_t index0) {
-  const __m512i lo = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(index0))),
-                                      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-  const __m512i a = fmix32_z(_mm512_add_epi32(_mm512_mullo_epi32(lo, _mm512_set1_epi32(static_cast<int>(0x9E3779B1u))),
-                                              _mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(key)))));
+SLIMGRAD_OPTIM_INLINE __m512i sr_bits16(std::uint64_t key, std::uint64_t index0) {
+  // (index0 + j) * C + key mod 2^32 = (index0 * C + key) + j * C: one add, no multiply.
+  constexpr std::uint32_t C = 0x9E3779B1u;
+  const std::uint32_t base = static_cast<std::uint32_t>(index0) * C + static_cast<std::uint32_t>(key);
+  const auto jc = [](std::uint32_t j) { return static_cast<int>(j * C); };
+  const __m512i js = _mm512_setr_epi32(jc(0), jc(1), jc(2), jc(3), jc(4), jc(5), jc(6), jc(7), jc(8), jc(9), jc(10),
+                                       jc(11), jc(12), jc(13), jc(14), jc(15));
+  const __m512i a = fmix32_z(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(base)), js));
   const std::uint32_t h =
       static_cast<std::uint32_t>(key >> 32) ^ (static_cast<std::uint32_t>(index0 >> 32) * 0x85EBCA77u);
   return fmix32_z(_mm512_xor_si512(a, _mm512_set1_epi32(static_cast<int>(h))));
 }
 
-inline void sr_round16(__m512 x, std::uint16_t* out, std::uint64_t key, std::uint64_t index0, bool bf16) {
-  const __m512i r = sr_bits16(key, index0);
+SLIMGRAD_OPTIM_INLINE void sr_round16(__m512 x, std::uint16_t* out, std::uint64_t key, std::uint64_t index0,
+                                      bool bf16, int shift = 0) {
+  const __m512i r = _mm512_srl_epi32(sr_bits16(key, index0), _mm_cvtsi32_si128(shift));
   const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_sub_ps(x, x), _mm512_setzero_ps(), _CMP_EQ_OQ);
   __m512i res;
   if (bf16) {
@@ -281,142 +299,241 @@ inline void sr_round16(__m512 x, std::uint16_t* out, std::uint64_t key, std::uin
 }  // namespace
 #endif  // __AVX512F__
 
-template <Isa I>
-inline Vec<float, I> load_half(const std::uint16_t* p, bool bf16) {
-  return bf16 ? load_bf16<I>(p) : load_f16<I>(p);
+// float16/bfloat16 vectors: widen n lanes (n < W: zero-padded copy).
+template <Isa I, bool Full>
+SLIMGRAD_OPTIM_INLINE Vec<float, I> load_half(const std::uint16_t* p, std::size_t n, bool bf16) {
+  if constexpr (Full) {
+    return bf16 ? load_bf16<I>(p) : load_f16<I>(p);
+  } else {
+    std::uint16_t tmp[Vec<float, I>::width] = {};
+    std::memcpy(tmp, p, n * sizeof(std::uint16_t));
+    return bf16 ? load_bf16<I>(tmp) : load_f16<I>(tmp);
+  }
 }
 
-template <Isa I, Algo A, class T>
+// Stochastic rounding of the W lanes of x (element indices index0 + j) to
+// out[0, W) with the bits sr_bits(key, index) >> shift: the vector forms
+// where the low 32 bits of the index do not wrap within the vector, else the
+// scalar functions of optim.hpp (same bits).
+template <Isa I>
+SLIMGRAD_OPTIM_INLINE void round_stochastic(std::uint16_t* out, Vec<float, I> x, bool bf16, std::uint64_t key,
+                                            std::uint64_t index0, int shift) {
+  constexpr std::size_t W = Vec<float, I>::width;
+#if defined(__AVX512F__)
+  if constexpr (I == Isa::avx512) {
+    if (static_cast<std::uint32_t>(index0) <= 0xFFFFFFF0u) return sr_round16(x.v, out, key, index0, bf16, shift);
+  }
+#endif
+#if defined(__AVX2__)
+  if constexpr (I == Isa::avx2) {
+    if (static_cast<std::uint32_t>(index0) <= 0xFFFFFFF8u) return sr_round8(x.v, out, key, index0, bf16, shift);
+  }
+#endif
+  float xs[W];
+  x.store(xs);
+  for (std::size_t q = 0; q < W; ++q) {
+    const std::uint32_t r = sr_bits(key, index0 + q) >> shift;
+    out[q] = bf16 ? bf16_stochastic(xs[q], r) : f16_stochastic(xs[q], r);
+  }
+}
+
+// Round to nearest even to bfloat16, as simd::store_bf16 (NaN quieted),
+// in fewer instructions for AVX-512: the rounding bias through a mask add,
+// NaN through a masked or, and the high halves picked by one word permute.
+template <Isa I>
+SLIMGRAD_OPTIM_INLINE void store_bf16_fast(std::uint16_t* out, Vec<float, I> x) {
+#if defined(__AVX512BW__)
+  if constexpr (I == Isa::avx512) {
+    const __m512i bits = _mm512_castps_si512(x.v);
+    const __mmask16 odd = _mm512_test_epi32_mask(bits, _mm512_set1_epi32(0x10000));
+    __m512i t = _mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF));
+    t = _mm512_mask_add_epi32(t, odd, t, _mm512_set1_epi32(1));
+    const __mmask16 nan = _mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q);
+    t = _mm512_mask_or_epi32(t, nan, bits, _mm512_set1_epi32(0x400000));
+    const __m512i hi = _mm512_set_epi16(31, 31, 31, 31, 31, 31, 31, 31, 31, 31, 31, 31, 31, 31, 31, 31, 31, 29,
+                                        27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out),
+                        _mm512_castsi512_si256(_mm512_permutexvar_epi16(hi, t)));
+    return;
+  }
+#endif
+  store_bf16(out, x);
+}
+
+// Rounds x to float16/bfloat16 and stores n lanes (all W if Full).
+template <Isa I, bool Full>
+SLIMGRAD_OPTIM_INLINE void store_half(std::uint16_t* dst, Vec<float, I> x, std::size_t n, bool bf16, bool stochastic,
+                       std::uint64_t key, std::uint64_t index0, int shift = 0) {
+  std::uint16_t tmp[Vec<float, I>::width];
+  std::uint16_t* out = Full ? dst : tmp;
+  if (stochastic)
+    round_stochastic<I>(out, x, bf16, key, index0, shift);
+  else if (bf16)
+    store_bf16_fast<I>(out, x);
+  else
+    store_f16(out, x);
+  if constexpr (!Full) std::memcpy(dst, tmp, n * sizeof(std::uint16_t));
+}
+
+// What the state accessors of one call share.
+struct StateBase {
+  void* s[3];
+  bool stochastic;
+  std::uint64_t key[2];  // state_sr_key(seed, step, slot / 2)
+  std::uint64_t offset;  // the array's first element within its list
+};
+
+// The state slots at one vector position (element i, n lanes in use): T, or
+// (Bf16) bfloat16 widened on load and rounded on store.
+template <Isa I, class T, bool Full, bool Bf16>
+struct StateIO {
+  using V = Vec<T, I>;
+  const StateBase& b;
+  std::size_t i, n;
+  SLIMGRAD_OPTIM_INLINE V ld(int j) const {
+    if constexpr (Bf16) {
+      return load_half<I, Full>(static_cast<const std::uint16_t*>(b.s[j]) + i, n, true);
+    } else {
+      const T* q = static_cast<const T*>(b.s[j]) + i;
+      if constexpr (Full) return V::load(q);
+      else return load_partial<V>(q, n);
+    }
+  }
+  SLIMGRAD_OPTIM_INLINE void st(int j, V x) const {
+    if constexpr (Bf16) {
+      // Slots 2k and 2k + 1 share one hash (low and high 16 bits, see
+      // state_sr_key); inlined, the compiler computes it once.
+      store_half<I, Full>(static_cast<std::uint16_t*>(b.s[j]) + i, x, n, true, b.stochastic, b.key[j / 2],
+                          b.offset + i, 16 * (j % 2));
+    } else {
+      T* q = static_cast<T*>(b.s[j]) + i;
+      if constexpr (Full) x.store(q);
+      else store_partial(q, n, x);
+    }
+  }
+};
+
+template <Isa I, Algo A, class T, bool Bf16State>
 void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
   using V = Vec<T, I>;
   constexpr std::size_t W = V::width;
   const StepConsts<T> k(a);
   const VConsts<V> c(k);
-  T* s0 = static_cast<T*>(s.s[0]);
-  T* s1 = static_cast<T*>(s.s[1]);
-  T* s2 = static_cast<T*>(s.s[2]);
-  const auto off = [](T* q, std::size_t i) { return q ? q + i : q; };
-  // Elements [b, i) up to the first 64-byte boundary of the main stream go
-  // through partial vectors, so the main loop runs on cache-line-aligned
+  StateBase sb{{s.s[0], s.s[1], s.s[2]}, a.stochastic, {0, 0}, s.offset};
+  if constexpr (Bf16State)
+    for (int j = 0; j < 2; ++j) sb.key[j] = state_sr_key(a.seed, a.step, j);
+  // Runs body(i, n, Access) over [b, e): full vectors, then a padded tail.
+  // Elements [b, i) up to the first 64-byte boundary of the main stream q go
+  // through single vectors first, so the main loop runs on cache-line-aligned
   // addresses of it and, since NumPy gives large arrays the same offset
-  // within a page, usually of every other stream too (no split accesses).
-  // Results do not change: every element's update is independent.
-  const auto peel = [&](const auto* q, std::size_t i, std::size_t end, auto&& body) {
+  // within a page and the optimizer places its state accordingly, usually of
+  // every other stream too (no split accesses). Results do not change: every
+  // element's update is independent.
+  const auto sweep = [&](const auto* q, auto&& body) SLIMGRAD_LAMBDA_INLINE {
     using E = std::remove_cv_t<std::remove_pointer_t<decltype(q)>>;
+    std::size_t i = b;
     const auto addr = reinterpret_cast<std::uintptr_t>(q + i);
-    if (addr % sizeof(E) != 0) return i;
-    std::size_t head = ((64 - addr % 64) % 64) / sizeof(E);
-    if (head > end - i) head = end - i;
-    while (head > 0) {
-      const std::size_t k = head < W ? head : W;
-      if (k == W)
-        body(i, Access<V, true>{W});
-      else
-        body(i, Access<V, false>{k});
-      i += k;
-      head -= k;
+    if (addr % sizeof(E) == 0) {
+      std::size_t head = ((64 - addr % 64) % 64) / sizeof(E);
+      if (head > e - i) head = e - i;
+      while (head > 0) {
+        const std::size_t n = head < W ? head : W;
+        if (n == W)
+          body(i, n, Access<V, true>{W});
+        else
+          body(i, n, Access<V, false>{n});
+        i += n;
+        head -= n;
+      }
     }
-    return i;
+    for (; i + W <= e; i += W) body(i, W, Access<V, true>{W});
+    if (i < e) body(i, e - i, Access<V, false>{e - i});
+  };
+  const auto states = [&](std::size_t i, std::size_t n, auto io) SLIMGRAD_LAMBDA_INLINE {
+    return StateIO<I, T, decltype(io)::full, Bf16State>{sb, i, n};
   };
 
   if constexpr (std::is_same_v<T, double>) {
     double* p = static_cast<double*>(s.p);
     const double* g = static_cast<const double*>(s.g);
-    const auto body = [&](std::size_t i, auto io) {
-      io.st(p + i, update<A>(k, c, io.ld(p + i), io.ld(g + i), off(s0, i), off(s1, i), off(s2, i), io));
-    };
-    std::size_t i = peel(p, b, e, body);
-    for (; i + W <= e; i += W) body(i, Access<V, true>{W});
-    if (i < e) body(i, Access<V, false>{e - i});
+    sweep(p, [&](std::size_t i, std::size_t n, auto io) SLIMGRAD_LAMBDA_INLINE {
+      io.st(p + i, update<A>(k, c, io.ld(p + i), io.ld(g + i), states(i, n, io)));
+    });
   } else if (a.storage == Storage::f32) {
     float* p = static_cast<float*>(s.p);
     const float* g = static_cast<const float*>(s.g);
-    const auto body = [&](std::size_t i, auto io) {
-      io.st(p + i, update<A>(k, c, io.ld(p + i), io.ld(g + i), off(s0, i), off(s1, i), off(s2, i), io));
-    };
-    std::size_t i = peel(p, b, e, body);
-    for (; i + W <= e; i += W) body(i, Access<V, true>{W});
-    if (i < e) body(i, Access<V, false>{e - i});
+    sweep(p, [&](std::size_t i, std::size_t n, auto io) SLIMGRAD_LAMBDA_INLINE {
+      io.st(p + i, update<A>(k, c, io.ld(p + i), io.ld(g + i), states(i, n, io)));
+    });
   } else {
     auto* p = static_cast<std::uint16_t*>(s.p);
     const auto* g = static_cast<const std::uint16_t*>(s.g);
     float* master = s.master;
     const bool bf16 = a.storage == Storage::bf16;
     const std::uint64_t key = sr_key(a.seed, a.step);
-    const auto body = [&](std::size_t i, std::size_t n, auto io) {
-      V gv;
-      if (n == W) {
-        gv = load_half<I>(g + i, bf16);
-      } else {
-        std::uint16_t tmp[W] = {};
-        std::memcpy(tmp, g + i, n * sizeof(std::uint16_t));
-        gv = load_half<I>(tmp, bf16);
-      }
-      const V x = update<A>(k, c, io.ld(master + i), gv, off(s0, i), off(s1, i), off(s2, i), io);
-      io.st(master + i, x);
-      std::uint16_t out[W];
-      if (a.stochastic) {
-#if defined(__AVX512F__)
-        if constexpr (I == Isa::avx512) {
-          const std::uint64_t idx = s.offset + i;
-          if (static_cast<std::uint32_t>(idx) <= 0xFFFFFFF0u) {  // no wrap of the low 32 bits
-            sr_round16(x.v, out, key, idx, bf16);
-            std::memcpy(p + i, out, n * sizeof(std::uint16_t));
-            return;
-          }
-        }
-#endif
-        float xs[W];
-        x.store(xs);
-        for (std::size_t j = 0; j < n; j += 8) {
-          const std::uint64_t idx = s.offset + i + j;
-#if defined(__AVX2__)
-          if (static_cast<std::uint32_t>(idx) <= 0xFFFFFFF8u) {  // no wrap of the low 32 bits
-            sr_round8(xs + j, out + j, key, idx, bf16);
-            continue;
-          }
-#endif
-          for (std::size_t q = j; q < j + 8 && q < W; ++q) {
-            const std::uint32_t r = sr_bits(key, s.offset + i + q);
-            out[q] = bf16 ? bf16_stochastic(xs[q], r) : f16_stochastic(xs[q], r);
-          }
-        }
-      } else if (bf16) {
-        store_bf16(out, x);
-      } else {
-        store_f16(out, x);
-      }
-      std::memcpy(p + i, out, n * sizeof(std::uint16_t));
-    };
-    // Align on the float32 master (the widest stream), as peel() does.
-    std::size_t i = peel(master, b, e, [&](std::size_t j, auto io) { body(j, io.k, io); });
-    for (; i + W <= e; i += W) body(i, W, Access<V, true>{W});
-    if (i < e) body(i, e - i, Access<V, false>{e - i});
+    if (master != nullptr) {
+      // Align on the float32 master (the widest stream).
+      sweep(master, [&](std::size_t i, std::size_t n, auto io) SLIMGRAD_LAMBDA_INLINE {
+        constexpr bool F = decltype(io)::full;
+        const V x = update<A>(k, c, io.ld(master + i), load_half<I, F>(g + i, n, bf16), states(i, n, io));
+        io.st(master + i, x);
+        store_half<I, F>(p + i, x, n, bf16, a.stochastic, key, s.offset + i);
+      });
+    } else {
+      // No master: the param is widened, updated and rounded back.
+      sweep(p, [&](std::size_t i, std::size_t n, auto io) SLIMGRAD_LAMBDA_INLINE {
+        constexpr bool F = decltype(io)::full;
+        const V x = update<A>(k, c, load_half<I, F>(p + i, n, bf16), load_half<I, F>(g + i, n, bf16),
+                              states(i, n, io));
+        store_half<I, F>(p + i, x, n, bf16, a.stochastic, key, s.offset + i);
+      });
+    }
   }
 }
 
-template <Isa I, class T>
+template <Isa I, class T, bool Bf16State>
 void run_algo(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
   switch (a.algo) {
-    case Algo::sgd: return run<I, Algo::sgd, T>(a, s, b, e);
-    case Algo::adagrad: return run<I, Algo::adagrad, T>(a, s, b, e);
-    case Algo::rmsprop: return run<I, Algo::rmsprop, T>(a, s, b, e);
-    case Algo::adadelta: return run<I, Algo::adadelta, T>(a, s, b, e);
-    case Algo::adam: return run<I, Algo::adam, T>(a, s, b, e);
-    case Algo::adamax: return run<I, Algo::adamax, T>(a, s, b, e);
-    case Algo::nadam: return run<I, Algo::nadam, T>(a, s, b, e);
-    case Algo::radam: return run<I, Algo::radam, T>(a, s, b, e);
+    case Algo::sgd: return run<I, Algo::sgd, T, Bf16State>(a, s, b, e);
+    case Algo::adagrad: return run<I, Algo::adagrad, T, Bf16State>(a, s, b, e);
+    case Algo::rmsprop: return run<I, Algo::rmsprop, T, Bf16State>(a, s, b, e);
+    case Algo::adadelta: return run<I, Algo::adadelta, T, Bf16State>(a, s, b, e);
+    case Algo::adam: return run<I, Algo::adam, T, Bf16State>(a, s, b, e);
+    case Algo::adamax: return run<I, Algo::adamax, T, Bf16State>(a, s, b, e);
+    case Algo::nadam: return run<I, Algo::nadam, T, Bf16State>(a, s, b, e);
+    case Algo::radam: return run<I, Algo::radam, T, Bf16State>(a, s, b, e);
   }
 }
 
 }  // namespace optim_simd
 
 template <Isa I>
+std::size_t find_nonfinite_half(const std::uint16_t* x, std::size_t n, bool bf16) {
+  using V = Vec<float, I>;
+  constexpr std::size_t W = V::width;
+  std::size_t i = 0;
+  const auto ld = [&](std::size_t j) SLIMGRAD_LAMBDA_INLINE {
+    return bf16 ? load_bf16<I>(x + j) : load_f16<I>(x + j);
+  };
+  for (; i + 4 * W <= n; i += 4 * W) {
+    const auto ok = mask_and(mask_and(isfinite(ld(i)), isfinite(ld(i + W))),
+                             mask_and(isfinite(ld(i + 2 * W)), isfinite(ld(i + 3 * W))));
+    if (!all(ok)) break;
+  }
+  const std::uint16_t mask = bf16 ? 0x7F80 : 0x7C00;
+  for (; i < n; ++i)
+    if ((x[i] & mask) == mask) return i;
+  return n;
+}
+
+template <Isa I>
 void optim_step(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
   if (a.storage == Storage::f64)
-    optim_simd::run_algo<I, double>(a, s, b, e);
+    optim_simd::run_algo<I, double, false>(a, s, b, e);
+  else if (a.bf16_state)
+    optim_simd::run_algo<I, float, true>(a, s, b, e);
   else
-    optim_simd::run_algo<I, float>(a, s, b, e);
+    optim_simd::run_algo<I, float, false>(a, s, b, e);
 }
 
 }  // namespace slimgrad::kernels

@@ -101,13 +101,14 @@ bool follows(const void* a, std::size_t bytes, const void* b) {
 std::vector<Slot> merge_contiguous(const StepArgs& a, const Slot* slots, std::size_t count) {
   std::vector<Slot> out;
   const std::size_t es = elem_size(a.storage);
-  const std::size_t ss = a.storage == Storage::f64 ? 8 : 4;  // state / master element
+  const std::size_t ms = 4;  // float32 master element
+  const std::size_t ss = a.storage == Storage::f64 ? 8 : a.bf16_state ? 2 : 4;  // state element
   for (std::size_t i = 0; i < count; ++i) {
     const Slot& s = slots[i];
     if (!out.empty()) {
       Slot& l = out.back();
       bool ok = follows(l.p, l.n * es, s.p) && follows(l.g, l.n * es, s.g) &&
-                follows(l.master, l.n * ss, s.master) && l.offset + l.n == s.offset;
+                follows(l.master, l.n * ms, s.master) && l.offset + l.n == s.offset;
       for (int k = 0; k < 3 && ok; ++k) ok = follows(l.s[k], l.n * ss, s.s[k]);
       if (ok) {
         l.n += s.n;
@@ -160,19 +161,7 @@ std::size_t first_nonfinite(Storage st, const void* x, std::size_t n) {
     case Storage::f64: return kernels::find_nonfinite<I, double>(static_cast<const double*>(x), n);
     default: break;
   }
-  // Half types: exponent all ones. Blocks without an early exit vectorize.
-  const auto* h = static_cast<const std::uint16_t*>(x);
-  const std::uint16_t mask = st == Storage::bf16 ? 0x7F80 : 0x7C00;
-  constexpr std::size_t B = 256;
-  for (std::size_t b = 0; b < n; b += B) {
-    const std::size_t e = std::min(n, b + B);
-    bool bad = false;
-    for (std::size_t i = b; i < e; ++i) bad |= (h[i] & mask) == mask;
-    if (bad)
-      for (std::size_t i = b; i < e; ++i)
-        if ((h[i] & mask) == mask) return i;
-  }
-  return n;
+  return kernels::find_nonfinite_half<I>(static_cast<const std::uint16_t*>(x), n, st == Storage::bf16);
 }
 
 // Scans all arrays in parallel; the first bad element in list order.

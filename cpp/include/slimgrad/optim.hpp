@@ -17,6 +17,14 @@
 // the state arrays have that type. float16 / bfloat16 params (and grads) do
 // their math in float32 on a float32 master copy; the same pass writes the
 // master and the rounded param (nearest even, or stochastic: see sr_bits).
+// Two options move fewer bytes (StepArgs::bf16_state, master_weights):
+//  - bfloat16 state: the state arrays hold bfloat16 (float32 params and
+//    float16/bfloat16 params); the math stays float32, each state value is
+//    rounded on store (nearest even, or stochastic with a stream of its own
+//    per state slot, see state_sr_key) and the step itself uses the
+//    unrounded values. Stochastic rounding of state: see state_sr_key.
+//  - no master (float16/bfloat16 params): the param itself is widened, updated
+//    in float32 and rounded back; Slot::master is null.
 #pragma once
 
 #include <cstddef>
@@ -39,7 +47,9 @@ enum class Storage : int { f32, f64, f16, bf16 };
 struct StepArgs {
   Algo algo = Algo::sgd;
   Storage storage = Storage::f32;
-  bool stochastic = false;  // rounding of float16/bfloat16 params
+  bool stochastic = false;  // rounding of float16/bfloat16 params and bfloat16 state
+  bool bf16_state = false;   // state arrays are bfloat16 (not float64 storage)
+  bool master_weights = true;  // float16/bfloat16 params: float32 master in Slot::master
   std::uint64_t seed = 0;
   std::uint64_t step = 1;  // count including this step (1 on the first)
   // Options (torch's names).
@@ -66,8 +76,9 @@ struct StepArgs {
 void step_constants(StepArgs& a);
 
 // One array: raw pointers into the caller's buffers. For float16/bfloat16,
-// p and g point to uint16 bit patterns and master to the float32 copy;
-// otherwise master is null. s[] are the state arrays the algorithm uses, in
+// p and g point to uint16 bit patterns and master to the float32 copy (null
+// without master_weights); otherwise master is null. With bf16_state the
+// state arrays hold uint16 bfloat16 bit patterns. s[] are the state arrays the algorithm uses, in
 // the slots documented at state_slots(). `offset` is the array's first
 // element within its list (keys stochastic rounding, so that merging arrays
 // does not change results).
@@ -135,6 +146,11 @@ inline constexpr std::size_t kOptimGrain = 1 << 15;
 namespace kernels {
 template <Isa I>
 void optim_step(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e);
+// Index of the first NaN/inf among n float16 (bf16 false) or bfloat16 bit
+// patterns, or n: widened to float32 (exact, inf/NaN kept) and tested a
+// group of vectors at a time, like the core's find_nonfinite.
+template <Isa I>
+std::size_t find_nonfinite_half(const std::uint16_t* x, std::size_t n, bool bf16);
 }  // namespace kernels
 
 // Steps every slot. With check, first scans all gradients; if one holds a
@@ -161,6 +177,13 @@ inline std::uint64_t mix64(std::uint64_t x) {  // splitmix64 finalizer
 }
 inline std::uint64_t sr_key(std::uint64_t seed, std::uint64_t step) {
   return mix64(mix64(seed + 0x9E3779B97F4A7C15ull) ^ (step * 0xD1B54A32D192ED03ull));
+}
+// Stochastic rounding of bfloat16 state: state slot k takes the 16 bits
+// [16 (k % 2), 16 (k % 2) + 16) of sr_bits(state_sr_key(seed, step, k / 2),
+// index): a key apart from the param's (sr_key), and disjoint bits of one
+// hash for slots 0 and 1, so one hash per element serves both moments.
+inline std::uint64_t state_sr_key(std::uint64_t seed, std::uint64_t step, int pair) {
+  return mix64(sr_key(seed, step) + static_cast<std::uint64_t>(pair + 1) * 0xA0761D6478BD642Full);
 }
 inline std::uint32_t fmix32(std::uint32_t x) {
   x ^= x >> 16;

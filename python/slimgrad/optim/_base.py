@@ -20,6 +20,9 @@ copies of float16/bfloat16 parameters, non-finite policy, step counting,
             # (the base adds them). Arrays use self.state_dtype(param):
             # float32 for float16/bfloat16 params, the param's dtype otherwise;
             # self.state_full(param, value) also aligns them like the param.
+            # (With a "state_dtype" option in the defaults, pass the group:
+            # self.state_full(param, value, group) honours it; a
+            # "master_weights" option decides whether the base adds "master".)
             return {"exp_avg": self.state_full(param)}
 
         def _step_bucket(self, group, bucket, check):
@@ -91,6 +94,40 @@ PARAM_DTYPES = tuple(
 HALF_DTYPES = tuple(d for d in PARAM_DTYPES if d.itemsize == 2)
 NONFINITE_POLICIES = ("raise", "skip", "ignore")
 ROUNDING_MODES = ("nearest", "stochastic")
+STATE_DTYPES = (None, "float32", "bfloat16")
+
+
+def normalize_state_dtype(value: Any) -> str | None:
+    """``state_dtype`` as stored in a param group: None, ``"float32"`` or ``"bfloat16"``.
+
+    Accepts those strings, ``np.float32``, ``ml_dtypes.bfloat16`` or their
+    ``np.dtype``; anything else raises ``ValueError`` naming the argument.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value in ("float32", "bfloat16"):
+            return value
+    else:
+        try:
+            dt = np.dtype(value)
+        except TypeError:
+            dt = None
+        if dt == np.dtype(np.float32):
+            return "float32"
+        if _bfloat16 is not None and dt == np.dtype(_bfloat16):
+            return "bfloat16"
+    raise ValueError(
+        "state_dtype: expected None, 'float32' or 'bfloat16' (or np.float32 / "
+        f"ml_dtypes.bfloat16), got {value!r}"
+    )
+
+
+def check_master_weights(value: Any) -> bool:
+    """``master_weights`` must be a bool (``ValueError`` naming the argument otherwise)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"master_weights: expected True or False, got {value!r}")
+    return bool(value)
 
 
 @dataclass
@@ -131,17 +168,24 @@ def _empty_at(shape: tuple[int, ...], dtype: np.dtype, offset: int) -> np.ndarra
     return buf[start : start + nbytes].view(dtype).reshape(shape)
 
 
-def state_offset(param: np.ndarray) -> int:
-    """Where state arrays of ``param`` start within a 64-byte line.
+def state_offset(param: np.ndarray, dtype: Any = None, master: bool = True) -> int:
+    """Where state arrays of ``param`` (of ``dtype``, default the param's) start
+    within a 64-byte line.
 
-    float32/float64 params: the param's own offset, so that once a kernel has
-    stepped to a cache-line boundary of the param, the state arrays are
-    aligned too (NumPy gives large arrays an address 16 bytes past a page
-    boundary; split loads cost ~40 % of the step with AVX-512 here).
-    float16/bfloat16 params: 0 (the float32 master and states are aligned
-    among themselves).
+    The kernels step to a 64-byte boundary of their main stream first: the
+    param for float32/float64 params, the float32 master for float16/bfloat16
+    params with a master (``master=True``), the param itself without one. A
+    state array starts at the main stream's offset scaled by the itemsize
+    ratio, so that it is aligned (to 64 bytes, or 32 for 2-byte state of a
+    4-byte main stream: one vector of bfloat16) at the same element (NumPy
+    gives large arrays an address 16 bytes past a page boundary; split loads
+    cost ~40 % of the step with AVX-512 here). Masters and the state of
+    float16/bfloat16 params with a master: 0.
     """
-    return 0 if param.dtype.itemsize == 2 else _data_ptr(param) % 64
+    if param.dtype.itemsize == 2 and master:
+        return 0
+    itemsize = param.dtype.itemsize if dtype is None else np.dtype(dtype).itemsize
+    return (_data_ptr(param) % 64) * itemsize // param.dtype.itemsize % 64
 
 
 def find_nonfinite(arrays: list[np.ndarray]) -> tuple[int, int] | None:
@@ -199,7 +243,12 @@ class Optimizer:
             raise ValueError(
                 f"rounding: expected one of {ROUNDING_MODES}, got {defaults['rounding']!r}"
             )
-        self.defaults = dict(defaults)
+        defaults = dict(defaults)
+        if "state_dtype" in defaults:
+            defaults["state_dtype"] = normalize_state_dtype(defaults["state_dtype"])
+        if "master_weights" in defaults:
+            defaults["master_weights"] = check_master_weights(defaults["master_weights"])
+        self.defaults = defaults
         self.nonfinite = nonfinite
         self.param_groups: list[dict[str, Any]] = []
         self.state: dict[Key, dict[str, Any]] = {}
@@ -296,6 +345,12 @@ class Optimizer:
             raise ValueError(
                 f"rounding: expected one of {ROUNDING_MODES}, got {group['rounding']!r}"
             )
+        if "state_dtype" in group:
+            group["state_dtype"] = normalize_state_dtype(group["state_dtype"])
+            for k, p in pairs:
+                self.state_dtype_for(group, p, "params" + _label(k))
+        if "master_weights" in group:
+            group["master_weights"] = check_master_weights(group["master_weights"])
         group["params"] = dict(pairs) if isinstance(raw, Mapping) else [p for _, p in pairs]
         gi = len(self.param_groups)
         self.param_groups.append(group)
@@ -316,11 +371,44 @@ class Optimizer:
         return np.dtype(np.float32) if param.dtype.itemsize == 2 else param.dtype
 
     @classmethod
-    def state_full(cls, param: np.ndarray, value: float = 0.0) -> np.ndarray:
-        """A state array for ``param``: its shape, ``state_dtype(param)``, filled with
-        ``value``, placed at ``state_offset(param)`` within a cache line (use it
-        for state arrays of the param's shape)."""
-        a = _empty_at(param.shape, cls.state_dtype(param), state_offset(param))
+    def state_dtype_for(
+        cls, group: Mapping[str, Any], param: np.ndarray, label: str = "params"
+    ) -> np.dtype:
+        """dtype of state arrays for ``param`` under the group's ``state_dtype`` option
+        (absent or None: :meth:`state_dtype`). ``ValueError`` for a bad value or
+        a float64 param with a float32/bfloat16 state request."""
+        sd = normalize_state_dtype(group.get("state_dtype"))
+        if sd is None:
+            return cls.state_dtype(param)
+        if param.dtype == np.float64:
+            raise ValueError(
+                f"state_dtype: {sd!r} needs float32, float16 or bfloat16 params; "
+                f"{label} is float64 (its state is float64: use state_dtype=None)"
+            )
+        return np.dtype(np.float32) if sd == "float32" else np.dtype(_bfloat16)
+
+    @staticmethod
+    def uses_master(group: Mapping[str, Any], param: np.ndarray) -> bool:
+        """True if ``param`` gets a float32 master copy (float16/bfloat16 params,
+        unless the group says ``master_weights=False``)."""
+        return param.dtype in HALF_DTYPES and bool(group.get("master_weights", True))
+
+    @classmethod
+    def state_full(
+        cls,
+        param: np.ndarray,
+        value: float = 0.0,
+        group: Mapping[str, Any] | None = None,
+    ) -> np.ndarray:
+        """A state array for ``param``: its shape, ``state_dtype(param)`` (or, given
+        the param's ``group``, :meth:`state_dtype_for`), filled with ``value``,
+        placed at ``state_offset`` within a cache line (use it for state arrays
+        of the param's shape)."""
+        if group is None:
+            dt, master = cls.state_dtype(param), True
+        else:
+            dt, master = cls.state_dtype_for(group, param), cls.uses_master(group, param)
+        a = _empty_at(param.shape, dt, state_offset(param, dt, master))
         a.fill(value)
         return a
 
@@ -338,7 +426,7 @@ class Optimizer:
     def _full_init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
         st: dict[str, Any] = {"step": 0}
         st.update(self._init_state(group, param))
-        if param.dtype in HALF_DTYPES:
+        if self.uses_master(group, param):
             master = _empty_at(param.shape, np.dtype(np.float32), state_offset(param))
             master[...] = param
             st["master"] = master
@@ -349,11 +437,15 @@ class Optimizer:
         if self._buckets is not None:
             return []  # buckets exist only while every param has its state
         created = []
-        for k, p, gi in zip(self._keys, self._params, self._group_of):
-            if k not in self.state:
-                self.state[k] = self._full_init_state(self.param_groups[gi], p)
-                created.append(k)
-        self._build_buckets()
+        try:
+            for k, p, gi in zip(self._keys, self._params, self._group_of):
+                if k not in self.state:
+                    self.state[k] = self._full_init_state(self.param_groups[gi], p)
+                    created.append(k)
+            self._build_buckets()
+        except BaseException:  # e.g. an option edited to a bad value: no state left behind
+            self._forget(created)
+            raise
         return created
 
     def _build_buckets(self) -> None:
@@ -380,7 +472,8 @@ class Optimizer:
             self._pack_state(b, sts)
             b.state_dicts = sts
             if b.masters is not None:
-                b.masters = [st["master"] for st in sts]
+                # master_weights=False: half params without a master copy.
+                b.masters = [st["master"] for st in sts] if "master" in sts[0] else None
             names = [n for n, v in sts[0].items() if isinstance(v, np.ndarray) and n != "master"]
             b.states = {n: [st[n] for st in sts] for n in names}
         self._buckets = order
@@ -405,7 +498,9 @@ class Optimizer:
             ):
                 continue
             total = sum(a.size for a in arrays)
-            flat = _empty_at((total,), v.dtype, state_offset(b.params[0]))
+            flat = _empty_at(
+                (total,), v.dtype, state_offset(b.params[0], v.dtype, "master" in sts[0])
+            )
             off = 0
             for st, a in zip(sts, arrays):
                 view = flat[off : off + a.size].reshape(a.shape)

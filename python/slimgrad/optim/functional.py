@@ -13,6 +13,13 @@ runs on, the states are float32; the rounded result is written to ``param``
 (``rounding="nearest"`` or ``"stochastic"`` keyed by ``seed``, ``step`` and
 the element index).
 
+State arrays may also be bfloat16 (``ml_dtypes``) for float32, float16 or
+bfloat16 params, all of them then: the math stays float32 and each state
+value is rounded to bfloat16 on store (nearest even, or stochastic with
+``rounding="stochastic"``, a stream per state independent of the param's).
+``master_weights=False`` (float16/bfloat16 params, ``master`` None): no
+master copy, the param itself is widened, updated and rounded back.
+
 Raises ``TypeError`` (wrong dtype, non-contiguous, not an ndarray) or
 ``ValueError`` (shape mismatch, read-only output) naming the argument, before
 anything is modified. With ``check_finite=True`` a NaN/inf in ``grad``
@@ -39,6 +46,10 @@ __all__ = [
 ]
 
 
+def _is_bf16(a: object) -> bool:
+    return isinstance(a, np.ndarray) and a.dtype.itemsize == 2 and a.dtype.name == "bfloat16"
+
+
 def _run(
     algo: str,
     param: np.ndarray,
@@ -57,8 +68,15 @@ def _run(
         raise ValueError(
             f"step: expected the step count including this update (>= 1), got {step!r}"
         )
+    mw = opts.get("master_weights", True)
+    if not isinstance(mw, (bool, np.bool_)):
+        raise ValueError(f"master_weights: expected True or False, got {mw!r}")
+    opts["master_weights"] = bool(mw)
     args = _core.optim.StepArgs()
     args.algo = algo
+    # bfloat16 state arrays (float32/float16/bfloat16 params): the kernel's
+    # bf16_state mode; the buffer checks then require every state to be bfloat16.
+    args.bf16_state = bool(states) and states[0][1] is not None and _is_bf16(states[0][1])
     for k, v in opts.items():
         setattr(args, k, v)
     args.step = int(step)
@@ -92,6 +110,7 @@ def sgd_(
     nesterov: bool = False,
     maximize: bool = False,
     master: np.ndarray | None = None,
+    master_weights: bool = True,
     rounding: str = "nearest",
     seed: int = 0,
     check_finite: bool = False,
@@ -111,6 +130,7 @@ def sgd_(
         rounding,
         seed,
         check_finite,
+        master_weights=master_weights,
         lr=lr,
         momentum=momentum,
         dampening=dampening,
@@ -133,6 +153,7 @@ def adagrad_(
     eps: float = 1e-10,
     maximize: bool = False,
     master: np.ndarray | None = None,
+    master_weights: bool = True,
     rounding: str = "nearest",
     seed: int = 0,
     check_finite: bool = False,
@@ -148,6 +169,7 @@ def adagrad_(
         rounding,
         seed,
         check_finite,
+        master_weights=master_weights,
         lr=lr,
         lr_decay=lr_decay,
         weight_decay=weight_decay,
@@ -173,6 +195,7 @@ def rmsprop_(
     centered: bool = False,
     maximize: bool = False,
     master: np.ndarray | None = None,
+    master_weights: bool = True,
     rounding: str = "nearest",
     seed: int = 0,
     check_finite: bool = False,
@@ -198,6 +221,7 @@ def rmsprop_(
         rounding,
         seed,
         check_finite,
+        master_weights=master_weights,
         lr=lr,
         alpha=alpha,
         eps=eps,
@@ -222,6 +246,7 @@ def adadelta_(
     weight_decay: float = 0.0,
     maximize: bool = False,
     master: np.ndarray | None = None,
+    master_weights: bool = True,
     rounding: str = "nearest",
     seed: int = 0,
     check_finite: bool = False,
@@ -237,6 +262,7 @@ def adadelta_(
         rounding,
         seed,
         check_finite,
+        master_weights=master_weights,
         lr=lr,
         rho=rho,
         eps=eps,
@@ -263,6 +289,7 @@ def adam_(
     maximize: bool = False,
     decoupled_weight_decay: bool = False,
     master: np.ndarray | None = None,
+    master_weights: bool = True,
     rounding: str = "nearest",
     seed: int = 0,
     check_finite: bool = False,
@@ -284,6 +311,7 @@ def adam_(
         rounding,
         seed,
         check_finite,
+        master_weights=master_weights,
         lr=lr,
         beta1=beta1,
         beta2=beta2,
@@ -341,6 +369,7 @@ def adamax_(
     weight_decay: float = 0.0,
     maximize: bool = False,
     master: np.ndarray | None = None,
+    master_weights: bool = True,
     rounding: str = "nearest",
     seed: int = 0,
     check_finite: bool = False,
@@ -356,6 +385,7 @@ def adamax_(
         rounding,
         seed,
         check_finite,
+        master_weights=master_weights,
         lr=lr,
         beta1=beta1,
         beta2=beta2,
@@ -383,6 +413,7 @@ def nadam_(
     decoupled_weight_decay: bool = False,
     maximize: bool = False,
     master: np.ndarray | None = None,
+    master_weights: bool = True,
     rounding: str = "nearest",
     seed: int = 0,
     check_finite: bool = False,
@@ -403,6 +434,7 @@ def nadam_(
         rounding,
         seed,
         check_finite,
+        master_weights=master_weights,
         lr=lr,
         beta1=beta1,
         beta2=beta2,
@@ -431,6 +463,7 @@ def radam_(
     decoupled_weight_decay: bool = False,
     maximize: bool = False,
     master: np.ndarray | None = None,
+    master_weights: bool = True,
     rounding: str = "nearest",
     seed: int = 0,
     check_finite: bool = False,
@@ -446,6 +479,7 @@ def radam_(
         rounding,
         seed,
         check_finite,
+        master_weights=master_weights,
         lr=lr,
         beta1=beta1,
         beta2=beta2,
