@@ -17,7 +17,7 @@ import numpy as np
 from .. import _core
 from .. import _safetensors as st
 from ..cli import UsageError
-from ._masks import global_magnitude_masks, magnitude_mask, nm_mask
+from ._masks import _first_nan, global_magnitude_masks, magnitude_mask, nm_mask
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +57,6 @@ def _check_paths(source: str, output: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ._masks import _first_nan  # local: leaves the import block to the _safetensors move
 
     nm = _parse_nm(args.nm) if args.nm is not None else None
     if nm is None and not 0.0 <= args.sparsity <= 1.0:
