@@ -3,19 +3,6 @@
 namespace slimgrad::bind {
 namespace {
 
-// ml_dtypes.bfloat16 is a user-defined NumPy type: its type number is only
-// known at run time. Looked up once, when the first non-builtin dtype is seen.
-int bfloat16_num() {
-  static const int num = [] {
-    try {
-      return py::dtype::from_args(py::module_::import("ml_dtypes").attr("bfloat16")).num();
-    } catch (const py::error_already_set&) {
-      return -1;
-    }
-  }();
-  return num;
-}
-
 std::string expected_str(std::initializer_list<DType> dtypes) {
   std::string s;
   std::size_t i = 0;
@@ -34,6 +21,19 @@ bool native_order(const py::dtype& dt) {
 }
 
 }  // namespace
+
+// ml_dtypes.bfloat16 is a user-defined NumPy type: its type number is only
+// known at run time. Looked up once, when the first non-builtin dtype is seen.
+int bfloat16_num() {
+  static const int num = [] {
+    try {
+      return py::dtype::from_args(py::module_::import("ml_dtypes").attr("bfloat16")).num();
+    } catch (const py::error_already_set&) {
+      return -1;
+    }
+  }();
+  return num;
+}
 
 const char* dtype_name(DType d) {
   switch (d) {

@@ -28,6 +28,8 @@ namespace py = pybind11;
 enum class DType { f32, f64, f16, bf16, i8, u8, i16, u16, i32, u32, i64, u64, boolean, other };
 
 const char* dtype_name(DType d);
+// NumPy's type number of ml_dtypes.bfloat16 (-1 if ml_dtypes is missing).
+int bfloat16_num();
 DType dtype_of(const py::dtype& dt);
 template <class T> constexpr DType dtype_for();
 template <> constexpr DType dtype_for<float>() { return DType::f32; }

@@ -63,19 +63,6 @@ bool quick_ok(py::handle obj, const Quick& q, Access access) {
   return true;
 }
 
-// ml_dtypes.bfloat16's NumPy type number (run-time; buffers.cpp keeps its
-// own lookup private), for the quick path of bfloat16 state arrays.
-int bf16_type_num() {
-  static const int num = [] {
-    try {
-      return py::dtype::from_args(py::module_::import("ml_dtypes").attr("bfloat16")).num();
-    } catch (const py::error_already_set&) {
-      return -1;
-    }
-  }();
-  return num;
-}
-
 void* data_of(py::handle obj) { return py::detail::array_proxy(obj.ptr())->data; }
 
 int type_num_of(py::handle obj) {
@@ -135,7 +122,7 @@ Checked check_lists(const StepArgs& args, const py::list& params, const py::list
   const DType pd = first.dtype;
   const DType sd = args.bf16_state ? DType::bf16 : half ? DType::f32 : first.dtype;
   const int p_num = type_num_of(params[0]);
-  const int s_num = args.bf16_state ? bf16_type_num() : half ? py::dtype::of<float>().num() : p_num;
+  const int s_num = args.bf16_state ? bfloat16_num() : half ? py::dtype::of<float>().num() : p_num;
   const int m_num = py::dtype::of<float>().num();
   const bool use_master = half && args.master_weights;
   py::list ml, mn;

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "slimgrad/quant.hpp"
+#include "slimgrad/simd.hpp"
 
 namespace slimgrad::kernels {
 
@@ -167,51 +168,15 @@ inline std::uint8_t cast_code(float v) {
   return __builtin_isfinite(v) ? static_cast<std::uint8_t>(static_cast<std::int32_t>(v)) : 0;
 }
 
-// float <-> IEEE binary16, round to nearest even (NumPy's astype(float16)).
-// Own copies with internal linkage rather than simd.hpp's inline ones: an
-// out-of-line copy of those could be taken from an AVX-512 file at link time.
-std::uint16_t to_half(float f) {
-  std::uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const auto sign = static_cast<std::uint16_t>((x >> 16) & 0x8000);
-  x &= 0x7FFFFFFFu;
-  if (x >= 0x7F800000u)
-    return sign | (x > 0x7F800000u ? static_cast<std::uint16_t>(0x7E00 | ((x >> 13) & 0x3FF)) : 0x7C00);
-  if (x >= 0x477FF000u) return sign | 0x7C00;
-  if (x < 0x38800000u) {
-    float a;
-    std::memcpy(&a, &x, 4);
-    return sign | static_cast<std::uint16_t>(std::nearbyint(a * 16777216.0f));
-  }
-  x += 0xFFFu + ((x >> 13) & 1u);
-  return sign | static_cast<std::uint16_t>((x >> 13) - (112u << 10));
-}
-float from_half(std::uint16_t h) {
-  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000) << 16;
-  const std::uint32_t exp = (h >> 10) & 0x1F, mant = h & 0x3FF;
-  std::uint32_t bits;
-  if (exp == 0) {
-    const float f = static_cast<float>(mant) * 5.9604644775390625e-8f;
-    std::memcpy(&bits, &f, 4);
-    bits |= sign;
-  } else if (exp == 31) {
-    bits = sign | 0x7F800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 112) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
 
 inline void put_half(std::uint8_t* p, float v) {
-  const std::uint16_t h = to_half(v);
+  const std::uint16_t h = simd::float_to_half(v);
   std::memcpy(p, &h, 2);
 }
 inline float get_half(const std::uint8_t* p) {
   std::uint16_t h;
   std::memcpy(&h, p, 2);
-  return from_half(h);
+  return simd::half_to_float(h);
 }
 
 void gguf_block(int type, const float* x, std::uint8_t* out) {

@@ -168,6 +168,9 @@ bool find_nonfinite_multi(Storage st, const void* const* arrays, const std::size
 // thread count, chunking or ISA. sr_key mixes seed and step once per call
 // (64-bit); the per-element part works on 32-bit lanes (two murmur3
 // finalizer rounds) so AVX2 can compute 8 at a time with vpmulld.
+// Inline helpers used from every ISA file: one set of symbols per target (see simd.hpp).
+inline namespace SLIMGRAD_TARGET_NAMESPACE {
+
 inline std::uint64_t mix64(std::uint64_t x) {  // splitmix64 finalizer
   x ^= x >> 30;
   x *= 0xBF58476D1CE4E5B9ull;
@@ -238,5 +241,7 @@ inline std::uint16_t f16_stochastic(float x, std::uint32_t r) {
   const float u = static_cast<float>(r >> 8) * 5.9604644775390625e-8f;  // [0, 1) in steps of 2^-24
   return u < frac ? up : down;
 }
+
+}  // inline namespace SLIMGRAD_TARGET_NAMESPACE
 
 }  // namespace slimgrad

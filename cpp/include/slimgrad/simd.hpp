@@ -12,9 +12,14 @@
 // Half types: load_f16 / load_bf16 widen to Vec<float, I>; store_f16 /
 // store_bf16 round to nearest even (NaN stays NaN).
 //
-// Everything here is inline and lives in types that differ per ISA, so no
-// symbol compiled with AVX2 flags can be picked by the linker for a baseline
-// caller (the one-definition-rule trap of per-file ISA flags).
+// The one-definition-rule trap of per-file ISA flags: an inline function
+// that the compiler keeps out of line in an AVX-512 file and in a baseline
+// file is one symbol, and the linker may keep the AVX-512 copy for both,
+// which faults on a CPU without AVX-512. So everything here lives in an
+// inline namespace named after the including file's target
+// (SLIMGRAD_TARGET_NAMESPACE, like Highway's HWY_NAMESPACE): each target gets
+// its own symbols, and callers still write simd::Vec. Headers with other
+// inline helpers used from ISA files wrap them the same way.
 #pragma once
 
 #include <cmath>
@@ -28,7 +33,16 @@
 #include <immintrin.h>
 #endif
 
+#if defined(__AVX512F__)
+#define SLIMGRAD_TARGET_NAMESPACE target_x86_64_v4
+#elif defined(__AVX2__)
+#define SLIMGRAD_TARGET_NAMESPACE target_x86_64_v3
+#else
+#define SLIMGRAD_TARGET_NAMESPACE target_baseline
+#endif
+
 namespace slimgrad::simd {
+inline namespace SLIMGRAD_TARGET_NAMESPACE {
 
 template <class T, Isa I>
 struct Vec;
@@ -327,4 +341,5 @@ inline std::uint16_t float_to_half(float f) {
   return sign | static_cast<std::uint16_t>((x >> 13) - (112u << 10));
 }
 
+}  // inline namespace SLIMGRAD_TARGET_NAMESPACE
 }  // namespace slimgrad::simd
