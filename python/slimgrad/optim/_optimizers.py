@@ -27,10 +27,17 @@ Extras over torch, on every optimizer here (keyword-only):
     ``state_dtype="bfloat16"``: 14 bytes moved per element, like torch's fused
     AdamW on bfloat16 params, against 30 with master and float32 state).
 
+torch's ``foreach=None, fused=None, capturable=False, differentiable=False``
+    accepted on every optimizer (not stored in the groups): ``foreach`` /
+    ``fused`` are ignored (always fused multi-tensor C++), ``capturable`` /
+    ``differentiable`` must be False (no autograd, no CUDA graphs).
+
 Options that decide which state arrays exist (``momentum`` of SGD/RMSprop
 being zero or not, ``centered``, ``amsgrad``) must not change after the first
 step (the step raises ``ValueError``); every other option (``lr``, betas,
-weight decay...) can be edited in ``param_groups`` between steps.
+weight decay...) can be edited in ``param_groups`` between steps: ``step``
+validates edited values first, with the constructor's checks (``TypeError`` /
+``ValueError`` naming ``param_groups[i]['key']``).
 """
 
 from __future__ import annotations
