@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from slimgrad import optim
 from slimgrad.schedule import StepLR
-
 from test_optim_api import assert_unchanged, snapshot
 
 OPTIMIZERS = [
@@ -176,15 +175,23 @@ def test_load_state_dict_missing_option_or_bad_value_changes_nothing(rng):
     snap = snapshot(opt, [p])
     groups_before = [dict(gr) for gr in opt.param_groups]
 
-    missing = {**sd, "param_groups": [{k: v for k, v in sd["param_groups"][0].items() if k != "eps"}]}
+    missing = {
+        **sd,
+        "param_groups": [{k: v for k, v in sd["param_groups"][0].items() if k != "eps"}],
+    }
     with pytest.raises(ValueError) as e:
         opt.load_state_dict(missing)
-    assert str(e.value).startswith("state_dict['param_groups'][0]: missing option(s) ['eps']; expected ")
+    assert str(e.value).startswith(
+        "state_dict['param_groups'][0]: missing option(s) ['eps']; expected "
+    )
 
     bad = {**sd, "param_groups": [{**sd["param_groups"][0], "lr": -1.0}]}
     with pytest.raises(ValueError) as e:
         opt.load_state_dict(bad)
-    assert str(e.value) == "state_dict['param_groups'][0]['lr']: expected a finite value >= 0, got -1.0"
+    assert (
+        str(e.value)
+        == "state_dict['param_groups'][0]['lr']: expected a finite value >= 0, got -1.0"
+    )
 
     wrong_shape = {
         **sd,
@@ -223,13 +230,55 @@ EDITS = [
         TypeError,
         "param_groups[0]['betas'][1]: expected a number, got 'a'",
     ),
-    ("Adam", "eps", float("inf"), ValueError, "param_groups[0]['eps']: expected a finite value >= 0, got inf"),
-    ("SGD", "momentum", -0.5, ValueError, "param_groups[0]['momentum']: expected a finite value >= 0, got -0.5"),
-    ("SGD", "weight_decay", "1e-2", TypeError, "param_groups[0]['weight_decay']: expected a number, got '1e-2'"),
-    ("SGD", "maximize", "no", TypeError, "param_groups[0]['maximize']: expected True or False, got 'no'"),
-    ("Adadelta", "rho", 2.0, ValueError, "param_groups[0]['rho']: expected 0 <= value <= 1, got 2.0"),
-    ("NAdam", "momentum_decay", -1.0, ValueError, "param_groups[0]['momentum_decay']: expected a finite value >= 0, got -1.0"),
-    ("Adafactor", "eps", (None,), ValueError, "param_groups[0]['eps']: expected a pair (eps1 or None, eps2), got (None,)"),
+    (
+        "Adam",
+        "eps",
+        float("inf"),
+        ValueError,
+        "param_groups[0]['eps']: expected a finite value >= 0, got inf",
+    ),
+    (
+        "SGD",
+        "momentum",
+        -0.5,
+        ValueError,
+        "param_groups[0]['momentum']: expected a finite value >= 0, got -0.5",
+    ),
+    (
+        "SGD",
+        "weight_decay",
+        "1e-2",
+        TypeError,
+        "param_groups[0]['weight_decay']: expected a number, got '1e-2'",
+    ),
+    (
+        "SGD",
+        "maximize",
+        "no",
+        TypeError,
+        "param_groups[0]['maximize']: expected True or False, got 'no'",
+    ),
+    (
+        "Adadelta",
+        "rho",
+        2.0,
+        ValueError,
+        "param_groups[0]['rho']: expected 0 <= value <= 1, got 2.0",
+    ),
+    (
+        "NAdam",
+        "momentum_decay",
+        -1.0,
+        ValueError,
+        "param_groups[0]['momentum_decay']: expected a finite value >= 0, got -1.0",
+    ),
+    (
+        "Adafactor",
+        "eps",
+        (None,),
+        ValueError,
+        "param_groups[0]['eps']: expected a pair (eps1 or None, eps2), got (None,)",
+    ),
     ("Adafactor", "d", 0.5, ValueError, "param_groups[0]['d']: expected >= 1, got 0.5"),
     ("AdamW8bit", "lr", "x", TypeError, "param_groups[0]['lr']: expected a number, got 'x'"),
 ]
@@ -300,7 +349,11 @@ def test_good_edits_take_effect(rng):
             ValueError,
             "param_groups[1]['betas'][0]: expected 0 <= beta < 1, got 1.5",
         ),
-        ({"eps": -1e-8}, ValueError, "param_groups[1]['eps']: expected a finite value >= 0, got -1e-08"),
+        (
+            {"eps": -1e-8},
+            ValueError,
+            "param_groups[1]['eps']: expected a finite value >= 0, got -1e-08",
+        ),
     ],
 )
 def test_bad_value_in_a_constructor_group_raises(rng, group, exc, msg):

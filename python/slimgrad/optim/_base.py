@@ -396,7 +396,7 @@ class Optimizer:
             for k, v in group.items():
                 if k in self._option_checks:
                     self._option_checks[k](f"param_groups[{gi}][{k!r}]", v)
-            self._checked[gi:gi + 1] = [snap]
+            self._checked[gi : gi + 1] = [snap]
 
     def _group_keys(self, gi: int) -> list[Key]:
         return [k for k, g in zip(self._keys, self._group_of) if g == gi]

@@ -21,7 +21,6 @@ def _machine_eps(dtype: np.dtype) -> float:
         return float(ml_dtypes.finfo(dtype).eps)
 
 
-
 def _check_beta2_decay(name: str, value: Any) -> float:
     v = _check_number(name, value)
     if not v <= 0.0:
