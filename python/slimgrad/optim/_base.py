@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -244,6 +245,9 @@ class Optimizer:
                 f"rounding: expected one of {ROUNDING_MODES}, got {defaults['rounding']!r}"
             )
         defaults = dict(defaults)
+        for k, v in defaults.items():
+            if k in self._option_checks:
+                self._option_checks[k](k, v)
         if "state_dtype" in defaults:
             defaults["state_dtype"] = normalize_state_dtype(defaults["state_dtype"])
         if "master_weights" in defaults:
@@ -259,6 +263,8 @@ class Optimizer:
         self._group_of: list[int] = []
         self._buckets: list[Bucket] | None = None
         self._str_keys = True  # every param has a name (grads may be a dict)
+        # Per group, the checked option values as last validated (see _check_groups).
+        self._checked: list[dict[str, Any]] = []
 
         if isinstance(params, np.ndarray):
             raise TypeError(
@@ -340,6 +346,10 @@ class Optimizer:
                 raise ValueError(f"{label}: duplicate parameter name")
             seen_ids.add(id(p))
             seen_keys.add(k)
+        gi = len(self.param_groups)
+        for k, v in param_group.items():
+            if k in self._option_checks:
+                self._option_checks[k](f"param_groups[{gi}][{k!r}]", v)
         group = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         if group.get("rounding", "nearest") not in ROUNDING_MODES:
             raise ValueError(
@@ -352,14 +362,41 @@ class Optimizer:
         if "master_weights" in group:
             group["master_weights"] = check_master_weights(group["master_weights"])
         group["params"] = dict(pairs) if isinstance(raw, Mapping) else [p for _, p in pairs]
-        gi = len(self.param_groups)
         self.param_groups.append(group)
+        self._checked.append(self._option_snapshot(group))
         self._str_keys = self._str_keys and isinstance(raw, Mapping)
         for k, p in pairs:
             self._keys.append(k)
             self._params.append(p)
             self._group_of.append(gi)
         self._buckets = None
+
+    # Checks of option values by name: (name, value) -> raises TypeError/ValueError.
+    # (OPTION_CHECKS, set below the class; a subclass may extend or override it.)
+    _option_checks: Mapping[str, Any] = {}
+
+    def _option_snapshot(self, group: Mapping[str, Any]) -> dict[str, Any]:
+        # Lists are copied to tuples so that an edit in place shows as a change.
+        return {
+            k: tuple(v) if isinstance(v, list) else v
+            for k, v in group.items()
+            if k in self._option_checks
+        }
+
+    def _check_groups(self) -> None:
+        """Validate options edited into ``param_groups`` since the last check.
+
+        Runs before a step touches anything; only a group whose checked values
+        changed is checked again (one dict comparison per group otherwise).
+        """
+        for gi, group in enumerate(self.param_groups):
+            snap = self._option_snapshot(group)
+            if gi < len(self._checked) and snap == self._checked[gi]:
+                continue
+            for k, v in group.items():
+                if k in self._option_checks:
+                    self._option_checks[k](f"param_groups[{gi}][{k!r}]", v)
+            self._checked[gi : gi + 1] = [snap]
 
     def _group_keys(self, gi: int) -> list[Key]:
         return [k for k, g in zip(self._keys, self._group_of) if g == gi]
@@ -602,6 +639,7 @@ class Optimizer:
 
         On any exception nothing (params, state, step counts) is modified.
         """
+        self._check_groups()
         flat = self._flat_grads(grads)
         created = self._ensure_state()
         try:
@@ -686,7 +724,9 @@ class Optimizer:
         """Replace options and state by those of ``state_dict`` (as from :meth:`state_dict`).
 
         Everything is checked first: the same groups with the same parameter
-        keys in the same order, the same options, for each parameter either
+        keys in the same order, every option of this optimizer with a valid
+        value (extra keys, such as a scheduler's ``initial_lr``, are copied
+        into the groups as torch does), for each parameter either
         no state or exactly the state arrays this optimizer would create, each
         of the same shape and dtype, and equal step counts within a group.
         Arrays are copied in. ``ValueError`` (``TypeError`` for a wrong
@@ -710,11 +750,16 @@ class Optimizer:
                 raise ValueError(
                     f"state_dict['param_groups'][{gi}]['params']: expected keys {keys}, got {list(theirs['params'])}"
                 )
-            if set(theirs) != set(mine):
+            # Extra keys (a scheduler's "initial_lr", torch's "foreach"...) are
+            # kept, as torch does; every option of this optimizer must be there.
+            if not set(mine) <= set(theirs):
                 raise ValueError(
-                    f"state_dict['param_groups'][{gi}]: expected options {sorted(set(mine) - {'params'})}, "
-                    f"got {sorted(set(theirs) - {'params'})}"
+                    f"state_dict['param_groups'][{gi}]: missing option(s) "
+                    f"{sorted(set(mine) - set(theirs))}; expected {sorted(set(mine) - {'params'})}"
                 )
+            for k, v in theirs.items():
+                if k in self._option_checks:
+                    self._option_checks[k](f"state_dict['param_groups'][{gi}][{k!r}]", v)
             new_groups.append({n: copy.deepcopy(v) for n, v in theirs.items() if n != "params"})
         unknown = [k for k in state if k not in set(self._keys)]
         if unknown:
@@ -791,18 +836,89 @@ class Optimizer:
         return "\n".join(lines)
 
 
-def _check_betas(betas: Any) -> tuple[float, float]:
+def _check_number(name: str, value: Any) -> float:
+    """``float(value)`` for a real number; ``TypeError`` naming ``name`` otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _check_betas(betas: Any, name: str = "betas") -> tuple[float, float]:
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
-    b1, b2 = float(betas[0]), float(betas[1])
+        raise ValueError(f"{name}: expected a pair (beta1, beta2), got {betas!r}")
+    b1, b2 = (_check_number(f"{name}[{i}]", b) for i, b in enumerate(betas))
     for i, b in enumerate((b1, b2)):
         if not 0.0 <= b < 1.0:
-            raise ValueError(f"betas[{i}]: expected 0 <= beta < 1, got {b}")
+            raise ValueError(f"{name}[{i}]: expected 0 <= beta < 1, got {b}")
     return b1, b2
 
 
 def _check_nonneg(name: str, value: Any) -> float:
-    v = float(value)
+    v = _check_number(name, value)
     if not (v >= 0.0) or math.isinf(v):
         raise ValueError(f"{name}: expected a finite value >= 0, got {value!r}")
     return v
+
+
+def _check_unit(name: str, value: Any) -> float:
+    v = _check_number(name, value)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{name}: expected 0 <= value <= 1, got {value!r}")
+    return v
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
+def check_torch_flags(
+    foreach: Any = None, fused: Any = None, capturable: Any = False, differentiable: Any = False
+) -> None:
+    """torch's implementation switches, accepted for drop-in compatibility.
+
+    ``foreach`` / ``fused`` (None or a bool) are ignored: slimgrad's kernels are
+    always fused multi-tensor kernels. ``capturable`` / ``differentiable`` only
+    mean something with CUDA graphs / autograd, which slimgrad has not: False
+    is accepted, True raises ``ValueError`` naming the argument. They are not
+    stored in the param groups.
+    """
+    for name, v in (("foreach", foreach), ("fused", fused)):
+        if v is not None and not isinstance(v, (bool, np.bool_)):
+            raise TypeError(f"{name}: expected None, True or False, got {v!r}")
+    for name, v in (("capturable", capturable), ("differentiable", differentiable)):
+        if v is None or v is False or (isinstance(v, np.bool_) and not v):
+            continue
+        raise ValueError(
+            f"{name}: expected False (slimgrad has no autograd or CUDA graphs), got {v!r}"
+        )
+
+
+# Checks of the options every optimizer may have; each takes (name, value),
+# raises TypeError/ValueError naming ``name`` and returns nothing useful.
+# Used on per-group values and, before every step, on param_groups edits.
+OPTION_CHECKS: dict[str, Any] = {
+    **{
+        k: _check_nonneg
+        for k in (
+            "lr",
+            "eps",
+            "weight_decay",
+            "momentum",
+            "lr_decay",
+            "initial_accumulator_value",
+            "alpha",
+            "momentum_decay",
+        )
+    },
+    "dampening": _check_number,
+    "betas": lambda name, v: _check_betas(v, name),
+    "rho": _check_unit,
+    **{
+        k: _check_bool
+        for k in ("maximize", "nesterov", "amsgrad", "centered", "decoupled_weight_decay")
+    },
+}
+
+Optimizer._option_checks = OPTION_CHECKS

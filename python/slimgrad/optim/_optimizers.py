@@ -27,10 +27,17 @@ Extras over torch, on every optimizer here (keyword-only):
     ``state_dtype="bfloat16"``: 14 bytes moved per element, like torch's fused
     AdamW on bfloat16 params, against 30 with master and float32 state).
 
+torch's ``foreach=None, fused=None, capturable=False, differentiable=False``
+    accepted on every optimizer (not stored in the groups): ``foreach`` /
+    ``fused`` are ignored (always fused multi-tensor C++), ``capturable`` /
+    ``differentiable`` must be False (no autograd, no CUDA graphs).
+
 Options that decide which state arrays exist (``momentum`` of SGD/RMSprop
 being zero or not, ``centered``, ``amsgrad``) must not change after the first
 step (the step raises ``ValueError``); every other option (``lr``, betas,
-weight decay...) can be edited in ``param_groups`` between steps.
+weight decay...) can be edited in ``param_groups`` between steps: ``step``
+validates edited values first, with the constructor's checks (``TypeError`` /
+``ValueError`` naming ``param_groups[i]['key']``).
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ._base import HALF_DTYPES, Bucket, Optimizer, _check_betas, _check_nonneg
+from ._base import HALF_DTYPES, Bucket, Optimizer, _check_betas, _check_nonneg, check_torch_flags
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam"]
 
@@ -181,12 +188,17 @@ class SGD(_Fused):
         nesterov: bool = False,
         *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
         nonfinite: str = "raise",
         rounding: str = "nearest",
         seed: int = 0,
         state_dtype: Any = None,
         master_weights: bool = True,
     ) -> None:
+        check_torch_flags(foreach, fused, capturable, differentiable)
         _lr(lr)
         _check_nonneg("momentum", momentum)
         _check_nonneg("weight_decay", weight_decay)
@@ -230,12 +242,17 @@ class Adagrad(_Fused):
         eps: float = 1e-10,
         *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
         nonfinite: str = "raise",
         rounding: str = "nearest",
         seed: int = 0,
         state_dtype: Any = None,
         master_weights: bool = True,
     ) -> None:
+        check_torch_flags(foreach, fused, capturable, differentiable)
         _lr(lr)
         _check_nonneg("lr_decay", lr_decay)
         _check_nonneg("weight_decay", weight_decay)
@@ -289,12 +306,17 @@ class RMSprop(_Fused):
         centered: bool = False,
         *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
         nonfinite: str = "raise",
         rounding: str = "nearest",
         seed: int = 0,
         state_dtype: Any = None,
         master_weights: bool = True,
     ) -> None:
+        check_torch_flags(foreach, fused, capturable, differentiable)
         _lr(lr)
         _check_nonneg("alpha", alpha)
         _check_nonneg("eps", eps)
@@ -343,12 +365,17 @@ class Adadelta(_Fused):
         weight_decay: float = 0,
         *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
         nonfinite: str = "raise",
         rounding: str = "nearest",
         seed: int = 0,
         state_dtype: Any = None,
         master_weights: bool = True,
     ) -> None:
+        check_torch_flags(foreach, fused, capturable, differentiable)
         _lr(lr)
         if not 0.0 <= rho <= 1.0:
             raise ValueError(f"rho: expected 0 <= rho <= 1, got {rho!r}")
@@ -394,12 +421,17 @@ class Adam(_Fused):
         *,
         maximize: bool = False,
         decoupled_weight_decay: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
         nonfinite: str = "raise",
         rounding: str = "nearest",
         seed: int = 0,
         state_dtype: Any = None,
         master_weights: bool = True,
     ) -> None:
+        check_torch_flags(foreach, fused, capturable, differentiable)
         _lr(lr)
         betas = _check_betas(betas)
         _check_nonneg("eps", eps)
@@ -445,12 +477,17 @@ class AdamW(Adam):
         amsgrad: bool = False,
         *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
         nonfinite: str = "raise",
         rounding: str = "nearest",
         seed: int = 0,
         state_dtype: Any = None,
         master_weights: bool = True,
     ) -> None:
+        check_torch_flags(foreach, fused, capturable, differentiable)
         super().__init__(
             params,
             lr,
@@ -486,12 +523,17 @@ class Adamax(_Fused):
         weight_decay: float = 0,
         *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
         nonfinite: str = "raise",
         rounding: str = "nearest",
         seed: int = 0,
         state_dtype: Any = None,
         master_weights: bool = True,
     ) -> None:
+        check_torch_flags(foreach, fused, capturable, differentiable)
         _lr(lr)
         betas = _check_betas(betas)
         _check_nonneg("eps", eps)
@@ -535,12 +577,17 @@ class NAdam(_Fused):
         decoupled_weight_decay: bool = False,
         *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
         nonfinite: str = "raise",
         rounding: str = "nearest",
         seed: int = 0,
         state_dtype: Any = None,
         master_weights: bool = True,
     ) -> None:
+        check_torch_flags(foreach, fused, capturable, differentiable)
         _lr(lr)
         betas = _check_betas(betas)
         _check_nonneg("eps", eps)
@@ -612,12 +659,17 @@ class RAdam(_Fused):
         decoupled_weight_decay: bool = False,
         *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
         nonfinite: str = "raise",
         rounding: str = "nearest",
         seed: int = 0,
         state_dtype: Any = None,
         master_weights: bool = True,
     ) -> None:
+        check_torch_flags(foreach, fused, capturable, differentiable)
         _lr(lr)
         betas = _check_betas(betas)
         _check_nonneg("eps", eps)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ._base import Bucket, _check_nonneg
+from ._base import OPTION_CHECKS, Bucket, _check_nonneg, _check_number, check_torch_flags
 from ._extra import ExtraOptimizer, round_back
 
 
@@ -19,6 +19,27 @@ def _machine_eps(dtype: np.dtype) -> float:
         import ml_dtypes
 
         return float(ml_dtypes.finfo(dtype).eps)
+
+
+def _check_beta2_decay(name: str, value: Any) -> float:
+    v = _check_number(name, value)
+    if not v <= 0.0:
+        raise ValueError(f"{name}: expected <= 0, got {value!r}")
+    return v
+
+
+def _check_eps_pair(name: str, eps: Any) -> tuple[float | None, float]:
+    if not isinstance(eps, (tuple, list)) or len(eps) != 2:
+        raise ValueError(f"{name}: expected a pair (eps1 or None, eps2), got {eps!r}")
+    eps1 = None if eps[0] is None else _check_nonneg(f"{name}[0]", eps[0])
+    return eps1, _check_nonneg(f"{name}[1]", eps[1])
+
+
+def _check_d(name: str, value: Any) -> float:
+    v = _check_number(name, value)
+    if not v >= 1.0:
+        raise ValueError(f"{name}: expected >= 1, got {value!r}")
+    return v
 
 
 class Adafactor(ExtraOptimizer):
@@ -62,8 +83,10 @@ class Adafactor(ExtraOptimizer):
         Clipping threshold of the update RMS, >= 1.
     weight_decay : float
         Decoupled weight decay (scaled by ``lr``), >= 0.
-    foreach : bool or None
-        Accepted for torch compatibility; ignored (every path is C++).
+    foreach, fused, capturable, differentiable
+        torch's switches, accepted for drop-in use: ``foreach`` / ``fused``
+        are ignored (always fused C++), ``capturable`` / ``differentiable``
+        must be False (see :func:`check_torch_flags`); not stored in groups.
     maximize : bool
         Maximize the objective.
     nonfinite : str
@@ -81,6 +104,13 @@ class Adafactor(ExtraOptimizer):
         An argument outside the ranges above (torch's checks).
     """
 
+    _option_checks = {
+        **OPTION_CHECKS,
+        "eps": _check_eps_pair,
+        "beta2_decay": _check_beta2_decay,
+        "d": _check_d,
+    }
+
     def __init__(
         self,
         params: Any,
@@ -90,26 +120,24 @@ class Adafactor(ExtraOptimizer):
         d: float = 1.0,
         weight_decay: float = 0.0,
         *,
-        foreach: bool | None = None,
         maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
         nonfinite: str = "raise",
     ) -> None:
+        check_torch_flags(foreach, fused, capturable, differentiable)
         lr = _check_nonneg("lr", lr)
-        if not float(beta2_decay) <= 0.0:
-            raise ValueError(f"beta2_decay: expected <= 0, got {beta2_decay!r}")
-        if not isinstance(eps, (tuple, list)) or len(eps) != 2:
-            raise ValueError(f"eps: expected a pair (eps1 or None, eps2), got {eps!r}")
-        eps1 = None if eps[0] is None else _check_nonneg("eps[0]", eps[0])
-        eps2 = _check_nonneg("eps[1]", eps[1])
-        if not float(d) >= 1.0:
-            raise ValueError(f"d: expected >= 1, got {d!r}")
+        beta2_decay = _check_beta2_decay("beta2_decay", beta2_decay)
+        eps1, eps2 = _check_eps_pair("eps", eps)
+        d = _check_d("d", d)
         defaults = dict(
             lr=lr,
             beta2_decay=float(beta2_decay),
             eps=(eps1, eps2),
             d=float(d),
             weight_decay=_check_nonneg("weight_decay", weight_decay),
-            foreach=foreach,
             maximize=bool(maximize),
         )
         super().__init__(params, defaults, nonfinite=nonfinite)

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ._base import Bucket, _check_betas, _check_nonneg
+from ._base import Bucket, _check_betas, _check_nonneg, check_torch_flags
 from ._extra import ExtraOptimizer, round_back
 
 BLOCK_SIZE = 256
@@ -107,8 +107,13 @@ class AdamW8bit(ExtraOptimizer):
         block_size: int = BLOCK_SIZE,
         *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
         nonfinite: str = "raise",
     ) -> None:
+        check_torch_flags(foreach, fused, capturable, differentiable)
         if block_size != BLOCK_SIZE:
             raise ValueError(
                 f"block_size: expected {BLOCK_SIZE} (the only size the kernels support), "

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ._base import Bucket, _check_betas, _check_nonneg
+from ._base import Bucket, _check_betas, _check_nonneg, check_torch_flags
 from ._extra import ExtraOptimizer, round_back
 
 
@@ -63,8 +63,13 @@ class LAMB(ExtraOptimizer):
         eps: float = 1e-6,
         weight_decay: float = 0.0,
         *,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
         nonfinite: str = "raise",
     ) -> None:
+        check_torch_flags(foreach, fused, capturable, differentiable)
         defaults = dict(
             lr=_check_nonneg("lr", lr),
             betas=_check_betas(betas),
