@@ -146,3 +146,14 @@ def test_bad_clip_arguments(rng):
         quant.quantize(w, clip="percentile", percentile=0)
     with pytest.raises(ValueError, match="mse_steps: expected a positive integer, got 0"):
         quant.quantize(w, clip="mse", mse_steps=0)
+
+
+def test_fake_quantize_errors_name_x_and_change_nothing():
+    x = np.ones((4, 8), np.float32)
+    x[1, 3] = np.nan
+    before = x.copy()
+    with pytest.raises(ValueError, match=r"^x: non-finite value nan at index \(1, 3\)"):
+        quant.fake_quantize(x)
+    np.testing.assert_array_equal(x, before)
+    with pytest.raises(ValueError, match=r"^x: expected an array of at least one dimension"):
+        quant.fake_quantize(np.ones((), np.float32))

@@ -386,6 +386,7 @@ def quantize(
     mse_steps: int = 100,
     mse_min_ratio: float = 0.2,
     nonfinite: str = "raise",
+    name: str = "w",
 ) -> QuantizedTensor:
     """Quantizes ``w`` to ``bits``-bit integer codes; returns a :class:`QuantizedTensor`.
 
@@ -419,6 +420,9 @@ def quantize(
         NaN/inf raise ``ValueError`` naming the first position (default), or
         give the parameters that contain them a NaN scale and codes equal to
         the zero point, so the dequantized group is NaN.
+    name : str
+        How error messages about the array call it (``"w"``; ``fake_quantize``
+        passes ``"x"``, a checkpoint tool the tensor's name).
 
     Raises
     ------
@@ -428,9 +432,9 @@ def quantize(
         Bad argument values (the message names the argument), or a
         non-finite value with ``nonfinite="raise"``. ``w`` is never modified.
     """
-    wf = _as_float32(w)
+    wf = _as_float32(w, name)
     if w.ndim == 0:
-        raise ValueError("w: expected an array of at least one dimension, got a 0-d array")
+        raise ValueError(f"{name}: expected an array of at least one dimension, got a 0-d array")
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 2 <= bits <= 8:
         raise ValueError(f"bits: expected an integer in 2..8, got {bits!r}")
     bits = int(bits)
@@ -478,7 +482,7 @@ def quantize(
         if bad >= 0:
             value = wf.reshape(-1)[bad]
             raise ValueError(
-                f"w: non-finite value {value} at index {_index(shape, bad)} "
+                f"{name}: non-finite value {value} at index {_index(shape, bad)} "
                 f"(pass nonfinite='propagate' to keep it as a NaN group)"
             )
     else:
@@ -518,7 +522,7 @@ def fake_quantize(x: np.ndarray, bits: int = 8, **kwargs: Any) -> tuple[np.ndarr
     (``grad_x = grad_y * mask``), as torch's fake_quantize does. With
     stochastic rounding the mask uses half-to-even rounding.
     """
-    qt = quantize(x, bits, **kwargs)
+    qt = quantize(x, bits, **{"name": "x", **kwargs})
     y = qt.dequantize()
     xf = _as_float32(x)
     scale = qt.expand(qt.scale)
