@@ -1,4 +1,6 @@
-"""Data-parallel training and ZeRO-sharded optimizer state over MPI (``pip install 'slimgrad[mpi]'``).
+"""Data-parallel training and ZeRO-sharded optimizer state over MPI.
+
+Install with ``pip install 'slimgrad[mpi]'`` (mpi4py + mpich).
 
 Run a script on N processes with ``mpiexec -n N python script.py``::
 

@@ -190,8 +190,12 @@ class ZeroRedundancyOptimizer:
         self._group_of = [gi for gi, ks in enumerate(group_keys) for _ in ks]
         self.granularity = split_granularity(optimizer_class, self.param_groups)
         info = describe_optimizer(self._ref, self._params, self._keys)
-        info.update(bucket_bytes=self.bucket_bytes, max_grad_norm=self.max_grad_norm,
-                    grad_norm_type=self.grad_norm_type, options=repr(sorted(options.items())))  # fmt: skip
+        info.update(
+            bucket_bytes=self.bucket_bytes,
+            max_grad_norm=self.max_grad_norm,
+            grad_norm_type=self.grad_norm_type,
+            options=repr(sorted(options.items())),
+        )
         self.comm.check_same("ZeroRedundancyOptimizer", info)
         broadcast_parameters(self._params, 0, self.comm)
         self._layout()
@@ -242,6 +246,13 @@ class ZeroRedundancyOptimizer:
                 self._piece_grads[pc.name] = (
                     g.reshape(self._params[pc.index].shape) if pc.whole else g
                 )
+        for pc in self.pieces:  # zero-size params: a zero-size gradient
+            p = self._params[pc.index]
+            self._piece_grads.setdefault(pc.name, np.zeros(p.shape, p.dtype))
+        self._inner_grads = [
+            {pc.name: self._piece_grads[pc.name] for pc in self.pieces if pc.group == gi}
+            for gi in self._inner_groups()
+        ]
 
     def _piece_view(self, pc: Piece) -> np.ndarray:
         p = self._params[pc.index]
@@ -309,8 +320,7 @@ class ZeroRedundancyOptimizer:
         if self.max_grad_norm is not None:
             self._clip(rows[:, 1])
         if self.optimizer is not None:
-            self.optimizer.step([{pc.name: self._piece_grads[pc.name] for pc in self.pieces
-                                  if pc.group == gi} for gi in self._inner_groups()])  # fmt: skip
+            self.optimizer.step(self._inner_grads)
         for seg in self.segments:
             self._allgather(seg)
         return True
