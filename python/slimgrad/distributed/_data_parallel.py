@@ -160,9 +160,9 @@ def describe_optimizer(opt: Any, params: list[np.ndarray], keys: list[Any]) -> d
         "nonfinite": getattr(opt, "nonfinite", None),
     }
     for gi, g in enumerate(opt.param_groups):
-        out[f"param_groups[{gi}] options"] = repr(
-            sorted((k, repr(v)) for k, v in g.items() if k != "params")
-        )
+        for k, v in g.items():
+            if k != "params":
+                out[f"param_groups[{gi}][{k!r}]"] = repr(v)
     out["parameter names"] = keys
     for k, p in zip(keys, params):
         out[f"params[{k!r}]"] = (p.dtype.name, p.shape)

@@ -7,8 +7,10 @@ element-wise optimizers (SGD, Adam, AdamW, ... Lion) may cut an array
 anywhere on a 16-element boundary (of the array), AdamW8bit on a 256-element
 boundary (its quantization blocks, so blocks are the same as unsharded),
 every other optimizer (LAMB's per-array trust ratio, Adafactor's factored
-moments, user classes) and stochastic rounding (its counters are per array
-element) only between arrays. A rank's *pieces* are the parts of arrays in
+moments, user classes) only between arrays. (Stochastic rounding of
+float16/bfloat16 params draws from counters of the element's position in the
+kernel call, so its noise differs from an unsharded run: equally valid, still
+reproducible for a given number of ranks.) A rank's *pieces* are the parts of arrays in
 its ranges; it builds one ordinary slimgrad optimizer of ``optimizer_class``
 on them (views into the user's arrays, so no parameter is copied), which
 creates state for the pieces only.
@@ -49,8 +51,6 @@ def split_granularity(optimizer_class: type, groups: list[dict[str, Any]]) -> in
     """Where an array may be cut between ranks: every g elements, or None (whole arrays)."""
     from .. import optim
 
-    if any(g.get("rounding") == "stochastic" for g in groups):
-        return None
     if any(optimizer_class is getattr(optim, n, None) for n in _ELEMENTWISE):
         return 16
     if optimizer_class is getattr(optim, "AdamW8bit", None):
