@@ -15,7 +15,6 @@ import sys
 import time
 
 import numpy as np
-
 import slimgrad
 import slimgrad.distributed as dist
 from slimgrad import nn, optim, schedule
@@ -173,7 +172,9 @@ def job_zero(out: str) -> None:
             report[key] = {
                 "equal": all(np.array_equal(p_zero[k], p_ref[k]) for k in SHAPES),
                 "max_rel_diff": max(
-                    float(np.max(np.abs(p_zero[k].astype(np.float64) - p_ref[k].astype(np.float64))))
+                    float(
+                        np.max(np.abs(p_zero[k].astype(np.float64) - p_ref[k].astype(np.float64)))
+                    )
                     / float(np.max(np.abs(p_ref[k].astype(np.float64))))
                     for k in SHAPES
                 ),
@@ -181,16 +182,40 @@ def job_zero(out: str) -> None:
                 "total_nbytes": total,
                 "granularity": zero.granularity,
             }
+    report["memory"] = _memory(comm)
     report["groups-schedule-clip"] = _groups_schedule_clip(comm)
     report["nonfinite"] = _nonfinite(comm)
     write(out, "zero", r, report)
+
+
+def _memory(comm) -> dict:
+    """Optimizer state bytes on this rank vs the unsharded optimizer's, for a larger model."""
+    out = {}
+    shapes = {"w": (512, 300), "v": (10007,), "u": (3, 3)}
+    for cls in (optim.AdamW, optim.AdamW8bit, optim.SGD):
+        rng = np.random.default_rng(0)
+        p = optim.flatten({k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()})
+        g = {k: np.ones_like(v) for k, v in p.items()}
+        opts = {"momentum": 0.9} if cls is optim.SGD else {}
+        zero = dist.ZeroRedundancyOptimizer(cls, p, lr=1e-3, **opts)
+        zero.step(g)
+        ref = cls({k: v.copy() for k, v in p.items()}, lr=1e-3, **opts)
+        ref.step(g)
+        total = sum(
+            v.nbytes for st in ref.state.values() for v in st.values() if isinstance(v, np.ndarray)
+        )
+        out[cls.__name__] = [zero.state_nbytes(), total]
+    return out
 
 
 def _groups_schedule_clip(comm) -> dict:
     """Param groups + a scheduler editing lr + global gradient clipping."""
 
     def groups(p):
-        return [{"params": {"a": p["a"], "b": p["b"]}, "lr": 0.02}, {"params": {"c": p["c"], "d": p["d"]}}]
+        return [
+            {"params": {"a": p["a"], "b": p["b"]}, "lr": 0.02},
+            {"params": {"c": p["c"], "d": p["d"]}},
+        ]
 
     p_zero, p_ref = make_params(np.float32), make_params(np.float32)
     zero = dist.ZeroRedundancyOptimizer(optim.AdamW, groups(p_zero), lr=0.01, max_grad_norm=1.0)
@@ -293,7 +318,7 @@ def job_mismatch(out: str) -> None:
 
 def job_fail(out: str, how: str) -> None:
     """Rank 1 dies (SIGKILL), raises, or hangs at step 3; the others must not hang."""
-    comm = dist.Communicator(timeout=3.0) if how == "hang" else dist.default_communicator()
+    comm = dist.Communicator(timeout=2.0) if how == "hang" else dist.default_communicator()
     p = make_params(np.float32)
     zero = dist.ZeroRedundancyOptimizer(optim.AdamW, p, lr=0.01, comm=comm)
     for step in range(100):
@@ -306,6 +331,14 @@ def job_fail(out: str, how: str) -> None:
                 time.sleep(60)
         zero.step(grads_for(step, comm.rank, np.float32))
     write(out, f"fail-{how}", comm.rank, {"finished": True})
+
+
+def job_suite(out: str) -> None:
+    """One launch for the equivalence checks (MPI start-up dominates small jobs)."""
+    if dist.default_communicator().size == 2:
+        job_mismatch(out)
+    job_train(out)
+    job_zero(out)
 
 
 if __name__ == "__main__":

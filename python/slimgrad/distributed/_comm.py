@@ -133,7 +133,7 @@ class Communicator:
         spins = 0
         while not req.Test():
             spins += 1
-            if spins & 255 == 0:
+            if spins & 15 == 0:
                 if time.monotonic() > deadline:
                     raise CollectiveTimeout(
                         f"{what}: rank {self.rank} of {self.size} waited {self.timeout:g} s; "
