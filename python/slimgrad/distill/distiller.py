@@ -239,6 +239,17 @@ class Distiller:
         desc : str, optional
             Label of the progress bar.
 
+        Data-parallel training: when ``optimizer`` is a
+        :mod:`slimgrad.distributed` optimizer (``DistributedOptimizer`` or
+        ``ZeroRedundancyOptimizer``, run under ``mpiexec``), every rank passes
+        the same ``X`` and ``y``, draws the same order and trains on its
+        contiguous part of each batch; gradients are scaled so that their
+        average over ranks is the whole batch's mean gradient (the same
+        training as one process, up to float rounding, for students without
+        BatchNorm1d, whose batch statistics are per rank). A last batch with
+        fewer samples than ranks is dropped. ``History`` holds the losses and
+        accuracies over all ranks; only rank 0 shows a progress bar.
+
         Returns
         -------
         History
@@ -274,6 +285,13 @@ class Distiller:
         X_student = _as_student_input(self.student, X)
         if validation is not None:
             validation = (_as_student_input(self.student, validation[0]), validation[1])
+        # Data-parallel when the optimizer is a slimgrad.distributed one: every
+        # rank draws the same order and takes its part of each batch.
+        dp = getattr(self.optimizer, "comm", None)
+        if dp is not None:
+            from ..distributed import batch_slice
+
+            progress = progress and dp.rank == 0
         rng = np.random.default_rng(seed)
         history = History()
         steps = (used + batch_size - 1) // batch_size
@@ -289,10 +307,15 @@ class Distiller:
             for _ in range(epochs):
                 self.student.train()
                 order = rng.permutation(n)
+                losses, sizes, used_now, count = [], [], 0, used
                 total_loss = 0.0
                 correct = 0
                 for b in range(0, used, batch_size):
                     idx = order[b : min(b + batch_size, used)]
+                    if dp is not None:  # data-parallel: this rank's part of the batch
+                        if len(idx) < dp.size:
+                            continue  # a last batch smaller than the number of ranks
+                        whole, idx = len(idx), idx[batch_slice(len(idx), dp)]
                     xb, yb = X_student[idx], y[idx]
                     logits = np.ascontiguousarray(_forward(self.student, xb))
                     if self.alpha > 0:
@@ -309,6 +332,10 @@ class Distiller:
                     loss, grad = kd_loss(
                         logits, tb, yb, temperature=self.temperature, alpha=self.alpha
                     )
+                    if dp is not None:
+                        # Each rank's mean-loss gradient, scaled so that the
+                        # average over ranks is the whole batch's mean gradient.
+                        grad *= grad.dtype.type(len(idx) * dp.size / whole)
                     self.student.backward(grad)
                     history.lr.append(self._lr())
                     self.optimizer.step(self.student.gradients())
@@ -318,10 +345,20 @@ class Distiller:
                         step_callback()
                     history.step_loss.append(loss)
                     total_loss += loss * len(idx)
+                    if dp is not None:
+                        losses.append(loss * len(idx))
+                        sizes.append(whole)
+                        used_now += len(idx)
                     correct += int(np.sum(np.argmax(logits, axis=1) == yb))
                     bar.update(1)
-                history.loss.append(total_loss / used)
-                history.accuracy.append(correct / used)
+                if dp is not None:  # sums over ranks (loss of each step too)
+                    sums = dp.allgather_float64([total_loss, correct, used_now, *losses]).sum(0)
+                    total_loss, correct, count = float(sums[0]), int(sums[1]), int(sums[2])
+                    history.step_loss[len(history.step_loss) - len(losses) :] = list(
+                        sums[3:] / np.asarray(sizes)
+                    )
+                history.loss.append(total_loss / count)
+                history.accuracy.append(correct / count)
                 postfix = {"loss": f"{history.loss[-1]:.4f}", "acc": f"{history.accuracy[-1]:.3f}"}
                 if validation is not None:
                     vl, va = self.evaluate(*validation)
