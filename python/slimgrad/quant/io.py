@@ -150,8 +150,13 @@ def save(
         file, if any, is untouched).
     """
     arrays, specs = _layout(tensors)
-    meta = _metadata(metadata, specs)
-    entries = {name: to_entry(a, name) for name, a in arrays.items()}
+    write_entries(path, {name: to_entry(a, name) for name, a in arrays.items()},
+                  _metadata(metadata, specs))
+
+
+def write_entries(path: str | os.PathLike, entries: dict[str, st.Entry], meta: dict) -> None:
+    """:func:`slimgrad._safetensors.write` with the early checks of
+    :func:`check_output` and a one-line ``OSError`` naming ``path``."""
     check_output(path)
     try:
         st.write(path, entries, meta)
