@@ -207,3 +207,67 @@ def quant_cases() -> list[tuple[str, bytes]]:
         ("zero_point float", q(spec(symmetric=False), {"w": codes.view(np.uint8), "w.scale": scale, "w.zero_point": scale})),
         ("4-bit codes too short", q(spec(bits=4), {"w": np.zeros((2, 1), np.uint8), "w.scale": scale})),
     ]
+
+
+def counts() -> dict[str, dict[str, int]]:
+    """Per reader: files tried, clean ValueError naming the file, anything else."""
+    import contextlib
+    import io
+    import os
+    import tempfile
+
+    import slimgrad
+    from slimgrad import quant
+    from slimgrad.cli import main
+
+    out: dict[str, dict[str, int]] = {}
+    plan = {
+        "slimgrad.load": (slimgrad.load, format_cases() + checkpoint_cases()),
+        "quant.load": (quant.load, format_cases() + quant_cases()),
+    }
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "bad.safetensors")
+        for reader, (fn, cases) in plan.items():
+            c = out.setdefault(reader, {"tried": 0, "ValueError": 0, "other": 0})
+            for label, blob in cases:
+                with open(p, "wb") as f:
+                    f.write(blob)
+                c["tried"] += 1
+                try:
+                    fn(p)
+                    c["other"] += 1
+                    print(f"  {reader}: {label}: accepted")
+                except ValueError as e:
+                    ok = "bad.safetensors" in str(e)
+                    c["ValueError" if ok else "other"] += 1
+                except Exception as e:  # noqa: BLE001
+                    c["other"] += 1
+                    print(f"  {reader}: {label}: {type(e).__name__}: {str(e)[:80]}")
+        for cmd in ("quantize", "prune"):
+            c = out.setdefault(f"slimgrad {cmd}", {"tried": 0, "exit 2, one line": 0, "other": 0})
+            for label, blob in format_cases():
+                with open(p, "wb") as f:
+                    f.write(blob)
+                o = os.path.join(d, "out.safetensors")
+                err = io.StringIO()
+                c["tried"] += 1
+                try:
+                    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                        code = main([cmd, p, "-o", o] + (["--sparsity", "0.5"] if cmd == "prune" else []))
+                except BaseException as e:  # noqa: BLE001
+                    code = type(e).__name__
+                clean = code == 2 and err.getvalue().count("\n") == 1 and not os.path.exists(o)
+                c["exit 2, one line" if clean else "other"] += 1
+                if not clean:
+                    print(f"  {cmd}: {label}: {code} {err.getvalue()[-80:]!r}")
+                if os.path.exists(o):
+                    os.unlink(o)
+    return out
+
+
+if __name__ == "__main__":
+    import warnings
+
+    warnings.simplefilter("ignore")
+    for reader, c in counts().items():
+        print(reader, c)

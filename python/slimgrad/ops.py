@@ -40,11 +40,14 @@ def squared_norm(x: np.ndarray) -> float:
     """``sum(x**2)`` as a Python float, identical for every thread count.
 
     float32 input is summed in float32 lanes within blocks of 4096 elements
-    and the block sums are added in float64 in order.
+    and the block sums are added in float64 in order. Across ISAs the lane
+    count (and so the rounding) differs: scalar, avx2 and avx512 results can
+    differ in the last bits.
     """
     return float(_core.squared_norm(x))
 
 
 def find_nonfinite(x: np.ndarray) -> int:
-    """Flat index of the first NaN or infinity in ``x``, or ``-1`` if all are finite."""
+    """Flat index of the first NaN or infinity in ``x``, or ``-1`` if all are finite
+    (exact: the same on every ISA and thread count)."""
     return int(_core.find_nonfinite(x))
