@@ -52,7 +52,10 @@ def format_cases() -> list[tuple[str, bytes]]:
         ("header a JSON list", pack([1, 2, 3])),
         ("header a JSON string", pack("hello")),
         ("header nested 100000 deep", pack(None, b"", b"[" * 100000 + b"]" * 100000)),
-        ("metadata nested deep", pack(None, b"", b'{"__metadata__":' + b"[" * 5000 + b"]" * 5000 + b"}")),
+        (
+            "metadata nested deep",
+            pack(None, b"", b'{"__metadata__":' + b"[" * 5000 + b"]" * 5000 + b"}"),
+        ),
         ("metadata a list", pack({**h, "__metadata__": ["x"]}, DATA)),
         ("metadata value an int", pack({**h, "__metadata__": {"k": 1}}, DATA)),
         ("entry a list", pack({**h, "a": [1, 2]}, DATA)),
@@ -86,12 +89,21 @@ def format_cases() -> list[tuple[str, bytes]]:
                 DATA,
             ),
         ),
-        ("offsets leave a gap", pack({**h, "b": {**h["b"], "data_offsets": [17, 20]}}, DATA + b"x")),
+        (
+            "offsets leave a gap",
+            pack({**h, "b": {**h["b"], "data_offsets": [17, 20]}}, DATA + b"x"),
+        ),
         ("data beyond the end", pack(h, DATA[:-1])),
         ("trailing garbage", pack(h, DATA + b"garbage!")),
-        ("U8 shape 2**40 in 8 bytes", pack({"x": {"dtype": "U8", "shape": [2**40], "data_offsets": [0, 8]}}, b"\0" * 8)),
+        (
+            "U8 shape 2**40 in 8 bytes",
+            pack({"x": {"dtype": "U8", "shape": [2**40], "data_offsets": [0, 8]}}, b"\0" * 8),
+        ),
         ("F32 shape mismatch", with_entry("a", shape=[3, 2])),
-        ("F4 odd bit count", pack({"x": {"dtype": "F4", "shape": [3], "data_offsets": [0, 1]}}, b"\0")),
+        (
+            "F4 odd bit count",
+            pack({"x": {"dtype": "F4", "shape": [3], "data_offsets": [0, 1]}}, b"\0"),
+        ),
         (
             "duplicate names",
             pack(
@@ -102,8 +114,16 @@ def format_cases() -> list[tuple[str, bytes]]:
             ),
         ),
         ("NaN in header", pack(None, DATA, json.dumps(h).replace("16]", "NaN]", 1).encode())),
-        ("Infinity in header", pack(None, DATA, json.dumps(h).replace("[2, 2]", "[Infinity, 2]", 1).encode())),
-        ("number of 5000 digits", pack(None, DATA, json.dumps(h).replace("[2, 2]", "[" + "9" * 5000 + ", 2]", 1).encode())),
+        (
+            "Infinity in header",
+            pack(None, DATA, json.dumps(h).replace("[2, 2]", "[Infinity, 2]", 1).encode()),
+        ),
+        (
+            "number of 5000 digits",
+            pack(
+                None, DATA, json.dumps(h).replace("[2, 2]", "[" + "9" * 5000 + ", 2]", 1).encode()
+            ),
+        ),
         ("empty name", pack({"": h["a"], "b": h["b"]}, DATA)),
         ("header truncated JSON", pack(None, DATA, json.dumps(h).encode()[:-3])),
     ]
@@ -115,7 +135,10 @@ def checkpoint_cases() -> list[tuple[str, bytes]]:
 
     def ck(tree_json: str) -> bytes:
         return pack(
-            {"__metadata__": {"slimgrad": tree_json}, "x": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}},
+            {
+                "__metadata__": {"slimgrad": tree_json},
+                "x": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+            },
             A.tobytes(),
         )
 
@@ -127,12 +150,21 @@ def checkpoint_cases() -> list[tuple[str, bytes]]:
         ("tree a list", ck("[1, 2]")),
         ("tree without format", ck(json.dumps({"tree": {"__dict__": []}}))),
         ("tree format 99", tree({"__dict__": []}, 99)),
-        ("tree nested 100000 deep", ck('{"format": 1, "tree": ' + "[" * 100000 + "]" * 100000 + "}")),
-        ("tree nested 5000 dicts", ck('{"format": 1, "tree": ' + '{"__tuple__": [' * 5000 + "]}" * 5000 + "}")),
+        (
+            "tree nested 100000 deep",
+            ck('{"format": 1, "tree": ' + "[" * 100000 + "]" * 100000 + "}"),
+        ),
+        (
+            "tree nested 5000 dicts",
+            ck('{"format": 1, "tree": ' + '{"__tuple__": [' * 5000 + "]}" * 5000 + "}"),
+        ),
         ("tensor missing", tree({"__dict__": [["w", {"__tensor__": "nope"}]]})),
         ("tensor name an int", tree({"__dict__": [["w", {"__tensor__": 3}]]})),
         ("tensor name a list", tree({"__dict__": [["w", {"__tensor__": ["x"]}]]})),
-        ("tensor used twice", tree({"__dict__": [["w", {"__tensor__": "x"}], ["v", {"__tensor__": "x"}]]})),
+        (
+            "tensor used twice",
+            tree({"__dict__": [["w", {"__tensor__": "x"}], ["v", {"__tensor__": "x"}]]}),
+        ),
         ("dict not a list", tree({"__dict__": {"w": 1}})),
         ("dict pair of 3", tree({"__dict__": [["w", 1, 2]]})),
         ("dict key a list", tree({"__dict__": [[["w"], 1]]})),
@@ -158,13 +190,25 @@ def quant_cases() -> list[tuple[str, bytes]]:
         data = b""
         codes_of = {"int8": "I8", "uint8": "U8", "float32": "F32", "int32": "I32", "float64": "F64"}
         for name, a in arrays.items():
-            header[name] = {"dtype": codes_of[a.dtype.name], "shape": list(a.shape), "data_offsets": [len(data), len(data) + a.nbytes]}
+            header[name] = {
+                "dtype": codes_of[a.dtype.name],
+                "shape": list(a.shape),
+                "data_offsets": [len(data), len(data) + a.nbytes],
+            }
             data += a.tobytes()
         meta = raw_meta if raw_meta is not None else json.dumps({"version": 1, "tensors": spec})
         header["__metadata__"] = {"slimgrad.quant": meta}
         return pack(header, data)
 
-    good = {"bits": 8, "symmetric": True, "granularity": "channel", "axis": 0, "group_size": 128, "shape": [2, 4], "dtype": "float32"}
+    good = {
+        "bits": 8,
+        "symmetric": True,
+        "granularity": "channel",
+        "axis": 0,
+        "group_size": 128,
+        "shape": [2, 4],
+        "dtype": "float32",
+    }
 
     def spec(**changes: object) -> dict:
         return {"w": {**good, **changes}}
@@ -186,9 +230,21 @@ def quant_cases() -> list[tuple[str, bytes]]:
         ("axis a string", q(spec(axis="0"))),
         ("group_size 0", q(spec(granularity="group", group_size=0))),
         ("group_size -1", q(spec(granularity="group", group_size=-1))),
-        ("group_size 2**64-1, one scale per row", q({"w": group}, {"w": codes, "w.scale": np.ones((2, 1), np.float32)})),
-        ("group_size 2**64-1, empty scale", q({"w": group}, {"w": codes, "w.scale": np.ones((2, 0), np.float32)})),
-        ("group_size 2**64+1", q({"w": {**group, "group_size": 2**64 + 1}}, {"w": codes, "w.scale": np.ones((2, 1), np.float32)})),
+        (
+            "group_size 2**64-1, one scale per row",
+            q({"w": group}, {"w": codes, "w.scale": np.ones((2, 1), np.float32)}),
+        ),
+        (
+            "group_size 2**64-1, empty scale",
+            q({"w": group}, {"w": codes, "w.scale": np.ones((2, 0), np.float32)}),
+        ),
+        (
+            "group_size 2**64+1",
+            q(
+                {"w": {**group, "group_size": 2**64 + 1}},
+                {"w": codes, "w.scale": np.ones((2, 1), np.float32)},
+            ),
+        ),
         ("shape a string", q(spec(shape="2,4"))),
         ("shape negative", q(spec(shape=[-2, -4]))),
         ("shape fractional", q(spec(shape=[2.5, 4]))),
@@ -204,8 +260,17 @@ def quant_cases() -> list[tuple[str, bytes]]:
         ("scale wrong length", q(spec(), {"w": codes, "w.scale": np.ones(3, np.float32)})),
         ("codes wrong dtype", q(spec(), {"w": codes.astype(np.float32), "w.scale": scale})),
         ("codes unsigned for symmetric", q(spec(), {"w": codes.view(np.uint8), "w.scale": scale})),
-        ("zero_point float", q(spec(symmetric=False), {"w": codes.view(np.uint8), "w.scale": scale, "w.zero_point": scale})),
-        ("4-bit codes too short", q(spec(bits=4), {"w": np.zeros((2, 1), np.uint8), "w.scale": scale})),
+        (
+            "zero_point float",
+            q(
+                spec(symmetric=False),
+                {"w": codes.view(np.uint8), "w.scale": scale, "w.zero_point": scale},
+            ),
+        ),
+        (
+            "4-bit codes too short",
+            q(spec(bits=4), {"w": np.zeros((2, 1), np.uint8), "w.scale": scale}),
+        ),
     ]
 
 
@@ -253,7 +318,9 @@ def counts() -> dict[str, dict[str, int]]:
                 c["tried"] += 1
                 try:
                     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                        code = main([cmd, p, "-o", o] + (["--sparsity", "0.5"] if cmd == "prune" else []))
+                        code = main(
+                            [cmd, p, "-o", o] + (["--sparsity", "0.5"] if cmd == "prune" else [])
+                        )
                 except BaseException as e:  # noqa: BLE001
                     code = type(e).__name__
                 clean = code == 2 and err.getvalue().count("\n") == 1 and not os.path.exists(o)

@@ -16,12 +16,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from test_reliability_files import _kill_mid_write, _stray
-
 import slimgrad
 from slimgrad import _safetensors as st
 from slimgrad import quant
 from slimgrad.cli import main
+from test_reliability_files import _kill_mid_write, _stray
 
 
 def run(kills: int) -> dict[str, dict[str, int]]:
@@ -48,8 +47,12 @@ def run(kills: int) -> dict[str, dict[str, int]]:
                 quant.save(target, {"w": np.ones(2, np.float32)})
             else:
                 main(["quantize", str(source), "-o", str(target)])
-            out[kind] = {"kills": kills, "stray before the next write": stray_before,
-                         "broken targets": broken, "stray after it": len(_stray(tmp))}
+            out[kind] = {
+                "kills": kills,
+                "stray before the next write": stray_before,
+                "broken targets": broken,
+                "stray after it": len(_stray(tmp)),
+            }
     return out
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import slimgrad
 from slimgrad import _core, ops, quant
 from slimgrad.distill import kd_loss
@@ -104,8 +103,9 @@ def test_every_other_output_refuses_overlap():
     # quantize's scales written over its input
     w2 = w.copy()
     with pytest.raises(ValueError, match="scale: must not share memory with w"):
-        _core.quant.quantize(w2, spec, w2.ravel()[:8], np.zeros(8, np.int32),
-                             np.empty((4, 64), np.int8))
+        _core.quant.quantize(
+            w2, spec, w2.ravel()[:8], np.zeros(8, np.int32), np.empty((4, 64), np.int8)
+        )
     np.testing.assert_array_equal(w2, w)
     # GGUF blocks written over the weights
     with pytest.raises(ValueError, match="out: must not share memory with w"):
@@ -117,8 +117,9 @@ def test_every_other_output_refuses_overlap():
     with pytest.raises(ValueError, match="y: must not share memory with x"):
         _core.nn.batch_norm_forward(x, x, None, None, None, None, sm, si, True, 0.1, 1e-5)
     with pytest.raises(ValueError, match="must not share memory"):
-        _core.nn.batch_norm_forward(x, np.empty_like(x), None, None, None, None, sm, sm, True, 0.1,
-                                    1e-5)
+        _core.nn.batch_norm_forward(
+            x, np.empty_like(x), None, None, None, None, sm, sm, True, 0.1, 1e-5
+        )
 
 
 def test_matmul_int8_out_over_input():
@@ -150,8 +151,17 @@ def _misaligned(n: int, dtype=np.float32) -> np.ndarray:
         lambda m: quant.matmul(m.reshape(3, 11), quant.quantize(np.ones((2, 11), np.float32))),
         lambda m: kd_loss(m.reshape(3, 11), np.ones((3, 11), np.float32), np.zeros(3, np.int64)),
     ],
-    ids=["axpy y", "axpy x", "squared_norm", "find_nonfinite", "dropout", "gelu", "quantize",
-         "matmul", "kd_loss"],
+    ids=[
+        "axpy y",
+        "axpy x",
+        "squared_norm",
+        "find_nonfinite",
+        "dropout",
+        "gelu",
+        "quantize",
+        "matmul",
+        "kd_loss",
+    ],
 )
 def test_misaligned_arrays_refused(call):
     m = _misaligned(33)
@@ -169,3 +179,15 @@ def test_misaligned_float64_and_int_refused():
     qt.scale = _misaligned(2)
     with pytest.raises(ValueError, match="scale: expected an array aligned to its 4-byte"):
         qt.dequantize()
+
+
+def test_prune_apply_masks_refuses_mask_inside_a_weight():
+    raw = np.ones(64, np.uint8)
+    w = raw.view(np.float32).reshape(4, 4)
+    mask = raw[:16].view(np.bool_).reshape(4, 4)
+    before = raw.copy()
+    with pytest.raises(ValueError, match="w: must not share memory with mask w"):
+        _core.prune.apply_masks_([mask], [[w]], [["w"]])
+    np.testing.assert_array_equal(raw, before)
+    other = np.ones((4, 4), np.float32)  # the same weight twice is fine
+    _core.prune.apply_masks_([mask.copy()], [[other, other]], [["a", "b"]])

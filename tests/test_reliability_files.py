@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reliability_corpus import checkpoint_cases, format_cases, quant_cases
-
 import slimgrad
+from reliability_corpus import checkpoint_cases, format_cases, quant_cases
 from slimgrad import _safetensors as st
 from slimgrad import quant
 from slimgrad.cli import main as cli_main
@@ -42,7 +41,9 @@ def _stray(folder: Path) -> list[str]:
 
 
 # -- malformed files -------------------------------------------------------------------
-@pytest.mark.parametrize("label, blob", FORMAT + CHECKPOINT, ids=[c[0] for c in FORMAT + CHECKPOINT])
+@pytest.mark.parametrize(
+    "label, blob", FORMAT + CHECKPOINT, ids=[c[0] for c in FORMAT + CHECKPOINT]
+)
 def test_checkpoint_load_refuses_malformed_file(tmp_path, label, blob):
     p = _write(tmp_path, blob)
     with pytest.raises(ValueError, match="bad.safetensors"):
@@ -71,7 +72,7 @@ def test_cli_refuses_malformed_file_in_one_line(tmp_path, capsys, command, label
 
 def test_good_corpus_base_loads(tmp_path):
     """The corpus breaks a file that is otherwise valid (so each case tests one thing)."""
-    from reliability_corpus import A, B, DATA, good_header, pack
+    from reliability_corpus import DATA, A, B, good_header, pack
 
     p = _write(tmp_path, pack(good_header(), DATA))
     got = slimgrad.load(p)
@@ -85,24 +86,50 @@ def test_wrapped_group_size_is_refused_never_read(tmp_path):
     empty scale passed the size check and dequantize read past it."""
     codes = np.zeros((2, 4), np.int8)
     with pytest.raises(ValueError, match="group_size"):
-        quant.QuantizedTensor(codes, np.ones((2, 0), np.float32), np.zeros((2, 0), np.int32),
-                              (2, 4), 8, True, "group", 0, 2**64 - 1)
+        quant.QuantizedTensor(
+            codes,
+            np.ones((2, 0), np.float32),
+            np.zeros((2, 0), np.int32),
+            (2, 4),
+            8,
+            True,
+            "group",
+            0,
+            2**64 - 1,
+        )
     # the C++ side re-checks on its own: the wrapped count is gone, huge sizes refused
-    spec = quant.QuantizedTensor(codes, np.ones((2, 1), np.float32), np.zeros((2, 1), np.int32),
-                                 (2, 4), 8, True, "group", 0, 8)._core_spec()
+    spec = quant.QuantizedTensor(
+        codes,
+        np.ones((2, 1), np.float32),
+        np.zeros((2, 1), np.int32),
+        (2, 4),
+        8,
+        True,
+        "group",
+        0,
+        8,
+    )._core_spec()
     out = np.empty((2, 4), np.float32)
     for g in (2**64 - 1, 2**63, 2**58):
         with pytest.raises(ValueError, match="group_size|scale"):
-            slimgrad._core.quant.dequantize(codes, {**spec, "group_size": g},
-                                            np.ones(0, np.float32), np.zeros(0, np.int32), out)
+            slimgrad._core.quant.dequantize(
+                codes, {**spec, "group_size": g}, np.ones(0, np.float32), np.zeros(0, np.int32), out
+            )
     x = np.ones((3, 4), np.float32)
     y = np.empty((3, 2), np.float32)
     with pytest.raises(ValueError, match="group_size|scale"):
-        slimgrad._core.quant.matmul(x, codes, {**spec, "group_size": 2**64 - 2},
-                                    np.ones(0, np.float32), np.zeros(0, np.int32), y)
+        slimgrad._core.quant.matmul(
+            x,
+            codes,
+            {**spec, "group_size": 2**64 - 2},
+            np.ones(0, np.float32),
+            np.zeros(0, np.int32),
+            y,
+        )
     with pytest.raises(ValueError, match="spec\\['bits'\\]"):
-        slimgrad._core.quant.dequantize(codes, {**spec, "bits": "8"}, np.ones(2, np.float32),
-                                        np.zeros(2, np.int32), out)
+        slimgrad._core.quant.dequantize(
+            codes, {**spec, "bits": "8"}, np.ones(2, np.float32), np.zeros(2, np.int32), out
+        )
 
 
 def test_huge_group_size_that_fits_still_works():
@@ -141,7 +168,9 @@ def test_no_temporary_file_after_an_exception(tmp_path, monkeypatch):
 
 def test_temporary_name_is_recognisable_and_next_to_target(tmp_path):
     seen = []
-    st.atomic(tmp_path / "model.safetensors", lambda tmp: (seen.append(tmp), Path(tmp).write_bytes(b"x")))
+    st.atomic(
+        tmp_path / "model.safetensors", lambda tmp: (seen.append(tmp), Path(tmp).write_bytes(b"x"))
+    )
     name = os.path.basename(seen[0])
     assert os.path.dirname(seen[0]) == str(tmp_path)
     assert name.startswith(".model.safetensors.slimgrad-tmp-") and f"-{os.getpid()}-" in name

@@ -19,17 +19,21 @@ import struct
 import tempfile
 
 import numpy as np
+import slimgrad
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as stg
-
-import slimgrad
 from slimgrad import _safetensors as st
 from slimgrad import quant
 from slimgrad.cli import main as cli_main
 
 EXAMPLES = int(os.environ.get("SLIMGRAD_FUZZ_EXAMPLES", "40"))
-FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 def _read(p: str) -> bytes:
@@ -43,11 +47,22 @@ def _seeds() -> list[bytes]:
     out = []
     with tempfile.TemporaryDirectory() as d:
         p = os.path.join(d, "f.safetensors")
-        slimgrad.save(p, params={"w": w, "b": np.arange(3, dtype=np.int64)}, step=3, lr=float("inf"),
-                      names=("a", None))
+        slimgrad.save(
+            p,
+            params={"w": w, "b": np.arange(3, dtype=np.int64)},
+            step=3,
+            lr=float("inf"),
+            names=("a", None),
+        )
         out.append(_read(p))
-        quant.save(p, {"w": quant.quantize(w, 4, granularity="group", group_size=8, symmetric=False),
-                       "v": quant.quantize(w, 8), "b": np.ones(2, np.float16)})
+        quant.save(
+            p,
+            {
+                "w": quant.quantize(w, 4, granularity="group", group_size=8, symmetric=False),
+                "v": quant.quantize(w, 8),
+                "b": np.ones(2, np.float16),
+            },
+        )
         out.append(_read(p))
         st.write(p, {"w": st.to_entry(w), "h": st.to_entry(w.astype(np.float16))}, {"k": "v"})
         out.append(_read(p))
@@ -57,9 +72,14 @@ def _seeds() -> list[bytes]:
 SEEDS = _seeds()
 
 _json = stg.recursive(
-    stg.none() | stg.booleans() | stg.integers(-(2**70), 2**70) | stg.floats(allow_nan=False)
+    stg.none()
+    | stg.booleans()
+    | stg.integers(-(2**70), 2**70)
+    | stg.floats(allow_nan=False)
     | stg.text(max_size=8),
-    lambda inner: stg.lists(inner, max_size=4) | stg.dictionaries(stg.text(max_size=6), inner, max_size=4),
+    lambda inner: (
+        stg.lists(inner, max_size=4) | stg.dictionaries(stg.text(max_size=6), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import slimgrad
 from slimgrad import ops, prune, quant
 from slimgrad.distill import kd_loss
@@ -22,7 +21,9 @@ from slimgrad.nn import functional as F
 @pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint8, np.bool_])
 def test_structured_mask_refuses_non_float(dtype):
     w = np.ones((4, 3), dtype)
-    with pytest.raises(TypeError, match=f"w: expected a floating-point array, got {np.dtype(dtype).name}"):
+    with pytest.raises(
+        TypeError, match=f"w: expected a floating-point array, got {np.dtype(dtype).name}"
+    ):
         prune.structured_mask(w, 0.5)
 
 
@@ -49,7 +50,9 @@ def test_set_num_threads_range_named(n):
     assert slimgrad.get_num_threads() == before
 
 
-@pytest.mark.parametrize("scale", [np.ones(2, np.complex64), np.array([1 + 1j, 2]), np.array(["a", "b"])])
+@pytest.mark.parametrize(
+    "scale", [np.ones(2, np.complex64), np.array([1 + 1j, 2]), np.array(["a", "b"])]
+)
 def test_from_codes_refuses_non_real_scale(scale):
     with pytest.raises(TypeError, match="scale: expected real numbers"):
         quant.QuantizedTensor.from_codes(np.zeros((2, 4), np.int8), scale)
@@ -57,8 +60,12 @@ def test_from_codes_refuses_non_real_scale(scale):
 
 def test_from_codes_refuses_complex_zero_point():
     with pytest.raises(TypeError, match="zero_point: expected real numbers"):
-        quant.QuantizedTensor.from_codes(np.zeros((2, 4), np.uint8), np.ones(2, np.float32),
-                                         np.ones(2, np.complex64), symmetric=False)
+        quant.QuantizedTensor.from_codes(
+            np.zeros((2, 4), np.uint8),
+            np.ones(2, np.float32),
+            np.ones(2, np.complex64),
+            symmetric=False,
+        )
 
 
 # -- the sweep ---------------------------------------------------------------------------
@@ -93,9 +100,18 @@ def _bad_arrays(good: np.ndarray) -> list[tuple[str, object]]:
 
 
 _NUMBERS = [
-    ("None", None), ("str", "x"), ("nan", float("nan")), ("inf", float("inf")), ("-1", -1),
-    ("0", 0), ("2**64", 2**64), ("-2**63", -(2**63)), ("complex", 1j), ("list", [1]),
-    ("bool", True), ("1e308", 1e308),
+    ("None", None),
+    ("str", "x"),
+    ("nan", float("nan")),
+    ("inf", float("inf")),
+    ("-1", -1),
+    ("0", 0),
+    ("2**64", 2**64),
+    ("-2**63", -(2**63)),
+    ("complex", 1j),
+    ("list", [1]),
+    ("bool", True),
+    ("1e308", 1e308),
 ]
 _STRINGS = [("None", None), ("int", 1), ("unknown", "nope"), ("empty", ""), ("bytes", b"x")]
 
@@ -109,32 +125,91 @@ def _cases():
     labels = rng.integers(0, 32, 6)
     # (name, function, {arg: good value}, {arg: kind})
     return [
-        ("axpy_", ops.axpy_, dict(y=x.copy(), x=x.copy(), alpha=0.5), dict(y="a", x="a", alpha="n")),
+        (
+            "axpy_",
+            ops.axpy_,
+            dict(y=x.copy(), x=x.copy(), alpha=0.5),
+            dict(y="a", x="a", alpha="n"),
+        ),
         ("squared_norm", ops.squared_norm, dict(x=x.copy()), dict(x="a")),
         ("find_nonfinite", ops.find_nonfinite, dict(x=x.copy()), dict(x="a")),
-        ("dropout", F.dropout, dict(x=x.copy(), p=0.5, seed=1, stream=0, out=np.empty_like(x)),
-         dict(x="a", p="n", seed="n", stream="n", out="a")),
-        ("gelu", F.gelu, dict(x=x.copy(), approximate="none", out=np.empty_like(x)),
-         dict(x="a", approximate="s", out="a")),
-        ("kd_loss", kd_loss, dict(student_logits=x.copy(), teacher_logits=x.copy(), labels=labels,
-                                  temperature=2.0, alpha=0.5, reduction="batchmean",
-                                  out=np.empty_like(x)),
-         dict(student_logits="a", teacher_logits="a", labels="a", temperature="n", alpha="n",
-              reduction="s", out="a")),
-        ("magnitude_mask", prune.magnitude_mask, dict(w=w.copy(), sparsity=0.5), dict(w="a", sparsity="n")),
-        ("nm_mask", prune.nm_mask, dict(w=w.copy(), n=2, m=4, axis=-1), dict(w="a", n="n", m="n", axis="n")),
-        ("structured_mask", prune.structured_mask, dict(w=w.copy(), amount=0.5, axis=0, norm=1),
-         dict(w="a", amount="n", axis="n", norm="n")),
-        ("quantize", quant.quantize, dict(w=w.copy(), bits=4, granularity="group", group_size=16),
-         dict(w="a", bits="n", granularity="s", group_size="n")),
-        ("matmul", quant.matmul, dict(x=x.copy(), qt=qt, out=np.empty((6, 4), np.float32)),
-         dict(x="a", out="a")),
-        ("matmul q4", quant.matmul, dict(x=x.copy(), qt=q4, out=np.empty((6, 4), np.float32)),
-         dict(x="a", out="a")),
+        (
+            "dropout",
+            F.dropout,
+            dict(x=x.copy(), p=0.5, seed=1, stream=0, out=np.empty_like(x)),
+            dict(x="a", p="n", seed="n", stream="n", out="a"),
+        ),
+        (
+            "gelu",
+            F.gelu,
+            dict(x=x.copy(), approximate="none", out=np.empty_like(x)),
+            dict(x="a", approximate="s", out="a"),
+        ),
+        (
+            "kd_loss",
+            kd_loss,
+            dict(
+                student_logits=x.copy(),
+                teacher_logits=x.copy(),
+                labels=labels,
+                temperature=2.0,
+                alpha=0.5,
+                reduction="batchmean",
+                out=np.empty_like(x),
+            ),
+            dict(
+                student_logits="a",
+                teacher_logits="a",
+                labels="a",
+                temperature="n",
+                alpha="n",
+                reduction="s",
+                out="a",
+            ),
+        ),
+        (
+            "magnitude_mask",
+            prune.magnitude_mask,
+            dict(w=w.copy(), sparsity=0.5),
+            dict(w="a", sparsity="n"),
+        ),
+        (
+            "nm_mask",
+            prune.nm_mask,
+            dict(w=w.copy(), n=2, m=4, axis=-1),
+            dict(w="a", n="n", m="n", axis="n"),
+        ),
+        (
+            "structured_mask",
+            prune.structured_mask,
+            dict(w=w.copy(), amount=0.5, axis=0, norm=1),
+            dict(w="a", amount="n", axis="n", norm="n"),
+        ),
+        (
+            "quantize",
+            quant.quantize,
+            dict(w=w.copy(), bits=4, granularity="group", group_size=16),
+            dict(w="a", bits="n", granularity="s", group_size="n"),
+        ),
+        (
+            "matmul",
+            quant.matmul,
+            dict(x=x.copy(), qt=qt, out=np.empty((6, 4), np.float32)),
+            dict(x="a", out="a"),
+        ),
+        (
+            "matmul q4",
+            quant.matmul,
+            dict(x=x.copy(), qt=q4, out=np.empty((6, 4), np.float32)),
+            dict(x="a", out="a"),
+        ),
         ("dequantize", qt.dequantize, dict(out=np.empty((4, 32), np.float32)), dict(out="a")),
-        ("from_codes", quant.QuantizedTensor.from_codes,
-         dict(codes=qt.codes(), scale=qt.scale.copy(), bits=8, granularity="channel", axis=0),
-         dict(codes="a", scale="a", bits="n", granularity="s", axis="n")),
+        (
+            "from_codes",
+            quant.QuantizedTensor.from_codes,
+            dict(codes=qt.codes(), scale=qt.scale.copy(), bits=8, granularity="channel", axis=0),
+            dict(codes="a", scale="a", bits="n", granularity="s", axis="n"),
+        ),
         ("fake_quantize", quant.fake_quantize, dict(x=w.copy(), bits=8), dict(x="a", bits="n")),
         ("set_num_threads", slimgrad.set_num_threads, dict(n=1), dict(n="n")),
     ]
@@ -146,20 +221,26 @@ def sweep() -> dict[str, int]:
     threads = slimgrad.get_num_threads()
     for fname, fn, good, kinds in _cases():
         for arg, kind in kinds.items():
-            bads = {"a": lambda: _bad_arrays(good[arg]), "n": lambda: _NUMBERS,
-                    "s": lambda: _STRINGS}[kind]()
+            bads = _bad_arrays(good[arg]) if kind == "a" else _NUMBERS if kind == "n" else _STRINGS
             for label, bad in bads:
-                kwargs = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in good.items()}
+                kwargs = {
+                    k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in good.items()
+                }
                 kwargs[arg] = bad
-                snapshot = {k: v.copy() for k, v in kwargs.items()
-                            if isinstance(v, np.ndarray) and v.dtype != object}
+                snapshot = {
+                    k: v.copy()
+                    for k, v in kwargs.items()
+                    if isinstance(v, np.ndarray) and v.dtype != object
+                }
                 counts["tried"] += 1
                 try:
                     fn(**kwargs)
                 except (TypeError, ValueError):
                     counts["clean error"] += 1
                     for k, v in snapshot.items():  # nothing modified
-                        np.testing.assert_array_equal(kwargs[k], v, err_msg=f"{fname}({arg}={label}) wrote {k}")
+                        np.testing.assert_array_equal(
+                            kwargs[k], v, err_msg=f"{fname}({arg}={label}) wrote {k}"
+                        )
                 except Exception as e:  # noqa: BLE001 - the point of the sweep
                     raise AssertionError(f"{fname}({arg}={label}): {type(e).__name__}: {e}") from e
                 else:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import slimgrad
 from slimgrad import nn, ops, prune, quant
 from slimgrad.distill import kd_loss
@@ -35,15 +34,19 @@ SAME_ON_EVERY_ISA = {
     "dropout": lambda: F.dropout(X, 0.3, 5),
     "gelu float64": lambda: F.gelu(X.astype(np.float64)),
     "quantize 8 channel": lambda: quant.quantize(W, 8).data,
-    "quantize 4 group asym": lambda: quant.quantize(W, 4, granularity="group", group_size=32,
-                                                    symmetric=False).data,
+    "quantize 4 group asym": lambda: (
+        quant.quantize(W, 4, granularity="group", group_size=32, symmetric=False).data
+    ),
     "quantize stochastic mse": lambda: quant.quantize(W, 3, rounding="stochastic", clip="mse").data,
     "dequantize": lambda: quant.quantize(W, 5).dequantize(),
-    "matmul_int8": lambda: quant.matmul_int8(np.arange(9 * 64).astype(np.int8).reshape(9, 64),
-                                             np.arange(5 * 64).astype(np.int8).reshape(5, 64)),
+    "matmul_int8": lambda: quant.matmul_int8(
+        np.arange(9 * 64).astype(np.int8).reshape(9, 64),
+        np.arange(5 * 64).astype(np.int8).reshape(5, 64),
+    ),
     "gguf Q4_1": lambda: quant.gguf.quantize(W[:, :128], "Q4_1"),
-    "gguf Q8_0 round trip": lambda: quant.gguf.dequantize(quant.gguf.quantize(W[:, :128], "Q8_0"),
-                                                          "Q8_0", (64, 128)),
+    "gguf Q8_0 round trip": lambda: quant.gguf.dequantize(
+        quant.gguf.quantize(W[:, :128], "Q8_0"), "Q8_0", (64, 128)
+    ),
     "magnitude_mask": lambda: prune.magnitude_mask(W, 0.5),
     "nm_mask": lambda: prune.nm_mask(W[:, :128]),
 }
@@ -54,8 +57,9 @@ THREADS_ONLY = {
     "kd_loss": lambda: kd_loss(X, X[::-1].copy(), LABELS)[1],
     "batch_norm": lambda: np.concatenate([a.ravel() for a in _bn(X)]),
     "quant.matmul": lambda: quant.matmul(X, quant.quantize(W, 8)),
-    "quant.matmul 4-bit groups": lambda: quant.matmul(X, quant.quantize(W, 4, granularity="group",
-                                                                        group_size=32)),
+    "quant.matmul 4-bit groups": lambda: quant.matmul(
+        X, quant.quantize(W, 4, granularity="group", group_size=32)
+    ),
 }
 
 
@@ -96,24 +100,42 @@ def test_axpy_rounding_contract(dtype, n):
     x = (1 + r.random(n)).astype(dtype)
     alpha = dtype(1.2345678)
     if dtype == np.float32:
-        fused = (alpha.astype(np.float64) * x + y0).astype(np.float32)  # exact in float64, then one rounding
+        fused = (alpha.astype(np.float64) * x + y0).astype(
+            np.float32
+        )  # exact in float64, then one rounding
     else:
-        fused = np.array([float(Fraction(float(alpha)) * Fraction(float(a)) + Fraction(float(b)))
-                          for a, b in zip(x, y0)], np.float64)
+        fused = np.array(
+            [
+                float(Fraction(float(alpha)) * Fraction(float(a)) + Fraction(float(b)))
+                for a, b in zip(x, y0)
+            ],
+            np.float64,
+        )
     twice = (alpha * x).astype(dtype) + y0
     for isa in ISAS:
         for t in (1, 2):
             y = y0.copy()
             with slimgrad.use_isa(isa), slimgrad.num_threads(t):
                 ops.axpy_(y, x, alpha)
-            np.testing.assert_array_equal(y, twice if isa == "scalar" else fused, err_msg=f"{isa} {t}")
+            np.testing.assert_array_equal(
+                y, twice if isa == "scalar" else fused, err_msg=f"{isa} {t}"
+            )
 
 
 def test_each_kernel_documents_its_isa_behaviour():
     from slimgrad.distill import losses
     from slimgrad.quant import _matmul
 
-    for fn in (ops.axpy_, ops.squared_norm, ops.find_nonfinite, F.dropout, F.gelu, losses.kd_loss,
-               _matmul.matmul, nn.BatchNorm1d, prune.magnitude_mask):
+    for fn in (
+        ops.axpy_,
+        ops.squared_norm,
+        ops.find_nonfinite,
+        F.dropout,
+        F.gelu,
+        losses.kd_loss,
+        _matmul.matmul,
+        nn.BatchNorm1d,
+        prune.magnitude_mask,
+    ):
         assert "ISA" in (fn.__doc__ or ""), fn.__qualname__
     assert "every ISA" in quant._tensor.__doc__ and "every ISA" in quant.gguf.__doc__

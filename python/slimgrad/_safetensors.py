@@ -176,7 +176,9 @@ def read_header(path: str, f: Any, file_size: int) -> tuple[list[tuple], dict | 
     if 8 + n > file_size:
         raise ValueError(f"{path}: not a safetensors file (header length {n} beyond the end)")
     if n > MAX_HEADER:
-        raise ValueError(f"{path}: not a safetensors file (header of {n} bytes, limit {MAX_HEADER})")
+        raise ValueError(
+            f"{path}: not a safetensors file (header of {n} bytes, limit {MAX_HEADER})"
+        )
     try:
         header = load_json(f.read(n), MAX_DEPTH)
     except (UnicodeDecodeError, ValueError) as e:

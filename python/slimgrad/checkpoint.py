@@ -88,8 +88,7 @@ def _decode(obj: Any, tensors: dict[str, np.ndarray], where: str, used: set[str]
             return tensors[v]
         if tag == "__dict__":
             if not isinstance(v, list) or not all(
-                isinstance(kv, list) and len(kv) == 2 and isinstance(kv[0], (str, int))
-                for kv in v
+                isinstance(kv, list) and len(kv) == 2 and isinstance(kv[0], (str, int)) for kv in v
             ):
                 raise ValueError(f"{where}: __dict__ must be a list of [key, value] pairs")
             return {k: _decode(x, tensors, f"{where}/{k}", used) for k, x in v}

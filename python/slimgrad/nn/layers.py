@@ -196,7 +196,8 @@ class BatchNorm1d(Module):
 
     Training: normalize with the batch mean and biased variance (per channel,
     summed in float64 in a fixed order: the same result for any thread
-    count; results of different ISAs can differ in the last bits), then update ``running_mean`` / ``running_var`` (unbiased
+    count; results of different ISAs can differ in the last bits), then
+    update ``running_mean`` / ``running_var`` (unbiased
     variance) with ``momentum``, or with the cumulative average
     ``1 / num_batches_tracked`` when ``momentum`` is None. Eval: normalize
     with the running statistics (batch statistics if

@@ -150,8 +150,9 @@ def save(
         file, if any, is untouched).
     """
     arrays, specs = _layout(tensors)
-    write_entries(path, {name: to_entry(a, name) for name, a in arrays.items()},
-                  _metadata(metadata, specs))
+    write_entries(
+        path, {name: to_entry(a, name) for name, a in arrays.items()}, _metadata(metadata, specs)
+    )
 
 
 def write_entries(path: str | os.PathLike, entries: dict[str, st.Entry], meta: dict) -> None:
@@ -179,7 +180,9 @@ def load(path: str | os.PathLike) -> dict[str, QuantizedTensor | np.ndarray]:
         malformed or refers to missing tensors.
     """
     entries, meta = read_checkpoint(path)
-    arrays = {name: to_array(f"{os.fspath(path)}: tensor {name!r}", e) for name, e in entries.items()}
+    arrays = {
+        name: to_array(f"{os.fspath(path)}: tensor {name!r}", e) for name, e in entries.items()
+    }
     specs: dict[str, Any] = {}
     if META_KEY in meta:
         try:
@@ -212,9 +215,7 @@ _SPEC_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def _from_spec(
-    path: str, name: str, spec: Any, arrays: dict[str, np.ndarray]
-) -> QuantizedTensor:
+def _from_spec(path: str, name: str, spec: Any, arrays: dict[str, np.ndarray]) -> QuantizedTensor:
     """The QuantizedTensor ``name`` of a file; ``ValueError`` naming the file and
     the tensor for a spec of the wrong types or arrays that do not fit it."""
     where = f"{path}: quantized tensor {name!r}"
@@ -407,8 +408,7 @@ def save_gguf(
 
     qtype = sg._type_name(type)
     prepared = [
-        gguf_tensor(name, np.asarray(w), qtype, f"tensors[{name!r}]")
-        for name, w in tensors.items()
+        gguf_tensor(name, np.asarray(w), qtype, f"tensors[{name!r}]") for name, w in tensors.items()
     ]
     write_gguf(path, prepared, arch)
     return {t.name: t.type for t in prepared}
