@@ -97,9 +97,9 @@ def test_global_and_bfloat16(tmp_path, rng, capsys):
      "--sparsity: expected a number in [0, 1], got 1.5"),
     (["{inp}", "-o", "{out}", "--nm", "2:4", "--global"], "--global: only with --sparsity"),
     (["{garbage}", "-o", "{out}", "--sparsity", "0.5"], "not a safetensors file"),
-    (["{bad_entry}", "-o", "{out}", "--sparsity", "0.5"], "not a safetensors file (bad entry 'x')"),
+    (["{bad_entry}", "-o", "{out}", "--sparsity", "0.5"], "tensor 'x': expected the keys dtype, shape, data_offsets"),
     (["{short}", "-o", "{out}", "--sparsity", "0.5"],
-     "tensor 'x' has 4 bytes, F32 (2, 2) needs 16"),
+     "tensor 'x': F32 (2, 2) needs 16 bytes, data_offsets [0, 4] hold 4"),
 ])
 def test_user_errors_are_one_line_exit_2(checkpoint, tmp_path, capsys, args, message):
     path, _ = checkpoint

@@ -108,6 +108,13 @@ Array check_array(py::handle obj, const std::string& name, std::initializer_list
     throw py::type_error(name + ": expected " + expected() + ", got " + describe(obj));
   if (shape && a.shape() != *shape)
     throw py::value_error(name + ": expected " + expected() + ", got " + describe(obj));
+  const auto itemsize = static_cast<std::uintptr_t>(dt.itemsize());
+  const auto addr = reinterpret_cast<std::uintptr_t>(a.arr.data());
+  if (a.arr.size() > 0 && itemsize > 1 && addr % itemsize != 0)
+    throw py::value_error(name + ": expected an array aligned to its " + std::to_string(itemsize) +
+                          "-byte elements, got a misaligned " + describe(obj) + " (at address " +
+                          std::to_string(addr % itemsize) + " mod " + std::to_string(itemsize) +
+                          "; .copy() gives an aligned array)");
   if (access == Access::write && !a.arr.writeable())
     throw py::value_error(name + ": expected a writable array, got a read-only " + describe(obj));
   return a;
@@ -116,6 +123,33 @@ Array check_array(py::handle obj, const std::string& name, std::initializer_list
 Array check_like(py::handle obj, const std::string& name, const Array& like, Access access) {
   const auto shape = like.shape();
   return check_array(obj, name, {like.dtype}, access, &shape);
+}
+
+namespace {
+struct Span {
+  std::uintptr_t begin, end;
+};
+Span span(const Array& a) {
+  const auto b = reinterpret_cast<std::uintptr_t>(a.arr.data());
+  return {b, b + static_cast<std::uintptr_t>(a.arr.nbytes())};
+}
+bool overlap(Span a, Span b) { return a.begin < a.end && b.begin < b.end && a.begin < b.end && b.begin < a.end; }
+}  // namespace
+
+void check_disjoint(const Array& out, std::initializer_list<const Array*> inputs) {
+  for (const Array* in : inputs)
+    if (overlap(span(out), span(*in)))
+      throw py::value_error(out.name + ": must not share memory with " + in->name +
+                            " (this kernel does not support overlapping arrays), got an overlapping array");
+}
+
+void check_same_or_disjoint(const Array& out, std::initializer_list<const Array*> inputs) {
+  for (const Array* in : inputs) {
+    const Span o = span(out), i = span(*in);
+    if (overlap(o, i) && !(o.begin == i.begin && o.end == i.end))
+      throw py::value_error(out.name + ": expected either the same array as " + in->name +
+                            " (in place) or memory not shared with it, got a partly overlapping array");
+  }
 }
 
 }  // namespace slimgrad::bind

@@ -10,6 +10,19 @@
 //   grads['fc1.weight']: expected float32 C-contiguous array of shape (512, 64), got float64 array of shape (512, 64)
 // Callers check every argument before touching any memory, so a bad argument
 // leaves every array unchanged.
+//
+// Alignment: an array whose data pointer is not a multiple of its itemsize
+// (possible with np.frombuffer at an odd offset, or a view of a byte buffer)
+// is refused with ValueError: the kernels dereference float* / int32_t*
+// directly, which is undefined behaviour there. NumPy's own allocations are
+// always aligned, so only such hand-made views are affected; `.copy()` fixes
+// them.
+//
+// Overlap: check_disjoint() refuses an output that shares any byte with an
+// input (ValueError), for the kernels whose result would depend on the order
+// in which elements are read and written (ISA, threads). Kernels that work
+// element by element in place (`x` is both input and output) take the same
+// array for both and are documented as such.
 #pragma once
 
 #include <pybind11/numpy.h>
@@ -63,6 +76,18 @@ Array check_array(py::handle obj, const std::string& name, std::initializer_list
                   Access access, const std::vector<py::ssize_t>* shape = nullptr);
 // Same dtype and shape as `like` (e.g. a gradient for its parameter).
 Array check_like(py::handle obj, const std::string& name, const Array& like, Access access);
+
+// Refuses (ValueError) `out` sharing memory with any of `inputs` (byte-range
+// check, as np.shares_memory's bounds test: conservative for strided views).
+void check_disjoint(const Array& out, std::initializer_list<const Array*> inputs);
+// For element-wise kernels (element i of `out` depends only on element i of
+// each input): `out` may be exactly an input (same memory, same size: in
+// place), but not partly overlap one (ValueError).
+void check_same_or_disjoint(const Array& out, std::initializer_list<const Array*> inputs);
+// a * b <= limit, without overflow.
+inline bool checked_mul(std::size_t a, std::size_t b, std::size_t limit) {
+  return a == 0 || b <= limit / a;
+}
 
 std::string shape_str(const std::vector<py::ssize_t>& shape);
 // "float64 array of shape (3, 4)", "big-endian float32 ...", "list", ...

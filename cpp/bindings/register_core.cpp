@@ -51,6 +51,7 @@ void bind_kernels(py::module_& m) {
   m.def("axpy_", [](py::handle y, py::handle x, double alpha) {
     const Array ya = check_array(y, "y", {DType::f32, DType::f64}, Access::write);
     const Array xa = check_like(x, "x", ya, Access::read);
+    check_same_or_disjoint(ya, {&xa});  // y += alpha * y is fine, a shifted view is not
     py::gil_scoped_release release;  // both arrays are held by ya/xa for the call
     if (ya.dtype == DType::f32)
       axpy(ya.mut<float>(), xa.ptr<float>(), static_cast<float>(alpha), ya.size());
@@ -77,6 +78,9 @@ void bind_kernels(py::module_& m) {
     const Array ga = check_like(g, "g", pa, Access::read);
     const Array ma = check_like(mm, "m", pa, Access::write);
     const Array va = check_like(v, "v", pa, Access::write);
+    check_disjoint(pa, {&ga, &ma, &va});
+    check_disjoint(ma, {&ga, &va});
+    check_disjoint(va, {&ga});
     py::gil_scoped_release release;
     stream_probe(pa.mut<float>(), ga.ptr<float>(), ma.mut<float>(), va.mut<float>(), pa.size());
   }, py::arg("p"), py::arg("g"), py::arg("m"), py::arg("v"));

@@ -104,6 +104,7 @@ py::tuple kd_loss_binding(py::handle student, py::handle teacher, py::handle lab
     oa.dtype = sa.dtype;
   } else {
     oa = check_like(out, "out", sa, Access::write);
+    check_same_or_disjoint(oa, {&sa});
     const bool given[] = {true, has_indices, has_labels};
     const Array* others[] = {&ta, &ia, &la};
     for (int j = 0; j < 3; ++j)
@@ -146,6 +147,7 @@ py::tuple mse_binding(py::handle student, py::handle teacher, py::handle out) {
     oa.dtype = sa.dtype;
   } else {
     oa = check_like(out, "out", sa, Access::write);
+    check_same_or_disjoint(oa, {&sa});
     if (overlaps(oa, ta))
       throw py::value_error("out: expected memory not shared with teacher_feat (only student_feat may be "
                             "overwritten), got an overlapping array");
@@ -169,6 +171,7 @@ void register_distill(py::module_& m) {
   m.def("exp", [](py::handle x, py::handle out) {
     const Array xa = check_array(x, "x", {DType::f32, DType::f64}, Access::read);
     const Array oa = check_like(out, "out", xa, Access::write);
+    check_same_or_disjoint(oa, {&xa});
     py::gil_scoped_release release;
     if (xa.dtype == DType::f32)
       vector_exp(xa.ptr<float>(), oa.mut<float>(), xa.size());

@@ -57,6 +57,7 @@ void bind_dropout(py::module_& m) {
   m.def("dropout", [](py::handle x, py::handle out, double p, std::uint64_t seed, std::uint64_t stream) {
     const Array xa = check_array(x, "x", kFloat, Access::read);
     const Array oa = check_like(out, "out", xa, Access::write);
+    check_same_or_disjoint(oa, {&xa});
     dropout_threshold(p);  // std::invalid_argument (ValueError) before any write
     py::gil_scoped_release release;
     if (xa.dtype == DType::f32)
@@ -85,6 +86,19 @@ void bind_batch_norm(py::module_& m) {
     const std::vector<py::ssize_t> cshape{static_cast<py::ssize_t>(s.c)};
     const Array sm = check_array(save_mean, "save_mean", {DType::f64}, Access::write, &cshape);
     const Array si = check_array(save_invstd, "save_invstd", {DType::f64}, Access::write, &cshape);
+    check_disjoint(ya, {&xa});
+    for (const auto* o : {&ya, &sm, &si}) {  // outputs: no byte shared with any other argument
+      for (const auto* a : {&xa, &ya, &sm, &si})
+        if (a != o) check_disjoint(*o, {a});
+      for (const auto* a : {&wa, &ba, &rm, &rv})
+        if (*a) check_disjoint(*o, {&**a});
+    }
+    for (const auto* r : {&rm, &rv})  // running stats are written when training
+      if (*r && training) {
+        check_disjoint(**r, {&xa});
+        for (const auto* a : {&wa, &ba, &rm, &rv})
+          if (*a && a != r) check_disjoint(**r, {&**a});
+      }
     if (!(eps > 0.0)) throw py::value_error("eps: expected a positive number, got " + std::string(py::repr(py::float_(eps))));
     if (training && rv && s.n * s.l == 1)
       throw py::value_error("x: expected more than 1 value per channel when training, got " + describe(xa.arr));
@@ -119,6 +133,14 @@ void bind_batch_norm(py::module_& m) {
     const Array si = check_array(save_invstd, "save_invstd", {DType::f64}, Access::read, &cshape);
     const auto gw = optional_channel(grad_weight, "grad_weight", xa, s.c, Access::write);
     const auto gb = optional_channel(grad_bias, "grad_bias", xa, s.c, Access::write);
+    check_disjoint(da, {&xa, &ga, &sm, &si});
+    if (wa) check_disjoint(da, {&*wa});
+    for (const auto* g : {&gw, &gb})
+      if (*g) {
+        check_disjoint(**g, {&xa, &ga, &da, &sm, &si});
+        if (wa) check_disjoint(**g, {&*wa});
+      }
+    if (gw && gb) check_disjoint(*gw, {&*gb});
     py::gil_scoped_release release;
     auto run = [&](auto tag) {
       using T = decltype(tag);
@@ -137,6 +159,7 @@ void bind_gelu(py::module_& m) {
   m.def("gelu_forward", [](py::handle x, py::handle y, const std::string& approximate) {
     const Array xa = check_array(x, "x", kFloat, Access::read);
     const Array ya = check_like(y, "out", xa, Access::write);
+    check_same_or_disjoint(ya, {&xa});
     const bool t = tanh_arg(approximate);
     py::gil_scoped_release release;
     if (xa.dtype == DType::f32)
@@ -149,6 +172,7 @@ void bind_gelu(py::module_& m) {
     const Array xa = check_array(x, "x", kFloat, Access::read);
     const Array ga = check_like(dy, "grad_out", xa, Access::read);
     const Array da = check_like(dx, "grad_in", xa, Access::write);
+    check_same_or_disjoint(da, {&xa, &ga});
     const bool t = tanh_arg(approximate);
     py::gil_scoped_release release;
     if (xa.dtype == DType::f32)

@@ -146,7 +146,7 @@ void apply_masks_py(py::sequence masks, py::sequence groups, py::sequence names)
   const std::size_t count = py::len(masks);
   if (py::len(groups) != count || py::len(names) != count)
     throw py::value_error("masks, groups, names: expected the same length");
-  std::vector<Array> held;
+  std::vector<Array> held, mask_arrays;
   std::vector<MaskGroup> plan;
   for (std::size_t i = 0; i < count; ++i) {
     const py::sequence arrays = groups[i].cast<py::sequence>();
@@ -158,6 +158,7 @@ void apply_masks_py(py::sequence masks, py::sequence groups, py::sequence names)
     const Array m = check_array(masks[i], "mask " + w.name, {DType::boolean}, Access::read, &shape);
     MaskGroup g{m.ptr<std::uint8_t>(), m.size(), {}};
     held.push_back(m);
+    mask_arrays.push_back(m);
     for (std::size_t j = 0; j < py::len(arrays); ++j) {
       const Array a = j == 0 ? w : check_moment(arrays[j], py::str(labels[j]), w);
       g.arrays.emplace_back(const_cast<void*>(a.arr.data()), static_cast<int>(a.arr.itemsize()));
@@ -165,6 +166,11 @@ void apply_masks_py(py::sequence masks, py::sequence groups, py::sequence names)
     }
     plan.push_back(std::move(g));
   }
+  // zeroing an array that shares bytes with a mask would change the mask while
+  // it is read: refused (arrays written twice are fine: zeroing is idempotent)
+  for (const Array& a : held)
+    if (a.dtype != DType::boolean)
+      for (const Array& m : mask_arrays) check_disjoint(a, {&m});
   py::gil_scoped_release release;  // `held` keeps every buffer alive
   apply_masks(plan);
 }

@@ -14,29 +14,48 @@ namespace {
 
 using quant::Spec;
 
+// spec[key] as T; a missing key or a value of the wrong type is a ValueError
+// naming the key (not pybind11's "Unable to cast Python instance").
+template <class T> T get(const py::dict& d, const char* key) {
+  if (!d.contains(key)) throw py::value_error(std::string("spec: missing '") + key + "'");
+  try {
+    return d[key].cast<T>();
+  } catch (const py::cast_error&) {
+    throw py::value_error(std::string("spec['") + key + "']: expected a value of the right type, got " +
+                          describe(d[key]));
+  }
+}
+
 Spec spec_from(const py::dict& d) {
   Spec s;
-  s.bits = d["bits"].cast<int>();
-  s.symmetric = d["symmetric"].cast<bool>();
-  s.rows = d["rows"].cast<std::size_t>();
-  s.cols = d["cols"].cast<std::size_t>();
-  const std::string layout = d["layout"].cast<std::string>();
+  s.bits = get<int>(d, "bits");
+  s.symmetric = get<bool>(d, "symmetric");
+  s.rows = get<std::size_t>(d, "rows");
+  s.cols = get<std::size_t>(d, "cols");
+  const std::string layout = get<std::string>(d, "layout");
   if (layout == "runs") s.layout = quant::Layout::runs;
   else if (layout == "groups") s.layout = quant::Layout::groups;
   else throw py::value_error("spec['layout']: expected 'runs' or 'groups', got '" + layout + "'");
-  s.run = d["run"].cast<std::size_t>();
-  s.channels = d["channels"].cast<std::size_t>();
-  s.group_size = d["group_size"].cast<std::size_t>();
-  s.rounding = static_cast<quant::Rounding>(d["rounding"].cast<int>());
-  s.seed = d["seed"].cast<std::uint64_t>();
-  s.clip = static_cast<quant::Clip>(d["clip"].cast<int>());
-  s.percentile = d["percentile"].cast<double>();
-  s.mse_steps = d["mse_steps"].cast<int>();
-  s.mse_min_ratio = d["mse_min_ratio"].cast<double>();
-  s.propagate = d["propagate"].cast<bool>();
+  s.run = get<std::size_t>(d, "run");
+  s.channels = get<std::size_t>(d, "channels");
+  s.group_size = get<std::size_t>(d, "group_size");
+  s.rounding = static_cast<quant::Rounding>(get<int>(d, "rounding"));
+  s.seed = get<std::uint64_t>(d, "seed");
+  s.clip = static_cast<quant::Clip>(get<int>(d, "clip"));
+  s.percentile = get<double>(d, "percentile");
+  s.mse_steps = get<int>(d, "mse_steps");
+  s.mse_min_ratio = get<double>(d, "mse_min_ratio");
+  s.propagate = get<bool>(d, "propagate");
   if (s.bits < 2 || s.bits > 8) throw py::value_error("spec['bits']: expected 2..8, got " + std::to_string(s.bits));
   if (s.group_size < 1 || s.run < 1 || s.channels < 1)
     throw py::value_error("spec: group_size, run and channels must be >= 1");
+  // Every size the kernels form (rows * cols, cols * bits, rows * n_groups,
+  // run * channels, group_size rounded up) stays below 2**62: no wrap-around.
+  constexpr std::size_t kLimit = std::size_t{1} << 58;
+  if (s.rows >= kLimit || s.cols >= kLimit || s.group_size >= kLimit || s.run >= kLimit || s.channels >= kLimit ||
+      !checked_mul(s.rows, s.cols, kLimit) || !checked_mul(s.run, s.channels, kLimit))
+    throw py::value_error("spec: rows, cols, group_size, run and channels must be below 2**58 with "
+                          "rows * cols and run * channels below 2**58");
   if (s.layout == quant::Layout::runs && s.size() > 0 &&
       (s.size() % s.run != 0 || (s.size() / s.run) % s.channels != 0))
     throw py::value_error("spec: size " + std::to_string(s.size()) + " is not a multiple of run * channels");
@@ -69,6 +88,9 @@ void register_quant(py::module_& m) {
     check_size(za, s.n_params());
     const Array da = check_array(data, "data", {DType::i8, DType::u8}, Access::write);
     check_size(da, s.rows * s.row_bytes());
+    check_disjoint(sa, {&xa, &za, &da});
+    check_disjoint(za, {&xa, &da});
+    check_disjoint(da, {&xa});
     py::gil_scoped_release release;  // every array is held by its Array for the call
     return quant::quantize(xa.ptr<float>(), s, sa.mut<float>(), za.mut<std::int32_t>(), da.mut<std::uint8_t>());
   }, py::arg("w"), py::arg("spec"), py::arg("scale"), py::arg("zero_point"), py::arg("data"));
@@ -84,6 +106,7 @@ void register_quant(py::module_& m) {
     check_size(za, s.n_params());
     const Array oa = check_array(out, "out", {DType::f32}, Access::write);
     check_size(oa, s.size());
+    check_disjoint(oa, {&da, &sa, &za});
     py::gil_scoped_release release;
     quant::dequantize(da.ptr<std::uint8_t>(), s, sa.ptr<float>(), za.ptr<std::int32_t>(), oa.mut<float>());
   }, py::arg("data"), py::arg("spec"), py::arg("scale"), py::arg("zero_point"), py::arg("out"));
@@ -94,6 +117,7 @@ void register_quant(py::module_& m) {
     check_size(da, s.rows * s.row_bytes());
     const Array ca = check_array(codes, "codes", {DType::i8, DType::u8}, Access::write);
     check_size(ca, s.size());
+    check_disjoint(ca, {&da});
     py::gil_scoped_release release;
     quant::unpack(da.ptr<std::uint8_t>(), s, ca.mut<std::uint8_t>());
   }, py::arg("data"), py::arg("spec"), py::arg("codes"));
@@ -104,6 +128,7 @@ void register_quant(py::module_& m) {
     check_size(ca, s.size());
     const Array da = check_array(data, "data", {DType::i8, DType::u8}, Access::write);
     check_size(da, s.rows * s.row_bytes());
+    check_disjoint(da, {&ca});
     py::gil_scoped_release release;
     quant::pack(ca.ptr<std::uint8_t>(), s, da.mut<std::uint8_t>());
   }, py::arg("codes"), py::arg("spec"), py::arg("data"));
@@ -120,6 +145,8 @@ void register_quant(py::module_& m) {
       throw py::value_error("x: expected a positive multiple of " + std::to_string(s.cols) + " elements, got " +
                             describe(xa.arr));
     const std::size_t batch = xa.size() / s.cols;
+    if (!checked_mul(batch, s.rows, std::size_t{1} << 58))
+      throw py::value_error("x: batch * rows is too large, got " + describe(xa.arr));
     const Array da = check_array(data, "data", {DType::i8, DType::u8}, Access::read);
     check_size(da, s.rows * s.row_bytes());
     const Array sa = check_array(scale, "scale", {DType::f32}, Access::read);
@@ -128,6 +155,7 @@ void register_quant(py::module_& m) {
     check_size(za, s.n_params());
     const Array ya = check_array(y, "out", {DType::f32}, Access::write);
     check_size(ya, batch * s.rows);
+    check_disjoint(ya, {&xa, &da, &sa, &za});
     py::gil_scoped_release release;
     quant::qmatmul(xa.ptr<float>(), batch, s, da.ptr<std::uint8_t>(), sa.ptr<float>(), za.ptr<std::int32_t>(),
                    ya.mut<float>());
@@ -141,6 +169,7 @@ void register_quant(py::module_& m) {
                             " and " + describe(ba.arr));
     const std::vector<py::ssize_t> shape{aa.dim(0), ba.dim(0)};
     const Array ca = check_array(c, "out", {DType::i32}, Access::write, &shape);
+    check_disjoint(ca, {&aa, &ba});
     py::gil_scoped_release release;
     quant::matmul_s8(aa.ptr<std::int8_t>(), static_cast<std::size_t>(aa.dim(0)), ba.ptr<std::int8_t>(),
                      static_cast<std::size_t>(ba.dim(0)), static_cast<std::size_t>(aa.dim(1)), ca.mut<std::int32_t>());
@@ -160,6 +189,7 @@ void register_quant(py::module_& m) {
     const std::size_t blocks = xa.size() / quant::kGgufBlock;
     const Array oa = check_array(out, "out", {DType::u8}, Access::write);
     check_size(oa, blocks * quant::gguf_type_size(t));
+    check_disjoint(oa, {&xa});
     py::gil_scoped_release release;
     return quant::gguf_quantize(t, xa.ptr<float>(), blocks, oa.mut<std::uint8_t>());
   }, py::arg("w"), py::arg("type"), py::arg("out"));
@@ -171,6 +201,7 @@ void register_quant(py::module_& m) {
     const std::size_t blocks = oa.size() / quant::kGgufBlock;
     const Array da = check_array(data, "data", {DType::u8}, Access::read);
     check_size(da, blocks * quant::gguf_type_size(t));
+    check_disjoint(oa, {&da});
     py::gil_scoped_release release;
     quant::gguf_dequantize(t, da.ptr<std::uint8_t>(), blocks, oa.mut<float>());
   }, py::arg("data"), py::arg("type"), py::arg("out"));

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
 from . import _core
 from ._version import __version__
 
@@ -24,6 +26,9 @@ def available_isas() -> list[str]:
 def active_isa() -> str:
     """The level kernels currently run on (the best available unless forced)."""
     return str(_core.active_isa())
+
+
+MAX_THREADS = 4096  # far above any machine; keeps the count a C int
 
 
 def _set_isa(name: str) -> None:
@@ -54,14 +59,16 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Set the kernels' thread count (``n >= 1``, ``ValueError`` otherwise).
+    """Set the kernels' thread count (``1 <= n <= 4096``, ``ValueError`` otherwise).
 
     Results do not depend on it: work is split in fixed chunks and reduced in
     a fixed order. It does not change other OpenMP users in the process.
     """
-    if isinstance(n, bool) or not isinstance(n, int):
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"n: expected an int, got {type(n).__name__}")
-    _core.set_num_threads(n)
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"n: expected a thread count in [1, {MAX_THREADS}], got {n}")
+    _core.set_num_threads(int(n))
 
 
 @contextlib.contextmanager

@@ -67,19 +67,43 @@ def _encode(obj: Any, where: str, tensors: dict[str, np.ndarray]) -> Any:
     )
 
 
-def _decode(obj: Any, tensors: dict[str, np.ndarray]) -> Any:
+_MAX_TREE_DEPTH = 200  # nesting of the saved structure (JSON), checked before parsing
+
+
+def _decode(obj: Any, tensors: dict[str, np.ndarray], where: str, used: set[str]) -> Any:
+    """The saved structure back; ``ValueError`` naming ``where`` for anything
+    :func:`_encode` cannot have written (a hand-made or corrupted file)."""
     if isinstance(obj, list):
-        return [_decode(v, tensors) for v in obj]
+        return [_decode(v, tensors, f"{where}/{i}", used) for i, v in enumerate(obj)]
     if isinstance(obj, dict):
-        if "__tensor__" in obj:
-            return tensors[obj["__tensor__"]]
-        if "__dict__" in obj:
-            return {k: _decode(v, tensors) for k, v in obj["__dict__"]}
-        if "__tuple__" in obj:
-            return tuple(_decode(v, tensors) for v in obj["__tuple__"])
-        if "__float__" in obj:
-            return float(obj["__float__"])
-    return obj
+        if len(obj) != 1:
+            raise ValueError(f"{where}: expected one of __tensor__, __dict__, __tuple__, __float__")
+        ((tag, v),) = obj.items()
+        if tag == "__tensor__":
+            if not isinstance(v, str) or v not in tensors:
+                raise ValueError(f"{where}: refers to tensor {v!r}, which the file does not hold")
+            if v in used:
+                raise ValueError(f"{where}: tensor {v!r} is referred to twice")
+            used.add(v)
+            return tensors[v]
+        if tag == "__dict__":
+            if not isinstance(v, list) or not all(
+                isinstance(kv, list) and len(kv) == 2 and isinstance(kv[0], (str, int)) for kv in v
+            ):
+                raise ValueError(f"{where}: __dict__ must be a list of [key, value] pairs")
+            return {k: _decode(x, tensors, f"{where}/{k}", used) for k, x in v}
+        if tag == "__tuple__":
+            if not isinstance(v, list):
+                raise ValueError(f"{where}: __tuple__ must be a list")
+            return tuple(_decode(x, tensors, f"{where}/{i}", used) for i, x in enumerate(v))
+        if tag == "__float__":
+            if v not in ("nan", "inf", "-inf"):
+                raise ValueError(f"{where}: __float__ must be 'nan', 'inf' or '-inf', got {v!r}")
+            return float(v)
+        raise ValueError(f"{where}: unknown tag {tag!r}")
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise ValueError(f"{where}: unexpected {type(obj).__name__}")  # pragma: no cover
 
 
 def save(path: str | os.PathLike, **state: Any) -> None:
@@ -121,10 +145,19 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
     ValueError
         The file is not a valid safetensors file (truncated, bad header).
     """
-    entries, meta = st.read(os.fspath(path))
+    path = os.fspath(path)
+    entries, meta = st.read(path)
     meta = meta or {}
-    tensors = {name: st.to_array(name, e) for name, e in entries.items()}
+    tensors = {name: st.to_array(f"{path}: tensor {name!r}", e) for name, e in entries.items()}
     if _KEY not in meta:
         return tensors
-    tree = json.loads(meta[_KEY])
-    return _decode(tree["tree"], tensors)
+    try:
+        saved = st.load_json(meta[_KEY], _MAX_TREE_DEPTH)
+        if not isinstance(saved, dict) or saved.get("format") != _FORMAT or "tree" not in saved:
+            raise ValueError(f"expected format {_FORMAT} with a tree")
+        tree = _decode(saved["tree"], tensors, "", set())
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{path}: malformed {_KEY!r} metadata ({e})") from None
+    if not isinstance(tree, dict):
+        raise ValueError(f"{path}: malformed {_KEY!r} metadata (the tree is not a dict)")
+    return tree

@@ -58,7 +58,9 @@ struct Spec {
   bool propagate = false;     // non-finite groups: NaN scale (true) or an error (false)
 
   std::size_t size() const { return rows * cols; }
-  std::size_t n_groups() const { return (cols + group_size - 1) / group_size; }
+  // ceil(cols / group_size) without forming cols + group_size - 1, which wraps
+  // to a tiny count when group_size is near 2**64 (a hostile file's spec).
+  std::size_t n_groups() const { return cols == 0 ? 0 : (cols - 1) / group_size + 1; }
   std::size_t n_params() const { return layout == Layout::runs ? channels : rows * n_groups(); }
   std::size_t row_bytes() const { return (cols * static_cast<std::size_t>(bits) + 7) / 8; }
   int qmin() const { return symmetric ? -((1 << (bits - 1)) - 1) : 0; }

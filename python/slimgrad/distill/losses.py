@@ -42,7 +42,9 @@ def kd_loss(
     One fused, numerically stable pass per row (online log-sum-exp over chunks
     of the class axis) then one pass writing the gradient: nothing of size
     ``B x V`` is allocated besides the gradient. Rows run in parallel; the
-    result is identical for any thread count.
+    result is identical for any thread count, but not across ISAs (scalar,
+    avx2 and avx512 use different vector exp and summation widths: results
+    differ in the last bits).
 
     Parameters
     ----------

@@ -159,7 +159,9 @@ def gelu(x: np.ndarray, approximate: str = "none", out: np.ndarray | None = None
     native array (zero copy when it already is one). ``out`` optional (may
     be ``x``), written: C-contiguous, ``x``'s dtype and shape, no copy.
     Matches ``torch.nn.functional.gelu``. ``ValueError`` for an unknown
-    ``approximate``.
+    ``approximate``. Same result for any thread count; float64 results are
+    the same on every ISA, float32 ones of different ISAs can differ in the
+    last bit.
     """
     if out is not x:  # x only read: copied once if strided or byte-swapped
         x = as_readable(x)

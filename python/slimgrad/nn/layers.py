@@ -112,7 +112,8 @@ class ReLU(Module):
 class GELU(Module):
     """GELU, ``x * Phi(x)`` (``approximate="none"``) or the tanh approximation.
 
-    C++ kernel (libm erf/tanh, threaded). ``x``: float32/float64, any layout
+    C++ kernel (libm erf/tanh, threaded; the ISAs as :func:`slimgrad.nn.gelu`).
+    ``x``: float32/float64, any layout
     and byte order: it is only read, so a strided or byte-swapped ``x`` (and
     ``grad_out``) is copied once to a C-contiguous native array (zero copy
     when it already is one). Other dtypes raise ``TypeError`` naming ``x``.
@@ -195,7 +196,8 @@ class BatchNorm1d(Module):
 
     Training: normalize with the batch mean and biased variance (per channel,
     summed in float64 in a fixed order: the same result for any thread
-    count), then update ``running_mean`` / ``running_var`` (unbiased
+    count; results of different ISAs can differ in the last bits), then
+    update ``running_mean`` / ``running_var`` (unbiased
     variance) with ``momentum``, or with the cumulative average
     ``1 / num_batches_tracked`` when ``momentum`` is None. Eval: normalize
     with the running statistics (batch statistics if

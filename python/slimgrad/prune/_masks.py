@@ -302,11 +302,15 @@ def structured_mask(w: np.ndarray, amount: float | int, axis: int = 0, norm: int
     Raises
     ------
     TypeError
-        ``w`` not an ndarray, or amount not a number.
+        ``w`` not a floating-point ndarray, or amount not a number.
     ValueError
         Bad amount, axis or norm, a 0-d array, or a NaN weight.
     """
     w = _check_array(w)
+    if w.dtype.kind != "f" and w.dtype.name != "bfloat16":
+        raise TypeError(
+            f"w: expected a floating-point array, got {w.dtype.name} array of shape {w.shape}"
+        )
     if norm not in (1, 2) or isinstance(norm, bool):
         raise ValueError(f"norm: expected 1 or 2, got {norm!r}")
     if w.ndim == 0:

@@ -34,7 +34,8 @@ def matmul(x: np.ndarray, qt: QuantizedTensor, out: np.ndarray | None = None) ->
     (2, 3, 5, 6, 7 bits, channels along axis 1, odd 4-bit groups) fall back
     to ``x @ qt.dequantize().T`` in NumPy. Results agree with the float64
     product of the dequantized weight to float32 accuracy (the summation
-    order differs between ISAs); every thread count gives identical results.
+    order differs, so results of different ISAs can differ in the last
+    bits); every thread count gives identical results.
 
     Parameters
     ----------

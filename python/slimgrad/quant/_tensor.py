@@ -130,6 +130,46 @@ class QuantizedTensor:
         self.axis = int(axis)
         self.group_size = int(group_size)
         self.source_dtype = _float_dtype(source_dtype, "source_dtype")
+        self._check()
+
+    def _check(self) -> None:
+        """Refuses a spec or arrays that do not fit together (``ValueError``), so a
+        hand-made or loaded tensor can never make a kernel read outside a buffer.
+        Sizes are checked as Python integers: nothing wraps around."""
+        if not 2 <= self.bits <= 8:
+            raise ValueError(f"bits: expected 2..8, got {self.bits}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(
+                f"granularity: expected one of {GRANULARITIES}, got {self.granularity!r}"
+            )
+        if not self.shape or min(self.shape) < 0:
+            raise ValueError(f"shape: expected non-negative sizes, got {self.shape}")
+        if math.prod(self.shape) * 8 >= 2**62:
+            raise ValueError(f"shape: {self.shape} has too many elements")
+        if not 1 <= self.group_size < 2**62:
+            raise ValueError(f"group_size: expected 1 <= group_size < 2**62, got {self.group_size}")
+        if self.granularity == "channel" and not 0 <= self.axis < len(self.shape):
+            raise ValueError(f"axis: expected 0..{len(self.shape) - 1}, got {self.axis}")
+        want = _empty_data(self.shape, self.bits, self.symmetric, alloc=False)
+        sshape = _scale_shape(self.shape, self.granularity, self.axis, self.group_size)
+        if sshape == ():  # files store a per-tensor scale with shape (1,)
+            for name in ("scale", "zero_point"):
+                arr = getattr(self, name)
+                if isinstance(arr, np.ndarray) and arr.shape == (1,):
+                    setattr(self, name, arr.reshape(()))
+        for name, arr, dtypes, shape in (
+            ("data", self.data, want[1], want[0]),
+            ("scale", self.scale, (np.float32,), sshape),
+            ("zero_point", self.zero_point, (np.int32,), sshape),
+        ):
+            if not isinstance(arr, np.ndarray):
+                raise TypeError(f"{name}: expected an ndarray, got {type(arr).__name__}")
+            if arr.dtype not in [np.dtype(d) for d in dtypes] or arr.shape != shape:
+                kinds = " or ".join(np.dtype(d).name for d in dtypes)
+                raise ValueError(
+                    f"{name}: expected {kinds} array of shape {shape}, "
+                    f"got {arr.dtype.name} array of shape {arr.shape}"
+                )
 
     # -- layout ------------------------------------------------------------
     @property
@@ -256,6 +296,10 @@ class QuantizedTensor:
                 f"got values in [{codes.min()}, {codes.max()}]"
             )
         sshape = _scale_shape(shape, granularity, axis, group_size)
+        for name, arr, kinds in (("scale", scale, "fiu"), ("zero_point", zero_point, "iu")):
+            dt = np.asarray(arr).dtype if arr is not None else np.dtype(np.int32)
+            if dt.kind not in kinds and dt.name != "bfloat16":
+                raise TypeError(f"{name}: expected real numbers, got a {dt.name} array")
         scale = np.ascontiguousarray(scale, np.float32)
         zero_point = (
             np.zeros(sshape, np.int32)
@@ -304,10 +348,14 @@ def _scale_shape(
     return (*shape[:-1], -(-shape[-1] // group_size))
 
 
-def _empty_data(shape: tuple[int, ...], bits: int, symmetric: bool) -> np.ndarray:
+def _empty_data(shape: tuple[int, ...], bits: int, symmetric: bool, alloc: bool = True) -> Any:
+    """The codes array for ``shape`` (or, without ``alloc``, (its shape, dtypes allowed))."""
     if bits == 8:
-        return np.empty(shape, np.int8 if symmetric else np.uint8)
-    return np.empty((*shape[:-1], (shape[-1] * bits + 7) // 8), np.uint8)
+        dt: tuple = (np.int8 if symmetric else np.uint8,)
+        dshape = shape
+    else:
+        dt, dshape = (np.uint8,), (*shape[:-1], (shape[-1] * bits + 7) // 8)
+    return np.empty(dshape, dt[0]) if alloc else (dshape, dt)
 
 
 def _core_spec(

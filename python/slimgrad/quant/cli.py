@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         stored, specs = io._layout(quantized, raw_ok=True)
         out = {k: v if isinstance(v, io.st.Entry) else io.to_entry(v) for k, v in stored.items()}
         meta = io._metadata({"source": os.path.basename(args.input), **metadata}, specs)
-        io._atomic(args.output, lambda tmp: io.st.write(tmp, out, meta))
+        io.write_entries(args.output, out, meta)
     _print_table(rows, gguf_type or fmt)
     return 0
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,21 +56,14 @@ def check_output(path: str | os.PathLike) -> None:
 
 
 def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    path = Path(path)
+    """``write(tmp)`` then rename over ``path``: :func:`slimgrad._safetensors.atomic`
+    (stale temporary files cleaned, mode as ``open(path, "w")``) with the
+    early, one-line checks of :func:`check_output`."""
     check_output(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        st.atomic(path, write)
     except OSError as e:
         raise _cannot(path, "write", e) from None
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise _cannot(path, "write", e) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, st.Entry], dict[str, Any]]:
@@ -157,11 +149,20 @@ def save(
         The file cannot be written: one line naming ``path`` (the previous
         file, if any, is untouched).
     """
-    from safetensors.numpy import save_file
-
     arrays, specs = _layout(tensors)
-    meta = _metadata(metadata, specs)
-    _atomic(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
+    write_entries(
+        path, {name: to_entry(a, name) for name, a in arrays.items()}, _metadata(metadata, specs)
+    )
+
+
+def write_entries(path: str | os.PathLike, entries: dict[str, st.Entry], meta: dict) -> None:
+    """:func:`slimgrad._safetensors.write` with the early checks of
+    :func:`check_output` and a one-line ``OSError`` naming ``path``."""
+    check_output(path)
+    try:
+        st.write(path, entries, meta)
+    except OSError as e:
+        raise _cannot(path, "write", e) from None
 
 
 def load(path: str | os.PathLike) -> dict[str, QuantizedTensor | np.ndarray]:
@@ -179,34 +180,20 @@ def load(path: str | os.PathLike) -> dict[str, QuantizedTensor | np.ndarray]:
         malformed or refers to missing tensors.
     """
     entries, meta = read_checkpoint(path)
-    arrays = {name: to_array(name, e) for name, e in entries.items()}
+    arrays = {
+        name: to_array(f"{os.fspath(path)}: tensor {name!r}", e) for name, e in entries.items()
+    }
     specs: dict[str, Any] = {}
     if META_KEY in meta:
         try:
-            specs = json.loads(meta[META_KEY])["tensors"]
+            specs = st.load_json(meta[META_KEY], 8)["tensors"]
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{path}: malformed {META_KEY} metadata ({e})") from None
+    if not isinstance(specs, dict):
+        raise ValueError(f"{path}: malformed {META_KEY} metadata (tensors is not an object)")
     quantized: dict[str, QuantizedTensor] = {}
     for name, spec in specs.items():
-        try:
-            data, scale = arrays[name], arrays[f"{name}.scale"]
-            zp = arrays.get(f"{name}.zero_point", np.zeros(scale.shape, np.int32))
-            quantized[name] = QuantizedTensor(
-                data,
-                scale,
-                zp,
-                tuple(spec["shape"]),
-                spec["bits"],
-                spec["symmetric"],
-                spec["granularity"],
-                spec["axis"],
-                spec["group_size"],
-                spec.get("dtype", "float32"),
-            )
-        except KeyError as e:
-            raise ValueError(f"{path}: quantized tensor {name!r} is missing {e}") from None
-        except TypeError as e:
-            raise ValueError(f"{path}: malformed {META_KEY} metadata for {name!r} ({e})") from None
+        quantized[name] = _from_spec(os.fspath(path), name, spec, arrays)
     parts = {f"{name}.{part}" for name in quantized for part in ("scale", "zero_point")}
     out: dict[str, QuantizedTensor | np.ndarray] = {}
     for name, a in arrays.items():  # file order
@@ -215,6 +202,55 @@ def load(path: str | os.PathLike) -> dict[str, QuantizedTensor | np.ndarray]:
         elif name not in parts:
             out[name] = a
     return out
+
+
+_SPEC_TYPES: dict[str, tuple[type, ...]] = {
+    "bits": (int,),
+    "symmetric": (bool,),
+    "granularity": (str,),
+    "axis": (int,),
+    "group_size": (int,),
+    "shape": (list,),
+    "dtype": (str,),
+}
+
+
+def _from_spec(path: str, name: str, spec: Any, arrays: dict[str, np.ndarray]) -> QuantizedTensor:
+    """The QuantizedTensor ``name`` of a file; ``ValueError`` naming the file and
+    the tensor for a spec of the wrong types or arrays that do not fit it."""
+    where = f"{path}: quantized tensor {name!r}"
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: the spec is not an object")
+    for key, types in _SPEC_TYPES.items():
+        if key not in spec and key != "dtype":
+            raise ValueError(f"{where}: the spec has no {key!r}")
+        v = spec.get(key, "float32")
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            raise ValueError(f"{where}: spec[{key!r}] must be {types[0].__name__}, got {v!r}")
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in spec["shape"]):
+        raise ValueError(f"{where}: spec['shape'] must be a list of integers, got {spec['shape']}")
+    for part in ("", ".scale"):
+        if f"{name}{part}" not in arrays:
+            raise ValueError(f"{where}: the file has no tensor {name + part!r}")
+    scale = arrays[f"{name}.scale"]
+    zp = arrays.get(f"{name}.zero_point")
+    if zp is None:
+        zp = np.zeros(scale.shape, np.int32)
+    try:
+        return QuantizedTensor(
+            arrays[name],
+            scale,
+            zp,
+            tuple(spec["shape"]),
+            spec["bits"],
+            spec["symmetric"],
+            spec["granularity"],
+            spec["axis"],
+            spec["group_size"],
+            spec.get("dtype", "float32"),
+        )
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 # -- GGUF ----------------------------------------------------------------------------
@@ -372,8 +408,7 @@ def save_gguf(
 
     qtype = sg._type_name(type)
     prepared = [
-        gguf_tensor(name, np.asarray(w), qtype, f"tensors[{name!r}]")
-        for name, w in tensors.items()
+        gguf_tensor(name, np.asarray(w), qtype, f"tensors[{name!r}]") for name, w in tensors.items()
     ]
     write_gguf(path, prepared, arch)
     return {t.name: t.type for t in prepared}
