@@ -11,42 +11,45 @@ See :mod:`slimgrad.optim._base` for params / param groups / state, and
 Layout: the implementation lives in ``_``-modules (``_base``: the
 :class:`Optimizer` machinery; ``_checks``: option checks; ``_bucket``: state
 placement; ``_state_dict``; ``_fused``: the base of the optimizers stepped by
-one C++ call; ``_optimizers``: SGD ... RAdam) and in one module per extra
-optimizer; this file only re-exports the public names.
+one C++ call; ``_optimizers``: SGD ... RAdam; ``_lion``, ``_lamb``,
+``_adamw8bit``, ``_adafactor``, ``_clip``); ``functional`` is public as a
+module. This file only re-exports the public names.
 """
 
 from __future__ import annotations
 
 from . import functional
+from ._adafactor import Adafactor
+from ._adamw8bit import AdamW8bit, dequantize_moment, quantize_moment
 from ._arena import flatten
 from ._base import Optimizer
 from ._bucket import Bucket
+from ._clip import accumulate_, clip_grad_norm_, clip_grad_value_
+from ._lamb import LAMB
+from ._lion import Lion
 from ._optimizers import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop
-from .adafactor import Adafactor
-from .adamw8bit import AdamW8bit
-from .clip import accumulate_, clip_grad_norm_, clip_grad_value_
-from .lamb import LAMB
-from .lion import Lion
 
 __all__ = [
-    "Bucket",
-    "Optimizer",
-    "SGD",
-    "Adagrad",
-    "RMSprop",
     "Adadelta",
+    "Adafactor",
+    "Adagrad",
     "Adam",
     "AdamW",
-    "Adamax",
-    "NAdam",
-    "RAdam",
-    "flatten",
-    "Lion",
-    "LAMB",
     "AdamW8bit",
-    "Adafactor",
+    "Adamax",
+    "Bucket",
+    "LAMB",
+    "Lion",
+    "NAdam",
+    "Optimizer",
+    "RAdam",
+    "RMSprop",
+    "SGD",
+    "accumulate_",
     "clip_grad_norm_",
     "clip_grad_value_",
-    "accumulate_",
+    "dequantize_moment",
+    "flatten",
     "functional",
+    "quantize_moment",
 ]
