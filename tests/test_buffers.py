@@ -84,11 +84,17 @@ def test_read_only_input_is_fine():
     assert ops.squared_norm(_readonly(x)) == 12.0
 
 
-def test_unaligned_arrays_work():
+def test_unaligned_arrays_refused():
+    """Dereferencing a misaligned float* is undefined behaviour (UBSan): such
+    arrays are refused, nothing written (docs/reliability.md); a copy works."""
     raw = np.zeros(4 * 101 + 1, dtype=np.uint8)
     y = raw[1:].view(np.float32)  # deliberately misaligned by one byte
     assert y.ctypes.data % 4 != 0 and y.flags.c_contiguous
     y[:] = 1.0
+    with pytest.raises(ValueError, match=r"y: expected an array aligned .* \.copy\(\)"):
+        ops.axpy_(y, np.full(101, 2.0, np.float32), 0.5)
+    np.testing.assert_array_equal(y, np.ones(101, np.float32))
+    y = y.copy()
     ops.axpy_(y, np.full(101, 2.0, np.float32), 0.5)
     np.testing.assert_array_equal(y, np.full(101, 2.0, np.float32))
 

@@ -51,6 +51,28 @@ ROUNDINGS = ("half_even", "half_away", "stochastic")
 CLIPS = ("minmax", "percentile", "mse")
 NONFINITE = ("raise", "propagate")
 FLT_MIN = np.float32(np.finfo(np.float32).tiny)
+MAX_GROUP = 2**58  # group sizes (and every size) the C++ spec accepts stay below this
+
+
+def _check_layout_args(ndim: int, bits: Any, granularity: Any, axis: Any, group_size: Any) -> None:
+    """The spec arguments of quantize / from_codes, each named in its ValueError."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 2 <= bits <= 8:
+        raise ValueError(f"bits: expected an integer in 2..8, got {bits!r}")
+    _choice("granularity", granularity, GRANULARITIES)
+    if (
+        isinstance(axis, bool)
+        or not isinstance(axis, (int, np.integer))
+        or not -ndim <= axis < ndim
+    ):
+        raise ValueError(f"axis: expected an integer in [{-ndim}, {ndim - 1}], got {axis!r}")
+    if (
+        isinstance(group_size, bool)
+        or not isinstance(group_size, (int, np.integer))
+        or group_size < 1
+    ):
+        raise ValueError(f"group_size: expected a positive integer, got {group_size!r}")
+    if group_size >= MAX_GROUP:
+        raise ValueError(f"group_size: expected a value below 2**58, got {group_size!r}")
 
 
 def _float_dtype(dtype: Any, name: str = "dtype") -> np.dtype:
@@ -144,10 +166,12 @@ class QuantizedTensor:
             )
         if not self.shape or min(self.shape) < 0:
             raise ValueError(f"shape: expected non-negative sizes, got {self.shape}")
-        if math.prod(self.shape) * 8 >= 2**62:
+        if math.prod(self.shape) >= MAX_GROUP:
             raise ValueError(f"shape: {self.shape} has too many elements")
-        if not 1 <= self.group_size < 2**62:
-            raise ValueError(f"group_size: expected 1 <= group_size < 2**62, got {self.group_size}")
+        if not 1 <= self.group_size < MAX_GROUP:
+            raise ValueError(
+                f"group_size: expected an integer in [1, 2**58), got {self.group_size}"
+            )
         if self.granularity == "channel" and not 0 <= self.axis < len(self.shape):
             raise ValueError(f"axis: expected 0..{len(self.shape) - 1}, got {self.axis}")
         want = _empty_data(self.shape, self.bits, self.symmetric, alloc=False)
@@ -288,6 +312,8 @@ class QuantizedTensor:
                 f"got {codes.dtype.name} array of shape {codes.shape}"
             )
         shape = codes.shape
+        _check_layout_args(codes.ndim, bits, granularity, axis, group_size)
+        bits, axis, group_size = int(bits), int(axis) % codes.ndim, int(group_size)
         spec = _core_spec(shape, bits, symmetric, granularity, axis, group_size)
         lo, hi = (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
         if codes.size and (codes.min() < lo or codes.max() > hi):
@@ -483,18 +509,12 @@ def quantize(
     wf = _as_float32(w, name)
     if w.ndim == 0:
         raise ValueError(f"{name}: expected an array of at least one dimension, got a 0-d array")
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 2 <= bits <= 8:
-        raise ValueError(f"bits: expected an integer in 2..8, got {bits!r}")
+    _check_layout_args(wf.ndim, bits, granularity, axis, group_size)
     bits = int(bits)
-    _choice("granularity", granularity, GRANULARITIES)
     _choice("rounding", rounding, ROUNDINGS)
     _choice("clip", clip, CLIPS)
     _choice("nonfinite", nonfinite, NONFINITE)
-    if not isinstance(axis, (int, np.integer)) or not -wf.ndim <= axis < wf.ndim:
-        raise ValueError(f"axis: expected an integer in [{-wf.ndim}, {wf.ndim - 1}], got {axis!r}")
     axis = int(axis) % wf.ndim
-    if not isinstance(group_size, (int, np.integer)) or group_size < 1:
-        raise ValueError(f"group_size: expected a positive integer, got {group_size!r}")
     if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
         raise ValueError(f"seed: expected an integer in [0, 2**64), got {seed!r}")
     if not 0 < percentile <= 100:
