@@ -264,7 +264,8 @@ class ZeroRedundancyOptimizer:
     def _new_inner(self) -> Any:
         groups = []
         for gi in self._inner_groups():
-            opts = {k: v for k, v in self.param_groups[gi].items() if k != "params"}
+            # Only the class's options: a scheduler's "initial_lr" is not one.
+            opts = {k: v for k, v in self.param_groups[gi].items() if k in self._ref.defaults}
             ps = {pc.name: self._piece_view(pc) for pc in self.pieces if pc.group == gi}
             groups.append({"params": ps, **opts})
         if not groups:
