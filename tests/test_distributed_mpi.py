@@ -159,10 +159,9 @@ def test_checkpoint_round_trip_2_to_4_to_1(tmp_path):
         assert np.array_equal(p_one[k], p_ref[k]), k
 
 
+@pytest.mark.parametrize("suite", [2], indirect=True, ids=["ranks=2"])
 def test_mismatch_between_ranks_detected_at_construction(suite):
     n, out = suite
-    if n != 2:
-        pytest.skip("checked in the 2-rank job")
     for rep in reports(n, "mismatch", out):  # the same error on every rank
         shape, lr = rep["messages"]
         assert shape == (
