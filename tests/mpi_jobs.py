@@ -150,6 +150,12 @@ def configs() -> list[tuple[str, type, dict, object]]:
     return out
 
 
+def _state_nbytes(opt) -> int:
+    return sum(
+        v.nbytes for st in opt.state.values() for v in st.values() if isinstance(v, np.ndarray)
+    )
+
+
 def job_zero(out: str) -> None:
     """Every optimizer: ZeRO equals the unsharded optimizer stepped on the averaged gradients."""
     comm = dist.default_communicator()
@@ -166,8 +172,7 @@ def job_zero(out: str) -> None:
             for step in range(3):
                 zero.step(grads_for(step, r, dtype))
                 ref.step(avg_grads(step, n, dtype))
-            total = sum(v.nbytes for st in ref.state.values() for v in st.values()
-                        if isinstance(v, np.ndarray))  # fmt: skip
+            total = _state_nbytes(ref)
             key = f"{name}{'-arena' if arena else ''}"
             report[key] = {
                 "equal": all(np.array_equal(p_zero[k], p_ref[k]) for k in SHAPES),
@@ -201,10 +206,7 @@ def _memory(comm) -> dict:
         zero.step(g)
         ref = cls({k: v.copy() for k, v in p.items()}, lr=1e-3, **opts)
         ref.step(g)
-        total = sum(
-            v.nbytes for st in ref.state.values() for v in st.values() if isinstance(v, np.ndarray)
-        )
-        out[cls.__name__] = [zero.state_nbytes(), total]
+        out[cls.__name__] = [zero.state_nbytes(), _state_nbytes(ref)]
     return out
 
 
@@ -291,8 +293,8 @@ def job_ckpt_resume(out: str) -> None:
     zero.load_state_dict(ck["optimizer"])
     for step in range(3, 5):
         zero.step(grads_for(step, comm.rank, np.float32))
-    dist.save(os.path.join(out, "ckpt"), optimizer=zero, params=p, phase1_ranks=ck["phase1_ranks"],
-              phase2_ranks=comm.size)  # fmt: skip
+    ranks = {"phase1_ranks": ck["phase1_ranks"], "phase2_ranks": comm.size}
+    dist.save(os.path.join(out, "ckpt"), optimizer=zero, params=p, **ranks)
     write(out, "ckpt_resume", comm.rank, {"ok": True})
 
 
