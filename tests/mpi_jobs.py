@@ -85,6 +85,19 @@ def job_train(out: str) -> None:
         hist[name] = d.fit(X, y, epochs=2, batch_size=B, progress=False, seed=5).as_dict()
         distilled[name] = {k: v.copy() for k, v in student.parameters().items()}
 
+    # A NaN in one rank's gradient reaches every rank through the average.
+    p = {"w": np.ones(40, np.float32)}
+    ddp_nan = dist.DistributedOptimizer(optim.AdamW(p, lr=0.1))
+    g = {"w": np.ones(40, np.float32)}
+    if comm.rank == comm.size - 1:
+        g["w"][17] = np.nan
+    try:
+        ddp_nan.step(g)
+        nan_outcome = "stepped"
+    except FloatingPointError as e:
+        nan_outcome = str(e)
+    nan_outcome = [nan_outcome, bool(np.all(p["w"] == 1.0)), len(ddp_nan.state)]
+
     def rel(a: dict, b: dict) -> float:
         return max(float(np.max(np.abs(a[k] - b[k])) / np.max(np.abs(b[k]))) for k in b)
 
@@ -99,6 +112,7 @@ def job_train(out: str) -> None:
             "distill_vs_single": rel(distilled["dp"], distilled["single"]),
             "distill_loss": [hist["dp"]["loss"], hist["single"]["loss"]],
             "distill_steps": [len(hist["dp"]["step_loss"]), len(hist["single"]["step_loss"])],
+            "ddp_nonfinite": nan_outcome,
         },
         {**{f"ddp/{k}": v for k, v in ddp.items()}, **{f"zero/{k}": v for k, v in zero.items()}},
     )

@@ -78,6 +78,8 @@ def test_data_parallel_training_equals_one_process(suite, tmp_path):
         assert rep["distill_vs_single"] < 1e-5
         assert rep["distill_steps"][0] == rep["distill_steps"][1] == 12
         np.testing.assert_allclose(rep["distill_loss"][0], rep["distill_loss"][1], rtol=1e-6)
+        # The non-finite policy acts on every rank: raised, nothing modified, no state.
+        assert rep["ddp_nonfinite"] == ["grads['w'] has a non-finite value at index 17", True, 0]
     # Every rank holds the same bits.
     arrays = [np.load(out / f"train-rank{r}.npz") for r in range(n)]
     for a in arrays[1:]:
