@@ -253,3 +253,20 @@ def test_data_parallel_helpers_on_one_rank(comm):
     opt = dist.DistributedOptimizer(optim.SGD(p, lr=0.5), comm)
     assert opt.step({"w": np.ones(4, np.float32)})
     assert np.array_equal(p["w"], np.full(4, 0.5)) and opt.param_groups[0]["lr"] == 0.5
+
+
+def test_zero_with_a_scheduler_saves_and_loads(comm, tmp_path):
+    # A scheduler adds "initial_lr" to the param groups: not an optimizer option.
+    from slimgrad import schedule
+
+    p = {"w": np.ones(100, np.float32)}
+    zero = dist.ZeroRedundancyOptimizer(optim.AdamW, p, comm=comm, lr=0.1)
+    sched = schedule.StepLR(zero, step_size=1, gamma=0.5)
+    zero.step({"w": np.ones(100, np.float32)})
+    sched.step()
+    dist.save(tmp_path / "ck", optimizer=zero)
+    other = dist.ZeroRedundancyOptimizer(optim.AdamW, {"w": p["w"].copy()}, comm=comm, lr=0.1)
+    other.load_state_dict(dist.load(tmp_path / "ck")["optimizer"])
+    assert other.param_groups[0]["lr"] == 0.05 and other.param_groups[0]["initial_lr"] == 0.1
+    assert other.optimizer.param_groups[0]["lr"] == 0.05
+    assert other.state_dict()["state"]["w"]["step"] == 1

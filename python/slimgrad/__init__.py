@@ -52,7 +52,7 @@ def __getattr__(name: str) -> Any:
     # the programs that use it.
     import importlib
 
-    if name in ("optim", "schedule", "nn", "prune", "quant", "distill", "ops"):
+    if name in ("optim", "schedule", "nn", "prune", "quant", "distill", "ops", "distributed"):
         return importlib.import_module(f"{__name__}.{name}")
     if name in ("save", "load"):
         return getattr(importlib.import_module(f"{__name__}.checkpoint"), name)

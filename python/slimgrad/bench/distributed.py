@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -46,8 +46,8 @@ def cases(size: int) -> Iterator[Case]:
     except ImportError:
         mpiexec = None
     if mpiexec is None:
-        print("distributed: skipped, needs mpi4py and mpiexec (pip install 'slimgrad[mpi]')",
-              file=sys.stderr)  # fmt: skip
+        need = "needs mpi4py and mpiexec (pip install 'slimgrad[mpi]')"
+        print(f"distributed: skipped, {need}", file=sys.stderr)
         return
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "figures.json")
@@ -127,7 +127,7 @@ def main(size: int, out: str) -> None:
     import resource
 
     from .. import distributed as dist
-    from ..optim import AdamW, flatten
+    from .. import optim
 
     comm = dist.default_communicator()
     mpi = comm.comm
@@ -144,14 +144,14 @@ def main(size: int, out: str) -> None:
     )
     arrays = 50
     shapes = {f"layer{i}": (size // arrays,) for i in range(arrays)}
-    params = flatten({k: np.zeros(s, np.float32) for k, s in shapes.items()})
-    grads = flatten({k: np.full(s, 1e-3, np.float32) for k, s in shapes.items()})
-    zero = dist.ZeroRedundancyOptimizer(AdamW, params, lr=1e-4)
-    impls = {"slimgrad": lambda: zero.step(grads)}
+    params = optim.flatten({k: np.zeros(s, np.float32) for k, s in shapes.items()})
+    grads = optim.flatten({k: np.full(s, 1e-3, np.float32) for k, s in shapes.items()})
+    zero = dist.ZeroRedundancyOptimizer(optim.AdamW, params, lr=1e-4)
+    impls: dict[str, Callable[[], object]] = {"slimgrad": lambda: zero.step(grads)}
     plain = None
     if comm.rank == 0:
-        p1 = flatten({k: np.zeros(s, np.float32) for k, s in shapes.items()})
-        plain = AdamW(p1, lr=1e-4)
+        p1 = optim.flatten({k: np.zeros(s, np.float32) for k, s in shapes.items()})
+        plain = optim.AdamW(p1, lr=1e-4)
         impls["unsharded, 1 rank"] = lambda: plain.step(grads)
     else:
         impls["unsharded, 1 rank"] = lambda: None

@@ -91,8 +91,8 @@ def save(directory: str | os.PathLike, **state: Any) -> None:
                 }
                 for k, z in zeros.items()
             }
-            checkpoint.save(os.path.join(directory, f"common.{tag}.safetensors"),
-                            __sharded__=meta, **common)  # fmt: skip
+            common_path = os.path.join(directory, f"common.{tag}.safetensors")
+            checkpoint.save(common_path, __sharded__=meta, **common)
     except (OSError, TypeError, ValueError) as e:
         error = f"rank {r}: {type(e).__name__}: {e}"
     errors = [e for e in comm.allgather_object(error) if e is not None]

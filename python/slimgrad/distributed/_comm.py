@@ -35,6 +35,7 @@ __all__ = ["CollectiveTimeout", "Communicator", "mpi"]
 # Sub-chunk of the ordered sum: the N pieces of one sub-chunk stay in L2 while summed.
 _SUM_CHUNK = 1 << 15
 DEFAULT_TIMEOUT = float(os.environ.get("SLIMGRAD_MPI_TIMEOUT", "300"))
+YIELD_AFTER = 0.001  # seconds of polling before a waiting rank starts yielding its core
 
 
 class CollectiveTimeout(RuntimeError):
@@ -126,20 +127,29 @@ class Communicator:
 
     # --------------------------------------------------------------- waiting
     def wait(self, req: Any, what: str) -> None:
-        """Wait for a request, raising :class:`CollectiveTimeout` after ``timeout`` s."""
+        """Wait for a request, raising :class:`CollectiveTimeout` after ``timeout`` s.
+
+        Polls ``Test`` (which drives MPICH's progress engine; measured here 5x
+        faster than a blocking ``Wait`` or a yield every few polls), and only
+        after ``YIELD_AFTER`` seconds of waiting starts yielding the core now
+        and then, for ranks oversubscribed on fewer cores.
+        """
         if req.Test():
             return
-        deadline = time.monotonic() + self.timeout
+        start = time.monotonic()
+        deadline = start + self.timeout
         spins = 0
         while not req.Test():
             spins += 1
-            if spins & 15 == 0:
-                if time.monotonic() > deadline:
+            if spins & 255 == 0:
+                now = time.monotonic()
+                if now > deadline:
                     raise CollectiveTimeout(
                         f"{what}: rank {self.rank} of {self.size} waited {self.timeout:g} s; "
                         "another rank has died, raised or is not calling the same collective"
                     )
-                os.sched_yield()  # oversubscribed ranks: let the peer run
+                if now - start > YIELD_AFTER:
+                    os.sched_yield()
 
     def barrier(self) -> None:
         self.wait(self.comm.Ibarrier(), "barrier")
@@ -185,7 +195,7 @@ class Communicator:
         """Broadcast ``a`` (C-contiguous, any dtype) from ``root`` in place."""
         self.wait(self.comm.Ibcast([_raw(a), _mpi_type(a)], root=root), "broadcast")
 
-    def _workspace(self, dtype: np.dtype, n: int, slot: int = 0) -> np.ndarray:
+    def _workspace(self, dtype: Any, n: int, slot: int = 0) -> np.ndarray:
         key = (np.dtype(dtype).str, slot)
         ws = self._ws.get(key)
         if ws is None or ws.size < n:

@@ -128,7 +128,7 @@ def allreduce_gradients(
     comm = comm or default_communicator()
     spaces = _by_dtype(_arrays(grads, "grads"))
     for space in spaces:
-        if space.dtype.kind != "f" and space.dtype.itemsize != 2:
+        if space.dtype.kind != "f" and space.dtype.name != "bfloat16":
             raise TypeError(f"grads: expected float arrays, got {space.dtype.name}")
     if comm.size == 1:
         return grads

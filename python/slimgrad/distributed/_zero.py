@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _zero_state
 from ._comm import Communicator, offsets
 from ._data_parallel import (
     DEFAULT_BUCKET_BYTES,
@@ -43,8 +44,8 @@ from ._flat import FlatSpace, Key, flat_grads, keys_of, label
 
 __all__ = ["ZeroRedundancyOptimizer"]
 
-_ELEMENTWISE = ("SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam",
-                "RAdam", "Lion")  # fmt: skip
+# Optimizers whose update of an element reads only that element's param, grad and state.
+_ELEMENTWISE = "SGD Adagrad RMSprop Adadelta Adam AdamW Adamax NAdam RAdam Lion".split()
 
 
 def split_granularity(optimizer_class: type, groups: list[dict[str, Any]]) -> int | None:
@@ -264,7 +265,8 @@ class ZeroRedundancyOptimizer:
     def _new_inner(self) -> Any:
         groups = []
         for gi in self._inner_groups():
-            opts = {k: v for k, v in self.param_groups[gi].items() if k != "params"}
+            # Only the class's options: a scheduler's "initial_lr" is not one.
+            opts = {k: v for k, v in self.param_groups[gi].items() if k in self._ref.defaults}
             ps = {pc.name: self._piece_view(pc) for pc in self.pieces if pc.group == gi}
             groups.append({"params": ps, **opts})
         if not groups:
@@ -392,7 +394,7 @@ class ZeroRedundancyOptimizer:
                 acc += float(v)
             total = acc ** (1.0 / p)
         self.last_grad_norm = total
-        coef = self.max_grad_norm / (total + 1e-6)
+        coef = float(self.max_grad_norm or 0.0) / (total + 1e-6)
         if coef < 1.0:
             for seg in self.segments:
                 if seg.dtype.itemsize == 2:
@@ -424,10 +426,8 @@ class ZeroRedundancyOptimizer:
         """Bytes of optimizer state arrays held by this rank (its shard, incl. master copies)."""
         if self.optimizer is None:
             return 0
-        return sum(
-            v.nbytes for st in self.optimizer.state.values() for v in st.values()
-            if isinstance(v, np.ndarray)
-        )  # fmt: skip
+        arrays = [v for st in self.optimizer.state.values() for v in st.values()]
+        return sum(v.nbytes for v in arrays if isinstance(v, np.ndarray))
 
     def __repr__(self) -> str:
         return (
@@ -435,10 +435,8 @@ class ZeroRedundancyOptimizer:
             f"{self.comm.size}, {len(self.pieces)} pieces, granularity {self.granularity})"
         )
 
-    # ------------------------------------------------------------ state dicts
-    from ._zero_state import (  # noqa: E402  (methods kept in their own file)
-        consolidated_state_dict,
-        load_state_dict,
-        local_state,
-        state_dict,
-    )
+    # State dicts (kept in their own file): consolidated, per-rank, loading.
+    consolidated_state_dict = _zero_state.consolidated_state_dict
+    state_dict = _zero_state.state_dict
+    load_state_dict = _zero_state.load_state_dict
+    local_state = _zero_state.local_state
