@@ -10,9 +10,9 @@ from conftest import run_everywhere
 from slimgrad import nn
 from slimgrad.models import Calibration, calibration, hessian_accumulate
 
-# Around the register tiles (avx2 6 x 16, avx512 12 x 32) and the 128-row blocks.
+# Around the register tiles (avx2 6 x 16, avx512 12 x 32) the 256-row blocks and the 1024-row packs.
 DIMS = [1, 5, 6, 7, 11, 12, 13, 16, 17, 31, 32, 33, 100]
-TOKENS = [0, 1, 127, 128, 129, 1100]
+TOKENS = [0, 1, 255, 256, 257, 1100]
 
 
 @pytest.mark.parametrize("d", DIMS)

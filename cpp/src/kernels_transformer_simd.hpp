@@ -12,10 +12,12 @@
 //  - Hessian tile: MR x NV vectors of float accumulators in registers; per
 //    packed row k, NV loads of the B panel and MR broadcasts of the A panel,
 //    MR * NV FMAs. Partial tiles are computed whole (panels are zero-padded)
-//    and only their valid part is added to H.
+//    and only their valid part is added to H (vector adds for whole rows,
+//    float partials widened to double with vcvtps2pd for a double H).
 #pragma once
 
 #include <limits>
+#include <type_traits>
 
 #include "kernels_nn_simd.hpp"  // exp_f32, load_wide
 #include "slimgrad/transformer.hpp"
@@ -257,6 +259,17 @@ void hessian_tile(const float* a, const float* b, std::size_t kc, T* h, std::siz
   float out[MR][NR];
   for (std::size_t r = 0; r < MR; ++r)
     for (std::size_t v = 0; v < NV; ++v) acc[r][v].store(&out[r][v * W]);
+  if (cols == NR) {  // whole rows of the tile: vector adds into H (widened for double)
+    using D = Vec<T, I>;
+    for (std::size_t r = 0; r < rows; ++r)
+      for (std::size_t c = 0; c < NR; c += D::width) {
+        if constexpr (std::is_same_v<T, float>)
+          (D::load(h + r * ldh + c) + V::load(&out[r][c])).store(h + r * ldh + c);
+        else
+          (D::load(h + r * ldh + c) + load_wide<I>(&out[r][c])).store(h + r * ldh + c);
+      }
+    return;
+  }
   for (std::size_t r = 0; r < rows; ++r)
     for (std::size_t c = 0; c < cols; ++c) h[r * ldh + c] += static_cast<T>(out[r][c]);
 }

@@ -101,7 +101,7 @@ namespace {
 
 // Rows packed at once: kHessianSub blocks of kHessianKc rows (a few MiB of
 // panels for d = 1536), so one parallel region covers many register passes.
-constexpr std::size_t kHessianSub = 8;
+constexpr std::size_t kHessianSub = 4;
 
 // Panels of `width` columns of rows [0, s) of x, zero-padded to `width`:
 // panel p holds x[k][p * width + c] at pack[p * s * width + k * width + c].
@@ -115,16 +115,17 @@ void pack_panel(const float* x, std::size_t s, std::size_t d, std::size_t width,
     for (std::size_t c = 0; c < cols; ++c) dst[k * width + c] = src[c];
     for (std::size_t c = cols; c < width; ++c) dst[k * width + c] = 0.0f;
   }
-  if (abs_sum || sq_sum) {
-    for (std::size_t c = 0; c < cols; ++c) {
-      double sa = 0.0, sq = 0.0;
-      for (std::size_t k = 0; k < s; ++k) {
+  if (abs_sum || sq_sum) {  // row by row (contiguous), rows in order per column
+    double sa[64] = {}, sq[64] = {};  // width <= 64 (the widest tile is 32)
+    for (std::size_t k = 0; k < s; ++k)
+      for (std::size_t c = 0; c < cols; ++c) {
         const double v = dst[k * width + c];
-        sa += std::fabs(v);
-        sq += v * v;
+        sa[c] += std::fabs(v);
+        sq[c] += v * v;
       }
-      if (abs_sum) abs_sum[c0 + c] += sa;
-      if (sq_sum) sq_sum[c0 + c] += sq;
+    for (std::size_t c = 0; c < cols; ++c) {
+      if (abs_sum) abs_sum[c0 + c] += sa[c];
+      if (sq_sum) sq_sum[c0 + c] += sq[c];
     }
   }
 }

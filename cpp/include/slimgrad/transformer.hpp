@@ -28,7 +28,7 @@ namespace slimgrad {
 
 // Rows of X per register-tile pass: each H element gets a float32 partial
 // sum over at most this many rows, then is added into H (float or double).
-inline constexpr std::size_t kHessianKc = 128;
+inline constexpr std::size_t kHessianKc = 256;
 
 namespace kernels {
 // rows x n, C-contiguous. mean/rstd: one float per row (written).

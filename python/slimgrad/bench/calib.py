@@ -3,7 +3,7 @@
 Shapes are MiniLM's Linear inputs: (tokens, 384) for the attention and
 FFN-in projections, (tokens, 1536) for the FFN-out projection.
   - slimgrad: ``models.hessian_accumulate`` into a float64 H (float32 FMA
-    within 128-token blocks), plus the per-channel |x| and x^2 sums.
+    within 256-token blocks), plus the per-channel |x| and x^2 sums.
   - slimgrad f32 H: the same into a float32 H, no channel statistics.
   - numpy X^T X: ``np.matmul(x.T, x, out=t)`` (OpenBLAS sgemm on the same
     shapes, full square product), no accumulation: the GEMM alone.

@@ -12,7 +12,7 @@ For each :class:`~slimgrad.nn.Linear` layer, over every calibration token
 
 ``H`` is accumulated by a fused C++ kernel (:func:`hessian_accumulate`): the
 rows are packed into panels once, the upper triangle is computed in register
-tiles (float32 FMA within a block of 128 tokens, each block's partial added
+tiles (float32 FMA within a block of 256 tokens, each block's partial added
 into H's dtype, so float64 H loses nothing across blocks), threaded over
 column panels, then mirrored; the channel statistics are summed in float64
 while packing. No ``x.T @ x`` temporary per batch.
