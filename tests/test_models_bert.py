@@ -54,8 +54,12 @@ def small_bert(tmp_path_factory):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", ";"] + WORDS
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     cfg = transformers.BertConfig(
-        vocab_size=len(vocab), hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=70, max_position_embeddings=64,
+        vocab_size=len(vocab),
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=70,
+        max_position_embeddings=64,
     )
     torch.manual_seed(0)
     model = transformers.BertModel(cfg).eval()
@@ -74,14 +78,19 @@ def test_small_bert_matches_transformers(small_bert, isa):
     ids, mask, types = sb.tokenize(SENTENCES)
     assert mask.sum(1).min() >= 3  # [CLS] word [SEP]
     ours = sb.encode(SENTENCES, batch_size=4)
-    theirs = torch_embed(ref, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, False)
+    theirs = torch_embed(
+        ref, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, False
+    )
     cos = cosines(ours, theirs)
     assert cos.min() > 1 - 1e-5, cos
     np.testing.assert_allclose(ours, theirs, atol=2e-5)
     hidden = sb.model.forward(ids, mask, types)
     with torch.no_grad():
-        ref_hidden = ref(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                         token_type_ids=torch.from_numpy(types)).last_hidden_state.numpy()
+        ref_hidden = ref(
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            token_type_ids=torch.from_numpy(types),
+        ).last_hidden_state.numpy()
     real = mask.astype(bool)
     np.testing.assert_allclose(hidden[real], ref_hidden[real], atol=3e-5)
 
@@ -93,11 +102,30 @@ def test_tokenizer_json_and_sentence_transformers_files(small_bert, tmp_path):
     tok = tokenizers.BertWordPieceTokenizer(str(d / "vocab.txt"), lowercase=True)
     tok.save(str(d / "tokenizer.json"))
     os.remove(d / "vocab.txt")
-    (d / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ]))
+    (d / "modules.json").write_text(
+        json.dumps(
+            [
+                {
+                    "idx": 0,
+                    "name": "0",
+                    "path": "",
+                    "type": "sentence_transformers.models.Transformer",
+                },
+                {
+                    "idx": 1,
+                    "name": "1",
+                    "path": "1_Pooling",
+                    "type": "sentence_transformers.models.Pooling",
+                },
+                {
+                    "idx": 2,
+                    "name": "2",
+                    "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize",
+                },
+            ]
+        )
+    )
     (d / "1_Pooling").mkdir()
     (d / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
     (d / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 8}))
@@ -107,7 +135,9 @@ def test_tokenizer_json_and_sentence_transformers_files(small_bert, tmp_path):
     assert ids.shape[1] == 8  # the long sentence is truncated
     ours = sb.encode(SENTENCES)
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-6)
-    theirs = torch_embed(ref, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, True)
+    theirs = torch_embed(
+        ref, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, True
+    )
     assert cosines(ours, theirs).min() > 1 - 1e-5
 
 
@@ -119,8 +149,11 @@ def test_backward_through_model_matches_torch(small_bert):
     sb.model.forward(ids, mask, types)
     sb.model.backward(g)
     ref.zero_grad()
-    out = ref(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-              token_type_ids=torch.from_numpy(types)).last_hidden_state
+    out = ref(
+        input_ids=torch.from_numpy(ids),
+        attention_mask=torch.from_numpy(mask),
+        token_type_ids=torch.from_numpy(types),
+    ).last_hidden_state
     out.backward(torch.from_numpy(g))
     theirs = dict(ref.named_parameters())
     for name, grad in sb.model.gradients().items():
@@ -144,7 +177,9 @@ def test_minilm_matches_transformers():
     ref = transformers.BertModel.from_pretrained(path, add_pooling_layer=False).eval()
     ids, mask, types = sb.tokenize(SENTENCES)
     ours = sb.encode(SENTENCES)
-    theirs = torch_embed(ref, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, True)
+    theirs = torch_embed(
+        ref, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, True
+    )
     cos = cosines(ours, theirs)
     assert cos.min() > 1 - 1e-5, cos
 

@@ -11,8 +11,8 @@ from slimgrad import nn
 from slimgrad.models import Calibration, calibration, hessian_accumulate
 
 # Around the register tiles (avx2 6 x 16, avx512 12 x 32) the 256-row blocks and the 1024-row packs.
-DIMS = [1, 5, 6, 7, 11, 12, 13, 16, 17, 31, 32, 33, 100]
-TOKENS = [0, 1, 255, 256, 257, 1100]
+DIMS = [1, 6, 13, 32, 33, 100]
+TOKENS = [0, 1, 257, 1100]
 
 
 @pytest.mark.parametrize("d", DIMS)
@@ -129,9 +129,14 @@ def test_calibrate_bert(tmp_path):
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c", "d"]
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    cfg = transformers.BertConfig(vocab_size=9, hidden_size=16, num_hidden_layers=1,
-                                  num_attention_heads=2, intermediate_size=24,
-                                  max_position_embeddings=32)
+    cfg = transformers.BertConfig(
+        vocab_size=9,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=32,
+    )
     torch.manual_seed(0)
     transformers.BertModel(cfg).save_pretrained(tmp_path, safe_serialization=True)
     sb = bert.load(tmp_path)

@@ -14,7 +14,7 @@ from slimgrad import nn
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-ROW_SIZES = [1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 384, 1001]
+ROW_SIZES = [1, 7, 8, 9, 16, 17, 33, 384, 1001]
 
 
 def t64(a):
@@ -23,7 +23,7 @@ def t64(a):
 
 # ------------------------------------------------------------- LayerNorm
 @pytest.mark.parametrize("n", ROW_SIZES)
-@pytest.mark.parametrize("rows", [0, 1, 5, 301])
+@pytest.mark.parametrize("rows", [0, 1, 301])
 def test_layer_norm_matches_torch(isa, threads, n, rows, rng):
     x = (rng.standard_normal((rows, n)) * 3 + 1.5).astype(np.float32)
     g = rng.standard_normal((rows, n)).astype(np.float32)
@@ -170,7 +170,9 @@ def test_attention_matches_torch_multihead_attention(isa, threads, seq, rng):
     att = nn.MultiheadSelfAttention(e, h, seed=1)
     mha = torch.nn.MultiheadAttention(e, h, batch_first=True, dtype=torch.float64)
     with torch.no_grad():
-        mha.in_proj_weight.copy_(t64(np.concatenate([att.query.weight, att.key.weight, att.value.weight])))
+        mha.in_proj_weight.copy_(
+            t64(np.concatenate([att.query.weight, att.key.weight, att.value.weight]))
+        )
         mha.in_proj_bias.copy_(t64(np.concatenate([att.query.bias, att.key.bias, att.value.bias])))
         mha.out_proj.weight.copy_(t64(att.out.weight))
         mha.out_proj.bias.copy_(t64(att.out.bias))
@@ -203,7 +205,9 @@ def test_attention_matches_torch_sdpa_without_projection(rng):
         return t.reshape(2, 9, 2, 8).transpose(1, 2)
 
     ref = F.scaled_dot_product_attention(
-        heads(att.query), heads(att.key), heads(att.value),
+        heads(att.query),
+        heads(att.key),
+        heads(att.value),
         attn_mask=torch.from_numpy(keep)[:, None, None, :],
     )
     np.testing.assert_allclose(y, ref.transpose(1, 2).reshape(2, 9, 16).numpy(), atol=2e-5)
@@ -239,8 +243,11 @@ def torch_bert_layer(params, x, keep, heads, eps):
     probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d) + bias, -1)
     ctx = (probs @ v).transpose(1, 2).reshape(b, s, e)
     h = F.layer_norm(
-        lin(ctx, "attention.output.dense") + x, (e,),
-        p["attention.output.LayerNorm.weight"], p["attention.output.LayerNorm.bias"], eps,
+        lin(ctx, "attention.output.dense") + x,
+        (e,),
+        p["attention.output.LayerNorm.weight"],
+        p["attention.output.LayerNorm.bias"],
+        eps,
     )
     f = lin(F.gelu(lin(h, "intermediate.dense")), "output.dense")
     y = F.layer_norm(f + h, (e,), p["output.LayerNorm.weight"], p["output.LayerNorm.bias"], eps)

@@ -86,9 +86,7 @@ class BertConfig:
             )
         pos = raw.get("position_embedding_type", "absolute")
         if pos != "absolute":
-            raise ValueError(
-                f"{path}: position_embedding_type: expected 'absolute', got {pos!r}"
-            )
+            raise ValueError(f"{path}: position_embedding_type: expected 'absolute', got {pos!r}")
         act = raw.get("hidden_act", "gelu")
         if act not in _ACTS:
             raise ValueError(f"{path}: hidden_act: expected one of {sorted(_ACTS)}, got {act!r}")
@@ -105,19 +103,24 @@ class BertEmbeddings(Module):
     def __init__(self, config: BertConfig, seed: int = 0) -> None:
         super().__init__()
         c = config
-        self.word_embeddings = self.register_module(
+        self.word_embeddings: Embedding = self.register_module(  # type: ignore[assignment]
             "word_embeddings", Embedding(c.vocab_size, c.hidden_size, c.pad_token_id, seed=seed)
         )
-        self.position_embeddings = self.register_module(
-            "position_embeddings", Embedding(c.max_position_embeddings, c.hidden_size, seed=seed + 1)
+        self.position_embeddings: Embedding = self.register_module(  # type: ignore[assignment]
+            "position_embeddings",
+            Embedding(c.max_position_embeddings, c.hidden_size, seed=seed + 1),
         )
-        self.token_type_embeddings = self.register_module(
+        self.token_type_embeddings: Embedding = self.register_module(  # type: ignore[assignment]
             "token_type_embeddings", Embedding(c.type_vocab_size, c.hidden_size, seed=seed + 2)
         )
         self.norm = self.register_module("LayerNorm", LayerNorm(c.hidden_size, c.layer_norm_eps))
-        self.dropout = self.register_module("dropout", Dropout(c.hidden_dropout_prob, seed=seed + 3))
+        self.dropout = self.register_module(
+            "dropout", Dropout(c.hidden_dropout_prob, seed=seed + 3)
+        )
 
-    def forward(self, input_ids: np.ndarray, token_type_ids: np.ndarray | None = None) -> np.ndarray:  # type: ignore[override]
+    def forward(
+        self, input_ids: np.ndarray, token_type_ids: np.ndarray | None = None
+    ) -> np.ndarray:  # type: ignore[override]
         ids = np.asarray(input_ids)
         if ids.ndim != 2:
             raise ValueError(f"input_ids: expected shape (batch, seq), got {ids.shape}")
@@ -144,7 +147,7 @@ class BertEmbeddings(Module):
 
 
 class BertModel(Module):
-    """The BERT encoder: ``embeddings`` then ``encoder.layer.<i>`` (:class:`~slimgrad.nn.BertLayer`).
+    """The BERT encoder: ``embeddings``, then ``encoder.layer.<i>`` (BertLayer).
 
     ``forward(input_ids, attention_mask=None, token_type_ids=None)`` returns the
     last hidden states, float32 (batch, seq, hidden_size). Parameter names are
@@ -154,7 +157,8 @@ class BertModel(Module):
     def __init__(self, config: BertConfig, seed: int = 0) -> None:
         super().__init__()
         c = self.config = config
-        self.embeddings = self.register_module("embeddings", BertEmbeddings(c, seed))
+        self.embeddings = BertEmbeddings(c, seed)
+        self.register_module("embeddings", self.embeddings)
         layers = [
             BertLayer(
                 c.hidden_size,
@@ -169,7 +173,8 @@ class BertModel(Module):
             for i in range(c.num_hidden_layers)
         ]
         encoder = self.register_module("encoder", Module())
-        self.layers = encoder.register_module("layer", Sequential(*layers))
+        self.layers = layers
+        encoder.register_module("layer", Sequential(*layers))
         self.eval()
 
     def forward(  # type: ignore[override]
@@ -185,7 +190,7 @@ class BertModel(Module):
 
     def backward(self, grad_out: np.ndarray) -> None:  # type: ignore[override]
         """Fill every parameter's gradient from the gradient of the last hidden states."""
-        for layer in reversed(list(self.layers)):
+        for layer in reversed(self.layers):
             grad_out = layer.backward(grad_out)
         self.embeddings.backward(grad_out)
         return None
@@ -295,7 +300,9 @@ def _load_weights(model: BertModel, path: str) -> None:
     missing = sorted(set(targets) - set(state))
     unexpected = sorted(set(state) - set(targets))
     if missing or unexpected:
-        raise ValueError(f"{path}: missing weights {missing[:8]}, unexpected weights {unexpected[:8]}")
+        raise ValueError(
+            f"{path}: missing weights {missing[:8]}, unexpected weights {unexpected[:8]}"
+        )
     arrays = {}
     for key, entry in state.items():
         a = _safetensors.to_array(f"{path}: {key}", entry)
@@ -334,7 +341,11 @@ def _sentence_settings(path: str, config: BertConfig) -> tuple[str, bool, int]:
                 normalize = True
             elif kind.endswith("Pooling"):
                 cfg = _read_json(os.path.join(path, mod.get("path", ""), "config.json"))
-                modes = [k for k in ("cls", "mean", "max") if cfg.get(f"pooling_mode_{k}_token" + ("s" if k != "cls" else ""))]
+                modes = [
+                    k
+                    for k in ("cls", "mean", "max")
+                    if cfg.get(f"pooling_mode_{k}_token" + ("s" if k != "cls" else ""))
+                ]
                 if len(modes) != 1:
                     raise ValueError(
                         f"{os.path.join(path, mod.get('path', ''), 'config.json')}: "

@@ -80,7 +80,7 @@ class Calibration:
     :func:`calibrate`), save with :meth:`save`, read back with :meth:`load`.
     """
 
-    def __init__(self, dtype: object = np.float64) -> None:
+    def __init__(self, dtype: Any = np.float64) -> None:
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise TypeError(f"dtype: expected float32 or float64, got {self.dtype.name}")
@@ -160,7 +160,9 @@ class Calibration:
         path = os.fspath(path)
         entries, meta = _safetensors.read(path)
         if not meta or meta.get("format") != _FORMAT:
-            raise ValueError(f"{path}: not a slimgrad calibration file (metadata format != {_FORMAT!r})")
+            raise ValueError(
+                f"{path}: not a slimgrad calibration file (metadata format != {_FORMAT!r})"
+            )
         try:
             tokens = json.loads(meta["tokens"])
         except (KeyError, json.JSONDecodeError):
@@ -190,7 +192,7 @@ class Calibration:
 
 
 def calibrate(
-    model: Any, sentences: Sequence[str], batch_size: int = 16, dtype: object = np.float64
+    model: Any, sentences: Sequence[str], batch_size: int = 16, dtype: Any = np.float64
 ) -> Calibration:
     """Run a :class:`~slimgrad.models.bert.SentenceBert` over ``sentences`` and
     collect every Linear layer's statistics (padding tokens excluded).

@@ -16,6 +16,7 @@ meaningless and the caller ignores them, as in BERT's mean pooling).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 
-def _f32(dtype: object) -> None:
+def _f32(dtype: Any) -> None:
     if np.dtype(dtype) != _F32:
         raise TypeError(f"dtype: transformer layers are float32 only, got {np.dtype(dtype).name}")
 
@@ -91,7 +92,7 @@ def masked_softmax(
 def masked_softmax_backward(
     probs: np.ndarray, grad_out: np.ndarray, scale: float = 1.0, out: np.ndarray | None = None
 ) -> np.ndarray:
-    """Gradient with respect to ``scores`` of :func:`masked_softmax`: ``scale * p * (g - sum(g p))``.
+    """Gradient of :func:`masked_softmax` with respect to ``scores``: ``scale p (g - sum(g p))``.
 
     ``probs`` is the forward output (masked keys have ``p == 0`` and get a
     zero gradient); ``grad_out`` the gradient of the probabilities, same
@@ -217,7 +218,9 @@ class LayerNorm(Module):
         self.eps = float(eps)
         n = self.normalized_shape
         self.weight = (
-            self.register_parameter("weight", np.ones(n, np.float32)) if elementwise_affine else None
+            self.register_parameter("weight", np.ones(n, np.float32))
+            if elementwise_affine
+            else None
         )
         self.bias = (
             self.register_parameter("bias", np.zeros(n, np.float32))
@@ -257,7 +260,8 @@ class LayerNorm(Module):
         return grad_in
 
     def extra_repr(self) -> str:
-        return f"({self.normalized_shape},), eps={self.eps}, elementwise_affine={self.weight is not None}"
+        affine = self.weight is not None
+        return f"({self.normalized_shape},), eps={self.eps}, elementwise_affine={affine}"
 
 
 class MultiheadSelfAttention(Module):
@@ -297,7 +301,9 @@ class MultiheadSelfAttention(Module):
         self.query = self.register_module("query", Linear(e, e, bias, seed=seed))
         self.key = self.register_module("key", Linear(e, e, bias, seed=seed + 1))
         self.value = self.register_module("value", Linear(e, e, bias, seed=seed + 2))
-        self.out = self.register_module("out", Linear(e, e, bias, seed=seed + 3)) if out_proj else None
+        self.out = (
+            self.register_module("out", Linear(e, e, bias, seed=seed + 3)) if out_proj else None
+        )
         self.dropout = self.register_module("dropout", Dropout(dropout, seed=seed + 4))
         self._cache: tuple | None = None
 
@@ -385,10 +391,10 @@ class BertLayer(Module):
             raise ValueError(f"hidden_act: expected 'gelu' or 'gelu_tanh', got {hidden_act!r}")
         h, i = hidden_size, intermediate_size
         att = self.register_module("attention", _Block())
-        self.attn = att.register_module(
-            "self",
-            MultiheadSelfAttention(h, num_heads, attention_dropout, out_proj=False, seed=seed),
+        self.attn = MultiheadSelfAttention(
+            h, num_heads, attention_dropout, out_proj=False, seed=seed
         )
+        att.register_module("self", self.attn)
         ao = att.register_module("output", _Block())
         self.attn_dense = ao.register_module("dense", Linear(h, h, seed=seed + 10))
         self.attn_norm = ao.register_module("LayerNorm", LayerNorm(h, layer_norm_eps))
@@ -410,7 +416,9 @@ class BertLayer(Module):
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         g2 = self.out_norm.backward(grad_out)  # gradient of (f + h)
-        gh = self.ffn_in.backward(self.act.backward(self.ffn_out.backward(self.out_drop.backward(g2))))
+        gh = self.ffn_in.backward(
+            self.act.backward(self.ffn_out.backward(self.out_drop.backward(g2)))
+        )
         gh += g2
         g1 = self.attn_norm.backward(gh)  # gradient of (t + x)
         gx = self.attn.backward(self.attn_dense.backward(self.attn_drop.backward(g1)))
