@@ -41,6 +41,7 @@ SUITES = {
     "distill": ("distill",),
     "nn": ("nn",),
     "distributed": ("distributed",),  # launches mpiexec -n 2 itself
+    "calib": ("calib",),
 }
 OURS = "slimgrad"
 PROBE = "stream probe"
