@@ -20,7 +20,7 @@ from statistics import median
 # suite name (as given to `slimgrad bench --suite`) -> the modules it runs
 SUITES = {
     "core": ("core",),
-    "optim": ("optim", "optim_extra"),
+    "optim": ("optim", "optim_extra", "torch_optim"),
     "quant": ("quant",),
     "prune": ("prune",),
     "distill": ("distill",),

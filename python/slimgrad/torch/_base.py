@@ -109,15 +109,29 @@ class TorchOptimizer(torch.optim.Optimizer):
 
     # -- helpers for subclasses ---------------------------------------------------
 
+    def _view(self, t: torch.Tensor) -> np.ndarray:
+        """``as_array(t)``, cached for tensors that live across steps (params, states).
+
+        An entry is used only while it belongs to the same tensor object at the same
+        address and shape (``p.data = ...`` swaps the memory under the object).
+        """
+        views = self.__dict__.setdefault("_views", {})
+        hit = views.get(id(t))
+        if hit is not None and hit[0] is t and hit[1] == t.data_ptr() and hit[2].shape == t.shape:
+            return hit[2]
+        arr = as_array(t)
+        views[id(t)] = (t, t.data_ptr(), arr)
+        return arr
+
     def _states(self, group: dict[str, Any], params: list[torch.Tensor], key: str) -> list[Any]:
         """State ``key`` of every parameter as NumPy views, in the dtype the kernel needs."""
+        want = self._state_dtype(group, params[0], key)  # one dtype per bucket
         out = []
         for p in params:
             st = self.state[p]
-            want = self._state_dtype(group, p, key)
             if st[key].dtype != want:  # e.g. converted by a state dict from elsewhere
                 st[key] = st[key].to(want)
-            out.append(as_array(st[key]))
+            out.append(self._view(st[key]))
         return out
 
     def _step_of(self, state: dict[str, Any]) -> int:
@@ -173,8 +187,12 @@ class TorchOptimizer(torch.optim.Optimizer):
             for (_, step), params in buckets.items():
                 self._run(group, params, step)
                 if self._counts_steps:
-                    for p in params:
-                        self.state[p]["step"] += 1
+                    steps = [self.state[p]["step"] for p in params]
+                    if all(isinstance(t, torch.Tensor) for t in steps):
+                        torch._foreach_add_(steps, 1)  # one call, as torch's own optimizers
+                    else:  # a plain number from an old state dict
+                        for p in params:
+                            self.state[p]["step"] += 1
         return loss
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -186,6 +204,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         codes and float32 scales of AdamW8bit).
         """
         super().load_state_dict(state_dict)
+        self.__dict__.pop("_views", None)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         groups = [g for g in self.param_groups for _ in g["params"]]

@@ -11,6 +11,7 @@ state), the others their own dtype.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -23,6 +24,18 @@ __all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop"]
 
 def _lr(lr: Any) -> float:
     return float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+
+
+@functools.lru_cache(maxsize=64)
+def _names(n: int, keys: tuple[str, ...]) -> tuple[Any, ...]:
+    """The names the kernel's buffer checks use in messages (built once per shape)."""
+    labels = [f"[{i}]" for i in range(n)]
+    return (
+        ["params" + lb for lb in labels],
+        ["grads" + lb for lb in labels],
+        None,
+        [[f"state{lb}[{k!r}]" for lb in labels] for k in keys],
+    )
 
 
 class _Fused(TorchOptimizer):
@@ -62,16 +75,10 @@ class _Fused(TorchOptimizer):
         args.master_weights = params[0].dtype not in HALF  # torch keeps no master copy
         states = [self._states(group, params, k) for k in keys]
         args.bf16_state = bool(keys) and params[0].dtype == torch.bfloat16
-        labels = [f"[{i}]" for i in range(len(params))]
-        names = (
-            ["params" + lb for lb in labels],
-            ["grads" + lb for lb in labels],
-            None,
-            [[f"state{lb}[{k!r}]" for lb in labels] for k in keys],
-        )
+        names = _names(len(params), tuple(keys))
         _core.optim.step(
             args,
-            [as_array(p) for p in params],
+            [self._view(p) for p in params],
             [as_array(p.grad) for p in params],
             None,
             states,
