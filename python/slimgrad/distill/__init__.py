@@ -12,7 +12,7 @@ Usage::
                                           temperature=4.0, alpha=0.9)
     model.backward(grad)
 
-The command ``slimgrad demo`` (:mod:`slimgrad.distill.demo`) runs the whole
+The command ``slimgrad demo`` (:mod:`slimgrad.demo`) runs the whole
 compression pipeline (teacher, distilled student, pruning, quantization).
 """
 
