@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .. import _core
-from ..optim.adamw8bit import BLOCK_SIZE
+from ..optim._adamw8bit import BLOCK_SIZE
 from ._base import HALF, TorchOptimizer, as_array, check_range
 from ._fused import _lr
 
