@@ -214,7 +214,12 @@ def test_sequential_names_and_live_arrays(rng):
     assert list(params) == ["0.weight", "0.bias", "1.weight", "1.bias", "4.weight", "4.bias"]
     assert list(grads) == list(params)
     assert params["0.weight"] is model[0].weight
-    assert list(model.buffers()) == ["1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    assert list(model.buffers()) == [
+        "1.running_mean",
+        "1.running_var",
+        "1.num_batches_tracked",
+        "3.calls",  # Dropout's mask counter
+    ]
     x = rng.standard_normal((10, 6)).astype(np.float32)
     model.eval()  # deterministic forward: running statistics, no dropout
     before = model.forward(x)

@@ -367,11 +367,6 @@ def _bad_state_dicts(sd):
             "state_dict['state']['fc1.bias']: expected entries ['exp_avg', 'exp_avg_sq', 'step'], got ['exp_avg', 'step']",
         ),
         (
-            edit(lambda d: d["state"].pop("fc2.weight")),
-            ValueError,
-            "state_dict['state']: missing 'fc2.weight' (its group has state)",
-        ),
-        (
             edit(lambda d: d["state"].__setitem__("nope", {})),
             ValueError,
             "state_dict['state']: unexpected key 'nope' (not a parameter)",
@@ -395,11 +390,6 @@ def _bad_state_dicts(sd):
             edit(lambda d: d["state"]["fc1.bias"].__setitem__("step", -1)),
             ValueError,
             "state_dict['state']['fc1.bias']['step']: expected a non-negative number, got -1",
-        ),
-        (
-            edit(lambda d: d["state"]["fc1.bias"].__setitem__("step", 7)),
-            ValueError,
-            "state_dict['state']: group 0 has different step counts [2, 7]",
         ),
         (
             {"state": {}},

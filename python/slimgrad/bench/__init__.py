@@ -35,7 +35,7 @@ __all__ = [
 # suite name (as given to `slimgrad bench --suite`) -> the modules it runs
 SUITES = {
     "core": ("core",),
-    "optim": ("optim", "optim_extra"),
+    "optim": ("optim", "optim_extra", "torch_optim"),
     "quant": ("quant",),
     "prune": ("prune",),
     "distill": ("distill",),

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ._adapters import FIX, is_torch_object
 from ._losses import kd_loss
 
 
@@ -33,6 +34,15 @@ class History:
     def as_dict(self) -> dict[str, list[float]]:
         """The lists as a plain dict (JSON-ready)."""
         return asdict(self)
+
+    def __repr__(self) -> str:
+        last = ", ".join(
+            f"{k}={v[-1]:.4g}"
+            for k, v in asdict(self).items()
+            if v and k not in ("step_loss", "lr")
+        )
+        head = f"History(epochs={len(self.loss)}, steps={len(self.step_loss)}"
+        return f"{head}, {last})" if last else f"{head})"
 
 
 def _student_dtype(model: Any) -> np.dtype | None:
@@ -77,12 +87,15 @@ def predict_logits(model: Any, x: np.ndarray, batch_size: int = 1024) -> np.ndar
     ``model`` is a :mod:`slimgrad.nn` module (``forward``) or any callable
     mapping a batch of inputs to a 2-D logits array.
     """
+    if is_torch_object(model):
+        raise TypeError(f"model: a {type(model).__name__} (torch) cannot take NumPy batches; {FIX}")
     was_training = getattr(model, "training", None)
     if was_training is not None and hasattr(model, "eval"):
         model.eval()
     try:
         parts = [
-            np.asarray(_forward(model, x[i : i + batch_size])) for i in range(0, len(x), batch_size)
+            _numpy_logits(_forward(model, x[i : i + batch_size]))
+            for i in range(0, len(x), batch_size)
         ]
     finally:
         if was_training and hasattr(model, "train"):
@@ -90,6 +103,14 @@ def predict_logits(model: Any, x: np.ndarray, batch_size: int = 1024) -> np.ndar
     if not parts:
         return np.zeros((0, 0), np.float32)
     return np.concatenate(parts, axis=0)
+
+
+def _numpy_logits(out: Any) -> np.ndarray:
+    if is_torch_object(out):
+        raise TypeError(
+            f"the teacher returned a torch {type(out).__name__}, not a NumPy array; {FIX}"
+        )
+    return np.asarray(out)
 
 
 def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -155,6 +176,10 @@ class Distiller:
             raise ValueError(f"alpha: expected a number in [0, 1], got {alpha}")
         if teacher is None and alpha > 0:
             raise ValueError(f"teacher: required when alpha > 0 (alpha={alpha}), got None")
+        if is_torch_object(teacher):
+            raise TypeError(
+                f"teacher: a torch {type(teacher).__name__} gets NumPy batches here; {FIX}"
+            )
         self.teacher = teacher
         self.student = student
         self.optimizer = optimizer
@@ -163,6 +188,15 @@ class Distiller:
         self.alpha = float(alpha)
         self.cache_teacher = cache_teacher
         self._cache: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def __repr__(self) -> str:
+        teacher = "None" if self.teacher is None else type(self.teacher).__name__
+        sched = "" if self.scheduler is None else f", scheduler={type(self.scheduler).__name__}"
+        return (
+            f"Distiller(teacher={teacher}, student={type(self.student).__name__}, "
+            f"optimizer={type(self.optimizer).__name__}{sched}, "
+            f"temperature={self.temperature}, alpha={self.alpha})"
+        )
 
     def clear_cache(self) -> None:
         """Forget the cached teacher logits."""

@@ -162,7 +162,9 @@ class Dropout(Module):
         super().__init__()
         self.p = check_probability(p)
         self.seed = check_seed(seed, "seed")
-        self.calls = 0  # the Philox stream of the next training forward
+        # The Philox stream of the next training forward: a buffer, so a resumed run
+        # draws the same masks (optional: torch's state dicts have no such key).
+        self._calls = self.register_buffer("calls", np.zeros((), np.int64), optional=True)
         self._stream: int | None = None  # the stream of the last forward, None if identity
         self._y: np.ndarray | None = None
 
@@ -173,9 +175,10 @@ class Dropout(Module):
             return x
         x = as_readable(x)  # only read: strided or byte-swapped input is copied once
         y = np.empty_like(x) if isinstance(x, np.ndarray) else x
-        _nn.dropout(x, y, self.p, self.seed, self.calls)
-        self._stream = self.calls
-        self.calls += 1
+        stream = int(self._calls)
+        _nn.dropout(x, y, self.p, self.seed, stream)
+        self._stream = stream
+        self._calls[()] = stream + 1
         self._y = y
         return y
 
@@ -186,6 +189,15 @@ class Dropout(Module):
         grad_in = np.empty_like(g, order="C")
         _nn.dropout(g, grad_in, self.p, self.seed, self._stream)
         return grad_in
+
+    @property
+    def calls(self) -> int:
+        """Number of training forwards so far (the next mask's stream); settable."""
+        return int(self._calls)
+
+    @calls.setter
+    def calls(self, value: int) -> None:
+        self._calls[()] = value
 
     def extra_repr(self) -> str:
         return f"p={self.p}, seed={self.seed}"

@@ -96,6 +96,7 @@ class Module:
         self._parameters: dict[str, np.ndarray] = {}
         self._gradients: dict[str, np.ndarray] = {}
         self._buffers: dict[str, np.ndarray] = {}
+        self._optional: set[str] = set()  # buffers a strict load may lack (see register_buffer)
         self._modules: dict[str, Module] = {}
 
     # -- registration -------------------------------------------------------
@@ -105,9 +106,16 @@ class Module:
         self._gradients[name] = np.zeros_like(value)
         return value
 
-    def register_buffer(self, name: str, value: np.ndarray) -> np.ndarray:
-        """Add a saved, non-trainable array; returns it."""
+    def register_buffer(self, name: str, value: np.ndarray, optional: bool = False) -> np.ndarray:
+        """Add a saved, non-trainable array; returns it.
+
+        ``optional=True``: slimgrad-only state (Dropout's mask counter) that a
+        strict :meth:`load_state_dict` does not require, so state dicts written by
+        torch or before the buffer existed still load; it keeps its value then.
+        """
         self._buffers[name] = value
+        if optional:
+            self._optional.add(name)
         return value
 
     def register_module(self, name: str, module: Module) -> Module:
@@ -134,6 +142,11 @@ class Module:
             yield prefix + name, value
         for child_name, child in self._modules.items():
             yield from child._walk(kind, f"{prefix}{child_name}.")
+
+    def _prefixed(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        yield prefix, self
+        for child_name, child in self._modules.items():
+            yield from child._prefixed(f"{prefix}{child_name}.")
 
     def parameters(self) -> dict[str, np.ndarray]:
         """``{name: array}`` of every trainable array, the live arrays (not copies)."""
@@ -184,7 +197,8 @@ class Module:
         """
         targets = dict(self._walk("_parameters"))
         targets.update(self._walk("_buffers"))
-        missing = sorted(set(targets) - set(state))
+        optional = {f"{p}{n}" for p, m in self._prefixed() for n in m._optional}
+        missing = sorted(set(targets) - set(state) - optional)
         unexpected = sorted(set(state) - set(targets))
         if strict and (missing or unexpected):
             raise KeyError(f"state: missing keys {missing}, unexpected keys {unexpected}")

@@ -28,6 +28,7 @@ from ._clip import accumulate_, clip_grad_norm_, clip_grad_value_
 from ._lamb import LAMB
 from ._lion import Lion
 from ._optimizers import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop
+from ._torch_import import from_torch_state_dict
 
 __all__ = [
     "Adadelta",
@@ -51,5 +52,6 @@ __all__ = [
     "dequantize_moment",
     "flatten",
     "functional",
+    "from_torch_state_dict",
     "quantize_moment",
 ]

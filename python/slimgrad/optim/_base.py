@@ -88,7 +88,8 @@ from ._checks import (
     check_master_weights,
     normalize_state_dtype,
 )
-from ._grads import flat_grads
+from ._grads import cast_grads, flat_grads
+from ._partial import step_present
 
 __all__ = ["Optimizer"]
 
@@ -372,14 +373,16 @@ class Optimizer:
         return created
 
     def _build_buckets(self) -> None:
-        buckets: dict[tuple[int, np.dtype], Bucket] = {}
+        # One bucket per group, dtype and step count (counts differ only after
+        # steps where some gradients were None).
+        buckets: dict[tuple[int, np.dtype, int], Bucket] = {}
         order: list[Bucket] = []
         for i, (k, p, gi) in enumerate(zip(self._keys, self._params, self._group_of)):
-            b = buckets.get((gi, p.dtype))
+            b = buckets.get((gi, p.dtype, self.state[k]["step"]))
             if b is None:
                 half = p.dtype in HALF_DTYPES
                 b = Bucket(gi, p.dtype, [], [], [], [] if half else None)
-                buckets[(gi, p.dtype)] = b
+                buckets[(gi, p.dtype, self.state[k]["step"])] = b
                 order.append(b)
             b.keys.append(k)
             b.labels.append(label(k))
@@ -387,11 +390,6 @@ class Optimizer:
             b.flat_index.append(i)
         for b in order:
             sts = [self.state[k] for k in b.keys]
-            steps = {st["step"] for st in sts}
-            if len(steps) != 1:
-                raise RuntimeError(
-                    f"parameters of one group have different step counts {sorted(steps)}"
-                )
             pack_state(b, sts)
             b.state_dicts = sts
             if b.masters is not None:
@@ -402,7 +400,7 @@ class Optimizer:
         self._buckets = order
 
     # ----------------------------------------------------------------- step
-    def step(self, grads: Any) -> bool:
+    def step(self, grads: Any, *, cast: bool = False) -> bool:
         """One optimization step; parameters (and state) are updated in place.
 
         Parameters
@@ -412,6 +410,14 @@ class Optimizer:
             in the same order (with param groups: a flat dict by name, a flat
             list in the order of all params, or one dict/list per group).
             Each gradient has its parameter's dtype and shape and is only read.
+            ``None`` for a parameter without a gradient: it is skipped, its
+            state and step count unchanged (created only at its first
+            gradient), as torch skips a parameter whose ``.grad`` is None.
+        cast : bool, default False
+            Accept gradients of another float dtype (float16/bfloat16/float32/
+            float64) and convert each such gradient to its parameter's dtype:
+            one copy of that gradient per step (the math itself stays in the
+            parameter's precision). Without it a dtype mismatch is a TypeError.
 
         Returns
         -------
@@ -436,6 +442,13 @@ class Optimizer:
         """
         self._check_groups()
         flat = flat_grads(self, grads)
+        if cast:
+            flat = cast_grads(flat, self._params, self._keys)
+        if any(g is None for g in flat):
+            return step_present(self, flat)
+        return self._run_step(flat)
+
+    def _run_step(self, flat: list[Any]) -> bool:
         created = self._ensure_state()
         try:
             applied = self._step_all(flat)

@@ -10,7 +10,7 @@ import numpy as np
 if TYPE_CHECKING:
     from ._base import Optimizer
 
-__all__ = ["flat_grads"]
+__all__ = ["cast_grads", "flat_grads"]
 
 
 def flat_grads(opt: Optimizer, grads: Any) -> list[Any]:
@@ -70,3 +70,23 @@ def flat_grads(opt: Optimizer, grads: Any) -> list[Any]:
     if len(grads) != n:
         raise ValueError(f"grads: expected {n} arrays (one per parameter), got {len(grads)}")
     return list(grads)
+
+
+def cast_grads(flat: list[Any], params: list[np.ndarray], keys: list[Any]) -> list[Any]:
+    """``step(cast=True)``: each float gradient of another dtype converted to its param's.
+
+    One copy per converted gradient (C-contiguous, the param's dtype); gradients
+    already of the right dtype, None and non-arrays pass through untouched (the
+    usual checks then judge them). A non-float gradient raises TypeError.
+    """
+    out = []
+    for g, p, k in zip(flat, params, keys):
+        if isinstance(g, np.ndarray) and g.dtype != p.dtype:
+            if g.dtype.kind != "f" and g.dtype.name != "bfloat16":
+                where = f"[{k!r}]" if isinstance(k, str) else f"[{k}]"
+                raise TypeError(
+                    f"grads{where}: cast=True converts float gradients only, got {g.dtype.name}"
+                )
+            g = np.ascontiguousarray(g, dtype=p.dtype)
+        out.append(g)
+    return out

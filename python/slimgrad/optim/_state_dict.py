@@ -91,22 +91,13 @@ def _checked_state(
         raise ValueError(f"state_dict['state']: unexpected key {unknown[0]!r} (not a parameter)")
     new_state: dict[Key, dict[str, Any]] = {}
     for gi, group in enumerate(new_groups):
-        steps = set()
-        keys = opt._group_keys(gi)
-        present = [k for k in keys if k in state]
-        if present and len(present) != len(keys):
-            missing = next(k for k in keys if k not in state)
-            raise ValueError(f"state_dict['state']: missing {missing!r} (its group has state)")
-        for k in present:
+        # As in torch, a parameter may have no state (never had a gradient) and the
+        # step counts within a group may differ (steps where some grads were None).
+        for k in (k for k in opt._group_keys(gi) if k in state):
             p = opt._params[opt._keys.index(k)]
             template = opt._full_init_state({**opt.param_groups[gi], **group}, p)
-            st = _checked_param_state(f"state_dict['state']{label(k)}", template, state[k])
-            steps.add(st["step"])
-            new_state[k] = st
-        if len(steps) > 1:
-            raise ValueError(
-                f"state_dict['state']: group {gi} has different step counts {sorted(steps)}"
-            )
+            where = f"state_dict['state']{label(k)}"
+            new_state[k] = _checked_param_state(where, template, state[k])
     return new_state
 
 

@@ -143,6 +143,26 @@ def _is_moment(v: np.ndarray, w: np.ndarray) -> bool:
     return v.shape == w.shape and (v.dtype.kind == "f" or v.dtype.name == "bfloat16")
 
 
+def _check_optimizer_holds(optimizer: object, arrays: list, names: list) -> None:
+    """An optimizer with ``param_groups`` must step every pruned array (same memory):
+    otherwise its moments are not the ones pruned and keep moving the weights."""
+    groups = getattr(optimizer, "param_groups", None)
+    if not isinstance(groups, list):
+        return  # duck-typed: only a state mapping
+    held = set()
+    for g in groups:
+        ps = g.get("params", []) if isinstance(g, Mapping) else []
+        for p in ps.values() if isinstance(ps, Mapping) else ps:
+            if isinstance(p, np.ndarray):
+                held.add((p.__array_interface__["data"][0], p.shape, p.dtype.str))
+    for a, name in zip(arrays, names):
+        if (a.__array_interface__["data"][0], a.shape, a.dtype.str) not in held:
+            raise ValueError(
+                f"optimizer: does not hold {name} (a {a.dtype} array of shape {a.shape}); pass "
+                "the optimizer that steps these arrays, so their moments are pruned with them"
+            )
+
+
 class Pruner:
     """Prunes parameters gradually while training and keeps them pruned.
 
@@ -238,6 +258,7 @@ class Pruner:
         else:
             raise TypeError("schedule: expected a PolynomialSchedule, its keyword arguments as a "
                             f"dict, or a constant sparsity, got {type(schedule).__name__}")
+        _check_optimizer_holds(optimizer, self.arrays, self.names)
         self.optimizer = optimizer
         self.n, self.m, self.norm = n, m, norm
         self.axis = axis if axis is not None else (-1 if method == "nm" else 0)
@@ -310,6 +331,14 @@ class Pruner:
             self.masks = previous  # a failed step leaves the pruner as it was
             raise
         self.step_count += 1
+
+    def __repr__(self) -> str:
+        total = sum(a.size for a in self.arrays)
+        opt = "" if self.optimizer is None else f", optimizer={type(self.optimizer).__name__}"
+        return (
+            f"Pruner(method={self.method!r}, {len(self.arrays)} arrays, {total:,} elements, "
+            f"{self.schedule!r}, step={self.step_count}{opt})"
+        )
 
     def sparsity(self) -> SparsityReport:
         """Fraction pruned by the current masks, per array (by key) and in total (0 before any)."""

@@ -88,6 +88,13 @@ class CSR(tuple):
     def __getnewargs__(self):
         return (*self, self.shape)
 
+    def __repr__(self) -> str:
+        # Never the arrays themselves: a weight matrix prints thousands of numbers.
+        return (
+            f"CSR(shape={self.shape}, nnz={self[0].size:,}, dtype={self[0].dtype}, "
+            f"index={self[1].dtype}, nbytes={self.nbytes:,} of {self.dense_nbytes:,} dense)"
+        )
+
     data = property(lambda self: self[0])
     indices = property(lambda self: self[1])
     indptr = property(lambda self: self[2])

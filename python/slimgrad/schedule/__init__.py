@@ -17,11 +17,10 @@ Usage::
 
 from ._base import LRScheduler
 from .compose import ChainedScheduler, SequentialLR
+from .cosine import CosineAnnealingLR, CosineAnnealingWarmRestarts
 from .cyclic import CyclicLR, OneCycleLR
 from .lr import (
     ConstantLR,
-    CosineAnnealingLR,
-    CosineAnnealingWarmRestarts,
     ExponentialLR,
     LambdaLR,
     LinearLR,
@@ -29,11 +28,10 @@ from .lr import (
     MultiStepLR,
     PolynomialLR,
     StepLR,
-    WarmupCosine,
-    WarmupStableDecay,
 )
 from .plateau import ReduceLROnPlateau
 from .plot import plot, simulate
+from .warmup import WarmupCosine, WarmupStableDecay
 
 __all__ = [
     "LRScheduler",

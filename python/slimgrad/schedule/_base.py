@@ -16,12 +16,19 @@ from __future__ import annotations
 
 import copy
 import types
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["LRScheduler"]
 
 _BETA1 = "beta1"
+
+EPOCH_DEPRECATION_WARNING = (
+    "The epoch parameter in `scheduler.step()` is deprecated (as in torch): call "
+    "`scheduler.step()` without arguments. While it is accepted, a given epoch sets "
+    "last_epoch and the value is computed in closed form where the scheduler has one."
+)
 
 
 def get_value(group: dict[str, Any], key: str) -> float:
@@ -79,6 +86,13 @@ def per_group(name: str, optimizer: Any, value: Any) -> list[Any]:
 def check_last_epoch(last_epoch: int) -> None:
     if not isinstance(last_epoch, int) or last_epoch < -1:
         raise ValueError(f"Expected integer last_epoch >= -1, but got {last_epoch}")
+
+
+def check_args(optimizer: Any, last_epoch: int, hyperparam: str) -> None:
+    """The checks every scheduler constructor starts with, before any write."""
+    check_optimizer(optimizer)
+    check_last_epoch(last_epoch)
+    check_hyperparam(optimizer, hyperparam)
 
 
 def check_positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
@@ -142,10 +156,14 @@ class LRScheduler:
     # Attributes that never go into state_dict().
     _not_state: tuple[str, ...] = ("optimizer",)
 
+    # False where torch has no closed form for ``step(epoch)`` and applies its
+    # recursion to the current value instead (MultiplicativeLR).
+    _epoch_closed = True
+    # See _keeps_initial.
+    _initial_keeps = False
+
     def __init__(self, optimizer: Any, last_epoch: int = -1, *, hyperparam: str = "lr"):
-        check_optimizer(optimizer)
-        check_last_epoch(last_epoch)
-        check_hyperparam(optimizer, hyperparam)
+        check_args(optimizer, last_epoch, hyperparam)
         initial = f"initial_{hyperparam}"
         if last_epoch != -1:
             for i, group in enumerate(optimizer.param_groups):
@@ -175,14 +193,27 @@ class LRScheduler:
         raise NotImplementedError
 
     def _relative(self, g: int, x: float, t: int) -> float:
-        """Torch's update of the current value ``x`` at step ``t`` (default: absolute)."""
+        """Torch's ``get_lr`` from the current value ``x`` at step ``t`` (default: absolute).
+
+        Outside torch's initial mode, also at ``t == 0`` (a ChainedScheduler that
+        SequentialLR starts steps its children from ``last_epoch == -1``).
+        """
         return self._closed(g, self.base_values[g], t)
+
+    def _keeps_initial(self, t: int) -> bool:
+        """Whether torch keeps the current value at construction (initial mode) at ``t``.
+
+        ExponentialLR, MultiplicativeLR, PolynomialLR and CosineAnnealingLR always do
+        (``_initial_keeps``), LinearLR for ``t > 0``: built with ``last_epoch >= 0`` on
+        a resumed optimizer, they leave its value alone and continue from it.
+        """
+        return self._initial_keeps
 
     def _advance(self, t: int) -> None:
         """Hook: ``last_epoch`` just became ``t`` (for schedules with running state)."""
 
-    def _check_step(self) -> None:
-        """Hook: raise before ``step()`` changes anything."""
+    def _check_step(self, t: int) -> None:
+        """Hook: raise before a step to ``t`` changes anything."""
 
     def _after(self, t: int) -> None:
         """Hook: the main values for step ``t`` are written (momentum cycling)."""
@@ -194,9 +225,9 @@ class LRScheduler:
         self._written, self._recursive = [None] * n, [False] * n
         self.last_epoch += 1
         self._advance(self.last_epoch)
-        self._apply(self.last_epoch)
+        self._apply(self.last_epoch, initial=True)
 
-    def _apply(self, t: int) -> None:
+    def _apply(self, t: int, initial: bool = False) -> None:
         key = self.hyperparam
         values = []
         for g, group in enumerate(self.optimizer.param_groups):
@@ -206,7 +237,13 @@ class LRScheduler:
                 expected = self.base_values[g]
             if current != expected:
                 self._recursive[g] = True
-            if self._recursive[g]:
+            if initial and (t > 0 or self._keeps_initial(t)):
+                # Torch's initial step: a resumed scheduler (t > 0) updates the
+                # current value by its recursion (or keeps it), then goes on from there.
+                value = current if self._keeps_initial(t) else self._relative(g, current, t)
+                if value != self._closed(g, self.base_values[g], t):
+                    self._recursive[g] = True
+            elif self._recursive[g]:
                 value = self._relative(g, current, t)
             else:
                 value = self._closed(g, self.base_values[g], t)
@@ -216,30 +253,55 @@ class LRScheduler:
         self._last_lr = values
         self._after(t)
 
-    def _restart(self) -> None:
-        """Jump to step 0 from the base values (SequentialLR at a milestone)."""
-        self.last_epoch = 0
-        self._advance(0)
-        self._recursive = [False] * len(self._recursive)
-        key = self.hyperparam
+    def _jump(self, t: int) -> None:
+        """Torch's ``_update_lr(t)``: set ``last_epoch = t`` and write the closed form.
+
+        Where the class has no closed form (``_epoch_closed`` False) torch applies its
+        recursion to the current value, and so do we.
+        """
+        self.last_epoch = t
+        key, closed = self.hyperparam, self._epoch_closed
         values = []
         for g, group in enumerate(self.optimizer.param_groups):
-            value = self._restart_value(g, get_value(group, key))
+            if closed:
+                value = self._closed(g, self.base_values[g], t)
+            else:
+                value = self._relative(g, get_value(group, key), t)
             set_value(group, key, value)
             self._written[g] = value
+            self._recursive[g] = not closed
             values.append(value)
         self._last_lr = values
-        self._after(0)
+        self._after(t)
 
-    def _restart_value(self, g: int, current: float) -> float:
-        return self._closed(g, self.base_values[g], 0)
+    def _restart(self) -> None:
+        """Jump to step 0 (SequentialLR at a milestone, as torch's ``_update_lr(0)``)."""
+        self._jump(0)
 
-    def step(self) -> None:
+    def step(self, epoch: int | None = None) -> None:
         """Advance one step and write the new value into every param group.
 
         Call it once after each ``optimizer.step(...)``.
+
+        Parameters
+        ----------
+        epoch : int, optional
+            Deprecated, as in torch (a ``UserWarning`` says so): sets ``last_epoch``
+            to ``epoch`` and writes the closed form for that step (MultiplicativeLR,
+            which has none, multiplies the current value by ``lr_lambda(epoch)``).
+
+        Raises
+        ------
+        ValueError
+            If the schedule refuses the step (OneCycleLR past ``total_steps``);
+            nothing changes then.
         """
-        self._check_step()
+        if epoch is not None:
+            warnings.warn(EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=2)
+            self._check_step(epoch)
+            self._jump(epoch)
+            return
+        self._check_step(self.last_epoch + 1)
         self.last_epoch += 1
         self._advance(self.last_epoch)
         self._apply(self.last_epoch)

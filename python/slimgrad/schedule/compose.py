@@ -58,7 +58,10 @@ class _Composite:
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state from :meth:`state_dict` (children included)."""
+        """Load a state from :meth:`state_dict` (children included).
+
+        The saved ``get_last_lr()`` is restored as saved, as torch does.
+        """
         state = dict(state_dict)
         children = state.pop("_schedulers")
         vars(self).update(copy.deepcopy(state))
@@ -68,10 +71,6 @@ class _Composite:
 
     def _adopt(self) -> None:
         pass
-
-    def get_last_lr(self) -> list[float]:
-        """Values last written by the active (or last) child, one per group."""
-        return list(self._last_lr)
 
 
 class SequentialLR(_Composite):
@@ -157,13 +156,19 @@ class SequentialLR(_Composite):
         t = self.last_epoch + 1
         idx = bisect_right(self._milestones, t)
         sched = self._schedulers[idx]
-        at_milestone = idx > 0 and self._milestones[idx - 1] == t
-        if at_milestone and hasattr(sched, "_restart"):
-            sched._restart()
+        if idx > 0 and self._milestones[idx - 1] == t:
+            if hasattr(sched, "_restart"):
+                sched._restart()
+            else:  # a torch scheduler
+                sched._update_lr(0)
         else:
             sched.step()
         self.last_epoch = t
         self._last_lr = sched.get_last_lr()
+
+    def get_last_lr(self) -> list[float]:
+        """Values last written by the active child, one per group."""
+        return list(self._last_lr)
 
 
 class ChainedScheduler(_Composite):
@@ -217,11 +222,40 @@ class ChainedScheduler(_Composite):
         self._recursive = {k: [False] * len(optimizer.param_groups) for k in self._keys}
         self._adopt()
 
+        self._last_lr = self._lrs()
+
+    def _lrs(self) -> list[float]:
+        # Torch's get_last_lr() of a chain is the groups' "lr", whatever the last
+        # child schedules.
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def get_last_lr(self) -> list[float]:
+        """The groups' ``"lr"`` values after the last step, one per group (as torch)."""
+        return list(self._last_lr)
+
     def _adopt(self) -> None:
         groups = self.optimizer.param_groups
         self._written = {k: [get_value(g, k) for g in groups] for k in self._keys}
-        last_key = getattr(self._schedulers[-1], "hyperparam", "lr")
-        self._last_lr = [get_value(g, last_key) for g in groups]
+
+    def _initial_step(self) -> None:
+        # SequentialLR starting with this chain: as in torch, every child steps once
+        # from last_epoch -1, outside its initial mode (torch's get_lr at t == 0),
+        # and the chain replays torch's recursion from then on.
+        n = len(self.optimizer.param_groups)
+        for sched in self._schedulers:
+            if isinstance(sched, LRScheduler):
+                sched._recursive = [True] * n
+            sched.step()
+        self._adopt()
+        self._recursive = {k: [True] * n for k in self._keys}
+        self._last_lr = self._lrs()
+
+    def _restart(self) -> None:
+        raise NotImplementedError(
+            "SequentialLR cannot restart a ChainedScheduler at a milestone (torch 2.13 "
+            "raises NotImplementedError there too): put the ChainedScheduler first, or "
+            "chain SequentialLRs instead"
+        )
 
     def step(self) -> None:
         """Advance every scheduler one step and write the composed values.
@@ -235,11 +269,10 @@ class ChainedScheduler(_Composite):
             # Foreign or composite children: plain torch semantics, in order.
             for sched in self._schedulers:
                 sched.step()
-            key = getattr(self._schedulers[-1], "hyperparam", "lr")
-            self._last_lr = [get_value(g, key) for g in self.optimizer.param_groups]
+            self._last_lr = self._lrs()
             return
         for sched in self._schedulers:
-            sched._check_step()
+            sched._check_step(sched.last_epoch + 1)
         for sched in self._schedulers:
             sched.last_epoch += 1
             sched._advance(sched.last_epoch)
@@ -269,5 +302,4 @@ class ChainedScheduler(_Composite):
                 sched._last_lr = values[id(sched)]
                 sched._written = list(values[id(sched)])
                 sched._after(sched.last_epoch)
-        last_key = self._schedulers[-1].hyperparam
-        self._last_lr = [get_value(g, last_key) for g in groups]
+        self._last_lr = self._lrs()

@@ -9,15 +9,21 @@ from typing import Any, Literal
 from ._base import (
     LRScheduler,
     callable_state,
-    check_hyperparam,
-    check_last_epoch,
-    check_optimizer,
+    check_args,
     load_callable_state,
     per_group,
     set_value,
 )
 
 __all__ = ["CyclicLR", "OneCycleLR"]
+
+
+def _start_momentum(sched: Any, optimizer: Any) -> None:
+    """Torch's start: momentum (or beta1) at its maximum, both bounds in the groups."""
+    for high, low, group in zip(sched.max_momentums, sched.base_momentums, optimizer.param_groups):
+        set_value(group, sched.momentum_key, high)
+        group["max_momentum"] = high
+        group["base_momentum"] = low
 
 
 def _momentum_key(optimizer: Any) -> str:
@@ -110,9 +116,7 @@ class CyclicLR(LRScheduler):
         hyperparam: str = "lr",
     ) -> None:
         # Validate everything before the first write to the optimizer.
-        check_optimizer(optimizer)
-        check_last_epoch(last_epoch)
-        check_hyperparam(optimizer, hyperparam)
+        check_args(optimizer, last_epoch, hyperparam)
         base_lrs = per_group("base_lr", optimizer, base_lr)
         self.max_lrs = per_group("max_lr", optimizer, max_lr)
         up = float(step_size_up)
@@ -146,8 +150,7 @@ class CyclicLR(LRScheduler):
             for value, group in zip(base_lrs, optimizer.param_groups):
                 set_value(group, hyperparam, value)
             if self.cycle_momentum:
-                for value, group in zip(self.max_momentums, optimizer.param_groups):
-                    set_value(group, self.momentum_key, value)
+                _start_momentum(self, optimizer)
         super().__init__(optimizer, last_epoch, hyperparam=hyperparam)
         self.base_values = list(base_lrs)
 
@@ -265,9 +268,7 @@ class OneCycleLR(LRScheduler):
         *,
         hyperparam: str = "lr",
     ) -> None:
-        check_optimizer(optimizer)
-        check_last_epoch(last_epoch)
-        check_hyperparam(optimizer, hyperparam)
+        check_args(optimizer, last_epoch, hyperparam)
         if total_steps is not None:
             if not isinstance(total_steps, int) or total_steps <= 0:
                 raise ValueError(f"Expected positive integer total_steps, but got {total_steps}")
@@ -296,9 +297,6 @@ class OneCycleLR(LRScheduler):
             self.base_momentums = per_group("base_momentum", optimizer, base_momentum)
 
         self.anneal_strategy = anneal_strategy
-        self.max_lrs = max_lrs
-        self.initial_lrs = [m / div_factor for m in max_lrs]
-        self.min_lrs = [i / final_div_factor for i in self.initial_lrs]
         # Phases as (last step, start, end) with names of the per-group value lists;
         # momentum runs the opposite way.
         n = self.total_steps
@@ -313,13 +311,32 @@ class OneCycleLR(LRScheduler):
                 (float(pct_start * n) - 1, "initial", "max", "high", "low"),
                 (n - 1, "max", "min", "low", "high"),
             ]
+        # As torch, the bounds live in the param groups (edits there take effect)
+        # and a resumed scheduler reads them from there.
+        self._keys = {
+            "initial": f"initial_{hyperparam}",
+            "max": f"max_{hyperparam}",
+            "min": f"min_{hyperparam}",
+            "high": "max_momentum",
+            "low": "base_momentum",
+        }
         if last_epoch == -1:
-            initial = f"initial_{hyperparam}"
-            for value, group in zip(self.initial_lrs, optimizer.param_groups):
-                group[initial] = value  # overwritten, not setdefault, as in torch
+            for m, group in zip(max_lrs, optimizer.param_groups):
+                group[self._keys["initial"]] = m / div_factor  # overwritten, as in torch
+                group[self._keys["max"]] = m
+                group[self._keys["min"]] = m / div_factor / final_div_factor
             if self.cycle_momentum:
-                for value, group in zip(self.max_momentums, optimizer.param_groups):
-                    set_value(group, self.momentum_key, value)
+                _start_momentum(self, optimizer)
+        else:
+            names = list(self._keys.values())[: 5 if self.cycle_momentum else 3]
+            for i, group in enumerate(optimizer.param_groups):
+                missing = [k for k in names if k not in group]
+                if missing:
+                    raise KeyError(
+                        f"param {missing[0]!r} is not specified in param_groups[{i}] when "
+                        "resuming OneCycleLR with last_epoch >= 0 (load the optimizer's "
+                        "state dict first)"
+                    )
         super().__init__(optimizer, last_epoch, hyperparam=hyperparam)
 
     def _anneal(self, start: float, end: float, pct: float) -> float:
@@ -337,14 +354,7 @@ class OneCycleLR(LRScheduler):
         raise AssertionError("unreachable")
 
     def _value(self, name: str, g: int) -> float:
-        table: dict[str, list[float]] = {
-            "initial": self.initial_lrs,
-            "max": self.max_lrs,
-            "min": self.min_lrs,
-            "high": getattr(self, "max_momentums", []),
-            "low": getattr(self, "base_momentums", []),
-        }
-        return table[name][g]
+        return self.optimizer.param_groups[g][self._keys[name]]
 
     def _closed(self, g: int, x: float, t: int) -> float:
         pct, phase = self._phase(t)
@@ -358,9 +368,9 @@ class OneCycleLR(LRScheduler):
             value = self._anneal(self._value(phase[3], g), self._value(phase[4], g), pct)
             set_value(group, self.momentum_key, value)
 
-    def _check_step(self) -> None:
-        if self.last_epoch + 1 > self.total_steps:
+    def _check_step(self, t: int) -> None:
+        if t > self.total_steps:
             raise ValueError(
-                f"Tried to step {self.last_epoch + 1} times. "
+                f"Tried to step {t} times. "
                 f"The specified number of total steps is {self.total_steps}"
             )

@@ -1,9 +1,8 @@
-"""Closed-form schedules with torch.optim.lr_scheduler's names and signatures,
-plus WarmupCosine and WarmupStableDecay."""
+"""Closed-form schedules with torch.optim.lr_scheduler's names and signatures:
+the lambda and multiplicative ones (cosine ones are in cosine.py)."""
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -15,7 +14,6 @@ from ._base import (
     check_optimizer,
     check_positive_int,
     load_callable_state,
-    per_group,
 )
 
 __all__ = [
@@ -27,10 +25,6 @@ __all__ = [
     "LinearLR",
     "ExponentialLR",
     "PolynomialLR",
-    "CosineAnnealingLR",
-    "CosineAnnealingWarmRestarts",
-    "WarmupCosine",
-    "WarmupStableDecay",
 ]
 
 Lambda = Callable[[int], float]
@@ -128,6 +122,9 @@ class MultiplicativeLR(_LambdaState, LRScheduler):
 
     _not_state = ("optimizer", "lr_lambdas")
     _chain_kind = "factor"
+    _epoch_closed = False
+
+    _initial_keeps = True
 
     def __init__(
         self,
@@ -151,12 +148,7 @@ class MultiplicativeLR(_LambdaState, LRScheduler):
         return x * self._products[g]
 
     def _relative(self, g: int, x: float, t: int) -> float:
-        return x * self.lr_lambdas[g](t) if t > 0 else x
-
-    def _restart_value(self, g: int, current: float) -> float:
-        # Torch restarts a MultiplicativeLR from the current value times lambda(0).
-        self.base_values[g] = current * self.lr_lambdas[g](0)
-        return self.base_values[g]
+        return x * self.lr_lambdas[g](t)
 
 
 class StepLR(FactorScheduler):
@@ -340,6 +332,18 @@ class LinearLR(FactorScheduler):
         ramp = min(self.total_iters, t) / self.total_iters
         return self.start_factor + (self.end_factor - self.start_factor) * ramp
 
+    def _relative(self, g: int, x: float, t: int) -> float:
+        # Torch's recursion, term for term (it rounds differently from a ratio).
+        s, e, n = self.start_factor, self.end_factor, self.total_iters
+        if t == 0:
+            return x * s
+        if t > n:
+            return x
+        return x * (1.0 + (e - s) / (n * s + (t - 1) * (e - s)))
+
+    def _keeps_initial(self, t: int) -> bool:
+        return t > 0
+
 
 class ExponentialLR(FactorScheduler):
     """Value ``base * gamma ** t``.
@@ -356,6 +360,8 @@ class ExponentialLR(FactorScheduler):
         Group key to schedule.
     """
 
+    _initial_keeps = True
+
     def __init__(
         self,
         optimizer: Any,
@@ -369,6 +375,9 @@ class ExponentialLR(FactorScheduler):
 
     def _factor(self, g: int, t: int) -> float:
         return self.gamma**t
+
+    def _relative(self, g: int, x: float, t: int) -> float:
+        return x * self.gamma
 
 
 class PolynomialLR(FactorScheduler):
@@ -393,6 +402,8 @@ class PolynomialLR(FactorScheduler):
         If ``total_iters`` is not positive.
     """
 
+    _initial_keeps = True
+
     def __init__(
         self,
         optimizer: Any,
@@ -410,270 +421,8 @@ class PolynomialLR(FactorScheduler):
     def _factor(self, g: int, t: int) -> float:
         return (1.0 - min(self.total_iters, t) / self.total_iters) ** self.power
 
-
-class CosineAnnealingLR(LRScheduler):
-    """Value ``eta_min + (base - eta_min) * (1 + cos(pi * t / T_max)) / 2``.
-
-    Periodic past ``T_max`` (it climbs back to ``base`` at ``2 * T_max``), as torch's
-    sequence is. Torch computes it recursively; this closed form agrees with that
-    recursion to ~1e-15 relative for the horizons tested (``T_max`` up to a few
-    hundred, several periods).
-
-    Parameters
-    ----------
-    optimizer : object
-        Optimizer with ``param_groups``.
-    T_max : int
-        Half period in steps, positive.
-    eta_min : float or list of float, default 0.0
-        Minimum value (per group if a list).
-    last_epoch : int, default -1
-        See :class:`LRScheduler`.
-    hyperparam : str, default "lr"
-        Group key to schedule.
-
-    Raises
-    ------
-    ValueError
-        If ``T_max`` is not a positive integer or ``eta_min`` has the wrong length.
-    """
-
-    _chain_kind = "recursive"
-
-    def __init__(
-        self,
-        optimizer: Any,
-        T_max: int,
-        eta_min: float | list[float] = 0.0,
-        last_epoch: int = -1,
-        *,
-        hyperparam: str = "lr",
-    ) -> None:
-        check_optimizer(optimizer)
-        check_positive_int("T_max", T_max)
-        self._eta_mins = per_group("eta_min", optimizer, eta_min)
-        self.T_max = T_max
-        self.eta_min = eta_min
-        super().__init__(optimizer, last_epoch, hyperparam=hyperparam)
-
-    def _cos1(self, t: int) -> float:
-        # Same expression as torch's recursion so both round alike.
-        return 1.0 + math.cos(math.pi * t / self.T_max)
-
-    def _closed(self, g: int, x: float, t: int) -> float:
-        eta = self._eta_mins[g]
-        return eta + (x - eta) * self._cos1(t) / 2
-
     def _relative(self, g: int, x: float, t: int) -> float:
-        eta = self._eta_mins[g]
-        if t == 0:
+        n = self.total_iters
+        if t > n:
             return x
-        if (t - 1 - self.T_max) % (2 * self.T_max) == 0:
-            # Leaving the minimum, where the ratio below would divide by zero.
-            return x + (self.base_values[g] - eta) * (1 - math.cos(math.pi / self.T_max)) / 2
-        return eta + (x - eta) * self._cos1(t) / self._cos1(t - 1)
-
-
-class CosineAnnealingWarmRestarts(LRScheduler):
-    """Cosine annealing restarted every ``T_i`` steps, ``T_i = T_0 * T_mult ** i``.
-
-    Value ``eta_min + (base - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2`` where
-    ``T_cur`` is the number of steps since the last restart, found from ``t`` with
-    integer arithmetic (exact for any ``t``).
-
-    Parameters
-    ----------
-    optimizer : object
-        Optimizer with ``param_groups``.
-    T_0 : int
-        Length of the first period, positive.
-    T_mult : int, default 1
-        Growth factor of the period, ``>= 1``.
-    eta_min : float, default 0.0
-        Minimum value.
-    last_epoch : int, default -1
-        See :class:`LRScheduler`.
-    hyperparam : str, default "lr"
-        Group key to schedule.
-
-    Raises
-    ------
-    ValueError
-        For a non-positive ``T_0``, ``T_mult < 1`` or a non-numeric ``eta_min``.
-    """
-
-    def __init__(
-        self,
-        optimizer: Any,
-        T_0: int,
-        T_mult: int = 1,
-        eta_min: float = 0.0,
-        last_epoch: int = -1,
-        *,
-        hyperparam: str = "lr",
-    ) -> None:
-        if not isinstance(T_0, int) or T_0 <= 0:
-            raise ValueError(f"Expected positive integer T_0, but got {T_0}")
-        if not isinstance(T_mult, int) or T_mult < 1:
-            raise ValueError(f"Expected integer T_mult >= 1, but got {T_mult}")
-        if not isinstance(eta_min, (float, int)):
-            raise ValueError(
-                f"Expected float or int eta_min, but got {eta_min} of type {type(eta_min)}"
-            )
-        self.T_0 = T_0
-        self.T_mult = T_mult
-        self.eta_min = eta_min
-        self.T_i = T_0
-        self.T_cur = 0
-        super().__init__(optimizer, last_epoch, hyperparam=hyperparam)
-
-    def _advance(self, t: int) -> None:
-        if self.T_mult == 1:
-            self.T_i, self.T_cur = self.T_0, t % self.T_0
-            return
-        period, cur = self.T_0, t
-        while cur >= period:  # O(log t) iterations
-            cur -= period
-            period *= self.T_mult
-        self.T_i, self.T_cur = period, cur
-
-    def _closed(self, g: int, x: float, t: int) -> float:
-        eta = self.eta_min
-        return (
-            eta + (self.base_values[g] - eta) * (1 + math.cos(math.pi * self.T_cur / self.T_i)) / 2
-        )
-
-
-class WarmupCosine(LRScheduler):
-    """Linear warmup, then cosine decay to ``min_lr``.
-
-    With ``W = warmup_steps`` and ``T = total_steps``::
-
-        t <  W:      base * (t + 1) / W
-        W <= t < T:  min_lr + (base - min_lr) * (1 + cos(pi * (t - W) / (T - W))) / 2
-        t >= T:      min_lr
-
-    The warmup starts at ``base / W`` (never 0, so the first optimizer step is not
-    wasted) and reaches ``base`` at ``t = W - 1``; the cosine then starts from
-    ``base`` at ``t = W`` and reaches ``min_lr`` at ``t = T``.
-
-    Parameters
-    ----------
-    optimizer : object
-        Optimizer with ``param_groups``.
-    warmup_steps : int
-        ``W``, non-negative (0: no warmup).
-    total_steps : int
-        ``T``, greater than ``warmup_steps``.
-    min_lr : float or list of float, default 0.0
-        Final value (per group if a list), absolute, not a factor.
-    last_epoch : int, default -1
-        See :class:`LRScheduler`.
-    hyperparam : str, default "lr"
-        Group key to schedule.
-
-    Raises
-    ------
-    ValueError
-        For negative steps, ``total_steps <= warmup_steps`` or a ``min_lr`` list of
-        the wrong length.
-    """
-
-    def __init__(
-        self,
-        optimizer: Any,
-        warmup_steps: int,
-        total_steps: int,
-        min_lr: float | list[float] = 0.0,
-        last_epoch: int = -1,
-        *,
-        hyperparam: str = "lr",
-    ) -> None:
-        check_optimizer(optimizer)
-        check_positive_int("warmup_steps", warmup_steps, allow_zero=True)
-        check_positive_int("total_steps", total_steps)
-        if total_steps <= warmup_steps:
-            raise ValueError(
-                f"total_steps ({total_steps}) must be greater than warmup_steps ({warmup_steps})"
-            )
-        self.min_lrs = per_group("min_lr", optimizer, min_lr)
-        self.warmup_steps = warmup_steps
-        self.total_steps = total_steps
-        super().__init__(optimizer, last_epoch, hyperparam=hyperparam)
-
-    def _closed(self, g: int, x: float, t: int) -> float:
-        base, low = self.base_values[g], self.min_lrs[g]
-        w, total = self.warmup_steps, self.total_steps
-        if t < w:
-            return base * (t + 1) / w
-        if t >= total:
-            return low
-        return low + (base - low) * (1 + math.cos(math.pi * (t - w) / (total - w))) / 2
-
-
-class WarmupStableDecay(LRScheduler):
-    """Warmup-stable-decay ("trapezoid"): linear warmup, constant, linear decay.
-
-    With ``W, S, D`` the three lengths::
-
-        t <  W:               base * (t + 1) / W
-        W <= t < W + S:       base
-        W + S <= t < W+S+D:   base + (min_lr - base) * (t - W - S + 1) / D
-        t >= W + S + D:       min_lr
-
-    Both ramps move on the first step of their phase and arrive on its last step:
-    the warmup reaches ``base`` at ``t = W - 1`` and the decay reaches ``min_lr`` at
-    ``t = W + S + D - 1``.
-
-    Parameters
-    ----------
-    optimizer : object
-        Optimizer with ``param_groups``.
-    warmup_steps, stable_steps, decay_steps : int
-        Non-negative phase lengths.
-    min_lr : float or list of float, default 0.0
-        Final value (per group if a list).
-    last_epoch : int, default -1
-        See :class:`LRScheduler`.
-    hyperparam : str, default "lr"
-        Group key to schedule.
-
-    Raises
-    ------
-    ValueError
-        For a negative or non-integer phase length, or a ``min_lr`` list of the
-        wrong length.
-    """
-
-    def __init__(
-        self,
-        optimizer: Any,
-        warmup_steps: int,
-        stable_steps: int,
-        decay_steps: int,
-        min_lr: float | list[float] = 0.0,
-        last_epoch: int = -1,
-        *,
-        hyperparam: str = "lr",
-    ) -> None:
-        check_optimizer(optimizer)
-        check_positive_int("warmup_steps", warmup_steps, allow_zero=True)
-        check_positive_int("stable_steps", stable_steps, allow_zero=True)
-        check_positive_int("decay_steps", decay_steps, allow_zero=True)
-        self.min_lrs = per_group("min_lr", optimizer, min_lr)
-        self.warmup_steps = warmup_steps
-        self.stable_steps = stable_steps
-        self.decay_steps = decay_steps
-        super().__init__(optimizer, last_epoch, hyperparam=hyperparam)
-
-    def _closed(self, g: int, x: float, t: int) -> float:
-        base, low = self.base_values[g], self.min_lrs[g]
-        w = self.warmup_steps
-        decay_start = w + self.stable_steps
-        if t < w:
-            return base * (t + 1) / w
-        if t < decay_start:
-            return base
-        if t >= decay_start + self.decay_steps:
-            return low
-        return base + (low - base) * (t - decay_start + 1) / self.decay_steps
+        return x * ((1.0 - t / n) / (1.0 - (t - 1) / n)) ** self.power

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from typing import Any, Literal, SupportsFloat
 
-from ._base import check_hyperparam, check_optimizer, check_positive_int, get_value, set_value
+from ._base import (
+    EPOCH_DEPRECATION_WARNING,
+    check_hyperparam,
+    check_optimizer,
+    check_positive_int,
+    get_value,
+    set_value,
+)
 
 __all__ = ["ReduceLROnPlateau"]
 
@@ -71,8 +79,10 @@ class ReduceLROnPlateau:
             if len(min_lr) != n:
                 raise ValueError(f"expected {n} min_lrs, got {len(min_lr)}")
             self.min_lrs = list(min_lr)
+            self.default_min_lr: float | None = None
         else:
             self.min_lrs = [min_lr] * n
+            self.default_min_lr = min_lr
         if mode not in ("min", "max"):
             raise ValueError(f"mode {mode} is unknown!")
         if threshold_mode not in ("rel", "abs"):
@@ -109,16 +119,29 @@ class ReduceLROnPlateau:
             return a > best * (self.threshold + 1.0)
         return a > best + self.threshold
 
-    def step(self, metrics: SupportsFloat) -> None:
+    def step(self, metrics: SupportsFloat, epoch: int | None = None) -> None:
         """Record one metric value (e.g. a validation loss) and reduce if due.
 
         Parameters
         ----------
         metrics : float-like
             The monitored quantity; anything ``float()`` accepts.
+        epoch : int, optional
+            Deprecated, as in torch (a ``UserWarning`` says so): sets ``last_epoch``.
+
+        Raises
+        ------
+        RuntimeError
+            If a reduction is due, param groups were added since construction and
+            ``min_lr`` was given as a list (torch's rule; a scalar ``min_lr`` is
+            extended to the new groups).
         """
         current = float(metrics)
-        self.last_epoch += 1
+        if epoch is None:
+            epoch = self.last_epoch + 1
+        else:
+            warnings.warn(EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=2)
+        self.last_epoch = epoch
         if self.is_better(current, self.best):
             self.best = current
             self.num_bad_epochs = 0
@@ -134,6 +157,15 @@ class ReduceLROnPlateau:
         self._last_lr = [get_value(g, self.hyperparam) for g in self.optimizer.param_groups]
 
     def _reduce(self) -> None:
+        n = len(self.optimizer.param_groups)
+        if n != len(self.min_lrs):
+            if self.default_min_lr is None:
+                raise RuntimeError(
+                    f"The number of param groups in the optimizer ({n}) differs from "
+                    f"when ReduceLROnPlateau was created ({len(self.min_lrs)}), usually "
+                    "because a param group was added: set `min_lrs` to one value per group"
+                )
+            self.min_lrs = [self.default_min_lr] * n
         for group, floor in zip(self.optimizer.param_groups, self.min_lrs):
             old = float(get_value(group, self.hyperparam))
             new = max(old * self.factor, floor)

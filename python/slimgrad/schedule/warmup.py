@@ -1,0 +1,145 @@
+"""WarmupCosine and WarmupStableDecay: the two warmup schedules LLM training uses."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ._base import LRScheduler, check_optimizer, check_positive_int, per_group
+
+__all__ = ["WarmupCosine", "WarmupStableDecay"]
+
+
+class WarmupCosine(LRScheduler):
+    """Linear warmup, then cosine decay to ``min_lr``.
+
+    With ``W = warmup_steps`` and ``T = total_steps``::
+
+        t <  W:      base * (t + 1) / W
+        W <= t < T:  min_lr + (base - min_lr) * (1 + cos(pi * (t - W) / (T - W))) / 2
+        t >= T:      min_lr
+
+    The warmup starts at ``base / W`` (never 0, so the first optimizer step is not
+    wasted) and reaches ``base`` at ``t = W - 1``; the cosine then starts from
+    ``base`` at ``t = W`` and reaches ``min_lr`` at ``t = T``.
+
+    Parameters
+    ----------
+    optimizer : object
+        Optimizer with ``param_groups``.
+    warmup_steps : int
+        ``W``, non-negative (0: no warmup).
+    total_steps : int
+        ``T``, greater than ``warmup_steps``.
+    min_lr : float or list of float, default 0.0
+        Final value (per group if a list), absolute, not a factor.
+    last_epoch : int, default -1
+        See :class:`LRScheduler`.
+    hyperparam : str, default "lr"
+        Group key to schedule.
+
+    Raises
+    ------
+    ValueError
+        For negative steps, ``total_steps <= warmup_steps`` or a ``min_lr`` list of
+        the wrong length.
+    """
+
+    def __init__(
+        self,
+        optimizer: Any,
+        warmup_steps: int,
+        total_steps: int,
+        min_lr: float | list[float] = 0.0,
+        last_epoch: int = -1,
+        *,
+        hyperparam: str = "lr",
+    ) -> None:
+        check_optimizer(optimizer)
+        check_positive_int("warmup_steps", warmup_steps, allow_zero=True)
+        check_positive_int("total_steps", total_steps)
+        if total_steps <= warmup_steps:
+            raise ValueError(
+                f"total_steps ({total_steps}) must be greater than warmup_steps ({warmup_steps})"
+            )
+        self.min_lrs = per_group("min_lr", optimizer, min_lr)
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        super().__init__(optimizer, last_epoch, hyperparam=hyperparam)
+
+    def _closed(self, g: int, x: float, t: int) -> float:
+        base, low = self.base_values[g], self.min_lrs[g]
+        w, total = self.warmup_steps, self.total_steps
+        if t < w:
+            return base * (t + 1) / w
+        if t >= total:
+            return low
+        return low + (base - low) * (1 + math.cos(math.pi * (t - w) / (total - w))) / 2
+
+
+class WarmupStableDecay(LRScheduler):
+    """Warmup-stable-decay ("trapezoid"): linear warmup, constant, linear decay.
+
+    With ``W, S, D`` the three lengths::
+
+        t <  W:               base * (t + 1) / W
+        W <= t < W + S:       base
+        W + S <= t < W+S+D:   base + (min_lr - base) * (t - W - S + 1) / D
+        t >= W + S + D:       min_lr
+
+    Both ramps move on the first step of their phase and arrive on its last step:
+    the warmup reaches ``base`` at ``t = W - 1`` and the decay reaches ``min_lr`` at
+    ``t = W + S + D - 1``.
+
+    Parameters
+    ----------
+    optimizer : object
+        Optimizer with ``param_groups``.
+    warmup_steps, stable_steps, decay_steps : int
+        Non-negative phase lengths.
+    min_lr : float or list of float, default 0.0
+        Final value (per group if a list).
+    last_epoch : int, default -1
+        See :class:`LRScheduler`.
+    hyperparam : str, default "lr"
+        Group key to schedule.
+
+    Raises
+    ------
+    ValueError
+        For a negative or non-integer phase length, or a ``min_lr`` list of the
+        wrong length.
+    """
+
+    def __init__(
+        self,
+        optimizer: Any,
+        warmup_steps: int,
+        stable_steps: int,
+        decay_steps: int,
+        min_lr: float | list[float] = 0.0,
+        last_epoch: int = -1,
+        *,
+        hyperparam: str = "lr",
+    ) -> None:
+        check_optimizer(optimizer)
+        check_positive_int("warmup_steps", warmup_steps, allow_zero=True)
+        check_positive_int("stable_steps", stable_steps, allow_zero=True)
+        check_positive_int("decay_steps", decay_steps, allow_zero=True)
+        self.min_lrs = per_group("min_lr", optimizer, min_lr)
+        self.warmup_steps = warmup_steps
+        self.stable_steps = stable_steps
+        self.decay_steps = decay_steps
+        super().__init__(optimizer, last_epoch, hyperparam=hyperparam)
+
+    def _closed(self, g: int, x: float, t: int) -> float:
+        base, low = self.base_values[g], self.min_lrs[g]
+        w = self.warmup_steps
+        decay_start = w + self.stable_steps
+        if t < w:
+            return base * (t + 1) / w
+        if t < decay_start:
+            return base
+        if t >= decay_start + self.decay_steps:
+            return low
+        return base + (low - base) * (t - decay_start + 1) / self.decay_steps

@@ -1,0 +1,354 @@
+"""SGD, Adam, AdamW, Adagrad, RMSprop: torch's signatures, slimgrad's multi-tensor kernel.
+
+Each bucket (one group's parameters sharing a dtype and step count) is one call of
+``_core.optim.step``: a fused pass per tensor, threads over tensors and elements.
+float16/bfloat16 parameters are stepped as torch steps them, without master
+copies: each value is widened to float32, updated and rounded to nearest even.
+States: bfloat16 parameters keep bfloat16 states (torch's layout and memory; the
+math is float32), float16 parameters float32 states (the kernels have no float16
+state), the others their own dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+
+from .. import _core
+from ._base import HALF, TorchOptimizer, as_array, check_range
+
+__all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop"]
+
+
+def _lr(lr: Any) -> float:
+    return float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+
+
+@functools.lru_cache(maxsize=64)
+def _names(n: int, keys: tuple[str, ...]) -> tuple[Any, ...]:
+    """The names the kernel's buffer checks use in messages (built once per shape)."""
+    labels = [f"[{i}]" for i in range(n)]
+    return (
+        ["params" + lb for lb in labels],
+        ["grads" + lb for lb in labels],
+        None,
+        [[f"state{lb}[{k!r}]" for lb in labels] for k in keys],
+    )
+
+
+class _Fused(TorchOptimizer):
+    """An optimizer stepped by ``_core.optim.step`` (one algorithm of optim.hpp)."""
+
+    _algo = ""
+
+    def _state_keys(self, group: dict[str, Any]) -> list[str]:
+        raise NotImplementedError
+
+    def _set_args(self, args: Any, group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _state_dtype(self, group: dict[str, Any], p: torch.Tensor, key: str) -> torch.dtype:
+        if p.dtype == torch.bfloat16:
+            return torch.bfloat16
+        return torch.float32 if p.dtype in HALF else p.dtype
+
+    def _init_state(self, group: dict[str, Any], p: torch.Tensor) -> dict[str, torch.Tensor]:
+        fill = self._fill(group)
+        return {
+            k: torch.full_like(p, fill, dtype=self._state_dtype(group, p, k))
+            for k in self._state_keys(group)
+        }
+
+    def _fill(self, group: dict[str, Any]) -> float:
+        return 0.0
+
+    def _run(self, group: dict[str, Any], params: list[torch.Tensor], step: int) -> None:
+        keys = self._state_keys(group)
+        args = _core.optim.StepArgs()
+        args.algo = self._algo
+        self._set_args(args, group)
+        args.lr = _lr(group["lr"])
+        args.step = step
+        args.stochastic, args.seed = False, 0
+        args.master_weights = params[0].dtype not in HALF  # torch keeps no master copy
+        states = [self._states(group, params, k) for k in keys]
+        args.bf16_state = bool(keys) and params[0].dtype == torch.bfloat16
+        names = _names(len(params), tuple(keys))
+        _core.optim.step(
+            args,
+            [self._view(p) for p in params],
+            [as_array(p.grad) for p in params],
+            None,
+            states,
+            names,
+            False,
+        )
+
+
+class SGD(_Fused):
+    """``torch.optim.SGD`` (momentum, dampening, nesterov, weight decay, maximize).
+
+    Same signature and state (``momentum_buffer`` when ``momentum != 0``) as torch.
+    ``foreach`` and ``fused`` are accepted and ignored (the step is always fused).
+    """
+
+    _algo = "sgd"
+    _counts_steps = False
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        check_range("learning rate", lr)
+        check_range("momentum", momentum)
+        check_range("weight_decay", weight_decay)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            maximize=maximize,
+            foreach=foreach,
+            differentiable=differentiable,
+            fused=fused,
+        )
+        super().__init__(params, defaults)
+
+    def _step_of(self, state: dict[str, Any]) -> int:
+        # torch's first step copies the gradient into a missing momentum buffer.
+        return 2 if state.get("momentum_buffer") is not None else 1
+
+    def _state_keys(self, group):
+        return ["momentum_buffer"] if group["momentum"] != 0 else []
+
+    def _set_args(self, a, g):
+        a.momentum, a.dampening = float(g["momentum"]), float(g["dampening"])
+        a.weight_decay, a.nesterov, a.maximize = (
+            float(g["weight_decay"]),
+            g["nesterov"],
+            g["maximize"],
+        )
+
+
+class Adam(_Fused):
+    """``torch.optim.Adam`` (amsgrad, maximize, ``decoupled_weight_decay``).
+
+    Same signature, defaults and state (``step``, ``exp_avg``, ``exp_avg_sq``,
+    ``max_exp_avg_sq`` with amsgrad) as torch; ``foreach``/``fused`` are accepted
+    and ignored, ``capturable``/``differentiable`` must stay False.
+    """
+
+    _algo = "adam"
+    _decoupled_default = False
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool | None = None,
+    ) -> None:
+        check_range("learning rate", lr)
+        check_range("epsilon", eps)
+        check_range("beta parameter at index 0", betas[0], 0.0, 1.0)
+        check_range("beta parameter at index 1", betas[1], 0.0, 1.0)
+        check_range("weight_decay", weight_decay)
+        if decoupled_weight_decay is None:
+            decoupled_weight_decay = self._decoupled_default
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=decoupled_weight_decay,
+        )
+        super().__init__(params, defaults)
+
+    def _state_keys(self, group):
+        return ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
+
+    def _set_args(self, a, g):
+        a.beta1, a.beta2 = (float(b) for b in g["betas"])
+        a.eps, a.weight_decay = float(g["eps"]), float(g["weight_decay"])
+        a.amsgrad, a.maximize = bool(g["amsgrad"]), bool(g["maximize"])
+        a.decoupled = bool(g.get("decoupled_weight_decay", False))
+
+
+class AdamW(Adam):
+    """``torch.optim.AdamW``: :class:`Adam` with decoupled weight decay (default 1e-2)."""
+
+    _decoupled_default = True
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            maximize=maximize,
+            foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=True,
+        )
+
+
+class Adagrad(_Fused):
+    """``torch.optim.Adagrad`` (lr_decay, initial_accumulator_value, maximize).
+
+    State ``step`` and ``sum`` as torch's.
+    """
+
+    _algo = "adagrad"
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-2,
+        lr_decay: float = 0,
+        weight_decay: float = 0,
+        initial_accumulator_value: float = 0,
+        eps: float = 1e-10,
+        foreach: bool | None = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        check_range("learning rate", lr)
+        check_range("lr_decay", lr_decay)
+        check_range("weight_decay", weight_decay)
+        check_range("initial_accumulator_value", initial_accumulator_value)
+        check_range("epsilon", eps)
+        defaults = dict(
+            lr=lr,
+            lr_decay=lr_decay,
+            eps=eps,
+            weight_decay=weight_decay,
+            initial_accumulator_value=initial_accumulator_value,
+            foreach=foreach,
+            maximize=maximize,
+            differentiable=differentiable,
+            fused=fused,
+        )
+        super().__init__(params, defaults)
+
+    def _fill(self, group):
+        return float(group["initial_accumulator_value"])
+
+    def _state_keys(self, group):
+        return ["sum"]
+
+    def _set_args(self, a, g):
+        a.lr_decay, a.weight_decay = float(g["lr_decay"]), float(g["weight_decay"])
+        a.eps, a.maximize = float(g["eps"]), bool(g["maximize"])
+
+
+class RMSprop(_Fused):
+    """``torch.optim.RMSprop`` (momentum, centered, maximize).
+
+    State ``step``, ``square_avg``, ``momentum_buffer`` (momentum > 0), ``grad_avg``
+    (centered) as torch's.
+    """
+
+    _algo = "rmsprop"
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum: float = 0,
+        centered: bool = False,
+        capturable: bool = False,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+    ) -> None:
+        check_range("learning rate", lr)
+        check_range("epsilon", eps)
+        check_range("momentum", momentum)
+        check_range("weight_decay", weight_decay)
+        check_range("alpha", alpha)
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            alpha=alpha,
+            eps=eps,
+            centered=centered,
+            weight_decay=weight_decay,
+            capturable=capturable,
+            foreach=foreach,
+            maximize=maximize,
+            differentiable=differentiable,
+        )
+        super().__init__(params, defaults)
+
+    def _state_keys(self, group):
+        keys = ["square_avg"]
+        if group["momentum"] > 0:
+            keys.append("momentum_buffer")
+        if group["centered"]:
+            keys.append("grad_avg")
+        return keys
+
+    def _set_args(self, a, g):
+        a.alpha, a.eps, a.weight_decay = (
+            float(g["alpha"]),
+            float(g["eps"]),
+            float(g["weight_decay"]),
+        )
+        a.momentum, a.centered, a.maximize = (
+            float(g["momentum"]),
+            bool(g["centered"]),
+            g["maximize"],
+        )
