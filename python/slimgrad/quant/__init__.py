@@ -6,6 +6,7 @@ and safetensors / GGUF I/O. See docs/quant.md for a tour.
 from __future__ import annotations
 
 from . import gguf
+from ._gptq import gptq
 from ._matmul import MAX_K_INT8, matmul, matmul_int8
 from ._tensor import QuantizedTensor, dequantize, fake_quantize, quantize
 from .io import load, save, save_gguf
@@ -16,6 +17,7 @@ __all__ = [
     "gguf",
     "dequantize",
     "fake_quantize",
+    "gptq",
     "load",
     "matmul",
     "matmul_int8",
