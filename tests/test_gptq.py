@@ -7,9 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import slimgrad
-from slimgrad import prune, quant
-
 from conftest import run_everywhere
+from slimgrad import prune, quant
 
 FLT_MIN = np.float32(np.finfo(np.float32).tiny)
 
@@ -84,7 +83,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("bits,gs,act_order,symmetric,block,shape", CASES)
-def test_gptq_equals_the_column_by_column_reference(rng, bits, gs, act_order, symmetric, block, shape):
+def test_gptq_equals_the_column_by_column_reference(
+    rng, bits, gs, act_order, symmetric, block, shape
+):
     w, _, H = calibration(rng, *shape)
     qt = quant.gptq(w, H, bits, gs, act_order, 0.01, symmetric, block_size=block)
     codes, scale, zero = gptq_reference(w, H, bits, gs, act_order, 0.01, symmetric)
@@ -134,7 +135,9 @@ def test_dead_inputs_are_zeroed(rng):
 
 def test_threads_and_isas_give_the_same_result(rng):
     w, _, H = calibration(rng, 150, 96)  # several row chunks
-    out = run_everywhere(lambda: (quant.gptq(w, H, 4, 32).data.copy(), prune.sparsegpt(w, H, 0.5)[0]))
+    out = run_everywhere(
+        lambda: (quant.gptq(w, H, 4, 32).data.copy(), prune.sparsegpt(w, H, 0.5)[0])
+    )
     first = next(iter(out.values()))
     for data, pruned in out.values():
         np.testing.assert_array_equal(data, first[0])
@@ -144,7 +147,9 @@ def test_threads_and_isas_give_the_same_result(rng):
 def test_result_is_an_ordinary_quantized_tensor(rng, tmp_path):
     w, x, H = calibration(rng, 16, 64)
     qt = quant.gptq(w, H, 4, 32)
-    np.testing.assert_allclose(quant.matmul(x.astype(np.float32), qt), x @ qt.dequantize().T, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(
+        quant.matmul(x.astype(np.float32), qt), x @ qt.dequantize().T, rtol=1e-4, atol=1e-3
+    )
     quant.save(tmp_path / "q.safetensors", {"w": qt})
     back = quant.load(tmp_path / "q.safetensors")["w"]
     np.testing.assert_array_equal(back.dequantize(), qt.dequantize())
@@ -185,7 +190,10 @@ def sparsegpt_reference(w, H, sparsity, n, m, damp, block):
     return W.astype(np.float32), keep
 
 
-@pytest.mark.parametrize("sparsity,n,m,block", [(0.5, None, None, 32), (0.7, None, None, 50), (None, 2, 4, 32), (None, 1, 8, 16)])
+@pytest.mark.parametrize(
+    "sparsity,n,m,block",
+    [(0.5, None, None, 32), (0.7, None, None, 50), (None, 2, 4, 32), (None, 1, 8, 16)],
+)
 def test_sparsegpt_equals_the_reference(rng, sparsity, n, m, block):
     w, _, H = calibration(rng, 21, 96)
     out, keep = prune.sparsegpt(w, H, sparsity, n=n, m=m, block_size=block)
@@ -222,7 +230,9 @@ def test_wanda_with_uniform_norms_is_magnitude_pruning_per_row(rng):
     mask = prune.wanda_mask(w, np.full(40, 2.0, np.float32), 0.5)
     for r in range(12):
         np.testing.assert_array_equal(mask[r], prune.magnitude_mask(w[r], 0.5))
-    np.testing.assert_array_equal(prune.wanda_mask(w, np.ones(40), n=2, m=4), prune.nm_mask(w, 2, 4))
+    np.testing.assert_array_equal(
+        prune.wanda_mask(w, np.ones(40), n=2, m=4), prune.nm_mask(w, 2, 4)
+    )
 
 
 def test_wanda_ranks_by_weight_times_norm(rng):
@@ -242,21 +252,43 @@ def test_bad_input_raises_and_changes_nothing(rng):
     cases = [
         (lambda: quant.gptq(w, H[:8, :8]), ValueError, "H: expected shape (16, 16)"),
         (lambda: quant.gptq(w[0], H), ValueError, "w: expected a 2-d array"),
-        (lambda: quant.gptq(w.astype(np.int32), H), TypeError, "w: expected a floating-point ndarray"),
+        (
+            lambda: quant.gptq(w.astype(np.int32), H),
+            TypeError,
+            "w: expected a floating-point ndarray",
+        ),
         (lambda: quant.gptq(w, H, bits=9), ValueError, "bits: expected 2..8"),
         (lambda: quant.gptq(w, H, group_size=0), ValueError, "group_size: expected an int >= 1"),
         (lambda: quant.gptq(w, H, damp=-1), ValueError, "damp: expected a number in [0.0"),
-        (lambda: quant.gptq(w, H + np.triu(np.ones_like(H), 1)), ValueError, "H: expected a symmetric"),
+        (
+            lambda: quant.gptq(w, H + np.triu(np.ones_like(H), 1)),
+            ValueError,
+            "H: expected a symmetric",
+        ),
         (lambda: quant.gptq(w, -np.eye(16), damp=0.0), ValueError, "H: not positive definite"),
-        (lambda: prune.sparsegpt(w, H, 0.5, n=2, m=4), ValueError, "give either sparsity or n and m"),
+        (
+            lambda: prune.sparsegpt(w, H, 0.5, n=2, m=4),
+            ValueError,
+            "give either sparsity or n and m",
+        ),
         (lambda: prune.sparsegpt(w, H, n=2, m=3), ValueError, "m: must divide"),
         (lambda: prune.sparsegpt(w, H, 1.5), ValueError, "sparsity: expected a number in [0, 1]"),
-        (lambda: prune.wanda_mask(w, np.ones(15), 0.5), ValueError, "act_norms: expected shape (16,)"),
-        (lambda: prune.wanda_mask(w, -np.ones(16), 0.5), ValueError, "act_norms: expected finite values >= 0"),
+        (
+            lambda: prune.wanda_mask(w, np.ones(15), 0.5),
+            ValueError,
+            "act_norms: expected shape (16,)",
+        ),
+        (
+            lambda: prune.wanda_mask(w, -np.ones(16), 0.5),
+            ValueError,
+            "act_norms: expected finite values >= 0",
+        ),
     ]
     bad = w.copy()
     bad[3, 4] = np.nan
-    cases.append((lambda: quant.gptq(bad, H), ValueError, "w: non-finite value nan at index (3, 4)"))
+    cases.append(
+        (lambda: quant.gptq(bad, H), ValueError, "w: non-finite value nan at index (3, 4)")
+    )
     for call, exc, message in cases:
         with pytest.raises(exc) as info:
             call()
@@ -269,5 +301,16 @@ def test_core_binding_rechecks_buffers(rng):
     w, _, H = calibration(rng, 4, 8)
     codes = np.zeros((4, 7), np.uint8)
     with pytest.raises(ValueError, match="codes: expected uint8"):
-        slimgrad._core.gptq.quantize(w, H, 4, False, 4, False, 0.01, 128, codes, np.ones((4, 2), np.float32),
-                                     np.zeros((4, 2), np.int32))
+        slimgrad._core.gptq.quantize(
+            w,
+            H,
+            4,
+            False,
+            4,
+            False,
+            0.01,
+            128,
+            codes,
+            np.ones((4, 2), np.float32),
+            np.zeros((4, 2), np.int32),
+        )

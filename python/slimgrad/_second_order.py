@@ -27,7 +27,11 @@ def check_layer(w: object, H: object) -> tuple[np.ndarray, np.ndarray]:
     """
     for value, label in ((w, "w"), (H, "H")):
         if not isinstance(value, np.ndarray) or not is_float(value.dtype):
-            what = value.dtype.name + " array" if isinstance(value, np.ndarray) else type(value).__name__
+            what = (
+                value.dtype.name + " array"
+                if isinstance(value, np.ndarray)
+                else type(value).__name__
+            )
             raise TypeError(f"{label}: expected a floating-point ndarray, got {what}")
     if w.ndim != 2:
         raise ValueError(f"w: expected a 2-d array (out, in), got shape {w.shape}")

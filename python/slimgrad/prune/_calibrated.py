@@ -20,7 +20,7 @@ from ._masks import _check_fraction, magnitude_mask, nm_mask
 
 
 def _pattern(sparsity: float | None, n: int | None, m: int | None) -> tuple[float, int, int]:
-    """Exactly one of ``sparsity`` or ``(n, m)``: ``(sparsity, n, m)`` with ``m == 0`` when unstructured."""
+    """``(sparsity, n, m)`` from exactly one of sparsity or (n, m); ``m == 0`` if unstructured."""
     if sparsity is not None and (n is not None or m is not None):
         raise ValueError("sparsity, n, m: give either sparsity or n and m, not both")
     if sparsity is not None:
@@ -138,7 +138,8 @@ def sparsegpt(
     block_size = check_int(block_size, "block_size", 1)
     if m and (w32.shape[1] % m or block_size % m):
         raise ValueError(
-            f"m: must divide the number of inputs ({w32.shape[1]}) and block_size ({block_size}), got {m}"
+            f"m: must divide the number of inputs ({w32.shape[1]}) and "
+            f"block_size ({block_size}), got {m}"
         )
     out = np.zeros(w32.shape, np.float32)
     keep = np.ones(w32.shape, dtype=bool)

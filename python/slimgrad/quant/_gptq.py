@@ -93,10 +93,22 @@ def gptq(
         )
     if gs:
         return QuantizedTensor.from_codes(
-            codes, scale, zero_point, bits=bits, symmetric=symmetric, granularity="group",
-            group_size=gs, source_dtype=w.dtype,
+            codes,
+            scale,
+            zero_point,
+            bits=bits,
+            symmetric=symmetric,
+            granularity="group",
+            group_size=gs,
+            source_dtype=w.dtype,
         )
     return QuantizedTensor.from_codes(
-        codes, scale[:, 0], zero_point[:, 0], bits=bits, symmetric=symmetric,
-        granularity="channel", axis=0, source_dtype=w.dtype,
+        codes,
+        scale[:, 0],
+        zero_point[:, 0],
+        bits=bits,
+        symmetric=symmetric,
+        granularity="channel",
+        axis=0,
+        source_dtype=w.dtype,
     )
