@@ -19,6 +19,7 @@ COMMANDS = {
     "demo": "slimgrad.distill.demo",
     "quantize": "slimgrad.quant.cli",
     "prune": "slimgrad.prune.cli",
+    "compress": "slimgrad.compress.cli",
 }
 
 
