@@ -25,6 +25,7 @@ SUITES = {
     "prune": ("prune",),
     "distill": ("distill",),
     "nn": ("nn",),
+    "calib": ("compress",),
 }
 OURS = "slimgrad"
 PROBE = "stream probe"
