@@ -12,6 +12,7 @@ void register_prune(py::module_& m);
 void register_quant(py::module_& m);
 void register_distill(py::module_& m);
 void register_gptq(py::module_& m);
+void register_transformer(py::module_& m);  // into nn
 }  // namespace slimgrad::bind
 
 PYBIND11_MODULE(_core, m) {
@@ -23,6 +24,7 @@ PYBIND11_MODULE(_core, m) {
   register_optim_extra(optim);
   auto nn = m.def_submodule("nn");
   register_nn(nn);
+  register_transformer(nn);
   auto prune = m.def_submodule("prune");
   register_prune(prune);
   auto quant = m.def_submodule("quant");

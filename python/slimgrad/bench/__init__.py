@@ -25,7 +25,7 @@ SUITES = {
     "prune": ("prune",),
     "distill": ("distill",),
     "nn": ("nn",),
-    "calib": ("compress",),
+    "calib": ("calib", "compress"),
 }
 OURS = "slimgrad"
 PROBE = "stream probe"

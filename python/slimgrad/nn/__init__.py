@@ -4,7 +4,9 @@ Layers follow one protocol (:class:`Module`): ``forward(x)``,
 ``backward(grad_out) -> grad_in``, ``parameters()`` / ``gradients()`` (live
 arrays under the same names, so an optimizer steps ``model.parameters()``
 with ``model.gradients()``), ``train()`` / ``eval()``, ``state_dict()`` /
-``load_state_dict()``. Dropout, BatchNorm1d and GELU run in C++ on the
+``load_state_dict()``. Transformer blocks (Embedding, LayerNorm,
+MultiheadSelfAttention, BertLayer; float32) are in ``_transformer.py``.
+Dropout, BatchNorm1d, GELU, LayerNorm and the masked softmax run in C++ on the
 arrays' buffers (SIMD, threads; results independent of the thread count).
 
 Example::
@@ -21,6 +23,15 @@ Example::
 
 from __future__ import annotations
 
+from ._transformer import (
+    BertLayer,
+    Embedding,
+    LayerNorm,
+    MultiheadSelfAttention,
+    layer_norm,
+    masked_softmax,
+    masked_softmax_backward,
+)
 from .functional import cross_entropy, dropout, gelu, log_softmax, softmax
 from .layers import GELU, BatchNorm1d, Dropout, Linear, ReLU
 from .module import Module, Sequential
@@ -28,14 +39,21 @@ from .module import Module, Sequential
 __all__ = [
     "GELU",
     "BatchNorm1d",
+    "BertLayer",
     "Dropout",
+    "Embedding",
+    "LayerNorm",
     "Linear",
     "Module",
+    "MultiheadSelfAttention",
     "ReLU",
     "Sequential",
     "cross_entropy",
     "dropout",
     "gelu",
+    "layer_norm",
     "log_softmax",
+    "masked_softmax",
+    "masked_softmax_backward",
     "softmax",
 ]

@@ -1,0 +1,182 @@
+// Threaded, dispatched entry points of the transformer and calibration kernels
+// (see transformer.hpp). Chunk boundaries depend on the shape only, and every
+// reduction adds its partials in a fixed order: identical results for any
+// thread count.
+#include "slimgrad/transformer.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "slimgrad/threading.hpp"
+
+namespace slimgrad {
+
+namespace {
+
+// Rows per chunk of a row-wise kernel: about kDefaultGrain elements.
+std::size_t row_grain(std::size_t n) { return std::max<std::size_t>(1, kDefaultGrain / std::max<std::size_t>(n, 1)); }
+
+// Rows per block of a column reduction: at least kDefaultGrain / 2 elements,
+// at most 64 blocks (the partials are n doubles per block).
+std::size_t reduce_rows(std::size_t rows, std::size_t n) {
+  const std::size_t by_size = std::max<std::size_t>(1, (kDefaultGrain / 2) / std::max<std::size_t>(n, 1));
+  const std::size_t by_blocks = (rows + 63) / 64;
+  return std::max(by_size, by_blocks);
+}
+
+}  // namespace
+
+// ----------------------------------------------------------- LayerNorm
+void layer_norm_forward(const float* x, float* y, std::size_t rows, std::size_t n, const float* w, const float* b,
+                        float eps, float* mean, float* rstd) {
+  dispatch([&](auto isa) {
+    parallel_for(rows, row_grain(n), [&](std::size_t r0, std::size_t r1) {
+      kernels::layer_norm_rows<decltype(isa)::value>(x + r0 * n, y + r0 * n, r1 - r0, n, w, b, eps, mean + r0,
+                                                     rstd + r0);
+    });
+  });
+}
+
+void layer_norm_backward(const float* x, const float* dy, float* dx, std::size_t rows, std::size_t n,
+                         const float* w, const float* mean, const float* rstd, float* grad_w, float* grad_b) {
+  dispatch([&](auto isa) {
+    constexpr Isa I = decltype(isa)::value;
+    if (grad_w || grad_b) {  // before dx: dx may alias dy
+      const std::size_t rb = reduce_rows(rows, n), blocks = num_chunks(rows, rb);
+      std::vector<double> parts(blocks * 2 * n, 0.0);
+      parallel_for(rows, rb, [&](std::size_t r0, std::size_t r1) {
+        double* gw = parts.data() + (r0 / rb) * 2 * n;
+        kernels::layer_norm_param_grad<I>(x + r0 * n, dy + r0 * n, r1 - r0, n, mean + r0, rstd + r0, gw, gw + n);
+      });
+      for (std::size_t j = 0; j < n; ++j) {
+        double sw = 0.0, sb = 0.0;
+        for (std::size_t k = 0; k < blocks; ++k) {
+          sw += parts[k * 2 * n + j];
+          sb += parts[k * 2 * n + n + j];
+        }
+        if (grad_w) grad_w[j] = static_cast<float>(sw);
+        if (grad_b) grad_b[j] = static_cast<float>(sb);
+      }
+    }
+    parallel_for(rows, row_grain(n), [&](std::size_t r0, std::size_t r1) {
+      kernels::layer_norm_input_grad<I>(x + r0 * n, dy + r0 * n, dx + r0 * n, r1 - r0, n, w, mean + r0, rstd + r0);
+    });
+  });
+}
+
+// ------------------------------------------------------ Masked softmax
+void masked_softmax_forward(const float* s, float* p, std::size_t batch, std::size_t group, std::size_t n,
+                            const std::uint8_t* keep, float scale) {
+  std::vector<float> bias;  // keep as an additive 0 / -inf row per batch element
+  if (keep) {
+    bias.resize(batch * n);
+    for (std::size_t i = 0; i < batch * n; ++i) bias[i] = keep[i] ? 0.0f : -std::numeric_limits<float>::infinity();
+  }
+  const std::size_t rows = batch * group;
+  dispatch([&](auto isa) {
+    parallel_for(rows, row_grain(n), [&](std::size_t r0, std::size_t r1) {
+      while (r0 < r1) {  // split the chunk where the batch element (hence the mask) changes
+        const std::size_t bi = r0 / group, end = std::min(r1, (bi + 1) * group);
+        kernels::softmax_rows<decltype(isa)::value>(s + r0 * n, p + r0 * n, end - r0, n,
+                                                    keep ? bias.data() + bi * n : nullptr, scale);
+        r0 = end;
+      }
+    });
+  });
+}
+
+void masked_softmax_backward(const float* p, const float* dp, float* ds, std::size_t rows, std::size_t n,
+                             float scale) {
+  dispatch([&](auto isa) {
+    parallel_for(rows, row_grain(n), [&](std::size_t r0, std::size_t r1) {
+      kernels::softmax_backward_rows<decltype(isa)::value>(p + r0 * n, dp + r0 * n, ds + r0 * n, r1 - r0, n, scale);
+    });
+  });
+}
+
+// ---------------------------------------------------------- Calibration
+namespace {
+
+// Rows packed at once: kHessianSub blocks of kHessianKc rows (a few MiB of
+// panels for d = 1536), so one parallel region covers many register passes.
+constexpr std::size_t kHessianSub = 4;
+
+// Panels of `width` columns of rows [0, s) of x, zero-padded to `width`:
+// panel p holds x[k][p * width + c] at pack[p * s * width + k * width + c].
+// With stats, also adds |x| and x^2 of each column (rows in order).
+void pack_panel(const float* x, std::size_t s, std::size_t d, std::size_t width, std::size_t p, float* pack,
+                double* abs_sum, double* sq_sum) {
+  const std::size_t c0 = p * width, cols = std::min(width, d - c0);
+  float* dst = pack + p * s * width;
+  for (std::size_t k = 0; k < s; ++k) {
+    const float* src = x + k * d + c0;
+    for (std::size_t c = 0; c < cols; ++c) dst[k * width + c] = src[c];
+    for (std::size_t c = cols; c < width; ++c) dst[k * width + c] = 0.0f;
+  }
+  if (abs_sum || sq_sum) {  // row by row (contiguous), rows in order per column
+    double sa[64] = {}, sq[64] = {};  // width <= 64 (the widest tile is 32)
+    for (std::size_t k = 0; k < s; ++k)
+      for (std::size_t c = 0; c < cols; ++c) {
+        const double v = dst[k * width + c];
+        sa[c] += std::fabs(v);
+        sq[c] += v * v;
+      }
+    for (std::size_t c = 0; c < cols; ++c) {
+      if (abs_sum) abs_sum[c0 + c] += sa[c];
+      if (sq_sum) sq_sum[c0 + c] += sq[c];
+    }
+  }
+}
+
+template <Isa I, class T>
+void hessian_run(const float* x, std::size_t n, std::size_t d, T* h, double* abs_sum, double* sq_sum) {
+  constexpr std::size_t MR = kernels::HessianTile<I>::mr, NR = kernels::HessianTile<I>::nr;
+  const std::size_t mp = (d + MR - 1) / MR, np = (d + NR - 1) / NR, super = kHessianKc * kHessianSub;
+  std::vector<float> apack(mp * MR * std::min(n, super)), bpack(np * NR * std::min(n, super));
+  for (std::size_t k0 = 0; k0 < n; k0 += super) {
+    const std::size_t s = std::min(super, n - k0);
+    const float* xs = x + k0 * d;
+    parallel_tasks(mp + np, [&](std::size_t t) {
+      if (t < np)
+        pack_panel(xs, s, d, NR, t, bpack.data(), abs_sum, sq_sum);
+      else
+        pack_panel(xs, s, d, MR, t - np, apack.data(), nullptr, nullptr);
+    });
+    // One task per column panel (the tiles on or above the diagonal); each
+    // H element is written by one task, its partials added in row order.
+    parallel_tasks(np, [&](std::size_t jp) {
+      const std::size_t col0 = jp * NR, cols = std::min(NR, d - col0);
+      const std::size_t ip_end = std::min(mp, (col0 + cols - 1) / MR + 1);
+      for (std::size_t c = 0; c * kHessianKc < s; ++c) {
+        const std::size_t kc = std::min(kHessianKc, s - c * kHessianKc);
+        const float* b = bpack.data() + jp * s * NR + c * kHessianKc * NR;
+        for (std::size_t ip = 0; ip < ip_end; ++ip) {
+          const std::size_t row0 = ip * MR, rows = std::min(MR, d - row0);
+          kernels::hessian_tile<I, T>(apack.data() + ip * s * MR + c * kHessianKc * MR, b, kc, h + row0 * d + col0,
+                                      d, rows, cols);
+        }
+      }
+    });
+  }
+  // Mirror the upper triangle (tiles crossing the diagonal also wrote some
+  // lower elements; the mirror overwrites them with the upper values).
+  parallel_for(d, std::max<std::size_t>(1, 4096 / std::max<std::size_t>(d, 1)), [&](std::size_t i0, std::size_t i1) {
+    for (std::size_t i = i0; i < i1; ++i)
+      for (std::size_t j = 0; j < i; ++j) h[i * d + j] = h[j * d + i];
+  });
+}
+
+}  // namespace
+
+template <class T>
+void hessian_accumulate(const float* x, std::size_t n, std::size_t d, T* h, double* abs_sum, double* sq_sum) {
+  if (n == 0 || d == 0) return;
+  dispatch([&](auto isa) { hessian_run<decltype(isa)::value, T>(x, n, d, h, abs_sum, sq_sum); });
+}
+
+template void hessian_accumulate<float>(const float*, std::size_t, std::size_t, float*, double*, double*);
+template void hessian_accumulate<double>(const float*, std::size_t, std::size_t, double*, double*, double*);
+
+}  // namespace slimgrad
