@@ -23,8 +23,7 @@ COMMANDS = {
 }
 
 
-class UsageError(Exception):
-    """A user mistake: reported as one line, exit status 2."""
+from .errors import UsageError  # noqa: E402  (re-exported: the areas' commands raise it)
 
 
 def _info(args: argparse.Namespace) -> int:

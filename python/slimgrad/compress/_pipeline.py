@@ -165,6 +165,42 @@ def awq_fold_pairs(names: Iterable[str]) -> dict[str, str]:
     return pairs
 
 
+def fold_awq_scales(
+    layers: Mapping[str, tuple[np.ndarray, np.ndarray | None]],
+    hessians: Mapping[str, np.ndarray],
+    act_means: Mapping[str, np.ndarray],
+    recipes: Mapping[str, Recipe] | Recipe,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """AWQ's input scales, folded into the producer wherever that is exact.
+
+    Returns ``(weights, hessians, folded)``: every layer's weight (scaled
+    where a fold applies), the Hessians of the scaled inputs, and the
+    producers' changed biases (``<producer>.bias``). The float model with
+    these weights and biases computes the same function as before.
+    """
+    weights = {name: wb[0] for name, wb in layers.items()}
+    hessians = dict(hessians)
+    folded: dict[str, np.ndarray] = {}
+    for name, producer in awq_fold_pairs(layers).items():
+        recipe = recipes if isinstance(recipes, Recipe) else recipes[name]
+        if recipe.method not in ("awq", "awq-gptq") or not (recipe.bits and recipe.group_size):
+            continue
+        s = _quant.awq_scales(
+            weights[name],
+            act_means[name].astype(np.float32),
+            recipe.bits,
+            recipe.group_size,
+            H=hessians[name],
+        ).astype(np.float64)
+        weights[name] = (weights[name] * s).astype(np.float32)
+        hessians[name] = hessians[name] / np.outer(s, s)
+        weights[producer] = (weights[producer] / s[:, None]).astype(np.float32)
+        bias = layers[producer][1]
+        if bias is not None:
+            folded[f"{producer}.bias"] = (bias / s).astype(np.float32)
+    return weights, hessians, folded
+
+
 def compress_model(
     layers: Mapping[str, tuple[np.ndarray, np.ndarray | None]],
     hessians: Mapping[str, np.ndarray],
@@ -182,29 +218,7 @@ def compress_model(
     are not modified.
     """
     out = Compressed()
-    hessians = dict(hessians)
-    weights = {name: wb[0] for name, wb in layers.items()}
-    for name, producer in awq_fold_pairs(layers).items():
-        recipe = recipes if isinstance(recipes, Recipe) else recipes[name]
-        if (
-            recipe.method not in ("awq", "awq-gptq")
-            or recipe.bits is None
-            or recipe.group_size is None
-        ):
-            continue
-        s = _quant.awq_scales(
-            weights[name],
-            act_means[name].astype(np.float32),
-            recipe.bits,
-            recipe.group_size,
-            H=hessians[name],
-        ).astype(np.float64)
-        weights[name] = (weights[name] * s).astype(np.float32)
-        hessians[name] = hessians[name] / np.outer(s, s)
-        weights[producer] = (weights[producer] / s[:, None]).astype(np.float32)
-        bias = layers[producer][1]
-        if bias is not None:
-            out.folded[f"{producer}.bias"] = (bias / s).astype(np.float32)
+    weights, hessians, out.folded = fold_awq_scales(layers, hessians, act_means, recipes)
     for name in progress(list(layers)):
         recipe = recipes if isinstance(recipes, Recipe) else recipes[name]
         start = time.perf_counter()
@@ -214,15 +228,9 @@ def compress_model(
         out.stored[name] = stored
         out.weights[name] = w_hat
         nbytes = stored.nbytes if isinstance(stored, _quant.QuantizedTensor) else w_hat.nbytes
+        kept = float(np.count_nonzero(w_hat) / w_hat.size)
+        error = relative_error(w, w_hat, hessians[name])
         out.reports.append(
-            LayerReport(
-                name,
-                tuple(w.shape),
-                recipe,
-                int(nbytes),
-                float(np.count_nonzero(w_hat) / w_hat.size),
-                relative_error(w, w_hat, hessians[name]),
-                seconds,
-            )
+            LayerReport(name, tuple(w.shape), recipe, int(nbytes), kept, error, seconds)
         )
     return out
