@@ -11,6 +11,7 @@ void register_nn(py::module_& m);
 void register_prune(py::module_& m);
 void register_quant(py::module_& m);
 void register_distill(py::module_& m);
+void register_gptq(py::module_& m);
 void register_transformer(py::module_& m);  // into nn
 }  // namespace slimgrad::bind
 
@@ -30,4 +31,6 @@ PYBIND11_MODULE(_core, m) {
   register_quant(quant);
   auto distill = m.def_submodule("distill");
   register_distill(distill);
+  auto gptq = m.def_submodule("gptq");
+  register_gptq(gptq);
 }

@@ -23,6 +23,7 @@ COMMANDS = {
     "demo": "slimgrad.demo",
     "quantize": "slimgrad.quant.cli",
     "prune": "slimgrad.prune.cli",
+    "compress": "slimgrad.compress.cli",
 }
 
 

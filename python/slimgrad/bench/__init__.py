@@ -41,7 +41,7 @@ SUITES = {
     "distill": ("distill",),
     "nn": ("nn",),
     "distributed": ("distributed",),  # launches mpiexec -n 2 itself
-    "calib": ("calib",),
+    "calib": ("calib", "compress"),
 }
 OURS = "slimgrad"
 PROBE = "stream probe"

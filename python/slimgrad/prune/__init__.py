@@ -7,6 +7,7 @@ and thread count); see the function docstrings for the exact tie rules.
 
 from __future__ import annotations
 
+from ._calibrated import sparsegpt, wanda_mask
 from ._masks import (
     global_magnitude_masks,
     magnitude_mask,
@@ -44,8 +45,10 @@ __all__ = [
     "random_mask",
     "sensitivity",
     "slice_norms",
+    "sparsegpt",
     "storage_report",
     "structured_mask",
     "to_csr",
     "unpack_mask",
+    "wanda_mask",
 ]

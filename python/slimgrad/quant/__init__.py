@@ -6,6 +6,8 @@ and safetensors / GGUF I/O. See docs/quant.md for a tour.
 from __future__ import annotations
 
 from . import gguf
+from ._awq import awq_clip, awq_scales
+from ._gptq import gptq
 from ._matmul import MAX_K_INT8, matmul, matmul_int8
 from ._tensor import QuantizedTensor, dequantize, fake_quantize, quantize
 from .io import load, save, save_gguf
@@ -13,9 +15,12 @@ from .io import load, save, save_gguf
 __all__ = [
     "MAX_K_INT8",
     "QuantizedTensor",
+    "awq_clip",
+    "awq_scales",
     "gguf",
     "dequantize",
     "fake_quantize",
+    "gptq",
     "load",
     "matmul",
     "matmul_int8",

@@ -1,0 +1,62 @@
+// Second-order compression of one Linear layer from its input Hessian
+// H = X^T X (cols x cols, cols = the layer's input features): GPTQ
+// (Frantar et al. 2022) quantizes, SparseGPT (Frantar & Alistarh 2023) prunes,
+// both column by column, spreading each column's error onto the columns not
+// yet processed through the upper Cholesky factor of H^-1 (the Optimal Brain
+// Surgeon update), with lazy batches of `block_size` columns.
+//
+// Shared conventions:
+//  - W is rows x cols float32 (row r = output r), H cols x cols float64; both
+//    only read. Work is float64; each row is independent (the same H^-1
+//    serves every row), so rows are split into fixed chunks on the thread pool
+//    and results are identical for every thread count.
+//  - Columns with H[j, j] == 0 (an input that was always zero) are "dead":
+//    their weights are zeroed and H[j, j] set to 1, as the reference does.
+//  - Damping: H + damp * mean(diag H) * I; a Hessian that is still not
+//    positive definite throws std::domain_error.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace slimgrad::gptq {
+
+struct QuantOptions {
+  int bits = 4;               // 2..8, codes as in quant::Spec
+  bool symmetric = true;      // [-(2^(b-1)-1), 2^(b-1)-1], zero point 0; else [0, 2^b-1]
+  std::size_t group_size = 0; // columns per scale; 0 = one scale per row (per channel)
+  bool act_order = false;     // process columns by decreasing H[j, j]
+  double damp = 0.01;
+  std::size_t block_size = 128;
+};
+
+// GPTQ. A group's scale and zero point are taken (min/max, quant::make_param,
+// exactly as quant::quantize) from the group's *current* weights, i.e. with
+// the error of every column processed before it, when its first column is
+// reached; with act_order the groups stay contiguous ranges of original
+// columns (the storage format), only the processing order changes.
+// Writes codes (rows x cols, one byte each: int8 bits when symmetric, else
+// uint8), scale and zero_point (rows x n_groups). Returns the summed OBS
+// loss sum((w - q)^2 / d^2) / 2 over all columns.
+double quantize(const float* w, std::size_t rows, std::size_t cols, const double* h, const QuantOptions& opt,
+                std::uint8_t* codes, float* scale, std::int32_t* zero_point);
+
+struct PruneOptions {
+  double sparsity = 0.5;      // unstructured (when n == 0): fraction pruned
+  std::size_t n = 0, m = 0;   // n:m (m > 0): in every m consecutive columns of a row, n are kept
+  double damp = 0.01;
+  std::size_t block_size = 128;
+};
+
+// SparseGPT. Unstructured: within each block of block_size columns, each row
+// prunes round(sparsity * block) weights with the smallest w^2 / Hinv[j, j]^2
+// (the paper ranks a block over all rows at once; ranking per row keeps every
+// output at the same sparsity, which Wanda found to work better, and keeps
+// rows independent). N:M: in each group of m columns, the smallest scores
+// of each row are pruned (m - n of them), from the weights as updated so far. Ties prune the lower
+// column first. Writes the updated weights (pruned ones exactly 0) to out
+// (rows x cols float32) and the mask (1 = kept) to keep. Returns the OBS loss.
+double prune(const float* w, std::size_t rows, std::size_t cols, const double* h, const PruneOptions& opt,
+             float* out, std::uint8_t* keep);
+
+}  // namespace slimgrad::gptq

@@ -1,0 +1,259 @@
+"""compress a BERT-family model with calibrated methods (GPTQ, AWQ, Wanda, SparseGPT)
+
+``slimgrad compress MODEL_DIR -o OUT.safetensors --method gptq --bits 4
+--group-size 128 [--prune wanda --sparsity 0.5 | --nm 2:4] [--calib FILE]
+[--budget-bytes B]`` loads a Hugging Face BERT directory (config.json,
+model.safetensors, tokenizer), collects each Linear layer's input statistics
+on calibration sentences, compresses every Linear layer, prints a per-layer
+table and the embedding cosine against the float model on held-out
+sentences, and writes OUT (slimgrad's quantized safetensors: every other
+parameter in float32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from ..errors import UsageError
+
+MIN_CALIBRATION_SENTENCES = 16
+MIN_CALIBRATION_TOKENS = 256
+
+EXAMPLES = """examples:
+  slimgrad compress MODEL_DIR -o q4.safetensors --method gptq --bits 4 --group-size 128
+  slimgrad compress MODEL_DIR -o s50.safetensors --prune sparsegpt --sparsity 0.5 --bits 8
+  slimgrad compress MODEL_DIR -o mixed.safetensors --budget-bytes 9000000 --calib my.txt
+"""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = (__doc__ or "").split("\n\n", 1)[1].replace("``", "")
+    parser.epilog = EXAMPLES
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    from ._pipeline import METHODS, PRUNERS
+
+    parser.add_argument("model", metavar="MODEL_DIR", help="Hugging Face BERT directory")
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="file to write (.safetensors)"
+    )
+    parser.add_argument(
+        "--method", choices=METHODS, default="gptq", help="quantizer (default gptq)"
+    )
+    parser.add_argument("--bits", type=int, default=4, help="2..8 (default 4); 0 keeps float32")
+    parser.add_argument(
+        "--group-size", type=int, default=128, help="inputs per scale (default 128; 0: per row)"
+    )
+    parser.add_argument("--prune", choices=PRUNERS, default=None, help="prune before quantizing")
+    parser.add_argument(
+        "--sparsity", type=float, default=None, help="fraction pruned (with --prune)"
+    )
+    parser.add_argument(
+        "--nm", default=None, metavar="N:M", help="keep N of every M (with --prune)"
+    )
+    parser.add_argument("--calib", metavar="FILE", help="calibration text, one sentence per line")
+    parser.add_argument("--heldout", metavar="FILE", help="held-out sentences for the quality line")
+    parser.add_argument(
+        "--budget-bytes",
+        type=int,
+        default=None,
+        help="choose 2/3/4/8 bits per layer to lose the least quality within this many "
+        "bytes of Linear weights (measures each layer's sensitivity first)",
+    )
+    parser.add_argument("--format", choices=("safetensors",), default="safetensors")
+
+
+def _sentences(path: str | None, default: str, label: str) -> list[str]:
+    if path is None:
+        text = (
+            importlib.resources.files("slimgrad.compress")
+            .joinpath("data", default)
+            .read_text("utf-8")
+        )
+    else:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            raise UsageError(f"{label} {path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"{label} {path}: cannot read ({e})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _nm(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        n, m = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise UsageError(f"--nm: expected N:M such as 2:4, got {text!r}") from None
+    if not 0 < n < m:
+        raise UsageError(f"--nm: expected 0 < N < M, got {text!r}")
+    return n, m
+
+
+def _recipe(args: argparse.Namespace, bits: int | None = None):  # noqa: ANN202
+    from ._pipeline import Recipe
+
+    return Recipe(
+        method=args.method,
+        bits=(args.bits or None) if bits is None else bits,
+        group_size=args.group_size or None,
+        prune=args.prune,
+        sparsity=args.sparsity,
+        nm=_nm(args.nm),
+    )
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Every argument that can be checked before loading anything."""
+    if args.bits != 0 and not 2 <= args.bits <= 8:
+        raise UsageError(f"--bits: expected 2..8 (or 0 for float32), got {args.bits}")
+    if args.group_size < 0:
+        raise UsageError(f"--group-size: expected >= 0, got {args.group_size}")
+    if args.prune is None and (args.sparsity is not None or args.nm is not None):
+        raise UsageError("--sparsity/--nm: only with --prune")
+    if args.prune is not None and (args.sparsity is None) == (args.nm is None):
+        raise UsageError("--prune: give either --sparsity or --nm")
+    if args.sparsity is not None and not 0.0 <= args.sparsity < 1.0:
+        raise UsageError(f"--sparsity: expected a fraction in [0, 1), got {args.sparsity}")
+    _nm(args.nm)
+    if args.budget_bytes is not None and args.budget_bytes <= 0:
+        raise UsageError(
+            f"--budget-bytes: expected a positive number of bytes, got {args.budget_bytes}"
+        )
+    if args.budget_bytes is not None and args.bits == 0:
+        raise UsageError("--budget-bytes: chooses bit widths; not with --bits 0")
+    if not os.path.isdir(args.model):
+        raise UsageError(f"{args.model}: not a directory (expected a Hugging Face BERT folder)")
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if os.path.isdir(args.output):
+        raise UsageError(f"{args.output}: is a directory; -o takes the path of the file to write")
+    if not os.path.isdir(out_dir):
+        raise UsageError(f"{args.output}: cannot write, no such directory {out_dir}")
+    weights = os.path.join(args.model, "model.safetensors")
+    if (
+        os.path.exists(args.output)
+        and os.path.exists(weights)
+        and os.path.samefile(args.output, weights)
+    ):
+        raise UsageError(f"-o {args.output}: is the model's own weights file; write elsewhere")
+
+
+def _min_bytes(shape: tuple[int, int], bits: int, group_size: int | None) -> int:
+    rows, cols = shape
+    groups = -(-cols // group_size) if group_size else 1
+    return rows * -(-cols * bits // 8) + rows * groups * 8
+
+
+def _table(reports: Sequence) -> str:
+    lines = [
+        f"{'layer':<44} {'shape':>11} {'method':>8} {'bits':>4} {'kept':>6} {'bytes':>9} "
+        f"{'out err':>9} {'s':>6}"
+    ]
+    for r in reports:
+        bits = r.recipe.bits or 32
+        method = r.recipe.method if r.recipe.bits else "-"
+        lines.append(
+            f"{r.name:<44} {f'{r.shape[0]}x{r.shape[1]}':>11} {method:>8} "
+            f"{bits:>4} {r.kept:>6.1%} {r.nbytes:>9} {r.error:>9.2e} {r.seconds:>6.2f}"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    _check(args)
+    recipe = _recipe(args)
+    calib_text = _sentences(args.calib, "calibration.txt", "--calib")
+    heldout = _sentences(args.heldout, "heldout.txt", "--heldout")
+    if len(calib_text) < MIN_CALIBRATION_SENTENCES:
+        raise UsageError(
+            f"--calib: expected at least {MIN_CALIBRATION_SENTENCES} sentences (one per line), "
+            f"got {len(calib_text)}"
+        )
+    if not heldout:
+        raise UsageError("--heldout: no sentences")
+
+    from tqdm import tqdm
+
+    from .. import quant
+    from ..models import bert
+    from ..models.calibration import calibrate
+    from ._model import choose_bits, compress, layer_weights, quality, sensitivity
+    from ._pipeline import Recipe
+
+    started = time.perf_counter()
+    model = bert.load(args.model)
+    layers = layer_weights(model)
+    if args.budget_bytes is not None:
+        need = sum(_min_bytes(w.shape, 2, recipe.group_size) for w, _ in layers.values())
+        if args.budget_bytes < need:
+            raise UsageError(
+                f"--budget-bytes: {args.budget_bytes} is below the smallest model "
+                f"(all layers at 2 bits: {need} bytes)"
+            )
+    tokens = sum(len(e.ids) for e in model.tokenizer.encode_batch(calib_text))
+    if tokens < MIN_CALIBRATION_TOKENS:
+        raise UsageError(
+            f"--calib: expected at least {MIN_CALIBRATION_TOKENS} tokens, got {tokens}"
+        )
+    reference = model.encode(heldout)
+    print(f"calibrating on {len(calib_text)} sentences ({tokens} tokens)...", file=sys.stderr)
+    calib = calibrate(model, calib_text)
+
+    def bar(names, desc):  # noqa: ANN001, ANN202
+        return tqdm(names, desc=desc, unit="layer", file=sys.stderr, leave=False)
+
+    recipes: Recipe | dict[str, Recipe] = recipe
+    if args.budget_bytes is not None:
+        options = [
+            Recipe(recipe.method, b, recipe.group_size, recipe.prune, recipe.sparsity, recipe.nm)
+            for b in (2, 3, 4, 8)
+        ]
+        drops, sizes = sensitivity(
+            model, calib, options, heldout, reference, progress=lambda n: bar(n, "sensitivity")
+        )
+        recipes = choose_bits(drops, sizes, options, args.budget_bytes)
+        print(_sensitivity_table(drops, options))
+    result = compress(model, calib, recipes, progress=lambda n: bar(n, "compressing"))
+    print(_table(result.reports))
+    c = quality(model, result, heldout, reference)
+    total = sum(r.nbytes for r in result.reports)
+    dense = sum(w.nbytes for w, _ in layers.values())
+    print(
+        f"Linear weights: {total} bytes ({total / dense:.1%} of float32 {dense}); "
+        f"held-out embedding cosine vs float: min {c.min():.4f}, mean {c.mean():.4f} "
+        f"over {len(heldout)} sentences; {time.perf_counter() - started:.1f} s"
+    )
+    tensors: dict[str, object] = dict(model.model.state_dict())
+    for name, stored in result.stored.items():
+        tensors[f"{name}.weight"] = stored
+    for name, value in result.folded.items():
+        tensors[name] = value
+    quant.save(args.output, tensors, {"slimgrad.compress": _describe(recipes)})
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _describe(recipes: object) -> str:
+    import json
+    from dataclasses import asdict
+
+    if isinstance(recipes, dict):
+        return json.dumps({k: asdict(v) for k, v in recipes.items()})
+    return json.dumps(asdict(recipes))  # type: ignore[call-overload]
+
+
+def _sensitivity_table(drops: dict[str, list[float]], options: Sequence) -> str:
+    head = f"{'sensitivity (1 - min cosine), one layer at a time':<52}" + "".join(
+        f"{f'{o.bits} bit':>10}" for o in options
+    )
+    rows = [head] + [
+        f"{name:<52}" + "".join(f"{d:>10.5f}" for d in ds) for name, ds in drops.items()
+    ]
+    return "\n".join(rows)

@@ -1,0 +1,149 @@
+"""AWQ (Lin et al. 2023): activation-aware scaling and clipping before quantization.
+
+A few input channels carry much larger activations than the rest; their
+weights matter most for the layer's output. AWQ multiplies those weight
+columns by a per-channel scale ``s`` before quantizing (so they get
+relatively finer steps) and divides the layer's input by ``s`` (folded into
+the previous operation: a LayerNorm's weight and bias, or the previous
+Linear's output rows). The scale is ``mean|x|^alpha``, ``alpha`` searched on a
+grid to minimize the layer's output error. Then each group's range is
+clipped where that lowers the output error further.
+
+The output error of a weight change ``D`` over the calibration tokens is
+``sum(X D^T)^2 = trace(D H D^T)`` with ``H = X^T X``, so both searches run on
+the Hessian the calibration collected (no second pass over the data);
+without ``H`` the diagonal ``mean|x|^2`` stands in for it (cross-channel
+terms dropped).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._second_order import check_int, check_layer
+from ._tensor import quantize
+
+
+def _inputs(
+    w: object, act_mean: object, H: object | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not isinstance(act_mean, np.ndarray) or act_mean.dtype.kind != "f":
+        raise TypeError("act_mean: expected a float ndarray (mean |x| per input channel)")
+    cols = w.shape[-1] if isinstance(w, np.ndarray) else 0
+    if act_mean.shape != (cols,):
+        raise ValueError(f"act_mean: expected shape ({cols},), got {act_mean.shape}")
+    mean = act_mean.astype(np.float64)
+    if not np.all(np.isfinite(mean)) or np.any(mean < 0):
+        raise ValueError("act_mean: expected finite values >= 0")
+    w32, h = check_layer(w, H if H is not None else np.diag(np.square(mean)))
+    return w32, mean, h
+
+
+def _output_error(d: np.ndarray, h: np.ndarray) -> float:
+    return float(np.einsum("ij,ij->", d @ h, d))
+
+
+def _fake(w: np.ndarray, bits: int, group_size: int, symmetric: bool) -> np.ndarray:
+    return quantize(
+        w, bits, symmetric=symmetric, granularity="group", group_size=group_size
+    ).dequantize()
+
+
+def awq_scales(
+    w: np.ndarray,
+    act_mean: np.ndarray,
+    bits: int = 4,
+    group_size: int = 128,
+    *,
+    H: np.ndarray | None = None,
+    symmetric: bool = False,
+    n_grid: int = 20,
+) -> np.ndarray:
+    """Per-input-channel AWQ scales ``s`` (shape ``(in,)``, float32).
+
+    Use: quantize ``w * s`` (columns scaled) and divide the layer's input by
+    ``s``, i.e. fold ``1 / s`` into the operation before the layer.
+
+    Parameters
+    ----------
+    w : ndarray, shape (out, in)
+        Float weight (only read).
+    act_mean : ndarray, shape (in,)
+        Mean ``|x|`` of each input channel over the calibration tokens.
+    bits, group_size, symmetric
+        The quantization the scales are searched for (group-wise
+        round-to-nearest, as :func:`slimgrad.quant.quantize`).
+    H : ndarray, shape (in, in), optional
+        ``X^T X`` of the inputs: the search minimizes the exact output error.
+        Without it, ``diag(act_mean^2)`` approximates it.
+    n_grid : int
+        ``alpha`` in ``0, 1/n, ..., (n-1)/n``; ``s = mean|x|^alpha`` normalized
+        so ``max(s) * min(s) = 1``. ``alpha = 0`` (no scaling) is a candidate,
+        so the result never does worse than plain quantization on the
+        calibration data.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Non-float arrays, shapes, non-finite or negative statistics.
+    """
+    w32, mean, h = _inputs(w, act_mean, H)
+    bits, group_size = check_int(bits, "bits", 2), check_int(group_size, "group_size", 1)
+    n_grid = check_int(n_grid, "n_grid", 1)
+    w64 = w32.astype(np.float64)
+    best_s = np.ones(w32.shape[1])
+    best = _output_error(_fake(w32, bits, group_size, symmetric) - w64, h)
+    base = np.maximum(mean, 1e-4)
+    for k in range(1, n_grid):
+        s = base ** (k / n_grid)
+        s /= np.sqrt(s.max() * s.min())
+        s32 = s.astype(np.float32)
+        w_hat = _fake(w32 * s32, bits, group_size, symmetric) / s32
+        err = _output_error(w_hat.astype(np.float64) - w64, h)
+        if err < best:
+            best, best_s = err, s
+    return best_s.astype(np.float32)
+
+
+def awq_clip(
+    w: np.ndarray,
+    H: np.ndarray,
+    bits: int = 4,
+    group_size: int = 128,
+    *,
+    symmetric: bool = False,
+    n_grid: int = 20,
+    max_shrink: float = 0.5,
+) -> np.ndarray:
+    """``w`` with each (row, group) clipped to the range that minimizes its output error.
+
+    For each group of ``group_size`` inputs of each row, the range
+    ``[min, max]`` shrinks by ratios ``1, 1 - 1/n_grid, ...`` down to
+    ``1 - max_shrink``; the ratio with the smallest output error
+    ``d^T H_gg d`` (``H_gg`` the group's block of ``X^T X``) wins, ties to the
+    wider range. Returns a new float32 array whose values lie in the chosen
+    ranges: quantizing it with min/max scales (``quantize`` or ``gptq``)
+    gives the clipped quantization.
+    """
+    w32, h = check_layer(w, H)
+    bits, group_size = check_int(bits, "bits", 2), check_int(group_size, "group_size", 1)
+    n_grid = check_int(n_grid, "n_grid", 1)
+    out = w32.copy()
+    steps = max(1, int(max_shrink * n_grid))
+    for g0 in range(0, w32.shape[1], group_size):
+        part = w32[:, g0 : g0 + group_size]
+        hg = h[g0 : g0 + group_size, g0 : g0 + group_size]
+        lo, hi = part.min(axis=1, keepdims=True), part.max(axis=1, keepdims=True)
+        if symmetric:
+            hi = np.maximum(-lo, hi)
+            lo = -hi
+        best_err = np.full(part.shape[0], np.inf)
+        for k in range(steps):
+            ratio = np.float32(1.0 - k / n_grid)
+            clipped = np.clip(part, lo * ratio, hi * ratio)
+            d = _fake(clipped, bits, group_size, symmetric).astype(np.float64) - part
+            err = np.einsum("ri,ij,rj->r", d, hg, d)
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            out[:, g0 : g0 + group_size][better] = clipped[better]
+    return out

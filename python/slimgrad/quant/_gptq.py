@@ -1,0 +1,114 @@
+"""GPTQ (Frantar et al. 2022): quantization that uses a layer's input Hessian.
+
+Round-to-nearest (:func:`slimgrad.quant.quantize`) rounds every weight on its
+own. GPTQ quantizes one input column at a time and moves each column's
+rounding error onto the columns not yet quantized, weighted by the inverse
+Hessian of the layer's inputs, so the layer's *output* on the calibration
+data changes as little as possible. The C++ core (Eigen Cholesky, lazy
+batches of columns, rows split over threads) is in ``cpp/src/gptq.cpp``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _core
+from .._second_order import check_int, check_layer, check_real
+from ._tensor import QuantizedTensor
+
+
+def gptq(
+    w: np.ndarray,
+    H: np.ndarray,
+    bits: int = 4,
+    group_size: int | None = 128,
+    act_order: bool = True,
+    damp: float = 0.01,
+    symmetric: bool = False,
+    *,
+    block_size: int = 128,
+) -> QuantizedTensor:
+    """Quantizes a Linear weight with GPTQ; returns a :class:`QuantizedTensor`.
+
+    Parameters
+    ----------
+    w : ndarray, shape (out, in)
+        The weight (any float dtype; converted to float32, only read).
+    H : ndarray, shape (in, in)
+        ``X^T X`` of the layer's inputs over the calibration tokens (any float
+        dtype, converted to float64; symmetric; only read). Its scale does not
+        matter.
+    bits : int
+        2..8; codes and ranges as :func:`slimgrad.quant.quantize`.
+    group_size : int or None
+        Input columns per scale (``granularity="group"``); ``None`` for one
+        scale per output row (``granularity="channel"``, ``axis=0``).
+    act_order : bool
+        Quantize columns by decreasing ``H[j, j]`` (the most active inputs
+        first, while the most columns are left to absorb their error). Groups
+        stay contiguous ranges of columns, so the result is an ordinary
+        :class:`QuantizedTensor` that every path (dequantize, matmul, save,
+        GGUF export) reads.
+    damp : float
+        ``H + damp * mean(diag H) * I`` before inverting (``>= 0``).
+    symmetric : bool
+        Signed codes with zero point 0, or (default) unsigned codes with a zero
+        point per group (affine: better at 4 bits and below).
+    block_size : int
+        Columns per lazy batch (speed only; results agree to rounding).
+
+    Returns
+    -------
+    QuantizedTensor
+        A group's scale and zero point are the min/max rule of
+        :func:`~slimgrad.quant.quantize` applied to the group's weights *as
+        updated by GPTQ* when its first column is reached. With a diagonal
+        ``H`` nothing moves and the codes equal round-to-nearest's exactly.
+
+    Raises
+    ------
+    TypeError
+        ``w``/``H`` not float arrays, or options of the wrong type.
+    ValueError
+        Shapes, non-finite values, an asymmetric ``H``, options out of range,
+        or ``H`` not positive definite after damping (raise ``damp``).
+    """
+    w32, h64 = check_layer(w, H)
+    bits = check_int(bits, "bits", 2)
+    if bits > 8:
+        raise ValueError(f"bits: expected 2..8, got {bits}")
+    gs = 0 if group_size is None else check_int(group_size, "group_size", 1)
+    damp = check_real(damp, "damp", 0.0)
+    block_size = check_int(block_size, "block_size", 1)
+    if not isinstance(act_order, bool) or not isinstance(symmetric, bool):
+        raise TypeError("act_order, symmetric: expected bools")
+    rows, cols = w32.shape
+    n_groups = -(-cols // gs) if gs else 1
+    codes = np.zeros((rows, cols), np.int8 if symmetric else np.uint8)
+    scale = np.ones((rows, n_groups), np.float32)
+    zero_point = np.zeros((rows, n_groups), np.int32)
+    if w32.size:
+        _core.gptq.quantize(
+            w32, h64, bits, symmetric, gs, act_order, damp, block_size, codes, scale, zero_point
+        )
+    if gs:
+        return QuantizedTensor.from_codes(
+            codes,
+            scale,
+            zero_point,
+            bits=bits,
+            symmetric=symmetric,
+            granularity="group",
+            group_size=gs,
+            source_dtype=w.dtype,
+        )
+    return QuantizedTensor.from_codes(
+        codes,
+        scale[:, 0],
+        zero_point[:, 0],
+        bits=bits,
+        symmetric=symmetric,
+        granularity="channel",
+        axis=0,
+        source_dtype=w.dtype,
+    )

@@ -1,0 +1,84 @@
+"""AWQ scale and clip searches: never worse than plain quantization on the
+calibration data (both grids hold the identity), loud channels scaled up,
+uniform activations leave the weights alone, bad input refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from slimgrad import quant
+
+
+@pytest.fixture
+def layer(rng):
+    w = rng.standard_normal((48, 96)).astype(np.float32)
+    x = rng.standard_normal((1500, 96))
+    x[:, ::9] *= 20.0  # outlier channels, as in real activations
+    return w, x, x.T @ x, np.abs(x).mean(axis=0)
+
+
+def output_error(x, w, w_hat):
+    return np.linalg.norm(x @ (w_hat.astype(np.float64) - w).T)
+
+
+def rtn(w, gs=32):
+    return quant.quantize(w, 4, symmetric=False, granularity="group", group_size=gs).dequantize()
+
+
+def test_scales_lower_the_output_error_and_favour_loud_channels(layer):
+    w, x, H, mean = layer
+    s = quant.awq_scales(w, mean, 4, 32, H=H)
+    assert s.dtype == np.float32 and s.shape == (96,)
+    scaled = rtn(w * s) / s
+    assert output_error(x, w, scaled) < 0.8 * output_error(x, w, rtn(w))
+    loud = np.zeros(96, bool)
+    loud[::9] = True
+    assert s[loud].min() > s[~loud].max()
+
+
+def test_diagonal_approximation_without_hessian(layer):
+    w, x, _, mean = layer
+    s = quant.awq_scales(w, mean, 4, 32)
+    assert output_error(x, w, rtn(w * s) / s) <= output_error(x, w, rtn(w))
+
+
+def test_uniform_activations_give_unit_scales(layer, rng):
+    w, _, _, _ = layer
+    np.testing.assert_array_equal(
+        quant.awq_scales(w, np.full(96, 0.7), 4, 32), np.ones(96, np.float32)
+    )
+
+
+def test_clip_search_never_hurts_and_stays_in_range(layer):
+    w, x, H, _ = layer
+    clipped = quant.awq_clip(w, H, 4, 32)
+    assert clipped.dtype == np.float32 and clipped.shape == w.shape
+    for g in range(0, 96, 32):
+        part, c = w[:, g : g + 32], clipped[:, g : g + 32]
+        assert np.all(c >= part.min(axis=1, keepdims=True)) and np.all(
+            c <= part.max(axis=1, keepdims=True)
+        )
+        d0 = rtn(part) - part
+        d1 = rtn(c) - part
+        hg = H[g : g + 32, g : g + 32]
+        e0 = np.einsum("ri,ij,rj->r", d0, hg, d0)
+        e1 = np.einsum("ri,ij,rj->r", d1, hg, d1)
+        assert np.all(e1 <= e0 * (1 + 1e-9))
+    assert output_error(x, w, rtn(clipped)) < output_error(x, w, rtn(w))
+
+
+def test_bad_input_raises_and_changes_nothing(layer):
+    w, _, H, mean = layer
+    w0, mean0 = w.copy(), mean.copy()
+    for call, exc, message in [
+        (lambda: quant.awq_scales(w, mean[:5]), ValueError, "act_mean: expected shape (96,)"),
+        (lambda: quant.awq_scales(w, -mean), ValueError, "act_mean: expected finite values >= 0"),
+        (lambda: quant.awq_scales(w, list(mean)), TypeError, "act_mean: expected a float ndarray"),
+        (lambda: quant.awq_scales(w, mean, n_grid=0), ValueError, "n_grid: expected an int >= 1"),
+        (lambda: quant.awq_clip(w, H[:3, :3]), ValueError, "H: expected shape (96, 96)"),
+    ]:
+        with pytest.raises(exc) as info:
+            call()
+        assert message in str(info.value), str(info.value)
+    np.testing.assert_array_equal(w, w0)
+    np.testing.assert_array_equal(mean, mean0)

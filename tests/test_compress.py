@@ -1,0 +1,205 @@
+"""slimgrad compress: the per-layer pipeline on a small random BERT (built
+here, no download), AWQ folding exactness, the budget, and the command
+line's refusals (one line, exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+from slimgrad import quant
+from slimgrad.cli import main
+from slimgrad.compress._model import compress, cosines, layer_weights, quality, swapped
+from slimgrad.compress._pipeline import Recipe, fold_awq_scales
+
+pytest.importorskip("tokenizers")
+from slimgrad.models import bert  # noqa: E402
+from slimgrad.models.calibration import calibrate  # noqa: E402
+
+WORDS = (
+    "the a cat dog sat on mat quick brown fox jumps over lazy model weights are small and "
+    "numbers compress well it is good bad ok run fast slow train river city rain house tree"
+).split()
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A random 2-layer BERT (hidden 64, 4 heads) as a Hugging Face directory."""
+    path = tmp_path_factory.mktemp("tiny_bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + WORDS
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    config = {
+        "model_type": "bert",
+        "architectures": ["BertModel"],
+        "vocab_size": len(vocab),
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 128,
+        "max_position_embeddings": 64,
+        "type_vocab_size": 2,
+        "layer_norm_eps": 1e-12,
+        "hidden_act": "gelu",
+        "pad_token_id": 0,
+    }
+    (path / "config.json").write_text(json.dumps(config))
+    rng = np.random.default_rng(7)
+    model = bert.BertModel(bert.BertConfig.from_json(str(path / "config.json")))
+    state = {}
+    for name, value in model.state_dict().items():
+        noise = rng.standard_normal(value.shape).astype(np.float32)
+        state[name] = (value + 0.05 * noise).astype(np.float32)
+    save_file(state, str(path / "model.safetensors"))
+    return path
+
+
+def sentences(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(4, 14)))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def calibrated(tiny_bert):
+    model = bert.load(str(tiny_bert))
+    return model, calibrate(model, sentences(48))
+
+
+def test_awq_folding_keeps_the_float_model(calibrated):
+    model, calib = calibrated
+    layers = layer_weights(model)
+    means = {n: calib.mean_abs(n) for n in layers}
+    weights, _, folded = fold_awq_scales(layers, calib.hessians, means, Recipe("awq", 4, 32))
+    changed = [n for n in layers if not np.array_equal(weights[n], layers[n][0])]
+    assert sorted(changed) == sorted(
+        f"encoder.layer.{i}.attention.{p}" for i in (0, 1) for p in ("self.value", "output.dense")
+    )
+    text = sentences(10, seed=1)
+    before = model.encode(text)
+    with swapped(model, {**weights, **folded}):
+        after = model.encode(text)
+    assert cosines(before, after).min() > 0.99999
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq", "awq", "awq-gptq"])
+def test_every_method_compresses_every_layer(calibrated, method):
+    model, calib = calibrated
+    result = compress(model, calib, Recipe(method, 4, 32))
+    layers = layer_weights(model)
+    assert set(result.stored) == set(layers)
+    for r in result.reports:
+        assert isinstance(result.stored[r.name], quant.QuantizedTensor)
+        assert 0.0 <= r.error < 0.5
+    c = quality(model, result, sentences(8, seed=2), model.encode(sentences(8, seed=2)))
+    assert c.min() > 0.9
+
+
+def test_calibrated_methods_beat_round_to_nearest_on_the_calibration_error(calibrated):
+    model, calib = calibrated
+    err = {
+        m: sum(r.error for r in compress(model, calib, Recipe(m, 3, 32)).reports)
+        for m in ("rtn", "gptq", "awq-gptq")
+    }
+    assert err["gptq"] < err["rtn"] and err["awq-gptq"] < err["rtn"]
+
+
+@pytest.mark.parametrize("pruner", ["magnitude", "wanda", "sparsegpt"])
+def test_pruning_then_quantizing_keeps_the_pattern(calibrated, pruner):
+    model, calib = calibrated
+    result = compress(model, calib, Recipe("gptq", 4, 32, prune=pruner, nm=(2, 4)))
+    for name, w_hat in result.weights.items():
+        assert np.all(np.count_nonzero(w_hat.reshape(w_hat.shape[0], -1, 4), axis=-1) <= 2), name
+
+
+def run_cli(*args):
+    return main(["compress", *map(str, args)])
+
+
+def test_cli_writes_a_loadable_file_and_reports(tiny_bert, tmp_path, capsys):
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n".join(sentences(40)))
+    held = tmp_path / "held.txt"
+    held.write_text("\n".join(sentences(6, seed=3)))
+    out = tmp_path / "q.safetensors"
+    assert (
+        run_cli(
+            tiny_bert,
+            "-o",
+            out,
+            "--method",
+            "gptq",
+            "--bits",
+            "4",
+            "--group-size",
+            "32",
+            "--calib",
+            calib,
+            "--heldout",
+            held,
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "encoder.layer.1.output.dense" in printed and "held-out embedding cosine" in printed
+    loaded = quant.load(out)
+    assert isinstance(loaded["encoder.layer.0.attention.self.query.weight"], quant.QuantizedTensor)
+    assert loaded["embeddings.word_embeddings.weight"].dtype == np.float32
+
+
+def test_cli_budget_is_respected(tiny_bert, tmp_path, capsys):
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n".join(sentences(40)))
+    out = tmp_path / "mixed.safetensors"
+    budget = 60_000
+    assert (
+        run_cli(
+            tiny_bert,
+            "-o",
+            out,
+            "--bits",
+            "4",
+            "--group-size",
+            "32",
+            "--calib",
+            calib,
+            "--budget-bytes",
+            budget,
+        )
+        == 0
+    )
+    stored = quant.load(out)
+    total = sum(v.nbytes for k, v in stored.items() if isinstance(v, quant.QuantizedTensor))
+    assert total <= budget
+    assert "sensitivity" in capsys.readouterr().out
+
+
+def test_cli_refusals_write_nothing(tiny_bert, tmp_path, capsys):
+    short = tmp_path / "short.txt"
+    short.write_text("one sentence only\n")
+    wrong_arch = tmp_path / "gpt"
+    wrong_arch.mkdir()
+    (wrong_arch / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    out = tmp_path / "out.safetensors"
+    cases = [
+        ((tmp_path / "missing", "-o", out), "not a directory"),
+        ((wrong_arch, "-o", out), "unknown architecture: expected model_type 'bert', got 'gpt2'"),
+        ((tiny_bert, "-o", out, "--calib", short), "--calib: expected at least 16 sentences"),
+        ((tiny_bert, "-o", out, "--calib", tmp_path / "nope.txt"), "no such file"),
+        (
+            (tiny_bert, "-o", out, "--budget-bytes", 10),
+            "--budget-bytes: 10 is below the smallest model",
+        ),
+        ((tiny_bert, "-o", out, "--nm", "0:4", "--prune", "wanda"), "--nm: expected 0 < N < M"),
+        ((tiny_bert, "-o", out, "--sparsity", "0.5"), "--sparsity/--nm: only with --prune"),
+        ((tiny_bert, "-o", out, "--bits", "9"), "--bits: expected 2..8"),
+        ((tiny_bert, "-o", tmp_path), "is a directory"),
+        ((tiny_bert, "-o", tiny_bert / "model.safetensors"), "is the model's own weights file"),
+    ]
+    weights = (tiny_bert / "model.safetensors").read_bytes()
+    for args, message in cases:
+        assert run_cli(*args) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert not out.exists()
+    assert (tiny_bert / "model.safetensors").read_bytes() == weights

@@ -1,0 +1,316 @@
+"""GPTQ, SparseGPT and Wanda against float64 NumPy transcriptions of the papers'
+algorithms (column by column, no lazy batches), round-to-nearest and
+magnitude pruning as their limiting cases, threads, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import slimgrad
+from conftest import run_everywhere
+from slimgrad import prune, quant
+
+FLT_MIN = np.float32(np.finfo(np.float32).tiny)
+
+
+def calibration(rng, rows, cols, tokens=400, correlated=True):
+    """A weight and the Hessian of correlated inputs (so GPTQ has work to do)."""
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    x = rng.standard_normal((tokens, cols))
+    if correlated:
+        x = x @ rng.standard_normal((cols, cols)) * 0.3 + x
+        x[:, ::7] *= 5.0  # a few loud channels, as real activations have
+    return w, x, x.T @ x
+
+
+def inverse_cholesky(H, order, damp):
+    """Upper U with U^T U = (H + damp mean(diag) I)^-1, in processing order."""
+    Hp = H[np.ix_(order, order)].copy()
+    Hp[np.diag_indices_from(Hp)] += damp * np.mean(np.diag(Hp))
+    return np.linalg.cholesky(np.linalg.inv(Hp)).T
+
+
+def prepared(w, H, act_order, damp):
+    w = w.astype(np.float64).copy()
+    H = H.copy()
+    dead = np.diag(H) == 0
+    H[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    order = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(H.shape[0])
+    return w, order, inverse_cholesky(H, order, damp)
+
+
+def gptq_reference(w, H, bits, group_size, act_order, damp, symmetric):
+    """The GPTQ algorithm column by column in float64 (float32 quantization step)."""
+    W, order, U = prepared(w, H, act_order, damp)
+    rows, cols = W.shape
+    gs = group_size or cols
+    n_groups = -(-cols // gs)
+    codes = np.zeros((rows, cols), np.int32)
+    scale = np.zeros((rows, n_groups), np.float32)
+    zero = np.zeros((rows, n_groups), np.int32)
+    qmax = 2 ** (bits - 1) - 1 if symmetric else 2**bits - 1
+    qmin = -qmax if symmetric else 0
+    have = set()
+    for i, c in enumerate(order):
+        g = c // gs
+        if g not in have:  # group parameters from the group's current weights
+            have.add(g)
+            part = W[:, g * gs : (g + 1) * gs].astype(np.float32)
+            rt = quant.quantize(part, bits, symmetric=symmetric, granularity="channel", axis=0)
+            scale[:, g], zero[:, g] = rt.scale, rt.zero_point
+        s, z = scale[:, g], zero[:, g].astype(np.float32)
+        x = W[:, c].astype(np.float32)
+        with np.errstate(divide="ignore"):
+            r = np.where(s < FLT_MIN, x / s, x * (np.float32(1) / s))
+        t = np.clip(np.rint(r + z), qmin, qmax).astype(np.float32)
+        codes[:, c] = t
+        err = (W[:, c] - (s * (t - z)).astype(np.float64)) / U[i, i]
+        later = order[i + 1 :]
+        W[:, later] -= np.outer(err, U[i, i + 1 :])
+    return codes, scale, zero
+
+
+CASES = [
+    # bits, group_size, act_order, symmetric, block_size, shape
+    (4, 32, False, False, 16, (37, 96)),
+    (4, 32, True, False, 16, (37, 96)),
+    (3, 24, True, True, 40, (20, 100)),  # groups straddle blocks, a short last group
+    (4, None, True, False, 128, (33, 64)),
+    (8, 16, False, True, 7, (5, 50)),
+    (2, 64, True, False, 1000, (70, 130)),
+]
+
+
+@pytest.mark.parametrize("bits,gs,act_order,symmetric,block,shape", CASES)
+def test_gptq_equals_the_column_by_column_reference(
+    rng, bits, gs, act_order, symmetric, block, shape
+):
+    w, _, H = calibration(rng, *shape)
+    qt = quant.gptq(w, H, bits, gs, act_order, 0.01, symmetric, block_size=block)
+    codes, scale, zero = gptq_reference(w, H, bits, gs, act_order, 0.01, symmetric)
+    np.testing.assert_array_equal(qt.codes().astype(np.int32), codes)
+    np.testing.assert_array_equal(qt.scale.reshape(scale.shape[0], -1), scale)
+    if not symmetric:
+        np.testing.assert_array_equal(qt.zero_point.reshape(zero.shape[0], -1), zero)
+
+
+def test_block_size_changes_nothing_but_rounding(rng):
+    w, _, H = calibration(rng, 40, 96)
+    a = quant.gptq(w, H, 4, 32, block_size=8).dequantize()
+    b = quant.gptq(w, H, 4, 32, block_size=96).dequantize()
+    assert np.mean(a != b) < 0.001
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("gs", [32, 20, None])
+def test_diagonal_hessian_is_round_to_nearest(rng, symmetric, gs):
+    w, _, H = calibration(rng, 23, 80)
+    D = np.diag(np.diag(H))
+    qt = quant.gptq(w, D, 4, gs, act_order=True, symmetric=symmetric)
+    if gs:
+        rt = quant.quantize(w, 4, symmetric=symmetric, granularity="group", group_size=gs)
+    else:
+        rt = quant.quantize(w, 4, symmetric=symmetric, granularity="channel", axis=0)
+    np.testing.assert_array_equal(qt.codes(), rt.codes())
+    np.testing.assert_array_equal(qt.scale, rt.scale)
+    np.testing.assert_array_equal(qt.zero_point, rt.zero_point)
+
+
+def test_gptq_beats_round_to_nearest_on_the_layer_output(rng):
+    w, x, H = calibration(rng, 64, 128)
+    y = x @ w.T
+    rtn = quant.quantize(w, 4, symmetric=False, granularity="group", group_size=32).dequantize()
+    gq = quant.gptq(w, H, 4, 32).dequantize()
+    e_rtn, e_gptq = (np.linalg.norm(x @ q.T - y) for q in (rtn, gq))
+    assert e_gptq < 0.8 * e_rtn
+
+
+def test_dead_inputs_are_zeroed(rng):
+    w, x, _ = calibration(rng, 10, 32)
+    x[:, 5] = 0.0
+    qt = quant.gptq(w, x.T @ x, 4, 16)
+    assert np.all(qt.dequantize()[:, 5] == 0.0)
+
+
+def test_threads_and_isas_give_the_same_result(rng):
+    w, _, H = calibration(rng, 150, 96)  # several row chunks
+    out = run_everywhere(
+        lambda: (quant.gptq(w, H, 4, 32).data.copy(), prune.sparsegpt(w, H, 0.5)[0])
+    )
+    first = next(iter(out.values()))
+    for data, pruned in out.values():
+        np.testing.assert_array_equal(data, first[0])
+        np.testing.assert_array_equal(pruned, first[1])
+
+
+def test_result_is_an_ordinary_quantized_tensor(rng, tmp_path):
+    w, x, H = calibration(rng, 16, 64)
+    qt = quant.gptq(w, H, 4, 32)
+    np.testing.assert_allclose(
+        quant.matmul(x.astype(np.float32), qt), x @ qt.dequantize().T, rtol=1e-4, atol=1e-3
+    )
+    quant.save(tmp_path / "q.safetensors", {"w": qt})
+    back = quant.load(tmp_path / "q.safetensors")["w"]
+    np.testing.assert_array_equal(back.dequantize(), qt.dequantize())
+
+
+def test_empty_and_single(rng):
+    qt = quant.gptq(np.zeros((0, 8), np.float32), np.eye(8), 4, 4)
+    assert qt.shape == (0, 8)
+    w = np.array([[0.5]], np.float32)
+    assert quant.gptq(w, np.eye(1), 8, None).dequantize()[0, 0] == pytest.approx(0.5, rel=1e-2)
+
+
+# -- SparseGPT -------------------------------------------------------------------
+def sparsegpt_reference(w, H, sparsity, n, m, damp, block):
+    W, order, U = prepared(w, H, False, damp)
+    rows, cols = W.shape
+    keep = np.ones((rows, cols), bool)
+    d = np.diag(U)
+
+    def prune_smallest(r, cols_, k):
+        score = W[r, cols_] ** 2 / d[cols_] ** 2
+        idx = np.lexsort((cols_, score))[:k]  # smallest score, then lower column
+        keep[r, np.asarray(cols_)[idx]] = False
+
+    for i1 in range(0, cols, block):
+        i2 = min(cols, i1 + block)
+        if not m:
+            for r in range(rows):
+                prune_smallest(r, np.arange(i1, i2), int(np.rint(sparsity * (i2 - i1))))
+        for i in range(i1, i2):
+            if m and (i - i1) % m == 0:
+                for r in range(rows):
+                    prune_smallest(r, np.arange(i, i + m), m - n)
+            q = np.where(keep[:, i], W[:, i], 0.0)
+            err = (W[:, i] - q) / U[i, i]
+            W[:, i] = q
+            W[:, i + 1 :] -= np.outer(err, U[i, i + 1 :])
+    return W.astype(np.float32), keep
+
+
+@pytest.mark.parametrize(
+    "sparsity,n,m,block",
+    [(0.5, None, None, 32), (0.7, None, None, 50), (None, 2, 4, 32), (None, 1, 8, 16)],
+)
+def test_sparsegpt_equals_the_reference(rng, sparsity, n, m, block):
+    w, _, H = calibration(rng, 21, 96)
+    out, keep = prune.sparsegpt(w, H, sparsity, n=n, m=m, block_size=block)
+    ref_w, ref_keep = sparsegpt_reference(w, H, sparsity, n, m, 0.01, block)
+    np.testing.assert_array_equal(keep, ref_keep)
+    np.testing.assert_allclose(out, ref_w, rtol=1e-5, atol=1e-5)
+    assert np.all(out[~keep] == 0.0)
+
+
+def test_sparsegpt_patterns_and_counts(rng):
+    w, x, H = calibration(rng, 40, 128)
+    _, keep = prune.sparsegpt(w, H, n=2, m=4)
+    assert np.all(keep.reshape(40, -1, 4).sum(-1) == 2)
+    _, keep = prune.sparsegpt(w, H, 0.5, block_size=64)
+    assert np.all(keep.reshape(40, 2, 64).sum(-1) == 32)
+    # and it beats magnitude pruning on the layer output
+    y = x @ w.T
+    out, _ = prune.sparsegpt(w, H, 0.5)
+    mag = w * prune.magnitude_mask(w, 0.5)
+    assert np.linalg.norm(x @ out.T - y) < 0.9 * np.linalg.norm(x @ mag.T - y)
+
+
+def test_sparsegpt_with_identity_hessian_is_magnitude_pruning_per_row(rng):
+    w = rng.standard_normal((9, 64)).astype(np.float32)
+    out, keep = prune.sparsegpt(w, np.eye(64), 0.25, block_size=64)
+    for r in range(9):
+        np.testing.assert_array_equal(keep[r], prune.magnitude_mask(w[r], 0.25))
+    np.testing.assert_array_equal(out, w * keep)
+
+
+# -- Wanda ---------------------------------------------------------------------
+def test_wanda_with_uniform_norms_is_magnitude_pruning_per_row(rng):
+    w = rng.standard_normal((12, 40)).astype(np.float32)
+    mask = prune.wanda_mask(w, np.full(40, 2.0, np.float32), 0.5)
+    for r in range(12):
+        np.testing.assert_array_equal(mask[r], prune.magnitude_mask(w[r], 0.5))
+    np.testing.assert_array_equal(
+        prune.wanda_mask(w, np.ones(40), n=2, m=4), prune.nm_mask(w, 2, 4)
+    )
+
+
+def test_wanda_ranks_by_weight_times_norm(rng):
+    w = rng.standard_normal((6, 32)).astype(np.float32)
+    norms = rng.uniform(0.1, 10, 32).astype(np.float32)
+    mask = prune.wanda_mask(w, norms, 0.75)
+    score = np.abs(w) * norms
+    for r in range(6):
+        kept = np.sort(np.argsort(score[r], kind="stable")[24:])
+        np.testing.assert_array_equal(np.flatnonzero(mask[r]), kept)
+
+
+# -- bad input -------------------------------------------------------------------
+def test_bad_input_raises_and_changes_nothing(rng):
+    w, _, H = calibration(rng, 8, 16)
+    w0, H0 = w.copy(), H.copy()
+    cases = [
+        (lambda: quant.gptq(w, H[:8, :8]), ValueError, "H: expected shape (16, 16)"),
+        (lambda: quant.gptq(w[0], H), ValueError, "w: expected a 2-d array"),
+        (
+            lambda: quant.gptq(w.astype(np.int32), H),
+            TypeError,
+            "w: expected a floating-point ndarray",
+        ),
+        (lambda: quant.gptq(w, H, bits=9), ValueError, "bits: expected 2..8"),
+        (lambda: quant.gptq(w, H, group_size=0), ValueError, "group_size: expected an int >= 1"),
+        (lambda: quant.gptq(w, H, damp=-1), ValueError, "damp: expected a number in [0.0"),
+        (
+            lambda: quant.gptq(w, H + np.triu(np.ones_like(H), 1)),
+            ValueError,
+            "H: expected a symmetric",
+        ),
+        (lambda: quant.gptq(w, -np.eye(16), damp=0.0), ValueError, "H: not positive definite"),
+        (
+            lambda: prune.sparsegpt(w, H, 0.5, n=2, m=4),
+            ValueError,
+            "give either sparsity or n and m",
+        ),
+        (lambda: prune.sparsegpt(w, H, n=2, m=3), ValueError, "m: must divide"),
+        (lambda: prune.sparsegpt(w, H, 1.5), ValueError, "sparsity: expected a number in [0, 1]"),
+        (
+            lambda: prune.wanda_mask(w, np.ones(15), 0.5),
+            ValueError,
+            "act_norms: expected shape (16,)",
+        ),
+        (
+            lambda: prune.wanda_mask(w, -np.ones(16), 0.5),
+            ValueError,
+            "act_norms: expected finite values >= 0",
+        ),
+    ]
+    bad = w.copy()
+    bad[3, 4] = np.nan
+    cases.append(
+        (lambda: quant.gptq(bad, H), ValueError, "w: non-finite value nan at index (3, 4)")
+    )
+    for call, exc, message in cases:
+        with pytest.raises(exc) as info:
+            call()
+        assert message in str(info.value), str(info.value)
+    np.testing.assert_array_equal(w, w0)
+    np.testing.assert_array_equal(H, H0)
+
+
+def test_core_binding_rechecks_buffers(rng):
+    w, _, H = calibration(rng, 4, 8)
+    codes = np.zeros((4, 7), np.uint8)
+    with pytest.raises(ValueError, match="codes: expected uint8"):
+        slimgrad._core.gptq.quantize(
+            w,
+            H,
+            4,
+            False,
+            4,
+            False,
+            0.01,
+            128,
+            codes,
+            np.ones((4, 2), np.float32),
+            np.zeros((4, 2), np.int32),
+        )
