@@ -71,7 +71,8 @@ def test_dequantize_equals_gguf_package(isa, threads, type_name, rng):
     for name, w in blocks(rng):
         q = kq.quantize(w, type_name)
         assert q.dtype == np.uint8 and q.shape == (*w.shape[:-1], w.shape[-1] // 256 * kq.TYPE_SIZE[type_name])
-        ref = gq.dequantize(q, qtype)
+        with np.errstate(all="ignore"):  # the package's own inf * 0 on f16-overflow blocks
+            ref = gq.dequantize(q, qtype)
         ours = kq.dequantize(q, type_name)
         assert ours.shape == w.shape, name
         np.testing.assert_array_equal(ours.view(np.uint32), ref.view(np.uint32), err_msg=name)
