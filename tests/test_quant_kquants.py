@@ -70,7 +70,10 @@ def test_dequantize_equals_gguf_package(isa, threads, type_name, rng):
     qtype = gguf.GGMLQuantizationType[type_name]
     for name, w in blocks(rng):
         q = kq.quantize(w, type_name)
-        assert q.dtype == np.uint8 and q.shape == (*w.shape[:-1], w.shape[-1] // 256 * kq.TYPE_SIZE[type_name])
+        assert q.dtype == np.uint8 and q.shape == (
+            *w.shape[:-1],
+            w.shape[-1] // 256 * kq.TYPE_SIZE[type_name],
+        )
         with np.errstate(all="ignore"):  # the package's own inf * 0 on f16-overflow blocks
             ref = gq.dequantize(q, qtype)
         ours = kq.dequantize(q, type_name)
@@ -113,13 +116,17 @@ def test_accepts_enum_float64_bfloat16_and_keeps_input(rng):
     import ml_dtypes
 
     wb = w.astype(ml_dtypes.bfloat16)
-    np.testing.assert_array_equal(kq.quantize(wb, "Q6_K"), kq.quantize(wb.astype(np.float32), "Q6_K"))
+    np.testing.assert_array_equal(
+        kq.quantize(wb, "Q6_K"), kq.quantize(wb.astype(np.float32), "Q6_K")
+    )
     assert kq.quantize(np.zeros((0, 256), np.float32), "Q5_K").shape == (0, 176)
 
 
 def test_refusals(rng):
     w = rng.standard_normal((3, 384)).astype(np.float32)
-    with pytest.raises(ValueError, match=r"w: Q4_K needs rows .* multiple of 256, got shape \(3, 384\).*Q5_0"):
+    with pytest.raises(
+        ValueError, match=r"w: Q4_K needs rows .* multiple of 256, got shape \(3, 384\).*Q5_0"
+    ):
         kq.quantize(w, "Q4_K")
     with pytest.raises(ValueError, match="multiple of 256"):
         kq.quantize(np.zeros((2, 0), np.float32), "Q6_K")
@@ -180,12 +187,17 @@ def test_read_gguf_imatrix(tmp_path, rng):
     e = got["blk.0.ffn_down_exps.weight"]
     assert e.shape == (3, 256) and e.dtype == np.float32
     np.testing.assert_array_equal(e[0], experts[0] / np.float32(512))
-    np.testing.assert_array_equal(e[1], np.ones(256, np.float32))  # count 0: ones, as llama-quantize
+    np.testing.assert_array_equal(
+        e[1], np.ones(256, np.float32)
+    )  # count 0: ones, as llama-quantize
     np.testing.assert_array_equal(e[2], experts[2] / np.float32(1024))
 
 
 def test_read_legacy_dat_imatrix(tmp_path, rng):
-    vals = {"blk.0.attn_q.weight": rng.random(256).astype(np.float32), "output.weight": rng.random(512)}
+    vals = {
+        "blk.0.attn_q.weight": rng.random(256).astype(np.float32),
+        "output.weight": rng.random(512),
+    }
     raw = struct.pack("<i", len(vals))
     for name, v in vals.items():
         b = name.encode()

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from slimgrad.bench._ggml import load_ggml
 from slimgrad.quant import kquants as kq
 from test_quant_kquants import blocks, imatrix_for
-
-from slimgrad.bench._ggml import load_ggml
 
 ggml = load_ggml()
 if ggml is None:
@@ -58,4 +57,6 @@ def test_imatrix_with_zero_and_tiny_weights(rng):
     qw[:64] = 0.0
     qw[64:96] = 1e-30
     for t in kq.TYPES:
-        np.testing.assert_array_equal(kq.quantize(w, t, imatrix=qw), ggml.quantize(t, w, qw), err_msg=t)
+        np.testing.assert_array_equal(
+            kq.quantize(w, t, imatrix=qw), ggml.quantize(t, w, qw), err_msg=t
+        )

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
 
 # ggml's type ids and block sizes in bytes (per 256 values).
-_TYPES = {"Q2_K": (10, 84), "Q3_K": (11, 110), "Q4_K": (12, 144), "Q5_K": (13, 176), "Q6_K": (14, 210)}
+_TYPES = {
+    "Q2_K": (10, 84),
+    "Q3_K": (11, 110),
+    "Q4_K": (12, 144),
+    "Q5_K": (13, 176),
+    "Q6_K": (14, 210),
+}
 _f32p = ctypes.POINTER(ctypes.c_float)
 
 
@@ -25,7 +32,15 @@ class Ggml:
         self.lib, self.path = lib, path
         f = lib.ggml_quantize_chunk
         f.restype = ctypes.c_size_t
-        f.argtypes = [ctypes.c_int, _f32p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _f32p]
+        f.argtypes = [
+            ctypes.c_int,
+            _f32p,
+            ctypes.c_void_p,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            _f32p,
+        ]
         self._quantize = f
         self._dequantize = {}
         for name in _TYPES:
@@ -34,8 +49,10 @@ class Ggml:
             g.argtypes = [ctypes.c_void_p, _f32p, ctypes.c_int64]
             self._dequantize[name] = g
 
-    def quantize(self, type_name: str, w: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
-        """``ggml_quantize_chunk`` of a C-contiguous float32 (rows, n_per_row) array (one thread)."""
+    def quantize(
+        self, type_name: str, w: np.ndarray, imatrix: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``ggml_quantize_chunk`` of a float32 (rows, n_per_row) array, on one thread."""
         tid, ts = _TYPES[type_name]
         w = np.ascontiguousarray(w, dtype=np.float32)
         rows, n = w.shape
@@ -56,7 +73,14 @@ class Ggml:
 
 
 def load_ggml() -> Ggml | None:
-    """The ggml library of the installed llama-cpp-python, or None."""
+    """The ggml library of the installed llama-cpp-python, or None.
+
+    ``SLIMGRAD_GGML_LIB=/path/to/libggml-base.so`` picks another llama.cpp
+    build instead (e.g. one built from source with cmake).
+    """
+    override = os.environ.get("SLIMGRAD_GGML_LIB")
+    if override:
+        return Ggml(ctypes.CDLL(override), Path(override))
     spec = importlib.util.find_spec("llama_cpp")
     if spec is None or spec.origin is None:
         return None

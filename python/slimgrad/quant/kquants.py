@@ -265,6 +265,8 @@ def _read_imatrix_dat(path: str) -> dict[str, np.ndarray]:
         ncall, nval = struct.unpack("<ii", take(8, f"ncall/nval of {name!r}"))
         if nval < 1:
             raise ValueError(f"{path}: entry {name!r} has {nval} values")
-        vals = np.frombuffer(take(4 * nval, f"the values of {name!r}"), dtype="<f4").astype(np.float32)
+        vals = np.frombuffer(take(4 * nval, f"the values of {name!r}"), dtype="<f4").astype(
+            np.float32
+        )
         out[name] = vals / np.float32(ncall) if ncall > 0 else vals
     return out
