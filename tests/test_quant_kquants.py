@@ -24,6 +24,8 @@ RMSE_BUDGET = {"Q2_K": 0.40, "Q3_K": 0.22, "Q4_K": 0.11, "Q5_K": 0.055, "Q6_K": 
 def blocks(rng):
     """(name, array) pairs: random rows and adversarial blocks (256 columns each)."""
     yield "gaussian", rng.standard_normal((5, 512)).astype(np.float32)
+    yield "one row", rng.standard_normal((1, 256)).astype(np.float32)
+    yield "large odd", rng.standard_normal((37, 1280)).astype(np.float32)
     z = np.zeros((9, 256), np.float32)
     z[1] = 3.0  # constant
     z[2] = -1e-3  # negative constant
@@ -215,3 +217,14 @@ def test_read_legacy_dat_imatrix(tmp_path, rng):
     path.write_bytes(b"\0\0\0\0")
     with pytest.raises(ValueError, match="not an imatrix"):
         kq.read_imatrix(path)
+
+
+def test_bench_cases_run_at_a_small_size():
+    from slimgrad.bench import kquant as bench_kquant
+
+    names = []
+    for case in bench_kquant.cases(256):
+        names.append(case.name)
+        for fn in case.impls.values():
+            fn()
+    assert "gguf quantize Q4_K" in names and "gguf dequantize Q6_K" in names

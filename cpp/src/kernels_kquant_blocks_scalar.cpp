@@ -29,15 +29,6 @@ void pack_scale_min_k4(int j, std::uint8_t ls, std::uint8_t lm, std::uint8_t* q)
     q[j - 0] |= static_cast<std::uint8_t>((lm >> 4) << 6);
   }
 }
-void get_scale_min_k4(int j, const std::uint8_t* q, std::uint8_t* d, std::uint8_t* m) {
-  if (j < 4) {
-    *d = q[j] & 63;
-    *m = q[j + 4] & 63;
-  } else {
-    *d = static_cast<std::uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-    *m = static_cast<std::uint8_t>((q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4));
-  }
-}
 
 // 2-bit codes L[256] into qs[64]: byte l of each 128-value half holds
 // values l, l + 32, l + 64, l + 96 (Q2_K and the low bits of Q3_K).
@@ -49,6 +40,16 @@ void pack_2bit(const std::uint8_t* L, std::uint8_t* qs) {
 }
 
 }  // namespace
+
+void get_scale_min_k4(int j, const std::uint8_t* q, std::uint8_t* d, std::uint8_t* m) {
+  if (j < 4) {
+    *d = q[j] & 63;
+    *m = q[j + 4] & 63;
+  } else {
+    *d = static_cast<std::uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+    *m = static_cast<std::uint8_t>((q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4));
+  }
+}
 
 int q3k_scale(const std::uint8_t* s, int j) {
   const int lo = j < 8 ? s[j] & 0xF : s[j - 8] >> 4;

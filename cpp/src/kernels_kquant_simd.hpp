@@ -65,6 +65,16 @@ struct KOps<Isa::avx2> {
     i = _mm256_max_epi32(_mm256_set1_epi32(lo), _mm256_min_epi32(_mm256_set1_epi32(hi), i));
     return _mm256_cvtepi32_ps(i);
   }
+  // Dequantization: W bytes -> int32 lanes, shifts and masks, -> float.
+  using VI = __m256i;
+  static VI load_u8(const std::uint8_t* p) {
+    return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  }
+  static VI bits(VI v, int shift, int mask) {
+    return _mm256_and_si256(_mm256_srli_epi32(v, shift), _mm256_set1_epi32(mask));
+  }
+  static VI or_shl(VI a, VI b, int shift) { return _mm256_or_si256(a, _mm256_slli_epi32(b, shift)); }
+  static V to_float(VI v, int offset) { return _mm256_cvtepi32_ps(_mm256_sub_epi32(v, _mm256_set1_epi32(offset))); }
 };
 
 #if defined(__AVX512F__)
@@ -98,6 +108,17 @@ struct KOps<Isa::avx512> {
     i = _mm512_max_epi32(_mm512_set1_epi32(lo), _mm512_min_epi32(_mm512_set1_epi32(hi), i));
     return _mm512_cvtepi32_ps(i);
   }
+  using VI = __m512i;
+  static VI load_u8(const std::uint8_t* p) {
+    return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static VI bits(VI v, int shift, int mask) {
+    return _mm512_and_si512(_mm512_srli_epi32(v, static_cast<unsigned>(shift)), _mm512_set1_epi32(mask));
+  }
+  static VI or_shl(VI a, VI b, int shift) {
+    return _mm512_or_si512(a, _mm512_slli_epi32(b, static_cast<unsigned>(shift)));
+  }
+  static V to_float(VI v, int offset) { return _mm512_cvtepi32_ps(_mm512_sub_epi32(v, _mm512_set1_epi32(offset))); }
 };
 #endif
 
@@ -335,9 +356,48 @@ void kquant_quantize(int type, const float* x, std::size_t n_blocks, const float
   else qkx_superblocks<I>(t, x, n_blocks, qw, o);
 }
 
+// Q4_K / Q5_K / Q6_K dequantization, W values at a time: the reference's
+// `d * sc` (float) then `* q - m` (multiply, then subtract; Q6_K: `* q`).
 template <Isa I>
 void kquant_dequantize(int type, const void* in, std::size_t n_blocks, float* out) {
-  kq::dequantize_ref(type, in, n_blocks, out);
+  using K = KOps<I>;
+  using V = typename K::V;
+  constexpr int W = K::W, QK = static_cast<int>(kquant::kQK);
+  const auto t = static_cast<kquant::KType>(type);
+  if (t == kquant::KType::q2_k || t == kquant::KType::q3_k) return kq::dequantize_ref(type, in, n_blocks, out);
+  const auto* base = static_cast<const std::uint8_t*>(in);
+  const std::size_t ts = kquant::type_size(t);
+  for (std::size_t i = 0; i < n_blocks; ++i) {
+    const std::uint8_t* b = base + ts * i;
+    float* y = out + static_cast<std::size_t>(QK) * i;
+    if (t == kquant::KType::q6_k) {
+      const auto* blk = reinterpret_cast<const kquant::BlockQ6K*>(b);
+      const float d = kq::fp16_to_fp32(blk->d);
+      for (int k = 0; k < QK; k += W) {  // value k: half h, quarter s, lane l
+        const int h = k / 128, s = (k % 128) / 32, l = k % 32;
+        const auto lo = K::bits(K::load_u8(blk->ql + 64 * h + 32 * (s & 1) + l), 4 * (s >> 1), 0xF);
+        const auto hi = K::bits(K::load_u8(blk->qh + 32 * h + l), 2 * s, 3);
+        const V dl = K::set1(d * blk->scales[8 * h + 2 * s + l / 16]);
+        K::store(y + k, K::mul(dl, K::to_float(K::or_shl(lo, hi, 4), 32)));
+      }
+      continue;
+    }
+    const bool five = t == kquant::KType::q5_k;
+    const auto* hdr = reinterpret_cast<const kquant::BlockQ4K*>(b);  // d, dmin, scales: same prefix in Q5_K
+    const std::uint8_t* qs = five ? reinterpret_cast<const kquant::BlockQ5K*>(b)->qs : hdr->qs;
+    const std::uint8_t* qh = reinterpret_cast<const kquant::BlockQ5K*>(b)->qh;
+    const float d = kq::fp16_to_fp32(hdr->d), dmin = kq::fp16_to_fp32(hdr->dmin);
+    for (int j = 0; j < 8; ++j) {
+      std::uint8_t sc, m;
+      kq::get_scale_min_k4(j, hdr->scales, &sc, &m);
+      const V dl = K::set1(d * sc), ml = K::set1(dmin * m);
+      for (int l = 0; l < 32; l += W) {
+        auto q = K::bits(K::load_u8(qs + 32 * (j / 2) + l), 4 * (j % 2), 0xF);
+        if (five) q = K::or_shl(q, K::bits(K::load_u8(qh + l), j, 1), 4);
+        K::store(y + 32 * j + l, K::sub(K::mul(dl, K::to_float(q, 0)), ml));
+      }
+    }
+  }
 }
 
 }  // namespace slimgrad::kernels

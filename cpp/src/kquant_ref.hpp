@@ -49,6 +49,9 @@ void q6k_finish(const float* x, const float* scales, std::int8_t* L, BlockQ6K* y
 void q2k_finish(const float* x, const float* scales, const float* mins, const float* sw, std::uint8_t* L,
                 BlockQ2K* y);
 
+// Q4_K/Q5_K: 6-bit scale and min j of the packed scales[12].
+void get_scale_min_k4(int j, const std::uint8_t* q, std::uint8_t* d, std::uint8_t* m);
+
 // Q3_K: the signed 6-bit scale j of the packed scales[12]; packing of one
 // (offset) scale l; final codes and bit packing from the packed scales.
 int q3k_scale(const std::uint8_t* s, int j);
