@@ -195,6 +195,33 @@ def test_read_gguf_imatrix(tmp_path, rng):
     np.testing.assert_array_equal(e[2], experts[2] / np.float32(1024))
 
 
+def test_write_imatrix_round_trip_and_refusals(tmp_path, rng):
+    x = rng.standard_normal((100, 512)).astype(np.float32)  # activations (tokens, columns)
+    sums = {
+        "blk.0.ffn_down.weight": (x**2).sum(axis=0),
+        "exps": rng.random((2, 256)).astype(np.float32),
+    }
+    path = tmp_path / "im.gguf"
+    kq.write_imatrix(
+        path, sums, {"blk.0.ffn_down.weight": 100, "exps": [4, 8]}, chunk_count=1, chunk_size=100
+    )
+    got = kq.read_imatrix(path)
+    np.testing.assert_array_equal(
+        got["blk.0.ffn_down.weight"], sums["blk.0.ffn_down.weight"] / np.float32(100)
+    )
+    np.testing.assert_array_equal(got["exps"], sums["exps"] / np.array([[4], [8]], np.float32))
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="expected the same names"):
+        kq.write_imatrix(path, sums, {"exps": [4, 8]})
+    with pytest.raises(
+        ValueError, match=r"sums\['exps'\]: expected .* got shape \(2, 256\) and 1 counts"
+    ):
+        kq.write_imatrix(path, {"exps": sums["exps"]}, {"exps": 3})
+    with pytest.raises(ValueError, match="finite sums >= 0"):
+        kq.write_imatrix(path, {"a": -np.ones(256, np.float32)}, {"a": 1})
+    assert path.read_bytes() == before  # nothing written by a refused call
+
+
 def test_read_legacy_dat_imatrix(tmp_path, rng):
     vals = {
         "blk.0.attn_q.weight": rng.random(256).astype(np.float32),

@@ -52,6 +52,7 @@ __all__ = [
     "dequantize",
     "quantize",
     "read_imatrix",
+    "write_imatrix",
 ]
 
 
@@ -204,6 +205,83 @@ def read_imatrix(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     if magic == b"GGUF":
         return _read_imatrix_gguf(path)
     return _read_imatrix_dat(path)
+
+
+def write_imatrix(
+    path: str | os.PathLike[str],
+    sums: dict[str, np.ndarray],
+    counts: dict[str, Any],
+    *,
+    datasets: tuple[str, ...] = ("slimgrad",),
+    chunk_count: int = 0,
+    chunk_size: int = 0,
+) -> None:
+    """Write a GGUF imatrix as ``llama-imatrix`` does (``llama-quantize --imatrix`` reads it).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Output file, written atomically (a temporary file renamed over it).
+    sums : dict of str to ndarray
+        Per weight (llama.cpp's tensor name), the sum over calibration tokens
+        of the squared input activations of each column: 1-D ``(columns,)``,
+        or 2-D ``(n_expert, columns)`` for a mixture-of-experts weight. For
+        activations ``x`` of shape ``(tokens, columns)`` feeding that weight:
+        ``(x.astype(np.float32) ** 2).sum(axis=0)``.
+    counts : dict of str to int or array of int
+        Tokens accumulated per weight (per expert for 2-D sums).
+    datasets, chunk_count, chunk_size
+        Metadata keys ``imatrix.datasets`` / ``imatrix.chunk_count`` /
+        ``imatrix.chunk_size`` (llama-quantize refuses a GGUF imatrix
+        without them).
+
+    Raises
+    ------
+    ValueError
+        Names of ``sums`` and ``counts`` differ, a shape or count is wrong,
+        or a sum is negative or not finite (nothing is written).
+    """
+    from gguf import GGUFWriter
+
+    from .io import _atomic
+
+    if set(sums) != set(counts):
+        raise ValueError(
+            "sums, counts: expected the same names, "
+            f"got {sorted(set(sums) ^ set(counts))} in one only"
+        )
+    tensors = []
+    for name in sorted(sums):
+        s = np.asarray(sums[name], dtype=np.float32)
+        c = np.asarray(counts[name], dtype=np.float64).reshape(-1)
+        s2 = s.reshape(1, -1) if s.ndim == 1 else s
+        if s.ndim not in (1, 2) or s.size == 0 or c.size != s2.shape[0]:
+            raise ValueError(
+                f"sums[{name!r}]: expected (columns,) or (n_expert, columns) "
+                "with one count per row, "
+                f"got shape {s.shape} and {c.size} counts"
+            )
+        if not np.isfinite(s2).all() or (s2 < 0).any() or (c < 0).any() or (c != np.rint(c)).any():
+            raise ValueError(
+                f"sums[{name!r}] / counts[{name!r}]: expected finite sums >= 0, whole counts >= 0"
+            )
+        tensors.append((name, np.ascontiguousarray(s2), c.astype(np.float32).reshape(-1, 1)))
+
+    def fill(tmp: str) -> None:
+        w = GGUFWriter(tmp, arch="")
+        w.add_string("general.type", "imatrix")
+        w.add_array("imatrix.datasets", list(datasets))
+        w.add_uint32("imatrix.chunk_count", int(chunk_count))
+        w.add_uint32("imatrix.chunk_size", int(chunk_size))
+        for name, s2, c in tensors:
+            w.add_tensor(f"{name}.in_sum2", s2)
+            w.add_tensor(f"{name}.counts", c)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+
+    _atomic(path, fill)
 
 
 def _read_imatrix_gguf(path: str) -> dict[str, np.ndarray]:
