@@ -41,6 +41,11 @@ def blocks(rng):
     yield "subnormal", (rng.standard_normal((2, 256)) * 1e-42).astype(np.float32)
     yield "huge 1e30", (rng.standard_normal((3, 256)) * 1e30).astype(np.float32)
     yield "f16 overflow", (rng.standard_normal((2, 256)) * 1e6).astype(np.float32)
+    yield "1e19 (x^2 overflows)", (rng.standard_normal((2, 256)) * 1e19).astype(np.float32)
+    yield "max range +-3e38", np.array([3e38, -3e38] * 128, np.float32).reshape(1, 256)
+    mixed = np.concatenate([rng.standard_normal(128) * 1e-20, rng.standard_normal(128) * 1e20])
+    yield "1e-20 and 1e20 sub-blocks", mixed.astype(np.float32).reshape(1, 256)
+    yield "smallest subnormals", (rng.integers(-3, 4, (2, 256)) * 1e-45).astype(np.float32)
     yield "3-d, odd rows", rng.standard_normal((3, 7, 256)).astype(np.float32)
 
 
