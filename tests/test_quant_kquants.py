@@ -114,6 +114,23 @@ def test_imatrix_changes_the_result_where_it_should(rng):
         assert e_weighted <= e_plain, t
 
 
+def test_imatrix_per_expert_equals_per_slice(rng):
+    w = rng.standard_normal((3, 5, 256)).astype(np.float32)
+    qw = rng.random((3, 256)).astype(np.float32)
+    got = kq.quantize(w, "Q4_K", imatrix=qw)
+    for e in range(3):
+        np.testing.assert_array_equal(got[e], kq.quantize(w[e], "Q4_K", imatrix=qw[e]))
+    bad = w.copy()
+    bad[2, 4, 255] = np.nan
+    with pytest.raises(ValueError, match=r"w: non-finite value nan at index \(2, 4, 255\)"):
+        kq.quantize(bad, "Q4_K", imatrix=qw)
+    with pytest.raises(ValueError, match=r"imatrix: expected 256 weights .* got shape \(2, 256\)"):
+        kq.quantize(w, "Q4_K", imatrix=qw[:2])
+    qw[1, 7] = np.inf
+    with pytest.raises(ValueError, match=r"imatrix: non-finite value inf at index \(1, 7\)"):
+        kq.quantize(w, "Q4_K", imatrix=qw)
+
+
 def test_accepts_enum_float64_bfloat16_and_keeps_input(rng):
     w = rng.standard_normal((2, 256))
     before = w.copy()
@@ -146,7 +163,7 @@ def test_refusals(rng):
         kq.quantize(good, "Q4_K", imatrix=np.ones(256, np.float32))
     bad_qw = np.ones(512, np.float32)
     bad_qw[3] = np.nan
-    with pytest.raises(ValueError, match="imatrix: non-finite value nan at index 3"):
+    with pytest.raises(ValueError, match=r"imatrix: non-finite value nan at index \(3,\)"):
         kq.quantize(good, "Q4_K", imatrix=bad_qw)
     nan = good.copy()
     nan[1, 300] = np.inf

@@ -76,7 +76,9 @@ def quantize(w: np.ndarray, type: Any, imatrix: np.ndarray | None = None) -> np.
     type : {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"} or gguf.GGMLQuantizationType
     imatrix : ndarray, optional
         Importance weights, one per column (``w.shape[-1]`` values, shared by
-        all rows), e.g. an entry of :func:`read_imatrix`. Without it the bytes
+        all rows), e.g. an entry of :func:`read_imatrix`; for a 3-D
+        mixture-of-experts ``w`` (n_expert, rows, columns) also one vector per
+        expert, shape (n_expert, columns). Without it the bytes
         are those of llama.cpp's reference quantizer; with it those of its
         importance-weighted quantizer (the ``--imatrix`` path of
         ``llama-quantize``).
@@ -105,28 +107,40 @@ def quantize(w: np.ndarray, type: Any, imatrix: np.ndarray | None = None) -> np.
             f"got shape {w.shape}; llama.cpp quantizes such a tensor to {FALLBACK[name]} instead"
         )
     n_per_row = w.shape[-1]
+    # One importance vector for all rows, or one per expert (the first axis
+    # of a 3-D mixture-of-experts weight), as llama-quantize slices it.
+    per_expert = imatrix is not None and np.ndim(imatrix) == 2 and w.ndim == 3
     qw = None
     if imatrix is not None:
         if not isinstance(imatrix, np.ndarray) or imatrix.dtype.kind != "f":
             given = getattr(imatrix, "dtype", imatrix.__class__.__name__)
             raise TypeError(f"imatrix: expected a floating-point NumPy array, got {given}")
-        if imatrix.size != n_per_row:
+        want = (w.shape[0], n_per_row) if per_expert else (n_per_row,)
+        if imatrix.shape != want and not (not per_expert and imatrix.size == n_per_row):
             raise ValueError(
-                f"imatrix: expected {n_per_row} weights (one per column of w), "
-                f"got shape {imatrix.shape}"
+                f"imatrix: expected {n_per_row} weights (one per column of w), or shape "
+                f"(n_expert, {n_per_row}) for a 3-D w, got shape {imatrix.shape} for w {w.shape}"
             )
-        qw = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
+        qw = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1, n_per_row)
         if not np.isfinite(qw).all():
             bad = int(np.flatnonzero(~np.isfinite(qw))[0])
-            raise ValueError(f"imatrix: non-finite value {qw[bad]} at index {bad}")
+            raise ValueError(
+                f"imatrix: non-finite value {qw.reshape(-1)[bad]} at index "
+                f"{tuple(int(i) for i in np.unravel_index(bad, imatrix.shape))}"
+            )
     wf = np.ascontiguousarray(w, dtype=np.float32)
     out = np.empty((*w.shape[:-1], n_per_row // BLOCK_SIZE * TYPE_SIZE[name]), np.uint8)
-    bad = _core.quant.kquant_quantize(wf, TYPE_ID[name], n_per_row, qw, out)
-    if bad >= 0:  # checked before quantizing each run of blocks; the output is dropped
-        raise ValueError(
-            f"w: non-finite value {wf.reshape(-1)[bad]} at index "
-            f"{tuple(int(i) for i in np.unravel_index(bad, wf.shape))}"
-        )
+    groups = w.shape[0] if per_expert else 1
+    wg, og = wf.reshape(groups, -1), out.reshape(groups, -1)
+    for e in range(groups):
+        row_qw = None if qw is None else qw[e]
+        bad = _core.quant.kquant_quantize(wg[e], TYPE_ID[name], n_per_row, row_qw, og[e])
+        if bad >= 0:  # checked before quantizing each run of blocks; the output is dropped
+            bad += e * wg.shape[1]
+            raise ValueError(
+                f"w: non-finite value {wf.reshape(-1)[bad]} at index "
+                f"{tuple(int(i) for i in np.unravel_index(bad, wf.shape))}"
+            )
     return out
 
 
