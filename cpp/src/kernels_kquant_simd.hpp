@@ -16,7 +16,9 @@
 //    multiply then an add, like the reference;
 //  - each super-block is finished (scale quantization, final codes, bit
 //    packing) by the scalar functions of kquant_ref.hpp; Q3_K (a sequential
-//    coordinate descent per element) runs the reference as a whole.
+//    coordinate descent per element) runs the reference as a whole;
+//  - dequantization of Q4_K/Q5_K/Q6_K: W codes widened to int32 lanes, then
+//    the reference's float `d * sc` and `* q - m` (Q2_K/Q3_K: reference).
 // Tails: a call's last pair of super-blocks is padded with zeros (degenerate
 // lanes) whose results are dropped. Helpers have internal linkage (per-file
 // ISA flags + ODR).
