@@ -36,7 +36,7 @@ __all__ = [
 SUITES = {
     "core": ("core",),
     "optim": ("optim", "optim_extra", "torch_optim"),
-    "quant": ("quant",),
+    "quant": ("quant", "kquant"),
     "prune": ("prune",),
     "distill": ("distill",),
     "nn": ("nn",),

@@ -1,11 +1,12 @@
 """Integer quantization: int2..int8 codes per tensor / channel / group,
-GGUF-exact blocks (:mod:`slimgrad.quant.gguf`), products on quantized weights
+GGUF-exact blocks (:mod:`slimgrad.quant.gguf`, K-quants in
+:mod:`slimgrad.quant.kquants`), products on quantized weights
 and safetensors / GGUF I/O. See docs/quant.md for a tour.
 """
 
 from __future__ import annotations
 
-from . import gguf
+from . import gguf, kquants
 from ._awq import awq_clip, awq_scales
 from ._gptq import gptq
 from ._matmul import MAX_K_INT8, matmul, matmul_int8
@@ -18,6 +19,7 @@ __all__ = [
     "awq_clip",
     "awq_scales",
     "gguf",
+    "kquants",
     "dequantize",
     "fake_quantize",
     "gptq",
