@@ -153,6 +153,9 @@ def write(path: str, tensors: dict[str, Entry], metadata: dict | None) -> None:
                     f.write(e.data)
                 f.flush()
                 os.fsync(f.fileno())
+            mask = os.umask(0o022)  # mkstemp made it 0600: the usual mode (umask) instead
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)

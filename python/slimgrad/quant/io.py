@@ -56,6 +56,12 @@ def check_output(path: str | os.PathLike) -> None:
         raise PermissionError(f"{os.fspath(path)}: folder {parent} is not writable")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     path = Path(path)
     check_output(path)
@@ -66,6 +72,7 @@ def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         raise _cannot(path, "write", e) from None
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600: the usual mode instead
         os.replace(tmp, path)
     except OSError as e:
         raise _cannot(path, "write", e) from None

@@ -1,0 +1,115 @@
+"""Tensors of a safetensors file, one at a time, memory mapped (the CLIs and exports).
+
+:func:`open_safetensors` lists the tensors (name, dtype code, shape) from the
+header without reading any data; :meth:`Source.array` returns one tensor.
+Dtypes the ``safetensors`` package gives NumPy come through
+``safetensors.safe_open`` (a memory map: only the tensor asked for is paged
+in); bfloat16 and float8, which it does not give NumPy, are read-only views
+of the file's own memory map, as ``ml_dtypes`` arrays, so their bytes pass
+through unchanged. Peak memory is the tensor being worked on, not the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._safetensors import DTYPES
+
+_NOT_IN_SAFE_OPEN = ("BF16", "F8_E4M3", "F8_E5M2")
+
+
+@dataclass(frozen=True)
+class Info:
+    """One tensor's header entry."""
+
+    name: str
+    dtype: str  # safetensors code: "F32", "BF16", "I64", ...
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+class Source:
+    """An open safetensors file (use as a context manager)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8)
+                if len(head) < 8:
+                    raise ValueError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+                (n,) = struct.unpack("<Q", head)
+                if n > os.path.getsize(path) - 8:
+                    raise ValueError(f"{path}: not a safetensors file (header length {n})")
+                header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ValueError(f"{path}: not a safetensors file (header is not JSON)") from None
+        except OSError as e:
+            raise type(e)(f"{path}: cannot read ({e.strerror or e})") from None
+        if not isinstance(header, dict):
+            raise ValueError(f"{path}: not a safetensors file (header is not an object)")
+        meta = header.pop("__metadata__", None) or {}
+        self.metadata: dict[str, str] = dict(meta) if isinstance(meta, dict) else {}
+        self._data_start = 8 + n
+        self._offsets: dict[str, tuple[int, int]] = {}
+        self.tensors: dict[str, Info] = {}
+        entries = sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
+        for name, e in entries:  # file order
+            shape = tuple(int(s) for s in e["shape"])
+            begin, end = (int(x) for x in e["data_offsets"])
+            self.tensors[name] = Info(name, e["dtype"], shape, end - begin)
+            self._offsets[name] = (begin, end)
+        self._safe = None
+        self._map: np.memmap | None = None
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._safe = None
+        self._map = None
+
+    def array(self, name: str) -> np.ndarray:
+        """The tensor ``name`` as an ndarray (read-only view or a fresh array)."""
+        info = self.tensors[name]
+        if info.dtype in _NOT_IN_SAFE_OPEN or info.dtype not in DTYPES:
+            if info.dtype not in DTYPES:
+                raise ValueError(f"{self.path}: tensor {name!r} has dtype {info.dtype}, "
+                                 "which NumPy cannot hold")
+            if self._map is None:
+                self._map = np.memmap(self.path, np.uint8, "r")
+            begin, end = self._offsets[name]
+            raw = self._map[self._data_start + begin : self._data_start + end]
+            dt = DTYPES[info.dtype].newbyteorder("<")
+            return raw.view(dt).reshape(info.shape)
+        if self._safe is None:
+            from safetensors import safe_open
+
+            self._safe = safe_open(self.path, framework="np")
+        return self._safe.get_tensor(name)
+
+    def nbytes_total(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+
+def open_safetensors(path: str | os.PathLike) -> Source:
+    """Opens ``path`` for streaming reads; ``OSError`` / ``ValueError`` name it."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path}: is a directory, not a safetensors file")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    return Source(path)
+
+
+def numel(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
