@@ -85,17 +85,20 @@ class Source:
             if info.dtype not in DTYPES:
                 raise ValueError(f"{self.path}: tensor {name!r} has dtype {info.dtype}, "
                                  "which NumPy cannot hold")
-            if self._map is None:
-                self._map = np.memmap(self.path, np.uint8, "r")
-            begin, end = self._offsets[name]
-            raw = self._map[self._data_start + begin : self._data_start + end]
             dt = DTYPES[info.dtype].newbyteorder("<")
-            return raw.view(dt).reshape(info.shape)
+            return self.raw(name).view(dt).reshape(info.shape)
         if self._safe is None:
             from safetensors import safe_open
 
             self._safe = safe_open(self.path, framework="np")
         return self._safe.get_tensor(name)
+
+    def raw(self, name: str) -> np.ndarray:
+        """The tensor's stored bytes (a read-only view of the memory map), to copy as is."""
+        if self._map is None:
+            self._map = np.memmap(self.path, np.uint8, "r")
+        begin, end = self._offsets[name]
+        return self._map[self._data_start + begin : self._data_start + end]
 
     def nbytes_total(self) -> int:
         return sum(t.nbytes for t in self.tensors.values())

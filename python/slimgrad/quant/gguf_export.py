@@ -37,25 +37,13 @@ from typing import Any
 
 import numpy as np
 
+from .._report import Row
 from . import gguf_mix
 from ._stream import Source, open_safetensors
 
 ARCHES = {"bert": "BERT", "llama": "LLAMA", "mistral": "LLAMA"}  # HF model_type -> MODEL_ARCH
 # checkpoint entries llama.cpp has no tensor for: never written
 _SKIP = re.compile(r"(^|\.)position_ids$|^pooler\.|^cls\.|rotary_emb\.inv_freq$")
-
-
-@dataclass
-class Row:
-    """One tensor of an export or a CLI run (the shared table format)."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str  # as read
-    stored: str  # as written: GGUF type, dtype or scheme
-    bytes_before: int
-    bytes_after: int
-    note: str = ""  # relative error, sparsity, or why it was kept / skipped
 
 
 @dataclass

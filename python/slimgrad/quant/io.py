@@ -138,6 +138,7 @@ def _layout(
 
 def _metadata(metadata: Mapping[str, str] | None, specs: dict[str, Any]) -> dict[str, str]:
     meta = dict(metadata or {})
+    meta["format"] = "slimgrad"  # not "pt": torch loaders must not take the codes as weights
     meta[META_KEY] = json.dumps({"version": FORMAT_VERSION, "tensors": specs})
     return meta
 
