@@ -38,7 +38,7 @@ def check_paths(source: str, output: str, output_is_folder: bool = False) -> Non
     if not os.path.exists(source):
         raise UsageError(f"{source}: no such file")
     if same_file(source, output):
-        raise UsageError(f"-o {output}: is the input; write to another path")
+        raise UsageError(f"-o {output}: is the input file; write to another path")
     if output_is_folder:
         if os.path.exists(output) and not os.path.isdir(output):
             raise UsageError(f"-o {output}: exists and is not a folder")
@@ -47,12 +47,12 @@ def check_paths(source: str, output: str, output_is_folder: bool = False) -> Non
         parent = os.path.dirname(os.path.abspath(output))
     else:
         if os.path.isdir(output):
-            raise UsageError(f"-o {output}: is a folder; -o takes the path of the file to write")
+            raise UsageError(f"{output}: is a directory; -o takes the path of the file to write")
         parent = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(parent):
-        raise UsageError(f"-o {output}: cannot write, no such folder {parent}")
+        raise UsageError(f"{output}: cannot write, no such directory {parent}")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"-o {output}: cannot write, folder {parent} is not writable")
+        raise UsageError(f"{output}: cannot write, directory {parent} is not writable")
 
 
 def refuse_quantized(path: str, metadata: dict[str, str], names: Iterable[str],

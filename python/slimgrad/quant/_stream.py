@@ -40,16 +40,18 @@ class Source:
     def __init__(self, path: str) -> None:
         self.path = path
         try:
+            size = os.path.getsize(path)
             with open(path, "rb") as f:
                 head = f.read(8)
                 if len(head) < 8:
-                    raise ValueError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+                    raise ValueError(f"{path}: not a safetensors file (too short)")
                 (n,) = struct.unpack("<Q", head)
-                if n > os.path.getsize(path) - 8:
-                    raise ValueError(f"{path}: not a safetensors file (header length {n})")
+                if 8 + n > size:
+                    raise ValueError(f"{path}: not a safetensors file "
+                                     f"(header length {n} beyond the end)")
                 header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ValueError(f"{path}: not a safetensors file (header is not JSON)") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not a safetensors file (bad header: {e})") from None
         except OSError as e:
             raise type(e)(f"{path}: cannot read ({e.strerror or e})") from None
         if not isinstance(header, dict):
@@ -57,13 +59,26 @@ class Source:
         meta = header.pop("__metadata__", None) or {}
         self.metadata: dict[str, str] = dict(meta) if isinstance(meta, dict) else {}
         self._data_start = 8 + n
+        entries = []
+        for name, e in header.items():
+            try:
+                begin, end = (int(v) for v in e["data_offsets"])
+                entries.append((begin, end, name, str(e["dtype"]), tuple(int(d) for d in
+                                                                         e["shape"])))
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"{path}: not a safetensors file (bad entry {name!r})") from None
         self._offsets: dict[str, tuple[int, int]] = {}
         self.tensors: dict[str, Info] = {}
-        entries = sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
-        for name, e in entries:  # file order
-            shape = tuple(int(s) for s in e["shape"])
-            begin, end = (int(x) for x in e["data_offsets"])
-            self.tensors[name] = Info(name, e["dtype"], shape, end - begin)
+        for begin, end, name, dtype, shape in sorted(entries):  # file order
+            if not 0 <= begin <= end <= size - self._data_start:
+                raise ValueError(f"{path}: tensor {name!r} lies outside the file")
+            expected = end - begin
+            if dtype in DTYPES:
+                expected = DTYPES[dtype].itemsize * math.prod(shape)
+            if end - begin != expected:
+                raise ValueError(f"{path}: tensor {name!r} has {end - begin} bytes, "
+                                 f"{dtype} {shape} needs {expected}")
+            self.tensors[name] = Info(name, dtype, shape, end - begin)
             self._offsets[name] = (begin, end)
         self._safe = None
         self._map: np.memmap | None = None
@@ -114,5 +129,3 @@ def open_safetensors(path: str | os.PathLike) -> Source:
     return Source(path)
 
 
-def numel(shape: tuple[int, ...]) -> int:
-    return math.prod(shape)

@@ -260,15 +260,16 @@ def _run_integer(args: argparse.Namespace, fmt: str) -> int:
                          "config.json next to the weights")
     if os.path.isdir(args.input):
         if fmt != "compressed-tensors":
-            raise UsageError(f"{args.input}: is a folder; --format {fmt} takes a .safetensors")
+            raise UsageError(f"{args.input}: is a directory, not a safetensors file (a model "
+                             "folder is read by --format gguf and compressed-tensors)")
         files = _weight_files(Path(args.input))[1]
         if len(files) != 1:
             raise UsageError(f"{args.input}: sharded checkpoints are not supported here yet")
         path = str(files[0])
     else:
         path = args.input
-    scheme = f"int{args.bits} {'asym' if args.asymmetric else 'sym'} " + (
-        f"group {args.group_size}" if args.group_size else "per channel")
+    scheme = f"int{args.bits}/{'asym' if args.asymmetric else 'sym'}/" + (
+        f"g{args.group_size}" if args.group_size else "channel")
     rows: list[Row] = []
     out: dict[str, st.Entry] = {}
     specs: dict[str, Any] = {}
