@@ -54,16 +54,23 @@ def _gelu(x: np.ndarray) -> np.ndarray:  # erf GELU, as BERT's "gelu"
     return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
 
 
-def embed(w: dict[str, np.ndarray], sentences_ids: list[list[int]], n_layer: int = 6,
-          n_head: int = 12, eps: float = 1e-12) -> list[np.ndarray]:
+def embed(
+    w: dict[str, np.ndarray],
+    sentences_ids: list[list[int]],
+    n_layer: int = 6,
+    n_head: int = 12,
+    eps: float = 1e-12,
+) -> list[np.ndarray]:
     """Mean-pooled last hidden states (float64) of tokenized sentences."""
     g = {k: np.asarray(v, np.float64) for k, v in w.items() if k != "token_embd.weight"}
-    return [_embed_one(g, w["token_embd.weight"], ids, n_layer, n_head, eps)
-            for ids in sentences_ids]
+    return [
+        _embed_one(g, w["token_embd.weight"], ids, n_layer, n_head, eps) for ids in sentences_ids
+    ]
 
 
-def _embed_one(g: dict[str, np.ndarray], tok: np.ndarray, ids: list[int], n_layer: int,
-               n_head: int, eps: float) -> np.ndarray:
+def _embed_one(
+    g: dict[str, np.ndarray], tok: np.ndarray, ids: list[int], n_layer: int, n_head: int, eps: float
+) -> np.ndarray:
     n = len(ids)
     x = tok[ids].astype(np.float64) + g["position_embd.weight"][:n] + g["token_types.weight"][0]
     x = _layer_norm(x, g["token_embd_norm.weight"], g["token_embd_norm.bias"], eps)
@@ -75,17 +82,24 @@ def _embed_one(g: dict[str, np.ndarray], tok: np.ndarray, ids: list[int], n_laye
         def lin(name: str, h: np.ndarray, p: str = p) -> np.ndarray:
             return h @ g[p + name + ".weight"].T + g[p + name + ".bias"]
 
-        q, k, v = (lin(t, x).reshape(n, n_head, hd).transpose(1, 0, 2)
-                   for t in ("attn_q", "attn_k", "attn_v"))
+        q, k, v = (
+            lin(t, x).reshape(n, n_head, hd).transpose(1, 0, 2)
+            for t in ("attn_q", "attn_k", "attn_v")
+        )
         s = q @ k.transpose(0, 2, 1) / math.sqrt(hd)
         s = np.exp(s - s.max(-1, keepdims=True))
         a = (s / s.sum(-1, keepdims=True)) @ v
         a = a.transpose(1, 0, 2).reshape(n, d)
-        x = _layer_norm(x + lin("attn_output", a), g[p + "attn_output_norm.weight"],
-                        g[p + "attn_output_norm.bias"], eps)
+        x = _layer_norm(
+            x + lin("attn_output", a),
+            g[p + "attn_output_norm.weight"],
+            g[p + "attn_output_norm.bias"],
+            eps,
+        )
         h = lin("ffn_down", _gelu(lin("ffn_up", x)))
-        x = _layer_norm(x + h, g[p + "layer_output_norm.weight"],
-                        g[p + "layer_output_norm.bias"], eps)
+        x = _layer_norm(
+            x + h, g[p + "layer_output_norm.weight"], g[p + "layer_output_norm.bias"], eps
+        )
     return x.mean(0)
 
 

@@ -25,11 +25,22 @@ FTYPES = ["F32", "F16", "Q8_0", "Q4_0"] + [
 ]
 K_MISSING = "K-quant kernels (slimgrad.quant.kquants) not built on this branch yet"
 
-PER_LAYER = ["attn_q", "attn_k", "attn_v", "attn_output", "attn_output_norm", "ffn_up",
-             "ffn_down", "layer_output_norm"]
+PER_LAYER = [
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "attn_output_norm",
+    "ffn_up",
+    "ffn_down",
+    "layer_output_norm",
+]
 EXPECTED_NAMES = {
-    "token_embd.weight", "token_types.weight", "position_embd.weight",
-    "token_embd_norm.weight", "token_embd_norm.bias",
+    "token_embd.weight",
+    "token_types.weight",
+    "position_embd.weight",
+    "token_embd_norm.weight",
+    "token_embd_norm.bias",
     *(f"blk.{i}.{t}.{s}" for i in range(6) for t in PER_LAYER for s in ("weight", "bias")),
 }
 
@@ -39,19 +50,26 @@ def original() -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
     hf = load_file(os.path.join(minilm_dir(), "model.safetensors"))
-    names = {"embeddings.word_embeddings": "token_embd", "embeddings.position_embeddings":
-             "position_embd", "embeddings.token_type_embeddings": "token_types",
-             "embeddings.LayerNorm": "token_embd_norm"}
+    names = {
+        "embeddings.word_embeddings": "token_embd",
+        "embeddings.position_embeddings": "position_embd",
+        "embeddings.token_type_embeddings": "token_types",
+        "embeddings.LayerNorm": "token_embd_norm",
+    }
     for i in range(6):
         p = f"encoder.layer.{i}."
-        names.update({p + "attention.self.query": f"blk.{i}.attn_q",
-                      p + "attention.self.key": f"blk.{i}.attn_k",
-                      p + "attention.self.value": f"blk.{i}.attn_v",
-                      p + "attention.output.dense": f"blk.{i}.attn_output",
-                      p + "attention.output.LayerNorm": f"blk.{i}.attn_output_norm",
-                      p + "intermediate.dense": f"blk.{i}.ffn_up",
-                      p + "output.dense": f"blk.{i}.ffn_down",
-                      p + "output.LayerNorm": f"blk.{i}.layer_output_norm"})
+        names.update(
+            {
+                p + "attention.self.query": f"blk.{i}.attn_q",
+                p + "attention.self.key": f"blk.{i}.attn_k",
+                p + "attention.self.value": f"blk.{i}.attn_v",
+                p + "attention.output.dense": f"blk.{i}.attn_output",
+                p + "attention.output.LayerNorm": f"blk.{i}.attn_output_norm",
+                p + "intermediate.dense": f"blk.{i}.ffn_up",
+                p + "output.dense": f"blk.{i}.ffn_down",
+                p + "output.LayerNorm": f"blk.{i}.layer_output_norm",
+            }
+        )
     out = {}
     for k, v in hf.items():
         base, _, suffix = k.rpartition(".")
@@ -63,9 +81,13 @@ def original() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gguf")
-    return {ft: (folder / f"minilm-{ft}.gguf", export_gguf(minilm_dir(), folder /
-                                                           f"minilm-{ft}.gguf", ft))
-            for ft in FTYPES}
+    return {
+        ft: (
+            folder / f"minilm-{ft}.gguf",
+            export_gguf(minilm_dir(), folder / f"minilm-{ft}.gguf", ft),
+        )
+        for ft in FTYPES
+    }
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +116,9 @@ def test_keys_llama_cpp_needs(files, ftype):
     assert field(r, "bert.pooling_type") == 1  # mean, from 1_Pooling/config.json
     assert field(r, "tokenizer.ggml.token_type_count") == 2
     assert field(r, "tokenizer.ggml.model") == "bert"
-    assert field(r, "general.file_type") == int(gguf.LlamaFileType[
-        "ALL_F32" if ftype == "F32" else f"MOSTLY_{ftype}"])
+    assert field(r, "general.file_type") == int(
+        gguf.LlamaFileType["ALL_F32" if ftype == "F32" else f"MOSTLY_{ftype}"]
+    )
     assert field(r, "general.quantization_version") == gguf.GGML_QUANT_VERSION
     assert field(r, "tokenizer.ggml.seperator_token_id") == 102
     assert field(r, "tokenizer.ggml.unknown_token_id") == 100
@@ -126,8 +149,11 @@ def test_tensor_names_types_and_values(files, ftype):
     assert len(r.tensors) == 101 and set(tensors) == EXPECTED_NAMES
     w = original()
     for name, t in tensors.items():
-        kept = name.endswith(".bias") or "norm" in name or name in (
-            "position_embd.weight", "token_types.weight")
+        kept = (
+            name.endswith(".bias")
+            or "norm" in name
+            or name in ("position_embd.weight", "token_types.weight")
+        )
         got = t.tensor_type.name
         if kept:
             assert got == "F32", name
@@ -154,15 +180,20 @@ def test_tensor_names_types_and_values(files, ftype):
         else:  # our blocks, dequantized by the gguf package, equal our own dequantization
             ours = gguf_mix.quantize_blocks(w[name], got)
             np.testing.assert_array_equal(np.asarray(t.data).reshape(ours.shape), ours)
-            np.testing.assert_array_equal(values, gguf_mix.dequantize_blocks(ours, got,
-                                                                              w[name].shape))
+            np.testing.assert_array_equal(
+                values, gguf_mix.dequantize_blocks(ours, got, w[name].shape)
+            )
 
 
 @pytest.mark.parametrize("ftype", FTYPES)
 def test_embeddings_from_the_file_match_the_float_model(files, reference, ftype):
     r = gguf.GGUFReader(str(files[ftype][0]))
-    w = {t.name: gguf.quants.dequantize(t.data, t.tensor_type).reshape(
-        tuple(int(s) for s in reversed(t.shape))) for t in r.tensors}
+    w = {
+        t.name: gguf.quants.dequantize(t.data, t.tensor_type).reshape(
+            tuple(int(s) for s in reversed(t.shape))
+        )
+        for t in r.tensors
+    }
     cos = [cosine(e, ref) for e, ref in zip(embed(w, token_ids(SENTENCES)), reference)]
     assert min(cos) >= MIN_COSINE.get(ftype, 0.94), cos
     if ftype == "F32":
@@ -200,8 +231,13 @@ def test_llama_cpp_loads_and_embeds(files, reference, ftype):
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
     if ftype not in files:
         pytest.skip(K_MISSING)
-    llm = llama_cpp.Llama(model_path=str(files[ftype][0]), embedding=True, verbose=False,
-                          n_ctx=512, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+    llm = llama_cpp.Llama(
+        model_path=str(files[ftype][0]),
+        embedding=True,
+        verbose=False,
+        n_ctx=512,
+        pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+    )
     for sentence, ids in zip(SENTENCES, token_ids(SENTENCES)):
         assert llm.tokenize(sentence.encode()) == ids  # the vocabulary tokenizes as BERT's
     cos = [cosine(llm.embed(s), ref) for s, ref in zip(SENTENCES, reference)]
@@ -211,12 +247,17 @@ def test_llama_cpp_loads_and_embeds(files, reference, ftype):
 def test_mix_rules_for_a_32_layer_llama():
     """Q4_K_M on a llama-7B-like shape list: use_more_bits picks layers 0-3, 28-31 and
     every third from 6; the output gets Q6_K, the untied token embedding Q4_K."""
-    shapes = [("token_embd.weight", (32000, 4096)), ("output.weight", (32000, 4096)),
-              ("output_norm.weight", (4096,))]
+    shapes = [
+        ("token_embd.weight", (32000, 4096)),
+        ("output.weight", (32000, 4096)),
+        ("output_norm.weight", (4096,)),
+    ]
     for i in range(32):
-        shapes += [(f"blk.{i}.attn_v.weight", (4096, 4096)),
-                   (f"blk.{i}.ffn_down.weight", (4096, 11008)),  # 11008 = 43 * 256
-                   (f"blk.{i}.ffn_up.weight", (11008, 4096))]
+        shapes += [
+            (f"blk.{i}.attn_v.weight", (4096, 4096)),
+            (f"blk.{i}.ffn_down.weight", (4096, 11008)),  # 11008 = 43 * 256
+            (f"blk.{i}.ffn_up.weight", (11008, 4096)),
+        ]
     more = {0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31}
     c = gguf_mix.choose_types(shapes, "Q4_K_M")
     assert c["output.weight"].type == "Q6_K" and c["token_embd.weight"].type == "Q4_K"
@@ -225,8 +266,9 @@ def test_mix_rules_for_a_32_layer_llama():
         assert c[f"blk.{i}.attn_v.weight"].type == ("Q6_K" if i in more else "Q4_K")
         assert c[f"blk.{i}.ffn_down.weight"].type == ("Q6_K" if i in more else "Q4_K")
         assert c[f"blk.{i}.ffn_up.weight"].type == "Q4_K"
-    over = gguf_mix.choose_types(shapes, "Q4_K_M", overrides=[(r"ffn_up", "Q8_0")],
-                                 output_tensor_type="Q8_0")
+    over = gguf_mix.choose_types(
+        shapes, "Q4_K_M", overrides=[(r"ffn_up", "Q8_0")], output_tensor_type="Q8_0"
+    )
     assert over["blk.7.ffn_up.weight"].type == "Q8_0" and over["output.weight"].type == "Q8_0"
     with pytest.raises(ValueError, match="ftype"):
         gguf_mix.choose_types(shapes, "Q4_K_X")
@@ -237,5 +279,6 @@ def test_mix_rules_for_a_32_layer_llama():
 def test_legacy_blocks_are_the_gguf_package_bytes():
     w = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
     for t in sg.TYPES:
-        np.testing.assert_array_equal(gguf_mix.quantize_blocks(w, t),
-                                      gguf.quants.quantize(w, gguf.GGMLQuantizationType[t]))
+        np.testing.assert_array_equal(
+            gguf_mix.quantize_blocks(w, t), gguf.quants.quantize(w, gguf.GGMLQuantizationType[t])
+        )

@@ -92,8 +92,14 @@ def test_half_precision_matrices_are_quantized(tmp_path, rng, capsys, dtype):
     assert code == 0
     r = row(table, "fc.weight")
     code_in = CODES[np.dtype(dtype).name]
-    assert r[:6] == ["fc.weight", "16x64", code_in, "int4/sym/g32", "2,048",
-                     f"{16 * 32 + 16 * 2 * 4:,}"]
+    assert r[:6] == [
+        "fc.weight",
+        "16x64",
+        code_in,
+        "int4/sym/g32",
+        "2,048",
+        f"{16 * 32 + 16 * 2 * 4:,}",
+    ]
     qt = quant.load(out)["fc.weight"]
     assert isinstance(qt, quant.QuantizedTensor) and qt.bits == 4
     expected = quant.quantize(w.astype(np.float32), 4, granularity="group", group_size=32)
@@ -137,7 +143,8 @@ def test_safetensors_output_keeps_other_tensors_and_metadata(tmp_path, rng, caps
             assert header[name]["dtype"] == CODES[tensors[name].dtype.name], name
             assert data[name] == blobs[name], name
             assert row(table, name)[4:] == [f"{len(blobs[name]):,}"] * 2 + [
-                "kept (not a 2-D float tensor)"]
+                "kept (not a 2-D float tensor)"
+            ]
     assert header["w"]["dtype"] == "I8" and "w.scale" in header
     specs = json.loads(meta.pop("slimgrad.quant"))
     # slimgrad's layout never claims "pt": torch loaders must not read codes as weights
@@ -182,9 +189,7 @@ def test_gguf_output_keeps_every_value(tmp_path, rng, capsys):
         values = np.asarray(t.data).reshape(tensors[name].shape)
         assert values.dtype == dtype
         np.testing.assert_array_equal(values, tensors[name].astype(dtype))
-    np.testing.assert_array_equal(
-        np.asarray(found["big"].data), [2**31 - 1, 16777217, -(2**62)]
-    )
+    np.testing.assert_array_equal(np.asarray(found["big"].data), [2**31 - 1, 16777217, -(2**62)])
     assert int(found["u8"].n_bytes) == 6 and row(table, "u8")[4:6] == ["3", "6"]
 
 
@@ -197,7 +202,8 @@ def test_save_gguf_library_keeps_integers_and_refuses_what_gguf_cannot_hold(tmp_
     }
     np.testing.assert_array_equal(np.asarray(gguf_tensors(path)["big"].data), big)
     with pytest.raises(
-        ValueError, match=r"^tensors\['u'\]: GGUF has no type that holds uint64 values from 2\*\*63$"
+        ValueError,
+        match=r"^tensors\['u'\]: GGUF has no type that holds uint64 values from 2\*\*63$",
     ):
         quant.save_gguf(tmp_path / "u.gguf", {"u": np.array([2**63], np.uint64)})
     with pytest.raises(
@@ -294,14 +300,19 @@ def test_bad_paths_are_one_clean_line(tmp_path, rng, capsys):
     src = tmp_path / "m.safetensors"
     write_safetensors(src, {"w": rng.standard_normal((4, 32)).astype(np.float32)})
     cases = [
-        ([src, "-o", tmp_path], f"{tmp_path}: is a directory; -o takes the path of the file to "
-         "write"),
+        (
+            [src, "-o", tmp_path],
+            f"{tmp_path}: is a directory; -o takes the path of the file to write",
+        ),
         (
             [src, "-o", tmp_path / "nope" / "o.gguf"],
             f"{tmp_path / 'nope' / 'o.gguf'}: cannot write, no such directory {tmp_path / 'nope'}",
         ),
-        ([tmp_path, "-o", tmp_path / "o"], f"{tmp_path}: is a directory, not a safetensors file "
-         "(a model folder is read by --format gguf and compressed-tensors)"),
+        (
+            [tmp_path, "-o", tmp_path / "o"],
+            f"{tmp_path}: is a directory, not a safetensors file "
+            "(a model folder is read by --format gguf and compressed-tensors)",
+        ),
         ([tmp_path / "none", "-o", tmp_path / "o"], f"{tmp_path / 'none'}: no such file"),
     ]
     for argv, message in cases:

@@ -36,8 +36,13 @@ def test_values_decompressed_by_the_package_equal_ours(bits, symmetric, group_si
     from compressed_tensors.quantization import QuantizationScheme
 
     w = np.random.default_rng(1).standard_normal((48, 96)).astype(np.float32)
-    qt = quantize(w, bits, symmetric=symmetric, granularity="group" if group_size else "channel",
-                  group_size=group_size or 128)
+    qt = quantize(
+        w,
+        bits,
+        symmetric=symmetric,
+        granularity="group" if group_size else "channel",
+        group_size=group_size or 128,
+    )
     parts = compressed.tensors("layer.weight", qt)
     config = compressed.quantization_config(["layer"], bits, symmetric, group_size)
     scheme = QuantizationScheme(**config["config_groups"]["group_0"])
@@ -64,8 +69,16 @@ def test_transformers_loads_minilm_with_slimgrad_values(tmp_path, capsys, bits, 
     from safetensors.numpy import load_file
 
     out = tmp_path / f"int{bits}"
-    argv = ["quantize", minilm_dir(), "-o", str(out), "--format", "compressed-tensors",
-            "--bits", str(bits)] + (["--group-size", str(group)] if group else [])
+    argv = [
+        "quantize",
+        minilm_dir(),
+        "-o",
+        str(out),
+        "--format",
+        "compressed-tensors",
+        "--bits",
+        str(bits),
+    ] + (["--group-size", str(group)] if group else [])
     assert cli.main(argv) == 0
     capsys.readouterr()
     cfg = json.loads((out / "config.json").read_text())["quantization_config"]
@@ -77,8 +90,9 @@ def test_transformers_loads_minilm_with_slimgrad_values(tmp_path, capsys, bits, 
     ref_sd = {}
     for k, v in float_sd.items():
         if k.endswith(".weight") and v.ndim == 2 and k.startswith("encoder."):
-            v = quantize(v, bits, granularity="group" if group else "channel",
-                         group_size=group or 128).dequantize()
+            v = quantize(
+                v, bits, granularity="group" if group else "channel", group_size=group or 128
+            ).dequantize()
         ref_sd[k] = torch.from_numpy(np.ascontiguousarray(v))
     ref = transformers.AutoModel.from_pretrained(minilm_dir()).eval()
     ref.load_state_dict(ref_sd, strict=False)

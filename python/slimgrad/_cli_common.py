@@ -55,24 +55,37 @@ def check_paths(source: str, output: str, output_is_folder: bool = False) -> Non
         raise UsageError(f"{output}: cannot write, directory {parent} is not writable")
 
 
-def refuse_quantized(path: str, metadata: dict[str, str], names: Iterable[str],
-                     command: str) -> None:
+def refuse_gguf(path: str, command: str) -> None:
+    """UsageError when ``path`` is a GGUF file (checked before parsing it as safetensors)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError:
+        return  # not readable: the reader reports it
+    if magic == b"GGUF":
+        raise UsageError(
+            f"{path}: is a GGUF file; `slimgrad {command}` reads float safetensors "
+            "checkpoints (GGUF files are run by llama.cpp)"
+        )
+
+
+def refuse_quantized(
+    path: str, metadata: dict[str, str], names: Iterable[str], command: str
+) -> None:
     """UsageError when ``path`` is already quantized (by slimgrad or in compressed-tensors),
     naming what reads it."""
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic == b"GGUF":
-        raise UsageError(f"{path}: is a GGUF file; `slimgrad {command}` reads float safetensors "
-                         "checkpoints (GGUF files are run by llama.cpp)")
+    refuse_gguf(path, command)
     if "slimgrad.quant" in metadata:
         raise UsageError(
             f"{path}: already quantized by slimgrad (slimgrad.quant metadata); it is read by "
-            f"slimgrad.quant.load(); `slimgrad {command}` takes the float checkpoint")
+            f"slimgrad.quant.load(); `slimgrad {command}` takes the float checkpoint"
+        )
     parts = [n for n in names if n.endswith((".weight_packed", ".weight_scale"))]
     if parts:
         raise UsageError(
             f"{path}: holds compressed-tensors quantized weights ({parts[0]}); it is read by "
-            f"transformers / vLLM; `slimgrad {command}` takes the float checkpoint")
+            f"transformers / vLLM; `slimgrad {command}` takes the float checkpoint"
+        )
 
 
 def compile_patterns(option: str, patterns: Sequence[str] | None) -> list[re.Pattern[str]]:
@@ -85,8 +98,9 @@ def compile_patterns(option: str, patterns: Sequence[str] | None) -> list[re.Pat
     return out
 
 
-def selected(name: str, include: Sequence[re.Pattern[str]],
-             exclude: Sequence[re.Pattern[str]]) -> tuple[bool, str]:
+def selected(
+    name: str, include: Sequence[re.Pattern[str]], exclude: Sequence[re.Pattern[str]]
+) -> tuple[bool, str]:
     """(whether to work on ``name``, why not): --exclude wins, then --include, then the
     defaults (:data:`NEVER_BY_DEFAULT`)."""
     if any(p.search(name) for p in exclude):
@@ -105,5 +119,6 @@ def progress(items: Iterable[T], total: int, desc: str) -> Iterator[T]:
     except ImportError:
         yield from items
         return
-    yield from tqdm(items, total=total, desc=desc, unit="tensor", file=sys.stderr,
-                    disable=None, leave=False)
+    yield from tqdm(
+        items, total=total, desc=desc, unit="tensor", file=sys.stderr, disable=None, leave=False
+    )

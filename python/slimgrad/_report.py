@@ -29,14 +29,23 @@ def print_table(rows: Sequence[Row], summary: str, file: Any = None) -> None:
     shapes = ["x".join(map(str, r.shape)) or "scalar" for r in rows]
     sw = max([len("shape")] + [len(s) for s in shapes])
     tw = max([len("stored")] + [len(r.stored) for r in rows])
-    print(f"{'tensor':<{width}}  {'shape':<{sw}}  {'dtype':<5}  {'stored':<{tw}}  "
-          f"{'bytes before':>13}  {'bytes after':>12}  note", file=file)
+    print(
+        f"{'tensor':<{width}}  {'shape':<{sw}}  {'dtype':<5}  {'stored':<{tw}}  "
+        f"{'bytes before':>13}  {'bytes after':>12}  note",
+        file=file,
+    )
     before = after = 0
     for r, s in zip(rows, shapes):
         before += r.bytes_before
         after += r.bytes_after
-        print(f"{r.name:<{width}}  {s:<{sw}}  {r.dtype:<5}  {r.stored:<{tw}}  "
-              f"{r.bytes_before:>13,}  {r.bytes_after:>12,}  {r.note}", file=file)
+        print(
+            f"{r.name:<{width}}  {s:<{sw}}  {r.dtype:<5}  {r.stored:<{tw}}  "
+            f"{r.bytes_before:>13,}  {r.bytes_after:>12,}  {r.note}",
+            file=file,
+        )
     ratio = f"{before / after:.2f}x smaller" if after else "nothing written"
-    print(f"{'total':<{width}}  {'':<{sw}}  {'':<5}  {'':<{tw}}  {before:>13,}  {after:>12,}  "
-          f"({ratio}; {summary})", file=file)
+    print(
+        f"{'total':<{width}}  {'':<{sw}}  {'':<5}  {'':<{tw}}  {before:>13,}  {after:>12,}  "
+        f"({ratio}; {summary})",
+        file=file,
+    )

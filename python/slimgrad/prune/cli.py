@@ -25,6 +25,7 @@ from .._cli_common import (
     compile_patterns,
     print_table,
     progress,
+    refuse_gguf,
     refuse_quantized,
     selected,
 )
@@ -44,19 +45,40 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXAMPLES
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("input", metavar="IN.safetensors", help="checkpoint to prune")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT.safetensors",
-                        help="where to write the pruned checkpoint (written atomically)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT.safetensors",
+        help="where to write the pruned checkpoint (written atomically)",
+    )
     how = parser.add_mutually_exclusive_group(required=True)
-    how.add_argument("--sparsity", type=float, metavar="S",
-                     help="prune this fraction (0..1) of each tensor by magnitude")
-    how.add_argument("--nm", metavar="N:M",
-                     help="keep N of every M consecutive entries of the last axis, e.g. 2:4")
-    parser.add_argument("--global", dest="global_", action="store_true",
-                        help="with --sparsity: one magnitude threshold across all pruned tensors")
-    parser.add_argument("--include", action="append", metavar="REGEX",
-                        help="also prune matching tensors (embeddings, norms, pooler, output)")
-    parser.add_argument("--exclude", action="append", metavar="REGEX",
-                        help="keep matching tensors unchanged")
+    how.add_argument(
+        "--sparsity",
+        type=float,
+        metavar="S",
+        help="prune this fraction (0..1) of each tensor by magnitude",
+    )
+    how.add_argument(
+        "--nm",
+        metavar="N:M",
+        help="keep N of every M consecutive entries of the last axis, e.g. 2:4",
+    )
+    parser.add_argument(
+        "--global",
+        dest="global_",
+        action="store_true",
+        help="with --sparsity: one magnitude threshold across all pruned tensors",
+    )
+    parser.add_argument(
+        "--include",
+        action="append",
+        metavar="REGEX",
+        help="also prune matching tensors (embeddings, norms, pooler, output)",
+    )
+    parser.add_argument(
+        "--exclude", action="append", metavar="REGEX", help="keep matching tensors unchanged"
+    )
 
 
 def _parse_nm(text: str) -> tuple[int, int]:
@@ -80,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     include = compile_patterns("--include", args.include)
     exclude = compile_patterns("--exclude", args.exclude)
     check_paths(args.input, args.output)
+    refuse_gguf(args.input, "prune")
     try:
         src = open_safetensors(args.input)
     except OSError as e:
@@ -111,8 +134,17 @@ def run(args: argparse.Namespace) -> int:
         for name, info in progress(src.tensors.items(), len(src.tensors), "prune"):
             if name not in targets:
                 out[name] = st.Entry(info.dtype, list(info.shape), src.raw(name))
-                rows.append(Row(name, info.shape, info.dtype, info.dtype, info.nbytes,
-                                info.nbytes, why[name]))
+                rows.append(
+                    Row(
+                        name,
+                        info.shape,
+                        info.dtype,
+                        info.dtype,
+                        info.nbytes,
+                        info.nbytes,
+                        why[name],
+                    )
+                )
                 continue
             w = np.array(src.array(name))  # a writable copy, pruned in place
             _first_nan(w, name)  # the mask functions would name it `w`: name the tensor
@@ -129,15 +161,24 @@ def run(args: argparse.Namespace) -> int:
             zeros_total += zeros
             size_total += size
             note = f"{zeros / size:.2%} zero" if size else "-"
-            rows.append(Row(name, info.shape, info.dtype, info.dtype, info.nbytes,
-                            len(out[name].data), note))
+            rows.append(
+                Row(
+                    name, info.shape, info.dtype, info.dtype, info.nbytes, len(out[name].data), note
+                )
+            )
         try:
             st.write(args.output, out, src.metadata or None)
         except OSError as e:  # its filename is the temporary file: report the output instead
             raise UsageError(f"{args.output}: cannot write ({e.strerror or e})") from None
     share = zeros_total / size_total if size_total else 0.0
-    how = f"{nm[0]}:{nm[1]}" if nm else f"sparsity {args.sparsity}" + (
-        " global" if args.global_ else "")
-    print_table(rows, f"{how}: {zeros_total} of {size_total} weights in {len(targets)} pruned "
-                f"tensors are zero ({share:.2%}); wrote {args.output}")
+    how = (
+        f"{nm[0]}:{nm[1]}"
+        if nm
+        else f"sparsity {args.sparsity}" + (" global" if args.global_ else "")
+    )
+    print_table(
+        rows,
+        f"{how}: {zeros_total} of {size_total} weights in {len(targets)} pruned "
+        f"tensors are zero ({share:.2%}); wrote {args.output}",
+    )
     return 0

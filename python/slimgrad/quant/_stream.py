@@ -47,8 +47,9 @@ class Source:
                     raise ValueError(f"{path}: not a safetensors file (too short)")
                 (n,) = struct.unpack("<Q", head)
                 if 8 + n > size:
-                    raise ValueError(f"{path}: not a safetensors file "
-                                     f"(header length {n} beyond the end)")
+                    raise ValueError(
+                        f"{path}: not a safetensors file (header length {n} beyond the end)"
+                    )
                 header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: not a safetensors file (bad header: {e})") from None
@@ -63,8 +64,9 @@ class Source:
         for name, e in header.items():
             try:
                 begin, end = (int(v) for v in e["data_offsets"])
-                entries.append((begin, end, name, str(e["dtype"]), tuple(int(d) for d in
-                                                                         e["shape"])))
+                entries.append(
+                    (begin, end, name, str(e["dtype"]), tuple(int(d) for d in e["shape"]))
+                )
             except (KeyError, TypeError, ValueError):
                 raise ValueError(f"{path}: not a safetensors file (bad entry {name!r})") from None
         self._offsets: dict[str, tuple[int, int]] = {}
@@ -76,8 +78,10 @@ class Source:
             if dtype in DTYPES:
                 expected = DTYPES[dtype].itemsize * math.prod(shape)
             if end - begin != expected:
-                raise ValueError(f"{path}: tensor {name!r} has {end - begin} bytes, "
-                                 f"{dtype} {shape} needs {expected}")
+                raise ValueError(
+                    f"{path}: tensor {name!r} has {end - begin} bytes, "
+                    f"{dtype} {shape} needs {expected}"
+                )
             self.tensors[name] = Info(name, dtype, shape, end - begin)
             self._offsets[name] = (begin, end)
         self._safe = None
@@ -98,8 +102,9 @@ class Source:
         info = self.tensors[name]
         if info.dtype in _NOT_IN_SAFE_OPEN or info.dtype not in DTYPES:
             if info.dtype not in DTYPES:
-                raise ValueError(f"{self.path}: tensor {name!r} has dtype {info.dtype}, "
-                                 "which NumPy cannot hold")
+                raise ValueError(
+                    f"{self.path}: tensor {name!r} has dtype {info.dtype}, which NumPy cannot hold"
+                )
             dt = DTYPES[info.dtype].newbyteorder("<")
             return self.raw(name).view(dt).reshape(info.shape)
         if self._safe is None:
@@ -127,5 +132,3 @@ def open_safetensors(path: str | os.PathLike) -> Source:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
     return Source(path)
-
-

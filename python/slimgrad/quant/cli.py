@@ -41,8 +41,14 @@ EXAMPLES = """examples:
 """
 
 # options of the integer quantizer, and the value each has when not given
-_INT_OPTIONS = {"bits": 8, "group_size": None, "asymmetric": False, "rounding": "half_even",
-                "clip": "minmax", "nonfinite": "raise"}
+_INT_OPTIONS = {
+    "bits": 8,
+    "group_size": None,
+    "asymmetric": False,
+    "rounding": "half_even",
+    "clip": "minmax",
+    "nonfinite": "raise",
+}
 _GGUF_OPTIONS = ("type", "imatrix", "tensor_type", "token_embedding_type", "output_tensor_type")
 
 
@@ -50,37 +56,70 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.split("\n\n", 1)[1]
     parser.epilog = EXAMPLES
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("input", metavar="IN",
-                        help="model folder (config.json + model.safetensors) or a .safetensors")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT",
-                        help="file to write (compressed-tensors: a new folder)")
-    parser.add_argument("--format", choices=("safetensors", "gguf", "compressed-tensors"),
-                        help="output format (default: gguf for a .gguf OUT, else safetensors)")
+    parser.add_argument(
+        "input",
+        metavar="IN",
+        help="model folder (config.json + model.safetensors) or a .safetensors",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="file to write (compressed-tensors: a new folder)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("safetensors", "gguf", "compressed-tensors"),
+        help="output format (default: gguf for a .gguf OUT, else safetensors)",
+    )
     g = parser.add_argument_group("GGUF (llama.cpp)")
-    g.add_argument("--type", metavar="TYPE",
-                   help="llama.cpp file type: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K_M "
-                   "Q5_K_M ... (default Q8_0)")
+    g.add_argument(
+        "--type",
+        metavar="TYPE",
+        help="llama.cpp file type: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K_M "
+        "Q5_K_M ... (default Q8_0)",
+    )
     g.add_argument("--imatrix", metavar="FILE", help="llama.cpp importance matrix (K types)")
-    g.add_argument("--tensor-type", action="append", metavar="REGEX=TYPE",
-                   help="type for tensors whose GGUF name matches REGEX (repeatable)")
+    g.add_argument(
+        "--tensor-type",
+        action="append",
+        metavar="REGEX=TYPE",
+        help="type for tensors whose GGUF name matches REGEX (repeatable)",
+    )
     g.add_argument("--token-embedding-type", metavar="TYPE")
     g.add_argument("--output-tensor-type", metavar="TYPE")
     q = parser.add_argument_group("integer quantization (safetensors, compressed-tensors)")
     q.add_argument("--bits", type=int, help="2..8 (default 8)")
-    q.add_argument("--group-size", type=int,
-                   help="values per scale along the last axis (default: one scale per row)")
-    q.add_argument("--asymmetric", action="store_true", default=None,
-                   help="unsigned codes with a zero point")
+    q.add_argument(
+        "--group-size",
+        type=int,
+        help="values per scale along the last axis (default: one scale per row)",
+    )
+    q.add_argument(
+        "--asymmetric", action="store_true", default=None, help="unsigned codes with a zero point"
+    )
     q.add_argument("--rounding", choices=("half_even", "half_away", "stochastic"))
     q.add_argument("--clip", choices=("minmax", "percentile", "mse"))
-    q.add_argument("--nonfinite", choices=("raise", "propagate"),
-                   help="a NaN/inf in a tensor: stop (default) or give its groups a NaN scale")
+    q.add_argument(
+        "--nonfinite",
+        choices=("raise", "propagate"),
+        help="a NaN/inf in a tensor: stop (default) or give its groups a NaN scale",
+    )
     s = parser.add_argument_group("which tensors")
-    s.add_argument("--include", action="append", metavar="REGEX",
-                   help="also quantize matching tensors (by default embeddings, norms, biases, "
-                   "pooler and output head are kept)")
-    s.add_argument("--exclude", action="append", metavar="REGEX",
-                   help="keep matching tensors unquantized (GGUF: as F32)")
+    s.add_argument(
+        "--include",
+        action="append",
+        metavar="REGEX",
+        help="also quantize matching tensors (by default embeddings, norms, biases, "
+        "pooler and output head are kept)",
+    )
+    s.add_argument(
+        "--exclude",
+        action="append",
+        metavar="REGEX",
+        help="keep matching tensors unquantized (GGUF: as F32)",
+    )
 
 
 def _given(args: argparse.Namespace, names: Any) -> list[str]:
@@ -94,15 +133,17 @@ def _model_folder(path: str) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._cli_common import UsageError, check_paths
+    from .._cli_common import UsageError, check_paths, refuse_gguf
 
     fmt = args.format or ("gguf" if args.output.endswith(".gguf") else "safetensors")
     if fmt == "gguf":
         wrong = _given(args, [n for n in _INT_OPTIONS if n != "bits"]) + _given(args, ["include"])
         if wrong:
-            raise UsageError(f"{', '.join(wrong)}: not used by --format gguf (llama.cpp's block "
-                             "types fix rounding, clipping and grouping; choose --type, "
-                             "--tensor-type REGEX=TYPE, --exclude REGEX)")
+            raise UsageError(
+                f"{', '.join(wrong)}: not used by --format gguf (llama.cpp's block "
+                "types fix rounding, clipping and grouping; choose --type, "
+                "--tensor-type REGEX=TYPE, --exclude REGEX)"
+            )
         if args.bits is not None:
             raise UsageError("--bits: not used by --format gguf; choose --type (Q8_0, Q4_K_M, ...)")
     else:
@@ -117,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
     if args.group_size is not None and args.group_size < 1:
         raise UsageError(f"--group-size: expected a positive integer, got {args.group_size}")
     check_paths(args.input, args.output, output_is_folder=fmt == "compressed-tensors")
+    refuse_gguf(args.input, "quantize")
     if fmt == "gguf":
         return _run_gguf(args)
     return _run_integer(args, fmt)
@@ -135,17 +177,21 @@ def _run_gguf(args: argparse.Namespace) -> int:
     for item in args.tensor_type or ():
         pattern, sep, t = item.rpartition("=")
         if not sep or not pattern or t not in gguf_mix.BLOCK:
-            raise UsageError(f"--tensor-type {item!r}: expected REGEX=TYPE with TYPE one of "
-                             f"{', '.join(gguf_mix.BLOCK)}")
+            raise UsageError(
+                f"--tensor-type {item!r}: expected REGEX=TYPE with TYPE one of "
+                f"{', '.join(gguf_mix.BLOCK)}"
+            )
         overrides.append((pattern, t))
-    overrides = [(p.pattern, "F32") for p in compile_patterns("--exclude", args.exclude)] + \
-        overrides
+    overrides = [
+        (p.pattern, "F32") for p in compile_patterns("--exclude", args.exclude)
+    ] + overrides
     compile_patterns("--tensor-type", [p for p, _ in overrides])
     for opt in ("token_embedding_type", "output_tensor_type"):
         t = getattr(args, opt)
         if t is not None and t not in gguf_mix.BLOCK:
-            raise UsageError(f"--{opt.replace('_', '-')}: expected one of "
-                             f"{', '.join(gguf_mix.BLOCK)}, got {t!r}")
+            raise UsageError(
+                f"--{opt.replace('_', '-')}: expected one of {', '.join(gguf_mix.BLOCK)}, got {t!r}"
+            )
     folder = _model_folder(args.input)
     if folder is None:
         if os.path.isdir(args.input):
@@ -153,10 +199,16 @@ def _run_gguf(args: argparse.Namespace) -> int:
         return _run_gguf_tensors_only(args, ftype)
     _refuse_quantized_folder(args.input, "quantize")
     imatrix = _imatrix(args.imatrix) if args.imatrix else None
-    rows = export_gguf(args.input, args.output, ftype, overrides=overrides,
-                       token_embedding_type=args.token_embedding_type,
-                       output_tensor_type=args.output_tensor_type, imatrix=imatrix,
-                       progress=_bar())
+    rows = export_gguf(
+        args.input,
+        args.output,
+        ftype,
+        overrides=overrides,
+        token_embedding_type=args.token_embedding_type,
+        output_tensor_type=args.output_tensor_type,
+        imatrix=imatrix,
+        progress=_bar(),
+    )
     print_table(rows, f"GGUF {ftype}; wrote {args.output}")
     return 0
 
@@ -179,8 +231,9 @@ def _imatrix(path: str) -> dict[str, np.ndarray]:
     try:
         from .kquants import read_imatrix  # helper kquant's reader of llama.cpp's format
     except ImportError:
-        raise UsageError("--imatrix: needs slimgrad.quant.kquants (the K-quant kernels), "
-                         "which this build lacks") from None
+        raise UsageError(
+            "--imatrix: needs slimgrad.quant.kquants (the K-quant kernels), which this build lacks"
+        ) from None
     if not os.path.isfile(path):
         raise UsageError(f"--imatrix {path}: no such file")
     return read_imatrix(path)
@@ -205,8 +258,10 @@ def _run_gguf_tensors_only(args: argparse.Namespace, ftype: str) -> int:
     from ._stream import open_safetensors
 
     if ftype not in sg.TYPES:
-        raise UsageError(f"--type {ftype}: without config.json (a tensors-only GGUF) the types "
-                         f"are {', '.join(sg.TYPES)}; llama.cpp's mixes need the model folder")
+        raise UsageError(
+            f"--type {ftype}: without config.json (a tensors-only GGUF) the types "
+            f"are {', '.join(sg.TYPES)}; llama.cpp's mixes need the model folder"
+        )
     rows, prepared = [], []
     with open_safetensors(args.input) as src:
         refuse_quantized(args.input, src.metadata, src.tensors, "quantize")
@@ -223,8 +278,11 @@ def _run_gguf_tensors_only(args: argparse.Namespace, ftype: str) -> int:
                 note = f"{_rel_error(np.asarray(w), back):.3e}"
             rows.append(Row(name, info.shape, info.dtype, t.type, info.nbytes, t.nbytes, note))
     io.write_gguf(args.output, prepared)
-    print_table(rows, f"GGUF {ftype}, tensors only (no config.json: llama.cpp cannot run it); "
-                f"wrote {args.output}")
+    print_table(
+        rows,
+        f"GGUF {ftype}, tensors only (no config.json: llama.cpp cannot run it); "
+        f"wrote {args.output}",
+    )
     return 0
 
 
@@ -256,12 +314,16 @@ def _run_integer(args: argparse.Namespace, fmt: str) -> int:
     exclude = compile_patterns("--exclude", args.exclude)
     folder = _model_folder(args.input)
     if fmt == "compressed-tensors" and folder is None:
-        raise UsageError(f"{args.input}: compressed-tensors output needs the model's "
-                         "config.json next to the weights")
+        raise UsageError(
+            f"{args.input}: compressed-tensors output needs the model's "
+            "config.json next to the weights"
+        )
     if os.path.isdir(args.input):
         if fmt != "compressed-tensors":
-            raise UsageError(f"{args.input}: is a directory, not a safetensors file (a model "
-                             "folder is read by --format gguf and compressed-tensors)")
+            raise UsageError(
+                f"{args.input}: is a directory, not a safetensors file (a model "
+                "folder is read by --format gguf and compressed-tensors)"
+            )
         files = _weight_files(Path(args.input))[1]
         if len(files) != 1:
             raise UsageError(f"{args.input}: sharded checkpoints are not supported here yet")
@@ -269,7 +331,8 @@ def _run_integer(args: argparse.Namespace, fmt: str) -> int:
     else:
         path = args.input
     scheme = f"int{args.bits}/{'asym' if args.asymmetric else 'sym'}/" + (
-        f"g{args.group_size}" if args.group_size else "channel")
+        f"g{args.group_size}" if args.group_size else "channel"
+    )
     rows: list[Row] = []
     out: dict[str, st.Entry] = {}
     specs: dict[str, Any] = {}
@@ -284,19 +347,28 @@ def _run_integer(args: argparse.Namespace, fmt: str) -> int:
             if not (ok and matrix):
                 out[name] = st.Entry(info.dtype, list(info.shape), src.raw(name))
                 reason = why if matrix else "kept (not a 2-D float tensor)"
-                rows.append(Row(name, info.shape, info.dtype, info.dtype, info.nbytes,
-                                info.nbytes, reason))
+                rows.append(
+                    Row(name, info.shape, info.dtype, info.dtype, info.nbytes, info.nbytes, reason)
+                )
                 continue
             w = np.asarray(src.array(name))
             if args.nonfinite == "raise" and not np.isfinite(w).all():
                 bad = int(np.flatnonzero(~np.isfinite(w.reshape(-1)))[0])
-                raise ValueError(f"{name}: non-finite value {w.reshape(-1)[bad]} at index "
-                                 f"{tuple(int(i) for i in np.unravel_index(bad, w.shape))} "
-                                 "(--nonfinite propagate keeps going)")
-            qt = quantize(w, args.bits, symmetric=not args.asymmetric,
-                          granularity="group" if args.group_size else "channel",
-                          group_size=args.group_size or 128, rounding=args.rounding,
-                          clip=args.clip, nonfinite=args.nonfinite)
+                raise ValueError(
+                    f"{name}: non-finite value {w.reshape(-1)[bad]} at index "
+                    f"{tuple(int(i) for i in np.unravel_index(bad, w.shape))} "
+                    "(--nonfinite propagate keeps going)"
+                )
+            qt = quantize(
+                w,
+                args.bits,
+                symmetric=not args.asymmetric,
+                granularity="group" if args.group_size else "channel",
+                group_size=args.group_size or 128,
+                rounding=args.rounding,
+                clip=args.clip,
+                nonfinite=args.nonfinite,
+            )
             err = f"{_rel_error(w, qt.dequantize()):.3e}"
             if fmt == "compressed-tensors":
                 parts = compressed.tensors(name, qt)
@@ -323,8 +395,13 @@ def _run_integer(args: argparse.Namespace, fmt: str) -> int:
     return 0
 
 
-def _write_compressed_folder(args: argparse.Namespace, folder: Path | None, out: dict,
-                             metadata: dict[str, str], targets: list[str]) -> None:
+def _write_compressed_folder(
+    args: argparse.Namespace,
+    folder: Path | None,
+    out: dict,
+    metadata: dict[str, str],
+    targets: list[str],
+) -> None:
     """The model folder with the quantized weights and config, built aside then renamed."""
     from .. import _safetensors as st
     from . import compressed
@@ -334,8 +411,15 @@ def _write_compressed_folder(args: argparse.Namespace, folder: Path | None, out:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent.resolve()))
     try:
         for item in folder.iterdir():  # tokenizer, pooling config, README, ...
-            if item.suffix in (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".h5", ".msgpack") \
-                    or item.name in ("config.json", "model.safetensors.index.json"):
+            if item.suffix in (
+                ".safetensors",
+                ".bin",
+                ".gguf",
+                ".pt",
+                ".pth",
+                ".h5",
+                ".msgpack",
+            ) or item.name in ("config.json", "model.safetensors.index.json"):
                 continue
             if item.is_dir():
                 shutil.copytree(item, tmp / item.name)
@@ -344,7 +428,8 @@ def _write_compressed_folder(args: argparse.Namespace, folder: Path | None, out:
         with open(folder / "config.json", encoding="utf-8") as f:
             config = json.load(f)
         config["quantization_config"] = compressed.quantization_config(
-            targets, args.bits, not args.asymmetric, args.group_size)
+            targets, args.bits, not args.asymmetric, args.group_size
+        )
         with open(tmp / "config.json", "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)
         st.write(str(tmp / "model.safetensors"), out, metadata)

@@ -54,10 +54,15 @@ def pack_int32(codes: np.ndarray, bits: int) -> np.ndarray:
 
 def tensors(name: str, qt: QuantizedTensor) -> dict[str, np.ndarray]:
     """The stored tensors of the quantized weight ``name`` (``"L.weight"``)."""
-    if len(qt.shape) != 2 or qt.granularity == "tensor" or (
-            qt.granularity == "channel" and qt.axis != 0):
-        raise ValueError(f"{name}: compressed-tensors stores 2-D weights quantized per output "
-                         f"channel or per group, got {qt.granularity} of shape {qt.shape}")
+    if (
+        len(qt.shape) != 2
+        or qt.granularity == "tensor"
+        or (qt.granularity == "channel" and qt.axis != 0)
+    ):
+        raise ValueError(
+            f"{name}: compressed-tensors stores 2-D weights quantized per output "
+            f"channel or per group, got {qt.granularity} of shape {qt.shape}"
+        )
     layer = name[: -len(".weight")] if name.endswith(".weight") else name
     off = 0 if qt.symmetric else 1 << (qt.bits - 1)
     codes = qt.codes().astype(np.int16) - off
@@ -73,8 +78,9 @@ def tensors(name: str, qt: QuantizedTensor) -> dict[str, np.ndarray]:
     return out
 
 
-def quantization_config(targets: Sequence[str], bits: int, symmetric: bool,
-                        group_size: int | None) -> dict[str, Any]:
+def quantization_config(
+    targets: Sequence[str], bits: int, symmetric: bool, group_size: int | None
+) -> dict[str, Any]:
     """``config.json``'s ``quantization_config`` for the layers ``targets`` (module names)."""
     return {
         "quant_method": "compressed-tensors",

@@ -61,8 +61,9 @@ def _config(folder: Path) -> dict[str, Any]:
         with open(path, encoding="utf-8") as f:
             cfg = json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file (GGUF export needs the model's "
-                                "config.json next to the weights)") from None
+        raise FileNotFoundError(
+            f"{path}: no such file (GGUF export needs the model's config.json next to the weights)"
+        ) from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not JSON ({e})") from None
     arch = cfg.get("model_type")
@@ -89,14 +90,13 @@ def _weight_files(source: Path) -> tuple[Path, list[Path]]:
 
 
 def _hf_name(arch: str, name: str) -> str:
-    return name[len("bert."):] if arch == "bert" and name.startswith("bert.") else name
+    return name[len("bert.") :] if arch == "bert" and name.startswith("bert.") else name
 
 
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """HF's rotate-half q/k rows to GGML's interleaved RoPE pairs (the converter's permute)."""
     rows = w.shape[0]
-    return (w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2)
-            .reshape(w.shape))
+    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 # -- metadata --------------------------------------------------------------------------
@@ -110,8 +110,11 @@ def _pooling(folder: Path) -> int | None:
             cfg = json.load(f)
     except (OSError, StopIteration, KeyError, ValueError):
         return None
-    for key, value in (("pooling_mode_mean_tokens", 1), ("pooling_mode_cls_token", 2),
-                       ("pooling_mode_lasttoken", 3)):
+    for key, value in (
+        ("pooling_mode_mean_tokens", 1),
+        ("pooling_mode_cls_token", 2),
+        ("pooling_mode_lasttoken", 3),
+    ):
         if cfg.get(key):
             return value
     return None
@@ -135,7 +138,9 @@ def _bert_vocab(folder: Path, n_vocab: int) -> tuple[list[str], list[int]]:
     elif (folder / "vocab.txt").exists():
         with open(folder / "vocab.txt", encoding="utf-8") as f:
             vocab = dict(enumerate(line.rstrip("\n") for line in f))
-        added = {i: True for i, t in vocab.items() if re.fullmatch(r"\[(PAD|UNK|CLS|SEP|MASK)\]", t)}
+        added = {
+            i: True for i, t in vocab.items() if re.fullmatch(r"\[(PAD|UNK|CLS|SEP|MASK)\]", t)
+        }
     else:
         raise FileNotFoundError(f"{folder}: no tokenizer.json or vocab.txt")
     n = max(n_vocab, max(vocab) + 1)
@@ -177,7 +182,8 @@ def _write_bert(w: Any, cfg: dict[str, Any], folder: Path) -> None:
     # GGUF has no CLS key (llama.cpp uses bos = [CLS]): not asked for, so no warning
     kinds = ("bos", "eos", "unk", "sep", "pad", "mask")
     gguf.SpecialVocab(folder, special_token_types=kinds, n_vocab=len(tokens)).add_to_gguf(
-        w, quiet=True)
+        w, quiet=True
+    )
 
 
 def _write_llama(w: Any, cfg: dict[str, Any], folder: Path) -> None:
@@ -204,8 +210,10 @@ def _write_llama(w: Any, cfg: dict[str, Any], folder: Path) -> None:
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(scaling["factor"])
     elif kind not in (None, "default"):
-        raise ValueError(f"{folder / 'config.json'}: rope_scaling type {kind!r} is not "
-                         "supported by slimgrad's GGUF export (only linear)")
+        raise ValueError(
+            f"{folder / 'config.json'}: rope_scaling type {kind!r} is not "
+            "supported by slimgrad's GGUF export (only linear)"
+        )
     if (folder / "tokenizer.model").exists():
         vocab: Any = gv.SentencePieceVocab(folder)  # needs the sentencepiece package
         merges = False
@@ -244,13 +252,21 @@ def _bpe_pre(folder: Path) -> str:
             pre = json.load(f).get("pre_tokenizer") or {}
     except (OSError, ValueError):
         return "default"
-    return "llama-bpe" if _LLAMA3_SPLIT in json.dumps(pre, ensure_ascii=False).replace(
-        "\\\\", "\\") else "default"
+    return (
+        "llama-bpe"
+        if _LLAMA3_SPLIT in json.dumps(pre, ensure_ascii=False).replace("\\\\", "\\")
+        else "default"
+    )
 
 
 # -- export ----------------------------------------------------------------------------
-def _plan(arch: str, cfg: dict[str, Any], sources: Sequence[Source], ftype: str,
-          choose: Callable[..., dict[str, gguf_mix.Choice]]) -> tuple[list[_Plan], list[Row]]:
+def _plan(
+    arch: str,
+    cfg: dict[str, Any],
+    sources: Sequence[Source],
+    ftype: str,
+    choose: Callable[..., dict[str, gguf_mix.Choice]],
+) -> tuple[list[_Plan], list[Row]]:
     import gguf
 
     n_layer = cfg["num_hidden_layers"]
@@ -261,13 +277,24 @@ def _plan(arch: str, cfg: dict[str, Any], sources: Sequence[Source], ftype: str,
         for hf, info in src.tensors.items():
             base = _hf_name(arch, hf)
             if _SKIP.search(base):
-                skipped.append(Row(hf, info.shape, info.dtype, "-", info.nbytes, 0,
-                                   "not written (llama.cpp has no such tensor)"))
+                skipped.append(
+                    Row(
+                        hf,
+                        info.shape,
+                        info.dtype,
+                        "-",
+                        info.nbytes,
+                        0,
+                        "not written (llama.cpp has no such tensor)",
+                    )
+                )
                 continue
             name = tmap.get_name(base, try_suffixes=(".weight", ".bias"))
             if name is None:
-                raise ValueError(f"{src.path}: tensor {hf!r} has no llama.cpp name for "
-                                 f"architecture {ARCHES[arch].lower()}")
+                raise ValueError(
+                    f"{src.path}: tensor {hf!r} has no llama.cpp name for "
+                    f"architecture {ARCHES[arch].lower()}"
+                )
             found.append((src, hf, name, info.shape))
     choices = choose([(n, s) for _, _, n, s in found])
     plans = [_Plan(src, hf, n, s, choices[n]) for src, hf, n, s in found]
@@ -282,16 +309,19 @@ def _nbytes(shape: tuple[int, ...], type: str) -> int:
     return n // block * size
 
 
-def _convert(p: _Plan, cfg: dict[str, Any], imatrix: dict[str, np.ndarray] | None
-             ) -> tuple[np.ndarray, str]:
+def _convert(
+    p: _Plan, cfg: dict[str, Any], imatrix: dict[str, np.ndarray] | None
+) -> tuple[np.ndarray, str]:
     """(array the writer gets, note) for one planned tensor."""
     w = np.asarray(p.source.array(p.hf_name))
     if w.dtype.kind not in "f" and w.dtype.name != "bfloat16":
-        raise ValueError(f"{p.source.path}: tensor {p.hf_name!r} is {w.dtype.name}, "
-                         "expected floating point")
+        raise ValueError(
+            f"{p.source.path}: tensor {p.hf_name!r} is {w.dtype.name}, expected floating point"
+        )
     w = w.astype(np.float32)
-    if p.name.endswith(("attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias")) and \
-            cfg.get("model_type") in ("llama", "mistral"):
+    if p.name.endswith(
+        ("attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias")
+    ) and cfg.get("model_type") in ("llama", "mistral"):
         heads = cfg["num_attention_heads"]
         if ".attn_k." in p.name:
             heads = cfg.get("num_key_value_heads", heads)
@@ -307,8 +337,10 @@ def _convert(p: _Plan, cfg: dict[str, Any], imatrix: dict[str, np.ndarray] | Non
         return w.astype(ml_dtypes.bfloat16).view(np.uint16), ""
     bad = np.flatnonzero(~np.isfinite(w.reshape(-1)))
     if bad.size:
-        raise ValueError(f"{p.source.path}: tensor {p.hf_name!r}: non-finite value "
-                         f"{w.reshape(-1)[bad[0]]} at flat index {int(bad[0])}")
+        raise ValueError(
+            f"{p.source.path}: tensor {p.hf_name!r}: non-finite value "
+            f"{w.reshape(-1)[bad[0]]} at flat index {int(bad[0])}"
+        )
     imp = None if imatrix is None else imatrix.get(p.name)
     blocks = gguf_mix.quantize_blocks(w, t, imp, label=p.hf_name)
     err = _rel_error(w, blocks, t)
@@ -322,20 +354,24 @@ def _rel_error(w: np.ndarray, blocks: np.ndarray, type: str, rows: int = 1024) -
     num = den = 0.0
     for i in range(0, w2.shape[0], rows):
         chunk = w2[i : i + rows].astype(np.float64)
-        back = gguf_mix.dequantize_blocks(np.ascontiguousarray(b2[i : i + rows]), type,
-                                          chunk.shape)
+        back = gguf_mix.dequantize_blocks(np.ascontiguousarray(b2[i : i + rows]), type, chunk.shape)
         num += float(np.sum((chunk - back) ** 2))
         den += float(np.sum(chunk * chunk))
     return (num / den) ** 0.5 if den else 0.0
 
 
-def export_gguf(source: str | os.PathLike, output: str | os.PathLike, ftype: str = "F16", *,
-                overrides: Sequence[tuple[str, str]] = (),
-                token_embedding_type: str | None = None,
-                output_tensor_type: str | None = None,
-                imatrix: dict[str, np.ndarray] | None = None,
-                name: str | None = None,
-                progress: Callable[[Row], None] | None = None) -> list[Row]:
+def export_gguf(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    ftype: str = "F16",
+    *,
+    overrides: Sequence[tuple[str, str]] = (),
+    token_embedding_type: str | None = None,
+    output_tensor_type: str | None = None,
+    imatrix: dict[str, np.ndarray] | None = None,
+    name: str | None = None,
+    progress: Callable[[Row], None] | None = None,
+) -> list[Row]:
     """Writes a llama.cpp-ready GGUF of a Hugging Face checkpoint; returns one Row per tensor.
 
     Parameters
@@ -381,17 +417,24 @@ def export_gguf(source: str | os.PathLike, output: str | os.PathLike, ftype: str
 
     def choose(tensors: list) -> dict[str, gguf_mix.Choice]:
         return gguf_mix.choose_types(
-            tensors, ftype, n_gqa=n_gqa, overrides=overrides,
-            token_embedding_type=token_embedding_type, output_tensor_type=output_tensor_type,
-            has_imatrix=imatrix is not None)
+            tensors,
+            ftype,
+            n_gqa=n_gqa,
+            overrides=overrides,
+            token_embedding_type=token_embedding_type,
+            output_tensor_type=output_tensor_type,
+            has_imatrix=imatrix is not None,
+        )
 
     sources = [open_safetensors(f) for f in files]
     try:
         plans, skipped = _plan(arch, cfg, sources, ftype, choose)
         missing = sorted({p.choice.type for p in plans} - set(gguf_mix.available()))
         if missing:
-            raise ValueError(f"ftype {ftype}: needs GGUF type(s) {', '.join(missing)}, which "
-                             f"this build lacks (available: {', '.join(gguf_mix.available())})")
+            raise ValueError(
+                f"ftype {ftype}: needs GGUF type(s) {', '.join(missing)}, which "
+                f"this build lacks (available: {', '.join(gguf_mix.available())})"
+            )
         rows: list[Row] = list(skipped)
         done: list[Row] = []
 
@@ -406,8 +449,7 @@ def export_gguf(source: str | os.PathLike, output: str | os.PathLike, ftype: str
                 qt = gguf.GGMLQuantizationType[t]
                 nbytes = _nbytes(p.shape, t)
                 if t in ("F32", "F16"):
-                    wr.add_tensor_info(p.name, p.shape, np.dtype(t.replace("F", "float")),
-                                       nbytes)
+                    wr.add_tensor_info(p.name, p.shape, np.dtype(t.replace("F", "float")), nbytes)
                 elif t == "BF16":
                     wr.add_tensor_info(p.name, p.shape, np.dtype(np.uint16), nbytes, qt)
                 else:
@@ -421,8 +463,17 @@ def export_gguf(source: str | os.PathLike, output: str | os.PathLike, ftype: str
                 wr.write_tensor_data(arr)
                 info = p.source.tensors[p.hf_name]
                 reason = "; ".join(filter(None, [p.choice.reason, note]))
-                done.append(Row(p.name, p.shape, info.dtype, p.choice.type, info.nbytes,
-                                arr.nbytes, reason or "-"))
+                done.append(
+                    Row(
+                        p.name,
+                        p.shape,
+                        info.dtype,
+                        p.choice.type,
+                        info.nbytes,
+                        arr.nbytes,
+                        reason or "-",
+                    )
+                )
                 if progress is not None:
                     progress(done[-1])
             wr.close()
@@ -433,4 +484,3 @@ def export_gguf(source: str | os.PathLike, output: str | os.PathLike, ftype: str
         for s in sources:
             s.close()
     return rows
-

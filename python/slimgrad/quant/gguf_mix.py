@@ -57,8 +57,21 @@ FILE_TYPES: dict[str, tuple[int, str]] = {
 }
 FLOAT_TYPES = ("F32", "F16", "BF16")
 # values per block of each type (ggml_blck_size)
-BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32,
-         "Q8_0": 32, "Q2_K": 256, "Q3_K": 256, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256}
+BLOCK = {
+    "F32": 1,
+    "F16": 1,
+    "BF16": 1,
+    "Q4_0": 32,
+    "Q4_1": 32,
+    "Q5_0": 32,
+    "Q5_1": 32,
+    "Q8_0": 32,
+    "Q2_K": 256,
+    "Q3_K": 256,
+    "Q4_K": 256,
+    "Q5_K": 256,
+    "Q6_K": 256,
+}
 FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
@@ -76,8 +89,14 @@ def _category(name: str) -> str:
         return "output"
     if name in ("token_embd.weight", "per_layer_token_embd.weight"):
         return "token_embd"
-    for cat in ("attn_qkv.weight", "attn_kv_b.weight", "attn_v.weight", "attn_k.weight",
-                "attn_q.weight", "attn_output.weight"):
+    for cat in (
+        "attn_qkv.weight",
+        "attn_kv_b.weight",
+        "attn_v.weight",
+        "attn_k.weight",
+        "attn_q.weight",
+        "attn_output.weight",
+    ):
         if cat in name:
             return cat[: -len(".weight")]
     for cat in ("ffn_up", "ffn_gate", "ffn_down"):
@@ -101,8 +120,9 @@ def _use_more_bits(i: int, n: int) -> bool:
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
 
-def _mix_rule(ftype: str, base: str, cat: str, i: int, n: int, n_gqa: int, n_layer: int,
-              has_imatrix: bool) -> str:
+def _mix_rule(
+    ftype: str, base: str, cat: str, i: int, n: int, n_gqa: int, n_layer: int, has_imatrix: bool
+) -> str:
     """``llama_tensor_get_type_impl`` for a dense, non-Falcon model (counter ``i`` of ``n``)."""
     t = base
     if cat in ("attn_v", "attn_qkv", "attn_kv_b"):
@@ -179,15 +199,18 @@ def choose_types(
     """
     if ftype not in FILE_TYPES:
         raise ValueError(f"ftype: expected one of {', '.join(FILE_TYPES)}, got {ftype!r}")
-    for label, t in (("token_embedding_type", token_embedding_type),
-                     ("output_tensor_type", output_tensor_type)):
+    for label, t in (
+        ("token_embedding_type", token_embedding_type),
+        ("output_tensor_type", output_tensor_type),
+    ):
         if t is not None and t not in BLOCK:
             raise ValueError(f"{label}: expected one of {', '.join(BLOCK)}, got {t!r}")
     patterns = []
     for pattern, t in overrides:
         if t not in BLOCK:
-            raise ValueError(f"overrides: type for {pattern!r}: expected one of "
-                             f"{', '.join(BLOCK)}, got {t!r}")
+            raise ValueError(
+                f"overrides: type for {pattern!r}: expected one of {', '.join(BLOCK)}, got {t!r}"
+            )
         try:
             patterns.append((re.compile(pattern), t))
         except re.error as e:
@@ -249,8 +272,9 @@ def available() -> tuple[str, ...]:
     return (*FLOAT_TYPES, *sg.TYPES, *(t for t in K_TYPES if k is not None and t in k.TYPES))
 
 
-def quantize_blocks(w: np.ndarray, type: str, imatrix: np.ndarray | None = None,
-                    label: str = "w") -> np.ndarray:
+def quantize_blocks(
+    w: np.ndarray, type: str, imatrix: np.ndarray | None = None, label: str = "w"
+) -> np.ndarray:
     """GGUF blocks (uint8) of float32 rows ``w`` (last axis a multiple of the block).
 
     ``imatrix`` (one importance per column) is used by the K types; the legacy
@@ -263,8 +287,10 @@ def quantize_blocks(w: np.ndarray, type: str, imatrix: np.ndarray | None = None,
     k = _kquants()
     if type in K_TYPES and k is not None and type in k.TYPES:
         return k.quantize(w, type, imatrix=imatrix)
-    raise ValueError(f"{label}: GGUF type {type} is not available in this build "
-                     f"(available: {', '.join(available())})")
+    raise ValueError(
+        f"{label}: GGUF type {type} is not available in this build "
+        f"(available: {', '.join(available())})"
+    )
 
 
 def dequantize_blocks(data: np.ndarray, type: str, shape: tuple[int, ...]) -> np.ndarray:
