@@ -10,6 +10,7 @@ void register_optim_extra(py::module_& m);
 void register_nn(py::module_& m);
 void register_prune(py::module_& m);
 void register_quant(py::module_& m);
+void register_kquant(py::module_& m);
 void register_distill(py::module_& m);
 }  // namespace slimgrad::bind
 
@@ -26,6 +27,7 @@ PYBIND11_MODULE(_core, m) {
   register_prune(prune);
   auto quant = m.def_submodule("quant");
   register_quant(quant);
+  register_kquant(quant);
   auto distill = m.def_submodule("distill");
   register_distill(distill);
 }

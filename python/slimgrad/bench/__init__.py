@@ -21,7 +21,7 @@ from statistics import median
 SUITES = {
     "core": ("core",),
     "optim": ("optim", "optim_extra"),
-    "quant": ("quant",),
+    "quant": ("quant", "kquant"),
     "prune": ("prune",),
     "distill": ("distill",),
     "nn": ("nn",),

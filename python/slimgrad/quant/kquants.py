@@ -1,0 +1,272 @@
+"""GGUF K-quants (Q2_K .. Q6_K), byte-identical to llama.cpp, and imatrix files.
+
+:func:`quantize` writes the bytes llama.cpp's ``ggml_quantize_chunk`` writes
+for the same rows: without an importance matrix its reference quantizers
+(``quantize_row_q4_K_ref`` and friends), with one the importance-weighted
+searches (``quantize_q4_K(..., quant_weights)``). Values are grouped along the
+last axis in super-blocks of 256 (ggml's ``QK_K``), each stored as:
+
+======  =====  =============================================================
+type    bytes  layout (fp16 = IEEE half, little-endian)
+======  =====  =============================================================
+Q2_K     84    16 x (4-bit scale, 4-bit min), 64 B of 2-bit codes, d, dmin
+Q3_K    110    32 B high bits, 64 B low 2 bits, 12 B of 16 6-bit scales, d
+Q4_K    144    d, dmin, 12 B of 8 6-bit scales + 8 6-bit mins, 128 B nibbles
+Q5_K    176    d, dmin, 12 B scales/mins, 32 B fifth bits, 128 B nibbles
+Q6_K    210    128 B low nibbles, 64 B high 2 bits, 16 int8 scales, d
+======  =====  =============================================================
+
+The C++ kernels (scalar reference, AVX2 and AVX-512 with OpenMP threads) give
+the same bytes on every ISA and thread count. :func:`dequantize` equals
+``gguf.quants.dequantize`` and llama.cpp's ``dequantize_row_*``.
+
+:func:`read_imatrix` reads llama.cpp's importance-matrix files (the GGUF
+format of ``llama-imatrix`` and its legacy ``.dat`` format) into one float32
+vector per tensor, normalized the way ``llama-quantize`` does before passing
+it to the quantizer.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from typing import Any
+
+import numpy as np
+
+from .. import _core
+
+TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+BLOCK_SIZE = 256
+TYPE_SIZE = {"Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
+TYPE_ID = {"Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}  # ggml's type ids
+# What llama.cpp's quantizer uses instead when a row is not a multiple of 256.
+FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+
+__all__ = [
+    "BLOCK_SIZE",
+    "FALLBACK",
+    "TYPES",
+    "TYPE_SIZE",
+    "dequantize",
+    "quantize",
+    "read_imatrix",
+]
+
+
+def _type_name(type: Any) -> str:
+    name = getattr(type, "name", type)  # a gguf.GGMLQuantizationType works too
+    if name not in TYPES:
+        raise ValueError(f"type: expected one of {', '.join(map(repr, TYPES))}, got {type!r}")
+    return name
+
+
+def quantize(w: np.ndarray, type: Any, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """K-quant blocks of ``w`` as uint8, shape ``(*w.shape[:-1], w.shape[-1] // 256 * type_size)``.
+
+    Parameters
+    ----------
+    w : ndarray
+        Floating-point array (float32, float16, bfloat16, float64) whose last
+        axis (a row, llama.cpp's ``n_per_row``) is a multiple of 256.
+        float32 C-contiguous input is read in place; other input is converted
+        to a float32 copy first. ``w`` is never modified.
+    type : {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"} or gguf.GGMLQuantizationType
+    imatrix : ndarray, optional
+        Importance weights, one per column (``w.shape[-1]`` values, shared by
+        all rows), e.g. an entry of :func:`read_imatrix`. Without it the bytes
+        are those of llama.cpp's reference quantizer; with it those of its
+        importance-weighted quantizer (the ``--imatrix`` path of
+        ``llama-quantize``).
+
+    Returns
+    -------
+    ndarray of uint8, a new array.
+
+    Raises
+    ------
+    TypeError
+        ``w`` (or ``imatrix``) is not a floating-point ndarray.
+    ValueError
+        Unknown type; a last axis that is not a multiple of 256 (llama.cpp
+        then uses :data:`FALLBACK` instead); an ``imatrix`` of the wrong size
+        or with NaN/inf; a NaN/inf in ``w`` (the message names the first
+        position).
+    """
+    name = _type_name(type)
+    if not isinstance(w, np.ndarray) or (w.dtype.kind != "f" and w.dtype.name != "bfloat16"):
+        given = getattr(w, "dtype", w.__class__.__name__)
+        raise TypeError(f"w: expected a floating-point NumPy array, got {given}")
+    if w.ndim == 0 or w.shape[-1] == 0 or w.shape[-1] % BLOCK_SIZE:
+        raise ValueError(
+            f"w: {name} needs rows (last axis) that are a positive multiple of {BLOCK_SIZE}, "
+            f"got shape {w.shape}; llama.cpp quantizes such a tensor to {FALLBACK[name]} instead"
+        )
+    n_per_row = w.shape[-1]
+    qw = None
+    if imatrix is not None:
+        if not isinstance(imatrix, np.ndarray) or imatrix.dtype.kind != "f":
+            given = getattr(imatrix, "dtype", imatrix.__class__.__name__)
+            raise TypeError(f"imatrix: expected a floating-point NumPy array, got {given}")
+        if imatrix.size != n_per_row:
+            raise ValueError(
+                f"imatrix: expected {n_per_row} weights (one per column of w), "
+                f"got shape {imatrix.shape}"
+            )
+        qw = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
+        if not np.isfinite(qw).all():
+            bad = int(np.flatnonzero(~np.isfinite(qw))[0])
+            raise ValueError(f"imatrix: non-finite value {qw[bad]} at index {bad}")
+    wf = np.ascontiguousarray(w, dtype=np.float32)
+    out = np.empty((*w.shape[:-1], n_per_row // BLOCK_SIZE * TYPE_SIZE[name]), np.uint8)
+    bad = _core.quant.kquant_quantize(wf, TYPE_ID[name], n_per_row, qw, out)
+    if bad >= 0:  # checked before quantizing each run of blocks; the output is dropped
+        raise ValueError(
+            f"w: non-finite value {wf.reshape(-1)[bad]} at index "
+            f"{tuple(int(i) for i in np.unravel_index(bad, wf.shape))}"
+        )
+    return out
+
+
+def dequantize(data: np.ndarray, type: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """float32 values of K-quant blocks (as ``gguf.quants.dequantize``).
+
+    Parameters
+    ----------
+    data : ndarray of uint8
+        Blocks as written by :func:`quantize` (C-contiguous; read only).
+    type : str or gguf.GGMLQuantizationType
+    shape : tuple of int, optional
+        Shape of the result; default: ``data``'s shape with the last axis
+        converted from bytes to values.
+
+    Returns
+    -------
+    ndarray of float32, a new array.
+
+    Raises
+    ------
+    TypeError
+        ``data`` is not a uint8 ndarray.
+    ValueError
+        Unknown type, or a byte count that does not hold whole blocks of
+        ``shape``.
+    """
+    name = _type_name(type)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        given = getattr(data, "dtype", data.__class__.__name__)
+        raise TypeError(f"data: expected a uint8 NumPy array, got {given}")
+    ts = TYPE_SIZE[name]
+    if shape is None:
+        if data.ndim == 0 or data.shape[-1] % ts:
+            raise ValueError(
+                f"data: expected a last axis that is a multiple of {ts} bytes ({name}), "
+                f"got shape {data.shape}"
+            )
+        shape = (*data.shape[:-1], data.shape[-1] // ts * BLOCK_SIZE)
+    shape = tuple(int(s) for s in shape)
+    n = math.prod(shape)
+    if n % BLOCK_SIZE or data.size != n // BLOCK_SIZE * ts:
+        raise ValueError(f"data: {data.size} bytes do not hold {name} blocks of shape {shape}")
+    out = np.empty(shape, np.float32)
+    _core.quant.kquant_dequantize(np.ascontiguousarray(data), TYPE_ID[name], out)
+    return out
+
+
+def read_imatrix(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Importance vectors of a llama.cpp imatrix file, by tensor name.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A GGUF imatrix (``llama-imatrix`` today: tensors ``<name>.in_sum2``
+        and ``<name>.counts``) or a legacy ``.dat`` file.
+
+    Returns
+    -------
+    dict of str to ndarray of float32
+        For each weight (llama.cpp's tensor name, e.g.
+        ``blk.0.ffn_down.weight``) the values ``llama-quantize`` passes to the
+        quantizer: GGUF ``in_sum2 / counts`` (1 where a count is 0), legacy
+        ``sums / ncall``. 1-D (one per column) for a plain weight, 2-D
+        ``(n_expert, columns)`` for a mixture-of-experts weight.
+
+    Raises
+    ------
+    ValueError
+        The file is neither format, or is truncated or inconsistent (the
+        message names the file and the entry).
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == b"GGUF":
+        return _read_imatrix_gguf(path)
+    return _read_imatrix_dat(path)
+
+
+def _read_imatrix_gguf(path: str) -> dict[str, np.ndarray]:
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+    except Exception as e:  # the package raises ValueError, struct.error, ...
+        raise ValueError(f"{path}: not a readable GGUF imatrix ({e})") from e
+    sums: dict[str, Any] = {}
+    counts: dict[str, Any] = {}
+    for t in reader.tensors:
+        for suffix, into in ((".in_sum2", sums), (".counts", counts)):
+            if t.name.endswith(suffix):
+                into[t.name[: -len(suffix)]] = t
+    if not sums and not counts:
+        raise ValueError(f"{path}: no '<name>.in_sum2' / '<name>.counts' tensors: not an imatrix")
+    out: dict[str, np.ndarray] = {}
+    for name in sorted(set(sums) | set(counts)):
+        if name not in sums or name not in counts:
+            raise ValueError(f"{path}: mismatched sums and counts for {name!r}")
+        s, c = sums[name], counts[name]
+        if s.tensor_type.name != "F32" or c.tensor_type.name != "F32":
+            raise ValueError(f"{path}: sums and counts for {name!r} must be F32")
+        sv = np.asarray(s.data, dtype=np.float32).reshape(-1)
+        cv = np.rint(np.asarray(c.data, dtype=np.float64).reshape(-1))  # llama.cpp: lround
+        if cv.size == 0 or sv.size % cv.size:
+            raise ValueError(f"{path}: {sv.size} sums of {name!r} are not {cv.size} equal rows")
+        rows = sv.reshape(cv.size, -1)
+        cf = cv.astype(np.float32)[:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            vals = np.where(cf > 0, rows / np.where(cf > 0, cf, 1), np.float32(1))
+        vals = vals.astype(np.float32)
+        out[name] = vals[0] if cv.size == 1 else vals
+    return out
+
+
+def _read_imatrix_dat(path: str) -> dict[str, np.ndarray]:
+    with open(path, "rb") as f:
+        buf = f.read()
+    pos = 0
+
+    def take(n: int, what: str) -> bytes:
+        nonlocal pos
+        if pos + n > len(buf):
+            raise ValueError(f"{path}: truncated legacy imatrix while reading {what}")
+        pos += n
+        return buf[pos - n : pos]
+
+    (n_entries,) = struct.unpack("<i", take(4, "the entry count"))
+    if n_entries < 1:
+        raise ValueError(f"{path}: not an imatrix (neither GGUF nor a legacy .dat with entries)")
+    out: dict[str, np.ndarray] = {}
+    for i in range(n_entries):
+        (length,) = struct.unpack("<i", take(4, f"the name length of entry {i}"))
+        if length < 0 or length > 1 << 16:
+            raise ValueError(f"{path}: entry {i} has an invalid name length {length}")
+        name = take(length, f"the name of entry {i}").split(b"\0", 1)[0].decode("utf-8", "replace")
+        ncall, nval = struct.unpack("<ii", take(8, f"ncall/nval of {name!r}"))
+        if nval < 1:
+            raise ValueError(f"{path}: entry {name!r} has {nval} values")
+        vals = np.frombuffer(take(4 * nval, f"the values of {name!r}"), dtype="<f4").astype(
+            np.float32
+        )
+        out[name] = vals / np.float32(ncall) if ncall > 0 else vals
+    return out
