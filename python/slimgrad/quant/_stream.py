@@ -84,8 +84,6 @@ class Source:
                 )
             self.tensors[name] = Info(name, dtype, shape, end - begin)
             self._offsets[name] = (begin, end)
-        self._safe = None
-        self._map: np.memmap | None = None
 
     def __enter__(self) -> Source:
         return self
@@ -94,8 +92,7 @@ class Source:
         self.close()
 
     def close(self) -> None:
-        self._safe = None
-        self._map = None
+        """Nothing stays open between reads (see :meth:`array`)."""
 
     def array(self, name: str) -> np.ndarray:
         """The tensor ``name`` as an ndarray (read-only view or a fresh array)."""
@@ -107,18 +104,22 @@ class Source:
                 )
             dt = DTYPES[info.dtype].newbyteorder("<")
             return self.raw(name).view(dt).reshape(info.shape)
-        if self._safe is None:
-            from safetensors import safe_open
+        from safetensors import safe_open
 
-            self._safe = safe_open(self.path, framework="np")
-        return self._safe.get_tensor(name)
+        # a fresh memory map per tensor, closed right after: the pages of tensors
+        # already done leave the process (one long-lived map would keep every
+        # page it touched resident, i.e. the whole input by the end)
+        with safe_open(self.path, framework="np") as f:
+            return f.get_tensor(name)
 
     def raw(self, name: str) -> np.ndarray:
-        """The tensor's stored bytes (a read-only view of the memory map), to copy as is."""
-        if self._map is None:
-            self._map = np.memmap(self.path, np.uint8, "r")
+        """The tensor's stored bytes: a read-only memory map of just that range."""
         begin, end = self._offsets[name]
-        return self._map[self._data_start + begin : self._data_start + end]
+        if begin == end:
+            return np.zeros(0, np.uint8)
+        return np.memmap(
+            self.path, np.uint8, "r", offset=self._data_start + begin, shape=(end - begin,)
+        )
 
     def nbytes_total(self) -> int:
         return sum(t.nbytes for t in self.tensors.values())

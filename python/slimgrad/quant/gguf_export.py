@@ -318,7 +318,7 @@ def _convert(
         raise ValueError(
             f"{p.source.path}: tensor {p.hf_name!r} is {w.dtype.name}, expected floating point"
         )
-    w = w.astype(np.float32)
+    w = w.astype(np.float32, copy=False)
     if p.name.endswith(
         ("attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias")
     ) and cfg.get("model_type") in ("llama", "mistral"):
