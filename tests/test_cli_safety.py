@@ -190,24 +190,16 @@ def test_prune_nm_must_keep_some_and_drop_some(model, capsys, nm):
     )
 
 
+def succeeds(capsys, *argv):
+    """Runs the CLI, expects exit status 0, returns what it printed."""
+    assert cli.main([str(a) for a in argv]) == 0
+    return capsys.readouterr().out
+
+
 def test_prune_and_quantize_defaults_leave_embeddings_norms_biases_and_pooler(model, capsys):
     folder, tensors = model
-    out = folder.parent / "p.safetensors"
-    assert (
-        cli.main(
-            [
-                "prune",
-                str(folder / "model.safetensors"),
-                "-o",
-                str(out),
-                "--sparsity",
-                "0.5",
-                "--global",
-            ]
-        )
-        == 0
-    )
-    table = capsys.readouterr().out
+    src, out = folder / "model.safetensors", folder.parent / "p.safetensors"
+    table = succeeds(capsys, "prune", src, "-o", out, "--sparsity", "0.5", "--global")
     got = safetensors_numpy.load_file(str(out))
     pruned = "encoder.layer.0.attention.self.query.weight"
     assert np.count_nonzero(got[pruned] == 0) == tensors[pruned].size // 2
@@ -219,31 +211,25 @@ def test_prune_and_quantize_defaults_leave_embeddings_norms_biases_and_pooler(mo
         np.testing.assert_array_equal(got[name], tensors[name])
         line = next(ln for ln in table.splitlines() if ln.startswith(name))
         assert line.endswith("--include to change)" if tensors[name].ndim == 2 else "(< 2-D)")
-    assert (
-        cli.main(
-            [
-                "prune",
-                str(folder / "model.safetensors"),
-                "-o",
-                str(out),
-                "--sparsity",
-                "0.5",
-                "--include",
-                "pooler",
-                "--exclude",
-                "query",
-            ]
-        )
-        == 0
+    succeeds(
+        capsys,
+        "prune",
+        src,
+        "-o",
+        out,
+        "--sparsity",
+        "0.5",
+        "--include",
+        "pooler",
+        "--exclude",
+        "query",
     )
-    capsys.readouterr()
     got = safetensors_numpy.load_file(str(out))
     assert np.count_nonzero(got["pooler.dense.weight"] == 0) == 64 * 64 // 2
     np.testing.assert_array_equal(got[pruned], tensors[pruned])
 
     q = folder.parent / "q.safetensors"
-    assert cli.main(["quantize", str(folder / "model.safetensors"), "-o", str(q)]) == 0
-    capsys.readouterr()
+    succeeds(capsys, "quantize", src, "-o", q)
     back = quant.load(q)
     assert isinstance(back[pruned], quant.QuantizedTensor)
     assert not isinstance(back["pooler.dense.weight"], quant.QuantizedTensor)
@@ -252,26 +238,14 @@ def test_prune_and_quantize_defaults_leave_embeddings_norms_biases_and_pooler(mo
 
 def test_outputs_have_the_umask_mode(model, capsys):
     folder, _ = model
+    src = folder / "model.safetensors"
+    outs = [folder.parent / "p.safetensors", folder.parent / "q.safetensors"]
     old = os.umask(0o027)
     try:
-        outs = [folder.parent / "p.safetensors", folder.parent / "q.safetensors"]
-        assert (
-            cli.main(
-                [
-                    "prune",
-                    str(folder / "model.safetensors"),
-                    "-o",
-                    str(outs[0]),
-                    "--sparsity",
-                    "0.5",
-                ]
-            )
-            == 0
-        )
-        assert cli.main(["quantize", str(folder / "model.safetensors"), "-o", str(outs[1])]) == 0
+        succeeds(capsys, "prune", src, "-o", outs[0], "--sparsity", "0.5")
+        succeeds(capsys, "quantize", src, "-o", outs[1])
     finally:
         os.umask(old)
-    capsys.readouterr()
     for p in outs:
         assert stat.S_IMODE(os.stat(p).st_mode) == 0o640
 
