@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from ._report import Row, print_table  # noqa: F401 (re-exported for the CLIs)
-from .cli import UsageError
+from .errors import UsageError
 
 T = TypeVar("T")
 

@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ._base import Bucket, _check_betas, _check_nonneg, check_torch_flags
+from ._bucket import Bucket
+from ._checks import check_torch_flags
 from ._extra import ExtraOptimizer, round_back
 
 
@@ -65,12 +66,7 @@ class Lion(ExtraOptimizer):
         nonfinite: str = "raise",
     ) -> None:
         check_torch_flags(foreach, fused, capturable, differentiable)
-        defaults = dict(
-            lr=_check_nonneg("lr", lr),
-            betas=_check_betas(betas),
-            weight_decay=_check_nonneg("weight_decay", weight_decay),
-            maximize=bool(maximize),
-        )
+        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults, nonfinite=nonfinite)
 
     def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
