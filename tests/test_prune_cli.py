@@ -54,11 +54,23 @@ def test_sparsity_prunes_matrices_only(checkpoint, tmp_path, capsys):
     with safe_open(str(out_path), "np") as f:
         assert f.metadata() == {"format": "np", "epoch": "3"}
     lines = out.splitlines()
-    assert lines[0].split() == ["tensor", "shape", "dtype", "sparsity"]
+    assert lines[0].split() == [
+        "tensor",
+        "shape",
+        "dtype",
+        "stored",
+        "bytes",
+        "before",
+        "bytes",
+        "after",
+        "note",
+    ]  # the table slimgrad quantize prints too
     row = next(ln for ln in lines if ln.startswith("fc1.weight"))
-    assert row.split()[-1] == "50.00%" and "(32, 16)" in row
-    assert "kept  (< 2-D)" in next(ln for ln in lines if ln.startswith("fc1.bias"))
-    assert lines[-1].startswith("total: 463 of 926 weights in 3 pruned tensors are zero (50.00%)")
+    assert row.split()[-2:] == ["50.00%", "zero"] and " 32x16 " in row
+    assert "kept (< 2-D)" in next(ln for ln in lines if ln.startswith("fc1.bias"))
+    assert lines[-1].startswith("total") and (
+        "sparsity 0.5: 463 of 926 weights in 3 pruned tensors are zero (50.00%)" in lines[-1]
+    )
 
 
 def test_nm_prunes_last_axis_and_skips_indivisible(checkpoint, tmp_path, capsys):
@@ -76,8 +88,10 @@ def test_nm_prunes_last_axis_and_skips_indivisible(checkpoint, tmp_path, capsys)
 def test_global_and_bfloat16(tmp_path, rng, capsys):
     a = rng.standard_normal((16, 16)).astype(ml_dtypes.bfloat16)
     b = (rng.standard_normal((8, 8)) * 100).astype(np.float32)
-    entries = {"a": st.Entry("BF16", [16, 16], a.tobytes()),
-               "b": st.Entry("F32", [8, 8], b.tobytes())}
+    entries = {
+        "a": st.Entry("BF16", [16, 16], a.tobytes()),
+        "b": st.Entry("F32", [8, 8], b.tobytes()),
+    }
     path, out_path = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
     st.write(str(path), entries, None)
     code, _, _ = _run([path, "-o", out_path, "--sparsity", "0.5", "--global"], capsys)
@@ -90,25 +104,44 @@ def test_global_and_bfloat16(tmp_path, rng, capsys):
     np.testing.assert_array_equal(got["b"].array(), b * masks["b"])
 
 
-@pytest.mark.parametrize("args, message", [
-    (["{inp}", "-o", "{out}", "--nm", "2-4"], "--nm: expected N:M such as 2:4, got '2-4'"),
-    (["{inp}", "-o", "{out}", "--nm", "5:4"], "--nm: expected 0 <= N <= M and M >= 1, got '5:4'"),
-    (["{inp}", "-o", "{out}", "--sparsity", "1.5"],
-     "--sparsity: expected a number in [0, 1], got 1.5"),
-    (["{inp}", "-o", "{out}", "--nm", "2:4", "--global"], "--global: only with --sparsity"),
-    (["{garbage}", "-o", "{out}", "--sparsity", "0.5"], "not a safetensors file"),
-    (["{bad_entry}", "-o", "{out}", "--sparsity", "0.5"], "tensor 'x': expected the keys dtype, shape, data_offsets"),
-    (["{short}", "-o", "{out}", "--sparsity", "0.5"],
-     "tensor 'x': F32 (2, 2) needs 16 bytes, data_offsets [0, 4] hold 4"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{inp}", "-o", "{out}", "--nm", "2-4"], "--nm: expected N:M such as 2:4, got '2-4'"),
+        (
+            ["{inp}", "-o", "{out}", "--nm", "5:4"],
+            "--nm: expected 0 < N < M (keep N of every M), got '5:4'",
+        ),
+        (
+            ["{inp}", "-o", "{out}", "--sparsity", "1.5"],
+            "--sparsity: expected a number in [0, 1], got 1.5",
+        ),
+        (["{inp}", "-o", "{out}", "--nm", "2:4", "--global"], "--global: only with --sparsity"),
+        (["{garbage}", "-o", "{out}", "--sparsity", "0.5"], "not a safetensors file"),
+        (
+            ["{bad_entry}", "-o", "{out}", "--sparsity", "0.5"],
+            "not a safetensors file (bad entry 'x')",
+        ),
+        (
+            ["{short}", "-o", "{out}", "--sparsity", "0.5"],
+            "tensor 'x' has 4 bytes, F32 (2, 2) needs 16",
+        ),
+    ],
+)
 def test_user_errors_are_one_line_exit_2(checkpoint, tmp_path, capsys, args, message):
     path, _ = checkpoint
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
-    names = {"missing": tmp_path / "missing.safetensors", "out": tmp_path / "out.safetensors",
-             "inp": path, "garbage": garbage}
-    for key, entry in (("bad_entry", {"x": {"dtype": "F32"}}),
-                       ("short", {"x": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 4]}})):
+    names = {
+        "missing": tmp_path / "missing.safetensors",
+        "out": tmp_path / "out.safetensors",
+        "inp": path,
+        "garbage": garbage,
+    }
+    for key, entry in (
+        ("bad_entry", {"x": {"dtype": "F32"}}),
+        ("short", {"x": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 4]}}),
+    ):
         header = json.dumps(entry).encode()
         names[key] = tmp_path / f"{key}.safetensors"
         names[key].write_bytes(struct.pack("<Q", len(header)) + header + bytes(4))
@@ -119,24 +152,45 @@ def test_user_errors_are_one_line_exit_2(checkpoint, tmp_path, capsys, args, mes
     assert not (tmp_path / "out.safetensors").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["{missing}", "-o", "{out}", "--sparsity", "0.5"], "{missing}: no such file"),
-    (["{folder}", "-o", "{out}", "--sparsity", "0.5"],
-     "{folder}: is a directory, not a safetensors file"),
-    (["{inp}", "-o", "{folder}", "--sparsity", "0.5"],
-     "{folder}: is a directory; -o takes the path of the file to write"),
-    (["{inp}", "-o", "{folder}/none/out.safetensors", "--sparsity", "0.5"],
-     "{folder}/none/out.safetensors: cannot write, no such directory {folder}/none"),
-    (["{inp}", "-o", "{inp}/out.safetensors", "--nm", "2:4"],
-     "{inp}/out.safetensors: cannot write, no such directory {inp}"),
-], ids=["missing", "input-folder", "output-folder", "output-parent-missing",
-        "output-parent-a-file"])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{missing}", "-o", "{out}", "--sparsity", "0.5"], "{missing}: no such file"),
+        (
+            ["{folder}", "-o", "{out}", "--sparsity", "0.5"],
+            "{folder}: is a directory, not a safetensors file",
+        ),
+        (
+            ["{inp}", "-o", "{folder}", "--sparsity", "0.5"],
+            "{folder}: is a directory; -o takes the path of the file to write",
+        ),
+        (
+            ["{inp}", "-o", "{folder}/none/out.safetensors", "--sparsity", "0.5"],
+            "{folder}/none/out.safetensors: cannot write, no such directory {folder}/none",
+        ),
+        (
+            ["{inp}", "-o", "{inp}/out.safetensors", "--nm", "2:4"],
+            "{inp}/out.safetensors: cannot write, no such directory {inp}",
+        ),
+    ],
+    ids=[
+        "missing",
+        "input-folder",
+        "output-folder",
+        "output-parent-missing",
+        "output-parent-a-file",
+    ],
+)
 def test_path_errors_are_one_clean_line(checkpoint, tmp_path, capsys, args, message):
     path, _ = checkpoint
     folder = tmp_path / "folder"
     folder.mkdir()
-    names = {"missing": tmp_path / "nope.safetensors", "out": tmp_path / "out.safetensors",
-             "inp": path, "folder": folder}
+    names = {
+        "missing": tmp_path / "nope.safetensors",
+        "out": tmp_path / "out.safetensors",
+        "inp": path,
+        "folder": folder,
+    }
     before = sorted(p.name for p in tmp_path.rglob("*"))
     code, out, err = _run([a.format(**names) for a in args], capsys)
     assert (code, out) == (2, "")
@@ -146,13 +200,15 @@ def test_path_errors_are_one_clean_line(checkpoint, tmp_path, capsys, args, mess
 
 def test_relative_missing_input_is_named_as_given(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out, err = _run(["nope.safetensors", "-o", "out.safetensors", "--sparsity", "0.5"],
-                          capsys)
+    code, out, err = _run(
+        ["nope.safetensors", "-o", "out.safetensors", "--sparsity", "0.5"], capsys
+    )
     assert (code, out, err) == (2, "", "slimgrad prune: error: nope.safetensors: no such file\n")
 
 
-def test_failed_write_names_the_output_not_the_temporary_file(checkpoint, tmp_path, capsys,
-                                                              monkeypatch):
+def test_failed_write_names_the_output_not_the_temporary_file(
+    checkpoint, tmp_path, capsys, monkeypatch
+):
     path, _ = checkpoint
     out_path = tmp_path / "out.safetensors"
 
@@ -166,11 +222,16 @@ def test_failed_write_names_the_output_not_the_temporary_file(checkpoint, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors"]  # temp file removed
 
 
-@pytest.mark.parametrize("how", [["--sparsity", "0.5"], ["--sparsity", "0.5", "--global"],
-                                 ["--nm", "2:4"]], ids=["magnitude", "global", "nm"])
+@pytest.mark.parametrize(
+    "how",
+    [["--sparsity", "0.5"], ["--sparsity", "0.5", "--global"], ["--nm", "2:4"]],
+    ids=["magnitude", "global", "nm"],
+)
 def test_nan_weight_error_names_the_tensor(tmp_path, rng, capsys, how):
-    tensors = {"layer.0.weight": rng.standard_normal((4, 8)).astype(np.float32),
-               "layer.7.weight": rng.standard_normal((4, 8)).astype(np.float16)}
+    tensors = {
+        "layer.0.weight": rng.standard_normal((4, 8)).astype(np.float32),
+        "layer.7.weight": rng.standard_normal((4, 8)).astype(np.float16),
+    }
     tensors["layer.7.weight"][1, 3] = np.nan
     if how[0] == "--nm":  # a tensor --nm keeps unchanged (6 % 4) may hold NaN: first in file
         tensors = {"head.weight": np.full((3, 6), np.nan, np.float32), **tensors}
@@ -178,6 +239,8 @@ def test_nan_weight_error_names_the_tensor(tmp_path, rng, capsys, how):
     safetensors_numpy.save_file(tensors, str(path))
     code, out, err = _run([path, "-o", out_path, *how], capsys)
     assert (code, out) == (2, "")
-    assert err == ("slimgrad prune: error: layer.7.weight: NaN at index (1, 3) (flat index 11); "
-                   "NaN weights have no magnitude to rank\n")
+    assert err == (
+        "slimgrad prune: error: layer.7.weight: NaN at index (1, 3) (flat index 11); "
+        "NaN weights have no magnitude to rank\n"
+    )
     assert not out_path.exists()

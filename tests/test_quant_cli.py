@@ -68,7 +68,8 @@ def run(argv, capsys):
 
 
 def row(out, name):
-    return next(ln for ln in out.splitlines() if ln.split()[0] == name).split(maxsplit=4)
+    """[name, shape, dtype, stored, bytes before, bytes after, note] of the shared table."""
+    return next(ln for ln in out.splitlines() if ln.split()[0] == name).split(maxsplit=6)
 
 
 def gguf_tensors(path):
@@ -90,16 +91,24 @@ def test_half_precision_matrices_are_quantized(tmp_path, rng, capsys, dtype):
     code, table, _ = run([src, "-o", out, "--bits", "4", "--group-size", "32"], capsys)
     assert code == 0
     r = row(table, "fc.weight")
-    assert r[:4] == ["fc.weight", "16x64", "2,048", f"{16 * 32 + 16 * 2 * 4:,}"]
+    code_in = CODES[np.dtype(dtype).name]
+    assert r[:6] == [
+        "fc.weight",
+        "16x64",
+        code_in,
+        "int4/sym/g32",
+        "2,048",
+        f"{16 * 32 + 16 * 2 * 4:,}",
+    ]
     qt = quant.load(out)["fc.weight"]
     assert isinstance(qt, quant.QuantizedTensor) and qt.bits == 4
     expected = quant.quantize(w.astype(np.float32), 4, granularity="group", group_size=32)
     np.testing.assert_array_equal(qt.data, expected.data)
     np.testing.assert_array_equal(qt.scale, expected.scale)
-    assert float(r[4]) == pytest.approx(rel_error(w, qt.dequantize()), rel=1e-3)
+    assert float(r[6]) == pytest.approx(rel_error(w, qt.dequantize()), rel=1e-3)
 
-    code, table, _ = run([src, "-o", tmp_path / "q.gguf", "--bits", "8"], capsys)
-    assert code == 0 and row(table, "fc.weight")[3] == f"{16 * 2 * 34:,}"
+    code, table, _ = run([src, "-o", tmp_path / "q.gguf", "--type", "Q8_0"], capsys)
+    assert code == 0 and row(table, "fc.weight")[5] == f"{16 * 2 * 34:,}"
     t = gguf_tensors(tmp_path / "q.gguf")["fc.weight"]
     assert t.tensor_type == gguf.GGMLQuantizationType.Q8_0
     ref = gguf.quants.quantize(w.astype(np.float32), gguf.GGMLQuantizationType.Q8_0)
@@ -133,10 +142,13 @@ def test_safetensors_output_keeps_other_tensors_and_metadata(tmp_path, rng, caps
         if name != "w":
             assert header[name]["dtype"] == CODES[tensors[name].dtype.name], name
             assert data[name] == blobs[name], name
-            assert row(table, name)[2:] == [f"{len(blobs[name]):,}"] * 2 + ["kept"]
+            assert row(table, name)[4:] == [f"{len(blobs[name]):,}"] * 2 + [
+                "kept (not a 2-D float tensor)"
+            ]
     assert header["w"]["dtype"] == "I8" and "w.scale" in header
     specs = json.loads(meta.pop("slimgrad.quant"))
-    assert meta == {"source": "in.safetensors", "format": "pt", "epoch": "3"}
+    # slimgrad's layout never claims "pt": torch loaders must not read codes as weights
+    assert meta == {"source": "in.safetensors", "format": "slimgrad", "epoch": "3"}
     assert specs["tensors"]["w"]["dtype"] == "float32"
     back = quant.load(out)
     assert list(back) == list(tensors)  # file order
@@ -154,33 +166,31 @@ def test_gguf_output_keeps_every_value(tmp_path, rng, capsys):
     found = gguf_tensors(out)
     expected = {  # name -> (GGUF type, dtype written, note)
         "w": ("Q8_0", None, None),
-        "f8a": ("F16", np.float16, "F16 (from F8_E4M3, values unchanged)"),
-        "f8b": ("F16", np.float16, "F16 (from F8_E5M2, values unchanged)"),
-        "bf16.bias": ("BF16", np.uint16, "kept BF16"),
-        "u16": ("I32", np.int32, "I32 (from U16, values unchanged)"),
-        "u8": ("I16", np.int16, "I16 (from U8, values unchanged)"),
-        "flags": ("I8", np.int8, "I8 (from BOOL, values unchanged)"),
-        "big": ("I64", np.int64, "kept I64"),
-        "i16": ("I16", np.int16, "kept I16"),
+        "f8a": ("F16", np.float16, "from F8_E4M3, values unchanged"),
+        "f8b": ("F16", np.float16, "from F8_E5M2, values unchanged"),
+        "bf16.bias": ("BF16", np.uint16, "kept"),
+        "u16": ("I32", np.int32, "from U16, values unchanged"),
+        "u8": ("I16", np.int16, "from U8, values unchanged"),
+        "flags": ("I8", np.int8, "from BOOL, values unchanged"),
+        "big": ("I64", np.int64, "kept"),
+        "i16": ("I16", np.int16, "kept"),
     }
     for name, (gtype, dtype, note) in expected.items():
         t = found[name]
         assert t.tensor_type == gguf.GGMLQuantizationType[gtype], name
         r = row(table, name)
-        assert r[3] == f"{int(t.n_bytes):,}", name
+        assert (r[3], r[5]) == (gtype, f"{int(t.n_bytes):,}"), name
         if dtype is None:
             continue
-        assert r[4] == note
+        assert r[6] == note
         if dtype is np.uint16:  # the reader gives BF16 as raw bytes
             assert np.asarray(t.data).tobytes() == tensors[name].tobytes()
             continue
         values = np.asarray(t.data).reshape(tensors[name].shape)
         assert values.dtype == dtype
         np.testing.assert_array_equal(values, tensors[name].astype(dtype))
-    np.testing.assert_array_equal(
-        np.asarray(found["big"].data), [2**31 - 1, 16777217, -(2**62)]
-    )
-    assert int(found["u8"].n_bytes) == 6 and row(table, "u8")[2:4] == ["3", "6"]
+    np.testing.assert_array_equal(np.asarray(found["big"].data), [2**31 - 1, 16777217, -(2**62)])
+    assert int(found["u8"].n_bytes) == 6 and row(table, "u8")[4:6] == ["3", "6"]
 
 
 def test_save_gguf_library_keeps_integers_and_refuses_what_gguf_cannot_hold(tmp_path):
@@ -192,7 +202,8 @@ def test_save_gguf_library_keeps_integers_and_refuses_what_gguf_cannot_hold(tmp_
     }
     np.testing.assert_array_equal(np.asarray(gguf_tensors(path)["big"].data), big)
     with pytest.raises(
-        ValueError, match=r"^tensors\['u'\]: GGUF has no type that holds uint64 values from 2\*\*63$"
+        ValueError,
+        match=r"^tensors\['u'\]: GGUF has no type that holds uint64 values from 2\*\*63$",
     ):
         quant.save_gguf(tmp_path / "u.gguf", {"u": np.array([2**63], np.uint64)})
     with pytest.raises(
@@ -214,9 +225,11 @@ def test_gguf_scale_overflow_keeps_the_tensor_unquantized(tmp_path, capsys):
     assert row(table, "huge") == [
         "huge",
         "4x32",
+        "F32",
+        "F32",
         "512",
         "512",
-        "F32 (a block scale overflows float16, max |w| 1e+07)",
+        "a block scale overflows float16, max |w| 1e+07",
     ]
     found = gguf_tensors(out)
     assert found["huge"].tensor_type == gguf.GGMLQuantizationType.F32
@@ -240,21 +253,20 @@ def test_nonfinite_error_names_the_tensor(tmp_path, rng, capsys, fmt):
     code, table, err = run([src, "-o", out], capsys)
     assert (code, table) == (2, "")
     # layer.6 comes first and holds the NaN at (2, 3)
+    hint = " (--nonfinite propagate keeps going)" if fmt == "safetensors" else ""
     assert err == (
-        "slimgrad quantize: error: layer.6.weight: non-finite value nan at index (2, 3) "
-        "(--nonfinite propagate keeps going)\n"
+        f"slimgrad quantize: error: layer.6.weight: non-finite value nan at index (2, 3){hint}\n"
     )
     assert not out.exists()
 
     code, table, err = run([src, "-o", out, "--nonfinite", "propagate"], capsys)
-    assert (code, err) == (0, "")
     if fmt == "safetensors":
+        assert (code, err) == (0, "")
         deq = quant.load(out)["layer.7.weight"].dequantize()
         assert np.isnan(deq[1]).all() and np.isfinite(np.delete(deq, 1, axis=0)).all()
-    else:
-        assert row(table, "layer.7.weight")[4] == "F32 (non-finite values)"
-        t = gguf_tensors(out)["layer.7.weight"]
-        np.testing.assert_array_equal(np.asarray(t.data), w)
+    else:  # GGUF blocks cannot hold NaN: the option does not apply and is refused
+        assert (code, table) == (2, "") and "--nonfinite: not used by --format gguf" in err
+        assert not out.exists()
 
 
 def test_save_gguf_nonfinite_names_the_tensor(tmp_path):
@@ -288,12 +300,19 @@ def test_bad_paths_are_one_clean_line(tmp_path, rng, capsys):
     src = tmp_path / "m.safetensors"
     write_safetensors(src, {"w": rng.standard_normal((4, 32)).astype(np.float32)})
     cases = [
-        ([src, "-o", tmp_path], f"{tmp_path}: is a directory"),
+        (
+            [src, "-o", tmp_path],
+            f"{tmp_path}: is a directory; -o takes the path of the file to write",
+        ),
         (
             [src, "-o", tmp_path / "nope" / "o.gguf"],
-            f"{tmp_path / 'nope' / 'o.gguf'}: folder {tmp_path / 'nope'} does not exist",
+            f"{tmp_path / 'nope' / 'o.gguf'}: cannot write, no such directory {tmp_path / 'nope'}",
         ),
-        ([tmp_path, "-o", tmp_path / "o"], f"{tmp_path}: is a directory, not a safetensors file"),
+        (
+            [tmp_path, "-o", tmp_path / "o"],
+            f"{tmp_path}: is a directory, not a safetensors file "
+            "(a model folder is read by --format gguf and compressed-tensors)",
+        ),
         ([tmp_path / "none", "-o", tmp_path / "o"], f"{tmp_path / 'none'}: no such file"),
     ]
     for argv, message in cases:
@@ -322,7 +341,8 @@ def test_quantized_input_is_refused(tmp_path, rng, capsys):
     assert run([q, "-o", tmp_path / "qq.safetensors"], capsys) == (
         2,
         "",
-        f"slimgrad quantize: error: {q}: already quantized by slimgrad (slimgrad.quant metadata)\n",
+        f"slimgrad quantize: error: {q}: already quantized by slimgrad (slimgrad.quant metadata);"
+        " it is read by slimgrad.quant.load(); `slimgrad quantize` takes the float checkpoint\n",
     )
 
 

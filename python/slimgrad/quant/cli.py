@@ -1,193 +1,444 @@
-"""quantize every 2-D float tensor of a safetensors checkpoint (int2..int8 or GGUF)
+"""quantize a checkpoint: GGUF (llama.cpp), compressed-tensors (vLLM, transformers) or slimgrad
 
-``slimgrad quantize IN.safetensors -o OUT --bits 4 --group-size 32
-[--format safetensors|gguf]`` quantizes each 2-D float tensor (float32,
-float16, bfloat16, float64), keeps the others, writes OUT and prints one line
-per tensor: name, shape, bytes before and after (as written), and the relative
-reconstruction error ``||w - w_hat|| / ||w||`` or why the tensor was kept.
+Three outputs:
 
-safetensors output: kept tensors (vectors, integers, float8, ...) are copied
-byte for byte, and the input's ``__metadata__`` is kept next to the
-``slimgrad.quant`` spec. GGUF output: kept tensors keep their values (integers
-as I8..I64, see :func:`slimgrad.quant.save_gguf`); a tensor whose block scale
-would overflow float16 is stored unquantized, with a note in the table.
+* ``--format gguf`` (default for a ``.gguf`` OUT): a file llama.cpp runs, from a
+  Hugging Face model folder (or its ``model.safetensors`` with ``config.json`` next
+  to it), BERT-family and llama-family: ``--type`` is llama.cpp's file type (``F16``,
+  ``Q8_0``, ``Q4_0``, ..., ``Q4_K_M``, ``Q5_K_M``) with llama-quantize's per-tensor
+  choices. A lone safetensors file without ``config.json`` gets the tensors only
+  (``general.architecture = slimgrad``, not runnable by llama.cpp; ``Q8_0``/``Q5_x``/``Q4_x``).
+* ``--format compressed-tensors``: OUT is a new folder with ``model.safetensors``
+  (``weight_packed`` / ``weight_scale`` / ``weight_zero_point`` / ``weight_shape``),
+  ``config.json`` with its ``quantization_config``, and the other files of the model
+  folder; ``--bits`` 2..8, per output channel or ``--group-size``.
+* ``--format safetensors`` (default otherwise): slimgrad's own layout, read back by
+  ``slimgrad.quant.load``.
+
+Tensors are read one at a time from the memory-mapped input; a progress bar runs on
+stderr; the table lists every tensor (one format with ``slimgrad prune``).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import json
 import os
-from typing import TYPE_CHECKING, Any
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .io import GgufTensor
+EXAMPLES = """examples:
+  slimgrad quantize ./all-MiniLM-L6-v2 -o minilm-q8.gguf --type Q8_0
+  slimgrad quantize ./Llama-3.2-1B -o llama-q4km.gguf --type Q4_K_M --imatrix imatrix.gguf
+  slimgrad quantize ./model -o m.gguf --type Q4_K_M --tensor-type 'attn_v=Q8_0'
+  slimgrad quantize ./all-MiniLM-L6-v2 -o minilm-int4 --format compressed-tensors --bits 4 \\
+      --group-size 32
+  slimgrad quantize model.safetensors -o q8.safetensors --bits 8 --exclude 'layer\\.0\\.'
+"""
+
+# options of the integer quantizer, and the value each has when not given
+_INT_OPTIONS = {
+    "bits": 8,
+    "group_size": None,
+    "asymmetric": False,
+    "rounding": "half_even",
+    "clip": "minmax",
+    "nonfinite": "raise",
+}
+_GGUF_OPTIONS = ("type", "imatrix", "tensor_type", "token_embedding_type", "output_tensor_type")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", metavar="IN", help="safetensors checkpoint")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="file to write")
-    parser.add_argument("--bits", type=int, default=8, help="2..8 (GGUF: 8, 5 or 4); default 8")
+    parser.description = __doc__.split("\n\n", 1)[1]
+    parser.epilog = EXAMPLES
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
-        "--group-size",
-        type=int,
-        default=None,
-        help="values per scale along the last axis (default: one scale per row; GGUF: 32)",
+        "input",
+        metavar="IN",
+        help="model folder (config.json + model.safetensors) or a .safetensors",
     )
     parser.add_argument(
-        "--asymmetric", action="store_true", help="unsigned codes with a zero point"
-    )
-    parser.add_argument(
-        "--rounding", default="half_even", choices=("half_even", "half_away", "stochastic")
-    )
-    parser.add_argument("--clip", default="minmax", choices=("minmax", "percentile", "mse"))
-    parser.add_argument(
-        "--nonfinite",
-        default="raise",
-        choices=("raise", "propagate"),
-        help="a NaN/inf in a tensor: stop with an error (default), or keep going "
-        "(safetensors: its groups get a NaN scale; GGUF: the tensor is kept unquantized)",
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="file to write (compressed-tensors: a new folder)",
     )
     parser.add_argument(
         "--format",
-        choices=("safetensors", "gguf"),
-        default=None,
-        help="output format (default: from OUT's extension)",
+        choices=("safetensors", "gguf", "compressed-tensors"),
+        help="output format (default: gguf for a .gguf OUT, else safetensors)",
     )
+    g = parser.add_argument_group("GGUF (llama.cpp)")
+    g.add_argument(
+        "--type",
+        metavar="TYPE",
+        help="llama.cpp file type: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K_M "
+        "Q5_K_M ... (default Q8_0)",
+    )
+    g.add_argument("--imatrix", metavar="FILE", help="llama.cpp importance matrix (K types)")
+    g.add_argument(
+        "--tensor-type",
+        action="append",
+        metavar="REGEX=TYPE",
+        help="type for tensors whose GGUF name matches REGEX (repeatable)",
+    )
+    g.add_argument("--token-embedding-type", metavar="TYPE")
+    g.add_argument("--output-tensor-type", metavar="TYPE")
+    q = parser.add_argument_group("integer quantization (safetensors, compressed-tensors)")
+    q.add_argument("--bits", type=int, help="2..8 (default 8)")
+    q.add_argument(
+        "--group-size",
+        type=int,
+        help="values per scale along the last axis (default: one scale per row)",
+    )
+    q.add_argument(
+        "--asymmetric", action="store_true", default=None, help="unsigned codes with a zero point"
+    )
+    q.add_argument("--rounding", choices=("half_even", "half_away", "stochastic"))
+    q.add_argument("--clip", choices=("minmax", "percentile", "mse"))
+    q.add_argument(
+        "--nonfinite",
+        choices=("raise", "propagate"),
+        help="a NaN/inf in a tensor: stop (default) or give its groups a NaN scale",
+    )
+    s = parser.add_argument_group("which tensors")
+    s.add_argument(
+        "--include",
+        action="append",
+        metavar="REGEX",
+        help="also quantize matching tensors (by default embeddings, norms, biases, "
+        "pooler and output head are kept)",
+    )
+    s.add_argument(
+        "--exclude",
+        action="append",
+        metavar="REGEX",
+        help="keep matching tensors unquantized (GGUF: as F32)",
+    )
+
+
+def _given(args: argparse.Namespace, names: Any) -> list[str]:
+    return [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) not in (None, [])]
+
+
+def _model_folder(path: str) -> Path | None:
+    p = Path(path)
+    folder = p if p.is_dir() else p.parent
+    return folder if (folder / "config.json").exists() else None
+
+
+def run(args: argparse.Namespace) -> int:
+    from .._cli_common import UsageError, check_paths, refuse_gguf
+
+    fmt = args.format or ("gguf" if args.output.endswith(".gguf") else "safetensors")
+    if fmt == "gguf":
+        wrong = _given(args, [n for n in _INT_OPTIONS if n != "bits"]) + _given(args, ["include"])
+        if wrong:
+            raise UsageError(
+                f"{', '.join(wrong)}: not used by --format gguf (llama.cpp's block "
+                "types fix rounding, clipping and grouping; choose --type, "
+                "--tensor-type REGEX=TYPE, --exclude REGEX)"
+            )
+        if args.bits is not None:
+            raise UsageError("--bits: not used by --format gguf; choose --type (Q8_0, Q4_K_M, ...)")
+    else:
+        wrong = _given(args, _GGUF_OPTIONS)
+        if wrong:
+            raise UsageError(f"{', '.join(wrong)}: only for --format gguf")
+    for name, default in _INT_OPTIONS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if not 2 <= args.bits <= 8:
+        raise UsageError(f"--bits: expected 2..8, got {args.bits}")
+    if args.group_size is not None and args.group_size < 1:
+        raise UsageError(f"--group-size: expected a positive integer, got {args.group_size}")
+    check_paths(args.input, args.output, output_is_folder=fmt == "compressed-tensors")
+    refuse_gguf(args.input, "quantize")
+    if fmt == "gguf":
+        return _run_gguf(args)
+    return _run_integer(args, fmt)
+
+
+# -- GGUF ------------------------------------------------------------------------------
+def _run_gguf(args: argparse.Namespace) -> int:
+    from .._cli_common import UsageError, compile_patterns, print_table
+    from . import gguf_mix
+    from .gguf_export import export_gguf
+
+    ftype = args.type or "Q8_0"
+    if ftype not in gguf_mix.FILE_TYPES:
+        raise UsageError(f"--type: expected one of {', '.join(gguf_mix.FILE_TYPES)}, got {ftype!r}")
+    overrides = []
+    for item in args.tensor_type or ():
+        pattern, sep, t = item.rpartition("=")
+        if not sep or not pattern or t not in gguf_mix.BLOCK:
+            raise UsageError(
+                f"--tensor-type {item!r}: expected REGEX=TYPE with TYPE one of "
+                f"{', '.join(gguf_mix.BLOCK)}"
+            )
+        overrides.append((pattern, t))
+    overrides = [
+        (p.pattern, "F32") for p in compile_patterns("--exclude", args.exclude)
+    ] + overrides
+    compile_patterns("--tensor-type", [p for p, _ in overrides])
+    for opt in ("token_embedding_type", "output_tensor_type"):
+        t = getattr(args, opt)
+        if t is not None and t not in gguf_mix.BLOCK:
+            raise UsageError(
+                f"--{opt.replace('_', '-')}: expected one of {', '.join(gguf_mix.BLOCK)}, got {t!r}"
+            )
+    folder = _model_folder(args.input)
+    if folder is None:
+        if os.path.isdir(args.input):
+            raise UsageError(f"{args.input}: no config.json in this folder")
+        return _run_gguf_tensors_only(args, ftype)
+    _refuse_quantized_folder(args.input, "quantize")
+    imatrix = _imatrix(args.imatrix) if args.imatrix else None
+    rows = export_gguf(
+        args.input,
+        args.output,
+        ftype,
+        overrides=overrides,
+        token_embedding_type=args.token_embedding_type,
+        output_tensor_type=args.output_tensor_type,
+        imatrix=imatrix,
+        progress=_bar(),
+    )
+    print_table(rows, f"GGUF {ftype}; wrote {args.output}")
+    return 0
+
+
+def _bar() -> Any:
+    """A tqdm bar the export advances per tensor (None without tqdm)."""
+    import sys
+
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    bar = tqdm(desc="quantize", unit="tensor", file=sys.stderr, disable=None, leave=False)
+    return lambda row: bar.update(1)
+
+
+def _imatrix(path: str) -> dict[str, np.ndarray]:
+    from .._cli_common import UsageError
+
+    try:
+        from .kquants import read_imatrix  # helper kquant's reader of llama.cpp's format
+    except ImportError:
+        raise UsageError(
+            "--imatrix: needs slimgrad.quant.kquants (the K-quant kernels), which this build lacks"
+        ) from None
+    if not os.path.isfile(path):
+        raise UsageError(f"--imatrix {path}: no such file")
+    return read_imatrix(path)
+
+
+def _refuse_quantized_folder(source: str, command: str) -> None:
+    from .._cli_common import refuse_quantized
+    from ._stream import open_safetensors
+    from .gguf_export import _weight_files
+
+    for f in _weight_files(Path(source))[1]:
+        with open_safetensors(f) as src:
+            refuse_quantized(str(f), src.metadata, src.tensors, command)
+
+
+def _run_gguf_tensors_only(args: argparse.Namespace, ftype: str) -> int:
+    """A safetensors file without config.json: its tensors under their own names."""
+    from .._cli_common import UsageError, print_table, progress, refuse_quantized
+    from .._report import Row
+    from . import gguf as sg
+    from . import io
+    from ._stream import open_safetensors
+
+    if ftype not in sg.TYPES:
+        raise UsageError(
+            f"--type {ftype}: without config.json (a tensors-only GGUF) the types "
+            f"are {', '.join(sg.TYPES)}; llama.cpp's mixes need the model folder"
+        )
+    rows, prepared = [], []
+    with open_safetensors(args.input) as src:
+        refuse_quantized(args.input, src.metadata, src.tensors, "quantize")
+        for name, info in progress(src.tensors.items(), len(src.tensors), "quantize"):
+            w = src.array(name)
+            if not (w.ndim == 2 and info.dtype in io.FLOAT_CODES and w.size):
+                t = io.gguf_plain(name, w)
+            else:
+                t = io.gguf_tensor(name, np.asarray(w), ftype)
+            prepared.append(t)
+            note = t.note or ("kept" if t.type != ftype else "")
+            if t.type == ftype:
+                back = sg.dequantize(t.array, ftype, info.shape)
+                note = f"{_rel_error(np.asarray(w), back):.3e}"
+            rows.append(Row(name, info.shape, info.dtype, t.type, info.nbytes, t.nbytes, note))
+    io.write_gguf(args.output, prepared)
+    print_table(
+        rows,
+        f"GGUF {ftype}, tensors only (no config.json: llama.cpp cannot run it); "
+        f"wrote {args.output}",
+    )
+    return 0
 
 
 def _rel_error(w: np.ndarray, w_hat: np.ndarray) -> float:
     w64 = w.astype(np.float64)
     norm = float(np.linalg.norm(w64))
     diff = float(np.linalg.norm(w64 - w_hat.astype(np.float64)))
-    return diff / norm if norm else (0.0 if diff == 0 else math.inf)
+    return diff / norm if norm else (0.0 if diff == 0 else float("inf"))
 
 
-def _first_nonfinite(w: np.ndarray) -> str | None:
-    """``"non-finite value nan at index (1, 3)"`` for the first NaN/inf of ``w``, or None."""
-    bad = np.flatnonzero(~np.isfinite(w.reshape(-1)))
-    if not bad.size:
-        return None
-    index = tuple(int(i) for i in np.unravel_index(bad[0], w.shape))
-    return f"non-finite value {float(w.reshape(-1)[bad[0]])} at index {index}"
-
-
-def _same_file(a: str, b: str) -> bool:
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)  # hard links
-    except OSError:
-        return False
-
-
-def run(args: argparse.Namespace) -> int:
-    from ..errors import UsageError
-    from . import gguf as sg
-    from . import io
+# -- integer: slimgrad safetensors / compressed-tensors -----------------------------------
+def _run_integer(args: argparse.Namespace, fmt: str) -> int:
+    from .. import _safetensors as st
+    from .._cli_common import (
+        UsageError,
+        compile_patterns,
+        print_table,
+        progress,
+        refuse_quantized,
+        selected,
+    )
+    from .._report import Row
+    from . import compressed, io
+    from ._stream import open_safetensors
     from ._tensor import quantize
+    from .gguf_export import _weight_files
 
-    fmt = args.format or ("gguf" if args.output.endswith(".gguf") else "safetensors")
-    if not 2 <= args.bits <= 8:
-        raise UsageError(f"--bits: expected 2..8, got {args.bits}")
-    if args.group_size is not None and args.group_size < 1:
-        raise UsageError(f"--group-size: expected a positive integer, got {args.group_size}")
-    gguf_type = None
-    if fmt == "gguf":
-        gguf_type = io.GGUF_TYPES.get((args.bits, not args.asymmetric))
-        if gguf_type is None:
-            raise UsageError(
-                f"--bits {args.bits}{' --asymmetric' if args.asymmetric else ''}: GGUF export "
-                "supports 8 (Q8_0), 5 (Q5_0, --asymmetric Q5_1) and 4 (Q4_0, --asymmetric Q4_1)"
-            )
-        if args.group_size not in (None, sg.BLOCK_SIZE):
-            raise UsageError(
-                f"--group-size: GGUF blocks hold {sg.BLOCK_SIZE} values, got {args.group_size}"
-            )
-        try:
-            import gguf  # noqa: F401  (the writer)
-        except ImportError:
-            raise UsageError("GGUF output needs the gguf package: pip install gguf") from None
-    if _same_file(args.input, args.output):
-        raise UsageError(f"-o {args.output}: is the input file; write to another path")
-    entries, metadata = io.read_checkpoint(args.input)
-    if io.META_KEY in metadata:
-        raise UsageError(f"{args.input}: already quantized by slimgrad ({io.META_KEY} metadata)")
-    io.check_output(args.output)
-
-    rows = []  # (name, shape, bytes before, bytes after, error or note)
-    quantized: dict[str, Any] = {}  # safetensors: name -> QuantizedTensor or the untouched entry
-    prepared = []  # GGUF: io.GgufTensor in file order
-    for name, e in entries.items():
-        before = len(e.data)
-        shape = tuple(e.shape)
-        if not (len(shape) == 2 and e.dtype in io.FLOAT_CODES and 0 not in shape):
-            if gguf_type is None:
-                quantized[name] = e
-                rows.append((name, shape, before, before, "kept"))
-            else:
-                t = io.gguf_plain(name, io.to_array(name, e))
-                prepared.append(t)
-                rows.append((name, shape, before, t.nbytes, _kept(t)))
-            continue
-        w = io.to_array(name, e)
-        problem = _first_nonfinite(w)
-        if problem and args.nonfinite == "raise":
-            raise ValueError(f"{name}: {problem} (--nonfinite propagate keeps going)")
-        if gguf_type is not None:
-            if problem:
-                t = io.gguf_plain(name, w, "non-finite values")
-            else:
-                t = io.gguf_tensor(name, w, gguf_type)
-            prepared.append(t)
-            if t.type == gguf_type:
-                err = _rel_error(w, sg.dequantize(t.array, gguf_type, shape))
-                rows.append((name, shape, before, t.nbytes, f"{err:.3e}"))
-            else:
-                rows.append((name, shape, before, t.nbytes, _kept(t)))
-            continue
-        qt = quantize(
-            w,
-            args.bits,
-            symmetric=not args.asymmetric,
-            granularity="group" if args.group_size else "channel",
-            group_size=args.group_size or 128,
-            rounding=args.rounding,
-            clip=args.clip,
-            nonfinite=args.nonfinite,
+    include = compile_patterns("--include", args.include)
+    exclude = compile_patterns("--exclude", args.exclude)
+    folder = _model_folder(args.input)
+    if fmt == "compressed-tensors" and folder is None:
+        raise UsageError(
+            f"{args.input}: compressed-tensors output needs the model's "
+            "config.json next to the weights"
         )
-        quantized[name] = qt
-        rows.append((name, shape, before, qt.nbytes, f"{_rel_error(w, qt.dequantize()):.3e}"))
-
-    if gguf_type is not None:
-        io.write_gguf(args.output, prepared)
+    if os.path.isdir(args.input):
+        if fmt != "compressed-tensors":
+            raise UsageError(
+                f"{args.input}: is a directory, not a safetensors file (a model "
+                "folder is read by --format gguf and compressed-tensors)"
+            )
+        files = _weight_files(Path(args.input))[1]
+        if len(files) != 1:
+            raise UsageError(f"{args.input}: sharded checkpoints are not supported here yet")
+        path = str(files[0])
     else:
-        stored, specs = io._layout(quantized, raw_ok=True)
-        out = {k: v if isinstance(v, io.st.Entry) else io.to_entry(v) for k, v in stored.items()}
-        meta = io._metadata({"source": os.path.basename(args.input), **metadata}, specs)
-        io.write_entries(args.output, out, meta)
-    _print_table(rows, gguf_type or fmt)
+        path = args.input
+    scheme = f"int{args.bits}/{'asym' if args.asymmetric else 'sym'}/" + (
+        f"g{args.group_size}" if args.group_size else "channel"
+    )
+    rows: list[Row] = []
+    out: dict[str, st.Entry] = {}
+    specs: dict[str, Any] = {}
+    targets: list[str] = []
+    with open_safetensors(path) as src:
+        refuse_quantized(path, src.metadata, src.tensors, "quantize")
+        for name, info in progress(src.tensors.items(), len(src.tensors), "quantize"):
+            ok, why = selected(name, include, exclude)
+            matrix = len(info.shape) == 2 and info.dtype in io.FLOAT_CODES and 0 not in info.shape
+            if fmt == "compressed-tensors" and not name.endswith(".weight"):
+                matrix, why = False, why or "kept (not a layer weight)"
+            if not (ok and matrix):
+                out[name] = st.Entry(info.dtype, list(info.shape), src.raw(name))
+                reason = why if matrix else "kept (not a 2-D float tensor)"
+                rows.append(
+                    Row(name, info.shape, info.dtype, info.dtype, info.nbytes, info.nbytes, reason)
+                )
+                continue
+            w = np.asarray(src.array(name))
+            if args.nonfinite == "raise" and not np.isfinite(w).all():
+                bad = int(np.flatnonzero(~np.isfinite(w.reshape(-1)))[0])
+                raise ValueError(
+                    f"{name}: non-finite value {w.reshape(-1)[bad]} at index "
+                    f"{tuple(int(i) for i in np.unravel_index(bad, w.shape))} "
+                    "(--nonfinite propagate keeps going)"
+                )
+            qt = quantize(
+                w,
+                args.bits,
+                symmetric=not args.asymmetric,
+                granularity="group" if args.group_size else "channel",
+                group_size=args.group_size or 128,
+                rounding=args.rounding,
+                clip=args.clip,
+                nonfinite=args.nonfinite,
+            )
+            err = f"{_rel_error(w, qt.dequantize()):.3e}"
+            if fmt == "compressed-tensors":
+                parts = compressed.tensors(name, qt)
+                targets.append(name[: -len(".weight")])
+            else:
+                stored, spec = io._layout({name: qt})
+                parts, specs[name] = stored, spec[name]
+            size = 0
+            for key, a in parts.items():
+                out[key] = st.to_entry(a, key)
+                size += a.nbytes
+            rows.append(Row(name, info.shape, info.dtype, scheme, info.nbytes, size, err))
+        metadata = dict(src.metadata)
+        if fmt == "compressed-tensors":
+            metadata["format"] = "pt"  # what transformers expects of a torch checkpoint
+            _write_compressed_folder(args, folder, out, metadata, targets)
+        else:
+            meta = io._metadata({**metadata, "source": os.path.basename(path)}, specs)
+            try:
+                st.write(args.output, out, meta)
+            except OSError as e:
+                raise UsageError(f"{args.output}: cannot write ({e.strerror or e})") from None
+    print_table(rows, f"{scheme}, {fmt}; wrote {args.output}")
     return 0
 
 
-def _kept(t: GgufTensor) -> str:
-    """The table's note for a tensor written unquantized to GGUF."""
-    return f"{t.type} ({t.note})" if t.note else f"kept {t.type}"
+def _write_compressed_folder(
+    args: argparse.Namespace,
+    folder: Path | None,
+    out: dict,
+    metadata: dict[str, str],
+    targets: list[str],
+) -> None:
+    """The model folder with the quantized weights and config, built aside then renamed."""
+    from .. import _safetensors as st
+    from . import compressed
 
-
-def _print_table(rows: list[tuple], scheme: str) -> None:
-    width = max([len("tensor")] + [len(r[0]) for r in rows])
-    print(
-        f"{'tensor':<{width}}  {'shape':<14} {'bytes before':>13} {'bytes after':>12}  rel. error"
-    )
-    total_before = total_after = 0
-    for name, shape, before, after, err in rows:
-        total_before += before
-        total_after += after
-        shape_s = "x".join(map(str, shape)) or "scalar"
-        print(f"{name:<{width}}  {shape_s:<14} {before:>13,} {after:>12,}  {err}")
-    ratio = total_before / total_after if total_after else 1.0
-    summary = f"({ratio:.2f}x smaller, {scheme})"
-    print(f"{'total':<{width}}  {'':<14} {total_before:>13,} {total_after:>12,}  {summary}")
+    assert folder is not None
+    final = Path(args.output)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent.resolve()))
+    try:
+        for item in folder.iterdir():  # tokenizer, pooling config, README, ...
+            if item.suffix in (
+                ".safetensors",
+                ".bin",
+                ".gguf",
+                ".pt",
+                ".pth",
+                ".h5",
+                ".msgpack",
+            ) or item.name in ("config.json", "model.safetensors.index.json"):
+                continue
+            if item.is_dir():
+                shutil.copytree(item, tmp / item.name)
+            else:
+                shutil.copy2(item, tmp / item.name)
+        with open(folder / "config.json", encoding="utf-8") as f:
+            config = json.load(f)
+        config["quantization_config"] = compressed.quantization_config(
+            targets, args.bits, not args.asymmetric, args.group_size
+        )
+        with open(tmp / "config.json", "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2)
+        st.write(str(tmp / "model.safetensors"), out, metadata)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)
+        if final.exists():
+            final.rmdir()  # checked empty before any work
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

@@ -55,6 +55,12 @@ def check_output(path: str | os.PathLike) -> None:
         raise PermissionError(f"{os.fspath(path)}: folder {parent} is not writable")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """``write(tmp)`` then rename over ``path``: :func:`slimgrad._safetensors.atomic`
     (stale temporary files cleaned, mode as ``open(path, "w")``) with the
@@ -123,6 +129,7 @@ def _layout(
 
 def _metadata(metadata: Mapping[str, str] | None, specs: dict[str, Any]) -> dict[str, str]:
     meta = dict(metadata or {})
+    meta["format"] = "slimgrad"  # not "pt": torch loaders must not take the codes as weights
     meta[META_KEY] = json.dumps({"version": FORMAT_VERSION, "tensors": specs})
     return meta
 

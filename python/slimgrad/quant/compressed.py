@@ -1,0 +1,111 @@
+"""slimgrad's quantized weights in the ``compressed-tensors`` format (vLLM, transformers).
+
+Layout (the ``pack-quantized`` format of the ``compressed-tensors`` package, weight-only
+integer quantization of ``Linear`` layers), for a layer ``L`` with weight ``L.weight``
+of shape ``(out, in)`` quantized to ``b`` bits:
+
+* ``L.weight_packed``: int32 ``(out, ceil(in * b / 32))``. Each row is a little-endian
+  bitstream: code ``j`` sits in bits ``[j*b, (j+1)*b)``, stored as the unsigned
+  value ``q + 2^(b-1)`` (codes are signed, in ``[-2^(b-1), 2^(b-1) - 1]``);
+* ``L.weight_scale``: float32 ``(out, 1)`` per channel or ``(out, in / group)``;
+* ``L.weight_zero_point`` (asymmetric only): the signed zero points, packed the same
+  way but along the output axis (int32 ``(ceil(out * b / 32), groups)``);
+* ``L.weight_shape``: int64 ``[out, in]``.
+
+Dequantization is ``(q - zero_point) * scale``: for slimgrad's codes (unsigned
+``u`` with zero point ``z`` when asymmetric) the stored code is ``u - 2^(b-1)`` and
+the zero point ``z - 2^(b-1)``, so every value equals slimgrad's own dequantization.
+``config.json`` gets a ``quantization_config`` naming exactly the quantized layers
+as targets (:func:`quantization_config`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ._tensor import QuantizedTensor
+
+FORMAT = "pack-quantized"
+
+
+def pack_int32(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Signed ``bits``-bit codes (rows last) as compressed-tensors' int32 words."""
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits: expected 1..8, got {bits}")
+    rows = int(np.prod(codes.shape[:-1], dtype=np.int64))
+    cols = codes.shape[-1]
+    u = (codes.reshape(rows, cols).astype(np.int16) + (1 << (bits - 1))).astype(np.uint8)
+    padded = -(-cols // 32) * 32  # 32 codes fill exactly `bits` words
+    if padded != cols:
+        u = np.pad(u, ((0, 0), (0, padded - cols)))
+    if bits == 8:
+        raw = u
+    elif bits == 4:
+        raw = u[:, 0::2] | (u[:, 1::2] << 4)
+    else:
+        bit = (u[:, :, None] >> np.arange(bits, dtype=np.uint8)) & 1
+        raw = np.packbits(bit.reshape(rows, -1), axis=1, bitorder="little")
+    words = np.ascontiguousarray(raw).view("<i4")[:, : -(-cols * bits // 32)]
+    return np.ascontiguousarray(words).astype(np.int32).reshape(*codes.shape[:-1], -1)
+
+
+def tensors(name: str, qt: QuantizedTensor) -> dict[str, np.ndarray]:
+    """The stored tensors of the quantized weight ``name`` (``"L.weight"``)."""
+    if (
+        len(qt.shape) != 2
+        or qt.granularity == "tensor"
+        or (qt.granularity == "channel" and qt.axis != 0)
+    ):
+        raise ValueError(
+            f"{name}: compressed-tensors stores 2-D weights quantized per output "
+            f"channel or per group, got {qt.granularity} of shape {qt.shape}"
+        )
+    layer = name[: -len(".weight")] if name.endswith(".weight") else name
+    off = 0 if qt.symmetric else 1 << (qt.bits - 1)
+    codes = qt.codes().astype(np.int16) - off
+    scale = qt.scale.reshape(qt.shape[0], -1).astype(np.float32)
+    out = {
+        f"{layer}.weight_packed": pack_int32(codes, qt.bits),
+        f"{layer}.weight_scale": scale,
+        f"{layer}.weight_shape": np.array(qt.shape, np.int64),
+    }
+    if not qt.symmetric:
+        zp = qt.zero_point.reshape(scale.shape).astype(np.int16) - off
+        out[f"{layer}.weight_zero_point"] = np.ascontiguousarray(pack_int32(zp.T, qt.bits).T)
+    return out
+
+
+def quantization_config(
+    targets: Sequence[str], bits: int, symmetric: bool, group_size: int | None
+) -> dict[str, Any]:
+    """``config.json``'s ``quantization_config`` for the layers ``targets`` (module names)."""
+    return {
+        "quant_method": "compressed-tensors",
+        "format": FORMAT,
+        "quantization_status": "compressed",
+        "config_groups": {
+            "group_0": {
+                "targets": sorted(targets),
+                "weights": {
+                    "num_bits": bits,
+                    "type": "int",
+                    "symmetric": symmetric,
+                    "strategy": "group" if group_size else "channel",
+                    "group_size": group_size,
+                    "dynamic": False,
+                    "actorder": None,
+                    "observer": "minmax",
+                    "block_structure": None,
+                },
+                "input_activations": None,
+                "output_activations": None,
+                "format": FORMAT,
+            }
+        },
+        "ignore": [],
+        "kv_cache_scheme": None,
+        "sparsity_config": {},
+    }
