@@ -48,7 +48,7 @@ def tiny_bert(tmp_path_factory):
     rng = np.random.default_rng(7)
     model = bert.BertModel(bert.BertConfig.from_json(str(path / "config.json")))
     state = {}
-    for name, value in model.state_dict().items():
+    for name, value in model.parameters().items():
         noise = rng.standard_normal(value.shape).astype(np.float32)
         state[name] = (value + 0.05 * noise).astype(np.float32)
     save_file(state, str(path / "model.safetensors"))

@@ -230,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
         f"held-out embedding cosine vs float: min {c.min():.4f}, mean {c.mean():.4f} "
         f"over {len(heldout)} sentences; {time.perf_counter() - started:.1f} s"
     )
-    tensors: dict[str, object] = dict(model.model.state_dict())
+    tensors: dict[str, object] = dict(model.model.parameters())
     for name, stored in result.stored.items():
         tensors[f"{name}.weight"] = stored
     for name, value in result.folded.items():

@@ -296,7 +296,7 @@ def _load_weights(model: BertModel, path: str) -> None:
         if key.startswith(("pooler.", "cls.")) or key.endswith("position_ids"):
             continue
         state[key] = entry
-    targets = model.state_dict()
+    targets = model.parameters()  # the weights a checkpoint holds (not dropout counters)
     missing = sorted(set(targets) - set(state))
     unexpected = sorted(set(state) - set(targets))
     if missing or unexpected:

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from .functional import check_seed
 from ._layers import GELU, Dropout, Linear, _check_count
 from ._module import Module, check_grad, check_input
+from .functional import check_seed
 
 _nn = _core.nn
 _F32 = np.dtype(np.float32)
