@@ -212,6 +212,9 @@ def read_imatrix(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     ValueError
         The file is neither format, or is truncated or inconsistent (the
         message names the file and the entry).
+    ImportError
+        A GGUF file and the ``gguf`` package (extra ``slimgrad[gguf]``) is
+        not installed.
     """
     path = os.fspath(path)
     with open(path, "rb") as f:
@@ -254,6 +257,8 @@ def write_imatrix(
     ValueError
         Names of ``sums`` and ``counts`` differ, a shape or count is wrong,
         or a sum is negative or not finite (nothing is written).
+    ImportError
+        The ``gguf`` package (extra ``slimgrad[gguf]``) is not installed.
     """
     from gguf import GGUFWriter
 
