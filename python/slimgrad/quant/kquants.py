@@ -185,7 +185,10 @@ def dequantize(data: np.ndarray, type: Any, shape: tuple[int, ...] | None = None
     if n % BLOCK_SIZE or data.size != n // BLOCK_SIZE * ts:
         raise ValueError(f"data: {data.size} bytes do not hold {name} blocks of shape {shape}")
     out = np.empty(shape, np.float32)
-    _core.quant.kquant_dequantize(np.ascontiguousarray(data), TYPE_ID[name], out)
+    data = np.ascontiguousarray(data)
+    if data.ctypes.data % 2:  # the blocks' fp16 fields are read as uint16
+        data = data.copy()
+    _core.quant.kquant_dequantize(data, TYPE_ID[name], out)
     return out
 
 
