@@ -89,6 +89,15 @@ def test_dequantize_equals_gguf_package(isa, threads, type_name, rng):
         assert kq.dequantize(q, qtype, w.shape).shape == w.shape
 
 
+def test_dequantize_of_an_unaligned_view(rng):
+    q = kq.quantize(rng.standard_normal((2, 256)).astype(np.float32), "Q6_K")
+    buf = np.empty(q.size + 1, np.uint8)
+    buf[1:] = q.reshape(-1)
+    np.testing.assert_array_equal(
+        kq.dequantize(buf[1:], "Q6_K"), kq.dequantize(q.reshape(-1), "Q6_K")
+    )
+
+
 @pytest.mark.parametrize("type_name", kq.TYPES)
 @pytest.mark.parametrize("use_imatrix", [False, True], ids=["ref", "imatrix"])
 def test_round_trip_error_budget(type_name, use_imatrix, rng):

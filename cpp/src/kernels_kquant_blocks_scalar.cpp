@@ -237,7 +237,7 @@ void q2k_finish(const float* x, const float* scales, const float* mins, const fl
     }
     if (max_min > 0) {
       const float iscale = q4scale / max_min;
-      for (int j = 0; j < 16; ++j) y->scales[j] |= static_cast<std::uint8_t>(nearest_int(iscale * mins[j]) << 4);
+      for (int j = 0; j < 16; ++j) y->scales[j] |= static_cast<std::uint8_t>(static_cast<unsigned>(nearest_int(iscale * mins[j])) << 4);
       y->dmin = fp32_to_fp16(max_min / q4scale);
     } else {
       y->dmin = fp32_to_fp16(0.f);

@@ -185,7 +185,10 @@ def dequantize(data: np.ndarray, type: Any, shape: tuple[int, ...] | None = None
     if n % BLOCK_SIZE or data.size != n // BLOCK_SIZE * ts:
         raise ValueError(f"data: {data.size} bytes do not hold {name} blocks of shape {shape}")
     out = np.empty(shape, np.float32)
-    _core.quant.kquant_dequantize(np.ascontiguousarray(data), TYPE_ID[name], out)
+    data = np.ascontiguousarray(data)
+    if data.ctypes.data % 2:  # the blocks' fp16 fields are read as uint16
+        data = data.copy()
+    _core.quant.kquant_dequantize(data, TYPE_ID[name], out)
     return out
 
 
@@ -212,6 +215,9 @@ def read_imatrix(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     ValueError
         The file is neither format, or is truncated or inconsistent (the
         message names the file and the entry).
+    ImportError
+        A GGUF file and the ``gguf`` package (extra ``slimgrad[gguf]``) is
+        not installed.
     """
     path = os.fspath(path)
     with open(path, "rb") as f:
@@ -254,6 +260,8 @@ def write_imatrix(
     ValueError
         Names of ``sums`` and ``counts`` differ, a shape or count is wrong,
         or a sum is negative or not finite (nothing is written).
+    ImportError
+        The ``gguf`` package (extra ``slimgrad[gguf]``) is not installed.
     """
     from gguf import GGUFWriter
 
