@@ -100,8 +100,10 @@ void masked_softmax_backward(const float* p, const float* dp, float* ds, std::si
 namespace {
 
 // Rows packed at once: kHessianSub blocks of kHessianKc rows (a few MiB of
-// panels for d = 1536), so one parallel region covers many register passes.
+// panels for d = 1536): one packing pass (a parallel region) per 1024 rows.
 constexpr std::size_t kHessianSub = 4;
+// A panels per cache block: 16 x MR x kHessianKc floats (192 KiB on AVX-512).
+constexpr std::size_t kHessianPanels = 16;
 
 // Panels of `width` columns of rows [0, s) of x, zero-padded to `width`:
 // panel p holds x[k][p * width + c] at pack[p * s * width + k * width + c].
@@ -134,31 +136,46 @@ template <Isa I, class T>
 void hessian_run(const float* x, std::size_t n, std::size_t d, T* h, double* abs_sum, double* sq_sum) {
   constexpr std::size_t MR = kernels::HessianTile<I>::mr, NR = kernels::HessianTile<I>::nr;
   const std::size_t mp = (d + MR - 1) / MR, np = (d + NR - 1) / NR, super = kHessianKc * kHessianSub;
-  std::vector<float> apack(mp * MR * std::min(n, super)), bpack(np * NR * std::min(n, super));
+  // Packing buffers are kept per calling thread and only grow: fresh multi-MiB
+  // allocations each call cost a page fault per 4 KiB (measured: 10x the
+  // arithmetic for d = 320 on this VM). At most (d + NR) * 2 * 1024 floats.
+  // (Plain pointers below: a lambda run by a worker thread would otherwise
+  // name that worker's own thread_local vectors.)
+  thread_local std::vector<float> a_buf, b_buf;
+  a_buf.resize(std::max(a_buf.size(), mp * MR * std::min(n, super)));
+  b_buf.resize(std::max(b_buf.size(), np * NR * std::min(n, super)));
+  float* const apack = a_buf.data();
+  float* const bpack = b_buf.data();
   for (std::size_t k0 = 0; k0 < n; k0 += super) {
     const std::size_t s = std::min(super, n - k0);
     const float* xs = x + k0 * d;
     parallel_tasks(mp + np, [&](std::size_t t) {
       if (t < np)
-        pack_panel(xs, s, d, NR, t, bpack.data(), abs_sum, sq_sum);
+        pack_panel(xs, s, d, NR, t, bpack, abs_sum, sq_sum);
       else
-        pack_panel(xs, s, d, MR, t - np, apack.data(), nullptr, nullptr);
+        pack_panel(xs, s, d, MR, t - np, apack, nullptr, nullptr);
     });
-    // One task per column panel (the tiles on or above the diagonal); each
-    // H element is written by one task, its partials added in row order.
-    parallel_tasks(np, [&](std::size_t jp) {
-      const std::size_t col0 = jp * NR, cols = std::min(NR, d - col0);
-      const std::size_t ip_end = std::min(mp, (col0 + cols - 1) / MR + 1);
-      for (std::size_t c = 0; c * kHessianKc < s; ++c) {
-        const std::size_t kc = std::min(kHessianKc, s - c * kHessianKc);
-        const float* b = bpack.data() + jp * s * NR + c * kHessianKc * NR;
-        for (std::size_t ip = 0; ip < ip_end; ++ip) {
-          const std::size_t row0 = ip * MR, rows = std::min(MR, d - row0);
-          kernels::hessian_tile<I, T>(apack.data() + ip * s * MR + c * kHessianKc * MR, b, kc, h + row0 * d + col0,
-                                      d, rows, cols);
-        }
+    // Loop order for cache reuse (as GotoBLAS): per block of kc rows, per
+    // block of kHessianPanels A panels (about 200 KB, stays in L2), every
+    // column panel streams its B sub-panel (kc x NR, L1) past them. Threads
+    // take column panels; each H element is written by one task, its block
+    // partials added in row order whatever the thread count.
+    for (std::size_t c = 0; c * kHessianKc < s; ++c) {
+      const std::size_t kc = std::min(kHessianKc, s - c * kHessianKc);
+      for (std::size_t ib = 0; ib < mp; ib += kHessianPanels) {
+        const std::size_t ib_end = std::min(mp, ib + kHessianPanels);
+        parallel_tasks(np, [&](std::size_t jp) {
+          const std::size_t col0 = jp * NR, cols = std::min(NR, d - col0);
+          const std::size_t ip_end = std::min(ib_end, (col0 + cols - 1) / MR + 1);  // on or above the diagonal
+          const float* b = bpack + jp * s * NR + c * kHessianKc * NR;
+          for (std::size_t ip = ib; ip < ip_end; ++ip) {
+            const std::size_t row0 = ip * MR, rows = std::min(MR, d - row0);
+            kernels::hessian_tile<I, T>(apack + ip * s * MR + c * kHessianKc * MR, b, kc,
+                                        h + row0 * d + col0, d, rows, cols);
+          }
+        });
       }
-    });
+    }
   }
   // Mirror the upper triangle (tiles crossing the diagonal also wrote some
   // lower elements; the mirror overwrites them with the upper values).
