@@ -89,6 +89,7 @@ def test_stub_signatures_match_the_built_module():
 GOOD = """
     import numpy as np
 
+    import slimgrad
     from slimgrad import quant
     from slimgrad.optim import AdamW, functional
     from slimgrad.schedule import StepLR
@@ -101,6 +102,7 @@ GOOD = """
     sched.step()
     qt = quant.quantize(w, 8, granularity="channel")
     out: np.ndarray = functional.adamw_(w, np.ones_like(w), m, v, step=1, lr=1e-3, seed=1)
+    sgd = slimgrad.optim.SGD([w], lr=0.1)
 """
 
 # Each bad line, and the words mypy's message must contain.
@@ -109,6 +111,8 @@ BAD = {
     'sched = StepLR(opt, step_size="ten")': 'Argument "step_size" to "StepLR" has incompatible type "str"',
     'qt = quant.quantize(w, bits="eight")': 'Argument "bits" to "quantize" has incompatible type "str"',
     "functional.adam_(w, w, m, v, step=1, rounding=1)": 'Argument "rounding" to "adam_" has incompatible type "int"',
+    'sgd = slimgrad.optim.SGD([w], lr="x")': 'Argument "lr" to "SGD" has incompatible type "str"',
+    'functional.adamw_(w, w, m, v, step=1, beta1="x")': 'Argument "beta1" to "adamw_" has incompatible type "str"',
 }
 
 

@@ -18,6 +18,20 @@ from dataclasses import dataclass, field
 from statistics import median
 from typing import Any
 
+__all__ = [
+    "Case",
+    "OURS",
+    "PROBE",
+    "Result",
+    "SUITES",
+    "environment",
+    "format_table",
+    "measure",
+    "optional_import",
+    "run_suite",
+    "suite_cases",
+]
+
 # suite name (as given to `slimgrad bench --suite`) -> the modules it runs
 SUITES = {
     "core": ("core",),

@@ -18,8 +18,8 @@ compression pipeline (teacher, distilled student, pruning, quantization).
 
 from __future__ import annotations
 
-from .adapters import torch_teacher
-from .distiller import Distiller, History, predict_logits
-from .losses import feature_loss, kd_loss
+from ._adapters import torch_teacher
+from ._distiller import Distiller, History, predict_logits
+from ._losses import feature_loss, kd_loss
 
 __all__ = ["Distiller", "History", "feature_loss", "kd_loss", "predict_logits", "torch_teacher"]

@@ -76,6 +76,16 @@ def validate(bucket: Bucket) -> None:
 class ExtraOptimizer(Optimizer):
     """Base of Lion, LAMB, AdamW8bit and Adafactor: validation and half-precision plumbing."""
 
+    def __init__(self, params: Any, defaults: dict[str, Any], *, nonfinite: str = "raise") -> None:
+        # Options are stored as the kernels take them: each checked by its
+        # option check, in the constructor's argument order, and kept as the
+        # check returns it (floats, a tuple of betas); maximize as bool(value).
+        defaults = {
+            k: bool(v) if k == "maximize" else self._option_checks[k](k, v)
+            for k, v in defaults.items()
+        }
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
     def _validate_all(self, buckets: list[Bucket]) -> None:
         for b in buckets:
             validate(b)

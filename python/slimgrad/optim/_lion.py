@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import _core
 from ._bucket import Bucket
-from ._checks import check_betas, check_nonneg, check_torch_flags
+from ._checks import check_torch_flags
 from ._extra import ExtraOptimizer, round_back
 
 
@@ -66,12 +66,7 @@ class Lion(ExtraOptimizer):
         nonfinite: str = "raise",
     ) -> None:
         check_torch_flags(foreach, fused, capturable, differentiable)
-        defaults = dict(
-            lr=check_nonneg("lr", lr),
-            betas=check_betas(betas),
-            weight_decay=check_nonneg("weight_decay", weight_decay),
-            maximize=bool(maximize),
-        )
+        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults, nonfinite=nonfinite)
 
     def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:

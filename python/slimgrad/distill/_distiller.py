@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from .adapters import FIX, is_torch_object
-from .losses import kd_loss
+from ._adapters import FIX, is_torch_object
+from ._losses import kd_loss
 
 
 @dataclass
