@@ -375,3 +375,29 @@ def test_step_epoch_past_onecycle_end_changes_nothing():
         with pytest.warns(UserWarning):
             sched.step(11)
     assert opt.param_groups == before and sched.last_epoch == 0
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda L, o: L.StepLR(o, 2),
+        lambda L, o: L.ExponentialLR(o, gamma=0.9),
+        lambda L, o: L.ConstantLR(o),
+        lambda L, o: L.LinearLR(o),
+        lambda L, o: L.PolynomialLR(o, power=0.9),
+    ],
+)
+def test_lr_is_constant_for_constant_epoch(build):
+    # torch's test_*_is_constant_for_constant_epoch: step(2) ten times, one value.
+    mo, to = make_pair()
+    mine, theirs = build(S, mo), build(TL, to)
+    seen = []
+    for _ in range(10):
+        with pytest.warns(UserWarning, match="deprecated"):
+            mine.step(2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs.step(2)
+        seen.append(mo.param_groups[0]["lr"])
+        assert close(lrs(mo), lrs(to))
+    assert min(seen) == max(seen)

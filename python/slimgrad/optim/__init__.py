@@ -51,7 +51,7 @@ __all__ = [
     "clip_grad_value_",
     "dequantize_moment",
     "flatten",
-    "functional",
     "from_torch_state_dict",
+    "functional",
     "quantize_moment",
 ]

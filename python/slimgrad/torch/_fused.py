@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .. import _core
+from ..optim import _optimizers as _np
 from ._base import HALF, TorchOptimizer, as_array, check_range
 
 __all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop"]
@@ -133,16 +134,9 @@ class SGD(_Fused):
         # torch's first step copies the gradient into a missing momentum buffer.
         return 2 if state.get("momentum_buffer") is not None else 1
 
-    def _state_keys(self, group):
-        return ["momentum_buffer"] if group["momentum"] != 0 else []
-
-    def _set_args(self, a, g):
-        a.momentum, a.dampening = float(g["momentum"]), float(g["dampening"])
-        a.weight_decay, a.nesterov, a.maximize = (
-            float(g["weight_decay"]),
-            g["nesterov"],
-            g["maximize"],
-        )
+    # The group keys are torch's, as slimgrad.optim's: share its state slots and options.
+    _state_keys = _np.SGD._state_keys
+    _set_args = _np.SGD._set_args
 
 
 class Adam(_Fused):
@@ -194,14 +188,9 @@ class Adam(_Fused):
         )
         super().__init__(params, defaults)
 
-    def _state_keys(self, group):
-        return ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
-
-    def _set_args(self, a, g):
-        a.beta1, a.beta2 = (float(b) for b in g["betas"])
-        a.eps, a.weight_decay = float(g["eps"]), float(g["weight_decay"])
-        a.amsgrad, a.maximize = bool(g["amsgrad"]), bool(g["maximize"])
-        a.decoupled = bool(g.get("decoupled_weight_decay", False))
+    # The group keys are torch's, as slimgrad.optim's: share its state slots and options.
+    _state_keys = _np.Adam._state_keys
+    _set_args = _np.Adam._set_args
 
 
 class AdamW(Adam):
@@ -283,12 +272,9 @@ class Adagrad(_Fused):
     def _fill(self, group):
         return float(group["initial_accumulator_value"])
 
-    def _state_keys(self, group):
-        return ["sum"]
-
-    def _set_args(self, a, g):
-        a.lr_decay, a.weight_decay = float(g["lr_decay"]), float(g["weight_decay"])
-        a.eps, a.maximize = float(g["eps"]), bool(g["maximize"])
+    # The group keys are torch's, as slimgrad.optim's: share its state slots and options.
+    _state_keys = _np.Adagrad._state_keys
+    _set_args = _np.Adagrad._set_args
 
 
 class RMSprop(_Fused):
@@ -333,22 +319,6 @@ class RMSprop(_Fused):
         )
         super().__init__(params, defaults)
 
-    def _state_keys(self, group):
-        keys = ["square_avg"]
-        if group["momentum"] > 0:
-            keys.append("momentum_buffer")
-        if group["centered"]:
-            keys.append("grad_avg")
-        return keys
-
-    def _set_args(self, a, g):
-        a.alpha, a.eps, a.weight_decay = (
-            float(g["alpha"]),
-            float(g["eps"]),
-            float(g["weight_decay"]),
-        )
-        a.momentum, a.centered, a.maximize = (
-            float(g["momentum"]),
-            bool(g["centered"]),
-            g["maximize"],
-        )
+    # The group keys are torch's, as slimgrad.optim's: share its state slots and options.
+    _state_keys = _np.RMSprop._state_keys
+    _set_args = _np.RMSprop._set_args
