@@ -82,3 +82,14 @@ def test_bad_input_raises_and_changes_nothing(layer):
         assert message in str(info.value), str(info.value)
     np.testing.assert_array_equal(w, w0)
     np.testing.assert_array_equal(mean, mean0)
+
+
+def test_clip_search_with_a_short_last_group(rng):
+    w = rng.standard_normal((20, 100)).astype(np.float32)
+    x = rng.standard_normal((400, 100))
+    H = x.T @ x
+    clipped = quant.awq_clip(w, H, 4, 32)
+    last = w[:, 96:]
+    assert np.all(clipped[:, 96:] >= last.min(axis=1, keepdims=True))
+    assert np.all(clipped[:, 96:] <= last.max(axis=1, keepdims=True))
+    assert output_error(x, w, rtn(clipped, 32)) <= output_error(x, w, rtn(w, 32))

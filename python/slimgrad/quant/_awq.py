@@ -128,22 +128,37 @@ def awq_clip(
     w32, h = check_layer(w, H)
     bits, group_size = check_int(bits, "bits", 2), check_int(group_size, "group_size", 1)
     n_grid = check_int(n_grid, "n_grid", 1)
-    out = w32.copy()
-    steps = max(1, int(max_shrink * n_grid))
-    for g0 in range(0, w32.shape[1], group_size):
-        part = w32[:, g0 : g0 + group_size]
-        hg = h[g0 : g0 + group_size, g0 : g0 + group_size]
-        lo, hi = part.min(axis=1, keepdims=True), part.max(axis=1, keepdims=True)
-        if symmetric:
-            hi = np.maximum(-lo, hi)
-            lo = -hi
-        best_err = np.full(part.shape[0], np.inf)
-        for k in range(steps):
-            ratio = np.float32(1.0 - k / n_grid)
-            clipped = np.clip(part, lo * ratio, hi * ratio)
-            d = _fake(clipped, bits, group_size, symmetric).astype(np.float64) - part
-            err = np.einsum("ri,ij,rj->r", d, hg, d)
-            better = err < best_err
-            best_err = np.where(better, err, best_err)
-            out[:, g0 : g0 + group_size][better] = clipped[better]
+    rows, cols = w32.shape
+    starts = range(0, cols, group_size)
+    # Every group at once: one quantize call per ratio (groups are independent),
+    # the last group padded with zero weights and zero Hessian (no error).
+    padded = -(-cols // group_size) * group_size
+    wp = np.zeros((rows, padded), np.float32)
+    wp[:, :cols] = w32
+    hb = np.zeros((len(starts), group_size, group_size))
+    for g, g0 in enumerate(starts):
+        part = h[g0 : g0 + group_size, g0 : g0 + group_size]
+        hb[g, : part.shape[0], : part.shape[1]] = part
+    groups = wp.reshape(rows, -1, group_size)
+    lo, hi = groups.min(axis=2, keepdims=True), groups.max(axis=2, keepdims=True)
+    if cols % group_size:  # the padding's zeros must not widen the last group's range
+        last = w32[:, starts[-1] :]
+        lo[:, -1, 0], hi[:, -1, 0] = last.min(axis=1), last.max(axis=1)
+    if symmetric:
+        hi = np.maximum(-lo, hi)
+        lo = -hi
+    best = groups.copy()
+    best_err = np.full(groups.shape[:2], np.inf)
+    for k in range(max(1, int(max_shrink * n_grid))):
+        ratio = np.float32(1.0 - k / n_grid)
+        clipped = np.clip(groups, lo * ratio, hi * ratio)
+        flat = clipped.reshape(rows, padded)[:, :cols]
+        d = np.zeros((rows, padded))
+        d[:, :cols] = _fake(np.ascontiguousarray(flat), bits, group_size, symmetric) - w32
+        dg = d.reshape(rows, -1, group_size).transpose(1, 0, 2)  # (groups, rows, size)
+        err = np.einsum("grj,grj->rg", dg @ hb, dg)  # d^T H_gg d per row and group
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best[better] = clipped[better]
+    out = np.ascontiguousarray(best.reshape(rows, padded)[:, :cols])
     return out
