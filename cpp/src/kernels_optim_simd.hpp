@@ -45,7 +45,7 @@ template <class V>
 struct VConsts {
   using T = typename V::Scalar;
   V lr, neg_lr, wd, eps, momentum, one_minus_dampening, decay, one_minus_decay, w, w_rest, c0, c1,
-      c2, neg_c0, wd_scale;
+      c2, neg_c0, wd_scale, beta1;
   explicit VConsts(const StepConsts<T>& k)
       : lr(V::set1(k.lr)),
         neg_lr(V::set1(k.neg_lr)),
@@ -61,7 +61,8 @@ struct VConsts {
         c1(V::set1(k.c1)),
         c2(V::set1(k.c2)),
         neg_c0(V::set1(-k.c0)),
-        wd_scale(V::set1(k.wd_scale)) {}
+        wd_scale(V::set1(k.wd_scale)),
+        beta1(V::set1(k.beta1)) {}
 };
 
 // Loads/stores of one vector position: full vectors or a padded tail.
@@ -160,7 +161,15 @@ SLIMGRAD_OPTIM_INLINE V update(const StepConsts<typename V::Scalar>& k, const VC
     const V den = sqrt(v / c.c0) + c.eps;
     p = p + (c.c1 * g) / den;
     return p + (c.c2 * m) / den;
-  } else {  // radam
+  } else if constexpr (A == Algo::lion) {  // sign(0) = sign(NaN) = 0, as the oracle
+    const V m = st.ld(0);
+    const V u = c.beta1 * m + c.w * g;
+    st.st(0, c.decay * m + c.one_minus_decay * g);
+    const V zero = V::zero();
+    const V sign = select(lt(zero, u), V::set1(T(1)), select(lt(u, zero), V::set1(T(-1)), zero));
+    return p + c.neg_lr * sign;
+  } else {
+    static_assert(A == Algo::radam, "update(): an elementwise row of optim_table.hpp without a kernel");
     const V m = lerp(st.ld(0), g);
     const V v = st.ld(1) * c.decay + (c.one_minus_decay * g) * g;
     st.st(0, m);
@@ -493,16 +502,13 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
 
 template <Isa I, class T, bool Bf16State>
 void run_algo(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
-  switch (a.algo) {
-    case Algo::sgd: return run<I, Algo::sgd, T, Bf16State>(a, s, b, e);
-    case Algo::adagrad: return run<I, Algo::adagrad, T, Bf16State>(a, s, b, e);
-    case Algo::rmsprop: return run<I, Algo::rmsprop, T, Bf16State>(a, s, b, e);
-    case Algo::adadelta: return run<I, Algo::adadelta, T, Bf16State>(a, s, b, e);
-    case Algo::adam: return run<I, Algo::adam, T, Bf16State>(a, s, b, e);
-    case Algo::adamax: return run<I, Algo::adamax, T, Bf16State>(a, s, b, e);
-    case Algo::nadam: return run<I, Algo::nadam, T, Bf16State>(a, s, b, e);
-    case Algo::radam: return run<I, Algo::radam, T, Bf16State>(a, s, b, e);
-  }
+  // One case per elementwise row of the descriptor table.
+#define SLIMGRAD_CASE(name, kind, ...)                                           \
+  case Algo::name:                                                               \
+    if constexpr (OptimKind::kind == OptimKind::elementwise) return run<I, Algo::name, T, Bf16State>(a, s, b, e); \
+    break;
+  switch (a.algo) { SLIMGRAD_OPTIMIZERS(SLIMGRAD_CASE) }
+#undef SLIMGRAD_CASE
 }
 
 }  // namespace optim_simd

@@ -43,6 +43,13 @@ void step_constants(StepArgs& a) {
       a.c3 = prod;
       break;
     }
+    case Algo::lion:
+      a.decoupled = true;
+      break;
+    case Algo::lamb:
+    case Algo::adafactor:
+    case Algo::adamw8bit:
+      break;  // multipass: their own entry points
     case Algo::radam: {
       const double bc1 = 1.0 - std::pow(a.beta1, t), bc2 = 1.0 - std::pow(a.beta2, t);
       const double rho_inf = 2.0 / (1.0 - a.beta2) - 1.0;
@@ -60,29 +67,17 @@ void step_constants(StepArgs& a) {
 
 int state_slots(const StepArgs& a, int out[3]) {
   int n = 0;
-  const auto use = [&](int k) { out[n++] = k; };
-  switch (a.algo) {
-    case Algo::sgd:
-      if (a.momentum != 0) use(0);
-      break;
-    case Algo::adagrad: use(0); break;
-    case Algo::rmsprop:
-      use(0);
-      if (a.momentum > 0) use(1);
-      if (a.centered) use(2);
-      break;
-    case Algo::adam:
-      use(0);
-      use(1);
-      if (a.amsgrad) use(2);
-      break;
-    case Algo::adadelta:
-    case Algo::adamax:
-    case Algo::nadam:
-    case Algo::radam:
-      use(0);
-      use(1);
-      break;
+  const OptimDesc& d = describe(a.algo);
+  for (int k = 0; k < 3; ++k) {
+    bool use = false;
+    switch (d.slots[k].when) {
+      case SlotWhen::always: use = true; break;
+      case SlotWhen::momentum: use = a.momentum != 0; break;
+      case SlotWhen::centered: use = a.centered; break;
+      case SlotWhen::amsgrad: use = a.amsgrad; break;
+      default: break;  // never; factored/vector belong to multipass rows
+    }
+    if (use) out[n++] = k;
   }
   return n;
 }
