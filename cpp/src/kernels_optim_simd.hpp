@@ -1,10 +1,10 @@
 // Optimizer steps written once against simd.hpp, instantiated by
-// kernels_optim_avx2.cpp and kernels_optim_avx512.cpp.
+// the per-ISA units the build generates (CMakeLists.txt).
 //  - One pass: each vector of p, g and the states is loaded once, updated,
 //    stored once. The algorithm and the storage type are template
 //    parameters; option flags are uniform branches (predicted, hoisted).
 //  - Same operations in the same order as the scalar oracle
-//    (kernels_optim_scalar.cpp), and fp-contract=off below so the compiler
+//    (kernels_optim_scalar.cpp), and the area is "exact" in CMakeLists.txt (-ffp-contract=off) so the compiler
 //    does not fuse a*b+c into an FMA: every ISA gives the same bits as the
 //    scalar reference. The step is memory bound; FMA would not make it faster.
 //  - Tails: the last k < width elements go through padded copies
@@ -25,10 +25,6 @@
 
 #include "slimgrad/optim.hpp"
 #include "slimgrad/simd.hpp"
-
-// After the includes: applies to the kernels below (and the simd.hpp inlines
-// once inlined into them), not to the intrinsic headers.
-#pragma GCC optimize("fp-contract=off")
 
 // The per-vector helpers below must inline into the loops of run(): a call
 // per vector (GCC declined to inline update() with bfloat16 state) costs more
@@ -183,7 +179,7 @@ SLIMGRAD_OPTIM_INLINE V update(const StepConsts<typename V::Scalar>& k, const VC
 #if defined(__AVX2__)
 // Stochastic rounding of 8 floats, the vector form of bf16_stochastic /
 // f16_stochastic (optim.hpp), bit for bit. In an anonymous namespace: this
-// header is compiled once per ISA file, and internal linkage keeps the AVX2
+// header is compiled once per ISA unit, and internal linkage keeps the AVX2
 // copy and the AVX-512-flagged copy apart (the per-file-flags ODR trap).
 namespace {
 
@@ -543,3 +539,13 @@ void optim_step(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) 
 }
 
 }  // namespace slimgrad::kernels
+
+// ---------------------------------------------------------- instantiations
+// Compiled once per ISA by the units CMakeLists.txt generates from its
+// kernel list (SLIMGRAD_UNIT_ISA is that unit's level); nothing else defines it.
+#ifdef SLIMGRAD_UNIT_ISA
+namespace slimgrad::kernels {
+template void optim_step<SLIMGRAD_UNIT_ISA>(const StepArgs&, const Slot&, std::size_t, std::size_t);
+template std::size_t find_nonfinite_half<SLIMGRAD_UNIT_ISA>(const std::uint16_t*, std::size_t, bool);
+}  // namespace slimgrad::kernels
+#endif  // SLIMGRAD_UNIT_ISA

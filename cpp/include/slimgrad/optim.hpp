@@ -9,8 +9,8 @@
 //    bits (tested).
 //  - slimgrad::optim_step: a multi-tensor step over a list of arrays
 //    (merging arrays that lie back to back in memory), an optional
-//    non-finite scan of all gradients first, work items of kOptimGrain
-//    elements on the thread pool. Elementwise, so results do not depend on
+//    non-finite scan of all gradients first, work pieces planned by
+//    plan_work (threading.hpp) on the thread pool. Elementwise, so results do not depend on
 //    the thread count.
 //
 // Storage: float32 / float64 params do their math in their own type, and
@@ -148,8 +148,6 @@ struct StepConsts {
     has_momentum = a.momentum != 0;
   }
 };
-
-inline constexpr std::size_t kOptimGrain = 1 << 15;
 
 namespace kernels {
 template <Isa I>

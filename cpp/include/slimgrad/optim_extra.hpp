@@ -4,9 +4,9 @@
 // Same two layers as core.hpp:
 //  - slimgrad::kernels::<fn><Isa, T>: single-threaded kernels on one
 //    contiguous range (scalar reference in kernels_optim_extra_scalar.cpp,
-//    SIMD in kernels_optim_extra_simd.hpp instantiated per ISA file);
+//    SIMD in kernels_optim_extra_simd.hpp instantiated per ISA unit);
 //  - slimgrad::<fn>: multi-tensor entry points in optim_extra.cpp. A list of
-//    arrays is cut into work items of at most kExtraGrain elements (item
+//    arrays is cut by the core planner (plan_work, threading.hpp; piece
 //    boundaries depend only on the array sizes), run on the thread pool, and
 //    every reduction adds per-item partials in item order: results are
 //    identical for any thread count.
@@ -21,9 +21,6 @@
 
 namespace slimgrad {
 
-// Elements per work item; a multiple of the AdamW8bit block (256) so a block
-// never straddles two items.
-inline constexpr std::size_t kExtraGrain = 1 << 15;
 // AdamW8bit: elements sharing one float32 scale per moment.
 inline constexpr std::size_t kQuantBlock = 256;
 

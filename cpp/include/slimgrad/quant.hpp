@@ -232,7 +232,8 @@ void qmatmul(const float* x, std::size_t batch, const Spec& spec, const std::uin
 // c (M x N, int32) = a (M x K, int8) @ b (N x K, int8).T, exact.
 void matmul_s8(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::size_t N, std::size_t K,
                std::int32_t* c);
-// Whether this CPU runs AVX512-VNNI (vpdpbusd), used by matmul_s8 on avx512.
+// Whether the active ISA level includes VNNI (vpdpbusd; level avx512_vnni of
+// isa.hpp), used by matmul_s8 on avx512.
 bool has_avx512_vnni();
 
 enum class GgufType : int { q8_0 = 0, q4_0 = 1, q4_1 = 2, q5_0 = 3, q5_1 = 4 };
