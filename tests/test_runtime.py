@@ -23,7 +23,9 @@ def test_use_isa_switches_and_restores():
 
 
 def test_use_isa_rejects_unknown_and_unsupported():
-    with pytest.raises(ValueError, match="expected one of 'scalar', 'avx2', 'avx512', 'avx512_vnni', got 'sse9'"):
+    with pytest.raises(
+        ValueError, match="expected one of 'scalar', 'avx2', 'avx512', 'avx512_vnni', got 'sse9'"
+    ):
         with slimgrad.use_isa("sse9"):
             pass
     for name in ("avx2", "avx512", "avx512_vnni"):
@@ -48,7 +50,9 @@ def test_env_forces_level():
 def test_env_unknown_level_raises_clearly():
     out = _import_with_env("neon9")
     assert out.returncode != 0
-    assert "SLIMGRAD_ISA: expected one of scalar, avx2, avx512, avx512_vnni, got 'neon9'" in out.stderr
+    assert (
+        "SLIMGRAD_ISA: expected one of scalar, avx2, avx512, avx512_vnni, got 'neon9'" in out.stderr
+    )
 
 
 def test_threads_set_get_and_context():
