@@ -1,4 +1,4 @@
-"""The buffer contract (DESIGN.md section 2), checked on the core kernels.
+"""The buffer contract (docs/architecture.md, "The buffer contract"), checked on the core kernels.
 
 Every row: a bad argument raises the documented exception with a message
 naming the argument, the expectation and what was given, and no array changes.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("matplotlib")
-from slimgrad.distill.demo import report_figure  # noqa: E402
+from slimgrad.demo import report_figure  # noqa: E402
 
 # (stage, bytes, test accuracy) from docs/distill.md's table, seed 0.
 STAGES = [

@@ -256,7 +256,7 @@ def _slimgrad(*args, cwd):
 
 def test_demo_quick_writes_a_report_with_every_stage(tmp_path):
     pytest.importorskip("matplotlib")
-    from slimgrad.distill.demo import STAGES
+    from slimgrad.demo import STAGES
 
     result = _slimgrad("demo", "--quick", "--no-progress", "--out", "tmp", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from slimgrad import nn
-from slimgrad.nn.module import as_readable
+from slimgrad.nn._module import as_readable
 
 DTYPES = [np.float32, np.float64]
 

@@ -13,12 +13,18 @@ import math
 import numpy as np
 import pytest
 from conftest import run_everywhere
-from slimgrad.optim import _base
-from slimgrad.optim.adafactor import Adafactor
-from slimgrad.optim.adamw8bit import AdamW8bit, dequantize_moment, quantize_moment
-from slimgrad.optim.clip import accumulate_, clip_grad_norm_, clip_grad_value_
-from slimgrad.optim.lamb import LAMB
-from slimgrad.optim.lion import Lion
+from slimgrad.optim import (
+    LAMB,
+    Adafactor,
+    AdamW8bit,
+    Lion,
+    _base,
+    accumulate_,
+    clip_grad_norm_,
+    clip_grad_value_,
+    dequantize_moment,
+    quantize_moment,
+)
 
 DTYPES = [np.float32, np.float64]
 # Shapes crossing vector widths (4/8/16 lanes), a quantization block (256),

@@ -339,7 +339,7 @@ def test_pruner_zeroes_adamw8bit_codes_so_pruned_weights_stay_zero(rng):
     # per block of 256: the codes at pruned positions must be zeroed too, or
     # momentum moves pruned weights off zero at the next optimizer step.
     from slimgrad import optim
-    from slimgrad.optim.adamw8bit import dequantize_moment
+    from slimgrad.optim import dequantize_moment
 
     params = {"w": rng.standard_normal((16, 64)).astype(np.float32),  # 4 blocks
               "h": rng.standard_normal((5, 67)).astype(np.float16)}   # float32 master, tail block

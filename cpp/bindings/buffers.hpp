@@ -1,4 +1,4 @@
-// The buffer contract (DESIGN.md section 2), implemented once for every binding.
+// The buffer contract (docs/architecture.md, "The buffer contract"), implemented once for every binding.
 //
 // Arguments arrive as plain Python objects and are checked here rather than by
 // pybind11's array_t caster: the caster either copies silently (without

@@ -9,6 +9,8 @@ run time, OpenMP threads) directly on the arrays you pass: no copies.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._runtime import (
     active_isa,
     available_isas,
@@ -19,6 +21,16 @@ from ._runtime import (
     use_isa,
 )
 from ._version import __version__
+
+if TYPE_CHECKING:  # what __getattr__ loads lazily, made visible to type checkers
+    from . import distill as distill
+    from . import nn as nn
+    from . import ops as ops
+    from . import optim as optim
+    from . import prune as prune
+    from . import quant as quant
+    from . import schedule as schedule
+    from .checkpoint import load, save
 
 __all__ = [
     "__version__",
@@ -34,7 +46,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     # Subpackages and the checkpoint functions load on first use, so
     # `import slimgrad` stays cheap and an area's import cost is paid only by
     # the programs that use it.

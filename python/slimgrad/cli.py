@@ -14,16 +14,16 @@ import json
 import sys
 from collections.abc import Sequence
 
+from .errors import UsageError
+
+__all__ = ["COMMANDS", "UsageError", "build_parser", "main"]
+
 # command -> module providing configure(parser) and run(args)
 COMMANDS = {
-    "demo": "slimgrad.distill.demo",
+    "demo": "slimgrad.demo",
     "quantize": "slimgrad.quant.cli",
     "prune": "slimgrad.prune.cli",
 }
-
-
-class UsageError(Exception):
-    """A user mistake: reported as one line, exit status 2."""
 
 
 def _info(args: argparse.Namespace) -> int:

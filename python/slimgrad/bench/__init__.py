@@ -13,9 +13,24 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from statistics import median
+from typing import Any
+
+__all__ = [
+    "OURS",
+    "PROBE",
+    "SUITES",
+    "Case",
+    "Result",
+    "environment",
+    "format_table",
+    "measure",
+    "optional_import",
+    "run_suite",
+    "suite_cases",
+]
 
 # suite name (as given to `slimgrad bench --suite`) -> the modules it runs
 SUITES = {
@@ -39,7 +54,7 @@ class Case:
     """
 
     name: str
-    impls: dict[str, Callable[[], object]]
+    impls: Mapping[str, Callable[[], object]]
     bytes: int = 0
     setup: Callable[[], object] | None = None
     note: str = ""
@@ -132,7 +147,7 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def environment() -> dict[str, object]:
+def environment() -> dict[str, Any]:
     """What the figures depend on: our build, NumPy's and torch's versions and threads."""
     import numpy as np
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .. import _core, optim
-from ..optim._base import _empty_at
+from ..optim._bucket import empty_at
 from . import PROBE, Case, optional_import
 
 DEFAULT_SIZE = 1 << 24  # 16M float32 parameters
@@ -148,7 +148,7 @@ def _probe(size: int) -> Case:
     allocates them, 16 bytes past a page boundary, its unaligned vectors
     straddle cache lines and it runs slower than our peeled steps.)"""
     rng = np.random.default_rng(0)
-    p, g, m, v = (_empty_at((size,), np.dtype(np.float32), 0) for _ in range(4))
+    p, g, m, v = (empty_at((size,), np.dtype(np.float32), 0) for _ in range(4))
     for a in (p, g, m, v):
         a[...] = rng.standard_normal(size) * 1e-3
     return Case(PROBE, {"slimgrad": lambda: _core.stream_probe(p, g, m, v)}, bytes=7 * 4 * size)
@@ -183,9 +183,9 @@ def _low_precision_cases(size: int, torch) -> Iterator[Case]:
 
     bf16 = ml_dtypes.bfloat16
     rng = np.random.default_rng(0)
-    p32 = _empty_at((size,), np.dtype(np.float32), 16)  # NumPy's usual offset
+    p32 = empty_at((size,), np.dtype(np.float32), 16)  # NumPy's usual offset
     p32[...] = rng.standard_normal(size)
-    g32 = _empty_at((size,), np.dtype(np.float32), 16)
+    g32 = empty_at((size,), np.dtype(np.float32), 16)
     g32[...] = rng.standard_normal(size) * 1e-2
 
     def ours(p, g, **kw):

@@ -9,7 +9,7 @@ the exact count and the tie rule.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -41,7 +41,7 @@ def cases(size: int) -> Iterator[Case]:
     k = int(round(SPARSITY * w.size))
     tw = torch.from_numpy(w) if torch is not None else None
 
-    impls = {"slimgrad": lambda: prune.magnitude_mask(w, SPARSITY),
+    impls: dict[str, Callable[[], object]] = {"slimgrad": lambda: prune.magnitude_mask(w, SPARSITY),
              "numpy partition": lambda: _numpy_magnitude(w, k)}
     if torch is not None:
         def torch_kth():

@@ -12,13 +12,13 @@ Usage::
                                           temperature=4.0, alpha=0.9)
     model.backward(grad)
 
-The command ``slimgrad demo`` (:mod:`slimgrad.distill.demo`) runs the whole
+The command ``slimgrad demo`` (:mod:`slimgrad.demo`) runs the whole
 compression pipeline (teacher, distilled student, pruning, quantization).
 """
 
 from __future__ import annotations
 
-from .distiller import Distiller, History, predict_logits
-from .losses import feature_loss, kd_loss
+from ._distiller import Distiller, History, predict_logits
+from ._losses import feature_loss, kd_loss
 
 __all__ = ["Distiller", "History", "feature_loss", "kd_loss", "predict_logits"]

@@ -21,9 +21,9 @@ Example::
 
 from __future__ import annotations
 
+from ._layers import GELU, BatchNorm1d, Dropout, Linear, ReLU
+from ._module import Module, Sequential
 from .functional import cross_entropy, dropout, gelu, log_softmax, softmax
-from .layers import GELU, BatchNorm1d, Dropout, Linear, ReLU
-from .module import Module, Sequential
 
 __all__ = [
     "GELU",

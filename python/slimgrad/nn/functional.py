@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from .module import FLOAT_DTYPES, as_readable
+from ._module import FLOAT_DTYPES, as_readable
 
 _nn = _core.nn
 _UINT64 = 1 << 64

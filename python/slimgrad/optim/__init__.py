@@ -7,55 +7,49 @@
 
 See :mod:`slimgrad.optim._base` for params / param groups / state, and
 ``docs/optim.md`` for a tour and benchmarks.
+
+Layout: the implementation lives in ``_``-modules (``_base``: the
+:class:`Optimizer` machinery; ``_checks``: option checks; ``_bucket``: state
+placement; ``_state_dict``; ``_fused``: the base of the optimizers stepped by
+one C++ call; ``_optimizers``: SGD ... RAdam; ``_lion``, ``_lamb``,
+``_adamw8bit``, ``_adafactor``, ``_clip``); ``functional`` is public as a
+module. This file only re-exports the public names.
 """
 
 from __future__ import annotations
 
-import importlib
+from . import functional
+from ._adafactor import Adafactor
+from ._adamw8bit import AdamW8bit, dequantize_moment, quantize_moment
+from ._arena import flatten
+from ._base import Optimizer
+from ._bucket import Bucket
+from ._clip import accumulate_, clip_grad_norm_, clip_grad_value_
+from ._lamb import LAMB
+from ._lion import Lion
+from ._optimizers import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop
 
-from ._base import Bucket, Optimizer
-
-__all__ = ["Bucket", "Optimizer"]
-
-# name -> module. Each module is imported if present: the second half of the
-# optimizers (part B: Lion, LAMB, AdamW8bit, Adafactor, clipping) lives in its
-# own modules, written in parallel; until a module exists its names are
-# simply absent (an explicit list, so a typo here is not silently hidden).
-_EXPORTS = {
-    "_optimizers": [
-        "SGD",
-        "Adagrad",
-        "RMSprop",
-        "Adadelta",
-        "Adam",
-        "AdamW",
-        "Adamax",
-        "NAdam",
-        "RAdam",
-    ],
-    "_arena": ["flatten"],
-    "lion": ["Lion"],
-    "lamb": ["LAMB"],
-    "adamw8bit": ["AdamW8bit"],
-    "adafactor": ["Adafactor"],
-    "clip": ["clip_grad_norm_", "clip_grad_value_", "accumulate_"],
-}
-_PART_B = {"lion", "lamb", "adamw8bit", "adafactor", "clip"}
-
-for _mod, _names in _EXPORTS.items():
-    try:
-        _m = importlib.import_module(f"{__name__}.{_mod}")
-    except ModuleNotFoundError as _e:
-        # Only a part-B module that does not exist yet may be missing.
-        if _mod not in _PART_B or _e.name != f"{__name__}.{_mod}":
-            raise
-        continue
-    for _n in _names:
-        globals()[_n] = getattr(_m, _n)
-        __all__.append(_n)
-
-from . import functional  # noqa: E402, F401  (exported through __all__ below)
-
-__all__.append("functional")
-
-del importlib, _mod, _names
+__all__ = [
+    "Bucket",
+    "Optimizer",
+    "SGD",
+    "Adagrad",
+    "RMSprop",
+    "Adadelta",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "NAdam",
+    "RAdam",
+    "flatten",
+    "Lion",
+    "LAMB",
+    "AdamW8bit",
+    "quantize_moment",
+    "dequantize_moment",
+    "Adafactor",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "accumulate_",
+    "functional",
+]

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ._base import _empty_at
+from ._bucket import empty_at
 
 __all__ = ["flatten"]
 
@@ -41,6 +41,7 @@ def flatten(params: Mapping[str, np.ndarray] | list[np.ndarray]) -> Any:
     TypeError
         ``params`` is not a dict or list of ndarrays.
     """
+    items: list[tuple[Any, np.ndarray]]
     if isinstance(params, Mapping):
         items = list(params.items())
     elif isinstance(params, (list, tuple)):
@@ -57,7 +58,7 @@ def flatten(params: Mapping[str, np.ndarray] | list[np.ndarray]) -> Any:
         totals[a.dtype] = totals.get(a.dtype, 0) + a.size
     # 64-byte aligned: every arena (params, grads, the optimizer's state)
     # starts on a cache line, so the kernels' vectors never straddle two.
-    buffers = {dt: _empty_at((n,), dt, 0) for dt, n in totals.items()}
+    buffers = {dt: empty_at((n,), dt, 0) for dt, n in totals.items()}
     offsets = dict.fromkeys(totals, 0)
     out = []
     for k, a in items:

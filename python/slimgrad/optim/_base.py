@@ -71,141 +71,26 @@ memory and steps as a single array.
 
 from __future__ import annotations
 
-import copy
-import math
-import numbers
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
-try:  # ml_dtypes is a dependency, but the float32/float64 paths do not need it
-    from ml_dtypes import bfloat16 as _bfloat16
-except ImportError:  # pragma: no cover
-    _bfloat16 = None
-
-__all__ = ["Bucket", "Optimizer", "find_nonfinite", "state_offset", "HALF_DTYPES", "PARAM_DTYPES"]
-
-Key = Union[str, int]
-
-PARAM_DTYPES = tuple(
-    np.dtype(d) for d in (np.float32, np.float64, np.float16, _bfloat16) if d is not None
+from . import _state_dict
+from ._bucket import Bucket, Key, empty_at, find_nonfinite, label, pack_state, state_offset
+from ._checks import (
+    HALF_DTYPES,
+    NONFINITE_POLICIES,
+    OPTION_CHECKS,
+    PARAM_DTYPES,
+    ROUNDING_MODES,
+    bfloat16_type,
+    check_master_weights,
+    normalize_state_dtype,
 )
-HALF_DTYPES = tuple(d for d in PARAM_DTYPES if d.itemsize == 2)
-NONFINITE_POLICIES = ("raise", "skip", "ignore")
-ROUNDING_MODES = ("nearest", "stochastic")
-STATE_DTYPES = (None, "float32", "bfloat16")
+from ._grads import flat_grads
 
-
-def normalize_state_dtype(value: Any) -> str | None:
-    """``state_dtype`` as stored in a param group: None, ``"float32"`` or ``"bfloat16"``.
-
-    Accepts those strings, ``np.float32``, ``ml_dtypes.bfloat16`` or their
-    ``np.dtype``; anything else raises ``ValueError`` naming the argument.
-    """
-    if value is None:
-        return None
-    if isinstance(value, str):
-        if value in ("float32", "bfloat16"):
-            return value
-    else:
-        try:
-            dt = np.dtype(value)
-        except TypeError:
-            dt = None
-        if dt == np.dtype(np.float32):
-            return "float32"
-        if _bfloat16 is not None and dt == np.dtype(_bfloat16):
-            return "bfloat16"
-    raise ValueError(
-        "state_dtype: expected None, 'float32' or 'bfloat16' (or np.float32 / "
-        f"ml_dtypes.bfloat16), got {value!r}"
-    )
-
-
-def check_master_weights(value: Any) -> bool:
-    """``master_weights`` must be a bool (``ValueError`` naming the argument otherwise)."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"master_weights: expected True or False, got {value!r}")
-    return bool(value)
-
-
-@dataclass
-class Bucket:
-    """The parameters of one param group sharing a dtype (see the module docstring)."""
-
-    group_index: int
-    dtype: np.dtype
-    keys: list[Key]
-    labels: list[str]
-    params: list[np.ndarray]
-    masters: list[np.ndarray] | None
-    states: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    flat_index: list[int] = field(default_factory=list)  # positions in the optimizer's flat order
-    grads: list[np.ndarray] = field(default_factory=list)
-    step: int = 0
-    # State dicts of the params (for step counting), parallel to keys.
-    state_dicts: list[dict[str, Any]] = field(default_factory=list)
-    # Free for the subclass: whatever it precomputes once per bucket (argument
-    # objects, label lists). Rebuilt with the bucket (new state, load_state_dict).
-    cache: dict[str, Any] = field(default_factory=dict)
-
-
-def _label(key: Key) -> str:
-    return f"[{key!r}]" if isinstance(key, str) else f"[{key}]"
-
-
-def _data_ptr(a: np.ndarray) -> int:
-    return int(a.__array_interface__["data"][0])
-
-
-def _empty_at(shape: tuple[int, ...], dtype: np.dtype, offset: int) -> np.ndarray:
-    """An uninitialized C-contiguous array whose data address is ``offset`` mod 64."""
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    buf = np.empty(nbytes + 64, np.uint8)
-    start = (offset - _data_ptr(buf)) % 64
-    return buf[start : start + nbytes].view(dtype).reshape(shape)
-
-
-def state_offset(param: np.ndarray, dtype: Any = None, master: bool = True) -> int:
-    """Where state arrays of ``param`` (of ``dtype``, default the param's) start
-    within a 64-byte line.
-
-    The kernels step to a 64-byte boundary of their main stream first: the
-    param for float32/float64 params, the float32 master for float16/bfloat16
-    params with a master (``master=True``), the param itself without one. A
-    state array starts at the main stream's offset scaled by the itemsize
-    ratio, so that it is aligned (to 64 bytes, or 32 for 2-byte state of a
-    4-byte main stream: one vector of bfloat16) at the same element (NumPy
-    gives large arrays an address 16 bytes past a page boundary; split loads
-    cost ~40 % of the step with AVX-512 here). Masters and the state of
-    float16/bfloat16 params with a master: 0.
-    """
-    if param.dtype.itemsize == 2 and master:
-        return 0
-    itemsize = param.dtype.itemsize if dtype is None else np.dtype(dtype).itemsize
-    return (_data_ptr(param) % 64) * itemsize // param.dtype.itemsize % 64
-
-
-def find_nonfinite(arrays: list[np.ndarray]) -> tuple[int, int] | None:
-    """(array index, flat element index) of the first NaN/inf in ``arrays``, or None.
-
-    One multi-tensor C++ call when the kernel is available (it is, in any
-    build of this package), threads over arrays and chunks; arrays of any
-    parameter dtype (float32, float64, float16, bfloat16).
-    """
-    from .. import _core
-
-    fn = getattr(_core.optim, "find_nonfinite_multi", None)
-    if fn is not None:
-        return fn(arrays)
-    for i, a in enumerate(arrays):  # fallback, kept only for partial builds
-        bad = np.flatnonzero(~np.isfinite(a.astype(np.float32, copy=False)))
-        if bad.size:
-            return i, int(bad[0])
-    return None
+__all__ = ["Optimizer"]
 
 
 class Optimizer:
@@ -276,7 +161,8 @@ class Optimizer:
         else:
             if not isinstance(params, Iterable):
                 raise TypeError(
-                    f"params: expected a dict, a list of ndarrays or a list of param groups, got {type(params).__name__}"
+                    "params: expected a dict, a list of ndarrays or a list of param groups, "
+                    f"got {type(params).__name__}"
                 )
             items = list(params)
             if not items:
@@ -323,27 +209,27 @@ class Optimizer:
         seen_ids = {id(p) for p in self._params}
         seen_keys = set(self._keys)
         for k, p in pairs:
-            label = "params" + _label(k)
+            where = "params" + label(k)
             if not isinstance(p, np.ndarray):
-                raise TypeError(f"{label}: expected an ndarray, got {type(p).__name__}")
+                raise TypeError(f"{where}: expected an ndarray, got {type(p).__name__}")
             if p.dtype not in PARAM_DTYPES:
                 raise TypeError(
-                    f"{label}: expected float32, float64, float16 or bfloat16 C-contiguous array, "
+                    f"{where}: expected float32, float64, float16 or bfloat16 C-contiguous array, "
                     f"got {p.dtype.name} array of shape {p.shape}"
                 )
             if not p.flags.c_contiguous or not p.dtype.isnative:
                 raise TypeError(
-                    f"{label}: expected {p.dtype.name} C-contiguous array, got a non-contiguous "
+                    f"{where}: expected {p.dtype.name} C-contiguous array, got a non-contiguous "
                     f"or non-native {p.dtype.name} array of shape {p.shape}"
                 )
             if not p.flags.writeable:
                 raise ValueError(
-                    f"{label}: expected a writable array, got a read-only {p.dtype.name} array"
+                    f"{where}: expected a writable array, got a read-only {p.dtype.name} array"
                 )
             if id(p) in seen_ids:
-                raise ValueError(f"{label}: this array appears more than once in params")
+                raise ValueError(f"{where}: this array appears more than once in params")
             if k in seen_keys:
-                raise ValueError(f"{label}: duplicate parameter name")
+                raise ValueError(f"{where}: duplicate parameter name")
             seen_ids.add(id(p))
             seen_keys.add(k)
         gi = len(self.param_groups)
@@ -358,7 +244,7 @@ class Optimizer:
         if "state_dtype" in group:
             group["state_dtype"] = normalize_state_dtype(group["state_dtype"])
             for k, p in pairs:
-                self.state_dtype_for(group, p, "params" + _label(k))
+                self.state_dtype_for(group, p, "params" + label(k))
         if "master_weights" in group:
             group["master_weights"] = check_master_weights(group["master_weights"])
         group["params"] = dict(pairs) if isinstance(raw, Mapping) else [p for _, p in pairs]
@@ -422,7 +308,7 @@ class Optimizer:
                 f"state_dtype: {sd!r} needs float32, float16 or bfloat16 params; "
                 f"{label} is float64 (its state is float64: use state_dtype=None)"
             )
-        return np.dtype(np.float32) if sd == "float32" else np.dtype(_bfloat16)
+        return np.dtype(np.float32) if sd == "float32" else np.dtype(bfloat16_type)
 
     @staticmethod
     def uses_master(group: Mapping[str, Any], param: np.ndarray) -> bool:
@@ -445,7 +331,7 @@ class Optimizer:
             dt, master = cls.state_dtype(param), True
         else:
             dt, master = cls.state_dtype_for(group, param), cls.uses_master(group, param)
-        a = _empty_at(param.shape, dt, state_offset(param, dt, master))
+        a = empty_at(param.shape, dt, state_offset(param, dt, master))
         a.fill(value)
         return a
 
@@ -464,7 +350,7 @@ class Optimizer:
         st: dict[str, Any] = {"step": 0}
         st.update(self._init_state(group, param))
         if self.uses_master(group, param):
-            master = _empty_at(param.shape, np.dtype(np.float32), state_offset(param))
+            master = empty_at(param.shape, np.dtype(np.float32), state_offset(param))
             master[...] = param
             st["master"] = master
         return st
@@ -496,7 +382,7 @@ class Optimizer:
                 buckets[(gi, p.dtype)] = b
                 order.append(b)
             b.keys.append(k)
-            b.labels.append(_label(k))
+            b.labels.append(label(k))
             b.params.append(p)
             b.flat_index.append(i)
         for b in order:
@@ -506,7 +392,7 @@ class Optimizer:
                 raise RuntimeError(
                     f"parameters of one group have different step counts {sorted(steps)}"
                 )
-            self._pack_state(b, sts)
+            pack_state(b, sts)
             b.state_dicts = sts
             if b.masters is not None:
                 # master_weights=False: half params without a master copy.
@@ -515,98 +401,7 @@ class Optimizer:
             b.states = {n: [st[n] for st in sts] for n in names}
         self._buckets = order
 
-    @staticmethod
-    def _pack_state(b: Bucket, sts: list[dict[str, Any]]) -> None:
-        """If the bucket's params are consecutive in one buffer, do the same for their state."""
-        if len(b.params) < 2:
-            return
-        end = None
-        for p in b.params:
-            if end is not None and _data_ptr(p) != end:
-                return
-            end = _data_ptr(p) + p.nbytes
-        for name, v in sts[0].items():
-            if not isinstance(v, np.ndarray):
-                continue
-            arrays = [st.get(name) for st in sts]
-            if not all(
-                isinstance(a, np.ndarray) and a.shape == p.shape and a.dtype == v.dtype
-                for a, p in zip(arrays, b.params)
-            ):
-                continue
-            total = sum(a.size for a in arrays)
-            flat = _empty_at(
-                (total,), v.dtype, state_offset(b.params[0], v.dtype, "master" in sts[0])
-            )
-            off = 0
-            for st, a in zip(sts, arrays):
-                view = flat[off : off + a.size].reshape(a.shape)
-                view[...] = a
-                st[name] = view
-                off += a.size
-
     # ----------------------------------------------------------------- step
-    def _flat_grads(self, grads: Any) -> list[Any]:
-        """grads in the flat order of params; TypeError/ValueError on a structure mismatch."""
-        n = len(self._keys)
-        if isinstance(grads, Mapping):
-            if self._layout == "list" or not self._str_keys:
-                raise TypeError("grads: expected a list in the order of params, got dict")
-            try:
-                flat = [grads[k] for k in self._keys]
-            except KeyError:
-                missing = [k for k in self._keys if k not in grads]
-                raise ValueError(
-                    f"grads: missing {missing[0]!r} (a gradient for every parameter is required)"
-                ) from None
-            if len(grads) != n:
-                known = set(self._keys)
-                extra = [k for k in grads if k not in known]
-                raise ValueError(f"grads: unexpected name {extra[0]!r} (not a parameter)")
-            return flat
-        if isinstance(grads, np.ndarray) or not isinstance(grads, (list, tuple)):
-            want = (
-                "a dict by parameter name"
-                if self._layout == "dict"
-                else "a list in the order of params"
-            )
-            raise TypeError(f"grads: expected {want}, got {type(grads).__name__}")
-        if self._layout == "dict":
-            raise TypeError("grads: expected a dict by parameter name, got list")
-        if self._layout == "groups" and grads and not isinstance(grads[0], np.ndarray):
-            # One entry per group, each shaped like that group's params.
-            if len(grads) != len(self.param_groups):
-                raise ValueError(
-                    f"grads: expected {len(self.param_groups)} groups, got {len(grads)}"
-                )
-            flat = []
-            for gi, (group, gg) in enumerate(zip(self.param_groups, grads)):
-                gp = group["params"]
-                if isinstance(gp, Mapping):
-                    if not isinstance(gg, Mapping):
-                        raise TypeError(
-                            f"grads[{gi}]: expected a dict by parameter name, got {type(gg).__name__}"
-                        )
-                    missing = [k for k in gp if k not in gg]
-                    if missing:
-                        raise ValueError(
-                            f"grads: missing {missing[0]!r} (a gradient for every parameter is required)"
-                        )
-                    if len(gg) != len(gp):
-                        extra = [k for k in gg if k not in gp]
-                        raise ValueError(f"grads: unexpected name {extra[0]!r} (not a parameter)")
-                    flat.extend(gg[k] for k in gp)
-                else:
-                    if not isinstance(gg, (list, tuple)):
-                        raise TypeError(f"grads[{gi}]: expected a list, got {type(gg).__name__}")
-                    if len(gg) != len(gp):
-                        raise ValueError(f"grads[{gi}]: expected {len(gp)} arrays, got {len(gg)}")
-                    flat.extend(gg)
-            return flat
-        if len(grads) != n:
-            raise ValueError(f"grads: expected {n} arrays (one per parameter), got {len(grads)}")
-        return list(grads)
-
     def step(self, grads: Any) -> bool:
         """One optimization step; parameters (and state) are updated in place.
 
@@ -640,7 +435,7 @@ class Optimizer:
         On any exception nothing (params, state, step counts) is modified.
         """
         self._check_groups()
-        flat = self._flat_grads(grads)
+        flat = flat_grads(self, grads)
         created = self._ensure_state()
         try:
             applied = self._step_all(flat)
@@ -709,16 +504,7 @@ class Optimizer:
         [{option: value, ..., "params": [keys]}]}``. Arrays are copies, so
         later steps do not change a state dict already taken.
         """
-        state = {
-            k: {n: (v.copy() if isinstance(v, np.ndarray) else v) for n, v in st.items()}
-            for k, st in self.state.items()
-        }
-        groups = []
-        for gi, g in enumerate(self.param_groups):
-            d = {n: copy.deepcopy(v) for n, v in g.items() if n != "params"}
-            d["params"] = self._group_keys(gi)
-            groups.append(d)
-        return {"state": state, "param_groups": groups}
+        return _state_dict.state_dict(self)
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Replace options and state by those of ``state_dict`` (as from :meth:`state_dict`).
@@ -732,98 +518,7 @@ class Optimizer:
         Arrays are copied in. ``ValueError`` (``TypeError`` for a wrong
         container type) on any mismatch, and then nothing is changed.
         """
-        if not isinstance(state_dict, Mapping) or set(state_dict) != {"state", "param_groups"}:
-            raise TypeError("state_dict: expected a dict with exactly 'state' and 'param_groups'")
-        groups, state = state_dict["param_groups"], state_dict["state"]
-        if not isinstance(groups, (list, tuple)) or not isinstance(state, Mapping):
-            raise TypeError("state_dict: 'param_groups' must be a list and 'state' a dict")
-        if len(groups) != len(self.param_groups):
-            raise ValueError(
-                f"state_dict: expected {len(self.param_groups)} param groups, got {len(groups)}"
-            )
-        new_groups = []
-        for gi, (mine, theirs) in enumerate(zip(self.param_groups, groups)):
-            if not isinstance(theirs, Mapping) or "params" not in theirs:
-                raise TypeError(f"state_dict['param_groups'][{gi}]: expected a dict with 'params'")
-            keys = self._group_keys(gi)
-            if list(theirs["params"]) != keys:
-                raise ValueError(
-                    f"state_dict['param_groups'][{gi}]['params']: expected keys {keys}, got {list(theirs['params'])}"
-                )
-            # Extra keys (a scheduler's "initial_lr", torch's "foreach"...) are
-            # kept, as torch does; every option of this optimizer must be there.
-            if not set(mine) <= set(theirs):
-                raise ValueError(
-                    f"state_dict['param_groups'][{gi}]: missing option(s) "
-                    f"{sorted(set(mine) - set(theirs))}; expected {sorted(set(mine) - {'params'})}"
-                )
-            for k, v in theirs.items():
-                if k in self._option_checks:
-                    self._option_checks[k](f"state_dict['param_groups'][{gi}][{k!r}]", v)
-            new_groups.append({n: copy.deepcopy(v) for n, v in theirs.items() if n != "params"})
-        unknown = [k for k in state if k not in set(self._keys)]
-        if unknown:
-            raise ValueError(
-                f"state_dict['state']: unexpected key {unknown[0]!r} (not a parameter)"
-            )
-        new_state: dict[Key, dict[str, Any]] = {}
-        for gi, group in enumerate(new_groups):
-            steps = set()
-            keys = self._group_keys(gi)
-            present = [k for k in keys if k in state]
-            if present and len(present) != len(keys):
-                missing = next(k for k in keys if k not in state)
-                raise ValueError(f"state_dict['state']: missing {missing!r} (its group has state)")
-            for k in present:
-                p = self._params[self._keys.index(k)]
-                where = f"state_dict['state']{_label(k)}"
-                theirs = state[k]
-                if not isinstance(theirs, Mapping):
-                    raise TypeError(f"{where}: expected a dict, got {type(theirs).__name__}")
-                template = self._full_init_state({**self.param_groups[gi], **group}, p)
-                if set(theirs) != set(template):
-                    raise ValueError(
-                        f"{where}: expected entries {sorted(template)}, got {sorted(theirs)}"
-                    )
-                st: dict[str, Any] = {}
-                for n, t in template.items():
-                    v = theirs[n]
-                    if isinstance(t, np.ndarray):
-                        if (
-                            not isinstance(v, np.ndarray)
-                            or v.shape != t.shape
-                            or v.dtype != t.dtype
-                        ):
-                            got = (
-                                f"{v.dtype.name} array of shape {v.shape}"
-                                if isinstance(v, np.ndarray)
-                                else type(v).__name__
-                            )
-                            raise ValueError(
-                                f"{where}[{n!r}]: expected {t.dtype.name} array of shape {t.shape}, got {got}"
-                            )
-                        t[...] = v  # the fresh array is placed like the optimizer's own state
-                        st[n] = t
-                    else:
-                        ok = isinstance(
-                            v, (int, float, np.integer, np.floating)
-                        ) and not isinstance(v, bool)
-                        if not ok or (n == "step" and (int(v) != v or v < 0)):
-                            raise ValueError(
-                                f"{where}[{n!r}]: expected a non-negative number, got {v!r}"
-                            )
-                        st[n] = type(t)(v)
-                steps.add(st["step"])
-                new_state[k] = st
-            if len(steps) > 1:
-                raise ValueError(
-                    f"state_dict['state']: group {gi} has different step counts {sorted(steps)}"
-                )
-        # All checked: commit.
-        for mine, new in zip(self.param_groups, new_groups):
-            mine.update(new)
-        self.state = new_state
-        self._buckets = None
+        _state_dict.load_state_dict(self, state_dict)
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]
@@ -836,89 +531,5 @@ class Optimizer:
         return "\n".join(lines)
 
 
-def _check_number(name: str, value: Any) -> float:
-    """``float(value)`` for a real number; ``TypeError`` naming ``name`` otherwise."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a number, got {value!r}")
-    return float(value)
-
-
-def _check_betas(betas: Any, name: str = "betas") -> tuple[float, float]:
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(f"{name}: expected a pair (beta1, beta2), got {betas!r}")
-    b1, b2 = (_check_number(f"{name}[{i}]", b) for i, b in enumerate(betas))
-    for i, b in enumerate((b1, b2)):
-        if not 0.0 <= b < 1.0:
-            raise ValueError(f"{name}[{i}]: expected 0 <= beta < 1, got {b}")
-    return b1, b2
-
-
-def _check_nonneg(name: str, value: Any) -> float:
-    v = _check_number(name, value)
-    if not (v >= 0.0) or math.isinf(v):
-        raise ValueError(f"{name}: expected a finite value >= 0, got {value!r}")
-    return v
-
-
-def _check_unit(name: str, value: Any) -> float:
-    v = _check_number(name, value)
-    if not 0.0 <= v <= 1.0:
-        raise ValueError(f"{name}: expected 0 <= value <= 1, got {value!r}")
-    return v
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected True or False, got {value!r}")
-    return bool(value)
-
-
-def check_torch_flags(
-    foreach: Any = None, fused: Any = None, capturable: Any = False, differentiable: Any = False
-) -> None:
-    """torch's implementation switches, accepted for drop-in compatibility.
-
-    ``foreach`` / ``fused`` (None or a bool) are ignored: slimgrad's kernels are
-    always fused multi-tensor kernels. ``capturable`` / ``differentiable`` only
-    mean something with CUDA graphs / autograd, which slimgrad has not: False
-    is accepted, True raises ``ValueError`` naming the argument. They are not
-    stored in the param groups.
-    """
-    for name, v in (("foreach", foreach), ("fused", fused)):
-        if v is not None and not isinstance(v, (bool, np.bool_)):
-            raise TypeError(f"{name}: expected None, True or False, got {v!r}")
-    for name, v in (("capturable", capturable), ("differentiable", differentiable)):
-        if v is None or v is False or (isinstance(v, np.bool_) and not v):
-            continue
-        raise ValueError(
-            f"{name}: expected False (slimgrad has no autograd or CUDA graphs), got {v!r}"
-        )
-
-
-# Checks of the options every optimizer may have; each takes (name, value),
-# raises TypeError/ValueError naming ``name`` and returns nothing useful.
-# Used on per-group values and, before every step, on param_groups edits.
-OPTION_CHECKS: dict[str, Any] = {
-    **{
-        k: _check_nonneg
-        for k in (
-            "lr",
-            "eps",
-            "weight_decay",
-            "momentum",
-            "lr_decay",
-            "initial_accumulator_value",
-            "alpha",
-            "momentum_decay",
-        )
-    },
-    "dampening": _check_number,
-    "betas": lambda name, v: _check_betas(v, name),
-    "rho": _check_unit,
-    **{
-        k: _check_bool
-        for k in ("maximize", "nesterov", "amsgrad", "centered", "decoupled_weight_decay")
-    },
-}
-
+# Checks of option values by name (a subclass may extend or override it).
 Optimizer._option_checks = OPTION_CHECKS

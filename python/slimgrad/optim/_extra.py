@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ._base import Bucket, Optimizer, find_nonfinite
+from ._base import Optimizer
+from ._bucket import Bucket, find_nonfinite
 
 KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 

@@ -44,129 +44,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from .. import _core
-from ._base import HALF_DTYPES, Bucket, Optimizer, _check_betas, _check_nonneg, check_torch_flags
+from ._checks import check_nonneg, check_torch_flags
+from ._fused import FusedOptimizer
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam"]
 
 
-class _Fused(Optimizer):
-    """An optimizer stepped by ``_core.optim.step`` (one algorithm of optim.hpp)."""
-
-    _algo = ""
-
-    def __init__(
-        self,
-        params: Any,
-        defaults: dict[str, Any],
-        nonfinite: str,
-        rounding: str,
-        seed: int,
-        state_dtype: Any = None,
-        master_weights: bool = True,
-    ) -> None:
-        if not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
-        defaults = {
-            **defaults,
-            "rounding": rounding,
-            "seed": int(seed),
-            "state_dtype": state_dtype,
-            "master_weights": master_weights,
-        }
-        super().__init__(params, defaults, nonfinite=nonfinite)
-
-    # State keys in use for a group's options, in the kernel's slot order.
-    def _state_keys(self, group: dict[str, Any]) -> list[str]:
-        raise NotImplementedError
-
-    def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
-        return {k: self.state_full(param, group=group) for k in self._state_keys(group)}
-
-    def _set_args(self, args: Any, group: dict[str, Any]) -> None:
-        """Copy the group's options into the kernel's argument object."""
-        raise NotImplementedError
-
-    def _bucket_call(self, group: dict[str, Any], b: Bucket) -> tuple[Any, list, tuple]:
-        c = b.cache
-        if not c:
-            keys = self._state_keys(group)
-            c["args"] = _core.optim.StepArgs()
-            c["args"].algo = self._algo
-            c["states"] = [b.states[k] for k in keys]
-            c["names"] = (
-                ["params" + lb for lb in b.labels],
-                ["grads" + lb for lb in b.labels],
-                None if b.masters is None else [f"state{lb}['master']" for lb in b.labels],
-                [[f"state{lb}[{k!r}]" for lb in b.labels] for k in keys],
-            )
-        args = c["args"]
-        self._set_args(args, group)
-        self._check_layout(group, b)
-        args.step = b.step
-        args.stochastic = group["rounding"] == "stochastic"
-        args.seed = group["seed"]
-        return args, c["states"], c["names"]
-
-    def load_state_dict(self, state_dict: Any) -> None:
-        """As :meth:`Optimizer.load_state_dict`; a state dict saved before the
-        ``state_dtype`` / ``master_weights`` options existed loads as if it had
-        their defaults (None, True)."""
-        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
-        if isinstance(groups, (list, tuple)) and any(
-            isinstance(g, dict) and "params" in g and "state_dtype" not in g for g in groups
-        ):
-            filled = [
-                {"state_dtype": None, "master_weights": True, **g} if isinstance(g, dict) else g
-                for g in groups
-            ]
-            state_dict = {**state_dict, "param_groups": filled}
-        super().load_state_dict(state_dict)
-
-    def _check_layout(self, group: dict[str, Any], b: Bucket) -> None:
-        """The group's state_dtype / master_weights must describe the state that
-        exists (they decide its layout, so they cannot change after the first
-        step); sets the kernel's flags from the state itself."""
-        args = b.cache["args"]
-        if "layout" not in b.cache:
-            arrays = [v[0] for v in b.cache["states"]]
-            b.cache["layout"] = (
-                arrays[0].dtype if arrays else None,
-                b.masters is not None or b.dtype not in HALF_DTYPES,
-            )
-        have_dtype, have_master = b.cache["layout"]
-        want_dtype = self.state_dtype_for(group, b.params[0], "params" + b.labels[0])
-        if have_dtype is not None and want_dtype != have_dtype:
-            raise ValueError(
-                f"state_dtype: cannot change after the first step (state{b.labels[0]} holds "
-                f"{have_dtype.name} arrays, the group now asks for {want_dtype.name})"
-            )
-        want_master = self.uses_master(group, b.params[0]) or b.dtype not in HALF_DTYPES
-        if want_master != have_master:
-            raise ValueError(
-                "master_weights: cannot change after the first step "
-                f"(state{b.labels[0]} {'has' if have_master else 'has no'} float32 master copy)"
-            )
-        args.bf16_state = have_dtype is not None and have_dtype.itemsize == 2
-        args.master_weights = have_master
-
-    def _step_bucket(self, group: dict[str, Any], b: Bucket, check: bool) -> tuple[int, int] | None:
-        args, states, names = self._bucket_call(group, b)
-        return _core.optim.step(args, b.params, b.grads, b.masters, states, names, check)
-
-    def _validate_all(self, buckets: list[Bucket]) -> None:
-        for b in buckets:
-            args, states, names = self._bucket_call(self.param_groups[b.group_index], b)
-            _core.optim.check_step(args, b.params, b.grads, b.masters, states, names)
-
-
-def _lr(lr: Any) -> float:
-    return _check_nonneg("lr", lr)
-
-
-class SGD(_Fused):
+class SGD(FusedOptimizer):
     """Stochastic gradient descent with momentum, as ``torch.optim.SGD``.
 
     ``g = -g if maximize; g += weight_decay * p; buf = g`` (first step) or
@@ -199,10 +83,7 @@ class SGD(_Fused):
         master_weights: bool = True,
     ) -> None:
         check_torch_flags(foreach, fused, capturable, differentiable)
-        _lr(lr)
-        _check_nonneg("momentum", momentum)
-        _check_nonneg("weight_decay", weight_decay)
-        if nesterov and (momentum <= 0 or dampening != 0):
+        if nesterov and (check_nonneg("momentum", momentum) <= 0 or dampening != 0):
             raise ValueError("nesterov: requires momentum > 0 and dampening == 0")
         defaults = dict(
             lr=lr,
@@ -222,7 +103,7 @@ class SGD(_Fused):
         a.weight_decay, a.nesterov, a.maximize = g["weight_decay"], g["nesterov"], g["maximize"]
 
 
-class Adagrad(_Fused):
+class Adagrad(FusedOptimizer):
     """Adagrad, as ``torch.optim.Adagrad``.
 
     ``clr = lr / (1 + (step - 1) * lr_decay); sum += g * g;
@@ -253,11 +134,6 @@ class Adagrad(_Fused):
         master_weights: bool = True,
     ) -> None:
         check_torch_flags(foreach, fused, capturable, differentiable)
-        _lr(lr)
-        _check_nonneg("lr_decay", lr_decay)
-        _check_nonneg("weight_decay", weight_decay)
-        _check_nonneg("initial_accumulator_value", initial_accumulator_value)
-        _check_nonneg("eps", eps)
         defaults = dict(
             lr=lr,
             lr_decay=lr_decay,
@@ -284,7 +160,7 @@ class Adagrad(_Fused):
         )
 
 
-class RMSprop(_Fused):
+class RMSprop(FusedOptimizer):
     """RMSprop, as ``torch.optim.RMSprop``.
 
     ``sq = alpha * sq + (1 - alpha) * g * g``; centered: ``ga = lerp(ga, g, 1 - alpha)``,
@@ -317,11 +193,6 @@ class RMSprop(_Fused):
         master_weights: bool = True,
     ) -> None:
         check_torch_flags(foreach, fused, capturable, differentiable)
-        _lr(lr)
-        _check_nonneg("alpha", alpha)
-        _check_nonneg("eps", eps)
-        _check_nonneg("weight_decay", weight_decay)
-        _check_nonneg("momentum", momentum)
         defaults = dict(
             lr=lr,
             alpha=alpha,
@@ -346,7 +217,7 @@ class RMSprop(_Fused):
         a.momentum, a.centered, a.maximize = g["momentum"], g["centered"], g["maximize"]
 
 
-class Adadelta(_Fused):
+class Adadelta(FusedOptimizer):
     """Adadelta, as ``torch.optim.Adadelta``.
 
     ``sq = rho * sq + (1 - rho) * g * g; delta = sqrt(acc + eps) / sqrt(sq + eps) * g;
@@ -376,11 +247,6 @@ class Adadelta(_Fused):
         master_weights: bool = True,
     ) -> None:
         check_torch_flags(foreach, fused, capturable, differentiable)
-        _lr(lr)
-        if not 0.0 <= rho <= 1.0:
-            raise ValueError(f"rho: expected 0 <= rho <= 1, got {rho!r}")
-        _check_nonneg("eps", eps)
-        _check_nonneg("weight_decay", weight_decay)
         defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
 
@@ -397,7 +263,7 @@ class Adadelta(_Fused):
         )
 
 
-class Adam(_Fused):
+class Adam(FusedOptimizer):
     """Adam, as ``torch.optim.Adam`` (and AdamW with ``decoupled_weight_decay=True``).
 
     ``m = lerp(m, g, 1 - beta1); v = beta2 * v + (1 - beta2) * g * g``;
@@ -432,10 +298,6 @@ class Adam(_Fused):
         master_weights: bool = True,
     ) -> None:
         check_torch_flags(foreach, fused, capturable, differentiable)
-        _lr(lr)
-        betas = _check_betas(betas)
-        _check_nonneg("eps", eps)
-        _check_nonneg("weight_decay", weight_decay)
         defaults = dict(
             lr=lr,
             betas=betas,
@@ -505,7 +367,7 @@ class AdamW(Adam):
         )
 
 
-class Adamax(_Fused):
+class Adamax(FusedOptimizer):
     """Adamax, as ``torch.optim.Adamax``.
 
     ``m = lerp(m, g, 1 - beta1); u = max(beta2 * u, |g| + eps);
@@ -534,10 +396,6 @@ class Adamax(_Fused):
         master_weights: bool = True,
     ) -> None:
         check_torch_flags(foreach, fused, capturable, differentiable)
-        _lr(lr)
-        betas = _check_betas(betas)
-        _check_nonneg("eps", eps)
-        _check_nonneg("weight_decay", weight_decay)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
 
@@ -554,12 +412,13 @@ class Adamax(_Fused):
         )
 
 
-class NAdam(_Fused):
+class NAdam(FusedOptimizer):
     """NAdam, as ``torch.optim.NAdam`` (momentum decay schedule, optional decoupled weight decay).
 
     ``mu_t = beta1 (1 - 0.5 * 0.96^(t * momentum_decay))``; ``m``, ``v`` as Adam;
     ``den = sqrt(v / (1 - beta2^t)) + eps``;
-    ``p += -lr (1 - mu_t) / (1 - prod mu) * g / den - lr mu_{t+1} / (1 - prod mu * mu_{t+1}) * m / den``.
+    ``p += -lr (1 - mu_t) / (1 - prod mu) * g / den``
+    ``- lr mu_{t+1} / (1 - prod mu * mu_{t+1}) * m / den``.
     State: ``exp_avg``, ``exp_avg_sq``, ``mu_product`` (a float, kept in float64;
     torch keeps it as a float32 scalar tensor unless its default dtype is float64).
     """
@@ -588,11 +447,6 @@ class NAdam(_Fused):
         master_weights: bool = True,
     ) -> None:
         check_torch_flags(foreach, fused, capturable, differentiable)
-        _lr(lr)
-        betas = _check_betas(betas)
-        _check_nonneg("eps", eps)
-        _check_nonneg("weight_decay", weight_decay)
-        _check_nonneg("momentum_decay", momentum_decay)
         defaults = dict(
             lr=lr,
             betas=betas,
@@ -639,7 +493,7 @@ class NAdam(_Fused):
         return bad
 
 
-class RAdam(_Fused):
+class RAdam(FusedOptimizer):
     """RAdam, as ``torch.optim.RAdam`` (optional decoupled weight decay).
 
     ``m``, ``v`` as Adam; ``rho_t = rho_inf - 2 t beta2^t / (1 - beta2^t)``; if
@@ -670,10 +524,6 @@ class RAdam(_Fused):
         master_weights: bool = True,
     ) -> None:
         check_torch_flags(foreach, fused, capturable, differentiable)
-        _lr(lr)
-        betas = _check_betas(betas)
-        _check_nonneg("eps", eps)
-        _check_nonneg("weight_decay", weight_decay)
         defaults = dict(
             lr=lr,
             betas=betas,

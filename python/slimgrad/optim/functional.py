@@ -29,11 +29,17 @@ checked (like torch's functional optimizers).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, TypedDict
+
 import numpy as np
 
 from .. import _core
 
+if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; only the type checker needs it
+    from typing_extensions import Unpack
+
 __all__ = [
+    "StepOptions",
     "sgd_",
     "adagrad_",
     "rmsprop_",
@@ -46,6 +52,24 @@ __all__ = [
 ]
 
 
+class StepOptions(TypedDict, total=False):
+    """Keyword options every update takes, all optional.
+
+    ``maximize`` (False): step along +grad. ``master`` (None): the float32
+    master copy of a float16/bfloat16 ``param``. ``master_weights`` (True):
+    False with a float16/bfloat16 ``param`` and no ``master``. ``rounding``
+    (``"nearest"``) or ``"stochastic"``, keyed by ``seed`` (0). ``check_finite``
+    (False): raise ``FloatingPointError`` on a NaN/inf in ``grad``.
+    """
+
+    maximize: bool
+    master: np.ndarray | None
+    master_weights: bool
+    rounding: str
+    seed: int
+    check_finite: bool
+
+
 def _is_bf16(a: object) -> bool:
     return isinstance(a, np.ndarray) and a.dtype.itemsize == 2 and a.dtype.name == "bfloat16"
 
@@ -55,30 +79,34 @@ def _run(
     param: np.ndarray,
     grad: np.ndarray,
     states: list[tuple[str, np.ndarray]],
-    master: np.ndarray | None,
+    opts: dict[str, Any],
+    *,
     step: int,
-    rounding: str,
-    seed: int,
-    check_finite: bool,
-    **opts,
-) -> object:
+    maximize: bool = False,
+    master: np.ndarray | None = None,
+    master_weights: bool = True,
+    rounding: str = "nearest",
+    seed: int = 0,
+    check_finite: bool = False,
+) -> Any:
+    """One kernel call: ``opts`` are the algorithm's fields of ``_core.optim.StepArgs``."""
     if rounding not in ("nearest", "stochastic"):
         raise ValueError(f"rounding: expected 'nearest' or 'stochastic', got {rounding!r}")
     if int(step) < 1:
         raise ValueError(
             f"step: expected the step count including this update (>= 1), got {step!r}"
         )
-    mw = opts.get("master_weights", True)
-    if not isinstance(mw, (bool, np.bool_)):
-        raise ValueError(f"master_weights: expected True or False, got {mw!r}")
-    opts["master_weights"] = bool(mw)
+    if not isinstance(master_weights, (bool, np.bool_)):
+        raise ValueError(f"master_weights: expected True or False, got {master_weights!r}")
     args = _core.optim.StepArgs()
     args.algo = algo
     # bfloat16 state arrays (float32/float16/bfloat16 params): the kernel's
     # bf16_state mode; the buffer checks then require every state to be bfloat16.
     args.bf16_state = bool(states) and states[0][1] is not None and _is_bf16(states[0][1])
+    args.master_weights = bool(master_weights)
     for k, v in opts.items():
         setattr(args, k, v)
+    args.maximize = maximize
     args.step = int(step)
     args.stochastic = rounding == "stochastic"
     args.seed = int(seed)
@@ -97,6 +125,16 @@ def _run(
     return args
 
 
+def _adam_states(
+    exp_avg: np.ndarray, exp_avg_sq: np.ndarray, extra: tuple[str, np.ndarray | None]
+) -> list[tuple[str, np.ndarray]]:
+    """Adam-like state list; ``extra`` (name, array or None) is appended if given."""
+    states = [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
+    if extra[1] is not None:
+        states.append((extra[0], extra[1]))
+    return states
+
+
 def sgd_(
     param: np.ndarray,
     grad: np.ndarray,
@@ -108,36 +146,15 @@ def sgd_(
     dampening: float = 0.0,
     weight_decay: float = 0.0,
     nesterov: bool = False,
-    maximize: bool = False,
-    master: np.ndarray | None = None,
-    master_weights: bool = True,
-    rounding: str = "nearest",
-    seed: int = 0,
-    check_finite: bool = False,
+    **options: Unpack[StepOptions],
 ) -> np.ndarray:
     """SGD update (``torch.optim.SGD``'s rule). ``momentum_buffer`` is required when
     ``momentum != 0``; on ``step == 1`` it is set to the gradient (torch's first step)."""
     if (momentum != 0) != (momentum_buffer is not None):
         raise ValueError("momentum_buffer: required exactly when momentum != 0")
     states = [("momentum_buffer", momentum_buffer)] if momentum_buffer is not None else []
-    _run(
-        "sgd",
-        param,
-        grad,
-        states,
-        master,
-        step,
-        rounding,
-        seed,
-        check_finite,
-        master_weights=master_weights,
-        lr=lr,
-        momentum=momentum,
-        dampening=dampening,
-        weight_decay=weight_decay,
-        nesterov=nesterov,
-        maximize=maximize,
-    )
+    opts = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
+    _run("sgd", param, grad, states, {**opts, "nesterov": nesterov}, step=step, **options)
     return param
 
 
@@ -151,31 +168,11 @@ def adagrad_(
     lr_decay: float = 0.0,
     weight_decay: float = 0.0,
     eps: float = 1e-10,
-    maximize: bool = False,
-    master: np.ndarray | None = None,
-    master_weights: bool = True,
-    rounding: str = "nearest",
-    seed: int = 0,
-    check_finite: bool = False,
+    **options: Unpack[StepOptions],
 ) -> np.ndarray:
-    """Adagrad update (``torch.optim.Adagrad``'s rule); ``state_sum`` is the running sum of squares."""
-    _run(
-        "adagrad",
-        param,
-        grad,
-        [("state_sum", state_sum)],
-        master,
-        step,
-        rounding,
-        seed,
-        check_finite,
-        master_weights=master_weights,
-        lr=lr,
-        lr_decay=lr_decay,
-        weight_decay=weight_decay,
-        eps=eps,
-        maximize=maximize,
-    )
+    """Adagrad update (``torch.optim.Adagrad``'s rule); ``state_sum``: the sum of squares."""
+    opts = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps)
+    _run("adagrad", param, grad, [("state_sum", state_sum)], opts, step=step, **options)
     return param
 
 
@@ -193,12 +190,7 @@ def rmsprop_(
     weight_decay: float = 0.0,
     momentum: float = 0.0,
     centered: bool = False,
-    maximize: bool = False,
-    master: np.ndarray | None = None,
-    master_weights: bool = True,
-    rounding: str = "nearest",
-    seed: int = 0,
-    check_finite: bool = False,
+    **options: Unpack[StepOptions],
 ) -> np.ndarray:
     """RMSprop update (``torch.optim.RMSprop``'s rule). ``momentum_buffer`` is required
     exactly when ``momentum > 0``, ``grad_avg`` exactly when ``centered``."""
@@ -211,25 +203,8 @@ def rmsprop_(
         states.append(("momentum_buffer", momentum_buffer))
     if grad_avg is not None:
         states.append(("grad_avg", grad_avg))
-    _run(
-        "rmsprop",
-        param,
-        grad,
-        states,
-        master,
-        step,
-        rounding,
-        seed,
-        check_finite,
-        master_weights=master_weights,
-        lr=lr,
-        alpha=alpha,
-        eps=eps,
-        weight_decay=weight_decay,
-        momentum=momentum,
-        centered=centered,
-        maximize=maximize,
-    )
+    opts = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum)
+    _run("rmsprop", param, grad, states, {**opts, "centered": centered}, step=step, **options)
     return param
 
 
@@ -244,31 +219,12 @@ def adadelta_(
     rho: float = 0.9,
     eps: float = 1e-6,
     weight_decay: float = 0.0,
-    maximize: bool = False,
-    master: np.ndarray | None = None,
-    master_weights: bool = True,
-    rounding: str = "nearest",
-    seed: int = 0,
-    check_finite: bool = False,
+    **options: Unpack[StepOptions],
 ) -> np.ndarray:
     """Adadelta update (``torch.optim.Adadelta``'s rule)."""
-    _run(
-        "adadelta",
-        param,
-        grad,
-        [("square_avg", square_avg), ("acc_delta", acc_delta)],
-        master,
-        step,
-        rounding,
-        seed,
-        check_finite,
-        master_weights=master_weights,
-        lr=lr,
-        rho=rho,
-        eps=eps,
-        weight_decay=weight_decay,
-        maximize=maximize,
-    )
+    states = [("square_avg", square_avg), ("acc_delta", acc_delta)]
+    opts = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay)
+    _run("adadelta", param, grad, states, opts, step=step, **options)
     return param
 
 
@@ -286,41 +242,17 @@ def adam_(
     weight_decay: float = 0.0,
     amsgrad: bool = False,
     max_exp_avg_sq: np.ndarray | None = None,
-    maximize: bool = False,
     decoupled_weight_decay: bool = False,
-    master: np.ndarray | None = None,
-    master_weights: bool = True,
-    rounding: str = "nearest",
-    seed: int = 0,
-    check_finite: bool = False,
+    **options: Unpack[StepOptions],
 ) -> np.ndarray:
     """Adam update (``torch.optim.Adam``'s rule); AdamW with ``decoupled_weight_decay=True``.
     ``max_exp_avg_sq`` is required exactly when ``amsgrad``."""
     if amsgrad != (max_exp_avg_sq is not None):
         raise ValueError("max_exp_avg_sq: required exactly when amsgrad=True")
-    states = [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
-    if max_exp_avg_sq is not None:
-        states.append(("max_exp_avg_sq", max_exp_avg_sq))
-    _run(
-        "adam",
-        param,
-        grad,
-        states,
-        master,
-        step,
-        rounding,
-        seed,
-        check_finite,
-        master_weights=master_weights,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        amsgrad=amsgrad,
-        maximize=maximize,
-        decoupled=decoupled_weight_decay,
-    )
+    states = _adam_states(exp_avg, exp_avg_sq, ("max_exp_avg_sq", max_exp_avg_sq))
+    opts = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
+    opts.update(amsgrad=amsgrad, decoupled=decoupled_weight_decay)
+    _run("adam", param, grad, states, opts, step=step, **options)
     return param
 
 
@@ -336,7 +268,9 @@ def adamw_(
     beta2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 1e-2,
-    **kwargs,
+    amsgrad: bool = False,
+    max_exp_avg_sq: np.ndarray | None = None,
+    **options: Unpack[StepOptions],
 ) -> np.ndarray:
     """AdamW update: :func:`adam_` with decoupled weight decay (default 1e-2)."""
     return adam_(
@@ -350,8 +284,10 @@ def adamw_(
         beta2=beta2,
         eps=eps,
         weight_decay=weight_decay,
+        amsgrad=amsgrad,
+        max_exp_avg_sq=max_exp_avg_sq,
         decoupled_weight_decay=True,
-        **kwargs,
+        **options,
     )
 
 
@@ -367,32 +303,12 @@ def adamax_(
     beta2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
-    maximize: bool = False,
-    master: np.ndarray | None = None,
-    master_weights: bool = True,
-    rounding: str = "nearest",
-    seed: int = 0,
-    check_finite: bool = False,
+    **options: Unpack[StepOptions],
 ) -> np.ndarray:
     """Adamax update (``torch.optim.Adamax``'s rule)."""
-    _run(
-        "adamax",
-        param,
-        grad,
-        [("exp_avg", exp_avg), ("exp_inf", exp_inf)],
-        master,
-        step,
-        rounding,
-        seed,
-        check_finite,
-        master_weights=master_weights,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        maximize=maximize,
-    )
+    states = [("exp_avg", exp_avg), ("exp_inf", exp_inf)]
+    opts = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
+    _run("adamax", param, grad, states, opts, step=step, **options)
     return param
 
 
@@ -411,12 +327,7 @@ def nadam_(
     weight_decay: float = 0.0,
     momentum_decay: float = 4e-3,
     decoupled_weight_decay: bool = False,
-    maximize: bool = False,
-    master: np.ndarray | None = None,
-    master_weights: bool = True,
-    rounding: str = "nearest",
-    seed: int = 0,
-    check_finite: bool = False,
+    **options: Unpack[StepOptions],
 ) -> float:
     """NAdam update (``torch.optim.NAdam``'s rule).
 
@@ -424,26 +335,17 @@ def nadam_(
     previous steps (1.0 before the first); returns the new product, to pass
     to the next call (``param`` is updated in place).
     """
+    states = _adam_states(exp_avg, exp_avg_sq, ("", None))
+    opts = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
+    opts.update(momentum_decay=momentum_decay, decoupled=decoupled_weight_decay)
     args = _run(
         "nadam",
         param,
         grad,
-        [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)],
-        master,
-        step,
-        rounding,
-        seed,
-        check_finite,
-        master_weights=master_weights,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        momentum_decay=momentum_decay,
-        decoupled=decoupled_weight_decay,
-        maximize=maximize,
-        mu_product=float(mu_product),
+        states,
+        {**opts, "mu_product": float(mu_product)},
+        step=step,
+        **options,
     )
     return float(args.c3)
 
@@ -461,31 +363,18 @@ def radam_(
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     decoupled_weight_decay: bool = False,
-    maximize: bool = False,
-    master: np.ndarray | None = None,
-    master_weights: bool = True,
-    rounding: str = "nearest",
-    seed: int = 0,
-    check_finite: bool = False,
+    **options: Unpack[StepOptions],
 ) -> np.ndarray:
     """RAdam update (``torch.optim.RAdam``'s rule)."""
+    states = _adam_states(exp_avg, exp_avg_sq, ("", None))
+    opts = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
     _run(
         "radam",
         param,
         grad,
-        [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)],
-        master,
-        step,
-        rounding,
-        seed,
-        check_finite,
-        master_weights=master_weights,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        decoupled=decoupled_weight_decay,
-        maximize=maximize,
+        states,
+        {**opts, "decoupled": decoupled_weight_decay},
+        step=step,
+        **options,
     )
     return param

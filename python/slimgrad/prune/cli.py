@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import _core
 from .. import _safetensors as st
-from ..cli import UsageError
+from ..errors import UsageError
 from ._masks import _first_nan, global_magnitude_masks, magnitude_mask, nm_mask
 
 

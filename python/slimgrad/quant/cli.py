@@ -84,7 +84,7 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import UsageError
+    from ..errors import UsageError
     from . import gguf as sg
     from . import io
     from ._tensor import quantize

@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ._base import Bucket, _check_betas, _check_nonneg, check_torch_flags
+from ._bucket import Bucket
+from ._checks import check_betas, check_nonneg, check_torch_flags
 from ._extra import ExtraOptimizer, round_back
 
 
@@ -66,9 +67,9 @@ class Lion(ExtraOptimizer):
     ) -> None:
         check_torch_flags(foreach, fused, capturable, differentiable)
         defaults = dict(
-            lr=_check_nonneg("lr", lr),
-            betas=_check_betas(betas),
-            weight_decay=_check_nonneg("weight_decay", weight_decay),
+            lr=check_nonneg("lr", lr),
+            betas=check_betas(betas),
+            weight_decay=check_nonneg("weight_decay", weight_decay),
             maximize=bool(maximize),
         )
         super().__init__(params, defaults, nonfinite=nonfinite)

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ._base import OPTION_CHECKS, Bucket, _check_nonneg, _check_number, check_torch_flags
+from ._bucket import Bucket
+from ._checks import OPTION_CHECKS, check_nonneg, check_number, check_torch_flags
 from ._extra import ExtraOptimizer, round_back
 
 
@@ -22,7 +23,7 @@ def _machine_eps(dtype: np.dtype) -> float:
 
 
 def _check_beta2_decay(name: str, value: Any) -> float:
-    v = _check_number(name, value)
+    v = check_number(name, value)
     if not v <= 0.0:
         raise ValueError(f"{name}: expected <= 0, got {value!r}")
     return v
@@ -31,12 +32,12 @@ def _check_beta2_decay(name: str, value: Any) -> float:
 def _check_eps_pair(name: str, eps: Any) -> tuple[float | None, float]:
     if not isinstance(eps, (tuple, list)) or len(eps) != 2:
         raise ValueError(f"{name}: expected a pair (eps1 or None, eps2), got {eps!r}")
-    eps1 = None if eps[0] is None else _check_nonneg(f"{name}[0]", eps[0])
-    return eps1, _check_nonneg(f"{name}[1]", eps[1])
+    eps1 = None if eps[0] is None else check_nonneg(f"{name}[0]", eps[0])
+    return eps1, check_nonneg(f"{name}[1]", eps[1])
 
 
 def _check_d(name: str, value: Any) -> float:
-    v = _check_number(name, value)
+    v = check_number(name, value)
     if not v >= 1.0:
         raise ValueError(f"{name}: expected >= 1, got {value!r}")
     return v
@@ -128,7 +129,7 @@ class Adafactor(ExtraOptimizer):
         nonfinite: str = "raise",
     ) -> None:
         check_torch_flags(foreach, fused, capturable, differentiable)
-        lr = _check_nonneg("lr", lr)
+        lr = check_nonneg("lr", lr)
         beta2_decay = _check_beta2_decay("beta2_decay", beta2_decay)
         eps1, eps2 = _check_eps_pair("eps", eps)
         d = _check_d("d", d)
@@ -137,7 +138,7 @@ class Adafactor(ExtraOptimizer):
             beta2_decay=float(beta2_decay),
             eps=(eps1, eps2),
             d=float(d),
-            weight_decay=_check_nonneg("weight_decay", weight_decay),
+            weight_decay=check_nonneg("weight_decay", weight_decay),
             maximize=bool(maximize),
         )
         super().__init__(params, defaults, nonfinite=nonfinite)

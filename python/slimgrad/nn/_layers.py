@@ -7,8 +7,8 @@ import math
 import numpy as np
 
 from .. import _core
+from ._module import Module, as_readable, check_grad, check_input, float_dtype
 from .functional import check_probability, check_seed
-from .module import Module, as_readable, check_grad, check_input, float_dtype
 
 _nn = _core.nn
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .losses import kd_loss
+from ._losses import kd_loss
 
 
 @dataclass

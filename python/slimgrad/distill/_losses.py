@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from ..nn.module import as_readable
+from ..nn._module import as_readable
 
 _REDUCTIONS = ("batchmean", "mean", "sum")
 
