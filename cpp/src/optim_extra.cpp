@@ -27,18 +27,6 @@ T torch_lerp(T a, T b, T w) {
 }  // namespace
 
 template <class T>
-void lion_step(T* const* p, const T* const* g, T* const* m, const std::size_t* sizes, std::size_t count,
-               const LionCoef<T>& c) {
-  const WorkPlan plan = plan_work(sizes, count);
-  dispatch([&](auto isa) {
-    run_plan(plan, [&](std::size_t, const Piece& it) {
-      kernels::lion<decltype(isa)::value, T>(p[it.array] + it.begin, g[it.array] + it.begin,
-                                              m[it.array] + it.begin, it.end - it.begin, c);
-    });
-  });
-}
-
-template <class T>
 void lamb_step(T* const* p, const T* const* g, T* const* m, T* const* v, const std::size_t* sizes,
                std::size_t count, const LambCoef<T>& c, T lr, double* ratios) {
   const WorkPlan plan = plan_work(sizes, count);
@@ -294,8 +282,6 @@ void adafactor_step(T* p, const T* g, T* row_var, T* col_var, T* var, std::size_
 }
 
 #define SLIMGRAD_EXTRA_ENTRY(T)                                                                                 \
-  template void lion_step<T>(T* const*, const T* const*, T* const*, const std::size_t*, std::size_t,           \
-                             const LionCoef<T>&);                                                               \
   template void lamb_step<T>(T* const*, const T* const*, T* const*, T* const*, const std::size_t*, std::size_t, \
                              const LambCoef<T>&, T, double*);                                                   \
   template void adamw8bit_step<T>(T* const*, const T* const*, std::int8_t* const*, std::uint8_t* const*,       \

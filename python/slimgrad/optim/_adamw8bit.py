@@ -98,6 +98,8 @@ class AdamW8bit(ExtraOptimizer):
         ``block_size`` other than 256.
     """
 
+    _algo = "adamw8bit"
+
     def __init__(
         self,
         params: Any,
