@@ -34,9 +34,59 @@ def threads(request):
         yield request.param
 
 
+@pytest.fixture(scope="module")
+def torch_single_thread():
+    """torch on one thread for tiny tensors: its thread pool makes each op
+    take milliseconds when the machine's cores are oversubscribed (results do
+    not depend on it). Restored afterwards. Use it per module with
+    ``pytestmark = pytest.mark.usefixtures("torch_single_thread")``."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def numeric_grad(f, x, h=1e-6):
+    """Central differences of the scalar ``f()`` with respect to ``x`` (changed in place, restored)."""
+    grad = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        up = f()
+        flat[i] = old - h
+        down = f()
+        flat[i] = old
+        gflat[i] = (up - down) / (2 * h)
+    return grad
+
+
+def check_finite_differences(module, x, rng, before_forward=lambda: None, tol=1e-6):
+    """backward() against central differences of sum(forward(x) * r), for x and every parameter."""
+    r = rng.standard_normal(module.forward(x).shape)
+
+    def loss():
+        before_forward()
+        return float(np.sum(module.forward(x) * r))
+
+    loss()
+    grad_x = module.backward(r)
+    grads = {k: v.copy() for k, v in module.gradients().items()}
+    np.testing.assert_allclose(grad_x, numeric_grad(loss, x), rtol=tol, atol=tol)
+    for name, p in module.parameters().items():
+        np.testing.assert_allclose(
+            grads[name], numeric_grad(loss, p), rtol=tol, atol=tol, err_msg=name
+        )
 
 
 def run_everywhere(fn):

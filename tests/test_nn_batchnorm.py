@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import run_everywhere
+from conftest import check_finite_differences, run_everywhere
 from slimgrad import _core, nn
 
 DTYPES = [np.float32, np.float64]
@@ -18,20 +18,8 @@ FD_RTOL = 1e-6  # central differences in float64, step 1e-6
 SHAPES = [(2, 1), (5, 3), (17, 8), (9, 17), (64, 33), (3, 4, 1), (4, 3, 7), (6, 5, 17), (2, 9, 33)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_thread():
-    """torch on one thread for these tiny tensors: its thread pool makes each
-    op take milliseconds when the machine's cores are oversubscribed (results
-    do not depend on it). Restored afterwards."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# torch on one thread for these tiny tensors (see conftest.torch_single_thread).
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 def reference_forward(x, weight, bias, eps, mean=None, var=None):
@@ -132,20 +120,6 @@ def test_matches_torch_over_several_steps(dtype, shape, kwargs, rng):
     assert set(sd) == set(tb.state_dict())
 
 
-def numeric_grad(f, x, h=1e-6):
-    grad = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + h
-        up = f()
-        flat[i] = old - h
-        down = f()
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * h)
-    return grad
-
-
 @pytest.mark.parametrize("shape", [(6, 3), (4, 2, 3)], ids=str)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_backward_matches_finite_differences(isa, shape, training, rng):
@@ -153,18 +127,7 @@ def test_backward_matches_finite_differences(isa, shape, training, rng):
     bn.running_mean[...] = rng.standard_normal(shape[1])
     bn.running_var[...] = rng.uniform(0.5, 2.0, shape[1])
     bn.train(training)
-    x = rng.standard_normal(shape)
-    r = rng.standard_normal(shape)
-
-    def loss():
-        return float(np.sum(bn.forward(x) * r))
-
-    loss()
-    grad_x = bn.backward(r)
-    grads = {k: v.copy() for k, v in bn.gradients().items()}
-    np.testing.assert_allclose(grad_x, numeric_grad(loss, x), rtol=FD_RTOL, atol=FD_RTOL)
-    for name, p in bn.parameters().items():
-        np.testing.assert_allclose(grads[name], numeric_grad(loss, p), rtol=FD_RTOL, atol=FD_RTOL)
+    check_finite_differences(bn, rng.standard_normal(shape), rng, tol=FD_RTOL)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)

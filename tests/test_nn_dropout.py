@@ -24,20 +24,8 @@ KAT = [
 BINOMIAL_SIGMAS = 6.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_thread():
-    """torch on one thread for these tiny tensors: its thread pool makes each
-    op take milliseconds when the machine's cores are oversubscribed (results
-    do not depend on it). Restored afterwards."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# torch on one thread for these tiny tensors (see conftest.torch_single_thread).
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 def philox_numpy(counter, key):

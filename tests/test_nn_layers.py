@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import check_finite_differences, numeric_grad
 from slimgrad import nn
 
 DTYPES = [np.float32, np.float64]
 # Matrix products and transcendental functions: a few roundings of O(1) values.
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 ATOL = {np.float32: 1e-5, np.float64: 1e-12}
-FD_STEP = 1e-6
 FD_TOL = 1e-6  # central differences in float64
 GELU_SIZES = [0, 1, 7, 8, 9, 17, 65, 8193, 100_003]
 # float32 GELU in SIMD: A&S 7.1.26 for erfc (1.5e-7 on Phi) plus roundings,
@@ -20,52 +20,8 @@ GELU_F32_ERR = 4e-7
 GELU_F32_GRAD_ERR = 2e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_thread():
-    """torch on one thread for these tiny tensors: its thread pool makes each
-    op take milliseconds when the machine's cores are oversubscribed (results
-    do not depend on it). Restored afterwards."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def numeric_grad(f, x):
-    grad = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + FD_STEP
-        up = f()
-        flat[i] = old - FD_STEP
-        down = f()
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * FD_STEP)
-    return grad
-
-
-def check_finite_differences(module, x, rng, before_forward=lambda: None):
-    """backward() against central differences of sum(forward(x) * r), for x and every parameter."""
-    r = rng.standard_normal(module.forward(x).shape)
-
-    def loss():
-        before_forward()
-        return float(np.sum(module.forward(x) * r))
-
-    loss()
-    grad_x = module.backward(r)
-    grads = {k: v.copy() for k, v in module.gradients().items()}
-    np.testing.assert_allclose(grad_x, numeric_grad(loss, x), rtol=FD_TOL, atol=FD_TOL)
-    for name, p in module.parameters().items():
-        np.testing.assert_allclose(
-            grads[name], numeric_grad(loss, p), rtol=FD_TOL, atol=FD_TOL, err_msg=name
-        )
+# torch on one thread for these tiny tensors (see conftest.torch_single_thread).
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 # ------------------------------------------------------------------ Linear

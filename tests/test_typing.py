@@ -112,6 +112,7 @@ BAD = {
     'qt = quant.quantize(w, bits="eight")': 'Argument "bits" to "quantize" has incompatible type "str"',
     "functional.adam_(w, w, m, v, step=1, rounding=1)": 'Argument "rounding" to "adam_" has incompatible type "int"',
     'sgd = slimgrad.optim.SGD([w], lr="x")': 'Argument "lr" to "SGD" has incompatible type "str"',
+    'functional.adamw_(w, w, m, v, step=1, beta1="x")': 'Argument "beta1" to "adamw_" has incompatible type "str"',
 }
 
 

@@ -17,93 +17,23 @@ class StepArgs:
     stochastic: bool
     def __init__(self) -> None:
         ...
-    @property
-    def alpha(self) -> float:
-        ...
-    @alpha.setter
-    def alpha(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
-        ...
-    @property
-    def beta1(self) -> float:
-        ...
-    @beta1.setter
-    def beta1(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
-        ...
-    @property
-    def beta2(self) -> float:
-        ...
-    @beta2.setter
-    def beta2(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
-        ...
+    alpha: float
+    beta1: float
+    beta2: float
     @property
     def c3(self) -> float:
         ...
-    @property
-    def dampening(self) -> float:
-        ...
-    @dampening.setter
-    def dampening(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
-        ...
-    @property
-    def eps(self) -> float:
-        ...
-    @eps.setter
-    def eps(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
-        ...
-    @property
-    def lr(self) -> float:
-        ...
-    @lr.setter
-    def lr(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
-        ...
-    @property
-    def lr_decay(self) -> float:
-        ...
-    @lr_decay.setter
-    def lr_decay(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
-        ...
-    @property
-    def momentum(self) -> float:
-        ...
-    @momentum.setter
-    def momentum(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
-        ...
-    @property
-    def momentum_decay(self) -> float:
-        ...
-    @momentum_decay.setter
-    def momentum_decay(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
-        ...
-    @property
-    def mu_product(self) -> float:
-        ...
-    @mu_product.setter
-    def mu_product(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
-        ...
-    @property
-    def rho(self) -> float:
-        ...
-    @rho.setter
-    def rho(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
-        ...
-    @property
-    def seed(self) -> int:
-        ...
-    @seed.setter
-    def seed(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
-        ...
-    @property
-    def step(self) -> int:
-        ...
-    @step.setter
-    def step(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
-        ...
-    @property
-    def weight_decay(self) -> float:
-        ...
-    @weight_decay.setter
-    def weight_decay(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
-        ...
+    dampening: float
+    eps: float
+    lr: float
+    lr_decay: float
+    momentum: float
+    momentum_decay: float
+    mu_product: float
+    rho: float
+    seed: int
+    step: int
+    weight_decay: float
 def accumulate(acc: typing.Any, grads: typing.Any, labels: typing.Any = None, *, scale: typing.SupportsFloat | typing.SupportsIndex = 1.0) -> None:
     """
     acc += scale * grads for lists of arrays, in place.

@@ -19,11 +19,11 @@ from statistics import median
 from typing import Any
 
 __all__ = [
+    "Case",
     "OURS",
     "PROBE",
-    "SUITES",
-    "Case",
     "Result",
+    "SUITES",
     "environment",
     "format_table",
     "measure",

@@ -33,40 +33,29 @@ STAGES = (
 
 @dataclass(frozen=True)
 class Config:
-    teacher_hidden: tuple[int, ...]
-    student_hidden: int
-    teacher_epochs: int
-    alone_epochs: int
-    student_epochs: int
-    finetune_epochs: int
-    batch_size: int
-    temperature: float
-    alpha: float
-    timing_repeats: int
+    """Sizes, epochs and distillation settings of a run; the defaults are the full demo."""
+
+    teacher_hidden: tuple[int, ...] = (256, 256)
+    student_hidden: int = 16
+    teacher_epochs: int = 60
+    alone_epochs: int = 300
+    student_epochs: int = 100
+    finetune_epochs: int = 40
+    batch_size: int = 64
+    temperature: float = 2.0
+    alpha: float = 1.0
+    timing_repeats: int = 50
 
 
-FULL = Config(
-    teacher_hidden=(256, 256),
-    student_hidden=16,
-    teacher_epochs=60,
-    alone_epochs=300,
-    student_epochs=100,
-    finetune_epochs=40,
-    batch_size=64,
-    temperature=2.0,
-    alpha=1.0,
-    timing_repeats=50,
-)
+FULL = Config()
+# A reduced run (smaller teacher, a few epochs) for tests.
 QUICK = Config(
     teacher_hidden=(64,),
-    student_hidden=16,
     teacher_epochs=3,
     alone_epochs=3,
     student_epochs=3,
     finetune_epochs=2,
     batch_size=128,
-    temperature=2.0,
-    alpha=1.0,
     timing_repeats=3,
 )
 

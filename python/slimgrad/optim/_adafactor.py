@@ -131,18 +131,8 @@ class Adafactor(ExtraOptimizer):
         nonfinite: str = "raise",
     ) -> None:
         check_torch_flags(foreach, fused, capturable, differentiable)
-        lr = check_nonneg("lr", lr)
-        beta2_decay = _check_beta2_decay("beta2_decay", beta2_decay)
-        eps1, eps2 = _check_eps_pair("eps", eps)
-        d = _check_d("d", d)
-        defaults = dict(
-            lr=lr,
-            beta2_decay=float(beta2_decay),
-            eps=(eps1, eps2),
-            d=float(d),
-            weight_decay=check_nonneg("weight_decay", weight_decay),
-            maximize=bool(maximize),
-        )
+        defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay)
+        defaults["maximize"] = maximize
         super().__init__(params, defaults, nonfinite=nonfinite)
 
     def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:

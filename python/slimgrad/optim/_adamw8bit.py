@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import _core
 from ._bucket import Bucket
-from ._checks import check_betas, check_nonneg, check_torch_flags
+from ._checks import check_torch_flags
 from ._extra import ExtraOptimizer, round_back
 
 BLOCK_SIZE = 256
@@ -122,13 +122,7 @@ class AdamW8bit(ExtraOptimizer):
                 f"block_size: expected {BLOCK_SIZE} (the only size the kernels support), "
                 f"got {block_size!r}"
             )
-        defaults = dict(
-            lr=check_nonneg("lr", lr),
-            betas=check_betas(betas),
-            eps=check_nonneg("eps", eps),
-            weight_decay=check_nonneg("weight_decay", weight_decay),
-            maximize=bool(maximize),
-        )
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults, nonfinite=nonfinite)
 
     def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:

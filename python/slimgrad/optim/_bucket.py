@@ -13,16 +13,7 @@ from typing import Any, Union
 
 import numpy as np
 
-__all__ = [
-    "Bucket",
-    "Key",
-    "data_ptr",
-    "empty_at",
-    "find_nonfinite",
-    "label",
-    "pack_state",
-    "state_offset",
-]
+__all__ = ["Bucket", "Key", "empty_at", "find_nonfinite", "label", "pack_state", "state_offset"]
 
 Key = Union[str, int]
 
@@ -52,7 +43,7 @@ def label(key: Key) -> str:
     return f"[{key!r}]" if isinstance(key, str) else f"[{key}]"
 
 
-def data_ptr(a: np.ndarray) -> int:
+def _data_ptr(a: np.ndarray) -> int:
     return int(a.__array_interface__["data"][0])
 
 
@@ -61,7 +52,7 @@ def empty_at(shape: tuple[int, ...], dtype: np.dtype, offset: int) -> np.ndarray
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     buf = np.empty(nbytes + 64, np.uint8)
-    start = (offset - data_ptr(buf)) % 64
+    start = (offset - _data_ptr(buf)) % 64
     return buf[start : start + nbytes].view(dtype).reshape(shape)
 
 
@@ -82,7 +73,7 @@ def state_offset(param: np.ndarray, dtype: Any = None, master: bool = True) -> i
     if param.dtype.itemsize == 2 and master:
         return 0
     itemsize = param.dtype.itemsize if dtype is None else np.dtype(dtype).itemsize
-    return (data_ptr(param) % 64) * itemsize // param.dtype.itemsize % 64
+    return (_data_ptr(param) % 64) * itemsize // param.dtype.itemsize % 64
 
 
 def find_nonfinite(arrays: list[np.ndarray]) -> tuple[int, int] | None:
@@ -111,9 +102,9 @@ def pack_state(b: Bucket, sts: list[dict[str, Any]]) -> None:
         return
     end = None
     for p in b.params:
-        if end is not None and data_ptr(p) != end:
+        if end is not None and _data_ptr(p) != end:
             return
-        end = data_ptr(p) + p.nbytes
+        end = _data_ptr(p) + p.nbytes
     for name, v in sts[0].items():
         if not isinstance(v, np.ndarray):
             continue

@@ -1,4 +1,4 @@
-"""Helpers shared by the extra optimizers (Lion, LAMB, AdamW8bit, Adafactor) and clip.
+"""Helpers shared by the multipass optimizers (LAMB, AdamW8bit, Adafactor) and clip.
 
 Their kernels take float32/float64 arrays. float16/bfloat16 parameters are
 stepped on the float32 master copies the base class keeps, then rounded to
@@ -115,7 +115,7 @@ def validate(bucket: Bucket, expect: Any = None) -> None:
 
 
 class ExtraOptimizer(Optimizer):
-    """Base of Lion, LAMB, AdamW8bit and Adafactor: validation and half-precision plumbing."""
+    """Base of LAMB, AdamW8bit and Adafactor: validation and half-precision plumbing."""
 
     _algo = ""  # the row of the optimizer descriptor table (optim_table.hpp)
 
@@ -125,6 +125,16 @@ class ExtraOptimizer(Optimizer):
             if k == key:
                 return expected_state(storage, when, param, self.state_dtype(param))
         raise ValueError(f"state: unexpected key {key!r} for {type(self).__name__}")
+
+    def __init__(self, params: Any, defaults: dict[str, Any], *, nonfinite: str = "raise") -> None:
+        # Options are stored as the kernels take them: each checked by its
+        # option check, in the constructor's argument order, and kept as the
+        # check returns it (floats, a tuple of betas); maximize as bool(value).
+        defaults = {
+            k: bool(v) if k == "maximize" else self._option_checks[k](k, v)
+            for k, v in defaults.items()
+        }
+        super().__init__(params, defaults, nonfinite=nonfinite)
 
     def _validate_all(self, buckets: list[Bucket]) -> None:
         for b in buckets:

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import _core
 from ._bucket import Bucket
-from ._checks import check_betas, check_nonneg, check_torch_flags
+from ._checks import check_torch_flags
 from ._extra import ExtraOptimizer, round_back
 
 
@@ -73,12 +73,7 @@ class LAMB(ExtraOptimizer):
         nonfinite: str = "raise",
     ) -> None:
         check_torch_flags(foreach, fused, capturable, differentiable)
-        defaults = dict(
-            lr=check_nonneg("lr", lr),
-            betas=check_betas(betas),
-            eps=check_nonneg("eps", eps),
-            weight_decay=check_nonneg("weight_decay", weight_decay),
-        )
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults, nonfinite=nonfinite)
         self.trust_ratios: dict[Any, float] = {}
         """Trust ratio of each parameter at the last step (by state key)."""

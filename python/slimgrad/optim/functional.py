@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; only the type checker need
     from typing_extensions import Unpack
 
 __all__ = [
+    "AdamOptions",
     "StepOptions",
     "sgd_",
     "adagrad_",
@@ -256,6 +257,19 @@ def adam_(
     return param
 
 
+class AdamOptions(StepOptions, total=False):
+    """The keywords :func:`adamw_` passes on to :func:`adam_` (same defaults:
+    ``lr`` 1e-3, ``beta1`` 0.9, ``beta2`` 0.999, ``eps`` 1e-8, ``amsgrad``
+    False, ``max_exp_avg_sq`` None), besides :class:`StepOptions`."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    amsgrad: bool
+    max_exp_avg_sq: np.ndarray | None
+
+
 def adamw_(
     param: np.ndarray,
     grad: np.ndarray,
@@ -263,14 +277,8 @@ def adamw_(
     exp_avg_sq: np.ndarray,
     *,
     step: int,
-    lr: float = 1e-3,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    eps: float = 1e-8,
     weight_decay: float = 1e-2,
-    amsgrad: bool = False,
-    max_exp_avg_sq: np.ndarray | None = None,
-    **options: Unpack[StepOptions],
+    **options: Unpack[AdamOptions],
 ) -> np.ndarray:
     """AdamW update: :func:`adam_` with decoupled weight decay (default 1e-2)."""
     return adam_(
@@ -279,13 +287,7 @@ def adamw_(
         exp_avg,
         exp_avg_sq,
         step=step,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
         weight_decay=weight_decay,
-        amsgrad=amsgrad,
-        max_exp_avg_sq=max_exp_avg_sq,
         decoupled_weight_decay=True,
         **options,
     )

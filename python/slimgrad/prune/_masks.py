@@ -297,7 +297,7 @@ def structured_mask(w: np.ndarray, amount: float | int, axis: int = 0, norm: int
 
     Returns
     -------
-    ndarray of bool, shape ``w.shape`` (``True`` = kept).
+    ndarray of bool, shape ``w.shape`` (``True`` = kept; a pruned slice is all ``False``).
 
     Raises
     ------

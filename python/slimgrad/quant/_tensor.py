@@ -460,16 +460,13 @@ def quantize(
         axis = 0
     sshape = _scale_shape(shape, granularity, axis, group_size)
     data = _empty_data(shape, bits, symmetric)
+    # How the codes are laid out: the kernel's spec and the result share it.
+    layout = (shape, bits, bool(symmetric), granularity, axis, int(group_size))
     if wf.size:  # the kernel writes every scale and zero point
         scale = np.empty(sshape, np.float32)
         zero_point = np.empty(sshape, np.int32)
         spec = _core_spec(
-            shape,
-            bits,
-            bool(symmetric),
-            granularity,
-            axis,
-            int(group_size),
+            *layout,
             rounding=rounding,
             seed=int(seed),
             clip=clip,
@@ -489,18 +486,7 @@ def quantize(
         data[...] = 0
         scale = np.ones(sshape, np.float32)
         zero_point = np.zeros(sshape, np.int32)
-    return QuantizedTensor(
-        data,
-        scale,
-        zero_point,
-        shape,
-        bits,
-        bool(symmetric),
-        granularity,
-        axis,
-        int(group_size),
-        w.dtype.newbyteorder("="),
-    )
+    return QuantizedTensor(data, scale, zero_point, *layout, w.dtype.newbyteorder("="))
 
 
 def dequantize(
