@@ -145,3 +145,37 @@ def test_optimizer_copies_and_pickles_without_its_lock(rng):
     for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
         clone.step(_grads(rng, params))
         assert clone.state["w"]["step"] == 2
+
+
+# ------------------------------------------------ AdamW8bit(min_8bit_size)
+def test_adamw8bit_small_tensors_keep_float32_state_like_torch_adamw(isa, rng):
+    torch = pytest.importorskip("torch")
+    params = {
+        "small": rng.standard_normal(100).astype(np.float32),
+        "big": rng.standard_normal((20, 300)).astype(np.float32),
+    }
+    start = {k: v.copy() for k, v in params.items()}
+    opt = optim.AdamW8bit(params, lr=1e-2, weight_decay=0.1, min_8bit_size=4096)
+    ref8 = {"big": start["big"].copy()}
+    opt8 = optim.AdamW8bit(ref8, lr=1e-2, weight_decay=0.1)
+    tp = torch.tensor(start["small"], requires_grad=True)
+    topt = torch.optim.AdamW([tp], lr=1e-2, weight_decay=0.1)
+    for _ in range(100):
+        g = _grads(rng, params)
+        opt.step(g)
+        opt8.step({"big": g["big"]})
+        tp.grad = torch.tensor(g["small"])
+        topt.step()
+    assert opt.state["small"]["exp_avg"].dtype == np.float32
+    assert opt.state["small"]["exp_avg_scale"].size == 0
+    assert opt.state["big"]["exp_avg"].dtype == np.int8
+    np.testing.assert_allclose(params["small"], tp.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(params["big"], ref8["big"])  # per-tensor: unchanged
+
+
+def test_adamw8bit_min_8bit_size_checked():
+    p = {"w": np.zeros(4, np.float32)}
+    with pytest.raises(ValueError, match="min_8bit_size: expected an int >= 0, got -1"):
+        optim.AdamW8bit(p, min_8bit_size=-1)
+    with pytest.raises(TypeError, match="min_8bit_size: expected an int, got float"):
+        optim.AdamW8bit(p, min_8bit_size=4096.0)
