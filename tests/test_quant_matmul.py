@@ -84,7 +84,7 @@ def test_matmul_out_and_errors(rng):
 @pytest.mark.parametrize(
     "mk", [(1, 1), (3, 15), (4, 16), (5, 17), (37, 63), (8, 64), (9, 65), (33, 1000)], ids=str
 )
-def test_matmul_int8_exact(isa, threads, mk, rng):
+def test_matmul_int8_exact(isa_all, threads, mk, rng):
     m, k = mk
     for n in (1, 3, 4, 6, 45):
         a = rng.integers(-128, 128, (m, k)).astype(np.int8)
@@ -112,7 +112,7 @@ def test_matmul_int8_extremes_and_errors(rng):
         quant.matmul_int8(np.zeros((2, 3), np.int8), np.zeros((2, 3), np.int8), out)
 
 
-def test_matmul_int8_k_limit(isa):
+def test_matmul_int8_k_limit(isa_all):
     # the longest K whose int32 sums cannot wrap, at the worst case -128 * -128
     k = quant.MAX_K_INT8
     assert k == 131071

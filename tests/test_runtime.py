@@ -23,10 +23,12 @@ def test_use_isa_switches_and_restores():
 
 
 def test_use_isa_rejects_unknown_and_unsupported():
-    with pytest.raises(ValueError, match="expected one of 'scalar', 'avx2', 'avx512', got 'sse9'"):
+    with pytest.raises(
+        ValueError, match="expected one of 'scalar', 'avx2', 'avx512', 'avx512_vnni', got 'sse9'"
+    ):
         with slimgrad.use_isa("sse9"):
             pass
-    for name in ("avx2", "avx512"):
+    for name in ("avx2", "avx512", "avx512_vnni"):
         if name not in slimgrad.available_isas():
             with pytest.raises(ValueError, match=f"ISA '{name}' is not"):
                 with slimgrad.use_isa(name):
@@ -48,7 +50,9 @@ def test_env_forces_level():
 def test_env_unknown_level_raises_clearly():
     out = _import_with_env("neon9")
     assert out.returncode != 0
-    assert "SLIMGRAD_ISA: expected one of scalar, avx2, avx512, got 'neon9'" in out.stderr
+    assert (
+        "SLIMGRAD_ISA: expected one of scalar, avx2, avx512, avx512_vnni, got 'neon9'" in out.stderr
+    )
 
 
 def test_threads_set_get_and_context():
@@ -78,3 +82,30 @@ def test_info_command_prints_build():
     assert out.returncode == 0, out.stderr
     assert slimgrad.__version__ in out.stdout
     assert "isa_active" in out.stdout
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def test_vnni_is_an_isa_level():
+    """VNNI is a level of isa.cpp (not a hidden cpuid probe): listed when the
+    CPU has it, selectable, and use_isa("avx512") still reaches plain AVX-512."""
+    flags = _cpu_flags()
+    have = slimgrad.available_isas()
+    if "avx512" in have and "avx512_vnni" in flags:
+        assert have[-1] == "avx512_vnni"
+        assert slimgrad.active_isa() in have
+        with slimgrad.use_isa("avx512"):
+            assert slimgrad.active_isa() == "avx512"
+        with slimgrad.use_isa("avx512_vnni"):
+            assert slimgrad.active_isa() == "avx512_vnni"
+    elif flags:
+        assert "avx512_vnni" not in have

@@ -11,20 +11,20 @@ namespace {
 
 Isa isa_arg(const std::string& name) {
   const auto isa = parse_isa(name);
-  if (!isa) throw py::value_error("isa: expected one of 'scalar', 'avx2', 'avx512', got '" + name + "'");
+  if (!isa) throw py::value_error("isa: expected one of 'scalar', 'avx2', 'avx512', 'avx512_vnni', got '" + name + "'");
   return *isa;
 }
 
 void bind_runtime(py::module_& m) {
   m.def("available_isas", [] {
     py::list out;
-    for (Isa i : {Isa::scalar, Isa::avx2, Isa::avx512})
+    for (Isa i : kIsaLevels)
       if (isa_supported(i)) out.append(isa_name(i));
     return out;
   });
   m.def("built_isas", [] {
     py::list out;
-    for (Isa i : {Isa::scalar, Isa::avx2, Isa::avx512})
+    for (Isa i : kIsaLevels)
       if (isa_built(i)) out.append(isa_name(i));
     return out;
   });

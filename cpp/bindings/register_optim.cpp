@@ -24,15 +24,60 @@ Storage storage_of(DType d) {
   }
 }
 
-const char* algo_name(Algo a) {
-  static const char* names[] = {"sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamax", "nadam", "radam"};
-  return names[static_cast<int>(a)];
+// Names come from the descriptor table (optim_table.hpp); only its
+// elementwise rows run through step().
+Algo parse_algo(const std::string& s) {
+  std::string known;
+  for (std::size_t i = 0; i < kOptimizerCount; ++i) {
+    const OptimDesc& d = kOptimizers[i];
+    if (d.kind != OptimKind::elementwise) continue;
+    if (s == d.name) return static_cast<Algo>(i);
+    known += std::string(known.empty() ? "" : ", ") + d.name;
+  }
+  throw py::value_error("algo: expected one of " + known + ", got '" + s + "'");
 }
 
-Algo parse_algo(const std::string& s) {
-  for (int i = 0; i <= static_cast<int>(Algo::radam); ++i)
-    if (s == algo_name(static_cast<Algo>(i))) return static_cast<Algo>(i);
-  throw py::value_error("algo: unknown optimizer '" + s + "'");
+const char* name_of(SlotStorage st) {
+  switch (st) {
+    case SlotStorage::math: return "math";
+    case SlotStorage::i8: return "int8";
+    case SlotStorage::u8: return "uint8";
+    case SlotStorage::blocks: return "blocks";
+    case SlotStorage::row: return "row";
+    case SlotStorage::col: return "col";
+    default: return "none";
+  }
+}
+
+const char* name_of(SlotWhen w) {
+  switch (w) {
+    case SlotWhen::always: return "always";
+    case SlotWhen::momentum: return "momentum";
+    case SlotWhen::centered: return "centered";
+    case SlotWhen::amsgrad: return "amsgrad";
+    case SlotWhen::factored: return "factored";
+    case SlotWhen::vector: return "vector";
+    default: return "never";
+  }
+}
+
+// The descriptor table as Python data: {name: {"kind", "policy", "options",
+// "slots": [(key, storage, when), ...]}} (used slots only, in slot order).
+py::dict optimizer_table() {
+  py::dict out;
+  for (const OptimDesc& d : kOptimizers) {
+    py::list slots, options;
+    for (const SlotDesc& sd : d.slots)
+      if (sd.when != SlotWhen::never) slots.append(py::make_tuple(sd.key, name_of(sd.storage), name_of(sd.when)));
+    for (py::handle o : py::str(d.options).attr("split")()) options.append(o);
+    py::dict row;
+    row["kind"] = d.kind == OptimKind::elementwise ? "elementwise" : "multipass";
+    row["policy"] = d.policy == NumericPolicy::bit_exact ? "bit_exact" : "bounded";
+    row["options"] = py::tuple(options);
+    row["slots"] = py::tuple(slots);
+    out[d.name] = row;
+  }
+  return out;
 }
 
 std::string str_at(const py::list& names, std::size_t i) { return py::cast<std::string>(names[i]); }
@@ -164,7 +209,7 @@ void register_optim(py::module_& m) {
   py::class_<StepArgs>(m, "StepArgs", "Options and step count of one multi-tensor step (see optim.hpp).")
       .def(py::init<>())
       .def_property(
-          "algo", [](const StepArgs& a) { return std::string(algo_name(a.algo)); },
+          "algo", [](const StepArgs& a) { return std::string(describe(a.algo).name); },
           [](StepArgs& a, const std::string& s) { a.algo = parse_algo(s); })
       .def_readwrite("stochastic", &StepArgs::stochastic)
       .def_readwrite("bf16_state", &StepArgs::bf16_state)
@@ -189,6 +234,10 @@ void register_optim(py::module_& m) {
       .def_readwrite("centered", &StepArgs::centered)
       .def_readwrite("decoupled", &StepArgs::decoupled)
       .def_readonly("c3", &StepArgs::c3);
+
+  m.def("optimizers", &optimizer_table,
+        "The optimizer descriptor table (optim_table.hpp): name -> kind, numeric policy, options, "
+        "state slots (key, storage, when).");
 
   m.def("state_count", [](const StepArgs& a) { int used[3]; return state_slots(a, used); }, py::arg("args"));
 

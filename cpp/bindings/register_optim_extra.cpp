@@ -1,4 +1,4 @@
-// Bindings of the extra optimizer kernels (Lion, LAMB, AdamW8bit, Adafactor,
+// Bindings of the multipass optimizer kernels (LAMB, AdamW8bit, Adafactor,
 // gradient clipping and accumulation), in slimgrad._core.optim.
 //
 // Multi-tensor calls take Python lists of arrays plus `labels` (e.g.
@@ -111,41 +111,6 @@ std::vector<std::size_t> sizes_of(const std::vector<Array>& a) {
 
 void check_finite_scalar(const char* name, double v) {
   if (!std::isfinite(v)) throw py::value_error(std::string(name) + ": expected a finite number, got " + std::to_string(v));
-}
-
-// ------------------------------------------------------------------ Lion
-template <class T>
-void lion_call(const std::vector<Array>& p, const std::vector<Array>& g, const std::vector<Array>& m,
-               const LionCoef<T>& c) {
-  const auto pp = ptrs<T>(p), mp = ptrs<T>(m);
-  const auto gp = ptrs<T>(g);
-  const auto n = sizes_of(p);
-  std::vector<const T*> gc(gp.begin(), gp.end());
-  py::gil_scoped_release release;
-  lion_step<T>(pp.data(), gc.data(), mp.data(), n.data(), n.size(), c);
-}
-
-void bind_lion(py::module_& m) {
-  m.def(
-      "lion_step",
-      [](py::handle params, py::handle grads, py::handle exp_avgs, py::handle labels, double lr, double beta1,
-         double beta2, double weight_decay, bool maximize) {
-        const auto lab = label_list(labels, as_list(params, "params").size());
-        const auto p = check_first(params, "params", lab, {DType::f32, DType::f64}, Access::write);
-        const auto g = check_list_like(grads, "grads", lab, p, Access::read);
-        const auto mm = check_list_like(exp_avgs, "exp_avg", lab, p, Access::write);
-        for (auto [name, v] : {std::pair{"lr", lr}, {"beta1", beta1}, {"beta2", beta2}, {"weight_decay", weight_decay}})
-          check_finite_scalar(name, v);
-        if (p.empty()) return;
-        const double decay = 1.0 - lr * weight_decay;
-        if (p[0].dtype == DType::f32)
-          lion_call<float>(p, g, mm, {float(lr), float(beta1), float(beta2), float(1 - beta1), float(1 - beta2), float(decay), maximize});
-        else
-          lion_call<double>(p, g, mm, {lr, beta1, beta2, 1 - beta1, 1 - beta2, decay, maximize});
-      },
-      py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("labels") = py::none(), py::kw_only(),
-      py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("weight_decay"), py::arg("maximize") = false,
-      "Lion step of a list of arrays in place (see slimgrad.optim.Lion).");
 }
 
 // ------------------------------------------------------------------ LAMB
@@ -415,7 +380,6 @@ void bind_grad_utils(py::module_& m) {
 }  // namespace
 
 void register_optim_extra(py::module_& m) {
-  bind_lion(m);
   bind_lamb(m);
   bind_adamw8bit(m);
   bind_adafactor(m);

@@ -176,9 +176,27 @@ void register_quant(py::module_& m) {
   }, py::arg("a"), py::arg("b"), py::arg("out"));
   m.def("has_avx512_vnni", &quant::has_avx512_vnni);
 
+  m.def("gguf_formats", [] {
+    py::dict out;
+    for (std::size_t i = 0; i < quant::kGgufFormatCount; ++i) {
+      const quant::GgufFormat& f = quant::kGgufFormats[i];
+      py::dict row;
+      row["type"] = i;  // the `type` argument of gguf_quantize / gguf_dequantize
+      row["ggml_type"] = f.ggml_type;
+      row["block_size"] = f.block_size;
+      row["type_size"] = f.type_size;
+      out[f.name] = row;
+    }
+    return out;
+  }, "The GGUF traits table (quant.hpp): name -> type, ggml_type, block_size, type_size.");
+
   auto gguf_type = [](int t) {
-    if (t < 0 || t > 4)
-      throw py::value_error("type: expected 0..4 (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), got " + std::to_string(t));
+    if (t < 0 || static_cast<std::size_t>(t) >= quant::kGgufFormatCount) {
+      std::string names;
+      for (const quant::GgufFormat& f : quant::kGgufFormats) names += std::string(names.empty() ? "" : ", ") + f.name;
+      throw py::value_error("type: expected 0.." + std::to_string(quant::kGgufFormatCount - 1) + " (" + names +
+                            "), got " + std::to_string(t));
+    }
     return static_cast<quant::GgufType>(t);
   };
   m.def("gguf_quantize", [gguf_type](py::handle x, int type, py::handle out) {

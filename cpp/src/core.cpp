@@ -11,7 +11,7 @@ namespace slimgrad {
 template <class T>
 void axpy(T* y, const T* x, T alpha, std::size_t n) {
   dispatch([&](auto isa) {
-    parallel_for(n, kDefaultGrain, [&](std::size_t b, std::size_t e) {
+    parallel_for(n, kGrain, [&](std::size_t b, std::size_t e) {
       kernels::axpy<decltype(isa)::value, T>(y + b, x + b, alpha, e - b);
     });
   });
@@ -30,12 +30,12 @@ template <class T>
 std::ptrdiff_t find_nonfinite(const T* x, std::size_t n) {
   // Each chunk records its first bad index; the smallest wins, so the answer
   // is the first non-finite element whatever the thread count.
-  const std::size_t chunks = num_chunks(n, kDefaultGrain);
+  const std::size_t chunks = num_chunks(n, kGrain);
   std::vector<std::size_t> first(chunks, n);
   dispatch([&](auto isa) {
-    parallel_for(n, kDefaultGrain, [&](std::size_t b, std::size_t e) {
+    parallel_for(n, kGrain, [&](std::size_t b, std::size_t e) {
       const std::size_t k = kernels::find_nonfinite<decltype(isa)::value, T>(x + b, e - b);
-      if (k < e - b) first[b / kDefaultGrain] = b + k;
+      if (k < e - b) first[b / kGrain] = b + k;
     });
   });
   for (std::size_t f : first)
@@ -45,7 +45,7 @@ std::ptrdiff_t find_nonfinite(const T* x, std::size_t n) {
 
 void stream_probe(float* p, const float* g, float* m, float* v, std::size_t n) {
   dispatch([&](auto isa) {
-    parallel_for(n, kDefaultGrain, [&](std::size_t b, std::size_t e) {
+    parallel_for(n, kGrain, [&](std::size_t b, std::size_t e) {
       kernels::stream_probe<decltype(isa)::value>(p + b, g + b, m + b, v + b, e - b);
     });
   });

@@ -147,7 +147,7 @@ double mse_loss(const T* student, const T* teacher, T* grad, std::size_t n) {
 template <class T>
 void vector_exp(const T* x, T* y, std::size_t n) {
   dispatch([&](auto isa) {
-    parallel_for(n, kDefaultGrain, [&](std::size_t b, std::size_t e) {
+    parallel_for(n, kGrain, [&](std::size_t b, std::size_t e) {
       kernels::exp<decltype(isa)::value, T>(x + b, y + b, e - b);
     });
   });

@@ -38,7 +38,8 @@ Isa detect() {
   const bool v3 = ymm_state && avx2 && fma && f16c && bmi1 && bmi2;
   // x86-64-v4 = v3 + AVX-512 F/BW/CD/DQ/VL.
   const bool v4 = v3 && zmm_state && avx512f && avx512dq && avx512bw && avx512vl && avx512cd;
-  return v4 ? Isa::avx512 : v3 ? Isa::avx2 : Isa::scalar;
+  const bool vnni = c & (1u << 11);  // leaf 7 ECX: AVX512_VNNI
+  return v4 && vnni ? Isa::avx512_vnni : v4 ? Isa::avx512 : v3 ? Isa::avx2 : Isa::scalar;
 }
 #else
 Isa detect() { return Isa::scalar; }
@@ -61,12 +62,13 @@ const char* isa_name(Isa isa) {
     case Isa::scalar: return "scalar";
     case Isa::avx2: return "avx2";
     case Isa::avx512: return "avx512";
+    case Isa::avx512_vnni: return "avx512_vnni";
   }
   return "unknown";
 }
 
 std::optional<Isa> parse_isa(std::string_view name) {
-  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512})
+  for (Isa isa : kIsaLevels)
     if (name == isa_name(isa)) return isa;
   return std::nullopt;
 }
@@ -78,7 +80,8 @@ bool isa_built(Isa isa) {
     case Isa::avx2: return true;
 #endif
 #if SLIMGRAD_HAVE_AVX512
-    case Isa::avx512: return true;
+    case Isa::avx512:
+    case Isa::avx512_vnni: return true;
 #endif
     default: return false;
   }
@@ -89,9 +92,10 @@ bool isa_supported(Isa isa) {
 }
 
 Isa best_isa() {
-  for (Isa isa : {Isa::avx512, Isa::avx2})
-    if (isa_supported(isa)) return isa;
-  return Isa::scalar;
+  Isa best = Isa::scalar;
+  for (Isa isa : kIsaLevels)
+    if (isa_supported(isa)) best = isa;
+  return best;
 }
 
 Isa active_isa() { return static_cast<Isa>(active_slot().load(std::memory_order_relaxed)); }
@@ -99,7 +103,7 @@ Isa active_isa() { return static_cast<Isa>(active_slot().load(std::memory_order_
 void set_active_isa(Isa isa) {
   if (!isa_supported(isa)) {
     std::string have;
-    for (Isa i : {Isa::scalar, Isa::avx2, Isa::avx512})
+    for (Isa i : kIsaLevels)
       if (isa_supported(i)) have += std::string(have.empty() ? "" : ", ") + isa_name(i);
     throw std::invalid_argument(std::string("ISA '") + isa_name(isa) + "' is not " +
                                 (isa_built(isa) ? "supported by this CPU" : "built into this binary") +
@@ -113,7 +117,7 @@ void init_isa_from_env() {
   if (env == nullptr || *env == '\0') return;
   const auto isa = parse_isa(env);
   if (!isa)
-    throw std::invalid_argument(std::string("SLIMGRAD_ISA: expected one of scalar, avx2, avx512, got '") +
+    throw std::invalid_argument(std::string("SLIMGRAD_ISA: expected one of scalar, avx2, avx512, avx512_vnni, got '") +
                                 env + "'");
   set_active_isa(*isa);
 }

@@ -1,5 +1,5 @@
 // Core kernels written once against simd.hpp, instantiated by
-// kernels_core_avx2.cpp and kernels_core_avx512.cpp.
+// the per-ISA units the build generates (CMakeLists.txt).
 //  - axpy: unaligned loads, one FMA per vector; the tail uses a padded copy.
 //  - sum_squares: four independent accumulators (hides FMA latency) in T
 //    lanes; called on blocks of kSumBlock elements, so float32 error stays
@@ -98,3 +98,18 @@ void stream_probe(float* p, const float* g, float* m, float* v, std::size_t n) {
 }
 
 }  // namespace slimgrad::kernels
+
+// ---------------------------------------------------------- instantiations
+// Compiled once per ISA by the units CMakeLists.txt generates from its
+// kernel list (SLIMGRAD_UNIT_ISA is that unit's level); nothing else defines it.
+#ifdef SLIMGRAD_UNIT_ISA
+namespace slimgrad::kernels {
+template void axpy<SLIMGRAD_UNIT_ISA, float>(float*, const float*, float, std::size_t);
+template void axpy<SLIMGRAD_UNIT_ISA, double>(double*, const double*, double, std::size_t);
+template double sum_squares<SLIMGRAD_UNIT_ISA, float>(const float*, std::size_t);
+template double sum_squares<SLIMGRAD_UNIT_ISA, double>(const double*, std::size_t);
+template std::size_t find_nonfinite<SLIMGRAD_UNIT_ISA, float>(const float*, std::size_t);
+template std::size_t find_nonfinite<SLIMGRAD_UNIT_ISA, double>(const double*, std::size_t);
+template void stream_probe<SLIMGRAD_UNIT_ISA>(float*, const float*, float*, float*, std::size_t);
+}  // namespace slimgrad::kernels
+#endif  // SLIMGRAD_UNIT_ISA

@@ -1,5 +1,5 @@
 // Distillation kernels written once against simd.hpp, instantiated by
-// kernels_distill_avx2.cpp and kernels_distill_avx512.cpp.
+// the per-ISA units the build generates (CMakeLists.txt).
 //
 //  - vexp: a vectorized exp (Cephes-style). x = n ln2 + r with n = round(x /
 //    ln2), |r| <= ln2 / 2, ln2 split in two (Cody-Waite) so n * ln2_hi is
@@ -329,3 +329,19 @@ void exp(const T* x, T* y, std::size_t n) {
 }
 
 }  // namespace slimgrad::kernels
+
+// ---------------------------------------------------------- instantiations
+// Compiled once per ISA by the units CMakeLists.txt generates from its
+// kernel list (SLIMGRAD_UNIT_ISA is that unit's level); nothing else defines it.
+#ifdef SLIMGRAD_UNIT_ISA
+namespace slimgrad::kernels {
+template void kd_row_stats<SLIMGRAD_UNIT_ISA, float>(const float*, const float*, std::size_t, float, KdRowMode, KdRowStats*);
+template void kd_row_stats<SLIMGRAD_UNIT_ISA, double>(const double*, const double*, std::size_t, double, KdRowMode, KdRowStats*);
+template void kd_row_grad<SLIMGRAD_UNIT_ISA, float>(const float*, const float*, float*, std::size_t, const KdGradTerms<float>&, KdRowMode);
+template void kd_row_grad<SLIMGRAD_UNIT_ISA, double>(const double*, const double*, double*, std::size_t, const KdGradTerms<double>&, KdRowMode);
+template double mse_grad<SLIMGRAD_UNIT_ISA, float>(const float*, const float*, float*, std::size_t, float);
+template double mse_grad<SLIMGRAD_UNIT_ISA, double>(const double*, const double*, double*, std::size_t, double);
+template void exp<SLIMGRAD_UNIT_ISA, float>(const float*, float*, std::size_t);
+template void exp<SLIMGRAD_UNIT_ISA, double>(const double*, double*, std::size_t);
+}  // namespace slimgrad::kernels
+#endif  // SLIMGRAD_UNIT_ISA

@@ -1,5 +1,5 @@
-// nn kernels written once against simd.hpp, instantiated by
-// kernels_nn_avx2.cpp and kernels_nn_avx512.cpp.
+// nn kernels written once against simd.hpp, instantiated by the per-ISA
+// units the build generates (CMakeLists.txt); dropout: kernels_nn_dropout_x86.hpp.
 //  - BatchNorm sums accumulate in Vec<double, I>: float32 input is widened
 //    W floats at a time (W = double lanes; vcvtps2pd, see load_wide). For a
 //    2-D (n, c) input the channels are the contiguous axis, so lanes are
@@ -414,3 +414,30 @@ void dropout_batches(const Gen& gen, const T* x, T* out, std::size_t n, std::uin
 }
 
 }  // namespace slimgrad::kernels
+
+
+// ---------------------------------------------------------- instantiations
+// Compiled once per ISA by the units CMakeLists.txt generates from its
+// kernel list (SLIMGRAD_UNIT_ISA is that unit's level); nothing else defines it.
+#ifdef SLIMGRAD_UNIT_ISA
+#include "kernels_nn_dropout_x86.hpp"
+
+namespace slimgrad::kernels {
+#define SLIMGRAD_NN_INSTANTIATE(T)                                                                              \
+  template void bn_sum<SLIMGRAD_UNIT_ISA, T>(const T*, std::size_t, std::size_t, std::size_t, double*);         \
+  template void bn_sqdev<SLIMGRAD_UNIT_ISA, T>(const T*, std::size_t, std::size_t, std::size_t, const double*,  \
+                                       double*);                                                                \
+  template void bn_dot<SLIMGRAD_UNIT_ISA, T>(const T*, const T*, std::size_t, std::size_t, std::size_t, const double*,\
+                                     double*, double*);                                                         \
+  template void bn_normalize<SLIMGRAD_UNIT_ISA, T>(const T*, T*, std::size_t, std::size_t, std::size_t, const T*,\
+                                           const T*, const T*);                                                 \
+  template void bn_input_grad<SLIMGRAD_UNIT_ISA, T>(const T*, const T*, T*, std::size_t, std::size_t, std::size_t,\
+                                            const T*, const T*, const T*, const T*);
+SLIMGRAD_NN_INSTANTIATE(float)
+SLIMGRAD_NN_INSTANTIATE(double)
+#undef SLIMGRAD_NN_INSTANTIATE
+template void gelu_forward_f32<SLIMGRAD_UNIT_ISA>(const float*, float*, std::size_t, bool);
+template void gelu_backward_f32<SLIMGRAD_UNIT_ISA>(const float*, const float*, float*, std::size_t, bool);
+
+}  // namespace slimgrad::kernels
+#endif  // SLIMGRAD_UNIT_ISA

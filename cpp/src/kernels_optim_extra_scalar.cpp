@@ -14,21 +14,6 @@ namespace slimgrad::kernels {
 namespace {
 
 template <class T>
-T sign_of(T x) {
-  return static_cast<T>((T(0) < x) - (x < T(0)));
-}
-
-template <class T>
-void lion_ref(T* p, const T* g, T* m, std::size_t n, const LionCoef<T>& c) {
-  for (std::size_t i = 0; i < n; ++i) {
-    const T gi = c.maximize ? -g[i] : g[i];
-    const T u = c.beta1 * m[i] + c.one_minus_beta1 * gi;
-    p[i] = p[i] * c.decay - c.lr * sign_of(u);
-    m[i] = c.beta2 * m[i] + c.one_minus_beta2 * gi;
-  }
-}
-
-template <class T>
 T lamb_r(T p, T m, T v, const LambCoef<T>& c) {
   return (m * c.inv_bc1) / (std::sqrt(v * c.inv_bc2) + c.eps) + c.weight_decay * p;
 }
@@ -171,10 +156,6 @@ T torch_lerp(T a, T b, T w) {
 }  // namespace
 
 #define SLIMGRAD_SCALAR_EXTRA(T)                                                                              \
-  template <>                                                                                                 \
-  void lion<Isa::scalar, T>(T * p, const T* g, T* m, std::size_t n, const LionCoef<T>& c) {                   \
-    lion_ref(p, g, m, n, c);                                                                                  \
-  }                                                                                                           \
   template <>                                                                                                 \
   void lamb_moments<Isa::scalar, T>(const T* p, const T* g, T* m, T* v, std::size_t n, const LambCoef<T>& c, \
                                     double* sums) {                                                           \

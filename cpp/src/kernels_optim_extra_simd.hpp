@@ -1,6 +1,6 @@
 // Extra optimizer kernels written once against simd.hpp, instantiated by
-// kernels_optim_extra_avx2.cpp and kernels_optim_extra_avx512.cpp.
-//  - Elementwise updates (Lion, LAMB, Adafactor, clip, accumulate): unaligned
+// the per-ISA units the build generates (CMakeLists.txt).
+//  - Elementwise updates (LAMB, Adafactor, clip, accumulate): unaligned
 //    loads, FMAs where the formula has a multiply-add (one rounding less than
 //    the scalar oracle); the last k < width elements go through
 //    load_partial/store_partial, i.e. the same arithmetic as the body.
@@ -143,12 +143,6 @@ void for_vecs_aligned(std::size_t n, const void* anchor, Body&& body) {
   if (i < n) body(i, n - i);
 }
 
-template <class V>
-V sign_of(V x) {
-  const V zero = V::zero(), one = V::set1(1), mone = V::set1(-1);
-  return select(lt(zero, x), one, select(lt(x, zero), mone, zero));
-}
-
 // Block codec on n <= 256 floats in a padded buffer (multiple of width).
 template <class V>
 float lanes_max(V a) {
@@ -263,23 +257,6 @@ T torch_lerp(T a, T b, T w) {
 }
 
 }  // namespace
-
-// ------------------------------------------------------------------ Lion
-template <Isa I, class T>
-void lion(T* p, const T* g, T* m, std::size_t n, const LionCoef<T>& c) {
-  using V = Vec<T, I>;
-  const V b1 = V::set1(c.beta1), omb1 = V::set1(c.one_minus_beta1), b2 = V::set1(c.beta2),
-          omb2 = V::set1(c.one_minus_beta2), nlr = V::set1(-c.lr), decay = V::set1(c.decay);
-  const bool neg = c.maximize;
-  for_vecs_aligned<V>(n, p, [&](std::size_t i, std::size_t k) {
-    V gi = ld<V>(g + i, k);
-    if (neg) gi = V::zero() - gi;
-    const V mi = ld<V>(m + i, k);
-    const V u = fma(b1, mi, omb1 * gi);
-    st(p + i, k, fma(nlr, sign_of(u), ld<V>(p + i, k) * decay));
-    st(m + i, k, fma(b2, mi, omb2 * gi));
-  });
-}
 
 // ------------------------------------------------------------------ LAMB
 template <class V, class T>
@@ -623,3 +600,37 @@ void adafactor_vector_apply(T* p, const T* g, const T* var, std::size_t n, T eps
 }
 
 }  // namespace slimgrad::kernels
+
+// ---------------------------------------------------------- instantiations
+// Compiled once per ISA by the units CMakeLists.txt generates from its
+// kernel list (SLIMGRAD_UNIT_ISA is that unit's level); nothing else defines it.
+#ifdef SLIMGRAD_UNIT_ISA
+namespace slimgrad::kernels {
+#define SLIMGRAD_EXTRA_INST(T)                                                                                  \
+  template void lamb_moments<SLIMGRAD_UNIT_ISA, T>(const T*, const T*, T*, T*, std::size_t, const LambCoef<T>&, \
+                                           double*);                                                            \
+  template void lamb_apply<SLIMGRAD_UNIT_ISA, T>(T*, const T*, const T*, std::size_t, const LambCoef<T>&, T);   \
+  template void adamw8bit<SLIMGRAD_UNIT_ISA, T>(T*, const T*, std::int8_t*, std::uint8_t*, float*, float*, std::size_t,\
+                                        const Adam8Coef<T>&);                                                   \
+  template double sum_abs<SLIMGRAD_UNIT_ISA, T>(const T*, std::size_t);                                         \
+  template double max_abs<SLIMGRAD_UNIT_ISA, T>(const T*, std::size_t);                                         \
+  template double sum_abs_pow<SLIMGRAD_UNIT_ISA, T>(const T*, std::size_t, double);                             \
+  template void scale<SLIMGRAD_UNIT_ISA, T>(T*, std::size_t, T);                                                \
+  template void clamp_abs<SLIMGRAD_UNIT_ISA, T>(T*, std::size_t, T);                                            \
+  template void accumulate<SLIMGRAD_UNIT_ISA, T>(T*, const T*, std::size_t, T);                                 \
+  template void sq_rows_cols<SLIMGRAD_UNIT_ISA, T>(const T*, std::size_t, std::size_t, std::size_t, double*, double*);\
+  template double adafactor_factored_norm<SLIMGRAD_UNIT_ISA, T>(const T*, const T*, const T*, std::size_t, std::size_t,\
+                                                        std::size_t, T, T, bool);                               \
+  template void adafactor_factored_apply<SLIMGRAD_UNIT_ISA, T>(T*, const T*, const T*, const T*, std::size_t,   \
+                                                       std::size_t, std::size_t, T, T, bool, T, T);             \
+  template double adafactor_vector_var<SLIMGRAD_UNIT_ISA, T>(const T*, T*, std::size_t, T, T, bool);            \
+  template void adafactor_vector_apply<SLIMGRAD_UNIT_ISA, T>(T*, const T*, const T*, std::size_t, T, bool, T, T);
+SLIMGRAD_EXTRA_INST(float)
+SLIMGRAD_EXTRA_INST(double)
+#undef SLIMGRAD_EXTRA_INST
+template void quantize_signed<SLIMGRAD_UNIT_ISA>(const float*, std::int8_t*, float*, std::size_t);
+template void quantize_unsigned<SLIMGRAD_UNIT_ISA>(const float*, std::uint8_t*, float*, std::size_t);
+template void dequantize_signed<SLIMGRAD_UNIT_ISA>(const std::int8_t*, const float*, float*, std::size_t);
+template void dequantize_unsigned<SLIMGRAD_UNIT_ISA>(const std::uint8_t*, const float*, float*, std::size_t);
+}  // namespace slimgrad::kernels
+#endif  // SLIMGRAD_UNIT_ISA

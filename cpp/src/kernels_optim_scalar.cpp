@@ -155,6 +155,16 @@ struct Updater {
         if (k.flag) return p - ((bm * k.lr) * (k.c1 / (std::sqrt(v) + k.eps))) * k.c2;
         return p - bm * k.lr;
       }
+      case Algo::lion: {  // Chen et al. 2023; sign(0) = sign(NaN) = 0
+        g = prepare(p, g, k);
+        const T m = s.ld(0, i);
+        const T u = k.beta1 * m + k.w * g;
+        s.st(0, i, k.decay * m + k.one_minus_decay * g);
+        const T sign = static_cast<T>((T(0) < u) - (u < T(0)));
+        return p + k.neg_lr * sign;
+      }
+      default:  // multipass rows never reach optim_step (the binding refuses them)
+        break;
     }
     return p;
   }

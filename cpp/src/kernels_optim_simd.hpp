@@ -1,10 +1,10 @@
 // Optimizer steps written once against simd.hpp, instantiated by
-// kernels_optim_avx2.cpp and kernels_optim_avx512.cpp.
+// the per-ISA units the build generates (CMakeLists.txt).
 //  - One pass: each vector of p, g and the states is loaded once, updated,
 //    stored once. The algorithm and the storage type are template
 //    parameters; option flags are uniform branches (predicted, hoisted).
 //  - Same operations in the same order as the scalar oracle
-//    (kernels_optim_scalar.cpp), and fp-contract=off below so the compiler
+//    (kernels_optim_scalar.cpp), and the area is "exact" in CMakeLists.txt (-ffp-contract=off) so the compiler
 //    does not fuse a*b+c into an FMA: every ISA gives the same bits as the
 //    scalar reference. The step is memory bound; FMA would not make it faster.
 //  - Tails: the last k < width elements go through padded copies
@@ -26,10 +26,6 @@
 #include "slimgrad/optim.hpp"
 #include "slimgrad/simd.hpp"
 
-// After the includes: applies to the kernels below (and the simd.hpp inlines
-// once inlined into them), not to the intrinsic headers.
-#pragma GCC optimize("fp-contract=off")
-
 // The per-vector helpers below must inline into the loops of run(): a call
 // per vector (GCC declined to inline update() with bfloat16 state) costs more
 // than the memory traffic saved.
@@ -45,7 +41,7 @@ template <class V>
 struct VConsts {
   using T = typename V::Scalar;
   V lr, neg_lr, wd, eps, momentum, one_minus_dampening, decay, one_minus_decay, w, w_rest, c0, c1,
-      c2, neg_c0, wd_scale;
+      c2, neg_c0, wd_scale, beta1;
   explicit VConsts(const StepConsts<T>& k)
       : lr(V::set1(k.lr)),
         neg_lr(V::set1(k.neg_lr)),
@@ -61,7 +57,8 @@ struct VConsts {
         c1(V::set1(k.c1)),
         c2(V::set1(k.c2)),
         neg_c0(V::set1(-k.c0)),
-        wd_scale(V::set1(k.wd_scale)) {}
+        wd_scale(V::set1(k.wd_scale)),
+        beta1(V::set1(k.beta1)) {}
 };
 
 // Loads/stores of one vector position: full vectors or a padded tail.
@@ -160,7 +157,15 @@ SLIMGRAD_OPTIM_INLINE V update(const StepConsts<typename V::Scalar>& k, const VC
     const V den = sqrt(v / c.c0) + c.eps;
     p = p + (c.c1 * g) / den;
     return p + (c.c2 * m) / den;
-  } else {  // radam
+  } else if constexpr (A == Algo::lion) {  // sign(0) = sign(NaN) = 0, as the oracle
+    const V m = st.ld(0);
+    const V u = c.beta1 * m + c.w * g;
+    st.st(0, c.decay * m + c.one_minus_decay * g);
+    const V zero = V::zero();
+    const V sign = select(lt(zero, u), V::set1(T(1)), select(lt(u, zero), V::set1(T(-1)), zero));
+    return p + c.neg_lr * sign;
+  } else {
+    static_assert(A == Algo::radam, "update(): an elementwise row of optim_table.hpp without a kernel");
     const V m = lerp(st.ld(0), g);
     const V v = st.ld(1) * c.decay + (c.one_minus_decay * g) * g;
     st.st(0, m);
@@ -174,7 +179,7 @@ SLIMGRAD_OPTIM_INLINE V update(const StepConsts<typename V::Scalar>& k, const VC
 #if defined(__AVX2__)
 // Stochastic rounding of 8 floats, the vector form of bf16_stochastic /
 // f16_stochastic (optim.hpp), bit for bit. In an anonymous namespace: this
-// header is compiled once per ISA file, and internal linkage keeps the AVX2
+// header is compiled once per ISA unit, and internal linkage keeps the AVX2
 // copy and the AVX-512-flagged copy apart (the per-file-flags ODR trap).
 namespace {
 
@@ -493,16 +498,13 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
 
 template <Isa I, class T, bool Bf16State>
 void run_algo(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
-  switch (a.algo) {
-    case Algo::sgd: return run<I, Algo::sgd, T, Bf16State>(a, s, b, e);
-    case Algo::adagrad: return run<I, Algo::adagrad, T, Bf16State>(a, s, b, e);
-    case Algo::rmsprop: return run<I, Algo::rmsprop, T, Bf16State>(a, s, b, e);
-    case Algo::adadelta: return run<I, Algo::adadelta, T, Bf16State>(a, s, b, e);
-    case Algo::adam: return run<I, Algo::adam, T, Bf16State>(a, s, b, e);
-    case Algo::adamax: return run<I, Algo::adamax, T, Bf16State>(a, s, b, e);
-    case Algo::nadam: return run<I, Algo::nadam, T, Bf16State>(a, s, b, e);
-    case Algo::radam: return run<I, Algo::radam, T, Bf16State>(a, s, b, e);
-  }
+  // One case per elementwise row of the descriptor table.
+#define SLIMGRAD_CASE(name, kind, ...)                                           \
+  case Algo::name:                                                               \
+    if constexpr (OptimKind::kind == OptimKind::elementwise) return run<I, Algo::name, T, Bf16State>(a, s, b, e); \
+    break;
+  switch (a.algo) { SLIMGRAD_OPTIMIZERS(SLIMGRAD_CASE) }
+#undef SLIMGRAD_CASE
 }
 
 }  // namespace optim_simd
@@ -537,3 +539,13 @@ void optim_step(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) 
 }
 
 }  // namespace slimgrad::kernels
+
+// ---------------------------------------------------------- instantiations
+// Compiled once per ISA by the units CMakeLists.txt generates from its
+// kernel list (SLIMGRAD_UNIT_ISA is that unit's level); nothing else defines it.
+#ifdef SLIMGRAD_UNIT_ISA
+namespace slimgrad::kernels {
+template void optim_step<SLIMGRAD_UNIT_ISA>(const StepArgs&, const Slot&, std::size_t, std::size_t);
+template std::size_t find_nonfinite_half<SLIMGRAD_UNIT_ISA>(const std::uint16_t*, std::size_t, bool);
+}  // namespace slimgrad::kernels
+#endif  // SLIMGRAD_UNIT_ISA

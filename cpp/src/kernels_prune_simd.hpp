@@ -1,5 +1,5 @@
-// Prune kernels written once, instantiated by kernels_prune_avx2.cpp and
-// kernels_prune_avx512.cpp. All the work is on integer keys (|x| bits), so
+// Prune kernels written once, instantiated by the per-ISA units the
+// build generates (CMakeLists.txt). All the work is on integer keys (|x| bits), so
 // every path is exact and agrees with the scalar oracle bit for bit.
 //  - Intrinsics: 256-bit AVX2 integer ops (and, shifts, compares, shuffles)
 //    plus BMI2: pdep spreads a lane mask into 0/1 mask bytes, pdep + pext
@@ -396,3 +396,28 @@ void apply_keep(U* a, const std::uint8_t* keep, std::size_t n) {
 }
 
 }  // namespace slimgrad::kernels
+
+// ---------------------------------------------------------- instantiations
+// Compiled once per ISA by the units CMakeLists.txt generates from its
+// kernel list (SLIMGRAD_UNIT_ISA is that unit's level); nothing else defines it.
+#ifdef SLIMGRAD_UNIT_ISA
+namespace slimgrad::kernels {
+#define SLIMGRAD_PRUNE_INSTANTIATE(T)                                                                           \
+  template KeyOf<T> histogram<SLIMGRAD_UNIT_ISA, T>(const T*, const std::uint8_t*, std::size_t, KeyOf<T>,       \
+                                             KeyOf<T>, int, int, std::uint32_t*, std::size_t*);                 \
+  template std::size_t count_equal<SLIMGRAD_UNIT_ISA, T>(const T*, const std::uint8_t*, std::size_t,            \
+                                                 KeyOf<T>);                                                     \
+  template std::size_t threshold_keep<SLIMGRAD_UNIT_ISA, T>(const T*, const std::uint8_t*, std::size_t,         \
+                                                   KeyOf<T>, KeyOf<T>, std::uint8_t*, KeyOf<T>*,                \
+                                                   std::uint32_t*);                                             \
+  template void nm_keep<SLIMGRAD_UNIT_ISA, T>(const T*, std::size_t, std::size_t, int, int, std::uint8_t*);     \
+  template std::size_t find_nan<SLIMGRAD_UNIT_ISA, T>(const T*, std::size_t);
+SLIMGRAD_PRUNE_INSTANTIATE(float)
+SLIMGRAD_PRUNE_INSTANTIATE(double)
+#undef SLIMGRAD_PRUNE_INSTANTIATE
+template void apply_keep<SLIMGRAD_UNIT_ISA, std::uint8_t>(std::uint8_t*, const std::uint8_t*, std::size_t);
+template void apply_keep<SLIMGRAD_UNIT_ISA, std::uint16_t>(std::uint16_t*, const std::uint8_t*, std::size_t);
+template void apply_keep<SLIMGRAD_UNIT_ISA, std::uint32_t>(std::uint32_t*, const std::uint8_t*, std::size_t);
+template void apply_keep<SLIMGRAD_UNIT_ISA, std::uint64_t>(std::uint64_t*, const std::uint8_t*, std::size_t);
+}  // namespace slimgrad::kernels
+#endif  // SLIMGRAD_UNIT_ISA

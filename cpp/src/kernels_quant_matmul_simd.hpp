@@ -1,5 +1,5 @@
 // Quantized products written once for avx2 and avx512, instantiated by
-// kernels_quant_matmul_avx2.cpp / _avx512.cpp.
+// the per-ISA units the build generates (CMakeLists.txt).
 //  - GEMV (batch 1), the decoding case: weights streamed once. Codes are
 //    widened straight to float lanes and multiplied into x with explicit
 //    FMAs; per group y += scale * sum(x * v) - scale * z * sum(x), v the
@@ -422,3 +422,15 @@ void matmul_s8_cols(const std::int8_t* a, std::size_t M, const std::int8_t* b, s
 }
 
 }  // namespace slimgrad::kernels
+
+// ---------------------------------------------------------- instantiations
+// Compiled once per ISA by the units CMakeLists.txt generates from its
+// kernel list (SLIMGRAD_UNIT_ISA is that unit's level); nothing else defines it.
+#ifdef SLIMGRAD_UNIT_ISA
+namespace slimgrad::kernels {
+template void qmatmul_rows<SLIMGRAD_UNIT_ISA>(const QMatmulArgs&, std::size_t, std::size_t, float*);
+template void matmul_s8_cols<SLIMGRAD_UNIT_ISA>(const std::int8_t*, std::size_t, const std::int8_t*, std::size_t,
+                                        std::size_t, std::size_t, const std::int32_t*, std::int32_t*, std::size_t,
+                                        std::int16_t*);
+}  // namespace slimgrad::kernels
+#endif  // SLIMGRAD_UNIT_ISA

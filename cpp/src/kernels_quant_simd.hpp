@@ -1,8 +1,8 @@
-// Quantization kernels written once for avx2 and avx512, instantiated by
-// kernels_quant_avx2.cpp / kernels_quant_avx512.cpp. They compute exactly what
+// Quantization kernels written once for avx2 and avx512, instantiated by the
+// per-ISA units the build generates (CMakeLists.txt). They compute exactly what
 // kernels_quant_scalar.cpp computes (tests compare bytes):
-//  - the including file turns FP contraction off (#pragma before any
-//    include): `x * inv + zp` must stay a multiply then an add, like the
+//  - the area is "exact" in CMakeLists.txt (-ffp-contract=off on its units):
+//    `x * inv + zp` must stay a multiply then an add, like the
 //    oracle, torch and the gguf package; explicit fma intrinsics are
 //    unaffected;
 //  - rounding: vroundps/vrndscaleps to nearest even; half away from zero as
@@ -652,3 +652,25 @@ void gguf_dequantize(int type, const std::uint8_t* in, std::size_t n_blocks, flo
 }
 
 }  // namespace slimgrad::kernels
+
+// ---------------------------------------------------------- instantiations
+// Compiled once per ISA by the units CMakeLists.txt generates from its
+// kernel list (SLIMGRAD_UNIT_ISA is that unit's level); nothing else defines it.
+#ifdef SLIMGRAD_UNIT_ISA
+namespace slimgrad::kernels {
+template std::size_t quant_minmax<SLIMGRAD_UNIT_ISA>(const float*, std::size_t, float*, float*);
+template void quant_codes<SLIMGRAD_UNIT_ISA>(const float*, std::size_t, float, float, bool, float, float, float, int,
+                                    std::uint64_t, std::uint64_t, std::uint8_t*);
+template std::size_t quant_groups<SLIMGRAD_UNIT_ISA>(const float*, std::size_t, std::size_t, int, bool, int, std::uint64_t,
+                                              std::uint64_t, float*, std::int32_t*, std::uint8_t*);
+template void quant_codes_cols<SLIMGRAD_UNIT_ISA>(const float*, std::size_t, const float*, const float*, float, float, int,
+                                          std::uint64_t, std::uint64_t, std::uint8_t*);
+template void quant_dequant_cols<SLIMGRAD_UNIT_ISA>(const std::uint8_t*, bool, std::size_t, const float*, const float*,
+                                            float*);
+template void quant_dequant<SLIMGRAD_UNIT_ISA>(const std::uint8_t*, bool, std::size_t, float, float, float*);
+template void quant_pack<SLIMGRAD_UNIT_ISA>(const std::uint8_t*, std::size_t, int, std::uint8_t*);
+template void quant_unpack<SLIMGRAD_UNIT_ISA>(const std::uint8_t*, std::size_t, int, bool, std::uint8_t*);
+template void gguf_quantize<SLIMGRAD_UNIT_ISA>(int, const float*, std::size_t, std::uint8_t*);
+template void gguf_dequantize<SLIMGRAD_UNIT_ISA>(int, const std::uint8_t*, std::size_t, float*);
+}  // namespace slimgrad::kernels
+#endif  // SLIMGRAD_UNIT_ISA

@@ -34,20 +34,20 @@ void dropout(const T* x, T* out, std::size_t n, double p, std::uint64_t seed, st
   const std::uint32_t threshold = dropout_threshold(p);
   if (threshold == 0) {  // p == 0: keep everything, scale 1
     if (out != x)
-      parallel_for(n, kDefaultGrain, [&](std::size_t b, std::size_t e) { std::memcpy(out + b, x + b, (e - b) * sizeof(T)); });
+      parallel_for(n, kGrain, [&](std::size_t b, std::size_t e) { std::memcpy(out + b, x + b, (e - b) * sizeof(T)); });
     return;
   }
   if (std::ceil(p * kTwo32) >= kTwo32) {  // p == 1 (or within 2^-32 of it): zeros
-    parallel_for(n, kDefaultGrain, [&](std::size_t b, std::size_t e) {
+    parallel_for(n, kGrain, [&](std::size_t b, std::size_t e) {
       for (std::size_t i = b; i < e; ++i) out[i] = T(0);
     });
     return;
   }
   const T scale = static_cast<T>(1.0 / (1.0 - p));
-  // kDefaultGrain is a multiple of every ISA's batch (32 or 64 elements), so
+  // kGrain is a multiple of every ISA's batch (32 or 64 elements), so
   // each chunk starts on a batch boundary.
   dispatch([&](auto isa) {
-    parallel_for(n, kDefaultGrain, [&](std::size_t b, std::size_t e) {
+    parallel_for(n, kGrain, [&](std::size_t b, std::size_t e) {
       kernels::dropout<decltype(isa)::value, T>(x + b, out + b, e - b, b, seed, stream, threshold, scale);
     });
   });
@@ -62,7 +62,7 @@ namespace {
 // at most 2 * kBnMaxBlocks * c doubles and at most a quarter of a float32
 // input's bytes. Everything depends on the shape only, never on the thread
 // count.
-constexpr std::size_t kBnGrain = 1 << 14;
+constexpr std::size_t kBnGrain = kGrain / 2;
 constexpr std::size_t kBnMinValues = 16;
 constexpr std::size_t kBnMaxBlocks = 64;
 
@@ -228,7 +228,7 @@ template <class T>
 void gelu_forward(const T* x, T* y, std::size_t n, bool tanh_approx) {
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
-    parallel_for(n, kDefaultGrain / 4, [&](std::size_t b, std::size_t e) {
+    parallel_for(n, kGrain / 4, [&](std::size_t b, std::size_t e) {
       if constexpr (std::is_same_v<T, float> && I != Isa::scalar)
         kernels::gelu_forward_f32<I>(x + b, y + b, e - b, tanh_approx);
       else
@@ -241,7 +241,7 @@ template <class T>
 void gelu_backward(const T* x, const T* dy, T* dx, std::size_t n, bool tanh_approx) {
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
-    parallel_for(n, kDefaultGrain / 4, [&](std::size_t b, std::size_t e) {
+    parallel_for(n, kGrain / 4, [&](std::size_t b, std::size_t e) {
       if constexpr (std::is_same_v<T, float> && I != Isa::scalar)
         kernels::gelu_backward_f32<I>(x + b, dy + b, dx + b, e - b, tanh_approx);
       else

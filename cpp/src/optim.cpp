@@ -43,6 +43,13 @@ void step_constants(StepArgs& a) {
       a.c3 = prod;
       break;
     }
+    case Algo::lion:
+      a.decoupled = true;
+      break;
+    case Algo::lamb:
+    case Algo::adafactor:
+    case Algo::adamw8bit:
+      break;  // multipass: their own entry points
     case Algo::radam: {
       const double bc1 = 1.0 - std::pow(a.beta1, t), bc2 = 1.0 - std::pow(a.beta2, t);
       const double rho_inf = 2.0 / (1.0 - a.beta2) - 1.0;
@@ -60,29 +67,17 @@ void step_constants(StepArgs& a) {
 
 int state_slots(const StepArgs& a, int out[3]) {
   int n = 0;
-  const auto use = [&](int k) { out[n++] = k; };
-  switch (a.algo) {
-    case Algo::sgd:
-      if (a.momentum != 0) use(0);
-      break;
-    case Algo::adagrad: use(0); break;
-    case Algo::rmsprop:
-      use(0);
-      if (a.momentum > 0) use(1);
-      if (a.centered) use(2);
-      break;
-    case Algo::adam:
-      use(0);
-      use(1);
-      if (a.amsgrad) use(2);
-      break;
-    case Algo::adadelta:
-    case Algo::adamax:
-    case Algo::nadam:
-    case Algo::radam:
-      use(0);
-      use(1);
-      break;
+  const OptimDesc& d = describe(a.algo);
+  for (int k = 0; k < 3; ++k) {
+    bool use = false;
+    switch (d.slots[k].when) {
+      case SlotWhen::always: use = true; break;
+      case SlotWhen::momentum: use = a.momentum != 0; break;
+      case SlotWhen::centered: use = a.centered; break;
+      case SlotWhen::amsgrad: use = a.amsgrad; break;
+      default: break;  // never; factored/vector belong to multipass rows
+    }
+    if (use) out[n++] = k;
   }
   return n;
 }
@@ -120,39 +115,6 @@ std::vector<Slot> merge_contiguous(const StepArgs& a, const Slot* slots, std::si
   return out;
 }
 
-struct Item {
-  std::size_t slot, b, e;
-};
-
-// Pieces of at most kOptimGrain elements, packed into tasks of about
-// kOptimGrain elements: a big array is split, many small arrays share a
-// task, so a model of hundreds of small arrays costs a few tasks (one, and
-// no thread start-up at all, if it is small). Results do not depend on the
-// packing: every element's update is independent of the others.
-struct Plan {
-  std::vector<Item> pieces;
-  std::vector<std::size_t> task_begin;  // tasks: pieces[task_begin[t], task_begin[t + 1])
-  std::size_t tasks() const { return task_begin.size() - 1; }
-};
-
-Plan plan_tasks(const std::size_t* sizes, std::size_t count) {
-  Plan plan;
-  plan.task_begin.push_back(0);
-  std::size_t in_task = 0;
-  for (std::size_t i = 0; i < count; ++i)
-    for (std::size_t b = 0; b < sizes[i]; b += kOptimGrain) {
-      const std::size_t e = std::min(sizes[i], b + kOptimGrain);
-      plan.pieces.push_back({i, b, e});
-      in_task += e - b;
-      if (in_task >= kOptimGrain) {
-        plan.task_begin.push_back(plan.pieces.size());
-        in_task = 0;
-      }
-    }
-  if (plan.task_begin.back() != plan.pieces.size()) plan.task_begin.push_back(plan.pieces.size());
-  return plan;
-}
-
 // Index of the first non-finite element of x[0, n), or n.
 template <Isa I>
 std::size_t first_nonfinite(Storage st, const void* x, std::size_t n) {
@@ -167,25 +129,19 @@ std::size_t first_nonfinite(Storage st, const void* x, std::size_t n) {
 // Scans all arrays in parallel; the first bad element in list order.
 bool scan(Storage st, const void* const* arrays, const std::size_t* sizes, std::size_t count,
           std::size_t* bad_array, std::size_t* bad_index) {
-  const Plan plan = plan_tasks(sizes, count);
+  const WorkPlan plan = plan_work(sizes, count);
   std::vector<std::size_t> found(plan.pieces.size(), SIZE_MAX);
   const std::size_t es = elem_size(st);
   dispatch([&](auto isa) {
-    parallel_tasks(plan.tasks(), [&](std::size_t t) {
-      for (std::size_t k = plan.task_begin[t]; k < plan.task_begin[t + 1]; ++k) {
-        const Item& it = plan.pieces[k];
-        const auto* base = static_cast<const char*>(arrays[it.slot]) + it.b * es;
-        const std::size_t j = first_nonfinite<decltype(isa)::value>(st, base, it.e - it.b);
-        if (j < it.e - it.b) {
-          found[k] = it.b + j;
-          break;  // later pieces of this task come later in list order
-        }
-      }
+    run_plan(plan, [&](std::size_t k, const Piece& it) {
+      const auto* base = static_cast<const char*>(arrays[it.array]) + it.begin * es;
+      const std::size_t j = first_nonfinite<decltype(isa)::value>(st, base, it.end - it.begin);
+      if (j < it.end - it.begin) found[k] = it.begin + j;
     });
   });
   for (std::size_t k = 0; k < plan.pieces.size(); ++k)
     if (found[k] != SIZE_MAX) {
-      *bad_array = plan.pieces[k].slot;
+      *bad_array = plan.pieces[k].array;
       *bad_index = found[k];
       return true;
     }
@@ -213,13 +169,10 @@ bool optim_step(const StepArgs& args, const Slot* slots, std::size_t count, bool
   const std::vector<Slot> merged = merge_contiguous(args, slots, count);
   std::vector<std::size_t> sizes(merged.size());
   for (std::size_t i = 0; i < merged.size(); ++i) sizes[i] = merged[i].n;
-  const Plan plan = plan_tasks(sizes.data(), sizes.size());
+  const WorkPlan plan = plan_work(sizes.data(), sizes.size());
   dispatch([&](auto isa) {
-    parallel_tasks(plan.tasks(), [&](std::size_t t) {
-      for (std::size_t k = plan.task_begin[t]; k < plan.task_begin[t + 1]; ++k) {
-        const Item& it = plan.pieces[k];
-        kernels::optim_step<decltype(isa)::value>(args, merged[it.slot], it.b, it.e);
-      }
+    run_plan(plan, [&](std::size_t, const Piece& it) {
+      kernels::optim_step<decltype(isa)::value>(args, merged[it.array], it.begin, it.end);
     });
   });
   return true;

@@ -1,10 +1,9 @@
 // Threaded, dispatched, multi-tensor entry points of the extra optimizer
 // kernels (see optim_extra.hpp).
 //
-// A list of arrays becomes a list of work items (array, begin, end) of at
-// most kExtraGrain elements; items depend only on the sizes, run on the
-// thread pool (dynamic schedule: arrays of uneven sizes) and write their own
-// slots, and reductions add item partials in item order. So every result,
+// A list of arrays becomes the core's work plan (plan_work in threading.hpp:
+// pieces of at most kGrain elements, depending only on the sizes); pieces
+// write their own slots, and reductions add piece partials in piece order. So every result,
 // including LAMB's trust ratios and the clip norm, is identical for any
 // thread count.
 #include "slimgrad/optim_extra.hpp"
@@ -20,42 +19,6 @@
 namespace slimgrad {
 namespace {
 
-struct Item {
-  std::size_t array, begin, end;
-};
-
-std::vector<Item> make_items(const std::size_t* sizes, std::size_t count) {
-  std::vector<Item> items;
-  for (std::size_t a = 0; a < count; ++a)
-    for (std::size_t b = 0; b < sizes[a]; b += kExtraGrain) items.push_back({a, b, std::min(sizes[a], b + kExtraGrain)});
-  return items;
-}
-
-// Below this much work a parallel region costs more than it saves (and on a
-// busy machine waking a second thread can cost milliseconds).
-constexpr std::size_t kSerialBelow = 2 * kExtraGrain;
-
-template <class Body>
-void run_items(const std::vector<Item>& items, Body&& body) {
-  std::size_t total = 0;
-  for (const Item& it : items) total += it.end - it.begin;
-  if (total < kSerialBelow) {
-    for (std::size_t t = 0; t < items.size(); ++t) body(t, items[t]);
-    return;
-  }
-  parallel_tasks(items.size(), [&](std::size_t t) { body(t, items[t]); });
-}
-
-// Tiles of one matrix: same rule.
-template <class Body>
-void run_tiles(std::size_t n_tiles, std::size_t elems, Body&& body) {
-  if (elems < kSerialBelow) {
-    for (std::size_t t = 0; t < n_tiles; ++t) body(t);
-    return;
-  }
-  parallel_tasks(n_tiles, body);
-}
-
 template <class T>
 T torch_lerp(T a, T b, T w) {
   return w < T(0.5) ? a + w * (b - a) : b - (b - a) * (T(1) - w);
@@ -64,24 +27,12 @@ T torch_lerp(T a, T b, T w) {
 }  // namespace
 
 template <class T>
-void lion_step(T* const* p, const T* const* g, T* const* m, const std::size_t* sizes, std::size_t count,
-               const LionCoef<T>& c) {
-  const auto items = make_items(sizes, count);
-  dispatch([&](auto isa) {
-    run_items(items, [&](std::size_t, const Item& it) {
-      kernels::lion<decltype(isa)::value, T>(p[it.array] + it.begin, g[it.array] + it.begin,
-                                              m[it.array] + it.begin, it.end - it.begin, c);
-    });
-  });
-}
-
-template <class T>
 void lamb_step(T* const* p, const T* const* g, T* const* m, T* const* v, const std::size_t* sizes,
                std::size_t count, const LambCoef<T>& c, T lr, double* ratios) {
-  const auto items = make_items(sizes, count);
-  std::vector<double> partial(2 * items.size(), 0.0);
+  const WorkPlan plan = plan_work(sizes, count);
+  std::vector<double> partial(2 * plan.pieces.size(), 0.0);
   dispatch([&](auto isa) {
-    run_items(items, [&](std::size_t t, const Item& it) {
+    run_plan(plan, [&](std::size_t t, const Piece& it) {
       const std::size_t o = it.begin;
       kernels::lamb_moments<decltype(isa)::value, T>(p[it.array] + o, g[it.array] + o, m[it.array] + o,
                                                       v[it.array] + o, it.end - o, c, &partial[2 * t]);
@@ -89,9 +40,9 @@ void lamb_step(T* const* p, const T* const* g, T* const* m, T* const* v, const s
   });
   // Per-array norms, item partials added in order.
   std::vector<double> pn(count, 0.0), rn(count, 0.0);
-  for (std::size_t t = 0; t < items.size(); ++t) {
-    pn[items[t].array] += partial[2 * t];
-    rn[items[t].array] += partial[2 * t + 1];
+  for (std::size_t t = 0; t < plan.pieces.size(); ++t) {
+    pn[plan.pieces[t].array] += partial[2 * t];
+    rn[plan.pieces[t].array] += partial[2 * t + 1];
   }
   std::vector<T> lr_ratio(count);
   for (std::size_t a = 0; a < count; ++a) {
@@ -103,7 +54,7 @@ void lamb_step(T* const* p, const T* const* g, T* const* m, T* const* v, const s
     lr_ratio[a] = static_cast<T>(static_cast<double>(lr) * ratio);
   }
   dispatch([&](auto isa) {
-    run_items(items, [&](std::size_t, const Item& it) {
+    run_plan(plan, [&](std::size_t, const Piece& it) {
       const std::size_t o = it.begin;
       kernels::lamb_apply<decltype(isa)::value, T>(p[it.array] + o, m[it.array] + o, v[it.array] + o, it.end - o,
                                                     c, lr_ratio[it.array]);
@@ -115,10 +66,10 @@ template <class T>
 void adamw8bit_step(T* const* p, const T* const* g, std::int8_t* const* m, std::uint8_t* const* v,
                     float* const* ms, float* const* vs, const std::size_t* sizes, std::size_t count,
                     const Adam8Coef<T>& c) {
-  static_assert(kExtraGrain % kQuantBlock == 0, "items must start on a quantization block");
-  const auto items = make_items(sizes, count);
+  static_assert(kGrain % kQuantBlock == 0, "items must start on a quantization block");
+  const WorkPlan plan = plan_work(sizes, count);
   dispatch([&](auto isa) {
-    run_items(items, [&](std::size_t, const Item& it) {
+    run_plan(plan, [&](std::size_t, const Piece& it) {
       const std::size_t o = it.begin, a = it.array;
       kernels::adamw8bit<decltype(isa)::value, T>(p[a] + o, g[a] + o, m[a] + o, v[a] + o, ms[a] + o / kQuantBlock,
                                                    vs[a] + o / kQuantBlock, it.end - o, c);
@@ -129,7 +80,7 @@ void adamw8bit_step(T* const* p, const T* const* g, std::int8_t* const* m, std::
 void quantize_moment(const float* x, void* codes, float* scales, std::size_t n, bool is_signed) {
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
-    parallel_for(n, kExtraGrain, [&](std::size_t b, std::size_t e) {
+    parallel_for(n, kGrain, [&](std::size_t b, std::size_t e) {
       if (is_signed)
         kernels::quantize_signed<I>(x + b, static_cast<std::int8_t*>(codes) + b, scales + b / kQuantBlock, e - b);
       else
@@ -142,7 +93,7 @@ void quantize_moment(const float* x, void* codes, float* scales, std::size_t n, 
 void dequantize_moment(const void* codes, const float* scales, float* x, std::size_t n, bool is_signed) {
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
-    parallel_for(n, kExtraGrain, [&](std::size_t b, std::size_t e) {
+    parallel_for(n, kGrain, [&](std::size_t b, std::size_t e) {
       if (is_signed)
         kernels::dequantize_signed<I>(static_cast<const std::int8_t*>(codes) + b, scales + b / kQuantBlock, x + b,
                                       e - b);
@@ -155,12 +106,12 @@ void dequantize_moment(const void* codes, const float* scales, float* x, std::si
 
 template <class T>
 double total_norm(const T* const* x, const std::size_t* sizes, std::size_t count, double norm_type) {
-  const auto items = make_items(sizes, count);
-  std::vector<double> partial(items.size(), 0.0);
+  const WorkPlan plan = plan_work(sizes, count);
+  std::vector<double> partial(plan.pieces.size(), 0.0);
   const bool inf = std::isinf(norm_type);
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
-    run_items(items, [&](std::size_t t, const Item& it) {
+    run_plan(plan, [&](std::size_t t, const Piece& it) {
       const T* xi = x[it.array] + it.begin;
       const std::size_t n = it.end - it.begin;
       if (inf)
@@ -189,9 +140,9 @@ double total_norm(const T* const* x, const std::size_t* sizes, std::size_t count
 
 template <class T>
 void scale_all(T* const* x, const std::size_t* sizes, std::size_t count, T s) {
-  const auto items = make_items(sizes, count);
+  const WorkPlan plan = plan_work(sizes, count);
   dispatch([&](auto isa) {
-    run_items(items, [&](std::size_t, const Item& it) {
+    run_plan(plan, [&](std::size_t, const Piece& it) {
       kernels::scale<decltype(isa)::value, T>(x[it.array] + it.begin, it.end - it.begin, s);
     });
   });
@@ -199,9 +150,9 @@ void scale_all(T* const* x, const std::size_t* sizes, std::size_t count, T s) {
 
 template <class T>
 void clamp_all(T* const* x, const std::size_t* sizes, std::size_t count, T c) {
-  const auto items = make_items(sizes, count);
+  const WorkPlan plan = plan_work(sizes, count);
   dispatch([&](auto isa) {
-    run_items(items, [&](std::size_t, const Item& it) {
+    run_plan(plan, [&](std::size_t, const Piece& it) {
       kernels::clamp_abs<decltype(isa)::value, T>(x[it.array] + it.begin, it.end - it.begin, c);
     });
   });
@@ -209,9 +160,9 @@ void clamp_all(T* const* x, const std::size_t* sizes, std::size_t count, T c) {
 
 template <class T>
 void accumulate_all(T* const* acc, const T* const* g, const std::size_t* sizes, std::size_t count, T s) {
-  const auto items = make_items(sizes, count);
+  const WorkPlan plan = plan_work(sizes, count);
   dispatch([&](auto isa) {
-    run_items(items, [&](std::size_t, const Item& it) {
+    run_plan(plan, [&](std::size_t, const Piece& it) {
       kernels::accumulate<decltype(isa)::value, T>(acc[it.array] + it.begin, g[it.array] + it.begin,
                                                     it.end - it.begin, s);
     });
@@ -220,10 +171,10 @@ void accumulate_all(T* const* acc, const T* const* g, const std::size_t* sizes, 
 
 // ----------------------------------------------------------- Adafactor
 namespace {
-// Tiles of a (rows, cols) matrix: kTileRows rows by up to kExtraGrain /
+// Tiles of a (rows, cols) matrix: kTileRows rows by up to kGrain /
 // kTileRows columns; fixed by the shape alone.
 constexpr std::size_t kTileRows = 32;
-constexpr std::size_t kTileCols = kExtraGrain / kTileRows;
+constexpr std::size_t kTileCols = kGrain / kTileRows;
 
 struct Tile {
   std::size_t rb, cb, r0, r1, c0, c1;
@@ -258,7 +209,7 @@ void adafactor_step(T* p, const T* g, T* row_var, T* col_var, T* var, std::size_
     for (std::size_t b = 0; b < batch; ++b) {
       const T* gb = g + b * rows * cols;
       dispatch([&](auto isa) {
-        run_tiles(tiles.size(), rows * cols, [&](std::size_t t) {
+        run_tasks(tiles.size(), rows * cols, [&](std::size_t t) {
           const Tile& q = tiles[t];
           kernels::sq_rows_cols<decltype(isa)::value, T>(gb + q.r0 * cols + q.c0, q.r1 - q.r0, q.c1 - q.c0, cols,
                                                           &row_part[q.cb * rows + q.r0],
@@ -285,7 +236,7 @@ void adafactor_step(T* p, const T* g, T* row_var, T* col_var, T* var, std::size_
     for (std::size_t b = 0; b < batch; ++b) {
       const T* gb = g + b * rows * cols;
       dispatch([&](auto isa) {
-        run_tiles(tiles.size(), rows * cols, [&](std::size_t t) {
+        run_tasks(tiles.size(), rows * cols, [&](std::size_t t) {
           const Tile& q = tiles[t];
           part[t] = kernels::adafactor_factored_norm<decltype(isa)::value, T>(
               gb + q.r0 * cols + q.c0, row_var + b * rows + q.r0, col_var + b * cols + q.c0, q.r1 - q.r0,
@@ -299,7 +250,7 @@ void adafactor_step(T* p, const T* g, T* row_var, T* col_var, T* var, std::size_
     for (std::size_t b = 0; b < batch; ++b) {
       const std::size_t off = b * rows * cols;
       dispatch([&](auto isa) {
-        run_tiles(tiles.size(), rows * cols, [&](std::size_t t) {
+        run_tasks(tiles.size(), rows * cols, [&](std::size_t t) {
           const Tile& q = tiles[t];
           const std::size_t o = off + q.r0 * cols + q.c0;
           kernels::adafactor_factored_apply<decltype(isa)::value, T>(
@@ -311,10 +262,10 @@ void adafactor_step(T* p, const T* g, T* row_var, T* col_var, T* var, std::size_
     return;
   }
   const std::size_t sizes[1] = {n};
-  const auto items = make_items(sizes, 1);
-  std::vector<double> part(items.size());
+  const WorkPlan plan = plan_work(sizes, 1);
+  std::vector<double> part(plan.pieces.size());
   dispatch([&](auto isa) {
-    run_items(items, [&](std::size_t t, const Item& it) {
+    run_plan(plan, [&](std::size_t t, const Piece& it) {
       part[t] = kernels::adafactor_vector_var<decltype(isa)::value, T>(g + it.begin, var + it.begin,
                                                                        it.end - it.begin, w, eps1sq, a.maximize);
     });
@@ -323,7 +274,7 @@ void adafactor_step(T* p, const T* g, T* row_var, T* col_var, T* var, std::size_
   const double denom = std::max(1.0, std::sqrt(u_sq) / (std::sqrt(static_cast<double>(n)) * a.d));
   const T step = static_cast<T>(alpha / denom);
   dispatch([&](auto isa) {
-    run_items(items, [&](std::size_t, const Item& it) {
+    run_plan(plan, [&](std::size_t, const Piece& it) {
       kernels::adafactor_vector_apply<decltype(isa)::value, T>(p + it.begin, g + it.begin, var + it.begin,
                                                                it.end - it.begin, eps1sq, a.maximize, decay, step);
     });
@@ -331,8 +282,6 @@ void adafactor_step(T* p, const T* g, T* row_var, T* col_var, T* var, std::size_
 }
 
 #define SLIMGRAD_EXTRA_ENTRY(T)                                                                                 \
-  template void lion_step<T>(T* const*, const T* const*, T* const*, const std::size_t*, std::size_t,           \
-                             const LionCoef<T>&);                                                               \
   template void lamb_step<T>(T* const*, const T* const*, T* const*, T* const*, const std::size_t*, std::size_t, \
                              const LambCoef<T>&, T, double*);                                                   \
   template void adamw8bit_step<T>(T* const*, const T* const*, std::int8_t* const*, std::uint8_t* const*,       \

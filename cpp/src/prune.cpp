@@ -30,23 +30,19 @@ namespace {
 
 // A contiguous piece of one segment: the unit of parallel work. Pieces
 // depend only on the segment sizes, never on the thread count.
-struct Piece {
-  std::size_t segment, begin, end;
-};
-
-std::vector<Piece> split(const std::vector<PruneSegment>& segments, std::size_t grain) {
-  std::vector<Piece> pieces;
-  for (std::size_t s = 0; s < segments.size(); ++s)
-    for (std::size_t b = 0; b < segments[s].n; b += grain)
-      pieces.push_back({s, b, std::min(segments[s].n, b + grain)});
-  return pieces;
+// The core planner's pieces (plan_work, threading.hpp): Piece::array is
+// the segment index.
+std::vector<Piece> split(const std::vector<PruneSegment>& segments) {
+  std::vector<std::size_t> sizes;
+  for (const PruneSegment& s : segments) sizes.push_back(s.n);
+  return plan_work(sizes.data(), sizes.size()).pieces;
 }
 
 // Threads only pay off when each gets at least a chunk of elements: waking
 // an OpenMP team costs microseconds (milliseconds on a busy machine), more
 // than the whole pass over a small array. Depends on sizes only.
 std::size_t worth_threads(std::size_t total_elements, std::size_t units) {
-  const std::size_t by_size = std::max<std::size_t>(1, total_elements / kDefaultGrain);
+  const std::size_t by_size = std::max<std::size_t>(1, total_elements / kGrain);
   return std::min({units, by_size, static_cast<std::size_t>(get_num_threads())});
 }
 
@@ -163,12 +159,12 @@ void write_and_rank(const std::vector<PruneSegment>& segments, const std::vector
     parallel_tasks(tasks, [&](std::size_t t) {
       for (std::size_t p = pieces.size() * t / tasks; p < pieces.size() * (t + 1) / tasks; ++p) {
         const Piece& pc = pieces[p];
-        const PruneSegment& s = segments[pc.segment];
+        const PruneSegment& s = segments[pc.array];
         Key* kt = keys.data() + t * amb_count;
         std::uint32_t* pt = pos.data() + t * amb_count;
         const std::size_t got = kernels::threshold_keep<decltype(isa)::value, T>(
             data<T>(s) + pc.begin, prior_at(s, pc.begin), pc.end - pc.begin, bound, amb_lo, s.keep + pc.begin, kt, pt);
-        for (std::size_t j = 0; j < got; ++j) found[t].push_back({kt[j], pc.segment, pc.begin + pt[j]});
+        for (std::size_t j = 0; j < got; ++j) found[t].push_back({kt[j], pc.array, pc.begin + pt[j]});
       }
     });
   });
@@ -185,7 +181,7 @@ void write_and_rank(const std::vector<PruneSegment>& segments, const std::vector
 template <class T>
 NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_t k) {
   using Key = KeyOf<T>;
-  const std::vector<Piece> pieces = split(segments, kDefaultGrain);
+  const std::vector<Piece> pieces = split(segments);
   if (pieces.empty()) return {};
   std::size_t total = 0;
   for (const PruneSegment& s : segments) total += s.n;
@@ -208,7 +204,7 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
     std::vector<Key> maxima(tasks, 0);
     dispatch([&](auto isa) {
       per_task([&](std::size_t t, const Piece& pc) {
-        const PruneSegment& s = segments[pc.segment];
+        const PruneSegment& s = segments[pc.array];
         const Key m = kernels::histogram<decltype(isa)::value, T>(
             data<T>(s) + pc.begin, prior_at(s, pc.begin), pc.end - pc.begin, base, prefix, hi, lo,
             hists.data() + t * kHistCopies * bins, &below[t]);
@@ -291,7 +287,7 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
     std::vector<std::size_t> counts(pieces.size());
     dispatch([&](auto isa) {
       for_units(pieces.size(), total, [&](std::size_t p) {
-        const PruneSegment& s = segments[pieces[p].segment];
+        const PruneSegment& s = segments[pieces[p].array];
         counts[p] = kernels::count_equal<decltype(isa)::value, T>(
             data<T>(s) + pieces[p].begin, prior_at(s, pieces[p].begin), pieces[p].end - pieces[p].begin, bound);
       });
@@ -300,7 +296,7 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
     while (counts[cut_piece] < left) left -= counts[cut_piece++];
     // Scan the piece for its left-th tie (scalar oracle keys, via count).
     const Piece& pc = pieces[cut_piece];
-    const PruneSegment& s = segments[pc.segment];
+    const PruneSegment& s = segments[pc.array];
     std::size_t i = pc.begin;
     dispatch([&](auto isa) {
       for (; left > 0; ++i)
@@ -316,7 +312,7 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
     for_units(pieces.size(), total, [&](std::size_t p) {
-      const PruneSegment& s = segments[pieces[p].segment];
+      const PruneSegment& s = segments[pieces[p].array];
       const std::size_t b = pieces[p].begin, e = pieces[p].end;
       auto write = [&](std::size_t from, std::size_t to, Key keep_from) {
         kernels::threshold_keep<I, T>(data<T>(s) + from, prior_at(s, from), to - from, keep_from, keep_from,
@@ -339,7 +335,7 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
 template <class T>
 std::ptrdiff_t nm_keep(const T* x, std::size_t rows, std::size_t inner, int n, int m, std::uint8_t* keep) {
   const std::size_t row = static_cast<std::size_t>(m) * inner;
-  const std::size_t grain = std::max<std::size_t>(1, kDefaultGrain / std::max<std::size_t>(row, 1));
+  const std::size_t grain = std::max<std::size_t>(1, kGrain / std::max<std::size_t>(row, 1));
   // Each chunk checks its rows for NaN just before ranking them (the rows
   // are then in cache); the first NaN of the first failing chunk wins, so
   // the answer does not depend on the thread count.
@@ -368,8 +364,8 @@ void apply_masks(const std::vector<MaskGroup>& groups) {
   std::vector<Span> spans;
   std::size_t total = 0;
   for (std::size_t g = 0; g < groups.size(); ++g) {
-    for (std::size_t b = 0; b < groups[g].n; b += kDefaultGrain)
-      spans.push_back({g, b, std::min(groups[g].n, b + kDefaultGrain)});
+    for (std::size_t b = 0; b < groups[g].n; b += kGrain)
+      spans.push_back({g, b, std::min(groups[g].n, b + kGrain)});
     total += groups[g].n * groups[g].arrays.size();
   }
   dispatch([&](auto isa) {

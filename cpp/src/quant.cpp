@@ -24,20 +24,7 @@ namespace slimgrad::quant {
 namespace {
 
 constexpr std::size_t kChunk = 8192;      // columns per code item (multiple of 8)
-constexpr std::size_t kStatChunk = 1 << 15;
 constexpr std::size_t kNone = std::numeric_limits<std::size_t>::max();
-
-// Like parallel_for (fixed chunks of `grain`), but the chunks are handed out
-// dynamically: on a shared machine a descheduled thread does not hold the
-// others back. Every chunk writes its own outputs, so the results do not
-// depend on which thread ran which chunk.
-template <class Body>
-void balanced_for(std::size_t n, std::size_t grain, Body&& body) {
-  parallel_tasks(num_chunks(n, grain), [&](std::size_t c) {
-    const std::size_t b = c * grain;
-    body(b, std::min(n, b + grain));
-  });
-}
 
 struct Stat {
   float lo = 0.0f, hi = 0.0f;
@@ -96,8 +83,8 @@ std::vector<Stat> statistics(const float* x, const Spec& s) {
     constexpr Isa I = decltype(isa)::value;
     if (s.layout == Layout::groups) {
       const std::size_t G = s.n_groups();
-      const std::size_t grain = std::max<std::size_t>(1, kStatChunk / s.group_size);
-      balanced_for(stats.size(), grain, [&](std::size_t b, std::size_t e) {
+      const std::size_t grain = std::max<std::size_t>(1, kGrain / s.group_size);
+      parallel_chunks(stats.size(), grain, [&](std::size_t b, std::size_t e) {
         for (std::size_t p = b; p < e; ++p) {
           const std::size_t r = p / G, j0 = (p % G) * s.group_size;
           const std::size_t j1 = std::min(s.cols, j0 + s.group_size);
@@ -106,12 +93,12 @@ std::vector<Stat> statistics(const float* x, const Spec& s) {
       });
     } else if (s.run >= 256) {
       const std::size_t n_runs = s.size() / s.run;
-      const std::size_t per_run = (s.run + kStatChunk - 1) / kStatChunk;
+      const std::size_t per_run = (s.run + kGrain - 1) / kGrain;
       std::vector<Stat> parts(n_runs * per_run);
-      balanced_for(parts.size(), 1, [&](std::size_t b, std::size_t e) {
+      parallel_chunks(parts.size(), 1, [&](std::size_t b, std::size_t e) {
         for (std::size_t item = b; item < e; ++item) {
-          const std::size_t f0 = (item / per_run) * s.run + (item % per_run) * kStatChunk;
-          const std::size_t f1 = std::min((item / per_run + 1) * s.run, f0 + kStatChunk);
+          const std::size_t f0 = (item / per_run) * s.run + (item % per_run) * kGrain;
+          const std::size_t f1 = std::min((item / per_run + 1) * s.run, f0 + kGrain);
           parts[item] = segment_stat<I>(x + f0, f1 - f0, f0);
         }
       });
@@ -119,7 +106,7 @@ std::vector<Stat> statistics(const float* x, const Spec& s) {
         merge(stats[(item / per_run) % s.channels], parts[item]);
     } else if (s.run == 1 && s.channels == s.cols) {
       // Channels along the last axis: column blocks in parallel, rows in order.
-      balanced_for(s.cols, 256, [&](std::size_t c0, std::size_t c1) {
+      parallel_chunks(s.cols, 256, [&](std::size_t c0, std::size_t c1) {
         for (std::size_t r = 0; r < s.rows; ++r) {
           const float* xr = x + r * s.cols;
           for (std::size_t c = c0; c < c1; ++c) {
@@ -181,7 +168,7 @@ static std::ptrdiff_t quantize_groups_fused(const float* x, const Spec& s, float
   std::vector<std::size_t> first(s.rows * per_row, kNone);
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
-    balanced_for(s.rows * per_row, 1, [&](std::size_t b, std::size_t e) {
+    parallel_chunks(s.rows * per_row, 1, [&](std::size_t b, std::size_t e) {
       std::uint8_t buf[kChunk];
       for (std::size_t item = b; item < e; ++item) {
         const std::size_t r = item / per_row, j0 = (item % per_row) * cw;
@@ -244,7 +231,7 @@ std::ptrdiff_t quantize(const float* x, const Spec& s, float* scale, std::int32_
   }
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
-    balanced_for(s.rows * per_row, 1, [&](std::size_t b, std::size_t e) {
+    parallel_chunks(s.rows * per_row, 1, [&](std::size_t b, std::size_t e) {
       std::uint8_t buf[kChunk];
       for (std::size_t item = b; item < e; ++item) {
         const std::size_t r = item / per_row, j0 = (item % per_row) * kChunk;
@@ -282,7 +269,7 @@ void dequantize(const std::uint8_t* data, const Spec& s, const float* scale, con
   if (cols) zps.assign(zero_point, zero_point + s.cols);
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
-    balanced_for(s.rows * per_row, 1, [&](std::size_t b, std::size_t e) {
+    parallel_chunks(s.rows * per_row, 1, [&](std::size_t b, std::size_t e) {
       std::uint8_t buf[kChunk];
       for (std::size_t item = b; item < e; ++item) {
         const std::size_t r = item / per_row, j0 = (item % per_row) * kChunk;
@@ -309,7 +296,7 @@ void dequantize(const std::uint8_t* data, const Spec& s, const float* scale, con
 void unpack(const std::uint8_t* data, const Spec& s, std::uint8_t* codes) {
   const std::size_t rb = s.row_bytes();
   dispatch([&](auto isa) {
-    balanced_for(s.rows, std::max<std::size_t>(1, kStatChunk / std::max<std::size_t>(1, s.cols)),
+    parallel_chunks(s.rows, std::max<std::size_t>(1, kGrain / std::max<std::size_t>(1, s.cols)),
                  [&](std::size_t b, std::size_t e) {
                    for (std::size_t r = b; r < e; ++r)
                      kernels::quant_unpack<decltype(isa)::value>(data + r * rb, s.cols, s.bits, s.symmetric,
@@ -321,7 +308,7 @@ void unpack(const std::uint8_t* data, const Spec& s, std::uint8_t* codes) {
 void pack(const std::uint8_t* codes, const Spec& s, std::uint8_t* data) {
   const std::size_t rb = s.row_bytes();
   dispatch([&](auto isa) {
-    balanced_for(s.rows, std::max<std::size_t>(1, kStatChunk / std::max<std::size_t>(1, s.cols)),
+    parallel_chunks(s.rows, std::max<std::size_t>(1, kGrain / std::max<std::size_t>(1, s.cols)),
                  [&](std::size_t b, std::size_t e) {
                    for (std::size_t r = b; r < e; ++r)
                      kernels::quant_pack<decltype(isa)::value>(codes + r * s.cols, s.cols, s.bits, data + r * rb);
@@ -414,7 +401,7 @@ Param clipped(std::vector<float>& v, const Stat& st, const Spec& s) {
 std::vector<Param> parameters(const float* x, const Spec& s, const std::vector<Stat>& stats) {
   std::vector<Param> params(stats.size());
   // Each parameter is independent, so any split over threads gives the same result.
-  balanced_for(stats.size(), s.clip == Clip::minmax ? 4096 : 1, [&](std::size_t b, std::size_t e) {
+  parallel_chunks(stats.size(), s.clip == Clip::minmax ? 4096 : 1, [&](std::size_t b, std::size_t e) {
     std::vector<float> buf;
     for (std::size_t p = b; p < e; ++p) {
       const Stat& st = stats[p];
@@ -451,7 +438,7 @@ std::ptrdiff_t gguf_quantize(GgufType type, const float* x, std::size_t n_blocks
   std::vector<std::size_t> first(num_chunks(n_blocks, kBlocks), kNone);
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
-    balanced_for(n_blocks, kBlocks, [&](std::size_t b, std::size_t e) {
+    parallel_chunks(n_blocks, kBlocks, [&](std::size_t b, std::size_t e) {
       const float* xb = x + kGgufBlock * b;
       const std::size_t n = kGgufBlock * (e - b);
       const std::size_t k = kernels::find_nonfinite<I, float>(xb, n);
@@ -466,7 +453,7 @@ std::ptrdiff_t gguf_quantize(GgufType type, const float* x, std::size_t n_blocks
 void gguf_dequantize(GgufType type, const std::uint8_t* in, std::size_t n_blocks, float* out) {
   const std::size_t ts = gguf_type_size(type);
   dispatch([&](auto isa) {
-    balanced_for(n_blocks, 1024, [&](std::size_t b, std::size_t e) {
+    parallel_chunks(n_blocks, 1024, [&](std::size_t b, std::size_t e) {
       kernels::gguf_dequantize<decltype(isa)::value>(static_cast<int>(type), in + ts * b, e - b,
                                                      out + kGgufBlock * b);
     });
@@ -477,14 +464,9 @@ void gguf_dequantize(GgufType type, const std::uint8_t* in, std::size_t n_blocks
 
 namespace slimgrad::quant {
 
-bool has_avx512_vnni() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  static const bool vnni = __builtin_cpu_supports("avx512vnni");
-  return vnni;
-#else
-  return false;
-#endif
-}
+// VNNI is an ISA level (isa.cpp), so use_isa("avx512") can force the plain
+// AVX-512 path on a VNNI machine.
+bool has_avx512_vnni() { return isa_active_at_least(Isa::avx512_vnni); }
 
 void qmatmul(const float* x, std::size_t batch, const Spec& s, const std::uint8_t* data, const float* scale,
              const std::int32_t* zero_point, float* y) {
@@ -538,7 +520,7 @@ void qmatmul(const float* x, std::size_t batch, const Spec& s, const std::uint8_
   dispatch([&](auto isa) {
     // batched: chunks of 32 rows = whole panels of the avx512 kernel (2 x 16)
     const std::size_t grain = batch == 1 ? 16 : 32;
-    balanced_for(s.rows, grain, [&](std::size_t b, std::size_t e) {
+    parallel_chunks(s.rows, grain, [&](std::size_t b, std::size_t e) {
       thread_local std::vector<float> scratch;  // kept between calls: no page faults per chunk
       if (batch > 1 && scratch.size() < 64 * s.cols) scratch.resize(64 * s.cols);
       kernels::qmatmul_rows<decltype(isa)::value>(a, b, e, scratch.data());
@@ -552,7 +534,7 @@ void matmul_s8(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::s
   constexpr std::size_t kM = 64;  // rows of a per item; columns come in blocks of 4
   const std::size_t nb = (N + 3) / 4, mb = (M + kM - 1) / kM;
   dispatch([&](auto isa) {
-    balanced_for(nb * mb, 1, [&](std::size_t lo, std::size_t hi) {
+    parallel_chunks(nb * mb, 1, [&](std::size_t lo, std::size_t hi) {
       std::vector<std::int16_t> scratch(4 * K);
       for (std::size_t item = lo; item < hi; ++item) {
         const std::size_t n0 = (item % nb) * 4, m0 = (item / nb) * kM;

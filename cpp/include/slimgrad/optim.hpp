@@ -9,8 +9,8 @@
 //    bits (tested).
 //  - slimgrad::optim_step: a multi-tensor step over a list of arrays
 //    (merging arrays that lie back to back in memory), an optional
-//    non-finite scan of all gradients first, work items of kOptimGrain
-//    elements on the thread pool. Elementwise, so results do not depend on
+//    non-finite scan of all gradients first, work pieces planned by
+//    plan_work (threading.hpp) on the thread pool. Elementwise, so results do not depend on
 //    the thread count.
 //
 // Storage: float32 / float64 params do their math in their own type, and
@@ -33,11 +33,13 @@
 #include <cmath>
 
 #include "slimgrad/isa.hpp"
+#include "slimgrad/optim_table.hpp"
 #include "slimgrad/simd.hpp"
 
 namespace slimgrad {
 
-enum class Algo : int { sgd, adagrad, rmsprop, adadelta, adam, adamax, nadam, radam };
+// Algo (one value per row of optim_table.hpp) and the row's descriptor come
+// from the descriptor table; elementwise rows run through optim_step below.
 enum class Storage : int { f32, f64, f16, bf16 };
 
 // Everything one step needs besides the arrays. The Python layer sets the
@@ -67,6 +69,7 @@ struct StepArgs {
   // nadam: c0 = bc2, c1 = -lr (1 - mu) / (1 - mu_product'), c2 = -lr mu' / (1 - mu_product''),
   //        c3 = mu_product' (the new product, to store back)
   // radam: c0 = bc1, c1 = sqrt(bc2), c2 = rect, flag = rho_t > 5
+  // lion: none (its weight decay is always decoupled: step_constants sets decoupled)
   // wd_scale = 1 - lr * weight_decay (decoupled weight decay)
   double c0 = 0, c1 = 0, c2 = 0, c3 = 0, wd_scale = 1;
   bool flag = false;
@@ -91,19 +94,24 @@ struct Slot {
   std::uint64_t offset = 0;
 };
 
-// State arrays per algorithm, as Slot::s indices:
-//  sgd: 0 momentum_buffer (if momentum != 0) | adagrad: 0 sum
-//  rmsprop: 0 square_avg, 1 momentum_buffer (if momentum > 0), 2 grad_avg (if centered)
-//  adadelta: 0 square_avg, 1 acc_delta | adam: 0 exp_avg, 1 exp_avg_sq, 2 max_exp_avg_sq (if amsgrad)
-//  adamax: 0 exp_avg, 1 exp_inf | nadam, radam: 0 exp_avg, 1 exp_avg_sq
-// Writes the indices in use to out[] and returns how many.
+// The Slot::s indices the step uses for these options: the table row's
+// slots whose `when` holds (optim_table.hpp), in slot order. Writes them to
+// out[] and returns how many.
 int state_slots(const StepArgs& a, int out[3]);
+
+// Elementwise rows fit Slot::s (the fourth slot is for multipass rows).
+inline constexpr bool elementwise_rows_fit() {
+  for (const OptimDesc& d : kOptimizers)
+    if (d.kind == OptimKind::elementwise && d.slots[3].when != SlotWhen::never) return false;
+  return true;
+}
+static_assert(elementwise_rows_fit(), "an elementwise optimizer has at most 3 state slots");
 
 // The scalars of one step in the math type T (float for float16/bfloat16
 // storage), converted once per kernel call, the same way for every ISA.
 //  decay / one_minus_decay: beta2 (Adam family), alpha (RMSprop), rho (Adadelta);
 //  w, w_rest: lerp weight 1 - beta1 (1 - alpha for RMSprop's grad_avg) and
-//  1 - w computed in T, as torch's lerp does.
+//  1 - w computed in T, as torch's lerp does (Lion: w = 1 - beta1 too).
 template <class T>
 struct StepConsts {
   T lr, neg_lr, wd, eps, momentum, one_minus_dampening, beta1;
@@ -140,8 +148,6 @@ struct StepConsts {
     has_momentum = a.momentum != 0;
   }
 };
-
-inline constexpr std::size_t kOptimGrain = 1 << 15;
 
 namespace kernels {
 template <Isa I>

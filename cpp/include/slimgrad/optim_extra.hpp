@@ -1,12 +1,13 @@
-// Extra optimizer kernels: Lion, LAMB, AdamW8bit, Adafactor, and the
+// Multipass optimizer kernels: LAMB, AdamW8bit, Adafactor (Lion is an
+// elementwise row of optim_table.hpp, stepped by optim_step), and the
 // gradient utilities clip_grad_norm / clip_grad_value / accumulate.
 //
 // Same two layers as core.hpp:
 //  - slimgrad::kernels::<fn><Isa, T>: single-threaded kernels on one
 //    contiguous range (scalar reference in kernels_optim_extra_scalar.cpp,
-//    SIMD in kernels_optim_extra_simd.hpp instantiated per ISA file);
+//    SIMD in kernels_optim_extra_simd.hpp instantiated per ISA unit);
 //  - slimgrad::<fn>: multi-tensor entry points in optim_extra.cpp. A list of
-//    arrays is cut into work items of at most kExtraGrain elements (item
+//    arrays is cut by the core planner (plan_work, threading.hpp; piece
 //    boundaries depend only on the array sizes), run on the thread pool, and
 //    every reduction adds per-item partials in item order: results are
 //    identical for any thread count.
@@ -21,22 +22,8 @@
 
 namespace slimgrad {
 
-// Elements per work item; a multiple of the AdamW8bit block (256) so a block
-// never straddles two items.
-inline constexpr std::size_t kExtraGrain = 1 << 15;
 // AdamW8bit: elements sharing one float32 scale per moment.
 inline constexpr std::size_t kQuantBlock = 256;
-
-// Per-step scalars of Lion (Chen et al. 2023), already combined by the caller:
-//   c = beta1*m + (1-beta1)*g;  p = p*decay - lr*sign(c);  m = beta2*m + (1-beta2)*g
-// with decay = 1 - lr*weight_decay and g negated when maximize.
-// The one-minus-betas are computed in double by the caller: 1 - float(0.999)
-// in float32 is off by 1.3e-5 relative.
-template <class T>
-struct LionCoef {
-  T lr, beta1, beta2, one_minus_beta1, one_minus_beta2, decay;
-  bool maximize;
-};
 
 // LAMB (You et al. 2019) with Adam bias correction:
 //   m = beta1*m + (1-beta1)*g;  v = beta2*v + (1-beta2)*g^2
@@ -65,9 +52,6 @@ struct Adam8Coef {
 };
 
 namespace kernels {
-template <Isa I, class T>
-void lion(T* p, const T* g, T* m, std::size_t n, const LionCoef<T>& c);
-
 // Pass 1 of LAMB: updates m and v, adds sum(p^2) to sums[0] and sum(r^2) to
 // sums[1] (r from the new moments; p unchanged).
 template <Isa I, class T>
@@ -135,9 +119,6 @@ void adafactor_vector_apply(T* p, const T* g, const T* var, std::size_t n, T eps
 // ---------------------------------------------------------- entry points
 // Multi-tensor: `count` arrays, array i of sizes[i] elements. Every pointer
 // has been validated by the caller (bindings) before the call.
-template <class T>
-void lion_step(T* const* p, const T* const* g, T* const* m, const std::size_t* sizes, std::size_t count,
-               const LionCoef<T>& c);
 // lr per array is lr * trust ratio; ratios (if not null) receives them.
 template <class T>
 void lamb_step(T* const* p, const T* const* g, T* const* m, T* const* v, const std::size_t* sizes,

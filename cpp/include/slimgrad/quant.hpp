@@ -234,23 +234,73 @@ void qmatmul(const float* x, std::size_t batch, const Spec& spec, const std::uin
 // c (M x N, int32) = a (M x K, int8) @ b (N x K, int8).T, exact.
 void matmul_s8(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::size_t N, std::size_t K,
                std::int32_t* c);
-// Whether this CPU runs AVX512-VNNI (vpdpbusd), used by matmul_s8 on avx512.
+// Whether the active ISA level includes VNNI (vpdpbusd; level avx512_vnni of
+// isa.hpp), used by matmul_s8 on avx512.
 bool has_avx512_vnni();
 
-enum class GgufType : int { q8_0 = 0, q4_0 = 1, q4_1 = 2, q5_0 = 3, q5_1 = 4 };
-inline constexpr std::size_t kGgufBlock = 32;
-// Bytes per block: Q8_0 34 (f16 d, 32 int8), Q4_0 18 (d, 16 nibble bytes),
-// Q4_1 20 (d, m, nibbles), Q5_0 22 (d, u32 high bits, nibbles), Q5_1 24.
-inline std::size_t gguf_type_size(GgufType t) {
-  switch (t) {
-    case GgufType::q8_0: return 34;
-    case GgufType::q4_0: return 18;
-    case GgufType::q4_1: return 20;
-    case GgufType::q5_0: return 22;
-    case GgufType::q5_1: return 24;
-  }
-  return 0;
-}
+// ------------------------------------------------------- GGUF block formats
+// ggml's block layouts (ggml-common.h), little-endian, no padding: d and m
+// are float16 bit patterns, qs the low 4 bits (or 8-bit codes), qh the 5th
+// bits. The kernels read and write these bytes; static_asserts pin the sizes.
+struct BlockQ8_0 {
+  std::uint16_t d;
+  std::int8_t qs[32];
+};
+struct BlockQ4_0 {
+  std::uint16_t d;
+  std::uint8_t qs[16];
+};
+struct BlockQ4_1 {
+  std::uint16_t d, m;
+  std::uint8_t qs[16];
+};
+struct BlockQ5_0 {
+  std::uint16_t d;
+  std::uint8_t qh[4];
+  std::uint8_t qs[16];
+};
+struct BlockQ5_1 {
+  std::uint16_t d, m;
+  std::uint8_t qh[4];
+  std::uint8_t qs[16];
+};
+
+// The traits table: one row per format, X(id, name, ggml_type, block struct).
+// From it come GgufType, the sizes below and _core.quant.gguf_formats(),
+// which slimgrad.quant.gguf reads (no second copy of the sizes in Python).
+// The reference and SIMD code of every row: gguf_quantize/gguf_dequantize
+// in kernels_quant_scalar.cpp / kernels_quant_simd.hpp, switched on GgufType.
+#define SLIMGRAD_GGUF_FORMATS(X)    \
+  X(q8_0, "Q8_0", 8, BlockQ8_0)     \
+  X(q4_0, "Q4_0", 2, BlockQ4_0)     \
+  X(q4_1, "Q4_1", 3, BlockQ4_1)     \
+  X(q5_0, "Q5_0", 6, BlockQ5_0)     \
+  X(q5_1, "Q5_1", 7, BlockQ5_1)
+
+#define SLIMGRAD_GGUF_ENUM(id, ...) id,
+enum class GgufType : int { SLIMGRAD_GGUF_FORMATS(SLIMGRAD_GGUF_ENUM) };
+#undef SLIMGRAD_GGUF_ENUM
+inline constexpr std::size_t kGgufBlock = 32;  // values per block, every format
+
+struct GgufFormat {
+  const char* name;
+  int ggml_type;           // GGMLQuantizationType value in .gguf files
+  std::size_t block_size;  // values per block
+  std::size_t type_size;   // bytes per block
+};
+#define SLIMGRAD_GGUF_ROW(id, name, ggml, Block) GgufFormat{name, ggml, kGgufBlock, sizeof(Block)},
+inline constexpr GgufFormat kGgufFormats[] = {SLIMGRAD_GGUF_FORMATS(SLIMGRAD_GGUF_ROW)};
+#undef SLIMGRAD_GGUF_ROW
+inline constexpr std::size_t kGgufFormatCount = sizeof(kGgufFormats) / sizeof(kGgufFormats[0]);
+
+static_assert(sizeof(BlockQ8_0) == 2 + kGgufBlock, "ggml block_q8_0 is 34 bytes");
+static_assert(sizeof(BlockQ4_0) == 2 + kGgufBlock / 2, "ggml block_q4_0 is 18 bytes");
+static_assert(sizeof(BlockQ4_1) == 4 + kGgufBlock / 2, "ggml block_q4_1 is 20 bytes");
+static_assert(sizeof(BlockQ5_0) == 2 + 4 + kGgufBlock / 2, "ggml block_q5_0 is 22 bytes");
+static_assert(sizeof(BlockQ5_1) == 4 + 4 + kGgufBlock / 2, "ggml block_q5_1 is 24 bytes");
+
+// Bytes per block of a format.
+inline constexpr std::size_t gguf_type_size(GgufType t) { return kGgufFormats[static_cast<int>(t)].type_size; }
 // Returns -1, or the flat index of the first NaN/inf (out is then garbage).
 std::ptrdiff_t gguf_quantize(GgufType type, const float* x, std::size_t n_blocks, std::uint8_t* out);
 void gguf_dequantize(GgufType type, const std::uint8_t* in, std::size_t n_blocks, float* out);

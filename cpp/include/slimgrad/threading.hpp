@@ -21,9 +21,13 @@ int get_num_threads();
 void set_num_threads(int n);
 bool openmp_enabled();
 
-// Below this many elements per chunk, threading costs more than it saves for
-// a memory-bound elementwise kernel.
-inline constexpr std::size_t kDefaultGrain = 1 << 15;
+// THE grain of the core: elements per chunk / work piece everywhere (a
+// multiple of 64 for cache lines and of 256 for AdamW8bit's blocks). Below
+// this many elements threading costs more than it saves for a memory-bound
+// elementwise kernel.
+inline constexpr std::size_t kGrain = 1 << 15;
+// Old name, kept so kernel branches written before the rename still build.
+inline constexpr std::size_t kDefaultGrain = kGrain;
 
 inline std::size_t num_chunks(std::size_t n, std::size_t grain) {
   return n == 0 ? 0 : (n + grain - 1) / grain;
@@ -79,6 +83,73 @@ void parallel_tasks(std::size_t n_tasks, Body&& body) {
   }
 #endif
   for (std::size_t i = 0; i < n_tasks; ++i) body(i);
+}
+
+// Like parallel_for, but the chunks are handed out dynamically: on a shared
+// machine a descheduled thread does not hold the others back. Every chunk
+// writes its own outputs, so results do not depend on the schedule.
+template <class Body>
+void parallel_chunks(std::size_t n, std::size_t grain, Body&& body) {
+  parallel_tasks(num_chunks(n, grain), [&](std::size_t c) {
+    const std::size_t b = c * grain;
+    body(b, std::min(n, b + grain));
+  });
+}
+
+// ------------------------------------------------------------ work planner
+// THE planner of multi-array kernels (optimizers, clipping, scans): a list
+// of arrays is cut into pieces of at most kGrain elements (boundaries depend
+// only on the sizes: piece k of array a starts at k * kGrain), and the
+// pieces are packed in order into tasks of about kGrain elements. A big
+// array is split, many small arrays share a task, so a model of hundreds of
+// small arrays costs a few tasks. Reductions keep one partial per piece and
+// add them in piece order: results never depend on the thread count.
+struct Piece {
+  std::size_t array, begin, end;
+};
+
+struct WorkPlan {
+  std::vector<Piece> pieces;
+  std::vector<std::size_t> task_begin{0};  // task t: pieces[task_begin[t], task_begin[t + 1])
+  std::size_t total = 0;                   // elements
+  std::size_t tasks() const { return task_begin.size() - 1; }
+};
+
+inline WorkPlan plan_work(const std::size_t* sizes, std::size_t count) {
+  WorkPlan plan;
+  std::size_t in_task = 0;
+  for (std::size_t a = 0; a < count; ++a)
+    for (std::size_t b = 0; b < sizes[a]; b += kGrain) {
+      const std::size_t e = std::min(sizes[a], b + kGrain);
+      plan.pieces.push_back({a, b, e});
+      plan.total += e - b;
+      in_task += e - b;
+      if (in_task >= kGrain) {
+        plan.task_begin.push_back(plan.pieces.size());
+        in_task = 0;
+      }
+    }
+  if (plan.task_begin.back() != plan.pieces.size()) plan.task_begin.push_back(plan.pieces.size());
+  return plan;
+}
+
+// body(t) for t < n_tasks covering `work` elements in all: serial below two
+// grains (waking a second thread costs more, milliseconds on a busy machine).
+template <class Body>
+void run_tasks(std::size_t n_tasks, std::size_t work, Body&& body) {
+  if (work < 2 * kGrain) {
+    for (std::size_t t = 0; t < n_tasks; ++t) body(t);
+    return;
+  }
+  parallel_tasks(n_tasks, body);
+}
+
+// body(k, piece) for every piece k of the plan.
+template <class Body>
+void run_plan(const WorkPlan& plan, Body&& body) {
+  run_tasks(plan.tasks(), plan.total, [&](std::size_t t) {
+    for (std::size_t k = plan.task_begin[t]; k < plan.task_begin[t + 1]; ++k) body(k, plan.pieces[k]);
+  });
 }
 
 }  // namespace slimgrad

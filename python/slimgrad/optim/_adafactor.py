@@ -112,6 +112,8 @@ class Adafactor(ExtraOptimizer):
         "d": _check_d,
     }
 
+    _algo = "adafactor"
+
     def __init__(
         self,
         params: Any,

@@ -83,6 +83,12 @@ class AdamW8bit(ExtraOptimizer):
         As torch.optim.AdamW (``weight_decay`` default 1e-2).
     block_size : int
         Elements per scale; only 256 is supported.
+    min_8bit_size : int
+        Parameters with fewer elements keep float32 moments (the param's
+        dtype for float64) and take plain AdamW steps, as bitsandbytes does
+        (its default is 4096; here 0, every parameter 8-bit, keeps the
+        earlier behaviour). Their ``exp_avg_scale``/``exp_avg_sq_scale``
+        are empty.
     nonfinite : str
         ``"raise"`` (default), ``"skip"`` or ``"ignore"``; see :class:`Optimizer`.
 
@@ -97,6 +103,8 @@ class AdamW8bit(ExtraOptimizer):
         Negative ``lr``/``eps``/``weight_decay``, a beta outside [0, 1),
         ``block_size`` other than 256.
     """
+
+    _algo = "adamw8bit"
 
     def __init__(
         self,
@@ -113,8 +121,14 @@ class AdamW8bit(ExtraOptimizer):
         capturable: bool = False,
         differentiable: bool = False,
         nonfinite: str = "raise",
+        min_8bit_size: int = 0,
     ) -> None:
         check_torch_flags(foreach, fused, capturable, differentiable)
+        if isinstance(min_8bit_size, bool) or not isinstance(min_8bit_size, (int, np.integer)):
+            raise TypeError(f"min_8bit_size: expected an int, got {type(min_8bit_size).__name__}")
+        if min_8bit_size < 0:
+            raise ValueError(f"min_8bit_size: expected an int >= 0, got {min_8bit_size}")
+        self.min_8bit_size = int(min_8bit_size)
         if block_size != BLOCK_SIZE:
             raise ValueError(
                 f"block_size: expected {BLOCK_SIZE} (the only size the kernels support), "
@@ -124,6 +138,14 @@ class AdamW8bit(ExtraOptimizer):
         super().__init__(params, defaults, nonfinite=nonfinite)
 
     def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
+        if param.size < self.min_8bit_size:
+            empty = np.zeros(0, np.float32)
+            return {
+                "exp_avg": self.state_full(param),
+                "exp_avg_sq": self.state_full(param),
+                "exp_avg_scale": empty,
+                "exp_avg_sq_scale": empty.copy(),
+            }
         blocks = (param.size + BLOCK_SIZE - 1) // BLOCK_SIZE
         return {
             "exp_avg": np.zeros(param.shape, np.int8),
@@ -131,6 +153,13 @@ class AdamW8bit(ExtraOptimizer):
             "exp_avg_scale": np.zeros(blocks, np.float32),
             "exp_avg_sq_scale": np.zeros(blocks, np.float32),
         }
+
+    def _expected_state(self, key: str, param: np.ndarray) -> tuple[tuple[int, ...], np.dtype]:
+        if param.size >= self.min_8bit_size:
+            return super()._expected_state(key, param)
+        if key in ("exp_avg", "exp_avg_sq"):  # float32 moments (min_8bit_size)
+            return param.shape, self.state_dtype(param)
+        return (0,), np.dtype(np.float32)
 
     def _step_bucket(
         self, group: dict[str, Any], bucket: Bucket, check: bool
@@ -140,21 +169,48 @@ class AdamW8bit(ExtraOptimizer):
             return bad
         beta1, beta2 = group["betas"]
         s = bucket.states
-        _core.optim.adamw8bit_step(
-            work,
-            grads,
-            s["exp_avg"],
-            s["exp_avg_sq"],
-            s["exp_avg_scale"],
-            s["exp_avg_sq_scale"],
-            bucket.labels,
-            lr=float(group["lr"]),
-            beta1=float(beta1),
-            beta2=float(beta2),
-            eps=float(group["eps"]),
-            weight_decay=float(group["weight_decay"]),
-            step=int(bucket.step),
-            maximize=bool(group["maximize"]),
-        )
+        big = [i for i, a in enumerate(s["exp_avg"]) if a.dtype == np.int8]
+        small = [i for i, a in enumerate(s["exp_avg"]) if a.dtype != np.int8]
+        if big and small:  # two kernel calls: both checked before the first runs
+            self._validate_all([bucket])
+        if big:
+            _core.optim.adamw8bit_step(
+                [work[i] for i in big],
+                [grads[i] for i in big],
+                [s["exp_avg"][i] for i in big],
+                [s["exp_avg_sq"][i] for i in big],
+                [s["exp_avg_scale"][i] for i in big],
+                [s["exp_avg_sq_scale"][i] for i in big],
+                [bucket.labels[i] for i in big],
+                lr=float(group["lr"]),
+                beta1=float(beta1),
+                beta2=float(beta2),
+                eps=float(group["eps"]),
+                weight_decay=float(group["weight_decay"]),
+                step=int(bucket.step),
+                maximize=bool(group["maximize"]),
+            )
+        if small:  # float32 moments: the fused AdamW kernel (the adam row, decoupled)
+            args = _core.optim.StepArgs()
+            args.algo, args.decoupled, args.step = "adam", True, int(bucket.step)
+            args.lr, args.beta1, args.beta2 = float(group["lr"]), float(beta1), float(beta2)
+            args.eps, args.weight_decay = float(group["eps"]), float(group["weight_decay"])
+            args.maximize = bool(group["maximize"])
+            labels = [bucket.labels[i] for i in small]
+            names = (
+                ["params" + lb for lb in labels],
+                ["grads" + lb for lb in labels],
+                None,
+                [[f"state{lb}[{k!r}]" for lb in labels] for k in ("exp_avg", "exp_avg_sq")],
+            )
+            _core.optim.step(
+                args,
+                [work[i] for i in small],
+                [grads[i] for i in small],
+                None,
+                [[s[k][i] for i in small] for k in ("exp_avg", "exp_avg_sq")],
+                names,
+                False,
+            )
         round_back(bucket)
         return None

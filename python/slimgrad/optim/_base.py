@@ -71,6 +71,7 @@ memory and steps as a single array.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -149,6 +150,9 @@ class Optimizer:
         self._group_of: list[int] = []
         self._buckets: list[Bucket] | None = None
         self._str_keys = True  # every param has a name (grads may be a dict)
+        # Held during step(): a second thread stepping this optimizer at the
+        # same time gets a RuntimeError instead of silently losing updates.
+        self._step_lock = threading.Lock()
         # Per group, the checked option values as last validated (see _check_groups).
         self._checked: list[dict[str, Any]] = []
 
@@ -437,16 +441,29 @@ class Optimizer:
             ``nonfinite="raise"`` and a gradient holds NaN or inf; the message
             names the first such array and element, e.g.
             ``grads['fc1.weight'] has a non-finite value at index 17``.
+        RuntimeError
+            Another thread is stepping this optimizer at the same time.
 
         On any exception nothing (params, state, step counts) is modified.
         """
-        self._check_groups()
-        flat = flat_grads(self, grads)
-        if cast:
-            flat = cast_grads(flat, self._params, self._keys)
-        if any(g is None for g in flat):
-            return step_present(self, flat)
-        return self._run_step(flat)
+        if not self._step_lock.acquire(blocking=False):
+            raise RuntimeError(
+                f"step: this {type(self).__name__} is already stepping in another thread; "
+                "an optimizer must not be stepped concurrently (use a lock, or one optimizer "
+                "per thread)"
+            )
+        try:
+            self._check_groups()
+            flat = flat_grads(self, grads)
+            if cast:
+                flat = cast_grads(flat, self._params, self._keys)
+            if self._buckets is not None and self._state_replaced():
+                self._buckets = None  # rebuilt below: the kernels check the new arrays
+            if any(g is None for g in flat):
+                return step_present(self, flat)
+            return self._run_step(flat)
+        finally:
+            self._step_lock.release()
 
     def _run_step(self, flat: list[Any]) -> bool:
         created = self._ensure_state()
@@ -458,6 +475,38 @@ class Optimizer:
         if not applied:
             self._forget(created)
         return applied
+
+    def _state_replaced(self) -> bool:
+        """Whether a state dict or state array was replaced since the buckets were built.
+
+        ``opt.state[name][key] = array`` (or a new ``opt.state[name]``) is
+        picked up by the next step, whose kernels then check it (dtype,
+        shape, layout, writability) before anything is written.
+        """
+        assert self._buckets is not None
+        for b in self._buckets:
+            for k, st in zip(b.keys, b.state_dicts):
+                if self.state.get(k) is not st:
+                    return True
+            for n, arrays in b.states.items():
+                for st, a in zip(b.state_dicts, arrays):
+                    if st.get(n) is not a:
+                        return True
+            if b.masters is not None:
+                for st, a in zip(b.state_dicts, b.masters):
+                    if st.get("master") is not a:
+                        return True
+        return False
+
+    def __getstate__(self) -> dict[str, Any]:
+        d = self.__dict__.copy()
+        del d["_step_lock"]  # a lock cannot be copied or pickled
+        d["_buckets"] = None  # a cache (holding kernel argument objects): rebuilt at the next step
+        return d
+
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        self.__dict__.update(d)
+        self._step_lock = threading.Lock()
 
     def _forget(self, created: list[Key]) -> None:
         # A failed or skipped first step leaves no state behind.
@@ -473,16 +522,19 @@ class Optimizer:
             b.grads = [flat[i] for i in b.flat_index] if len(b.flat_index) != len(flat) else flat
             b.step = b.state_dicts[0]["step"] + 1
         check = self.nonfinite != "ignore"
-        if check and len(buckets) > 1:
-            # Several kernel calls: check every gradient before the first one runs.
+        if len(buckets) > 1:
+            # Several kernel calls: check every bucket's arrays (and, unless
+            # nonfinite="ignore", every gradient) before the first one runs,
+            # so a step is all-or-nothing for any mix of dtypes.
             self._validate_all(buckets)
-            bad = find_nonfinite([g for b in buckets for g in b.grads])
-            if bad is not None:
-                i, j = bad
-                for b in buckets:
-                    if i < len(b.grads):
-                        return self._nonfinite(b, i, j)
-                    i -= len(b.grads)
+            if check:
+                bad = find_nonfinite([g for b in buckets for g in b.grads])
+                if bad is not None:
+                    i, j = bad
+                    for b in buckets:
+                        if i < len(b.grads):
+                            return self._nonfinite(b, i, j)
+                        i -= len(b.grads)
             check = False
         for b in buckets:
             # With several buckets, a bucket may only fail in ways checked above.

@@ -1,4 +1,4 @@
-"""Helpers shared by the extra optimizers (Lion, LAMB, AdamW8bit, Adafactor) and clip.
+"""Helpers shared by the multipass optimizers (LAMB, AdamW8bit, Adafactor) and clip.
 
 Their kernels take float32/float64 arrays. float16/bfloat16 parameters are
 stepped on the float32 master copies the base class keeps, then rounded to
@@ -15,6 +15,9 @@ import numpy as np
 from .. import _core
 from ._base import Optimizer
 from ._bucket import Bucket, find_nonfinite
+from ._fused import OPTIMIZER_TABLE
+
+BLOCK = 256  # AdamW8bit's elements per scale (kQuantBlock in optim_extra.hpp)
 
 KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -63,18 +66,65 @@ def _first_nonfinite(grads: list[np.ndarray]) -> tuple[int, int] | None:
     return find_nonfinite(list(grads))
 
 
-def validate(bucket: Bucket) -> None:
-    """Every grad like its param (dtype, shape, layout), every param writable.
+def expected_state(
+    storage: str, when: str, param: np.ndarray, work: np.dtype
+) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of a state slot of the descriptor table for ``param``.
+
+    ``work`` is the math dtype (the param's, float32 for float16/bfloat16).
+    Slots whose condition does not hold (Adafactor's factored/vector slots)
+    are empty arrays, so that every param of a bucket has the same keys.
+    """
+    factored = param.ndim >= 2
+    if (when == "factored" and not factored) or (when == "vector" and factored):
+        return (0,), work
+    if storage == "int8":
+        return param.shape, np.dtype(np.int8)
+    if storage == "uint8":
+        return param.shape, np.dtype(np.uint8)
+    if storage == "blocks":
+        return ((param.size + BLOCK - 1) // BLOCK,), np.dtype(np.float32)
+    if storage == "row":
+        return param.shape[:-1] + (1,), work
+    if storage == "col":
+        return param.shape[:-2] + (1, param.shape[-1]), work
+    return param.shape, work
+
+
+def validate(bucket: Bucket, expect: Any = None) -> None:
+    """Every grad like its param (dtype, shape, layout), every param writable,
+    every state array as ``expect(key, param) -> (shape, dtype)`` says and writable.
 
     Raises TypeError/ValueError naming the array; modifies nothing.
     """
     for p, g, label in zip(bucket.params, bucket.grads, bucket.labels):
         check_like(g, "grads" + label, p)
         check_writable(p, "params" + label)
+    if expect is None:
+        return
+    for key, arrays in bucket.states.items():
+        for p, a, label in zip(bucket.params, arrays, bucket.labels):
+            shape, dtype = expect(key, p)
+            name = f"state{label}[{key!r}]"
+            ok = isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous
+            if not ok or a.shape != shape:
+                want = f"{dtype.name} C-contiguous array of shape {shape}"
+                error = ValueError if ok else TypeError
+                raise error(f"{name}: expected {want}, got {describe(a)}")
+            check_writable(a, name)
 
 
 class ExtraOptimizer(Optimizer):
-    """Base of Lion, LAMB, AdamW8bit and Adafactor: validation and half-precision plumbing."""
+    """Base of LAMB, AdamW8bit and Adafactor: validation and half-precision plumbing."""
+
+    _algo = ""  # the row of the optimizer descriptor table (optim_table.hpp)
+
+    def _expected_state(self, key: str, param: np.ndarray) -> tuple[tuple[int, ...], np.dtype]:
+        """(shape, dtype) the kernel needs for state ``key`` of ``param`` (from the table)."""
+        for k, storage, when in OPTIMIZER_TABLE[self._algo]["slots"]:
+            if k == key:
+                return expected_state(storage, when, param, self.state_dtype(param))
+        raise ValueError(f"state: unexpected key {key!r} for {type(self).__name__}")
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, nonfinite: str = "raise") -> None:
         # Options are stored as the kernels take them: each checked by its
@@ -88,7 +138,7 @@ class ExtraOptimizer(Optimizer):
 
     def _validate_all(self, buckets: list[Bucket]) -> None:
         for b in buckets:
-            validate(b)
+            validate(b, self._expected_state)
 
     def _prepare(
         self, bucket: Bucket, check: bool

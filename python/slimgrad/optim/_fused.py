@@ -1,8 +1,8 @@
 """The base of the optimizers stepped by ``_core.optim.step`` (SGD ... RAdam).
 
-A subclass gives its algorithm's name (``_algo``), the state keys a group's
-options need (``_state_keys``, in the kernel's slot order) and how the
-group's options fill the kernel's argument object (``_set_args``); its
+A subclass gives its algorithm's name (``_algo``, a row of the C++
+descriptor table optim_table.hpp, which also gives the state keys) and how
+the group's options fill the kernel's argument object (``_set_args``); its
 constructor passes the options as ``defaults``, which this class checks
 with :data:`OPTION_CHECKS` (so a constructor does not check them itself).
 """
@@ -18,7 +18,11 @@ from ._base import Optimizer
 from ._bucket import Bucket
 from ._checks import HALF_DTYPES, check_betas
 
-__all__ = ["FusedOptimizer"]
+__all__ = ["FusedOptimizer", "OPTIMIZER_TABLE"]
+
+# The optimizer descriptor table of the C++ core (optim_table.hpp): name ->
+# kind, numeric policy, options, state slots (key, storage, when).
+OPTIMIZER_TABLE: dict[str, dict[str, Any]] = _core.optim.optimizers()
 
 
 class FusedOptimizer(Optimizer):
@@ -54,9 +58,15 @@ class FusedOptimizer(Optimizer):
         }
         super().__init__(params, defaults, nonfinite=nonfinite)
 
-    # State keys in use for a group's options, in the kernel's slot order.
     def _state_keys(self, group: dict[str, Any]) -> list[str]:
-        raise NotImplementedError
+        """State keys in use for a group's options, in the kernel's slot order.
+
+        From the descriptor table (``_core.optim.optimizers()``): a slot is
+        used when its condition is ``"always"`` or names a truthy option of
+        the group (``momentum``, ``centered``, ``amsgrad``).
+        """
+        slots = OPTIMIZER_TABLE[self._algo]["slots"]
+        return [key for key, _, when in slots if when == "always" or group.get(when)]
 
     def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
         return {k: self.state_full(param, group=group) for k in self._state_keys(group)}

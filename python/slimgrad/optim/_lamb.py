@@ -56,6 +56,8 @@ class LAMB(ExtraOptimizer):
         A negative ``lr``, ``eps`` or ``weight_decay``; a beta outside [0, 1).
     """
 
+    _algo = "lamb"
+
     def __init__(
         self,
         params: Any,

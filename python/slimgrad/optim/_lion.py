@@ -4,27 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from .. import _core
-from ._bucket import Bucket
 from ._checks import check_torch_flags
-from ._extra import ExtraOptimizer, round_back
+from ._fused import FusedOptimizer
+
+__all__ = ["Lion"]
 
 
-class Lion(ExtraOptimizer):
+class Lion(FusedOptimizer):
     """Lion: the sign of an interpolated momentum, with decoupled weight decay.
 
     Per element, with ``g`` the gradient (negated if ``maximize``)::
 
-        u = sign(beta1 * m + (1 - beta1) * g)        # sign(0) = 0
+        u = sign(beta1 * m + (1 - beta1) * g)        # sign(0) = sign(NaN) = 0
         p = p * (1 - lr * weight_decay) - lr * u
         m = beta2 * m + (1 - beta2) * g
 
     One fused pass over memory (read p, g, m; write p, m), all arrays of a
-    bucket in one C++ call. Lion's update has unit magnitude per element, so
-    its ``lr`` is typically 3-10x smaller than AdamW's and ``weight_decay``
-    3-10x larger.
+    bucket in one C++ call: the ``lion`` row of the optimizer descriptor
+    table, on the same kernel, planner and half-precision path as Adam
+    (``rounding``, ``state_dtype``, ``master_weights``), bit-identical on every
+    ISA. Lion's update has unit magnitude per element, so its ``lr`` is
+    typically 3-10x smaller than AdamW's and ``weight_decay`` 3-10x larger.
 
     Parameters
     ----------
@@ -41,15 +41,20 @@ class Lion(ExtraOptimizer):
         Maximize the objective (step along +g).
     nonfinite : str
         ``"raise"`` (default), ``"skip"`` or ``"ignore"``; see :class:`Optimizer`.
+    rounding, seed, state_dtype, master_weights
+        Low-precision options, as for :class:`~slimgrad.optim.AdamW`.
 
-    State per parameter: ``"exp_avg"`` (the momentum, float32 for half
-    params, else the param's dtype) and ``"step"``.
+    State per parameter: ``"exp_avg"`` (the momentum: float32 for half
+    params, bfloat16 with ``state_dtype="bfloat16"``, else the param's dtype)
+    and ``"step"``.
 
     Raises
     ------
     ValueError
         ``lr`` or ``weight_decay`` negative, a beta outside [0, 1).
     """
+
+    _algo = "lion"
 
     def __init__(
         self,
@@ -64,31 +69,15 @@ class Lion(ExtraOptimizer):
         capturable: bool = False,
         differentiable: bool = False,
         nonfinite: str = "raise",
+        rounding: str = "nearest",
+        seed: int = 0,
+        state_dtype: Any = None,
+        master_weights: bool = True,
     ) -> None:
         check_torch_flags(foreach, fused, capturable, differentiable)
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize)
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
 
-    def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
-        return {"exp_avg": self.state_full(param)}  # aligned like the param
-
-    def _step_bucket(
-        self, group: dict[str, Any], bucket: Bucket, check: bool
-    ) -> tuple[int, int] | None:
-        work, grads, bad = self._prepare(bucket, check)
-        if bad is not None:
-            return bad
-        beta1, beta2 = group["betas"]
-        _core.optim.lion_step(
-            work,
-            grads,
-            bucket.states["exp_avg"],
-            bucket.labels,
-            lr=float(group["lr"]),
-            beta1=float(beta1),
-            beta2=float(beta2),
-            weight_decay=float(group["weight_decay"]),
-            maximize=bool(group["maximize"]),
-        )
-        round_back(bucket)
-        return None
+    def _set_args(self, a: Any, g: dict[str, Any]) -> None:
+        a.lr, (a.beta1, a.beta2) = g["lr"], g["betas"]
+        a.weight_decay, a.maximize = g["weight_decay"], g["maximize"]

@@ -95,9 +95,6 @@ class SGD(FusedOptimizer):
         )
         super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
 
-    def _state_keys(self, group):
-        return ["momentum_buffer"] if group["momentum"] != 0 else []
-
     def _set_args(self, a, g):
         a.lr, a.momentum, a.dampening = g["lr"], g["momentum"], g["dampening"]
         a.weight_decay, a.nesterov, a.maximize = g["weight_decay"], g["nesterov"], g["maximize"]
@@ -143,9 +140,6 @@ class Adagrad(FusedOptimizer):
             maximize=maximize,
         )
         super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
-
-    def _state_keys(self, group):
-        return ["sum"]
 
     def _init_state(self, group, param):
         return {"sum": self.state_full(param, group["initial_accumulator_value"], group)}
@@ -204,14 +198,6 @@ class RMSprop(FusedOptimizer):
         )
         super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
 
-    def _state_keys(self, group):
-        keys = ["square_avg"]
-        if group["momentum"] > 0:
-            keys.append("momentum_buffer")
-        if group["centered"]:
-            keys.append("grad_avg")
-        return keys
-
     def _set_args(self, a, g):
         a.lr, a.alpha, a.eps, a.weight_decay = g["lr"], g["alpha"], g["eps"], g["weight_decay"]
         a.momentum, a.centered, a.maximize = g["momentum"], g["centered"], g["maximize"]
@@ -249,9 +235,6 @@ class Adadelta(FusedOptimizer):
         check_torch_flags(foreach, fused, capturable, differentiable)
         defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
-
-    def _state_keys(self, group):
-        return ["square_avg", "acc_delta"]
 
     def _set_args(self, a, g):
         a.lr, a.rho, a.eps, a.weight_decay, a.maximize = (
@@ -308,9 +291,6 @@ class Adam(FusedOptimizer):
             decoupled_weight_decay=decoupled_weight_decay,
         )
         super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
-
-    def _state_keys(self, group):
-        return ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
 
     def _set_args(self, a, g):
         a.lr, (a.beta1, a.beta2), a.eps, a.weight_decay = (
@@ -399,9 +379,6 @@ class Adamax(FusedOptimizer):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
 
-    def _state_keys(self, group):
-        return ["exp_avg", "exp_inf"]
-
     def _set_args(self, a, g):
         a.lr, (a.beta1, a.beta2), a.eps, a.weight_decay, a.maximize = (
             g["lr"],
@@ -457,9 +434,6 @@ class NAdam(FusedOptimizer):
             maximize=maximize,
         )
         super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
-
-    def _state_keys(self, group):
-        return ["exp_avg", "exp_avg_sq"]
 
     def _init_state(self, group, param):
         return {**super()._init_state(group, param), "mu_product": 1.0}
@@ -533,9 +507,6 @@ class RAdam(FusedOptimizer):
             maximize=maximize,
         )
         super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
-
-    def _state_keys(self, group):
-        return ["exp_avg", "exp_avg_sq"]
 
     def _set_args(self, a, g):
         a.lr, (a.beta1, a.beta2), a.eps, a.weight_decay = (

@@ -25,9 +25,11 @@ import numpy as np
 
 from .. import _core
 
-TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
-BLOCK_SIZE = 32
-TYPE_SIZE = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24}
+# The traits table of quant.hpp (one row per format, in GgufType order).
+_FORMATS = _core.quant.gguf_formats()
+TYPES = tuple(_FORMATS)
+BLOCK_SIZE = _FORMATS["Q8_0"]["block_size"]
+TYPE_SIZE = {name: row["type_size"] for name, row in _FORMATS.items()}
 
 
 def _type_name(type: Any) -> str:

@@ -1,0 +1,116 @@
+// The optimizer descriptor table: ONE list, read by both languages.
+//
+// Each row of SLIMGRAD_OPTIMIZERS gives an optimizer's kernel name, its kind,
+// its numeric policy, its option names (StepArgs fields, torch's names) and
+// its state slots (key, storage, when the slot exists). From this list come:
+//  - the Algo enum and the kernel dispatch (optim.cpp, kernels_optim_simd.hpp);
+//  - state_slots() (which Slot::s entries a step uses for given options);
+//  - the binding's names (StepArgs.algo accepts exactly the row names) and
+//    _core.optim.optimizers(), from which the Python classes take their
+//    state keys (slimgrad.optim reads them; no hand-written key lists).
+// A new elementwise optimizer is one row here plus its update in
+// kernels_optim_scalar.cpp / kernels_optim_simd.hpp (see docs/architecture.md).
+//
+// Row: X(name, kind, policy, options, S0, S1, S2, S3) with each slot
+// S = (key, storage, when); unused slots are (_, none, never).
+//  kind:    elementwise = one fused pass per element on Slot/StepArgs
+//           (optim_step); multipass = its own entry point in optim_extra.cpp
+//           (a per-tensor reduction or a factored state between passes).
+//  policy:  bit_exact = every ISA gives the scalar reference's bits (no FMA,
+//           same operation order); bounded = SIMD may differ from the scalar
+//           reference by the documented bound (docs/optim.md), any thread
+//           count gives the same bits.
+//  storage: math = the step's math type (the param dtype, float32 for
+//           float16/bfloat16 params, bfloat16 with state_dtype=bfloat16);
+//           i8 / u8 = 8-bit codes shaped like the param; blocks = float32,
+//           one per 256-element block; row / col = factored (ndim >= 2)
+//           row and column statistics; empty arrays where unused.
+//  when:    always | never | momentum (option != 0) | centered | amsgrad |
+//           factored (param ndim >= 2) | vector (ndim < 2).
+#pragma once
+
+#include <cstddef>
+
+// clang-format off
+#define SLIMGRAD_OPTIMIZERS(X)                                                                                \
+  X(sgd, elementwise, bit_exact, "lr momentum dampening weight_decay nesterov maximize",                      \
+    (momentum_buffer, math, momentum), (_, none, never),                                                      \
+    (_, none, never), (_, none, never))                                                                       \
+  X(adagrad, elementwise, bit_exact, "lr lr_decay weight_decay eps maximize",                                 \
+    (sum, math, always), (_, none, never),                                                                    \
+    (_, none, never), (_, none, never))                                                                       \
+  X(rmsprop, elementwise, bit_exact, "lr alpha eps weight_decay momentum centered maximize",                  \
+    (square_avg, math, always), (momentum_buffer, math, momentum),                                            \
+    (grad_avg, math, centered), (_, none, never))                                                             \
+  X(adadelta, elementwise, bit_exact, "lr rho eps weight_decay maximize",                                     \
+    (square_avg, math, always), (acc_delta, math, always),                                                    \
+    (_, none, never), (_, none, never))                                                                       \
+  X(adam, elementwise, bit_exact, "lr beta1 beta2 eps weight_decay amsgrad maximize decoupled",               \
+    (exp_avg, math, always), (exp_avg_sq, math, always),                                                      \
+    (max_exp_avg_sq, math, amsgrad), (_, none, never))                                                        \
+  X(adamax, elementwise, bit_exact, "lr beta1 beta2 eps weight_decay maximize",                               \
+    (exp_avg, math, always), (exp_inf, math, always),                                                         \
+    (_, none, never), (_, none, never))                                                                       \
+  X(nadam, elementwise, bit_exact, "lr beta1 beta2 eps weight_decay momentum_decay maximize decoupled",       \
+    (exp_avg, math, always), (exp_avg_sq, math, always),                                                      \
+    (_, none, never), (_, none, never))                                                                       \
+  X(radam, elementwise, bit_exact, "lr beta1 beta2 eps weight_decay maximize decoupled",                      \
+    (exp_avg, math, always), (exp_avg_sq, math, always),                                                      \
+    (_, none, never), (_, none, never))                                                                       \
+  X(lion, elementwise, bit_exact, "lr beta1 beta2 weight_decay maximize",                                     \
+    (exp_avg, math, always), (_, none, never),                                                                \
+    (_, none, never), (_, none, never))                                                                       \
+  X(lamb, multipass, bounded, "lr beta1 beta2 eps weight_decay",                                              \
+    (exp_avg, math, always), (exp_avg_sq, math, always),                                                      \
+    (_, none, never), (_, none, never))                                                                       \
+  X(adafactor, multipass, bounded, "lr beta2_decay eps1 eps2 d weight_decay maximize",                        \
+    (row_var, row, factored), (col_var, col, factored),                                                       \
+    (variance, math, vector), (_, none, never))                                                               \
+  X(adamw8bit, multipass, bounded, "lr beta1 beta2 eps weight_decay maximize",                                \
+    (exp_avg, i8, always), (exp_avg_sq, u8, always),                                                          \
+    (exp_avg_scale, blocks, always), (exp_avg_sq_scale, blocks, always))
+// clang-format on
+
+namespace slimgrad {
+
+enum class OptimKind : int { elementwise, multipass };
+enum class NumericPolicy : int { bit_exact, bounded };
+enum class SlotStorage : int { none, math, i8, u8, blocks, row, col };
+enum class SlotWhen : int { never, always, momentum, centered, amsgrad, factored, vector };
+
+inline constexpr int kMaxSlots = 4;
+
+struct SlotDesc {
+  const char* key;  // "_" when unused
+  SlotStorage storage;
+  SlotWhen when;
+};
+
+struct OptimDesc {
+  const char* name;
+  OptimKind kind;
+  NumericPolicy policy;
+  const char* options;  // space-separated StepArgs field names
+  SlotDesc slots[kMaxSlots];
+};
+
+// Every row, in table order. Algo values index this array: both are
+// generated from the same list, so they cannot drift apart.
+#define SLIMGRAD_SLOT_(key, storage, when) SlotDesc{#key, SlotStorage::storage, SlotWhen::when}
+#define SLIMGRAD_SLOT(s) SLIMGRAD_SLOT_ s
+#define SLIMGRAD_DESC(name, kind, policy, options, s0, s1, s2, s3)                                           \
+  OptimDesc{#name, OptimKind::kind, NumericPolicy::policy, options,                                     \
+            {SLIMGRAD_SLOT(s0), SLIMGRAD_SLOT(s1), SLIMGRAD_SLOT(s2), SLIMGRAD_SLOT(s3)}},
+inline constexpr OptimDesc kOptimizers[] = {SLIMGRAD_OPTIMIZERS(SLIMGRAD_DESC)};
+#undef SLIMGRAD_DESC
+#undef SLIMGRAD_SLOT
+#undef SLIMGRAD_SLOT_
+inline constexpr std::size_t kOptimizerCount = sizeof(kOptimizers) / sizeof(kOptimizers[0]);
+
+#define SLIMGRAD_ENUM(name, ...) name,
+enum class Algo : int { SLIMGRAD_OPTIMIZERS(SLIMGRAD_ENUM) };
+#undef SLIMGRAD_ENUM
+
+inline constexpr const OptimDesc& describe(Algo a) { return kOptimizers[static_cast<int>(a)]; }
+
+}  // namespace slimgrad
