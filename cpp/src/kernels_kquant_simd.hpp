@@ -403,3 +403,13 @@ void kquant_dequantize(int type, const void* in, std::size_t n_blocks, float* ou
 }
 
 }  // namespace slimgrad::kernels
+
+// The generated per-ISA units (CMakeLists.txt, SLIMGRAD_KERNEL_AREAS: "kquant
+// exact", so no FP contraction: the bytes must equal llama.cpp's reference,
+// which multiplies then adds) define SLIMGRAD_UNIT_ISA and instantiate here.
+#ifdef SLIMGRAD_UNIT_ISA
+namespace slimgrad::kernels {
+template void kquant_quantize<SLIMGRAD_UNIT_ISA>(int, const float*, std::size_t, const float*, void*);
+template void kquant_dequantize<SLIMGRAD_UNIT_ISA>(int, const void*, std::size_t, float*);
+}  // namespace slimgrad::kernels
+#endif  // SLIMGRAD_UNIT_ISA

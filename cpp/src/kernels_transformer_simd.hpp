@@ -19,7 +19,12 @@
 #include <limits>
 #include <type_traits>
 
-#include "kernels_nn_simd.hpp"  // exp_f32, load_wide
+// exp_f32, load_wide from the nn area, without its instantiation block (that
+// belongs to the nn units: here it would define nn's kernels a second time).
+#pragma push_macro("SLIMGRAD_UNIT_ISA")
+#undef SLIMGRAD_UNIT_ISA
+#include "kernels_nn_simd.hpp"
+#pragma pop_macro("SLIMGRAD_UNIT_ISA")
 #include "slimgrad/transformer.hpp"
 
 namespace slimgrad::kernels {
@@ -291,3 +296,9 @@ void hessian_tile(const float* a, const float* b, std::size_t kc, T* h, std::siz
                                                           std::size_t, std::size_t, std::size_t);                  \
   template void slimgrad::kernels::hessian_tile<I, double>(const float*, const float*, std::size_t, double*,       \
                                                            std::size_t, std::size_t, std::size_t);
+
+// The generated per-ISA units (CMakeLists.txt, SLIMGRAD_KERNEL_AREAS) define
+// SLIMGRAD_UNIT_ISA and instantiate here.
+#ifdef SLIMGRAD_UNIT_ISA
+SLIMGRAD_TRANSFORMER_INSTANTIATE(SLIMGRAD_UNIT_ISA)
+#endif  // SLIMGRAD_UNIT_ISA
