@@ -336,5 +336,7 @@ if __name__ == "__main__":
     import warnings
 
     warnings.simplefilter("ignore")
-    for reader, c in counts().items():
+    results = counts()
+    for reader, c in results.items():
         print(reader, c)
+    raise SystemExit(1 if any(c["other"] for c in results.values()) else 0)

@@ -54,22 +54,18 @@ FLT_MIN = np.float32(np.finfo(np.float32).tiny)
 MAX_GROUP = 2**58  # group sizes (and every size) the C++ spec accepts stay below this
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
 def _check_layout_args(ndim: int, bits: Any, granularity: Any, axis: Any, group_size: Any) -> None:
     """The spec arguments of quantize / from_codes, each named in its ValueError."""
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 2 <= bits <= 8:
+    if not _is_int(bits) or not 2 <= bits <= 8:
         raise ValueError(f"bits: expected an integer in 2..8, got {bits!r}")
     _choice("granularity", granularity, GRANULARITIES)
-    if (
-        isinstance(axis, bool)
-        or not isinstance(axis, (int, np.integer))
-        or not -ndim <= axis < ndim
-    ):
+    if not _is_int(axis) or not -ndim <= axis < ndim:
         raise ValueError(f"axis: expected an integer in [{-ndim}, {ndim - 1}], got {axis!r}")
-    if (
-        isinstance(group_size, bool)
-        or not isinstance(group_size, (int, np.integer))
-        or group_size < 1
-    ):
+    if not _is_int(group_size) or group_size < 1:
         raise ValueError(f"group_size: expected a positive integer, got {group_size!r}")
     if group_size >= MAX_GROUP:
         raise ValueError(f"group_size: expected a value below 2**58, got {group_size!r}")
@@ -160,14 +156,11 @@ class QuantizedTensor:
         Sizes are checked as Python integers: nothing wraps around."""
         if not 2 <= self.bits <= 8:
             raise ValueError(f"bits: expected 2..8, got {self.bits}")
-        if self.granularity not in GRANULARITIES:
+        _choice("granularity", self.granularity, GRANULARITIES)
+        if not self.shape or min(self.shape) < 0 or math.prod(self.shape) >= MAX_GROUP:
             raise ValueError(
-                f"granularity: expected one of {GRANULARITIES}, got {self.granularity!r}"
+                f"shape: expected non-negative sizes, below 2**58 in all, got {self.shape}"
             )
-        if not self.shape or min(self.shape) < 0:
-            raise ValueError(f"shape: expected non-negative sizes, got {self.shape}")
-        if math.prod(self.shape) >= MAX_GROUP:
-            raise ValueError(f"shape: {self.shape} has too many elements")
         if not 1 <= self.group_size < MAX_GROUP:
             raise ValueError(
                 f"group_size: expected an integer in [1, 2**58), got {self.group_size}"
