@@ -120,11 +120,11 @@ def test_global_and_bfloat16(tmp_path, rng, capsys):
         (["{garbage}", "-o", "{out}", "--sparsity", "0.5"], "not a safetensors file"),
         (
             ["{bad_entry}", "-o", "{out}", "--sparsity", "0.5"],
-            "not a safetensors file (bad entry 'x')",
+            "tensor 'x': expected the keys dtype, shape, data_offsets",
         ),
         (
             ["{short}", "-o", "{out}", "--sparsity", "0.5"],
-            "tensor 'x' has 4 bytes, F32 (2, 2) needs 16",
+            "tensor 'x': F32 (2, 2) needs 16 bytes, data_offsets [0, 4] hold 4",
         ),
     ],
 )
