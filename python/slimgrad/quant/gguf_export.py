@@ -41,6 +41,8 @@ from .._report import Row
 from . import gguf_mix
 from ._stream import Source, open_safetensors
 
+__all__ = ["ARCHES", "export_gguf"]
+
 ARCHES = {"bert": "BERT", "llama": "LLAMA", "mistral": "LLAMA"}  # HF model_type -> MODEL_ARCH
 # checkpoint entries llama.cpp has no tensor for: never written
 _SKIP = re.compile(r"(^|\.)position_ids$|^pooler\.|^cls\.|rotary_emb\.inv_freq$")
