@@ -137,6 +137,10 @@ def test_quantized_input_is_refused_naming_its_reader(model, tmp_path, capsys, c
         (["-o.gguf", "--tensor-type", "attn_v"], "--tensor-type 'attn_v': expected REGEX=TYPE"),
         (["-o.gguf", "--tensor-type", "(=Q8_0"], "--tensor-type '(': not a regular expression"),
         (["--exclude", "("], "--exclude '(': not a regular expression"),
+        (
+            ["-o.gguf", "--imatrix", "/nonexistent/i.gguf"],
+            "--imatrix /nonexistent/i.gguf: no such file",
+        ),
         (["--bits", "9"], "--bits: expected 2..8, got 9"),
         (["--group-size", "0"], "--group-size: expected a positive integer, got 0"),
     ],
