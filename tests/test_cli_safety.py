@@ -153,6 +153,23 @@ def test_quantize_options_that_do_not_apply_are_refused(model, capsys, options, 
     refused(["quantize", folder, "-o", out, *options], capsys, folder.parent, message)
 
 
+def test_gguf_needs_the_hyperparameters(model, capsys):
+    folder, _ = model  # its config.json has model_type only
+    refused(
+        ["quantize", folder, "-o", folder.parent / "m.gguf", "--type", "Q8_0"],
+        capsys,
+        folder.parent,
+        "needs the integer(s) max_position_embeddings, hidden_size",
+    )
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt9"}))
+    refused(
+        ["quantize", folder, "-o", folder.parent / "m.gguf"],
+        capsys,
+        folder.parent,
+        "model_type: expected one of bert, llama, mistral, got 'gpt9'",
+    )
+
+
 def test_compressed_tensors_output_folder_must_be_new_or_empty(model, capsys):
     folder, _ = model
     busy = folder.parent / "busy"

@@ -71,7 +71,21 @@ def _config(folder: Path) -> dict[str, Any]:
     arch = cfg.get("model_type")
     if arch not in ARCHES:
         raise ValueError(f"{path}: model_type: expected one of {', '.join(ARCHES)}, got {arch!r}")
+    missing = [k for k in _REQUIRED if not isinstance(cfg.get(k), int)]
+    if missing:
+        raise ValueError(f"{path}: needs the integer(s) {', '.join(missing)} for the GGUF header")
     return cfg
+
+
+# hyperparameters every supported architecture's header is built from
+_REQUIRED = (
+    "max_position_embeddings",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "vocab_size",
+)
 
 
 def _weight_files(source: Path) -> tuple[Path, list[Path]]:
