@@ -3,6 +3,7 @@ and leaves every file as it was (no output, no temporary file, input unchanged).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -280,3 +281,53 @@ def test_help_has_a_description_and_examples(command, capsys):
     assert "examples:" in text and f"slimgrad {command} " in text.split("examples:")[1]
     assert "--include" in text and "--exclude" in text
     assert len(text.split("options:")[0].splitlines()) > 5  # a description, not just usage
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("command", ["quantize", "prune", "gguf"])
+def test_a_progress_bar_runs_over_the_tensors_on_a_terminal(model, monkeypatch, command):
+    folder, tensors = model
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "bert",
+                "max_position_embeddings": 8,
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 4,
+                "vocab_size": 16,
+            }
+        )
+    )
+    (folder / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(11)])
+    )
+    err = _Terminal()
+    monkeypatch.setattr("sys.stderr", err)
+    src = folder / "model.safetensors"
+    argv = {
+        "quantize": ["quantize", src, "-o", folder.parent / "q.safetensors"],
+        "prune": ["prune", src, "-o", folder.parent / "p.safetensors", "--sparsity", "0.5"],
+        "gguf": [
+            "quantize",
+            folder,
+            "-o",
+            folder.parent / "m.gguf",
+            "--type",
+            "Q8_0",
+            "--exclude",
+            "pooler",
+        ],
+    }[command]
+    if command == "gguf":  # the tiny model's tensors llama.cpp names; the pooler is skipped
+        pytest.importorskip("gguf")
+    assert cli.main([str(a) for a in argv]) == 0
+    frames = [f for f in err.getvalue().split("\r") if f.strip()]
+    n = len(tensors)
+    assert frames and all(f"/{n} [" in f for f in frames), frames  # one step per tensor
+    assert err.getvalue().endswith("\r")  # and the bar is cleared at the end (leave=False)

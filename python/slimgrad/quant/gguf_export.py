@@ -410,7 +410,8 @@ def export_gguf(
     name : str, optional
         ``general.name`` (default: the folder's name).
     progress : callable, optional
-        Called with each tensor's Row as it is written (the CLI's progress bar).
+        Called with each input tensor's Row: first those not written, then each
+        one as it is written (the CLI's progress bar).
 
     Raises
     ------
@@ -452,6 +453,8 @@ def export_gguf(
                 f"this build lacks (available: {', '.join(gguf_mix.available())})"
             )
         rows: list[Row] = list(skipped)
+        for row in skipped if progress is not None else ():
+            progress(row)
         done: list[Row] = []
 
         def write(tmp: str) -> None:
