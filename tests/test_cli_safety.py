@@ -3,6 +3,7 @@ and leaves every file as it was (no output, no temporary file, input unchanged).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -137,6 +138,10 @@ def test_quantized_input_is_refused_naming_its_reader(model, tmp_path, capsys, c
         (["-o.gguf", "--tensor-type", "attn_v"], "--tensor-type 'attn_v': expected REGEX=TYPE"),
         (["-o.gguf", "--tensor-type", "(=Q8_0"], "--tensor-type '(': not a regular expression"),
         (["--exclude", "("], "--exclude '(': not a regular expression"),
+        (
+            ["-o.gguf", "--imatrix", "/nonexistent/i.gguf"],
+            "--imatrix /nonexistent/i.gguf: no such file",
+        ),
         (["--bits", "9"], "--bits: expected 2..8, got 9"),
         (["--group-size", "0"], "--group-size: expected a positive integer, got 0"),
     ],
@@ -147,6 +152,23 @@ def test_quantize_options_that_do_not_apply_are_refused(model, capsys, options, 
     out = folder.parent / ("out.gguf" if "-o.gguf" in options else "out")
     options = [o for o in options if o != "-o.gguf"]
     refused(["quantize", folder, "-o", out, *options], capsys, folder.parent, message)
+
+
+def test_gguf_needs_the_hyperparameters(model, capsys):
+    folder, _ = model  # its config.json has model_type only
+    refused(
+        ["quantize", folder, "-o", folder.parent / "m.gguf", "--type", "Q8_0"],
+        capsys,
+        folder.parent,
+        "needs the integer(s) max_position_embeddings, hidden_size",
+    )
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt9"}))
+    refused(
+        ["quantize", folder, "-o", folder.parent / "m.gguf"],
+        capsys,
+        folder.parent,
+        "model_type: expected one of bert, llama, mistral, got 'gpt9'",
+    )
 
 
 def test_compressed_tensors_output_folder_must_be_new_or_empty(model, capsys):
@@ -259,3 +281,53 @@ def test_help_has_a_description_and_examples(command, capsys):
     assert "examples:" in text and f"slimgrad {command} " in text.split("examples:")[1]
     assert "--include" in text and "--exclude" in text
     assert len(text.split("options:")[0].splitlines()) > 5  # a description, not just usage
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("command", ["quantize", "prune", "gguf"])
+def test_a_progress_bar_runs_over_the_tensors_on_a_terminal(model, monkeypatch, command):
+    folder, tensors = model
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "bert",
+                "max_position_embeddings": 8,
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 4,
+                "vocab_size": 16,
+            }
+        )
+    )
+    (folder / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(11)])
+    )
+    err = _Terminal()
+    monkeypatch.setattr("sys.stderr", err)
+    src = folder / "model.safetensors"
+    argv = {
+        "quantize": ["quantize", src, "-o", folder.parent / "q.safetensors"],
+        "prune": ["prune", src, "-o", folder.parent / "p.safetensors", "--sparsity", "0.5"],
+        "gguf": [
+            "quantize",
+            folder,
+            "-o",
+            folder.parent / "m.gguf",
+            "--type",
+            "Q8_0",
+            "--exclude",
+            "pooler",
+        ],
+    }[command]
+    if command == "gguf":  # the tiny model's tensors llama.cpp names; the pooler is skipped
+        pytest.importorskip("gguf")
+    assert cli.main([str(a) for a in argv]) == 0
+    frames = [f for f in err.getvalue().split("\r") if f.strip()]
+    n = len(tensors)
+    assert frames and all(f"/{n} [" in f for f in frames), frames  # one step per tensor
+    assert err.getvalue().endswith("\r")  # and the bar is cleared at the end (leave=False)

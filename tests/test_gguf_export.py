@@ -320,3 +320,38 @@ def test_legacy_blocks_are_the_gguf_package_bytes():
         np.testing.assert_array_equal(
             gguf_mix.quantize_blocks(w, t), gguf.quants.quantize(w, gguf.GGMLQuantizationType[t])
         )
+
+
+def test_imatrix_reaches_the_k_quantizers(tmp_path, capsys):
+    """`slimgrad quantize --type Q4_K_M --imatrix F`: each K tensor's blocks are
+    kquants.quantize(w, type, imatrix=its column importances)."""
+    if not {"Q4_K", "Q6_K"} <= set(gguf_mix.available()):
+        pytest.skip(K_MISSING)
+    from slimgrad import cli
+    from slimgrad.quant import kquants
+
+    w = original()
+    rng = np.random.default_rng(3)
+    imatrix = tmp_path / "imatrix.gguf"
+    writer = gguf.GGUFWriter(str(imatrix), "imatrix")
+    importance = {}
+    for i in range(6):
+        name = f"blk.{i}.ffn_down.weight"
+        importance[name] = rng.uniform(0.01, 10.0, 1536).astype(np.float32)
+        writer.add_tensor(f"{name}.in_sum2", importance[name] * 4)
+        writer.add_tensor(f"{name}.counts", np.array([4.0], np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    out = tmp_path / "m.gguf"
+    argv = ["quantize", minilm_dir(), "-o", str(out), "--type", "Q4_K_M"]
+    assert cli.main([*argv, "--imatrix", str(imatrix)]) == 0
+    capsys.readouterr()
+    tensors = {t.name: t for t in gguf.GGUFReader(str(out)).tensors}
+    for name, imp in importance.items():
+        t = tensors[name]
+        ours = kquants.quantize(w[name], t.tensor_type.name, imatrix=imp)
+        plain = kquants.quantize(w[name], t.tensor_type.name)
+        np.testing.assert_array_equal(np.asarray(t.data).reshape(ours.shape), ours)
+        assert not np.array_equal(ours, plain)  # the importances changed the blocks

@@ -93,7 +93,7 @@ def test_cli_quantize_safetensors(tmp_path, rng, capsys):
     )
     table = capsys.readouterr().out
     lines = table.splitlines()
-    assert lines[0].split()[:3] == ["tensor", "shape", "bytes"]
+    assert lines[0].split()[:4] == ["tensor", "shape", "dtype", "stored"]
     row = next(ln for ln in lines if ln.startswith("fc1.weight"))
     assert "64x96" in row and "24,576" in row and "3,840" in row  # 64*96*4 bytes -> 64*48 + 64*3*4
     assert "kept" in next(ln for ln in lines if ln.startswith("fc1.bias"))
@@ -113,19 +113,21 @@ def test_cli_quantize_gguf(tmp_path, rng, capsys):
     src = tmp_path / "in.safetensors"
     make_checkpoint(src, rng)
     out = tmp_path / "out.gguf"
-    assert cli.main(["quantize", str(src), "-o", str(out), "--bits", "8"]) == 0
+    assert cli.main(["quantize", str(src), "-o", str(out), "--type", "Q8_0"]) == 0
     table = capsys.readouterr().out
-    assert "Q8_0" in table and "F32 (row not a multiple of 32)" in table and out.exists()
+    odd = next(ln for ln in table.splitlines() if ln.startswith("odd "))
+    assert "Q8_0" in table and odd.split()[3] == "F32" and out.exists()
+    assert odd.endswith("row not a multiple of 32")
 
 
 @pytest.mark.parametrize(
     "argv,message",
     [
         (["--bits", "9"], "--bits: expected 2..8, got 9"),
-        (["--bits", "3", "--format", "gguf"], "--bits 3: GGUF export supports 8"),
+        (["--bits", "3", "--format", "gguf"], "--bits: not used by --format gguf; choose --type"),
         (
             ["--group-size", "64", "--format", "gguf"],
-            "--group-size: GGUF blocks hold 32 values, got 64",
+            "--group-size: not used by --format gguf",
         ),
         (["--group-size", "0"], "--group-size: expected a positive integer, got 0"),
     ],

@@ -13,6 +13,20 @@ from typing import TypeVar
 from ._report import Row, print_table  # noqa: F401 (re-exported for the CLIs)
 from .errors import UsageError
 
+__all__ = [
+    "NEVER_BY_DEFAULT",
+    "Row",
+    "UsageError",
+    "check_paths",
+    "compile_patterns",
+    "print_table",
+    "progress",
+    "refuse_gguf",
+    "refuse_quantized",
+    "same_file",
+    "selected",
+]
+
 T = TypeVar("T")
 
 # what llama.cpp-like tools leave alone unless asked: embeddings (token, position,

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+__all__ = ["Row", "print_table"]
+
 
 @dataclass
 class Row:

@@ -1,16 +1,19 @@
 """Integer quantization: int2..int8 codes per tensor / channel / group,
 GGUF-exact blocks (:mod:`slimgrad.quant.gguf`, K-quants in
 :mod:`slimgrad.quant.kquants`), products on quantized weights
-and safetensors / GGUF I/O. See docs/quant.md for a tour.
+safetensors / GGUF I/O, GGUF files llama.cpp runs (:func:`export_gguf`, per-tensor
+types in :mod:`slimgrad.quant.gguf_mix`) and compressed-tensors output
+(:mod:`slimgrad.quant.compressed`). See docs/quant.md for a tour.
 """
 
 from __future__ import annotations
 
-from . import gguf, kquants
+from . import compressed, gguf, gguf_mix, kquants
 from ._awq import awq_clip, awq_scales
 from ._gptq import gptq
 from ._matmul import MAX_K_INT8, matmul, matmul_int8
 from ._tensor import QuantizedTensor, dequantize, fake_quantize, quantize
+from .gguf_export import export_gguf
 from .io import load, save, save_gguf
 
 __all__ = [
@@ -18,7 +21,10 @@ __all__ = [
     "QuantizedTensor",
     "awq_clip",
     "awq_scales",
+    "compressed",
+    "export_gguf",
     "gguf",
+    "gguf_mix",
     "kquants",
     "dequantize",
     "fake_quantize",

@@ -18,6 +18,8 @@ import numpy as np
 
 from .._safetensors import DTYPES, read_header
 
+__all__ = ["Info", "Source", "open_safetensors"]
+
 _NOT_IN_SAFE_OPEN = ("BF16", "F8_E4M3", "F8_E5M2")
 
 

@@ -168,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
 def _run_gguf(args: argparse.Namespace) -> int:
     from .._cli_common import UsageError, compile_patterns, print_table
     from . import gguf_mix
-    from .gguf_export import export_gguf
+    from ._stream import open_safetensors
+    from .gguf_export import _weight_files, export_gguf
 
     ftype = args.type or "Q8_0"
     if ftype not in gguf_mix.FILE_TYPES:
@@ -199,6 +200,10 @@ def _run_gguf(args: argparse.Namespace) -> int:
         return _run_gguf_tensors_only(args, ftype)
     _refuse_quantized_folder(args.input, "quantize")
     imatrix = _imatrix(args.imatrix) if args.imatrix else None
+    total = 0
+    for f in _weight_files(Path(args.input))[1]:
+        with open_safetensors(f) as src:
+            total += len(src.tensors)
     rows = export_gguf(
         args.input,
         args.output,
@@ -207,13 +212,13 @@ def _run_gguf(args: argparse.Namespace) -> int:
         token_embedding_type=args.token_embedding_type,
         output_tensor_type=args.output_tensor_type,
         imatrix=imatrix,
-        progress=_bar(),
+        progress=_bar(total),
     )
     print_table(rows, f"GGUF {ftype}; wrote {args.output}")
     return 0
 
 
-def _bar() -> Any:
+def _bar(total: int) -> Any:
     """A tqdm bar the export advances per tensor (None without tqdm)."""
     import sys
 
@@ -221,7 +226,9 @@ def _bar() -> Any:
         from tqdm import tqdm
     except ImportError:
         return None
-    bar = tqdm(desc="quantize", unit="tensor", file=sys.stderr, disable=None, leave=False)
+    bar = tqdm(
+        total=total, desc="quantize", unit="tensor", file=sys.stderr, disable=None, leave=False
+    )
     return lambda row: bar.update(1)
 
 

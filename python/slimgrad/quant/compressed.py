@@ -28,6 +28,8 @@ import numpy as np
 
 from ._tensor import QuantizedTensor
 
+__all__ = ["FORMAT", "pack_int32", "quantization_config", "tensors"]
+
 FORMAT = "pack-quantized"
 
 

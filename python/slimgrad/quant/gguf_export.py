@@ -41,6 +41,8 @@ from .._report import Row
 from . import gguf_mix
 from ._stream import Source, open_safetensors
 
+__all__ = ["ARCHES", "export_gguf"]
+
 ARCHES = {"bert": "BERT", "llama": "LLAMA", "mistral": "LLAMA"}  # HF model_type -> MODEL_ARCH
 # checkpoint entries llama.cpp has no tensor for: never written
 _SKIP = re.compile(r"(^|\.)position_ids$|^pooler\.|^cls\.|rotary_emb\.inv_freq$")
@@ -69,7 +71,21 @@ def _config(folder: Path) -> dict[str, Any]:
     arch = cfg.get("model_type")
     if arch not in ARCHES:
         raise ValueError(f"{path}: model_type: expected one of {', '.join(ARCHES)}, got {arch!r}")
+    missing = [k for k in _REQUIRED if not isinstance(cfg.get(k), int)]
+    if missing:
+        raise ValueError(f"{path}: needs the integer(s) {', '.join(missing)} for the GGUF header")
     return cfg
+
+
+# hyperparameters every supported architecture's header is built from
+_REQUIRED = (
+    "max_position_embeddings",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "vocab_size",
+)
 
 
 def _weight_files(source: Path) -> tuple[Path, list[Path]]:
@@ -394,7 +410,8 @@ def export_gguf(
     name : str, optional
         ``general.name`` (default: the folder's name).
     progress : callable, optional
-        Called with each tensor's Row as it is written (the CLI's progress bar).
+        Called with each input tensor's Row: first those not written, then each
+        one as it is written (the CLI's progress bar).
 
     Raises
     ------
@@ -436,6 +453,8 @@ def export_gguf(
                 f"this build lacks (available: {', '.join(gguf_mix.available())})"
             )
         rows: list[Row] = list(skipped)
+        for row in skipped if progress is not None else ():
+            progress(row)
         done: list[Row] = []
 
         def write(tmp: str) -> None:

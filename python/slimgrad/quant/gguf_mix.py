@@ -35,6 +35,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+__all__ = [
+    "BLOCK",
+    "FILE_TYPES",
+    "Choice",
+    "allows_quantization",
+    "available",
+    "choose_types",
+    "dequantize_blocks",
+    "quantize_blocks",
+]
+
 # llama.cpp's LLAMA_FTYPE codes (general.file_type) and each file type's base type
 FILE_TYPES: dict[str, tuple[int, str]] = {
     "F32": (0, "F32"),
