@@ -17,10 +17,26 @@ RTOL = 1e-5
 # AVX-512 chunk), rows whose positions start mid-byte (in % 8 == 4), the row
 # chunk (32) +- 1, batch tiles (8) +- 1, the 256-value k block + a tail.
 SHAPES_24 = [
-    (0, 3, 8), (1, 1, 4), (1, 5, 12), (3, 33, 28), (7, 65, 36), (8, 31, 64),
-    (9, 32, 68), (17, 3, 516), (2, 7, 1028), (1, 64, 2052),
+    (0, 3, 8),
+    (1, 1, 4),
+    (1, 5, 12),
+    (3, 33, 28),
+    (7, 65, 36),
+    (8, 31, 64),
+    (9, 32, 68),
+    (17, 3, 516),
+    (2, 7, 1028),
+    (1, 64, 2052),
 ]
-SHAPES_CSR = [(0, 3, 5), (1, 1, 1), (1, 5, 7), (3, 33, 17), (9, 65, 33), (17, 31, 100), (2, 40, 1031)]
+SHAPES_CSR = [
+    (0, 3, 5),
+    (1, 1, 1),
+    (1, 5, 7),
+    (3, 33, 17),
+    (9, 65, 33),
+    (17, 31, 100),
+    (2, 40, 1031),
+]
 
 
 def _check(y, x, w_dense):
@@ -88,7 +104,9 @@ def test_torch_dense_oracle(rng):
     w = rng.standard_normal((48, 64)).astype(np.float32)
     c = compress_24(w)
     x = rng.standard_normal((5, 64)).astype(np.float32)
-    ref = torch.nn.functional.linear(torch.from_numpy(x).double(), torch.from_numpy(decompress_24(*c)).double())
+    ref = torch.nn.functional.linear(
+        torch.from_numpy(x).double(), torch.from_numpy(decompress_24(*c)).double()
+    )
     np.testing.assert_allclose(sparse_matmul(x, c), ref.numpy(), rtol=1e-5, atol=1e-5)
 
 
@@ -155,3 +173,37 @@ def test_prefer_sparse_rules():
     assert isinstance(prune.prefer_sparse(c, 1), bool)
     with pytest.raises(TypeError, match="weight"):
         prune.prefer_sparse(w, 1)
+
+
+@pytest.mark.parametrize("fmt", ["2:4", "csr"])
+def test_linear_with_sparse_weight(fmt, isa, rng):
+    from slimgrad import nn
+
+    layer = nn.Linear(64, 24, seed=3)
+    w = layer.weight
+    if fmt == "2:4":
+        w *= prune.nm_mask(w, 2, 4)
+    else:
+        w[rng.random(w.shape) < 0.9] = 0
+    for batch in (1, 5, 700):
+        x = rng.standard_normal((batch, 64)).astype(np.float32)
+        dense = layer.forward(x)
+        layer.set_sparse(fmt)
+        assert "sparse=" in repr(layer)
+        np.testing.assert_allclose(layer.forward(x), dense, rtol=1e-5, atol=1e-5)
+        layer.set_sparse(None)
+
+
+def test_linear_set_sparse_refuses_dense_weight():
+    from slimgrad import nn
+
+    layer = nn.Linear(16, 4)
+    before = layer.weight.copy()
+    with pytest.raises(ValueError, match="2:4"):
+        layer.set_sparse("2:4")
+    with pytest.raises(ValueError, match="fmt"):
+        layer.set_sparse("bsr")
+    assert layer._sparse is None
+    np.testing.assert_array_equal(layer.weight, before)
+    with pytest.raises(TypeError, match="float32"):
+        nn.Linear(16, 4, dtype=np.float64).set_sparse("csr")

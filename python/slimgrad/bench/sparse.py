@@ -52,12 +52,26 @@ def cases(size: int) -> Iterator[Case]:
         for batch in BATCHES:
             x = rng.standard_normal((batch, in_f), dtype=np.float32)
             shape = f"{out_f}x{in_f} b{batch}"
-            impls = {"slimgrad": lambda x=x: sparse_matmul(x, c24), **_dense_impls(x, w24, torch)}
-            yield Case(f"2:4 {shape}", impls, bytes=c24.nbytes + x.nbytes + batch * out_f * 4,
-                       note="2:4 compressed (values + 2-bit positions) vs the same masked weight dense")
-            impls = {"slimgrad": lambda x=x: sparse_matmul(x, csr), **_dense_impls(x, w90, torch)}
+            impls = {
+                "slimgrad": lambda x=x, c=c24: sparse_matmul(x, c),
+                **_dense_impls(x, w24, torch),
+            }
+            yield Case(
+                f"2:4 {shape}",
+                impls,
+                bytes=c24.nbytes + x.nbytes + batch * out_f * 4,
+                note="2:4 compressed (values + 2-bit positions) vs the same masked weight dense",
+            )
+            impls = {
+                "slimgrad": lambda x=x, c=csr: sparse_matmul(x, c),
+                **_dense_impls(x, w90, torch),
+            }
             if tcsr is not None:
                 tx = torch.from_numpy(x)
-                impls["torch.sparse csr"] = lambda tx=tx: (tcsr @ tx.T).T
-            yield Case(f"csr90 {shape}", impls, bytes=csr.nbytes + x.nbytes + batch * out_f * 4,
-                       note="CSR at 90 % sparsity (float32 data, int32 indices) vs dense")
+                impls["torch.sparse csr"] = lambda tx=tx, s=tcsr: (s @ tx.T).T
+            yield Case(
+                f"csr90 {shape}",
+                impls,
+                bytes=csr.nbytes + x.nbytes + batch * out_f * 4,
+                note="CSR at 90 % sparsity (float32 data, int32 indices) vs dense",
+            )
