@@ -98,9 +98,8 @@ void tile24(const float* x, std::size_t ldx, const float* wrow, const std::uint8
   const __m512i shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i base = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
   const __m512i three = _mm512_set1_epi32(3);
-  __m512 acc[NB];
-  for (std::size_t j = 0; j < NB; ++j) acc[j] = _mm512_setzero_ps();
-  for (std::size_t k = k0; k < k1; k += 16) {
+  // One chunk: 16 values (t of them valid) into acc.
+  auto chunk = [&](std::size_t k, __m512* acc) {
     const std::size_t t = std::min<std::size_t>(16, k1 - k);
     const auto bits = static_cast<int>(positions_bits(positions, nbytes, vrow + k, t));
     const __m512i idx =
@@ -120,7 +119,18 @@ void tile24(const float* x, std::size_t ldx, const float* wrow, const std::uint8
         acc[j] = _mm512_fmadd_ps(w, _mm512_permutex2var_ps(lo, idx, hi), acc[j]);
       }
     }
+  };
+  // Two accumulator sets, even and odd chunks: with few batch rows one FMA
+  // chain per row would wait on the FMA latency (4 cycles) every chunk.
+  __m512 acc[NB], odd[NB];
+  for (std::size_t j = 0; j < NB; ++j) acc[j] = odd[j] = _mm512_setzero_ps();
+  std::size_t k = k0;
+  for (; k + 32 <= k1; k += 32) {
+    chunk(k, acc);
+    chunk(k + 16, odd);
   }
+  for (; k < k1; k += 16) chunk(k, acc);
+  for (std::size_t j = 0; j < NB; ++j) acc[j] = _mm512_add_ps(acc[j], odd[j]);
   for (std::size_t j = 0; j < NB; ++j) {
     const float s = _mm512_reduce_add_ps(acc[j]);
     y[j * out] = first ? s : y[j * out] + s;
