@@ -207,3 +207,18 @@ def test_linear_set_sparse_refuses_dense_weight():
     np.testing.assert_array_equal(layer.weight, before)
     with pytest.raises(TypeError, match="float32"):
         nn.Linear(16, 4, dtype=np.float64).set_sparse("csr")
+
+
+@pytest.mark.parametrize("byte", [0, 5, 9, 11])  # in the 8-byte words and in the tail
+@pytest.mark.parametrize("nibble", range(16))
+def test_every_position_pair_checked(byte, nibble, rng):
+    w = rng.standard_normal((6, 16)).astype(np.float32)
+    values, positions = compress_24(w)
+    positions = positions.copy()
+    positions[byte] = (positions[byte] & 0xF0) | nibble
+    x = rng.standard_normal((2, 16)).astype(np.float32)
+    if (nibble & 3) < (nibble >> 2):
+        _check(sparse_matmul(x, Compressed24(values, positions)), x, decompress_24(values, positions))
+    else:
+        with pytest.raises(ValueError, match="positions"):
+            sparse_matmul(x, Compressed24(values, positions))
