@@ -166,11 +166,18 @@ def test_bad_input_raises_and_changes_nothing(cases, isa, rng):
             np.testing.assert_array_equal(a, b)
 
 
-def test_prefer_sparse_rules():
+def test_prefer_sparse_rules(isa):
     w = np.zeros((64, 64), np.float32)
     w[:, ::16] = 1
-    c = to_csr(w)  # density 1/16
-    assert isinstance(prune.prefer_sparse(c, 1), bool)
+    small = to_csr(w)  # density 1/16
+    big = CSR(*to_csr(np.eye(4096, dtype=np.float32)), (4096, 4096))
+    avx512 = isa == "avx512"
+    assert prune.prefer_sparse(small, 8) is avx512
+    assert prune.prefer_sparse(small, 1) is False  # too small to amortize a call
+    assert prune.prefer_sparse(big, 1) is avx512
+    assert prune.prefer_sparse(small, 64) is False
+    assert prune.prefer_sparse(to_csr(np.ones((8, 8), np.float32)), 8) is False  # dense CSR
+    assert prune.prefer_sparse(compress_24(np.ones((8, 8), np.float32)), 4) is avx512
     with pytest.raises(TypeError, match="weight"):
         prune.prefer_sparse(w, 1)
 
@@ -218,7 +225,9 @@ def test_every_position_pair_checked(byte, nibble, rng):
     positions[byte] = (positions[byte] & 0xF0) | nibble
     x = rng.standard_normal((2, 16)).astype(np.float32)
     if (nibble & 3) < (nibble >> 2):
-        _check(sparse_matmul(x, Compressed24(values, positions)), x, decompress_24(values, positions))
+        _check(
+            sparse_matmul(x, Compressed24(values, positions)), x, decompress_24(values, positions)
+        )
     else:
         with pytest.raises(ValueError, match="positions"):
             sparse_matmul(x, Compressed24(values, positions))

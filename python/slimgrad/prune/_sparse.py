@@ -69,39 +69,44 @@ def sparse_matmul(x: np.ndarray, weight: Compressed24 | CSR) -> np.ndarray:
     return y.reshape(*np.shape(x)[:-1], y.shape[1])
 
 
-# Cost model: sparse time / dense time ~ (a + b * batch) * density_factor,
-# fitted per format from `slimgrad bench --suite sparse` (docs/sparse.md).
-# A sparse kernel runs when it measured faster than NumPy float32 for that
-# format up to this batch size, at the stated density.
-_MAX_BATCH_24 = 64
-_CSR_BREAK_EVEN_DENSITY = {1: 0.45, 8: 0.2, 64: 0.1, 512: 0.05}
+# Cost model, from `slimgrad bench --suite sparse` at 1 thread on AMD EPYC
+# (Zen 4, AVX-512), docs/sparse.md. Both formats beat NumPy float32 at batch
+# 8 on every measured shape (1.6-2.4x); at batch 64 and 512 they lose (BLAS
+# packs x and runs at FMA peak; the 2:4 kernel pays a permute and two loads
+# per 16 products, CSR a gather). At batch 1 the product is a stream over W:
+# sparse wins only when W is large enough for the bytes saved to outweigh
+# the fixed cost of a call (checks, dispatch): measured on 4096 x 4096, not
+# on the 384-wide MiniLM shapes (about 0.5-0.9x there).
+_MAX_BATCH = 16
+_MIN_WEIGHTS_BATCH1 = 4_000_000
+# CSR was measured at 90 % sparsity; denser weights go dense (not measured).
+_CSR_MAX_DENSITY = 0.1
 
 
 def prefer_sparse(weight: Compressed24 | CSR, batch: int) -> bool:
     """Whether :func:`sparse_matmul` is expected to beat a dense float32 product.
 
-    A measured rule, not a guarantee (see ``docs/sparse.md`` for the figures
-    it comes from, on AMD Zen 4 with AVX-512): 2:4 wins up to batch
-    ``_MAX_BATCH_24``; CSR wins below a density that shrinks as the batch
-    grows (its gathers cost more per product than BLAS's packed FMAs). Needs
-    the AVX-512 kernels: on lower ISAs the portable kernels are used and
-    dense is preferred.
+    A rule read off measurements (``docs/sparse.md``, AMD Zen 4, AVX-512, one
+    thread), not a guarantee: sparse for ``2 <= batch <= 16``, and at batch 1
+    for weights of at least 4M entries; CSR only at density <= 10 %. On an
+    ISA below AVX-512 the portable kernels run and dense is always preferred.
 
     Parameters
     ----------
     weight : Compressed24 or CSR
     batch : int
         Rows of ``x`` (the product of its leading dimensions).
+
+    Raises
+    ------
+    TypeError
+        ``weight`` is neither a Compressed24 nor a CSR.
     """
-    if _core.active_isa() != "avx512":
+    if not isinstance(weight, Compressed24 | CSR):
+        raise TypeError(f"weight: expected a Compressed24 or CSR, got {_describe(weight)}")
+    rows, cols = weight.shape[0], weight.shape[-1]
+    if isinstance(weight, CSR) and weight.data.size > _CSR_MAX_DENSITY * rows * cols:
         return False
-    if isinstance(weight, Compressed24):
-        return batch <= _MAX_BATCH_24
-    if isinstance(weight, CSR):
-        rows, cols = weight.shape
-        density = weight.data.size / max(1, rows * cols)
-        for limit, max_density in sorted(_CSR_BREAK_EVEN_DENSITY.items()):
-            if batch <= limit:
-                return density <= max_density
-        return density <= min(_CSR_BREAK_EVEN_DENSITY.values())
-    raise TypeError(f"weight: expected a Compressed24 or CSR, got {_describe(weight)}")
+    if _core.active_isa() != "avx512" or batch < 1 or batch > _MAX_BATCH:
+        return False
+    return batch > 1 or rows * cols >= _MIN_WEIGHTS_BATCH1
