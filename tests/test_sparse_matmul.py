@@ -191,29 +191,39 @@ def test_linear_with_sparse_weight(fmt, isa, rng):
     if fmt == "2:4":
         w *= prune.nm_mask(w, 2, 4)
     else:
-        w[rng.random(w.shape) < 0.9] = 0
+        w[rng.random(w.shape) < 0.95] = 0
     for batch in (1, 5, 700):
         x = rng.standard_normal((batch, 64)).astype(np.float32)
         dense = layer.forward(x)
-        layer.set_sparse(fmt)
-        assert "sparse=" in repr(layer)
+        prune.sparse_linear(layer, fmt)
+        assert f"product={fmt}" in repr(layer)
         np.testing.assert_allclose(layer.forward(x), dense, rtol=1e-5, atol=1e-5)
-        layer.set_sparse(None)
+        prune.sparse_linear(layer, None)
+    # the product really is used where prefer_sparse says so
+    calls = []
+    layer.set_product(lambda x: calls.append(x.shape) or np.zeros((*x.shape[:-1], 24), np.float32))
+    y = layer.forward(np.ones((2, 64), np.float32))
+    np.testing.assert_array_equal(y, np.broadcast_to(layer.bias, (2, 24)))
+    assert calls == [(2, 64)]
 
 
-def test_linear_set_sparse_refuses_dense_weight():
+def test_sparse_linear_refuses_and_changes_nothing():
     from slimgrad import nn
 
     layer = nn.Linear(16, 4)
     before = layer.weight.copy()
     with pytest.raises(ValueError, match="2:4"):
-        layer.set_sparse("2:4")
+        prune.sparse_linear(layer, "2:4")
     with pytest.raises(ValueError, match="fmt"):
-        layer.set_sparse("bsr")
-    assert layer._sparse is None
+        prune.sparse_linear(layer, "bsr")
+    assert layer._product is None
     np.testing.assert_array_equal(layer.weight, before)
     with pytest.raises(TypeError, match="float32"):
-        nn.Linear(16, 4, dtype=np.float64).set_sparse("csr")
+        prune.sparse_linear(nn.Linear(16, 4, dtype=np.float64), "csr")
+    with pytest.raises(TypeError, match="layer"):
+        prune.sparse_linear(object(), "csr")
+    with pytest.raises(TypeError, match="product"):
+        layer.set_product(3)
 
 
 @pytest.mark.parametrize("byte", [0, 5, 9, 11])  # in the 8-byte words and in the tail

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -31,8 +32,8 @@ class Linear(Module):
     ``ValueError`` for a wrong last dimension), any layout or byte order (a
     strided or byte-swapped ``x`` is copied once to C order). The matrix products run in
     NumPy (BLAS). ``backward`` overwrites ``gradients()["weight"]`` and
-    ``["bias"]``. ``set_sparse("2:4" | "csr")`` runs ``forward`` on a
-    compressed copy of a pruned weight (inference).
+    ``["bias"]``. ``set_product`` lets ``forward`` use another product
+    (``prune.sparse_linear``: a compressed copy of a pruned weight).
     """
 
     def __init__(
@@ -62,66 +63,26 @@ class Linear(Module):
         )
         self._x: np.ndarray | None = None
         self._y_shape: tuple[int, ...] | None = None
-        self._sparse: tuple | None = None
+        self._product: Callable[[np.ndarray], np.ndarray | None] | None = None
 
-    def set_sparse(self, fmt: str | None = "2:4") -> None:
-        """Run ``forward`` on a compressed copy of the (already pruned) weight.
+    def set_product(self, product: Callable[[np.ndarray], np.ndarray | None] | None) -> None:
+        """Let ``product(x)`` compute ``x @ weight.T`` in ``forward`` (inference).
 
-        Parameters
-        ----------
-        fmt : {"2:4", "csr"} or None
-            ``"2:4"``: ``prune.compress_24`` of the weight, which must already
-            be 2:4 sparse (e.g. pruned with ``nm_mask(w, 2, 4)``);
-            ``"csr"``: ``prune.to_csr`` of its nonzeros. ``None`` drops the copy.
-
-        The copy is a snapshot: call again after changing the weight (an
-        optimizer step, loading a state dict). ``forward`` then uses
-        ``prune.sparse_matmul`` where ``prune.prefer_sparse`` (a measured cost
-        model) expects it to beat the dense product, and the dense weight
-        otherwise; both give the same values up to float32 rounding.
-        ``backward`` is unchanged (dense).
-
-        Raises
-        ------
-        TypeError
-            The layer is not float32.
-        ValueError
-            An unknown ``fmt``, or ``"2:4"`` for a weight that is not 2:4 sparse.
+        ``product`` gets the checked ``x`` and returns the product (without
+        bias), or ``None`` to use the dense weight for that call; ``None``
+        removes it. ``prune.sparse_linear`` installs one that runs on a
+        compressed 2:4 or CSR copy of the weight. ``backward`` stays dense.
         """
-        from ..prune import compress_24, decompress_24, to_csr
-
-        if fmt is None:
-            self._sparse = None
-            return
-        if self.dtype != np.float32:
-            raise TypeError(
-                f"set_sparse: the sparse kernels are float32, the layer is {self.dtype}"
-            )
-        if fmt == "2:4":
-            if self.in_features % 4:
-                raise ValueError(
-                    f"fmt: 2:4 needs in_features divisible by 4, got {self.in_features}"
-                )
-            sparse = compress_24(self.weight)
-            if not np.array_equal(decompress_24(*sparse), self.weight):
-                raise ValueError(
-                    "weight: not 2:4 sparse (prune it with prune.nm_mask(w, 2, 4) first)"
-                )
-        elif fmt == "csr":
-            sparse = to_csr(self.weight)
-        else:
-            raise ValueError(f"fmt: expected '2:4', 'csr' or None, got {fmt!r}")
-        self._sparse = sparse
+        if product is not None and not callable(product):
+            raise TypeError(f"product: expected a callable or None, got {type(product).__name__}")
+        self._product = product
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = check_input(x, "x", self.dtype)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape (..., {self.in_features}), got {x.shape}")
-        if self._sparse is not None and self._sparse_wins(x):
-            from ..prune import sparse_matmul
-
-            y = sparse_matmul(x, self._sparse)
-        else:
+        y = self._product(x) if self._product is not None else None
+        if y is None:
             y = x @ self.weight.T
         if self.bias is not None:
             y += self.bias
@@ -140,19 +101,11 @@ class Linear(Module):
             np.sum(g2, axis=0, out=self._gradients["bias"])
         return g @ self.weight
 
-    def _sparse_wins(self, x: np.ndarray) -> bool:
-        from ..prune import prefer_sparse
-
-        assert self._sparse is not None
-        return prefer_sparse(self._sparse, x.size // max(1, self.in_features))
-
     def extra_repr(self) -> str:
         bias = self.bias is not None
         text = f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}"
-        if self._sparse is not None:
-            text += ", sparse=" + (
-                "2:4" if type(self._sparse).__name__ == "Compressed24" else "csr"
-            )
+        if self._product is not None:
+            text += f", product={getattr(self._product, '__name__', 'custom')}"
         return text
 
 

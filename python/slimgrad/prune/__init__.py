@@ -17,7 +17,7 @@ from ._masks import (
     structured_mask,
 )
 from ._pruner import PolynomialSchedule, Pruner, SparsityReport, sensitivity
-from ._sparse import prefer_sparse, sparse_matmul
+from ._sparse import prefer_sparse, sparse_linear, sparse_matmul
 from ._storage import (
     CSR,
     Compressed24,
@@ -47,6 +47,7 @@ __all__ = [
     "random_mask",
     "sensitivity",
     "slice_norms",
+    "sparse_linear",
     "sparse_matmul",
     "sparsegpt",
     "storage_report",

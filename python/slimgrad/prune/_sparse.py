@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from ._storage import CSR, Compressed24, _describe
+from ._storage import CSR, Compressed24, _describe, compress_24, decompress_24, to_csr
 
-__all__ = ["prefer_sparse", "sparse_matmul"]
+__all__ = ["prefer_sparse", "sparse_linear", "sparse_matmul"]
 
 _core_sparse = _core.sparse
 
@@ -110,3 +110,68 @@ def prefer_sparse(weight: Compressed24 | CSR, batch: int) -> bool:
     if _core.active_isa() != "avx512" or batch < 1 or batch > _MAX_BATCH:
         return False
     return batch > 1 or rows * cols >= _MIN_WEIGHTS_BATCH1
+
+
+def sparse_linear(layer, fmt: str | None = "2:4"):
+    """Run ``layer.forward`` (an ``nn.Linear``) on a compressed copy of its pruned weight.
+
+    Parameters
+    ----------
+    layer : nn.Linear
+        float32; its weight already pruned (2:4 for ``"2:4"``).
+    fmt : {"2:4", "csr"} or None
+        ``"2:4"``: :func:`compress_24` of the weight, which must already be
+        2:4 sparse (e.g. ``w *= nm_mask(w, 2, 4)``); ``"csr"``: :func:`to_csr`
+        of its nonzeros; ``None``: back to the dense product.
+
+    Returns
+    -------
+    Compressed24, CSR or None
+        The compressed copy the layer now uses.
+
+    The copy is a snapshot: call again after changing the weight. Each
+    ``forward`` uses :func:`sparse_matmul` where :func:`prefer_sparse`
+    expects it to win and the dense weight otherwise (same values up to
+    float32 rounding); ``backward`` is dense.
+
+    Raises
+    ------
+    TypeError
+        ``layer`` has no float32 2-D ``weight`` / ``set_product``.
+    ValueError
+        An unknown ``fmt``, or ``"2:4"`` for a weight that is not 2:4 sparse.
+        The layer is unchanged.
+    """
+    weight = getattr(layer, "weight", None)
+    if not hasattr(layer, "set_product") or not isinstance(weight, np.ndarray):
+        raise TypeError(f"layer: expected an nn.Linear, got {type(layer).__name__}")
+    if fmt is None:
+        layer.set_product(None)
+        return None
+    if weight.dtype != np.float32 or weight.ndim != 2:
+        raise TypeError(
+            f"layer: the sparse kernels need a float32 2-D weight, got {_describe(weight)}"
+        )
+    sparse: Compressed24 | CSR
+    if fmt == "2:4":
+        if weight.shape[1] % 4:
+            raise ValueError(f"fmt: 2:4 needs in_features divisible by 4, got {weight.shape[1]}")
+        sparse = compress_24(weight)
+        if not np.array_equal(decompress_24(*sparse), weight):
+            raise ValueError(
+                "layer: weight is not 2:4 sparse (prune it with nm_mask(w, 2, 4) first)"
+            )
+    elif fmt == "csr":
+        sparse = to_csr(weight)
+    else:
+        raise ValueError(f"fmt: expected '2:4', 'csr' or None, got {fmt!r}")
+    in_features = weight.shape[1]
+
+    def product(x: np.ndarray) -> np.ndarray | None:
+        if not prefer_sparse(sparse, x.size // max(1, in_features)):
+            return None
+        return sparse_matmul(x, sparse)
+
+    product.__name__ = "2:4" if fmt == "2:4" else "csr"
+    layer.set_product(product)
+    return sparse
