@@ -14,6 +14,7 @@ void register_kquant(py::module_& m);
 void register_distill(py::module_& m);
 void register_gptq(py::module_& m);
 void register_transformer(py::module_& m);  // into nn
+void register_sparse(py::module_& m);
 }  // namespace slimgrad::bind
 
 PYBIND11_MODULE(_core, m) {
@@ -35,4 +36,6 @@ PYBIND11_MODULE(_core, m) {
   register_distill(distill);
   auto gptq = m.def_submodule("gptq");
   register_gptq(gptq);
+  auto sparse = m.def_submodule("sparse");
+  register_sparse(sparse);
 }

@@ -38,6 +38,7 @@ SUITES = {
     "optim": ("optim", "optim_extra", "torch_optim"),
     "quant": ("quant", "kquant"),
     "prune": ("prune",),
+    "sparse": ("sparse",),
     "distill": ("distill",),
     "nn": ("nn",),
     "distributed": ("distributed",),  # launches mpiexec -n 2 itself

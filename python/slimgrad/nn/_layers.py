@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -31,7 +32,8 @@ class Linear(Module):
     ``ValueError`` for a wrong last dimension), any layout or byte order (a
     strided or byte-swapped ``x`` is copied once to C order). The matrix products run in
     NumPy (BLAS). ``backward`` overwrites ``gradients()["weight"]`` and
-    ``["bias"]``.
+    ``["bias"]``. ``set_product`` lets ``forward`` use another product
+    (``prune.sparse_linear``: a compressed copy of a pruned weight).
     """
 
     def __init__(
@@ -61,12 +63,27 @@ class Linear(Module):
         )
         self._x: np.ndarray | None = None
         self._y_shape: tuple[int, ...] | None = None
+        self._product: Callable[[np.ndarray], np.ndarray | None] | None = None
+
+    def set_product(self, product: Callable[[np.ndarray], np.ndarray | None] | None) -> None:
+        """Let ``product(x)`` compute ``x @ weight.T`` in ``forward`` (inference).
+
+        ``product`` gets the checked ``x`` and returns the product (without
+        bias), or ``None`` to use the dense weight for that call; ``None``
+        removes it. ``prune.sparse_linear`` installs one that runs on a
+        compressed 2:4 or CSR copy of the weight. ``backward`` stays dense.
+        """
+        if product is not None and not callable(product):
+            raise TypeError(f"product: expected a callable or None, got {type(product).__name__}")
+        self._product = product
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = check_input(x, "x", self.dtype)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape (..., {self.in_features}), got {x.shape}")
-        y = x @ self.weight.T
+        y = self._product(x) if self._product is not None else None
+        if y is None:
+            y = x @ self.weight.T
         if self.bias is not None:
             y += self.bias
         self._x = x
@@ -86,7 +103,10 @@ class Linear(Module):
 
     def extra_repr(self) -> str:
         bias = self.bias is not None
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}"
+        text = f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}"
+        if self._product is not None:
+            text += f", product={getattr(self._product, '__name__', 'custom')}"
+        return text
 
 
 class ReLU(Module):

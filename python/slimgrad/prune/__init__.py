@@ -17,6 +17,7 @@ from ._masks import (
     structured_mask,
 )
 from ._pruner import PolynomialSchedule, Pruner, SparsityReport, sensitivity
+from ._sparse import prefer_sparse, sparse_linear, sparse_matmul
 from ._storage import (
     CSR,
     Compressed24,
@@ -42,9 +43,12 @@ __all__ = [
     "magnitude_mask",
     "nm_mask",
     "pack_mask",
+    "prefer_sparse",
     "random_mask",
     "sensitivity",
     "slice_norms",
+    "sparse_linear",
+    "sparse_matmul",
     "sparsegpt",
     "storage_report",
     "structured_mask",

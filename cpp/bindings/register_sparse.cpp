@@ -1,0 +1,119 @@
+// Bindings of the sparse products (slimgrad._core.sparse).
+//
+// Inputs are only read; y is a new float32 array allocated here with the GIL
+// held. Every argument (dtypes, shapes, the 2:4 packing, the CSR structure)
+// is checked before any work: the kernels trust indices, so a bad one would
+// read out of bounds, and an error must change nothing.
+#include <algorithm>
+#include <string>
+
+#include "buffers.hpp"
+#include "slimgrad/sparse.hpp"
+
+namespace slimgrad::bind {
+namespace {
+
+std::string dims(const Array& a) { return shape_str(a.shape()); }
+
+Array check_x(py::handle x) {
+  Array xa = check_array(x, "x", {DType::f32}, Access::read);
+  if (xa.ndim() != 2) throw py::value_error("x: expected a 2-D (batch, in) float32 array, got shape " + dims(xa));
+  return xa;
+}
+
+py::array new_y(std::size_t batch, std::size_t out) {
+  return py::array(py::dtype("float32"),
+                   std::vector<py::ssize_t>{static_cast<py::ssize_t>(batch), static_cast<py::ssize_t>(out)});
+}
+
+// gemm24(x, values, positions) -> y = x @ W^T, W 2:4-compressed (out, in).
+py::array gemm24_py(py::handle x, py::handle values, py::handle positions) {
+  const Array xa = check_x(x);
+  const Array va = check_array(values, "values", {DType::f32}, Access::read);
+  if (va.ndim() != 2)
+    throw py::value_error("values: expected a 2-D (out, in / 2) float32 array, got shape " + dims(va));
+  const auto batch = static_cast<std::size_t>(xa.dim(0)), in = static_cast<std::size_t>(xa.dim(1));
+  const auto out = static_cast<std::size_t>(va.dim(0)), half = static_cast<std::size_t>(va.dim(1));
+  if (in % 4 != 0 || half * 2 != in)
+    throw py::value_error("values: expected shape (out, " + std::to_string(in / 2) + ") for x of shape " + dims(xa) +
+                          " (in divisible by 4), got " + dims(va));
+  const Array pa = check_array(positions, "positions", {DType::u8}, Access::read);
+  const std::size_t kept = va.size(), nbytes = (kept + 3) / 4;
+  if (pa.ndim() != 1 || pa.size() != nbytes)
+    throw py::value_error("positions: expected a 1-D uint8 array of " + std::to_string(nbytes) + " bytes for " +
+                          std::to_string(kept) + " values, got shape " + dims(pa));
+  if (!positions24_valid(pa.ptr<std::uint8_t>(), kept))
+    throw py::value_error("positions: each group's two positions must be distinct and increasing (as compress_24 "
+                          "writes them)");
+  py::array y = new_y(batch, out);
+  auto* yp = static_cast<float*>(y.mutable_data());
+  {
+    py::gil_scoped_release release;
+    gemm24(xa.ptr<float>(), batch, in, va.ptr<float>(), pa.ptr<std::uint8_t>(), out, yp);
+  }
+  return y;
+}
+
+template <class P>
+void check_indptr(const Array& pa, std::size_t out, std::size_t nnz) {
+  const P* p = pa.ptr<P>();
+  if (p[0] != 0 || static_cast<std::size_t>(p[out]) != nnz)
+    throw py::value_error("indptr: expected indptr[0] == 0 and indptr[-1] == " + std::to_string(nnz) +
+                          " (the number of stored values), got " + std::to_string(p[0]) + " and " +
+                          std::to_string(p[out]));
+  bool decreasing = false;  // branch-free first pass (vectorizes), then find where
+  for (std::size_t r = 0; r < out; ++r) decreasing |= p[r + 1] < p[r];
+  for (std::size_t r = 0; decreasing && r < out; ++r)
+    if (p[r + 1] < p[r])
+      throw py::value_error("indptr: expected non-decreasing values, got indptr[" + std::to_string(r + 1) +
+                            "] = " + std::to_string(p[r + 1]) + " < " + std::to_string(p[r]));
+}
+
+// spmm_csr(x, data, indices, indptr, out) -> y = x @ W^T, W in CSR (out, in).
+py::array spmm_csr_py(py::handle x, py::handle data, py::handle indices, py::handle indptr, std::size_t out) {
+  const Array xa = check_x(x);
+  const auto batch = static_cast<std::size_t>(xa.dim(0)), in = static_cast<std::size_t>(xa.dim(1));
+  const Array da = check_array(data, "data", {DType::f32}, Access::read);
+  if (da.ndim() != 1) throw py::value_error("data: expected a 1-D float32 array, got shape " + dims(da));
+  const std::vector<py::ssize_t> nnz_shape{static_cast<py::ssize_t>(da.size())};
+  const Array ia = check_array(indices, "indices", {DType::i32}, Access::read, &nnz_shape);
+  const std::vector<py::ssize_t> ptr_shape{static_cast<py::ssize_t>(out + 1)};
+  const Array pa = check_array(indptr, "indptr", {DType::i32, DType::i64}, Access::read, &ptr_shape);
+  const std::size_t nnz = da.size();
+  if (pa.dtype == DType::i32)
+    check_indptr<std::int32_t>(pa, out, nnz);
+  else
+    check_indptr<std::int64_t>(pa, out, nnz);
+  const std::int32_t* cols = ia.ptr<std::int32_t>();
+  std::int32_t lo = 0, hi = 0;  // min / max first: a loop the compiler vectorizes
+  for (std::size_t p = 0; p < nnz; ++p) {
+    lo = std::min(lo, cols[p]);
+    hi = std::max(hi, cols[p]);
+  }
+  for (std::size_t p = 0; (lo < 0 || static_cast<std::size_t>(hi) >= in) && p < nnz; ++p)
+    if (cols[p] < 0 || static_cast<std::size_t>(cols[p]) >= in)
+      throw py::value_error("indices: expected columns in [0, " + std::to_string(in) + ") (x has shape " + dims(xa) +
+                            "), got " + std::to_string(cols[p]) + " at " + std::to_string(p));
+  py::array y = new_y(batch, out);
+  auto* yp = static_cast<float*>(y.mutable_data());
+  {
+    py::gil_scoped_release release;
+    if (pa.dtype == DType::i32)
+      spmm_csr(xa.ptr<float>(), batch, in, da.ptr<float>(), cols, pa.ptr<std::int32_t>(), out, yp);
+    else
+      spmm_csr(xa.ptr<float>(), batch, in, da.ptr<float>(), cols, pa.ptr<std::int64_t>(), out, yp);
+  }
+  return y;
+}
+
+}  // namespace
+
+void register_sparse(py::module_& m) {
+  m.def("gemm24", &gemm24_py, py::arg("x"), py::arg("values"), py::arg("positions"),
+        "y = x @ W^T for W (out, in) 2:4-compressed as (values, positions); float32, new y (batch, out).");
+  m.def("spmm_csr", &spmm_csr_py, py::arg("x"), py::arg("data"), py::arg("indices"), py::arg("indptr"),
+        py::arg("out_features"),
+        "y = x @ W^T for W (out, in) in CSR (float32 data, int32 indices, int32/int64 indptr); new y.");
+}
+
+}  // namespace slimgrad::bind

@@ -1,0 +1,47 @@
+// Sparse weight products y = x @ W^T with W stored compressed:
+//  - 2:4 (slimgrad.prune.compress_24): per row of W (out, in), in / 2 kept
+//    values, and each value's position in its group of 4 as 2 bits, four
+//    per byte, the first in the low bits, over the flat value index
+//    (v = row * in / 2 + k, byte v / 4, bits 2 * (v % 4)). Value k of a row
+//    multiplies x column 4 * (k / 2) + position.
+//  - CSR (slimgrad.prune.to_csr): data / int32 column indices / indptr.
+// x is float32 (batch, in), C order; y float32 (batch, out), C order, fully
+// written. Rows of W are independent: the threaded entry points split them
+// into fixed chunks, and each y entry is summed in an order that depends
+// only on the shapes, so any thread count gives identical bits.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "slimgrad/isa.hpp"
+
+namespace slimgrad {
+
+namespace kernels {
+// y[b, r] for r in [r0, r1) and every b: one thread's share.
+template <Isa I>
+void gemm24_rows(const float* x, std::size_t batch, std::size_t in, const float* values,
+                 const std::uint8_t* positions, std::size_t out, std::size_t r0, std::size_t r1, float* y);
+template <Isa I, class P>
+void spmm_csr_rows(const float* x, std::size_t batch, std::size_t in, const float* data,
+                   const std::int32_t* cols, const P* indptr, std::size_t out, std::size_t r0, std::size_t r1,
+                   float* y);
+}  // namespace kernels
+
+// Rows of W per parallel chunk (fixed: the split never depends on threads).
+inline constexpr std::size_t kSparseRowGrain = 32;
+
+// True when every group's two positions are distinct and increasing (the
+// only packing compress_24 produces); `kept` values, (kept + 3) / 4 bytes.
+bool positions24_valid(const std::uint8_t* positions, std::size_t kept);
+
+void gemm24(const float* x, std::size_t batch, std::size_t in, const float* values, const std::uint8_t* positions,
+            std::size_t out, float* y);
+// P = int32_t or int64_t. The caller has checked indptr (0, non-decreasing,
+// last = nnz) and every column (0 <= c < in): the kernels trust them.
+template <class P>
+void spmm_csr(const float* x, std::size_t batch, std::size_t in, const float* data, const std::int32_t* cols,
+              const P* indptr, std::size_t out, float* y);
+
+}  // namespace slimgrad

@@ -1,0 +1,177 @@
+"""Products with pruned weights kept compressed: ``y = x @ W.T`` from 2:4 or CSR.
+
+The kernels (C++, every ISA, threaded over output rows in fixed chunks so the
+thread count never changes a bit) read the compressed arrays directly:
+:class:`Compressed24` (``compress_24``) and :class:`CSR` (``to_csr``). They
+are not always faster than a dense BLAS product: :func:`prefer_sparse` is
+the measured cost model that says which to use for a shape (see
+``docs/sparse.md`` for the measurements behind it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _core
+from ._storage import CSR, Compressed24, _describe, compress_24, decompress_24, to_csr
+
+__all__ = ["prefer_sparse", "sparse_linear", "sparse_matmul"]
+
+_core_sparse = _core.sparse
+
+
+def _as_x(x: object, in_features: int) -> np.ndarray:
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+        raise TypeError(f"x: expected a float32 ndarray, got {_describe(x)}")
+    if x.ndim < 1 or x.shape[-1] != in_features:
+        raise ValueError(f"x: expected shape (..., {in_features}), got {x.shape}")
+    return np.ascontiguousarray(x.reshape(-1, in_features))
+
+
+def sparse_matmul(x: np.ndarray, weight: Compressed24 | CSR) -> np.ndarray:
+    """``x @ W.T`` for a weight ``W`` (out, in) stored compressed, without densifying it.
+
+    Parameters
+    ----------
+    x : ndarray, float32, shape (..., in)
+        Any layout (a strided ``x`` is copied once to C order). Only read.
+    weight : Compressed24 or CSR
+        ``compress_24(W)`` (float32 values, ``in`` divisible by 4) or
+        ``to_csr(W)`` (float32 data, int32 indices, int32/int64 indptr).
+
+    Returns
+    -------
+    ndarray, float32, shape (..., out)
+        A new array. Float32 accumulation: equal to ``x @ W_masked.T`` up to
+        float32 rounding of the sum (the order differs between ISAs, never
+        between thread counts).
+
+    Raises
+    ------
+    TypeError
+        ``weight`` of another type, or arrays of the wrong dtype.
+    ValueError
+        Mismatched shapes, a 2:4 packing that ``compress_24`` cannot have
+        written, or an inconsistent CSR structure. Nothing is modified.
+    """
+    if isinstance(weight, Compressed24):
+        values, positions = weight
+        if not isinstance(values, np.ndarray) or values.ndim != 2:
+            raise ValueError(f"weight: expected a 2-D 2:4 weight, got values {_describe(values)}")
+        x2 = _as_x(x, weight.shape[1])
+        y = _core_sparse.gemm24(x2, values, positions)
+    elif isinstance(weight, CSR):
+        data, indices, indptr = weight
+        x2 = _as_x(x, weight.shape[1])
+        y = _core_sparse.spmm_csr(x2, data, indices, indptr, weight.shape[0])
+    else:
+        raise TypeError(f"weight: expected a Compressed24 or CSR, got {_describe(weight)}")
+    return y.reshape(*np.shape(x)[:-1], y.shape[1])
+
+
+# Cost model, from `slimgrad bench --suite sparse` at 1 thread on AMD EPYC
+# (Zen 4, AVX-512), docs/sparse.md. Both formats beat NumPy float32 at batch
+# 8 on every measured shape (1.6-2.4x); at batch 64 and 512 they lose (BLAS
+# packs x and runs at FMA peak; the 2:4 kernel pays a permute and two loads
+# per 16 products, CSR a gather). At batch 1 the product is a stream over W:
+# sparse wins only when W is large enough for the bytes saved to outweigh
+# the fixed cost of a call (checks, dispatch): measured on 4096 x 4096, not
+# on the 384-wide MiniLM shapes (about 0.5-0.9x there).
+_MAX_BATCH = 16
+_MIN_WEIGHTS_BATCH1 = 4_000_000
+# CSR was measured at 90 % sparsity; denser weights go dense (not measured).
+_CSR_MAX_DENSITY = 0.1
+
+
+def prefer_sparse(weight: Compressed24 | CSR, batch: int) -> bool:
+    """Whether :func:`sparse_matmul` is expected to beat a dense float32 product.
+
+    A rule read off measurements (``docs/sparse.md``, AMD Zen 4, AVX-512, one
+    thread), not a guarantee: sparse for ``2 <= batch <= 16``, and at batch 1
+    for weights of at least 4M entries; CSR only at density <= 10 %. On an
+    ISA below AVX-512 the portable kernels run and dense is always preferred.
+
+    Parameters
+    ----------
+    weight : Compressed24 or CSR
+    batch : int
+        Rows of ``x`` (the product of its leading dimensions).
+
+    Raises
+    ------
+    TypeError
+        ``weight`` is neither a Compressed24 nor a CSR.
+    """
+    if not isinstance(weight, Compressed24 | CSR):
+        raise TypeError(f"weight: expected a Compressed24 or CSR, got {_describe(weight)}")
+    rows, cols = weight.shape[0], weight.shape[-1]
+    if isinstance(weight, CSR) and weight.data.size > _CSR_MAX_DENSITY * rows * cols:
+        return False
+    if _core.active_isa() != "avx512" or batch < 1 or batch > _MAX_BATCH:
+        return False
+    return batch > 1 or rows * cols >= _MIN_WEIGHTS_BATCH1
+
+
+def sparse_linear(layer, fmt: str | None = "2:4"):
+    """Run ``layer.forward`` (an ``nn.Linear``) on a compressed copy of its pruned weight.
+
+    Parameters
+    ----------
+    layer : nn.Linear
+        float32; its weight already pruned (2:4 for ``"2:4"``).
+    fmt : {"2:4", "csr"} or None
+        ``"2:4"``: :func:`compress_24` of the weight, which must already be
+        2:4 sparse (e.g. ``w *= nm_mask(w, 2, 4)``); ``"csr"``: :func:`to_csr`
+        of its nonzeros; ``None``: back to the dense product.
+
+    Returns
+    -------
+    Compressed24, CSR or None
+        The compressed copy the layer now uses.
+
+    The copy is a snapshot: call again after changing the weight. Each
+    ``forward`` uses :func:`sparse_matmul` where :func:`prefer_sparse`
+    expects it to win and the dense weight otherwise (same values up to
+    float32 rounding); ``backward`` is dense.
+
+    Raises
+    ------
+    TypeError
+        ``layer`` has no float32 2-D ``weight`` / ``set_product``.
+    ValueError
+        An unknown ``fmt``, or ``"2:4"`` for a weight that is not 2:4 sparse.
+        The layer is unchanged.
+    """
+    weight = getattr(layer, "weight", None)
+    if not hasattr(layer, "set_product") or not isinstance(weight, np.ndarray):
+        raise TypeError(f"layer: expected an nn.Linear, got {type(layer).__name__}")
+    if fmt is None:
+        layer.set_product(None)
+        return None
+    if weight.dtype != np.float32 or weight.ndim != 2:
+        raise TypeError(
+            f"layer: the sparse kernels need a float32 2-D weight, got {_describe(weight)}"
+        )
+    sparse: Compressed24 | CSR
+    if fmt == "2:4":
+        if weight.shape[1] % 4:
+            raise ValueError(f"fmt: 2:4 needs in_features divisible by 4, got {weight.shape[1]}")
+        sparse = compress_24(weight)
+        if not np.array_equal(decompress_24(*sparse), weight):
+            raise ValueError(
+                "layer: weight is not 2:4 sparse (prune it with nm_mask(w, 2, 4) first)"
+            )
+    elif fmt == "csr":
+        sparse = to_csr(weight)
+    else:
+        raise ValueError(f"fmt: expected '2:4', 'csr' or None, got {fmt!r}")
+    in_features = weight.shape[1]
+
+    def product(x: np.ndarray) -> np.ndarray | None:
+        if not prefer_sparse(sparse, x.size // max(1, in_features)):
+            return None
+        return sparse_matmul(x, sparse)
+
+    product.__name__ = "2:4" if fmt == "2:4" else "csr"
+    layer.set_product(product)
+    return sparse

@@ -1,0 +1,243 @@
+"""Sparse weight products (prune.sparse_matmul) against float64 references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import ISAS, run_everywhere
+from slimgrad import prune
+from slimgrad.prune import CSR, Compressed24, compress_24, decompress_24, sparse_matmul, to_csr
+
+# float32 sums of n products in another order than the float64 reference:
+# bounded by a few ulps times n relative to sum |x| |w| (a wrong column or a
+# missed value is off by O(1) of that sum).
+RTOL = 1e-5
+
+# (batch, out, in): empty, one, vector tails (16 values = 32 columns per
+# AVX-512 chunk), rows whose positions start mid-byte (in % 8 == 4), the row
+# chunk (32) +- 1, batch tiles (8) +- 1, the 256-value k block + a tail.
+SHAPES_24 = [
+    (0, 3, 8),
+    (1, 1, 4),
+    (1, 5, 12),
+    (3, 33, 28),
+    (7, 65, 36),
+    (8, 31, 64),
+    (9, 32, 68),
+    (17, 3, 516),
+    (2, 7, 1028),
+    (1, 64, 2052),
+]
+SHAPES_CSR = [
+    (0, 3, 5),
+    (1, 1, 1),
+    (1, 5, 7),
+    (3, 33, 17),
+    (9, 65, 33),
+    (17, 31, 100),
+    (2, 40, 1031),
+]
+
+
+def _check(y, x, w_dense):
+    ref = x.astype(np.float64) @ w_dense.astype(np.float64).T
+    scale = np.abs(x.astype(np.float64)) @ np.abs(w_dense.astype(np.float64)).T
+    assert y.dtype == np.float32 and y.shape == ref.shape
+    np.testing.assert_array_less(np.abs(y - ref), RTOL * scale + 1e-30)
+
+
+def _same_per_isa(results):
+    for isa in ISAS:
+        per = [r for (name, _), r in results.items() if name == isa]
+        for r in per[1:]:
+            np.testing.assert_array_equal(r, per[0])  # thread count changes nothing
+
+
+@pytest.mark.parametrize("shape", SHAPES_24, ids=str)
+def test_gemm24_matches_float64_reference(shape, rng):
+    batch, out, inp = shape
+    w = rng.standard_normal((out, inp)).astype(np.float32)
+    c = compress_24(w)
+    dense = decompress_24(*c)
+    x = rng.standard_normal((batch, inp)).astype(np.float32)
+    results = run_everywhere(lambda: sparse_matmul(x, c))
+    for y in results.values():
+        _check(y, x, dense)
+    _same_per_isa(results)
+
+
+@pytest.mark.parametrize("shape", SHAPES_CSR, ids=str)
+@pytest.mark.parametrize("density", [0.0, 0.1, 0.5, 1.0])
+def test_csr_matches_float64_and_scipy(shape, density, rng):
+    batch, out, inp = shape
+    w = rng.standard_normal((out, inp)).astype(np.float32)
+    w[rng.random(w.shape) >= density] = 0
+    c = to_csr(w)
+    x = rng.standard_normal((batch, inp)).astype(np.float32)
+    results = run_everywhere(lambda: sparse_matmul(x, c))
+    for y in results.values():
+        _check(y, x, w)
+    _same_per_isa(results)
+    scipy = pytest.importorskip("scipy")
+    del scipy
+    ref = (c.to_scipy().astype(np.float64) @ x.astype(np.float64).T).T
+    np.testing.assert_allclose(results[next(iter(results))], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_csr_int64_indptr_and_leading_dims(rng):
+    w = rng.standard_normal((9, 20)).astype(np.float32)
+    w[rng.random(w.shape) < 0.7] = 0
+    c = to_csr(w)
+    c64 = CSR(c.data, c.indices, c.indptr.astype(np.int64), c.shape)
+    x = rng.standard_normal((2, 3, 20)).astype(np.float32)
+    y = sparse_matmul(x, c64)
+    assert y.shape == (2, 3, 9)
+    np.testing.assert_array_equal(y, sparse_matmul(x, c))
+    np.testing.assert_allclose(y, x @ w.T, rtol=1e-5, atol=1e-5)
+    # a strided x is copied, same result
+    xs = np.asfortranarray(x.reshape(6, 20))
+    np.testing.assert_array_equal(sparse_matmul(xs, c), y.reshape(6, 9))
+
+
+def test_torch_dense_oracle(rng):
+    torch = pytest.importorskip("torch")
+    w = rng.standard_normal((48, 64)).astype(np.float32)
+    c = compress_24(w)
+    x = rng.standard_normal((5, 64)).astype(np.float32)
+    ref = torch.nn.functional.linear(
+        torch.from_numpy(x).double(), torch.from_numpy(decompress_24(*c)).double()
+    )
+    np.testing.assert_allclose(sparse_matmul(x, c), ref.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def _bad_24_cases(rng):
+    w = rng.standard_normal((6, 16)).astype(np.float32)
+    values, positions = compress_24(w)
+    x = rng.standard_normal((3, 16)).astype(np.float32)
+    swapped = positions.copy()
+    swapped[0] = (swapped[0] & 0xF0) | 0b0001  # positions (1, 0): decreasing
+    equal = positions.copy()
+    equal[1] = (equal[1] & 0x0F) | 0b0101_0000  # positions (1, 1)
+    return x, [
+        ((x.astype(np.float64), Compressed24(values, positions)), TypeError, "x"),
+        ((x[:, :12].copy(), Compressed24(values, positions)), ValueError, "x"),
+        ((x, Compressed24(values.astype(np.float64), positions)), TypeError, "values"),
+        ((x, Compressed24(values, positions[:-1].copy())), ValueError, "positions"),
+        ((x, Compressed24(values, positions.astype(np.int8))), TypeError, "positions"),
+        ((x, Compressed24(values, swapped)), ValueError, "positions"),
+        ((x, Compressed24(values, equal)), ValueError, "positions"),
+        ((x, w), TypeError, "weight"),
+    ]
+
+
+def _bad_csr_cases(rng):
+    w = rng.standard_normal((4, 10)).astype(np.float32)
+    w[rng.random(w.shape) < 0.5] = 0
+    d, i, p = to_csr(w)
+    x = rng.standard_normal((3, 10)).astype(np.float32)
+    big = i.copy()
+    big[-1] = 10
+    neg = i.copy()
+    neg[0] = -1
+    back = p.copy()
+    back[2], back[1] = back[1], back[2] + 1
+    return x, [
+        ((x, CSR(d.astype(np.float64), i, p, w.shape)), TypeError, "data"),
+        ((x, CSR(d, i.astype(np.int64), p, w.shape)), TypeError, "indices"),
+        ((x, CSR(d, i[:-1].copy(), p, w.shape)), ValueError, "indices"),
+        ((x, CSR(d, big, p, w.shape)), ValueError, "indices"),
+        ((x, CSR(d, neg, p, w.shape)), ValueError, "indices"),
+        ((x, CSR(d, i, p[:-1].copy(), w.shape)), ValueError, "indptr"),
+        ((x, CSR(d, i, back, w.shape)), ValueError, "indptr"),
+        ((x, CSR(d, i, p + 1, w.shape)), ValueError, "indptr"),
+        ((x[:, :9].copy(), CSR(d, i, p, w.shape)), ValueError, "x"),
+    ]
+
+
+@pytest.mark.parametrize("cases", [_bad_24_cases, _bad_csr_cases], ids=["2:4", "csr"])
+def test_bad_input_raises_and_changes_nothing(cases, isa, rng):
+    _, bad = cases(rng)
+    for (x, weight), error, name in bad:
+        before = [a.copy() for a in (x, *weight)] if isinstance(weight, tuple) else [x.copy()]
+        with pytest.raises(error, match=name):
+            sparse_matmul(x, weight)
+        after = [x, *weight] if isinstance(weight, tuple) else [x]
+        for a, b in zip(before, after, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_prefer_sparse_rules(isa):
+    w = np.zeros((64, 64), np.float32)
+    w[:, ::16] = 1
+    small = to_csr(w)  # density 1/16
+    big = CSR(*to_csr(np.eye(4096, dtype=np.float32)), (4096, 4096))
+    avx512 = isa == "avx512"
+    assert prune.prefer_sparse(small, 8) is avx512
+    assert prune.prefer_sparse(small, 1) is False  # too small to amortize a call
+    assert prune.prefer_sparse(big, 1) is avx512
+    assert prune.prefer_sparse(small, 64) is False
+    assert prune.prefer_sparse(to_csr(np.ones((8, 8), np.float32)), 8) is False  # dense CSR
+    assert prune.prefer_sparse(compress_24(np.ones((8, 8), np.float32)), 4) is avx512
+    with pytest.raises(TypeError, match="weight"):
+        prune.prefer_sparse(w, 1)
+
+
+@pytest.mark.parametrize("fmt", ["2:4", "csr"])
+def test_linear_with_sparse_weight(fmt, isa, rng):
+    from slimgrad import nn
+
+    layer = nn.Linear(64, 24, seed=3)
+    w = layer.weight
+    if fmt == "2:4":
+        w *= prune.nm_mask(w, 2, 4)
+    else:
+        w[rng.random(w.shape) < 0.95] = 0
+    for batch in (1, 5, 700):
+        x = rng.standard_normal((batch, 64)).astype(np.float32)
+        dense = layer.forward(x)
+        prune.sparse_linear(layer, fmt)
+        assert f"product={fmt}" in repr(layer)
+        np.testing.assert_allclose(layer.forward(x), dense, rtol=1e-5, atol=1e-5)
+        prune.sparse_linear(layer, None)
+    # the product really is used where prefer_sparse says so
+    calls = []
+    layer.set_product(lambda x: calls.append(x.shape) or np.zeros((*x.shape[:-1], 24), np.float32))
+    y = layer.forward(np.ones((2, 64), np.float32))
+    np.testing.assert_array_equal(y, np.broadcast_to(layer.bias, (2, 24)))
+    assert calls == [(2, 64)]
+
+
+def test_sparse_linear_refuses_and_changes_nothing():
+    from slimgrad import nn
+
+    layer = nn.Linear(16, 4)
+    before = layer.weight.copy()
+    with pytest.raises(ValueError, match="2:4"):
+        prune.sparse_linear(layer, "2:4")
+    with pytest.raises(ValueError, match="fmt"):
+        prune.sparse_linear(layer, "bsr")
+    assert layer._product is None
+    np.testing.assert_array_equal(layer.weight, before)
+    with pytest.raises(TypeError, match="float32"):
+        prune.sparse_linear(nn.Linear(16, 4, dtype=np.float64), "csr")
+    with pytest.raises(TypeError, match="layer"):
+        prune.sparse_linear(object(), "csr")
+    with pytest.raises(TypeError, match="product"):
+        layer.set_product(3)
+
+
+@pytest.mark.parametrize("byte", [0, 5, 9, 11])  # in the 8-byte words and in the tail
+@pytest.mark.parametrize("nibble", range(16))
+def test_every_position_pair_checked(byte, nibble, rng):
+    w = rng.standard_normal((6, 16)).astype(np.float32)
+    values, positions = compress_24(w)
+    positions = positions.copy()
+    positions[byte] = (positions[byte] & 0xF0) | nibble
+    x = rng.standard_normal((2, 16)).astype(np.float32)
+    if (nibble & 3) < (nibble >> 2):
+        _check(
+            sparse_matmul(x, Compressed24(values, positions)), x, decompress_24(values, positions)
+        )
+    else:
+        with pytest.raises(ValueError, match="positions"):
+            sparse_matmul(x, Compressed24(values, positions))
