@@ -241,3 +241,18 @@ void spmm_csr_rows(const float* x, std::size_t batch, std::size_t in, const floa
 }
 
 }  // namespace slimgrad::kernels
+
+// The generated per-ISA units (CMakeLists.txt, SLIMGRAD_KERNEL_AREAS) define
+// SLIMGRAD_UNIT_ISA and instantiate here.
+#ifdef SLIMGRAD_UNIT_ISA
+namespace slimgrad::kernels {
+template void gemm24_rows<SLIMGRAD_UNIT_ISA>(const float*, std::size_t, std::size_t, const float*,
+                                             const std::uint8_t*, std::size_t, std::size_t, std::size_t, float*);
+template void spmm_csr_rows<SLIMGRAD_UNIT_ISA, std::int32_t>(const float*, std::size_t, std::size_t, const float*,
+                                                             const std::int32_t*, const std::int32_t*, std::size_t,
+                                                             std::size_t, std::size_t, float*);
+template void spmm_csr_rows<SLIMGRAD_UNIT_ISA, std::int64_t>(const float*, std::size_t, std::size_t, const float*,
+                                                             const std::int32_t*, const std::int64_t*, std::size_t,
+                                                             std::size_t, std::size_t, float*);
+}  // namespace slimgrad::kernels
+#endif  // SLIMGRAD_UNIT_ISA
