@@ -9,7 +9,8 @@ from ._core_stubs import nn as nn
 from ._core_stubs import prune as prune
 from ._core_stubs import quant as quant
 from ._core_stubs import distill as distill
-__all__: list[str] = ['active_isa', 'available_isas', 'axpy_', 'best_isa', 'built_isas', 'compiler', 'distill', 'find_nonfinite', 'get_num_threads', 'nn', 'openmp_enabled', 'optim', 'prune', 'quant', 'set_active_isa', 'set_num_threads', 'squared_norm', 'stream_probe']
+from ._core_stubs import gptq as gptq
+__all__: list[str] = ['active_isa', 'available_isas', 'axpy_', 'best_isa', 'built_isas', 'compiler', 'distill', 'find_nonfinite', 'get_num_threads', 'gptq', 'nn', 'openmp_enabled', 'optim', 'prune', 'quant', 'set_active_isa', 'set_num_threads', 'squared_norm', 'stream_probe']
 def active_isa() -> str:
     ...
 def available_isas() -> list:
