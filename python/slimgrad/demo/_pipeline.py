@@ -49,15 +49,8 @@ class Config:
 
 FULL = Config()
 # A reduced run (smaller teacher, a few epochs) for tests.
-QUICK = Config(
-    teacher_hidden=(64,),
-    teacher_epochs=3,
-    alone_epochs=3,
-    student_epochs=3,
-    finetune_epochs=2,
-    batch_size=128,
-    timing_repeats=3,
-)
+QUICK = Config(teacher_hidden=(64,), teacher_epochs=3, alone_epochs=3, student_epochs=3,
+               finetune_epochs=2, batch_size=128, timing_repeats=3)  # fmt: skip
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
