@@ -16,7 +16,7 @@ import torch
 from .. import _core
 from ..optim._adamw8bit import BLOCK_SIZE
 from ._base import HALF, TorchOptimizer, as_array, check_range
-from ._fused import _lr
+from ._fused import _Fused, _lr
 
 __all__ = ["Lion", "AdamW8bit"]
 
@@ -35,13 +35,16 @@ def _round_back(params: list[torch.Tensor], work: list[np.ndarray]) -> None:
         p.detach().copy_(torch.from_numpy(w))  # float32 -> half: round to nearest even
 
 
-class Lion(TorchOptimizer):
+class Lion(_Fused):
     """Lion (Chen et al., 2023) as a torch optimizer; see :class:`slimgrad.optim.Lion`.
 
     ``u = sign(beta1 * m + (1 - beta1) * g); p = p * (1 - lr * wd) - lr * u;
-    m = beta2 * m + (1 - beta2) * g``. State: ``step`` and ``exp_avg`` (float32
-    for float16/bfloat16 parameters), the layout of the ``lion-pytorch`` package.
+    m = beta2 * m + (1 - beta2) * g``, one fused pass of the main optimizer
+    family (the ``lion`` row). State: ``step`` and ``exp_avg`` (float32 for
+    float16/bfloat16 parameters, the layout of the ``lion-pytorch`` package).
     """
+
+    _algo = "lion"
 
     def __init__(
         self,
@@ -59,25 +62,16 @@ class Lion(TorchOptimizer):
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults)
 
-    def _init_state(self, group, p):
-        return {"exp_avg": torch.zeros_like(p, dtype=self._state_dtype(group, p, "exp_avg"))}
+    def _state_keys(self, group: dict[str, Any]) -> list[str]:
+        return ["exp_avg"]
 
-    def _run(self, group, params, step):
-        work, grads, half = _work(params)
-        beta1, beta2 = group["betas"]
-        _core.optim.lion_step(
-            work,
-            grads,
-            self._states(group, params, "exp_avg"),
-            [f"[{i}]" for i in range(len(params))],
-            lr=_lr(group["lr"]),
-            beta1=float(beta1),
-            beta2=float(beta2),
-            weight_decay=float(group["weight_decay"]),
-            maximize=bool(group["maximize"]),
-        )
-        if half:
-            _round_back(params, work)
+    def _state_dtype(self, group: dict[str, Any], p: torch.Tensor, key: str) -> torch.dtype:
+        return torch.float32 if p.dtype in HALF else p.dtype
+
+    def _set_args(self, args: Any, group: dict[str, Any]) -> None:
+        args.beta1, args.beta2 = (float(b) for b in group["betas"])
+        args.weight_decay = float(group["weight_decay"])
+        args.maximize = bool(group["maximize"])
 
 
 class AdamW8bit(TorchOptimizer):

@@ -75,7 +75,9 @@ class _Fused(TorchOptimizer):
         args.stochastic, args.seed = False, 0
         args.master_weights = params[0].dtype not in HALF  # torch keeps no master copy
         states = [self._states(group, params, k) for k in keys]
-        args.bf16_state = bool(keys) and params[0].dtype == torch.bfloat16
+        args.bf16_state = (
+            bool(keys) and self._state_dtype(group, params[0], keys[0]) == torch.bfloat16
+        )
         names = _names(len(params), tuple(keys))
         _core.optim.step(
             args,
