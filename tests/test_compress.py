@@ -203,3 +203,23 @@ def test_cli_refusals_write_nothing(tiny_bert, tmp_path, capsys):
         assert message in err and err.count("\n") == 1, err
         assert not out.exists()
     assert (tiny_bert / "model.safetensors").read_bytes() == weights
+
+
+def test_cli_writes_llama_cpp_imatrix(tiny_bert, tmp_path, calibrated):
+    pytest.importorskip("gguf")
+    from slimgrad.quant import kquants
+
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n".join(sentences(40)))
+    out, im = tmp_path / "q.safetensors", tmp_path / "imatrix.gguf"
+    assert (
+        run_cli(tiny_bert, "-o", out, "--calib", calib, "--group-size", "32", "--imatrix-out", im)
+        == 0
+    )
+    read = kquants.read_imatrix(str(im))
+    assert "blk.0.attn_q.weight" in read and "blk.1.ffn_down.weight" in read
+    model, _ = calibrated
+    direct = calibrate(model, sentences(40))
+    name = "encoder.layer.0.attention.self.query"
+    expected = direct.sq_sums[name] / direct.tokens[name]
+    np.testing.assert_allclose(read["blk.0.attn_q.weight"], expected, rtol=1e-5)

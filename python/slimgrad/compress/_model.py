@@ -120,3 +120,27 @@ def choose_bits(
     names = list(drops)
     picks = allocate([sizes[n] for n in names], [drops[n] for n in names], budget_bytes)
     return {n: options[k] for n, k in zip(names, picks)}
+
+
+def write_imatrix(calib: Calibration, path: str, n_layer: int) -> dict[str, str]:
+    """Write the calibration's per-channel ``sum(x^2)`` as llama.cpp's GGUF imatrix.
+
+    Names are llama.cpp's BERT tensor names (the ``gguf`` package's name map:
+    ``encoder.layer.0.attention.self.query`` -> ``blk.0.attn_q.weight``), so
+    ``llama-quantize --imatrix`` and ``slimgrad quantize --imatrix`` read it.
+    Returns the name mapping used. Layers with no llama.cpp name are skipped.
+    """
+    import gguf
+
+    from ..quant import kquants
+
+    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, n_layer)
+    names = {}
+    for layer in calib.hessians:
+        gname = tmap.get_name(f"{layer}.weight", try_suffixes=(".weight", ".bias"))
+        if gname is not None:
+            names[layer] = gname
+    sums = {names[k]: calib.sq_sums[k].astype(np.float32) for k in names}
+    counts = {names[k]: calib.tokens[k] for k in names}
+    kquants.write_imatrix(path, sums, counts)
+    return names

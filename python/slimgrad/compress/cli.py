@@ -64,6 +64,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="choose 2/3/4/8 bits per layer to lose the least quality within this many "
         "bytes of Linear weights (measures each layer's sensitivity first)",
     )
+    parser.add_argument(
+        "--imatrix-out",
+        metavar="FILE",
+        help="also write the calibration as llama.cpp's GGUF imatrix (for --imatrix of "
+        "'slimgrad quantize' or llama-quantize)",
+    )
     parser.add_argument("--format", choices=("safetensors",), default="safetensors")
 
 
@@ -205,6 +211,11 @@ def run(args: argparse.Namespace) -> int:
     reference = model.encode(heldout)
     print(f"calibrating on {len(calib_text)} sentences ({tokens} tokens)...", file=sys.stderr)
     calib = calibrate(model, calib_text)
+    if args.imatrix_out:
+        from ._model import write_imatrix
+
+        write_imatrix(calib, args.imatrix_out, model.model.config.num_hidden_layers)
+        print(f"wrote {args.imatrix_out}")
 
     def bar(names, desc):  # noqa: ANN001, ANN202
         return tqdm(names, desc=desc, unit="layer", file=sys.stderr, leave=False)
