@@ -23,10 +23,13 @@ if MPIEXEC is None:
     pytest.skip("no mpiexec on PATH (pip install mpich)", allow_module_level=True)
 
 import mpi_jobs  # noqa: E402  (tests/ is on sys.path under pytest's rootdir conftest)
+import slimgrad  # noqa: E402
 from slimgrad import optim  # noqa: E402
 
 JOBS = Path(__file__).with_name("mpi_jobs.py")
-PYTHON_DIR = Path(__file__).resolve().parents[1] / "python"
+# The ranks import the slimgrad this process imported: the working tree's
+# python/ (with the dev build linked in) or the installed package, as in CI.
+PYTHON_DIR = Path(slimgrad.__file__).resolve().parents[1]
 
 
 def launch(n: int, job: str, out: Path, timeout: float = 90.0) -> subprocess.CompletedProcess:
