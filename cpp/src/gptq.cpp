@@ -5,8 +5,8 @@
 // Layout: each chunk of rows is copied once into a column-major float64
 // matrix in processing order, so column i (one weight per row) is
 // contiguous and the block update is one Eigen product. The per-element
-// quantization step is float32 and written exactly as the scalar quantizer
-// (kernels_quant_scalar.cpp): with a diagonal H no error moves, and the codes
+// quantization step is the scalar quantizer itself (kernels::quant_codes,
+// kernels_quant_scalar.cpp): with a diagonal H no error moves, and the codes
 // equal quant::quantize's round-to-nearest codes bit for bit.
 //
 // Baseline compile flags only (this file is not an ISA file): Eigen uses SSE2
@@ -181,11 +181,10 @@ double quantize(const float* w, std::size_t rows, std::size_t cols, const double
           const quant::Param& q = params[r * n_groups + g];
           const double x = wc(static_cast<Eigen::Index>(r), ii);
           const float xf = static_cast<float>(x);
-          float t = (q.use_div ? xf / q.scale : xf * q.inv) + q.zp;
-          t = std::nearbyint(t);
-          t = t < qmin ? qmin : t;
-          t = qmax < t ? qmax : t;
-          codes[(r0 + r) * cols + p.order[i]] = static_cast<std::uint8_t>(static_cast<std::int32_t>(t));
+          std::uint8_t& code = codes[(r0 + r) * cols + p.order[i]];
+          kernels::quant_codes<Isa::scalar>(&xf, 1, q.scale, q.inv, q.use_div, q.zp, qmin, qmax,
+                                            static_cast<int>(quant::Rounding::half_even), 0, 0, &code);
+          const float t = opt.symmetric ? static_cast<float>(static_cast<std::int8_t>(code)) : code;
           const double e = (x - static_cast<double>(q.scale * (t - q.zp))) / d;
           loss += e * e;
           err(static_cast<Eigen::Index>(r), static_cast<Eigen::Index>(i - i1)) = e;
