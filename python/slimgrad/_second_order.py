@@ -19,6 +19,31 @@ def is_float(dtype: np.dtype) -> bool:
     return dtype.kind == "f" or dtype.name == "bfloat16"
 
 
+def describe(x: object) -> str:
+    """``"float32 array of shape (3, 4)"`` for an ndarray, else the type's name."""
+    if isinstance(x, np.ndarray):
+        return f"{x.dtype.name} array of shape {x.shape}"
+    return type(x).__name__
+
+
+def check_channel_stats(
+    values: object, label: str, meaning: str, cols: int, dtype: type = np.float64
+) -> np.ndarray:
+    """A per-input-channel statistic (shape ``(cols,)``, finite in ``dtype``, ``>= 0``)
+    converted to ``dtype``.
+
+    ``TypeError`` / ``ValueError`` naming ``label``; ``meaning`` says what it holds.
+    """
+    if not isinstance(values, np.ndarray) or not is_float(values.dtype):
+        raise TypeError(f"{label}: expected a float ndarray ({meaning}), got {describe(values)}")
+    if values.shape != (cols,):
+        raise ValueError(f"{label}: expected shape ({cols},), got {values.shape}")
+    out = values.astype(dtype)
+    if not np.all(np.isfinite(out)) or np.any(out < 0):
+        raise ValueError(f"{label}: expected finite values >= 0")
+    return out
+
+
 def check_layer(w: object, H: object) -> tuple[np.ndarray, np.ndarray]:
     """``(w as float32 C-contiguous, H as float64 C-contiguous)``, validated.
 
@@ -27,12 +52,7 @@ def check_layer(w: object, H: object) -> tuple[np.ndarray, np.ndarray]:
     """
     for value, label in ((w, "w"), (H, "H")):
         if not isinstance(value, np.ndarray) or not is_float(value.dtype):
-            what = (
-                value.dtype.name + " array"
-                if isinstance(value, np.ndarray)
-                else type(value).__name__
-            )
-            raise TypeError(f"{label}: expected a floating-point ndarray, got {what}")
+            raise TypeError(f"{label}: expected a floating-point ndarray, got {describe(value)}")
     if w.ndim != 2:
         raise ValueError(f"w: expected a 2-d array (out, in), got shape {w.shape}")
     if H.shape != (w.shape[1], w.shape[1]):

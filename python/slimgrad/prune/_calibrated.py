@@ -15,7 +15,14 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from .._second_order import check_int, check_layer, check_real, is_float
+from .._second_order import (
+    check_channel_stats,
+    check_int,
+    check_layer,
+    check_real,
+    describe,
+    is_float,
+)
 from ._masks import _check_fraction, magnitude_mask, nm_mask
 
 
@@ -70,14 +77,10 @@ def wanda_mask(
         a bad pattern.
     """
     if not isinstance(w, np.ndarray) or not is_float(w.dtype) or w.ndim != 2:
-        raise TypeError(f"w: expected a 2-d float ndarray (out, in), got {_describe(w)}")
-    if not isinstance(act_norms, np.ndarray) or not is_float(act_norms.dtype):
-        raise TypeError(f"act_norms: expected a float ndarray, got {_describe(act_norms)}")
-    if act_norms.shape != (w.shape[1],):
-        raise ValueError(f"act_norms: expected shape ({w.shape[1]},), got {act_norms.shape}")
-    norms = act_norms.astype(np.float32)
-    if not np.all(np.isfinite(norms)) or np.any(norms < 0):
-        raise ValueError("act_norms: expected finite values >= 0")
+        raise TypeError(f"w: expected a 2-d float ndarray (out, in), got {describe(w)}")
+    norms = check_channel_stats(
+        act_norms, "act_norms", "||x_j|| per input channel", w.shape[1], np.float32
+    )
     s, n, m = _pattern(sparsity, n, m)
     score = np.abs(w.astype(np.float32)) * norms
     if m:
@@ -146,9 +149,3 @@ def sparsegpt(
     if w32.size:
         _core.gptq.prune(w32, h64, s, n, m, damp, block_size, out, keep)
     return out, keep
-
-
-def _describe(x: object) -> str:
-    if isinstance(x, np.ndarray):
-        return f"{x.dtype.name} array of shape {x.shape}"
-    return type(x).__name__

@@ -20,21 +20,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._second_order import check_int, check_layer
+from .._second_order import check_channel_stats, check_int, check_layer
 from ._tensor import quantize
 
 
 def _inputs(
     w: object, act_mean: object, H: object | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if not isinstance(act_mean, np.ndarray) or act_mean.dtype.kind != "f":
-        raise TypeError("act_mean: expected a float ndarray (mean |x| per input channel)")
     cols = w.shape[-1] if isinstance(w, np.ndarray) else 0
-    if act_mean.shape != (cols,):
-        raise ValueError(f"act_mean: expected shape ({cols},), got {act_mean.shape}")
-    mean = act_mean.astype(np.float64)
-    if not np.all(np.isfinite(mean)) or np.any(mean < 0):
-        raise ValueError("act_mean: expected finite values >= 0")
+    mean = check_channel_stats(act_mean, "act_mean", "mean |x| per input channel", cols)
     w32, h = check_layer(w, H if H is not None else np.diag(np.square(mean)))
     return w32, mean, h
 
