@@ -136,3 +136,14 @@ def progress(items: Iterable[T], total: int, desc: str) -> Iterator[T]:
     yield from tqdm(
         items, total=total, desc=desc, unit="tensor", file=sys.stderr, disable=None, leave=False
     )
+
+
+def parse_nm(text: str) -> tuple[int, int]:
+    """``--nm N:M`` (keep N of every M, 0 < N < M); ``UsageError`` otherwise."""
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
+    if not match:
+        raise UsageError(f"--nm: expected N:M such as 2:4, got {text!r}")
+    n, m = int(match[1]), int(match[2])
+    if not 0 < n < m:
+        raise UsageError(f"--nm: expected 0 < N < M (keep N of every M), got {text!r}")
+    return n, m

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from .._cli_common import parse_nm, same_file
 from ..errors import UsageError
 
 MIN_CALIBRATION_SENTENCES = 16
@@ -92,15 +93,7 @@ def _sentences(path: str | None, default: str, label: str) -> list[str]:
 
 
 def _nm(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        n, m = (int(v) for v in text.split(":"))
-    except ValueError:
-        raise UsageError(f"--nm: expected N:M such as 2:4, got {text!r}") from None
-    if not 0 < n < m:
-        raise UsageError(f"--nm: expected 0 < N < M, got {text!r}")
-    return n, m
+    return None if text is None else parse_nm(text)
 
 
 def _recipe(args: argparse.Namespace, bits: int | None = None):  # noqa: ANN202
@@ -143,11 +136,7 @@ def _check(args: argparse.Namespace) -> None:
     if not os.path.isdir(out_dir):
         raise UsageError(f"{args.output}: cannot write, no such directory {out_dir}")
     weights = os.path.join(args.model, "model.safetensors")
-    if (
-        os.path.exists(args.output)
-        and os.path.exists(weights)
-        and os.path.samefile(args.output, weights)
-    ):
+    if os.path.exists(weights) and same_file(args.output, weights):
         raise UsageError(f"-o {args.output}: is the model's own weights file; write elsewhere")
 
 

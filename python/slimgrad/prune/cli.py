@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 
 import numpy as np
 
@@ -23,6 +22,7 @@ from .._cli_common import (
     UsageError,
     check_paths,
     compile_patterns,
+    parse_nm,
     print_table,
     progress,
     refuse_gguf,
@@ -81,20 +81,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _parse_nm(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
-    if not match:
-        raise UsageError(f"--nm: expected N:M such as 2:4, got {text!r}")
-    n, m = int(match[1]), int(match[2])
-    if not 0 < n < m:
-        raise UsageError(f"--nm: expected 0 < N < M (keep N of every M), got {text!r}")
-    return n, m
-
-
 def run(args: argparse.Namespace) -> int:
     from ..quant._stream import open_safetensors
 
-    nm = _parse_nm(args.nm) if args.nm is not None else None
+    nm = parse_nm(args.nm) if args.nm is not None else None
     if nm is None and not 0.0 <= args.sparsity <= 1.0:
         raise UsageError(f"--sparsity: expected a number in [0, 1], got {args.sparsity}")
     if args.global_ and nm is not None:
