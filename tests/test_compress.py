@@ -151,6 +151,7 @@ def test_cli_budget_is_respected(tiny_bert, tmp_path, capsys):
     calib = tmp_path / "calib.txt"
     calib.write_text("\n".join(sentences(40)))
     out = tmp_path / "mixed.safetensors"
+    plot = tmp_path / "sensitivity.png"
     budget = 60_000
     assert (
         run_cli(
@@ -165,6 +166,8 @@ def test_cli_budget_is_respected(tiny_bert, tmp_path, capsys):
             calib,
             "--budget-bytes",
             budget,
+            "--plot",
+            plot,
         )
         == 0
     )
@@ -172,6 +175,7 @@ def test_cli_budget_is_respected(tiny_bert, tmp_path, capsys):
     total = sum(v.nbytes for k, v in stored.items() if isinstance(v, quant.QuantizedTensor))
     assert total <= budget
     assert "sensitivity" in capsys.readouterr().out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_refusals_write_nothing(tiny_bert, tmp_path, capsys):

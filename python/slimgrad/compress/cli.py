@@ -71,6 +71,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="also write the calibration as llama.cpp's GGUF imatrix (for --imatrix of "
         "'slimgrad quantize' or llama-quantize)",
     )
+    parser.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="also write the per-layer sensitivity (2/3/4/8 bits, one layer at a time) as a plot",
+    )
     parser.add_argument("--format", choices=("safetensors",), default="safetensors")
 
 
@@ -126,8 +131,10 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(
             f"--budget-bytes: expected a positive number of bytes, got {args.budget_bytes}"
         )
-    if args.budget_bytes is not None and args.bits == 0:
-        raise UsageError("--budget-bytes: chooses bit widths; not with --bits 0")
+    if (args.budget_bytes is not None or args.plot) and args.bits == 0:
+        raise UsageError("--budget-bytes/--plot: measure bit widths; not with --bits 0")
+    if args.plot and os.path.isdir(args.plot):
+        raise UsageError(f"--plot {args.plot}: is a directory; give the path of the image to write")
     if not os.path.isdir(args.model):
         raise UsageError(f"{args.model}: not a directory (expected a Hugging Face BERT folder)")
     out_dir = os.path.dirname(os.path.abspath(args.output))
@@ -210,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         return tqdm(names, desc=desc, unit="layer", file=sys.stderr, leave=False)
 
     recipes: Recipe | dict[str, Recipe] = recipe
-    if args.budget_bytes is not None:
+    if args.budget_bytes is not None or args.plot:
         options = [
             Recipe(recipe.method, b, recipe.group_size, recipe.prune, recipe.sparsity, recipe.nm)
             for b in (2, 3, 4, 8)
@@ -218,8 +225,16 @@ def run(args: argparse.Namespace) -> int:
         drops, sizes = sensitivity(
             model, calib, options, heldout, reference, progress=lambda n: bar(n, "sensitivity")
         )
-        recipes = choose_bits(drops, sizes, options, args.budget_bytes)
         print(_sensitivity_table(drops, options))
+        chosen = None
+        if args.budget_bytes is not None:
+            recipes = choose_bits(drops, sizes, options, args.budget_bytes)
+            chosen = {n: options.index(r) for n, r in recipes.items()}
+        if args.plot:
+            from ._plot import plot_sensitivity
+
+            plot_sensitivity(drops, [f"{o.bits} bit" for o in options], args.plot, chosen)
+            print(f"wrote {args.plot}")
     result = compress(model, calib, recipes, progress=lambda n: bar(n, "compressing"))
     print(_table(result.reports))
     c = quality(model, result, heldout, reference)
