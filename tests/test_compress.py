@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
+from _tiny_bert import make_tiny_bert, sentences
 from slimgrad import quant
 from slimgrad.cli import main
 from slimgrad.compress._model import compress, cosines, layer_weights, quality, swapped
@@ -18,46 +18,10 @@ pytest.importorskip("tokenizers")
 from slimgrad.models import bert  # noqa: E402
 from slimgrad.models.calibration import calibrate  # noqa: E402
 
-WORDS = (
-    "the a cat dog sat on mat quick brown fox jumps over lazy model weights are small and "
-    "numbers compress well it is good bad ok run fast slow train river city rain house tree"
-).split()
-
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
-    """A random 2-layer BERT (hidden 64, 4 heads) as a Hugging Face directory."""
-    path = tmp_path_factory.mktemp("tiny_bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + WORDS
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    config = {
-        "model_type": "bert",
-        "architectures": ["BertModel"],
-        "vocab_size": len(vocab),
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 128,
-        "max_position_embeddings": 64,
-        "type_vocab_size": 2,
-        "layer_norm_eps": 1e-12,
-        "hidden_act": "gelu",
-        "pad_token_id": 0,
-    }
-    (path / "config.json").write_text(json.dumps(config))
-    rng = np.random.default_rng(7)
-    model = bert.BertModel(bert.BertConfig.from_json(str(path / "config.json")))
-    state = {}
-    for name, value in model.parameters().items():
-        noise = rng.standard_normal(value.shape).astype(np.float32)
-        state[name] = (value + 0.05 * noise).astype(np.float32)
-    save_file(state, str(path / "model.safetensors"))
-    return path
-
-
-def sentences(n, seed=0):
-    rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, size=int(rng.integers(4, 14)))) for _ in range(n)]
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
 @pytest.fixture(scope="module")

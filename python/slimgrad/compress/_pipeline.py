@@ -38,7 +38,8 @@ class Recipe:
 
     ``bits`` None keeps the layer in float32 (pruning only). ``group_size``
     None: one scale per output row. ``sparsity`` or ``nm = (n, m)`` (keep n of
-    every m) with ``prune``.
+    every m) with ``prune``. ``symmetric``: codes around zero without a zero
+    point (GGUF's Q8_0 holds 8-bit codes only in that form).
     """
 
     method: str = "gptq"
@@ -48,6 +49,7 @@ class Recipe:
     sparsity: float | None = None
     nm: tuple[int, int] | None = None
     damp: float = 0.01
+    symmetric: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -122,16 +124,16 @@ def compress_layer(
         return w, w
     bits, gs = recipe.bits, recipe.group_size
     if recipe.method in ("awq", "awq-gptq") and gs is not None:
-        w_in = _quant.awq_clip(w, H, bits, gs)
+        w_in = _quant.awq_clip(w, H, bits, gs, symmetric=recipe.symmetric)
         if keep is not None:
             w_in = np.where(keep, w_in, np.float32(0))
     else:
         w_in = w
     if recipe.method in ("gptq", "awq-gptq"):
-        qt = _quant.gptq(w_in, H, bits, gs, True, recipe.damp)
+        qt = _quant.gptq(w_in, H, bits, gs, True, recipe.damp, recipe.symmetric)
     else:
         granularity = {"granularity": "group", "group_size": gs} if gs else {"axis": 0}
-        qt = _quant.quantize(w_in, bits, symmetric=False, **granularity)
+        qt = _quant.quantize(w_in, bits, symmetric=recipe.symmetric, **granularity)
     w_hat = qt.dequantize()
     if keep is not None and not np.all(w_hat[~keep] == 0):
         # GPTQ moved error into pruned weights: put them back to exactly zero
@@ -191,6 +193,7 @@ def fold_awq_scales(
             recipe.bits,
             recipe.group_size,
             H=hessians[name],
+            symmetric=recipe.symmetric,
         ).astype(np.float64)
         weights[name] = (weights[name] * s).astype(np.float32)
         hessians[name] = hessians[name] / np.outer(s, s)

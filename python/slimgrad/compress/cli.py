@@ -47,7 +47,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--bits", type=int, default=4, help="2..8 (default 4); 0 keeps float32")
     parser.add_argument(
-        "--group-size", type=int, default=128, help="inputs per scale (default 128; 0: per row)"
+        "--group-size",
+        type=int,
+        default=None,
+        help="inputs per scale (default 128; 32 with --format gguf, whose blocks store a "
+        "scale per 32 anyway; 0: per row)",
     )
     parser.add_argument("--prune", choices=PRUNERS, default=None, help="prune before quantizing")
     parser.add_argument(
@@ -62,8 +66,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--budget-bytes",
         type=int,
         default=None,
-        help="choose 2/3/4/8 bits per layer to lose the least quality within this many "
-        "bytes of Linear weights (measures each layer's sensitivity first)",
+        help="choose 2/3/4/8 bits (gguf: 4/5/8) per layer to lose the least quality within "
+        "this many bytes of Linear weights (measures each layer's sensitivity first)",
     )
     parser.add_argument(
         "--imatrix-out",
@@ -74,9 +78,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plot",
         metavar="PNG",
-        help="also write the per-layer sensitivity (2/3/4/8 bits, one layer at a time) as a plot",
+        help="also write the per-layer sensitivity (2/3/4/8 bits, gguf: 4/5/8; one layer at "
+        "a time) as a plot",
     )
-    parser.add_argument("--format", choices=("safetensors",), default="safetensors")
+    parser.add_argument(
+        "--format",
+        choices=("safetensors", "gguf"),
+        default=None,
+        help="safetensors (slimgrad's quantized tensors) or gguf (llama.cpp: the codes in "
+        "Q4_1/Q5_1/Q8_0 blocks, other tensors float32); default: by -o's extension",
+    )
 
 
 def _sentences(path: str | None, default: str, label: str) -> list[str]:
@@ -104,22 +115,43 @@ def _nm(text: str | None) -> tuple[int, int] | None:
 def _recipe(args: argparse.Namespace, bits: int | None = None):  # noqa: ANN202
     from ._pipeline import Recipe
 
+    bits = (args.bits or None) if bits is None else bits
     return Recipe(
         method=args.method,
-        bits=(args.bits or None) if bits is None else bits,
-        group_size=args.group_size or None,
+        bits=bits,
+        group_size=_group_size(args) or None,
         prune=args.prune,
         sparsity=args.sparsity,
         nm=_nm(args.nm),
+        # GGUF's only 8-bit block (Q8_0) is symmetric; lower widths fit Q4_1/Q5_1/Q8_0 as is
+        symmetric=_format(args) == "gguf" and bits == 8,
     )
+
+
+def _group_size(args: argparse.Namespace) -> int:
+    if args.group_size is not None:
+        return args.group_size
+    return 32 if _format(args) == "gguf" else 128
+
+
+def _format(args: argparse.Namespace) -> str:
+    """--format, or by -o's extension (.gguf: gguf, else safetensors)."""
+    if args.format:
+        return args.format
+    return "gguf" if args.output.lower().endswith(".gguf") else "safetensors"
 
 
 def _check(args: argparse.Namespace) -> None:
     """Every argument that can be checked before loading anything."""
     if args.bits != 0 and not 2 <= args.bits <= 8:
         raise UsageError(f"--bits: expected 2..8 (or 0 for float32), got {args.bits}")
-    if args.group_size < 0:
+    if args.group_size is not None and args.group_size < 0:
         raise UsageError(f"--group-size: expected >= 0, got {args.group_size}")
+    if _format(args) == "gguf" and _group_size(args) % 32:
+        raise UsageError(
+            f"--group-size {args.group_size}: GGUF blocks hold 32 values; give a multiple of 32 "
+            "(or 0, one scale per row)"
+        )
     if args.prune is None and (args.sparsity is not None or args.nm is not None):
         raise UsageError("--sparsity/--nm: only with --prune")
     if args.prune is not None and (args.sparsity is None) == (args.nm is None):
@@ -147,9 +179,21 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"-o {args.output}: is the model's own weights file; write elsewhere")
 
 
-def _min_bytes(shape: tuple[int, int], bits: int, group_size: int | None) -> int:
+# bit widths the sensitivity scan and the budget allocator choose from; in GGUF
+# 2..4-bit codes all take Q4_1 blocks, so only widths of different sizes count
+WIDTHS = {"safetensors": (2, 3, 4, 8), "gguf": (4, 5, 8)}
+
+
+def _stored_bytes(args: argparse.Namespace, shape: tuple[int, int], bits: int) -> int:
+    """Bytes of one Linear weight at ``bits`` in the output format (the budget's unit)."""
     rows, cols = shape
-    groups = -(-cols // group_size) if group_size else 1
+    if _format(args) == "gguf":
+        from ..quant import gguf
+
+        block = gguf.block_type(bits, _recipe(args, bits).symmetric)
+        return rows * (cols // gguf.BLOCK_SIZE) * gguf.TYPE_SIZE[block]
+    group_size = _group_size(args)
+    groups = -(-cols // group_size) if group_size else 1  # a float32 scale + int32 zero each
     return rows * -(-cols * bits // 8) + rows * groups * 8
 
 
@@ -192,12 +236,13 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     model = bert.load(args.model)
     layers = layer_weights(model)
+    widths = WIDTHS[_format(args)]
     if args.budget_bytes is not None:
-        need = sum(_min_bytes(w.shape, 2, recipe.group_size) for w, _ in layers.values())
+        need = sum(_stored_bytes(args, w.shape, widths[0]) for w, _ in layers.values())
         if args.budget_bytes < need:
             raise UsageError(
                 f"--budget-bytes: {args.budget_bytes} is below the smallest model "
-                f"(all layers at 2 bits: {need} bytes)"
+                f"(all layers at {widths[0]} bits: {need} bytes)"
             )
     tokens = sum(len(e.ids) for e in model.tokenizer.encode_batch(calib_text))
     if tokens < MIN_CALIBRATION_TOKENS:
@@ -218,13 +263,12 @@ def run(args: argparse.Namespace) -> int:
 
     recipes: Recipe | dict[str, Recipe] = recipe
     if args.budget_bytes is not None or args.plot:
-        options = [
-            Recipe(recipe.method, b, recipe.group_size, recipe.prune, recipe.sparsity, recipe.nm)
-            for b in (2, 3, 4, 8)
-        ]
+        options = [_recipe(args, b) for b in widths]
         drops, sizes = sensitivity(
             model, calib, options, heldout, reference, progress=lambda n: bar(n, "sensitivity")
         )
+        if _format(args) == "gguf":  # the file's bytes, not slimgrad's packed codes
+            sizes = {n: [_stored_bytes(args, layers[n][0].shape, b) for b in widths] for n in sizes}
         print(_sensitivity_table(drops, options))
         chosen = None
         if args.budget_bytes is not None:
@@ -236,6 +280,9 @@ def run(args: argparse.Namespace) -> int:
             plot_sensitivity(drops, [f"{o.bits} bit" for o in options], args.plot, chosen)
             print(f"wrote {args.plot}")
     result = compress(model, calib, recipes, progress=lambda n: bar(n, "compressing"))
+    for r in result.reports if _format(args) == "gguf" else ():
+        if r.recipe.bits:
+            r.nbytes = _stored_bytes(args, r.shape, r.recipe.bits)
     print(_table(result.reports))
     c = quality(model, result, heldout, reference)
     total = sum(r.nbytes for r in result.reports)
@@ -245,6 +292,16 @@ def run(args: argparse.Namespace) -> int:
         f"held-out embedding cosine vs float: min {c.min():.4f}, mean {c.mean():.4f} "
         f"over {len(heldout)} sentences; {time.perf_counter() - started:.1f} s"
     )
+    if _format(args) == "gguf":
+        from ._gguf import gguf_quality, write_gguf
+
+        write_gguf(args.model, args.output, result)
+        c = gguf_quality(model, args.output, heldout, reference)
+        print(
+            f"wrote {args.output}; as read back from the file (float16 block scales): "
+            f"min cosine {c.min():.4f}, mean {c.mean():.4f}"
+        )
+        return 0
     tensors: dict[str, object] = dict(model.model.parameters())
     for name, stored in result.stored.items():
         tensors[f"{name}.weight"] = stored

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,12 @@ class _Plan:
     name: str
     shape: tuple[int, ...]
     choice: gguf_mix.Choice
+    given: Replacement | None = None
+
+
+# What export_gguf(replace=...) takes for a checkpoint tensor: new float values
+# (written as the file type says), or blocks already in a GGUF type.
+Replacement = np.ndarray | tuple[str, np.ndarray]
 
 
 def _config(folder: Path) -> dict[str, Any]:
@@ -195,11 +201,29 @@ def _write_bert(w: Any, cfg: dict[str, Any], folder: Path) -> None:
     w.add_tokenizer_pre("default")  # WordPiece splits words itself
     w.add_token_list(tokens)
     w.add_token_types(types)
-    # GGUF has no CLS key (llama.cpp uses bos = [CLS]): not asked for, so no warning
-    kinds = ("bos", "eos", "unk", "sep", "pad", "mask")
-    gguf.SpecialVocab(folder, special_token_types=kinds, n_vocab=len(tokens)).add_to_gguf(
-        w, quiet=True
+    special = gguf.SpecialVocab(
+        folder, special_token_types=tuple(_BERT_SPECIALS), n_vocab=len(tokens)
     )
+    # A folder with only vocab.txt names no special tokens: take BertTokenizer's
+    # defaults ([CLS] x [SEP]), as transformers does; llama.cpp aborts on a BERT
+    # vocabulary without a bos ([CLS]) id.
+    for kind, token in _BERT_SPECIALS.items():
+        if kind not in special.special_token_ids and token in tokens:
+            special.special_token_ids[kind] = tokens.index(token)
+            if kind in ("bos", "eos"):
+                special.add_special_token.setdefault(kind, True)
+    special.add_to_gguf(w, quiet=True)
+
+
+# BertTokenizer's special tokens by GGUF kind (GGUF has no CLS key: llama.cpp uses bos)
+_BERT_SPECIALS = {
+    "bos": "[CLS]",
+    "eos": "[SEP]",
+    "unk": "[UNK]",
+    "sep": "[SEP]",
+    "pad": "[PAD]",
+    "mask": "[MASK]",
+}
 
 
 def _write_llama(w: Any, cfg: dict[str, Any], folder: Path) -> None:
@@ -282,6 +306,7 @@ def _plan(
     sources: Sequence[Source],
     ftype: str,
     choose: Callable[..., dict[str, gguf_mix.Choice]],
+    replace: Mapping[str, Replacement],
 ) -> tuple[list[_Plan], list[Row]]:
     import gguf
 
@@ -312,9 +337,39 @@ def _plan(
                     f"architecture {ARCHES[arch].lower()}"
                 )
             found.append((src, hf, name, info.shape))
+    unknown = sorted(set(replace) - {_hf_name(arch, hf) for _, hf, _, _ in found})
+    if unknown:
+        raise ValueError(f"replace: {unknown[0]!r} is not a tensor of the checkpoint")
     choices = choose([(n, s) for _, _, n, s in found])
-    plans = [_Plan(src, hf, n, s, choices[n]) for src, hf, n, s in found]
+    plans = []
+    for src, hf, n, shape in found:
+        given = replace.get(_hf_name(arch, hf))
+        choice = choices[n]
+        if given is not None:
+            choice = _given_choice(hf, shape, given)
+        plans.append(_Plan(src, hf, n, shape, choice, given))
     return plans, skipped
+
+
+def _given_choice(hf: str, shape: tuple[int, ...], given: Replacement) -> gguf_mix.Choice:
+    """The type of a replacement, after checking it fits the checkpoint's tensor."""
+    if isinstance(given, tuple):
+        kind, blocks = given
+        if kind not in gguf_mix.available() or kind in ("F32", "F16", "BF16"):
+            raise ValueError(f"replace[{hf!r}]: expected a GGUF block type, got {kind!r}")
+        if not isinstance(blocks, np.ndarray) or blocks.dtype != np.uint8:
+            got = getattr(blocks, "dtype", type(blocks).__name__)
+            raise TypeError(f"replace[{hf!r}]: expected uint8 blocks, got {got}")
+        if blocks.nbytes != _nbytes(shape, kind):
+            raise ValueError(
+                f"replace[{hf!r}]: {blocks.nbytes} bytes, expected {_nbytes(shape, kind)} "
+                f"for {kind} of shape {shape}"
+            )
+        return gguf_mix.Choice(kind, "given blocks")
+    if not isinstance(given, np.ndarray) or given.shape != tuple(shape):
+        got = getattr(given, "shape", type(given).__name__)
+        raise ValueError(f"replace[{hf!r}]: expected an array of shape {shape}, got {got}")
+    return gguf_mix.Choice("F32", "given values")
 
 
 def _nbytes(shape: tuple[int, ...], type: str) -> int:
@@ -329,7 +384,9 @@ def _convert(
     p: _Plan, cfg: dict[str, Any], imatrix: dict[str, np.ndarray] | None
 ) -> tuple[np.ndarray, str]:
     """(array the writer gets, note) for one planned tensor."""
-    w = np.asarray(p.source.array(p.hf_name))
+    if isinstance(p.given, tuple):
+        return np.ascontiguousarray(p.given[1]), ""
+    w = np.asarray(p.source.array(p.hf_name) if p.given is None else p.given)
     if w.dtype.kind not in "f" and w.dtype.name != "bfloat16":
         raise ValueError(
             f"{p.source.path}: tensor {p.hf_name!r} is {w.dtype.name}, expected floating point"
@@ -363,6 +420,12 @@ def _convert(
     return blocks, f"{err:.3e}"
 
 
+def _file_type(ftype: str, plans: Sequence[_Plan]) -> str:
+    """``ftype``, or the most common type of the given blocks when there are some."""
+    given = [p.choice.type for p in plans if isinstance(p.given, tuple)]
+    return max(sorted(set(given)), key=given.count) if given else ftype
+
+
 def _rel_error(w: np.ndarray, blocks: np.ndarray, type: str, rows: int = 1024) -> float:
     """||w - dequant|| / ||w|| in chunks of rows (no second full-size float copy)."""
     w2 = w.reshape(-1, w.shape[-1])
@@ -387,6 +450,7 @@ def export_gguf(
     imatrix: dict[str, np.ndarray] | None = None,
     name: str | None = None,
     progress: Callable[[Row], None] | None = None,
+    replace: Mapping[str, Replacement] | None = None,
 ) -> list[Row]:
     """Writes a llama.cpp-ready GGUF of a Hugging Face checkpoint; returns one Row per tensor.
 
@@ -412,6 +476,13 @@ def export_gguf(
     progress : callable, optional
         Called with each input tensor's Row: first those not written, then each
         one as it is written (the CLI's progress bar).
+    replace : mapping, optional
+        Checkpoint tensor name (without a ``bert.`` prefix) -> what to write
+        instead of the checkpoint's values: a float array of the same shape
+        (written in float32), or ``(type, blocks)`` already in a GGUF block
+        type (e.g. :func:`slimgrad.quant.gguf.from_quantized` of GPTQ codes),
+        written as given. ``general.file_type`` then names the most common
+        given block type.
 
     Raises
     ------
@@ -445,7 +516,7 @@ def export_gguf(
 
     sources = [open_safetensors(f) for f in files]
     try:
-        plans, skipped = _plan(arch, cfg, sources, ftype, choose)
+        plans, skipped = _plan(arch, cfg, sources, ftype, choose, replace or {})
         missing = sorted({p.choice.type for p in plans} - set(gguf_mix.available()))
         if missing:
             raise ValueError(
@@ -460,7 +531,7 @@ def export_gguf(
         def write(tmp: str) -> None:
             wr = gguf.GGUFWriter(tmp, ARCHES[arch].lower())
             wr.add_name(name or folder.name)
-            wr.add_file_type(gguf_mix.FILE_TYPES[ftype][0])
+            wr.add_file_type(gguf_mix.FILE_TYPES[_file_type(ftype, plans)][0])
             wr.add_quantization_version(gguf.GGML_QUANT_VERSION)
             (_write_bert if arch == "bert" else _write_llama)(wr, cfg, folder)
             for p in plans:
