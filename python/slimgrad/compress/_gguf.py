@@ -3,10 +3,10 @@
 The codes GPTQ / AWQ / RTN chose are written as they are: 2..4-bit codes in
 Q4_1 blocks, 5-bit in Q5_1, 6..8-bit in Q8_0 (8-bit quantized symmetrically),
 see :func:`slimgrad.quant.gguf.from_quantized`; only the scales are rounded to
-the blocks' float16. Every other tensor (embeddings, LayerNorms, biases,
-AWQ-folded biases, layers kept in float) is written in float32, so the file
-computes what ``slimgrad compress`` measured, up to those float16 scales, and
-:func:`gguf_quality` measures it again from the file's bytes.
+the blocks' float16. The other tensors are written as llama.cpp's converter
+writes them by default: the embedding matrices in float16, LayerNorms and
+biases in float32 (AWQ-folded biases and layers kept in float too).
+:func:`gguf_quality` measures the model again from the file's bytes.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 
 from ..quant import QuantizedTensor, export_gguf
 from ..quant import gguf as _blocks
-from ._model import cosines, swapped
+from ._model import cosines
 from ._pipeline import Compressed
 
 
@@ -37,42 +37,32 @@ def write_gguf(model_dir: str | os.PathLike, output: str | os.PathLike, result: 
             )
         except ValueError as e:
             raise ValueError(f"layer {name}: {e}") from None
-    export_gguf(model_dir, output, "F32", replace=replace)
-
-
-def _linear_gguf_names(model: Any, n_layer: int) -> dict[str, str]:
-    """``swapped``'s parameter names (``<layer>``, ``<layer>.bias``) -> GGUF tensor names."""
-    import gguf
-
-    from ..models.calibration import linear_layers
-
-    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, n_layer)
-    suffixes = (".weight", ".bias")
-    names = {}
-    for layer, module in linear_layers(model.model):
-        names[layer] = tmap.get_name(f"{layer}.weight", try_suffixes=suffixes)
-        if getattr(module, "bias", None) is not None:
-            names[f"{layer}.bias"] = tmap.get_name(f"{layer}.bias", try_suffixes=suffixes)
-    return {k: v for k, v in names.items() if v is not None}
+    export_gguf(model_dir, output, "F16", replace=replace)
 
 
 def gguf_quality(
     model: Any, path: str | os.PathLike, sentences: Sequence[str], reference: np.ndarray
 ) -> np.ndarray:
-    """Per-sentence cosine with ``reference`` of ``model`` running the Linear
-    weights and biases read back from the GGUF file at ``path``."""
+    """Per-sentence cosine with ``reference`` of ``model`` running every parameter
+    read back from the GGUF file at ``path`` (the model is restored afterwards)."""
     import gguf
 
     reader = gguf.GGUFReader(path)
     tensors = {t.name: t for t in reader.tensors}
-    arrays = {}
-    for param, name in _linear_gguf_names(model, model.model.config.num_hidden_layers).items():
-        t = tensors[name]
-        shape = tuple(int(s) for s in reversed(t.shape))  # GGUF lists the fastest axis first
-        kind = t.tensor_type.name
-        if kind == "F32":
-            arrays[param] = np.asarray(t.data, np.float32).reshape(shape)
-        else:
-            arrays[param] = _blocks.dequantize(np.ascontiguousarray(t.data), kind, shape)
-    with swapped(model, arrays):
+    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, model.model.config.num_hidden_layers)
+    saved = model.model.state_dict()
+    try:
+        for param, live in model.model.parameters().items():
+            name = tmap.get_name(param, try_suffixes=(".weight", ".bias"))
+            if name is None or name not in tensors:
+                continue  # not written (the pooler)
+            t = tensors[name]
+            kind = t.tensor_type.name
+            if kind in ("F32", "F16"):
+                live[...] = np.asarray(t.data).reshape(live.shape)
+            else:
+                data = np.ascontiguousarray(t.data)
+                live[...] = _blocks.dequantize(data, kind, live.shape)
         return cosines(reference, model.encode(list(sentences)))
+    finally:
+        model.model.load_state_dict(saved)
