@@ -122,7 +122,7 @@ def test_cli_writes_the_codes_as_q4_1(compressed_gguf, capsys):
     reader = gguf.GGUFReader(compressed_gguf)
     types = {t.name: t.tensor_type.name for t in reader.tensors}
     assert types["blk.0.attn_q.weight"] == "Q4_1" and types["blk.1.ffn_down.weight"] == "Q4_1"
-    assert types["token_embd.weight"] == "F16" and types["blk.0.attn_q.bias"] == "F32"
+    assert types["token_embd.weight"] == "Q8_0" and types["blk.0.attn_q.bias"] == "F32"
     file_type = reader.fields["general.file_type"]
     assert int(file_type.parts[file_type.data[0]][0]) == 3  # LLAMA_FTYPE_MOSTLY_Q4_1
 

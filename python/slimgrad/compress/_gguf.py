@@ -4,8 +4,10 @@ The codes GPTQ / AWQ / RTN chose are written as they are: 2..4-bit codes in
 Q4_1 blocks, 5-bit in Q5_1, 6..8-bit in Q8_0 (8-bit quantized symmetrically),
 see :func:`slimgrad.quant.gguf.from_quantized`; only the scales are rounded to
 the blocks' float16. The other tensors are written as llama.cpp's converter
-writes them by default: the embedding matrices in float16, LayerNorms and
-biases in float32 (AWQ-folded biases and layers kept in float too).
+and ``llama-quantize`` write them: the token embeddings in Q8_0 (as
+``llama-quantize`` gives MiniLM's), the position and token-type embeddings in
+float16, LayerNorms and biases in float32 (AWQ-folded biases and layers kept
+in float too, in float32).
 :func:`gguf_quality` measures the model again from the file's bytes.
 """
 
@@ -37,7 +39,7 @@ def write_gguf(model_dir: str | os.PathLike, output: str | os.PathLike, result: 
             )
         except ValueError as e:
             raise ValueError(f"layer {name}: {e}") from None
-    export_gguf(model_dir, output, "F16", replace=replace)
+    export_gguf(model_dir, output, "F16", replace=replace, token_embedding_type="Q8_0")
 
 
 def gguf_quality(
