@@ -107,6 +107,8 @@ def from_torch_state_dict(optimizer: Optimizer, state_dict: Mapping[str, Any]) -
                 continue  # torch's SGD without momentum keeps momentum_buffer=None
             if name == "step":
                 entry["step"] = int(_scalar(v))
+            elif name in template and not isinstance(template[name], np.ndarray):
+                entry[name] = _scalar(v)  # a per-tensor scalar (NAdam's mu_product, ASGD's eta)
             elif name in template:
                 entry[name] = _array(v, template[name], f"state_dict['state'][{pid!r}][{name!r}]")
             else:
