@@ -53,7 +53,12 @@ BAD = [
         ValueError,
         "weight_lr_power: expected a finite value >= 0, got -2",
     ),
-    ("SGDScheduleFree", dict(momentum=1.0), ValueError, "momentum: expected 0 < value < 1, got 1.0"),
+    (
+        "SGDScheduleFree",
+        dict(momentum=1.0),
+        ValueError,
+        "momentum: expected 0 < value < 1, got 1.0",
+    ),
     ("SGDScheduleFree", dict(momentum=0), ValueError, "momentum: expected 0 < value < 1, got 0"),
     ("SGDScheduleFree", dict(lr="1"), TypeError, "lr: expected a number, got '1'"),
 ]
@@ -66,7 +71,9 @@ def test_bad_options_raise_naming_the_argument(name, kw, exc, msg):
     assert msg in str(e.value)
 
 
-@pytest.mark.parametrize("name,kw,exc,msg", BAD[:-1], ids=[f"{b[0]}-{list(b[1])[0]}" for b in BAD[:-1]])
+@pytest.mark.parametrize(
+    "name,kw,exc,msg", BAD[:-1], ids=[f"{b[0]}-{list(b[1])[0]}" for b in BAD[:-1]]
+)
 def test_bad_param_group_edit_raises_at_step_and_changes_nothing(name, kw, exc, msg):
     if "capturable" in kw:
         return  # not a group option
@@ -175,7 +182,9 @@ def test_schedulefree_state_dict_imports(name):
 def test_step_in_eval_mode_raises_and_changes_nothing(name):
     p, grads = problem(30, np.float32, steps=2)
     opt = getattr(optim, name)([p])
-    with pytest.raises(RuntimeError, match=r"param_groups\[0\] is in eval mode; call optimizer.train"):
+    with pytest.raises(
+        RuntimeError, match=r"param_groups\[0\] is in eval mode; call optimizer.train"
+    ):
         opt.step([grads[0]])
     assert opt.state == {} and opt.param_groups[0]["k"] == 0
     opt.train()

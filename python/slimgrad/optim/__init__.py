@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from . import functional
 from ._adafactor import Adafactor
-from ._adaptive import ASGD, AdamWScheduleFree, Rprop, SGDScheduleFree
 from ._adamw8bit import AdamW8bit, dequantize_moment, quantize_moment
+from ._adaptive import ASGD, AdamWScheduleFree, Rprop, SGDScheduleFree
 from ._arena import flatten
 from ._base import Optimizer
 from ._bucket import Bucket
