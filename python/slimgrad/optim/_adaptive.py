@@ -272,7 +272,7 @@ class _ScheduleFree(FusedOptimizer):
         self._pending = [self._schedule(g) for g in self.param_groups]
         return super()._step_all(flat)
 
-    def step(self, grads: Any, *, cast: bool = False) -> bool:
+    def step(self, grads: Any, **options: Any) -> bool:
         """As :meth:`Optimizer.step`; ``RuntimeError`` unless in train mode (see :meth:`train`).
 
         Every group's ``k``, ``lr_max``, ``weight_sum`` and ``scheduled_lr``
@@ -287,7 +287,7 @@ class _ScheduleFree(FusedOptimizer):
                 )
         self._pending = None
         try:
-            applied = super().step(grads, cast=cast)
+            applied = super().step(grads, **options)  # options: as Optimizer.step (cast=...)
             if applied:
                 pending = self._pending or [self._schedule(g) for g in self.param_groups]
                 for g, s in zip(self.param_groups, pending):
