@@ -30,7 +30,10 @@ CONFIGS = [
         dict(lr=0.02, betas=(0.8, 0.99), weight_decay=0.1, warmup_steps=20, r=0.5),
     ),
     ("AdamWScheduleFree", dict(lr=0.01, betas=(0.3, 0.9), eps=1e-6, weight_lr_power=1.0)),
+    # Steep weights: ckp1 > 0.5 for ~40 steps (the other branch of torch's lerp).
+    ("AdamWScheduleFree", dict(lr=0.01, warmup_steps=100, r=10.0, weight_lr_power=10.0)),
     ("SGDScheduleFree", dict(lr=0.05)),
+    ("SGDScheduleFree", dict(lr=0.05, warmup_steps=100, r=10.0, weight_lr_power=10.0)),
     ("SGDScheduleFree", dict(lr=0.05, momentum=0.7, weight_decay=0.1, warmup_steps=10, r=1.0)),
 ]
 IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}" for n, kw in CONFIGS]

@@ -49,7 +49,8 @@ def from_torch_state_dict(optimizer: Optimizer, state_dict: Mapping[str, Any]) -
     have (``rounding``, ``seed``, ...) keep this optimizer's values. State tensors
     are converted to the dtypes this optimizer keeps (float32 moments for
     float16/bfloat16 parameters, whose float32 ``master`` copy is made from the
-    parameter); ``step`` tensors become ints, and a torch SGD momentum buffer
+    parameter); ``step`` tensors become ints, scalar state tensors (NAdam's
+    ``mu_product``, ASGD's ``eta`` and ``mu``) floats, and a torch SGD momentum buffer
     counts as one step taken. Torch is not imported: tensors are read through
     ``.detach()``.
 
