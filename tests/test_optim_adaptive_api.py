@@ -242,3 +242,17 @@ def test_asgd_eta_and_mu_follow_torch_formulas():
     for _ in range(3):
         opt.step([np.ones(5, np.float32)])
     assert st["mu"] == float(np.float32(1 / 2))  # 1 / max(1, 4 - 2)
+
+
+def test_scalar_state_tensors_import_as_floats():
+    # NAdam's mu_product (like ASGD's eta/mu) is a scalar tensor in torch's state:
+    # it used to fail with "'float' object has no attribute 'shape'".
+    torch = pytest.importorskip("torch")
+    t = torch.zeros(5, requires_grad=True)
+    topt = torch.optim.NAdam([t])
+    t.grad = torch.ones(5)
+    topt.step()
+    p = t.detach().numpy().copy()
+    opt = optim.NAdam([p])
+    opt.load_state_dict(optim.from_torch_state_dict(opt, topt.state_dict()))
+    assert opt.state[0]["mu_product"] == topt.state[t]["mu_product"].item()
