@@ -303,6 +303,8 @@ ROUND_TRIP = [
     ("Adamax", {}),
     ("NAdam", {}),
     ("RAdam", {}),
+    ("ASGD", dict(t0=2)),
+    ("Rprop", {}),
 ]
 
 

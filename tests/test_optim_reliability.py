@@ -24,6 +24,8 @@ ALL = [
     (optim.LAMB, dict(lr=0.01)),
     (optim.AdamW8bit, dict(lr=0.01)),
     (optim.Adafactor, dict(lr=0.01)),
+    (optim.ASGD, dict(lr=0.01, t0=1)),
+    (optim.Rprop, dict(lr=0.01)),
 ]
 IDS = [c.__name__ for c, _ in ALL]
 

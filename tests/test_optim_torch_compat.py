@@ -26,6 +26,8 @@ OPTIMIZERS = [
     "LAMB",
     "AdamW8bit",
     "Adafactor",
+    "ASGD",
+    "Rprop",
 ]
 TORCH_FLAGS = {"foreach": None, "fused": None, "capturable": False, "differentiable": False}
 

@@ -54,6 +54,10 @@ def test_optimizer_table_rows():
         "nadam",
         "radam",
         "lion",
+        "asgd",
+        "rprop",
+        "sf_adamw",
+        "sf_sgd",
     ]
     for name, row in table.items():
         assert row["policy"] in ("bit_exact", "bounded")
@@ -68,7 +72,7 @@ def test_optimizer_table_rows():
     for name in elementwise:
         a.algo = name
         assert a.algo == name
-    with pytest.raises(ValueError, match="algo: expected one of sgd, .*, lion, got 'lamb'"):
+    with pytest.raises(ValueError, match="algo: expected one of sgd, .*, lion, .*, got 'lamb'"):
         a.algo = "lamb"
 
 
@@ -82,6 +86,10 @@ def test_optimizer_table_rows():
         (dict(algo="adam"), 2),
         (dict(algo="adam", amsgrad=True), 3),
         (dict(algo="lion"), 1),
+        (dict(algo="asgd"), 1),
+        (dict(algo="rprop"), 2),
+        (dict(algo="sf_adamw"), 2),
+        (dict(algo="sf_sgd"), 1),
     ],
 )
 def test_state_count_follows_the_table(options, count):

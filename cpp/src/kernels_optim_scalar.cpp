@@ -163,6 +163,44 @@ struct Updater {
         const T sign = static_cast<T>((T(0) < u) - (u < T(0)));
         return p + k.neg_lr * sign;
       }
+      case Algo::asgd: {  // torch.optim.ASGD: decay, step, then the average ax
+        g = prepare(p, g, k);
+        p = p * k.c0;
+        p = p + k.c1 * g;
+        s.st(0, i, k.flag ? s.ld(0, i) + (p - s.ld(0, i)) * k.c2 : p);
+        return p;
+      }
+      case Algo::rprop: {  // torch.optim.Rprop; a sign change zeroes the gradient
+        g = prepare(p, g, k);
+        const T prod = g * s.ld(0, i);
+        const T f = T(0) < prod ? k.c1 : prod < T(0) ? k.c0 : T(1);
+        T ss = s.ld(1, i) * f;
+        ss = ss < k.c2 ? k.c2 : ss;  // torch's clamp: max with the lower bound first
+        ss = k.c3 < ss ? k.c3 : ss;
+        const T gm = prod < T(0) ? T(0) : g;
+        const T sign = static_cast<T>((T(0) < gm) - (gm < T(0)));
+        s.st(0, i, gm);
+        s.st(1, i, ss);
+        return p - sign * ss;
+      }
+      case Algo::sf_adamw: {  // schedulefree.AdamWScheduleFree; p holds y
+        if (k.maximize) g = -g;
+        const T v = s.ld(1, i) * k.decay + (k.one_minus_decay * g) * g;
+        s.st(1, i, v);
+        T gn = g / (std::sqrt(v / k.c0) + k.eps);
+        if (k.wd != T(0)) gn = gn + k.wd * p;  // weight decay at y
+        const T z = s.ld(0, i);
+        p = lerp(p, z, k);
+        s.st(0, i, z - k.lr * gn);
+        return p + k.c1 * gn;
+      }
+      case Algo::sf_sgd: {  // schedulefree.SGDScheduleFree; p holds y
+        g = prepare(p, g, k);
+        const T z = s.ld(0, i);
+        p = lerp(p, z, k);
+        s.st(0, i, z - k.lr * g);
+        return p + k.c1 * g;
+      }
       default:  // multipass rows never reach optim_step (the binding refuses them)
         break;
     }

@@ -77,6 +77,14 @@ struct Access {
   }
 };
 
+}  // namespace optim_simd
+}  // namespace slimgrad::kernels
+
+#include "kernels_optim_adaptive.hpp"
+
+namespace slimgrad::kernels {
+namespace optim_simd {
+
 template <class V>
 inline V vmax(V a, V b) {  // a < b ? b : a, as the oracle
   return select(lt(a, b), b, a);
@@ -164,6 +172,8 @@ SLIMGRAD_OPTIM_INLINE V update(const StepConsts<typename V::Scalar>& k, const VC
     const V zero = V::zero();
     const V sign = select(lt(zero, u), V::set1(T(1)), select(lt(u, zero), V::set1(T(-1)), zero));
     return p + c.neg_lr * sign;
+  } else if constexpr (is_adaptive(A)) {  // ASGD, Rprop, Schedule-Free: kernels_optim_adaptive.hpp
+    return update_adaptive<A>(k, c, p, g, st);
   } else {
     static_assert(A == Algo::radam, "update(): an elementwise row of optim_table.hpp without a kernel");
     const V m = lerp(st.ld(0), g);

@@ -46,6 +46,25 @@ void step_constants(StepArgs& a) {
     case Algo::lion:
       a.decoupled = true;
       break;
+    case Algo::asgd:
+      a.c0 = 1.0 - a.lambd * a.eta;
+      a.c1 = -a.eta;
+      a.c2 = a.mu;
+      a.flag = a.mu != 1.0;
+      break;
+    case Algo::rprop:
+      a.c0 = a.etaminus;
+      a.c1 = a.etaplus;
+      a.c2 = a.step_size_min;
+      a.c3 = a.step_size_max;
+      break;
+    case Algo::sf_adamw:
+      a.c0 = 1.0 - std::pow(a.beta2, t);
+      a.c1 = a.lr * (a.beta1 * (1.0 - a.ckp1) - 1.0);
+      break;
+    case Algo::sf_sgd:
+      a.c1 = a.lr * (a.momentum * (1.0 - a.ckp1) - 1.0);
+      break;
     case Algo::lamb:
     case Algo::adafactor:
     case Algo::adamw8bit:

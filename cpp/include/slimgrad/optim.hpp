@@ -62,6 +62,10 @@ struct StepArgs {
   double lr_decay = 0;                 // Adagrad
   double momentum_decay = 4e-3;        // NAdam
   double mu_product = 1;               // NAdam: product of mu over the previous steps
+  double lambd = 1e-4, eta = 1e-2, mu = 1;  // ASGD: decay; this step's eta and mu (per-tensor state)
+  double etaminus = 0.5, etaplus = 1.2;     // Rprop: step size factors
+  double step_size_min = 1e-6, step_size_max = 50;
+  double ckp1 = 1;                      // Schedule-Free: this step's averaging weight c_{k+1}
   bool maximize = false, nesterov = false, amsgrad = false, centered = false, decoupled = false;
   // Per-step constants (filled by step_constants).
   // sgd: flag = first step | adagrad: c0 = lr / (1 + (step - 1) lr_decay)
@@ -70,6 +74,11 @@ struct StepArgs {
   //        c3 = mu_product' (the new product, to store back)
   // radam: c0 = bc1, c1 = sqrt(bc2), c2 = rect, flag = rho_t > 5
   // lion: none (its weight decay is always decoupled: step_constants sets decoupled)
+  // asgd: c0 = 1 - lambd eta, c1 = -eta, c2 = mu, flag = mu != 1
+  // rprop: c0 = etaminus, c1 = etaplus, c2 = step_size_min, c3 = step_size_max
+  // sf_adamw: c0 = 1 - beta2^step, c1 = lr (beta1 (1 - ckp1) - 1) | sf_sgd: c1 = lr (momentum (1 - ckp1) - 1)
+  //   (Schedule-Free: the lerp weight w is ckp1; sf_adamw adds its weight decay after the
+  //   normalization, in its own branch, so the common coupled decay is off for it)
   // wd_scale = 1 - lr * weight_decay (decoupled weight decay)
   double c0 = 0, c1 = 0, c2 = 0, c3 = 0, wd_scale = 1;
   bool flag = false;
@@ -131,7 +140,8 @@ struct StepConsts {
     const double d = a.algo == Algo::rmsprop ? a.alpha : a.algo == Algo::adadelta ? a.rho : a.beta2;
     decay = t(d);
     one_minus_decay = t(1.0 - d);
-    w = t(a.algo == Algo::rmsprop ? 1.0 - a.alpha : 1.0 - a.beta1);
+    const bool sf = a.algo == Algo::sf_adamw || a.algo == Algo::sf_sgd;
+    w = t(a.algo == Algo::rmsprop ? 1.0 - a.alpha : sf ? a.ckp1 : 1.0 - a.beta1);
     w_rest = T(1) - w;
     c0 = t(a.c0);
     c1 = t(a.c1);
@@ -144,7 +154,7 @@ struct StepConsts {
     centered = a.centered;
     decoupled = a.decoupled;
     flag = a.flag;
-    has_wd = a.weight_decay != 0;
+    has_wd = a.weight_decay != 0 && a.algo != Algo::sf_adamw;
     has_momentum = a.momentum != 0;
   }
 };

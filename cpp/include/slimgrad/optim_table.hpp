@@ -60,6 +60,18 @@
   X(lion, elementwise, bit_exact, "lr beta1 beta2 weight_decay maximize",                                     \
     (exp_avg, math, always), (_, none, never),                                                                \
     (_, none, never), (_, none, never))                                                                       \
+  X(asgd, elementwise, bit_exact, "lr lambd eta mu weight_decay maximize",                                   \
+    (ax, math, always), (_, none, never),                                                                     \
+    (_, none, never), (_, none, never))                                                                       \
+  X(rprop, elementwise, bit_exact, "lr etaminus etaplus step_size_min step_size_max maximize",                \
+    (prev, math, always), (step_size, math, always),                                                          \
+    (_, none, never), (_, none, never))                                                                       \
+  X(sf_adamw, elementwise, bit_exact, "lr beta1 beta2 eps weight_decay ckp1",                                 \
+    (z, math, always), (exp_avg_sq, math, always),                                                            \
+    (_, none, never), (_, none, never))                                                                       \
+  X(sf_sgd, elementwise, bit_exact, "lr momentum weight_decay ckp1",                                          \
+    (z, math, always), (_, none, never),                                                                      \
+    (_, none, never), (_, none, never))                                                                       \
   X(lamb, multipass, bounded, "lr beta1 beta2 eps weight_decay",                                              \
     (exp_avg, math, always), (exp_avg_sq, math, always),                                                      \
     (_, none, never), (_, none, never))                                                                       \

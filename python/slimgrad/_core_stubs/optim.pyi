@@ -23,16 +23,24 @@ class StepArgs:
     @property
     def c3(self) -> float:
         ...
+    ckp1: float
     dampening: float
     eps: float
+    eta: float
+    etaminus: float
+    etaplus: float
+    lambd: float
     lr: float
     lr_decay: float
     momentum: float
     momentum_decay: float
+    mu: float
     mu_product: float
     rho: float
     seed: int
     step: int
+    step_size_max: float
+    step_size_min: float
     weight_decay: float
 def accumulate(acc: typing.Any, grads: typing.Any, labels: typing.Any = None, *, scale: typing.SupportsFloat | typing.SupportsIndex = 1.0) -> None:
     """

@@ -12,7 +12,8 @@ Layout: the implementation lives in ``_``-modules (``_base``: the
 :class:`Optimizer` machinery; ``_checks``: option checks; ``_bucket``: state
 placement; ``_state_dict``; ``_fused``: the base of the optimizers stepped by
 one C++ call; ``_optimizers``: SGD ... RAdam; ``_lion``, ``_lamb``,
-``_adamw8bit``, ``_adafactor``, ``_clip``); ``functional`` is public as a
+``_adamw8bit``, ``_adafactor``, ``_clip``; ``_adaptive``: ASGD, Rprop,
+Schedule-Free AdamW/SGD); ``functional`` is public as a
 module. This file only re-exports the public names.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 from . import functional
 from ._adafactor import Adafactor
 from ._adamw8bit import AdamW8bit, dequantize_moment, quantize_moment
+from ._adaptive import ASGD, AdamWScheduleFree, Rprop, SGDScheduleFree
 from ._arena import flatten
 from ._base import Optimizer
 from ._bucket import Bucket
@@ -31,6 +33,10 @@ from ._optimizers import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAd
 from ._torch_import import from_torch_state_dict
 
 __all__ = [
+    "ASGD",
+    "AdamWScheduleFree",
+    "Rprop",
+    "SGDScheduleFree",
     "Adadelta",
     "Adafactor",
     "Adagrad",

@@ -49,7 +49,8 @@ def from_torch_state_dict(optimizer: Optimizer, state_dict: Mapping[str, Any]) -
     have (``rounding``, ``seed``, ...) keep this optimizer's values. State tensors
     are converted to the dtypes this optimizer keeps (float32 moments for
     float16/bfloat16 parameters, whose float32 ``master`` copy is made from the
-    parameter); ``step`` tensors become ints, and a torch SGD momentum buffer
+    parameter); ``step`` tensors become ints, scalar state tensors (NAdam's
+    ``mu_product``, ASGD's ``eta`` and ``mu``) floats, and a torch SGD momentum buffer
     counts as one step taken. Torch is not imported: tensors are read through
     ``.detach()``.
 
@@ -107,6 +108,8 @@ def from_torch_state_dict(optimizer: Optimizer, state_dict: Mapping[str, Any]) -
                 continue  # torch's SGD without momentum keeps momentum_buffer=None
             if name == "step":
                 entry["step"] = int(_scalar(v))
+            elif name in template and not isinstance(template[name], np.ndarray):
+                entry[name] = _scalar(v)  # a per-tensor scalar (NAdam's mu_product, ASGD's eta)
             elif name in template:
                 entry[name] = _array(v, template[name], f"state_dict['state'][{pid!r}][{name!r}]")
             else:

@@ -29,7 +29,20 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
         "pip install 'slimgrad[torch]' (or pip install torch)"
     ) from exc
 
+from ._adaptive import ASGD, AdamWScheduleFree, Rprop, SGDScheduleFree
 from ._extra import AdamW8bit, Lion
 from ._fused import SGD, Adagrad, Adam, AdamW, RMSprop
 
-__all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Lion", "AdamW8bit"]
+__all__ = [
+    "SGD",
+    "Adam",
+    "AdamW",
+    "Adagrad",
+    "RMSprop",
+    "Lion",
+    "AdamW8bit",
+    "ASGD",
+    "Rprop",
+    "AdamWScheduleFree",
+    "SGDScheduleFree",
+]

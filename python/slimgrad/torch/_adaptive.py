@@ -1,0 +1,268 @@
+"""ASGD, Rprop (torch.optim) and Schedule-Free AdamW/SGD (schedulefree) for torch.
+
+Drop-in for ``torch.optim.ASGD`` / ``torch.optim.Rprop`` and
+``schedulefree.AdamWScheduleFree`` / ``schedulefree.SGDScheduleFree``: same
+signatures, group keys and state (so their state dicts load both ways), each
+step one fused pass of slimgrad's elementwise family per bucket of tensors.
+As in :mod:`slimgrad.torch._fused`, float16/bfloat16 parameters are stepped
+without master copies (float32 math, rounded to nearest even), bfloat16
+parameters keep bfloat16 state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..optim import _adaptive as _np
+from ._base import check_range
+from ._fused import _Fused
+
+__all__ = ["ASGD", "Rprop", "AdamWScheduleFree", "SGDScheduleFree"]
+
+
+class ASGD(_Fused):
+    """``torch.optim.ASGD``: same signature and state (``step``, ``eta``, ``mu``
+    as float32 scalar tensors, ``ax``); see :class:`slimgrad.optim.ASGD`."""
+
+    _algo = "asgd"
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-2,
+        lambd: float = 1e-4,
+        alpha: float = 0.75,
+        t0: float = 1e6,
+        weight_decay: float = 0,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
+    ) -> None:
+        check_range("learning rate", lr)
+        check_range("weight_decay", weight_decay)
+        defaults = dict(
+            lr=lr,
+            lambd=lambd,
+            alpha=alpha,
+            t0=t0,
+            weight_decay=weight_decay,
+            foreach=foreach,
+            maximize=maximize,
+            differentiable=differentiable,
+            capturable=capturable,
+        )
+        super().__init__(params, defaults)
+
+    _state_keys = _np.ASGD._state_keys
+
+    def _state_dtype(self, group, p, key):
+        if key in ("eta", "mu"):
+            return torch.float32  # torch's scalar dtype, whatever the parameter's
+        return super()._state_dtype(group, p, key)
+
+    def _init_state(self, group, p):
+        return {
+            "eta": torch.tensor(float(group["lr"]), dtype=torch.float32),
+            "mu": torch.ones((), dtype=torch.float32),
+            **super()._init_state(group, p),
+        }
+
+    def _set_args(self, a, g):
+        _np.ASGD._set_args(self, a, g)
+        a.eta, a.mu = g["_eta"], g["_mu"]
+
+    def _run(self, group, params, step):
+        st0 = self.state[params[0]]  # a bucket shares its step count, hence eta and mu
+        super()._run({**group, "_eta": st0["eta"].item(), "_mu": st0["mu"].item()}, params, step)
+        lr, lambd = float(group["lr"]), group["lambd"]
+        eta = lr / ((1 + lambd * lr * step) ** group["alpha"])
+        mu = 1 / max(1, step - group["t0"])
+        for p in params:
+            self.state[p]["eta"].fill_(eta)
+            self.state[p]["mu"].fill_(mu)
+
+
+class Rprop(_Fused):
+    """``torch.optim.Rprop``: same signature and state (``step``, ``prev``,
+    ``step_size``); see :class:`slimgrad.optim.Rprop`."""
+
+    _algo = "rprop"
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-2,
+        etas: tuple[float, float] = (0.5, 1.2),
+        step_sizes: tuple[float, float] = (1e-6, 50),
+        *,
+        capturable: bool = False,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+    ) -> None:
+        check_range("learning rate", lr)
+        if not 0.0 < etas[0] < 1.0 < etas[1]:
+            raise ValueError(f"Invalid eta values: {etas[0]}, {etas[1]}")
+        _np.check_step_sizes("step_sizes", step_sizes)
+        defaults = dict(
+            lr=lr,
+            etas=etas,
+            step_sizes=step_sizes,
+            foreach=foreach,
+            maximize=maximize,
+            differentiable=differentiable,
+            capturable=capturable,
+        )
+        super().__init__(params, defaults)
+
+    _state_keys = _np.Rprop._state_keys
+    _set_args = _np.Rprop._set_args
+
+    def _init_state(self, group, p):
+        dt = self._state_dtype(group, p, "prev")
+        return {
+            "prev": torch.zeros_like(p, dtype=dt),
+            "step_size": torch.full_like(p, float(group["lr"]), dtype=dt),
+        }
+
+
+class _ScheduleFree(_Fused):
+    """The per-group schedule and the train/eval switch, as schedulefree."""
+
+    _counts_steps = False  # schedulefree counts steps per group ("k")
+    _np_class: Any = None
+
+    def _finish_init(self, params: Any, defaults: dict[str, Any]) -> None:
+        defaults.update(k=0, train_mode=False, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0)
+        self._pending: dict[int, dict[str, float]] = {}
+        super().__init__(params, defaults)
+
+    def _state_keys(self, group):
+        return self._np_class._state_keys(self, group)
+
+    def _init_state(self, group, p):
+        keys = self._state_keys(group)
+        st = {k: torch.zeros_like(p, dtype=self._state_dtype(group, p, k)) for k in keys}
+        st["z"].copy_(p.detach())
+        return st
+
+    def _set_args(self, a, g):
+        self._np_class._set_args(self, a, g)
+        a.ckp1 = g["_ckp1"]
+
+    def _run(self, group, params, step):
+        s = self._pending[id(group)]
+        super()._run({**group, "lr": s["lr"], "_ckp1": s["ckp1"]}, params, group["k"] + 1)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """One step (``RuntimeError`` unless in train mode, see :meth:`train`); every
+        group's ``k``, ``lr_max``, ``weight_sum``, ``scheduled_lr`` advance."""
+        if not self.param_groups[0]["train_mode"]:
+            raise RuntimeError(
+                "Optimizer was not in train mode when step is called: call optimizer.train() "
+                "before training steps and optimizer.eval() before evaluating (Schedule-Free)"
+            )
+        self._pending = {id(g): _np._ScheduleFree._schedule(g) for g in self.param_groups}
+        try:
+            loss = super().step(closure)
+        finally:
+            pending, self._pending = self._pending, {}
+        for g in self.param_groups:
+            s = pending[id(g)]
+            g["k"] += 1
+            g["lr_max"], g["weight_sum"], g["scheduled_lr"] = s["lr_max"], s["weight_sum"], s["lr"]
+        return loss
+
+    @torch.no_grad()
+    def train(self) -> None:
+        """Parameters to ``y`` in place: ``p.lerp_(z, 1 - beta)``, as schedulefree."""
+        self._switch(True)
+
+    @torch.no_grad()
+    def eval(self) -> None:
+        """Parameters to ``x`` in place: ``p.lerp_(z, 1 - 1 / beta)``, as schedulefree."""
+        self._switch(False)
+
+    def _switch(self, to_train: bool) -> None:
+        for group in self.param_groups:
+            if group["train_mode"] == to_train:
+                continue
+            beta = self._np_class._beta(self, group)
+            w = 1 - beta if to_train else 1 - 1 / beta
+            for p in group["params"]:
+                st = self.state.get(p, {})  # .get: no empty entry for a param without state
+                if "z" in st:
+                    p.lerp_(end=st["z"].to(p.dtype), weight=w)
+            group["train_mode"] = to_train
+
+
+class AdamWScheduleFree(_ScheduleFree):
+    """``schedulefree.AdamWScheduleFree``: same signature, group keys and state
+    (``z``, ``exp_avg_sq``); see :class:`slimgrad.optim.AdamWScheduleFree`."""
+
+    _algo = "sf_adamw"
+    _np_class = _np.AdamWScheduleFree
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 0.0025,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        warmup_steps: int = 0,
+        r: float = 0.0,
+        weight_lr_power: float = 2.0,
+        foreach: bool | None = True,
+    ) -> None:
+        check_range("learning rate", lr)
+        _np.check_sf_betas("betas", betas)
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            r=r,
+            warmup_steps=warmup_steps,
+            weight_lr_power=weight_lr_power,
+            weight_decay=weight_decay,
+            foreach=foreach,
+        )
+        self._finish_init(params, defaults)
+
+
+class SGDScheduleFree(_ScheduleFree):
+    """``schedulefree.SGDScheduleFree``: same signature, group keys and state
+    (``z``); see :class:`slimgrad.optim.SGDScheduleFree`."""
+
+    _algo = "sf_sgd"
+    _np_class = _np.SGDScheduleFree
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1.0,
+        momentum: float = 0.9,
+        weight_decay: float = 0,
+        warmup_steps: int = 0,
+        r: float = 0.0,
+        weight_lr_power: float = 2,
+        foreach: bool | None = True,
+    ) -> None:
+        check_range("learning rate", lr)
+        check_range("weight_decay", weight_decay)
+        if momentum <= 0 or momentum >= 1:
+            raise ValueError(f"Momentum must be between 0 and 1 exclusive: {momentum}")
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            r=r,
+            warmup_steps=warmup_steps,
+            weight_lr_power=weight_lr_power,
+            weight_decay=weight_decay,
+            foreach=foreach,
+        )
+        self._finish_init(params, defaults)
