@@ -12,12 +12,14 @@ from . import compressed, gguf, gguf_mix, kquants
 from ._awq import awq_clip, awq_scales
 from ._gptq import gptq
 from ._matmul import MAX_K_INT8, matmul, matmul_int8
+from ._packed import PackedWeight, prepack
 from ._tensor import QuantizedTensor, dequantize, fake_quantize, quantize
 from .gguf_export import export_gguf
 from .io import load, save, save_gguf
 
 __all__ = [
     "MAX_K_INT8",
+    "PackedWeight",
     "QuantizedTensor",
     "awq_clip",
     "awq_scales",
@@ -32,6 +34,7 @@ __all__ = [
     "load",
     "matmul",
     "matmul_int8",
+    "prepack",
     "quantize",
     "save",
     "save_gguf",
