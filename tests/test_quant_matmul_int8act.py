@@ -198,3 +198,31 @@ def test_packing_copies_and_leaves_the_tensor_alone(rng):
     qt.scale[...] = 0  # the packed copy is independent
     np.testing.assert_array_equal(packed.matmul(x), y)
     assert "int4" in repr(packed) and packed.nbytes > 0
+
+
+def test_linear_runs_on_the_packed_weight(rng):
+    from slimgrad import nn
+
+    model = nn.Sequential(nn.Linear(70, 33, seed=1), nn.ReLU(), nn.Linear(33, 9, seed=2))
+    x = rng.standard_normal((5, 70)).astype(np.float32)
+    dense = model.forward(x)
+    assert quant.quantize_dynamic(model, "int8") == 2
+    first = model._modules["0"]
+    h = quant.matmul(x, quant.quantize(first.weight, 8), activations="int8") + first.bias
+    np.testing.assert_array_equal(first.forward(x), h)
+    y8 = model.forward(x)
+    assert np.abs(y8 - dense).max() < 0.02 * np.abs(dense).max()
+    assert "int8" in repr(model)
+    packed = quant.quantize_linear(first, "int4", group_size=32)
+    assert packed.format == "int4" and packed.group_size == 32
+    y4 = model.forward(x)
+    assert np.abs(y4 - dense).max() < 0.2 * np.abs(dense).max() and not np.array_equal(y4, y8)
+    quant.quantize_dynamic(model, None)
+    np.testing.assert_array_equal(model.forward(x), dense)
+    with pytest.raises(ValueError, match="fmt: expected 'int8', 'int4' or None, got 'int2'"):
+        quant.quantize_linear(first, "int2")
+    with pytest.raises(ValueError, match="group_size: expected a multiple of 8, got 12"):
+        quant.quantize_linear(first, "int4", group_size=12)
+    with pytest.raises(TypeError, match="layer: expected an nn.Linear, got ReLU"):
+        quant.quantize_linear(nn.ReLU())
+    np.testing.assert_array_equal(model.forward(x), dense)  # refusals changed nothing
