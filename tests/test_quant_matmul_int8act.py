@@ -53,7 +53,9 @@ def check(y: np.ndarray, x: np.ndarray, w_hat: np.ndarray) -> None:
     ref, bound = reference(x, w_hat)
     assert y.dtype == np.float32 and y.shape == ref.shape
     # float32 scale products and one rounding per group: a few ulps of the bound
-    assert np.all(np.abs(y - ref) <= 4e-7 * bound + 1e-30), np.max(np.abs(y - ref) / (bound + 1e-30))
+    assert np.all(np.abs(y - ref) <= 4e-7 * bound + 1e-30), np.max(
+        np.abs(y - ref) / (bound + 1e-30)
+    )
 
 
 @pytest.mark.parametrize("kw", SPECS, ids=str)
@@ -161,7 +163,9 @@ def test_refusals_name_the_argument_and_change_nothing(rng):
     np.testing.assert_array_equal(bad, before)
     with pytest.raises(ValueError, match="type: the int8-activation kernels take 'Q8_0' or 'Q4_0'"):
         quant.prepack(gguf.quantize(w[:, :32], "Q4_1"), "Q4_1")
-    with pytest.raises(ValueError, match=r"w: expected 408 bytes of Q8_0 blocks for shape \(6, 64\).*got 204"):
+    with pytest.raises(
+        ValueError, match=r"w: expected 408 bytes of Q8_0 blocks for shape \(6, 64\).*got 204"
+    ):
         quant.prepack(blocks, "Q8_0", shape=(6, 64))
     with pytest.raises(TypeError, match="w: expected a QuantizedTensor"):
         quant.prepack(w)
@@ -174,7 +178,9 @@ def test_refusals_name_the_argument_and_change_nothing(rng):
         packed.matmul(np.zeros((3, 41), np.float32), out=out)
     with pytest.raises(TypeError, match="x: expected a floating-point NumPy array, got int8"):
         packed.matmul(x.astype(np.int8), out=out)
-    with pytest.raises(TypeError, match=r"out: expected a float32 C-contiguous array of shape \(3, 6\)"):
+    with pytest.raises(
+        TypeError, match=r"out: expected a float32 C-contiguous array of shape \(3, 6\)"
+    ):
         packed.matmul(x, out=np.empty((3, 6), np.float64))
     with pytest.raises(ValueError, match=r"bias: expected shape \(6,\), got \(5,\)"):
         packed.matmul(x, bias=np.zeros(5, np.float32), out=out)

@@ -25,7 +25,9 @@ def _is_linear(layer: Any) -> bool:
     return hasattr(layer, "set_product") and isinstance(w, np.ndarray) and w.ndim == 2
 
 
-def quantize_linear(layer: Any, fmt: str | None = "int8", group_size: int = 32) -> PackedWeight | None:
+def quantize_linear(
+    layer: Any, fmt: str | None = "int8", group_size: int = 32
+) -> PackedWeight | None:
     """Run ``layer.forward`` (an ``nn.Linear``) on a quantized, prepacked copy of its weight.
 
     Parameters
@@ -84,7 +86,9 @@ def quantize_linear(layer: Any, fmt: str | None = "int8", group_size: int = 32) 
 
 
 def quantize_dynamic(model: Any, fmt: str | None = "int8", group_size: int = 32) -> int:
-    """:func:`quantize_linear` on every Linear of ``model`` (as ``torch.ao.quantization.quantize_dynamic``).
+    """:func:`quantize_linear` on every Linear of ``model``.
+
+    As ``torch.ao.quantization.quantize_dynamic(model, {nn.Linear})``.
 
     ``model`` is an ``nn`` module (its ``modules()``); every float32 layer
     with a 2-D ``weight`` and ``set_product`` is converted in place. Returns

@@ -24,7 +24,8 @@ def _gguf_codes(blocks: np.ndarray, name: str, shape: Any) -> tuple[np.ndarray, 
     if shape is None:
         if blocks.ndim != 2 or blocks.shape[1] % ts:
             raise ValueError(
-                f"w: expected {name} blocks of shape (out, in / 32 * {ts}), got shape {blocks.shape}"
+                f"w: expected {name} blocks of shape (out, in / 32 * {ts}), "
+                f"got shape {blocks.shape}"
             )
         shape = (blocks.shape[0], blocks.shape[1] // ts * 32)
     n, k = (int(s) for s in shape)
@@ -95,7 +96,9 @@ class PackedWeight:
         if bias is not None:
             if not isinstance(bias, np.ndarray) or bias.dtype != np.float32:
                 given = getattr(bias, "dtype", type(bias).__name__)
-                raise TypeError(f"bias: expected a float32 NumPy array of shape ({n},), got {given}")
+                raise TypeError(
+                    f"bias: expected a float32 NumPy array of shape ({n},), got {given}"
+                )
             if bias.shape != (n,):
                 raise ValueError(f"bias: expected shape ({n},), got {bias.shape}")
             bias = np.ascontiguousarray(bias)
@@ -179,7 +182,9 @@ def prepack(w: Any, type: Any = None, *, shape: Any = None) -> PackedWeight:
     codes, scale = _gguf_codes(w, name, shape)
     if name == "Q8_0" and codes.size and codes.min() < -127:
         bad = np.unravel_index(int(np.argmin(codes)), codes.shape)
-        raise ValueError(f"w: Q8_0 code -128 at (row, column) {tuple(map(int, bad))}; expected [-127, 127]")
+        raise ValueError(
+            f"w: Q8_0 code -128 at (row, column) {tuple(map(int, bad))}; expected [-127, 127]"
+        )
     return PackedWeight(codes, scale, 8 if name == "Q8_0" else 4, 32, name)
 
 
