@@ -78,7 +78,8 @@ def _quantize(w: np.ndarray, type: Any, label: str) -> np.ndarray:
         raise TypeError(f"{label}: expected a floating-point NumPy array, got {given}")
     if w.ndim == 0 or w.shape[-1] % BLOCK_SIZE:
         raise ValueError(
-            f"{label}: expected a last axis that is a multiple of {BLOCK_SIZE}, got shape {w.shape}"
+            f"{label}: expected a last axis that is a multiple of {BLOCK_SIZE}, "
+            f"got shape {w.shape}"
         )
     wf = np.ascontiguousarray(w, dtype=np.float32)
     out = np.empty((*w.shape[:-1], w.shape[-1] // BLOCK_SIZE * TYPE_SIZE[name]), np.uint8)
