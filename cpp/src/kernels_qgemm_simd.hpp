@@ -4,10 +4,11 @@
 //    unsigned activation codes x + 128 (a 4-byte broadcast per row of x) by
 //    64 signed weight bytes (16 outputs x 4 k) into 16 int32 sums. A tile is
 //    up to 4 rows of x by 2 strips (32 outputs): 8 int32 accumulators, 8
-//    float ones. 4-bit codes (stored + 8) become int8 in registers: and / shift,
-//    then - 8. At each group end the packed compensation 128 * sum(w) makes
-//    the sums exactly those of the signed codes, then acc = fma(float(sum),
-//    scale, acc).
+//    float ones. 4-bit codes (stored + 8) become int8: and / shift, then - 8,
+//    in registers for one tile of rows, else once per strip pair into an
+//    int8 panel (thread-local, 32 x k bytes) shared by all tiles. Each group's
+//    sums start at the packed -128 * sum(w), so they end as those of the
+//    signed codes; then acc = fma(float(sum), scale, acc).
 //  - madd (avx2, and avx512 without VNNI): 256-bit vpmaddubsw on |x| and
 //    w * sign(x) (vpsignb; codes are in [-127, 127], so pairs stay below
 //    2 * 127 * 127 < 2**15 and never saturate), vpmaddwd by 1 into int32.
@@ -27,6 +28,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "slimgrad/qgemm.hpp"
 
@@ -172,12 +174,13 @@ void strips_madd(const Packed& p, const std::uint8_t* q, const float* xs, std::s
 
 #if defined(__AVX512F__)
 // -------------------------------------------------------------- VNNI path
+// ws: strip s's codes (Bits wide), sb: bytes from one strip to the next.
 template <int MR, int NV, int Bits>
-__attribute__((target("avx512vnni"))) void tile_vnni(const Packed& p, const std::uint8_t* q, const float* xs,
-                                                     std::size_t t0, std::size_t s, const float* bias, float* y) {
-  const std::size_t sb = p.strip_bytes();
+__attribute__((target("avx512vnni"))) void tile_vnni(const Packed& p, const std::uint8_t* ws, std::size_t sb,
+                                                     const std::uint8_t* q, const float* xs, std::size_t t0,
+                                                     std::size_t s, const float* bias, float* y) {
   const std::uint8_t* wp[NV];
-  for (int v = 0; v < NV; ++v) wp[v] = p.w + (s + v) * sb;
+  for (int v = 0; v < NV; ++v) wp[v] = ws + v * sb;
   const std::uint8_t* xr[MR];
   for (int r = 0; r < MR; ++r) xr[r] = q + (t0 + r) * p.kpad;
   const __m512i nib = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
@@ -187,9 +190,12 @@ __attribute__((target("avx512vnni"))) void tile_vnni(const Packed& p, const std:
     for (int v = 0; v < NV; ++v) facc[r][v] = _mm512_setzero_ps();
   for (std::size_t g = 0; g < p.n_groups; ++g) {
     const std::size_t k0 = g * p.group, k1 = k0 + p.group < p.kpad ? k0 + p.group : p.kpad;
+    // the sums start at -128 * sum(w): that of the signed codes at the end
     __m512i iacc[MR][NV];
-    for (int r = 0; r < MR; ++r)
-      for (int v = 0; v < NV; ++v) iacc[r][v] = _mm512_setzero_si512();
+    for (int v = 0; v < NV; ++v) {
+      const __m512i start = _mm512_loadu_si512(p.comp + ((s + v) * p.n_groups + g) * kS);
+      for (int r = 0; r < MR; ++r) iacc[r][v] = start;
+    }
     for (std::size_t k = k0; k < k1; k += kstep) {
       const std::size_t off = (k / kstep) * 64;
       if constexpr (Bits == 8) {
@@ -218,9 +224,7 @@ __attribute__((target("avx512vnni"))) void tile_vnni(const Packed& p, const std:
     for (int v = 0; v < NV; ++v) {
       const std::size_t at = ((s + v) * p.n_groups + g) * kS;
       const __m512 sc = _mm512_loadu_ps(p.scale + at);
-      const __m512i cp = _mm512_loadu_si512(p.comp + at);
-      for (int r = 0; r < MR; ++r)
-        facc[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(iacc[r][v], cp)), sc, facc[r][v]);
+      for (int r = 0; r < MR; ++r) facc[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r][v]), sc, facc[r][v]);
     }
   }
   for (int v = 0; v < NV; ++v) {
@@ -236,24 +240,57 @@ __attribute__((target("avx512vnni"))) void tile_vnni(const Packed& p, const std:
 }
 
 template <int NV, int Bits>
-void rows_vnni(const Packed& p, const std::uint8_t* q, const float* xs, std::size_t m, std::size_t s,
-               const float* bias, float* y) {
+void rows_vnni(const Packed& p, const std::uint8_t* ws, std::size_t sb, const std::uint8_t* q, const float* xs,
+               std::size_t m, std::size_t s, const float* bias, float* y) {
   std::size_t t = 0;
-  for (; t + 4 <= m; t += 4) tile_vnni<4, NV, Bits>(p, q, xs, t, s, bias, y);
+  for (; t + 4 <= m; t += 4) tile_vnni<4, NV, Bits>(p, ws, sb, q, xs, t, s, bias, y);
   switch (m - t) {
-    case 3: tile_vnni<3, NV, Bits>(p, q, xs, t, s, bias, y); break;
-    case 2: tile_vnni<2, NV, Bits>(p, q, xs, t, s, bias, y); break;
-    case 1: tile_vnni<1, NV, Bits>(p, q, xs, t, s, bias, y); break;
+    case 3: tile_vnni<3, NV, Bits>(p, ws, sb, q, xs, t, s, bias, y); break;
+    case 2: tile_vnni<2, NV, Bits>(p, ws, sb, q, xs, t, s, bias, y); break;
+    case 1: tile_vnni<1, NV, Bits>(p, ws, sb, q, xs, t, s, bias, y); break;
     default: break;
+  }
+}
+
+// 4-bit strips as int8 codes (the 8-bit layout): with more than one tile of
+// rows, decoding once per strip beats decoding in every tile.
+inline void widen_strips(const Packed& p, std::size_t s, std::size_t count, std::uint8_t* out) {
+  const __m512i nib = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
+  const std::size_t blocks = p.kpad / 8;
+  for (std::size_t v = 0; v < count; ++v) {
+    const std::uint8_t* src = p.w + (s + v) * p.strip_bytes();
+    std::uint8_t* dst = out + v * p.kpad * kS;
+    for (std::size_t b = 0; b < blocks; ++b) {
+      const __m512i raw = _mm512_loadu_si512(src + 64 * b);
+      _mm512_storeu_si512(dst + 128 * b, _mm512_sub_epi8(_mm512_and_si512(raw, nib), eight));
+      _mm512_storeu_si512(dst + 128 * b + 64,
+                          _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(raw, 4), nib), eight));
+    }
   }
 }
 
 void strips_vnni(const Packed& p, const std::uint8_t* q, const float* xs, std::size_t m, std::size_t s0,
                  std::size_t s1, const float* bias, float* y) {
+  const std::size_t sb = p.strip_bytes();
+  if (p.bits == 4 && m > qgemm::kTileRows) {
+    thread_local std::vector<std::uint8_t> wide;
+    const std::size_t sb8 = p.kpad * kS;
+    if (wide.size() < 2 * sb8) wide.resize(2 * sb8);
+    for (std::size_t s = s0; s < s1; s += 2) {
+      const std::size_t nv = s1 - s < 2 ? 1 : 2;
+      widen_strips(p, s, nv, wide.data());
+      nv == 2 ? rows_vnni<2, 8>(p, wide.data(), sb8, q, xs, m, s, bias, y)
+              : rows_vnni<1, 8>(p, wide.data(), sb8, q, xs, m, s, bias, y);
+    }
+    return;
+  }
   std::size_t s = s0;
   for (; s + 2 <= s1; s += 2)
-    p.bits == 8 ? rows_vnni<2, 8>(p, q, xs, m, s, bias, y) : rows_vnni<2, 4>(p, q, xs, m, s, bias, y);
-  if (s < s1) p.bits == 8 ? rows_vnni<1, 8>(p, q, xs, m, s, bias, y) : rows_vnni<1, 4>(p, q, xs, m, s, bias, y);
+    p.bits == 8 ? rows_vnni<2, 8>(p, p.w + s * sb, sb, q, xs, m, s, bias, y)
+                : rows_vnni<2, 4>(p, p.w + s * sb, sb, q, xs, m, s, bias, y);
+  if (s < s1)
+    p.bits == 8 ? rows_vnni<1, 8>(p, p.w + s * sb, sb, q, xs, m, s, bias, y)
+                : rows_vnni<1, 4>(p, p.w + s * sb, sb, q, xs, m, s, bias, y);
 }
 #endif
 

@@ -41,7 +41,7 @@ void pack(int bits, const std::int8_t* codes, const float* scale, std::size_t n,
             for (std::size_t j = g * group; j < k1; ++j) sum += codes[row * k + j];
           }
           pscale[at] = row < n && g < scale_cols ? scale[row * scale_cols + g] : 0.0f;
-          comp[at] = 128 * sum;
+          comp[at] = -128 * sum;
         }
         if (row >= n) continue;
         const std::int8_t* cr = codes + row * k;

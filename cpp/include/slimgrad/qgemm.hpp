@@ -18,7 +18,8 @@
 // strip, K in steps of 4 (8-bit codes: 64 bytes = 16 rows x 4 consecutive k)
 // or 8 (4-bit: 64 bytes, low nibble = k..k+3, high nibble = k+4..k+7, each
 // stored as code + 8); then per strip and group 16 float scales and 16 int32
-// compensations 128 * sum_k w (for VNNI's unsigned activations, x + 128).
+// compensations -128 * sum_k w (the start of VNNI's sums: its activations
+// are unsigned, x + 128).
 // Rows past N and k past K are zero codes (scale 0): they add nothing.
 #pragma once
 
@@ -44,7 +45,7 @@ struct Packed {
   std::size_t strips = 0;            // ceil(n / 16)
   const std::uint8_t* w = nullptr;   // strips * strip_bytes()
   const float* scale = nullptr;      // strips * n_groups * 16
-  const std::int32_t* comp = nullptr;  // strips * n_groups * 16: 128 * sum of the group's codes
+  const std::int32_t* comp = nullptr;  // strips * n_groups * 16: -128 * sum of the group's codes
   std::size_t strip_bytes() const { return kpad * kStrip * static_cast<std::size_t>(bits) / 8; }
 };
 
