@@ -20,10 +20,9 @@ import numpy as np
 
 from .. import quant
 from . import Case, optional_import
+from .sparse import BATCHES, MINILM_SHAPES, _dense_impls
 
 DEFAULT_SIZE = 4096
-MINILM_SHAPES = [(384, 384), (1536, 384), (384, 1536)]  # (out, in) of its Linear layers
-BATCHES = (1, 8, 64, 512)
 
 
 def _torch_dynamic(torch, w: np.ndarray):
@@ -53,16 +52,13 @@ def cases(size: int) -> Iterator[Case]:
             ),
         }
         dyn = _torch_dynamic(torch, w) if torch is not None else None
-        wt = w.T  # a view: NumPy hands BLAS the transposed flag
         for batch in BATCHES:
             x = rng.standard_normal((batch, in_f), dtype=np.float32)
             y = np.empty((batch, out_f), np.float32)
-            peers = {"numpy float32": lambda x=x, wt=wt: x @ wt}
-            if torch is not None:
-                tx, tw = torch.from_numpy(x), torch.from_numpy(w)
-                peers["torch float32"] = lambda tx=tx, tw=tw: torch.nn.functional.linear(tx, tw)
-                if dyn is not None:
-                    peers["torch dynamic int8"] = lambda tx=tx, dyn=dyn: dyn(tx)
+            peers = _dense_impls(x, w, torch)
+            if dyn is not None:
+                tx = torch.from_numpy(x)
+                peers["torch dynamic int8"] = lambda tx=tx, dyn=dyn: dyn(tx)
             for name, pw in packed.items():
                 yield Case(
                     f"{name} {out_f}x{in_f} b{batch}",
