@@ -68,18 +68,25 @@ def matmul(
     x : ndarray
         ``(..., in)`` floats; float32 C-contiguous is used in place, anything
         else is converted to a float32 copy first.
-    qt : QuantizedTensor
-        A 2-D quantized weight ``(out, in)``.
+    qt : QuantizedTensor or PackedWeight
+        A 2-D quantized weight ``(out, in)``; a :class:`PackedWeight` always
+        runs with int8 activations.
     out : ndarray, optional
         float32 C-contiguous ``(..., out)``, written in place and returned.
+    activations : {None, "int8"}
+        ``"int8"``: quantize ``x`` per row (see above).
+    bias : ndarray, optional
+        float32 ``(out,)``, added to every row of the result.
 
     Raises
     ------
     TypeError
-        ``qt`` is not a QuantizedTensor, ``x`` not a float array, ``out`` of
-        the wrong dtype or layout.
+        ``qt`` is neither type, ``x`` not a float array, ``out`` of the wrong
+        dtype or layout.
     ValueError
-        Mismatched shapes (the message names the argument).
+        Mismatched shapes, an unknown ``activations``, a weight the int8
+        kernels do not take (see :func:`prepack`); the message names the
+        argument and nothing is written.
     """
     if activations not in (None, "int8"):
         raise ValueError(f"activations: expected None or 'int8', got {activations!r}")
