@@ -61,7 +61,9 @@ class PackedWeight:
     format : str
         ``"int8"``, ``"int4"``, ``"Q8_0"`` or ``"Q4_0"``.
     group_size : int
-        ``in`` values per scale (per row: ``in``).
+        ``in`` values per exact int32 sum: the weight's group, or for one
+        scale per row ``in`` rounded up to 4 (8 bits) / 8 (4 bits), at most
+        65536.
     nbytes : int
         Bytes of the packed arrays.
     """
