@@ -17,4 +17,4 @@ def test_scale_rows_time_every_variant_at_every_batch():
         if r["format"] == "float32":
             assert r["speedup"] == 1.0
     text = format_scale(rows)
-    assert "384-1536-384" in text and text.count("\n") == 2 + len(rows)
+    assert "384-1536-384" in text and text.count("\n") == 3 + len(rows)

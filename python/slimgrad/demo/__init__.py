@@ -18,10 +18,9 @@ Stages (each evaluated on the same held-out test set):
    :func:`slimgrad.quant.prepack`).
 
 A second table times an MLP of all-MiniLM-L6-v2's feed-forward shape
-(384-1536-384) dense, int8, int4 and 2:4 at batches 1, 8 and 64: the
-student (64-16-10) is too small for compressed products to beat NumPy's
-float product (a call's fixed cost dominates), that table shows the size
-where they do.
+(384-1536-384) dense, int8, int4 and 2:4 at batches 1, 8 and 64: in the
+student (64-16-10) a call's fixed cost is a large part of the time, that
+table shows the kernels at a size where they decide it.
 
 Prints one table and writes ``report.json`` and ``report.png`` to ``--out``.
 Everything is seeded (``--seed``): the same seed on the same machine gives

@@ -127,8 +127,8 @@ SCALE_BATCHES = (1, 8, 64)
 def scale_rows(repeats: int, seed: int = 0) -> list[dict[str, Any]]:
     """Inference time of an MLP of MiniLM's FFN shape (384-1536-384, random
     weights pruned 2:4) dense, int8 (W8A8), int4 groups of 32 (W4A8) and 2:4
-    sparse, at batches 1, 8 and 64: the demo's student is too small for the
-    compressed kernels to beat NumPy's float product, this shows where they do.
+    sparse, at batches 1, 8 and 64: the kernels at a size where a call's
+    fixed cost no longer dominates, unlike the demo's 64-16-10 student.
     Timings are interleaved medians; ``speedup`` is dense time / this time."""
     from .. import nn, prune, quant
 
