@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from functools import partial
 
 import numpy as np
 
@@ -62,7 +63,7 @@ def cases(size: int) -> Iterator[Case]:
             for name, pw in packed.items():
                 yield Case(
                     f"{name} {out_f}x{in_f} b{batch}",
-                    {"slimgrad": lambda x=x, pw=pw, y=y: pw.matmul(x, out=y), **peers},
+                    {"slimgrad": partial(pw.matmul, x, out=y), **peers},
                     bytes=pw.nbytes + x.nbytes + y.nbytes,
                     note="dynamic int8 activations per row; weight prepacked once",
                 )

@@ -134,10 +134,10 @@ def scale_rows(repeats: int, seed: int = 0) -> list[dict[str, Any]]:
 
     def build() -> Any:
         a, h, b = SCALE_SIZES
-        model = nn.Sequential(nn.Linear(a, h, seed=seed), nn.ReLU(), nn.Linear(h, b, seed=seed + 1))
-        for layer in (model._modules["0"], model._modules["2"]):
+        first, second = nn.Linear(a, h, seed=seed), nn.Linear(h, b, seed=seed + 1)
+        for layer in (first, second):
             layer.weight *= prune.nm_mask(layer.weight, 2, 4)  # the same weights in every variant
-        return model.eval()
+        return nn.Sequential(first, nn.ReLU(), second).eval()
 
     variants = {
         name: build() for name in ("float32", "int8 (W8A8)", "int4 g32 (W4A8)", "2:4 sparse")
