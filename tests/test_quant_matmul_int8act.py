@@ -232,3 +232,18 @@ def test_linear_runs_on_the_packed_weight(rng):
     with pytest.raises(TypeError, match="layer: expected an nn.Linear, got ReLU"):
         quant.quantize_linear(nn.ReLU())
     np.testing.assert_array_equal(model.forward(x), dense)  # refusals changed nothing
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_rows_are_independent_of_the_batch(isa_all, bits, rng):
+    # k = 40000: the activation buffer holds 24 rows, so 50 rows take 3 chunks;
+    # each row's result must equal that row alone, bit for bit
+    k = 40_000
+    w = rng.standard_normal((19, k)).astype(np.float32)
+    kw = dict(granularity="group", group_size=64) if bits == 4 else {}
+    packed = quant.prepack(quant.quantize(w, bits, **kw))
+    x = rng.standard_normal((50, k)).astype(np.float32)
+    y = packed.matmul(x)
+    for t in (0, 23, 24, 25, 49):
+        np.testing.assert_array_equal(y[t], packed.matmul(x[t]))
+    check(y, x, quant.quantize(w, bits, **kw).dequantize())

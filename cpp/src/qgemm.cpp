@@ -63,22 +63,33 @@ void pack(int bits, const std::int8_t* codes, const float* scale, std::size_t n,
 void gemm(const float* x, std::size_t m, const Packed& p, const float* bias, float* y) {
   if (m == 0 || p.n == 0) return;
   const bool vnni = isa_active_at_least(Isa::avx512_vnni);
+  // Rows of x in chunks whose int8 codes take about 1 MB (4 to 256 rows):
+  // the buffer stays small (kept per thread between calls) and in L2 while
+  // every strip of the weight passes over it. Chunking does not change any
+  // output's arithmetic.
+  const std::size_t rows = std::min<std::size_t>(256, std::max<std::size_t>(4, (std::size_t{1} << 20) / std::max<std::size_t>(p.kpad, 1) / 4 * 4));
   thread_local std::vector<std::uint8_t> q;
   thread_local std::vector<float> xs;
-  if (q.size() < m * p.kpad) q.resize(m * p.kpad);
-  if (xs.size() < m) xs.resize(m);
+  const std::size_t chunk = std::min(rows, m);
+  if (q.size() < chunk * p.kpad) q.resize(chunk * p.kpad);
+  if (xs.size() < chunk) xs.resize(chunk);
   std::uint8_t* qp = q.data();
   float* xsp = xs.data();
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
-    parallel_chunks(m, 16, [&](std::size_t b, std::size_t e) {
-      kernels::qgemm_quantize_rows<I>(x, p.k, p.kpad, b, e, vnni, qp, xsp);
-    });
-    // blocks of 4 strips (64 outputs): even blocks keep the 2-strip tiles
-    // whole; each thread's panel of weights stays in its L2 across rows of x
-    parallel_chunks(p.strips, 4, [&](std::size_t b, std::size_t e) {
-      kernels::qgemm_strips<I>(p, qp, xsp, m, b, e, vnni, bias, y);
-    });
+    for (std::size_t r0 = 0; r0 < m; r0 += chunk) {
+      const std::size_t mc = std::min(chunk, m - r0);
+      const float* xc = x + r0 * p.k;
+      float* yc = y + r0 * p.n;
+      parallel_chunks(mc, 16, [&](std::size_t b, std::size_t e) {
+        kernels::qgemm_quantize_rows<I>(xc, p.k, p.kpad, b, e, vnni, qp, xsp);
+      });
+      // blocks of 4 strips (64 outputs): even blocks keep the 2-strip tiles
+      // whole; each thread's panel of weights stays in its L2 across rows of x
+      parallel_chunks(p.strips, 4, [&](std::size_t b, std::size_t e) {
+        kernels::qgemm_strips<I>(p, qp, xsp, mc, b, e, vnni, bias, yc);
+      });
+    }
   });
 }
 
