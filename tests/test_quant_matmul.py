@@ -68,7 +68,9 @@ def test_matmul_out_and_errors(rng):
     check(out, x, qt)
     with pytest.raises(ValueError, match=r"x: expected shape \(\.\.\., 40\), got \(2, 41\)"):
         quant.matmul(np.zeros((2, 41), np.float32), qt)
-    with pytest.raises(TypeError, match="qt: expected a QuantizedTensor, got ndarray"):
+    with pytest.raises(
+        TypeError, match="qt: expected a QuantizedTensor or PackedWeight, got ndarray"
+    ):
         quant.matmul(x, w)
     with pytest.raises(
         ValueError,

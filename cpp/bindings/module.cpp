@@ -11,6 +11,7 @@ void register_nn(py::module_& m);
 void register_prune(py::module_& m);
 void register_quant(py::module_& m);
 void register_kquant(py::module_& m);
+void register_qgemm(py::module_& m);  // into quant
 void register_distill(py::module_& m);
 void register_gptq(py::module_& m);
 void register_transformer(py::module_& m);  // into nn
@@ -32,6 +33,7 @@ PYBIND11_MODULE(_core, m) {
   auto quant = m.def_submodule("quant");
   register_quant(quant);
   register_kquant(quant);
+  register_qgemm(quant);
   auto distill = m.def_submodule("distill");
   register_distill(distill);
   auto gptq = m.def_submodule("gptq");

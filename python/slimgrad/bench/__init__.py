@@ -36,7 +36,8 @@ __all__ = [
 SUITES = {
     "core": ("core",),
     "optim": ("optim", "optim_extra", "torch_optim"),
-    "quant": ("quant", "kquant"),
+    "quant": ("quant", "qgemm", "kquant"),
+    "qgemm": ("qgemm",),  # the quantized GEMM cases of "quant" alone
     "prune": ("prune",),
     "sparse": ("sparse",),
     "distill": ("distill",),

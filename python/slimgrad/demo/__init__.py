@@ -14,7 +14,13 @@ Stages (each evaluated on the same held-out test set):
 4. ``pruned 50%`` / ``pruned 2:4``: the distilled student pruned gradually
    (Zhu & Gupta schedule; 2:4 at once) while fine-tuning with the teacher;
 5. ``int8 per-channel`` / ``int4 group-wise``: the 50 %-pruned student's
-   weights quantized, run with the fused quantized matmul.
+   weights quantized and prepacked, run with int8 activations (W8A8 / W4A8,
+   :func:`slimgrad.quant.prepack`).
+
+A second table times an MLP of all-MiniLM-L6-v2's feed-forward shape
+(384-1536-384) dense, int8, int4 and 2:4 at batches 1, 8 and 64: in the
+student (64-16-10) a call's fixed cost is a large part of the time, that
+table shows the kernels at a size where they decide it.
 
 Prints one table and writes ``report.json`` and ``report.png`` to ``--out``.
 Everything is seeded (``--seed``): the same seed on the same machine gives

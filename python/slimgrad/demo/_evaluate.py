@@ -8,11 +8,23 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["QuantizedMLP", "float_bytes", "param_count", "sparse_bytes", "stage_row"]
+__all__ = [
+    "QuantizedMLP",
+    "float_bytes",
+    "param_count",
+    "scale_rows",
+    "sparse_bytes",
+    "stage_row",
+]
 
 
 class QuantizedMLP:
-    """Inference with quantized Linear weights (fused dequantizing matmul), float biases, ReLUs."""
+    """Inference with quantized Linear weights, float biases, ReLUs.
+
+    Each weight is quantized (int8 per row, or int4 in groups) and prepacked
+    once; products quantize the activations to int8 per row on the fly
+    (:func:`slimgrad.quant.matmul` with ``activations="int8"``: W8A8 / W4A8).
+    """
 
     def __init__(self, model: Any, bits: int, granularity: str, group_size: int = 32) -> None:
         from .. import quant
@@ -21,28 +33,25 @@ class QuantizedMLP:
         for layer in model._modules.values():
             if hasattr(layer, "weight"):
                 w = np.ascontiguousarray(layer.weight, dtype=np.float32)
-                gs = min(group_size, w.shape[1])
+                gs = min(group_size, -(-w.shape[1] // 8) * 8)
                 qt = quant.quantize(w, bits, granularity=granularity, axis=0, group_size=gs)
-                self.layers.append((qt, layer.bias.astype(np.float32)))
+                self.layers.append((qt, quant.prepack(qt), layer.bias.astype(np.float32)))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        from .. import quant
-
-        for i, (qt, b) in enumerate(self.layers):
-            x = quant.matmul(x, qt)
-            x += b
+        for i, (_, packed, b) in enumerate(self.layers):
+            x = packed.matmul(x, bias=b)
             if i < len(self.layers) - 1:
                 np.maximum(x, 0, out=x)
         return x
 
     def nbytes(self) -> int:
-        return sum(qt.nbytes + b.nbytes for qt, b in self.layers)
+        return sum(qt.nbytes + b.nbytes for qt, _, b in self.layers)
 
     def parameters(self) -> tuple[int, int]:
-        total = sum(qt.size + b.size for qt, b in self.layers)
+        total = sum(qt.size + b.size for qt, _, b in self.layers)
         nonzero = sum(
             int(np.count_nonzero(qt.dequantize())) + int(np.count_nonzero(b))
-            for qt, b in self.layers
+            for qt, _, b in self.layers
         )
         return total, nonzero
 
@@ -108,3 +117,51 @@ def stage_row(
         "accuracy": _accuracy(forward, x_test, y_test),
         "inference_ms": _time_ms(forward, x_test, repeats),
     }
+
+
+# all-MiniLM-L6-v2's feed-forward block: the size where compressed products pay
+SCALE_SIZES = (384, 1536, 384)
+SCALE_BATCHES = (1, 8, 64)
+
+
+def scale_rows(repeats: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Inference time of an MLP of MiniLM's FFN shape (384-1536-384, random
+    weights pruned 2:4) dense, int8 (W8A8), int4 groups of 32 (W4A8) and 2:4
+    sparse, at batches 1, 8 and 64: the kernels at a size where a call's
+    fixed cost no longer dominates, unlike the demo's 64-16-10 student.
+    Timings are interleaved medians; ``speedup`` is dense time / this time."""
+    from .. import nn, prune, quant
+
+    def build() -> Any:
+        a, h, b = SCALE_SIZES
+        first, second = nn.Linear(a, h, seed=seed), nn.Linear(h, b, seed=seed + 1)
+        for layer in (first, second):
+            layer.weight *= prune.nm_mask(layer.weight, 2, 4)  # the same weights in every variant
+        return nn.Sequential(first, nn.ReLU(), second).eval()
+
+    variants = {
+        name: build() for name in ("float32", "int8 (W8A8)", "int4 g32 (W4A8)", "2:4 sparse")
+    }
+    quant.quantize_dynamic(variants["int8 (W8A8)"], "int8")
+    quant.quantize_dynamic(variants["int4 g32 (W4A8)"], "int4", group_size=32)
+    for m in variants["2:4 sparse"].modules():
+        if hasattr(m, "set_product"):
+            prune.sparse_linear(m, "2:4")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for batch in SCALE_BATCHES:
+        x = rng.standard_normal((batch, SCALE_SIZES[0])).astype(np.float32)
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for model in variants.values():
+            model.forward(x)
+        for r in range(repeats):
+            names = list(variants)
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                start = time.perf_counter()
+                variants[name].forward(x)
+                times[name].append(time.perf_counter() - start)
+        dense = float(np.median(times["float32"]))
+        for name, t in times.items():
+            ms = 1e3 * float(np.median(t))
+            rows.append({"batch": batch, "format": name, "ms": ms, "speedup": 1e3 * dense / ms})
+    return rows

@@ -15,8 +15,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._evaluate import QuantizedMLP, float_bytes, param_count, sparse_bytes, stage_row
-from ._report import format_table, plot_report
+from ._evaluate import (
+    QuantizedMLP,
+    float_bytes,
+    param_count,
+    scale_rows,
+    sparse_bytes,
+    stage_row,
+)
+from ._report import format_scale, format_table, plot_report
 
 __all__ = ["FULL", "QUICK", "STAGES", "Config", "configure", "run"]
 
@@ -276,6 +283,9 @@ def _run(args: argparse.Namespace) -> int:
     rows = _rows(models, cfg, (x_test, y_test))
     table = format_table(rows, len(x_test), len(x_train), len(x_lab))
     print(table)
+    at_scale = scale_rows(max(5, cfg.timing_repeats), seed)
+    print()
+    print(format_scale(at_scale))
     report = {
         "config": {
             **cfg.__dict__,
@@ -290,6 +300,7 @@ def _run(args: argparse.Namespace) -> int:
             "test": int(len(x_test)),
         },
         "stages": rows,
+        "inference_at_scale": at_scale,
         "histories": histories,
         "seconds": time.perf_counter() - started,
     }
@@ -325,9 +336,9 @@ def _rows(
         rows.append(row(name, forward, param_count(model), nbytes(model), fmt))
     for name, qm, fmt in (
         ("int8 per-channel", QuantizedMLP(models["pruned 50%"], 8, "channel"),
-         "int8 per channel, of pruned 50%"),
+         "int8 per channel, int8 activations, of pruned 50%"),
         ("int4 group-wise", QuantizedMLP(models["pruned 50%"], 4, "group", group_size=32),
-         "int4 groups of 32, of pruned 50%"),
+         "int4 groups of 32, int8 activations, of pruned 50%"),
     ):  # fmt: skip
         rows.append(row(name, qm.forward, qm.parameters(), qm.nbytes(), fmt))
     return rows

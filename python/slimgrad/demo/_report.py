@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["format_table", "plot_report", "report_figure"]
+__all__ = ["format_scale", "format_table", "plot_report", "report_figure"]
 
 
 def format_table(rows: list[dict[str, Any]], n_test: int, n_train: int, n_labels: int) -> str:
@@ -25,6 +25,19 @@ def format_table(rows: list[dict[str, Any]], n_test: int, n_train: int, n_labels
         f"logits on all {n_train} images when distilled;\n test set: {n_test} images; inference: "
         f"the whole test set, median)"
     )
+    return "\n".join(lines)
+
+
+def format_scale(rows: list[dict[str, Any]]) -> str:
+    """The "inference at scale" table (:func:`slimgrad.demo._evaluate.scale_rows`)."""
+    lines = [
+        "inference at MiniLM's FFN size (384-1536-384, random weights pruned 2:4), where a",
+        "call's fixed cost no longer hides the kernels; 2:4 runs sparse where",
+        "prune.prefer_sparse expects a gain (batches 2-16 on AVX-512), dense otherwise",
+        f"{'batch':>5} {'format':<17} {'ms':>9} {'vs float32':>10}",
+    ]
+    for r in rows:
+        lines.append(f"{r['batch']:>5} {r['format']:<17} {r['ms']:>9.3f} {r['speedup']:>9.2f}x")
     return "\n".join(lines)
 
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 from . import compressed, gguf, gguf_mix, kquants
 from ._awq import awq_clip, awq_scales
 from ._gptq import gptq
+from ._linear import quantize_dynamic, quantize_linear
 from ._matmul import MAX_K_INT8, matmul, matmul_int8
+from ._packed import PackedWeight, prepack
 from ._tensor import QuantizedTensor, dequantize, fake_quantize, quantize
 from .gguf_export import export_gguf
 from .io import load, save, save_gguf
 
 __all__ = [
     "MAX_K_INT8",
+    "PackedWeight",
     "QuantizedTensor",
     "awq_clip",
     "awq_scales",
@@ -32,7 +35,10 @@ __all__ = [
     "load",
     "matmul",
     "matmul_int8",
+    "prepack",
     "quantize",
+    "quantize_dynamic",
+    "quantize_linear",
     "save",
     "save_gguf",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
+from ._packed import PackedWeight, prepack
 from ._tensor import QuantizedTensor
 
 # 131071 * (-128) * (-128) = 2**31 - 16384 still fits int32; one more term may not
@@ -21,8 +22,33 @@ def _fused(qt: QuantizedTensor) -> bool:
     return qt.bits == 4 and (qt.granularity != "group" or qt.group_size % 2 == 0)
 
 
-def matmul(x: np.ndarray, qt: QuantizedTensor, out: np.ndarray | None = None) -> np.ndarray:
-    """``x @ W.T`` for a quantized weight ``W`` of shape ``(out, in)``.
+def matmul(
+    x: np.ndarray,
+    qt: QuantizedTensor | PackedWeight,
+    out: np.ndarray | None = None,
+    *,
+    activations: str | None = None,
+    bias: np.ndarray | None = None,
+) -> np.ndarray:
+    """``x @ W.T (+ bias)`` for a quantized weight ``W`` of shape ``(out, in)``.
+
+    Two kinds of product:
+
+    - ``activations=None`` (default, weight-only): ``x`` stays float32 and
+      the result is the float32 product of ``x`` with ``qt.dequantize()``,
+      described below.
+    - ``activations="int8"``, or ``qt`` a :class:`PackedWeight` from
+      :func:`prepack` (W8A8 / W4A8, as ``torch.ao.nn.quantized.dynamic.Linear``):
+      each row of ``x`` is quantized to int8 on the fly (scale
+      ``absmax / 127``, half-to-even rounding), products are summed exactly in
+      int32 per weight group and the scales applied in float32: VNNI
+      (``vpdpbusd``) where present, else ``vpmaddubsw``. Faster at every
+      batch size (docs/quant.md has the figures), with the activations'
+      rounding error added (relative error about ``0.5 / 127`` of each row's
+      absmax per term). A QuantizedTensor is packed on every call: for
+      repeated products pack it once with :func:`prepack`. Takes symmetric
+      8-bit or 4-bit weights per tensor, per row or in groups (multiples of
+      4 / 8); a row of ``x`` with NaN or inf gives a row of NaN.
 
     For 8-bit weights and 4-bit weights (per tensor, per output channel
     ``axis=0``, or groups of even size along ``in``) dequantization is fused
@@ -42,21 +68,34 @@ def matmul(x: np.ndarray, qt: QuantizedTensor, out: np.ndarray | None = None) ->
     x : ndarray
         ``(..., in)`` floats; float32 C-contiguous is used in place, anything
         else is converted to a float32 copy first.
-    qt : QuantizedTensor
-        A 2-D quantized weight ``(out, in)``.
+    qt : QuantizedTensor or PackedWeight
+        A 2-D quantized weight ``(out, in)``; a :class:`PackedWeight` always
+        runs with int8 activations.
     out : ndarray, optional
         float32 C-contiguous ``(..., out)``, written in place and returned.
+    activations : {None, "int8"}
+        ``"int8"``: quantize ``x`` per row (see above).
+    bias : ndarray, optional
+        float32 ``(out,)``, added to every row of the result.
 
     Raises
     ------
     TypeError
-        ``qt`` is not a QuantizedTensor, ``x`` not a float array, ``out`` of
-        the wrong dtype or layout.
+        ``qt`` is neither type, ``x`` not a float array, ``out`` of the wrong
+        dtype or layout.
     ValueError
-        Mismatched shapes (the message names the argument).
+        Mismatched shapes, an unknown ``activations``, a weight the int8
+        kernels do not take (see :func:`prepack`); the message names the
+        argument and nothing is written.
     """
+    if activations not in (None, "int8"):
+        raise ValueError(f"activations: expected None or 'int8', got {activations!r}")
+    if isinstance(qt, PackedWeight):
+        return qt.matmul(x, bias=bias, out=out)
     if not isinstance(qt, QuantizedTensor):
-        raise TypeError(f"qt: expected a QuantizedTensor, got {type(qt).__name__}")
+        raise TypeError(f"qt: expected a QuantizedTensor or PackedWeight, got {type(qt).__name__}")
+    if activations == "int8":
+        return prepack(qt).matmul(x, bias=bias, out=out)
     if len(qt.shape) != 2:
         raise ValueError(f"qt: expected a 2-D (out, in) weight, got shape {qt.shape}")
     if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
@@ -64,6 +103,11 @@ def matmul(x: np.ndarray, qt: QuantizedTensor, out: np.ndarray | None = None) ->
             f"x: expected a floating-point NumPy array, got {getattr(x, 'dtype', type(x).__name__)}"
         )
     n_out, n_in = qt.shape
+    if bias is not None and (not isinstance(bias, np.ndarray) or bias.shape != (n_out,)):
+        raise ValueError(
+            f"bias: expected an array of shape ({n_out},), got "
+            f"{getattr(bias, 'shape', type(bias).__name__)}"
+        )
     if x.ndim == 0 or x.shape[-1] != n_in:
         raise ValueError(f"x: expected shape (..., {n_in}), got {x.shape}")
     oshape = (*x.shape[:-1], n_out)
@@ -81,13 +125,14 @@ def matmul(x: np.ndarray, qt: QuantizedTensor, out: np.ndarray | None = None) ->
     xf = np.ascontiguousarray(x, dtype=np.float32)
     if out.size == 0 or n_in == 0:
         out[...] = 0
-        return out
-    if not _fused(qt):
+    elif not _fused(qt):
         np.matmul(xf, qt.dequantize().T, out=out)
-        return out
-    _core.quant.matmul(
-        xf, qt.data, qt._core_spec(), qt.scale.reshape(-1), qt.zero_point.reshape(-1), out
-    )
+    else:
+        _core.quant.matmul(
+            xf, qt.data, qt._core_spec(), qt.scale.reshape(-1), qt.zero_point.reshape(-1), out
+        )
+    if bias is not None:
+        out += bias
     return out
 
 

@@ -1,0 +1,81 @@
+// Scalar reference of the int8-activation GEMM (qgemm.hpp): plain loops
+// that compute the definitions of qgemm.hpp literally. The activation codes
+// are signed here (the SIMD units agree bit for bit, VNNI's unsigned x + 128
+// included, because every group sum is an exact int32). Rounding: nearbyint
+// (half to even, the default mode), one std::fma per group, then * xs, + bias.
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "slimgrad/qgemm.hpp"
+
+namespace slimgrad::kernels {
+namespace {
+
+int weight_code(const qgemm::Packed& p, std::size_t s, std::size_t c, std::size_t k) {
+  const std::uint8_t* strip = p.w + s * p.strip_bytes();
+  if (p.bits == 8) return static_cast<std::int8_t>(strip[(k / 4) * 64 + c * 4 + k % 4]);
+  const std::uint8_t byte = strip[(k / 8) * 64 + c * 4 + k % 4];
+  return ((k % 8 < 4) ? (byte & 0x0F) : (byte >> 4)) - 8;
+}
+
+}  // namespace
+
+template <>
+void qgemm_quantize_rows<Isa::scalar>(const float* x, std::size_t k, std::size_t kpad, std::size_t r0, std::size_t r1,
+                                      bool unsigned_codes, std::uint8_t* q, float* xs) {
+  const int off = unsigned_codes ? 128 : 0;
+  for (std::size_t r = r0; r < r1; ++r) {
+    const float* xr = x + r * k;
+    std::uint8_t* qr = q + r * kpad;
+    float amax = 0.0f;
+    bool finite = true;
+    for (std::size_t j = 0; j < k; ++j) {
+      const float a = std::fabs(xr[j]);
+      if (!(a <= FLT_MAX)) finite = false;
+      else if (a > amax) amax = a;
+    }
+    std::memset(qr, off, kpad);
+    if (!finite) {
+      xs[r] = std::numeric_limits<float>::quiet_NaN();
+      continue;
+    }
+    if (amax < FLT_MIN) {  // zero (or subnormal) row: 127 / amax would overflow
+      xs[r] = 0.0f;
+      continue;
+    }
+    xs[r] = amax / 127.0f;
+    const float inv = 127.0f / amax;
+    for (std::size_t j = 0; j < k; ++j) {
+      float v = std::nearbyint(xr[j] * inv);
+      v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+      qr[j] = static_cast<std::uint8_t>(static_cast<int>(v) + off);
+    }
+  }
+}
+
+template <>
+void qgemm_strips<Isa::scalar>(const qgemm::Packed& p, const std::uint8_t* q, const float* xs, std::size_t m,
+                               std::size_t s0, std::size_t s1, bool vnni, const float* bias, float* y) {
+  (void)vnni;  // never set on the scalar level: q holds signed codes
+  for (std::size_t t = 0; t < m; ++t) {
+    const std::int8_t* xr = reinterpret_cast<const std::int8_t*>(q + t * p.kpad);
+    for (std::size_t s = s0; s < s1; ++s)
+      for (std::size_t c = 0; c < qgemm::kStrip && s * qgemm::kStrip + c < p.n; ++c) {
+        float acc = 0.0f;
+        for (std::size_t g = 0; g < p.n_groups; ++g) {
+          const std::size_t k1 = (g + 1) * p.group < p.kpad ? (g + 1) * p.group : p.kpad;
+          std::int32_t sum = 0;
+          for (std::size_t k = g * p.group; k < k1; ++k) sum += xr[k] * weight_code(p, s, c, k);
+          acc = std::fma(static_cast<float>(sum), p.scale[(s * p.n_groups + g) * qgemm::kStrip + c], acc);
+        }
+        const std::size_t n = s * qgemm::kStrip + c;
+        float v = acc * xs[t];
+        if (bias) v += bias[n];
+        y[t * p.n + n] = v;
+      }
+  }
+}
+
+}  // namespace slimgrad::kernels

@@ -1,0 +1,325 @@
+// int8-activation GEMM micro-kernels (qgemm.hpp), written once for the avx2
+// and avx512 units.
+//  - VNNI (avx512 unit, cpuid level avx512_vnni): vpdpbusd multiplies the
+//    unsigned activation codes x + 128 (a 4-byte broadcast per row of x) by
+//    64 signed weight bytes (16 outputs x 4 k) into 16 int32 sums. A tile is
+//    up to 4 rows of x by 2 strips (32 outputs): 8 int32 accumulators, 8
+//    float ones. 4-bit codes (stored + 8) become int8: and / shift, then - 8,
+//    in registers for one tile of rows, else once per strip pair into an
+//    int8 panel (thread-local, 32 x k bytes) shared by all tiles. Each group's
+//    sums start at the packed -128 * sum(w), so they end as those of the
+//    signed codes; then acc = fma(float(sum), scale, acc).
+//  - madd (avx2, and avx512 without VNNI): 256-bit vpmaddubsw on |x| and
+//    w * sign(x) (vpsignb; codes are in [-127, 127], so pairs stay below
+//    2 * 127 * 127 < 2**15 and never saturate), vpmaddwd by 1 into int32.
+//    Tiles of up to 2 rows x 1 strip (the 16 ymm registers of AVX2).
+//  - Tails: rows of x by smaller tiles; k is padded with zero codes in the
+//    packed weight and in the activation buffer; output columns past n are
+//    masked (AVX-512) or go through a 16-float buffer (AVX2).
+//  - Activation quantization: amax and the non-finite check in one pass,
+//    then cvtps2dq (half to even, the MXCSR default, = nearbyint), clamp,
+//    narrow to bytes; the scalar reference's definitions exactly.
+// Every sum is exact, so every level gives the scalar reference's bits.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "slimgrad/qgemm.hpp"
+
+namespace slimgrad::kernels {
+namespace {
+
+using qgemm::Packed;
+constexpr std::size_t kS = qgemm::kStrip;
+
+inline std::int32_t load4(const std::uint8_t* p) {
+  std::int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+inline void quantize_row(const float* xr, std::size_t k, std::size_t kpad, bool unsigned_codes, std::uint8_t* qr,
+                         float* xs) {
+  const int off = unsigned_codes ? 128 : 0;
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF)), big = _mm256_set1_ps(FLT_MAX);
+  __m256 amax8 = _mm256_setzero_ps(), bad8 = _mm256_setzero_ps();
+  std::size_t j = 0;
+  for (; j + 8 <= k; j += 8) {
+    const __m256 a = _mm256_and_ps(_mm256_loadu_ps(xr + j), absmask);
+    bad8 = _mm256_or_ps(bad8, _mm256_cmp_ps(a, big, _CMP_NLE_UQ));  // NaN or infinity
+    amax8 = _mm256_max_ps(amax8, a);
+  }
+  float lanes[8];
+  _mm256_storeu_ps(lanes, amax8);
+  float amax = 0.0f;
+  for (float v : lanes) amax = v > amax ? v : amax;
+  bool finite = _mm256_movemask_ps(bad8) == 0;
+  for (; j < k; ++j) {
+    const float a = std::fabs(xr[j]);
+    if (!(a <= FLT_MAX)) finite = false;
+    else if (a > amax) amax = a;
+  }
+  std::memset(qr, off, kpad);
+  if (!finite) {
+    *xs = std::numeric_limits<float>::quiet_NaN();
+    return;
+  }
+  if (amax < FLT_MIN) {
+    *xs = 0.0f;
+    return;
+  }
+  *xs = amax / 127.0f;
+  const float inv = 127.0f / amax;
+  const __m256 inv8 = _mm256_set1_ps(inv);
+  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+  const __m128i flip = _mm_set1_epi8(static_cast<char>(off));
+  for (j = 0; j + 8 <= k; j += 8) {
+    __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + j), inv8));
+    v = _mm256_min_epi32(_mm256_max_epi32(v, lo), hi);
+    const __m128i w16 = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(qr + j), _mm_xor_si128(_mm_packs_epi16(w16, w16), flip));
+  }
+  for (; j < k; ++j) {
+    float v = std::nearbyint(xr[j] * inv);
+    v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+    qr[j] = static_cast<std::uint8_t>(static_cast<int>(v) + off);
+  }
+}
+
+// -------------------------------------------------------------- madd path
+inline __m256i madd_step(__m256i acc, __m256i w, __m256i xb, __m256i ax, __m256i ones) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(w, xb)), ones));
+}
+
+template <int MR, int Bits>
+void tile_madd(const Packed& p, const std::uint8_t* q, const float* xs, std::size_t t0, std::size_t s,
+               const float* bias, float* y) {
+  const std::uint8_t* wp = p.w + s * p.strip_bytes();
+  const std::uint8_t* xr[MR];
+  for (int r = 0; r < MR; ++r) xr[r] = q + (t0 + r) * p.kpad;
+  const __m256i ones = _mm256_set1_epi16(1), nib = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
+  constexpr std::size_t kstep = Bits == 8 ? 4 : 8;
+  __m256 facc[MR][2];
+  for (int r = 0; r < MR; ++r) facc[r][0] = facc[r][1] = _mm256_setzero_ps();
+  for (std::size_t g = 0; g < p.n_groups; ++g) {
+    const std::size_t k0 = g * p.group, k1 = k0 + p.group < p.kpad ? k0 + p.group : p.kpad;
+    __m256i iacc[MR][2];
+    for (int r = 0; r < MR; ++r) iacc[r][0] = iacc[r][1] = _mm256_setzero_si256();
+    for (std::size_t k = k0; k < k1; k += kstep) {
+      const std::uint8_t* src = wp + (k / kstep) * 64;
+      const __m256i raw0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+      const __m256i raw1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 32));
+      if constexpr (Bits == 8) {
+        for (int r = 0; r < MR; ++r) {
+          const __m256i xb = _mm256_set1_epi32(load4(xr[r] + k)), ax = _mm256_abs_epi8(xb);
+          iacc[r][0] = madd_step(iacc[r][0], raw0, xb, ax, ones);
+          iacc[r][1] = madd_step(iacc[r][1], raw1, xb, ax, ones);
+        }
+      } else {
+        const __m256i lo0 = _mm256_sub_epi8(_mm256_and_si256(raw0, nib), eight);
+        const __m256i lo1 = _mm256_sub_epi8(_mm256_and_si256(raw1, nib), eight);
+        const __m256i hi0 = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(raw0, 4), nib), eight);
+        const __m256i hi1 = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(raw1, 4), nib), eight);
+        for (int r = 0; r < MR; ++r) {
+          const __m256i xa = _mm256_set1_epi32(load4(xr[r] + k)), xb = _mm256_set1_epi32(load4(xr[r] + k + 4));
+          const __m256i aa = _mm256_abs_epi8(xa), ab = _mm256_abs_epi8(xb);
+          // |pairs| <= 2 * 127 * 8: two of them still fit int16
+          const __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(aa, _mm256_sign_epi8(lo0, xa)),
+                                              _mm256_maddubs_epi16(ab, _mm256_sign_epi8(hi0, xb)));
+          const __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(aa, _mm256_sign_epi8(lo1, xa)),
+                                              _mm256_maddubs_epi16(ab, _mm256_sign_epi8(hi1, xb)));
+          iacc[r][0] = _mm256_add_epi32(iacc[r][0], _mm256_madd_epi16(p0, ones));
+          iacc[r][1] = _mm256_add_epi32(iacc[r][1], _mm256_madd_epi16(p1, ones));
+        }
+      }
+    }
+    const float* sc = p.scale + (s * p.n_groups + g) * kS;
+    const __m256 sc0 = _mm256_loadu_ps(sc), sc1 = _mm256_loadu_ps(sc + 8);
+    for (int r = 0; r < MR; ++r) {
+      facc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[r][0]), sc0, facc[r][0]);
+      facc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[r][1]), sc1, facc[r][1]);
+    }
+  }
+  const std::size_t n0 = s * kS, valid = p.n - n0 < kS ? p.n - n0 : kS;
+  for (int r = 0; r < MR; ++r) {
+    const __m256 xsv = _mm256_set1_ps(xs[t0 + r]);
+    float out[kS];
+    _mm256_storeu_ps(out, _mm256_mul_ps(facc[r][0], xsv));
+    _mm256_storeu_ps(out + 8, _mm256_mul_ps(facc[r][1], xsv));
+    float* yr = y + (t0 + r) * p.n + n0;
+    for (std::size_t c = 0; c < valid; ++c) yr[c] = bias ? out[c] + bias[n0 + c] : out[c];
+  }
+}
+
+using TileFn = void (*)(const Packed&, const std::uint8_t*, const float*, std::size_t, std::size_t, const float*,
+                        float*);
+
+template <Isa I>
+void strips_madd(const Packed& p, const std::uint8_t* q, const float* xs, std::size_t m, std::size_t s0,
+                 std::size_t s1, const float* bias, float* y) {
+  const TileFn two = p.bits == 8 ? tile_madd<2, 8> : tile_madd<2, 4>;
+  const TileFn one = p.bits == 8 ? tile_madd<1, 8> : tile_madd<1, 4>;
+  for (std::size_t s = s0; s < s1; ++s) {
+    std::size_t t = 0;
+    for (; t + 2 <= m; t += 2) two(p, q, xs, t, s, bias, y);
+    if (t < m) one(p, q, xs, t, s, bias, y);
+  }
+}
+
+#if defined(__AVX512F__)
+// -------------------------------------------------------------- VNNI path
+// ws: strip s's codes (Bits wide), sb: bytes from one strip to the next.
+template <int MR, int NV, int Bits>
+__attribute__((target("avx512vnni"))) void tile_vnni(const Packed& p, const std::uint8_t* ws, std::size_t sb,
+                                                     const std::uint8_t* q, const float* xs, std::size_t t0,
+                                                     std::size_t s, const float* bias, float* y) {
+  const std::uint8_t* wp[NV];
+  for (int v = 0; v < NV; ++v) wp[v] = ws + v * sb;
+  const std::uint8_t* xr[MR];
+  for (int r = 0; r < MR; ++r) xr[r] = q + (t0 + r) * p.kpad;
+  const __m512i nib = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
+  constexpr std::size_t kstep = Bits == 8 ? 4 : 8;
+  __m512 facc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) facc[r][v] = _mm512_setzero_ps();
+  for (std::size_t g = 0; g < p.n_groups; ++g) {
+    const std::size_t k0 = g * p.group, k1 = k0 + p.group < p.kpad ? k0 + p.group : p.kpad;
+    // the sums start at -128 * sum(w): that of the signed codes at the end
+    __m512i iacc[MR][NV];
+    for (int v = 0; v < NV; ++v) {
+      const __m512i start = _mm512_loadu_si512(p.comp + ((s + v) * p.n_groups + g) * kS);
+      for (int r = 0; r < MR; ++r) iacc[r][v] = start;
+    }
+    for (std::size_t k = k0; k < k1; k += kstep) {
+      const std::size_t off = (k / kstep) * 64;
+      if constexpr (Bits == 8) {
+        __m512i wv[NV];
+        for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_si512(wp[v] + off);
+        for (int r = 0; r < MR; ++r) {
+          const __m512i xb = _mm512_set1_epi32(load4(xr[r] + k));
+          for (int v = 0; v < NV; ++v) iacc[r][v] = _mm512_dpbusd_epi32(iacc[r][v], xb, wv[v]);
+        }
+      } else {
+        __m512i lo[NV], hi[NV];
+        for (int v = 0; v < NV; ++v) {
+          const __m512i raw = _mm512_loadu_si512(wp[v] + off);
+          lo[v] = _mm512_sub_epi8(_mm512_and_si512(raw, nib), eight);
+          hi[v] = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(raw, 4), nib), eight);
+        }
+        for (int r = 0; r < MR; ++r) {
+          const __m512i xa = _mm512_set1_epi32(load4(xr[r] + k)), xb = _mm512_set1_epi32(load4(xr[r] + k + 4));
+          for (int v = 0; v < NV; ++v) {
+            iacc[r][v] = _mm512_dpbusd_epi32(iacc[r][v], xa, lo[v]);
+            iacc[r][v] = _mm512_dpbusd_epi32(iacc[r][v], xb, hi[v]);
+          }
+        }
+      }
+    }
+    for (int v = 0; v < NV; ++v) {
+      const std::size_t at = ((s + v) * p.n_groups + g) * kS;
+      const __m512 sc = _mm512_loadu_ps(p.scale + at);
+      for (int r = 0; r < MR; ++r) facc[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r][v]), sc, facc[r][v]);
+    }
+  }
+  for (int v = 0; v < NV; ++v) {
+    const std::size_t n0 = (s + v) * kS, valid = p.n - n0 < kS ? p.n - n0 : kS;
+    const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
+    const __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias + n0) : _mm512_setzero_ps();
+    for (int r = 0; r < MR; ++r) {
+      __m512 out = _mm512_mul_ps(facc[r][v], _mm512_set1_ps(xs[t0 + r]));
+      if (bias) out = _mm512_add_ps(out, b);
+      _mm512_mask_storeu_ps(y + (t0 + r) * p.n + n0, mask, out);
+    }
+  }
+}
+
+template <int NV, int Bits>
+void rows_vnni(const Packed& p, const std::uint8_t* ws, std::size_t sb, const std::uint8_t* q, const float* xs,
+               std::size_t m, std::size_t s, const float* bias, float* y) {
+  std::size_t t = 0;
+  for (; t + 4 <= m; t += 4) tile_vnni<4, NV, Bits>(p, ws, sb, q, xs, t, s, bias, y);
+  switch (m - t) {
+    case 3: tile_vnni<3, NV, Bits>(p, ws, sb, q, xs, t, s, bias, y); break;
+    case 2: tile_vnni<2, NV, Bits>(p, ws, sb, q, xs, t, s, bias, y); break;
+    case 1: tile_vnni<1, NV, Bits>(p, ws, sb, q, xs, t, s, bias, y); break;
+    default: break;
+  }
+}
+
+// 4-bit strips as int8 codes (the 8-bit layout): with more than one tile of
+// rows, decoding once per strip beats decoding in every tile.
+inline void widen_strips(const Packed& p, std::size_t s, std::size_t count, std::uint8_t* out) {
+  const __m512i nib = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
+  const std::size_t blocks = p.kpad / 8;
+  for (std::size_t v = 0; v < count; ++v) {
+    const std::uint8_t* src = p.w + (s + v) * p.strip_bytes();
+    std::uint8_t* dst = out + v * p.kpad * kS;
+    for (std::size_t b = 0; b < blocks; ++b) {
+      const __m512i raw = _mm512_loadu_si512(src + 64 * b);
+      _mm512_storeu_si512(dst + 128 * b, _mm512_sub_epi8(_mm512_and_si512(raw, nib), eight));
+      _mm512_storeu_si512(dst + 128 * b + 64,
+                          _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(raw, 4), nib), eight));
+    }
+  }
+}
+
+void strips_vnni(const Packed& p, const std::uint8_t* q, const float* xs, std::size_t m, std::size_t s0,
+                 std::size_t s1, const float* bias, float* y) {
+  const std::size_t sb = p.strip_bytes();
+  if (p.bits == 4 && m > qgemm::kTileRows) {
+    thread_local std::vector<std::uint8_t> wide;
+    const std::size_t sb8 = p.kpad * kS;
+    if (wide.size() < 2 * sb8) wide.resize(2 * sb8);
+    for (std::size_t s = s0; s < s1; s += 2) {
+      const std::size_t nv = s1 - s < 2 ? 1 : 2;
+      widen_strips(p, s, nv, wide.data());
+      nv == 2 ? rows_vnni<2, 8>(p, wide.data(), sb8, q, xs, m, s, bias, y)
+              : rows_vnni<1, 8>(p, wide.data(), sb8, q, xs, m, s, bias, y);
+    }
+    return;
+  }
+  std::size_t s = s0;
+  for (; s + 2 <= s1; s += 2)
+    p.bits == 8 ? rows_vnni<2, 8>(p, p.w + s * sb, sb, q, xs, m, s, bias, y)
+                : rows_vnni<2, 4>(p, p.w + s * sb, sb, q, xs, m, s, bias, y);
+  if (s < s1)
+    p.bits == 8 ? rows_vnni<1, 8>(p, p.w + s * sb, sb, q, xs, m, s, bias, y)
+                : rows_vnni<1, 4>(p, p.w + s * sb, sb, q, xs, m, s, bias, y);
+}
+#endif
+
+}  // namespace
+
+template <Isa I>
+void qgemm_quantize_rows(const float* x, std::size_t k, std::size_t kpad, std::size_t r0, std::size_t r1,
+                         bool unsigned_codes, std::uint8_t* q, float* xs) {
+  for (std::size_t r = r0; r < r1; ++r) quantize_row(x + r * k, k, kpad, unsigned_codes, q + r * kpad, xs + r);
+}
+
+template <Isa I>
+void qgemm_strips(const Packed& p, const std::uint8_t* q, const float* xs, std::size_t m, std::size_t s0,
+                  std::size_t s1, bool vnni, const float* bias, float* y) {
+#if defined(__AVX512F__)
+  if (vnni) return strips_vnni(p, q, xs, m, s0, s1, bias, y);
+#endif
+  (void)vnni;
+  strips_madd<I>(p, q, xs, m, s0, s1, bias, y);
+}
+
+}  // namespace slimgrad::kernels
+
+// ---------------------------------------------------------- instantiations
+#ifdef SLIMGRAD_UNIT_ISA
+namespace slimgrad::kernels {
+template void qgemm_quantize_rows<SLIMGRAD_UNIT_ISA>(const float*, std::size_t, std::size_t, std::size_t,
+                                                     std::size_t, bool, std::uint8_t*, float*);
+template void qgemm_strips<SLIMGRAD_UNIT_ISA>(const qgemm::Packed&, const std::uint8_t*, const float*, std::size_t,
+                                              std::size_t, std::size_t, bool, const float*, float*);
+}  // namespace slimgrad::kernels
+#endif  // SLIMGRAD_UNIT_ISA

@@ -1,0 +1,96 @@
+// The int8-activation GEMM (qgemm.hpp): weight packing (once per weight) and
+// the driver: quantize the rows of x (threads over rows), then the
+// micro-kernels (threads over blocks of output strips: each output is
+// computed by one thread in a fixed order, so any thread count gives the
+// same bits). The activation buffer is kept per thread between calls.
+#include "slimgrad/qgemm.hpp"
+
+#include <algorithm>
+#include <vector>
+
+#include "slimgrad/threading.hpp"
+
+namespace slimgrad::qgemm {
+
+std::size_t packed_kpad(int bits, std::size_t k) {
+  const std::size_t step = bits == 8 ? 4 : 8;
+  return (k + step - 1) / step * step;
+}
+
+std::size_t packed_groups(int bits, std::size_t k, std::size_t group) {
+  const std::size_t kpad = packed_kpad(bits, k);
+  return kpad == 0 ? 0 : (kpad + group - 1) / group;
+}
+
+void pack(int bits, const std::int8_t* codes, const float* scale, std::size_t n, std::size_t k, std::size_t group,
+          std::uint8_t* w, float* pscale, std::int32_t* comp) {
+  const std::size_t kpad = packed_kpad(bits, k), groups = packed_groups(bits, k, group);
+  const std::size_t scale_cols = (k + group - 1) / group;  // scale is n x ceil(k / group)
+  const std::size_t strips = (n + kStrip - 1) / kStrip, sb = kpad * kStrip * static_cast<std::size_t>(bits) / 8;
+  parallel_chunks(strips, 8, [&](std::size_t b, std::size_t e) {
+    for (std::size_t s = b; s < e; ++s) {
+      std::uint8_t* ws = w + s * sb;
+      std::fill(ws, ws + sb, bits == 8 ? 0 : 0x88);  // zero codes (4 bits: stored + 8)
+      for (std::size_t c = 0; c < kStrip; ++c) {
+        const std::size_t row = s * kStrip + c;
+        for (std::size_t g = 0; g < groups; ++g) {
+          const std::size_t at = (s * groups + g) * kStrip + c;
+          std::int32_t sum = 0;
+          if (row < n) {
+            const std::size_t k1 = std::min(k, (g + 1) * group);
+            for (std::size_t j = g * group; j < k1; ++j) sum += codes[row * k + j];
+          }
+          pscale[at] = row < n && g < scale_cols ? scale[row * scale_cols + g] : 0.0f;
+          comp[at] = -128 * sum;
+        }
+        if (row >= n) continue;
+        const std::int8_t* cr = codes + row * k;
+        for (std::size_t j = 0; j < k; ++j) {
+          if (bits == 8) {
+            ws[(j / 4) * 64 + c * 4 + j % 4] = static_cast<std::uint8_t>(cr[j]);
+          } else {
+            std::uint8_t& byte = ws[(j / 8) * 64 + c * 4 + j % 4];
+            const std::uint8_t u = static_cast<std::uint8_t>(cr[j] + 8);
+            byte = (j % 8 < 4) ? static_cast<std::uint8_t>((byte & 0xF0) | u)
+                               : static_cast<std::uint8_t>((byte & 0x0F) | (u << 4));
+          }
+        }
+      }
+    }
+  });
+}
+
+void gemm(const float* x, std::size_t m, const Packed& p, const float* bias, float* y) {
+  if (m == 0 || p.n == 0) return;
+  const bool vnni = isa_active_at_least(Isa::avx512_vnni);
+  // Rows of x in chunks whose int8 codes take about 1 MB (4 to 256 rows):
+  // the buffer stays small (kept per thread between calls) and in L2 while
+  // every strip of the weight passes over it. Chunking does not change any
+  // output's arithmetic.
+  const std::size_t rows = std::min<std::size_t>(256, std::max<std::size_t>(4, (std::size_t{1} << 20) / std::max<std::size_t>(p.kpad, 1) / 4 * 4));
+  thread_local std::vector<std::uint8_t> q;
+  thread_local std::vector<float> xs;
+  const std::size_t chunk = std::min(rows, m);
+  if (q.size() < chunk * p.kpad) q.resize(chunk * p.kpad);
+  if (xs.size() < chunk) xs.resize(chunk);
+  std::uint8_t* qp = q.data();
+  float* xsp = xs.data();
+  dispatch([&](auto isa) {
+    constexpr Isa I = decltype(isa)::value;
+    for (std::size_t r0 = 0; r0 < m; r0 += chunk) {
+      const std::size_t mc = std::min(chunk, m - r0);
+      const float* xc = x + r0 * p.k;
+      float* yc = y + r0 * p.n;
+      parallel_chunks(mc, 16, [&](std::size_t b, std::size_t e) {
+        kernels::qgemm_quantize_rows<I>(xc, p.k, p.kpad, b, e, vnni, qp, xsp);
+      });
+      // blocks of 4 strips (64 outputs): even blocks keep the 2-strip tiles
+      // whole; each thread's panel of weights stays in its L2 across rows of x
+      parallel_chunks(p.strips, 4, [&](std::size_t b, std::size_t e) {
+        kernels::qgemm_strips<I>(p, qp, xsp, mc, b, e, vnni, bias, yc);
+      });
+    }
+  });
+}
+
+}  // namespace slimgrad::qgemm

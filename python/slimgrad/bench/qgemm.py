@@ -1,0 +1,69 @@
+"""Quantized GEMM suite: y = x @ W.T with W int8 per row (W8A8) or int4 in groups
+of 32 (W4A8), activations quantized to int8 per row on the fly
+(quant.prepack + PackedWeight.matmul), next to the float32 product in NumPy
+(OpenBLAS) and torch, and torch's dynamic int8 Linear
+(torch.ao.nn.quantized.dynamic.Linear, fbgemm: int8 weights per row, uint8
+activations per tensor), on size x size (default 4096 x 4096) and
+all-MiniLM-L6-v2's Linear shapes, batches 1, 8, 64, 512.
+
+Ratios > 1 mean slimgrad is faster. Issue 14's goals: W8A8 >= 2x NumPy float32
+and >= 1.0x torch dynamic int8 at batch 64; int4 >= 3x NumPy at batch 1 and
+>= 1.3x at batch 64 (docs/quant.md has the measured tables).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from functools import partial
+
+import numpy as np
+
+from .. import quant
+from . import Case, optional_import
+from .sparse import BATCHES, MINILM_SHAPES, _dense_impls
+
+DEFAULT_SIZE = 4096
+
+
+def _torch_dynamic(torch, w: np.ndarray):
+    """torch's dynamic int8 Linear (fbgemm) holding ``w``, or None when unavailable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+            lin.weight.data = torch.from_numpy(w)
+            model = torch.ao.quantization.quantize_dynamic(
+                torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8
+            )
+        return model[0]
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def cases(size: int) -> Iterator[Case]:
+    torch = optional_import("torch")
+    rng = np.random.default_rng(0)
+    for out_f, in_f in [(size, size), *MINILM_SHAPES]:
+        w = rng.standard_normal((out_f, in_f), dtype=np.float32)
+        packed = {
+            "W8A8 int8": quant.prepack(quant.quantize(w, 8)),
+            "W4A8 int4/g32": quant.prepack(
+                quant.quantize(w, 4, granularity="group", group_size=32)
+            ),
+        }
+        dyn = _torch_dynamic(torch, w) if torch is not None else None
+        for batch in BATCHES:
+            x = rng.standard_normal((batch, in_f), dtype=np.float32)
+            y = np.empty((batch, out_f), np.float32)
+            peers = _dense_impls(x, w, torch)
+            if dyn is not None:
+                tx = torch.from_numpy(x)
+                peers["torch dynamic int8"] = lambda tx=tx, dyn=dyn: dyn(tx)
+            for name, pw in packed.items():
+                yield Case(
+                    f"{name} {out_f}x{in_f} b{batch}",
+                    {"slimgrad": partial(pw.matmul, x, out=y), **peers},
+                    bytes=pw.nbytes + x.nbytes + y.nbytes,
+                    note="dynamic int8 activations per row; weight prepacked once",
+                )

@@ -1,0 +1,224 @@
+"""Weights packed once for the int8-activation GEMM (W8A8, W4A8, GGUF Q8_0 / Q4_0)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import _core
+from . import gguf as _gguf
+from ._tensor import QuantizedTensor
+
+__all__ = ["PackedWeight", "prepack"]
+
+_MAX_GROUP = 65536  # k per exact int32 sum (255 * 127 * 65536 < 2**31)
+
+
+def _gguf_codes(blocks: np.ndarray, name: str, shape: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(codes (n, k) int8, scales (n, k / 32) float32) of Q8_0 / Q4_0 blocks."""
+    ts = _gguf.TYPE_SIZE[name]
+    if not isinstance(blocks, np.ndarray) or blocks.dtype != np.uint8:
+        given = getattr(blocks, "dtype", type(blocks).__name__)
+        raise TypeError(f"w: expected GGUF blocks as a uint8 NumPy array, got {given}")
+    if shape is None:
+        if blocks.ndim != 2 or blocks.shape[1] % ts:
+            raise ValueError(
+                f"w: expected {name} blocks of shape (out, in / 32 * {ts}), "
+                f"got shape {blocks.shape}"
+            )
+        shape = (blocks.shape[0], blocks.shape[1] // ts * 32)
+    n, k = (int(s) for s in shape)
+    if k % 32 or blocks.size != n * (k // 32) * ts:
+        raise ValueError(
+            f"w: expected {n * (k // 32) * ts} bytes of {name} blocks for shape {tuple(shape)} "
+            f"(in a multiple of 32), got {blocks.size}"
+        )
+    b = np.ascontiguousarray(blocks).reshape(n, k // 32, ts)
+    scale = b[..., :2].copy().view("<f2")[..., 0].astype(np.float32)
+    if name == "Q8_0":
+        codes = b[..., 2:].view(np.int8).reshape(n, k)
+    else:
+        qs = b[..., 2:]
+        codes = np.concatenate([qs & 0x0F, qs >> 4], axis=2).astype(np.int8) - np.int8(8)
+        codes = codes.reshape(n, k)
+    return np.ascontiguousarray(codes), scale
+
+
+class PackedWeight:
+    """A 2-D weight ``W (out, in)`` packed once for :func:`matmul` with int8 activations.
+
+    Made by :func:`prepack`. The product quantizes each row of ``x`` to int8
+    on the fly (one scale per row, ``absmax / 127``), sums ``q_x * q_w``
+    exactly in int32 per weight group, and applies the scales in float32 (see
+    docs/quant.md, "int8 activations"). The packed arrays are private copies:
+    changing the source tensor afterwards does not change this weight.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        ``(out, in)``.
+    format : str
+        ``"int8"``, ``"int4"``, ``"Q8_0"`` or ``"Q4_0"``.
+    group_size : int
+        ``in`` values per exact int32 sum: the weight's group, or for one
+        scale per row ``in`` rounded up to 4 (8 bits) / 8 (4 bits), at most
+        65536.
+    nbytes : int
+        Bytes of the packed arrays.
+    """
+
+    def __init__(self, codes: np.ndarray, scale: np.ndarray, bits: int, group: int, fmt: str):
+        n, k = codes.shape
+        self.shape = (int(n), int(k))
+        self.format = fmt
+        self.bits = bits
+        self.group_size = int(group)
+        wbytes, nparams, _, _ = _core.quant.qgemm_sizes(bits, n, k, group)
+        self._w = np.empty(wbytes, np.uint8)
+        self._scale = np.empty(nparams, np.float32)
+        self._comp = np.empty(nparams, np.int32)
+        _core.quant.qgemm_pack(bits, codes, scale, group, self._w, self._scale, self._comp)
+
+    @property
+    def nbytes(self) -> int:
+        return self._w.nbytes + self._scale.nbytes + self._comp.nbytes
+
+    def matmul(
+        self, x: np.ndarray, bias: np.ndarray | None = None, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``x @ W.T (+ bias)`` with ``x`` quantized per row to int8; see :func:`matmul`."""
+        n, k = self.shape
+        if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
+            given = getattr(x, "dtype", type(x).__name__)
+            raise TypeError(f"x: expected a floating-point NumPy array, got {given}")
+        if x.ndim == 0 or x.shape[-1] != k:
+            raise ValueError(f"x: expected shape (..., {k}), got {x.shape}")
+        oshape = (*x.shape[:-1], n)
+        if bias is not None:
+            if not isinstance(bias, np.ndarray) or bias.dtype != np.float32:
+                given = getattr(bias, "dtype", type(bias).__name__)
+                raise TypeError(
+                    f"bias: expected a float32 NumPy array of shape ({n},), got {given}"
+                )
+            if bias.shape != (n,):
+                raise ValueError(f"bias: expected shape ({n},), got {bias.shape}")
+            bias = np.ascontiguousarray(bias)
+        if out is None:
+            out = np.empty(oshape, np.float32)
+        elif (
+            not isinstance(out, np.ndarray)
+            or out.dtype != np.float32
+            or not out.flags.c_contiguous
+            or out.shape != oshape
+        ):
+            given = getattr(out, "dtype", type(out).__name__)
+            raise TypeError(
+                f"out: expected a float32 C-contiguous array of shape {oshape}, got {given} "
+                f"of shape {getattr(out, 'shape', None)}"
+            )
+        if out.size == 0:
+            return out
+        if k == 0:
+            out[...] = 0 if bias is None else bias
+            return out
+        xf = np.ascontiguousarray(x, dtype=np.float32)
+        _core.quant.qgemm(
+            xf, self.bits, n, k, self.group_size, self._w, self._scale, self._comp, bias, out
+        )
+        return out
+
+    __call__ = matmul
+
+    def __repr__(self) -> str:
+        return (
+            f"PackedWeight(shape={self.shape}, format={self.format!r}, "
+            f"group_size={self.group_size}, nbytes={self.nbytes})"
+        )
+
+
+def prepack(w: Any, type: Any = None, *, shape: Any = None) -> PackedWeight:
+    """Pack a quantized weight once for fast products with int8 activations.
+
+    Parameters
+    ----------
+    w : QuantizedTensor or ndarray of uint8
+        A 2-D ``(out, in)`` :class:`QuantizedTensor`, symmetric, 8 or 4 bits,
+        per tensor, per output channel (``axis=0``) or in groups along ``in``
+        (group size a multiple of 4 for 8 bits, of 8 for 4 bits); or GGUF
+        blocks of type ``"Q8_0"`` / ``"Q4_0"`` as :func:`slimgrad.quant.gguf.quantize`
+        writes them (shape ``(out, in / 32 * type_size)``, or any shape with
+        ``shape=(out, in)``).
+    type : {"Q8_0", "Q4_0"}, optional
+        Required for GGUF blocks, must be omitted for a QuantizedTensor.
+    shape : tuple of int, optional
+        ``(out, in)`` of GGUF blocks.
+
+    Returns
+    -------
+    PackedWeight
+        A copy in the kernels' panel layout (about the size of ``w``).
+
+    Raises
+    ------
+    TypeError
+        ``w`` is neither; ``type`` given with a QuantizedTensor.
+    ValueError
+        Asymmetric or 2/3/5/6/7-bit weights, channels along axis 1, a group
+        size the kernels do not take, an 8-bit code of -128 (the kernels take
+        [-127, 127]), GGUF bytes that do not match the shape. ``w`` is never
+        modified.
+    """
+    if isinstance(w, QuantizedTensor):
+        if type is not None:
+            raise TypeError("type: only for GGUF blocks, not with a QuantizedTensor")
+        return _from_tensor(w)
+    if type is None:
+        raise TypeError(
+            f"w: expected a QuantizedTensor, or GGUF blocks with type='Q8_0' / 'Q4_0', "
+            f"got {getattr(w, 'dtype', None) or w.__class__.__name__}"
+        )
+    name = _gguf._type_name(type)
+    if name not in ("Q8_0", "Q4_0"):
+        raise ValueError(f"type: the int8-activation kernels take 'Q8_0' or 'Q4_0', got {name!r}")
+    codes, scale = _gguf_codes(w, name, shape)
+    if name == "Q8_0" and codes.size and codes.min() < -127:
+        bad = np.unravel_index(int(np.argmin(codes)), codes.shape)
+        raise ValueError(
+            f"w: Q8_0 code -128 at (row, column) {tuple(map(int, bad))}; expected [-127, 127]"
+        )
+    return PackedWeight(codes, scale, 8 if name == "Q8_0" else 4, 32, name)
+
+
+def _from_tensor(qt: QuantizedTensor) -> PackedWeight:
+    if len(qt.shape) != 2:
+        raise ValueError(f"w: expected a 2-D (out, in) weight, got shape {qt.shape}")
+    if qt.bits not in (4, 8) or not qt.symmetric:
+        kind = "symmetric" if qt.symmetric else "asymmetric"
+        raise ValueError(
+            f"w: the int8-activation kernels take symmetric 8- or 4-bit weights, got {kind} "
+            f"{qt.bits}-bit"
+        )
+    n, k = qt.shape
+    step = 4 if qt.bits == 8 else 8
+    codes = np.ascontiguousarray(qt.codes()).view(np.int8).reshape(n, k)
+    if qt.granularity == "group":
+        group = qt.group_size
+        if group % step or group > _MAX_GROUP:
+            raise ValueError(
+                f"w: {qt.bits}-bit groups for the int8-activation kernels must be a multiple of "
+                f"{step} up to {_MAX_GROUP}, got group_size={group}"
+            )
+        scale = np.ascontiguousarray(qt.scale, dtype=np.float32).reshape(n, -1)
+    else:
+        if qt.granularity == "channel" and qt.axis != 0:
+            raise ValueError(f"w: expected channels along axis 0 (output rows), got axis={qt.axis}")
+        kpad = -(-k // step) * step
+        group = max(step, min(kpad, _MAX_GROUP))
+        per_row = np.broadcast_to(np.asarray(qt.scale, np.float32).reshape(-1), (n,))
+        scale = np.ascontiguousarray(np.repeat(per_row[:, None], -(-k // group), axis=1))
+    if qt.bits == 8 and codes.size and codes.min() < -127:
+        bad = np.unravel_index(int(np.argmin(codes)), codes.shape)
+        raise ValueError(f"w: 8-bit code -128 at {tuple(map(int, bad))}; expected [-127, 127]")
+    fmt = "int8" if qt.bits == 8 else "int4"
+    return PackedWeight(codes, scale, qt.bits, group, fmt)
