@@ -24,6 +24,7 @@ from ..errors import UsageError
 
 MIN_CALIBRATION_SENTENCES = 16
 MIN_CALIBRATION_TOKENS = 256
+SENSITIVITY_SENTENCES = 32  # calibration sentences each layer's sensitivity is measured on
 
 EXAMPLES = """examples:
   slimgrad compress MODEL_DIR -o q4.safetensors --method gptq --bits 4 --group-size 128
@@ -264,8 +265,15 @@ def run(args: argparse.Namespace) -> int:
     recipes: Recipe | dict[str, Recipe] = recipe
     if args.budget_bytes is not None or args.plot:
         options = [_recipe(args, b) for b in widths]
+        # measured on calibration sentences: the held-out ones stay unseen by the choice
+        probe = calib_text[:: max(1, len(calib_text) // SENSITIVITY_SENTENCES)]
         drops, sizes = sensitivity(
-            model, calib, options, heldout, reference, progress=lambda n: bar(n, "sensitivity")
+            model,
+            calib,
+            options,
+            probe,
+            model.encode(probe),
+            progress=lambda n: bar(n, "sensitivity"),
         )
         if _format(args) == "gguf":  # the file's bytes, not slimgrad's packed codes
             sizes = {n: [_stored_bytes(args, layers[n][0].shape, b) for b in widths] for n in sizes}
