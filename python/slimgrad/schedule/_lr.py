@@ -1,5 +1,5 @@
 """Closed-form schedules with torch.optim.lr_scheduler's names and signatures:
-the lambda and multiplicative ones (cosine ones are in cosine.py)."""
+the lambda and multiplicative ones (cosine ones are in _cosine.py)."""
 
 from __future__ import annotations
 
