@@ -140,6 +140,28 @@ class ExtraOptimizer(Optimizer):
         for b in buckets:
             validate(b, self._expected_state)
 
+    def _step_bucket(
+        self, group: dict[str, Any], bucket: Bucket, check: bool
+    ) -> tuple[int, int] | None:
+        work, grads, bad = self._prepare(bucket, check)
+        if bad is not None:
+            return bad
+        self._update(group, bucket, work, grads)
+        round_back(bucket)
+        return None
+
+    def _update(
+        self,
+        group: dict[str, Any],
+        bucket: Bucket,
+        work: list[np.ndarray],
+        grads: list[np.ndarray],
+    ) -> None:
+        """The kernel call(s) of one bucket: update ``work`` (the params, or the
+        float32 masters of float16/bfloat16 params, rounded back afterwards)
+        with ``grads``, and the bucket's state, in place."""
+        raise NotImplementedError
+
     def _prepare(
         self, bucket: Bucket, check: bool
     ) -> tuple[list[np.ndarray], list[np.ndarray], tuple[int, int] | None]:
