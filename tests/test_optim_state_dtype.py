@@ -13,7 +13,7 @@ from conftest import run_everywhere
 from slimgrad import optim
 from slimgrad.optim import functional as F
 from test_optim import RICH, _opts, reference_init, reference_step
-from test_optim_lowp import M64, _fmix32, _mix64_int, round_stochastic
+from test_optim_lowp import M64, _fmix32, _mix64_int, problem, round_stochastic, run
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
@@ -99,21 +99,6 @@ def emulate(name, kw, p0, grads, *, state_dtype=None, master=True, rounding="nea
         else:
             p = x
     return p, (x if half and master else None), st
-
-
-def problem(n, dtype, steps=5, seed=0):
-    rng = np.random.default_rng(seed)
-    p0 = rng.standard_normal(n).astype(dtype)
-    grads = [(rng.standard_normal(n) * rng.uniform(0.1, 3)).astype(dtype) for _ in range(steps)]
-    return p0, grads
-
-
-def run(name, kw, p0, grads, **extra):
-    p = p0.copy()
-    opt = getattr(optim, name)([p], **kw, **extra)
-    for g in grads:
-        opt.step([g])
-    return p, opt
 
 
 def bits(a: np.ndarray) -> np.ndarray:
