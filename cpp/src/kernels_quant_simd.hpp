@@ -21,6 +21,8 @@
 
 #include <immintrin.h>
 
+#include <cstring>
+
 #include "kernels_quant_ops_x86.hpp"
 #include "slimgrad/quant.hpp"
 #include "slimgrad/simd.hpp"
@@ -45,6 +47,25 @@ inline Vec<float, I> code_vec(Vec<float, I> x, Vec<float, I> scale, Vec<float, I
   return min(max(t, qmin), qmax);  // t is never NaN here: no NaN-order question
 }
 
+// body(i, end, lo, key) over the pieces [i, end) of [0, n): a piece never
+// crosses a multiple of 2^32 in the flat index (index + i), so for stochastic
+// rounding (Mode 2) the high half, part of the key, is constant within it.
+// lo holds the low 32 bits of the flat indices of the piece's first vector.
+template <Isa I, int Mode, class Body>
+void for_pieces(std::size_t n, std::uint64_t seed, std::uint64_t index, Body&& body) {
+  using Q = QOps<I>;
+  std::size_t i = 0;
+  while (i < n) {
+    const std::uint64_t f = index + i;
+    const std::uint64_t to_wrap = (std::uint64_t{1} << 32) - (f & 0xFFFFFFFFu);
+    const std::size_t end = (Mode == 2 && to_wrap < n - i) ? i + static_cast<std::size_t>(to_wrap) : n;
+    const quant::StreamKey key = Mode == 2 ? quant::stream_key(seed, static_cast<std::uint32_t>(f >> 32))
+                                           : quant::StreamKey{0, 0};
+    body(i, end, Q::add(Q::set1(static_cast<std::uint32_t>(f)), Q::iota()), key);
+    i = end;
+  }
+}
+
 template <Isa I, int Mode>
 void codes_impl(const float* x, std::size_t n, float scale, float inv, bool use_div, float zp, float qmin,
                 float qmax, std::uint64_t seed, std::uint64_t index, std::uint8_t* codes) {
@@ -52,17 +73,8 @@ void codes_impl(const float* x, std::size_t n, float scale, float inv, bool use_
   using Q = QOps<I>;
   constexpr std::size_t W = V::width;
   const V vs = V::set1(scale), vi = V::set1(inv), vz = V::set1(zp), vlo = V::set1(qmin), vhi = V::set1(qmax);
-  std::size_t i = 0;
-  while (i < n) {
-    // A piece never crosses a multiple of 2^32 in the flat index, so the
-    // high half (part of the key) is constant within it.
-    const std::uint64_t f = index + i;
-    const std::uint64_t to_wrap = (std::uint64_t{1} << 32) - (f & 0xFFFFFFFFu);
-    const std::size_t end = (Mode == 2 && to_wrap < n - i) ? i + static_cast<std::size_t>(to_wrap) : n;
-    const quant::StreamKey key = Mode == 2 ? quant::stream_key(seed, static_cast<std::uint32_t>(f >> 32))
-                                           : quant::StreamKey{0, 0};
-    typename Q::VI lo = Q::add(Q::set1(static_cast<std::uint32_t>(f)), Q::iota());
-    const typename Q::VI step = Q::set1(static_cast<std::uint32_t>(W));
+  const typename Q::VI step = Q::set1(static_cast<std::uint32_t>(W));
+  for_pieces<I, Mode>(n, seed, index, [&](std::size_t i, std::size_t end, typename Q::VI lo, quant::StreamKey key) {
     for (; i + W <= end; i += W) {
       Q::store_bytes(codes + i, code_vec<I, Mode>(V::load(x + i), vs, vi, use_div, vz, vlo, vhi, lo, key));
       lo = Q::add(lo, step);
@@ -74,9 +86,8 @@ void codes_impl(const float* x, std::size_t n, float scale, float inv, bool use_
       std::uint8_t out[W];
       Q::store_bytes(out, code_vec<I, Mode>(V::load(tmp), vs, vi, use_div, vz, vlo, vhi, lo, key));
       std::memcpy(codes + i, out, k);
-      i = end;
     }
-  }
+  });
 }
 
 // Channels along the last axis: per-lane inv and zero point.
@@ -87,15 +98,8 @@ void codes_cols_impl(const float* x, std::size_t n, const float* inv, const floa
   using Q = QOps<I>;
   constexpr std::size_t W = V::width;
   const V vlo = V::set1(qmin), vhi = V::set1(qmax), one = V::set1(1.0f);
-  std::size_t i = 0;
-  while (i < n) {
-    const std::uint64_t f = index + i;
-    const std::uint64_t to_wrap = (std::uint64_t{1} << 32) - (f & 0xFFFFFFFFu);
-    const std::size_t end = (Mode == 2 && to_wrap < n - i) ? i + static_cast<std::size_t>(to_wrap) : n;
-    const quant::StreamKey key = Mode == 2 ? quant::stream_key(seed, static_cast<std::uint32_t>(f >> 32))
-                                           : quant::StreamKey{0, 0};
-    typename Q::VI lo = Q::add(Q::set1(static_cast<std::uint32_t>(f)), Q::iota());
-    const typename Q::VI step = Q::set1(static_cast<std::uint32_t>(W));
+  const typename Q::VI step = Q::set1(static_cast<std::uint32_t>(W));
+  for_pieces<I, Mode>(n, seed, index, [&](std::size_t i, std::size_t end, typename Q::VI lo, quant::StreamKey key) {
     for (; i < end; i += W) {
       const std::size_t k = end - i < W ? end - i : W;
       float xt[W], it[W], zt[W];
@@ -115,46 +119,18 @@ void codes_cols_impl(const float* x, std::size_t n, const float* inv, const floa
       std::memcpy(codes + i, out, k);
       lo = Q::add(lo, step);
     }
-    i = end;
-  }
-}
-
-inline void pack_generic(const std::uint8_t* codes, std::size_t n, int bits, std::uint8_t* out) {
-  const std::uint32_t mask = (1u << bits) - 1;
-  std::size_t byte = 0;
-  std::uint32_t acc = 0;
-  int have = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    acc |= (codes[i] & mask) << have;
-    have += bits;
-    while (have >= 8) {
-      out[byte++] = static_cast<std::uint8_t>(acc);
-      acc >>= 8;
-      have -= 8;
-    }
-  }
-  if (have > 0) out[byte] = static_cast<std::uint8_t>(acc);
-}
-
-inline void unpack_generic(const std::uint8_t* in, std::size_t n, int bits, bool is_signed, std::uint8_t* codes) {
-  const std::uint32_t mask = (1u << bits) - 1;
-  std::size_t byte = 0;
-  std::uint32_t acc = 0;
-  int have = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    if (have < bits) {
-      acc |= static_cast<std::uint32_t>(in[byte++]) << have;
-      have += 8;
-    }
-    std::uint32_t c = acc & mask;
-    acc >>= bits;
-    have -= bits;
-    if (is_signed && (c >> (bits - 1))) c |= ~mask;
-    codes[i] = static_cast<std::uint8_t>(c);
-  }
+  });
 }
 
 }  // namespace
+
+// The scalar reference (kernels_quant_scalar.cpp) packs and unpacks the
+// tails that are not a whole vector block.
+template <>
+void quant_pack<Isa::scalar>(const std::uint8_t* codes, std::size_t n, int bits, std::uint8_t* out);
+template <>
+void quant_unpack<Isa::scalar>(const std::uint8_t* in, std::size_t n, int bits, bool is_signed,
+                               std::uint8_t* codes);
 
 template <Isa I>
 std::size_t quant_minmax(const float* x, std::size_t n, float* lo, float* hi) {
@@ -311,7 +287,7 @@ void quant_pack(const std::uint8_t* codes, std::size_t n, int bits, std::uint8_t
       out[i / 4] = static_cast<std::uint8_t>((codes[i] & 3) | (codes[i + 1] & 3) << 2 | (codes[i + 2] & 3) << 4 |
                                              (codes[i + 3] & 3) << 6);
   }
-  pack_generic(codes + i, n - i, bits, out + i * static_cast<std::size_t>(bits) / 8);
+  quant_pack<Isa::scalar>(codes + i, n - i, bits, out + i * static_cast<std::size_t>(bits) / 8);
 }
 
 template <Isa I>
@@ -334,7 +310,7 @@ void quant_unpack(const std::uint8_t* in, std::size_t n, int bits, bool is_signe
       _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i + 16), _mm_unpackhi_epi8(lo, hi));
     }
   }
-  unpack_generic(in + i * static_cast<std::size_t>(bits) / 8, n - i, bits, is_signed, codes + i);
+  quant_unpack<Isa::scalar>(in + i * static_cast<std::size_t>(bits) / 8, n - i, bits, is_signed, codes + i);
 }
 
 }  // namespace slimgrad::kernels

@@ -32,6 +32,21 @@ struct Stat {
   std::size_t bad = kNone;  // flat index of the first non-finite element
 };
 
+// Adds x[f] = v to st: a non-finite value only records its flat index.
+void add_value(Stat& st, float v, std::size_t f) {
+  if (!std::isfinite(v)) {
+    st.bad = std::min(st.bad, f);
+    st.seen = true;
+    return;
+  }
+  if (!st.seen) {
+    st.lo = st.hi = v;
+    st.seen = true;
+  }
+  st.lo = v < st.lo ? v : st.lo;
+  st.hi = st.hi < v ? v : st.hi;
+}
+
 void merge(Stat& into, const Stat& s) {
   if (!s.seen) return;
   if (!into.seen) {
@@ -109,40 +124,12 @@ std::vector<Stat> statistics(const float* x, const Spec& s) {
       parallel_chunks(s.cols, 256, [&](std::size_t c0, std::size_t c1) {
         for (std::size_t r = 0; r < s.rows; ++r) {
           const float* xr = x + r * s.cols;
-          for (std::size_t c = c0; c < c1; ++c) {
-            Stat& st = stats[c];
-            const float v = xr[c];
-            if (!std::isfinite(v)) {
-              st.bad = std::min(st.bad, r * s.cols + c);
-              st.seen = true;
-              continue;
-            }
-            if (!st.seen) {
-              st.lo = st.hi = v;
-              st.seen = true;
-            }
-            st.lo = v < st.lo ? v : st.lo;
-            st.hi = st.hi < v ? v : st.hi;
-          }
+          for (std::size_t c = c0; c < c1; ++c) add_value(stats[c], xr[c], r * s.cols + c);
         }
       });
     } else {
       // Short runs (e.g. channels along the middle axis of a 3-D tensor): a plain pass.
-      for (std::size_t f = 0; f < s.size(); ++f) {
-        Stat& st = stats[(f / s.run) % s.channels];
-        const float v = x[f];
-        if (!std::isfinite(v)) {
-          st.bad = std::min(st.bad, f);
-          st.seen = true;
-          continue;
-        }
-        if (!st.seen) {
-          st.lo = st.hi = v;
-          st.seen = true;
-        }
-        st.lo = v < st.lo ? v : st.lo;
-        st.hi = st.hi < v ? v : st.hi;
-      }
+      for (std::size_t f = 0; f < s.size(); ++f) add_value(stats[(f / s.run) % s.channels], x[f], f);
     }
   });
   return stats;
