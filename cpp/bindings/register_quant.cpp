@@ -69,11 +69,6 @@ Spec spec_from(const py::dict& d) {
   return s;
 }
 
-void check_size(const Array& a, std::size_t n) {
-  if (a.size() != n)
-    throw py::value_error(a.name + ": expected " + std::to_string(n) + " elements, got " + describe(a.arr));
-}
-
 }  // namespace
 
 void register_quant(py::module_& m) {
@@ -202,9 +197,7 @@ void register_quant(py::module_& m) {
   m.def("gguf_quantize", [gguf_type](py::handle x, int type, py::handle out) {
     const quant::GgufType t = gguf_type(type);
     const Array xa = check_array(x, "w", {DType::f32}, Access::read);
-    if (xa.size() % quant::kGgufBlock != 0)
-      throw py::value_error("w: expected a multiple of 32 elements, got " + describe(xa.arr));
-    const std::size_t blocks = xa.size() / quant::kGgufBlock;
+    const std::size_t blocks = whole_blocks(xa, quant::kGgufBlock);
     const Array oa = check_array(out, "out", {DType::u8}, Access::write);
     check_size(oa, blocks * quant::gguf_type_size(t));
     check_disjoint(oa, {&xa});
@@ -214,9 +207,7 @@ void register_quant(py::module_& m) {
   m.def("gguf_dequantize", [gguf_type](py::handle data, int type, py::handle out) {
     const quant::GgufType t = gguf_type(type);
     const Array oa = check_array(out, "out", {DType::f32}, Access::write);
-    if (oa.size() % quant::kGgufBlock != 0)
-      throw py::value_error("out: expected a multiple of 32 elements, got " + describe(oa.arr));
-    const std::size_t blocks = oa.size() / quant::kGgufBlock;
+    const std::size_t blocks = whole_blocks(oa, quant::kGgufBlock);
     const Array da = check_array(data, "data", {DType::u8}, Access::read);
     check_size(da, blocks * quant::gguf_type_size(t));
     check_disjoint(oa, {&da});
