@@ -37,10 +37,19 @@ def _fmix32(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint32(16))
 
 
-def sr_bits(seed: int, step: int, n: int, offset: int = 0) -> np.ndarray:
-    key = _mix64_int(
+def step_key(seed: int, step: int) -> int:
+    """The 64-bit key of the stochastic-rounding stream of (seed, step)."""
+    return _mix64_int(
         _mix64_int((seed + 0x9E3779B97F4A7C15) & M64) ^ ((step * 0xD1B54A32D192ED03) & M64)
     )
+
+
+def sr_bits(seed: int, step: int, n: int, offset: int = 0) -> np.ndarray:
+    return hash_bits(step_key(seed, step), n, offset)
+
+
+def hash_bits(key: int, n: int, offset: int = 0) -> np.ndarray:
+    """32 random bits for the elements offset .. offset + n - 1 of the stream ``key``."""
     idx = np.arange(offset, offset + n, dtype=np.uint64)
     lo = (idx & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     hi = (idx >> np.uint64(32)).astype(np.uint32)

@@ -143,16 +143,14 @@ std::vector<Param> parameters(const float* x, const Spec& s, const std::vector<S
 
 }  // namespace
 
-// Groups with min/max ranges: one pass. Each item is whole groups of one
-// row (a multiple of 8 columns), so statistics, parameters and codes of a
-// group are made while it is in cache, with no per-group temporaries. On a
-// non-finite value (raise mode) the outputs are garbage, but the caller
-// discards them: only the first bad index is reported.
-static std::ptrdiff_t quantize_groups_fused(const float* x, const Spec& s, float* scale, std::int32_t* zero_point,
-                                            std::uint8_t* data) {
-  const std::size_t gs = s.group_size, cw = (kChunk / gs) * gs;
-  const std::size_t per_row = (s.cols + cw - 1) / cw, G = s.n_groups(), rb = s.row_bytes();
-  std::vector<std::size_t> first(s.rows * per_row, kNone);
+// Codes of x row by row in chunks of cw columns (in parallel, chunk
+// boundaries from the shape only): fn(isa, item, r, j0, j1, dst) writes the
+// codes of columns [j0, j1) of row r to dst, which is data itself for 8-bit
+// codes, else a stack buffer packed into data afterwards.
+namespace {
+template <class Fn>
+void encode_row_chunks(const Spec& s, std::size_t cw, std::uint8_t* data, Fn&& fn) {
+  const std::size_t per_row = (s.cols + cw - 1) / cw, rb = s.row_bytes();
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
     parallel_chunks(s.rows * per_row, 1, [&](std::size_t b, std::size_t e) {
@@ -161,14 +159,31 @@ static std::ptrdiff_t quantize_groups_fused(const float* x, const Spec& s, float
         const std::size_t r = item / per_row, j0 = (item % per_row) * cw;
         const std::size_t j1 = std::min(s.cols, j0 + cw);
         std::uint8_t* dst = s.bits == 8 ? data + r * s.cols + j0 : buf;
-        const std::size_t p0 = r * G + j0 / gs;
-        const std::size_t k = kernels::quant_groups<I>(x + r * s.cols + j0, j1 - j0, gs, s.bits, s.symmetric,
-                                                       static_cast<int>(s.rounding), s.seed, r * s.cols + j0,
-                                                       scale + p0, zero_point + p0, dst);
-        if (k < j1 - j0) first[item] = r * s.cols + j0 + k;
+        fn(isa, item, r, j0, j1, dst);
         if (s.bits < 8) kernels::quant_pack<I>(buf, j1 - j0, s.bits, data + r * rb + j0 * s.bits / 8);
       }
     });
+  });
+}
+}  // namespace
+
+// Groups with min/max ranges: one pass. Each item is whole groups of one
+// row (a multiple of 8 columns), so statistics, parameters and codes of a
+// group are made while it is in cache, with no per-group temporaries. On a
+// non-finite value (raise mode) the outputs are garbage, but the caller
+// discards them: only the first bad index is reported.
+static std::ptrdiff_t quantize_groups_fused(const float* x, const Spec& s, float* scale, std::int32_t* zero_point,
+                                            std::uint8_t* data) {
+  const std::size_t gs = s.group_size, cw = (kChunk / gs) * gs;
+  const std::size_t per_row = (s.cols + cw - 1) / cw, G = s.n_groups();
+  std::vector<std::size_t> first(s.rows * per_row, kNone);
+  encode_row_chunks(s, cw, data, [&](auto isa, std::size_t item, std::size_t r, std::size_t j0, std::size_t j1,
+                                     std::uint8_t* dst) {
+    const std::size_t p0 = r * G + j0 / gs;
+    const std::size_t k = kernels::quant_groups<decltype(isa)::value>(
+        x + r * s.cols + j0, j1 - j0, gs, s.bits, s.symmetric, static_cast<int>(s.rounding), s.seed, r * s.cols + j0,
+        scale + p0, zero_point + p0, dst);
+    if (k < j1 - j0) first[item] = r * s.cols + j0 + k;
   });
   if (!s.propagate) {
     const std::size_t bad = *std::min_element(first.begin(), first.end());
@@ -201,9 +216,7 @@ std::ptrdiff_t quantize(const float* x, const Spec& s, float* scale, std::int32_
     zero_point[p] = static_cast<std::int32_t>(params[p].zp);
   }
   if (s.size() == 0) return -1;
-  const std::size_t per_row = (s.cols + kChunk - 1) / kChunk;
   const float qmin = static_cast<float>(s.qmin()), qmax = static_cast<float>(s.qmax());
-  const std::size_t rb = s.row_bytes();
   // Channels along the last axis: per-column parameter vectors, one kernel
   // call per item (unless a subnormal scale or a NaN group needs the
   // per-segment path).
@@ -216,31 +229,22 @@ std::ptrdiff_t quantize(const float* x, const Spec& s, float* scale, std::int32_
       zps.push_back(q.zp);
     }
   }
-  dispatch([&](auto isa) {
+  encode_row_chunks(s, kChunk, data, [&](auto isa, std::size_t, std::size_t r, std::size_t j0, std::size_t j1,
+                                         std::uint8_t* dst) {
     constexpr Isa I = decltype(isa)::value;
-    parallel_chunks(s.rows * per_row, 1, [&](std::size_t b, std::size_t e) {
-      std::uint8_t buf[kChunk];
-      for (std::size_t item = b; item < e; ++item) {
-        const std::size_t r = item / per_row, j0 = (item % per_row) * kChunk;
-        const std::size_t j1 = std::min(s.cols, j0 + kChunk);
-        std::uint8_t* dst = s.bits == 8 ? data + r * s.cols + j0 : buf;
-        if (cols) {
-          kernels::quant_codes_cols<I>(x + r * s.cols + j0, j1 - j0, invs.data() + j0, zps.data() + j0, qmin, qmax,
-                                       static_cast<int>(s.rounding), s.seed, r * s.cols + j0, dst);
-          if (s.bits < 8) kernels::quant_pack<I>(buf, j1 - j0, s.bits, data + r * rb + j0 * s.bits / 8);
-          continue;
-        }
-        for_segments(s, r, j0, j1, [&](std::size_t p, std::size_t jb, std::size_t je) {
-          const Param& q = params[p];
-          if (q.bad) {
-            std::memset(dst + (jb - j0), static_cast<int>(q.zp), je - jb);
-            return;
-          }
-          kernels::quant_codes<I>(x + r * s.cols + jb, je - jb, q.scale, q.inv, q.use_div, q.zp, qmin, qmax,
-                                  static_cast<int>(s.rounding), s.seed, r * s.cols + jb, dst + (jb - j0));
-        });
-        if (s.bits < 8) kernels::quant_pack<I>(buf, j1 - j0, s.bits, data + r * rb + j0 * s.bits / 8);
+    if (cols) {
+      kernels::quant_codes_cols<I>(x + r * s.cols + j0, j1 - j0, invs.data() + j0, zps.data() + j0, qmin, qmax,
+                                   static_cast<int>(s.rounding), s.seed, r * s.cols + j0, dst);
+      return;
+    }
+    for_segments(s, r, j0, j1, [&](std::size_t p, std::size_t jb, std::size_t je) {
+      const Param& q = params[p];
+      if (q.bad) {
+        std::memset(dst + (jb - j0), static_cast<int>(q.zp), je - jb);
+        return;
       }
+      kernels::quant_codes<I>(x + r * s.cols + jb, je - jb, q.scale, q.inv, q.use_div, q.zp, qmin, qmax,
+                              static_cast<int>(s.rounding), s.seed, r * s.cols + jb, dst + (jb - j0));
     });
   });
   return -1;

@@ -10,7 +10,7 @@ import numpy as np
 from .. import _core
 from ._bucket import Bucket
 from ._checks import OPTION_CHECKS, check_nonneg, check_number, check_torch_flags
-from ._extra import ExtraOptimizer
+from ._extra import Arrays, ExtraOptimizer, Group
 
 
 def _machine_eps(dtype: np.dtype) -> float:
@@ -149,13 +149,7 @@ class Adafactor(ExtraOptimizer):
             }
         return {"row_var": empty, "col_var": empty.copy(), "variance": self.state_full(param)}
 
-    def _update(
-        self,
-        group: dict[str, Any],
-        bucket: Bucket,
-        work: list[np.ndarray],
-        grads: list[np.ndarray],
-    ) -> None:
+    def _update(self, group: Group, bucket: Bucket, work: Arrays, grads: Arrays) -> None:
         t = float(bucket.step)
         lr = float(group["lr"])
         eps1, eps2 = group["eps"]

@@ -9,7 +9,7 @@ import numpy as np
 from .. import _core
 from ._bucket import Bucket
 from ._checks import check_torch_flags
-from ._extra import ExtraOptimizer
+from ._extra import Arrays, ExtraOptimizer, Group
 
 BLOCK_SIZE = 256
 
@@ -161,13 +161,7 @@ class AdamW8bit(ExtraOptimizer):
             return param.shape, self.state_dtype(param)
         return (0,), np.dtype(np.float32)
 
-    def _update(
-        self,
-        group: dict[str, Any],
-        bucket: Bucket,
-        work: list[np.ndarray],
-        grads: list[np.ndarray],
-    ) -> None:
+    def _update(self, group: Group, bucket: Bucket, work: Arrays, grads: Arrays) -> None:
         beta1, beta2 = group["betas"]
         s = bucket.states
         big = [i for i, a in enumerate(s["exp_avg"]) if a.dtype == np.int8]

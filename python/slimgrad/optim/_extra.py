@@ -114,6 +114,12 @@ def validate(bucket: Bucket, expect: Any = None) -> None:
             check_writable(a, name)
 
 
+# The arguments of ExtraOptimizer._update: a param group, and the arrays the
+# kernels work on.
+Group = dict[str, Any]
+Arrays = list[np.ndarray]
+
+
 class ExtraOptimizer(Optimizer):
     """Base of LAMB, AdamW8bit and Adafactor: validation and half-precision plumbing."""
 
@@ -150,13 +156,7 @@ class ExtraOptimizer(Optimizer):
         round_back(bucket)
         return None
 
-    def _update(
-        self,
-        group: dict[str, Any],
-        bucket: Bucket,
-        work: list[np.ndarray],
-        grads: list[np.ndarray],
-    ) -> None:
+    def _update(self, group: Group, bucket: Bucket, work: Arrays, grads: Arrays) -> None:
         """The kernel call(s) of one bucket: update ``work`` (the params, or the
         float32 masters of float16/bfloat16 params, rounded back afterwards)
         with ``grads``, and the bucket's state, in place."""
