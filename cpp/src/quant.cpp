@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "slimgrad/core.hpp"
@@ -143,13 +144,16 @@ std::vector<Param> parameters(const float* x, const Spec& s, const std::vector<S
 
 }  // namespace
 
-// Codes of x row by row in chunks of cw columns (in parallel, chunk
-// boundaries from the shape only): fn(isa, item, r, j0, j1, dst) writes the
-// codes of columns [j0, j1) of row r to dst, which is data itself for 8-bit
-// codes, else a stack buffer packed into data afterwards.
+// The codes of a tensor row by row in chunks of cw columns (in parallel,
+// chunk boundaries from the shape only): fn(isa, item, r, j0, j1, codes)
+// with the codes of columns [j0, j1) of row r. Encoding (Byte non-const):
+// fn writes them, to data itself for 8-bit codes, else to a stack buffer
+// packed into data afterwards. Decoding (const Byte): fn reads them, from
+// data, or from the buffer data's chunk was unpacked into.
 namespace {
-template <class Fn>
-void encode_row_chunks(const Spec& s, std::size_t cw, std::uint8_t* data, Fn&& fn) {
+template <class Byte, class Fn>
+void for_code_chunks(const Spec& s, std::size_t cw, Byte* data, Fn&& fn) {
+  constexpr bool encode = !std::is_const_v<Byte>;
   const std::size_t per_row = (s.cols + cw - 1) / cw, rb = s.row_bytes();
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
@@ -158,9 +162,13 @@ void encode_row_chunks(const Spec& s, std::size_t cw, std::uint8_t* data, Fn&& f
       for (std::size_t item = b; item < e; ++item) {
         const std::size_t r = item / per_row, j0 = (item % per_row) * cw;
         const std::size_t j1 = std::min(s.cols, j0 + cw);
-        std::uint8_t* dst = s.bits == 8 ? data + r * s.cols + j0 : buf;
-        fn(isa, item, r, j0, j1, dst);
-        if (s.bits < 8) kernels::quant_pack<I>(buf, j1 - j0, s.bits, data + r * rb + j0 * s.bits / 8);
+        Byte* packed = data + r * rb + j0 * s.bits / 8;
+        Byte* codes = s.bits == 8 ? packed : buf;
+        if (!encode && s.bits < 8) kernels::quant_unpack<I>(packed, j1 - j0, s.bits, s.symmetric, buf);
+        fn(isa, item, r, j0, j1, codes);
+        if constexpr (encode) {
+          if (s.bits < 8) kernels::quant_pack<I>(buf, j1 - j0, s.bits, packed);
+        }
       }
     });
   });
@@ -177,7 +185,7 @@ static std::ptrdiff_t quantize_groups_fused(const float* x, const Spec& s, float
   const std::size_t gs = s.group_size, cw = (kChunk / gs) * gs;
   const std::size_t per_row = (s.cols + cw - 1) / cw, G = s.n_groups();
   std::vector<std::size_t> first(s.rows * per_row, kNone);
-  encode_row_chunks(s, cw, data, [&](auto isa, std::size_t item, std::size_t r, std::size_t j0, std::size_t j1,
+  for_code_chunks(s, cw, data, [&](auto isa, std::size_t item, std::size_t r, std::size_t j0, std::size_t j1,
                                      std::uint8_t* dst) {
     const std::size_t p0 = r * G + j0 / gs;
     const std::size_t k = kernels::quant_groups<decltype(isa)::value>(
@@ -229,7 +237,7 @@ std::ptrdiff_t quantize(const float* x, const Spec& s, float* scale, std::int32_
       zps.push_back(q.zp);
     }
   }
-  encode_row_chunks(s, kChunk, data, [&](auto isa, std::size_t, std::size_t r, std::size_t j0, std::size_t j1,
+  for_code_chunks(s, kChunk, data, [&](auto isa, std::size_t, std::size_t r, std::size_t j0, std::size_t j1,
                                          std::uint8_t* dst) {
     constexpr Isa I = decltype(isa)::value;
     if (cols) {
@@ -253,33 +261,19 @@ std::ptrdiff_t quantize(const float* x, const Spec& s, float* scale, std::int32_
 void dequantize(const std::uint8_t* data, const Spec& s, const float* scale, const std::int32_t* zero_point,
                 float* out) {
   if (s.size() == 0) return;
-  const std::size_t per_row = (s.cols + kChunk - 1) / kChunk;
-  const std::size_t rb = s.row_bytes();
   const bool cols = s.layout == Layout::runs && s.run == 1 && s.channels == s.cols && s.cols > 1;
   std::vector<float> zps;
   if (cols) zps.assign(zero_point, zero_point + s.cols);
-  dispatch([&](auto isa) {
+  for_code_chunks(s, kChunk, data, [&](auto isa, std::size_t, std::size_t r, std::size_t j0, std::size_t j1,
+                                       const std::uint8_t* src) {
     constexpr Isa I = decltype(isa)::value;
-    parallel_chunks(s.rows * per_row, 1, [&](std::size_t b, std::size_t e) {
-      std::uint8_t buf[kChunk];
-      for (std::size_t item = b; item < e; ++item) {
-        const std::size_t r = item / per_row, j0 = (item % per_row) * kChunk;
-        const std::size_t j1 = std::min(s.cols, j0 + kChunk);
-        const std::uint8_t* src = data + r * s.cols + j0;
-        if (s.bits < 8) {
-          kernels::quant_unpack<I>(data + r * rb + j0 * s.bits / 8, j1 - j0, s.bits, s.symmetric, buf);
-          src = buf;
-        }
-        if (cols) {
-          kernels::quant_dequant_cols<I>(src, s.symmetric, j1 - j0, scale + j0, zps.data() + j0,
-                                         out + r * s.cols + j0);
-          continue;
-        }
-        for_segments(s, r, j0, j1, [&](std::size_t p, std::size_t jb, std::size_t je) {
-          kernels::quant_dequant<I>(src + (jb - j0), s.symmetric, je - jb, scale[p],
-                                    static_cast<float>(zero_point[p]), out + r * s.cols + jb);
-        });
-      }
+    if (cols) {
+      kernels::quant_dequant_cols<I>(src, s.symmetric, j1 - j0, scale + j0, zps.data() + j0, out + r * s.cols + j0);
+      return;
+    }
+    for_segments(s, r, j0, j1, [&](std::size_t p, std::size_t jb, std::size_t je) {
+      kernels::quant_dequant<I>(src + (jb - j0), s.symmetric, je - jb, scale[p], static_cast<float>(zero_point[p]),
+                                out + r * s.cols + jb);
     });
   });
 }
