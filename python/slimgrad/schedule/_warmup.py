@@ -62,10 +62,8 @@ class WarmupCosine(_LinearWarmup):
         ``T``, greater than ``warmup_steps``.
     min_lr : float or list of float, default 0.0
         Final value (per group if a list), absolute, not a factor.
-    last_epoch : int, default -1
-        See :class:`LRScheduler`.
-    hyperparam : str, default "lr"
-        Group key to schedule.
+    last_epoch, hyperparam
+        As for :class:`LRScheduler` (defaults -1 and ``"lr"``).
 
     Raises
     ------
@@ -121,10 +119,8 @@ class WarmupStableDecay(_LinearWarmup):
         Non-negative phase lengths.
     min_lr : float or list of float, default 0.0
         Final value (per group if a list).
-    last_epoch : int, default -1
-        See :class:`LRScheduler`.
-    hyperparam : str, default "lr"
-        Group key to schedule.
+    last_epoch, hyperparam
+        As for :class:`LRScheduler` (defaults -1 and ``"lr"``).
 
     Raises
     ------
