@@ -9,6 +9,8 @@ another area of the same layer, e.g. a library module importing
 from __future__ import annotations
 
 import ast
+import fnmatch
+import re
 from pathlib import Path
 
 import pytest
@@ -217,3 +219,133 @@ def test_every_package_reexports_with_all():
         assert not missing, (
             f"{init.relative_to(PACKAGE.parent)}: __all__ names {sorted(missing)} not defined"
         )
+
+
+# ------------------------------------------------------------ naming convention
+DOC = PACKAGE.parent.parent / "docs" / "architecture.md"
+
+
+def _public_modules_in_doc() -> dict[str, set[str]]:
+    """Package -> the modules of the "public modules" column of the naming table."""
+    text = DOC.read_text()
+    section = text[text.index("## Naming convention") : text.index("## Descriptor tables")]
+    table = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`"):
+            table[cells[0].strip("`")] = set(re.findall(r"`(\w+)`", cells[2]))
+    return table
+
+
+def _bench_suites() -> set[str]:
+    tree = ast.parse((PACKAGE / "bench" / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            getattr(t, "id", "") == "SUITES" for t in node.targets
+        ):
+            return {m for mods in ast.literal_eval(node.value).values() for m in mods}
+    raise AssertionError("bench/__init__.py: no SUITES")
+
+
+def test_public_modules_are_the_documented_ones():
+    # The rule of docs/architecture.md "Naming convention": a module without a
+    # leading underscore is public, so each one is listed in the table there.
+    documented = _public_modules_in_doc()
+    problems = []
+    for init in sorted(PACKAGE.rglob("__init__.py")):
+        package_dir = init.parent
+        package = "slimgrad" if package_dir == PACKAGE else package_dir.name
+        public = {
+            p.stem
+            for p in package_dir.glob("*.py")
+            if not p.stem.startswith("_") and p.stem != "__main__"
+        }
+        if package == "bench":
+            suites = _bench_suites()
+            problems += [f"slimgrad.bench.{m}: not a suite of SUITES" for m in public - suites]
+            continue
+        listed = documented.get(package)
+        if listed is None:
+            problems.append(f"{package}: no row in the naming table of docs/architecture.md")
+            continue
+        for m in sorted(public - listed):
+            problems.append(
+                f"{package}/{m}.py: public (no leading underscore) but not listed as a public "
+                "module in docs/architecture.md; rename it _" + m + " if it is implementation"
+            )
+        for m in sorted(listed - public):
+            problems.append(f"{package}: docs/architecture.md lists {m!r}, which is not a module")
+    assert not problems, "\n".join(problems)
+
+
+# ------------------------------------------------------------ docs name real files
+ROOT = PACKAGE.parent.parent
+_PATH_WORD = re.compile(r"[\w./*{},<>-]+")
+_FILE_SUFFIXES = (".py", ".pyi", ".cpp", ".hpp", ".h", ".md", ".txt", ".toml")
+# Named in the text on purpose although they are not files of the tree: what
+# the build generates, and the directory the stubs are NOT (see "Build").
+_NOT_IN_TREE = ("build/", "_core/")
+_TOP_DIRS = ("cpp/", "python/", "tests/", "docs/", "tools/", "bench/")
+
+
+def _expand(word: str) -> list[str]:
+    """``a.{hpp,cpp}`` -> ``a.hpp``, ``a.cpp`` (one brace group)."""
+    m = re.search(r"\{([^}]*)\}", word)
+    if not m:
+        return [word]
+    return [word[: m.start()] + alt + word[m.end() :] for alt in m.group(1).split(",")]
+
+
+def named_paths(text: str) -> list[str]:
+    """The file and directory names in the code of ``text`` (code spans and
+    fenced blocks): words with a source-file ending, ending in a slash, or
+    under a top-level directory; templates (``<area>``, ``...``) left out."""
+    fenced = re.findall(r"```[^\n]*\n(.*?)```", text, flags=re.S)
+    spans = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    found = []
+    for word in (w for chunk in fenced + spans for w in _PATH_WORD.findall(chunk)):
+        word = word.rstrip(".,:;")
+        if "<" in word or "..." in word or word.startswith(("-", "/")):
+            continue
+        for w in _expand(word):
+            if w.startswith(_NOT_IN_TREE):
+                continue
+            if w.endswith(_FILE_SUFFIXES + ("/",)) or w.startswith(_TOP_DIRS):
+                found.append(w)
+    return found
+
+
+def _exists(name: str, tree: list[str]) -> bool:
+    """True if ``name`` (possibly a tail like ``src/isa.cpp`` or a glob) is the
+    end of a path of the repository, on a path-component boundary."""
+    pattern = name.rstrip("/")
+    for path in tree:
+        for i in range(len(path.split("/"))):
+            tail = "/".join(path.split("/")[i:])
+            if fnmatch.fnmatchcase(tail, pattern) or fnmatch.fnmatchcase(tail, pattern + "/*"):
+                return True
+    return False
+
+
+def _repository_paths() -> list[str]:
+    skip = {".git", "build", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+    out = []
+    for path in ROOT.rglob("*"):
+        rel = path.relative_to(ROOT)
+        if not skip.intersection(rel.parts):
+            out.append(rel.as_posix())
+    return out
+
+
+def test_docs_architecture_names_only_existing_files():
+    tree = _repository_paths()
+    missing = sorted({n for n in named_paths(DOC.read_text()) if not _exists(n, tree)})
+    assert not missing, f"docs/architecture.md names files that do not exist: {missing}"
+
+
+def test_the_docs_path_check_finds_names():
+    text = "`src/isa.cpp`, `optim_extra.{hpp,cpp}`, `kernels_<area>_simd.hpp`, `quant/io.py: X`"
+    assert named_paths(text) == ["src/isa.cpp", "optim_extra.hpp", "optim_extra.cpp", "quant/io.py"]
+    tree = ["cpp/src/isa.cpp", "python/slimgrad/quant/io.py"]
+    assert _exists("src/isa.cpp", tree) and _exists("quant/io.py", tree)
+    assert not _exists("c/isa.cpp", tree) and not _exists("src/gone.cpp", tree)

@@ -3,6 +3,8 @@ to nearest or stochastic, against a NumPy emulation (bit for bit)."""
 
 from __future__ import annotations
 
+import functools
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -10,6 +12,8 @@ from conftest import run_everywhere
 from slimgrad import optim
 from slimgrad.optim import functional as F
 from test_optim import RICH, _opts, reference_init, reference_step
+from test_optim import problem as _problem
+from test_optim import run_ours as run
 
 HALVES = [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)]
 HALF_IDS = ["float16", "bfloat16"]
@@ -33,10 +37,19 @@ def _fmix32(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint32(16))
 
 
-def sr_bits(seed: int, step: int, n: int, offset: int = 0) -> np.ndarray:
-    key = _mix64_int(
+def step_key(seed: int, step: int) -> int:
+    """The 64-bit key of the stochastic-rounding stream of (seed, step)."""
+    return _mix64_int(
         _mix64_int((seed + 0x9E3779B97F4A7C15) & M64) ^ ((step * 0xD1B54A32D192ED03) & M64)
     )
+
+
+def sr_bits(seed: int, step: int, n: int, offset: int = 0) -> np.ndarray:
+    return hash_bits(step_key(seed, step), n, offset)
+
+
+def hash_bits(key: int, n: int, offset: int = 0) -> np.ndarray:
+    """32 random bits for the elements offset .. offset + n - 1 of the stream ``key``."""
     idx = np.arange(offset, offset + n, dtype=np.uint64)
     lo = (idx & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     hi = (idx >> np.uint64(32)).astype(np.uint32)
@@ -85,19 +98,8 @@ def emulate(name, kw, p0, grads, rounding="nearest", seed=0):
     return p, master
 
 
-def problem(n, dtype, steps=5, seed=0):
-    rng = np.random.default_rng(seed)
-    p0 = rng.standard_normal(n).astype(dtype)
-    grads = [rng.standard_normal(n).astype(dtype) for _ in range(steps)]
-    return p0, grads
-
-
-def run(name, kw, p0, grads, **extra):
-    p = p0.copy()
-    opt = getattr(optim, name)([p], **kw, **extra)
-    for g in grads:
-        opt.step([g])
-    return p, opt
+# A short run of test_optim's problem (5 steps), stepped by its run_ours.
+problem = functools.partial(_problem, steps=5)
 
 
 @pytest.mark.parametrize("dtype", HALVES, ids=HALF_IDS)

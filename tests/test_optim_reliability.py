@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import pytest
 from slimgrad import optim
+from test_optim_api import assert_unchanged, grads_like, snapshot
 
 ALL = [
     (optim.SGD, dict(lr=0.1, momentum=0.9)),
@@ -38,44 +39,20 @@ def _mixed(rng):
     }
 
 
-def _grads(rng, params):
-    return {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in params.items()}
-
-
-def _snapshot(params, opt):
-    state = {
-        k: {n: (v.copy() if isinstance(v, np.ndarray) else v) for n, v in st.items()}
-        for k, st in opt.state.items()
-    }
-    return {k: v.copy() for k, v in params.items()}, state
-
-
-def _assert_same(params, opt, snap):
-    p0, s0 = snap
-    for k in params:
-        np.testing.assert_array_equal(params[k], p0[k])
-    for k, st in s0.items():
-        for n, v in st.items():
-            if isinstance(v, np.ndarray):
-                np.testing.assert_array_equal(opt.state[k][n], v)
-            else:
-                assert opt.state[k][n] == v, (k, n)
-
-
 @pytest.mark.parametrize("nonfinite", ["raise", "ignore"])
 @pytest.mark.parametrize("cls, kw", ALL, ids=IDS)
 def test_mixed_dtype_step_is_all_or_nothing(cls, kw, nonfinite, rng):
     params = _mixed(rng)
     opt = cls(params, nonfinite=nonfinite, **kw)
-    opt.step(_grads(rng, params))
+    opt.step(grads_like(params, rng))
     # A read-only state array in the second bucket: the step must fail
     # before the first bucket's kernel runs.
     key = next(n for n, v in opt.state["b"].items() if isinstance(v, np.ndarray) and v.size)
     opt.state["b"][key].flags.writeable = False
-    snap = _snapshot(params, opt)
+    snap = snapshot(opt, params)
     with pytest.raises(ValueError, match=rf"\['b'\]\[?'?{key}'?\]?.*(writable|read-only)"):
-        opt.step(_grads(rng, params))
-    _assert_same(params, opt, snap)
+        opt.step(grads_like(params, rng))
+    assert_unchanged(opt, params, snap)
     assert opt.state["a"]["step"] == opt.state["b"]["step"] == 1
 
 
@@ -83,18 +60,18 @@ def test_mixed_dtype_step_is_all_or_nothing(cls, kw, nonfinite, rng):
 def test_replaced_state_array_is_checked_at_the_next_step(cls, kw, rng):
     params = {"w": rng.standard_normal((4, 6)).astype(np.float32)}
     opt = cls(params, **kw)
-    opt.step(_grads(rng, params))
+    opt.step(grads_like(params, rng))
     key = next(n for n, v in opt.state["w"].items() if isinstance(v, np.ndarray) and v.size)
     good = opt.state["w"][key]
     opt.state["w"][key] = np.zeros(good.size + 1, good.dtype)  # wrong shape
-    snap = _snapshot(params, opt)
+    snap = snapshot(opt, params)
     with pytest.raises(ValueError, match=rf"\['w'\].*{key}.*expected .*shape"):
-        opt.step(_grads(rng, params))
-    _assert_same(params, opt, snap)
+        opt.step(grads_like(params, rng))
+    assert_unchanged(opt, params, snap)
     # A valid replacement is the array the next step updates.
     fresh = good.copy()
     opt.state["w"][key] = fresh
-    opt.step(_grads(rng, params))
+    opt.step(grads_like(params, rng))
     assert opt.state["w"][key] is fresh or np.shares_memory(opt.state["w"][key], fresh)
     assert opt.state["w"]["step"] == 2
 
@@ -103,7 +80,7 @@ def test_replaced_state_array_is_checked_at_the_next_step(cls, kw, rng):
 def test_concurrent_step_raises(cls, kw, rng):
     params = {"w": rng.standard_normal(64).astype(np.float32)}
     opt = cls(params, **kw)
-    grads = _grads(rng, params)
+    grads = grads_like(params, rng)
     entered, release = threading.Event(), threading.Event()
     inner = opt._step_all
 
@@ -143,9 +120,9 @@ def test_optimizer_copies_and_pickles_without_its_lock(rng):
 
     params = {"w": rng.standard_normal(8).astype(np.float32)}
     opt = optim.Adam(params, lr=0.1)
-    opt.step(_grads(rng, params))
+    opt.step(grads_like(params, rng))
     for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
-        clone.step(_grads(rng, params))
+        clone.step(grads_like(params, rng))
         assert clone.state["w"]["step"] == 2
 
 
@@ -163,7 +140,7 @@ def test_adamw8bit_small_tensors_keep_float32_state_like_torch_adamw(isa, rng):
     tp = torch.tensor(start["small"], requires_grad=True)
     topt = torch.optim.AdamW([tp], lr=1e-2, weight_decay=0.1)
     for _ in range(100):
-        g = _grads(rng, params)
+        g = grads_like(params, rng)
         opt.step(g)
         opt8.step({"big": g["big"]})
         tp.grad = torch.tensor(g["small"])

@@ -13,7 +13,15 @@ from conftest import run_everywhere
 from slimgrad import optim
 from slimgrad.optim import functional as F
 from test_optim import RICH, _opts, reference_init, reference_step
-from test_optim_lowp import M64, _fmix32, _mix64_int, round_stochastic
+from test_optim_lowp import (
+    M64,
+    _mix64_int,
+    hash_bits,
+    problem,
+    round_stochastic,
+    run,
+    step_key,
+)
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
@@ -45,26 +53,11 @@ TRAIN_LOSS_RTOL = 0.05
 
 
 # ------------------------------------------------------------------ emulation
-def _key(seed: int, step: int) -> int:
-    return _mix64_int(
-        _mix64_int((seed + 0x9E3779B97F4A7C15) & M64) ^ ((step * 0xD1B54A32D192ED03) & M64)
-    )
-
-
 def _state_bits(seed: int, step: int, slot: int, n: int) -> np.ndarray:
     """optim.hpp state_sr_key: slots 0/1 (2) take the low/high 16 bits of a hash
     whose key is apart from the param's."""
-    key = _mix64_int((_key(seed, step) + (slot // 2 + 1) * 0xA0761D6478BD642F) & M64)
-    return _bits(key, n) >> np.uint32(16 * (slot % 2))
-
-
-def _bits(key: int, n: int, offset: int = 0) -> np.ndarray:
-    idx = np.arange(offset, offset + n, dtype=np.uint64)
-    lo = (idx & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    hi = (idx >> np.uint64(32)).astype(np.uint32)
-    with np.errstate(over="ignore"):
-        a = _fmix32(lo * np.uint32(0x9E3779B1) + np.uint32(key & 0xFFFFFFFF))
-        return _fmix32(a ^ np.uint32(key >> 32) ^ (hi * np.uint32(0x85EBCA77)))
+    key = _mix64_int((step_key(seed, step) + (slot // 2 + 1) * 0xA0761D6478BD642F) & M64)
+    return hash_bits(key, n) >> np.uint32(16 * (slot % 2))
 
 
 def _round(x, dtype, r):
@@ -92,28 +85,13 @@ def emulate(name, kw, p0, grads, *, state_dtype=None, master=True, rounding="nea
                 r = None if rounding == "nearest" else _state_bits(seed, t, slot, st[k].size)
                 st[k] = _round(st[k], BF16, r).astype(np.float32)
         if half:
-            r = None if rounding == "nearest" else _bits(_key(seed, t), x.size)
+            r = None if rounding == "nearest" else hash_bits(step_key(seed, t), x.size)
             p = _round(x, p0.dtype, r)
             if not master:
                 x = p.astype(np.float32)
         else:
             p = x
     return p, (x if half and master else None), st
-
-
-def problem(n, dtype, steps=5, seed=0):
-    rng = np.random.default_rng(seed)
-    p0 = rng.standard_normal(n).astype(dtype)
-    grads = [(rng.standard_normal(n) * rng.uniform(0.1, 3)).astype(dtype) for _ in range(steps)]
-    return p0, grads
-
-
-def run(name, kw, p0, grads, **extra):
-    p = p0.copy()
-    opt = getattr(optim, name)([p], **kw, **extra)
-    for g in grads:
-        opt.step([g])
-    return p, opt
 
 
 def bits(a: np.ndarray) -> np.ndarray:
@@ -283,7 +261,7 @@ def test_stochastic_state_streams_are_independent():
     opt.step([x])  # first step: momentum_buffer = g, stochastically rounded
     up = bits(opt.state[0]["momentum_buffer"]) != np.float32(1).astype(BF16).view(np.uint16)
     assert 0.15 < up.mean() < 0.35  # up with probability 1/4
-    pb = round_stochastic(x, BF16, _bits(_key(0, 1), n)).view(np.uint16)
+    pb = round_stochastic(x, BF16, hash_bits(step_key(0, 1), n)).view(np.uint16)
     param_up = pb != np.float32(1).astype(BF16).view(np.uint16)
     assert np.count_nonzero(up & param_up) < 0.15 * n  # ~1/16 if independent, 1/4 if shared
 

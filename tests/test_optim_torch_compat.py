@@ -120,20 +120,21 @@ def test_state_dict_with_or_without_torch_flags_loads(rng):
 def test_load_state_dict_saved_with_a_scheduler_resumes(rng, name):
     p, g = make(rng)
     cls = getattr(optim, name)
+
+    def steps(opt, sched, n):
+        for _ in range(n):
+            opt.step([g])
+            sched.step()
+
     # Uninterrupted: 6 steps with StepLR(2).
     q = p.copy()
     opt = cls([q], lr=0.1)
-    sched = StepLR(opt, 2, gamma=0.5)
-    for _ in range(6):
-        opt.step([g])
-        sched.step()
+    steps(opt, StepLR(opt, 2, gamma=0.5), 6)
     # Interrupted after 3: a fresh optimizer without a scheduler loads the state dict.
     r = p.copy()
     a = cls([r], lr=0.1)
     sa = StepLR(a, 2, gamma=0.5)
-    for _ in range(3):
-        a.step([g])
-        sa.step()
+    steps(a, sa, 3)
     sd, ssd = a.state_dict(), sa.state_dict()
     assert sd["param_groups"][0]["initial_lr"] == 0.1
     r2 = r.copy()
@@ -143,9 +144,7 @@ def test_load_state_dict_saved_with_a_scheduler_resumes(rng, name):
     assert b.param_groups[0]["lr"] == sd["param_groups"][0]["lr"]
     sb = StepLR(b, 2, gamma=0.5, last_epoch=2)  # needs initial_lr, as in torch
     sb.load_state_dict(ssd)
-    for _ in range(3):
-        b.step([g])
-        sb.step()
+    steps(b, sb, 3)
     np.testing.assert_array_equal(r2, q)
     assert b.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
     assert b.state_dict()["param_groups"] == opt.state_dict()["param_groups"]

@@ -130,6 +130,15 @@ def mixed_checkpoint(rng):
     }
 
 
+def mixed_to_gguf(tmp_path, rng, capsys):
+    """``slimgrad quantize`` of a mixed_checkpoint to q.gguf: (tensors, out, run's result)."""
+    tensors = mixed_checkpoint(rng)
+    src = tmp_path / "in.safetensors"
+    write_safetensors(src, tensors)
+    out = tmp_path / "q.gguf"
+    return tensors, out, run([src, "-o", out], capsys)
+
+
 def test_safetensors_output_keeps_other_tensors_and_metadata(tmp_path, rng, capsys):
     tensors = mixed_checkpoint(rng)
     src = tmp_path / "in.safetensors"
@@ -157,11 +166,7 @@ def test_safetensors_output_keeps_other_tensors_and_metadata(tmp_path, rng, caps
 
 
 def test_gguf_output_keeps_every_value(tmp_path, rng, capsys):
-    tensors = mixed_checkpoint(rng)
-    src = tmp_path / "in.safetensors"
-    write_safetensors(src, tensors)
-    out = tmp_path / "q.gguf"
-    code, table, err = run([src, "-o", out], capsys)
+    tensors, out, (code, table, err) = mixed_to_gguf(tmp_path, rng, capsys)
     assert (code, err) == (0, "")
     found = gguf_tensors(out)
     expected = {  # name -> (GGUF type, dtype written, note)
@@ -347,11 +352,7 @@ def test_quantized_input_is_refused(tmp_path, rng, capsys):
 
 
 def test_table_totals_are_bytes_written(tmp_path, rng, capsys):
-    tensors = mixed_checkpoint(rng)
-    src = tmp_path / "in.safetensors"
-    write_safetensors(src, tensors)
-    out = tmp_path / "q.gguf"
-    code, table, _ = run([src, "-o", out], capsys)
+    tensors, out, (code, table, _) = mixed_to_gguf(tmp_path, rng, capsys)
     total = table.splitlines()[-1].split()
     written = sum(int(t.n_bytes) for t in gguf_tensors(out).values())
     assert code == 0 and total[2] == f"{written:,}"

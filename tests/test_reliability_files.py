@@ -85,30 +85,16 @@ def test_wrapped_group_size_is_refused_never_read(tmp_path):
     """group_size near 2**64 made ceil(cols / group_size) wrap to 0 in C++: an
     empty scale passed the size check and dequantize read past it."""
     codes = np.zeros((2, 4), np.int8)
+
+    def int8_groups(n_groups, group_size):
+        # 8-bit symmetric group codes of a (2, 4) tensor, scales (2, n_groups)
+        scale, zp = np.ones((2, n_groups), np.float32), np.zeros((2, n_groups), np.int32)
+        return quant.QuantizedTensor(codes, scale, zp, (2, 4), 8, True, "group", 0, group_size)
+
     with pytest.raises(ValueError, match="group_size"):
-        quant.QuantizedTensor(
-            codes,
-            np.ones((2, 0), np.float32),
-            np.zeros((2, 0), np.int32),
-            (2, 4),
-            8,
-            True,
-            "group",
-            0,
-            2**64 - 1,
-        )
+        int8_groups(0, 2**64 - 1)
     # the C++ side re-checks on its own: the wrapped count is gone, huge sizes refused
-    spec = quant.QuantizedTensor(
-        codes,
-        np.ones((2, 1), np.float32),
-        np.zeros((2, 1), np.int32),
-        (2, 4),
-        8,
-        True,
-        "group",
-        0,
-        8,
-    )._core_spec()
+    spec = int8_groups(1, 8)._core_spec()
     out = np.empty((2, 4), np.float32)
     for g in (2**64 - 1, 2**63, 2**58):
         with pytest.raises(ValueError, match="group_size|scale"):

@@ -136,6 +136,18 @@ Span span(const Array& a) {
 bool overlap(Span a, Span b) { return a.begin < a.end && b.begin < b.end && a.begin < b.end && b.begin < a.end; }
 }  // namespace
 
+void check_size(const Array& a, std::size_t n) {
+  if (a.size() != n)
+    throw py::value_error(a.name + ": expected " + std::to_string(n) + " elements, got " + describe(a.arr));
+}
+
+std::size_t whole_blocks(const Array& a, std::size_t block) {
+  if (a.size() % block != 0)
+    throw py::value_error(a.name + ": expected a multiple of " + std::to_string(block) + " elements, got " +
+                          describe(a.arr));
+  return a.size() / block;
+}
+
 void check_disjoint(const Array& out, std::initializer_list<const Array*> inputs) {
   for (const Array* in : inputs)
     if (overlap(span(out), span(*in)))

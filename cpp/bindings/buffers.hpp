@@ -76,6 +76,11 @@ Array check_array(py::handle obj, const std::string& name, std::initializer_list
                   Access access, const std::vector<py::ssize_t>* shape = nullptr);
 // Same dtype and shape as `like` (e.g. a gradient for its parameter).
 Array check_like(py::handle obj, const std::string& name, const Array& like, Access access);
+// ValueError naming `a` unless it holds exactly n elements.
+void check_size(const Array& a, std::size_t n);
+// The number of blocks of `block` elements in `a`; ValueError naming `a`
+// unless its size is a multiple of `block` (whole GGUF / K-quant blocks).
+std::size_t whole_blocks(const Array& a, std::size_t block);
 
 // Refuses (ValueError) `out` sharing memory with any of `inputs` (byte-range
 // check, as np.shares_memory's bounds test: conservative for strided views).

@@ -37,8 +37,7 @@ void register_kquant(py::module_& m) {
     }
     const Array oa = check_array(out, "out", {DType::u8}, Access::write);
     const std::size_t need = nrows * (n_per_row / kquant::kQK) * kquant::type_size(t);
-    if (oa.size() != need)
-      throw py::value_error("out: expected " + std::to_string(need) + " bytes, got " + describe(oa.arr));
+    check_size(oa, need);
     py::gil_scoped_release release;  // x, imatrix, out are held by their Arrays for the call
     return kquant::quantize(t, xa.ptr<float>(), nrows, n_per_row, qw, oa.mut<std::uint8_t>());
   }, py::arg("w"), py::arg("type"), py::arg("n_per_row"), py::arg("imatrix"), py::arg("out"));
@@ -46,13 +45,9 @@ void register_kquant(py::module_& m) {
   m.def("kquant_dequantize", [](py::handle data, int type, py::handle out) {
     const kquant::KType t = ktype(type);
     const Array oa = check_array(out, "out", {DType::f32}, Access::write);
-    if (oa.size() % kquant::kQK != 0)
-      throw py::value_error("out: expected a multiple of 256 elements, got " + describe(oa.arr));
-    const std::size_t blocks = oa.size() / kquant::kQK;
+    const std::size_t blocks = whole_blocks(oa, kquant::kQK);
     const Array da = check_array(data, "data", {DType::u8}, Access::read);
-    if (da.size() != blocks * kquant::type_size(t))
-      throw py::value_error("data: expected " + std::to_string(blocks * kquant::type_size(t)) + " bytes, got " +
-                            describe(da.arr));
+    check_size(da, blocks * kquant::type_size(t));
     py::gil_scoped_release release;
     kquant::dequantize(t, da.ptr<std::uint8_t>(), blocks, oa.mut<float>());
   }, py::arg("data"), py::arg("type"), py::arg("out"));

@@ -69,11 +69,6 @@ Spec spec_from(const py::dict& d) {
   return s;
 }
 
-void check_size(const Array& a, std::size_t n) {
-  if (a.size() != n)
-    throw py::value_error(a.name + ": expected " + std::to_string(n) + " elements, got " + describe(a.arr));
-}
-
 }  // namespace
 
 void register_quant(py::module_& m) {
@@ -199,27 +194,27 @@ void register_quant(py::module_& m) {
     }
     return static_cast<quant::GgufType>(t);
   };
-  m.def("gguf_quantize", [gguf_type](py::handle x, int type, py::handle out) {
+  // The block count of float values and their GGUF bytes: whole blocks of
+  // values, the bytes exactly their size, the two arrays disjoint.
+  auto gguf_blocks = [](const Array& values, const Array& bytes, quant::GgufType t) {
+    const std::size_t blocks = whole_blocks(values, quant::kGgufBlock);
+    check_size(bytes, blocks * quant::gguf_type_size(t));
+    check_disjoint(bytes, {&values});
+    return blocks;
+  };
+  m.def("gguf_quantize", [gguf_type, gguf_blocks](py::handle x, int type, py::handle out) {
     const quant::GgufType t = gguf_type(type);
     const Array xa = check_array(x, "w", {DType::f32}, Access::read);
-    if (xa.size() % quant::kGgufBlock != 0)
-      throw py::value_error("w: expected a multiple of 32 elements, got " + describe(xa.arr));
-    const std::size_t blocks = xa.size() / quant::kGgufBlock;
     const Array oa = check_array(out, "out", {DType::u8}, Access::write);
-    check_size(oa, blocks * quant::gguf_type_size(t));
-    check_disjoint(oa, {&xa});
+    const std::size_t blocks = gguf_blocks(xa, oa, t);
     py::gil_scoped_release release;
     return quant::gguf_quantize(t, xa.ptr<float>(), blocks, oa.mut<std::uint8_t>());
   }, py::arg("w"), py::arg("type"), py::arg("out"));
-  m.def("gguf_dequantize", [gguf_type](py::handle data, int type, py::handle out) {
+  m.def("gguf_dequantize", [gguf_type, gguf_blocks](py::handle data, int type, py::handle out) {
     const quant::GgufType t = gguf_type(type);
-    const Array oa = check_array(out, "out", {DType::f32}, Access::write);
-    if (oa.size() % quant::kGgufBlock != 0)
-      throw py::value_error("out: expected a multiple of 32 elements, got " + describe(oa.arr));
-    const std::size_t blocks = oa.size() / quant::kGgufBlock;
     const Array da = check_array(data, "data", {DType::u8}, Access::read);
-    check_size(da, blocks * quant::gguf_type_size(t));
-    check_disjoint(oa, {&da});
+    const Array oa = check_array(out, "out", {DType::f32}, Access::write);
+    const std::size_t blocks = gguf_blocks(oa, da, t);
     py::gil_scoped_release release;
     quant::gguf_dequantize(t, da.ptr<std::uint8_t>(), blocks, oa.mut<float>());
   }, py::arg("data"), py::arg("type"), py::arg("out"));

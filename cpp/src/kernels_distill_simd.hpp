@@ -30,6 +30,7 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
+#include <type_traits>
 
 #include "slimgrad/distill.hpp"
 #include "slimgrad/simd.hpp"
@@ -266,30 +267,34 @@ void row_grad_impl(const T* s, const T* t, T* g, std::size_t n, const KdGradTerm
 
 }  // namespace
 
-template <Isa I, class T>
-void kd_row_stats(const T* s, const T* t, std::size_t n, T inv_t, KdRowMode mode, KdRowStats* out) {
+// fn(T, Z, U) with the row mode as std::bool_constant template flags: the
+// five combinations the kernels are instantiated for (without t and z, u is
+// always set).
+template <class Fn>
+void with_row_mode(KdRowMode mode, Fn&& fn) {
+  using Yes = std::true_type;
+  using No = std::false_type;
   if (mode.t) {
-    mode.u ? row_stats_impl<I, T, true, true, true>(s, t, n, inv_t, out)
-           : row_stats_impl<I, T, true, true, false>(s, t, n, inv_t, out);
+    mode.u ? fn(Yes{}, Yes{}, Yes{}) : fn(Yes{}, Yes{}, No{});
   } else if (mode.z) {
-    mode.u ? row_stats_impl<I, T, true, false, true>(s, t, n, inv_t, out)
-           : row_stats_impl<I, T, true, false, false>(s, t, n, inv_t, out);
+    mode.u ? fn(Yes{}, No{}, Yes{}) : fn(Yes{}, No{}, No{});
   } else {
-    row_stats_impl<I, T, false, false, true>(s, t, n, inv_t, out);
+    fn(No{}, No{}, Yes{});
   }
 }
 
 template <Isa I, class T>
+void kd_row_stats(const T* s, const T* t, std::size_t n, T inv_t, KdRowMode mode, KdRowStats* out) {
+  with_row_mode(mode, [&](auto a, auto b, auto c) {
+    row_stats_impl<I, T, decltype(a)::value, decltype(b)::value, decltype(c)::value>(s, t, n, inv_t, out);
+  });
+}
+
+template <Isa I, class T>
 void kd_row_grad(const T* s, const T* t, T* g, std::size_t n, const KdGradTerms<T>& c, KdRowMode mode) {
-  if (mode.t) {
-    mode.u ? row_grad_impl<I, T, true, true, true>(s, t, g, n, c)
-           : row_grad_impl<I, T, true, true, false>(s, t, g, n, c);
-  } else if (mode.z) {
-    mode.u ? row_grad_impl<I, T, true, false, true>(s, t, g, n, c)
-           : row_grad_impl<I, T, true, false, false>(s, t, g, n, c);
-  } else {
-    row_grad_impl<I, T, false, false, true>(s, t, g, n, c);
-  }
+  with_row_mode(mode, [&](auto a, auto b, auto u) {
+    row_grad_impl<I, T, decltype(a)::value, decltype(b)::value, decltype(u)::value>(s, t, g, n, c);
+  });
 }
 
 template <Isa I, class T>

@@ -25,17 +25,25 @@ constexpr float GROUP_MAX_EPS = 1e-15f;
 inline int imax(int a, int b) { return a > b ? a : b; }
 inline int imin(int a, int b) { return a < b ? a : b; }
 
-}  // namespace
-
-// make_qx_quants (symmetric codes in [-nmax, nmax - 1], stored + nmax) with
-// rmse_type 1: weights qw, or x^2 without them.
-float make_qx_quants(int n, int nmax, const float* x, std::int8_t* L, const float* qw) {
+// llama.cpp's `max` of a symmetric group: the signed value of the first
+// largest |x|, or 0 when every |x| is below GROUP_MAX_EPS (the group is then
+// stored as zeros).
+float group_max(int n, const float* x) {
   float max = 0, amax = 0;
   for (int i = 0; i < n; ++i) {
     const float ax = std::fabs(x[i]);
     if (ax > amax) { amax = ax; max = x[i]; }
   }
-  if (amax < GROUP_MAX_EPS) {
+  return amax < GROUP_MAX_EPS ? 0.0f : max;
+}
+
+}  // namespace
+
+// make_qx_quants (symmetric codes in [-nmax, nmax - 1], stored + nmax) with
+// rmse_type 1: weights qw, or x^2 without them.
+float make_qx_quants(int n, int nmax, const float* x, std::int8_t* L, const float* qw) {
+  const float max = group_max(n, x);
+  if (max == 0.0f) {
     for (int i = 0; i < n; ++i) L[i] = 0;
     return 0.f;
   }
@@ -72,12 +80,8 @@ float make_qx_quants(int n, int nmax, const float* x, std::int8_t* L, const floa
 
 // make_q3_quants with do_rmse: coordinate descent on the codes, weights x^2.
 float make_q3_quants(int n, int nmax, const float* x, std::int8_t* L) {
-  float max = 0, amax = 0;
-  for (int i = 0; i < n; ++i) {
-    const float ax = std::fabs(x[i]);
-    if (ax > amax) { amax = ax; max = x[i]; }
-  }
-  if (amax < GROUP_MAX_EPS) {
+  const float max = group_max(n, x);
+  if (max == 0.0f) {
     for (int i = 0; i < n; ++i) L[i] = 0;
     return 0.f;
   }

@@ -141,24 +141,36 @@ constexpr std::size_t kRowGroup = 4;
 
 }  // namespace
 
-template <Isa I, class T>
-void bn_sum(const T* x, std::size_t rows, std::size_t c, std::size_t l, double* acc) {
+// Per-channel sums in double added to acc: of x (Dev = false, bn_sum) or of
+// (x - mean)^2 (Dev = true, bn_sqdev), one loop structure for both.
+template <bool Dev, Isa I, class T>
+void bn_accumulate(const T* x, std::size_t rows, std::size_t c, std::size_t l, const double* mean, double* acc) {
   using D = Vec<double, I>;
   constexpr std::size_t W = D::width;
+  const auto add = [](D a, D v, D m) {
+    if constexpr (Dev) {
+      const D d = v - m;
+      return fma(d, d, a);
+    } else {
+      return a + v;
+    }
+  };
   if (l == 1) {
     for (std::size_t r0 = 0; r0 < rows; r0 += kRowGroup) {
       const std::size_t nr = rows - r0 < kRowGroup ? rows - r0 : kRowGroup;
       const T* xr = x + r0 * c;
       std::size_t ch = 0;
       for (; ch + W <= c; ch += W) {
+        const D m = Dev ? D::load(mean + ch) : D::zero();
         D a = D::load(acc + ch);
-        for (std::size_t r = 0; r < nr; ++r) a = a + load_wide<I>(xr + r * c + ch);
+        for (std::size_t r = 0; r < nr; ++r) a = add(a, load_wide<I>(xr + r * c + ch), m);
         a.store(acc + ch);
       }
-      if (ch < c) {
+      if (ch < c) {  // padded lanes: x = 0 and mean = 0, so they add 0
         const std::size_t k = c - ch;
+        const D m = Dev ? load_partial<D>(mean + ch, k) : D::zero();
         D a = load_partial<D>(acc + ch, k);
-        for (std::size_t r = 0; r < nr; ++r) a = a + load_wide_partial<I>(xr + r * c + ch, k);
+        for (std::size_t r = 0; r < nr; ++r) a = add(a, load_wide_partial<I>(xr + r * c + ch, k), m);
         store_partial(acc + ch, k, a);
       }
     }
@@ -167,67 +179,34 @@ void bn_sum(const T* x, std::size_t rows, std::size_t c, std::size_t l, double* 
   for (std::size_t r = 0; r < rows; ++r)
     for (std::size_t ch = 0; ch < c; ++ch) {
       const T* p = x + (r * c + ch) * l;
+      const D m = D::set1(Dev ? mean[ch] : 0.0);
       D s0 = D::zero(), s1 = D::zero();
       std::size_t j = 0;
       for (; j + 2 * W <= l; j += 2 * W) {
-        s0 = s0 + load_wide<I>(p + j);
-        s1 = s1 + load_wide<I>(p + j + W);
+        s0 = add(s0, load_wide<I>(p + j), m);
+        s1 = add(s1, load_wide<I>(p + j + W), m);
       }
       double t = reduce_sum(s0 + s1);
-      for (; j < l; ++j) t += static_cast<double>(p[j]);
+      for (; j < l; ++j) {
+        if constexpr (Dev) {
+          const double d = static_cast<double>(p[j]) - mean[ch];
+          t += d * d;
+        } else {
+          t += static_cast<double>(p[j]);
+        }
+      }
       acc[ch] += t;
     }
 }
 
 template <Isa I, class T>
+void bn_sum(const T* x, std::size_t rows, std::size_t c, std::size_t l, double* acc) {
+  bn_accumulate<false, I>(x, rows, c, l, nullptr, acc);
+}
+
+template <Isa I, class T>
 void bn_sqdev(const T* x, std::size_t rows, std::size_t c, std::size_t l, const double* mean, double* acc) {
-  using D = Vec<double, I>;
-  constexpr std::size_t W = D::width;
-  if (l == 1) {
-    for (std::size_t r0 = 0; r0 < rows; r0 += kRowGroup) {
-      const std::size_t nr = rows - r0 < kRowGroup ? rows - r0 : kRowGroup;
-      const T* xr = x + r0 * c;
-      std::size_t ch = 0;
-      for (; ch + W <= c; ch += W) {
-        const D m = D::load(mean + ch);
-        D a = D::load(acc + ch);
-        for (std::size_t r = 0; r < nr; ++r) {
-          const D d = load_wide<I>(xr + r * c + ch) - m;
-          a = fma(d, d, a);
-        }
-        a.store(acc + ch);
-      }
-      if (ch < c) {  // padded lanes: x = 0 and mean = 0, so d = 0
-        const std::size_t k = c - ch;
-        const D m = load_partial<D>(mean + ch, k);
-        D a = load_partial<D>(acc + ch, k);
-        for (std::size_t r = 0; r < nr; ++r) {
-          const D d = load_wide_partial<I>(xr + r * c + ch, k) - m;
-          a = fma(d, d, a);
-        }
-        store_partial(acc + ch, k, a);
-      }
-    }
-    return;
-  }
-  for (std::size_t r = 0; r < rows; ++r)
-    for (std::size_t ch = 0; ch < c; ++ch) {
-      const T* p = x + (r * c + ch) * l;
-      const D m = D::set1(mean[ch]);
-      D s0 = D::zero(), s1 = D::zero();
-      std::size_t j = 0;
-      for (; j + 2 * W <= l; j += 2 * W) {
-        const D d0 = load_wide<I>(p + j) - m, d1 = load_wide<I>(p + j + W) - m;
-        s0 = fma(d0, d0, s0);
-        s1 = fma(d1, d1, s1);
-      }
-      double t = reduce_sum(s0 + s1);
-      for (; j < l; ++j) {
-        const double d = static_cast<double>(p[j]) - mean[ch];
-        t += d * d;
-      }
-      acc[ch] += t;
-    }
+  bn_accumulate<true, I>(x, rows, c, l, mean, acc);
 }
 
 template <Isa I, class T>

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "slimgrad/optim_extra.hpp"
 
@@ -57,40 +58,32 @@ float block_absmax(const float* x, std::size_t n) {
 // non-finite block (scale NaN) is stored as zeros too.
 constexpr float kMinScale = 1.17549435e-38f;
 
-void encode_signed(const float* x, std::int8_t* c, float* scale, std::size_t n) {
+// C = int8: the signed code of m, rint(127*sqrt(|x|/a))*sign(x); C = uint8:
+// the unsigned code of sqrt(v), rint(255*sqrt(x/a)) (x >= 0).
+template <class C>
+constexpr float kCodeMax = std::is_signed_v<C> ? kSignedMax : kUnsignedMax;
+
+template <class C>
+void encode(const float* x, C* c, float* scale, std::size_t n) {
   const float a = block_absmax(x, n);
   *scale = a;
   if (!(a >= kMinScale)) {
-    std::fill(c, c + n, std::int8_t(0));
+    std::fill(c, c + n, C(0));
     return;
   }
   const float inv = 1.0f / a;
   for (std::size_t i = 0; i < n; ++i) {
-    const float z = std::sqrt(std::fabs(x[i]) * inv) * kSignedMax;
-    const auto k = static_cast<std::int8_t>(static_cast<int>(std::nearbyint(z)));
-    c[i] = x[i] < 0.0f ? static_cast<std::int8_t>(-k) : k;
+    const float z = std::sqrt(std::fabs(x[i]) * inv) * kCodeMax<C>;
+    const auto k = static_cast<C>(static_cast<int>(std::nearbyint(z)));
+    c[i] = std::is_signed_v<C> && x[i] < 0.0f ? static_cast<C>(-k) : k;
   }
 }
-void encode_unsigned(const float* x, std::uint8_t* c, float* scale, std::size_t n) {
-  const float a = block_absmax(x, n);
-  *scale = a;
-  if (!(a >= kMinScale)) {
-    std::fill(c, c + n, std::uint8_t(0));
-    return;
-  }
-  const float inv = 1.0f / a;
-  for (std::size_t i = 0; i < n; ++i) {
-    const float z = std::sqrt(std::fabs(x[i]) * inv) * kUnsignedMax;
-    c[i] = static_cast<std::uint8_t>(static_cast<int>(std::nearbyint(z)));
-  }
-}
-float decode_signed(std::int8_t c, float scale) {
-  const float t = static_cast<float>(c) * (1.0f / kSignedMax);
+// a*(c/127)*|c/127|, or a*(c/255)^2 for the unsigned code (t >= 0: the same
+// expression, the same bits).
+template <class C>
+float decode(C c, float scale) {
+  const float t = static_cast<float>(c) * (1.0f / kCodeMax<C>);
   return (t * std::fabs(t)) * scale;
-}
-float decode_unsigned(std::uint8_t c, float scale) {
-  const float t = static_cast<float>(c) * (1.0f / kUnsignedMax);
-  return (t * t) * scale;
 }
 
 // The second moment is stored through sqrt(v) (what the update divides by,
@@ -105,8 +98,8 @@ void adamw8bit_ref(T* p, const T* g, std::int8_t* m, std::uint8_t* v, float* ms,
     const std::size_t blk = b / kQuantBlock;
     for (std::size_t i = 0; i < k; ++i) {
       const T gi = c.maximize ? -g[b + i] : g[b + i];
-      const T sv = static_cast<T>(decode_unsigned(v[b + i], vs[blk]));
-      const T mi = c.beta1 * static_cast<T>(decode_signed(m[b + i], ms[blk])) + c.one_minus_beta1 * gi;
+      const T sv = static_cast<T>(decode(v[b + i], vs[blk]));
+      const T mi = c.beta1 * static_cast<T>(decode(m[b + i], ms[blk])) + c.one_minus_beta1 * gi;
       const T vi = c.beta2 * (sv * sv) + c.one_minus_beta2 * gi * gi;
       const T svi = std::sqrt(vi);
       const T denom = svi * c.inv_sqrt_bc2 + c.eps;
@@ -114,8 +107,8 @@ void adamw8bit_ref(T* p, const T* g, std::int8_t* m, std::uint8_t* v, float* ms,
       mb[i] = static_cast<float>(mi);
       vb[i] = static_cast<float>(svi);
     }
-    encode_signed(mb, m + b, ms + blk, k);
-    encode_unsigned(vb, v + b, vs + blk, k);
+    encode(mb, m + b, ms + blk, k);
+    encode(vb, v + b, vs + blk, k);
   }
 }
 
@@ -266,20 +259,20 @@ SLIMGRAD_SCALAR_EXTRA(double)
 template <>
 void quantize_signed<Isa::scalar>(const float* x, std::int8_t* codes, float* scales, std::size_t n) {
   for (std::size_t b = 0; b < n; b += kQuantBlock)
-    encode_signed(x + b, codes + b, scales + b / kQuantBlock, std::min(kQuantBlock, n - b));
+    encode(x + b, codes + b, scales + b / kQuantBlock, std::min(kQuantBlock, n - b));
 }
 template <>
 void quantize_unsigned<Isa::scalar>(const float* x, std::uint8_t* codes, float* scales, std::size_t n) {
   for (std::size_t b = 0; b < n; b += kQuantBlock)
-    encode_unsigned(x + b, codes + b, scales + b / kQuantBlock, std::min(kQuantBlock, n - b));
+    encode(x + b, codes + b, scales + b / kQuantBlock, std::min(kQuantBlock, n - b));
 }
 template <>
 void dequantize_signed<Isa::scalar>(const std::int8_t* codes, const float* scales, float* x, std::size_t n) {
-  for (std::size_t i = 0; i < n; ++i) x[i] = decode_signed(codes[i], scales[i / kQuantBlock]);
+  for (std::size_t i = 0; i < n; ++i) x[i] = decode(codes[i], scales[i / kQuantBlock]);
 }
 template <>
 void dequantize_unsigned<Isa::scalar>(const std::uint8_t* codes, const float* scales, float* x, std::size_t n) {
-  for (std::size_t i = 0; i < n; ++i) x[i] = decode_unsigned(codes[i], scales[i / kQuantBlock]);
+  for (std::size_t i = 0; i < n; ++i) x[i] = decode(codes[i], scales[i / kQuantBlock]);
 }
 
 }  // namespace slimgrad::kernels

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "slimgrad/core.hpp"
@@ -31,6 +32,21 @@ struct Stat {
   bool seen = false;
   std::size_t bad = kNone;  // flat index of the first non-finite element
 };
+
+// Adds x[f] = v to st: a non-finite value only records its flat index.
+void add_value(Stat& st, float v, std::size_t f) {
+  if (!std::isfinite(v)) {
+    st.bad = std::min(st.bad, f);
+    st.seen = true;
+    return;
+  }
+  if (!st.seen) {
+    st.lo = st.hi = v;
+    st.seen = true;
+  }
+  st.lo = v < st.lo ? v : st.lo;
+  st.hi = st.hi < v ? v : st.hi;
+}
 
 void merge(Stat& into, const Stat& s) {
   if (!s.seen) return;
@@ -109,40 +125,12 @@ std::vector<Stat> statistics(const float* x, const Spec& s) {
       parallel_chunks(s.cols, 256, [&](std::size_t c0, std::size_t c1) {
         for (std::size_t r = 0; r < s.rows; ++r) {
           const float* xr = x + r * s.cols;
-          for (std::size_t c = c0; c < c1; ++c) {
-            Stat& st = stats[c];
-            const float v = xr[c];
-            if (!std::isfinite(v)) {
-              st.bad = std::min(st.bad, r * s.cols + c);
-              st.seen = true;
-              continue;
-            }
-            if (!st.seen) {
-              st.lo = st.hi = v;
-              st.seen = true;
-            }
-            st.lo = v < st.lo ? v : st.lo;
-            st.hi = st.hi < v ? v : st.hi;
-          }
+          for (std::size_t c = c0; c < c1; ++c) add_value(stats[c], xr[c], r * s.cols + c);
         }
       });
     } else {
       // Short runs (e.g. channels along the middle axis of a 3-D tensor): a plain pass.
-      for (std::size_t f = 0; f < s.size(); ++f) {
-        Stat& st = stats[(f / s.run) % s.channels];
-        const float v = x[f];
-        if (!std::isfinite(v)) {
-          st.bad = std::min(st.bad, f);
-          st.seen = true;
-          continue;
-        }
-        if (!st.seen) {
-          st.lo = st.hi = v;
-          st.seen = true;
-        }
-        st.lo = v < st.lo ? v : st.lo;
-        st.hi = st.hi < v ? v : st.hi;
-      }
+      for (std::size_t f = 0; f < s.size(); ++f) add_value(stats[(f / s.run) % s.channels], x[f], f);
     }
   });
   return stats;
@@ -156,6 +144,37 @@ std::vector<Param> parameters(const float* x, const Spec& s, const std::vector<S
 
 }  // namespace
 
+// The codes of a tensor row by row in chunks of cw columns (in parallel,
+// chunk boundaries from the shape only): fn(isa, item, r, j0, j1, codes)
+// with the codes of columns [j0, j1) of row r. Encoding (Byte non-const):
+// fn writes them, to data itself for 8-bit codes, else to a stack buffer
+// packed into data afterwards. Decoding (const Byte): fn reads them, from
+// data, or from the buffer data's chunk was unpacked into.
+namespace {
+template <class Byte, class Fn>
+void for_code_chunks(const Spec& s, std::size_t cw, Byte* data, Fn&& fn) {
+  constexpr bool encode = !std::is_const_v<Byte>;
+  const std::size_t per_row = (s.cols + cw - 1) / cw, rb = s.row_bytes();
+  dispatch([&](auto isa) {
+    constexpr Isa I = decltype(isa)::value;
+    parallel_chunks(s.rows * per_row, 1, [&](std::size_t b, std::size_t e) {
+      std::uint8_t buf[kChunk];
+      for (std::size_t item = b; item < e; ++item) {
+        const std::size_t r = item / per_row, j0 = (item % per_row) * cw;
+        const std::size_t j1 = std::min(s.cols, j0 + cw);
+        Byte* packed = data + r * rb + j0 * s.bits / 8;
+        Byte* codes = s.bits == 8 ? packed : buf;
+        if (!encode && s.bits < 8) kernels::quant_unpack<I>(packed, j1 - j0, s.bits, s.symmetric, buf);
+        fn(isa, item, r, j0, j1, codes);
+        if constexpr (encode) {
+          if (s.bits < 8) kernels::quant_pack<I>(buf, j1 - j0, s.bits, packed);
+        }
+      }
+    });
+  });
+}
+}  // namespace
+
 // Groups with min/max ranges: one pass. Each item is whole groups of one
 // row (a multiple of 8 columns), so statistics, parameters and codes of a
 // group are made while it is in cache, with no per-group temporaries. On a
@@ -164,24 +183,15 @@ std::vector<Param> parameters(const float* x, const Spec& s, const std::vector<S
 static std::ptrdiff_t quantize_groups_fused(const float* x, const Spec& s, float* scale, std::int32_t* zero_point,
                                             std::uint8_t* data) {
   const std::size_t gs = s.group_size, cw = (kChunk / gs) * gs;
-  const std::size_t per_row = (s.cols + cw - 1) / cw, G = s.n_groups(), rb = s.row_bytes();
+  const std::size_t per_row = (s.cols + cw - 1) / cw, G = s.n_groups();
   std::vector<std::size_t> first(s.rows * per_row, kNone);
-  dispatch([&](auto isa) {
-    constexpr Isa I = decltype(isa)::value;
-    parallel_chunks(s.rows * per_row, 1, [&](std::size_t b, std::size_t e) {
-      std::uint8_t buf[kChunk];
-      for (std::size_t item = b; item < e; ++item) {
-        const std::size_t r = item / per_row, j0 = (item % per_row) * cw;
-        const std::size_t j1 = std::min(s.cols, j0 + cw);
-        std::uint8_t* dst = s.bits == 8 ? data + r * s.cols + j0 : buf;
-        const std::size_t p0 = r * G + j0 / gs;
-        const std::size_t k = kernels::quant_groups<I>(x + r * s.cols + j0, j1 - j0, gs, s.bits, s.symmetric,
-                                                       static_cast<int>(s.rounding), s.seed, r * s.cols + j0,
-                                                       scale + p0, zero_point + p0, dst);
-        if (k < j1 - j0) first[item] = r * s.cols + j0 + k;
-        if (s.bits < 8) kernels::quant_pack<I>(buf, j1 - j0, s.bits, data + r * rb + j0 * s.bits / 8);
-      }
-    });
+  for_code_chunks(s, cw, data, [&](auto isa, std::size_t item, std::size_t r, std::size_t j0, std::size_t j1,
+                                     std::uint8_t* dst) {
+    const std::size_t p0 = r * G + j0 / gs;
+    const std::size_t k = kernels::quant_groups<decltype(isa)::value>(
+        x + r * s.cols + j0, j1 - j0, gs, s.bits, s.symmetric, static_cast<int>(s.rounding), s.seed, r * s.cols + j0,
+        scale + p0, zero_point + p0, dst);
+    if (k < j1 - j0) first[item] = r * s.cols + j0 + k;
   });
   if (!s.propagate) {
     const std::size_t bad = *std::min_element(first.begin(), first.end());
@@ -214,9 +224,7 @@ std::ptrdiff_t quantize(const float* x, const Spec& s, float* scale, std::int32_
     zero_point[p] = static_cast<std::int32_t>(params[p].zp);
   }
   if (s.size() == 0) return -1;
-  const std::size_t per_row = (s.cols + kChunk - 1) / kChunk;
   const float qmin = static_cast<float>(s.qmin()), qmax = static_cast<float>(s.qmax());
-  const std::size_t rb = s.row_bytes();
   // Channels along the last axis: per-column parameter vectors, one kernel
   // call per item (unless a subnormal scale or a NaN group needs the
   // per-segment path).
@@ -229,31 +237,22 @@ std::ptrdiff_t quantize(const float* x, const Spec& s, float* scale, std::int32_
       zps.push_back(q.zp);
     }
   }
-  dispatch([&](auto isa) {
+  for_code_chunks(s, kChunk, data, [&](auto isa, std::size_t, std::size_t r, std::size_t j0, std::size_t j1,
+                                         std::uint8_t* dst) {
     constexpr Isa I = decltype(isa)::value;
-    parallel_chunks(s.rows * per_row, 1, [&](std::size_t b, std::size_t e) {
-      std::uint8_t buf[kChunk];
-      for (std::size_t item = b; item < e; ++item) {
-        const std::size_t r = item / per_row, j0 = (item % per_row) * kChunk;
-        const std::size_t j1 = std::min(s.cols, j0 + kChunk);
-        std::uint8_t* dst = s.bits == 8 ? data + r * s.cols + j0 : buf;
-        if (cols) {
-          kernels::quant_codes_cols<I>(x + r * s.cols + j0, j1 - j0, invs.data() + j0, zps.data() + j0, qmin, qmax,
-                                       static_cast<int>(s.rounding), s.seed, r * s.cols + j0, dst);
-          if (s.bits < 8) kernels::quant_pack<I>(buf, j1 - j0, s.bits, data + r * rb + j0 * s.bits / 8);
-          continue;
-        }
-        for_segments(s, r, j0, j1, [&](std::size_t p, std::size_t jb, std::size_t je) {
-          const Param& q = params[p];
-          if (q.bad) {
-            std::memset(dst + (jb - j0), static_cast<int>(q.zp), je - jb);
-            return;
-          }
-          kernels::quant_codes<I>(x + r * s.cols + jb, je - jb, q.scale, q.inv, q.use_div, q.zp, qmin, qmax,
-                                  static_cast<int>(s.rounding), s.seed, r * s.cols + jb, dst + (jb - j0));
-        });
-        if (s.bits < 8) kernels::quant_pack<I>(buf, j1 - j0, s.bits, data + r * rb + j0 * s.bits / 8);
+    if (cols) {
+      kernels::quant_codes_cols<I>(x + r * s.cols + j0, j1 - j0, invs.data() + j0, zps.data() + j0, qmin, qmax,
+                                   static_cast<int>(s.rounding), s.seed, r * s.cols + j0, dst);
+      return;
+    }
+    for_segments(s, r, j0, j1, [&](std::size_t p, std::size_t jb, std::size_t je) {
+      const Param& q = params[p];
+      if (q.bad) {
+        std::memset(dst + (jb - j0), static_cast<int>(q.zp), je - jb);
+        return;
       }
+      kernels::quant_codes<I>(x + r * s.cols + jb, je - jb, q.scale, q.inv, q.use_div, q.zp, qmin, qmax,
+                              static_cast<int>(s.rounding), s.seed, r * s.cols + jb, dst + (jb - j0));
     });
   });
   return -1;
@@ -262,33 +261,19 @@ std::ptrdiff_t quantize(const float* x, const Spec& s, float* scale, std::int32_
 void dequantize(const std::uint8_t* data, const Spec& s, const float* scale, const std::int32_t* zero_point,
                 float* out) {
   if (s.size() == 0) return;
-  const std::size_t per_row = (s.cols + kChunk - 1) / kChunk;
-  const std::size_t rb = s.row_bytes();
   const bool cols = s.layout == Layout::runs && s.run == 1 && s.channels == s.cols && s.cols > 1;
   std::vector<float> zps;
   if (cols) zps.assign(zero_point, zero_point + s.cols);
-  dispatch([&](auto isa) {
+  for_code_chunks(s, kChunk, data, [&](auto isa, std::size_t, std::size_t r, std::size_t j0, std::size_t j1,
+                                       const std::uint8_t* src) {
     constexpr Isa I = decltype(isa)::value;
-    parallel_chunks(s.rows * per_row, 1, [&](std::size_t b, std::size_t e) {
-      std::uint8_t buf[kChunk];
-      for (std::size_t item = b; item < e; ++item) {
-        const std::size_t r = item / per_row, j0 = (item % per_row) * kChunk;
-        const std::size_t j1 = std::min(s.cols, j0 + kChunk);
-        const std::uint8_t* src = data + r * s.cols + j0;
-        if (s.bits < 8) {
-          kernels::quant_unpack<I>(data + r * rb + j0 * s.bits / 8, j1 - j0, s.bits, s.symmetric, buf);
-          src = buf;
-        }
-        if (cols) {
-          kernels::quant_dequant_cols<I>(src, s.symmetric, j1 - j0, scale + j0, zps.data() + j0,
-                                         out + r * s.cols + j0);
-          continue;
-        }
-        for_segments(s, r, j0, j1, [&](std::size_t p, std::size_t jb, std::size_t je) {
-          kernels::quant_dequant<I>(src + (jb - j0), s.symmetric, je - jb, scale[p],
-                                    static_cast<float>(zero_point[p]), out + r * s.cols + jb);
-        });
-      }
+    if (cols) {
+      kernels::quant_dequant_cols<I>(src, s.symmetric, j1 - j0, scale + j0, zps.data() + j0, out + r * s.cols + j0);
+      return;
+    }
+    for_segments(s, r, j0, j1, [&](std::size_t p, std::size_t jb, std::size_t je) {
+      kernels::quant_dequant<I>(src + (jb - j0), s.symmetric, je - jb, scale[p], static_cast<float>(zero_point[p]),
+                                out + r * s.cols + jb);
     });
   });
 }

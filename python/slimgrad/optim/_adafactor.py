@@ -10,7 +10,7 @@ import numpy as np
 from .. import _core
 from ._bucket import Bucket
 from ._checks import OPTION_CHECKS, check_nonneg, check_number, check_torch_flags
-from ._extra import ExtraOptimizer, round_back
+from ._extra import Arrays, ExtraOptimizer, Group
 
 
 def _machine_eps(dtype: np.dtype) -> float:
@@ -149,12 +149,7 @@ class Adafactor(ExtraOptimizer):
             }
         return {"row_var": empty, "col_var": empty.copy(), "variance": self.state_full(param)}
 
-    def _step_bucket(
-        self, group: dict[str, Any], bucket: Bucket, check: bool
-    ) -> tuple[int, int] | None:
-        work, grads, bad = self._prepare(bucket, check)
-        if bad is not None:
-            return bad
+    def _update(self, group: Group, bucket: Bucket, work: Arrays, grads: Arrays) -> None:
         t = float(bucket.step)
         lr = float(group["lr"])
         eps1, eps2 = group["eps"]
@@ -180,5 +175,3 @@ class Adafactor(ExtraOptimizer):
                 beta2_weight=weight,
                 maximize=bool(group["maximize"]),
             )
-        round_back(bucket)
-        return None

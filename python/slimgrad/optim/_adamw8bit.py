@@ -9,7 +9,7 @@ import numpy as np
 from .. import _core
 from ._bucket import Bucket
 from ._checks import check_torch_flags
-from ._extra import ExtraOptimizer, round_back
+from ._extra import Arrays, ExtraOptimizer, Group
 
 BLOCK_SIZE = 256
 
@@ -161,12 +161,7 @@ class AdamW8bit(ExtraOptimizer):
             return param.shape, self.state_dtype(param)
         return (0,), np.dtype(np.float32)
 
-    def _step_bucket(
-        self, group: dict[str, Any], bucket: Bucket, check: bool
-    ) -> tuple[int, int] | None:
-        work, grads, bad = self._prepare(bucket, check)
-        if bad is not None:
-            return bad
+    def _update(self, group: Group, bucket: Bucket, work: Arrays, grads: Arrays) -> None:
         beta1, beta2 = group["betas"]
         s = bucket.states
         big = [i for i, a in enumerate(s["exp_avg"]) if a.dtype == np.int8]
@@ -212,5 +207,3 @@ class AdamW8bit(ExtraOptimizer):
                 names,
                 False,
             )
-        round_back(bucket)
-        return None

@@ -114,6 +114,12 @@ def validate(bucket: Bucket, expect: Any = None) -> None:
             check_writable(a, name)
 
 
+# The arguments of ExtraOptimizer._update: a param group, and the arrays the
+# kernels work on.
+Group = dict[str, Any]
+Arrays = list[np.ndarray]
+
+
 class ExtraOptimizer(Optimizer):
     """Base of LAMB, AdamW8bit and Adafactor: validation and half-precision plumbing."""
 
@@ -139,6 +145,22 @@ class ExtraOptimizer(Optimizer):
     def _validate_all(self, buckets: list[Bucket]) -> None:
         for b in buckets:
             validate(b, self._expected_state)
+
+    def _step_bucket(
+        self, group: dict[str, Any], bucket: Bucket, check: bool
+    ) -> tuple[int, int] | None:
+        work, grads, bad = self._prepare(bucket, check)
+        if bad is not None:
+            return bad
+        self._update(group, bucket, work, grads)
+        round_back(bucket)
+        return None
+
+    def _update(self, group: Group, bucket: Bucket, work: Arrays, grads: Arrays) -> None:
+        """The kernel call(s) of one bucket: update ``work`` (the params, or the
+        float32 masters of float16/bfloat16 params, rounded back afterwards)
+        with ``grads``, and the bucket's state, in place."""
+        raise NotImplementedError
 
     def _prepare(
         self, bucket: Bucket, check: bool

@@ -9,7 +9,7 @@ import numpy as np
 from .. import _core
 from ._bucket import Bucket
 from ._checks import check_torch_flags
-from ._extra import ExtraOptimizer, round_back
+from ._extra import Arrays, ExtraOptimizer, Group
 
 
 class LAMB(ExtraOptimizer):
@@ -81,12 +81,7 @@ class LAMB(ExtraOptimizer):
     def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
         return {"exp_avg": self.state_full(param), "exp_avg_sq": self.state_full(param)}
 
-    def _step_bucket(
-        self, group: dict[str, Any], bucket: Bucket, check: bool
-    ) -> tuple[int, int] | None:
-        work, grads, bad = self._prepare(bucket, check)
-        if bad is not None:
-            return bad
+    def _update(self, group: Group, bucket: Bucket, work: Arrays, grads: Arrays) -> None:
         beta1, beta2 = group["betas"]
         ratios = _core.optim.lamb_step(
             work,
@@ -102,5 +97,3 @@ class LAMB(ExtraOptimizer):
             step=int(bucket.step),
         )
         self.trust_ratios.update(zip(bucket.keys, ratios))
-        round_back(bucket)
-        return None

@@ -18,12 +18,12 @@ threads), identical on every ISA.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
 from .. import _core
+from ._blocks import blocks_shape, check_float_array, nonfinite_error, type_name
 
 # The traits table of quant.hpp (one row per format, in GgufType order).
 _FORMATS = _core.quant.gguf_formats()
@@ -33,10 +33,7 @@ TYPE_SIZE = {name: row["type_size"] for name, row in _FORMATS.items()}
 
 
 def _type_name(type: Any) -> str:
-    name = getattr(type, "name", type)  # a gguf.GGMLQuantizationType works too
-    if name not in TYPES:
-        raise ValueError(f"type: expected one of {', '.join(map(repr, TYPES))}, got {type!r}")
-    return name
+    return type_name(type, TYPES)
 
 
 def quantize(w: np.ndarray, type: Any) -> np.ndarray:
@@ -73,22 +70,16 @@ def quantize(w: np.ndarray, type: Any) -> np.ndarray:
 def _quantize(w: np.ndarray, type: Any, label: str) -> np.ndarray:
     """:func:`quantize` with error messages naming ``label`` instead of ``w``."""
     name = _type_name(type)
-    if not isinstance(w, np.ndarray) or (w.dtype.kind != "f" and w.dtype.name != "bfloat16"):
-        given = getattr(w, "dtype", w.__class__.__name__)
-        raise TypeError(f"{label}: expected a floating-point NumPy array, got {given}")
+    check_float_array(w, label)
     if w.ndim == 0 or w.shape[-1] % BLOCK_SIZE:
         raise ValueError(
-            f"{label}: expected a last axis that is a multiple of {BLOCK_SIZE}, "
-            f"got shape {w.shape}"
+            f"{label}: expected a last axis that is a multiple of {BLOCK_SIZE}, got shape {w.shape}"
         )
     wf = np.ascontiguousarray(w, dtype=np.float32)
     out = np.empty((*w.shape[:-1], w.shape[-1] // BLOCK_SIZE * TYPE_SIZE[name]), np.uint8)
     bad = _core.quant.gguf_quantize(wf, TYPES.index(name), out)
     if bad >= 0:  # checked while quantizing; the partial output is dropped
-        raise ValueError(
-            f"{label}: non-finite value {wf.reshape(-1)[bad]} at index "
-            f"{tuple(int(i) for i in np.unravel_index(bad, wf.shape))}"
-        )
+        raise nonfinite_error(label, wf, bad)
     return out
 
 
@@ -105,21 +96,7 @@ def dequantize(data: np.ndarray, type: Any, shape: tuple[int, ...] | None = None
         converted from bytes to values.
     """
     name = _type_name(type)
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
-        given = getattr(data, "dtype", data.__class__.__name__)
-        raise TypeError(f"data: expected a uint8 NumPy array, got {given}")
-    ts = TYPE_SIZE[name]
-    if shape is None:
-        if data.ndim == 0 or data.shape[-1] % ts:
-            raise ValueError(
-                f"data: expected a last axis that is a multiple of {ts} bytes, "
-                f"got shape {data.shape}"
-            )
-        shape = (*data.shape[:-1], data.shape[-1] // ts * BLOCK_SIZE)
-    shape = tuple(int(s) for s in shape)
-    n = math.prod(shape)
-    if n % BLOCK_SIZE or data.size != n // BLOCK_SIZE * ts:
-        raise ValueError(f"data: {data.size} bytes do not hold {name} blocks of shape {shape}")
+    shape = blocks_shape(data, name, TYPE_SIZE[name], BLOCK_SIZE, shape)
     out = np.empty(shape, np.float32)
     _core.quant.gguf_dequantize(data, TYPES.index(name), out)
     return out

@@ -28,7 +28,6 @@ it to the quantizer.
 
 from __future__ import annotations
 
-import math
 import os
 import struct
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
+from ._blocks import blocks_shape, check_float_array, nonfinite_error, type_name
 
 TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 BLOCK_SIZE = 256
@@ -57,10 +57,7 @@ __all__ = [
 
 
 def _type_name(type: Any) -> str:
-    name = getattr(type, "name", type)  # a gguf.GGMLQuantizationType works too
-    if name not in TYPES:
-        raise ValueError(f"type: expected one of {', '.join(map(repr, TYPES))}, got {type!r}")
-    return name
+    return type_name(type, TYPES)
 
 
 def quantize(w: np.ndarray, type: Any, imatrix: np.ndarray | None = None) -> np.ndarray:
@@ -98,9 +95,7 @@ def quantize(w: np.ndarray, type: Any, imatrix: np.ndarray | None = None) -> np.
         position).
     """
     name = _type_name(type)
-    if not isinstance(w, np.ndarray) or (w.dtype.kind != "f" and w.dtype.name != "bfloat16"):
-        given = getattr(w, "dtype", w.__class__.__name__)
-        raise TypeError(f"w: expected a floating-point NumPy array, got {given}")
+    check_float_array(w, "w")
     if w.ndim == 0 or w.shape[-1] == 0 or w.shape[-1] % BLOCK_SIZE:
         raise ValueError(
             f"w: {name} needs rows (last axis) that are a positive multiple of {BLOCK_SIZE}, "
@@ -124,10 +119,7 @@ def quantize(w: np.ndarray, type: Any, imatrix: np.ndarray | None = None) -> np.
         qw = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1, n_per_row)
         if not np.isfinite(qw).all():
             bad = int(np.flatnonzero(~np.isfinite(qw))[0])
-            raise ValueError(
-                f"imatrix: non-finite value {qw.reshape(-1)[bad]} at index "
-                f"{tuple(int(i) for i in np.unravel_index(bad, imatrix.shape))}"
-            )
+            raise nonfinite_error("imatrix", qw.reshape(imatrix.shape), bad)
     wf = np.ascontiguousarray(w, dtype=np.float32)
     out = np.empty((*w.shape[:-1], n_per_row // BLOCK_SIZE * TYPE_SIZE[name]), np.uint8)
     groups = w.shape[0] if per_expert else 1
@@ -137,10 +129,7 @@ def quantize(w: np.ndarray, type: Any, imatrix: np.ndarray | None = None) -> np.
         bad = _core.quant.kquant_quantize(wg[e], TYPE_ID[name], n_per_row, row_qw, og[e])
         if bad >= 0:  # checked before quantizing each run of blocks; the output is dropped
             bad += e * wg.shape[1]
-            raise ValueError(
-                f"w: non-finite value {wf.reshape(-1)[bad]} at index "
-                f"{tuple(int(i) for i in np.unravel_index(bad, wf.shape))}"
-            )
+            raise nonfinite_error("w", wf, bad)
     return out
 
 
@@ -169,21 +158,7 @@ def dequantize(data: np.ndarray, type: Any, shape: tuple[int, ...] | None = None
         ``shape``.
     """
     name = _type_name(type)
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
-        given = getattr(data, "dtype", data.__class__.__name__)
-        raise TypeError(f"data: expected a uint8 NumPy array, got {given}")
-    ts = TYPE_SIZE[name]
-    if shape is None:
-        if data.ndim == 0 or data.shape[-1] % ts:
-            raise ValueError(
-                f"data: expected a last axis that is a multiple of {ts} bytes ({name}), "
-                f"got shape {data.shape}"
-            )
-        shape = (*data.shape[:-1], data.shape[-1] // ts * BLOCK_SIZE)
-    shape = tuple(int(s) for s in shape)
-    n = math.prod(shape)
-    if n % BLOCK_SIZE or data.size != n // BLOCK_SIZE * ts:
-        raise ValueError(f"data: {data.size} bytes do not hold {name} blocks of shape {shape}")
+    shape = blocks_shape(data, name, TYPE_SIZE[name], BLOCK_SIZE, shape)
     out = np.empty(shape, np.float32)
     data = np.ascontiguousarray(data)
     if data.ctypes.data % 2:  # the blocks' fp16 fields are read as uint16

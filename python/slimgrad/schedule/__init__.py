@@ -16,10 +16,10 @@ Usage::
 """
 
 from ._base import LRScheduler
-from .compose import ChainedScheduler, SequentialLR
-from .cosine import CosineAnnealingLR, CosineAnnealingWarmRestarts
-from .cyclic import CyclicLR, OneCycleLR
-from .lr import (
+from ._compose import ChainedScheduler, SequentialLR
+from ._cosine import CosineAnnealingLR, CosineAnnealingWarmRestarts
+from ._cyclic import CyclicLR, OneCycleLR
+from ._lr import (
     ConstantLR,
     ExponentialLR,
     LambdaLR,
@@ -29,27 +29,27 @@ from .lr import (
     PolynomialLR,
     StepLR,
 )
-from .plateau import ReduceLROnPlateau
-from .plot import plot, simulate
-from .warmup import WarmupCosine, WarmupStableDecay
+from ._plateau import ReduceLROnPlateau
+from ._plot import plot, simulate
+from ._warmup import WarmupCosine, WarmupStableDecay
 
 __all__ = [
-    "LRScheduler",
-    "LambdaLR",
-    "MultiplicativeLR",
-    "StepLR",
-    "MultiStepLR",
+    "ChainedScheduler",
     "ConstantLR",
-    "LinearLR",
-    "ExponentialLR",
-    "PolynomialLR",
     "CosineAnnealingLR",
     "CosineAnnealingWarmRestarts",
     "CyclicLR",
+    "ExponentialLR",
+    "LRScheduler",
+    "LambdaLR",
+    "LinearLR",
+    "MultiStepLR",
+    "MultiplicativeLR",
     "OneCycleLR",
-    "SequentialLR",
-    "ChainedScheduler",
+    "PolynomialLR",
     "ReduceLROnPlateau",
+    "SequentialLR",
+    "StepLR",
     "WarmupCosine",
     "WarmupStableDecay",
     "plot",

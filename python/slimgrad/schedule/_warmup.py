@@ -10,7 +10,36 @@ from ._base import LRScheduler, check_optimizer, check_positive_int, per_group
 __all__ = ["WarmupCosine", "WarmupStableDecay"]
 
 
-class WarmupCosine(LRScheduler):
+class _LinearWarmup(LRScheduler):
+    """Base of the warmup schedules: ``base * (t + 1) / warmup_steps`` for
+    ``t < warmup_steps``, then the subclass's ``_after_warmup``, which ends at
+    ``min_lr`` (absolute, one per group)."""
+
+    def __init__(
+        self,
+        optimizer: Any,
+        warmup_steps: int,
+        min_lr: float | list[float],
+        last_epoch: int,
+        hyperparam: str,
+    ) -> None:
+        check_optimizer(optimizer)
+        check_positive_int("warmup_steps", warmup_steps, allow_zero=True)
+        self.min_lrs = per_group("min_lr", optimizer, min_lr)
+        self.warmup_steps = warmup_steps
+        super().__init__(optimizer, last_epoch, hyperparam=hyperparam)
+
+    def _after_warmup(self, base: float, low: float, t: int) -> float:
+        raise NotImplementedError
+
+    def _closed(self, g: int, x: float, t: int) -> float:
+        base = self.base_values[g]
+        if t < self.warmup_steps:
+            return base * (t + 1) / self.warmup_steps
+        return self._after_warmup(base, self.min_lrs[g], t)
+
+
+class WarmupCosine(_LinearWarmup):
     """Linear warmup, then cosine decay to ``min_lr``.
 
     With ``W = warmup_steps`` and ``T = total_steps``::
@@ -33,10 +62,8 @@ class WarmupCosine(LRScheduler):
         ``T``, greater than ``warmup_steps``.
     min_lr : float or list of float, default 0.0
         Final value (per group if a list), absolute, not a factor.
-    last_epoch : int, default -1
-        See :class:`LRScheduler`.
-    hyperparam : str, default "lr"
-        Group key to schedule.
+    last_epoch, hyperparam
+        As for :class:`LRScheduler` (defaults -1 and ``"lr"``).
 
     Raises
     ------
@@ -55,29 +82,22 @@ class WarmupCosine(LRScheduler):
         *,
         hyperparam: str = "lr",
     ) -> None:
-        check_optimizer(optimizer)
-        check_positive_int("warmup_steps", warmup_steps, allow_zero=True)
         check_positive_int("total_steps", total_steps)
-        if total_steps <= warmup_steps:
+        if isinstance(warmup_steps, int) and total_steps <= warmup_steps:
             raise ValueError(
                 f"total_steps ({total_steps}) must be greater than warmup_steps ({warmup_steps})"
             )
-        self.min_lrs = per_group("min_lr", optimizer, min_lr)
-        self.warmup_steps = warmup_steps
         self.total_steps = total_steps
-        super().__init__(optimizer, last_epoch, hyperparam=hyperparam)
+        super().__init__(optimizer, warmup_steps, min_lr, last_epoch, hyperparam)
 
-    def _closed(self, g: int, x: float, t: int) -> float:
-        base, low = self.base_values[g], self.min_lrs[g]
+    def _after_warmup(self, base: float, low: float, t: int) -> float:
         w, total = self.warmup_steps, self.total_steps
-        if t < w:
-            return base * (t + 1) / w
         if t >= total:
             return low
         return low + (base - low) * (1 + math.cos(math.pi * (t - w) / (total - w))) / 2
 
 
-class WarmupStableDecay(LRScheduler):
+class WarmupStableDecay(_LinearWarmup):
     """Warmup-stable-decay ("trapezoid"): linear warmup, constant, linear decay.
 
     With ``W, S, D`` the three lengths::
@@ -99,10 +119,8 @@ class WarmupStableDecay(LRScheduler):
         Non-negative phase lengths.
     min_lr : float or list of float, default 0.0
         Final value (per group if a list).
-    last_epoch : int, default -1
-        See :class:`LRScheduler`.
-    hyperparam : str, default "lr"
-        Group key to schedule.
+    last_epoch, hyperparam
+        As for :class:`LRScheduler` (defaults -1 and ``"lr"``).
 
     Raises
     ------
@@ -122,22 +140,14 @@ class WarmupStableDecay(LRScheduler):
         *,
         hyperparam: str = "lr",
     ) -> None:
-        check_optimizer(optimizer)
-        check_positive_int("warmup_steps", warmup_steps, allow_zero=True)
         check_positive_int("stable_steps", stable_steps, allow_zero=True)
         check_positive_int("decay_steps", decay_steps, allow_zero=True)
-        self.min_lrs = per_group("min_lr", optimizer, min_lr)
-        self.warmup_steps = warmup_steps
         self.stable_steps = stable_steps
         self.decay_steps = decay_steps
-        super().__init__(optimizer, last_epoch, hyperparam=hyperparam)
+        super().__init__(optimizer, warmup_steps, min_lr, last_epoch, hyperparam)
 
-    def _closed(self, g: int, x: float, t: int) -> float:
-        base, low = self.base_values[g], self.min_lrs[g]
-        w = self.warmup_steps
-        decay_start = w + self.stable_steps
-        if t < w:
-            return base * (t + 1) / w
+    def _after_warmup(self, base: float, low: float, t: int) -> float:
+        decay_start = self.warmup_steps + self.stable_steps
         if t < decay_start:
             return base
         if t >= decay_start + self.decay_steps:

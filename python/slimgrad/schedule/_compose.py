@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._base import LRScheduler, check_last_epoch, check_optimizer, get_value, set_value
-from .plateau import ReduceLROnPlateau
+from ._plateau import ReduceLROnPlateau
 
 __all__ = ["SequentialLR", "ChainedScheduler"]
 

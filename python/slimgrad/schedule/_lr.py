@@ -1,5 +1,5 @@
 """Closed-form schedules with torch.optim.lr_scheduler's names and signatures:
-the lambda and multiplicative ones (cosine ones are in cosine.py)."""
+the lambda and multiplicative ones (cosine ones are in _cosine.py)."""
 
 from __future__ import annotations
 
@@ -114,10 +114,8 @@ class MultiplicativeLR(_LambdaState, LRScheduler):
         Optimizer with ``param_groups``.
     lr_lambda : callable or list of callables
         ``int -> float`` factor applied at each step, one or one per group.
-    last_epoch : int, default -1
-        See :class:`LRScheduler`.
-    hyperparam : str, default "lr"
-        Group key to schedule.
+    last_epoch, hyperparam
+        As for :class:`LRScheduler` (defaults -1 and ``"lr"``).
     """
 
     _not_state = ("optimizer", "lr_lambdas")
@@ -162,10 +160,8 @@ class StepLR(FactorScheduler):
         Period of decay, positive.
     gamma : float, default 0.1
         Multiplicative factor per period.
-    last_epoch : int, default -1
-        See :class:`LRScheduler`.
-    hyperparam : str, default "lr"
-        Group key to schedule.
+    last_epoch, hyperparam
+        As for :class:`LRScheduler` (defaults -1 and ``"lr"``).
 
     Raises
     ------
@@ -203,10 +199,8 @@ class MultiStepLR(FactorScheduler):
         once per occurrence, as torch's counter does.
     gamma : float, default 0.1
         Multiplicative factor at each milestone.
-    last_epoch : int, default -1
-        See :class:`LRScheduler`.
-    hyperparam : str, default "lr"
-        Group key to schedule.
+    last_epoch, hyperparam
+        As for :class:`LRScheduler` (defaults -1 and ``"lr"``).
 
     Raises
     ------
@@ -250,10 +244,8 @@ class ConstantLR(FactorScheduler):
         In ``[0, 1]``.
     total_iters : int, default 5
         Number of steps at the reduced value, non-negative.
-    last_epoch : int, default -1
-        See :class:`LRScheduler`.
-    hyperparam : str, default "lr"
-        Group key to schedule.
+    last_epoch, hyperparam
+        As for :class:`LRScheduler` (defaults -1 and ``"lr"``).
 
     Raises
     ------
@@ -294,10 +286,8 @@ class LinearLR(FactorScheduler):
         ``e``, in ``[0, 1]``.
     total_iters : int, default 5
         Steps of the ramp, positive.
-    last_epoch : int, default -1
-        See :class:`LRScheduler`.
-    hyperparam : str, default "lr"
-        Group key to schedule.
+    last_epoch, hyperparam
+        As for :class:`LRScheduler` (defaults -1 and ``"lr"``).
 
     Raises
     ------
@@ -354,10 +344,8 @@ class ExponentialLR(FactorScheduler):
         Optimizer with ``param_groups``.
     gamma : float
         Multiplicative factor per step.
-    last_epoch : int, default -1
-        See :class:`LRScheduler`.
-    hyperparam : str, default "lr"
-        Group key to schedule.
+    last_epoch, hyperparam
+        As for :class:`LRScheduler` (defaults -1 and ``"lr"``).
     """
 
     _initial_keeps = True
@@ -391,10 +379,8 @@ class PolynomialLR(FactorScheduler):
         Steps until the value reaches 0, positive.
     power : float, default 1.0
         Exponent of the decay.
-    last_epoch : int, default -1
-        See :class:`LRScheduler`.
-    hyperparam : str, default "lr"
-        Group key to schedule.
+    last_epoch, hyperparam
+        As for :class:`LRScheduler` (defaults -1 and ``"lr"``).
 
     Raises
     ------

@@ -72,7 +72,7 @@ def simulate(schedule: Any, steps: int, lr: float = 1.0) -> list[float]:
         sched = copy.deepcopy(schedule)  # copies its optimizer too: the original stays put
     else:
         sched = schedule(_ScratchOptimizer(lr))
-    from .plateau import ReduceLROnPlateau
+    from ._plateau import ReduceLROnPlateau
 
     if isinstance(sched, ReduceLROnPlateau):
         raise TypeError("ReduceLROnPlateau needs a metric to step and cannot be simulated")

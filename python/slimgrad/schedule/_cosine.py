@@ -26,10 +26,8 @@ class CosineAnnealingLR(LRScheduler):
         Half period in steps, positive.
     eta_min : float or list of float, default 0.0
         Minimum value (per group if a list).
-    last_epoch : int, default -1
-        See :class:`LRScheduler`.
-    hyperparam : str, default "lr"
-        Group key to schedule.
+    last_epoch, hyperparam
+        As for :class:`LRScheduler` (defaults -1 and ``"lr"``).
 
     Raises
     ------
@@ -90,10 +88,8 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         Growth factor of the period, ``>= 1``.
     eta_min : float, default 0.0
         Minimum value.
-    last_epoch : int, default -1
-        See :class:`LRScheduler`.
-    hyperparam : str, default "lr"
-        Group key to schedule.
+    last_epoch, hyperparam
+        As for :class:`LRScheduler` (defaults -1 and ``"lr"``).
 
     Raises
     ------
