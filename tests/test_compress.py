@@ -86,24 +86,8 @@ def test_cli_writes_a_loadable_file_and_reports(tiny_bert, tmp_path, capsys):
     held = tmp_path / "held.txt"
     held.write_text("\n".join(sentences(6, seed=3)))
     out = tmp_path / "q.safetensors"
-    assert (
-        run_cli(
-            tiny_bert,
-            "-o",
-            out,
-            "--method",
-            "gptq",
-            "--bits",
-            "4",
-            "--group-size",
-            "32",
-            "--calib",
-            calib,
-            "--heldout",
-            held,
-        )
-        == 0
-    )
+    args = f"-o {out} --method gptq --bits 4 --group-size 32 --calib {calib} --heldout {held}"
+    assert run_cli(tiny_bert, *args.split()) == 0
     printed = capsys.readouterr().out
     assert "encoder.layer.1.output.dense" in printed and "held-out embedding cosine" in printed
     loaded = quant.load(out)
@@ -117,24 +101,10 @@ def test_cli_budget_is_respected(tiny_bert, tmp_path, capsys):
     out = tmp_path / "mixed.safetensors"
     plot = tmp_path / "sensitivity.png"
     budget = 60_000
-    assert (
-        run_cli(
-            tiny_bert,
-            "-o",
-            out,
-            "--bits",
-            "4",
-            "--group-size",
-            "32",
-            "--calib",
-            calib,
-            "--budget-bytes",
-            budget,
-            "--plot",
-            plot,
-        )
-        == 0
+    args = (
+        f"-o {out} --bits 4 --group-size 32 --calib {calib} --budget-bytes {budget} --plot {plot}"
     )
+    assert run_cli(tiny_bert, *args.split()) == 0
     stored = quant.load(out)
     total = sum(v.nbytes for k, v in stored.items() if isinstance(v, quant.QuantizedTensor))
     assert total <= budget

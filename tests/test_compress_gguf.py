@@ -112,9 +112,8 @@ def compressed_gguf(tiny_bert, tmp_path_factory):
     calib.write_text("\n".join(sentences(40)))
     held.write_text("\n".join(sentences(6, seed=3)))
     out = tmp / "q4.gguf"  # the extension picks the format
-    code = run_cli(tiny_bert, "-o", out, "--bits", "4", "--group-size", "32", "--calib", calib,
-                   "--heldout", held)  # fmt: skip
-    assert code == 0
+    args = f"-o {out} --bits 4 --group-size 32 --calib {calib} --heldout {held}"
+    assert run_cli(tiny_bert, *args.split()) == 0
     return out
 
 
