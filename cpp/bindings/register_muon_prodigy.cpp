@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include <pybind11/stl.h>
+
 #include "buffers.hpp"
 #include "list_args.hpp"
 #include "slimgrad/muon_prodigy.hpp"
@@ -33,12 +35,12 @@ py::list muon_momentum_call(py::handle grads, py::handle bufs, py::handle works,
       const auto gp = ptrs<float>(g);
       const std::vector<const float*> gc(gp.begin(), gp.end());
       muon_momentum_step<float>(gc.data(), ptrs<float>(b).data(), wp.data(), n.data(), n.size(),
-                                {static_cast<float>(momentum), nesterov, round_bf16}, sums.data());
+                                {static_cast<float>(momentum), static_cast<float>(1.0 - momentum), nesterov, round_bf16}, sums.data());
     } else {
       const auto gp = ptrs<double>(g);
       const std::vector<const double*> gc(gp.begin(), gp.end());
       muon_momentum_step<double>(gc.data(), ptrs<double>(b).data(), wp.data(), n.data(), n.size(),
-                                 {momentum, nesterov, round_bf16}, sums.data());
+                                 {momentum, 1.0 - momentum, nesterov, round_bf16}, sums.data());
     }
   }
   py::list out;

@@ -26,7 +26,7 @@ template <>
 void muon_momentum<Isa::scalar, float>(const float* g, float* buf, float* work, std::size_t n,
                                        const MuonMomentum<float>& c, double* sums) {
   double ss = 0.0;
-  const float w = 1.0f - c.mu;
+  const float w = c.one_minus_mu;
   for (std::size_t i = 0; i < n; ++i) {
     buf[i] = lerp(buf[i], g[i], w);
     float u = c.nesterov ? lerp(g[i], buf[i], c.mu) : buf[i];
@@ -41,7 +41,7 @@ template <>
 void muon_momentum<Isa::scalar, double>(const double* g, double* buf, float* work, std::size_t n,
                                         const MuonMomentum<double>& c, double* sums) {
   double ss = 0.0;
-  const double w = 1.0 - c.mu;
+  const double w = c.one_minus_mu;
   for (std::size_t i = 0; i < n; ++i) {
     buf[i] = lerp(buf[i], g[i], w);
     float u = static_cast<float>(c.nesterov ? lerp(g[i], buf[i], c.mu) : buf[i]);

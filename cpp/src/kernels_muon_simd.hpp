@@ -65,7 +65,7 @@ template <Isa I, class T>
 void muon_momentum(const T* g, T* buf, float* work, std::size_t n, const MuonMomentum<T>& c, double* sums) {
   if constexpr (std::is_same_v<T, float>) {
     using V = Vec<float, I>;
-    const float w = 1.0f - c.mu;
+    const float w = c.one_minus_mu;
     V acc = V::zero();
     muon_for<V>(n, [&](std::size_t i, std::size_t k) {
       const V gi = muon_ld<V>(g + i, k);
@@ -80,7 +80,7 @@ void muon_momentum(const T* g, T* buf, float* work, std::size_t n, const MuonMom
   } else {
     double ss = 0.0;
     for (std::size_t i = 0; i < n; ++i) {
-      buf[i] = lerp_1(buf[i], g[i], 1.0 - c.mu);
+      buf[i] = lerp_1(buf[i], g[i], c.one_minus_mu);
       float u = static_cast<float>(c.nesterov ? lerp_1(g[i], buf[i], c.mu) : buf[i]);
       if (c.round_bf16) u = round_bf16_1(u);
       work[i] = u;

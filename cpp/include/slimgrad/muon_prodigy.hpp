@@ -33,12 +33,13 @@
 
 namespace slimgrad {
 
-// Muon's momentum pass: buf = lerp(buf, g, 1 - mu); u = nesterov ? lerp(g,
-// buf, mu) : buf (torch's lerp: w < 0.5 ? a + w*(b-a) : b + (w-1)*(b-a),
-// fused); work = u as float32, rounded to bfloat16 if round_bf16.
+// Muon's momentum pass: buf = lerp(buf, g, one_minus_mu); u = nesterov ?
+// lerp(g, buf, mu) : buf (torch's lerp: w < 0.5 ? a + w*(b-a) : b +
+// (w-1)*(b-a), fused); work = u as float32, rounded to bfloat16 if
+// round_bf16. one_minus_mu is 1 - mu rounded from double, as torch passes it.
 template <class T>
 struct MuonMomentum {
-  T mu;
+  T mu, one_minus_mu;
   bool nesterov, round_bf16;
 };
 
