@@ -31,5 +31,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
 
 from ._extra import AdamW8bit, Lion
 from ._fused import SGD, Adagrad, Adam, AdamW, RMSprop
+from ._muon_prodigy import Muon, Prodigy
 
-__all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Lion", "AdamW8bit"]
+__all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Lion", "AdamW8bit", "Muon", "Prodigy"]
