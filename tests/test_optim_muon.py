@@ -22,7 +22,17 @@ from slimgrad.optim import AdamW, Muon
 from slimgrad.optim._muon import NS_COEFFICIENTS, newton_schulz_
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
-pytestmark = pytest.mark.usefixtures("torch_single_thread")
+pytestmark = pytest.mark.usefixtures("torch_single_thread", "blas_single_thread")
+
+
+@pytest.fixture(scope="module")
+def blas_single_thread():
+    """NumPy's BLAS on one thread: its spin-waiting threads make the small
+    products of these tests take seconds on an oversubscribed machine
+    (results do not depend on it)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        yield
 
 STEPS = 100
 
@@ -180,7 +190,7 @@ def test_bfloat16_matches_torch_on_vectors(rng, shape):
     assert rel(p, want) < 2e-5
 
 
-@pytest.mark.parametrize("shape", [(37, 53), (53, 37), (64, 96), (200, 120)])
+@pytest.mark.parametrize("shape", [(37, 53), (53, 37), (64, 96), (120, 72)])
 def test_bfloat16_within_torchs_own_rounding_noise(rng, shape):
     p0, grads = problem(rng, shape)
     torch_p = _torch_muon(p0, grads, lr=0.02)
