@@ -220,6 +220,7 @@ class Prodigy(ExtraOptimizer):
         nonfinite: str = "raise",
     ) -> None:
         _check_positive("lr", lr)
+        _check_positive("d0", d0)  # before d = d0 is checked under its own name
         defaults = dict(
             lr=lr, betas=betas, beta3=beta3, eps=eps, weight_decay=weight_decay,
             d=d0, d0=d0, d_max=d0, d_numerator=0.0, d_hat=0.0, d_denom=0.0, d_coef=d_coef,
