@@ -88,6 +88,14 @@ class Muon(TorchOptimizer):
                         f"size: {p.size()} (use a group with 'use_muon': False for AdamW)"
                     )
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As torch's; a state dict of ``torch.optim.Muon`` (without ``ns_dtype``,
+        ``use_muon``, ``betas``) gets this optimizer's defaults for them."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for k, v in self.defaults.items():
+                group.setdefault(k, v)
+
     def _init_state(self, group: dict[str, Any], p: torch.Tensor) -> dict[str, torch.Tensor]:
         dt = torch.float32 if p.dtype in HALF else p.dtype
         if group["use_muon"]:
