@@ -34,6 +34,7 @@ def blas_single_thread():
     with threadpoolctl.threadpool_limits(1, user_api="blas"):
         yield
 
+
 STEPS = 100
 
 
@@ -98,7 +99,9 @@ def test_momentum_kernel_matches_numpy(isa, threads, rng, n, nesterov, round_bf1
     mu = 0.95
     # torch's lerp with its fused multiply-add, exact in float64 then rounded once
     w = np.float32(1 - mu)
-    want_buf = (buf.astype(np.float64) + np.float64(w) * (g - buf).astype(np.float64)).astype(np.float32)
+    want_buf = (buf.astype(np.float64) + np.float64(w) * (g - buf).astype(np.float64)).astype(
+        np.float32
+    )
     coeff = np.float64(np.float32(mu) - np.float32(1))
     blend = (want_buf + coeff * (want_buf - g).astype(np.float64)).astype(np.float32)
     want = blend if nesterov else want_buf
@@ -131,9 +134,9 @@ def test_apply_kernel_matches_numpy(isa, threads, rng, n):
     p = rng.standard_normal(n).astype(np.float32)
     w = rng.standard_normal(n).astype(np.float32)
     decay, lr = 1 - 0.02 * 0.1, 0.03
-    want = (
-        (p * np.float32(decay)).astype(np.float64) + np.float64(np.float32(-lr)) * w
-    ).astype(np.float32)
+    want = ((p * np.float32(decay)).astype(np.float64) + np.float64(np.float32(-lr)) * w).astype(
+        np.float32
+    )
     q = p.copy()
     _core.optim.muon_apply([q], [w], decay=decay, lrs=[lr])
     np.testing.assert_array_equal(q, want)

@@ -29,7 +29,9 @@ def blas_single_thread():
 
 
 def rel(a, b):
-    a, b = (np.asarray(x.detach() if isinstance(x, torch.Tensor) else x, np.float64) for x in (a, b))
+    a, b = (
+        np.asarray(x.detach() if isinstance(x, torch.Tensor) else x, np.float64) for x in (a, b)
+    )
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
@@ -52,10 +54,12 @@ def train(opt, params, target, steps, closure=False):
     for t in range(steps):
         opt.zero_grad()
         if closure:
+
             def f(t=t):
                 loss = quad_loss(params, target, t)
                 loss.backward()
                 return loss
+
             opt.step(f)
         else:
             quad_loss(params, target, t).backward()

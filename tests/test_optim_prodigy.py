@@ -98,7 +98,9 @@ def test_passes_match_float64_reference(isa, threads, rng, n, slice_p, has_m):
              coupled_decay=0.1, slice_p=slice_p)  # fmt: skip
     want = accumulate_ref(p, g, m, v, s, p0, c)
     mm, vv, ss = (None if m is None else m.copy()), v.copy(), s.copy()
-    sums = _core.optim.prodigy_accumulate([p], [g], None if mm is None else [mm], [vv], [ss], [p0], **c)
+    sums = _core.optim.prodigy_accumulate(
+        [p], [g], None if mm is None else [mm], [vv], [ss], [p0], **c
+    )
     for got, ref in ((mm, want[0]), (vv, want[1]), (ss, want[2])):
         if ref is not None:
             np.testing.assert_allclose(got, ref, rtol=2e-6, atol=1e-7)
@@ -163,7 +165,10 @@ def test_groups_with_zero_lr_and_isas(rng):
     # that float32 and float64 runs of prodigyopt itself differ by 20%; the
     # float32 runs of both implementations differ by 3e-5 (measured).
     q = Quadratic(rng, SHAPES, 30, dtype=np.float64)
-    groups = lambda ps: [{"params": ps[:2]}, {"params": ps[2:], "lr": 0.0, "weight_decay": 0.1}]
+
+    def groups(ps):
+        return [{"params": ps[:2]}, {"params": ps[2:], "lr": 0.0, "weight_decay": 0.1}]
+
     ps = [p.copy() for p in q.p0]
     opt = Prodigy(groups(ps))
     torch = pytest.importorskip("torch")

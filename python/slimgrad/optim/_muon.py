@@ -291,9 +291,11 @@ class Muon(ExtraOptimizer):
 
     def add_param_group(self, param_group: Any) -> None:
         """As :meth:`Optimizer.add_param_group`; a Muon group's parameters must be 2-D."""
-        use_muon = param_group.get("use_muon", self.defaults["use_muon"]) if isinstance(
-            param_group, dict
-        ) else True
+        use_muon = (
+            param_group.get("use_muon", self.defaults["use_muon"])
+            if isinstance(param_group, dict)
+            else True
+        )
         if use_muon:
             for where, p in _group_params(param_group):
                 if isinstance(p, np.ndarray) and p.ndim != 2:
@@ -323,7 +325,9 @@ class Muon(ExtraOptimizer):
         if group["use_muon"]:
             for p, label in zip(bucket.params, bucket.labels):
                 if p.ndim != 2:
-                    raise ValueError(f"params{label}: Muon only supports 2-D parameters, got {p.shape}")
+                    raise ValueError(
+                        f"params{label}: Muon only supports 2-D parameters, got {p.shape}"
+                    )
 
     def _validate_all(self, buckets: list[Bucket]) -> None:
         for b in buckets:

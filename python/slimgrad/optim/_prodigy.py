@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import _core
 from ._bucket import Bucket, find_nonfinite
-from ._checks import OPTION_CHECKS, check_betas, check_bool, check_nonneg, check_number
+from ._checks import OPTION_CHECKS, check_betas, check_bool, check_number
 from ._extra import ExtraOptimizer, expected_state, round_back, validate
 
 __all__ = ["Prodigy", "GlobalStep", "global_step", "next_d", "pass_coefficients"]
@@ -44,7 +44,9 @@ def global_step(groups: list[dict[str, Any]]) -> GlobalStep:
                 "Setting different lr values in different parameter groups is only "
                 "supported for values of 0"
             )
-    bc = ((1 - beta2 ** (k + 1)) ** 0.5) / (1 - beta1 ** (k + 1)) if g0["use_bias_correction"] else 1
+    bc = (
+        ((1 - beta2 ** (k + 1)) ** 0.5) / (1 - beta1 ** (k + 1)) if g0["use_bias_correction"] else 1
+    )
     d = float(g0["d"])
     return GlobalStep(
         beta1=beta1, beta2=beta2, beta3=beta3, lr=lr, d=d, dlr=d * lr * bc,
@@ -70,7 +72,9 @@ def pass_coefficients(gs: GlobalStep, group: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def next_d(gs: GlobalStep, g0: dict[str, Any], delta_numerator: float, d_denom: float) -> dict[str, float]:
+def next_d(
+    gs: GlobalStep, g0: dict[str, Any], delta_numerator: float, d_denom: float
+) -> dict[str, float]:
     """prodigyopt's d update from the step's sums; the group entries to write."""
     d, d_max = gs["d"], gs["d_max"]
     numerator = gs["d_numerator"] + delta_numerator
@@ -177,9 +181,11 @@ class Prodigy(ExtraOptimizer):
     params
         Dict, list or param groups of C-contiguous float32/float64/float16/
         bfloat16 arrays, updated in place (see :class:`Optimizer`).
-    lr, betas, beta3, eps, weight_decay, decouple, use_bias_correction, safeguard_warmup, d0, d_coef, growth_rate, slice_p
+    lr, betas, beta3, eps, weight_decay, decouple, use_bias_correction
         As ``prodigyopt.Prodigy`` (defaults 1.0, (0.9, 0.999), None, 1e-8, 0,
-        True, False, False, 1e-6, 1.0, inf, 1). A group's lr must be the
+        True, False).
+    safeguard_warmup, d0, d_coef, growth_rate, slice_p
+        As ``prodigyopt.Prodigy`` (defaults False, 1e-6, 1.0, inf, 1). A group's lr must be the
         largest lr or 0 (``RuntimeError`` at the step otherwise, as prodigyopt).
     fsdp_in_use : bool
         Must be False (accepted for drop-in compatibility).

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .. import _core
-from ..optim._muon import NS_COEFFICIENTS, MUON_CHECKS, muon_update
+from ..optim._muon import MUON_CHECKS, NS_COEFFICIENTS, muon_update
 from ..optim._prodigy import (
     PRODIGY_CHECKS,
     apply_coefficients,
@@ -244,7 +244,9 @@ class Prodigy(TorchOptimizer):
                 for p in params:
                     self._state(group, p, gs["beta1"])
                 work, grads, half = _work(params)
-                states = {k: self._state_views(params, k) for k in ("exp_avg", "exp_avg_sq", "s", "p0")}
+                states = {
+                    k: self._state_views(params, k) for k in ("exp_avg", "exp_avg_sq", "s", "p0")
+                }
                 runs.append((group, params, work, grads, half, states))
         delta_numerator, d_denom = 0.0, 0.0
         for group, params, work, grads, _, st in runs:
