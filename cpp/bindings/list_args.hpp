@@ -31,13 +31,18 @@ inline py::list as_list(py::handle obj, const std::string& name) {
   return py::list(py::reinterpret_borrow<py::object>(obj));
 }
 
+// as_list, and exactly n arrays (ValueError otherwise).
+inline py::list as_list_of(py::handle obj, const std::string& what, std::size_t n) {
+  const py::list l = as_list(obj, what);
+  if (l.size() != n)
+    throw py::value_error(what + ": expected " + std::to_string(n) + " arrays, got " + std::to_string(l.size()));
+  return l;
+}
+
 // The first list fixes the dtype (one of `dtypes`); the rest match it.
 inline std::vector<Array> check_first(py::handle obj, const std::string& what, const std::vector<std::string>& labels,
                                std::initializer_list<DType> dtypes, Access access) {
-  const py::list l = as_list(obj, what);
-  if (l.size() != labels.size())
-    throw py::value_error(what + ": expected " + std::to_string(labels.size()) + " arrays, got " +
-                          std::to_string(l.size()));
+  const py::list l = as_list_of(obj, what, labels.size());
   std::vector<Array> out;
   for (std::size_t i = 0; i < l.size(); ++i) {
     if (i == 0)
@@ -50,10 +55,7 @@ inline std::vector<Array> check_first(py::handle obj, const std::string& what, c
 
 inline std::vector<Array> check_list_like(py::handle obj, const std::string& what, const std::vector<std::string>& labels,
                                    const std::vector<Array>& like, Access access) {
-  const py::list l = as_list(obj, what);
-  if (l.size() != like.size())
-    throw py::value_error(what + ": expected " + std::to_string(like.size()) + " arrays, got " +
-                          std::to_string(l.size()));
+  const py::list l = as_list_of(obj, what, like.size());
   std::vector<Array> out;
   for (std::size_t i = 0; i < l.size(); ++i) out.push_back(check_like(l[i], what + labels[i], like[i], access));
   return out;
@@ -62,10 +64,7 @@ inline std::vector<Array> check_list_like(py::handle obj, const std::string& wha
 // Same shape as like[i], fixed dtype (8-bit codes).
 inline std::vector<Array> check_list_shaped(py::handle obj, const std::string& what, const std::vector<std::string>& labels,
                                      const std::vector<Array>& like, DType dtype, Access access) {
-  const py::list l = as_list(obj, what);
-  if (l.size() != like.size())
-    throw py::value_error(what + ": expected " + std::to_string(like.size()) + " arrays, got " +
-                          std::to_string(l.size()));
+  const py::list l = as_list_of(obj, what, like.size());
   std::vector<Array> out;
   for (std::size_t i = 0; i < l.size(); ++i) {
     const auto shape = like[i].shape();

@@ -26,10 +26,7 @@ std::vector<py::ssize_t> blocks_shape(std::size_t n) {
 
 std::vector<Array> check_scales(py::handle obj, const std::string& what, const std::vector<std::string>& labels,
                                 const std::vector<Array>& like, Access access) {
-  const py::list l = as_list(obj, what);
-  if (l.size() != like.size())
-    throw py::value_error(what + ": expected " + std::to_string(like.size()) + " arrays, got " +
-                          std::to_string(l.size()));
+  const py::list l = as_list_of(obj, what, like.size());
   std::vector<Array> out;
   for (std::size_t i = 0; i < l.size(); ++i) {
     const auto shape = blocks_shape(like[i].size());

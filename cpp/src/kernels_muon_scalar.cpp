@@ -22,14 +22,13 @@ T lerp(T a, T b, T w) {
 
 }  // namespace
 
-template <>
-void muon_momentum<Isa::scalar, float>(const float* g, float* buf, float* work, std::size_t n,
-                                       const MuonMomentum<float>& c, double* sums) {
+// Momentum in T (float or double), the NS input in float32.
+template <class T>
+void momentum_ref(const T* g, T* buf, float* work, std::size_t n, const MuonMomentum<T>& c, double* sums) {
   double ss = 0.0;
-  const float w = c.one_minus_mu;
   for (std::size_t i = 0; i < n; ++i) {
-    buf[i] = lerp(buf[i], g[i], w);
-    float u = c.nesterov ? lerp(g[i], buf[i], c.mu) : buf[i];
+    buf[i] = lerp(buf[i], g[i], c.one_minus_mu);
+    float u = static_cast<float>(c.nesterov ? lerp(g[i], buf[i], c.mu) : buf[i]);
     if (c.round_bf16) u = round_bf16(u);
     work[i] = u;
     ss += static_cast<double>(u) * u;
@@ -38,18 +37,15 @@ void muon_momentum<Isa::scalar, float>(const float* g, float* buf, float* work, 
 }
 
 template <>
+void muon_momentum<Isa::scalar, float>(const float* g, float* buf, float* work, std::size_t n,
+                                       const MuonMomentum<float>& c, double* sums) {
+  momentum_ref(g, buf, work, n, c, sums);
+}
+
+template <>
 void muon_momentum<Isa::scalar, double>(const double* g, double* buf, float* work, std::size_t n,
                                         const MuonMomentum<double>& c, double* sums) {
-  double ss = 0.0;
-  const double w = c.one_minus_mu;
-  for (std::size_t i = 0; i < n; ++i) {
-    buf[i] = lerp(buf[i], g[i], w);
-    float u = static_cast<float>(c.nesterov ? lerp(g[i], buf[i], c.mu) : buf[i]);
-    if (c.round_bf16) u = round_bf16(u);
-    work[i] = u;
-    ss += static_cast<double>(u) * u;
-  }
-  sums[0] += ss;
+  momentum_ref(g, buf, work, n, c, sums);
 }
 
 template <>

@@ -4,10 +4,11 @@
 // fused multiply-adds explicit), so m, v, s and p are the reference's bits
 // on every ISA; the two sums add in T lanes within a piece (<= kGrain
 // elements), so they (and through them d) may differ from the reference's
-// double sums in the last bits. slice_p > 1 (statistics on every slice_p-th
-// element, strided) runs a plain loop: it is a memory-saving approximation,
-// not the common case. Tails go through load_partial/store_partial; padded
-// lanes load zeros and add 0 to the sums.
+// double sums in the last bits. Only slice_p == 1 is vectorized: with
+// slice_p > 1 (statistics on every slice_p-th element, strided; a
+// memory-saving approximation) prodigy.cpp runs the scalar reference. Tails
+// go through load_partial/store_partial; padded lanes load zeros and add 0
+// to the sums.
 #pragma once
 
 #include <cmath>
@@ -37,23 +38,6 @@ void pg_st(typename V::Scalar* p, std::size_t k, V x) {
 template <Isa I, class T>
 void prodigy_accumulate(const T* p, const T* g, T* m, T* v, T* s, const T* p0, std::size_t begin, std::size_t end,
                         const ProdigyCoef<T>& c, double* sums) {
-  if (c.slice_p != 1) {
-    double num = 0.0, den = 0.0;
-    for (std::size_t i = begin; i < end; ++i) {
-      const T gi = c.coupled_decay != T(0) ? std::fma(p[i], c.coupled_decay, g[i]) : g[i];
-      if (i % c.slice_p == 0) {
-        const std::size_t j = i / c.slice_p;
-        num += static_cast<double>(gi * (p0[j] - p[i]));
-        s[j] = std::fma(gi, c.s_scale, s[j] * c.beta3);
-        den += std::fabs(static_cast<double>(s[j]));
-      }
-      if (c.has_m) m[i] = std::fma(gi, c.m_scale, m[i] * c.beta1);
-      v[i] = v[i] * c.beta2 + c.v_scale * gi * gi;
-    }
-    sums[0] += num;
-    sums[1] += den;
-    return;
-  }
   using V = Vec<T, I>;
   const V cd = V::set1(c.coupled_decay), b1 = V::set1(c.beta1), b2 = V::set1(c.beta2), b3 = V::set1(c.beta3);
   const V ms = V::set1(c.m_scale), vs = V::set1(c.v_scale), ss = V::set1(c.s_scale);

@@ -3,12 +3,21 @@
 // (plan_work: pieces depend only on the sizes); the sum of squares keeps one
 // partial per piece, added per array in piece order, so every result is
 // identical for any thread count.
+#include <type_traits>
 #include <vector>
 
 #include "slimgrad/muon_prodigy.hpp"
 #include "slimgrad/threading.hpp"
 
 namespace slimgrad {
+namespace {
+// float32 params: the active ISA's kernels; float64: the scalar reference
+// (kernels_muon_simd.hpp is float32 only).
+template <class T, Isa I>
+constexpr Isa muon_isa() {
+  return std::is_same_v<T, float> ? I : Isa::scalar;
+}
+}  // namespace
 
 template <class T>
 void muon_momentum_step(const T* const* g, T* const* buf, float* const* work, const std::size_t* sizes,
@@ -18,7 +27,7 @@ void muon_momentum_step(const T* const* g, T* const* buf, float* const* work, co
   dispatch([&](auto isa) {
     run_plan(plan, [&](std::size_t k, const Piece& it) {
       const std::size_t o = it.begin, a = it.array;
-      kernels::muon_momentum<decltype(isa)::value, T>(g[a] + o, buf[a] + o, work[a] + o, it.end - o, c,
+      kernels::muon_momentum<muon_isa<T, decltype(isa)::value>(), T>(g[a] + o, buf[a] + o, work[a] + o, it.end - o, c,
                                                       &partial[k]);
     });
   });
@@ -54,7 +63,7 @@ void muon_apply_step(T* const* p, const float* const* work, const std::size_t* s
   dispatch([&](auto isa) {
     run_plan(plan, [&](std::size_t, const Piece& it) {
       const std::size_t o = it.begin, a = it.array;
-      kernels::muon_apply<decltype(isa)::value, T>(p[a] + o, work[a] + o, it.end - o, decay,
+      kernels::muon_apply<muon_isa<T, decltype(isa)::value>(), T>(p[a] + o, work[a] + o, it.end - o, decay,
                                                    static_cast<T>(lr[a]));
     });
   });

@@ -23,8 +23,10 @@ void prodigy_accumulate_step(const T* const* p, const T* const* g, T* const* m, 
   dispatch([&](auto isa) {
     run_plan(plan, [&](std::size_t k, const Piece& it) {
       const std::size_t a = it.array;
-      kernels::prodigy_accumulate<decltype(isa)::value, T>(p[a], g[a], m[a], v[a], s[a], p0[a], it.begin, it.end,
-                                                           coef[a], &partial[2 * k]);
+      // The SIMD kernels handle slice_p == 1 only (kernels_prodigy_simd.hpp).
+      auto* kernel = coef[a].slice_p == 1 ? &kernels::prodigy_accumulate<decltype(isa)::value, T>
+                                          : &kernels::prodigy_accumulate<Isa::scalar, T>;
+      kernel(p[a], g[a], m[a], v[a], s[a], p0[a], it.begin, it.end, coef[a], &partial[2 * k]);
     });
   });
   for (std::size_t a = 0; a < 2 * count; ++a) sums[a] = 0.0;

@@ -11,7 +11,8 @@ as in prodigyopt), then ``_core.optim.prodigy_apply`` over all parameters.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from ._bucket import Bucket, find_nonfinite
 from ._checks import OPTION_CHECKS, check_betas, check_bool, check_number
 from ._extra import ExtraOptimizer, expected_state, round_back, validate
 
-__all__ = ["Prodigy", "GlobalStep", "global_step", "next_d", "pass_coefficients"]
+__all__ = ["Prodigy", "Run", "prodigy_step"]
 
 
 class GlobalStep(dict):  # type: ignore[type-arg]
@@ -97,6 +98,52 @@ def apply_coefficients(gs: GlobalStep, group: dict[str, Any], d: float) -> dict[
         decoupled=-decay * dlr if decay != 0 and group["decouple"] else 0.0,
         step=-dlr if gs["beta1"] > 0 else -dlr * d,
     )
+
+
+class Run(NamedTuple):
+    """One bucket of a step: the arrays the kernels step (params, or float32
+    copies of half params), their gradients, states and labels."""
+
+    group: dict[str, Any]
+    params: list[Any]
+    grads: list[Any]
+    states: Mapping[str, Any]  # exp_avg (None if beta1 == 0), exp_avg_sq, s, p0
+    labels: list[str]
+
+
+def prodigy_step(groups: list[dict[str, Any]], runs: list[Run]) -> bool:
+    """Pass 1 over every run, the d update written into ``groups``, pass 2.
+
+    Returns False, after pass 1, when ``sum |s|`` is 0 (prodigyopt returns
+    there: d, k and the parameters unchanged). ``RuntimeError`` (before any
+    write) for unequal nonzero group lrs.
+    """
+    gs = global_step(groups)
+    delta_numerator, d_denom = 0.0, 0.0
+    for r in runs:
+        if float(r.group["lr"]) <= 0.0:
+            continue  # prodigyopt: no statistics from an lr-0 group
+        st = r.states
+        sums = _core.optim.prodigy_accumulate(
+            r.params, r.grads, st["exp_avg"], st["exp_avg_sq"], st["s"], st["p0"], r.labels,
+            **pass_coefficients(gs, r.group),
+        )  # fmt: skip
+        scale = (gs["d"] / float(r.group["d0"])) * gs["dlr"]
+        for num, den in zip(sums[0::2], sums[1::2]):
+            delta_numerator += scale * num
+            d_denom += den
+    if d_denom == 0:
+        return False
+    new = next_d(gs, groups[0], delta_numerator, d_denom)
+    for group in groups:
+        group.update(new)
+        group["k"] = int(group["k"]) + 1
+    for r in runs:
+        _core.optim.prodigy_apply(
+            r.params, r.grads, r.states["exp_avg"], r.states["exp_avg_sq"], r.labels,
+            **apply_coefficients(gs, r.group, new["d"]),
+        )  # fmt: skip
+    return True
 
 
 def _check_positive(name: str, value: Any) -> float:
@@ -282,7 +329,7 @@ class Prodigy(ExtraOptimizer):
         try:
             # Everything that can fail is checked before the first pass writes.
             self._validate_all(buckets)
-            gs = global_step(self.param_groups)
+            global_step(self.param_groups)  # unequal lrs: RuntimeError
             if self.nonfinite != "ignore":
                 bad = find_nonfinite([g for b in buckets for g in b.grads])
                 if bad is not None:
@@ -291,36 +338,15 @@ class Prodigy(ExtraOptimizer):
                         if i < len(b.grads):
                             return self._nonfinite(b, i, j)
                         i -= len(b.grads)
-            work = {id(b): self._work(b) for b in buckets}
-            delta_numerator, d_denom = 0.0, 0.0
+            runs = []
             for b in buckets:
-                group = self.param_groups[b.group_index]
-                if float(group["lr"]) <= 0.0:
-                    continue
-                p, g = work[id(b)]
-                coef = pass_coefficients(gs, group)
-                sums = _core.optim.prodigy_accumulate(
-                    p, g, b.states.get("exp_avg"), b.states["exp_avg_sq"], b.states["s"],
-                    b.states["p0"], b.labels, **coef,
-                )  # fmt: skip
-                scale = (gs["d"] / float(group["d0"])) * gs["dlr"]
-                for num, den in zip(sums[0::2], sums[1::2]):
-                    delta_numerator += scale * num
-                    d_denom += den
-            if d_denom == 0:
+                p, g = self._work(b)
+                states = {"exp_avg": None, **b.states}
+                runs.append(Run(self.param_groups[b.group_index], p, g, states, b.labels))
+            if not prodigy_step(self.param_groups, runs):
                 return True  # prodigyopt returns here: no progress, d and k unchanged
-            new = next_d(gs, self.param_groups[0], delta_numerator, d_denom)
-            for group in self.param_groups:
-                group.update(new)
-                group["k"] = int(group["k"]) + 1
             for b in buckets:
-                p, g = work[id(b)]
-                coef = apply_coefficients(gs, self.param_groups[b.group_index], new["d"])
-                _core.optim.prodigy_apply(
-                    p, g, b.states.get("exp_avg"), b.states["exp_avg_sq"], b.labels, **coef
-                )
                 round_back(b)
-            for b in buckets:
                 for st in b.state_dicts:
                     st["step"] = b.step
             self._checked = [self._option_snapshot(g) for g in self.param_groups]

@@ -17,13 +17,7 @@ import torch
 
 from .. import _core
 from ..optim._muon import MUON_CHECKS, NS_COEFFICIENTS, muon_update
-from ..optim._prodigy import (
-    PRODIGY_CHECKS,
-    apply_coefficients,
-    global_step,
-    next_d,
-    pass_coefficients,
-)
+from ..optim._prodigy import PRODIGY_CHECKS, Run, global_step, prodigy_step
 from ._base import HALF, TorchOptimizer, _check_param, check_range
 from ._extra import _round_back, _work
 from ._fused import _lr
@@ -228,7 +222,7 @@ class Prodigy(TorchOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        gs = global_step(self.param_groups)
+        beta1 = global_step(self.param_groups)["beta1"]  # unequal lrs: RuntimeError
         plan = []
         for gi, group in enumerate(self.param_groups):
             PRODIGY_CHECKS["slice_p"]("slice_p", group["slice_p"])
@@ -238,42 +232,22 @@ class Prodigy(TorchOptimizer):
                     _check_param(p, gi, pi)
                     buckets.setdefault(p.dtype, []).append(p)
             plan.append((group, list(buckets.values())))
-        runs = []
+        runs, tensors = [], []
         for group, buckets in plan:
             for params in buckets:
                 for p in params:
-                    self._state(group, p, gs["beta1"])
+                    self._state(group, p, beta1)
                 work, grads, half = _work(params)
                 states = {
                     k: self._state_views(params, k) for k in ("exp_avg", "exp_avg_sq", "s", "p0")
                 }
-                runs.append((group, params, work, grads, half, states))
-        delta_numerator, d_denom = 0.0, 0.0
-        for group, params, work, grads, _, st in runs:
-            if _lr(group["lr"]) <= 0.0:
-                continue
-            sums = _core.optim.prodigy_accumulate(
-                work, grads, st["exp_avg"], st["exp_avg_sq"], st["s"], st["p0"],
-                _labels(len(params)), **pass_coefficients(gs, group),
-            )  # fmt: skip
-            scale = (gs["d"] / float(group["d0"])) * gs["dlr"]
-            for num, den in zip(sums[0::2], sums[1::2]):
-                delta_numerator += scale * num
-                d_denom += den
-        if d_denom == 0:
+                runs.append(Run(group, work, grads, states, _labels(len(params))))
+                tensors.append((params, half))
+        if not prodigy_step(self.param_groups, runs):
             return loss
-        new = next_d(gs, self.param_groups[0], delta_numerator, d_denom)
-        for group in self.param_groups:
-            group.update(new)
-        for group, params, work, grads, half, st in runs:
-            _core.optim.prodigy_apply(
-                work, grads, st["exp_avg"], st["exp_avg_sq"], _labels(len(params)),
-                **apply_coefficients(gs, group, new["d"]),
-            )  # fmt: skip
+        for run, (params, half) in zip(runs, tensors):
             if half:
-                _round_back(params, work)
+                _round_back(params, run.params)
             for p in params:
                 self.state[p]["step"] += 1
-        for group in self.param_groups:
-            group["k"] = int(group["k"]) + 1
         return loss
