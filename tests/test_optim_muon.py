@@ -332,3 +332,12 @@ def test_state_dict_round_trip(rng):
         opt.step([g])
         opt2.step([g])
     np.testing.assert_array_equal(p, q)
+
+
+def test_nonfinite_ignore_lets_nan_through_like_torch(rng):
+    p = rng.standard_normal((4, 6)).astype(np.float32)
+    opt = Muon([p], lr=0.02, nonfinite="ignore")
+    g = np.ones_like(p)
+    g[1, 2] = np.nan
+    assert opt.step([g])
+    assert np.isnan(p).all()

@@ -127,10 +127,14 @@ def muon_update(
     )
     eps = float(group["eps"])
     norms = []
-    for s in sums:
+    for s, w in zip(sums, works):
         # torch: ortho_grad.div_(ortho_grad.norm().clamp(min=eps)) on a bfloat16
         # tensor: the norm and the clamp bound are bfloat16 values.
         norm = math.sqrt(s)
+        if not math.isfinite(norm):  # nonfinite="ignore": NaN flows on, as in torch
+            w.fill(np.nan)
+            norms.append(1.0)
+            continue
         norms.append(max(_bf16(norm), _bf16(eps)) if rb else max(float(np.float32(norm)), eps))
     _core.optim.muon_normalize(works, norms, labels, round_bf16=rb)
     scratch = cache.setdefault("scratch", {})
