@@ -341,3 +341,21 @@ def test_nonfinite_ignore_lets_nan_through_like_torch(rng):
     g[1, 2] = np.nan
     assert opt.step([g])
     assert np.isnan(p).all()
+
+
+def test_several_matrices_same_bits_for_any_thread_count(rng):
+    # With several threads each matrix's Newton-Schulz runs as one task.
+    shapes = [(30, 20), (20, 30), (17, 17), (1, 9), (64, 40)]
+    p0 = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(3)]
+    out = []
+    for n in (1, 2, 3):
+        ps = [p.copy() for p in p0]
+        opt = Muon(ps, lr=0.02)
+        with slimgrad.num_threads(n):
+            for g in grads:
+                opt.step(g)
+        out.append(ps)
+    for ps in out[1:]:
+        for a, b in zip(ps, out[0]):
+            np.testing.assert_array_equal(a, b)

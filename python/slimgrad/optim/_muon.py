@@ -10,17 +10,20 @@ both call it.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from .. import _core
+from .._runtime import get_num_threads
 from ._bucket import Bucket
 from ._checks import OPTION_CHECKS, check_betas, check_bool, check_nonneg, check_number
 from ._extra import ExtraOptimizer, expected_state, round_back, validate
 
-__all__ = ["Muon", "muon_update", "NS_COEFFICIENTS"]
+__all__ = ["Muon", "muon_update", "newton_schulz_", "blas_one_thread", "NS_COEFFICIENTS"]
 
 # torch.optim.Muon's defaults (Keller Jordan's quintic coefficients).
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -97,6 +100,31 @@ def newton_schulz_(
     return x
 
 
+_BLAS: list[Any] = []  # threadpoolctl's controller, found once (empty: not looked up yet)
+
+
+def blas_one_thread() -> Any:
+    """A context in which NumPy's BLAS runs on one thread (threadpoolctl, if installed).
+
+    Muon runs one single-threaded Newton-Schulz iteration per matrix on each of
+    slimgrad's threads instead of multithreaded products: OpenBLAS's own
+    threads spin while they wait, and on a machine with more runnable threads
+    than cores (measured: 2 cores, load average 10) a 2-thread OpenBLAS made the
+    step 15-30x slower. Without threadpoolctl the products use BLAS's threads
+    as configured (``OPENBLAS_NUM_THREADS``).
+    """
+    if not _BLAS:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS.append(ThreadpoolController())
+        except ImportError:  # pragma: no cover - threadpoolctl is in the test extra
+            _BLAS.append(None)
+    if _BLAS[0] is None:  # pragma: no cover
+        return contextlib.nullcontext()
+    return _BLAS[0].limit(limits=1, user_api="blas")
+
+
 def muon_update(
     params: list[np.ndarray],
     grads: list[np.ndarray],
@@ -137,9 +165,18 @@ def muon_update(
             continue
         norms.append(max(_bf16(norm), _bf16(eps)) if rb else max(float(np.float32(norm)), eps))
     _core.optim.muon_normalize(works, norms, labels, round_bf16=rb)
-    scratch = cache.setdefault("scratch", {})
-    for w in works:
-        newton_schulz_(w, group["ns_coefficients"], int(group["ns_steps"]), rb, scratch)
+    coefficients, steps = group["ns_coefficients"], int(group["ns_steps"])
+    threads = min(get_num_threads(), len(works))
+    with blas_one_thread():
+        if threads > 1:
+            # One matrix per task, each on one thread: the bits do not depend
+            # on the thread count (work matrices allocated per task).
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(lambda w: newton_schulz_(w, coefficients, steps, rb), works))
+        else:
+            scratch = cache.setdefault("scratch", {})
+            for w in works:
+                newton_schulz_(w, coefficients, steps, rb, scratch)
     lr = float(group["lr"])
     lrs = [adjusted_lr(lr, group["adjust_lr_fn"], p.shape) for p in params]
     _core.optim.muon_apply(
@@ -215,8 +252,9 @@ class Muon(ExtraOptimizer):
     (``ns_dtype="bfloat16"``: the input, the norm and every product rounded to
     bfloat16, products accumulated in float32); ``ns_dtype="float32"`` keeps it
     in float32 (more accurate, not torch's numbers). The matrix products use
-    NumPy's BLAS (float32 GEMM, its own threads: ``OPENBLAS_NUM_THREADS`` or
-    threadpoolctl); the elementwise passes are fused C++ on slimgrad's threads.
+    NumPy's BLAS (float32 GEMM; each matrix's iteration on one thread, the
+    matrices spread over slimgrad's threads, see :func:`blas_one_thread`); the
+    elementwise passes are fused C++ on slimgrad's threads.
 
     AdamW fallback: torch's Muon refuses parameters that are not 2-D, and so
     does this class by default. A param group with ``"use_muon": False`` is
