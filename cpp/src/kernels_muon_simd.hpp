@@ -24,24 +24,6 @@ using namespace slimgrad::simd;
 
 namespace {
 
-template <class V>
-V muon_ld(const typename V::Scalar* p, std::size_t k) {
-  return k == V::width ? V::load(p) : load_partial<V>(p, k);
-}
-template <class V>
-void muon_st(typename V::Scalar* p, std::size_t k, V x) {
-  if (k == V::width)
-    x.store(p);
-  else
-    store_partial(p, k, x);
-}
-template <class V, class Body>
-void muon_for(std::size_t n, Body&& body) {
-  std::size_t i = 0;
-  for (; i + V::width <= n; i += V::width) body(i, V::width);
-  if (i < n) body(i, n - i);
-}
-
 template <Isa I>
 Vec<float, I> round_bf16(Vec<float, I> x) {
   std::uint16_t tmp[Vec<float, I>::width];
@@ -63,13 +45,13 @@ void muon_momentum(const T* g, T* buf, float* work, std::size_t n, const MuonMom
   using V = Vec<float, I>;
   const float w = c.one_minus_mu;
   V acc = V::zero();
-  muon_for<V>(n, [&](std::size_t i, std::size_t k) {
-    const V gi = muon_ld<V>(g + i, k);
-    const V b = lerp_v(muon_ld<V>(buf + i, k), gi, w);
-    muon_st(buf + i, k, b);
+  for_each_vec<V>(n, [&](std::size_t i, std::size_t k) {
+    const V gi = load_n<V>(g + i, k);
+    const V b = lerp_v(load_n<V>(buf + i, k), gi, w);
+    store_n(buf + i, k, b);
     V u = c.nesterov ? lerp_v(gi, b, c.mu) : b;
     if (c.round_bf16) u = round_bf16<I>(u);
-    muon_st(work + i, k, u);
+    store_n(work + i, k, u);
     acc = acc + u * u;  // padded lanes load zeros: they add 0
   });
   sums[0] += static_cast<double>(reduce_sum(acc));
@@ -79,10 +61,10 @@ template <Isa I>
 void muon_normalize(float* work, std::size_t n, float norm, bool rb) {
   using V = Vec<float, I>;
   const V d = V::set1(norm);
-  muon_for<V>(n, [&](std::size_t i, std::size_t k) {
-    V x = muon_ld<V>(work + i, k) / d;
+  for_each_vec<V>(n, [&](std::size_t i, std::size_t k) {
+    V x = load_n<V>(work + i, k) / d;
     if (rb) x = round_bf16<I>(x);
-    muon_st(work + i, k, x);
+    store_n(work + i, k, x);
   });
 }
 
@@ -90,10 +72,10 @@ template <Isa I>
 void ns_combine(float* out, const float* c, std::size_t n, float alpha, float beta, bool rb) {
   using V = Vec<float, I>;
   const V a = V::set1(alpha), b = V::set1(beta);
-  muon_for<V>(n, [&](std::size_t i, std::size_t k) {
-    V x = (c ? b * muon_ld<V>(c + i, k) : V::zero()) + a * muon_ld<V>(out + i, k);
+  for_each_vec<V>(n, [&](std::size_t i, std::size_t k) {
+    V x = (c ? b * load_n<V>(c + i, k) : V::zero()) + a * load_n<V>(out + i, k);
     if (rb) x = round_bf16<I>(x);
-    muon_st(out + i, k, x);
+    store_n(out + i, k, x);
   });
 }
 
@@ -102,8 +84,8 @@ void muon_apply(T* p, const float* work, std::size_t n, T decay, T lr) {
   static_assert(std::is_same_v<T, float>, "float64 params run the scalar reference (muon.cpp)");
   using V = Vec<float, I>;
   const V d = V::set1(decay), nl = V::set1(-lr);
-  muon_for<V>(n, [&](std::size_t i, std::size_t k) {
-    muon_st(p + i, k, fma(nl, muon_ld<V>(work + i, k), muon_ld<V>(p + i, k) * d));
+  for_each_vec<V>(n, [&](std::size_t i, std::size_t k) {
+    store_n(p + i, k, fma(nl, load_n<V>(work + i, k), load_n<V>(p + i, k) * d));
   });
 }
 

@@ -19,22 +19,6 @@
 namespace slimgrad::kernels {
 using namespace slimgrad::simd;
 
-namespace {
-
-template <class V>
-V pg_ld(const typename V::Scalar* p, std::size_t k) {
-  return k == V::width ? V::load(p) : load_partial<V>(p, k);
-}
-template <class V>
-void pg_st(typename V::Scalar* p, std::size_t k, V x) {
-  if (k == V::width)
-    x.store(p);
-  else
-    store_partial(p, k, x);
-}
-
-}  // namespace
-
 template <Isa I, class T>
 void prodigy_accumulate(const T* p, const T* g, T* m, T* v, T* s, const T* p0, std::size_t begin, std::size_t end,
                         const ProdigyCoef<T>& c, double* sums) {
@@ -43,20 +27,18 @@ void prodigy_accumulate(const T* p, const T* g, T* m, T* v, T* s, const T* p0, s
   const V ms = V::set1(c.m_scale), vs = V::set1(c.v_scale), ss = V::set1(c.s_scale);
   const bool coupled = c.coupled_decay != T(0);
   V num = V::zero(), den = V::zero();
-  std::size_t i = begin;
-  auto body = [&](std::size_t k) {
-    const V pi = pg_ld<V>(p + i, k);
-    V gi = pg_ld<V>(g + i, k);
+  for_each_vec<V>(end - begin, [&](std::size_t i0, std::size_t k) {
+    const std::size_t i = begin + i0;
+    const V pi = load_n<V>(p + i, k);
+    V gi = load_n<V>(g + i, k);
     if (coupled) gi = fma(pi, cd, gi);
-    num = num + gi * (pg_ld<V>(p0 + i, k) - pi);
-    const V si = fma(gi, ss, pg_ld<V>(s + i, k) * b3);
-    pg_st(s + i, k, si);
+    num = num + gi * (load_n<V>(p0 + i, k) - pi);
+    const V si = fma(gi, ss, load_n<V>(s + i, k) * b3);
+    store_n(s + i, k, si);
     den = den + abs(si);
-    if (c.has_m) pg_st(m + i, k, fma(gi, ms, pg_ld<V>(m + i, k) * b1));
-    pg_st(v + i, k, pg_ld<V>(v + i, k) * b2 + vs * gi * gi);
-  };
-  for (; i + V::width <= end; i += V::width) body(V::width);
-  if (i < end) body(end - i);
+    if (c.has_m) store_n(m + i, k, fma(gi, ms, load_n<V>(m + i, k) * b1));
+    store_n(v + i, k, load_n<V>(v + i, k) * b2 + vs * gi * gi);
+  });
   sums[0] += static_cast<double>(reduce_sum(num));
   sums[1] += static_cast<double>(reduce_sum(den));
 }
@@ -66,22 +48,19 @@ void prodigy_apply(T* p, const T* g, const T* m, const T* v, std::size_t n, cons
   using V = Vec<T, I>;
   const V cd = V::set1(c.coupled_decay), dd = V::set1(c.decoupled), step = V::set1(c.step), de = V::set1(c.d_eps);
   const bool coupled = c.coupled_decay != T(0), decoupled = c.decoupled != T(0);
-  std::size_t i = 0;
-  auto body = [&](std::size_t k) {
-    V x = pg_ld<V>(p + i, k);
+  for_each_vec<V>(n, [&](std::size_t i, std::size_t k) {
+    V x = load_n<V>(p + i, k);
     V num;
     if (c.has_m) {
-      num = pg_ld<V>(m + i, k);
+      num = load_n<V>(m + i, k);
     } else {
-      num = pg_ld<V>(g + i, k);
+      num = load_n<V>(g + i, k);
       if (coupled) num = fma(x, cd, num);
     }
-    const V denom = sqrt(pg_ld<V>(v + i, k)) + de;
+    const V denom = sqrt(load_n<V>(v + i, k)) + de;
     if (decoupled) x = fma(x, dd, x);
-    pg_st(p + i, k, x + step * (num / denom));
-  };
-  for (; i + V::width <= n; i += V::width) body(V::width);
-  if (i < n) body(n - i);
+    store_n(p + i, k, x + step * (num / denom));
+  });
 }
 
 }  // namespace slimgrad::kernels
