@@ -7,6 +7,7 @@ namespace slimgrad::bind {
 void register_core(py::module_& m);
 void register_optim(py::module_& m);
 void register_optim_extra(py::module_& m);
+void register_muon_prodigy(py::module_& m);  // into optim
 void register_nn(py::module_& m);
 void register_prune(py::module_& m);
 void register_quant(py::module_& m);
@@ -25,6 +26,7 @@ PYBIND11_MODULE(_core, m) {
   auto optim = m.def_submodule("optim");
   register_optim(optim);
   register_optim_extra(optim);
+  register_muon_prodigy(optim);
   auto nn = m.def_submodule("nn");
   register_nn(nn);
   register_transformer(nn);

@@ -13,104 +13,26 @@
 #include <vector>
 
 #include "buffers.hpp"
+#include "list_args.hpp"
 #include "slimgrad/optim_extra.hpp"
 
 namespace slimgrad::bind {
 namespace {
 
-std::vector<std::string> label_list(py::handle labels, std::size_t n) {
-  std::vector<std::string> out;
-  if (!labels.is_none()) {
-    for (py::handle h : labels) out.push_back(py::str(h));
-    if (out.size() != n)
-      throw py::value_error("labels: expected " + std::to_string(n) + " labels, got " + std::to_string(out.size()));
-  } else {
-    for (std::size_t i = 0; i < n; ++i) out.push_back("[" + std::to_string(i) + "]");
-  }
-  return out;
-}
-
-py::list as_list(py::handle obj, const std::string& name) {
-  if (!py::isinstance<py::list>(obj) && !py::isinstance<py::tuple>(obj))
-    throw py::type_error(name + ": expected a list of arrays, got " + describe(obj));
-  return py::list(py::reinterpret_borrow<py::object>(obj));
-}
-
-// The first list fixes the dtype (one of `dtypes`); the rest match it.
-std::vector<Array> check_first(py::handle obj, const std::string& what, const std::vector<std::string>& labels,
-                               std::initializer_list<DType> dtypes, Access access) {
-  const py::list l = as_list(obj, what);
-  if (l.size() != labels.size())
-    throw py::value_error(what + ": expected " + std::to_string(labels.size()) + " arrays, got " +
-                          std::to_string(l.size()));
-  std::vector<Array> out;
-  for (std::size_t i = 0; i < l.size(); ++i) {
-    if (i == 0)
-      out.push_back(check_array(l[i], what + labels[i], dtypes, access));
-    else
-      out.push_back(check_array(l[i], what + labels[i], {out[0].dtype}, access));
-  }
-  return out;
-}
-
-std::vector<Array> check_list_like(py::handle obj, const std::string& what, const std::vector<std::string>& labels,
-                                   const std::vector<Array>& like, Access access) {
-  const py::list l = as_list(obj, what);
-  if (l.size() != like.size())
-    throw py::value_error(what + ": expected " + std::to_string(like.size()) + " arrays, got " +
-                          std::to_string(l.size()));
-  std::vector<Array> out;
-  for (std::size_t i = 0; i < l.size(); ++i) out.push_back(check_like(l[i], what + labels[i], like[i], access));
-  return out;
-}
-
-// Same shape as like[i], fixed dtype (8-bit codes).
-std::vector<Array> check_list_shaped(py::handle obj, const std::string& what, const std::vector<std::string>& labels,
-                                     const std::vector<Array>& like, DType dtype, Access access) {
-  const py::list l = as_list(obj, what);
-  if (l.size() != like.size())
-    throw py::value_error(what + ": expected " + std::to_string(like.size()) + " arrays, got " +
-                          std::to_string(l.size()));
-  std::vector<Array> out;
-  for (std::size_t i = 0; i < l.size(); ++i) {
-    const auto shape = like[i].shape();
-    out.push_back(check_array(l[i], what + labels[i], {dtype}, access, &shape));
-  }
-  return out;
-}
-
+// AdamW8bit's scales: one float32 per kQuantBlock elements.
 std::vector<py::ssize_t> blocks_shape(std::size_t n) {
   return {static_cast<py::ssize_t>((n + kQuantBlock - 1) / kQuantBlock)};
 }
 
 std::vector<Array> check_scales(py::handle obj, const std::string& what, const std::vector<std::string>& labels,
                                 const std::vector<Array>& like, Access access) {
-  const py::list l = as_list(obj, what);
-  if (l.size() != like.size())
-    throw py::value_error(what + ": expected " + std::to_string(like.size()) + " arrays, got " +
-                          std::to_string(l.size()));
+  const py::list l = as_list_of(obj, what, like.size());
   std::vector<Array> out;
   for (std::size_t i = 0; i < l.size(); ++i) {
     const auto shape = blocks_shape(like[i].size());
     out.push_back(check_array(l[i], what + labels[i], {DType::f32}, access, &shape));
   }
   return out;
-}
-
-template <class T>
-std::vector<T*> ptrs(const std::vector<Array>& a) {
-  std::vector<T*> out;
-  for (const auto& x : a) out.push_back(x.template mut<T>());
-  return out;
-}
-std::vector<std::size_t> sizes_of(const std::vector<Array>& a) {
-  std::vector<std::size_t> out;
-  for (const auto& x : a) out.push_back(x.size());
-  return out;
-}
-
-void check_finite_scalar(const char* name, double v) {
-  if (!std::isfinite(v)) throw py::value_error(std::string(name) + ": expected a finite number, got " + std::to_string(v));
 }
 
 // ------------------------------------------------------------------ LAMB

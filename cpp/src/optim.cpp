@@ -68,6 +68,8 @@ void step_constants(StepArgs& a) {
     case Algo::lamb:
     case Algo::adafactor:
     case Algo::adamw8bit:
+    case Algo::muon:
+    case Algo::prodigy:
       break;  // multipass: their own entry points
     case Algo::radam: {
       const double bc1 = 1.0 - std::pow(a.beta1, t), bc2 = 1.0 - std::pow(a.beta2, t);

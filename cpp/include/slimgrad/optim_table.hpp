@@ -80,7 +80,18 @@
     (variance, math, vector), (_, none, never))                                                               \
   X(adamw8bit, multipass, bounded, "lr beta1 beta2 eps weight_decay maximize",                                \
     (exp_avg, i8, always), (exp_avg_sq, u8, always),                                                          \
-    (exp_avg_scale, blocks, always), (exp_avg_sq_scale, blocks, always))
+    (exp_avg_scale, blocks, always), (exp_avg_sq_scale, blocks, always))                                    \
+  X(muon, multipass, bounded, "lr momentum weight_decay nesterov eps",                                        \
+    (momentum_buffer, math, always), (_, none, never),                                                        \
+    (_, none, never), (_, none, never))                                                                       \
+  X(prodigy, multipass, bounded, "lr beta1 beta2 beta3 eps weight_decay",                                     \
+    (exp_avg, math, momentum), (exp_avg_sq, math, always),                                                    \
+    (s, math, always), (p0, math, always))
+// Muon: its AdamW fallback groups (use_muon=False) hold Adam's exp_avg and
+// exp_avg_sq instead (slimgrad.optim._muon). Prodigy: s and p0 are 1-D,
+// every slice_p-th element of the flattened param; exp_avg exists when
+// beta1 > 0 ("momentum"); the d estimate lives in the param groups
+// (slimgrad.optim._prodigy, as prodigyopt keeps it).
 // clang-format on
 
 namespace slimgrad {

@@ -290,6 +290,26 @@ inline void store_partial(typename V::Scalar* p, std::size_t k, V a) {
   std::memcpy(p, tmp, k * sizeof(*p));
 }
 
+// A full vector or the first k < width lanes at p (a loop's tail), and the
+// loop itself: body(i, k) over [0, n) in steps of the width, k lanes valid.
+template <class V>
+inline V load_n(const typename V::Scalar* p, std::size_t k) {
+  return k == V::width ? V::load(p) : load_partial<V>(p, k);
+}
+template <class V>
+inline void store_n(typename V::Scalar* p, std::size_t k, V x) {
+  if (k == V::width)
+    x.store(p);
+  else
+    store_partial(p, k, x);
+}
+template <class V, class Body>
+inline void for_each_vec(std::size_t n, Body&& body) {
+  std::size_t i = 0;
+  for (; i + V::width <= n; i += V::width) body(i, V::width);
+  if (i < n) body(i, n - i);
+}
+
 // Scalar conversions for half types (reference semantics of the vector ones).
 inline float bf16_to_float(std::uint16_t h) {
   const std::uint32_t bits = static_cast<std::uint32_t>(h) << 16;

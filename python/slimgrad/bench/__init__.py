@@ -35,7 +35,7 @@ __all__ = [
 # suite name (as given to `slimgrad bench --suite`) -> the modules it runs
 SUITES = {
     "core": ("core",),
-    "optim": ("optim", "optim_extra", "torch_optim"),
+    "optim": ("optim", "optim_extra", "torch_optim", "muon"),
     "quant": ("quant", "qgemm", "kquant"),
     "qgemm": ("qgemm",),  # the quantized GEMM cases of "quant" alone
     "prune": ("prune",),

@@ -12,8 +12,8 @@ Layout: the implementation lives in ``_``-modules (``_base``: the
 :class:`Optimizer` machinery; ``_checks``: option checks; ``_bucket``: state
 placement; ``_state_dict``; ``_fused``: the base of the optimizers stepped by
 one C++ call; ``_optimizers``: SGD ... RAdam; ``_lion``, ``_lamb``,
-``_adamw8bit``, ``_adafactor``, ``_clip``; ``_adaptive``: ASGD, Rprop,
-Schedule-Free AdamW/SGD); ``functional`` is public as a
+``_adamw8bit``, ``_adafactor``, ``_clip``, ``_muon``, ``_prodigy``; ``_adaptive``: ASGD,
+Rprop, Schedule-Free AdamW/SGD); ``functional`` is public as a
 module. This file only re-exports the public names.
 """
 
@@ -29,7 +29,9 @@ from ._bucket import Bucket
 from ._clip import accumulate_, clip_grad_norm_, clip_grad_value_
 from ._lamb import LAMB
 from ._lion import Lion
+from ._muon import Muon
 from ._optimizers import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop
+from ._prodigy import Prodigy
 from ._torch_import import from_torch_state_dict
 
 __all__ = [
@@ -47,8 +49,10 @@ __all__ = [
     "Bucket",
     "LAMB",
     "Lion",
+    "Muon",
     "NAdam",
     "Optimizer",
+    "Prodigy",
     "RAdam",
     "RMSprop",
     "SGD",

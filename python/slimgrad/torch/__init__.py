@@ -32,6 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
 from ._adaptive import ASGD, AdamWScheduleFree, Rprop, SGDScheduleFree
 from ._extra import AdamW8bit, Lion
 from ._fused import SGD, Adagrad, Adam, AdamW, RMSprop
+from ._muon_prodigy import Muon, Prodigy
 
 __all__ = [
     "SGD",
@@ -45,4 +46,6 @@ __all__ = [
     "Rprop",
     "AdamWScheduleFree",
     "SGDScheduleFree",
+    "Muon",
+    "Prodigy",
 ]
