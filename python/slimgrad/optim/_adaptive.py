@@ -129,14 +129,6 @@ class ASGD(FusedOptimizer):
     def _init_state(self, group, param):
         return {**super()._init_state(group, param), "eta": _f32(group["lr"]), "mu": 1.0}
 
-    def _set_args(self, a, g):
-        a.lr, a.lambd, a.weight_decay, a.maximize = (
-            g["lr"],
-            g["lambd"],
-            g["weight_decay"],
-            g["maximize"],
-        )
-
     def _bucket_call(self, group, b):
         args, states, names = super()._bucket_call(group, b)
         # A bucket's params share their step count, hence eta and mu.
@@ -203,11 +195,6 @@ class Rprop(FusedOptimizer):
             "prev": self.state_full(param, group=group),
             "step_size": self.state_full(param, group["lr"], group),
         }
-
-    def _set_args(self, a, g):
-        a.lr, a.maximize = g["lr"], g["maximize"]
-        a.etaminus, a.etaplus = g["etas"]
-        a.step_size_min, a.step_size_max = g["step_sizes"]
 
 
 # Options of both Schedule-Free optimizers, and their running per-group values.

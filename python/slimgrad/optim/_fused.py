@@ -24,6 +24,18 @@ __all__ = ["FusedOptimizer", "OPTIMIZER_TABLE"]
 # kind, numeric policy, options, state slots (key, storage, when).
 OPTIMIZER_TABLE: dict[str, dict[str, Any]] = _core.optim.optimizers()
 
+# Kernel options (StepArgs fields) whose group key has torch's name, or is one
+# item of a pair: field -> (group key, item index or None).
+_FROM_GROUP: dict[str, tuple[str, int | None]] = {
+    "beta1": ("betas", 0),
+    "beta2": ("betas", 1),
+    "decoupled": ("decoupled_weight_decay", None),
+    "etaminus": ("etas", 0),
+    "etaplus": ("etas", 1),
+    "step_size_min": ("step_sizes", 0),
+    "step_size_max": ("step_sizes", 1),
+}
+
 
 class FusedOptimizer(Optimizer):
     """An optimizer stepped by ``_core.optim.step`` (one algorithm of optim.hpp)."""
@@ -72,8 +84,16 @@ class FusedOptimizer(Optimizer):
         return {k: self.state_full(param, group=group) for k in self._state_keys(group)}
 
     def _set_args(self, args: Any, group: dict[str, Any]) -> None:
-        """Copy the group's options into the kernel's argument object."""
-        raise NotImplementedError
+        """Copy the group's options into the kernel's argument object.
+
+        Each option of the table row comes from the group key of the same name,
+        or of torch's name (``_FROM_GROUP``). Options the group has no key for
+        (per-step values such as ASGD's ``eta``) are the subclass's to set.
+        """
+        for field in OPTIMIZER_TABLE[self._algo]["options"]:
+            key, item = _FROM_GROUP.get(field, (field, None))
+            if key in group:
+                setattr(args, field, group[key] if item is None else group[key][item])
 
     def _bucket_call(self, group: dict[str, Any], b: Bucket) -> tuple[Any, list, tuple]:
         c = b.cache

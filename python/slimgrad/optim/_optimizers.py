@@ -95,10 +95,6 @@ class SGD(FusedOptimizer):
         )
         super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
 
-    def _set_args(self, a, g):
-        a.lr, a.momentum, a.dampening = g["lr"], g["momentum"], g["dampening"]
-        a.weight_decay, a.nesterov, a.maximize = g["weight_decay"], g["nesterov"], g["maximize"]
-
 
 class Adagrad(FusedOptimizer):
     """Adagrad, as ``torch.optim.Adagrad``.
@@ -143,15 +139,6 @@ class Adagrad(FusedOptimizer):
 
     def _init_state(self, group, param):
         return {"sum": self.state_full(param, group["initial_accumulator_value"], group)}
-
-    def _set_args(self, a, g):
-        a.lr, a.lr_decay, a.weight_decay, a.eps, a.maximize = (
-            g["lr"],
-            g["lr_decay"],
-            g["weight_decay"],
-            g["eps"],
-            g["maximize"],
-        )
 
 
 class RMSprop(FusedOptimizer):
@@ -198,10 +185,6 @@ class RMSprop(FusedOptimizer):
         )
         super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
 
-    def _set_args(self, a, g):
-        a.lr, a.alpha, a.eps, a.weight_decay = g["lr"], g["alpha"], g["eps"], g["weight_decay"]
-        a.momentum, a.centered, a.maximize = g["momentum"], g["centered"], g["maximize"]
-
 
 class Adadelta(FusedOptimizer):
     """Adadelta, as ``torch.optim.Adadelta``.
@@ -235,15 +218,6 @@ class Adadelta(FusedOptimizer):
         check_torch_flags(foreach, fused, capturable, differentiable)
         defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
-
-    def _set_args(self, a, g):
-        a.lr, a.rho, a.eps, a.weight_decay, a.maximize = (
-            g["lr"],
-            g["rho"],
-            g["eps"],
-            g["weight_decay"],
-            g["maximize"],
-        )
 
 
 class Adam(FusedOptimizer):
@@ -291,19 +265,6 @@ class Adam(FusedOptimizer):
             decoupled_weight_decay=decoupled_weight_decay,
         )
         super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
-
-    def _set_args(self, a, g):
-        a.lr, (a.beta1, a.beta2), a.eps, a.weight_decay = (
-            g["lr"],
-            g["betas"],
-            g["eps"],
-            g["weight_decay"],
-        )
-        a.amsgrad, a.maximize, a.decoupled = (
-            g["amsgrad"],
-            g["maximize"],
-            g["decoupled_weight_decay"],
-        )
 
 
 class AdamW(Adam):
@@ -379,15 +340,6 @@ class Adamax(FusedOptimizer):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
 
-    def _set_args(self, a, g):
-        a.lr, (a.beta1, a.beta2), a.eps, a.weight_decay, a.maximize = (
-            g["lr"],
-            g["betas"],
-            g["eps"],
-            g["weight_decay"],
-            g["maximize"],
-        )
-
 
 class NAdam(FusedOptimizer):
     """NAdam, as ``torch.optim.NAdam`` (momentum decay schedule, optional decoupled weight decay).
@@ -437,19 +389,6 @@ class NAdam(FusedOptimizer):
 
     def _init_state(self, group, param):
         return {**super()._init_state(group, param), "mu_product": 1.0}
-
-    def _set_args(self, a, g):
-        a.lr, (a.beta1, a.beta2), a.eps, a.weight_decay = (
-            g["lr"],
-            g["betas"],
-            g["eps"],
-            g["weight_decay"],
-        )
-        a.momentum_decay, a.decoupled, a.maximize = (
-            g["momentum_decay"],
-            g["decoupled_weight_decay"],
-            g["maximize"],
-        )
 
     def _bucket_call(self, group, b):
         args, states, names = super()._bucket_call(group, b)
@@ -507,12 +446,3 @@ class RAdam(FusedOptimizer):
             maximize=maximize,
         )
         super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
-
-    def _set_args(self, a, g):
-        a.lr, (a.beta1, a.beta2), a.eps, a.weight_decay = (
-            g["lr"],
-            g["betas"],
-            g["eps"],
-            g["weight_decay"],
-        )
-        a.decoupled, a.maximize = g["decoupled_weight_decay"], g["maximize"]
