@@ -50,14 +50,46 @@ void gemm(double* c, std::size_t ldc, const double* a, std::size_t lda, const do
   dispatch([&](auto isa) { kernels::gemm_acc<decltype(isa)::value>(c, ldc, a, lda, b, ldb, rows, n, kc); });
 }
 
+// U[i1:i2, i2:] of every block [i1, i2), packed for the lazy-batch product
+// (as GotoBLAS packs B): panels of kPanel columns, each k x kPanel
+// contiguous (the last panel zero-padded). Read by every chunk of rows; the
+// rows of U itself are cols doubles apart, which costs a TLB miss per k.
+constexpr std::size_t kPanel = 12;
+struct PackedU {
+  std::vector<double> data;
+  std::vector<std::size_t> offset;  // by block
+  PackedU(const FactorRef& f, std::size_t cols, std::size_t B) {
+    std::size_t total = 0;
+    for (std::size_t i1 = 0; i1 < cols; i1 += B) {
+      offset.push_back(total);
+      const std::size_t i2 = std::min(cols, i1 + B), panels = (cols - i2 + kPanel - 1) / kPanel;
+      total += panels * kPanel * (i2 - i1);
+    }
+    data.assign(total, 0.0);
+    parallel_for(offset.size(), 1, [&](std::size_t b0, std::size_t b1) {
+      for (std::size_t b = b0; b < b1; ++b) {
+        const std::size_t i1 = b * B, i2 = std::min(cols, i1 + B), kc = i2 - i1;
+        for (std::size_t j0 = i2; j0 < cols; j0 += kPanel) {
+          double* panel = data.data() + offset[b] + (j0 - i2) * kc;
+          const std::size_t w = std::min(kPanel, cols - j0);
+          for (std::size_t k = 0; k < kc; ++k)
+            std::copy(f.u + (i1 + k) * cols + j0, f.u + (i1 + k) * cols + j0 + w, panel + k * kPanel);
+        }
+      }
+    });
+  }
+};
+
 // One chunk of rows [r0, r0 + R) in processing order, and the shared factor.
 struct Chunk {
   const FactorRef& f;
+  const PackedU& pu;
   std::size_t cols, R, B;
   std::vector<double> wc, ne;  // R x cols and R x B, column-major
 
-  Chunk(const float* w, const FactorRef& f_, std::size_t cols_, std::size_t r0, std::size_t R_, std::size_t B_)
-      : f(f_), cols(cols_), R(R_), B(B_), wc(R_ * cols_), ne(R_ * B_) {
+  Chunk(const float* w, const FactorRef& f_, const PackedU& pu_, std::size_t cols_, std::size_t r0, std::size_t R_,
+        std::size_t B_)
+      : f(f_), pu(pu_), cols(cols_), R(R_), B(B_), wc(R_ * cols_), ne(R_ * B_) {
     for (std::size_t a = 0; a < cols; ++a) {
       const auto c = static_cast<std::size_t>(f.order[a]);
       for (std::size_t r = 0; r < R; ++r) wc[a * R + r] = f.dead[c] ? 0.0 : w[(r0 + r) * cols + c];
@@ -71,15 +103,20 @@ struct Chunk {
     gemm(col(i + 1), R, ne.data() + (i - i1) * R, R, u(i, i + 1), cols, R, i2 - i - 1, 1);
   }
   // The columns after the block get the whole block's errors in one product.
+  // Column a >= i2 of block [i1, i2)'s packed panels (rows k at stride kPanel).
+  const double* packed(std::size_t i1, std::size_t i2, std::size_t a) const {
+    return pu.data.data() + pu.offset[i1 / B] + (a - i2) / kPanel * kPanel * (i2 - i1) + (a - i2) % kPanel;
+  }
   void spread_after_block(std::size_t i1, std::size_t i2) {
-    gemm(col(i2), R, ne.data(), R, u(i1, i2), cols, R, cols - i2, i2 - i1);
+    for (std::size_t j = i2; j < cols; j += kPanel)
+      gemm(col(j), R, ne.data(), R, packed(i1, i2, j), kPanel, R, std::min(kPanel, cols - j), i2 - i1);
   }
   // The current value of the column at position a >= i, for every row, while
   // column i of the block [i1, i2) is processed: columns inside the block
   // already carry the errors of i1..i-1, later ones still owe them.
   void current_column(std::size_t a, std::size_t i, std::size_t i1, std::size_t i2, std::vector<double>& v) {
     std::copy(col(a), col(a) + R, v.begin());
-    if (a >= i2) gemm(v.data(), R, ne.data(), R, u(i1, a), cols, R, 1, i - i1);
+    if (a >= i2) gemm(v.data(), R, ne.data(), R, packed(i1, i2, a), kPanel, R, 1, i - i1);
   }
 };
 
@@ -144,10 +181,11 @@ double quantize(const float* w, std::size_t rows, std::size_t cols, const Factor
   const float qmax = static_cast<float>(qmax_i), qmin = opt.symmetric ? -qmax : 0.0f;
   std::vector<std::size_t> pos(cols);
   for (std::size_t a = 0; a < cols; ++a) pos[static_cast<std::size_t>(f.order[a])] = a;
+  const PackedU pu(f, cols, B);
 
   return parallel_sum(rows, kRowChunk, [&](std::size_t r0, std::size_t r1) {
     const std::size_t R = r1 - r0;
-    Chunk ch(w, f, cols, r0, R, B);
+    Chunk ch(w, f, pu, cols, r0, R, B);
     std::vector<quant::Param> params(R * n_groups);
     std::vector<char> have(n_groups, 0);
     std::vector<float> lo(R), hi(R);
@@ -224,10 +262,11 @@ double prune(const float* w, std::size_t rows, std::size_t cols, const FactorRef
   if (rows == 0 || cols == 0) return 0.0;
   const std::size_t B = opt.block_size;
   const bool nm = opt.m > 0;
+  const PackedU pu(f, cols, B);
 
   return parallel_sum(rows, kRowChunk, [&](std::size_t r0, std::size_t r1) {
     const std::size_t R = r1 - r0;
-    Chunk ch(w, f, cols, r0, R, B);
+    Chunk ch(w, f, pu, cols, r0, R, B);
     std::fill(keep + r0 * cols, keep + r1 * cols, std::uint8_t{1});
     std::vector<double> score(cols);
     std::vector<std::size_t> cand;

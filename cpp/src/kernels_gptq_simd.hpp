@@ -3,8 +3,9 @@
 //  - Register tile: NV vectors of rows (A's columns are contiguous: one load
 //    per vector) by NC columns of B (one broadcast each, B row-major), NV * NC
 //    double accumulators loaded from C, one vfmadd per (k, vector, column),
-//    stored back once. avx512: 2 x 8 rows by 12 columns (24 zmm
-//    accumulators); avx2: 2 x 4 rows by 6 columns (12 ymm).
+//    stored back once. avx512: 4 x 8 rows by 6 columns (24 zmm accumulators,
+//    10 loads per 24 FMAs), 2 x 8 by 12 for 16 leftover rows; avx2: 2 x 4
+//    rows by 6 columns (12 ymm).
 //  - Tails: rows left over after whole vectors run the same chain with
 //    std::fma one row at a time (a hardware FMA in these units); columns left
 //    over use 1-column tiles.
@@ -54,7 +55,7 @@ inline void gemm_tile(double* c, std::size_t ldc, const double* a, std::size_t l
 template <Isa I, std::size_t NV>
 inline void gemm_band(double* c, std::size_t ldc, const double* a, std::size_t lda, const double* b,
                       std::size_t ldb, std::size_t n, std::size_t kc) {
-  constexpr std::size_t NC = I == Isa::avx512 ? 12 : 6;
+  constexpr std::size_t NC = I == Isa::avx512 && NV < 4 ? 12 : 6;  // NV * NC <= 24 accumulators
   std::size_t j = 0;
   for (; j + NC <= n; j += NC) gemm_tile<I, NV, NC>(c + j * ldc, ldc, a, lda, b + j, ldb, kc);
   for (; j < n; ++j) gemm_tile<I, NV, 1>(c + j * ldc, ldc, a, lda, b + j, ldb, kc);
@@ -67,6 +68,8 @@ void gemm_acc(double* c, std::size_t ldc, const double* a, std::size_t lda, cons
               std::size_t rows, std::size_t n, std::size_t kc) {
   constexpr std::size_t W = Vec<double, I>::width;
   std::size_t r = 0;
+  if constexpr (I == Isa::avx512)
+    for (; r + 4 * W <= rows; r += 4 * W) gemm_band<I, 4>(c + r, ldc, a + r, lda, b, ldb, n, kc);
   for (; r + 2 * W <= rows; r += 2 * W) gemm_band<I, 2>(c + r, ldc, a + r, lda, b, ldb, n, kc);
   for (; r + W <= rows; r += W) gemm_band<I, 1>(c + r, ldc, a + r, lda, b, ldb, n, kc);
   for (; r < rows; ++r)

@@ -70,9 +70,22 @@ def check_layer(w: object, H: object) -> tuple[np.ndarray, np.ndarray]:
         if bad.size:
             index = tuple(int(i) for i in np.unravel_index(bad[0], arr.shape))
             raise ValueError(f"{label}: non-finite value {arr.flat[bad[0]]} at index {index}")
-    if h64.size and not np.allclose(h64, h64.T, rtol=1e-5, atol=1e-8 * float(np.abs(h64).max())):
+    if h64.size and not _symmetric(h64, rtol=1e-5, atol=1e-8 * float(np.abs(h64).max())):
         raise ValueError("H: expected a symmetric matrix (X^T X), got an asymmetric one")
     return w32, h64
+
+
+def _symmetric(h: np.ndarray, rtol: float, atol: float, block: int = 256) -> bool:
+    """``np.allclose(h, h.T, rtol, atol)`` by square blocks: the whole
+    transposed comparison reads ``h.T`` column-wise and takes longer than
+    GPTQ itself on a 1536 x 1536 H."""
+    n = h.shape[0]
+    for i in range(0, n, block):
+        for j in range(i, n, block):
+            a, b = h[i : i + block, j : j + block], h[j : j + block, i : i + block].T
+            if not np.allclose(a, b, rtol=rtol, atol=atol):
+                return False
+    return True
 
 
 def check_real(value: object, label: str, low: float, high: float = float("inf")) -> float:
@@ -94,20 +107,24 @@ def check_int(value: object, label: str, low: int) -> int:
     return int(value)
 
 
-def _lower_inverse(L: np.ndarray) -> np.ndarray:
-    """``L^-1`` of a lower-triangular ``L`` by halves: ``[[A, 0], [B, C]]^-1 =
-    [[A^-1, 0], [-C^-1 B A^-1, C^-1]]``, so the work is two GEMMs per level
-    (BLAS) and small leaf inverses. NumPy has no ``trtri``."""
-    n = L.shape[0]
-    if n <= 64:
-        return np.tril(np.linalg.inv(L))
+def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
+    """``L^-1`` for the lower Cholesky factor ``L L^T = h``, by halves, so the
+    work is GEMMs (BLAS; NumPy has no ``trtri``, and its float32 ``cholesky``
+    alone takes longer than this): with ``h = [[A, B^T], [B, C]]``,
+    ``X1 = L_A^-1``, ``L21 = B X1^T``, ``X2`` the inverse factor of the Schur
+    complement ``C - L21 L21^T``, and ``L^-1 = [[X1, 0], [-X2 L21 X1, X2]]``.
+    Raises ``np.linalg.LinAlgError`` if ``h`` is not positive definite."""
+    n = h.shape[0]
+    if n <= 128:
+        return np.tril(np.linalg.inv(np.linalg.cholesky(h)))
     k = n // 2
-    out = np.zeros_like(L)
-    a_inv = _lower_inverse(L[:k, :k])
-    c_inv = _lower_inverse(L[k:, k:])
-    out[:k, :k] = a_inv
-    out[k:, k:] = c_inv
-    out[k:, :k] = -(c_inv @ (L[k:, :k] @ a_inv))
+    x1 = _inverse_cholesky(h[:k, :k])
+    l21 = h[k:, :k] @ x1.T
+    x2 = _inverse_cholesky(h[k:, k:] - l21 @ l21.T)
+    out = np.zeros_like(h)
+    out[:k, :k] = x1
+    out[k:, k:] = x2
+    out[k:, :k] = -(x2 @ (l21 @ x1))
     return out
 
 
@@ -115,7 +132,8 @@ def inverse_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.nd
     """``(order, dead, U)`` for ``_core.gptq``: what ``inverse_factor`` in
     ``cpp/src/gptq.cpp`` computes (same order, dead columns and damping), with
     the Cholesky factorization and triangular inverse in float32 through
-    NumPy's LAPACK / BLAS, as the GPTQ reference code does in torch. Eigen's
+    NumPy's BLAS (:func:`_inverse_cholesky`), as the GPTQ reference code
+    factors in float32 in torch. Eigen's
     float64 path (compiled for the baseline ISA) is 5-10x slower on the
     1536-input layers; measured on the tests' cases and MiniLM's shapes, the
     float32 factor gives the same codes as the float64 one (docs/compress.md,
@@ -140,10 +158,10 @@ def inverse_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.nd
     hp[np.diag_indices(n)] += damp * mean
     scale = mean if np.isfinite(mean) and mean > 0 else 1.0
     try:
-        L = np.linalg.cholesky((hp / scale).astype(np.float32))
+        linv = _inverse_cholesky((hp / scale).astype(np.float32))
     except np.linalg.LinAlgError:
         return _core.gptq.inverse_factor(h64, act_order, damp)
-    U = _lower_inverse(L)[::-1, ::-1].astype(np.float64)
+    U = linv[::-1, ::-1].astype(np.float64)
     U /= np.sqrt(scale)
     if not np.all(np.isfinite(U)):
         return _core.gptq.inverse_factor(h64, act_order, damp)
