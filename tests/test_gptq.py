@@ -170,6 +170,19 @@ def test_diagonal_hessian_is_round_to_nearest(rng, symmetric, gs):
     np.testing.assert_array_equal(qt.zero_point, rt.zero_point)
 
 
+def test_subnormal_scales_take_the_dividing_path(rng):
+    # a row of tiny weights gets a subnormal scale: the quantizer divides there
+    w, _, H = calibration(rng, 20, 64)
+    w[3] *= np.float32(1e-39)
+    w[7, :32] = np.float32(1e-44)
+    D = np.diag(np.diag(H))
+    qt = quant.gptq(w, D, 4, 32, act_order=True)
+    rt = quant.quantize(w, 4, symmetric=False, granularity="group", group_size=32)
+    assert (rt.scale < np.finfo(np.float32).tiny).any()
+    np.testing.assert_array_equal(qt.codes(), rt.codes())
+    np.testing.assert_array_equal(qt.scale, rt.scale)
+
+
 def test_gptq_beats_round_to_nearest_on_the_layer_output(rng):
     w, x, H = calibration(rng, 64, 128)
     y = x @ w.T

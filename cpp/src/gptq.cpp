@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <stdexcept>
 #include <string>
@@ -183,12 +184,15 @@ double quantize(const float* w, std::size_t rows, std::size_t cols, const Factor
   for (std::size_t a = 0; a < cols; ++a) pos[static_cast<std::size_t>(f.order[a])] = a;
   const PackedU pu(f, cols, B);
 
+  const int rounding = static_cast<int>(quant::Rounding::half_even);
   return parallel_sum(rows, kRowChunk, [&](std::size_t r0, std::size_t r1) {
     const std::size_t R = r1 - r0;
     Chunk ch(w, f, pu, cols, r0, R, B);
-    std::vector<quant::Param> params(R * n_groups);
-    std::vector<char> have(n_groups, 0);
-    std::vector<float> lo(R), hi(R);
+    // Group parameters group-major (g * R + r), as the per-row kernels read them.
+    std::vector<float> g_scale(R * n_groups), g_inv(R * n_groups), g_zp(R * n_groups);
+    std::vector<char> have(n_groups, 0), g_div(n_groups, 0);
+    std::vector<float> lo(R), hi(R), xf(R), deq(R);
+    std::vector<std::uint8_t> code(R);
     std::vector<double> v(R);
     double loss = 0.0;
     for (std::size_t i1 = 0; i1 < cols; i1 += B) {
@@ -196,6 +200,9 @@ double quantize(const float* w, std::size_t rows, std::size_t cols, const Factor
       for (std::size_t i = i1; i < i2; ++i) {
         const auto oc = static_cast<std::size_t>(f.order[i]);
         const std::size_t g = oc / gs;
+        float* const sc = g_scale.data() + g * R;
+        float* const inv = g_inv.data() + g * R;
+        float* const zp = g_zp.data() + g * R;
         if (!have[g]) {  // the group's parameters, from its current weights
           have[g] = 1;
           const std::size_t c1 = std::min(cols, (g + 1) * gs);
@@ -209,22 +216,38 @@ double quantize(const float* w, std::size_t rows, std::size_t cols, const Factor
           }
           for (std::size_t r = 0; r < R; ++r) {
             const quant::Param q = quant::make_param(lo[r], hi[r], lo[r] == hi[r], qmax_i, opt.symmetric);
-            params[r * n_groups + g] = q;
+            sc[r] = q.scale;
+            inv[r] = q.inv;
+            zp[r] = q.zp;
+            g_div[g] |= q.use_div;
             scale[(r0 + r) * n_groups + g] = q.scale;
             zero_point[(r0 + r) * n_groups + g] = static_cast<std::int32_t>(q.zp);
           }
         }
-        const double d = *ch.u(i, i);
+        // Codes and their values: the quantizer's per-row kernels (bit for bit
+        // its scalar reference on every ISA); a group with a subnormal scale
+        // (divides instead of multiplying) goes through the scalar one.
         const double* x = ch.col(i);
+        for (std::size_t r = 0; r < R; ++r) xf[r] = static_cast<float>(x[r]);
+        if (!g_div[g]) {
+          dispatch([&](auto isa) {
+            constexpr Isa I = decltype(isa)::value;
+            kernels::quant_codes_cols<I>(xf.data(), R, inv, zp, qmin, qmax, rounding, 0, 0, code.data());
+            kernels::quant_dequant_cols<I>(code.data(), opt.symmetric, R, sc, zp, deq.data());
+          });
+        } else {
+          for (std::size_t r = 0; r < R; ++r) {
+            const bool div = sc[r] < std::numeric_limits<float>::min();  // as quant::make_param decides
+            kernels::quant_codes<Isa::scalar>(&xf[r], 1, sc[r], inv[r], div, zp[r], qmin, qmax, rounding, 0, 0,
+                                              &code[r]);
+            kernels::quant_dequant<Isa::scalar>(&code[r], opt.symmetric, 1, sc[r], zp[r], &deq[r]);
+          }
+        }
+        const double d = *ch.u(i, i);
         double* ne = ch.ne.data() + (i - i1) * R;
         for (std::size_t r = 0; r < R; ++r) {
-          const quant::Param& q = params[r * n_groups + g];
-          const float xf = static_cast<float>(x[r]);
-          std::uint8_t& code = codes[(r0 + r) * cols + oc];
-          kernels::quant_codes<Isa::scalar>(&xf, 1, q.scale, q.inv, q.use_div, q.zp, qmin, qmax,
-                                            static_cast<int>(quant::Rounding::half_even), 0, 0, &code);
-          const float t = opt.symmetric ? static_cast<float>(static_cast<std::int8_t>(code)) : code;
-          const double e = (x[r] - static_cast<double>(q.scale * (t - q.zp))) / d;
+          codes[(r0 + r) * cols + oc] = code[r];
+          const double e = (x[r] - static_cast<double>(deq[r])) / d;
           loss += e * e;
           ne[r] = -e;
         }
