@@ -265,10 +265,13 @@ namespace {
 void prune_smallest(std::vector<std::size_t>& cand, std::size_t k, const std::vector<double>& score,
                     const std::int64_t* order, std::uint8_t* keep_row) {
   if (k == 0) return;
-  std::partial_sort(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(k), cand.end(),
-                    [&](std::size_t a, std::size_t b) {
-                      return score[a] < score[b] || (score[a] == score[b] && order[a] < order[b]);
-                    });
+  // (score, column) is a strict total order: the k smallest are one set, which
+  // selection finds in linear time (a partial sort would also order them).
+  if (k < cand.size())
+    std::nth_element(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(k - 1), cand.end(),
+                     [&](std::size_t a, std::size_t b) {
+                       return score[a] < score[b] || (score[a] == score[b] && order[a] < order[b]);
+                     });
   for (std::size_t t = 0; t < k; ++t) keep_row[order[cand[t]]] = 0;
 }
 }  // namespace
