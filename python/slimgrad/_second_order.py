@@ -75,7 +75,7 @@ def check_layer(w: object, H: object) -> tuple[np.ndarray, np.ndarray]:
     return w32, h64
 
 
-def _symmetric(h: np.ndarray, rtol: float, atol: float, block: int = 256) -> bool:
+def _symmetric(h: np.ndarray, rtol: float, atol: float, block: int = 128) -> bool:
     """``np.allclose(h, h.T, rtol, atol)`` by square blocks: the whole
     transposed comparison reads ``h.T`` column-wise and takes longer than
     GPTQ itself on a 1536 x 1536 H."""
@@ -134,14 +134,13 @@ def inverse_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.nd
     ``cpp/src/gptq.cpp`` computes (same order, dead columns and damping), with
     the Cholesky factorization and triangular inverse in float32 through
     NumPy's BLAS (:func:`_inverse_cholesky`), as the GPTQ reference code
-    factors in float32 in torch. Eigen's
-    float64 path (compiled for the baseline ISA) is 5-10x slower on the
-    1536-input layers; measured on the tests' cases and MiniLM's shapes, the
-    float32 factor gives the same codes as the float64 one (docs/compress.md,
-    "Speed"). ``H`` is scaled by ``1 / mean(diag H)`` for float32 and ``U``
-    scaled back. If the float32 factorization fails (not positive definite
-    in float32), Eigen's float64 one decides, and raises ``ValueError`` if it
-    fails too.
+    factors in float32 in torch. Eigen's float64 path (compiled for the
+    baseline ISA) is 3-4x slower on the 1536-input layers; measured on the
+    tests' cases and MiniLM's shapes, the float32 factor gives the same codes
+    as the float64 one (docs/compress.md, "Speed"). ``H`` is scaled by
+    ``1 / mean(diag H)`` for float32 and ``U`` scaled back. If the float32
+    factorization fails (not positive definite in float32, or overflow),
+    Eigen's float64 one decides, and raises ``ValueError`` if it fails too.
 
     Parameters
     ----------
@@ -163,7 +162,7 @@ def inverse_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.nd
         linv = _inverse_cholesky(hp)
     except np.linalg.LinAlgError:
         return _core.gptq.inverse_factor(h64, act_order, damp)
-    U = np.multiply(linv[::-1, ::-1], 1.0 / np.sqrt(scale), dtype=np.float64)
-    if not np.all(np.isfinite(np.diag(U))):
+    if not np.isfinite(linv.sum(dtype=np.float64)):  # float32 overflow: a NaN or inf anywhere
         return _core.gptq.inverse_factor(h64, act_order, damp)
+    U = np.multiply(linv[::-1, ::-1], 1.0 / np.sqrt(scale), dtype=np.float64)
     return order.astype(np.int64), dead, U

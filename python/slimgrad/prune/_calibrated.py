@@ -20,8 +20,8 @@ from .._second_order import (
     check_int,
     check_layer,
     check_real,
-    inverse_factor,
     describe,
+    inverse_factor,
     is_float,
 )
 from ._masks import _check_fraction, magnitude_mask, nm_mask
