@@ -131,16 +131,14 @@ def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
 
 def inverse_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.ndarray, ...]:
     """``(order, dead, U)`` for ``_core.gptq``: what ``inverse_factor`` in
-    ``cpp/src/gptq.cpp`` computes (same order, dead columns and damping), with
-    the Cholesky factorization and triangular inverse in float32 through
-    NumPy's BLAS (:func:`_inverse_cholesky`), as the GPTQ reference code
-    factors in float32 in torch. Eigen's float64 path (compiled for the
-    baseline ISA) is 3-4x slower on the 1536-input layers; measured on the
-    tests' cases and MiniLM's shapes, the float32 factor gives the same codes
-    as the float64 one (docs/compress.md, "Speed"). ``H`` is scaled by
-    ``1 / mean(diag H)`` for float32 and ``U`` scaled back. If the float32
-    factorization fails (not positive definite in float32, or overflow),
-    Eigen's float64 one decides, and raises ``ValueError`` if it fails too.
+    ``cpp/src/gptq.cpp`` computes (same order, dead columns and damping), in
+    float64, with the Cholesky factorization and triangular inverse as GEMMs
+    through NumPy's BLAS (:func:`_inverse_cholesky`): 2x faster than Eigen
+    compiled for the baseline ISA on the 1536-input layers. (A float32 factor,
+    as the reference code uses in torch, is faster still but moves scales in
+    their last bits and some codes at 3 bits: docs/compress.md, "Speed".) If
+    NumPy finds ``H`` not positive definite, Eigen's factorization decides
+    (and raises ``ValueError`` naming ``H`` if it agrees).
 
     Parameters
     ----------
@@ -151,18 +149,11 @@ def inverse_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.nd
     dead = diag == 0
     diag[dead] = 1.0
     order = np.argsort(-diag, kind="stable") if act_order else np.arange(n)
-    mean = float(np.mean(diag))
-    scale = mean if np.isfinite(mean) and mean > 0 else 1.0
-    # float32 H / scale in the order-reversed processing order (U = J L^-1 J)
-    rev = order[::-1]
-    h32 = np.multiply(h64, 1.0 / scale, dtype=np.float32)
-    hp = h32[np.ix_(rev, rev)]
-    hp[np.diag_indices(n)] = (diag[rev] + damp * mean) / scale
+    rev = order[::-1]  # the order-reversed H: U = J L^-1 J
+    hp = h64[np.ix_(rev, rev)]
+    hp[np.diag_indices(n)] = diag[rev] + damp * float(np.mean(diag))
     try:
         linv = _inverse_cholesky(hp)
     except np.linalg.LinAlgError:
         return _core.gptq.inverse_factor(h64, act_order, damp)
-    if not np.isfinite(linv.sum(dtype=np.float64)):  # float32 overflow: a NaN or inf anywhere
-        return _core.gptq.inverse_factor(h64, act_order, damp)
-    U = np.multiply(linv[::-1, ::-1], 1.0 / np.sqrt(scale), dtype=np.float64)
-    return order.astype(np.int64), dead, U
+    return order.astype(np.int64), dead, np.ascontiguousarray(linv[::-1, ::-1])
