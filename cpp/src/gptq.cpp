@@ -18,7 +18,7 @@
 //
 // Baseline compile flags only (this file is not an ISA file): Eigen uses
 // SSE2 here. The fast paths are the per-ISA gemm_acc for the loop and, from
-// Python, NumPy's LAPACK for the factor (docs/compress.md, "Speed").
+// Python, NumPy's BLAS for the factor (docs/compress.md, "Speed").
 #define EIGEN_DONT_PARALLELIZE  // rows are split on slimgrad's own pool instead
 #include "slimgrad/gptq.hpp"
 

@@ -11,7 +11,7 @@
 //    serves every row), so rows are split into fixed chunks on the thread pool.
 //  - Two steps: the Factor (processing order, dead columns, U) from H, then
 //    the column loop on W. inverse_factor() computes the Factor in float64
-//    with Eigen; callers with a faster LAPACK (the Python layer: NumPy's
+//    with Eigen; callers with a faster BLAS (the Python layer: NumPy's
 //    OpenBLAS) may pass their own.
 //  - Every update of a weight is one fused multiply-add chain over the
 //    columns before it, in processing order (kernels::gemm_acc), so the result

@@ -5,7 +5,7 @@ own. GPTQ quantizes one input column at a time and moves each column's
 rounding error onto the columns not yet quantized, weighted by the inverse
 Hessian of the layer's inputs, so the layer's *output* on the calibration
 data changes as little as possible. The inverse-Hessian factor comes from
-NumPy's LAPACK (``_second_order.inverse_factor``); the column loop (lazy
+NumPy's BLAS (``_second_order.inverse_factor``); the column loop (lazy
 batches of columns as per-ISA FMA kernels, rows split over threads) is in
 ``cpp/src/gptq.cpp``.
 """
