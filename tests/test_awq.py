@@ -36,6 +36,30 @@ def test_scales_lower_the_output_error_and_favour_loud_channels(layer):
     assert s[loud].min() > s[~loud].max()
 
 
+@pytest.mark.parametrize("shape", [(48, 96), (300, 64), (5, 200)])  # several candidate batches
+@pytest.mark.parametrize("with_h", [True, False, "singular"])
+def test_scales_are_the_float64_grid_search(rng, shape, with_h):
+    rows, cols = shape
+    w = rng.standard_normal(shape).astype(np.float32)
+    x = rng.standard_normal((700, cols)) @ rng.standard_normal((cols, cols)) * 0.2
+    x[:, ::5] *= 12.0
+    if with_h == "singular":  # an input that is always zero: no Cholesky of H
+        x[:, 3] = 0.0
+    H, mean = x.T @ x, np.abs(x).mean(axis=0)
+    h = H if with_h else np.diag(mean**2)
+    errors, scales = [], []
+    for k in range(20):  # the search written out in float64
+        s = np.maximum(mean, 1e-4) ** (k / 20)
+        s = s / np.sqrt(s.max() * s.min())
+        s32 = s.astype(np.float32)
+        q = quant.quantize(w * s32, 4, symmetric=False, granularity="group", group_size=32)
+        d = (q.dequantize() / s32).astype(np.float64) - w
+        errors.append(np.einsum("ij,jk,ik->", d, h, d))
+        scales.append(s.astype(np.float32))
+    got = quant.awq_scales(w, mean, 4, 32, H=H if with_h else None)
+    np.testing.assert_array_equal(got, scales[int(np.argmin(errors))])
+
+
 def test_diagonal_approximation_without_hessian(layer):
     w, x, _, mean = layer
     s = quant.awq_scales(w, mean, 4, 32)

@@ -82,24 +82,71 @@ CASES = [
 ]
 
 
+def core_gptq(w, H, bits, gs, act_order, damp, symmetric, block):
+    """The C++ loop on Eigen's float64 factor (quant.gptq factors with NumPy)."""
+    order, dead, U = slimgrad._core.gptq.inverse_factor(H, act_order, damp)
+    rows, cols = w.shape
+    g = gs or cols
+    codes = np.zeros((rows, cols), np.int8 if symmetric else np.uint8)
+    scale = np.ones((rows, -(-cols // g)), np.float32)
+    zero = np.zeros(scale.shape, np.int32)
+    slimgrad._core.gptq.quantize(w, order, dead, U, bits, symmetric, g, block, codes, scale, zero)
+    return codes.astype(np.int32), scale, zero
+
+
 @pytest.mark.parametrize("bits,gs,act_order,symmetric,block,shape", CASES)
 def test_gptq_equals_the_column_by_column_reference(
     rng, bits, gs, act_order, symmetric, block, shape
 ):
     w, _, H = calibration(rng, *shape)
-    qt = quant.gptq(w, H, bits, gs, act_order, 0.01, symmetric, block_size=block)
     codes, scale, zero = gptq_reference(w, H, bits, gs, act_order, 0.01, symmetric)
+    qt = quant.gptq(w, H, bits, gs, act_order, 0.01, symmetric, block_size=block)
     np.testing.assert_array_equal(qt.codes().astype(np.int32), codes)
     np.testing.assert_array_equal(qt.scale.reshape(scale.shape[0], -1), scale)
     if not symmetric:
         np.testing.assert_array_equal(qt.zero_point.reshape(zero.shape[0], -1), zero)
+    # the C++ loop on Eigen's factor (the C++ API's path): the same
+    c64, s64, z64 = core_gptq(w, H, bits, gs, act_order, 0.01, symmetric, block)
+    np.testing.assert_array_equal(c64, codes)
+    np.testing.assert_array_equal(s64, scale)
+    np.testing.assert_array_equal(z64, zero)
 
 
-def test_block_size_changes_nothing_but_rounding(rng):
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("cols", [1, 7, 64, 65, 200])
+def test_lapack_factor_matches_eigen_and_numpy(rng, act_order, cols):
+    from slimgrad._second_order import inverse_factor
+
+    _, _, H = calibration(rng, 3, cols)
+    H[2 % cols, :] = H[:, 2 % cols] = 0.0  # a dead column
+    order, dead, U = inverse_factor(H, act_order, 0.01)
+    e_order, e_dead, e_U = slimgrad._core.gptq.inverse_factor(H, act_order, 0.01)
+    np.testing.assert_array_equal(order, e_order)
+    np.testing.assert_array_equal(dead, e_dead)
+    _, ref_order, ref_U = prepared(np.zeros((1, cols)), H, act_order, 0.01)
+    np.testing.assert_array_equal(order, ref_order)
+    np.testing.assert_allclose(e_U, ref_U, rtol=1e-9, atol=1e-12 * np.abs(ref_U).max())
+    np.testing.assert_allclose(U, ref_U, rtol=1e-9, atol=1e-12 * np.abs(ref_U).max())
+    assert np.all(np.tril(U, -1) == 0) and np.all(np.tril(e_U, -1) == 0)
+
+
+def test_factor_refuses_what_is_not_positive_definite():
+    from slimgrad._second_order import inverse_factor
+
+    with pytest.raises(ValueError, match="H: not positive definite"):
+        inverse_factor(-np.eye(3), False, 0.0)
+    with pytest.raises(ValueError, match="H: not positive definite"):
+        inverse_factor(-np.eye(300), True, 0.0)  # past the recursion's leaf size
+
+
+def test_block_size_changes_nothing(rng):
+    # every weight sees one FMA chain over the columns before it, whatever the blocks
     w, _, H = calibration(rng, 40, 96)
     a = quant.gptq(w, H, 4, 32, block_size=8).dequantize()
-    b = quant.gptq(w, H, 4, 32, block_size=96).dequantize()
-    assert np.mean(a != b) < 0.001
+    for block in (1, 13, 96, 500):
+        np.testing.assert_array_equal(quant.gptq(w, H, 4, 32, block_size=block).dequantize(), a)
+    p = prune.sparsegpt(w, H, n=2, m=4, block_size=8)[0]
+    np.testing.assert_array_equal(prune.sparsegpt(w, H, n=2, m=4, block_size=96)[0], p)
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
@@ -115,6 +162,19 @@ def test_diagonal_hessian_is_round_to_nearest(rng, symmetric, gs):
     np.testing.assert_array_equal(qt.codes(), rt.codes())
     np.testing.assert_array_equal(qt.scale, rt.scale)
     np.testing.assert_array_equal(qt.zero_point, rt.zero_point)
+
+
+def test_subnormal_scales_take_the_dividing_path(rng):
+    # a row of tiny weights gets a subnormal scale: the quantizer divides there
+    w, _, H = calibration(rng, 20, 64)
+    w[3] *= np.float32(1e-39)
+    w[7, :32] = np.float32(1e-44)
+    D = np.diag(np.diag(H))
+    qt = quant.gptq(w, D, 4, 32, act_order=True)
+    rt = quant.quantize(w, 4, symmetric=False, granularity="group", group_size=32)
+    assert (rt.scale < np.finfo(np.float32).tiny).any()
+    np.testing.assert_array_equal(qt.codes(), rt.codes())
+    np.testing.assert_array_equal(qt.scale, rt.scale)
 
 
 def test_gptq_beats_round_to_nearest_on_the_layer_output(rng):
@@ -133,8 +193,9 @@ def test_dead_inputs_are_zeroed(rng):
     assert np.all(qt.dequantize()[:, 5] == 0.0)
 
 
-def test_threads_and_isas_give_the_same_result(rng):
-    w, _, H = calibration(rng, 150, 96)  # several row chunks
+@pytest.mark.parametrize("rows", [1, 7, 8, 9, 15, 17, 150])  # vector tails, several row chunks
+def test_threads_and_isas_give_the_same_result(rng, rows):
+    w, _, H = calibration(rng, rows, 96)
     out = run_everywhere(
         lambda: (quant.gptq(w, H, 4, 32).data.copy(), prune.sparsegpt(w, H, 0.5)[0])
     )
@@ -299,18 +360,18 @@ def test_bad_input_raises_and_changes_nothing(rng):
 
 def test_core_binding_rechecks_buffers(rng):
     w, _, H = calibration(rng, 4, 8)
-    codes = np.zeros((4, 7), np.uint8)
+    order, dead, U = slimgrad._core.gptq.inverse_factor(H, False, 0.01)
+    scale, zero = np.ones((4, 2), np.float32), np.zeros((4, 2), np.int32)
+    core = slimgrad._core.gptq.quantize
     with pytest.raises(ValueError, match="codes: expected uint8"):
-        slimgrad._core.gptq.quantize(
-            w,
-            H,
-            4,
-            False,
-            4,
-            False,
-            0.01,
-            128,
-            codes,
-            np.ones((4, 2), np.float32),
-            np.zeros((4, 2), np.int32),
-        )
+        core(w, order, dead, U, 4, False, 4, 128, np.zeros((4, 7), np.uint8), scale, zero)
+    codes = np.zeros((4, 8), np.uint8)
+    with pytest.raises(ValueError, match="order: expected a permutation"):
+        core(w, np.zeros(8, np.int64), dead, U, 4, False, 4, 128, codes, scale, zero)
+    with pytest.raises(ValueError, match="order: expected a permutation"):
+        core(w, order + 1, dead, U, 4, False, 4, 128, codes, scale, zero)
+    with pytest.raises(TypeError, match="U: expected float64"):
+        core(w, order, dead, U.astype(np.float32), 4, False, 4, 128, codes, scale, zero)
+    with pytest.raises(ValueError, match=r"U: expected .*shape \(8, 8\)"):
+        core(w, order, dead, U[:4], 4, False, 4, 128, codes, scale, zero)
+    assert not codes.any()

@@ -13,16 +13,28 @@ namespace slimgrad::bind {
 namespace {
 
 struct Layer {
-  Array w, h;
+  Array w, order, dead, u;
   std::size_t rows, cols;
+  gptq::FactorRef factor() const { return {order.ptr<std::int64_t>(), dead.ptr<std::uint8_t>(), u.ptr<double>()}; }
 };
 
-Layer check_layer(py::handle w, py::handle h) {
+// w (out, in) float32 and the factor of its Hessian: order (in,) int64, a
+// permutation (checked: it indexes memory); dead (in,) bool; U (in, in) float64.
+Layer check_layer(py::handle w, py::handle order, py::handle dead, py::handle u) {
   Array wa = check_array(w, "w", {DType::f32}, Access::read);
   if (wa.ndim() != 2) throw py::value_error("w: expected a 2-d float32 array (out, in), got " + describe(w));
-  const std::vector<py::ssize_t> hshape{wa.dim(1), wa.dim(1)};
-  Array ha = check_array(h, "H", {DType::f64}, Access::read, &hshape);
-  return {wa, ha, static_cast<std::size_t>(wa.dim(0)), static_cast<std::size_t>(wa.dim(1))};
+  const std::vector<py::ssize_t> vshape{wa.dim(1)}, ushape{wa.dim(1), wa.dim(1)};
+  Array oa = check_array(order, "order", {DType::i64}, Access::read, &vshape);
+  Array da = check_array(dead, "dead", {DType::boolean, DType::u8}, Access::read, &vshape);
+  Array ua = check_array(u, "U", {DType::f64}, Access::read, &ushape);
+  const auto cols = static_cast<std::size_t>(wa.dim(1));
+  std::vector<char> seen(cols, 0);
+  for (std::size_t a = 0; a < cols; ++a) {
+    const std::int64_t c = oa.ptr<std::int64_t>()[a];
+    if (c < 0 || static_cast<std::size_t>(c) >= cols || seen[static_cast<std::size_t>(c)]++)
+      throw py::value_error("order: expected a permutation of 0.." + std::to_string(cols - 1));
+  }
+  return {wa, oa, da, ua, static_cast<std::size_t>(wa.dim(0)), cols};
 }
 
 void check_common(double damp, std::size_t block_size) {
@@ -44,12 +56,33 @@ double run(F&& f) {
 }  // namespace
 
 void register_gptq(py::module_& m) {
-  m.def("quantize", [](py::handle w, py::handle h, int bits, bool symmetric, std::size_t group_size, bool act_order,
-                       double damp, std::size_t block_size, py::handle codes, py::handle scale,
+  m.def("inverse_factor", [](py::handle h, bool act_order, double damp) {
+    const Array ha = check_array(h, "H", {DType::f64}, Access::read);
+    if (ha.ndim() != 2 || ha.dim(0) != ha.dim(1)) throw py::value_error("H: expected a square array, got " + describe(h));
+    check_common(damp, 1);
+    const auto cols = static_cast<std::size_t>(ha.dim(0));
+    gptq::Factor f;
+    run([&] {
+      f = gptq::inverse_factor(ha.ptr<double>(), cols, act_order, damp);
+      return 0.0;
+    });
+    const auto n = static_cast<py::ssize_t>(cols);
+    py::array_t<std::int64_t> order(n);
+    py::array_t<bool> dead(n);
+    py::array_t<double> u({n, n});
+    std::copy(f.order.begin(), f.order.end(), order.mutable_data());
+    std::copy(f.dead.begin(), f.dead.end(), dead.mutable_data());
+    std::copy(f.u.begin(), f.u.end(), u.mutable_data());
+    return py::make_tuple(order, dead, u);
+  }, py::arg("H"), py::arg("act_order"), py::arg("damp"),
+     "(order, dead, U): the factor of H in float64 through Eigen (gptq.hpp, inverse_factor).");
+
+  m.def("quantize", [](py::handle w, py::handle order, py::handle dead, py::handle u, int bits, bool symmetric,
+                       std::size_t group_size, std::size_t block_size, py::handle codes, py::handle scale,
                        py::handle zero_point) {
-    const Layer l = check_layer(w, h);
+    const Layer l = check_layer(w, order, dead, u);
     if (bits < 2 || bits > 8) throw py::value_error("bits: expected 2..8, got " + std::to_string(bits));
-    check_common(damp, block_size);
+    check_common(0.0, block_size);
     const std::size_t gs = group_size == 0 ? l.cols : group_size;
     const auto n_groups = static_cast<py::ssize_t>(l.cols == 0 ? 0 : (l.cols + gs - 1) / gs);
     const std::vector<py::ssize_t> cshape{static_cast<py::ssize_t>(l.rows), static_cast<py::ssize_t>(l.cols)};
@@ -61,20 +94,18 @@ void register_gptq(py::module_& m) {
     o.bits = bits;
     o.symmetric = symmetric;
     o.group_size = group_size;
-    o.act_order = act_order;
-    o.damp = damp;
     o.block_size = block_size;
     return run([&] {
-      return gptq::quantize(l.w.ptr<float>(), l.rows, l.cols, l.h.ptr<double>(), o, ca.mut<std::uint8_t>(),
+      return gptq::quantize(l.w.ptr<float>(), l.rows, l.cols, l.factor(), o, ca.mut<std::uint8_t>(),
                             sa.mut<float>(), za.mut<std::int32_t>());
     });
-  }, py::arg("w"), py::arg("H"), py::arg("bits"), py::arg("symmetric"), py::arg("group_size"), py::arg("act_order"),
-     py::arg("damp"), py::arg("block_size"), py::arg("codes"), py::arg("scale"), py::arg("zero_point"));
+  }, py::arg("w"), py::arg("order"), py::arg("dead"), py::arg("U"), py::arg("bits"), py::arg("symmetric"),
+     py::arg("group_size"), py::arg("block_size"), py::arg("codes"), py::arg("scale"), py::arg("zero_point"));
 
-  m.def("prune", [](py::handle w, py::handle h, double sparsity, std::size_t n, std::size_t m_, double damp,
-                    std::size_t block_size, py::handle out, py::handle keep) {
-    const Layer l = check_layer(w, h);
-    check_common(damp, block_size);
+  m.def("prune", [](py::handle w, py::handle order, py::handle dead, py::handle u, double sparsity, std::size_t n,
+                    std::size_t m_, std::size_t block_size, py::handle out, py::handle keep) {
+    const Layer l = check_layer(w, order, dead, u);
+    check_common(0.0, block_size);
     if (m_ > 0) {
       if (n > m_) throw py::value_error("n, m: expected 0 <= n <= m");
       if (l.cols % m_ || block_size % m_)
@@ -89,13 +120,11 @@ void register_gptq(py::module_& m) {
     o.sparsity = sparsity;
     o.n = n;
     o.m = m_;
-    o.damp = damp;
     o.block_size = block_size;
     return run([&] {
-      return gptq::prune(l.w.ptr<float>(), l.rows, l.cols, l.h.ptr<double>(), o, oa.mut<float>(),
-                         ka.mut<std::uint8_t>());
+      return gptq::prune(l.w.ptr<float>(), l.rows, l.cols, l.factor(), o, oa.mut<float>(), ka.mut<std::uint8_t>());
     });
-  }, py::arg("w"), py::arg("H"), py::arg("sparsity"), py::arg("n"), py::arg("m"), py::arg("damp"),
+  }, py::arg("w"), py::arg("order"), py::arg("dead"), py::arg("U"), py::arg("sparsity"), py::arg("n"), py::arg("m"),
      py::arg("block_size"), py::arg("out"), py::arg("keep"));
 }
 

@@ -1,16 +1,24 @@
-// GPTQ and SparseGPT (see gptq.hpp). Dense linear algebra through Eigen: the
-// Cholesky factorizations of H and H^-1 and the lazy-batch updates
-// W[:, rest] -= Err * Hinv[block, rest] (a GEMM per block of columns).
+// GPTQ and SparseGPT (see gptq.hpp).
 //
-// Layout: each chunk of rows is copied once into a column-major float64
-// matrix in processing order, so column i (one weight per row) is
-// contiguous and the block update is one Eigen product. The per-element
-// quantization step is the scalar quantizer itself (kernels::quant_codes,
-// kernels_quant_scalar.cpp): with a diagonal H no error moves, and the codes
-// equal quant::quantize's round-to-nearest codes bit for bit.
+// inverse_factor: the processing order and U through Eigen (float64): one
+// Cholesky of the order-reversed H and a blocked triangular inverse.
 //
-// Baseline compile flags only (this file is not an ISA file): Eigen uses SSE2
-// here, enough for layers of a few thousand columns (GPTQ is O(rows * cols^2)).
+// The column loop: each chunk of rows is copied once into a column-major
+// float64 matrix in processing order, so column i (one weight per row) is
+// contiguous. Errors are kept negated (ne = -e), so every update is
+// W[:, j] = fma(ne_k, U[k, j], W[:, j]): within a block of B columns right
+// after each column (rank 1), after the block in one product for the columns
+// that follow it (the lazy batch); both through kernels::gemm_acc, which
+// chains the k in order. A weight therefore sees the same FMA chain over all
+// columns before it whatever the block size, ISA or thread count.
+// The per-element quantization step is the scalar quantizer itself
+// (kernels::quant_codes, kernels_quant_scalar.cpp): with a diagonal H no error
+// moves, and the codes equal quant::quantize's round-to-nearest codes bit for
+// bit.
+//
+// Baseline compile flags only (this file is not an ISA file): Eigen uses
+// SSE2 here. The fast paths are the per-ISA gemm_acc for the loop and, from
+// Python, NumPy's BLAS for the factor (docs/compress.md, "Speed").
 #define EIGEN_DONT_PARALLELIZE  // rows are split on slimgrad's own pool instead
 #include "slimgrad/gptq.hpp"
 
@@ -19,6 +27,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <stdexcept>
 #include <string>
@@ -31,43 +40,106 @@ namespace slimgrad::gptq {
 namespace {
 
 using Mat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic>;  // column-major
-using RowMajorMap = Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+using RowMajorMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
-// Rows per work item: fixed, so results never depend on the thread count.
+// Rows per work item (rows are independent: any chunking gives the same result).
 constexpr std::size_t kRowChunk = 32;
 
-// The processing order and the upper Cholesky factor U of the damped H^-1
-// (H^-1 = U^T U) in that order: U[i, i] is the OBS denominator of column i
-// and U[i, i+1:] the direction its error is spread along.
-struct Prepared {
-  std::vector<std::size_t> order;  // position -> original column
-  std::vector<char> dead;          // by original column
-  Mat hinv;
+void gemm(double* c, std::size_t ldc, const double* a, std::size_t lda, const double* b, std::size_t ldb,
+          std::size_t rows, std::size_t n, std::size_t kc) {
+  if (rows == 0 || n == 0 || kc == 0) return;
+  dispatch([&](auto isa) { kernels::gemm_acc<decltype(isa)::value>(c, ldc, a, lda, b, ldb, rows, n, kc); });
+}
+
+// U[i1:i2, i2:] of every block [i1, i2), packed for the lazy-batch product
+// (as GotoBLAS packs B): panels of kPanel columns, each k x kPanel
+// contiguous (the last panel zero-padded). Read by every chunk of rows; the
+// rows of U itself are cols doubles apart, which costs a TLB miss per k.
+constexpr std::size_t kPanel = 12;
+struct PackedU {
+  std::vector<double> data;
+  std::vector<std::size_t> offset;  // by block
+  PackedU(const FactorRef& f, std::size_t cols, std::size_t B) {
+    std::size_t total = 0;
+    for (std::size_t i1 = 0; i1 < cols; i1 += B) {
+      offset.push_back(total);
+      const std::size_t i2 = std::min(cols, i1 + B), panels = (cols - i2 + kPanel - 1) / kPanel;
+      total += panels * kPanel * (i2 - i1);
+    }
+    data.assign(total, 0.0);
+    parallel_for(offset.size(), 1, [&](std::size_t b0, std::size_t b1) {
+      for (std::size_t b = b0; b < b1; ++b) {
+        const std::size_t i1 = b * B, i2 = std::min(cols, i1 + B), kc = i2 - i1;
+        for (std::size_t j0 = i2; j0 < cols; j0 += kPanel) {
+          double* panel = data.data() + offset[b] + (j0 - i2) * kc;
+          const std::size_t w = std::min(kPanel, cols - j0);
+          for (std::size_t k = 0; k < kc; ++k)
+            std::copy(f.u + (i1 + k) * cols + j0, f.u + (i1 + k) * cols + j0 + w, panel + k * kPanel);
+        }
+      }
+    });
+  }
 };
 
-Prepared prepare(const double* h, std::size_t cols, bool act_order, double damp) {
-  Prepared p;
-  Mat H = RowMajorMap(h, static_cast<Eigen::Index>(cols), static_cast<Eigen::Index>(cols));
-  p.dead.assign(cols, 0);
-  for (std::size_t j = 0; j < cols; ++j) {
-    const auto jj = static_cast<Eigen::Index>(j);
-    if (H(jj, jj) == 0.0) {
-      p.dead[j] = 1;
-      H(jj, jj) = 1.0;
+// One chunk of rows [r0, r0 + R) in processing order, and the shared factor.
+struct Chunk {
+  const FactorRef& f;
+  const PackedU& pu;
+  std::size_t cols, R, B;
+  std::vector<double> wc, ne;  // R x cols and R x B, column-major
+
+  Chunk(const float* w, const FactorRef& f_, const PackedU& pu_, std::size_t cols_, std::size_t r0, std::size_t R_,
+        std::size_t B_)
+      : f(f_), pu(pu_), cols(cols_), R(R_), B(B_), wc(R_ * cols_), ne(R_ * B_) {
+    for (std::size_t a = 0; a < cols; ++a) {
+      const auto c = static_cast<std::size_t>(f.order[a]);
+      for (std::size_t r = 0; r < R; ++r) wc[a * R + r] = f.dead[c] ? 0.0 : w[(r0 + r) * cols + c];
     }
   }
-  p.order.resize(cols);
-  std::iota(p.order.begin(), p.order.end(), std::size_t{0});
-  if (act_order)
-    std::stable_sort(p.order.begin(), p.order.end(), [&](std::size_t a, std::size_t b) {
-      return H(static_cast<Eigen::Index>(a), static_cast<Eigen::Index>(a)) >
-             H(static_cast<Eigen::Index>(b), static_cast<Eigen::Index>(b));
-    });
+  double* col(std::size_t a) { return wc.data() + a * R; }
+  const double* u(std::size_t i, std::size_t j) const { return f.u + i * cols + j; }
+  // After column i of the block [i1, i2) stored its negated error: spread it
+  // onto the rest of the block now.
+  void spread_in_block(std::size_t i, std::size_t i1, std::size_t i2) {
+    gemm(col(i + 1), R, ne.data() + (i - i1) * R, R, u(i, i + 1), cols, R, i2 - i - 1, 1);
+  }
+  // The columns after the block get the whole block's errors in one product.
+  // Column a >= i2 of block [i1, i2)'s packed panels (rows k at stride kPanel).
+  const double* packed(std::size_t i1, std::size_t i2, std::size_t a) const {
+    return pu.data.data() + pu.offset[i1 / B] + (a - i2) / kPanel * kPanel * (i2 - i1) + (a - i2) % kPanel;
+  }
+  void spread_after_block(std::size_t i1, std::size_t i2) {
+    for (std::size_t j = i2; j < cols; j += kPanel)
+      gemm(col(j), R, ne.data(), R, packed(i1, i2, j), kPanel, R, std::min(kPanel, cols - j), i2 - i1);
+  }
+  // The current value of the column at position a >= i, for every row, while
+  // column i of the block [i1, i2) is processed: columns inside the block
+  // already carry the errors of i1..i-1, later ones still owe them.
+  void current_column(std::size_t a, std::size_t i, std::size_t i1, std::size_t i2, std::vector<double>& v) {
+    std::copy(col(a), col(a) + R, v.begin());
+    if (a >= i2) gemm(v.data(), R, ne.data(), R, packed(i1, i2, a), kPanel, R, 1, i - i1);
+  }
+};
+
+}  // namespace
+
+Factor inverse_factor(const double* h, std::size_t cols, bool act_order, double damp) {
+  Factor p;
   const auto n = static_cast<Eigen::Index>(cols);
+  RowMajorMat H = Eigen::Map<const RowMajorMat>(h, n, n);
+  p.dead.assign(cols, 0);
+  for (Eigen::Index j = 0; j < n; ++j)
+    if (H(j, j) == 0.0) {
+      p.dead[static_cast<std::size_t>(j)] = 1;
+      H(j, j) = 1.0;
+    }
+  p.order.resize(cols);
+  std::iota(p.order.begin(), p.order.end(), std::int64_t{0});
+  if (act_order)
+    std::stable_sort(p.order.begin(), p.order.end(), [&](std::int64_t a, std::int64_t b) { return H(a, a) > H(b, b); });
   Mat hp(n, n);
   for (Eigen::Index b = 0; b < n; ++b)
-    for (Eigen::Index a = 0; a < n; ++a)
-      hp(a, b) = H(static_cast<Eigen::Index>(p.order[a]), static_cast<Eigen::Index>(p.order[b]));
+    for (Eigen::Index a = 0; a < n; ++a) hp(a, b) = H(p.order[a], p.order[b]);
   hp.diagonal().array() += damp * hp.diagonal().mean();
   // U without forming H^-1: with J the order reversal and L L^T = J H J,
   // H^-1 = J L^-T L^-1 J = U^T U for U = J L^-1 J (upper triangular). One
@@ -88,110 +160,100 @@ Prepared prepare(const double* h, std::size_t cols, bool act_order, double damp)
     x.topRows(w).setIdentity();
     L.bottomRightCorner(n - j, n - j).triangularView<Eigen::Lower>().solveInPlace(x);
   }
-  p.hinv = linv.reverse();
+  p.u.resize(cols * cols);
+  Eigen::Map<RowMajorMat>(p.u.data(), n, n) = linv.reverse();
   return p;
 }
-
-// Rows [r0, r0 + R) of w, dead columns zeroed, columns in processing order.
-Mat load_rows(const float* w, std::size_t cols, std::size_t r0, std::size_t R, const Prepared& p) {
-  Mat m(static_cast<Eigen::Index>(R), static_cast<Eigen::Index>(cols));
-  for (std::size_t a = 0; a < cols; ++a) {
-    const std::size_t c = p.order[a];
-    for (std::size_t r = 0; r < R; ++r)
-      m(static_cast<Eigen::Index>(r), static_cast<Eigen::Index>(a)) = p.dead[c] ? 0.0 : w[(r0 + r) * cols + c];
-  }
-  return m;
-}
-
-// After column i of a block [i1, i2) got its error e (one per row): spread it
-// onto the rest of the block now; the columns after the block get the whole
-// block's errors in one product once the block is done (the lazy batch).
-void spread_in_block(Mat& wc, const Mat& err, const Mat& hinv, std::size_t i, std::size_t i1, std::size_t i2) {
-  const auto ii = static_cast<Eigen::Index>(i), rest = static_cast<Eigen::Index>(i2 - i - 1);
-  if (rest > 0)
-    wc.middleCols(ii + 1, rest).noalias() -= err.col(ii - static_cast<Eigen::Index>(i1)) * hinv.block(ii, ii + 1, 1, rest);
-}
-void spread_after_block(Mat& wc, const Mat& err, const Mat& hinv, std::size_t i1, std::size_t i2, std::size_t cols) {
-  const auto b = static_cast<Eigen::Index>(i2 - i1), rest = static_cast<Eigen::Index>(cols - i2);
-  if (rest > 0)
-    wc.rightCols(rest).noalias() -= err.leftCols(b) * hinv.block(static_cast<Eigen::Index>(i1),
-                                                                 static_cast<Eigen::Index>(i2), b, rest);
-}
-
-// The current value of the column at position a >= i, for every row, while
-// column i of the block [i1, i2) is being processed: columns inside the block
-// already carry the errors of i1..i-1, later ones still owe them.
-Eigen::VectorXd current_column(const Mat& wc, const Mat& err, const Mat& hinv, std::size_t a, std::size_t i,
-                               std::size_t i1, std::size_t i2) {
-  Eigen::VectorXd v = wc.col(static_cast<Eigen::Index>(a));
-  if (a >= i2 && i > i1) {
-    const auto k = static_cast<Eigen::Index>(i - i1);
-    v.noalias() -= err.leftCols(k) * hinv.col(static_cast<Eigen::Index>(a)).segment(static_cast<Eigen::Index>(i1), k);
-  }
-  return v;
-}
-
-}  // namespace
 
 double quantize(const float* w, std::size_t rows, std::size_t cols, const double* h, const QuantOptions& opt,
                 std::uint8_t* codes, float* scale, std::int32_t* zero_point) {
   if (rows == 0 || cols == 0) return 0.0;
-  const Prepared p = prepare(h, cols, opt.act_order, opt.damp);
+  const Factor f = inverse_factor(h, cols, opt.act_order, opt.damp);
+  return quantize(w, rows, cols, f.ref(), opt, codes, scale, zero_point);
+}
+
+double quantize(const float* w, std::size_t rows, std::size_t cols, const FactorRef& f, const QuantOptions& opt,
+                std::uint8_t* codes, float* scale, std::int32_t* zero_point) {
+  if (rows == 0 || cols == 0) return 0.0;
   const std::size_t gs = opt.group_size == 0 ? cols : opt.group_size;
   const std::size_t n_groups = (cols + gs - 1) / gs;
   const std::size_t B = opt.block_size;
   const int qmax_i = opt.symmetric ? (1 << (opt.bits - 1)) - 1 : (1 << opt.bits) - 1;
   const float qmax = static_cast<float>(qmax_i), qmin = opt.symmetric ? -qmax : 0.0f;
   std::vector<std::size_t> pos(cols);
-  for (std::size_t a = 0; a < cols; ++a) pos[p.order[a]] = a;
+  for (std::size_t a = 0; a < cols; ++a) pos[static_cast<std::size_t>(f.order[a])] = a;
+  const PackedU pu(f, cols, B);
 
+  const int rounding = static_cast<int>(quant::Rounding::half_even);
   return parallel_sum(rows, kRowChunk, [&](std::size_t r0, std::size_t r1) {
     const std::size_t R = r1 - r0;
-    Mat wc = load_rows(w, cols, r0, R, p);
-    Mat err(static_cast<Eigen::Index>(R), static_cast<Eigen::Index>(B));
-    std::vector<quant::Param> params(R * n_groups);
-    std::vector<char> have(n_groups, 0);
-    std::vector<float> lo(R), hi(R);
+    Chunk ch(w, f, pu, cols, r0, R, B);
+    // Group parameters group-major (g * R + r), as the per-row kernels read them.
+    std::vector<float> g_scale(R * n_groups), g_inv(R * n_groups), g_zp(R * n_groups);
+    std::vector<char> have(n_groups, 0), g_div(n_groups, 0);
+    std::vector<float> lo(R), hi(R), xf(R), deq(R);
+    std::vector<std::uint8_t> code(R);
+    std::vector<double> v(R);
     double loss = 0.0;
     for (std::size_t i1 = 0; i1 < cols; i1 += B) {
       const std::size_t i2 = std::min(cols, i1 + B);
       for (std::size_t i = i1; i < i2; ++i) {
-        const std::size_t g = p.order[i] / gs;
+        const auto oc = static_cast<std::size_t>(f.order[i]);
+        const std::size_t g = oc / gs;
+        float* const sc = g_scale.data() + g * R;
+        float* const inv = g_inv.data() + g * R;
+        float* const zp = g_zp.data() + g * R;
         if (!have[g]) {  // the group's parameters, from its current weights
           have[g] = 1;
           const std::size_t c1 = std::min(cols, (g + 1) * gs);
           for (std::size_t c = g * gs; c < c1; ++c) {
-            const Eigen::VectorXd v = current_column(wc, err, p.hinv, pos[c], i, i1, i2);
+            ch.current_column(pos[c], i, i1, i2, v);
             for (std::size_t r = 0; r < R; ++r) {
-              const float f = static_cast<float>(v[static_cast<Eigen::Index>(r)]);
-              lo[r] = c == g * gs || f < lo[r] ? f : lo[r];
-              hi[r] = c == g * gs || hi[r] < f ? f : hi[r];
+              const float x = static_cast<float>(v[r]);
+              lo[r] = c == g * gs || x < lo[r] ? x : lo[r];
+              hi[r] = c == g * gs || hi[r] < x ? x : hi[r];
             }
           }
           for (std::size_t r = 0; r < R; ++r) {
             const quant::Param q = quant::make_param(lo[r], hi[r], lo[r] == hi[r], qmax_i, opt.symmetric);
-            params[r * n_groups + g] = q;
+            sc[r] = q.scale;
+            inv[r] = q.inv;
+            zp[r] = q.zp;
+            g_div[g] |= q.use_div;
             scale[(r0 + r) * n_groups + g] = q.scale;
             zero_point[(r0 + r) * n_groups + g] = static_cast<std::int32_t>(q.zp);
           }
         }
-        const auto ii = static_cast<Eigen::Index>(i);
-        const double d = p.hinv(ii, ii);
-        for (std::size_t r = 0; r < R; ++r) {
-          const quant::Param& q = params[r * n_groups + g];
-          const double x = wc(static_cast<Eigen::Index>(r), ii);
-          const float xf = static_cast<float>(x);
-          std::uint8_t& code = codes[(r0 + r) * cols + p.order[i]];
-          kernels::quant_codes<Isa::scalar>(&xf, 1, q.scale, q.inv, q.use_div, q.zp, qmin, qmax,
-                                            static_cast<int>(quant::Rounding::half_even), 0, 0, &code);
-          const float t = opt.symmetric ? static_cast<float>(static_cast<std::int8_t>(code)) : code;
-          const double e = (x - static_cast<double>(q.scale * (t - q.zp))) / d;
-          loss += e * e;
-          err(static_cast<Eigen::Index>(r), static_cast<Eigen::Index>(i - i1)) = e;
+        // Codes and their values: the quantizer's per-row kernels (bit for bit
+        // its scalar reference on every ISA); a group with a subnormal scale
+        // (divides instead of multiplying) goes through the scalar one.
+        const double* x = ch.col(i);
+        for (std::size_t r = 0; r < R; ++r) xf[r] = static_cast<float>(x[r]);
+        if (!g_div[g]) {
+          dispatch([&](auto isa) {
+            constexpr Isa I = decltype(isa)::value;
+            kernels::quant_codes_cols<I>(xf.data(), R, inv, zp, qmin, qmax, rounding, 0, 0, code.data());
+            kernels::quant_dequant_cols<I>(code.data(), opt.symmetric, R, sc, zp, deq.data());
+          });
+        } else {
+          for (std::size_t r = 0; r < R; ++r) {
+            const bool div = sc[r] < std::numeric_limits<float>::min();  // as quant::make_param decides
+            kernels::quant_codes<Isa::scalar>(&xf[r], 1, sc[r], inv[r], div, zp[r], qmin, qmax, rounding, 0, 0,
+                                              &code[r]);
+            kernels::quant_dequant<Isa::scalar>(&code[r], opt.symmetric, 1, sc[r], zp[r], &deq[r]);
+          }
         }
-        spread_in_block(wc, err, p.hinv, i, i1, i2);
+        const double d = *ch.u(i, i);
+        double* ne = ch.ne.data() + (i - i1) * R;
+        for (std::size_t r = 0; r < R; ++r) {
+          codes[(r0 + r) * cols + oc] = code[r];
+          const double e = (x[r] - static_cast<double>(deq[r])) / d;
+          loss += e * e;
+          ne[r] = -e;
+        }
+        ch.spread_in_block(i, i1, i2);
       }
-      spread_after_block(wc, err, p.hinv, i1, i2, cols);
+      ch.spread_after_block(i1, i2);
     }
     return loss / 2.0;
   });
@@ -201,12 +263,15 @@ namespace {
 // Prunes the k entries of cand (positions in the chunk's column order) with
 // the smallest score, ties to the lower original column; clears keep for them.
 void prune_smallest(std::vector<std::size_t>& cand, std::size_t k, const std::vector<double>& score,
-                    const std::vector<std::size_t>& order, std::uint8_t* keep_row) {
+                    const std::int64_t* order, std::uint8_t* keep_row) {
   if (k == 0) return;
-  std::partial_sort(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(k), cand.end(),
-                    [&](std::size_t a, std::size_t b) {
-                      return score[a] < score[b] || (score[a] == score[b] && order[a] < order[b]);
-                    });
+  // (score, column) is a strict total order: the k smallest are one set, which
+  // selection finds in linear time (a partial sort would also order them).
+  if (k < cand.size())
+    std::nth_element(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(k - 1), cand.end(),
+                     [&](std::size_t a, std::size_t b) {
+                       return score[a] < score[b] || (score[a] == score[b] && order[a] < order[b]);
+                     });
   for (std::size_t t = 0; t < k; ++t) keep_row[order[cand[t]]] = 0;
 }
 }  // namespace
@@ -214,14 +279,20 @@ void prune_smallest(std::vector<std::size_t>& cand, std::size_t k, const std::ve
 double prune(const float* w, std::size_t rows, std::size_t cols, const double* h, const PruneOptions& opt,
              float* out, std::uint8_t* keep) {
   if (rows == 0 || cols == 0) return 0.0;
-  const Prepared p = prepare(h, cols, false, opt.damp);
+  const Factor f = inverse_factor(h, cols, false, opt.damp);
+  return prune(w, rows, cols, f.ref(), opt, out, keep);
+}
+
+double prune(const float* w, std::size_t rows, std::size_t cols, const FactorRef& f, const PruneOptions& opt,
+             float* out, std::uint8_t* keep) {
+  if (rows == 0 || cols == 0) return 0.0;
   const std::size_t B = opt.block_size;
   const bool nm = opt.m > 0;
+  const PackedU pu(f, cols, B);
 
   return parallel_sum(rows, kRowChunk, [&](std::size_t r0, std::size_t r1) {
     const std::size_t R = r1 - r0;
-    Mat wc = load_rows(w, cols, r0, R, p);
-    Mat err(static_cast<Eigen::Index>(R), static_cast<Eigen::Index>(B));
+    Chunk ch(w, f, pu, cols, r0, R, B);
     std::fill(keep + r0 * cols, keep + r1 * cols, std::uint8_t{1});
     std::vector<double> score(cols);
     std::vector<std::size_t> cand;
@@ -230,12 +301,11 @@ double prune(const float* w, std::size_t rows, std::size_t cols, const double* h
       for (std::size_t r = 0; r < R; ++r) {
         cand.clear();
         for (std::size_t a = a0; a < a1; ++a) {
-          const auto aa = static_cast<Eigen::Index>(a);
-          const double x = wc(static_cast<Eigen::Index>(r), aa), d = p.hinv(aa, aa);
+          const double x = ch.col(a)[r], d = *ch.u(a, a);
           score[a] = x * x / (d * d);
           cand.push_back(a);
         }
-        prune_smallest(cand, k, score, p.order, keep + (r0 + r) * cols);
+        prune_smallest(cand, k, score, f.order, keep + (r0 + r) * cols);
       }
     };
     for (std::size_t i1 = 0; i1 < cols; i1 += B) {
@@ -243,20 +313,20 @@ double prune(const float* w, std::size_t rows, std::size_t cols, const double* h
       if (!nm) choose(i1, i2, static_cast<std::size_t>(std::nearbyint(opt.sparsity * static_cast<double>(i2 - i1))));
       for (std::size_t i = i1; i < i2; ++i) {
         if (nm && (i - i1) % opt.m == 0) choose(i, i + opt.m, opt.m - opt.n);
-        const auto ii = static_cast<Eigen::Index>(i);
-        const double d = p.hinv(ii, ii);
+        const double d = *ch.u(i, i);
+        const double* x = ch.col(i);
+        double* ne = ch.ne.data() + (i - i1) * R;
         for (std::size_t r = 0; r < R; ++r) {
-          const double x = wc(static_cast<Eigen::Index>(r), ii);
-          const std::size_t at = (r0 + r) * cols + p.order[i];
-          const double q = keep[at] ? x : 0.0;
+          const std::size_t at = (r0 + r) * cols + static_cast<std::size_t>(f.order[i]);
+          const double q = keep[at] ? x[r] : 0.0;
           out[at] = static_cast<float>(q);
-          const double e = (x - q) / d;
+          const double e = (x[r] - q) / d;
           loss += e * e;
-          err(static_cast<Eigen::Index>(r), static_cast<Eigen::Index>(i - i1)) = e;
+          ne[r] = -e;
         }
-        spread_in_block(wc, err, p.hinv, i, i1, i2);
+        ch.spread_in_block(i, i1, i2);
       }
-      spread_after_block(wc, err, p.hinv, i1, i2, cols);
+      ch.spread_after_block(i1, i2);
     }
     return loss / 2.0;
   });

@@ -8,8 +8,14 @@
 // Shared conventions:
 //  - W is rows x cols float32 (row r = output r), H cols x cols float64; both
 //    only read. Work is float64; each row is independent (the same H^-1
-//    serves every row), so rows are split into fixed chunks on the thread pool
-//    and results are identical for every thread count.
+//    serves every row), so rows are split into fixed chunks on the thread pool.
+//  - Two steps: the Factor (processing order, dead columns, U) from H, then
+//    the column loop on W. inverse_factor() computes the Factor in float64
+//    with Eigen; callers with a faster BLAS (the Python layer: NumPy's
+//    OpenBLAS) may pass their own.
+//  - Every update of a weight is one fused multiply-add chain over the
+//    columns before it, in processing order (kernels::gemm_acc), so the result
+//    is identical for every ISA, thread count and block_size.
 //  - Columns with H[j, j] == 0 (an input that was always zero) are "dead":
 //    their weights are zeroed and H[j, j] set to 1, as the reference does.
 //  - Damping: H + damp * mean(diag H) * I; a Hessian that is still not
@@ -18,8 +24,42 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
+
+#include "slimgrad/isa.hpp"
+
+namespace slimgrad::kernels {
+// c[r + j * ldc] = fma(a[r + k * lda], b[k * ldb + j], c[...]) for k = 0..kc-1
+// in that order (one FMA chain per element, starting from c's value), for
+// r < rows, j < n: C (col-major) += A (col-major) * B (row-major). Every ISA
+// computes the same chain, so results are identical bit for bit.
+template <Isa I>
+void gemm_acc(double* c, std::size_t ldc, const double* a, std::size_t lda, const double* b, std::size_t ldb,
+              std::size_t rows, std::size_t n, std::size_t kc);
+}  // namespace slimgrad::kernels
 
 namespace slimgrad::gptq {
+
+// The processing order and the upper Cholesky factor U of the damped H^-1
+// (H^-1 = U^T U) in that order: U[i, i] is the OBS denominator of column i
+// and U[i, i+1:] the direction its error is spread along.
+struct FactorRef {
+  const std::int64_t* order;  // position -> original column (a permutation of 0..cols-1)
+  const std::uint8_t* dead;   // by original column: 1 = H[j, j] was 0 (weights zeroed)
+  const double* u;            // cols x cols, row-major, in processing order
+};
+struct Factor {
+  std::vector<std::int64_t> order;
+  std::vector<std::uint8_t> dead;
+  std::vector<double> u;
+  FactorRef ref() const { return {order.data(), dead.data(), u.data()}; }
+};
+
+// Dead columns get H[j, j] = 1; the order is by decreasing H[j, j] (stable)
+// with act_order, else 0..cols-1; then H + damp * mean(diag H) * I in that
+// order, U = J L^-1 J with L L^T = J H J (J the order reversal). float64,
+// Eigen. Throws std::domain_error if the damped H is not positive definite.
+Factor inverse_factor(const double* h, std::size_t cols, bool act_order, double damp);
 
 struct QuantOptions {
   int bits = 4;               // 2..8, codes as in quant::Spec
@@ -40,6 +80,9 @@ struct QuantOptions {
 // loss sum((w - q)^2 / d^2) / 2 over all columns.
 double quantize(const float* w, std::size_t rows, std::size_t cols, const double* h, const QuantOptions& opt,
                 std::uint8_t* codes, float* scale, std::int32_t* zero_point);
+// The same with a given factor (opt.act_order and opt.damp are the factor's business).
+double quantize(const float* w, std::size_t rows, std::size_t cols, const FactorRef& f, const QuantOptions& opt,
+                std::uint8_t* codes, float* scale, std::int32_t* zero_point);
 
 struct PruneOptions {
   double sparsity = 0.5;      // unstructured (when n == 0): fraction pruned
@@ -57,6 +100,9 @@ struct PruneOptions {
 // column first. Writes the updated weights (pruned ones exactly 0) to out
 // (rows x cols float32) and the mask (1 = kept) to keep. Returns the OBS loss.
 double prune(const float* w, std::size_t rows, std::size_t cols, const double* h, const PruneOptions& opt,
+             float* out, std::uint8_t* keep);
+// The same with a given factor (in the natural column order; opt.damp is the factor's business).
+double prune(const float* w, std::size_t rows, std::size_t cols, const FactorRef& f, const PruneOptions& opt,
              float* out, std::uint8_t* keep);
 
 }  // namespace slimgrad::gptq

@@ -21,6 +21,7 @@ from .._second_order import (
     check_layer,
     check_real,
     describe,
+    inverse_factor,
     is_float,
 )
 from ._masks import _check_fraction, magnitude_mask, nm_mask
@@ -147,5 +148,6 @@ def sparsegpt(
     out = np.zeros(w32.shape, np.float32)
     keep = np.ones(w32.shape, dtype=bool)
     if w32.size:
-        _core.gptq.prune(w32, h64, s, n, m, damp, block_size, out, keep)
+        order, dead, U = inverse_factor(h64, False, damp)
+        _core.gptq.prune(w32, order, dead, U, s, n, m, block_size, out, keep)
     return out, keep

@@ -18,6 +18,8 @@ terms dropped).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .._second_order import check_channel_stats, check_int, check_layer
@@ -31,10 +33,6 @@ def _inputs(
     mean = check_channel_stats(act_mean, "act_mean", "mean |x| per input channel", cols)
     w32, h = check_layer(w, H if H is not None else np.diag(np.square(mean)))
     return w32, mean, h
-
-
-def _output_error(d: np.ndarray, h: np.ndarray) -> float:
-    return float(np.einsum("ij,ij->", d @ h, d))
 
 
 def _fake(w: np.ndarray, bits: int, group_size: int, symmetric: bool) -> np.ndarray:
@@ -84,19 +82,66 @@ def awq_scales(
     w32, mean, h = _inputs(w, act_mean, H)
     bits, group_size = check_int(bits, "bits", 2), check_int(group_size, "group_size", 1)
     n_grid = check_int(n_grid, "n_grid", 1)
-    w64 = w32.astype(np.float64)
-    best_s = np.ones(w32.shape[1])
-    best = _output_error(_fake(w32, bits, group_size, symmetric) - w64, h)
     base = np.maximum(mean, 1e-4)
+    scales = [np.ones(w32.shape[1])]  # alpha = 0: no scaling
     for k in range(1, n_grid):
         s = base ** (k / n_grid)
-        s /= np.sqrt(s.max() * s.min())
+        scales.append(s / np.sqrt(s.max() * s.min()))
+
+    def w_hat(s: np.ndarray) -> np.ndarray:
         s32 = s.astype(np.float32)
-        w_hat = _fake(w32 * s32, bits, group_size, symmetric) / s32
-        err = _output_error(w_hat.astype(np.float64) - w64, h)
-        if err < best:
-            best, best_s = err, s
-    return best_s.astype(np.float32)
+        return _fake(w32 * s32, bits, group_size, symmetric) / s32
+
+    errors = _output_errors(w32, w_hat, scales, h, diagonal=H is None)
+    return scales[int(np.argmin(errors))].astype(np.float32)  # ties: the smaller alpha
+
+
+def _output_errors(
+    w32: np.ndarray, w_hat: Any, candidates: list[np.ndarray], h: np.ndarray, diagonal: bool
+) -> np.ndarray:
+    """``trace(D H D^T)`` for ``D = w_hat(c) - w`` of every candidate ``c``.
+
+    ``trace(D H D^T) = ||D L||_F^2`` with ``L L^T = H`` (one Cholesky per
+    layer), and ``D L`` by blocks of 128 columns skips ``L``'s zero upper
+    triangle: about half the flops of ``D H``. The products are float32 GEMMs
+    (OpenBLAS) with a batch of candidates stacked into one (about 32 MiB of
+    ``D``): twice the speed of float64, about 1e-6 relative error on each sum,
+    far below the gaps between candidates that matter (a near-tie picks
+    either). With only the diagonal of ``H`` (no Hessian given) the sum is
+    elementwise, in float64.
+    """
+    rows, cols = w32.shape
+    errors = np.empty(len(candidates))
+    if diagonal:
+        d2 = np.diag(h)
+        for k, c in enumerate(candidates):
+            d = w_hat(c).astype(np.float64) - w32
+            errors[k] = float(np.einsum("ij,ij,j->", d, d, d2))
+        return errors
+    scale = float(np.mean(np.diag(h)))
+    scale = scale if scale > 0 else 1.0
+    try:  # H = L L^T: trace(D H D^T) = ||D L||^2, and D L needs only L's triangle
+        factor = np.linalg.cholesky(h / scale).astype(np.float32)
+    except np.linalg.LinAlgError:  # singular H (an input always zero): D H D^T directly
+        factor = None
+        h32 = np.multiply(h, 1.0 / scale, dtype=np.float32)
+    batch = max(1, (8 << 20) // max(1, rows * cols))
+    for k0 in range(0, len(candidates), batch):
+        group = candidates[k0 : k0 + batch]
+        d = np.empty((len(group) * rows, cols), np.float32)
+        for k, c in enumerate(group):
+            np.subtract(w_hat(c), w32, out=d[k * rows : (k + 1) * rows])
+        sums = np.zeros(len(group))
+        if factor is None:
+            g = d @ h32
+            np.multiply(g, d, out=g)
+            sums += g.reshape(len(group), -1).sum(axis=1, dtype=np.float64)
+        for j0 in range(0, cols if factor is not None else 0, 128):
+            g = d[:, j0:] @ factor[j0:, j0 : j0 + 128]  # columns j0.. of D L
+            np.square(g, out=g)
+            sums += g.reshape(len(group), -1).sum(axis=1, dtype=np.float64)
+        errors[k0 : k0 + len(group)] = sums * scale
+    return errors
 
 
 def awq_clip(

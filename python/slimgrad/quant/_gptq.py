@@ -4,8 +4,10 @@ Round-to-nearest (:func:`slimgrad.quant.quantize`) rounds every weight on its
 own. GPTQ quantizes one input column at a time and moves each column's
 rounding error onto the columns not yet quantized, weighted by the inverse
 Hessian of the layer's inputs, so the layer's *output* on the calibration
-data changes as little as possible. The C++ core (Eigen Cholesky, lazy
-batches of columns, rows split over threads) is in ``cpp/src/gptq.cpp``.
+data changes as little as possible. The inverse-Hessian factor comes from
+NumPy's BLAS (``_second_order.inverse_factor``); the column loop (lazy
+batches of columns as per-ISA FMA kernels, rows split over threads) is in
+``cpp/src/gptq.cpp``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from .._second_order import check_int, check_layer, check_real
+from .._second_order import check_int, check_layer, check_real, inverse_factor
 from ._tensor import QuantizedTensor
 
 
@@ -55,7 +57,7 @@ def gptq(
         Signed codes with zero point 0, or (default) unsigned codes with a zero
         point per group (affine: better at 4 bits and below).
     block_size : int
-        Columns per lazy batch (speed only; results agree to rounding).
+        Columns per lazy batch (speed only; the result is the same).
 
     Returns
     -------
@@ -88,8 +90,9 @@ def gptq(
     scale = np.ones((rows, n_groups), np.float32)
     zero_point = np.zeros((rows, n_groups), np.int32)
     if w32.size:
+        order, dead, U = inverse_factor(h64, act_order, damp)
         _core.gptq.quantize(
-            w32, h64, bits, symmetric, gs, act_order, damp, block_size, codes, scale, zero_point
+            w32, order, dead, U, bits, symmetric, gs, block_size, codes, scale, zero_point
         )
     if gs:
         return QuantizedTensor.from_codes(
