@@ -301,10 +301,10 @@ void bind_grad_utils(py::module_& m) {
           const double total = total_norm<float>(gc.data(), n.data(), n.size(), norm_type);
           if (apply) {
             // torch's arithmetic, in the gradients' dtype.
-            const float coef = std::fmin(static_cast<float>(max_norm) / (static_cast<float>(total) + 1e-6f), 1.0f);
-            // fmin drops a NaN: a NaN norm scales by NaN explicitly (torch does).
-            if (std::isnan(total) || coef != 1.0f)
-              scale_all<float>(gp.data(), n.data(), n.size(), std::isnan(total) ? NAN : coef);
+            // NaN (a NaN norm, or inf / inf) propagates, as torch.clamp does.
+            const float c = static_cast<float>(max_norm) / (static_cast<float>(total) + 1e-6f);
+            const float coef = (c < 1.0f || std::isnan(c)) ? c : 1.0f;
+            if (!(coef == 1.0f)) scale_all<float>(gp.data(), n.data(), n.size(), coef);
           }
           return total;
         }
@@ -312,9 +312,9 @@ void bind_grad_utils(py::module_& m) {
         std::vector<const double*> gc(gp.begin(), gp.end());
         const double total = total_norm<double>(gc.data(), n.data(), n.size(), norm_type);
         if (apply) {
-          const double coef = std::fmin(max_norm / (total + 1e-6), 1.0);
-          if (std::isnan(total) || coef != 1.0)
-            scale_all<double>(gp.data(), n.data(), n.size(), std::isnan(total) ? NAN : coef);
+          const double c = max_norm / (total + 1e-6);
+          const double coef = (c < 1.0 || std::isnan(c)) ? c : 1.0;
+          if (!(coef == 1.0)) scale_all<double>(gp.data(), n.data(), n.size(), coef);
         }
         return total;
       },
