@@ -53,7 +53,8 @@ def clip_coef(total: float, max_norm: float, dtype: np.dtype) -> float:
     NaN propagates (a NaN total, or inf / inf), as ``torch.clamp`` does.
     """
     t = np.float64 if np.dtype(dtype) == np.float64 else np.float32
-    c = t(max_norm) / (t(total) + t(1e-6))
+    with np.errstate(all="ignore"):  # inf / inf, a max_norm beyond float32: IEEE results wanted
+        c = t(max_norm) / (t(total) + t(1e-6))
     return float(c if (c < 1.0 or c != c) else t(1.0))
 
 
