@@ -185,7 +185,11 @@ class TorchOptimizer(torch.optim.Optimizer):
                     _check_param(p, gi, pi)
                     ready.append(p)
             plan.append((group, ready))
+        plans = self.__dict__.get("_plans", {})
         for group, ready in plan:
+            # A plan is rebuilt by _run when the group is again one bucket
+            # (step counts may have diverged here: some gradients were None).
+            plans.pop(id(group), None)
             buckets: dict[tuple[torch.dtype, int], list[torch.Tensor]] = {}
             for p in ready:
                 state = self.state[p]

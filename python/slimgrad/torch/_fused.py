@@ -82,7 +82,7 @@ class _Fused(TorchOptimizer):
         views = [self._view(p) for p in params]
         grads = [as_array(p.grad) for p in params]
         _core.optim.step(args, views, grads, None, states, names, False)
-        if len(params) == len(group["params"]) and self._counts_steps:
+        if len(params) == len(group["params"]):
             # Every parameter of the group in one bucket: cache this call.
             self.__dict__.setdefault("_plans", {})[id(group)] = _Plan(
                 self, group, params, keys, args, views, states, names
@@ -120,7 +120,8 @@ class _Plan:
         self.dicts = [opt.state[p] for p in params]
         self.tensors = [[st[k] for st in self.dicts] for k in keys]
         self.keys = keys
-        self.steps = [st["step"] for st in self.dicts]
+        self.counts = opt._counts_steps
+        self.steps = [st["step"] for st in self.dicts] if self.counts else []
         self.args, self.views, self.states, self.names = args, views, states, names
         self.grads: dict[int, tuple[torch.Tensor, int, Any]] = {}
 
@@ -152,20 +153,21 @@ class _Plan:
             for st, t in zip(self.dicts, tensors):
                 if st[k] is not t:
                     return None
-        step = self.steps[0]
         if not all(isinstance(t, torch.Tensor) for t in self.steps) or any(
             st["step"] is not t for st, t in zip(self.dicts, self.steps)
         ):
-            return None
+            return None  # (the full path also handles plain-number steps)
         self.grads = new_cache
         args = self.args
         opt._set_args(args, group)
         args.lr = _lr(group["lr"])
-        args.step = int(step) + 1
+        # Equal for every parameter: a plan exists only while all step together.
+        args.step = opt._step_of(self.dicts[0])
 
         def run() -> None:
             _core.optim.step(args, self.views, grads, None, self.states, self.names, False)
-            torch._foreach_add_(self.steps, 1)
+            if self.counts:
+                torch._foreach_add_(self.steps, 1)
 
         return run
 
