@@ -380,3 +380,27 @@ def test_clip_grad_norm_nan_factor_like_torch():
         g = [np.array([np.inf, 1.0], dtype=d) for d in dtypes]
         optim.clip_grad_norm_(g, math.inf)
         assert all(np.isnan(x).all() for x in g)
+
+
+@pytest.mark.parametrize("where", [(0, 5), (2, 99_999), (1, 65_536)])
+def test_unclipped_check_with_threads_modifies_nothing(where, isa, threads):
+    # The default step's check and update share one parallel region (no
+    # barrier between them): a bad gradient anywhere still stops every update.
+    rng = np.random.default_rng(12)
+    params = [rng.standard_normal(100_003).astype(np.float32) for _ in range(3)]
+    grads = [rng.standard_normal(100_003).astype(np.float32) for _ in range(3)]
+    opt = optim.Adam(params)
+    opt.step(grads)
+    ref_p = [p.copy() for p in params]
+    ref = optim.Adam(ref_p, nonfinite="ignore")
+    ref.load_state_dict(opt.state_dict())
+    ref.step(grads)
+    opt.step(grads)  # a good step equals the unchecked one
+    for a, b in zip(params, ref_p):
+        np.testing.assert_array_equal(a, b)
+    g = [x.copy() for x in grads]
+    g[where[0]][where[1]] = np.inf
+    snap = _snapshot(params, opt, g)
+    with pytest.raises(FloatingPointError, match=rf"grads\[{where[0]}\] .* index {where[1]}$"):
+        opt.step(g)
+    _assert_unchanged(params, opt, g, snap)
