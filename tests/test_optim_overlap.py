@@ -116,3 +116,35 @@ def test_large_lists_are_checked(isa):
         with pytest.raises(ValueError, match=rf"params\[150\] and grads\[299\]: {MSG}"):
             opt.step(grads)
         assert all(np.all(p == 1) for p in params)
+
+
+@pytest.mark.parametrize(
+    "cls", [optim.LAMB, optim.AdamW8bit, optim.Adafactor], ids=["LAMB", "AdamW8bit", "Adafactor"]
+)
+def test_multipass_optimizers_refuse_a_grad_sharing_a_param(cls):
+    rng = np.random.default_rng(1)
+    params = [rng.standard_normal((16, 32)).astype(np.float32), np.ones(300, np.float32)]
+    opt = cls(params)
+    opt.step([np.ones_like(p) for p in params])
+    snap = _state(opt)
+    p0 = [p.copy() for p in params]
+    with pytest.raises(ValueError, match=rf"params\[1\] and grads\[1\]: {MSG}"):
+        opt.step([np.ones_like(params[0]), params[1]])
+    for a, b in zip(params, p0):
+        np.testing.assert_array_equal(a, b)
+    for k in snap:
+        for n, v in snap[k].items():
+            if isinstance(v, np.ndarray):
+                np.testing.assert_array_equal(opt.state[k][n], v)
+            else:
+                assert opt.state[k][n] == v
+
+
+def test_lamb_refuses_a_state_shared_by_two_params():
+    params = [np.ones(8, np.float32), np.ones(8, np.float32)]
+    opt = optim.LAMB(params)
+    opt.step([np.ones(8, np.float32)] * 2)
+    opt.state[1]["exp_avg"] = opt.state[0]["exp_avg"]
+    with pytest.raises(ValueError, match=MSG):
+        opt.step([np.ones(8, np.float32)] * 2)
+    assert opt.state[0]["step"] == 1

@@ -136,53 +136,27 @@ void* checked(py::handle obj, const py::list& names, std::size_t i, const Quick&
   return data_of(obj);
 }
 
-// Issue 17: the step writes params, masters and states while it reads the
-// gradients, element by element over several threads; any two of these
-// buffers sharing memory would give a result that depends on the order of
-// the writes (or corrupt the state). Refuses, naming both, any overlap
-// between written buffers and between a gradient and a written buffer
-// (gradients may share memory with each other: they are only read).
-// Sorting the byte ranges makes it O(n log n) for hundreds of arrays.
-template <class Name>
-void check_no_overlap(const std::vector<Slot>& slots, std::size_t es, std::size_t ss, Name&& name) {
-  struct Range {
-    std::uintptr_t b, e;
-    int kind;  // 0 param, 1 grad, 2 master, 3 + j state slot j
-    std::size_t i;
-  };
-  std::vector<Range> written, read;
-  written.reserve(slots.size() * 4);
-  read.reserve(slots.size());
-  const auto add = [](std::vector<Range>& v, const void* p, std::size_t bytes, int kind, std::size_t i) {
+// The byte ranges of one step's buffers (ids: kind * n + slot, kind 0 param,
+// 1 grad, 2 master, 3 + j state slot j: messages name params first), for
+// check_no_overlap (buffers.hpp).
+std::vector<ByteRange> step_ranges(const std::vector<Slot>& slots, std::size_t es, std::size_t ss) {
+  std::vector<ByteRange> r;
+  r.reserve(slots.size() * 5);
+  const auto add = [&r](const void* p, std::size_t bytes, bool written, std::size_t id) {
     if (p != nullptr && bytes > 0) {
       const auto b = reinterpret_cast<std::uintptr_t>(p);
-      v.push_back({b, b + bytes, kind, i});
+      r.push_back({b, b + bytes, written, id});
     }
   };
-  for (std::size_t i = 0; i < slots.size(); ++i) {
+  const std::size_t n = slots.size();
+  for (std::size_t i = 0; i < n; ++i) {
     const Slot& s = slots[i];
-    add(written, s.p, s.n * es, 0, i);
-    add(read, s.g, s.n * es, 1, i);
-    add(written, s.master, s.n * 4, 2, i);
-    for (int j = 0; j < 3; ++j) add(written, s.s[j], s.n * ss, 3 + j, i);
+    add(s.p, s.n * es, true, i);
+    add(s.g, s.n * es, false, n + i);
+    add(s.master, s.n * 4, true, 2 * n + i);
+    for (std::size_t j = 0; j < 3; ++j) add(s.s[j], s.n * ss, true, (3 + j) * n + i);
   }
-  const auto fail = [&](const Range& a, const Range& b) {
-    const Range& x = (a.kind < b.kind || (a.kind == b.kind && a.i < b.i)) ? a : b;
-    const Range& y = &x == &a ? b : a;
-    throw py::value_error(name(x.kind, x.i) + " and " + name(y.kind, y.i) +
-                          ": expected separate buffers (the step writes one while reading the other), "
-                          "got arrays that overlap in memory");
-  };
-  std::sort(written.begin(), written.end(), [](const Range& a, const Range& b) { return a.b < b.b; });
-  for (std::size_t k = 1; k < written.size(); ++k)
-    if (written[k].b < written[k - 1].e) fail(written[k - 1], written[k]);
-  // Disjoint and sorted by start, so sorted by end too: the first written
-  // range ending after g begins is the only candidate.
-  for (const Range& g : read) {
-    auto it = std::upper_bound(written.begin(), written.end(), g.b,
-                               [](std::uintptr_t x, const Range& w) { return x < w.e; });
-    if (it != written.end() && it->b < g.e) fail(*it, g);
-  }
+  return r;
 }
 
 // names = (param_names, grad_names, master_names or None, [state_names per state])
@@ -255,12 +229,16 @@ Checked check_lists(const StepArgs& args, const py::list& params, const py::list
   }
   const std::size_t es = half ? 2 : c.storage == Storage::f64 ? 8 : 4;
   const std::size_t ss = args.bf16_state ? 2 : half ? 4 : es;
-  check_no_overlap(c.slots, es, ss, [&](int kind, std::size_t i) {
+  // Issue 17: params, masters and states are written while the gradients
+  // are read, element by element over threads; shared memory between any two
+  // would make the result depend on the order of the writes.
+  check_no_overlap(step_ranges(c.slots, es, ss), [&](std::size_t id) {
+    const std::size_t i = id % c.slots.size(), kind = id / c.slots.size();
     if (kind == 0) return str_at(pn, i);
     if (kind == 1) return str_at(gn, i);
     if (kind == 2) return str_at(names[2], i);
     for (int k = 0; k < ns; ++k)
-      if (used[k] == kind - 3) return str_at(sln[k], i);
+      if (static_cast<std::size_t>(used[k]) == kind - 3) return str_at(sln[k], i);
     return std::string("?");
   });
   return c;
@@ -466,6 +444,25 @@ void register_optim(py::module_& m) {
         return py::make_tuple(bad_array, bad_index);
       },
       py::arg("arrays"), "(array, flat index) of the first NaN/inf in a list of arrays, or None.");
+
+  m.def(
+      "check_no_overlap",
+      [](const py::list& written, const py::list& read, const py::list& names) {
+        // Checks of the multipass optimizers' buffers before their first kernel call.
+        std::vector<ByteRange> ranges;
+        std::size_t id = 0;
+        for (const py::list* l : {&written, &read})
+          for (py::handle h : *l) {
+            const auto a = py::reinterpret_borrow<py::array>(h);
+            const auto b = reinterpret_cast<std::uintptr_t>(a.data());
+            ranges.push_back({b, b + static_cast<std::uintptr_t>(a.nbytes()), l == &written, id++});
+          }
+        if (names.size() != id) throw py::value_error("names: expected one name per array");
+        check_no_overlap(std::move(ranges), [&](std::size_t i) { return str_at(names, i); });
+      },
+      py::arg("written"), py::arg("read"), py::arg("names"),
+      "ValueError naming both if two written arrays, or a read and a written one, share memory "
+      "(names: written then read).");
 
   m.def(
       "grad_norm",

@@ -136,6 +136,7 @@ void bind_lamb(py::module_& m) {
         const auto g = check_list_like(grads, "grads", lab, p, Access::read);
         const auto mm = check_list_like(exp_avgs, "exp_avg", lab, p, Access::write);
         const auto vv = check_list_like(exp_avg_sqs, "exp_avg_sq", lab, p, Access::write);
+        check_no_overlap({&p, &mm, &vv}, {&g});
         for (auto [name, x] : {std::pair{"lr", lr}, {"beta1", beta1}, {"beta2", beta2}, {"eps", eps},
                                {"weight_decay", weight_decay}})
           check_finite_scalar(name, x);
@@ -189,6 +190,7 @@ void bind_adamw8bit(py::module_& m) {
         const auto vv = check_list_shaped(exp_avg_sqs, "exp_avg_sq", lab, p, DType::u8, Access::write);
         const auto ms = check_scales(exp_avg_scales, "exp_avg_scale", lab, p, Access::write);
         const auto vs = check_scales(exp_avg_sq_scales, "exp_avg_sq_scale", lab, p, Access::write);
+        check_no_overlap({&p, &mm, &vv, &ms, &vs}, {&g});
         for (auto [name, x] : {std::pair{"lr", lr}, {"beta1", beta1}, {"beta2", beta2}, {"eps", eps},
                                {"weight_decay", weight_decay}})
           check_finite_scalar(name, x);
@@ -261,6 +263,10 @@ void bind_adafactor(py::module_& m) {
           cv = check_array(col_var, "col_var" + label, {p.dtype}, Access::write, &cs);
         } else {
           var = check_like(variance, "variance" + label, p, Access::write);
+        }
+        {
+          const std::vector<Array> w{p, rv, cv, var}, r{g};  // unused ones are empty: no bytes
+          check_no_overlap({&w}, {&r});
         }
         for (auto [name, x] : {std::pair{"lr", lr}, {"rho", rho}, {"eps1", eps1}, {"eps2", eps2}, {"d", d},
                                {"weight_decay", weight_decay}, {"beta2_weight", beta2_weight}})
