@@ -21,6 +21,15 @@ def _state(opt):
     }
 
 
+def _assert_state(opt, snap):
+    for k in snap:
+        for n, v in snap[k].items():
+            if isinstance(v, np.ndarray):
+                np.testing.assert_array_equal(opt.state[k][n], v)
+            else:
+                assert opt.state[k][n] == v
+
+
 def test_params_partly_overlapping():
     buf = np.arange(10, dtype=np.float32)
     opt = optim.Adam([buf[:6], buf[4:]])
@@ -52,12 +61,7 @@ def test_grad_overlaps_another_params_state():
         opt.step(grads)
     for k in params:
         np.testing.assert_array_equal(params[k], p0[k])
-    for k in snap:
-        for n, v in snap[k].items():
-            if isinstance(v, np.ndarray):
-                np.testing.assert_array_equal(opt.state[k][n], v)
-            else:
-                assert opt.state[k][n] == v
+    _assert_state(opt, snap)
 
 
 def test_replaced_state_overlapping_a_param():
@@ -132,12 +136,7 @@ def test_multipass_optimizers_refuse_a_grad_sharing_a_param(cls):
         opt.step([np.ones_like(params[0]), params[1]])
     for a, b in zip(params, p0):
         np.testing.assert_array_equal(a, b)
-    for k in snap:
-        for n, v in snap[k].items():
-            if isinstance(v, np.ndarray):
-                np.testing.assert_array_equal(opt.state[k][n], v)
-            else:
-                assert opt.state[k][n] == v
+    _assert_state(opt, snap)
 
 
 def test_lamb_refuses_a_state_shared_by_two_params():
