@@ -82,9 +82,16 @@ def _assert_same_state(a, b):
                 assert a[k][n] == b[k][n], (k, n)
 
 
+def _make(cls, ps, kw, opt_kw):
+    opt = cls(ps, **kw, **opt_kw)
+    if callable(getattr(opt, "train", None)):
+        opt.train()  # Schedule-Free optimizers step in train mode
+    return opt
+
+
 def _clip_then_step(cls, kw, params, grads, max_norm, norm_type=2.0, **opt_kw):
     ps = [p.copy() for p in params]
-    opt = cls(ps, **kw, **opt_kw)
+    opt = _make(cls, ps, kw, opt_kw)
     norms = []
     for g in grads:
         g = [x.copy() for x in g]
@@ -95,7 +102,7 @@ def _clip_then_step(cls, kw, params, grads, max_norm, norm_type=2.0, **opt_kw):
 
 def _fused(cls, kw, params, grads, max_norm, norm_type=2.0, **opt_kw):
     ps = [p.copy() for p in params]
-    opt = cls(ps, **kw, **opt_kw)
+    opt = _make(cls, ps, kw, opt_kw)
     norms = []
     for g in grads:
         before = [x.copy() for x in g]

@@ -91,3 +91,19 @@ def test_bad_gradient_after_caching_gets_the_full_error():
     for a, b in zip(ps, before):
         assert torch.equal(a.detach(), b)
     assert all(int(opt.state[p]["step"]) == 2 for p in ps)
+
+
+def test_no_plan_for_a_copy_of_the_group():
+    # Optimizers that pass a copy of the group with per-step extras (ASGD,
+    # Schedule-Free) keep taking the full path: no plan, none piling up.
+    class Copying(st.AdamW):
+        def _run(self, group, params, step):
+            super()._run({**group}, params, step)
+
+    ps = _params(torch.float32)
+    opt = Copying(ps)
+    for _ in range(5):
+        for p in ps:
+            p.grad = torch.ones_like(p)
+        opt.step()
+    assert not opt.__dict__.get("_plans")

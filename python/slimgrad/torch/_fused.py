@@ -82,8 +82,10 @@ class _Fused(TorchOptimizer):
         views = [self._view(p) for p in params]
         grads = [as_array(p.grad) for p in params]
         _core.optim.step(args, views, grads, None, states, names, False)
-        if len(params) == len(group["params"]):
-            # Every parameter of the group in one bucket: cache this call.
+        if len(params) == len(group["params"]) and any(group is g for g in self.param_groups):
+            # Every parameter of the group in one bucket: cache this call. (Not
+            # for a copy of the group with per-step extras, as ASGD and the
+            # Schedule-Free optimizers pass: they take the full path each step.)
             self.__dict__.setdefault("_plans", {})[id(group)] = _Plan(
                 self, group, params, keys, args, views, states, names
             )
