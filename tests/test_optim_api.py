@@ -534,4 +534,5 @@ def test_bench_suite_runs_at_a_tiny_size():
         for fn in case.impls.values():
             fn()
         names.append(case.name)
-    assert names[0] == "stream probe" and len(names) == 12  # + 3 low-precision AdamW cases
+    # + 3 low-precision AdamW cases + 2 clip+AdamW cases
+    assert names[0] == "stream probe" and len(names) == 14

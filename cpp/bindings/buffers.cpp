@@ -1,5 +1,7 @@
 #include "buffers.hpp"
 
+#include <algorithm>
+
 namespace slimgrad::bind {
 namespace {
 
@@ -162,6 +164,42 @@ void check_same_or_disjoint(const Array& out, std::initializer_list<const Array*
       throw py::value_error(out.name + ": expected either the same array as " + in->name +
                             " (in place) or memory not shared with it, got a partly overlapping array");
   }
+}
+
+void check_no_overlap(std::vector<ByteRange> ranges, const std::function<std::string(std::size_t)>& name) {
+  std::vector<ByteRange> written, read;
+  for (const ByteRange& r : ranges)
+    if (r.begin < r.end) (r.written ? written : read).push_back(r);
+  const auto fail = [&](const ByteRange& a, const ByteRange& b) {
+    const bool a_first = a.id < b.id;
+    throw py::value_error(name(a_first ? a.id : b.id) + " and " + name(a_first ? b.id : a.id) +
+                          ": expected separate buffers (the step writes one while reading the other), "
+                          "got arrays that overlap in memory");
+  };
+  std::sort(written.begin(), written.end(), [](const ByteRange& a, const ByteRange& b) { return a.begin < b.begin; });
+  for (std::size_t k = 1; k < written.size(); ++k)
+    if (written[k].begin < written[k - 1].end) fail(written[k - 1], written[k]);
+  // Disjoint and sorted by start, so sorted by end too: the first written
+  // range ending after r begins is the only candidate.
+  for (const ByteRange& r : read) {
+    const auto it = std::upper_bound(written.begin(), written.end(), r.begin,
+                                     [](std::uintptr_t x, const ByteRange& w) { return x < w.end; });
+    if (it != written.end() && it->begin < r.end) fail(*it, r);
+  }
+}
+
+void check_no_overlap(std::initializer_list<const std::vector<Array>*> written,
+                      std::initializer_list<const std::vector<Array>*> read) {
+  std::vector<ByteRange> ranges;
+  std::vector<const Array*> by_id;
+  for (bool w : {true, false})
+    for (const std::vector<Array>* list : w ? written : read)
+      for (const Array& a : *list) {
+        const auto b = reinterpret_cast<std::uintptr_t>(a.arr.data());
+        ranges.push_back({b, b + static_cast<std::uintptr_t>(a.arr.nbytes()), w, by_id.size()});
+        by_id.push_back(&a);
+      }
+  check_no_overlap(std::move(ranges), [&](std::size_t id) { return by_id[id]->name; });
 }
 
 }  // namespace slimgrad::bind

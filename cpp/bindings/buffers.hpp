@@ -30,6 +30,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <string>
 #include <vector>
@@ -89,6 +90,21 @@ void check_disjoint(const Array& out, std::initializer_list<const Array*> inputs
 // each input): `out` may be exactly an input (same memory, same size: in
 // place), but not partly overlap one (ValueError).
 void check_same_or_disjoint(const Array& out, std::initializer_list<const Array*> inputs);
+// Optimizer steps (issue 17): the byte range of each buffer of a call,
+// written or only read. check_no_overlap refuses (ValueError naming both,
+// name(id) gives an argument's name) any two written ranges that share a
+// byte, and any read range sharing a byte with a written one; read ranges
+// may share memory (one gradient for two params). O(n log n).
+struct ByteRange {
+  std::uintptr_t begin, end;
+  bool written;
+  std::size_t id;
+};
+void check_no_overlap(std::vector<ByteRange> ranges, const std::function<std::string(std::size_t)>& name);
+// The ranges of lists of checked arrays (id: position in the concatenation),
+// then the check, naming the arrays by Array::name.
+void check_no_overlap(std::initializer_list<const std::vector<Array>*> written,
+                      std::initializer_list<const std::vector<Array>*> read);
 // a * b <= limit, without overflow.
 inline bool checked_mul(std::size_t a, std::size_t b, std::size_t limit) {
   return a == 0 || b <= limit / a;

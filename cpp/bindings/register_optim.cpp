@@ -5,12 +5,16 @@
 // writability, with the caller's names in the messages), then releases the
 // GIL and runs one multi-tensor step. Nothing is written unless every check
 // passed, and, with check=True, unless every gradient is finite.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "buffers.hpp"
 #include "slimgrad/optim.hpp"
+#include "slimgrad/optim_extra.hpp"
 
 namespace slimgrad::bind {
 namespace {
@@ -132,6 +136,29 @@ void* checked(py::handle obj, const py::list& names, std::size_t i, const Quick&
   return data_of(obj);
 }
 
+// The byte ranges of one step's buffers (ids: kind * n + slot, kind 0 param,
+// 1 grad, 2 master, 3 + j state slot j: messages name params first), for
+// check_no_overlap (buffers.hpp).
+std::vector<ByteRange> step_ranges(const std::vector<Slot>& slots, std::size_t es, std::size_t ss) {
+  std::vector<ByteRange> r;
+  r.reserve(slots.size() * 5);
+  const auto add = [&r](const void* p, std::size_t bytes, bool written, std::size_t id) {
+    if (p != nullptr && bytes > 0) {
+      const auto b = reinterpret_cast<std::uintptr_t>(p);
+      r.push_back({b, b + bytes, written, id});
+    }
+  };
+  const std::size_t n = slots.size();
+  for (std::size_t i = 0; i < n; ++i) {
+    const Slot& s = slots[i];
+    add(s.p, s.n * es, true, i);
+    add(s.g, s.n * es, false, n + i);
+    add(s.master, s.n * 4, true, 2 * n + i);
+    for (std::size_t j = 0; j < 3; ++j) add(s.s[j], s.n * ss, true, (3 + j) * n + i);
+  }
+  return r;
+}
+
 // names = (param_names, grad_names, master_names or None, [state_names per state])
 Checked check_lists(const StepArgs& args, const py::list& params, const py::list& grads,
                     const py::object& masters, const py::list& states, const py::tuple& names) {
@@ -200,7 +227,140 @@ Checked check_lists(const StepArgs& args, const py::list& params, const py::list
     if (use_master) s.master = static_cast<float*>(checked(ml[i], mn, i, qm, {DType::f32}, Access::write, c));
     for (int k = 0; k < ns; ++k) s.s[used[k]] = checked(sl[k][i], sln[k], i, qs, {sd}, Access::write, c);
   }
+  const std::size_t es = half ? 2 : c.storage == Storage::f64 ? 8 : 4;
+  const std::size_t ss = args.bf16_state ? 2 : half ? 4 : es;
+  // Issue 17: params, masters and states are written while the gradients
+  // are read, element by element over threads; shared memory between any two
+  // would make the result depend on the order of the writes.
+  check_no_overlap(step_ranges(c.slots, es, ss), [&](std::size_t id) {
+    const std::size_t i = id % c.slots.size(), kind = id / c.slots.size();
+    if (kind == 0) return str_at(pn, i);
+    if (kind == 1) return str_at(gn, i);
+    if (kind == 2) return str_at(names[2], i);
+    for (int k = 0; k < ns; ++k)
+      if (static_cast<std::size_t>(used[k]) == kind - 3) return str_at(sln[k], i);
+    return std::string("?");
+  });
   return c;
+}
+
+// A read-only list of gradients of any parameter dtype (mixed allowed).
+struct Grads {
+  std::vector<const void*> ptr;
+  std::vector<std::size_t> size;
+  std::vector<Storage> storage;
+};
+
+Grads check_grads(const py::list& arrays, const py::object& names) {
+  Grads g;
+  const std::size_t n = arrays.size();
+  g.ptr.reserve(n);
+  g.size.reserve(n);
+  g.storage.reserve(n);
+  const int f32 = py::dtype::of<float>().num(), f64 = py::dtype::of<double>().num(), bf = bfloat16_num();
+  const int f16 = py::dtype("float16").num();
+  using api = py::detail::npy_api;
+  for (std::size_t i = 0; i < n; ++i) {
+    const py::handle obj = arrays[i];
+    bool ok = py::isinstance<py::array>(obj);
+    if (ok) {
+      const auto* a = py::detail::array_proxy(obj.ptr());
+      const auto* d = py::detail::array_descriptor_proxy(a->descr);
+      const int t = d->type_num;
+      ok = (t == f32 || t == f64 || t == f16 || t == bf) && d->byteorder != '>' &&
+           (a->flags & api::NPY_ARRAY_C_CONTIGUOUS_);
+      if (ok) {
+        std::size_t size = 1;
+        for (int k = 0; k < a->nd; ++k) size *= static_cast<std::size_t>(a->dimensions[k]);
+        g.ptr.push_back(a->data);
+        g.size.push_back(size);
+        g.storage.push_back(t == f32 ? Storage::f32 : t == f64 ? Storage::f64 : t == f16 ? Storage::f16 : Storage::bf16);
+        continue;
+      }
+    }
+    // Not accepted above: the full check raises the precise error (or accepts
+    // an unusual but valid array, e.g. a non-native-but-equal descriptor).
+    const std::string label = names.is_none() ? "arrays[" + std::to_string(i) + "]"
+                                              : py::cast<std::string>(py::list(names)[i]);
+    const Array a = check_array(obj, label, {DType::f32, DType::f64, DType::f16, DType::bf16}, Access::read);
+    g.ptr.push_back(a.ptr<void>());
+    g.size.push_back(a.size());
+    g.storage.push_back(storage_of(a.dtype));
+  }
+  return g;
+}
+
+// Runs of equal dtype, in list order: [begin, end) index pairs.
+std::vector<std::pair<std::size_t, std::size_t>> runs_of(const Grads& g) {
+  std::vector<std::pair<std::size_t, std::size_t>> runs;
+  for (std::size_t b = 0, e; b < g.ptr.size(); b = e) {
+    for (e = b; e < g.ptr.size() && g.storage[e] == g.storage[b];) ++e;
+    runs.emplace_back(b, e);
+  }
+  return runs;
+}
+
+// The first NaN/inf in list order.
+bool first_nonfinite(const Grads& g, std::size_t* bad_array, std::size_t* bad_index) {
+  for (const auto& [b, e] : runs_of(g))
+    if (find_nonfinite_multi(g.storage[b], g.ptr.data() + b, g.size.data() + b, e - b, bad_array, bad_index)) {
+      *bad_array += b;
+      return true;
+    }
+  return false;
+}
+
+// The total norm of one dtype's arrays (the pieces of plan_work, partials in
+// piece order: clip_grad_norm's reduction).
+double dtype_norm(Storage st, const std::vector<const void*>& ptr, const std::vector<std::size_t>& size,
+                  double norm_type) {
+  if (st == Storage::f32) {
+    std::vector<const float*> x(ptr.size());
+    for (std::size_t i = 0; i < ptr.size(); ++i) x[i] = static_cast<const float*>(ptr[i]);
+    return total_norm<float>(x.data(), size.data(), x.size(), norm_type);
+  }
+  if (st == Storage::f64) {
+    std::vector<const double*> x(ptr.size());
+    for (std::size_t i = 0; i < ptr.size(); ++i) x[i] = static_cast<const double*>(ptr[i]);
+    return total_norm<double>(x.data(), size.data(), x.size(), norm_type);
+  }
+  std::vector<const std::uint16_t*> x(ptr.size());
+  for (std::size_t i = 0; i < ptr.size(); ++i) x[i] = static_cast<const std::uint16_t*>(ptr[i]);
+  return total_norm_half(x.data(), size.data(), x.size(), norm_type, st == Storage::bf16);
+}
+
+// torch.nn.utils.clip_grad_norm_'s total over arrays of several dtypes: one
+// norm per dtype (arrays of that dtype in list order, dtypes in order of
+// first appearance), then the norm of those norms, as the Python code
+// sum(n ** p) ** (1 / p) computes it (max for inf, NaN winning).
+double grads_total_norm(const Grads& g, double norm_type) {
+  std::vector<Storage> order;
+  for (Storage st : g.storage)
+    if (std::find(order.begin(), order.end(), st) == order.end()) order.push_back(st);
+  std::vector<double> norms;
+  for (Storage st : order) {
+    std::vector<const void*> ptr;
+    std::vector<std::size_t> size;
+    for (std::size_t i = 0; i < g.ptr.size(); ++i)
+      if (g.storage[i] == st) {
+        ptr.push_back(g.ptr[i]);
+        size.push_back(g.size[i]);
+      }
+    norms.push_back(dtype_norm(st, ptr, size, norm_type));
+  }
+  if (norms.empty()) return 0.0;
+  if (norms.size() == 1) return norms[0];
+  if (std::isinf(norm_type)) {
+    double m = norms[0];
+    for (double v : norms) {
+      if (std::isnan(v)) return v;
+      m = v > m ? v : m;
+    }
+    return m;
+  }
+  double sum = 0.0;
+  for (double v : norms) sum += std::pow(v, norm_type);
+  return std::pow(sum, 1.0 / norm_type);
 }
 
 }  // namespace
@@ -241,6 +401,7 @@ void register_optim(py::module_& m) {
       .def_readwrite("amsgrad", &StepArgs::amsgrad)
       .def_readwrite("centered", &StepArgs::centered)
       .def_readwrite("decoupled", &StepArgs::decoupled)
+      .def_readwrite("grad_scale", &StepArgs::grad_scale)
       .def_readonly("c3", &StepArgs::c3);
 
   m.def("optimizers", &optimizer_table,
@@ -280,38 +441,59 @@ void register_optim(py::module_& m) {
   m.def(
       "find_nonfinite_multi",
       [](const py::list& arrays) -> py::object {
-        // Runs of equal dtype are scanned in one call each, in list order.
-        std::vector<Array> keep;
-        keep.reserve(arrays.size());
-        for (std::size_t i = 0; i < arrays.size(); ++i)
-          keep.push_back(check_array(arrays[i], "arrays[" + std::to_string(i) + "]",
-                                     {DType::f32, DType::f64, DType::f16, DType::bf16}, Access::read));
+        const Grads g = check_grads(arrays, py::none());
         std::size_t bad_array = 0, bad_index = 0;
-        bool found = false;
+        bool found;
         {
           py::gil_scoped_release release;
-          std::size_t b = 0;
-          while (b < keep.size() && !found) {
-            std::size_t e = b;
-            std::vector<const void*> ptrs;
-            std::vector<std::size_t> sizes;
-            while (e < keep.size() && keep[e].dtype == keep[b].dtype) {
-              ptrs.push_back(keep[e].ptr<void>());
-              sizes.push_back(keep[e].size());
-              ++e;
-            }
-            if (find_nonfinite_multi(storage_of(keep[b].dtype), ptrs.data(), sizes.data(), ptrs.size(),
-                                     &bad_array, &bad_index)) {
-              bad_array += b;
-              found = true;
-            }
-            b = e;
-          }
+          found = first_nonfinite(g, &bad_array, &bad_index);
         }
         if (!found) return py::none();
         return py::make_tuple(bad_array, bad_index);
       },
       py::arg("arrays"), "(array, flat index) of the first NaN/inf in a list of arrays, or None.");
+
+  m.def(
+      "check_no_overlap",
+      [](const py::list& written, const py::list& read, const py::list& names) {
+        // Checks of the multipass optimizers' buffers before their first kernel call.
+        std::vector<ByteRange> ranges;
+        std::size_t id = 0;
+        for (const py::list* l : {&written, &read})
+          for (py::handle h : *l) {
+            const auto a = py::reinterpret_borrow<py::array>(h);
+            const auto b = reinterpret_cast<std::uintptr_t>(a.data());
+            ranges.push_back({b, b + static_cast<std::uintptr_t>(a.nbytes()), l == &written, id++});
+          }
+        if (names.size() != id) throw py::value_error("names: expected one name per array");
+        check_no_overlap(std::move(ranges), [&](std::size_t i) { return str_at(names, i); });
+      },
+      py::arg("written"), py::arg("read"), py::arg("names"),
+      "ValueError naming both if two written arrays, or a read and a written one, share memory "
+      "(names: written then read).");
+
+  m.def(
+      "grad_norm",
+      [](const py::list& grads, const py::object& names, double norm_type) -> py::tuple {
+        if (!(norm_type > 0.0))
+          throw py::value_error("norm_type: expected a number > 0 or inf, got " + std::to_string(norm_type));
+        const Grads g = check_grads(grads, names);
+        double total;
+        std::size_t bad_array = 0, bad_index = 0;
+        bool found = false;
+        {
+          py::gil_scoped_release release;
+          total = grads_total_norm(g, norm_type);
+          // A finite total proves every element finite; otherwise look for
+          // the first bad element (a float64 total may also overflow).
+          if (!std::isfinite(total)) found = first_nonfinite(g, &bad_array, &bad_index);
+        }
+        if (!found) return py::make_tuple(total, py::none());
+        return py::make_tuple(total, py::make_tuple(bad_array, bad_index));
+      },
+      py::arg("grads"), py::arg("names"), py::arg("norm_type"),
+      "(total norm, None or (array, index) of the first NaN/inf): one read of a list of "
+      "float32/float64/float16/bfloat16 arrays (see optim/_clip.py).");
 }
 
 }  // namespace slimgrad::bind

@@ -58,6 +58,7 @@ void bind_lamb(py::module_& m) {
         const auto g = check_list_like(grads, "grads", lab, p, Access::read);
         const auto mm = check_list_like(exp_avgs, "exp_avg", lab, p, Access::write);
         const auto vv = check_list_like(exp_avg_sqs, "exp_avg_sq", lab, p, Access::write);
+        check_no_overlap({&p, &mm, &vv}, {&g});
         for (auto [name, x] : {std::pair{"lr", lr}, {"beta1", beta1}, {"beta2", beta2}, {"eps", eps},
                                {"weight_decay", weight_decay}})
           check_finite_scalar(name, x);
@@ -111,6 +112,7 @@ void bind_adamw8bit(py::module_& m) {
         const auto vv = check_list_shaped(exp_avg_sqs, "exp_avg_sq", lab, p, DType::u8, Access::write);
         const auto ms = check_scales(exp_avg_scales, "exp_avg_scale", lab, p, Access::write);
         const auto vs = check_scales(exp_avg_sq_scales, "exp_avg_sq_scale", lab, p, Access::write);
+        check_no_overlap({&p, &mm, &vv, &ms, &vs}, {&g});
         for (auto [name, x] : {std::pair{"lr", lr}, {"beta1", beta1}, {"beta2", beta2}, {"eps", eps},
                                {"weight_decay", weight_decay}})
           check_finite_scalar(name, x);
@@ -184,6 +186,10 @@ void bind_adafactor(py::module_& m) {
         } else {
           var = check_like(variance, "variance" + label, p, Access::write);
         }
+        {
+          const std::vector<Array> w{p, rv, cv, var}, r{g};  // unused ones are empty: no bytes
+          check_no_overlap({&w}, {&r});
+        }
         for (auto [name, x] : {std::pair{"lr", lr}, {"rho", rho}, {"eps1", eps1}, {"eps2", eps2}, {"d", d},
                                {"weight_decay", weight_decay}, {"beta2_weight", beta2_weight}})
           check_finite_scalar(name, x);
@@ -223,10 +229,10 @@ void bind_grad_utils(py::module_& m) {
           const double total = total_norm<float>(gc.data(), n.data(), n.size(), norm_type);
           if (apply) {
             // torch's arithmetic, in the gradients' dtype.
-            const float coef = std::fmin(static_cast<float>(max_norm) / (static_cast<float>(total) + 1e-6f), 1.0f);
-            // fmin drops a NaN: a NaN norm scales by NaN explicitly (torch does).
-            if (std::isnan(total) || coef != 1.0f)
-              scale_all<float>(gp.data(), n.data(), n.size(), std::isnan(total) ? NAN : coef);
+            // NaN (a NaN norm, or inf / inf) propagates, as torch.clamp does.
+            const float c = static_cast<float>(max_norm) / (static_cast<float>(total) + 1e-6f);
+            const float coef = (c < 1.0f || std::isnan(c)) ? c : 1.0f;
+            if (!(coef == 1.0f)) scale_all<float>(gp.data(), n.data(), n.size(), coef);
           }
           return total;
         }
@@ -234,9 +240,9 @@ void bind_grad_utils(py::module_& m) {
         std::vector<const double*> gc(gp.begin(), gp.end());
         const double total = total_norm<double>(gc.data(), n.data(), n.size(), norm_type);
         if (apply) {
-          const double coef = std::fmin(max_norm / (total + 1e-6), 1.0);
-          if (std::isnan(total) || coef != 1.0)
-            scale_all<double>(gp.data(), n.data(), n.size(), std::isnan(total) ? NAN : coef);
+          const double c = max_norm / (total + 1e-6);
+          const double coef = (c < 1.0 || std::isnan(c)) ? c : 1.0;
+          if (!(coef == 1.0)) scale_all<double>(gp.data(), n.data(), n.size(), coef);
         }
         return total;
       },

@@ -217,14 +217,16 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
   st.offset = s.offset;
   for (int j = 0; j < 2; ++j) st.key[j] = state_sr_key(a.seed, a.step, j);
   const Updater<T> up{k, a.algo, st};
+  // A fused clip: the gradient times grad_scale, as clip_grad_norm_ leaves it.
+  const auto clip = [&k](T x) { return k.has_gscale ? x * k.gscale : x; };
   if constexpr (std::is_same_v<T, double>) {
     double* p = static_cast<double*>(s.p);
     const double* g = static_cast<const double*>(s.g);
-    for (std::size_t i = b; i < e; ++i) p[i] = up(p[i], g[i], i);
+    for (std::size_t i = b; i < e; ++i) p[i] = up(p[i], clip(g[i]), i);
   } else if (a.storage == Storage::f32) {
     float* p = static_cast<float*>(s.p);
     const float* g = static_cast<const float*>(s.g);
-    for (std::size_t i = b; i < e; ++i) p[i] = up(p[i], g[i], i);
+    for (std::size_t i = b; i < e; ++i) p[i] = up(p[i], clip(g[i]), i);
   } else {
     auto* p = static_cast<std::uint16_t*>(s.p);
     const auto* g = static_cast<const std::uint16_t*>(s.g);
@@ -233,7 +235,7 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
     const auto widen = [bf16](std::uint16_t h) { return bf16 ? simd::bf16_to_float(h) : simd::half_to_float(h); };
     for (std::size_t i = b; i < e; ++i) {
       // Without a master copy the param itself is the float32 starting point.
-      const float x = up(s.master ? s.master[i] : widen(p[i]), widen(g[i]), i);
+      const float x = up(s.master ? s.master[i] : widen(p[i]), clip(widen(g[i])), i);
       if (s.master) s.master[i] = x;
       if (a.stochastic) {
         const std::uint32_t r = sr_bits(key, s.offset + i);
@@ -253,6 +255,11 @@ std::size_t find_nonfinite_half<Isa::scalar>(const std::uint16_t* x, std::size_t
   for (std::size_t i = 0; i < n; ++i)
     if ((x[i] & mask) == mask) return i;
   return n;
+}
+
+template <>
+void widen_half<Isa::scalar>(const std::uint16_t* x, float* out, std::size_t n, bool bf16) {
+  for (std::size_t i = 0; i < n; ++i) out[i] = bf16 ? simd::bf16_to_float(x[i]) : simd::half_to_float(x[i]);
 }
 
 template <>

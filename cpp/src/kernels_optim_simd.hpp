@@ -467,18 +467,21 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
   const auto states = [&](std::size_t i, std::size_t n, auto io) SLIMGRAD_LAMBDA_INLINE {
     return StateIO<I, T, decltype(io)::full, Bf16State>{sb, i, n};
   };
+  // A fused clip: the gradient times grad_scale (a uniform branch), as the oracle.
+  const V gscale = V::set1(k.gscale);
+  const auto clip = [&](V x) SLIMGRAD_LAMBDA_INLINE { return k.has_gscale ? x * gscale : x; };
 
   if constexpr (std::is_same_v<T, double>) {
     double* p = static_cast<double*>(s.p);
     const double* g = static_cast<const double*>(s.g);
     sweep(p, [&](std::size_t i, std::size_t n, auto io) SLIMGRAD_LAMBDA_INLINE {
-      io.st(p + i, update<A>(k, c, io.ld(p + i), io.ld(g + i), states(i, n, io)));
+      io.st(p + i, update<A>(k, c, io.ld(p + i), clip(io.ld(g + i)), states(i, n, io)));
     });
   } else if (a.storage == Storage::f32) {
     float* p = static_cast<float*>(s.p);
     const float* g = static_cast<const float*>(s.g);
     sweep(p, [&](std::size_t i, std::size_t n, auto io) SLIMGRAD_LAMBDA_INLINE {
-      io.st(p + i, update<A>(k, c, io.ld(p + i), io.ld(g + i), states(i, n, io)));
+      io.st(p + i, update<A>(k, c, io.ld(p + i), clip(io.ld(g + i)), states(i, n, io)));
     });
   } else {
     auto* p = static_cast<std::uint16_t*>(s.p);
@@ -490,7 +493,7 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
       // Align on the float32 master (the widest stream).
       sweep(master, [&](std::size_t i, std::size_t n, auto io) SLIMGRAD_LAMBDA_INLINE {
         constexpr bool F = decltype(io)::full;
-        const V x = update<A>(k, c, io.ld(master + i), load_half<I, F>(g + i, n, bf16), states(i, n, io));
+        const V x = update<A>(k, c, io.ld(master + i), clip(load_half<I, F>(g + i, n, bf16)), states(i, n, io));
         io.st(master + i, x);
         store_half<I, F>(p + i, x, n, bf16, a.stochastic, key, s.offset + i);
       });
@@ -498,7 +501,7 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
       // No master: the param is widened, updated and rounded back.
       sweep(p, [&](std::size_t i, std::size_t n, auto io) SLIMGRAD_LAMBDA_INLINE {
         constexpr bool F = decltype(io)::full;
-        const V x = update<A>(k, c, load_half<I, F>(p + i, n, bf16), load_half<I, F>(g + i, n, bf16),
+        const V x = update<A>(k, c, load_half<I, F>(p + i, n, bf16), clip(load_half<I, F>(g + i, n, bf16)),
                               states(i, n, io));
         store_half<I, F>(p + i, x, n, bf16, a.stochastic, key, s.offset + i);
       });
@@ -539,6 +542,14 @@ std::size_t find_nonfinite_half(const std::uint16_t* x, std::size_t n, bool bf16
 }
 
 template <Isa I>
+void widen_half(const std::uint16_t* x, float* out, std::size_t n, bool bf16) {
+  constexpr std::size_t W = Vec<float, I>::width;
+  std::size_t i = 0;
+  for (; i + W <= n; i += W) (bf16 ? load_bf16<I>(x + i) : load_f16<I>(x + i)).store(out + i);
+  for (; i < n; ++i) out[i] = bf16 ? simd::bf16_to_float(x[i]) : simd::half_to_float(x[i]);
+}
+
+template <Isa I>
 void optim_step(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
   if (a.storage == Storage::f64)
     optim_simd::run_algo<I, double, false>(a, s, b, e);
@@ -557,5 +568,6 @@ void optim_step(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) 
 namespace slimgrad::kernels {
 template void optim_step<SLIMGRAD_UNIT_ISA>(const StepArgs&, const Slot&, std::size_t, std::size_t);
 template std::size_t find_nonfinite_half<SLIMGRAD_UNIT_ISA>(const std::uint16_t*, std::size_t, bool);
+template void widen_half<SLIMGRAD_UNIT_ISA>(const std::uint16_t*, float*, std::size_t, bool);
 }  // namespace slimgrad::kernels
 #endif  // SLIMGRAD_UNIT_ISA

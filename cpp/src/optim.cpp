@@ -2,6 +2,8 @@
 #include "slimgrad/optim.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <thread>
 #include <cmath>
 #include <vector>
 
@@ -178,25 +180,82 @@ bool find_nonfinite_multi(Storage st, const void* const* arrays, const std::size
 
 bool optim_step(const StepArgs& args, const Slot* slots, std::size_t count, bool check,
                 std::size_t* bad_slot, std::size_t* bad_index) {
-  if (check) {
-    std::vector<const void*> gs(count);
-    std::vector<std::size_t> ns(count);
-    for (std::size_t i = 0; i < count; ++i) {
-      gs[i] = slots[i].g;
-      ns[i] = slots[i].n;
-    }
-    if (scan(args.storage, gs.data(), ns.data(), count, bad_slot, bad_index)) return false;
-  }
   const std::vector<Slot> merged = merge_contiguous(args, slots, count);
   std::vector<std::size_t> sizes(merged.size());
   for (std::size_t i = 0; i < merged.size(); ++i) sizes[i] = merged[i].n;
   const WorkPlan plan = plan_work(sizes.data(), sizes.size());
-  dispatch([&](auto isa) {
-    run_plan(plan, [&](std::size_t, const Piece& it) {
+  const auto update = [&](auto isa, std::size_t t) {
+    for (std::size_t k = plan.task_begin[t]; k < plan.task_begin[t + 1]; ++k) {
+      const Piece& it = plan.pieces[k];
       kernels::optim_step<decltype(isa)::value>(args, merged[it.array], it.begin, it.end);
-    });
+    }
+  };
+  if (!check) {
+    dispatch([&](auto isa) { run_tasks(plan.tasks(), plan.total, [&](std::size_t t) { update(isa, t); }); });
+    return true;
+  }
+  // The scan of every gradient (unmerged: indices are the caller's), then the
+  // update; the first bad element in list order wins.
+  std::vector<const void*> gs(count);
+  std::vector<std::size_t> ns(count);
+  for (std::size_t i = 0; i < count; ++i) {
+    gs[i] = slots[i].g;
+    ns[i] = slots[i].n;
+  }
+  const WorkPlan splan = plan_work(ns.data(), count);
+  std::vector<std::size_t> found(splan.pieces.size(), SIZE_MAX);
+  const std::size_t es = elem_size(args.storage);
+  const auto scan_task = [&](auto isa, std::size_t t) {
+    for (std::size_t k = splan.task_begin[t]; k < splan.task_begin[t + 1]; ++k) {
+      const Piece& it = splan.pieces[k];
+      const auto* base = static_cast<const char*>(gs[it.array]) + it.begin * es;
+      const std::size_t j = first_nonfinite<decltype(isa)::value>(args.storage, base, it.end - it.begin);
+      if (j < it.end - it.begin) found[k] = it.begin + j;
+    }
+  };
+  const auto verdict = [&]() {
+    for (std::size_t k = 0; k < found.size(); ++k)
+      if (found[k] != SIZE_MAX) {
+        *bad_slot = splan.pieces[k].array;
+        *bad_index = found[k];
+        return false;
+      }
+    return true;
+  };
+  bool ok = true;
+  dispatch([&](auto isa) {
+#if SLIMGRAD_OPENMP
+    const int threads = static_cast<int>(std::min<std::size_t>(plan.tasks(), get_num_threads()));
+    if (threads > 1 && plan.total >= 2 * kGrain) {
+      // One parallel region, no barrier between the passes: each thread takes
+      // scan tasks while there are any, waits only for scan tasks other
+      // threads have started (a thread the OS has not scheduled yet holds
+      // none), then takes update tasks once every gradient is known finite.
+      // On a busy machine this saves a wake-up of every thread per pass.
+      std::atomic<std::size_t> next_scan{0}, scanned{0}, next_update{0};
+      const std::size_t n_scan = splan.tasks(), n_update = plan.tasks();
+#pragma omp parallel num_threads(threads)
+      {
+        for (std::size_t t; (t = next_scan.fetch_add(1)) < n_scan;) {
+          scan_task(isa, t);
+          scanned.fetch_add(1, std::memory_order_release);
+        }
+        while (scanned.load(std::memory_order_acquire) < n_scan) std::this_thread::yield();
+        bool good = true;
+        for (std::size_t v : found) good = good && v == SIZE_MAX;
+        if (good)
+          for (std::size_t t; (t = next_update.fetch_add(1)) < n_update;) update(isa, t);
+      }
+      ok = verdict();  // the same answer every thread acted on; sets the location
+      return;
+    }
+#endif
+    for (std::size_t t = 0; t < splan.tasks(); ++t) scan_task(isa, t);
+    ok = verdict();
+    if (ok)
+      for (std::size_t t = 0; t < plan.tasks(); ++t) update(isa, t);
   });
-  return true;
+  return ok;
 }
 
 }  // namespace slimgrad

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "slimgrad/core.hpp"
+#include "slimgrad/optim.hpp"
 #include "slimgrad/threading.hpp"
 
 namespace slimgrad {
@@ -104,28 +105,22 @@ void dequantize_moment(const void* codes, const float* scales, float* x, std::si
   });
 }
 
-template <class T>
-double total_norm(const T* const* x, const std::size_t* sizes, std::size_t count, double norm_type) {
-  const WorkPlan plan = plan_work(sizes, count);
-  std::vector<double> partial(plan.pieces.size(), 0.0);
-  const bool inf = std::isinf(norm_type);
-  dispatch([&](auto isa) {
-    constexpr Isa I = decltype(isa)::value;
-    run_plan(plan, [&](std::size_t t, const Piece& it) {
-      const T* xi = x[it.array] + it.begin;
-      const std::size_t n = it.end - it.begin;
-      if (inf)
-        partial[t] = kernels::max_abs<I, T>(xi, n);
-      else if (norm_type == 2.0)
-        partial[t] = kernels::sum_squares<I, T>(xi, n);
-      else if (norm_type == 1.0)
-        partial[t] = kernels::sum_abs<I, T>(xi, n);
-      else
-        partial[t] = kernels::sum_abs_pow<I, T>(xi, n, norm_type);
-    });
-  });
+namespace {
+
+// The norm partial of one piece of n elements (sum of |x|^q, or max |x|).
+template <Isa I, class T>
+double piece_norm(const T* x, std::size_t n, double norm_type) {
+  if (std::isinf(norm_type)) return kernels::max_abs<I, T>(x, n);
+  if (norm_type == 2.0) return kernels::sum_squares<I, T>(x, n);
+  if (norm_type == 1.0) return kernels::sum_abs<I, T>(x, n);
+  return kernels::sum_abs_pow<I, T>(x, n, norm_type);
+}
+
+// The total from the piece partials, added in piece order (max for inf, a
+// NaN partial giving NaN): the same for any thread count.
+double combine_norm(const std::vector<double>& partial, double norm_type) {
   double total = 0.0;
-  if (inf) {
+  if (std::isinf(norm_type)) {
     for (double v : partial) {
       if (std::isnan(v)) return v;
       total = std::max(total, v);
@@ -136,6 +131,40 @@ double total_norm(const T* const* x, const std::size_t* sizes, std::size_t count
   if (norm_type == 2.0) return std::sqrt(total);
   if (norm_type == 1.0) return total;
   return std::pow(total, 1.0 / norm_type);
+}
+
+}  // namespace
+
+template <class T>
+double total_norm(const T* const* x, const std::size_t* sizes, std::size_t count, double norm_type) {
+  const WorkPlan plan = plan_work(sizes, count);
+  std::vector<double> partial(plan.pieces.size(), 0.0);
+  dispatch([&](auto isa) {
+    run_plan(plan, [&](std::size_t t, const Piece& it) {
+      partial[t] = piece_norm<decltype(isa)::value, T>(x[it.array] + it.begin, it.end - it.begin, norm_type);
+    });
+  });
+  return combine_norm(partial, norm_type);
+}
+
+double total_norm_half(const std::uint16_t* const* x, const std::size_t* sizes, std::size_t count,
+                       double norm_type, bool bf16) {
+  const WorkPlan plan = plan_work(sizes, count);
+  std::vector<double> partial(plan.pieces.size(), 0.0);
+  dispatch([&](auto isa) {
+    constexpr Isa I = decltype(isa)::value;
+    run_plan(plan, [&](std::size_t t, const Piece& it) {
+      // The piece widened (exactly) into a per-thread buffer that stays in
+      // cache, then the float32 reduction: the norm of half gradients is the
+      // float32 norm of their widened values, piece for piece.
+      thread_local std::vector<float> wide;
+      const std::size_t n = it.end - it.begin;
+      if (wide.size() < n) wide.resize(kGrain);
+      kernels::widen_half<I>(x[it.array] + it.begin, wide.data(), n, bf16);
+      partial[t] = piece_norm<I, float>(wide.data(), n, norm_type);
+    });
+  });
+  return combine_norm(partial, norm_type);
 }
 
 template <class T>

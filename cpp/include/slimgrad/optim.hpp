@@ -66,6 +66,11 @@ struct StepArgs {
   double etaminus = 0.5, etaplus = 1.2;     // Rprop: step size factors
   double step_size_min = 1e-6, step_size_max = 50;
   double ckp1 = 1;                      // Schedule-Free: this step's averaging weight c_{k+1}
+  // Gradient clipping fused into the step: each gradient is multiplied by
+  // grad_scale (in the math type, the product not rounded to a half-precision
+  // gradient's dtype) before anything else; 1 = off. The caller computes it
+  // from the total norm (clip_grad_norm_'s arithmetic, optim/_clip.py).
+  double grad_scale = 1;
   bool maximize = false, nesterov = false, amsgrad = false, centered = false, decoupled = false;
   // Per-step constants (filled by step_constants).
   // sgd: flag = first step | adagrad: c0 = lr / (1 + (step - 1) lr_decay)
@@ -125,7 +130,8 @@ template <class T>
 struct StepConsts {
   T lr, neg_lr, wd, eps, momentum, one_minus_dampening, beta1;
   T decay, one_minus_decay, w, w_rest;
-  T c0, c1, c2, c3, wd_scale;
+  T c0, c1, c2, c3, wd_scale, gscale;
+  bool has_gscale;
   bool maximize, nesterov, amsgrad, centered, decoupled, flag, has_wd, has_momentum;
 
   explicit StepConsts(const StepArgs& a) {
@@ -148,6 +154,8 @@ struct StepConsts {
     c2 = t(a.c2);
     c3 = t(a.c3);
     wd_scale = t(a.wd_scale);
+    gscale = t(a.grad_scale);
+    has_gscale = a.grad_scale != 1.0;
     maximize = a.maximize;
     nesterov = a.nesterov;
     amsgrad = a.amsgrad;
@@ -167,6 +175,9 @@ void optim_step(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e);
 // group of vectors at a time, like the core's find_nonfinite.
 template <Isa I>
 std::size_t find_nonfinite_half(const std::uint16_t* x, std::size_t n, bool bf16);
+// out[i] = x[i] widened to float32 (exact), for i < n.
+template <Isa I>
+void widen_half(const std::uint16_t* x, float* out, std::size_t n, bool bf16);
 }  // namespace kernels
 
 // Steps every slot. With check, first scans all gradients; if one holds a

@@ -134,6 +134,11 @@ void dequantize_moment(const void* codes, const float* scales, float* x, std::si
 // fixed-order.
 template <class T>
 double total_norm(const T* const* x, const std::size_t* sizes, std::size_t count, double norm_type);
+// The same over float16 (bf16 false) or bfloat16 bit patterns: each piece
+// widened to float32 (exact), then the float32 reduction, so the result is
+// the float32 norm of the widened values.
+double total_norm_half(const std::uint16_t* const* x, const std::size_t* sizes, std::size_t count,
+                       double norm_type, bool bf16);
 template <class T>
 void scale_all(T* const* x, const std::size_t* sizes, std::size_t count, T s);
 template <class T>

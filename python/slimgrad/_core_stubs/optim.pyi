@@ -2,7 +2,7 @@
 from __future__ import annotations
 import collections.abc
 import typing
-__all__: list[str] = ['StepArgs', 'accumulate', 'adafactor_step', 'adamw8bit_step', 'check_step', 'clip_grad_norm', 'clip_grad_value', 'dequantize_moment', 'find_nonfinite_multi', 'grads_scale', 'lamb_step', 'muon_apply', 'muon_momentum', 'muon_normalize', 'ns_combine', 'optimizers', 'prodigy_accumulate', 'prodigy_apply', 'quantize_moment', 'state_count', 'step']
+__all__: list[str] = ['StepArgs', 'accumulate', 'adafactor_step', 'adamw8bit_step', 'check_no_overlap', 'check_step', 'clip_grad_norm', 'clip_grad_value', 'dequantize_moment', 'find_nonfinite_multi', 'grad_norm', 'grads_scale', 'lamb_step', 'muon_apply', 'muon_momentum', 'muon_normalize', 'ns_combine', 'optimizers', 'prodigy_accumulate', 'prodigy_apply', 'quantize_moment', 'state_count', 'step']
 class StepArgs:
     """
     Options and step count of one multi-tensor step (see optim.hpp).
@@ -30,6 +30,7 @@ class StepArgs:
     eta: float
     etaminus: float
     etaplus: float
+    grad_scale: float
     lambd: float
     lr: float
     lr_decay: float
@@ -55,6 +56,10 @@ def adamw8bit_step(params: typing.Any, grads: typing.Any, exp_avgs: typing.Any, 
     """
     AdamW step with 8-bit blockwise moments, in place (see slimgrad.optim.AdamW8bit).
     """
+def check_no_overlap(written: list, read: list, names: list) -> None:
+    """
+    ValueError naming both if two written arrays, or a read and a written one, share memory (names: written then read).
+    """
 def check_step(args: StepArgs, params: list, grads: list, masters: typing.Any, states: list, names: tuple) -> None:
     """
     The buffer checks of step() alone.
@@ -74,6 +79,10 @@ def dequantize_moment(codes: typing.Any, scales: typing.Any, x: typing.Any) -> N
 def find_nonfinite_multi(arrays: list) -> typing.Any:
     """
     (array, flat index) of the first NaN/inf in a list of arrays, or None.
+    """
+def grad_norm(grads: list, names: typing.Any, norm_type: typing.SupportsFloat | typing.SupportsIndex) -> tuple:
+    """
+    (total norm, None or (array, index) of the first NaN/inf): one read of a list of float32/float64/float16/bfloat16 arrays (see optim/_clip.py).
     """
 def grads_scale(grads: typing.Any, labels: typing.Any = None, *, scale: typing.SupportsFloat | typing.SupportsIndex) -> None:
     """

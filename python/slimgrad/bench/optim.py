@@ -166,6 +166,56 @@ def cases(size: int) -> Iterator[Case]:
         )
 
     yield from _low_precision_cases(size, torch)
+    yield from _clip_cases(size, mixed, torch)
+
+
+MAX_NORM = 1.0
+
+
+def _clip_cases(size: int, mixed, torch) -> Iterator[Case]:
+    """ "clip to max_norm + AdamW step" (issue 14): ours fused, ``opt.step(grads,
+    max_norm=...)`` (one read of the gradients for the norm and the non-finite
+    verdict, the factor applied inside the update: 32 B per float32 element),
+    next to torch's ``clip_grad_norm_`` + ``AdamW(fused=True)`` on the same
+    values (norm read, scale read + write, update: 40 B) and our own unfused
+    ``clip_grad_norm_`` + ``step`` (norm, scale, non-finite scan, update: 44 B).
+    The gradients' norm is far above ``max_norm``, so every call clips (the
+    unfused rows scale the same gradients again each call, by ~1 after the
+    first: the same memory traffic).
+    """
+    for label, shapes in (("1 array", [(size,)]), (f"{len(mixed)} arrays", mixed)):
+        rng = np.random.default_rng(0)
+        ps = _arrays(shapes, rng)
+        gs = _arrays(shapes, rng)
+        n = sum(p.size for p in ps)
+        fused = optim.AdamW([p.copy() for p in ps], lr=LR)
+        impls = {"slimgrad": lambda fused=fused, gs=gs: fused.step(gs, max_norm=MAX_NORM)}
+        plain = optim.AdamW([p.copy() for p in ps], lr=LR)
+        own = [g.copy() for g in gs]
+
+        def unfused(plain=plain, own=own):
+            optim.clip_grad_norm_(own, MAX_NORM)
+            plain.step(own)
+
+        impls["slimgrad clip_grad_norm_+step"] = unfused
+        if torch is not None:
+            tp = [torch.from_numpy(p.copy()).requires_grad_() for p in ps]
+            for p, g in zip(tp, gs):
+                p.grad = torch.from_numpy(g.copy())
+            topt = torch.optim.AdamW(tp, lr=LR, fused=True)
+
+            def torch_step(tp=tp, topt=topt):
+                with torch.no_grad():
+                    torch.nn.utils.clip_grad_norm_(tp, MAX_NORM)
+                    topt.step()
+
+            impls["torch clip + fused=True"] = torch_step
+        yield Case(
+            f"{label} clip+AdamW",
+            impls,
+            bytes=32 * n,
+            note="bytes: ours fused (g read twice); torch moves 40 B/elem, ours unfused 44",
+        )
 
 
 def _low_precision_cases(size: int, torch) -> Iterator[Case]:

@@ -78,24 +78,34 @@ from typing import Any
 import numpy as np
 
 from . import _state_dict
-from ._bucket import Bucket, Key, empty_at, find_nonfinite, label, pack_state, state_offset
+from ._bucket import (
+    Bucket,
+    Key,
+    empty_at,
+    find_nonfinite,
+    label,
+    pack_state,
+    state_offset,
+    state_replaced,
+)
 from ._checks import (
     HALF_DTYPES,
     NONFINITE_POLICIES,
     OPTION_CHECKS,
     PARAM_DTYPES,
     ROUNDING_MODES,
-    bfloat16_type,
     check_master_weights,
     normalize_state_dtype,
 )
+from ._clipstep import check_clip_args, clipped_step
 from ._grads import cast_grads, flat_grads
+from ._layout import StateLayout
 from ._partial import step_present
 
 __all__ = ["Optimizer"]
 
 
-class Optimizer:
+class Optimizer(StateLayout):
     """Base class of slimgrad's optimizers (torch.optim semantics on NumPy arrays).
 
     Parameters
@@ -262,6 +272,14 @@ class Optimizer:
             self._group_of.append(gi)
         self._buckets = None
 
+    # The total gradient norm of the last step(max_norm=...) (None before one).
+    last_grad_norm: float | None = None
+    # Clip arguments of the step in progress (set by step(), read by _step_all).
+    _clip: tuple[float, float, bool] | None = None
+    # Whether the kernels apply Bucket.grad_scale as they load each gradient
+    # (else step(max_norm=...) steps on clipped copies of the gradients).
+    _kernel_grad_scale = False
+
     # Checks of option values by name: (name, value) -> raises TypeError/ValueError.
     # (OPTION_CHECKS, set below the class; a subclass may extend or override it.)
     _option_checks: Mapping[str, Any] = {}
@@ -293,53 +311,7 @@ class Optimizer:
         return [k for k, g in zip(self._keys, self._group_of) if g == gi]
 
     # ---------------------------------------------------------------- hooks
-    @staticmethod
-    def state_dtype(param: np.ndarray) -> np.dtype:
-        """dtype of state arrays for ``param``: float32 for float16/bfloat16, else the param's."""
-        return np.dtype(np.float32) if param.dtype.itemsize == 2 else param.dtype
-
-    @classmethod
-    def state_dtype_for(
-        cls, group: Mapping[str, Any], param: np.ndarray, label: str = "params"
-    ) -> np.dtype:
-        """dtype of state arrays for ``param`` under the group's ``state_dtype`` option
-        (absent or None: :meth:`state_dtype`). ``ValueError`` for a bad value or
-        a float64 param with a float32/bfloat16 state request."""
-        sd = normalize_state_dtype(group.get("state_dtype"))
-        if sd is None:
-            return cls.state_dtype(param)
-        if param.dtype == np.float64:
-            raise ValueError(
-                f"state_dtype: {sd!r} needs float32, float16 or bfloat16 params; "
-                f"{label} is float64 (its state is float64: use state_dtype=None)"
-            )
-        return np.dtype(np.float32) if sd == "float32" else np.dtype(bfloat16_type)
-
-    @staticmethod
-    def uses_master(group: Mapping[str, Any], param: np.ndarray) -> bool:
-        """True if ``param`` gets a float32 master copy (float16/bfloat16 params,
-        unless the group says ``master_weights=False``)."""
-        return param.dtype in HALF_DTYPES and bool(group.get("master_weights", True))
-
-    @classmethod
-    def state_full(
-        cls,
-        param: np.ndarray,
-        value: float = 0.0,
-        group: Mapping[str, Any] | None = None,
-    ) -> np.ndarray:
-        """A state array for ``param``: its shape, ``state_dtype(param)`` (or, given
-        the param's ``group``, :meth:`state_dtype_for`), filled with ``value``,
-        placed at ``state_offset`` within a cache line (use it for state arrays
-        of the param's shape)."""
-        if group is None:
-            dt, master = cls.state_dtype(param), True
-        else:
-            dt, master = cls.state_dtype_for(group, param), cls.uses_master(group, param)
-        a = empty_at(param.shape, dt, state_offset(param, dt, master))
-        a.fill(value)
-        return a
-
+    # (state_dtype, state_dtype_for, uses_master, state_full: from StateLayout)
     def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
         """Fresh state of one param (without "step"/"master"); see the module docstring."""
         return {}
@@ -404,7 +376,15 @@ class Optimizer:
         self._buckets = order
 
     # ----------------------------------------------------------------- step
-    def step(self, grads: Any, *, cast: bool = False) -> bool:
+    def step(
+        self,
+        grads: Any,
+        *,
+        cast: bool = False,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        error_if_nonfinite: bool = False,
+    ) -> bool:
         """One optimization step; parameters (and state) are updated in place.
 
         Parameters
@@ -422,6 +402,22 @@ class Optimizer:
             float64) and convert each such gradient to its parameter's dtype:
             one copy of that gradient per step (the math itself stays in the
             parameter's precision). Without it a dtype mismatch is a TypeError.
+        max_norm : float, optional
+            Clip the gradients to this total norm inside the step, as
+            ``clip_grad_norm_(grads, max_norm, norm_type, error_if_nonfinite)``
+            followed by ``step(grads)`` would, but without writing the
+            gradients: one read gives the total norm and the non-finite
+            verdict, and the update pass multiplies each gradient by the
+            factor as it loads it (same bits as clip-then-step for float32 and
+            float64; float16/bfloat16 gradients are scaled in float32 without
+            rounding back). The norm is over the present gradients in parameter
+            order; it is stored in ``last_grad_norm`` (also when the step is
+            skipped or raises for a non-finite gradient).
+        norm_type : float, default 2.0
+            Order of the norm (> 0 or ``inf``), with ``max_norm``.
+        error_if_nonfinite : bool, default False
+            With ``max_norm``: raise ``RuntimeError`` (torch's message) when the
+            total norm is NaN or inf, before the non-finite policy applies.
 
         Returns
         -------
@@ -442,7 +438,8 @@ class Optimizer:
             names the first such array and element, e.g.
             ``grads['fc1.weight'] has a non-finite value at index 17``.
         RuntimeError
-            Another thread is stepping this optimizer at the same time.
+            Another thread is stepping this optimizer at the same time; or
+            ``error_if_nonfinite`` and the total gradient norm is not finite.
 
         On any exception nothing (params, state, step counts) is modified.
         """
@@ -453,11 +450,14 @@ class Optimizer:
                 "per thread)"
             )
         try:
+            self._clip = None
+            if max_norm is not None:
+                self._clip = (*check_clip_args(max_norm, norm_type), bool(error_if_nonfinite))
             self._check_groups()
             flat = flat_grads(self, grads)
             if cast:
                 flat = cast_grads(flat, self._params, self._keys)
-            if self._buckets is not None and self._state_replaced():
+            if self._buckets is not None and state_replaced(self.state, self._buckets):
                 self._buckets = None  # rebuilt below: the kernels check the new arrays
             if any(g is None for g in flat):
                 return step_present(self, flat)
@@ -475,28 +475,6 @@ class Optimizer:
         if not applied:
             self._forget(created)
         return applied
-
-    def _state_replaced(self) -> bool:
-        """Whether a state dict or state array was replaced since the buckets were built.
-
-        ``opt.state[name][key] = array`` (or a new ``opt.state[name]``) is
-        picked up by the next step, whose kernels then check it (dtype,
-        shape, layout, writability) before anything is written.
-        """
-        assert self._buckets is not None
-        for b in self._buckets:
-            for k, st in zip(b.keys, b.state_dicts):
-                if self.state.get(k) is not st:
-                    return True
-            for n, arrays in b.states.items():
-                for st, a in zip(b.state_dicts, arrays):
-                    if st.get(n) is not a:
-                        return True
-            if b.masters is not None:
-                for st, a in zip(b.state_dicts, b.masters):
-                    if st.get("master") is not a:
-                        return True
-        return False
 
     def __getstate__(self) -> dict[str, Any]:
         d = self.__dict__.copy()
@@ -521,6 +499,8 @@ class Optimizer:
         for b in buckets:
             b.grads = [flat[i] for i in b.flat_index] if len(b.flat_index) != len(flat) else flat
             b.step = b.state_dicts[0]["step"] + 1
+        if self._clip is not None:
+            return clipped_step(self, buckets, flat, self._clip)
         check = self.nonfinite != "ignore"
         if len(buckets) > 1:
             # Several kernel calls: check every bucket's arrays (and, unless
@@ -536,6 +516,9 @@ class Optimizer:
                             return self._nonfinite(b, i, j)
                         i -= len(b.grads)
             check = False
+        return self._run_buckets(buckets, check)
+
+    def _run_buckets(self, buckets: list[Bucket], check: bool) -> bool:
         for b in buckets:
             # With several buckets, a bucket may only fail in ways checked above.
             bad = self._step_bucket(self.param_groups[b.group_index], b, check)

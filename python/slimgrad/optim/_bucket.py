@@ -13,7 +13,16 @@ from typing import Any, Union
 
 import numpy as np
 
-__all__ = ["Bucket", "Key", "empty_at", "find_nonfinite", "label", "pack_state", "state_offset"]
+__all__ = [
+    "Bucket",
+    "Key",
+    "empty_at",
+    "find_nonfinite",
+    "label",
+    "pack_state",
+    "state_offset",
+    "state_replaced",
+]
 
 Key = Union[str, int]
 
@@ -37,6 +46,8 @@ class Bucket:
     # Free for the subclass: whatever it precomputes once per bucket (argument
     # objects, label lists). Rebuilt with the bucket (new state, load_state_dict).
     cache: dict[str, Any] = field(default_factory=dict)
+    # step(max_norm=...): the clip factor the kernel applies to each gradient (1: none).
+    grad_scale: float = 1.0
 
 
 def label(key: Key) -> str:
@@ -124,3 +135,25 @@ def pack_state(b: Bucket, sts: list[dict[str, Any]]) -> None:
             view[...] = a
             st[name] = view
             off += a.size
+
+
+def state_replaced(state: dict[Key, dict[str, Any]], buckets: list[Bucket]) -> bool:
+    """Whether a state dict or state array was replaced since the buckets were built.
+
+    ``opt.state[name][key] = array`` (or a new ``opt.state[name]``) is
+    picked up by the next step, whose kernels then check it (dtype,
+    shape, layout, writability) before anything is written.
+    """
+    for b in buckets:
+        for k, st in zip(b.keys, b.state_dicts):
+            if state.get(k) is not st:
+                return True
+        for n, arrays in b.states.items():
+            for st, a in zip(b.state_dicts, arrays):
+                if st.get(n) is not a:
+                    return True
+        if b.masters is not None:
+            for st, a in zip(b.state_dicts, b.masters):
+                if st.get("master") is not a:
+                    return True
+    return False

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from .. import _core
+from ._clipstep import clip_coef, nonfinite_norm_error
 from ._extra import as_array_list, by_dtype, check_float_arrays, check_like
 
 __all__ = ["accumulate_", "clip_grad_norm_", "clip_grad_value_"]
@@ -29,6 +30,13 @@ def clip_grad_norm_(
     ``min(max_norm / (total_norm + 1e-6), 1)``, computed in the gradients'
     dtype as torch does. A NaN total norm multiplies every gradient by NaN,
     as in torch, unless ``error_if_nonfinite``.
+
+    Before an optimizer step, prefer ``opt.step(grads, max_norm=...)``: the
+    same result (same bits for float32/float64) with the clip applied inside
+    the update, so the gradients are read twice instead of four times and
+    never written. (This function cannot defer its scaling to the next step:
+    its contract, as torch's, is that the gradients hold the clipped values
+    when it returns, and code between the two calls may read them.)
 
     The norm is a fixed-order reduction (per-chunk partials in double added in
     order), identical for any thread count.
@@ -74,37 +82,17 @@ def clip_grad_norm_(
                 arrays, labels, max_norm=max_norm, norm_type=norm_type, apply=True
             )
         )
-    norms = [
-        _core.optim.clip_grad_norm(
-            [arrays[i] for i in idx], lab, max_norm=max_norm, norm_type=norm_type, apply=False
-        )
-        for idx, lab in groups.values()
-    ]
-    if not norms:
+    if not arrays:
         return 0.0
-    if len(norms) == 1:
-        total = norms[0]
-    elif math.isinf(norm_type):
-        total = math.nan if any(math.isnan(n) for n in norms) else max(norms)
-    else:
-        total = sum(n**norm_type for n in norms) ** (1.0 / norm_type)
+    # The total as opt.step(grads, max_norm=...) computes it (one definition).
+    total, _ = _core.optim.grad_norm(arrays, ["grads" + lb for lb in labels], norm_type)
     if error_if_nonfinite and not math.isfinite(total):
-        raise RuntimeError(
-            f"The total norm of order {norm_type} for gradients is non-finite, "
-            "so it cannot be clipped. "
-            "To disable this error and scale the gradients by the non-finite norm anyway, "
-            "set error_if_nonfinite=False"
-        )
+        raise nonfinite_norm_error(norm_type)
     for dtype, (idx, lab) in groups.items():
         # torch's arithmetic, in the gradients' dtype (as the C++ path does).
-        t = dtype.type
-        coef = (
-            min(t(max_norm) / (t(total) + t(1e-6)), t(1.0))
-            if not math.isnan(total)
-            else t(math.nan)
-        )
+        coef = clip_coef(total, max_norm, dtype)
         if not coef == 1.0:
-            _core.optim.grads_scale([arrays[i] for i in idx], lab, scale=float(coef))
+            _core.optim.grads_scale([arrays[i] for i in idx], lab, scale=coef)
     return float(total)
 
 

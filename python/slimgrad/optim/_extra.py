@@ -112,6 +112,16 @@ def validate(bucket: Bucket, expect: Any = None) -> None:
                 error = ValueError if ok else TypeError
                 raise error(f"{name}: expected {want}, got {describe(a)}")
             check_writable(a, name)
+    # Issue 17: no written buffer may share memory with another, nor with a gradient.
+    written, names = list(bucket.params), ["params" + lb for lb in bucket.labels]
+    if bucket.masters is not None:
+        written += bucket.masters
+        names += [f"state{lb}['master']" for lb in bucket.labels]
+    for key, arrays in bucket.states.items():
+        written += arrays
+        names += [f"state{lb}[{key!r}]" for lb in bucket.labels]
+    names += ["grads" + lb for lb in bucket.labels]
+    _core.optim.check_no_overlap(written, list(bucket.grads), names)
 
 
 # The arguments of ExtraOptimizer._update: a param group, and the arrays the

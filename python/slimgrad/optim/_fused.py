@@ -41,6 +41,7 @@ class FusedOptimizer(Optimizer):
     """An optimizer stepped by ``_core.optim.step`` (one algorithm of optim.hpp)."""
 
     _algo = ""
+    _kernel_grad_scale = True  # StepArgs.grad_scale: step(max_norm=...) clips inside the update
 
     def __init__(
         self,
@@ -112,6 +113,7 @@ class FusedOptimizer(Optimizer):
         self._set_args(args, group)
         self._check_layout(group, b)
         args.step = b.step
+        args.grad_scale = b.grad_scale
         args.stochastic = group["rounding"] == "stochastic"
         args.seed = group["seed"]
         return args, c["states"], c["names"]

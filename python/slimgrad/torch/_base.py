@@ -134,6 +134,11 @@ class TorchOptimizer(torch.optim.Optimizer):
             out.append(self._view(st[key]))
         return out
 
+    def _fast_ready(self) -> list[Callable[[], None]] | None:
+        """One callable per group that steps it, if every group can take the
+        cached path (validated, nothing modified yet); else None."""
+        return None
+
     def _step_of(self, state: dict[str, Any]) -> int:
         """The step count including this step (1 on the first)."""
         if "step" not in state:
@@ -165,6 +170,13 @@ class TorchOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # The steady state (every group stepped as last time, every parameter
+        # with a gradient): cached views and arguments, checked in one pass.
+        ready_groups = self._fast_ready()
+        if ready_groups is not None:
+            for run in ready_groups:
+                run()
+            return loss
         plan = []
         for gi, group in enumerate(self.param_groups):
             ready = []
@@ -173,7 +185,11 @@ class TorchOptimizer(torch.optim.Optimizer):
                     _check_param(p, gi, pi)
                     ready.append(p)
             plan.append((group, ready))
+        plans = self.__dict__.get("_plans", {})
         for group, ready in plan:
+            # A plan is rebuilt by _run when the group is again one bucket
+            # (step counts may have diverged here: some gradients were None).
+            plans.pop(id(group), None)
             buckets: dict[tuple[torch.dtype, int], list[torch.Tensor]] = {}
             for p in ready:
                 state = self.state[p]
@@ -205,6 +221,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         """
         super().load_state_dict(state_dict)
         self.__dict__.pop("_views", None)
+        self.__dict__.pop("_plans", None)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         groups = [g for g in self.param_groups for _ in g["params"]]

@@ -79,15 +79,99 @@ class _Fused(TorchOptimizer):
             bool(keys) and self._state_dtype(group, params[0], keys[0]) == torch.bfloat16
         )
         names = _names(len(params), tuple(keys))
-        _core.optim.step(
-            args,
-            [self._view(p) for p in params],
-            [as_array(p.grad) for p in params],
-            None,
-            states,
-            names,
-            False,
-        )
+        views = [self._view(p) for p in params]
+        grads = [as_array(p.grad) for p in params]
+        _core.optim.step(args, views, grads, None, states, names, False)
+        if len(params) == len(group["params"]) and any(group is g for g in self.param_groups):
+            # Every parameter of the group in one bucket: cache this call. (Not
+            # for a copy of the group with per-step extras, as ASGD and the
+            # Schedule-Free optimizers pass: they take the full path each step.)
+            self.__dict__.setdefault("_plans", {})[id(group)] = _Plan(
+                self, group, params, keys, args, views, states, names
+            )
+
+    def _fast_ready(self) -> list[Any] | None:
+        plans = self.__dict__.get("_plans")
+        if not plans:
+            return None
+        runs = []
+        for group in self.param_groups:
+            plan = plans.get(id(group))
+            run = plan.prepare(self, group) if plan is not None else None
+            if run is None:
+                return None
+            runs.append(run)
+        return runs
+
+
+class _Plan:
+    """The cached arguments of one group's step (all its parameters in one bucket).
+
+    Valid while the group holds the same parameter objects at the same
+    addresses, each with a gradient, and the same state dicts and tensors
+    (``load_state_dict`` drops every plan); each step re-reads the options,
+    the step count and the gradients (new gradient tensors are viewed again).
+    """
+
+    def __init__(self, opt, group, params, keys, args, views, states, names):
+        self.group = group
+        self.params = list(params)
+        self.ids = [id(p) for p in params]
+        self.ptrs = [p.data_ptr() for p in params]
+        self.state = opt.state
+        self.dicts = [opt.state[p] for p in params]
+        self.tensors = [[st[k] for st in self.dicts] for k in keys]
+        self.keys = keys
+        self.counts = opt._counts_steps
+        self.steps = [st["step"] for st in self.dicts] if self.counts else []
+        self.args, self.views, self.states, self.names = args, views, states, names
+        self.grads: dict[int, tuple[torch.Tensor, int, Any]] = {}
+
+    def prepare(self, opt: _Fused, group: dict[str, Any]) -> Any:
+        """A callable stepping the group, or None if the cache does not apply."""
+        params = group["params"]
+        if group is not self.group or opt.state is not self.state or len(params) != len(self.ids):
+            return None
+        grads = []
+        cache, new_cache = self.grads, {}
+        for p, pid, ptr, st in zip(params, self.ids, self.ptrs, self.dicts):
+            g = p.grad
+            if id(p) != pid or g is None or p.data_ptr() != ptr or opt.state.get(p) is not st:
+                return None
+            hit = cache.get(id(g))
+            if hit is None or hit[0] is not g or hit[1] != g.data_ptr():
+                if (
+                    g.dtype != p.dtype
+                    or g.shape != p.shape
+                    or g.layout != torch.strided
+                    or g.device.type != "cpu"
+                    or not g.is_contiguous()
+                ):
+                    return None  # the full path raises the precise error
+                hit = (g, g.data_ptr(), as_array(g))
+            new_cache[id(g)] = hit
+            grads.append(hit[2])
+        for k, tensors in zip(self.keys, self.tensors):
+            for st, t in zip(self.dicts, tensors):
+                if st[k] is not t:
+                    return None
+        if not all(isinstance(t, torch.Tensor) for t in self.steps) or any(
+            st["step"] is not t for st, t in zip(self.dicts, self.steps)
+        ):
+            return None  # (the full path also handles plain-number steps)
+        self.grads = new_cache
+        args = self.args
+        opt._set_args(args, group)
+        args.lr = _lr(group["lr"])
+        # Equal for every parameter: a plan exists only while all step together.
+        args.step = opt._step_of(self.dicts[0])
+
+        def run() -> None:
+            _core.optim.step(args, self.views, grads, None, self.states, self.names, False)
+            if self.counts:
+                torch._foreach_add_(self.steps, 1)
+
+        return run
 
 
 class SGD(_Fused):
