@@ -10,7 +10,6 @@ both call it.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -100,28 +99,22 @@ def newton_schulz_(
     return x
 
 
-_BLAS: list[Any] = []  # threadpoolctl's controller, found once (empty: not looked up yet)
+_BLAS: list[Any] = []  # threadpoolctl's controller, made once on first use
 
 
 def blas_one_thread() -> Any:
-    """A context in which NumPy's BLAS runs on one thread (threadpoolctl, if installed).
+    """A context in which NumPy's BLAS runs on one thread (threadpoolctl).
 
     Muon runs one single-threaded Newton-Schulz iteration per matrix on each of
     slimgrad's threads instead of multithreaded products: OpenBLAS's own
     threads spin while they wait, and on a machine with more runnable threads
     than cores (measured: 2 cores, load average 10) a 2-thread OpenBLAS made the
-    step 15-30x slower. Without threadpoolctl the products use BLAS's threads
-    as configured (``OPENBLAS_NUM_THREADS``).
+    step 15-30x slower.
     """
     if not _BLAS:
-        try:
-            from threadpoolctl import ThreadpoolController
+        from threadpoolctl import ThreadpoolController
 
-            _BLAS.append(ThreadpoolController())
-        except ImportError:  # pragma: no cover - threadpoolctl is in the test extra
-            _BLAS.append(None)
-    if _BLAS[0] is None:  # pragma: no cover
-        return contextlib.nullcontext()
+        _BLAS.append(ThreadpoolController())
     return _BLAS[0].limit(limits=1, user_api="blas")
 
 
