@@ -6,8 +6,9 @@
 model.safetensors, tokenizer), collects each Linear layer's input statistics
 on calibration sentences, compresses every Linear layer, prints a per-layer
 table and the embedding cosine against the float model on held-out
-sentences, and writes OUT (slimgrad's quantized safetensors: every other
-parameter in float32).
+sentences, and writes OUT: slimgrad's quantized safetensors (every other
+parameter in float32), or with ``--format gguf`` / ``-o OUT.gguf`` a GGUF that
+llama.cpp runs, whose quality it measures again from the file.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ EXAMPLES = """examples:
   slimgrad compress MODEL_DIR -o q4.safetensors --method gptq --bits 4 --group-size 128
   slimgrad compress MODEL_DIR -o s50.safetensors --prune sparsegpt --sparsity 0.5 --bits 8
   slimgrad compress MODEL_DIR -o mixed.safetensors --budget-bytes 9000000 --calib my.txt
+  slimgrad compress MODEL_DIR -o q4.gguf --method gptq --bits 4
 """
 
 
@@ -87,7 +89,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         choices=("safetensors", "gguf"),
         default=None,
         help="safetensors (slimgrad's quantized tensors) or gguf (llama.cpp: the codes in "
-        "Q4_1/Q5_1/Q8_0 blocks, other tensors float32); default: by -o's extension",
+        "Q4_1/Q5_1/Q8_0 blocks, the rest as llama.cpp's converter writes it); default: by "
+        "-o's extension",
     )
 
 
