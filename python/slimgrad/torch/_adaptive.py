@@ -71,7 +71,7 @@ class ASGD(_Fused):
         }
 
     def _set_args(self, a, g):
-        _np.ASGD._set_args(self, a, g)
+        super()._set_args(a, g)
         a.eta, a.mu = g["_eta"], g["_mu"]
 
     def _run(self, group, params, step):
@@ -119,7 +119,6 @@ class Rprop(_Fused):
         super().__init__(params, defaults)
 
     _state_keys = _np.Rprop._state_keys
-    _set_args = _np.Rprop._set_args
 
     def _init_state(self, group, p):
         dt = self._state_dtype(group, p, "prev")

@@ -47,8 +47,9 @@ class _Fused(TorchOptimizer):
     def _state_keys(self, group: dict[str, Any]) -> list[str]:
         raise NotImplementedError
 
-    def _set_args(self, args: Any, group: dict[str, Any]) -> None:
-        raise NotImplementedError
+    # the kernel's arguments from the group, read from the descriptor table's
+    # options as for slimgrad.optim (one mapping of torch's group keys)
+    _set_args = _np.FusedOptimizer._set_args
 
     def _state_dtype(self, group: dict[str, Any], p: torch.Tensor, key: str) -> torch.dtype:
         if p.dtype == torch.bfloat16:
@@ -220,9 +221,8 @@ class SGD(_Fused):
         # torch's first step copies the gradient into a missing momentum buffer.
         return 2 if state.get("momentum_buffer") is not None else 1
 
-    # The group keys are torch's, as slimgrad.optim's: share its state slots and options.
+    # The group keys are torch's, as slimgrad.optim's: share its state slots.
     _state_keys = _np.SGD._state_keys
-    _set_args = _np.SGD._set_args
 
 
 class Adam(_Fused):
@@ -274,9 +274,8 @@ class Adam(_Fused):
         )
         super().__init__(params, defaults)
 
-    # The group keys are torch's, as slimgrad.optim's: share its state slots and options.
+    # The group keys are torch's, as slimgrad.optim's: share its state slots.
     _state_keys = _np.Adam._state_keys
-    _set_args = _np.Adam._set_args
 
 
 class AdamW(Adam):
@@ -358,9 +357,8 @@ class Adagrad(_Fused):
     def _fill(self, group):
         return float(group["initial_accumulator_value"])
 
-    # The group keys are torch's, as slimgrad.optim's: share its state slots and options.
+    # The group keys are torch's, as slimgrad.optim's: share its state slots.
     _state_keys = _np.Adagrad._state_keys
-    _set_args = _np.Adagrad._set_args
 
 
 class RMSprop(_Fused):
@@ -405,6 +403,5 @@ class RMSprop(_Fused):
         )
         super().__init__(params, defaults)
 
-    # The group keys are torch's, as slimgrad.optim's: share its state slots and options.
+    # The group keys are torch's, as slimgrad.optim's: share its state slots.
     _state_keys = _np.RMSprop._state_keys
-    _set_args = _np.RMSprop._set_args
