@@ -106,7 +106,7 @@ GOOD = """
     sched.step()
     qt = quant.quantize(w, 8, granularity="channel")
     out: np.ndarray = functional.adamw_(w, np.ones_like(w), m, v, step=1, lr=1e-3, seed=1)
-    sgd = slimgrad.optim.SGD([w], lr=0.1)
+    sgd = slimgrad.optim.SGD([w], lr=0.1, nesterov=False, seed=3, rounding="stochastic")
 """
 
 # Each bad line, and the words mypy's message must contain.
@@ -117,6 +117,9 @@ BAD = {
     "functional.adam_(w, w, m, v, step=1, rounding=1)": 'Argument "rounding" to "adam_" has incompatible type "int"',
     'sgd = slimgrad.optim.SGD([w], lr="x")': 'Argument "lr" to "SGD" has incompatible type "str"',
     'functional.adamw_(w, w, m, v, step=1, beta1="x")': 'Argument "beta1" to "adamw_" has incompatible type "str"',
+    # The shared keyword tail (optim/_keywords.py) is typed too.
+    'opt = AdamW({"w": w}, seed="one")': 'Argument "seed" to "AdamW" has incompatible type "str"',
+    'opt = AdamW({"w": w}, maximise=True)': 'Unexpected keyword argument "maximise" for "AdamW"',
 }
 
 
@@ -172,6 +175,29 @@ def test_optim_names_are_static():
     imported = {
         a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names
     }
+    # A star import re-exports its module's static __all__ (mypy reads it too).
+    for n in tree.body:
+        if isinstance(n, ast.ImportFrom) and n.names[0].name == "*":
+            imported |= set(vars(slimgrad.optim)[n.module].__all__)
     assert set(slimgrad.optim.__all__) <= imported
     assert "importlib" not in inspect.getsource(slimgrad.optim)
     assert os.path.basename(slimgrad.optim.__file__) == "__init__.py"
+
+
+def test_keyword_tails_are_declared_once_and_spelled_out():
+    # A constructor taking **keywords names, in its annotation, the TypedDict
+    # its class uses at run time; its signature lists every keyword of it.
+
+    from slimgrad import optim
+
+    for name in optim.__all__:
+        cls = getattr(optim, name)
+        init = vars(cls).get("__init__") if isinstance(cls, type) else None
+        hint = getattr(init, "__annotations__", {}).get("keywords")
+        if hint is None:
+            continue
+        kind = cls._keywords
+        assert hint == f"Unpack[{kind.__name__}]", name
+        params = inspect.signature(cls).parameters
+        assert set(kind.__annotations__) <= set(params), name
+        assert all(params[k].kind is inspect.Parameter.KEYWORD_ONLY for k in kind.__annotations__)

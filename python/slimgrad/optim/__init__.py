@@ -14,12 +14,13 @@ placement; ``_state_dict``; ``_fused``: the base of the optimizers stepped by
 one C++ call; ``_optimizers``: SGD ... RAdam; ``_lion``, ``_lamb``,
 ``_adamw8bit``, ``_adafactor``, ``_clip``, ``_muon``, ``_prodigy``; ``_adaptive``: ASGD,
 Rprop, Schedule-Free AdamW/SGD); ``functional`` is public as a
-module. This file only re-exports the public names.
+module. This file only re-exports the public names (``_optimizers``'
+``__all__`` as a whole).
 """
 
 from __future__ import annotations
 
-from . import functional
+from . import _optimizers, functional
 from ._adafactor import Adafactor
 from ._adamw8bit import AdamW8bit, dequantize_moment, quantize_moment
 from ._adaptive import ASGD, AdamWScheduleFree, Rprop, SGDScheduleFree
@@ -30,7 +31,10 @@ from ._clip import accumulate_, clip_grad_norm_, clip_grad_value_
 from ._lamb import LAMB
 from ._lion import Lion
 from ._muon import Muon
-from ._optimizers import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop
+
+# The elementwise family's module exports what its __all__ lists (SGD ... RAdam),
+# so a new optimizer there needs no line here.
+from ._optimizers import *  # noqa: F403
 from ._prodigy import Prodigy
 from ._torch_import import from_torch_state_dict
 
@@ -39,23 +43,14 @@ __all__ = [
     "AdamWScheduleFree",
     "Rprop",
     "SGDScheduleFree",
-    "Adadelta",
     "Adafactor",
-    "Adagrad",
-    "Adam",
-    "AdamW",
     "AdamW8bit",
-    "Adamax",
     "Bucket",
     "LAMB",
     "Lion",
     "Muon",
-    "NAdam",
     "Optimizer",
     "Prodigy",
-    "RAdam",
-    "RMSprop",
-    "SGD",
     "accumulate_",
     "clip_grad_norm_",
     "clip_grad_value_",
@@ -65,3 +60,4 @@ __all__ = [
     "functional",
     "quantize_moment",
 ]
+__all__ += _optimizers.__all__

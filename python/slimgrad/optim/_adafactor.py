@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import _core
 from ._bucket import Bucket
-from ._checks import OPTION_CHECKS, check_nonneg, check_number, check_torch_flags
+from ._checks import OPTION_CHECKS, check_nonneg, check_number
 from ._extra import Arrays, ExtraOptimizer, Group
+from ._keywords import SignedStepKeywords
+
+if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; only the type checker needs it
+    from typing_extensions import Unpack
 
 
 def _machine_eps(dtype: np.dtype) -> float:
@@ -112,6 +116,7 @@ class Adafactor(ExtraOptimizer):
         "d": _check_d,
     }
 
+    _keywords = SignedStepKeywords
     _algo = "adafactor"
 
     def __init__(
@@ -122,18 +127,10 @@ class Adafactor(ExtraOptimizer):
         eps: tuple[float | None, float] = (None, 1e-3),
         d: float = 1.0,
         weight_decay: float = 0.0,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        fused: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        nonfinite: str = "raise",
+        **keywords: Unpack[SignedStepKeywords],
     ) -> None:
-        check_torch_flags(foreach, fused, capturable, differentiable)
         defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay)
-        defaults["maximize"] = maximize
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, **keywords)
 
     def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
         # The base class wants the same state keys for every parameter of a

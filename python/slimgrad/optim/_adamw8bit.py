@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import _core
 from ._bucket import Bucket
-from ._checks import check_torch_flags
 from ._extra import Arrays, ExtraOptimizer, Group
+from ._keywords import SignedStepKeywords
+
+if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; only the type checker needs it
+    from typing_extensions import Unpack
 
 BLOCK_SIZE = 256
 
@@ -104,6 +107,7 @@ class AdamW8bit(ExtraOptimizer):
         ``block_size`` other than 256.
     """
 
+    _keywords = SignedStepKeywords
     _algo = "adamw8bit"
 
     def __init__(
@@ -115,15 +119,9 @@ class AdamW8bit(ExtraOptimizer):
         weight_decay: float = 1e-2,
         block_size: int = BLOCK_SIZE,
         *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        fused: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        nonfinite: str = "raise",
         min_8bit_size: int = 0,
+        **keywords: Unpack[SignedStepKeywords],
     ) -> None:
-        check_torch_flags(foreach, fused, capturable, differentiable)
         if isinstance(min_8bit_size, bool) or not isinstance(min_8bit_size, (int, np.integer)):
             raise TypeError(f"min_8bit_size: expected an int, got {type(min_8bit_size).__name__}")
         if min_8bit_size < 0:
@@ -134,8 +132,8 @@ class AdamW8bit(ExtraOptimizer):
                 f"block_size: expected {BLOCK_SIZE} (the only size the kernels support), "
                 f"got {block_size!r}"
             )
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        super().__init__(params, defaults, **keywords)
 
     def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
         if param.size < self.min_8bit_size:

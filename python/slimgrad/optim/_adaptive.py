@@ -17,7 +17,7 @@ than per element lives here, in Python:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,9 +28,12 @@ from ._checks import (
     check_bool,
     check_nonneg,
     check_number,
-    check_torch_flags,
 )
 from ._fused import FusedOptimizer
+from ._keywords import FamilyKeywords, PrecisionKeywords
+
+if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; only the type checker needs it
+    from typing_extensions import Unpack
 
 __all__ = ["ASGD", "Rprop", "AdamWScheduleFree", "SGDScheduleFree"]
 
@@ -108,23 +111,10 @@ class ASGD(FusedOptimizer):
         alpha: float = 0.75,
         t0: float = 1e6,
         weight_decay: float = 0,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        fused: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        nonfinite: str = "raise",
-        rounding: str = "nearest",
-        seed: int = 0,
-        state_dtype: Any = None,
-        master_weights: bool = True,
+        **keywords: Unpack[FamilyKeywords],
     ) -> None:
-        check_torch_flags(foreach, fused, capturable, differentiable)
-        defaults = dict(
-            lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, maximize=maximize
-        )
-        super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
+        defaults = dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay)
+        super().__init__(params, defaults, **keywords)
 
     def _init_state(self, group, param):
         return {**super()._init_state(group, param), "eta": _f32(group["lr"]), "mu": 1.0}
@@ -169,26 +159,14 @@ class Rprop(FusedOptimizer):
         lr: float = 1e-2,
         etas: tuple[float, float] = (0.5, 1.2),
         step_sizes: tuple[float, float] = (1e-6, 50),
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        fused: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        nonfinite: str = "raise",
-        rounding: str = "nearest",
-        seed: int = 0,
-        state_dtype: Any = None,
-        master_weights: bool = True,
+        **keywords: Unpack[FamilyKeywords],
     ) -> None:
-        check_torch_flags(foreach, fused, capturable, differentiable)
         defaults = dict(
             lr=lr,
             etas=check_etas("etas", etas),
             step_sizes=check_step_sizes("step_sizes", step_sizes),
-            maximize=maximize,
         )
-        super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
+        super().__init__(params, defaults, **keywords)
 
     def _init_state(self, group, param):
         return {
@@ -220,12 +198,14 @@ class _ScheduleFree(FusedOptimizer):
     unless :meth:`train` was called.
     """
 
-    def __init__(self, params, defaults, nonfinite, rounding, seed, state_dtype, master_weights):
+    _keywords = PrecisionKeywords
+
+    def __init__(self, params, defaults, **keywords):
         defaults = dict(
             defaults, k=0, train_mode=False, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0
         )
         self._pending: list[dict[str, float]] | None = None
-        super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
+        super().__init__(params, defaults, **keywords)
 
     def _beta(self, group: dict[str, Any]) -> float:
         """beta1 (AdamW) or momentum (SGD): the y = (1 - beta) z + beta x interpolation."""
@@ -356,18 +336,8 @@ class AdamWScheduleFree(_ScheduleFree):
         warmup_steps: int = 0,
         r: float = 0.0,
         weight_lr_power: float = 2.0,
-        *,
-        foreach: bool | None = None,
-        fused: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        nonfinite: str = "raise",
-        rounding: str = "nearest",
-        seed: int = 0,
-        state_dtype: Any = None,
-        master_weights: bool = True,
+        **keywords: Unpack[PrecisionKeywords],
     ) -> None:
-        check_torch_flags(foreach, fused, capturable, differentiable)
         defaults = dict(
             lr=lr,
             betas=betas,
@@ -377,7 +347,7 @@ class AdamWScheduleFree(_ScheduleFree):
             r=r,
             weight_lr_power=weight_lr_power,
         )
-        super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
+        super().__init__(params, defaults, **keywords)
 
     def _beta(self, group):
         return group["betas"][0]
@@ -407,18 +377,8 @@ class SGDScheduleFree(_ScheduleFree):
         warmup_steps: int = 0,
         r: float = 0.0,
         weight_lr_power: float = 2.0,
-        *,
-        foreach: bool | None = None,
-        fused: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        nonfinite: str = "raise",
-        rounding: str = "nearest",
-        seed: int = 0,
-        state_dtype: Any = None,
-        master_weights: bool = True,
+        **keywords: Unpack[PrecisionKeywords],
     ) -> None:
-        check_torch_flags(foreach, fused, capturable, differentiable)
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -427,7 +387,7 @@ class SGDScheduleFree(_ScheduleFree):
             r=r,
             weight_lr_power=weight_lr_power,
         )
-        super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
+        super().__init__(params, defaults, **keywords)
 
     def _beta(self, group):
         return group["momentum"]

@@ -16,6 +16,7 @@ from .. import _core
 from ._base import Optimizer
 from ._bucket import Bucket, find_nonfinite
 from ._fused import OPTIMIZER_TABLE
+from ._keywords import StepKeywords, take_keywords
 
 BLOCK = 256  # AdamW8bit's elements per scale (kQuantBlock in optim_extra.hpp)
 
@@ -142,13 +143,18 @@ class ExtraOptimizer(Optimizer):
                 return expected_state(storage, when, param, self.state_dtype(param))
         raise ValueError(f"state: unexpected key {key!r} for {type(self).__name__}")
 
-    def __init__(self, params: Any, defaults: dict[str, Any], *, nonfinite: str = "raise") -> None:
+    _keywords: type = StepKeywords
+
+    def __init__(self, params: Any, defaults: dict[str, Any], **keywords: Any) -> None:
+        """``defaults``: the subclass's own options; ``keywords``: the shared tail
+        (``self._keywords``: torch's switches, nonfinite, maximize where it is one)."""
+        nonfinite, shared = take_keywords(type(self).__name__, self._keywords, keywords)
         # Options are stored as the kernels take them: each checked by its
         # option check, in the constructor's argument order, and kept as the
         # check returns it (floats, a tuple of betas); maximize as bool(value).
         defaults = {
             k: bool(v) if k == "maximize" else self._option_checks[k](k, v)
-            for k, v in defaults.items()
+            for k, v in {**defaults, **shared}.items()
         }
         super().__init__(params, defaults, nonfinite=nonfinite)
 

@@ -17,6 +17,7 @@ from .. import _core
 from ._base import Optimizer
 from ._bucket import Bucket
 from ._checks import HALF_DTYPES, check_betas
+from ._keywords import FamilyKeywords, take_keywords
 
 __all__ = ["FusedOptimizer", "OPTIMIZER_TABLE"]
 
@@ -43,16 +44,14 @@ class FusedOptimizer(Optimizer):
     _algo = ""
     _kernel_grad_scale = True  # StepArgs.grad_scale: step(max_norm=...) clips inside the update
 
-    def __init__(
-        self,
-        params: Any,
-        defaults: dict[str, Any],
-        nonfinite: str,
-        rounding: str,
-        seed: int,
-        state_dtype: Any = None,
-        master_weights: bool = True,
-    ) -> None:
+    _keywords: type = FamilyKeywords
+
+    def __init__(self, params: Any, defaults: dict[str, Any], **keywords: Any) -> None:
+        """``defaults``: the subclass's own options; ``keywords``: the shared tail
+        (``self._keywords``: maximize, torch's switches, nonfinite, rounding,
+        seed, state_dtype, master_weights), defaults filled here."""
+        nonfinite, shared = take_keywords(type(self).__name__, self._keywords, keywords)
+        defaults = {**defaults, **shared}
         # The options' checks first, in the constructor's argument order (the
         # base class runs them again on the defaults; they are cheap).
         for k, v in defaults.items():
@@ -60,16 +59,10 @@ class FusedOptimizer(Optimizer):
                 self._option_checks[k](k, v)
         if "betas" in defaults:  # stored as a tuple of floats, as given to the kernel
             defaults = {**defaults, "betas": check_betas(defaults["betas"])}
+        seed = defaults["seed"]
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
-        defaults = {
-            **defaults,
-            "rounding": rounding,
-            "seed": int(seed),
-            "state_dtype": state_dtype,
-            "master_weights": master_weights,
-        }
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, {**defaults, "seed": int(seed)}, nonfinite=nonfinite)
 
     def _state_keys(self, group: dict[str, Any]) -> list[str]:
         """State keys in use for a group's options, in the kernel's slot order.

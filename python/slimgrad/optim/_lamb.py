@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import _core
 from ._bucket import Bucket
-from ._checks import check_torch_flags
 from ._extra import Arrays, ExtraOptimizer, Group
+from ._keywords import StepKeywords
+
+if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; only the type checker needs it
+    from typing_extensions import Unpack
 
 
 class LAMB(ExtraOptimizer):
@@ -65,16 +68,10 @@ class LAMB(ExtraOptimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-6,
         weight_decay: float = 0.0,
-        *,
-        foreach: bool | None = None,
-        fused: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        nonfinite: str = "raise",
+        **keywords: Unpack[StepKeywords],
     ) -> None:
-        check_torch_flags(foreach, fused, capturable, differentiable)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, **keywords)
         self.trust_ratios: dict[Any, float] = {}
         """Trust ratio of each parameter at the last step (by state key)."""
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._checks import check_torch_flags
 from ._fused import FusedOptimizer
+from ._keywords import FamilyKeywords
+
+if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; only the type checker needs it
+    from typing_extensions import Unpack
 
 __all__ = ["Lion"]
 
@@ -62,21 +65,10 @@ class Lion(FusedOptimizer):
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.99),
         weight_decay: float = 0.0,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        fused: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        nonfinite: str = "raise",
-        rounding: str = "nearest",
-        seed: int = 0,
-        state_dtype: Any = None,
-        master_weights: bool = True,
+        **keywords: Unpack[FamilyKeywords],
     ) -> None:
-        check_torch_flags(foreach, fused, capturable, differentiable)
-        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize)
-        super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
+        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay)
+        super().__init__(params, defaults, **keywords)
 
     def _set_args(self, a: Any, g: dict[str, Any]) -> None:
         a.lr, (a.beta1, a.beta2) = g["lr"], g["betas"]

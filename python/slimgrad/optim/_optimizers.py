@@ -42,10 +42,14 @@ validates edited values first, with the constructor's checks (``TypeError`` /
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._checks import check_nonneg, check_torch_flags
+from ._checks import check_nonneg
 from ._fused import FusedOptimizer
+from ._keywords import FamilyKeywords
+
+if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; only the type checker needs it
+    from typing_extensions import Unpack
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam"]
 
@@ -70,19 +74,8 @@ class SGD(FusedOptimizer):
         dampening: float = 0,
         weight_decay: float = 0,
         nesterov: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        fused: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        nonfinite: str = "raise",
-        rounding: str = "nearest",
-        seed: int = 0,
-        state_dtype: Any = None,
-        master_weights: bool = True,
+        **keywords: Unpack[FamilyKeywords],
     ) -> None:
-        check_torch_flags(foreach, fused, capturable, differentiable)
         if nesterov and (check_nonneg("momentum", momentum) <= 0 or dampening != 0):
             raise ValueError("nesterov: requires momentum > 0 and dampening == 0")
         defaults = dict(
@@ -91,9 +84,8 @@ class SGD(FusedOptimizer):
             dampening=dampening,
             weight_decay=weight_decay,
             nesterov=nesterov,
-            maximize=maximize,
         )
-        super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
+        super().__init__(params, defaults, **keywords)
 
 
 class Adagrad(FusedOptimizer):
@@ -114,28 +106,16 @@ class Adagrad(FusedOptimizer):
         weight_decay: float = 0,
         initial_accumulator_value: float = 0,
         eps: float = 1e-10,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        fused: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        nonfinite: str = "raise",
-        rounding: str = "nearest",
-        seed: int = 0,
-        state_dtype: Any = None,
-        master_weights: bool = True,
+        **keywords: Unpack[FamilyKeywords],
     ) -> None:
-        check_torch_flags(foreach, fused, capturable, differentiable)
         defaults = dict(
             lr=lr,
             lr_decay=lr_decay,
             weight_decay=weight_decay,
             initial_accumulator_value=initial_accumulator_value,
             eps=eps,
-            maximize=maximize,
         )
-        super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
+        super().__init__(params, defaults, **keywords)
 
     def _init_state(self, group, param):
         return {"sum": self.state_full(param, group["initial_accumulator_value"], group)}
@@ -161,19 +141,8 @@ class RMSprop(FusedOptimizer):
         weight_decay: float = 0,
         momentum: float = 0,
         centered: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        fused: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        nonfinite: str = "raise",
-        rounding: str = "nearest",
-        seed: int = 0,
-        state_dtype: Any = None,
-        master_weights: bool = True,
+        **keywords: Unpack[FamilyKeywords],
     ) -> None:
-        check_torch_flags(foreach, fused, capturable, differentiable)
         defaults = dict(
             lr=lr,
             alpha=alpha,
@@ -181,9 +150,8 @@ class RMSprop(FusedOptimizer):
             weight_decay=weight_decay,
             momentum=momentum,
             centered=centered,
-            maximize=maximize,
         )
-        super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
+        super().__init__(params, defaults, **keywords)
 
 
 class Adadelta(FusedOptimizer):
@@ -203,21 +171,10 @@ class Adadelta(FusedOptimizer):
         rho: float = 0.9,
         eps: float = 1e-6,
         weight_decay: float = 0,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        fused: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        nonfinite: str = "raise",
-        rounding: str = "nearest",
-        seed: int = 0,
-        state_dtype: Any = None,
-        master_weights: bool = True,
+        **keywords: Unpack[FamilyKeywords],
     ) -> None:
-        check_torch_flags(foreach, fused, capturable, differentiable)
-        defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
-        super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
+        defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay)
+        super().__init__(params, defaults, **keywords)
 
 
 class Adam(FusedOptimizer):
@@ -242,29 +199,18 @@ class Adam(FusedOptimizer):
         weight_decay: float = 0,
         amsgrad: bool = False,
         *,
-        maximize: bool = False,
         decoupled_weight_decay: bool = False,
-        foreach: bool | None = None,
-        fused: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        nonfinite: str = "raise",
-        rounding: str = "nearest",
-        seed: int = 0,
-        state_dtype: Any = None,
-        master_weights: bool = True,
+        **keywords: Unpack[FamilyKeywords],
     ) -> None:
-        check_torch_flags(foreach, fused, capturable, differentiable)
         defaults = dict(
             lr=lr,
             betas=betas,
             eps=eps,
             weight_decay=weight_decay,
             amsgrad=amsgrad,
-            maximize=maximize,
             decoupled_weight_decay=decoupled_weight_decay,
         )
-        super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
+        super().__init__(params, defaults, **keywords)
 
 
 class AdamW(Adam):
@@ -278,19 +224,8 @@ class AdamW(Adam):
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
         amsgrad: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        fused: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        nonfinite: str = "raise",
-        rounding: str = "nearest",
-        seed: int = 0,
-        state_dtype: Any = None,
-        master_weights: bool = True,
+        **keywords: Unpack[FamilyKeywords],
     ) -> None:
-        check_torch_flags(foreach, fused, capturable, differentiable)
         super().__init__(
             params,
             lr,
@@ -298,13 +233,8 @@ class AdamW(Adam):
             eps,
             weight_decay,
             amsgrad,
-            maximize=maximize,
             decoupled_weight_decay=True,
-            nonfinite=nonfinite,
-            rounding=rounding,
-            seed=seed,
-            state_dtype=state_dtype,
-            master_weights=master_weights,
+            **keywords,
         )
 
 
@@ -324,21 +254,10 @@ class Adamax(FusedOptimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        fused: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        nonfinite: str = "raise",
-        rounding: str = "nearest",
-        seed: int = 0,
-        state_dtype: Any = None,
-        master_weights: bool = True,
+        **keywords: Unpack[FamilyKeywords],
     ) -> None:
-        check_torch_flags(foreach, fused, capturable, differentiable)
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
-        super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        super().__init__(params, defaults, **keywords)
 
 
 class NAdam(FusedOptimizer):
@@ -363,19 +282,8 @@ class NAdam(FusedOptimizer):
         weight_decay: float = 0,
         momentum_decay: float = 4e-3,
         decoupled_weight_decay: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        fused: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        nonfinite: str = "raise",
-        rounding: str = "nearest",
-        seed: int = 0,
-        state_dtype: Any = None,
-        master_weights: bool = True,
+        **keywords: Unpack[FamilyKeywords],
     ) -> None:
-        check_torch_flags(foreach, fused, capturable, differentiable)
         defaults = dict(
             lr=lr,
             betas=betas,
@@ -383,9 +291,8 @@ class NAdam(FusedOptimizer):
             weight_decay=weight_decay,
             momentum_decay=momentum_decay,
             decoupled_weight_decay=decoupled_weight_decay,
-            maximize=maximize,
         )
-        super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
+        super().__init__(params, defaults, **keywords)
 
     def _init_state(self, group, param):
         return {**super()._init_state(group, param), "mu_product": 1.0}
@@ -424,25 +331,13 @@ class RAdam(FusedOptimizer):
         eps: float = 1e-8,
         weight_decay: float = 0,
         decoupled_weight_decay: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        fused: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        nonfinite: str = "raise",
-        rounding: str = "nearest",
-        seed: int = 0,
-        state_dtype: Any = None,
-        master_weights: bool = True,
+        **keywords: Unpack[FamilyKeywords],
     ) -> None:
-        check_torch_flags(foreach, fused, capturable, differentiable)
         defaults = dict(
             lr=lr,
             betas=betas,
             eps=eps,
             weight_decay=weight_decay,
             decoupled_weight_decay=decoupled_weight_decay,
-            maximize=maximize,
         )
-        super().__init__(params, defaults, nonfinite, rounding, seed, state_dtype, master_weights)
+        super().__init__(params, defaults, **keywords)
