@@ -17,44 +17,17 @@ import torch
 
 from ..optim import _adaptive as _np
 from ._base import check_range
-from ._fused import _Fused
+from ._fused import _Fused, _Mirrored
 
 __all__ = ["ASGD", "Rprop", "AdamWScheduleFree", "SGDScheduleFree"]
 
 
-class ASGD(_Fused):
+class ASGD(_Mirrored):
     """``torch.optim.ASGD``: same signature and state (``step``, ``eta``, ``mu``
     as float32 scalar tensors, ``ax``); see :class:`slimgrad.optim.ASGD`."""
 
     _algo = "asgd"
-
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-2,
-        lambd: float = 1e-4,
-        alpha: float = 0.75,
-        t0: float = 1e6,
-        weight_decay: float = 0,
-        foreach: bool | None = None,
-        maximize: bool = False,
-        differentiable: bool = False,
-        capturable: bool = False,
-    ) -> None:
-        check_range("learning rate", lr)
-        check_range("weight_decay", weight_decay)
-        defaults = dict(
-            lr=lr,
-            lambd=lambd,
-            alpha=alpha,
-            t0=t0,
-            weight_decay=weight_decay,
-            foreach=foreach,
-            maximize=maximize,
-            differentiable=differentiable,
-            capturable=capturable,
-        )
-        super().__init__(params, defaults)
+    _mirrors = torch.optim.ASGD
 
     _state_keys = _np.ASGD._state_keys
 
@@ -85,38 +58,12 @@ class ASGD(_Fused):
             self.state[p]["mu"].fill_(mu)
 
 
-class Rprop(_Fused):
+class Rprop(_Mirrored):
     """``torch.optim.Rprop``: same signature and state (``step``, ``prev``,
     ``step_size``); see :class:`slimgrad.optim.Rprop`."""
 
     _algo = "rprop"
-
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-2,
-        etas: tuple[float, float] = (0.5, 1.2),
-        step_sizes: tuple[float, float] = (1e-6, 50),
-        *,
-        capturable: bool = False,
-        foreach: bool | None = None,
-        maximize: bool = False,
-        differentiable: bool = False,
-    ) -> None:
-        check_range("learning rate", lr)
-        if not 0.0 < etas[0] < 1.0 < etas[1]:
-            raise ValueError(f"Invalid eta values: {etas[0]}, {etas[1]}")
-        _np.check_step_sizes("step_sizes", step_sizes)
-        defaults = dict(
-            lr=lr,
-            etas=etas,
-            step_sizes=step_sizes,
-            foreach=foreach,
-            maximize=maximize,
-            differentiable=differentiable,
-            capturable=capturable,
-        )
-        super().__init__(params, defaults)
+    _mirrors = torch.optim.Rprop
 
     _state_keys = _np.Rprop._state_keys
 

@@ -12,13 +12,14 @@ state), the others their own dtype.
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any
 
 import torch
 
 from .. import _core
 from ..optim import _optimizers as _np
-from ._base import HALF, TorchOptimizer, as_array, check_range
+from ._base import HALF, TorchOptimizer, as_array
 
 __all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop"]
 
@@ -175,7 +176,26 @@ class _Plan:
         return run
 
 
-class SGD(_Fused):
+class _Mirrored(_Fused):
+    """A torch.optim optimizer's constructor, as it is: ``_mirrors`` is the torch class.
+
+    The arguments go to torch's own constructor, on a placeholder parameter:
+    its signature, argument checks (torch's messages) and defaults are ours,
+    for whatever torch version is installed, and nothing is restated here.
+    """
+
+    _mirrors: Any = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__signature__ = inspect.signature(cls._mirrors)  # what help() and IDEs show
+
+    def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        probe = self._mirrors([torch.zeros(1, 1)], *args, **kwargs)
+        super().__init__(params, dict(probe.defaults))
+
+
+class SGD(_Mirrored):
     """``torch.optim.SGD`` (momentum, dampening, nesterov, weight decay, maximize).
 
     Same signature and state (``momentum_buffer`` when ``momentum != 0``) as torch.
@@ -183,39 +203,8 @@ class SGD(_Fused):
     """
 
     _algo = "sgd"
+    _mirrors = torch.optim.SGD
     _counts_steps = False
-
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-3,
-        momentum: float = 0,
-        dampening: float = 0,
-        weight_decay: float = 0,
-        nesterov: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        differentiable: bool = False,
-        fused: bool | None = None,
-    ) -> None:
-        check_range("learning rate", lr)
-        check_range("momentum", momentum)
-        check_range("weight_decay", weight_decay)
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            dampening=dampening,
-            weight_decay=weight_decay,
-            nesterov=nesterov,
-            maximize=maximize,
-            foreach=foreach,
-            differentiable=differentiable,
-            fused=fused,
-        )
-        super().__init__(params, defaults)
 
     def _step_of(self, state: dict[str, Any]) -> int:
         # torch's first step copies the gradient into a missing momentum buffer.
@@ -225,7 +214,7 @@ class SGD(_Fused):
     _state_keys = _np.SGD._state_keys
 
 
-class Adam(_Fused):
+class Adam(_Mirrored):
     """``torch.optim.Adam`` (amsgrad, maximize, ``decoupled_weight_decay``).
 
     Same signature, defaults and state (``step``, ``exp_avg``, ``exp_avg_sq``,
@@ -234,45 +223,7 @@ class Adam(_Fused):
     """
 
     _algo = "adam"
-    _decoupled_default = False
-
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0,
-        amsgrad: bool = False,
-        *,
-        foreach: bool | None = None,
-        maximize: bool = False,
-        capturable: bool = False,
-        differentiable: bool = False,
-        fused: bool | None = None,
-        decoupled_weight_decay: bool | None = None,
-    ) -> None:
-        check_range("learning rate", lr)
-        check_range("epsilon", eps)
-        check_range("beta parameter at index 0", betas[0], 0.0, 1.0)
-        check_range("beta parameter at index 1", betas[1], 0.0, 1.0)
-        check_range("weight_decay", weight_decay)
-        if decoupled_weight_decay is None:
-            decoupled_weight_decay = self._decoupled_default
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            maximize=maximize,
-            foreach=foreach,
-            capturable=capturable,
-            differentiable=differentiable,
-            fused=fused,
-            decoupled_weight_decay=decoupled_weight_decay,
-        )
-        super().__init__(params, defaults)
+    _mirrors = torch.optim.Adam
 
     # The group keys are torch's, as slimgrad.optim's: share its state slots.
     _state_keys = _np.Adam._state_keys
@@ -281,78 +232,17 @@ class Adam(_Fused):
 class AdamW(Adam):
     """``torch.optim.AdamW``: :class:`Adam` with decoupled weight decay (default 1e-2)."""
 
-    _decoupled_default = True
-
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-        amsgrad: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        fused: bool | None = None,
-    ) -> None:
-        super().__init__(
-            params,
-            lr,
-            betas,
-            eps,
-            weight_decay,
-            amsgrad,
-            maximize=maximize,
-            foreach=foreach,
-            capturable=capturable,
-            differentiable=differentiable,
-            fused=fused,
-            decoupled_weight_decay=True,
-        )
+    _mirrors = torch.optim.AdamW
 
 
-class Adagrad(_Fused):
+class Adagrad(_Mirrored):
     """``torch.optim.Adagrad`` (lr_decay, initial_accumulator_value, maximize).
 
     State ``step`` and ``sum`` as torch's.
     """
 
     _algo = "adagrad"
-
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-2,
-        lr_decay: float = 0,
-        weight_decay: float = 0,
-        initial_accumulator_value: float = 0,
-        eps: float = 1e-10,
-        foreach: bool | None = None,
-        *,
-        maximize: bool = False,
-        differentiable: bool = False,
-        fused: bool | None = None,
-    ) -> None:
-        check_range("learning rate", lr)
-        check_range("lr_decay", lr_decay)
-        check_range("weight_decay", weight_decay)
-        check_range("initial_accumulator_value", initial_accumulator_value)
-        check_range("epsilon", eps)
-        defaults = dict(
-            lr=lr,
-            lr_decay=lr_decay,
-            eps=eps,
-            weight_decay=weight_decay,
-            initial_accumulator_value=initial_accumulator_value,
-            foreach=foreach,
-            maximize=maximize,
-            differentiable=differentiable,
-            fused=fused,
-        )
-        super().__init__(params, defaults)
+    _mirrors = torch.optim.Adagrad
 
     def _fill(self, group):
         return float(group["initial_accumulator_value"])
@@ -361,7 +251,7 @@ class Adagrad(_Fused):
     _state_keys = _np.Adagrad._state_keys
 
 
-class RMSprop(_Fused):
+class RMSprop(_Mirrored):
     """``torch.optim.RMSprop`` (momentum, centered, maximize).
 
     State ``step``, ``square_avg``, ``momentum_buffer`` (momentum > 0), ``grad_avg``
@@ -369,39 +259,7 @@ class RMSprop(_Fused):
     """
 
     _algo = "rmsprop"
-
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-2,
-        alpha: float = 0.99,
-        eps: float = 1e-8,
-        weight_decay: float = 0,
-        momentum: float = 0,
-        centered: bool = False,
-        capturable: bool = False,
-        foreach: bool | None = None,
-        maximize: bool = False,
-        differentiable: bool = False,
-    ) -> None:
-        check_range("learning rate", lr)
-        check_range("epsilon", eps)
-        check_range("momentum", momentum)
-        check_range("weight_decay", weight_decay)
-        check_range("alpha", alpha)
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            alpha=alpha,
-            eps=eps,
-            centered=centered,
-            weight_decay=weight_decay,
-            capturable=capturable,
-            foreach=foreach,
-            maximize=maximize,
-            differentiable=differentiable,
-        )
-        super().__init__(params, defaults)
+    _mirrors = torch.optim.RMSprop
 
     # The group keys are torch's, as slimgrad.optim's: share its state slots.
     _state_keys = _np.RMSprop._state_keys
