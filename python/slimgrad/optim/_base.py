@@ -502,12 +502,30 @@ class Optimizer(StateLayout):
         if created:
             self._buckets = None
 
-    def _step_all(self, flat: list[Any]) -> bool:
+    def _buckets_for(self, flat: list[Any]) -> list[Bucket]:
+        """The buckets, given this step's gradients (``flat``, in param order) and step counts."""
         buckets = self._buckets
         assert buckets is not None
         for b in buckets:
             b.grads = [flat[i] for i in b.flat_index] if len(b.flat_index) != len(flat) else flat
             b.step = b.state_dicts[0]["step"] + 1
+        return buckets
+
+    def _refuse_nonfinite(self, buckets: list[Bucket]) -> bool | None:
+        """The step's result when a gradient of any bucket is not finite (nothing
+        is modified: ``_nonfinite`` raises or returns False), else None."""
+        bad = find_nonfinite([g for b in buckets for g in b.grads])
+        if bad is None:
+            return None
+        i, j = bad
+        for b in buckets:
+            if i < len(b.grads):
+                return self._nonfinite(b, i, j)
+            i -= len(b.grads)
+        raise AssertionError("find_nonfinite: index past the last bucket")
+
+    def _step_all(self, flat: list[Any]) -> bool:
+        buckets = self._buckets_for(flat)
         if self._clip is not None:
             return clipped_step(self, buckets, flat, self._clip)
         check = self.nonfinite != "ignore"
@@ -516,14 +534,9 @@ class Optimizer(StateLayout):
             # nonfinite="ignore", every gradient) before the first one runs,
             # so a step is all-or-nothing for any mix of dtypes.
             self._validate_all(buckets)
-            if check:
-                bad = find_nonfinite([g for b in buckets for g in b.grads])
-                if bad is not None:
-                    i, j = bad
-                    for b in buckets:
-                        if i < len(b.grads):
-                            return self._nonfinite(b, i, j)
-                        i -= len(b.grads)
+            refused = self._refuse_nonfinite(buckets) if check else None
+            if refused is not None:
+                return refused
             check = False
         return self._run_buckets(buckets, check)
 

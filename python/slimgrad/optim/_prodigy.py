@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import _core
-from ._bucket import Bucket, find_nonfinite
+from ._bucket import Bucket
 from ._checks import OPTION_CHECKS, check_betas, check_bool, check_number
 from ._extra import ExtraOptimizer, expected_state, round_back, validate
 
@@ -321,23 +321,14 @@ class Prodigy(ExtraOptimizer):
         raise NotImplementedError("Prodigy steps all buckets together (_step_all)")
 
     def _step_all(self, flat: list[Any]) -> bool:
-        buckets = self._buckets
-        assert buckets is not None
-        for b in buckets:
-            b.grads = [flat[i] for i in b.flat_index] if len(b.flat_index) != len(flat) else flat
-            b.step = b.state_dicts[0]["step"] + 1
+        buckets = self._buckets_for(flat)
         try:
             # Everything that can fail is checked before the first pass writes.
             self._validate_all(buckets)
             global_step(self.param_groups)  # unequal lrs: RuntimeError
-            if self.nonfinite != "ignore":
-                bad = find_nonfinite([g for b in buckets for g in b.grads])
-                if bad is not None:
-                    i, j = bad
-                    for b in buckets:
-                        if i < len(b.grads):
-                            return self._nonfinite(b, i, j)
-                        i -= len(b.grads)
+            refused = self._refuse_nonfinite(buckets) if self.nonfinite != "ignore" else None
+            if refused is not None:
+                return refused
             runs = []
             for b in buckets:
                 p, g = self._work(b)
