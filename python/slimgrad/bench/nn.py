@@ -1,4 +1,5 @@
-"""nn suite: Dropout, BatchNorm1d and GELU forward+backward on (size, 1024) float32.
+"""nn suite: Dropout, BatchNorm1d and GELU forward+backward on (size, 1024) float32,
+and a BERT encoder forward at all-MiniLM-L6-v2's shapes.
 
 Each implementation does what a training step does: forward, then backward
 with a given output gradient, allocating its outputs like a layer would.
@@ -10,7 +11,11 @@ with a given output gradient, allocating its outputs like a layer would.
     autograd.
 ``bytes`` is the compulsory traffic: forward reads x and writes y, backward
 reads the output gradient (and x for BatchNorm and GELU) and writes the input
-gradient. NumPy has no erf, so GELU has no NumPy peer (scipy.special.erf
+gradient. The BERT case runs slimgrad.models.bert.BertModel (random weights,
+MiniLM's config: 6 layers, hidden 384, 12 heads, intermediate 1536) on a
+batch of 32 sequences of 32 tokens, next to transformers' BertModel holding
+the same weights (eval, torch.no_grad; only when transformers is installed).
+NumPy has no erf, so GELU has no NumPy peer (scipy.special.erf
 would be one more dependency).
 """
 
@@ -117,3 +122,38 @@ def cases(size: int) -> Iterator[Case]:
 
         impls["torch F.gelu+autograd"] = torch_gelu
     yield Case(f"GELU (erf) fwd+bwd f32 {size}x{FEATURES}", impls, bytes=5 * 4 * n)
+
+    yield from bert_cases()
+
+
+def bert_cases() -> Iterator[Case]:
+    """BERT encoder forward at MiniLM's shapes (see the module docstring)."""
+    from ..models import bert
+
+    config = bert.BertConfig(
+        vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+        intermediate_size=1536,
+    )  # fmt: skip
+    model = bert.BertModel(config)
+    rng = np.random.default_rng(0)
+    batch, seq = 32, 32
+    ids = rng.integers(1000, 30000, size=(batch, seq))
+    mask = np.ones((batch, seq), np.int64)
+    mask[batch // 2 :, seq // 2 :] = 0  # half the batch padded to half length
+    impls = {"slimgrad": lambda: model.forward(ids, mask)}
+    transformers = optional_import("transformers")
+    if transformers is not None:
+        import torch
+
+        theirs = transformers.BertModel(
+            transformers.BertConfig(**vars(config)), add_pooling_layer=False
+        ).eval()
+        theirs.load_state_dict({k: torch.from_numpy(v) for k, v in model.parameters().items()})
+        t_ids, t_mask = torch.from_numpy(ids), torch.from_numpy(mask)
+
+        def torch_bert():
+            with torch.no_grad():
+                return theirs(input_ids=t_ids, attention_mask=t_mask).last_hidden_state
+
+        impls["transformers BertModel (torch)"] = torch_bert
+    yield Case(f"BERT forward MiniLM shapes {batch}x{seq} tokens", impls)
