@@ -99,6 +99,24 @@ def run_everywhere(fn):
     return out
 
 
+def assert_steps_agree_everywhere(make, p0, grads, reference, split=70_001):
+    """Step two arrays (``p0`` cut at ``split``) with ``make([a, b])`` on every
+    (ISA, thread count): the same bits everywhere, and equal to ``reference``."""
+
+    def run():
+        a, b = p0[:split].copy(), p0[split:].copy()
+        opt = make([a, b])
+        for g in grads:
+            opt.step([g[:split], g[split:]])
+        return np.concatenate([a, b])
+
+    results = run_everywhere(run)
+    first = results[(ISAS[0], THREADS[0])]
+    for key, r in results.items():
+        np.testing.assert_array_equal(r, first, err_msg=str(key))
+    np.testing.assert_array_equal(first, reference)
+
+
 # Sizes that hit empty, single, every vector tail around the widths used by
 # the kernels (8/16 floats, 4/8 doubles), chunk boundaries and a large odd size.
 EDGE_SIZES = [0, 1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 63, 65, 4095, 4097, 32769, 100_003]

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pytest
 import slimgrad
-from conftest import EDGE_SIZES, ISAS, THREADS, run_everywhere
+from conftest import EDGE_SIZES, THREADS, assert_steps_agree_everywhere
 from slimgrad import optim
 from test_optim_torch_compat import OPTIMIZERS
 
@@ -273,18 +273,8 @@ def test_every_isa_and_thread_count_gives_the_same_bits(name, dtype):
     # Two arrays, the first larger than a work item (kOptimGrain = 32768).
     p0, grads = problem(70_001 + 13, dtype, steps=3)
 
-    def run():
-        a, b = p0[:70_001].copy(), p0[70_001:].copy()
-        opt = getattr(optim, name)([a, b], **kw)
-        for g in grads:
-            opt.step([g[:70_001], g[70_001:]])
-        return np.concatenate([a, b])
-
-    results = run_everywhere(run)
-    first = results[(ISAS[0], THREADS[0])]
-    for key, r in results.items():
-        np.testing.assert_array_equal(r, first, err_msg=str(key))
-    np.testing.assert_array_equal(first, run_reference(name, kw, p0, grads, dtype))
+    reference = run_reference(name, kw, p0, grads, dtype)
+    assert_steps_agree_everywhere(lambda ps: getattr(optim, name)(ps, **kw), p0, grads, reference)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)

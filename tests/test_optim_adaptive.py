@@ -9,7 +9,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import EDGE_SIZES, ISAS, THREADS, run_everywhere
+from conftest import EDGE_SIZES, ISAS, THREADS, assert_steps_agree_everywhere, run_everywhere
 from slimgrad import optim
 from test_optim import normwise
 
@@ -185,18 +185,8 @@ def test_every_isa_and_thread_count_gives_the_same_bits(name, dtype):
     kw = RICH[name]
     p0, grads = problem(70_001 + 13, dtype, steps=4)  # the first array spans 3 work pieces
 
-    def run():
-        a, b = p0[:70_001].copy(), p0[70_001:].copy()
-        opt = make(name, [a, b], **kw)
-        for g in grads:
-            opt.step([g[:70_001], g[70_001:]])
-        return np.concatenate([a, b])
-
-    results = run_everywhere(run)
-    first = results[(ISAS[0], THREADS[0])]
-    for key, r in results.items():
-        np.testing.assert_array_equal(r, first, err_msg=str(key))
-    np.testing.assert_array_equal(first, run_reference(name, kw, p0, grads, dtype).p)
+    reference = run_reference(name, kw, p0, grads, dtype).p
+    assert_steps_agree_everywhere(lambda ps: make(name, ps, **kw), p0, grads, reference)
 
 
 @pytest.mark.parametrize("n", sorted({0, 1, 15, 16, 17, 33, *EDGE_SIZES[-3:]}))
