@@ -6,6 +6,9 @@ written out): 103 tensors, 22.7M elements, from the 30522 x 384 embedding down
 to 384-element LayerNorm vectors. Both optimizers step the same values on the
 same torch tensors; float32 and bfloat16 parameters (bfloat16 states, as torch).
 ``bytes``: AdamW reads p, g, m, v and writes p, m, v: 7 element sizes.
+When DeepSpeed is installed, ``DeepSpeedCPUAdam`` (``adamw_mode=True``, the
+optimizer of ZeRO-Offload, built by DeepSpeed's JIT on first use) joins as a
+peer for the dtypes it steps.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from . import Case, optional_import
 
@@ -49,6 +53,19 @@ def minilm_shapes() -> list[tuple[int, ...]]:
     ]
 
 
+def _deepspeed() -> list[tuple[str, Any]]:
+    """DeepSpeed's CPU Adam as an AdamW, when DeepSpeed is installed (an optional peer)."""
+    ds = optional_import("deepspeed.ops.adam")
+    if ds is None:
+        return []
+    return [
+        (
+            "DeepSpeedCPUAdam",
+            lambda ps: ds.DeepSpeedCPUAdam(ps, lr=LR, weight_decay=1e-2, adamw_mode=True),
+        )
+    ]
+
+
 def cases(size: int) -> Iterator[Case]:
     torch = optional_import("torch")
     if torch is None:
@@ -66,11 +83,16 @@ def cases(size: int) -> Iterator[Case]:
             ("slimgrad", lambda ps: st.AdamW(ps, lr=LR)),
             ("torch fused=True", lambda ps: torch.optim.AdamW(ps, lr=LR, fused=True)),
             ("torch foreach=True", lambda ps: torch.optim.AdamW(ps, lr=LR, foreach=True)),
+            *_deepspeed(),
         ):
             ps = [p.to(dtype).clone().requires_grad_() for p in base]
             for p, g in zip(ps, grads):
                 p.grad = g.to(dtype)
             opt = make(ps)
+            try:
+                opt.step()  # a peer that cannot step this dtype sits the case out
+            except (RuntimeError, TypeError, ValueError):
+                continue
             impls[label] = opt.step
         name = "float32" if dtype == torch.float32 else "bfloat16"
         yield Case(
