@@ -1,5 +1,6 @@
 // Scalar reference of the int8-activation GEMM (qgemm.hpp): plain loops
-// that compute the definitions of qgemm.hpp literally. The activation codes
+// that compute the definitions of qgemm.hpp literally (the code offset and
+// shift of the asymmetric formats through the activation group sums). The activation codes
 // are signed here (the SIMD units agree bit for bit, VNNI's unsigned x + 128
 // included, because every group sum is an exact int32). Rounding: nearbyint
 // (half to even, the default mode), one std::fma per group, then * xs, + bias.
@@ -56,8 +57,9 @@ void qgemm_quantize_rows<Isa::scalar>(const float* x, std::size_t k, std::size_t
 }
 
 template <>
-void qgemm_strips<Isa::scalar>(const qgemm::Packed& p, const std::uint8_t* q, const float* xs, std::size_t m,
-                               std::size_t s0, std::size_t s1, bool vnni, const float* bias, float* y) {
+void qgemm_strips<Isa::scalar>(const qgemm::Packed& p, const std::uint8_t* q, const float* xs,
+                               const std::int32_t* qsum, std::size_t m, std::size_t s0, std::size_t s1, bool vnni,
+                               const float* bias, float* y) {
   (void)vnni;  // never set on the scalar level: q holds signed codes
   for (std::size_t t = 0; t < m; ++t) {
     const std::int8_t* xr = reinterpret_cast<const std::int8_t*>(q + t * p.kpad);
@@ -68,7 +70,11 @@ void qgemm_strips<Isa::scalar>(const qgemm::Packed& p, const std::uint8_t* q, co
           const std::size_t k1 = (g + 1) * p.group < p.kpad ? (g + 1) * p.group : p.kpad;
           std::int32_t sum = 0;
           for (std::size_t k = g * p.group; k < k1; ++k) sum += xr[k] * weight_code(p, s, c, k);
-          acc = std::fma(static_cast<float>(sum), p.scale[(s * p.n_groups + g) * qgemm::kStrip + c], acc);
+          const std::size_t at = (s * p.n_groups + g) * qgemm::kStrip + c;
+          const std::int32_t qs = qsum ? qsum[t * p.n_groups + g] : 0;
+          sum += p.zoff * qs;
+          acc = std::fma(static_cast<float>(sum), p.scale[at], acc);
+          if (p.shift) acc = std::fma(static_cast<float>(qs), p.shift[at], acc);
         }
         const std::size_t n = s * qgemm::kStrip + c;
         float v = acc * xs[t];

@@ -13,6 +13,9 @@
 //    w * sign(x) (vpsignb; codes are in [-127, 127], so pairs stay below
 //    2 * 127 * 127 < 2**15 and never saturate), vpmaddwd by 1 into int32.
 //    Tiles of up to 2 rows x 1 strip (the 16 ymm registers of AVX2).
+//  - Asymmetric formats: every group's int32 sums start at zoff * qsum (the
+//    row's code sum over the group) and, after the scale's fma, one more fma
+//    adds float(qsum) * shift: ggml's q8_1 / q8_K block-sum trick.
 //  - Tails: rows of x by smaller tiles; k is padded with zero codes in the
 //    packed weight and in the activation buffer; output columns past n are
 //    masked (AVX-512) or go through a 16-float buffer (AVX2).
@@ -98,8 +101,8 @@ inline __m256i madd_step(__m256i acc, __m256i w, __m256i xb, __m256i ax, __m256i
 }
 
 template <int MR, int Bits>
-void tile_madd(const Packed& p, const std::uint8_t* q, const float* xs, std::size_t t0, std::size_t s,
-               const float* bias, float* y) {
+void tile_madd(const Packed& p, const std::uint8_t* q, const float* xs, const std::int32_t* qsum, std::size_t t0,
+               std::size_t s, const float* bias, float* y) {
   const std::uint8_t* wp = p.w + s * p.strip_bytes();
   const std::uint8_t* xr[MR];
   for (int r = 0; r < MR; ++r) xr[r] = q + (t0 + r) * p.kpad;
@@ -109,8 +112,10 @@ void tile_madd(const Packed& p, const std::uint8_t* q, const float* xs, std::siz
   for (int r = 0; r < MR; ++r) facc[r][0] = facc[r][1] = _mm256_setzero_ps();
   for (std::size_t g = 0; g < p.n_groups; ++g) {
     const std::size_t k0 = g * p.group, k1 = k0 + p.group < p.kpad ? k0 + p.group : p.kpad;
+    // the sums start at zoff * qsum (zero for the symmetric formats)
     __m256i iacc[MR][2];
-    for (int r = 0; r < MR; ++r) iacc[r][0] = iacc[r][1] = _mm256_setzero_si256();
+    for (int r = 0; r < MR; ++r)
+      iacc[r][0] = iacc[r][1] = _mm256_set1_epi32(qsum ? p.zoff * qsum[(t0 + r) * p.n_groups + g] : 0);
     for (std::size_t k = k0; k < k1; k += kstep) {
       const std::uint8_t* src = wp + (k / kstep) * 64;
       const __m256i raw0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
@@ -145,6 +150,15 @@ void tile_madd(const Packed& p, const std::uint8_t* q, const float* xs, std::siz
       facc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[r][0]), sc0, facc[r][0]);
       facc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[r][1]), sc1, facc[r][1]);
     }
+    if (p.shift) {
+      const float* sh = p.shift + (s * p.n_groups + g) * kS;
+      const __m256 sh0 = _mm256_loadu_ps(sh), sh1 = _mm256_loadu_ps(sh + 8);
+      for (int r = 0; r < MR; ++r) {
+        const __m256 qs = _mm256_set1_ps(static_cast<float>(qsum[(t0 + r) * p.n_groups + g]));
+        facc[r][0] = _mm256_fmadd_ps(qs, sh0, facc[r][0]);
+        facc[r][1] = _mm256_fmadd_ps(qs, sh1, facc[r][1]);
+      }
+    }
   }
   const std::size_t n0 = s * kS, valid = p.n - n0 < kS ? p.n - n0 : kS;
   for (int r = 0; r < MR; ++r) {
@@ -157,18 +171,18 @@ void tile_madd(const Packed& p, const std::uint8_t* q, const float* xs, std::siz
   }
 }
 
-using TileFn = void (*)(const Packed&, const std::uint8_t*, const float*, std::size_t, std::size_t, const float*,
-                        float*);
+using TileFn = void (*)(const Packed&, const std::uint8_t*, const float*, const std::int32_t*, std::size_t,
+                        std::size_t, const float*, float*);
 
 template <Isa I>
-void strips_madd(const Packed& p, const std::uint8_t* q, const float* xs, std::size_t m, std::size_t s0,
-                 std::size_t s1, const float* bias, float* y) {
+void strips_madd(const Packed& p, const std::uint8_t* q, const float* xs, const std::int32_t* qsum, std::size_t m,
+                 std::size_t s0, std::size_t s1, const float* bias, float* y) {
   const TileFn two = p.bits == 8 ? tile_madd<2, 8> : tile_madd<2, 4>;
   const TileFn one = p.bits == 8 ? tile_madd<1, 8> : tile_madd<1, 4>;
   for (std::size_t s = s0; s < s1; ++s) {
     std::size_t t = 0;
-    for (; t + 2 <= m; t += 2) two(p, q, xs, t, s, bias, y);
-    if (t < m) one(p, q, xs, t, s, bias, y);
+    for (; t + 2 <= m; t += 2) two(p, q, xs, qsum, t, s, bias, y);
+    if (t < m) one(p, q, xs, qsum, t, s, bias, y);
   }
 }
 
@@ -177,8 +191,9 @@ void strips_madd(const Packed& p, const std::uint8_t* q, const float* xs, std::s
 // ws: strip s's codes (Bits wide), sb: bytes from one strip to the next.
 template <int MR, int NV, int Bits>
 __attribute__((target("avx512vnni"))) void tile_vnni(const Packed& p, const std::uint8_t* ws, std::size_t sb,
-                                                     const std::uint8_t* q, const float* xs, std::size_t t0,
-                                                     std::size_t s, const float* bias, float* y) {
+                                                     const std::uint8_t* q, const float* xs,
+                                                     const std::int32_t* qsum, std::size_t t0, std::size_t s,
+                                                     const float* bias, float* y) {
   const std::uint8_t* wp[NV];
   for (int v = 0; v < NV; ++v) wp[v] = ws + v * sb;
   const std::uint8_t* xr[MR];
@@ -190,11 +205,14 @@ __attribute__((target("avx512vnni"))) void tile_vnni(const Packed& p, const std:
     for (int v = 0; v < NV; ++v) facc[r][v] = _mm512_setzero_ps();
   for (std::size_t g = 0; g < p.n_groups; ++g) {
     const std::size_t k0 = g * p.group, k1 = k0 + p.group < p.kpad ? k0 + p.group : p.kpad;
-    // the sums start at -128 * sum(w): that of the signed codes at the end
+    // the sums start at -128 * sum(w) (that of the signed codes at the end)
+    // plus zoff * qsum
     __m512i iacc[MR][NV];
     for (int v = 0; v < NV; ++v) {
       const __m512i start = _mm512_loadu_si512(p.comp + ((s + v) * p.n_groups + g) * kS);
-      for (int r = 0; r < MR; ++r) iacc[r][v] = start;
+      for (int r = 0; r < MR; ++r)
+        iacc[r][v] = qsum ? _mm512_add_epi32(start, _mm512_set1_epi32(p.zoff * qsum[(t0 + r) * p.n_groups + g]))
+                          : start;
     }
     for (std::size_t k = k0; k < k1; k += kstep) {
       const std::size_t off = (k / kstep) * 64;
@@ -225,6 +243,12 @@ __attribute__((target("avx512vnni"))) void tile_vnni(const Packed& p, const std:
       const std::size_t at = ((s + v) * p.n_groups + g) * kS;
       const __m512 sc = _mm512_loadu_ps(p.scale + at);
       for (int r = 0; r < MR; ++r) facc[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r][v]), sc, facc[r][v]);
+      if (p.shift) {
+        const __m512 sh = _mm512_loadu_ps(p.shift + at);
+        for (int r = 0; r < MR; ++r)
+          facc[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(static_cast<float>(qsum[(t0 + r) * p.n_groups + g])), sh,
+                                       facc[r][v]);
+      }
     }
   }
   for (int v = 0; v < NV; ++v) {
@@ -241,13 +265,13 @@ __attribute__((target("avx512vnni"))) void tile_vnni(const Packed& p, const std:
 
 template <int NV, int Bits>
 void rows_vnni(const Packed& p, const std::uint8_t* ws, std::size_t sb, const std::uint8_t* q, const float* xs,
-               std::size_t m, std::size_t s, const float* bias, float* y) {
+               const std::int32_t* qsum, std::size_t m, std::size_t s, const float* bias, float* y) {
   std::size_t t = 0;
-  for (; t + 4 <= m; t += 4) tile_vnni<4, NV, Bits>(p, ws, sb, q, xs, t, s, bias, y);
+  for (; t + 4 <= m; t += 4) tile_vnni<4, NV, Bits>(p, ws, sb, q, xs, qsum, t, s, bias, y);
   switch (m - t) {
-    case 3: tile_vnni<3, NV, Bits>(p, ws, sb, q, xs, t, s, bias, y); break;
-    case 2: tile_vnni<2, NV, Bits>(p, ws, sb, q, xs, t, s, bias, y); break;
-    case 1: tile_vnni<1, NV, Bits>(p, ws, sb, q, xs, t, s, bias, y); break;
+    case 3: tile_vnni<3, NV, Bits>(p, ws, sb, q, xs, qsum, t, s, bias, y); break;
+    case 2: tile_vnni<2, NV, Bits>(p, ws, sb, q, xs, qsum, t, s, bias, y); break;
+    case 1: tile_vnni<1, NV, Bits>(p, ws, sb, q, xs, qsum, t, s, bias, y); break;
     default: break;
   }
 }
@@ -269,8 +293,8 @@ inline void widen_strips(const Packed& p, std::size_t s, std::size_t count, std:
   }
 }
 
-void strips_vnni(const Packed& p, const std::uint8_t* q, const float* xs, std::size_t m, std::size_t s0,
-                 std::size_t s1, const float* bias, float* y) {
+void strips_vnni(const Packed& p, const std::uint8_t* q, const float* xs, const std::int32_t* qsum, std::size_t m,
+                 std::size_t s0, std::size_t s1, const float* bias, float* y) {
   const std::size_t sb = p.strip_bytes();
   if (p.bits == 4 && m > qgemm::kTileRows) {
     thread_local std::vector<std::uint8_t> wide;
@@ -279,18 +303,18 @@ void strips_vnni(const Packed& p, const std::uint8_t* q, const float* xs, std::s
     for (std::size_t s = s0; s < s1; s += 2) {
       const std::size_t nv = s1 - s < 2 ? 1 : 2;
       widen_strips(p, s, nv, wide.data());
-      nv == 2 ? rows_vnni<2, 8>(p, wide.data(), sb8, q, xs, m, s, bias, y)
-              : rows_vnni<1, 8>(p, wide.data(), sb8, q, xs, m, s, bias, y);
+      nv == 2 ? rows_vnni<2, 8>(p, wide.data(), sb8, q, xs, qsum, m, s, bias, y)
+              : rows_vnni<1, 8>(p, wide.data(), sb8, q, xs, qsum, m, s, bias, y);
     }
     return;
   }
   std::size_t s = s0;
   for (; s + 2 <= s1; s += 2)
-    p.bits == 8 ? rows_vnni<2, 8>(p, p.w + s * sb, sb, q, xs, m, s, bias, y)
-                : rows_vnni<2, 4>(p, p.w + s * sb, sb, q, xs, m, s, bias, y);
+    p.bits == 8 ? rows_vnni<2, 8>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y)
+                : rows_vnni<2, 4>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y);
   if (s < s1)
-    p.bits == 8 ? rows_vnni<1, 8>(p, p.w + s * sb, sb, q, xs, m, s, bias, y)
-                : rows_vnni<1, 4>(p, p.w + s * sb, sb, q, xs, m, s, bias, y);
+    p.bits == 8 ? rows_vnni<1, 8>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y)
+                : rows_vnni<1, 4>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y);
 }
 #endif
 
@@ -303,13 +327,13 @@ void qgemm_quantize_rows(const float* x, std::size_t k, std::size_t kpad, std::s
 }
 
 template <Isa I>
-void qgemm_strips(const Packed& p, const std::uint8_t* q, const float* xs, std::size_t m, std::size_t s0,
-                  std::size_t s1, bool vnni, const float* bias, float* y) {
+void qgemm_strips(const Packed& p, const std::uint8_t* q, const float* xs, const std::int32_t* qsum, std::size_t m,
+                  std::size_t s0, std::size_t s1, bool vnni, const float* bias, float* y) {
 #if defined(__AVX512F__)
-  if (vnni) return strips_vnni(p, q, xs, m, s0, s1, bias, y);
+  if (vnni) return strips_vnni(p, q, xs, qsum, m, s0, s1, bias, y);
 #endif
   (void)vnni;
-  strips_madd<I>(p, q, xs, m, s0, s1, bias, y);
+  strips_madd<I>(p, q, xs, qsum, m, s0, s1, bias, y);
 }
 
 }  // namespace slimgrad::kernels
@@ -319,7 +343,8 @@ void qgemm_strips(const Packed& p, const std::uint8_t* q, const float* xs, std::
 namespace slimgrad::kernels {
 template void qgemm_quantize_rows<SLIMGRAD_UNIT_ISA>(const float*, std::size_t, std::size_t, std::size_t,
                                                      std::size_t, bool, std::uint8_t*, float*);
-template void qgemm_strips<SLIMGRAD_UNIT_ISA>(const qgemm::Packed&, const std::uint8_t*, const float*, std::size_t,
-                                              std::size_t, std::size_t, bool, const float*, float*);
+template void qgemm_strips<SLIMGRAD_UNIT_ISA>(const qgemm::Packed&, const std::uint8_t*, const float*,
+                                              const std::int32_t*, std::size_t, std::size_t, std::size_t, bool,
+                                              const float*, float*);
 }  // namespace slimgrad::kernels
 #endif  // SLIMGRAD_UNIT_ISA

@@ -1,6 +1,11 @@
-// Quantized GEMM with dynamic int8 activations (W8A8, W4A8, GGUF Q8_0 / Q4_0
-// weights): y = x @ W.T for float32 x (M x K) and a weight W (N x K) held as
-// signed integer codes with one float32 scale per (row of W, group of K).
+// Quantized GEMM with dynamic int8 activations (W8A8, W4A8, GGUF Q8_0, Q4_0,
+// Q4_1, Q5_0, Q5_1 and the K-quants Q2_K..Q6_K): y = x @ W.T for float32 x
+// (M x K) and a weight W (N x K) held as signed integer codes c with, per
+// (row n of W, group g of K), a float32 scale and optionally a float32 shift
+// and a code offset zoff shared by the weight:
+//   W[n, k] = scale[n, g] * (c[n, k] + zoff) + shift[n, g]
+// (asymmetric formats: Q4_1's d * q + m, Q4_K's d * sc * q - dmin * m; the
+// 4-bit path stores q - 8 with zoff = 8 so the codes stay in [-8, 7]).
 //
 // Definitions (every ISA computes exactly these, so results are bit-identical
 // across ISAs and thread counts):
@@ -11,8 +16,11 @@
 //    outputs are NaN, as in a float product);
 //  - per group g of K (the weight's group, or up to kMaxGroup for per-row
 //    scales): the exact integer sum s = sum_k q[t, k] * w[n, k] (int32);
-//  - acc = fma(float(s), scale[n, g], acc) over the groups in order (float32,
-//    acc starting at 0), y[t, n] = acc * xs[t] (+ bias[n]).
+//  - with zoff or shift, the exact sum of the row's codes over the group,
+//    qs = sum_k q[t, k] (ggml's q8_1 / q8_K block sums), and s += zoff * qs;
+//  - acc = fma(float(s), scale[n, g], acc), then (with a shift)
+//    acc = fma(float(qs), shift[n, g], acc), over the groups in order
+//    (float32, acc starting at 0); y[t, n] = acc * xs[t] (+ bias[n]).
 //
 // Packed weight (made once by qgemm_pack): strips of 16 output rows; per
 // strip, K in steps of 4 (8-bit codes: 64 bytes = 16 rows x 4 consecutive k)
@@ -46,6 +54,9 @@ struct Packed {
   const std::uint8_t* w = nullptr;   // strips * strip_bytes()
   const float* scale = nullptr;      // strips * n_groups * 16
   const std::int32_t* comp = nullptr;  // strips * n_groups * 16: -128 * sum of the group's codes
+  const float* shift = nullptr;      // strips * n_groups * 16, or null (symmetric formats)
+  int zoff = 0;                      // added to every code (see above)
+  bool needs_qsum() const { return shift != nullptr || zoff != 0; }
   std::size_t strip_bytes() const { return kpad * kStrip * static_cast<std::size_t>(bits) / 8; }
 };
 
@@ -54,9 +65,10 @@ std::size_t packed_kpad(int bits, std::size_t k);
 std::size_t packed_groups(int bits, std::size_t k, std::size_t group);
 
 // codes: n x k int8 (8 bits: [-127, 127]; 4 bits: [-8, 7], checked by the
-// caller); scale: n x n_groups float32. Writes w, scale and comp of `out`.
-void pack(int bits, const std::int8_t* codes, const float* scale, std::size_t n, std::size_t k,
-          std::size_t group, std::uint8_t* w, float* pscale, std::int32_t* comp);
+// caller); scale (and shift, when not null): n x n_groups float32. Writes
+// w, pscale, comp (and pshift).
+void pack(int bits, const std::int8_t* codes, const float* scale, const float* shift, std::size_t n,
+          std::size_t k, std::size_t group, std::uint8_t* w, float* pscale, std::int32_t* comp, float* pshift);
 
 // y (m x n, float32) = x (m x k) @ W.T (+ bias when not null), the definitions above.
 void gemm(const float* x, std::size_t m, const Packed& p, const float* bias, float* y);
@@ -69,10 +81,11 @@ template <Isa I>
 void qgemm_quantize_rows(const float* x, std::size_t k, std::size_t kpad, std::size_t r0, std::size_t r1,
                          bool unsigned_codes, std::uint8_t* q, float* xs);
 // y rows [0, m), outputs of strips [s0, s1): the micro-kernels. q, xs from
-// qgemm_quantize_rows (unsigned_codes = vnni); vnni only on avx512.
+// qgemm_quantize_rows (unsigned_codes = vnni); vnni only on avx512. qsum:
+// m x n_groups sums of the signed codes per group (p.needs_qsum()), else null.
 template <Isa I>
-void qgemm_strips(const qgemm::Packed& p, const std::uint8_t* q, const float* xs, std::size_t m, std::size_t s0,
-                  std::size_t s1, bool vnni, const float* bias, float* y);
+void qgemm_strips(const qgemm::Packed& p, const std::uint8_t* q, const float* xs, const std::int32_t* qsum,
+                  std::size_t m, std::size_t s0, std::size_t s1, bool vnni, const float* bias, float* y);
 }  // namespace kernels
 
 }  // namespace slimgrad
