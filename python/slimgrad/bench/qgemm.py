@@ -77,19 +77,15 @@ def cases(size: int) -> Iterator[Case]:
             if dyn is not None:
                 tx = torch.from_numpy(x)
                 peers["torch dynamic int8"] = lambda tx=tx, dyn=dyn: dyn(tx)
-            for name, pw in packed.items():
-                yield Case(
-                    f"{name} {out_f}x{in_f} b{batch}",
-                    {"slimgrad": partial(pw.matmul, x, out=y), **peers},
-                    bytes=pw.nbytes + x.nbytes + y.nbytes,
-                    note="dynamic int8 activations per row; weight prepacked once",
-                )
             # GGUF blocks: next to NumPy float32 and torch dynamic int8 only
             few = {k: v for k, v in peers.items() if k != "torch float32"}
-            for name, pw in blocks.items():
+            for name, pw in {**packed, **blocks}.items():
                 yield Case(
                     f"{name} {out_f}x{in_f} b{batch}",
-                    {"slimgrad": partial(pw.matmul, x, out=y), **few},
+                    {
+                        "slimgrad": partial(pw.matmul, x, out=y),
+                        **(few if name in blocks else peers),
+                    },
                     bytes=pw.nbytes + x.nbytes + y.nbytes,
-                    note="GGUF blocks prepacked once; dynamic int8 activations per row",
+                    note="dynamic int8 activations per row; weight prepacked once",
                 )
