@@ -46,10 +46,10 @@ void register_qgemm(py::module_& m) {
     const qgemm::Packed p = packed_from(check_shape(bits, n, k, group));
     return py::make_tuple(p.strips * p.strip_bytes(), p.strips * p.n_groups * qgemm::kStrip, p.kpad, p.n_groups);
   }, py::arg("bits"), py::arg("n"), py::arg("k"), py::arg("group"),
-     "(bytes of w, entries of scale and of comp, padded k, groups) of a packed n x k weight.");
+     "(bytes of w, entries of scale and of shift, padded k, groups) of a packed n x k weight.");
 
   m.def("qgemm_pack", [](int bits, py::handle codes, py::handle scale, py::handle shift, std::size_t group,
-                         py::handle w, py::handle pscale, py::handle comp, py::handle pshift) {
+                         py::handle w, py::handle pscale, py::handle pshift) {
     const Array ca = check_array(codes, "codes", {DType::i8}, Access::read);
     if (ca.ndim() != 2) throw py::value_error("codes: expected a 2-D (out, in) int8 array, got " + describe(codes));
     const Shape s = check_shape(bits, static_cast<std::size_t>(ca.dim(0)), static_cast<std::size_t>(ca.dim(1)), group);
@@ -60,17 +60,15 @@ void register_qgemm(py::module_& m) {
     const std::vector<py::ssize_t> pshape{static_cast<py::ssize_t>(p.strips * p.n_groups * qgemm::kStrip)};
     const Array wa = check_array(w, "w", {DType::u8}, Access::write, &wshape);
     const Array pa = check_array(pscale, "packed scale", {DType::f32}, Access::write, &pshape);
-    const Array oa = check_array(comp, "comp", {DType::i32}, Access::write, &pshape);
     check_disjoint(wa, {&ca, &sa});
     check_disjoint(pa, {&ca, &sa, &wa});
-    check_disjoint(oa, {&ca, &sa, &wa, &pa});
     Array ha, hpa;  // shift and its packed copy, both or neither
     if (shift.is_none() != pshift.is_none())
       throw py::value_error("shift, packed_shift: expected both arrays or both None");
     if (!shift.is_none()) {
       ha = check_array(shift, "shift", {DType::f32}, Access::read, &sshape);
       hpa = check_array(pshift, "packed shift", {DType::f32}, Access::write, &pshape);
-      check_disjoint(hpa, {&ca, &sa, &wa, &pa, &oa, &ha});
+      check_disjoint(hpa, {&ca, &sa, &wa, &pa, &ha});
     }
     const int lo = bits == 8 ? -127 : -8, hi = bits == 8 ? 127 : 7;
     const std::int8_t* c = ca.ptr<std::int8_t>();
@@ -81,13 +79,12 @@ void register_qgemm(py::module_& m) {
                               std::to_string(i / s.k) + ", " + std::to_string(i % s.k) + ")");
     py::gil_scoped_release release;
     qgemm::pack(bits, c, sa.ptr<float>(), shift.is_none() ? nullptr : ha.ptr<float>(), s.n, s.k, group,
-                wa.mut<std::uint8_t>(), pa.mut<float>(), oa.mut<std::int32_t>(),
-                shift.is_none() ? nullptr : hpa.mut<float>());
+                wa.mut<std::uint8_t>(), pa.mut<float>(), shift.is_none() ? nullptr : hpa.mut<float>());
   }, py::arg("bits"), py::arg("codes"), py::arg("scale"), py::arg("shift"), py::arg("group"), py::arg("w"),
-     py::arg("packed_scale"), py::arg("comp"), py::arg("packed_shift"));
+     py::arg("packed_scale"), py::arg("packed_shift"));
 
   m.def("qgemm", [](py::handle x, int bits, std::size_t n, std::size_t k, std::size_t group, py::handle w,
-                    py::handle pscale, py::handle comp, py::handle pshift, int zoff, py::handle bias, py::handle y) {
+                    py::handle pscale, py::handle pshift, int zoff, py::handle bias, py::handle y) {
     qgemm::Packed p = packed_from(check_shape(bits, n, k, group));
     const Array xa = check_array(x, "x", {DType::f32}, Access::read);
     if (k == 0 || xa.size() % k != 0)
@@ -97,7 +94,6 @@ void register_qgemm(py::module_& m) {
     const std::vector<py::ssize_t> pshape{static_cast<py::ssize_t>(p.strips * p.n_groups * qgemm::kStrip)};
     const Array wa = check_array(w, "w", {DType::u8}, Access::read, &wshape);
     const Array pa = check_array(pscale, "packed scale", {DType::f32}, Access::read, &pshape);
-    const Array oa = check_array(comp, "comp", {DType::i32}, Access::read, &pshape);
     Array ha;
     if (!pshift.is_none()) ha = check_array(pshift, "packed shift", {DType::f32}, Access::read, &pshape);
     // |zoff * qsum| <= 16 * 127 * group must stay far from int32's limit
@@ -115,17 +111,16 @@ void register_qgemm(py::module_& m) {
       bp = ba.ptr<float>();
       check_disjoint(ya, {&ba});
     }
-    check_disjoint(ya, {&xa, &wa, &pa, &oa});
+    check_disjoint(ya, {&xa, &wa, &pa});
     if (!pshift.is_none()) check_disjoint(ya, {&ha});
     p.w = wa.ptr<std::uint8_t>();
     p.scale = pa.ptr<float>();
-    p.comp = oa.ptr<std::int32_t>();
     p.shift = pshift.is_none() ? nullptr : ha.ptr<float>();
     p.zoff = zoff;
     py::gil_scoped_release release;
     qgemm::gemm(xa.ptr<float>(), m, p, bp, ya.mut<float>());
   }, py::arg("x"), py::arg("bits"), py::arg("n"), py::arg("k"), py::arg("group"), py::arg("w"),
-     py::arg("packed_scale"), py::arg("comp"), py::arg("packed_shift"), py::arg("zoff"), py::arg("bias"),
+     py::arg("packed_scale"), py::arg("packed_shift"), py::arg("zoff"), py::arg("bias"),
      py::arg("out"));
 }
 

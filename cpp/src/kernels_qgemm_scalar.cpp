@@ -1,8 +1,8 @@
 // Scalar reference of the int8-activation GEMM (qgemm.hpp): plain loops
 // that compute the definitions of qgemm.hpp literally (the code offset and
-// shift of the asymmetric formats through the activation group sums). The activation codes
-// are signed here (the SIMD units agree bit for bit, VNNI's unsigned x + 128
-// included, because every group sum is an exact int32). Rounding: nearbyint
+// shift of the asymmetric formats through the activation group sums). The
+// SIMD units agree bit for bit, VNNI's unsigned weights included, because
+// every group sum is an exact int32. Rounding: nearbyint
 // (half to even, the default mode), one std::fma per group, then * xs, + bias.
 #include <cfloat>
 #include <cmath>
@@ -25,11 +25,10 @@ int weight_code(const qgemm::Packed& p, std::size_t s, std::size_t c, std::size_
 
 template <>
 void qgemm_quantize_rows<Isa::scalar>(const float* x, std::size_t k, std::size_t kpad, std::size_t r0, std::size_t r1,
-                                      bool unsigned_codes, std::uint8_t* q, float* xs) {
-  const int off = unsigned_codes ? 128 : 0;
+                                      std::int8_t* q, float* xs) {
   for (std::size_t r = r0; r < r1; ++r) {
     const float* xr = x + r * k;
-    std::uint8_t* qr = q + r * kpad;
+    std::int8_t* qr = q + r * kpad;
     float amax = 0.0f;
     bool finite = true;
     for (std::size_t j = 0; j < k; ++j) {
@@ -37,7 +36,7 @@ void qgemm_quantize_rows<Isa::scalar>(const float* x, std::size_t k, std::size_t
       if (!(a <= FLT_MAX)) finite = false;
       else if (a > amax) amax = a;
     }
-    std::memset(qr, off, kpad);
+    std::memset(qr, 0, kpad);
     if (!finite) {
       xs[r] = std::numeric_limits<float>::quiet_NaN();
       continue;
@@ -51,18 +50,18 @@ void qgemm_quantize_rows<Isa::scalar>(const float* x, std::size_t k, std::size_t
     for (std::size_t j = 0; j < k; ++j) {
       float v = std::nearbyint(xr[j] * inv);
       v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-      qr[j] = static_cast<std::uint8_t>(static_cast<int>(v) + off);
+      qr[j] = static_cast<std::int8_t>(v);
     }
   }
 }
 
 template <>
-void qgemm_strips<Isa::scalar>(const qgemm::Packed& p, const std::uint8_t* q, const float* xs,
+void qgemm_strips<Isa::scalar>(const qgemm::Packed& p, const std::int8_t* q, const float* xs,
                                const std::int32_t* qsum, std::size_t m, std::size_t s0, std::size_t s1, bool vnni,
                                const float* bias, float* y) {
-  (void)vnni;  // never set on the scalar level: q holds signed codes
+  (void)vnni;  // never set on the scalar level
   for (std::size_t t = 0; t < m; ++t) {
-    const std::int8_t* xr = reinterpret_cast<const std::int8_t*>(q + t * p.kpad);
+    const std::int8_t* xr = q + t * p.kpad;
     for (std::size_t s = s0; s < s1; ++s)
       for (std::size_t c = 0; c < qgemm::kStrip && s * qgemm::kStrip + c < p.n; ++c) {
         float acc = 0.0f;

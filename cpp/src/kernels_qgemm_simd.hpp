@@ -1,14 +1,18 @@
 // int8-activation GEMM micro-kernels (qgemm.hpp), written once for the avx2
 // and avx512 units.
-//  - VNNI (avx512 unit, cpuid level avx512_vnni): vpdpbusd multiplies the
-//    unsigned activation codes x + 128 (a 4-byte broadcast per row of x) by
-//    64 signed weight bytes (16 outputs x 4 k) into 16 int32 sums. A tile is
-//    up to 4 rows of x by 2 strips (32 outputs): 8 int32 accumulators, 8
-//    float ones. 4-bit codes (stored + 8) become int8: and / shift, then - 8,
-//    in registers for one tile of rows, else once per strip pair into an
-//    int8 panel (thread-local, 32 x k bytes) shared by all tiles. Each group's
-//    sums start at the packed -128 * sum(w), so they end as those of the
-//    signed codes; then acc = fma(float(sum), scale, acc).
+//  - VNNI (avx512 unit, cpuid level avx512_vnni): vpdpbusd multiplies 64
+//    weight bytes taken as unsigned (16 outputs x 4 k: 8-bit codes xor 0x80
+//    = code + 128; 4-bit codes as stored, code + 8) by the signed activation
+//    codes (a 4-byte broadcast per row of x) into 16 int32 sums. Each
+//    group's sums start at -offset * qsum (the row's code sum over the
+//    group), so they end as those of the signed codes (intermediate sums may
+//    wrap: int32 adds are modular, the end is exact); then
+//    acc = fma(float(sum), scale, acc). A tile is up to 4 rows of x by 2
+//    strips (32 outputs): 8 int32 accumulators, 8 float ones. 4-bit codes:
+//    and / shift in registers for one tile of rows, else once per strip pair
+//    into a byte panel (thread-local, 32 x k bytes) shared by all tiles.
+//    The way llama.cpp's q4_0 x q8_0 dot product runs (unsigned nibbles,
+//    signed activations), with no stored per-weight compensation.
 //  - madd (avx2, and avx512 without VNNI): 256-bit vpmaddubsw on |x| and
 //    w * sign(x) (vpsignb; codes are in [-127, 127], so pairs stay below
 //    2 * 127 * 127 < 2**15 and never saturate), vpmaddwd by 1 into int32.
@@ -21,7 +25,7 @@
 //    masked (AVX-512) or go through a 16-float buffer (AVX2).
 //  - Activation quantization: amax and the non-finite check in one pass,
 //    then cvtps2dq (half to even, the MXCSR default, = nearbyint), clamp,
-//    narrow to bytes; the scalar reference's definitions exactly.
+//    narrow to signed bytes; the scalar reference's definitions exactly.
 // Every sum is exact, so every level gives the scalar reference's bits.
 #pragma once
 
@@ -41,15 +45,13 @@ namespace {
 using qgemm::Packed;
 constexpr std::size_t kS = qgemm::kStrip;
 
-inline std::int32_t load4(const std::uint8_t* p) {
+inline std::int32_t load4(const void* p) {
   std::int32_t v;
   std::memcpy(&v, p, 4);
   return v;
 }
 
-inline void quantize_row(const float* xr, std::size_t k, std::size_t kpad, bool unsigned_codes, std::uint8_t* qr,
-                         float* xs) {
-  const int off = unsigned_codes ? 128 : 0;
+inline void quantize_row(const float* xr, std::size_t k, std::size_t kpad, std::int8_t* qr, float* xs) {
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF)), big = _mm256_set1_ps(FLT_MAX);
   __m256 amax8 = _mm256_setzero_ps(), bad8 = _mm256_setzero_ps();
   std::size_t j = 0;
@@ -68,7 +70,7 @@ inline void quantize_row(const float* xr, std::size_t k, std::size_t kpad, bool 
     if (!(a <= FLT_MAX)) finite = false;
     else if (a > amax) amax = a;
   }
-  std::memset(qr, off, kpad);
+  std::memset(qr, 0, kpad);
   if (!finite) {
     *xs = std::numeric_limits<float>::quiet_NaN();
     return;
@@ -81,17 +83,16 @@ inline void quantize_row(const float* xr, std::size_t k, std::size_t kpad, bool 
   const float inv = 127.0f / amax;
   const __m256 inv8 = _mm256_set1_ps(inv);
   const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
-  const __m128i flip = _mm_set1_epi8(static_cast<char>(off));
   for (j = 0; j + 8 <= k; j += 8) {
     __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + j), inv8));
     v = _mm256_min_epi32(_mm256_max_epi32(v, lo), hi);
     const __m128i w16 = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(qr + j), _mm_xor_si128(_mm_packs_epi16(w16, w16), flip));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(qr + j), _mm_packs_epi16(w16, w16));
   }
   for (; j < k; ++j) {
     float v = std::nearbyint(xr[j] * inv);
     v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-    qr[j] = static_cast<std::uint8_t>(static_cast<int>(v) + off);
+    qr[j] = static_cast<std::int8_t>(v);
   }
 }
 
@@ -101,10 +102,10 @@ inline __m256i madd_step(__m256i acc, __m256i w, __m256i xb, __m256i ax, __m256i
 }
 
 template <int MR, int Bits>
-void tile_madd(const Packed& p, const std::uint8_t* q, const float* xs, const std::int32_t* qsum, std::size_t t0,
+void tile_madd(const Packed& p, const std::int8_t* q, const float* xs, const std::int32_t* qsum, std::size_t t0,
                std::size_t s, const float* bias, float* y) {
   const std::uint8_t* wp = p.w + s * p.strip_bytes();
-  const std::uint8_t* xr[MR];
+  const std::int8_t* xr[MR];
   for (int r = 0; r < MR; ++r) xr[r] = q + (t0 + r) * p.kpad;
   const __m256i ones = _mm256_set1_epi16(1), nib = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
   constexpr std::size_t kstep = Bits == 8 ? 4 : 8;
@@ -171,11 +172,11 @@ void tile_madd(const Packed& p, const std::uint8_t* q, const float* xs, const st
   }
 }
 
-using TileFn = void (*)(const Packed&, const std::uint8_t*, const float*, const std::int32_t*, std::size_t,
+using TileFn = void (*)(const Packed&, const std::int8_t*, const float*, const std::int32_t*, std::size_t,
                         std::size_t, const float*, float*);
 
 template <Isa I>
-void strips_madd(const Packed& p, const std::uint8_t* q, const float* xs, const std::int32_t* qsum, std::size_t m,
+void strips_madd(const Packed& p, const std::int8_t* q, const float* xs, const std::int32_t* qsum, std::size_t m,
                  std::size_t s0, std::size_t s1, const float* bias, float* y) {
   const TileFn two = p.bits == 8 ? tile_madd<2, 8> : tile_madd<2, 4>;
   const TileFn one = p.bits == 8 ? tile_madd<1, 8> : tile_madd<1, 4>;
@@ -188,53 +189,61 @@ void strips_madd(const Packed& p, const std::uint8_t* q, const float* xs, const 
 
 #if defined(__AVX512F__)
 // -------------------------------------------------------------- VNNI path
-// ws: strip s's codes (Bits wide), sb: bytes from one strip to the next.
-template <int MR, int NV, int Bits>
+// How a strip's weight bytes enter vpdpbusd as unsigned values u = code + Off.
+enum class Wt {
+  int8,   // 8-bit codes, flipped by xor 0x80 (Off 128)
+  nib,    // packed nibbles (Off 8): and / shift in registers
+  wide,   // nibbles widened to one byte each by widen_strips (Off 8)
+};
+
+// ws: strip s's codes, sb: bytes from one strip to the next.
+template <int MR, int NV, Wt W>
 __attribute__((target("avx512vnni"))) void tile_vnni(const Packed& p, const std::uint8_t* ws, std::size_t sb,
-                                                     const std::uint8_t* q, const float* xs,
+                                                     const std::int8_t* q, const float* xs,
                                                      const std::int32_t* qsum, std::size_t t0, std::size_t s,
                                                      const float* bias, float* y) {
   const std::uint8_t* wp[NV];
   for (int v = 0; v < NV; ++v) wp[v] = ws + v * sb;
-  const std::uint8_t* xr[MR];
+  const std::int8_t* xr[MR];
   for (int r = 0; r < MR; ++r) xr[r] = q + (t0 + r) * p.kpad;
-  const __m512i nib = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
-  constexpr std::size_t kstep = Bits == 8 ? 4 : 8;
+  const __m512i nib = _mm512_set1_epi8(0x0F), flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  constexpr std::size_t kstep = W == Wt::nib ? 8 : 4;
+  constexpr int off = W == Wt::int8 ? 128 : 8;
   __m512 facc[MR][NV];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) facc[r][v] = _mm512_setzero_ps();
   for (std::size_t g = 0; g < p.n_groups; ++g) {
     const std::size_t k0 = g * p.group, k1 = k0 + p.group < p.kpad ? k0 + p.group : p.kpad;
-    // the sums start at -128 * sum(w) (that of the signed codes at the end)
-    // plus zoff * qsum
+    // the sums start at (zoff - off) * qsum: those of code + zoff at the end
     __m512i iacc[MR][NV];
-    for (int v = 0; v < NV; ++v) {
-      const __m512i start = _mm512_loadu_si512(p.comp + ((s + v) * p.n_groups + g) * kS);
-      for (int r = 0; r < MR; ++r)
-        iacc[r][v] = qsum ? _mm512_add_epi32(start, _mm512_set1_epi32(p.zoff * qsum[(t0 + r) * p.n_groups + g]))
-                          : start;
+    for (int r = 0; r < MR; ++r) {
+      const __m512i start = _mm512_set1_epi32((p.zoff - off) * qsum[(t0 + r) * p.n_groups + g]);
+      for (int v = 0; v < NV; ++v) iacc[r][v] = start;
     }
     for (std::size_t k = k0; k < k1; k += kstep) {
-      const std::size_t off = (k / kstep) * 64;
-      if constexpr (Bits == 8) {
+      const std::size_t at = (k / kstep) * 64;
+      if constexpr (W != Wt::nib) {
         __m512i wv[NV];
-        for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_si512(wp[v] + off);
+        for (int v = 0; v < NV; ++v) {
+          wv[v] = _mm512_loadu_si512(wp[v] + at);
+          if constexpr (W == Wt::int8) wv[v] = _mm512_xor_si512(wv[v], flip);
+        }
         for (int r = 0; r < MR; ++r) {
           const __m512i xb = _mm512_set1_epi32(load4(xr[r] + k));
-          for (int v = 0; v < NV; ++v) iacc[r][v] = _mm512_dpbusd_epi32(iacc[r][v], xb, wv[v]);
+          for (int v = 0; v < NV; ++v) iacc[r][v] = _mm512_dpbusd_epi32(iacc[r][v], wv[v], xb);
         }
       } else {
         __m512i lo[NV], hi[NV];
         for (int v = 0; v < NV; ++v) {
-          const __m512i raw = _mm512_loadu_si512(wp[v] + off);
-          lo[v] = _mm512_sub_epi8(_mm512_and_si512(raw, nib), eight);
-          hi[v] = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(raw, 4), nib), eight);
+          const __m512i raw = _mm512_loadu_si512(wp[v] + at);
+          lo[v] = _mm512_and_si512(raw, nib);
+          hi[v] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nib);
         }
         for (int r = 0; r < MR; ++r) {
           const __m512i xa = _mm512_set1_epi32(load4(xr[r] + k)), xb = _mm512_set1_epi32(load4(xr[r] + k + 4));
           for (int v = 0; v < NV; ++v) {
-            iacc[r][v] = _mm512_dpbusd_epi32(iacc[r][v], xa, lo[v]);
-            iacc[r][v] = _mm512_dpbusd_epi32(iacc[r][v], xb, hi[v]);
+            iacc[r][v] = _mm512_dpbusd_epi32(iacc[r][v], lo[v], xa);
+            iacc[r][v] = _mm512_dpbusd_epi32(iacc[r][v], hi[v], xb);
           }
         }
       }
@@ -263,37 +272,36 @@ __attribute__((target("avx512vnni"))) void tile_vnni(const Packed& p, const std:
   }
 }
 
-template <int NV, int Bits>
-void rows_vnni(const Packed& p, const std::uint8_t* ws, std::size_t sb, const std::uint8_t* q, const float* xs,
+template <int NV, Wt W>
+void rows_vnni(const Packed& p, const std::uint8_t* ws, std::size_t sb, const std::int8_t* q, const float* xs,
                const std::int32_t* qsum, std::size_t m, std::size_t s, const float* bias, float* y) {
   std::size_t t = 0;
-  for (; t + 4 <= m; t += 4) tile_vnni<4, NV, Bits>(p, ws, sb, q, xs, qsum, t, s, bias, y);
+  for (; t + 4 <= m; t += 4) tile_vnni<4, NV, W>(p, ws, sb, q, xs, qsum, t, s, bias, y);
   switch (m - t) {
-    case 3: tile_vnni<3, NV, Bits>(p, ws, sb, q, xs, qsum, t, s, bias, y); break;
-    case 2: tile_vnni<2, NV, Bits>(p, ws, sb, q, xs, qsum, t, s, bias, y); break;
-    case 1: tile_vnni<1, NV, Bits>(p, ws, sb, q, xs, qsum, t, s, bias, y); break;
+    case 3: tile_vnni<3, NV, W>(p, ws, sb, q, xs, qsum, t, s, bias, y); break;
+    case 2: tile_vnni<2, NV, W>(p, ws, sb, q, xs, qsum, t, s, bias, y); break;
+    case 1: tile_vnni<1, NV, W>(p, ws, sb, q, xs, qsum, t, s, bias, y); break;
     default: break;
   }
 }
 
-// 4-bit strips as int8 codes (the 8-bit layout): with more than one tile of
-// rows, decoding once per strip beats decoding in every tile.
+// 4-bit strips as one byte per code (code + 8, the 8-bit layout): with more
+// than one tile of rows, unpacking once per strip beats doing it in every tile.
 inline void widen_strips(const Packed& p, std::size_t s, std::size_t count, std::uint8_t* out) {
-  const __m512i nib = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
+  const __m512i nib = _mm512_set1_epi8(0x0F);
   const std::size_t blocks = p.kpad / 8;
   for (std::size_t v = 0; v < count; ++v) {
     const std::uint8_t* src = p.w + (s + v) * p.strip_bytes();
     std::uint8_t* dst = out + v * p.kpad * kS;
     for (std::size_t b = 0; b < blocks; ++b) {
       const __m512i raw = _mm512_loadu_si512(src + 64 * b);
-      _mm512_storeu_si512(dst + 128 * b, _mm512_sub_epi8(_mm512_and_si512(raw, nib), eight));
-      _mm512_storeu_si512(dst + 128 * b + 64,
-                          _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(raw, 4), nib), eight));
+      _mm512_storeu_si512(dst + 128 * b, _mm512_and_si512(raw, nib));
+      _mm512_storeu_si512(dst + 128 * b + 64, _mm512_and_si512(_mm512_srli_epi16(raw, 4), nib));
     }
   }
 }
 
-void strips_vnni(const Packed& p, const std::uint8_t* q, const float* xs, const std::int32_t* qsum, std::size_t m,
+void strips_vnni(const Packed& p, const std::int8_t* q, const float* xs, const std::int32_t* qsum, std::size_t m,
                  std::size_t s0, std::size_t s1, const float* bias, float* y) {
   const std::size_t sb = p.strip_bytes();
   if (p.bits == 4 && m > qgemm::kTileRows) {
@@ -303,18 +311,18 @@ void strips_vnni(const Packed& p, const std::uint8_t* q, const float* xs, const 
     for (std::size_t s = s0; s < s1; s += 2) {
       const std::size_t nv = s1 - s < 2 ? 1 : 2;
       widen_strips(p, s, nv, wide.data());
-      nv == 2 ? rows_vnni<2, 8>(p, wide.data(), sb8, q, xs, qsum, m, s, bias, y)
-              : rows_vnni<1, 8>(p, wide.data(), sb8, q, xs, qsum, m, s, bias, y);
+      nv == 2 ? rows_vnni<2, Wt::wide>(p, wide.data(), sb8, q, xs, qsum, m, s, bias, y)
+              : rows_vnni<1, Wt::wide>(p, wide.data(), sb8, q, xs, qsum, m, s, bias, y);
     }
     return;
   }
   std::size_t s = s0;
   for (; s + 2 <= s1; s += 2)
-    p.bits == 8 ? rows_vnni<2, 8>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y)
-                : rows_vnni<2, 4>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y);
+    p.bits == 8 ? rows_vnni<2, Wt::int8>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y)
+                : rows_vnni<2, Wt::nib>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y);
   if (s < s1)
-    p.bits == 8 ? rows_vnni<1, 8>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y)
-                : rows_vnni<1, 4>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y);
+    p.bits == 8 ? rows_vnni<1, Wt::int8>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y)
+                : rows_vnni<1, Wt::nib>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y);
 }
 #endif
 
@@ -322,12 +330,12 @@ void strips_vnni(const Packed& p, const std::uint8_t* q, const float* xs, const 
 
 template <Isa I>
 void qgemm_quantize_rows(const float* x, std::size_t k, std::size_t kpad, std::size_t r0, std::size_t r1,
-                         bool unsigned_codes, std::uint8_t* q, float* xs) {
-  for (std::size_t r = r0; r < r1; ++r) quantize_row(x + r * k, k, kpad, unsigned_codes, q + r * kpad, xs + r);
+                         std::int8_t* q, float* xs) {
+  for (std::size_t r = r0; r < r1; ++r) quantize_row(x + r * k, k, kpad, q + r * kpad, xs + r);
 }
 
 template <Isa I>
-void qgemm_strips(const Packed& p, const std::uint8_t* q, const float* xs, const std::int32_t* qsum, std::size_t m,
+void qgemm_strips(const Packed& p, const std::int8_t* q, const float* xs, const std::int32_t* qsum, std::size_t m,
                   std::size_t s0, std::size_t s1, bool vnni, const float* bias, float* y) {
 #if defined(__AVX512F__)
   if (vnni) return strips_vnni(p, q, xs, qsum, m, s0, s1, bias, y);
@@ -342,8 +350,8 @@ void qgemm_strips(const Packed& p, const std::uint8_t* q, const float* xs, const
 #ifdef SLIMGRAD_UNIT_ISA
 namespace slimgrad::kernels {
 template void qgemm_quantize_rows<SLIMGRAD_UNIT_ISA>(const float*, std::size_t, std::size_t, std::size_t,
-                                                     std::size_t, bool, std::uint8_t*, float*);
-template void qgemm_strips<SLIMGRAD_UNIT_ISA>(const qgemm::Packed&, const std::uint8_t*, const float*,
+                                                     std::size_t, std::int8_t*, float*);
+template void qgemm_strips<SLIMGRAD_UNIT_ISA>(const qgemm::Packed&, const std::int8_t*, const float*,
                                               const std::int32_t*, std::size_t, std::size_t, std::size_t, bool,
                                               const float*, float*);
 }  // namespace slimgrad::kernels

@@ -23,7 +23,7 @@ std::size_t packed_groups(int bits, std::size_t k, std::size_t group) {
 }
 
 void pack(int bits, const std::int8_t* codes, const float* scale, const float* shift, std::size_t n,
-          std::size_t k, std::size_t group, std::uint8_t* w, float* pscale, std::int32_t* comp, float* pshift) {
+          std::size_t k, std::size_t group, std::uint8_t* w, float* pscale, float* pshift) {
   const std::size_t kpad = packed_kpad(bits, k), groups = packed_groups(bits, k, group);
   const std::size_t scale_cols = (k + group - 1) / group;  // scale is n x ceil(k / group)
   const std::size_t strips = (n + kStrip - 1) / kStrip, sb = kpad * kStrip * static_cast<std::size_t>(bits) / 8;
@@ -35,14 +35,8 @@ void pack(int bits, const std::int8_t* codes, const float* scale, const float* s
         const std::size_t row = s * kStrip + c;
         for (std::size_t g = 0; g < groups; ++g) {
           const std::size_t at = (s * groups + g) * kStrip + c;
-          std::int32_t sum = 0;
-          if (row < n) {
-            const std::size_t k1 = std::min(k, (g + 1) * group);
-            for (std::size_t j = g * group; j < k1; ++j) sum += codes[row * k + j];
-          }
           pscale[at] = row < n && g < scale_cols ? scale[row * scale_cols + g] : 0.0f;
           if (shift) pshift[at] = row < n && g < scale_cols ? shift[row * scale_cols + g] : 0.0f;
-          comp[at] = -128 * sum;
         }
         if (row >= n) continue;
         const std::int8_t* cr = codes + row * k;
@@ -63,22 +57,17 @@ void pack(int bits, const std::int8_t* codes, const float* scale, const float* s
 
 namespace {
 
-// qsum[r, g]: exact sum of row r's signed activation codes over group g
-// (ggml's block sums: they carry the shift and zoff terms). Plain loops: one
-// pass over m x k bytes, small next to the product's m x n x k.
-void group_sums(const Packed& p, const std::uint8_t* q, std::size_t r0, std::size_t r1, bool unsigned_codes,
-                std::int32_t* qsum) {
+// qsum[r, g]: exact sum of row r's activation codes over group g (ggml's
+// block sums: they carry the shift and zoff terms, and VNNI's offset of the
+// unsigned weights). Plain loops: one pass over m x k bytes, small next to
+// the product's m x n x k.
+void group_sums(const Packed& p, const std::int8_t* q, std::size_t r0, std::size_t r1, std::int32_t* qsum) {
   for (std::size_t r = r0; r < r1; ++r) {
-    const std::uint8_t* qr = q + r * p.kpad;
+    const std::int8_t* qr = q + r * p.kpad;
     for (std::size_t g = 0; g < p.n_groups; ++g) {
       const std::size_t k0 = g * p.group, k1 = std::min(p.kpad, k0 + p.group);
       std::int32_t sum = 0;
-      if (unsigned_codes) {
-        for (std::size_t k = k0; k < k1; ++k) sum += qr[k];
-        sum -= 128 * static_cast<std::int32_t>(k1 - k0);
-      } else {
-        for (std::size_t k = k0; k < k1; ++k) sum += static_cast<std::int8_t>(qr[k]);
-      }
+      for (std::size_t k = k0; k < k1; ++k) sum += qr[k];
       qsum[r * p.n_groups + g] = sum;
     }
   }
@@ -94,15 +83,15 @@ void gemm(const float* x, std::size_t m, const Packed& p, const float* bias, flo
   // every strip of the weight passes over it. Chunking does not change any
   // output's arithmetic.
   const std::size_t rows = std::min<std::size_t>(256, std::max<std::size_t>(4, (std::size_t{1} << 20) / std::max<std::size_t>(p.kpad, 1) / 4 * 4));
-  thread_local std::vector<std::uint8_t> q;
+  thread_local std::vector<std::int8_t> q;
   thread_local std::vector<float> xs;
   thread_local std::vector<std::int32_t> qs;
   const std::size_t chunk = std::min(rows, m);
-  const bool sums = p.needs_qsum();
+  const bool sums = p.needs_qsum() || vnni;
   if (q.size() < chunk * p.kpad) q.resize(chunk * p.kpad);
   if (xs.size() < chunk) xs.resize(chunk);
   if (sums && qs.size() < chunk * p.n_groups) qs.resize(chunk * p.n_groups);
-  std::uint8_t* qp = q.data();
+  std::int8_t* qp = q.data();
   float* xsp = xs.data();
   std::int32_t* qsp = sums ? qs.data() : nullptr;
   dispatch([&](auto isa) {
@@ -112,8 +101,8 @@ void gemm(const float* x, std::size_t m, const Packed& p, const float* bias, flo
       const float* xc = x + r0 * p.k;
       float* yc = y + r0 * p.n;
       parallel_chunks(mc, 16, [&](std::size_t b, std::size_t e) {
-        kernels::qgemm_quantize_rows<I>(xc, p.k, p.kpad, b, e, vnni, qp, xsp);
-        if (sums) group_sums(p, qp, b, e, vnni, qsp);
+        kernels::qgemm_quantize_rows<I>(xc, p.k, p.kpad, b, e, qp, xsp);
+        if (sums) group_sums(p, qp, b, e, qsp);
       });
       // blocks of 4 strips (64 outputs): even blocks keep the 2-strip tiles
       // whole; each thread's panel of weights stays in its L2 across rows of x

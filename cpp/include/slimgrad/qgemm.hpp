@@ -25,9 +25,10 @@
 // Packed weight (made once by qgemm_pack): strips of 16 output rows; per
 // strip, K in steps of 4 (8-bit codes: 64 bytes = 16 rows x 4 consecutive k)
 // or 8 (4-bit: 64 bytes, low nibble = k..k+3, high nibble = k+4..k+7, each
-// stored as code + 8); then per strip and group 16 float scales and 16 int32
-// compensations -128 * sum_k w (the start of VNNI's sums: its activations
-// are unsigned, x + 128).
+// stored as code + 8); then per strip and group 16 float scales (and 16
+// float shifts). VNNI takes the weights as the unsigned operand (bytes
+// xor 0x80 = code + 128, nibbles = code + 8) and corrects with the group's
+// activation sum: no per-weight compensation is stored.
 // Rows past N and k past K are zero codes (scale 0): they add nothing.
 #pragma once
 
@@ -40,7 +41,7 @@ namespace slimgrad {
 
 namespace qgemm {
 constexpr std::size_t kStrip = 16;          // output rows per strip (one zmm of int32)
-constexpr std::size_t kMaxGroup = 65536;    // K per int32 sum: 255 * 127 * 65536 < 2**31
+constexpr std::size_t kMaxGroup = 65536;    // K per int32 sum: 128 * 127 * 65536 < 2**31 (VNNI sums wrap, end exact)
 constexpr std::size_t kStripBlock = 2;      // strips per micro-kernel tile (32 outputs)
 constexpr std::size_t kTileRows = 4;        // rows of x per micro-kernel tile
 
@@ -53,7 +54,6 @@ struct Packed {
   std::size_t strips = 0;            // ceil(n / 16)
   const std::uint8_t* w = nullptr;   // strips * strip_bytes()
   const float* scale = nullptr;      // strips * n_groups * 16
-  const std::int32_t* comp = nullptr;  // strips * n_groups * 16: -128 * sum of the group's codes
   const float* shift = nullptr;      // strips * n_groups * 16, or null (symmetric formats)
   int zoff = 0;                      // added to every code (see above)
   bool needs_qsum() const { return shift != nullptr || zoff != 0; }
@@ -66,25 +66,25 @@ std::size_t packed_groups(int bits, std::size_t k, std::size_t group);
 
 // codes: n x k int8 (8 bits: [-127, 127]; 4 bits: [-8, 7], checked by the
 // caller); scale (and shift, when not null): n x n_groups float32. Writes
-// w, pscale, comp (and pshift).
+// w, pscale (and pshift).
 void pack(int bits, const std::int8_t* codes, const float* scale, const float* shift, std::size_t n,
-          std::size_t k, std::size_t group, std::uint8_t* w, float* pscale, std::int32_t* comp, float* pshift);
+          std::size_t k, std::size_t group, std::uint8_t* w, float* pscale, float* pshift);
 
 // y (m x n, float32) = x (m x k) @ W.T (+ bias when not null), the definitions above.
 void gemm(const float* x, std::size_t m, const Packed& p, const float* bias, float* y);
 }  // namespace qgemm
 
 namespace kernels {
-// Quantizes rows [r0, r1) of x (stride k) into q (stride kpad, zero-padded;
-// as x + 128 when unsigned_codes, for vpdpbusd), writes xs[r].
+// Quantizes rows [r0, r1) of x (stride k) into signed codes q (stride kpad,
+// zero-padded), writes xs[r].
 template <Isa I>
 void qgemm_quantize_rows(const float* x, std::size_t k, std::size_t kpad, std::size_t r0, std::size_t r1,
-                         bool unsigned_codes, std::uint8_t* q, float* xs);
+                         std::int8_t* q, float* xs);
 // y rows [0, m), outputs of strips [s0, s1): the micro-kernels. q, xs from
-// qgemm_quantize_rows (unsigned_codes = vnni); vnni only on avx512. qsum:
-// m x n_groups sums of the signed codes per group (p.needs_qsum()), else null.
+// qgemm_quantize_rows; vnni only on avx512. qsum: m x n_groups sums of the
+// codes per group (needed by vnni and by p.needs_qsum()), else null.
 template <Isa I>
-void qgemm_strips(const qgemm::Packed& p, const std::uint8_t* q, const float* xs, const std::int32_t* qsum,
+void qgemm_strips(const qgemm::Packed& p, const std::int8_t* q, const float* xs, const std::int32_t* qsum,
                   std::size_t m, std::size_t s0, std::size_t s1, bool vnni, const float* bias, float* y);
 }  // namespace kernels
 

@@ -82,16 +82,15 @@ class PackedWeight:
         wbytes, nparams, _, _ = _core.quant.qgemm_sizes(bits, n, k, group)
         self._w = np.empty(wbytes, np.uint8)
         self._scale = np.empty(nparams, np.float32)
-        self._comp = np.empty(nparams, np.int32)
         self._shift = None if shift is None else np.empty(nparams, np.float32)
         _core.quant.qgemm_pack(
-            bits, codes, scale, shift, group, self._w, self._scale, self._comp, self._shift
+            bits, codes, scale, shift, group, self._w, self._scale, self._shift
         )
 
     @property
     def nbytes(self) -> int:
         extra = 0 if self._shift is None else self._shift.nbytes
-        return self._w.nbytes + self._scale.nbytes + self._comp.nbytes + extra
+        return self._w.nbytes + self._scale.nbytes + extra
 
     def matmul(
         self, x: np.ndarray, bias: np.ndarray | None = None, out: np.ndarray | None = None
@@ -140,7 +139,6 @@ class PackedWeight:
             self.group_size,
             self._w,
             self._scale,
-            self._comp,
             self._shift,
             self._zoff,
             bias,
