@@ -21,6 +21,15 @@ int weight_code(const qgemm::Packed& p, std::size_t s, std::size_t c, std::size_
   return ((k % 8 < 4) ? (byte & 0x0F) : (byte >> 4)) - 8;
 }
 
+// scale (or shift) of output c of strip s in group g: per group, or one float
+// per super-block times the group's int8 sub-scale (qgemm.hpp)
+float group_factor(const qgemm::Packed& p, const float* f, const std::int8_t* i, std::size_t s, std::size_t c,
+                   std::size_t g) {
+  constexpr std::size_t kS = qgemm::kStrip;
+  if (p.sub == 1) return f[(s * p.n_groups + g) * kS + c];
+  return f[(s * (p.n_groups / p.sub) + g / p.sub) * kS + c] * static_cast<float>(i[(s * p.n_groups + g) * kS + c]);
+}
+
 }  // namespace
 
 template <>
@@ -69,11 +78,10 @@ void qgemm_strips<Isa::scalar>(const qgemm::Packed& p, const std::int8_t* q, con
           const std::size_t k1 = (g + 1) * p.group < p.kpad ? (g + 1) * p.group : p.kpad;
           std::int32_t sum = 0;
           for (std::size_t k = g * p.group; k < k1; ++k) sum += xr[k] * weight_code(p, s, c, k);
-          const std::size_t at = (s * p.n_groups + g) * qgemm::kStrip + c;
           const std::int32_t qs = qsum ? qsum[t * p.n_groups + g] : 0;
           sum += p.zoff * qs;
-          acc = std::fma(static_cast<float>(sum), p.scale[at], acc);
-          if (p.shift) acc = std::fma(static_cast<float>(qs), p.shift[at], acc);
+          acc = std::fma(static_cast<float>(sum), group_factor(p, p.scale, p.iscale, s, c, g), acc);
+          if (p.shift) acc = std::fma(static_cast<float>(qs), group_factor(p, p.shift, p.ishift, s, c, g), acc);
         }
         const std::size_t n = s * qgemm::kStrip + c;
         float v = acc * xs[t];

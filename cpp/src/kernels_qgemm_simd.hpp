@@ -96,6 +96,16 @@ inline void quantize_row(const float* xr, std::size_t k, std::size_t kpad, std::
   }
 }
 
+// Scale (or shift) of outputs h..h+7 of strip s in group g: per group, or
+// the super-block's float times the group's int8 sub-scale (qgemm.hpp).
+inline __m256 group_factor8(const Packed& p, const float* f, const std::int8_t* i, std::size_t s, std::size_t g,
+                            std::size_t h) {
+  if (p.sub == 1) return _mm256_loadu_ps(f + (s * p.n_groups + g) * kS + h);
+  const __m256 d = _mm256_loadu_ps(f + (s * (p.n_groups / p.sub) + g / p.sub) * kS + h);
+  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(i + (s * p.n_groups + g) * kS + h));
+  return _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)));
+}
+
 // -------------------------------------------------------------- madd path
 inline __m256i madd_step(__m256i acc, __m256i w, __m256i xb, __m256i ax, __m256i ones) {
   return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(w, xb)), ones));
@@ -145,15 +155,15 @@ void tile_madd(const Packed& p, const std::int8_t* q, const float* xs, const std
         }
       }
     }
-    const float* sc = p.scale + (s * p.n_groups + g) * kS;
-    const __m256 sc0 = _mm256_loadu_ps(sc), sc1 = _mm256_loadu_ps(sc + 8);
+    const __m256 sc0 = group_factor8(p, p.scale, p.iscale, s, g, 0);
+    const __m256 sc1 = group_factor8(p, p.scale, p.iscale, s, g, 8);
     for (int r = 0; r < MR; ++r) {
       facc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[r][0]), sc0, facc[r][0]);
       facc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[r][1]), sc1, facc[r][1]);
     }
     if (p.shift) {
-      const float* sh = p.shift + (s * p.n_groups + g) * kS;
-      const __m256 sh0 = _mm256_loadu_ps(sh), sh1 = _mm256_loadu_ps(sh + 8);
+      const __m256 sh0 = group_factor8(p, p.shift, p.ishift, s, g, 0);
+      const __m256 sh1 = group_factor8(p, p.shift, p.ishift, s, g, 8);
       for (int r = 0; r < MR; ++r) {
         const __m256 qs = _mm256_set1_ps(static_cast<float>(qsum[(t0 + r) * p.n_groups + g]));
         facc[r][0] = _mm256_fmadd_ps(qs, sh0, facc[r][0]);
@@ -189,6 +199,13 @@ void strips_madd(const Packed& p, const std::int8_t* q, const float* xs, const s
 
 #if defined(__AVX512F__)
 // -------------------------------------------------------------- VNNI path
+inline __m512 group_factor16(const Packed& p, const float* f, const std::int8_t* i, std::size_t s, std::size_t g) {
+  if (p.sub == 1) return _mm512_loadu_ps(f + (s * p.n_groups + g) * kS);
+  const __m512 d = _mm512_loadu_ps(f + (s * (p.n_groups / p.sub) + g / p.sub) * kS);
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(i + (s * p.n_groups + g) * kS));
+  return _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)));
+}
+
 // How a strip's weight bytes enter vpdpbusd as unsigned values u = code + Off.
 enum class Wt {
   int8,   // 8-bit codes, flipped by xor 0x80 (Off 128)
@@ -249,11 +266,10 @@ __attribute__((target("avx512vnni"))) void tile_vnni(const Packed& p, const std:
       }
     }
     for (int v = 0; v < NV; ++v) {
-      const std::size_t at = ((s + v) * p.n_groups + g) * kS;
-      const __m512 sc = _mm512_loadu_ps(p.scale + at);
+      const __m512 sc = group_factor16(p, p.scale, p.iscale, s + v, g);
       for (int r = 0; r < MR; ++r) facc[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r][v]), sc, facc[r][v]);
       if (p.shift) {
-        const __m512 sh = _mm512_loadu_ps(p.shift + at);
+        const __m512 sh = group_factor16(p, p.shift, p.ishift, s + v, g);
         for (int r = 0; r < MR; ++r)
           facc[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(static_cast<float>(qsum[(t0 + r) * p.n_groups + g])), sh,
                                        facc[r][v]);

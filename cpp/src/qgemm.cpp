@@ -22,10 +22,14 @@ std::size_t packed_groups(int bits, std::size_t k, std::size_t group) {
   return kpad == 0 ? 0 : (kpad + group - 1) / group;
 }
 
-void pack(int bits, const std::int8_t* codes, const float* scale, const float* shift, std::size_t n,
-          std::size_t k, std::size_t group, std::uint8_t* w, float* pscale, float* pshift) {
+void pack(const Source& src, std::uint8_t* w, float* pscale, float* pshift, std::int8_t* piscale,
+          std::int8_t* pishift) {
+  const int bits = src.bits;
+  const std::size_t n = src.n, k = src.k, group = src.group;
   const std::size_t kpad = packed_kpad(bits, k), groups = packed_groups(bits, k, group);
-  const std::size_t scale_cols = (k + group - 1) / group;  // scale is n x ceil(k / group)
+  // float entries per row: ceil(k / group), or one per super-block
+  const std::size_t cols = src.sub > 1 ? groups / src.sub : (k + group - 1) / group;
+  const std::size_t fgroups = src.sub > 1 ? cols : groups;  // packed float entries per row and strip
   const std::size_t strips = (n + kStrip - 1) / kStrip, sb = kpad * kStrip * static_cast<std::size_t>(bits) / 8;
   parallel_chunks(strips, 8, [&](std::size_t b, std::size_t e) {
     for (std::size_t s = b; s < e; ++s) {
@@ -33,13 +37,20 @@ void pack(int bits, const std::int8_t* codes, const float* scale, const float* s
       std::fill(ws, ws + sb, bits == 8 ? 0 : 0x88);  // zero codes (4 bits: stored + 8)
       for (std::size_t c = 0; c < kStrip; ++c) {
         const std::size_t row = s * kStrip + c;
-        for (std::size_t g = 0; g < groups; ++g) {
-          const std::size_t at = (s * groups + g) * kStrip + c;
-          pscale[at] = row < n && g < scale_cols ? scale[row * scale_cols + g] : 0.0f;
-          if (shift) pshift[at] = row < n && g < scale_cols ? shift[row * scale_cols + g] : 0.0f;
+        for (std::size_t g = 0; g < fgroups; ++g) {
+          const std::size_t at = (s * fgroups + g) * kStrip + c;
+          const bool real = row < n && g < cols;
+          pscale[at] = real ? src.scale[row * cols + g] : 0.0f;
+          if (src.shift) pshift[at] = real ? src.shift[row * cols + g] : 0.0f;
         }
+        if (src.sub > 1)
+          for (std::size_t g = 0; g < groups; ++g) {
+            const std::size_t at = (s * groups + g) * kStrip + c;
+            piscale[at] = row < n ? src.iscale[row * groups + g] : 0;
+            if (src.ishift) pishift[at] = row < n ? src.ishift[row * groups + g] : 0;
+          }
         if (row >= n) continue;
-        const std::int8_t* cr = codes + row * k;
+        const std::int8_t* cr = src.codes + row * k;
         for (std::size_t j = 0; j < k; ++j) {
           if (bits == 8) {
             ws[(j / 4) * 64 + c * 4 + j % 4] = static_cast<std::uint8_t>(cr[j]);

@@ -6,6 +6,10 @@
 //   W[n, k] = scale[n, g] * (c[n, k] + zoff) + shift[n, g]
 // (asymmetric formats: Q4_1's d * q + m, Q4_K's d * sc * q - dmin * m; the
 // 4-bit path stores q - 8 with zoff = 8 so the codes stay in [-8, 7]).
+// K-quants keep their super-blocks: with sub > 1 groups per super-block,
+// scale[n, g] = fl(d[n, g / sub] * float(iscale[n, g])) and likewise the
+// shift from ishift, with int8 sub-scales / sub-mins per group and one float
+// per super-block (exact products for GGUF's fp16 d and <= 8-bit scales).
 //
 // Definitions (every ISA computes exactly these, so results are bit-identical
 // across ISAs and thread counts):
@@ -26,7 +30,8 @@
 // strip, K in steps of 4 (8-bit codes: 64 bytes = 16 rows x 4 consecutive k)
 // or 8 (4-bit: 64 bytes, low nibble = k..k+3, high nibble = k+4..k+7, each
 // stored as code + 8); then per strip and group 16 float scales (and 16
-// float shifts). VNNI takes the weights as the unsigned operand (bytes
+// float shifts; with sub > 1: per super-block 16 floats, per group 16 int8
+// sub-scales / sub-mins). VNNI takes the weights as the unsigned operand (bytes
 // xor 0x80 = code + 128, nibbles = code + 8) and corrects with the group's
 // activation sum: no per-weight compensation is stored.
 // Rows past N and k past K are zero codes (scale 0): they add nothing.
@@ -53,9 +58,12 @@ struct Packed {
   std::size_t n_groups = 0;          // ceil(kpad / group)
   std::size_t strips = 0;            // ceil(n / 16)
   const std::uint8_t* w = nullptr;   // strips * strip_bytes()
-  const float* scale = nullptr;      // strips * n_groups * 16
-  const float* shift = nullptr;      // strips * n_groups * 16, or null (symmetric formats)
+  const float* scale = nullptr;      // strips * (n_groups / sub) * 16
+  const float* shift = nullptr;      // strips * (n_groups / sub) * 16, or null (symmetric formats)
   int zoff = 0;                      // added to every code (see above)
+  std::size_t sub = 1;               // groups per super-block (K-quants), else 1
+  const std::int8_t* iscale = nullptr;  // strips * n_groups * 16 when sub > 1
+  const std::int8_t* ishift = nullptr;  // strips * n_groups * 16 when sub > 1 with a shift
   bool needs_qsum() const { return shift != nullptr || zoff != 0; }
   std::size_t strip_bytes() const { return kpad * kStrip * static_cast<std::size_t>(bits) / 8; }
 };
@@ -64,11 +72,19 @@ struct Packed {
 std::size_t packed_kpad(int bits, std::size_t k);
 std::size_t packed_groups(int bits, std::size_t k, std::size_t group);
 
-// codes: n x k int8 (8 bits: [-127, 127]; 4 bits: [-8, 7], checked by the
-// caller); scale (and shift, when not null): n x n_groups float32. Writes
-// w, pscale (and pshift).
-void pack(int bits, const std::int8_t* codes, const float* scale, const float* shift, std::size_t n,
-          std::size_t k, std::size_t group, std::uint8_t* w, float* pscale, float* pshift);
+// A weight to pack, row-major (ranges and shapes checked by the caller).
+struct Source {
+  int bits = 8;
+  const std::int8_t* codes = nullptr;   // n x k: 8 bits [-127, 127], 4 bits [-8, 7]
+  std::size_t n = 0, k = 0, group = 0, sub = 1;
+  const float* scale = nullptr;         // n x ceil(k / group), or n x (k / group / sub) when sub > 1
+  const float* shift = nullptr;         // the same shape, or null
+  const std::int8_t* iscale = nullptr;  // n x (k / group) when sub > 1
+  const std::int8_t* ishift = nullptr;  // n x (k / group) when sub > 1 with a shift
+};
+// Writes w, pscale (and pshift, piscale, pishift when the source has them).
+void pack(const Source& src, std::uint8_t* w, float* pscale, float* pshift, std::int8_t* piscale,
+          std::int8_t* pishift);
 
 // y (m x n, float32) = x (m x k) @ W.T (+ bias when not null), the definitions above.
 void gemm(const float* x, std::size_t m, const Packed& p, const float* bias, float* y);

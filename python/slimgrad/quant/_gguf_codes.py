@@ -4,7 +4,11 @@ Every format decodes to ``W[n, k] = scale[n, g] * (c[n, k] + zoff) + shift[n, g]
 with small signed codes ``c`` and float32 ``scale`` / ``shift`` per group ``g``
 (32 values; 16 for Q6_K, Q3_K, Q2_K), exactly: each scale and shift is an
 fp16 times an integer of at most 8 bits, exact in float32 (ggml computes the
-same ``d * sc`` and ``dmin * m`` products). 4-bit-or-narrower codes are kept
+same ``d * sc`` and ``dmin * m`` products). The K-quants keep that split:
+``scale`` / ``shift`` hold one float per super-block of 256 (``d``,
+``-dmin``) and ``iscale`` / ``ishift`` the int8 sub-scales / sub-mins per
+group (``sub`` groups per super-block); :func:`group_factors` multiplies them
+out. 4-bit-or-narrower codes are kept
 as nibbles (``bits`` 4, codes in [-8, 7]; the unsigned Q4_1 / Q4_K / Q2_K
 codes ``q`` are stored as ``q - 8`` with ``zoff = 8``); 5- and 6-bit codes as
 bytes (``bits`` 8). Layouts follow llama.cpp's ``dequantize_row_*``
@@ -28,11 +32,43 @@ BLOCK_SIZE = {t: 256 if t.endswith("_K") else 32 for t in TYPES}
 
 class Codes(NamedTuple):
     codes: np.ndarray  # (n, k) int8
-    scale: np.ndarray  # (n, k / group) float32
-    shift: np.ndarray | None  # (n, k / group) float32, or None
+    scale: np.ndarray  # (n, k / group / sub) float32
+    shift: np.ndarray | None  # the same shape, or None
     bits: int  # 8 or 4: how the kernels store the codes
     group: int
     zoff: int
+    sub: int = 1  # groups per super-block (K-quants: 256 / group)
+    iscale: np.ndarray | None = None  # (n, k / group) int8 when sub > 1
+    ishift: np.ndarray | None = None  # (n, k / group) int8 when sub > 1 with a shift
+
+
+def group_factors(c: Codes) -> tuple[np.ndarray, np.ndarray | None]:
+    """float32 (scale, shift) per group, ``(n, k / group)``: the kernels' products."""
+    if c.sub == 1:
+        return c.scale, c.shift
+    scale = np.repeat(c.scale, c.sub, axis=1) * c.iscale.astype(np.float32)
+    if c.shift is None:
+        return scale, None
+    return scale, np.repeat(c.shift, c.sub, axis=1) * c.ishift.astype(np.float32)
+
+
+def _k(codes, d, sc, bits, group, zoff, dmin=None, mn=None) -> Codes:
+    """Codes of a K-quant: super-block floats ``d`` (``-dmin``), int sub-scales (sub-mins)."""
+    n = codes.shape[0]
+    shift = None if dmin is None else -dmin.reshape(n, -1)
+    ishift = None if mn is None else mn.astype(np.int8).reshape(n, -1)
+    sub = 256 // group
+    return Codes(
+        codes,
+        d.reshape(n, -1),
+        shift,
+        bits,
+        group,
+        zoff,
+        sub,
+        sc.astype(np.int8).reshape(n, -1),
+        ishift,
+    )
 
 
 def _f16(b: np.ndarray) -> np.ndarray:
@@ -86,23 +122,21 @@ def decode(blocks: np.ndarray, name: str, n: int, k: int) -> Codes:
         shift = _f16(b[..., 2:4]) if name == "Q5_1" else None
         return Codes(c.reshape(n, k), _f16(b[..., :2]), shift, 8, 32, 0)
     if name in ("Q4_K", "Q5_K"):
-        d, dmin = _f16(b[..., 0:2])[..., None], _f16(b[..., 2:4])[..., None]
+        d, dmin = _f16(b[..., 0:2]), _f16(b[..., 2:4])
         sc, mn = _scale_min_k4(b[..., 4:16])
-        scale = (d * sc.astype(np.float32)).reshape(n, -1)
-        shift = (-(dmin * mn.astype(np.float32))).reshape(n, -1)
         qs = b[..., -128:].reshape(n, k // 256, 4, 32)  # 4 chunks of 64 values
         q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # (.., 4, 64)
         if name == "Q4_K":
             c = q.view(np.int8) - np.int8(8)
-            return Codes(c.reshape(n, k), scale, shift, 4, 32, 8)
+            return _k(c.reshape(n, k), d, sc, 4, 32, 8, dmin, mn)
         qh = b[..., 16:48][..., None, :]  # the same 32 bytes for every chunk
         j = np.arange(4, dtype=np.uint8)[:, None]
         high = np.concatenate([(qh >> (2 * j)) & 1, (qh >> (2 * j + 1)) & 1], axis=-1)
-        return Codes((q | (high << 4)).view(np.int8).reshape(n, k), scale, shift, 8, 32, 0)
+        return _k((q | (high << 4)).view(np.int8).reshape(n, k), d, sc, 8, 32, 0, dmin, mn)
     if name == "Q6_K":
         ql, qh = b[..., 0:128].reshape(n, -1, 2, 64), b[..., 128:192].reshape(n, -1, 2, 1, 32)
-        sc = b[..., 192:208].view(np.int8).astype(np.float32)
-        d = _f16(b[..., 208:210])[..., None]
+        sc = b[..., 192:208].view(np.int8)
+        d = _f16(b[..., 208:210])
         low = np.concatenate(
             [ql[..., 0:32] & 0x0F, ql[..., 32:64] & 0x0F, ql[..., 0:32] >> 4, ql[..., 32:64] >> 4],
             -1,
@@ -110,25 +144,22 @@ def decode(blocks: np.ndarray, name: str, n: int, k: int) -> Codes:
         sh = np.array([0, 2, 4, 6], np.uint8)[:, None]
         high = ((qh >> sh) & 3).reshape(n, -1, 2, 128)
         c = (low | (high << 4)).view(np.int8) - np.int8(32)
-        return Codes(c.reshape(n, k), (d * sc).reshape(n, -1), None, 8, 16, 0)
+        return _k(c.reshape(n, k), d, sc, 8, 16, 0)
     if name == "Q2_K":
         sc = b[..., 0:16]
         qs = b[..., 16:80].reshape(n, -1, 2, 1, 32)
-        d, dmin = _f16(b[..., 80:82])[..., None], _f16(b[..., 82:84])[..., None]
+        d, dmin = _f16(b[..., 80:82]), _f16(b[..., 82:84])
         sh = np.array([0, 2, 4, 6], np.uint8)[:, None]
         q = ((qs >> sh) & 3).reshape(n, k)
-        scale = (d * (sc & 0x0F).astype(np.float32)).reshape(n, -1)
-        shift = (-(dmin * (sc >> 4).astype(np.float32))).reshape(n, -1)
-        return Codes(q.view(np.int8) - np.int8(8), scale, shift, 4, 16, 8)
+        return _k(q.view(np.int8) - np.int8(8), d, sc & 0x0F, 4, 16, 8, dmin, sc >> 4)
     if name == "Q3_K":
         hm = b[..., 0:32][..., None, :]  # bit j of hmask[l]: value l of the j-th 32
         qs = b[..., 32:96].reshape(n, -1, 2, 1, 32)
-        d = _f16(b[..., 108:110])[..., None]
+        d = _f16(b[..., 108:110])
         sh = np.array([0, 2, 4, 6], np.uint8)[:, None]
         low = ((qs >> sh) & 3).reshape(n, -1, 256)
         j = np.arange(8, dtype=np.uint8)[:, None]
         high = ((hm >> j) & 1).reshape(n, -1, 256)  # set: no - 4
         c = low.view(np.int8) - np.int8(4) * (1 - high).view(np.int8)
-        scale = (d * _q3_k_scales(b[..., 96:108]).astype(np.float32)).reshape(n, -1)
-        return Codes(c.reshape(n, k), scale, None, 4, 16, 0)
+        return _k(c.reshape(n, k), d, _q3_k_scales(b[..., 96:108]), 4, 16, 0)
     raise ValueError(f"type: unknown {name!r}")  # pragma: no cover (checked by the caller)

@@ -72,6 +72,9 @@ class PackedWeight:
         fmt: str,
         shift: np.ndarray | None = None,
         zoff: int = 0,
+        sub: int = 1,
+        iscale: np.ndarray | None = None,
+        ishift: np.ndarray | None = None,
     ):
         n, k = codes.shape
         self.shape = (int(n), int(k))
@@ -79,18 +82,33 @@ class PackedWeight:
         self.bits = bits
         self.group_size = int(group)
         self._zoff = int(zoff)
-        wbytes, nparams, _, _ = _core.quant.qgemm_sizes(bits, n, k, group)
+        self._sub = int(sub)
+        wbytes, nf, ni, _, _ = _core.quant.qgemm_sizes(bits, n, k, group, sub)
         self._w = np.empty(wbytes, np.uint8)
-        self._scale = np.empty(nparams, np.float32)
-        self._shift = None if shift is None else np.empty(nparams, np.float32)
+        self._scale = np.empty(nf, np.float32)
+        self._shift = None if shift is None else np.empty(nf, np.float32)
+        self._iscale = None if iscale is None else np.empty(ni, np.int8)
+        self._ishift = None if ishift is None else np.empty(ni, np.int8)
         _core.quant.qgemm_pack(
-            bits, codes, scale, shift, group, self._w, self._scale, self._shift
+            bits,
+            codes,
+            scale,
+            shift,
+            iscale,
+            ishift,
+            group,
+            sub,
+            self._w,
+            self._scale,
+            self._shift,
+            self._iscale,
+            self._ishift,
         )
 
     @property
     def nbytes(self) -> int:
-        extra = 0 if self._shift is None else self._shift.nbytes
-        return self._w.nbytes + self._scale.nbytes + extra
+        parts = (self._w, self._scale, self._shift, self._iscale, self._ishift)
+        return sum(a.nbytes for a in parts if a is not None)
 
     def matmul(
         self, x: np.ndarray, bias: np.ndarray | None = None, out: np.ndarray | None = None
@@ -137,9 +155,12 @@ class PackedWeight:
             n,
             k,
             self.group_size,
+            self._sub,
             self._w,
             self._scale,
             self._shift,
+            self._iscale,
+            self._ishift,
             self._zoff,
             bias,
             out,
@@ -227,7 +248,16 @@ def prepack(w: Any, type: Any = None, *, shape: Any = None) -> PackedWeight:
             f"w: Q8_0 code -128 at (row, column) {tuple(map(int, bad))}; expected [-127, 127]"
         )
     return PackedWeight(
-        np.ascontiguousarray(c.codes), c.scale, c.bits, c.group, name, c.shift, c.zoff
+        np.ascontiguousarray(c.codes),
+        np.ascontiguousarray(c.scale),
+        c.bits,
+        c.group,
+        name,
+        None if c.shift is None else np.ascontiguousarray(c.shift),
+        c.zoff,
+        c.sub,
+        c.iscale,
+        c.ishift,
     )
 
 
