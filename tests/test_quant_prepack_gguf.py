@@ -138,12 +138,16 @@ def test_every_isa_and_thread_count_gives_the_same_bits(name, rng):
             np.testing.assert_array_equal(y, first, err_msg=f"{key} batch {batch}")
 
 
-def test_rows_are_independent_of_the_batch(isa_all, rng):
+@pytest.mark.parametrize("name", ["Q4_K", "Q6_K"])
+def test_rows_are_independent_of_the_batch(isa_all, name, rng):
+    # 300 rows: more than one chunk of activation rows (256 at this k)
     w = rng.standard_normal((40, 512)).astype(np.float32)
-    packed = quant.prepack(blocks_of(w, "Q4_K"), "Q4_K")
-    x = rng.standard_normal((9, 512)).astype(np.float32)
+    blocks = blocks_of(w, name)
+    packed = quant.prepack(blocks, name)
+    x = rng.standard_normal((300, 512)).astype(np.float32)
     whole = packed.matmul(x)
-    for t in range(9):
+    check(whole, x, *weight64(blocks, name, 40, 512))
+    for t in (0, 3, 255, 256, 299):
         np.testing.assert_array_equal(packed.matmul(x[t : t + 1])[0], whole[t])
 
 
