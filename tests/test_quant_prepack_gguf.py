@@ -78,7 +78,7 @@ def test_decoded_codes_equal_the_gguf_package(name, rng):
     mine = (kquants if name.endswith("_K") else gguf).dequantize(blocks, name)
     np.testing.assert_array_less(np.abs(w64 - mine), 2**-23 * terms + 1e-30)
     c = _gguf_codes.decode(blocks, name, n, k)
-    lo, hi = (-8, 7) if c.bits == 4 else (-127, 127)
+    lo, hi = (-127, 127) if c.bits == 8 else (-(2 ** (c.bits - 1)), 2 ** (c.bits - 1) - 1)
     assert c.codes.dtype == np.int8 and lo <= c.codes.min() and c.codes.max() <= hi
 
 

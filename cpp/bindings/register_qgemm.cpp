@@ -16,7 +16,8 @@ struct Shape {
 };
 
 Shape check_shape(int bits, std::size_t n, std::size_t k, std::size_t group, std::size_t sub) {
-  if (bits != 8 && bits != 4) throw py::value_error("bits: expected 8 or 4, got " + std::to_string(bits));
+  if (bits < 4 || bits > 8 || bits == 7)
+    throw py::value_error("bits: expected 8, 6, 5 or 4, got " + std::to_string(bits));
   const std::size_t step = bits == 8 ? 4 : 8;
   if (group < step || group % step != 0 || group > qgemm::kMaxGroup)
     throw py::value_error("group: expected a multiple of " + std::to_string(step) + " in [" + std::to_string(step) +
@@ -110,7 +111,7 @@ void register_qgemm(py::module_& m) {
         check_disjoint_all(dst[i], inputs);
         inputs.push_back(&dst[i]);
       }
-    const int lo = bits == 8 ? -127 : -8, hi = bits == 8 ? 127 : 7;
+    const int lo = bits == 8 ? -127 : -(1 << (bits - 1)), hi = bits == 8 ? 127 : (1 << (bits - 1)) - 1;
     const std::int8_t* c = ca.ptr<std::int8_t>();
     for (std::size_t i = 0; i < ca.size(); ++i)
       if (c[i] < lo || c[i] > hi)

@@ -17,6 +17,14 @@ namespace {
 int weight_code(const qgemm::Packed& p, std::size_t s, std::size_t c, std::size_t k) {
   const std::uint8_t* strip = p.w + s * p.strip_bytes();
   if (p.bits == 8) return static_cast<std::int8_t>(strip[(k / 4) * 64 + c * 4 + k % 4]);
+  if (p.bits == 5 || p.bits == 6) {  // nibble + bit planes (qgemm.hpp), stored as code + 16 / 32
+    const std::uint8_t* blk = strip + (k / 8) * (64 + 16 * static_cast<std::size_t>(p.bits - 4));
+    const std::size_t bi = c * 4 + k % 4;
+    const bool high = k % 8 >= 4;
+    int u = high ? blk[bi] >> 4 : blk[bi] & 0x0F;
+    for (int b = 0; b < p.bits - 4; ++b) u |= ((blk[64 + 16 * b + (high ? 8 : 0) + bi / 8] >> (bi % 8)) & 1) << (4 + b);
+    return u - (1 << (p.bits - 1));
+  }
   const std::uint8_t byte = strip[(k / 8) * 64 + c * 4 + k % 4];
   return ((k % 8 < 4) ? (byte & 0x0F) : (byte >> 4)) - 8;
 }

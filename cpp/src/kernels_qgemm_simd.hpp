@@ -106,6 +106,21 @@ inline __m256 group_factor8(const Packed& p, const float* f, const std::int8_t* 
   return _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)));
 }
 
+// Bytes of a strip block's nibble vector (bytes h..h+31) with bit `Bit`
+// (4 or 5) of 5- / 6-bit codes set from the block's 64-bit mask: the mask's
+// 4 bytes spread over 32 (vpshufb, in-lane), each byte tested against its
+// bit (llama.cpp's bytes_from_bits_32).
+template <int Bit>
+inline __m256i plane_bits(const std::uint8_t* mask, std::size_t h) {
+  std::uint32_t m;
+  std::memcpy(&m, mask + h / 8, 4);
+  const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2,
+                                          3, 3, 3, 3, 3, 3, 3, 3);
+  const __m256i bit = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ULL));
+  const __m256i v = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(m)), spread), bit);
+  return _mm256_and_si256(_mm256_cmpeq_epi8(v, bit), _mm256_set1_epi8(1 << Bit));
+}
+
 // -------------------------------------------------------------- madd path
 inline __m256i madd_step(__m256i acc, __m256i w, __m256i xb, __m256i ax, __m256i ones) {
   return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(w, xb)), ones));
@@ -119,19 +134,44 @@ void tile_madd(const Packed& p, const std::int8_t* q, const float* xs, const std
   for (int r = 0; r < MR; ++r) xr[r] = q + (t0 + r) * p.kpad;
   const __m256i ones = _mm256_set1_epi16(1), nib = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
   constexpr std::size_t kstep = Bits == 8 ? 4 : 8;
+  // bytes per block; 5 / 6 bits: unsigned codes (code + off, <= 63) times
+  // signed x: |pairs| <= 2 * 63 * 127, two of them still fit int16
+  constexpr std::size_t block = Bits > 4 && Bits < 8 ? 64 + 16 * (Bits - 4) : 64;
+  constexpr int off = Bits > 4 && Bits < 8 ? 1 << (Bits - 1) : 0;
   __m256 facc[MR][2];
   for (int r = 0; r < MR; ++r) facc[r][0] = facc[r][1] = _mm256_setzero_ps();
   for (std::size_t g = 0; g < p.n_groups; ++g) {
     const std::size_t k0 = g * p.group, k1 = k0 + p.group < p.kpad ? k0 + p.group : p.kpad;
-    // the sums start at zoff * qsum (zero for the symmetric formats)
+    // the sums start at (zoff - off) * qsum (zero for the symmetric 4 / 8 bits)
     __m256i iacc[MR][2];
     for (int r = 0; r < MR; ++r)
-      iacc[r][0] = iacc[r][1] = _mm256_set1_epi32(qsum ? p.zoff * qsum[(t0 + r) * p.n_groups + g] : 0);
+      iacc[r][0] = iacc[r][1] = _mm256_set1_epi32(qsum ? (p.zoff - off) * qsum[(t0 + r) * p.n_groups + g] : 0);
     for (std::size_t k = k0; k < k1; k += kstep) {
-      const std::uint8_t* src = wp + (k / kstep) * 64;
+      const std::uint8_t* src = wp + (k / kstep) * block;
       const __m256i raw0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
       const __m256i raw1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 32));
-      if constexpr (Bits == 8) {
+      if constexpr (Bits > 4 && Bits < 8) {
+        __m256i lo0 = _mm256_and_si256(raw0, nib), lo1 = _mm256_and_si256(raw1, nib);
+        __m256i hi0 = _mm256_and_si256(_mm256_srli_epi16(raw0, 4), nib);
+        __m256i hi1 = _mm256_and_si256(_mm256_srli_epi16(raw1, 4), nib);
+        lo0 = _mm256_or_si256(lo0, plane_bits<4>(src + 64, 0));
+        lo1 = _mm256_or_si256(lo1, plane_bits<4>(src + 64, 32));
+        hi0 = _mm256_or_si256(hi0, plane_bits<4>(src + 72, 0));
+        hi1 = _mm256_or_si256(hi1, plane_bits<4>(src + 72, 32));
+        if constexpr (Bits == 6) {
+          lo0 = _mm256_or_si256(lo0, plane_bits<5>(src + 80, 0));
+          lo1 = _mm256_or_si256(lo1, plane_bits<5>(src + 80, 32));
+          hi0 = _mm256_or_si256(hi0, plane_bits<5>(src + 88, 0));
+          hi1 = _mm256_or_si256(hi1, plane_bits<5>(src + 88, 32));
+        }
+        for (int r = 0; r < MR; ++r) {
+          const __m256i xa = _mm256_set1_epi32(load4(xr[r] + k)), xb = _mm256_set1_epi32(load4(xr[r] + k + 4));
+          const __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(lo0, xa), _mm256_maddubs_epi16(hi0, xb));
+          const __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(lo1, xa), _mm256_maddubs_epi16(hi1, xb));
+          iacc[r][0] = _mm256_add_epi32(iacc[r][0], _mm256_madd_epi16(p0, ones));
+          iacc[r][1] = _mm256_add_epi32(iacc[r][1], _mm256_madd_epi16(p1, ones));
+        }
+      } else if constexpr (Bits == 8) {
         for (int r = 0; r < MR; ++r) {
           const __m256i xb = _mm256_set1_epi32(load4(xr[r] + k)), ax = _mm256_abs_epi8(xb);
           iacc[r][0] = madd_step(iacc[r][0], raw0, xb, ax, ones);
@@ -188,8 +228,14 @@ using TileFn = void (*)(const Packed&, const std::int8_t*, const float*, const s
 template <Isa I>
 void strips_madd(const Packed& p, const std::int8_t* q, const float* xs, const std::int32_t* qsum, std::size_t m,
                  std::size_t s0, std::size_t s1, const float* bias, float* y) {
-  const TileFn two = p.bits == 8 ? tile_madd<2, 8> : tile_madd<2, 4>;
-  const TileFn one = p.bits == 8 ? tile_madd<1, 8> : tile_madd<1, 4>;
+  const TileFn two = p.bits == 8   ? tile_madd<2, 8>
+                     : p.bits == 6 ? tile_madd<2, 6>
+                     : p.bits == 5 ? tile_madd<2, 5>
+                                   : tile_madd<2, 4>;
+  const TileFn one = p.bits == 8   ? tile_madd<1, 8>
+                     : p.bits == 6 ? tile_madd<1, 6>
+                     : p.bits == 5 ? tile_madd<1, 5>
+                                   : tile_madd<1, 4>;
   for (std::size_t s = s0; s < s1; ++s) {
     std::size_t t = 0;
     for (; t + 2 <= m; t += 2) two(p, q, xs, qsum, t, s, bias, y);
@@ -208,10 +254,32 @@ inline __m512 group_factor16(const Packed& p, const float* f, const std::int8_t*
 
 // How a strip's weight bytes enter vpdpbusd as unsigned values u = code + Off.
 enum class Wt {
-  int8,   // 8-bit codes, flipped by xor 0x80 (Off 128)
-  nib,    // packed nibbles (Off 8): and / shift in registers
-  wide,   // nibbles widened to one byte each by widen_strips (Off 8)
+  int8,    // 8-bit codes, flipped by xor 0x80 (Off 128)
+  nib,     // packed nibbles (Off 8): and / shift in registers
+  plane5,  // nibbles + one bit plane (Off 16): vpmovm2b sets bit 4
+  plane6,  // nibbles + two bit planes (Off 32): bits 4 and 5
+  wide,    // 4- to 6-bit codes widened to one byte each by widen_strips (Off 8 / 16 / 32)
 };
+
+// Low and high nibble vectors of a 4- to 6-bit block (64 + 16 per plane bytes).
+template <Wt W>
+inline void split_block(const std::uint8_t* src, __m512i& lo, __m512i& hi) {
+  const __m512i nib = _mm512_set1_epi8(0x0F);
+  const __m512i raw = _mm512_loadu_si512(src);
+  lo = _mm512_and_si512(raw, nib);
+  hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nib);
+  if constexpr (W == Wt::plane5 || W == Wt::plane6) {
+    constexpr int planes = W == Wt::plane5 ? 1 : 2;
+    for (int b = 0; b < planes; ++b) {
+      std::uint64_t ml, mh;
+      std::memcpy(&ml, src + 64 + 16 * b, 8);
+      std::memcpy(&mh, src + 72 + 16 * b, 8);
+      const __m512i bit = _mm512_set1_epi8(static_cast<char>(16 << b));
+      lo = _mm512_or_si512(lo, _mm512_and_si512(_mm512_movm_epi8(_cvtu64_mask64(ml)), bit));
+      hi = _mm512_or_si512(hi, _mm512_and_si512(_mm512_movm_epi8(_cvtu64_mask64(mh)), bit));
+    }
+  }
+}
 
 // ws: strip s's codes, sb: bytes from one strip to the next.
 template <int MR, int NV, Wt W>
@@ -223,9 +291,11 @@ __attribute__((target("avx512vnni"))) void tile_vnni(const Packed& p, const std:
   for (int v = 0; v < NV; ++v) wp[v] = ws + v * sb;
   const std::int8_t* xr[MR];
   for (int r = 0; r < MR; ++r) xr[r] = q + (t0 + r) * p.kpad;
-  const __m512i nib = _mm512_set1_epi8(0x0F), flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  constexpr std::size_t kstep = W == Wt::nib ? 8 : 4;
-  constexpr int off = W == Wt::int8 ? 128 : 8;
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  constexpr bool split = W == Wt::nib || W == Wt::plane5 || W == Wt::plane6;
+  constexpr std::size_t kstep = split ? 8 : 4;
+  constexpr std::size_t block = W == Wt::plane5 ? 80 : W == Wt::plane6 ? 96 : 64;
+  const int off = W == Wt::int8 ? 128 : 1 << (p.bits - 1);
   __m512 facc[MR][NV];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) facc[r][v] = _mm512_setzero_ps();
@@ -238,8 +308,8 @@ __attribute__((target("avx512vnni"))) void tile_vnni(const Packed& p, const std:
       for (int v = 0; v < NV; ++v) iacc[r][v] = start;
     }
     for (std::size_t k = k0; k < k1; k += kstep) {
-      const std::size_t at = (k / kstep) * 64;
-      if constexpr (W != Wt::nib) {
+      const std::size_t at = (k / kstep) * block;
+      if constexpr (!split) {
         __m512i wv[NV];
         for (int v = 0; v < NV; ++v) {
           wv[v] = _mm512_loadu_si512(wp[v] + at);
@@ -251,11 +321,7 @@ __attribute__((target("avx512vnni"))) void tile_vnni(const Packed& p, const std:
         }
       } else {
         __m512i lo[NV], hi[NV];
-        for (int v = 0; v < NV; ++v) {
-          const __m512i raw = _mm512_loadu_si512(wp[v] + at);
-          lo[v] = _mm512_and_si512(raw, nib);
-          hi[v] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nib);
-        }
+        for (int v = 0; v < NV; ++v) split_block<W>(wp[v] + at, lo[v], hi[v]);
         for (int r = 0; r < MR; ++r) {
           const __m512i xa = _mm512_set1_epi32(load4(xr[r] + k)), xb = _mm512_set1_epi32(load4(xr[r] + k + 4));
           for (int v = 0; v < NV; ++v) {
@@ -301,44 +367,58 @@ void rows_vnni(const Packed& p, const std::uint8_t* ws, std::size_t sb, const st
   }
 }
 
-// 4-bit strips as one byte per code (code + 8, the 8-bit layout): with more
-// than one tile of rows, unpacking once per strip beats doing it in every tile.
-inline void widen_strips(const Packed& p, std::size_t s, std::size_t count, std::uint8_t* out) {
-  const __m512i nib = _mm512_set1_epi8(0x0F);
+// 4- to 6-bit strips as one byte per code (code + 8 / 16 / 32, the 8-bit
+// layout): with more than one tile of rows, unpacking once per strip beats
+// doing it in every tile.
+template <Wt W>
+void widen_strips(const Packed& p, std::size_t s, std::size_t count, std::uint8_t* out) {
+  constexpr std::size_t block = W == Wt::plane5 ? 80 : W == Wt::plane6 ? 96 : 64;
   const std::size_t blocks = p.kpad / 8;
   for (std::size_t v = 0; v < count; ++v) {
     const std::uint8_t* src = p.w + (s + v) * p.strip_bytes();
     std::uint8_t* dst = out + v * p.kpad * kS;
     for (std::size_t b = 0; b < blocks; ++b) {
-      const __m512i raw = _mm512_loadu_si512(src + 64 * b);
-      _mm512_storeu_si512(dst + 128 * b, _mm512_and_si512(raw, nib));
-      _mm512_storeu_si512(dst + 128 * b + 64, _mm512_and_si512(_mm512_srli_epi16(raw, 4), nib));
+      __m512i lo, hi;
+      split_block<W>(src + block * b, lo, hi);
+      _mm512_storeu_si512(dst + 128 * b, lo);
+      _mm512_storeu_si512(dst + 128 * b + 64, hi);
     }
   }
 }
 
-void strips_vnni(const Packed& p, const std::int8_t* q, const float* xs, const std::int32_t* qsum, std::size_t m,
-                 std::size_t s0, std::size_t s1, const float* bias, float* y) {
+template <Wt W>
+void strips_vnni_split(const Packed& p, const std::int8_t* q, const float* xs, const std::int32_t* qsum,
+                       std::size_t m, std::size_t s0, std::size_t s1, const float* bias, float* y) {
   const std::size_t sb = p.strip_bytes();
-  if (p.bits == 4 && m > qgemm::kTileRows) {
+  if (m > qgemm::kTileRows) {
     thread_local std::vector<std::uint8_t> wide;
     const std::size_t sb8 = p.kpad * kS;
     if (wide.size() < 2 * sb8) wide.resize(2 * sb8);
     for (std::size_t s = s0; s < s1; s += 2) {
       const std::size_t nv = s1 - s < 2 ? 1 : 2;
-      widen_strips(p, s, nv, wide.data());
+      widen_strips<W>(p, s, nv, wide.data());
       nv == 2 ? rows_vnni<2, Wt::wide>(p, wide.data(), sb8, q, xs, qsum, m, s, bias, y)
               : rows_vnni<1, Wt::wide>(p, wide.data(), sb8, q, xs, qsum, m, s, bias, y);
     }
     return;
   }
   std::size_t s = s0;
-  for (; s + 2 <= s1; s += 2)
-    p.bits == 8 ? rows_vnni<2, Wt::int8>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y)
-                : rows_vnni<2, Wt::nib>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y);
-  if (s < s1)
-    p.bits == 8 ? rows_vnni<1, Wt::int8>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y)
-                : rows_vnni<1, Wt::nib>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y);
+  for (; s + 2 <= s1; s += 2) rows_vnni<2, W>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y);
+  if (s < s1) rows_vnni<1, W>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y);
+}
+
+void strips_vnni(const Packed& p, const std::int8_t* q, const float* xs, const std::int32_t* qsum, std::size_t m,
+                 std::size_t s0, std::size_t s1, const float* bias, float* y) {
+  switch (p.bits) {
+    case 4: return strips_vnni_split<Wt::nib>(p, q, xs, qsum, m, s0, s1, bias, y);
+    case 5: return strips_vnni_split<Wt::plane5>(p, q, xs, qsum, m, s0, s1, bias, y);
+    case 6: return strips_vnni_split<Wt::plane6>(p, q, xs, qsum, m, s0, s1, bias, y);
+    default: break;
+  }
+  const std::size_t sb = p.strip_bytes();
+  std::size_t s = s0;
+  for (; s + 2 <= s1; s += 2) rows_vnni<2, Wt::int8>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y);
+  if (s < s1) rows_vnni<1, Wt::int8>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y);
 }
 #endif
 

@@ -22,6 +22,33 @@ std::size_t packed_groups(int bits, std::size_t k, std::size_t group) {
   return kpad == 0 ? 0 : (kpad + group - 1) / group;
 }
 
+namespace {
+
+// 5- and 6-bit codes of output c of a strip (codes null: a padding row), as
+// u = code + 16 / 32 in blocks of 8 k: the low nibbles as in the 4-bit
+// layout, then per high bit (bit 4, bit 5) two 64-bit masks, bit i of the
+// first (second) = that bit of the value in byte i's low (high) nibble.
+void pack_planes(int bits, const std::int8_t* codes, std::size_t k, std::size_t kpad, std::size_t c,
+                 std::uint8_t* ws) {
+  const std::size_t block = 64 + 16 * static_cast<std::size_t>(bits - 4);
+  for (std::size_t j = 0; j < kpad; ++j) {
+    const int code = codes && j < k ? codes[j] : 0;
+    const unsigned u = static_cast<unsigned>(code + (1 << (bits - 1)));
+    std::uint8_t* blk = ws + (j / 8) * block;
+    const std::size_t bi = c * 4 + j % 4;
+    const bool high = j % 8 >= 4;
+    blk[bi] = high ? static_cast<std::uint8_t>((blk[bi] & 0x0F) | ((u & 15) << 4))
+                   : static_cast<std::uint8_t>((blk[bi] & 0xF0) | (u & 15));
+    for (int b = 0; b < bits - 4; ++b) {
+      std::uint8_t& m = blk[64 + 16 * b + (high ? 8 : 0) + bi / 8];
+      const std::uint8_t bit = static_cast<std::uint8_t>(1u << (bi % 8));
+      m = (u >> (4 + b)) & 1 ? static_cast<std::uint8_t>(m | bit) : static_cast<std::uint8_t>(m & ~bit);
+    }
+  }
+}
+
+}  // namespace
+
 void pack(const Source& src, std::uint8_t* w, float* pscale, float* pshift, std::int8_t* piscale,
           std::int8_t* pishift) {
   const int bits = src.bits;
@@ -49,6 +76,10 @@ void pack(const Source& src, std::uint8_t* w, float* pscale, float* pshift, std:
             piscale[at] = row < n ? src.iscale[row * groups + g] : 0;
             if (src.ishift) pishift[at] = row < n ? src.ishift[row * groups + g] : 0;
           }
+        if (bits == 5 || bits == 6) {
+          pack_planes(bits, row < n ? src.codes + row * k : nullptr, k, kpad, c, ws);
+          continue;
+        }
         if (row >= n) continue;
         const std::int8_t* cr = src.codes + row * k;
         for (std::size_t j = 0; j < k; ++j) {

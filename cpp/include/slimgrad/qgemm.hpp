@@ -29,7 +29,9 @@
 // Packed weight (made once by qgemm_pack): strips of 16 output rows; per
 // strip, K in steps of 4 (8-bit codes: 64 bytes = 16 rows x 4 consecutive k)
 // or 8 (4-bit: 64 bytes, low nibble = k..k+3, high nibble = k+4..k+7, each
-// stored as code + 8); then per strip and group 16 float scales (and 16
+// stored as code + 8); 5 and 6 bits (codes + 16 / 32): blocks of 8 k, the
+// low nibbles as 4 bits, then per high bit two 64-bit masks (80 / 96 bytes
+// per block, bit i of a mask <-> byte i of the nibble vector); then per strip and group 16 float scales (and 16
 // float shifts; with sub > 1: per super-block 16 floats, per group 16 int8
 // sub-scales / sub-mins). VNNI takes the weights as the unsigned operand (bytes
 // xor 0x80 = code + 128, nibbles = code + 8) and corrects with the group's
@@ -51,9 +53,9 @@ constexpr std::size_t kStripBlock = 2;      // strips per micro-kernel tile (32 
 constexpr std::size_t kTileRows = 4;        // rows of x per micro-kernel tile
 
 struct Packed {
-  int bits = 8;                      // 8: int8 codes in [-127, 127]; 4: codes in [-8, 7]
+  int bits = 8;                      // 8: codes in [-127, 127]; 4 / 5 / 6: [-8, 7] / [-16, 15] / [-32, 31]
   std::size_t n = 0, k = 0;          // W is n x k
-  std::size_t kpad = 0;              // k rounded up to 4 (8 bits) or 8 (4 bits)
+  std::size_t kpad = 0;              // k rounded up to 4 (8 bits) or 8 (4, 5, 6 bits)
   std::size_t group = 0;             // k per scale (multiple of 4 / 8), the last group may be shorter
   std::size_t n_groups = 0;          // ceil(kpad / group)
   std::size_t strips = 0;            // ceil(n / 16)
@@ -64,7 +66,7 @@ struct Packed {
   std::size_t sub = 1;               // groups per super-block (K-quants), else 1
   const std::int8_t* iscale = nullptr;  // strips * n_groups * 16 when sub > 1
   const std::int8_t* ishift = nullptr;  // strips * n_groups * 16 when sub > 1 with a shift
-  bool needs_qsum() const { return shift != nullptr || zoff != 0; }
+  bool needs_qsum() const { return shift != nullptr || zoff != 0 || bits == 5 || bits == 6; }
   std::size_t strip_bytes() const { return kpad * kStrip * static_cast<std::size_t>(bits) / 8; }
 };
 

@@ -8,10 +8,10 @@ same ``d * sc`` and ``dmin * m`` products). The K-quants keep that split:
 ``scale`` / ``shift`` hold one float per super-block of 256 (``d``,
 ``-dmin``) and ``iscale`` / ``ishift`` the int8 sub-scales / sub-mins per
 group (``sub`` groups per super-block); :func:`group_factors` multiplies them
-out. 4-bit-or-narrower codes are kept
-as nibbles (``bits`` 4, codes in [-8, 7]; the unsigned Q4_1 / Q4_K / Q2_K
-codes ``q`` are stored as ``q - 8`` with ``zoff = 8``); 5- and 6-bit codes as
-bytes (``bits`` 8). Layouts follow llama.cpp's ``dequantize_row_*``
+out. Codes are centred so the kernels' ranges hold them: ``bits`` 4
+(nibbles, [-8, 7]: the unsigned Q4_1 / Q4_K / Q2_K codes ``q`` as ``q - 8``
+with ``zoff = 8``), 5 ([-16, 15]: Q5_1 / Q5_K as ``q - 16``, ``zoff = 16``),
+6 (Q6_K, [-32, 31]) and 8 (Q8_0). Layouts follow llama.cpp's ``dequantize_row_*``
 (ggml-quants.c); tests check the result against ``gguf.dequantize`` /
 ``kquants.dequantize``.
 """
@@ -118,9 +118,9 @@ def decode(blocks: np.ndarray, name: str, n: int, k: int) -> Codes:
     if name in ("Q5_0", "Q5_1"):
         o = 2 if name == "Q5_0" else 4
         q = _nibbles(b[..., o + 4 :]) | (_bits32(b[..., o : o + 4]) << 4)
-        c = q.view(np.int8) - np.int8(16 if name == "Q5_0" else 0)
+        c = q.view(np.int8) - np.int8(16)
         shift = _f16(b[..., 2:4]) if name == "Q5_1" else None
-        return Codes(c.reshape(n, k), _f16(b[..., :2]), shift, 8, 32, 0)
+        return Codes(c.reshape(n, k), _f16(b[..., :2]), shift, 5, 32, 0 if name == "Q5_0" else 16)
     if name in ("Q4_K", "Q5_K"):
         d, dmin = _f16(b[..., 0:2]), _f16(b[..., 2:4])
         sc, mn = _scale_min_k4(b[..., 4:16])
@@ -132,7 +132,8 @@ def decode(blocks: np.ndarray, name: str, n: int, k: int) -> Codes:
         qh = b[..., 16:48][..., None, :]  # the same 32 bytes for every chunk
         j = np.arange(4, dtype=np.uint8)[:, None]
         high = np.concatenate([(qh >> (2 * j)) & 1, (qh >> (2 * j + 1)) & 1], axis=-1)
-        return _k((q | (high << 4)).view(np.int8).reshape(n, k), d, sc, 8, 32, 0, dmin, mn)
+        c = (q | (high << 4)).view(np.int8) - np.int8(16)
+        return _k(c.reshape(n, k), d, sc, 5, 32, 16, dmin, mn)
     if name == "Q6_K":
         ql, qh = b[..., 0:128].reshape(n, -1, 2, 64), b[..., 128:192].reshape(n, -1, 2, 1, 32)
         sc = b[..., 192:208].view(np.int8)
@@ -144,7 +145,7 @@ def decode(blocks: np.ndarray, name: str, n: int, k: int) -> Codes:
         sh = np.array([0, 2, 4, 6], np.uint8)[:, None]
         high = ((qh >> sh) & 3).reshape(n, -1, 2, 128)
         c = (low | (high << 4)).view(np.int8) - np.int8(32)
-        return _k(c.reshape(n, k), d, sc, 8, 16, 0)
+        return _k(c.reshape(n, k), d, sc, 6, 16, 0)
     if name == "Q2_K":
         sc = b[..., 0:16]
         qs = b[..., 16:80].reshape(n, -1, 2, 1, 32)
