@@ -9,8 +9,9 @@
 //    wrap: int32 adds are modular, the end is exact); then
 //    acc = fma(float(sum), scale, acc). A tile is up to 4 rows of x by 2
 //    strips (32 outputs): 8 int32 accumulators, 8 float ones. 4-bit codes:
-//    and / shift in registers for one tile of rows, else once per strip pair
-//    into a byte panel (thread-local, 32 x k bytes) shared by all tiles.
+//    and / shift (5 / 6 bits: and a masked add per bit plane) in registers
+//    up to kWidenRows rows of x, else once per strip pair into a byte panel
+//    (thread-local, 32 x k bytes) shared by all tiles.
 //    The way llama.cpp's q4_0 x q8_0 dot product runs (unsigned nibbles,
 //    signed activations), with no stored per-weight compensation.
 //  - madd (avx2, and avx512 without VNNI): 256-bit vpmaddubsw on |x| and
@@ -256,7 +257,7 @@ inline __m512 group_factor16(const Packed& p, const float* f, const std::int8_t*
 enum class Wt {
   int8,    // 8-bit codes, flipped by xor 0x80 (Off 128)
   nib,     // packed nibbles (Off 8): and / shift in registers
-  plane5,  // nibbles + one bit plane (Off 16): vpmovm2b sets bit 4
+  plane5,  // nibbles + one bit plane (Off 16): a masked vpaddb sets bit 4
   plane6,  // nibbles + two bit planes (Off 32): bits 4 and 5
   wide,    // 4- to 6-bit codes widened to one byte each by widen_strips (Off 8 / 16 / 32)
 };
@@ -275,8 +276,9 @@ inline void split_block(const std::uint8_t* src, __m512i& lo, __m512i& hi) {
       std::memcpy(&ml, src + 64 + 16 * b, 8);
       std::memcpy(&mh, src + 72 + 16 * b, 8);
       const __m512i bit = _mm512_set1_epi8(static_cast<char>(16 << b));
-      lo = _mm512_or_si512(lo, _mm512_and_si512(_mm512_movm_epi8(_cvtu64_mask64(ml)), bit));
-      hi = _mm512_or_si512(hi, _mm512_and_si512(_mm512_movm_epi8(_cvtu64_mask64(mh)), bit));
+      // one masked add per plane: + 16 (32) where the mask bit is set
+      lo = _mm512_mask_add_epi8(lo, _cvtu64_mask64(ml), lo, bit);
+      hi = _mm512_mask_add_epi8(hi, _cvtu64_mask64(mh), hi, bit);
     }
   }
 }
@@ -390,7 +392,7 @@ template <Wt W>
 void strips_vnni_split(const Packed& p, const std::int8_t* q, const float* xs, const std::int32_t* qsum,
                        std::size_t m, std::size_t s0, std::size_t s1, const float* bias, float* y) {
   const std::size_t sb = p.strip_bytes();
-  if (m > qgemm::kTileRows) {
+  if (m > qgemm::kWidenRows) {
     thread_local std::vector<std::uint8_t> wide;
     const std::size_t sb8 = p.kpad * kS;
     if (wide.size() < 2 * sb8) wide.resize(2 * sb8);
