@@ -201,10 +201,11 @@ def prepack(w: Any, type: Any = None, *, shape: Any = None) -> PackedWeight:
     Returns
     -------
     PackedWeight
-        A copy in the kernels' panel layout. GGUF codes are unpacked once:
-        nibbles stay nibbles (Q4_0, Q4_1, Q4_K, Q3_K, Q2_K), 5- and 6-bit
-        codes become bytes (Q5_0, Q5_1, Q5_K, Q6_K), plus float32 scales (and
-        shifts for Q4_1, Q5_1, Q4_K, Q5_K, Q2_K) per 32 (16) values.
+        A copy in the kernels' panel layout, about the size of the GGUF
+        blocks: codes as nibbles (plus one or two bit planes for the 5- and
+        6-bit types), a float32 scale (and shift for Q4_1, Q5_1, Q4_K, Q5_K,
+        Q2_K) per 32 values, or for the K-quants one float per 256 values and
+        int8 sub-scales per 16 / 32 (docs/quant.md, "GGUF blocks").
 
     Raises
     ------
