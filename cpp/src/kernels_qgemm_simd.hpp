@@ -2,7 +2,8 @@
 // and avx512 units.
 //  - VNNI (avx512 unit, cpuid level avx512_vnni): vpdpbusd multiplies 64
 //    weight bytes taken as unsigned (16 outputs x 4 k: 8-bit codes xor 0x80
-//    = code + 128; 4-bit codes as stored, code + 8) by the signed activation
+//    = code + 128; 4- to 6-bit codes as stored, code + 8 / 16 / 32; 5 and 6
+//    bits: nibble + bit planes, qgemm.hpp) by the signed activation
 //    codes (a 4-byte broadcast per row of x) into 16 int32 sums. Each
 //    group's sums start at -offset * qsum (the row's code sum over the
 //    group), so they end as those of the signed codes (intermediate sums may
@@ -17,7 +18,10 @@
 //  - madd (avx2, and avx512 without VNNI): 256-bit vpmaddubsw on |x| and
 //    w * sign(x) (vpsignb; codes are in [-127, 127], so pairs stay below
 //    2 * 127 * 127 < 2**15 and never saturate), vpmaddwd by 1 into int32.
-//    Tiles of up to 2 rows x 1 strip (the 16 ymm registers of AVX2).
+//    Tiles of up to 2 rows x 1 strip (the 16 ymm registers of AVX2). 5- and
+//    6-bit codes (unsigned, code + 16 / 32 <= 63, high bits from the planes
+//    by vpshufb + compare) go straight into vpmaddubsw against signed x:
+//    two pairs of 63 * 127 still fit int16; sums start at -off * qsum.
 //  - Asymmetric formats: every group's int32 sums start at zoff * qsum (the
 //    row's code sum over the group) and, after the scale's fma, one more fma
 //    adds float(qsum) * shift: ggml's q8_1 / q8_K block-sum trick.
