@@ -34,7 +34,7 @@ class Codes(NamedTuple):
     codes: np.ndarray  # (n, k) int8
     scale: np.ndarray  # (n, k / group / sub) float32
     shift: np.ndarray | None  # the same shape, or None
-    bits: int  # 8 or 4: how the kernels store the codes
+    bits: int  # 8, 6, 5 or 4: how the kernels store the codes
     group: int
     zoff: int
     sub: int = 1  # groups per super-block (K-quants: 256 / group)
@@ -52,7 +52,16 @@ def group_factors(c: Codes) -> tuple[np.ndarray, np.ndarray | None]:
     return scale, np.repeat(c.shift, c.sub, axis=1) * c.ishift.astype(np.float32)
 
 
-def _k(codes, d, sc, bits, group, zoff, dmin=None, mn=None) -> Codes:
+def _k(
+    codes: np.ndarray,
+    d: np.ndarray,
+    sc: np.ndarray,
+    bits: int,
+    group: int,
+    zoff: int,
+    dmin: np.ndarray | None = None,
+    mn: np.ndarray | None = None,
+) -> Codes:
     """Codes of a K-quant: super-block floats ``d`` (``-dmin``), int sub-scales (sub-mins)."""
     n = codes.shape[0]
     shift = None if dmin is None else -dmin.reshape(n, -1)
