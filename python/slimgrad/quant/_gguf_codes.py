@@ -44,11 +44,11 @@ class Codes(NamedTuple):
 
 def group_factors(c: Codes) -> tuple[np.ndarray, np.ndarray | None]:
     """float32 (scale, shift) per group, ``(n, k / group)``: the kernels' products."""
-    if c.sub == 1:
+    if c.iscale is None:
         return c.scale, c.shift
     scale = np.repeat(c.scale, c.sub, axis=1) * c.iscale.astype(np.float32)
-    if c.shift is None:
-        return scale, None
+    if c.shift is None or c.ishift is None:
+        return scale, c.shift
     return scale, np.repeat(c.shift, c.sub, axis=1) * c.ishift.astype(np.float32)
 
 
