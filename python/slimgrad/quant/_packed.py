@@ -12,7 +12,7 @@ from ._tensor import QuantizedTensor
 
 __all__ = ["PackedWeight", "prepack"]
 
-_MAX_GROUP = 65536  # k per exact int32 sum (255 * 127 * 65536 < 2**31)
+_MAX_GROUP = 65536  # k per exact int32 sum (128 * 127 * 65536 < 2**31)
 
 
 def _gguf_blocks(blocks: Any, name: str, shape: Any) -> tuple[int, int]:
