@@ -161,8 +161,8 @@ def test_refusals_name_the_argument_and_change_nothing(rng):
     with pytest.raises(ValueError, match=r"w: Q8_0 code -128 at \(row, column\) \(4, 17\)"):
         quant.prepack(bad, "Q8_0")
     np.testing.assert_array_equal(bad, before)
-    with pytest.raises(ValueError, match="type: the int8-activation kernels take 'Q8_0' or 'Q4_0'"):
-        quant.prepack(gguf.quantize(w[:, :32], "Q4_1"), "Q4_1")
+    with pytest.raises(ValueError, match="type: the int8-activation kernels take 'Q8_0', 'Q4_0'"):
+        quant.prepack(gguf.quantize(w[:, :32], "Q4_1"), "F16")
     with pytest.raises(
         ValueError, match=r"w: expected 408 bytes of Q8_0 blocks for shape \(6, 64\).*got 204"
     ):

@@ -1,24 +1,36 @@
 // int8-activation GEMM micro-kernels (qgemm.hpp), written once for the avx2
 // and avx512 units.
-//  - VNNI (avx512 unit, cpuid level avx512_vnni): vpdpbusd multiplies the
-//    unsigned activation codes x + 128 (a 4-byte broadcast per row of x) by
-//    64 signed weight bytes (16 outputs x 4 k) into 16 int32 sums. A tile is
-//    up to 4 rows of x by 2 strips (32 outputs): 8 int32 accumulators, 8
-//    float ones. 4-bit codes (stored + 8) become int8: and / shift, then - 8,
-//    in registers for one tile of rows, else once per strip pair into an
-//    int8 panel (thread-local, 32 x k bytes) shared by all tiles. Each group's
-//    sums start at the packed -128 * sum(w), so they end as those of the
-//    signed codes; then acc = fma(float(sum), scale, acc).
+//  - VNNI (avx512 unit, cpuid level avx512_vnni): vpdpbusd multiplies 64
+//    weight bytes taken as unsigned (16 outputs x 4 k: 8-bit codes xor 0x80
+//    = code + 128; 4- to 6-bit codes as stored, code + 8 / 16 / 32; 5 and 6
+//    bits: nibble + bit planes, qgemm.hpp) by the signed activation
+//    codes (a 4-byte broadcast per row of x) into 16 int32 sums. Each
+//    group's sums start at -offset * qsum (the row's code sum over the
+//    group), so they end as those of the signed codes (intermediate sums may
+//    wrap: int32 adds are modular, the end is exact); then
+//    acc = fma(float(sum), scale, acc). A tile is up to 4 rows of x by 2
+//    strips (32 outputs): 8 int32 accumulators, 8 float ones. 4-bit codes:
+//    and / shift (5 / 6 bits: and a masked add per bit plane) in registers
+//    up to kWidenRows rows of x, else once per strip pair into a byte panel
+//    (thread-local, 32 x k bytes) shared by all tiles.
+//    The way llama.cpp's q4_0 x q8_0 dot product runs (unsigned nibbles,
+//    signed activations), with no stored per-weight compensation.
 //  - madd (avx2, and avx512 without VNNI): 256-bit vpmaddubsw on |x| and
 //    w * sign(x) (vpsignb; codes are in [-127, 127], so pairs stay below
 //    2 * 127 * 127 < 2**15 and never saturate), vpmaddwd by 1 into int32.
-//    Tiles of up to 2 rows x 1 strip (the 16 ymm registers of AVX2).
+//    Tiles of up to 2 rows x 1 strip (the 16 ymm registers of AVX2). 5- and
+//    6-bit codes (unsigned, code + 16 / 32 <= 63, high bits from the planes
+//    by vpshufb + compare) go straight into vpmaddubsw against signed x:
+//    two pairs of 63 * 127 still fit int16; sums start at -off * qsum.
+//  - Asymmetric formats: every group's int32 sums start at zoff * qsum (the
+//    row's code sum over the group) and, after the scale's fma, one more fma
+//    adds float(qsum) * shift: ggml's q8_1 / q8_K block-sum trick.
 //  - Tails: rows of x by smaller tiles; k is padded with zero codes in the
 //    packed weight and in the activation buffer; output columns past n are
 //    masked (AVX-512) or go through a 16-float buffer (AVX2).
 //  - Activation quantization: amax and the non-finite check in one pass,
 //    then cvtps2dq (half to even, the MXCSR default, = nearbyint), clamp,
-//    narrow to bytes; the scalar reference's definitions exactly.
+//    narrow to signed bytes; the scalar reference's definitions exactly.
 // Every sum is exact, so every level gives the scalar reference's bits.
 #pragma once
 
@@ -38,15 +50,13 @@ namespace {
 using qgemm::Packed;
 constexpr std::size_t kS = qgemm::kStrip;
 
-inline std::int32_t load4(const std::uint8_t* p) {
+inline std::int32_t load4(const void* p) {
   std::int32_t v;
   std::memcpy(&v, p, 4);
   return v;
 }
 
-inline void quantize_row(const float* xr, std::size_t k, std::size_t kpad, bool unsigned_codes, std::uint8_t* qr,
-                         float* xs) {
-  const int off = unsigned_codes ? 128 : 0;
+inline void quantize_row(const float* xr, std::size_t k, std::size_t kpad, std::int8_t* qr, float* xs) {
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF)), big = _mm256_set1_ps(FLT_MAX);
   __m256 amax8 = _mm256_setzero_ps(), bad8 = _mm256_setzero_ps();
   std::size_t j = 0;
@@ -65,7 +75,7 @@ inline void quantize_row(const float* xr, std::size_t k, std::size_t kpad, bool 
     if (!(a <= FLT_MAX)) finite = false;
     else if (a > amax) amax = a;
   }
-  std::memset(qr, off, kpad);
+  std::memset(qr, 0, kpad);
   if (!finite) {
     *xs = std::numeric_limits<float>::quiet_NaN();
     return;
@@ -78,18 +88,42 @@ inline void quantize_row(const float* xr, std::size_t k, std::size_t kpad, bool 
   const float inv = 127.0f / amax;
   const __m256 inv8 = _mm256_set1_ps(inv);
   const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
-  const __m128i flip = _mm_set1_epi8(static_cast<char>(off));
   for (j = 0; j + 8 <= k; j += 8) {
     __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + j), inv8));
     v = _mm256_min_epi32(_mm256_max_epi32(v, lo), hi);
     const __m128i w16 = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(qr + j), _mm_xor_si128(_mm_packs_epi16(w16, w16), flip));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(qr + j), _mm_packs_epi16(w16, w16));
   }
   for (; j < k; ++j) {
     float v = std::nearbyint(xr[j] * inv);
     v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-    qr[j] = static_cast<std::uint8_t>(static_cast<int>(v) + off);
+    qr[j] = static_cast<std::int8_t>(v);
   }
+}
+
+// Scale (or shift) of outputs h..h+7 of strip s in group g: per group, or
+// the super-block's float times the group's int8 sub-scale (qgemm.hpp).
+inline __m256 group_factor8(const Packed& p, const float* f, const std::int8_t* i, std::size_t s, std::size_t g,
+                            std::size_t h) {
+  if (p.sub == 1) return _mm256_loadu_ps(f + (s * p.n_groups + g) * kS + h);
+  const __m256 d = _mm256_loadu_ps(f + (s * (p.n_groups / p.sub) + g / p.sub) * kS + h);
+  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(i + (s * p.n_groups + g) * kS + h));
+  return _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)));
+}
+
+// Bytes of a strip block's nibble vector (bytes h..h+31) with bit `Bit`
+// (4 or 5) of 5- / 6-bit codes set from the block's 64-bit mask: the mask's
+// 4 bytes spread over 32 (vpshufb, in-lane), each byte tested against its
+// bit (llama.cpp's bytes_from_bits_32).
+template <int Bit>
+inline __m256i plane_bits(const std::uint8_t* mask, std::size_t h) {
+  std::uint32_t m;
+  std::memcpy(&m, mask + h / 8, 4);
+  const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2,
+                                          3, 3, 3, 3, 3, 3, 3, 3);
+  const __m256i bit = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ULL));
+  const __m256i v = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(m)), spread), bit);
+  return _mm256_and_si256(_mm256_cmpeq_epi8(v, bit), _mm256_set1_epi8(1 << Bit));
 }
 
 // -------------------------------------------------------------- madd path
@@ -98,24 +132,51 @@ inline __m256i madd_step(__m256i acc, __m256i w, __m256i xb, __m256i ax, __m256i
 }
 
 template <int MR, int Bits>
-void tile_madd(const Packed& p, const std::uint8_t* q, const float* xs, std::size_t t0, std::size_t s,
-               const float* bias, float* y) {
+void tile_madd(const Packed& p, const std::int8_t* q, const float* xs, const std::int32_t* qsum, std::size_t t0,
+               std::size_t s, const float* bias, float* y) {
   const std::uint8_t* wp = p.w + s * p.strip_bytes();
-  const std::uint8_t* xr[MR];
+  const std::int8_t* xr[MR];
   for (int r = 0; r < MR; ++r) xr[r] = q + (t0 + r) * p.kpad;
   const __m256i ones = _mm256_set1_epi16(1), nib = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
   constexpr std::size_t kstep = Bits == 8 ? 4 : 8;
+  // bytes per block; 5 / 6 bits: unsigned codes (code + off, <= 63) times
+  // signed x: |pairs| <= 2 * 63 * 127, two of them still fit int16
+  constexpr std::size_t block = Bits > 4 && Bits < 8 ? 64 + 16 * (Bits - 4) : 64;
+  constexpr int off = Bits > 4 && Bits < 8 ? 1 << (Bits - 1) : 0;
   __m256 facc[MR][2];
   for (int r = 0; r < MR; ++r) facc[r][0] = facc[r][1] = _mm256_setzero_ps();
   for (std::size_t g = 0; g < p.n_groups; ++g) {
     const std::size_t k0 = g * p.group, k1 = k0 + p.group < p.kpad ? k0 + p.group : p.kpad;
+    // the sums start at (zoff - off) * qsum (zero for the symmetric 4 / 8 bits)
     __m256i iacc[MR][2];
-    for (int r = 0; r < MR; ++r) iacc[r][0] = iacc[r][1] = _mm256_setzero_si256();
+    for (int r = 0; r < MR; ++r)
+      iacc[r][0] = iacc[r][1] = _mm256_set1_epi32(qsum ? (p.zoff - off) * qsum[(t0 + r) * p.n_groups + g] : 0);
     for (std::size_t k = k0; k < k1; k += kstep) {
-      const std::uint8_t* src = wp + (k / kstep) * 64;
+      const std::uint8_t* src = wp + (k / kstep) * block;
       const __m256i raw0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
       const __m256i raw1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 32));
-      if constexpr (Bits == 8) {
+      if constexpr (Bits > 4 && Bits < 8) {
+        __m256i lo0 = _mm256_and_si256(raw0, nib), lo1 = _mm256_and_si256(raw1, nib);
+        __m256i hi0 = _mm256_and_si256(_mm256_srli_epi16(raw0, 4), nib);
+        __m256i hi1 = _mm256_and_si256(_mm256_srli_epi16(raw1, 4), nib);
+        lo0 = _mm256_or_si256(lo0, plane_bits<4>(src + 64, 0));
+        lo1 = _mm256_or_si256(lo1, plane_bits<4>(src + 64, 32));
+        hi0 = _mm256_or_si256(hi0, plane_bits<4>(src + 72, 0));
+        hi1 = _mm256_or_si256(hi1, plane_bits<4>(src + 72, 32));
+        if constexpr (Bits == 6) {
+          lo0 = _mm256_or_si256(lo0, plane_bits<5>(src + 80, 0));
+          lo1 = _mm256_or_si256(lo1, plane_bits<5>(src + 80, 32));
+          hi0 = _mm256_or_si256(hi0, plane_bits<5>(src + 88, 0));
+          hi1 = _mm256_or_si256(hi1, plane_bits<5>(src + 88, 32));
+        }
+        for (int r = 0; r < MR; ++r) {
+          const __m256i xa = _mm256_set1_epi32(load4(xr[r] + k)), xb = _mm256_set1_epi32(load4(xr[r] + k + 4));
+          const __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(lo0, xa), _mm256_maddubs_epi16(hi0, xb));
+          const __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(lo1, xa), _mm256_maddubs_epi16(hi1, xb));
+          iacc[r][0] = _mm256_add_epi32(iacc[r][0], _mm256_madd_epi16(p0, ones));
+          iacc[r][1] = _mm256_add_epi32(iacc[r][1], _mm256_madd_epi16(p1, ones));
+        }
+      } else if constexpr (Bits == 8) {
         for (int r = 0; r < MR; ++r) {
           const __m256i xb = _mm256_set1_epi32(load4(xr[r] + k)), ax = _mm256_abs_epi8(xb);
           iacc[r][0] = madd_step(iacc[r][0], raw0, xb, ax, ones);
@@ -139,11 +200,20 @@ void tile_madd(const Packed& p, const std::uint8_t* q, const float* xs, std::siz
         }
       }
     }
-    const float* sc = p.scale + (s * p.n_groups + g) * kS;
-    const __m256 sc0 = _mm256_loadu_ps(sc), sc1 = _mm256_loadu_ps(sc + 8);
+    const __m256 sc0 = group_factor8(p, p.scale, p.iscale, s, g, 0);
+    const __m256 sc1 = group_factor8(p, p.scale, p.iscale, s, g, 8);
     for (int r = 0; r < MR; ++r) {
       facc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[r][0]), sc0, facc[r][0]);
       facc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[r][1]), sc1, facc[r][1]);
+    }
+    if (p.shift) {
+      const __m256 sh0 = group_factor8(p, p.shift, p.ishift, s, g, 0);
+      const __m256 sh1 = group_factor8(p, p.shift, p.ishift, s, g, 8);
+      for (int r = 0; r < MR; ++r) {
+        const __m256 qs = _mm256_set1_ps(static_cast<float>(qsum[(t0 + r) * p.n_groups + g]));
+        facc[r][0] = _mm256_fmadd_ps(qs, sh0, facc[r][0]);
+        facc[r][1] = _mm256_fmadd_ps(qs, sh1, facc[r][1]);
+      }
     }
   }
   const std::size_t n0 = s * kS, valid = p.n - n0 < kS ? p.n - n0 : kS;
@@ -157,74 +227,125 @@ void tile_madd(const Packed& p, const std::uint8_t* q, const float* xs, std::siz
   }
 }
 
-using TileFn = void (*)(const Packed&, const std::uint8_t*, const float*, std::size_t, std::size_t, const float*,
-                        float*);
+using TileFn = void (*)(const Packed&, const std::int8_t*, const float*, const std::int32_t*, std::size_t,
+                        std::size_t, const float*, float*);
 
 template <Isa I>
-void strips_madd(const Packed& p, const std::uint8_t* q, const float* xs, std::size_t m, std::size_t s0,
-                 std::size_t s1, const float* bias, float* y) {
-  const TileFn two = p.bits == 8 ? tile_madd<2, 8> : tile_madd<2, 4>;
-  const TileFn one = p.bits == 8 ? tile_madd<1, 8> : tile_madd<1, 4>;
+void strips_madd(const Packed& p, const std::int8_t* q, const float* xs, const std::int32_t* qsum, std::size_t m,
+                 std::size_t s0, std::size_t s1, const float* bias, float* y) {
+  const TileFn two = p.bits == 8   ? tile_madd<2, 8>
+                     : p.bits == 6 ? tile_madd<2, 6>
+                     : p.bits == 5 ? tile_madd<2, 5>
+                                   : tile_madd<2, 4>;
+  const TileFn one = p.bits == 8   ? tile_madd<1, 8>
+                     : p.bits == 6 ? tile_madd<1, 6>
+                     : p.bits == 5 ? tile_madd<1, 5>
+                                   : tile_madd<1, 4>;
   for (std::size_t s = s0; s < s1; ++s) {
     std::size_t t = 0;
-    for (; t + 2 <= m; t += 2) two(p, q, xs, t, s, bias, y);
-    if (t < m) one(p, q, xs, t, s, bias, y);
+    for (; t + 2 <= m; t += 2) two(p, q, xs, qsum, t, s, bias, y);
+    if (t < m) one(p, q, xs, qsum, t, s, bias, y);
   }
 }
 
 #if defined(__AVX512F__)
 // -------------------------------------------------------------- VNNI path
-// ws: strip s's codes (Bits wide), sb: bytes from one strip to the next.
-template <int MR, int NV, int Bits>
+inline __m512 group_factor16(const Packed& p, const float* f, const std::int8_t* i, std::size_t s, std::size_t g) {
+  if (p.sub == 1) return _mm512_loadu_ps(f + (s * p.n_groups + g) * kS);
+  const __m512 d = _mm512_loadu_ps(f + (s * (p.n_groups / p.sub) + g / p.sub) * kS);
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(i + (s * p.n_groups + g) * kS));
+  return _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)));
+}
+
+// How a strip's weight bytes enter vpdpbusd as unsigned values u = code + Off.
+enum class Wt {
+  int8,    // 8-bit codes, flipped by xor 0x80 (Off 128)
+  nib,     // packed nibbles (Off 8): and / shift in registers
+  plane5,  // nibbles + one bit plane (Off 16): a masked vpaddb sets bit 4
+  plane6,  // nibbles + two bit planes (Off 32): bits 4 and 5
+  wide,    // 4- to 6-bit codes widened to one byte each by widen_strips (Off 8 / 16 / 32)
+};
+
+// Low and high nibble vectors of a 4- to 6-bit block (64 + 16 per plane bytes).
+template <Wt W>
+inline void split_block(const std::uint8_t* src, __m512i& lo, __m512i& hi) {
+  const __m512i nib = _mm512_set1_epi8(0x0F);
+  const __m512i raw = _mm512_loadu_si512(src);
+  lo = _mm512_and_si512(raw, nib);
+  hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nib);
+  if constexpr (W == Wt::plane5 || W == Wt::plane6) {
+    constexpr int planes = W == Wt::plane5 ? 1 : 2;
+    for (int b = 0; b < planes; ++b) {
+      std::uint64_t ml, mh;
+      std::memcpy(&ml, src + 64 + 16 * b, 8);
+      std::memcpy(&mh, src + 72 + 16 * b, 8);
+      const __m512i bit = _mm512_set1_epi8(static_cast<char>(16 << b));
+      // one masked add per plane: + 16 (32) where the mask bit is set
+      lo = _mm512_mask_add_epi8(lo, _cvtu64_mask64(ml), lo, bit);
+      hi = _mm512_mask_add_epi8(hi, _cvtu64_mask64(mh), hi, bit);
+    }
+  }
+}
+
+// ws: strip s's codes, sb: bytes from one strip to the next.
+template <int MR, int NV, Wt W>
 __attribute__((target("avx512vnni"))) void tile_vnni(const Packed& p, const std::uint8_t* ws, std::size_t sb,
-                                                     const std::uint8_t* q, const float* xs, std::size_t t0,
-                                                     std::size_t s, const float* bias, float* y) {
+                                                     const std::int8_t* q, const float* xs,
+                                                     const std::int32_t* qsum, std::size_t t0, std::size_t s,
+                                                     const float* bias, float* y) {
   const std::uint8_t* wp[NV];
   for (int v = 0; v < NV; ++v) wp[v] = ws + v * sb;
-  const std::uint8_t* xr[MR];
+  const std::int8_t* xr[MR];
   for (int r = 0; r < MR; ++r) xr[r] = q + (t0 + r) * p.kpad;
-  const __m512i nib = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
-  constexpr std::size_t kstep = Bits == 8 ? 4 : 8;
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  constexpr bool split = W == Wt::nib || W == Wt::plane5 || W == Wt::plane6;
+  constexpr std::size_t kstep = split ? 8 : 4;
+  constexpr std::size_t block = W == Wt::plane5 ? 80 : W == Wt::plane6 ? 96 : 64;
+  const int off = W == Wt::int8 ? 128 : 1 << (p.bits - 1);
   __m512 facc[MR][NV];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) facc[r][v] = _mm512_setzero_ps();
   for (std::size_t g = 0; g < p.n_groups; ++g) {
     const std::size_t k0 = g * p.group, k1 = k0 + p.group < p.kpad ? k0 + p.group : p.kpad;
-    // the sums start at -128 * sum(w): that of the signed codes at the end
+    // the sums start at (zoff - off) * qsum: those of code + zoff at the end
     __m512i iacc[MR][NV];
-    for (int v = 0; v < NV; ++v) {
-      const __m512i start = _mm512_loadu_si512(p.comp + ((s + v) * p.n_groups + g) * kS);
-      for (int r = 0; r < MR; ++r) iacc[r][v] = start;
+    for (int r = 0; r < MR; ++r) {
+      const __m512i start = _mm512_set1_epi32((p.zoff - off) * qsum[(t0 + r) * p.n_groups + g]);
+      for (int v = 0; v < NV; ++v) iacc[r][v] = start;
     }
     for (std::size_t k = k0; k < k1; k += kstep) {
-      const std::size_t off = (k / kstep) * 64;
-      if constexpr (Bits == 8) {
+      const std::size_t at = (k / kstep) * block;
+      if constexpr (!split) {
         __m512i wv[NV];
-        for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_si512(wp[v] + off);
+        for (int v = 0; v < NV; ++v) {
+          wv[v] = _mm512_loadu_si512(wp[v] + at);
+          if constexpr (W == Wt::int8) wv[v] = _mm512_xor_si512(wv[v], flip);
+        }
         for (int r = 0; r < MR; ++r) {
           const __m512i xb = _mm512_set1_epi32(load4(xr[r] + k));
-          for (int v = 0; v < NV; ++v) iacc[r][v] = _mm512_dpbusd_epi32(iacc[r][v], xb, wv[v]);
+          for (int v = 0; v < NV; ++v) iacc[r][v] = _mm512_dpbusd_epi32(iacc[r][v], wv[v], xb);
         }
       } else {
         __m512i lo[NV], hi[NV];
-        for (int v = 0; v < NV; ++v) {
-          const __m512i raw = _mm512_loadu_si512(wp[v] + off);
-          lo[v] = _mm512_sub_epi8(_mm512_and_si512(raw, nib), eight);
-          hi[v] = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(raw, 4), nib), eight);
-        }
+        for (int v = 0; v < NV; ++v) split_block<W>(wp[v] + at, lo[v], hi[v]);
         for (int r = 0; r < MR; ++r) {
           const __m512i xa = _mm512_set1_epi32(load4(xr[r] + k)), xb = _mm512_set1_epi32(load4(xr[r] + k + 4));
           for (int v = 0; v < NV; ++v) {
-            iacc[r][v] = _mm512_dpbusd_epi32(iacc[r][v], xa, lo[v]);
-            iacc[r][v] = _mm512_dpbusd_epi32(iacc[r][v], xb, hi[v]);
+            iacc[r][v] = _mm512_dpbusd_epi32(iacc[r][v], lo[v], xa);
+            iacc[r][v] = _mm512_dpbusd_epi32(iacc[r][v], hi[v], xb);
           }
         }
       }
     }
     for (int v = 0; v < NV; ++v) {
-      const std::size_t at = ((s + v) * p.n_groups + g) * kS;
-      const __m512 sc = _mm512_loadu_ps(p.scale + at);
+      const __m512 sc = group_factor16(p, p.scale, p.iscale, s + v, g);
       for (int r = 0; r < MR; ++r) facc[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r][v]), sc, facc[r][v]);
+      if (p.shift) {
+        const __m512 sh = group_factor16(p, p.shift, p.ishift, s + v, g);
+        for (int r = 0; r < MR; ++r)
+          facc[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(static_cast<float>(qsum[(t0 + r) * p.n_groups + g])), sh,
+                                       facc[r][v]);
+      }
     }
   }
   for (int v = 0; v < NV; ++v) {
@@ -239,58 +360,71 @@ __attribute__((target("avx512vnni"))) void tile_vnni(const Packed& p, const std:
   }
 }
 
-template <int NV, int Bits>
-void rows_vnni(const Packed& p, const std::uint8_t* ws, std::size_t sb, const std::uint8_t* q, const float* xs,
-               std::size_t m, std::size_t s, const float* bias, float* y) {
+template <int NV, Wt W>
+void rows_vnni(const Packed& p, const std::uint8_t* ws, std::size_t sb, const std::int8_t* q, const float* xs,
+               const std::int32_t* qsum, std::size_t m, std::size_t s, const float* bias, float* y) {
   std::size_t t = 0;
-  for (; t + 4 <= m; t += 4) tile_vnni<4, NV, Bits>(p, ws, sb, q, xs, t, s, bias, y);
+  for (; t + 4 <= m; t += 4) tile_vnni<4, NV, W>(p, ws, sb, q, xs, qsum, t, s, bias, y);
   switch (m - t) {
-    case 3: tile_vnni<3, NV, Bits>(p, ws, sb, q, xs, t, s, bias, y); break;
-    case 2: tile_vnni<2, NV, Bits>(p, ws, sb, q, xs, t, s, bias, y); break;
-    case 1: tile_vnni<1, NV, Bits>(p, ws, sb, q, xs, t, s, bias, y); break;
+    case 3: tile_vnni<3, NV, W>(p, ws, sb, q, xs, qsum, t, s, bias, y); break;
+    case 2: tile_vnni<2, NV, W>(p, ws, sb, q, xs, qsum, t, s, bias, y); break;
+    case 1: tile_vnni<1, NV, W>(p, ws, sb, q, xs, qsum, t, s, bias, y); break;
     default: break;
   }
 }
 
-// 4-bit strips as int8 codes (the 8-bit layout): with more than one tile of
-// rows, decoding once per strip beats decoding in every tile.
-inline void widen_strips(const Packed& p, std::size_t s, std::size_t count, std::uint8_t* out) {
-  const __m512i nib = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
+// 4- to 6-bit strips as one byte per code (code + 8 / 16 / 32, the 8-bit
+// layout): with more than one tile of rows, unpacking once per strip beats
+// doing it in every tile.
+template <Wt W>
+void widen_strips(const Packed& p, std::size_t s, std::size_t count, std::uint8_t* out) {
+  constexpr std::size_t block = W == Wt::plane5 ? 80 : W == Wt::plane6 ? 96 : 64;
   const std::size_t blocks = p.kpad / 8;
   for (std::size_t v = 0; v < count; ++v) {
     const std::uint8_t* src = p.w + (s + v) * p.strip_bytes();
     std::uint8_t* dst = out + v * p.kpad * kS;
     for (std::size_t b = 0; b < blocks; ++b) {
-      const __m512i raw = _mm512_loadu_si512(src + 64 * b);
-      _mm512_storeu_si512(dst + 128 * b, _mm512_sub_epi8(_mm512_and_si512(raw, nib), eight));
-      _mm512_storeu_si512(dst + 128 * b + 64,
-                          _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(raw, 4), nib), eight));
+      __m512i lo, hi;
+      split_block<W>(src + block * b, lo, hi);
+      _mm512_storeu_si512(dst + 128 * b, lo);
+      _mm512_storeu_si512(dst + 128 * b + 64, hi);
     }
   }
 }
 
-void strips_vnni(const Packed& p, const std::uint8_t* q, const float* xs, std::size_t m, std::size_t s0,
-                 std::size_t s1, const float* bias, float* y) {
+template <Wt W>
+void strips_vnni_split(const Packed& p, const std::int8_t* q, const float* xs, const std::int32_t* qsum,
+                       std::size_t m, std::size_t s0, std::size_t s1, const float* bias, float* y) {
   const std::size_t sb = p.strip_bytes();
-  if (p.bits == 4 && m > qgemm::kTileRows) {
+  if (m > qgemm::kWidenRows) {
     thread_local std::vector<std::uint8_t> wide;
     const std::size_t sb8 = p.kpad * kS;
     if (wide.size() < 2 * sb8) wide.resize(2 * sb8);
     for (std::size_t s = s0; s < s1; s += 2) {
       const std::size_t nv = s1 - s < 2 ? 1 : 2;
-      widen_strips(p, s, nv, wide.data());
-      nv == 2 ? rows_vnni<2, 8>(p, wide.data(), sb8, q, xs, m, s, bias, y)
-              : rows_vnni<1, 8>(p, wide.data(), sb8, q, xs, m, s, bias, y);
+      widen_strips<W>(p, s, nv, wide.data());
+      nv == 2 ? rows_vnni<2, Wt::wide>(p, wide.data(), sb8, q, xs, qsum, m, s, bias, y)
+              : rows_vnni<1, Wt::wide>(p, wide.data(), sb8, q, xs, qsum, m, s, bias, y);
     }
     return;
   }
   std::size_t s = s0;
-  for (; s + 2 <= s1; s += 2)
-    p.bits == 8 ? rows_vnni<2, 8>(p, p.w + s * sb, sb, q, xs, m, s, bias, y)
-                : rows_vnni<2, 4>(p, p.w + s * sb, sb, q, xs, m, s, bias, y);
-  if (s < s1)
-    p.bits == 8 ? rows_vnni<1, 8>(p, p.w + s * sb, sb, q, xs, m, s, bias, y)
-                : rows_vnni<1, 4>(p, p.w + s * sb, sb, q, xs, m, s, bias, y);
+  for (; s + 2 <= s1; s += 2) rows_vnni<2, W>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y);
+  if (s < s1) rows_vnni<1, W>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y);
+}
+
+void strips_vnni(const Packed& p, const std::int8_t* q, const float* xs, const std::int32_t* qsum, std::size_t m,
+                 std::size_t s0, std::size_t s1, const float* bias, float* y) {
+  switch (p.bits) {
+    case 4: return strips_vnni_split<Wt::nib>(p, q, xs, qsum, m, s0, s1, bias, y);
+    case 5: return strips_vnni_split<Wt::plane5>(p, q, xs, qsum, m, s0, s1, bias, y);
+    case 6: return strips_vnni_split<Wt::plane6>(p, q, xs, qsum, m, s0, s1, bias, y);
+    default: break;
+  }
+  const std::size_t sb = p.strip_bytes();
+  std::size_t s = s0;
+  for (; s + 2 <= s1; s += 2) rows_vnni<2, Wt::int8>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y);
+  if (s < s1) rows_vnni<1, Wt::int8>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y);
 }
 #endif
 
@@ -298,18 +432,18 @@ void strips_vnni(const Packed& p, const std::uint8_t* q, const float* xs, std::s
 
 template <Isa I>
 void qgemm_quantize_rows(const float* x, std::size_t k, std::size_t kpad, std::size_t r0, std::size_t r1,
-                         bool unsigned_codes, std::uint8_t* q, float* xs) {
-  for (std::size_t r = r0; r < r1; ++r) quantize_row(x + r * k, k, kpad, unsigned_codes, q + r * kpad, xs + r);
+                         std::int8_t* q, float* xs) {
+  for (std::size_t r = r0; r < r1; ++r) quantize_row(x + r * k, k, kpad, q + r * kpad, xs + r);
 }
 
 template <Isa I>
-void qgemm_strips(const Packed& p, const std::uint8_t* q, const float* xs, std::size_t m, std::size_t s0,
-                  std::size_t s1, bool vnni, const float* bias, float* y) {
+void qgemm_strips(const Packed& p, const std::int8_t* q, const float* xs, const std::int32_t* qsum, std::size_t m,
+                  std::size_t s0, std::size_t s1, bool vnni, const float* bias, float* y) {
 #if defined(__AVX512F__)
-  if (vnni) return strips_vnni(p, q, xs, m, s0, s1, bias, y);
+  if (vnni) return strips_vnni(p, q, xs, qsum, m, s0, s1, bias, y);
 #endif
   (void)vnni;
-  strips_madd<I>(p, q, xs, m, s0, s1, bias, y);
+  strips_madd<I>(p, q, xs, qsum, m, s0, s1, bias, y);
 }
 
 }  // namespace slimgrad::kernels
@@ -318,8 +452,9 @@ void qgemm_strips(const Packed& p, const std::uint8_t* q, const float* xs, std::
 #ifdef SLIMGRAD_UNIT_ISA
 namespace slimgrad::kernels {
 template void qgemm_quantize_rows<SLIMGRAD_UNIT_ISA>(const float*, std::size_t, std::size_t, std::size_t,
-                                                     std::size_t, bool, std::uint8_t*, float*);
-template void qgemm_strips<SLIMGRAD_UNIT_ISA>(const qgemm::Packed&, const std::uint8_t*, const float*, std::size_t,
-                                              std::size_t, std::size_t, bool, const float*, float*);
+                                                     std::size_t, std::int8_t*, float*);
+template void qgemm_strips<SLIMGRAD_UNIT_ISA>(const qgemm::Packed&, const std::int8_t*, const float*,
+                                              const std::int32_t*, std::size_t, std::size_t, std::size_t, bool,
+                                              const float*, float*);
 }  // namespace slimgrad::kernels
 #endif  // SLIMGRAD_UNIT_ISA

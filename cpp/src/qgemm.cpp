@@ -22,10 +22,41 @@ std::size_t packed_groups(int bits, std::size_t k, std::size_t group) {
   return kpad == 0 ? 0 : (kpad + group - 1) / group;
 }
 
-void pack(int bits, const std::int8_t* codes, const float* scale, std::size_t n, std::size_t k, std::size_t group,
-          std::uint8_t* w, float* pscale, std::int32_t* comp) {
+namespace {
+
+// 5- and 6-bit codes of output c of a strip (codes null: a padding row), as
+// u = code + 16 / 32 in blocks of 8 k: the low nibbles as in the 4-bit
+// layout, then per high bit (bit 4, bit 5) two 64-bit masks, bit i of the
+// first (second) = that bit of the value in byte i's low (high) nibble.
+void pack_planes(int bits, const std::int8_t* codes, std::size_t k, std::size_t kpad, std::size_t c,
+                 std::uint8_t* ws) {
+  const std::size_t block = 64 + 16 * static_cast<std::size_t>(bits - 4);
+  for (std::size_t j = 0; j < kpad; ++j) {
+    const int code = codes && j < k ? codes[j] : 0;
+    const unsigned u = static_cast<unsigned>(code + (1 << (bits - 1)));
+    std::uint8_t* blk = ws + (j / 8) * block;
+    const std::size_t bi = c * 4 + j % 4;
+    const bool high = j % 8 >= 4;
+    blk[bi] = high ? static_cast<std::uint8_t>((blk[bi] & 0x0F) | ((u & 15) << 4))
+                   : static_cast<std::uint8_t>((blk[bi] & 0xF0) | (u & 15));
+    for (int b = 0; b < bits - 4; ++b) {
+      std::uint8_t& m = blk[64 + 16 * b + (high ? 8 : 0) + bi / 8];
+      const std::uint8_t bit = static_cast<std::uint8_t>(1u << (bi % 8));
+      m = (u >> (4 + b)) & 1 ? static_cast<std::uint8_t>(m | bit) : static_cast<std::uint8_t>(m & ~bit);
+    }
+  }
+}
+
+}  // namespace
+
+void pack(const Source& src, std::uint8_t* w, float* pscale, float* pshift, std::int8_t* piscale,
+          std::int8_t* pishift) {
+  const int bits = src.bits;
+  const std::size_t n = src.n, k = src.k, group = src.group;
   const std::size_t kpad = packed_kpad(bits, k), groups = packed_groups(bits, k, group);
-  const std::size_t scale_cols = (k + group - 1) / group;  // scale is n x ceil(k / group)
+  // float entries per row: ceil(k / group), or one per super-block
+  const std::size_t cols = src.sub > 1 ? groups / src.sub : (k + group - 1) / group;
+  const std::size_t fgroups = src.sub > 1 ? cols : groups;  // packed float entries per row and strip
   const std::size_t strips = (n + kStrip - 1) / kStrip, sb = kpad * kStrip * static_cast<std::size_t>(bits) / 8;
   parallel_chunks(strips, 8, [&](std::size_t b, std::size_t e) {
     for (std::size_t s = b; s < e; ++s) {
@@ -33,18 +64,24 @@ void pack(int bits, const std::int8_t* codes, const float* scale, std::size_t n,
       std::fill(ws, ws + sb, bits == 8 ? 0 : 0x88);  // zero codes (4 bits: stored + 8)
       for (std::size_t c = 0; c < kStrip; ++c) {
         const std::size_t row = s * kStrip + c;
-        for (std::size_t g = 0; g < groups; ++g) {
-          const std::size_t at = (s * groups + g) * kStrip + c;
-          std::int32_t sum = 0;
-          if (row < n) {
-            const std::size_t k1 = std::min(k, (g + 1) * group);
-            for (std::size_t j = g * group; j < k1; ++j) sum += codes[row * k + j];
+        for (std::size_t g = 0; g < fgroups; ++g) {
+          const std::size_t at = (s * fgroups + g) * kStrip + c;
+          const bool real = row < n && g < cols;
+          pscale[at] = real ? src.scale[row * cols + g] : 0.0f;
+          if (src.shift) pshift[at] = real ? src.shift[row * cols + g] : 0.0f;
+        }
+        if (src.sub > 1)
+          for (std::size_t g = 0; g < groups; ++g) {
+            const std::size_t at = (s * groups + g) * kStrip + c;
+            piscale[at] = row < n ? src.iscale[row * groups + g] : 0;
+            if (src.ishift) pishift[at] = row < n ? src.ishift[row * groups + g] : 0;
           }
-          pscale[at] = row < n && g < scale_cols ? scale[row * scale_cols + g] : 0.0f;
-          comp[at] = -128 * sum;
+        if (bits == 5 || bits == 6) {
+          pack_planes(bits, row < n ? src.codes + row * k : nullptr, k, kpad, c, ws);
+          continue;
         }
         if (row >= n) continue;
-        const std::int8_t* cr = codes + row * k;
+        const std::int8_t* cr = src.codes + row * k;
         for (std::size_t j = 0; j < k; ++j) {
           if (bits == 8) {
             ws[(j / 4) * 64 + c * 4 + j % 4] = static_cast<std::uint8_t>(cr[j]);
@@ -60,6 +97,26 @@ void pack(int bits, const std::int8_t* codes, const float* scale, std::size_t n,
   });
 }
 
+namespace {
+
+// qsum[r, g]: exact sum of row r's activation codes over group g (ggml's
+// block sums: they carry the shift and zoff terms, and VNNI's offset of the
+// unsigned weights). Plain loops: one pass over m x k bytes, small next to
+// the product's m x n x k.
+void group_sums(const Packed& p, const std::int8_t* q, std::size_t r0, std::size_t r1, std::int32_t* qsum) {
+  for (std::size_t r = r0; r < r1; ++r) {
+    const std::int8_t* qr = q + r * p.kpad;
+    for (std::size_t g = 0; g < p.n_groups; ++g) {
+      const std::size_t k0 = g * p.group, k1 = std::min(p.kpad, k0 + p.group);
+      std::int32_t sum = 0;
+      for (std::size_t k = k0; k < k1; ++k) sum += qr[k];
+      qsum[r * p.n_groups + g] = sum;
+    }
+  }
+}
+
+}  // namespace
+
 void gemm(const float* x, std::size_t m, const Packed& p, const float* bias, float* y) {
   if (m == 0 || p.n == 0) return;
   const bool vnni = isa_active_at_least(Isa::avx512_vnni);
@@ -68,13 +125,17 @@ void gemm(const float* x, std::size_t m, const Packed& p, const float* bias, flo
   // every strip of the weight passes over it. Chunking does not change any
   // output's arithmetic.
   const std::size_t rows = std::min<std::size_t>(256, std::max<std::size_t>(4, (std::size_t{1} << 20) / std::max<std::size_t>(p.kpad, 1) / 4 * 4));
-  thread_local std::vector<std::uint8_t> q;
+  thread_local std::vector<std::int8_t> q;
   thread_local std::vector<float> xs;
+  thread_local std::vector<std::int32_t> qs;
   const std::size_t chunk = std::min(rows, m);
+  const bool sums = p.needs_qsum() || vnni;
   if (q.size() < chunk * p.kpad) q.resize(chunk * p.kpad);
   if (xs.size() < chunk) xs.resize(chunk);
-  std::uint8_t* qp = q.data();
+  if (sums && qs.size() < chunk * p.n_groups) qs.resize(chunk * p.n_groups);
+  std::int8_t* qp = q.data();
   float* xsp = xs.data();
+  std::int32_t* qsp = sums ? qs.data() : nullptr;
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
     for (std::size_t r0 = 0; r0 < m; r0 += chunk) {
@@ -82,12 +143,13 @@ void gemm(const float* x, std::size_t m, const Packed& p, const float* bias, flo
       const float* xc = x + r0 * p.k;
       float* yc = y + r0 * p.n;
       parallel_chunks(mc, 16, [&](std::size_t b, std::size_t e) {
-        kernels::qgemm_quantize_rows<I>(xc, p.k, p.kpad, b, e, vnni, qp, xsp);
+        kernels::qgemm_quantize_rows<I>(xc, p.k, p.kpad, b, e, qp, xsp);
+        if (sums) group_sums(p, qp, b, e, qsp);
       });
       // blocks of 4 strips (64 outputs): even blocks keep the 2-strip tiles
       // whole; each thread's panel of weights stays in its L2 across rows of x
       parallel_chunks(p.strips, 4, [&](std::size_t b, std::size_t e) {
-        kernels::qgemm_strips<I>(p, qp, xsp, mc, b, e, vnni, bias, yc);
+        kernels::qgemm_strips<I>(p, qp, xsp, qsp, mc, b, e, vnni, bias, yc);
       });
     }
   });

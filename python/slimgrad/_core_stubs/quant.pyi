@@ -24,13 +24,13 @@ def matmul_int8(a: typing.Any, b: typing.Any, out: typing.Any) -> None:
     ...
 def pack(codes: typing.Any, spec: dict, data: typing.Any) -> None:
     ...
-def qgemm(x: typing.Any, bits: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, k: typing.SupportsInt | typing.SupportsIndex, group: typing.SupportsInt | typing.SupportsIndex, w: typing.Any, packed_scale: typing.Any, comp: typing.Any, bias: typing.Any, out: typing.Any) -> None:
+def qgemm(x: typing.Any, bits: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, k: typing.SupportsInt | typing.SupportsIndex, group: typing.SupportsInt | typing.SupportsIndex, sub: typing.SupportsInt | typing.SupportsIndex, w: typing.Any, packed_scale: typing.Any, packed_shift: typing.Any, packed_iscale: typing.Any, packed_ishift: typing.Any, zoff: typing.SupportsInt | typing.SupportsIndex, bias: typing.Any, out: typing.Any) -> None:
     ...
-def qgemm_pack(bits: typing.SupportsInt | typing.SupportsIndex, codes: typing.Any, scale: typing.Any, group: typing.SupportsInt | typing.SupportsIndex, w: typing.Any, packed_scale: typing.Any, comp: typing.Any) -> None:
+def qgemm_pack(bits: typing.SupportsInt | typing.SupportsIndex, codes: typing.Any, scale: typing.Any, shift: typing.Any, iscale: typing.Any, ishift: typing.Any, group: typing.SupportsInt | typing.SupportsIndex, sub: typing.SupportsInt | typing.SupportsIndex, w: typing.Any, packed_scale: typing.Any, packed_shift: typing.Any, packed_iscale: typing.Any, packed_ishift: typing.Any) -> None:
     ...
-def qgemm_sizes(bits: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, k: typing.SupportsInt | typing.SupportsIndex, group: typing.SupportsInt | typing.SupportsIndex) -> tuple[int, int, int, int]:
+def qgemm_sizes(bits: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, k: typing.SupportsInt | typing.SupportsIndex, group: typing.SupportsInt | typing.SupportsIndex, sub: typing.SupportsInt | typing.SupportsIndex = 1) -> tuple[int, int, int, int, int]:
     """
-    (bytes of w, entries of scale and of comp, padded k, groups) of a packed n x k weight.
+    (bytes of w, entries of scale and of shift, entries of iscale and ishift, padded k, groups) of a packed n x k weight.
     """
 def quantize(w: typing.Any, spec: dict, scale: typing.Any, zero_point: typing.Any, data: typing.Any) -> int:
     ...

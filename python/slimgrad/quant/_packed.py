@@ -1,4 +1,4 @@
-"""Weights packed once for the int8-activation GEMM (W8A8, W4A8, GGUF Q8_0 / Q4_0)."""
+"""Weights packed once for the int8-activation GEMM (W8A8, W4A8, GGUF blocks, K-quants)."""
 
 from __future__ import annotations
 
@@ -7,42 +7,36 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from . import gguf as _gguf
+from . import _gguf_codes as _codes
 from ._tensor import QuantizedTensor
 
 __all__ = ["PackedWeight", "prepack"]
 
-_MAX_GROUP = 65536  # k per exact int32 sum (255 * 127 * 65536 < 2**31)
+_MAX_GROUP = 65536  # k per exact int32 sum (128 * 127 * 65536 < 2**31)
 
 
-def _gguf_codes(blocks: np.ndarray, name: str, shape: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(codes (n, k) int8, scales (n, k / 32) float32) of Q8_0 / Q4_0 blocks."""
-    ts = _gguf.TYPE_SIZE[name]
+def _gguf_blocks(blocks: Any, name: str, shape: Any) -> tuple[int, int]:
+    """``(out, in)`` of GGUF blocks of type ``name``, checked against their byte count."""
+    ts, bs = _codes.TYPE_SIZE[name], _codes.BLOCK_SIZE[name]
     if not isinstance(blocks, np.ndarray) or blocks.dtype != np.uint8:
         given = getattr(blocks, "dtype", type(blocks).__name__)
         raise TypeError(f"w: expected GGUF blocks as a uint8 NumPy array, got {given}")
     if shape is None:
         if blocks.ndim != 2 or blocks.shape[1] % ts:
             raise ValueError(
-                f"w: expected {name} blocks of shape (out, in / 32 * {ts}), "
+                f"w: expected {name} blocks of shape (out, in / {bs} * {ts}), "
                 f"got shape {blocks.shape}"
             )
-        shape = (blocks.shape[0], blocks.shape[1] // ts * 32)
+        shape = (blocks.shape[0], blocks.shape[1] // ts * bs)
+    if len(shape) != 2:
+        raise ValueError(f"shape: expected (out, in), got {tuple(shape)}")
     n, k = (int(s) for s in shape)
-    if k % 32 or blocks.size != n * (k // 32) * ts:
+    if n < 0 or k < 0 or k % bs or blocks.size != n * (k // bs) * ts:
         raise ValueError(
-            f"w: expected {n * (k // 32) * ts} bytes of {name} blocks for shape {tuple(shape)} "
-            f"(in a multiple of 32), got {blocks.size}"
+            f"w: expected {max(n, 0) * (max(k, 0) // bs) * ts} bytes of {name} blocks for shape "
+            f"{tuple(shape)} (in a multiple of {bs}), got {blocks.size}"
         )
-    b = np.ascontiguousarray(blocks).reshape(n, k // 32, ts)
-    scale = b[..., :2].copy().view("<f2")[..., 0].astype(np.float32)
-    if name == "Q8_0":
-        codes = b[..., 2:].view(np.int8).reshape(n, k)
-    else:
-        qs = b[..., 2:]
-        codes = np.concatenate([qs & 0x0F, qs >> 4], axis=2).astype(np.int8) - np.int8(8)
-        codes = codes.reshape(n, k)
-    return np.ascontiguousarray(codes), scale
+    return n, k
 
 
 class PackedWeight:
@@ -59,7 +53,8 @@ class PackedWeight:
     shape : tuple of int
         ``(out, in)``.
     format : str
-        ``"int8"``, ``"int4"``, ``"Q8_0"`` or ``"Q4_0"``.
+        ``"int8"``, ``"int4"`` or the GGUF type (``"Q8_0"``, ``"Q4_0"``,
+        ``"Q4_1"``, ``"Q5_0"``, ``"Q5_1"``, ``"Q2_K"`` ... ``"Q6_K"``).
     group_size : int
         ``in`` values per exact int32 sum: the weight's group, or for one
         scale per row ``in`` rounded up to 4 (8 bits) / 8 (4 bits), at most
@@ -68,21 +63,52 @@ class PackedWeight:
         Bytes of the packed arrays.
     """
 
-    def __init__(self, codes: np.ndarray, scale: np.ndarray, bits: int, group: int, fmt: str):
+    def __init__(
+        self,
+        codes: np.ndarray,
+        scale: np.ndarray,
+        bits: int,
+        group: int,
+        fmt: str,
+        shift: np.ndarray | None = None,
+        zoff: int = 0,
+        sub: int = 1,
+        iscale: np.ndarray | None = None,
+        ishift: np.ndarray | None = None,
+    ):
         n, k = codes.shape
         self.shape = (int(n), int(k))
         self.format = fmt
         self.bits = bits
         self.group_size = int(group)
-        wbytes, nparams, _, _ = _core.quant.qgemm_sizes(bits, n, k, group)
+        self._zoff = int(zoff)
+        self._sub = int(sub)
+        wbytes, nf, ni, _, _ = _core.quant.qgemm_sizes(bits, n, k, group, sub)
         self._w = np.empty(wbytes, np.uint8)
-        self._scale = np.empty(nparams, np.float32)
-        self._comp = np.empty(nparams, np.int32)
-        _core.quant.qgemm_pack(bits, codes, scale, group, self._w, self._scale, self._comp)
+        self._scale = np.empty(nf, np.float32)
+        self._shift = None if shift is None else np.empty(nf, np.float32)
+        self._iscale = None if iscale is None else np.empty(ni, np.int8)
+        self._ishift = None if ishift is None else np.empty(ni, np.int8)
+        _core.quant.qgemm_pack(
+            bits,
+            codes,
+            scale,
+            shift,
+            iscale,
+            ishift,
+            group,
+            sub,
+            self._w,
+            self._scale,
+            self._shift,
+            self._iscale,
+            self._ishift,
+        )
 
     @property
     def nbytes(self) -> int:
-        return self._w.nbytes + self._scale.nbytes + self._comp.nbytes
+        parts = (self._w, self._scale, self._shift, self._iscale, self._ishift)
+        return sum(a.nbytes for a in parts if a is not None)
 
     def matmul(
         self, x: np.ndarray, bias: np.ndarray | None = None, out: np.ndarray | None = None
@@ -124,7 +150,20 @@ class PackedWeight:
             return out
         xf = np.ascontiguousarray(x, dtype=np.float32)
         _core.quant.qgemm(
-            xf, self.bits, n, k, self.group_size, self._w, self._scale, self._comp, bias, out
+            xf,
+            self.bits,
+            n,
+            k,
+            self.group_size,
+            self._sub,
+            self._w,
+            self._scale,
+            self._shift,
+            self._iscale,
+            self._ishift,
+            self._zoff,
+            bias,
+            out,
         )
         return out
 
@@ -142,52 +181,85 @@ def prepack(w: Any, type: Any = None, *, shape: Any = None) -> PackedWeight:
 
     Parameters
     ----------
-    w : QuantizedTensor or ndarray of uint8
+    w : QuantizedTensor, ndarray of uint8, or gguf.ReaderTensor
         A 2-D ``(out, in)`` :class:`QuantizedTensor`, symmetric, 8 or 4 bits,
         per tensor, per output channel (``axis=0``) or in groups along ``in``
         (group size a multiple of 4 for 8 bits, of 8 for 4 bits); or GGUF
-        blocks of type ``"Q8_0"`` / ``"Q4_0"`` as :func:`slimgrad.quant.gguf.quantize`
-        writes them (shape ``(out, in / 32 * type_size)``, or any shape with
-        ``shape=(out, in)``).
-    type : {"Q8_0", "Q4_0"}, optional
-        Required for GGUF blocks, must be omitted for a QuantizedTensor.
+        blocks as :func:`slimgrad.quant.gguf.quantize` /
+        :func:`slimgrad.quant.kquants.quantize` (and llama.cpp) write them:
+        shape ``(out, in / block * type_size)``, or any shape with
+        ``shape=(out, in)``; or a 2-D quantized tensor of a
+        ``gguf.GGUFReader`` (type and shape taken from it).
+    type : str or gguf.GGMLQuantizationType, optional
+        ``"Q8_0"``, ``"Q4_0"``, ``"Q4_1"``, ``"Q5_0"``, ``"Q5_1"``,
+        ``"Q2_K"``, ``"Q3_K"``, ``"Q4_K"``, ``"Q5_K"`` or ``"Q6_K"``. Required
+        for GGUF blocks given as an array, must be omitted otherwise.
     shape : tuple of int, optional
-        ``(out, in)`` of GGUF blocks.
+        ``(out, in)`` of GGUF blocks; ``in`` a multiple of 32 (256 for the
+        K-quants).
 
     Returns
     -------
     PackedWeight
-        A copy in the kernels' panel layout (about the size of ``w``).
+        A copy in the kernels' panel layout, about the size of the GGUF
+        blocks: codes as nibbles (plus one or two bit planes for the 5- and
+        6-bit types), a float32 scale (and shift for Q4_1, Q5_1, Q4_K, Q5_K,
+        Q2_K) per 32 values, or for the K-quants one float per 256 values and
+        int8 sub-scales per 16 / 32 (docs/quant.md, "GGUF blocks").
 
     Raises
     ------
     TypeError
-        ``w`` is neither; ``type`` given with a QuantizedTensor.
+        ``w`` is none of these or not uint8; ``type`` given with a
+        QuantizedTensor or a reader tensor.
     ValueError
-        Asymmetric or 2/3/5/6/7-bit weights, channels along axis 1, a group
-        size the kernels do not take, an 8-bit code of -128 (the kernels take
-        [-127, 127]), GGUF bytes that do not match the shape. ``w`` is never
-        modified.
+        Asymmetric or 2/3/5/6/7-bit QuantizedTensors, channels along axis 1,
+        a group size the kernels do not take, an 8-bit code of -128 (the
+        kernels take [-127, 127]), an unknown GGUF type, GGUF bytes that do
+        not match the shape. ``w`` is never modified.
     """
     if isinstance(w, QuantizedTensor):
         if type is not None:
             raise TypeError("type: only for GGUF blocks, not with a QuantizedTensor")
         return _from_tensor(w)
+    if hasattr(w, "tensor_type") and hasattr(w, "data") and not isinstance(w, np.ndarray):
+        if type is not None or shape is not None:
+            raise TypeError("type, shape: taken from the GGUF reader tensor, not given")
+        dims = [int(d) for d in w.shape]  # GGUF order: in first
+        if len(dims) != 2:
+            raise ValueError(f"w: expected a 2-D GGUF tensor, got {w.name!r} of shape {dims}")
+        type, shape = w.tensor_type, (dims[1], dims[0])
+        w = np.asarray(w.data)
     if type is None:
         raise TypeError(
-            f"w: expected a QuantizedTensor, or GGUF blocks with type='Q8_0' / 'Q4_0', "
+            f"w: expected a QuantizedTensor, or GGUF blocks with type='Q8_0', 'Q4_K', ..., "
             f"got {getattr(w, 'dtype', None) or w.__class__.__name__}"
         )
-    name = _gguf._type_name(type)
-    if name not in ("Q8_0", "Q4_0"):
-        raise ValueError(f"type: the int8-activation kernels take 'Q8_0' or 'Q4_0', got {name!r}")
-    codes, scale = _gguf_codes(w, name, shape)
-    if name == "Q8_0" and codes.size and codes.min() < -127:
-        bad = np.unravel_index(int(np.argmin(codes)), codes.shape)
+    name = str(getattr(type, "name", type))
+    if name not in _codes.TYPES:
+        raise ValueError(
+            f"type: the int8-activation kernels take {', '.join(map(repr, _codes.TYPES))}, "
+            f"got {type!r}"
+        )
+    n, k = _gguf_blocks(w, name, shape)
+    c = _codes.decode(w, name, n, k)
+    if name == "Q8_0" and c.codes.size and c.codes.min() < -127:
+        bad = np.unravel_index(int(np.argmin(c.codes)), c.codes.shape)
         raise ValueError(
             f"w: Q8_0 code -128 at (row, column) {tuple(map(int, bad))}; expected [-127, 127]"
         )
-    return PackedWeight(codes, scale, 8 if name == "Q8_0" else 4, 32, name)
+    return PackedWeight(
+        np.ascontiguousarray(c.codes),
+        np.ascontiguousarray(c.scale),
+        c.bits,
+        c.group,
+        name,
+        None if c.shift is None else np.ascontiguousarray(c.shift),
+        c.zoff,
+        c.sub,
+        c.iscale,
+        c.ishift,
+    )
 
 
 def _from_tensor(qt: QuantizedTensor) -> PackedWeight:
