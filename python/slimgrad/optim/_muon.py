@@ -118,6 +118,23 @@ def blas_one_thread() -> Any:
     return _BLAS[0].limit(limits=1, user_api="blas")
 
 
+def _newton_schulz_f32(
+    works: list[np.ndarray], coefficients: Any, steps: int, cache: dict[str, Any]
+) -> None:
+    """The float32 iteration (``ns_dtype="float32"``) in NumPy's BLAS."""
+    threads = min(get_num_threads(), len(works))
+    with blas_one_thread():
+        if threads > 1:
+            # One matrix per task, each on one thread: the bits do not depend
+            # on the thread count (work matrices allocated per task).
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(lambda w: newton_schulz_(w, coefficients, steps, False), works))
+        else:
+            scratch = cache.setdefault("scratch", {})
+            for w in works:
+                newton_schulz_(w, coefficients, steps, False, scratch)
+
+
 def muon_update(
     params: list[np.ndarray],
     grads: list[np.ndarray],
@@ -159,17 +176,13 @@ def muon_update(
         norms.append(max(_bf16(norm), _bf16(eps)) if rb else max(float(np.float32(norm)), eps))
     _core.optim.muon_normalize(works, norms, labels, round_bf16=rb)
     coefficients, steps = group["ns_coefficients"], int(group["ns_steps"])
-    threads = min(get_num_threads(), len(works))
-    with blas_one_thread():
-        if threads > 1:
-            # One matrix per task, each on one thread: the bits do not depend
-            # on the thread count (work matrices allocated per task).
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(lambda w: newton_schulz_(w, coefficients, steps, rb), works))
-        else:
-            scratch = cache.setdefault("scratch", {})
-            for w in works:
-                newton_schulz_(w, coefficients, steps, rb, scratch)
+    if rb:
+        # torch's bfloat16 iteration on slimgrad's bfloat16 GEMM (cpp/src/bf16_gemm.cpp).
+        _core.optim.muon_newton_schulz(
+            works, labels, coefficients=[float(v) for v in coefficients], steps=steps
+        )
+    else:
+        _newton_schulz_f32(works, coefficients, steps, cache)
     lr = float(group["lr"])
     lrs = [adjusted_lr(lr, group["adjust_lr_fn"], p.shape) for p in params]
     _core.optim.muon_apply(
