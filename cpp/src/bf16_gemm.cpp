@@ -8,7 +8,9 @@
 #include "slimgrad/bf16_gemm.hpp"
 
 #include <algorithm>
+#include <cstdlib>
 #include <memory>
+#include <new>
 #include <numeric>
 #include <stdexcept>
 #include <vector>
@@ -28,19 +30,24 @@ namespace {
 
 using bf16 = std::uint16_t;
 
-// out = bf16(alpha x + beta acc) on the lower triangle of m x m matrices
-// (row i: columns 0..i), then mirrored into the upper one (32 x 32 blocks).
-void lower_epilogue(bf16* out, const float* acc, const bf16* x, std::size_t m, float alpha, float beta) {
-  dispatch([&](auto isa) {
-    for (std::size_t i = 0; i < m; ++i)
-      kernels::bf16_axpby<decltype(isa)::value>(out + i * m, acc + i * m, x ? x + i * m : nullptr, i + 1, alpha,
-                                                beta);
-  });
+// Copies the lower triangle of the m x m matrix into the upper one (32 x 32
+// blocks, so both sides stay in cache).
+void mirror_lower(bf16* a, std::size_t m) {
   constexpr std::size_t B = 32;
   for (std::size_t i0 = 0; i0 < m; i0 += B)
     for (std::size_t j0 = 0; j0 <= i0; j0 += B)
       for (std::size_t i = i0; i < std::min(m, i0 + B); ++i)
-        for (std::size_t j = j0; j < std::min(i, j0 + B); ++j) out[j * m + i] = out[i * m + j];
+        for (std::size_t j = j0; j < std::min(i, j0 + B); ++j) a[j * m + i] = a[i * m + j];
+}
+
+// dst (cols x rows) = src (rows x cols) transposed, 32 x 32 blocks.
+template <class T>
+void transpose(const T* src, std::size_t rows, std::size_t cols, T* dst) {
+  constexpr std::size_t B = 32;
+  for (std::size_t i0 = 0; i0 < rows; i0 += B)
+    for (std::size_t j0 = 0; j0 < cols; j0 += B)
+      for (std::size_t i = i0; i < std::min(rows, i0 + B); ++i)
+        for (std::size_t j = j0; j < std::min(cols, j0 + B); ++j) dst[j * rows + i] = src[i * cols + j];
 }
 
 // One matrix (m x n float32, values already bfloat16), `threads` per product.
@@ -50,28 +57,38 @@ void ns_one(float* x, std::size_t rows, std::size_t cols, float a, float b, floa
   if (m == 0 || steps <= 0) return;
   std::unique_ptr<bf16[]> s(new bf16[m * n]), t(new bf16[m * n]), gram(new bf16[m * m]), upd(new bf16[m * m]);
   std::unique_ptr<float[]> acc(new float[m * n]);
-  for (std::size_t i = 0; i < rows; ++i)
-    for (std::size_t j = 0; j < cols; ++j)
-      s[tall ? j * n + i : i * n + j] = simd::float_to_bf16(x[i * cols + j]);
-  const auto gemm = [&](const bf16* A, std::size_t lda, const bf16* B, std::size_t ldb, bool trans_b,
-                        std::size_t cols_out, std::size_t k, bool lower) {
-    bf16_gemm(Bf16Gemm{A, lda, B, ldb, trans_b, acc.get(), cols_out, m, cols_out, k, lower, threads});
+  const std::size_t work_size = std::max(bf16_gemm_work_size(m, m, n), bf16_gemm_work_size(m, n, m));
+  const std::unique_ptr<std::uint32_t, void (*)(void*)> work(
+      static_cast<std::uint32_t*>(std::aligned_alloc(64, (work_size * 4 + 63) / 64 * 64)), std::free);
+  if (!work) throw std::bad_alloc();
+  if (tall) transpose(x, rows, cols, acc.get());
+  dispatch([&](auto isa) {  // exact: the values are bfloat16 already
+    kernels::bf16_axpby<decltype(isa)::value>(s.get(), tall ? acc.get() : x, nullptr, m * n, 0.0f, 1.0f);
+  });
+  // out = bf16(alpha x + beta (A B)), fused into the product's tiles.
+  const auto gemm = [&](const bf16* A, const bf16* B, bool trans_b, std::size_t cols_out, std::size_t k,
+                        bool lower, bf16* out, const bf16* xin, float alpha, float beta) {
+    Bf16Gemm g{A, k, B, trans_b ? k : cols_out, trans_b, acc.get(), cols_out, m, cols_out, k, lower, threads};
+    g.out = out, g.ldo = cols_out, g.x = xin, g.ldx = cols_out, g.alpha = alpha, g.beta = beta;
+    g.work = work.get();
+    bf16_gemm(g);
   };
   for (int step = 0; step < steps; ++step) {
     // A = bf16(S S^T): the lower triangle, mirrored.
-    gemm(s.get(), n, s.get(), n, true, m, n, true);
-    lower_epilogue(gram.get(), acc.get(), nullptr, m, 0.0f, 1.0f);
-    // B = bf16(b A + c A A), A A = A A^T (A symmetric).
-    gemm(gram.get(), m, gram.get(), m, true, m, m, true);
-    lower_epilogue(upd.get(), acc.get(), gram.get(), m, b, c);
+    gemm(s.get(), s.get(), true, m, n, true, gram.get(), nullptr, 0.0f, 1.0f);
+    mirror_lower(gram.get(), m);
+    // B = bf16(b A + c A A), A A = A A^T (A symmetric): the lower triangle, mirrored.
+    gemm(gram.get(), gram.get(), true, m, m, true, upd.get(), gram.get(), b, c);
+    mirror_lower(upd.get(), m);
     // S = bf16(a S + B S).
-    gemm(upd.get(), m, s.get(), n, false, n, m, false);
-    dispatch([&](auto isa) { kernels::bf16_axpby<decltype(isa)::value>(t.get(), acc.get(), s.get(), m * n, a, 1.0f); });
+    gemm(upd.get(), s.get(), false, n, m, false, t.get(), s.get(), a, 1.0f);
     std::swap(s, t);
   }
-  const auto fl = [](bf16 h) { return simd::bf16_to_float(h); };
-  for (std::size_t i = 0; i < rows; ++i)
-    for (std::size_t j = 0; j < cols; ++j) x[i * cols + j] = fl(s[tall ? j * n + i : i * n + j]);
+  for (std::size_t i = 0; i < m * n; ++i) acc[i] = simd::bf16_to_float(s[i]);
+  if (tall)
+    transpose(acc.get(), m, n, x);
+  else
+    std::copy(acc.get(), acc.get() + m * n, x);
 }
 
 }  // namespace

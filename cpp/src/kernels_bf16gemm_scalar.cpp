@@ -23,6 +23,16 @@ float widen(std::uint16_t h) {
 }  // namespace
 
 template <>
+void bf16_axpby<Isa::scalar>(std::uint16_t* out, const float* acc, const std::uint16_t* x, std::size_t n, float alpha,
+                             float beta) {
+  for (std::size_t i = 0; i < n; ++i) {
+    float v = beta * acc[i];
+    if (x) v = alpha * widen(x[i]) + v;
+    out[i] = simd::float_to_bf16(v);
+  }
+}
+
+template <>
 void bf16_gemm<Isa::scalar>(const Bf16Gemm& g, bool /*dp*/) {
   const auto bat = [&](std::size_t j, std::size_t kk) {
     return widen(g.trans_b ? g.b[j * g.ldb + kk] : g.b[kk * g.ldb + j]);
@@ -38,16 +48,9 @@ void bf16_gemm<Isa::scalar>(const Bf16Gemm& g, bool /*dp*/) {
       }
       g.c[i * g.ldc + j] = acc;
     }
-  }
-}
-
-template <>
-void bf16_axpby<Isa::scalar>(std::uint16_t* out, const float* acc, const std::uint16_t* x, std::size_t n, float alpha,
-                             float beta) {
-  for (std::size_t i = 0; i < n; ++i) {
-    float v = beta * acc[i];
-    if (x) v = alpha * widen(x[i]) + v;
-    out[i] = simd::float_to_bf16(v);
+    if (g.out)
+      bf16_axpby<Isa::scalar>(g.out + i * g.ldo, g.c + i * g.ldc, g.x ? g.x + i * g.ldx : nullptr, jend, g.alpha,
+                              g.beta);
   }
 }
 

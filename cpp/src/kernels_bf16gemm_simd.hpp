@@ -33,19 +33,27 @@
 namespace slimgrad::kernels {
 namespace bf16gemm {
 
-// Pairs per k block: a 32-column B panel of 192 pairs is 24 KiB (L1), the
-// A panels of a 384-row matrix 288 KiB (L2).
-inline constexpr std::size_t kKcPairs = 192;
 
 template <Isa I>
 struct Shape {
   static constexpr std::size_t MR = I == Isa::avx512 ? 12 : 4;
   static constexpr std::size_t NR = I == Isa::avx512 ? 32 : 16;
+  static_assert(MR <= kBf16MaxMR && NR <= kBf16MaxNR, "bf16_gemm_work_size bounds the panels");
 };
 
 inline std::uint32_t pair(std::uint16_t even, std::uint16_t odd) {
   return static_cast<std::uint32_t>(even) | (static_cast<std::uint32_t>(odd) << 16);
 }
+
+// The epilogue of a tile (bf16_axpby's formula), pointers at the tile's
+// first element.
+struct Epi {
+  std::uint16_t* out;
+  std::size_t ldo;
+  const std::uint16_t* x;
+  std::size_t ldx;
+  float alpha, beta;
+};
 
 // dst[p * R + r] = (src[r0 + r][2(p0 + p)], ...+1) of a k-contiguous
 // (rows x k) matrix, zero outside.
@@ -144,10 +152,21 @@ inline void pack_cols_512(const std::uint16_t* src, std::size_t ld, std::size_t 
   }
 }
 
+// Tile row i, columns 16v..16v+15: out = bf16(alpha x + beta acc), the
+// operations of bf16_axpby (a multiply, a multiply, an add; store_bf16).
+inline void epi_store(const Epi& e, std::size_t i, std::size_t v, __m512 acc) {
+  __m512 r = _mm512_mul_ps(_mm512_set1_ps(e.beta), acc);
+  if (e.x) {
+    const simd::Vec<float, Isa::avx512> xv = simd::load_bf16<Isa::avx512>(e.x + i * e.ldx + 16 * v);
+    r = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(e.alpha), xv.v), r);
+  }
+  simd::store_bf16(e.out + i * e.ldo + 16 * v, simd::Vec<float, Isa::avx512>{r});
+}
+
 // One 12 x 32 tile over P pairs: c (ldc) = (acc_in ? c : 0) + A B.
 template <std::size_t MR>
 void tile_f32(const std::uint32_t* ap, const std::uint32_t* bp, std::size_t P, float* c, std::size_t ldc,
-              bool acc_in) {
+              bool acc_in, const Epi* epi) {
   __m512 acc[MR][2];
   for (std::size_t i = 0; i < MR; ++i)
     for (std::size_t v = 0; v < 2; ++v)
@@ -170,13 +189,19 @@ void tile_f32(const std::uint32_t* ap, const std::uint32_t* bp, std::size_t P, f
       }
     }
   }
+  if (epi) {  // the sums are final: the epilogue from registers, C not written
+    for (std::size_t i = 0; i < MR; ++i)
+      for (std::size_t v = 0; v < 2; ++v) epi_store(*epi, i, v, acc[i][v]);
+    return;
+  }
   for (std::size_t i = 0; i < MR; ++i)
     for (std::size_t v = 0; v < 2; ++v) _mm512_storeu_ps(c + i * ldc + 16 * v, acc[i][v]);
 }
 
 template <std::size_t MR>
 __attribute__((target("avx512bf16"))) void tile_dp(const std::uint32_t* ap, const std::uint32_t* bp,
-                                                   std::size_t P, float* c, std::size_t ldc, bool acc_in) {
+                                                   std::size_t P, float* c, std::size_t ldc, bool acc_in,
+                                                   const Epi* epi) {
   __m512 acc[MR][2];
   for (std::size_t i = 0; i < MR; ++i)
     for (std::size_t v = 0; v < 2; ++v)
@@ -189,6 +214,11 @@ __attribute__((target("avx512bf16"))) void tile_dp(const std::uint32_t* ap, cons
       acc[i][0] = _mm512_dpbf16_ps(acc[i][0], a, b0);
       acc[i][1] = _mm512_dpbf16_ps(acc[i][1], a, b1);
     }
+  }
+  if (epi) {  // the sums are final: the epilogue from registers, C not written
+    for (std::size_t i = 0; i < MR; ++i)
+      for (std::size_t v = 0; v < 2; ++v) epi_store(*epi, i, v, acc[i][v]);
+    return;
   }
   for (std::size_t i = 0; i < MR; ++i)
     for (std::size_t v = 0; v < 2; ++v) _mm512_storeu_ps(c + i * ldc + 16 * v, acc[i][v]);
@@ -245,19 +275,27 @@ void pack_b(const std::uint16_t* src, std::size_t ld, std::size_t k, std::size_t
   pack_cols(src, ld, k, cols, c0, R, p0, P, dst);
 }
 
+// A full tile; with epi (last k block), the epilogue instead of storing C
+// (avx512 from registers; avx2 stores C and runs bf16_axpby on its rows).
 template <Isa I>
 void tile(const std::uint32_t* ap, const std::uint32_t* bp, std::size_t P, float* c, std::size_t ldc, bool acc_in,
-          bool dp) {
+          bool dp, const Epi* epi) {
 #if defined(__AVX512F__)
   if constexpr (I == Isa::avx512) {
-    if (dp) return tile_dp<Shape<I>::MR>(ap, bp, P, c, ldc, acc_in);
-    return tile_f32<Shape<I>::MR>(ap, bp, P, c, ldc, acc_in);
+    if (dp) return tile_dp<Shape<I>::MR>(ap, bp, P, c, ldc, acc_in, epi);
+    return tile_f32<Shape<I>::MR>(ap, bp, P, c, ldc, acc_in, epi);
   }
 #endif
 #if defined(__AVX2__)
-  if constexpr (I == Isa::avx2) return tile_avx2(ap, bp, P, c, ldc, acc_in);
+  if constexpr (I == Isa::avx2) {
+    tile_avx2(ap, bp, P, c, ldc, acc_in);
+    if (epi)
+      for (std::size_t i = 0; i < Shape<I>::MR; ++i)
+        bf16_axpby<I>(epi->out + i * epi->ldo, c + i * ldc, epi->x ? epi->x + i * epi->ldx : nullptr, Shape<I>::NR,
+                      epi->alpha, epi->beta);
+  }
 #endif
-  (void)ap, (void)bp, (void)P, (void)c, (void)ldc, (void)acc_in, (void)dp;
+  (void)ap, (void)bp, (void)P, (void)c, (void)ldc, (void)acc_in, (void)dp, (void)epi;
 }
 
 struct FreeAligned {
@@ -281,10 +319,10 @@ void bf16_gemm(const Bf16Gemm& g, bool dp) {
     return;
   }
   const std::size_t mp = (g.m + MR - 1) / MR, np = (g.n + NR - 1) / NR, kc = std::min(kKcPairs, kp);
-  auto apack = alloc_pairs(mp * MR * kc);
-  auto bpack = alloc_pairs(np * NR * kc);
-  std::uint32_t* const ab = apack.get();
-  std::uint32_t* const bb = bpack.get();
+  std::unique_ptr<std::uint32_t, FreeAligned> own;
+  if (!g.work) own = alloc_pairs(bf16_gemm_work_size(g.m, g.n, g.k));
+  std::uint32_t* const ab = g.work ? g.work : own.get();
+  std::uint32_t* const bb = ab + mp * MR * kc;
   const auto ptrdiff = [](std::size_t x) { return static_cast<std::ptrdiff_t>(x); };
   (void)ptrdiff;
   const int threads = std::max(1, g.threads);
@@ -303,7 +341,7 @@ void bf16_gemm(const Bf16Gemm& g, bool dp) {
         else
           pack_b<I>(g.b, g.ldb, g.k, g.n, q * NR, NR, p0, P, bb + q * NR * P);
       }
-      const bool acc_in = p0 > 0;
+      const bool acc_in = p0 > 0, last = p0 + P == kp;
       SLIMGRAD_BF16_OMP("omp for schedule(dynamic, 1)")
       for (std::ptrdiff_t jq = 0; jq < ptrdiff(np); ++jq) {
         const std::size_t j0 = jq * NR, nr = std::min(NR, g.n - j0);
@@ -314,14 +352,20 @@ void bf16_gemm(const Bf16Gemm& g, bool dp) {
           const std::uint32_t* ap = ab + iq * MR * P;
           float* c = g.c + i0 * g.ldc + j0;
           if (mr == MR && nr == NR) {
-            tile<I>(ap, bp, P, c, g.ldc, acc_in, dp);
+            const Epi epi{g.out + i0 * g.ldo + j0, g.ldo, g.x ? g.x + i0 * g.ldx + j0 : nullptr, g.ldx, g.alpha,
+                          g.beta};
+            tile<I>(ap, bp, P, c, g.ldc, acc_in, dp, g.out && last ? &epi : nullptr);
             continue;
           }
           alignas(64) float t[MR * NR] = {};
           if (acc_in)
             for (std::size_t i = 0; i < mr; ++i) std::memcpy(t + i * NR, c + i * g.ldc, nr * sizeof(float));
-          tile<I>(ap, bp, P, t, NR, acc_in, dp);
+          tile<I>(ap, bp, P, t, NR, acc_in, dp, nullptr);
           for (std::size_t i = 0; i < mr; ++i) std::memcpy(c + i * g.ldc, t + i * NR, nr * sizeof(float));
+          if (g.out && last)  // an edge tile: the epilogue on its valid part
+            for (std::size_t i = i0; i < i0 + mr; ++i)
+              bf16_axpby<I>(g.out + i * g.ldo + j0, g.c + i * g.ldc + j0, g.x ? g.x + i * g.ldx + j0 : nullptr, nr,
+                            g.alpha, g.beta);
         }
       }
     }

@@ -26,6 +26,7 @@
 // the entries above it are unspecified (the caller mirrors).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -44,7 +45,30 @@ struct Bf16Gemm {
   std::size_t m, n, k;
   bool lower;
   int threads;  // OpenMP threads for this product (1 inside a task)
+  // Optional epilogue, applied to each tile once its sum is complete:
+  // out[i][j] = bf16(alpha * x[i][j] + beta * sum[i][j]) (bf16_axpby's
+  // operations; x may be null); C then holds unspecified partial sums (the
+  // AVX-512 tiles apply it from registers). With `lower`, on every computed
+  // tile (the caller mirrors).
+  std::uint16_t* out = nullptr;
+  std::size_t ldo = 0;
+  const std::uint16_t* x = nullptr;
+  std::size_t ldx = 0;
+  float alpha = 0.0f, beta = 1.0f;
+  // Packing workspace of bf16_gemm_work_size(m, n, k) uint32, 64-byte
+  // aligned, or null (allocated per call).
+  std::uint32_t* work = nullptr;
 };
+
+// Pairs per k block: a 32-column B panel of 192 pairs is 24 KiB (L1), the
+// A panels of a 384-row matrix 288 KiB (L2).
+inline constexpr std::size_t kKcPairs = 192;
+// Bounds of the register tile over all ISA levels (rows, columns).
+inline constexpr std::size_t kBf16MaxMR = 12, kBf16MaxNR = 32;
+inline std::size_t bf16_gemm_work_size(std::size_t m, std::size_t n, std::size_t k) {
+  const std::size_t kc = std::min(kKcPairs, (k + 1) / 2);
+  return (m + kBf16MaxMR + n + kBf16MaxNR) * kc;
+}
 
 namespace kernels {
 // dp: use vdpbf16ps (avx512 unit, level avx512_bf16 only).
