@@ -22,6 +22,8 @@ namespace slimgrad {
 
 void bf16_gemm(const Bf16Gemm& g) {
   if (g.lower && g.m != g.n) throw std::invalid_argument("bf16_gemm: lower needs a square product");
+  if ((g.sym_a && (g.m != g.k || g.lda != g.k)) || (g.sym_b && (g.n != g.k || g.ldb != g.k || !g.trans_b)))
+    throw std::invalid_argument("bf16_gemm: a symmetric operand must be square (k x k, ld k, b transposed)");
   const bool dp = active_isa() == Isa::avx512_bf16;
   dispatch([&](auto isa) { kernels::bf16_gemm<decltype(isa)::value>(g, dp); });
 }
@@ -29,16 +31,6 @@ void bf16_gemm(const Bf16Gemm& g) {
 namespace {
 
 using bf16 = std::uint16_t;
-
-// Copies the lower triangle of the m x m matrix into the upper one (32 x 32
-// blocks, so both sides stay in cache).
-void mirror_lower(bf16* a, std::size_t m) {
-  constexpr std::size_t B = 32;
-  for (std::size_t i0 = 0; i0 < m; i0 += B)
-    for (std::size_t j0 = 0; j0 <= i0; j0 += B)
-      for (std::size_t i = i0; i < std::min(m, i0 + B); ++i)
-        for (std::size_t j = j0; j < std::min(i, j0 + B); ++j) a[j * m + i] = a[i * m + j];
-}
 
 // dst (cols x rows) = src (rows x cols) transposed, 32 x 32 blocks.
 template <class T>
@@ -55,7 +47,7 @@ void ns_one(float* x, std::size_t rows, std::size_t cols, float a, float b, floa
   const bool tall = rows > cols;
   const std::size_t m = tall ? cols : rows, n = tall ? rows : cols;  // S is m x n, m <= n
   if (m == 0 || steps <= 0) return;
-  std::unique_ptr<bf16[]> s(new bf16[m * n]), t(new bf16[m * n]), gram(new bf16[m * m]), upd(new bf16[m * m]);
+  std::unique_ptr<bf16[]> s(new bf16[m * n]), t(new bf16[m * n]), gram(new bf16[m * m]()), upd(new bf16[m * m]());  // upper triangles never read
   std::unique_ptr<float[]> acc(new float[m * n]);
   const std::size_t work_size = std::max(bf16_gemm_work_size(m, m, n), bf16_gemm_work_size(m, n, m));
   const std::unique_ptr<std::uint32_t, void (*)(void*)> work(
@@ -66,22 +58,22 @@ void ns_one(float* x, std::size_t rows, std::size_t cols, float a, float b, floa
     kernels::bf16_axpby<decltype(isa)::value>(s.get(), tall ? acc.get() : x, nullptr, m * n, 0.0f, 1.0f);
   });
   // out = bf16(alpha x + beta (A B)), fused into the product's tiles.
+  // A and B with sym: symmetric, only their lower triangle is read.
   const auto gemm = [&](const bf16* A, const bf16* B, bool trans_b, std::size_t cols_out, std::size_t k,
-                        bool lower, bf16* out, const bf16* xin, float alpha, float beta) {
+                        bool lower, bool sym, bf16* out, const bf16* xin, float alpha, float beta) {
     Bf16Gemm g{A, k, B, trans_b ? k : cols_out, trans_b, acc.get(), cols_out, m, cols_out, k, lower, threads};
     g.out = out, g.ldo = cols_out, g.x = xin, g.ldx = cols_out, g.alpha = alpha, g.beta = beta;
+    g.sym_a = sym, g.sym_b = sym && trans_b;
     g.work = work.get();
     bf16_gemm(g);
   };
   for (int step = 0; step < steps; ++step) {
-    // A = bf16(S S^T): the lower triangle, mirrored.
-    gemm(s.get(), s.get(), true, m, n, true, gram.get(), nullptr, 0.0f, 1.0f);
-    mirror_lower(gram.get(), m);
-    // B = bf16(b A + c A A), A A = A A^T (A symmetric): the lower triangle, mirrored.
-    gemm(gram.get(), gram.get(), true, m, m, true, upd.get(), gram.get(), b, c);
-    mirror_lower(upd.get(), m);
-    // S = bf16(a S + B S).
-    gemm(upd.get(), s.get(), false, n, m, false, t.get(), s.get(), a, 1.0f);
+    // A = bf16(S S^T): its lower triangle (the upper one is never read).
+    gemm(s.get(), s.get(), true, m, n, true, false, gram.get(), nullptr, 0.0f, 1.0f);
+    // B = bf16(b A + c A A), A A = A A^T (A symmetric): the lower triangle.
+    gemm(gram.get(), gram.get(), true, m, m, true, true, upd.get(), gram.get(), b, c);
+    // S = bf16(a S + B S), B read from its lower triangle.
+    gemm(upd.get(), s.get(), false, n, m, false, true, t.get(), s.get(), a, 1.0f);
     std::swap(s, t);
   }
   for (std::size_t i = 0; i < m * n; ++i) acc[i] = simd::bf16_to_float(s[i]);

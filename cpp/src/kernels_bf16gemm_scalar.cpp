@@ -34,7 +34,12 @@ void bf16_axpby<Isa::scalar>(std::uint16_t* out, const float* acc, const std::ui
 
 template <>
 void bf16_gemm<Isa::scalar>(const Bf16Gemm& g, bool /*dp*/) {
+  // A symmetric operand is read from its lower triangle only.
+  const auto aat = [&](std::size_t i, std::size_t kk) {
+    return widen(g.sym_a && kk > i ? g.a[kk * g.lda + i] : g.a[i * g.lda + kk]);
+  };
   const auto bat = [&](std::size_t j, std::size_t kk) {
+    if (g.sym_b && kk > j) return widen(g.b[kk * g.ldb + j]);
     return widen(g.trans_b ? g.b[j * g.ldb + kk] : g.b[kk * g.ldb + j]);
   };
   for (std::size_t i = 0; i < g.m; ++i) {
@@ -43,8 +48,8 @@ void bf16_gemm<Isa::scalar>(const Bf16Gemm& g, bool /*dp*/) {
       float acc = 0.0f;
       for (std::size_t kk = 0; kk < g.k; kk += 2) {
         const bool odd = kk + 1 < g.k;
-        acc = std::fma(odd ? widen(g.a[i * g.lda + kk + 1]) : 0.0f, odd ? bat(j, kk + 1) : 0.0f, acc);
-        acc = std::fma(widen(g.a[i * g.lda + kk]), bat(j, kk), acc);
+        acc = std::fma(odd ? aat(i, kk + 1) : 0.0f, odd ? bat(j, kk + 1) : 0.0f, acc);
+        acc = std::fma(aat(i, kk), bat(j, kk), acc);
       }
       g.c[i * g.ldc + j] = acc;
     }

@@ -88,6 +88,21 @@ inline void pack_cols(const std::uint16_t* src, std::size_t ld, std::size_t k, s
   }
 }
 
+// pack_rows of a symmetric m x m matrix of which only the lower triangle
+// (k <= row) is read: element (row, k) is a[row][k] below the diagonal and
+// a[k][row] above it.
+inline std::uint16_t sym_at(const std::uint16_t* a, std::size_t m, std::size_t row, std::size_t k) {
+  if (row >= m || k >= m) return 0;
+  return k <= row ? a[row * m + k] : a[k * m + row];
+}
+inline void pack_sym(const std::uint16_t* a, std::size_t m, std::size_t r0, std::size_t R, std::size_t p0,
+                     std::size_t P, std::uint32_t* dst) {
+  for (std::size_t p = 0; p < P; ++p) {
+    const std::size_t k = 2 * (p0 + p);
+    for (std::size_t r = 0; r < R; ++r) dst[p * R + r] = pair(sym_at(a, m, r0 + r, k), sym_at(a, m, r0 + r, k + 1));
+  }
+}
+
 #if defined(__AVX512F__)
 // out[j] = column j of the 16 x 16 dword matrix a[0..15] (rows): 32-bit and
 // 64-bit interleaves within 128-bit lanes, then two 128-bit lane shuffles.
@@ -114,40 +129,69 @@ inline void transpose16(const __m512i a[16], __m512i out[16]) {
   }
 }
 
+// 16 pairs from pair q of rows row0..row0+nr-1 (zero past `rows`),
+// transposed: dst[j * stride + r] for the nr valid lanes r.
+inline void transpose_block(const std::uint16_t* src, std::size_t ld, std::size_t rows, std::size_t row0,
+                            std::size_t nr, std::size_t q, std::uint32_t* dst, std::size_t stride) {
+  __m512i a[16], t[16];
+  for (std::size_t i = 0; i < 16; ++i)
+    a[i] = i < nr && row0 + i < rows ? _mm512_loadu_si512(src + (row0 + i) * ld + 2 * q) : _mm512_setzero_si512();
+  transpose16(a, t);
+  const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
+  for (std::size_t j = 0; j < 16; ++j) _mm512_mask_storeu_epi32(dst + j * stride, mask, t[j]);
+}
+
+// Pair q = (rows 2q, 2q+1) of columns c..c+nr-1 (zero past `cols` or k):
+// dst[r] for the nr valid lanes.
+inline void column_pairs(const std::uint16_t* src, std::size_t ld, std::size_t k, std::size_t cols, std::size_t c,
+                         std::size_t nr, std::size_t q, std::uint32_t* dst) {
+  const std::size_t kk = 2 * q, valid = kk < k && c < cols ? std::min(nr, cols - c) : 0;
+  const __mmask16 load = static_cast<__mmask16>((1u << valid) - 1), store = static_cast<__mmask16>((1u << nr) - 1);
+  const __m512i even = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(load, src + kk * ld + c));
+  const __m512i odd = kk + 1 < k ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(load, src + (kk + 1) * ld + c))
+                                 : _mm512_setzero_si512();
+  _mm512_mask_storeu_epi32(dst, store, _mm512_or_si512(even, _mm512_slli_epi32(odd, 16)));
+}
+
 // pack_rows for whole 16-pair blocks (both elements inside k): 16 x 16
 // transposes of the rows' dwords; the rest by the scalar loop.
 inline void pack_rows_512(const std::uint16_t* src, std::size_t ld, std::size_t rows, std::size_t k, std::size_t r0,
                           std::size_t R, std::size_t p0, std::size_t P, std::uint32_t* dst) {
   const std::size_t whole = k / 2;  // pairs with both elements
   std::size_t pb = 0;
-  for (; pb + 16 <= P && p0 + pb + 16 <= whole; pb += 16) {
-    for (std::size_t rg = 0; rg < R; rg += 16) {
-      __m512i a[16], t[16];
-      for (std::size_t i = 0; i < 16; ++i) {
-        const std::size_t row = r0 + rg + i;
-        a[i] = rg + i < R && row < rows ? _mm512_loadu_si512(src + row * ld + 2 * (p0 + pb)) : _mm512_setzero_si512();
-      }
-      transpose16(a, t);
-      const std::size_t valid = std::min<std::size_t>(16, R - rg);
-      const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
-      for (std::size_t j = 0; j < 16; ++j) _mm512_mask_storeu_epi32(dst + (pb + j) * R + rg, mask, t[j]);
-    }
-  }
+  for (; pb + 16 <= P && p0 + pb + 16 <= whole; pb += 16)
+    for (std::size_t rg = 0; rg < R; rg += 16)
+      transpose_block(src, ld, rows, r0 + rg, std::min<std::size_t>(16, R - rg), p0 + pb, dst + pb * R + rg, R);
   if (pb < P) pack_rows(src, ld, rows, k, r0, R, p0 + pb, P - pb, dst + pb * R);
 }
 
 // pack_cols: the two rows of a pair widened to dwords, the odd one shifted up.
 inline void pack_cols_512(const std::uint16_t* src, std::size_t ld, std::size_t k, std::size_t cols, std::size_t c0,
                           std::size_t R, std::size_t p0, std::size_t P, std::uint32_t* dst) {
-  for (std::size_t p = 0; p < P; ++p) {
-    const std::size_t kk = 2 * (p0 + p);
+  for (std::size_t p = 0; p < P; ++p)
+    for (std::size_t rg = 0; rg < R; rg += 16)
+      column_pairs(src, ld, k, cols, c0 + rg, std::min<std::size_t>(16, R - rg), p0 + p, dst + p * R + rg);
+}
+
+// pack_sym in 16-row x 16-pair blocks: below the diagonal the rows'
+// transposes, above it the columns' pairs (no transpose), blocks crossing
+// it element by element.
+inline void pack_sym_512(const std::uint16_t* a, std::size_t m, std::size_t r0, std::size_t R, std::size_t p0,
+                         std::size_t P, std::uint32_t* dst) {
+  for (std::size_t pb = 0; pb < P; pb += 16) {
+    const std::size_t np = std::min<std::size_t>(16, P - pb), k0 = 2 * (p0 + pb), klast = k0 + 2 * np - 1;
     for (std::size_t rg = 0; rg < R; rg += 16) {
-      const std::size_t c = c0 + rg, valid = c < cols ? std::min<std::size_t>(16, cols - c) : 0;
-      const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
-      const __m512i even = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, src + kk * ld + c));
-      const __m512i odd = kk + 1 < k ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, src + (kk + 1) * ld + c))
-                                     : _mm512_setzero_si512();
-      _mm512_storeu_si512(dst + p * R + rg, _mm512_or_si512(even, _mm512_slli_epi32(odd, 16)));
+      const std::size_t nr = std::min<std::size_t>(16, R - rg), row0 = r0 + rg, rlast = row0 + nr - 1;
+      std::uint32_t* d = dst + pb * R + rg;
+      if (np == 16 && klast <= row0 && klast < m) {  // every k <= every row: rows, transposed
+        transpose_block(a, m, m, row0, nr, k0 / 2, d, R);
+      } else if (k0 >= rlast) {  // every k >= every row: columns
+        for (std::size_t p = 0; p < np; ++p) column_pairs(a, m, m, m, row0, nr, k0 / 2 + p, d + p * R);
+      } else {
+        for (std::size_t p = 0; p < np; ++p)
+          for (std::size_t r = 0; r < nr; ++r)
+            d[p * R + r] = pair(sym_at(a, m, row0 + r, k0 + 2 * p), sym_at(a, m, row0 + r, k0 + 2 * p + 1));
+      }
     }
   }
 }
@@ -259,10 +303,14 @@ inline void tile_avx2(const std::uint32_t* ap, const std::uint32_t* bp, std::siz
 
 template <Isa I>
 void pack_a(const std::uint16_t* src, std::size_t ld, std::size_t rows, std::size_t k, std::size_t r0, std::size_t R,
-            std::size_t p0, std::size_t P, std::uint32_t* dst) {
+            std::size_t p0, std::size_t P, bool sym, std::uint32_t* dst) {
 #if defined(__AVX512F__)
-  if constexpr (I == Isa::avx512) return pack_rows_512(src, ld, rows, k, r0, R, p0, P, dst);
+  if constexpr (I == Isa::avx512) {
+    if (sym) return pack_sym_512(src, rows, r0, R, p0, P, dst);
+    return pack_rows_512(src, ld, rows, k, r0, R, p0, P, dst);
+  }
 #endif
+  if (sym) return pack_sym(src, rows, r0, R, p0, P, dst);
   pack_rows(src, ld, rows, k, r0, R, p0, P, dst);
 }
 
@@ -333,11 +381,11 @@ void bf16_gemm(const Bf16Gemm& g, bool dp) {
       const std::size_t P = std::min(kKcPairs, kp - p0);
       SLIMGRAD_BF16_OMP("omp for schedule(static)")
       for (std::ptrdiff_t q = 0; q < ptrdiff(mp); ++q)
-        pack_a<I>(g.a, g.lda, g.m, g.k, q * MR, MR, p0, P, ab + q * MR * P);
+        pack_a<I>(g.a, g.lda, g.m, g.k, q * MR, MR, p0, P, g.sym_a, ab + q * MR * P);
       SLIMGRAD_BF16_OMP("omp for schedule(static)")
       for (std::ptrdiff_t q = 0; q < ptrdiff(np); ++q) {
         if (g.trans_b)
-          pack_a<I>(g.b, g.ldb, g.n, g.k, q * NR, NR, p0, P, bb + q * NR * P);
+          pack_a<I>(g.b, g.ldb, g.n, g.k, q * NR, NR, p0, P, g.sym_b, bb + q * NR * P);
         else
           pack_b<I>(g.b, g.ldb, g.k, g.n, q * NR, NR, p0, P, bb + q * NR * P);
       }

@@ -55,6 +55,10 @@ struct Bf16Gemm {
   const std::uint16_t* x = nullptr;
   std::size_t ldx = 0;
   float alpha = 0.0f, beta = 1.0f;
+  // Symmetric operands stored as their lower triangle only (m == k for a,
+  // n == k and trans_b for b, ld = k): element (i, k) above the diagonal is
+  // read at (k, i); the upper triangle is never read.
+  bool sym_a = false, sym_b = false;
   // Packing workspace of bf16_gemm_work_size(m, n, k) uint32, 64-byte
   // aligned, or null (allocated per call).
   std::uint32_t* work = nullptr;
