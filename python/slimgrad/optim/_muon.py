@@ -1,11 +1,12 @@
 """Muon (torch.optim.Muon semantics): orthogonalized momentum for 2-D parameters.
 
-The Newton-Schulz iteration is matrix products: they run in NumPy's BLAS
-(float32 GEMM). Everything elementwise around them is a fused C++ pass
-(``_core.optim.muon_momentum`` / ``muon_normalize`` / ``ns_combine`` /
-``muon_apply``, cpp/src/kernels_muon_*). :func:`muon_update` is the whole
-step of a list of arrays; :class:`Muon` (NumPy) and ``slimgrad.torch.Muon``
-both call it.
+The Newton-Schulz iteration is matrix products: in bfloat16 (the default, as
+torch) one C++ call, ``_core.optim.muon_newton_schulz`` (slimgrad's bfloat16
+GEMM, cpp/src/bf16_gemm.cpp); in float32 NumPy's BLAS. Everything elementwise
+around them is a fused C++ pass (``_core.optim.muon_momentum`` /
+``muon_normalize`` / ``ns_combine`` / ``muon_apply``, cpp/src/kernels_muon_*).
+:func:`muon_update` is the whole step of a list of arrays; :class:`Muon`
+(NumPy) and ``slimgrad.torch.Muon`` both call it.
 """
 
 from __future__ import annotations
@@ -257,8 +258,10 @@ class Muon(ExtraOptimizer):
     As torch on CPU, the Newton-Schulz iteration runs in bfloat16 by default
     (``ns_dtype="bfloat16"``: the input, the norm and every product rounded to
     bfloat16, products accumulated in float32); ``ns_dtype="float32"`` keeps it
-    in float32 (more accurate, not torch's numbers). The matrix products use
-    NumPy's BLAS (float32 GEMM; each matrix's iteration on one thread, the
+    in float32 (more accurate, not torch's numbers). The bfloat16 products use
+    slimgrad's bfloat16 GEMM (AVX512-BF16 where available, the symmetric
+    products computed by half, the same bits on every ISA and thread count);
+    the float32 ones NumPy's BLAS (each matrix's iteration on one thread, the
     matrices spread over slimgrad's threads, see :func:`blas_one_thread`); the
     elementwise passes are fused C++ on slimgrad's threads.
 
