@@ -194,6 +194,7 @@ def test_ns_zero_steps_and_empty_list(rng):
     ns([w], steps=0)
     np.testing.assert_array_equal(w, before)
     ns([])
+    ns([np.zeros((0, 4), np.float32), np.zeros((3, 0), np.float32)])
 
 
 def test_ns_bad_input_names_the_array_and_modifies_nothing(rng):

@@ -3,8 +3,10 @@
 // iteration, two of them symmetric, with their torch epilogues).
 //
 // The epilogues (round the float32 sums to bfloat16, b*A + c*AA, a*S + BS)
-// are elementwise passes over C here, in the baseline unit (no FMA, so no
-// contraction): their bits do not depend on the ISA or the thread count.
+// run inside the products, on each finished tile (Bf16Gemm::out), with
+// bf16_axpby's operations (no contraction: "exact" area): their bits do not
+// depend on the ISA or the thread count. The symmetric A and B are stored as
+// their lower triangles only and read so (Bf16Gemm::sym_a / sym_b).
 #include "slimgrad/bf16_gemm.hpp"
 
 #include <algorithm>

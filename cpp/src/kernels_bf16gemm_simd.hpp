@@ -7,10 +7,17 @@
 //  - avx512 / avx2 without it: a pair splits into two float32 vectors (odd:
 //    the upper halves masked, even: shifted left 16), two FMAs, odd first:
 //    the same bits as vdpbf16ps. Tiles 12 x 32 (avx512), 4 x 16 (avx2).
+// Packing (AVX-512): rows by 16 x 16 dword transposes (a pair is a dword),
+// column pairs by widening two rows; a symmetric operand stored as its lower
+// triangle packs rows below the diagonal and column pairs above it. avx2
+// packs with the scalar loops.
+// Epilogue (bf16_axpby's formula) on each finished tile: from the registers
+// on AVX-512, from the stored tile on avx2 and on edge tiles.
 // Tails: panels are zero padded to MR rows / NR columns / whole pairs (a
 // zero pair adds +0); edge tiles run on a local tile and copy the valid part.
-// Rounding: none beyond the FMAs (float32 out); no contraction needed
-// ("exact" area), every FMA is explicit.
+// Rounding: none beyond the FMAs in the sums (float32); the epilogue rounds
+// to bfloat16 (nearest even, NaN kept). No contraction ("exact" area), every
+// FMA is explicit.
 #pragma once
 
 #include <immintrin.h>
@@ -24,7 +31,6 @@
 #include "slimgrad/simd.hpp"
 
 #if SLIMGRAD_OPENMP
-#include <omp.h>
 #define SLIMGRAD_BF16_OMP(x) _Pragma(x)
 #else
 #define SLIMGRAD_BF16_OMP(x)

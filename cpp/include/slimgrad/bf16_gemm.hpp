@@ -23,7 +23,8 @@
 // (row panel, column panel); threads take column panels (OpenMP), partial
 // sums of earlier k blocks are read back from C. `lower` (m == n, for
 // C = S S^T): only tiles touching the lower triangle (j <= i) are computed,
-// the entries above it are unspecified (the caller mirrors).
+// the entries above it are unspecified (a symmetric result is then used
+// through sym_a / sym_b, which read only the lower triangle).
 #pragma once
 
 #include <algorithm>
@@ -49,7 +50,7 @@ struct Bf16Gemm {
   // out[i][j] = bf16(alpha * x[i][j] + beta * sum[i][j]) (bf16_axpby's
   // operations; x may be null); C then holds unspecified partial sums (the
   // AVX-512 tiles apply it from registers). With `lower`, on every computed
-  // tile (the caller mirrors).
+  // tile (entries above the diagonal unspecified).
   std::uint16_t* out = nullptr;
   std::size_t ldo = 0;
   const std::uint16_t* x = nullptr;
@@ -93,9 +94,10 @@ void bf16_gemm(const Bf16Gemm& g);
 // row-major matrices x[t] (rows[t] x cols[t]), whose values are already
 // bfloat16 (the normalized input). As torch.optim.Muon: a tall matrix runs on
 // its transpose; each of `steps` iterations, with S the bfloat16 matrix,
-//     A = bf16(S S^T)                        (half computed, mirrored)
-//     B = bf16(b * A + c * (A A))            (A A = A A^T: half computed)
-//     S = bf16(a * S + B S)
+//     A = bf16(S S^T)                        (lower triangle computed)
+//     B = bf16(b * A + c * (A A))            (A A = A A^T: lower triangle,
+//                                             A read from its lower triangle)
+//     S = bf16(a * S + B S)                  (B read from its lower triangle)
 // every bf16() a round to nearest even of the float32 sum (torch's bfloat16
 // matmul / addmm: float32 accumulation, one rounding), the epilogue
 // products and sum as written (no contraction). Matrices are spread over
