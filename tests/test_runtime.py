@@ -24,11 +24,12 @@ def test_use_isa_switches_and_restores():
 
 def test_use_isa_rejects_unknown_and_unsupported():
     with pytest.raises(
-        ValueError, match="expected one of 'scalar', 'avx2', 'avx512', 'avx512_vnni', got 'sse9'"
+        ValueError,
+        match="expected one of 'scalar', 'avx2', 'avx512', 'avx512_vnni', 'avx512_bf16', got 'sse9'",
     ):
         with slimgrad.use_isa("sse9"):
             pass
-    for name in ("avx2", "avx512", "avx512_vnni"):
+    for name in ("avx2", "avx512", "avx512_vnni", "avx512_bf16"):
         if name not in slimgrad.available_isas():
             with pytest.raises(ValueError, match=f"ISA '{name}' is not"):
                 with slimgrad.use_isa(name):
@@ -51,7 +52,8 @@ def test_env_unknown_level_raises_clearly():
     out = _import_with_env("neon9")
     assert out.returncode != 0
     assert (
-        "SLIMGRAD_ISA: expected one of scalar, avx2, avx512, avx512_vnni, got 'neon9'" in out.stderr
+        "SLIMGRAD_ISA: expected one of scalar, avx2, avx512, avx512_vnni, avx512_bf16, got 'neon9'"
+        in out.stderr
     )
 
 
@@ -101,7 +103,8 @@ def test_vnni_is_an_isa_level():
     flags = _cpu_flags()
     have = slimgrad.available_isas()
     if "avx512" in have and "avx512_vnni" in flags:
-        assert have[-1] == "avx512_vnni"
+        assert "avx512_vnni" in have
+        assert have[-1] == ("avx512_bf16" if "avx512_bf16" in flags else "avx512_vnni")
         assert slimgrad.active_isa() in have
         with slimgrad.use_isa("avx512"):
             assert slimgrad.active_isa() == "avx512"
@@ -109,3 +112,22 @@ def test_vnni_is_an_isa_level():
             assert slimgrad.active_isa() == "avx512_vnni"
     elif flags:
         assert "avx512_vnni" not in have
+
+
+def test_bf16_is_an_isa_level():
+    """AVX512_BF16 (vdpbf16ps, Muon's bfloat16 GEMM) is the level above VNNI:
+    listed when the CPU has both, selectable, and use_isa("avx512_vnni")
+    still reaches the conversion + FMA path; SLIMGRAD_ISA selects it."""
+    flags = _cpu_flags()
+    have = slimgrad.available_isas()
+    if "avx512_vnni" in have and "avx512_bf16" in flags:
+        assert have[-1] == "avx512_bf16"
+        with slimgrad.use_isa("avx512_vnni"):
+            assert slimgrad.active_isa() == "avx512_vnni"
+        with slimgrad.use_isa("avx512_bf16"):
+            assert slimgrad.active_isa() == "avx512_bf16"
+        out = _import_with_env("avx512_bf16")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "avx512_bf16"
+    elif flags:
+        assert "avx512_bf16" not in have

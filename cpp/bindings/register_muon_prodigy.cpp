@@ -5,13 +5,16 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <algorithm>
 #include <vector>
 
 #include <pybind11/stl.h>
 
 #include "buffers.hpp"
 #include "list_args.hpp"
+#include "slimgrad/bf16_gemm.hpp"
 #include "slimgrad/muon_prodigy.hpp"
+#include "slimgrad/threading.hpp"
 
 namespace slimgrad::bind {
 namespace {
@@ -105,7 +108,68 @@ void muon_apply_call(py::handle params, py::handle works, py::handle labels, dou
     muon_apply_step<double>(ptrs<double>(p).data(), wc.data(), n.data(), n.size(), decay, lrs.data());
 }
 
+// Muon's bfloat16 Newton-Schulz iteration (bf16_gemm.hpp) on 2-D float32
+// work matrices, in place.
+void muon_newton_schulz_call(py::handle works, py::handle labels, const std::vector<double>& coefficients,
+                             int steps) {
+  const auto lab = label_list(labels, as_list(works, "works").size());
+  const auto w = check_first(works, "works", lab, {DType::f32}, Access::write);
+  for (const auto& a : w)
+    if (a.ndim() != 2)
+      throw py::value_error(a.name + ": expected a 2-D float32 array, got shape " + shape_str(a.shape()));
+  check_no_overlap({&w}, {});
+  if (coefficients.size() != 3)
+    throw py::value_error("coefficients: expected 3 values (a, b, c), got " + std::to_string(coefficients.size()));
+  for (double x : coefficients) check_finite_scalar("coefficients", x);
+  if (steps < 0) throw py::value_error("steps: expected an int >= 0, got " + std::to_string(steps));
+  std::vector<std::size_t> rows, cols;
+  for (const auto& a : w) {
+    rows.push_back(static_cast<std::size_t>(a.dim(0)));
+    cols.push_back(static_cast<std::size_t>(a.dim(1)));
+  }
+  const auto wp = ptrs<float>(w);
+  py::gil_scoped_release release;
+  muon_ns_bf16(wp.data(), rows.data(), cols.data(), wp.size(), static_cast<float>(coefficients[0]),
+               static_cast<float>(coefficients[1]), static_cast<float>(coefficients[2]), steps);
+}
+
+// The bfloat16 GEMM alone (tests, bench): a (m x k) @ (b^T if trans_b else b).
+py::array_t<float> bf16_matmul_call(py::handle a, py::handle b, bool trans_b, bool lower) {
+  const Array aa = check_array(a, "a", {DType::bf16}, Access::read);
+  const Array ba = check_array(b, "b", {DType::bf16}, Access::read);
+  if (aa.ndim() != 2) throw py::value_error("a: expected a 2-D bfloat16 array, got shape " + shape_str(aa.shape()));
+  if (ba.ndim() != 2) throw py::value_error("b: expected a 2-D bfloat16 array, got shape " + shape_str(ba.shape()));
+  const auto m = static_cast<std::size_t>(aa.dim(0)), k = static_cast<std::size_t>(aa.dim(1));
+  const auto n = static_cast<std::size_t>(trans_b ? ba.dim(0) : ba.dim(1));
+  const auto kb = static_cast<std::size_t>(trans_b ? ba.dim(1) : ba.dim(0));
+  if (kb != k)
+    throw py::value_error("b: expected " + std::string(trans_b ? "(n, k)" : "(k, n)") + " with k = " +
+                          std::to_string(k) + " (a's columns), got shape " + shape_str(ba.shape()));
+  if (lower && m != n)
+    throw py::value_error("lower: needs a square product, got " + std::to_string(m) + " x " + std::to_string(n));
+  py::array_t<float> out({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(n)});
+  float* c = out.mutable_data();
+  if (lower) std::fill(c, c + m * n, 0.0f);  // the unspecified upper part reads as 0
+  const Bf16Gemm g{aa.ptr<std::uint16_t>(), k, ba.ptr<std::uint16_t>(), trans_b ? k : n, trans_b, c, n, m, n, k,
+                   lower, get_num_threads()};
+  py::gil_scoped_release release;
+  bf16_gemm(g);
+  if (lower)
+    for (std::size_t i = 0; i < m; ++i)
+      for (std::size_t j = i + 1; j < n; ++j) c[i * n + j] = 0.0f;
+  return out;
+}
+
 void bind_muon(py::module_& m) {
+  m.def("muon_newton_schulz", &muon_newton_schulz_call, py::arg("works"), py::arg("labels") = py::none(),
+        py::kw_only(), py::arg("coefficients"), py::arg("steps"),
+        "Muon's Newton-Schulz iteration in bfloat16 (torch.optim.Muon's rounding), in place on 2-D float32\n"
+        "arrays holding bfloat16 values; C++ bfloat16 GEMM (vdpbf16ps on avx512_bf16), symmetric products\n"
+        "computed by half.");
+  m.def("bf16_matmul", &bf16_matmul_call, py::arg("a"), py::arg("b"), py::kw_only(), py::arg("trans_b") = false,
+        py::arg("lower") = false,
+        "a @ (b.T if trans_b else b) of bfloat16 matrices, float32 accumulation (fixed order per element, see\n"
+        "bf16_gemm.hpp), a new float32 array; lower: only j <= i (square), the rest 0.");
   m.def("muon_momentum", &muon_momentum_call, py::arg("grads"), py::arg("bufs"), py::arg("works"),
         py::arg("labels") = py::none(), py::kw_only(), py::arg("momentum"), py::arg("nesterov"),
         py::arg("round_bf16"),

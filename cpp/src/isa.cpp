@@ -39,6 +39,9 @@ Isa detect() {
   // x86-64-v4 = v3 + AVX-512 F/BW/CD/DQ/VL.
   const bool v4 = v3 && zmm_state && avx512f && avx512dq && avx512bw && avx512vl && avx512cd;
   const bool vnni = c & (1u << 11);  // leaf 7 ECX: AVX512_VNNI
+  unsigned a1 = 0, b1 = 0, c1 = 0, d1 = 0;
+  const bool bf16 = __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1) && (a1 & (1u << 5));  // leaf 7.1 EAX: AVX512_BF16
+  if (v4 && vnni && bf16) return Isa::avx512_bf16;
   return v4 && vnni ? Isa::avx512_vnni : v4 ? Isa::avx512 : v3 ? Isa::avx2 : Isa::scalar;
 }
 #else
@@ -63,6 +66,7 @@ const char* isa_name(Isa isa) {
     case Isa::avx2: return "avx2";
     case Isa::avx512: return "avx512";
     case Isa::avx512_vnni: return "avx512_vnni";
+    case Isa::avx512_bf16: return "avx512_bf16";
   }
   return "unknown";
 }
@@ -81,7 +85,8 @@ bool isa_built(Isa isa) {
 #endif
 #if SLIMGRAD_HAVE_AVX512
     case Isa::avx512:
-    case Isa::avx512_vnni: return true;
+    case Isa::avx512_vnni:
+    case Isa::avx512_bf16: return true;
 #endif
     default: return false;
   }
@@ -117,7 +122,7 @@ void init_isa_from_env() {
   if (env == nullptr || *env == '\0') return;
   const auto isa = parse_isa(env);
   if (!isa)
-    throw std::invalid_argument(std::string("SLIMGRAD_ISA: expected one of scalar, avx2, avx512, avx512_vnni, got '") +
+    throw std::invalid_argument(std::string("SLIMGRAD_ISA: expected one of scalar, avx2, avx512, avx512_vnni, avx512_bf16, got '") +
                                 env + "'");
   set_active_isa(*isa);
 }

@@ -17,9 +17,12 @@ namespace slimgrad {
 // sub-feature level (avx512_vnni: AVX-512 + VNNI's vpdpbusd) runs the
 // kernels of its base level (kernel_isa) and only the kernels that use the
 // feature ask active_isa() for it, so use_isa("avx512") reaches the plain
-// AVX-512 path on a VNNI machine. AMX is never selected.
-enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, avx512_vnni = 3 };
-inline constexpr Isa kIsaLevels[] = {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512_vnni};
+// AVX-512 path on a VNNI machine. avx512_bf16 (AVX512_BF16's vdpbf16ps, the
+// bfloat16 GEMM of Muon) is the next sub-feature level: every CPU with it
+// (Cooper Lake, Sapphire Rapids, Zen 4) also has VNNI, so it includes
+// avx512_vnni. AMX is never selected.
+enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, avx512_vnni = 3, avx512_bf16 = 4 };
+inline constexpr Isa kIsaLevels[] = {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512_vnni, Isa::avx512_bf16};
 
 template <Isa I>
 using IsaTag = std::integral_constant<Isa, I>;
@@ -49,7 +52,8 @@ template <class Fn>
 decltype(auto) dispatch(Fn&& fn) {
   switch (active_isa()) {
 #if SLIMGRAD_HAVE_AVX512
-    case Isa::avx512_vnni:  // a sub-feature level: the avx512 kernels
+    case Isa::avx512_bf16:  // sub-feature levels: the avx512 kernels
+    case Isa::avx512_vnni:
     case Isa::avx512:
       return fn(IsaTag<Isa::avx512>{});
 #endif

@@ -6,8 +6,10 @@ value, attention output 384 x 384; intermediate 1536 x 384; output 384 x
 Both optimizers step the same float32 values with the same gradients, the
 Newton-Schulz iteration in bfloat16 as torch does (``slimgrad``) and, for
 reference, slimgrad's float32 iteration (``slimgrad ns=float32``). The step is
-GEMM-bound: slimgrad's products run in NumPy's BLAS (threads: its own,
-``OPENBLAS_NUM_THREADS``), torch's in its own bfloat16 GEMM.
+GEMM-bound: slimgrad's bfloat16 products run in its own packed bfloat16 GEMM
+(cpp/src/bf16_gemm.cpp: vdpbf16ps on avx512_bf16, the symmetric products by
+half; threads: ``set_num_threads``), the float32 ones in NumPy's BLAS, torch's
+in oneDNN's bfloat16 GEMM (threads: ``torch.set_num_threads``).
 """
 
 from __future__ import annotations

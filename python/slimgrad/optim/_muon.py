@@ -1,11 +1,12 @@
 """Muon (torch.optim.Muon semantics): orthogonalized momentum for 2-D parameters.
 
-The Newton-Schulz iteration is matrix products: they run in NumPy's BLAS
-(float32 GEMM). Everything elementwise around them is a fused C++ pass
-(``_core.optim.muon_momentum`` / ``muon_normalize`` / ``ns_combine`` /
-``muon_apply``, cpp/src/kernels_muon_*). :func:`muon_update` is the whole
-step of a list of arrays; :class:`Muon` (NumPy) and ``slimgrad.torch.Muon``
-both call it.
+The Newton-Schulz iteration is matrix products: in bfloat16 (the default, as
+torch) one C++ call, ``_core.optim.muon_newton_schulz`` (slimgrad's bfloat16
+GEMM, cpp/src/bf16_gemm.cpp); in float32 NumPy's BLAS. Everything elementwise
+around them is a fused C++ pass (``_core.optim.muon_momentum`` /
+``muon_normalize`` / ``ns_combine`` / ``muon_apply``, cpp/src/kernels_muon_*).
+:func:`muon_update` is the whole step of a list of arrays; :class:`Muon`
+(NumPy) and ``slimgrad.torch.Muon`` both call it.
 """
 
 from __future__ import annotations
@@ -118,6 +119,23 @@ def blas_one_thread() -> Any:
     return _BLAS[0].limit(limits=1, user_api="blas")
 
 
+def _newton_schulz_f32(
+    works: list[np.ndarray], coefficients: Any, steps: int, cache: dict[str, Any]
+) -> None:
+    """The float32 iteration (``ns_dtype="float32"``) in NumPy's BLAS."""
+    threads = min(get_num_threads(), len(works))
+    with blas_one_thread():
+        if threads > 1:
+            # One matrix per task, each on one thread: the bits do not depend
+            # on the thread count (work matrices allocated per task).
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(lambda w: newton_schulz_(w, coefficients, steps, False), works))
+        else:
+            scratch = cache.setdefault("scratch", {})
+            for w in works:
+                newton_schulz_(w, coefficients, steps, False, scratch)
+
+
 def muon_update(
     params: list[np.ndarray],
     grads: list[np.ndarray],
@@ -159,17 +177,13 @@ def muon_update(
         norms.append(max(_bf16(norm), _bf16(eps)) if rb else max(float(np.float32(norm)), eps))
     _core.optim.muon_normalize(works, norms, labels, round_bf16=rb)
     coefficients, steps = group["ns_coefficients"], int(group["ns_steps"])
-    threads = min(get_num_threads(), len(works))
-    with blas_one_thread():
-        if threads > 1:
-            # One matrix per task, each on one thread: the bits do not depend
-            # on the thread count (work matrices allocated per task).
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(lambda w: newton_schulz_(w, coefficients, steps, rb), works))
-        else:
-            scratch = cache.setdefault("scratch", {})
-            for w in works:
-                newton_schulz_(w, coefficients, steps, rb, scratch)
+    if rb:
+        # torch's bfloat16 iteration on slimgrad's bfloat16 GEMM (cpp/src/bf16_gemm.cpp).
+        _core.optim.muon_newton_schulz(
+            works, labels, coefficients=[float(v) for v in coefficients], steps=steps
+        )
+    else:
+        _newton_schulz_f32(works, coefficients, steps, cache)
     lr = float(group["lr"])
     lrs = [adjusted_lr(lr, group["adjust_lr_fn"], p.shape) for p in params]
     _core.optim.muon_apply(
@@ -244,8 +258,10 @@ class Muon(ExtraOptimizer):
     As torch on CPU, the Newton-Schulz iteration runs in bfloat16 by default
     (``ns_dtype="bfloat16"``: the input, the norm and every product rounded to
     bfloat16, products accumulated in float32); ``ns_dtype="float32"`` keeps it
-    in float32 (more accurate, not torch's numbers). The matrix products use
-    NumPy's BLAS (float32 GEMM; each matrix's iteration on one thread, the
+    in float32 (more accurate, not torch's numbers). The bfloat16 products use
+    slimgrad's bfloat16 GEMM (AVX512-BF16 where available, the symmetric
+    products computed by half, the same bits on every ISA and thread count);
+    the float32 ones NumPy's BLAS (each matrix's iteration on one thread, the
     matrices spread over slimgrad's threads, see :func:`blas_one_thread`); the
     elementwise passes are fused C++ on slimgrad's threads.
 
