@@ -15,9 +15,79 @@ import numpy as np
 from .. import _core
 from ._storage import CSR, Compressed24, _describe, compress_24, decompress_24, to_csr
 
-__all__ = ["prefer_sparse", "sparse_linear", "sparse_matmul"]
+__all__ = ["SparseWeight", "pack_sparse", "prefer_sparse", "sparse_linear", "sparse_matmul"]
 
 _core_sparse = _core.sparse
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """A C-order copy of ``a`` over an immutable buffer: nobody can write it
+    (``setflags(write=True)`` raises), so a check made once stays true."""
+    return np.frombuffer(np.ascontiguousarray(a).tobytes(), a.dtype).reshape(a.shape)
+
+
+class SparseWeight:
+    """A compressed weight checked once, for :func:`sparse_matmul` (see :func:`pack_sparse`).
+
+    Holds immutable copies of the compressed arrays (``arrays``), the
+    ``format`` (``"2:4"`` or ``"csr"``), the dense ``shape`` (out, in),
+    ``nbytes`` and ``density``. Because the arrays cannot change, products
+    skip the per-call structure checks (the 2:4 positions pass, CSR's indptr
+    and column-range passes): at batch 1 on MiniLM-sized weights those
+    passes cost as much as the product.
+    """
+
+    __slots__ = ("arrays", "density", "format", "nbytes", "shape")
+
+    def __init__(self, weight: Compressed24 | CSR) -> None:
+        if isinstance(weight, Compressed24):
+            values, positions = weight
+            self.format = "2:4"
+            self.arrays = (_frozen(values), _frozen(positions))
+            self.density = 0.5
+        elif isinstance(weight, CSR):
+            self.format = "csr"
+            self.arrays = tuple(_frozen(a) for a in weight)
+            self.density = weight.data.size / max(1, weight.shape[0] * weight.shape[1])
+        else:
+            raise TypeError(f"weight: expected a Compressed24 or CSR, got {_describe(weight)}")
+        self.shape = (int(weight.shape[0]), int(weight.shape[-1]))
+        self.nbytes = int(sum(a.nbytes for a in self.arrays))
+        # The full checks, once, on the copies: an empty x runs them alone.
+        packed = (
+            Compressed24(*self.arrays) if self.format == "2:4" else CSR(*self.arrays, self.shape)
+        )
+        sparse_matmul(np.empty((0, self.shape[1]), np.float32), packed)
+
+    def __repr__(self) -> str:
+        return (
+            f"SparseWeight(format={self.format!r}, shape={self.shape}, "
+            f"density={self.density:.3f}, nbytes={self.nbytes:,})"
+        )
+
+
+def pack_sparse(weight: Compressed24 | CSR) -> SparseWeight:
+    """Check a compressed weight once and keep it ready for fast products.
+
+    Parameters
+    ----------
+    weight : Compressed24 or CSR
+        ``compress_24(W)`` (2-D, float32 values) or ``to_csr(W)`` (float32
+        data, int32 indices, int32/int64 indptr). Only read; copied.
+
+    Returns
+    -------
+    SparseWeight
+        Immutable copies of the arrays, checked: :func:`sparse_matmul` with
+        it skips the structure checks every raw ``Compressed24`` / ``CSR``
+        call pays. ``prune.sparse_linear`` packs its weight this way.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`sparse_matmul` for a bad weight; nothing is modified.
+    """
+    return SparseWeight(weight)
 
 
 def _as_x(x: object, in_features: int) -> np.ndarray:
@@ -28,16 +98,17 @@ def _as_x(x: object, in_features: int) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(-1, in_features))
 
 
-def sparse_matmul(x: np.ndarray, weight: Compressed24 | CSR) -> np.ndarray:
+def sparse_matmul(x: np.ndarray, weight: Compressed24 | CSR | SparseWeight) -> np.ndarray:
     """``x @ W.T`` for a weight ``W`` (out, in) stored compressed, without densifying it.
 
     Parameters
     ----------
     x : ndarray, float32, shape (..., in)
         Any layout (a strided ``x`` is copied once to C order). Only read.
-    weight : Compressed24 or CSR
+    weight : Compressed24, CSR or SparseWeight
         ``compress_24(W)`` (float32 values, ``in`` divisible by 4) or
-        ``to_csr(W)`` (float32 data, int32 indices, int32/int64 indptr).
+        ``to_csr(W)`` (float32 data, int32 indices, int32/int64 indptr),
+        checked on every call; or ``pack_sparse(...)`` of one, checked once.
 
     Returns
     -------
@@ -54,6 +125,19 @@ def sparse_matmul(x: np.ndarray, weight: Compressed24 | CSR) -> np.ndarray:
         Mismatched shapes, a 2:4 packing that ``compress_24`` cannot have
         written, or an inconsistent CSR structure. Nothing is modified.
     """
+    if type(weight) is SparseWeight:  # checked when packed: dtype/shape of x only
+        if type(x) is not np.ndarray or x.dtype != np.float32:
+            raise TypeError(f"x: expected a float32 ndarray, got {_describe(x)}")
+        out_f, in_f = weight.shape
+        if x.ndim == 2 and x.shape[1] == in_f and x.flags.c_contiguous:
+            x2 = x
+        else:
+            x2 = _as_x(x, in_f)
+        if weight.format == "2:4":
+            y = _core_sparse.gemm24(x2, *weight.arrays, prechecked=True)
+        else:
+            y = _core_sparse.spmm_csr(x2, *weight.arrays, out_f, prechecked=True, checked_in=in_f)
+        return y if x2 is x else y.reshape(*x.shape[:-1], out_f)
     if isinstance(weight, Compressed24):
         values, positions = weight
         if not isinstance(values, np.ndarray) or values.ndim != 2:
