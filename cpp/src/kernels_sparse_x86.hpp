@@ -33,6 +33,11 @@
 #include <immintrin.h>
 #endif
 
+// Helpers whose inlining matters: an out-of-line call taking an accumulator
+// array's address keeps the accumulators in memory through a whole loop.
+#define SLIMGRAD_INLINE inline __attribute__((always_inline))
+#define SLIMGRAD_LAMBDA_INLINE __attribute__((always_inline))
+
 namespace slimgrad::kernels {
 namespace {
 
@@ -91,8 +96,25 @@ struct Zmm {
 };
 #endif
 
+// Byte offsets into a panel block of PW-float columns for the 4 values a
+// positions byte describes (2 groups: columns 0-3 and 4-7 of the block):
+// one table load per value instead of shifts and masks.
+template <std::size_t PW>
+struct PanelOffsets {
+  std::uint16_t at[256][4];
+  constexpr PanelOffsets() : at{} {
+    for (unsigned b = 0; b < 256; ++b) {
+      const unsigned col[4] = {b & 3u, (b >> 2) & 3u, 4 + ((b >> 4) & 3u), 4 + (b >> 6)};
+      for (unsigned j = 0; j < 4; ++j) at[b][j] = static_cast<std::uint16_t>(col[j] * PW * sizeof(float));
+    }
+  }
+};
+template <std::size_t PW>
+inline constexpr PanelOffsets<PW> kPanelOffsets{};
+
 // R rows starting at r, kept values [k0, k1) (both even), over one panel
-// (column c at xt + c * PW); partial sums in buf (R x PW).
+// (column c at xt + c * PW); partial sums in buf (R x PW). Aligned: every
+// row starts on a positions byte and k0 % 4 == 0 (4 values per byte).
 template <class T, std::size_t R, std::size_t NV>
 void panel24(const float* xt, const float* values, const std::uint8_t* positions, std::size_t half, std::size_t r,
              std::size_t k0, std::size_t k1, float* buf) {
@@ -100,14 +122,28 @@ void panel24(const float* xt, const float* values, const std::uint8_t* positions
   typename T::V acc[R][NV];
   for (std::size_t i = 0; i < R; ++i)
     for (std::size_t j = 0; j < NV; ++j) acc[i][j] = T::load(buf + i * PW + j * T::L);
-  for (std::size_t k = k0; k < k1; k += 2) {  // one group of 4 columns: 2 kept values
+  auto step = [&](std::size_t i, const float* xv, const float* w) SLIMGRAD_LAMBDA_INLINE {
+    for (std::size_t j = 0; j < NV; ++j) acc[i][j] = T::fma(w, T::load(xv + j * T::L), acc[i][j]);
+  };
+  std::size_t k = k0;
+  if (half % 4 == 0 && k0 % 4 == 0) {
+    const auto& lut = kPanelOffsets<PW>.at;
+    for (; k + 4 <= k1; k += 4) {  // two groups = 8 columns from 2k: one positions byte per row
+      const auto* xg = reinterpret_cast<const char*>(xt + 2 * k * PW);
+      for (std::size_t i = 0; i < R; ++i) {
+        const std::size_t v = (r + i) * half + k;
+        const std::uint16_t* off = lut[positions[v >> 2]];
+        for (std::size_t q = 0; q < 4; ++q) step(i, reinterpret_cast<const float*>(xg + off[q]), values + v + q);
+      }
+    }
+  }
+  for (; k < k1; k += 2) {  // one group of 4 columns: 2 kept values
     const float* xg = xt + 2 * k * PW;
     for (std::size_t i = 0; i < R; ++i) {
       const std::size_t v = (r + i) * half + k;  // even: the group's nibble
       const unsigned nib = (positions[v >> 2] >> (2 * (v & 3))) & 15u;
-      const float *xa = xg + (nib & 3u) * PW, *xb = xg + (nib >> 2) * PW, *w = values + v;
-      for (std::size_t j = 0; j < NV; ++j) acc[i][j] = T::fma(w, T::load(xa + j * T::L), acc[i][j]);
-      for (std::size_t j = 0; j < NV; ++j) acc[i][j] = T::fma(w + 1, T::load(xb + j * T::L), acc[i][j]);
+      step(i, xg + (nib & 3u) * PW, values + v);
+      step(i, xg + (nib >> 2) * PW, values + v + 1);
     }
   }
   for (std::size_t i = 0; i < R; ++i)
@@ -119,7 +155,8 @@ void panel24(const float* xt, const float* values, const std::uint8_t* positions
 template <class T, std::size_t NV, std::size_t R>
 void gemm24_panels(const float* xt, std::size_t batch, std::size_t in, const float* values,
                    const std::uint8_t* positions, std::size_t out, std::size_t r0, std::size_t r1, float* y) {
-  constexpr std::size_t PW = NV * T::L, KB = 2048 / PW;
+  constexpr std::size_t PW = NV * T::L, KB = 2048 / PW;  // 16 KB of panel per block
+  static_assert(KB % 4 == 0, "k blocks start on positions bytes");
   const std::size_t half = in / 2, rows = r1 - r0;
   alignas(64) float buf[kSparseRowGrain * PW];
   for (std::size_t p = 0; p * PW < batch; ++p) {
@@ -146,8 +183,6 @@ inline __m256i mask8(std::size_t n) {  // first n lanes set
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lanes);
 }
 
-#define SLIMGRAD_INLINE inline __attribute__((always_inline))
-#define SLIMGRAD_LAMBDA_INLINE __attribute__((always_inline))
 
 SLIMGRAD_INLINE float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
