@@ -26,6 +26,8 @@ SHAPES_24 = [
     (33, 37, 68),
     (31, 3, 520),
     (65, 34, 1032),
+    (2, 130, 4100),  # >= 2^19 multiply-adds: threaded (smaller products run on one thread)
+    (40, 70, 520),
     (0, 3, 8),
     (1, 1, 4),
     (1, 5, 12),
@@ -45,6 +47,7 @@ SHAPES_CSR = [
     (9, 65, 33),
     (17, 31, 100),
     (2, 40, 1031),
+    (9, 70, 1031),  # threaded at density 1 (>= 2^19 multiply-adds)
 ]
 
 

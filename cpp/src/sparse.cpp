@@ -12,6 +12,19 @@
 
 namespace slimgrad {
 
+namespace {
+// Below this many multiply-adds a product runs on the calling thread: waking
+// an OpenMP team costs more than it saves (a 384 x 384 batch-1 product is
+// ~74K, a few microseconds). Same chunks either way, so the same bits.
+constexpr std::size_t kMinParallelWork = std::size_t{1} << 19;
+
+template <class Body>
+void over_row_chunks(std::size_t out, std::size_t work, Body&& body) {
+  if (work >= kMinParallelWork) return parallel_for(out, kSparseRowGrain, body);
+  for (std::size_t r0 = 0; r0 < out; r0 += kSparseRowGrain) body(r0, std::min(out, r0 + kSparseRowGrain));
+}
+}  // namespace
+
 bool positions24_valid(const std::uint8_t* positions, std::size_t kept) {
   // Each byte holds two groups (values 2g, 2g + 1 of a group g share a
   // nibble): a nibble (low position a in bits 0-1, high b in bits 2-3) is
@@ -65,11 +78,15 @@ void gemm24(const float* x, std::size_t batch, std::size_t in, const float* valu
     if (pw != 0 && batch > 8 && in != 0) {
       const std::size_t panels = (batch + pw - 1) / pw;
       xt.reset(new float[panels * pw * in]);
-      parallel_for(panels, 1, [&](std::size_t p0, std::size_t p1) {
+      auto pack = [&](std::size_t p0, std::size_t p1) {
         for (std::size_t p = p0; p < p1; ++p) pack_panel(x, batch, in, pw, p, xt.get() + p * pw * in);
-      });
+      };
+      if (batch * out * (in / 2) >= kMinParallelWork)
+        parallel_for(panels, 1, pack);
+      else
+        pack(0, panels);
     }
-    parallel_for(out, kSparseRowGrain, [&](std::size_t r0, std::size_t r1) {
+    over_row_chunks(out, batch * out * (in / 2), [&](std::size_t r0, std::size_t r1) {
       kernels::gemm24_rows<I>(x, xt.get(), batch, in, values, positions, out, r0, r1, y);
     });
   });
@@ -80,7 +97,7 @@ void spmm_csr(const float* x, std::size_t batch, std::size_t in, const float* da
               const P* indptr, std::size_t out, float* y) {
   if (batch == 0 || out == 0) return;
   dispatch([&](auto isa) {
-    parallel_for(out, kSparseRowGrain, [&](std::size_t r0, std::size_t r1) {
+    over_row_chunks(out, batch * static_cast<std::size_t>(indptr[out]), [&](std::size_t r0, std::size_t r1) {
       kernels::spmm_csr_rows<decltype(isa)::value, P>(x, batch, in, data, cols, indptr, out, r0, r1, y);
     });
   });
