@@ -90,7 +90,8 @@ py::array spmm_csr_py(py::handle x, py::handle data, py::handle indices, py::han
   const std::size_t nnz = da.size();
   if (prechecked) {
     if (checked_in != in)
-      throw py::value_error("x: expected " + std::to_string(checked_in) + " columns (the packed weight's in_features), got shape " + dims(xa));
+      throw py::value_error("x: expected " + std::to_string(checked_in) +
+                            " columns (the packed weight's in_features), got shape " + dims(xa));
   } else if (pa.dtype == DType::i32)
     check_indptr<std::int32_t>(pa, out, nnz);
   else

@@ -1,23 +1,24 @@
 // Hand-written x86 sparse kernels (AVX2 + FMA and AVX-512), included by
 // kernels_sparse_simd.hpp and compiled once per ISA unit.
-//  - Small batches (<= kTileBatch rows of x), 2:4: a chunk of kept values
-//    (16 for AVX-512, 8 for AVX2: 2x as many x columns) is decoded from its
-//    2-bit positions into a permutation index (srlv, and/or with the group
-//    base); AVX-512 picks the x values with one vpermt2ps over two 16-float
-//    loads, AVX2 with two vpermps over two 8-float loads and a blend; one
-//    FMA does the products. Several W rows share each x load (4 at batch 1:
-//    four independent FMA chains, and one 4-way horizontal sum per 4 rows).
-//  - Larger batches, 2:4 ("panel" path): x is packed once per call into
-//    batch-contiguous panels (xt[panel][column][PW], PW = 32 for AVX-512,
-//    16 for AVX2, zero-padded); per kept value the micro-kernel broadcasts
-//    the weight and FMAs it over PW batch columns of the x row its position
-//    selects (one contiguous load), R W rows at a time (R * PW / lanes
-//    independent accumulators). Columns are walked in blocks of 2048 / PW
-//    values (16 KB of panel, L1-resident) while every row of the thread's
-//    chunk runs over the block; partial sums wait in a small buffer.
-//  - CSR: vgatherdps / vpgatherdd-based gathers of x at the column indices,
-//    up to 8 batch rows per decoded chunk; at batch 1, 4 rows share one
-//    horizontal sum.
+//  - 2:4, batch <= 8: a chunk of kept values (16 for AVX-512, 8 for AVX2,
+//    twice as many x columns) becomes a permutation index from its 2-bit
+//    positions (one broadcast load when rows start on a byte). AVX-512:
+//    srlv + vpternlogd (& 3 | group base), one vpermt2ps over two 16-float
+//    x loads. AVX2: x is regrouped once per chunk (vperm2f128) so each
+//    value's 4 candidates share its 128-bit lane; two vpermilps (low 2 bits
+//    only: no mask) and a blend. One FMA per chunk and batch row. Several W
+//    rows share each x load (4 at batch 1: four independent FMA chains and
+//    one 4-way horizontal sum).
+//  - 2:4, batch > 8 (panels): x packed once per call into batch-contiguous
+//    panels (xt[panel][column][PW], PW = 32 for AVX-512, 16 for AVX2,
+//    zero-padded, see pack_panel). Per kept value the micro-kernel
+//    broadcasts the weight and FMAs it over PW batch columns of the x row
+//    its position selects (a 256-entry table turns a positions byte into 4
+//    offsets), 4 W rows at a time. Columns in blocks of 2048 / PW values
+//    (16 KB of panel, L1-resident) while the thread's rows run over the
+//    block; partial sums wait in a small buffer.
+//  - CSR: vgatherdps of x at 16 / 8 column indices, up to 8 batch rows per
+//    decoded chunk; at batch 1, 4 rows share one horizontal sum.
 //  - Tails: masked loads (zero lanes add 0 * 0), never reading past a buffer.
 //  - Rounding: float32 FMA. Small-batch paths keep lane partial sums reduced
 //    in a fixed tree; the panel path sums every y entry in k order, one FMA
