@@ -126,7 +126,7 @@ def sparse_matmul(x: np.ndarray, weight: Compressed24 | CSR | SparseWeight) -> n
         written, or an inconsistent CSR structure. Nothing is modified.
     """
     if type(weight) is SparseWeight:  # checked when packed: dtype/shape of x only
-        if type(x) is not np.ndarray or x.dtype != np.float32:
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32:
             raise TypeError(f"x: expected a float32 ndarray, got {_describe(x)}")
         out_f, in_f = weight.shape
         if x.ndim == 2 and x.shape[1] == in_f and x.flags.c_contiguous:
