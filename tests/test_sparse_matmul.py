@@ -14,9 +14,20 @@ from slimgrad.prune import CSR, Compressed24, compress_24, decompress_24, sparse
 RTOL = 1e-5
 
 # (batch, out, in): empty, one, vector tails (16 values = 32 columns per
-# AVX-512 chunk), rows whose positions start mid-byte (in % 8 == 4), the row
-# chunk (32) +- 1, batch tiles (8) +- 1, the 256-value k block + a tail.
+# AVX-512 chunk, 8 per AVX2 chunk), rows whose positions start mid-byte
+# (in % 8 == 4), the row chunk (32) +- 1, the 4-row groups + 1-3 rows, batch
+# tiles (8) +- 1; above batch 8 the packed panels (32 wide for AVX-512, 16
+# for AVX2) +- 1 with their k blocks (64 / 128 values) + tails, aligned
+# (in % 8 == 0) and not.
 SHAPES_24 = [
+    (9, 5, 12),
+    (16, 6, 8),
+    (17, 7, 264),
+    (33, 37, 68),
+    (31, 3, 520),
+    (65, 34, 1032),
+    (2, 130, 4100),  # >= 2^19 multiply-adds: threaded (smaller products run on one thread)
+    (40, 70, 520),
     (0, 3, 8),
     (1, 1, 4),
     (1, 5, 12),
@@ -36,6 +47,7 @@ SHAPES_CSR = [
     (9, 65, 33),
     (17, 31, 100),
     (2, 40, 1031),
+    (9, 70, 1031),  # threaded at density 1 (>= 2^19 multiply-adds)
 ]
 
 
@@ -44,6 +56,13 @@ def _check(y, x, w_dense):
     scale = np.abs(x.astype(np.float64)) @ np.abs(w_dense.astype(np.float64)).T
     assert y.dtype == np.float32 and y.shape == ref.shape
     np.testing.assert_array_less(np.abs(y - ref), RTOL * scale + 1e-30)
+
+
+def _panel_isas_agree(results, batch):
+    """Above batch 8 AVX2 and AVX-512 both sum every y entry in k order with
+    one FMA per kept value (panel path): identical bits, whatever the panel width."""
+    if batch > 8 and ("avx2", 1) in results and ("avx512", 1) in results:
+        np.testing.assert_array_equal(results[("avx2", 1)], results[("avx512", 1)])
 
 
 def _same_per_isa(results):
@@ -64,6 +83,10 @@ def test_gemm24_matches_float64_reference(shape, rng):
     for y in results.values():
         _check(y, x, dense)
     _same_per_isa(results)
+    _panel_isas_agree(results, batch)
+    packed = prune.pack_sparse(c)  # checked once: the same kernels, the same bits
+    for key, y in run_everywhere(lambda: sparse_matmul(x, packed)).items():
+        np.testing.assert_array_equal(y, results[key])
 
 
 @pytest.mark.parametrize("shape", SHAPES_CSR, ids=str)
@@ -78,6 +101,9 @@ def test_csr_matches_float64_and_scipy(shape, density, rng):
     for y in results.values():
         _check(y, x, w)
     _same_per_isa(results)
+    packed = prune.pack_sparse(c)
+    for key, y in run_everywhere(lambda: sparse_matmul(x, packed)).items():
+        np.testing.assert_array_equal(y, results[key])
     scipy = pytest.importorskip("scipy")
     del scipy
     ref = (c.to_scipy().astype(np.float64) @ x.astype(np.float64).T).T
@@ -171,15 +197,68 @@ def test_prefer_sparse_rules(isa):
     w[:, ::16] = 1
     small = to_csr(w)  # density 1/16
     big = CSR(*to_csr(np.eye(4096, dtype=np.float32)), (4096, 4096))
-    avx512 = isa == "avx512"
-    assert prune.prefer_sparse(small, 8) is avx512
-    assert prune.prefer_sparse(small, 1) is False  # too small to amortize a call
-    assert prune.prefer_sparse(big, 1) is avx512
-    assert prune.prefer_sparse(small, 64) is False
+    c24 = compress_24(np.ones((8, 8), np.float32))
+    simd = isa in ("avx2", "avx512")
+    for weight in (small, prune.pack_sparse(small)):
+        assert prune.prefer_sparse(weight, 8) is simd
+        assert prune.prefer_sparse(weight, 1) is False  # too small for batch 1
+        assert prune.prefer_sparse(weight, 64) is False
+    assert prune.prefer_sparse(big, 1) is simd
     assert prune.prefer_sparse(to_csr(np.ones((8, 8), np.float32)), 8) is False  # dense CSR
-    assert prune.prefer_sparse(compress_24(np.ones((8, 8), np.float32)), 4) is avx512
+    for weight in (c24, prune.pack_sparse(c24)):
+        assert prune.prefer_sparse(weight, 1) is simd
+        assert prune.prefer_sparse(weight, 16) is simd
+        assert prune.prefer_sparse(weight, 64) is (isa == "avx512")
+        assert prune.prefer_sparse(weight, 512) is False
+        assert prune.prefer_sparse(weight, 0) is False
     with pytest.raises(TypeError, match="weight"):
         prune.prefer_sparse(w, 1)
+
+
+def test_pack_sparse_is_checked_once_and_immutable(rng):
+    w = rng.standard_normal((5, 16)).astype(np.float32)
+    c24 = compress_24(w)
+    packed = prune.pack_sparse(c24)
+    assert packed.format == "2:4" and packed.shape == (5, 16) and packed.nbytes == c24.nbytes
+    assert "2:4" in repr(packed)
+    for a, b in zip(packed.arrays, c24, strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert not a.flags.writeable
+        with pytest.raises(ValueError):
+            a.setflags(write=True)  # an immutable buffer: the checked structure cannot change
+    c24.values[0, 0] = 7.0  # the caller's arrays stay theirs: the packed copy is a snapshot
+    assert packed.arrays[0][0, 0] != 7.0
+    x = rng.standard_normal((2, 3, 16)).astype(np.float32)
+    y = sparse_matmul(x, packed)
+    assert y.shape == (2, 3, 5)
+    np.testing.assert_array_equal(y.reshape(6, 5), sparse_matmul(x.reshape(6, 16), packed))
+    xs = np.asfortranarray(x.reshape(6, 16))  # a strided x is copied, same result
+    np.testing.assert_array_equal(sparse_matmul(xs, packed), y.reshape(6, 5))
+
+
+@pytest.mark.parametrize("cases", [_bad_24_cases, _bad_csr_cases], ids=["2:4", "csr"])
+def test_pack_sparse_bad_input_raises_and_changes_nothing(cases, rng):
+    x, bad = cases(rng)
+    for (_, weight), error, name in bad:
+        if name == "x" or not isinstance(weight, tuple):
+            continue  # a bad x or a non-weight: below / the TypeError case
+        before = [a.copy() for a in weight]
+        with pytest.raises(error, match=name):
+            prune.pack_sparse(weight)
+        for a, b in zip(before, weight, strict=True):
+            np.testing.assert_array_equal(a, b)
+    good = bad[-1][0][1] if cases is _bad_csr_cases else bad[0][0][1]
+    packed = prune.pack_sparse(good)
+    before = x.copy()
+    with pytest.raises(TypeError, match="x"):
+        sparse_matmul(x.astype(np.float64), packed)
+    with pytest.raises(ValueError, match="x"):
+        sparse_matmul(x[:, :-4].copy(), packed)
+    with pytest.raises(TypeError, match="x"):
+        sparse_matmul(x.tolist(), packed)
+    np.testing.assert_array_equal(x, before)
+    with pytest.raises(TypeError, match="weight"):
+        prune.pack_sparse(np.ones((4, 4), np.float32))
 
 
 @pytest.mark.parametrize("fmt", ["2:4", "csr"])

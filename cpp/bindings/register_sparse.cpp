@@ -27,7 +27,11 @@ py::array new_y(std::size_t batch, std::size_t out) {
 }
 
 // gemm24(x, values, positions) -> y = x @ W^T, W 2:4-compressed (out, in).
-py::array gemm24_py(py::handle x, py::handle values, py::handle positions) {
+// prechecked: the positions were checked when the (read-only) weight was
+// packed (slimgrad.prune.pack_sparse): skip that pass. Dtypes and shapes are
+// always checked; any 2-bit position is in bounds, so a wrong one could only
+// give a wrong result, never a bad read.
+py::array gemm24_py(py::handle x, py::handle values, py::handle positions, bool prechecked) {
   const Array xa = check_x(x);
   const Array va = check_array(values, "values", {DType::f32}, Access::read);
   if (va.ndim() != 2)
@@ -42,7 +46,7 @@ py::array gemm24_py(py::handle x, py::handle values, py::handle positions) {
   if (pa.ndim() != 1 || pa.size() != nbytes)
     throw py::value_error("positions: expected a 1-D uint8 array of " + std::to_string(nbytes) + " bytes for " +
                           std::to_string(kept) + " values, got shape " + dims(pa));
-  if (!positions24_valid(pa.ptr<std::uint8_t>(), kept))
+  if (!prechecked && !positions24_valid(pa.ptr<std::uint8_t>(), kept))
     throw py::value_error("positions: each group's two positions must be distinct and increasing (as compress_24 "
                           "writes them)");
   py::array y = new_y(batch, out);
@@ -70,7 +74,11 @@ void check_indptr(const Array& pa, std::size_t out, std::size_t nnz) {
 }
 
 // spmm_csr(x, data, indices, indptr, out) -> y = x @ W^T, W in CSR (out, in).
-py::array spmm_csr_py(py::handle x, py::handle data, py::handle indices, py::handle indptr, std::size_t out) {
+// prechecked: indptr and the columns were checked when the weight was packed
+// into arrays nobody can write (pack_sparse: immutable buffers), for this
+// in_features (checked again here): skip those passes.
+py::array spmm_csr_py(py::handle x, py::handle data, py::handle indices, py::handle indptr, std::size_t out,
+                      bool prechecked, std::size_t checked_in) {
   const Array xa = check_x(x);
   const auto batch = static_cast<std::size_t>(xa.dim(0)), in = static_cast<std::size_t>(xa.dim(1));
   const Array da = check_array(data, "data", {DType::f32}, Access::read);
@@ -80,13 +88,17 @@ py::array spmm_csr_py(py::handle x, py::handle data, py::handle indices, py::han
   const std::vector<py::ssize_t> ptr_shape{static_cast<py::ssize_t>(out + 1)};
   const Array pa = check_array(indptr, "indptr", {DType::i32, DType::i64}, Access::read, &ptr_shape);
   const std::size_t nnz = da.size();
-  if (pa.dtype == DType::i32)
+  if (prechecked) {
+    if (checked_in != in)
+      throw py::value_error("x: expected " + std::to_string(checked_in) +
+                            " columns (the packed weight's in_features), got shape " + dims(xa));
+  } else if (pa.dtype == DType::i32)
     check_indptr<std::int32_t>(pa, out, nnz);
   else
     check_indptr<std::int64_t>(pa, out, nnz);
   const std::int32_t* cols = ia.ptr<std::int32_t>();
   std::int32_t lo = 0, hi = 0;  // min / max first: a loop the compiler vectorizes
-  for (std::size_t p = 0; p < nnz; ++p) {
+  for (std::size_t p = 0; !prechecked && p < nnz; ++p) {
     lo = std::min(lo, cols[p]);
     hi = std::max(hi, cols[p]);
   }
@@ -109,10 +121,10 @@ py::array spmm_csr_py(py::handle x, py::handle data, py::handle indices, py::han
 }  // namespace
 
 void register_sparse(py::module_& m) {
-  m.def("gemm24", &gemm24_py, py::arg("x"), py::arg("values"), py::arg("positions"),
+  m.def("gemm24", &gemm24_py, py::arg("x"), py::arg("values"), py::arg("positions"), py::arg("prechecked") = false,
         "y = x @ W^T for W (out, in) 2:4-compressed as (values, positions); float32, new y (batch, out).");
   m.def("spmm_csr", &spmm_csr_py, py::arg("x"), py::arg("data"), py::arg("indices"), py::arg("indptr"),
-        py::arg("out_features"),
+        py::arg("out_features"), py::arg("prechecked") = false, py::arg("checked_in") = 0,
         "y = x @ W^T for W (out, in) in CSR (float32 data, int32 indices, int32/int64 indptr); new y.");
 }
 

@@ -4,8 +4,9 @@
 #include "kernels_sparse_simd.hpp"
 
 namespace slimgrad::kernels {
-template void gemm24_rows<Isa::scalar>(const float*, std::size_t, std::size_t, const float*, const std::uint8_t*,
-                                     std::size_t, std::size_t, std::size_t, float*);
+template std::size_t gemm24_panel_width<Isa::scalar>();
+template void gemm24_rows<Isa::scalar>(const float*, const float*, std::size_t, std::size_t, const float*,
+                                     const std::uint8_t*, std::size_t, std::size_t, std::size_t, float*);
 template void spmm_csr_rows<Isa::scalar, std::int32_t>(const float*, std::size_t, std::size_t, const float*,
                                                     const std::int32_t*, const std::int32_t*, std::size_t,
                                                     std::size_t, std::size_t, float*);

@@ -4,11 +4,26 @@
 // never changes a bit of the result.
 #include "slimgrad/sparse.hpp"
 
+#include <algorithm>
 #include <cstring>
+#include <memory>
 
 #include "slimgrad/threading.hpp"
 
 namespace slimgrad {
+
+namespace {
+// Below this many multiply-adds a product runs on the calling thread: waking
+// an OpenMP team costs more than it saves (a 384 x 384 batch-1 product is
+// ~74K, a few microseconds). Same chunks either way, so the same bits.
+constexpr std::size_t kMinParallelWork = std::size_t{1} << 19;
+
+template <class Body>
+void over_row_chunks(std::size_t out, std::size_t work, Body&& body) {
+  if (work >= kMinParallelWork) return parallel_for(out, kSparseRowGrain, body);
+  for (std::size_t r0 = 0; r0 < out; r0 += kSparseRowGrain) body(r0, std::min(out, r0 + kSparseRowGrain));
+}
+}  // namespace
 
 bool positions24_valid(const std::uint8_t* positions, std::size_t kept) {
   // Each byte holds two groups (values 2g, 2g + 1 of a group g share a
@@ -38,12 +53,41 @@ bool positions24_valid(const std::uint8_t* positions, std::size_t kept) {
   return bad == 0;
 }
 
+void pack_panel(const float* x, std::size_t batch, std::size_t in, std::size_t pw, std::size_t p, float* xt) {
+  const std::size_t b0 = p * pw, nb = std::min(pw, batch - b0);
+  // 16 columns at a time: each x row is read in 64-byte pieces while the
+  // 16 destination rows (pw floats each) stay in L1.
+  for (std::size_t c0 = 0; c0 < in; c0 += 16) {
+    const std::size_t c1 = std::min(in, c0 + 16);
+    for (std::size_t j = 0; j < nb; ++j)
+      for (std::size_t c = c0; c < c1; ++c) xt[c * pw + j] = x[(b0 + j) * in + c];
+    for (std::size_t c = c0; c < c1; ++c) std::fill(xt + c * pw + nb, xt + (c + 1) * pw, 0.0f);
+  }
+}
+
 void gemm24(const float* x, std::size_t batch, std::size_t in, const float* values, const std::uint8_t* positions,
             std::size_t out, float* y) {
   if (batch == 0 || out == 0) return;
   dispatch([&](auto isa) {
-    parallel_for(out, kSparseRowGrain, [&](std::size_t r0, std::size_t r1) {
-      kernels::gemm24_rows<decltype(isa)::value>(x, batch, in, values, positions, out, r0, r1, y);
+    constexpr Isa I = decltype(isa)::value;
+    // Above 8 rows of x the SIMD kernels read x packed into batch-contiguous
+    // panels: packed once here (in parallel over panels), read by every
+    // thread. Uninitialized storage: pack_panel writes every entry.
+    const std::size_t pw = kernels::gemm24_panel_width<I>();
+    std::unique_ptr<float[]> xt;
+    if (pw != 0 && batch > 8 && in != 0) {
+      const std::size_t panels = (batch + pw - 1) / pw;
+      xt.reset(new float[panels * pw * in]);
+      auto pack = [&](std::size_t p0, std::size_t p1) {
+        for (std::size_t p = p0; p < p1; ++p) pack_panel(x, batch, in, pw, p, xt.get() + p * pw * in);
+      };
+      if (batch * out * (in / 2) >= kMinParallelWork)
+        parallel_for(panels, 1, pack);
+      else
+        pack(0, panels);
+    }
+    over_row_chunks(out, batch * out * (in / 2), [&](std::size_t r0, std::size_t r1) {
+      kernels::gemm24_rows<I>(x, xt.get(), batch, in, values, positions, out, r0, r1, y);
     });
   });
 }
@@ -53,7 +97,7 @@ void spmm_csr(const float* x, std::size_t batch, std::size_t in, const float* da
               const P* indptr, std::size_t out, float* y) {
   if (batch == 0 || out == 0) return;
   dispatch([&](auto isa) {
-    parallel_for(out, kSparseRowGrain, [&](std::size_t r0, std::size_t r1) {
+    over_row_chunks(out, batch * static_cast<std::size_t>(indptr[out]), [&](std::size_t r0, std::size_t r1) {
       kernels::spmm_csr_rows<decltype(isa)::value, P>(x, batch, in, data, cols, indptr, out, r0, r1, y);
     });
   });

@@ -19,9 +19,15 @@
 namespace slimgrad {
 
 namespace kernels {
-// y[b, r] for r in [r0, r1) and every b: one thread's share.
+// Batch columns per packed x panel of the 2:4 kernels for batches above 8
+// (0: this ISA has no panel path).
 template <Isa I>
-void gemm24_rows(const float* x, std::size_t batch, std::size_t in, const float* values,
+std::size_t gemm24_panel_width();
+// y[b, r] for r in [r0, r1) (r1 - r0 <= kSparseRowGrain) and every b: one
+// thread's share. xt: x packed by pack_panels (batch > 8 and a panel width),
+// else nullptr.
+template <Isa I>
+void gemm24_rows(const float* x, const float* xt, std::size_t batch, std::size_t in, const float* values,
                  const std::uint8_t* positions, std::size_t out, std::size_t r0, std::size_t r1, float* y);
 template <Isa I, class P>
 void spmm_csr_rows(const float* x, std::size_t batch, std::size_t in, const float* data,
@@ -31,6 +37,10 @@ void spmm_csr_rows(const float* x, std::size_t batch, std::size_t in, const floa
 
 // Rows of W per parallel chunk (fixed: the split never depends on threads).
 inline constexpr std::size_t kSparseRowGrain = 32;
+
+// Panel p of x (batch, in) transposed: xt[c * pw + j] = x[p * pw + j, c],
+// zero for batch rows past the end.
+void pack_panel(const float* x, std::size_t batch, std::size_t in, std::size_t pw, std::size_t p, float* xt);
 
 // True when every group's two positions are distinct and increasing (the
 // only packing compress_24 produces); `kept` values, (kept + 3) / 4 bytes.

@@ -3,11 +3,11 @@ from __future__ import annotations
 import numpy
 import typing
 __all__: list[str] = ['gemm24', 'spmm_csr']
-def gemm24(x: typing.Any, values: typing.Any, positions: typing.Any) -> numpy.ndarray:
+def gemm24(x: typing.Any, values: typing.Any, positions: typing.Any, prechecked: bool = False) -> numpy.ndarray:
     """
     y = x @ W^T for W (out, in) 2:4-compressed as (values, positions); float32, new y (batch, out).
     """
-def spmm_csr(x: typing.Any, data: typing.Any, indices: typing.Any, indptr: typing.Any, out_features: typing.SupportsInt | typing.SupportsIndex) -> numpy.ndarray:
+def spmm_csr(x: typing.Any, data: typing.Any, indices: typing.Any, indptr: typing.Any, out_features: typing.SupportsInt | typing.SupportsIndex, prechecked: bool = False, checked_in: typing.SupportsInt | typing.SupportsIndex = 0) -> numpy.ndarray:
     """
     y = x @ W^T for W (out, in) in CSR (float32 data, int32 indices, int32/int64 indptr); new y.
     """

@@ -32,8 +32,8 @@ def format_scale(rows: list[dict[str, Any]]) -> str:
     """The "inference at scale" table (:func:`slimgrad.demo._evaluate.scale_rows`)."""
     lines = [
         "inference at MiniLM's FFN size (384-1536-384, random weights pruned 2:4), where a",
-        "call's fixed cost no longer hides the kernels; 2:4 runs sparse where",
-        "prune.prefer_sparse expects a gain (batches 2-16 on AVX-512), dense otherwise",
+        "call's fixed cost no longer hides the kernels; 2:4 runs sparse where prefer_sparse",
+        "expects a gain (batch <= 64 on AVX-512, <= 16 on AVX2; the student: dense), else dense",
         f"{'batch':>5} {'format':<17} {'ms':>9} {'vs float32':>10}",
     ]
     for r in rows:

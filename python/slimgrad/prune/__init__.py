@@ -17,7 +17,7 @@ from ._masks import (
     structured_mask,
 )
 from ._pruner import PolynomialSchedule, Pruner, SparsityReport, sensitivity
-from ._sparse import prefer_sparse, sparse_linear, sparse_matmul
+from ._sparse import SparseWeight, pack_sparse, prefer_sparse, sparse_linear, sparse_matmul
 from ._storage import (
     CSR,
     Compressed24,
@@ -35,6 +35,7 @@ __all__ = [
     "Compressed24",
     "PolynomialSchedule",
     "Pruner",
+    "SparseWeight",
     "SparsityReport",
     "compress_24",
     "decompress_24",
@@ -43,6 +44,7 @@ __all__ = [
     "magnitude_mask",
     "nm_mask",
     "pack_mask",
+    "pack_sparse",
     "prefer_sparse",
     "random_mask",
     "sensitivity",

@@ -15,9 +15,79 @@ import numpy as np
 from .. import _core
 from ._storage import CSR, Compressed24, _describe, compress_24, decompress_24, to_csr
 
-__all__ = ["prefer_sparse", "sparse_linear", "sparse_matmul"]
+__all__ = ["SparseWeight", "pack_sparse", "prefer_sparse", "sparse_linear", "sparse_matmul"]
 
 _core_sparse = _core.sparse
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """A C-order copy of ``a`` over an immutable buffer: nobody can write it
+    (``setflags(write=True)`` raises), so a check made once stays true."""
+    return np.frombuffer(np.ascontiguousarray(a).tobytes(), a.dtype).reshape(a.shape)
+
+
+class SparseWeight:
+    """A compressed weight checked once, for :func:`sparse_matmul` (see :func:`pack_sparse`).
+
+    Holds immutable copies of the compressed arrays (``arrays``), the
+    ``format`` (``"2:4"`` or ``"csr"``), the dense ``shape`` (out, in),
+    ``nbytes`` and ``density``. Because the arrays cannot change, products
+    skip the per-call structure checks (the 2:4 positions pass, CSR's indptr
+    and column-range passes): at batch 1 on MiniLM-sized weights those
+    passes cost as much as the product.
+    """
+
+    __slots__ = ("arrays", "density", "format", "nbytes", "shape")
+
+    def __init__(self, weight: Compressed24 | CSR) -> None:
+        if isinstance(weight, Compressed24):
+            values, positions = weight
+            self.format = "2:4"
+            self.arrays = (_frozen(values), _frozen(positions))
+            self.density = 0.5
+        elif isinstance(weight, CSR):
+            self.format = "csr"
+            self.arrays = tuple(_frozen(a) for a in weight)
+            self.density = weight.data.size / max(1, weight.shape[0] * weight.shape[1])
+        else:
+            raise TypeError(f"weight: expected a Compressed24 or CSR, got {_describe(weight)}")
+        self.shape = (int(weight.shape[0]), int(weight.shape[-1]))
+        self.nbytes = int(sum(a.nbytes for a in self.arrays))
+        # The full checks, once, on the copies: an empty x runs them alone.
+        packed = (
+            Compressed24(*self.arrays) if self.format == "2:4" else CSR(*self.arrays, self.shape)
+        )
+        sparse_matmul(np.empty((0, self.shape[1]), np.float32), packed)
+
+    def __repr__(self) -> str:
+        return (
+            f"SparseWeight(format={self.format!r}, shape={self.shape}, "
+            f"density={self.density:.3f}, nbytes={self.nbytes:,})"
+        )
+
+
+def pack_sparse(weight: Compressed24 | CSR) -> SparseWeight:
+    """Check a compressed weight once and keep it ready for fast products.
+
+    Parameters
+    ----------
+    weight : Compressed24 or CSR
+        ``compress_24(W)`` (2-D, float32 values) or ``to_csr(W)`` (float32
+        data, int32 indices, int32/int64 indptr). Only read; copied.
+
+    Returns
+    -------
+    SparseWeight
+        Immutable copies of the arrays, checked: :func:`sparse_matmul` with
+        it skips the structure checks every raw ``Compressed24`` / ``CSR``
+        call pays. ``prune.sparse_linear`` packs its weight this way.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`sparse_matmul` for a bad weight; nothing is modified.
+    """
+    return SparseWeight(weight)
 
 
 def _as_x(x: object, in_features: int) -> np.ndarray:
@@ -28,16 +98,17 @@ def _as_x(x: object, in_features: int) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(-1, in_features))
 
 
-def sparse_matmul(x: np.ndarray, weight: Compressed24 | CSR) -> np.ndarray:
+def sparse_matmul(x: np.ndarray, weight: Compressed24 | CSR | SparseWeight) -> np.ndarray:
     """``x @ W.T`` for a weight ``W`` (out, in) stored compressed, without densifying it.
 
     Parameters
     ----------
     x : ndarray, float32, shape (..., in)
         Any layout (a strided ``x`` is copied once to C order). Only read.
-    weight : Compressed24 or CSR
+    weight : Compressed24, CSR or SparseWeight
         ``compress_24(W)`` (float32 values, ``in`` divisible by 4) or
-        ``to_csr(W)`` (float32 data, int32 indices, int32/int64 indptr).
+        ``to_csr(W)`` (float32 data, int32 indices, int32/int64 indptr),
+        checked on every call; or ``pack_sparse(...)`` of one, checked once.
 
     Returns
     -------
@@ -54,6 +125,19 @@ def sparse_matmul(x: np.ndarray, weight: Compressed24 | CSR) -> np.ndarray:
         Mismatched shapes, a 2:4 packing that ``compress_24`` cannot have
         written, or an inconsistent CSR structure. Nothing is modified.
     """
+    if type(weight) is SparseWeight:  # checked when packed: dtype/shape of x only
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+            raise TypeError(f"x: expected a float32 ndarray, got {_describe(x)}")
+        out_f, in_f = weight.shape
+        if x.ndim == 2 and x.shape[1] == in_f and x.flags.c_contiguous:
+            x2 = x
+        else:
+            x2 = _as_x(x, in_f)
+        if weight.format == "2:4":
+            y = _core_sparse.gemm24(x2, *weight.arrays, prechecked=True)
+        else:
+            y = _core_sparse.spmm_csr(x2, *weight.arrays, out_f, prechecked=True, checked_in=in_f)
+        return y if x2 is x else y.reshape(*x.shape[:-1], out_f)
     if isinstance(weight, Compressed24):
         values, positions = weight
         if not isinstance(values, np.ndarray) or values.ndim != 2:
@@ -70,46 +154,60 @@ def sparse_matmul(x: np.ndarray, weight: Compressed24 | CSR) -> np.ndarray:
 
 
 # Cost model, from `slimgrad bench --suite sparse` at 1 thread on AMD EPYC
-# (Zen 4, AVX-512), docs/sparse.md. Both formats beat NumPy float32 at batch
-# 8 on every measured shape (1.6-2.4x); at batch 64 and 512 they lose (BLAS
-# packs x and runs at FMA peak; the 2:4 kernel pays a permute and two loads
-# per 16 products, CSR a gather). At batch 1 the product is a stream over W:
-# sparse wins only when W is large enough for the bytes saved to outweigh
-# the fixed cost of a call (checks, dispatch): measured on 4096 x 4096, not
-# on the 384-wide MiniLM shapes (about 0.5-0.9x there).
-_MAX_BATCH = 16
-_MIN_WEIGHTS_BATCH1 = 4_000_000
+# (Zen 4; AVX-512 and SLIMGRAD_ISA=avx2), weights packed once, docs/sparse.md.
+# 2:4 beats NumPy float32 at batch 8 on every shape (1.4-2.3x); at batch 64
+# with AVX-512's 32-wide panels on 3 of 4 shapes (1.07-1.25x, 0.69x on
+# 1536x384), with AVX2 on 2 of 4; at batch 512 on none (0.54-0.75x: BLAS
+# reuses both operands from registers, the panel kernel only x). At batch 1
+# 2:4 streams half the bytes: 0.9-2.6x, noisy under load. CSR at 90 %
+# sparsity: batch 8 on every shape (1.5-3.8x), batch 1 reliably only on
+# 4096x4096 (3.5-5x; 0.4-1.4x on the MiniLM shapes), never at 64 or 512.
+_MAX_BATCH_24 = {"avx512": 64, "avx2": 16}
+_MAX_BATCH_CSR = 16
+_MIN_WEIGHTS_CSR_BATCH1 = 4_000_000
 # CSR was measured at 90 % sparsity; denser weights go dense (not measured).
 _CSR_MAX_DENSITY = 0.1
 
 
-def prefer_sparse(weight: Compressed24 | CSR, batch: int) -> bool:
+def prefer_sparse(weight: Compressed24 | CSR | SparseWeight, batch: int) -> bool:
     """Whether :func:`sparse_matmul` is expected to beat a dense float32 product.
 
-    A rule read off measurements (``docs/sparse.md``, AMD Zen 4, AVX-512, one
-    thread), not a guarantee: sparse for ``2 <= batch <= 16``, and at batch 1
-    for weights of at least 4M entries; CSR only at density <= 10 %. On an
-    ISA below AVX-512 the portable kernels run and dense is always preferred.
+    A rule read off measurements (``docs/sparse.md``, AMD Zen 4, one thread),
+    not a guarantee. 2:4: ``1 <= batch <= 64`` with AVX-512, ``<= 16`` with
+    AVX2. CSR at density <= 10 %: ``2 <= batch <= 16``, and batch 1 for
+    weights of at least 4M entries. Never on the scalar ISA.
 
     Parameters
     ----------
-    weight : Compressed24 or CSR
+    weight : Compressed24, CSR or SparseWeight
     batch : int
         Rows of ``x`` (the product of its leading dimensions).
 
     Raises
     ------
     TypeError
-        ``weight`` is neither a Compressed24 nor a CSR.
+        ``weight`` is none of these.
     """
-    if not isinstance(weight, Compressed24 | CSR):
-        raise TypeError(f"weight: expected a Compressed24 or CSR, got {_describe(weight)}")
+    if isinstance(weight, SparseWeight):
+        fmt, density = weight.format, weight.density
+    elif isinstance(weight, Compressed24):
+        fmt, density = "2:4", 0.5
+    elif isinstance(weight, CSR):
+        fmt, density = "csr", weight.data.size / max(1, weight.shape[0] * weight.shape[1])
+    else:
+        raise TypeError(
+            f"weight: expected a Compressed24, CSR or SparseWeight, got {_describe(weight)}"
+        )
+    isa = _core.active_isa()
+    isa = "avx512" if isa.startswith("avx512") else isa
+    if isa not in _MAX_BATCH_24 or batch < 1:
+        return False
+    if fmt == "2:4":
+        return batch <= _MAX_BATCH_24[isa]
     rows, cols = weight.shape[0], weight.shape[-1]
-    if isinstance(weight, CSR) and weight.data.size > _CSR_MAX_DENSITY * rows * cols:
+    if density > _CSR_MAX_DENSITY or batch > _MAX_BATCH_CSR:
         return False
-    if _core.active_isa() != "avx512" or batch < 1 or batch > _MAX_BATCH:
-        return False
-    return batch > 1 or rows * cols >= _MIN_WEIGHTS_BATCH1
+    return batch > 1 or rows * cols >= _MIN_WEIGHTS_CSR_BATCH1
 
 
 def sparse_linear(layer, fmt: str | None = "2:4"):
@@ -127,7 +225,8 @@ def sparse_linear(layer, fmt: str | None = "2:4"):
     Returns
     -------
     Compressed24, CSR or None
-        The compressed copy the layer now uses.
+        The compressed copy; the layer uses :func:`pack_sparse` of it
+        (checked once, so a call pays no structure checks).
 
     The copy is a snapshot: call again after changing the weight. Each
     ``forward`` uses :func:`sparse_matmul` where :func:`prefer_sparse`
@@ -165,12 +264,13 @@ def sparse_linear(layer, fmt: str | None = "2:4"):
         sparse = to_csr(weight)
     else:
         raise ValueError(f"fmt: expected '2:4', 'csr' or None, got {fmt!r}")
+    packed = pack_sparse(sparse)
     in_features = weight.shape[1]
 
     def product(x: np.ndarray) -> np.ndarray | None:
-        if not prefer_sparse(sparse, x.size // max(1, in_features)):
+        if not prefer_sparse(packed, x.size // max(1, in_features)):
             return None
-        return sparse_matmul(x, sparse)
+        return sparse_matmul(x, packed)
 
     product.__name__ = "2:4" if fmt == "2:4" else "csr"
     layer.set_product(product)

@@ -1,0 +1,408 @@
+// Hand-written x86 sparse kernels (AVX2 + FMA and AVX-512), included by
+// kernels_sparse_simd.hpp and compiled once per ISA unit.
+//  - 2:4, batch <= 8: a chunk of kept values (16 for AVX-512, 8 for AVX2,
+//    twice as many x columns) becomes a permutation index from its 2-bit
+//    positions (one broadcast load when rows start on a byte). AVX-512:
+//    srlv + vpternlogd (& 3 | group base), one vpermt2ps over two 16-float
+//    x loads. AVX2: x is regrouped once per chunk (vperm2f128) so each
+//    value's 4 candidates share its 128-bit lane; two vpermilps (low 2 bits
+//    only: no mask) and a blend. One FMA per chunk and batch row. Several W
+//    rows share each x load (4 at batch 1: four independent FMA chains and
+//    one 4-way horizontal sum).
+//  - 2:4, batch > 8 (panels): x packed once per call into batch-contiguous
+//    panels (xt[panel][column][PW], PW = 32 for AVX-512, 16 for AVX2,
+//    zero-padded, see pack_panel). Per kept value the micro-kernel
+//    broadcasts the weight and FMAs it over PW batch columns of the x row
+//    its position selects (a 256-entry table turns a positions byte into 4
+//    offsets), 4 W rows at a time. Columns in blocks of 2048 / PW values
+//    (16 KB of panel, L1-resident) while the thread's rows run over the
+//    block; partial sums wait in a small buffer.
+//  - CSR: vgatherdps of x at 16 / 8 column indices, up to 8 batch rows per
+//    decoded chunk; at batch 1, 4 rows share one horizontal sum.
+//  - Tails: masked loads (zero lanes add 0 * 0), never reading past a buffer.
+//  - Rounding: float32 FMA. Small-batch paths keep lane partial sums reduced
+//    in a fixed tree; the panel path sums every y entry in k order, one FMA
+//    per kept value, so AVX2 and AVX-512 give identical bits there. Results
+//    depend on shapes only, never on the thread count.
+#pragma once
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+// Helpers whose inlining matters: an out-of-line call taking an accumulator
+// array's address keeps the accumulators in memory through a whole loop.
+#define SLIMGRAD_INLINE inline __attribute__((always_inline))
+#define SLIMGRAD_LAMBDA_INLINE __attribute__((always_inline))
+
+namespace slimgrad::kernels {
+namespace {
+
+constexpr std::size_t kTileBatch = 8;
+
+// Calls fn(std::integral_constant<size_t, n>) for 1 <= n <= 8 (n clamped).
+template <class Fn>
+void with_count(std::size_t n, Fn&& fn) {
+  switch (n) {
+    case 1: return fn(std::integral_constant<std::size_t, 1>{});
+    case 2: return fn(std::integral_constant<std::size_t, 2>{});
+    case 3: return fn(std::integral_constant<std::size_t, 3>{});
+    case 4: return fn(std::integral_constant<std::size_t, 4>{});
+    case 5: return fn(std::integral_constant<std::size_t, 5>{});
+    case 6: return fn(std::integral_constant<std::size_t, 6>{});
+    case 7: return fn(std::integral_constant<std::size_t, 7>{});
+    default: return fn(std::integral_constant<std::size_t, 8>{});
+  }
+}
+
+// W rows sharing an x chunk in the small-batch path: enough for 4
+// independent accumulators, the x loads amortized over the rows.
+constexpr std::size_t rows_for(std::size_t nb) { return nb >= 4 ? 1 : nb == 1 ? 4 : 2; }
+
+// Up to 8 bytes of positions starting at byte `first`, never past nbytes.
+inline std::uint64_t position_word(const std::uint8_t* positions, std::size_t nbytes, std::size_t first) {
+  std::uint64_t bits;
+  if (first + 8 <= nbytes) {  // the common case: a fixed-size copy, one load
+    std::memcpy(&bits, positions + first, 8);
+  } else {
+    bits = 0;
+    std::memcpy(&bits, positions + first, nbytes - first);
+  }
+  return bits;
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+
+// ---------------------------------------------------------------- panels
+struct Ymm {
+  using V = __m256;
+  static constexpr std::size_t L = 8;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static V fma(const float* w, V x, V acc) { return _mm256_fmadd_ps(_mm256_broadcast_ss(w), x, acc); }
+};
+#if defined(__AVX512F__)
+struct Zmm {
+  using V = __m512;
+  static constexpr std::size_t L = 16;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V fma(const float* w, V x, V acc) { return _mm512_fmadd_ps(_mm512_set1_ps(*w), x, acc); }
+};
+#endif
+
+// Byte offsets into a panel block of PW-float columns for the 4 values a
+// positions byte describes (2 groups: columns 0-3 and 4-7 of the block):
+// one table load per value instead of shifts and masks.
+template <std::size_t PW>
+struct PanelOffsets {
+  std::uint16_t at[256][4];
+  constexpr PanelOffsets() : at{} {
+    for (unsigned b = 0; b < 256; ++b) {
+      const unsigned col[4] = {b & 3u, (b >> 2) & 3u, 4 + ((b >> 4) & 3u), 4 + (b >> 6)};
+      for (unsigned j = 0; j < 4; ++j) at[b][j] = static_cast<std::uint16_t>(col[j] * PW * sizeof(float));
+    }
+  }
+};
+template <std::size_t PW>
+inline constexpr PanelOffsets<PW> kPanelOffsets{};
+
+// R rows starting at r, kept values [k0, k1) (both even), over one panel
+// (column c at xt + c * PW); partial sums in buf (R x PW). Aligned: every
+// row starts on a positions byte and k0 % 4 == 0 (4 values per byte).
+template <class T, std::size_t R, std::size_t NV>
+void panel24(const float* xt, const float* values, const std::uint8_t* positions, std::size_t half, std::size_t r,
+             std::size_t k0, std::size_t k1, float* buf) {
+  constexpr std::size_t PW = NV * T::L;
+  typename T::V acc[R][NV];
+  for (std::size_t i = 0; i < R; ++i)
+    for (std::size_t j = 0; j < NV; ++j) acc[i][j] = T::load(buf + i * PW + j * T::L);
+  auto step = [&](std::size_t i, const float* xv, const float* w) SLIMGRAD_LAMBDA_INLINE {
+    for (std::size_t j = 0; j < NV; ++j) acc[i][j] = T::fma(w, T::load(xv + j * T::L), acc[i][j]);
+  };
+  std::size_t k = k0;
+  if (half % 4 == 0 && k0 % 4 == 0) {
+    const auto& lut = kPanelOffsets<PW>.at;
+    for (; k + 4 <= k1; k += 4) {  // two groups = 8 columns from 2k: one positions byte per row
+      const auto* xg = reinterpret_cast<const char*>(xt + 2 * k * PW);
+      for (std::size_t i = 0; i < R; ++i) {
+        const std::size_t v = (r + i) * half + k;
+        const std::uint16_t* off = lut[positions[v >> 2]];
+        for (std::size_t q = 0; q < 4; ++q) step(i, reinterpret_cast<const float*>(xg + off[q]), values + v + q);
+      }
+    }
+  }
+  for (; k < k1; k += 2) {  // one group of 4 columns: 2 kept values
+    const float* xg = xt + 2 * k * PW;
+    for (std::size_t i = 0; i < R; ++i) {
+      const std::size_t v = (r + i) * half + k;  // even: the group's nibble
+      const unsigned nib = (positions[v >> 2] >> (2 * (v & 3))) & 15u;
+      step(i, xg + (nib & 3u) * PW, values + v);
+      step(i, xg + (nib >> 2) * PW, values + v + 1);
+    }
+  }
+  for (std::size_t i = 0; i < R; ++i)
+    for (std::size_t j = 0; j < NV; ++j) T::store(buf + i * PW + j * T::L, acc[i][j]);
+}
+
+// Rows [r0, r1) (at most kSparseRowGrain) of y for every batch row, from
+// the packed panels.
+template <class T, std::size_t NV, std::size_t R>
+void gemm24_panels(const float* xt, std::size_t batch, std::size_t in, const float* values,
+                   const std::uint8_t* positions, std::size_t out, std::size_t r0, std::size_t r1, float* y) {
+  constexpr std::size_t PW = NV * T::L, KB = 2048 / PW;  // 16 KB of panel per block
+  static_assert(KB % 4 == 0, "k blocks start on positions bytes");
+  const std::size_t half = in / 2, rows = r1 - r0;
+  alignas(64) float buf[kSparseRowGrain * PW];
+  for (std::size_t p = 0; p * PW < batch; ++p) {
+    const float* xp = xt + p * in * PW;
+    std::fill(buf, buf + rows * PW, 0.0f);
+    for (std::size_t k0 = 0; k0 < half; k0 += KB) {
+      const std::size_t k1 = std::min(half, k0 + KB);
+      std::size_t r = r0;
+      for (; r + R <= r1; r += R) panel24<T, R, NV>(xp, values, positions, half, r, k0, k1, buf + (r - r0) * PW);
+      if (r < r1)
+        with_count(r1 - r, [&](auto n) {
+          panel24<T, decltype(n)::value, NV>(xp, values, positions, half, r, k0, k1, buf + (r - r0) * PW);
+        });
+    }
+    const std::size_t nb = std::min(PW, batch - p * PW);
+    for (std::size_t j = 0; j < nb; ++j)
+      for (std::size_t i = 0; i < rows; ++i) y[(p * PW + j) * out + r0 + i] = buf[i * PW + j];
+  }
+}
+
+// --------------------------------------------------------- AVX2 small batch
+inline __m256i mask8(std::size_t n) {  // first n lanes set
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lanes);
+}
+
+
+SLIMGRAD_INLINE float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+// The 4 horizontal sums of a, b, c, d (fixed order).
+SLIMGRAD_INLINE __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+  return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+#if defined(__AVX512F__)
+SLIMGRAD_INLINE __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d);
+SLIMGRAD_INLINE float hsum(__m512 v);
+#endif
+
+// acc[0..N) horizontal sums into s, 4 at a time where possible. Inlined
+// (an out-of-line call would take acc's address and keep the accumulators
+// in memory through the whole loop: measured 3x slower).
+template <std::size_t N, class V>
+SLIMGRAD_INLINE void hsums(const V (&acc)[N], float* s) {
+  std::size_t i = 0;
+  for (; i + 4 <= N; i += 4) _mm_storeu_ps(s + i, hsum4(acc[i], acc[i + 1], acc[i + 2], acc[i + 3]));
+  for (; i < N; ++i) s[i] = hsum(acc[i]);
+}
+
+// R W rows (from r) x NB batch rows: y[j * out + r + i] for the full row.
+// A chunk is 8 values = 16 columns from 2k. x is regrouped once per chunk
+// (shared by the R rows) so that every value's 4 candidates sit in its own
+// 128-bit lane: A = groups 0 and 2, B = groups 1 and 3; vpermilps then
+// needs only the 2-bit position (it ignores the higher bits: no mask) and
+// a blend takes lanes 2-3 and 6-7 from B.
+template <std::size_t R, std::size_t NB>
+void tile24_avx2(const float* x, std::size_t in, const float* values, const std::uint8_t* positions,
+                 std::size_t nbytes, std::size_t r, float* y, std::size_t out) {
+  const std::size_t half = in / 2;
+  const __m256i shifts = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+  __m256 acc[R * NB];
+  for (auto& a : acc) a = _mm256_setzero_ps();
+  // One chunk; bits(i) gives row i's 16 position bits in the low half of
+  // every 32-bit lane.
+  auto chunk = [&](std::size_t k, std::size_t t, auto bits) SLIMGRAD_LAMBDA_INLINE {
+    __m256 ga[NB], gb[NB];
+    for (std::size_t j = 0; j < NB; ++j) {
+      __m256 lo, hi;
+      if (t == 8) {
+        lo = _mm256_loadu_ps(x + j * in + 2 * k);
+        hi = _mm256_loadu_ps(x + j * in + 2 * k + 8);
+      } else {  // t even: 2t columns, the first 8 in lo
+        lo = _mm256_maskload_ps(x + j * in + 2 * k, mask8(2 * t));
+        hi = _mm256_maskload_ps(x + j * in + 2 * k + 8, mask8(2 * t > 8 ? 2 * t - 8 : 0));
+      }
+      ga[j] = _mm256_permute2f128_ps(lo, hi, 0x20);
+      gb[j] = _mm256_permute2f128_ps(lo, hi, 0x31);
+    }
+    for (std::size_t i = 0; i < R; ++i) {
+      const std::size_t v = (r + i) * half + k;
+      const __m256i idx = _mm256_srlv_epi32(bits(i, v), shifts);
+      const __m256 w = t == 8 ? _mm256_loadu_ps(values + v) : _mm256_maskload_ps(values + v, mask8(t));
+      for (std::size_t j = 0; j < NB; ++j) {
+        const __m256 g = _mm256_blend_ps(_mm256_permutevar_ps(ga[j], idx), _mm256_permutevar_ps(gb[j], idx), 0xCC);
+        acc[i * NB + j] = _mm256_fmadd_ps(w, g, acc[i * NB + j]);
+      }
+    }
+  };
+  std::size_t k = 0;
+  if (half % 4 == 0) {  // every row starts on a byte: a chunk's bits are 2 whole bytes
+    for (; k + 8 <= half; k += 8)
+      chunk(k, 8, [&](std::size_t, std::size_t v) {
+        std::int16_t b;
+        std::memcpy(&b, positions + (v >> 2), 2);
+        return _mm256_set1_epi16(b);  // vpbroadcastw: srlv by <= 14 reads only the low copy
+      });
+  }
+  for (; k < half; k += 8)
+    chunk(k, std::min<std::size_t>(8, half - k), [&](std::size_t, std::size_t v) {
+      return _mm256_set1_epi32(static_cast<int>(position_word(positions, nbytes, v >> 2) >> (2 * (v & 3))));
+    });
+  float s[R * NB];
+  hsums(acc, s);
+  for (std::size_t i = 0; i < R; ++i)
+    for (std::size_t j = 0; j < NB; ++j) y[j * out + r + i] = s[i * NB + j];
+}
+
+// R CSR rows (from r) x NB batch rows, gathers of 8 columns.
+template <class P, std::size_t R, std::size_t NB>
+void tile_csr_avx2(const float* x, std::size_t in, const float* data, const std::int32_t* cols, const P* indptr,
+                   std::size_t r, float* y, std::size_t out) {
+  __m256 acc[R * NB];
+  for (std::size_t i = 0; i < R; ++i) {
+    for (std::size_t j = 0; j < NB; ++j) acc[i * NB + j] = _mm256_setzero_ps();
+    const auto p0 = static_cast<std::size_t>(indptr[r + i]), p1 = static_cast<std::size_t>(indptr[r + i + 1]);
+    std::size_t p = p0;
+    for (; p + 8 <= p1; p += 8) {
+      const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cols + p));
+      const __m256 w = _mm256_loadu_ps(data + p);
+      for (std::size_t j = 0; j < NB; ++j)
+        acc[i * NB + j] = _mm256_fmadd_ps(w, _mm256_i32gather_ps(x + j * in, idx, 4), acc[i * NB + j]);
+    }
+    if (p < p1) {
+      const __m256i m = mask8(p1 - p);
+      const __m256i idx = _mm256_maskload_epi32(cols + p, m);
+      const __m256 w = _mm256_maskload_ps(data + p, m);
+      for (std::size_t j = 0; j < NB; ++j)
+        acc[i * NB + j] = _mm256_fmadd_ps(
+            w, _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x + j * in, idx, _mm256_castsi256_ps(m), 4),
+            acc[i * NB + j]);
+    }
+  }
+  float s[R * NB];
+  hsums(acc, s);
+  for (std::size_t i = 0; i < R; ++i)
+    for (std::size_t j = 0; j < NB; ++j) y[j * out + r + i] = s[i * NB + j];
+}
+#endif  // AVX2 + FMA
+
+#if defined(__AVX512F__)
+// ------------------------------------------------------- AVX-512 small batch
+inline __mmask16 mask16(std::size_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+}
+
+SLIMGRAD_INLINE __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  auto fold = [](__m512 v) {
+    return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  };
+  return hsum4(fold(a), fold(b), fold(c), fold(d));
+}
+SLIMGRAD_INLINE float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+// As tile24_avx2 with 16 values = 32 columns per chunk: vpermt2ps picks
+// from both 16-float loads, so the index is position + the group's base.
+template <std::size_t R, std::size_t NB>
+void tile24_avx512(const float* x, std::size_t in, const float* values, const std::uint8_t* positions,
+                   std::size_t nbytes, std::size_t r, float* y, std::size_t out) {
+  const std::size_t half = in / 2;
+  const __m512i shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i base = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
+  const __m512i three = _mm512_set1_epi32(3);
+  __m512 acc[R * NB];
+  for (auto& a : acc) a = _mm512_setzero_ps();
+  auto chunk = [&](std::size_t k, std::size_t t, auto bits) SLIMGRAD_LAMBDA_INLINE {
+    const __mmask16 m0 = mask16(2 * t), m1 = mask16(2 * t > 16 ? 2 * t - 16 : 0), mw = mask16(t);
+    __m512 lo[NB], hi[NB];
+    for (std::size_t j = 0; j < NB; ++j) {
+      lo[j] = _mm512_maskz_loadu_ps(m0, x + j * in + 2 * k);
+      hi[j] = _mm512_maskz_loadu_ps(m1, x + j * in + 2 * k + 16);
+    }
+    for (std::size_t i = 0; i < R; ++i) {
+      const std::size_t v = (r + i) * half + k;
+      // (bits >> 2l) & 3 | base: vpternlogd 0xEA = (A & B) | C
+      const __m512i idx = _mm512_ternarylogic_epi32(_mm512_srlv_epi32(bits(i, v), shifts), three, base, 0xEA);
+      const __m512 w = _mm512_maskz_loadu_ps(mw, values + v);
+      for (std::size_t j = 0; j < NB; ++j)
+        acc[i * NB + j] = _mm512_fmadd_ps(w, _mm512_permutex2var_ps(lo[j], idx, hi[j]), acc[i * NB + j]);
+    }
+  };
+  std::size_t k = 0;
+  if (half % 4 == 0) {  // every row starts on a byte: a chunk's 32 bits are 4 whole bytes
+    for (; k + 16 <= half; k += 16)
+      chunk(k, 16, [&](std::size_t, std::size_t v) {
+        std::int32_t b;
+        std::memcpy(&b, positions + (v >> 2), 4);
+        return _mm512_set1_epi32(b);  // vpbroadcastd from memory
+      });
+  }
+  for (; k < half; k += 16)
+    chunk(k, std::min<std::size_t>(16, half - k), [&](std::size_t, std::size_t v) {
+      return _mm512_set1_epi32(static_cast<int>(position_word(positions, nbytes, v >> 2) >> (2 * (v & 3))));
+    });
+  float s[R * NB];
+  hsums(acc, s);
+  for (std::size_t i = 0; i < R; ++i)
+    for (std::size_t j = 0; j < NB; ++j) y[j * out + r + i] = s[i * NB + j];
+}
+
+template <class P, std::size_t R, std::size_t NB>
+void tile_csr_avx512(const float* x, std::size_t in, const float* data, const std::int32_t* cols, const P* indptr,
+                     std::size_t r, float* y, std::size_t out) {
+  __m512 acc[R * NB];
+  for (std::size_t i = 0; i < R; ++i) {
+    for (std::size_t j = 0; j < NB; ++j) acc[i * NB + j] = _mm512_setzero_ps();
+    const auto p0 = static_cast<std::size_t>(indptr[r + i]), p1 = static_cast<std::size_t>(indptr[r + i + 1]);
+    std::size_t p = p0;
+    for (; p + 16 <= p1; p += 16) {
+      const __m512i idx = _mm512_loadu_si512(cols + p);
+      const __m512 w = _mm512_loadu_ps(data + p);
+      for (std::size_t j = 0; j < NB; ++j)
+        acc[i * NB + j] = _mm512_fmadd_ps(w, _mm512_i32gather_ps(idx, x + j * in, 4), acc[i * NB + j]);
+    }
+    if (p < p1) {
+      const __mmask16 m = mask16(p1 - p);
+      const __m512i idx = _mm512_maskz_loadu_epi32(m, cols + p);
+      const __m512 w = _mm512_maskz_loadu_ps(m, data + p);
+      for (std::size_t j = 0; j < NB; ++j)
+        acc[i * NB + j] = _mm512_fmadd_ps(w, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, x + j * in, 4),
+                                          acc[i * NB + j]);
+    }
+  }
+  float s[R * NB];
+  hsums(acc, s);
+  for (std::size_t i = 0; i < R; ++i)
+    for (std::size_t j = 0; j < NB; ++j) y[j * out + r + i] = s[i * NB + j];
+}
+#endif  // AVX-512
+
+// Runs tile<R, NB>(r) over rows [r0, r1) for NB = nb (<= kTileBatch): R rows
+// at a time (rows_for(NB)), then the remaining rows one by one.
+template <class Tile>
+void over_rows(std::size_t nb, std::size_t r0, std::size_t r1, Tile&& tile) {
+  with_count(nb, [&](auto b) {
+    constexpr std::size_t NB = decltype(b)::value, R = rows_for(NB);
+    std::size_t r = r0;
+    for (; r + R <= r1; r += R) tile(std::integral_constant<std::size_t, R>{}, b, r);
+    for (; r < r1; ++r) tile(std::integral_constant<std::size_t, 1>{}, b, r);
+  });
+}
+
+}  // namespace
+}  // namespace slimgrad::kernels
