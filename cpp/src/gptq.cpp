@@ -165,6 +165,23 @@ Factor inverse_factor(const double* h, std::size_t cols, bool act_order, double 
   return p;
 }
 
+bool is_symmetric(const double* h, std::size_t n, double rtol, double atol) {
+  constexpr std::size_t kb = 64;  // two 64 x 64 double blocks fit in L1/L2
+  for (std::size_t i0 = 0; i0 < n; i0 += kb)
+    for (std::size_t j0 = i0; j0 < n; j0 += kb) {
+      const std::size_t i1 = std::min(n, i0 + kb), j1 = std::min(n, j0 + kb);
+      bool ok = true;
+      for (std::size_t i = i0; i < i1; ++i)
+        for (std::size_t j = j0; j < j1; ++j) {
+          const double a = h[i * n + j], b = h[j * n + i];
+          // np.allclose's elementwise test at both (i, j) and (j, i)
+          ok &= std::abs(a - b) <= atol + rtol * std::min(std::abs(a), std::abs(b));
+        }
+      if (!ok) return false;
+    }
+  return true;
+}
+
 double quantize(const float* w, std::size_t rows, std::size_t cols, const double* h, const QuantOptions& opt,
                 std::uint8_t* codes, float* scale, std::int32_t* zero_point) {
   if (rows == 0 || cols == 0) return 0.0;

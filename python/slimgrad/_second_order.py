@@ -70,23 +70,9 @@ def check_layer(w: object, H: object) -> tuple[np.ndarray, np.ndarray]:
         if bad.size:
             index = tuple(int(i) for i in np.unravel_index(bad[0], arr.shape))
             raise ValueError(f"{label}: non-finite value {arr.flat[bad[0]]} at index {index}")
-    if h64.size and not _symmetric(h64, rtol=1e-5, atol=1e-8 * float(np.abs(h64).max())):
+    if h64.size and not _core.gptq.is_symmetric(h64, 1e-5, 1e-8 * float(np.abs(h64).max())):
         raise ValueError("H: expected a symmetric matrix (X^T X), got an asymmetric one")
     return w32, h64
-
-
-def _symmetric(h: np.ndarray, rtol: float, atol: float, block: int = 128) -> bool:
-    """``np.allclose(h, h.T, rtol, atol)`` by square blocks: the whole
-    transposed comparison reads ``h.T`` column-wise and takes longer than
-    GPTQ itself on a 1536 x 1536 H."""
-    n = h.shape[0]
-    for i in range(0, n, block):
-        for j in range(i, n, block):
-            a, b = h[i : i + block, j : j + block], h[j : j + block, i : i + block].T
-            # np.allclose's test for finite values (check_layer refused the others)
-            if not np.all(np.abs(a - b) <= atol + rtol * np.abs(b)):
-                return False
-    return True
 
 
 def check_real(value: object, label: str, low: float, high: float = float("inf")) -> float:
@@ -108,24 +94,46 @@ def check_int(value: object, label: str, low: int) -> int:
     return int(value)
 
 
+def _tri_mul(t: np.ndarray, b: np.ndarray, lower: bool, leaf: int = 96) -> np.ndarray:
+    """``t @ b`` for a triangular ``t`` (lower or upper; the other half
+    holds zeros) by halves, so the zero quarter costs nothing: half the flops
+    of the full GEMM, still all GEMMs (NumPy has no ``trmm``)."""
+    k = t.shape[0]
+    if k <= leaf:
+        return t @ b
+    h = k // 2
+    out = np.empty((k, b.shape[1]))
+    out[:h] = _tri_mul(t[:h, :h], b[:h], lower, leaf)
+    out[h:] = _tri_mul(t[h:, h:], b[h:], lower, leaf)
+    if lower:
+        out[h:] += t[h:, :h] @ b[:h]
+    else:
+        out[:h] += t[:h, h:] @ b[h:]
+    return out
+
+
 def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
     """``L^-1`` for the lower Cholesky factor ``L L^T = h``, by halves, so the
     work is GEMMs (BLAS; NumPy has no ``trtri``, and its float32 ``cholesky``
     alone takes longer than this): with ``h = [[A, B^T], [B, C]]``,
     ``X1 = L_A^-1``, ``L21 = B X1^T``, ``X2`` the inverse factor of the Schur
-    complement ``C - L21 L21^T``, and ``L^-1 = [[X1, 0], [-X2 L21 X1, X2]]``.
+    complement ``C - L21 L21^T`` (``syrk``: NumPy spots ``a @ a.T``), and
+    ``L^-1 = [[X1, 0], [-X2 L21 X1, X2]]``. The products with the triangular
+    ``X1``, ``X2`` go through :func:`_tri_mul`: ``n^3 / 3`` flops for the
+    Cholesky and ``n^3 / 3`` for the inverse, as LAPACK's.
     Raises ``np.linalg.LinAlgError`` if ``h`` is not positive definite."""
     n = h.shape[0]
     if n <= 128:
         return np.tril(np.linalg.inv(np.linalg.cholesky(h)))
     k = n // 2
     x1 = _inverse_cholesky(h[:k, :k])
-    l21 = h[k:, :k] @ x1.T
+    l21 = _tri_mul(x1, h[k:, :k].T, lower=True).T  # B X1^T = (X1 B^T)^T
     x2 = _inverse_cholesky(h[k:, k:] - l21 @ l21.T)
     out = np.zeros_like(h)
     out[:k, :k] = x1
     out[k:, k:] = x2
-    out[k:, :k] = -(x2 @ (l21 @ x1))
+    l21x1 = _tri_mul(x1.T, l21.T, lower=False).T  # L21 X1 = (X1^T L21^T)^T
+    np.negative(_tri_mul(x2, l21x1, lower=True), out=out[k:, :k])
     return out
 
 
@@ -150,7 +158,7 @@ def inverse_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.nd
     diag[dead] = 1.0
     order = np.argsort(-diag, kind="stable") if act_order else np.arange(n)
     rev = order[::-1]  # the order-reversed H: U = J L^-1 J
-    hp = h64[np.ix_(rev, rev)]
+    hp = h64.take(rev, axis=0).take(rev, axis=1)  # two gathers: faster than np.ix_
     hp[np.diag_indices(n)] = diag[rev] + damp * float(np.mean(diag))
     try:
         linv = _inverse_cholesky(hp)
