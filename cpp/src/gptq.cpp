@@ -81,16 +81,22 @@ struct PackedU {
   }
 };
 
+// Columns per sub-block inside a lazy batch: errors spread by rank-1 updates
+// only within a sub-block, and onto the rest of the batch in one product per
+// sub-block (a two-level lazy batch: rank-1 updates load and store C for one
+// FMA each, so fewer of them is faster; the FMA chains stay the same).
+constexpr std::size_t kSub = 16;
+
 // One chunk of rows [r0, r0 + R) in processing order, and the shared factor.
 struct Chunk {
   const FactorRef& f;
   const PackedU& pu;
-  std::size_t cols, R, B;
+  std::size_t cols, R, B, S;  // S: sub-block size (kSub, or a multiple of m for N:M pruning)
   std::vector<double> wc, ne;  // R x cols and R x B, column-major
 
   Chunk(const float* w, const FactorRef& f_, const PackedU& pu_, std::size_t cols_, std::size_t r0, std::size_t R_,
-        std::size_t B_)
-      : f(f_), pu(pu_), cols(cols_), R(R_), B(B_), wc(R_ * cols_), ne(R_ * B_) {
+        std::size_t B_, std::size_t S_ = kSub)
+      : f(f_), pu(pu_), cols(cols_), R(R_), B(B_), S(S_), wc(R_ * cols_), ne(R_ * B_) {
     for (std::size_t a = 0; a < cols; ++a) {
       const auto c = static_cast<std::size_t>(f.order[a]);
       for (std::size_t r = 0; r < R; ++r) wc[a * R + r] = f.dead[c] ? 0.0 : w[(r0 + r) * cols + c];
@@ -98,10 +104,21 @@ struct Chunk {
   }
   double* col(std::size_t a) { return wc.data() + a * R; }
   const double* u(std::size_t i, std::size_t j) const { return f.u + i * cols + j; }
+  // The end of the sub-block of block [i1, i2) that holds position i.
+  std::size_t sub_end(std::size_t i, std::size_t i1, std::size_t i2) const {
+    return std::min(i2, i1 + ((i - i1) / S + 1) * S);
+  }
   // After column i of the block [i1, i2) stored its negated error: spread it
-  // onto the rest of the block now.
+  // onto the rest of its sub-block [j1, j2) now, and when the sub-block is
+  // done, all its errors onto the rest of the block in one product. Column
+  // j sees the errors of the columns before it in order either way.
   void spread_in_block(std::size_t i, std::size_t i1, std::size_t i2) {
-    gemm(col(i + 1), R, ne.data() + (i - i1) * R, R, u(i, i + 1), cols, R, i2 - i - 1, 1);
+    const std::size_t j2 = sub_end(i, i1, i2);
+    gemm(col(i + 1), R, ne.data() + (i - i1) * R, R, u(i, i + 1), cols, R, j2 - i - 1, 1);
+    if (i + 1 == j2 && j2 < i2) {
+      const std::size_t j1 = j2 - 1 - (i - i1) % S;
+      gemm(col(j2), R, ne.data() + (j1 - i1) * R, R, u(j1, j2), cols, R, i2 - j2, j2 - j1);
+    }
   }
   // The columns after the block get the whole block's errors in one product.
   // Column a >= i2 of block [i1, i2)'s packed panels (rows k at stride kPanel).
@@ -113,11 +130,16 @@ struct Chunk {
       gemm(col(j), R, ne.data(), R, packed(i1, i2, j), kPanel, R, std::min(kPanel, cols - j), i2 - i1);
   }
   // The current value of the column at position a >= i, for every row, while
-  // column i of the block [i1, i2) is processed: columns inside the block
-  // already carry the errors of i1..i-1, later ones still owe them.
+  // column i of the block [i1, i2) is processed: columns inside i's
+  // sub-block [j1, j2) already carry the errors of i1..i-1, later ones in
+  // the block those of i1..j1-1, and columns after the block none of i1..i-1.
   void current_column(std::size_t a, std::size_t i, std::size_t i1, std::size_t i2, std::vector<double>& v) {
     std::copy(col(a), col(a) + R, v.begin());
-    if (a >= i2) gemm(v.data(), R, ne.data(), R, packed(i1, i2, a), kPanel, R, 1, i - i1);
+    const std::size_t j1 = i - (i - i1) % S, j2 = sub_end(i, i1, i2);
+    if (a >= i2)
+      gemm(v.data(), R, ne.data(), R, packed(i1, i2, a), kPanel, R, 1, i - i1);
+    else if (a >= j2)
+      gemm(v.data(), R, ne.data() + (j1 - i1) * R, R, u(j1, a), cols, R, 1, i - j1);
   }
 };
 
@@ -309,7 +331,8 @@ double prune(const float* w, std::size_t rows, std::size_t cols, const FactorRef
 
   return parallel_sum(rows, kRowChunk, [&](std::size_t r0, std::size_t r1) {
     const std::size_t R = r1 - r0;
-    Chunk ch(w, f, pu, cols, r0, R, B);
+    // N:M groups start at multiples of m in a block: keep them inside one sub-block
+    Chunk ch(w, f, pu, cols, r0, R, B, nm ? opt.m * std::max<std::size_t>(1, kSub / opt.m) : kSub);
     std::fill(keep + r0 * cols, keep + r1 * cols, std::uint8_t{1});
     std::vector<double> score(cols);
     std::vector<std::size_t> cand;

@@ -112,28 +112,31 @@ def _tri_mul(t: np.ndarray, b: np.ndarray, lower: bool, leaf: int = 96) -> np.nd
     return out
 
 
-def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
-    """``L^-1`` for the lower Cholesky factor ``L L^T = h``, by halves, so the
-    work is GEMMs (BLAS; NumPy has no ``trtri``, and its float32 ``cholesky``
-    alone takes longer than this): with ``h = [[A, B^T], [B, C]]``,
-    ``X1 = L_A^-1``, ``L21 = B X1^T``, ``X2`` the inverse factor of the Schur
-    complement ``C - L21 L21^T`` (``syrk``: NumPy spots ``a @ a.T``), and
-    ``L^-1 = [[X1, 0], [-X2 L21 X1, X2]]``. The products with the triangular
-    ``X1``, ``X2`` go through :func:`_tri_mul`: ``n^3 / 3`` flops for the
-    Cholesky and ``n^3 / 3`` for the inverse, as LAPACK's.
+def _inverse_factor(h: np.ndarray) -> np.ndarray:
+    """The upper ``U`` with ``U^T U = h^-1``, by halves, so the work is GEMMs
+    (BLAS; NumPy has no ``trtri``). ``U = S^-1`` for the upper ``S`` with
+    ``S S^T = h`` (the Cholesky factor of the order-reversed ``h``, reversed):
+    with ``h = [[A, B], [B^T, C]]``, ``U22 = S22^-1`` from ``C``,
+    ``S12 = B U22^T``, ``U11`` from the Schur complement ``A - S12 S12^T``
+    (``syrk``: NumPy spots ``a @ a.T``), and ``U12 = -U11 S12 U22``. Working
+    in this order needs no reversed copies of ``h`` or ``U``. The products
+    with the triangular ``U11``, ``U22`` go through :func:`_tri_mul`:
+    ``n^3 / 3`` flops for the factorization and ``n^3 / 3`` for the inverse,
+    as LAPACK's ``potrf`` + ``trtri``.
     Raises ``np.linalg.LinAlgError`` if ``h`` is not positive definite."""
     n = h.shape[0]
     if n <= 128:
-        return np.tril(np.linalg.inv(np.linalg.cholesky(h)))
-    k = n // 2
-    x1 = _inverse_cholesky(h[:k, :k])
-    l21 = _tri_mul(x1, h[k:, :k].T, lower=True).T  # B X1^T = (X1 B^T)^T
-    x2 = _inverse_cholesky(h[k:, k:] - l21 @ l21.T)
+        s = np.linalg.cholesky(h[::-1, ::-1])[::-1, ::-1]
+        return np.triu(np.linalg.inv(s))
+    k = n - n // 2
+    u22 = _inverse_factor(h[k:, k:])
+    s12 = _tri_mul(u22, h[:k, k:].T, lower=False).T  # B U22^T = (U22 B^T)^T
+    u11 = _inverse_factor(h[:k, :k] - s12 @ s12.T)
     out = np.zeros_like(h)
-    out[:k, :k] = x1
-    out[k:, k:] = x2
-    l21x1 = _tri_mul(x1.T, l21.T, lower=False).T  # L21 X1 = (X1^T L21^T)^T
-    np.negative(_tri_mul(x2, l21x1, lower=True), out=out[k:, :k])
+    out[:k, :k] = u11
+    out[k:, k:] = u22
+    s12u22 = _tri_mul(u22.T, s12.T, lower=True).T  # S12 U22 = (U22^T S12^T)^T
+    np.negative(_tri_mul(u11, s12u22, lower=False), out=out[:k, k:])
     return out
 
 
@@ -141,7 +144,7 @@ def inverse_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.nd
     """``(order, dead, U)`` for ``_core.gptq``: what ``inverse_factor`` in
     ``cpp/src/gptq.cpp`` computes (same order, dead columns and damping), in
     float64, with the Cholesky factorization and triangular inverse as GEMMs
-    through NumPy's BLAS (:func:`_inverse_cholesky`): 2x faster than Eigen
+    through NumPy's BLAS (:func:`_inverse_factor`): 2x faster than Eigen
     compiled for the baseline ISA on the 1536-input layers. (A float32 factor,
     as the reference code uses in torch, is faster still but moves scales in
     their last bits and some codes at 3 bits: docs/compress.md, "Speed".) If
@@ -157,11 +160,10 @@ def inverse_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.nd
     dead = diag == 0
     diag[dead] = 1.0
     order = np.argsort(-diag, kind="stable") if act_order else np.arange(n)
-    rev = order[::-1]  # the order-reversed H: U = J L^-1 J
-    hp = h64.take(rev, axis=0).take(rev, axis=1)  # two gathers: faster than np.ix_
-    hp[np.diag_indices(n)] = diag[rev] + damp * float(np.mean(diag))
+    hp = h64.take(order, axis=0).take(order, axis=1) if act_order else h64.copy()
+    hp[np.diag_indices(n)] = diag[order] + damp * float(np.mean(diag))
     try:
-        linv = _inverse_cholesky(hp)
+        u = _inverse_factor(hp)
     except np.linalg.LinAlgError:
         return _core.gptq.inverse_factor(h64, act_order, damp)
-    return order.astype(np.int64), dead, np.ascontiguousarray(linv[::-1, ::-1])
+    return order.astype(np.int64), dead, u
