@@ -124,20 +124,30 @@ def _inverse_factor(h: np.ndarray) -> np.ndarray:
     ``n^3 / 3`` flops for the factorization and ``n^3 / 3`` for the inverse,
     as LAPACK's ``potrf`` + ``trtri``.
     Raises ``np.linalg.LinAlgError`` if ``h`` is not positive definite."""
+    out = np.empty_like(h)
+    _inverse_factor_into(h, out)
+    return out
+
+
+def _inverse_factor_into(h: np.ndarray, out: np.ndarray) -> None:
+    """:func:`_inverse_factor` written into ``out`` (a view of the result, so
+    the halves are not copied up the recursion)."""
     n = h.shape[0]
     if n <= 128:
         s = np.linalg.cholesky(h[::-1, ::-1])[::-1, ::-1]
-        return np.triu(np.linalg.inv(s))
+        out[...] = np.triu(np.linalg.inv(s))
+        return
     k = n - n // 2
-    u22 = _inverse_factor(h[k:, k:])
+    u22 = out[k:, k:]
+    _inverse_factor_into(h[k:, k:], u22)
     s12 = _tri_mul(u22, h[:k, k:].T, lower=False).T  # B U22^T = (U22 B^T)^T
-    u11 = _inverse_factor(h[:k, :k] - s12 @ s12.T)
-    out = np.zeros_like(h)
-    out[:k, :k] = u11
-    out[k:, k:] = u22
+    schur = s12 @ s12.T
+    np.subtract(h[:k, :k], schur, out=schur)
+    u11 = out[:k, :k]
+    _inverse_factor_into(schur, u11)
+    out[k:, :k] = 0.0
     s12u22 = _tri_mul(u22.T, s12.T, lower=True).T  # S12 U22 = (U22^T S12^T)^T
     np.negative(_tri_mul(u11, s12u22, lower=False), out=out[:k, k:])
-    return out
 
 
 def inverse_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.ndarray, ...]:
