@@ -139,13 +139,14 @@ def test_symmetry_check_is_allclose(rng):
         if n < 2:
             continue
         i, j = rng.choice(n, 2, replace=False)
-        for step in (3e-5, 1e-6):  # the first breaks rtol 1e-5, the second does not
+        atol = 1e-3 * np.abs(h).max()
+        for step, rtol, atol_scale in ((3e-5, 1e-5, 0), (1e-6, 1e-5, 0), (2 * atol, 0, 1e-3), (atol / 2, 0, 1e-3)):
             g = h.copy()
-            g[i, j] *= 1 + step
-            want = np.allclose(g, g.T, rtol=1e-5, atol=1e-8)
-            assert want == (step < 1e-5)
-            assert is_symmetric(g, 1e-5, 1e-8) == want
-            assert is_symmetric(g.T.copy(), 1e-5, 1e-8) == want
+            g[i, j] += step * (abs(g[i, j]) if atol_scale == 0 else 1)
+            want = np.allclose(g, g.T, rtol=rtol, atol=atol_scale * np.abs(g).max())
+            assert want == (step in (1e-6, atol / 2))
+            assert is_symmetric(g, rtol, atol_scale) == want
+            assert is_symmetric(g.T.copy(), rtol, atol_scale) == want
         g = h.copy()
         g[j, i] = np.nan
         assert not is_symmetric(g, 1e-5, 1e-8)

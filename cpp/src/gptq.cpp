@@ -187,18 +187,27 @@ Factor inverse_factor(const double* h, std::size_t cols, bool act_order, double 
   return p;
 }
 
-bool is_symmetric(const double* h, std::size_t n, double rtol, double atol) {
-  constexpr std::size_t kb = 64;  // two 64 x 64 double blocks fit in L1/L2
+bool is_symmetric(const double* h, std::size_t n, double rtol, double atol_scale) {
+  double amax = 0.0;
+  for (std::size_t i = 0; i < n * n; ++i) amax = std::max(amax, std::abs(h[i]));  // NaN: not taken
+  const double atol = atol_scale * amax;
+  // By square blocks; the block below the diagonal is first copied transposed
+  // (contiguous reads), so the comparison runs on contiguous rows.
+  constexpr std::size_t kb = 64;
+  std::vector<double> t(kb * kb);
   for (std::size_t i0 = 0; i0 < n; i0 += kb)
     for (std::size_t j0 = i0; j0 < n; j0 += kb) {
-      const std::size_t i1 = std::min(n, i0 + kb), j1 = std::min(n, j0 + kb);
+      const std::size_t bi = std::min(kb, n - i0), bj = std::min(kb, n - j0);
+      for (std::size_t j = 0; j < bj; ++j)
+        for (std::size_t i = 0; i < bi; ++i) t[i * kb + j] = h[(j0 + j) * n + i0 + i];
       bool ok = true;
-      for (std::size_t i = i0; i < i1; ++i)
-        for (std::size_t j = j0; j < j1; ++j) {
-          const double a = h[i * n + j], b = h[j * n + i];
-          // np.allclose's elementwise test at both (i, j) and (j, i)
-          ok &= std::abs(a - b) <= atol + rtol * std::min(std::abs(a), std::abs(b));
-        }
+      for (std::size_t i = 0; i < bi; ++i) {
+        const double* a = h + (i0 + i) * n + j0;
+        const double* b = t.data() + i * kb;
+        // np.allclose's elementwise test at both (i, j) and (j, i); false for NaN
+        for (std::size_t j = 0; j < bj; ++j)
+          ok &= std::abs(a[j] - b[j]) <= atol + rtol * std::min(std::abs(a[j]), std::abs(b[j]));
+      }
       if (!ok) return false;
     }
   return true;
