@@ -140,7 +140,12 @@ def test_symmetry_check_is_allclose(rng):
             continue
         i, j = rng.choice(n, 2, replace=False)
         atol = 1e-3 * np.abs(h).max()
-        for step, rtol, atol_scale in ((3e-5, 1e-5, 0), (1e-6, 1e-5, 0), (2 * atol, 0, 1e-3), (atol / 2, 0, 1e-3)):
+        for step, rtol, atol_scale in (
+            (3e-5, 1e-5, 0),
+            (1e-6, 1e-5, 0),
+            (2 * atol, 0, 1e-3),
+            (atol / 2, 0, 1e-3),
+        ):
             g = h.copy()
             g[i, j] += step * (abs(g[i, j]) if atol_scale == 0 else 1)
             want = np.allclose(g, g.T, rtol=rtol, atol=atol_scale * np.abs(g).max())
