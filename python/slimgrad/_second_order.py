@@ -172,8 +172,14 @@ def inverse_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.nd
     order = np.argsort(-diag, kind="stable") if act_order else np.arange(n)
     hp = h64.take(order, axis=0).take(order, axis=1) if act_order else h64.copy()
     hp[np.diag_indices(n)] = diag[order] + damp * float(np.mean(diag))
+    # NumPy's BLAS on one thread: the recursion is many mid-sized GEMMs, and
+    # OpenBLAS's threads spin between them; with 2 threads on a loaded 2-core
+    # machine GPTQ took 5x longer than on one (docs/compress.md, "Speed").
+    from .optim._muon import blas_one_thread  # here: the optimizers import late
+
     try:
-        u = _inverse_factor(hp)
+        with blas_one_thread():
+            u = _inverse_factor(hp)
     except np.linalg.LinAlgError:
         return _core.gptq.inverse_factor(h64, act_order, damp)
     return order.astype(np.int64), dead, u
