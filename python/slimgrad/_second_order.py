@@ -11,6 +11,7 @@ explicit copies made here.
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import numpy as np
 
@@ -150,6 +151,21 @@ def _inverse_factor_into(h: np.ndarray, out: np.ndarray) -> None:
     np.negative(_tri_mul(u11, s12u22, lower=False), out=out[:k, k:])
 
 
+_CONTROLLER: list[Any] = []  # threadpoolctl's, made once (a scan of the loaded libraries)
+
+
+def _blas_limit() -> Any:
+    """A context holding NumPy's BLAS to one thread. The factor's recursion is
+    many mid-sized GEMMs and OpenBLAS's threads spin between them: with 2
+    threads on a loaded 2-core machine GPTQ took 5x longer than with one
+    (docs/compress.md, "Speed"); the column loop runs on slimgrad's threads."""
+    if not _CONTROLLER:
+        import threadpoolctl
+
+        _CONTROLLER.append(threadpoolctl.ThreadpoolController())
+    return _CONTROLLER[0].limit(limits=1, user_api="blas")
+
+
 def inverse_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.ndarray, ...]:
     """``(order, dead, U)`` for ``_core.gptq``: what ``inverse_factor`` in
     ``cpp/src/gptq.cpp`` computes (same order, dead columns and damping), in
@@ -172,13 +188,8 @@ def inverse_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.nd
     order = np.argsort(-diag, kind="stable") if act_order else np.arange(n)
     hp = h64.take(order, axis=0).take(order, axis=1) if act_order else h64.copy()
     hp[np.diag_indices(n)] = diag[order] + damp * float(np.mean(diag))
-    # NumPy's BLAS on one thread: the recursion is many mid-sized GEMMs, and
-    # OpenBLAS's threads spin between them; with 2 threads on a loaded 2-core
-    # machine GPTQ took 5x longer than on one (docs/compress.md, "Speed").
-    from .optim._muon import blas_one_thread  # here: the optimizers import late
-
     try:
-        with blas_one_thread():
+        with _blas_limit():
             u = _inverse_factor(hp)
     except np.linalg.LinAlgError:
         return _core.gptq.inverse_factor(h64, act_order, damp)
