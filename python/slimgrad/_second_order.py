@@ -154,11 +154,12 @@ def _inverse_factor_into(h: np.ndarray, out: np.ndarray) -> None:
 _CONTROLLER: list[Any] = []  # threadpoolctl's, made once (a scan of the loaded libraries)
 
 
-def _blas_limit() -> Any:
-    """A context holding NumPy's BLAS to one thread. The factor's recursion is
-    many mid-sized GEMMs and OpenBLAS's threads spin between them: with 2
-    threads on a loaded 2-core machine GPTQ took 5x longer than with one
-    (docs/compress.md, "Speed"); the column loop runs on slimgrad's threads."""
+def blas_limit() -> Any:
+    """A context holding NumPy's BLAS to one thread (threadpoolctl), for the
+    GEMM-bound parts of the calibrated methods (GPTQ's factor, AWQ's search).
+    OpenBLAS's threads spin between products: with 2 threads on a loaded 2-core
+    machine GPTQ took 5x longer and AWQ's search 2.7x longer than with one
+    (docs/compress.md, "Speed"). GPTQ's column loop runs on slimgrad's threads."""
     if not _CONTROLLER:
         import threadpoolctl
 
@@ -189,7 +190,7 @@ def inverse_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.nd
     hp = h64.take(order, axis=0).take(order, axis=1) if act_order else h64.copy()
     hp[np.diag_indices(n)] = diag[order] + damp * float(np.mean(diag))
     try:
-        with _blas_limit():
+        with blas_limit():
             u = _inverse_factor(hp)
     except np.linalg.LinAlgError:
         return _core.gptq.inverse_factor(h64, act_order, damp)
