@@ -6,11 +6,12 @@
 // The column loop: each chunk of rows is copied once into a column-major
 // float64 matrix in processing order, so column i (one weight per row) is
 // contiguous. Errors are kept negated (ne = -e), so every update is
-// W[:, j] = fma(ne_k, U[k, j], W[:, j]): within a block of B columns right
-// after each column (rank 1), after the block in one product for the columns
-// that follow it (the lazy batch); both through kernels::gemm_acc, which
-// chains the k in order. A weight therefore sees the same FMA chain over all
-// columns before it whatever the block size, ISA or thread count.
+// W[:, j] = fma(ne_k, U[k, j], W[:, j]): within a sub-block of kSub columns
+// right after each column (rank 1), after the sub-block in one product for
+// the rest of its block of B columns, after the block in one product for the
+// columns that follow it (the lazy batch); all through kernels::gemm_acc,
+// which chains the k in order. A weight therefore sees the same FMA chain
+// over all columns before it whatever the block size, ISA or thread count.
 // The per-element quantization step is the scalar quantizer itself
 // (kernels::quant_codes, kernels_quant_scalar.cpp): with a diagonal H no error
 // moves, and the codes equal quant::quantize's round-to-nearest codes bit for
