@@ -130,6 +130,33 @@ def test_lapack_factor_matches_eigen_and_numpy(rng, act_order, cols):
     assert np.all(np.tril(U, -1) == 0) and np.all(np.tril(e_U, -1) == 0)
 
 
+def test_symmetry_check_is_allclose(rng):
+    is_symmetric = slimgrad._core.gptq.is_symmetric
+    for n in (0, 1, 5, 63, 64, 65, 200):
+        h = rng.standard_normal((n, n))
+        h = h + h.T
+        assert is_symmetric(h, 1e-5, 1e-8)
+        if n < 2:
+            continue
+        i, j = rng.choice(n, 2, replace=False)
+        atol = 1e-3 * np.abs(h).max()
+        for step, rtol, atol_scale in (
+            (3e-5, 1e-5, 0),
+            (1e-6, 1e-5, 0),
+            (2 * atol, 0, 1e-3),
+            (atol / 2, 0, 1e-3),
+        ):
+            g = h.copy()
+            g[i, j] += step * (abs(g[i, j]) if atol_scale == 0 else 1)
+            want = np.allclose(g, g.T, rtol=rtol, atol=atol_scale * np.abs(g).max())
+            assert want == (step in (1e-6, atol / 2))
+            assert is_symmetric(g, rtol, atol_scale) == want
+            assert is_symmetric(g.T.copy(), rtol, atol_scale) == want
+        g = h.copy()
+        g[j, i] = np.nan
+        assert not is_symmetric(g, 1e-5, 1e-8)
+
+
 def test_factor_refuses_what_is_not_positive_definite():
     from slimgrad._second_order import inverse_factor
 

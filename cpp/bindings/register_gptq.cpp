@@ -77,6 +77,18 @@ void register_gptq(py::module_& m) {
   }, py::arg("H"), py::arg("act_order"), py::arg("damp"),
      "(order, dead, U): the factor of H in float64 through Eigen (gptq.hpp, inverse_factor).");
 
+  m.def("is_symmetric", [](py::handle h, double rtol, double atol_scale) {
+    const Array ha = check_array(h, "H", {DType::f64}, Access::read);
+    if (ha.ndim() != 2 || ha.dim(0) != ha.dim(1)) throw py::value_error("H: expected a square array, got " + describe(h));
+    bool ok = true;
+    run([&] {
+      ok = gptq::is_symmetric(ha.ptr<double>(), static_cast<std::size_t>(ha.dim(0)), rtol, atol_scale);
+      return 0.0;
+    });
+    return ok;
+  }, py::arg("H"), py::arg("rtol"), py::arg("atol_scale"),
+     "np.allclose(H, H.T, rtol, atol_scale * max|H|) for a float64 H, by cache blocks (gptq.hpp, is_symmetric).");
+
   m.def("quantize", [](py::handle w, py::handle order, py::handle dead, py::handle u, int bits, bool symmetric,
                        std::size_t group_size, std::size_t block_size, py::handle codes, py::handle scale,
                        py::handle zero_point) {

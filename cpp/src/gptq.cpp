@@ -6,11 +6,12 @@
 // The column loop: each chunk of rows is copied once into a column-major
 // float64 matrix in processing order, so column i (one weight per row) is
 // contiguous. Errors are kept negated (ne = -e), so every update is
-// W[:, j] = fma(ne_k, U[k, j], W[:, j]): within a block of B columns right
-// after each column (rank 1), after the block in one product for the columns
-// that follow it (the lazy batch); both through kernels::gemm_acc, which
-// chains the k in order. A weight therefore sees the same FMA chain over all
-// columns before it whatever the block size, ISA or thread count.
+// W[:, j] = fma(ne_k, U[k, j], W[:, j]): within a sub-block of kSub columns
+// right after each column (rank 1), after the sub-block in one product for
+// the rest of its block of B columns, after the block in one product for the
+// columns that follow it (the lazy batch); all through kernels::gemm_acc,
+// which chains the k in order. A weight therefore sees the same FMA chain
+// over all columns before it whatever the block size, ISA or thread count.
 // The per-element quantization step is the scalar quantizer itself
 // (kernels::quant_codes, kernels_quant_scalar.cpp): with a diagonal H no error
 // moves, and the codes equal quant::quantize's round-to-nearest codes bit for
@@ -81,16 +82,22 @@ struct PackedU {
   }
 };
 
+// Columns per sub-block inside a lazy batch: errors spread by rank-1 updates
+// only within a sub-block, and onto the rest of the batch in one product per
+// sub-block (a two-level lazy batch: rank-1 updates load and store C for one
+// FMA each, so fewer of them is faster; the FMA chains stay the same).
+constexpr std::size_t kSub = 16;
+
 // One chunk of rows [r0, r0 + R) in processing order, and the shared factor.
 struct Chunk {
   const FactorRef& f;
   const PackedU& pu;
-  std::size_t cols, R, B;
+  std::size_t cols, R, B, S;  // S: sub-block size (kSub, or a multiple of m for N:M pruning)
   std::vector<double> wc, ne;  // R x cols and R x B, column-major
 
   Chunk(const float* w, const FactorRef& f_, const PackedU& pu_, std::size_t cols_, std::size_t r0, std::size_t R_,
-        std::size_t B_)
-      : f(f_), pu(pu_), cols(cols_), R(R_), B(B_), wc(R_ * cols_), ne(R_ * B_) {
+        std::size_t B_, std::size_t S_ = kSub)
+      : f(f_), pu(pu_), cols(cols_), R(R_), B(B_), S(S_), wc(R_ * cols_), ne(R_ * B_) {
     for (std::size_t a = 0; a < cols; ++a) {
       const auto c = static_cast<std::size_t>(f.order[a]);
       for (std::size_t r = 0; r < R; ++r) wc[a * R + r] = f.dead[c] ? 0.0 : w[(r0 + r) * cols + c];
@@ -98,10 +105,21 @@ struct Chunk {
   }
   double* col(std::size_t a) { return wc.data() + a * R; }
   const double* u(std::size_t i, std::size_t j) const { return f.u + i * cols + j; }
+  // The end of the sub-block of block [i1, i2) that holds position i.
+  std::size_t sub_end(std::size_t i, std::size_t i1, std::size_t i2) const {
+    return std::min(i2, i1 + ((i - i1) / S + 1) * S);
+  }
   // After column i of the block [i1, i2) stored its negated error: spread it
-  // onto the rest of the block now.
+  // onto the rest of its sub-block [j1, j2) now, and when the sub-block is
+  // done, all its errors onto the rest of the block in one product. Column
+  // j sees the errors of the columns before it in order either way.
   void spread_in_block(std::size_t i, std::size_t i1, std::size_t i2) {
-    gemm(col(i + 1), R, ne.data() + (i - i1) * R, R, u(i, i + 1), cols, R, i2 - i - 1, 1);
+    const std::size_t j2 = sub_end(i, i1, i2);
+    gemm(col(i + 1), R, ne.data() + (i - i1) * R, R, u(i, i + 1), cols, R, j2 - i - 1, 1);
+    if (i + 1 == j2 && j2 < i2) {
+      const std::size_t j1 = j2 - 1 - (i - i1) % S;
+      gemm(col(j2), R, ne.data() + (j1 - i1) * R, R, u(j1, j2), cols, R, i2 - j2, j2 - j1);
+    }
   }
   // The columns after the block get the whole block's errors in one product.
   // Column a >= i2 of block [i1, i2)'s packed panels (rows k at stride kPanel).
@@ -113,11 +131,16 @@ struct Chunk {
       gemm(col(j), R, ne.data(), R, packed(i1, i2, j), kPanel, R, std::min(kPanel, cols - j), i2 - i1);
   }
   // The current value of the column at position a >= i, for every row, while
-  // column i of the block [i1, i2) is processed: columns inside the block
-  // already carry the errors of i1..i-1, later ones still owe them.
+  // column i of the block [i1, i2) is processed: columns inside i's
+  // sub-block [j1, j2) already carry the errors of i1..i-1, later ones in
+  // the block those of i1..j1-1, and columns after the block none of i1..i-1.
   void current_column(std::size_t a, std::size_t i, std::size_t i1, std::size_t i2, std::vector<double>& v) {
     std::copy(col(a), col(a) + R, v.begin());
-    if (a >= i2) gemm(v.data(), R, ne.data(), R, packed(i1, i2, a), kPanel, R, 1, i - i1);
+    const std::size_t j1 = i - (i - i1) % S, j2 = sub_end(i, i1, i2);
+    if (a >= i2)
+      gemm(v.data(), R, ne.data(), R, packed(i1, i2, a), kPanel, R, 1, i - i1);
+    else if (a >= j2)
+      gemm(v.data(), R, ne.data() + (j1 - i1) * R, R, u(j1, a), cols, R, 1, i - j1);
   }
 };
 
@@ -163,6 +186,32 @@ Factor inverse_factor(const double* h, std::size_t cols, bool act_order, double 
   p.u.resize(cols * cols);
   Eigen::Map<RowMajorMat>(p.u.data(), n, n) = linv.reverse();
   return p;
+}
+
+bool is_symmetric(const double* h, std::size_t n, double rtol, double atol_scale) {
+  double amax = 0.0;
+  for (std::size_t i = 0; i < n * n; ++i) amax = std::max(amax, std::abs(h[i]));  // NaN: not taken
+  const double atol = atol_scale * amax;
+  // By square blocks; the block below the diagonal is first copied transposed
+  // (contiguous reads), so the comparison runs on contiguous rows.
+  constexpr std::size_t kb = 64;
+  std::vector<double> t(kb * kb);
+  for (std::size_t i0 = 0; i0 < n; i0 += kb)
+    for (std::size_t j0 = i0; j0 < n; j0 += kb) {
+      const std::size_t bi = std::min(kb, n - i0), bj = std::min(kb, n - j0);
+      for (std::size_t j = 0; j < bj; ++j)
+        for (std::size_t i = 0; i < bi; ++i) t[i * kb + j] = h[(j0 + j) * n + i0 + i];
+      bool ok = true;
+      for (std::size_t i = 0; i < bi; ++i) {
+        const double* a = h + (i0 + i) * n + j0;
+        const double* b = t.data() + i * kb;
+        // np.allclose's elementwise test at both (i, j) and (j, i); false for NaN
+        for (std::size_t j = 0; j < bj; ++j)
+          ok &= std::abs(a[j] - b[j]) <= atol + rtol * std::min(std::abs(a[j]), std::abs(b[j]));
+      }
+      if (!ok) return false;
+    }
+  return true;
 }
 
 double quantize(const float* w, std::size_t rows, std::size_t cols, const double* h, const QuantOptions& opt,
@@ -292,7 +341,8 @@ double prune(const float* w, std::size_t rows, std::size_t cols, const FactorRef
 
   return parallel_sum(rows, kRowChunk, [&](std::size_t r0, std::size_t r1) {
     const std::size_t R = r1 - r0;
-    Chunk ch(w, f, pu, cols, r0, R, B);
+    // N:M groups start at multiples of m in a block: keep them inside one sub-block
+    Chunk ch(w, f, pu, cols, r0, R, B, nm ? opt.m * std::max<std::size_t>(1, kSub / opt.m) : kSub);
     std::fill(keep + r0 * cols, keep + r1 * cols, std::uint8_t{1});
     std::vector<double> score(cols);
     std::vector<std::size_t> cand;

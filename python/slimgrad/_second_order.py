@@ -11,6 +11,7 @@ explicit copies made here.
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import numpy as np
 
@@ -70,23 +71,9 @@ def check_layer(w: object, H: object) -> tuple[np.ndarray, np.ndarray]:
         if bad.size:
             index = tuple(int(i) for i in np.unravel_index(bad[0], arr.shape))
             raise ValueError(f"{label}: non-finite value {arr.flat[bad[0]]} at index {index}")
-    if h64.size and not _symmetric(h64, rtol=1e-5, atol=1e-8 * float(np.abs(h64).max())):
+    if not _core.gptq.is_symmetric(h64, 1e-5, 1e-8):  # atol 1e-8 * max|H|
         raise ValueError("H: expected a symmetric matrix (X^T X), got an asymmetric one")
     return w32, h64
-
-
-def _symmetric(h: np.ndarray, rtol: float, atol: float, block: int = 128) -> bool:
-    """``np.allclose(h, h.T, rtol, atol)`` by square blocks: the whole
-    transposed comparison reads ``h.T`` column-wise and takes longer than
-    GPTQ itself on a 1536 x 1536 H."""
-    n = h.shape[0]
-    for i in range(0, n, block):
-        for j in range(i, n, block):
-            a, b = h[i : i + block, j : j + block], h[j : j + block, i : i + block].T
-            # np.allclose's test for finite values (check_layer refused the others)
-            if not np.all(np.abs(a - b) <= atol + rtol * np.abs(b)):
-                return False
-    return True
 
 
 def check_real(value: object, label: str, low: float, high: float = float("inf")) -> float:
@@ -108,32 +95,83 @@ def check_int(value: object, label: str, low: int) -> int:
     return int(value)
 
 
-def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
-    """``L^-1`` for the lower Cholesky factor ``L L^T = h``, by halves, so the
-    work is GEMMs (BLAS; NumPy has no ``trtri``, and its float32 ``cholesky``
-    alone takes longer than this): with ``h = [[A, B^T], [B, C]]``,
-    ``X1 = L_A^-1``, ``L21 = B X1^T``, ``X2`` the inverse factor of the Schur
-    complement ``C - L21 L21^T``, and ``L^-1 = [[X1, 0], [-X2 L21 X1, X2]]``.
+def _tri_mul(t: np.ndarray, b: np.ndarray, lower: bool, leaf: int = 96) -> np.ndarray:
+    """``t @ b`` for a triangular ``t`` (lower or upper; the other half
+    holds zeros) by halves, so the zero quarter costs nothing: half the flops
+    of the full GEMM, still all GEMMs (NumPy has no ``trmm``)."""
+    k = t.shape[0]
+    if k <= leaf:
+        return t @ b
+    h = k // 2
+    out = np.empty((k, b.shape[1]))
+    out[:h] = _tri_mul(t[:h, :h], b[:h], lower, leaf)
+    out[h:] = _tri_mul(t[h:, h:], b[h:], lower, leaf)
+    if lower:
+        out[h:] += t[h:, :h] @ b[:h]
+    else:
+        out[:h] += t[:h, h:] @ b[h:]
+    return out
+
+
+def _inverse_factor(h: np.ndarray) -> np.ndarray:
+    """The upper ``U`` with ``U^T U = h^-1``, by halves, so the work is GEMMs
+    (BLAS; NumPy has no ``trtri``). ``U = S^-1`` for the upper ``S`` with
+    ``S S^T = h`` (the Cholesky factor of the order-reversed ``h``, reversed):
+    with ``h = [[A, B], [B^T, C]]``, ``U22 = S22^-1`` from ``C``,
+    ``S12 = B U22^T``, ``U11`` from the Schur complement ``A - S12 S12^T``
+    (``syrk``: NumPy spots ``a @ a.T``), and ``U12 = -U11 S12 U22``. Working
+    in this order needs no reversed copies of ``h`` or ``U``. The products
+    with the triangular ``U11``, ``U22`` go through :func:`_tri_mul`:
+    ``n^3 / 3`` flops for the factorization and ``n^3 / 3`` for the inverse,
+    as LAPACK's ``potrf`` + ``trtri``.
     Raises ``np.linalg.LinAlgError`` if ``h`` is not positive definite."""
+    out = np.empty_like(h)
+    _inverse_factor_into(h, out)
+    return out
+
+
+def _inverse_factor_into(h: np.ndarray, out: np.ndarray) -> None:
+    """:func:`_inverse_factor` written into ``out`` (a view of the result, so
+    the halves are not copied up the recursion)."""
     n = h.shape[0]
     if n <= 128:
-        return np.tril(np.linalg.inv(np.linalg.cholesky(h)))
-    k = n // 2
-    x1 = _inverse_cholesky(h[:k, :k])
-    l21 = h[k:, :k] @ x1.T
-    x2 = _inverse_cholesky(h[k:, k:] - l21 @ l21.T)
-    out = np.zeros_like(h)
-    out[:k, :k] = x1
-    out[k:, k:] = x2
-    out[k:, :k] = -(x2 @ (l21 @ x1))
-    return out
+        s = np.linalg.cholesky(h[::-1, ::-1])[::-1, ::-1]
+        out[...] = np.triu(np.linalg.inv(s))
+        return
+    k = n - n // 2
+    u22 = out[k:, k:]
+    _inverse_factor_into(h[k:, k:], u22)
+    s12 = _tri_mul(u22, h[:k, k:].T, lower=False).T  # B U22^T = (U22 B^T)^T
+    schur = s12 @ s12.T
+    np.subtract(h[:k, :k], schur, out=schur)
+    u11 = out[:k, :k]
+    _inverse_factor_into(schur, u11)
+    out[k:, :k] = 0.0
+    s12u22 = _tri_mul(u22.T, s12.T, lower=True).T  # S12 U22 = (U22^T S12^T)^T
+    np.negative(_tri_mul(u11, s12u22, lower=False), out=out[:k, k:])
+
+
+_CONTROLLER: list[Any] = []  # threadpoolctl's, made once (a scan of the loaded libraries)
+
+
+def blas_limit() -> Any:
+    """A context holding NumPy's BLAS to one thread (threadpoolctl), for the
+    GEMM-bound parts of the calibrated methods (GPTQ's factor, AWQ's search).
+    OpenBLAS's threads spin between products: with 2 threads on a loaded 2-core
+    machine GPTQ took 5x longer and AWQ's search 2.7x longer than with one
+    (docs/compress.md, "Speed"). GPTQ's column loop runs on slimgrad's threads."""
+    if not _CONTROLLER:
+        import threadpoolctl
+
+        _CONTROLLER.append(threadpoolctl.ThreadpoolController())
+    return _CONTROLLER[0].limit(limits=1, user_api="blas")
 
 
 def inverse_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.ndarray, ...]:
     """``(order, dead, U)`` for ``_core.gptq``: what ``inverse_factor`` in
     ``cpp/src/gptq.cpp`` computes (same order, dead columns and damping), in
     float64, with the Cholesky factorization and triangular inverse as GEMMs
-    through NumPy's BLAS (:func:`_inverse_cholesky`): 2x faster than Eigen
+    through NumPy's BLAS (:func:`_inverse_factor`): 2x faster than Eigen
     compiled for the baseline ISA on the 1536-input layers. (A float32 factor,
     as the reference code uses in torch, is faster still but moves scales in
     their last bits and some codes at 3 bits: docs/compress.md, "Speed".) If
@@ -149,11 +187,11 @@ def inverse_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.nd
     dead = diag == 0
     diag[dead] = 1.0
     order = np.argsort(-diag, kind="stable") if act_order else np.arange(n)
-    rev = order[::-1]  # the order-reversed H: U = J L^-1 J
-    hp = h64[np.ix_(rev, rev)]
-    hp[np.diag_indices(n)] = diag[rev] + damp * float(np.mean(diag))
+    hp = h64.take(order, axis=0).take(order, axis=1) if act_order else h64.copy()
+    hp[np.diag_indices(n)] = diag[order] + damp * float(np.mean(diag))
     try:
-        linv = _inverse_cholesky(hp)
+        with blas_limit():
+            u = _inverse_factor(hp)
     except np.linalg.LinAlgError:
         return _core.gptq.inverse_factor(h64, act_order, damp)
-    return order.astype(np.int64), dead, np.ascontiguousarray(linv[::-1, ::-1])
+    return order.astype(np.int64), dead, u

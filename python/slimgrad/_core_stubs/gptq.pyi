@@ -3,10 +3,14 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['inverse_factor', 'prune', 'quantize']
+__all__: list[str] = ['inverse_factor', 'is_symmetric', 'prune', 'quantize']
 def inverse_factor(H: typing.Any, act_order: bool, damp: typing.SupportsFloat | typing.SupportsIndex) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.bool], numpy.typing.NDArray[numpy.float64]]:
     """
     (order, dead, U): the factor of H in float64 through Eigen (gptq.hpp, inverse_factor).
+    """
+def is_symmetric(H: typing.Any, rtol: typing.SupportsFloat | typing.SupportsIndex, atol_scale: typing.SupportsFloat | typing.SupportsIndex) -> bool:
+    """
+    np.allclose(H, H.T, rtol, atol_scale * max|H|) for a float64 H, by cache blocks (gptq.hpp, is_symmetric).
     """
 def prune(w: typing.Any, order: typing.Any, dead: typing.Any, U: typing.Any, sparsity: typing.SupportsFloat | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, m: typing.SupportsInt | typing.SupportsIndex, block_size: typing.SupportsInt | typing.SupportsIndex, out: typing.Any, keep: typing.Any) -> float:
     ...
