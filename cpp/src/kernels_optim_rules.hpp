@@ -368,23 +368,41 @@ struct Rule<Algo::rprop> {
   }
   // Comparisons and selects only (no branches on data).
   template <class V, class S>
-  static SLIMGRAD_OPTIM_INLINE V simd(const StepConsts<typename V::Scalar>&, const VConsts<V>& c, V p, V g,
+  static SLIMGRAD_OPTIM_INLINE V simd(const StepConsts<typename V::Scalar>& k, const VConsts<V>& c, V p, V g,
                                       const S& st) {
     using T = typename V::Scalar;
     using simd::lt;
     using simd::select;
-    const V zero = V::zero();
+    const V zero = V::zero(), hi = V::set1(k.c3);
     const V prod = g * st.ld(0);
     const V f = select(lt(zero, prod), c.c1, select(lt(prod, zero), c.c0, V::set1(T(1))));
     V ss = st.ld(1) * f;
     ss = select(lt(ss, c.c2), c.c2, ss);
-    ss = select(lt(c.c3, ss), c.c3, ss);
+    ss = select(lt(hi, ss), hi, ss);
     const V gm = select(lt(prod, zero), zero, g);
     st.st(0, gm);
     st.st(1, ss);
     return p - vsign(gm) * ss;
   }
 };
+
+// The Schedule-Free step with the (normalized) gradient u: y moves toward z
+// (lerp weight ckp1), z -= lr u (slot 0), y += c1 u. p holds y.
+template <class T, class S>
+inline T schedule_free(const StepConsts<T>& k, T p, T u, const S& s, std::size_t i) {
+  const T z = s.ld(0, i);
+  p = lerp(p, z, k);
+  s.st(0, i, z - k.lr * u);
+  return p + k.c1 * u;
+}
+template <class V, class S>
+SLIMGRAD_OPTIM_INLINE V vschedule_free(const StepConsts<typename V::Scalar>& k, const VConsts<V>& c, V p, V u,
+                                       const S& st) {
+  const V z = st.ld(0);
+  p = vlerp(p, z, k, c);
+  st.st(0, z - c.lr * u);
+  return p + c.c1 * u;
+}
 
 // schedulefree.AdamWScheduleFree; p holds y. w = ckp1, c0 = 1 - beta2^step,
 // c1 = lr (beta1 (1 - ckp1) - 1); its weight decay is added after the
@@ -403,10 +421,7 @@ struct Rule<Algo::sf_adamw> {
     s.st(1, i, v);
     T gn = g / (std::sqrt(v / k.c0) + k.eps);
     if (k.wd != T(0)) gn = gn + k.wd * p;
-    const T z = s.ld(0, i);
-    p = lerp(p, z, k);
-    s.st(0, i, z - k.lr * gn);
-    return p + k.c1 * gn;
+    return schedule_free(k, p, gn, s, i);
   }
   template <class V, class S>
   static SLIMGRAD_OPTIM_INLINE V simd(const StepConsts<typename V::Scalar>& k, const VConsts<V>& c, V p, V g,
@@ -415,10 +430,7 @@ struct Rule<Algo::sf_adamw> {
     st.st(1, v);
     V gn = g / (sqrt(v / c.c0) + c.eps);
     if (k.wd != typename V::Scalar(0)) gn = gn + c.wd * p;
-    const V z = st.ld(0);
-    p = vlerp(p, z, k, c);
-    st.st(0, z - c.lr * gn);
-    return p + c.c1 * gn;
+    return vschedule_free(k, c, p, gn, st);
   }
 };
 
@@ -432,18 +444,12 @@ struct Rule<Algo::sf_sgd> {
   }
   template <class T, class S>
   static T ref(const StepConsts<T>& k, T p, T g, const S& s, std::size_t i) {
-    const T z = s.ld(0, i);
-    p = lerp(p, z, k);
-    s.st(0, i, z - k.lr * g);
-    return p + k.c1 * g;
+    return schedule_free(k, p, g, s, i);
   }
   template <class V, class S>
   static SLIMGRAD_OPTIM_INLINE V simd(const StepConsts<typename V::Scalar>& k, const VConsts<V>& c, V p, V g,
                                       const S& st) {
-    const V z = st.ld(0);
-    p = vlerp(p, z, k, c);
-    st.st(0, z - c.lr * g);
-    return p + c.c1 * g;
+    return vschedule_free(k, c, p, g, st);
   }
 };
 

@@ -31,7 +31,7 @@ template <class T>
 struct StepConsts {
   T lr, neg_lr, wd, eps, momentum, one_minus_dampening, beta1;
   T decay, one_minus_decay, w, w_rest;
-  T c0, c1, c2, c3, wd_scale, gscale;
+  T c0, c1, c2, c3, neg_c0, wd_scale, gscale;
   bool has_gscale;
   bool maximize, nesterov, amsgrad, centered, decoupled, flag, has_wd, has_momentum;
 
@@ -52,6 +52,7 @@ struct StepConsts {
     c1 = t(a.c1);
     c2 = t(a.c2);
     c3 = t(a.c3);
+    neg_c0 = -c0;
     wd_scale = t(a.wd_scale);
     gscale = t(a.grad_scale);
     has_gscale = a.grad_scale != 1.0;
@@ -66,31 +67,22 @@ struct StepConsts {
   }
 };
 
-// The same scalars broadcast to vectors, once per kernel call.
+// The same scalars broadcast to vectors, once per kernel call (neg_c0 = -c0).
+#define SLIMGRAD_VCONSTS(X)                                                                                    \
+  X(lr) X(neg_lr) X(wd) X(eps) X(momentum) X(one_minus_dampening) X(decay) X(one_minus_decay) X(w) X(w_rest)  \
+  X(c0) X(c1) X(c2) X(neg_c0) X(wd_scale) X(beta1)
 template <class V>
 struct VConsts {
-  using T = typename V::Scalar;
-  V lr, neg_lr, wd, eps, momentum, one_minus_dampening, decay, one_minus_decay, w, w_rest, c0, c1, c2, c3,
-      neg_c0, wd_scale, beta1;
-  explicit VConsts(const StepConsts<T>& k)
-      : lr(V::set1(k.lr)),
-        neg_lr(V::set1(k.neg_lr)),
-        wd(V::set1(k.wd)),
-        eps(V::set1(k.eps)),
-        momentum(V::set1(k.momentum)),
-        one_minus_dampening(V::set1(k.one_minus_dampening)),
-        decay(V::set1(k.decay)),
-        one_minus_decay(V::set1(k.one_minus_decay)),
-        w(V::set1(k.w)),
-        w_rest(V::set1(k.w_rest)),
-        c0(V::set1(k.c0)),
-        c1(V::set1(k.c1)),
-        c2(V::set1(k.c2)),
-        c3(V::set1(k.c3)),
-        neg_c0(V::set1(-k.c0)),
-        wd_scale(V::set1(k.wd_scale)),
-        beta1(V::set1(k.beta1)) {}
+#define SLIMGRAD_VFIELD(name) V name;
+  SLIMGRAD_VCONSTS(SLIMGRAD_VFIELD)
+#undef SLIMGRAD_VFIELD
+  explicit VConsts(const StepConsts<typename V::Scalar>& k) {
+#define SLIMGRAD_VSET(name) name = V::set1(k.name);
+    SLIMGRAD_VCONSTS(SLIMGRAD_VSET)
+#undef SLIMGRAD_VSET
+  }
 };
+#undef SLIMGRAD_VCONSTS
 
 // ------------------------------------------------------------- helpers
 // Scalar (ref) and vector (simd) forms, kept apart like the rules.
