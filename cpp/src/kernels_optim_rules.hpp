@@ -37,8 +37,8 @@ inline namespace SLIMGRAD_TARGET_NAMESPACE {
 
 // Adam's moments (Adam, NAdam, RAdam): m = lerp(m, g, 1 - beta1) in slot 0,
 // v = v beta2 + ((1 - beta2) g) g in slot 1, both stored; returns {m, v}.
-// Scalar only: the SIMD rules write the four lines out, since a returned
-// pair of vectors made GCC keep m and v on the stack in the Adam loop.
+// The SIMD form writes through references: a returned pair of vectors made
+// GCC keep m and v on the stack in the Adam loop.
 template <class T, class S>
 inline std::pair<T, T> adam_moments(const StepConsts<T>& k, T g, const S& s, std::size_t i) {
   const T m = lerp(s.ld(0, i), g, k);
@@ -46,6 +46,15 @@ inline std::pair<T, T> adam_moments(const StepConsts<T>& k, T g, const S& s, std
   s.st(0, i, m);
   s.st(1, i, v);
   return {m, v};
+}
+
+template <class V, class S>
+SLIMGRAD_OPTIM_INLINE void vadam_moments(const StepConsts<typename V::Scalar>& k, const VConsts<V>& c, V g,
+                                         const S& st, V& m, V& v) {
+  m = vlerp(st.ld(0), g, k, c);
+  v = st.ld(1) * c.decay + (c.one_minus_decay * g) * g;
+  st.st(0, m);
+  st.st(1, v);
 }
 
 // torch.optim.SGD. flag = first step (the momentum buffer starts at g).
@@ -188,10 +197,8 @@ struct Rule<Algo::adam> {
   template <class V, class S>
   static SLIMGRAD_OPTIM_INLINE V simd(const StepConsts<typename V::Scalar>& k, const VConsts<V>& c, V p, V g,
                                       const S& st) {
-    const V m = vlerp(st.ld(0), g, k, c);
-    const V v = st.ld(1) * c.decay + (c.one_minus_decay * g) * g;
-    st.st(0, m);
-    st.st(1, v);
+    V m, v;
+    vadam_moments(k, c, g, st, m, v);
     V vh = v;
     if (k.amsgrad) {
       vh = vmax(st.ld(2), v);
@@ -251,10 +258,8 @@ struct Rule<Algo::nadam> {
   template <class V, class S>
   static SLIMGRAD_OPTIM_INLINE V simd(const StepConsts<typename V::Scalar>& k, const VConsts<V>& c, V p, V g,
                                       const S& st) {
-    const V m = vlerp(st.ld(0), g, k, c);
-    const V v = st.ld(1) * c.decay + (c.one_minus_decay * g) * g;
-    st.st(0, m);
-    st.st(1, v);
+    V m, v;
+    vadam_moments(k, c, g, st, m, v);
     const V den = sqrt(v / c.c0) + c.eps;
     p = p + (c.c1 * g) / den;
     return p + (c.c2 * m) / den;
@@ -286,10 +291,8 @@ struct Rule<Algo::radam> {
   template <class V, class S>
   static SLIMGRAD_OPTIM_INLINE V simd(const StepConsts<typename V::Scalar>& k, const VConsts<V>& c, V p, V g,
                                       const S& st) {
-    const V m = vlerp(st.ld(0), g, k, c);
-    const V v = st.ld(1) * c.decay + (c.one_minus_decay * g) * g;
-    st.st(0, m);
-    st.st(1, v);
+    V m, v;
+    vadam_moments(k, c, g, st, m, v);
     const V bm = m / c.c0;
     if (k.flag) return p - ((bm * c.lr) * (c.c1 / (sqrt(v) + c.eps))) * c.c2;
     return p - bm * c.lr;
