@@ -12,9 +12,10 @@
 // share its formula with what it checks), in the same operations and order:
 // torch's addcmul self + (value * t1) * t2, addcdiv self + (value * t1) / t2,
 // lerp self + w (end - self) for w < 0.5, else end - (end - self)(1 - w).
-// No FMA anywhere: every unit including this header is compiled with
-// -ffp-contract=off (the scalar unit and the "exact" optim area in
-// CMakeLists.txt), so every ISA gives the scalar reference's bits.
+// No FMA: the units running ref and simd are compiled with -ffp-contract=off
+// (the scalar unit and the "exact" optim area in CMakeLists.txt), so every ISA
+// gives the scalar reference's bits; constants() runs in optim.cpp (baseline
+// x86-64, no FMA instructions), once per step, for every ISA alike.
 // Both see g after the common prologue of their runner (maximize, then
 // coupled weight decay g + wd p or decoupled p * wd_scale when
 // prologue_wd); storage, half precision, bfloat16 state, tails, threading
