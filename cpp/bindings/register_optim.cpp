@@ -366,43 +366,16 @@ double grads_total_norm(const Grads& g, double norm_type) {
 }  // namespace
 
 void register_optim(py::module_& m) {
-  py::class_<StepArgs>(m, "StepArgs", "Options and step count of one multi-tensor step (see optim.hpp).")
-      .def(py::init<>())
+  py::class_<StepArgs> args(m, "StepArgs", "Options and step count of one multi-tensor step (see optim.hpp).");
+  args.def(py::init<>())
       .def_property(
           "algo", [](const StepArgs& a) { return std::string(describe(a.algo).name); },
           [](StepArgs& a, const std::string& s) { a.algo = parse_algo(s); })
-      .def_readwrite("stochastic", &StepArgs::stochastic)
-      .def_readwrite("bf16_state", &StepArgs::bf16_state)
-      .def_readwrite("master_weights", &StepArgs::master_weights)
-      .def_readwrite("seed", &StepArgs::seed)
-      .def_readwrite("step", &StepArgs::step)
-      .def_readwrite("lr", &StepArgs::lr)
-      .def_readwrite("weight_decay", &StepArgs::weight_decay)
-      .def_readwrite("eps", &StepArgs::eps)
-      .def_readwrite("beta1", &StepArgs::beta1)
-      .def_readwrite("beta2", &StepArgs::beta2)
-      .def_readwrite("alpha", &StepArgs::alpha)
-      .def_readwrite("rho", &StepArgs::rho)
-      .def_readwrite("momentum", &StepArgs::momentum)
-      .def_readwrite("dampening", &StepArgs::dampening)
-      .def_readwrite("lr_decay", &StepArgs::lr_decay)
-      .def_readwrite("momentum_decay", &StepArgs::momentum_decay)
-      .def_readwrite("mu_product", &StepArgs::mu_product)
-      .def_readwrite("lambd", &StepArgs::lambd)
-      .def_readwrite("eta", &StepArgs::eta)
-      .def_readwrite("mu", &StepArgs::mu)
-      .def_readwrite("etaminus", &StepArgs::etaminus)
-      .def_readwrite("etaplus", &StepArgs::etaplus)
-      .def_readwrite("step_size_min", &StepArgs::step_size_min)
-      .def_readwrite("step_size_max", &StepArgs::step_size_max)
-      .def_readwrite("ckp1", &StepArgs::ckp1)
-      .def_readwrite("maximize", &StepArgs::maximize)
-      .def_readwrite("nesterov", &StepArgs::nesterov)
-      .def_readwrite("amsgrad", &StepArgs::amsgrad)
-      .def_readwrite("centered", &StepArgs::centered)
-      .def_readwrite("decoupled", &StepArgs::decoupled)
-      .def_readwrite("grad_scale", &StepArgs::grad_scale)
-      .def_readonly("c3", &StepArgs::c3);
+      .def_readonly("c3", &StepArgs::c3);  // NAdam's new mu product, read back by Python
+  // One read-write attribute per option, same name (optim_table.hpp).
+#define SLIMGRAD_STEP_ATTR(type, name, value, doc) args.def_readwrite(#name, &StepArgs::name);
+  SLIMGRAD_STEP_OPTIONS(SLIMGRAD_STEP_ATTR)
+#undef SLIMGRAD_STEP_ATTR
 
   m.def("optimizers", &optimizer_table,
         "The optimizer descriptor table (optim_table.hpp): name -> kind, numeric policy, options, "

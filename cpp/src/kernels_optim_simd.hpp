@@ -1,12 +1,17 @@
-// Optimizer steps written once against simd.hpp, instantiated by
-// the per-ISA units the build generates (CMakeLists.txt).
+// The elementwise optimizer steps on simd.hpp vectors, written once and
+// instantiated by the per-ISA units the build generates (CMakeLists.txt).
+//  - The per-algorithm update is each row's Rule<A>::simd
+//    (kernels_optim_rules.hpp), reached through dispatch_rule (one case per
+//    row of optim_table.hpp); this file is the runner every row shares: the
+//    clip, maximize and weight decay prologue, storage, tails, rounding.
 //  - One pass: each vector of p, g and the states is loaded once, updated,
 //    stored once. The algorithm and the storage type are template
 //    parameters; option flags are uniform branches (predicted, hoisted).
 //  - Same operations in the same order as the scalar oracle
-//    (kernels_optim_scalar.cpp), and the area is "exact" in CMakeLists.txt (-ffp-contract=off) so the compiler
-//    does not fuse a*b+c into an FMA: every ISA gives the same bits as the
-//    scalar reference. The step is memory bound; FMA would not make it faster.
+//    (kernels_optim_scalar.cpp, Rule<A>::ref), and the area is "exact" in
+//    CMakeLists.txt (-ffp-contract=off) so the compiler does not fuse a*b+c
+//    into an FMA: every ISA gives the same bits as the scalar reference. The
+//    step is memory bound; FMA would not make it faster.
 //  - Tails: the last k < width elements go through padded copies
 //    (load_partial / store_partial), i.e. the same arithmetic as the body.
 //  - float16/bfloat16: widened to float32 (F16C / shifts), math on the float32
@@ -15,7 +20,7 @@
 //    stochastic rounding (sr_round8/16: the scalar functions of optim.hpp
 //    lane by lane, bit for bit).
 //  - bfloat16 state (StateIO<..., Bf16 = true>): loads widen, stores round
-//    (nearest even or stochastic); update() sees float32 vectors either way.
+//    (nearest even or stochastic); the rules see float32 vectors either way.
 #pragma once
 
 #include <cmath>
@@ -23,43 +28,19 @@
 #include <cstring>
 #include <type_traits>
 
+#include "kernels_optim_rules.hpp"
 #include "slimgrad/optim.hpp"
 #include "slimgrad/simd.hpp"
 
-// The per-vector helpers below must inline into the loops of run(): a call
-// per vector (GCC declined to inline update() with bfloat16 state) costs more
-// than the memory traffic saved.
-#define SLIMGRAD_OPTIM_INLINE inline __attribute__((always_inline))
+// The per-vector helpers below (and SLIMGRAD_OPTIM_INLINE, kernels_optim_rules_common.hpp)
+// must inline into the loops of run(): a call per vector costs more than the
+// memory traffic saved.
 #define SLIMGRAD_LAMBDA_INLINE __attribute__((always_inline))
 
 namespace slimgrad::kernels {
 using namespace slimgrad::simd;
 
 namespace optim_simd {
-
-template <class V>
-struct VConsts {
-  using T = typename V::Scalar;
-  V lr, neg_lr, wd, eps, momentum, one_minus_dampening, decay, one_minus_decay, w, w_rest, c0, c1,
-      c2, neg_c0, wd_scale, beta1;
-  explicit VConsts(const StepConsts<T>& k)
-      : lr(V::set1(k.lr)),
-        neg_lr(V::set1(k.neg_lr)),
-        wd(V::set1(k.wd)),
-        eps(V::set1(k.eps)),
-        momentum(V::set1(k.momentum)),
-        one_minus_dampening(V::set1(k.one_minus_dampening)),
-        decay(V::set1(k.decay)),
-        one_minus_decay(V::set1(k.one_minus_decay)),
-        w(V::set1(k.w)),
-        w_rest(V::set1(k.w_rest)),
-        c0(V::set1(k.c0)),
-        c1(V::set1(k.c1)),
-        c2(V::set1(k.c2)),
-        neg_c0(V::set1(-k.c0)),
-        wd_scale(V::set1(k.wd_scale)),
-        beta1(V::set1(k.beta1)) {}
-};
 
 // Loads/stores of one vector position: full vectors or a padded tail.
 template <class V, bool Full>
@@ -77,27 +58,12 @@ struct Access {
   }
 };
 
-}  // namespace optim_simd
-}  // namespace slimgrad::kernels
-
-#include "kernels_optim_adaptive.hpp"
-
-namespace slimgrad::kernels {
-namespace optim_simd {
-
-template <class V>
-inline V vmax(V a, V b) {  // a < b ? b : a, as the oracle
-  return select(lt(a, b), b, a);
-}
-
-// The new p of one vector position; `st` loads and stores the state slots
-// there (StateIO: T, or bfloat16 rounded on store).
+// The new p of one vector position: the common prologue, then the row's
+// rule. `st` loads and stores the state slots there (StateIO: T, or bfloat16
+// rounded on store).
 template <Algo A, class V, class S>
 SLIMGRAD_OPTIM_INLINE V update(const StepConsts<typename V::Scalar>& k, const VConsts<V>& c, V p, V g, const S& st) {
   using T = typename V::Scalar;
-  const auto lerp = [&](V self, V end) {
-    return k.w < T(0.5) ? self + c.w * (end - self) : end - (end - self) * c.w_rest;
-  };
   if (k.maximize) g = g * V::set1(T(-1));  // exact negation, -0 included
   if (k.has_wd) {
     if (k.decoupled)
@@ -105,85 +71,7 @@ SLIMGRAD_OPTIM_INLINE V update(const StepConsts<typename V::Scalar>& k, const VC
     else
       g = g + c.wd * p;
   }
-  if constexpr (A == Algo::sgd) {
-    if (k.has_momentum) {
-      const V buf = k.flag ? g : st.ld(0) * c.momentum + c.one_minus_dampening * g;
-      st.st(0, buf);
-      g = k.nesterov ? g + c.momentum * buf : buf;
-    }
-    return p + c.neg_lr * g;
-  } else if constexpr (A == Algo::adagrad) {
-    const V sum = st.ld(0) + g * g;
-    st.st(0, sum);
-    return p + (c.neg_c0 * g) / (sqrt(sum) + c.eps);
-  } else if constexpr (A == Algo::rmsprop) {
-    const V sq = st.ld(0) * c.decay + (c.one_minus_decay * g) * g;
-    st.st(0, sq);
-    V avg;
-    if (k.centered) {
-      const V ga = lerp(st.ld(2), g);
-      st.st(2, ga);
-      avg = sqrt(sq - ga * ga) + c.eps;
-    } else {
-      avg = sqrt(sq) + c.eps;
-    }
-    if (k.has_momentum) {
-      const V buf = st.ld(1) * c.momentum + g / avg;
-      st.st(1, buf);
-      return p + c.neg_lr * buf;
-    }
-    return p + (c.neg_lr * g) / avg;
-  } else if constexpr (A == Algo::adadelta) {
-    const V sq = st.ld(0) * c.decay + (c.one_minus_decay * g) * g;
-    st.st(0, sq);
-    const V acc = st.ld(1);
-    const V delta = (sqrt(acc + c.eps) / sqrt(sq + c.eps)) * g;
-    st.st(1, acc * c.decay + (c.one_minus_decay * delta) * delta);
-    return p + c.neg_lr * delta;
-  } else if constexpr (A == Algo::adam) {
-    const V m = lerp(st.ld(0), g);
-    const V v = st.ld(1) * c.decay + (c.one_minus_decay * g) * g;
-    st.st(0, m);
-    st.st(1, v);
-    V vh = v;
-    if (k.amsgrad) {
-      vh = vmax(st.ld(2), v);
-      st.st(2, vh);
-    }
-    return p + (c.neg_c0 * m) / (sqrt(vh) / c.c1 + c.eps);
-  } else if constexpr (A == Algo::adamax) {
-    const V m = lerp(st.ld(0), g);
-    const V u = vmax(st.ld(1) * c.decay, abs(g) + c.eps);
-    st.st(0, m);
-    st.st(1, u);
-    return p + (c.neg_c0 * m) / u;
-  } else if constexpr (A == Algo::nadam) {
-    const V m = lerp(st.ld(0), g);
-    const V v = st.ld(1) * c.decay + (c.one_minus_decay * g) * g;
-    st.st(0, m);
-    st.st(1, v);
-    const V den = sqrt(v / c.c0) + c.eps;
-    p = p + (c.c1 * g) / den;
-    return p + (c.c2 * m) / den;
-  } else if constexpr (A == Algo::lion) {  // sign(0) = sign(NaN) = 0, as the oracle
-    const V m = st.ld(0);
-    const V u = c.beta1 * m + c.w * g;
-    st.st(0, c.decay * m + c.one_minus_decay * g);
-    const V zero = V::zero();
-    const V sign = select(lt(zero, u), V::set1(T(1)), select(lt(u, zero), V::set1(T(-1)), zero));
-    return p + c.neg_lr * sign;
-  } else if constexpr (is_adaptive(A)) {  // ASGD, Rprop, Schedule-Free: kernels_optim_adaptive.hpp
-    return update_adaptive<A>(k, c, p, g, st);
-  } else {
-    static_assert(A == Algo::radam, "update(): an elementwise row of optim_table.hpp without a kernel");
-    const V m = lerp(st.ld(0), g);
-    const V v = st.ld(1) * c.decay + (c.one_minus_decay * g) * g;
-    st.st(0, m);
-    st.st(1, v);
-    const V bm = m / c.c0;
-    if (k.flag) return p - ((bm * c.lr) * (c.c1 / (sqrt(v) + c.eps))) * c.c2;
-    return p - bm * c.lr;
-  }
+  return Rule<A>::simd(k, c, p, g, st);
 }
 
 #if defined(__AVX2__)
@@ -511,13 +399,7 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
 
 template <Isa I, class T, bool Bf16State>
 void run_algo(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
-  // One case per elementwise row of the descriptor table.
-#define SLIMGRAD_CASE(name, kind, ...)                                           \
-  case Algo::name:                                                               \
-    if constexpr (OptimKind::kind == OptimKind::elementwise) return run<I, Algo::name, T, Bf16State>(a, s, b, e); \
-    break;
-  switch (a.algo) { SLIMGRAD_OPTIMIZERS(SLIMGRAD_CASE) }
-#undef SLIMGRAD_CASE
+  dispatch_rule(a.algo, [&](auto row) { run<I, decltype(row)::value, T, Bf16State>(a, s, b, e); });
 }
 
 }  // namespace optim_simd

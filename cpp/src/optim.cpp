@@ -4,88 +4,22 @@
 #include <algorithm>
 #include <atomic>
 #include <thread>
-#include <cmath>
 #include <vector>
 
 #include "slimgrad/core.hpp"
 #include "slimgrad/threading.hpp"
+#include "kernels_optim_rules.hpp"
 
 namespace slimgrad {
 
 void step_constants(StepArgs& a) {
-  const double t = static_cast<double>(a.step);
+  // The defaults, then the row's own constants (kernels_optim_rules.hpp).
   a.wd_scale = 1.0 - a.lr * a.weight_decay;
   a.flag = false;
-  switch (a.algo) {
-    case Algo::sgd:
-      a.flag = a.step == 1;
-      break;
-    case Algo::adagrad:
-      a.c0 = a.lr / (1.0 + (t - 1.0) * a.lr_decay);
-      break;
-    case Algo::rmsprop:
-    case Algo::adadelta:
-      break;
-    case Algo::adam: {
-      const double bc1 = 1.0 - std::pow(a.beta1, t), bc2 = 1.0 - std::pow(a.beta2, t);
-      a.c0 = a.lr / bc1;
-      a.c1 = std::sqrt(bc2);
-      break;
-    }
-    case Algo::adamax:
-      a.c0 = a.lr / (1.0 - std::pow(a.beta1, t));
-      break;
-    case Algo::nadam: {
-      const double mu = a.beta1 * (1.0 - 0.5 * std::pow(0.96, t * a.momentum_decay));
-      const double mu_next = a.beta1 * (1.0 - 0.5 * std::pow(0.96, (t + 1.0) * a.momentum_decay));
-      const double prod = a.mu_product * mu, prod_next = prod * mu_next;
-      a.c0 = 1.0 - std::pow(a.beta2, t);
-      a.c1 = -a.lr * (1.0 - mu) / (1.0 - prod);
-      a.c2 = (-a.lr * mu_next) / (1.0 - prod_next);
-      a.c3 = prod;
-      break;
-    }
-    case Algo::lion:
-      a.decoupled = true;
-      break;
-    case Algo::asgd:
-      a.c0 = 1.0 - a.lambd * a.eta;
-      a.c1 = -a.eta;
-      a.c2 = a.mu;
-      a.flag = a.mu != 1.0;
-      break;
-    case Algo::rprop:
-      a.c0 = a.etaminus;
-      a.c1 = a.etaplus;
-      a.c2 = a.step_size_min;
-      a.c3 = a.step_size_max;
-      break;
-    case Algo::sf_adamw:
-      a.c0 = 1.0 - std::pow(a.beta2, t);
-      a.c1 = a.lr * (a.beta1 * (1.0 - a.ckp1) - 1.0);
-      break;
-    case Algo::sf_sgd:
-      a.c1 = a.lr * (a.momentum * (1.0 - a.ckp1) - 1.0);
-      break;
-    case Algo::lamb:
-    case Algo::adafactor:
-    case Algo::adamw8bit:
-    case Algo::muon:
-    case Algo::prodigy:
-      break;  // multipass: their own entry points
-    case Algo::radam: {
-      const double bc1 = 1.0 - std::pow(a.beta1, t), bc2 = 1.0 - std::pow(a.beta2, t);
-      const double rho_inf = 2.0 / (1.0 - a.beta2) - 1.0;
-      const double rho_t = rho_inf - 2.0 * t * std::pow(a.beta2, t) / bc2;
-      a.c0 = bc1;
-      a.c1 = std::sqrt(bc2);
-      a.flag = rho_t > 5.0;
-      a.c2 = a.flag ? std::sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf /
-                                ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
-                    : 0.0;
-      break;
-    }
-  }
+  a.decay = a.beta2;
+  a.w = 1.0 - a.beta1;
+  a.prologue_wd = true;
+  kernels::dispatch_rule(a.algo, [&a](auto row) { kernels::Rule<decltype(row)::value>::constants(a); });
 }
 
 int state_slots(const StepArgs& a, int out[3]) {

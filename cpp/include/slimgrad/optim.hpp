@@ -1,12 +1,16 @@
-// Optimizer steps (SGD, Adagrad, RMSprop, Adadelta, Adam/AdamW, Adamax,
-// NAdam, RAdam) with torch.optim's update rules, one fused pass per array.
+// The elementwise optimizer family (the elementwise rows of optim_table.hpp:
+// SGD, Adagrad, RMSprop, Adadelta, Adam/AdamW, Adamax, NAdam, RAdam, Lion,
+// ASGD, Rprop, Schedule-Free AdamW/SGD) with torch.optim's update rules (the
+// reference implementations' for Lion and Schedule-Free), one fused pass per
+// array. Each row's per-step constants, scalar reference and SIMD update live
+// together in its Rule<A> (src/kernels_optim_rules.hpp).
 //
 // Layers, as in core.hpp:
 //  - kernels::optim_step<Isa>: one sub-range [b, e) of one array, single
-//    threaded; the scalar specialization (kernels_optim_scalar.cpp) is the
-//    oracle, the SIMD one (kernels_optim_simd.hpp) uses the same operations
-//    in the same order and no FMA contraction, so every ISA gives the same
-//    bits (tested).
+//    threaded; the scalar specialization (kernels_optim_scalar.cpp, running
+//    Rule<A>::ref) is the oracle, the SIMD one (kernels_optim_simd.hpp,
+//    running Rule<A>::simd) uses the same operations in the same order and no
+//    FMA contraction, so every ISA gives the same bits (tested).
 //  - slimgrad::optim_step: a multi-tensor step over a list of arrays
 //    (merging arrays that lie back to back in memory), an optional
 //    non-finite scan of all gradients first, work pieces planned by
@@ -43,51 +47,37 @@ namespace slimgrad {
 enum class Storage : int { f32, f64, f16, bf16 };
 
 // Everything one step needs besides the arrays. The Python layer sets the
-// options; step_constants() derives the per-step scalars (bias corrections
-// ...) in double, so every ISA sees the same constants. Kernels convert them
-// to the math type once per call.
+// options (SLIMGRAD_STEP_OPTIONS, optim_table.hpp: one line per option gives
+// the field here and its Python attribute); step_constants() derives the
+// per-step scalars (bias corrections ...) in double, so every ISA sees the
+// same constants. Kernels convert them to the math type once per call.
 struct StepArgs {
   Algo algo = Algo::sgd;
   Storage storage = Storage::f32;
-  bool stochastic = false;  // rounding of float16/bfloat16 params and bfloat16 state
-  bool bf16_state = false;   // state arrays are bfloat16 (not float64 storage)
-  bool master_weights = true;  // float16/bfloat16 params: float32 master in Slot::master
-  std::uint64_t seed = 0;
-  std::uint64_t step = 1;  // count including this step (1 on the first)
-  // Options (torch's names).
-  double lr = 1e-3, weight_decay = 0, eps = 1e-8;
-  double beta1 = 0.9, beta2 = 0.999;  // Adam family
-  double alpha = 0.99, rho = 0.9;      // RMSprop, Adadelta
-  double momentum = 0, dampening = 0;  // SGD, RMSprop
-  double lr_decay = 0;                 // Adagrad
-  double momentum_decay = 4e-3;        // NAdam
-  double mu_product = 1;               // NAdam: product of mu over the previous steps
-  double lambd = 1e-4, eta = 1e-2, mu = 1;  // ASGD: decay; this step's eta and mu (per-tensor state)
-  double etaminus = 0.5, etaplus = 1.2;     // Rprop: step size factors
-  double step_size_min = 1e-6, step_size_max = 50;
-  double ckp1 = 1;                      // Schedule-Free: this step's averaging weight c_{k+1}
-  // Gradient clipping fused into the step: each gradient is multiplied by
-  // grad_scale (in the math type, the product not rounded to a half-precision
-  // gradient's dtype) before anything else; 1 = off. The caller computes it
-  // from the total norm (clip_grad_norm_'s arithmetic, optim/_clip.py).
-  double grad_scale = 1;
-  bool maximize = false, nesterov = false, amsgrad = false, centered = false, decoupled = false;
-  // Per-step constants (filled by step_constants).
-  // sgd: flag = first step | adagrad: c0 = lr / (1 + (step - 1) lr_decay)
-  // adam: c0 = lr / bc1, c1 = sqrt(bc2) | adamax: c0 = lr / bc1
-  // nadam: c0 = bc2, c1 = -lr (1 - mu) / (1 - mu_product'), c2 = -lr mu' / (1 - mu_product''),
-  //        c3 = mu_product' (the new product, to store back)
-  // radam: c0 = bc1, c1 = sqrt(bc2), c2 = rect, flag = rho_t > 5
-  // lion: none (its weight decay is always decoupled: step_constants sets decoupled)
-  // asgd: c0 = 1 - lambd eta, c1 = -eta, c2 = mu, flag = mu != 1
-  // rprop: c0 = etaminus, c1 = etaplus, c2 = step_size_min, c3 = step_size_max
-  // sf_adamw: c0 = 1 - beta2^step, c1 = lr (beta1 (1 - ckp1) - 1) | sf_sgd: c1 = lr (momentum (1 - ckp1) - 1)
-  //   (Schedule-Free: the lerp weight w is ckp1; sf_adamw adds its weight decay after the
-  //   normalization, in its own branch, so the common coupled decay is off for it)
-  // wd_scale = 1 - lr * weight_decay (decoupled weight decay)
-  double c0 = 0, c1 = 0, c2 = 0, c3 = 0, wd_scale = 1;
-  bool flag = false;
+#define SLIMGRAD_STEP_FIELD(type, name, value, doc) type name = value;
+  SLIMGRAD_STEP_OPTIONS(SLIMGRAD_STEP_FIELD)
+#undef SLIMGRAD_STEP_FIELD
+  // Per-step constants, filled by step_constants(): first the defaults
+  // below, then the row's Rule<A>::constants (kernels_optim_rules.hpp, where
+  // each rule says what c0..c3 and flag hold for it).
+  //  decay, w: the decay of the square average (beta2; RMSprop alpha,
+  //    Adadelta rho) and the lerp weight of the first moment (1 - beta1;
+  //    RMSprop's grad_avg 1 - alpha, Schedule-Free ckp1);
+  //  wd_scale = 1 - lr * weight_decay (decoupled weight decay);
+  //  prologue_wd: the common prologue applies weight decay (Schedule-Free
+  //    AdamW applies its own, after the normalization).
+  double c0 = 0, c1 = 0, c2 = 0, c3 = 0, wd_scale = 1, decay = 0, w = 0;
+  bool flag = false, prologue_wd = true;
 };
+
+// Every name in an elementwise row's options string is a StepArgs option.
+inline constexpr bool elementwise_options_known() {
+  for (const OptimDesc& d : kOptimizers)
+    if (d.kind == OptimKind::elementwise && !options_are_fields(d.options)) return false;
+  return true;
+}
+static_assert(elementwise_options_known(), "optim_table.hpp: an elementwise row names an option "
+                                           "missing from SLIMGRAD_STEP_OPTIONS");
 
 // Fills the per-step constants of `a` from its options and step.
 void step_constants(StepArgs& a);
@@ -120,52 +110,6 @@ inline constexpr bool elementwise_rows_fit() {
   return true;
 }
 static_assert(elementwise_rows_fit(), "an elementwise optimizer has at most 3 state slots");
-
-// The scalars of one step in the math type T (float for float16/bfloat16
-// storage), converted once per kernel call, the same way for every ISA.
-//  decay / one_minus_decay: beta2 (Adam family), alpha (RMSprop), rho (Adadelta);
-//  w, w_rest: lerp weight 1 - beta1 (1 - alpha for RMSprop's grad_avg) and
-//  1 - w computed in T, as torch's lerp does (Lion: w = 1 - beta1 too).
-template <class T>
-struct StepConsts {
-  T lr, neg_lr, wd, eps, momentum, one_minus_dampening, beta1;
-  T decay, one_minus_decay, w, w_rest;
-  T c0, c1, c2, c3, wd_scale, gscale;
-  bool has_gscale;
-  bool maximize, nesterov, amsgrad, centered, decoupled, flag, has_wd, has_momentum;
-
-  explicit StepConsts(const StepArgs& a) {
-    const auto t = [](double x) { return static_cast<T>(x); };
-    lr = t(a.lr);
-    neg_lr = t(-a.lr);
-    wd = t(a.weight_decay);
-    eps = t(a.eps);
-    momentum = t(a.momentum);
-    one_minus_dampening = t(1.0 - a.dampening);
-    beta1 = t(a.beta1);
-    const double d = a.algo == Algo::rmsprop ? a.alpha : a.algo == Algo::adadelta ? a.rho : a.beta2;
-    decay = t(d);
-    one_minus_decay = t(1.0 - d);
-    const bool sf = a.algo == Algo::sf_adamw || a.algo == Algo::sf_sgd;
-    w = t(a.algo == Algo::rmsprop ? 1.0 - a.alpha : sf ? a.ckp1 : 1.0 - a.beta1);
-    w_rest = T(1) - w;
-    c0 = t(a.c0);
-    c1 = t(a.c1);
-    c2 = t(a.c2);
-    c3 = t(a.c3);
-    wd_scale = t(a.wd_scale);
-    gscale = t(a.grad_scale);
-    has_gscale = a.grad_scale != 1.0;
-    maximize = a.maximize;
-    nesterov = a.nesterov;
-    amsgrad = a.amsgrad;
-    centered = a.centered;
-    decoupled = a.decoupled;
-    flag = a.flag;
-    has_wd = a.weight_decay != 0 && a.algo != Algo::sf_adamw;
-    has_momentum = a.momentum != 0;
-  }
-};
 
 namespace kernels {
 template <Isa I>

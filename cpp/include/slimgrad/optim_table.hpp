@@ -3,13 +3,19 @@
 // Each row of SLIMGRAD_OPTIMIZERS gives an optimizer's kernel name, its kind,
 // its numeric policy, its option names (StepArgs fields, torch's names) and
 // its state slots (key, storage, when the slot exists). From this list come:
-//  - the Algo enum and the kernel dispatch (optim.cpp, kernels_optim_simd.hpp);
+//  - the Algo enum and the switches that reach each elementwise row's
+//    Rule<Algo::name> (kernels_optim_rules.hpp: dispatch_rule, used by
+//    step_constants, the scalar unit and the per-ISA SIMD units);
 //  - state_slots() (which Slot::s entries a step uses for given options);
 //  - the binding's names (StepArgs.algo accepts exactly the row names) and
 //    _core.optim.optimizers(), from which the Python classes take their
-//    state keys (slimgrad.optim reads them; no hand-written key lists).
-// A new elementwise optimizer is one row here plus its update in
-// kernels_optim_scalar.cpp / kernels_optim_simd.hpp (see docs/architecture.md).
+//    state keys (slimgrad.optim reads them; no hand-written key lists);
+//  - StepArgs's option fields and their Python attributes (SLIMGRAD_STEP_OPTIONS
+//    below: optim.hpp and bindings/register_optim.cpp expand it).
+// A new elementwise optimizer is one row here plus its Rule<Algo::name>
+// (per-step constants, scalar reference, SIMD update) in
+// cpp/src/kernels_optim_rules.hpp; a new option is one line of
+// SLIMGRAD_STEP_OPTIONS (see docs/architecture.md, "Adding an optimizer").
 //
 // Row: X(name, kind, policy, options, S0, S1, S2, S3) with each slot
 // S = (key, storage, when); unused slots are (_, none, never).
@@ -30,6 +36,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 // clang-format off
 #define SLIMGRAD_OPTIMIZERS(X)                                                                                \
@@ -92,6 +99,47 @@
 // every slice_p-th element of the flattened param; exp_avg exists when
 // beta1 > 0 ("momentum"); the d estimate lives in the param groups
 // (slimgrad.optim._prodigy, as prodigyopt keeps it).
+
+// The options of the elementwise family: X(type, name, default, doc), one
+// line each. StepArgs (optim.hpp) gets the field `type name = default;` and
+// _core.optim.StepArgs the read-write attribute `name` (the Python layer sets
+// them by name: keep names and defaults stable). The doc is for the reader
+// (not passed to pybind11, so the generated stubs do not change). Names in a
+// row's options string above must be among these (static_assert in optim.hpp)
+// for elementwise rows; multipass rows take theirs through their own entry
+// points.
+#define SLIMGRAD_STEP_OPTIONS(X)                                                                            \
+  X(bool, stochastic, false, "round float16/bfloat16 params and bfloat16 state stochastically")             \
+  X(bool, bf16_state, false, "state arrays are bfloat16 (not for float64 params)")                         \
+  X(bool, master_weights, true, "float16/bfloat16 params: a float32 master copy in Slot::master")         \
+  X(std::uint64_t, seed, 0, "stochastic rounding stream")                                                 \
+  X(std::uint64_t, step, 1, "step count including this step (1 on the first)")                             \
+  X(double, lr, 1e-3, "learning rate")                                                                      \
+  X(double, weight_decay, 0, "L2 penalty (coupled), or decoupled with `decoupled`")                         \
+  X(double, eps, 1e-8, "denominator term")                                                                  \
+  X(double, beta1, 0.9, "Adam family: first-moment decay")                                                 \
+  X(double, beta2, 0.999, "Adam family: second-moment decay")                                              \
+  X(double, alpha, 0.99, "RMSprop: square average decay")                                                  \
+  X(double, rho, 0.9, "Adadelta: square average decay")                                                    \
+  X(double, momentum, 0, "SGD, RMSprop, Schedule-Free SGD")                                                \
+  X(double, dampening, 0, "SGD")                                                                            \
+  X(double, lr_decay, 0, "Adagrad")                                                                         \
+  X(double, momentum_decay, 4e-3, "NAdam")                                                                  \
+  X(double, mu_product, 1, "NAdam: product of mu over the previous steps")                                 \
+  X(double, lambd, 1e-4, "ASGD: decay term")                                                                \
+  X(double, eta, 1e-2, "ASGD: this step's eta (per-tensor state)")                                         \
+  X(double, mu, 1, "ASGD: this step's mu (per-tensor state)")                                              \
+  X(double, etaminus, 0.5, "Rprop: step size factor on a sign change")                                     \
+  X(double, etaplus, 1.2, "Rprop: step size factor on the same sign")                                      \
+  X(double, step_size_min, 1e-6, "Rprop")                                                                   \
+  X(double, step_size_max, 50, "Rprop")                                                                     \
+  X(double, ckp1, 1, "Schedule-Free: this step's averaging weight c_{k+1}")                                \
+  X(double, grad_scale, 1, "fused clipping: every gradient times this first; 1 = off (optim/_clip.py)")    \
+  X(bool, maximize, false, "ascend: the gradient negated first")                                            \
+  X(bool, nesterov, false, "SGD")                                                                           \
+  X(bool, amsgrad, false, "Adam: the running maximum of exp_avg_sq (slot max_exp_avg_sq)")                  \
+  X(bool, centered, false, "RMSprop: subtract the squared mean gradient (slot grad_avg)")                  \
+  X(bool, decoupled, false, "weight decay scales the param (AdamW) instead of adding to the gradient")
 // clang-format on
 
 namespace slimgrad {
@@ -135,5 +183,30 @@ enum class Algo : int { SLIMGRAD_OPTIMIZERS(SLIMGRAD_ENUM) };
 #undef SLIMGRAD_ENUM
 
 inline constexpr const OptimDesc& describe(Algo a) { return kOptimizers[static_cast<int>(a)]; }
+
+// The option names of SLIMGRAD_STEP_OPTIONS, and whether every name of a
+// row's options string is one of them.
+#define SLIMGRAD_OPTION_NAME(type, name, value, doc) #name,
+inline constexpr const char* kStepOptionNames[] = {SLIMGRAD_STEP_OPTIONS(SLIMGRAD_OPTION_NAME)};
+#undef SLIMGRAD_OPTION_NAME
+
+inline constexpr bool is_step_option(const char* word, std::size_t len) {
+  for (const char* name : kStepOptionNames) {
+    std::size_t j = 0;
+    while (j < len && name[j] == word[j]) ++j;
+    if (j == len && name[j] == '\0') return true;
+  }
+  return false;
+}
+
+inline constexpr bool options_are_fields(const char* options) {
+  for (std::size_t i = 0; options[i] != '\0';) {
+    std::size_t len = 0;
+    while (options[i + len] != '\0' && options[i + len] != ' ') ++len;
+    if (len > 0 && !is_step_option(options + i, len)) return false;
+    i += len > 0 ? len : 1;
+  }
+  return true;
+}
 
 }  // namespace slimgrad
