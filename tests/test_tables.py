@@ -44,21 +44,13 @@ def test_gguf_type_out_of_table_is_refused():
 def test_optimizer_table_rows():
     table = _core.optim.optimizers()
     elementwise = [n for n, r in table.items() if r["kind"] == "elementwise"]
-    assert elementwise == [
-        "sgd",
-        "adagrad",
-        "rmsprop",
-        "adadelta",
-        "adam",
-        "adamax",
-        "nadam",
-        "radam",
-        "lion",
-        "asgd",
-        "rprop",
-        "sf_adamw",
-        "sf_sgd",
-    ]
+    assert {"sgd", "adam", "lion"} <= set(elementwise)
+    # Every row is reachable: an optimizer class of slimgrad.optim steps it
+    # (read from the table, so a new row needs no edit here).
+    from slimgrad import optim
+
+    algos = {getattr(getattr(optim, n), "_algo", None) for n in optim.__all__}
+    assert set(table) <= algos, sorted(set(table) - algos)
     for name, row in table.items():
         assert row["policy"] in ("bit_exact", "bounded")
         assert row["kind"] in ("elementwise", "multipass")
