@@ -82,7 +82,7 @@ from ._bucket import (
     Bucket,
     Key,
     empty_at,
-    find_nonfinite,
+    find_nonfinite_in,
     label,
     pack_state,
     state_offset,
@@ -514,15 +514,8 @@ class Optimizer(StateLayout):
     def _refuse_nonfinite(self, buckets: list[Bucket]) -> bool | None:
         """The step's result when a gradient of any bucket is not finite (nothing
         is modified: ``_nonfinite`` raises or returns False), else None."""
-        bad = find_nonfinite([g for b in buckets for g in b.grads])
-        if bad is None:
-            return None
-        i, j = bad
-        for b in buckets:
-            if i < len(b.grads):
-                return self._nonfinite(b, i, j)
-            i -= len(b.grads)
-        raise AssertionError("find_nonfinite: index past the last bucket")
+        bad = find_nonfinite_in(buckets)
+        return None if bad is None else self._nonfinite(*bad)
 
     def _step_all(self, flat: list[Any]) -> bool:
         buckets = self._buckets_for(flat)

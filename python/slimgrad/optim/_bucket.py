@@ -107,6 +107,20 @@ def find_nonfinite(arrays: list[np.ndarray]) -> tuple[int, int] | None:
     return None
 
 
+def find_nonfinite_in(buckets: list[Bucket]) -> tuple[Bucket, int, int] | None:
+    """(bucket, array index in it, flat element index) of the first NaN/inf in
+    the buckets' gradients, in bucket order, or None."""
+    bad = find_nonfinite([g for b in buckets for g in b.grads])
+    if bad is None:
+        return None
+    i, j = bad
+    for b in buckets:
+        if i < len(b.grads):
+            return b, i, j
+        i -= len(b.grads)
+    raise AssertionError("find_nonfinite: index past the last bucket")
+
+
 def pack_state(b: Bucket, sts: list[dict[str, Any]]) -> None:
     """If the bucket's params are consecutive in one buffer, do the same for their state."""
     if len(b.params) < 2:
