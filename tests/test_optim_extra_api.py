@@ -4,6 +4,8 @@ nonfinite policies, half-precision masters, several buckets, the flat arena."""
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 from conftest import run_everywhere
@@ -13,7 +15,7 @@ from slimgrad.optim import (
     Adafactor,
     AdamW8bit,
     Lion,
-    _base,
+    _bucket,
     accumulate_,
     clip_grad_norm_,
     clip_grad_value_,
@@ -223,12 +225,14 @@ def test_clip_bad_input_changes_nothing(make, exc, message, rng):
     np.testing.assert_array_equal(acc["a"], np.zeros(3, np.float32))
 
 
-def test_find_nonfinite_helper_is_the_base_one():
-    # The extra optimizers rely on the base's multi-tensor check.
-    assert _base.find_nonfinite([np.ones(3, np.float32), np.array([0, np.inf], np.float32)]) == (
-        1,
-        1,
-    )
+def test_find_nonfinite_helpers():
+    # The extra optimizers rely on the base's multi-tensor check (optim/_bucket.py).
+    grads = [np.ones(3, np.float32), np.array([0, np.inf], np.float32)]
+    assert _bucket.find_nonfinite(grads) == (1, 1)
+    # ... and on find_nonfinite_in to name the bucket holding it.
+    b1, b2 = types.SimpleNamespace(grads=grads[:1]), types.SimpleNamespace(grads=grads[1:])
+    assert _bucket.find_nonfinite_in([b1, b2]) == (b2, 0, 1)
+    assert _bucket.find_nonfinite_in([b1]) is None
 
 
 @pytest.mark.parametrize("cls, kw", OPTIMIZERS, ids=OPT_IDS)
