@@ -49,6 +49,27 @@ def test_torch_flags_in_every_signature_with_torch_defaults(name):
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
+def test_an_unknown_keyword_raises_type_error_and_builds_nothing(rng, name):
+    # The shared keyword tail (optim/_keywords.py) takes only its own keys,
+    # as a written-out signature would.
+    p, _ = make(rng)
+    before = p.copy()
+    with pytest.raises(
+        TypeError, match=f"^{name}\\(\\) got an unexpected keyword argument 'maximise'$"
+    ):
+        getattr(optim, name)([p], maximise=True)
+    np.testing.assert_array_equal(p, before)
+
+
+def test_schedule_free_has_no_maximize_keyword(rng):
+    p, _ = make(rng)
+    for name in ("AdamWScheduleFree", "SGDScheduleFree"):
+        assert "maximize" not in inspect.signature(getattr(optim, name)).parameters
+        with pytest.raises(TypeError, match="unexpected keyword argument 'maximize'"):
+            getattr(optim, name)([p], maximize=True)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
 @pytest.mark.parametrize(
     "flags",
     [
