@@ -77,13 +77,14 @@ def cases(size: int) -> Iterator[Case]:
     gen = torch.Generator().manual_seed(0)
     base = [torch.randn(s, generator=gen) for s in shapes]
     grads = [torch.randn(s, generator=gen) * 1e-2 for s in shapes]
+    optional_peers = _deepspeed()  # looked up once, not per dtype
     for dtype, width in ((torch.float32, 4), (torch.bfloat16, 2)):
         impls = {}
         for label, make in (
             ("slimgrad", lambda ps: st.AdamW(ps, lr=LR)),
             ("torch fused=True", lambda ps: torch.optim.AdamW(ps, lr=LR, fused=True)),
             ("torch foreach=True", lambda ps: torch.optim.AdamW(ps, lr=LR, foreach=True)),
-            *_deepspeed(),
+            *optional_peers,
         ):
             ps = [p.to(dtype).clone().requires_grad_() for p in base]
             for p, g in zip(ps, grads):
