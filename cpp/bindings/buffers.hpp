@@ -110,6 +110,13 @@ inline bool checked_mul(std::size_t a, std::size_t b, std::size_t limit) {
   return a == 0 || b <= limit / a;
 }
 
+// A register_<area>() made of several bind_<group>() functions, or the module
+// made of several register_<area>(): each binder runs on m, in the order given.
+using Binder = void (*)(py::module_&);
+inline void bind_all(py::module_ m, std::initializer_list<Binder> binders) {
+  for (const Binder bind : binders) bind(m);
+}
+
 std::string shape_str(const std::vector<py::ssize_t>& shape);
 // "float64 array of shape (3, 4)", "big-endian float32 ...", "list", ...
 std::string describe(py::handle obj);

@@ -1,7 +1,5 @@
 // The extension module: one register_<area>() per area, each in its own file.
-#include <pybind11/pybind11.h>
-
-namespace py = pybind11;
+#include "buffers.hpp"
 
 namespace slimgrad::bind {
 void register_core(py::module_& m);
@@ -23,23 +21,12 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "slimgrad's compiled core. Use the slimgrad package, not this module.";
   using namespace slimgrad::bind;
   register_core(m);
-  auto optim = m.def_submodule("optim");
-  register_optim(optim);
-  register_optim_extra(optim);
-  register_muon_prodigy(optim);
-  auto nn = m.def_submodule("nn");
-  register_nn(nn);
-  register_transformer(nn);
-  auto prune = m.def_submodule("prune");
-  register_prune(prune);
-  auto quant = m.def_submodule("quant");
-  register_quant(quant);
-  register_kquant(quant);
-  register_qgemm(quant);
-  auto distill = m.def_submodule("distill");
-  register_distill(distill);
-  auto gptq = m.def_submodule("gptq");
-  register_gptq(gptq);
-  auto sparse = m.def_submodule("sparse");
-  register_sparse(sparse);
+  // One submodule per area, filled by its register_* functions in this order.
+  bind_all(m.def_submodule("optim"), {register_optim, register_optim_extra, register_muon_prodigy});
+  bind_all(m.def_submodule("nn"), {register_nn, register_transformer});
+  bind_all(m.def_submodule("prune"), {register_prune});
+  bind_all(m.def_submodule("quant"), {register_quant, register_kquant, register_qgemm});
+  bind_all(m.def_submodule("distill"), {register_distill});
+  bind_all(m.def_submodule("gptq"), {register_gptq});
+  bind_all(m.def_submodule("sparse"), {register_sparse});
 }

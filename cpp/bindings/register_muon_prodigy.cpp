@@ -297,9 +297,6 @@ void bind_prodigy(py::module_& m) {
 
 }  // namespace
 
-void register_muon_prodigy(py::module_& m) {
-  bind_muon(m);
-  bind_prodigy(m);
-}
+void register_muon_prodigy(py::module_& m) { bind_all(m, {bind_muon, bind_prodigy}); }
 
 }  // namespace slimgrad::bind

@@ -198,11 +198,6 @@ void bind_philox(py::module_& m) {
 
 }  // namespace
 
-void register_nn(py::module_& m) {
-  bind_dropout(m);
-  bind_batch_norm(m);
-  bind_gelu(m);
-  bind_philox(m);
-}
+void register_nn(py::module_& m) { bind_all(m, {bind_dropout, bind_batch_norm, bind_gelu, bind_philox}); }
 
 }  // namespace slimgrad::bind
