@@ -212,12 +212,29 @@ void bind_adafactor(py::module_& m) {
 }
 
 // ------------------------------------------------------ clip / accumulate
+// The `grads` argument: a list of float32 or float64 arrays of one dtype.
+std::vector<Array> checked_grads(py::handle grads, py::handle labels, Access access) {
+  const auto lab = label_list(labels, as_list(grads, "grads").size());
+  return check_first(grads, "grads", lab, {DType::f32, DType::f64}, access);
+}
+
+// kernel(arrays, sizes, count, value) on checked arrays of one dtype T, in
+// place, without the GIL; value converted to T (float or double).
+template <class Kernel> void each_in_place(const std::vector<Array>& a, double value, Kernel kernel) {
+  if (a.empty()) return;
+  const auto n = sizes_of(a);
+  py::gil_scoped_release release;
+  if (a[0].dtype == DType::f32)
+    kernel(ptrs<float>(a).data(), n.data(), n.size(), static_cast<float>(value));
+  else
+    kernel(ptrs<double>(a).data(), n.data(), n.size(), value);
+}
+
 void bind_grad_utils(py::module_& m) {
   m.def(
       "clip_grad_norm",
       [](py::handle grads, py::handle labels, double max_norm, double norm_type, bool apply) {
-        const auto lab = label_list(labels, as_list(grads, "grads").size());
-        const auto g = check_first(grads, "grads", lab, {DType::f32, DType::f64}, apply ? Access::write : Access::read);
+        const auto g = checked_grads(grads, labels, apply ? Access::write : Access::read);
         if (!(norm_type > 0.0)) throw py::value_error("norm_type: expected a number > 0 or inf, got " + std::to_string(norm_type));
         if (std::isnan(max_norm)) throw py::value_error("max_norm: expected a number, got nan");
         if (g.empty()) return 0.0;
@@ -252,32 +269,19 @@ void bind_grad_utils(py::module_& m) {
   m.def(
       "grads_scale",
       [](py::handle grads, py::handle labels, double s) {
-        const auto lab = label_list(labels, as_list(grads, "grads").size());
-        const auto g = check_first(grads, "grads", lab, {DType::f32, DType::f64}, Access::write);
-        if (g.empty()) return;
-        const auto n = sizes_of(g);
-        py::gil_scoped_release release;
-        if (g[0].dtype == DType::f32)
-          scale_all<float>(ptrs<float>(g).data(), n.data(), n.size(), static_cast<float>(s));
-        else
-          scale_all<double>(ptrs<double>(g).data(), n.data(), n.size(), s);
+        each_in_place(checked_grads(grads, labels, Access::write), s,
+                      [](auto* const* x, const std::size_t* n, std::size_t count, auto v) { scale_all(x, n, count, v); });
       },
       py::arg("grads"), py::arg("labels") = py::none(), py::kw_only(), py::arg("scale"),
       "grads *= scale for a list of arrays, in place.");
   m.def(
       "clip_grad_value",
       [](py::handle grads, py::handle labels, double clip_value) {
-        const auto lab = label_list(labels, as_list(grads, "grads").size());
-        const auto g = check_first(grads, "grads", lab, {DType::f32, DType::f64}, Access::write);
+        const auto g = checked_grads(grads, labels, Access::write);
         if (!(clip_value >= 0.0))
           throw py::value_error("clip_value: expected a number >= 0, got " + std::to_string(clip_value));
-        if (g.empty()) return;
-        const auto n = sizes_of(g);
-        py::gil_scoped_release release;
-        if (g[0].dtype == DType::f32)
-          clamp_all<float>(ptrs<float>(g).data(), n.data(), n.size(), static_cast<float>(clip_value));
-        else
-          clamp_all<double>(ptrs<double>(g).data(), n.data(), n.size(), clip_value);
+        each_in_place(g, clip_value,
+                      [](auto* const* x, const std::size_t* n, std::size_t count, auto c) { clamp_all(x, n, count, c); });
       },
       py::arg("grads"), py::arg("labels") = py::none(), py::kw_only(), py::arg("clip_value"),
       "Clamp every gradient to [-clip_value, clip_value] in place (NaN stays NaN).");
@@ -308,10 +312,7 @@ void bind_grad_utils(py::module_& m) {
 }  // namespace
 
 void register_optim_extra(py::module_& m) {
-  bind_lamb(m);
-  bind_adamw8bit(m);
-  bind_adafactor(m);
-  bind_grad_utils(m);
+  bind_all(m, {bind_lamb, bind_adamw8bit, bind_adafactor, bind_grad_utils});
 }
 
 }  // namespace slimgrad::bind
