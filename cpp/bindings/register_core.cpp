@@ -46,6 +46,16 @@ void bind_runtime(py::module_& m) {
   m.attr("compiler") = SLIMGRAD_COMPILER;
 }
 
+// m.def(name)(x) for a kernel reading one float32 or float64 array x: checked
+// with the GIL held, run without it; `kernel(const T*, n)` for both T.
+template <class Kernel> void def_reduction(py::module_& m, const char* name, Kernel kernel) {
+  m.def(name, [kernel](py::handle x) {
+    const Array xa = check_array(x, "x", {DType::f32, DType::f64}, Access::read);
+    py::gil_scoped_release release;
+    return xa.dtype == DType::f32 ? kernel(xa.ptr<float>(), xa.size()) : kernel(xa.ptr<double>(), xa.size());
+  }, py::arg("x"));
+}
+
 // One float32/float64 kernel call: checks x (and y) and releases the GIL for the work.
 void bind_kernels(py::module_& m) {
   m.def("axpy_", [](py::handle y, py::handle x, double alpha) {
@@ -59,19 +69,8 @@ void bind_kernels(py::module_& m) {
       axpy(ya.mut<double>(), xa.ptr<double>(), alpha, ya.size());
   }, py::arg("y"), py::arg("x"), py::arg("alpha"));
 
-  m.def("squared_norm", [](py::handle x) {
-    const Array xa = check_array(x, "x", {DType::f32, DType::f64}, Access::read);
-    py::gil_scoped_release release;
-    return xa.dtype == DType::f32 ? squared_norm(xa.ptr<float>(), xa.size())
-                                  : squared_norm(xa.ptr<double>(), xa.size());
-  }, py::arg("x"));
-
-  m.def("find_nonfinite", [](py::handle x) {
-    const Array xa = check_array(x, "x", {DType::f32, DType::f64}, Access::read);
-    py::gil_scoped_release release;
-    return xa.dtype == DType::f32 ? find_nonfinite(xa.ptr<float>(), xa.size())
-                                  : find_nonfinite(xa.ptr<double>(), xa.size());
-  }, py::arg("x"));
+  def_reduction(m, "squared_norm", [](const auto* x, std::size_t n) { return squared_norm(x, n); });
+  def_reduction(m, "find_nonfinite", [](const auto* x, std::size_t n) { return find_nonfinite(x, n); });
 
   m.def("stream_probe", [](py::handle p, py::handle g, py::handle mm, py::handle v) {
     const Array pa = check_array(p, "p", {DType::f32}, Access::write);
