@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +21,26 @@ def _check_count(value: object, name: str, minimum: int = 0) -> int:
     if value < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
     return int(value)
+
+
+def norm_backward(
+    module: Any, kernel: Callable[..., None], grad_out: np.ndarray, name: str
+) -> np.ndarray:
+    """Backward of a normalization layer (BatchNorm1d, LayerNorm) into a new grad_in.
+
+    ``module._cache`` is ``(x, *statistics)`` saved by its forward; ``kernel`` takes
+    ``(x, grad_out, grad_in, weight, *statistics, weight grad, bias grad)``, the two
+    gradients None (not accumulated) when the module has none.
+    """
+    g = check_grad(grad_out, module._y, name)
+    assert module._cache is not None
+    x, *statistics = module._cache
+    grad_in = np.empty_like(g)
+    gradients = module._gradients
+    kernel(
+        x, g, grad_in, module.weight, *statistics, gradients.get("weight"), gradients.get("bias")
+    )
+    return grad_in
 
 
 class Linear(Module):
@@ -325,22 +346,8 @@ class BatchNorm1d(Module):
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        g = check_grad(grad_out, self._y, "BatchNorm1d")
-        assert self._cache is not None
-        x, save_mean, save_invstd, batch_stats = self._cache
-        grad_in = np.empty_like(g)
-        _nn.batch_norm_backward(
-            x,
-            g,
-            grad_in,
-            self.weight,
-            save_mean,
-            save_invstd,
-            batch_stats,
-            self._gradients.get("weight"),
-            self._gradients.get("bias"),
-        )
-        return grad_in
+        # The cache is (x, save_mean, save_invstd, batch_stats).
+        return norm_backward(self, _nn.batch_norm_backward, grad_out, "BatchNorm1d")
 
     def extra_repr(self) -> str:
         return (

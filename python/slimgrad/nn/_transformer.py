@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ._layers import GELU, Dropout, Linear, _check_count
+from ._layers import GELU, Dropout, Linear, _check_count, norm_backward
 from ._module import Module, check_grad, check_input
 from .functional import check_seed
 
@@ -243,21 +243,8 @@ class LayerNorm(Module):
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        g = check_grad(grad_out, self._y, "LayerNorm")
-        assert self._cache is not None
-        x, mean, rstd = self._cache
-        grad_in = np.empty_like(g)
-        _nn.layer_norm_backward(
-            x,
-            g,
-            grad_in,
-            self.weight,
-            mean,
-            rstd,
-            self._gradients.get("weight"),
-            self._gradients.get("bias"),
-        )
-        return grad_in
+        # The cache is (x, mean, rstd).
+        return norm_backward(self, _nn.layer_norm_backward, grad_out, "LayerNorm")
 
     def extra_repr(self) -> str:
         affine = self.weight is not None
