@@ -25,6 +25,7 @@ import numpy as np
 from .. import quant
 from ..quant import gguf, kquants
 from . import Case, optional_import
+from ._gemm import gemm_weights
 from .sparse import BATCHES, MINILM_SHAPES, _dense_impls
 
 DEFAULT_SIZE = 4096
@@ -59,9 +60,8 @@ def _torch_dynamic(torch, w: np.ndarray):
 
 def cases(size: int) -> Iterator[Case]:
     torch = optional_import("torch")
-    rng = np.random.default_rng(0)
-    for out_f, in_f in [(size, size), *MINILM_SHAPES]:
-        w = rng.standard_normal((out_f, in_f), dtype=np.float32)
+    for rng, w in gemm_weights(size, MINILM_SHAPES):
+        out_f, in_f = w.shape
         packed = {
             "W8A8 int8": quant.prepack(quant.quantize(w, 8)),
             "W4A8 int4/g32": quant.prepack(

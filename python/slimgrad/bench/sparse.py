@@ -18,6 +18,7 @@ import numpy as np
 
 from ..prune import compress_24, decompress_24, pack_sparse, sparse_matmul, to_csr
 from . import Case, optional_import
+from ._gemm import gemm_weights
 
 DEFAULT_SIZE = 4096
 # all-MiniLM-L6-v2's Linear weights (out, in): attention projections, FFN up, FFN down.
@@ -37,9 +38,8 @@ def _dense_impls(x: np.ndarray, w: np.ndarray, torch) -> dict:
 
 def cases(size: int) -> Iterator[Case]:
     torch = optional_import("torch")
-    rng = np.random.default_rng(0)
-    for out_f, in_f in [(size, size), *MINILM_SHAPES]:
-        w = rng.standard_normal((out_f, in_f), dtype=np.float32)
+    for rng, w in gemm_weights(size, MINILM_SHAPES):
+        out_f, in_f = w.shape
         c24 = compress_24(w)
         w24 = decompress_24(*c24)
         p24 = pack_sparse(c24)  # checked once, as prune.sparse_linear does
