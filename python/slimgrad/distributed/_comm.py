@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from .._optional import require
+
 __all__ = ["CollectiveTimeout", "Communicator", "mpi"]
 
 # Sub-chunk of the ordered sum: the N pieces of one sub-chunk stay in L2 while summed.
@@ -44,14 +46,11 @@ class CollectiveTimeout(RuntimeError):
 
 def mpi() -> Any:
     """``mpi4py.MPI``, imported on first use; ImportError naming the extra if absent."""
-    try:
-        from mpi4py import MPI
-    except ImportError as e:  # pragma: no cover - exercised only without mpi4py
-        raise ImportError(
-            "slimgrad.distributed needs mpi4py and an MPI library: "
-            "pip install 'slimgrad[mpi]' (mpi4py + mpich)"
-        ) from e
-    return MPI
+    return require(
+        "mpi4py.MPI",
+        "slimgrad.distributed needs mpi4py and an MPI library: "
+        "pip install 'slimgrad[mpi]' (mpi4py + mpich)",
+    )
 
 
 def _raw(a: np.ndarray) -> np.ndarray:
