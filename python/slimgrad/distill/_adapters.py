@@ -19,6 +19,13 @@ def is_torch_object(obj: Any) -> bool:
     return any(c.__module__.split(".")[0] == "torch" for c in type(obj).__mro__)
 
 
+def refuse_torch(obj: Any, message: str) -> None:
+    """TypeError ``message`` (``{}`` in it: the type's name) and :data:`FIX` if ``obj``
+    is a torch tensor or module, which the NumPy workflow cannot take."""
+    if is_torch_object(obj):
+        raise TypeError(f"{message.format(type(obj).__name__)}; {FIX}")
+
+
 def torch_teacher(model: Any, device: Any = "cpu", dtype: Any = None) -> Any:
     """A torch module as a teacher for :class:`~slimgrad.distill.Distiller`.
 

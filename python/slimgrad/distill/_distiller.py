@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ._adapters import FIX, is_torch_object
+from ._adapters import refuse_torch
 from ._losses import kd_loss
 
 
@@ -87,8 +87,7 @@ def predict_logits(model: Any, x: np.ndarray, batch_size: int = 1024) -> np.ndar
     ``model`` is a :mod:`slimgrad.nn` module (``forward``) or any callable
     mapping a batch of inputs to a 2-D logits array.
     """
-    if is_torch_object(model):
-        raise TypeError(f"model: a {type(model).__name__} (torch) cannot take NumPy batches; {FIX}")
+    refuse_torch(model, "model: a {} (torch) cannot take NumPy batches")
     was_training = getattr(model, "training", None)
     if was_training is not None and hasattr(model, "eval"):
         model.eval()
@@ -106,10 +105,7 @@ def predict_logits(model: Any, x: np.ndarray, batch_size: int = 1024) -> np.ndar
 
 
 def _numpy_logits(out: Any) -> np.ndarray:
-    if is_torch_object(out):
-        raise TypeError(
-            f"the teacher returned a torch {type(out).__name__}, not a NumPy array; {FIX}"
-        )
+    refuse_torch(out, "the teacher returned a torch {}, not a NumPy array")
     return np.asarray(out)
 
 
@@ -176,10 +172,7 @@ class Distiller:
             raise ValueError(f"alpha: expected a number in [0, 1], got {alpha}")
         if teacher is None and alpha > 0:
             raise ValueError(f"teacher: required when alpha > 0 (alpha={alpha}), got None")
-        if is_torch_object(teacher):
-            raise TypeError(
-                f"teacher: a torch {type(teacher).__name__} gets NumPy batches here; {FIX}"
-            )
+        refuse_torch(teacher, "teacher: a torch {} gets NumPy batches here")
         self.teacher = teacher
         self.student = student
         self.optimizer = optimizer
