@@ -57,6 +57,36 @@ def rng():
     return np.random.default_rng(12345)
 
 
+def save_random_bert(path, vocab, layers, hidden, heads, intermediate, positions=64, noise=0.0):
+    """A random transformers.BertModel (torch seed 0; ``layers`` layers of width
+    ``hidden``, ``heads`` heads, FFN width ``intermediate``, ``positions`` positions)
+    saved with ``vocab.txt`` as the Hugging Face folder ``path`` that
+    slimgrad.models.bert.load reads. ``noise`` > 0 adds that much normal noise to the
+    LayerNorm weights and every bias (non-trivial values). Returns the model in eval
+    mode. Needs torch and transformers."""
+    import torch
+    import transformers
+
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    config = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=positions,
+    )
+    torch.manual_seed(0)
+    model = transformers.BertModel(config).eval()
+    if noise:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "LayerNorm" in name or name.endswith("bias"):
+                    p.add_(noise * torch.randn_like(p))
+    model.save_pretrained(path, safe_serialization=True)
+    return model
+
+
 def numeric_grad(f, x, h=1e-6):
     """Central differences of the scalar ``f()`` with respect to ``x`` (changed in place, restored)."""
     grad = np.zeros_like(x)

@@ -10,6 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import save_random_bert
 from slimgrad.models import bert
 
 torch = pytest.importorskip("torch")
@@ -52,22 +53,8 @@ def small_bert(tmp_path_factory):
     """A random 2-layer BERT saved as a Hugging Face directory with vocab.txt."""
     path = tmp_path_factory.mktemp("small_bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", ";"] + WORDS
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    cfg = transformers.BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=70,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    model = transformers.BertModel(cfg).eval()
-    with torch.no_grad():  # make LayerNorm and biases non-trivial
-        for name, p in model.named_parameters():
-            if "LayerNorm" in name or name.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(path, safe_serialization=True)
+    # noise: non-trivial LayerNorm weights and biases
+    model = save_random_bert(path, vocab, layers=2, hidden=48, heads=4, intermediate=70, noise=0.1)
     return path, model
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import run_everywhere
+from conftest import run_everywhere, save_random_bert
 from slimgrad import nn
 from slimgrad.models import Calibration, calibration, hessian_accumulate
 
@@ -123,22 +123,11 @@ def test_add_rejects_another_width():
 
 def test_calibrate_bert(tmp_path):
     pytest.importorskip("transformers")
-    torch = pytest.importorskip("torch")
-    import transformers
+    pytest.importorskip("torch")
     from slimgrad.models import bert
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c", "d"]
-    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    cfg = transformers.BertConfig(
-        vocab_size=9,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=24,
-        max_position_embeddings=32,
-    )
-    torch.manual_seed(0)
-    transformers.BertModel(cfg).save_pretrained(tmp_path, safe_serialization=True)
+    save_random_bert(tmp_path, vocab, layers=1, hidden=16, heads=2, intermediate=24, positions=32)
     sb = bert.load(tmp_path)
     sentences = ["a b", "a b c d a b c d", "c"]
     calib = calibration.calibrate(sb, sentences, batch_size=2)
