@@ -69,6 +69,56 @@ Spec spec_from(const py::dict& d) {
   return s;
 }
 
+// `data`: the packed codes of a quantized tensor, rows * row_bytes bytes.
+Array check_data(py::handle data, const Spec& s, Access access) {
+  Array da = check_array(data, "data", {DType::i8, DType::u8}, access);
+  check_size(da, s.rows * s.row_bytes());
+  return da;
+}
+
+// `scale` (float32) and `zero_point` (int32): one of each per quantization group.
+struct Params {
+  Array scale, zero_point;
+};
+Params check_params(py::handle scale, py::handle zero_point, const Spec& s, Access access) {
+  Params p{check_array(scale, "scale", {DType::f32}, access), {}};
+  check_size(p.scale, s.n_params());
+  p.zero_point = check_array(zero_point, "zero_point", {DType::i32}, access);
+  check_size(p.zero_point, s.n_params());
+  return p;
+}
+
+quant::GgufType gguf_type(int t) {
+  if (t < 0 || static_cast<std::size_t>(t) >= quant::kGgufFormatCount) {
+    std::string names;
+    for (const quant::GgufFormat& f : quant::kGgufFormats) names += std::string(names.empty() ? "" : ", ") + f.name;
+    throw py::value_error("type: expected 0.." + std::to_string(quant::kGgufFormatCount - 1) + " (" + names +
+                          "), got " + std::to_string(t));
+  }
+  return static_cast<quant::GgufType>(t);
+}
+
+// The arguments of gguf_quantize (float32 in, GGUF bytes out) and
+// gguf_dequantize (bytes in, float32 out), checked in that order: `type`, the
+// input, `out`; then whole blocks of values, the bytes exactly their size, the
+// two arrays disjoint.
+struct GgufArgs {
+  quant::GgufType type;
+  Array in, out;
+  std::size_t blocks;
+};
+GgufArgs gguf_args(int type, py::handle in, const char* in_name, DType in_dtype, py::handle out, DType out_dtype) {
+  GgufArgs a{gguf_type(type), check_array(in, in_name, {in_dtype}, Access::read),
+             check_array(out, "out", {out_dtype}, Access::write), 0};
+  const bool quantize = in_dtype == DType::f32;
+  const Array& values = quantize ? a.in : a.out;
+  const Array& bytes = quantize ? a.out : a.in;
+  a.blocks = whole_blocks(values, quant::kGgufBlock);
+  check_size(bytes, a.blocks * quant::gguf_type_size(a.type));
+  check_disjoint(bytes, {&values});
+  return a;
+}
+
 }  // namespace
 
 void register_quant(py::module_& m) {
@@ -77,12 +127,8 @@ void register_quant(py::module_& m) {
     const Spec s = spec_from(spec);
     const Array xa = check_array(x, "w", {DType::f32}, Access::read);
     check_size(xa, s.size());
-    const Array sa = check_array(scale, "scale", {DType::f32}, Access::write);
-    check_size(sa, s.n_params());
-    const Array za = check_array(zero_point, "zero_point", {DType::i32}, Access::write);
-    check_size(za, s.n_params());
-    const Array da = check_array(data, "data", {DType::i8, DType::u8}, Access::write);
-    check_size(da, s.rows * s.row_bytes());
+    const auto [sa, za] = check_params(scale, zero_point, s, Access::write);
+    const Array da = check_data(data, s, Access::write);
     check_disjoint(sa, {&xa, &za, &da});
     check_disjoint(za, {&xa, &da});
     check_disjoint(da, {&xa});
@@ -93,12 +139,8 @@ void register_quant(py::module_& m) {
   m.def("dequantize", [](py::handle data, const py::dict& spec, py::handle scale, py::handle zero_point,
                          py::handle out) {
     const Spec s = spec_from(spec);
-    const Array da = check_array(data, "data", {DType::i8, DType::u8}, Access::read);
-    check_size(da, s.rows * s.row_bytes());
-    const Array sa = check_array(scale, "scale", {DType::f32}, Access::read);
-    check_size(sa, s.n_params());
-    const Array za = check_array(zero_point, "zero_point", {DType::i32}, Access::read);
-    check_size(za, s.n_params());
+    const Array da = check_data(data, s, Access::read);
+    const auto [sa, za] = check_params(scale, zero_point, s, Access::read);
     const Array oa = check_array(out, "out", {DType::f32}, Access::write);
     check_size(oa, s.size());
     check_disjoint(oa, {&da, &sa, &za});
@@ -108,8 +150,7 @@ void register_quant(py::module_& m) {
 
   m.def("unpack", [](py::handle data, const py::dict& spec, py::handle codes) {
     const Spec s = spec_from(spec);
-    const Array da = check_array(data, "data", {DType::i8, DType::u8}, Access::read);
-    check_size(da, s.rows * s.row_bytes());
+    const Array da = check_data(data, s, Access::read);
     const Array ca = check_array(codes, "codes", {DType::i8, DType::u8}, Access::write);
     check_size(ca, s.size());
     check_disjoint(ca, {&da});
@@ -121,8 +162,7 @@ void register_quant(py::module_& m) {
     const Spec s = spec_from(spec);
     const Array ca = check_array(codes, "codes", {DType::i8, DType::u8}, Access::read);
     check_size(ca, s.size());
-    const Array da = check_array(data, "data", {DType::i8, DType::u8}, Access::write);
-    check_size(da, s.rows * s.row_bytes());
+    const Array da = check_data(data, s, Access::write);
     check_disjoint(da, {&ca});
     py::gil_scoped_release release;
     quant::pack(ca.ptr<std::uint8_t>(), s, da.mut<std::uint8_t>());
@@ -142,12 +182,8 @@ void register_quant(py::module_& m) {
     const std::size_t batch = xa.size() / s.cols;
     if (!checked_mul(batch, s.rows, std::size_t{1} << 58))
       throw py::value_error("x: batch * rows is too large, got " + describe(xa.arr));
-    const Array da = check_array(data, "data", {DType::i8, DType::u8}, Access::read);
-    check_size(da, s.rows * s.row_bytes());
-    const Array sa = check_array(scale, "scale", {DType::f32}, Access::read);
-    check_size(sa, s.n_params());
-    const Array za = check_array(zero_point, "zero_point", {DType::i32}, Access::read);
-    check_size(za, s.n_params());
+    const Array da = check_data(data, s, Access::read);
+    const auto [sa, za] = check_params(scale, zero_point, s, Access::read);
     const Array ya = check_array(y, "out", {DType::f32}, Access::write);
     check_size(ya, batch * s.rows);
     check_disjoint(ya, {&xa, &da, &sa, &za});
@@ -185,38 +221,15 @@ void register_quant(py::module_& m) {
     return out;
   }, "The GGUF traits table (quant.hpp): name -> type, ggml_type, block_size, type_size.");
 
-  auto gguf_type = [](int t) {
-    if (t < 0 || static_cast<std::size_t>(t) >= quant::kGgufFormatCount) {
-      std::string names;
-      for (const quant::GgufFormat& f : quant::kGgufFormats) names += std::string(names.empty() ? "" : ", ") + f.name;
-      throw py::value_error("type: expected 0.." + std::to_string(quant::kGgufFormatCount - 1) + " (" + names +
-                            "), got " + std::to_string(t));
-    }
-    return static_cast<quant::GgufType>(t);
-  };
-  // The block count of float values and their GGUF bytes: whole blocks of
-  // values, the bytes exactly their size, the two arrays disjoint.
-  auto gguf_blocks = [](const Array& values, const Array& bytes, quant::GgufType t) {
-    const std::size_t blocks = whole_blocks(values, quant::kGgufBlock);
-    check_size(bytes, blocks * quant::gguf_type_size(t));
-    check_disjoint(bytes, {&values});
-    return blocks;
-  };
-  m.def("gguf_quantize", [gguf_type, gguf_blocks](py::handle x, int type, py::handle out) {
-    const quant::GgufType t = gguf_type(type);
-    const Array xa = check_array(x, "w", {DType::f32}, Access::read);
-    const Array oa = check_array(out, "out", {DType::u8}, Access::write);
-    const std::size_t blocks = gguf_blocks(xa, oa, t);
+  m.def("gguf_quantize", [](py::handle x, int type, py::handle out) {
+    const GgufArgs a = gguf_args(type, x, "w", DType::f32, out, DType::u8);
     py::gil_scoped_release release;
-    return quant::gguf_quantize(t, xa.ptr<float>(), blocks, oa.mut<std::uint8_t>());
+    return quant::gguf_quantize(a.type, a.in.ptr<float>(), a.blocks, a.out.mut<std::uint8_t>());
   }, py::arg("w"), py::arg("type"), py::arg("out"));
-  m.def("gguf_dequantize", [gguf_type, gguf_blocks](py::handle data, int type, py::handle out) {
-    const quant::GgufType t = gguf_type(type);
-    const Array da = check_array(data, "data", {DType::u8}, Access::read);
-    const Array oa = check_array(out, "out", {DType::f32}, Access::write);
-    const std::size_t blocks = gguf_blocks(oa, da, t);
+  m.def("gguf_dequantize", [](py::handle data, int type, py::handle out) {
+    const GgufArgs a = gguf_args(type, data, "data", DType::u8, out, DType::f32);
     py::gil_scoped_release release;
-    quant::gguf_dequantize(t, da.ptr<std::uint8_t>(), blocks, oa.mut<float>());
+    quant::gguf_dequantize(a.type, a.in.ptr<std::uint8_t>(), a.blocks, a.out.mut<float>());
   }, py::arg("data"), py::arg("type"), py::arg("out"));
 }
 
