@@ -104,38 +104,69 @@ def test_global_and_bfloat16(tmp_path, rng, capsys):
     np.testing.assert_array_equal(got["b"].array(), b * masks["b"])
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["{inp}", "-o", "{out}", "--nm", "2-4"], "--nm: expected N:M such as 2:4, got '2-4'"),
-        (
-            ["{inp}", "-o", "{out}", "--nm", "5:4"],
-            "--nm: expected 0 < N < M (keep N of every M), got '5:4'",
-        ),
-        (
-            ["{inp}", "-o", "{out}", "--sparsity", "1.5"],
-            "--sparsity: expected a number in [0, 1], got 1.5",
-        ),
-        (["{inp}", "-o", "{out}", "--nm", "2:4", "--global"], "--global: only with --sparsity"),
-        (["{garbage}", "-o", "{out}", "--sparsity", "0.5"], "not a safetensors file"),
-        (
-            ["{bad_entry}", "-o", "{out}", "--sparsity", "0.5"],
-            "tensor 'x': expected the keys dtype, shape, data_offsets",
-        ),
-        (
-            ["{short}", "-o", "{out}", "--sparsity", "0.5"],
-            "tensor 'x': F32 (2, 2) needs 16 bytes, data_offsets [0, 4] hold 4",
-        ),
-    ],
-)
+# Every user error: exit 2, nothing on stdout, exactly "slimgrad prune: error: <message>"
+# as one line on stderr, and no file written (no output, no temporary file).
+USER_ERRORS = {
+    "nm-format": (
+        ["{inp}", "-o", "{out}", "--nm", "2-4"],
+        "--nm: expected N:M such as 2:4, got '2-4'",
+    ),
+    "nm-range": (
+        ["{inp}", "-o", "{out}", "--nm", "5:4"],
+        "--nm: expected 0 < N < M (keep N of every M), got '5:4'",
+    ),
+    "sparsity-range": (
+        ["{inp}", "-o", "{out}", "--sparsity", "1.5"],
+        "--sparsity: expected a number in [0, 1], got 1.5",
+    ),
+    "global-with-nm": (
+        ["{inp}", "-o", "{out}", "--nm", "2:4", "--global"],
+        "--global: only with --sparsity",
+    ),
+    "not-safetensors": (
+        ["{garbage}", "-o", "{out}", "--sparsity", "0.5"],
+        "{garbage}: not a safetensors file (bad header: Expecting value: line 1 column 1 (char 0))",
+    ),
+    "entry-keys": (
+        ["{bad_entry}", "-o", "{out}", "--sparsity", "0.5"],
+        "{bad_entry}: tensor 'x': expected the keys dtype, shape, data_offsets, got ['dtype']",
+    ),
+    "entry-short": (
+        ["{short}", "-o", "{out}", "--sparsity", "0.5"],
+        "{short}: tensor 'x': F32 (2, 2) needs 16 bytes, data_offsets [0, 4] hold 4",
+    ),
+    "missing": (["{missing}", "-o", "{out}", "--sparsity", "0.5"], "{missing}: no such file"),
+    "input-folder": (
+        ["{folder}", "-o", "{out}", "--sparsity", "0.5"],
+        "{folder}: is a directory, not a safetensors file",
+    ),
+    "output-folder": (
+        ["{inp}", "-o", "{folder}", "--sparsity", "0.5"],
+        "{folder}: is a directory; -o takes the path of the file to write",
+    ),
+    "output-parent-missing": (
+        ["{inp}", "-o", "{folder}/none/out.safetensors", "--sparsity", "0.5"],
+        "{folder}/none/out.safetensors: cannot write, no such directory {folder}/none",
+    ),
+    "output-parent-a-file": (
+        ["{inp}", "-o", "{inp}/out.safetensors", "--nm", "2:4"],
+        "{inp}/out.safetensors: cannot write, no such directory {inp}",
+    ),
+}
+
+
+@pytest.mark.parametrize("args, message", list(USER_ERRORS.values()), ids=list(USER_ERRORS))
 def test_user_errors_are_one_line_exit_2(checkpoint, tmp_path, capsys, args, message):
     path, _ = checkpoint
+    folder = tmp_path / "folder"
+    folder.mkdir()
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
     names = {
-        "missing": tmp_path / "missing.safetensors",
+        "missing": tmp_path / "nope.safetensors",
         "out": tmp_path / "out.safetensors",
         "inp": path,
+        "folder": folder,
         "garbage": garbage,
     }
     for key, entry in (
@@ -145,52 +176,6 @@ def test_user_errors_are_one_line_exit_2(checkpoint, tmp_path, capsys, args, mes
         header = json.dumps(entry).encode()
         names[key] = tmp_path / f"{key}.safetensors"
         names[key].write_bytes(struct.pack("<Q", len(header)) + header + bytes(4))
-    code, out, err = _run([a.format(**names) for a in args], capsys)
-    assert code == 2 and out == ""
-    assert err.startswith("slimgrad prune: error: ") and message in err
-    assert err.count("\n") == 1
-    assert not (tmp_path / "out.safetensors").exists()
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["{missing}", "-o", "{out}", "--sparsity", "0.5"], "{missing}: no such file"),
-        (
-            ["{folder}", "-o", "{out}", "--sparsity", "0.5"],
-            "{folder}: is a directory, not a safetensors file",
-        ),
-        (
-            ["{inp}", "-o", "{folder}", "--sparsity", "0.5"],
-            "{folder}: is a directory; -o takes the path of the file to write",
-        ),
-        (
-            ["{inp}", "-o", "{folder}/none/out.safetensors", "--sparsity", "0.5"],
-            "{folder}/none/out.safetensors: cannot write, no such directory {folder}/none",
-        ),
-        (
-            ["{inp}", "-o", "{inp}/out.safetensors", "--nm", "2:4"],
-            "{inp}/out.safetensors: cannot write, no such directory {inp}",
-        ),
-    ],
-    ids=[
-        "missing",
-        "input-folder",
-        "output-folder",
-        "output-parent-missing",
-        "output-parent-a-file",
-    ],
-)
-def test_path_errors_are_one_clean_line(checkpoint, tmp_path, capsys, args, message):
-    path, _ = checkpoint
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    names = {
-        "missing": tmp_path / "nope.safetensors",
-        "out": tmp_path / "out.safetensors",
-        "inp": path,
-        "folder": folder,
-    }
     before = sorted(p.name for p in tmp_path.rglob("*"))
     code, out, err = _run([a.format(**names) for a in args], capsys)
     assert (code, out) == (2, "")
