@@ -107,49 +107,43 @@ def test_global_and_bfloat16(tmp_path, rng, capsys):
 # Every user error: exit 2, nothing on stdout, exactly "slimgrad prune: error: <message>"
 # as one line on stderr, and no file written (no output, no temporary file).
 USER_ERRORS = {
-    "nm-format": (
-        ["{inp}", "-o", "{out}", "--nm", "2-4"],
-        "--nm: expected N:M such as 2:4, got '2-4'",
-    ),
+    "nm-format": ("{inp} -o {out} --nm 2-4", "--nm: expected N:M such as 2:4, got '2-4'"),
     "nm-range": (
-        ["{inp}", "-o", "{out}", "--nm", "5:4"],
+        "{inp} -o {out} --nm 5:4",
         "--nm: expected 0 < N < M (keep N of every M), got '5:4'",
     ),
     "sparsity-range": (
-        ["{inp}", "-o", "{out}", "--sparsity", "1.5"],
+        "{inp} -o {out} --sparsity 1.5",
         "--sparsity: expected a number in [0, 1], got 1.5",
     ),
-    "global-with-nm": (
-        ["{inp}", "-o", "{out}", "--nm", "2:4", "--global"],
-        "--global: only with --sparsity",
-    ),
+    "global-with-nm": ("{inp} -o {out} --nm 2:4 --global", "--global: only with --sparsity"),
     "not-safetensors": (
-        ["{garbage}", "-o", "{out}", "--sparsity", "0.5"],
+        "{garbage} -o {out} --sparsity 0.5",
         "{garbage}: not a safetensors file (bad header: Expecting value: line 1 column 1 (char 0))",
     ),
     "entry-keys": (
-        ["{bad_entry}", "-o", "{out}", "--sparsity", "0.5"],
+        "{bad_entry} -o {out} --sparsity 0.5",
         "{bad_entry}: tensor 'x': expected the keys dtype, shape, data_offsets, got ['dtype']",
     ),
     "entry-short": (
-        ["{short}", "-o", "{out}", "--sparsity", "0.5"],
+        "{short} -o {out} --sparsity 0.5",
         "{short}: tensor 'x': F32 (2, 2) needs 16 bytes, data_offsets [0, 4] hold 4",
     ),
-    "missing": (["{missing}", "-o", "{out}", "--sparsity", "0.5"], "{missing}: no such file"),
+    "missing": ("{missing} -o {out} --sparsity 0.5", "{missing}: no such file"),
     "input-folder": (
-        ["{folder}", "-o", "{out}", "--sparsity", "0.5"],
+        "{folder} -o {out} --sparsity 0.5",
         "{folder}: is a directory, not a safetensors file",
     ),
     "output-folder": (
-        ["{inp}", "-o", "{folder}", "--sparsity", "0.5"],
+        "{inp} -o {folder} --sparsity 0.5",
         "{folder}: is a directory; -o takes the path of the file to write",
     ),
     "output-parent-missing": (
-        ["{inp}", "-o", "{folder}/none/out.safetensors", "--sparsity", "0.5"],
+        "{inp} -o {folder}/none/out.safetensors --sparsity 0.5",
         "{folder}/none/out.safetensors: cannot write, no such directory {folder}/none",
     ),
     "output-parent-a-file": (
-        ["{inp}", "-o", "{inp}/out.safetensors", "--nm", "2:4"],
+        "{inp} -o {inp}/out.safetensors --nm 2:4",
         "{inp}/out.safetensors: cannot write, no such directory {inp}",
     ),
 }
@@ -177,7 +171,7 @@ def test_user_errors_are_one_line_exit_2(checkpoint, tmp_path, capsys, args, mes
         names[key] = tmp_path / f"{key}.safetensors"
         names[key].write_bytes(struct.pack("<Q", len(header)) + header + bytes(4))
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    code, out, err = _run([a.format(**names) for a in args], capsys)
+    code, out, err = _run(args.format(**names).split(), capsys)
     assert (code, out) == (2, "")
     assert err == f"slimgrad prune: error: {message.format(**names)}\n"
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no output, no temp file
