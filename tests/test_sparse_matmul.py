@@ -13,13 +13,14 @@ from slimgrad.prune import CSR, Compressed24, compress_24, decompress_24, sparse
 # missed value is off by O(1) of that sum).
 RTOL = 1e-5
 
-# (batch, out, in): empty, one, vector tails (16 values = 32 columns per
-# AVX-512 chunk, 8 per AVX2 chunk), rows whose positions start mid-byte
-# (in % 8 == 4), the row chunk (32) +- 1, the 4-row groups + 1-3 rows, batch
-# tiles (8) +- 1; above batch 8 the packed panels (32 wide for AVX-512, 16
-# for AVX2) +- 1 with their k blocks (64 / 128 values) + tails, aligned
-# (in % 8 == 0) and not.
-SHAPES_24 = [
+# (batch, out, in), for both formats: empty, one, vector tails (16 values =
+# 32 columns per AVX-512 chunk, 8 per AVX2 chunk), rows whose positions start
+# mid-byte (in % 8 == 4), the row chunk (32) +- 1, the 4-row groups + 1-3
+# rows, batch tiles (8) +- 1; above batch 8 the packed panels (32 wide for
+# AVX-512, 16 for AVX2) +- 1 with their k blocks (64 / 128 values) + tails,
+# aligned (in % 8 == 0) and not; then inner sizes that are no multiple of 4
+# (CSR only). 2:4 takes the shapes whose `in` is a multiple of 4, CSR all.
+SHAPES = [
     (9, 5, 12),
     (16, 6, 8),
     (17, 7, 264),
@@ -38,8 +39,6 @@ SHAPES_24 = [
     (17, 3, 516),
     (2, 7, 1028),
     (1, 64, 2052),
-]
-SHAPES_CSR = [
     (0, 3, 5),
     (1, 1, 1),
     (1, 5, 7),
@@ -49,6 +48,8 @@ SHAPES_CSR = [
     (2, 40, 1031),
     (9, 70, 1031),  # threaded at density 1 (>= 2^19 multiply-adds)
 ]
+SHAPES_24 = [s for s in SHAPES if s[2] % 4 == 0]
+SHAPES_CSR = SHAPES
 
 
 def _check(y, x, w_dense):
