@@ -22,6 +22,7 @@ LAYERS = {
     "_core": 0,
     "_version": 0,
     "errors": 0,
+    "_optional": 0,
     "_runtime": 1,
     "_safetensors": 1,
     "_report": 1,
