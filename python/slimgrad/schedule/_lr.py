@@ -45,24 +45,41 @@ def _lambdas(optimizer: Any, lr_lambda: Lambda | list[Lambda]) -> list[Lambda]:
     return fns
 
 
-class _LambdaState:
-    """state_dict handling for schedulers holding user functions (never pickled)."""
+class _LambdaState(LRScheduler):
+    """The constructor of the schedulers of user functions, and their state_dict
+    handling (the functions are never pickled)."""
 
     lr_lambdas: list[Lambda]
+    _not_state = ("optimizer", "lr_lambdas")
+
+    def __init__(
+        self,
+        optimizer: Any,
+        lr_lambda: Lambda | list[Lambda],
+        last_epoch: int = -1,
+        *,
+        hyperparam: str = "lr",
+    ) -> None:
+        self.lr_lambdas = _lambdas(optimizer, lr_lambda)
+        self._start_state()
+        super().__init__(optimizer, last_epoch, hyperparam=hyperparam)
+
+    def _start_state(self) -> None:
+        """Hook: running state, set before the base constructor takes step 0."""
 
     def state_dict(self) -> dict[str, Any]:
-        state = LRScheduler.state_dict(self)  # type: ignore[arg-type]
+        state = super().state_dict()
         state["lr_lambdas"] = callable_state(self.lr_lambdas)
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)
         fns = state.pop("lr_lambdas")
-        LRScheduler.load_state_dict(self, state)  # type: ignore[arg-type]
+        super().load_state_dict(state)
         load_callable_state(self.lr_lambdas, fns)
 
 
-class LambdaLR(_LambdaState, LRScheduler):
+class LambdaLR(_LambdaState):
     """Value ``base * lr_lambda(t)``.
 
     Parameters
@@ -84,25 +101,12 @@ class LambdaLR(_LambdaState, LRScheduler):
         If a lambda is not callable.
     """
 
-    _not_state = ("optimizer", "lr_lambdas")
-
-    def __init__(
-        self,
-        optimizer: Any,
-        lr_lambda: Lambda | list[Lambda],
-        last_epoch: int = -1,
-        *,
-        hyperparam: str = "lr",
-    ) -> None:
-        self.lr_lambdas = _lambdas(optimizer, lr_lambda)
-        super().__init__(optimizer, last_epoch, hyperparam=hyperparam)
-
     def _closed(self, g: int, x: float, t: int) -> float:
         # Absolute (like torch): a LambdaLR ignores what came before it in a chain.
         return self.base_values[g] * self.lr_lambdas[g](t)
 
 
-class MultiplicativeLR(_LambdaState, LRScheduler):
+class MultiplicativeLR(_LambdaState):
     """Value ``base * prod(lr_lambda(k) for k in 1..t)``.
 
     The product is kept as running state (an arbitrary function has no closed form),
@@ -118,23 +122,13 @@ class MultiplicativeLR(_LambdaState, LRScheduler):
         As for :class:`LRScheduler` (defaults -1 and ``"lr"``).
     """
 
-    _not_state = ("optimizer", "lr_lambdas")
     _chain_kind = "factor"
     _epoch_closed = False
 
     _initial_keeps = True
 
-    def __init__(
-        self,
-        optimizer: Any,
-        lr_lambda: Lambda | list[Lambda],
-        last_epoch: int = -1,
-        *,
-        hyperparam: str = "lr",
-    ) -> None:
-        self.lr_lambdas = _lambdas(optimizer, lr_lambda)
-        self._products = [1.0] * len(optimizer.param_groups)
-        super().__init__(optimizer, last_epoch, hyperparam=hyperparam)
+    def _start_state(self) -> None:
+        self._products = [1.0] * len(self.lr_lambdas)
 
     def _advance(self, t: int) -> None:
         if t == 0:
