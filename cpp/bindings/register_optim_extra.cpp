@@ -270,7 +270,7 @@ void bind_grad_utils(py::module_& m) {
       "grads_scale",
       [](py::handle grads, py::handle labels, double s) {
         each_in_place(checked_grads(grads, labels, Access::write), s,
-                      [](auto* const* x, const std::size_t* n, std::size_t count, auto v) { scale_all(x, n, count, v); });
+                      [](auto* const* x, const std::size_t* n, std::size_t k, auto v) { scale_all(x, n, k, v); });
       },
       py::arg("grads"), py::arg("labels") = py::none(), py::kw_only(), py::arg("scale"),
       "grads *= scale for a list of arrays, in place.");
@@ -281,7 +281,7 @@ void bind_grad_utils(py::module_& m) {
         if (!(clip_value >= 0.0))
           throw py::value_error("clip_value: expected a number >= 0, got " + std::to_string(clip_value));
         each_in_place(g, clip_value,
-                      [](auto* const* x, const std::size_t* n, std::size_t count, auto c) { clamp_all(x, n, count, c); });
+                      [](auto* const* x, const std::size_t* n, std::size_t k, auto c) { clamp_all(x, n, k, c); });
       },
       py::arg("grads"), py::arg("labels") = py::none(), py::kw_only(), py::arg("clip_value"),
       "Clamp every gradient to [-clip_value, clip_value] in place (NaN stays NaN).");
