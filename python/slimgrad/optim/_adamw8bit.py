@@ -10,9 +10,10 @@ from .. import _core
 from ._bucket import Bucket
 from ._extra import Arrays, ExtraOptimizer, Group
 from ._keywords import SignedStepKeywords
+from ._options import Params
 
-if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; only the type checker needs it
-    from typing_extensions import Unpack
+if TYPE_CHECKING:
+    from dataclasses import KW_ONLY
 
 BLOCK_SIZE = 256
 
@@ -44,7 +45,17 @@ def dequantize_moment(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return out
 
 
-class AdamW8bit(ExtraOptimizer):
+class AdamW8bitOptions(Params):
+    """AdamW's arguments, as torch.optim.AdamW's (of :class:`AdamW8bit` and
+    :class:`slimgrad.torch.AdamW8bit`)."""
+
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 1e-2
+
+
+class AdamW8bit(AdamW8bitOptions, SignedStepKeywords, ExtraOptimizer):
     """AdamW (torch semantics) with 8-bit blockwise-quantized moments.
 
     The update is torch's AdamW::
@@ -107,21 +118,14 @@ class AdamW8bit(ExtraOptimizer):
         ``block_size`` other than 256.
     """
 
-    _keywords = SignedStepKeywords
     _algo = "adamw8bit"
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-        block_size: int = BLOCK_SIZE,
-        *,
-        min_8bit_size: int = 0,
-        **keywords: Unpack[SignedStepKeywords],
-    ) -> None:
+    block_size: int = BLOCK_SIZE
+    _: KW_ONLY
+    min_8bit_size: int = 0
+
+    def _defaults(self, options: dict[str, Any]) -> dict[str, Any]:
+        min_8bit_size, block_size = options.pop("min_8bit_size"), options.pop("block_size")
         if isinstance(min_8bit_size, bool) or not isinstance(min_8bit_size, (int, np.integer)):
             raise TypeError(f"min_8bit_size: expected an int, got {type(min_8bit_size).__name__}")
         if min_8bit_size < 0:
@@ -132,8 +136,7 @@ class AdamW8bit(ExtraOptimizer):
                 f"block_size: expected {BLOCK_SIZE} (the only size the kernels support), "
                 f"got {block_size!r}"
             )
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-        super().__init__(params, defaults, **keywords)
+        return options
 
     def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
         if param.size < self.min_8bit_size:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -11,11 +11,8 @@ from ._bucket import Bucket
 from ._extra import Arrays, ExtraOptimizer, Group
 from ._keywords import StepKeywords
 
-if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; only the type checker needs it
-    from typing_extensions import Unpack
 
-
-class LAMB(ExtraOptimizer):
+class LAMB(StepKeywords, ExtraOptimizer):
     """LAMB: Adam's direction scaled per parameter array by a trust ratio.
 
     For each array, at step ``t`` (``g`` the gradient)::
@@ -61,19 +58,15 @@ class LAMB(ExtraOptimizer):
 
     _algo = "lamb"
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-6,
-        weight_decay: float = 0.0,
-        **keywords: Unpack[StepKeywords],
-    ) -> None:
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-        super().__init__(params, defaults, **keywords)
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-6
+    weight_decay: float = 0.0
+
+    def _defaults(self, options: dict[str, Any]) -> dict[str, Any]:
         self.trust_ratios: dict[Any, float] = {}
         """Trust ratio of each parameter at the last step (by state key)."""
+        return options
 
     def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
         return {"exp_avg": self.state_full(param), "exp_avg_sq": self.state_full(param)}
