@@ -72,11 +72,9 @@ class Adafactor(SignedStepKeywords, ExtraOptimizer):
 
     Parameters
     ----------
-    params
-        Dict, list or param groups of float32/float64/float16/bfloat16
-        C-contiguous arrays, updated in place (see :class:`Optimizer`).
-    lr : float
-        Learning rate (an upper bound on ``rho``), >= 0.
+    params, lr
+        The parameters, updated in place (see :class:`Optimizer`); the learning
+        rate (an upper bound on ``rho``), >= 0.
     beta2_decay : float
         Exponent of the second-moment decay, <= 0.
     eps : tuple

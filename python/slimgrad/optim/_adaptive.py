@@ -31,6 +31,7 @@ from ._checks import (
 )
 from ._fused import FusedOptimizer
 from ._keywords import FamilyKeywords, PrecisionKeywords
+from ._optimizers import AdamFamilyOptions
 from ._options import Params
 
 __all__ = ["ASGD", "Rprop", "AdamWScheduleFree", "SGDScheduleFree"]
@@ -177,6 +178,14 @@ _SF_CHECKS = {
 }
 
 
+class _ScheduleOptions(Params):
+    """The schedule arguments both Schedule-Free optimizers end with (schedulefree's)."""
+
+    warmup_steps: int = 0
+    r: float = 0.0
+    weight_lr_power: float = 2.0
+
+
 class _ScheduleFree(FusedOptimizer):
     """What Schedule-Free AdamW and SGD share: the per-group schedule and train/eval.
 
@@ -296,17 +305,12 @@ def _lerp_param(p: np.ndarray, st: dict[str, Any], w: float) -> None:
     p[...] = new  # rounds to nearest for float16/bfloat16
 
 
-class AdamWScheduleFreeOptions(Params):
-    """AdamWScheduleFree's own arguments, as schedulefree's (of :class:`AdamWScheduleFree` and
+# A class's fields follow its bases' in reverse MRO order: the schedule comes last.
+class AdamWScheduleFreeOptions(_ScheduleOptions, AdamFamilyOptions):
+    """AdamWScheduleFree's arguments (of :class:`AdamWScheduleFree` and
     :class:`slimgrad.torch.AdamWScheduleFree`)."""
 
     lr: float = 0.0025
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0
-    warmup_steps: int = 0
-    r: float = 0.0
-    weight_lr_power: float = 2.0
 
 
 class AdamWScheduleFree(AdamWScheduleFreeOptions, PrecisionKeywords, _ScheduleFree):
@@ -332,16 +336,15 @@ class AdamWScheduleFree(AdamWScheduleFreeOptions, PrecisionKeywords, _ScheduleFr
         (a.beta1, a.beta2), a.eps, a.weight_decay = g["betas"], g["eps"], g["weight_decay"]
 
 
-class SGDScheduleFreeOptions(Params):
-    """SGDScheduleFree's own arguments, as schedulefree's (of :class:`SGDScheduleFree` and
-    :class:`slimgrad.torch.SGDScheduleFree`)."""
-
+class _SGDOptions(Params):
     lr: float = 1.0
     momentum: float = 0.9
     weight_decay: float = 0
-    warmup_steps: int = 0
-    r: float = 0.0
-    weight_lr_power: float = 2.0
+
+
+class SGDScheduleFreeOptions(_ScheduleOptions, _SGDOptions):
+    """SGDScheduleFree's arguments (of :class:`SGDScheduleFree` and
+    :class:`slimgrad.torch.SGDScheduleFree`)."""
 
 
 class SGDScheduleFree(SGDScheduleFreeOptions, PrecisionKeywords, _ScheduleFree):

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import _core
 from ._bucket import Bucket
-from ._extra import Arrays, ExtraOptimizer, Group
+from ._extra import Arrays, ExtraOptimizer, Group, adam_coefficients
 from ._keywords import StepKeywords
 
 
@@ -34,11 +34,8 @@ class LAMB(StepKeywords, ExtraOptimizer):
 
     Parameters
     ----------
-    params
-        Dict, list or param groups of float32/float64/float16/bfloat16
-        C-contiguous arrays, updated in place (see :class:`Optimizer`).
-    lr : float
-        Learning rate, >= 0.
+    params, lr
+        The parameters, updated in place (see :class:`Optimizer`); the learning rate, >= 0.
     betas : tuple of float
         ``(beta1, beta2)`` in [0, 1).
     eps : float
@@ -72,18 +69,12 @@ class LAMB(StepKeywords, ExtraOptimizer):
         return {"exp_avg": self.state_full(param), "exp_avg_sq": self.state_full(param)}
 
     def _update(self, group: Group, bucket: Bucket, work: Arrays, grads: Arrays) -> None:
-        beta1, beta2 = group["betas"]
         ratios = _core.optim.lamb_step(
             work,
             grads,
             bucket.states["exp_avg"],
             bucket.states["exp_avg_sq"],
             bucket.labels,
-            lr=float(group["lr"]),
-            beta1=float(beta1),
-            beta2=float(beta2),
-            eps=float(group["eps"]),
-            weight_decay=float(group["weight_decay"]),
-            step=int(bucket.step),
+            **adam_coefficients(group, bucket.step),
         )
         self.trust_ratios.update(zip(bucket.keys, ratios))

@@ -37,11 +37,8 @@ class Lion(LionOptions, FamilyKeywords, FusedOptimizer):
 
     Parameters
     ----------
-    params
-        Dict, list or param groups of float32/float64/float16/bfloat16
-        C-contiguous arrays, updated in place (see :class:`Optimizer`).
-    lr : float
-        Learning rate, >= 0.
+    params, lr
+        The parameters, updated in place (see :class:`Optimizer`); the learning rate, >= 0.
     betas : tuple of float
         ``(beta1, beta2)``: interpolation for the update, decay of the momentum.
     weight_decay : float

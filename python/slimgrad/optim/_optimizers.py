@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ._checks import check_nonneg
 from ._fused import FusedOptimizer
 from ._keywords import FamilyKeywords
+from ._options import Params
 
 if TYPE_CHECKING:
     from dataclasses import KW_ONLY
@@ -134,7 +135,16 @@ class Adadelta(FamilyKeywords, FusedOptimizer):
     weight_decay: float = 0
 
 
-class Adam(FamilyKeywords, FusedOptimizer):
+class AdamFamilyOptions(Params):
+    """The arguments Adam, Adamax, NAdam, RAdam (and AdamW8bit) begin with, as torch's."""
+
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0
+
+
+class Adam(AdamFamilyOptions, FamilyKeywords, FusedOptimizer):
     """Adam, as ``torch.optim.Adam`` (and AdamW with ``decoupled_weight_decay=True``).
 
     ``m = lerp(m, g, 1 - beta1); v = beta2 * v + (1 - beta2) * g * g``;
@@ -146,11 +156,6 @@ class Adam(FamilyKeywords, FusedOptimizer):
     """
 
     _algo = "adam"
-
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0
     amsgrad: bool = False
     _: KW_ONLY
     decoupled_weight_decay: bool = False
@@ -165,7 +170,7 @@ class AdamW(Adam):
     decoupled_weight_decay: ClassVar[bool] = True  # type: ignore[misc]
 
 
-class Adamax(FamilyKeywords, FusedOptimizer):
+class Adamax(AdamFamilyOptions, FamilyKeywords, FusedOptimizer):
     """Adamax, as ``torch.optim.Adamax``.
 
     ``m = lerp(m, g, 1 - beta1); u = max(beta2 * u, |g| + eps);
@@ -175,12 +180,9 @@ class Adamax(FamilyKeywords, FusedOptimizer):
     _algo = "adamax"
 
     lr: float = 2e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0
 
 
-class NAdam(FamilyKeywords, FusedOptimizer):
+class NAdam(AdamFamilyOptions, FamilyKeywords, FusedOptimizer):
     """NAdam, as ``torch.optim.NAdam`` (momentum decay schedule, optional decoupled weight decay).
 
     ``mu_t = beta1 (1 - 0.5 * 0.96^(t * momentum_decay))``; ``m``, ``v`` as Adam;
@@ -194,9 +196,6 @@ class NAdam(FamilyKeywords, FusedOptimizer):
     _algo = "nadam"
 
     lr: float = 2e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0
     momentum_decay: float = 4e-3
     decoupled_weight_decay: bool = False
 
@@ -219,7 +218,7 @@ class NAdam(FamilyKeywords, FusedOptimizer):
         return bad
 
 
-class RAdam(FamilyKeywords, FusedOptimizer):
+class RAdam(AdamFamilyOptions, FamilyKeywords, FusedOptimizer):
     """RAdam, as ``torch.optim.RAdam`` (optional decoupled weight decay).
 
     ``m``, ``v`` as Adam; ``rho_t = rho_inf - 2 t beta2^t / (1 - beta2^t)``; if
@@ -228,9 +227,4 @@ class RAdam(FamilyKeywords, FusedOptimizer):
     """
 
     _algo = "radam"
-
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0
     decoupled_weight_decay: bool = False

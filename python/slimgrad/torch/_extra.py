@@ -15,6 +15,7 @@ import torch
 
 from .. import _core
 from ..optim._adamw8bit import BLOCK_SIZE, AdamW8bitOptions
+from ..optim._extra import adam_coefficients
 from ..optim._keywords import MaximizeKeyword
 from ..optim._lion import LionOptions
 from ._base import HALF, TorchOptimizer, as_array, check_options
@@ -94,7 +95,6 @@ class AdamW8bit(AdamW8bitOptions, MaximizeKeyword, TorchOptimizer):
 
     def _run(self, group, params, step):
         work, grads, half = _work(params)
-        beta1, beta2 = group["betas"]
         st = {k: self._states(group, params, k) for k in self._DTYPES}
         _core.optim.adamw8bit_step(
             work,
@@ -104,12 +104,7 @@ class AdamW8bit(AdamW8bitOptions, MaximizeKeyword, TorchOptimizer):
             st["exp_avg_scale"],
             st["exp_avg_sq_scale"],
             [f"[{i}]" for i in range(len(params))],
-            lr=_lr(group["lr"]),
-            beta1=float(beta1),
-            beta2=float(beta2),
-            eps=float(group["eps"]),
-            weight_decay=float(group["weight_decay"]),
-            step=int(step),
+            **adam_coefficients(group, step, lr=_lr(group["lr"])),
             maximize=bool(group["maximize"]),
         )
         if half:

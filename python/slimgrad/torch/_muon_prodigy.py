@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import _core
+from ..optim._extra import adam_coefficients, adamw_step
 from ..optim._muon import MUON_CHECKS, MuonOptions, muon_update
 from ..optim._prodigy import (
     PRODIGY_CHECKS,
@@ -101,21 +101,9 @@ class Muon(MuonOptions, TorchOptimizer):
             bufs = self._states(group, params, "momentum_buffer")
             muon_update(work, grads, bufs, labels, opts, caches.setdefault(id(group), {}))
         else:
-            args = _core.optim.StepArgs()
-            args.algo, args.decoupled = "adam", True
-            args.lr, args.eps = _lr(group["lr"]), float(group["eps"])
-            args.beta1, args.beta2 = (float(b) for b in group["betas"])
-            args.weight_decay = float(group["weight_decay"])
-            args.step = step
-            keys = ("exp_avg", "exp_avg_sq")
-            states = [self._states(group, params, k) for k in keys]
-            names = (
-                ["params" + lb for lb in labels],
-                ["grads" + lb for lb in labels],
-                None,
-                [[f"state{lb}[{k!r}]" for lb in labels] for k in keys],
-            )
-            _core.optim.step(args, work, grads, None, states, names, False)
+            coefficients = adam_coefficients(group, step, lr=_lr(group["lr"]))
+            states = [self._states(group, params, k) for k in ("exp_avg", "exp_avg_sq")]
+            adamw_step(coefficients, work, grads, states, labels)
             for p in params:
                 self.state[p]["step"] += 1
         if half:
