@@ -75,6 +75,10 @@ class Rprop(_Mirrored):
         }
 
 
+# The options of both Schedule-Free optimizers in schedulefree's group-key order.
+_SF_ORDER = "lr betas momentum eps r warmup_steps weight_lr_power weight_decay foreach".split()
+
+
 class _ScheduleFree(_Fused):
     """The per-group schedule and the train/eval switch, as schedulefree."""
 
@@ -82,6 +86,8 @@ class _ScheduleFree(_Fused):
     _np_class: Any = None
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        # schedulefree's key order (its state dicts list the group keys so)
+        defaults = {k: defaults[k] for k in _SF_ORDER if k in defaults}
         defaults.update(k=0, train_mode=False, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0)
         self._pending: dict[int, dict[str, float]] = {}
         super().__init__(params, defaults)
