@@ -24,8 +24,9 @@ type checkers read the same declarations through ``dataclass_transform``
 Rules, as dataclasses': a field after ``_: KW_ONLY`` is keyword-only; a
 subclass redeclaring a field keeps its position and takes the new default;
 a field redeclared as ``ClassVar`` leaves the signature and is passed with
-that value (AdamW's ``decoupled_weight_decay``). The shared keyword tail
-(:data:`TAIL`) comes last, in that order.
+that value (AdamW's ``decoupled_weight_decay``; type checkers, which follow
+dataclasses there, still list it). The shared keyword tail (:data:`TAIL`)
+comes last, in that order. The defaults do not stay as class attributes.
 """
 
 from __future__ import annotations
@@ -67,7 +68,11 @@ def _declare(cls: type) -> list[tuple[str, str, Any, bool]]:
     The defaults leave the class (they would hide methods of the framework
     base: ``state_dtype`` is one); the signature keeps them."""
     declared, kw = [], False
-    for name, hint in vars(cls).get("__annotations__", {}).items():
+    if hasattr(inspect, "get_annotations"):  # Python >= 3.10 (and 3.14's lazy annotations)
+        own = inspect.get_annotations(cls)
+    else:
+        own = vars(cls).get("__annotations__", {})
+    for name, hint in own.items():
         hint = str(hint)  # annotations are postponed: their source text
         if hint == "KW_ONLY":
             kw = True
@@ -121,8 +126,13 @@ class Options:
             cls.__init__ = _constructor(cls, base)  # type: ignore[method-assign]
 
     def _defaults(self, options: dict[str, Any]) -> dict[str, Any]:
-        """The param groups' defaults from the constructor's options (checked
-        and extended by a subclass where it has more to do)."""
+        """The param groups' defaults from the constructor's options (the
+        arguments but ``params`` and the keyword tail, in signature order).
+
+        A subclass overrides it for what its constructor does beyond storing
+        the options: checks with the messages of the API it mirrors, derived
+        group entries, options kept as attributes rather than in the groups.
+        Runs before the framework base's constructor."""
         return options
 
 
