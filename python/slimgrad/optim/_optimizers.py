@@ -136,7 +136,9 @@ class Adadelta(FamilyKeywords, FusedOptimizer):
 
 
 class AdamFamilyOptions(Params):
-    """The arguments Adam, Adamax, NAdam, RAdam (and AdamW8bit) begin with, as torch's."""
+    """The arguments Adam, Adamax, NAdam, RAdam, AdamW8bit and Schedule-Free AdamW
+    begin with, as torch's (a class redeclares ``lr`` or ``weight_decay`` for
+    another default)."""
 
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
@@ -156,6 +158,7 @@ class Adam(AdamFamilyOptions, FamilyKeywords, FusedOptimizer):
     """
 
     _algo = "adam"
+
     amsgrad: bool = False
     _: KW_ONLY
     decoupled_weight_decay: bool = False
@@ -227,4 +230,5 @@ class RAdam(AdamFamilyOptions, FamilyKeywords, FusedOptimizer):
     """
 
     _algo = "radam"
+
     decoupled_weight_decay: bool = False
