@@ -16,6 +16,7 @@ fused step never writes the gradients.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import ml_dtypes
@@ -89,28 +90,27 @@ def _make(cls, ps, kw, opt_kw):
     return opt
 
 
-def _clip_then_step(cls, kw, params, grads, max_norm, norm_type=2.0, **opt_kw):
+def _steps(cls, kw, params, grads, max_norm, norm_type=2.0, *, inside, **opt_kw):
+    """Steps on copies of ``params``: ``clip_grad_norm_`` then ``step`` (``inside``
+    False), or ``step(max_norm=...)``, which must only read the gradients."""
     ps = [p.copy() for p in params]
     opt = _make(cls, ps, kw, opt_kw)
     norms = []
     for g in grads:
-        g = [x.copy() for x in g]
-        norms.append(optim.clip_grad_norm_(g, max_norm, norm_type))
-        opt.step(g)
-    return ps, opt, norms
-
-
-def _fused(cls, kw, params, grads, max_norm, norm_type=2.0, **opt_kw):
-    ps = [p.copy() for p in params]
-    opt = _make(cls, ps, kw, opt_kw)
-    norms = []
-    for g in grads:
-        before = [x.copy() for x in g]
+        copy = [x.copy() for x in g]
+        if not inside:
+            norms.append(optim.clip_grad_norm_(copy, max_norm, norm_type))
+            opt.step(copy)
+            continue
         assert opt.step(g, max_norm=max_norm, norm_type=norm_type)
         norms.append(opt.last_grad_norm)
-        for x, y in zip(g, before):
-            np.testing.assert_array_equal(x, y)  # the gradients are only read
+        for x, y in zip(g, copy):
+            np.testing.assert_array_equal(x, y)
     return ps, opt, norms
+
+
+_clip_then_step = functools.partial(_steps, inside=False)
+_fused = functools.partial(_steps, inside=True)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

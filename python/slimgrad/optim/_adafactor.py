@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -12,9 +12,6 @@ from ._bucket import Bucket
 from ._checks import OPTION_CHECKS, check_nonneg, check_number
 from ._extra import Arrays, ExtraOptimizer, Group
 from ._keywords import SignedStepKeywords
-
-if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; only the type checker needs it
-    from typing_extensions import Unpack
 
 
 def _machine_eps(dtype: np.dtype) -> float:
@@ -47,7 +44,7 @@ def _check_d(name: str, value: Any) -> float:
     return v
 
 
-class Adafactor(ExtraOptimizer):
+class Adafactor(SignedStepKeywords, ExtraOptimizer):
     """Adafactor with torch's arguments, defaults and update rule.
 
     At step ``t`` for each array ``p`` with gradient ``g`` (negated if
@@ -75,11 +72,9 @@ class Adafactor(ExtraOptimizer):
 
     Parameters
     ----------
-    params
-        Dict, list or param groups of float32/float64/float16/bfloat16
-        C-contiguous arrays, updated in place (see :class:`Optimizer`).
-    lr : float
-        Learning rate (an upper bound on ``rho``), >= 0.
+    params, lr
+        The parameters, updated in place (see :class:`Optimizer`); the learning
+        rate (an upper bound on ``rho``), >= 0.
     beta2_decay : float
         Exponent of the second-moment decay, <= 0.
     eps : tuple
@@ -116,21 +111,13 @@ class Adafactor(ExtraOptimizer):
         "d": _check_d,
     }
 
-    _keywords = SignedStepKeywords
     _algo = "adafactor"
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-2,
-        beta2_decay: float = -0.8,
-        eps: tuple[float | None, float] = (None, 1e-3),
-        d: float = 1.0,
-        weight_decay: float = 0.0,
-        **keywords: Unpack[SignedStepKeywords],
-    ) -> None:
-        defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay)
-        super().__init__(params, defaults, **keywords)
+    lr: float = 1e-2
+    beta2_decay: float = -0.8
+    eps: tuple[float | None, float] = (None, 1e-3)
+    d: float = 1.0
+    weight_decay: float = 0.0
 
     def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
         # The base class wants the same state keys for every parameter of a

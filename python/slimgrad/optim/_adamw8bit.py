@@ -8,11 +8,12 @@ import numpy as np
 
 from .. import _core
 from ._bucket import Bucket
-from ._extra import Arrays, ExtraOptimizer, Group
+from ._extra import Arrays, ExtraOptimizer, Group, adam_coefficients, adamw_step
 from ._keywords import SignedStepKeywords
+from ._optimizers import AdamFamilyOptions
 
-if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; only the type checker needs it
-    from typing_extensions import Unpack
+if TYPE_CHECKING:
+    from dataclasses import KW_ONLY
 
 BLOCK_SIZE = 256
 
@@ -44,7 +45,14 @@ def dequantize_moment(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return out
 
 
-class AdamW8bit(ExtraOptimizer):
+class AdamW8bitOptions(AdamFamilyOptions):
+    """AdamW's arguments, as torch.optim.AdamW's (of :class:`AdamW8bit` and
+    :class:`slimgrad.torch.AdamW8bit`)."""
+
+    weight_decay: float = 1e-2
+
+
+class AdamW8bit(AdamW8bitOptions, SignedStepKeywords, ExtraOptimizer):
     """AdamW (torch semantics) with 8-bit blockwise-quantized moments.
 
     The update is torch's AdamW::
@@ -107,21 +115,14 @@ class AdamW8bit(ExtraOptimizer):
         ``block_size`` other than 256.
     """
 
-    _keywords = SignedStepKeywords
     _algo = "adamw8bit"
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-        block_size: int = BLOCK_SIZE,
-        *,
-        min_8bit_size: int = 0,
-        **keywords: Unpack[SignedStepKeywords],
-    ) -> None:
+    block_size: int = BLOCK_SIZE
+    _: KW_ONLY
+    min_8bit_size: int = 0
+
+    def _defaults(self, options: dict[str, Any]) -> dict[str, Any]:
+        min_8bit_size, block_size = options.pop("min_8bit_size"), options.pop("block_size")
         if isinstance(min_8bit_size, bool) or not isinstance(min_8bit_size, (int, np.integer)):
             raise TypeError(f"min_8bit_size: expected an int, got {type(min_8bit_size).__name__}")
         if min_8bit_size < 0:
@@ -132,8 +133,7 @@ class AdamW8bit(ExtraOptimizer):
                 f"block_size: expected {BLOCK_SIZE} (the only size the kernels support), "
                 f"got {block_size!r}"
             )
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-        super().__init__(params, defaults, **keywords)
+        return options
 
     def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
         if param.size < self.min_8bit_size:
@@ -160,7 +160,7 @@ class AdamW8bit(ExtraOptimizer):
         return (0,), np.dtype(np.float32)
 
     def _update(self, group: Group, bucket: Bucket, work: Arrays, grads: Arrays) -> None:
-        beta1, beta2 = group["betas"]
+        coefficients = adam_coefficients(group, bucket.step)
         s = bucket.states
         big = [i for i, a in enumerate(s["exp_avg"]) if a.dtype == np.int8]
         small = [i for i, a in enumerate(s["exp_avg"]) if a.dtype != np.int8]
@@ -175,33 +175,15 @@ class AdamW8bit(ExtraOptimizer):
                 [s["exp_avg_scale"][i] for i in big],
                 [s["exp_avg_sq_scale"][i] for i in big],
                 [bucket.labels[i] for i in big],
-                lr=float(group["lr"]),
-                beta1=float(beta1),
-                beta2=float(beta2),
-                eps=float(group["eps"]),
-                weight_decay=float(group["weight_decay"]),
-                step=int(bucket.step),
+                **coefficients,
                 maximize=bool(group["maximize"]),
             )
         if small:  # float32 moments: the fused AdamW kernel (the adam row, decoupled)
-            args = _core.optim.StepArgs()
-            args.algo, args.decoupled, args.step = "adam", True, int(bucket.step)
-            args.lr, args.beta1, args.beta2 = float(group["lr"]), float(beta1), float(beta2)
-            args.eps, args.weight_decay = float(group["eps"]), float(group["weight_decay"])
-            args.maximize = bool(group["maximize"])
-            labels = [bucket.labels[i] for i in small]
-            names = (
-                ["params" + lb for lb in labels],
-                ["grads" + lb for lb in labels],
-                None,
-                [[f"state{lb}[{k!r}]" for lb in labels] for k in ("exp_avg", "exp_avg_sq")],
-            )
-            _core.optim.step(
-                args,
+            adamw_step(
+                coefficients,
                 [work[i] for i in small],
                 [grads[i] for i in small],
-                None,
                 [[s[k][i] for i in small] for k in ("exp_avg", "exp_avg_sq")],
-                names,
-                False,
+                [bucket.labels[i] for i in small],
+                maximize=bool(group["maximize"]),
             )

@@ -17,7 +17,7 @@ than per element lives here, in Python:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -31,9 +31,8 @@ from ._checks import (
 )
 from ._fused import FusedOptimizer
 from ._keywords import FamilyKeywords, PrecisionKeywords
-
-if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; only the type checker needs it
-    from typing_extensions import Unpack
+from ._optimizers import AdamFamilyOptions
+from ._options import Params
 
 __all__ = ["ASGD", "Rprop", "AdamWScheduleFree", "SGDScheduleFree"]
 
@@ -88,7 +87,7 @@ def check_sf_betas(name: str, value: Any) -> tuple[float, float]:
     return b1, b2
 
 
-class ASGD(FusedOptimizer):
+class ASGD(FamilyKeywords, FusedOptimizer):
     """Averaged SGD, as ``torch.optim.ASGD``.
 
     ``g = -g if maximize; g += weight_decay * p; p *= 1 - lambd * eta;
@@ -103,18 +102,11 @@ class ASGD(FusedOptimizer):
     _algo = "asgd"
     _option_checks = {**OPTION_CHECKS, "lambd": check_nonneg, "t0": check_number}
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-2,
-        lambd: float = 1e-4,
-        alpha: float = 0.75,
-        t0: float = 1e6,
-        weight_decay: float = 0,
-        **keywords: Unpack[FamilyKeywords],
-    ) -> None:
-        defaults = dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay)
-        super().__init__(params, defaults, **keywords)
+    lr: float = 1e-2
+    lambd: float = 1e-4
+    alpha: float = 0.75
+    t0: float = 1e6
+    weight_decay: float = 0
 
     def _init_state(self, group, param):
         return {**super()._init_state(group, param), "eta": _f32(group["lr"]), "mu": 1.0}
@@ -136,7 +128,7 @@ class ASGD(FusedOptimizer):
         return bad
 
 
-class Rprop(FusedOptimizer):
+class Rprop(FamilyKeywords, FusedOptimizer):
     """Resilient backpropagation, as ``torch.optim.Rprop``.
 
     Per element, with ``s = sign(g * prev)``: the step size is multiplied by
@@ -153,20 +145,17 @@ class Rprop(FusedOptimizer):
         "step_sizes": check_step_sizes,
     }
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-2,
-        etas: tuple[float, float] = (0.5, 1.2),
-        step_sizes: tuple[float, float] = (1e-6, 50),
-        **keywords: Unpack[FamilyKeywords],
-    ) -> None:
-        defaults = dict(
-            lr=lr,
-            etas=check_etas("etas", etas),
-            step_sizes=check_step_sizes("step_sizes", step_sizes),
-        )
-        super().__init__(params, defaults, **keywords)
+    lr: float = 1e-2
+    etas: tuple[float, float] = (0.5, 1.2)
+    step_sizes: tuple[float, float] = (1e-6, 50)
+
+    def _defaults(self, options: dict[str, Any]) -> dict[str, Any]:
+        etas = check_etas("etas", options["etas"])
+        return {
+            **options,
+            "etas": etas,
+            "step_sizes": check_step_sizes("step_sizes", options["step_sizes"]),
+        }
 
     def _init_state(self, group, param):
         return {
@@ -189,6 +178,14 @@ _SF_CHECKS = {
 }
 
 
+class _ScheduleOptions(Params):
+    """The schedule arguments both Schedule-Free optimizers end with (schedulefree's)."""
+
+    warmup_steps: int = 0
+    r: float = 0.0
+    weight_lr_power: float = 2.0
+
+
 class _ScheduleFree(FusedOptimizer):
     """What Schedule-Free AdamW and SGD share: the per-group schedule and train/eval.
 
@@ -197,8 +194,6 @@ class _ScheduleFree(FusedOptimizer):
     schedulefree, an optimizer starts in eval mode and :meth:`step` raises
     unless :meth:`train` was called.
     """
-
-    _keywords = PrecisionKeywords
 
     def __init__(self, params, defaults, **keywords):
         defaults = dict(
@@ -310,7 +305,15 @@ def _lerp_param(p: np.ndarray, st: dict[str, Any], w: float) -> None:
     p[...] = new  # rounds to nearest for float16/bfloat16
 
 
-class AdamWScheduleFree(_ScheduleFree):
+# A class's fields follow its bases' in reverse MRO order: the schedule comes last.
+class AdamWScheduleFreeOptions(_ScheduleOptions, AdamFamilyOptions):
+    """AdamWScheduleFree's arguments (of :class:`AdamWScheduleFree` and
+    :class:`slimgrad.torch.AdamWScheduleFree`)."""
+
+    lr: float = 0.0025
+
+
+class AdamWScheduleFree(AdamWScheduleFreeOptions, PrecisionKeywords, _ScheduleFree):
     """Schedule-Free AdamW, as ``schedulefree.AdamWScheduleFree``.
 
     Per step (``k`` counts the group's steps; warmup: ``lr_k = lr * min(1,
@@ -326,29 +329,6 @@ class AdamWScheduleFree(_ScheduleFree):
     _algo = "sf_adamw"
     _option_checks = {**_SF_CHECKS, "betas": check_sf_betas}
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 0.0025,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0,
-        warmup_steps: int = 0,
-        r: float = 0.0,
-        weight_lr_power: float = 2.0,
-        **keywords: Unpack[PrecisionKeywords],
-    ) -> None:
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            r=r,
-            weight_lr_power=weight_lr_power,
-        )
-        super().__init__(params, defaults, **keywords)
-
     def _beta(self, group):
         return group["betas"][0]
 
@@ -356,7 +336,18 @@ class AdamWScheduleFree(_ScheduleFree):
         (a.beta1, a.beta2), a.eps, a.weight_decay = g["betas"], g["eps"], g["weight_decay"]
 
 
-class SGDScheduleFree(_ScheduleFree):
+class _SGDOptions(Params):
+    lr: float = 1.0
+    momentum: float = 0.9
+    weight_decay: float = 0
+
+
+class SGDScheduleFreeOptions(_ScheduleOptions, _SGDOptions):
+    """SGDScheduleFree's arguments (of :class:`SGDScheduleFree` and
+    :class:`slimgrad.torch.SGDScheduleFree`)."""
+
+
+class SGDScheduleFree(SGDScheduleFreeOptions, PrecisionKeywords, _ScheduleFree):
     """Schedule-Free SGD, as ``schedulefree.SGDScheduleFree``.
 
     ``u = g + weight_decay * y; y = lerp(y, z, ckp1) + lr_k (momentum (1 - ckp1) - 1) u;
@@ -367,27 +358,6 @@ class SGDScheduleFree(_ScheduleFree):
 
     _algo = "sf_sgd"
     _option_checks = {**_SF_CHECKS, "momentum": check_open_unit}
-
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1.0,
-        momentum: float = 0.9,
-        weight_decay: float = 0,
-        warmup_steps: int = 0,
-        r: float = 0.0,
-        weight_lr_power: float = 2.0,
-        **keywords: Unpack[PrecisionKeywords],
-    ) -> None:
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            r=r,
-            weight_lr_power=weight_lr_power,
-        )
-        super().__init__(params, defaults, **keywords)
 
     def _beta(self, group):
         return group["momentum"]

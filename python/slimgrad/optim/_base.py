@@ -99,7 +99,6 @@ from ._checks import (
 )
 from ._clipstep import check_clip_args, clipped_step
 from ._grads import cast_grads, flat_grads
-from ._keywords import spell_out_signature
 from ._layout import StateLayout
 from ._partial import step_present
 
@@ -134,14 +133,6 @@ class Optimizer(StateLayout):
         Empty ``params``, a parameter given twice, a duplicate name, a
         read-only or non-contiguous parameter, an unknown option value.
     """
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        # A constructor taking the shared keyword tail as **keywords shows it
-        # spelled out (optim/_keywords.py).
-        super().__init_subclass__(**kwargs)
-        init, kind = cls.__dict__.get("__init__"), getattr(cls, "_keywords", None)
-        if init is not None and kind is not None:
-            spell_out_signature(init, kind)
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, nonfinite: str = "raise") -> None:
         if nonfinite not in NONFINITE_POLICIES:

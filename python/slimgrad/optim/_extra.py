@@ -131,6 +131,43 @@ Group = dict[str, Any]
 Arrays = list[np.ndarray]
 
 
+def adam_coefficients(group: Group, step: int, lr: float | None = None) -> dict[str, Any]:
+    """The Adam-like kernels' keyword arguments (``lamb_step``, ``adamw8bit_step``,
+    ``StepArgs`` fields) from a group's options; ``lr`` if given replaces the group's."""
+    beta1, beta2 = group["betas"]
+    return dict(
+        lr=float(group["lr"]) if lr is None else lr,
+        beta1=float(beta1),
+        beta2=float(beta2),
+        eps=float(group["eps"]),
+        weight_decay=float(group["weight_decay"]),
+        step=int(step),
+    )
+
+
+def adamw_step(
+    coefficients: dict[str, Any],
+    work: Arrays,
+    grads: Arrays,
+    states: list[Arrays],
+    labels: list[str],
+    maximize: bool = False,
+) -> None:
+    """One call of the fused AdamW kernel (the ``adam`` row, decoupled) on
+    float32/float64 arrays; ``states``: the ``exp_avg`` and ``exp_avg_sq`` lists."""
+    args = _core.optim.StepArgs()
+    args.algo, args.decoupled, args.maximize = "adam", True, maximize
+    for k, v in coefficients.items():
+        setattr(args, k, v)
+    names = (
+        ["params" + lb for lb in labels],
+        ["grads" + lb for lb in labels],
+        None,
+        [[f"state{lb}[{k!r}]" for lb in labels] for k in ("exp_avg", "exp_avg_sq")],
+    )
+    _core.optim.step(args, work, grads, None, states, names, False)
+
+
 class ExtraOptimizer(Optimizer):
     """Base of LAMB, AdamW8bit and Adafactor: validation and half-precision plumbing."""
 

@@ -3,8 +3,9 @@
 A subclass gives its algorithm's name (``_algo``, a row of the C++
 descriptor table optim_table.hpp, which also gives the state keys) and how
 the group's options fill the kernel's argument object (``_set_args``); its
-constructor passes the options as ``defaults``, which this class checks
-with :data:`OPTION_CHECKS` (so a constructor does not check them itself).
+options, declared as fields (:mod:`._options`), reach this class's
+constructor as ``defaults``, checked here with :data:`OPTION_CHECKS` (so a
+subclass does not check them itself).
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ class FusedOptimizer(Optimizer):
 
     def __init__(self, params: Any, defaults: dict[str, Any], **keywords: Any) -> None:
         """``defaults``: the subclass's own options; ``keywords``: the shared tail
-        (``self._keywords``: maximize, torch's switches, nonfinite, rounding,
-        seed, state_dtype, master_weights), defaults filled here."""
+        its keyword mixin declares (``self._keywords``: maximize, torch's
+        switches, nonfinite, rounding, seed, state_dtype, master_weights),
+        defaults filled here."""
         nonfinite, shared = take_keywords(type(self).__name__, self._keywords, keywords)
         defaults = {**defaults, **shared}
         # The options' checks first, in the constructor's argument order (the

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .. import _core
 from ._bucket import Bucket
-from ._extra import Arrays, ExtraOptimizer, Group
+from ._extra import Arrays, ExtraOptimizer, Group, adam_coefficients
 from ._keywords import StepKeywords
 
-if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; only the type checker needs it
-    from typing_extensions import Unpack
 
-
-class LAMB(ExtraOptimizer):
+class LAMB(StepKeywords, ExtraOptimizer):
     """LAMB: Adam's direction scaled per parameter array by a trust ratio.
 
     For each array, at step ``t`` (``g`` the gradient)::
@@ -37,11 +34,8 @@ class LAMB(ExtraOptimizer):
 
     Parameters
     ----------
-    params
-        Dict, list or param groups of float32/float64/float16/bfloat16
-        C-contiguous arrays, updated in place (see :class:`Optimizer`).
-    lr : float
-        Learning rate, >= 0.
+    params, lr
+        The parameters, updated in place (see :class:`Optimizer`); the learning rate, >= 0.
     betas : tuple of float
         ``(beta1, beta2)`` in [0, 1).
     eps : float
@@ -61,36 +55,26 @@ class LAMB(ExtraOptimizer):
 
     _algo = "lamb"
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-6,
-        weight_decay: float = 0.0,
-        **keywords: Unpack[StepKeywords],
-    ) -> None:
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-        super().__init__(params, defaults, **keywords)
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-6
+    weight_decay: float = 0.0
+
+    def _defaults(self, options: dict[str, Any]) -> dict[str, Any]:
         self.trust_ratios: dict[Any, float] = {}
         """Trust ratio of each parameter at the last step (by state key)."""
+        return options
 
     def _init_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
         return {"exp_avg": self.state_full(param), "exp_avg_sq": self.state_full(param)}
 
     def _update(self, group: Group, bucket: Bucket, work: Arrays, grads: Arrays) -> None:
-        beta1, beta2 = group["betas"]
         ratios = _core.optim.lamb_step(
             work,
             grads,
             bucket.states["exp_avg"],
             bucket.states["exp_avg_sq"],
             bucket.labels,
-            lr=float(group["lr"]),
-            beta1=float(beta1),
-            beta2=float(beta2),
-            eps=float(group["eps"]),
-            weight_decay=float(group["weight_decay"]),
-            step=int(bucket.step),
+            **adam_coefficients(group, bucket.step),
         )
         self.trust_ratios.update(zip(bucket.keys, ratios))

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._fused import FusedOptimizer
 from ._keywords import FamilyKeywords
+from ._options import Params
 
-if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; only the type checker needs it
-    from typing_extensions import Unpack
-
-__all__ = ["Lion"]
+__all__ = ["Lion", "LionOptions"]
 
 
-class Lion(FusedOptimizer):
+class LionOptions(Params):
+    """Lion's arguments (of :class:`Lion` and :class:`slimgrad.torch.Lion`)."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+
+
+class Lion(LionOptions, FamilyKeywords, FusedOptimizer):
     """Lion: the sign of an interpolated momentum, with decoupled weight decay.
 
     Per element, with ``g`` the gradient (negated if ``maximize``)::
@@ -31,11 +37,8 @@ class Lion(FusedOptimizer):
 
     Parameters
     ----------
-    params
-        Dict, list or param groups of float32/float64/float16/bfloat16
-        C-contiguous arrays, updated in place (see :class:`Optimizer`).
-    lr : float
-        Learning rate, >= 0.
+    params, lr
+        The parameters, updated in place (see :class:`Optimizer`); the learning rate, >= 0.
     betas : tuple of float
         ``(beta1, beta2)``: interpolation for the update, decay of the momentum.
     weight_decay : float
@@ -58,17 +61,6 @@ class Lion(FusedOptimizer):
     """
 
     _algo = "lion"
-
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.99),
-        weight_decay: float = 0.0,
-        **keywords: Unpack[FamilyKeywords],
-    ) -> None:
-        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay)
-        super().__init__(params, defaults, **keywords)
 
     def _set_args(self, a: Any, g: dict[str, Any]) -> None:
         a.lr, (a.beta1, a.beta2) = g["lr"], g["betas"]

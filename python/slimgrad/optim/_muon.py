@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,11 @@ from .._runtime import get_num_threads
 from ._bucket import Bucket
 from ._checks import OPTION_CHECKS, check_betas, check_bool, check_nonneg, check_number
 from ._extra import ExtraOptimizer, expected_state, round_back, validate
+from ._keywords import NonfiniteKeyword
+from ._options import Params
+
+if TYPE_CHECKING:
+    from dataclasses import KW_ONLY
 
 __all__ = ["Muon", "muon_update", "newton_schulz_", "blas_one_thread", "NS_COEFFICIENTS"]
 
@@ -242,7 +247,25 @@ def _group_params(param_group: Any) -> list[tuple[str, Any]]:
     return []
 
 
-class Muon(ExtraOptimizer):
+class MuonOptions(Params):
+    """Muon's arguments, as ``torch.optim.Muon`` and three more (of :class:`Muon`
+    and :class:`slimgrad.torch.Muon`)."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    momentum: float = 0.95
+    nesterov: bool = True
+    ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS
+    eps: float = 1e-7
+    ns_steps: int = 5
+    adjust_lr_fn: str | None = None
+    _: KW_ONLY
+    ns_dtype: str = "bfloat16"
+    use_muon: bool = True
+    betas: tuple[float, float] = (0.9, 0.95)
+
+
+class Muon(MuonOptions, NonfiniteKeyword, ExtraOptimizer):
     """Muon: momentum orthogonalized by Newton-Schulz, for 2-D parameters (torch.optim.Muon).
 
     For each 2-D parameter of shape ``(A, B)``, at each step (``g`` the gradient)::
@@ -307,38 +330,6 @@ class Muon(ExtraOptimizer):
 
     _algo = "muon"
     _option_checks = MUON_CHECKS
-
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-3,
-        weight_decay: float = 0.1,
-        momentum: float = 0.95,
-        nesterov: bool = True,
-        ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
-        eps: float = 1e-7,
-        ns_steps: int = 5,
-        adjust_lr_fn: str | None = None,
-        *,
-        ns_dtype: str = "bfloat16",
-        use_muon: bool = True,
-        betas: tuple[float, float] = (0.9, 0.95),
-        nonfinite: str = "raise",
-    ) -> None:
-        defaults = dict(
-            lr=lr,
-            weight_decay=weight_decay,
-            momentum=momentum,
-            nesterov=nesterov,
-            ns_coefficients=ns_coefficients,
-            eps=eps,
-            ns_steps=ns_steps,
-            adjust_lr_fn=adjust_lr_fn,
-            ns_dtype=ns_dtype,
-            use_muon=use_muon,
-            betas=betas,
-        )
-        super().__init__(params, defaults, nonfinite=nonfinite)
 
     def add_param_group(self, param_group: Any) -> None:
         """As :meth:`Optimizer.add_param_group`; a Muon group's parameters must be 2-D."""

@@ -42,19 +42,20 @@ validates edited values first, with the constructor's checks (``TypeError`` /
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._checks import check_nonneg
 from ._fused import FusedOptimizer
 from ._keywords import FamilyKeywords
+from ._options import Params
 
-if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; only the type checker needs it
-    from typing_extensions import Unpack
+if TYPE_CHECKING:
+    from dataclasses import KW_ONLY
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam"]
 
 
-class SGD(FusedOptimizer):
+class SGD(FamilyKeywords, FusedOptimizer):
     """Stochastic gradient descent with momentum, as ``torch.optim.SGD``.
 
     ``g = -g if maximize; g += weight_decay * p; buf = g`` (first step) or
@@ -66,29 +67,20 @@ class SGD(FusedOptimizer):
 
     _algo = "sgd"
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-3,
-        momentum: float = 0,
-        dampening: float = 0,
-        weight_decay: float = 0,
-        nesterov: bool = False,
-        **keywords: Unpack[FamilyKeywords],
-    ) -> None:
-        if nesterov and (check_nonneg("momentum", momentum) <= 0 or dampening != 0):
+    lr: float = 1e-3
+    momentum: float = 0
+    dampening: float = 0
+    weight_decay: float = 0
+    nesterov: bool = False
+
+    def _defaults(self, options: dict[str, Any]) -> dict[str, Any]:
+        momentum, dampening = options["momentum"], options["dampening"]
+        if options["nesterov"] and (check_nonneg("momentum", momentum) <= 0 or dampening != 0):
             raise ValueError("nesterov: requires momentum > 0 and dampening == 0")
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            dampening=dampening,
-            weight_decay=weight_decay,
-            nesterov=nesterov,
-        )
-        super().__init__(params, defaults, **keywords)
+        return options
 
 
-class Adagrad(FusedOptimizer):
+class Adagrad(FamilyKeywords, FusedOptimizer):
     """Adagrad, as ``torch.optim.Adagrad``.
 
     ``clr = lr / (1 + (step - 1) * lr_decay); sum += g * g;
@@ -98,30 +90,17 @@ class Adagrad(FusedOptimizer):
 
     _algo = "adagrad"
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-2,
-        lr_decay: float = 0,
-        weight_decay: float = 0,
-        initial_accumulator_value: float = 0,
-        eps: float = 1e-10,
-        **keywords: Unpack[FamilyKeywords],
-    ) -> None:
-        defaults = dict(
-            lr=lr,
-            lr_decay=lr_decay,
-            weight_decay=weight_decay,
-            initial_accumulator_value=initial_accumulator_value,
-            eps=eps,
-        )
-        super().__init__(params, defaults, **keywords)
+    lr: float = 1e-2
+    lr_decay: float = 0
+    weight_decay: float = 0
+    initial_accumulator_value: float = 0
+    eps: float = 1e-10
 
     def _init_state(self, group, param):
         return {"sum": self.state_full(param, group["initial_accumulator_value"], group)}
 
 
-class RMSprop(FusedOptimizer):
+class RMSprop(FamilyKeywords, FusedOptimizer):
     """RMSprop, as ``torch.optim.RMSprop``.
 
     ``sq = alpha * sq + (1 - alpha) * g * g``; centered: ``ga = lerp(ga, g, 1 - alpha)``,
@@ -132,29 +111,15 @@ class RMSprop(FusedOptimizer):
 
     _algo = "rmsprop"
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-2,
-        alpha: float = 0.99,
-        eps: float = 1e-8,
-        weight_decay: float = 0,
-        momentum: float = 0,
-        centered: bool = False,
-        **keywords: Unpack[FamilyKeywords],
-    ) -> None:
-        defaults = dict(
-            lr=lr,
-            alpha=alpha,
-            eps=eps,
-            weight_decay=weight_decay,
-            momentum=momentum,
-            centered=centered,
-        )
-        super().__init__(params, defaults, **keywords)
+    lr: float = 1e-2
+    alpha: float = 0.99
+    eps: float = 1e-8
+    weight_decay: float = 0
+    momentum: float = 0
+    centered: bool = False
 
 
-class Adadelta(FusedOptimizer):
+class Adadelta(FamilyKeywords, FusedOptimizer):
     """Adadelta, as ``torch.optim.Adadelta``.
 
     ``sq = rho * sq + (1 - rho) * g * g; delta = sqrt(acc + eps) / sqrt(sq + eps) * g;
@@ -164,20 +129,24 @@ class Adadelta(FusedOptimizer):
 
     _algo = "adadelta"
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1.0,
-        rho: float = 0.9,
-        eps: float = 1e-6,
-        weight_decay: float = 0,
-        **keywords: Unpack[FamilyKeywords],
-    ) -> None:
-        defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay)
-        super().__init__(params, defaults, **keywords)
+    lr: float = 1.0
+    rho: float = 0.9
+    eps: float = 1e-6
+    weight_decay: float = 0
 
 
-class Adam(FusedOptimizer):
+class AdamFamilyOptions(Params):
+    """The arguments Adam, Adamax, NAdam, RAdam, AdamW8bit and Schedule-Free AdamW
+    begin with, as torch's (a class redeclares ``lr`` or ``weight_decay`` for
+    another default)."""
+
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0
+
+
+class Adam(AdamFamilyOptions, FamilyKeywords, FusedOptimizer):
     """Adam, as ``torch.optim.Adam`` (and AdamW with ``decoupled_weight_decay=True``).
 
     ``m = lerp(m, g, 1 - beta1); v = beta2 * v + (1 - beta2) * g * g``;
@@ -190,55 +159,21 @@ class Adam(FusedOptimizer):
 
     _algo = "adam"
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0,
-        amsgrad: bool = False,
-        *,
-        decoupled_weight_decay: bool = False,
-        **keywords: Unpack[FamilyKeywords],
-    ) -> None:
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            decoupled_weight_decay=decoupled_weight_decay,
-        )
-        super().__init__(params, defaults, **keywords)
+    amsgrad: bool = False
+    _: KW_ONLY
+    decoupled_weight_decay: bool = False
 
 
 class AdamW(Adam):
     """AdamW, as ``torch.optim.AdamW``: Adam with decoupled weight decay (default 1e-2)."""
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-        amsgrad: bool = False,
-        **keywords: Unpack[FamilyKeywords],
-    ) -> None:
-        super().__init__(
-            params,
-            lr,
-            betas,
-            eps,
-            weight_decay,
-            amsgrad,
-            decoupled_weight_decay=True,
-            **keywords,
-        )
+    weight_decay: float = 1e-2
+    # Not an argument of AdamW (a ClassVar leaves the signature), always True.
+    # (Type checkers still list it, as for a dataclass field redeclared so.)
+    decoupled_weight_decay: ClassVar[bool] = True  # type: ignore[misc]
 
 
-class Adamax(FusedOptimizer):
+class Adamax(AdamFamilyOptions, FamilyKeywords, FusedOptimizer):
     """Adamax, as ``torch.optim.Adamax``.
 
     ``m = lerp(m, g, 1 - beta1); u = max(beta2 * u, |g| + eps);
@@ -247,20 +182,10 @@ class Adamax(FusedOptimizer):
 
     _algo = "adamax"
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 2e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0,
-        **keywords: Unpack[FamilyKeywords],
-    ) -> None:
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-        super().__init__(params, defaults, **keywords)
+    lr: float = 2e-3
 
 
-class NAdam(FusedOptimizer):
+class NAdam(AdamFamilyOptions, FamilyKeywords, FusedOptimizer):
     """NAdam, as ``torch.optim.NAdam`` (momentum decay schedule, optional decoupled weight decay).
 
     ``mu_t = beta1 (1 - 0.5 * 0.96^(t * momentum_decay))``; ``m``, ``v`` as Adam;
@@ -273,26 +198,9 @@ class NAdam(FusedOptimizer):
 
     _algo = "nadam"
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 2e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0,
-        momentum_decay: float = 4e-3,
-        decoupled_weight_decay: bool = False,
-        **keywords: Unpack[FamilyKeywords],
-    ) -> None:
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            momentum_decay=momentum_decay,
-            decoupled_weight_decay=decoupled_weight_decay,
-        )
-        super().__init__(params, defaults, **keywords)
+    lr: float = 2e-3
+    momentum_decay: float = 4e-3
+    decoupled_weight_decay: bool = False
 
     def _init_state(self, group, param):
         return {**super()._init_state(group, param), "mu_product": 1.0}
@@ -313,7 +221,7 @@ class NAdam(FusedOptimizer):
         return bad
 
 
-class RAdam(FusedOptimizer):
+class RAdam(AdamFamilyOptions, FamilyKeywords, FusedOptimizer):
     """RAdam, as ``torch.optim.RAdam`` (optional decoupled weight decay).
 
     ``m``, ``v`` as Adam; ``rho_t = rho_inf - 2 t beta2^t / (1 - beta2^t)``; if
@@ -323,21 +231,4 @@ class RAdam(FusedOptimizer):
 
     _algo = "radam"
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0,
-        decoupled_weight_decay: bool = False,
-        **keywords: Unpack[FamilyKeywords],
-    ) -> None:
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            decoupled_weight_decay=decoupled_weight_decay,
-        )
-        super().__init__(params, defaults, **keywords)
+    decoupled_weight_decay: bool = False

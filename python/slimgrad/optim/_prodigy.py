@@ -20,6 +20,8 @@ from .. import _core
 from ._bucket import Bucket
 from ._checks import OPTION_CHECKS, check_betas, check_bool, check_number
 from ._extra import ExtraOptimizer, expected_state, round_back, validate
+from ._keywords import NonfiniteKeyword
+from ._options import Params
 
 __all__ = ["Prodigy", "Run", "prodigy_step"]
 
@@ -199,7 +201,45 @@ PRODIGY_CHECKS: dict[str, Any] = {
 }
 
 
-class Prodigy(ExtraOptimizer):
+class ProdigyOptions(Params):
+    """Prodigy's arguments, as ``prodigyopt.Prodigy`` (of :class:`Prodigy` and
+    :class:`slimgrad.torch.Prodigy`)."""
+
+    lr: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    beta3: float | None = None
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    decouple: bool = True
+    use_bias_correction: bool = False
+    safeguard_warmup: bool = False
+    d0: float = 1e-6
+    d_coef: float = 1.0
+    growth_rate: float = float("inf")
+    fsdp_in_use: bool = False
+    slice_p: int = 1
+
+
+def prodigy_defaults(options: dict[str, Any], **estimate: float) -> dict[str, Any]:
+    """The param groups' defaults, in prodigyopt's key order: the options with
+    the running estimate (``d = d_max = d0``, ``d_numerator`` and ``estimate``
+    after it, ``k``) in place of ``d0`` ... ``d_coef``."""
+    o = dict(options)
+    late = (
+        "growth_rate",
+        "use_bias_correction",
+        "decouple",
+        "safeguard_warmup",
+        "fsdp_in_use",
+        "slice_p",
+    )
+    tail = {k: o.pop(k) for k in late}
+    d0, d_coef = o.pop("d0"), o.pop("d_coef")
+    running = dict(d=d0, d0=d0, d_max=d0, d_numerator=0.0, **estimate, d_coef=d_coef, k=0)
+    return {**o, **running, **tail}
+
+
+class Prodigy(ProdigyOptions, NonfiniteKeyword, ExtraOptimizer):
     """Prodigy: Adam with a learning rate ``d`` estimated on the fly (prodigyopt 1.1).
 
     At step ``k`` (``lr`` the largest group lr, ``d`` the estimate, sums over
@@ -253,35 +293,10 @@ class Prodigy(ExtraOptimizer):
     _algo = "prodigy"
     _option_checks = PRODIGY_CHECKS
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        beta3: float | None = None,
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        decouple: bool = True,
-        use_bias_correction: bool = False,
-        safeguard_warmup: bool = False,
-        d0: float = 1e-6,
-        d_coef: float = 1.0,
-        growth_rate: float = float("inf"),
-        fsdp_in_use: bool = False,
-        slice_p: int = 1,
-        *,
-        nonfinite: str = "raise",
-    ) -> None:
-        _check_positive("lr", lr)
-        _check_positive("d0", d0)  # before d = d0 is checked under its own name
-        defaults = dict(
-            lr=lr, betas=betas, beta3=beta3, eps=eps, weight_decay=weight_decay,
-            d=d0, d0=d0, d_max=d0, d_numerator=0.0, d_hat=0.0, d_denom=0.0, d_coef=d_coef,
-            k=0, growth_rate=growth_rate, use_bias_correction=use_bias_correction,
-            decouple=decouple, safeguard_warmup=safeguard_warmup, fsdp_in_use=fsdp_in_use,
-            slice_p=slice_p,
-        )  # fmt: skip
-        super().__init__(params, defaults, nonfinite=nonfinite)
+    def _defaults(self, options: dict[str, Any]) -> dict[str, Any]:
+        _check_positive("lr", options["lr"])
+        _check_positive("d0", options["d0"])  # before d = d0 is checked under its own name
+        return prodigy_defaults(options, d_hat=0.0, d_denom=0.0)
 
     def _has_m(self) -> bool:
         return float(self.param_groups[0]["betas"][0]) > 0

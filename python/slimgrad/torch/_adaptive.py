@@ -75,13 +75,19 @@ class Rprop(_Mirrored):
         }
 
 
+# The options of both Schedule-Free optimizers in schedulefree's group-key order.
+_SF_ORDER = "lr betas momentum eps r warmup_steps weight_lr_power weight_decay foreach".split()
+
+
 class _ScheduleFree(_Fused):
     """The per-group schedule and the train/eval switch, as schedulefree."""
 
     _counts_steps = False  # schedulefree counts steps per group ("k")
     _np_class: Any = None
 
-    def _finish_init(self, params: Any, defaults: dict[str, Any]) -> None:
+    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        # schedulefree's key order (its state dicts list the group keys so)
+        defaults = {k: defaults[k] for k in _SF_ORDER if k in defaults}
         defaults.update(k=0, train_mode=False, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0)
         self._pending: dict[int, dict[str, float]] = {}
         super().__init__(params, defaults)
@@ -146,69 +152,35 @@ class _ScheduleFree(_Fused):
             group["train_mode"] = to_train
 
 
-class AdamWScheduleFree(_ScheduleFree):
+class AdamWScheduleFree(_np.AdamWScheduleFreeOptions, _ScheduleFree):
     """``schedulefree.AdamWScheduleFree``: same signature, group keys and state
     (``z``, ``exp_avg_sq``); see :class:`slimgrad.optim.AdamWScheduleFree`."""
 
     _algo = "sf_adamw"
     _np_class = _np.AdamWScheduleFree
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 0.0025,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0,
-        warmup_steps: int = 0,
-        r: float = 0.0,
-        weight_lr_power: float = 2.0,
-        foreach: bool | None = True,
-    ) -> None:
-        check_range("learning rate", lr)
-        _np.check_sf_betas("betas", betas)
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            r=r,
-            warmup_steps=warmup_steps,
-            weight_lr_power=weight_lr_power,
-            weight_decay=weight_decay,
-            foreach=foreach,
-        )
-        self._finish_init(params, defaults)
+    foreach: bool | None = True
+
+    def _defaults(self, options: dict[str, Any]) -> dict[str, Any]:
+        check_range("learning rate", options["lr"])
+        _np.check_sf_betas("betas", options["betas"])
+        return options
 
 
-class SGDScheduleFree(_ScheduleFree):
+class SGDScheduleFree(_np.SGDScheduleFreeOptions, _ScheduleFree):
     """``schedulefree.SGDScheduleFree``: same signature, group keys and state
     (``z``); see :class:`slimgrad.optim.SGDScheduleFree`."""
 
     _algo = "sf_sgd"
     _np_class = _np.SGDScheduleFree
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1.0,
-        momentum: float = 0.9,
-        weight_decay: float = 0,
-        warmup_steps: int = 0,
-        r: float = 0.0,
-        weight_lr_power: float = 2,
-        foreach: bool | None = True,
-    ) -> None:
-        check_range("learning rate", lr)
-        check_range("weight_decay", weight_decay)
+    weight_lr_power: float = 2  # schedulefree's default (2.0 in slimgrad.optim)
+    foreach: bool | None = True
+
+    def _defaults(self, options: dict[str, Any]) -> dict[str, Any]:
+        check_range("learning rate", options["lr"])
+        check_range("weight_decay", options["weight_decay"])
+        momentum = options["momentum"]
         if momentum <= 0 or momentum >= 1:
             raise ValueError(f"Momentum must be between 0 and 1 exclusive: {momentum}")
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            r=r,
-            warmup_steps=warmup_steps,
-            weight_lr_power=weight_lr_power,
-            weight_decay=weight_decay,
-            foreach=foreach,
-        )
-        self._finish_init(params, defaults)
+        return options

@@ -83,13 +83,32 @@ def check_range(name: str, value: Any, low: float = 0.0, high: float | None = No
         raise ValueError(f"Invalid {name} value: {value}")
 
 
+# torch's names of the options in its messages.
+_TORCH_NAMES = {"lr": "learning rate", "eps": "epsilon", "weight_decay": "weight_decay"}
+
+
+def check_options(options: dict[str, Any]) -> dict[str, Any]:
+    """torch's checks of ``lr``, ``eps``, ``betas`` and ``weight_decay``, those
+    in ``options``, in that order and torch's wording; returns ``options``."""
+    for key in ("lr", "eps", "betas", "weight_decay"):
+        if key == "betas" and key in options:
+            for i in (0, 1):
+                check_range(f"beta parameter at index {i}", options[key][i], 0.0, 1.0)
+        elif key in options:
+            check_range(_TORCH_NAMES[key], options[key])
+    return options
+
+
 class TorchOptimizer(torch.optim.Optimizer):
     """Base of the slimgrad.torch optimizers (see the module docstring)."""
 
     # Whether the state has torch's "step" tensor (SGD has none).
     _counts_steps = True
 
-    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+    def __init__(self, params: Any, defaults: dict[str, Any], **keywords: Any) -> None:
+        """``keywords``: the shared keyword tail (``maximize``), kept in the groups
+        after the options, as torch keeps it."""
+        defaults = {**defaults, **keywords}
         check_flags(defaults)
         super().__init__(params, defaults)
 

@@ -14,8 +14,11 @@ import numpy as np
 import torch
 
 from .. import _core
-from ..optim._adamw8bit import BLOCK_SIZE
-from ._base import HALF, TorchOptimizer, as_array, check_range
+from ..optim._adamw8bit import BLOCK_SIZE, AdamW8bitOptions
+from ..optim._extra import adam_coefficients
+from ..optim._keywords import MaximizeKeyword
+from ..optim._lion import LionOptions
+from ._base import HALF, TorchOptimizer, as_array, check_options
 from ._fused import _Fused, _lr
 
 __all__ = ["Lion", "AdamW8bit"]
@@ -35,7 +38,7 @@ def _round_back(params: list[torch.Tensor], work: list[np.ndarray]) -> None:
         p.detach().copy_(torch.from_numpy(w))  # float32 -> half: round to nearest even
 
 
-class Lion(_Fused):
+class Lion(LionOptions, MaximizeKeyword, _Fused):
     """Lion (Chen et al., 2023) as a torch optimizer; see :class:`slimgrad.optim.Lion`.
 
     ``u = sign(beta1 * m + (1 - beta1) * g); p = p * (1 - lr * wd) - lr * u;
@@ -46,21 +49,8 @@ class Lion(_Fused):
 
     _algo = "lion"
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.99),
-        weight_decay: float = 0.0,
-        *,
-        maximize: bool = False,
-    ) -> None:
-        check_range("learning rate", lr)
-        check_range("beta parameter at index 0", betas[0], 0.0, 1.0)
-        check_range("beta parameter at index 1", betas[1], 0.0, 1.0)
-        check_range("weight_decay", weight_decay)
-        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize)
-        super().__init__(params, defaults)
+    def _defaults(self, options: dict[str, Any]) -> dict[str, Any]:
+        return check_options(options)
 
     def _state_keys(self, group: dict[str, Any]) -> list[str]:
         return ["exp_avg"]
@@ -74,7 +64,7 @@ class Lion(_Fused):
         args.maximize = bool(group["maximize"])
 
 
-class AdamW8bit(TorchOptimizer):
+class AdamW8bit(AdamW8bitOptions, MaximizeKeyword, TorchOptimizer):
     """AdamW with 8-bit blockwise moments as a torch optimizer.
 
     See :class:`slimgrad.optim.AdamW8bit` for the codes. State: ``step``,
@@ -82,23 +72,7 @@ class AdamW8bit(TorchOptimizer):
     ``exp_avg_scale`` and ``exp_avg_sq_scale`` (float32, one per block of 256).
     """
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-        *,
-        maximize: bool = False,
-    ) -> None:
-        check_range("learning rate", lr)
-        check_range("epsilon", eps)
-        check_range("beta parameter at index 0", betas[0], 0.0, 1.0)
-        check_range("beta parameter at index 1", betas[1], 0.0, 1.0)
-        check_range("weight_decay", weight_decay)
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
-        super().__init__(params, defaults)
+    _defaults = Lion._defaults
 
     _DTYPES = {
         "exp_avg": torch.int8,
@@ -121,7 +95,6 @@ class AdamW8bit(TorchOptimizer):
 
     def _run(self, group, params, step):
         work, grads, half = _work(params)
-        beta1, beta2 = group["betas"]
         st = {k: self._states(group, params, k) for k in self._DTYPES}
         _core.optim.adamw8bit_step(
             work,
@@ -131,12 +104,7 @@ class AdamW8bit(TorchOptimizer):
             st["exp_avg_scale"],
             st["exp_avg_sq_scale"],
             [f"[{i}]" for i in range(len(params))],
-            lr=_lr(group["lr"]),
-            beta1=float(beta1),
-            beta2=float(beta2),
-            eps=float(group["eps"]),
-            weight_decay=float(group["weight_decay"]),
-            step=int(step),
+            **adam_coefficients(group, step, lr=_lr(group["lr"])),
             maximize=bool(group["maximize"]),
         )
         if half:

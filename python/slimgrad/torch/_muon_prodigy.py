@@ -15,9 +15,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import _core
-from ..optim._muon import MUON_CHECKS, NS_COEFFICIENTS, muon_update
-from ..optim._prodigy import PRODIGY_CHECKS, Run, global_step, prodigy_step
+from ..optim._extra import adam_coefficients, adamw_step
+from ..optim._muon import MUON_CHECKS, MuonOptions, muon_update
+from ..optim._prodigy import (
+    PRODIGY_CHECKS,
+    ProdigyOptions,
+    Run,
+    global_step,
+    prodigy_defaults,
+    prodigy_step,
+)
 from ._base import HALF, TorchOptimizer, _check_param, check_range
 from ._extra import _round_back, _work
 from ._fused import _lr
@@ -29,7 +36,7 @@ def _labels(n: int) -> list[str]:
     return [f"[{i}]" for i in range(n)]
 
 
-class Muon(TorchOptimizer):
+class Muon(MuonOptions, TorchOptimizer):
     """torch.optim.Muon on slimgrad's kernels; see :class:`slimgrad.optim.Muon`.
 
     Same constructor as torch 2.13's Muon (2-D parameters only, ``ValueError``
@@ -42,33 +49,13 @@ class Muon(TorchOptimizer):
 
     _counts_steps = False  # torch's Muon state has no "step"
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-3,
-        weight_decay: float = 0.1,
-        momentum: float = 0.95,
-        nesterov: bool = True,
-        ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
-        eps: float = 1e-7,
-        ns_steps: int = 5,
-        adjust_lr_fn: str | None = None,
-        *,
-        ns_dtype: str = "bfloat16",
-        use_muon: bool = True,
-        betas: tuple[float, float] = (0.9, 0.95),
-    ) -> None:
-        check_range("learning rate", lr)
-        check_range("momentum", momentum)
-        check_range("weight decay", weight_decay)
-        defaults = dict(
-            lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
-            ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,
-            adjust_lr_fn=adjust_lr_fn, ns_dtype=ns_dtype, use_muon=use_muon, betas=betas,
-        )  # fmt: skip
+    def _defaults(self, options: dict[str, Any]) -> dict[str, Any]:
+        check_range("learning rate", options["lr"])
+        check_range("momentum", options["momentum"])
+        check_range("weight decay", options["weight_decay"])
         for k in ("ns_coefficients", "eps", "ns_steps", "adjust_lr_fn", "ns_dtype", "use_muon"):
-            MUON_CHECKS[k](k, defaults[k])
-        super().__init__(params, defaults)
+            MUON_CHECKS[k](k, options[k])
+        return options
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -114,28 +101,16 @@ class Muon(TorchOptimizer):
             bufs = self._states(group, params, "momentum_buffer")
             muon_update(work, grads, bufs, labels, opts, caches.setdefault(id(group), {}))
         else:
-            args = _core.optim.StepArgs()
-            args.algo, args.decoupled = "adam", True
-            args.lr, args.eps = _lr(group["lr"]), float(group["eps"])
-            args.beta1, args.beta2 = (float(b) for b in group["betas"])
-            args.weight_decay = float(group["weight_decay"])
-            args.step = step
-            keys = ("exp_avg", "exp_avg_sq")
-            states = [self._states(group, params, k) for k in keys]
-            names = (
-                ["params" + lb for lb in labels],
-                ["grads" + lb for lb in labels],
-                None,
-                [[f"state{lb}[{k!r}]" for lb in labels] for k in keys],
-            )
-            _core.optim.step(args, work, grads, None, states, names, False)
+            coefficients = adam_coefficients(group, step, lr=_lr(group["lr"]))
+            states = [self._states(group, params, k) for k in ("exp_avg", "exp_avg_sq")]
+            adamw_step(coefficients, work, grads, states, labels)
             for p in params:
                 self.state[p]["step"] += 1
         if half:
             _round_back(params, work)
 
 
-class Prodigy(TorchOptimizer):
+class Prodigy(ProdigyOptions, TorchOptimizer):
     """prodigyopt.Prodigy on slimgrad's kernels; see :class:`slimgrad.optim.Prodigy`.
 
     Same constructor and param-group entries as prodigyopt 1.1 (the estimate
@@ -145,23 +120,8 @@ class Prodigy(TorchOptimizer):
     ``exp_avg_sq``; float32 for float16/bfloat16 parameters.
     """
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        beta3: float | None = None,
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        decouple: bool = True,
-        use_bias_correction: bool = False,
-        safeguard_warmup: bool = False,
-        d0: float = 1e-6,
-        d_coef: float = 1.0,
-        growth_rate: float = float("inf"),
-        fsdp_in_use: bool = False,
-        slice_p: int = 1,
-    ) -> None:
+    def _defaults(self, options: dict[str, Any]) -> dict[str, Any]:
+        lr, betas, eps, d0 = (options[k] for k in ("lr", "betas", "eps", "d0"))
         if not 0.0 < d0:
             raise ValueError(f"Invalid d0 value: {d0}")
         if not 0.0 < lr:
@@ -171,16 +131,9 @@ class Prodigy(TorchOptimizer):
         for i in (0, 1):
             if not 0.0 <= betas[i] < 1.0:
                 raise ValueError(f"Invalid beta parameter at index {i}: {betas[i]}")
-        PRODIGY_CHECKS["fsdp_in_use"]("fsdp_in_use", fsdp_in_use)
-        PRODIGY_CHECKS["slice_p"]("slice_p", slice_p)
-        defaults = dict(
-            lr=lr, betas=betas, beta3=beta3, eps=eps, weight_decay=weight_decay,
-            d=d0, d0=d0, d_max=d0, d_numerator=0.0, d_coef=d_coef, k=0,
-            growth_rate=growth_rate, use_bias_correction=use_bias_correction,
-            decouple=decouple, safeguard_warmup=safeguard_warmup, fsdp_in_use=fsdp_in_use,
-            slice_p=slice_p,
-        )  # fmt: skip
-        super().__init__(params, defaults)
+        for k in ("fsdp_in_use", "slice_p"):
+            PRODIGY_CHECKS[k](k, options[k])
+        return prodigy_defaults(options)
 
     def _state(self, group: dict[str, Any], p: torch.Tensor, beta1: float) -> dict[str, Any]:
         st = self.state[p]
