@@ -123,7 +123,10 @@ void panel24(const float* xt, const float* values, const std::uint8_t* positions
   typename T::V acc[R][NV];
   for (std::size_t i = 0; i < R; ++i)
     for (std::size_t j = 0; j < NV; ++j) acc[i][j] = T::load(buf + i * PW + j * T::L);
+  // Fully unrolled (pragmas): with 16 accumulators GCC otherwise keeps the
+  // row loop and round-trips the accumulators through buf on every value.
   auto step = [&](std::size_t i, const float* xv, const float* w) SLIMGRAD_LAMBDA_INLINE {
+#pragma GCC unroll 4
     for (std::size_t j = 0; j < NV; ++j) acc[i][j] = T::fma(w, T::load(xv + j * T::L), acc[i][j]);
   };
   std::size_t k = k0;
@@ -131,15 +134,18 @@ void panel24(const float* xt, const float* values, const std::uint8_t* positions
     const auto& lut = kPanelOffsets<PW>.at;
     for (; k + 4 <= k1; k += 4) {  // two groups = 8 columns from 2k: one positions byte per row
       const auto* xg = reinterpret_cast<const char*>(xt + 2 * k * PW);
+#pragma GCC unroll 4
       for (std::size_t i = 0; i < R; ++i) {
         const std::size_t v = (r + i) * half + k;
         const std::uint16_t* off = lut[positions[v >> 2]];
+#pragma GCC unroll 4
         for (std::size_t q = 0; q < 4; ++q) step(i, reinterpret_cast<const float*>(xg + off[q]), values + v + q);
       }
     }
   }
   for (; k < k1; k += 2) {  // one group of 4 columns: 2 kept values
     const float* xg = xt + 2 * k * PW;
+#pragma GCC unroll 4
     for (std::size_t i = 0; i < R; ++i) {
       const std::size_t v = (r + i) * half + k;  // even: the group's nibble
       const unsigned nib = (positions[v >> 2] >> (2 * (v & 3))) & 15u;
@@ -151,30 +157,51 @@ void panel24(const float* xt, const float* values, const std::uint8_t* positions
     for (std::size_t j = 0; j < NV; ++j) T::store(buf + i * PW + j * T::L, acc[i][j]);
 }
 
+// One panel (PWp = NV * T::L batch columns, column c at xp + c * PWp) for
+// rows [r0, r1): k blocks of KB values (16 KB of a full panel, L1-resident)
+// while the rows run over the block, R rows at a time.
+template <class T, std::size_t NV, std::size_t KB>
+void panel24_rows(const float* xp, const float* values, const std::uint8_t* positions, std::size_t half,
+                  std::size_t r0, std::size_t r1, float* buf) {
+  // R W rows of NV vectors each: at most 16 zmm accumulators (4 x 4) or 8
+  // ymm (AVX2 has 16 registers: 2 x 4), enough independent FMA chains to
+  // cover the FMA latency.
+  constexpr std::size_t R = std::min<std::size_t>(4, T::L / NV);
+  constexpr std::size_t PW = NV * T::L;
+  for (std::size_t k0 = 0; k0 < half; k0 += KB) {
+    const std::size_t k1 = std::min(half, k0 + KB);
+    std::size_t r = r0;
+    for (; r + R <= r1; r += R) panel24<T, R, NV>(xp, values, positions, half, r, k0, k1, buf + (r - r0) * PW);
+    if (r < r1)
+      with_count(r1 - r, [&](auto n) {
+        panel24<T, decltype(n)::value, NV>(xp, values, positions, half, r, k0, k1, buf + (r - r0) * PW);
+      });
+  }
+}
+
 // Rows [r0, r1) (at most kSparseRowGrain) of y for every batch row, from
-// the packed panels.
-template <class T, std::size_t NV, std::size_t R>
+// the packed panels (kPanelVectors vectors wide; the last panel only as wide
+// as the batch tail rounded up to a vector, see panel_width).
+template <class T>
 void gemm24_panels(const float* xt, std::size_t batch, std::size_t in, const float* values,
                    const std::uint8_t* positions, std::size_t out, std::size_t r0, std::size_t r1, float* y) {
-  constexpr std::size_t PW = NV * T::L, KB = 2048 / PW;  // 16 KB of panel per block
+  constexpr std::size_t PW = kPanelVectors * T::L, KB = 2048 / PW;  // 16 KB of a full panel per block
   static_assert(KB % 4 == 0, "k blocks start on positions bytes");
   const std::size_t half = in / 2, rows = r1 - r0;
   alignas(64) float buf[kSparseRowGrain * PW];
   for (std::size_t p = 0; p * PW < batch; ++p) {
     const float* xp = xt + p * in * PW;
-    std::fill(buf, buf + rows * PW, 0.0f);
-    for (std::size_t k0 = 0; k0 < half; k0 += KB) {
-      const std::size_t k1 = std::min(half, k0 + KB);
-      std::size_t r = r0;
-      for (; r + R <= r1; r += R) panel24<T, R, NV>(xp, values, positions, half, r, k0, k1, buf + (r - r0) * PW);
-      if (r < r1)
-        with_count(r1 - r, [&](auto n) {
-          panel24<T, decltype(n)::value, NV>(xp, values, positions, half, r, k0, k1, buf + (r - r0) * PW);
-        });
+    const std::size_t width = panel_width(batch, PW, p);
+    std::fill(buf, buf + rows * width, 0.0f);
+    switch (width / T::L) {  // the tail panel: fewer vectors, no FMAs on padding past a vector
+      case 1: panel24_rows<T, 1, KB>(xp, values, positions, half, r0, r1, buf); break;
+      case 2: panel24_rows<T, 2, KB>(xp, values, positions, half, r0, r1, buf); break;
+      case 3: panel24_rows<T, 3, KB>(xp, values, positions, half, r0, r1, buf); break;
+      default: panel24_rows<T, kPanelVectors, KB>(xp, values, positions, half, r0, r1, buf); break;
     }
     const std::size_t nb = std::min(PW, batch - p * PW);
     for (std::size_t j = 0; j < nb; ++j)
-      for (std::size_t i = 0; i < rows; ++i) y[(p * PW + j) * out + r0 + i] = buf[i * PW + j];
+      for (std::size_t i = 0; i < rows; ++i) y[(p * PW + j) * out + r0 + i] = buf[i * width + j];
   }
 }
 

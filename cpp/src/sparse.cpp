@@ -5,8 +5,10 @@
 #include "slimgrad/sparse.hpp"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <new>
 
 #include "slimgrad/threading.hpp"
 
@@ -54,14 +56,14 @@ bool positions24_valid(const std::uint8_t* positions, std::size_t kept) {
 }
 
 void pack_panel(const float* x, std::size_t batch, std::size_t in, std::size_t pw, std::size_t p, float* xt) {
-  const std::size_t b0 = p * pw, nb = std::min(pw, batch - b0);
+  const std::size_t b0 = p * pw, nb = std::min(pw, batch - b0), w = panel_width(batch, pw, p);
   // 16 columns at a time: each x row is read in 64-byte pieces while the
   // 16 destination rows (pw floats each) stay in L1.
   for (std::size_t c0 = 0; c0 < in; c0 += 16) {
     const std::size_t c1 = std::min(in, c0 + 16);
     for (std::size_t j = 0; j < nb; ++j)
-      for (std::size_t c = c0; c < c1; ++c) xt[c * pw + j] = x[(b0 + j) * in + c];
-    for (std::size_t c = c0; c < c1; ++c) std::fill(xt + c * pw + nb, xt + (c + 1) * pw, 0.0f);
+      for (std::size_t c = c0; c < c1; ++c) xt[c * w + j] = x[(b0 + j) * in + c];
+    for (std::size_t c = c0; c < c1; ++c) std::fill(xt + c * w + nb, xt + (c + 1) * w, 0.0f);
   }
 }
 
@@ -72,12 +74,15 @@ void gemm24(const float* x, std::size_t batch, std::size_t in, const float* valu
     constexpr Isa I = decltype(isa)::value;
     // Above 8 rows of x the SIMD kernels read x packed into batch-contiguous
     // panels: packed once here (in parallel over panels), read by every
-    // thread. Uninitialized storage: pack_panel writes every entry.
+    // thread. Uninitialized storage: pack_panel writes every entry. Aligned
+    // to a cache line: every vector load of a panel stays within one line
+    // (malloc's 16-byte alignment split every zmm load across two).
     const std::size_t pw = kernels::gemm24_panel_width<I>();
-    std::unique_ptr<float[]> xt;
+    std::unique_ptr<float[], void (*)(void*)> xt(nullptr, std::free);
     if (pw != 0 && batch > 8 && in != 0) {
       const std::size_t panels = (batch + pw - 1) / pw;
-      xt.reset(new float[panels * pw * in]);
+      xt.reset(static_cast<float*>(std::aligned_alloc(64, panels * pw * in * sizeof(float))));
+      if (!xt) throw std::bad_alloc();
       auto pack = [&](std::size_t p0, std::size_t p1) {
         for (std::size_t p = p0; p < p1; ++p) pack_panel(x, batch, in, pw, p, xt.get() + p * pw * in);
       };
