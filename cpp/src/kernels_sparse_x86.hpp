@@ -222,7 +222,7 @@ void panel24_rows(const float* xp, const float* values, const std::uint8_t* posi
   }
 }
 
-// Rows [r0, r1) (at most kSparseRowGrain) of y for every batch row, from
+// Rows [r0, r1) (at most kPanelRowGrain) of y for every batch row, from
 // the packed panels (kPanelVectors vectors wide; the last panel only as wide
 // as the batch tail rounded up to a vector, see panel_width).
 template <class T>
@@ -231,7 +231,7 @@ void gemm24_panels(const float* xt, std::size_t batch, std::size_t in, const flo
   constexpr std::size_t PW = kPanelVectors * T::L, KB = 4096 / PW;  // 32 KB of a full panel (16 KB measured ~10 % slower)
   static_assert(KB % 4 == 0, "k blocks start on positions bytes");
   const std::size_t half = in / 2, rows = r1 - r0;
-  alignas(64) float buf[kSparseRowGrain * PW];
+  alignas(64) float buf[kPanelRowGrain * PW];  // 32 KB (AVX-512)
   for (std::size_t p = 0; p * PW < batch; ++p) {
     const float* xp = xt + p * in * PW;
     const std::size_t width = panel_width(batch, PW, p);

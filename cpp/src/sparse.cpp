@@ -1,5 +1,6 @@
 // Threaded, dispatched entry points of the sparse products (see sparse.hpp).
-// Rows of W go to threads in fixed chunks of kSparseRowGrain; every y entry
+// Rows of W go to threads in fixed chunks (kSparseRowGrain, or kPanelRowGrain
+// on the 2:4 panel path for tall W); every y entry
 // is computed by one thread in a shape-determined order, so the thread count
 // never changes a bit of the result.
 #include "slimgrad/sparse.hpp"
@@ -21,9 +22,9 @@ namespace {
 constexpr std::size_t kMinParallelWork = std::size_t{1} << 19;
 
 template <class Body>
-void over_row_chunks(std::size_t out, std::size_t work, Body&& body) {
-  if (work >= kMinParallelWork) return parallel_for(out, kSparseRowGrain, body);
-  for (std::size_t r0 = 0; r0 < out; r0 += kSparseRowGrain) body(r0, std::min(out, r0 + kSparseRowGrain));
+void over_row_chunks(std::size_t out, std::size_t work, Body&& body, std::size_t grain = kSparseRowGrain) {
+  if (work >= kMinParallelWork) return parallel_for(out, grain, body);
+  for (std::size_t r0 = 0; r0 < out; r0 += grain) body(r0, std::min(out, r0 + grain));
 }
 }  // namespace
 
@@ -91,9 +92,15 @@ void gemm24(const float* x, std::size_t batch, std::size_t in, const float* valu
       else
         pack(0, panels);
     }
-    over_row_chunks(out, batch * out * (in / 2), [&](std::size_t r0, std::size_t r1) {
-      kernels::gemm24_rows<I>(x, xt.get(), batch, in, values, positions, out, r0, r1, y);
-    });
+    // Panels: 128-row chunks when there are at least 8 of them (2 threads
+    // stay balanced), else 32.
+    const std::size_t grain = xt && out >= 8 * kPanelRowGrain ? kPanelRowGrain : kSparseRowGrain;
+    over_row_chunks(
+        out, batch * out * (in / 2),
+        [&](std::size_t r0, std::size_t r1) {
+          kernels::gemm24_rows<I>(x, xt.get(), batch, in, values, positions, out, r0, r1, y);
+        },
+        grain);
   });
 }
 

@@ -23,7 +23,7 @@ namespace kernels {
 // (0: this ISA has no panel path).
 template <Isa I>
 std::size_t gemm24_panel_width();
-// y[b, r] for r in [r0, r1) (r1 - r0 <= kSparseRowGrain) and every b: one
+// y[b, r] for r in [r0, r1) (r1 - r0 <= kSparseRowGrain, kPanelRowGrain with xt) and every b: one
 // thread's share. xt: x packed by pack_panels (batch > 8 and a panel width),
 // else nullptr.
 template <Isa I>
@@ -37,6 +37,10 @@ void spmm_csr_rows(const float* x, std::size_t batch, std::size_t in, const floa
 
 // Rows of W per parallel chunk (fixed: the split never depends on threads).
 inline constexpr std::size_t kSparseRowGrain = 32;
+// The same for the 2:4 panel path when W has many rows: each 32 KB block of
+// x panel is read by 4x more rows before it leaves L1 (the panels of a
+// 4096-column x at batch 512 are 8 MB: L3, not L2). Bits never depend on it.
+inline constexpr std::size_t kPanelRowGrain = 128;
 
 // Vectors per full x panel of the 2:4 panel path: per kept value one
 // weight broadcast and position decode feed kPanelVectors FMAs.
