@@ -114,10 +114,10 @@ void spmm_csr_rows(const float* x, std::size_t batch, std::size_t in, const floa
         constexpr std::size_t R = decltype(rr)::value, NB = decltype(nb)::value;
 #if defined(__AVX512F__)
         if constexpr (I == Isa::avx512)
-          return tile_csr_avx512<P, R, NB>(x + b0 * in, in, data, cols, indptr, r, y + b0 * out, out);
+          return tile_csr<Zmm, P, R, NB>(x + b0 * in, in, data, cols, indptr, r, y + b0 * out, out);
 #endif
         if constexpr (I == Isa::avx2)
-          return tile_csr_avx2<P, R, NB>(x + b0 * in, in, data, cols, indptr, r, y + b0 * out, out);
+          return tile_csr<Ymm, P, R, NB>(x + b0 * in, in, data, cols, indptr, r, y + b0 * out, out);
       });
     return;
   }

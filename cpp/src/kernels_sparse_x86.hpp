@@ -78,22 +78,52 @@ inline std::uint64_t position_word(const std::uint8_t* positions, std::size_t nb
 #if defined(__AVX2__) && defined(__FMA__)
 
 // ---------------------------------------------------------------- panels
+inline __m256i mask8(std::size_t n) {  // first n lanes set
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lanes);
+}
+
+// One vector type per ISA: the panel path's loads / broadcast-FMA and the
+// CSR tile's index loads, gathers and tail masks (n < L lanes).
 struct Ymm {
   using V = __m256;
+  using M = __m256i;
   static constexpr std::size_t L = 8;
   static V zero() { return _mm256_setzero_ps(); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static V fma(const float* w, V x, V acc) { return _mm256_fmadd_ps(_mm256_broadcast_ss(w), x, acc); }
+  static V fma(V a, V b, V acc) { return _mm256_fmadd_ps(a, b, acc); }
+  static M mask(std::size_t n) { return mask8(n); }
+  static __m256i load_idx(const std::int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static __m256i load_idx(const std::int32_t* p, M m) { return _mm256_maskload_epi32(p, m); }
+  static V load(const float* p, M m) { return _mm256_maskload_ps(p, m); }
+  static V gather(const float* base, __m256i idx) { return _mm256_i32gather_ps(base, idx, 4); }
+  static V gather(const float* base, __m256i idx, M m) {
+    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), base, idx, _mm256_castsi256_ps(m), 4);
+  }
 };
 #if defined(__AVX512F__)
+inline __mmask16 mask16(std::size_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+}
 struct Zmm {
   using V = __m512;
+  using M = __mmask16;
   static constexpr std::size_t L = 16;
   static V zero() { return _mm512_setzero_ps(); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static V fma(const float* w, V x, V acc) { return _mm512_fmadd_ps(_mm512_set1_ps(*w), x, acc); }
+  static V fma(V a, V b, V acc) { return _mm512_fmadd_ps(a, b, acc); }
+  static M mask(std::size_t n) { return mask16(n); }
+  static __m512i load_idx(const std::int32_t* p) { return _mm512_loadu_si512(p); }
+  static __m512i load_idx(const std::int32_t* p, M m) { return _mm512_maskz_loadu_epi32(m, p); }
+  static V load(const float* p, M m) { return _mm512_maskz_loadu_ps(m, p); }
+  static V gather(const float* base, __m512i idx) { return _mm512_i32gather_ps(idx, base, 4); }
+  static V gather(const float* base, __m512i idx, M m) {
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, base, 4);
+  }
 };
 #endif
 
@@ -247,10 +277,6 @@ void gemm24_panels(const float* xt, std::size_t batch, std::size_t in, const flo
 }
 
 // --------------------------------------------------------- AVX2 small batch
-inline __m256i mask8(std::size_t n) {  // first n lanes set
-  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lanes);
-}
 
 
 SLIMGRAD_INLINE float hsum(__m256 v) {
@@ -338,29 +364,26 @@ void tile24_avx2(const float* x, std::size_t in, const float* values, const std:
     for (std::size_t j = 0; j < NB; ++j) y[j * out + r + i] = s[i * NB + j];
 }
 
-// R CSR rows (from r) x NB batch rows, gathers of 8 columns.
-template <class P, std::size_t R, std::size_t NB>
-void tile_csr_avx2(const float* x, std::size_t in, const float* data, const std::int32_t* cols, const P* indptr,
-                   std::size_t r, float* y, std::size_t out) {
-  __m256 acc[R * NB];
+// R CSR rows (from r) x NB batch rows, gathers of T::L columns (8 / 16).
+template <class T, class P, std::size_t R, std::size_t NB>
+void tile_csr(const float* x, std::size_t in, const float* data, const std::int32_t* cols, const P* indptr,
+              std::size_t r, float* y, std::size_t out) {
+  typename T::V acc[R * NB];
   for (std::size_t i = 0; i < R; ++i) {
-    for (std::size_t j = 0; j < NB; ++j) acc[i * NB + j] = _mm256_setzero_ps();
+    for (std::size_t j = 0; j < NB; ++j) acc[i * NB + j] = T::zero();
     const auto p0 = static_cast<std::size_t>(indptr[r + i]), p1 = static_cast<std::size_t>(indptr[r + i + 1]);
     std::size_t p = p0;
-    for (; p + 8 <= p1; p += 8) {
-      const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cols + p));
-      const __m256 w = _mm256_loadu_ps(data + p);
-      for (std::size_t j = 0; j < NB; ++j)
-        acc[i * NB + j] = _mm256_fmadd_ps(w, _mm256_i32gather_ps(x + j * in, idx, 4), acc[i * NB + j]);
+    for (; p + T::L <= p1; p += T::L) {
+      const auto idx = T::load_idx(cols + p);
+      const auto w = T::load(data + p);
+      for (std::size_t j = 0; j < NB; ++j) acc[i * NB + j] = T::fma(w, T::gather(x + j * in, idx), acc[i * NB + j]);
     }
     if (p < p1) {
-      const __m256i m = mask8(p1 - p);
-      const __m256i idx = _mm256_maskload_epi32(cols + p, m);
-      const __m256 w = _mm256_maskload_ps(data + p, m);
+      const auto m = T::mask(p1 - p);
+      const auto idx = T::load_idx(cols + p, m);
+      const auto w = T::load(data + p, m);
       for (std::size_t j = 0; j < NB; ++j)
-        acc[i * NB + j] = _mm256_fmadd_ps(
-            w, _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x + j * in, idx, _mm256_castsi256_ps(m), 4),
-            acc[i * NB + j]);
+        acc[i * NB + j] = T::fma(w, T::gather(x + j * in, idx, m), acc[i * NB + j]);
     }
   }
   float s[R * NB];
@@ -372,9 +395,6 @@ void tile_csr_avx2(const float* x, std::size_t in, const float* data, const std:
 
 #if defined(__AVX512F__)
 // ------------------------------------------------------- AVX-512 small batch
-inline __mmask16 mask16(std::size_t n) {
-  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
-}
 
 SLIMGRAD_INLINE __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
   auto fold = [](__m512 v) {
@@ -430,34 +450,6 @@ void tile24_avx512(const float* x, std::size_t in, const float* values, const st
     for (std::size_t j = 0; j < NB; ++j) y[j * out + r + i] = s[i * NB + j];
 }
 
-template <class P, std::size_t R, std::size_t NB>
-void tile_csr_avx512(const float* x, std::size_t in, const float* data, const std::int32_t* cols, const P* indptr,
-                     std::size_t r, float* y, std::size_t out) {
-  __m512 acc[R * NB];
-  for (std::size_t i = 0; i < R; ++i) {
-    for (std::size_t j = 0; j < NB; ++j) acc[i * NB + j] = _mm512_setzero_ps();
-    const auto p0 = static_cast<std::size_t>(indptr[r + i]), p1 = static_cast<std::size_t>(indptr[r + i + 1]);
-    std::size_t p = p0;
-    for (; p + 16 <= p1; p += 16) {
-      const __m512i idx = _mm512_loadu_si512(cols + p);
-      const __m512 w = _mm512_loadu_ps(data + p);
-      for (std::size_t j = 0; j < NB; ++j)
-        acc[i * NB + j] = _mm512_fmadd_ps(w, _mm512_i32gather_ps(idx, x + j * in, 4), acc[i * NB + j]);
-    }
-    if (p < p1) {
-      const __mmask16 m = mask16(p1 - p);
-      const __m512i idx = _mm512_maskz_loadu_epi32(m, cols + p);
-      const __m512 w = _mm512_maskz_loadu_ps(m, data + p);
-      for (std::size_t j = 0; j < NB; ++j)
-        acc[i * NB + j] = _mm512_fmadd_ps(w, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, x + j * in, 4),
-                                          acc[i * NB + j]);
-    }
-  }
-  float s[R * NB];
-  hsums(acc, s);
-  for (std::size_t i = 0; i < R; ++i)
-    for (std::size_t j = 0; j < NB; ++j) y[j * out + r + i] = s[i * NB + j];
-}
 #endif  // AVX-512
 
 // Runs tile<R, NB>(r) over rows [r0, r1) for NB = nb (<= kTileBatch): R rows
