@@ -306,6 +306,16 @@ SLIMGRAD_INLINE void hsums(const V (&acc)[N], float* s) {
   for (; i < N; ++i) s[i] = hsum(acc[i]);
 }
 
+// y[j * out + r + i] = the horizontal sum of acc[i * NB + j]: a tile's
+// R W rows x NB batch rows (inlined with hsums, for the same reason).
+template <std::size_t R, std::size_t NB, class V>
+SLIMGRAD_INLINE void store_tile(const V (&acc)[R * NB], float* y, std::size_t out, std::size_t r) {
+  float s[R * NB];
+  hsums(acc, s);
+  for (std::size_t i = 0; i < R; ++i)
+    for (std::size_t j = 0; j < NB; ++j) y[j * out + r + i] = s[i * NB + j];
+}
+
 // R W rows (from r) x NB batch rows: y[j * out + r + i] for the full row.
 // A chunk is 8 values = 16 columns from 2k. x is regrouped once per chunk
 // (shared by the R rows) so that every value's 4 candidates sit in its own
@@ -358,10 +368,7 @@ void tile24_avx2(const float* x, std::size_t in, const float* values, const std:
     chunk(k, std::min<std::size_t>(8, half - k), [&](std::size_t, std::size_t v) {
       return _mm256_set1_epi32(static_cast<int>(position_word(positions, nbytes, v >> 2) >> (2 * (v & 3))));
     });
-  float s[R * NB];
-  hsums(acc, s);
-  for (std::size_t i = 0; i < R; ++i)
-    for (std::size_t j = 0; j < NB; ++j) y[j * out + r + i] = s[i * NB + j];
+  store_tile<R, NB>(acc, y, out, r);
 }
 
 // R CSR rows (from r) x NB batch rows, gathers of T::L columns (8 / 16).
@@ -386,10 +393,7 @@ void tile_csr(const float* x, std::size_t in, const float* data, const std::int3
         acc[i * NB + j] = T::fma(w, T::gather(x + j * in, idx, m), acc[i * NB + j]);
     }
   }
-  float s[R * NB];
-  hsums(acc, s);
-  for (std::size_t i = 0; i < R; ++i)
-    for (std::size_t j = 0; j < NB; ++j) y[j * out + r + i] = s[i * NB + j];
+  store_tile<R, NB>(acc, y, out, r);
 }
 #endif  // AVX2 + FMA
 
@@ -444,10 +448,7 @@ void tile24_avx512(const float* x, std::size_t in, const float* values, const st
     chunk(k, std::min<std::size_t>(16, half - k), [&](std::size_t, std::size_t v) {
       return _mm512_set1_epi32(static_cast<int>(position_word(positions, nbytes, v >> 2) >> (2 * (v & 3))));
     });
-  float s[R * NB];
-  hsums(acc, s);
-  for (std::size_t i = 0; i < R; ++i)
-    for (std::size_t j = 0; j < NB; ++j) y[j * out + r + i] = s[i * NB + j];
+  store_tile<R, NB>(acc, y, out, r);
 }
 
 #endif  // AVX-512
