@@ -10,13 +10,16 @@
 //    rows share each x load (4 at batch 1: four independent FMA chains and
 //    one 4-way horizontal sum).
 //  - 2:4, batch > 8 (panels): x packed once per call into batch-contiguous
-//    panels (xt[panel][column][PW], PW = 32 for AVX-512, 16 for AVX2,
-//    zero-padded, see pack_panel). Per kept value the micro-kernel
-//    broadcasts the weight and FMAs it over PW batch columns of the x row
-//    its position selects (a 256-entry table turns a positions byte into 4
-//    offsets), 4 W rows at a time. Columns in blocks of 2048 / PW values
-//    (16 KB of panel, L1-resident) while the thread's rows run over the
-//    block; partial sums wait in a small buffer.
+//    panels (xt[panel][column][PW], PW = 4 vectors: 64 for AVX-512, 32 for
+//    AVX2; the last panel only as wide as the batch tail rounded up to a
+//    vector; cache-line aligned, see pack_panel). Per kept value the
+//    micro-kernel broadcasts the weight and FMAs it over PW batch columns of
+//    the x row its position selects (a 256-entry table turns a positions
+//    byte into 4 offsets): one decode and one broadcast per 4 FMAs. 4 W rows
+//    at a time, value-major (consecutive FMAs feed different accumulators).
+//    Columns in blocks of 4096 / PW values (32 KB of panel) while the
+//    thread's rows (32, or 128 for tall W) run over the block; partial sums
+//    wait in a buffer and reach y through 8 x 8 register transposes.
 //  - CSR: vgatherdps of x at 16 / 8 column indices, up to 8 batch rows per
 //    decoded chunk; at batch 1, 4 rows share one horizontal sum.
 //  - Tails: masked loads (zero lanes add 0 * 0), never reading past a buffer.
@@ -231,7 +234,7 @@ inline void store_transposed(const float* buf, std::size_t rows, std::size_t nb,
 }
 
 // One panel (PWp = NV * T::L batch columns, column c at xp + c * PWp) for
-// rows [r0, r1): k blocks of KB values (16 KB of a full panel, L1-resident)
+// rows [r0, r1): k blocks of KB values (32 KB of a full panel)
 // while the rows run over the block, R rows at a time.
 template <class T, std::size_t NV, std::size_t KB>
 void panel24_rows(const float* xp, const float* values, const std::uint8_t* positions, std::size_t half,
