@@ -1,7 +1,8 @@
 """The 2:4 panel path (batch > 8): every batch tail of the 4-vector panels
 (64 columns on AVX-512, 32 on AVX2; the last panel 1-4 vectors wide), the
-k blocks (64 / 128 values) and their tails, and the 128-row chunks of tall
-weights, on every ISA and 1 vs 2 threads, against a float64 reference."""
+k blocks (64 / 128 values) and their tails, the row chunks (32, a quarter of
+W, 128) and the batch groups (panels per half L2), on every ISA and 1 vs 2
+threads, against a float64 reference."""
 
 from __future__ import annotations
 
@@ -44,9 +45,12 @@ def test_panel_batch_tails(batch, inp, rng):
         (40, 1103, 36),  # threaded, 128-row chunks: 8 full + 79 rows (groups of 4 + 3)
         (600, 1031, 264),  # 128-row chunks, every panel width, k block tails
         (65, 1024, 8),  # exactly 8 chunks of 128
-        (17, 1023, 40),  # one row short: 32-row chunks
+        (17, 1023, 40),  # one row short of 8 x 128: a quarter of W, capped at 128 rows
+        (200, 389, 68),  # threaded, 96-row chunks + 5 rows, many panels per L2 group
+        (600, 300, 1032),  # 1 panel per group, 32-row chunks (AVX-512); 3 and 64 rows (AVX2)
+        (100, 70, 2056),  # panels too large to group: one group, 32-row chunks
     ],
     ids=str,
 )
-def test_panel_tall_weights(shape, rng):
+def test_panel_row_chunks_and_batch_groups(shape, rng):
     _run(*shape, rng)
