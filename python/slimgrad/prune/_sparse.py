@@ -155,12 +155,12 @@ def sparse_matmul(x: np.ndarray, weight: Compressed24 | CSR | SparseWeight) -> n
 
 # Cost model, from `slimgrad bench --suite sparse` at 1 thread on AMD EPYC
 # (Zen 4; AVX-512 and SLIMGRAD_ISA=avx2), weights packed once, docs/sparse.md.
-# 2:4 beats NumPy float32 at batch 8 on every shape (1.4-2.3x). Above batch 8
+# 2:4 beats NumPy float32 at batch 8 on every shape (1.7-2.6x). Above batch 8
 # (the panel path: 4-vector x panels, 64 columns with AVX-512, 32 with AVX2)
-# AVX-512 beats it at 64 (1.7-2.0x) and 512 (1.2-1.4x) on every shape, not
-# reliably at 1024 (0.94x on 384x384, where the x panels no longer fit L2);
-# AVX2 at 64 (1.4-1.7x), not at 256-512 (0.8-0.98x). At batch 1 2:4 streams
-# half the bytes: 1.1-1.4x. CSR at 90 % sparsity: batch 8 on every shape
+# AVX-512 beats it at 64 (1.2-2.2x) and 512 (1.2-1.4x) on every shape, not
+# at 1024-2048 on 384x384 and 384x1536 (0.8-0.9x); AVX2 at 64 (1.4-2.2x),
+# at 512 only about even (0.96-1.20x). At batch 1 2:4 streams half the
+# bytes: 1.2-2.9x. CSR at 90 % sparsity: batch 8 on every shape
 # (1.5-3.8x), batch 1 reliably only on 4096x4096 (3.5-5x; 0.4-1.4x on the
 # MiniLM shapes), never at 64 or 512.
 _MAX_BATCH_24 = {"avx512": 512, "avx2": 64}
