@@ -1,8 +1,8 @@
 // Threaded, dispatched entry points of the sparse products (see sparse.hpp).
-// Rows of W go to threads in fixed chunks (kSparseRowGrain, or kPanelRowGrain
-// on the 2:4 panel path for tall W); every y entry
-// is computed by one thread in a shape-determined order, so the thread count
-// never changes a bit of the result.
+// Rows of W go to threads in fixed chunks whose size depends on the shape
+// only (kSparseRowGrain; up to kPanelRowGrain on the 2:4 panel path); every
+// y entry is computed by one thread in a shape-determined order, so the
+// thread count never changes a bit of the result.
 #include "slimgrad/sparse.hpp"
 
 #include <algorithm>

@@ -37,9 +37,9 @@ void spmm_csr_rows(const float* x, std::size_t batch, std::size_t in, const floa
 
 // Rows of W per parallel chunk (fixed: the split never depends on threads).
 inline constexpr std::size_t kSparseRowGrain = 32;
-// The same for the 2:4 panel path when W has many rows: each 32 KB block of
-// x panel is read by 4x more rows before it leaves L1 (the panels of a
-// 4096-column x at batch 512 are 8 MB: L3, not L2). Bits never depend on it.
+// The largest chunk of the 2:4 panel path (W with >= 8 x 128 rows, or a
+// quarter of W when x is small): each 32 KB block of x panel is read by more
+// rows before it leaves L1. Its k-order sums never depend on the chunks.
 inline constexpr std::size_t kPanelRowGrain = 128;
 
 // Vectors per full x panel of the 2:4 panel path: per kept value one
