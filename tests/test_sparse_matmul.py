@@ -209,8 +209,10 @@ def test_prefer_sparse_rules(isa):
     for weight in (c24, prune.pack_sparse(c24)):
         assert prune.prefer_sparse(weight, 1) is simd
         assert prune.prefer_sparse(weight, 16) is simd
-        assert prune.prefer_sparse(weight, 64) is (isa == "avx512")
-        assert prune.prefer_sparse(weight, 512) is False
+        assert prune.prefer_sparse(weight, 64) is simd
+        assert prune.prefer_sparse(weight, 65) is (isa == "avx512")
+        assert prune.prefer_sparse(weight, 512) is (isa == "avx512")
+        assert prune.prefer_sparse(weight, 513) is False
         assert prune.prefer_sparse(weight, 0) is False
     with pytest.raises(TypeError, match="weight"):
         prune.prefer_sparse(w, 1)

@@ -62,10 +62,10 @@ void spmm_csr_portable(const float* x, std::size_t batch, std::size_t in, const 
 template <Isa I>
 std::size_t gemm24_panel_width() {
 #if defined(__AVX512F__)
-  if constexpr (I == Isa::avx512) return 32;
+  if constexpr (I == Isa::avx512) return kPanelVectors * Zmm::L;
 #endif
 #if defined(__AVX2__) && defined(__FMA__)
-  if constexpr (I == Isa::avx2) return 16;
+  if constexpr (I == Isa::avx2) return kPanelVectors * Ymm::L;
 #endif
   return 0;
 }
@@ -82,9 +82,9 @@ void gemm24_rows(const float* x, const float* xt, std::size_t batch, std::size_t
   if constexpr (I == Isa::avx2 || I == Isa::avx512) {
     if (xt != nullptr) {  // packed panels (gemm24_panel_width<I>() wide)
 #if defined(__AVX512F__)
-      if constexpr (I == Isa::avx512) return gemm24_panels<Zmm, 2, 4>(xt, batch, in, values, positions, out, r0, r1, y);
+      if constexpr (I == Isa::avx512) return gemm24_panels<Zmm>(xt, batch, in, values, positions, out, r0, r1, y);
 #endif
-      if constexpr (I == Isa::avx2) return gemm24_panels<Ymm, 2, 4>(xt, batch, in, values, positions, out, r0, r1, y);
+      if constexpr (I == Isa::avx2) return gemm24_panels<Ymm>(xt, batch, in, values, positions, out, r0, r1, y);
     }
     for (std::size_t b0 = 0; b0 < batch; b0 += kTileBatch)
       over_rows(std::min(kTileBatch, batch - b0), r0, r1, [&](auto rr, auto nb, std::size_t r) {
@@ -114,10 +114,10 @@ void spmm_csr_rows(const float* x, std::size_t batch, std::size_t in, const floa
         constexpr std::size_t R = decltype(rr)::value, NB = decltype(nb)::value;
 #if defined(__AVX512F__)
         if constexpr (I == Isa::avx512)
-          return tile_csr_avx512<P, R, NB>(x + b0 * in, in, data, cols, indptr, r, y + b0 * out, out);
+          return tile_csr<Zmm, P, R, NB>(x + b0 * in, in, data, cols, indptr, r, y + b0 * out, out);
 #endif
         if constexpr (I == Isa::avx2)
-          return tile_csr_avx2<P, R, NB>(x + b0 * in, in, data, cols, indptr, r, y + b0 * out, out);
+          return tile_csr<Ymm, P, R, NB>(x + b0 * in, in, data, cols, indptr, r, y + b0 * out, out);
       });
     return;
   }

@@ -10,13 +10,16 @@
 //    rows share each x load (4 at batch 1: four independent FMA chains and
 //    one 4-way horizontal sum).
 //  - 2:4, batch > 8 (panels): x packed once per call into batch-contiguous
-//    panels (xt[panel][column][PW], PW = 32 for AVX-512, 16 for AVX2,
-//    zero-padded, see pack_panel). Per kept value the micro-kernel
-//    broadcasts the weight and FMAs it over PW batch columns of the x row
-//    its position selects (a 256-entry table turns a positions byte into 4
-//    offsets), 4 W rows at a time. Columns in blocks of 2048 / PW values
-//    (16 KB of panel, L1-resident) while the thread's rows run over the
-//    block; partial sums wait in a small buffer.
+//    panels (xt[panel][column][PW], PW = 4 vectors: 64 for AVX-512, 32 for
+//    AVX2; the last panel only as wide as the batch tail rounded up to a
+//    vector; cache-line aligned, see pack_panel). Per kept value the
+//    micro-kernel broadcasts the weight and FMAs it over PW batch columns of
+//    the x row its position selects (a 256-entry table turns a positions
+//    byte into 4 offsets): one decode and one broadcast per 4 FMAs. 4 W rows
+//    at a time, value-major (consecutive FMAs feed different accumulators).
+//    Columns in blocks of 4096 / PW values (32 KB of panel) while the
+//    thread's rows (32, or 128 for tall W) run over the block; partial sums
+//    wait in a buffer and reach y through 8 x 8 register transposes.
 //  - CSR: vgatherdps of x at 16 / 8 column indices, up to 8 batch rows per
 //    decoded chunk; at batch 1, 4 rows share one horizontal sum.
 //  - Tails: masked loads (zero lanes add 0 * 0), never reading past a buffer.
@@ -78,22 +81,52 @@ inline std::uint64_t position_word(const std::uint8_t* positions, std::size_t nb
 #if defined(__AVX2__) && defined(__FMA__)
 
 // ---------------------------------------------------------------- panels
+inline __m256i mask8(std::size_t n) {  // first n lanes set
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lanes);
+}
+
+// One vector type per ISA: the panel path's loads / broadcast-FMA and the
+// CSR tile's index loads, gathers and tail masks (n < L lanes).
 struct Ymm {
   using V = __m256;
+  using M = __m256i;
   static constexpr std::size_t L = 8;
   static V zero() { return _mm256_setzero_ps(); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static V fma(const float* w, V x, V acc) { return _mm256_fmadd_ps(_mm256_broadcast_ss(w), x, acc); }
+  static V fma(V a, V b, V acc) { return _mm256_fmadd_ps(a, b, acc); }
+  static M mask(std::size_t n) { return mask8(n); }
+  static __m256i load_idx(const std::int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static __m256i load_idx(const std::int32_t* p, M m) { return _mm256_maskload_epi32(p, m); }
+  static V load(const float* p, M m) { return _mm256_maskload_ps(p, m); }
+  static V gather(const float* base, __m256i idx) { return _mm256_i32gather_ps(base, idx, 4); }
+  static V gather(const float* base, __m256i idx, M m) {
+    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), base, idx, _mm256_castsi256_ps(m), 4);
+  }
 };
 #if defined(__AVX512F__)
+inline __mmask16 mask16(std::size_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+}
 struct Zmm {
   using V = __m512;
+  using M = __mmask16;
   static constexpr std::size_t L = 16;
   static V zero() { return _mm512_setzero_ps(); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static V fma(const float* w, V x, V acc) { return _mm512_fmadd_ps(_mm512_set1_ps(*w), x, acc); }
+  static V fma(V a, V b, V acc) { return _mm512_fmadd_ps(a, b, acc); }
+  static M mask(std::size_t n) { return mask16(n); }
+  static __m512i load_idx(const std::int32_t* p) { return _mm512_loadu_si512(p); }
+  static __m512i load_idx(const std::int32_t* p, M m) { return _mm512_maskz_loadu_epi32(m, p); }
+  static V load(const float* p, M m) { return _mm512_maskz_loadu_ps(m, p); }
+  static V gather(const float* base, __m512i idx) { return _mm512_i32gather_ps(idx, base, 4); }
+  static V gather(const float* base, __m512i idx, M m) {
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, base, 4);
+  }
 };
 #endif
 
@@ -123,7 +156,10 @@ void panel24(const float* xt, const float* values, const std::uint8_t* positions
   typename T::V acc[R][NV];
   for (std::size_t i = 0; i < R; ++i)
     for (std::size_t j = 0; j < NV; ++j) acc[i][j] = T::load(buf + i * PW + j * T::L);
+  // Fully unrolled (pragmas): with 16 accumulators GCC otherwise keeps the
+  // row loop and round-trips the accumulators through buf on every value.
   auto step = [&](std::size_t i, const float* xv, const float* w) SLIMGRAD_LAMBDA_INLINE {
+#pragma GCC unroll 4
     for (std::size_t j = 0; j < NV; ++j) acc[i][j] = T::fma(w, T::load(xv + j * T::L), acc[i][j]);
   };
   std::size_t k = k0;
@@ -131,15 +167,22 @@ void panel24(const float* xt, const float* values, const std::uint8_t* positions
     const auto& lut = kPanelOffsets<PW>.at;
     for (; k + 4 <= k1; k += 4) {  // two groups = 8 columns from 2k: one positions byte per row
       const auto* xg = reinterpret_cast<const char*>(xt + 2 * k * PW);
-      for (std::size_t i = 0; i < R; ++i) {
-        const std::size_t v = (r + i) * half + k;
-        const std::uint16_t* off = lut[positions[v >> 2]];
-        for (std::size_t q = 0; q < 4; ++q) step(i, reinterpret_cast<const float*>(xg + off[q]), values + v + q);
-      }
+      // Value q of every row, then value q + 1: consecutive FMAs go to
+      // different accumulators (a row's 4 values would make one chain of 4
+      // dependent FMAs per accumulator); each y entry still in k order.
+      const std::uint16_t* off[R];
+#pragma GCC unroll 4
+      for (std::size_t i = 0; i < R; ++i) off[i] = lut[positions[((r + i) * half + k) >> 2]];
+#pragma GCC unroll 4
+      for (std::size_t q = 0; q < 4; ++q)
+#pragma GCC unroll 4
+        for (std::size_t i = 0; i < R; ++i)
+          step(i, reinterpret_cast<const float*>(xg + off[i][q]), values + (r + i) * half + k + q);
     }
   }
   for (; k < k1; k += 2) {  // one group of 4 columns: 2 kept values
     const float* xg = xt + 2 * k * PW;
+#pragma GCC unroll 4
     for (std::size_t i = 0; i < R; ++i) {
       const std::size_t v = (r + i) * half + k;  // even: the group's nibble
       const unsigned nib = (positions[v >> 2] >> (2 * (v & 3))) & 15u;
@@ -151,38 +194,92 @@ void panel24(const float* xt, const float* values, const std::uint8_t* positions
     for (std::size_t j = 0; j < NV; ++j) T::store(buf + i * PW + j * T::L, acc[i][j]);
 }
 
-// Rows [r0, r1) (at most kSparseRowGrain) of y for every batch row, from
-// the packed panels.
-template <class T, std::size_t NV, std::size_t R>
+// dst[j * ld_dst + i] = src[i * ld_src + j] for an 8 x 8 block (AVX:
+// unpack, shuffle, 128-bit lane swap).
+SLIMGRAD_INLINE void transpose8x8(const float* src, std::size_t ld_src, float* dst, std::size_t ld_dst) {
+  __m256 r[8], t[8];
+  for (std::size_t i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld_src);
+  for (std::size_t i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (std::size_t i = 0; i < 8; i += 4)
+    for (std::size_t h = 0; h < 2; ++h) {
+      r[i + h] = _mm256_shuffle_ps(t[i + h], t[i + h + 2], 0x44);
+      r[i + h + 2] = _mm256_shuffle_ps(t[i + h], t[i + h + 2], 0xEE);
+    }
+  // r[0..3] hold columns 0, 2, 1, 3 of rows 0-3 (low lane) and 4, 6, 5, 7
+  // (high lane); r[4..7] the same for rows 4-7.
+  const std::size_t col[4] = {0, 2, 1, 3};
+  for (std::size_t c = 0; c < 4; ++c) {
+    _mm256_storeu_ps(dst + col[c] * ld_dst, _mm256_permute2f128_ps(r[c], r[c + 4], 0x20));
+    _mm256_storeu_ps(dst + (col[c] + 4) * ld_dst, _mm256_permute2f128_ps(r[c], r[c + 4], 0x31));
+  }
+}
+
+// y[j * out + i] = buf[i * width + j] for i < rows, j < nb: the panel's
+// partial sums (rows x batch columns) into y (batch x rows), 8 x 8 blocks
+// in registers (a scalar transpose cost ~10 % of a batch-512 product).
+inline void store_transposed(const float* buf, std::size_t rows, std::size_t nb, std::size_t width, float* y,
+                             std::size_t out) {
+  std::size_t j = 0;
+  for (; j + 8 <= nb; j += 8) {
+    std::size_t i = 0;
+    for (; i + 8 <= rows; i += 8) transpose8x8(buf + i * width + j, width, y + j * out + i, out);
+    for (; i < rows; ++i)
+      for (std::size_t c = j; c < j + 8; ++c) y[c * out + i] = buf[i * width + c];
+  }
+  for (; j < nb; ++j)
+    for (std::size_t i = 0; i < rows; ++i) y[j * out + i] = buf[i * width + j];
+}
+
+// One panel (PWp = NV * T::L batch columns, column c at xp + c * PWp) for
+// rows [r0, r1): k blocks of KB values (32 KB of a full panel)
+// while the rows run over the block, R rows at a time.
+template <class T, std::size_t NV, std::size_t KB>
+void panel24_rows(const float* xp, const float* values, const std::uint8_t* positions, std::size_t half,
+                  std::size_t r0, std::size_t r1, float* buf) {
+  // R W rows of NV vectors each: at most 16 zmm accumulators (4 x 4) or 8
+  // ymm (AVX2 has 16 registers: 2 x 4), enough independent FMA chains to
+  // cover the FMA latency.
+  constexpr std::size_t R = std::min<std::size_t>(4, T::L / NV);
+  constexpr std::size_t PW = NV * T::L;
+  for (std::size_t k0 = 0; k0 < half; k0 += KB) {
+    const std::size_t k1 = std::min(half, k0 + KB);
+    std::size_t r = r0;
+    for (; r + R <= r1; r += R) panel24<T, R, NV>(xp, values, positions, half, r, k0, k1, buf + (r - r0) * PW);
+    if (r < r1)
+      with_count(r1 - r, [&](auto n) {
+        panel24<T, decltype(n)::value, NV>(xp, values, positions, half, r, k0, k1, buf + (r - r0) * PW);
+      });
+  }
+}
+
+// Rows [r0, r1) (at most kPanelRowGrain) of y for every batch row, from
+// the packed panels (kPanelVectors vectors wide; the last panel only as wide
+// as the batch tail rounded up to a vector, see panel_width).
+template <class T>
 void gemm24_panels(const float* xt, std::size_t batch, std::size_t in, const float* values,
                    const std::uint8_t* positions, std::size_t out, std::size_t r0, std::size_t r1, float* y) {
-  constexpr std::size_t PW = NV * T::L, KB = 2048 / PW;  // 16 KB of panel per block
+  constexpr std::size_t PW = kPanelVectors * T::L, KB = 4096 / PW;  // 32 KB of a full panel (16 KB measured ~10 % slower)
   static_assert(KB % 4 == 0, "k blocks start on positions bytes");
   const std::size_t half = in / 2, rows = r1 - r0;
-  alignas(64) float buf[kSparseRowGrain * PW];
+  alignas(64) float buf[kPanelRowGrain * PW];  // 32 KB (AVX-512)
   for (std::size_t p = 0; p * PW < batch; ++p) {
     const float* xp = xt + p * in * PW;
-    std::fill(buf, buf + rows * PW, 0.0f);
-    for (std::size_t k0 = 0; k0 < half; k0 += KB) {
-      const std::size_t k1 = std::min(half, k0 + KB);
-      std::size_t r = r0;
-      for (; r + R <= r1; r += R) panel24<T, R, NV>(xp, values, positions, half, r, k0, k1, buf + (r - r0) * PW);
-      if (r < r1)
-        with_count(r1 - r, [&](auto n) {
-          panel24<T, decltype(n)::value, NV>(xp, values, positions, half, r, k0, k1, buf + (r - r0) * PW);
-        });
+    const std::size_t width = panel_width(batch, PW, p);
+    std::fill(buf, buf + rows * width, 0.0f);
+    switch (width / T::L) {  // the tail panel: fewer vectors, no FMAs on padding past a vector
+      case 1: panel24_rows<T, 1, KB>(xp, values, positions, half, r0, r1, buf); break;
+      case 2: panel24_rows<T, 2, KB>(xp, values, positions, half, r0, r1, buf); break;
+      case 3: panel24_rows<T, 3, KB>(xp, values, positions, half, r0, r1, buf); break;
+      default: panel24_rows<T, kPanelVectors, KB>(xp, values, positions, half, r0, r1, buf); break;
     }
-    const std::size_t nb = std::min(PW, batch - p * PW);
-    for (std::size_t j = 0; j < nb; ++j)
-      for (std::size_t i = 0; i < rows; ++i) y[(p * PW + j) * out + r0 + i] = buf[i * PW + j];
+    store_transposed(buf, rows, std::min(PW, batch - p * PW), width, y + p * PW * out + r0, out);
   }
 }
 
 // --------------------------------------------------------- AVX2 small batch
-inline __m256i mask8(std::size_t n) {  // first n lanes set
-  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lanes);
-}
 
 
 SLIMGRAD_INLINE float hsum(__m256 v) {
@@ -210,6 +307,16 @@ SLIMGRAD_INLINE void hsums(const V (&acc)[N], float* s) {
   std::size_t i = 0;
   for (; i + 4 <= N; i += 4) _mm_storeu_ps(s + i, hsum4(acc[i], acc[i + 1], acc[i + 2], acc[i + 3]));
   for (; i < N; ++i) s[i] = hsum(acc[i]);
+}
+
+// y[j * out + r + i] = the horizontal sum of acc[i * NB + j]: a tile's
+// R W rows x NB batch rows (inlined with hsums, for the same reason).
+template <std::size_t R, std::size_t NB, class V>
+SLIMGRAD_INLINE void store_tile(const V (&acc)[R * NB], float* y, std::size_t out, std::size_t r) {
+  float s[R * NB];
+  hsums(acc, s);
+  for (std::size_t i = 0; i < R; ++i)
+    for (std::size_t j = 0; j < NB; ++j) y[j * out + r + i] = s[i * NB + j];
 }
 
 // R W rows (from r) x NB batch rows: y[j * out + r + i] for the full row.
@@ -264,49 +371,37 @@ void tile24_avx2(const float* x, std::size_t in, const float* values, const std:
     chunk(k, std::min<std::size_t>(8, half - k), [&](std::size_t, std::size_t v) {
       return _mm256_set1_epi32(static_cast<int>(position_word(positions, nbytes, v >> 2) >> (2 * (v & 3))));
     });
-  float s[R * NB];
-  hsums(acc, s);
-  for (std::size_t i = 0; i < R; ++i)
-    for (std::size_t j = 0; j < NB; ++j) y[j * out + r + i] = s[i * NB + j];
+  store_tile<R, NB>(acc, y, out, r);
 }
 
-// R CSR rows (from r) x NB batch rows, gathers of 8 columns.
-template <class P, std::size_t R, std::size_t NB>
-void tile_csr_avx2(const float* x, std::size_t in, const float* data, const std::int32_t* cols, const P* indptr,
-                   std::size_t r, float* y, std::size_t out) {
-  __m256 acc[R * NB];
+// R CSR rows (from r) x NB batch rows, gathers of T::L columns (8 / 16).
+template <class T, class P, std::size_t R, std::size_t NB>
+void tile_csr(const float* x, std::size_t in, const float* data, const std::int32_t* cols, const P* indptr,
+              std::size_t r, float* y, std::size_t out) {
+  typename T::V acc[R * NB];
   for (std::size_t i = 0; i < R; ++i) {
-    for (std::size_t j = 0; j < NB; ++j) acc[i * NB + j] = _mm256_setzero_ps();
+    for (std::size_t j = 0; j < NB; ++j) acc[i * NB + j] = T::zero();
     const auto p0 = static_cast<std::size_t>(indptr[r + i]), p1 = static_cast<std::size_t>(indptr[r + i + 1]);
     std::size_t p = p0;
-    for (; p + 8 <= p1; p += 8) {
-      const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cols + p));
-      const __m256 w = _mm256_loadu_ps(data + p);
-      for (std::size_t j = 0; j < NB; ++j)
-        acc[i * NB + j] = _mm256_fmadd_ps(w, _mm256_i32gather_ps(x + j * in, idx, 4), acc[i * NB + j]);
+    for (; p + T::L <= p1; p += T::L) {
+      const auto idx = T::load_idx(cols + p);
+      const auto w = T::load(data + p);
+      for (std::size_t j = 0; j < NB; ++j) acc[i * NB + j] = T::fma(w, T::gather(x + j * in, idx), acc[i * NB + j]);
     }
     if (p < p1) {
-      const __m256i m = mask8(p1 - p);
-      const __m256i idx = _mm256_maskload_epi32(cols + p, m);
-      const __m256 w = _mm256_maskload_ps(data + p, m);
+      const auto m = T::mask(p1 - p);
+      const auto idx = T::load_idx(cols + p, m);
+      const auto w = T::load(data + p, m);
       for (std::size_t j = 0; j < NB; ++j)
-        acc[i * NB + j] = _mm256_fmadd_ps(
-            w, _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x + j * in, idx, _mm256_castsi256_ps(m), 4),
-            acc[i * NB + j]);
+        acc[i * NB + j] = T::fma(w, T::gather(x + j * in, idx, m), acc[i * NB + j]);
     }
   }
-  float s[R * NB];
-  hsums(acc, s);
-  for (std::size_t i = 0; i < R; ++i)
-    for (std::size_t j = 0; j < NB; ++j) y[j * out + r + i] = s[i * NB + j];
+  store_tile<R, NB>(acc, y, out, r);
 }
 #endif  // AVX2 + FMA
 
 #if defined(__AVX512F__)
 // ------------------------------------------------------- AVX-512 small batch
-inline __mmask16 mask16(std::size_t n) {
-  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
-}
 
 SLIMGRAD_INLINE __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
   auto fold = [](__m512 v) {
@@ -356,40 +451,9 @@ void tile24_avx512(const float* x, std::size_t in, const float* values, const st
     chunk(k, std::min<std::size_t>(16, half - k), [&](std::size_t, std::size_t v) {
       return _mm512_set1_epi32(static_cast<int>(position_word(positions, nbytes, v >> 2) >> (2 * (v & 3))));
     });
-  float s[R * NB];
-  hsums(acc, s);
-  for (std::size_t i = 0; i < R; ++i)
-    for (std::size_t j = 0; j < NB; ++j) y[j * out + r + i] = s[i * NB + j];
+  store_tile<R, NB>(acc, y, out, r);
 }
 
-template <class P, std::size_t R, std::size_t NB>
-void tile_csr_avx512(const float* x, std::size_t in, const float* data, const std::int32_t* cols, const P* indptr,
-                     std::size_t r, float* y, std::size_t out) {
-  __m512 acc[R * NB];
-  for (std::size_t i = 0; i < R; ++i) {
-    for (std::size_t j = 0; j < NB; ++j) acc[i * NB + j] = _mm512_setzero_ps();
-    const auto p0 = static_cast<std::size_t>(indptr[r + i]), p1 = static_cast<std::size_t>(indptr[r + i + 1]);
-    std::size_t p = p0;
-    for (; p + 16 <= p1; p += 16) {
-      const __m512i idx = _mm512_loadu_si512(cols + p);
-      const __m512 w = _mm512_loadu_ps(data + p);
-      for (std::size_t j = 0; j < NB; ++j)
-        acc[i * NB + j] = _mm512_fmadd_ps(w, _mm512_i32gather_ps(idx, x + j * in, 4), acc[i * NB + j]);
-    }
-    if (p < p1) {
-      const __mmask16 m = mask16(p1 - p);
-      const __m512i idx = _mm512_maskz_loadu_epi32(m, cols + p);
-      const __m512 w = _mm512_maskz_loadu_ps(m, data + p);
-      for (std::size_t j = 0; j < NB; ++j)
-        acc[i * NB + j] = _mm512_fmadd_ps(w, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, x + j * in, 4),
-                                          acc[i * NB + j]);
-    }
-  }
-  float s[R * NB];
-  hsums(acc, s);
-  for (std::size_t i = 0; i < R; ++i)
-    for (std::size_t j = 0; j < NB; ++j) y[j * out + r + i] = s[i * NB + j];
-}
 #endif  // AVX-512
 
 // Runs tile<R, NB>(r) over rows [r0, r1) for NB = nb (<= kTileBatch): R rows

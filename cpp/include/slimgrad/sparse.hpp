@@ -23,7 +23,7 @@ namespace kernels {
 // (0: this ISA has no panel path).
 template <Isa I>
 std::size_t gemm24_panel_width();
-// y[b, r] for r in [r0, r1) (r1 - r0 <= kSparseRowGrain) and every b: one
+// y[b, r] for r in [r0, r1) (r1 - r0 <= kSparseRowGrain, kPanelRowGrain with xt) and every b: one
 // thread's share. xt: x packed by pack_panels (batch > 8 and a panel width),
 // else nullptr.
 template <Isa I>
@@ -37,9 +37,25 @@ void spmm_csr_rows(const float* x, std::size_t batch, std::size_t in, const floa
 
 // Rows of W per parallel chunk (fixed: the split never depends on threads).
 inline constexpr std::size_t kSparseRowGrain = 32;
+// The largest chunk of the 2:4 panel path (W with >= 8 x 128 rows, or a
+// quarter of W when x is small): each 32 KB block of x panel is read by more
+// rows before it leaves L1. Its k-order sums never depend on the chunks.
+inline constexpr std::size_t kPanelRowGrain = 128;
 
-// Panel p of x (batch, in) transposed: xt[c * pw + j] = x[p * pw + j, c],
-// zero for batch rows past the end.
+// Vectors per full x panel of the 2:4 panel path: per kept value one
+// weight broadcast and position decode feed kPanelVectors FMAs.
+inline constexpr std::size_t kPanelVectors = 4;
+
+// Padded batch columns of panel p (pw per full panel): the last panel is the
+// batch tail rounded up to a vector (pw / kPanelVectors), not to pw.
+inline std::size_t panel_width(std::size_t batch, std::size_t pw, std::size_t p) {
+  const std::size_t rest = batch - p * pw, lane = pw / kPanelVectors;
+  return rest >= pw ? pw : (rest + lane - 1) / lane * lane;
+}
+
+// Panel p of x (batch, in) transposed, starting at xt (= the panels' base +
+// p * pw * in): xt[c * w + j] = x[p * pw + j, c] with w = panel_width(batch,
+// pw, p), zero for batch rows past the end.
 void pack_panel(const float* x, std::size_t batch, std::size_t in, std::size_t pw, std::size_t p, float* xt);
 
 // True when every group's two positions are distinct and increasing (the

@@ -155,14 +155,15 @@ def sparse_matmul(x: np.ndarray, weight: Compressed24 | CSR | SparseWeight) -> n
 
 # Cost model, from `slimgrad bench --suite sparse` at 1 thread on AMD EPYC
 # (Zen 4; AVX-512 and SLIMGRAD_ISA=avx2), weights packed once, docs/sparse.md.
-# 2:4 beats NumPy float32 at batch 8 on every shape (1.4-2.3x); at batch 64
-# with AVX-512's 32-wide panels on 3 of 4 shapes (1.07-1.25x, 0.69x on
-# 1536x384), with AVX2 on 2 of 4; at batch 512 on none (0.54-0.75x: BLAS
-# reuses both operands from registers, the panel kernel only x). At batch 1
-# 2:4 streams half the bytes: 0.9-2.6x, noisy under load. CSR at 90 %
-# sparsity: batch 8 on every shape (1.5-3.8x), batch 1 reliably only on
-# 4096x4096 (3.5-5x; 0.4-1.4x on the MiniLM shapes), never at 64 or 512.
-_MAX_BATCH_24 = {"avx512": 64, "avx2": 16}
+# 2:4 beats NumPy float32 at batch 8 on every shape (1.7-2.6x). Above batch 8
+# (the panel path: 4-vector x panels, 64 columns with AVX-512, 32 with AVX2)
+# AVX-512 beats it at 64 (1.2-2.2x) and 512 (1.2-1.4x) on every shape, not
+# at 1024-2048 on 384x384 and 384x1536 (0.8-0.9x); AVX2 at 64 (1.4-2.2x),
+# at 512 only about even (0.96-1.20x). At batch 1 2:4 streams half the
+# bytes: 1.2-2.9x. CSR at 90 % sparsity: batch 8 on every shape
+# (1.5-3.8x), batch 1 reliably only on 4096x4096 (3.5-5x; 0.4-1.4x on the
+# MiniLM shapes), never at 64 or 512.
+_MAX_BATCH_24 = {"avx512": 512, "avx2": 64}
 _MAX_BATCH_CSR = 16
 _MIN_WEIGHTS_CSR_BATCH1 = 4_000_000
 # CSR was measured at 90 % sparsity; denser weights go dense (not measured).
@@ -173,7 +174,7 @@ def prefer_sparse(weight: Compressed24 | CSR | SparseWeight, batch: int) -> bool
     """Whether :func:`sparse_matmul` is expected to beat a dense float32 product.
 
     A rule read off measurements (``docs/sparse.md``, AMD Zen 4, one thread),
-    not a guarantee. 2:4: ``1 <= batch <= 64`` with AVX-512, ``<= 16`` with
+    not a guarantee. 2:4: ``1 <= batch <= 512`` with AVX-512, ``<= 64`` with
     AVX2. CSR at density <= 10 %: ``2 <= batch <= 16``, and batch 1 for
     weights of at least 4M entries. Never on the scalar ISA.
 
