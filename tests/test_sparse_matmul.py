@@ -16,8 +16,9 @@ RTOL = 1e-5
 # (batch, out, in), for both formats: empty, one, vector tails (16 values =
 # 32 columns per AVX-512 chunk, 8 per AVX2 chunk), rows whose positions start
 # mid-byte (in % 8 == 4), the row chunk (32) +- 1, the 4-row groups + 1-3
-# rows, batch tiles (8) +- 1; above batch 8 the packed panels (32 wide for
-# AVX-512, 16 for AVX2) +- 1 with their k blocks (64 / 128 values) + tails,
+# rows, batch tiles (8) +- 1; above batch 8 the packed panels (since the
+# 4-vector panels: 64 wide for AVX-512, 32 for AVX2; their tails, row chunks and
+# batch groups are covered in test_sparse_panels.py) with k-block tails,
 # aligned (in % 8 == 0) and not; then inner sizes that are no multiple of 4
 # (CSR only). 2:4 takes the shapes whose `in` is a multiple of 4, CSR all.
 SHAPES = [
