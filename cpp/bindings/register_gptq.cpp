@@ -102,11 +102,8 @@ void register_gptq(py::module_& m) {
     const Array ca = check_array(codes, "codes", {symmetric ? DType::i8 : DType::u8}, Access::write, &cshape);
     const Array sa = check_array(scale, "scale", {DType::f32}, Access::write, &sshape);
     const Array za = check_array(zero_point, "zero_point", {DType::i32}, Access::write, &sshape);
-    gptq::QuantOptions o;
-    o.bits = bits;
-    o.symmetric = symmetric;
-    o.group_size = group_size;
-    o.block_size = block_size;
+    // act_order and damp are the factor's business (already in order, U)
+    const gptq::QuantOptions o{bits, symmetric, group_size, /*act_order=*/false, /*damp=*/0.0, block_size};
     return run([&] {
       return gptq::quantize(l.w.ptr<float>(), l.rows, l.cols, l.factor(), o, ca.mut<std::uint8_t>(),
                             sa.mut<float>(), za.mut<std::int32_t>());
@@ -128,11 +125,8 @@ void register_gptq(py::module_& m) {
     const auto shape = l.w.shape();
     const Array oa = check_array(out, "out", {DType::f32}, Access::write, &shape);
     const Array ka = check_array(keep, "keep", {DType::boolean, DType::u8}, Access::write, &shape);
-    gptq::PruneOptions o;
-    o.sparsity = sparsity;
-    o.n = n;
-    o.m = m_;
-    o.block_size = block_size;
+    // damp is the factor's business (already in U)
+    const gptq::PruneOptions o{sparsity, n, m_, /*damp=*/0.0, block_size};
     return run([&] {
       return gptq::prune(l.w.ptr<float>(), l.rows, l.cols, l.factor(), o, oa.mut<float>(), ka.mut<std::uint8_t>());
     });
