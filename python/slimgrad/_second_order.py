@@ -95,22 +95,53 @@ def check_int(value: object, label: str, low: int) -> int:
     return int(value)
 
 
-def _tri_mul(t: np.ndarray, b: np.ndarray, lower: bool, leaf: int = 96) -> np.ndarray:
-    """``t @ b`` for a triangular ``t`` (lower or upper; the other half
+class _Arena:
+    """Scratch matrices for the factor, taken from one float64 buffer
+    allocated per call (last in, first out: :meth:`mark` / :meth:`release`).
+    Fresh NumPy temporaries of a few MB each are fresh pages from the kernel
+    every time: the page faults and zeroing took about 12 % of the factor
+    (perf, n = 1536)."""
+
+    def __init__(self, size: int) -> None:
+        self.buf = np.empty(size)
+        self.top = 0
+
+    def take(self, rows: int, cols: int) -> np.ndarray:
+        end = self.top + rows * cols
+        if end > self.buf.size:
+            raise RuntimeError("factor scratch exhausted")  # a bound in _inverse_factor is wrong
+        out = self.buf[self.top : end].reshape(rows, cols)
+        self.top = end
+        return out
+
+    def mark(self) -> int:
+        return self.top
+
+    def release(self, mark: int) -> None:
+        self.top = mark
+
+
+_LEAF = 64  # factor leaves (Cholesky + inverse in LAPACK); 128 was 20 % slower at n = 384
+_TRI_LEAF = 96  # triangular products below this size are plain GEMMs
+
+
+def _tri_mul(t: np.ndarray, b: np.ndarray, lower: bool, out: np.ndarray, ws: _Arena) -> None:
+    """``out = t @ b`` for a triangular ``t`` (lower or upper; the other half
     holds zeros) by halves, so the zero quarter costs nothing: half the flops
     of the full GEMM, still all GEMMs (NumPy has no ``trmm``)."""
     k = t.shape[0]
-    if k <= leaf:
-        return t @ b
+    if k <= _TRI_LEAF:
+        np.matmul(t, b, out=out)
+        return
     h = k // 2
-    out = np.empty((k, b.shape[1]))
-    out[:h] = _tri_mul(t[:h, :h], b[:h], lower, leaf)
-    out[h:] = _tri_mul(t[h:, h:], b[h:], lower, leaf)
+    _tri_mul(t[:h, :h], b[:h], lower, out[:h], ws)
+    _tri_mul(t[h:, h:], b[h:], lower, out[h:], ws)
+    mark = ws.mark()
     if lower:
-        out[h:] += t[h:, :h] @ b[:h]
+        np.add(out[h:], np.matmul(t[h:, :h], b[:h], out=ws.take(k - h, b.shape[1])), out=out[h:])
     else:
-        out[:h] += t[:h, h:] @ b[h:]
-    return out
+        np.add(out[:h], np.matmul(t[:h, h:], b[h:], out=ws.take(h, b.shape[1])), out=out[:h])
+    ws.release(mark)
 
 
 def _inverse_factor(h: np.ndarray) -> np.ndarray:
@@ -125,30 +156,41 @@ def _inverse_factor(h: np.ndarray) -> np.ndarray:
     ``n^3 / 3`` flops for the factorization and ``n^3 / 3`` for the inverse,
     as LAPACK's ``potrf`` + ``trtri``.
     Raises ``np.linalg.LinAlgError`` if ``h`` is not positive definite."""
+    n = h.shape[0]
     out = np.empty_like(h)
-    _inverse_factor_into(h, out)
+    # A level of n (k = n - n // 2 <= (n + 1) / 2) holds S12, the Schur
+    # complement and S12 U22, 3 (n + 1)^2 / 4, and a product's scratch
+    # (n + 1)^2 / 4 at most, and what the Schur complement's level holds.
+    _inverse_factor_into(h, out, _Arena(2 * (n + 2) ** 2))
     return out
 
 
-def _inverse_factor_into(h: np.ndarray, out: np.ndarray) -> None:
+def _inverse_factor_into(h: np.ndarray, out: np.ndarray, ws: _Arena) -> None:
     """:func:`_inverse_factor` written into ``out`` (a view of the result, so
-    the halves are not copied up the recursion)."""
+    the halves are not copied up the recursion); temporaries from ``ws``."""
     n = h.shape[0]
-    if n <= 128:
+    if n <= _LEAF:
         s = np.linalg.cholesky(h[::-1, ::-1])[::-1, ::-1]
         out[...] = np.triu(np.linalg.inv(s))
         return
     k = n - n // 2
+    mark = ws.mark()
     u22 = out[k:, k:]
-    _inverse_factor_into(h[k:, k:], u22)
-    s12 = _tri_mul(u22, h[:k, k:].T, lower=False).T  # B U22^T = (U22 B^T)^T
-    schur = s12 @ s12.T
+    _inverse_factor_into(h[k:, k:], u22, ws)
+    s12 = ws.take(n - k, k)
+    _tri_mul(u22, h[:k, k:].T, False, s12, ws)  # B U22^T = (U22 B^T)^T
+    s12 = s12.T
+    schur = np.matmul(s12, s12.T, out=ws.take(k, k))
     np.subtract(h[:k, :k], schur, out=schur)
     u11 = out[:k, :k]
-    _inverse_factor_into(schur, u11)
+    _inverse_factor_into(schur, u11, ws)
     out[k:, :k] = 0.0
-    s12u22 = _tri_mul(u22.T, s12.T, lower=True).T  # S12 U22 = (U22^T S12^T)^T
-    np.negative(_tri_mul(u11, s12u22, lower=False), out=out[:k, k:])
+    s12u22 = ws.take(n - k, k)
+    _tri_mul(u22.T, s12.T, True, s12u22, ws)  # S12 U22 = (U22^T S12^T)^T
+    u12 = out[:k, k:]
+    _tri_mul(u11, s12u22.T, False, u12, ws)
+    np.negative(u12, out=u12)
+    ws.release(mark)
 
 
 _CONTROLLER: list[Any] = []  # threadpoolctl's, made once (a scan of the loaded libraries)
