@@ -380,6 +380,39 @@ def test_bad_input_raises_and_changes_nothing(rng):
     assert_rejected_unchanged(cases, w, H)
 
 
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 65, 301])
+def test_permute_symmetric_equals_numpy_take(rng, n):
+    H = rng.standard_normal((n, n))
+    order = rng.permutation(n).astype(np.int64)
+    H0 = H.copy()
+
+    def run():
+        out = np.full((n, n), np.nan)
+        slimgrad._core.gptq.permute_symmetric(H, order, out)
+        return out
+
+    for out in run_everywhere(run).values():
+        np.testing.assert_array_equal(out, H[np.ix_(order, order)])
+    np.testing.assert_array_equal(H, H0)
+
+
+def test_permute_symmetric_rejects_bad_buffers(rng):
+    H, order = rng.standard_normal((6, 6)), np.arange(6)[::-1].copy()
+    out = np.zeros((6, 6))
+    permute = slimgrad._core.gptq.permute_symmetric
+    with pytest.raises(ValueError, match="order: expected a permutation"):
+        permute(H, np.array([0, 1, 2, 3, 4, 4]), out)
+    with pytest.raises(ValueError, match=r"order: expected .*shape \(6,\)"):
+        permute(H, order[:5], out)
+    with pytest.raises(ValueError, match=r"out: expected .*shape \(6, 6\)"):
+        permute(H, order, out[:5])
+    with pytest.raises(ValueError, match="H: expected a square array"):
+        permute(H[:5], order, out)
+    with pytest.raises(ValueError, match="out: must not share memory with H"):
+        permute(H, order, H)
+    assert not out.any()
+
+
 def test_core_binding_rechecks_buffers(rng):
     w, _, H = calibration(rng, 4, 8)
     order, dead, U = slimgrad._core.gptq.inverse_factor(H, False, 0.01)

@@ -229,7 +229,11 @@ def inverse_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.nd
     dead = diag == 0
     diag[dead] = 1.0
     order = np.argsort(-diag, kind="stable") if act_order else np.arange(n)
-    hp = h64.take(order, axis=0).take(order, axis=1) if act_order else h64.copy()
+    hp = np.empty_like(h64)
+    if act_order:  # one pass in C++ (NumPy's two takes were a tenth of a 1536-input layer)
+        _core.gptq.permute_symmetric(h64, order, hp)
+    else:
+        np.copyto(hp, h64)
     hp[np.diag_indices(n)] = diag[order] + damp * float(np.mean(diag))
     try:
         with blas_limit():
