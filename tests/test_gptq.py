@@ -334,6 +334,40 @@ def test_wanda_ranks_by_weight_times_norm(rng):
         np.testing.assert_array_equal(np.flatnonzero(mask[r]), kept)
 
 
+@pytest.mark.parametrize("act_order, group_size", [(True, 16), (False, None)])
+def test_gptq_shared_equals_gptq_per_weight_with_one_factor(
+    rng, monkeypatch, act_order, group_size
+):
+    w, _, H = calibration(rng, 12, 48)
+    ws = [w, rng.standard_normal((5, 48)).astype(np.float32), np.zeros((0, 48), np.float32)]
+    expected = [quant.gptq(v, H, 3, group_size, act_order) for v in ws]
+    import slimgrad.quant._gptq as module
+
+    calls = []
+    real = module.inverse_factor
+    monkeypatch.setattr(module, "inverse_factor", lambda *a: calls.append(a) or real(*a))
+    got = quant.gptq_shared(ws, H, 3, group_size, act_order)
+    assert len(calls) == 1
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a.codes(), b.codes())
+        np.testing.assert_array_equal(a.scale, b.scale)
+        np.testing.assert_array_equal(a.zero_point, b.zero_point)
+
+
+def test_gptq_shared_rejects_bad_input_naming_the_weight(rng):
+    w, _, H = calibration(rng, 4, 8)
+    bad = w.copy()
+    bad[1, 2] = np.inf
+    cases = [
+        (lambda: quant.gptq_shared(w, H), TypeError, "weights: expected a list or tuple"),
+        (lambda: quant.gptq_shared([], H), ValueError, "weights: expected at least one"),
+        (lambda: quant.gptq_shared([w, bad], H), ValueError, "weights[1]: non-finite value inf"),
+        (lambda: quant.gptq_shared([w, w[:, :4]], H), ValueError, "for weights[1] of shape (4, 4)"),
+        (lambda: quant.gptq_shared([w, None], H), TypeError, "weights[1]: expected a floating"),
+    ]
+    assert_rejected_unchanged(cases, w, H, bad)
+
+
 # -- bad input -------------------------------------------------------------------
 def test_bad_input_raises_and_changes_nothing(rng):
     w, _, H = calibration(rng, 8, 16)

@@ -11,7 +11,8 @@ explicit copies made here.
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 
@@ -48,31 +49,45 @@ def check_channel_stats(
     return out
 
 
-def check_layer(w: object, H: object) -> tuple[np.ndarray, np.ndarray]:
-    """``(w as float32 C-contiguous, H as float64 C-contiguous)``, validated.
-
-    Raises ``TypeError`` for non-float arrays, ``ValueError`` for shapes,
-    non-finite values (naming the first index) or an asymmetric ``H``.
-    """
-    for value, label in ((w, "w"), (H, "H")):
+def check_layers(
+    ws: Sequence[object], H: object, labels: Sequence[str]
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """:func:`check_layer` for weights that read the same inputs (one ``H``,
+    checked once): ``([each w as float32 C-contiguous], H as float64)``;
+    messages name a weight by its entry of ``labels``."""
+    for value, label in (*zip(ws, labels, strict=True), (H, "H")):
         if not isinstance(value, np.ndarray) or not is_float(value.dtype):
             raise TypeError(f"{label}: expected a floating-point ndarray, got {describe(value)}")
-    if w.ndim != 2:
-        raise ValueError(f"w: expected a 2-d array (out, in), got shape {w.shape}")
-    if H.shape != (w.shape[1], w.shape[1]):
-        raise ValueError(
-            f"H: expected shape {(w.shape[1], w.shape[1])} (in, in) for w of shape {w.shape}, "
-            f"got {H.shape}"
-        )
-    w32 = np.ascontiguousarray(w, dtype=np.float32)
+    arrays = cast(list[np.ndarray], list(ws))
+    H = cast(np.ndarray, H)
+    for w, label in zip(arrays, labels, strict=True):
+        if w.ndim != 2:
+            raise ValueError(f"{label}: expected a 2-d array (out, in), got shape {w.shape}")
+        if H.shape != (w.shape[1], w.shape[1]):
+            raise ValueError(
+                f"H: expected shape {(w.shape[1], w.shape[1])} (in, in) for {label} of shape "
+                f"{w.shape}, got {H.shape}"
+            )
+    w32s = [np.ascontiguousarray(w, dtype=np.float32) for w in arrays]
     h64 = np.ascontiguousarray(H, dtype=np.float64)
-    for arr, label in ((w32, "w"), (h64, "H")):
+    checked: list[tuple[np.ndarray, str]] = [*zip(w32s, labels, strict=True), (h64, "H")]
+    for arr, label in checked:
         bad = np.flatnonzero(~np.isfinite(arr))
         if bad.size:
             index = tuple(int(i) for i in np.unravel_index(bad[0], arr.shape))
             raise ValueError(f"{label}: non-finite value {arr.flat[bad[0]]} at index {index}")
     if not _core.gptq.is_symmetric(h64, 1e-5, 1e-8):  # atol 1e-8 * max|H|
         raise ValueError("H: expected a symmetric matrix (X^T X), got an asymmetric one")
+    return w32s, h64
+
+
+def check_layer(w: object, H: object) -> tuple[np.ndarray, np.ndarray]:
+    """``(w as float32 C-contiguous, H as float64 C-contiguous)``, validated.
+
+    Raises ``TypeError`` for non-float arrays, ``ValueError`` for shapes,
+    non-finite values (naming the first index) or an asymmetric ``H``.
+    """
+    (w32,), h64 = check_layers([w], H, ["w"])
     return w32, h64
 
 
@@ -110,7 +125,7 @@ class _Arena:
         end = self.top + rows * cols
         if end > self.buf.size:
             raise RuntimeError("factor scratch exhausted")  # a bound in _inverse_factor is wrong
-        out = self.buf[self.top : end].reshape(rows, cols)
+        out: np.ndarray = self.buf[self.top : end].reshape(rows, cols)
         self.top = end
         return out
 
