@@ -346,7 +346,7 @@ def test_gptq_shared_equals_gptq_per_weight_with_one_factor(
     calls = []
     real = module.inverse_factor
     monkeypatch.setattr(module, "inverse_factor", lambda *a: calls.append(a) or real(*a))
-    got = quant.gptq_shared(ws, H, 3, group_size, act_order)
+    got = quant.gptq_shared(ws, H, bits=3, group_size=group_size, act_order=act_order)
     assert len(calls) == 1
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_array_equal(a.codes(), b.codes())
@@ -364,6 +364,12 @@ def test_gptq_shared_rejects_bad_input_naming_the_weight(rng):
         (lambda: quant.gptq_shared([w, bad], H), ValueError, "weights[1]: non-finite value inf"),
         (lambda: quant.gptq_shared([w, w[:, :4]], H), ValueError, "for weights[1] of shape (4, 4)"),
         (lambda: quant.gptq_shared([w, None], H), TypeError, "weights[1]: expected a floating"),
+        (
+            lambda: quant.gptq_shared([w], H, bitz=4),
+            TypeError,
+            "unexpected keyword argument 'bitz'",
+        ),
+        (lambda: quant.gptq_shared([w], H, bits=9), ValueError, "bits: expected 2..8, got 9"),
     ]
     assert_rejected_unchanged(cases, w, H, bad)
 

@@ -158,7 +158,9 @@ def cases(size: int) -> Iterator[Case]:
         ]
 
     groups = _by_hessian(layers)
-    impls = {"slimgrad": lambda: [quant.gptq_shared(ws, h, 4, 128) for h, ws in groups]}
+    impls = {
+        "slimgrad": lambda: [quant.gptq_shared(ws, h, bits=4, group_size=128) for h, ws in groups]
+    }
     if torch is not None:
         impls["torch reference"] = lambda: [_torch_gptq(torch, w, h) for w, _, h in t_layers]
     yield Case("GPTQ int4 g128 act-order", impls, note=note)

@@ -12,7 +12,9 @@ batches of columns as per-ISA FMA kernels, rows split over threads) is in
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -81,15 +83,7 @@ def gptq(
 
 
 def gptq_shared(
-    weights: Sequence[np.ndarray],
-    H: np.ndarray,
-    bits: int = 4,
-    group_size: int | None = 128,
-    act_order: bool = True,
-    damp: float = 0.01,
-    symmetric: bool = False,
-    *,
-    block_size: int = 128,
+    weights: Sequence[np.ndarray], H: np.ndarray, **options: Any
 ) -> list[QuantizedTensor]:
     """:func:`gptq` of several weights that read the same inputs, hence share
     one Hessian (q, k and v of an attention layer): the factor of ``H`` (its
@@ -100,18 +94,22 @@ def gptq_shared(
     ----------
     weights : list or tuple of ndarray, each of shape (out_i, in)
         The weights (any float dtype; converted to float32, only read).
-    H, bits, group_size, act_order, damp, symmetric, block_size
+    H : ndarray, shape (in, in)
         As :func:`gptq`.
+    **options
+        ``bits``, ``group_size``, ``act_order``, ``damp``, ``symmetric``,
+        ``block_size``: as :func:`gptq`, with its defaults.
 
     Returns
     -------
     list of QuantizedTensor
-        ``gptq(weights[i], H, ...)`` for each ``i``, bit for bit.
+        ``gptq(weights[i], H, **options)`` for each ``i``, bit for bit.
 
     Raises
     ------
     TypeError, ValueError
-        As :func:`gptq`, naming the weight as ``weights[i]``; an empty list.
+        As :func:`gptq`, naming the weight as ``weights[i]``; an empty list
+        or an unknown option.
     """
     if not isinstance(weights, list | tuple):
         raise TypeError(
@@ -119,8 +117,22 @@ def gptq_shared(
         )
     if not weights:
         raise ValueError("weights: expected at least one weight, got an empty sequence")
+    # gptq's own signature names the options and holds their defaults
+    bound = inspect.signature(gptq).bind(None, H, **options)
+    bound.apply_defaults()
+    opt = bound.arguments
     labels = [f"weights[{i}]" for i in range(len(weights))]
-    return _gptq(weights, H, labels, bits, group_size, act_order, damp, symmetric, block_size)
+    return _gptq(
+        weights,
+        H,
+        labels,
+        opt["bits"],
+        opt["group_size"],
+        opt["act_order"],
+        opt["damp"],
+        opt["symmetric"],
+        opt["block_size"],
+    )
 
 
 def _gptq(
