@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import slimgrad
+from _rejects import assert_rejected_unchanged
 from conftest import run_everywhere
 from slimgrad import prune, quant
 
@@ -333,10 +334,49 @@ def test_wanda_ranks_by_weight_times_norm(rng):
         np.testing.assert_array_equal(np.flatnonzero(mask[r]), kept)
 
 
+@pytest.mark.parametrize("act_order, group_size", [(True, 16), (False, None)])
+def test_gptq_shared_equals_gptq_per_weight_with_one_factor(
+    rng, monkeypatch, act_order, group_size
+):
+    w, _, H = calibration(rng, 12, 48)
+    ws = [w, rng.standard_normal((5, 48)).astype(np.float32), np.zeros((0, 48), np.float32)]
+    expected = [quant.gptq(v, H, 3, group_size, act_order) for v in ws]
+    import slimgrad.quant._gptq as module
+
+    calls = []
+    real = module.inverse_factor
+    monkeypatch.setattr(module, "inverse_factor", lambda *a: calls.append(a) or real(*a))
+    got = quant.gptq_shared(ws, H, bits=3, group_size=group_size, act_order=act_order)
+    assert len(calls) == 1
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a.codes(), b.codes())
+        np.testing.assert_array_equal(a.scale, b.scale)
+        np.testing.assert_array_equal(a.zero_point, b.zero_point)
+
+
+def test_gptq_shared_rejects_bad_input_naming_the_weight(rng):
+    w, _, H = calibration(rng, 4, 8)
+    bad = w.copy()
+    bad[1, 2] = np.inf
+    cases = [
+        (lambda: quant.gptq_shared(w, H), TypeError, "weights: expected a list or tuple"),
+        (lambda: quant.gptq_shared([], H), ValueError, "weights: expected at least one"),
+        (lambda: quant.gptq_shared([w, bad], H), ValueError, "weights[1]: non-finite value inf"),
+        (lambda: quant.gptq_shared([w, w[:, :4]], H), ValueError, "for weights[1] of shape (4, 4)"),
+        (lambda: quant.gptq_shared([w, None], H), TypeError, "weights[1]: expected a floating"),
+        (
+            lambda: quant.gptq_shared([w], H, bitz=4),
+            TypeError,
+            "unexpected keyword argument 'bitz'",
+        ),
+        (lambda: quant.gptq_shared([w], H, bits=9), ValueError, "bits: expected 2..8, got 9"),
+    ]
+    assert_rejected_unchanged(cases, w, H, bad)
+
+
 # -- bad input -------------------------------------------------------------------
 def test_bad_input_raises_and_changes_nothing(rng):
     w, _, H = calibration(rng, 8, 16)
-    w0, H0 = w.copy(), H.copy()
     cases = [
         (lambda: quant.gptq(w, H[:8, :8]), ValueError, "H: expected shape (16, 16)"),
         (lambda: quant.gptq(w[0], H), ValueError, "w: expected a 2-d array"),
@@ -377,12 +417,40 @@ def test_bad_input_raises_and_changes_nothing(rng):
     cases.append(
         (lambda: quant.gptq(bad, H), ValueError, "w: non-finite value nan at index (3, 4)")
     )
-    for call, exc, message in cases:
-        with pytest.raises(exc) as info:
-            call()
-        assert message in str(info.value), str(info.value)
-    np.testing.assert_array_equal(w, w0)
+    assert_rejected_unchanged(cases, w, H)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 65, 301])
+def test_permute_symmetric_equals_numpy_take(rng, n):
+    H = rng.standard_normal((n, n))
+    order = rng.permutation(n).astype(np.int64)
+    H0 = H.copy()
+
+    def run():
+        out = np.full((n, n), np.nan)
+        slimgrad._core.gptq.permute_symmetric(H, order, out)
+        return out
+
+    for out in run_everywhere(run).values():
+        np.testing.assert_array_equal(out, H[np.ix_(order, order)])
     np.testing.assert_array_equal(H, H0)
+
+
+def test_permute_symmetric_rejects_bad_buffers(rng):
+    H, order = rng.standard_normal((6, 6)), np.arange(6)[::-1].copy()
+    out = np.zeros((6, 6))
+    permute = slimgrad._core.gptq.permute_symmetric
+    with pytest.raises(ValueError, match="order: expected a permutation"):
+        permute(H, np.array([0, 1, 2, 3, 4, 4]), out)
+    with pytest.raises(ValueError, match=r"order: expected .*shape \(6,\)"):
+        permute(H, order[:5], out)
+    with pytest.raises(ValueError, match=r"out: expected .*shape \(6, 6\)"):
+        permute(H, order, out[:5])
+    with pytest.raises(ValueError, match="H: expected a square array"):
+        permute(H[:5], order, out)
+    with pytest.raises(ValueError, match="out: must not share memory with H"):
+        permute(H, order, H)
+    assert not out.any()
 
 
 def test_core_binding_rechecks_buffers(rng):

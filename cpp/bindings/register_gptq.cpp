@@ -20,21 +20,34 @@ struct Layer {
 
 // w (out, in) float32 and the factor of its Hessian: order (in,) int64, a
 // permutation (checked: it indexes memory); dead (in,) bool; U (in, in) float64.
+// order (cols,) int64, checked to be a permutation (it indexes memory).
+Array check_order(py::handle order, py::ssize_t cols) {
+  const std::vector<py::ssize_t> shape{cols};
+  Array oa = check_array(order, "order", {DType::i64}, Access::read, &shape);
+  std::vector<char> seen(static_cast<std::size_t>(cols), 0);
+  for (py::ssize_t a = 0; a < cols; ++a) {
+    const std::int64_t c = oa.ptr<std::int64_t>()[a];
+    if (c < 0 || c >= cols || seen[static_cast<std::size_t>(c)]++)
+      throw py::value_error("order: expected a permutation of 0.." + std::to_string(cols - 1));
+  }
+  return oa;
+}
+
 Layer check_layer(py::handle w, py::handle order, py::handle dead, py::handle u) {
   Array wa = check_array(w, "w", {DType::f32}, Access::read);
   if (wa.ndim() != 2) throw py::value_error("w: expected a 2-d float32 array (out, in), got " + describe(w));
   const std::vector<py::ssize_t> vshape{wa.dim(1)}, ushape{wa.dim(1), wa.dim(1)};
-  Array oa = check_array(order, "order", {DType::i64}, Access::read, &vshape);
+  Array oa = check_order(order, wa.dim(1));
   Array da = check_array(dead, "dead", {DType::boolean, DType::u8}, Access::read, &vshape);
   Array ua = check_array(u, "U", {DType::f64}, Access::read, &ushape);
-  const auto cols = static_cast<std::size_t>(wa.dim(1));
-  std::vector<char> seen(cols, 0);
-  for (std::size_t a = 0; a < cols; ++a) {
-    const std::int64_t c = oa.ptr<std::int64_t>()[a];
-    if (c < 0 || static_cast<std::size_t>(c) >= cols || seen[static_cast<std::size_t>(c)]++)
-      throw py::value_error("order: expected a permutation of 0.." + std::to_string(cols - 1));
-  }
-  return {wa, oa, da, ua, static_cast<std::size_t>(wa.dim(0)), cols};
+  return {wa, oa, da, ua, static_cast<std::size_t>(wa.dim(0)), static_cast<std::size_t>(wa.dim(1))};
+}
+
+// A square float64 H (only read).
+Array check_square(py::handle h) {
+  Array ha = check_array(h, "H", {DType::f64}, Access::read);
+  if (ha.ndim() != 2 || ha.dim(0) != ha.dim(1)) throw py::value_error("H: expected a square array, got " + describe(h));
+  return ha;
 }
 
 void check_common(double damp, std::size_t block_size) {
@@ -57,8 +70,7 @@ double run(F&& f) {
 
 void register_gptq(py::module_& m) {
   m.def("inverse_factor", [](py::handle h, bool act_order, double damp) {
-    const Array ha = check_array(h, "H", {DType::f64}, Access::read);
-    if (ha.ndim() != 2 || ha.dim(0) != ha.dim(1)) throw py::value_error("H: expected a square array, got " + describe(h));
+    const Array ha = check_square(h);
     check_common(damp, 1);
     const auto cols = static_cast<std::size_t>(ha.dim(0));
     gptq::Factor f;
@@ -78,8 +90,7 @@ void register_gptq(py::module_& m) {
      "(order, dead, U): the factor of H in float64 through Eigen (gptq.hpp, inverse_factor).");
 
   m.def("is_symmetric", [](py::handle h, double rtol, double atol_scale) {
-    const Array ha = check_array(h, "H", {DType::f64}, Access::read);
-    if (ha.ndim() != 2 || ha.dim(0) != ha.dim(1)) throw py::value_error("H: expected a square array, got " + describe(h));
+    const Array ha = check_square(h);
     bool ok = true;
     run([&] {
       ok = gptq::is_symmetric(ha.ptr<double>(), static_cast<std::size_t>(ha.dim(0)), rtol, atol_scale);
@@ -88,6 +99,20 @@ void register_gptq(py::module_& m) {
     return ok;
   }, py::arg("H"), py::arg("rtol"), py::arg("atol_scale"),
      "np.allclose(H, H.T, rtol, atol_scale * max|H|) for a float64 H, by cache blocks (gptq.hpp, is_symmetric).");
+
+  m.def("permute_symmetric", [](py::handle h, py::handle order, py::handle out) {
+    const Array ha = check_square(h);
+    const Array oa = check_order(order, ha.dim(0));
+    const auto shape = ha.shape();
+    const Array outa = check_array(out, "out", {DType::f64}, Access::write, &shape);
+    check_disjoint(outa, {&ha});
+    run([&] {
+      gptq::permute_symmetric(ha.ptr<double>(), static_cast<std::size_t>(ha.dim(0)), oa.ptr<std::int64_t>(),
+                              outa.mut<double>());
+      return 0.0;
+    });
+  }, py::arg("H"), py::arg("order"), py::arg("out"),
+     "out[a, b] = H[order[a], order[b]] for a float64 H, in one pass (gptq.hpp, permute_symmetric).");
 
   m.def("quantize", [](py::handle w, py::handle order, py::handle dead, py::handle u, int bits, bool symmetric,
                        std::size_t group_size, std::size_t block_size, py::handle codes, py::handle scale,
@@ -102,11 +127,8 @@ void register_gptq(py::module_& m) {
     const Array ca = check_array(codes, "codes", {symmetric ? DType::i8 : DType::u8}, Access::write, &cshape);
     const Array sa = check_array(scale, "scale", {DType::f32}, Access::write, &sshape);
     const Array za = check_array(zero_point, "zero_point", {DType::i32}, Access::write, &sshape);
-    gptq::QuantOptions o;
-    o.bits = bits;
-    o.symmetric = symmetric;
-    o.group_size = group_size;
-    o.block_size = block_size;
+    // act_order and damp are the factor's business (already in order, U)
+    const gptq::QuantOptions o{bits, symmetric, group_size, /*act_order=*/false, /*damp=*/0.0, block_size};
     return run([&] {
       return gptq::quantize(l.w.ptr<float>(), l.rows, l.cols, l.factor(), o, ca.mut<std::uint8_t>(),
                             sa.mut<float>(), za.mut<std::int32_t>());
@@ -128,11 +150,8 @@ void register_gptq(py::module_& m) {
     const auto shape = l.w.shape();
     const Array oa = check_array(out, "out", {DType::f32}, Access::write, &shape);
     const Array ka = check_array(keep, "keep", {DType::boolean, DType::u8}, Access::write, &shape);
-    gptq::PruneOptions o;
-    o.sparsity = sparsity;
-    o.n = n;
-    o.m = m_;
-    o.block_size = block_size;
+    // damp is the factor's business (already in U)
+    const gptq::PruneOptions o{sparsity, n, m_, /*damp=*/0.0, block_size};
     return run([&] {
       return gptq::prune(l.w.ptr<float>(), l.rows, l.cols, l.factor(), o, oa.mut<float>(), ka.mut<std::uint8_t>());
     });

@@ -188,6 +188,21 @@ Factor inverse_factor(const double* h, std::size_t cols, bool act_order, double 
   return p;
 }
 
+void permute_symmetric(const double* h, std::size_t n, const std::int64_t* order, double* out) {
+  // Row a of out gathers from row order[a] of h, first copied in order (the
+  // gather's random reads would each wait for memory; a sequential copy is
+  // prefetched: 5.2 -> 3.5 ms of CPU for n = 1536). Rows are independent.
+  parallel_for(n, 64, [&](std::size_t a0, std::size_t a1) {
+    std::vector<double> row(n);
+    for (std::size_t a = a0; a < a1; ++a) {
+      const double* src = h + static_cast<std::size_t>(order[a]) * n;
+      std::copy(src, src + n, row.begin());
+      double* dst = out + a * n;
+      for (std::size_t b = 0; b < n; ++b) dst[b] = row[static_cast<std::size_t>(order[b])];
+    }
+  });
+}
+
 bool is_symmetric(const double* h, std::size_t n, double rtol, double atol_scale) {
   double amax = 0.0;
   for (std::size_t i = 0; i < n * n; ++i) amax = std::max(amax, std::abs(h[i]));  // NaN: not taken

@@ -61,6 +61,11 @@ struct Factor {
 // Eigen. Throws std::domain_error if the damped H is not positive definite.
 Factor inverse_factor(const double* h, std::size_t cols, bool act_order, double damp);
 
+// out[a, b] = h[order[a], order[b]] (n x n, row-major; order a permutation of
+// 0..n-1): H in GPTQ's processing order, in one pass (NumPy's two takes, rows
+// then columns, took 12 ms of CPU for n = 1536, a tenth of the layer).
+void permute_symmetric(const double* h, std::size_t n, const std::int64_t* order, double* out);
+
 // np.allclose(h, h.T, rtol, atol) with atol = atol_scale * max|h| (n x n,
 // row-major; false if any NaN): |h[i, j] - h[j, i]| <= atol + rtol * |h[j, i]|
 // for every i, j, compared by square blocks (NumPy's transposed read of a

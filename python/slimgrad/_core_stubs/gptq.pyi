@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['inverse_factor', 'is_symmetric', 'prune', 'quantize']
+__all__: list[str] = ['inverse_factor', 'is_symmetric', 'permute_symmetric', 'prune', 'quantize']
 def inverse_factor(H: typing.Any, act_order: bool, damp: typing.SupportsFloat | typing.SupportsIndex) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.bool], numpy.typing.NDArray[numpy.float64]]:
     """
     (order, dead, U): the factor of H in float64 through Eigen (gptq.hpp, inverse_factor).
@@ -11,6 +11,10 @@ def inverse_factor(H: typing.Any, act_order: bool, damp: typing.SupportsFloat | 
 def is_symmetric(H: typing.Any, rtol: typing.SupportsFloat | typing.SupportsIndex, atol_scale: typing.SupportsFloat | typing.SupportsIndex) -> bool:
     """
     np.allclose(H, H.T, rtol, atol_scale * max|H|) for a float64 H, by cache blocks (gptq.hpp, is_symmetric).
+    """
+def permute_symmetric(H: typing.Any, order: typing.Any, out: typing.Any) -> None:
+    """
+    out[a, b] = H[order[a], order[b]] for a float64 H, in one pass (gptq.hpp, permute_symmetric).
     """
 def prune(w: typing.Any, order: typing.Any, dead: typing.Any, U: typing.Any, sparsity: typing.SupportsFloat | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, m: typing.SupportsInt | typing.SupportsIndex, block_size: typing.SupportsInt | typing.SupportsIndex, out: typing.Any, keep: typing.Any) -> float:
     ...

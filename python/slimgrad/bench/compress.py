@@ -8,6 +8,13 @@ from the weights at the group's first column, act-order for GPTQ; the AWQ
 scale grid evaluated on the layer's outputs over calibration tokens). The
 Hessians come from random correlated activations (the timing does not
 depend on the values).
+
+The layers are MiniLM's, block by block: q, k and v read the same input, so
+they share one Hessian, and slimgrad's GPTQ factors it once for the three
+(:func:`slimgrad.quant.gptq_shared`); the torch reference factors every
+layer's Hessian, as the reference code does (it accumulates one Hessian per
+Linear and quantizes each on its own). SparseGPT and AWQ run layer by layer
+on both sides.
 """
 
 from __future__ import annotations
@@ -21,18 +28,39 @@ from . import Case, optional_import
 
 DEFAULT_SIZE = 36  # layers (all of MiniLM's encoder)
 TOKENS = 2048
-SHAPES = [(384, 384)] * 24 + [(1536, 384)] * 6 + [(384, 1536)] * 6
+# One encoder block: q, k, v, attention output, intermediate, output.
+BLOCK = [(384, 384)] * 4 + [(1536, 384), (384, 1536)]
+SHAPES = BLOCK * 6
+SHARES_INPUT = (1, 2)  # k and v read q's input (positions in BLOCK)
 
 
 def _layers(count: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(w, x, H)`` per layer; k and v hold q's ``x`` and ``H`` objects."""
     rng = np.random.default_rng(0)
-    out = []
-    for rows, cols in SHAPES[:count]:
-        x = rng.standard_normal((TOKENS, cols), dtype=np.float32)
-        x[:, ::11] *= 8.0
+    out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for i, (rows, cols) in enumerate(SHAPES[:count]):
+        if i % len(BLOCK) in SHARES_INPUT:
+            x, h = out[-1][1], out[-1][2]
+        else:
+            x = rng.standard_normal((TOKENS, cols), dtype=np.float32)
+            x[:, ::11] *= 8.0
+            h = x.T.astype(np.float64) @ x
         w = rng.standard_normal((rows, cols), dtype=np.float32) * 0.05
-        out.append((w, x, (x.T.astype(np.float64) @ x)))
+        out.append((w, x, h))
     return out
+
+
+def _by_hessian(
+    layers: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    """Runs of consecutive layers that share one Hessian: ``[(H, [w, ...]), ...]``."""
+    groups: list[tuple[np.ndarray, list[np.ndarray]]] = []
+    for w, _, h in layers:
+        if groups and groups[-1][0] is h:
+            groups[-1][1].append(w)
+        else:
+            groups.append((h, [w]))
+    return groups
 
 
 def _torch_inverse_factor(torch, H, damp):  # noqa: ANN001, ANN202
@@ -129,7 +157,10 @@ def cases(size: int) -> Iterator[Case]:
             for w, x, h in layers
         ]
 
-    impls = {"slimgrad": lambda: [quant.gptq(w, h, 4, 128) for w, _, h in layers]}
+    groups = _by_hessian(layers)
+    impls = {
+        "slimgrad": lambda: [quant.gptq_shared(ws, h, bits=4, group_size=128) for h, ws in groups]
+    }
     if torch is not None:
         impls["torch reference"] = lambda: [_torch_gptq(torch, w, h) for w, _, h in t_layers]
     yield Case("GPTQ int4 g128 act-order", impls, note=note)

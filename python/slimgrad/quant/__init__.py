@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from . import compressed, gguf, gguf_mix, kquants
 from ._awq import awq_clip, awq_scales
-from ._gptq import gptq
+from ._gptq import gptq, gptq_shared
 from ._linear import quantize_dynamic, quantize_linear
 from ._matmul import MAX_K_INT8, matmul, matmul_int8
 from ._packed import PackedWeight, prepack
@@ -32,6 +32,7 @@ __all__ = [
     "dequantize",
     "fake_quantize",
     "gptq",
+    "gptq_shared",
     "load",
     "matmul",
     "matmul_int8",

@@ -12,10 +12,14 @@ batches of columns as per-ISA FMA kernels, rows split over threads) is in
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 from .. import _core
-from .._second_order import check_int, check_layer, check_real, inverse_factor
+from .._second_order import check_int, check_layers, check_real, inverse_factor
 from ._tensor import QuantizedTensor
 
 
@@ -75,7 +79,75 @@ def gptq(
         Shapes, non-finite values, an asymmetric ``H``, options out of range,
         or ``H`` not positive definite after damping (raise ``damp``).
     """
-    w32, h64 = check_layer(w, H)
+    return _gptq([w], H, ["w"], bits, group_size, act_order, damp, symmetric, block_size)[0]
+
+
+def gptq_shared(
+    weights: Sequence[np.ndarray], H: np.ndarray, **options: Any
+) -> list[QuantizedTensor]:
+    """:func:`gptq` of several weights that read the same inputs, hence share
+    one Hessian (q, k and v of an attention layer): the factor of ``H`` (its
+    act-order permutation, damping, Cholesky factor and inverse, which depend
+    on ``H`` alone) is computed once for all of them.
+
+    Parameters
+    ----------
+    weights : list or tuple of ndarray, each of shape (out_i, in)
+        The weights (any float dtype; converted to float32, only read).
+    H : ndarray, shape (in, in)
+        As :func:`gptq`.
+    **options
+        ``bits``, ``group_size``, ``act_order``, ``damp``, ``symmetric``,
+        ``block_size``: as :func:`gptq`, with its defaults.
+
+    Returns
+    -------
+    list of QuantizedTensor
+        ``gptq(weights[i], H, **options)`` for each ``i``, bit for bit.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`gptq`, naming the weight as ``weights[i]``; an empty list
+        or an unknown option.
+    """
+    if not isinstance(weights, list | tuple):
+        raise TypeError(
+            f"weights: expected a list or tuple of ndarrays, got {type(weights).__name__}"
+        )
+    if not weights:
+        raise ValueError("weights: expected at least one weight, got an empty sequence")
+    # gptq's own signature names the options and holds their defaults
+    bound = inspect.signature(gptq).bind(None, H, **options)
+    bound.apply_defaults()
+    opt = bound.arguments
+    labels = [f"weights[{i}]" for i in range(len(weights))]
+    return _gptq(
+        weights,
+        H,
+        labels,
+        opt["bits"],
+        opt["group_size"],
+        opt["act_order"],
+        opt["damp"],
+        opt["symmetric"],
+        opt["block_size"],
+    )
+
+
+def _gptq(
+    ws: Sequence[np.ndarray],
+    H: np.ndarray,
+    labels: list[str],
+    bits: int,
+    group_size: int | None,
+    act_order: bool,
+    damp: float,
+    symmetric: bool,
+    block_size: int,
+) -> list[QuantizedTensor]:
+    """:func:`gptq_shared` with the weights' labels for messages."""
+    w32s, h64 = check_layers(ws, H, labels)
     bits = check_int(bits, "bits", 2)
     if bits > 8:
         raise ValueError(f"bits: expected 2..8, got {bits}")
@@ -84,13 +156,32 @@ def gptq(
     block_size = check_int(block_size, "block_size", 1)
     if not isinstance(act_order, bool) or not isinstance(symmetric, bool):
         raise TypeError("act_order, symmetric: expected bools")
+    factor = None  # computed once, for the first weight that is not empty
+    out = []
+    for w, w32 in zip(ws, w32s, strict=True):
+        if factor is None and w32.size:
+            factor = inverse_factor(h64, act_order, damp)
+        out.append(_quantize(w, w32, factor, bits, gs, symmetric, block_size))
+    return out
+
+
+def _quantize(
+    w: np.ndarray,
+    w32: np.ndarray,
+    factor: tuple[np.ndarray, ...] | None,
+    bits: int,
+    gs: int,
+    symmetric: bool,
+    block_size: int,
+) -> QuantizedTensor:
+    """One checked weight with the factor of its ``H`` (``None`` if ``w`` is empty)."""
     rows, cols = w32.shape
     n_groups = -(-cols // gs) if gs else 1
     codes = np.zeros((rows, cols), np.int8 if symmetric else np.uint8)
     scale = np.ones((rows, n_groups), np.float32)
     zero_point = np.zeros((rows, n_groups), np.int32)
-    if w32.size:
-        order, dead, U = inverse_factor(h64, act_order, damp)
+    if factor is not None:
+        order, dead, U = factor
         _core.gptq.quantize(
             w32, order, dead, U, bits, symmetric, gs, block_size, codes, scale, zero_point
         )
