@@ -131,6 +131,23 @@ def test_lapack_factor_matches_eigen_and_numpy(rng, act_order, cols):
     assert np.all(np.tril(U, -1) == 0) and np.all(np.tril(e_U, -1) == 0)
 
 
+def test_factor_scratch_is_kept_only_up_to_its_limit(rng, monkeypatch):
+    # Small factors reuse the thread's buffer (no fresh pages per call); a
+    # factor above the limit gets its own, so a thread does not hold it after.
+    from slimgrad import _second_order as so
+
+    h = rng.standard_normal((40, 40))
+    h = h @ h.T + 40 * np.eye(40)
+    expected = so.inverse_factor(h, True, 0.01)[2]
+    monkeypatch.setattr(so._SCRATCH, "buf", None, raising=False)
+    first = so._scratch(100).buf
+    assert so._scratch(50).buf is first
+    monkeypatch.setattr(so, "_KEEP_DOUBLES", 1000)
+    big = so._scratch(5000).buf
+    assert big is not first and so._SCRATCH.buf is first
+    np.testing.assert_array_equal(so.inverse_factor(h, True, 0.01)[2], expected)
+
+
 def test_symmetry_check_is_allclose(rng):
     is_symmetric = slimgrad._core.gptq.is_symmetric
     for n in (0, 1, 5, 63, 64, 65, 200):

@@ -141,10 +141,20 @@ class _Arena:
 _SCRATCH = threading.local()
 
 
+# Largest scratch kept between calls: 2^23 doubles (64 MB; n = 1536 needs 38 MB).
+# Page faults cost O(n^2) against the factor's O(n^3), so above this the fresh
+# buffer's faults are a small part of the call, and a thread does not hold
+# gigabytes after factoring one large layer (n = 11008: 1.9 GB).
+_KEEP_DOUBLES = 1 << 23
+
+
 def _scratch(size: int) -> _Arena:
-    """An arena of at least ``size`` doubles on the calling thread's buffer
-    (grown, never shrunk: ``n^2 + (n + 2)^2`` doubles for the largest ``n``
-    factored on this thread, 38 MB for n = 1536)."""
+    """An arena of at least ``size`` doubles: the calling thread's buffer,
+    grown to the largest ``size`` asked up to :data:`_KEEP_DOUBLES` and kept
+    between calls (``n^2 + (n + 2)^2`` doubles for a GPTQ factor: 38 MB for
+    n = 1536); a larger one is the call's own and freed with it."""
+    if size > _KEEP_DOUBLES:
+        return _Arena(np.empty(size))
     buf = getattr(_SCRATCH, "buf", None)
     if buf is None or buf.size < size:
         buf = _SCRATCH.buf = np.empty(size)
