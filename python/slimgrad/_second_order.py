@@ -56,12 +56,12 @@ def check_layers(
     """:func:`check_layer` for weights that read the same inputs (one ``H``,
     checked once): ``([each w as float32 C-contiguous], H as float64)``;
     messages name a weight by its entry of ``labels``."""
-    for value, label in (*zip(ws, labels, strict=True), (H, "H")):
+    for value, label in (*zip(ws, labels), (H, "H")):
         if not isinstance(value, np.ndarray) or not is_float(value.dtype):
             raise TypeError(f"{label}: expected a floating-point ndarray, got {describe(value)}")
     arrays = cast(list[np.ndarray], list(ws))
     H = cast(np.ndarray, H)
-    for w, label in zip(arrays, labels, strict=True):
+    for w, label in zip(arrays, labels):
         if w.ndim != 2:
             raise ValueError(f"{label}: expected a 2-d array (out, in), got shape {w.shape}")
         if H.shape != (w.shape[1], w.shape[1]):
@@ -71,7 +71,7 @@ def check_layers(
             )
     w32s = [np.ascontiguousarray(w, dtype=np.float32) for w in arrays]
     h64 = np.ascontiguousarray(H, dtype=np.float64)
-    checked: list[tuple[np.ndarray, str]] = [*zip(w32s, labels, strict=True), (h64, "H")]
+    checked: list[tuple[np.ndarray, str]] = [*zip(w32s, labels), (h64, "H")]
     for arr, label in checked:
         bad = np.flatnonzero(~np.isfinite(arr))
         if bad.size:

@@ -111,7 +111,7 @@ def gptq_shared(
         As :func:`gptq`, naming the weight as ``weights[i]``; an empty list
         or an unknown option.
     """
-    if not isinstance(weights, list | tuple):
+    if not isinstance(weights, (list, tuple)):
         raise TypeError(
             f"weights: expected a list or tuple of ndarrays, got {type(weights).__name__}"
         )
@@ -158,7 +158,7 @@ def _gptq(
         raise TypeError("act_order, symmetric: expected bools")
     factor = None  # computed once, for the first weight that is not empty
     out = []
-    for w, w32 in zip(ws, w32s, strict=True):
+    for w, w32 in zip(ws, w32s):
         if factor is None and w32.size:
             factor = inverse_factor(h64, act_order, damp)
         out.append(_quantize(w, w32, factor, bits, gs, symmetric, block_size))
