@@ -59,6 +59,35 @@ def test_every_method_compresses_every_layer(calibrated, method):
     assert c.min() > 0.9
 
 
+def test_query_key_value_share_one_factor(calibrated, monkeypatch):
+    # Calibration gives q, k and v equal Hessians (the same inputs through the
+    # same kernel); compress factors each once, and every layer's result is
+    # compress_layer's alone, bit for bit.
+    from slimgrad import _second_order
+    from slimgrad.compress._pipeline import compress_layer
+
+    model, calib = calibrated
+    layers = layer_weights(model)
+    attn = "encoder.layer.0.attention.self."
+    hs = [calib.hessians[attn + p] for p in ("query", "key", "value")]
+    assert np.array_equal(hs[0], hs[1]) and np.array_equal(hs[0], hs[2])
+    recipe = Recipe("gptq", 4, 32)
+    alone = {
+        n: compress_layer(
+            layers[n][0], calib.hessians[n], calib.mean_abs(n), calib.l2_norm(n), recipe
+        )[0]
+        for n in layers
+    }
+    factors = []
+    real = _second_order._factor
+    monkeypatch.setattr(_second_order, "_factor", lambda *a: factors.append(a) or real(*a))
+    result = compress(model, calib, recipe)
+    assert len(factors) == len(layers) - 2 * 2  # two encoder layers: k and v reuse q's
+    for n, qt in alone.items():
+        np.testing.assert_array_equal(result.stored[n].codes(), qt.codes())
+        np.testing.assert_array_equal(result.stored[n].scale, qt.scale)
+
+
 def test_calibrated_methods_beat_round_to_nearest_on_the_calibration_error(calibrated):
     model, calib = calibrated
     err = {

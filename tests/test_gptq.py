@@ -371,6 +371,46 @@ def test_gptq_shared_equals_gptq_per_weight_with_one_factor(
         np.testing.assert_array_equal(a.zero_point, b.zero_point)
 
 
+def test_reuse_factors_factors_an_equal_hessian_once(rng, monkeypatch):
+    # q, k, v (equal H, a copy each as calibration gives them), then another
+    # H, then the first H changed in place: 3 factors, the results bit for bit
+    # those of the calls without the block; SparseGPT (no act-order) and a
+    # different damp get factors of their own.
+    from slimgrad import _second_order as so
+
+    w, _, H = calibration(rng, 12, 48)
+    H2 = H + np.diag(rng.uniform(0.5, 1.0, 48))
+    calls_of = [
+        lambda h: quant.gptq(w, h, 4, 16, True),
+        lambda h: quant.gptq(w, h, 3, None, True),
+        lambda h: quant.gptq(w, h, 4, 16, True, 0.05),
+        lambda h: prune.sparsegpt(w, h, 0.5),
+    ]
+    hs = [H.copy(), H.copy(), H.copy(), H2, H2.copy()]
+    expected = [[f(h) for f in calls_of[:2]] for h in hs]
+    expected_other = [calls_of[2](H), calls_of[3](H)]
+    factors = []
+    real = so._factor
+    monkeypatch.setattr(so, "_factor", lambda *a: factors.append(a) or real(*a))
+    with quant.reuse_factors():
+        got = [[f(h) for f in calls_of[:2]] for h in hs]
+        assert len(factors) == 2  # H (x3), H2 (x2): one factor each
+        H_changed = hs[4]
+        H_changed[3, 3] *= 2.0  # in place: equal to nothing factored before
+        changed = quant.gptq(w, H_changed, 4, 16, True)
+        assert len(factors) == 3
+        other = [calls_of[2](H), calls_of[3](H)]
+        assert len(factors) == 5
+    np.testing.assert_array_equal(changed.codes(), quant.gptq(w, H_changed, 4, 16, True).codes())
+    for a, b in zip([q for row in got for q in row], [q for row in expected for q in row]):
+        np.testing.assert_array_equal(a.codes(), b.codes())
+        np.testing.assert_array_equal(a.scale, b.scale)
+    np.testing.assert_array_equal(other[0].codes(), expected_other[0].codes())
+    np.testing.assert_array_equal(other[1][0], expected_other[1][0])
+    np.testing.assert_array_equal(other[1][1], expected_other[1][1])
+    assert so._REUSED.get() is None  # the block's memory is gone with it
+
+
 def test_gptq_shared_rejects_bad_input_naming_the_weight(rng):
     w, _, H = calibration(rng, 4, 8)
     bad = w.copy()

@@ -10,9 +10,11 @@ explicit copies made here.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import numbers
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -250,6 +252,32 @@ def blas_limit() -> Any:
     return _CONTROLLER[0].limit(limits=1, user_api="blas")
 
 
+# The last factor computed inside a reuse_factors() block: (H's copy, act_order, damp, factor).
+_REUSED: contextvars.ContextVar[list[tuple[np.ndarray, bool, float, tuple[np.ndarray, ...]]] | None]
+_REUSED = contextvars.ContextVar("slimgrad_reused_factor", default=None)
+
+
+@contextlib.contextmanager
+def reuse_factors() -> Iterator[None]:
+    """Within the block, GPTQ and SparseGPT reuse the last factor computed in
+    it when they get an ``H`` equal to its ``H`` bit for bit, with the same
+    ``act_order`` and ``damp``.
+
+    q, k and v of an attention layer read the same inputs, so calibration
+    gives them equal Hessians, and the factor (act-order permutation,
+    damping, Cholesky factor and inverse: ``2 n^3 / 3`` flops) depends on
+    ``H`` alone. The results are those of the calls without the block, bit
+    for bit. The check is a comparison with a copy of the last ``H``
+    (``n^2`` doubles kept until the block ends), so an ``H`` changed in
+    place between calls is never mistaken for the old one.
+    """
+    token = _REUSED.set([])
+    try:
+        yield
+    finally:
+        _REUSED.reset(token)
+
+
 def inverse_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.ndarray, ...]:
     """``(order, dead, U)`` for ``_core.gptq``: what ``inverse_factor`` in
     ``cpp/src/gptq.cpp`` computes (same order, dead columns and damping), in
@@ -265,6 +293,19 @@ def inverse_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.nd
     ----------
     h64 : float64 ndarray (n, n), C-contiguous, symmetric (only read).
     """
+    reused = _REUSED.get()
+    if reused:  # inside reuse_factors(): the last H of the block, bit for bit?
+        h, last_order, last_damp, factor = reused[0]
+        if (last_order, last_damp) == (act_order, damp) and np.array_equal(h, h64):
+            return factor
+    factor = _factor(h64, act_order, damp)
+    if reused is not None:
+        reused[:] = [(h64.copy(), act_order, damp, factor)]
+    return factor
+
+
+def _factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.ndarray, ...]:
+    """:func:`inverse_factor`, computed."""
     n = h64.shape[0]
     diag = np.diag(h64).copy()
     dead = diag == 0

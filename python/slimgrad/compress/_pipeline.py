@@ -222,18 +222,29 @@ def compress_model(
     """
     out = Compressed()
     weights, hessians, out.folded = fold_awq_scales(layers, hessians, act_means, recipes)
-    for name in progress(list(layers)):
-        recipe = recipes if isinstance(recipes, Recipe) else recipes[name]
-        start = time.perf_counter()
-        w = weights[name]
-        stored, w_hat = compress_layer(w, hessians[name], act_means[name], act_norms[name], recipe)
-        seconds = time.perf_counter() - start
-        out.stored[name] = stored
-        out.weights[name] = w_hat
-        nbytes = stored.nbytes if isinstance(stored, _quant.QuantizedTensor) else w_hat.nbytes
-        kept = float(np.count_nonzero(w_hat) / w_hat.size)
-        error = relative_error(w, w_hat, hessians[name])
-        out.reports.append(
-            LayerReport(name, tuple(w.shape), recipe, int(nbytes), kept, error, seconds)
-        )
+    with _quant.reuse_factors():  # q, k, v: equal Hessians, one GPTQ / SparseGPT factor
+        for name in progress(list(layers)):
+            _compress_into(out, name, weights[name], hessians[name], act_means, act_norms, recipes)
     return out
+
+
+def _compress_into(
+    out: Compressed,
+    name: str,
+    w: np.ndarray,
+    H: np.ndarray,
+    act_means: Mapping[str, np.ndarray],
+    act_norms: Mapping[str, np.ndarray],
+    recipes: Mapping[str, Recipe] | Recipe,
+) -> None:
+    """One layer of :func:`compress_model`: compressed, timed and reported into ``out``."""
+    recipe = recipes if isinstance(recipes, Recipe) else recipes[name]
+    start = time.perf_counter()
+    stored, w_hat = compress_layer(w, H, act_means[name], act_norms[name], recipe)
+    seconds = time.perf_counter() - start
+    out.stored[name] = stored
+    out.weights[name] = w_hat
+    nbytes = stored.nbytes if isinstance(stored, _quant.QuantizedTensor) else w_hat.nbytes
+    kept = float(np.count_nonzero(w_hat) / w_hat.size)
+    error = relative_error(w, w_hat, H)
+    out.reports.append(LayerReport(name, tuple(w.shape), recipe, int(nbytes), kept, error, seconds))

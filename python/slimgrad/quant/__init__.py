@@ -8,6 +8,7 @@ types in :mod:`slimgrad.quant.gguf_mix`) and compressed-tensors output
 
 from __future__ import annotations
 
+from .._second_order import reuse_factors
 from . import compressed, gguf, gguf_mix, kquants
 from ._awq import awq_clip, awq_scales
 from ._gptq import gptq, gptq_shared
@@ -33,6 +34,7 @@ __all__ = [
     "fake_quantize",
     "gptq",
     "gptq_shared",
+    "reuse_factors",
     "load",
     "matmul",
     "matmul_int8",
