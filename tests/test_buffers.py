@@ -26,20 +26,48 @@ def _readonly(a):
 
 BAD_Y = [
     # (id, make bad y from good y, exception, message)
-    ("int32", lambda y: y.astype(np.int32), TypeError,
-     "y: expected float32 or float64 C-contiguous array, got int32 array of shape (3, 4)"),
-    ("bfloat16", lambda y: y.astype(ml_dtypes.bfloat16), TypeError,
-     "y: expected float32 or float64 C-contiguous array, got bfloat16 array of shape (3, 4)"),
-    ("strided", lambda y: np.zeros((3, 8), np.float32)[:, ::2], TypeError,
-     "y: expected float32 or float64 C-contiguous array, got non-contiguous float32 array of shape (3, 4)"),
-    ("fortran", lambda y: np.asfortranarray(y), TypeError,
-     "y: expected float32 or float64 C-contiguous array, got non-contiguous float32 array of shape (3, 4)"),
-    ("big-endian", lambda y: y.astype(">f4"), TypeError,
-     "y: expected float32 or float64 C-contiguous array, got non-native byte order float32 array of shape (3, 4)"),
-    ("list", lambda y: y.tolist(), TypeError,
-     "y: expected float32 or float64 C-contiguous array, got list"),
-    ("read-only", _readonly, ValueError,
-     "y: expected a writable array, got a read-only float32 array of shape (3, 4)"),
+    (
+        "int32",
+        lambda y: y.astype(np.int32),
+        TypeError,
+        "y: expected float32 or float64 C-contiguous array, got int32 array of shape (3, 4)",
+    ),
+    (
+        "bfloat16",
+        lambda y: y.astype(ml_dtypes.bfloat16),
+        TypeError,
+        "y: expected float32 or float64 C-contiguous array, got bfloat16 array of shape (3, 4)",
+    ),
+    (
+        "strided",
+        lambda y: np.zeros((3, 8), np.float32)[:, ::2],
+        TypeError,
+        "y: expected float32 or float64 C-contiguous array, got non-contiguous float32 array of shape (3, 4)",
+    ),
+    (
+        "fortran",
+        lambda y: np.asfortranarray(y),
+        TypeError,
+        "y: expected float32 or float64 C-contiguous array, got non-contiguous float32 array of shape (3, 4)",
+    ),
+    (
+        "big-endian",
+        lambda y: y.astype(">f4"),
+        TypeError,
+        "y: expected float32 or float64 C-contiguous array, got non-native byte order float32 array of shape (3, 4)",
+    ),
+    (
+        "list",
+        lambda y: y.tolist(),
+        TypeError,
+        "y: expected float32 or float64 C-contiguous array, got list",
+    ),
+    (
+        "read-only",
+        _readonly,
+        ValueError,
+        "y: expected a writable array, got a read-only float32 array of shape (3, 4)",
+    ),
 ]
 
 
@@ -57,14 +85,30 @@ def test_bad_y_raises_and_changes_nothing(make, exc, message):
 
 
 BAD_X = [
-    ("dtype", lambda x: x.astype(np.float64), TypeError,
-     "x: expected float32 C-contiguous array of shape (3, 4), got float64 array of shape (3, 4)"),
-    ("shape", lambda x: x.reshape(4, 3).copy(), ValueError,
-     "x: expected float32 C-contiguous array of shape (3, 4), got float32 array of shape (4, 3)"),
-    ("strided", lambda x: np.ones((3, 8), np.float32)[:, ::2], TypeError,
-     "x: expected float32 C-contiguous array of shape (3, 4), got non-contiguous float32 array of shape (3, 4)"),
-    ("scalar", lambda x: 1.0, TypeError,
-     "x: expected float32 C-contiguous array of shape (3, 4), got float"),
+    (
+        "dtype",
+        lambda x: x.astype(np.float64),
+        TypeError,
+        "x: expected float32 C-contiguous array of shape (3, 4), got float64 array of shape (3, 4)",
+    ),
+    (
+        "shape",
+        lambda x: x.reshape(4, 3).copy(),
+        ValueError,
+        "x: expected float32 C-contiguous array of shape (3, 4), got float32 array of shape (4, 3)",
+    ),
+    (
+        "strided",
+        lambda x: np.ones((3, 8), np.float32)[:, ::2],
+        TypeError,
+        "x: expected float32 C-contiguous array of shape (3, 4), got non-contiguous float32 array of shape (3, 4)",
+    ),
+    (
+        "scalar",
+        lambda x: 1.0,
+        TypeError,
+        "x: expected float32 C-contiguous array of shape (3, 4), got float",
+    ),
 ]
 
 

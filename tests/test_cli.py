@@ -10,8 +10,10 @@ from slimgrad.cli import main
 
 def test_bench_core_runs_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--suite", "core", "--size", "1000", "--repeats", "1",
-                 "--json", str(out)]) == 0
+    assert (
+        main(["bench", "--suite", "core", "--size", "1000", "--repeats", "1", "--json", str(out)])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "stream probe" in printed and "vs ours" in printed
     report = json.loads(out.read_text())
@@ -22,8 +24,9 @@ def test_bench_core_runs_and_writes_json(tmp_path, capsys):
     assert report["environment"]["slimgrad"]["isa_active"]
 
 
-@pytest.mark.parametrize("flag, value", [("--size", "0"), ("--size", "-5"), ("--repeats", "0"),
-                                          ("--repeats", "x")])
+@pytest.mark.parametrize(
+    "flag, value", [("--size", "0"), ("--size", "-5"), ("--repeats", "0"), ("--repeats", "x")]
+)
 def test_bench_rejects_bad_numbers_naming_the_flag(flag, value, capsys):
     with pytest.raises(SystemExit) as info:
         main(["bench", flag, value])
@@ -37,7 +40,8 @@ def test_bench_unwritable_json_fails_before_measuring(capsys):
     assert "stream probe" not in captured.out
     assert captured.err.strip() == (
         "slimgrad bench: error: --json /proc/no/such/dir/out.json: cannot write "
-        "(No such file or directory)")
+        "(No such file or directory)"
+    )
 
 
 def test_info_json(capsys):

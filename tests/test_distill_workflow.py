@@ -198,7 +198,12 @@ def test_float64_inputs_are_converted_once_for_a_float32_student(digits):
     seen.clear()
     x64 = x.astype(np.float64)
     got = _fit(
-        student, x64, y, teacher_fn, epochs=2, batch_size=16,
+        student,
+        x64,
+        y,
+        teacher_fn,
+        epochs=2,
+        batch_size=16,
         validation=(val[0].astype(np.float64), val[1]),
     )
     assert got.as_dict() == ref.as_dict()
@@ -222,9 +227,7 @@ def test_batchnorm_student_drops_a_last_batch_of_one_sample(digits):
 
 
 @pytest.mark.parametrize("n, batch_size", [(10, 1), (1, 4)])
-def test_batchnorm_student_with_single_sample_batches_raises_before_training(
-    digits, n, batch_size
-):
+def test_batchnorm_student_with_single_sample_batches_raises_before_training(digits, n, batch_size):
     x_train, _, y_train, _ = digits
     student = _bn_student()
     before = {k: v.copy() for k, v in student.state_dict().items()}

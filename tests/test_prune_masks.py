@@ -153,8 +153,9 @@ def test_half_dtypes_rank_like_float32(dtype, rng):
     w = make("ties", 5000, np.float32, rng).astype(dtype)
     w[::7] = rng.standard_normal(w[::7].size).astype(dtype)
     for s in SPARSITIES:
-        np.testing.assert_array_equal(prune.magnitude_mask(w, s),
-                                      reference_mask(w.astype(np.float32), count(s, w.size)))
+        np.testing.assert_array_equal(
+            prune.magnitude_mask(w, s), reference_mask(w.astype(np.float32), count(s, w.size))
+        )
 
 
 def test_multidimensional_shapes(rng):
@@ -183,10 +184,12 @@ def test_against_torch_l1_unstructured(rng):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_global_matches_reference_on_concatenation(isa, threads, dtype, rng):
-    parts = {"a": make("ties", 40_000, dtype, rng).reshape(200, 200),
-             "b": make("normal", 9, dtype, rng),
-             "empty": np.zeros((0, 3), dtype),
-             "c": make("inf", 33_000, dtype, rng)}
+    parts = {
+        "a": make("ties", 40_000, dtype, rng).reshape(200, 200),
+        "b": make("normal", 9, dtype, rng),
+        "empty": np.zeros((0, 3), dtype),
+        "c": make("inf", 33_000, dtype, rng),
+    }
     flat = np.concatenate([p.ravel() for p in parts.values()])
     order = reference_order(flat)
     for s in SPARSITIES:
@@ -202,8 +205,9 @@ def test_global_matches_reference_on_concatenation(isa, threads, dtype, rng):
 def test_global_single_array_equals_magnitude_mask(rng):
     w = make("ties", 70_001, np.float32, rng)
     for s in SPARSITIES:
-        np.testing.assert_array_equal(prune.global_magnitude_masks({"w": w}, s)["w"],
-                                      prune.magnitude_mask(w, s))
+        np.testing.assert_array_equal(
+            prune.global_magnitude_masks({"w": w}, s)["w"], prune.magnitude_mask(w, s)
+        )
     assert prune.global_magnitude_masks({}, 0.5) == {}
 
 
@@ -229,13 +233,26 @@ def reference_nm(w: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("shape, axis, nm", [
-    (shape, axis, nm)
-    for shape, axis in [((1, 4), -1), ((3, 8), 1), ((257, 12), -1), ((8, 5), 0), ((4, 12, 3), 1),
-                        ((1031, 16), 1), ((6, 6, 4), -1), ((8, 20), 0), ((3, 16, 2, 9), 1),
-                        ((16, 33), 0)]
-    for nm in [(2, 4), (1, 4), (4, 8), (0, 4), (4, 4), (1, 2), (5, 16)]
-    if shape[axis] % nm[1] == 0])
+@pytest.mark.parametrize(
+    "shape, axis, nm",
+    [
+        (shape, axis, nm)
+        for shape, axis in [
+            ((1, 4), -1),
+            ((3, 8), 1),
+            ((257, 12), -1),
+            ((8, 5), 0),
+            ((4, 12, 3), 1),
+            ((1031, 16), 1),
+            ((6, 6, 4), -1),
+            ((8, 20), 0),
+            ((3, 16, 2, 9), 1),
+            ((16, 33), 0),
+        ]
+        for nm in [(2, 4), (1, 4), (4, 8), (0, 4), (4, 4), (1, 2), (5, 16)]
+        if shape[axis] % nm[1] == 0
+    ],
+)
 def test_nm_mask_matches_reference(isa, dtype, shape, axis, nm, rng):
     n, m = nm
     for kind in ("normal", "ties"):
@@ -254,8 +271,11 @@ def test_nm_mask_large_is_valid(isa, threads, rng):
 
 def reference_structured(w, k, axis, norm):
     others = tuple(i for i in range(w.ndim) if i != axis)
-    norms = (np.abs(w.astype(np.float64)).sum(axis=others) if norm == 1
-             else np.sqrt((w.astype(np.float64) ** 2).sum(axis=others)))
+    norms = (
+        np.abs(w.astype(np.float64)).sum(axis=others)
+        if norm == 1
+        else np.sqrt((w.astype(np.float64) ** 2).sum(axis=others))
+    )
     keep = reference_mask(norms, k)
     shape = [1] * w.ndim
     shape[axis] = -1
@@ -285,8 +305,10 @@ def test_structured_against_torch_ln_structured(rng):
         module = torch.nn.Linear(1, 1)
         module.weight = torch.nn.Parameter(torch.from_numpy(w.copy()))
         tprune.ln_structured(module, "weight", amount=amount, n=norm, dim=dim)
-        np.testing.assert_array_equal(prune.structured_mask(w, amount, axis=dim, norm=norm),
-                                      module.weight_mask.numpy().astype(bool))
+        np.testing.assert_array_equal(
+            prune.structured_mask(w, amount, axis=dim, norm=norm),
+            module.weight_mask.numpy().astype(bool),
+        )
 
 
 def test_random_mask_exact_and_deterministic(rng):
@@ -310,9 +332,13 @@ def test_every_isa_and_thread_count_identical(rng):
     v = make("normal", 4 * 100_003, np.float32, rng).reshape(-1, 4)
 
     def run():
-        return (prune.magnitude_mask(w, 0.61), prune.magnitude_mask(d, 0.37),
-                prune.global_magnitude_masks({"a": w, "b": w[:1001].copy()}, 0.5)["b"],
-                prune.nm_mask(v), prune.nm_mask(d[:300_000].reshape(-1, 8), 3, 8))
+        return (
+            prune.magnitude_mask(w, 0.61),
+            prune.magnitude_mask(d, 0.37),
+            prune.global_magnitude_masks({"a": w, "b": w[:1001].copy()}, 0.5)["b"],
+            prune.nm_mask(v),
+            prune.nm_mask(d[:300_000].reshape(-1, 8), 3, 8),
+        )
 
     results = run_everywhere(run)
     first = next(iter(results.values()))
@@ -343,37 +369,96 @@ def test_nan_raises_naming_position(isa, threads):
 
 
 BAD = [
-    ("sparsity>1", lambda w: prune.magnitude_mask(w, 1.5), ValueError,
-     "sparsity: expected a number in [0, 1], got 1.5"),
-    ("sparsity<0", lambda w: prune.magnitude_mask(w, -0.1), ValueError,
-     "sparsity: expected a number in [0, 1], got -0.1"),
-    ("sparsity nan", lambda w: prune.magnitude_mask(w, float("nan")), ValueError,
-     "sparsity: expected a number in [0, 1], got nan"),
-    ("sparsity str", lambda w: prune.magnitude_mask(w, "0.5"), TypeError,
-     "sparsity: expected a number in [0, 1], got str"),
-    ("int weights", lambda w: prune.magnitude_mask(w.astype(np.int32), 0.5), TypeError,
-     "w: expected float32 or float64 C-contiguous array, got int32 array of shape (4, 8)"),
-    ("list", lambda w: prune.magnitude_mask(w.tolist(), 0.5), TypeError,
-     "w: expected float32 or float64 C-contiguous array, got list"),
-    ("mixed global",
-     lambda w: prune.global_magnitude_masks({"a": w, "b": w.astype(np.float64)}, 0.5), TypeError,
-     "weights['b']: expected float32 C-contiguous array, got float64 array of shape (4, 8)"),
-    ("nm indivisible", lambda w: prune.nm_mask(w[:, :6].copy()), ValueError,
-     "w: length 6 along axis 1 is not divisible by m=4"),
-    ("nm axis 0", lambda w: prune.nm_mask(w, 2, 8, axis=0), ValueError,
-     "w: length 4 along axis 0 is not divisible by m=8"),
-    ("nm n>m", lambda w: prune.nm_mask(w, 5, 4), ValueError,
-     "n, m: expected 0 <= n <= m and m >= 1, got n=5, m=4"),
-    ("nm bad axis", lambda w: prune.nm_mask(w, axis=2), ValueError,
-     "axis: expected an axis of an array with 2 dimensions, got 2"),
-    ("nm 0-d", lambda w: prune.nm_mask(np.ones((), np.float32)), ValueError,
-     "w: expected an array with at least one dimension, got a 0-d array"),
-    ("structured count", lambda w: prune.structured_mask(w, 5), ValueError,
-     "amount: expected a count of slices in [0, 4], got 5"),
-    ("structured norm", lambda w: prune.structured_mask(w, 0.5, norm=3), ValueError,
-     "norm: expected 1 or 2, got 3"),
-    ("random seed", lambda w: prune.random_mask(w, 0.5, seed=-1), ValueError,
-     "seed: expected a non-negative int, got -1"),
+    (
+        "sparsity>1",
+        lambda w: prune.magnitude_mask(w, 1.5),
+        ValueError,
+        "sparsity: expected a number in [0, 1], got 1.5",
+    ),
+    (
+        "sparsity<0",
+        lambda w: prune.magnitude_mask(w, -0.1),
+        ValueError,
+        "sparsity: expected a number in [0, 1], got -0.1",
+    ),
+    (
+        "sparsity nan",
+        lambda w: prune.magnitude_mask(w, float("nan")),
+        ValueError,
+        "sparsity: expected a number in [0, 1], got nan",
+    ),
+    (
+        "sparsity str",
+        lambda w: prune.magnitude_mask(w, "0.5"),
+        TypeError,
+        "sparsity: expected a number in [0, 1], got str",
+    ),
+    (
+        "int weights",
+        lambda w: prune.magnitude_mask(w.astype(np.int32), 0.5),
+        TypeError,
+        "w: expected float32 or float64 C-contiguous array, got int32 array of shape (4, 8)",
+    ),
+    (
+        "list",
+        lambda w: prune.magnitude_mask(w.tolist(), 0.5),
+        TypeError,
+        "w: expected float32 or float64 C-contiguous array, got list",
+    ),
+    (
+        "mixed global",
+        lambda w: prune.global_magnitude_masks({"a": w, "b": w.astype(np.float64)}, 0.5),
+        TypeError,
+        "weights['b']: expected float32 C-contiguous array, got float64 array of shape (4, 8)",
+    ),
+    (
+        "nm indivisible",
+        lambda w: prune.nm_mask(w[:, :6].copy()),
+        ValueError,
+        "w: length 6 along axis 1 is not divisible by m=4",
+    ),
+    (
+        "nm axis 0",
+        lambda w: prune.nm_mask(w, 2, 8, axis=0),
+        ValueError,
+        "w: length 4 along axis 0 is not divisible by m=8",
+    ),
+    (
+        "nm n>m",
+        lambda w: prune.nm_mask(w, 5, 4),
+        ValueError,
+        "n, m: expected 0 <= n <= m and m >= 1, got n=5, m=4",
+    ),
+    (
+        "nm bad axis",
+        lambda w: prune.nm_mask(w, axis=2),
+        ValueError,
+        "axis: expected an axis of an array with 2 dimensions, got 2",
+    ),
+    (
+        "nm 0-d",
+        lambda w: prune.nm_mask(np.ones((), np.float32)),
+        ValueError,
+        "w: expected an array with at least one dimension, got a 0-d array",
+    ),
+    (
+        "structured count",
+        lambda w: prune.structured_mask(w, 5),
+        ValueError,
+        "amount: expected a count of slices in [0, 4], got 5",
+    ),
+    (
+        "structured norm",
+        lambda w: prune.structured_mask(w, 0.5, norm=3),
+        ValueError,
+        "norm: expected 1 or 2, got 3",
+    ),
+    (
+        "random seed",
+        lambda w: prune.random_mask(w, 0.5, seed=-1),
+        ValueError,
+        "seed: expected a non-negative int, got -1",
+    ),
 ]
 
 
@@ -408,7 +493,9 @@ def test_read_only_inputs_accept_any_layout_and_byte_order(view, rng):
     c = np.ascontiguousarray(v, dtype=v.dtype.newbyteorder("="))
     assert not (v.flags.c_contiguous and v.dtype.isnative)
     np.testing.assert_array_equal(prune.magnitude_mask(v, 0.4), prune.magnitude_mask(c, 0.4))
-    np.testing.assert_array_equal(prune.magnitude_mask(v, 0.4), reference_mask(c, count(0.4, c.size)))
+    np.testing.assert_array_equal(
+        prune.magnitude_mask(v, 0.4), reference_mask(c, count(0.4, c.size))
+    )
     np.testing.assert_array_equal(prune.nm_mask(v, 2, 4), prune.nm_mask(c, 2, 4))
     np.testing.assert_array_equal(prune.nm_mask(v, 1, 4, axis=0), prune.nm_mask(c, 1, 4, axis=0))
     other = rng.integers(-4, 5, 50).astype(c.dtype)
@@ -428,5 +515,6 @@ def test_nan_in_a_strided_view_is_named_by_its_own_index():
     w[2, 6] = np.nan
     with pytest.raises(ValueError) as info:
         prune.magnitude_mask(w[:, ::2], 0.5)
-    assert str(info.value) == ("w: NaN at index (2, 3) (flat index 13); "
-                               "NaN weights have no magnitude to rank")
+    assert str(info.value) == (
+        "w: NaN at index (2, 3) (flat index 13); NaN weights have no magnitude to rank"
+    )

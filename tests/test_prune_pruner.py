@@ -11,8 +11,9 @@ from slimgrad import prune
 
 
 def test_schedule_follows_zhu_gupta():
-    s = prune.PolynomialSchedule(0.8, begin_step=10, end_step=110, initial_sparsity=0.1,
-                                 frequency=10)
+    s = prune.PolynomialSchedule(
+        0.8, begin_step=10, end_step=110, initial_sparsity=0.1, frequency=10
+    )
     updates = [t for t in range(200) if s.is_update(t)]
     assert updates == list(range(10, 111, 10))
     assert s.sparsity(10) == 0.1 and s.sparsity(110) == 0.8 and s.sparsity(500) == 0.8
@@ -25,13 +26,18 @@ def test_schedule_follows_zhu_gupta():
     assert prune.PolynomialSchedule(0.5, 0, 25, frequency=10).is_update(25)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"final_sparsity": 1.2}, "final_sparsity: expected a number in [0, 1], got 1.2"),
-    ({"final_sparsity": 0.5, "begin_step": 5, "end_step": 4},
-     "end_step: expected an int >= 5, got 4"),
-    ({"final_sparsity": 0.5, "frequency": 0}, "frequency: expected an int >= 1, got 0"),
-    ({"final_sparsity": 0.5, "power": 0}, "power: expected a number > 0, got 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"final_sparsity": 1.2}, "final_sparsity: expected a number in [0, 1], got 1.2"),
+        (
+            {"final_sparsity": 0.5, "begin_step": 5, "end_step": 4},
+            "end_step: expected an int >= 5, got 4",
+        ),
+        ({"final_sparsity": 0.5, "frequency": 0}, "frequency: expected an int >= 1, got 0"),
+        ({"final_sparsity": 0.5, "power": 0}, "power: expected a number > 0, got 0"),
+    ],
+)
 def test_schedule_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError) as info:
         prune.PolynomialSchedule(**kwargs)
@@ -48,11 +54,14 @@ class FakeOptimizer:
 def test_pruner_zeroes_weights_and_moments_in_one_pass(rng):
     w = rng.standard_normal((32, 16)).astype(np.float32)
     b = rng.standard_normal(7).astype(np.float64)
-    moments = {k: rng.standard_normal(w.shape).astype(np.float32) + 5
-               for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")}
+    moments = {
+        k: rng.standard_normal(w.shape).astype(np.float32) + 5
+        for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    }
     other = np.ones(5, np.float32)
-    opt = FakeOptimizer({"w": {**moments, "step": 3, "other": other},
-                         1: {"momentum_buffer": np.full(7, 2.0)}})  # list index for "b"
+    opt = FakeOptimizer(
+        {"w": {**moments, "step": 3, "other": other}, 1: {"momentum_buffer": np.full(7, 2.0)}}
+    )  # list index for "b"
     pruner = prune.Pruner({"w": w, "b": b}, schedule=0.5, optimizer=opt)
     expected = prune.magnitude_mask(w, 0.5)
     pruner.step()
@@ -94,8 +103,15 @@ def test_pruner_never_revives_a_pruned_weight():
     # Two weights become exactly zero after the first update; a plain
     # recomputation would prune them (lower index first) and revive index 3.
     w = np.array([0.5, 0.1, 0.0, 0.0, 9, 9, 9, 9], np.float32)
-    pruner = prune.Pruner({"w": w}, schedule={"final_sparsity": 0.375, "initial_sparsity": 0.25,
-                                              "begin_step": 0, "end_step": 1})
+    pruner = prune.Pruner(
+        {"w": w},
+        schedule={
+            "final_sparsity": 0.375,
+            "initial_sparsity": 0.25,
+            "begin_step": 0,
+            "end_step": 1,
+        },
+    )
     pruner.step()
     np.testing.assert_array_equal(np.flatnonzero(~pruner.masks["w"]), [2, 3])
     w[:2] = 0.0
@@ -105,8 +121,10 @@ def test_pruner_never_revives_a_pruned_weight():
 
 @pytest.mark.parametrize("method", ["magnitude", "global", "structured"])
 def test_pruned_sets_only_grow(method, rng):
-    params = {"a": rng.standard_normal((40, 30)).astype(np.float32),
-              "b": rng.standard_normal((20, 10)).astype(np.float32)}
+    params = {
+        "a": rng.standard_normal((40, 30)).astype(np.float32),
+        "b": rng.standard_normal((20, 10)).astype(np.float32),
+    }
     params["a"][:10] = 0.0  # natural zeros tie with pruned ones
     sched = prune.PolynomialSchedule(0.9, begin_step=0, end_step=50, frequency=5)
     pruner = prune.Pruner(params, method=method, schedule=sched)
@@ -178,8 +196,10 @@ def test_pruner_errors_change_nothing(rng):
     opt = FakeOptimizer({"w": {"exp_avg": strided}})
     pruner = prune.Pruner({"w": w2}, schedule=0.5, optimizer=opt)
     before = w2.copy()
-    message = (r"optimizer.state\['w'\]\['exp_avg'\]: expected float16, bfloat16, float32 or "
-               r"float64 C-contiguous array of shape \(10, 10\), got non-contiguous float32")
+    message = (
+        r"optimizer.state\['w'\]\['exp_avg'\]: expected float16, bfloat16, float32 or "
+        r"float64 C-contiguous array of shape \(10, 10\), got non-contiguous float32"
+    )
     with pytest.raises(TypeError, match=message):
         pruner.step()
     np.testing.assert_array_equal(w2, before)
@@ -205,16 +225,20 @@ def test_pruner_state_dict_round_trip(rng):
 
 
 def test_sensitivity_prunes_one_array_at_a_time_and_restores(rng):
-    params = {"a": rng.standard_normal(100).astype(np.float32),
-              "b": rng.standard_normal((5, 8)).astype(np.float64)}
+    params = {
+        "a": rng.standard_normal(100).astype(np.float32),
+        "b": rng.standard_normal((5, 8)).astype(np.float64),
+    }
     saved = {k: v.copy() for k, v in params.items()}
 
     def evaluate():
         return (int((params["a"] == 0).sum()), int((params["b"] == 0).sum()))
 
     table = prune.sensitivity(evaluate, params, [0.0, 0.5, 0.9])
-    assert table == {"a": {0.0: (0, 0), 0.5: (50, 0), 0.9: (90, 0)},
-                     "b": {0.0: (0, 0), 0.5: (0, 20), 0.9: (0, 36)}}
+    assert table == {
+        "a": {0.0: (0, 0), 0.5: (50, 0), 0.9: (90, 0)},
+        "b": {0.0: (0, 0), 0.5: (0, 20), 0.9: (0, 36)},
+    }
     for k in params:
         np.testing.assert_array_equal(params[k], saved[k])
 
@@ -269,7 +293,7 @@ def _accuracy(p, x, y):
 def _train_epoch(p, opt, x, y, rng, pruner=None, batch=64):
     order = rng.permutation(len(x))
     for i in range(0, len(x), batch):
-        xb, yb = x[order[i:i + batch]], y[order[i:i + batch]]
+        xb, yb = x[order[i : i + batch]], y[order[i : i + batch]]
         h, logits = _forward(p, xb)
         z = np.exp(logits - logits.max(axis=1, keepdims=True))
         g = z / z.sum(axis=1, keepdims=True)
@@ -286,10 +310,12 @@ def _train_epoch(p, opt, x, y, rng, pruner=None, batch=64):
 def test_mlp_pruned_gradually_to_80_percent_keeps_accuracy():
     xtr, ytr, xte, yte = _digits()
     rng = np.random.default_rng(1)
-    p = {"w1": (rng.standard_normal((64, 64)) * 0.125).astype(np.float32),
-         "b1": np.zeros(64, np.float32),
-         "w2": (rng.standard_normal((64, 10)) * 0.125).astype(np.float32),
-         "b2": np.zeros(10, np.float32)}
+    p = {
+        "w1": (rng.standard_normal((64, 64)) * 0.125).astype(np.float32),
+        "b1": np.zeros(64, np.float32),
+        "w2": (rng.standard_normal((64, 10)) * 0.125).astype(np.float32),
+        "b2": np.zeros(10, np.float32),
+    }
     opt = MomentumSGD(p, lr=0.05)
     for _ in range(20):
         _train_epoch(p, opt, xtr, ytr, rng)
@@ -314,8 +340,10 @@ def test_mlp_pruned_gradually_to_80_percent_keeps_accuracy():
 def test_fused_apply_every_width(isa, threads, n, rng):
     # The kernel zeroes by element width (1, 2, 4, 8 bytes): every dtype, tails.
     w = rng.standard_normal(n).astype(np.float16)
-    moments = [rng.standard_normal(n).astype(dt)
-               for dt in (np.float32, np.float64, ml_dtypes.bfloat16, np.float16)]
+    moments = [
+        rng.standard_normal(n).astype(dt)
+        for dt in (np.float32, np.float64, ml_dtypes.bfloat16, np.float16)
+    ]
     moments += [rng.integers(1, 127, n).astype(dt) for dt in (np.int8, np.uint8, np.int32)]
     mask = rng.random(n) < 0.6
     expected = [np.where(mask, a, np.zeros((), a.dtype)) for a in (w, *moments)]
@@ -329,8 +357,9 @@ def test_fused_apply_every_width(isa, threads, n, rng):
 
 def test_sensitivity_structured(rng):
     w = rng.standard_normal((10, 4)).astype(np.float32)
-    table = prune.sensitivity(lambda: int((np.abs(w).sum(axis=1) == 0).sum()), {"w": w},
-                              [0.2, 0.5], method="structured")
+    table = prune.sensitivity(
+        lambda: int((np.abs(w).sum(axis=1) == 0).sum()), {"w": w}, [0.2, 0.5], method="structured"
+    )
     assert table == {"w": {0.2: 2, 0.5: 5}}
 
 
@@ -341,8 +370,10 @@ def test_pruner_zeroes_adamw8bit_codes_so_pruned_weights_stay_zero(rng):
     from slimgrad import optim
     from slimgrad.optim import dequantize_moment
 
-    params = {"w": rng.standard_normal((16, 64)).astype(np.float32),  # 4 blocks
-              "h": rng.standard_normal((5, 67)).astype(np.float16)}   # float32 master, tail block
+    params = {
+        "w": rng.standard_normal((16, 64)).astype(np.float32),  # 4 blocks
+        "h": rng.standard_normal((5, 67)).astype(np.float16),
+    }  # float32 master, tail block
     opt = optim.AdamW8bit(params, lr=1e-2)
     pruner = prune.Pruner(params, "magnitude", schedule=0.5, optimizer=opt)
     for _ in range(3):
@@ -358,8 +389,12 @@ def test_pruner_zeroes_adamw8bit_codes_so_pruned_weights_stay_zero(rng):
         assert (m[~pruned] != 0).any() and (v[~pruned] != 0).all()  # the rest is kept
         assert (st["exp_avg_scale"] > 0).all()  # block scales are not pruning targets
     for _ in range(3):  # gradients of a pruned model: zero at pruned weights
-        opt.step({k: rng.standard_normal(v.shape).astype(v.dtype) * pruner.masks[k]
-                  for k, v in params.items()})
+        opt.step(
+            {
+                k: rng.standard_normal(v.shape).astype(v.dtype) * pruner.masks[k]
+                for k, v in params.items()
+            }
+        )
         for k, w in params.items():
             assert (w[~pruner.masks[k]] == 0).all(), k  # before pruner.step(): no revival
         pruner.step()
@@ -396,21 +431,34 @@ def test_pruner_bad_code_array_raises_and_changes_nothing(rng):
         pruner.step()
     assert str(info.value) == (
         "optimizer.state['w']['exp_avg']: expected int8, uint8, int16, uint16, int32, uint32, "
-        "int64 or uint64 C-contiguous array, got non-contiguous int8 array of shape (4, 8)")
+        "int64 or uint64 C-contiguous array, got non-contiguous int8 array of shape (4, 8)"
+    )
     np.testing.assert_array_equal(w, before)
     assert (codes == 3).all() and pruner.masks is None and pruner.step_count == 0
 
 
-@pytest.mark.parametrize("schedule, exc, message", [
-    (1.5, ValueError, "schedule: expected a number in [0, 1], got 1.5"),
-    (-0.25, ValueError, "schedule: expected a number in [0, 1], got -0.25"),
-    (float("nan"), ValueError, "schedule: expected a number in [0, 1], got nan"),
-    (True, TypeError, "schedule: expected a PolynomialSchedule, its keyword arguments as a dict, "
-     "or a constant sparsity, got bool"),
-    ({"final": 0.5}, TypeError, "schedule: unknown keys ['final']; a PolynomialSchedule takes "
-     "final_sparsity, begin_step, end_step, initial_sparsity, frequency, power"),
-    ({"final_sparsity": 2}, ValueError, "final_sparsity: expected a number in [0, 1], got 2.0"),
-], ids=["above", "below", "nan", "bool", "unknown-key", "dict-value"])
+@pytest.mark.parametrize(
+    "schedule, exc, message",
+    [
+        (1.5, ValueError, "schedule: expected a number in [0, 1], got 1.5"),
+        (-0.25, ValueError, "schedule: expected a number in [0, 1], got -0.25"),
+        (float("nan"), ValueError, "schedule: expected a number in [0, 1], got nan"),
+        (
+            True,
+            TypeError,
+            "schedule: expected a PolynomialSchedule, its keyword arguments as a dict, "
+            "or a constant sparsity, got bool",
+        ),
+        (
+            {"final": 0.5},
+            TypeError,
+            "schedule: unknown keys ['final']; a PolynomialSchedule takes "
+            "final_sparsity, begin_step, end_step, initial_sparsity, frequency, power",
+        ),
+        ({"final_sparsity": 2}, ValueError, "final_sparsity: expected a number in [0, 1], got 2.0"),
+    ],
+    ids=["above", "below", "nan", "bool", "unknown-key", "dict-value"],
+)
 def test_pruner_schedule_errors_name_the_argument_given(schedule, exc, message):
     with pytest.raises(exc) as info:
         prune.Pruner({"w": np.ones((2, 2), np.float32)}, schedule=schedule)
@@ -422,19 +470,35 @@ def _read_only(a):
     return a
 
 
-@pytest.mark.parametrize("make, exc, message", [
-    (lambda: np.ones((3, 4), np.int32), TypeError,
-     "params['w']: expected float16, bfloat16, float32 or float64 C-contiguous array, "
-     "got int32 array of shape (3, 4)"),
-    (lambda: np.ones((3, 8), np.float32)[:, ::2], TypeError,
-     "params['w']: expected float16, bfloat16, float32 or float64 C-contiguous array, "
-     "got non-contiguous float32 array of shape (3, 4)"),
-    (lambda: np.ones((3, 4), ">f4"), TypeError,
-     "params['w']: expected float16, bfloat16, float32 or float64 C-contiguous array, "
-     "got non-native byte order float32 array of shape (3, 4)"),
-    (lambda: _read_only(np.ones((3, 4), np.float32)), ValueError,
-     "params['w']: expected a writable array, got a read-only float32 array of shape (3, 4)"),
-], ids=["int32", "strided", "big-endian", "read-only"])
+@pytest.mark.parametrize(
+    "make, exc, message",
+    [
+        (
+            lambda: np.ones((3, 4), np.int32),
+            TypeError,
+            "params['w']: expected float16, bfloat16, float32 or float64 C-contiguous array, "
+            "got int32 array of shape (3, 4)",
+        ),
+        (
+            lambda: np.ones((3, 8), np.float32)[:, ::2],
+            TypeError,
+            "params['w']: expected float16, bfloat16, float32 or float64 C-contiguous array, "
+            "got non-contiguous float32 array of shape (3, 4)",
+        ),
+        (
+            lambda: np.ones((3, 4), ">f4"),
+            TypeError,
+            "params['w']: expected float16, bfloat16, float32 or float64 C-contiguous array, "
+            "got non-native byte order float32 array of shape (3, 4)",
+        ),
+        (
+            lambda: _read_only(np.ones((3, 4), np.float32)),
+            ValueError,
+            "params['w']: expected a writable array, got a read-only float32 array of shape (3, 4)",
+        ),
+    ],
+    ids=["int32", "strided", "big-endian", "read-only"],
+)
 def test_pruner_checks_params_at_construction(make, exc, message):
     good = np.ones((2, 2), np.float32)
     bad = make()
@@ -454,6 +518,9 @@ def test_pruner_construction_and_step_give_the_same_message(rng):
         pruner.step()
     with pytest.raises(ValueError) as at_init:
         prune.Pruner([w], schedule=0.5)
-    assert str(at_init.value) == str(at_step.value) == (
-        "params[0]: expected a writable array, got a read-only float32 array of shape (3, 4)")
+    assert (
+        str(at_init.value)
+        == str(at_step.value)
+        == ("params[0]: expected a writable array, got a read-only float32 array of shape (3, 4)")
+    )
     assert pruner.masks is None and pruner.step_count == 0

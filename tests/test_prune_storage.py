@@ -78,15 +78,20 @@ def test_csr_errors():
     with pytest.raises(ValueError, match=r"w: expected a 2-D array, got shape \(3,\)"):
         prune.to_csr(np.ones(3))
     with pytest.raises(ValueError, match="csr: arrays inconsistent"):
-        prune.from_csr((np.ones(2), np.zeros(2, np.int32), np.array([0, 1], np.int32)),
-                       shape=(1, 3))
+        prune.from_csr(
+            (np.ones(2), np.zeros(2, np.int32), np.array([0, 1], np.int32)), shape=(1, 3)
+        )
     with pytest.raises(ValueError, match="indices within the columns"):
-        prune.from_csr((np.ones(1), np.array([5], np.int32), np.array([0, 1], np.int32)),
-                       shape=(1, 3))
+        prune.from_csr(
+            (np.ones(1), np.array([5], np.int32), np.array([0, 1], np.int32)), shape=(1, 3)
+        )
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, ml_dtypes.bfloat16],
-                         ids=["float32", "float64", "float16", "bfloat16"])
+@pytest.mark.parametrize(
+    "dtype",
+    [np.float32, np.float64, np.float16, ml_dtypes.bfloat16],
+    ids=["float32", "float64", "float16", "bfloat16"],
+)
 @pytest.mark.parametrize("shape", [(4,), (1, 8), (3, 12), (2, 5, 16), (1001, 4)])
 def test_compress_24_round_trip(dtype, shape, rng):
     dense = rng.standard_normal(shape).astype(dtype)

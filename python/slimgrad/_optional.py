@@ -13,6 +13,9 @@ def require(module: str, message: str) -> ModuleType:
     """``importlib.import_module(module)``; if that fails, ``ImportError(message)``
     chained to the original error (``message`` says what to install)."""
     try:
+        # The package first: a submodule already in sys.modules would be
+        # returned even where its package is blocked (sys.modules[pkg] = None).
+        importlib.import_module(module.partition(".")[0])
         return importlib.import_module(module)
     except ImportError as e:
         raise ImportError(message) from e

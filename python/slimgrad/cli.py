@@ -51,11 +51,15 @@ def _bench(args: argparse.Namespace) -> int:
         except OSError as e:
             raise UsageError(f"--json {args.json}: cannot write ({e.strerror})") from None
     env = bench.environment()
-    print(f"slimgrad bench on {env.get('cpu', '?')}: slimgrad {env['slimgrad']['version']} "
-          f"({env['slimgrad']['isa_active']}, {env['slimgrad']['threads']} threads), "
-          f"numpy {env['numpy']}, torch {env['torch']}")
-    print("median of interleaved repeats; "
-          "'vs ours' = peer time / slimgrad time (> 1: slimgrad faster)")
+    print(
+        f"slimgrad bench on {env.get('cpu', '?')}: slimgrad {env['slimgrad']['version']} "
+        f"({env['slimgrad']['isa_active']}, {env['slimgrad']['threads']} threads), "
+        f"numpy {env['numpy']}, torch {env['torch']}"
+    )
+    print(
+        "median of interleaved repeats; "
+        "'vs ours' = peer time / slimgrad time (> 1: slimgrad faster)"
+    )
     results = []
     for suite in suites:
         rows = list(bench.run_suite(suite, args.size, repeats=args.repeats))
@@ -84,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
 
     parser = argparse.ArgumentParser(
-        prog="slimgrad", description="Fast training and compression kernels on NumPy buffers.")
+        prog="slimgrad", description="Fast training and compression kernels on NumPy buffers."
+    )
     parser.add_argument("--version", action="version", version=f"slimgrad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -94,10 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time kernels side by side with NumPy / torch / others")
     p.add_argument("--suite", default="all", choices=(*bench.SUITES, "all"))
-    p.add_argument("--size", type=_positive_int, default=None,
-                   help="problem size (suite default if omitted)")
-    p.add_argument("--repeats", type=_positive_int, default=7,
-                   help="interleaved repeats per case (median)")
+    p.add_argument(
+        "--size", type=_positive_int, default=None, help="problem size (suite default if omitted)"
+    )
+    p.add_argument(
+        "--repeats", type=_positive_int, default=7, help="interleaved repeats per case (median)"
+    )
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.set_defaults(run=_bench)
 

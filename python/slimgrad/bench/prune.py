@@ -41,9 +41,12 @@ def cases(size: int) -> Iterator[Case]:
     k = int(round(SPARSITY * w.size))
     tw = torch.from_numpy(w) if torch is not None else None
 
-    impls: dict[str, Callable[[], object]] = {"slimgrad": lambda: prune.magnitude_mask(w, SPARSITY),
-             "numpy partition": lambda: _numpy_magnitude(w, k)}
+    impls: dict[str, Callable[[], object]] = {
+        "slimgrad": lambda: prune.magnitude_mask(w, SPARSITY),
+        "numpy partition": lambda: _numpy_magnitude(w, k),
+    }
     if torch is not None:
+
         def torch_kth():
             a = tw.abs()
             return a > torch.kthvalue(a.flatten(), k).values
@@ -60,8 +63,10 @@ def cases(size: int) -> Iterator[Case]:
 
     # Global: the same number of weights as 16 layers of different shapes.
     rows = size * size // 16 // 1024
-    layers = {f"l{i}": rng.standard_normal((rows + 8 * (i % 3), 1024), dtype=np.float32)
-              for i in range(16)}
+    layers = {
+        f"l{i}": rng.standard_normal((rows + 8 * (i % 3), 1024), dtype=np.float32)
+        for i in range(16)
+    }
     total = sum(a.size for a in layers.values())
     kg = int(round(SPARSITY * total))
 
@@ -70,8 +75,10 @@ def cases(size: int) -> Iterator[Case]:
         kth = np.partition(a, kg - 1)[kg - 1]
         return {n: np.abs(v) > kth for n, v in layers.items()}
 
-    impls = {"slimgrad": lambda: prune.global_magnitude_masks(layers, SPARSITY),
-             "numpy concat+partition": numpy_global}
+    impls = {
+        "slimgrad": lambda: prune.global_magnitude_masks(layers, SPARSITY),
+        "numpy concat+partition": numpy_global,
+    }
     if torch is not None:
         tl = {n: torch.from_numpy(v) for n, v in layers.items()}
 
@@ -82,9 +89,12 @@ def cases(size: int) -> Iterator[Case]:
         impls["torch cat+kthvalue"] = torch_global
     yield Case("global_magnitude_masks 16 arrays", impls, bytes=total * 4 * 4 + total)
 
-    impls = {"slimgrad": lambda: prune.nm_mask(w, 2, 4),
-             "numpy argsort groups": lambda: _numpy_24(w)}
+    impls = {
+        "slimgrad": lambda: prune.nm_mask(w, 2, 4),
+        "numpy argsort groups": lambda: _numpy_24(w),
+    }
     if torch is not None:
+
         def torch_24():
             g = tw.abs().reshape(-1, 4)
             keep = torch.zeros(g.shape, dtype=torch.bool)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
-Key = Union[str, int]
+Key = str | int
 
 
 def _ptr(a: np.ndarray) -> int:

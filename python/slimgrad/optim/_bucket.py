@@ -9,7 +9,7 @@ line and a bucket of consecutive params steps as one long array.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +24,7 @@ __all__ = [
     "state_replaced",
 ]
 
-Key = Union[str, int]
+Key = str | int
 
 
 @dataclass

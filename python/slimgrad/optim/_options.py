@@ -32,7 +32,8 @@ comes last, in that order. The defaults do not stay as class attributes.
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:  # typing.dataclass_transform is Python >= 3.11; only type checkers read it
     from typing_extensions import dataclass_transform

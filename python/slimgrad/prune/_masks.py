@@ -176,7 +176,8 @@ def _axis(w: np.ndarray, axis: object, name: str = "axis") -> int:
         raise TypeError(f"{name}: expected an int, got {type(axis).__name__}")
     if not -w.ndim <= int(axis) < w.ndim:
         raise ValueError(
-            f"{name}: expected an axis of an array with {w.ndim} dimensions, got {axis}")
+            f"{name}: expected an axis of an array with {w.ndim} dimensions, got {axis}"
+        )
     return int(axis) % w.ndim
 
 
@@ -231,7 +232,7 @@ def nm_mask(w: np.ndarray, n: int = 2, m: int = 4, axis: int = -1) -> np.ndarray
     ax = _axis(w, axis)
     if w.shape[ax] % m:
         raise ValueError(f"w: length {w.shape[ax]} along axis {ax} is not divisible by m={m}")
-    inner = math.prod(w.shape[ax + 1:])
+    inner = math.prod(w.shape[ax + 1 :])
     if w.size == 0:
         return np.ones(w.shape, dtype=bool)
     return _core_prune.nm_keep(_as_keyable(w), "w", inner, n, m)
@@ -242,8 +243,10 @@ def _first_nan(w: np.ndarray, name: str) -> None:
     if len(bad):
         flat = int(np.ravel_multi_index(tuple(bad[0]), w.shape))
         index = tuple(int(i) for i in bad[0])
-        raise ValueError(f"{name}: NaN at index {index} (flat index {flat}); "
-                         "NaN weights have no magnitude to rank")
+        raise ValueError(
+            f"{name}: NaN at index {index} (flat index {flat}); "
+            "NaN weights have no magnitude to rank"
+        )
 
 
 def slice_norms(w: np.ndarray, axis: int = 0, norm: int = 1) -> np.ndarray:
@@ -261,8 +264,9 @@ def slice_norms(w: np.ndarray, axis: int = 0, norm: int = 1) -> np.ndarray:
 
 def _slice_count(amount: object, slices: int) -> int:
     if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
-        raise TypeError("amount: expected a fraction in [0, 1] or a count, "
-                        f"got {type(amount).__name__}")
+        raise TypeError(
+            f"amount: expected a fraction in [0, 1] or a count, got {type(amount).__name__}"
+        )
     if isinstance(amount, numbers.Integral):
         if not 0 <= int(amount) <= slices:
             raise ValueError(f"amount: expected a count of slices in [0, {slices}], got {amount}")
@@ -270,8 +274,13 @@ def _slice_count(amount: object, slices: int) -> int:
     return _count(_check_fraction(amount, "amount"), slices)
 
 
-def structured_mask(w: np.ndarray, amount: float | int, axis: int = 0, norm: int = 1,
-                    prior: np.ndarray | None = None) -> np.ndarray:
+def structured_mask(
+    w: np.ndarray,
+    amount: float | int,
+    axis: int = 0,
+    norm: int = 1,
+    prior: np.ndarray | None = None,
+) -> np.ndarray:
     """Mask pruning whole slices along ``axis`` (rows, output channels) by norm.
 
     Like ``torch.nn.utils.prune.ln_structured(..., amount, n=norm, dim=axis)``:

@@ -30,8 +30,14 @@ from ._masks import (
 __all__ = ["PolynomialSchedule", "Pruner", "SparsityReport", "sensitivity"]
 
 _METHODS = ("magnitude", "global", "nm", "structured")
-_SCHEDULE_ARGS = ("final_sparsity", "begin_step", "end_step", "initial_sparsity", "frequency",
-                  "power")
+_SCHEDULE_ARGS = (
+    "final_sparsity",
+    "begin_step",
+    "end_step",
+    "initial_sparsity",
+    "frequency",
+    "power",
+)
 
 
 def _check_int(value: object, name: str, low: int = 0) -> int:
@@ -61,8 +67,15 @@ class PolynomialSchedule:
         The exponent (3 in the paper; 1 is a linear ramp).
     """
 
-    def __init__(self, final_sparsity: float, begin_step: int = 0, end_step: int = 0,
-                 initial_sparsity: float = 0.0, frequency: int = 1, power: float = 3.0) -> None:
+    def __init__(
+        self,
+        final_sparsity: float,
+        begin_step: int = 0,
+        end_step: int = 0,
+        initial_sparsity: float = 0.0,
+        frequency: int = 1,
+        power: float = 3.0,
+    ) -> None:
         self.initial_sparsity = _check_fraction(initial_sparsity, "initial_sparsity")
         self.final_sparsity = _check_fraction(final_sparsity, "final_sparsity")
         self.begin_step = _check_int(begin_step, "begin_step")
@@ -91,10 +104,12 @@ class PolynomialSchedule:
         return step == self.end_step or (step - self.begin_step) % self.frequency == 0
 
     def __repr__(self) -> str:
-        return (f"PolynomialSchedule(final_sparsity={self.final_sparsity}, "
-                f"begin_step={self.begin_step}, "
-                f"end_step={self.end_step}, initial_sparsity={self.initial_sparsity}, "
-                f"frequency={self.frequency}, power={self.power})")
+        return (
+            f"PolynomialSchedule(final_sparsity={self.final_sparsity}, "
+            f"begin_step={self.begin_step}, "
+            f"end_step={self.end_step}, initial_sparsity={self.initial_sparsity}, "
+            f"frequency={self.frequency}, power={self.power})"
+        )
 
 
 @dataclass
@@ -230,10 +245,18 @@ class Pruner:
     mask is False.
     """
 
-    def __init__(self, params: Mapping | Sequence, method: str = "magnitude",
-                 schedule: PolynomialSchedule | Mapping | float | None = None,
-                 optimizer: object = None, *, n: int = 2, m: int = 4, axis: int | None = None,
-                 norm: int = 1) -> None:
+    def __init__(
+        self,
+        params: Mapping | Sequence,
+        method: str = "magnitude",
+        schedule: PolynomialSchedule | Mapping | float | None = None,
+        optimizer: object = None,
+        *,
+        n: int = 2,
+        m: int = 4,
+        axis: int | None = None,
+        norm: int = 1,
+    ) -> None:
         if method not in _METHODS:
             expected = ", ".join(map(repr, _METHODS))
             raise ValueError(f"method: expected one of {expected}, got {method!r}")
@@ -247,8 +270,10 @@ class Pruner:
         elif isinstance(schedule, Mapping):
             unknown = [k for k in schedule if k not in _SCHEDULE_ARGS]
             if unknown:
-                raise TypeError(f"schedule: unknown keys {unknown}; a PolynomialSchedule "
-                                f"takes {', '.join(_SCHEDULE_ARGS)}")
+                raise TypeError(
+                    f"schedule: unknown keys {unknown}; a PolynomialSchedule "
+                    f"takes {', '.join(_SCHEDULE_ARGS)}"
+                )
             self.schedule = PolynomialSchedule(**schedule)
         elif schedule is None and method == "nm":
             self.schedule = PolynomialSchedule(0.5)
@@ -256,8 +281,10 @@ class Pruner:
             level = _check_fraction(schedule, "schedule")
             self.schedule = PolynomialSchedule(level, 0, 0, initial_sparsity=level)
         else:
-            raise TypeError("schedule: expected a PolynomialSchedule, its keyword arguments as a "
-                            f"dict, or a constant sparsity, got {type(schedule).__name__}")
+            raise TypeError(
+                "schedule: expected a PolynomialSchedule, its keyword arguments as a "
+                f"dict, or a constant sparsity, got {type(schedule).__name__}"
+            )
         _check_optimizer_holds(optimizer, self.arrays, self.names)
         self.optimizer = optimizer
         self.n, self.m, self.norm = n, m, norm
@@ -266,7 +293,8 @@ class Pruner:
             for a, name in zip(self.arrays, self.names):  # fail now, not at step begin_step
                 if a.ndim == 0 or a.shape[self.axis] % m:
                     raise ValueError(
-                        f"{name}: shape {a.shape} has no axis {self.axis} divisible by m={m}")
+                        f"{name}: shape {a.shape} has no axis {self.axis} divisible by m={m}"
+                    )
         self.masks: dict | None = None
         self.step_count = 0
 
@@ -277,11 +305,15 @@ class Pruner:
             total = sum(a.size for a in self.arrays)
             return _select(self.arrays, self.names, _count(s, total), old)
         if self.method == "magnitude":
-            return [_select([a], [name], _count(s, a.size), None if old is None else [old[i]])[0]
-                    for i, (a, name) in enumerate(zip(self.arrays, self.names))]
+            return [
+                _select([a], [name], _count(s, a.size), None if old is None else [old[i]])[0]
+                for i, (a, name) in enumerate(zip(self.arrays, self.names))
+            ]
         if self.method == "structured":
-            return [structured_mask(a, s, self.axis, self.norm, None if old is None else old[i])
-                    for i, a in enumerate(self.arrays)]
+            return [
+                structured_mask(a, s, self.axis, self.norm, None if old is None else old[i])
+                for i, a in enumerate(self.arrays)
+            ]
         if old is not None:  # N:M: the pattern is fixed once chosen
             return old
         return [nm_mask(a, self.n, self.m, self.axis) for a in self.arrays]
@@ -294,8 +326,11 @@ class Pruner:
         entry = state[found] if found is not None else None
         if not isinstance(entry, Mapping):
             return []
-        return [(f"optimizer.state[{found!r}][{name!r}]", v) for name, v in entry.items()
-                if isinstance(v, np.ndarray) and v is not w and _is_moment(v, w)]
+        return [
+            (f"optimizer.state[{found!r}][{name!r}]", v)
+            for name, v in entry.items()
+            if isinstance(v, np.ndarray) and v is not w and _is_moment(v, w)
+        ]
 
     def apply(self) -> None:
         """Zero the weights and their optimizer moments where the masks are False.
@@ -344,8 +379,14 @@ class Pruner:
         """Fraction pruned by the current masks, per array (by key) and in total (0 before any)."""
         if self.masks is None:
             return SparsityReport({k: 0.0 for k in self.keys}, 0.0)
-        per = {k: (1.0 - np.count_nonzero(self.masks[k]) / self.masks[k].size
-                   if self.masks[k].size else 0.0) for k in self.keys}
+        per = {
+            k: (
+                1.0 - np.count_nonzero(self.masks[k]) / self.masks[k].size
+                if self.masks[k].size
+                else 0.0
+            )
+            for k in self.keys
+        }
         total = sum(a.size for a in self.arrays)
         pruned = sum(int(self.masks[k].size - np.count_nonzero(self.masks[k])) for k in self.keys)
         return SparsityReport(per, pruned / total if total else 0.0)
@@ -363,14 +404,19 @@ class Pruner:
                 mk = masks.get(k) if isinstance(masks, Mapping) else None
                 if not isinstance(mk, np.ndarray) or mk.dtype != np.bool_ or mk.shape != w.shape:
                     raise ValueError(
-                        f"masks[{k!r}]: expected a bool array of shape {w.shape} for {name}")
+                        f"masks[{k!r}]: expected a bool array of shape {w.shape} for {name}"
+                    )
             masks = {k: np.array(masks[k]) for k in self.keys}
         self.step_count = _check_int(state["step"], "step")
         self.masks = masks
 
 
-def sensitivity(evaluate: Callable[[], float], params: Mapping | Sequence,
-                sparsities: Sequence[float], method: str = "magnitude") -> dict:
+def sensitivity(
+    evaluate: Callable[[], float],
+    params: Mapping | Sequence,
+    sparsities: Sequence[float],
+    method: str = "magnitude",
+) -> dict:
     """Which arrays tolerate pruning: prune one array at a time and measure.
 
     For every array and every sparsity, the array is pruned in place

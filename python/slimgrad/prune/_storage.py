@@ -59,7 +59,8 @@ def unpack_mask(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     size = math.prod(shape)
     if packed.size != (size + 7) // 8:
         raise ValueError(
-            f"packed: expected {(size + 7) // 8} bytes for shape {shape}, got {packed.size}")
+            f"packed: expected {(size + 7) // 8} bytes for shape {shape}, got {packed.size}"
+        )
     return np.unpackbits(packed.ravel(), count=size).astype(bool).reshape(shape)
 
 
@@ -79,8 +80,9 @@ class CSR(tuple):
 
     shape: tuple[int, int]
 
-    def __new__(cls, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
-                shape: tuple[int, int]) -> CSR:
+    def __new__(
+        cls, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int]
+    ) -> CSR:
         self = super().__new__(cls, (data, indices, indptr))
         self.shape = (int(shape[0]), int(shape[1]))
         return self
@@ -151,7 +153,8 @@ def to_csr(w: np.ndarray, mask: np.ndarray | None = None) -> CSR:
     else:
         if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.shape != w.shape:
             raise ValueError(
-                f"mask: expected a bool array of shape {w.shape}, got {_describe(mask)}")
+                f"mask: expected a bool array of shape {w.shape}, got {_describe(mask)}"
+            )
         keep = mask
     counts = keep.sum(axis=1)
     nnz = int(counts.sum())
@@ -177,10 +180,16 @@ def from_csr(csr, shape: tuple[int, int] | None = None) -> np.ndarray:
     data, indices, indptr = csr
     rows, cols = (int(s) for s in shape)
     data, indices, indptr = np.asarray(data), np.asarray(indices), np.asarray(indptr)
-    if (indptr.shape != (rows + 1,) or indptr[0] != 0 or indptr[-1] != data.size
-            or indices.size != data.size):
-        raise ValueError(f"csr: arrays inconsistent with shape {(rows, cols)}: "
-                         f"data {data.size}, indices {indices.size}, indptr {indptr.size}")
+    if (
+        indptr.shape != (rows + 1,)
+        or indptr[0] != 0
+        or indptr[-1] != data.size
+        or indices.size != data.size
+    ):
+        raise ValueError(
+            f"csr: arrays inconsistent with shape {(rows, cols)}: "
+            f"data {data.size}, indices {indices.size}, indptr {indptr.size}"
+        )
     out_of_range = indices.size and (indices.min() < 0 or indices.max() >= cols)
     if np.any(np.diff(indptr) < 0) or out_of_range:
         raise ValueError("csr: indptr must be non-decreasing and indices within the columns")
@@ -268,7 +277,8 @@ def decompress_24(values: np.ndarray, indices: np.ndarray) -> np.ndarray:
     kept = values.size
     if kept % 2 or indices.size != (kept + 3) // 4:
         raise ValueError(
-            f"indices: expected {(kept + 3) // 4} bytes for {kept} values, got {indices.size}")
+            f"indices: expected {(kept + 3) // 4} bytes for {kept} values, got {indices.size}"
+        )
     flat = indices.ravel()
     positions = np.stack([(flat >> s) & 3 for s in (0, 2, 4, 6)], axis=1).ravel()[:kept]
     pairs = positions.reshape(-1, 2).astype(np.intp)
@@ -295,7 +305,11 @@ def storage_report(w: np.ndarray, mask: np.ndarray | None = None) -> dict[str, i
     report = {"dense": int(w.nbytes), "bitmask": int(w[keep].nbytes + pack_mask(keep).nbytes)}
     if w.ndim == 2:
         report["csr"] = to_csr(w, keep).nbytes
-    if (w.ndim >= 1 and w.shape[-1] % 4 == 0 and w.size
-            and keep.reshape(-1, 4).sum(axis=1).max() <= 2):
+    if (
+        w.ndim >= 1
+        and w.shape[-1] % 4 == 0
+        and w.size
+        and keep.reshape(-1, 4).sum(axis=1).max() <= 2
+    ):
         report["2:4"] = compress_24(np.where(keep, w, np.zeros((), w.dtype))).nbytes
     return report

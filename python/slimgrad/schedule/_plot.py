@@ -5,12 +5,12 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 __all__ = ["plot", "simulate"]
 
 Factory = Callable[[Any], Any]
-Schedules = Union[Mapping[str, Any], Sequence[Any], Any]
+Schedules = Mapping[str, Any] | Sequence[Any] | Any
 
 
 class _ScratchOptimizer:
