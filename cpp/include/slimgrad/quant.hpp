@@ -88,13 +88,15 @@ void pack(const std::uint8_t* codes, const Spec& spec, std::uint8_t* data);
 // so every ISA and thread count draws the same u for the same element.
 // Internal linkage: each ISA file compiles its own copy (no ODR trap).
 namespace {
-inline std::uint32_t mix32(std::uint32_t x) {  // "lowbias32" (C. Wellons)
-  x ^= x >> 16;
-  x *= 0x7feb352du;
-  x ^= x >> 15;
-  x *= 0x846ca68bu;
-  x ^= x >> 16;
-  return x;
+// "lowbias32" (C. Wellons), on a std::uint32_t or on simd::U32<I> lanes
+// (the SIMD kernels' copy of the same hash).
+template <class U>
+inline U mix32(U x) {
+  x = x ^ (x >> 16);
+  x = x * 0x7feb352du;
+  x = x ^ (x >> 15);
+  x = x * 0x846ca68bu;
+  return x ^ (x >> 16);
 }
 struct StreamKey {
   std::uint32_t k1, k2;
@@ -147,6 +149,7 @@ inline Param make_param(float lo, float hi, bool constant, int qmax_i, bool symm
   p.use_div = p.scale < 1.17549435e-38f;  // FLT_MIN
   return p;
 }
+
 }  // namespace
 
 }  // namespace quant

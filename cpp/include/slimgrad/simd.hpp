@@ -245,6 +245,56 @@ inline void store_bf16(std::uint16_t* p, F16 a) {
 #undef SLIMGRAD_X86_VEC
 #undef SLIMGRAD_X86_NARROW
 
+// ------------------------------------------- 32-bit integer lanes (hashes)
+// Just what the counter-based hashes need (xor, logical shift, wrapping
+// multiply and add), so a hash is written once for a std::uint32_t and for
+// the vector lanes (see xorshift_multiply).
+template <Isa I>
+struct U32;
+#define SLIMGRAD_X86_U32(I, R, W, P, SI)                                                                   \
+  template <>                                                                                               \
+  struct U32<I> {                                                                                           \
+    static constexpr std::size_t width = W;                                                                 \
+    R v;                                                                                                    \
+    static U32 set1(std::uint32_t x) { return {P##_set1_epi32(static_cast<int>(x))}; }                      \
+  };                                                                                                        \
+  inline U32<I> operator+(U32<I> a, U32<I> b) { return {P##_add_epi32(a.v, b.v)}; }                          \
+  inline U32<I> operator^(U32<I> a, U32<I> b) { return {P##_xor_##SI(a.v, b.v)}; }                           \
+  inline U32<I> operator*(U32<I> a, U32<I> b) { return {P##_mullo_epi32(a.v, b.v)}; }                        \
+  inline U32<I> operator>>(U32<I> a, int s) { return {P##_srli_epi32(a.v, s)}; }
+#if defined(__AVX2__)
+SLIMGRAD_X86_U32(Isa::avx2, __m256i, 8, _mm256, si256)
+#endif
+#if defined(__AVX512F__)
+SLIMGRAD_X86_U32(Isa::avx512, __m512i, 16, _mm512, si512)
+#endif
+#undef SLIMGRAD_X86_U32
+template <Isa I>
+inline U32<I> operator^(U32<I> a, std::uint32_t b) { return a ^ U32<I>::set1(b); }
+template <Isa I>
+inline U32<I> operator*(U32<I> a, std::uint32_t b) { return a * U32<I>::set1(b); }
+// c, c + d, c + 2d, ... in the lanes (a constant when c and d are).
+template <class U>
+inline U iota_lanes(std::uint32_t c, std::uint32_t d) {
+  alignas(64) std::uint32_t t[U::width];
+  for (std::size_t j = 0; j < U::width; ++j) t[j] = c + static_cast<std::uint32_t>(j) * d;
+  U r;
+  std::memcpy(&r.v, t, sizeof(t));
+  return r;
+}
+
+// The xorshift-multiply finalizer shape shared by murmur3's fmix32,
+// splitmix64 and the quantizer's noise hash: x ^= x >> A; x *= m1;
+// x ^= x >> B; x *= m2; x ^= x >> C, on an unsigned scalar or U32<I>.
+template <int A, int B, int C, class U, class K>
+inline U xorshift_multiply(U x, K m1, K m2) {
+  x = x ^ (x >> A);
+  x = x * m1;
+  x = x ^ (x >> B);
+  x = x * m2;
+  return x ^ (x >> C);
+}
+
 // ------------------------------------------------------- tails, any ISA
 // The last k < width elements go through a zero-padded stack copy; this runs
 // once per array (or chunk), so its cost does not matter, and it keeps every
