@@ -332,6 +332,52 @@ inline void for_each_vec(std::size_t n, Body&& body) {
   if (i < n) body(i, n - i);
 }
 
+// The first i < n whose element fails the scalar test ok_s, or n. Blocks of
+// 4 vectors are skipped while the vector test ok_v (a mask) holds in every
+// lane; the scalar test then finds the element from the first failing block.
+template <class V, class OkV, class OkS>
+inline std::size_t find_first_failing(const typename V::Scalar* x, std::size_t n, OkV ok_v, OkS ok_s) {
+  constexpr std::size_t W = V::width;
+  std::size_t i = 0;
+  for (; i + 4 * W <= n; i += 4 * W) {
+    const auto ok = mask_and(mask_and(ok_v(V::load(x + i)), ok_v(V::load(x + i + W))),
+                             mask_and(ok_v(V::load(x + i + 2 * W)), ok_v(V::load(x + i + 3 * W))));
+    if (!all(ok)) break;
+  }
+  for (; i < n; ++i)
+    if (!ok_s(x[i])) return i;
+  return n;
+}
+
+// Sum of squares of d = diff(i, k), the lanes i .. i + k - 1 (k <= width,
+// padding lanes must give 0), over [0, n): pairs of vectors into two
+// accumulators, a single vector into the first, the tail into the second.
+// Each d also goes to sink(i, k, d) once all loads of its step are done.
+template <class V, class Diff, class Sink>
+inline V sum_sq_diff(std::size_t n, Diff&& diff, Sink&& sink) {
+  constexpr std::size_t W = V::width;
+  V acc0 = V::zero(), acc1 = V::zero();
+  std::size_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    const V d0 = diff(i, W), d1 = diff(i + W, W);
+    acc0 = fma(d0, d0, acc0);
+    acc1 = fma(d1, d1, acc1);
+    sink(i, W, d0);
+    sink(i + W, W, d1);
+  }
+  for (; i + W <= n; i += W) {
+    const V d = diff(i, W);
+    acc0 = fma(d, d, acc0);
+    sink(i, W, d);
+  }
+  if (i < n) {
+    const V d = diff(i, n - i);
+    acc1 = fma(d, d, acc1);
+    sink(i, n - i, d);
+  }
+  return acc0 + acc1;
+}
+
 // Scalar conversions for half types (reference semantics of the vector ones).
 inline float bf16_to_float(std::uint16_t h) {
   const std::uint32_t bits = static_cast<std::uint32_t>(h) << 16;
