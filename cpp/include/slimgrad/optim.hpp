@@ -157,7 +157,7 @@ inline std::uint64_t state_sr_key(std::uint64_t seed, std::uint64_t step, int pa
 }
 // murmur3's finalizer, on a std::uint32_t or on simd::U32<I> lanes.
 template <class U>
-inline U fmix32(U x) {
+SLIMGRAD_ALWAYS_INLINE U fmix32(U x) {
   return simd::xorshift_multiply<16, 13, 16>(x, 0x85EBCA6Bu, 0xC2B2AE35u);
 }
 inline std::uint32_t sr_bits(std::uint64_t key, std::uint64_t index) {
@@ -168,7 +168,7 @@ inline std::uint32_t sr_bits(std::uint64_t key, std::uint64_t index) {
 // sr_bits(key, index0 + j) in lane j of U = simd::U32<I>; the low 32 bits
 // of the index must not wrap within the vector.
 template <class U>
-inline U sr_bits_lanes(std::uint64_t key, std::uint64_t index0) {
+SLIMGRAD_ALWAYS_INLINE U sr_bits_lanes(std::uint64_t key, std::uint64_t index0) {
   // (index0 + j) * C + key mod 2^32 = (index0 * C + key) + j * C: one add, no multiply.
   constexpr std::uint32_t C = 0x9E3779B1u;
   const std::uint32_t base = static_cast<std::uint32_t>(index0) * C + static_cast<std::uint32_t>(key);

@@ -92,7 +92,7 @@ namespace {
 // "lowbias32" (C. Wellons), on a std::uint32_t or on simd::U32<I> lanes
 // (the SIMD kernels' copy of the same hash).
 template <class U>
-inline U mix32(U x) {
+inline __attribute__((always_inline)) U mix32(U x) {
   x = x ^ (x >> 16);
   x = x * 0x7feb352du;
   x = x ^ (x >> 15);

@@ -42,6 +42,10 @@
 #define SLIMGRAD_TARGET_NAMESPACE target_baseline
 #endif
 
+// For the small hash helpers below and their users: a hot loop must not
+// call them out of line (GCC stops inlining through their template layers).
+#define SLIMGRAD_ALWAYS_INLINE inline __attribute__((always_inline))
+
 namespace slimgrad::simd {
 inline namespace SLIMGRAD_TARGET_NAMESPACE {
 
@@ -251,17 +255,17 @@ inline void store_bf16(std::uint16_t* p, F16 a) {
 // the vector lanes (see xorshift_multiply).
 template <Isa I>
 struct U32;
-#define SLIMGRAD_X86_U32(I, R, W, P, SI)                                                                   \
+#define SLIMGRAD_X86_U32(I, R, W, P, SI)                                                                    \
   template <>                                                                                               \
   struct U32<I> {                                                                                           \
     static constexpr std::size_t width = W;                                                                 \
     R v;                                                                                                    \
     static U32 set1(std::uint32_t x) { return {P##_set1_epi32(static_cast<int>(x))}; }                      \
   };                                                                                                        \
-  inline U32<I> operator+(U32<I> a, U32<I> b) { return {P##_add_epi32(a.v, b.v)}; }                          \
-  inline U32<I> operator^(U32<I> a, U32<I> b) { return {P##_xor_##SI(a.v, b.v)}; }                           \
-  inline U32<I> operator*(U32<I> a, U32<I> b) { return {P##_mullo_epi32(a.v, b.v)}; }                        \
-  inline U32<I> operator>>(U32<I> a, int s) { return {P##_srli_epi32(a.v, s)}; }
+  SLIMGRAD_ALWAYS_INLINE U32<I> operator+(U32<I> a, U32<I> b) { return {P##_add_epi32(a.v, b.v)}; }         \
+  SLIMGRAD_ALWAYS_INLINE U32<I> operator^(U32<I> a, U32<I> b) { return {P##_xor_##SI(a.v, b.v)}; }          \
+  SLIMGRAD_ALWAYS_INLINE U32<I> operator*(U32<I> a, U32<I> b) { return {P##_mullo_epi32(a.v, b.v)}; }       \
+  SLIMGRAD_ALWAYS_INLINE U32<I> operator>>(U32<I> a, int s) { return {P##_srli_epi32(a.v, s)}; }
 #if defined(__AVX2__)
 SLIMGRAD_X86_U32(Isa::avx2, __m256i, 8, _mm256, si256)
 #endif
@@ -270,12 +274,12 @@ SLIMGRAD_X86_U32(Isa::avx512, __m512i, 16, _mm512, si512)
 #endif
 #undef SLIMGRAD_X86_U32
 template <Isa I>
-inline U32<I> operator^(U32<I> a, std::uint32_t b) { return a ^ U32<I>::set1(b); }
+SLIMGRAD_ALWAYS_INLINE U32<I> operator^(U32<I> a, std::uint32_t b) { return a ^ U32<I>::set1(b); }
 template <Isa I>
-inline U32<I> operator*(U32<I> a, std::uint32_t b) { return a * U32<I>::set1(b); }
+SLIMGRAD_ALWAYS_INLINE U32<I> operator*(U32<I> a, std::uint32_t b) { return a * U32<I>::set1(b); }
 // c, c + d, c + 2d, ... in the lanes (a constant when c and d are).
 template <class U>
-inline U iota_lanes(std::uint32_t c, std::uint32_t d) {
+SLIMGRAD_ALWAYS_INLINE U iota_lanes(std::uint32_t c, std::uint32_t d) {
   alignas(64) std::uint32_t t[U::width];
   for (std::size_t j = 0; j < U::width; ++j) t[j] = c + static_cast<std::uint32_t>(j) * d;
   U r;
@@ -287,7 +291,7 @@ inline U iota_lanes(std::uint32_t c, std::uint32_t d) {
 // splitmix64 and the quantizer's noise hash: x ^= x >> A; x *= m1;
 // x ^= x >> B; x *= m2; x ^= x >> C, on an unsigned scalar or U32<I>.
 template <int A, int B, int C, class U, class K>
-inline U xorshift_multiply(U x, K m1, K m2) {
+SLIMGRAD_ALWAYS_INLINE U xorshift_multiply(U x, K m1, K m2) {
   x = x ^ (x >> A);
   x = x * m1;
   x = x ^ (x >> B);
