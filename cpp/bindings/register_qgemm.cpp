@@ -118,17 +118,11 @@ void register_qgemm(py::module_& m) {
         throw py::value_error("codes: expected " + std::to_string(bits) + "-bit codes in [" + std::to_string(lo) +
                               ", " + std::to_string(hi) + "], got " + std::to_string(c[i]) + " at index (" +
                               std::to_string(i / s.k) + ", " + std::to_string(i % s.k) + ")");
-    qgemm::Source in;
-    in.bits = bits;
-    in.codes = c;
-    in.n = s.n;
-    in.k = s.k;
-    in.group = group;
-    in.sub = sub;
-    in.scale = sa.ptr<float>();
-    in.shift = shift.is_none() ? nullptr : src[0].ptr<float>();
-    in.iscale = iscale.is_none() ? nullptr : src[1].ptr<std::int8_t>();
-    in.ishift = ishift.is_none() ? nullptr : src[2].ptr<std::int8_t>();
+    // Field order of qgemm::Source: bits, codes, n, k, group, sub, then the parameter arrays.
+    const qgemm::Source in{bits, c, s.n, s.k, group, sub, sa.ptr<float>(),
+                           shift.is_none() ? nullptr : src[0].ptr<float>(),
+                           iscale.is_none() ? nullptr : src[1].ptr<std::int8_t>(),
+                           ishift.is_none() ? nullptr : src[2].ptr<std::int8_t>()};
     py::gil_scoped_release release;
     qgemm::pack(in, wa.mut<std::uint8_t>(), pa.mut<float>(), shift.is_none() ? nullptr : dst[0].mut<float>(),
                 iscale.is_none() ? nullptr : dst[1].mut<std::int8_t>(),

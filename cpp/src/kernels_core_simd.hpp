@@ -60,16 +60,8 @@ double sum_squares(const T* x, std::size_t n) {
 template <Isa I, class T>
 std::size_t find_nonfinite(const T* x, std::size_t n) {
   using V = simd::Vec<T, I>;
-  constexpr std::size_t W = V::width;
-  std::size_t i = 0;
-  for (; i + 4 * W <= n; i += 4 * W) {
-    const auto ok = mask_and(mask_and(isfinite(V::load(x + i)), isfinite(V::load(x + i + W))),
-                             mask_and(isfinite(V::load(x + i + 2 * W)), isfinite(V::load(x + i + 3 * W))));
-    if (!all(ok)) break;
-  }
-  for (; i < n; ++i)
-    if (!std::isfinite(x[i])) return i;
-  return n;
+  return simd::find_first_failing<V>(
+      x, n, [](V a) { return isfinite(a); }, [](T a) { return std::isfinite(a); });
 }
 
 template <Isa I>

@@ -300,29 +300,11 @@ void kd_row_grad(const T* s, const T* t, T* g, std::size_t n, const KdGradTerms<
 template <Isa I, class T>
 double mse_grad(const T* s, const T* t, T* g, std::size_t n, T scale) {
   using V = Vec<T, I>;
-  constexpr std::size_t W = V::width;
   const V sc = V::set1(scale);
-  V acc0 = V::zero(), acc1 = V::zero();
-  std::size_t i = 0;
-  for (; i + 2 * W <= n; i += 2 * W) {
-    const V d0 = V::load(s + i) - V::load(t + i), d1 = V::load(s + i + W) - V::load(t + i + W);
-    acc0 = fma(d0, d0, acc0);
-    acc1 = fma(d1, d1, acc1);
-    (sc * d0).store(g + i);
-    (sc * d1).store(g + i + W);
-  }
-  for (; i + W <= n; i += W) {
-    const V d = V::load(s + i) - V::load(t + i);
-    acc0 = fma(d, d, acc0);
-    (sc * d).store(g + i);
-  }
-  if (i < n) {
-    const std::size_t k = n - i;
-    const V d = load_partial<V>(s + i, k) - load_partial<V>(t + i, k);  // padding lanes are 0
-    acc1 = fma(d, d, acc1);
-    store_partial(g + i, k, sc * d);
-  }
-  return static_cast<double>(reduce_sum(acc0 + acc1));
+  const V acc = sum_sq_diff<V>(
+      n, [&](std::size_t i, std::size_t k) { return load_n<V>(s + i, k) - load_n<V>(t + i, k); },  // pads 0
+      [&](std::size_t i, std::size_t k, V d) { store_n(g + i, k, sc * d); });
+  return static_cast<double>(reduce_sum(acc));
 }
 
 template <Isa I, class T>

@@ -5,9 +5,9 @@
 //  - AdamW8bit works per block of 256: one pass decodes the codes, updates
 //    and keeps the block's new absmax in registers (moments to an L1 buffer),
 //    a second short pass encodes, so memory is streamed once.
-//  - The codec needs int8 <-> float conversions, which the Vec vocabulary
-//    lacks: raw AVX2 / AVX-512 intrinsics below, in an anonymous namespace so
-//    the per-ISA copies never meet at link time. The codec functions use only
+//  - The codec's int8 <-> float conversions are simd::load_codes /
+//    store_codes; only sqrt_approx is raw AVX-512 here, in an anonymous
+//    namespace so the per-ISA copies never meet at link time. The codec uses only
 //    multiplies, one square root and round-to-nearest-even conversions (no
 //    multiply-add to contract), so their codes equal the scalar oracle's bit
 //    for bit. Per element the step takes 3 square roots (update, m code,
@@ -30,62 +30,19 @@ using namespace slimgrad::simd;
 namespace {
 
 // ------------------------------------------------- int8 <-> float codec
-template <Isa I>
-struct Codec;
-
+// Codes move with simd::load_codes / store_codes; only the root differs.
 #if defined(__AVX2__) && !defined(__AVX512F__)
-template <>
-struct Codec<Isa::avx2> {
-  using V = Vec<float, Isa::avx2>;
-  static V load(const std::int8_t* c) {
-    const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(c));
-    return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b))};
-  }
-  static V load(const std::uint8_t* c) {
-    const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(c));
-    return {_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b))};
-  }
-  // Rounds to nearest even (the default MXCSR mode) and saturates.
-  static void store(std::int8_t* c, V x) {
-    const __m256i i = _mm256_cvtps_epi32(x.v);
-    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(c), _mm_packs_epi16(w, w));
-  }
-  static void store(std::uint8_t* c, V x) {
-    const __m256i i = _mm256_cvtps_epi32(x.v);
-    const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(c), _mm_packus_epi16(w, w));
-  }
-  // The exact root: with 256-bit vectors it is as fast here as an rsqrt
-  // estimate plus the Newton step 8 bits would need (measured).
-  static V sqrt_approx(V y) { return sqrt(y); }
-};
+// The exact root: with 256-bit vectors it is as fast here as an rsqrt
+// estimate plus the Newton step 8 bits would need (measured).
+inline F8 sqrt_approx(F8 y) { return sqrt(y); }
 #endif
 
 #if defined(__AVX512F__)
-template <>
-struct Codec<Isa::avx512> {
-  using V = Vec<float, Isa::avx512>;
-  static V load(const std::int8_t* c) {
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c));
-    return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b))};
-  }
-  static V load(const std::uint8_t* c) {
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c));
-    return {_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b))};
-  }
-  static void store(std::int8_t* c, V x) {
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(c), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(x.v)));
-  }
-  static void store(std::uint8_t* c, V x) {
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(c), _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(x.v)));
-  }
-  // sqrt(y) for y >= 0 from the 14-bit rsqrt estimate: a code needs 8 bits
-  // (127*sqrt(y) is off by < 0.008). Floored like the AVX2 version.
-  static V sqrt_approx(V y) {
-    return {_mm512_mul_ps(y.v, _mm512_rsqrt14_ps(_mm512_max_ps(y.v, _mm512_set1_ps(1e-30f))))};
-  }
-};
+// sqrt(y) for y >= 0 from the 14-bit rsqrt estimate: a code needs 8 bits
+// (127*sqrt(y) is off by < 0.008). Floored like the AVX2 version.
+inline F16 sqrt_approx(F16 y) {
+  return {_mm512_mul_ps(y.v, _mm512_rsqrt14_ps(_mm512_max_ps(y.v, _mm512_set1_ps(1e-30f))))};
+}
 #endif
 
 // Block codec on n <= 256 floats in a padded buffer (multiple of width).
@@ -120,7 +77,7 @@ constexpr float kMinScale = 1.17549435e-38f;
 // Codes of one padded block of n_padded floats with absmax a (the codec of
 // optim_extra.hpp): C = int8 is the signed code 127*sqrt(|x|/a)*sign(x), C =
 // uint8 the unsigned 255*sqrt(x/a). Fast (the optimizer's encoders) takes
-// Codec::sqrt_approx: the square root is the bottleneck of the step (sqrtps
+// sqrt_approx: the square root is the bottleneck of the step (sqrtps
 // has a fraction of the multiplier's throughput), and a code may then differ
 // by one from the exact encoder's where 127*sqrt(y) lies within 0.01 of a
 // rounding boundary; the codec functions (quantize_moment) keep the exact,
@@ -138,8 +95,8 @@ void encode_block(const float* x, C* c, float* scale, std::size_t n_padded, floa
   for (std::size_t i = 0; i < n_padded; i += V::width) {
     const V xi = V::load(x + i);
     const V y = abs(xi) * inv;
-    const V z = (Fast ? Codec<I>::sqrt_approx(y) : sqrt(y)) * k;
-    Codec<I>::store(c + i, kSigned ? select(lt(xi, zero), zero - z, z) : z);
+    const V z = (Fast ? sqrt_approx(y) : sqrt(y)) * k;
+    store_codes(c + i, kSigned ? select(lt(xi, zero), zero - z, z) : z);
   }
 }
 
@@ -150,7 +107,7 @@ void decode_block(const C* c, float scale, float* x, std::size_t n_padded) {
   using V = Vec<float, I>;
   const V inv = V::set1(std::is_signed_v<C> ? 1.0f / 127.0f : 1.0f / 255.0f), s = V::set1(scale);
   for (std::size_t i = 0; i < n_padded; i += V::width) {
-    const V t = Codec<I>::load(c + i) * inv;
+    const V t = load_codes<I>(c + i) * inv;
     ((t * abs(t)) * s).store(x + i);
   }
 }
@@ -230,8 +187,8 @@ void adamw8bit(T* p, const T* g, std::int8_t* m, std::uint8_t* v, float* ms, flo
       for (std::size_t i = 0; i < kp; i += V::width) {
         V gi = V::load(gp + i);
         if (c.maximize) gi = V::zero() - gi;
-        const V tm = Codec<I>::load(mcode + i) * inv_m;
-        const V tv = Codec<I>::load(vcode + i) * inv_v;
+        const V tm = load_codes<I>(mcode + i) * inv_m;
+        const V tv = load_codes<I>(vcode + i) * inv_v;
         const V m0 = (tm * abs(tm)) * sm, sv = (tv * tv) * sv_scale;
         const V mi = fma(b1, m0, omb1 * gi);
         const V svi = sqrt(fma(b2, sv * sv, omb2 * gi * gi));

@@ -81,28 +81,6 @@ SLIMGRAD_OPTIM_INLINE V update(const StepConsts<typename V::Scalar>& k, const VC
 // copy and the AVX-512-flagged copy apart (the per-file-flags ODR trap).
 namespace {
 
-SLIMGRAD_OPTIM_INLINE __m256i fmix32_v(__m256i x) {
-  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
-  x = _mm256_mullo_epi32(x, _mm256_set1_epi32(static_cast<int>(0x85EBCA6Bu)));
-  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 13));
-  x = _mm256_mullo_epi32(x, _mm256_set1_epi32(static_cast<int>(0xC2B2AE35u)));
-  return _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
-}
-
-// sr_bits(key, index0 + j) for j < 8; the low 32 bits of the index must not wrap.
-SLIMGRAD_OPTIM_INLINE __m256i sr_bits8(std::uint64_t key, std::uint64_t index0) {
-  // (index0 + j) * C + key mod 2^32 = (index0 * C + key) + j * C: one add, no multiply.
-  constexpr std::uint32_t C = 0x9E3779B1u;
-  const std::uint32_t base = static_cast<std::uint32_t>(index0) * C + static_cast<std::uint32_t>(key);
-  const __m256i jc = _mm256_setr_epi32(0, static_cast<int>(C), static_cast<int>(2 * C), static_cast<int>(3 * C),
-                                       static_cast<int>(4 * C), static_cast<int>(5 * C), static_cast<int>(6 * C),
-                                       static_cast<int>(7 * C));
-  const __m256i a = fmix32_v(_mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(base)), jc));
-  const std::uint32_t h =
-      static_cast<std::uint32_t>(key >> 32) ^ (static_cast<std::uint32_t>(index0 >> 32) * 0x85EBCA77u);
-  return fmix32_v(_mm256_xor_si256(a, _mm256_set1_epi32(static_cast<int>(h))));
-}
-
 SLIMGRAD_OPTIM_INLINE __m128i pack16(__m256i v) {  // 8 lanes < 65536 -> 8 uint16
   return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(v, v), 0x08));
 }
@@ -110,7 +88,7 @@ SLIMGRAD_OPTIM_INLINE __m128i pack16(__m256i v) {  // 8 lanes < 65536 -> 8 uint1
 // shift: which bits of the hash (16 for the odd bfloat16 state slots).
 SLIMGRAD_OPTIM_INLINE void sr_round8(__m256 x, std::uint16_t* out, std::uint64_t key, std::uint64_t index0, bool bf16,
                                      int shift = 0) {
-  const __m256i r = _mm256_srl_epi32(sr_bits8(key, index0), _mm_cvtsi32_si128(shift));
+  const __m256i r = _mm256_srl_epi32(sr_bits_lanes<simd::U32<Isa::avx2>>(key, index0).v, _mm_cvtsi32_si128(shift));
   const __m256 finite = _mm256_cmp_ps(_mm256_sub_ps(x, x), _mm256_setzero_ps(), _CMP_EQ_OQ);
   __m256i res;
   if (bf16) {
@@ -144,31 +122,9 @@ SLIMGRAD_OPTIM_INLINE void sr_round8(__m256 x, std::uint16_t* out, std::uint64_t
 // The same for 16 lanes with AVX-512 (masks instead of blends).
 namespace {
 
-SLIMGRAD_OPTIM_INLINE __m512i fmix32_z(__m512i x) {
-  x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
-  x = _mm512_mullo_epi32(x, _mm512_set1_epi32(static_cast<int>(0x85EBCA6Bu)));
-  x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 13));
-  x = _mm512_mullo_epi32(x, _mm512_set1_epi32(static_cast<int>(0xC2B2AE35u)));
-  return _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
-}
-
-// sr_bits(key, index0 + j) for j < 16; the low 32 bits of the index must not wrap.
-SLIMGRAD_OPTIM_INLINE __m512i sr_bits16(std::uint64_t key, std::uint64_t index0) {
-  // (index0 + j) * C + key mod 2^32 = (index0 * C + key) + j * C: one add, no multiply.
-  constexpr std::uint32_t C = 0x9E3779B1u;
-  const std::uint32_t base = static_cast<std::uint32_t>(index0) * C + static_cast<std::uint32_t>(key);
-  const auto jc = [](std::uint32_t j) { return static_cast<int>(j * C); };
-  const __m512i js = _mm512_setr_epi32(jc(0), jc(1), jc(2), jc(3), jc(4), jc(5), jc(6), jc(7), jc(8), jc(9), jc(10),
-                                       jc(11), jc(12), jc(13), jc(14), jc(15));
-  const __m512i a = fmix32_z(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(base)), js));
-  const std::uint32_t h =
-      static_cast<std::uint32_t>(key >> 32) ^ (static_cast<std::uint32_t>(index0 >> 32) * 0x85EBCA77u);
-  return fmix32_z(_mm512_xor_si512(a, _mm512_set1_epi32(static_cast<int>(h))));
-}
-
 SLIMGRAD_OPTIM_INLINE void sr_round16(__m512 x, std::uint16_t* out, std::uint64_t key, std::uint64_t index0,
                                       bool bf16, int shift = 0) {
-  const __m512i r = _mm512_srl_epi32(sr_bits16(key, index0), _mm_cvtsi32_si128(shift));
+  const __m512i r = _mm512_srl_epi32(sr_bits_lanes<simd::U32<Isa::avx512>>(key, index0).v, _mm_cvtsi32_si128(shift));
   const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_sub_ps(x, x), _mm512_setzero_ps(), _CMP_EQ_OQ);
   __m512i res;
   if (bf16) {

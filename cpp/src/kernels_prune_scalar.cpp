@@ -10,22 +10,6 @@ namespace slimgrad::kernels {
 namespace {
 
 template <class T>
-KeyOf<T> raw_key(T x) {
-  KeyOf<T> k;
-  std::memcpy(&k, &x, sizeof(T));
-  return k & (~KeyOf<T>(0) >> 1);
-}
-
-// The selection key: with a prior mask, previously pruned positions come
-// first (key 0) and the others move up by one.
-template <class T>
-KeyOf<T> key_at(const T* x, const std::uint8_t* prior, std::size_t i) {
-  const KeyOf<T> k = raw_key(x[i]);
-  if (!prior) return k;
-  return prior[i] ? k + 1 : 0;
-}
-
-template <class T>
 KeyOf<T> histogram_ref(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> base, KeyOf<T> prefix,
                        int hi, int lo, std::uint32_t* hist, std::size_t* below) {
   const std::size_t bins = std::size_t(1) << (hi - lo);
@@ -55,16 +39,7 @@ template <class T>
 std::size_t threshold_keep_ref(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> bound,
                                KeyOf<T> amb_lo, std::uint8_t* keep, KeyOf<T>* amb_keys,
                                std::uint32_t* amb_pos) {
-  std::size_t found = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    const KeyOf<T> k = key_at(x, prior, i);
-    keep[i] = k >= bound;
-    if (k >= amb_lo && k < bound) {
-      amb_keys[found] = k;
-      amb_pos[found++] = static_cast<std::uint32_t>(i);
-    }
-  }
-  return found;
+  return threshold_keep_from(x, prior, 0, n, bound, amb_lo, keep, amb_keys, amb_pos, 0);
 }
 
 // Element s of a group is pruned before t when its key is smaller, or equal
@@ -137,21 +112,15 @@ SLIMGRAD_PRUNE_SCALAR(float)
 SLIMGRAD_PRUNE_SCALAR(double)
 #undef SLIMGRAD_PRUNE_SCALAR
 
-template <>
-void apply_keep<Isa::scalar, std::uint8_t>(std::uint8_t* a, const std::uint8_t* keep, std::size_t n) {
-  apply_keep_ref(a, keep, n);
-}
-template <>
-void apply_keep<Isa::scalar, std::uint16_t>(std::uint16_t* a, const std::uint8_t* keep, std::size_t n) {
-  apply_keep_ref(a, keep, n);
-}
-template <>
-void apply_keep<Isa::scalar, std::uint32_t>(std::uint32_t* a, const std::uint8_t* keep, std::size_t n) {
-  apply_keep_ref(a, keep, n);
-}
-template <>
-void apply_keep<Isa::scalar, std::uint64_t>(std::uint64_t* a, const std::uint8_t* keep, std::size_t n) {
-  apply_keep_ref(a, keep, n);
-}
+#define SLIMGRAD_APPLY_KEEP_SCALAR(U)                                                          \
+  template <>                                                                                \
+  void apply_keep<Isa::scalar, U>(U * a, const std::uint8_t* keep, std::size_t n) {          \
+    apply_keep_ref(a, keep, n);                                                              \
+  }
+SLIMGRAD_APPLY_KEEP_SCALAR(std::uint8_t)
+SLIMGRAD_APPLY_KEEP_SCALAR(std::uint16_t)
+SLIMGRAD_APPLY_KEEP_SCALAR(std::uint32_t)
+SLIMGRAD_APPLY_KEEP_SCALAR(std::uint64_t)
+#undef SLIMGRAD_APPLY_KEEP_SCALAR
 
 }  // namespace slimgrad::kernels

@@ -37,19 +37,6 @@ void nm_keep<Isa::scalar, double>(const double*, std::size_t, std::size_t, int, 
 
 namespace {
 
-template <class T>
-KeyOf<T> raw_key_s(T x) {
-  KeyOf<T> k;
-  std::memcpy(&k, &x, sizeof(T));
-  return k & (~KeyOf<T>(0) >> 1);
-}
-template <class T>
-KeyOf<T> key_at_s(const T* x, const std::uint8_t* prior, std::size_t i) {
-  const KeyOf<T> k = raw_key_s(x[i]);
-  if (!prior) return k;
-  return prior[i] ? k + 1 : 0;
-}
-
 #if defined(__AVX2__)
 // Integer key vectors: 8 x int32 for float, 4 x int64 for double.
 template <class T>
@@ -59,10 +46,6 @@ template <>
 struct KeyVec<float> {
   using Key = std::uint32_t;
   static constexpr std::size_t W = 8;
-  static __m256i raw(const float* p) {
-    return _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
-                            _mm256_set1_epi32(0x7FFFFFFF));
-  }
   // All-ones lanes where the prior mask pruned (byte == 0).
   static __m256i was_pruned(const std::uint8_t* p) {
     const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
@@ -88,10 +71,6 @@ template <>
 struct KeyVec<double> {
   using Key = std::uint64_t;
   static constexpr std::size_t W = 4;
-  static __m256i raw(const double* p) {
-    return _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
-                            _mm256_set1_epi64x(0x7FFFFFFFFFFFFFFFll));
-  }
   static __m256i was_pruned(const std::uint8_t* p) {
     int b4;
     std::memcpy(&b4, p, 4);
@@ -112,6 +91,13 @@ struct KeyVec<double> {
     return _mm256_setr_epi64x(0, b, 2 * b, 3 * b);
   }
 };
+
+// W raw keys at p (the vector raw_key).
+template <class T>
+inline __m256i raw_keys(const T* p) {
+  using Key = typename KeyVec<T>::Key;
+  return _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), KeyVec<T>::set1(~Key(0) >> 1));
+}
 
 template <class T>
 inline __m256i keys(const T* x, const std::uint8_t* prior, std::size_t i, __m256i raw) {
@@ -168,7 +154,7 @@ KeyOf<T> histogram(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T
     const std::size_t end = i + (avail < kBlock ? avail : kBlock);
     std::size_t count = 0;
     for (; i < end; i += W) {
-      const __m256i raw = KV::raw(x + i);
+      const __m256i raw = raw_keys<T>(x + i);
       vmax = KV::max(vmax, raw);
       const __m256i key = keys(x, prior, i, raw);
       // Keys and base are below 2^31 (2^63): a signed compare orders them.
@@ -191,9 +177,9 @@ KeyOf<T> histogram(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T
   max_raw = hmax<T>(vmax);
 #endif
   for (; i < n; ++i) {
-    const Key raw = raw_key_s(x[i]);
+    const Key raw = raw_key(x[i]);
     max_raw = raw > max_raw ? raw : max_raw;
-    const Key key = key_at_s(x, prior, i);
+    const Key key = key_at(x, prior, i);
     under += key < base;
     const Key k = key - base;
     if ((k >> hi) == prefix) ++hist[(i % kHistCopies) * bins + ((k >> lo) & digit_mask)];
@@ -209,9 +195,9 @@ std::size_t count_equal(const T* x, const std::uint8_t* prior, std::size_t n, Ke
   using KV = KeyVec<T>;
   const __m256i vkey = KV::set1(key);
   for (; i + KV::W <= n; i += KV::W)
-    c += static_cast<std::size_t>(__builtin_popcount(KV::bits(KV::eq(keys(x, prior, i, KV::raw(x + i)), vkey))));
+    c += static_cast<std::size_t>(__builtin_popcount(KV::bits(KV::eq(keys(x, prior, i, raw_keys<T>(x + i)), vkey))));
 #endif
-  for (; i < n; ++i) c += key_at_s(x, prior, i) == key;
+  for (; i < n; ++i) c += key_at(x, prior, i) == key;
   return c;
 }
 
@@ -227,7 +213,7 @@ std::size_t threshold_keep(const T* x, const std::uint8_t* prior, std::size_t n,
   const __m256i below = KV::set1(bound - 1), vlo = KV::set1(amb_lo);
   constexpr unsigned all = (1u << W) - 1;
   for (; i + W <= n; i += W) {
-    const __m256i k = keys(x, prior, i, KV::raw(x + i));
+    const __m256i k = keys(x, prior, i, raw_keys<T>(x + i));
     const unsigned kept = KV::bits(KV::gt(k, below));
     const std::uint64_t bytes = spread_bits(kept);
     std::memcpy(keep + i, &bytes, W);
@@ -235,21 +221,13 @@ std::size_t threshold_keep(const T* x, const std::uint8_t* prior, std::size_t n,
     unsigned amb = all & ~kept & ~KV::bits(KV::gt(vlo, k));
     while (amb) {
       const unsigned j = static_cast<unsigned>(__builtin_ctz(amb));
-      amb_keys[found] = key_at_s(x, prior, i + j);
+      amb_keys[found] = key_at(x, prior, i + j);
       amb_pos[found++] = static_cast<std::uint32_t>(i + j);
       amb &= amb - 1;
     }
   }
 #endif
-  for (; i < n; ++i) {
-    const KeyOf<T> k = key_at_s(x, prior, i);
-    keep[i] = k >= bound;
-    if (k >= amb_lo && k < bound) {
-      amb_keys[found] = k;
-      amb_pos[found++] = static_cast<std::uint32_t>(i);
-    }
-  }
-  return found;
+  return threshold_keep_from(x, prior, i, n, bound, amb_lo, keep, amb_keys, amb_pos, found);
 }
 
 template <Isa I, class T>
@@ -271,7 +249,7 @@ void nm_keep(const T* x, std::size_t rows, std::size_t inner, int n, int m, std:
     }
     std::size_t i = 0;
     for (; i + W <= total; i += W) {
-      const __m256i k = KV::raw(x + i);
+      const __m256i k = raw_keys<T>(x + i);
       __m256i rot[3];
       if constexpr (W == 8) {
         rot[0] = _mm256_shuffle_epi32(k, _MM_SHUFFLE(0, 3, 2, 1));
@@ -308,7 +286,7 @@ void nm_keep(const T* x, std::size_t rows, std::size_t inner, int n, int m, std:
       for (; j + W <= inner; j += W) {
         __m256i k[16], rank[16];
         for (int t = 0; t < m; ++t) {
-          k[t] = KV::raw(xr + static_cast<std::size_t>(t) * inner + j);
+          k[t] = raw_keys<T>(xr + static_cast<std::size_t>(t) * inner + j);
           rank[t] = _mm256_setzero_si256();
         }
         for (int t = 1; t < m; ++t)
@@ -325,10 +303,10 @@ void nm_keep(const T* x, std::size_t rows, std::size_t inner, int n, int m, std:
       }
       for (; j < inner; ++j)  // the last inner % W columns
         for (int t = 0; t < m; ++t) {
-          const KeyOf<T> kt = raw_key_s(xr[static_cast<std::size_t>(t) * inner + j]);
+          const KeyOf<T> kt = raw_key(xr[static_cast<std::size_t>(t) * inner + j]);
           int rank = 0;
           for (int s = 0; s < m; ++s) {
-            const KeyOf<T> ks = raw_key_s(xr[static_cast<std::size_t>(s) * inner + j]);
+            const KeyOf<T> ks = raw_key(xr[static_cast<std::size_t>(s) * inner + j]);
             rank += ks < kt || (ks == kt && s < t);
           }
           kr[static_cast<std::size_t>(t) * inner + j] = rank >= m - n;
@@ -343,19 +321,9 @@ void nm_keep(const T* x, std::size_t rows, std::size_t inner, int n, int m, std:
 template <Isa I, class T>
 std::size_t find_nan(const T* x, std::size_t n) {
   using V = simd::Vec<T, I>;
-  constexpr std::size_t W = V::width;
-  std::size_t i = 0;
-  for (; i + 4 * W <= n; i += 4 * W) {
-    const V a = V::load(x + i), b = V::load(x + i + W), c = V::load(x + i + 2 * W),
-            d = V::load(x + i + 3 * W);
-    // x <= x is false only for NaN.
-    using simd::le;
-    using simd::mask_and;
-    if (!simd::all(mask_and(mask_and(le(a, a), le(b, b)), mask_and(le(c, c), le(d, d))))) break;
-  }
-  for (; i < n; ++i)
-    if (std::isnan(x[i])) return i;
-  return n;
+  // x <= x is false only for NaN.
+  return simd::find_first_failing<V>(
+      x, n, [](V a) { return simd::le(a, a); }, [](T a) { return !std::isnan(a); });
 }
 
 template <Isa I, class U>

@@ -40,13 +40,7 @@ struct QOps<Isa::avx2> {
   static VI iota() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
   static VI set1(std::uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)); }
   static VI add(VI a, VI b) { return _mm256_add_epi32(a, b); }
-  static VI mix(VI x) {
-    x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
-    x = _mm256_mullo_epi32(x, _mm256_set1_epi32(0x7feb352d));
-    x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 15));
-    x = _mm256_mullo_epi32(x, _mm256_set1_epi32(static_cast<int>(0x846ca68bu)));
-    return _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
-  }
+  static VI mix(VI x) { return quant::mix32(U32<Isa::avx2>{x}).v; }
   static F uniform(VI lo, quant::StreamKey k) {
     const VI h = mix(_mm256_xor_si256(mix(add(lo, set1(k.k1))), set1(k.k2)));
     return {_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(h, 8)), _mm256_set1_ps(5.9604644775390625e-8f))};
@@ -117,13 +111,7 @@ struct QOps<Isa::avx512> {
   static VI iota() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
   static VI set1(std::uint32_t v) { return _mm512_set1_epi32(static_cast<int>(v)); }
   static VI add(VI a, VI b) { return _mm512_add_epi32(a, b); }
-  static VI mix(VI x) {
-    x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
-    x = _mm512_mullo_epi32(x, _mm512_set1_epi32(0x7feb352d));
-    x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
-    x = _mm512_mullo_epi32(x, _mm512_set1_epi32(static_cast<int>(0x846ca68bu)));
-    return _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
-  }
+  static VI mix(VI x) { return quant::mix32(U32<Isa::avx512>{x}).v; }
   static F uniform(VI lo, quant::StreamKey k) {
     const VI h = mix(_mm512_xor_si512(mix(add(lo, set1(k.k1))), set1(k.k2)));
     return {_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(h, 8)), _mm512_set1_ps(5.9604644775390625e-8f))};

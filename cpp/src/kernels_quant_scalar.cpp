@@ -125,27 +125,15 @@ template <>
 std::size_t quant_groups<Isa::scalar>(const float* x, std::size_t n, std::size_t gs, int bits, bool symmetric,
                                       int rounding, std::uint64_t seed, std::uint64_t index, float* scale,
                                       std::int32_t* zero_point, std::uint8_t* codes) {
-  const int qmax = symmetric ? (1 << (bits - 1)) - 1 : (1 << bits) - 1;
-  const int qmin = symmetric ? -qmax : 0;
-  std::size_t first = n;
-  for (std::size_t g = 0, j = 0; j < n; ++g, j += gs) {
-    const std::size_t len = n - j < gs ? n - j : gs;
-    float lo, hi;
-    const std::size_t k = quant_minmax<Isa::scalar>(x + j, len, &lo, &hi);
-    if (k < len) {
-      first = first < n ? first : j + k;
-      scale[g] = NAN;
-      zero_point[g] = 0;
-      std::memset(codes + j, 0, len);
-      continue;
-    }
-    const quant::Param p = quant::make_param(lo, hi, lo == hi, qmax, symmetric);
-    scale[g] = p.scale;
-    zero_point[g] = static_cast<std::int32_t>(p.zp);
-    quant_codes<Isa::scalar>(x + j, len, p.scale, p.inv, p.use_div, p.zp, static_cast<float>(qmin),
-                             static_cast<float>(qmax), rounding, seed, index + j, codes + j);
-  }
-  return first;
+  return quant::quantize_groups(
+      x, n, gs, bits, symmetric, scale, zero_point, codes,
+      [](const float* v, std::size_t len, float* lo, float* hi) {
+        return quant_minmax<Isa::scalar>(v, len, lo, hi);
+      },
+      [&](const float* v, std::size_t len, const quant::Param& p, float qmin, float qmax, std::size_t j,
+          std::uint8_t* c) {
+        quant_codes<Isa::scalar>(v, len, p.scale, p.inv, p.use_div, p.zp, qmin, qmax, rounding, seed, index + j, c);
+      });
 }
 
 }  // namespace slimgrad::kernels

@@ -186,31 +186,13 @@ template <Isa I>
 std::size_t quant_groups(const float* x, std::size_t n, std::size_t gs, int bits, bool symmetric, int rounding,
                          std::uint64_t seed, std::uint64_t index, float* scale, std::int32_t* zero_point,
                          std::uint8_t* codes) {
-  const int qmax = symmetric ? (1 << (bits - 1)) - 1 : (1 << bits) - 1;
-  const float fmax = static_cast<float>(qmax), fmin = symmetric ? -fmax : 0.0f;
-  std::size_t first = n;
-  for (std::size_t g = 0, j = 0; j < n; ++g, j += gs) {
-    const std::size_t len = n - j < gs ? n - j : gs;
-    float lo, hi;
-    const std::size_t k = quant_minmax<I>(x + j, len, &lo, &hi);
-    if (k < len) {
-      first = first < n ? first : j + k;
-      scale[g] = __builtin_nanf("");
-      zero_point[g] = 0;
-      std::memset(codes + j, 0, len);
-      continue;
-    }
-    const quant::Param p = quant::make_param(lo, hi, lo == hi, qmax, symmetric);
-    scale[g] = p.scale;
-    zero_point[g] = static_cast<std::int32_t>(p.zp);
-    if (rounding == 0)
-      codes_impl<I, 0>(x + j, len, p.scale, p.inv, p.use_div, p.zp, fmin, fmax, seed, index + j, codes + j);
-    else if (rounding == 1)
-      codes_impl<I, 1>(x + j, len, p.scale, p.inv, p.use_div, p.zp, fmin, fmax, seed, index + j, codes + j);
-    else
-      codes_impl<I, 2>(x + j, len, p.scale, p.inv, p.use_div, p.zp, fmin, fmax, seed, index + j, codes + j);
-  }
-  return first;
+  return quant::quantize_groups(
+      x, n, gs, bits, symmetric, scale, zero_point, codes,
+      [](const float* v, std::size_t len, float* lo, float* hi) { return quant_minmax<I>(v, len, lo, hi); },
+      [&](const float* v, std::size_t len, const quant::Param& p, float qmin, float qmax, std::size_t j,
+          std::uint8_t* c) {
+        quant_codes<I>(v, len, p.scale, p.inv, p.use_div, p.zp, qmin, qmax, rounding, seed, index + j, c);
+      });
 }
 
 template <Isa I>
@@ -267,11 +249,7 @@ void quant_dequant(const std::uint8_t* codes, bool is_signed, std::size_t n, flo
 
 template <Isa I>
 void quant_pack(const std::uint8_t* codes, std::size_t n, int bits, std::uint8_t* out) {
-  if (bits == 8) {
-    std::memcpy(out, codes, n);
-    return;
-  }
-  std::size_t i = 0;
+  std::size_t i = 0;  // 8 bits (a copy) and the tail: the scalar kernel below
   if (bits == 4) {
     // maddubs: (c_even & 15) * 1 + (c_odd & 15) * 16 per 16-bit lane, then
     // the low bytes of the 16 lanes, in order.
@@ -292,11 +270,7 @@ void quant_pack(const std::uint8_t* codes, std::size_t n, int bits, std::uint8_t
 
 template <Isa I>
 void quant_unpack(const std::uint8_t* in, std::size_t n, int bits, bool is_signed, std::uint8_t* codes) {
-  if (bits == 8) {
-    std::memcpy(codes, in, n);
-    return;
-  }
-  std::size_t i = 0;
+  std::size_t i = 0;  // 8 bits (a copy) and the tail: the scalar kernel below
   if (bits == 4) {
     const __m128i m = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
     for (; i + 32 <= n; i += 32) {

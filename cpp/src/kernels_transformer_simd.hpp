@@ -55,24 +55,13 @@ inline float row_sqdev(const float* x, std::size_t n, float m) {
   using V = Vec<float, I>;
   constexpr std::size_t W = V::width;
   const V mv = V::set1(m);
-  V a0 = V::zero(), a1 = V::zero();
-  std::size_t j = 0;
-  for (; j + 2 * W <= n; j += 2 * W) {
-    const V d0 = V::load(x + j) - mv, d1 = V::load(x + j + W) - mv;
-    a0 = fma(d0, d0, a0);
-    a1 = fma(d1, d1, a1);
-  }
-  for (; j + W <= n; j += W) {
-    const V d = V::load(x + j) - mv;
-    a0 = fma(d, d, a0);
-  }
-  if (j < n) {
+  const auto diff = [&](std::size_t j, std::size_t k) {
+    if (k == W) return V::load(x + j) - mv;
     float tmp[W];
-    for (std::size_t t = 0; t < W; ++t) tmp[t] = t < n - j ? x[j + t] : m;  // pad with the mean: adds 0
-    const V d = V::load(tmp) - mv;
-    a1 = fma(d, d, a1);
-  }
-  return reduce_sum(a0 + a1);
+    for (std::size_t t = 0; t < W; ++t) tmp[t] = t < k ? x[j + t] : m;  // pad with the mean: adds 0
+    return V::load(tmp) - mv;
+  };
+  return reduce_sum(sum_sq_diff<V>(n, diff, [](std::size_t, std::size_t, V) {}));
 }
 
 }  // namespace

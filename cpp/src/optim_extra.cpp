@@ -25,6 +25,12 @@ T torch_lerp(T a, T b, T w) {
   return w < T(0.5) ? a + w * (b - a) : b - (b - a) * (T(1) - w);
 }
 
+// f(isa, t, piece t) for every piece of the plan, on the active ISA.
+template <class F>
+void for_pieces(const WorkPlan& plan, F&& f) {
+  dispatch([&](auto isa) { run_plan(plan, [&](std::size_t t, const Piece& it) { f(isa, t, it); }); });
+}
+
 }  // namespace
 
 template <class T>
@@ -32,12 +38,10 @@ void lamb_step(T* const* p, const T* const* g, T* const* m, T* const* v, const s
                std::size_t count, const LambCoef<T>& c, T lr, double* ratios) {
   const WorkPlan plan = plan_work(sizes, count);
   std::vector<double> partial(2 * plan.pieces.size(), 0.0);
-  dispatch([&](auto isa) {
-    run_plan(plan, [&](std::size_t t, const Piece& it) {
-      const std::size_t o = it.begin;
-      kernels::lamb_moments<decltype(isa)::value, T>(p[it.array] + o, g[it.array] + o, m[it.array] + o,
-                                                      v[it.array] + o, it.end - o, c, &partial[2 * t]);
-    });
+  for_pieces(plan, [&](auto isa, std::size_t t, const Piece& it) {
+    const std::size_t o = it.begin;
+    kernels::lamb_moments<decltype(isa)::value, T>(p[it.array] + o, g[it.array] + o, m[it.array] + o,
+                                                    v[it.array] + o, it.end - o, c, &partial[2 * t]);
   });
   // Per-array norms, item partials added in order.
   std::vector<double> pn(count, 0.0), rn(count, 0.0);
@@ -54,12 +58,10 @@ void lamb_step(T* const* p, const T* const* g, T* const* m, T* const* v, const s
     if (ratios) ratios[a] = ratio;
     lr_ratio[a] = static_cast<T>(static_cast<double>(lr) * ratio);
   }
-  dispatch([&](auto isa) {
-    run_plan(plan, [&](std::size_t, const Piece& it) {
-      const std::size_t o = it.begin;
-      kernels::lamb_apply<decltype(isa)::value, T>(p[it.array] + o, m[it.array] + o, v[it.array] + o, it.end - o,
-                                                    c, lr_ratio[it.array]);
-    });
+  for_pieces(plan, [&](auto isa, std::size_t, const Piece& it) {
+    const std::size_t o = it.begin;
+    kernels::lamb_apply<decltype(isa)::value, T>(p[it.array] + o, m[it.array] + o, v[it.array] + o, it.end - o,
+                                                  c, lr_ratio[it.array]);
   });
 }
 
@@ -69,12 +71,10 @@ void adamw8bit_step(T* const* p, const T* const* g, std::int8_t* const* m, std::
                     const Adam8Coef<T>& c) {
   static_assert(kGrain % kQuantBlock == 0, "items must start on a quantization block");
   const WorkPlan plan = plan_work(sizes, count);
-  dispatch([&](auto isa) {
-    run_plan(plan, [&](std::size_t, const Piece& it) {
-      const std::size_t o = it.begin, a = it.array;
-      kernels::adamw8bit<decltype(isa)::value, T>(p[a] + o, g[a] + o, m[a] + o, v[a] + o, ms[a] + o / kQuantBlock,
-                                                   vs[a] + o / kQuantBlock, it.end - o, c);
-    });
+  for_pieces(plan, [&](auto isa, std::size_t, const Piece& it) {
+    const std::size_t o = it.begin, a = it.array;
+    kernels::adamw8bit<decltype(isa)::value, T>(p[a] + o, g[a] + o, m[a] + o, v[a] + o, ms[a] + o / kQuantBlock,
+                                                 vs[a] + o / kQuantBlock, it.end - o, c);
   });
 }
 
@@ -139,10 +139,8 @@ template <class T>
 double total_norm(const T* const* x, const std::size_t* sizes, std::size_t count, double norm_type) {
   const WorkPlan plan = plan_work(sizes, count);
   std::vector<double> partial(plan.pieces.size(), 0.0);
-  dispatch([&](auto isa) {
-    run_plan(plan, [&](std::size_t t, const Piece& it) {
-      partial[t] = piece_norm<decltype(isa)::value, T>(x[it.array] + it.begin, it.end - it.begin, norm_type);
-    });
+  for_pieces(plan, [&](auto isa, std::size_t t, const Piece& it) {
+    partial[t] = piece_norm<decltype(isa)::value, T>(x[it.array] + it.begin, it.end - it.begin, norm_type);
   });
   return combine_norm(partial, norm_type);
 }
@@ -151,51 +149,54 @@ double total_norm_half(const std::uint16_t* const* x, const std::size_t* sizes, 
                        double norm_type, bool bf16) {
   const WorkPlan plan = plan_work(sizes, count);
   std::vector<double> partial(plan.pieces.size(), 0.0);
-  dispatch([&](auto isa) {
+  for_pieces(plan, [&](auto isa, std::size_t t, const Piece& it) {
     constexpr Isa I = decltype(isa)::value;
-    run_plan(plan, [&](std::size_t t, const Piece& it) {
-      // The piece widened (exactly) into a per-thread buffer that stays in
-      // cache, then the float32 reduction: the norm of half gradients is the
-      // float32 norm of their widened values, piece for piece.
-      thread_local std::vector<float> wide;
-      const std::size_t n = it.end - it.begin;
-      if (wide.size() < n) wide.resize(kGrain);
-      kernels::widen_half<I>(x[it.array] + it.begin, wide.data(), n, bf16);
-      partial[t] = piece_norm<I, float>(wide.data(), n, norm_type);
-    });
+    // The piece widened (exactly) into a per-thread buffer that stays in
+    // cache, then the float32 reduction: the norm of half gradients is the
+    // float32 norm of their widened values, piece for piece.
+    thread_local std::vector<float> wide;
+    const std::size_t n = it.end - it.begin;
+    if (wide.size() < n) wide.resize(kGrain);
+    kernels::widen_half<I>(x[it.array] + it.begin, wide.data(), n, bf16);
+    partial[t] = piece_norm<I, float>(wide.data(), n, norm_type);
   });
   return combine_norm(partial, norm_type);
 }
 
+namespace {
+// One elementwise kernel over every array's pieces: x *= s, x clamped to
+// [-s, s], or x += s * g.
+enum class Elementwise { scale, clamp, accumulate };
+
+template <class T>
+void elementwise_all(Elementwise op, T* const* x, const T* const* g, const std::size_t* sizes, std::size_t count,
+                     T s) {
+  const WorkPlan plan = plan_work(sizes, count);
+  for_pieces(plan, [&](auto isa, std::size_t, const Piece& it) {
+    constexpr Isa I = decltype(isa)::value;
+    T* const xp = x[it.array] + it.begin;
+    const std::size_t n = it.end - it.begin;
+    if (op == Elementwise::scale)
+      kernels::scale<I, T>(xp, n, s);
+    else if (op == Elementwise::clamp)
+      kernels::clamp_abs<I, T>(xp, n, s);
+    else
+      kernels::accumulate<I, T>(xp, g[it.array] + it.begin, n, s);
+  });
+}
+}  // namespace
+
 template <class T>
 void scale_all(T* const* x, const std::size_t* sizes, std::size_t count, T s) {
-  const WorkPlan plan = plan_work(sizes, count);
-  dispatch([&](auto isa) {
-    run_plan(plan, [&](std::size_t, const Piece& it) {
-      kernels::scale<decltype(isa)::value, T>(x[it.array] + it.begin, it.end - it.begin, s);
-    });
-  });
+  elementwise_all<T>(Elementwise::scale, x, nullptr, sizes, count, s);
 }
-
 template <class T>
 void clamp_all(T* const* x, const std::size_t* sizes, std::size_t count, T c) {
-  const WorkPlan plan = plan_work(sizes, count);
-  dispatch([&](auto isa) {
-    run_plan(plan, [&](std::size_t, const Piece& it) {
-      kernels::clamp_abs<decltype(isa)::value, T>(x[it.array] + it.begin, it.end - it.begin, c);
-    });
-  });
+  elementwise_all<T>(Elementwise::clamp, x, nullptr, sizes, count, c);
 }
-
 template <class T>
 void accumulate_all(T* const* acc, const T* const* g, const std::size_t* sizes, std::size_t count, T s) {
-  const WorkPlan plan = plan_work(sizes, count);
-  dispatch([&](auto isa) {
-    run_plan(plan, [&](std::size_t, const Piece& it) {
-      kernels::accumulate<decltype(isa)::value, T>(acc[it.array] + it.begin, g[it.array] + it.begin,
-                                                    it.end - it.begin, s);
-    });
-  });
+  elementwise_all<T>(Elementwise::accumulate, acc, g, sizes, count, s);
 }
 
 // ----------------------------------------------------------- Adafactor
@@ -293,20 +294,16 @@ void adafactor_step(T* p, const T* g, T* row_var, T* col_var, T* var, std::size_
   const std::size_t sizes[1] = {n};
   const WorkPlan plan = plan_work(sizes, 1);
   std::vector<double> part(plan.pieces.size());
-  dispatch([&](auto isa) {
-    run_plan(plan, [&](std::size_t t, const Piece& it) {
-      part[t] = kernels::adafactor_vector_var<decltype(isa)::value, T>(g + it.begin, var + it.begin,
-                                                                       it.end - it.begin, w, eps1sq, a.maximize);
-    });
+  for_pieces(plan, [&](auto isa, std::size_t t, const Piece& it) {
+    part[t] = kernels::adafactor_vector_var<decltype(isa)::value, T>(g + it.begin, var + it.begin,
+                                                                     it.end - it.begin, w, eps1sq, a.maximize);
   });
   for (double v : part) u_sq += v;
   const double denom = std::max(1.0, std::sqrt(u_sq) / (std::sqrt(static_cast<double>(n)) * a.d));
   const T step = static_cast<T>(alpha / denom);
-  dispatch([&](auto isa) {
-    run_plan(plan, [&](std::size_t, const Piece& it) {
-      kernels::adafactor_vector_apply<decltype(isa)::value, T>(p + it.begin, g + it.begin, var + it.begin,
-                                                               it.end - it.begin, eps1sq, a.maximize, decay, step);
-    });
+  for_pieces(plan, [&](auto isa, std::size_t, const Piece& it) {
+    kernels::adafactor_vector_apply<decltype(isa)::value, T>(p + it.begin, g + it.begin, var + it.begin,
+                                                             it.end - it.begin, eps1sq, a.maximize, decay, step);
   });
 }
 

@@ -278,26 +278,28 @@ void dequantize(const std::uint8_t* data, const Spec& s, const float* scale, con
   });
 }
 
-void unpack(const std::uint8_t* data, const Spec& s, std::uint8_t* codes) {
-  const std::size_t rb = s.row_bytes();
+// row(isa, r) for every row, rows split over the threads (pack / unpack).
+template <class Row>
+void for_rows(const Spec& s, Row&& row) {
   dispatch([&](auto isa) {
     parallel_chunks(s.rows, std::max<std::size_t>(1, kGrain / std::max<std::size_t>(1, s.cols)),
-                 [&](std::size_t b, std::size_t e) {
-                   for (std::size_t r = b; r < e; ++r)
-                     kernels::quant_unpack<decltype(isa)::value>(data + r * rb, s.cols, s.bits, s.symmetric,
-                                                                 codes + r * s.cols);
-                 });
+                    [&](std::size_t b, std::size_t e) {
+                      for (std::size_t r = b; r < e; ++r) row(isa, r);
+                    });
+  });
+}
+
+void unpack(const std::uint8_t* data, const Spec& s, std::uint8_t* codes) {
+  const std::size_t rb = s.row_bytes();
+  for_rows(s, [&](auto isa, std::size_t r) {
+    kernels::quant_unpack<decltype(isa)::value>(data + r * rb, s.cols, s.bits, s.symmetric, codes + r * s.cols);
   });
 }
 
 void pack(const std::uint8_t* codes, const Spec& s, std::uint8_t* data) {
   const std::size_t rb = s.row_bytes();
-  dispatch([&](auto isa) {
-    parallel_chunks(s.rows, std::max<std::size_t>(1, kGrain / std::max<std::size_t>(1, s.cols)),
-                 [&](std::size_t b, std::size_t e) {
-                   for (std::size_t r = b; r < e; ++r)
-                     kernels::quant_pack<decltype(isa)::value>(codes + r * s.cols, s.cols, s.bits, data + r * rb);
-                 });
+  for_rows(s, [&](auto isa, std::size_t r) {
+    kernels::quant_pack<decltype(isa)::value>(codes + r * s.cols, s.cols, s.bits, data + r * rb);
   });
 }
 

@@ -143,11 +143,7 @@ bool find_nonfinite_multi(Storage st, const void* const* arrays, const std::size
 inline namespace SLIMGRAD_TARGET_NAMESPACE {
 
 inline std::uint64_t mix64(std::uint64_t x) {  // splitmix64 finalizer
-  x ^= x >> 30;
-  x *= 0xBF58476D1CE4E5B9ull;
-  x ^= x >> 27;
-  x *= 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
+  return simd::xorshift_multiply<30, 27, 31>(x, 0xBF58476D1CE4E5B9ull, 0x94D049BB133111EBull);
 }
 inline std::uint64_t sr_key(std::uint64_t seed, std::uint64_t step) {
   return mix64(mix64(seed + 0x9E3779B97F4A7C15ull) ^ (step * 0xD1B54A32D192ED03ull));
@@ -159,17 +155,27 @@ inline std::uint64_t sr_key(std::uint64_t seed, std::uint64_t step) {
 inline std::uint64_t state_sr_key(std::uint64_t seed, std::uint64_t step, int pair) {
   return mix64(sr_key(seed, step) + static_cast<std::uint64_t>(pair + 1) * 0xA0761D6478BD642Full);
 }
-inline std::uint32_t fmix32(std::uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x85EBCA6Bu;
-  x ^= x >> 13;
-  x *= 0xC2B2AE35u;
-  return x ^ (x >> 16);
+// murmur3's finalizer, on a std::uint32_t or on simd::U32<I> lanes.
+template <class U>
+SLIMGRAD_ALWAYS_INLINE U fmix32(U x) {
+  return simd::xorshift_multiply<16, 13, 16>(x, 0x85EBCA6Bu, 0xC2B2AE35u);
 }
 inline std::uint32_t sr_bits(std::uint64_t key, std::uint64_t index) {
   const auto lo = static_cast<std::uint32_t>(index), hi = static_cast<std::uint32_t>(index >> 32);
   const std::uint32_t a = fmix32(lo * 0x9E3779B1u + static_cast<std::uint32_t>(key));
   return fmix32(a ^ static_cast<std::uint32_t>(key >> 32) ^ (hi * 0x85EBCA77u));
+}
+// sr_bits(key, index0 + j) in lane j of U = simd::U32<I>; the low 32 bits
+// of the index must not wrap within the vector.
+template <class U>
+SLIMGRAD_ALWAYS_INLINE U sr_bits_lanes(std::uint64_t key, std::uint64_t index0) {
+  // (index0 + j) * C + key mod 2^32 = (index0 * C + key) + j * C: one add, no multiply.
+  constexpr std::uint32_t C = 0x9E3779B1u;
+  const std::uint32_t base = static_cast<std::uint32_t>(index0) * C + static_cast<std::uint32_t>(key);
+  const U a = fmix32(U::set1(base) + simd::iota_lanes<U>(0, C));
+  const std::uint32_t h =
+      static_cast<std::uint32_t>(key >> 32) ^ (static_cast<std::uint32_t>(index0 >> 32) * 0x85EBCA77u);
+  return fmix32(a ^ h);
 }
 
 // bfloat16: add 16 random bits below the kept ones and truncate, so x rounds

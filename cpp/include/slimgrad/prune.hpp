@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -39,6 +40,43 @@ struct KeyTraits<double> {
 };
 template <class T>
 using KeyOf = typename KeyTraits<T>::Key;
+
+namespace kernels {
+// Internal linkage: each ISA file compiles its own copy (no ODR trap).
+namespace {
+// The selection key of x: its bits with the sign cleared (|x| orders as an integer).
+template <class T>
+KeyOf<T> raw_key(T x) {
+  KeyOf<T> k;
+  std::memcpy(&k, &x, sizeof(T));
+  return k & (~KeyOf<T>(0) >> 1);
+}
+// With a prior mask, previously pruned positions come first (key 0) and the
+// others move up by one.
+template <class T>
+KeyOf<T> key_at(const T* x, const std::uint8_t* prior, std::size_t i) {
+  const KeyOf<T> k = raw_key(x[i]);
+  if (!prior) return k;
+  return prior[i] ? k + 1 : 0;
+}
+// threshold_keep over [i0, n), `found` ambiguous entries listed so far: keep
+// the keys >= bound, list those in [amb_lo, bound). Returns the new count.
+template <class T>
+std::size_t threshold_keep_from(const T* x, const std::uint8_t* prior, std::size_t i0, std::size_t n,
+                                KeyOf<T> bound, KeyOf<T> amb_lo, std::uint8_t* keep, KeyOf<T>* amb_keys,
+                                std::uint32_t* amb_pos, std::size_t found) {
+  for (std::size_t i = i0; i < n; ++i) {
+    const KeyOf<T> k = key_at(x, prior, i);
+    keep[i] = k >= bound;
+    if (k >= amb_lo && k < bound) {
+      amb_keys[found] = k;
+      amb_pos[found++] = static_cast<std::uint32_t>(i);
+    }
+  }
+  return found;
+}
+}  // namespace
+}  // namespace kernels
 
 // Radix digits of at most this many bits: 2048 bins of uint32 (x4 copies)
 // stay in L1.

@@ -22,6 +22,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "slimgrad/isa.hpp"
 
@@ -88,13 +89,15 @@ void pack(const std::uint8_t* codes, const Spec& spec, std::uint8_t* data);
 // so every ISA and thread count draws the same u for the same element.
 // Internal linkage: each ISA file compiles its own copy (no ODR trap).
 namespace {
-inline std::uint32_t mix32(std::uint32_t x) {  // "lowbias32" (C. Wellons)
-  x ^= x >> 16;
-  x *= 0x7feb352du;
-  x ^= x >> 15;
-  x *= 0x846ca68bu;
-  x ^= x >> 16;
-  return x;
+// "lowbias32" (C. Wellons), on a std::uint32_t or on simd::U32<I> lanes
+// (the SIMD kernels' copy of the same hash).
+template <class U>
+inline __attribute__((always_inline)) U mix32(U x) {
+  x = x ^ (x >> 16);
+  x = x * 0x7feb352du;
+  x = x ^ (x >> 15);
+  x = x * 0x846ca68bu;
+  return x ^ (x >> 16);
 }
 struct StreamKey {
   std::uint32_t k1, k2;
@@ -146,6 +149,37 @@ inline Param make_param(float lo, float hi, bool constant, int qmax_i, bool symm
   p.inv = 1.0f / p.scale;
   p.use_div = p.scale < 1.17549435e-38f;  // FLT_MIN
   return p;
+}
+
+// Quantizes x[0, n) in groups of gs (the loop of kernels::quant_groups, the
+// same for every ISA): per group its range (minmax returns the index of the
+// first non-finite value, or len), its parameter, then encode(x, len, p,
+// qmin, qmax, j, codes) writes its codes. A group holding a non-finite
+// value gets scale NaN, zero point 0 and codes 0. Returns the index of the
+// first non-finite value, or n.
+template <class MinMax, class Encode>
+std::size_t quantize_groups(const float* x, std::size_t n, std::size_t gs, int bits, bool symmetric, float* scale,
+                            std::int32_t* zero_point, std::uint8_t* codes, MinMax&& minmax, Encode&& encode) {
+  const int qmax = symmetric ? (1 << (bits - 1)) - 1 : (1 << bits) - 1;
+  const float fmax = static_cast<float>(qmax), fmin = symmetric ? -fmax : 0.0f;
+  std::size_t first = n;
+  for (std::size_t g = 0, j = 0; j < n; ++g, j += gs) {
+    const std::size_t len = n - j < gs ? n - j : gs;
+    float lo, hi;
+    const std::size_t k = minmax(x + j, len, &lo, &hi);
+    if (k < len) {
+      first = first < n ? first : j + k;
+      scale[g] = __builtin_nanf("");
+      zero_point[g] = 0;
+      std::memset(codes + j, 0, len);
+      continue;
+    }
+    const Param p = make_param(lo, hi, lo == hi, qmax, symmetric);
+    scale[g] = p.scale;
+    zero_point[g] = static_cast<std::int32_t>(p.zp);
+    encode(x + j, len, p, fmin, fmax, j, codes + j);
+  }
+  return first;
 }
 }  // namespace
 

@@ -26,6 +26,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "slimgrad/isa.hpp"
 
@@ -40,6 +41,10 @@
 #else
 #define SLIMGRAD_TARGET_NAMESPACE target_baseline
 #endif
+
+// For the small hash helpers below and their users: a hot loop must not
+// call them out of line (GCC stops inlining through their template layers).
+#define SLIMGRAD_ALWAYS_INLINE inline __attribute__((always_inline))
 
 namespace slimgrad::simd {
 inline namespace SLIMGRAD_TARGET_NAMESPACE {
@@ -81,88 +86,107 @@ inline bool any(bool m) { return m; }
 // Half-type loads are templates on the ISA (they differ only in return type).
 template <Isa I> Vec<float, I> load_f16(const std::uint16_t* p);
 template <Isa I> Vec<float, I> load_bf16(const std::uint16_t* p);
+// 8-bit codes (std::int8_t or std::uint8_t), one per lane, widened exactly.
+template <Isa I, class C> Vec<float, I> load_codes(const C* p);
+
+// ------------------------------------------------------- x86, any width
+// The four x86 vector types share one operator set that differs only in
+// the intrinsic names: P is the prefix (_mm256 / _mm512), S the element
+// suffix (ps / pd), CMP the compare that yields the ISA's mask. One row per
+// type below spells out the same intrinsics the hand-written versions did.
+#define SLIMGRAD_X86_VEC(T, I, R, M, W, P, S, CMP)                                                         \
+  template <>                                                                                               \
+  struct Vec<T, I> {                                                                                        \
+    using Scalar = T;                                                                                       \
+    using Mask = M;                                                                                         \
+    static constexpr std::size_t width = W;                                                                 \
+    R v;                                                                                                    \
+    static Vec load(const T* p) { return {P##_loadu_##S(p)}; }                                              \
+    void store(T* p) const { P##_storeu_##S(p, v); }                                                        \
+    static Vec set1(T x) { return {P##_set1_##S(x)}; }                                                      \
+    static Vec zero() { return {P##_setzero_##S()}; }                                                       \
+  };                                                                                                        \
+  inline Vec<T, I> operator+(Vec<T, I> a, Vec<T, I> b) { return {P##_add_##S(a.v, b.v)}; }                  \
+  inline Vec<T, I> operator-(Vec<T, I> a, Vec<T, I> b) { return {P##_sub_##S(a.v, b.v)}; }                  \
+  inline Vec<T, I> operator*(Vec<T, I> a, Vec<T, I> b) { return {P##_mul_##S(a.v, b.v)}; }                  \
+  inline Vec<T, I> operator/(Vec<T, I> a, Vec<T, I> b) { return {P##_div_##S(a.v, b.v)}; }                  \
+  inline Vec<T, I> fma(Vec<T, I> a, Vec<T, I> b, Vec<T, I> c) { return {P##_fmadd_##S(a.v, b.v, c.v)}; }    \
+  inline Vec<T, I> sqrt(Vec<T, I> a) { return {P##_sqrt_##S(a.v)}; }                                        \
+  /* min/max return b when a is NaN, like `a < b ? a : b` reversed; see scalar. */                          \
+  inline Vec<T, I> min(Vec<T, I> a, Vec<T, I> b) { return {P##_min_##S(b.v, a.v)}; }                        \
+  inline Vec<T, I> max(Vec<T, I> a, Vec<T, I> b) { return {P##_max_##S(b.v, a.v)}; }                        \
+  inline M lt(Vec<T, I> a, Vec<T, I> b) { return CMP(a.v, b.v, _CMP_LT_OQ); }                               \
+  inline M le(Vec<T, I> a, Vec<T, I> b) { return CMP(a.v, b.v, _CMP_LE_OQ); }                               \
+  /* x - x is 0 for finite x and NaN for +-inf and NaN. */                                                  \
+  inline M isfinite(Vec<T, I> a) { return CMP(P##_sub_##S(a.v, a.v), P##_setzero_##S(), _CMP_EQ_OQ); }
+
+// float lanes <-> narrower types: H is the register of the 16-bit halves
+// (HLOAD / HSTORE move it), B the vector's bit width, QLOAD loads the
+// width bytes of 8-bit codes. f16 rounds to nearest even; codes are stored
+// rounded to nearest even (the default MXCSR mode) and saturated.
+#define SLIMGRAD_X86_NARROW(I, P, B, H, HLOAD, HSTORE, QLOAD)                                             \
+  template <>                                                                                               \
+  inline Vec<float, I> load_f16<I>(const std::uint16_t* p) {                                                \
+    return {P##_cvtph_ps(HLOAD(reinterpret_cast<const H*>(p)))};                                            \
+  }                                                                                                         \
+  inline void store_f16(std::uint16_t* p, Vec<float, I> a) {                                                \
+    HSTORE(reinterpret_cast<H*>(p), P##_cvtps_ph(a.v, _MM_FROUND_TO_NEAREST_INT));                          \
+  }                                                                                                         \
+  template <>                                                                                               \
+  inline Vec<float, I> load_bf16<I>(const std::uint16_t* p) {                                               \
+    const auto w = P##_cvtepu16_epi32(HLOAD(reinterpret_cast<const H*>(p)));                                \
+    return {P##_castsi##B##_ps(P##_slli_epi32(w, 16))};                                                     \
+  }                                                                                                         \
+  template <>                                                                                               \
+  inline Vec<float, I> load_codes<I>(const std::int8_t* p) {                                                \
+    return {P##_cvtepi32_ps(P##_cvtepi8_epi32(QLOAD(reinterpret_cast<const __m128i*>(p))))};                \
+  }                                                                                                         \
+  template <>                                                                                               \
+  inline Vec<float, I> load_codes<I>(const std::uint8_t* p) {                                               \
+    return {P##_cvtepi32_ps(P##_cvtepu8_epi32(QLOAD(reinterpret_cast<const __m128i*>(p))))};                \
+  }
 
 #if defined(__AVX2__)
 // ------------------------------------------------------------------ avx2
-template <>
-struct Vec<float, Isa::avx2> {
-  using Scalar = float;
-  using Mask = __m256;
-  static constexpr std::size_t width = 8;
-  __m256 v;
-  static Vec load(const float* p) { return {_mm256_loadu_ps(p)}; }
-  void store(float* p) const { _mm256_storeu_ps(p, v); }
-  static Vec set1(float x) { return {_mm256_set1_ps(x)}; }
-  static Vec zero() { return {_mm256_setzero_ps()}; }
-};
-template <>
-struct Vec<double, Isa::avx2> {
-  using Scalar = double;
-  using Mask = __m256d;
-  static constexpr std::size_t width = 4;
-  __m256d v;
-  static Vec load(const double* p) { return {_mm256_loadu_pd(p)}; }
-  void store(double* p) const { _mm256_storeu_pd(p, v); }
-  static Vec set1(double x) { return {_mm256_set1_pd(x)}; }
-  static Vec zero() { return {_mm256_setzero_pd()}; }
-};
+// Masks are vectors: blend to select, movemask to test.
+#define SLIMGRAD_AVX2_VEC(T, R, W, S)                                                                      \
+  SLIMGRAD_X86_VEC(T, Isa::avx2, R, R, W, _mm256, S, _mm256_cmp_##S)                                        \
+  inline Vec<T, Isa::avx2> abs(Vec<T, Isa::avx2> a) { return {_mm256_andnot_##S(_mm256_set1_##S(-0.0), a.v)}; } \
+  inline Vec<T, Isa::avx2> select(R m, Vec<T, Isa::avx2> a, Vec<T, Isa::avx2> b) {                          \
+    return {_mm256_blendv_##S(b.v, a.v, m)};                                                                \
+  }                                                                                                         \
+  inline R mask_and(R a, R b) { return _mm256_and_##S(a, b); }                                              \
+  inline bool all(R m) { return _mm256_movemask_##S(m) == (1 << W) - 1; }                                  \
+  inline bool any(R m) { return _mm256_movemask_##S(m) != 0; }
+SLIMGRAD_AVX2_VEC(float, __m256, 8, ps)
+SLIMGRAD_AVX2_VEC(double, __m256d, 4, pd)
+#undef SLIMGRAD_AVX2_VEC
 using F8 = Vec<float, Isa::avx2>;
 using D4 = Vec<double, Isa::avx2>;
-inline F8 operator+(F8 a, F8 b) { return {_mm256_add_ps(a.v, b.v)}; }
-inline F8 operator-(F8 a, F8 b) { return {_mm256_sub_ps(a.v, b.v)}; }
-inline F8 operator*(F8 a, F8 b) { return {_mm256_mul_ps(a.v, b.v)}; }
-inline F8 operator/(F8 a, F8 b) { return {_mm256_div_ps(a.v, b.v)}; }
-inline F8 fma(F8 a, F8 b, F8 c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
-inline F8 sqrt(F8 a) { return {_mm256_sqrt_ps(a.v)}; }
-// min/max return b when a is NaN, like `a < b ? a : b` reversed; see scalar.
-inline F8 min(F8 a, F8 b) { return {_mm256_min_ps(b.v, a.v)}; }
-inline F8 max(F8 a, F8 b) { return {_mm256_max_ps(b.v, a.v)}; }
-inline F8 abs(F8 a) { return {_mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.v)}; }
-inline __m256 lt(F8 a, F8 b) { return _mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ); }
-inline __m256 le(F8 a, F8 b) { return _mm256_cmp_ps(a.v, b.v, _CMP_LE_OQ); }
-// x - x is 0 for finite x and NaN for +-inf and NaN.
-inline __m256 isfinite(F8 a) { return _mm256_cmp_ps(_mm256_sub_ps(a.v, a.v), _mm256_setzero_ps(), _CMP_EQ_OQ); }
-inline F8 select(__m256 m, F8 a, F8 b) { return {_mm256_blendv_ps(b.v, a.v, m)}; }
-inline __m256 mask_and(__m256 a, __m256 b) { return _mm256_and_ps(a, b); }
-inline bool all(__m256 m) { return _mm256_movemask_ps(m) == 0xFF; }
-inline bool any(__m256 m) { return _mm256_movemask_ps(m) != 0; }
 inline float reduce_sum(F8 a) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
-inline D4 operator+(D4 a, D4 b) { return {_mm256_add_pd(a.v, b.v)}; }
-inline D4 operator-(D4 a, D4 b) { return {_mm256_sub_pd(a.v, b.v)}; }
-inline D4 operator*(D4 a, D4 b) { return {_mm256_mul_pd(a.v, b.v)}; }
-inline D4 operator/(D4 a, D4 b) { return {_mm256_div_pd(a.v, b.v)}; }
-inline D4 fma(D4 a, D4 b, D4 c) { return {_mm256_fmadd_pd(a.v, b.v, c.v)}; }
-inline D4 sqrt(D4 a) { return {_mm256_sqrt_pd(a.v)}; }
-inline D4 min(D4 a, D4 b) { return {_mm256_min_pd(b.v, a.v)}; }
-inline D4 max(D4 a, D4 b) { return {_mm256_max_pd(b.v, a.v)}; }
-inline D4 abs(D4 a) { return {_mm256_andnot_pd(_mm256_set1_pd(-0.0), a.v)}; }
-inline __m256d lt(D4 a, D4 b) { return _mm256_cmp_pd(a.v, b.v, _CMP_LT_OQ); }
-inline __m256d le(D4 a, D4 b) { return _mm256_cmp_pd(a.v, b.v, _CMP_LE_OQ); }
-inline __m256d isfinite(D4 a) { return _mm256_cmp_pd(_mm256_sub_pd(a.v, a.v), _mm256_setzero_pd(), _CMP_EQ_OQ); }
-inline D4 select(__m256d m, D4 a, D4 b) { return {_mm256_blendv_pd(b.v, a.v, m)}; }
-inline __m256d mask_and(__m256d a, __m256d b) { return _mm256_and_pd(a, b); }
-inline bool all(__m256d m) { return _mm256_movemask_pd(m) == 0xF; }
-inline bool any(__m256d m) { return _mm256_movemask_pd(m) != 0; }
 inline double reduce_sum(D4 a) {
   __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a.v), _mm256_extractf128_pd(a.v, 1));
   return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
 }
-template <>
-inline F8 load_f16<Isa::avx2>(const std::uint16_t* p) {
-  return {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))};
-}
-inline void store_f16(std::uint16_t* p, F8 a) {
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(a.v, _MM_FROUND_TO_NEAREST_INT));
-}
-template <>
-inline F8 load_bf16<Isa::avx2>(const std::uint16_t* p) {
-  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return {_mm256_castsi256_ps(_mm256_slli_epi32(w, 16))};
+SLIMGRAD_X86_NARROW(Isa::avx2, _mm256, 256, __m128i, _mm_loadu_si128, _mm_storeu_si128, _mm_loadl_epi64)
+template <class C>
+inline void store_codes(C* p, F8 a) {
+  const __m256i i = _mm256_cvtps_epi32(a.v);
+  const __m128i lo = _mm256_castsi256_si128(i), hi = _mm256_extracti128_si256(i, 1);
+  __m128i w;
+  if constexpr (std::is_signed_v<C>) {
+    w = _mm_packs_epi32(lo, hi);
+    w = _mm_packs_epi16(w, w);
+  } else {
+    w = _mm_packus_epi32(lo, hi);
+    w = _mm_packus_epi16(w, w);
+  }
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), w);
 }
 inline __m256i bf16_round_bits(F8 a) {  // 32-bit lanes holding the bf16 bits
   const __m256i bits = _mm256_castps_si256(a.v);
@@ -182,86 +206,35 @@ inline void store_bf16(std::uint16_t* p, F8 a) {
 
 #if defined(__AVX512F__)
 // ---------------------------------------------------------------- avx512
-template <>
-struct Vec<float, Isa::avx512> {
-  using Scalar = float;
-  using Mask = __mmask16;
-  static constexpr std::size_t width = 16;
-  __m512 v;
-  static Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }
-  void store(float* p) const { _mm512_storeu_ps(p, v); }
-  static Vec set1(float x) { return {_mm512_set1_ps(x)}; }
-  static Vec zero() { return {_mm512_setzero_ps()}; }
-};
-template <>
-struct Vec<double, Isa::avx512> {
-  using Scalar = double;
-  using Mask = __mmask8;
-  static constexpr std::size_t width = 8;
-  __m512d v;
-  static Vec load(const double* p) { return {_mm512_loadu_pd(p)}; }
-  void store(double* p) const { _mm512_storeu_pd(p, v); }
-  static Vec set1(double x) { return {_mm512_set1_pd(x)}; }
-  static Vec zero() { return {_mm512_setzero_pd()}; }
-};
+// Masks are k-registers: masked blend to select, plain integer tests.
+#define SLIMGRAD_AVX512_VEC(T, R, M, W, S)                                                                 \
+  SLIMGRAD_X86_VEC(T, Isa::avx512, R, M, W, _mm512, S, _mm512_cmp_##S##_mask)                               \
+  inline Vec<T, Isa::avx512> abs(Vec<T, Isa::avx512> a) { return {_mm512_abs_##S(a.v)}; }                   \
+  inline Vec<T, Isa::avx512> select(M m, Vec<T, Isa::avx512> a, Vec<T, Isa::avx512> b) {                    \
+    return {_mm512_mask_blend_##S(m, b.v, a.v)};                                                            \
+  }                                                                                                         \
+  inline M mask_and(M a, M b) { return a & b; }                                                             \
+  inline bool all(M m) { return m == (1 << W) - 1; }                                                        \
+  inline bool any(M m) { return m != 0; }
+SLIMGRAD_AVX512_VEC(float, __m512, __mmask16, 16, ps)
+SLIMGRAD_AVX512_VEC(double, __m512d, __mmask8, 8, pd)
+#undef SLIMGRAD_AVX512_VEC
 using F16 = Vec<float, Isa::avx512>;
 using D8 = Vec<double, Isa::avx512>;
-inline F16 operator+(F16 a, F16 b) { return {_mm512_add_ps(a.v, b.v)}; }
-inline F16 operator-(F16 a, F16 b) { return {_mm512_sub_ps(a.v, b.v)}; }
-inline F16 operator*(F16 a, F16 b) { return {_mm512_mul_ps(a.v, b.v)}; }
-inline F16 operator/(F16 a, F16 b) { return {_mm512_div_ps(a.v, b.v)}; }
-inline F16 fma(F16 a, F16 b, F16 c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
-inline F16 sqrt(F16 a) { return {_mm512_sqrt_ps(a.v)}; }
-inline F16 min(F16 a, F16 b) { return {_mm512_min_ps(b.v, a.v)}; }
-inline F16 max(F16 a, F16 b) { return {_mm512_max_ps(b.v, a.v)}; }
-inline F16 abs(F16 a) { return {_mm512_abs_ps(a.v)}; }
-inline __mmask16 lt(F16 a, F16 b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ); }
-inline __mmask16 le(F16 a, F16 b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_LE_OQ); }
-inline __mmask16 isfinite(F16 a) { return _mm512_cmp_ps_mask(_mm512_sub_ps(a.v, a.v), _mm512_setzero_ps(), _CMP_EQ_OQ); }
-inline F16 select(__mmask16 m, F16 a, F16 b) { return {_mm512_mask_blend_ps(m, b.v, a.v)}; }
-inline __mmask16 mask_and(__mmask16 a, __mmask16 b) { return a & b; }
-inline bool all(__mmask16 m) { return m == 0xFFFF; }
-inline bool any(__mmask16 m) { return m != 0; }
+// The two 256-bit halves added, then the AVX2 reduction (x86-64-v4 has AVX2).
 inline float reduce_sum(F16 a) {
-  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(a.v),
-                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a.v), 1)));
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
+  return reduce_sum(F8{_mm256_add_ps(_mm512_castps512_ps256(a.v),
+                                     _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a.v), 1)))});
 }
-inline D8 operator+(D8 a, D8 b) { return {_mm512_add_pd(a.v, b.v)}; }
-inline D8 operator-(D8 a, D8 b) { return {_mm512_sub_pd(a.v, b.v)}; }
-inline D8 operator*(D8 a, D8 b) { return {_mm512_mul_pd(a.v, b.v)}; }
-inline D8 operator/(D8 a, D8 b) { return {_mm512_div_pd(a.v, b.v)}; }
-inline D8 fma(D8 a, D8 b, D8 c) { return {_mm512_fmadd_pd(a.v, b.v, c.v)}; }
-inline D8 sqrt(D8 a) { return {_mm512_sqrt_pd(a.v)}; }
-inline D8 min(D8 a, D8 b) { return {_mm512_min_pd(b.v, a.v)}; }
-inline D8 max(D8 a, D8 b) { return {_mm512_max_pd(b.v, a.v)}; }
-inline D8 abs(D8 a) { return {_mm512_abs_pd(a.v)}; }
-inline __mmask8 lt(D8 a, D8 b) { return _mm512_cmp_pd_mask(a.v, b.v, _CMP_LT_OQ); }
-inline __mmask8 le(D8 a, D8 b) { return _mm512_cmp_pd_mask(a.v, b.v, _CMP_LE_OQ); }
-inline __mmask8 isfinite(D8 a) { return _mm512_cmp_pd_mask(_mm512_sub_pd(a.v, a.v), _mm512_setzero_pd(), _CMP_EQ_OQ); }
-inline D8 select(__mmask8 m, D8 a, D8 b) { return {_mm512_mask_blend_pd(m, b.v, a.v)}; }
-inline __mmask8 mask_and(__mmask8 a, __mmask8 b) { return a & b; }
-inline bool all(__mmask8 m) { return m == 0xFF; }
-inline bool any(__mmask8 m) { return m != 0; }
 inline double reduce_sum(D8 a) {
-  const __m256d h = _mm256_add_pd(_mm512_castpd512_pd256(a.v), _mm512_extractf64x4_pd(a.v, 1));
-  __m128d s = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
-  return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+  return reduce_sum(D4{_mm256_add_pd(_mm512_castpd512_pd256(a.v), _mm512_extractf64x4_pd(a.v, 1))});
 }
-template <>
-inline F16 load_f16<Isa::avx512>(const std::uint16_t* p) {
-  return {_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))};
-}
-inline void store_f16(std::uint16_t* p, F16 a) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(a.v, _MM_FROUND_TO_NEAREST_INT));
-}
-template <>
-inline F16 load_bf16<Isa::avx512>(const std::uint16_t* p) {
-  const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  return {_mm512_castsi512_ps(_mm512_slli_epi32(w, 16))};
+SLIMGRAD_X86_NARROW(Isa::avx512, _mm512, 512, __m256i, _mm256_loadu_si256, _mm256_storeu_si256, _mm_loadu_si128)
+template <class C>
+inline void store_codes(C* p, F16 a) {  // the saturating down-converts
+  const __m512i i = _mm512_cvtps_epi32(a.v);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                   std::is_signed_v<C> ? _mm512_cvtsepi32_epi8(i) : _mm512_cvtusepi32_epi8(i));
 }
 inline void store_bf16(std::uint16_t* p, F16 a) {
   const __m512i bits = _mm512_castps_si512(a.v);
@@ -272,6 +245,59 @@ inline void store_bf16(std::uint16_t* p, F16 a) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
 }
 #endif  // __AVX512F__
+
+#undef SLIMGRAD_X86_VEC
+#undef SLIMGRAD_X86_NARROW
+
+// ------------------------------------------- 32-bit integer lanes (hashes)
+// Just what the counter-based hashes need (xor, logical shift, wrapping
+// multiply and add), so a hash is written once for a std::uint32_t and for
+// the vector lanes (see xorshift_multiply).
+template <Isa I>
+struct U32;
+#define SLIMGRAD_X86_U32(I, R, W, P, SI)                                                                    \
+  template <>                                                                                               \
+  struct U32<I> {                                                                                           \
+    static constexpr std::size_t width = W;                                                                 \
+    R v;                                                                                                    \
+    static U32 set1(std::uint32_t x) { return {P##_set1_epi32(static_cast<int>(x))}; }                      \
+  };                                                                                                        \
+  SLIMGRAD_ALWAYS_INLINE U32<I> operator+(U32<I> a, U32<I> b) { return {P##_add_epi32(a.v, b.v)}; }         \
+  SLIMGRAD_ALWAYS_INLINE U32<I> operator^(U32<I> a, U32<I> b) { return {P##_xor_##SI(a.v, b.v)}; }          \
+  SLIMGRAD_ALWAYS_INLINE U32<I> operator*(U32<I> a, U32<I> b) { return {P##_mullo_epi32(a.v, b.v)}; }       \
+  SLIMGRAD_ALWAYS_INLINE U32<I> operator>>(U32<I> a, int s) { return {P##_srli_epi32(a.v, s)}; }
+#if defined(__AVX2__)
+SLIMGRAD_X86_U32(Isa::avx2, __m256i, 8, _mm256, si256)
+#endif
+#if defined(__AVX512F__)
+SLIMGRAD_X86_U32(Isa::avx512, __m512i, 16, _mm512, si512)
+#endif
+#undef SLIMGRAD_X86_U32
+template <Isa I>
+SLIMGRAD_ALWAYS_INLINE U32<I> operator^(U32<I> a, std::uint32_t b) { return a ^ U32<I>::set1(b); }
+template <Isa I>
+SLIMGRAD_ALWAYS_INLINE U32<I> operator*(U32<I> a, std::uint32_t b) { return a * U32<I>::set1(b); }
+// c, c + d, c + 2d, ... in the lanes (a constant when c and d are).
+template <class U>
+SLIMGRAD_ALWAYS_INLINE U iota_lanes(std::uint32_t c, std::uint32_t d) {
+  alignas(64) std::uint32_t t[U::width];
+  for (std::size_t j = 0; j < U::width; ++j) t[j] = c + static_cast<std::uint32_t>(j) * d;
+  U r;
+  std::memcpy(&r.v, t, sizeof(t));
+  return r;
+}
+
+// The xorshift-multiply finalizer shape shared by murmur3's fmix32,
+// splitmix64 and the quantizer's noise hash: x ^= x >> A; x *= m1;
+// x ^= x >> B; x *= m2; x ^= x >> C, on an unsigned scalar or U32<I>.
+template <int A, int B, int C, class U, class K>
+SLIMGRAD_ALWAYS_INLINE U xorshift_multiply(U x, K m1, K m2) {
+  x = x ^ (x >> A);
+  x = x * m1;
+  x = x ^ (x >> B);
+  x = x * m2;
+  return x ^ (x >> C);
+}
 
 // ------------------------------------------------------- tails, any ISA
 // The last k < width elements go through a zero-padded stack copy; this runs
@@ -308,6 +334,52 @@ inline void for_each_vec(std::size_t n, Body&& body) {
   std::size_t i = 0;
   for (; i + V::width <= n; i += V::width) body(i, V::width);
   if (i < n) body(i, n - i);
+}
+
+// The first i < n whose element fails the scalar test ok_s, or n. Blocks of
+// 4 vectors are skipped while the vector test ok_v (a mask) holds in every
+// lane; the scalar test then finds the element from the first failing block.
+template <class V, class OkV, class OkS>
+inline std::size_t find_first_failing(const typename V::Scalar* x, std::size_t n, OkV ok_v, OkS ok_s) {
+  constexpr std::size_t W = V::width;
+  std::size_t i = 0;
+  for (; i + 4 * W <= n; i += 4 * W) {
+    const auto ok = mask_and(mask_and(ok_v(V::load(x + i)), ok_v(V::load(x + i + W))),
+                             mask_and(ok_v(V::load(x + i + 2 * W)), ok_v(V::load(x + i + 3 * W))));
+    if (!all(ok)) break;
+  }
+  for (; i < n; ++i)
+    if (!ok_s(x[i])) return i;
+  return n;
+}
+
+// Sum of squares of d = diff(i, k), the lanes i .. i + k - 1 (k <= width,
+// padding lanes must give 0), over [0, n): pairs of vectors into two
+// accumulators, a single vector into the first, the tail into the second.
+// Each d also goes to sink(i, k, d) once all loads of its step are done.
+template <class V, class Diff, class Sink>
+inline V sum_sq_diff(std::size_t n, Diff&& diff, Sink&& sink) {
+  constexpr std::size_t W = V::width;
+  V acc0 = V::zero(), acc1 = V::zero();
+  std::size_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    const V d0 = diff(i, W), d1 = diff(i + W, W);
+    acc0 = fma(d0, d0, acc0);
+    acc1 = fma(d1, d1, acc1);
+    sink(i, W, d0);
+    sink(i + W, W, d1);
+  }
+  for (; i + W <= n; i += W) {
+    const V d = diff(i, W);
+    acc0 = fma(d, d, acc0);
+    sink(i, W, d);
+  }
+  if (i < n) {
+    const V d = diff(i, n - i);
+    acc1 = fma(d, d, acc1);
+    sink(i, n - i, d);
+  }
+  return acc0 + acc1;
 }
 
 // Scalar conversions for half types (reference semantics of the vector ones).
