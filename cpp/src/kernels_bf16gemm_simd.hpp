@@ -213,14 +213,33 @@ inline void epi_store(const Epi& e, std::size_t i, std::size_t v, __m512 acc) {
   simd::store_bf16(e.out + i * e.ldo + 16 * v, simd::Vec<float, Isa::avx512>{r});
 }
 
+// The 12 x 32 tiles' accumulators: C's values (acc_in) or zeros, and at the
+// end either the epilogue from registers (the sums are final, C not written)
+// or C. Shared by the FMA tile and the vdpbf16ps tile.
+template <std::size_t MR>
+SLIMGRAD_ALWAYS_INLINE void load_acc(__m512 (&acc)[MR][2], const float* c, std::size_t ldc, bool acc_in) {
+  for (std::size_t i = 0; i < MR; ++i)
+    for (std::size_t v = 0; v < 2; ++v)
+      acc[i][v] = acc_in ? _mm512_loadu_ps(c + i * ldc + 16 * v) : _mm512_setzero_ps();
+}
+
+template <std::size_t MR>
+SLIMGRAD_ALWAYS_INLINE void store_acc(const __m512 (&acc)[MR][2], float* c, std::size_t ldc, const Epi* epi) {
+  if (epi) {
+    for (std::size_t i = 0; i < MR; ++i)
+      for (std::size_t v = 0; v < 2; ++v) epi_store(*epi, i, v, acc[i][v]);
+    return;
+  }
+  for (std::size_t i = 0; i < MR; ++i)
+    for (std::size_t v = 0; v < 2; ++v) _mm512_storeu_ps(c + i * ldc + 16 * v, acc[i][v]);
+}
+
 // One 12 x 32 tile over P pairs: c (ldc) = (acc_in ? c : 0) + A B.
 template <std::size_t MR>
 void tile_f32(const std::uint32_t* ap, const std::uint32_t* bp, std::size_t P, float* c, std::size_t ldc,
               bool acc_in, const Epi* epi) {
   __m512 acc[MR][2];
-  for (std::size_t i = 0; i < MR; ++i)
-    for (std::size_t v = 0; v < 2; ++v)
-      acc[i][v] = acc_in ? _mm512_loadu_ps(c + i * ldc + 16 * v) : _mm512_setzero_ps();
+  load_acc<MR>(acc, c, ldc, acc_in);
   const __m512i hi_mask = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
   for (std::size_t p = 0; p < P; ++p) {
     __m512 bo[2], be[2];
@@ -239,13 +258,7 @@ void tile_f32(const std::uint32_t* ap, const std::uint32_t* bp, std::size_t P, f
       }
     }
   }
-  if (epi) {  // the sums are final: the epilogue from registers, C not written
-    for (std::size_t i = 0; i < MR; ++i)
-      for (std::size_t v = 0; v < 2; ++v) epi_store(*epi, i, v, acc[i][v]);
-    return;
-  }
-  for (std::size_t i = 0; i < MR; ++i)
-    for (std::size_t v = 0; v < 2; ++v) _mm512_storeu_ps(c + i * ldc + 16 * v, acc[i][v]);
+  store_acc<MR>(acc, c, ldc, epi);
 }
 
 template <std::size_t MR>
@@ -253,9 +266,7 @@ __attribute__((target("avx512bf16"))) void tile_dp(const std::uint32_t* ap, cons
                                                    std::size_t P, float* c, std::size_t ldc, bool acc_in,
                                                    const Epi* epi) {
   __m512 acc[MR][2];
-  for (std::size_t i = 0; i < MR; ++i)
-    for (std::size_t v = 0; v < 2; ++v)
-      acc[i][v] = acc_in ? _mm512_loadu_ps(c + i * ldc + 16 * v) : _mm512_setzero_ps();
+  load_acc<MR>(acc, c, ldc, acc_in);
   for (std::size_t p = 0; p < P; ++p) {
     const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp + p * 32);
     const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + p * 32 + 16);
@@ -265,13 +276,7 @@ __attribute__((target("avx512bf16"))) void tile_dp(const std::uint32_t* ap, cons
       acc[i][1] = _mm512_dpbf16_ps(acc[i][1], a, b1);
     }
   }
-  if (epi) {  // the sums are final: the epilogue from registers, C not written
-    for (std::size_t i = 0; i < MR; ++i)
-      for (std::size_t v = 0; v < 2; ++v) epi_store(*epi, i, v, acc[i][v]);
-    return;
-  }
-  for (std::size_t i = 0; i < MR; ++i)
-    for (std::size_t v = 0; v < 2; ++v) _mm512_storeu_ps(c + i * ldc + 16 * v, acc[i][v]);
+  store_acc<MR>(acc, c, ldc, epi);
 }
 #endif
 
