@@ -155,27 +155,31 @@ void hessian_run(const float* x, std::size_t n, std::size_t d, T* h, double* abs
       else
         pack_panel(xs, s, d, MR, t - np, apack, nullptr, nullptr);
     });
-    // Loop order for cache reuse (as GotoBLAS): per block of kc rows, per
-    // block of kHessianPanels A panels (about 200 KB, stays in L2), every
-    // column panel streams its B sub-panel (kc x NR, L1) past them. Threads
-    // take column panels; each H element is written by one task, its block
-    // partials added in row order whatever the thread count.
-    for (std::size_t c = 0; c * kHessianKc < s; ++c) {
-      const std::size_t kc = std::min(kHessianKc, s - c * kHessianKc);
-      for (std::size_t ib = 0; ib < mp; ib += kHessianPanels) {
-        const std::size_t ib_end = std::min(mp, ib + kHessianPanels);
-        parallel_tasks(np, [&](std::size_t jp) {
-          const std::size_t col0 = jp * NR, cols = std::min(NR, d - col0);
-          const std::size_t ip_end = std::min(ib_end, (col0 + cols - 1) / MR + 1);  // on or above the diagonal
-          const float* b = bpack + jp * s * NR + c * kHessianKc * NR;
-          for (std::size_t ip = ib; ip < ip_end; ++ip) {
-            const std::size_t row0 = ip * MR, rows = std::min(MR, d - row0);
-            kernels::hessian_tile<I, T>(apack + ip * s * MR + c * kHessianKc * MR, b, kc,
-                                        h + row0 * d + col0, d, rows, cols);
-          }
-        });
+    // One parallel region per block of rows (a region costs a futex wake-up
+    // of every worker with OMP_WAIT_POLICY=PASSIVE: per 256-row slice and A
+    // block, as before, it took 2 threads longer than 1 for d = 384). A task
+    // is one block of kHessianPanels A panels (about 200 KB per 256 rows, L2)
+    // against one column panel; inside it, per slice of kHessianKc rows, the
+    // B sub-panel (kc x NR, L1) streams past the block's A panels, as in
+    // GotoBLAS. Tasks go block-major (a thread's next task reuses the A block
+    // in its L2), widest column panel first (the triangle's long tasks start
+    // early). Each H element is written by one task, its slice partials added
+    // in row order: the same bits for any thread count.
+    const std::size_t blocks = (mp + kHessianPanels - 1) / kHessianPanels;
+    parallel_tasks(blocks * np, [&](std::size_t t) {
+      const std::size_t ib = t / np * kHessianPanels, jp = np - 1 - t % np;
+      const std::size_t col0 = jp * NR, cols = std::min(NR, d - col0);
+      const std::size_t ip_end = std::min({mp, ib + kHessianPanels, (col0 + cols - 1) / MR + 1});  // to the diagonal
+      for (std::size_t c = 0; c * kHessianKc < s; ++c) {
+        const std::size_t kc = std::min(kHessianKc, s - c * kHessianKc);
+        const float* b = bpack + jp * s * NR + c * kHessianKc * NR;
+        for (std::size_t ip = ib; ip < ip_end; ++ip) {
+          const std::size_t row0 = ip * MR, rows = std::min(MR, d - row0);
+          kernels::hessian_tile<I, T>(apack + ip * s * MR + c * kHessianKc * MR, b, kc, h + row0 * d + col0, d,
+                                      rows, cols);
+        }
       }
-    }
+    });
   }
   // Mirror the upper triangle (tiles crossing the diagonal also wrote some
   // lower elements; the mirror overwrites them with the upper values).

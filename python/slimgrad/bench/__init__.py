@@ -29,6 +29,7 @@ __all__ = [
     "measure",
     "optional_import",
     "run_suite",
+    "settle",
     "suite_cases",
 ]
 
@@ -85,11 +86,39 @@ def _time_batch(fn: Callable[[], object], inner: int) -> float:
     return (time.perf_counter() - start) / inner
 
 
-def measure(case: Case, repeats: int = 7, target: float = 0.02) -> dict[str, list[float]]:
+# Settling between batches: poll every SETTLE_POLL s until the process used
+# less than SETTLE_IDLE of CPU in one poll, for at most SETTLE_MAX s.
+SETTLE_POLL, SETTLE_IDLE, SETTLE_MAX = 0.005, 0.1, 0.5
+
+
+def settle() -> float:
+    """Wait until this process's threads are idle; returns the seconds waited.
+
+    After each product OpenBLAS's worker threads spin for about 0.1 s (2**28
+    cycles, measured here: 105 ms of CPU in a 0.5 s sleep after one
+    ``x.T @ x``), and a GOMP pool without ``OMP_WAIT_POLICY=PASSIVE`` spins
+    too. Timed right after, the next implementation would share its cores with
+    those spinners: on 2 cores that halves any 2-thread kernel (docs/architecture.md,
+    "Benchmarks"). So every batch starts on a process at rest.
+    """
+    start = time.perf_counter()
+    while time.perf_counter() - start < SETTLE_MAX:
+        cpu = time.process_time()
+        time.sleep(SETTLE_POLL)
+        if time.process_time() - cpu < SETTLE_IDLE * SETTLE_POLL:
+            break
+    return time.perf_counter() - start
+
+
+def measure(
+    case: Case, repeats: int = 7, target: float = 0.02, rest: bool = True
+) -> dict[str, list[float]]:
     """Per implementation, ``repeats`` samples of the mean time of one call.
 
     A batch of calls lasts about ``target`` seconds so timer resolution and
-    call overhead do not dominate small cases.
+    call overhead do not dominate small cases. With ``rest`` every batch
+    starts after :func:`settle`: no implementation is timed while the
+    previous one's idle threads still spin on the cores it needs.
     """
     names = list(case.impls)
     inner: dict[str, int] = {}
@@ -104,6 +133,8 @@ def measure(case: Case, repeats: int = 7, target: float = 0.02) -> dict[str, lis
             name = names[(r + k) % len(names)]
             if case.setup:
                 case.setup()
+            if rest:
+                settle()
             samples[name].append(_time_batch(case.impls[name], inner[name]))
     return samples
 

@@ -1,0 +1,34 @@
+"""The bench harness's own behaviour (the timing, not the figures)."""
+
+import threading
+import time
+
+from slimgrad.bench import SETTLE_MAX, Case, measure, settle
+
+
+def test_settle_waits_until_other_threads_stop_spinning():
+    def spin(seconds):  # as OpenBLAS's workers do after a product
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    spinner = threading.Thread(target=spin, args=(0.15,))
+    spinner.start()
+    waited = settle()
+    spinner.join()
+    assert 0.12 <= waited < SETTLE_MAX  # it waited for the spinner, not for its cap
+
+
+def test_settle_returns_at_once_on_an_idle_process():
+    assert settle() < 0.1
+
+
+def test_measure_times_every_implementation_once_per_repeat():
+    calls = {"slimgrad": 0, "other": 0}
+
+    def count(name):
+        calls[name] += 1
+
+    samples = measure(Case("c", {n: (lambda n=n: count(n)) for n in calls}), repeats=3, target=0)
+    assert {n: len(s) for n, s in samples.items()} == {"slimgrad": 3, "other": 3}
+    assert calls == {"slimgrad": 4, "other": 4}  # one warm-up call each, then one per batch
