@@ -113,3 +113,17 @@ def test_clip_search_with_a_short_last_group(rng):
     assert np.all(clipped[:, 96:] >= last.min(axis=1, keepdims=True))
     assert np.all(clipped[:, 96:] <= last.max(axis=1, keepdims=True))
     assert output_error(x, w, rtn(clipped, 32)) <= output_error(x, w, rtn(w, 32))
+
+
+def test_scale_search_gives_the_same_scales_on_any_thread_count_and_restores_it(layer):
+    # The search runs slimgrad's kernels on one thread (BLAS keeps its own):
+    # whatever the caller's count, the same scales, and the count is given back.
+    import slimgrad
+
+    w, _, H, mean = layer
+    results = []
+    for threads in (1, 2):
+        with slimgrad.num_threads(threads):
+            results.append(quant.awq_scales(w, mean, 4, 32, H=H))
+            assert slimgrad.get_num_threads() == threads
+    np.testing.assert_array_equal(results[0], results[1])
