@@ -116,8 +116,8 @@ def test_clip_search_with_a_short_last_group(rng):
 
 
 def test_scale_search_gives_the_same_scales_on_any_thread_count_and_restores_it(layer):
-    # The search runs slimgrad's kernels on one thread (BLAS keeps its own):
-    # whatever the caller's count, the same scales, and the count is given back.
+    # Our kernels give the same bits on any thread count, BLAS is held to one:
+    # the same scales whatever the caller's count, and the count is kept.
     import slimgrad
 
     w, _, H, mean = layer

@@ -20,7 +20,6 @@ from typing import Any, cast
 import numpy as np
 
 from . import _core
-from ._runtime import num_threads
 
 
 def is_float(dtype: np.dtype) -> bool:
@@ -251,17 +250,6 @@ def blas_limit() -> Any:
 
         _CONTROLLER.append(threadpoolctl.ThreadpoolController())
     return _CONTROLLER[0].limit(limits=1, user_api="blas")
-
-
-def blas_takes_threads() -> Any:
-    """A context running slimgrad's kernels on one thread while NumPy's BLAS keeps
-    its own, for searches made of large GEMMs with little of our work between
-    them (AWQ's scale search: 90 % of its time in OpenBLAS sgemm). Both on 2
-    threads, OpenBLAS's workers, which spin ~0.1 s after each product, would
-    share the cores with ours: measured 1.6x slower than this at 2 threads on
-    MiniLM's layers (docs/compress.md, "Speed"). Our kernels give the same bits
-    on any thread count, so the result does not change."""
-    return num_threads(1)
 
 
 # The last factor computed inside a reuse_factors() block: (H's copy, act_order, damp, factor).
