@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _core
 from .._second_order import blas_limit, check_channel_stats, check_int, check_layer
 from ._tensor import quantize
 
@@ -92,7 +93,7 @@ def awq_scales(
         s32 = s.astype(np.float32)
         return _fake(w32 * s32, bits, group_size, symmetric) / s32
 
-    with blas_limit():  # NumPy's BLAS on one thread (see blas_limit)
+    with blas_limit():  # its idle threads would spin on the cores our kernels use
         errors = _output_errors(w32, w_hat, scales, h, diagonal=H is None)
     return scales[int(np.argmin(errors))].astype(np.float32)  # ties: the smaller alpha
 
@@ -102,16 +103,13 @@ def _output_errors(
 ) -> np.ndarray:
     """``trace(D H D^T)`` for ``D = w_hat(c) - w`` of every candidate ``c``.
 
-    ``trace(D H D^T) = ||D L||_F^2`` with ``L L^T = H`` (one Cholesky per
-    layer), and ``D L`` by blocks of 128 columns skips ``L``'s zero upper
-    triangle: about half the flops of ``D H``. The products are float32 GEMMs
-    (OpenBLAS) with a batch of candidates stacked into one (about 32 MiB of
-    ``D``): twice the speed of float64, about 1e-6 relative error on each sum,
-    far below the gaps between candidates that matter (a near-tie picks
-    either). With only the diagonal of ``H`` (no Hessian given) the sum is
-    elementwise, in float64.
+    ``trace(D H D^T) = <H, D^T D>`` (the Frobenius inner product): ``D^T D``
+    is the calibration Hessian kernel's product (``_core.nn.hessian_accumulate``:
+    the upper triangle in float32 register tiles, float64 sums, on
+    slimgrad's threads, the same bits for any thread count), half the flops
+    of ``D H`` and no factor of ``H``. With only the diagonal of ``H`` (no
+    Hessian given) the sum is elementwise, in float64.
     """
-    rows, cols = w32.shape
     errors = np.empty(len(candidates))
     if diagonal:
         d2 = np.diag(h)
@@ -119,29 +117,13 @@ def _output_errors(
             d = w_hat(c).astype(np.float64) - w32
             errors[k] = float(np.einsum("ij,ij,j->", d, d, d2))
         return errors
-    scale = float(np.mean(np.diag(h)))
-    scale = scale if scale > 0 else 1.0
-    try:  # H = L L^T: trace(D H D^T) = ||D L||^2, and D L needs only L's triangle
-        factor = np.linalg.cholesky(h / scale).astype(np.float32)
-    except np.linalg.LinAlgError:  # singular H (an input always zero): D H D^T directly
-        factor = None
-        h32 = np.multiply(h, 1.0 / scale, dtype=np.float32)
-    batch = max(1, (8 << 20) // max(1, rows * cols))
-    for k0 in range(0, len(candidates), batch):
-        group = candidates[k0 : k0 + batch]
-        d = np.empty((len(group) * rows, cols), np.float32)
-        for k, c in enumerate(group):
-            np.subtract(w_hat(c), w32, out=d[k * rows : (k + 1) * rows])
-        sums = np.zeros(len(group))
-        if factor is None:
-            g = d @ h32
-            np.multiply(g, d, out=g)
-            sums += g.reshape(len(group), -1).sum(axis=1, dtype=np.float64)
-        for j0 in range(0, cols if factor is not None else 0, 128):
-            g = d[:, j0:] @ factor[j0:, j0 : j0 + 128]  # columns j0.. of D L
-            np.square(g, out=g)
-            sums += g.reshape(len(group), -1).sum(axis=1, dtype=np.float64)
-        errors[k0 : k0 + len(group)] = sums * scale
+    cols = w32.shape[1]
+    dtd = np.empty((cols, cols))
+    for k, c in enumerate(candidates):
+        d = np.subtract(w_hat(c), w32, dtype=np.float32)
+        dtd.fill(0.0)
+        _core.nn.hessian_accumulate(d, dtd, None, None)
+        errors[k] = float(np.vdot(h, dtd))
     return errors
 
 
