@@ -94,12 +94,13 @@ SETTLE_POLL, SETTLE_IDLE, SETTLE_MAX = 0.005, 0.1, 0.5
 def settle() -> float:
     """Wait until this process's threads are idle; returns the seconds waited.
 
-    After each product OpenBLAS's worker threads spin for about 0.1 s (2**28
-    cycles, measured here: 105 ms of CPU in a 0.5 s sleep after one
-    ``x.T @ x``), and a GOMP pool without ``OMP_WAIT_POLICY=PASSIVE`` spins
-    too. Timed right after, the next implementation would share its cores with
-    those spinners: on 2 cores that halves any 2-thread kernel (docs/architecture.md,
-    "Benchmarks"). So every batch starts on a process at rest.
+    After each product OpenBLAS's worker threads spin for about 0.1 s
+    (measured here: 105 ms of CPU in a 0.5 s sleep after one ``x.T @ x``), and
+    an OpenMP team without ``OMP_WAIT_POLICY=PASSIVE`` spins too. Timed right
+    after, the next implementation would share its cores with those spinners:
+    on 2 cores that slows any 2-thread kernel up to 2x (docs/architecture.md,
+    "Threads of other libraries, and benchmarks"). So every batch starts on a
+    process at rest.
     """
     start = time.perf_counter()
     while time.perf_counter() - start < SETTLE_MAX:
