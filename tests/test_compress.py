@@ -97,6 +97,32 @@ def test_calibrated_methods_beat_round_to_nearest_on_the_calibration_error(calib
     assert err["gptq"] < err["rtn"] and err["awq-gptq"] < err["rtn"]
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (7, 33), (40, 300)])
+def test_output_error_is_the_float64_quadratic_form(rng, shape):
+    from slimgrad._second_order import output_error
+
+    d = rng.standard_normal(shape).astype(np.float32)
+    x = rng.standard_normal((500, shape[1]))
+    h = x.T @ x
+    d64 = d.astype(np.float64)
+    want = np.einsum("ij,ij->", d64 @ h, d64)
+    scratch = np.full((shape[1],) * 2, np.nan)  # overwritten, not added to
+    assert output_error(d, h, scratch) == pytest.approx(want, rel=1e-5)
+    assert output_error(d, h) == output_error(d, h, scratch)
+
+
+def test_reported_errors_are_the_relative_output_errors(calibrated):
+    model, calib = calibrated
+    result = compress(model, calib, Recipe("rtn", 4, 32))
+    weights = layer_weights(model)
+    for r in result.reports:
+        w = weights[r.name][0].astype(np.float64)
+        d = result.weights[r.name].astype(np.float64) - w
+        h = calib.hessians[r.name]
+        want = np.einsum("ij,ij->", d @ h, d) / np.einsum("ij,ij->", w @ h, w)
+        assert r.error == pytest.approx(want, rel=1e-4)
+
+
 @pytest.mark.parametrize("pruner", ["magnitude", "wanda", "sparsegpt"])
 def test_pruning_then_quantizing_keeps_the_pattern(calibrated, pruner):
     model, calib = calibrated

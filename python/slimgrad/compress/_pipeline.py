@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import prune as _prune
 from .. import quant as _quant
+from .._second_order import output_error
 
 METHODS = ("rtn", "gptq", "awq", "awq-gptq")
 PRUNERS = ("magnitude", "wanda", "sparsegpt")
@@ -92,11 +93,13 @@ class Compressed:
 
 
 def relative_error(w: np.ndarray, w_hat: np.ndarray, H: np.ndarray) -> float:
-    """``trace(D H D^T) / trace(W H W^T)`` with ``D = w_hat - w`` (float64)."""
-    w64 = w.astype(np.float64)
-    d = w_hat.astype(np.float64) - w64
-    den = float(np.einsum("ij,ij->", w64 @ H, w64))
-    return float(np.einsum("ij,ij->", d @ H, d)) / den if den > 0 else 0.0
+    """``trace(D H D^T) / trace(W H W^T)`` with ``D = w_hat - w`` (float32 ``D``
+    and ``W``, float64 sums: ``_second_order.output_error``)."""
+    w32 = np.ascontiguousarray(w, np.float32)
+    scratch = np.empty((w32.shape[1],) * 2)
+    den = output_error(w32, H, scratch)
+    d = np.subtract(w_hat, w32, dtype=np.float32)
+    return output_error(d, H, scratch) / den if den > 0 else 0.0
 
 
 def compress_layer(

@@ -22,8 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import _core
-from .._second_order import blas_limit, check_channel_stats, check_int, check_layer
+from .._second_order import blas_limit, check_channel_stats, check_int, check_layer, output_error
 from ._tensor import quantize
 
 
@@ -103,12 +102,9 @@ def _output_errors(
 ) -> np.ndarray:
     """``trace(D H D^T)`` for ``D = w_hat(c) - w`` of every candidate ``c``.
 
-    ``trace(D H D^T) = <H, D^T D>`` (the Frobenius inner product): ``D^T D``
-    is the calibration Hessian kernel's product (``_core.nn.hessian_accumulate``:
-    the upper triangle in float32 register tiles, float64 sums, on
-    slimgrad's threads, the same bits for any thread count), half the flops
-    of ``D H`` and no factor of ``H``. With only the diagonal of ``H`` (no
-    Hessian given) the sum is elementwise, in float64.
+    With ``H``: :func:`output_error` (``<H, D^T D>`` on the calibration
+    Hessian kernel). With only the diagonal of ``H`` (no Hessian given) the
+    sum is elementwise, in float64.
     """
     errors = np.empty(len(candidates))
     if diagonal:
@@ -117,13 +113,9 @@ def _output_errors(
             d = w_hat(c).astype(np.float64) - w32
             errors[k] = float(np.einsum("ij,ij,j->", d, d, d2))
         return errors
-    cols = w32.shape[1]
-    dtd = np.empty((cols, cols))
+    scratch = np.empty((w32.shape[1],) * 2)
     for k, c in enumerate(candidates):
-        d = np.subtract(w_hat(c), w32, dtype=np.float32)
-        dtd.fill(0.0)
-        _core.nn.hessian_accumulate(d, dtd, None, None)
-        errors[k] = float(np.vdot(h, dtd))
+        errors[k] = output_error(np.subtract(w_hat(c), w32, dtype=np.float32), h, scratch)
     return errors
 
 
