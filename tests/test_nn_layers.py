@@ -423,3 +423,29 @@ def test_cross_entropy_errors():
         nn.cross_entropy(np.zeros((3, 4), np.int64), np.array([0, 1, 2]))
     with pytest.raises(ValueError, match=r"label_smoothing: expected a value in \[0, 1\], got 1.5"):
         nn.cross_entropy(x, np.array([0, 1, 2]), label_smoothing=1.5)
+
+
+def test_no_init_weights_draws_nothing_and_gives_zeroed_gradients(monkeypatch):
+    from slimgrad.models.bert import BertConfig, BertModel
+
+    def no_draws(*args, **kwargs):
+        raise AssertionError("drew random numbers")
+
+    monkeypatch.setattr(np.random, "default_rng", no_draws)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=12,
+    )
+    with nn.no_init_weights():
+        model = BertModel(config)
+        layer = nn.Linear(5, 3)
+    assert layer.weight.shape == (3, 5) and layer.bias.shape == (3,)
+    assert all(not g.any() for g in model.gradients().values())
+    with pytest.raises(AssertionError, match="drew random"):
+        nn.Linear(5, 3)  # outside the block: drawn, as before
+    with pytest.raises(AssertionError, match="drew random"):
+        nn.Embedding(4, 2)

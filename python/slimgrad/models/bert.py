@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from .. import _safetensors
-from ..nn import BertLayer, Dropout, Embedding, LayerNorm, Module, Sequential
+from ..nn import BertLayer, Dropout, Embedding, LayerNorm, Module, Sequential, no_init_weights
 
 __all__ = ["BertConfig", "BertEmbeddings", "BertModel", "SentenceBert", "load"]
 
@@ -374,6 +374,7 @@ def load(path: str | os.PathLike[str]) -> SentenceBert:
         raise FileNotFoundError(f"{weights}: no such file (only safetensors weights are read)")
     tokenizer = _load_tokenizer(path)
     pooling, normalize, max_len = _sentence_settings(path, config)
-    model = BertModel(config)
+    with no_init_weights():  # every parameter is loaded next (checked there)
+        model = BertModel(config)
     _load_weights(model, weights)
     return SentenceBert(model, tokenizer, pooling, normalize, max_len, path)

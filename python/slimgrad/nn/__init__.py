@@ -24,7 +24,7 @@ Example::
 from __future__ import annotations
 
 from ._layers import GELU, BatchNorm1d, Dropout, Linear, ReLU
-from ._module import Module, Sequential
+from ._module import Module, Sequential, no_init_weights
 from ._transformer import (
     BertLayer,
     Embedding,
@@ -55,5 +55,6 @@ __all__ = [
     "log_softmax",
     "masked_softmax",
     "masked_softmax_backward",
+    "no_init_weights",
     "softmax",
 ]

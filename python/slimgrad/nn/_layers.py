@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ._module import Module, as_readable, check_grad, check_input, float_dtype
+from ._module import Module, as_readable, check_grad, check_input, float_dtype, init_skipped
 from .functional import check_probability, check_seed
 
 _nn = _core.nn
@@ -69,19 +69,16 @@ class Linear(Module):
         self.in_features = _check_count(in_features, "in_features")
         self.out_features = _check_count(out_features, "out_features")
         self.dtype = float_dtype(dtype)
-        rng = np.random.default_rng(check_seed(seed, "seed"))
-        bound = 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
-        shape = (self.out_features, self.in_features)
-        self.weight = self.register_parameter(
-            "weight", rng.uniform(-bound, bound, shape).astype(self.dtype)
-        )
-        self.bias = (
-            self.register_parameter(
-                "bias", rng.uniform(-bound, bound, self.out_features).astype(self.dtype)
-            )
-            if bias
-            else None
-        )
+        seed = check_seed(seed, "seed")
+        shapes = [(self.out_features, self.in_features)] + ([(self.out_features,)] if bias else [])
+        if init_skipped():
+            values = [np.empty(shape, self.dtype) for shape in shapes]
+        else:  # weight first, then bias, from one generator
+            rng = np.random.default_rng(seed)
+            bound = 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
+            values = [rng.uniform(-bound, bound, shape).astype(self.dtype) for shape in shapes]
+        self.weight = self.register_parameter("weight", values[0])
+        self.bias = self.register_parameter("bias", values[1]) if bias else None
         self._x: np.ndarray | None = None
         self._y_shape: tuple[int, ...] | None = None
         self._product: Callable[[np.ndarray], np.ndarray | None] | None = None

@@ -10,6 +10,8 @@ arrays: an optimizer updates ``parameters()`` in place from ``gradients()``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -81,6 +83,29 @@ def check_grad(
     return g
 
 
+_SKIP_INIT = contextvars.ContextVar("slimgrad_no_init_weights", default=False)
+
+
+@contextlib.contextmanager
+def no_init_weights() -> Iterator[None]:
+    """Within the block, layers get uninitialized parameters (``np.empty``)
+    instead of drawing random ones, as transformers' ``no_init_weights``: for
+    a model whose every parameter is loaded right after (``models.bert.load``
+    does). Drawing the initial values of a 7B-parameter model would take
+    minutes; here they cost nothing. Gradient buffers are zeroed lazily by the
+    OS (``np.zeros``) whatever the block."""
+    token = _SKIP_INIT.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_INIT.reset(token)
+
+
+def init_skipped() -> bool:
+    """True inside :func:`no_init_weights`."""
+    return _SKIP_INIT.get()
+
+
 class Module:
     """Base class: parameters, gradients, buffers, sub-modules, train/eval.
 
@@ -103,7 +128,9 @@ class Module:
     def register_parameter(self, name: str, value: np.ndarray) -> np.ndarray:
         """Add a trainable array (and its zeroed gradient buffer); returns it."""
         self._parameters[name] = value
-        self._gradients[name] = np.zeros_like(value)
+        # np.zeros, not zeros_like: calloc'd pages cost nothing until a
+        # backward writes them (an inference-only model never does).
+        self._gradients[name] = np.zeros(value.shape, value.dtype)
         return value
 
     def register_buffer(self, name: str, value: np.ndarray, optional: bool = False) -> np.ndarray:

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import _core
 from ._layers import GELU, Dropout, Linear, _check_count, norm_backward
-from ._module import Module, check_grad, check_input
+from ._module import Module, check_grad, check_input, init_skipped
 from .functional import check_seed
 
 _nn = _core.nn
@@ -156,10 +156,14 @@ class Embedding(Module):
                 f"padding_idx: expected a row in [0, {self.num_embeddings}), got {padding_idx}"
             )
         self.padding_idx = padding_idx
-        rng = np.random.default_rng(check_seed(seed, "seed"))
-        w = rng.standard_normal((self.num_embeddings, self.embedding_dim), dtype=np.float32)
-        if padding_idx is not None:
-            w[padding_idx] = 0.0
+        seed = check_seed(seed, "seed")
+        shape = (self.num_embeddings, self.embedding_dim)
+        if init_skipped():
+            w = np.empty(shape, np.float32)
+        else:
+            w = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+            if padding_idx is not None:
+                w[padding_idx] = 0.0
         self.weight = self.register_parameter("weight", w)
         self._ids: np.ndarray | None = None
 
