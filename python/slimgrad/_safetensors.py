@@ -237,8 +237,10 @@ def read(path: str) -> tuple[dict[str, Entry], dict | None]:
     return tensors, metadata
 
 
-def to_array(name: str, entry: Entry) -> np.ndarray:
-    """A writable ndarray of one entry (bfloat16 / float8 as ml_dtypes arrays).
+def to_array(name: str, entry: Entry, copy: bool = True) -> np.ndarray:
+    """A writable ndarray of one entry (bfloat16 / float8 as ml_dtypes arrays);
+    ``copy=False``: a read-only little-endian view of the entry's bytes (for a
+    caller that copies it into place anyway: a fresh copy costs its page faults).
 
     Raises ``ValueError`` for a dtype NumPy cannot hold or a wrong byte count.
     """
@@ -252,8 +254,8 @@ def to_array(name: str, entry: Entry) -> np.ndarray:
         raise ValueError(
             f"{name}: {len(entry.data)} bytes do not hold {entry.dtype} {tuple(entry.shape)}"
         )
-    little = dt.newbyteorder("<")
-    return np.frombuffer(entry.data, little).reshape(entry.shape).astype(dt)  # a copy
+    view = np.frombuffer(entry.data, dt.newbyteorder("<")).reshape(entry.shape)
+    return view.astype(dt) if copy else view
 
 
 def code_of(dtype: np.dtype) -> str | None:

@@ -305,13 +305,13 @@ def _load_weights(model: BertModel, path: str) -> None:
         )
     arrays = {}
     for key, entry in state.items():
-        a = _safetensors.to_array(f"{path}: {key}", entry)
+        a = _safetensors.to_array(f"{path}: {key}", entry, copy=False)  # copied into place below
         if a.shape != targets[key].shape:
             raise ValueError(
                 f"{path}: {key}: expected shape {targets[key].shape} (config.json), got {a.shape}"
             )
-        arrays[key] = a.astype(np.float32)
-    model.load_state_dict(arrays)
+        arrays[key] = a
+    model.load_state_dict(arrays)  # float16 / bfloat16 checkpoints: converted by the copy
 
 
 def _load_tokenizer(path: str) -> Any:
