@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import run_everywhere, save_random_bert
-from slimgrad import nn
+from slimgrad import _core, nn
 from slimgrad.models import Calibration, calibration, hessian_accumulate
 
 # Around the register tiles (avx2 6 x 16, avx512 12 x 32) the 256-row blocks and the 1024-row packs.
@@ -49,6 +49,41 @@ def test_hessian_accumulates_over_calls_and_is_thread_invariant(rng):
     for (isa, _), h in results.items():
         np.testing.assert_array_equal(h, results[(isa, 1)])
         np.testing.assert_allclose(h, ref, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("d", DIMS)
+@pytest.mark.parametrize("n", TOKENS)
+def test_hessian_inner_is_the_quadratic_form(isa, threads, d, n, rng):
+    # <H, x^T x> = trace(x H x^T) without forming x^T x (AWQ's search and the
+    # compress report): against float64, reading only H's upper triangle.
+    x = (rng.standard_normal((n, d)) + 0.5).astype(np.float32)
+    y = rng.standard_normal((3 * d, d))
+    h = y.T @ y
+    x64 = x.astype(np.float64)
+    want = np.einsum("ij,ij->", x64 @ h, x64)
+    bound = 1e-5 * np.einsum("ij,ij->", np.abs(x64) @ np.abs(h), np.abs(x64)) + 1e-12
+    lower_garbage = h + np.tril(np.full((d, d), np.nan), -1)
+    for hh in (h, lower_garbage):
+        assert abs(_core.nn.hessian_inner(x, hh) - want) <= bound
+
+
+def test_hessian_inner_is_thread_invariant_and_refuses_bad_input(rng):
+    x = rng.standard_normal((1500, 77)).astype(np.float32)
+    y = rng.standard_normal((200, 77))
+    h = y.T @ y
+    results = run_everywhere(lambda: _core.nn.hessian_inner(x, h))
+    for (isa, _), value in results.items():
+        assert value == results[(isa, 1)]
+    h_before = h.copy()
+    with pytest.raises(ValueError, match=r"hessian: expected .*\(77, 77\)"):
+        _core.nn.hessian_inner(x, np.zeros((77, 76)))
+    with pytest.raises(TypeError, match="hessian: expected float64"):
+        _core.nn.hessian_inner(x, h.astype(np.float32))
+    with pytest.raises(TypeError, match="x: expected float32"):
+        _core.nn.hessian_inner(x.astype(np.float64), h)
+    with pytest.raises(ValueError, match="x: expected a 2-D"):
+        _core.nn.hessian_inner(np.ones(3, np.float32), h)
+    np.testing.assert_array_equal(h, h_before)
 
 
 def test_hessian_strided_input_is_copied_once(rng):

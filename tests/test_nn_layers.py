@@ -432,16 +432,8 @@ def test_no_init_weights_draws_nothing_and_gives_zeroed_gradients(monkeypatch):
         raise AssertionError("drew random numbers")
 
     monkeypatch.setattr(np.random, "default_rng", no_draws)
-    config = BertConfig(
-        vocab_size=50,
-        hidden_size=8,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=16,
-        max_position_embeddings=12,
-    )
     with nn.no_init_weights():
-        model = BertModel(config)
+        model = BertModel(BertConfig(50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2))
         layer = nn.Linear(5, 3)
     assert layer.weight.shape == (3, 5) and layer.bias.shape == (3,)
     assert all(not g.any() for g in model.gradients().values())

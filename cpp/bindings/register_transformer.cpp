@@ -120,6 +120,16 @@ void bind_hessian(py::module_& m) {
     else
       hessian_accumulate(xa.ptr<float>(), n, d, ha.mut<double>(), ap, qp);
   }, py::arg("x"), py::arg("hessian"), py::arg("abs_sum"), py::arg("sq_sum"));
+
+  m.def("hessian_inner", [](py::handle x, py::handle h) {
+    const Array xa = check_array(x, "x", kF32, Access::read);
+    if (xa.ndim() != 2) throw py::value_error("x: expected a 2-D (rows, features) array, got " + describe(xa.arr));
+    const std::size_t n = static_cast<std::size_t>(xa.dim(0)), d = static_cast<std::size_t>(xa.dim(1));
+    const std::vector<py::ssize_t> hshape{xa.dim(1), xa.dim(1)};
+    const Array ha = check_array(h, "hessian", {DType::f64}, Access::read, &hshape);
+    py::gil_scoped_release release;
+    return hessian_inner(xa.ptr<float>(), n, d, ha.ptr<double>());
+  }, py::arg("x"), py::arg("hessian"));
 }
 
 }  // namespace

@@ -132,8 +132,22 @@ void pack_panel(const float* x, std::size_t s, std::size_t d, std::size_t width,
   }
 }
 
-template <Isa I, class T>
-void hessian_run(const float* x, std::size_t n, std::size_t d, T* h, double* abs_sum, double* sq_sum) {
+// Walks the register tiles of x^T x on or above the diagonal. Per block of
+// up to kHessianKc * kHessianSub rows it packs x into panels (once, in
+// parallel; the channel sums too), then calls, in one parallel region,
+//   tile(t, ip, jp, a, b, kc)  for every slice of kHessianKc rows
+// of every task t (one block of kHessianPanels A panels ip against one
+// column panel jp; in the task, per slice, the B sub-panel (kc x NR, L1)
+// streams past the block's A panels, as in GotoBLAS), then done(t, ib, jp)
+// once the task's slices are all seen. A region costs a futex wake-up of
+// every worker with OMP_WAIT_POLICY=PASSIVE: one per slice and A block, as
+// before, took 2 threads longer than 1 for d = 384. Tasks go block-major (a
+// thread's next task reuses the A block in its L2), widest column panel
+// first (the triangle's long tasks start early). A task's work does not
+// depend on the thread count: the callers' sums do not either.
+template <Isa I, class Tile, class Done>
+void for_each_tile(const float* x, std::size_t n, std::size_t d, double* abs_sum, double* sq_sum, Tile&& tile,
+                   Done&& done) {
   constexpr std::size_t MR = kernels::HessianTile<I>::mr, NR = kernels::HessianTile<I>::nr;
   const std::size_t mp = (d + MR - 1) / MR, np = (d + NR - 1) / NR, super = kHessianKc * kHessianSub;
   // Packing buffers are kept per calling thread and only grow: fresh multi-MiB
@@ -146,6 +160,7 @@ void hessian_run(const float* x, std::size_t n, std::size_t d, T* h, double* abs
   b_buf.resize(std::max(b_buf.size(), np * NR * std::min(n, super)));
   float* const apack = a_buf.data();
   float* const bpack = b_buf.data();
+  const std::size_t blocks = (mp + kHessianPanels - 1) / kHessianPanels;
   for (std::size_t k0 = 0; k0 < n; k0 += super) {
     const std::size_t s = std::min(super, n - k0);
     const float* xs = x + k0 * d;
@@ -155,17 +170,6 @@ void hessian_run(const float* x, std::size_t n, std::size_t d, T* h, double* abs
       else
         pack_panel(xs, s, d, MR, t - np, apack, nullptr, nullptr);
     });
-    // One parallel region per block of rows (a region costs a futex wake-up
-    // of every worker with OMP_WAIT_POLICY=PASSIVE: per 256-row slice and A
-    // block, as before, it took 2 threads longer than 1 for d = 384). A task
-    // is one block of kHessianPanels A panels (about 200 KB per 256 rows, L2)
-    // against one column panel; inside it, per slice of kHessianKc rows, the
-    // B sub-panel (kc x NR, L1) streams past the block's A panels, as in
-    // GotoBLAS. Tasks go block-major (a thread's next task reuses the A block
-    // in its L2), widest column panel first (the triangle's long tasks start
-    // early). Each H element is written by one task, its slice partials added
-    // in row order: the same bits for any thread count.
-    const std::size_t blocks = (mp + kHessianPanels - 1) / kHessianPanels;
     parallel_tasks(blocks * np, [&](std::size_t t) {
       const std::size_t ib = t / np * kHessianPanels, jp = np - 1 - t % np;
       const std::size_t col0 = jp * NR, cols = std::min(NR, d - col0);
@@ -173,14 +177,25 @@ void hessian_run(const float* x, std::size_t n, std::size_t d, T* h, double* abs
       for (std::size_t c = 0; c * kHessianKc < s; ++c) {
         const std::size_t kc = std::min(kHessianKc, s - c * kHessianKc);
         const float* b = bpack + jp * s * NR + c * kHessianKc * NR;
-        for (std::size_t ip = ib; ip < ip_end; ++ip) {
-          const std::size_t row0 = ip * MR, rows = std::min(MR, d - row0);
-          kernels::hessian_tile<I, T>(apack + ip * s * MR + c * kHessianKc * MR, b, kc, h + row0 * d + col0, d,
-                                      rows, cols);
-        }
+        for (std::size_t ip = ib; ip < ip_end; ++ip) tile(t, ip, jp, apack + ip * s * MR + c * kHessianKc * MR, b, kc);
       }
+      done(t, ib, std::max(ib, ip_end), jp);
     });
   }
+}
+
+template <Isa I, class T>
+void hessian_run(const float* x, std::size_t n, std::size_t d, T* h, double* abs_sum, double* sq_sum) {
+  constexpr std::size_t MR = kernels::HessianTile<I>::mr, NR = kernels::HessianTile<I>::nr;
+  // Each H element is written by one task, its slice partials added in row
+  // order: the same bits for any thread count.
+  for_each_tile<I>(
+      x, n, d, abs_sum, sq_sum,
+      [&](std::size_t, std::size_t ip, std::size_t jp, const float* a, const float* b, std::size_t kc) {
+        const std::size_t row0 = ip * MR, col0 = jp * NR;
+        kernels::hessian_tile<I, T>(a, b, kc, h + row0 * d + col0, d, std::min(MR, d - row0), std::min(NR, d - col0));
+      },
+      [](std::size_t, std::size_t, std::size_t, std::size_t) {});
   // Mirror the upper triangle (tiles crossing the diagonal also wrote some
   // lower elements; the mirror overwrites them with the upper values), in
   // 64 x 64 blocks: a row-by-row copy read h's columns at a stride of d and
@@ -195,6 +210,46 @@ void hessian_run(const float* x, std::size_t n, std::size_t d, T* h, double* abs
   });
 }
 
+template <Isa I>
+double hessian_inner_run(const float* x, std::size_t n, std::size_t d, const double* h) {
+  constexpr std::size_t MR = kernels::HessianTile<I>::mr, NR = kernels::HessianTile<I>::nr;
+  const std::size_t mp = (d + MR - 1) / MR, np = (d + NR - 1) / NR;
+  // Per task, its tiles of x^T x for the block of rows (float32 within a
+  // slice, summed into float64 across slices, as hessian_accumulate) in a
+  // scratch of the task's own; then the tiles' weighted products with H's
+  // upper triangle: 1 on the diagonal, 2 above it, 0 below. One partial per
+  // task, added in task order at the end: the same bits for any thread count.
+  std::vector<double> partial(((mp + kHessianPanels - 1) / kHessianPanels) * np, 0.0);
+  // Named inside the lambdas on purpose: each worker thread uses its own
+  // (zeroed once, and again by each task after use).
+  thread_local std::vector<double> scratch_buf;
+  for_each_tile<I>(
+      x, n, d, nullptr, nullptr,
+      [&](std::size_t, std::size_t ip, std::size_t jp, const float* a, const float* b, std::size_t kc) {
+        if (scratch_buf.size() < kHessianPanels * MR * NR) scratch_buf.assign(kHessianPanels * MR * NR, 0.0);
+        const std::size_t row0 = ip * MR, col0 = jp * NR;
+        double* tile = scratch_buf.data() + (ip % kHessianPanels) * MR * NR;
+        kernels::hessian_tile<I, double>(a, b, kc, tile, NR, std::min(MR, d - row0), std::min(NR, d - col0));
+      },
+      [&](std::size_t t, std::size_t ib, std::size_t ip_end, std::size_t jp) {
+        double sum = 0.0;
+        for (std::size_t ip = ib; ip < ip_end; ++ip) {
+          double* tile = scratch_buf.data() + (ip % kHessianPanels) * MR * NR;
+          const std::size_t row0 = ip * MR, col0 = jp * NR;
+          for (std::size_t r = 0; r < std::min(MR, d - row0); ++r)
+            for (std::size_t c = 0; c < std::min(NR, d - col0); ++c) {
+              const std::size_t i = row0 + r, j = col0 + c;
+              if (j >= i) sum += (j > i ? 2.0 : 1.0) * h[i * d + j] * tile[r * NR + c];
+            }
+          std::fill(tile, tile + MR * NR, 0.0);  // ready for the next task
+        }
+        partial[t] += sum;
+      });
+  double total = 0.0;
+  for (double p : partial) total += p;
+  return total;
+}
+
 }  // namespace
 
 template <class T>
@@ -205,5 +260,12 @@ void hessian_accumulate(const float* x, std::size_t n, std::size_t d, T* h, doub
 
 template void hessian_accumulate<float>(const float*, std::size_t, std::size_t, float*, double*, double*);
 template void hessian_accumulate<double>(const float*, std::size_t, std::size_t, double*, double*, double*);
+
+double hessian_inner(const float* x, std::size_t n, std::size_t d, const double* h) {
+  if (n == 0 || d == 0) return 0.0;
+  double total = 0.0;
+  dispatch([&](auto isa) { total = hessian_inner_run<decltype(isa)::value>(x, n, d, h); });
+  return total;
+}
 
 }  // namespace slimgrad

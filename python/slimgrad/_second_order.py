@@ -94,18 +94,15 @@ def check_layer(w: object, H: object) -> tuple[np.ndarray, np.ndarray]:
     return w32, h64
 
 
-def output_error(d: np.ndarray, h: np.ndarray, scratch: np.ndarray | None = None) -> float:
+def output_error(d: np.ndarray, h: np.ndarray) -> float:
     """``trace(D H D^T)``, the output error over the calibration inputs of a
-    weight change ``D`` (float32, C-contiguous, (out, in)), as ``<H, D^T D>``:
-    ``D^T D`` by the calibration Hessian kernel (float32 register tiles summed
-    into float64, slimgrad's threads, the same bits on any count), half the
-    flops of ``D @ H`` and no factor of ``H``. ``scratch``: an (in, in) float64
-    array to reuse across calls (overwritten)."""
-    g = np.zeros((d.shape[1],) * 2) if scratch is None else scratch
-    if scratch is not None:
-        g.fill(0.0)
-    _core.nn.hessian_accumulate(d, g, None, None)
-    return float(np.vdot(h, g))
+    weight change ``D`` (float32, C-contiguous, (out, in)) for a symmetric
+    float64 ``H``, as ``<H, D^T D>`` without forming ``D^T D``
+    (``_core.nn.hessian_inner``: the calibration Hessian kernel's register
+    tiles, float32 within 256 rows and float64 above, each dotted with H's
+    upper triangle; slimgrad's threads, the same bits on any count): half the
+    flops of ``D @ H`` and no factor of ``H``."""
+    return float(_core.nn.hessian_inner(d, h))
 
 
 def check_real(value: object, label: str, low: float, high: float = float("inf")) -> float:

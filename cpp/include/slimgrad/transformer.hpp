@@ -95,5 +95,10 @@ void masked_softmax_backward(const float* p, const float* dp, float* ds, std::si
 // (d doubles each, nullable) += per-column sums of |x| and x^2.
 template <class T>
 void hessian_accumulate(const float* x, std::size_t n, std::size_t d, T* h, double* abs_sum, double* sq_sum);
+// <H, x^T x> = sum_ij h[i][j] (x^T x)[i][j] = trace(x H x^T) for a symmetric
+// h (d x d; only its upper triangle is read), without forming x^T x: the
+// same tiles as hessian_accumulate, each dotted with H's tile. The same
+// result for any thread count.
+double hessian_inner(const float* x, std::size_t n, std::size_t d, const double* h);
 
 }  // namespace slimgrad

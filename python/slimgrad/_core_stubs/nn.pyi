@@ -2,7 +2,7 @@
 from __future__ import annotations
 import collections.abc
 import typing
-__all__: list[str] = ['batch_norm_backward', 'batch_norm_forward', 'dropout', 'dropout_threshold', 'gelu_backward', 'gelu_forward', 'hessian_accumulate', 'layer_norm_backward', 'layer_norm_forward', 'masked_softmax_backward', 'masked_softmax_forward', 'philox4x32', 'philox_bits', 'philox_uniform']
+__all__: list[str] = ['batch_norm_backward', 'batch_norm_forward', 'dropout', 'dropout_threshold', 'gelu_backward', 'gelu_forward', 'hessian_accumulate', 'hessian_inner', 'layer_norm_backward', 'layer_norm_forward', 'masked_softmax_backward', 'masked_softmax_forward', 'philox4x32', 'philox_bits', 'philox_uniform']
 def batch_norm_backward(x: typing.Any, grad_out: typing.Any, grad_in: typing.Any, weight: typing.Any, save_mean: typing.Any, save_invstd: typing.Any, training: bool, grad_weight: typing.Any, grad_bias: typing.Any) -> None:
     ...
 def batch_norm_forward(x: typing.Any, y: typing.Any, weight: typing.Any, bias: typing.Any, running_mean: typing.Any, running_var: typing.Any, save_mean: typing.Any, save_invstd: typing.Any, training: bool, momentum: typing.SupportsFloat | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex) -> None:
@@ -16,6 +16,8 @@ def gelu_backward(x: typing.Any, grad_out: typing.Any, grad_in: typing.Any, appr
 def gelu_forward(x: typing.Any, out: typing.Any, approximate: str) -> None:
     ...
 def hessian_accumulate(x: typing.Any, hessian: typing.Any, abs_sum: typing.Any, sq_sum: typing.Any) -> None:
+    ...
+def hessian_inner(x: typing.Any, hessian: typing.Any) -> float:
     ...
 def layer_norm_backward(x: typing.Any, grad_out: typing.Any, grad_in: typing.Any, weight: typing.Any, mean: typing.Any, rstd: typing.Any, grad_weight: typing.Any, grad_bias: typing.Any) -> None:
     ...

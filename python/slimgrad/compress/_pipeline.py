@@ -95,11 +95,9 @@ class Compressed:
 def relative_error(w: np.ndarray, w_hat: np.ndarray, H: np.ndarray) -> float:
     """``trace(D H D^T) / trace(W H W^T)`` with ``D = w_hat - w`` (float32 ``D``
     and ``W``, float64 sums: ``_second_order.output_error``)."""
-    w32 = np.ascontiguousarray(w, np.float32)
-    scratch = np.empty((w32.shape[1],) * 2)
-    den = output_error(w32, H, scratch)
-    d = np.subtract(w_hat, w32, dtype=np.float32)
-    return output_error(d, H, scratch) / den if den > 0 else 0.0
+    w32, h64 = np.ascontiguousarray(w, np.float32), np.ascontiguousarray(H, np.float64)
+    den = output_error(w32, h64)
+    return output_error(np.subtract(w_hat, w32, dtype=np.float32), h64) / den if den > 0 else 0.0
 
 
 def compress_layer(

@@ -103,7 +103,7 @@ def _output_errors(
     """``trace(D H D^T)`` for ``D = w_hat(c) - w`` of every candidate ``c``.
 
     With ``H``: :func:`output_error` (``<H, D^T D>`` on the calibration
-    Hessian kernel). With only the diagonal of ``H`` (no Hessian given) the
+    Hessian kernel's tiles). With only the diagonal of ``H`` (no Hessian given) the
     sum is elementwise, in float64.
     """
     errors = np.empty(len(candidates))
@@ -113,9 +113,8 @@ def _output_errors(
             d = w_hat(c).astype(np.float64) - w32
             errors[k] = float(np.einsum("ij,ij,j->", d, d, d2))
         return errors
-    scratch = np.empty((w32.shape[1],) * 2)
     for k, c in enumerate(candidates):
-        errors[k] = output_error(np.subtract(w_hat(c), w32, dtype=np.float32), h, scratch)
+        errors[k] = output_error(np.subtract(w_hat(c), w32, dtype=np.float32), h)
     return errors
 
 
