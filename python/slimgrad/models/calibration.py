@@ -14,8 +14,9 @@ For each :class:`~slimgrad.nn.Linear` layer, over every calibration token
 rows are packed into panels once, the upper triangle is computed in register
 tiles (float32 FMA within a block of 256 tokens, each block's partial added
 into H's dtype, so float64 H loses nothing across blocks), threaded over
-column panels, then mirrored; the channel statistics are summed in float64
-while packing. No ``x.T @ x`` temporary per batch.
+(block of rows of H, column panel) tasks in one parallel region per 1024
+tokens, then mirrored in 64 x 64 blocks; the channel statistics are summed in
+float64 while packing. No ``x.T @ x`` temporary per batch.
 """
 
 from __future__ import annotations
