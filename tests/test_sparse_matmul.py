@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import slimgrad
 from conftest import ISAS, run_everywhere
 from slimgrad import prune
 from slimgrad.prune import CSR, Compressed24, compress_24, decompress_24, sparse_matmul, to_csr
@@ -201,22 +202,55 @@ def test_prefer_sparse_rules(isa):
     big = CSR(*to_csr(np.eye(4096, dtype=np.float32)), (4096, 4096))
     c24 = compress_24(np.ones((8, 8), np.float32))
     simd = isa in ("avx2", "avx512")
-    for weight in (small, prune.pack_sparse(small)):
-        assert prune.prefer_sparse(weight, 8) is simd
-        assert prune.prefer_sparse(weight, 1) is False  # too small for batch 1
-        assert prune.prefer_sparse(weight, 64) is False
-    assert prune.prefer_sparse(big, 1) is simd
-    assert prune.prefer_sparse(to_csr(np.ones((8, 8), np.float32)), 8) is False  # dense CSR
-    for weight in (c24, prune.pack_sparse(c24)):
-        assert prune.prefer_sparse(weight, 1) is simd
-        assert prune.prefer_sparse(weight, 16) is simd
-        assert prune.prefer_sparse(weight, 64) is simd
-        assert prune.prefer_sparse(weight, 65) is (isa == "avx512")
-        assert prune.prefer_sparse(weight, 512) is (isa == "avx512")
-        assert prune.prefer_sparse(weight, 513) is False
-        assert prune.prefer_sparse(weight, 0) is False
+    for threads in (1, 2, 4):  # CSR's rules do not depend on the thread count
+        for weight in (small, prune.pack_sparse(small)):
+            assert prune.prefer_sparse(weight, 8, threads) is simd
+            assert prune.prefer_sparse(weight, 1, threads) is False  # too small for batch 1
+            assert prune.prefer_sparse(weight, 64, threads) is False
+        assert prune.prefer_sparse(big, 1, threads) is simd
+        assert prune.prefer_sparse(to_csr(np.ones((8, 8), np.float32)), 8, threads) is False
+    for weight in (c24, prune.pack_sparse(c24)):  # 1 thread
+        assert prune.prefer_sparse(weight, 1, 1) is simd
+        assert prune.prefer_sparse(weight, 16, 1) is simd
+        assert prune.prefer_sparse(weight, 64, 1) is simd
+        assert prune.prefer_sparse(weight, 65, 1) is (isa == "avx512")
+        assert prune.prefer_sparse(weight, 512, 1) is (isa == "avx512")
+        assert prune.prefer_sparse(weight, 513, 1) is False
+        assert prune.prefer_sparse(weight, 0, 1) is False
     with pytest.raises(TypeError, match="weight"):
         prune.prefer_sparse(w, 1)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_prefer_sparse_rules_threaded(isa, threads):
+    """2:4 at >= 2 threads, by weight size: 384x384 (below 2^18 entries),
+    1536x384 (MiniLM's FFN), 4096x4096 (above 4M)."""
+    simd = isa in ("avx2", "avx512")
+    wide = isa == "avx512"
+    expect = {  # batch: (384x384, 1536x384, 4096x4096)
+        1: (simd, False, False),
+        2: (simd, simd, False),
+        8: (simd, simd, False),
+        9: (simd, simd, simd),
+        64: (simd, simd, simd),
+        65: (False, False, wide),
+        512: (False, False, wide),
+        513: (False, False, False),
+        0: (False, False, False),
+    }
+    # prefer_sparse reads only the format and the shape of a Compressed24:
+    # zero-strided views stand for the large weights.
+    weights = [
+        Compressed24(np.broadcast_to(np.float32(1), (o, i // 2)), np.zeros(1, np.uint8))
+        for o, i in ((384, 384), (1536, 384), (4096, 4096))
+    ]
+    for batch, wanted in expect.items():
+        got = tuple(prune.prefer_sparse(c, batch, threads) for c in weights)
+        assert got == wanted, (batch, got, wanted)
+    with slimgrad.num_threads(threads):  # the default: slimgrad's thread count
+        assert prune.prefer_sparse(weights[1], 1) is False
+    with slimgrad.num_threads(1):
+        assert prune.prefer_sparse(weights[1], 1) is simd
 
 
 def test_pack_sparse_is_checked_once_and_immutable(rng):

@@ -153,36 +153,68 @@ def sparse_matmul(x: np.ndarray, weight: Compressed24 | CSR | SparseWeight) -> n
     return y.reshape(*np.shape(x)[:-1], y.shape[1])
 
 
-# Cost model, from `slimgrad bench --suite sparse` at 1 thread on AMD EPYC
-# (Zen 4; AVX-512 and SLIMGRAD_ISA=avx2), weights packed once, docs/sparse.md.
-# 2:4 beats NumPy float32 at batch 8 on every shape (1.7-2.6x). Above batch 8
-# (the panel path: 4-vector x panels, 64 columns with AVX-512, 32 with AVX2)
-# AVX-512 beats it at 64 (1.2-2.2x) and 512 (1.2-1.4x) on every shape, not
-# at 1024-2048 on 384x384 and 384x1536 (0.8-0.9x); AVX2 at 64 (1.4-2.2x),
-# at 512 only about even (0.96-1.20x). At batch 1 2:4 streams half the
-# bytes: 1.2-2.9x. CSR at 90 % sparsity: batch 8 on every shape
-# (1.5-3.8x), batch 1 reliably only on 4096x4096 (3.5-5x; 0.4-1.4x on the
-# MiniLM shapes), never at 64 or 512.
+# Cost model, from `slimgrad bench --suite sparse` on AMD EPYC (Zen 4; AVX-512
+# and SLIMGRAD_ISA=avx2), weights packed once, NumPy (OpenBLAS) on as many
+# threads as slimgrad; the tables are in docs/sparse.md ("Cost model").
+# 1 thread: 2:4 beats NumPy float32 at batch 8 on every shape (1.7-2.6x).
+# Above batch 8 (the panel path: 4-vector x panels, 64 columns with AVX-512,
+# 32 with AVX2) AVX-512 beats it at 64 (1.2-2.2x) and 512 (1.2-1.4x) on
+# every shape, not at 1024-2048 on 384x384 and 384x1536 (0.8-0.9x); AVX2 at
+# 64 (1.4-2.2x), at 512 only about even (0.96-1.20x). At batch 1 2:4
+# streams half the bytes: 1.2-2.9x. CSR at 90 % sparsity: batch 8 on every
+# shape (1.5-3.8x), batch 1 reliably only on 4096x4096 (3.5-5x; 0.4-1.4x on
+# the MiniLM shapes), never at 64 or 512.
 _MAX_BATCH_24 = {"avx512": 512, "avx2": 64}
 _MAX_BATCH_CSR = 16
 _MIN_WEIGHTS_CSR_BATCH1 = 4_000_000
 # CSR was measured at 90 % sparsity; denser weights go dense (not measured).
 _CSR_MAX_DENSITY = 0.1
+# 2 threads and more: BLAS gains more from the second core than the sparse
+# kernels do. Products under 2^19 multiply-adds run on one thread (waking a
+# PASSIVE OpenMP worker costs more), against OpenBLAS's two spinning
+# threads: 2:4 at batch 1 wins only on weights that small BLAS barely
+# threads (384x384: 1.0-1.05x; 1536x384 and 384x1536 0.65-0.77x; 4096x4096
+# 0.64-1.07x); at batch 2-8 on the MiniLM shapes (1.0-1.3x), not on
+# 4096x4096 (0.78-0.98x); at 64 about even or better (1.0-1.55x); at 512
+# only on 4096x4096 (1.1-1.4x; the MiniLM shapes 0.55-0.73x).
+_MAX_WEIGHTS_24_BATCH1_MT = 1 << 18
+_LARGE_WEIGHTS_MT = 4_000_000
+_MAX_BATCH_24_MT = 64
 
 
-def prefer_sparse(weight: Compressed24 | CSR | SparseWeight, batch: int) -> bool:
+def _prefer_24_threaded(isa: str, batch: int, weights: int) -> bool:
+    """2:4 at >= 2 threads (see the comment above)."""
+    if batch == 1:
+        return weights <= _MAX_WEIGHTS_24_BATCH1_MT
+    if batch <= 8:
+        return weights < _LARGE_WEIGHTS_MT
+    if batch <= _MAX_BATCH_24_MT:
+        return True
+    return weights >= _LARGE_WEIGHTS_MT and batch <= _MAX_BATCH_24[isa]
+
+
+def prefer_sparse(
+    weight: Compressed24 | CSR | SparseWeight, batch: int, threads: int | None = None
+) -> bool:
     """Whether :func:`sparse_matmul` is expected to beat a dense float32 product.
 
-    A rule read off measurements (``docs/sparse.md``, AMD Zen 4, one thread),
-    not a guarantee. 2:4: ``1 <= batch <= 512`` with AVX-512, ``<= 64`` with
-    AVX2. CSR at density <= 10 %: ``2 <= batch <= 16``, and batch 1 for
-    weights of at least 4M entries. Never on the scalar ISA.
+    A rule read off measurements (``docs/sparse.md``, AMD Zen 4, 1 and 2
+    threads, NumPy's BLAS on as many threads), not a guarantee. On one
+    thread, 2:4: ``1 <= batch <= 512`` with AVX-512, ``<= 64`` with AVX2.
+    On two or more, 2:4: batch 1 for weights of at most 2^18 entries,
+    batch 2-8 below 4M entries, 9-64 always, 65-512 (AVX-512) from 4M
+    entries. CSR at density <= 10 % (any thread count): ``2 <= batch <=
+    16``, and batch 1 for weights of at least 4M entries. Never on the
+    scalar ISA.
 
     Parameters
     ----------
     weight : Compressed24, CSR or SparseWeight
     batch : int
         Rows of ``x`` (the product of its leading dimensions).
+    threads : int, optional
+        The thread count the product will run with; default
+        ``slimgrad.get_num_threads()``.
 
     Raises
     ------
@@ -203,12 +235,16 @@ def prefer_sparse(weight: Compressed24 | CSR | SparseWeight, batch: int) -> bool
     isa = "avx512" if isa.startswith("avx512") else isa
     if isa not in _MAX_BATCH_24 or batch < 1:
         return False
+    weights = weight.shape[0] * weight.shape[-1]
+    if threads is None:
+        threads = _core.get_num_threads()
     if fmt == "2:4":
+        if threads >= 2:
+            return _prefer_24_threaded(isa, batch, weights)
         return batch <= _MAX_BATCH_24[isa]
-    rows, cols = weight.shape[0], weight.shape[-1]
     if density > _CSR_MAX_DENSITY or batch > _MAX_BATCH_CSR:
         return False
-    return batch > 1 or rows * cols >= _MIN_WEIGHTS_CSR_BATCH1
+    return batch > 1 or weights >= _MIN_WEIGHTS_CSR_BATCH1
 
 
 def sparse_linear(layer, fmt: str | None = "2:4"):
