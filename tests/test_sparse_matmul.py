@@ -264,6 +264,11 @@ def test_pack_sparse_is_checked_once_and_immutable(rng):
         assert not a.flags.writeable
         with pytest.raises(ValueError):
             a.setflags(write=True)  # an immutable buffer: the checked structure cannot change
+    # cache-line aligned copies (the batch <= 8 kernels' 16-value loads; the
+    # allocator returns a freed block of the same size on glibc)
+    for w_ in (w, rng.standard_normal((384, 1536)).astype(np.float32)):
+        for a in prune.pack_sparse(compress_24(w_)).arrays:
+            assert a.ctypes.data % 64 == 0
     c24.values[0, 0] = 7.0  # the caller's arrays stay theirs: the packed copy is a snapshot
     assert packed.arrays[0][0, 0] != 7.0
     x = rng.standard_normal((2, 3, 16)).astype(np.float32)

@@ -20,10 +20,37 @@ __all__ = ["SparseWeight", "pack_sparse", "prefer_sparse", "sparse_linear", "spa
 _core_sparse = _core.sparse
 
 
+# Cache line: the batch <= 8 kernels load 16 values at a time (a zmm), and a
+# load straddling two lines costs two (a 2:4 product at batch 1 measured
+# 15-21 % slower on values at a 16-byte offset than on 64-byte aligned ones).
+_ALIGN = 64
+
+
 def _frozen(a: np.ndarray) -> np.ndarray:
     """A C-order copy of ``a`` over an immutable buffer: nobody can write it
-    (``setflags(write=True)`` raises), so a check made once stays true."""
-    return np.frombuffer(np.ascontiguousarray(a).tobytes(), a.dtype).reshape(a.shape)
+    (``setflags(write=True)`` raises), so a check made once stays true.
+
+    The copy starts on a cache line when the allocator allows it: a bytes
+    object cannot be written after it is made, so the padding in front is
+    chosen from the address of a first try (same size, so the allocator
+    usually hands out the same block again); after a few misses the copy
+    stays unaligned (same results, slower).
+    """
+    data = np.ascontiguousarray(a).tobytes()
+
+    def copy(pad: int) -> bytes:  # one allocation of len(data) + _ALIGN bytes every time
+        return b"".join((bytes(pad), data, bytes(_ALIGN - pad)))
+
+    pad = 0
+    buf = copy(pad)
+    for _ in range(8):
+        addr = np.frombuffer(buf, np.uint8).ctypes.data
+        if (addr + pad) % _ALIGN == 0:
+            break
+        pad = -addr % _ALIGN
+        del buf  # free the block first, so the next copy can get it back
+        buf = copy(pad)
+    return np.frombuffer(buf, a.dtype, count=a.size, offset=pad).reshape(a.shape)
 
 
 class SparseWeight:
