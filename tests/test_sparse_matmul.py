@@ -58,6 +58,8 @@ def _check(y, x, w_dense):
     ref = x.astype(np.float64) @ w_dense.astype(np.float64).T
     scale = np.abs(x.astype(np.float64)) @ np.abs(w_dense.astype(np.float64)).T
     assert y.dtype == np.float32 and y.shape == ref.shape
+    # a new, writable y on a cache line (threads write neighbouring row chunks)
+    assert y.flags.writeable and y.ctypes.data % 64 == 0
     np.testing.assert_array_less(np.abs(y - ref), RTOL * scale + 1e-30)
 
 
