@@ -230,9 +230,9 @@ def test_prefer_sparse_rules_threaded(isa, threads):
     simd = isa in ("avx2", "avx512")
     wide = isa == "avx512"
     expect = {  # batch: (384x384, 1536x384, 4096x4096)
-        1: (simd, False, False),
-        2: (simd, simd, False),
-        8: (simd, simd, False),
+        1: (simd, False, simd),
+        2: (simd, simd, simd),
+        8: (simd, simd, simd),
         9: (simd, simd, simd),
         64: (simd, simd, simd),
         65: (False, False, wide),

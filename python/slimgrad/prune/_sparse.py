@@ -215,11 +215,11 @@ _CSR_MAX_DENSITY = 0.1
 # 2 threads and more: BLAS gains more from the second core than the sparse
 # kernels do. Products under 2^19 multiply-adds run on one thread (waking a
 # PASSIVE OpenMP worker costs more), against OpenBLAS's two spinning
-# threads: 2:4 at batch 1 wins only on weights that small BLAS barely
-# threads (384x384: 1.0-1.05x; 1536x384 and 384x1536 0.65-0.77x; 4096x4096
-# 0.64-1.07x); at batch 2-8 on the MiniLM shapes (1.0-1.3x), not on
-# 4096x4096 (0.78-0.98x); at 64 about even or better (1.0-1.55x); at 512
-# only on 4096x4096 (1.1-1.4x; the MiniLM shapes 0.55-0.73x).
+# threads: 2:4 at batch 1 wins on weights that small BLAS barely threads
+# (384x384: 1.4-1.6x) and on large ones (threaded: 4096x4096 1.4x), not in
+# between (1536x384 and 384x1536: 0.73-0.90x); at batch 2-64 it is about
+# even or better on every shape (0.85-2.1x); at 512 it wins only on
+# 4096x4096 (1.3-1.4x; the MiniLM shapes 0.64-0.78x).
 _MAX_WEIGHTS_24_BATCH1_MT = 1 << 18
 _LARGE_WEIGHTS_MT = 4_000_000
 _MAX_BATCH_24_MT = 64
@@ -227,13 +227,12 @@ _MAX_BATCH_24_MT = 64
 
 def _prefer_24_threaded(isa: str, batch: int, weights: int) -> bool:
     """2:4 at >= 2 threads (see the comment above)."""
+    large = weights >= _LARGE_WEIGHTS_MT
     if batch == 1:
-        return weights <= _MAX_WEIGHTS_24_BATCH1_MT
-    if batch <= 8:
-        return weights < _LARGE_WEIGHTS_MT
+        return weights <= _MAX_WEIGHTS_24_BATCH1_MT or large
     if batch <= _MAX_BATCH_24_MT:
-        return True
-    return weights >= _LARGE_WEIGHTS_MT and batch <= _MAX_BATCH_24[isa]
+        return batch <= _MAX_BATCH_24[isa]
+    return large and batch <= _MAX_BATCH_24[isa]
 
 
 def prefer_sparse(
@@ -244,8 +243,8 @@ def prefer_sparse(
     A rule read off measurements (``docs/sparse.md``, AMD Zen 4, 1 and 2
     threads, NumPy's BLAS on as many threads), not a guarantee. On one
     thread, 2:4: ``1 <= batch <= 512`` with AVX-512, ``<= 64`` with AVX2.
-    On two or more, 2:4: batch 1 for weights of at most 2^18 entries,
-    batch 2-8 below 4M entries, 9-64 always, 65-512 (AVX-512) from 4M
+    On two or more, 2:4: batch 1 for weights of at most 2^18 or at least
+    4M entries, batch 2-64 always (AVX2 too), 65-512 (AVX-512) from 4M
     entries. CSR at density <= 10 % (any thread count): ``2 <= batch <=
     16``, and batch 1 for weights of at least 4M entries. Never on the
     scalar ISA.
