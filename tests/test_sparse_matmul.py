@@ -29,7 +29,7 @@ SHAPES = [
     (33, 37, 68),
     (31, 3, 520),
     (65, 34, 1032),
-    (2, 130, 4100),  # >= 2^19 multiply-adds: threaded (smaller products run on one thread)
+    (4, 130, 4100),  # >= 2^20 multiply-adds: threaded (smaller products run on one thread)
     (40, 70, 520),
     (0, 3, 8),
     (1, 1, 4),
@@ -48,7 +48,7 @@ SHAPES = [
     (9, 65, 33),
     (17, 31, 100),
     (2, 40, 1031),
-    (9, 70, 1031),  # threaded at density 1 (>= 2^19 multiply-adds)
+    (15, 70, 1031),  # threaded at density 1 (>= 2^20 multiply-adds)
 ]
 SHAPES_24 = [s for s in SHAPES if s[2] % 4 == 0]
 SHAPES_CSR = SHAPES

@@ -213,7 +213,7 @@ _MIN_WEIGHTS_CSR_BATCH1 = 4_000_000
 # CSR was measured at 90 % sparsity; denser weights go dense (not measured).
 _CSR_MAX_DENSITY = 0.1
 # 2 threads and more: BLAS gains more from the second core than the sparse
-# kernels do. Products under 2^19 multiply-adds run on one thread (waking a
+# kernels do. Products under 2^20 multiply-adds run on one thread (waking a
 # PASSIVE OpenMP worker costs more), against OpenBLAS's two spinning
 # threads: 2:4 at batch 1 wins on weights that small BLAS barely threads
 # (384x384: 1.4-1.6x) and on large ones (threaded: 4096x4096 1.4x), not in
