@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import slimgrad
 from conftest import ISAS, run_everywhere
 from slimgrad import prune
 from slimgrad.prune import CSR, Compressed24, compress_24, decompress_24, sparse_matmul, to_csr
@@ -28,7 +29,7 @@ SHAPES = [
     (33, 37, 68),
     (31, 3, 520),
     (65, 34, 1032),
-    (2, 130, 4100),  # >= 2^19 multiply-adds: threaded (smaller products run on one thread)
+    (4, 130, 4100),  # >= 2^20 multiply-adds: threaded (smaller products run on one thread)
     (40, 70, 520),
     (0, 3, 8),
     (1, 1, 4),
@@ -47,7 +48,7 @@ SHAPES = [
     (9, 65, 33),
     (17, 31, 100),
     (2, 40, 1031),
-    (9, 70, 1031),  # threaded at density 1 (>= 2^19 multiply-adds)
+    (15, 70, 1031),  # threaded at density 1 (>= 2^20 multiply-adds)
 ]
 SHAPES_24 = [s for s in SHAPES if s[2] % 4 == 0]
 SHAPES_CSR = SHAPES
@@ -57,6 +58,8 @@ def _check(y, x, w_dense):
     ref = x.astype(np.float64) @ w_dense.astype(np.float64).T
     scale = np.abs(x.astype(np.float64)) @ np.abs(w_dense.astype(np.float64)).T
     assert y.dtype == np.float32 and y.shape == ref.shape
+    # a new, writable y on a cache line (threads write neighbouring row chunks)
+    assert y.flags.writeable and y.ctypes.data % 64 == 0
     np.testing.assert_array_less(np.abs(y - ref), RTOL * scale + 1e-30)
 
 
@@ -201,22 +204,55 @@ def test_prefer_sparse_rules(isa):
     big = CSR(*to_csr(np.eye(4096, dtype=np.float32)), (4096, 4096))
     c24 = compress_24(np.ones((8, 8), np.float32))
     simd = isa in ("avx2", "avx512")
-    for weight in (small, prune.pack_sparse(small)):
-        assert prune.prefer_sparse(weight, 8) is simd
-        assert prune.prefer_sparse(weight, 1) is False  # too small for batch 1
-        assert prune.prefer_sparse(weight, 64) is False
-    assert prune.prefer_sparse(big, 1) is simd
-    assert prune.prefer_sparse(to_csr(np.ones((8, 8), np.float32)), 8) is False  # dense CSR
-    for weight in (c24, prune.pack_sparse(c24)):
-        assert prune.prefer_sparse(weight, 1) is simd
-        assert prune.prefer_sparse(weight, 16) is simd
-        assert prune.prefer_sparse(weight, 64) is simd
-        assert prune.prefer_sparse(weight, 65) is (isa == "avx512")
-        assert prune.prefer_sparse(weight, 512) is (isa == "avx512")
-        assert prune.prefer_sparse(weight, 513) is False
-        assert prune.prefer_sparse(weight, 0) is False
+    for threads in (1, 2, 4):  # CSR's rules do not depend on the thread count
+        for weight in (small, prune.pack_sparse(small)):
+            assert prune.prefer_sparse(weight, 8, threads) is simd
+            assert prune.prefer_sparse(weight, 1, threads) is False  # too small for batch 1
+            assert prune.prefer_sparse(weight, 64, threads) is False
+        assert prune.prefer_sparse(big, 1, threads) is simd
+        assert prune.prefer_sparse(to_csr(np.ones((8, 8), np.float32)), 8, threads) is False
+    for weight in (c24, prune.pack_sparse(c24)):  # 1 thread
+        assert prune.prefer_sparse(weight, 1, 1) is simd
+        assert prune.prefer_sparse(weight, 16, 1) is simd
+        assert prune.prefer_sparse(weight, 64, 1) is simd
+        assert prune.prefer_sparse(weight, 65, 1) is (isa == "avx512")
+        assert prune.prefer_sparse(weight, 512, 1) is (isa == "avx512")
+        assert prune.prefer_sparse(weight, 513, 1) is False
+        assert prune.prefer_sparse(weight, 0, 1) is False
     with pytest.raises(TypeError, match="weight"):
         prune.prefer_sparse(w, 1)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_prefer_sparse_rules_threaded(isa, threads):
+    """2:4 at >= 2 threads, by weight size: 384x384 (below 2^18 entries),
+    1536x384 (MiniLM's FFN), 4096x4096 (above 4M)."""
+    simd = isa in ("avx2", "avx512")
+    wide = isa == "avx512"
+    expect = {  # batch: (384x384, 1536x384, 4096x4096)
+        1: (simd, False, simd),
+        2: (simd, simd, simd),
+        8: (simd, simd, simd),
+        9: (simd, simd, simd),
+        64: (simd, simd, simd),
+        65: (False, False, wide),
+        512: (False, False, wide),
+        513: (False, False, False),
+        0: (False, False, False),
+    }
+    # prefer_sparse reads only the format and the shape of a Compressed24:
+    # zero-strided views stand for the large weights.
+    weights = [
+        Compressed24(np.broadcast_to(np.float32(1), (o, i // 2)), np.zeros(1, np.uint8))
+        for o, i in ((384, 384), (1536, 384), (4096, 4096))
+    ]
+    for batch, wanted in expect.items():
+        got = tuple(prune.prefer_sparse(c, batch, threads) for c in weights)
+        assert got == wanted, (batch, got, wanted)
+    with slimgrad.num_threads(threads):  # the default: slimgrad's thread count
+        assert prune.prefer_sparse(weights[1], 1) is False
+    with slimgrad.num_threads(1):
+        assert prune.prefer_sparse(weights[1], 1) is simd
 
 
 def test_pack_sparse_is_checked_once_and_immutable(rng):
@@ -230,6 +266,11 @@ def test_pack_sparse_is_checked_once_and_immutable(rng):
         assert not a.flags.writeable
         with pytest.raises(ValueError):
             a.setflags(write=True)  # an immutable buffer: the checked structure cannot change
+    # cache-line aligned copies (the batch <= 8 kernels' 16-value loads; the
+    # allocator returns a freed block of the same size on glibc)
+    for w_ in (w, rng.standard_normal((384, 1536)).astype(np.float32)):
+        for a in prune.pack_sparse(compress_24(w_)).arrays:
+            assert a.ctypes.data % 64 == 0
     c24.values[0, 0] = 7.0  # the caller's arrays stay theirs: the packed copy is a snapshot
     assert packed.arrays[0][0, 0] != 7.0
     x = rng.standard_normal((2, 3, 16)).astype(np.float32)

@@ -42,7 +42,7 @@ def test_panel_batch_tails(batch, inp, rng):
 @pytest.mark.parametrize(
     "shape",
     [
-        (40, 1103, 36),  # threaded, 128-row chunks: 8 full + 79 rows (groups of 4 + 3)
+        (40, 1103, 68),  # threaded, 128-row chunks: 8 full + 79 rows (groups of 4 + 3)
         (600, 1031, 264),  # 128-row chunks, every panel width, k block tails
         (65, 1024, 8),  # exactly 8 chunks of 128
         (17, 1023, 40),  # one row short of 8 x 128: a quarter of W, capped at 128 rows

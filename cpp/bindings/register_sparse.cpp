@@ -5,6 +5,8 @@
 // is checked before any work: the kernels trust indices, so a bad one would
 // read out of bounds, and an error must change nothing.
 #include <algorithm>
+#include <cstdlib>
+#include <new>
 #include <string>
 
 #include "buffers.hpp"
@@ -21,9 +23,17 @@ Array check_x(py::handle x) {
   return xa;
 }
 
+// y on a cache line: threads write neighbouring row chunks of the same y
+// rows (96 floats at 384x384), and with NumPy's 16-byte aligned buffers the
+// line at every chunk boundary was written by two threads (false sharing
+// on every batch row). Owned by a capsule, freed with the array.
 py::array new_y(std::size_t batch, std::size_t out) {
-  return py::array(py::dtype("float32"),
-                   std::vector<py::ssize_t>{static_cast<py::ssize_t>(batch), static_cast<py::ssize_t>(out)});
+  const std::size_t bytes = std::max<std::size_t>(64, (batch * out * sizeof(float) + 63) / 64 * 64);
+  void* p = std::aligned_alloc(64, bytes);
+  if (p == nullptr) throw std::bad_alloc();
+  py::capsule owner(p, [](void* q) { std::free(q); });
+  return py::array_t<float>({static_cast<py::ssize_t>(batch), static_cast<py::ssize_t>(out)}, static_cast<float*>(p),
+                            owner);
 }
 
 // gemm24(x, values, positions) -> y = x @ W^T, W 2:4-compressed (out, in).

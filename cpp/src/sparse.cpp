@@ -1,6 +1,7 @@
 // Threaded, dispatched entry points of the sparse products (see sparse.hpp).
 // Rows of W go to threads in fixed chunks whose size depends on the shape
-// only (kSparseRowGrain; up to kPanelRowGrain on the 2:4 panel path); every
+// only (kSparseRowGrain; up to kPanelRowGrain on the 2:4 panel path), handed
+// out dynamically; every
 // y entry is computed by one thread in a shape-determined order, so the
 // thread count never changes a bit of the result.
 #include "slimgrad/sparse.hpp"
@@ -18,15 +19,21 @@ namespace slimgrad {
 namespace {
 // Below this many multiply-adds a product runs on the calling thread: waking
 // an OpenMP team costs more than it saves (a 384 x 384 batch-1 product is
-// ~74K, a few microseconds). Same chunks either way, so the same bits.
-constexpr std::size_t kMinParallelWork = std::size_t{1} << 19;
+// ~74K, a few microseconds; a PASSIVE worker takes 5-14 us to wake here).
+// 2^19 threaded 384 x 384 at batch 8 (590K): 47-65 us at 2 threads against
+// 45-48 us on one. Same chunks either way, so the same bits.
+constexpr std::size_t kMinParallelWork = std::size_t{1} << 20;
 // Bytes of x panels per batch group of the 2:4 panel path: half of a 1 MB
 // L2 (Zen 4, Skylake-SP and later servers), room left for W and y.
 constexpr std::size_t kPanelGroupBytes = std::size_t{512} << 10;
 
+// Chunks go to threads dynamically: on this shared machine a thread is often
+// descheduled (or a PASSIVE worker late to wake) and a static split made the
+// others wait for its half; each chunk writes its own y rows, so the bits do
+// not depend on who computes it.
 template <class Body>
 void over_row_chunks(std::size_t out, std::size_t work, Body&& body, std::size_t grain = kSparseRowGrain) {
-  if (work >= kMinParallelWork) return parallel_for(out, grain, body);
+  if (work >= kMinParallelWork) return parallel_chunks(out, grain, body);
   for (std::size_t r0 = 0; r0 < out; r0 += grain) body(r0, std::min(out, r0 + grain));
 }
 }  // namespace
@@ -111,16 +118,22 @@ void gemm24(const float* x, std::size_t batch, std::size_t in, const float* valu
       grain = kPanelRowGrain;
     else if (xt && group >= 2 * pw)
       grain = std::clamp(out / 4 / kSparseRowGrain * kSparseRowGrain, kSparseRowGrain, kPanelRowGrain);
-    for (std::size_t b0 = 0; b0 < batch; b0 += group) {
-      const std::size_t nb = std::min(group, batch - b0);
+    // One task per (batch group, row chunk), group-major, all in one
+    // parallel region: a region per group (8 for 384x1536 at batch 512)
+    // woke the PASSIVE worker and waited at a barrier that many times per
+    // call. A thread may start the next group's chunks while the other
+    // finishes this group's: both groups' panels then share the L2 briefly.
+    const std::size_t chunks = (out + grain - 1) / grain, tasks = (batch + group - 1) / group * chunks;
+    auto task = [&](std::size_t t) {
+      const std::size_t b0 = t / chunks * group, r0 = t % chunks * grain, nb = std::min(group, batch - b0);
       const float* xg = xt ? xt.get() + b0 * in : nullptr;  // b0 is a multiple of pw: panel b0 / pw
-      over_row_chunks(
-          out, batch * out * (in / 2),  // the whole product decides threading: same for every group
-          [&](std::size_t r0, std::size_t r1) {
-            kernels::gemm24_rows<I>(x + b0 * in, xg, nb, in, values, positions, out, r0, r1, y + b0 * out);
-          },
-          grain);
-    }
+      kernels::gemm24_rows<I>(x + b0 * in, xg, nb, in, values, positions, out, r0, std::min(out, r0 + grain),
+                              y + b0 * out);
+    };
+    if (batch * out * (in / 2) >= kMinParallelWork)
+      parallel_tasks(tasks, task);
+    else
+      for (std::size_t t = 0; t < tasks; ++t) task(t);
   });
 }
 

@@ -18,12 +18,40 @@ from ._storage import CSR, Compressed24, _describe, compress_24, decompress_24, 
 __all__ = ["SparseWeight", "pack_sparse", "prefer_sparse", "sparse_linear", "sparse_matmul"]
 
 _core_sparse = _core.sparse
+_F32 = np.dtype(np.float32)
+
+
+# Cache line: the batch <= 8 kernels load 16 values at a time (a zmm), and a
+# load straddling two lines costs two (a 2:4 product at batch 1 measured
+# 15-21 % slower on values at a 16-byte offset than on 64-byte aligned ones).
+_ALIGN = 64
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
     """A C-order copy of ``a`` over an immutable buffer: nobody can write it
-    (``setflags(write=True)`` raises), so a check made once stays true."""
-    return np.frombuffer(np.ascontiguousarray(a).tobytes(), a.dtype).reshape(a.shape)
+    (``setflags(write=True)`` raises), so a check made once stays true.
+
+    The copy starts on a cache line when the allocator allows it: a bytes
+    object cannot be written after it is made, so the padding in front is
+    chosen from the address of a first try (same size, so the allocator
+    usually hands out the same block again); after a few misses the copy
+    stays unaligned (same results, slower).
+    """
+    data = np.ascontiguousarray(a).tobytes()
+
+    def copy(pad: int) -> bytes:  # one allocation of len(data) + _ALIGN bytes every time
+        return b"".join((bytes(pad), data, bytes(_ALIGN - pad)))
+
+    pad = 0
+    buf = copy(pad)
+    for _ in range(8):
+        addr = np.frombuffer(buf, np.uint8).ctypes.data
+        if (addr + pad) % _ALIGN == 0:
+            break
+        pad = -addr % _ALIGN
+        del buf  # free the block first, so the next copy can get it back
+        buf = copy(pad)
+    return np.frombuffer(buf, a.dtype, count=a.size, offset=pad).reshape(a.shape)
 
 
 class SparseWeight:
@@ -37,7 +65,7 @@ class SparseWeight:
     passes cost as much as the product.
     """
 
-    __slots__ = ("arrays", "density", "format", "nbytes", "shape")
+    __slots__ = ("_product", "arrays", "density", "format", "nbytes", "shape")
 
     def __init__(self, weight: Compressed24 | CSR) -> None:
         if isinstance(weight, Compressed24):
@@ -58,6 +86,14 @@ class SparseWeight:
             Compressed24(*self.arrays) if self.format == "2:4" else CSR(*self.arrays, self.shape)
         )
         sparse_matmul(np.empty((0, self.shape[1]), np.float32), packed)
+        # x (batch, in) float32 C order -> y: the kernel with the structure
+        # checks skipped (positional arguments: keywords cost ~0.3 us a call).
+        if self.format == "2:4":
+            values, positions = self.arrays
+            self._product = lambda x: _core_sparse.gemm24(x, values, positions, True)
+        else:
+            args = (*self.arrays, self.shape[0], True, self.shape[1])  # prechecked, in
+            self._product = lambda x: _core_sparse.spmm_csr(x, *args)
 
     def __repr__(self) -> str:
         return (
@@ -126,6 +162,16 @@ def sparse_matmul(x: np.ndarray, weight: Compressed24 | CSR | SparseWeight) -> n
         written, or an inconsistent CSR structure. Nothing is modified.
     """
     if type(weight) is SparseWeight:  # checked when packed: dtype/shape of x only
+        # The common call first, in as few Python operations as possible (at
+        # batch 1 on MiniLM's 384x384 the wrapper was ~1 us of a ~6 us call).
+        if (
+            type(x) is np.ndarray
+            and x.dtype is _F32
+            and x.ndim == 2
+            and x.shape[1] == weight.shape[1]
+            and x.flags.c_contiguous
+        ):
+            return weight._product(x)
         if not isinstance(x, np.ndarray) or x.dtype != np.float32:
             raise TypeError(f"x: expected a float32 ndarray, got {_describe(x)}")
         out_f, in_f = weight.shape
@@ -133,10 +179,7 @@ def sparse_matmul(x: np.ndarray, weight: Compressed24 | CSR | SparseWeight) -> n
             x2 = x
         else:
             x2 = _as_x(x, in_f)
-        if weight.format == "2:4":
-            y = _core_sparse.gemm24(x2, *weight.arrays, prechecked=True)
-        else:
-            y = _core_sparse.spmm_csr(x2, *weight.arrays, out_f, prechecked=True, checked_in=in_f)
+        y = weight._product(x2)
         return y if x2 is x else y.reshape(*x.shape[:-1], out_f)
     if isinstance(weight, Compressed24):
         values, positions = weight
@@ -153,36 +196,67 @@ def sparse_matmul(x: np.ndarray, weight: Compressed24 | CSR | SparseWeight) -> n
     return y.reshape(*np.shape(x)[:-1], y.shape[1])
 
 
-# Cost model, from `slimgrad bench --suite sparse` at 1 thread on AMD EPYC
-# (Zen 4; AVX-512 and SLIMGRAD_ISA=avx2), weights packed once, docs/sparse.md.
-# 2:4 beats NumPy float32 at batch 8 on every shape (1.7-2.6x). Above batch 8
-# (the panel path: 4-vector x panels, 64 columns with AVX-512, 32 with AVX2)
-# AVX-512 beats it at 64 (1.2-2.2x) and 512 (1.2-1.4x) on every shape, not
-# at 1024-2048 on 384x384 and 384x1536 (0.8-0.9x); AVX2 at 64 (1.4-2.2x),
-# at 512 only about even (0.96-1.20x). At batch 1 2:4 streams half the
-# bytes: 1.2-2.9x. CSR at 90 % sparsity: batch 8 on every shape
-# (1.5-3.8x), batch 1 reliably only on 4096x4096 (3.5-5x; 0.4-1.4x on the
-# MiniLM shapes), never at 64 or 512.
+# Cost model, from `slimgrad bench --suite sparse` on AMD EPYC (Zen 4; AVX-512
+# and SLIMGRAD_ISA=avx2), weights packed once, NumPy (OpenBLAS) on as many
+# threads as slimgrad; the tables are in docs/sparse.md ("Cost model").
+# 1 thread: 2:4 beats NumPy float32 at batch 8 on every shape (1.7-2.6x).
+# Above batch 8 (the panel path: 4-vector x panels, 64 columns with AVX-512,
+# 32 with AVX2) AVX-512 beats it at 64 (1.2-2.2x) and 512 (1.2-1.4x) on
+# every shape, not at 1024-2048 on 384x384 and 384x1536 (0.8-0.9x); AVX2 at
+# 64 (1.4-2.2x), at 512 only about even (0.96-1.20x). At batch 1 2:4
+# streams half the bytes: 1.2-2.9x. CSR at 90 % sparsity: batch 8 on every
+# shape (1.5-3.8x), batch 1 reliably only on 4096x4096 (3.5-5x; 0.4-1.4x on
+# the MiniLM shapes), never at 64 or 512.
 _MAX_BATCH_24 = {"avx512": 512, "avx2": 64}
 _MAX_BATCH_CSR = 16
 _MIN_WEIGHTS_CSR_BATCH1 = 4_000_000
 # CSR was measured at 90 % sparsity; denser weights go dense (not measured).
 _CSR_MAX_DENSITY = 0.1
+# 2 threads and more: BLAS gains more from the second core than the sparse
+# kernels do. Products under 2^20 multiply-adds run on one thread (waking a
+# PASSIVE OpenMP worker costs more), against OpenBLAS's two spinning
+# threads: 2:4 at batch 1 wins on weights that small BLAS barely threads
+# (384x384: 1.4-1.6x) and on large ones (threaded: 4096x4096 1.4x), not in
+# between (1536x384 and 384x1536: 0.73-0.90x); at batch 2-64 it is about
+# even or better on every shape (0.85-2.1x); at 512 it wins only on
+# 4096x4096 (1.3-1.4x; the MiniLM shapes 0.64-0.78x).
+_MAX_WEIGHTS_24_BATCH1_MT = 1 << 18
+_LARGE_WEIGHTS_MT = 4_000_000
+_MAX_BATCH_24_MT = 64
 
 
-def prefer_sparse(weight: Compressed24 | CSR | SparseWeight, batch: int) -> bool:
+def _prefer_24_threaded(isa: str, batch: int, weights: int) -> bool:
+    """2:4 at >= 2 threads (see the comment above)."""
+    large = weights >= _LARGE_WEIGHTS_MT
+    if batch == 1:
+        return weights <= _MAX_WEIGHTS_24_BATCH1_MT or large
+    if batch <= _MAX_BATCH_24_MT:
+        return batch <= _MAX_BATCH_24[isa]
+    return large and batch <= _MAX_BATCH_24[isa]
+
+
+def prefer_sparse(
+    weight: Compressed24 | CSR | SparseWeight, batch: int, threads: int | None = None
+) -> bool:
     """Whether :func:`sparse_matmul` is expected to beat a dense float32 product.
 
-    A rule read off measurements (``docs/sparse.md``, AMD Zen 4, one thread),
-    not a guarantee. 2:4: ``1 <= batch <= 512`` with AVX-512, ``<= 64`` with
-    AVX2. CSR at density <= 10 %: ``2 <= batch <= 16``, and batch 1 for
-    weights of at least 4M entries. Never on the scalar ISA.
+    A rule read off measurements (``docs/sparse.md``, AMD Zen 4, 1 and 2
+    threads, NumPy's BLAS on as many threads), not a guarantee. On one
+    thread, 2:4: ``1 <= batch <= 512`` with AVX-512, ``<= 64`` with AVX2.
+    On two or more, 2:4: batch 1 for weights of at most 2^18 or at least
+    4M entries, batch 2-64 always (AVX2 too), 65-512 (AVX-512) from 4M
+    entries. CSR at density <= 10 % (any thread count): ``2 <= batch <=
+    16``, and batch 1 for weights of at least 4M entries. Never on the
+    scalar ISA.
 
     Parameters
     ----------
     weight : Compressed24, CSR or SparseWeight
     batch : int
         Rows of ``x`` (the product of its leading dimensions).
+    threads : int, optional
+        The thread count the product will run with; default
+        ``slimgrad.get_num_threads()``.
 
     Raises
     ------
@@ -203,12 +277,16 @@ def prefer_sparse(weight: Compressed24 | CSR | SparseWeight, batch: int) -> bool
     isa = "avx512" if isa.startswith("avx512") else isa
     if isa not in _MAX_BATCH_24 or batch < 1:
         return False
+    weights = weight.shape[0] * weight.shape[-1]
+    if threads is None:
+        threads = _core.get_num_threads()
     if fmt == "2:4":
+        if threads >= 2:
+            return _prefer_24_threaded(isa, batch, weights)
         return batch <= _MAX_BATCH_24[isa]
-    rows, cols = weight.shape[0], weight.shape[-1]
     if density > _CSR_MAX_DENSITY or batch > _MAX_BATCH_CSR:
         return False
-    return batch > 1 or rows * cols >= _MIN_WEIGHTS_CSR_BATCH1
+    return batch > 1 or weights >= _MIN_WEIGHTS_CSR_BATCH1
 
 
 def sparse_linear(layer, fmt: str | None = "2:4"):
