@@ -33,7 +33,7 @@ def format_scale(rows: list[dict[str, Any]]) -> str:
     lines = [
         "inference at MiniLM's FFN size (384-1536-384, random weights pruned 2:4), where a",
         "call's fixed cost no longer hides the kernels; 2:4 runs sparse where prefer_sparse",
-        "expects a gain (batch <= 512 on AVX-512, <= 64 on AVX2; the student: dense), else dense",
+        "expects a gain for this shape and thread count (docs/sparse.md), else dense",
         f"{'batch':>5} {'format':<17} {'ms':>9} {'vs float32':>10}",
     ]
     for r in rows:
