@@ -80,6 +80,9 @@ CASES = [
     (4, None, True, False, 128, (33, 64)),
     (8, 16, False, True, 7, (5, 50)),
     (2, 64, True, False, 1000, (70, 130)),
+    (4, 24, False, False, 40, (20, 100)),  # contiguous groups straddle blocks
+    (4, None, False, True, 32, (9, 70)),
+    (4, 16, True, False, 32, (40, 200)),  # many scattered groups: U's first rows
 ]
 
 
@@ -122,7 +125,8 @@ def test_lapack_factor_matches_eigen_and_numpy(rng, act_order, cols):
 
     _, _, H = calibration(rng, 3, cols)
     H[2 % cols, :] = H[:, 2 % cols] = 0.0  # a dead column
-    order, dead, S = inverse_factor(H, act_order, 0.01)
+    f = inverse_factor(H, act_order, 0.01)
+    order, dead, S, v = f
     e_order, e_dead, e_S = slimgrad._core.gptq.factor(H, act_order, 0.01)
     np.testing.assert_array_equal(order, e_order)
     np.testing.assert_array_equal(dead, e_dead)
@@ -134,7 +138,7 @@ def test_lapack_factor_matches_eigen_and_numpy(rng, act_order, cols):
         assert np.all(np.tril(got, -1) == 0)
     # the first rows of U = S^-1, in NumPy and in Eigen
     for rows in (0, 1, min(cols, 70), cols):
-        for top in (inverse_top(S, rows), slimgrad._core.gptq.inverse_top(e_S, rows)):
+        for top in (inverse_top(f, rows), slimgrad._core.gptq.inverse_top(e_S, rows)):
             assert top.shape == (rows, cols)
             np.testing.assert_allclose(
                 top, ref_U[:rows], rtol=1e-9, atol=1e-12 * np.abs(ref_U).max()

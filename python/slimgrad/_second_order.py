@@ -176,85 +176,116 @@ def _scratch(size: int) -> _Arena:
 
 _LEAF = 64  # factor leaves (LAPACK's Cholesky / inverse); 128 was 20 % slower at n = 384
 
+# The recursions below split a size k at k - k // 2 down to leaves of at most
+# _LEAF, so the triangular solves on S or any diagonal block of it meet the
+# leaves of the factorization: their inverses are computed once, with the
+# leaf's Cholesky factor, and kept in ``v`` (rows of S, _LEAF columns: the
+# leaf [a, b) of S holds inv(S[a:b, a:b]) in v[a:b, :b - a]). Inverting them
+# in every solve instead took ~12 ms of the 42 at n = 1536 (0.1 ms per call).
 
-def _solve_upper(t: np.ndarray, b: np.ndarray, out: np.ndarray, ws: _Arena) -> None:
+
+def _leaf_inverses(s: np.ndarray, v: np.ndarray) -> None:
+    """``v`` (rows of ``s``, ``_LEAF`` columns) for an upper ``s``."""
+    n = s.shape[0]
+    if n <= _LEAF:
+        v[:, :n] = np.linalg.inv(s)
+        return
+    k = n - n // 2
+    _leaf_inverses(s[:k, :k], v[:k])
+    _leaf_inverses(s[k:, k:], v[k:])
+
+
+def _solve_upper(t: np.ndarray, v: np.ndarray, b: np.ndarray, out: np.ndarray, ws: _Arena) -> None:
     """``out = t^-1 b`` for an upper triangular ``t`` (``trsm``; NumPy has
     none) by halves, so the work is GEMMs: ``k^2 m / 2`` multiply-adds for
-    ``t`` k x k and ``b`` k x m. Leaves multiply by LAPACK's inverse."""
+    ``t`` k x k and ``b`` k x m; ``v``: ``t``'s leaf inverses."""
     k = t.shape[0]
     if k <= _LEAF:
-        np.matmul(np.linalg.inv(t), b, out=out)
+        np.matmul(v[:, :k], b, out=out)
         return
     h = k - k // 2
-    _solve_upper(t[h:, h:], b[h:], out[h:], ws)
+    _solve_upper(t[h:, h:], v[h:], b[h:], out[h:], ws)
     mark = ws.mark()
     rhs = np.matmul(t[:h, h:], out[h:], out=ws.take(h, b.shape[1]))
     np.subtract(b[:h], rhs, out=rhs)
-    _solve_upper(t[:h, :h], rhs, out[:h], ws)
+    _solve_upper(t[:h, :h], v[:h], rhs, out[:h], ws)
     ws.release(mark)
 
 
-def _cholesky(h: np.ndarray, ws: _Arena | None = None) -> np.ndarray:
-    """The upper ``S`` with ``S S^T = h`` (the Cholesky factor of the
-    order-reversed ``h``, reversed: what GPTQ's loop reads, ``U = S^-1`` being
-    the paper's factor), by halves so the work is GEMMs (``potrf`` as a
-    recursion on NumPy's BLAS: LAPACK's own, through ``np.linalg.cholesky``,
-    took 70 ms for n = 1536 here against 42 ms): with
-    ``h = [[A, B], [B^T, C]]``, ``S22`` from ``C``, ``S12 = B S22^-T``
-    (:func:`_solve_upper`), ``S11`` from the Schur complement
-    ``A - S12 S12^T`` (``syrk``: NumPy spots ``a @ a.T``). ``n^3 / 6``
-    multiply-adds, half of the former factor and inverse. Temporaries come
-    from ``ws`` (default: the thread's scratch). Raises
+def _solve_right(t: np.ndarray, v: np.ndarray, b: np.ndarray, out: np.ndarray, ws: _Arena) -> None:
+    """``out = b t^-1`` for an upper triangular ``t`` by halves (as
+    :func:`_solve_upper`, from the right)."""
+    k = t.shape[0]
+    if k <= _LEAF:
+        np.matmul(b, v[:, :k], out=out)
+        return
+    h = k - k // 2
+    _solve_right(t[:h, :h], v[:h], b[:, :h], out[:, :h], ws)
+    mark = ws.mark()
+    rhs = np.matmul(out[:, :h], t[:h, h:], out=ws.take(b.shape[0], k - h))
+    np.subtract(b[:, h:], rhs, out=rhs)
+    _solve_right(t[h:, h:], v[h:], rhs, out[:, h:], ws)
+    ws.release(mark)
+
+
+def _cholesky(h: np.ndarray, ws: _Arena | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(S, v)``: the upper ``S`` with ``S S^T = h`` (the Cholesky factor of
+    the order-reversed ``h``, reversed: what GPTQ's loop reads, ``U = S^-1``
+    being the paper's factor) and the inverses of its leaves (``v``, above),
+    by halves so the work is GEMMs (``potrf`` as a recursion on NumPy's BLAS:
+    LAPACK's own, through ``np.linalg.cholesky``, took 70 ms for n = 1536
+    here against 31): with ``h = [[A, B], [B^T, C]]``, ``S22`` from ``C``,
+    ``S12 = B S22^-T`` (:func:`_solve_upper`), ``S11`` from the Schur
+    complement ``A - S12 S12^T`` (``syrk``: NumPy spots ``a @ a.T``).
+    ``n^3 / 6`` multiply-adds, half of the former factor and inverse.
+    Temporaries come from ``ws`` (default: the thread's scratch). Raises
     ``np.linalg.LinAlgError`` if ``h`` is not positive definite."""
     n = h.shape[0]
     out = np.empty_like(h)
+    v = np.empty((n, _LEAF))
     # A level of n (halves k >= m) holds S12^T (m k), the Schur complement (k^2)
     # and a solve's right-hand side (<= m k / 2): below (n + 2)^2.
-    _cholesky_into(h, out, _scratch((n + 2) ** 2) if ws is None else ws)
-    return out
+    _cholesky_into(h, out, v, _scratch((n + 2) ** 2) if ws is None else ws)
+    return out, v
 
 
-def _cholesky_into(h: np.ndarray, out: np.ndarray, ws: _Arena) -> None:
-    """:func:`_cholesky` written into ``out`` (a view of the result, so the
-    halves are not copied up the recursion); temporaries from ``ws``."""
+def _cholesky_into(h: np.ndarray, out: np.ndarray, v: np.ndarray, ws: _Arena) -> None:
+    """:func:`_cholesky` written into ``out`` and ``v`` (views of the
+    results, so the halves are not copied up the recursion)."""
     n = h.shape[0]
     if n <= _LEAF:
         out[...] = np.linalg.cholesky(h[::-1, ::-1])[::-1, ::-1]
+        v[:, :n] = np.linalg.inv(out)
         return
     k = n - n // 2
-    _cholesky_into(h[k:, k:], out[k:, k:], ws)
+    _cholesky_into(h[k:, k:], out[k:, k:], v[k:], ws)
     mark = ws.mark()
     s12t = ws.take(n - k, k)  # S12^T = S22^-1 B^T
-    _solve_upper(out[k:, k:], h[:k, k:].T, s12t, ws)
+    _solve_upper(out[k:, k:], v[k:], h[:k, k:].T, s12t, ws)
     out[:k, k:] = s12t.T
     out[k:, :k] = 0.0
     schur = np.matmul(s12t.T, s12t, out=ws.take(k, k))
     np.subtract(h[:k, :k], schur, out=schur)
-    _cholesky_into(schur, out[:k, :k], ws)
+    _cholesky_into(schur, out[:k, :k], v[:k], ws)
     ws.release(mark)
 
 
-_TOP_BLOCK = 128  # columns per step of :func:`inverse_top`
-
-
-def inverse_top(s: np.ndarray, rows: int) -> np.ndarray:
-    """``U[:rows, :]`` for ``U = S^-1`` (``S`` upper, float64, C-contiguous,
-    only read): the rows of the paper's factor that GPTQ still needs when
-    act-order scatters a group (``_core.gptq.top_rows``), by blocks of
-    columns, ``X[:, b] = (I[:, b] - X[:, :b0] S[:b0, b]) inv(S[b, b])``:
-    ``rows n^2 / 2`` multiply-adds (a few percent of the factor for the
-    ``rows`` act-order gives, ~30 for n = 1536)."""
+def inverse_top(factor: tuple[np.ndarray, ...], rows: int) -> np.ndarray:
+    """``U[:rows, :]`` for ``U = S^-1``, ``factor`` from :func:`inverse_factor`
+    (only read): the rows of the paper's factor that GPTQ still needs when
+    act-order scatters a group (``_core.gptq.top_rows``), as
+    ``[I 0] S^-1`` (:func:`_solve_right` on GEMMs): ``rows n^2 / 2``
+    multiply-adds, a few percent of the factor for the rows act-order
+    needs (~30 for n = 1536)."""
+    s, v = factor[2], factor[3]
     n = s.shape[0]
     top = np.zeros((rows, n))
     if rows == 0:
         return top
+    b = np.zeros((rows, n))
+    b[:, :rows] = np.eye(rows)
     with blas_limit():
-        for b0 in range(0, n, _TOP_BLOCK):
-            b1 = min(n, b0 + _TOP_BLOCK)
-            rhs = -(top[:, :b0] @ s[:b0, b0:b1])
-            diag = np.arange(b0, min(rows, b1))
-            rhs[diag, diag - b0] += 1.0
-            top[:, b0:b1] = rhs @ np.linalg.inv(s[b0:b1, b0:b1])
+        _solve_right(s, v, b, top, _scratch(rows * n))
     return top
 
 
@@ -300,10 +331,11 @@ def reuse_factors() -> Iterator[None]:
 
 
 def inverse_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.ndarray, ...]:
-    """``(order, dead, S)`` for ``_core.gptq``: what ``factor`` in
-    ``cpp/src/gptq.cpp`` computes (same order, dead columns and damping), in
-    float64, with the Cholesky factorization as GEMMs through NumPy's BLAS
-    (:func:`_cholesky`). ``S`` is upper with ``S S^T = H`` (damped, in
+    """``(order, dead, S, v)``: ``(order, dead, S)`` for ``_core.gptq``, what
+    ``factor`` in ``cpp/src/gptq.cpp`` computes (same order, dead columns and
+    damping), in float64, with the Cholesky factorization as GEMMs through
+    NumPy's BLAS (:func:`_cholesky`; ``v``: its leaves' inverses, for
+    :func:`inverse_top`). ``S`` is upper with ``S S^T = H`` (damped, in
     processing order); ``U = S^-1`` is the paper's inverse factor, which the
     loop no longer needs (docs/compress.md, "GPTQ, fourth round"). (A float32
     factor, as the reference code uses in torch, is faster still but moves
@@ -343,7 +375,9 @@ def _factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.ndarray, 
     hp[np.diag_indices(n)] = diag[order] + damp * float(np.mean(diag))
     try:
         with blas_limit():
-            s = _cholesky(hp, ws)
+            s, v = _cholesky(hp, ws)
     except np.linalg.LinAlgError:
-        return _core.gptq.factor(h64, act_order, damp)
-    return order.astype(np.int64), dead, s
+        order, dead, s = _core.gptq.factor(h64, act_order, damp)
+        v = np.empty((n, _LEAF))
+        _leaf_inverses(s, v)
+    return order.astype(np.int64), dead, s, v

@@ -161,11 +161,11 @@ def _gptq(
     out = []
     for w, w32 in zip(ws, w32s):
         if factor is None and w32.size:
-            order, dead, S = inverse_factor(h64, act_order, damp)
+            f = inverse_factor(h64, act_order, damp)
             # act-order scatters groups: their weights as of their first
             # column need the first rows of U = S^-1 (a few dozen)
-            top = inverse_top(S, _core.gptq.top_rows(order, S.shape[0], gs))
-            factor = (order, dead, S, top)
+            top = inverse_top(f, _core.gptq.top_rows(f[0], w32.shape[1], gs))
+            factor = (*f[:3], top)
         out.append(_quantize(w, w32, factor, bits, gs, symmetric, block_size))
     return out
 
