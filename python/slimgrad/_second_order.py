@@ -318,10 +318,11 @@ def reuse_factors() -> Iterator[None]:
 
     q, k and v of an attention layer read the same inputs, so calibration
     gives them equal Hessians, and the factor (act-order permutation,
-    damping, Cholesky factor: ``n^3 / 3`` flops) depends on ``H`` alone. The results are those of the calls without the block, bit
-    for bit. The check is a comparison with a copy of the last ``H``
-    (``n^2`` doubles kept until the block ends), so an ``H`` changed in
-    place between calls is never mistaken for the old one.
+    damping, Cholesky factor: ``n^3 / 3`` flops) depends on ``H`` alone.
+    The results are those of the calls without the block, bit for bit. The
+    check is a comparison with a copy of the last ``H`` (``n^2`` doubles
+    kept until the block ends), so an ``H`` changed in place between calls
+    is never mistaken for the old one.
     """
     token = _REUSED.set([])
     try:
