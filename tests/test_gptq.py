@@ -258,12 +258,17 @@ def test_dead_inputs_are_zeroed(rng):
 def test_threads_and_isas_give_the_same_result(rng, rows):
     w, _, H = calibration(rng, rows, 96)
     out = run_everywhere(
-        lambda: (quant.gptq(w, H, 4, 32).data.copy(), prune.sparsegpt(w, H, 0.5)[0])
+        lambda: (
+            quant.gptq(w, H, 4, 32).data.copy(),
+            quant.gptq(w, H, 3, 24, act_order=False, block_size=40).data.copy(),
+            prune.sparsegpt(w, H, 0.5)[0],
+            prune.sparsegpt(w, H, n=2, m=4)[0],
+        )
     )
     first = next(iter(out.values()))
-    for data, pruned in out.values():
-        np.testing.assert_array_equal(data, first[0])
-        np.testing.assert_array_equal(pruned, first[1])
+    for got in out.values():
+        for a, b in zip(got, first, strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_result_is_an_ordinary_quantized_tensor(rng, tmp_path):
