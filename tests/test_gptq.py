@@ -189,6 +189,25 @@ def test_symmetry_check_is_allclose(rng):
         assert not is_symmetric(g, 1e-5, 1e-8)
 
 
+def test_eigen_fallback_gives_the_same_codes(rng, monkeypatch):
+    # when NumPy's factorization refuses H, Eigen's factor (and the leaf inverses
+    # computed from it) takes over
+    from slimgrad import _second_order as so
+
+    w, _, H = calibration(rng, 20, 152)
+    expected = quant.gptq(w, H, 3, 16)
+    expected_keep = prune.sparsegpt(w, H, n=2, m=4)[1]
+
+    def refuse(*a):
+        raise np.linalg.LinAlgError("refused")
+
+    monkeypatch.setattr(so, "_cholesky", refuse)
+    got = quant.gptq(w, H, 3, 16)
+    np.testing.assert_array_equal(got.codes(), expected.codes())
+    np.testing.assert_array_equal(got.scale, expected.scale)
+    np.testing.assert_array_equal(prune.sparsegpt(w, H, n=2, m=4)[1], expected_keep)
+
+
 def test_factor_refuses_what_is_not_positive_definite():
     from slimgrad._second_order import inverse_factor
 
