@@ -80,7 +80,8 @@ Factor factor(const double* h, std::size_t cols, bool act_order, double damp);
 std::size_t top_rows(const std::int64_t* order, std::size_t cols, std::size_t group_size);
 
 // U[:rows, :] for U = S^-1 (S upper, cols x cols row-major) into top
-// (rows x cols, row-major), by blocks of columns (rows * cols^2 / 2 FMAs).
+// (rows x cols, row-major): Eigen's triangular solve S^T X = I[:, :rows],
+// rows * cols^2 / 2 multiply-adds (the Python layer does it on NumPy's BLAS).
 void inverse_top(const double* s, std::size_t cols, std::size_t rows, double* top);
 
 // out[a, b] = h[order[a], order[b]] (n x n, row-major; order a permutation of
