@@ -80,18 +80,23 @@ CASES = [
     (4, None, True, False, 128, (33, 64)),
     (8, 16, False, True, 7, (5, 50)),
     (2, 64, True, False, 1000, (70, 130)),
+    (4, 24, False, False, 40, (20, 100)),  # contiguous groups straddle blocks
+    (4, None, False, True, 32, (9, 70)),
+    (4, 16, True, False, 32, (40, 200)),  # many scattered groups: U's first rows
 ]
 
 
 def core_gptq(w, H, bits, gs, act_order, damp, symmetric, block):
     """The C++ loop on Eigen's float64 factor (quant.gptq factors with NumPy)."""
-    order, dead, U = slimgrad._core.gptq.inverse_factor(H, act_order, damp)
+    core = slimgrad._core.gptq
+    order, dead, S = core.factor(H, act_order, damp)
     rows, cols = w.shape
     g = gs or cols
+    top = core.inverse_top(S, core.top_rows(order, cols, g))
     codes = np.zeros((rows, cols), np.int8 if symmetric else np.uint8)
     scale = np.ones((rows, -(-cols // g)), np.float32)
     zero = np.zeros(scale.shape, np.int32)
-    slimgrad._core.gptq.quantize(w, order, dead, U, bits, symmetric, g, block, codes, scale, zero)
+    core.quantize(w, order, dead, S, top, bits, symmetric, g, block, codes, scale, zero)
     return codes.astype(np.int32), scale, zero
 
 
@@ -116,19 +121,28 @@ def test_gptq_equals_the_column_by_column_reference(
 @pytest.mark.parametrize("act_order", [False, True])
 @pytest.mark.parametrize("cols", [1, 7, 64, 65, 200])
 def test_lapack_factor_matches_eigen_and_numpy(rng, act_order, cols):
-    from slimgrad._second_order import inverse_factor
+    from slimgrad._second_order import inverse_factor, inverse_top
 
     _, _, H = calibration(rng, 3, cols)
     H[2 % cols, :] = H[:, 2 % cols] = 0.0  # a dead column
-    order, dead, U = inverse_factor(H, act_order, 0.01)
-    e_order, e_dead, e_U = slimgrad._core.gptq.inverse_factor(H, act_order, 0.01)
+    f = inverse_factor(H, act_order, 0.01)
+    order, dead, S, v = f
+    e_order, e_dead, e_S = slimgrad._core.gptq.factor(H, act_order, 0.01)
     np.testing.assert_array_equal(order, e_order)
     np.testing.assert_array_equal(dead, e_dead)
     _, ref_order, ref_U = prepared(np.zeros((1, cols)), H, act_order, 0.01)
     np.testing.assert_array_equal(order, ref_order)
-    np.testing.assert_allclose(e_U, ref_U, rtol=1e-9, atol=1e-12 * np.abs(ref_U).max())
-    np.testing.assert_allclose(U, ref_U, rtol=1e-9, atol=1e-12 * np.abs(ref_U).max())
-    assert np.all(np.tril(U, -1) == 0) and np.all(np.tril(e_U, -1) == 0)
+    ref_S = np.linalg.inv(ref_U)  # S S^T = H, U = S^-1
+    for got in (S, e_S):
+        np.testing.assert_allclose(got, ref_S, rtol=1e-9, atol=1e-12 * np.abs(ref_S).max())
+        assert np.all(np.tril(got, -1) == 0)
+    # the first rows of U = S^-1, in NumPy and in Eigen
+    for rows in (0, 1, min(cols, 70), cols):
+        for top in (inverse_top(f, rows), slimgrad._core.gptq.inverse_top(e_S, rows)):
+            assert top.shape == (rows, cols)
+            np.testing.assert_allclose(
+                top, ref_U[:rows], rtol=1e-9, atol=1e-12 * np.abs(ref_U).max()
+            )
 
 
 def test_factor_scratch_is_kept_only_up_to_its_limit(rng, monkeypatch):
@@ -138,7 +152,7 @@ def test_factor_scratch_is_kept_only_up_to_its_limit(rng, monkeypatch):
 
     h = rng.standard_normal((40, 40))
     h = h @ h.T + 40 * np.eye(40)
-    expected = so.inverse_factor(h, True, 0.01)[2]
+    expected = so.inverse_factor(h, True, 0.01)[2]  # S
     monkeypatch.setattr(so._SCRATCH, "buf", None, raising=False)
     first = so._scratch(100).buf
     assert so._scratch(50).buf is first
@@ -175,6 +189,25 @@ def test_symmetry_check_is_allclose(rng):
         assert not is_symmetric(g, 1e-5, 1e-8)
 
 
+def test_eigen_fallback_gives_the_same_codes(rng, monkeypatch):
+    # when NumPy's factorization refuses H, Eigen's factor (and the leaf inverses
+    # computed from it) takes over
+    from slimgrad import _second_order as so
+
+    w, _, H = calibration(rng, 20, 152)
+    expected = quant.gptq(w, H, 3, 16)
+    expected_keep = prune.sparsegpt(w, H, n=2, m=4)[1]
+
+    def refuse(*a):
+        raise np.linalg.LinAlgError("refused")
+
+    monkeypatch.setattr(so, "_cholesky", refuse)
+    got = quant.gptq(w, H, 3, 16)
+    np.testing.assert_array_equal(got.codes(), expected.codes())
+    np.testing.assert_array_equal(got.scale, expected.scale)
+    np.testing.assert_array_equal(prune.sparsegpt(w, H, n=2, m=4)[1], expected_keep)
+
+
 def test_factor_refuses_what_is_not_positive_definite():
     from slimgrad._second_order import inverse_factor
 
@@ -185,11 +218,13 @@ def test_factor_refuses_what_is_not_positive_definite():
 
 
 def test_block_size_changes_nothing(rng):
-    # every weight sees one FMA chain over the columns before it, whatever the blocks
+    # every sum over earlier columns is one FMA chain in order, whatever the blocks
     w, _, H = calibration(rng, 40, 96)
-    a = quant.gptq(w, H, 4, 32, block_size=8).dequantize()
-    for block in (1, 13, 96, 500):
-        np.testing.assert_array_equal(quant.gptq(w, H, 4, 32, block_size=block).dequantize(), a)
+    for act_order in (False, True):
+        a = quant.gptq(w, H, 4, 32, act_order, block_size=8).dequantize()
+        for block in (1, 13, 96, 500):
+            got = quant.gptq(w, H, 4, 32, act_order, block_size=block).dequantize()
+            np.testing.assert_array_equal(got, a)
     p = prune.sparsegpt(w, H, n=2, m=4, block_size=8)[0]
     np.testing.assert_array_equal(prune.sparsegpt(w, H, n=2, m=4, block_size=96)[0], p)
 
@@ -242,12 +277,17 @@ def test_dead_inputs_are_zeroed(rng):
 def test_threads_and_isas_give_the_same_result(rng, rows):
     w, _, H = calibration(rng, rows, 96)
     out = run_everywhere(
-        lambda: (quant.gptq(w, H, 4, 32).data.copy(), prune.sparsegpt(w, H, 0.5)[0])
+        lambda: (
+            quant.gptq(w, H, 4, 32).data.copy(),
+            quant.gptq(w, H, 3, 24, act_order=False, block_size=40).data.copy(),
+            prune.sparsegpt(w, H, 0.5)[0],
+            prune.sparsegpt(w, H, n=2, m=4)[0],
+        )
     )
     first = next(iter(out.values()))
-    for data, pruned in out.values():
-        np.testing.assert_array_equal(data, first[0])
-        np.testing.assert_array_equal(pruned, first[1])
+    for got in out.values():
+        for a, b in zip(got, first, strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_result_is_an_ordinary_quantized_tensor(rng, tmp_path):
@@ -512,18 +552,24 @@ def test_permute_symmetric_rejects_bad_buffers(rng):
 
 def test_core_binding_rechecks_buffers(rng):
     w, _, H = calibration(rng, 4, 8)
-    order, dead, U = slimgrad._core.gptq.inverse_factor(H, False, 0.01)
+    order, dead, S = slimgrad._core.gptq.factor(H, False, 0.01)
+    top = np.zeros((0, 8))
     scale, zero = np.ones((4, 2), np.float32), np.zeros((4, 2), np.int32)
     core = slimgrad._core.gptq.quantize
     with pytest.raises(ValueError, match="codes: expected uint8"):
-        core(w, order, dead, U, 4, False, 4, 128, np.zeros((4, 7), np.uint8), scale, zero)
+        core(w, order, dead, S, top, 4, False, 4, 128, np.zeros((4, 7), np.uint8), scale, zero)
     codes = np.zeros((4, 8), np.uint8)
     with pytest.raises(ValueError, match="order: expected a permutation"):
-        core(w, np.zeros(8, np.int64), dead, U, 4, False, 4, 128, codes, scale, zero)
+        core(w, np.zeros(8, np.int64), dead, S, top, 4, False, 4, 128, codes, scale, zero)
     with pytest.raises(ValueError, match="order: expected a permutation"):
-        core(w, order + 1, dead, U, 4, False, 4, 128, codes, scale, zero)
-    with pytest.raises(TypeError, match="U: expected float64"):
-        core(w, order, dead, U.astype(np.float32), 4, False, 4, 128, codes, scale, zero)
-    with pytest.raises(ValueError, match=r"U: expected .*shape \(8, 8\)"):
-        core(w, order, dead, U[:4], 4, False, 4, 128, codes, scale, zero)
+        core(w, order + 1, dead, S, top, 4, False, 4, 128, codes, scale, zero)
+    with pytest.raises(TypeError, match="S: expected float64"):
+        core(w, order, dead, S.astype(np.float32), top, 4, False, 4, 128, codes, scale, zero)
+    with pytest.raises(ValueError, match=r"S: expected .*shape \(8, 8\)"):
+        core(w, order, dead, S[:4], top, 4, False, 4, 128, codes, scale, zero)
+    # a group scattered by the order needs the first rows of U = S^-1
+    scattered = np.array([0, 4, 1, 5, 2, 6, 3, 7], np.int64)
+    assert slimgrad._core.gptq.top_rows(scattered, 8, 4) == 1
+    with pytest.raises(ValueError, match=r"top: expected .*rows >= 1"):
+        core(w, scattered, dead, S, top, 4, False, 4, 128, codes, scale, zero)
     assert not codes.any()

@@ -13,13 +13,13 @@ namespace slimgrad::bind {
 namespace {
 
 struct Layer {
-  Array w, order, dead, u;
+  Array w, order, dead, s;
   std::size_t rows, cols;
-  gptq::FactorRef factor() const { return {order.ptr<std::int64_t>(), dead.ptr<std::uint8_t>(), u.ptr<double>()}; }
+  gptq::FactorRef factor() const { return {order.ptr<std::int64_t>(), dead.ptr<std::uint8_t>(), s.ptr<double>()}; }
 };
 
 // w (out, in) float32 and the factor of its Hessian: order (in,) int64, a
-// permutation (checked: it indexes memory); dead (in,) bool; U (in, in) float64.
+// permutation (checked: it indexes memory); dead (in,) bool; S (in, in) float64.
 // order (cols,) int64, checked to be a permutation (it indexes memory).
 Array check_order(py::handle order, py::ssize_t cols) {
   const std::vector<py::ssize_t> shape{cols};
@@ -33,20 +33,21 @@ Array check_order(py::handle order, py::ssize_t cols) {
   return oa;
 }
 
-Layer check_layer(py::handle w, py::handle order, py::handle dead, py::handle u) {
+Layer check_layer(py::handle w, py::handle order, py::handle dead, py::handle s) {
   Array wa = check_array(w, "w", {DType::f32}, Access::read);
   if (wa.ndim() != 2) throw py::value_error("w: expected a 2-d float32 array (out, in), got " + describe(w));
   const std::vector<py::ssize_t> vshape{wa.dim(1)}, ushape{wa.dim(1), wa.dim(1)};
   Array oa = check_order(order, wa.dim(1));
   Array da = check_array(dead, "dead", {DType::boolean, DType::u8}, Access::read, &vshape);
-  Array ua = check_array(u, "U", {DType::f64}, Access::read, &ushape);
-  return {wa, oa, da, ua, static_cast<std::size_t>(wa.dim(0)), static_cast<std::size_t>(wa.dim(1))};
+  Array sa = check_array(s, "S", {DType::f64}, Access::read, &ushape);
+  return {wa, oa, da, sa, static_cast<std::size_t>(wa.dim(0)), static_cast<std::size_t>(wa.dim(1))};
 }
 
 // A square float64 H (only read).
-Array check_square(py::handle h) {
-  Array ha = check_array(h, "H", {DType::f64}, Access::read);
-  if (ha.ndim() != 2 || ha.dim(0) != ha.dim(1)) throw py::value_error("H: expected a square array, got " + describe(h));
+Array check_square(py::handle h, const char* name = "H") {
+  Array ha = check_array(h, name, {DType::f64}, Access::read);
+  if (ha.ndim() != 2 || ha.dim(0) != ha.dim(1))
+    throw py::value_error(std::string(name) + ": expected a square array, got " + describe(h));
   return ha;
 }
 
@@ -69,25 +70,44 @@ double run(F&& f) {
 }  // namespace
 
 void register_gptq(py::module_& m) {
-  m.def("inverse_factor", [](py::handle h, bool act_order, double damp) {
+  m.def("factor", [](py::handle h, bool act_order, double damp) {
     const Array ha = check_square(h);
     check_common(damp, 1);
     const auto cols = static_cast<std::size_t>(ha.dim(0));
     gptq::Factor f;
     run([&] {
-      f = gptq::inverse_factor(ha.ptr<double>(), cols, act_order, damp);
+      f = gptq::factor(ha.ptr<double>(), cols, act_order, damp);
       return 0.0;
     });
     const auto n = static_cast<py::ssize_t>(cols);
     py::array_t<std::int64_t> order(n);
     py::array_t<bool> dead(n);
-    py::array_t<double> u({n, n});
+    py::array_t<double> s({n, n});
     std::copy(f.order.begin(), f.order.end(), order.mutable_data());
     std::copy(f.dead.begin(), f.dead.end(), dead.mutable_data());
-    std::copy(f.u.begin(), f.u.end(), u.mutable_data());
-    return py::make_tuple(order, dead, u);
+    std::copy(f.s.begin(), f.s.end(), s.mutable_data());
+    return py::make_tuple(order, dead, s);
   }, py::arg("H"), py::arg("act_order"), py::arg("damp"),
-     "(order, dead, U): the factor of H in float64 through Eigen (gptq.hpp, inverse_factor).");
+     "(order, dead, S): the factor of H in float64 through Eigen (gptq.hpp, factor).");
+
+  m.def("top_rows", [](py::handle order, std::size_t cols, std::size_t group_size) {
+    const Array oa = check_order(order, static_cast<py::ssize_t>(cols));
+    return gptq::top_rows(oa.ptr<std::int64_t>(), cols, group_size);
+  }, py::arg("order"), py::arg("cols"), py::arg("group_size"),
+     "The rows of U = S^-1 GPTQ needs for this order and group size (gptq.hpp, top_rows).");
+
+  m.def("inverse_top", [](py::handle s, std::size_t rows) {
+    const Array sa = check_square(s, "S");
+    const auto cols = static_cast<std::size_t>(sa.dim(0));
+    if (rows > cols) throw py::value_error("rows: expected at most " + std::to_string(cols));
+    py::array_t<double> top({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
+    double* out = top.mutable_data();
+    run([&] {
+      gptq::inverse_top(sa.ptr<double>(), cols, rows, out);
+      return 0.0;
+    });
+    return top;
+  }, py::arg("S"), py::arg("rows"), "U[:rows, :] for U = S^-1, S upper, through Eigen (gptq.hpp, inverse_top).");
 
   m.def("is_symmetric", [](py::handle h, double rtol, double atol_scale) {
     const Array ha = check_square(h);
@@ -114,10 +134,15 @@ void register_gptq(py::module_& m) {
   }, py::arg("H"), py::arg("order"), py::arg("out"),
      "out[a, b] = H[order[a], order[b]] for a float64 H, in one pass (gptq.hpp, permute_symmetric).");
 
-  m.def("quantize", [](py::handle w, py::handle order, py::handle dead, py::handle u, int bits, bool symmetric,
-                       std::size_t group_size, std::size_t block_size, py::handle codes, py::handle scale,
-                       py::handle zero_point) {
-    const Layer l = check_layer(w, order, dead, u);
+  m.def("quantize", [](py::handle w, py::handle order, py::handle dead, py::handle s, py::handle top, int bits,
+                       bool symmetric, std::size_t group_size, std::size_t block_size, py::handle codes,
+                       py::handle scale, py::handle zero_point) {
+    const Layer l = check_layer(w, order, dead, s);
+    const Array ta = check_array(top, "top", {DType::f64}, Access::read);
+    const std::size_t need = gptq::top_rows(l.order.ptr<std::int64_t>(), l.cols, group_size);
+    if (ta.ndim() != 2 || ta.dim(1) != static_cast<py::ssize_t>(l.cols) || static_cast<std::size_t>(ta.dim(0)) < need)
+      throw py::value_error("top: expected a float64 array (rows >= " + std::to_string(need) + ", " +
+                            std::to_string(l.cols) + ") (the top rows of U), got " + describe(top));
     if (bits < 2 || bits > 8) throw py::value_error("bits: expected 2..8, got " + std::to_string(bits));
     check_common(0.0, block_size);
     const std::size_t gs = group_size == 0 ? l.cols : group_size;
@@ -127,18 +152,21 @@ void register_gptq(py::module_& m) {
     const Array ca = check_array(codes, "codes", {symmetric ? DType::i8 : DType::u8}, Access::write, &cshape);
     const Array sa = check_array(scale, "scale", {DType::f32}, Access::write, &sshape);
     const Array za = check_array(zero_point, "zero_point", {DType::i32}, Access::write, &sshape);
-    // act_order and damp are the factor's business (already in order, U)
+    // act_order and damp are the factor's business (already in order, S)
     const gptq::QuantOptions o{bits, symmetric, group_size, /*act_order=*/false, /*damp=*/0.0, block_size};
+    gptq::FactorRef f = l.factor();
+    f.top = ta.ptr<double>();
+    f.top_rows = static_cast<std::size_t>(ta.dim(0));
     return run([&] {
-      return gptq::quantize(l.w.ptr<float>(), l.rows, l.cols, l.factor(), o, ca.mut<std::uint8_t>(),
-                            sa.mut<float>(), za.mut<std::int32_t>());
+      return gptq::quantize(l.w.ptr<float>(), l.rows, l.cols, f, o, ca.mut<std::uint8_t>(), sa.mut<float>(),
+                            za.mut<std::int32_t>());
     });
-  }, py::arg("w"), py::arg("order"), py::arg("dead"), py::arg("U"), py::arg("bits"), py::arg("symmetric"),
+  }, py::arg("w"), py::arg("order"), py::arg("dead"), py::arg("S"), py::arg("top"), py::arg("bits"), py::arg("symmetric"),
      py::arg("group_size"), py::arg("block_size"), py::arg("codes"), py::arg("scale"), py::arg("zero_point"));
 
-  m.def("prune", [](py::handle w, py::handle order, py::handle dead, py::handle u, double sparsity, std::size_t n,
+  m.def("prune", [](py::handle w, py::handle order, py::handle dead, py::handle s, double sparsity, std::size_t n,
                     std::size_t m_, std::size_t block_size, py::handle out, py::handle keep) {
-    const Layer l = check_layer(w, order, dead, u);
+    const Layer l = check_layer(w, order, dead, s);
     check_common(0.0, block_size);
     if (m_ > 0) {
       if (n > m_) throw py::value_error("n, m: expected 0 <= n <= m");
@@ -150,12 +178,12 @@ void register_gptq(py::module_& m) {
     const auto shape = l.w.shape();
     const Array oa = check_array(out, "out", {DType::f32}, Access::write, &shape);
     const Array ka = check_array(keep, "keep", {DType::boolean, DType::u8}, Access::write, &shape);
-    // damp is the factor's business (already in U)
+    // damp is the factor's business (already in S)
     const gptq::PruneOptions o{sparsity, n, m_, /*damp=*/0.0, block_size};
     return run([&] {
       return gptq::prune(l.w.ptr<float>(), l.rows, l.cols, l.factor(), o, oa.mut<float>(), ka.mut<std::uint8_t>());
     });
-  }, py::arg("w"), py::arg("order"), py::arg("dead"), py::arg("U"), py::arg("sparsity"), py::arg("n"), py::arg("m"),
+  }, py::arg("w"), py::arg("order"), py::arg("dead"), py::arg("S"), py::arg("sparsity"), py::arg("n"), py::arg("m"),
      py::arg("block_size"), py::arg("out"), py::arg("keep"));
 }
 

@@ -1,4 +1,4 @@
-"""Argument checks and the inverse-Hessian factor shared by the Hessian-based
+"""Argument checks and the Hessian factor shared by the Hessian-based
 methods (GPTQ, SparseGPT).
 
 Both take one Linear layer's weight ``w`` of shape ``(out, in)`` and the
@@ -139,7 +139,7 @@ class _Arena:
     def take(self, rows: int, cols: int) -> np.ndarray:
         end = self.top + rows * cols
         if end > self.buf.size:
-            raise RuntimeError("factor scratch exhausted")  # a bound in _inverse_factor is wrong
+            raise RuntimeError("factor scratch exhausted")  # a bound in _cholesky is wrong
         out: np.ndarray = self.buf[self.top : end].reshape(rows, cols)
         self.top = end
         return out
@@ -174,77 +174,119 @@ def _scratch(size: int) -> _Arena:
     return _Arena(buf)
 
 
-_LEAF = 64  # factor leaves (Cholesky + inverse in LAPACK); 128 was 20 % slower at n = 384
-_TRI_LEAF = 96  # triangular products below this size are plain GEMMs
+_LEAF = 64  # factor leaves (LAPACK's Cholesky / inverse); 128 was 20 % slower at n = 384
+
+# The recursions below split a size k at k - k // 2 down to leaves of at most
+# _LEAF, so the triangular solves on S or any diagonal block of it meet the
+# leaves of the factorization: their inverses are computed once, with the
+# leaf's Cholesky factor, and kept in ``v`` (rows of S, _LEAF columns: the
+# leaf [a, b) of S holds inv(S[a:b, a:b]) in v[a:b, :b - a]). Inverting them
+# in every solve instead took ~12 ms of the 42 at n = 1536 (0.1 ms per call).
 
 
-def _tri_mul(t: np.ndarray, b: np.ndarray, lower: bool, out: np.ndarray, ws: _Arena) -> None:
-    """``out = t @ b`` for a triangular ``t`` (lower or upper; the other half
-    holds zeros) by halves, so the zero quarter costs nothing: half the flops
-    of the full GEMM, still all GEMMs (NumPy has no ``trmm``)."""
-    k = t.shape[0]
-    if k <= _TRI_LEAF:
-        np.matmul(t, b, out=out)
+def _leaf_inverses(s: np.ndarray, v: np.ndarray) -> None:
+    """``v`` (rows of ``s``, ``_LEAF`` columns) for an upper ``s``."""
+    n = s.shape[0]
+    if n <= _LEAF:
+        v[:, :n] = np.linalg.inv(s)
         return
-    h = k // 2
-    _tri_mul(t[:h, :h], b[:h], lower, out[:h], ws)
-    _tri_mul(t[h:, h:], b[h:], lower, out[h:], ws)
+    k = n - n // 2
+    _leaf_inverses(s[:k, :k], v[:k])
+    _leaf_inverses(s[k:, k:], v[k:])
+
+
+def _solve_upper(t: np.ndarray, v: np.ndarray, b: np.ndarray, out: np.ndarray, ws: _Arena) -> None:
+    """``out = t^-1 b`` for an upper triangular ``t`` (``trsm``; NumPy has
+    none) by halves, so the work is GEMMs: ``k^2 m / 2`` multiply-adds for
+    ``t`` k x k and ``b`` k x m; ``v``: ``t``'s leaf inverses."""
+    k = t.shape[0]
+    if k <= _LEAF:
+        np.matmul(v[:, :k], b, out=out)
+        return
+    h = k - k // 2
+    _solve_upper(t[h:, h:], v[h:], b[h:], out[h:], ws)
     mark = ws.mark()
-    if lower:
-        np.add(out[h:], np.matmul(t[h:, :h], b[:h], out=ws.take(k - h, b.shape[1])), out=out[h:])
-    else:
-        np.add(out[:h], np.matmul(t[:h, h:], b[h:], out=ws.take(h, b.shape[1])), out=out[:h])
+    rhs = np.matmul(t[:h, h:], out[h:], out=ws.take(h, b.shape[1]))
+    np.subtract(b[:h], rhs, out=rhs)
+    _solve_upper(t[:h, :h], v[:h], rhs, out[:h], ws)
     ws.release(mark)
 
 
-def _inverse_factor(h: np.ndarray, ws: _Arena | None = None) -> np.ndarray:
-    """The upper ``U`` with ``U^T U = h^-1``, by halves, so the work is GEMMs
-    (BLAS; NumPy has no ``trtri``). ``U = S^-1`` for the upper ``S`` with
-    ``S S^T = h`` (the Cholesky factor of the order-reversed ``h``, reversed):
-    with ``h = [[A, B], [B^T, C]]``, ``U22 = S22^-1`` from ``C``,
-    ``S12 = B U22^T``, ``U11`` from the Schur complement ``A - S12 S12^T``
-    (``syrk``: NumPy spots ``a @ a.T``), and ``U12 = -U11 S12 U22``. Working
-    in this order needs no reversed copies of ``h`` or ``U``. The products
-    with the triangular ``U11``, ``U22`` go through :func:`_tri_mul`:
-    ``n^3 / 3`` flops for the factorization and ``n^3 / 3`` for the inverse,
-    as LAPACK's ``potrf`` + ``trtri``.
+def _solve_right(t: np.ndarray, v: np.ndarray, b: np.ndarray, out: np.ndarray, ws: _Arena) -> None:
+    """``out = b t^-1`` for an upper triangular ``t`` by halves (as
+    :func:`_solve_upper`, from the right)."""
+    k = t.shape[0]
+    if k <= _LEAF:
+        np.matmul(b, v[:, :k], out=out)
+        return
+    h = k - k // 2
+    _solve_right(t[:h, :h], v[:h], b[:, :h], out[:, :h], ws)
+    mark = ws.mark()
+    rhs = np.matmul(out[:, :h], t[:h, h:], out=ws.take(b.shape[0], k - h))
+    np.subtract(b[:, h:], rhs, out=rhs)
+    _solve_right(t[h:, h:], v[h:], rhs, out[:, h:], ws)
+    ws.release(mark)
+
+
+def _cholesky(h: np.ndarray, ws: _Arena | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(S, v)``: the upper ``S`` with ``S S^T = h`` (the Cholesky factor of
+    the order-reversed ``h``, reversed: what GPTQ's loop reads, ``U = S^-1``
+    being the paper's factor) and the inverses of its leaves (``v``, above),
+    by halves so the work is GEMMs (``potrf`` as a recursion on NumPy's BLAS:
+    LAPACK's own, through ``np.linalg.cholesky``, took 70 ms for n = 1536
+    here against 31): with ``h = [[A, B], [B^T, C]]``, ``S22`` from ``C``,
+    ``S12 = B S22^-T`` (:func:`_solve_upper`), ``S11`` from the Schur
+    complement ``A - S12 S12^T`` (``syrk``: NumPy spots ``a @ a.T``).
+    ``n^3 / 6`` multiply-adds, half of the former factor and inverse.
     Temporaries come from ``ws`` (default: the thread's scratch). Raises
     ``np.linalg.LinAlgError`` if ``h`` is not positive definite."""
     n = h.shape[0]
     out = np.empty_like(h)
-    # A level of n (halves k >= m) holds at most S12 and S12 U22 (m k each),
-    # the Schur complement (k^2) and a product's scratch (m k / 2): 7 n^2 / 8,
-    # below (n + 2)^2 also for odd halves; the levels below it, less.
-    _inverse_factor_into(h, out, _scratch((n + 2) ** 2) if ws is None else ws)
-    return out
+    v = np.empty((n, _LEAF))
+    # A level of n (halves k >= m) holds S12^T (m k), the Schur complement (k^2)
+    # and a solve's right-hand side (<= m k / 2): below (n + 2)^2.
+    _cholesky_into(h, out, v, _scratch((n + 2) ** 2) if ws is None else ws)
+    return out, v
 
 
-def _inverse_factor_into(h: np.ndarray, out: np.ndarray, ws: _Arena) -> None:
-    """:func:`_inverse_factor` written into ``out`` (a view of the result, so
-    the halves are not copied up the recursion); temporaries from ``ws``."""
+def _cholesky_into(h: np.ndarray, out: np.ndarray, v: np.ndarray, ws: _Arena) -> None:
+    """:func:`_cholesky` written into ``out`` and ``v`` (views of the
+    results, so the halves are not copied up the recursion)."""
     n = h.shape[0]
     if n <= _LEAF:
-        s = np.linalg.cholesky(h[::-1, ::-1])[::-1, ::-1]
-        out[...] = np.triu(np.linalg.inv(s))
+        out[...] = np.linalg.cholesky(h[::-1, ::-1])[::-1, ::-1]
+        v[:, :n] = np.linalg.inv(out)
         return
     k = n - n // 2
+    _cholesky_into(h[k:, k:], out[k:, k:], v[k:], ws)
     mark = ws.mark()
-    u22 = out[k:, k:]
-    _inverse_factor_into(h[k:, k:], u22, ws)
-    s12 = ws.take(n - k, k)
-    _tri_mul(u22, h[:k, k:].T, False, s12, ws)  # B U22^T = (U22 B^T)^T
-    s12 = s12.T
-    schur = np.matmul(s12, s12.T, out=ws.take(k, k))
-    np.subtract(h[:k, :k], schur, out=schur)
-    u11 = out[:k, :k]
-    _inverse_factor_into(schur, u11, ws)
+    s12t = ws.take(n - k, k)  # S12^T = S22^-1 B^T
+    _solve_upper(out[k:, k:], v[k:], h[:k, k:].T, s12t, ws)
+    out[:k, k:] = s12t.T
     out[k:, :k] = 0.0
-    s12u22 = ws.take(n - k, k)
-    _tri_mul(u22.T, s12.T, True, s12u22, ws)  # S12 U22 = (U22^T S12^T)^T
-    u12 = out[:k, k:]
-    _tri_mul(u11, s12u22.T, False, u12, ws)
-    np.negative(u12, out=u12)
+    schur = np.matmul(s12t.T, s12t, out=ws.take(k, k))
+    np.subtract(h[:k, :k], schur, out=schur)
+    _cholesky_into(schur, out[:k, :k], v[:k], ws)
     ws.release(mark)
+
+
+def inverse_top(factor: tuple[np.ndarray, ...], rows: int) -> np.ndarray:
+    """``U[:rows, :]`` for ``U = S^-1``, ``factor`` from :func:`inverse_factor`
+    (only read): the rows of the paper's factor that GPTQ still needs when
+    act-order scatters a group (``_core.gptq.top_rows``), as
+    ``[I 0] S^-1`` (:func:`_solve_right` on GEMMs): ``rows n^2 / 2``
+    multiply-adds, a few percent of the factor for the rows act-order
+    needs (~30 for n = 1536)."""
+    s, v = factor[2], factor[3]
+    n = s.shape[0]
+    top = np.zeros((rows, n))
+    if rows == 0:
+        return top
+    b = np.zeros((rows, n))
+    b[:, :rows] = np.eye(rows)
+    with blas_limit():
+        _solve_right(s, v, b, top, _scratch(rows * n))
+    return top
 
 
 _CONTROLLER: list[Any] = []  # threadpoolctl's, made once (a scan of the loaded libraries)
@@ -276,11 +318,11 @@ def reuse_factors() -> Iterator[None]:
 
     q, k and v of an attention layer read the same inputs, so calibration
     gives them equal Hessians, and the factor (act-order permutation,
-    damping, Cholesky factor and inverse: ``2 n^3 / 3`` flops) depends on
-    ``H`` alone. The results are those of the calls without the block, bit
-    for bit. The check is a comparison with a copy of the last ``H``
-    (``n^2`` doubles kept until the block ends), so an ``H`` changed in
-    place between calls is never mistaken for the old one.
+    damping, Cholesky factor: ``n^3 / 3`` flops) depends on ``H`` alone.
+    The results are those of the calls without the block, bit for bit. The
+    check is a comparison with a copy of the last ``H`` (``n^2`` doubles
+    kept until the block ends), so an ``H`` changed in place between calls
+    is never mistaken for the old one.
     """
     token = _REUSED.set([])
     try:
@@ -290,15 +332,18 @@ def reuse_factors() -> Iterator[None]:
 
 
 def inverse_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.ndarray, ...]:
-    """``(order, dead, U)`` for ``_core.gptq``: what ``inverse_factor`` in
-    ``cpp/src/gptq.cpp`` computes (same order, dead columns and damping), in
-    float64, with the Cholesky factorization and triangular inverse as GEMMs
-    through NumPy's BLAS (:func:`_inverse_factor`): 2x faster than Eigen
-    compiled for the baseline ISA on the 1536-input layers. (A float32 factor,
-    as the reference code uses in torch, is faster still but moves scales in
-    their last bits and some codes at 3 bits: docs/compress.md, "Speed".) If
-    NumPy finds ``H`` not positive definite, Eigen's factorization decides
-    (and raises ``ValueError`` naming ``H`` if it agrees).
+    """``(order, dead, S, v)``: ``(order, dead, S)`` for ``_core.gptq``, what
+    ``factor`` in ``cpp/src/gptq.cpp`` computes (same order, dead columns and
+    damping), in float64, with the Cholesky factorization as GEMMs through
+    NumPy's BLAS (:func:`_cholesky`; ``v``: its leaves' inverses, for
+    :func:`inverse_top`). ``S`` is upper with ``S S^T = H`` (damped, in
+    processing order); ``U = S^-1`` is the paper's inverse factor, which the
+    loop no longer needs (docs/compress.md, "GPTQ, fourth round"). (A float32
+    factor, as the reference code uses in torch, is faster still but moves
+    scales in their last bits and some codes at 3 bits: docs/compress.md,
+    "Speed".) If NumPy finds ``H`` not positive definite, Eigen's
+    factorization decides (and raises ``ValueError`` naming ``H`` if it
+    agrees).
 
     Parameters
     ----------
@@ -331,7 +376,9 @@ def _factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.ndarray, 
     hp[np.diag_indices(n)] = diag[order] + damp * float(np.mean(diag))
     try:
         with blas_limit():
-            u = _inverse_factor(hp, ws)
+            s, v = _cholesky(hp, ws)
     except np.linalg.LinAlgError:
-        return _core.gptq.inverse_factor(h64, act_order, damp)
-    return order.astype(np.int64), dead, u
+        order, dead, s = _core.gptq.factor(h64, act_order, damp)
+        v = np.empty((n, _LEAF))
+        _leaf_inverses(s, v)
+    return order.astype(np.int64), dead, s, v

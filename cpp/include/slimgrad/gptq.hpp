@@ -9,13 +9,23 @@
 //  - W is rows x cols float32 (row r = output r), H cols x cols float64; both
 //    only read. Work is float64; each row is independent (the same H^-1
 //    serves every row), so rows are split into fixed chunks on the thread pool.
-//  - Two steps: the Factor (processing order, dead columns, U) from H, then
-//    the column loop on W. inverse_factor() computes the Factor in float64
-//    with Eigen; callers with a faster BLAS (the Python layer: NumPy's
-//    OpenBLAS) may pass their own.
-//  - Every update of a weight is one fused multiply-add chain over the
-//    columns before it, in processing order (kernels::gemm_acc), so the result
-//    is identical for every ISA, thread count and block_size.
+//  - Two steps: the Factor (processing order, dead columns, S) from H, then
+//    the column loop on W. factor() computes the Factor in float64 with
+//    Eigen; callers with a faster BLAS (the Python layer: NumPy's OpenBLAS)
+//    may pass their own.
+//  - No inverse: with S upper, S S^T = H (damped, processing order) and
+//    U = S^-1 (U^T U = H^-1, the paper's factor), GPTQ's result satisfies
+//    D = E U (D = W0 - Q, E the scaled errors), so E = D S and column k's
+//    current weight is w_k = W0_k + (sum_{j<k} D_j S[j, k]) / S[k, k]
+//    (left-looking). The loop keeps that sum (acc) per column; the weights of
+//    a range of columns as of its first column (a group's scale, SparseGPT's
+//    block mask, N:M scores) are W0 + acc @ inv(S_range) (a small triangular
+//    inverse); a group whose columns are not contiguous in processing order
+//    (act-order) uses the top rows of U instead (w_a = W0_a - E[:, :p] U[:p, a],
+//    p = the group's first position: top_rows()).
+//  - Every sum over earlier columns is one fused multiply-add chain in
+//    processing order (kernels::gemm_acc), so the result is identical for every
+//    ISA, thread count and (GPTQ, SparseGPT N:M) block_size.
 //  - Columns with H[j, j] == 0 (an input that was always zero) are "dead":
 //    their weights are zeroed and H[j, j] set to 1, as the reference does.
 //  - Damping: H + damp * mean(diag H) * I; a Hessian that is still not
@@ -40,26 +50,39 @@ void gemm_acc(double* c, std::size_t ldc, const double* a, std::size_t lda, cons
 
 namespace slimgrad::gptq {
 
-// The processing order and the upper Cholesky factor U of the damped H^-1
-// (H^-1 = U^T U) in that order: U[i, i] is the OBS denominator of column i
-// and U[i, i+1:] the direction its error is spread along.
+// The processing order and the upper S with S S^T = H (damped, in that
+// order; S = J L J for L L^T = J H J, J the order reversal). 1 / S[i, i] is
+// U[i, i], the OBS denominator of column i. `top` holds the first top_rows
+// rows of U = S^-1 (GPTQ only; see top_rows()).
 struct FactorRef {
   const std::int64_t* order;  // position -> original column (a permutation of 0..cols-1)
   const std::uint8_t* dead;   // by original column: 1 = H[j, j] was 0 (weights zeroed)
-  const double* u;            // cols x cols, row-major, in processing order
+  const double* s;            // cols x cols, row-major, in processing order, upper
+  const double* top = nullptr;  // top_rows x cols, row-major: U[:top_rows, :]
+  std::size_t top_rows = 0;
 };
 struct Factor {
   std::vector<std::int64_t> order;
   std::vector<std::uint8_t> dead;
-  std::vector<double> u;
-  FactorRef ref() const { return {order.data(), dead.data(), u.data()}; }
+  std::vector<double> s;
+  FactorRef ref() const { return {order.data(), dead.data(), s.data()}; }
 };
 
 // Dead columns get H[j, j] = 1; the order is by decreasing H[j, j] (stable)
 // with act_order, else 0..cols-1; then H + damp * mean(diag H) * I in that
-// order, U = J L^-1 J with L L^T = J H J (J the order reversal). float64,
-// Eigen. Throws std::domain_error if the damped H is not positive definite.
-Factor inverse_factor(const double* h, std::size_t cols, bool act_order, double damp);
+// order and its Cholesky factor S (above). float64, Eigen. Throws
+// std::domain_error if the damped H is not positive definite.
+Factor factor(const double* h, std::size_t cols, bool act_order, double damp);
+
+// The rows of U that GPTQ needs for a processing order and group size
+// (0 = one group): the largest first position p of a group whose columns are
+// not contiguous in processing order (act-order), 0 if none.
+std::size_t top_rows(const std::int64_t* order, std::size_t cols, std::size_t group_size);
+
+// U[:rows, :] for U = S^-1 (S upper, cols x cols row-major) into top
+// (rows x cols, row-major): Eigen's triangular solve S^T X = I[:, :rows],
+// rows * cols^2 / 2 multiply-adds (the Python layer does it on NumPy's BLAS).
+void inverse_top(const double* s, std::size_t cols, std::size_t rows, double* top);
 
 // out[a, b] = h[order[a], order[b]] (n x n, row-major; order a permutation of
 // 0..n-1): H in GPTQ's processing order, in one pass (NumPy's two takes, rows
@@ -91,7 +114,9 @@ struct QuantOptions {
 // loss sum((w - q)^2 / d^2) / 2 over all columns.
 double quantize(const float* w, std::size_t rows, std::size_t cols, const double* h, const QuantOptions& opt,
                 std::uint8_t* codes, float* scale, std::int32_t* zero_point);
-// The same with a given factor (opt.act_order and opt.damp are the factor's business).
+// The same with a given factor (opt.act_order and opt.damp are the factor's
+// business; f.top_rows >= top_rows(f.order, cols, opt.group_size), else
+// std::invalid_argument).
 double quantize(const float* w, std::size_t rows, std::size_t cols, const FactorRef& f, const QuantOptions& opt,
                 std::uint8_t* codes, float* scale, std::int32_t* zero_point);
 
@@ -106,8 +131,9 @@ struct PruneOptions {
 // prunes round(sparsity * block) weights with the smallest w^2 / Hinv[j, j]^2
 // (the paper ranks a block over all rows at once; ranking per row keeps every
 // output at the same sparsity, which Wanda found to work better, and keeps
-// rows independent). N:M: in each group of m columns, the smallest scores
-// of each row are pruned (m - n of them), from the weights as updated so far. Ties prune the lower
+// rows independent), from the block's weights as of its first column. N:M:
+// in each group of m columns, the smallest scores of each row are pruned
+// (m - n of them), from the weights as updated so far. Ties prune the lower
 // column first. Writes the updated weights (pruned ones exactly 0) to out
 // (rows x cols float32) and the mask (1 = kept) to keep. Returns the OBS loss.
 double prune(const float* w, std::size_t rows, std::size_t cols, const double* h, const PruneOptions& opt,

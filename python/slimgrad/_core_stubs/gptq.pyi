@@ -3,10 +3,14 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['inverse_factor', 'is_symmetric', 'permute_symmetric', 'prune', 'quantize']
-def inverse_factor(H: typing.Any, act_order: bool, damp: typing.SupportsFloat | typing.SupportsIndex) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.bool], numpy.typing.NDArray[numpy.float64]]:
+__all__: list[str] = ['factor', 'inverse_top', 'is_symmetric', 'permute_symmetric', 'prune', 'quantize', 'top_rows']
+def factor(H: typing.Any, act_order: bool, damp: typing.SupportsFloat | typing.SupportsIndex) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.bool], numpy.typing.NDArray[numpy.float64]]:
     """
-    (order, dead, U): the factor of H in float64 through Eigen (gptq.hpp, inverse_factor).
+    (order, dead, S): the factor of H in float64 through Eigen (gptq.hpp, factor).
+    """
+def inverse_top(S: typing.Any, rows: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float64]:
+    """
+    U[:rows, :] for U = S^-1, S upper, through Eigen (gptq.hpp, inverse_top).
     """
 def is_symmetric(H: typing.Any, rtol: typing.SupportsFloat | typing.SupportsIndex, atol_scale: typing.SupportsFloat | typing.SupportsIndex) -> bool:
     """
@@ -16,7 +20,11 @@ def permute_symmetric(H: typing.Any, order: typing.Any, out: typing.Any) -> None
     """
     out[a, b] = H[order[a], order[b]] for a float64 H, in one pass (gptq.hpp, permute_symmetric).
     """
-def prune(w: typing.Any, order: typing.Any, dead: typing.Any, U: typing.Any, sparsity: typing.SupportsFloat | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, m: typing.SupportsInt | typing.SupportsIndex, block_size: typing.SupportsInt | typing.SupportsIndex, out: typing.Any, keep: typing.Any) -> float:
+def prune(w: typing.Any, order: typing.Any, dead: typing.Any, S: typing.Any, sparsity: typing.SupportsFloat | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, m: typing.SupportsInt | typing.SupportsIndex, block_size: typing.SupportsInt | typing.SupportsIndex, out: typing.Any, keep: typing.Any) -> float:
     ...
-def quantize(w: typing.Any, order: typing.Any, dead: typing.Any, U: typing.Any, bits: typing.SupportsInt | typing.SupportsIndex, symmetric: bool, group_size: typing.SupportsInt | typing.SupportsIndex, block_size: typing.SupportsInt | typing.SupportsIndex, codes: typing.Any, scale: typing.Any, zero_point: typing.Any) -> float:
+def quantize(w: typing.Any, order: typing.Any, dead: typing.Any, S: typing.Any, top: typing.Any, bits: typing.SupportsInt | typing.SupportsIndex, symmetric: bool, group_size: typing.SupportsInt | typing.SupportsIndex, block_size: typing.SupportsInt | typing.SupportsIndex, codes: typing.Any, scale: typing.Any, zero_point: typing.Any) -> float:
     ...
+def top_rows(order: typing.Any, cols: typing.SupportsInt | typing.SupportsIndex, group_size: typing.SupportsInt | typing.SupportsIndex) -> int:
+    """
+    The rows of U = S^-1 GPTQ needs for this order and group size (gptq.hpp, top_rows).
+    """

@@ -148,6 +148,6 @@ def sparsegpt(
     out = np.zeros(w32.shape, np.float32)
     keep = np.ones(w32.shape, dtype=bool)
     if w32.size:
-        order, dead, U = inverse_factor(h64, False, damp)
-        _core.gptq.prune(w32, order, dead, U, s, n, m, block_size, out, keep)
+        order, dead, S, _ = inverse_factor(h64, False, damp)
+        _core.gptq.prune(w32, order, dead, S, s, n, m, block_size, out, keep)
     return out, keep

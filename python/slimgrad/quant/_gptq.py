@@ -4,10 +4,11 @@ Round-to-nearest (:func:`slimgrad.quant.quantize`) rounds every weight on its
 own. GPTQ quantizes one input column at a time and moves each column's
 rounding error onto the columns not yet quantized, weighted by the inverse
 Hessian of the layer's inputs, so the layer's *output* on the calibration
-data changes as little as possible. The inverse-Hessian factor comes from
+data changes as little as possible. The Hessian's Cholesky factor comes from
 NumPy's BLAS (``_second_order.inverse_factor``); the column loop (lazy
 batches of columns as per-ISA FMA kernels, rows split over threads) is in
-``cpp/src/gptq.cpp``.
+``cpp/src/gptq.cpp``: left-looking, it needs the inverse factor only for
+the first few rows (``_second_order.inverse_top``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from .._second_order import check_int, check_layers, check_real, inverse_factor
+from .._second_order import check_int, check_layers, check_real, inverse_factor, inverse_top
 from ._tensor import QuantizedTensor
 
 
@@ -160,7 +161,11 @@ def _gptq(
     out = []
     for w, w32 in zip(ws, w32s):
         if factor is None and w32.size:
-            factor = inverse_factor(h64, act_order, damp)
+            f = inverse_factor(h64, act_order, damp)
+            # act-order scatters groups: their weights as of their first
+            # column need the first rows of U = S^-1 (a few dozen)
+            top = inverse_top(f, _core.gptq.top_rows(f[0], w32.shape[1], gs))
+            factor = (*f[:3], top)
         out.append(_quantize(w, w32, factor, bits, gs, symmetric, block_size))
     return out
 
@@ -181,9 +186,9 @@ def _quantize(
     scale = np.ones((rows, n_groups), np.float32)
     zero_point = np.zeros((rows, n_groups), np.int32)
     if factor is not None:
-        order, dead, U = factor
+        order, dead, S, top = factor
         _core.gptq.quantize(
-            w32, order, dead, U, bits, symmetric, gs, block_size, codes, scale, zero_point
+            w32, order, dead, S, top, bits, symmetric, gs, block_size, codes, scale, zero_point
         )
     if gs:
         return QuantizedTensor.from_codes(
