@@ -116,8 +116,8 @@ def test_clip_search_with_a_short_last_group(rng):
 
 
 def test_scale_search_gives_the_same_scales_on_any_thread_count_and_restores_it(layer):
-    # Our kernels give the same bits on any thread count, BLAS is held to one:
-    # the same scales whatever the caller's count, and the count is kept.
+    # The search runs on our kernels, the same bits on any thread count: the
+    # same scales whatever the caller's count, and the count is kept.
     import slimgrad
 
     w, _, H, mean = layer

@@ -121,11 +121,11 @@ def test_gptq_equals_the_column_by_column_reference(
 @pytest.mark.parametrize("act_order", [False, True])
 @pytest.mark.parametrize("cols", [1, 7, 64, 65, 200])
 def test_lapack_factor_matches_eigen_and_numpy(rng, act_order, cols):
-    from slimgrad._second_order import inverse_factor, inverse_top
+    from slimgrad._second_order import hessian_factor, inverse_top
 
     _, _, H = calibration(rng, 3, cols)
     H[2 % cols, :] = H[:, 2 % cols] = 0.0  # a dead column
-    f = inverse_factor(H, act_order, 0.01)
+    f = hessian_factor(H, act_order, 0.01)
     order, dead, S, v = f
     e_order, e_dead, e_S = slimgrad._core.gptq.factor(H, act_order, 0.01)
     np.testing.assert_array_equal(order, e_order)
@@ -152,14 +152,14 @@ def test_factor_scratch_is_kept_only_up_to_its_limit(rng, monkeypatch):
 
     h = rng.standard_normal((40, 40))
     h = h @ h.T + 40 * np.eye(40)
-    expected = so.inverse_factor(h, True, 0.01)[2]  # S
+    expected = so.hessian_factor(h, True, 0.01)[2]  # S
     monkeypatch.setattr(so._SCRATCH, "buf", None, raising=False)
     first = so._scratch(100).buf
     assert so._scratch(50).buf is first
     monkeypatch.setattr(so, "_KEEP_DOUBLES", 1000)
     big = so._scratch(5000).buf
     assert big is not first and so._SCRATCH.buf is first
-    np.testing.assert_array_equal(so.inverse_factor(h, True, 0.01)[2], expected)
+    np.testing.assert_array_equal(so.hessian_factor(h, True, 0.01)[2], expected)
 
 
 def test_symmetry_check_is_allclose(rng):
@@ -209,12 +209,12 @@ def test_eigen_fallback_gives_the_same_codes(rng, monkeypatch):
 
 
 def test_factor_refuses_what_is_not_positive_definite():
-    from slimgrad._second_order import inverse_factor
+    from slimgrad._second_order import hessian_factor
 
     with pytest.raises(ValueError, match="H: not positive definite"):
-        inverse_factor(-np.eye(3), False, 0.0)
+        hessian_factor(-np.eye(3), False, 0.0)
     with pytest.raises(ValueError, match="H: not positive definite"):
-        inverse_factor(-np.eye(300), True, 0.0)  # past the recursion's leaf size
+        hessian_factor(-np.eye(300), True, 0.0)  # past the recursion's leaf size
 
 
 def test_block_size_changes_nothing(rng):
@@ -401,8 +401,8 @@ def test_gptq_shared_equals_gptq_per_weight_with_one_factor(
     import slimgrad.quant._gptq as module
 
     calls = []
-    real = module.inverse_factor
-    monkeypatch.setattr(module, "inverse_factor", lambda *a: calls.append(a) or real(*a))
+    real = module.hessian_factor
+    monkeypatch.setattr(module, "hessian_factor", lambda *a: calls.append(a) or real(*a))
     got = quant.gptq_shared(ws, H, bits=3, group_size=group_size, act_order=act_order)
     assert len(calls) == 1
     for a, b in zip(got, expected, strict=True):

@@ -271,7 +271,7 @@ def _cholesky_into(h: np.ndarray, out: np.ndarray, v: np.ndarray, ws: _Arena) ->
 
 
 def inverse_top(factor: tuple[np.ndarray, ...], rows: int) -> np.ndarray:
-    """``U[:rows, :]`` for ``U = S^-1``, ``factor`` from :func:`inverse_factor`
+    """``U[:rows, :]`` for ``U = S^-1``, ``factor`` from :func:`hessian_factor`
     (only read): the rows of the paper's factor that GPTQ still needs when
     act-order scatters a group (``_core.gptq.top_rows``), as
     ``[I 0] S^-1`` (:func:`_solve_right` on GEMMs): ``rows n^2 / 2``
@@ -331,7 +331,7 @@ def reuse_factors() -> Iterator[None]:
         _REUSED.reset(token)
 
 
-def inverse_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.ndarray, ...]:
+def hessian_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.ndarray, ...]:
     """``(order, dead, S, v)``: ``(order, dead, S)`` for ``_core.gptq``, what
     ``factor`` in ``cpp/src/gptq.cpp`` computes (same order, dead columns and
     damping), in float64, with the Cholesky factorization as GEMMs through
@@ -361,7 +361,7 @@ def inverse_factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.nd
 
 
 def _factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.ndarray, ...]:
-    """:func:`inverse_factor`, computed."""
+    """:func:`hessian_factor`, computed."""
     n = h64.shape[0]
     diag = np.diag(h64).copy()
     dead = diag == 0

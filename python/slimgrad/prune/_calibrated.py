@@ -21,7 +21,7 @@ from .._second_order import (
     check_layer,
     check_real,
     describe,
-    inverse_factor,
+    hessian_factor,
     is_float,
 )
 from ._masks import _check_fraction, magnitude_mask, nm_mask
@@ -148,6 +148,6 @@ def sparsegpt(
     out = np.zeros(w32.shape, np.float32)
     keep = np.ones(w32.shape, dtype=bool)
     if w32.size:
-        order, dead, S, _ = inverse_factor(h64, False, damp)
+        order, dead, S, _ = hessian_factor(h64, False, damp)
         _core.gptq.prune(w32, order, dead, S, s, n, m, block_size, out, keep)
     return out, keep

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .._second_order import blas_limit, check_channel_stats, check_int, check_layer, output_error
+from .._second_order import check_channel_stats, check_int, check_layer, output_error
 from ._tensor import quantize
 
 
@@ -92,8 +92,7 @@ def awq_scales(
         s32 = s.astype(np.float32)
         return _fake(w32 * s32, bits, group_size, symmetric) / s32
 
-    with blas_limit():  # its idle threads would spin on the cores our kernels use
-        errors = _output_errors(w32, w_hat, scales, h, diagonal=H is None)
+    errors = _output_errors(w32, w_hat, scales, h, diagonal=H is None)
     return scales[int(np.argmin(errors))].astype(np.float32)  # ties: the smaller alpha
 
 

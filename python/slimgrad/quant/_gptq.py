@@ -5,7 +5,7 @@ own. GPTQ quantizes one input column at a time and moves each column's
 rounding error onto the columns not yet quantized, weighted by the inverse
 Hessian of the layer's inputs, so the layer's *output* on the calibration
 data changes as little as possible. The Hessian's Cholesky factor comes from
-NumPy's BLAS (``_second_order.inverse_factor``); the column loop (lazy
+NumPy's BLAS (``_second_order.hessian_factor``); the column loop (lazy
 batches of columns as per-ISA FMA kernels, rows split over threads) is in
 ``cpp/src/gptq.cpp``: left-looking, it needs the inverse factor only for
 the first few rows (``_second_order.inverse_top``).
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from .._second_order import check_int, check_layers, check_real, inverse_factor, inverse_top
+from .._second_order import check_int, check_layers, check_real, hessian_factor, inverse_top
 from ._tensor import QuantizedTensor
 
 
@@ -161,7 +161,7 @@ def _gptq(
     out = []
     for w, w32 in zip(ws, w32s):
         if factor is None and w32.size:
-            f = inverse_factor(h64, act_order, damp)
+            f = hessian_factor(h64, act_order, damp)
             # act-order scatters groups: their weights as of their first
             # column need the first rows of U = S^-1 (a few dozen)
             top = inverse_top(f, _core.gptq.top_rows(f[0], w32.shape[1], gs))
