@@ -131,3 +131,33 @@ def test_bf16_is_an_isa_level():
         assert out.stdout.strip() == "avx512_bf16"
     elif flags:
         assert "avx512_bf16" not in have
+
+
+def _openmp_spin(env: dict[str, str]) -> tuple[str, str]:
+    """(the spin count libgomp reports when slimgrad loads it, OMP_WAIT_POLICY
+    after the import) in a fresh process with ``env`` added."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    clean["OMP_DISPLAY_ENV"] = "VERBOSE"  # libgomp prints its settings on stderr when loaded
+    code = "import os, slimgrad; print(os.environ.get('OMP_WAIT_POLICY'))"
+    run = subprocess.run(
+        [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    shown = [
+        line.split("=")[1].strip(" '")
+        for line in run.stderr.splitlines()
+        if "GOMP_SPINCOUNT" in line
+    ]
+    return shown[0] if shown else "", run.stdout.strip()
+
+
+@pytest.mark.skipif(not slimgrad.build_info()["openmp"], reason="serial build: no OpenMP runtime")
+def test_openmp_team_waits_passively_unless_the_user_chose():
+    spin, after = _openmp_spin({})
+    if not spin:
+        pytest.skip("this OpenMP runtime does not print GOMP_SPINCOUNT (not libgomp)")
+    assert (spin, after) == ("0", "None")  # passive, set for our import only
+    # the user's choice wins (libgomp's default spin count is 300000)
+    assert _openmp_spin({"OMP_WAIT_POLICY": "active"})[1] == "active"
+    assert _openmp_spin({"OMP_WAIT_POLICY": "active"})[0] != "0"
+    assert _openmp_spin({"GOMP_SPINCOUNT": "1000"}) == ("1000", "None")

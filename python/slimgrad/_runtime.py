@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import sys
 from collections.abc import Iterator
@@ -10,8 +11,36 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
 from ._version import __version__
+
+
+def _import_core() -> Any:
+    """Import the extension, its OpenMP team waiting passively unless the user chose.
+
+    With OpenMP's default (libgomp: spin about 0.3 ms, then sleep) our idle
+    threads spin on the cores where NumPy's OpenBLAS runs next, while
+    OpenBLAS's threads spin ~0.1 s after each of its products: in a
+    calibration run (Linear forwards on NumPy, Hessians on our kernels, in
+    turn) the two pools kept taking each other's cores, and ``calibrate`` on
+    MiniLM took 4.6 s instead of 1.2 s (docs/architecture.md, "Threads of
+    other libraries, and benchmarks"). libgomp reads the policy once, when
+    this import loads it, so the variable is set for this import only:
+    OpenMP runtimes loaded later (torch bundles its own) see the environment
+    as it was. ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` set by the user win;
+    a libgomp already loaded by another package keeps the policy it has.
+    """
+    chosen = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
+    if not chosen:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        from . import _core as core
+    finally:
+        if not chosen:
+            del os.environ["OMP_WAIT_POLICY"]
+    return core
+
+
+_core = _import_core()
 
 
 def available_isas() -> list[str]:
