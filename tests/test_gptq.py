@@ -162,12 +162,12 @@ def test_factor_scratch_is_kept_only_up_to_its_limit(rng, monkeypatch):
     np.testing.assert_array_equal(so.hessian_factor(h, True, 0.01)[2], expected)
 
 
-def test_symmetry_check_is_allclose(rng):
-    is_symmetric = slimgrad._core.gptq.is_symmetric
+def test_hessian_check_is_allclose_and_finite(rng):
+    check = slimgrad._core.gptq.check_hessian  # 0 symmetric, 1 non-finite, 2 asymmetric
     for n in (0, 1, 5, 63, 64, 65, 200):
         h = rng.standard_normal((n, n))
         h = h + h.T
-        assert is_symmetric(h, 1e-5, 1e-8)
+        assert check(h, 1e-5, 1e-8) == 0
         if n < 2:
             continue
         i, j = rng.choice(n, 2, replace=False)
@@ -182,11 +182,15 @@ def test_symmetry_check_is_allclose(rng):
             g[i, j] += step * (abs(g[i, j]) if atol_scale == 0 else 1)
             want = np.allclose(g, g.T, rtol=rtol, atol=atol_scale * np.abs(g).max())
             assert want == (step in (1e-6, atol / 2))
-            assert is_symmetric(g, rtol, atol_scale) == want
-            assert is_symmetric(g.T.copy(), rtol, atol_scale) == want
-        g = h.copy()
-        g[j, i] = np.nan
-        assert not is_symmetric(g, 1e-5, 1e-8)
+            assert check(g, rtol, atol_scale) == (0 if want else 2)
+            assert check(g.T.copy(), rtol, atol_scale) == (0 if want else 2)
+        for bad in (np.nan, np.inf, -np.inf):
+            for at in ((j, i), (i, i), (n - 1, n - 1)):  # below, on the diagonal, the last block
+                g = h.copy()
+                g[at] = bad
+                assert check(g, 1e-5, 1e-8) == 1
+                g[at[::-1]] = bad  # symmetric, still not finite
+                assert check(g, 1e-5, 1e-8) == 1
 
 
 def test_eigen_fallback_gives_the_same_codes(rng, monkeypatch):

@@ -109,16 +109,17 @@ void register_gptq(py::module_& m) {
     return top;
   }, py::arg("S"), py::arg("rows"), "U[:rows, :] for U = S^-1, S upper, through Eigen (gptq.hpp, inverse_top).");
 
-  m.def("is_symmetric", [](py::handle h, double rtol, double atol_scale) {
+  m.def("check_hessian", [](py::handle h, double rtol, double atol_scale) {
     const Array ha = check_square(h);
-    bool ok = true;
+    int status = 0;
     run([&] {
-      ok = gptq::is_symmetric(ha.ptr<double>(), static_cast<std::size_t>(ha.dim(0)), rtol, atol_scale);
+      status = gptq::check_hessian(ha.ptr<double>(), static_cast<std::size_t>(ha.dim(0)), rtol, atol_scale);
       return 0.0;
     });
-    return ok;
+    return status;
   }, py::arg("H"), py::arg("rtol"), py::arg("atol_scale"),
-     "np.allclose(H, H.T, rtol, atol_scale * max|H|) for a float64 H, by cache blocks (gptq.hpp, is_symmetric).");
+     "1 if a float64 H holds NaN or inf, else 0 if np.allclose(H, H.T, rtol, atol_scale * max|H|), 2 if not; "
+     "one pass by cache blocks (gptq.hpp, check_hessian).");
 
   m.def("permute_symmetric", [](py::handle h, py::handle order, py::handle out) {
     const Array ha = check_square(h);

@@ -294,12 +294,14 @@ void permute_symmetric(const double* h, std::size_t n, const std::int64_t* order
   });
 }
 
-bool is_symmetric(const double* h, std::size_t n, double rtol, double atol_scale) {
-  double amax = 0.0;
-  for (std::size_t i = 0; i < n * n; ++i) amax = std::max(amax, std::abs(h[i]));  // NaN: not taken
-  const double atol = atol_scale * amax;
-  // By square blocks; the block below the diagonal is first copied transposed
-  // (contiguous reads), so the comparison runs on contiguous rows.
+int check_hessian(const double* h, std::size_t n, double rtol, double atol_scale) {
+  // One pass by square blocks; the block below the diagonal is first copied
+  // transposed (contiguous reads), so the comparison runs on contiguous rows.
+  // The tolerance needs max|h|, known only at the end: each mirrored pair
+  // gives its excess |a - b| - rtol * min(|a|, |b|) (np.allclose's test at
+  // both (i, j) and (j, i)), and the largest is compared with atol once.
+  double amax = 0.0, excess = 0.0;
+  bool finite = true;
   constexpr std::size_t kb = 64;
   std::vector<double> t(kb * kb);
   for (std::size_t i0 = 0; i0 < n; i0 += kb)
@@ -307,17 +309,19 @@ bool is_symmetric(const double* h, std::size_t n, double rtol, double atol_scale
       const std::size_t bi = std::min(kb, n - i0), bj = std::min(kb, n - j0);
       for (std::size_t j = 0; j < bj; ++j)
         for (std::size_t i = 0; i < bi; ++i) t[i * kb + j] = h[(j0 + j) * n + i0 + i];
-      bool ok = true;
       for (std::size_t i = 0; i < bi; ++i) {
         const double* a = h + (i0 + i) * n + j0;
         const double* b = t.data() + i * kb;
-        // np.allclose's elementwise test at both (i, j) and (j, i); false for NaN
-        for (std::size_t j = 0; j < bj; ++j)
-          ok &= std::abs(a[j] - b[j]) <= atol + rtol * std::min(std::abs(a[j]), std::abs(b[j]));
+        for (std::size_t j = 0; j < bj; ++j) {
+          const double x = std::abs(a[j]), y = std::abs(b[j]);
+          finite &= std::max(x, y) <= std::numeric_limits<double>::max();  // false for NaN, inf
+          amax = std::max(amax, std::max(x, y));
+          excess = std::max(excess, std::abs(a[j] - b[j]) - rtol * std::min(x, y));
+        }
       }
-      if (!ok) return false;
     }
-  return true;
+  if (!finite) return 1;
+  return excess <= atol_scale * amax ? 0 : 2;
 }
 
 double quantize(const float* w, std::size_t rows, std::size_t cols, const double* h, const QuantOptions& opt,

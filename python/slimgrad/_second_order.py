@@ -73,13 +73,16 @@ def check_layers(
             )
     w32s = [np.ascontiguousarray(w, dtype=np.float32) for w in arrays]
     h64 = np.ascontiguousarray(H, dtype=np.float64)
-    checked: list[tuple[np.ndarray, str]] = [*zip(w32s, labels), (h64, "H")]
+    hessian = _core.gptq.check_hessian(h64, 1e-5, 1e-8)  # one pass; atol 1e-8 * max|H|
+    checked: list[tuple[np.ndarray, str]] = [*zip(w32s, labels)]
+    if hessian == 1:
+        checked.append((h64, "H"))
     for arr, label in checked:
         bad = np.flatnonzero(~np.isfinite(arr))
         if bad.size:
             index = tuple(int(i) for i in np.unravel_index(bad[0], arr.shape))
             raise ValueError(f"{label}: non-finite value {arr.flat[bad[0]]} at index {index}")
-    if not _core.gptq.is_symmetric(h64, 1e-5, 1e-8):  # atol 1e-8 * max|H|
+    if hessian == 2:
         raise ValueError("H: expected a symmetric matrix (X^T X), got an asymmetric one")
     return w32s, h64
 

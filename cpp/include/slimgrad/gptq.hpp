@@ -89,11 +89,13 @@ void inverse_top(const double* s, std::size_t cols, std::size_t rows, double* to
 // then columns, took 12 ms of CPU for n = 1536, a tenth of the layer).
 void permute_symmetric(const double* h, std::size_t n, const std::int64_t* order, double* out);
 
-// np.allclose(h, h.T, rtol, atol) with atol = atol_scale * max|h| (n x n,
-// row-major; false if any NaN): |h[i, j] - h[j, i]| <= atol + rtol * |h[j, i]|
-// for every i, j, compared by square blocks (NumPy's transposed read of a
-// 1536 x 1536 H took longer than GPTQ's column loop; by 128-blocks, 12 ms).
-bool is_symmetric(const double* h, std::size_t n, double rtol, double atol_scale);
+// GPTQ's check of its Hessian (n x n, row-major), in one pass: 1 if any entry
+// is NaN or infinite; else 0 if np.allclose(h, h.T, rtol, atol) with
+// atol = atol_scale * max|h| (|h[i, j] - h[j, i]| <= atol + rtol * min(|h[i, j]|,
+// |h[j, i]|) for every i, j, to rounding), 2 if not. By square blocks: NumPy's
+// transposed read of a 1536 x 1536 H took longer than GPTQ's column loop, and
+// a separate np.isfinite pass cost as much again.
+int check_hessian(const double* h, std::size_t n, double rtol, double atol_scale);
 
 struct QuantOptions {
   int bits = 4;               // 2..8, codes as in quant::Spec

@@ -3,7 +3,11 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['factor', 'inverse_top', 'is_symmetric', 'permute_symmetric', 'prune', 'quantize', 'top_rows']
+__all__: list[str] = ['check_hessian', 'factor', 'inverse_top', 'permute_symmetric', 'prune', 'quantize', 'top_rows']
+def check_hessian(H: typing.Any, rtol: typing.SupportsFloat | typing.SupportsIndex, atol_scale: typing.SupportsFloat | typing.SupportsIndex) -> int:
+    """
+    1 if a float64 H holds NaN or inf, else 0 if np.allclose(H, H.T, rtol, atol_scale * max|H|), 2 if not; one pass by cache blocks (gptq.hpp, check_hessian).
+    """
 def factor(H: typing.Any, act_order: bool, damp: typing.SupportsFloat | typing.SupportsIndex) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.bool], numpy.typing.NDArray[numpy.float64]]:
     """
     (order, dead, S): the factor of H in float64 through Eigen (gptq.hpp, factor).
@@ -11,10 +15,6 @@ def factor(H: typing.Any, act_order: bool, damp: typing.SupportsFloat | typing.S
 def inverse_top(S: typing.Any, rows: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float64]:
     """
     U[:rows, :] for U = S^-1, S upper, through Eigen (gptq.hpp, inverse_top).
-    """
-def is_symmetric(H: typing.Any, rtol: typing.SupportsFloat | typing.SupportsIndex, atol_scale: typing.SupportsFloat | typing.SupportsIndex) -> bool:
-    """
-    np.allclose(H, H.T, rtol, atol_scale * max|H|) for a float64 H, by cache blocks (gptq.hpp, is_symmetric).
     """
 def permute_symmetric(H: typing.Any, order: typing.Any, out: typing.Any) -> None:
     """
