@@ -518,7 +518,13 @@ def test_bad_input_raises_and_changes_nothing(rng):
     cases.append(
         (lambda: quant.gptq(bad, H), ValueError, "w: non-finite value nan at index (3, 4)")
     )
-    assert_rejected_unchanged(cases, w, H)
+    bad_h = H.copy()
+    bad_h[5, 2] = bad_h[2, 5] = np.inf  # symmetric: named as non-finite, the first in row order
+    cases += [
+        (lambda: quant.gptq(w, bad_h), ValueError, "H: non-finite value inf at index (2, 5)"),
+        (lambda: prune.sparsegpt(w, bad_h, 0.5), ValueError, "H: non-finite value inf"),
+    ]
+    assert_rejected_unchanged(cases, w, H, bad_h)
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 65, 301])
