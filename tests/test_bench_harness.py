@@ -32,3 +32,15 @@ def test_measure_times_every_implementation_once_per_repeat():
     samples = measure(Case("c", {n: (lambda n=n: count(n)) for n in calls}), repeats=3, target=0)
     assert {n: len(s) for n, s in samples.items()} == {"slimgrad": 3, "other": 3}
     assert calls == {"slimgrad": 4, "other": 4}  # one warm-up call each, then one per batch
+
+
+def test_prelude_runs_before_every_call_untimed():
+    order = []
+    case = Case(
+        "c",
+        {"slimgrad": lambda: order.append("call")},
+        prelude=lambda: (order.append("prelude"), time.sleep(0.02)),
+    )
+    samples = measure(case, repeats=2, target=0)
+    assert order == ["prelude", "call"] * 3  # the warm-up call, then one per batch
+    assert max(samples["slimgrad"]) < 0.01  # the prelude's 20 ms are not in the time

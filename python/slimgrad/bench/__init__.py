@@ -55,13 +55,17 @@ class Case:
     """One benchmark: the same work done by several implementations.
 
     ``bytes`` is the memory one call must read plus write (0 if not
-    meaningful); ``setup`` (optional) runs before every timed batch, untimed.
+    meaningful); ``setup`` (optional) runs before every timed batch, untimed;
+    ``prelude`` (optional) before every call, untimed: the work a real
+    program does between two calls, e.g. a torch forward and backward that
+    leave torch's threads spinning when the optimizer steps.
     """
 
     name: str
     impls: Mapping[str, Callable[[], object]]
     bytes: int = 0
     setup: Callable[[], object] | None = None
+    prelude: Callable[[], object] | None = None
     note: str = ""
     # Samples measured elsewhere (e.g. inside an mpiexec job): reported as they are.
     measured: dict[str, list[float]] | None = None
@@ -79,11 +83,21 @@ class Result:
     note: str = ""
 
 
-def _time_batch(fn: Callable[[], object], inner: int) -> float:
-    start = time.perf_counter()
+def _time_batch(
+    fn: Callable[[], object], inner: int, prelude: Callable[[], object] | None = None
+) -> float:
+    if prelude is None:
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        return (time.perf_counter() - start) / inner
+    total = 0.0
     for _ in range(inner):
+        prelude()
+        start = time.perf_counter()
         fn()
-    return (time.perf_counter() - start) / inner
+        total += time.perf_counter() - start
+    return total / inner
 
 
 # Settling between batches: poll every SETTLE_POLL s until the process used
@@ -126,7 +140,7 @@ def measure(
     for name in names:  # warm-up, and size the batch
         if case.setup:
             case.setup()
-        one = max(_time_batch(case.impls[name], 1), 1e-7)
+        one = max(_time_batch(case.impls[name], 1, case.prelude), 1e-7)
         inner[name] = max(1, min(10_000, int(target / one)))
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
@@ -136,7 +150,7 @@ def measure(
                 case.setup()
             if rest:
                 settle()
-            samples[name].append(_time_batch(case.impls[name], inner[name]))
+            samples[name].append(_time_batch(case.impls[name], inner[name], case.prelude))
     return samples
 
 

@@ -9,6 +9,13 @@ same torch tensors; float32 and bfloat16 parameters (bfloat16 states, as torch).
 When DeepSpeed is installed, ``DeepSpeedCPUAdam`` (``adamw_mode=True``, the
 optimizer of ZeRO-Offload, built by DeepSpeed's JIT on first use) joins as a
 peer for the dtypes it steps.
+
+Each dtype is timed twice: steps back to back (each batch after a rest, as
+every bench case), and steps in a training loop: before every step, untimed,
+a torch matrix product stands in for the forward and backward pass. torch's
+OpenMP threads then spin when the step starts, which a fused torch step
+uses warm and slimgrad's step meets as a competitor for the cores
+(docs/torch.md, "In a training loop").
 """
 
 from __future__ import annotations
@@ -78,6 +85,11 @@ def cases(size: int) -> Iterator[Case]:
     base = [torch.randn(s, generator=gen) for s in shapes]
     grads = [torch.randn(s, generator=gen) * 1e-2 for s in shapes]
     optional_peers = _deepspeed()  # looked up once, not per dtype
+    a, b = torch.randn(256, 1024, generator=gen), torch.randn(1024, 1024, generator=gen)
+
+    def backward_pass() -> None:  # ~0.5 GFLOP on torch's threads, as a small model's backward
+        torch.mm(a, b)
+
     for dtype, width in ((torch.float32, 4), (torch.bfloat16, 2)):
         impls = {}
         for label, make in (
@@ -96,9 +108,12 @@ def cases(size: int) -> Iterator[Case]:
                 continue
             impls[label] = opt.step
         name = "float32" if dtype == torch.float32 else "bfloat16"
+        note = f"slimgrad.torch.AdamW vs torch.optim.AdamW, {n / 1e6:.1f}M {name} params"
+        yield Case(f"MiniLM-L6 AdamW {len(shapes)} tensors {name}", impls, 7 * width * n, note=note)
         yield Case(
-            f"MiniLM-L6 AdamW {len(shapes)} tensors {name}",
+            f"MiniLM-L6 AdamW {name} in a training loop",
             impls,
-            bytes=7 * width * n,
-            note=f"slimgrad.torch.AdamW vs torch.optim.AdamW, {n / 1e6:.1f}M {name} params",
+            7 * width * n,
+            prelude=backward_pass,
+            note=note + "; each step after a torch matmul (untimed)",
         )
