@@ -314,7 +314,9 @@ int check_hessian(const double* h, std::size_t n, double rtol, double atol_scale
         const double* b = t.data() + i * kb;
         for (std::size_t j = 0; j < bj; ++j) {
           const double x = std::abs(a[j]), y = std::abs(b[j]);
-          finite &= std::max(x, y) <= std::numeric_limits<double>::max();  // false for NaN, inf
+          // Both tested: std::max(x, NaN) is x, so a NaN of the lower block
+          // would hide behind a finite upper one.
+          finite &= (x <= std::numeric_limits<double>::max()) & (y <= std::numeric_limits<double>::max());
           amax = std::max(amax, std::max(x, y));
           excess = std::max(excess, std::abs(a[j] - b[j]) - rtol * std::min(x, y));
         }
