@@ -171,7 +171,17 @@ def test_calibrate_bert(tmp_path):
     ids, mask, types = sb.tokenize(sentences)
     assert calib.tokens["encoder.layer.0.attention.self.query"] == mask.sum()
     emb = sb.model.embeddings.forward(ids, types)[mask.astype(bool)].astype(np.float64)
-    np.testing.assert_allclose(
-        calib.hessians["encoder.layer.0.attention.self.query"], emb.T @ emb, rtol=1e-4, atol=1e-4
-    )
+    attn = "encoder.layer.0.attention.self."
+    for name in ("query", "key", "value"):  # collected once (shared_input), right for all three
+        np.testing.assert_allclose(calib.hessians[attn + name], emb.T @ emb, rtol=1e-4, atol=1e-4)
+        assert calib.tokens[attn + name] == mask.sum()
+    assert calib.hessians[attn + "key"] is calib.hessians[attn + "query"]
+    assert calib.sq_sums[attn + "value"] is calib.sq_sums[attn + "query"]
     assert calib.hessians["encoder.layer.0.output.dense"].shape == (24, 24)
+    assert calibration.shared_inputs(sb.model) == {
+        attn + "key": attn + "query",
+        attn + "value": attn + "query",
+    }
+    assert calib._followers == {}  # record() leaves nothing behind
+    # and the model is as before: no layer is left wrapped
+    assert all("forward" not in vars(layer) for _, layer in calibration.linear_layers(sb.model))

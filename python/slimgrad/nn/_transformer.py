@@ -268,6 +268,10 @@ class MultiheadSelfAttention(Module):
     with respect to ``x`` and fills the projections' gradients.
     """
 
+    # Linear children that forward() always calls on one and the same input:
+    # calibration collects their input statistics once for all three.
+    shared_input = ("query", "key", "value")
+
     def __init__(
         self,
         embed_dim: int,
