@@ -17,9 +17,10 @@ from ._version import __version__
 def _import_core() -> Any:
     """Import the extension, its OpenMP team waiting passively unless the user chose.
 
-    With OpenMP's default (libgomp: spin about 0.3 ms, then sleep) our idle
-    threads spin on the cores where NumPy's OpenBLAS runs next, while
-    OpenBLAS's threads spin ~0.1 s after each of its products: in a
+    With OpenMP's default (libgomp: spin 300000 rounds, milliseconds here,
+    then sleep) our idle threads spin on the cores where NumPy's OpenBLAS
+    runs next, while OpenBLAS's threads spin ~0.1 s after each of its
+    products: in a
     calibration run (Linear forwards on NumPy, Hessians on our kernels, in
     turn) the two pools kept taking each other's cores, and ``calibrate`` on
     MiniLM took 4.6 s instead of 1.2 s (docs/architecture.md, "Threads of
