@@ -145,6 +145,14 @@ void pack_panel(const float* x, std::size_t s, std::size_t d, std::size_t width,
 // thread's next task reuses the A block in its L2), widest column panel
 // first (the triangle's long tasks start early). A task's work does not
 // depend on the thread count: the callers' sums do not either.
+// The tasks of for_each_tile for width d: blocks of A panels x column panels.
+template <Isa I>
+std::size_t tile_tasks(std::size_t d) {
+  const std::size_t mp = (d + kernels::HessianTile<I>::mr - 1) / kernels::HessianTile<I>::mr;
+  const std::size_t np = (d + kernels::HessianTile<I>::nr - 1) / kernels::HessianTile<I>::nr;
+  return (mp + kHessianPanels - 1) / kHessianPanels * np;
+}
+
 template <Isa I, class Tile, class Done>
 void for_each_tile(const float* x, std::size_t n, std::size_t d, double* abs_sum, double* sq_sum, Tile&& tile,
                    Done&& done) {
@@ -160,7 +168,6 @@ void for_each_tile(const float* x, std::size_t n, std::size_t d, double* abs_sum
   b_buf.resize(std::max(b_buf.size(), np * NR * std::min(n, super)));
   float* const apack = a_buf.data();
   float* const bpack = b_buf.data();
-  const std::size_t blocks = (mp + kHessianPanels - 1) / kHessianPanels;
   for (std::size_t k0 = 0; k0 < n; k0 += super) {
     const std::size_t s = std::min(super, n - k0);
     const float* xs = x + k0 * d;
@@ -170,7 +177,7 @@ void for_each_tile(const float* x, std::size_t n, std::size_t d, double* abs_sum
       else
         pack_panel(xs, s, d, MR, t - np, apack, nullptr, nullptr);
     });
-    parallel_tasks(blocks * np, [&](std::size_t t) {
+    parallel_tasks(tile_tasks<I>(d), [&](std::size_t t) {
       const std::size_t ib = t / np * kHessianPanels, jp = np - 1 - t % np;
       const std::size_t col0 = jp * NR, cols = std::min(NR, d - col0);
       const std::size_t ip_end = std::min({mp, ib + kHessianPanels, (col0 + cols - 1) / MR + 1});  // to the diagonal
@@ -213,13 +220,12 @@ void hessian_run(const float* x, std::size_t n, std::size_t d, T* h, double* abs
 template <Isa I>
 double hessian_inner_run(const float* x, std::size_t n, std::size_t d, const double* h) {
   constexpr std::size_t MR = kernels::HessianTile<I>::mr, NR = kernels::HessianTile<I>::nr;
-  const std::size_t mp = (d + MR - 1) / MR, np = (d + NR - 1) / NR;
   // Per task, its tiles of x^T x for the block of rows (float32 within a
   // slice, summed into float64 across slices, as hessian_accumulate) in a
   // scratch of the task's own; then the tiles' weighted products with H's
   // upper triangle: 1 on the diagonal, 2 above it, 0 below. One partial per
   // task, added in task order at the end: the same bits for any thread count.
-  std::vector<double> partial(((mp + kHessianPanels - 1) / kHessianPanels) * np, 0.0);
+  std::vector<double> partial(tile_tasks<I>(d), 0.0);
   // Named inside the lambdas on purpose: each worker thread uses its own
   // (zeroed once, and again by each task after use).
   thread_local std::vector<double> scratch_buf;
