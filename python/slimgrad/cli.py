@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -25,6 +26,33 @@ COMMANDS = {
     "prune": "slimgrad.prune.cli",
     "compress": "slimgrad.compress.cli",
 }
+
+# OpenBLAS's idle spin in `slimgrad bench`: 2^20 time-stamp cycles, ~0.4 ms at
+# 2.6 GHz (OpenBLAS's default is 2^28, ~0.1 s). See _quiet_openblas.
+OPENBLAS_THREAD_TIMEOUT = "20"
+
+
+def _quiet_openblas() -> None:
+    """Run this program again with NumPy's OpenBLAS threads idling ~0.4 ms, not 0.1 s.
+
+    The bench alternates NumPy's products and our threaded kernels. After each
+    product OpenBLAS's workers spin for 2^28 cycles (~0.1 s) before they
+    sleep, and even when ``bench.settle`` waits that out, our 2-thread kernels
+    timed next ran up to 2x slower (measured; NumPy's own times do not change
+    with the shorter spin: docs/architecture.md, "Threads of other
+    libraries"). OpenBLAS reads ``OPENBLAS_THREAD_TIMEOUT`` once, when NumPy
+    loads it, long before this point: hence a new process (``exec``, the same
+    command line) with the variable set. A value the user set (or
+    ``GOTO_THREAD_TIMEOUT``) wins; no re-run off POSIX.
+    """
+    if os.name != "posix" or not (sys.executable and sys.orig_argv):
+        return
+    if "OPENBLAS_THREAD_TIMEOUT" in os.environ or "GOTO_THREAD_TIMEOUT" in os.environ:
+        return
+    env = dict(os.environ, OPENBLAS_THREAD_TIMEOUT=OPENBLAS_THREAD_TIMEOUT)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, env)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -54,7 +82,8 @@ def _bench(args: argparse.Namespace) -> int:
     print(
         f"slimgrad bench on {env.get('cpu', '?')}: slimgrad {env['slimgrad']['version']} "
         f"({env['slimgrad']['isa_active']}, {env['slimgrad']['threads']} threads), "
-        f"numpy {env['numpy']}, torch {env['torch']}"
+        f"numpy {env['numpy']} (OPENBLAS_THREAD_TIMEOUT={env['openblas_thread_timeout']}), "
+        f"torch {env['torch']}"
     )
     print(
         "median of interleaved repeats; "
@@ -120,8 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The program (``argv`` None: ``sys.argv``), or a call with a list of arguments.
+
+    As the program, ``bench`` first re-runs itself with OpenBLAS's idle spin
+    cut (``_quiet_openblas``); a call with ``argv`` runs in this process as it is.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None and args.command == "bench":
+        _quiet_openblas()
     try:
         return int(args.run(args) or 0)
     except (UsageError, ValueError, TypeError, OSError, KeyError) as e:

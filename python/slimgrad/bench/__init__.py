@@ -12,6 +12,7 @@ the throughput when the case says how many bytes one call moves.
 from __future__ import annotations
 
 import importlib
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -206,6 +207,10 @@ def environment() -> dict[str, Any]:
     from .._runtime import build_info
 
     env: dict[str, object] = {"slimgrad": build_info(), "numpy": np.__version__}
+    # OpenBLAS's idle spin, read when NumPy loaded it (``slimgrad bench`` sets 20)
+    env["openblas_thread_timeout"] = os.environ.get(
+        "OPENBLAS_THREAD_TIMEOUT", os.environ.get("GOTO_THREAD_TIMEOUT")
+    )
     try:
         import torch
 
