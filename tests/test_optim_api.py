@@ -246,6 +246,32 @@ def test_nonfinite_raise_names_the_array(rng, bad):
     assert_unchanged(opt, params, snap)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("nonfinite", ["raise", "skip"])
+def test_nonfinite_in_large_arrays_changes_nothing(rng, threads, nonfinite):
+    # Above the threading threshold (2 * 2^15 elements): the scan and the
+    # update share one parallel region, the update tasks skipped on a bad value.
+    params = {
+        "a": rng.standard_normal(200_001).astype(np.float32),
+        "b": rng.standard_normal(70_003).astype(np.float32),
+    }
+    opt = optim.Adam(params, nonfinite=nonfinite)
+    opt.step(grads_like(params, rng))
+    snap = snapshot(opt, params)
+    g = grads_like(params, rng)
+    g["b"][65_537] = np.nan
+    g["b"][70_002] = np.inf
+    with slimgrad.num_threads(threads):
+        if nonfinite == "raise":
+            with pytest.raises(FloatingPointError) as e:
+                opt.step(g)
+            assert str(e.value) == "grads['b'] has a non-finite value at index 65537"
+        else:
+            assert opt.step(g) is False
+        assert_unchanged(opt, params, snap)
+        assert opt.step(grads_like(params, rng)) is not False  # and steps again after
+
+
 def test_nonfinite_skip_returns_false_and_changes_nothing(rng):
     params = model(rng)
     opt = optim.RMSprop(params, momentum=0.9, nonfinite="skip")

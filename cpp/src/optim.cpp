@@ -2,8 +2,6 @@
 #include "slimgrad/optim.hpp"
 
 #include <algorithm>
-#include <atomic>
-#include <thread>
 #include <vector>
 
 #include "slimgrad/core.hpp"
@@ -147,48 +145,29 @@ bool optim_step(const StepArgs& args, const Slot* slots, std::size_t count, bool
       if (j < it.end - it.begin) found[k] = it.begin + j;
     }
   };
-  const auto verdict = [&]() {
+  const auto all_finite = [&]() {
+    for (std::size_t v : found)
+      if (v != SIZE_MAX) return false;
+    return true;
+  };
+  // One parallel region, no barrier between the passes (parallel_phases):
+  // each thread takes scan tasks while there are any, waits only for scan
+  // tasks other threads have started (a thread the OS has not scheduled yet
+  // holds none), then takes update tasks once every gradient is known
+  // finite. On a busy machine this saves a wake-up of every thread per pass.
+  bool ok = true;
+  dispatch([&](auto isa) {
+    ok = parallel_phases(
+        plan.total >= 2 * kGrain, splan.tasks(), [&](std::size_t t) { scan_task(isa, t); }, plan.tasks(),
+        [&](std::size_t t) { update(isa, t); }, all_finite);
+  });
+  if (!ok)  // the first bad element in list order
     for (std::size_t k = 0; k < found.size(); ++k)
       if (found[k] != SIZE_MAX) {
         *bad_slot = splan.pieces[k].array;
         *bad_index = found[k];
-        return false;
+        break;
       }
-    return true;
-  };
-  bool ok = true;
-  dispatch([&](auto isa) {
-#if SLIMGRAD_OPENMP
-    const int threads = static_cast<int>(std::min<std::size_t>(plan.tasks(), get_num_threads()));
-    if (threads > 1 && plan.total >= 2 * kGrain) {
-      // One parallel region, no barrier between the passes: each thread takes
-      // scan tasks while there are any, waits only for scan tasks other
-      // threads have started (a thread the OS has not scheduled yet holds
-      // none), then takes update tasks once every gradient is known finite.
-      // On a busy machine this saves a wake-up of every thread per pass.
-      std::atomic<std::size_t> next_scan{0}, scanned{0}, next_update{0};
-      const std::size_t n_scan = splan.tasks(), n_update = plan.tasks();
-#pragma omp parallel num_threads(threads)
-      {
-        for (std::size_t t; (t = next_scan.fetch_add(1)) < n_scan;) {
-          scan_task(isa, t);
-          scanned.fetch_add(1, std::memory_order_release);
-        }
-        while (scanned.load(std::memory_order_acquire) < n_scan) std::this_thread::yield();
-        bool good = true;
-        for (std::size_t v : found) good = good && v == SIZE_MAX;
-        if (good)
-          for (std::size_t t; (t = next_update.fetch_add(1)) < n_update;) update(isa, t);
-      }
-      ok = verdict();  // the same answer every thread acted on; sets the location
-      return;
-    }
-#endif
-    for (std::size_t t = 0; t < splan.tasks(); ++t) scan_task(isa, t);
-    ok = verdict();
-    if (ok)
-      for (std::size_t t = 0; t < plan.tasks(); ++t) update(isa, t);
-  });
   return ok;
 }
 

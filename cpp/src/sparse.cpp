@@ -127,12 +127,7 @@ void gemm24(const float* x, std::size_t batch, std::size_t in, const float* valu
       kernels::gemm24_rows<I>(x + b0 * in, xg, nb, in, values, positions, out, r0, std::min(out, r0 + grain),
                               y + b0 * out);
     };
-    if (batch * out * (in / 2) >= kMinParallelWork) {
-      parallel_phases(panels, pack, tasks, task);
-    } else {
-      for (std::size_t p = 0; p < panels; ++p) pack(p);
-      for (std::size_t t = 0; t < tasks; ++t) task(t);
-    }
+    parallel_phases(batch * out * (in / 2) >= kMinParallelWork, panels, pack, tasks, task, [] { return true; });
   });
 }
 

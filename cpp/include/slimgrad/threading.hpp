@@ -98,35 +98,48 @@ void parallel_chunks(std::size_t n, std::size_t grain, Body&& body) {
   });
 }
 
-// Two phases in one parallel region: first(i) for i < n_first, then
-// second(j) for j < n_second (e.g. pack the inputs, then compute from them).
-// Tasks are handed out in that order; a thread that takes a second-phase task
-// waits until every first-phase task is done (spinning: only claimed, running
-// tasks are waited for, and a first phase is short). One team wake-up per
-// call instead of two (a PASSIVE worker takes ~20 us to wake on this VM), and
-// the calling thread starts the first phase while the worker is still waking.
-template <class First, class Second>
-void parallel_phases(std::size_t n_first, First&& first, std::size_t n_second, Second&& second) {
+// Two phases in one parallel region: first(i) for i < n_first, then, if
+// proceed() (called once the first phase is done; it must read only the first
+// phase's results, so every thread gets the same answer), second(j) for
+// j < n_second: e.g. pack the inputs, then compute from them; or check every
+// gradient, then update if all are finite. Tasks are handed out in that
+// order; a thread that takes a second-phase task waits until every
+// first-phase task is done (spinning: only claimed, running tasks are waited
+// for, and a first phase is short). One team wake-up per call instead of two
+// (a PASSIVE worker takes ~20 us to wake on this VM), and the calling thread
+// starts the first phase while the worker is still waking. With `threaded`
+// false (work too small to share) everything runs on the calling thread.
+// Returns proceed(). Bodies must not throw.
+template <class First, class Second, class Proceed>
+bool parallel_phases(bool threaded, std::size_t n_first, First&& first, std::size_t n_second, Second&& second,
+                     Proceed&& proceed) {
 #if SLIMGRAD_OPENMP
   const std::size_t total = n_first + n_second;
   const int threads = static_cast<int>(std::min<std::size_t>(total, static_cast<std::size_t>(get_num_threads())));
-  if (threads > 1) {
+  if (threaded && threads > 1) {
     std::atomic<std::size_t> next{0}, first_done{0};
 #pragma omp parallel num_threads(threads)
-    for (std::size_t t = next.fetch_add(1); t < total; t = next.fetch_add(1)) {
-      if (t < n_first) {
-        first(t);
-        first_done.fetch_add(1, std::memory_order_release);
-        continue;
+    {
+      int go = -1;  // proceed(), asked once per thread
+      for (std::size_t t = next.fetch_add(1); t < total; t = next.fetch_add(1)) {
+        if (t < n_first) {
+          first(t);
+          first_done.fetch_add(1, std::memory_order_release);
+          continue;
+        }
+        while (first_done.load(std::memory_order_acquire) < n_first) std::this_thread::yield();
+        if (go < 0) go = proceed() ? 1 : 0;
+        if (!go) break;
+        second(t - n_first);
       }
-      while (first_done.load(std::memory_order_acquire) < n_first) std::this_thread::yield();
-      second(t - n_first);
     }
-    return;
+    return proceed();
   }
 #endif
   for (std::size_t i = 0; i < n_first; ++i) first(i);
+  if (!proceed()) return false;
   for (std::size_t j = 0; j < n_second; ++j) second(j);
+  return true;
 }
 
 // ------------------------------------------------------------ work planner
