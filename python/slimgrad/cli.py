@@ -45,9 +45,11 @@ def _quiet_openblas() -> None:
     command line) with the variable set. A value the user set (or
     ``GOTO_THREAD_TIMEOUT``) wins; no re-run off POSIX.
     """
+    from . import bench
+
     if os.name != "posix" or not (sys.executable and sys.orig_argv):
         return
-    if "OPENBLAS_THREAD_TIMEOUT" in os.environ or "GOTO_THREAD_TIMEOUT" in os.environ:
+    if bench.openblas_thread_timeout() is not None:
         return
     env = dict(os.environ, OPENBLAS_THREAD_TIMEOUT=OPENBLAS_THREAD_TIMEOUT)
     sys.stdout.flush()

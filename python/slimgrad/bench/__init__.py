@@ -28,6 +28,7 @@ __all__ = [
     "environment",
     "format_table",
     "measure",
+    "openblas_thread_timeout",
     "optional_import",
     "run_suite",
     "settle",
@@ -200,6 +201,12 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def openblas_thread_timeout() -> str | None:
+    """OpenBLAS's idle spin as this process's environment sets it (OpenBLAS read
+    it when NumPy loaded it; ``slimgrad bench`` sets 20), or None: its default."""
+    return os.environ.get("OPENBLAS_THREAD_TIMEOUT", os.environ.get("GOTO_THREAD_TIMEOUT"))
+
+
 def environment() -> dict[str, Any]:
     """What the figures depend on: our build, NumPy's and torch's versions and threads."""
     import numpy as np
@@ -207,10 +214,7 @@ def environment() -> dict[str, Any]:
     from .._runtime import build_info
 
     env: dict[str, object] = {"slimgrad": build_info(), "numpy": np.__version__}
-    # OpenBLAS's idle spin, read when NumPy loaded it (``slimgrad bench`` sets 20)
-    env["openblas_thread_timeout"] = os.environ.get(
-        "OPENBLAS_THREAD_TIMEOUT", os.environ.get("GOTO_THREAD_TIMEOUT")
-    )
+    env["openblas_thread_timeout"] = openblas_thread_timeout()
     try:
         import torch
 
