@@ -289,6 +289,38 @@ def test_edge_sizes(isa, dtype, n):
         np.testing.assert_array_equal(ours, run_reference(name, kw, p0, grads, dtype))
 
 
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.5, 0.95)])
+def test_adam_bits_over_the_whole_value_range(betas):
+    """Adam's sqrt(v) / sqrt(1 - beta2^t) is a product in double on the SIMD
+    ISAs (vdiv_c1 in kernels_optim_rules_common.hpp): the same bits as the
+    scalar reference's float32 division for every magnitude of v, 0, inf and
+    NaN included (nonfinite="ignore" lets them through), over several steps
+    (a different divisor each)."""
+    rng = np.random.default_rng(7)
+    n = 1 << 18
+    mag = np.exp(rng.uniform(np.log(1e-22), np.log(1e18), n)).astype(np.float32)
+    g0 = np.where(rng.random(n) < 0.5, -mag, mag)
+    g0[:6] = [0.0, np.inf, -np.inf, np.nan, 3.4e38, 1e-45]
+    grads = [np.roll(g0, s) for s in range(5)]
+    p0 = rng.standard_normal(n).astype(np.float32)
+
+    def run():
+        p = p0.copy()
+        opt = optim.Adam([p], lr=1e-3, betas=betas, nonfinite="ignore")
+        for g in grads:
+            opt.step([g])
+        return p
+
+    results = {}
+    for name in slimgrad.available_isas():
+        for t in THREADS:
+            with slimgrad.use_isa(name), slimgrad.num_threads(t):
+                results[(name, t)] = run()
+    ref = results[("scalar", 1)]
+    for key, got in results.items():
+        np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32), err_msg=str(key))
+
+
 def test_state_matches_torch_names_and_values():
     torch = pytest.importorskip("torch")
     p0, grads = problem(64, np.float64, steps=5)

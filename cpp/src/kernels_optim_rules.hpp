@@ -205,7 +205,7 @@ struct Rule<Algo::adam> {
       vh = vmax(st.ld(2), v);
       st.st(2, vh);
     }
-    return p + (c.neg_c0 * m) / (sqrt(vh) / c.c1 + c.eps);
+    return p + (c.neg_c0 * m) / (vdiv_c1(sqrt(vh), k, c) + c.eps);
   }
 };
 

@@ -79,6 +79,9 @@ template <class T> inline bool le(Vec<T, Isa::scalar> a, Vec<T, Isa::scalar> b) 
 template <class T> inline bool isfinite(Vec<T, Isa::scalar> a) { return std::isfinite(a.v); }
 template <class T> inline Vec<T, Isa::scalar> select(bool m, Vec<T, Isa::scalar> a, Vec<T, Isa::scalar> b) { return m ? a : b; }
 template <class T> inline T reduce_sum(Vec<T, Isa::scalar> a) { return a.v; }
+inline Vec<float, Isa::scalar> mul_in_double(Vec<float, Isa::scalar> x, double r) {
+  return {static_cast<float>(static_cast<double>(x.v) * r)};
+}
 inline bool mask_and(bool a, bool b) { return a && b; }
 inline bool all(bool m) { return m; }
 inline bool any(bool m) { return m; }
@@ -202,6 +205,15 @@ inline void store_bf16(std::uint16_t* p, F8 a) {
   const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
 }
+// Per lane RN_float(RN_double(x * r)): the product in double precision,
+// rounded once to double and once to float (see the optimizer rules'
+// vdiv_c1 for the division it replaces exactly).
+inline F8 mul_in_double(F8 x, double r) {
+  const __m256d vr = _mm256_set1_pd(r);
+  const __m128 lo = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x.v)), vr));
+  const __m128 hi = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x.v, 1)), vr));
+  return {_mm256_set_m128(hi, lo)};
+}
 #endif  // __AVX2__
 
 #if defined(__AVX512F__)
@@ -235,6 +247,13 @@ inline void store_codes(C* p, F16 a) {  // the saturating down-converts
   const __m512i i = _mm512_cvtps_epi32(a.v);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
                    std::is_signed_v<C> ? _mm512_cvtsepi32_epi8(i) : _mm512_cvtusepi32_epi8(i));
+}
+inline F16 mul_in_double(F16 x, double r) {
+  const __m512d vr = _mm512_set1_pd(r);
+  const __m256 hi_in = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x.v), 1));
+  const __m256 lo = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(x.v)), vr));
+  const __m256 hi = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtps_pd(hi_in), vr));
+  return {_mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1)};
 }
 inline void store_bf16(std::uint16_t* p, F16 a) {
   const __m512i bits = _mm512_castps_si512(a.v);
