@@ -28,6 +28,16 @@ def adversarial(rng):
     z[4, 7] = -2.5
     z[5, :] = 65504.0
     yield "zeros/constants", z
+    # Signed zeros as a block's min or max, in either order: the reference
+    # keeps the first one (a vector reduction's order would not).
+    s = np.abs(rng.standard_normal((4, 64))).astype(np.float32)
+    s[0, [3, 9]] = [0.0, -0.0]  # min 0: +0 first
+    s[1, [3, 9]] = [-0.0, 0.0]  # min 0: -0 first
+    s[2:] = -s[2:]
+    s[2, [3, 9]] = [0.0, -0.0]  # max 0
+    s[3, [3, 9]] = [-0.0, 0.0]
+    s[:, 40:44] = [0.0, -0.0, 0.0, -0.0]
+    yield "signed zeros", s
     yield "huge", (rng.standard_normal((8, 64)) * 3e37).astype(np.float32)
     yield "max range", np.array([3e38, -3e38] * 32, np.float32).reshape(2, 32)
     yield "tiny 1e-38", (rng.standard_normal((8, 64)) * 1e-38).astype(np.float32)

@@ -6,6 +6,8 @@
 //  - "exact": -ffp-contract=off on its units, like the int codes;
 //  - 16 blocks at a time (statistics, then d and 1/d as vector divisions,
 //    then codes), degenerate blocks (non-finite d or 1/d) through the oracle;
+//    statistics where a reduction's order would show (ties of +a and -a,
+//    signed zeros) by the oracle's sequential rule;
 //  - rounding: half away from zero as trunc(t) + sign(t) (QOps::round_away),
 //    float16 headers through F16C (round to nearest even);
 //  - whole blocks of 32 only (the callers pass a count of blocks).
@@ -14,6 +16,7 @@
 
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstring>
 
 #include "kernels_quant_ops_x86.hpp"
@@ -44,6 +47,91 @@ inline float get_half_f16c(const std::uint8_t* p) {
   return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u)));
 }
 
+// The oracle's sequential statistics of one block, for the blocks where a
+// vector reduction's order would show: the first largest |x| (Q4_0, Q5_0:
+// ties between +a and -a), the first min and max (Q4_1, Q5_1: which signed
+// zero comes first).
+inline float first_absmax(const float* xb) {
+  int imax = 0;
+  for (int i = 1; i < 32; ++i)
+    if (std::fabs(xb[i]) > std::fabs(xb[imax])) imax = i;
+  return xb[imax];
+}
+inline void first_minmax(const float* xb, float* mn, float* mx) {
+  float lo = xb[0], hi = xb[0];
+  for (int i = 1; i < 32; ++i) {
+    lo = xb[i] < lo ? xb[i] : lo;
+    hi = xb[i] > hi ? xb[i] : hi;
+  }
+  *mn = lo;
+  *mx = hi;
+}
+
+#if defined(__AVX512F__)
+// Lane b: the maximum (Max) or minimum of the 16 lanes of a[b], for 16
+// vectors at once in four levels of pairwise shuffles (45 operations for 16
+// blocks, where a horizontal reduction per block takes about 8 each and
+// its latency chain).
+template <bool Max>
+inline __m512 reduce16(const __m512* a) {
+  const auto op = [](__m512 x, __m512 y) { return Max ? _mm512_max_ps(x, y) : _mm512_min_ps(x, y); };
+  __m512 r1[8], r2[4], r3[2];
+  for (int i = 0; i < 8; ++i)  // 256-bit halves: blocks 2i, 2i + 1
+    r1[i] = op(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+               _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  for (int i = 0; i < 4; ++i)  // 128-bit quarter q: block 4i + q
+    r2[i] = op(_mm512_shuffle_f32x4(r1[2 * i], r1[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+               _mm512_shuffle_f32x4(r1[2 * i], r1[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  for (int i = 0; i < 2; ++i)  // quarter q, lanes 0-1: block 8i + q, lanes 2-3: block 8i + 4 + q
+    r3[i] = op(_mm512_shuffle_ps(r2[2 * i], r2[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+               _mm512_shuffle_ps(r2[2 * i], r2[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512 r = op(_mm512_shuffle_ps(r3[0], r3[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                      _mm512_shuffle_ps(r3[0], r3[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  // Lane 4q + j holds block q + 4j: put block b in lane b.
+  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), r);
+}
+
+// Phase 1 of gguf_blocks_simd for AVX-512: the statistics of nb <= 16
+// blocks from per-block max and min vectors reduced together (reduce16).
+// Signed zeros and ties are where a reduction's order shows, so those
+// blocks take the oracle's sequential rule: the first largest |x| when
+// max == -min (Q4_0, Q5_0), the first zero's sign when min or max is 0
+// (Q4_1, Q5_1); Q8_0 needs neither (|x| has no sign).
+inline void gguf_stats16(const float* x, std::size_t nb, bool q8, bool sym, float* s1, float* s2) {
+  __m512 a[16];
+  for (std::size_t b = 0; b < 16; ++b)
+    a[b] = b < nb ? _mm512_max_ps(_mm512_loadu_ps(x + 32 * b), _mm512_loadu_ps(x + 32 * b + 16)) : _mm512_setzero_ps();
+  const __m512 hi = reduce16<true>(a);
+  for (std::size_t b = 0; b < 16; ++b)
+    a[b] = b < nb ? _mm512_min_ps(_mm512_loadu_ps(x + 32 * b), _mm512_loadu_ps(x + 32 * b + 16)) : _mm512_setzero_ps();
+  const __m512 lo = reduce16<false>(a);
+  const __mmask16 valid = static_cast<__mmask16>((1u << nb) - 1u);
+  if (q8) {
+    _mm512_store_ps(s1, _mm512_max_ps(_mm512_abs_ps(hi), _mm512_abs_ps(lo)));
+    return;
+  }
+  unsigned exact;  // blocks for the sequential rule
+  if (sym) {
+    const __m512 neg_lo = _mm512_sub_ps(_mm512_setzero_ps(), lo);
+    const __mmask16 pos = _mm512_cmp_ps_mask(hi, neg_lo, _CMP_GT_OQ), neg = _mm512_cmp_ps_mask(neg_lo, hi, _CMP_GT_OQ);
+    _mm512_store_ps(s1, _mm512_mask_blend_ps(neg, hi, lo));
+    exact = valid & ~(pos | neg);
+  } else {
+    _mm512_store_ps(s1, lo);
+    _mm512_store_ps(s2, hi);
+    exact = valid & (_mm512_cmp_ps_mask(lo, _mm512_setzero_ps(), _CMP_EQ_OQ) |
+                     _mm512_cmp_ps_mask(hi, _mm512_setzero_ps(), _CMP_EQ_OQ));
+  }
+  for (; exact; exact &= exact - 1) {
+    const unsigned b = static_cast<unsigned>(__builtin_ctz(exact));
+    if (sym)
+      s1[b] = first_absmax(x + 32 * b);
+    else
+      first_minmax(x + 32 * b, s1 + b, s2 + b);
+  }
+}
+#endif  // __AVX512F__
+
 // Up to 16 blocks per call, in three phases, so the long per-block chain
 // (reduction -> two divisions -> codes) overlaps across blocks:
 //  1. per block, the statistic: amax (Q8_0), the signed first largest |x|
@@ -62,6 +150,10 @@ inline void gguf_blocks_simd(int type, const float* x, std::size_t nb, std::uint
   const bool five = t == quant::GgufType::q5_0 || t == quant::GgufType::q5_1;
   alignas(64) float s1[16] = {}, s2[16] = {}, dv[16], idv[16];
   alignas(64) std::uint16_t hd[16], hm[16];
+#if defined(__AVX512F__)
+  if constexpr (W == 16) gguf_stats16(x, nb, q8, sym, s1, s2);
+  else
+#endif
   for (std::size_t b = 0; b < nb; ++b) {
     const float* xb = x + 32 * b;
     V v[K];
@@ -75,7 +167,7 @@ inline void gguf_blocks_simd(int type, const float* x, std::size_t nb, std::uint
       } else {
         std::uint32_t hits = 0;  // first index of the largest |x| (argmax)
         for (int k = 0; k < K; ++k) hits |= Q::eq_mask(abs(v[k]), amax) << (k * W);
-        s1[b] = xb[__builtin_ctz(hits)];
+        s1[b] = hits ? xb[__builtin_ctz(hits)] : first_absmax(xb);  // no hit: a NaN
       }
     } else {
       V lo = v[0], hi = v[0];
@@ -85,6 +177,7 @@ inline void gguf_blocks_simd(int type, const float* x, std::size_t nb, std::uint
       }
       s1[b] = Q::hmin(lo);
       s2[b] = Q::hmax(hi);
+      if (s1[b] == 0.0f || s2[b] == 0.0f) first_minmax(xb, s1 + b, s2 + b);
     }
   }
   const float div = q8 ? 127.0f : t == quant::GgufType::q4_0 ? -8.0f : t == quant::GgufType::q5_0 ? -16.0f
