@@ -161,3 +161,62 @@ def test_openmp_team_waits_passively_unless_the_user_chose():
     assert _openmp_spin({"OMP_WAIT_POLICY": "active"})[1] == "active"
     assert _openmp_spin({"OMP_WAIT_POLICY": "active"})[0] != "0"
     assert _openmp_spin({"GOMP_SPINCOUNT": "1000"}) == ("1000", "None")
+
+
+# ------------------------------------------------ output cache (outputs.hpp)
+def test_output_cache_reuses_a_freed_block_of_the_same_size():
+    import numpy as np
+    from slimgrad import _core, nn, prune
+
+    _core.release_cached_outputs()
+    a = _core.empty((512, 1024), np.float32)  # 2 MiB: through the cache
+    assert a.shape == (512, 1024) and a.dtype == np.float32
+    assert a.flags["C_CONTIGUOUS"] and a.flags["WRITEABLE"]
+    assert _core.empty((7, 3), "int8").base is None  # small: a plain NumPy array
+    addr = a.ctypes.data
+    view = a[:3]
+    del a
+    assert _core.cached_output_bytes() == 0  # the view keeps the block alive
+    b = _core.empty((512, 1024), np.float32)
+    assert b.ctypes.data != addr
+    del view
+    assert _core.cached_output_bytes() == 2 << 20
+    c = _core.empty((1024, 512), np.int32)  # same bytes, other dtype and shape
+    assert c.ctypes.data == addr and _core.cached_output_bytes() == 0
+    del b, c
+    assert slimgrad.cached_output_bytes() == 4 << 20
+    slimgrad.release_cached_outputs()
+    assert slimgrad.cached_output_bytes() == 0
+
+    # The library's outputs take it: a mask, a BatchNorm forward.
+    w = np.random.default_rng(0).standard_normal((1024, 2048)).astype(np.float32)
+    m1 = prune.magnitude_mask(w, 0.5)
+    first, expected = m1.ctypes.data, m1.copy()
+    del m1
+    m2 = prune.magnitude_mask(w, 0.5)
+    assert m2.ctypes.data == first
+    np.testing.assert_array_equal(m2, expected)
+    bn = nn.BatchNorm1d(2048)
+    y1 = bn.forward(w)
+    y_addr = y1.ctypes.data
+    del y1
+    bn._y = None  # the module's own reference to its output
+    assert bn.forward(w).ctypes.data == y_addr
+
+
+def test_output_cache_limit_from_the_environment():
+    code = (
+        "import numpy as np, slimgrad; from slimgrad import _core\n"
+        "a = _core.empty((1 << 20,), np.float32); del a\n"
+        "print(_core.cached_output_bytes())"
+    )
+    env = dict(os.environ)
+    for value, expected in (("0", "0"), ("1", "0"), ("8", str(4 << 20))):
+        env["SLIMGRAD_OUTPUT_CACHE_MB"] = value
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == expected, value
+    env["SLIMGRAD_OUTPUT_CACHE_MB"] = "lots"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "SLIMGRAD_OUTPUT_CACHE_MB: expected a whole number of MiB, got 'lots'" in out.stderr

@@ -2,6 +2,7 @@
 #include <stdexcept>
 
 #include "buffers.hpp"
+#include "outputs.hpp"
 #include "slimgrad/core.hpp"
 #include "slimgrad/isa.hpp"
 #include "slimgrad/threading.hpp"
@@ -43,6 +44,17 @@ void bind_runtime(py::module_& m) {
     set_num_threads(n);
   }, py::arg("n"));
   m.def("openmp_enabled", &openmp_enabled);
+  // Output arrays (outputs.hpp): numpy.empty through the cache of freed blocks.
+  m.def("empty", [](const py::tuple& shape, const py::object& dtype) {
+    std::vector<py::ssize_t> dims;
+    for (const py::handle d : shape) {
+      dims.push_back(d.cast<py::ssize_t>());
+      if (dims.back() < 0) throw py::value_error("shape: expected sizes >= 0, got " + std::to_string(dims.back()));
+    }
+    return new_output(py::dtype::from_args(dtype), dims);
+  }, py::arg("shape"), py::arg("dtype"));
+  m.def("cached_output_bytes", &cached_output_bytes);
+  m.def("release_cached_outputs", &release_cached_outputs);
   m.attr("compiler") = SLIMGRAD_COMPILER;
 }
 
@@ -93,6 +105,7 @@ void register_core(py::module_& m) {
   } catch (const std::invalid_argument& e) {
     throw py::value_error(e.what());
   }
+  cached_output_bytes();  // reads SLIMGRAD_OUTPUT_CACHE_MB now: a bad value fails the import, not a kernel call
   bind_runtime(m);
   bind_kernels(m);
 }

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "buffers.hpp"
+#include "outputs.hpp"
 #include "slimgrad/prune.hpp"
 
 namespace slimgrad::bind {
@@ -26,7 +27,7 @@ std::string index_str(std::size_t flat, const std::vector<py::ssize_t>& shape) {
                         std::to_string(flat) + "); NaN weights have no magnitude to rank");
 }
 
-py::array new_mask(const Array& like) { return py::array(py::dtype("bool"), like.shape()); }
+py::array new_mask(const Array& like) { return new_output(py::dtype("bool"), like.shape()); }
 
 // magnitude_keep(arrays, names, k, priors) -> list of bool masks (True = kept)
 py::list magnitude_keep_py(py::sequence arrays, py::sequence names, std::size_t k, py::object priors) {
@@ -56,8 +57,8 @@ py::list magnitude_keep_py(py::sequence arrays, py::sequence names, std::size_t 
   // faulted in one by one) than the selection itself takes.
   py::list out;
   std::vector<PruneSegment> segments;
-  py::array flat = count == 1 ? new_mask(ws[0]) : py::array(py::dtype("bool"), std::vector<py::ssize_t>{
-                                                                 static_cast<py::ssize_t>(total)});
+  py::array flat = count == 1 ? new_mask(ws[0])
+                              : new_output(py::dtype("bool"), {static_cast<py::ssize_t>(total)});
   auto* base = static_cast<std::uint8_t*>(flat.mutable_data());
   std::size_t offset = 0;
   for (std::size_t i = 0; i < count; ++i) {

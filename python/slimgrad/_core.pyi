@@ -3,6 +3,7 @@
 slimgrad's compiled core. Use the slimgrad package, not this module.
 """
 from __future__ import annotations
+import numpy
 import typing
 from ._core_stubs import optim as optim
 from ._core_stubs import nn as nn
@@ -11,7 +12,7 @@ from ._core_stubs import quant as quant
 from ._core_stubs import distill as distill
 from ._core_stubs import gptq as gptq
 from ._core_stubs import sparse as sparse
-__all__: list[str] = ['active_isa', 'available_isas', 'axpy_', 'best_isa', 'built_isas', 'compiler', 'distill', 'find_nonfinite', 'get_num_threads', 'gptq', 'nn', 'openmp_enabled', 'optim', 'prune', 'quant', 'set_active_isa', 'set_num_threads', 'sparse', 'squared_norm', 'stream_probe']
+__all__: list[str] = ['active_isa', 'available_isas', 'axpy_', 'best_isa', 'built_isas', 'cached_output_bytes', 'compiler', 'distill', 'empty', 'find_nonfinite', 'get_num_threads', 'gptq', 'nn', 'openmp_enabled', 'optim', 'prune', 'quant', 'release_cached_outputs', 'set_active_isa', 'set_num_threads', 'sparse', 'squared_norm', 'stream_probe']
 def active_isa() -> str:
     ...
 def available_isas() -> list:
@@ -22,11 +23,17 @@ def best_isa() -> str:
     ...
 def built_isas() -> list:
     ...
+def cached_output_bytes() -> int:
+    ...
+def empty(shape: tuple, dtype: typing.Any) -> numpy.ndarray:
+    ...
 def find_nonfinite(x: typing.Any) -> int:
     ...
 def get_num_threads() -> int:
     ...
 def openmp_enabled() -> bool:
+    ...
+def release_cached_outputs() -> None:
     ...
 def set_active_isa(isa: str) -> None:
     ...

@@ -35,7 +35,7 @@ def norm_backward(
     g = check_grad(grad_out, module._y, name)
     assert module._cache is not None
     x, *statistics = module._cache
-    grad_in = np.empty_like(g)
+    grad_in = _core.empty(g.shape, g.dtype)
     gradients = module._gradients
     kernel(
         x, g, grad_in, module.weight, *statistics, gradients.get("weight"), gradients.get("bias")
@@ -171,7 +171,7 @@ class GELU(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = as_readable(x)  # only read: strided or byte-swapped input is copied once
-        y = np.empty_like(x) if isinstance(x, np.ndarray) else x
+        y = _core.empty(x.shape, x.dtype) if isinstance(x, np.ndarray) else x
         _nn.gelu_forward(x, y, self.approximate)
         self._x = x
         return y
@@ -179,7 +179,7 @@ class GELU(Module):
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         x = self._x
         g = check_grad(grad_out, x, "GELU")
-        grad_in = np.empty_like(g, order="C")
+        grad_in = _core.empty(g.shape, g.dtype)
         _nn.gelu_backward(x, g, grad_in, self.approximate)
         return grad_in
 
@@ -217,7 +217,7 @@ class Dropout(Module):
             self._y = x
             return x
         x = as_readable(x)  # only read: strided or byte-swapped input is copied once
-        y = np.empty_like(x) if isinstance(x, np.ndarray) else x
+        y = _core.empty(x.shape, x.dtype) if isinstance(x, np.ndarray) else x
         stream = int(self._calls)
         _nn.dropout(x, y, self.p, self.seed, stream)
         self._stream = stream
@@ -229,7 +229,7 @@ class Dropout(Module):
         g = check_grad(grad_out, self._y, "Dropout")
         if self._stream is None:
             return g
-        grad_in = np.empty_like(g, order="C")
+        grad_in = _core.empty(g.shape, g.dtype)
         _nn.dropout(g, grad_in, self.p, self.seed, self._stream)
         return grad_in
 
@@ -318,7 +318,7 @@ class BatchNorm1d(Module):
             assert self.num_batches_tracked is not None
             batches = int(self.num_batches_tracked) + 1
             factor = 1.0 / batches if self.momentum is None else self.momentum
-        y = np.empty_like(x)
+        y = _core.empty(x.shape, x.dtype)
         save_mean = np.empty(c, np.float64)
         save_invstd = np.empty(c, np.float64)
         use_running = update or not batch_stats

@@ -84,7 +84,7 @@ def masked_softmax(
         raise ValueError(f"scores: expected at least 2 dimensions, got shape {scores.shape}")
     keep = _key_mask(attention_mask, scores.shape[0], scores.shape[-1])
     if out is None:
-        out = np.empty_like(scores)
+        out = _core.empty(scores.shape, scores.dtype)
     _nn.masked_softmax_forward(scores, out, keep, float(scale))
     return out
 
@@ -102,7 +102,7 @@ def masked_softmax_backward(
     if out is not grad_out:
         grad_out = check_input(grad_out, "grad_out", _F32)
     if out is None:
-        out = np.empty_like(probs)
+        out = _core.empty(probs.shape, probs.dtype)
     _nn.masked_softmax_backward(probs, grad_out, out, float(scale))
     return out
 
@@ -122,7 +122,7 @@ def layer_norm(
     x = check_input(x, "x", _F32)
     if x.ndim < 1:
         raise ValueError(f"x: expected at least 1 dimension, got shape {x.shape}")
-    y = np.empty_like(x)
+    y = _core.empty(x.shape, x.dtype)
     stats = np.empty(x.shape[:-1], _F32), np.empty(x.shape[:-1], _F32)
     _nn.layer_norm_forward(x, y, weight, bias, stats[0], stats[1], float(eps))
     return y
@@ -238,7 +238,7 @@ class LayerNorm(Module):
         x = check_input(x, "x", _F32)
         if x.ndim < 1 or x.shape[-1] != self.normalized_shape:
             raise ValueError(f"x: expected shape (..., {self.normalized_shape}), got {x.shape}")
-        y = np.empty_like(x)
+        y = _core.empty(x.shape, x.dtype)
         mean = np.empty(x.shape[:-1], np.float32)
         rstd = np.empty(x.shape[:-1], np.float32)
         _nn.layer_norm_forward(x, y, self.weight, self.bias, mean, rstd, self.eps)

@@ -146,7 +146,7 @@ def dropout(
         x = as_readable(x)
     if out is None:
         _float_array(x, "x")
-        out = np.empty_like(x)
+        out = _core.empty(x.shape, x.dtype)
     _nn.dropout(x, out, p, seed, stream)
     return out
 
@@ -167,6 +167,6 @@ def gelu(x: np.ndarray, approximate: str = "none", out: np.ndarray | None = None
         x = as_readable(x)
     if out is None:
         _float_array(x, "x")
-        out = np.empty_like(x)
+        out = _core.empty(x.shape, x.dtype)
     _nn.gelu_forward(x, out, approximate)
     return out

@@ -86,7 +86,7 @@ def wanda_mask(
     score = np.abs(w.astype(np.float32)) * norms
     if m:
         return nm_mask(score, n, m, axis=1)
-    mask = np.empty(w.shape, dtype=bool)
+    mask = _core.empty(w.shape, bool)
     for r in range(w.shape[0]):
         mask[r] = magnitude_mask(score[r], s)
     return mask

@@ -112,7 +112,7 @@ def matmul(
         raise ValueError(f"x: expected shape (..., {n_in}), got {x.shape}")
     oshape = (*x.shape[:-1], n_out)
     if out is None:
-        out = np.empty(oshape, np.float32)
+        out = _core.empty(tuple(oshape), np.float32)
     elif not isinstance(out, np.ndarray) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise TypeError(
             f"out: expected float32 C-contiguous array of shape {oshape}, got "
@@ -165,6 +165,6 @@ def matmul_int8(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> 
             "sum exactly in int32; split K and add the partial products in int64"
         )
     if out is None:
-        out = np.empty(c_shape if c_shape else (0, 0), np.int32)
+        out = _core.empty(tuple(c_shape) if c_shape else (0, 0), np.int32)
     _core.quant.matmul_int8(a, b, out)
     return out

@@ -256,7 +256,7 @@ class QuantizedTensor:
                 raise ValueError("dtype: not together with out (out fixes the dtype)")
             return self.dequantize().astype(_float_dtype(dtype))
         if out is None:
-            out = np.empty(self.shape, np.float32)
+            out = _core.empty(tuple(self.shape), np.float32)
         elif isinstance(out, np.ndarray) and out.shape != self.shape:
             raise ValueError(
                 f"out: expected float32 C-contiguous array of shape {self.shape}, "
@@ -272,7 +272,7 @@ class QuantizedTensor:
     def codes(self) -> np.ndarray:
         """The integer codes, one per element, shape ``self.shape``: int8 when
         symmetric, uint8 otherwise (unpacked from ``data``)."""
-        codes = np.empty(self.shape, np.int8 if self.symmetric else np.uint8)
+        codes = _core.empty(tuple(self.shape), np.int8 if self.symmetric else np.uint8)
         if self.size:
             _q.unpack(self.data, self._core_spec(), codes)
         return codes

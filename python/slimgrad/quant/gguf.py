@@ -76,7 +76,7 @@ def _quantize(w: np.ndarray, type: Any, label: str) -> np.ndarray:
             f"{label}: expected a last axis that is a multiple of {BLOCK_SIZE}, got shape {w.shape}"
         )
     wf = np.ascontiguousarray(w, dtype=np.float32)
-    out = np.empty((*w.shape[:-1], w.shape[-1] // BLOCK_SIZE * TYPE_SIZE[name]), np.uint8)
+    out = _core.empty((*w.shape[:-1], w.shape[-1] // BLOCK_SIZE * TYPE_SIZE[name]), np.uint8)
     bad = _core.quant.gguf_quantize(wf, TYPES.index(name), out)
     if bad >= 0:  # checked while quantizing; the partial output is dropped
         raise nonfinite_error(label, wf, bad)
@@ -97,7 +97,7 @@ def dequantize(data: np.ndarray, type: Any, shape: tuple[int, ...] | None = None
     """
     name = _type_name(type)
     shape = blocks_shape(data, name, TYPE_SIZE[name], BLOCK_SIZE, shape)
-    out = np.empty(shape, np.float32)
+    out = _core.empty(tuple(shape), np.float32)
     _core.quant.gguf_dequantize(data, TYPES.index(name), out)
     return out
 

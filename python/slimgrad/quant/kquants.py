@@ -121,7 +121,7 @@ def quantize(w: np.ndarray, type: Any, imatrix: np.ndarray | None = None) -> np.
             bad = int(np.flatnonzero(~np.isfinite(qw))[0])
             raise nonfinite_error("imatrix", qw.reshape(imatrix.shape), bad)
     wf = np.ascontiguousarray(w, dtype=np.float32)
-    out = np.empty((*w.shape[:-1], n_per_row // BLOCK_SIZE * TYPE_SIZE[name]), np.uint8)
+    out = _core.empty((*w.shape[:-1], n_per_row // BLOCK_SIZE * TYPE_SIZE[name]), np.uint8)
     groups = w.shape[0] if per_expert else 1
     wg, og = wf.reshape(groups, -1), out.reshape(groups, -1)
     for e in range(groups):
@@ -159,7 +159,7 @@ def dequantize(data: np.ndarray, type: Any, shape: tuple[int, ...] | None = None
     """
     name = _type_name(type)
     shape = blocks_shape(data, name, TYPE_SIZE[name], BLOCK_SIZE, shape)
-    out = np.empty(shape, np.float32)
+    out = _core.empty(tuple(shape), np.float32)
     data = np.ascontiguousarray(data)
     if data.ctypes.data % 2:  # the blocks' fp16 fields are read as uint16
         data = data.copy()
