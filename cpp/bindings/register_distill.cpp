@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "buffers.hpp"
+#include "outputs.hpp"
 #include "slimgrad/distill.hpp"
 
 namespace slimgrad::bind {
@@ -98,8 +99,7 @@ py::tuple kd_loss_binding(py::handle student, py::handle teacher, py::handle lab
 
   Array oa;
   if (out.is_none()) {
-    oa.arr = sa.dtype == DType::f32 ? py::array(py::array_t<float>({sa.dim(0), sa.dim(1)}))
-                                    : py::array(py::array_t<double>({sa.dim(0), sa.dim(1)}));
+    oa.arr = new_output(py::dtype(sa.dtype == DType::f32 ? "float32" : "float64"), {sa.dim(0), sa.dim(1)});
     oa.name = "out";
     oa.dtype = sa.dtype;
   } else {
@@ -143,7 +143,7 @@ py::tuple mse_binding(py::handle student, py::handle teacher, py::handle out) {
   const Array ta = check_like(teacher, "teacher_feat", sa, Access::read);
   Array oa;
   if (out.is_none()) {
-    oa.arr = py::array(py::dtype(sa.dtype == DType::f32 ? "float32" : "float64"), sa.shape());
+    oa.arr = new_output(py::dtype(sa.dtype == DType::f32 ? "float32" : "float64"), sa.shape());
     oa.dtype = sa.dtype;
   } else {
     oa = check_like(out, "out", sa, Access::write);

@@ -11,6 +11,7 @@
 #include <pybind11/stl.h>
 
 #include "buffers.hpp"
+#include "outputs.hpp"
 #include "list_args.hpp"
 #include "slimgrad/bf16_gemm.hpp"
 #include "slimgrad/muon_prodigy.hpp"
@@ -147,8 +148,8 @@ py::array_t<float> bf16_matmul_call(py::handle a, py::handle b, bool trans_b, bo
                           std::to_string(k) + " (a's columns), got shape " + shape_str(ba.shape()));
   if (lower && m != n)
     throw py::value_error("lower: needs a square product, got " + std::to_string(m) + " x " + std::to_string(n));
-  py::array_t<float> out({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(n)});
-  float* c = out.mutable_data();
+  py::array out = new_output(py::dtype("float32"), {static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(n)});
+  auto* c = static_cast<float*>(out.mutable_data());
   if (lower) std::fill(c, c + m * n, 0.0f);  // the unspecified upper part reads as 0
   const Bf16Gemm g{aa.ptr<std::uint16_t>(), k, ba.ptr<std::uint16_t>(), trans_b ? k : n, trans_b, c, n, m, n, k,
                    lower, get_num_threads()};

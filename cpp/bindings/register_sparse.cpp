@@ -10,6 +10,7 @@
 #include <string>
 
 #include "buffers.hpp"
+#include "outputs.hpp"
 #include "slimgrad/sparse.hpp"
 
 namespace slimgrad::bind {
@@ -28,6 +29,8 @@ Array check_x(py::handle x) {
 // line at every chunk boundary was written by two threads (false sharing
 // on every batch row). Owned by a capsule, freed with the array.
 py::array new_y(std::size_t batch, std::size_t out) {
+  if (batch * out * sizeof(float) >= kMinCachedBytes)  // the output cache's blocks are 64-byte aligned too
+    return new_output(py::dtype("float32"), {static_cast<py::ssize_t>(batch), static_cast<py::ssize_t>(out)});
   const std::size_t bytes = std::max<std::size_t>(64, (batch * out * sizeof(float) + 63) / 64 * 64);
   void* p = std::aligned_alloc(64, bytes);
   if (p == nullptr) throw std::bad_alloc();
