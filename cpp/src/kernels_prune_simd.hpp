@@ -203,9 +203,34 @@ inline __m512i keys512(const std::uint8_t* prior, std::size_t i, __m512i raw) {
 
 // Candidates are rare after the first digit (a few percent), and a branch
 // per vector on "any candidate?" mispredicts often; so each block of
-// kBlock elements first left-packs the candidates' digits into a small
+// kPackBlock elements first left-packs the candidates' digits into a small
 // buffer without branches, then increments the counters for the buffer
 // (entry j into copy j % 4, so runs of equal digits do not serialize).
+// pack(i, out) packs the digits of elements [i, i + W) at out (writing W
+// entries; buf holds kPackBlock + W) and returns how many it packed.
+// Returns where the whole vectors end.
+inline constexpr std::size_t kPackBlock = 512;
+template <std::size_t W, class Key, class Pack>
+inline std::size_t count_packed_digits(std::size_t n, Key* buf, std::uint32_t* hist, Key bins, Pack&& pack) {
+  constexpr std::size_t kBlock = kPackBlock;
+  std::size_t i = 0;
+  while (i + W <= n) {
+    const std::size_t avail = (n - i) / W * W;
+    const std::size_t end = i + (avail < kBlock ? avail : kBlock);
+    std::size_t count = 0;
+    for (; i < end; i += W) count += pack(i, buf + count);
+    std::size_t j = 0;
+    for (; j + 4 <= count; j += 4) {
+      ++hist[buf[j]];
+      ++hist[bins + buf[j + 1]];
+      ++hist[2 * bins + buf[j + 2]];
+      ++hist[3 * bins + buf[j + 3]];
+    }
+    for (; j < count; ++j) ++hist[(j % kHistCopies) * bins + buf[j]];
+  }
+  return i;
+}
+
 template <Isa I, class T>
 KeyOf<T> histogram(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> base, KeyOf<T> prefix,
                    int hi, int lo, std::uint32_t* hist, std::size_t* below) {
@@ -216,65 +241,37 @@ KeyOf<T> histogram(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T
   std::size_t under = 0, i = 0;
 #if defined(SLIMGRAD_PRUNE_AVX512)
   using KV = KeyVec512<T>;
-  constexpr std::size_t W = KV::W, kBlock = 512;
   const __m512i vbase = KV::set1(base), vprefix = KV::set1(prefix), vmask = KV::set1(digit_mask);
   __m512i vmax = _mm512_setzero_si512();
-  alignas(64) Key buf[kBlock + W];
-  while (i + W <= n) {
-    const std::size_t avail = (n - i) / W * W;
-    const std::size_t end = i + (avail < kBlock ? avail : kBlock);
-    std::size_t count = 0;
-    for (; i < end; i += W) {
-      const __m512i raw = KV::raw(x + i);
-      vmax = KV::max(vmax, raw);
-      const __m512i key = keys512<T>(prior, i, raw);
-      under += static_cast<std::size_t>(__builtin_popcount(KV::gt(vbase, key)));
-      const __m512i k = KV::sub(key, vbase);
-      const typename KV::Mask cand = KV::eq(KV::srl(k, hi), vprefix);
-      _mm512_storeu_si512(buf + count, KV::compress(cand, _mm512_and_si512(KV::srl(k, lo), vmask)));
-      count += static_cast<std::size_t>(__builtin_popcount(cand));
-    }
-    std::size_t j = 0;
-    for (; j + 4 <= count; j += 4) {
-      ++hist[buf[j]];
-      ++hist[bins + buf[j + 1]];
-      ++hist[2 * bins + buf[j + 2]];
-      ++hist[3 * bins + buf[j + 3]];
-    }
-    for (; j < count; ++j) ++hist[(j % kHistCopies) * bins + buf[j]];
-  }
+  alignas(64) Key buf[kPackBlock + KV::W];
+  i = count_packed_digits<KV::W>(n, buf, hist, bins, [&](std::size_t at, Key* out) {
+    const __m512i raw = KV::raw(x + at);
+    vmax = KV::max(vmax, raw);
+    const __m512i key = keys512<T>(prior, at, raw);
+    under += static_cast<std::size_t>(__builtin_popcount(KV::gt(vbase, key)));
+    const __m512i k = KV::sub(key, vbase);
+    const typename KV::Mask cand = KV::eq(KV::srl(k, hi), vprefix);
+    _mm512_storeu_si512(out, KV::compress(cand, _mm512_and_si512(KV::srl(k, lo), vmask)));
+    return static_cast<std::size_t>(__builtin_popcount(cand));
+  });
   max_raw = KV::hmax(vmax);
 #elif defined(__AVX2__)
   using KV = KeyVec<T>;
-  constexpr std::size_t W = KV::W, kBlock = 512;
   const __m256i vbase = KV::set1(base), vprefix = KV::set1(prefix), vmask = KV::set1(digit_mask);
   __m256i vmax = _mm256_setzero_si256();
-  alignas(32) Key buf[kBlock + W];
-  while (i + W <= n) {
-    const std::size_t avail = (n - i) / W * W;
-    const std::size_t end = i + (avail < kBlock ? avail : kBlock);
-    std::size_t count = 0;
-    for (; i < end; i += W) {
-      const __m256i raw = raw_keys<T>(x + i);
-      vmax = KV::max(vmax, raw);
-      const __m256i key = keys(x, prior, i, raw);
-      // Keys and base are below 2^31 (2^63): a signed compare orders them.
-      under += static_cast<std::size_t>(__builtin_popcount(KV::bits(KV::gt(vbase, key))));
-      const __m256i k = KV::sub(key, vbase);
-      const unsigned cand = KV::bits(KV::eq(KV::srl(k, hi), vprefix));
-      const __m256i d = _mm256_and_si256(KV::srl(k, lo), vmask);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(buf + count), left_pack(d, KV::lanes32(cand)));
-      count += static_cast<std::size_t>(__builtin_popcount(cand));
-    }
-    std::size_t j = 0;
-    for (; j + 4 <= count; j += 4) {
-      ++hist[buf[j]];
-      ++hist[bins + buf[j + 1]];
-      ++hist[2 * bins + buf[j + 2]];
-      ++hist[3 * bins + buf[j + 3]];
-    }
-    for (; j < count; ++j) ++hist[(j % kHistCopies) * bins + buf[j]];
-  }
+  alignas(32) Key buf[kPackBlock + KV::W];
+  i = count_packed_digits<KV::W>(n, buf, hist, bins, [&](std::size_t at, Key* out) {
+    const __m256i raw = raw_keys<T>(x + at);
+    vmax = KV::max(vmax, raw);
+    const __m256i key = keys(x, prior, at, raw);
+    // Keys and base are below 2^31 (2^63): a signed compare orders them.
+    under += static_cast<std::size_t>(__builtin_popcount(KV::bits(KV::gt(vbase, key))));
+    const __m256i k = KV::sub(key, vbase);
+    const unsigned cand = KV::bits(KV::eq(KV::srl(k, hi), vprefix));
+    const __m256i d = _mm256_and_si256(KV::srl(k, lo), vmask);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), left_pack(d, KV::lanes32(cand)));
+    return static_cast<std::size_t>(__builtin_popcount(cand));
+  });
   max_raw = hmax<T>(vmax);
 #endif
   for (; i < n; ++i) {
