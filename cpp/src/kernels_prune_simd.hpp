@@ -299,6 +299,19 @@ std::size_t count_equal(const T* x, const std::uint8_t* prior, std::size_t n, Ke
   return c;
 }
 
+// Lists (key, index) of the elements i + j for the set bits j of `lanes`, in
+// order, after the `found` listed so far; returns the new count.
+template <class T>
+inline std::size_t list_lanes(const T* x, const std::uint8_t* prior, std::size_t i, unsigned lanes,
+                              KeyOf<T>* amb_keys, std::uint32_t* amb_pos, std::size_t found) {
+  for (; lanes; lanes &= lanes - 1) {
+    const unsigned j = static_cast<unsigned>(__builtin_ctz(lanes));
+    amb_keys[found] = key_at(x, prior, i + j);
+    amb_pos[found++] = static_cast<std::uint32_t>(i + j);
+  }
+  return found;
+}
+
 template <Isa I, class T>
 std::size_t threshold_keep(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> bound,
                            KeyOf<T> amb_lo, std::uint8_t* keep, KeyOf<T>* amb_keys,
@@ -314,13 +327,8 @@ std::size_t threshold_keep(const T* x, const std::uint8_t* prior, std::size_t n,
     const typename KV::Mask kept = KV::gt(k, below);
     KV::store_keep(keep + i, kept);
     // The ambiguous few (a narrow key range): a rarely taken branch.
-    unsigned amb = static_cast<unsigned>(static_cast<typename KV::Mask>(~kept & ~KV::gt(vlo, k)));
-    while (amb) {
-      const unsigned j = static_cast<unsigned>(__builtin_ctz(amb));
-      amb_keys[found] = key_at(x, prior, i + j);
-      amb_pos[found++] = static_cast<std::uint32_t>(i + j);
-      amb &= amb - 1;
-    }
+    const auto amb = static_cast<unsigned>(static_cast<typename KV::Mask>(~kept & ~KV::gt(vlo, k)));
+    if (amb) found = list_lanes(x, prior, i, amb, amb_keys, amb_pos, found);
   }
 #elif defined(__AVX2__)
   using KV = KeyVec<T>;
@@ -334,13 +342,8 @@ std::size_t threshold_keep(const T* x, const std::uint8_t* prior, std::size_t n,
     const std::uint64_t bytes = spread_bits(kept);
     std::memcpy(keep + i, &bytes, W);
     // The ambiguous few (a narrow key range): a rarely taken branch.
-    unsigned amb = all & ~kept & ~KV::bits(KV::gt(vlo, k));
-    while (amb) {
-      const unsigned j = static_cast<unsigned>(__builtin_ctz(amb));
-      amb_keys[found] = key_at(x, prior, i + j);
-      amb_pos[found++] = static_cast<std::uint32_t>(i + j);
-      amb &= amb - 1;
-    }
+    const unsigned amb = all & ~kept & ~KV::bits(KV::gt(vlo, k));
+    if (amb) found = list_lanes(x, prior, i, amb, amb_keys, amb_pos, found);
   }
 #endif
   return threshold_keep_from(x, prior, i, n, bound, amb_lo, keep, amb_keys, amb_pos, found);
