@@ -6,8 +6,8 @@
 //  - "exact": -ffp-contract=off on its units, like the int codes;
 //  - 16 blocks at a time (statistics, then d and 1/d as vector divisions,
 //    then codes), degenerate blocks (non-finite d or 1/d) through the oracle;
-//    statistics where a reduction's order would show (ties of +a and -a,
-//    signed zeros) by the oracle's sequential rule;
+//    so do blocks where a reduction's order would show in the statistics
+//    (ties of +a and -a, signed zeros);
 //  - rounding: half away from zero as trunc(t) + sign(t) (QOps::round_away),
 //    float16 headers through F16C (round to nearest even);
 //  - whole blocks of 32 only (the callers pass a count of blocks).
@@ -16,7 +16,6 @@
 
 #include <immintrin.h>
 
-#include <cmath>
 #include <cstring>
 
 #include "kernels_quant_ops_x86.hpp"
@@ -47,26 +46,6 @@ inline float get_half_f16c(const std::uint8_t* p) {
   return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u)));
 }
 
-// The oracle's sequential statistics of one block, for the blocks where a
-// vector reduction's order would show: the first largest |x| (Q4_0, Q5_0:
-// ties between +a and -a), the first min and max (Q4_1, Q5_1: which signed
-// zero comes first).
-inline float first_absmax(const float* xb) {
-  int imax = 0;
-  for (int i = 1; i < 32; ++i)
-    if (std::fabs(xb[i]) > std::fabs(xb[imax])) imax = i;
-  return xb[imax];
-}
-inline void first_minmax(const float* xb, float* mn, float* mx) {
-  float lo = xb[0], hi = xb[0];
-  for (int i = 1; i < 32; ++i) {
-    lo = xb[i] < lo ? xb[i] : lo;
-    hi = xb[i] > hi ? xb[i] : hi;
-  }
-  *mn = lo;
-  *mx = hi;
-}
-
 #if defined(__AVX512F__)
 // Lane b: the maximum (Max) or minimum of the 16 lanes of a[b], for 16
 // vectors at once in four levels of pairwise shuffles (45 operations for 16
@@ -94,10 +73,10 @@ inline __m512 reduce16(const __m512* a) {
 // Phase 1 of gguf_blocks_simd for AVX-512: the statistics of nb <= 16
 // blocks from per-block max and min vectors reduced together (reduce16).
 // Signed zeros and ties are where a reduction's order shows, so those
-// blocks take the oracle's sequential rule: the first largest |x| when
-// max == -min (Q4_0, Q5_0), the first zero's sign when min or max is 0
-// (Q4_1, Q5_1); Q8_0 needs neither (|x| has no sign).
-inline void gguf_stats16(const float* x, std::size_t nb, bool q8, bool sym, float* s1, float* s2) {
+// blocks are marked for the oracle (`oracle`): max == -min (Q4_0, Q5_0: the
+// first largest |x| keeps its sign), a min or max of 0 (Q4_1, Q5_1: the first
+// zero's sign reaches the header); Q8_0 needs neither (|x| has no sign).
+inline void gguf_stats16(const float* x, std::size_t nb, bool q8, bool sym, float* s1, float* s2, bool* oracle) {
   __m512 a[16];
   for (std::size_t b = 0; b < 16; ++b)
     a[b] = b < nb ? _mm512_max_ps(_mm512_loadu_ps(x + 32 * b), _mm512_loadu_ps(x + 32 * b + 16)) : _mm512_setzero_ps();
@@ -110,7 +89,7 @@ inline void gguf_stats16(const float* x, std::size_t nb, bool q8, bool sym, floa
     _mm512_store_ps(s1, _mm512_max_ps(_mm512_abs_ps(hi), _mm512_abs_ps(lo)));
     return;
   }
-  unsigned exact;  // blocks for the sequential rule
+  unsigned exact;  // blocks for the oracle
   if (sym) {
     const __m512 neg_lo = _mm512_sub_ps(_mm512_setzero_ps(), lo);
     const __mmask16 pos = _mm512_cmp_ps_mask(hi, neg_lo, _CMP_GT_OQ), neg = _mm512_cmp_ps_mask(neg_lo, hi, _CMP_GT_OQ);
@@ -122,23 +101,18 @@ inline void gguf_stats16(const float* x, std::size_t nb, bool q8, bool sym, floa
     exact = valid & (_mm512_cmp_ps_mask(lo, _mm512_setzero_ps(), _CMP_EQ_OQ) |
                      _mm512_cmp_ps_mask(hi, _mm512_setzero_ps(), _CMP_EQ_OQ));
   }
-  for (; exact; exact &= exact - 1) {
-    const unsigned b = static_cast<unsigned>(__builtin_ctz(exact));
-    if (sym)
-      s1[b] = first_absmax(x + 32 * b);
-    else
-      first_minmax(x + 32 * b, s1 + b, s2 + b);
-  }
+  for (; exact; exact &= exact - 1) oracle[__builtin_ctz(exact)] = true;
 }
 #endif  // __AVX512F__
 
 // Up to 16 blocks per call, in three phases, so the long per-block chain
 // (reduction -> two divisions -> codes) overlaps across blocks:
 //  1. per block, the statistic: amax (Q8_0), the signed first largest |x|
-//     (Q4_0, Q5_0), or min and max (Q4_1, Q5_1);
+//     (Q4_0, Q5_0), or min and max (Q4_1, Q5_1); a block where the order of
+//     equal values decides it is marked for the oracle;
 //  2. vectorized over the 16 blocks: d, 1/d (0 when d == 0), float16 bits;
-//  3. per block: header and codes. A block with a non-finite d or 1/d goes
-//     to the oracle (NumPy's NaN/inf casts decide its codes).
+//  3. per block: header and codes. A marked block, or one with a non-finite
+//     d or 1/d, goes to the oracle (NumPy's NaN/inf casts decide its codes).
 template <Isa I>
 inline void gguf_blocks_simd(int type, const float* x, std::size_t nb, std::uint8_t* out, std::size_t ts) {
   using V = Vec<float, I>;
@@ -150,8 +124,9 @@ inline void gguf_blocks_simd(int type, const float* x, std::size_t nb, std::uint
   const bool five = t == quant::GgufType::q5_0 || t == quant::GgufType::q5_1;
   alignas(64) float s1[16] = {}, s2[16] = {}, dv[16], idv[16];
   alignas(64) std::uint16_t hd[16], hm[16];
+  bool oracle[16] = {};  // blocks whose statistics need the oracle's order
 #if defined(__AVX512F__)
-  if constexpr (W == 16) gguf_stats16(x, nb, q8, sym, s1, s2);
+  if constexpr (W == 16) gguf_stats16(x, nb, q8, sym, s1, s2, oracle);
   else
 #endif
   for (std::size_t b = 0; b < nb; ++b) {
@@ -167,7 +142,10 @@ inline void gguf_blocks_simd(int type, const float* x, std::size_t nb, std::uint
       } else {
         std::uint32_t hits = 0;  // first index of the largest |x| (argmax)
         for (int k = 0; k < K; ++k) hits |= Q::eq_mask(abs(v[k]), amax) << (k * W);
-        s1[b] = hits ? xb[__builtin_ctz(hits)] : first_absmax(xb);  // no hit: a NaN
+        if (hits)
+          s1[b] = xb[__builtin_ctz(hits)];
+        else
+          oracle[b] = true;  // no hit: a NaN
       }
     } else {
       V lo = v[0], hi = v[0];
@@ -177,7 +155,7 @@ inline void gguf_blocks_simd(int type, const float* x, std::size_t nb, std::uint
       }
       s1[b] = Q::hmin(lo);
       s2[b] = Q::hmax(hi);
-      if (s1[b] == 0.0f || s2[b] == 0.0f) first_minmax(xb, s1 + b, s2 + b);
+      oracle[b] = s1[b] == 0.0f || s2[b] == 0.0f;  // which signed zero came first
     }
   }
   const float div = q8 ? 127.0f : t == quant::GgufType::q4_0 ? -8.0f : t == quant::GgufType::q5_0 ? -16.0f
@@ -197,7 +175,7 @@ inline void gguf_blocks_simd(int type, const float* x, std::size_t nb, std::uint
   for (std::size_t b = 0; b < nb; ++b) {
     const float* xb = x + 32 * b;
     std::uint8_t* o = out + ts * b;
-    if (!__builtin_isfinite(idv[b]) || !__builtin_isfinite(dv[b])) {
+    if (oracle[b] || !__builtin_isfinite(idv[b]) || !__builtin_isfinite(dv[b])) {
       gguf_quantize<Isa::scalar>(type, xb, 1, o);
       continue;
     }
