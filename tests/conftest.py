@@ -7,10 +7,10 @@ import pytest
 import slimgrad
 
 ALL_ISAS = slimgrad.available_isas()
-# Sub-feature levels (avx512_vnni, avx512_bf16) run the avx512 kernels except
+# Sub-feature levels (avx512_vnni, avx512_bf16, amx) run the avx512 kernels except
 # the few that use the feature: those tests take the `isa_all` fixture, the
 # rest `isa`.
-ISAS = [name for name in ALL_ISAS if name not in ("avx512_vnni", "avx512_bf16")]
+ISAS = [name for name in ALL_ISAS if name not in ("avx512_vnni", "avx512_bf16", "amx")]
 THREADS = sorted({1, max(2, slimgrad.get_num_threads())})
 
 
@@ -23,7 +23,7 @@ def isa(request):
 
 @pytest.fixture(params=ALL_ISAS, ids=lambda name: f"isa={name}")
 def isa_all(request):
-    """Like ``isa``, sub-feature levels (avx512_vnni, avx512_bf16) included."""
+    """Like ``isa``, sub-feature levels (avx512_vnni, avx512_bf16, amx) included."""
     with slimgrad.use_isa(request.param):
         yield request.param
 

@@ -101,6 +101,49 @@ def test_every_isa_and_thread_count_gives_the_same_bits(kw, rng):
         np.testing.assert_array_equal(y, first, err_msg=str(key))
 
 
+# The AMX tiles (level amx, qgemm::amx_pays): 8-bit codes from 8 rows of x,
+# 4-bit codes from 32 rows with k >= 1024; one group, or groups of 128 k (64
+# for 8 bits). Shapes: k past a 64-k tile step (1001, 1160) and on one
+# (1024), rows past a 16-row tile and a 32-row block, outputs past a strip.
+TILE_CASES = [
+    (dict(bits=8), (37, 1001), (8, 15, 16, 17, 33, 70)),
+    (dict(bits=8, granularity="tensor"), (16, 64), (8, 32)),
+    (dict(bits=8, granularity="group", group_size=64), (17, 1000), (9, 40)),
+    (dict(bits=4), (20, 1024), (32, 33)),
+    (dict(bits=4, granularity="group", group_size=128), (33, 1160), (32, 47, 65)),
+    (dict(bits=4, granularity="group", group_size=256), (50, 1300), (48,)),
+]
+
+
+@pytest.mark.parametrize(("kw", "shape", "batches"), TILE_CASES, ids=str)
+def test_tile_sizes_match_float64_reference(isa_all, kw, shape, batches, rng):
+    w = rng.standard_normal(shape).astype(np.float32)
+    qt = quant.quantize(w, **kw)
+    packed = quant.prepack(qt)
+    bias = rng.standard_normal(shape[0]).astype(np.float32)
+    for batch in batches:
+        x = rng.standard_normal((batch, shape[1])).astype(np.float32)
+        check(packed.matmul(x, bias=bias) - bias, x, qt.dequantize())
+
+
+@pytest.mark.parametrize(("kw", "shape", "batches"), TILE_CASES, ids=str)
+def test_tile_sizes_give_every_level_the_same_bits(kw, shape, batches, rng):
+    w = rng.standard_normal(shape).astype(np.float32)
+    packed = quant.prepack(quant.quantize(w, **kw))
+    bias = rng.standard_normal(shape[0]).astype(np.float32)
+    x = rng.standard_normal((max(batches), shape[1])).astype(np.float32)
+    x[3] = 0  # a zero row and a non-finite row inside a tile
+    x[5, 2] = np.inf
+    with slimgrad.use_isa("scalar"):
+        want = packed.matmul(x, bias=bias)
+    for name in ALL_ISAS:
+        for n in THREADS:
+            with slimgrad.use_isa(name), slimgrad.num_threads(n):
+                np.testing.assert_array_equal(
+                    packed.matmul(x, bias=bias), want, err_msg=f"{name}, {n}"
+                )
+
+
 @pytest.mark.parametrize("fmt", ["Q8_0", "Q4_0"])
 def test_gguf_blocks(isa_all, fmt, rng):
     w = rng.standard_normal((21, 96)).astype(np.float32)

@@ -25,11 +25,11 @@ def test_use_isa_switches_and_restores():
 def test_use_isa_rejects_unknown_and_unsupported():
     with pytest.raises(
         ValueError,
-        match="expected one of 'scalar', 'avx2', 'avx512', 'avx512_vnni', 'avx512_bf16', got 'sse9'",
+        match="expected one of 'scalar', 'avx2', 'avx512', 'avx512_vnni', 'avx512_bf16', 'amx', got 'sse9'",
     ):
         with slimgrad.use_isa("sse9"):
             pass
-    for name in ("avx2", "avx512", "avx512_vnni", "avx512_bf16"):
+    for name in ("avx2", "avx512", "avx512_vnni", "avx512_bf16", "amx"):
         if name not in slimgrad.available_isas():
             with pytest.raises(ValueError, match=f"ISA '{name}' is not"):
                 with slimgrad.use_isa(name):
@@ -52,7 +52,7 @@ def test_env_unknown_level_raises_clearly():
     out = _import_with_env("neon9")
     assert out.returncode != 0
     assert (
-        "SLIMGRAD_ISA: expected one of scalar, avx2, avx512, avx512_vnni, avx512_bf16, got 'neon9'"
+        "SLIMGRAD_ISA: expected one of scalar, avx2, avx512, avx512_vnni, avx512_bf16, amx, got 'neon9'"
         in out.stderr
     )
 
@@ -104,7 +104,8 @@ def test_vnni_is_an_isa_level():
     have = slimgrad.available_isas()
     if "avx512" in have and "avx512_vnni" in flags:
         assert "avx512_vnni" in have
-        assert have[-1] == ("avx512_bf16" if "avx512_bf16" in flags else "avx512_vnni")
+        top = "avx512_bf16" if "avx512_bf16" in flags else "avx512_vnni"
+        assert have[-1] == ("amx" if "amx" in have else top)
         assert slimgrad.active_isa() in have
         with slimgrad.use_isa("avx512"):
             assert slimgrad.active_isa() == "avx512"
@@ -121,7 +122,7 @@ def test_bf16_is_an_isa_level():
     flags = _cpu_flags()
     have = slimgrad.available_isas()
     if "avx512_vnni" in have and "avx512_bf16" in flags:
-        assert have[-1] == "avx512_bf16"
+        assert have[-1] == ("amx" if "amx" in have else "avx512_bf16")
         with slimgrad.use_isa("avx512_vnni"):
             assert slimgrad.active_isa() == "avx512_vnni"
         with slimgrad.use_isa("avx512_bf16"):
@@ -131,6 +132,25 @@ def test_bf16_is_an_isa_level():
         assert out.stdout.strip() == "avx512_bf16"
     elif flags:
         assert "avx512_bf16" not in have
+
+
+def test_amx_is_an_isa_level():
+    """AMX (tile registers, int8 and bfloat16 tile products) is the level
+    above avx512_bf16: listed when the CPU has AMX-TILE, AMX-INT8 and AMX-BF16
+    and Linux grants the tile state, selectable, and use_isa("avx512_bf16")
+    still reaches the VNNI path; SLIMGRAD_ISA selects it."""
+    flags = _cpu_flags()
+    have = slimgrad.available_isas()
+    amx_flags = {"amx_tile", "amx_int8", "amx_bf16"} <= flags
+    if "avx512_bf16" in have and amx_flags:
+        assert have[-1] == "amx"
+        with slimgrad.use_isa("avx512_bf16"):
+            assert slimgrad.active_isa() == "avx512_bf16"
+        out = _import_with_env("amx")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "amx"
+    elif flags and not amx_flags:
+        assert "amx" not in have
 
 
 def _openmp_spin(env: dict[str, str]) -> tuple[str, str]:

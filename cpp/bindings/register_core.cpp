@@ -12,7 +12,7 @@ namespace {
 
 Isa isa_arg(const std::string& name) {
   const auto isa = parse_isa(name);
-  if (!isa) throw py::value_error("isa: expected one of 'scalar', 'avx2', 'avx512', 'avx512_vnni', 'avx512_bf16', got '" + name + "'");
+  if (!isa) throw py::value_error("isa: expected one of " + isa_names("'") + ", got '" + name + "'");
   return *isa;
 }
 

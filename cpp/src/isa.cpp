@@ -9,6 +9,10 @@
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #define SLIMGRAD_X86_HOST 1
 #endif
 
@@ -20,6 +24,19 @@ unsigned long long read_xcr0() {
   unsigned eax = 0, edx = 0;
   __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
   return (static_cast<unsigned long long>(edx) << 32) | eax;
+}
+
+// Linux keeps AMX's 8 KiB of tile data out of a process's saved state until
+// the process asks for it (arch_prctl ARCH_REQ_XCOMP_PERM, feature 18 =
+// XTILEDATA, Linux 5.16+); a tile instruction before that is SIGILL. The
+// grant is per process and covers every thread.
+bool request_tile_state() {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+  constexpr long kReqXcompPerm = 0x1023, kXtiledata = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXtiledata) == 0;
+#else
+  return false;
+#endif
 }
 
 Isa detect() {
@@ -41,6 +58,10 @@ Isa detect() {
   const bool vnni = c & (1u << 11);  // leaf 7 ECX: AVX512_VNNI
   unsigned a1 = 0, b1 = 0, c1 = 0, d1 = 0;
   const bool bf16 = __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1) && (a1 & (1u << 5));  // leaf 7.1 EAX: AVX512_BF16
+  // leaf 7 EDX: AMX-BF16 (22), AMX-TILE (24), AMX-INT8 (25); XCR0 bits 17-18:
+  // the OS saves TILECFG and TILEDATA
+  const bool amx = (d & (1u << 22)) && (d & (1u << 24)) && (d & (1u << 25)) && (xcr0 & 0x60000) == 0x60000;
+  if (v4 && vnni && bf16 && amx && request_tile_state()) return Isa::amx;
   if (v4 && vnni && bf16) return Isa::avx512_bf16;
   return v4 && vnni ? Isa::avx512_vnni : v4 ? Isa::avx512 : v3 ? Isa::avx2 : Isa::scalar;
 }
@@ -67,6 +88,7 @@ const char* isa_name(Isa isa) {
     case Isa::avx512: return "avx512";
     case Isa::avx512_vnni: return "avx512_vnni";
     case Isa::avx512_bf16: return "avx512_bf16";
+    case Isa::amx: return "amx";
   }
   return "unknown";
 }
@@ -75,6 +97,15 @@ std::optional<Isa> parse_isa(std::string_view name) {
   for (Isa isa : kIsaLevels)
     if (name == isa_name(isa)) return isa;
   return std::nullopt;
+}
+
+std::string isa_names(std::string_view quote) {
+  std::string out;
+  for (Isa isa : kIsaLevels) {
+    if (!out.empty()) out += ", ";
+    out.append(quote).append(isa_name(isa)).append(quote);
+  }
+  return out;
 }
 
 bool isa_built(Isa isa) {
@@ -86,7 +117,8 @@ bool isa_built(Isa isa) {
 #if SLIMGRAD_HAVE_AVX512
     case Isa::avx512:
     case Isa::avx512_vnni:
-    case Isa::avx512_bf16: return true;
+    case Isa::avx512_bf16:
+    case Isa::amx: return true;
 #endif
     default: return false;
   }
@@ -122,8 +154,7 @@ void init_isa_from_env() {
   if (env == nullptr || *env == '\0') return;
   const auto isa = parse_isa(env);
   if (!isa)
-    throw std::invalid_argument(std::string("SLIMGRAD_ISA: expected one of scalar, avx2, avx512, avx512_vnni, avx512_bf16, got '") +
-                                env + "'");
+    throw std::invalid_argument("SLIMGRAD_ISA: expected one of " + isa_names() + ", got '" + env + "'");
   set_active_isa(*isa);
 }
 

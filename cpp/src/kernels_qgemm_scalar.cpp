@@ -74,9 +74,9 @@ void qgemm_quantize_rows<Isa::scalar>(const float* x, std::size_t k, std::size_t
 
 template <>
 void qgemm_strips<Isa::scalar>(const qgemm::Packed& p, const std::int8_t* q, const float* xs,
-                               const std::int32_t* qsum, std::size_t m, std::size_t s0, std::size_t s1, bool vnni,
+                               const std::int32_t* qsum, std::size_t m, std::size_t s0, std::size_t s1, qgemm::Dot dot,
                                const float* bias, float* y) {
-  (void)vnni;  // never set on the scalar level
+  (void)dot;  // madd on the scalar level
   for (std::size_t t = 0; t < m; ++t) {
     const std::int8_t* xr = q + t * p.kpad;
     for (std::size_t s = s0; s < s1; ++s)

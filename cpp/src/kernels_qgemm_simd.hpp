@@ -22,6 +22,11 @@
 //    6-bit codes (unsigned, code + 16 / 32 <= 63, high bits from the planes
 //    by vpshufb + compare) go straight into vpmaddubsw against signed x:
 //    two pairs of 63 * 127 still fit int16; sums start at -off * qsum.
+//  - AMX (avx512 unit, level amx; qgemm::amx_pays chooses it per weight
+//    and row count): tdpbssd on the 8-bit codes as stored, tdpbsud on 4-bit
+//    codes widened to bytes (code + 8), 2 x 2 tiles of 16 rows x 16 outputs
+//    by 64 k; each group's int32 sums go through memory into the same float
+//    epilogue as VNNI's.
 //  - Asymmetric formats: every group's int32 sums start at zoff * qsum (the
 //    row's code sum over the group) and, after the scale's fma, one more fma
 //    adds float(qsum) * shift: ggml's q8_1 / q8_K block-sum trick.
@@ -434,6 +439,156 @@ void strips_vnni(const Packed& p, const std::int8_t* q, const float* xs, const s
   for (; s + 2 <= s1; s += 2) rows_vnni<2, Wt::int8>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y);
   if (s < s1) rows_vnni<1, Wt::int8>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y);
 }
+
+// -------------------------------------------------------------- AMX path
+// Tiles: 0-3 int32 sums (rows t0.. and t0+16.. of x by strips s and s+1),
+// 4-5 activation codes (16 rows x 64 bytes = 64 k, stride kpad), 6-7
+// weights (16 rows x 64 bytes: 64 k of 16 outputs). A strip's packed bytes
+// (16 outputs x 4 k per 64 bytes) are the layout tdpbssd / tdpbsud take as
+// their second operand, so tiles load straight from the packed weight. A tile's int32 adds wrap
+// like vpdpbusd's, and the group's start value (zoff - off) * qsum is added
+// when the sums leave the tiles: the same exact int32 sums, so the same
+// epilogue gives the other levels' bits.
+struct alignas(64) TileConfig {
+  std::uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  std::uint16_t colsb[16] = {};
+  std::uint8_t rows[16] = {};
+};
+
+constexpr std::size_t kAmxK = 64;  // k per tile step: qgemm::amx_pays's groups hold whole steps
+
+__attribute__((target("amx-tile,amx-int8"))) void amx_configure() {
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  asm volatile("" ::: "memory");  // ldtilecfg's asm names only the first 8 bytes of cfg as its input
+  _tile_loadconfig(&cfg);
+}
+
+// One block of up to 32 rows of x (MA tiles of 16) by NV strips, symmetric
+// codes (no shift; one float scale per group). Signed: 8-bit codes as stored
+// (tdpbssd, off 0); else unsigned bytes code + off (tdpbsud). ws[v]: strip v's codes with rows of 64 bytes; tail[v]: the last
+// short k step's rows, zero-padded to 16 rows (null when there is none).
+template <int MA, int NV, bool Signed>
+__attribute__((target("amx-tile,amx-int8"))) void block_amx(const Packed& p, const std::uint8_t* const* ws,
+                                                            const std::uint8_t* const* tail, int off,
+                                                            const std::int8_t* q, const float* xs,
+                                                            const std::int32_t* qsum, std::size_t t0,
+                                                            std::size_t mr, std::size_t s, const float* bias,
+                                                            float* y) {
+  alignas(64) std::int32_t sums[4][16][16];
+  alignas(64) float facc[32][NV][16];
+  const long lda = static_cast<long>(p.kpad);
+  const std::int8_t* a0 = q + t0 * p.kpad;
+  const std::int8_t* a1 = a0 + 16 * p.kpad;
+  for (std::size_t g = 0; g < p.n_groups; ++g) {
+    const std::size_t k0 = g * p.group, k1 = k0 + p.group < p.kpad ? k0 + p.group : p.kpad;
+    _tile_zero(0);
+    if constexpr (NV == 2) _tile_zero(1);
+    if constexpr (MA == 2) _tile_zero(2);
+    if constexpr (MA == 2 && NV == 2) _tile_zero(3);
+    for (std::size_t k = k0; k < k1; k += kAmxK) {
+      const bool short_step = k + kAmxK > p.kpad;
+      _tile_loadd(6, short_step ? tail[0] : ws[0] + k * 16, 64);
+      if constexpr (NV == 2) _tile_loadd(7, short_step ? tail[1] : ws[1] + k * 16, 64);
+      _tile_loadd(4, a0 + k, lda);
+      if constexpr (MA == 2) _tile_loadd(5, a1 + k, lda);
+      if constexpr (Signed) {
+        _tile_dpbssd(0, 4, 6);
+        if constexpr (NV == 2) _tile_dpbssd(1, 4, 7);
+        if constexpr (MA == 2) _tile_dpbssd(2, 5, 6);
+        if constexpr (MA == 2 && NV == 2) _tile_dpbssd(3, 5, 7);
+      } else {
+        _tile_dpbsud(0, 4, 6);
+        if constexpr (NV == 2) _tile_dpbsud(1, 4, 7);
+        if constexpr (MA == 2) _tile_dpbsud(2, 5, 6);
+        if constexpr (MA == 2 && NV == 2) _tile_dpbsud(3, 5, 7);
+      }
+    }
+    _tile_stored(0, sums[0], 64);
+    if constexpr (NV == 2) _tile_stored(1, sums[1], 64);
+    if constexpr (MA == 2) _tile_stored(2, sums[2], 64);
+    if constexpr (MA == 2 && NV == 2) _tile_stored(3, sums[3], 64);
+    // float accumulators in memory (64 vectors do not fit the registers);
+    // the last group's go straight to y
+    const bool first = g == 0, last = g + 1 == p.n_groups;
+    for (int v = 0; v < NV; ++v) {
+      const __m512 sc = group_factor16(p, p.scale, p.iscale, s + v, g);
+      const std::size_t n0 = (s + v) * kS, valid = p.n - n0 < kS ? p.n - n0 : kS;
+      const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
+      const __m512 b = bias && last ? _mm512_maskz_loadu_ps(mask, bias + n0) : _mm512_setzero_ps();
+      for (std::size_t r = 0; r < mr; ++r) {
+        const std::int32_t qs = qsum ? qsum[(t0 + r) * p.n_groups + g] : 0;
+        const __m512i sum = _mm512_add_epi32(_mm512_load_si512(sums[(r / 16) * 2 + v][r % 16]),
+                                             _mm512_set1_epi32((p.zoff - off) * qs));
+        const __m512 acc =
+            _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), sc, first ? _mm512_setzero_ps() : _mm512_load_ps(facc[r][v]));
+        if (!last) {
+          _mm512_store_ps(facc[r][v], acc);
+          continue;
+        }
+        __m512 out = _mm512_mul_ps(acc, _mm512_set1_ps(xs[t0 + r]));
+        if (bias) out = _mm512_add_ps(out, b);
+        _mm512_mask_storeu_ps(y + (t0 + r) * p.n + n0, mask, out);
+      }
+    }
+  }
+}
+
+template <int NV, bool Signed>
+void rows_amx(const Packed& p, const std::uint8_t* const* ws, const std::uint8_t* const* tail, int off,
+              const std::int8_t* q, const float* xs, const std::int32_t* qsum, std::size_t m, std::size_t s,
+              const float* bias, float* y) {
+  for (std::size_t t = 0; t < m; t += 32) {
+    const std::size_t mr = m - t < 32 ? m - t : 32;
+    if (mr > 16) block_amx<2, NV, Signed>(p, ws, tail, off, q, xs, qsum, t, mr, s, bias, y);
+    else block_amx<1, NV, Signed>(p, ws, tail, off, q, xs, qsum, t, mr, s, bias, y);
+  }
+}
+
+// Pairs of strips: 8-bit codes straight from the packed weight, 4-bit
+// codes widened to bytes once per pair (widen_strips) for all rows of x.
+template <Wt W>
+__attribute__((target("amx-tile,amx-int8"))) void strips_amx(const Packed& p, const std::int8_t* q, const float* xs,
+                                                             const std::int32_t* qsum, std::size_t m,
+                                                             std::size_t s0, std::size_t s1, const float* bias,
+                                                             float* y) {
+  constexpr bool Signed = W == Wt::int8;
+  const int off = Signed ? 0 : 1 << (p.bits - 1);
+  const std::size_t sb = Signed ? p.strip_bytes() : p.kpad * kS;
+  thread_local std::vector<std::uint8_t> wide;
+  if (!Signed && wide.size() < 2 * sb) wide.resize(2 * sb);
+  // the last k step may be short (kpad not a multiple of 64): its weight
+  // rows go through a zero-padded copy, so the tile's extra activation bytes
+  // (the next row's codes, or the buffer's slack) meet zero weights
+  const std::size_t last_group = (p.n_groups - 1) * p.group;
+  const std::size_t last = last_group + (p.kpad - last_group - 1) / kAmxK * kAmxK;  // start of the last k step
+  const std::size_t tail_bytes = p.kpad > last ? (p.kpad - last) * 16 : 0;
+  alignas(64) std::uint8_t tails[2][16 * 64];
+  amx_configure();
+  for (std::size_t s = s0; s < s1; s += 2) {
+    const int nv = s1 - s < 2 ? 1 : 2;
+    const std::uint8_t* base = p.w + s * sb;
+    if constexpr (!Signed) {
+      widen_strips<W>(p, s, nv, wide.data());
+      base = wide.data();
+    }
+    const std::uint8_t* ws[2] = {base, base + sb};
+    const std::uint8_t* tail[2] = {nullptr, nullptr};
+    if (last + kAmxK > p.kpad)
+      for (int v = 0; v < nv; ++v) {
+        std::memset(tails[v], 0, sizeof tails[v]);
+        std::memcpy(tails[v], ws[v] + last * 16, tail_bytes);
+        tail[v] = tails[v];
+      }
+    asm volatile("" ::: "memory");  // tileloadd's asm does not name the memory it reads (wide, tails)
+    nv == 2 ? rows_amx<2, Signed>(p, ws, tail, off, q, xs, qsum, m, s, bias, y)
+            : rows_amx<1, Signed>(p, ws, tail, off, q, xs, qsum, m, s, bias, y);
+  }
+  _tile_release();
+}
 #endif
 
 }  // namespace
@@ -446,11 +601,16 @@ void qgemm_quantize_rows(const float* x, std::size_t k, std::size_t kpad, std::s
 
 template <Isa I>
 void qgemm_strips(const Packed& p, const std::int8_t* q, const float* xs, const std::int32_t* qsum, std::size_t m,
-                  std::size_t s0, std::size_t s1, bool vnni, const float* bias, float* y) {
+                  std::size_t s0, std::size_t s1, qgemm::Dot dot, const float* bias, float* y) {
 #if defined(__AVX512F__)
-  if (vnni) return strips_vnni(p, q, xs, qsum, m, s0, s1, bias, y);
+  if (dot == qgemm::Dot::amx) {
+    // qgemm::amx_pays: symmetric 8- and 4-bit codes only
+    return p.bits == 4 ? strips_amx<Wt::nib>(p, q, xs, qsum, m, s0, s1, bias, y)
+                       : strips_amx<Wt::int8>(p, q, xs, qsum, m, s0, s1, bias, y);
+  }
+  if (dot == qgemm::Dot::vnni) return strips_vnni(p, q, xs, qsum, m, s0, s1, bias, y);
 #endif
-  (void)vnni;
+  (void)dot;
   strips_madd<I>(p, q, xs, qsum, m, s0, s1, bias, y);
 }
 
@@ -462,7 +622,7 @@ namespace slimgrad::kernels {
 template void qgemm_quantize_rows<SLIMGRAD_UNIT_ISA>(const float*, std::size_t, std::size_t, std::size_t,
                                                      std::size_t, std::int8_t*, float*);
 template void qgemm_strips<SLIMGRAD_UNIT_ISA>(const qgemm::Packed&, const std::int8_t*, const float*,
-                                              const std::int32_t*, std::size_t, std::size_t, std::size_t, bool,
+                                              const std::int32_t*, std::size_t, std::size_t, std::size_t, qgemm::Dot,
                                               const float*, float*);
 }  // namespace slimgrad::kernels
 #endif  // SLIMGRAD_UNIT_ISA

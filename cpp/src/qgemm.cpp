@@ -119,7 +119,7 @@ void group_sums(const Packed& p, const std::int8_t* q, std::size_t r0, std::size
 
 void gemm(const float* x, std::size_t m, const Packed& p, const float* bias, float* y) {
   if (m == 0 || p.n == 0) return;
-  const bool vnni = isa_active_at_least(Isa::avx512_vnni);
+  const bool vnni = isa_active_at_least(Isa::avx512_vnni), amx = isa_active_at_least(Isa::amx);
   // Rows of x in chunks whose int8 codes take about 1 MB (4 to 256 rows):
   // the buffer stays small (kept per thread between calls) and in L2 while
   // every strip of the weight passes over it. Chunking does not change any
@@ -130,7 +130,9 @@ void gemm(const float* x, std::size_t m, const Packed& p, const float* bias, flo
   thread_local std::vector<std::int32_t> qs;
   const std::size_t chunk = std::min(rows, m);
   const bool sums = p.needs_qsum() || vnni;
-  if (q.size() < chunk * p.kpad) q.resize(chunk * p.kpad);
+  // AMX tiles read whole 16-row, 64-byte blocks of the codes (qgemm_strips)
+  const std::size_t qbytes = (chunk + 15) / 16 * 16 * p.kpad + 64;
+  if (q.size() < qbytes) q.resize(qbytes);
   if (xs.size() < chunk) xs.resize(chunk);
   if (sums && qs.size() < chunk * p.n_groups) qs.resize(chunk * p.n_groups);
   std::int8_t* qp = q.data();
@@ -140,6 +142,7 @@ void gemm(const float* x, std::size_t m, const Packed& p, const float* bias, flo
     constexpr Isa I = decltype(isa)::value;
     for (std::size_t r0 = 0; r0 < m; r0 += chunk) {
       const std::size_t mc = std::min(chunk, m - r0);
+      const Dot dot = amx && amx_pays(p, mc) ? Dot::amx : vnni ? Dot::vnni : Dot::madd;
       const float* xc = x + r0 * p.k;
       float* yc = y + r0 * p.n;
       parallel_chunks(mc, 16, [&](std::size_t b, std::size_t e) {
@@ -149,7 +152,7 @@ void gemm(const float* x, std::size_t m, const Packed& p, const float* bias, flo
       // blocks of 4 strips (64 outputs): even blocks keep the 2-strip tiles
       // whole; each thread's panel of weights stays in its L2 across rows of x
       parallel_chunks(p.strips, 4, [&](std::size_t b, std::size_t e) {
-        kernels::qgemm_strips<I>(p, qp, xsp, qsp, mc, b, e, vnni, bias, yc);
+        kernels::qgemm_strips<I>(p, qp, xsp, qsp, mc, b, e, dot, bias, yc);
       });
     }
   });

@@ -20,15 +20,23 @@ namespace slimgrad {
 // AVX-512 path on a VNNI machine. avx512_bf16 (AVX512_BF16's vdpbf16ps, the
 // bfloat16 GEMM of Muon) is the next sub-feature level: every CPU with it
 // (Cooper Lake, Sapphire Rapids, Zen 4) also has VNNI, so it includes
-// avx512_vnni. AMX is never selected.
-enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, avx512_vnni = 3, avx512_bf16 = 4 };
-inline constexpr Isa kIsaLevels[] = {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512_vnni, Isa::avx512_bf16};
+// avx512_vnni. amx (AMX-TILE, AMX-INT8 and AMX-BF16: tile registers and
+// the int8 / bfloat16 tile dot products of Sapphire Rapids and later) is the
+// last: those CPUs have every level below, and Linux must grant the process
+// the tile data state (arch_prctl ARCH_REQ_XCOMP_PERM) before its first use,
+// which detection does once. Its kernels live in the avx512 unit.
+enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, avx512_vnni = 3, avx512_bf16 = 4, amx = 5 };
+inline constexpr Isa kIsaLevels[] = {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512_vnni, Isa::avx512_bf16,
+                                     Isa::amx};
 
 template <Isa I>
 using IsaTag = std::integral_constant<Isa, I>;
 
 const char* isa_name(Isa isa);
 std::optional<Isa> parse_isa(std::string_view name);
+// "scalar, avx2, avx512, avx512_vnni, avx512_bf16, amx", each name wrapped in
+// `quote`: the list error messages give.
+std::string isa_names(std::string_view quote = "");
 
 // Compiled into this binary (avx2/avx512 only on x86-64 builds).
 bool isa_built(Isa isa);
@@ -52,7 +60,8 @@ template <class Fn>
 decltype(auto) dispatch(Fn&& fn) {
   switch (active_isa()) {
 #if SLIMGRAD_HAVE_AVX512
-    case Isa::avx512_bf16:  // sub-feature levels: the avx512 kernels
+    case Isa::amx:  // sub-feature levels: the avx512 kernels
+    case Isa::avx512_bf16:
     case Isa::avx512_vnni:
     case Isa::avx512:
       return fn(IsaTag<Isa::avx512>{});

@@ -56,6 +56,9 @@ constexpr std::size_t kTileRows = 4;        // rows of x per micro-kernel tile
 // 4096, 1 thread, min of 15, load ~10): splitting in registers was 1.2-2x
 // faster at 5-16 rows for Q4_K / Q5_K, the panel faster from 32 rows on.
 constexpr std::size_t kWidenRows = 16;
+// The integer dot product of the micro-kernels (qgemm_strips): vpmaddubsw
+// (avx2, plain avx512), vpdpbusd (avx512_vnni) or AMX tiles (amx).
+enum class Dot { madd, vnni, amx };
 
 struct Packed {
   int bits = 8;                      // 8: codes in [-127, 127]; 4 / 5 / 6: [-8, 7] / [-16, 15] / [-32, 31]
@@ -74,6 +77,24 @@ struct Packed {
   bool needs_qsum() const { return shift != nullptr || zoff != 0 || bits == 5 || bits == 6; }
   std::size_t strip_bytes() const { return kpad * kStrip * static_cast<std::size_t>(bits) / 8; }
 };
+
+// Whether AMX tiles beat VNNI for m rows of x with this weight. Measured on
+// 4096 x 4096 and all-MiniLM-L6-v2's shapes (1536 x 384, 384 x 1536,
+// 384 x 384), 2 threads, Xeon "Emerald Rapids" (docs/quant.md):
+//  - groups: one, or a multiple of 128 k (64 for 8-bit codes). Each group's
+//    sums leave the tiles through memory into a float epilogue; with 32-k
+//    groups that costs more than the tiles save (0.7-1.0x VNNI).
+//  - 8-bit codes from 8 rows (a tile holds 16): 4096 x 4096 1.4x at 8 rows,
+//    2.3x at 16; below 8, 0.6-1.0x on most shapes.
+//  - 4-bit codes are widened to bytes per pair of strips first: from
+//    32 rows and k >= 1024 (1.2-1.4x); at k = 384 0.94-0.99x.
+// Taken by W8A8 and W4A8 weights (symmetric 8- and 4-bit codes, one float
+// scale per group); the GGUF formats' 32-k blocks stay on VNNI.
+inline bool amx_pays(const Packed& p, std::size_t m) {
+  if ((p.bits != 8 && p.bits != 4) || p.shift || p.sub != 1) return false;
+  const bool groups = p.n_groups == 1 || p.group % 128 == 0 || (p.bits == 8 && p.group % 64 == 0);
+  return groups && (p.bits == 8 ? m >= 8 : m >= 32 && p.kpad >= 1024);
+}
 
 // Sizes of the packed arrays for a weight n x k with `group` k per scale.
 std::size_t packed_kpad(int bits, std::size_t k);
@@ -104,11 +125,13 @@ template <Isa I>
 void qgemm_quantize_rows(const float* x, std::size_t k, std::size_t kpad, std::size_t r0, std::size_t r1,
                          std::int8_t* q, float* xs);
 // y rows [0, m), outputs of strips [s0, s1): the micro-kernels. q, xs from
-// qgemm_quantize_rows; vnni only on avx512. qsum: m x n_groups sums of the
-// codes per group (needed by vnni and by p.needs_qsum()), else null.
+// qgemm_quantize_rows; dot vnni and amx only on avx512 (amx: q holds
+// ceil(m / 16) * 16 rows and 64 bytes more, read but not used). qsum:
+// m x n_groups sums of the codes per group (needed by vnni, amx and
+// p.needs_qsum()), else null.
 template <Isa I>
 void qgemm_strips(const qgemm::Packed& p, const std::int8_t* q, const float* xs, const std::int32_t* qsum,
-                  std::size_t m, std::size_t s0, std::size_t s1, bool vnni, const float* bias, float* y);
+                  std::size_t m, std::size_t s0, std::size_t s1, qgemm::Dot dot, const float* bias, float* y);
 }  // namespace kernels
 
 }  // namespace slimgrad
