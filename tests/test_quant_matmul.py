@@ -84,11 +84,15 @@ def test_matmul_out_and_errors(rng):
 
 
 @pytest.mark.parametrize(
-    "mk", [(1, 1), (3, 15), (4, 16), (5, 17), (37, 63), (8, 64), (9, 65), (33, 1000)], ids=str
+    "mk",
+    [(1, 1), (3, 15), (4, 16), (5, 17), (37, 63), (8, 64), (9, 65), (33, 1000), (70, 1100)],
+    ids=str,
 )
 def test_matmul_int8_exact(isa_all, threads, mk, rng):
+    # AMX (level amx): 32 x 32 blocks of 16 x 16 tiles, k in steps of 64;
+    # n = 45 and 97 end in partial blocks, 97 also passes whole ones
     m, k = mk
-    for n in (1, 3, 4, 6, 45):
+    for n in (1, 3, 4, 6, 45, 97):
         a = rng.integers(-128, 128, (m, k)).astype(np.int8)
         b = rng.integers(-128, 128, (n, k)).astype(np.int8)
         a[0, 0] = b[0, 0] = -128  # the value vpmaddubsw's sign trick gets wrong

@@ -47,6 +47,7 @@
 #include <limits>
 #include <vector>
 
+#include "kernels_amx_x86.hpp"
 #include "slimgrad/qgemm.hpp"
 
 namespace slimgrad::kernels {
@@ -441,36 +442,19 @@ void strips_vnni(const Packed& p, const std::int8_t* q, const float* xs, const s
 }
 
 // -------------------------------------------------------------- AMX path
-// Tiles: 0-3 int32 sums (rows t0.. and t0+16.. of x by strips s and s+1),
-// 4-5 activation codes (16 rows x 64 bytes = 64 k, stride kpad), 6-7
-// weights (16 rows x 64 bytes: 64 k of 16 outputs). A strip's packed bytes
-// (16 outputs x 4 k per 64 bytes) are the layout tdpbssd / tdpbsud take as
-// their second operand, so tiles load straight from the packed weight. A tile's int32 adds wrap
-// like vpdpbusd's, and the group's start value (zoff - off) * qsum is added
-// when the sums leave the tiles: the same exact int32 sums, so the same
-// epilogue gives the other levels' bits.
-struct alignas(64) TileConfig {
-  std::uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  std::uint16_t colsb[16] = {};
-  std::uint8_t rows[16] = {};
-};
-
-constexpr std::size_t kAmxK = 64;  // k per tile step: qgemm::amx_pays's groups hold whole steps
-
-__attribute__((target("amx-tile,amx-int8"))) void amx_configure() {
-  TileConfig cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.rows[t] = 16;
-    cfg.colsb[t] = 64;
-  }
-  asm volatile("" ::: "memory");  // ldtilecfg's asm names only the first 8 bytes of cfg as its input
-  _tile_loadconfig(&cfg);
-}
+// Tiles (kernels_amx_x86.hpp): 0-3 int32 sums (rows t0.. and t0+16.. of x
+// by strips s and s+1), 4-5 activation codes (16 rows x 64 k, stride kpad),
+// 6-7 weights (64 k x 16 outputs). A strip's packed bytes (16 outputs x 4 k
+// per 64 bytes) are the layout tdpbssd / tdpbsud take as their second
+// operand, so tiles load straight from the packed weight. The group's start
+// value (zoff - off) * qsum is added when the sums leave the tiles: the same
+// exact int32 sums as VNNI's, so the same epilogue gives the same bits.
 
 // One block of up to 32 rows of x (MA tiles of 16) by NV strips, symmetric
-// codes (no shift; one float scale per group). Signed: 8-bit codes as stored
-// (tdpbssd, off 0); else unsigned bytes code + off (tdpbsud). ws[v]: strip v's codes with rows of 64 bytes; tail[v]: the last
-// short k step's rows, zero-padded to 16 rows (null when there is none).
+// codes (no shift; one float scale per group). Signed: 8-bit codes as
+// stored (tdpbssd, off 0); else unsigned bytes code + off (tdpbsud).
+// ws[v]: strip v's codes with rows of 64 bytes; tail[v]: the last short k
+// step's rows, zero-padded to 16 rows (null when there is none).
 template <int MA, int NV, bool Signed>
 __attribute__((target("amx-tile,amx-int8"))) void block_amx(const Packed& p, const std::uint8_t* const* ws,
                                                             const std::uint8_t* const* tail, int off,
@@ -583,7 +567,7 @@ __attribute__((target("amx-tile,amx-int8"))) void strips_amx(const Packed& p, co
         std::memcpy(tails[v], ws[v] + last * 16, tail_bytes);
         tail[v] = tails[v];
       }
-    asm volatile("" ::: "memory");  // tileloadd's asm does not name the memory it reads (wide, tails)
+    amx_fence();  // wide, tails
     nv == 2 ? rows_amx<2, Signed>(p, ws, tail, off, q, xs, qsum, m, s, bias, y)
             : rows_amx<1, Signed>(p, ws, tail, off, q, xs, qsum, m, s, bias, y);
   }

@@ -38,9 +38,10 @@ void qmatmul_rows<Isa::scalar>(const QMatmulArgs& a, std::size_t r0, std::size_t
 template <>
 void matmul_s8_cols<Isa::scalar>(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::size_t K,
                                  std::size_t n0, std::size_t n1, const std::int32_t* bsum, std::int32_t* c,
-                                 std::size_t N, std::int16_t* scratch) {
+                                 std::size_t N, std::int16_t* scratch, const std::int8_t* a_tiles) {
   (void)bsum;
   (void)scratch;
+  (void)a_tiles;  // AMX is never the scalar level
   for (std::size_t m = 0; m < M; ++m)
     for (std::size_t n = n0; n < n1; ++n) {
       std::int32_t s = 0;

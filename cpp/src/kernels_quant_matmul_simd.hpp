@@ -22,8 +22,11 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
+#include "kernels_amx_x86.hpp"
 #include "slimgrad/quant.hpp"
 #include "slimgrad/simd.hpp"
 
@@ -376,6 +379,74 @@ __attribute__((target("avx512vnni"))) void s8_vnni(const std::int8_t* a, std::si
     }
   }
 }
+
+// int8 x int8 on AMX with the operands' roles swapped: tiles of 16 rows of
+// b as they are in memory (tdpbssd's first operand) times a in S8Tiles's
+// layout (the second operand: only the small a is repacked per call). Tiles
+// 0-3 hold the sums of 16 columns n by 16 rows m, written to c transposed.
+// b's rows are read 64 bytes at a time, so a last step past K reads into
+// the next row (meeting a's zero padding); the block holding b's last row
+// goes through a zero-padded copy, so nothing is read past b.
+template <int NA, int NB>
+__attribute__((target("amx-tile,amx-int8"))) void s8_block_amx(const std::int8_t* brows, long ldb, std::size_t steps,
+                                                               const std::int8_t* at, std::size_t at_stride,
+                                                               std::size_t nvalid, std::size_t mvalid,
+                                                               std::int32_t* c, std::size_t N) {
+  alignas(64) std::int32_t sums[4][16][16];
+  _tile_zero(0);
+  if constexpr (NB == 2) _tile_zero(1);
+  if constexpr (NA == 2) _tile_zero(2);
+  if constexpr (NA == 2 && NB == 2) _tile_zero(3);
+  for (std::size_t s = 0; s < steps; ++s) {
+    _tile_loadd(4, brows + s * kAmxK, ldb);
+    if constexpr (NA == 2) _tile_loadd(5, brows + 16 * ldb + s * kAmxK, ldb);
+    _tile_loadd(6, at + s * 1024, 64);
+    if constexpr (NB == 2) _tile_loadd(7, at + at_stride + s * 1024, 64);
+    _tile_dpbssd(0, 4, 6);
+    if constexpr (NB == 2) _tile_dpbssd(1, 4, 7);
+    if constexpr (NA == 2) _tile_dpbssd(2, 5, 6);
+    if constexpr (NA == 2 && NB == 2) _tile_dpbssd(3, 5, 7);
+  }
+  _tile_stored(0, sums[0], 64);
+  if constexpr (NB == 2) _tile_stored(1, sums[1], 64);
+  if constexpr (NA == 2) _tile_stored(2, sums[2], 64);
+  if constexpr (NA == 2 && NB == 2) _tile_stored(3, sums[3], 64);
+  for (std::size_t m = 0; m < mvalid; ++m)
+    for (std::size_t n = 0; n < nvalid; ++n) c[m * N + n] = sums[(n / 16) * 2 + m / 16][n % 16][m % 16];
+}
+
+__attribute__((target("amx-tile,amx-int8"))) void s8_amx(const std::int8_t* a_tiles, std::size_t M,
+                                                         const std::int8_t* b, std::size_t K, std::size_t n0,
+                                                         std::size_t n1, std::int32_t* c, std::size_t N) {
+  const std::size_t kp = (K + kAmxK - 1) / kAmxK * kAmxK, steps = kp / kAmxK, at_stride = 16 * kp;
+  thread_local std::vector<std::int8_t> pad;
+  amx_configure();
+  for (std::size_t n = n0; n < n1; n += 32) {
+    const std::size_t nvalid = n1 - n < 32 ? n1 - n : 32;
+    const std::int8_t* brows = b + n * K;
+    long ldb = static_cast<long>(K);
+    if (n + 32 >= N) {  // holds b's last row
+      if (pad.size() < 32 * kp) pad.resize(32 * kp);
+      std::fill(pad.begin(), pad.begin() + 32 * kp, std::int8_t{0});
+      for (std::size_t r = 0; r < nvalid; ++r) std::memcpy(pad.data() + r * kp, brows + r * K, K);
+      amx_fence();
+      brows = pad.data();
+      ldb = static_cast<long>(kp);
+    }
+    for (std::size_t m = 0; m < M; m += 32) {
+      const std::size_t mvalid = M - m < 32 ? M - m : 32;
+      const std::int8_t* at = a_tiles + (m / 16) * at_stride;
+      std::int32_t* cb = c + m * N + n;
+      if (nvalid > 16)
+        mvalid > 16 ? s8_block_amx<2, 2>(brows, ldb, steps, at, at_stride, nvalid, mvalid, cb, N)
+                    : s8_block_amx<2, 1>(brows, ldb, steps, at, at_stride, nvalid, mvalid, cb, N);
+      else
+        mvalid > 16 ? s8_block_amx<1, 2>(brows, ldb, steps, at, at_stride, nvalid, mvalid, cb, N)
+                    : s8_block_amx<1, 1>(brows, ldb, steps, at, at_stride, nvalid, mvalid, cb, N);
+    }
+  }
+  _tile_release();
+}
 #endif
 
 }  // namespace
@@ -413,11 +484,14 @@ void qmatmul_rows(const QMatmulArgs& a, std::size_t r0, std::size_t r1, float* s
 
 template <Isa I>
 void matmul_s8_cols(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::size_t K, std::size_t n0,
-                    std::size_t n1, const std::int32_t* bsum, std::int32_t* c, std::size_t N, std::int16_t* scratch) {
+                    std::size_t n1, const std::int32_t* bsum, std::int32_t* c, std::size_t N, std::int16_t* scratch,
+                    const std::int8_t* a_tiles) {
   (void)bsum;
 #if defined(__AVX512F__)
+  if (a_tiles) return s8_amx(a_tiles, M, b, K, n0, n1, c, N);
   if (quant::has_avx512_vnni()) return s8_vnni(a, M, b, K, n0, n1, c, N);
 #endif
+  (void)a_tiles;
   s8_madd(a, M, b, K, n0, n1, c, N, scratch);
 }
 
@@ -431,6 +505,6 @@ namespace slimgrad::kernels {
 template void qmatmul_rows<SLIMGRAD_UNIT_ISA>(const QMatmulArgs&, std::size_t, std::size_t, float*);
 template void matmul_s8_cols<SLIMGRAD_UNIT_ISA>(const std::int8_t*, std::size_t, const std::int8_t*, std::size_t,
                                         std::size_t, std::size_t, const std::int32_t*, std::int32_t*, std::size_t,
-                                        std::int16_t*);
+                                        std::int16_t*, const std::int8_t*);
 }  // namespace slimgrad::kernels
 #endif  // SLIMGRAD_UNIT_ISA

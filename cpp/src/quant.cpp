@@ -515,9 +515,45 @@ void qmatmul(const float* x, std::size_t batch, const Spec& s, const std::uint8_
   });
 }
 
+namespace {
+
+// a into S8Tiles's layout: 16-row blocks [b0, b1).
+void pack_s8_tiles(const std::int8_t* a, std::size_t M, std::size_t K, std::size_t b0, std::size_t b1,
+                   std::int8_t* tiles) {
+  const std::size_t kp = S8Tiles::kpad(K);
+  for (std::size_t blk = b0; blk < b1; ++blk) {
+    std::int8_t* dst = tiles + blk * 16 * kp;
+    std::fill(dst, dst + 16 * kp, std::int8_t{0});
+    for (std::size_t r = 0; r < 16 && blk * 16 + r < M; ++r) {
+      const std::int8_t* row = a + (blk * 16 + r) * K;
+      std::size_t k = 0;
+      for (; k + 4 <= K; k += 4) std::memcpy(dst + k * 16 + r * 4, row + k, 4);
+      std::memcpy(dst + k * 16 + r * 4, row + k, K - k);
+    }
+  }
+}
+
+}  // namespace
+
 void matmul_s8(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::size_t N, std::size_t K,
                std::int32_t* c) {
   if (M == 0 || N == 0) return;
+  // AMX tiles beat the VNNI kernel at every row count measured (1-512 rows
+  // of a, 4096 x 4096 and all-MiniLM-L6-v2's shapes: 1.0-4.7x, docs/quant.md)
+  if (isa_active_at_least(Isa::amx) && K > 0) {
+    thread_local std::vector<std::int8_t> tiles;  // kept between calls: no page faults per call
+    if (tiles.size() < S8Tiles::bytes(M, K)) tiles.resize(S8Tiles::bytes(M, K));
+    std::int8_t* tp = tiles.data();
+    parallel_chunks((M + 15) / 16, 1, [&](std::size_t lo, std::size_t hi) { pack_s8_tiles(a, M, K, lo, hi, tp); });
+    dispatch([&](auto isa) {
+      // blocks of 32 columns (two tiles of rows of b), all rows of a each
+      parallel_chunks((N + 31) / 32, 1, [&](std::size_t lo, std::size_t hi) {
+        kernels::matmul_s8_cols<decltype(isa)::value>(a, M, b, K, lo * 32, std::min(N, hi * 32), nullptr, c, N,
+                                                     nullptr, tp);
+      });
+    });
+    return;
+  }
   constexpr std::size_t kM = 64;  // rows of a per item; columns come in blocks of 4
   const std::size_t nb = (N + 3) / 4, mb = (M + kM - 1) / kM;
   dispatch([&](auto isa) {
@@ -526,7 +562,8 @@ void matmul_s8(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::s
       for (std::size_t item = lo; item < hi; ++item) {
         const std::size_t n0 = (item % nb) * 4, m0 = (item / nb) * kM;
         kernels::matmul_s8_cols<decltype(isa)::value>(a + m0 * K, std::min(kM, M - m0), b, K, n0,
-                                                     std::min(N, n0 + 4), nullptr, c + m0 * N, N, scratch.data());
+                                                     std::min(N, n0 + 4), nullptr, c + m0 * N, N, scratch.data(),
+                                                     nullptr);
       }
     });
   });

@@ -254,9 +254,12 @@ template <Isa I>
 void qmatmul_rows(const QMatmulArgs& a, std::size_t r0, std::size_t r1, float* scratch);
 // c[m, n] = sum_k a[m, k] * b[n, k] for n in [n0, n1), all m (int32, exact).
 // scratch: 4 * K int16 (widened rows of b). bsum[n] = sum_k b[n, k].
+// a_tiles: a in quant::S8Tiles's layout for AMX tiles (avx512 unit, level
+// amx), else null.
 template <Isa I>
 void matmul_s8_cols(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::size_t K, std::size_t n0,
-                    std::size_t n1, const std::int32_t* bsum, std::int32_t* c, std::size_t N, std::int16_t* scratch);
+                    std::size_t n1, const std::int32_t* bsum, std::int32_t* c, std::size_t N, std::int16_t* scratch,
+                    const std::int8_t* a_tiles);
 }  // namespace kernels
 
 namespace quant {
@@ -265,6 +268,14 @@ namespace quant {
 // group size must be even (groups start on a byte).
 void qmatmul(const float* x, std::size_t batch, const Spec& spec, const std::uint8_t* data, const float* scale,
              const std::int32_t* zero_point, float* y);
+// a (M x K) as AMX's second tile operand, for matmul_s8 on level amx: per
+// 16 rows of a and per 64 k, 1024 bytes = 16 groups of 4 k, each holding
+// the 16 rows' 4 bytes (row-minor); rows past M and k past K are zeros.
+// The large operand b is read as it is (tdpbssd's first operand takes rows).
+struct S8Tiles {
+  static std::size_t kpad(std::size_t K) { return (K + 63) / 64 * 64; }
+  static std::size_t bytes(std::size_t M, std::size_t K) { return (M + 15) / 16 * 16 * kpad(K); }
+};
 // c (M x N, int32) = a (M x K, int8) @ b (N x K, int8).T, exact.
 void matmul_s8(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::size_t N, std::size_t K,
                std::int32_t* c);
