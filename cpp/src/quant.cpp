@@ -541,8 +541,14 @@ void matmul_s8(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::s
   // AMX tiles beat the VNNI kernel at every row count measured (1-512 rows
   // of a, 4096 x 4096 and all-MiniLM-L6-v2's shapes: 1.0-4.7x, docs/quant.md)
   if (isa_active_at_least(Isa::amx) && K > 0) {
-    thread_local std::vector<std::int8_t> tiles;  // kept between calls: no page faults per call
-    if (tiles.size() < S8Tiles::bytes(M, K)) tiles.resize(S8Tiles::bytes(M, K));
+    // up to 4 MiB (256 rows of K = 16384) kept between calls: no page faults
+    // per call; a larger a gets a buffer of its own, freed on return
+    constexpr std::size_t kKeep = std::size_t{4} << 20;
+    thread_local std::vector<std::int8_t> kept;
+    std::vector<std::int8_t> own;
+    const std::size_t bytes = S8Tiles::bytes(M, K);
+    std::vector<std::int8_t>& tiles = bytes <= kKeep ? kept : own;
+    if (tiles.size() < bytes) tiles.resize(bytes);
     std::int8_t* tp = tiles.data();
     parallel_chunks((M + 15) / 16, 1, [&](std::size_t lo, std::size_t hi) { pack_s8_tiles(a, M, K, lo, hi, tp); });
     dispatch([&](auto isa) {
