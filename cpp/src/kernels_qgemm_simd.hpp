@@ -469,32 +469,13 @@ __attribute__((target("amx-tile,amx-int8"))) void block_amx(const Packed& p, con
   const std::int8_t* a1 = a0 + 16 * p.kpad;
   for (std::size_t g = 0; g < p.n_groups; ++g) {
     const std::size_t k0 = g * p.group, k1 = k0 + p.group < p.kpad ? k0 + p.group : p.kpad;
-    _tile_zero(0);
-    if constexpr (NV == 2) _tile_zero(1);
-    if constexpr (MA == 2) _tile_zero(2);
-    if constexpr (MA == 2 && NV == 2) _tile_zero(3);
+    amx_zero_sums<MA, NV>();
     for (std::size_t k = k0; k < k1; k += kAmxK) {
       const bool short_step = k + kAmxK > p.kpad;
-      _tile_loadd(6, short_step ? tail[0] : ws[0] + k * 16, 64);
-      if constexpr (NV == 2) _tile_loadd(7, short_step ? tail[1] : ws[1] + k * 16, 64);
-      _tile_loadd(4, a0 + k, lda);
-      if constexpr (MA == 2) _tile_loadd(5, a1 + k, lda);
-      if constexpr (Signed) {
-        _tile_dpbssd(0, 4, 6);
-        if constexpr (NV == 2) _tile_dpbssd(1, 4, 7);
-        if constexpr (MA == 2) _tile_dpbssd(2, 5, 6);
-        if constexpr (MA == 2 && NV == 2) _tile_dpbssd(3, 5, 7);
-      } else {
-        _tile_dpbsud(0, 4, 6);
-        if constexpr (NV == 2) _tile_dpbsud(1, 4, 7);
-        if constexpr (MA == 2) _tile_dpbsud(2, 5, 6);
-        if constexpr (MA == 2 && NV == 2) _tile_dpbsud(3, 5, 7);
-      }
+      amx_step<MA, NV, Signed>(a0 + k, a1 + k, lda, short_step ? tail[0] : ws[0] + k * 16,
+                               short_step ? tail[1] : ws[1] + k * 16, 64);
     }
-    _tile_stored(0, sums[0], 64);
-    if constexpr (NV == 2) _tile_stored(1, sums[1], 64);
-    if constexpr (MA == 2) _tile_stored(2, sums[2], 64);
-    if constexpr (MA == 2 && NV == 2) _tile_stored(3, sums[3], 64);
+    amx_store_sums<MA, NV>(sums);
     // float accumulators in memory (64 vectors do not fit the registers);
     // the last group's go straight to y
     const bool first = g == 0, last = g + 1 == p.n_groups;

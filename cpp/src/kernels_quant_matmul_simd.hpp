@@ -393,24 +393,11 @@ __attribute__((target("amx-tile,amx-int8"))) void s8_block_amx(const std::int8_t
                                                                std::size_t nvalid, std::size_t mvalid,
                                                                std::int32_t* c, std::size_t N) {
   alignas(64) std::int32_t sums[4][16][16];
-  _tile_zero(0);
-  if constexpr (NB == 2) _tile_zero(1);
-  if constexpr (NA == 2) _tile_zero(2);
-  if constexpr (NA == 2 && NB == 2) _tile_zero(3);
-  for (std::size_t s = 0; s < steps; ++s) {
-    _tile_loadd(4, brows + s * kAmxK, ldb);
-    if constexpr (NA == 2) _tile_loadd(5, brows + 16 * ldb + s * kAmxK, ldb);
-    _tile_loadd(6, at + s * 1024, 64);
-    if constexpr (NB == 2) _tile_loadd(7, at + at_stride + s * 1024, 64);
-    _tile_dpbssd(0, 4, 6);
-    if constexpr (NB == 2) _tile_dpbssd(1, 4, 7);
-    if constexpr (NA == 2) _tile_dpbssd(2, 5, 6);
-    if constexpr (NA == 2 && NB == 2) _tile_dpbssd(3, 5, 7);
-  }
-  _tile_stored(0, sums[0], 64);
-  if constexpr (NB == 2) _tile_stored(1, sums[1], 64);
-  if constexpr (NA == 2) _tile_stored(2, sums[2], 64);
-  if constexpr (NA == 2 && NB == 2) _tile_stored(3, sums[3], 64);
+  amx_zero_sums<NA, NB>();
+  for (std::size_t s = 0; s < steps; ++s)
+    amx_step<NA, NB>(brows + s * kAmxK, brows + 16 * ldb + s * kAmxK, ldb, at + s * 1024, at + at_stride + s * 1024,
+                     64);
+  amx_store_sums<NA, NB>(sums);
   for (std::size_t m = 0; m < mvalid; ++m)
     for (std::size_t n = 0; n < nvalid; ++n) c[m * N + n] = sums[(n / 16) * 2 + m / 16][n % 16][m % 16];
 }
