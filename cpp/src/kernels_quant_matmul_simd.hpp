@@ -405,7 +405,7 @@ __attribute__((target("amx-tile,amx-int8"))) void s8_block_amx(const std::int8_t
 __attribute__((target("amx-tile,amx-int8"))) void s8_amx(const std::int8_t* a_tiles, std::size_t M,
                                                          const std::int8_t* b, std::size_t K, std::size_t n0,
                                                          std::size_t n1, std::int32_t* c, std::size_t N) {
-  const std::size_t kp = (K + kAmxK - 1) / kAmxK * kAmxK, steps = kp / kAmxK, at_stride = 16 * kp;
+  const std::size_t kp = quant::S8Tiles::kpad(K), steps = kp / kAmxK, at_stride = 16 * kp;
   thread_local std::vector<std::int8_t> pad;
   amx_configure();
   for (std::size_t n = n0; n < n1; n += 32) {
