@@ -188,8 +188,9 @@ def test_mismatch_between_ranks_detected_at_construction(suite):
     "how, expect",
     [
         ("kill", "BAD TERMINATION"),  # the launcher tears the job down
-        ("raise", "rank 1 raised; aborting job"),  # our excepthook calls MPI_Abort
-        ("hang", "CollectiveTimeout"),  # the watchdog on collectives (timeout=2 s)
+        # our excepthook names the exception in the line before MPI_Abort
+        ("raise", "rank 1 raised RuntimeError: rank 1 failed on purpose; aborting job"),
+        ("hang", "rank 0 raised slimgrad.distributed.CollectiveTimeout"),  # timeout=2 s
     ],
 )
 def test_a_failing_rank_ends_the_job_with_an_error(tmp_path, how, expect):

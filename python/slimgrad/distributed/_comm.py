@@ -38,10 +38,13 @@ __all__ = ["CollectiveTimeout", "Communicator", "mpi"]
 _SUM_CHUNK = 1 << 15
 DEFAULT_TIMEOUT = float(os.environ.get("SLIMGRAD_MPI_TIMEOUT", "300"))
 YIELD_AFTER = 0.001  # seconds of polling before a waiting rank starts yielding its core
+ABORT_GRACE = 0.2  # seconds for the launcher to forward a failing rank's traceback
 
 
 class CollectiveTimeout(RuntimeError):
     """A collective did not complete in time: another rank died, raised or diverged."""
+
+    __module__ = "slimgrad.distributed"  # the name users import it by, also in tracebacks
 
 
 def mpi() -> Any:
@@ -75,9 +78,16 @@ def _install_abort_hook(comm: Any) -> None:
 
     def hook(tp: Any, value: Any, tb: Any) -> None:
         try:
-            sys.stderr.write(f"slimgrad.distributed: rank {comm.Get_rank()} raised; aborting job\n")
-            traceback.print_exception(tp, value, tb)
+            # One write, with the exception named in its first line: MPI_Abort makes the
+            # launcher kill every rank and exit, and output that has not reached it yet
+            # is lost (hydra forwarded only the first lines of a slow-to-format traceback).
+            summary = "".join(traceback.format_exception_only(tp, value)).strip()
+            sys.stderr.write(
+                f"slimgrad.distributed: rank {comm.Get_rank()} raised {summary}; aborting job\n"
+                + "".join(traceback.format_exception(tp, value, tb))
+            )
             sys.stderr.flush()
+            time.sleep(ABORT_GRACE)
         finally:
             if comm.Get_size() > 1:
                 comm.Abort(1)
