@@ -12,6 +12,7 @@ does): the timed call is the product, not the structure checks.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -50,7 +51,9 @@ def cases(size: int) -> Iterator[Case]:
         tcsr = None
         if torch is not None:
             try:
-                tcsr = torch.from_numpy(w90).to_sparse_csr()
+                with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+                    warnings.simplefilter("ignore", UserWarning)
+                    tcsr = torch.from_numpy(w90).to_sparse_csr()
             except (RuntimeError, AttributeError):  # a torch without sparse CSR
                 tcsr = None
         for batch in BATCHES:
