@@ -106,13 +106,67 @@ def test_csr_matches_float64_and_scipy(shape, density, rng):
     for y in results.values():
         _check(y, x, w)
     _same_per_isa(results)
+    # Packed: CSR slices, summed in one order on every ISA and thread count.
     packed = prune.pack_sparse(c)
-    for key, y in run_everywhere(lambda: sparse_matmul(x, packed)).items():
-        np.testing.assert_array_equal(y, results[key])
+    sliced = run_everywhere(lambda: sparse_matmul(x, packed))
+    first = next(iter(sliced.values()))
+    for key, y in sliced.items():
+        _check(y, x, w)
+        np.testing.assert_array_equal(y, first, err_msg=str(key))
     scipy = pytest.importorskip("scipy")
     del scipy
     ref = (c.to_scipy().astype(np.float64) @ x.astype(np.float64).T).T
     np.testing.assert_allclose(results[next(iter(results))], ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 4, 6])
+def test_packed_csr_with_inf_and_nan_in_x_matches_csr(batch, rng):
+    """A slice pads rows with fewer values in a column block; the padding
+    must add nothing even where x is inf or NaN (the masked kernels), as in
+    the CSR product, which only reads stored values."""
+    out, inp = 37, 70  # a partial slice (16 rows) and a partial block (32 columns)
+    w = rng.standard_normal((out, inp)).astype(np.float32)
+    w[rng.random(w.shape) < 0.8] = 0
+    # x is not finite at the first column of each block, which padding
+    # lanes point at (index 0x80: low bits 0); no row stores a value there
+    w[:, [0, 32, 64]] = 0
+    w[3, 32] = 2.0  # except for row 3, which reads x[:, 32]
+    x = rng.standard_normal((batch, inp)).astype(np.float32)
+    x[:, 0], x[:, 32], x[:, 64] = np.inf, np.nan, -np.inf
+    c = to_csr(w)
+    packed = prune.pack_sparse(c)
+    want = sparse_matmul(x, c)
+    assert np.isnan(want[:, 3]).all() and np.isfinite(np.delete(want, 3, axis=1)).all()
+    finite = np.isfinite(x)
+    for key, y in run_everywhere(lambda: sparse_matmul(x, packed)).items():
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(want), err_msg=str(key))
+        # the finite entries: as with the non-finite columns left out of x
+        keep = np.delete(np.arange(out), 3)
+        ref = np.where(finite, x, 0).astype(np.float64) @ w.astype(np.float64).T
+        np.testing.assert_allclose(y[:, keep], ref[:, keep], rtol=1e-5, atol=1e-5, err_msg=str(key))
+
+
+def test_packed_csr_layout(rng):
+    """The slices hold every stored value once, at its row's lane, in a step
+    of its column's block; the rest is padding (value 0, index 0x80)."""
+    out, inp = 35, 100
+    w = rng.standard_normal((out, inp)).astype(np.float32)
+    w[rng.random(w.shape) < 0.7] = 0
+    values, index, base, starts = prune.pack_sparse(to_csr(w)).arrays
+    assert starts[0] == 0 and np.all(np.diff(starts) % 4 == 0) and starts.size == 4
+    assert values.size == index.size == 16 * base.size == 16 * starts[-1]
+    rebuilt = np.zeros((48, inp), np.float32)  # 3 slices of 16 rows
+    for s in range(3):
+        for t in range(starts[s], starts[s + 1]):
+            for lane in range(16):
+                col = index[16 * (t & ~3) + 4 * lane + (t & 3)]
+                if col & 0x80:
+                    assert values[16 * t + lane] == 0
+                    continue
+                assert rebuilt[16 * s + lane, base[t] + col] == 0  # each value once
+                rebuilt[16 * s + lane, base[t] + col] = values[16 * t + lane]
+    np.testing.assert_array_equal(rebuilt[:out], w)
+    assert not rebuilt[out:].any()
 
 
 def test_csr_int64_indptr_and_leading_dims(rng):

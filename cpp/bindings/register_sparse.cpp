@@ -86,6 +86,38 @@ void check_indptr(const Array& pa, std::size_t out, std::size_t nnz) {
                             "] = " + std::to_string(p[r + 1]) + " < " + std::to_string(p[r]));
 }
 
+// The CSR arrays, checked: dtypes, shapes, and unless prechecked indptr
+// (0, non-decreasing, nnz) and every column in [0, in).
+struct CsrArrays {
+  Array data, indices, indptr;
+};
+CsrArrays check_csr(py::handle data, py::handle indices, py::handle indptr, std::size_t out, std::size_t in,
+                    bool prechecked, const std::string& in_from) {
+  const Array da = check_array(data, "data", {DType::f32}, Access::read);
+  if (da.ndim() != 1) throw py::value_error("data: expected a 1-D float32 array, got shape " + dims(da));
+  const std::vector<py::ssize_t> nnz_shape{static_cast<py::ssize_t>(da.size())};
+  const Array ia = check_array(indices, "indices", {DType::i32}, Access::read, &nnz_shape);
+  const std::vector<py::ssize_t> ptr_shape{static_cast<py::ssize_t>(out + 1)};
+  const Array pa = check_array(indptr, "indptr", {DType::i32, DType::i64}, Access::read, &ptr_shape);
+  if (prechecked) return {da, ia, pa};
+  const std::size_t nnz = da.size();
+  if (pa.dtype == DType::i32)
+    check_indptr<std::int32_t>(pa, out, nnz);
+  else
+    check_indptr<std::int64_t>(pa, out, nnz);
+  const std::int32_t* cols = ia.ptr<std::int32_t>();
+  std::int32_t lo = 0, hi = 0;  // min / max first: a loop the compiler vectorizes
+  for (std::size_t p = 0; p < nnz; ++p) {
+    lo = std::min(lo, cols[p]);
+    hi = std::max(hi, cols[p]);
+  }
+  for (std::size_t p = 0; (lo < 0 || static_cast<std::size_t>(hi) >= in) && p < nnz; ++p)
+    if (cols[p] < 0 || static_cast<std::size_t>(cols[p]) >= in)
+      throw py::value_error("indices: expected columns in [0, " + std::to_string(in) + ")" + in_from + ", got " +
+                            std::to_string(cols[p]) + " at " + std::to_string(p));
+  return {da, ia, pa};
+}
+
 // spmm_csr(x, data, indices, indptr, out) -> y = x @ W^T, W in CSR (out, in).
 // prechecked: indptr and the columns were checked when the weight was packed
 // into arrays nobody can write (pack_sparse: immutable buffers), for this
@@ -94,39 +126,75 @@ py::array spmm_csr_py(py::handle x, py::handle data, py::handle indices, py::han
                       bool prechecked, std::size_t checked_in) {
   const Array xa = check_x(x);
   const auto batch = static_cast<std::size_t>(xa.dim(0)), in = static_cast<std::size_t>(xa.dim(1));
-  const Array da = check_array(data, "data", {DType::f32}, Access::read);
-  if (da.ndim() != 1) throw py::value_error("data: expected a 1-D float32 array, got shape " + dims(da));
-  const std::vector<py::ssize_t> nnz_shape{static_cast<py::ssize_t>(da.size())};
-  const Array ia = check_array(indices, "indices", {DType::i32}, Access::read, &nnz_shape);
-  const std::vector<py::ssize_t> ptr_shape{static_cast<py::ssize_t>(out + 1)};
-  const Array pa = check_array(indptr, "indptr", {DType::i32, DType::i64}, Access::read, &ptr_shape);
-  const std::size_t nnz = da.size();
-  if (prechecked) {
-    if (checked_in != in)
-      throw py::value_error("x: expected " + std::to_string(checked_in) +
-                            " columns (the packed weight's in_features), got shape " + dims(xa));
-  } else if (pa.dtype == DType::i32)
-    check_indptr<std::int32_t>(pa, out, nnz);
-  else
-    check_indptr<std::int64_t>(pa, out, nnz);
-  const std::int32_t* cols = ia.ptr<std::int32_t>();
-  std::int32_t lo = 0, hi = 0;  // min / max first: a loop the compiler vectorizes
-  for (std::size_t p = 0; !prechecked && p < nnz; ++p) {
-    lo = std::min(lo, cols[p]);
-    hi = std::max(hi, cols[p]);
-  }
-  for (std::size_t p = 0; (lo < 0 || static_cast<std::size_t>(hi) >= in) && p < nnz; ++p)
-    if (cols[p] < 0 || static_cast<std::size_t>(cols[p]) >= in)
-      throw py::value_error("indices: expected columns in [0, " + std::to_string(in) + ") (x has shape " + dims(xa) +
-                            "), got " + std::to_string(cols[p]) + " at " + std::to_string(p));
+  if (prechecked && checked_in != in)
+    throw py::value_error("x: expected " + std::to_string(checked_in) +
+                          " columns (the packed weight's in_features), got shape " + dims(xa));
+  const CsrArrays csr = check_csr(data, indices, indptr, out, in, prechecked, " (x has shape " + dims(xa) + ")");
+  const float* vals = csr.data.ptr<float>();
+  const std::int32_t* cols = csr.indices.ptr<std::int32_t>();
   py::array y = new_y(batch, out);
   auto* yp = static_cast<float*>(y.mutable_data());
   {
     py::gil_scoped_release release;
-    if (pa.dtype == DType::i32)
-      spmm_csr(xa.ptr<float>(), batch, in, da.ptr<float>(), cols, pa.ptr<std::int32_t>(), out, yp);
+    if (csr.indptr.dtype == DType::i32)
+      spmm_csr(xa.ptr<float>(), batch, in, vals, cols, csr.indptr.ptr<std::int32_t>(), out, yp);
     else
-      spmm_csr(xa.ptr<float>(), batch, in, da.ptr<float>(), cols, pa.ptr<std::int64_t>(), out, yp);
+      spmm_csr(xa.ptr<float>(), batch, in, vals, cols, csr.indptr.ptr<std::int64_t>(), out, yp);
+  }
+  return y;
+}
+
+// pack_csr_slices(data, indices, indptr, out, in) -> (values, index, base,
+// starts): W's CSR regrouped for spmm_slices (layout in sparse.hpp). Checks
+// the CSR first, as spmm_csr does.
+py::tuple pack_csr_slices_py(py::handle data, py::handle indices, py::handle indptr, std::size_t out,
+                             std::size_t in) {
+  const CsrArrays csr = check_csr(data, indices, indptr, out, in, false, " (in_features)");
+  const std::size_t slices = (out + kSliceRows - 1) / kSliceRows;
+  py::array_t<std::int64_t> starts(static_cast<py::ssize_t>(slices + 1));
+  const std::int32_t* cols = csr.indices.ptr<std::int32_t>();
+  if (csr.indptr.dtype == DType::i32)
+    csr_slice_starts(cols, csr.indptr.ptr<std::int32_t>(), out, in, starts.mutable_data());
+  else
+    csr_slice_starts(cols, csr.indptr.ptr<std::int64_t>(), out, in, starts.mutable_data());
+  const auto steps = static_cast<py::ssize_t>(starts.data()[slices]);
+  py::array_t<float> values(steps * static_cast<py::ssize_t>(kSliceRows));
+  py::array_t<std::uint8_t> index(steps * static_cast<py::ssize_t>(kSliceRows));
+  py::array_t<std::int32_t> base(steps);
+  if (csr.indptr.dtype == DType::i32)
+    pack_csr_slices(csr.data.ptr<float>(), cols, csr.indptr.ptr<std::int32_t>(), out, in, starts.data(),
+                    values.mutable_data(), index.mutable_data(), base.mutable_data());
+  else
+    pack_csr_slices(csr.data.ptr<float>(), cols, csr.indptr.ptr<std::int64_t>(), out, in, starts.data(),
+                    values.mutable_data(), index.mutable_data(), base.mutable_data());
+  return py::make_tuple(values, index, base, starts);
+}
+
+// spmm_slices(x, values, index, base, starts, out, in) -> y = x @ W^T from
+// pack_csr_slices' arrays, which it trusts (pack_sparse keeps them in
+// buffers nobody can write); checks x, dtypes and that the sizes agree.
+py::array spmm_slices_py(py::handle x, py::handle values, py::handle index, py::handle base, py::handle starts,
+                         std::size_t out, std::size_t checked_in) {
+  const Array xa = check_x(x);
+  const auto batch = static_cast<std::size_t>(xa.dim(0)), in = static_cast<std::size_t>(xa.dim(1));
+  if (checked_in != in)
+    throw py::value_error("x: expected " + std::to_string(checked_in) +
+                          " columns (the packed weight's in_features), got shape " + dims(xa));
+  const std::size_t slices = (out + kSliceRows - 1) / kSliceRows;
+  const std::vector<py::ssize_t> starts_shape{static_cast<py::ssize_t>(slices + 1)};
+  const Array sa = check_array(starts, "starts", {DType::i64}, Access::read, &starts_shape);
+  const std::int64_t steps = sa.ptr<std::int64_t>()[slices];
+  const std::vector<py::ssize_t> lanes_shape{static_cast<py::ssize_t>(steps * kSliceRows)};
+  const std::vector<py::ssize_t> steps_shape{static_cast<py::ssize_t>(steps)};
+  const Array va = check_array(values, "values", {DType::f32}, Access::read, &lanes_shape);
+  const Array ia = check_array(index, "index", {DType::u8}, Access::read, &lanes_shape);
+  const Array ba = check_array(base, "base", {DType::i32}, Access::read, &steps_shape);
+  py::array y = new_y(batch, out);
+  auto* yp = static_cast<float*>(y.mutable_data());
+  {
+    py::gil_scoped_release release;
+    spmm_slices(xa.ptr<float>(), batch, in, va.ptr<float>(), ia.ptr<std::uint8_t>(), ba.ptr<std::int32_t>(),
+                sa.ptr<std::int64_t>(), out, yp);
   }
   return y;
 }
@@ -139,6 +207,12 @@ void register_sparse(py::module_& m) {
   m.def("spmm_csr", &spmm_csr_py, py::arg("x"), py::arg("data"), py::arg("indices"), py::arg("indptr"),
         py::arg("out_features"), py::arg("prechecked") = false, py::arg("checked_in") = 0,
         "y = x @ W^T for W (out, in) in CSR (float32 data, int32 indices, int32/int64 indptr); new y.");
+  m.def("pack_csr_slices", &pack_csr_slices_py, py::arg("data"), py::arg("indices"), py::arg("indptr"),
+        py::arg("out_features"), py::arg("in_features"),
+        "W's CSR regrouped for spmm_slices: (values float32, index uint8, base int32, starts int64).");
+  m.def("spmm_slices", &spmm_slices_py, py::arg("x"), py::arg("values"), py::arg("index"), py::arg("base"),
+        py::arg("starts"), py::arg("out_features"), py::arg("in_features"),
+        "y = x @ W^T from pack_csr_slices' arrays (trusted: keep them unwritable); new y.");
 }
 
 }  // namespace slimgrad::bind

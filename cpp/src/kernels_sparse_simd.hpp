@@ -10,6 +10,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -54,6 +55,28 @@ void spmm_csr_portable(const float* x, std::size_t batch, std::size_t in, const 
       for (std::size_t p = p0; p < p1; ++p) acc += data[p] * xb[cols[p]];
       y[b * out + r] = acc;
     }
+  }
+}
+
+// The CSR slices' reference (see sparse.hpp for the layout and the order):
+// lane by lane, std::fma so that it has the SIMD kernels' bits.
+void spmm_slices_portable(const float* xp, std::size_t batch, std::size_t in32, const float* values,
+                          const std::uint8_t* index, const std::int32_t* base, const std::int64_t* starts,
+                          std::size_t out, std::size_t s0, std::size_t s1, float* y) {
+  for (std::size_t s = s0; s < s1; ++s) {
+    const auto t0 = static_cast<std::size_t>(starts[s]), t1 = static_cast<std::size_t>(starts[s + 1]);
+    const std::size_t r0 = s * kSliceRows, rows = std::min(kSliceRows, out - r0);
+    for (std::size_t lane = 0; lane < rows; ++lane)
+      for (std::size_t b = 0; b < batch; ++b) {
+        const float* xb = xp + b * in32;
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (std::size_t t = t0; t < t1; ++t) {
+          const std::uint8_t c = index[kSliceRows * (t & ~std::size_t{3}) + 4 * lane + (t & 3)];
+          if (c & kSlicePad) continue;
+          acc[(t - t0) & 3] = std::fma(values[kSliceRows * t + lane], xb[base[t] + c], acc[(t - t0) & 3]);
+        }
+        y[b * out + r0 + lane] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+      }
   }
 }
 
@@ -104,6 +127,37 @@ void gemm24_rows(const float* x, const float* xt, std::size_t batch, std::size_t
   gemm24_portable(x, batch, in, values, positions, out, r0, r1, y);
 }
 
+template <Isa I>
+void spmm_slices_rows(const float* xp, std::size_t batch, std::size_t in32, bool masked, const float* values,
+                      const std::uint8_t* index, const std::int32_t* base, const std::int64_t* starts,
+                      std::size_t out, std::size_t s0, std::size_t s1, float* y) {
+#if defined(__AVX512F__)
+  if constexpr (I == Isa::avx512) {
+    auto run = [&](auto mask) {
+      for (std::size_t s = s0; s < s1; ++s)
+        for (std::size_t b0 = 0; b0 < batch; b0 += kSliceBatch)
+          with_count(std::min(kSliceBatch, batch - b0), [&](auto nb) {
+            constexpr std::size_t NB = decltype(nb)::value;
+            if constexpr (NB <= kSliceBatch)
+              slice_avx512<std::decay_t<decltype(mask)>::value, NB>(xp + b0 * in32, in32, values, index, base, starts, s,
+                                                      y + b0 * out, out);
+          });
+    };
+    return masked ? run(std::true_type{}) : run(std::false_type{});
+  }
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+  if constexpr (I == Isa::avx2) {
+    for (std::size_t s = s0; s < s1; ++s)
+      for (std::size_t b = 0; b < batch; ++b)
+        slice_avx2(xp + b * in32, values, index, base, starts, s, y + b * out, out);
+    return;
+  }
+#endif
+  (void)masked;
+  spmm_slices_portable(xp, batch, in32, values, index, base, starts, out, s0, s1, y);
+}
+
 template <Isa I, class P>
 void spmm_csr_rows(const float* x, std::size_t batch, std::size_t in, const float* data, const std::int32_t* cols,
                    const P* indptr, std::size_t out, std::size_t r0, std::size_t r1, float* y) {
@@ -134,6 +188,9 @@ namespace slimgrad::kernels {
 template std::size_t gemm24_panel_width<SLIMGRAD_UNIT_ISA>();
 template void gemm24_rows<SLIMGRAD_UNIT_ISA>(const float*, const float*, std::size_t, std::size_t, const float*,
                                              const std::uint8_t*, std::size_t, std::size_t, std::size_t, float*);
+template void spmm_slices_rows<SLIMGRAD_UNIT_ISA>(const float*, std::size_t, std::size_t, bool, const float*,
+                                                  const std::uint8_t*, const std::int32_t*, const std::int64_t*,
+                                                  std::size_t, std::size_t, std::size_t, float*);
 template void spmm_csr_rows<SLIMGRAD_UNIT_ISA, std::int32_t>(const float*, std::size_t, std::size_t, const float*,
                                                              const std::int32_t*, const std::int32_t*, std::size_t,
                                                              std::size_t, std::size_t, float*);

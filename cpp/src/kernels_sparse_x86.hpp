@@ -46,6 +46,8 @@ namespace slimgrad::kernels {
 namespace {
 
 constexpr std::size_t kTileBatch = 8;
+// Batch rows per pass of the CSR-slices kernel (AVX-512): 4 x 4 accumulators.
+constexpr std::size_t kSliceBatch = 4;
 
 // Calls fn(std::integral_constant<size_t, n>) for 1 <= n <= 8 (n clamped).
 template <class Fn>
@@ -398,6 +400,34 @@ void tile_csr(const float* x, std::size_t in, const float* data, const std::int3
   }
   store_tile<R, NB>(acc, y, out, r);
 }
+
+// ------------------------------------------------------------ CSR slices
+// One slice (16 rows) x one batch row, as two halves of 8 lanes: x read by
+// vpgatherdps at the step's block (AVX2 has no 32-entry permute), padding
+// lanes masked off; the same per-lane order as the AVX-512 kernel.
+inline void slice_avx2(const float* xp, const float* values, const std::uint8_t* index, const std::int32_t* base,
+                       const std::int64_t* starts, std::size_t s, float* y, std::size_t out) {
+  const auto t0 = static_cast<std::size_t>(starts[s]), t1 = static_cast<std::size_t>(starts[s + 1]);
+  const std::size_t r0 = s * kSliceRows, rows = std::min(kSliceRows, out - r0);
+  const __m256i low5 = _mm256_set1_epi32(kSliceCols - 1), pad = _mm256_set1_epi32(kSlicePad);
+  for (std::size_t h = 0; h < kSliceRows / 8 && 8 * h < rows; ++h) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (std::size_t t = t0; t < t1; t += 4) {
+      const __m256i words =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(index + kSliceRows * t + 32 * h));
+      for (int k = 0; k < 4; ++k) {
+        const __m256i c = _mm256_srli_epi32(words, 8 * k);
+        const __m256i keep = _mm256_cmpeq_epi32(_mm256_and_si256(c, pad), _mm256_setzero_si256());
+        const __m256 xv = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), xp + base[t + k], _mm256_and_si256(c, low5),
+                                                   _mm256_castsi256_ps(keep), 4);
+        acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(values + kSliceRows * (t + k) + 8 * h), xv, acc[k]);
+      }
+    }
+    const __m256 sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    const std::size_t n = std::min<std::size_t>(8, rows - 8 * h);
+    _mm256_maskstore_ps(y + r0 + 8 * h, mask8(n), sum);
+  }
+}
 #endif  // AVX2 + FMA
 
 #if defined(__AVX512F__)
@@ -452,6 +482,49 @@ void tile24_avx512(const float* x, std::size_t in, const float* values, const st
       return _mm512_set1_epi32(static_cast<int>(position_word(positions, nbytes, v >> 2) >> (2 * (v & 3))));
     });
   store_tile<R, NB>(acc, y, out, r);
+}
+
+// One slice (16 rows, a lane each) x NB batch rows. Per step: one values
+// load and, per batch row, the step's 32-column block of x as two aligned
+// loads and one vpermt2ps by the step's column byte (the low 5 bits of the
+// lane's word, shifted by 8 per step). Four accumulators per batch row, by
+// step % 4, so consecutive FMAs never wait on each other. Masked: padding
+// lanes take 0 instead of x (needed only when x holds inf or NaN).
+template <bool Masked, std::size_t NB>
+void slice_avx512(const float* xp, std::size_t in32, const float* values, const std::uint8_t* index,
+                  const std::int32_t* base, const std::int64_t* starts, std::size_t s, float* y, std::size_t out) {
+  const auto t0 = static_cast<std::size_t>(starts[s]), t1 = static_cast<std::size_t>(starts[s + 1]);
+  __m512 acc[NB][4];
+  for (auto& a : acc)
+    for (auto& v : a) v = _mm512_setzero_ps();
+  const __m512i pad = _mm512_set1_epi32(kSlicePad);
+  for (std::size_t t = t0; t < t1; t += 4) {
+    const __m512i words = _mm512_loadu_si512(index + kSliceRows * t);
+    auto step = [&](auto kk) SLIMGRAD_LAMBDA_INLINE {
+      constexpr int k = decltype(kk)::value;
+      const __m512i c = k == 0 ? words : _mm512_srli_epi32(words, 8 * k);
+      const __m512 w = _mm512_loadu_ps(values + kSliceRows * (t + k));
+      const float* xb = xp + base[t + k];
+      for (std::size_t j = 0; j < NB; ++j) {
+        const __m512 lo = _mm512_load_ps(xb + j * in32), hi = _mm512_load_ps(xb + j * in32 + 16);
+        __m512 xv;
+        if constexpr (Masked)
+          xv = _mm512_maskz_permutex2var_ps(_mm512_testn_epi32_mask(c, pad), lo, c, hi);
+        else
+          xv = _mm512_permutex2var_ps(lo, c, hi);
+        acc[j][k] = _mm512_fmadd_ps(w, xv, acc[j][k]);
+      }
+    };
+    step(std::integral_constant<int, 0>{});
+    step(std::integral_constant<int, 1>{});
+    step(std::integral_constant<int, 2>{});
+    step(std::integral_constant<int, 3>{});
+  }
+  const std::size_t r0 = s * kSliceRows;
+  const __mmask16 m = mask16(out - r0);
+  for (std::size_t j = 0; j < NB; ++j)
+    _mm512_mask_storeu_ps(y + j * out + r0, m,
+                          _mm512_add_ps(_mm512_add_ps(acc[j][0], acc[j][1]), _mm512_add_ps(acc[j][2], acc[j][3])));
 }
 
 #endif  // AVX-512

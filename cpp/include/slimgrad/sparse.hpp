@@ -5,6 +5,8 @@
 //    (v = row * in / 2 + k, byte v / 4, bits 2 * (v % 4)). Value k of a row
 //    multiplies x column 4 * (k / 2) + position.
 //  - CSR (slimgrad.prune.to_csr): data / int32 column indices / indptr.
+//  - CSR slices (slimgrad.prune.pack_sparse of a CSR): the same values
+//    regrouped so that 16 rows advance together, one SIMD lane per row (below).
 // x is float32 (batch, in), C order; y float32 (batch, out), C order, fully
 // written. Rows of W are independent: the threaded entry points split them
 // into fixed chunks, and each y entry is summed in an order that depends
@@ -29,6 +31,12 @@ std::size_t gemm24_panel_width();
 template <Isa I>
 void gemm24_rows(const float* x, const float* xt, std::size_t batch, std::size_t in, const float* values,
                  const std::uint8_t* positions, std::size_t out, std::size_t r0, std::size_t r1, float* y);
+// Slices [s0, s1) of spmm_slices: xp is x padded (see spmm_slices), masked
+// when x holds a non-finite value (padding lanes must then add nothing).
+template <Isa I>
+void spmm_slices_rows(const float* xp, std::size_t batch, std::size_t in32, bool masked, const float* values,
+                      const std::uint8_t* index, const std::int32_t* base, const std::int64_t* starts,
+                      std::size_t out, std::size_t s0, std::size_t s1, float* y);
 template <Isa I, class P>
 void spmm_csr_rows(const float* x, std::size_t batch, std::size_t in, const float* data,
                    const std::int32_t* cols, const P* indptr, std::size_t out, std::size_t r0, std::size_t r1,
@@ -69,5 +77,38 @@ void gemm24(const float* x, std::size_t batch, std::size_t in, const float* valu
 template <class P>
 void spmm_csr(const float* x, std::size_t batch, std::size_t in, const float* data, const std::int32_t* cols,
               const P* indptr, std::size_t out, float* y);
+
+// CSR slices: W's rows in slices of kSliceRows (one SIMD lane per row) and
+// its columns in blocks of kSliceCols. A slice is a run of steps, a multiple
+// of 4; a step belongs to one column block (which starts at column base[t])
+// and holds at most one stored value per lane: values[16 t + lane], its
+// column within the block in the index byte, kSlicePad where that lane has
+// nothing (value 0). The index bytes of steps 4q..4q+3 interleave per lane,
+// index[64 q + 4 lane + t % 4]: one 64-byte load gives every lane a 32-bit
+// word whose low 5 bits are step 4q's column, and shifting it by 8 the next
+// step's. A lane's values keep its CSR row's order within each block, blocks
+// in order. Each y entry is summed as acc[t % 4] = fma(value, x, acc[t % 4])
+// over the slice's steps t, then (acc0 + acc1) + (acc2 + acc3): every ISA and
+// thread count gives the same bits. Why: at batch 1 a CSR row of ~40 values
+// paid its own gathers, tail mask and horizontal sum; here a 32-column block
+// of x sits in two registers and one vpermt2ps feeds 16 rows (3x faster than
+// the gathers on MiniLM's 90 %-sparse shapes, docs/sparse.md).
+inline constexpr std::size_t kSliceRows = 16, kSliceCols = 32;
+inline constexpr std::uint8_t kSlicePad = 0x80;
+
+// starts (out / kSliceRows rounded up, + 1 entries): the first step of each
+// slice, then the total. The caller has checked the CSR (as for spmm_csr).
+template <class P>
+void csr_slice_starts(const std::int32_t* cols, const P* indptr, std::size_t out, std::size_t in,
+                      std::int64_t* starts);
+// Fills values (16 per step), index (16 bytes per step) and base (1 per step)
+// for the steps csr_slice_starts counted.
+template <class P>
+void pack_csr_slices(const float* data, const std::int32_t* cols, const P* indptr, std::size_t out, std::size_t in,
+                     const std::int64_t* starts, float* values, std::uint8_t* index, std::int32_t* base);
+// y (batch, out) = x (batch, in) @ W^T from W's slices, which the kernels
+// trust (made by pack_csr_slices and kept unwritable by the caller).
+void spmm_slices(const float* x, std::size_t batch, std::size_t in, const float* values, const std::uint8_t* index,
+                 const std::int32_t* base, const std::int64_t* starts, std::size_t out, float* y);
 
 }  // namespace slimgrad

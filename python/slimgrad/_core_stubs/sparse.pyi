@@ -2,12 +2,20 @@
 from __future__ import annotations
 import numpy
 import typing
-__all__: list[str] = ['gemm24', 'spmm_csr']
+__all__: list[str] = ['gemm24', 'pack_csr_slices', 'spmm_csr', 'spmm_slices']
 def gemm24(x: typing.Any, values: typing.Any, positions: typing.Any, prechecked: bool = False) -> numpy.ndarray:
     """
     y = x @ W^T for W (out, in) 2:4-compressed as (values, positions); float32, new y (batch, out).
     """
+def pack_csr_slices(data: typing.Any, indices: typing.Any, indptr: typing.Any, out_features: typing.SupportsInt | typing.SupportsIndex, in_features: typing.SupportsInt | typing.SupportsIndex) -> tuple:
+    """
+    W's CSR regrouped for spmm_slices: (values float32, index uint8, base int32, starts int64).
+    """
 def spmm_csr(x: typing.Any, data: typing.Any, indices: typing.Any, indptr: typing.Any, out_features: typing.SupportsInt | typing.SupportsIndex, prechecked: bool = False, checked_in: typing.SupportsInt | typing.SupportsIndex = 0) -> numpy.ndarray:
     """
     y = x @ W^T for W (out, in) in CSR (float32 data, int32 indices, int32/int64 indptr); new y.
+    """
+def spmm_slices(x: typing.Any, values: typing.Any, index: typing.Any, base: typing.Any, starts: typing.Any, out_features: typing.SupportsInt | typing.SupportsIndex, in_features: typing.SupportsInt | typing.SupportsIndex) -> numpy.ndarray:
+    """
+    y = x @ W^T from pack_csr_slices' arrays (trusted: keep them unwritable); new y.
     """
