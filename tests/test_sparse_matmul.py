@@ -106,17 +106,50 @@ def test_csr_matches_float64_and_scipy(shape, density, rng):
     for y in results.values():
         _check(y, x, w)
     _same_per_isa(results)
-    # Packed: CSR slices, summed in one order on every ISA and thread count.
     packed = prune.pack_sparse(c)
-    sliced = run_everywhere(lambda: sparse_matmul(x, packed))
-    first = next(iter(sliced.values()))
-    for key, y in sliced.items():
-        _check(y, x, w)
-        np.testing.assert_array_equal(y, first, err_msg=str(key))
+    packed_results = run_everywhere(lambda: sparse_matmul(x, packed))
+    if packed.layout == "csr":  # the same kernels, the same bits
+        for key, y in packed_results.items():
+            np.testing.assert_array_equal(y, results[key])
+    _slices_agree_everywhere(x, c, w)
     scipy = pytest.importorskip("scipy")
     del scipy
     ref = (c.to_scipy().astype(np.float64) @ x.astype(np.float64).T).T
     np.testing.assert_allclose(results[next(iter(results))], ref, rtol=1e-4, atol=1e-4)
+
+
+def _slices(c):
+    return slimgrad._core.sparse.pack_csr_slices(*c, *c.shape)
+
+
+def _slices_agree_everywhere(x, c, w):
+    """CSR slices (pack_sparse's CSR layout under AVX-512), on every ISA and
+    thread count: within float32 rounding of float64, and one order, so the
+    same bits everywhere (the portable std::fma loop is the reference)."""
+    arrays = _slices(c)
+    results = run_everywhere(lambda: slimgrad._core.sparse.spmm_slices(x, *arrays, *c.shape))
+    first = next(iter(results.values()))
+    for key, y in results.items():
+        _check(y, x, w)
+        np.testing.assert_array_equal(y, first, err_msg=str(key))
+    return first
+
+
+def test_pack_sparse_takes_csr_slices_under_avx512(rng):
+    w = rng.standard_normal((40, 70)).astype(np.float32)
+    w[rng.random(w.shape) < 0.9] = 0
+    c = to_csr(w)
+    x = rng.standard_normal((3, 70)).astype(np.float32)
+    for isa in ISAS:
+        with slimgrad.use_isa(isa):
+            packed = prune.pack_sparse(c)
+        wide = isa.startswith(("avx512", "amx"))
+        assert packed.layout == ("csr slices" if wide else "csr") and packed.format == "csr"
+        assert packed.layout in repr(packed)
+        assert packed.nbytes == sum(a.nbytes for a in packed.arrays)
+        for a in packed.arrays:
+            assert not a.flags.writeable
+        _check(sparse_matmul(x, packed), x, w)
 
 
 @pytest.mark.parametrize("batch", [1, 3, 4, 6])
@@ -134,11 +167,12 @@ def test_packed_csr_with_inf_and_nan_in_x_matches_csr(batch, rng):
     x = rng.standard_normal((batch, inp)).astype(np.float32)
     x[:, 0], x[:, 32], x[:, 64] = np.inf, np.nan, -np.inf
     c = to_csr(w)
-    packed = prune.pack_sparse(c)
+    arrays = _slices(c)
     want = sparse_matmul(x, c)
     assert np.isnan(want[:, 3]).all() and np.isfinite(np.delete(want, 3, axis=1)).all()
     finite = np.isfinite(x)
-    for key, y in run_everywhere(lambda: sparse_matmul(x, packed)).items():
+    product = lambda: slimgrad._core.sparse.spmm_slices(x, *arrays, out, inp)  # noqa: E731
+    for key, y in run_everywhere(product).items():
         np.testing.assert_array_equal(np.isnan(y), np.isnan(want), err_msg=str(key))
         # the finite entries: as with the non-finite columns left out of x
         keep = np.delete(np.arange(out), 3)
@@ -152,7 +186,7 @@ def test_packed_csr_layout(rng):
     out, inp = 35, 100
     w = rng.standard_normal((out, inp)).astype(np.float32)
     w[rng.random(w.shape) < 0.7] = 0
-    values, index, base, starts = prune.pack_sparse(to_csr(w)).arrays
+    values, index, base, starts = _slices(to_csr(w))
     assert starts[0] == 0 and np.all(np.diff(starts) % 4 == 0) and starts.size == 4
     assert values.size == index.size == 16 * base.size == 16 * starts[-1]
     rebuilt = np.zeros((48, inp), np.float32)  # 3 slices of 16 rows

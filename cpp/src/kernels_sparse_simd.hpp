@@ -5,6 +5,8 @@
 //    row are decoded once into a small buffer and reused for every batch row.
 //  - AVX2 and AVX-512: hand-written kernels in kernels_sparse_x86.hpp (small
 //    batches: permute/gather tiles; larger 2:4 batches: packed x panels).
+//  - CSR slices (sparse.hpp): AVX-512 only (kernels_sparse_x86.hpp); the
+//    portable loop, with std::fma in the slices' order, is their reference.
 //  - Rounding: the portable path sums each y entry in k order (no FMA in
 //    the scalar unit); see kernels_sparse_x86.hpp for the SIMD orders.
 #pragma once
@@ -146,14 +148,10 @@ void spmm_slices_rows(const float* xp, std::size_t batch, std::size_t in32, bool
     return masked ? run(std::true_type{}) : run(std::false_type{});
   }
 #endif
-#if defined(__AVX2__) && defined(__FMA__)
-  if constexpr (I == Isa::avx2) {
-    for (std::size_t s = s0; s < s1; ++s)
-      for (std::size_t b = 0; b < batch; ++b)
-        slice_avx2(xp + b * in32, values, index, base, starts, s, y + b * out, out);
-    return;
-  }
-#endif
+  // AVX2 has no 32-entry permute: picking from 4 registers (4 vpermps, 3
+  // blends) or gathering from the block ran 1.4-2x slower than the CSR
+  // kernel, so pack_sparse keeps CSR below AVX-512 and this plain loop
+  // (hardware FMA in the AVX2 unit) only serves ISA switches and tests.
   (void)masked;
   spmm_slices_portable(xp, batch, in32, values, index, base, starts, out, s0, s1, y);
 }

@@ -22,6 +22,8 @@
 //    wait in a buffer and reach y through 8 x 8 register transposes.
 //  - CSR: vgatherdps of x at 16 / 8 column indices, up to 8 batch rows per
 //    decoded chunk; at batch 1, 4 rows share one horizontal sum.
+//  - CSR slices (AVX-512): a lane per W row; per step a 32-column block of
+//    x in two registers and one vpermt2ps by the lanes' column bytes.
 //  - Tails: masked loads (zero lanes add 0 * 0), never reading past a buffer.
 //  - Rounding: float32 FMA. Small-batch paths keep lane partial sums reduced
 //    in a fixed tree; the panel path sums every y entry in k order, one FMA
@@ -401,33 +403,6 @@ void tile_csr(const float* x, std::size_t in, const float* data, const std::int3
   store_tile<R, NB>(acc, y, out, r);
 }
 
-// ------------------------------------------------------------ CSR slices
-// One slice (16 rows) x one batch row, as two halves of 8 lanes: x read by
-// vpgatherdps at the step's block (AVX2 has no 32-entry permute), padding
-// lanes masked off; the same per-lane order as the AVX-512 kernel.
-inline void slice_avx2(const float* xp, const float* values, const std::uint8_t* index, const std::int32_t* base,
-                       const std::int64_t* starts, std::size_t s, float* y, std::size_t out) {
-  const auto t0 = static_cast<std::size_t>(starts[s]), t1 = static_cast<std::size_t>(starts[s + 1]);
-  const std::size_t r0 = s * kSliceRows, rows = std::min(kSliceRows, out - r0);
-  const __m256i low5 = _mm256_set1_epi32(kSliceCols - 1), pad = _mm256_set1_epi32(kSlicePad);
-  for (std::size_t h = 0; h < kSliceRows / 8 && 8 * h < rows; ++h) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (std::size_t t = t0; t < t1; t += 4) {
-      const __m256i words =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(index + kSliceRows * t + 32 * h));
-      for (int k = 0; k < 4; ++k) {
-        const __m256i c = _mm256_srli_epi32(words, 8 * k);
-        const __m256i keep = _mm256_cmpeq_epi32(_mm256_and_si256(c, pad), _mm256_setzero_si256());
-        const __m256 xv = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), xp + base[t + k], _mm256_and_si256(c, low5),
-                                                   _mm256_castsi256_ps(keep), 4);
-        acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(values + kSliceRows * (t + k) + 8 * h), xv, acc[k]);
-      }
-    }
-    const __m256 sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    const std::size_t n = std::min<std::size_t>(8, rows - 8 * h);
-    _mm256_maskstore_ps(y + r0 + 8 * h, mask8(n), sum);
-  }
-}
 #endif  // AVX2 + FMA
 
 #if defined(__AVX512F__)
