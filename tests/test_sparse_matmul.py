@@ -292,8 +292,10 @@ def test_prefer_sparse_rules(isa):
     big = CSR(*to_csr(np.eye(4096, dtype=np.float32)), (4096, 4096))
     c24 = compress_24(np.ones((8, 8), np.float32))
     simd = isa in ("avx2", "avx512")
+    packed = prune.pack_sparse(small)
+    raw_csr = [small] if packed.layout == "csr slices" else [small, packed]
     for threads in (1, 2, 4):  # CSR's rules do not depend on the thread count
-        for weight in (small, prune.pack_sparse(small)):
+        for weight in raw_csr:
             assert prune.prefer_sparse(weight, 8, threads) is simd
             assert prune.prefer_sparse(weight, 1, threads) is False  # too small for batch 1
             assert prune.prefer_sparse(weight, 64, threads) is False
@@ -309,6 +311,33 @@ def test_prefer_sparse_rules(isa):
         assert prune.prefer_sparse(weight, 0, 1) is False
     with pytest.raises(TypeError, match="weight"):
         prune.prefer_sparse(w, 1)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_prefer_sparse_rules_for_csr_slices(isa, threads, rng):
+    """CSR slices, by density: <= 10 % batch 1-512, <= 20 % 1-64, <= 50 % 2-8,
+    on AVX-512 levels only (their kernel); the packed layout depends on the
+    level active when packing, the rule on the level active now."""
+    if not any(i.startswith(("avx512", "amx")) for i in ISAS):
+        pytest.skip("CSR slices are packed under an AVX-512 level only; this CPU has none")
+    wide_isa = next(i for i in ISAS if i.startswith(("avx512", "amx")))
+    expect = {  # density: batches that prefer it
+        0.05: {1, 2, 8, 9, 64, 65, 512},
+        0.1: {1, 2, 8, 9, 64, 65, 512},
+        0.2: {1, 2, 8, 9, 64},
+        0.4: {2, 8},
+        0.5: {2, 8},
+        0.6: set(),
+    }
+    for density, batches in expect.items():
+        w = np.zeros((40, 100), np.float32)
+        w.reshape(-1)[: round(density * w.size)] = 1
+        with slimgrad.use_isa(wide_isa):
+            packed = prune.pack_sparse(to_csr(w))
+        assert packed.layout == "csr slices" and packed.density == pytest.approx(density)
+        for batch in (0, 1, 2, 8, 9, 64, 65, 512, 513):
+            wanted = batch in batches and isa.startswith(("avx512", "amx"))
+            assert prune.prefer_sparse(packed, batch, threads) is wanted, (density, batch)
 
 
 @pytest.mark.parametrize("threads", [2, 3])

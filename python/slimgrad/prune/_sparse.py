@@ -247,6 +247,12 @@ _CSR_MAX_DENSITY = 0.1
 _MAX_WEIGHTS_24_BATCH1_MT = 1 << 18
 _LARGE_WEIGHTS_MT = 4_000_000
 _MAX_BATCH_24_MT = 64
+# CSR slices (pack_sparse under AVX-512), Intel Xeon (Emerald Rapids), 1 and 2
+# threads, on the four shapes at densities 0.1-0.5 (docs/sparse.md, "CSR
+# slices"): density <= 0.1 beat NumPy float32 at every batch 1-512 (1.1-9x),
+# <= 0.2 up to batch 64 (1.03-5.4x; 0.77-1.08x at 512), <= 0.5 at batch 8
+# (1.3-2.6x; 0.5-1.5x at batch 1, 0.6-1.2x at 64).
+_SLICES_RULES = ((0.1, 1, 512), (0.2, 1, 64), (0.5, 2, 8))  # (density <=, batch from, to)
 
 
 def _prefer_24_threaded(isa: str, batch: int, weights: int) -> bool:
@@ -270,7 +276,9 @@ def prefer_sparse(
     On two or more, 2:4: batch 1 for weights of at most 2^18 or at least
     4M entries, batch 2-64 always (AVX2 too), 65-512 (AVX-512) from 4M
     entries. CSR at density <= 10 % (any thread count): ``2 <= batch <=
-    16``, and batch 1 for weights of at least 4M entries. Never on the
+    16``, and batch 1 for weights of at least 4M entries. CSR packed into
+    slices (``pack_sparse`` under AVX-512; any thread count): density <=
+    10 % at batch 1-512, <= 20 % at 1-64, <= 50 % at 2-8. Never on the
     scalar ISA.
 
     Parameters
@@ -288,7 +296,7 @@ def prefer_sparse(
         ``weight`` is none of these.
     """
     if isinstance(weight, SparseWeight):
-        fmt, density = weight.format, weight.density
+        fmt, density = weight.layout, weight.density
     elif isinstance(weight, Compressed24):
         fmt, density = "2:4", 0.5
     elif isinstance(weight, CSR):
@@ -308,6 +316,10 @@ def prefer_sparse(
         if threads >= 2:
             return _prefer_24_threaded(isa, batch, weights)
         return batch <= _MAX_BATCH_24[isa]
+    if fmt == "csr slices":
+        return isa == "avx512" and any(
+            density <= most and lo <= batch <= hi for most, lo, hi in _SLICES_RULES
+        )
     if density > _CSR_MAX_DENSITY or batch > _MAX_BATCH_CSR:
         return False
     return batch > 1 or weights >= _MIN_WEIGHTS_CSR_BATCH1
