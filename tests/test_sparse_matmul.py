@@ -150,6 +150,10 @@ def test_pack_sparse_takes_csr_slices_under_avx512(rng):
         for a in packed.arrays:
             assert not a.flags.writeable
         _check(sparse_matmul(x, packed), x, w)
+        for out, inp in ((3, 0), (0, 5), (17, 0)):  # nothing to multiply: zeros, empty
+            empty = prune.pack_sparse(to_csr(np.zeros((out, inp), np.float32)))
+            y = sparse_matmul(np.ones((2, inp), np.float32), empty)
+            np.testing.assert_array_equal(y, np.zeros((2, out), np.float32))
 
 
 @pytest.mark.parametrize("batch", [1, 3, 4, 6])

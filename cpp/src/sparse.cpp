@@ -218,7 +218,7 @@ void spmm_slices(const float* x, std::size_t batch, std::size_t in, const float*
   // inf or NaN, and only then do the kernels mask them.
   const std::size_t in32 = (in + kSliceCols - 1) / kSliceCols * kSliceCols;
   std::unique_ptr<float[], void (*)(void*)> xp(nullptr, std::free);
-  xp.reset(static_cast<float*>(std::aligned_alloc(64, std::max<std::size_t>(1, batch * in32) * sizeof(float))));
+  xp.reset(static_cast<float*>(std::aligned_alloc(64, std::max<std::size_t>(16, batch * in32) * sizeof(float))));
   if (!xp) throw std::bad_alloc();
   std::uint32_t nonfinite = 0;  // integer ORs: a loop the compiler vectorizes
   for (std::size_t b = 0; b < batch; ++b) {

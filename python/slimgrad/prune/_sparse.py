@@ -153,7 +153,8 @@ def _as_x(x: object, in_features: int) -> np.ndarray:
         raise TypeError(f"x: expected a float32 ndarray, got {_describe(x)}")
     if x.ndim < 1 or x.shape[-1] != in_features:
         raise ValueError(f"x: expected shape (..., {in_features}), got {x.shape}")
-    return np.ascontiguousarray(x.reshape(-1, in_features))
+    rows = int(np.prod(x.shape[:-1]))  # not -1: with in_features 0 it is ambiguous
+    return np.ascontiguousarray(x.reshape(rows, in_features))
 
 
 def sparse_matmul(x: np.ndarray, weight: Compressed24 | CSR | SparseWeight) -> np.ndarray:
