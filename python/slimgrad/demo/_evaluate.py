@@ -128,26 +128,33 @@ SCALE_BATCHES = (1, 8, 64)
 def scale_rows(repeats: int, seed: int = 0) -> list[dict[str, Any]]:
     """Inference time of an MLP of MiniLM's FFN shape (384-1536-384, random
     weights pruned 2:4) dense, int8 (W8A8), int4 groups of 32 (W4A8) and 2:4
-    sparse, at batches 1, 8 and 64: the kernels at a size where a call's
-    fixed cost no longer dominates, unlike the demo's 64-16-10 student.
-    Timings are interleaved medians; ``speedup`` is dense time / this time."""
+    sparse, and of the same MLP pruned to 90 % (unstructured) in CSR, at
+    batches 1, 8 and 64: the kernels at a size where a call's fixed cost no
+    longer dominates, unlike the demo's 64-16-10 student. Timings are
+    interleaved medians; ``speedup`` is dense time / this time (a dense
+    product's time does not depend on how many weights are zero)."""
     from .. import nn, prune, quant
 
-    def build() -> Any:
+    def build(sparsity: float | None = None) -> Any:
         a, h, b = SCALE_SIZES
         first, second = nn.Linear(a, h, seed=seed), nn.Linear(h, b, seed=seed + 1)
         for layer in (first, second):
-            layer.weight *= prune.nm_mask(layer.weight, 2, 4)  # the same weights in every variant
+            if sparsity is None:  # the same weights in every variant but the CSR one
+                layer.weight *= prune.nm_mask(layer.weight, 2, 4)
+            else:
+                layer.weight *= prune.magnitude_mask(layer.weight, sparsity)
         return nn.Sequential(first, nn.ReLU(), second).eval()
 
     variants = {
         name: build() for name in ("float32", "int8 (W8A8)", "int4 g32 (W4A8)", "2:4 sparse")
     }
+    variants["CSR 90 %"] = build(sparsity=0.9)
     quant.quantize_dynamic(variants["int8 (W8A8)"], "int8")
     quant.quantize_dynamic(variants["int4 g32 (W4A8)"], "int4", group_size=32)
-    for m in variants["2:4 sparse"].modules():
-        if hasattr(m, "set_product"):
-            prune.sparse_linear(m, "2:4")
+    for fmt, name in (("2:4", "2:4 sparse"), ("csr", "CSR 90 %")):
+        for m in variants[name].modules():
+            if hasattr(m, "set_product"):
+                prune.sparse_linear(m, fmt)
     rng = np.random.default_rng(seed)
     rows = []
     for batch in SCALE_BATCHES:
