@@ -317,6 +317,24 @@ def test_prefer_sparse_rules(isa):
         prune.prefer_sparse(w, 1)
 
 
+def test_prefer_sparse_on_every_level(isa_all):
+    """Levels above avx512 (avx512_vnni, avx512_bf16, amx) run the avx512
+    sparse kernels, so the rules are avx512's there: the amx level once fell
+    through to "dense always" and the demo's 2:4 and CSR layers ran dense."""
+    c24 = compress_24(np.ones((8, 8), np.float32))
+    w = np.zeros((64, 64), np.float32)
+    w[:, ::16] = 1
+    csr = to_csr(w)
+    wide = isa_all.startswith(("avx512", "amx"))
+    for weight in (c24, prune.pack_sparse(c24)):
+        assert prune.prefer_sparse(weight, 512, 1) is wide
+        assert prune.prefer_sparse(weight, 8, 1) is (isa_all != "scalar")
+    packed = prune.pack_sparse(csr)
+    assert packed.layout == ("csr slices" if wide else "csr")
+    assert prune.prefer_sparse(packed, 8, 1) is (isa_all != "scalar")
+    assert prune.prefer_sparse(packed, 64, 1) is wide
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_prefer_sparse_rules_for_csr_slices(isa, threads, rng):
     """CSR slices, by density: <= 10 % batch 1-512, <= 20 % 1-64, <= 50 % 2-8,

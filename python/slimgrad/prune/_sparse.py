@@ -27,6 +27,13 @@ _F32 = np.dtype(np.float32)
 _ALIGN = 64
 
 
+def _kernel_isa() -> str:
+    """The sparse kernels' unit for the active level: every level above avx512
+    (avx512_vnni, avx512_bf16, amx) runs the avx512 kernels."""
+    isa = str(_core.active_isa())
+    return "avx512" if isa.startswith(("avx512", "amx")) else isa
+
+
 def _frozen(a: np.ndarray) -> np.ndarray:
     """A C-order copy of ``a`` over an immutable buffer: nobody can write it
     (``setflags(write=True)`` raises), so a check made once stays true.
@@ -82,7 +89,7 @@ class SparseWeight:
             self.density = 0.5
         elif isinstance(weight, CSR):
             self.format = "csr"
-            if _core.active_isa().startswith(("avx512", "amx")):
+            if _kernel_isa() == "avx512":
                 # Checked, then regrouped into 16-row slices (slimgrad/sparse.hpp),
                 # whose AVX-512 kernel beats the CSR one at every batch size.
                 sparse_matmul(np.empty((0, weight.shape[1]), np.float32), weight)
@@ -306,8 +313,7 @@ def prefer_sparse(
         raise TypeError(
             f"weight: expected a Compressed24, CSR or SparseWeight, got {_describe(weight)}"
         )
-    isa = _core.active_isa()
-    isa = "avx512" if isa.startswith("avx512") else isa
+    isa = _kernel_isa()
     if isa not in _MAX_BATCH_24 or batch < 1:
         return False
     weights = weight.shape[0] * weight.shape[-1]
