@@ -135,6 +135,8 @@ bool parallel_phases(bool threaded, std::size_t n_first, First&& first, std::siz
     }
     return proceed();
   }
+#else
+  (void)threaded;  // a build without OpenMP runs everything here
 #endif
   for (std::size_t i = 0; i < n_first; ++i) first(i);
   if (!proceed()) return false;
