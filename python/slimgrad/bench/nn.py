@@ -14,7 +14,9 @@ reads the output gradient (and x for BatchNorm and GELU) and writes the input
 gradient. The BERT case runs slimgrad.models.bert.BertModel (random weights,
 MiniLM's config: 6 layers, hidden 384, 12 heads, intermediate 1536) on a
 batch of 32 sequences of 32 tokens, next to transformers' BertModel holding
-the same weights (eval, torch.no_grad; only when transformers is installed).
+the same weights (eval, torch.no_grad; only when transformers is installed);
+then the same encoder quantized to W8A8 (``quant.quantize_dynamic``) next to
+torch's dynamic int8 quantization of transformers' model.
 NumPy has no erf, so GELU has no NumPy peer (scipy.special.erf
 would be one more dependency).
 """
@@ -157,3 +159,28 @@ def bert_cases() -> Iterator[Case]:
 
         impls["transformers BertModel (torch)"] = torch_bert
     yield Case(f"BERT forward MiniLM shapes {batch}x{seq} tokens", impls)
+
+    # The same encoder with every Linear in W8A8 (int8 weights per channel,
+    # int8 activations per token), next to torch's dynamic int8 quantization of
+    # transformers' model: what a user who compresses MiniLM for CPU compares.
+    from .. import quant
+
+    quantized = bert.BertModel(config)  # the same weights (deterministic init)
+    quant.quantize_dynamic(quantized, "int8")
+    impls = {"slimgrad": lambda: quantized.forward(ids, mask)}
+    if transformers is not None:
+        import warnings
+
+        with warnings.catch_warnings():  # torch.ao's deprecation notice (moving to torchao)
+            warnings.simplefilter("ignore")
+            theirs_q = torch.ao.quantization.quantize_dynamic(
+                theirs, {torch.nn.Linear}, dtype=torch.qint8
+            )
+
+        def torch_bert_int8():
+            with torch.no_grad():
+                return theirs_q(input_ids=t_ids, attention_mask=t_mask).last_hidden_state
+
+        impls["torch dynamic int8 BertModel"] = torch_bert_int8
+        impls["transformers BertModel (torch)"] = torch_bert
+    yield Case(f"BERT forward W8A8 MiniLM {batch}x{seq} tokens", impls)
