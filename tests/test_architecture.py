@@ -23,6 +23,7 @@ LAYERS = {
     "_version": 0,
     "errors": 0,
     "_optional": 0,
+    "_blas": 0,
     "_runtime": 1,
     "_safetensors": 1,
     "_report": 1,

@@ -15,11 +15,12 @@ import contextvars
 import numbers
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 
 from . import _core
+from ._blas import blas_one_thread
 
 
 def is_float(dtype: np.dtype) -> bool:
@@ -287,25 +288,9 @@ def inverse_top(factor: tuple[np.ndarray, ...], rows: int) -> np.ndarray:
         return top
     b = np.zeros((rows, n))
     b[:, :rows] = np.eye(rows)
-    with blas_limit():
+    with blas_one_thread():  # GPTQ / AWQ: GEMM-bound, between our threaded kernels
         _solve_right(s, v, b, top, _scratch(rows * n))
     return top
-
-
-_CONTROLLER: list[Any] = []  # threadpoolctl's, made once (a scan of the loaded libraries)
-
-
-def blas_limit() -> Any:
-    """A context holding NumPy's BLAS to one thread (threadpoolctl), for the
-    GEMM-bound parts of the calibrated methods (GPTQ's factor, AWQ's search).
-    OpenBLAS's threads spin between products: with 2 threads on a loaded 2-core
-    machine GPTQ took 5x longer and AWQ's search 2.7x longer than with one
-    (docs/compress.md, "Speed"). GPTQ's column loop runs on slimgrad's threads."""
-    if not _CONTROLLER:
-        import threadpoolctl
-
-        _CONTROLLER.append(threadpoolctl.ThreadpoolController())
-    return _CONTROLLER[0].limit(limits=1, user_api="blas")
 
 
 # The last factor computed inside a reuse_factors() block: (H's copy, act_order, damp, factor).
@@ -378,7 +363,7 @@ def _factor(h64: np.ndarray, act_order: bool, damp: float) -> tuple[np.ndarray, 
         np.copyto(hp, h64)
     hp[np.diag_indices(n)] = diag[order] + damp * float(np.mean(diag))
     try:
-        with blas_limit():
+        with blas_one_thread():  # GPTQ / AWQ: GEMM-bound, between our threaded kernels
             s, v = _cholesky(hp, ws)
     except np.linalg.LinAlgError:
         order, dead, s = _core.gptq.factor(h64, act_order, damp)

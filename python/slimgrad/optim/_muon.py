@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import _core
+from .._blas import blas_one_thread
 from .._runtime import get_num_threads
 from ._bucket import Bucket
 from ._checks import OPTION_CHECKS, check_betas, check_bool, check_nonneg, check_number
@@ -28,7 +29,7 @@ from ._options import Params
 if TYPE_CHECKING:
     from dataclasses import KW_ONLY
 
-__all__ = ["Muon", "muon_update", "newton_schulz_", "blas_one_thread", "NS_COEFFICIENTS"]
+__all__ = ["Muon", "muon_update", "newton_schulz_", "NS_COEFFICIENTS"]
 
 # torch.optim.Muon's defaults (Keller Jordan's quintic coefficients).
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -103,25 +104,6 @@ def newton_schulz_(
     if cur is not x:
         np.copyto(x, cur)
     return x
-
-
-_BLAS: list[Any] = []  # threadpoolctl's controller, made once on first use
-
-
-def blas_one_thread() -> Any:
-    """A context in which NumPy's BLAS runs on one thread (threadpoolctl).
-
-    Muon runs one single-threaded Newton-Schulz iteration per matrix on each of
-    slimgrad's threads instead of multithreaded products: OpenBLAS's own
-    threads spin while they wait, and on a machine with more runnable threads
-    than cores (measured: 2 cores, load average 10) a 2-thread OpenBLAS made the
-    step 15-30x slower.
-    """
-    if not _BLAS:
-        from threadpoolctl import ThreadpoolController
-
-        _BLAS.append(ThreadpoolController())
-    return _BLAS[0].limit(limits=1, user_api="blas")
 
 
 def _newton_schulz_f32(
