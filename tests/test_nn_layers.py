@@ -103,6 +103,38 @@ def test_linear_errors_name_the_argument():
         nn.Linear(-2, 2)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_product_hook_with_and_without_the_bias(bias, rng):
+    """set_product(product): forward adds the bias to product(x);
+    set_product(product, adds_bias=True): product(x, bias) returns the sum
+    itself; a product returning None falls back to the dense weight."""
+    layer = nn.Linear(6, 4, bias=bias, seed=3)
+    x = rng.standard_normal((2, 3, 6)).astype(np.float32)
+    dense = layer.forward(x)
+    calls = []
+
+    def plain(x_):
+        calls.append("plain")
+        return np.ones(x_.shape[:-1] + (4,), np.float32)
+
+    def fused(x_, b):
+        calls.append(("fused", b is layer.bias))
+        return np.full(x_.shape[:-1] + (4,), 7.0, np.float32)
+
+    layer.set_product(plain)
+    ones = np.ones((2, 3, 4), np.float32)
+    np.testing.assert_array_equal(layer.forward(x), ones + layer.bias if bias else ones)
+    layer.set_product(fused, adds_bias=True)
+    np.testing.assert_array_equal(layer.forward(x), np.full((2, 3, 4), 7.0, np.float32))
+    layer.set_product(lambda x_, b: None, adds_bias=True)  # dense for this call
+    np.testing.assert_array_equal(layer.forward(x), dense)
+    assert calls == ["plain", ("fused", True)]
+    with pytest.raises(TypeError, match="adds_bias"):
+        layer.set_product(fused, adds_bias=1)
+    layer.set_product(None)
+    np.testing.assert_array_equal(layer.forward(x), dense)
+
+
 # ------------------------------------------------------------ activations
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_relu_matches_torch(dtype, rng):

@@ -77,11 +77,11 @@ def quantize_linear(
         qt = quantize(w, 4, granularity="group", group_size=gs)
     packed = prepack(qt)
 
-    def product(x: np.ndarray) -> np.ndarray:
-        return packed.matmul(x)
+    def product(x: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        return packed.matmul(x, bias)  # the bias in the kernel's epilogue
 
     product.__name__ = f"{fmt} (int8 activations)"
-    layer.set_product(product)
+    layer.set_product(product, adds_bias=True)
     return packed
 
 
