@@ -405,9 +405,11 @@ class BertLayer(Module):
     def forward(self, x: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:  # type: ignore[override]
         a = self.attn.forward(x, attention_mask)
         t = self.attn_drop.forward(self.attn_dense.forward(a))
-        h = self.attn_norm.forward(t + x)
+        t += x  # in place: t is a new array no layer keeps (saves a 2nd output per add)
+        h = self.attn_norm.forward(t)
         f = self.out_drop.forward(self.ffn_out.forward(self.act.forward(self.ffn_in.forward(h))))
-        return self.out_norm.forward(f + h)
+        f += h
+        return self.out_norm.forward(f)
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         g2 = self.out_norm.backward(grad_out)  # gradient of (f + h)
