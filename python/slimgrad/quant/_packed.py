@@ -10,6 +10,8 @@ from .. import _core
 from . import _gguf_codes as _codes
 from ._tensor import QuantizedTensor
 
+_F32 = np.dtype(np.float32)
+
 __all__ = ["PackedWeight", "prepack"]
 
 _MAX_GROUP = 65536  # k per exact int32 sum (128 * 127 * 65536 < 2**31)
@@ -131,7 +133,7 @@ class PackedWeight:
                 raise ValueError(f"bias: expected shape ({n},), got {bias.shape}")
             bias = np.ascontiguousarray(bias)
         if out is None:
-            out = np.empty(oshape, np.float32)
+            out = _core.empty(oshape, _F32)  # 1 MiB and more: from the cache of freed outputs
         elif (
             not isinstance(out, np.ndarray)
             or out.dtype != np.float32
