@@ -136,13 +136,13 @@ void spmm_slices_rows(const float* xp, std::size_t batch, std::size_t in32, bool
 #if defined(__AVX512F__)
   if constexpr (I == Isa::avx512) {
     auto run = [&](auto mask) {
+      constexpr bool Masked = decltype(mask)::value;
       for (std::size_t s = s0; s < s1; ++s)
         for (std::size_t b0 = 0; b0 < batch; b0 += kSliceBatch)
           with_count(std::min(kSliceBatch, batch - b0), [&](auto nb) {
             constexpr std::size_t NB = decltype(nb)::value;
             if constexpr (NB <= kSliceBatch)
-              slice_avx512<std::decay_t<decltype(mask)>::value, NB>(xp + b0 * in32, in32, values, index, base, starts, s,
-                                                      y + b0 * out, out);
+              slice_avx512<Masked, NB>(xp + b0 * in32, in32, values, index, base, starts, s, y + b0 * out, out);
           });
     };
     return masked ? run(std::true_type{}) : run(std::false_type{});

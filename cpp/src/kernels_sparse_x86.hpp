@@ -402,7 +402,6 @@ void tile_csr(const float* x, std::size_t in, const float* data, const std::int3
   }
   store_tile<R, NB>(acc, y, out, r);
 }
-
 #endif  // AVX2 + FMA
 
 #if defined(__AVX512F__)
