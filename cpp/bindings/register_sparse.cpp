@@ -87,12 +87,13 @@ void check_indptr(const Array& pa, std::size_t out, std::size_t nnz) {
 }
 
 // The CSR arrays, checked: dtypes, shapes, and unless prechecked indptr
-// (0, non-decreasing, nnz) and every column in [0, in).
+// (0, non-decreasing, nnz) and every column in [0, in), in being x's columns
+// (named in the message) or, without x, the weight's in_features.
 struct CsrArrays {
   Array data, indices, indptr;
 };
 CsrArrays check_csr(py::handle data, py::handle indices, py::handle indptr, std::size_t out, std::size_t in,
-                    bool prechecked, const std::string& in_from) {
+                    bool prechecked, const Array* x) {
   const Array da = check_array(data, "data", {DType::f32}, Access::read);
   if (da.ndim() != 1) throw py::value_error("data: expected a 1-D float32 array, got shape " + dims(da));
   const std::vector<py::ssize_t> nnz_shape{static_cast<py::ssize_t>(da.size())};
@@ -113,7 +114,8 @@ CsrArrays check_csr(py::handle data, py::handle indices, py::handle indptr, std:
   }
   for (std::size_t p = 0; (lo < 0 || static_cast<std::size_t>(hi) >= in) && p < nnz; ++p)
     if (cols[p] < 0 || static_cast<std::size_t>(cols[p]) >= in)
-      throw py::value_error("indices: expected columns in [0, " + std::to_string(in) + ")" + in_from + ", got " +
+      throw py::value_error("indices: expected columns in [0, " + std::to_string(in) + ")" +
+                            (x ? " (x has shape " + dims(*x) + ")" : std::string(" (in_features)")) + ", got " +
                             std::to_string(cols[p]) + " at " + std::to_string(p));
   return {da, ia, pa};
 }
@@ -129,7 +131,7 @@ py::array spmm_csr_py(py::handle x, py::handle data, py::handle indices, py::han
   if (prechecked && checked_in != in)
     throw py::value_error("x: expected " + std::to_string(checked_in) +
                           " columns (the packed weight's in_features), got shape " + dims(xa));
-  const CsrArrays csr = check_csr(data, indices, indptr, out, in, prechecked, " (x has shape " + dims(xa) + ")");
+  const CsrArrays csr = check_csr(data, indices, indptr, out, in, prechecked, &xa);
   const float* vals = csr.data.ptr<float>();
   const std::int32_t* cols = csr.indices.ptr<std::int32_t>();
   py::array y = new_y(batch, out);
@@ -149,7 +151,7 @@ py::array spmm_csr_py(py::handle x, py::handle data, py::handle indices, py::han
 // the CSR first, as spmm_csr does.
 py::tuple pack_csr_slices_py(py::handle data, py::handle indices, py::handle indptr, std::size_t out,
                              std::size_t in) {
-  const CsrArrays csr = check_csr(data, indices, indptr, out, in, false, " (in_features)");
+  const CsrArrays csr = check_csr(data, indices, indptr, out, in, false, nullptr);
   const std::size_t slices = (out + kSliceRows - 1) / kSliceRows;
   py::array_t<std::int64_t> starts(static_cast<py::ssize_t>(slices + 1));
   const std::int32_t* cols = csr.indices.ptr<std::int32_t>();

@@ -23,6 +23,7 @@ would be one more dependency).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -169,8 +170,6 @@ def bert_cases() -> Iterator[Case]:
     quant.quantize_dynamic(quantized, "int8")
     impls = {"slimgrad": lambda: quantized.forward(ids, mask)}
     if transformers is not None:
-        import warnings
-
         with warnings.catch_warnings():  # torch.ao's deprecation notice (moving to torchao)
             warnings.simplefilter("ignore")
             theirs_q = torch.ao.quantization.quantize_dynamic(

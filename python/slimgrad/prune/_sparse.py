@@ -90,10 +90,10 @@ class SparseWeight:
         elif isinstance(weight, CSR):
             self.format = "csr"
             if _kernel_isa() == "avx512":
-                # Checked, then regrouped into 16-row slices (slimgrad/sparse.hpp):
-                # 1.5-3.4x the CSR kernel on MiniLM's shapes at batch 1-512, even
-                # with it on a memory-bound 4096x4096 batch 1 (docs/sparse.md).
-                sparse_matmul(np.empty((0, weight.shape[1]), np.float32), weight)
+                # Regrouped into 16-row slices (slimgrad/sparse.hpp) after the same
+                # checks as spmm_csr's, made by pack_csr_slices itself: 1.5-3.4x the
+                # CSR kernel on MiniLM's shapes at batch 1-512, even with it on a
+                # memory-bound 4096x4096 batch 1 (docs/sparse.md).
                 self.layout = "csr slices"
                 self.arrays = tuple(
                     _frozen(a) for a in _core_sparse.pack_csr_slices(*weight, *weight.shape)
