@@ -89,9 +89,125 @@ def test_gemm24_matches_float64_reference(shape, rng):
         _check(y, x, dense)
     _same_per_isa(results)
     _panel_isas_agree(results, batch)
-    packed = prune.pack_sparse(c)  # checked once: the same kernels, the same bits
-    for key, y in run_everywhere(lambda: sparse_matmul(x, packed)).items():
-        np.testing.assert_array_equal(y, results[key])
+    packed = prune.pack_sparse(c)
+    packed_results = run_everywhere(lambda: sparse_matmul(x, packed))
+    if packed.layout == "2:4":  # checked once: the same kernels, the same bits
+        for key, y in packed_results.items():
+            np.testing.assert_array_equal(y, results[key])
+    _slices24_agree_everywhere(x, c, dense)
+
+
+def _slices24_agree_everywhere(x, c, dense):
+    """2:4 slices (pack_sparse's 2:4 layout under AVX-512), on every ISA
+    and thread count: within float32 rounding of float64, and one order per
+    batch size (4 accumulators up to 8 rows, k order above), so the same bits
+    everywhere (the portable std::fma loop is the reference)."""
+    arrays = slimgrad._core.sparse.pack_24_slices(*c)
+    out, inp = dense.shape
+    results = run_everywhere(lambda: slimgrad._core.sparse.gemm24_slices(x, *arrays, out, inp))
+    first = next(iter(results.values()))
+    for key, y in results.items():
+        _check(y, x, dense)
+        np.testing.assert_array_equal(y, first, err_msg=str(key))
+    return first
+
+
+def test_packed_24_layout(rng):
+    """The 2:4 slices hold kept value k of row 16 s + lane at
+    values[(s * in / 2 + k) * 16 + lane] and its group's two positions in
+    the lane's ctrl word of the group's chunk (4 bits per group, 8 groups a
+    word); padding rows are zeros."""
+    out, inp = 35, 100  # 3 slices (13 padding rows), 25 groups: 4 words, the last with 1 group
+    w = rng.standard_normal((out, inp)).astype(np.float32)
+    c = compress_24(w)
+    values, ctrl = slimgrad._core.sparse.pack_24_slices(*c)
+    assert values.dtype == np.float32 and ctrl.dtype == np.uint32
+    assert values.size == 48 * inp // 2 and ctrl.size == 3 * 4 * 16
+    rebuilt = np.zeros((48, inp), np.float32)
+    for r in range(48):
+        s, lane = divmod(r, 16)
+        for g in range(inp // 4):
+            nib = (int(ctrl[(s * 4 + g // 8) * 16 + lane]) >> (4 * (g % 8))) & 15
+            for j, pos in enumerate((nib & 3, nib >> 2)):
+                rebuilt[r, 4 * g + pos] += values[(s * (inp // 2) + 2 * g + j) * 16 + lane]
+    np.testing.assert_array_equal(rebuilt[:out], decompress_24(*c))
+    assert not rebuilt[out:].any() and not ctrl.reshape(3, 4, 16)[2, :, 3:].any()
+
+
+def test_packed_24_takes_slices_under_avx512(rng):
+    w = rng.standard_normal((40, 72)).astype(np.float32)
+    c = compress_24(w)
+    x = rng.standard_normal((3, 72)).astype(np.float32)
+    for isa in ISAS:
+        with slimgrad.use_isa(isa):
+            packed = prune.pack_sparse(c)
+        wide = isa.startswith(("avx512", "amx"))
+        assert packed.layout == ("2:4 slices" if wide else "2:4") and packed.format == "2:4"
+        assert packed.layout in repr(packed)
+        assert packed.nbytes == sum(a.nbytes for a in packed.arrays)
+        # the same bytes as compress_24's arrays, but for rows padded to a slice of 16
+        assert packed.nbytes == (c.nbytes if not wide else 48 * 36 * 4 + 3 * 3 * 16 * 4)
+        for a in packed.arrays:
+            assert not a.flags.writeable
+        _check(sparse_matmul(x, packed), x, decompress_24(*c))
+        for out in (0, 5, 17):  # no rows, or in = 0: empty, zeros
+            empty = prune.pack_sparse(compress_24(np.zeros((out, 0), np.float32)))
+            np.testing.assert_array_equal(
+                sparse_matmul(np.ones((2, 0), np.float32), empty), np.zeros((2, out), np.float32)
+            )
+
+
+def test_packed_24_with_inf_and_nan_in_x_matches_gemm24(rng):
+    """Every kept value multiplies the x its position selects, nothing
+    else: inf and NaN in x reach exactly the rows that keep that column,
+    as in the row-major product (a kept zero times inf is NaN in both)."""
+    out, inp = 37, 72
+    w = rng.standard_normal((out, inp)).astype(np.float32)
+    w *= prune.nm_mask(w, 2, 4)
+    c = compress_24(w)
+    arrays = slimgrad._core.sparse.pack_24_slices(*c)
+    for batch in (1, 3, 8, 9):
+        x = rng.standard_normal((batch, inp)).astype(np.float32)
+        x[:, 5], x[:, 40] = np.inf, np.nan
+        want = sparse_matmul(x, c)
+        assert np.isnan(want).any() and np.isfinite(want).any()
+        product = lambda: slimgrad._core.sparse.gemm24_slices(x, *arrays, out, inp)  # noqa: E731
+        for key, y in run_everywhere(product).items():
+            np.testing.assert_array_equal(np.isnan(y), np.isnan(want), err_msg=str(key))
+            np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5, err_msg=str(key))
+
+
+def test_gemm24_slices_bad_input_raises_and_changes_nothing(rng):
+    c = compress_24(rng.standard_normal((20, 16)).astype(np.float32))
+    values, ctrl = slimgrad._core.sparse.pack_24_slices(*c)
+    x = rng.standard_normal((3, 16)).astype(np.float32)
+    keep = [a.copy() for a in (x, values, ctrl, *c)]
+    g = slimgrad._core.sparse.gemm24_slices
+    with pytest.raises(ValueError, match="x: expected 16 columns"):
+        g(x[:, :12].copy(), values, ctrl, 20, 16)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        g(np.ones((3, 6), np.float32), values, ctrl, 20, 6)
+    with pytest.raises(ValueError, match="values"):
+        g(x, values[:-1].copy(), ctrl, 20, 16)
+    with pytest.raises(ValueError, match="ctrl"):
+        g(x, values, ctrl[:-1].copy(), 20, 16)
+    with pytest.raises(ValueError, match="values"):
+        g(x, values, ctrl, 40, 16)  # out of another slice count
+    with pytest.raises(TypeError, match="ctrl"):
+        g(x, values, ctrl.view(np.int32), 20, 16)
+    with pytest.raises(TypeError, match="x"):
+        g(x.astype(np.float64), values, ctrl, 20, 16)
+    p = slimgrad._core.sparse.pack_24_slices
+    with pytest.raises(ValueError, match="positions"):
+        p(c[0], c[1][:-1].copy())
+    bad = c[1].copy()
+    bad[0] = 0b0000  # both positions 0 in the first group
+    with pytest.raises(ValueError, match="positions"):
+        p(c[0], bad)
+    with pytest.raises(ValueError, match="values"):
+        p(c[0][:, :7].copy(), c[1])
+    for a, b in zip(keep, (x, values, ctrl, *c), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("shape", SHAPES_CSR, ids=str)
@@ -397,8 +513,10 @@ def test_prefer_sparse_rules_threaded(isa, threads):
 def test_pack_sparse_is_checked_once_and_immutable(rng):
     w = rng.standard_normal((5, 16)).astype(np.float32)
     c24 = compress_24(w)
-    packed = prune.pack_sparse(c24)
-    assert packed.format == "2:4" and packed.shape == (5, 16) and packed.nbytes == c24.nbytes
+    with slimgrad.use_isa("avx2" if "avx2" in ISAS else "scalar"):  # copies, not slices
+        packed = prune.pack_sparse(c24)
+    assert packed.format == packed.layout == "2:4" and packed.shape == (5, 16)
+    assert packed.nbytes == c24.nbytes
     assert "2:4" in repr(packed)
     for a, b in zip(packed.arrays, c24, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -408,7 +526,7 @@ def test_pack_sparse_is_checked_once_and_immutable(rng):
     # cache-line aligned copies (the batch <= 8 kernels' 16-value loads; the
     # allocator returns a freed block of the same size on glibc)
     for w_ in (w, rng.standard_normal((384, 1536)).astype(np.float32)):
-        for a in prune.pack_sparse(compress_24(w_)).arrays:
+        for a in prune.pack_sparse(compress_24(w_)).arrays:  # either layout
             assert a.ctypes.data % 64 == 0
     c24.values[0, 0] = 7.0  # the caller's arrays stay theirs: the packed copy is a snapshot
     assert packed.arrays[0][0, 0] != 7.0

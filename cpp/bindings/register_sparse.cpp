@@ -39,21 +39,25 @@ py::array new_y(std::size_t batch, std::size_t out) {
                             owner);
 }
 
-// gemm24(x, values, positions) -> y = x @ W^T, W 2:4-compressed (out, in).
-// prechecked: the positions were checked when the (read-only) weight was
-// packed (slimgrad.prune.pack_sparse): skip that pass. Dtypes and shapes are
-// always checked; any 2-bit position is in bounds, so a wrong one could only
-// give a wrong result, never a bad read.
-py::array gemm24_py(py::handle x, py::handle values, py::handle positions, bool prechecked) {
-  const Array xa = check_x(x);
+// A 2:4 weight's (values, positions), checked: dtypes, shapes (for x's
+// columns when x is given, named in the messages) and, unless prechecked,
+// every group's positions.
+struct Arrays24 {
+  Array values, positions;
+};
+Arrays24 check_24(py::handle values, py::handle positions, bool prechecked, const Array* x) {
   const Array va = check_array(values, "values", {DType::f32}, Access::read);
   if (va.ndim() != 2)
     throw py::value_error("values: expected a 2-D (out, in / 2) float32 array, got shape " + dims(va));
-  const auto batch = static_cast<std::size_t>(xa.dim(0)), in = static_cast<std::size_t>(xa.dim(1));
-  const auto out = static_cast<std::size_t>(va.dim(0)), half = static_cast<std::size_t>(va.dim(1));
-  if (in % 4 != 0 || half * 2 != in)
-    throw py::value_error("values: expected shape (out, " + std::to_string(in / 2) + ") for x of shape " + dims(xa) +
-                          " (in divisible by 4), got " + dims(va));
+  if (x != nullptr) {
+    const auto in = static_cast<std::size_t>(x->dim(1)), half = static_cast<std::size_t>(va.dim(1));
+    if (in % 4 != 0 || half * 2 != in)
+      throw py::value_error("values: expected shape (out, " + std::to_string(in / 2) + ") for x of shape " +
+                            dims(*x) + " (in divisible by 4), got " + dims(va));
+  } else if (va.dim(1) % 2 != 0) {
+    throw py::value_error("values: expected an even number of columns (in / 2, in divisible by 4), got shape " +
+                          dims(va));
+  }
   const Array pa = check_array(positions, "positions", {DType::u8}, Access::read);
   const std::size_t kept = va.size(), nbytes = (kept + 3) / 4;
   if (pa.ndim() != 1 || pa.size() != nbytes)
@@ -62,11 +66,62 @@ py::array gemm24_py(py::handle x, py::handle values, py::handle positions, bool 
   if (!prechecked && !positions24_valid(pa.ptr<std::uint8_t>(), kept))
     throw py::value_error("positions: each group's two positions must be distinct and increasing (as compress_24 "
                           "writes them)");
+  return {va, pa};
+}
+
+// gemm24(x, values, positions) -> y = x @ W^T, W 2:4-compressed (out, in).
+// prechecked: the positions were checked when the (read-only) weight was
+// packed (slimgrad.prune.pack_sparse): skip that pass. Dtypes and shapes are
+// always checked; any 2-bit position is in bounds, so a wrong one could only
+// give a wrong result, never a bad read.
+py::array gemm24_py(py::handle x, py::handle values, py::handle positions, bool prechecked) {
+  const Array xa = check_x(x);
+  const Arrays24 w = check_24(values, positions, prechecked, &xa);
+  const auto batch = static_cast<std::size_t>(xa.dim(0)), in = static_cast<std::size_t>(xa.dim(1));
+  const auto out = static_cast<std::size_t>(w.values.dim(0));
   py::array y = new_y(batch, out);
   auto* yp = static_cast<float*>(y.mutable_data());
   {
     py::gil_scoped_release release;
-    gemm24(xa.ptr<float>(), batch, in, va.ptr<float>(), pa.ptr<std::uint8_t>(), out, yp);
+    gemm24(xa.ptr<float>(), batch, in, w.values.ptr<float>(), w.positions.ptr<std::uint8_t>(), out, yp);
+  }
+  return y;
+}
+
+// pack_24_slices(values, positions) -> (values, ctrl): W's 2:4 arrays
+// regrouped for gemm24_slices (layout in sparse.hpp), checked first as
+// gemm24 checks them.
+py::tuple pack_24_slices_py(py::handle values, py::handle positions) {
+  const Arrays24 w = check_24(values, positions, false, nullptr);
+  const auto out = static_cast<std::size_t>(w.values.dim(0)), in = 2 * static_cast<std::size_t>(w.values.dim(1));
+  const std::size_t slices = (out + kSliceRows - 1) / kSliceRows;
+  py::array_t<float> svalues(static_cast<py::ssize_t>(slices * kSliceRows * (in / 2)));
+  py::array_t<std::uint32_t> ctrl(static_cast<py::ssize_t>(slices * slice24_chunks(in) * kSliceRows));
+  pack_24_slices(w.values.ptr<float>(), w.positions.ptr<std::uint8_t>(), out, in, svalues.mutable_data(),
+                 ctrl.mutable_data());
+  return py::make_tuple(svalues, ctrl);
+}
+
+// gemm24_slices(x, values, ctrl, out, in) -> y = x @ W^T from
+// pack_24_slices' arrays, which it trusts (pack_sparse keeps them in
+// buffers nobody can write; any ctrl bits pick a column inside its group);
+// checks x, the dtypes and the sizes.
+py::array gemm24_slices_py(py::handle x, py::handle values, py::handle ctrl, std::size_t out, std::size_t checked_in) {
+  const Array xa = check_x(x);
+  const auto batch = static_cast<std::size_t>(xa.dim(0)), in = static_cast<std::size_t>(xa.dim(1));
+  if (checked_in != in || in % 4 != 0)
+    throw py::value_error("x: expected " + std::to_string(checked_in) +
+                          " columns (the packed weight's in_features, divisible by 4), got shape " + dims(xa));
+  const std::size_t slices = (out + kSliceRows - 1) / kSliceRows;
+  const std::vector<py::ssize_t> values_shape{static_cast<py::ssize_t>(slices * kSliceRows * (in / 2))};
+  const std::vector<py::ssize_t> ctrl_shape{static_cast<py::ssize_t>(slices * slice24_chunks(in) * kSliceRows)};
+  const Array va = check_array(values, "values", {DType::f32}, Access::read, &values_shape);
+  const Array ca = check_array(ctrl, "ctrl", {DType::u32}, Access::read, &ctrl_shape);
+  py::array y = new_y(batch, out);
+  auto* yp = static_cast<float*>(y.mutable_data());
+  {
+    py::gil_scoped_release release;
+    gemm24_slices(xa.ptr<float>(), batch, in, va.ptr<float>(), ca.ptr<std::uint32_t>(), out, yp);
   }
   return y;
 }
@@ -206,6 +261,11 @@ py::array spmm_slices_py(py::handle x, py::handle values, py::handle index, py::
 void register_sparse(py::module_& m) {
   m.def("gemm24", &gemm24_py, py::arg("x"), py::arg("values"), py::arg("positions"), py::arg("prechecked") = false,
         "y = x @ W^T for W (out, in) 2:4-compressed as (values, positions); float32, new y (batch, out).");
+  m.def("pack_24_slices", &pack_24_slices_py, py::arg("values"), py::arg("positions"),
+        "W's 2:4 (values, positions) regrouped for gemm24_slices: (values float32, ctrl uint32).");
+  m.def("gemm24_slices", &gemm24_slices_py, py::arg("x"), py::arg("values"), py::arg("ctrl"),
+        py::arg("out_features"), py::arg("in_features"),
+        "y = x @ W^T from pack_24_slices' arrays (trusted: keep them unwritable); new y.");
   m.def("spmm_csr", &spmm_csr_py, py::arg("x"), py::arg("data"), py::arg("indices"), py::arg("indptr"),
         py::arg("out_features"), py::arg("prechecked") = false, py::arg("checked_in") = 0,
         "y = x @ W^T for W (out, in) in CSR (float32 data, int32 indices, int32/int64 indptr); new y.");

@@ -82,6 +82,29 @@ void spmm_slices_portable(const float* xp, std::size_t batch, std::size_t in32, 
   }
 }
 
+// The 2:4 slices' reference (sparse.hpp: layout and order), lane by lane
+// with std::fma: batch <= 8 in 4 accumulators, else one in k order.
+void gemm24_slices_portable(const float* x, bool k_order, std::size_t batch, std::size_t in, const float* values,
+                            const std::uint32_t* ctrl, std::size_t out, std::size_t s0, std::size_t s1, float* y) {
+  const Sliced24 w24{values, ctrl, in / 2, slice24_chunks(in)};
+  for (std::size_t r = s0 * kSliceRows; r < std::min(out, s1 * kSliceRows); ++r) {
+    const float* w = w24.row(r);
+    for (std::size_t b = 0; b < batch; ++b) {
+      const float* xb = x + b * in;
+      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      for (std::size_t g = 0; g < in / 4; ++g) {
+        const unsigned nib = w24.nibble(r, 2 * g);
+        const float* xg = xb + 4 * g;
+        float& a0 = k_order ? acc[0] : acc[2 * (g % 2)];
+        a0 = std::fma(w[2 * g * kSliceRows], xg[nib & 3u], a0);
+        float& a1 = k_order ? acc[0] : acc[2 * (g % 2) + 1];
+        a1 = std::fma(w[(2 * g + 1) * kSliceRows], xg[nib >> 2], a1);
+      }
+      y[b * out + r] = k_order ? acc[0] : (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    }
+  }
+}
+
 }  // namespace
 
 template <Isa I>
@@ -107,9 +130,11 @@ void gemm24_rows(const float* x, const float* xt, std::size_t batch, std::size_t
   if constexpr (I == Isa::avx2 || I == Isa::avx512) {
     if (xt != nullptr) {  // packed panels (gemm24_panel_width<I>() wide)
 #if defined(__AVX512F__)
-      if constexpr (I == Isa::avx512) return gemm24_panels<Zmm>(xt, batch, in, values, positions, out, r0, r1, y);
+      if constexpr (I == Isa::avx512)
+        return gemm24_panels<Zmm>(xt, batch, in, RowMajor24{values, positions, half}, out, r0, r1, y);
 #endif
-      if constexpr (I == Isa::avx2) return gemm24_panels<Ymm>(xt, batch, in, values, positions, out, r0, r1, y);
+      if constexpr (I == Isa::avx2)
+        return gemm24_panels<Ymm>(xt, batch, in, RowMajor24{values, positions, half}, out, r0, r1, y);
     }
     for (std::size_t b0 = 0; b0 < batch; b0 += kTileBatch)
       over_rows(std::min(kTileBatch, batch - b0), r0, r1, [&](auto rr, auto nb, std::size_t r) {
@@ -127,6 +152,36 @@ void gemm24_rows(const float* x, const float* xt, std::size_t batch, std::size_t
   (void)xt;
   (void)nbytes;
   gemm24_portable(x, batch, in, values, positions, out, r0, r1, y);
+}
+
+template <Isa I>
+void gemm24_slices_rows(const float* x, const float* xt, bool k_order, std::size_t batch,
+                        std::size_t in,
+                        const float* values, const std::uint32_t* ctrl, std::size_t out, std::size_t s0,
+                        std::size_t s1, float* y) {
+#if defined(__AVX512F__)
+  if constexpr (I == Isa::avx512) {
+    if (xt != nullptr)
+      return gemm24_panels<Zmm>(xt, batch, in, Sliced24{values, ctrl, in / 2, slice24_chunks(in)}, out,
+                                s0 * kSliceRows, std::min(out, s1 * kSliceRows), y);
+    if (batch == 1) {  // two slices share each x load
+      std::size_t s = s0;
+      for (; s + 2 <= s1; s += 2) slice24_avx512<2, 1>(x, in, values, ctrl, s, y, out);
+      if (s < s1) slice24_avx512<1, 1>(x, in, values, ctrl, s, y, out);
+      return;
+    }
+    for (std::size_t s = s0; s < s1; ++s)
+      for (std::size_t b0 = 0; b0 < batch; b0 += kSliceBatch)
+        with_count(std::min(kSliceBatch, batch - b0), [&](auto nb) {
+          constexpr std::size_t NB = decltype(nb)::value;
+          if constexpr (NB <= kSliceBatch)
+            slice24_avx512<1, NB>(x + b0 * in, in, values, ctrl, s, y + b0 * out, out);
+        });
+    return;
+  }
+#endif
+  (void)xt;
+  gemm24_slices_portable(x, k_order, batch, in, values, ctrl, out, s0, s1, y);
 }
 
 template <Isa I>
@@ -186,6 +241,9 @@ namespace slimgrad::kernels {
 template std::size_t gemm24_panel_width<SLIMGRAD_UNIT_ISA>();
 template void gemm24_rows<SLIMGRAD_UNIT_ISA>(const float*, const float*, std::size_t, std::size_t, const float*,
                                              const std::uint8_t*, std::size_t, std::size_t, std::size_t, float*);
+template void gemm24_slices_rows<SLIMGRAD_UNIT_ISA>(const float*, const float*, bool, std::size_t,
+                                                    std::size_t, const float*, const std::uint32_t*, std::size_t,
+                                                    std::size_t, std::size_t, float*);
 template void spmm_slices_rows<SLIMGRAD_UNIT_ISA>(const float*, std::size_t, std::size_t, bool, const float*,
                                                   const std::uint8_t*, const std::int32_t*, const std::int64_t*,
                                                   std::size_t, std::size_t, std::size_t, float*);

@@ -82,6 +82,36 @@ inline std::uint64_t position_word(const std::uint8_t* positions, std::size_t nb
   return bits;
 }
 
+// Where a 2:4 W keeps row r's value k (at row(r) + k * kStride) and its
+// positions (bits 2 (k % 4) of byte(r, k & ~3)), for the panel path.
+struct RowMajor24 {  // compress_24's arrays
+  static constexpr std::size_t kStride = 1;
+  const float* values;
+  const std::uint8_t* positions;
+  std::size_t half;
+  const float* row(std::size_t r) const { return values + r * half; }
+  bool aligned() const { return half % 4 == 0; }  // every row starts on a positions byte
+  unsigned byte(std::size_t r, std::size_t k) const { return positions[(r * half + k) >> 2]; }
+  unsigned nibble(std::size_t r, std::size_t k) const {  // k even: the group's two positions
+    const std::size_t v = r * half + k;
+    return (positions[v >> 2] >> (2 * (v & 3))) & 15u;
+  }
+};
+struct Sliced24 {  // pack_24_slices' arrays (sparse.hpp)
+  static constexpr std::size_t kStride = kSliceRows;
+  const float* values;
+  const std::uint32_t* ctrl;
+  std::size_t half, chunks;
+  const float* row(std::size_t r) const { return values + r / kSliceRows * kSliceRows * half + r % kSliceRows; }
+  static bool aligned() { return true; }  // a word per lane and 8 groups
+  std::uint32_t word(std::size_t r, std::size_t k) const {
+    return ctrl[(r / kSliceRows * chunks + k / (2 * kSlice24Groups)) * kSliceRows + r % kSliceRows] >>
+           (2 * (k % (2 * kSlice24Groups)));
+  }
+  unsigned byte(std::size_t r, std::size_t k) const { return word(r, k) & 0xFFu; }
+  unsigned nibble(std::size_t r, std::size_t k) const { return word(r, k) & 15u; }
+};
+
 #if defined(__AVX2__) && defined(__FMA__)
 
 // ---------------------------------------------------------------- panels
@@ -151,15 +181,16 @@ template <std::size_t PW>
 inline constexpr PanelOffsets<PW> kPanelOffsets{};
 
 // R rows starting at r, kept values [k0, k1) (both even), over one panel
-// (column c at xt + c * PW); partial sums in buf (R x PW). Aligned: every
-// row starts on a positions byte and k0 % 4 == 0 (4 values per byte).
-template <class T, std::size_t R, std::size_t NV>
-void panel24(const float* xt, const float* values, const std::uint8_t* positions, std::size_t half, std::size_t r,
-             std::size_t k0, std::size_t k1, float* buf) {
-  constexpr std::size_t PW = NV * T::L;
+// (column c at xt + c * PW); partial sums in buf (R x PW). W in layout L
+// (RowMajor24 or Sliced24); bytes of 4 positions when L.aligned() and k0 % 4 == 0.
+template <class T, std::size_t R, std::size_t NV, class L>
+void panel24(const float* xt, const L& w24, std::size_t r, std::size_t k0, std::size_t k1, float* buf) {
+  constexpr std::size_t PW = NV * T::L, S = L::kStride;
   typename T::V acc[R][NV];
   for (std::size_t i = 0; i < R; ++i)
     for (std::size_t j = 0; j < NV; ++j) acc[i][j] = T::load(buf + i * PW + j * T::L);
+  const float* wr[R];
+  for (std::size_t i = 0; i < R; ++i) wr[i] = w24.row(r + i);
   // Fully unrolled (pragmas): with 16 accumulators GCC otherwise keeps the
   // row loop and round-trips the accumulators through buf on every value.
   auto step = [&](std::size_t i, const float* xv, const float* w) SLIMGRAD_LAMBDA_INLINE {
@@ -167,7 +198,7 @@ void panel24(const float* xt, const float* values, const std::uint8_t* positions
     for (std::size_t j = 0; j < NV; ++j) acc[i][j] = T::fma(w, T::load(xv + j * T::L), acc[i][j]);
   };
   std::size_t k = k0;
-  if (half % 4 == 0 && k0 % 4 == 0) {
+  if (w24.aligned() && k0 % 4 == 0) {
     const auto& lut = kPanelOffsets<PW>.at;
     for (; k + 4 <= k1; k += 4) {  // two groups = 8 columns from 2k: one positions byte per row
       const auto* xg = reinterpret_cast<const char*>(xt + 2 * k * PW);
@@ -176,22 +207,21 @@ void panel24(const float* xt, const float* values, const std::uint8_t* positions
       // dependent FMAs per accumulator); each y entry still in k order.
       const std::uint16_t* off[R];
 #pragma GCC unroll 4
-      for (std::size_t i = 0; i < R; ++i) off[i] = lut[positions[((r + i) * half + k) >> 2]];
+      for (std::size_t i = 0; i < R; ++i) off[i] = lut[w24.byte(r + i, k)];
 #pragma GCC unroll 4
       for (std::size_t q = 0; q < 4; ++q)
 #pragma GCC unroll 4
         for (std::size_t i = 0; i < R; ++i)
-          step(i, reinterpret_cast<const float*>(xg + off[i][q]), values + (r + i) * half + k + q);
+          step(i, reinterpret_cast<const float*>(xg + off[i][q]), wr[i] + (k + q) * S);
     }
   }
   for (; k < k1; k += 2) {  // one group of 4 columns: 2 kept values
     const float* xg = xt + 2 * k * PW;
 #pragma GCC unroll 4
     for (std::size_t i = 0; i < R; ++i) {
-      const std::size_t v = (r + i) * half + k;  // even: the group's nibble
-      const unsigned nib = (positions[v >> 2] >> (2 * (v & 3))) & 15u;
-      step(i, xg + (nib & 3u) * PW, values + v);
-      step(i, xg + (nib >> 2) * PW, values + v + 1);
+      const unsigned nib = w24.nibble(r + i, k);
+      step(i, xg + (nib & 3u) * PW, wr[i] + k * S);
+      step(i, xg + (nib >> 2) * PW, wr[i] + (k + 1) * S);
     }
   }
   for (std::size_t i = 0; i < R; ++i)
@@ -240,44 +270,41 @@ inline void store_transposed(const float* buf, std::size_t rows, std::size_t nb,
 // One panel (PWp = NV * T::L batch columns, column c at xp + c * PWp) for
 // rows [r0, r1): k blocks of KB values (32 KB of a full panel)
 // while the rows run over the block, R rows at a time.
-template <class T, std::size_t NV, std::size_t KB>
-void panel24_rows(const float* xp, const float* values, const std::uint8_t* positions, std::size_t half,
-                  std::size_t r0, std::size_t r1, float* buf) {
+template <class T, std::size_t NV, std::size_t KB, class L>
+void panel24_rows(const float* xp, const L& w24, std::size_t r0, std::size_t r1, float* buf) {
   // R W rows of NV vectors each: at most 16 zmm accumulators (4 x 4) or 8
   // ymm (AVX2 has 16 registers: 2 x 4), enough independent FMA chains to
   // cover the FMA latency.
   constexpr std::size_t R = std::min<std::size_t>(4, T::L / NV);
   constexpr std::size_t PW = NV * T::L;
-  for (std::size_t k0 = 0; k0 < half; k0 += KB) {
-    const std::size_t k1 = std::min(half, k0 + KB);
+  for (std::size_t k0 = 0; k0 < w24.half; k0 += KB) {
+    const std::size_t k1 = std::min(w24.half, k0 + KB);
     std::size_t r = r0;
-    for (; r + R <= r1; r += R) panel24<T, R, NV>(xp, values, positions, half, r, k0, k1, buf + (r - r0) * PW);
+    for (; r + R <= r1; r += R) panel24<T, R, NV>(xp, w24, r, k0, k1, buf + (r - r0) * PW);
     if (r < r1)
-      with_count(r1 - r, [&](auto n) {
-        panel24<T, decltype(n)::value, NV>(xp, values, positions, half, r, k0, k1, buf + (r - r0) * PW);
-      });
+      with_count(r1 - r, [&](auto n) { panel24<T, decltype(n)::value, NV>(xp, w24, r, k0, k1, buf + (r - r0) * PW); });
   }
 }
 
 // Rows [r0, r1) (at most kPanelRowGrain) of y for every batch row, from
 // the packed panels (kPanelVectors vectors wide; the last panel only as wide
 // as the batch tail rounded up to a vector, see panel_width).
-template <class T>
-void gemm24_panels(const float* xt, std::size_t batch, std::size_t in, const float* values,
-                   const std::uint8_t* positions, std::size_t out, std::size_t r0, std::size_t r1, float* y) {
+template <class T, class L>
+void gemm24_panels(const float* xt, std::size_t batch, std::size_t in, const L& w24, std::size_t out,
+                   std::size_t r0, std::size_t r1, float* y) {
   constexpr std::size_t PW = kPanelVectors * T::L, KB = 4096 / PW;  // 32 KB of a full panel (16 KB measured ~10 % slower)
   static_assert(KB % 4 == 0, "k blocks start on positions bytes");
-  const std::size_t half = in / 2, rows = r1 - r0;
+  const std::size_t rows = r1 - r0;
   alignas(64) float buf[kPanelRowGrain * PW];  // 32 KB (AVX-512)
   for (std::size_t p = 0; p * PW < batch; ++p) {
     const float* xp = xt + p * in * PW;
     const std::size_t width = panel_width(batch, PW, p);
     std::fill(buf, buf + rows * width, 0.0f);
     switch (width / T::L) {  // the tail panel: fewer vectors, no FMAs on padding past a vector
-      case 1: panel24_rows<T, 1, KB>(xp, values, positions, half, r0, r1, buf); break;
-      case 2: panel24_rows<T, 2, KB>(xp, values, positions, half, r0, r1, buf); break;
-      case 3: panel24_rows<T, 3, KB>(xp, values, positions, half, r0, r1, buf); break;
-      default: panel24_rows<T, kPanelVectors, KB>(xp, values, positions, half, r0, r1, buf); break;
+      case 1: panel24_rows<T, 1, KB>(xp, w24, r0, r1, buf); break;
+      case 2: panel24_rows<T, 2, KB>(xp, w24, r0, r1, buf); break;
+      case 3: panel24_rows<T, 3, KB>(xp, w24, r0, r1, buf); break;
+      default: panel24_rows<T, kPanelVectors, KB>(xp, w24, r0, r1, buf); break;
     }
     store_transposed(buf, rows, std::min(PW, batch - p * PW), width, y + p * PW * out + r0, out);
   }
@@ -499,6 +526,67 @@ void slice_avx512(const float* xp, std::size_t in32, const float* values, const 
   for (std::size_t j = 0; j < NB; ++j)
     _mm512_mask_storeu_ps(y + j * out + r0, m,
                           _mm512_add_ps(_mm512_add_ps(acc[j][0], acc[j][1]), _mm512_add_ps(acc[j][2], acc[j][3])));
+}
+
+// S slices from s (16 rows each, a lane per row) x NB batch rows of the 2:4
+// slices (sparse.hpp), batch <= 8. Per group and batch row x's group as a
+// 128-bit broadcast; per slice the group's two value vectors, two vpermilps
+// (the first value's column in the low 2 bits of the lane's word, the
+// second's after a shift by 2) and two FMAs; the word shifts by 4 for the
+// next group. Accumulators by group parity and value, the order sparse.hpp
+// defines. (Reading the second column by vpermps from x's group expanded
+// 4-fold saved the shift but not time: at in = 1536 the expanded x, 24 KB,
+// left L1 under the streaming values.)
+template <std::size_t S, std::size_t NB>
+void slice24_avx512(const float* x, std::size_t in, const float* values,
+                    const std::uint32_t* ctrl, std::size_t s, float* y, std::size_t out) {
+  const std::size_t half = in / 2, groups = in / 4, chunks = slice24_chunks(in);
+  __m512 acc[S][NB][4];
+  for (auto& a : acc)
+    for (auto& b : a)
+      for (auto& v : b) v = _mm512_setzero_ps();
+  for (std::size_t c = 0; c < chunks; ++c) {
+    __m512i word[S];
+    for (std::size_t i = 0; i < S; ++i) word[i] = _mm512_loadu_si512(ctrl + ((s + i) * chunks + c) * kSliceRows);
+    auto group = [&](std::size_t g, auto parity) SLIMGRAD_LAMBDA_INLINE {
+      constexpr std::size_t p = 2 * decltype(parity)::value;
+      __m512 xb[NB];
+      for (std::size_t b = 0; b < NB; ++b) xb[b] = _mm512_broadcast_f32x4(_mm_loadu_ps(x + b * in + 4 * g));
+      for (std::size_t i = 0; i < S; ++i) {
+        const float* v = values + ((s + i) * half + 2 * g) * kSliceRows;
+        const __m512 w0 = _mm512_loadu_ps(v), w1 = _mm512_loadu_ps(v + kSliceRows);
+        const __m512i second = _mm512_srli_epi32(word[i], 2);
+        for (std::size_t b = 0; b < NB; ++b) {
+          acc[i][b][p] = _mm512_fmadd_ps(w0, _mm512_permutevar_ps(xb[b], word[i]), acc[i][b][p]);
+          acc[i][b][p + 1] = _mm512_fmadd_ps(w1, _mm512_permutevar_ps(xb[b], second), acc[i][b][p + 1]);
+        }
+        word[i] = _mm512_srli_epi32(word[i], 4);
+      }
+    };
+    const std::size_t g0 = c * kSlice24Groups, g1 = std::min(groups, g0 + kSlice24Groups);
+    if (g1 - g0 == kSlice24Groups) {
+#pragma GCC unroll 4
+      for (std::size_t g = g0; g < g1; g += 2) {
+        group(g, std::integral_constant<std::size_t, 0>{});
+        group(g + 1, std::integral_constant<std::size_t, 1>{});
+      }
+    } else {
+      std::size_t g = g0;  // g0 is even: parity = g % 2
+      for (; g + 2 <= g1; g += 2) {
+        group(g, std::integral_constant<std::size_t, 0>{});
+        group(g + 1, std::integral_constant<std::size_t, 1>{});
+      }
+      if (g < g1) group(g, std::integral_constant<std::size_t, 0>{});
+    }
+  }
+  for (std::size_t i = 0; i < S; ++i) {
+    const std::size_t r0 = (s + i) * kSliceRows;
+    const __mmask16 m = mask16(out - r0);
+    for (std::size_t b = 0; b < NB; ++b)
+      _mm512_mask_storeu_ps(y + b * out + r0, m,
+                            _mm512_add_ps(_mm512_add_ps(acc[i][b][0], acc[i][b][1]),
+                                          _mm512_add_ps(acc[i][b][2], acc[i][b][3])));
+  }
 }
 
 #endif  // AVX-512

@@ -79,8 +79,12 @@ void pack_panel(const float* x, std::size_t batch, std::size_t in, std::size_t p
   }
 }
 
-void gemm24(const float* x, std::size_t batch, std::size_t in, const float* values, const std::uint8_t* positions,
-            std::size_t out, float* y) {
+namespace {
+// The threaded frame of both 2:4 layouts. rows(isa, x, xt, nb, r0, r1, y)
+// computes y rows [r0, r1) (chunks of kSparseRowGrain or the panel grains,
+// the last shorter) for nb batch rows.
+template <class Rows>
+void gemm24_frame(const float* x, std::size_t batch, std::size_t in, std::size_t out, float* y, Rows&& rows) {
   if (batch == 0 || out == 0) return;
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
@@ -125,11 +129,51 @@ void gemm24(const float* x, std::size_t batch, std::size_t in, const float* valu
     auto task = [&](std::size_t t) {
       const std::size_t b0 = t / chunks * group, r0 = t % chunks * grain, nb = std::min(group, batch - b0);
       const float* xg = xt ? xt.get() + b0 * in : nullptr;  // b0 is a multiple of pw: panel b0 / pw
-      kernels::gemm24_rows<I>(x + b0 * in, xg, nb, in, values, positions, out, r0, std::min(out, r0 + grain),
-                              y + b0 * out);
+      rows(isa, x + b0 * in, xg, nb, r0, std::min(out, r0 + grain), y + b0 * out);
     };
     parallel_phases(batch * out * (in / 2) >= kMinParallelWork, panels, pack, tasks, task, [] { return true; });
   });
+}
+}  // namespace
+
+void gemm24(const float* x, std::size_t batch, std::size_t in, const float* values, const std::uint8_t* positions,
+            std::size_t out, float* y) {
+  gemm24_frame(x, batch, in, out, y,
+               [&](auto isa, const float* xb, const float* xt, std::size_t nb, std::size_t r0, std::size_t r1,
+                   float* yb) {
+                 kernels::gemm24_rows<decltype(isa)::value>(xb, xt, nb, in, values, positions, out, r0, r1, yb);
+               });
+}
+
+static_assert(kSparseRowGrain % kSliceRows == 0 && kPanelRowGrain % kSliceRows == 0,
+              "2:4 slices: row chunks are whole slices");
+
+void pack_24_slices(const float* values, const std::uint8_t* positions, std::size_t out, std::size_t in,
+                    float* svalues, std::uint32_t* ctrl) {
+  const std::size_t half = in / 2, chunks = slice24_chunks(in), slices = (out + kSliceRows - 1) / kSliceRows;
+  std::fill(svalues, svalues + slices * kSliceRows * half, 0.0f);
+  std::fill(ctrl, ctrl + slices * chunks * kSliceRows, 0u);
+  for (std::size_t r = 0; r < out; ++r) {
+    const std::size_t s = r / kSliceRows, lane = r % kSliceRows;
+    for (std::size_t k = 0; k < half; ++k) svalues[(s * half + k) * kSliceRows + lane] = values[r * half + k];
+    for (std::size_t g = 0; g < in / 4; ++g) {
+      const std::size_t v = r * half + 2 * g;  // even: the group's nibble starts at bit 0 or 4
+      const std::uint32_t nib = (positions[v >> 2] >> (2 * (v & 3))) & 15u;
+      ctrl[(s * chunks + g / kSlice24Groups) * kSliceRows + lane] |= nib << (4 * (g % kSlice24Groups));
+    }
+  }
+}
+
+void gemm24_slices(const float* x, std::size_t batch, std::size_t in, const float* values, const std::uint32_t* ctrl,
+                   std::size_t out, float* y) {
+  gemm24_frame(x, batch, in, out, y,
+               [&](auto isa, const float* xb, const float* xt, std::size_t nb, std::size_t r0, std::size_t r1,
+                   float* yb) {
+                 // Row chunks are whole slices (kSparseRowGrain and the panel grains are multiples of 16).
+                 kernels::gemm24_slices_rows<decltype(isa)::value>(xb, xt, batch > 8, nb, in, values, ctrl, out,
+                                                                   r0 / kSliceRows,
+                                                                   (r1 + kSliceRows - 1) / kSliceRows, yb);
+               });
 }
 
 template <class P>

@@ -37,6 +37,15 @@ template <Isa I>
 void spmm_slices_rows(const float* xp, std::size_t batch, std::size_t in32, bool masked, const float* values,
                       const std::uint8_t* index, const std::int32_t* base, const std::int64_t* starts,
                       std::size_t out, std::size_t s0, std::size_t s1, float* y);
+// 2:4 slices (see gemm24_slices below): slices [s0, s1) for the batch rows
+// given (all of x, or a batch group on the panel path). xt: x packed by
+// pack_panel (batch > 8 and a panel width), else nullptr. k_order: the whole
+// product's batch is above 8 (the order of the sums, below).
+template <Isa I>
+void gemm24_slices_rows(const float* x, const float* xt, bool k_order, std::size_t batch,
+                        std::size_t in,
+                        const float* values, const std::uint32_t* ctrl, std::size_t out, std::size_t s0,
+                        std::size_t s1, float* y);
 template <Isa I, class P>
 void spmm_csr_rows(const float* x, std::size_t batch, std::size_t in, const float* data,
                    const std::int32_t* cols, const P* indptr, std::size_t out, std::size_t r0, std::size_t r1,
@@ -107,6 +116,29 @@ void csr_slice_starts(const std::int32_t* cols, const P* indptr, std::size_t out
 template <class P>
 void pack_csr_slices(const float* data, const std::int32_t* cols, const P* indptr, std::size_t out, std::size_t in,
                      const std::int64_t* starts, float* values, std::uint8_t* index, std::int32_t* base);
+// 2:4 slices: the 2:4 values regrouped like the CSR slices, kSliceRows rows
+// advancing together (one SIMD lane per row; rows past out hold zeros).
+// values[(s * in / 2 + k) * 16 + lane] is kept value k of row 16 s + lane
+// (k = 2 g + j: the j-th kept value of group g, columns 4 g .. 4 g + 3);
+// ctrl[(s * chunks + g / 8) * 16 + lane] (chunks = groups rounded up to 8,
+// / 8) holds group g's two positions in bits 4 (g % 8) + 0..3: the first in
+// the low 2 bits, as compress_24's positions byte does for a group. Why: at
+// batch 1 the row-major kernel decoded each chunk's bits (srlv, vpternlogd)
+// and summed every 4 rows horizontally; here every lane of a step shares
+// one group of x (a 128-bit broadcast), and vpermilps picks each value's
+// column by the low 2 bits of the lane's word (shifted by 2 for the second
+// value, by 4 for the next group). Sums: batch <= 8, acc[2 (g % 2) + j] = fma(value, x, ...)
+// over the groups, then (acc0 + acc1) + (acc2 + acc3); batch > 8 (the panel
+// path), one fma per value in k order. Every ISA and thread count gives the
+// same bits. AVX-512 only; other ISAs run the reference loop.
+inline constexpr std::size_t kSlice24Groups = 8;  // groups per ctrl word
+inline std::size_t slice24_chunks(std::size_t in) { return (in / 4 + kSlice24Groups - 1) / kSlice24Groups; }
+// values / positions as compress_24 writes them (checked by the caller).
+void pack_24_slices(const float* values, const std::uint8_t* positions, std::size_t out, std::size_t in,
+                    float* svalues, std::uint32_t* ctrl);
+void gemm24_slices(const float* x, std::size_t batch, std::size_t in, const float* values, const std::uint32_t* ctrl,
+                   std::size_t out, float* y);
+
 // y (batch, out) = x (batch, in) @ W^T from W's slices, which the kernels
 // trust (made by pack_csr_slices and kept unwritable by the caller).
 void spmm_slices(const float* x, std::size_t batch, std::size_t in, const float* values, const std::uint8_t* index,

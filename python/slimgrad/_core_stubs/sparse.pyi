@@ -2,10 +2,18 @@
 from __future__ import annotations
 import numpy
 import typing
-__all__: list[str] = ['gemm24', 'pack_csr_slices', 'spmm_csr', 'spmm_slices']
+__all__: list[str] = ['gemm24', 'gemm24_slices', 'pack_24_slices', 'pack_csr_slices', 'spmm_csr', 'spmm_slices']
 def gemm24(x: typing.Any, values: typing.Any, positions: typing.Any, prechecked: bool = False) -> numpy.ndarray:
     """
     y = x @ W^T for W (out, in) 2:4-compressed as (values, positions); float32, new y (batch, out).
+    """
+def gemm24_slices(x: typing.Any, values: typing.Any, ctrl: typing.Any, out_features: typing.SupportsInt | typing.SupportsIndex, in_features: typing.SupportsInt | typing.SupportsIndex) -> numpy.ndarray:
+    """
+    y = x @ W^T from pack_24_slices' arrays (trusted: keep them unwritable); new y.
+    """
+def pack_24_slices(values: typing.Any, positions: typing.Any) -> tuple:
+    """
+    W's 2:4 (values, positions) regrouped for gemm24_slices: (values float32, ctrl uint32).
     """
 def pack_csr_slices(data: typing.Any, indices: typing.Any, indptr: typing.Any, out_features: typing.SupportsInt | typing.SupportsIndex, in_features: typing.SupportsInt | typing.SupportsIndex) -> tuple:
     """

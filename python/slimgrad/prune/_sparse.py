@@ -68,10 +68,12 @@ class SparseWeight:
     ``"csr"``), their ``layout``, the dense ``shape`` (out, in), ``nbytes``
     and ``density``. The arrays are copies of ``(values, positions)`` or
     ``(data, indices, indptr)`` (``layout`` ``"2:4"``, ``"csr"``), except
-    for a CSR packed while an AVX-512 level is active: then its values
-    regrouped into slices of 16 rows that advance together, one SIMD lane
-    per row (``layout="csr slices"``: ``values, index, base, starts``; with
-    padding about 2x the stored values at 90 % sparsity, docs/sparse.md).
+    for a weight packed while an AVX-512 level is active: then its values
+    are regrouped into slices of 16 rows that advance together, one SIMD
+    lane per row (``layout="2:4 slices"``: ``values, ctrl``, the same bytes
+    as the 2:4 arrays but for rows padded to 16; ``layout="csr slices"``:
+    ``values, index, base, starts``, with padding about 2x the stored values
+    at 90 % sparsity, docs/sparse.md).
     Because the arrays cannot change, products skip the per-call structure
     checks (the 2:4 positions pass, CSR's indptr and column-range passes):
     at batch 1 on MiniLM-sized weights those passes cost as much as the
@@ -82,14 +84,25 @@ class SparseWeight:
 
     def __init__(self, weight: Compressed24 | CSR) -> None:
         self.layout = "2:4" if isinstance(weight, Compressed24) else "csr"
+        wide = _kernel_isa() == "avx512"
         if isinstance(weight, Compressed24):
             values, positions = weight
             self.format = "2:4"
-            self.arrays = (_frozen(values), _frozen(positions))
+            if wide:
+                # Regrouped into 16-row slices (slimgrad/sparse.hpp) after
+                # gemm24's checks, made by pack_24_slices itself: batch 2-8
+                # 1.4-3.6x the row-major kernel, batch 1 about even (both
+                # stream the values from L2), above 8 within 5 % (docs/sparse.md).
+                self.layout = "2:4 slices"
+                self.arrays = tuple(
+                    _frozen(a) for a in _core_sparse.pack_24_slices(values, positions)
+                )
+            else:
+                self.arrays = (_frozen(values), _frozen(positions))
             self.density = 0.5
         elif isinstance(weight, CSR):
             self.format = "csr"
-            if _kernel_isa() == "avx512":
+            if wide:
                 # Regrouped into 16-row slices (slimgrad/sparse.hpp) after the same
                 # checks as spmm_csr's, made by pack_csr_slices itself: 1.5-3.4x the
                 # CSR kernel on MiniLM's shapes at batch 1-512, even with it on a
@@ -110,6 +123,10 @@ class SparseWeight:
         if self.layout == "csr slices":
             args = (*self.arrays, *self.shape)
             self._product = lambda x: _core_sparse.spmm_slices(x, *args)
+            return
+        if self.layout == "2:4 slices":
+            args = (*self.arrays, *self.shape)
+            self._product = lambda x: _core_sparse.gemm24_slices(x, *args)
             return
         # The full checks, once, on the copies: an empty x runs them alone.
         packed = (
@@ -144,9 +161,10 @@ def pack_sparse(weight: Compressed24 | CSR) -> SparseWeight:
     SparseWeight
         Immutable copies of the arrays, checked: :func:`sparse_matmul` with
         it skips the structure checks every raw ``Compressed24`` / ``CSR``
-        call pays. With an AVX-512 level active a CSR is regrouped into
-        16-row slices (``layout="csr slices"``): 1.5-3.4x faster products on
-        MiniLM-sized weights. ``prune.sparse_linear`` packs its weight this way.
+        call pays. With an AVX-512 level active the values are regrouped
+        into 16-row slices: a CSR's (``layout="csr slices"``) runs 1.5-3.4x
+        faster on MiniLM-sized weights, a 2:4's (``"2:4 slices"``) 1.4-3.6x
+        at batch 2-8. ``prune.sparse_linear`` packs its weight this way.
 
     Raises
     ------
@@ -184,7 +202,8 @@ def sparse_matmul(x: np.ndarray, weight: Compressed24 | CSR | SparseWeight) -> n
         float32 rounding of the sum (the order differs between ISAs, never
         between thread counts; a CSR weight in ``"csr slices"`` layout
         gives the same bits on every ISA, in an order of its own, so not
-        always the bits of the unpacked CSR).
+        always the bits of the unpacked CSR; likewise a 2:4 weight in
+        ``"2:4 slices"`` layout).
 
     Raises
     ------
@@ -320,7 +339,7 @@ def prefer_sparse(
     weights = weight.shape[0] * weight.shape[-1]
     if threads is None:
         threads = _core.get_num_threads()
-    if fmt == "2:4":
+    if fmt in ("2:4", "2:4 slices"):  # one rule: the slices measured at or above the row-major kernel
         if threads >= 2:
             return _prefer_24_threaded(isa, batch, weights)
         return batch <= _MAX_BATCH_24[isa]
