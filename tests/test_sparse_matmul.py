@@ -171,7 +171,7 @@ def test_packed_24_with_inf_and_nan_in_x_matches_gemm24(rng):
         x[:, 5], x[:, 40] = np.inf, np.nan
         want = sparse_matmul(x, c)
         assert np.isnan(want).any() and np.isfinite(want).any()
-        product = lambda: slimgrad._core.sparse.gemm24_slices(x, *arrays, out, inp)  # noqa: E731
+        product = lambda: slimgrad._core.sparse.gemm24_slices(x, *arrays, out, inp)  # noqa: E731, B023
         for key, y in run_everywhere(product).items():
             np.testing.assert_array_equal(np.isnan(y), np.isnan(want), err_msg=str(key))
             np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5, err_msg=str(key))

@@ -339,7 +339,7 @@ def prefer_sparse(
     weights = weight.shape[0] * weight.shape[-1]
     if threads is None:
         threads = _core.get_num_threads()
-    if fmt in ("2:4", "2:4 slices"):  # one rule: the slices measured at or above the row-major kernel
+    if fmt in ("2:4", "2:4 slices"):  # one rule: the slices are at or above row-major's figures
         if threads >= 2:
             return _prefer_24_threaded(isa, batch, weights)
         return batch <= _MAX_BATCH_24[isa]
