@@ -93,7 +93,7 @@ void gemm24_slices_portable(const float* x, bool k_order, std::size_t batch, std
       const float* xb = x + b * in;
       float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
       for (std::size_t g = 0; g < in / 4; ++g) {
-        const unsigned nib = w24.nibble(r, 2 * g);
+        const unsigned nib = w24.nibble(w24.at(r), 2 * g);
         const float* xg = xb + 4 * g;
         float& a0 = k_order ? acc[0] : acc[2 * (g % 2)];
         a0 = std::fma(w[2 * g * kSliceRows], xg[nib & 3u], a0);
@@ -177,6 +177,23 @@ void gemm24_slices_rows(const float* x, const float* xt, bool k_order, std::size
           if constexpr (NB <= kSliceBatch)
             slice24_avx512<1, NB>(x + b0 * in, in, values, ctrl, s, y + b0 * out, out);
         });
+    return;
+  }
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+  if constexpr (I == Isa::avx2) {
+    if (xt != nullptr)
+      return gemm24_panels<Ymm>(xt, batch, in, Sliced24{values, ctrl, in / 2, slice24_chunks(in)}, out,
+                                s0 * kSliceRows, std::min(out, s1 * kSliceRows), y);
+    constexpr std::size_t kHalfBatch = 2;  // 4 accumulators a batch row, 16 ymm registers
+    for (std::size_t s = s0; s < s1; ++s)
+      for (std::size_t h = 0; h < 2; ++h)
+        for (std::size_t b0 = 0; b0 < batch; b0 += kHalfBatch) {
+          if (batch - b0 >= kHalfBatch)
+            slice24_avx2<kHalfBatch>(x + b0 * in, in, values, ctrl, s, h, y + b0 * out, out);
+          else
+            slice24_avx2<1>(x + b0 * in, in, values, ctrl, s, h, y + b0 * out, out);
+        }
     return;
   }
 #endif

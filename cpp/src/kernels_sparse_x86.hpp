@@ -83,7 +83,9 @@ inline std::uint64_t position_word(const std::uint8_t* positions, std::size_t nb
 }
 
 // Where a 2:4 W keeps row r's value k (at row(r) + k * kStride) and its
-// positions (bits 2 (k % 4) of byte(r, k & ~3)), for the panel path.
+// positions, for the panel path: at(r) locates row r's positions once,
+// then byte(at, k) (k % 4 == 0) holds values k..k+3's (bits 2 (k % 4)) and
+// nibble(at, k) (k even) its group's two.
 struct RowMajor24 {  // compress_24's arrays
   static constexpr std::size_t kStride = 1;
   const float* values;
@@ -91,9 +93,10 @@ struct RowMajor24 {  // compress_24's arrays
   std::size_t half;
   const float* row(std::size_t r) const { return values + r * half; }
   bool aligned() const { return half % 4 == 0; }  // every row starts on a positions byte
-  unsigned byte(std::size_t r, std::size_t k) const { return positions[(r * half + k) >> 2]; }
-  unsigned nibble(std::size_t r, std::size_t k) const {  // k even: the group's two positions
-    const std::size_t v = r * half + k;
+  std::size_t at(std::size_t r) const { return r * half; }  // the flat index of the row's value 0
+  unsigned byte(std::size_t v0, std::size_t k) const { return positions[(v0 + k) >> 2]; }
+  unsigned nibble(std::size_t v0, std::size_t k) const {
+    const std::size_t v = v0 + k;
     return (positions[v >> 2] >> (2 * (v & 3))) & 15u;
   }
 };
@@ -104,12 +107,15 @@ struct Sliced24 {  // pack_24_slices' arrays (sparse.hpp)
   std::size_t half, chunks;
   const float* row(std::size_t r) const { return values + r / kSliceRows * kSliceRows * half + r % kSliceRows; }
   static bool aligned() { return true; }  // a word per lane and 8 groups
-  std::uint32_t word(std::size_t r, std::size_t k) const {
-    return ctrl[(r / kSliceRows * chunks + k / (2 * kSlice24Groups)) * kSliceRows + r % kSliceRows] >>
-           (2 * (k % (2 * kSlice24Groups)));
+  const std::uint32_t* at(std::size_t r) const {  // the lane's word of chunk 0
+    return ctrl + r / kSliceRows * chunks * kSliceRows + r % kSliceRows;
   }
-  unsigned byte(std::size_t r, std::size_t k) const { return word(r, k) & 0xFFu; }
-  unsigned nibble(std::size_t r, std::size_t k) const { return word(r, k) & 15u; }
+  static std::uint32_t word(const std::uint32_t* w, std::size_t k) {
+    constexpr std::size_t kValues = 2 * kSlice24Groups;  // per word
+    return w[k / kValues * kSliceRows] >> (2 * (k % kValues));
+  }
+  static unsigned byte(const std::uint32_t* w, std::size_t k) { return word(w, k) & 0xFFu; }
+  static unsigned nibble(const std::uint32_t* w, std::size_t k) { return word(w, k) & 15u; }
 };
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -190,7 +196,11 @@ void panel24(const float* xt, const L& w24, std::size_t r, std::size_t k0, std::
   for (std::size_t i = 0; i < R; ++i)
     for (std::size_t j = 0; j < NV; ++j) acc[i][j] = T::load(buf + i * PW + j * T::L);
   const float* wr[R];
-  for (std::size_t i = 0; i < R; ++i) wr[i] = w24.row(r + i);
+  decltype(w24.at(r)) pr[R];
+  for (std::size_t i = 0; i < R; ++i) {
+    wr[i] = w24.row(r + i);
+    pr[i] = w24.at(r + i);
+  }
   // Fully unrolled (pragmas): with 16 accumulators GCC otherwise keeps the
   // row loop and round-trips the accumulators through buf on every value.
   auto step = [&](std::size_t i, const float* xv, const float* w) SLIMGRAD_LAMBDA_INLINE {
@@ -207,7 +217,7 @@ void panel24(const float* xt, const L& w24, std::size_t r, std::size_t k0, std::
       // dependent FMAs per accumulator); each y entry still in k order.
       const std::uint16_t* off[R];
 #pragma GCC unroll 4
-      for (std::size_t i = 0; i < R; ++i) off[i] = lut[w24.byte(r + i, k)];
+      for (std::size_t i = 0; i < R; ++i) off[i] = lut[w24.byte(pr[i], k)];
 #pragma GCC unroll 4
       for (std::size_t q = 0; q < 4; ++q)
 #pragma GCC unroll 4
@@ -219,7 +229,7 @@ void panel24(const float* xt, const L& w24, std::size_t r, std::size_t k0, std::
     const float* xg = xt + 2 * k * PW;
 #pragma GCC unroll 4
     for (std::size_t i = 0; i < R; ++i) {
-      const unsigned nib = w24.nibble(r + i, k);
+      const unsigned nib = w24.nibble(pr[i], k);
       step(i, xg + (nib & 3u) * PW, wr[i] + k * S);
       step(i, xg + (nib >> 2) * PW, wr[i] + (k + 1) * S);
     }
@@ -403,6 +413,51 @@ void tile24_avx2(const float* x, std::size_t in, const float* values, const std:
       return _mm256_set1_epi32(static_cast<int>(position_word(positions, nbytes, v >> 2) >> (2 * (v & 3))));
     });
   store_tile<R, NB>(acc, y, out, r);
+}
+
+// The AVX2 form of slice24_avx512 (the same sums, the same bits): half a
+// slice (8 lanes: rows 16 s + 8 h ..) x NB batch rows, x's group broadcast
+// to both 128-bit lanes (vpermilps picks within a lane).
+template <std::size_t NB>
+void slice24_avx2(const float* x, std::size_t in, const float* values, const std::uint32_t* ctrl, std::size_t s,
+                  std::size_t h, float* y, std::size_t out) {
+  const std::size_t half = in / 2, groups = in / 4, chunks = slice24_chunks(in);
+  __m256 acc[NB][4];
+  for (auto& a : acc)
+    for (auto& v : a) v = _mm256_setzero_ps();
+  for (std::size_t c = 0; c < chunks; ++c) {
+    __m256i word =
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ctrl + (s * chunks + c) * kSliceRows + 8 * h));
+    auto group = [&](std::size_t g, auto parity) SLIMGRAD_LAMBDA_INLINE {
+      constexpr std::size_t p = 2 * decltype(parity)::value;
+      const float* v = values + (s * half + 2 * g) * kSliceRows + 8 * h;
+      const __m256 w0 = _mm256_loadu_ps(v), w1 = _mm256_loadu_ps(v + kSliceRows);
+      const __m256i second = _mm256_srli_epi32(word, 2);
+      for (std::size_t b = 0; b < NB; ++b) {
+        const __m256 xb = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(x + b * in + 4 * g));
+        acc[b][p] = _mm256_fmadd_ps(w0, _mm256_permutevar_ps(xb, word), acc[b][p]);
+        acc[b][p + 1] = _mm256_fmadd_ps(w1, _mm256_permutevar_ps(xb, second), acc[b][p + 1]);
+      }
+      word = _mm256_srli_epi32(word, 4);
+    };
+    const std::size_t g0 = c * kSlice24Groups, g1 = std::min(groups, g0 + kSlice24Groups);
+    std::size_t g = g0;  // g0 is even: parity = g % 2
+    for (; g + 2 <= g1; g += 2) {
+      group(g, std::integral_constant<std::size_t, 0>{});
+      group(g + 1, std::integral_constant<std::size_t, 1>{});
+    }
+    if (g < g1) group(g, std::integral_constant<std::size_t, 0>{});
+  }
+  const std::size_t r0 = s * kSliceRows + 8 * h;
+  if (r0 >= out) return;
+  const std::size_t n = std::min<std::size_t>(8, out - r0);
+  for (std::size_t b = 0; b < NB; ++b) {
+    const __m256 sum = _mm256_add_ps(_mm256_add_ps(acc[b][0], acc[b][1]), _mm256_add_ps(acc[b][2], acc[b][3]));
+    if (n == 8)
+      _mm256_storeu_ps(y + b * out + r0, sum);
+    else
+      _mm256_maskstore_ps(y + b * out + r0, mask8(n), sum);
+  }
 }
 
 // R CSR rows (from r) x NB batch rows, gathers of T::L columns (8 / 16).

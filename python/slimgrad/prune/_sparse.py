@@ -68,12 +68,13 @@ class SparseWeight:
     ``"csr"``), their ``layout``, the dense ``shape`` (out, in), ``nbytes``
     and ``density``. The arrays are copies of ``(values, positions)`` or
     ``(data, indices, indptr)`` (``layout`` ``"2:4"``, ``"csr"``), except
-    for a weight packed while an AVX-512 level is active: then its values
-    are regrouped into slices of 16 rows that advance together, one SIMD
-    lane per row (``layout="2:4 slices"``: ``values, ctrl``, the same bytes
-    as the 2:4 arrays but for rows padded to 16; ``layout="csr slices"``:
-    ``values, index, base, starts``, with padding about 2x the stored values
-    at 90 % sparsity, docs/sparse.md).
+    for a weight packed while a SIMD level is active: then its values are
+    regrouped into slices of 16 rows that advance together, one SIMD lane
+    per row: a 2:4 weight under AVX2 or AVX-512 (``layout="2:4 slices"``:
+    ``values, ctrl``, the same bytes as the 2:4 arrays but for rows padded
+    to 16), a CSR under AVX-512 (``layout="csr slices"``: ``values, index,
+    base, starts``, with padding about 2x the stored values at 90 %
+    sparsity, docs/sparse.md).
     Because the arrays cannot change, products skip the per-call structure
     checks (the 2:4 positions pass, CSR's indptr and column-range passes):
     at batch 1 on MiniLM-sized weights those passes cost as much as the
@@ -84,15 +85,15 @@ class SparseWeight:
 
     def __init__(self, weight: Compressed24 | CSR) -> None:
         self.layout = "2:4" if isinstance(weight, Compressed24) else "csr"
-        wide = _kernel_isa() == "avx512"
+        isa = _kernel_isa()
         if isinstance(weight, Compressed24):
             values, positions = weight
             self.format = "2:4"
-            if wide:
+            if isa in ("avx2", "avx512"):
                 # Regrouped into 16-row slices (slimgrad/sparse.hpp) after
                 # gemm24's checks, made by pack_24_slices itself: batch 2-8
-                # 1.4-3.6x the row-major kernel, batch 1 about even (both
-                # stream the values from L2), above 8 within 5 % (docs/sparse.md).
+                # 1.4-3.6x the row-major kernel (AVX2 2.5-3x), batch 1 up to
+                # 1.4x (AVX2 2x), above 8 within a few % (docs/sparse.md).
                 self.layout = "2:4 slices"
                 self.arrays = tuple(
                     _frozen(a) for a in _core_sparse.pack_24_slices(values, positions)
@@ -102,7 +103,7 @@ class SparseWeight:
             self.density = 0.5
         elif isinstance(weight, CSR):
             self.format = "csr"
-            if wide:
+            if isa == "avx512":
                 # Regrouped into 16-row slices (slimgrad/sparse.hpp) after the same
                 # checks as spmm_csr's, made by pack_csr_slices itself: 1.5-3.4x the
                 # CSR kernel on MiniLM's shapes at batch 1-512, even with it on a
@@ -161,10 +162,11 @@ def pack_sparse(weight: Compressed24 | CSR) -> SparseWeight:
     SparseWeight
         Immutable copies of the arrays, checked: :func:`sparse_matmul` with
         it skips the structure checks every raw ``Compressed24`` / ``CSR``
-        call pays. With an AVX-512 level active the values are regrouped
-        into 16-row slices: a CSR's (``layout="csr slices"``) runs 1.5-3.4x
-        faster on MiniLM-sized weights, a 2:4's (``"2:4 slices"``) 1.4-3.6x
-        at batch 2-8. ``prune.sparse_linear`` packs its weight this way.
+        call pays. With a SIMD level active the values are regrouped into
+        16-row slices: a 2:4 weight's (AVX2 and AVX-512, ``layout="2:4
+        slices"``) runs 1.4-3.6x faster at batch 2-8, a CSR's (AVX-512,
+        ``"csr slices"``) 1.5-3.4x on MiniLM-sized weights.
+        ``prune.sparse_linear`` packs its weight this way.
 
     Raises
     ------
