@@ -508,6 +508,13 @@ def test_prefer_sparse_rules_threaded(isa, threads):
         assert prune.prefer_sparse(weights[1], 1) is False
     with slimgrad.num_threads(1):
         assert prune.prefer_sparse(weights[1], 1) is simd
+    # packed into 2:4 slices under AVX-512, batch 1 wins on every size
+    packed = prune.pack_sparse(compress_24(np.ones((1536, 384), np.float32)))
+    assert packed.layout == ("2:4 slices" if simd else "2:4")
+    assert prune.prefer_sparse(packed, 1, threads) is wide
+    for batch, wanted in expect.items():
+        if batch != 1:
+            assert prune.prefer_sparse(packed, batch, threads) is wanted[1], batch
 
 
 def test_pack_sparse_is_checked_once_and_immutable(rng):

@@ -275,6 +275,13 @@ _CSR_MAX_DENSITY = 0.1
 # even or better on every shape (0.85-2.1x); at 512 it wins only on
 # 4096x4096 (1.3-1.4x; the MiniLM shapes 0.64-0.78x).
 _MAX_WEIGHTS_24_BATCH1_MT = 1 << 18
+# The 2:4 slices (pack_sparse) under AVX-512, Intel Xeon (Emerald Rapids), 2
+# threads: batch 1 1.49-2.55x NumPy on all four shapes (1536x384 and
+# 384x1536 included), so at batch 1 they always win there; the other rules
+# hold as for the row-major kernel (batch 2-64 1.1-5.1x, 512 on MiniLM's
+# shapes 0.93-1.01x; docs/sparse.md, "2:4 slices"). AVX2's batch 1 on the
+# mid-sized shapes stays with the rule above (0.72-1.06x against OpenBLAS's
+# AVX-512 GEMV on that CPU).
 _LARGE_WEIGHTS_MT = 4_000_000
 _MAX_BATCH_24_MT = 64
 # CSR slices (pack_sparse under AVX-512), Intel Xeon (Emerald Rapids), 1 and 2
@@ -285,10 +292,12 @@ _MAX_BATCH_24_MT = 64
 _SLICES_RULES = ((0.1, 1, 512), (0.2, 1, 64), (0.5, 2, 8))  # (density <=, batch from, to)
 
 
-def _prefer_24_threaded(isa: str, batch: int, weights: int) -> bool:
+def _prefer_24_threaded(isa: str, batch: int, weights: int, sliced: bool) -> bool:
     """2:4 at >= 2 threads (see the comment above)."""
     large = weights >= _LARGE_WEIGHTS_MT
     if batch == 1:
+        if sliced and isa == "avx512":
+            return True
         return weights <= _MAX_WEIGHTS_24_BATCH1_MT or large
     if batch <= _MAX_BATCH_24_MT:
         return batch <= _MAX_BATCH_24[isa]
@@ -304,8 +313,8 @@ def prefer_sparse(
     threads, NumPy's BLAS on as many threads), not a guarantee. On one
     thread, 2:4: ``1 <= batch <= 512`` with AVX-512, ``<= 64`` with AVX2.
     On two or more, 2:4: batch 1 for weights of at most 2^18 or at least
-    4M entries, batch 2-64 always (AVX2 too), 65-512 (AVX-512) from 4M
-    entries. CSR at density <= 10 % (any thread count): ``2 <= batch <=
+    4M entries (any size for a ``"2:4 slices"`` weight under AVX-512),
+    batch 2-64 always (AVX2 too), 65-512 (AVX-512) from 4M entries. CSR at density <= 10 % (any thread count): ``2 <= batch <=
     16``, and batch 1 for weights of at least 4M entries. CSR packed into
     slices (``pack_sparse`` under AVX-512; any thread count): density <=
     10 % at batch 1-512, <= 20 % at 1-64, <= 50 % at 2-8. Never on the
@@ -343,7 +352,7 @@ def prefer_sparse(
         threads = _core.get_num_threads()
     if fmt in ("2:4", "2:4 slices"):  # one rule: the slices are at or above row-major's figures
         if threads >= 2:
-            return _prefer_24_threaded(isa, batch, weights)
+            return _prefer_24_threaded(isa, batch, weights, fmt == "2:4 slices")
         return batch <= _MAX_BATCH_24[isa]
     if fmt == "csr slices":
         return isa == "avx512" and any(
