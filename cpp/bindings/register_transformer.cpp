@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "buffers.hpp"
+#include "outputs.hpp"
 #include "slimgrad/transformer.hpp"
 
 namespace slimgrad::bind {
@@ -102,6 +103,55 @@ void bind_softmax(py::module_& m) {
   }, py::arg("probs"), py::arg("grad_out"), py::arg("grad_in"), py::arg("scale"));
 }
 
+// (batch, seq, heads * d) float32, C order: the projections of attention.
+Array projections(py::handle x, const std::string& name, std::size_t heads) {
+  Array xa = check_array(x, name, kF32, Access::read);
+  if (xa.ndim() != 3)
+    throw py::value_error(name + ": expected a 3-D (batch, seq, heads * head_dim) array, got " + describe(xa.arr));
+  if (heads == 0 || xa.dim(2) % static_cast<py::ssize_t>(heads) != 0)
+    throw py::value_error(name + ": expected a last dimension divisible by heads = " + std::to_string(heads) +
+                          ", got " + describe(xa.arr));
+  return xa;
+}
+
+void bind_attention(py::module_& m) {
+  m.def("attention_scores", [](py::handle a, py::handle c, std::size_t heads) {
+    const Array aa = projections(a, "a", heads);
+    const Array ca = check_like(c, "c", aa, Access::read);
+    const auto batch = static_cast<std::size_t>(aa.dim(0)), seq = static_cast<std::size_t>(aa.dim(1));
+    const std::size_t d = static_cast<std::size_t>(aa.dim(2)) / heads;
+    py::array out = new_output(py::dtype("float32"), {aa.dim(0), static_cast<py::ssize_t>(heads), aa.dim(1), aa.dim(1)});
+    auto* op = static_cast<float*>(out.mutable_data());
+    {
+      py::gil_scoped_release release;
+      attention_scores(aa.ptr<float>(), ca.ptr<float>(), batch, seq, heads, d, op);
+    }
+    return out;
+  }, py::arg("a"), py::arg("c"), py::arg("heads"),
+     "scores (batch, heads, seq, seq) = a_h c_h^T per head, a and c (batch, seq, heads * d); new array.");
+
+  m.def("attention_context", [](py::handle p, py::handle v, bool transpose) {
+    const Array pa = check_array(p, "p", kF32, Access::read);
+    if (pa.ndim() != 4 || pa.dim(2) != pa.dim(3))
+      throw py::value_error("p: expected a 4-D (batch, heads, seq, seq) array, got " + describe(pa.arr));
+    const auto heads = static_cast<std::size_t>(pa.dim(1));
+    const Array va = projections(v, "v", heads);
+    if (va.dim(0) != pa.dim(0) || va.dim(1) != pa.dim(2))
+      throw py::value_error("v: expected shape (" + std::to_string(pa.dim(0)) + ", " + std::to_string(pa.dim(2)) +
+                            ", heads * d) for p of shape " + shape_str(pa.shape()) + ", got " + describe(va.arr));
+    const auto batch = static_cast<std::size_t>(va.dim(0)), seq = static_cast<std::size_t>(va.dim(1));
+    const std::size_t d = static_cast<std::size_t>(va.dim(2)) / heads;
+    py::array out = new_output(py::dtype("float32"), va.shape());
+    auto* op = static_cast<float*>(out.mutable_data());
+    {
+      py::gil_scoped_release release;
+      attention_context(pa.ptr<float>(), transpose, va.ptr<float>(), batch, seq, heads, d, op);
+    }
+    return out;
+  }, py::arg("p"), py::arg("v"), py::arg("transpose") = false,
+     "out (batch, seq, heads * d), head h = p_h v_h (p_h^T v_h if transpose), p (batch, heads, seq, seq); new array.");
+}
+
 void bind_hessian(py::module_& m) {
   m.def("hessian_accumulate", [](py::handle x, py::handle h, py::handle abs_sum, py::handle sq_sum) {
     const Array xa = check_array(x, "x", kF32, Access::read);
@@ -137,6 +187,7 @@ void bind_hessian(py::module_& m) {
 void register_transformer(py::module_& m) {
   bind_layer_norm(m);
   bind_softmax(m);
+  bind_attention(m);
   bind_hessian(m);
 }
 

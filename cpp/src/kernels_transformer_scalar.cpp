@@ -12,6 +12,17 @@
 namespace slimgrad::kernels {
 
 template <>
+void head_product<Isa::scalar>(const float* a, std::size_t ai, std::size_t at, const float* b, std::size_t ldb,
+                               std::size_t m, std::size_t k, std::size_t n, float* out, std::size_t ldo) {
+  for (std::size_t i = 0; i < m; ++i)
+    for (std::size_t j = 0; j < n; ++j) {
+      float acc = 0.0f;  // float, in t order, like the SIMD lanes (which fuse each step)
+      for (std::size_t t = 0; t < k; ++t) acc += a[i * ai + t * at] * b[t * ldb + j];
+      out[i * ldo + j] = acc;
+    }
+}
+
+template <>
 void layer_norm_rows<Isa::scalar>(const float* x, float* y, std::size_t rows, std::size_t n, const float* w,
                                   const float* b, float eps, float* mean, float* rstd) {
   for (std::size_t r = 0; r < rows; ++r) {

@@ -228,6 +228,48 @@ void softmax_backward_rows(const float* p, const float* dp, float* ds, std::size
   }
 }
 
+// R rows of out from i, columns [j, j + NV * W) of which `cols` are valid.
+// Per t: NV loads of B's row, shared by the R rows, R broadcasts, R * NV FMAs.
+template <Isa I, std::size_t R, std::size_t NV>
+SLIMGRAD_ALWAYS_INLINE void head_tile(const float* a, std::size_t ai, std::size_t at, const float* b,
+                                      std::size_t ldb, std::size_t k, std::size_t i, std::size_t j,
+                                      std::size_t cols, float* out, std::size_t ldo) {
+  using V = Vec<float, I>;
+  constexpr std::size_t W = V::width;
+  V acc[R][NV];
+  for (auto& r : acc)
+    for (auto& v : r) v = V::zero();
+  for (std::size_t t = 0; t < k; ++t) {
+    const float* bt = b + t * ldb + j;
+    V bv[NV];
+    for (std::size_t v = 0; v < NV; ++v) {
+      const std::size_t c = v * W;
+      bv[v] = c + W <= cols ? V::load(bt + c) : load_partial<V>(bt + c, cols > c ? cols - c : 0);
+    }
+    for (std::size_t r = 0; r < R; ++r) {
+      const V av = V::set1(a[(i + r) * ai + t * at]);
+      for (std::size_t v = 0; v < NV; ++v) acc[r][v] = fma(av, bv[v], acc[r][v]);
+    }
+  }
+  for (std::size_t r = 0; r < R; ++r)
+    for (std::size_t v = 0; v < NV; ++v) {
+      const std::size_t c = v * W;
+      if (c < cols) store_n(out + (i + r) * ldo + j + c, std::min(W, cols - c), acc[r][v]);
+    }
+}
+
+template <Isa I>
+void head_product(const float* a, std::size_t ai, std::size_t at, const float* b, std::size_t ldb, std::size_t m,
+                  std::size_t k, std::size_t n, float* out, std::size_t ldo) {
+  constexpr std::size_t W = Vec<float, I>::width, NV = 2, R = 4;  // 8 accumulators
+  for (std::size_t j = 0; j < n; j += NV * W) {
+    const std::size_t cols = std::min(NV * W, n - j);
+    std::size_t i = 0;
+    for (; i + R <= m; i += R) head_tile<I, R, NV>(a, ai, at, b, ldb, k, i, j, cols, out, ldo);
+    for (; i < m; ++i) head_tile<I, 1, NV>(a, ai, at, b, ldb, k, i, j, cols, out, ldo);
+  }
+}
+
 template <Isa I, class T>
 void hessian_tile(const float* a, const float* b, std::size_t kc, T* h, std::size_t ldh, std::size_t rows,
                   std::size_t cols) {
@@ -281,6 +323,9 @@ void hessian_tile(const float* a, const float* b, std::size_t kc, T* h, std::siz
                                                    float);                                                         \
   template void slimgrad::kernels::softmax_backward_rows<I>(const float*, const float*, float*, std::size_t,       \
                                                             std::size_t, float);                                   \
+  template void slimgrad::kernels::head_product<I>(const float*, std::size_t, std::size_t, const float*,         \
+                                                   std::size_t, std::size_t, std::size_t, std::size_t, float*,     \
+                                                   std::size_t);                                                   \
   template void slimgrad::kernels::hessian_tile<I, float>(const float*, const float*, std::size_t, float*,         \
                                                           std::size_t, std::size_t, std::size_t);                  \
   template void slimgrad::kernels::hessian_tile<I, double>(const float*, const float*, std::size_t, double*,       \

@@ -96,6 +96,54 @@ void masked_softmax_backward(const float* p, const float* dp, float* ds, std::si
   });
 }
 
+// ------------------------------------------------- Attention products
+namespace {
+// Below this many multiply-adds the products run on the calling thread
+// (as the sparse products: waking the team costs more).
+constexpr std::size_t kMinParallelAttention = std::size_t{1} << 20;
+
+// body(b, h) for every (batch element, head): one task each, handed out
+// dynamically; each writes only its own outputs, so the bits never depend
+// on the thread count.
+template <class Body>
+void over_heads(std::size_t batch, std::size_t heads, std::size_t work, Body&& body) {
+  auto task = [&](std::size_t t) { body(t / heads, t % heads); };
+  if (work >= kMinParallelAttention) return parallel_tasks(batch * heads, task);
+  for (std::size_t t = 0; t < batch * heads; ++t) task(t);
+}
+}  // namespace
+
+void attention_scores(const float* a, const float* c, std::size_t batch, std::size_t seq, std::size_t heads,
+                      std::size_t d, float* scores) {
+  const std::size_t e = heads * d;
+  dispatch([&](auto isa) {
+    over_heads(batch, heads, batch * heads * seq * seq * d, [&](std::size_t b, std::size_t h) {
+      // c_h^T as the product's B (d rows of seq): a transposed copy per task,
+      // 4 KB for MiniLM's heads, so that B's rows are contiguous.
+      thread_local std::vector<float> ct;
+      ct.resize(d * seq);
+      const float* ch = c + b * seq * e + h * d;
+      for (std::size_t j = 0; j < seq; ++j)
+        for (std::size_t t = 0; t < d; ++t) ct[t * seq + j] = ch[j * e + t];
+      kernels::head_product<decltype(isa)::value>(a + b * seq * e + h * d, e, 1, ct.data(), seq, seq, d, seq,
+                                                  scores + (b * heads + h) * seq * seq, seq);
+    });
+  });
+}
+
+void attention_context(const float* p, bool transpose, const float* v, std::size_t batch, std::size_t seq,
+                       std::size_t heads, std::size_t d, float* out) {
+  const std::size_t e = heads * d;
+  dispatch([&](auto isa) {
+    over_heads(batch, heads, batch * heads * seq * seq * d, [&](std::size_t b, std::size_t h) {
+      const float* ph = p + (b * heads + h) * seq * seq;
+      kernels::head_product<decltype(isa)::value>(ph, transpose ? 1 : seq, transpose ? seq : 1,
+                                                  v + b * seq * e + h * d, e, seq, seq, d, out + b * seq * e + h * d,
+                                                  e);
+    });
+  });
+}
+
 // ---------------------------------------------------------- Calibration
 namespace {
 

@@ -263,8 +263,10 @@ class MultiheadSelfAttention(Module):
     ``attention.output.dense`` instead). ``forward(x, attention_mask)`` with
     ``x`` float32 (batch, seq, embed_dim) and ``attention_mask`` (batch, seq)
     (1 = token, 0 = padding) or None. Per head: ``P = masked_softmax(Q K^T,
-    scale=1/sqrt(head_dim))`` (C++), ``P V`` (NumPy matmul); attention dropout
-    ``dropout`` on ``P`` in training. ``backward(grad)`` returns the gradient
+    scale=1/sqrt(head_dim))``, then ``P V``, all in C++ on the projections
+    as the Linears write them (no per-head copies; float32 sums in order,
+    one task per batch element and head); attention dropout ``dropout`` on
+    ``P`` in training. ``backward(grad)`` returns the gradient
     with respect to ``x`` and fills the projections' gradients.
     """
 
@@ -302,23 +304,20 @@ class MultiheadSelfAttention(Module):
         self.dropout = self.register_module("dropout", Dropout(dropout, seed=seed + 4))
         self._cache: tuple | None = None
 
-    def _heads(self, t: np.ndarray, b: int, s: int) -> np.ndarray:  # (b, s, e) -> (b, h, s, d)
-        return t.reshape(b, s, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-
     def forward(self, x: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:  # type: ignore[override]
         x = check_input(x, "x", _F32)
         if x.ndim != 3 or x.shape[2] != self.embed_dim:
             raise ValueError(f"x: expected shape (batch, seq, {self.embed_dim}), got {x.shape}")
         b, s, _ = x.shape
         keep = _key_mask(attention_mask, b, s)
-        q = self._heads(self.query.forward(x), b, s)
-        k = self._heads(self.key.forward(x), b, s)
-        v = self._heads(self.value.forward(x), b, s)
-        scores = np.matmul(q, k.transpose(0, 1, 3, 2))  # (b, h, s, s), a new C-contiguous array
+        # (batch, seq, embed_dim), head h in columns [h d, (h + 1) d)
+        q, k, v = (np.ascontiguousarray(p.forward(x)) for p in (self.query, self.key, self.value))
+        heads = self.num_heads
+        scores = _nn.attention_scores(q, k, heads)  # (b, h, s, s), new
         probs = scores  # in place: the scores are not needed again
         _nn.masked_softmax_forward(scores, probs, keep, self.scale)
         dropped = self.dropout.forward(probs)
-        ctx = np.matmul(dropped, v).transpose(0, 2, 1, 3).reshape(b, s, self.embed_dim)
+        ctx = _nn.attention_context(np.ascontiguousarray(dropped), v)  # (b, s, embed_dim)
         self._cache = (q, k, v, probs, dropped, (b, s))
         return self.out.forward(ctx) if self.out is not None else ctx
 
@@ -329,21 +328,18 @@ class MultiheadSelfAttention(Module):
         if self.out is not None:
             grad_out = self.out.backward(grad_out)
         g = check_grad(grad_out, probs, "MultiheadSelfAttention", (b, s, self.embed_dim))
-        gctx = self._heads(g, b, s)  # (b, h, s, d)
-        gv = np.matmul(dropped.transpose(0, 1, 3, 2), gctx)
-        gp = np.matmul(gctx, v.transpose(0, 1, 3, 2))  # new (b, h, s, s)
+        g = np.ascontiguousarray(g)
+        heads = self.num_heads
+        gv = _nn.attention_context(np.ascontiguousarray(dropped), g, True)  # P^T g
+        gp = _nn.attention_scores(g, v, heads)  # g v^T, new (b, h, s, s)
         gp = self.dropout.backward(gp)
         gs = gp if gp.flags.writeable and gp.flags.c_contiguous else np.empty_like(gp)
         _nn.masked_softmax_backward(probs, gp, gs, self.scale)
-        gq = np.matmul(gs, k)
-        gk = np.matmul(gs.transpose(0, 1, 3, 2), q)
-
-        def merge(t: np.ndarray) -> np.ndarray:
-            return np.ascontiguousarray(t.transpose(0, 2, 1, 3)).reshape(b, s, self.embed_dim)
-
-        gx = self.query.backward(merge(gq))
-        gx += self.key.backward(merge(gk))
-        gx += self.value.backward(merge(gv))
+        gq = _nn.attention_context(gs, k)  # S k
+        gk = _nn.attention_context(gs, q, True)  # S^T q
+        gx = self.query.backward(gq)
+        gx += self.key.backward(gk)
+        gx += self.value.backward(gv)
         return gx
 
     def extra_repr(self) -> str:

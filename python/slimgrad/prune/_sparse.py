@@ -314,8 +314,9 @@ def prefer_sparse(
     thread, 2:4: ``1 <= batch <= 512`` with AVX-512, ``<= 64`` with AVX2.
     On two or more, 2:4: batch 1 for weights of at most 2^18 or at least
     4M entries (any size for a ``"2:4 slices"`` weight under AVX-512),
-    batch 2-64 always (AVX2 too), 65-512 (AVX-512) from 4M entries. CSR at density <= 10 % (any thread count): ``2 <= batch <=
-    16``, and batch 1 for weights of at least 4M entries. CSR packed into
+    batch 2-64 always (AVX2 too), 65-512 (AVX-512) from 4M entries. CSR at
+    density <= 10 % (any thread count): ``2 <= batch <= 16``, and batch 1
+    for weights of at least 4M entries. CSR packed into
     slices (``pack_sparse`` under AVX-512; any thread count): density <=
     10 % at batch 1-512, <= 20 % at 1-64, <= 50 % at 2-8. Never on the
     scalar ISA.
