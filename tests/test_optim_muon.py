@@ -216,8 +216,14 @@ def test_every_isa_and_thread_count_same_result(rng):
     base = results[("scalar", 1)]
     for key, p in results.items():
         # bfloat16 NS: the norm is rounded to bfloat16, so the ISA's lane
-        # order of the sum of squares does not reach the result.
-        np.testing.assert_array_equal(p, base, err_msg=str(key))
+        # order of the sum of squares does not reach the result. Level amx
+        # sums its products in AMX's own order: the same bits at any thread
+        # count, within bfloat16 rounding of the others.
+        if key[0] == "amx":
+            np.testing.assert_array_equal(p, results[("amx", 1)], err_msg=str(key))
+            np.testing.assert_allclose(p, base, rtol=0, atol=2e-2 * np.abs(base).max())
+        else:
+            np.testing.assert_array_equal(p, base, err_msg=str(key))
 
 
 def test_float32_mode_isas_agree(rng):

@@ -26,8 +26,10 @@ void bf16_gemm(const Bf16Gemm& g) {
   if (g.lower && g.m != g.n) throw std::invalid_argument("bf16_gemm: lower needs a square product");
   if ((g.sym_a && (g.m != g.k || g.lda != g.k)) || (g.sym_b && (g.n != g.k || g.ldb != g.k || !g.trans_b)))
     throw std::invalid_argument("bf16_gemm: a symmetric operand must be square (k x k, ld k, b transposed)");
-  const bool dp = isa_active_at_least(Isa::avx512_bf16);
-  dispatch([&](auto isa) { kernels::bf16_gemm<decltype(isa)::value>(g, dp); });
+  const Bf16Dot dot = isa_active_at_least(Isa::amx)           ? Bf16Dot::amx
+                      : isa_active_at_least(Isa::avx512_bf16) ? Bf16Dot::vdpbf16ps
+                                                              : Bf16Dot::fma;
+  dispatch([&](auto isa) { kernels::bf16_gemm<decltype(isa)::value>(g, dot); });
 }
 
 namespace {

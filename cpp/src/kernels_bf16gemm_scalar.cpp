@@ -33,7 +33,7 @@ void bf16_axpby<Isa::scalar>(std::uint16_t* out, const float* acc, const std::ui
 }
 
 template <>
-void bf16_gemm<Isa::scalar>(const Bf16Gemm& g, bool /*dp*/) {
+void bf16_gemm<Isa::scalar>(const Bf16Gemm& g, Bf16Dot /*dot*/) {
   // A symmetric operand is read from its lower triangle only.
   const auto aat = [&](std::size_t i, std::size_t kk) {
     return widen(g.sym_a && kk > i ? g.a[kk * g.lda + i] : g.a[i * g.lda + kk]);

@@ -30,6 +30,8 @@
 #include "slimgrad/bf16_gemm.hpp"
 #include "slimgrad/simd.hpp"
 
+#include "kernels_amx_x86.hpp"
+
 #if SLIMGRAD_OPENMP
 #define SLIMGRAD_BF16_OMP(x) _Pragma(x)
 #else
@@ -280,6 +282,63 @@ __attribute__((target("avx512bf16"))) void tile_dp(const std::uint32_t* ap, cons
 }
 #endif
 
+#if defined(__AVX512F__)
+// ------------------------------------------------------------------ AMX
+// Level amx: blocks of 32 x 32 (2 x 2 tiles of 16 x 16 float32 sums, tiles
+// 0-3), per 16 pairs two A tiles (4, 5: 16 rows x 16 pairs, row-major, as
+// tdpbf16ps takes its first operand) and two B tiles (6, 7: 16 pairs x 16
+// columns, the pair-major panel as packed for the other levels, stride 32
+// columns). A is packed pair-major (pack_a) and turned row-major by 16 x 16
+// dword transposes; pairs past the block's P are zero up to a multiple of 16.
+constexpr std::size_t kAmxBlock = 32;
+
+// The pair-major panel pm ([p][32], P16 pairs) row-major per 16 pairs:
+// dst[q * 32 + r * 16 + t] = pm[(q + t) * 32 + r] for q a multiple of 16.
+inline void amx_rows(const std::uint32_t* pm, std::size_t P16, std::uint32_t* dst) {
+  for (std::size_t q = 0; q < P16; q += kBf16TilePairs)
+    for (std::size_t rg = 0; rg < kAmxBlock; rg += 16) {
+      __m512i a[16], t[16];
+      for (std::size_t i = 0; i < 16; ++i) a[i] = _mm512_loadu_si512(pm + (q + i) * kAmxBlock + rg);
+      transpose16(a, t);
+      for (std::size_t j = 0; j < 16; ++j) _mm512_storeu_si512(dst + q * kAmxBlock + (rg + j) * 16, t[j]);
+    }
+}
+
+// One 32 x 32 block over P16 pairs: c (ldc floats) = (acc_in ? c : 0) + A B.
+__attribute__((target("amx-tile,amx-bf16"))) inline void tile_amx(const std::uint32_t* aa, const std::uint32_t* bp,
+                                                                  std::size_t P16, float* c, std::size_t ldc,
+                                                                  bool acc_in) {
+  const long ld = static_cast<long>(ldc * sizeof(float));
+  if (acc_in) {
+    _tile_loadd(0, c, ld);
+    _tile_loadd(1, c + 16, ld);
+    _tile_loadd(2, c + 16 * ldc, ld);
+    _tile_loadd(3, c + 16 * ldc + 16, ld);
+  } else {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+  for (std::size_t q = 0; q < P16; q += kBf16TilePairs) {
+    _tile_loadd(4, aa + q * kAmxBlock, 64);
+    _tile_loadd(5, aa + q * kAmxBlock + 16 * 16, 64);
+    _tile_loadd(6, bp + q * kAmxBlock, kAmxBlock * 4);
+    _tile_loadd(7, bp + q * kAmxBlock + 16, kAmxBlock * 4);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, c, ld);
+  _tile_stored(1, c + 16, ld);
+  _tile_stored(2, c + 16 * ldc, ld);
+  _tile_stored(3, c + 16 * ldc + 16, ld);
+}
+
+__attribute__((target("amx-tile"))) inline void amx_release() { _tile_release(); }
+#endif
+
 #if defined(__AVX2__)
 // One 4 x 16 tile (avx2 unit).
 inline void tile_avx2(const std::uint32_t* ap, const std::uint32_t* bp, std::size_t P, float* c, std::size_t ldc,
@@ -367,8 +426,74 @@ inline std::unique_ptr<std::uint32_t, FreeAligned> alloc_pairs(std::size_t n) {
 
 }  // namespace bf16gemm
 
+#if defined(__AVX512F__)
+// Level amx (see tile_amx): the loops of bf16_gemm below with 32 x 32 blocks.
+inline void bf16_gemm_amx(const Bf16Gemm& g) {
+  using namespace bf16gemm;
+  constexpr std::size_t B = kAmxBlock, TP = kBf16TilePairs;
+  const std::size_t kp = (g.k + 1) / 2;
+  const std::size_t mp = (g.m + B - 1) / B, np = (g.n + B - 1) / B;
+  const std::size_t kc16 = (std::min(kKcPairs, kp) + TP - 1) / TP * TP;
+  std::unique_ptr<std::uint32_t, FreeAligned> own;
+  if (!g.work) own = alloc_pairs(bf16_gemm_work_size(g.m, g.n, g.k));
+  std::uint32_t* const ab = g.work ? g.work : own.get();
+  std::uint32_t* const bb = ab + mp * B * kc16;
+  const int threads = std::max(1, g.threads);
+  (void)threads;
+  SLIMGRAD_BF16_OMP("omp parallel num_threads(threads) if (threads > 1)")
+  {
+    amx_configure();  // per thread: the tile state is a thread's
+    alignas(64) std::uint32_t pm[B * kKcPairs];
+    for (std::size_t p0 = 0; p0 < kp; p0 += kKcPairs) {
+      const std::size_t P = std::min(kKcPairs, kp - p0), P16 = (P + TP - 1) / TP * TP;
+      SLIMGRAD_BF16_OMP("omp for schedule(static)")
+      for (std::ptrdiff_t q = 0; q < static_cast<std::ptrdiff_t>(mp); ++q) {
+        pack_a<Isa::avx512>(g.a, g.lda, g.m, g.k, q * B, B, p0, P, g.sym_a, pm);
+        std::fill(pm + P * B, pm + P16 * B, 0u);
+        amx_rows(pm, P16, ab + q * B * P16);
+      }
+      SLIMGRAD_BF16_OMP("omp for schedule(static)")
+      for (std::ptrdiff_t q = 0; q < static_cast<std::ptrdiff_t>(np); ++q) {
+        std::uint32_t* d = bb + q * B * P16;
+        if (g.trans_b)
+          pack_a<Isa::avx512>(g.b, g.ldb, g.n, g.k, q * B, B, p0, P, g.sym_b, d);
+        else
+          pack_b<Isa::avx512>(g.b, g.ldb, g.k, g.n, q * B, B, p0, P, d);
+        std::fill(d + P * B, d + P16 * B, 0u);
+      }
+      const bool acc_in = p0 > 0, last = p0 + P == kp;
+      SLIMGRAD_BF16_OMP("omp for schedule(dynamic, 1)")
+      for (std::ptrdiff_t jq = 0; jq < static_cast<std::ptrdiff_t>(np); ++jq) {
+        const std::size_t j0 = jq * B, nr = std::min(B, g.n - j0);
+        const std::uint32_t* bp = bb + jq * B * P16;
+        for (std::size_t iq = 0; iq < mp; ++iq) {
+          const std::size_t i0 = iq * B, mr = std::min(B, g.m - i0);
+          if (g.lower && i0 + mr <= j0) continue;  // entirely above the diagonal
+          const std::uint32_t* aa = ab + iq * B * P16;
+          float* c = g.c + i0 * g.ldc + j0;
+          if (mr == B && nr == B) {
+            tile_amx(aa, bp, P16, c, g.ldc, acc_in);
+          } else {  // an edge block: on a local block, then its valid part
+            alignas(64) float t[B * B] = {};
+            if (acc_in)
+              for (std::size_t i = 0; i < mr; ++i) std::memcpy(t + i * B, c + i * g.ldc, nr * sizeof(float));
+            tile_amx(aa, bp, P16, t, B, acc_in);
+            for (std::size_t i = 0; i < mr; ++i) std::memcpy(c + i * g.ldc, t + i * B, nr * sizeof(float));
+          }
+          if (g.out && last)
+            for (std::size_t i = i0; i < i0 + mr; ++i)
+              bf16_axpby<Isa::avx512>(g.out + i * g.ldo + j0, g.c + i * g.ldc + j0,
+                                      g.x ? g.x + i * g.ldx + j0 : nullptr, nr, g.alpha, g.beta);
+        }
+      }
+    }
+    amx_release();
+  }
+}
+#endif
+
 template <Isa I>
-void bf16_gemm(const Bf16Gemm& g, bool dp) {
+void bf16_gemm(const Bf16Gemm& g, Bf16Dot dot) {
   using namespace bf16gemm;
   constexpr std::size_t MR = Shape<I>::MR, NR = Shape<I>::NR;
   if (g.m == 0 || g.n == 0) return;
@@ -377,6 +502,11 @@ void bf16_gemm(const Bf16Gemm& g, bool dp) {
     for (std::size_t i = 0; i < g.m; ++i) std::fill(g.c + i * g.ldc, g.c + i * g.ldc + g.n, 0.0f);
     return;
   }
+#if defined(__AVX512F__)
+  if constexpr (I == Isa::avx512)
+    if (dot == Bf16Dot::amx) return bf16_gemm_amx(g);
+#endif
+  const bool dp = dot == Bf16Dot::vdpbf16ps;
   const std::size_t mp = (g.m + MR - 1) / MR, np = (g.n + NR - 1) / NR, kc = std::min(kKcPairs, kp);
   std::unique_ptr<std::uint32_t, FreeAligned> own;
   if (!g.work) own = alloc_pairs(bf16_gemm_work_size(g.m, g.n, g.k));
@@ -455,7 +585,7 @@ void bf16_axpby(std::uint16_t* out, const float* acc, const std::uint16_t* x, st
 // ---------------------------------------------------------- instantiations
 #ifdef SLIMGRAD_UNIT_ISA
 namespace slimgrad::kernels {
-template void bf16_gemm<SLIMGRAD_UNIT_ISA>(const Bf16Gemm&, bool);
+template void bf16_gemm<SLIMGRAD_UNIT_ISA>(const Bf16Gemm&, Bf16Dot);
 template void bf16_axpby<SLIMGRAD_UNIT_ISA>(std::uint16_t*, const float*, const std::uint16_t*, std::size_t, float,
                                             float);
 }  // namespace slimgrad::kernels

@@ -16,6 +16,12 @@
 // loops, the reference). Exception: vdpbf16ps flushes subnormal inputs and
 // results to zero (DAZ/FTZ), the others do not; Muon's normalized matrices
 // have no values near 1e-38.
+// Level amx has a policy of its own, AMX's tdpbf16ps's (16 x 16 tiles):
+//     acc = 0; for p: acc = acc + (a[2p] b[2p] + a[2p+1] b[2p+1])
+// the pair's sum rounded to float32 once, then added with a second rounding
+// (probed on Emerald Rapids, sixth and eighth sessions; subnormals flushed
+// as by vdpbf16ps): its own bits, the same for any thread count, tested
+// against an emulation of that order. Pairs past k are zero.
 //
 // Packed GotoBLAS layout (kernels_bf16gemm_simd.hpp): for each block of
 // kKcPairs pairs, A is packed in MR-row panels and B in NR-column panels
@@ -68,17 +74,21 @@ struct Bf16Gemm {
 // Pairs per k block: a 32-column B panel of 192 pairs is 24 KiB (L1), the
 // A panels of a 384-row matrix 288 KiB (L2).
 inline constexpr std::size_t kKcPairs = 192;
-// Bounds of the register tile over all ISA levels (rows, columns).
-inline constexpr std::size_t kBf16MaxMR = 12, kBf16MaxNR = 32;
+// Bounds of the register tile over all ISA levels (rows, columns; AMX's
+// 2 x 2 tiles of 16 x 16), and the pairs of a tile product (AMX: 16).
+inline constexpr std::size_t kBf16MaxMR = 32, kBf16MaxNR = 32, kBf16TilePairs = 16;
 inline std::size_t bf16_gemm_work_size(std::size_t m, std::size_t n, std::size_t k) {
-  const std::size_t kc = std::min(kKcPairs, (k + 1) / 2);
+  const std::size_t kc = (std::min(kKcPairs, (k + 1) / 2) + kBf16TilePairs - 1) / kBf16TilePairs * kBf16TilePairs;
   return (m + kBf16MaxMR + n + kBf16MaxNR) * kc;
 }
 
+// The avx512 unit's product instruction: FMAs, vdpbf16ps (level
+// avx512_bf16) or AMX's tdpbf16ps (level amx; its own order, above).
+enum class Bf16Dot { fma, vdpbf16ps, amx };
+
 namespace kernels {
-// dp: use vdpbf16ps (avx512 unit, level avx512_bf16 only).
 template <Isa I>
-void bf16_gemm(const Bf16Gemm& g, bool dp);
+void bf16_gemm(const Bf16Gemm& g, Bf16Dot dot);
 // out[i] = bf16(alpha * x[i] + beta * acc[i]) (x null: bf16(beta * acc[i])),
 // two products and a sum, not fused, rounded to nearest even (NaN kept):
 // the epilogues of the Newton-Schulz products, the same bits on every ISA.
