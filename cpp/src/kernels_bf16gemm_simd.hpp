@@ -15,6 +15,9 @@
 // on AVX-512, from the stored tile on avx2 and on edge tiles.
 // Tails: panels are zero padded to MR rows / NR columns / whole pairs (a
 // zero pair adds +0); edge tiles run on a local tile and copy the valid part.
+//  - amx (avx512 unit, level amx): 32 x 32 blocks of AMX bfloat16 tiles over
+//    the same B panels, A made row-major per 16 pairs (bf16_gemm_amx); its
+//    sums follow the tiles' own order (bf16_gemm.hpp).
 // Rounding: none beyond the FMAs in the sums (float32); the epilogue rounds
 // to bfloat16 (nearest even, NaN kept). No contraction ("exact" area), every
 // FMA is explicit.

@@ -16,12 +16,13 @@
 // loops, the reference). Exception: vdpbf16ps flushes subnormal inputs and
 // results to zero (DAZ/FTZ), the others do not; Muon's normalized matrices
 // have no values near 1e-38.
-// Level amx has a policy of its own, AMX's tdpbf16ps's (16 x 16 tiles):
-//     acc = 0; for p: acc = acc + (a[2p] b[2p] + a[2p+1] b[2p+1])
-// the pair's sum rounded to float32 once, then added with a second rounding
-// (probed on Emerald Rapids, sixth and eighth sessions; subnormals flushed
-// as by vdpbf16ps): its own bits, the same for any thread count, tested
-// against an emulation of that order. Pairs past k are zero.
+// Level amx sums in AMX's own order (tdpbf16ps, 16 pairs per instruction
+// and tile row, k blocks in order; subnormals flushed as by vdpbf16ps):
+// none of the orders emulated on Emerald Rapids (pairs rounded then added,
+// k order, a tree, the exact sum rounded once) matched it, so its bits are
+// its own: the same for any thread count, layout and block position, within
+// the float32 summation bound like the other levels (tested), other bits
+// than theirs. Pairs past k are zero.
 //
 // Packed GotoBLAS layout (kernels_bf16gemm_simd.hpp): for each block of
 // kKcPairs pairs, A is packed in MR-row panels and B in NR-column panels
