@@ -62,7 +62,51 @@ inline std::int32_t load4(const void* p) {
   return v;
 }
 
+#if defined(__AVX512F__)
+// quantize_row's AVX-512 form, the same codes: four independent maxima (the
+// 256-bit loop was one chain of dependent maxima, ~4 cycles per 8 values,
+// about a fifth of a 1024 x 384 x 384 product), and a saturating narrow.
+inline void quantize_row_512(const float* xr, std::size_t k, std::size_t kpad, std::int8_t* qr, float* xs) {
+  const __m512 big = _mm512_set1_ps(FLT_MAX);
+  __m512 amax[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  __mmask16 bad = 0;
+  std::size_t j = 0;
+  for (; j + 64 <= k; j += 64)
+    for (std::size_t u = 0; u < 4; ++u) {
+      const __m512 a = _mm512_abs_ps(_mm512_loadu_ps(xr + j + 16 * u));
+      bad |= _mm512_cmp_ps_mask(a, big, _CMP_NLE_UQ);  // NaN or infinity
+      amax[u] = _mm512_max_ps(amax[u], a);
+    }
+  for (; j < k; j += 16) {  // the tail: masked loads (zeros add nothing to a maximum)
+    const __mmask16 m = k - j >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (k - j)) - 1);
+    const __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(m, xr + j));
+    bad |= _mm512_cmp_ps_mask(a, big, _CMP_NLE_UQ);
+    amax[0] = _mm512_max_ps(amax[0], a);
+  }
+  const float amax_all =
+      _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(amax[0], amax[1]), _mm512_max_ps(amax[2], amax[3])));
+  if (bad || amax_all < FLT_MIN) {
+    std::memset(qr, 0, kpad);
+    *xs = bad ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+    return;
+  }
+  std::memset(qr + k, 0, kpad - k);  // the codes below are all written
+  *xs = amax_all / 127.0f;
+  const __m512 inv = _mm512_set1_ps(127.0f / amax_all);
+  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+  for (j = 0; j < k; j += 16) {
+    const __mmask16 m = k - j >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (k - j)) - 1);
+    __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, xr + j), inv));
+    v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
+    _mm512_mask_cvtepi32_storeu_epi8(qr + j, m, v);
+  }
+}
+#endif
+
 inline void quantize_row(const float* xr, std::size_t k, std::size_t kpad, std::int8_t* qr, float* xs) {
+#if defined(__AVX512F__)
+  quantize_row_512(xr, k, kpad, qr, xs);
+#else
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF)), big = _mm256_set1_ps(FLT_MAX);
   __m256 amax8 = _mm256_setzero_ps(), bad8 = _mm256_setzero_ps();
   std::size_t j = 0;
@@ -105,6 +149,7 @@ inline void quantize_row(const float* xr, std::size_t k, std::size_t kpad, std::
     v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
     qr[j] = static_cast<std::int8_t>(v);
   }
+#endif
 }
 
 // Scale (or shift) of outputs h..h+7 of strip s in group g: per group, or
