@@ -429,6 +429,32 @@ inline std::unique_ptr<std::uint32_t, FreeAligned> alloc_pairs(std::size_t n) {
 
 }  // namespace bf16gemm
 
+// Column panel q (NR columns of op(B), pairs [p0, p0 + P)) into dst.
+template <Isa I>
+void pack_b_panel(const Bf16Gemm& g, std::size_t q, std::size_t NR, std::size_t p0, std::size_t P,
+                  std::uint32_t* dst) {
+  if (g.trans_b) return pack_a<I>(g.b, g.ldb, g.n, g.k, q * NR, NR, p0, P, g.sym_b, dst);
+  pack_b<I>(g.b, g.ldb, g.k, g.n, q * NR, NR, p0, P, dst);
+}
+
+// body(i0, mr, j0, nr, iq, jq) for every MR x NR block of C (edge blocks
+// smaller) but those entirely above the diagonal of a `lower` product:
+// column panels go to the threads of the enclosing parallel region
+// dynamically, rows in order.
+template <class Body>
+void for_each_block(const Bf16Gemm& g, std::size_t MR, std::size_t NR, Body&& body) {
+  const std::size_t mp = (g.m + MR - 1) / MR, np = (g.n + NR - 1) / NR;
+  SLIMGRAD_BF16_OMP("omp for schedule(dynamic, 1)")
+  for (std::ptrdiff_t jq = 0; jq < static_cast<std::ptrdiff_t>(np); ++jq) {
+    const std::size_t j0 = static_cast<std::size_t>(jq) * NR, nr = std::min(NR, g.n - j0);
+    for (std::size_t iq = 0; iq < mp; ++iq) {
+      const std::size_t i0 = iq * MR, mr = std::min(MR, g.m - i0);
+      if (g.lower && i0 + mr <= j0) continue;  // entirely above the diagonal
+      body(i0, mr, j0, nr, iq, static_cast<std::size_t>(jq));
+    }
+  }
+}
+
 #if defined(__AVX512F__)
 // Level amx (see tile_amx): the loops of bf16_gemm below with 32 x 32 blocks.
 inline void bf16_gemm_amx(const Bf16Gemm& g) {
@@ -458,37 +484,29 @@ inline void bf16_gemm_amx(const Bf16Gemm& g) {
       SLIMGRAD_BF16_OMP("omp for schedule(static)")
       for (std::ptrdiff_t q = 0; q < static_cast<std::ptrdiff_t>(np); ++q) {
         std::uint32_t* d = bb + q * B * P16;
-        if (g.trans_b)
-          pack_a<Isa::avx512>(g.b, g.ldb, g.n, g.k, q * B, B, p0, P, g.sym_b, d);
-        else
-          pack_b<Isa::avx512>(g.b, g.ldb, g.k, g.n, q * B, B, p0, P, d);
+        pack_b_panel<Isa::avx512>(g, q, B, p0, P, d);
         std::fill(d + P * B, d + P16 * B, 0u);
       }
       const bool acc_in = p0 > 0, last = p0 + P == kp;
-      SLIMGRAD_BF16_OMP("omp for schedule(dynamic, 1)")
-      for (std::ptrdiff_t jq = 0; jq < static_cast<std::ptrdiff_t>(np); ++jq) {
-        const std::size_t j0 = jq * B, nr = std::min(B, g.n - j0);
+      for_each_block(g, B, B, [&](std::size_t i0, std::size_t mr, std::size_t j0, std::size_t nr, std::size_t iq,
+                                  std::size_t jq) {
+        const std::uint32_t* aa = ab + iq * B * P16;
         const std::uint32_t* bp = bb + jq * B * P16;
-        for (std::size_t iq = 0; iq < mp; ++iq) {
-          const std::size_t i0 = iq * B, mr = std::min(B, g.m - i0);
-          if (g.lower && i0 + mr <= j0) continue;  // entirely above the diagonal
-          const std::uint32_t* aa = ab + iq * B * P16;
-          float* c = g.c + i0 * g.ldc + j0;
-          if (mr == B && nr == B) {
-            tile_amx(aa, bp, P16, c, g.ldc, acc_in);
-          } else {  // an edge block: on a local block, then its valid part
-            alignas(64) float t[B * B] = {};
-            if (acc_in)
-              for (std::size_t i = 0; i < mr; ++i) std::memcpy(t + i * B, c + i * g.ldc, nr * sizeof(float));
-            tile_amx(aa, bp, P16, t, B, acc_in);
-            for (std::size_t i = 0; i < mr; ++i) std::memcpy(c + i * g.ldc, t + i * B, nr * sizeof(float));
-          }
-          if (g.out && last)
-            for (std::size_t i = i0; i < i0 + mr; ++i)
-              bf16_axpby<Isa::avx512>(g.out + i * g.ldo + j0, g.c + i * g.ldc + j0,
-                                      g.x ? g.x + i * g.ldx + j0 : nullptr, nr, g.alpha, g.beta);
+        float* c = g.c + i0 * g.ldc + j0;
+        if (mr == B && nr == B) {
+          tile_amx(aa, bp, P16, c, g.ldc, acc_in);
+        } else {  // an edge block: on a local block, then its valid part
+          alignas(64) float t[B * B] = {};
+          if (acc_in)
+            for (std::size_t i = 0; i < mr; ++i) std::memcpy(t + i * B, c + i * g.ldc, nr * sizeof(float));
+          tile_amx(aa, bp, P16, t, B, acc_in);
+          for (std::size_t i = 0; i < mr; ++i) std::memcpy(c + i * g.ldc, t + i * B, nr * sizeof(float));
         }
-      }
+        if (g.out && last)
+          for (std::size_t i = i0; i < i0 + mr; ++i)
+            bf16_axpby<Isa::avx512>(g.out + i * g.ldo + j0, g.c + i * g.ldc + j0,
+                                    g.x ? g.x + i * g.ldx + j0 : nullptr, nr, g.alpha, g.beta);
+      });
     }
     amx_release();
   }
@@ -527,39 +545,28 @@ void bf16_gemm(const Bf16Gemm& g, Bf16Dot dot) {
       for (std::ptrdiff_t q = 0; q < ptrdiff(mp); ++q)
         pack_a<I>(g.a, g.lda, g.m, g.k, q * MR, MR, p0, P, g.sym_a, ab + q * MR * P);
       SLIMGRAD_BF16_OMP("omp for schedule(static)")
-      for (std::ptrdiff_t q = 0; q < ptrdiff(np); ++q) {
-        if (g.trans_b)
-          pack_a<I>(g.b, g.ldb, g.n, g.k, q * NR, NR, p0, P, g.sym_b, bb + q * NR * P);
-        else
-          pack_b<I>(g.b, g.ldb, g.k, g.n, q * NR, NR, p0, P, bb + q * NR * P);
-      }
+      for (std::ptrdiff_t q = 0; q < ptrdiff(np); ++q) pack_b_panel<I>(g, q, NR, p0, P, bb + q * NR * P);
       const bool acc_in = p0 > 0, last = p0 + P == kp;
-      SLIMGRAD_BF16_OMP("omp for schedule(dynamic, 1)")
-      for (std::ptrdiff_t jq = 0; jq < ptrdiff(np); ++jq) {
-        const std::size_t j0 = jq * NR, nr = std::min(NR, g.n - j0);
+      for_each_block(g, MR, NR, [&](std::size_t i0, std::size_t mr, std::size_t j0, std::size_t nr, std::size_t iq,
+                                    std::size_t jq) {
+        const std::uint32_t* ap = ab + iq * MR * P;
         const std::uint32_t* bp = bb + jq * NR * P;
-        for (std::size_t iq = 0; iq < mp; ++iq) {
-          const std::size_t i0 = iq * MR, mr = std::min(MR, g.m - i0);
-          if (g.lower && i0 + mr <= j0) continue;  // entirely above the diagonal
-          const std::uint32_t* ap = ab + iq * MR * P;
-          float* c = g.c + i0 * g.ldc + j0;
-          if (mr == MR && nr == NR) {
-            const Epi epi{g.out + i0 * g.ldo + j0, g.ldo, g.x ? g.x + i0 * g.ldx + j0 : nullptr, g.ldx, g.alpha,
-                          g.beta};
-            tile<I>(ap, bp, P, c, g.ldc, acc_in, dp, g.out && last ? &epi : nullptr);
-            continue;
-          }
-          alignas(64) float t[MR * NR] = {};
-          if (acc_in)
-            for (std::size_t i = 0; i < mr; ++i) std::memcpy(t + i * NR, c + i * g.ldc, nr * sizeof(float));
-          tile<I>(ap, bp, P, t, NR, acc_in, dp, nullptr);
-          for (std::size_t i = 0; i < mr; ++i) std::memcpy(c + i * g.ldc, t + i * NR, nr * sizeof(float));
-          if (g.out && last)  // an edge tile: the epilogue on its valid part
-            for (std::size_t i = i0; i < i0 + mr; ++i)
-              bf16_axpby<I>(g.out + i * g.ldo + j0, g.c + i * g.ldc + j0, g.x ? g.x + i * g.ldx + j0 : nullptr, nr,
-                            g.alpha, g.beta);
+        float* c = g.c + i0 * g.ldc + j0;
+        if (mr == MR && nr == NR) {
+          const Epi epi{g.out + i0 * g.ldo + j0, g.ldo, g.x ? g.x + i0 * g.ldx + j0 : nullptr, g.ldx, g.alpha,
+                        g.beta};
+          return tile<I>(ap, bp, P, c, g.ldc, acc_in, dp, g.out && last ? &epi : nullptr);
         }
-      }
+        alignas(64) float t[MR * NR] = {};
+        if (acc_in)
+          for (std::size_t i = 0; i < mr; ++i) std::memcpy(t + i * NR, c + i * g.ldc, nr * sizeof(float));
+        tile<I>(ap, bp, P, t, NR, acc_in, dp, nullptr);
+        for (std::size_t i = 0; i < mr; ++i) std::memcpy(c + i * g.ldc, t + i * NR, nr * sizeof(float));
+        if (g.out && last)  // an edge tile: the epilogue on its valid part
+          for (std::size_t i = i0; i < i0 + mr; ++i)
+            bf16_axpby<I>(g.out + i * g.ldo + j0, g.c + i * g.ldc + j0, g.x ? g.x + i * g.ldx + j0 : nullptr, nr,
+                          g.alpha, g.beta);
+      });
     }
   }
 }
