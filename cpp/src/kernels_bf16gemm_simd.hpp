@@ -429,6 +429,7 @@ inline std::unique_ptr<std::uint32_t, FreeAligned> alloc_pairs(std::size_t n) {
 
 }  // namespace bf16gemm
 
+namespace bf16gemm {
 // Column panel q (NR columns of op(B), pairs [p0, p0 + P)) into dst.
 template <Isa I>
 void pack_b_panel(const Bf16Gemm& g, std::size_t q, std::size_t NR, std::size_t p0, std::size_t P,
@@ -454,6 +455,7 @@ void for_each_block(const Bf16Gemm& g, std::size_t MR, std::size_t NR, Body&& bo
     }
   }
 }
+}  // namespace bf16gemm
 
 #if defined(__AVX512F__)
 // Level amx (see tile_amx): the loops of bf16_gemm below with 32 x 32 blocks.
