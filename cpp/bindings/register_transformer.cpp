@@ -120,7 +120,8 @@ void bind_attention(py::module_& m) {
     const Array ca = check_like(c, "c", aa, Access::read);
     const auto batch = static_cast<std::size_t>(aa.dim(0)), seq = static_cast<std::size_t>(aa.dim(1));
     const std::size_t d = static_cast<std::size_t>(aa.dim(2)) / heads;
-    py::array out = new_output(py::dtype("float32"), {aa.dim(0), static_cast<py::ssize_t>(heads), aa.dim(1), aa.dim(1)});
+    const std::vector<py::ssize_t> shape{aa.dim(0), static_cast<py::ssize_t>(heads), aa.dim(1), aa.dim(1)};
+    py::array out = new_output(py::dtype("float32"), shape);
     auto* op = static_cast<float*>(out.mutable_data());
     {
       py::gil_scoped_release release;

@@ -7,6 +7,7 @@
 //    batches: permute/gather tiles; larger 2:4 batches: packed x panels).
 //  - CSR slices (sparse.hpp): AVX-512 only (kernels_sparse_x86.hpp); the
 //    portable loop, with std::fma in the slices' order, is their reference.
+//    2:4 slices likewise, with AVX2 kernels too.
 //  - Rounding: the portable path sums each y entry in k order (no FMA in
 //    the scalar unit); see kernels_sparse_x86.hpp for the SIMD orders.
 #pragma once
@@ -155,8 +156,7 @@ void gemm24_rows(const float* x, const float* xt, std::size_t batch, std::size_t
 }
 
 template <Isa I>
-void gemm24_slices_rows(const float* x, const float* xt, bool k_order, std::size_t batch,
-                        std::size_t in,
+void gemm24_slices_rows(const float* x, const float* xt, bool k_order, std::size_t batch, std::size_t in,
                         const float* values, const std::uint32_t* ctrl, std::size_t out, std::size_t s0,
                         std::size_t s1, float* y) {
 #if defined(__AVX512F__)
@@ -185,12 +185,12 @@ void gemm24_slices_rows(const float* x, const float* xt, bool k_order, std::size
     if (xt != nullptr)
       return gemm24_panels<Ymm>(xt, batch, in, Sliced24{values, ctrl, in / 2, slice24_chunks(in)}, out,
                                 s0 * kSliceRows, std::min(out, s1 * kSliceRows), y);
-    constexpr std::size_t kHalfBatch = 2;  // 4 accumulators a batch row, 16 ymm registers
+    constexpr std::size_t kRows = 2;  // batch rows per pass: 4 accumulators each, 16 ymm registers
     for (std::size_t s = s0; s < s1; ++s)
       for (std::size_t h = 0; h < 2; ++h)
-        for (std::size_t b0 = 0; b0 < batch; b0 += kHalfBatch) {
-          if (batch - b0 >= kHalfBatch)
-            slice24_avx2<kHalfBatch>(x + b0 * in, in, values, ctrl, s, h, y + b0 * out, out);
+        for (std::size_t b0 = 0; b0 < batch; b0 += kRows) {
+          if (batch - b0 >= kRows)
+            slice24_avx2<kRows>(x + b0 * in, in, values, ctrl, s, h, y + b0 * out, out);
           else
             slice24_avx2<1>(x + b0 * in, in, values, ctrl, s, h, y + b0 * out, out);
         }

@@ -24,6 +24,10 @@
 //    decoded chunk; at batch 1, 4 rows share one horizontal sum.
 //  - CSR slices (AVX-512): a lane per W row; per step a 32-column block of
 //    x in two registers and one vpermt2ps by the lanes' column bytes.
+//  - 2:4 slices (AVX-512 and AVX2), batch <= 8: a lane per W row; per group
+//    of 4 columns one 128-bit broadcast of x and a vpermilps per kept value
+//    by the lane's position bits; above batch 8 the panel path reads them
+//    through Sliced24.
 //  - Tails: masked loads (zero lanes add 0 * 0), never reading past a buffer.
 //  - Rounding: float32 FMA. Small-batch paths keep lane partial sums reduced
 //    in a fixed tree; the panel path sums every y entry in k order, one FMA
@@ -292,7 +296,9 @@ void panel24_rows(const float* xp, const L& w24, std::size_t r0, std::size_t r1,
     std::size_t r = r0;
     for (; r + R <= r1; r += R) panel24<T, R, NV>(xp, w24, r, k0, k1, buf + (r - r0) * PW);
     if (r < r1)
-      with_count(r1 - r, [&](auto n) { panel24<T, decltype(n)::value, NV>(xp, w24, r, k0, k1, buf + (r - r0) * PW); });
+      with_count(r1 - r, [&](auto n) {
+        panel24<T, decltype(n)::value, NV>(xp, w24, r, k0, k1, buf + (r - r0) * PW);
+      });
   }
 }
 

@@ -132,8 +132,12 @@ void gemm(const float* x, std::size_t m, const Packed& p, const float* bias, flo
   // Activation sums: for shifts and zero points, for VNNI's unsigned
   // operand, and for AMX's unsigned 4-bit codes; AMX's signed int8 tiles
   // need none (a pass over the codes saved: ~10 % of 1024 x 384 x 384).
-  const auto dot_for = [&](std::size_t mc) { return amx && amx_pays(p, mc) ? Dot::amx : vnni ? Dot::vnni : Dot::madd; };
-  const auto needs_sums = [&](Dot dot) { return p.needs_qsum() || dot == Dot::vnni || (dot == Dot::amx && p.bits != 8); };
+  const auto dot_for = [&](std::size_t mc) {
+    return amx && amx_pays(p, mc) ? Dot::amx : vnni ? Dot::vnni : Dot::madd;
+  };
+  const auto needs_sums = [&](Dot dot) {
+    return p.needs_qsum() || dot == Dot::vnni || (dot == Dot::amx && p.bits != 8);
+  };
   const bool sums = needs_sums(dot_for(chunk)) || needs_sums(dot_for(m % chunk ? m % chunk : chunk));
   // AMX tiles read whole 16-row, 64-byte blocks of the codes (qgemm_strips)
   const std::size_t qbytes = (chunk + 15) / 16 * 16 * p.kpad + 64;

@@ -5,8 +5,9 @@
 //    (v = row * in / 2 + k, byte v / 4, bits 2 * (v % 4)). Value k of a row
 //    multiplies x column 4 * (k / 2) + position.
 //  - CSR (slimgrad.prune.to_csr): data / int32 column indices / indptr.
-//  - CSR slices (slimgrad.prune.pack_sparse of a CSR): the same values
-//    regrouped so that 16 rows advance together, one SIMD lane per row (below).
+//  - CSR slices (slimgrad.prune.pack_sparse of a CSR) and 2:4 slices (of a
+//    2:4 weight): the same values regrouped so that 16 rows advance
+//    together, one SIMD lane per row (below).
 // x is float32 (batch, in), C order; y float32 (batch, out), C order, fully
 // written. Rows of W are independent: the threaded entry points split them
 // into fixed chunks, and each y entry is summed in an order that depends
@@ -42,8 +43,7 @@ void spmm_slices_rows(const float* xp, std::size_t batch, std::size_t in32, bool
 // pack_panel (batch > 8 and a panel width), else nullptr. k_order: the whole
 // product's batch is above 8 (the order of the sums, below).
 template <Isa I>
-void gemm24_slices_rows(const float* x, const float* xt, bool k_order, std::size_t batch,
-                        std::size_t in,
+void gemm24_slices_rows(const float* x, const float* xt, bool k_order, std::size_t batch, std::size_t in,
                         const float* values, const std::uint32_t* ctrl, std::size_t out, std::size_t s0,
                         std::size_t s1, float* y);
 template <Isa I, class P>
@@ -127,10 +127,12 @@ void pack_csr_slices(const float* data, const std::int32_t* cols, const P* indpt
 // and summed every 4 rows horizontally; here every lane of a step shares
 // one group of x (a 128-bit broadcast), and vpermilps picks each value's
 // column by the low 2 bits of the lane's word (shifted by 2 for the second
-// value, by 4 for the next group). Sums: batch <= 8, acc[2 (g % 2) + j] = fma(value, x, ...)
-// over the groups, then (acc0 + acc1) + (acc2 + acc3); batch > 8 (the panel
-// path), one fma per value in k order. Every ISA and thread count gives the
-// same bits. AVX-512 only; other ISAs run the reference loop.
+// value, by 4 for the next group). Sums: batch <= 8,
+// acc[2 (g % 2) + j] = fma(value, x, acc[...]) over the groups, then
+// (acc0 + acc1) + (acc2 + acc3); batch > 8 (the panel path), one fma per
+// value in k order. Every ISA and thread count gives the same bits: AVX-512
+// and AVX2 (half a slice per ymm) by hand, the scalar ISA by the reference
+// loop (std::fma).
 inline constexpr std::size_t kSlice24Groups = 8;  // groups per ctrl word
 inline std::size_t slice24_chunks(std::size_t in) { return (in / 4 + kSlice24Groups - 1) / kSlice24Groups; }
 // values / positions as compress_24 writes them (checked by the caller).

@@ -276,8 +276,8 @@ _CSR_MAX_DENSITY = 0.1
 # 4096x4096 (1.3-1.4x; the MiniLM shapes 0.64-0.78x).
 _MAX_WEIGHTS_24_BATCH1_MT = 1 << 18
 # The 2:4 slices (pack_sparse) under AVX-512, Intel Xeon (Emerald Rapids), 2
-# threads: batch 1 1.49-2.55x NumPy on all four shapes (1536x384 and
-# 384x1536 included), so at batch 1 they always win there; the other rules
+# threads: batch 1 1.1-2.6x NumPy on all four shapes over four runs
+# (1536x384 and 384x1536 included), so at batch 1 they win there; the other rules
 # hold as for the row-major kernel (batch 2-64 1.1-5.1x, 512 on MiniLM's
 # shapes 0.93-1.01x; docs/sparse.md, "2:4 slices"). AVX2's batch 1 on the
 # mid-sized shapes stays with the rule above (0.72-1.06x against OpenBLAS's
