@@ -497,13 +497,19 @@ inline void bf16_gemm_amx(const Bf16Gemm& g) {
         float* c = g.c + i0 * g.ldc + j0;
         if (mr == B && nr == B) {
           tile_amx(aa, bp, P16, c, g.ldc, acc_in);
-        } else {  // an edge block: on a local block, then its valid part
-          alignas(64) float t[B * B] = {};
-          if (acc_in)
-            for (std::size_t i = 0; i < mr; ++i) std::memcpy(t + i * B, c + i * g.ldc, nr * sizeof(float));
-          tile_amx(aa, bp, P16, t, B, acc_in);
-          for (std::size_t i = 0; i < mr; ++i) std::memcpy(c + i * g.ldc, t + i * B, nr * sizeof(float));
+          if (g.out && last) {  // the epilogue from the block just stored (in L1), inline
+            const Epi epi{g.out + i0 * g.ldo + j0, g.ldo, g.x ? g.x + i0 * g.ldx + j0 : nullptr, g.ldx, g.alpha,
+                          g.beta};
+            for (std::size_t i = 0; i < B; ++i)
+              for (std::size_t v = 0; v < B / 16; ++v) epi_store(epi, i, v, _mm512_loadu_ps(c + i * g.ldc + 16 * v));
+          }
+          return;
         }
+        alignas(64) float t[B * B] = {};  // an edge block: on a local block, then its valid part
+        if (acc_in)
+          for (std::size_t i = 0; i < mr; ++i) std::memcpy(t + i * B, c + i * g.ldc, nr * sizeof(float));
+        tile_amx(aa, bp, P16, t, B, acc_in);
+        for (std::size_t i = 0; i < mr; ++i) std::memcpy(c + i * g.ldc, t + i * B, nr * sizeof(float));
         if (g.out && last)
           for (std::size_t i = i0; i < i0 + mr; ++i)
             bf16_axpby<Isa::avx512>(g.out + i * g.ldo + j0, g.c + i * g.ldc + j0,
