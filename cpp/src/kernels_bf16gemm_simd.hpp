@@ -438,6 +438,11 @@ void pack_b_panel(const Bf16Gemm& g, std::size_t q, std::size_t NR, std::size_t 
   pack_b<I>(g.b, g.ldb, g.k, g.n, q * NR, NR, p0, P, dst);
 }
 
+// The epilogue of the block at (i0, j0).
+inline Epi epi_at(const Bf16Gemm& g, std::size_t i0, std::size_t j0) {
+  return Epi{g.out + i0 * g.ldo + j0, g.ldo, g.x ? g.x + i0 * g.ldx + j0 : nullptr, g.ldx, g.alpha, g.beta};
+}
+
 // body(i0, mr, j0, nr, iq, jq) for every MR x NR block of C (edge blocks
 // smaller) but those entirely above the diagonal of a `lower` product:
 // column panels go to the threads of the enclosing parallel region
@@ -498,8 +503,7 @@ inline void bf16_gemm_amx(const Bf16Gemm& g) {
         if (mr == B && nr == B) {
           tile_amx(aa, bp, P16, c, g.ldc, acc_in);
           if (g.out && last) {  // the epilogue from the block just stored (in L1), inline
-            const Epi epi{g.out + i0 * g.ldo + j0, g.ldo, g.x ? g.x + i0 * g.ldx + j0 : nullptr, g.ldx, g.alpha,
-                          g.beta};
+            const Epi epi = epi_at(g, i0, j0);
             for (std::size_t i = 0; i < B; ++i)
               for (std::size_t v = 0; v < B / 16; ++v) epi_store(epi, i, v, _mm512_loadu_ps(c + i * g.ldc + 16 * v));
           }
@@ -561,8 +565,7 @@ void bf16_gemm(const Bf16Gemm& g, Bf16Dot dot) {
         const std::uint32_t* bp = bb + jq * NR * P;
         float* c = g.c + i0 * g.ldc + j0;
         if (mr == MR && nr == NR) {
-          const Epi epi{g.out + i0 * g.ldo + j0, g.ldo, g.x ? g.x + i0 * g.ldx + j0 : nullptr, g.ldx, g.alpha,
-                        g.beta};
+          const Epi epi = epi_at(g, i0, j0);
           return tile<I>(ap, bp, P, c, g.ldc, acc_in, dp, g.out && last ? &epi : nullptr);
         }
         alignas(64) float t[MR * NR] = {};
