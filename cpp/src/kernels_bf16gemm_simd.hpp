@@ -443,6 +443,25 @@ inline Epi epi_at(const Bf16Gemm& g, std::size_t i0, std::size_t j0) {
   return Epi{g.out + i0 * g.ldo + j0, g.ldo, g.x ? g.x + i0 * g.ldx + j0 : nullptr, g.ldx, g.alpha, g.beta};
 }
 
+// An edge block (mr x nr inside an MR x NR tile): run(t, MR x NR local
+// block, ld NR) computes the whole tile from C's partial sums (acc_in) or
+// zeros, its valid part goes back to C, and the epilogue (last k block) runs
+// on that part.
+template <Isa I, std::size_t MR, std::size_t NR, class Run>
+void edge_block(const Bf16Gemm& g, std::size_t i0, std::size_t mr, std::size_t j0, std::size_t nr, bool acc_in,
+                bool last, Run&& run) {
+  float* c = g.c + i0 * g.ldc + j0;
+  alignas(64) float t[MR * NR] = {};
+  if (acc_in)
+    for (std::size_t i = 0; i < mr; ++i) std::memcpy(t + i * NR, c + i * g.ldc, nr * sizeof(float));
+  run(t);
+  for (std::size_t i = 0; i < mr; ++i) std::memcpy(c + i * g.ldc, t + i * NR, nr * sizeof(float));
+  if (g.out && last)
+    for (std::size_t i = i0; i < i0 + mr; ++i)
+      bf16_axpby<I>(g.out + i * g.ldo + j0, g.c + i * g.ldc + j0, g.x ? g.x + i * g.ldx + j0 : nullptr, nr, g.alpha,
+                    g.beta);
+}
+
 // body(i0, mr, j0, nr, iq, jq) for every MR x NR block of C (edge blocks
 // smaller) but those entirely above the diagonal of a `lower` product:
 // column panels go to the threads of the enclosing parallel region
@@ -509,15 +528,8 @@ inline void bf16_gemm_amx(const Bf16Gemm& g) {
           }
           return;
         }
-        alignas(64) float t[B * B] = {};  // an edge block: on a local block, then its valid part
-        if (acc_in)
-          for (std::size_t i = 0; i < mr; ++i) std::memcpy(t + i * B, c + i * g.ldc, nr * sizeof(float));
-        tile_amx(aa, bp, P16, t, B, acc_in);
-        for (std::size_t i = 0; i < mr; ++i) std::memcpy(c + i * g.ldc, t + i * B, nr * sizeof(float));
-        if (g.out && last)
-          for (std::size_t i = i0; i < i0 + mr; ++i)
-            bf16_axpby<Isa::avx512>(g.out + i * g.ldo + j0, g.c + i * g.ldc + j0,
-                                    g.x ? g.x + i * g.ldx + j0 : nullptr, nr, g.alpha, g.beta);
+        edge_block<Isa::avx512, B, B>(g, i0, mr, j0, nr, acc_in, last,
+                                      [&](float* t) { tile_amx(aa, bp, P16, t, B, acc_in); });
       });
     }
     amx_release();
@@ -568,15 +580,8 @@ void bf16_gemm(const Bf16Gemm& g, Bf16Dot dot) {
           const Epi epi = epi_at(g, i0, j0);
           return tile<I>(ap, bp, P, c, g.ldc, acc_in, dp, g.out && last ? &epi : nullptr);
         }
-        alignas(64) float t[MR * NR] = {};
-        if (acc_in)
-          for (std::size_t i = 0; i < mr; ++i) std::memcpy(t + i * NR, c + i * g.ldc, nr * sizeof(float));
-        tile<I>(ap, bp, P, t, NR, acc_in, dp, nullptr);
-        for (std::size_t i = 0; i < mr; ++i) std::memcpy(c + i * g.ldc, t + i * NR, nr * sizeof(float));
-        if (g.out && last)  // an edge tile: the epilogue on its valid part
-          for (std::size_t i = i0; i < i0 + mr; ++i)
-            bf16_axpby<I>(g.out + i * g.ldo + j0, g.c + i * g.ldc + j0, g.x ? g.x + i * g.ldx + j0 : nullptr, nr,
-                          g.alpha, g.beta);
+        edge_block<I, MR, NR>(g, i0, mr, j0, nr, acc_in, last,
+                              [&](float* t) { tile<I>(ap, bp, P, t, NR, acc_in, dp, nullptr); });
       });
     }
   }

@@ -67,6 +67,9 @@ inline std::int32_t load4(const void* p) {
 // 256-bit loop was one chain of dependent maxima, ~4 cycles per 8 values,
 // about a fifth of a 1024 x 384 x 384 product), and a saturating narrow.
 inline void quantize_row_512(const float* xr, std::size_t k, std::size_t kpad, std::int8_t* qr, float* xs) {
+  const auto lanes = [k](std::size_t j) {  // the valid lanes of the 16 from j
+    return k - j >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (k - j)) - 1);
+  };
   const __m512 big = _mm512_set1_ps(FLT_MAX);
   __m512 amax[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
   __mmask16 bad = 0;
@@ -78,8 +81,7 @@ inline void quantize_row_512(const float* xr, std::size_t k, std::size_t kpad, s
       amax[u] = _mm512_max_ps(amax[u], a);
     }
   for (; j < k; j += 16) {  // the tail: masked loads (zeros add nothing to a maximum)
-    const __mmask16 m = k - j >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (k - j)) - 1);
-    const __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(m, xr + j));
+    const __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(lanes(j), xr + j));
     bad |= _mm512_cmp_ps_mask(a, big, _CMP_NLE_UQ);
     amax[0] = _mm512_max_ps(amax[0], a);
   }
@@ -95,7 +97,7 @@ inline void quantize_row_512(const float* xr, std::size_t k, std::size_t kpad, s
   const __m512 inv = _mm512_set1_ps(127.0f / amax_all);
   const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
   for (j = 0; j < k; j += 16) {
-    const __mmask16 m = k - j >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (k - j)) - 1);
+    const __mmask16 m = lanes(j);
     __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, xr + j), inv));
     v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
     _mm512_mask_cvtepi32_storeu_epi8(qr + j, m, v);

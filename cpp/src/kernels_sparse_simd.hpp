@@ -90,11 +90,12 @@ void gemm24_slices_portable(const float* x, bool k_order, std::size_t batch, std
   const Sliced24 w24{values, ctrl, in / 2, slice24_chunks(in)};
   for (std::size_t r = s0 * kSliceRows; r < std::min(out, s1 * kSliceRows); ++r) {
     const float* w = w24.row(r);
+    const std::uint32_t* words = w24.at(r);
     for (std::size_t b = 0; b < batch; ++b) {
       const float* xb = x + b * in;
       float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
       for (std::size_t g = 0; g < in / 4; ++g) {
-        const unsigned nib = w24.nibble(w24.at(r), 2 * g);
+        const unsigned nib = w24.nibble(words, 2 * g);
         const float* xg = xb + 4 * g;
         float& a0 = k_order ? acc[0] : acc[2 * (g % 2)];
         a0 = std::fma(w[2 * g * kSliceRows], xg[nib & 3u], a0);
