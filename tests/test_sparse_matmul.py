@@ -275,18 +275,19 @@ def test_pack_sparse_takes_csr_slices_under_avx512(rng):
 
 @pytest.mark.parametrize("batch", [1, 3, 4, 6])
 def test_packed_csr_with_inf_and_nan_in_x_matches_csr(batch, rng):
-    """A slice pads rows with fewer values in a column block; the padding
-    must add nothing even where x is inf or NaN (the masked kernels), as in
-    the CSR product, which only reads stored values."""
-    out, inp = 37, 70  # a partial slice (16 rows) and a partial block (32 columns)
+    """A slice pads lanes with nothing in a step's window; the padding must
+    add nothing even where x is inf or NaN (the masked kernels), as in the
+    CSR product, which only reads stored values."""
+    out, inp = 37, 70  # a partial slice (16 rows) and a last window past in
     w = rng.standard_normal((out, inp)).astype(np.float32)
     w[rng.random(w.shape) < 0.8] = 0
-    # x is not finite at the first column of each block, which padding
-    # lanes point at (index 0x80: low bits 0); no row stores a value there
-    w[:, [0, 32, 64]] = 0
+    # x is not finite at the first column of every window (a multiple of
+    # 16), which padding lanes point at (index 0x80: low bits 0); no row
+    # stores a value there
+    w[:, [0, 16, 32, 48, 64]] = 0
     w[3, 32] = 2.0  # except for row 3, which reads x[:, 32]
     x = rng.standard_normal((batch, inp)).astype(np.float32)
-    x[:, 0], x[:, 32], x[:, 64] = np.inf, np.nan, -np.inf
+    x[:, 0], x[:, 16], x[:, 32], x[:, 48], x[:, 64] = np.inf, -np.inf, np.nan, np.inf, -np.inf
     c = to_csr(w)
     arrays = _slices(c)
     want = sparse_matmul(x, c)
@@ -301,25 +302,55 @@ def test_packed_csr_with_inf_and_nan_in_x_matches_csr(batch, rng):
         np.testing.assert_allclose(y[:, keep], ref[:, keep], rtol=1e-5, atol=1e-5, err_msg=str(key))
 
 
-def test_packed_csr_layout(rng):
+def _slice_steps(rows: np.ndarray) -> list[int]:
+    """The packing sparse.hpp defines, for one slice's rows (bool, up to 16
+    x in): the window start of each step. Windows of 32 columns start at
+    multiples of 16; the window at b has as many steps as the most values a
+    row has left below b + 16, and each step takes every row's next value
+    if it lies in the window."""
+    left = [list(np.flatnonzero(r)) for r in rows]
+    bases = []
+    for b in range(0, rows.shape[1], 16):
+        for _ in range(max((sum(c < b + 16 for c in cols) for cols in left), default=0)):
+            bases.append(b)
+            for cols in left:
+                if cols and cols[0] < b + 32:
+                    cols.pop(0)
+    assert not any(left)
+    return bases
+
+
+@pytest.mark.parametrize("shape", [(35, 100), (16, 48), (20, 7), (3, 130)])
+def test_packed_csr_layout(shape, rng):
     """The slices hold every stored value once, at its row's lane, in a step
-    of its column's block; the rest is padding (value 0, index 0x80)."""
-    out, inp = 35, 100
+    whose window holds its column, each lane's values in column order, with
+    the steps sparse.hpp defines; the rest is padding (value 0, index 0x80)."""
+    out, inp = shape
     w = rng.standard_normal((out, inp)).astype(np.float32)
     w[rng.random(w.shape) < 0.7] = 0
+    w[0, :] = 0  # an empty row
+    w[-1, : min(inp, 20)] = 1.0  # a dense run: steps beyond the window's half
     values, index, base, starts = _slices(to_csr(w))
-    assert starts[0] == 0 and np.all(np.diff(starts) % 4 == 0) and starts.size == 4
+    slices = -(-out // 16)
+    assert starts[0] == 0 and np.all(np.diff(starts) % 4 == 0) and starts.size == slices + 1
     assert values.size == index.size == 16 * base.size == 16 * starts[-1]
-    rebuilt = np.zeros((48, inp), np.float32)  # 3 slices of 16 rows
-    for s in range(3):
-        for t in range(starts[s], starts[s + 1]):
+    rebuilt = np.zeros((16 * slices, inp), np.float32)
+    for s in range(slices):
+        want = _slice_steps(w[16 * s : 16 * s + 16] != 0)
+        t0 = starts[s]
+        assert starts[s + 1] - t0 == -(-len(want) // 4) * 4
+        np.testing.assert_array_equal(base[t0 : t0 + len(want)], want)
+        last = np.full(16, -1)
+        for t in range(t0, starts[s + 1]):
             for lane in range(16):
                 col = index[16 * (t & ~3) + 4 * lane + (t & 3)]
                 if col & 0x80:
                     assert values[16 * t + lane] == 0
                     continue
-                assert rebuilt[16 * s + lane, base[t] + col] == 0  # each value once
-                rebuilt[16 * s + lane, base[t] + col] = values[16 * t + lane]
+                c = base[t] + col
+                assert col < 32 and c > last[lane]  # in the window, in column order
+                last[lane] = c
+                rebuilt[16 * s + lane, c] = values[16 * t + lane]
     np.testing.assert_array_equal(rebuilt[:out], w)
     assert not rebuilt[out:].any()
 

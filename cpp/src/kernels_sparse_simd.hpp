@@ -63,7 +63,7 @@ void spmm_csr_portable(const float* x, std::size_t batch, std::size_t in, const 
 
 // The CSR slices' reference (see sparse.hpp for the layout and the order):
 // lane by lane, std::fma so that it has the SIMD kernels' bits.
-void spmm_slices_portable(const float* xp, std::size_t batch, std::size_t in32, const float* values,
+void spmm_slices_portable(const float* xp, std::size_t batch, std::size_t row, const float* values,
                           const std::uint8_t* index, const std::int32_t* base, const std::int64_t* starts,
                           std::size_t out, std::size_t s0, std::size_t s1, float* y) {
   for (std::size_t s = s0; s < s1; ++s) {
@@ -71,7 +71,7 @@ void spmm_slices_portable(const float* xp, std::size_t batch, std::size_t in32, 
     const std::size_t r0 = s * kSliceRows, rows = std::min(kSliceRows, out - r0);
     for (std::size_t lane = 0; lane < rows; ++lane)
       for (std::size_t b = 0; b < batch; ++b) {
-        const float* xb = xp + b * in32;
+        const float* xb = xp + b * row;
         float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         for (std::size_t t = t0; t < t1; ++t) {
           const std::uint8_t c = index[kSliceRows * (t & ~std::size_t{3}) + 4 * lane + (t & 3)];
@@ -203,7 +203,7 @@ void gemm24_slices_rows(const float* x, const float* xt, bool k_order, std::size
 }
 
 template <Isa I>
-void spmm_slices_rows(const float* xp, std::size_t batch, std::size_t in32, bool masked, const float* values,
+void spmm_slices_rows(const float* xp, std::size_t batch, std::size_t row, bool masked, const float* values,
                       const std::uint8_t* index, const std::int32_t* base, const std::int64_t* starts,
                       std::size_t out, std::size_t s0, std::size_t s1, float* y) {
 #if defined(__AVX512F__)
@@ -215,7 +215,7 @@ void spmm_slices_rows(const float* xp, std::size_t batch, std::size_t in32, bool
           with_count(std::min(kSliceBatch, batch - b0), [&](auto nb) {
             constexpr std::size_t NB = decltype(nb)::value;
             if constexpr (NB <= kSliceBatch)
-              slice_avx512<Masked, NB>(xp + b0 * in32, in32, values, index, base, starts, s, y + b0 * out, out);
+              slice_avx512<Masked, NB>(xp + b0 * row, row, values, index, base, starts, s, y + b0 * out, out);
           });
     };
     return masked ? run(std::true_type{}) : run(std::false_type{});
@@ -226,7 +226,7 @@ void spmm_slices_rows(const float* xp, std::size_t batch, std::size_t in32, bool
   // kernel, so pack_sparse keeps CSR below AVX-512 and this plain loop
   // (hardware FMA in the AVX2 unit) only serves ISA switches and tests.
   (void)masked;
-  spmm_slices_portable(xp, batch, in32, values, index, base, starts, out, s0, s1, y);
+  spmm_slices_portable(xp, batch, row, values, index, base, starts, out, s0, s1, y);
 }
 
 template <Isa I, class P>

@@ -22,7 +22,7 @@
 //    wait in a buffer and reach y through 8 x 8 register transposes.
 //  - CSR: vgatherdps of x at 16 / 8 column indices, up to 8 batch rows per
 //    decoded chunk; at batch 1, 4 rows share one horizontal sum.
-//  - CSR slices (AVX-512): a lane per W row; per step a 32-column block of
+//  - CSR slices (AVX-512): a lane per W row; per step a 32-column window of
 //    x in two registers and one vpermt2ps by the lanes' column bytes.
 //  - 2:4 slices (AVX-512 and AVX2), batch <= 8: a lane per W row; per group
 //    of 4 columns one 128-bit broadcast of x and a vpermilps per kept value
@@ -547,13 +547,13 @@ void tile24_avx512(const float* x, std::size_t in, const float* values, const st
 }
 
 // One slice (16 rows, a lane each) x NB batch rows. Per step: one values
-// load and, per batch row, the step's 32-column block of x as two aligned
+// load and, per batch row, the step's 32-column window of x as two aligned
 // loads and one vpermt2ps by the step's column byte (the low 5 bits of the
 // lane's word, shifted by 8 per step). Four accumulators per batch row, by
 // step % 4, so consecutive FMAs never wait on each other. Masked: padding
 // lanes take 0 instead of x (needed only when x holds inf or NaN).
 template <bool Masked, std::size_t NB>
-void slice_avx512(const float* xp, std::size_t in32, const float* values, const std::uint8_t* index,
+void slice_avx512(const float* xp, std::size_t row, const float* values, const std::uint8_t* index,
                   const std::int32_t* base, const std::int64_t* starts, std::size_t s, float* y, std::size_t out) {
   const auto t0 = static_cast<std::size_t>(starts[s]), t1 = static_cast<std::size_t>(starts[s + 1]);
   __m512 acc[NB][4];
@@ -568,7 +568,7 @@ void slice_avx512(const float* xp, std::size_t in32, const float* values, const 
       const __m512 w = _mm512_loadu_ps(values + kSliceRows * (t + k));
       const float* xb = xp + base[t + k];
       for (std::size_t j = 0; j < NB; ++j) {
-        const __m512 lo = _mm512_load_ps(xb + j * in32), hi = _mm512_load_ps(xb + j * in32 + 16);
+        const __m512 lo = _mm512_load_ps(xb + j * row), hi = _mm512_load_ps(xb + j * row + 16);
         __m512 xv;
         if constexpr (Masked)
           xv = _mm512_maskz_permutex2var_ps(_mm512_testn_epi32_mask(c, pad), lo, c, hi);

@@ -188,34 +188,55 @@ void spmm_csr(const float* x, std::size_t batch, std::size_t in, const float* da
 }
 
 namespace {
-// Per column block, the most values any of the slice's rows has in it: that
-// block's steps. counts: kSliceRows * blocks scratch.
-template <class P>
-void slice_block_steps(const std::int32_t* cols, const P* indptr, std::size_t out, std::size_t s, std::size_t blocks,
-                       std::vector<std::uint32_t>& counts, std::vector<std::uint32_t>& steps) {
-  std::fill(counts.begin(), counts.end(), 0u);
-  std::fill(steps.begin(), steps.end(), 0u);
-  const std::size_t r0 = s * kSliceRows, r1 = std::min(out, r0 + kSliceRows);
-  for (std::size_t r = r0; r < r1; ++r) {
-    std::uint32_t* c = counts.data() + (r - r0) * blocks;
-    for (auto p = static_cast<std::size_t>(indptr[r]); p < static_cast<std::size_t>(indptr[r + 1]); ++p) {
-      const std::size_t b = static_cast<std::size_t>(cols[p]) / kSliceCols;
-      steps[b] = std::max(steps[b], ++c[b]);
+// One slice's steps (the packing sparse.hpp defines): each lane's values in
+// column order; per window [b, b + kSliceCols), b a multiple of
+// kSliceStride from 0, as many steps as the most values a lane still has
+// left of b + kSliceStride, and at each step every lane takes its next value
+// if it lies in the window. order / at: scratch for the lanes' value indices.
+// Calls place(step, lane, p) per stored value p and window(base) per step;
+// returns the slice's steps before padding to a multiple of 4.
+template <class P, class Place, class Window>
+std::size_t plan_slice(const std::int32_t* cols, const P* indptr, std::size_t out, std::size_t in, std::size_t s,
+                       std::vector<std::size_t>& order, Place&& place, Window&& window) {
+  const std::size_t r0 = s * kSliceRows, rows = std::min(out - r0, kSliceRows);
+  std::size_t next[kSliceRows + 1], end[kSliceRows];
+  order.clear();
+  for (std::size_t lane = 0; lane < rows; ++lane) {
+    next[lane] = order.size();
+    for (auto p = static_cast<std::size_t>(indptr[r0 + lane]); p < static_cast<std::size_t>(indptr[r0 + lane + 1]);
+         ++p)
+      order.push_back(p);
+    end[lane] = order.size();
+    std::stable_sort(order.begin() + static_cast<std::ptrdiff_t>(next[lane]), order.end(),
+                     [&](std::size_t a, std::size_t b) { return cols[a] < cols[b]; });
+  }
+  const auto col = [&](std::size_t i) { return static_cast<std::size_t>(cols[order[i]]); };
+  std::size_t t = 0;
+  for (std::size_t b = 0; b < in; b += kSliceStride) {
+    std::size_t steps = 0;
+    for (std::size_t lane = 0; lane < rows; ++lane) {
+      std::size_t n = 0;
+      while (next[lane] + n < end[lane] && col(next[lane] + n) < b + kSliceStride) ++n;
+      steps = std::max(steps, n);
+    }
+    for (std::size_t k = 0; k < steps; ++k, ++t) {
+      window(b);
+      for (std::size_t lane = 0; lane < rows; ++lane)
+        if (next[lane] < end[lane] && col(next[lane]) < b + kSliceCols) place(t, lane, order[next[lane]++]);
     }
   }
+  return t;
 }
 }  // namespace
 
 template <class P>
 void csr_slice_starts(const std::int32_t* cols, const P* indptr, std::size_t out, std::size_t in,
                       std::int64_t* starts) {
-  const std::size_t slices = (out + kSliceRows - 1) / kSliceRows, blocks = (in + kSliceCols - 1) / kSliceCols;
-  std::vector<std::uint32_t> counts(kSliceRows * blocks), steps(blocks);
+  const std::size_t slices = (out + kSliceRows - 1) / kSliceRows;
+  std::vector<std::size_t> order;
   starts[0] = 0;
   for (std::size_t s = 0; s < slices; ++s) {
-    slice_block_steps(cols, indptr, out, s, blocks, counts, steps);
-    std::size_t n = 0;
-    for (const std::uint32_t k : steps) n += k;
+    const std::size_t n = plan_slice(cols, indptr, out, in, s, order, [](auto...) {}, [](std::size_t) {});
     starts[s + 1] = starts[s] + static_cast<std::int64_t>((n + 3) / 4 * 4);
   }
 }
@@ -223,53 +244,46 @@ void csr_slice_starts(const std::int32_t* cols, const P* indptr, std::size_t out
 template <class P>
 void pack_csr_slices(const float* data, const std::int32_t* cols, const P* indptr, std::size_t out, std::size_t in,
                      const std::int64_t* starts, float* values, std::uint8_t* index, std::int32_t* base) {
-  const std::size_t slices = (out + kSliceRows - 1) / kSliceRows, blocks = (in + kSliceCols - 1) / kSliceCols;
+  const std::size_t slices = (out + kSliceRows - 1) / kSliceRows;
   const auto total = static_cast<std::size_t>(starts[slices]);
   std::fill(values, values + kSliceRows * total, 0.0f);
   std::fill(index, index + kSliceRows * total, kSlicePad);
   std::fill(base, base + total, 0);
-  std::vector<std::uint32_t> counts(kSliceRows * blocks), steps(blocks), first(blocks);
+  std::vector<std::size_t> order;
   for (std::size_t s = 0; s < slices; ++s) {
-    slice_block_steps(cols, indptr, out, s, blocks, counts, steps);
-    auto t = static_cast<std::size_t>(starts[s]);
-    for (std::size_t b = 0; b < blocks; ++b) {
-      first[b] = static_cast<std::uint32_t>(t - static_cast<std::size_t>(starts[s]));
-      for (std::uint32_t k = 0; k < steps[b]; ++k) base[t++] = static_cast<std::int32_t>(b * kSliceCols);
-    }
-    const std::size_t r0 = s * kSliceRows, r1 = std::min(out, r0 + kSliceRows);
-    for (std::size_t r = r0; r < r1; ++r) {
-      const std::size_t lane = r - r0;
-      std::uint32_t* next = counts.data() + lane * blocks;  // reused as each block's cursor
-      std::fill(next, next + blocks, 0u);
-      for (auto p = static_cast<std::size_t>(indptr[r]); p < static_cast<std::size_t>(indptr[r + 1]); ++p) {
-        const auto c = static_cast<std::size_t>(cols[p]), b = c / kSliceCols;
-        const std::size_t step = static_cast<std::size_t>(starts[s]) + first[b] + next[b]++;
-        values[kSliceRows * step + lane] = data[p];
-        index[kSliceRows * (step & ~std::size_t{3}) + 4 * lane + (step & 3)] = static_cast<std::uint8_t>(c % kSliceCols);
-      }
-    }
+    const auto t0 = static_cast<std::size_t>(starts[s]);
+    std::size_t t = t0;
+    plan_slice(
+        cols, indptr, out, in, s, order,
+        [&](std::size_t step, std::size_t lane, std::size_t p) {
+          const std::size_t u = t0 + step;
+          values[kSliceRows * u + lane] = data[p];
+          index[kSliceRows * (u & ~std::size_t{3}) + 4 * lane + (u & 3)] =
+              static_cast<std::uint8_t>(static_cast<std::size_t>(cols[p]) - static_cast<std::size_t>(base[u]));
+        },
+        [&](std::size_t b) { base[t++] = static_cast<std::int32_t>(b); });
   }
 }
 
 void spmm_slices(const float* x, std::size_t batch, std::size_t in, const float* values, const std::uint8_t* index,
                  const std::int32_t* base, const std::int64_t* starts, std::size_t out, float* y) {
   if (batch == 0 || out == 0) return;
-  // x on cache lines, each row padded with zeros to whole column blocks: the
-  // kernels load a block as two aligned vectors (NumPy's 16-byte alignment
+  // x on cache lines, each row padded with zeros to slice_x_row(in), past
+  // its last window: the kernels load a window as two aligned vectors (NumPy's 16-byte alignment
   // split every load in two: 8.2 against 14 us at 1536 x 384) and never read
   // past a row. The copy also tells whether x is all finite: padding lanes
-  // multiply 0 by some x of their block, which adds nothing unless that x is
+  // multiply 0 by some x of their window, which adds nothing unless that x is
   // inf or NaN, and only then do the kernels mask them.
-  const std::size_t in32 = (in + kSliceCols - 1) / kSliceCols * kSliceCols;
+  const std::size_t row = slice_x_row(in);
   std::unique_ptr<float[], void (*)(void*)> xp(nullptr, std::free);
-  xp.reset(static_cast<float*>(std::aligned_alloc(64, std::max<std::size_t>(16, batch * in32) * sizeof(float))));
+  xp.reset(static_cast<float*>(std::aligned_alloc(64, batch * row * sizeof(float))));
   if (!xp) throw std::bad_alloc();
   std::uint32_t nonfinite = 0;  // integer ORs: a loop the compiler vectorizes
   for (std::size_t b = 0; b < batch; ++b) {
     const float* src = x + b * in;
-    float* dst = xp.get() + b * in32;
+    float* dst = xp.get() + b * row;
     std::memcpy(dst, src, in * sizeof(float));
-    std::fill(dst + in, dst + in32, 0.0f);
+    std::fill(dst + in, dst + row, 0.0f);
     for (std::size_t c = 0; c < in; ++c) {
       std::uint32_t u;
       std::memcpy(&u, src + c, 4);
@@ -283,7 +297,7 @@ void spmm_slices(const float* x, std::size_t batch, std::size_t in, const float*
     constexpr Isa I = decltype(isa)::value;
     // Chunks of kSparseRowGrain rows, as the CSR and 2:4 products.
     over_row_chunks(slices, work, [&](std::size_t s0, std::size_t s1) {
-      kernels::spmm_slices_rows<I>(xp.get(), batch, in32, !finite, values, index, base, starts, out, s0, s1, y);
+      kernels::spmm_slices_rows<I>(xp.get(), batch, row, !finite, values, index, base, starts, out, s0, s1, y);
     }, kSparseRowGrain / kSliceRows);
   });
 }

@@ -32,10 +32,11 @@ std::size_t gemm24_panel_width();
 template <Isa I>
 void gemm24_rows(const float* x, const float* xt, std::size_t batch, std::size_t in, const float* values,
                  const std::uint8_t* positions, std::size_t out, std::size_t r0, std::size_t r1, float* y);
-// Slices [s0, s1) of spmm_slices: xp is x padded (see spmm_slices), masked
-// when x holds a non-finite value (padding lanes must then add nothing).
+// Slices [s0, s1) of spmm_slices: xp is x padded to rows of slice_x_row(in)
+// floats (see spmm_slices), masked when x holds a non-finite value (padding
+// lanes must then add nothing).
 template <Isa I>
-void spmm_slices_rows(const float* xp, std::size_t batch, std::size_t in32, bool masked, const float* values,
+void spmm_slices_rows(const float* xp, std::size_t batch, std::size_t row, bool masked, const float* values,
                       const std::uint8_t* index, const std::int32_t* base, const std::int64_t* starts,
                       std::size_t out, std::size_t s0, std::size_t s1, float* y);
 // 2:4 slices (see gemm24_slices below): slices [s0, s1) for the batch rows
@@ -87,24 +88,35 @@ template <class P>
 void spmm_csr(const float* x, std::size_t batch, std::size_t in, const float* data, const std::int32_t* cols,
               const P* indptr, std::size_t out, float* y);
 
-// CSR slices: W's rows in slices of kSliceRows (one SIMD lane per row) and
-// its columns in blocks of kSliceCols. A slice is a run of steps, a multiple
-// of 4; a step belongs to one column block (which starts at column base[t])
-// and holds at most one stored value per lane: values[16 t + lane], its
-// column within the block in the index byte, kSlicePad where that lane has
-// nothing (value 0). The index bytes of steps 4q..4q+3 interleave per lane,
-// index[64 q + 4 lane + t % 4]: one 64-byte load gives every lane a 32-bit
-// word whose low 5 bits are step 4q's column, and shifting it by 8 the next
-// step's. A lane's values keep its CSR row's order within each block, blocks
-// in order. Each y entry is summed as acc[t % 4] = fma(value, x, acc[t % 4])
-// over the slice's steps t, then (acc0 + acc1) + (acc2 + acc3): every ISA and
-// thread count gives the same bits. Why: at batch 1 a CSR row of ~40 values
-// paid its own gathers, tail mask and horizontal sum; here a 32-column block
-// of x sits in two registers and one vpermt2ps feeds 16 rows, and batch rows
-// share each step's loads (1.5-3.4x the CSR kernel on MiniLM's 90 %-sparse
-// shapes, docs/sparse.md). AVX-512 only: AVX2 runs the plain reference loop.
-inline constexpr std::size_t kSliceRows = 16, kSliceCols = 32;
+// CSR slices: W's rows in slices of kSliceRows (one SIMD lane per row). A
+// slice is a run of steps, a multiple of 4; a step reads one window of
+// kSliceCols columns of x, which starts at column base[t], a multiple of
+// kSliceStride, and holds at most one stored value per lane:
+// values[16 t + lane], its column within the window in the index byte,
+// kSlicePad where that lane has nothing (value 0). The index bytes of steps
+// 4q..4q+3 interleave per lane, index[64 q + 4 lane + t % 4]: one 64-byte
+// load gives every lane a 32-bit word whose low 5 bits are step 4q's column,
+// and shifting it by 8 the next step's. The packing: each lane takes its
+// row's values in column order; the windows start at 0, kSliceStride,
+// 2 kSliceStride ... below in, and the window at b has as many steps as the
+// most values a lane has left in columns below b + kSliceStride, at each of
+// which every lane takes its next value if it lies in the window (so values
+// in the window's second half can ride along on a lane that is idle there).
+// Each y entry is summed as acc[t % 4] = fma(value, x, acc[t % 4]) over the
+// slice's steps t, then (acc0 + acc1) + (acc2 + acc3): every ISA and thread
+// count gives the same bits. Why: at batch 1 a CSR row of ~40 values paid
+// its own gathers, tail mask and horizontal sum; here a 32-column window of
+// x sits in two registers and one vpermt2ps feeds 16 rows, and batch rows
+// share each step's loads (docs/sparse.md). Overlapping windows made 18-25 %
+// fewer steps than disjoint 32-column blocks at 90 % sparsity: a step is
+// padded wherever a lane has nothing in its window. AVX-512 only: AVX2 runs
+// the plain reference loop.
+inline constexpr std::size_t kSliceRows = 16, kSliceCols = 32, kSliceStride = 16;
 inline constexpr std::uint8_t kSlicePad = 0x80;
+// The padded length of each x row the kernels read: every window lies inside.
+inline std::size_t slice_x_row(std::size_t in) {
+  return (in + kSliceStride - 1) / kSliceStride * kSliceStride + kSliceCols - kSliceStride;
+}
 
 // starts (out / kSliceRows rounded up, + 1 entries): the first step of each
 // slice, then the total. The caller has checked the CSR (as for spmm_csr).
