@@ -115,6 +115,39 @@ def test_misleading_sample_falls_back_to_exact(rng):
         np.testing.assert_array_equal(prune.magnitude_mask(w, s), expected)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_one_pass_selection_everywhere(isa, threads, dtype, rng):
+    """Large selections write codes into the masks in one read of the weights
+    and rank the k-th key's bucket in memory: on every ISA and thread count,
+    equal to the reference with repeated values (ties inside the bucket go
+    by flat index), a prior mask, several arrays (one selection), vector
+    tails, and a NaN found by that pass."""
+    from slimgrad.prune._masks import _select
+
+    values = rng.standard_normal(20_000).astype(dtype)
+    w = values[rng.integers(0, values.size, LARGE)]  # each value ~13 times
+    order = reference_order(w)
+    for s in [0.05, 0.5, 0.93]:
+        np.testing.assert_array_equal(
+            prune.magnitude_mask(w, s), mask_from_order(order, count(s, LARGE), w.shape)
+        )
+    parts = {"a": w[:100_000].reshape(250, 400), "b": w[100_000:]}
+    flat = np.concatenate([p.ravel() for p in parts.values()])
+    masks = prune.global_magnitude_masks(parts, 0.4)
+    got = np.concatenate([m.ravel() for m in masks.values()])
+    np.testing.assert_array_equal(
+        got, mask_from_order(reference_order(flat), count(0.4, flat.size), flat.shape)
+    )
+    prior = rng.random(LARGE) < 0.8  # False = pruned before: those go first
+    ranked = np.lexsort((np.arange(LARGE), np.where(prior, np.abs(w.astype(np.float64)), -1.0)))
+    for s in [0.1, 0.5]:
+        (kept,) = _select([w], ["w"], count(s, LARGE), [prior])
+        np.testing.assert_array_equal(kept, mask_from_order(ranked, count(s, LARGE), w.shape))
+    w[LARGE - 3] = np.nan  # in the vector tail
+    with pytest.raises(ValueError, match=rf"w: NaN at index \({LARGE - 3},\)"):
+        prune.magnitude_mask(w, 0.5)
+
+
 @pytest.mark.parametrize("n", [1000, LARGE])
 def test_prior_mask_prunes_previously_pruned_first(n, rng):
     from slimgrad.prune._masks import _select

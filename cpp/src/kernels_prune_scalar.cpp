@@ -11,7 +11,7 @@ namespace {
 
 template <class T>
 KeyOf<T> histogram_ref(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> base, KeyOf<T> prefix,
-                       int hi, int lo, std::uint32_t* hist, std::size_t* below) {
+                       int hi, int lo, std::uint32_t* hist, std::size_t* below, std::uint8_t* codes) {
   const std::size_t bins = std::size_t(1) << (hi - lo);
   const KeyOf<T> digit_mask = static_cast<KeyOf<T>>(bins - 1);
   KeyOf<T> max_raw = 0;
@@ -22,10 +22,24 @@ KeyOf<T> histogram_ref(const T* x, const std::uint8_t* prior, std::size_t n, Key
     const KeyOf<T> key = key_at(x, prior, i);
     under += key < base;
     const KeyOf<T> k = key - base;
-    if ((k >> hi) == prefix) ++hist[(i % kHistCopies) * bins + ((k >> lo) & digit_mask)];
+    const bool candidate = (k >> hi) == prefix;
+    if (candidate) ++hist[(i % kHistCopies) * bins + ((k >> lo) & digit_mask)];
+    if (codes)
+      codes[i] = candidate    ? static_cast<std::uint8_t>(1 + ((k >> lo) & digit_mask))
+                 : key < base ? kCodeBelow
+                              : kCodeAbove;
   }
   *below += under;
   return max_raw;
+}
+
+std::size_t codes_keep_ref(std::uint8_t* codes, std::size_t n, std::uint8_t code, std::uint32_t* pos) {
+  std::size_t found = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (codes[i] == code) pos[found++] = static_cast<std::uint32_t>(i);
+    codes[i] = codes[i] > code;
+  }
+  return found;
 }
 
 template <class T>
@@ -84,8 +98,8 @@ void apply_keep_ref(U* a, const std::uint8_t* keep, std::size_t n) {
   template <>                                                                                     \
   KeyOf<T> histogram<Isa::scalar, T>(const T* x, const std::uint8_t* prior, std::size_t n,        \
                                      KeyOf<T> base, KeyOf<T> prefix, int hi, int lo,              \
-                                     std::uint32_t* hist, std::size_t* below) {                   \
-    return histogram_ref(x, prior, n, base, prefix, hi, lo, hist, below);                         \
+                                     std::uint32_t* hist, std::size_t* below, std::uint8_t* codes) { \
+    return histogram_ref(x, prior, n, base, prefix, hi, lo, hist, below, codes);                  \
   }                                                                                               \
   template <>                                                                                     \
   std::size_t count_equal<Isa::scalar, T>(const T* x, const std::uint8_t* prior, std::size_t n,   \
@@ -111,6 +125,11 @@ void apply_keep_ref(U* a, const std::uint8_t* keep, std::size_t n) {
 SLIMGRAD_PRUNE_SCALAR(float)
 SLIMGRAD_PRUNE_SCALAR(double)
 #undef SLIMGRAD_PRUNE_SCALAR
+
+template <>
+std::size_t codes_keep<Isa::scalar>(std::uint8_t* codes, std::size_t n, std::uint8_t code, std::uint32_t* pos) {
+  return codes_keep_ref(codes, n, code, pos);
+}
 
 #define SLIMGRAD_APPLY_KEEP_SCALAR(U)                                                          \
   template <>                                                                                \

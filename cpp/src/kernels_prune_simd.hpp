@@ -70,6 +70,13 @@ struct KeyVec<float> {
     const int b = static_cast<int>(bins);
     return _mm256_setr_epi32(0, b, 2 * b, 3 * b, 0, b, 2 * b, 3 * b);
   }
+  static void store_codes(std::uint8_t* p, __m256i codes) {  // the low byte of each lane (codes <= 255)
+    __m256i b = _mm256_packus_epi32(codes, codes);  // per 128-bit half: c0 c1 c2 c3 c0 c1 c2 c3
+    b = _mm256_packus_epi16(b, b);                  // bytes, the half's 4 codes first
+    const std::uint64_t v = static_cast<std::uint32_t>(_mm256_cvtsi256_si32(b)) |
+                            static_cast<std::uint64_t>(static_cast<std::uint32_t>(_mm256_extract_epi32(b, 4))) << 32;
+    std::memcpy(p, &v, 8);
+  }
 };
 
 template <>
@@ -94,6 +101,14 @@ struct KeyVec<double> {
   static __m256i copy_offsets(Key bins) {
     const long long b = static_cast<long long>(bins);
     return _mm256_setr_epi64x(0, b, 2 * b, 3 * b);
+  }
+  static void store_codes(std::uint8_t* p, __m256i codes) {  // byte 0 of each 64-bit lane
+    // per 128-bit half: bytes 0 and 8 (its two lanes' codes) to bytes 0 and 1, zeros elsewhere
+    const long long pick = static_cast<long long>(0x8080808080800800ULL), zero = static_cast<long long>(0x8080808080808080ULL);
+    const __m256i b = _mm256_shuffle_epi8(codes, _mm256_setr_epi64x(pick, zero, pick, zero));
+    const auto v = static_cast<std::uint32_t>(static_cast<std::uint16_t>(_mm256_cvtsi256_si32(b)) |
+                                              static_cast<std::uint32_t>(_mm256_extract_epi16(b, 8)) << 16);
+    std::memcpy(p, &v, 4);
   }
 };
 
@@ -162,6 +177,12 @@ struct KeyVec512<float> {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm_maskz_mov_epi8(m, _mm_set1_epi8(1)));
   }
   static Key hmax(__m512i v) { return static_cast<Key>(_mm512_reduce_max_epi32(v)); }
+  // 1 + digit in candidate lanes, kCodeBelow / kCodeAbove elsewhere, one byte per lane.
+  static void store_codes(std::uint8_t* p, Mask cand, Mask below, __m512i digit) {
+    const __m512i rest = _mm512_maskz_mov_epi32(static_cast<Mask>(~below), _mm512_set1_epi32(kCodeAbove));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                     _mm512_cvtepi32_epi8(_mm512_mask_add_epi32(rest, cand, digit, _mm512_set1_epi32(1))));
+  }
 };
 
 template <>
@@ -188,6 +209,11 @@ struct KeyVec512<double> {
     _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_maskz_mov_epi8(m, _mm_set1_epi8(1)));
   }
   static Key hmax(__m512i v) { return static_cast<Key>(_mm512_reduce_max_epi64(v)); }
+  static void store_codes(std::uint8_t* p, Mask cand, Mask below, __m512i digit) {
+    const __m512i rest = _mm512_maskz_mov_epi64(static_cast<Mask>(~below), _mm512_set1_epi64(kCodeAbove));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p),
+                     _mm512_cvtepi64_epi8(_mm512_mask_add_epi64(rest, cand, digit, _mm512_set1_epi64(1))));
+  }
 };
 
 // The selection keys of W elements from their raw keys (see keys()).
@@ -233,7 +259,7 @@ inline std::size_t count_packed_digits(std::size_t n, Key* buf, std::uint32_t* h
 
 template <Isa I, class T>
 KeyOf<T> histogram(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> base, KeyOf<T> prefix,
-                   int hi, int lo, std::uint32_t* hist, std::size_t* below) {
+                   int hi, int lo, std::uint32_t* hist, std::size_t* below, std::uint8_t* codes) {
   using Key = KeyOf<T>;
   const Key bins = Key(1) << (hi - lo);
   const Key digit_mask = bins - 1;
@@ -248,10 +274,13 @@ KeyOf<T> histogram(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T
     const __m512i raw = KV::raw(x + at);
     vmax = KV::max(vmax, raw);
     const __m512i key = keys512<T>(prior, at, raw);
-    under += static_cast<std::size_t>(__builtin_popcount(KV::gt(vbase, key)));
+    const typename KV::Mask under_base = KV::gt(vbase, key);
+    under += static_cast<std::size_t>(__builtin_popcount(under_base));
     const __m512i k = KV::sub(key, vbase);
     const typename KV::Mask cand = KV::eq(KV::srl(k, hi), vprefix);
-    _mm512_storeu_si512(out, KV::compress(cand, _mm512_and_si512(KV::srl(k, lo), vmask)));
+    const __m512i digit = _mm512_and_si512(KV::srl(k, lo), vmask);
+    if (codes) KV::store_codes(codes + at, cand, under_base, digit);
+    _mm512_storeu_si512(out, KV::compress(cand, digit));
     return static_cast<std::size_t>(__builtin_popcount(cand));
   });
   max_raw = KV::hmax(vmax);
@@ -265,10 +294,15 @@ KeyOf<T> histogram(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T
     vmax = KV::max(vmax, raw);
     const __m256i key = keys(x, prior, at, raw);
     // Keys and base are below 2^31 (2^63): a signed compare orders them.
-    under += static_cast<std::size_t>(__builtin_popcount(KV::bits(KV::gt(vbase, key))));
+    const __m256i under_base = KV::gt(vbase, key);
+    under += static_cast<std::size_t>(__builtin_popcount(KV::bits(under_base)));
     const __m256i k = KV::sub(key, vbase);
-    const unsigned cand = KV::bits(KV::eq(KV::srl(k, hi), vprefix));
+    const __m256i cand_lanes = KV::eq(KV::srl(k, hi), vprefix);
+    const unsigned cand = KV::bits(cand_lanes);
     const __m256i d = _mm256_and_si256(KV::srl(k, lo), vmask);
+    if (codes)
+      KV::store_codes(codes + at, _mm256_blendv_epi8(_mm256_andnot_si256(under_base, KV::set1(kCodeAbove)),
+                                                     KV::add(d, KV::one()), cand_lanes));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), left_pack(d, KV::lanes32(cand)));
     return static_cast<std::size_t>(__builtin_popcount(cand));
   });
@@ -280,10 +314,45 @@ KeyOf<T> histogram(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T
     const Key key = key_at(x, prior, i);
     under += key < base;
     const Key k = key - base;
-    if ((k >> hi) == prefix) ++hist[(i % kHistCopies) * bins + ((k >> lo) & digit_mask)];
+    const bool candidate = (k >> hi) == prefix;
+    if (candidate) ++hist[(i % kHistCopies) * bins + ((k >> lo) & digit_mask)];
+    if (codes)
+      codes[i] = candidate    ? static_cast<std::uint8_t>(1 + ((k >> lo) & digit_mask))
+                 : key < base ? kCodeBelow
+                              : kCodeAbove;
   }
   *below += under;
   return max_raw;
+}
+
+template <Isa I>
+std::size_t codes_keep(std::uint8_t* codes, std::size_t n, std::uint8_t code, std::uint32_t* pos) {
+  std::size_t i = 0, found = 0;
+  auto list = [&](std::uint64_t lanes) {  // set bits j: codes[i + j] == code (rare)
+    for (; lanes; lanes &= lanes - 1) pos[found++] = static_cast<std::uint32_t>(i + __builtin_ctzll(lanes));
+  };
+#if defined(SLIMGRAD_PRUNE_AVX512)
+  const __m512i vcode = _mm512_set1_epi8(static_cast<char>(code));
+  for (; i + 64 <= n; i += 64) {
+    const __m512i c = _mm512_loadu_si512(codes + i);
+    list(_mm512_cmpeq_epi8_mask(c, vcode));
+    _mm512_storeu_si512(codes + i, _mm512_maskz_mov_epi8(_mm512_cmpgt_epu8_mask(c, vcode), _mm512_set1_epi8(1)));
+  }
+#elif defined(__AVX2__)
+  // c > code <=> max(c, code + 1) == c (unsigned bytes; code < kCodeAbove)
+  const __m256i vcode = _mm256_set1_epi8(static_cast<char>(code)), vnext = _mm256_set1_epi8(static_cast<char>(code + 1));
+  for (; i + 32 <= n; i += 32) {
+    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + i));
+    list(static_cast<std::uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(c, vcode))));
+    const __m256i kept = _mm256_cmpeq_epi8(_mm256_max_epu8(c, vnext), c);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + i), _mm256_and_si256(kept, _mm256_set1_epi8(1)));
+  }
+#endif
+  for (; i < n; ++i) {
+    if (codes[i] == code) pos[found++] = static_cast<std::uint32_t>(i);
+    codes[i] = codes[i] > code;
+  }
+  return found;
 }
 
 template <Isa I, class T>
@@ -491,7 +560,8 @@ void apply_keep(U* a, const std::uint8_t* keep, std::size_t n) {
 namespace slimgrad::kernels {
 #define SLIMGRAD_PRUNE_INSTANTIATE(T)                                                                           \
   template KeyOf<T> histogram<SLIMGRAD_UNIT_ISA, T>(const T*, const std::uint8_t*, std::size_t, KeyOf<T>,       \
-                                             KeyOf<T>, int, int, std::uint32_t*, std::size_t*);                 \
+                                             KeyOf<T>, int, int, std::uint32_t*, std::size_t*,                  \
+                                             std::uint8_t*);                                                    \
   template std::size_t count_equal<SLIMGRAD_UNIT_ISA, T>(const T*, const std::uint8_t*, std::size_t,            \
                                                  KeyOf<T>);                                                     \
   template std::size_t threshold_keep<SLIMGRAD_UNIT_ISA, T>(const T*, const std::uint8_t*, std::size_t,         \
@@ -502,6 +572,7 @@ namespace slimgrad::kernels {
 SLIMGRAD_PRUNE_INSTANTIATE(float)
 SLIMGRAD_PRUNE_INSTANTIATE(double)
 #undef SLIMGRAD_PRUNE_INSTANTIATE
+template std::size_t codes_keep<SLIMGRAD_UNIT_ISA>(std::uint8_t*, std::size_t, std::uint8_t, std::uint32_t*);
 template void apply_keep<SLIMGRAD_UNIT_ISA, std::uint8_t>(std::uint8_t*, const std::uint8_t*, std::size_t);
 template void apply_keep<SLIMGRAD_UNIT_ISA, std::uint16_t>(std::uint16_t*, const std::uint8_t*, std::size_t);
 template void apply_keep<SLIMGRAD_UNIT_ISA, std::uint32_t>(std::uint32_t*, const std::uint8_t*, std::size_t);

@@ -1,7 +1,12 @@
 // Threaded, dispatched entry points of the prune kernels (see prune.hpp).
 //
-// Magnitude selection is an exact radix select over the keys of all
-// segments at once, without copying them:
+// Magnitude selection is exact, over the keys of all segments at once,
+// without copying them. Large selections (2^18 elements and more, 0 < k <
+// total) first try one pass (coded_select): the sampled key range of step 1
+// below, histogrammed by a 7-bit digit while each element's code (below,
+// digit, above) goes into its mask byte; then one pass over the codes writes
+// the masks and lists the k-th key's bucket, ranked in memory. When the
+// guess misses or that bucket is large (many equal keys), the radix select:
 //  1. A fixed, evenly spaced sample of 16384 keys guesses a narrow key range
 //     [lo, hi] around the k-th smallest; one pass counts exactly the keys
 //     below lo and inside [lo, hi] (and finds the largest key: NaN check).
@@ -21,6 +26,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <tuple>
 
 #include "slimgrad/threading.hpp"
@@ -64,6 +70,15 @@ void for_units(std::size_t units, std::size_t total_elements, Body&& body) {
   } else {
     for (std::size_t i = 0; i < units; ++i) body(i);
   }
+}
+
+// body(task, piece) over every piece, each of `tasks` tasks on a
+// contiguous run of pieces (its own counters, merged afterwards in task order).
+template <class Body>
+void for_task_pieces(const std::vector<Piece>& pieces, std::size_t tasks, Body&& body) {
+  parallel_tasks(tasks, [&](std::size_t t) {
+    for (std::size_t p = pieces.size() * t / tasks; p < pieces.size() * (t + 1) / tasks; ++p) body(t, pieces[p]);
+  });
 }
 
 template <class T>
@@ -137,43 +152,109 @@ int bit_width(std::uint64_t v) {
   return w;
 }
 
+// An element listed for ranking by (key, position): its key and where it is.
+template <class T>
+struct Listed {
+  KeyOf<T> key;
+  std::size_t segment, index;
+};
+
+// Ranks the listed elements (per task, each list in flat order, tasks in
+// order, so any thread count gives the same ranking) by (key, position):
+// the first `pruned` stay pruned (keep 0), the others are kept.
+template <class T>
+void keep_ranked(const std::vector<PruneSegment>& segments, const std::vector<std::vector<Listed<T>>>& lists,
+                 std::size_t pruned) {
+  std::vector<Listed<T>> all;
+  for (const auto& l : lists) all.insert(all.end(), l.begin(), l.end());
+  // `all` is in flat order, so a stable sort by key ranks by (key, position).
+  std::stable_sort(all.begin(), all.end(), [](const Listed<T>& a, const Listed<T>& b) { return a.key < b.key; });
+  for (std::size_t j = pruned; j < all.size(); ++j) segments[all[j].segment].keep[all[j].index] = 1;
+}
+
 // The write pass when the k-th key lies in a small bucket [amb_lo, bound):
 // keys >= bound are kept, keys below are pruned, and the bucket's elements
-// (amb_count of them) are collected per task in flat order, then ranked by
-// (key, position): the first amb_rem stay pruned, the others are kept. Any
-// thread count gives the same lists (tasks hold contiguous pieces) and so
-// the same masks.
+// (amb_count of them) are listed per task and ranked: the first amb_rem
+// stay pruned, the others are kept.
 template <class T>
 void write_and_rank(const std::vector<PruneSegment>& segments, const std::vector<Piece>& pieces,
                     std::size_t tasks, KeyOf<T> bound, KeyOf<T> amb_lo, std::size_t amb_count,
                     std::size_t amb_rem) {
   using Key = KeyOf<T>;
-  struct Found {
-    Key key;
-    std::size_t segment, index;
-  };
-  std::vector<std::vector<Found>> found(tasks);
+  std::vector<std::vector<Listed<T>>> lists(tasks);
   std::vector<Key> keys(tasks * amb_count);
   std::vector<std::uint32_t> pos(tasks * amb_count);
   dispatch([&](auto isa) {
-    parallel_tasks(tasks, [&](std::size_t t) {
-      for (std::size_t p = pieces.size() * t / tasks; p < pieces.size() * (t + 1) / tasks; ++p) {
-        const Piece& pc = pieces[p];
-        const PruneSegment& s = segments[pc.array];
-        Key* kt = keys.data() + t * amb_count;
-        std::uint32_t* pt = pos.data() + t * amb_count;
-        const std::size_t got = kernels::threshold_keep<decltype(isa)::value, T>(
-            data<T>(s) + pc.begin, prior_at(s, pc.begin), pc.end - pc.begin, bound, amb_lo, s.keep + pc.begin, kt, pt);
-        for (std::size_t j = 0; j < got; ++j) found[t].push_back({kt[j], pc.array, pc.begin + pt[j]});
-      }
+    for_task_pieces(pieces, tasks, [&](std::size_t t, const Piece& pc) {
+      const PruneSegment& s = segments[pc.array];
+      Key* kt = keys.data() + t * amb_count;
+      std::uint32_t* pt = pos.data() + t * amb_count;
+      const std::size_t got = kernels::threshold_keep<decltype(isa)::value, T>(
+          data<T>(s) + pc.begin, prior_at(s, pc.begin), pc.end - pc.begin, bound, amb_lo, s.keep + pc.begin, kt, pt);
+      for (std::size_t j = 0; j < got; ++j) lists[t].push_back({kt[j], pc.array, pc.begin + pt[j]});
     });
   });
-  std::vector<Found> all;
-  all.reserve(amb_count);
-  for (const auto& f : found) all.insert(all.end(), f.begin(), f.end());
-  // `all` is in flat order, so a stable sort by key ranks by (key, position).
-  std::stable_sort(all.begin(), all.end(), [](const Found& a, const Found& b) { return a.key < b.key; });
-  for (std::size_t j = amb_rem; j < all.size(); ++j) segments[all[j].segment].keep[all[j].index] = 1;
+  keep_ranked(segments, lists, amb_rem);
+}
+
+// The one-pass selection (large arrays, 0 < k < total). One read of the
+// weights histograms the guessed key range by its top kCodeBits digit (as
+// the radix select's first pass does by 11 bits) and writes each element's
+// code into its keep byte. If the k-th key lies in the range and its
+// digit's bucket is small, one pass over the codes (a quarter of float32's
+// bytes) turns them into the masks and lists that bucket, which is ranked in
+// memory. nullopt when the guess missed or the bucket is large (many equal
+// keys): the masks are then scratch, and the caller runs the radix select.
+// Why: the radix select reads the weights twice (histogram, write pass), and
+// when they come from memory rather than cache each read costs about as
+// much as the whole selection does when they are cached (docs/prune.md).
+template <class T>
+std::optional<NanPosition> coded_select(const std::vector<PruneSegment>& segments, const std::vector<Piece>& pieces,
+                                        std::size_t tasks, std::size_t total, std::size_t k) {
+  using Key = KeyOf<T>;
+  const auto [lo_key, hi_key] = guess_range<T>(segments, total, k);
+  const int hi = bit_width(static_cast<std::uint64_t>(hi_key - lo_key)), lo = std::max(hi - kCodeBits, 0);
+  const std::size_t bins = std::size_t(1) << (hi - lo);
+  std::vector<std::uint32_t> hists(tasks * kHistCopies * bins, 0);
+  std::vector<std::size_t> below(tasks, 0);
+  std::vector<Key> maxima(tasks, 0);
+  dispatch([&](auto isa) {
+    for_task_pieces(pieces, tasks, [&](std::size_t t, const Piece& pc) {
+      const PruneSegment& s = segments[pc.array];
+      const Key m = kernels::histogram<decltype(isa)::value, T>(
+          data<T>(s) + pc.begin, prior_at(s, pc.begin), pc.end - pc.begin, lo_key, 0, hi, lo,
+          hists.data() + t * kHistCopies * bins, &below[t], s.keep + pc.begin);
+      maxima[t] = std::max(maxima[t], m);
+    });
+  });
+  if (*std::max_element(maxima.begin(), maxima.end()) > KeyTraits<T>::inf) return first_nan<T>(segments);
+  std::vector<std::size_t> hist(bins, 0);
+  for (std::size_t c = 0; c < tasks * kHistCopies; ++c)
+    for (std::size_t b = 0; b < bins; ++b) hist[b] += hists[c * bins + b];
+  std::size_t under = 0, in_range = 0;
+  for (const std::size_t b : below) under += b;
+  for (const std::size_t c : hist) in_range += c;
+  if (!(under < k && k <= under + in_range)) return std::nullopt;
+  std::size_t rem = k - under, b = 0;  // to prune among the candidates, from bucket 0
+  while (rem > hist[b]) rem -= hist[b++];
+  if (hist[b] > kCollectMax) return std::nullopt;
+  // Codes above 1 + b are kept, below pruned; the bucket's first rem by
+  // (key, position) stay pruned.
+  const auto code = static_cast<std::uint8_t>(1 + b);
+  std::vector<std::uint32_t> pos(tasks * hist[b]);
+  std::vector<std::vector<Listed<T>>> lists(tasks);
+  dispatch([&](auto isa) {
+    for_task_pieces(pieces, tasks, [&](std::size_t t, const Piece& pc) {
+      const PruneSegment& s = segments[pc.array];
+      std::uint32_t* pt = pos.data() + t * hist[b];
+      const std::size_t got =
+          kernels::codes_keep<decltype(isa)::value>(s.keep + pc.begin, pc.end - pc.begin, code, pt);
+      for (std::size_t j = 0; j < got; ++j)
+        lists[t].push_back({key_of<T>(s, pc.begin + pt[j]), pc.array, pc.begin + pt[j]});
+    });
+  });
+  keep_ranked(segments, lists, rem);
+  return NanPosition{};
 }
 
 }  // namespace
@@ -186,13 +267,9 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
   std::size_t total = 0;
   for (const PruneSegment& s : segments) total += s.n;
   const std::size_t tasks = task_count(total, pieces.size());
-  // Runs body(task, piece) over every piece, each task on a contiguous run
-  // of pieces (its own counters, merged afterwards in task order).
-  auto per_task = [&](auto&& body) {
-    parallel_tasks(tasks, [&](std::size_t t) {
-      for (std::size_t p = pieces.size() * t / tasks; p < pieces.size() * (t + 1) / tasks; ++p) body(t, pieces[p]);
-    });
-  };
+  const bool sampled = total >= (std::size_t(1) << 18) && k > 0 && k < total;
+  if (sampled)
+    if (const auto done = coded_select<T>(segments, pieces, tasks, total, k)) return *done;
 
   // One radix pass: merged histogram of the candidates' digit [lo, hi) of
   // key - base, the number of keys below base, the largest raw key.
@@ -203,11 +280,11 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
     std::vector<std::size_t> below(tasks, 0);
     std::vector<Key> maxima(tasks, 0);
     dispatch([&](auto isa) {
-      per_task([&](std::size_t t, const Piece& pc) {
+      for_task_pieces(pieces, tasks, [&](std::size_t t, const Piece& pc) {
         const PruneSegment& s = segments[pc.array];
         const Key m = kernels::histogram<decltype(isa)::value, T>(
             data<T>(s) + pc.begin, prior_at(s, pc.begin), pc.end - pc.begin, base, prefix, hi, lo,
-            hists.data() + t * kHistCopies * bins, &below[t]);
+            hists.data() + t * kHistCopies * bins, &below[t], nullptr);
         maxima[t] = std::max(maxima[t], m);
       });
     });
@@ -223,7 +300,7 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
   // top digit of the keys in it; the whole key range if the guess missed.
   Key base = 0;
   int width = KeyTraits<T>::bits;
-  if (total >= (std::size_t(1) << 18) && k > 0 && k < total) {
+  if (sampled) {
     const auto [lo, hi] = guess_range<T>(segments, total, k);
     base = lo;
     width = bit_width(static_cast<std::uint64_t>(hi - lo));

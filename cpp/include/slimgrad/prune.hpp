@@ -90,6 +90,12 @@ inline constexpr int kHistCopies = 4;
 // pass (memory: this many entries per thread, whatever the array size).
 inline constexpr std::size_t kCollectMax = 1 << 14;
 
+// The one-pass selection's codes (magnitude_keep): the first pass writes,
+// per element, kCodeBelow for a key below the guessed range, 1 + its digit
+// (at most 2^kCodeBits) for a key in it, kCodeAbove for a key above it.
+inline constexpr int kCodeBits = 7;
+inline constexpr std::uint8_t kCodeBelow = 0, kCodeAbove = 255;
+
 namespace kernels {
 // Histogram of digit ((key - base) >> lo) & (2^(hi-lo) - 1) over the
 // candidates, the elements with ((key - base) >> hi) == prefix (unsigned
@@ -97,10 +103,16 @@ namespace kernels {
 // KeyTraits<T>::bits bits). hist has kHistCopies * 2^(hi-lo) counters (each
 // count goes to one of the copies) and is added to; so is *below, the
 // number of keys < base. Returns the largest raw key (|x| bits, ignoring
-// prior): a NaN is there if it is above KeyTraits<T>::inf.
+// prior): a NaN is there if it is above KeyTraits<T>::inf. codes (or
+// nullptr; then prefix == 0 and hi - lo <= kCodeBits): each element's code,
+// 1 + digit for a candidate, else kCodeBelow or kCodeAbove.
 template <Isa I, class T>
 KeyOf<T> histogram(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> base, KeyOf<T> prefix,
-                   int hi, int lo, std::uint32_t* hist, std::size_t* below);
+                   int hi, int lo, std::uint32_t* hist, std::size_t* below, std::uint8_t* codes);
+// In place over codes: codes[i] = codes[i] > code (1 = kept, 0 = pruned),
+// and the i with codes[i] == code listed in order in pos; returns how many.
+template <Isa I>
+std::size_t codes_keep(std::uint8_t* codes, std::size_t n, std::uint8_t code, std::uint32_t* pos);
 // Number of elements whose key equals `key`.
 template <Isa I, class T>
 std::size_t count_equal(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> key);
