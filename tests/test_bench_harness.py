@@ -44,3 +44,20 @@ def test_prelude_runs_before_every_call_untimed():
     samples = measure(case, repeats=2, target=0)
     assert order == ["prelude", "call"] * 3  # the warm-up call, then one per batch
     assert max(samples["slimgrad"]) < 0.01  # the prelude's 20 ms are not in the time
+
+
+def test_calls_fixes_the_batch_and_a_module_sets_it_for_its_cases():
+    calls = {"n": 0}
+
+    def count():
+        calls["n"] += 1
+
+    # target 1 s would take thousands of these calls per batch; calls=1 takes one
+    measure(Case("c", {"slimgrad": count}, calls=1), repeats=3, target=1.0)
+    assert calls["n"] == 4  # the warm-up, then one per batch
+    from slimgrad.bench import optim, suite_cases
+
+    assert optim.CALLS_PER_BATCH == 1
+    # the optim suite's cases are timed one call per batch, as its probe
+    first = next(iter(suite_cases("optim", size=1024)))
+    assert first.calls == 1 and first.setup is not None

@@ -15,7 +15,7 @@ import importlib
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import median
 from typing import Any
 
@@ -60,7 +60,10 @@ class Case:
     meaningful); ``setup`` (optional) runs before every timed batch, untimed;
     ``prelude`` (optional) before every call, untimed: the work a real
     program does between two calls, e.g. a torch forward and backward that
-    leave torch's threads spinning when the optimizer steps.
+    leave torch's threads spinning when the optimizer steps. ``calls``
+    (optional) fixes the calls per timed batch (default: as many as fill
+    ``target`` seconds); a module sets it for all its cases with
+    ``CALLS_PER_BATCH``.
     """
 
     name: str
@@ -69,6 +72,7 @@ class Case:
     setup: Callable[[], object] | None = None
     prelude: Callable[[], object] | None = None
     note: str = ""
+    calls: int | None = None
     # Samples measured elsewhere (e.g. inside an mpiexec job): reported as they are.
     measured: dict[str, list[float]] | None = None
 
@@ -143,7 +147,7 @@ def measure(
         if case.setup:
             case.setup()
         one = max(_time_batch(case.impls[name], 1, case.prelude), 1e-7)
-        inner[name] = max(1, min(10_000, int(target / one)))
+        inner[name] = case.calls or max(1, min(10_000, int(target / one)))
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         for k in range(len(names)):
@@ -160,7 +164,9 @@ def suite_cases(suite: str, size: int | None = None) -> Iterator[Case]:
     """The cases of every module of ``suite``, each at ``size`` or its module's default."""
     for name in SUITES[suite]:
         module = importlib.import_module(f"{__name__}.{name}")
-        yield from module.cases(size or module.DEFAULT_SIZE)
+        calls = getattr(module, "CALLS_PER_BATCH", None)
+        for case in module.cases(size or module.DEFAULT_SIZE):
+            yield case if case.calls or not calls else replace(case, calls=calls)
 
 
 def run_suite(suite: str, size: int | None = None, repeats: int = 7) -> Iterator[Result]:

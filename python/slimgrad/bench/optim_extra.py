@@ -25,8 +25,10 @@ import numpy as np
 
 from .. import optim
 from . import Case, optional_import
+from .optim import evictor
 
 DEFAULT_SIZE = 1 << 24  # 16M float32 parameters
+CALLS_PER_BATCH = 1  # as the optim module's cases (see there)
 LR = 1e-4
 
 
@@ -137,6 +139,8 @@ def _clip(size: int, torch, clips: bool) -> Case:
         impls["torch clip_grad_norm_"] = torch_clip
     impls["numpy dot + scale"] = numpy_clip
 
+    evict = evictor(size)
+
     def setup():
         if clips:
             for o, *copies in zip(orig, gs, ng, *([tgs] if tgs else [])):
@@ -144,6 +148,7 @@ def _clip(size: int, torch, clips: bool) -> Case:
                     np.copyto(c, o)
             for k in limits:
                 limits[k] = 1e9
+        evict()  # the restored copies out of cache, as in the other cases
 
     label = "clips" if clips else "norm only"
     return Case(

@@ -29,6 +29,7 @@ from typing import Any
 from . import Case, optional_import
 
 DEFAULT_SIZE = 0  # the model fixes the sizes
+CALLS_PER_BATCH = 1  # as the optim module's cases (see there)
 LR = 1e-4
 
 
