@@ -197,6 +197,36 @@ void write_and_rank(const std::vector<PruneSegment>& segments, const std::vector
   keep_ranked(segments, lists, amb_rem);
 }
 
+// One histogram pass over every piece (kernels::histogram, per-task
+// counters merged in task order): hist gets the candidates' digit counts,
+// *below the number of keys below base; returns the largest raw key. With
+// `codes`, each element's code goes into its keep byte.
+template <class T>
+KeyOf<T> histogram_pass(const std::vector<PruneSegment>& segments, const std::vector<Piece>& pieces,
+                        std::size_t tasks, KeyOf<T> base, KeyOf<T> prefix, int hi, int lo, bool codes,
+                        std::vector<std::size_t>& hist, std::size_t* below) {
+  using Key = KeyOf<T>;
+  const std::size_t bins = std::size_t(1) << (hi - lo);
+  std::vector<std::uint32_t> hists(tasks * kHistCopies * bins, 0);
+  std::vector<std::size_t> under(tasks, 0);
+  std::vector<Key> maxima(tasks, 0);
+  dispatch([&](auto isa) {
+    for_task_pieces(pieces, tasks, [&](std::size_t t, const Piece& pc) {
+      const PruneSegment& s = segments[pc.array];
+      const Key m = kernels::histogram<decltype(isa)::value, T>(
+          data<T>(s) + pc.begin, prior_at(s, pc.begin), pc.end - pc.begin, base, prefix, hi, lo,
+          hists.data() + t * kHistCopies * bins, &under[t], codes ? s.keep + pc.begin : nullptr);
+      maxima[t] = std::max(maxima[t], m);
+    });
+  });
+  hist.assign(bins, 0);
+  for (std::size_t c = 0; c < tasks * kHistCopies; ++c)
+    for (std::size_t b = 0; b < bins; ++b) hist[b] += hists[c * bins + b];
+  *below = 0;
+  for (const std::size_t u : under) *below += u;
+  return *std::max_element(maxima.begin(), maxima.end());
+}
+
 // The one-pass selection (large arrays, 0 < k < total). One read of the
 // weights histograms the guessed key range by its top kCodeBits digit (as
 // the radix select's first pass does by 11 bits) and writes each element's
@@ -205,34 +235,20 @@ void write_and_rank(const std::vector<PruneSegment>& segments, const std::vector
 // bytes) turns them into the masks and lists that bucket, which is ranked in
 // memory. nullopt when the guess missed or the bucket is large (many equal
 // keys): the masks are then scratch, and the caller runs the radix select.
-// Why: the radix select reads the weights twice (histogram, write pass), and
-// when they come from memory rather than cache each read costs about as
-// much as the whole selection does when they are cached (docs/prune.md).
+// Why: the radix select reads the weights twice (histogram, write pass); a
+// read of 4096 x 4096 float32 from memory takes ~2 ms here, two thirds of a
+// whole selection from cache (docs/prune.md: 3.7-4.0 -> 2.9-3.1 ms back to
+// back).
 template <class T>
 std::optional<NanPosition> coded_select(const std::vector<PruneSegment>& segments, const std::vector<Piece>& pieces,
                                         std::size_t tasks, std::size_t total, std::size_t k) {
-  using Key = KeyOf<T>;
   const auto [lo_key, hi_key] = guess_range<T>(segments, total, k);
   const int hi = bit_width(static_cast<std::uint64_t>(hi_key - lo_key)), lo = std::max(hi - kCodeBits, 0);
-  const std::size_t bins = std::size_t(1) << (hi - lo);
-  std::vector<std::uint32_t> hists(tasks * kHistCopies * bins, 0);
-  std::vector<std::size_t> below(tasks, 0);
-  std::vector<Key> maxima(tasks, 0);
-  dispatch([&](auto isa) {
-    for_task_pieces(pieces, tasks, [&](std::size_t t, const Piece& pc) {
-      const PruneSegment& s = segments[pc.array];
-      const Key m = kernels::histogram<decltype(isa)::value, T>(
-          data<T>(s) + pc.begin, prior_at(s, pc.begin), pc.end - pc.begin, lo_key, 0, hi, lo,
-          hists.data() + t * kHistCopies * bins, &below[t], s.keep + pc.begin);
-      maxima[t] = std::max(maxima[t], m);
-    });
-  });
-  if (*std::max_element(maxima.begin(), maxima.end()) > KeyTraits<T>::inf) return first_nan<T>(segments);
-  std::vector<std::size_t> hist(bins, 0);
-  for (std::size_t c = 0; c < tasks * kHistCopies; ++c)
-    for (std::size_t b = 0; b < bins; ++b) hist[b] += hists[c * bins + b];
-  std::size_t under = 0, in_range = 0;
-  for (const std::size_t b : below) under += b;
+  std::vector<std::size_t> hist;
+  std::size_t under = 0;
+  if (histogram_pass<T>(segments, pieces, tasks, lo_key, 0, hi, lo, true, hist, &under) > KeyTraits<T>::inf)
+    return first_nan<T>(segments);
+  std::size_t in_range = 0;
   for (const std::size_t c : hist) in_range += c;
   if (!(under < k && k <= under + in_range)) return std::nullopt;
   std::size_t rem = k - under, b = 0;  // to prune among the candidates, from bucket 0
@@ -275,25 +291,7 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
   // key - base, the number of keys below base, the largest raw key.
   std::vector<std::size_t> hist;
   auto radix_pass = [&](Key base, Key prefix, int hi, int lo, std::size_t* below_base) {
-    const std::size_t bins = std::size_t(1) << (hi - lo);
-    std::vector<std::uint32_t> hists(tasks * kHistCopies * bins, 0);
-    std::vector<std::size_t> below(tasks, 0);
-    std::vector<Key> maxima(tasks, 0);
-    dispatch([&](auto isa) {
-      for_task_pieces(pieces, tasks, [&](std::size_t t, const Piece& pc) {
-        const PruneSegment& s = segments[pc.array];
-        const Key m = kernels::histogram<decltype(isa)::value, T>(
-            data<T>(s) + pc.begin, prior_at(s, pc.begin), pc.end - pc.begin, base, prefix, hi, lo,
-            hists.data() + t * kHistCopies * bins, &below[t], nullptr);
-        maxima[t] = std::max(maxima[t], m);
-      });
-    });
-    hist.assign(bins, 0);
-    for (std::size_t c = 0; c < tasks * kHistCopies; ++c)
-      for (std::size_t b = 0; b < bins; ++b) hist[b] += hists[c * bins + b];
-    *below_base = 0;
-    for (std::size_t b : below) *below_base += b;
-    return *std::max_element(maxima.begin(), maxima.end());
+    return histogram_pass<T>(segments, pieces, tasks, base, prefix, hi, lo, false, hist, below_base);
   };
 
   // First pass: the NaN check, the keys below the guessed range, and the
