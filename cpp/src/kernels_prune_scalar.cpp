@@ -98,7 +98,8 @@ void apply_keep_ref(U* a, const std::uint8_t* keep, std::size_t n) {
   template <>                                                                                     \
   KeyOf<T> histogram<Isa::scalar, T>(const T* x, const std::uint8_t* prior, std::size_t n,        \
                                      KeyOf<T> base, KeyOf<T> prefix, int hi, int lo,              \
-                                     std::uint32_t* hist, std::size_t* below, std::uint8_t* codes) { \
+                                     std::uint32_t* hist, std::size_t* below,                     \
+                                     std::uint8_t* codes) {                                       \
     return histogram_ref(x, prior, n, base, prefix, hi, lo, hist, below, codes);                  \
   }                                                                                               \
   template <>                                                                                     \

@@ -8,8 +8,8 @@
 //    axis (inner >= width, m <= 16) vectorizes across the inner axis; other
 //    N:M shapes use the scalar kernel.
 //  - The avx512 level reuses these 256-bit bodies (x86-64-v4 includes AVX2
-//    and BMI2), except in the two passes of magnitude selection (histogram,
-//    threshold_keep): there the 256-bit body is bound by its instruction
+//    and BMI2), except in the passes of magnitude selection (histogram,
+//    threshold_keep; codes_keep, which reads only the mask codes, has both): there the 256-bit body is bound by its instruction
 //    count, not by memory (~1 cycle per element, 9 GB/s per core on an Intel
 //    Xeon), and AVX-512's compare-into-mask, vpcompressd (register form:
 //    the memory form is slow on Zen 4) and masked byte moves do the same work
@@ -104,7 +104,8 @@ struct KeyVec<double> {
   }
   static void store_codes(std::uint8_t* p, __m256i codes) {  // byte 0 of each 64-bit lane
     // per 128-bit half: bytes 0 and 8 (its two lanes' codes) to bytes 0 and 1, zeros elsewhere
-    const long long pick = static_cast<long long>(0x8080808080800800ULL), zero = static_cast<long long>(0x8080808080808080ULL);
+    const auto pick = static_cast<long long>(0x8080808080800800ULL);
+    const auto zero = static_cast<long long>(0x8080808080808080ULL);
     const __m256i b = _mm256_shuffle_epi8(codes, _mm256_setr_epi64x(pick, zero, pick, zero));
     const auto v = static_cast<std::uint32_t>(static_cast<std::uint16_t>(_mm256_cvtsi256_si32(b)) |
                                               static_cast<std::uint32_t>(_mm256_extract_epi16(b, 8)) << 16);

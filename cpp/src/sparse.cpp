@@ -192,14 +192,14 @@ namespace {
 // column order; per window [b, b + kSliceCols), b a multiple of
 // kSliceStride from 0, as many steps as the most values a lane still has
 // left of b + kSliceStride, and at each step every lane takes its next value
-// if it lies in the window. order / at: scratch for the lanes' value indices.
+// if it lies in the window. order: scratch for the lanes' value indices.
 // Calls place(step, lane, p) per stored value p and window(base) per step;
 // returns the slice's steps before padding to a multiple of 4.
 template <class P, class Place, class Window>
 std::size_t plan_slice(const std::int32_t* cols, const P* indptr, std::size_t out, std::size_t in, std::size_t s,
                        std::vector<std::size_t>& order, Place&& place, Window&& window) {
   const std::size_t r0 = s * kSliceRows, rows = std::min(out - r0, kSliceRows);
-  std::size_t next[kSliceRows + 1], end[kSliceRows];
+  std::size_t next[kSliceRows], end[kSliceRows];  // each lane's run in order
   order.clear();
   for (std::size_t lane = 0; lane < rows; ++lane) {
     next[lane] = order.size();
@@ -269,9 +269,9 @@ void spmm_slices(const float* x, std::size_t batch, std::size_t in, const float*
                  const std::int32_t* base, const std::int64_t* starts, std::size_t out, float* y) {
   if (batch == 0 || out == 0) return;
   // x on cache lines, each row padded with zeros to slice_x_row(in), past
-  // its last window: the kernels load a window as two aligned vectors (NumPy's 16-byte alignment
-  // split every load in two: 8.2 against 14 us at 1536 x 384) and never read
-  // past a row. The copy also tells whether x is all finite: padding lanes
+  // its last window: the kernels load a window as two aligned vectors
+  // (NumPy's 16-byte alignment split every load in two: 8.2 against 14 us at
+  // 1536 x 384) and never read past a row. The copy also tells whether x is all finite: padding lanes
   // multiply 0 by some x of their window, which adds nothing unless that x is
   // inf or NaN, and only then do the kernels mask them.
   const std::size_t row = slice_x_row(in);

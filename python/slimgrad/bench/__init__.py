@@ -137,7 +137,8 @@ def measure(
     """Per implementation, ``repeats`` samples of the mean time of one call.
 
     A batch of calls lasts about ``target`` seconds so timer resolution and
-    call overhead do not dominate small cases. With ``rest`` every batch
+    call overhead do not dominate small cases (``case.calls``, when set, fixes
+    the calls per batch instead). With ``rest`` every batch
     starts after :func:`settle`: no implementation is timed while the
     previous one's idle threads still spin on the cores it needs.
     """

@@ -148,7 +148,9 @@ def _clip(size: int, torch, clips: bool) -> Case:
                     np.copyto(c, o)
             for k in limits:
                 limits[k] = 1e9
-        evict()  # the restored copies out of cache, as in the other cases
+        # then the probe over other arrays, as before every optim case's call (the
+        # copies just restored, 3 x 64 MiB, may stay partly cached)
+        evict()
 
     label = "clips" if clips else "norm only"
     return Case(
