@@ -5,6 +5,7 @@
 
 namespace slimgrad::kernels {
 template std::size_t gemm24_panel_width<Isa::scalar>();
+template void pack_panel<Isa::scalar>(const float*, std::size_t, std::size_t, std::size_t, std::size_t, float*);
 template void gemm24_rows<Isa::scalar>(const float*, const float*, std::size_t, std::size_t, const float*,
                                      const std::uint8_t*, std::size_t, std::size_t, std::size_t, float*);
 template void gemm24_slices_rows<Isa::scalar>(const float*, const float*, bool, std::size_t, std::size_t,

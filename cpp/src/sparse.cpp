@@ -67,18 +67,6 @@ bool positions24_valid(const std::uint8_t* positions, std::size_t kept) {
   return bad == 0;
 }
 
-void pack_panel(const float* x, std::size_t batch, std::size_t in, std::size_t pw, std::size_t p, float* xt) {
-  const std::size_t b0 = p * pw, nb = std::min(pw, batch - b0), w = panel_width(batch, pw, p);
-  // 16 columns at a time: each x row is read in 64-byte pieces while the
-  // 16 destination rows (pw floats each) stay in L1.
-  for (std::size_t c0 = 0; c0 < in; c0 += 16) {
-    const std::size_t c1 = std::min(in, c0 + 16);
-    for (std::size_t j = 0; j < nb; ++j)
-      for (std::size_t c = c0; c < c1; ++c) xt[c * w + j] = x[(b0 + j) * in + c];
-    for (std::size_t c = c0; c < c1; ++c) std::fill(xt + c * w + nb, xt + (c + 1) * w, 0.0f);
-  }
-}
-
 namespace {
 // The threaded frame of both 2:4 layouts. rows(isa, x, xt, nb, r0, r1, y)
 // computes y rows [r0, r1) (chunks of kSparseRowGrain or the panel grains,
@@ -125,7 +113,7 @@ void gemm24_frame(const float* x, std::size_t batch, std::size_t in, std::size_t
     // group's chunks while the other finishes this group's: both groups'
     // panels then share the L2 briefly.
     const std::size_t chunks = (out + grain - 1) / grain, tasks = (batch + group - 1) / group * chunks;
-    auto pack = [&](std::size_t p) { pack_panel(x, batch, in, pw, p, xt.get() + p * pw * in); };
+    auto pack = [&](std::size_t p) { kernels::pack_panel<I>(x, batch, in, pw, p, xt.get() + p * pw * in); };
     auto task = [&](std::size_t t) {
       const std::size_t b0 = t / chunks * group, r0 = t % chunks * grain, nb = std::min(group, batch - b0);
       const float* xg = xt ? xt.get() + b0 * in : nullptr;  // b0 is a multiple of pw: panel b0 / pw

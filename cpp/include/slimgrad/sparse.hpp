@@ -26,6 +26,11 @@ namespace kernels {
 // (0: this ISA has no panel path).
 template <Isa I>
 std::size_t gemm24_panel_width();
+// Panel p of x (batch, in) transposed, starting at xt (= the panels' base +
+// p * pw * in): xt[c * w + j] = x[p * pw + j, c] with w = panel_width(batch,
+// pw, p), zero for batch rows past the end.
+template <Isa I>
+void pack_panel(const float* x, std::size_t batch, std::size_t in, std::size_t pw, std::size_t p, float* xt);
 // y[b, r] for r in [r0, r1) (r1 - r0 <= kSparseRowGrain, kPanelRowGrain with xt) and every b: one
 // thread's share. xt: x packed by pack_panels (batch > 8 and a panel width),
 // else nullptr.
@@ -71,10 +76,6 @@ inline std::size_t panel_width(std::size_t batch, std::size_t pw, std::size_t p)
   return rest >= pw ? pw : (rest + lane - 1) / lane * lane;
 }
 
-// Panel p of x (batch, in) transposed, starting at xt (= the panels' base +
-// p * pw * in): xt[c * w + j] = x[p * pw + j, c] with w = panel_width(batch,
-// pw, p), zero for batch rows past the end.
-void pack_panel(const float* x, std::size_t batch, std::size_t in, std::size_t pw, std::size_t p, float* xt);
 
 // True when every group's two positions are distinct and increasing (the
 // only packing compress_24 produces); `kept` values, (kept + 3) / 4 bytes.
