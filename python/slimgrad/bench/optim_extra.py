@@ -148,8 +148,10 @@ def _clip(size: int, torch, clips: bool) -> Case:
                     np.copyto(c, o)
             for k in limits:
                 limits[k] = 1e9
-        # then the probe over other arrays, as before every optim case's call (the
-        # copies just restored, 3 x 64 MiB, may stay partly cached)
+        # then the probe over other arrays, as before every optim case's call;
+        # twice here: once left 3 x 64 MiB of just-restored copies partly cached
+        # (182 % of the probe for ours), twice streams 512 MiB, past the L3
+        evict()
         evict()
 
     label = "clips" if clips else "norm only"
