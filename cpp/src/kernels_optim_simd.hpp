@@ -36,6 +36,9 @@
 // must inline into the loops of run(): a call per vector costs more than the
 // memory traffic saved.
 #define SLIMGRAD_LAMBDA_INLINE __attribute__((always_inline))
+#ifndef SLIMGRAD_OPTIM_AHEAD
+#define SLIMGRAD_OPTIM_AHEAD 512
+#endif
 
 namespace slimgrad::kernels {
 using namespace slimgrad::simd;
@@ -272,6 +275,28 @@ struct StateIO {
   }
 };
 
+// The arrays one call streams through, prefetched kAhead elements ahead of
+// the sweep. Why: Adam's square root and division (and the other rows'
+// divisions) fill the out-of-order window, so the loads that would start the
+// next lines' misses issue late, and the hardware prefetchers alone kept the
+// 1-array Adam step at 0.75-0.88 of the streaming probe on one thread of the
+// Intel Xeon VM (docs/optim.md, "Software prefetch"). Prefetches never
+// fault, so the last lines' run past the end of the range is harmless.
+struct Streams {
+  static constexpr std::size_t kAhead = SLIMGRAD_OPTIM_AHEAD;
+  const char* base[6];
+  std::size_t size[6];
+  int n = 0;
+  void add(const void* q, std::size_t elem_size) {
+    if (q == nullptr) return;
+    base[n] = static_cast<const char*>(q);
+    size[n++] = elem_size;
+  }
+  SLIMGRAD_OPTIM_INLINE void prefetch(std::size_t i) const {
+    for (int j = 0; j < n; ++j) __builtin_prefetch(base[j] + (i + kAhead) * size[j], 0, 3);
+  }
+};
+
 template <Isa I, Algo A, class T, bool Bf16State>
 void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
   using V = Vec<T, I>;
@@ -279,6 +304,16 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
   const StepConsts<T> k(a);
   const VConsts<V> c(k);
   StateBase sb{{s.s[0], s.s[1], s.s[2]}, a.stochastic, {0, 0}, s.offset};
+  Streams streams;
+  {
+    const std::size_t param = a.storage == Storage::f64   ? sizeof(double)
+                              : a.storage == Storage::f32 ? sizeof(float)
+                                                          : sizeof(std::uint16_t);
+    streams.add(s.p, param);
+    streams.add(s.g, param);
+    streams.add(s.master, sizeof(float));
+    for (void* q : s.s) streams.add(q, Bf16State ? sizeof(std::uint16_t) : sizeof(T));
+  }
   if constexpr (Bf16State)
     for (int j = 0; j < 2; ++j) sb.key[j] = state_sr_key(a.seed, a.step, j);
   // Runs body(i, n, Access) over [b, e): full vectors, then a padded tail.
@@ -304,6 +339,13 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
         i += n;
         head -= n;
       }
+    }
+    // One cache line of q per iteration (a vector, or two when q's elements
+    // are narrower than the math type's), and the prefetches for it.
+    constexpr std::size_t L = 64 / sizeof(E) > W ? 64 / sizeof(E) : W;
+    for (; i + L <= e; i += L) {
+      streams.prefetch(i);
+      for (std::size_t j = 0; j < L; j += W) body(i + j, W, Access<V, true>{W});
     }
     for (; i + W <= e; i += W) body(i, W, Access<V, true>{W});
     if (i < e) body(i, e - i, Access<V, false>{e - i});
