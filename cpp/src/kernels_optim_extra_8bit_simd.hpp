@@ -155,6 +155,17 @@ void adamw8bit(T* p, const T* g, std::int8_t* m, std::uint8_t* v, float* ms, flo
     // A partial last block runs on zero-padded copies: zeros decode to zero
     // moments, stay zero and cannot raise the block's absmax.
     const bool full = k == kQuantBlock;
+    // The block two ahead, line by line: the update's square root and
+    // division delay the loads as in the elementwise steps (Streams,
+    // kernels_optim_simd.hpp).
+    for (std::size_t line = 0; line < kQuantBlock * sizeof(T); line += 64) {
+      simd::prefetch(p + b, 2 * kQuantBlock * sizeof(T) + line);
+      simd::prefetch(g + b, 2 * kQuantBlock * sizeof(T) + line);
+      if (line < kQuantBlock) {
+        simd::prefetch(m + b, 2 * kQuantBlock + line);
+        simd::prefetch(v + b, 2 * kQuantBlock + line);
+      }
+    }
     const std::size_t kp = (k + VF::width - 1) / VF::width * VF::width;
     std::int8_t* mcode = m + b;
     std::uint8_t* vcode = v + b;

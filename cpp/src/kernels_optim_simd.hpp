@@ -280,8 +280,8 @@ struct StateIO {
 // divisions) fill the out-of-order window, so the loads that would start the
 // next lines' misses issue late, and the hardware prefetchers alone kept the
 // 1-array Adam step at 0.75-0.88 of the streaming probe on one thread of the
-// Intel Xeon VM (docs/optim.md, "Software prefetch"). Prefetches never
-// fault, so the last lines' run past the end of the range is harmless.
+// Intel Xeon VM (docs/optim.md, "Software prefetch"). The last lines'
+// prefetches run past the range's end: harmless (simd::prefetch).
 struct Streams {
   static constexpr std::size_t kAhead = SLIMGRAD_OPTIM_AHEAD;
   const char* base[6];
@@ -293,7 +293,7 @@ struct Streams {
     size[n++] = elem_size;
   }
   SLIMGRAD_OPTIM_INLINE void prefetch(std::size_t i) const {
-    for (int j = 0; j < n; ++j) __builtin_prefetch(base[j] + (i + kAhead) * size[j], 0, 3);
+    for (int j = 0; j < n; ++j) simd::prefetch(base[j], (i + kAhead) * size[j]);
   }
 };
 

@@ -84,6 +84,15 @@ inline Vec<float, Isa::scalar> mul_in_double(Vec<float, Isa::scalar> x, double r
 }
 inline bool mask_and(bool a, bool b) { return a && b; }
 inline bool all(bool m) { return m; }
+
+// Software prefetch into L1 of the line holding the byte `bytes` past q, for
+// loops whose arithmetic (square roots, divisions) fills the out-of-order
+// window before the loads that would start the next misses issue. The
+// address is formed as an integer: it may lie past the array's end, which a
+// prefetch tolerates (it never faults) and pointer arithmetic does not.
+inline void prefetch(const void* q, std::size_t bytes) {
+  __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(q) + bytes), 0, 3);
+}
 inline bool any(bool m) { return m; }
 
 // Half-type loads are templates on the ISA (they differ only in return type).
