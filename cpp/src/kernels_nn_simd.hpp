@@ -346,6 +346,7 @@ void gelu_forward_f32(const float* x, float* y, std::size_t n, bool tanh_approx)
   using V = Vec<float, I>;
   std::size_t i = 0;
   for (; i + V::width <= n; i += V::width) {
+    simd::prefetch(x + i, 2048);
     const V v = V::load(x + i);
     (v * gelu_terms<I>(v, tanh_approx).cdf).store(y + i);
   }
@@ -359,8 +360,11 @@ template <Isa I>
 void gelu_backward_f32(const float* x, const float* dy, float* dx, std::size_t n, bool tanh_approx) {
   using V = Vec<float, I>;
   std::size_t i = 0;
-  for (; i + V::width <= n; i += V::width)
+  for (; i + V::width <= n; i += V::width) {
+    simd::prefetch(x + i, 2048);
+    simd::prefetch(dy + i, 2048);
     (V::load(dy + i) * gelu_terms<I>(V::load(x + i), tanh_approx).dcdf).store(dx + i);
+  }
   if (i < n) {
     const std::size_t k = n - i;
     store_partial(dx + i, k, load_partial<V>(dy + i, k) * gelu_terms<I>(load_partial<V>(x + i, k), tanh_approx).dcdf);
