@@ -345,6 +345,8 @@ template <Isa I>
 void gelu_forward_f32(const float* x, float* y, std::size_t n, bool tanh_approx) {
   using V = Vec<float, I>;
   std::size_t i = 0;
+  // x (and dy) 2 KiB ahead: the erf and exp polynomials keep the out-of-order
+  // window full (4096 x 1024 fwd+bwd: 2.07-2.69 -> 1.78-1.82 ms at 2 threads).
   for (; i + V::width <= n; i += V::width) {
     simd::prefetch(x + i, 2048);
     const V v = V::load(x + i);
