@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <cstdint>
 #include <type_traits>
 
@@ -79,6 +80,10 @@ void for_vecs_aligned(std::size_t n, const void* anchor, Body&& body) {
 
 }  // namespace
 
+// How far ahead the passes with a square root and a division prefetch their
+// streams (docs/optim.md, "Software prefetch").
+inline constexpr std::size_t kAheadBytes = 2048;
+
 // ------------------------------------------------------------------ LAMB
 template <class V, class T>
 V lamb_r(V p, V m, V v, const LambCoef<T>& c) {
@@ -93,6 +98,9 @@ void lamb_moments(const T* p, const T* g, T* m, T* v, std::size_t n, const LambC
           omb2 = V::set1(c.one_minus_beta2);
   V pp = V::zero(), rr = V::zero();
   for_vecs<V>(n, [&](std::size_t i, std::size_t k) {
+    for (const void* q : {static_cast<const void*>(p + i), static_cast<const void*>(g + i),
+                          static_cast<const void*>(m + i), static_cast<const void*>(v + i)})
+      prefetch(q, kAheadBytes);
     const V gi = ld<V>(g + i, k), pi = ld<V>(p + i, k);
     const V mi = fma(b1, ld<V>(m + i, k), omb1 * gi);
     const V vi = fma(b2, ld<V>(v + i, k), omb2 * gi * gi);
@@ -111,6 +119,9 @@ void lamb_apply(T* p, const T* m, const T* v, std::size_t n, const LambCoef<T>& 
   using V = Vec<T, I>;
   const V nl = V::set1(-lr_ratio);
   for_vecs_aligned<V>(n, p, [&](std::size_t i, std::size_t k) {
+    for (const void* q : {static_cast<const void*>(p + i), static_cast<const void*>(m + i),
+                          static_cast<const void*>(v + i)})
+      prefetch(q, kAheadBytes);
     const V pi = ld<V>(p + i, k);
     st(p + i, k, fma(nl, lamb_r(pi, ld<V>(m + i, k), ld<V>(v + i, k), c), pi));
   });
