@@ -236,6 +236,7 @@ double adafactor_factored_norm(const T* g, const T* row, const T* col, std::size
     const V rv = V::set1(row[r]);
     V s = V::zero();
     for_vecs<V>(cols, [&](std::size_t i, std::size_t k) {
+      prefetch(g + r * ld_ + i, kAheadBytes);
       const V u = first_lanes(
           factored_u<V, T>(ld<V>(g + r * ld_ + i, k), rv, ld<V>(col + i, k), rm, e, maximize), k);
       s = fma(u, u, s);
@@ -254,6 +255,8 @@ void adafactor_factored_apply(T* p, const T* g, const T* row, const T* col, std:
     const V rv = V::set1(row[r]);
     T* pr = p + r * ld_;
     for_vecs<V>(cols, [&](std::size_t i, std::size_t k) {
+      prefetch(g + r * ld_ + i, kAheadBytes);
+      prefetch(pr + i, kAheadBytes);
       const V u = factored_u<V, T>(ld<V>(g + r * ld_ + i, k), rv, ld<V>(col + i, k), rm, e, maximize);
       st(pr + i, k, fma(na, u, ld<V>(pr + i, k) * d));
     });
