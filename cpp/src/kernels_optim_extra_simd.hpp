@@ -13,8 +13,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <initializer_list>
 #include <cstdint>
+#include <initializer_list>
 #include <type_traits>
 
 #include "slimgrad/optim_extra.hpp"

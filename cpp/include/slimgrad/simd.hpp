@@ -84,6 +84,7 @@ inline Vec<float, Isa::scalar> mul_in_double(Vec<float, Isa::scalar> x, double r
 }
 inline bool mask_and(bool a, bool b) { return a && b; }
 inline bool all(bool m) { return m; }
+inline bool any(bool m) { return m; }
 
 // Software prefetch into L1 of the line holding the byte `bytes` past q, for
 // loops whose arithmetic (square roots, divisions) fills the out-of-order
@@ -93,7 +94,6 @@ inline bool all(bool m) { return m; }
 inline void prefetch(const void* q, std::size_t bytes) {
   __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(q) + bytes), 0, 3);
 }
-inline bool any(bool m) { return m; }
 
 // Half-type loads are templates on the ISA (they differ only in return type).
 template <Isa I> Vec<float, I> load_f16(const std::uint16_t* p);
