@@ -219,14 +219,14 @@ void panel24(const float* xt, const L& w24, std::size_t r, std::size_t k0, std::
       // Value q of every row, then value q + 1: consecutive FMAs go to
       // different accumulators (a row's 4 values would make one chain of 4
       // dependent FMAs per accumulator); each y entry still in k order.
-      const std::uint16_t* off[R];
+      std::uint64_t off[R];  // a row's 4 offsets in one load, taken apart by shifts
 #pragma GCC unroll 4
-      for (std::size_t i = 0; i < R; ++i) off[i] = lut[w24.byte(pr[i], k)];
+      for (std::size_t i = 0; i < R; ++i) std::memcpy(&off[i], lut[w24.byte(pr[i], k)], sizeof(off[i]));
 #pragma GCC unroll 4
       for (std::size_t q = 0; q < 4; ++q)
 #pragma GCC unroll 4
         for (std::size_t i = 0; i < R; ++i)
-          step(i, reinterpret_cast<const float*>(xg + off[i][q]), wr[i] + (k + q) * S);
+          step(i, reinterpret_cast<const float*>(xg + ((off[i] >> (16 * q)) & 0xFFFFu)), wr[i] + (k + q) * S);
     }
   }
   for (; k < k1; k += 2) {  // one group of 4 columns: 2 kept values
