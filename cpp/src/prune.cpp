@@ -228,9 +228,9 @@ KeyOf<T> histogram_pass(const std::vector<PruneSegment>& segments, const std::ve
 }
 
 // The one-pass selection (large arrays, 0 < k < total). One read of the
-// weights histograms the guessed key range by its top kCodeBits digit (as
-// the radix select's first pass does by 11 bits) and writes each element's
-// code into its keep byte. If the k-th key lies in the range and its
+// weights histograms the guessed key range [lo_key, hi_key] (guess_range) by
+// its top kCodeBits digit (as the radix select's first pass does by 11
+// bits) and writes each element's code into its keep byte. If the k-th key lies in the range and its
 // digit's bucket is small, one pass over the codes (a quarter of float32's
 // bytes) turns them into the masks and lists that bucket, which is ranked in
 // memory. nullopt when the guess missed or the bucket is large (many equal
@@ -241,8 +241,7 @@ KeyOf<T> histogram_pass(const std::vector<PruneSegment>& segments, const std::ve
 // back).
 template <class T>
 std::optional<NanPosition> coded_select(const std::vector<PruneSegment>& segments, const std::vector<Piece>& pieces,
-                                        std::size_t tasks, std::size_t total, std::size_t k) {
-  const auto [lo_key, hi_key] = guess_range<T>(segments, total, k);
+                                        std::size_t tasks, std::size_t k, KeyOf<T> lo_key, KeyOf<T> hi_key) {
   const int hi = bit_width(static_cast<std::uint64_t>(hi_key - lo_key)), lo = std::max(hi - kCodeBits, 0);
   std::vector<std::size_t> hist;
   std::size_t under = 0;
@@ -284,8 +283,13 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
   for (const PruneSegment& s : segments) total += s.n;
   const std::size_t tasks = task_count(total, pieces.size());
   const bool sampled = total >= (std::size_t(1) << 18) && k > 0 && k < total;
-  if (sampled)
-    if (const auto done = coded_select<T>(segments, pieces, tasks, total, k)) return *done;
+  // The guessed key range around the k-th key: the one-pass selection's,
+  // then the radix select's first pass if that one gives up.
+  Key lo_key = 0, hi_key = 0;
+  if (sampled) {
+    std::tie(lo_key, hi_key) = guess_range<T>(segments, total, k);
+    if (const auto done = coded_select<T>(segments, pieces, tasks, k, lo_key, hi_key)) return *done;
+  }
 
   // One radix pass: merged histogram of the candidates' digit [lo, hi) of
   // key - base, the number of keys below base, the largest raw key.
@@ -299,9 +303,8 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
   Key base = 0;
   int width = KeyTraits<T>::bits;
   if (sampled) {
-    const auto [lo, hi] = guess_range<T>(segments, total, k);
-    base = lo;
-    width = bit_width(static_cast<std::uint64_t>(hi - lo));
+    base = lo_key;
+    width = bit_width(static_cast<std::uint64_t>(hi_key - lo_key));
   }
   std::size_t below = 0;
   int hi = width, lo = std::max(width - kDigitBits, 0);
