@@ -181,7 +181,7 @@ namespace {
 // kSliceStride from 0, as many steps as the most values a lane still has
 // left of b + kSliceStride, and at each step every lane takes its next value
 // if it lies in the window. order: scratch for the lanes' value indices.
-// Calls place(step, lane, p) per stored value p and window(base) per step;
+// Calls window(step, base) per step and place(step, lane, p) per stored value p;
 // returns the slice's steps before padding to a multiple of 4.
 template <class P, class Place, class Window>
 std::size_t plan_slice(const std::int32_t* cols, const P* indptr, std::size_t out, std::size_t in, std::size_t s,
@@ -208,7 +208,7 @@ std::size_t plan_slice(const std::int32_t* cols, const P* indptr, std::size_t ou
       steps = std::max(steps, n);
     }
     for (std::size_t k = 0; k < steps; ++k, ++t) {
-      window(b);
+      window(t, b);
       for (std::size_t lane = 0; lane < rows; ++lane)
         if (next[lane] < end[lane] && col(next[lane]) < b + kSliceCols) place(t, lane, order[next[lane]++]);
     }
@@ -224,7 +224,7 @@ void csr_slice_starts(const std::int32_t* cols, const P* indptr, std::size_t out
   std::vector<std::size_t> order;
   starts[0] = 0;
   for (std::size_t s = 0; s < slices; ++s) {
-    const std::size_t n = plan_slice(cols, indptr, out, in, s, order, [](auto...) {}, [](std::size_t) {});
+    const std::size_t n = plan_slice(cols, indptr, out, in, s, order, [](auto...) {}, [](auto...) {});
     starts[s + 1] = starts[s] + static_cast<std::int64_t>((n + 3) / 4 * 4);
   }
 }
@@ -240,7 +240,6 @@ void pack_csr_slices(const float* data, const std::int32_t* cols, const P* indpt
   std::vector<std::size_t> order;
   for (std::size_t s = 0; s < slices; ++s) {
     const auto t0 = static_cast<std::size_t>(starts[s]);
-    std::size_t t = t0;
     plan_slice(
         cols, indptr, out, in, s, order,
         [&](std::size_t step, std::size_t lane, std::size_t p) {
@@ -249,7 +248,7 @@ void pack_csr_slices(const float* data, const std::int32_t* cols, const P* indpt
           index[kSliceRows * (u & ~std::size_t{3}) + 4 * lane + (u & 3)] =
               static_cast<std::uint8_t>(static_cast<std::size_t>(cols[p]) - static_cast<std::size_t>(base[u]));
         },
-        [&](std::size_t b) { base[t++] = static_cast<std::int32_t>(b); });
+        [&](std::size_t step, std::size_t b) { base[t0 + step] = static_cast<std::int32_t>(b); });
   }
 }
 
@@ -259,9 +258,10 @@ void spmm_slices(const float* x, std::size_t batch, std::size_t in, const float*
   // x on cache lines, each row padded with zeros to slice_x_row(in), past
   // its last window: the kernels load a window as two aligned vectors
   // (NumPy's 16-byte alignment split every load in two: 8.2 against 14 us at
-  // 1536 x 384) and never read past a row. The copy also tells whether x is all finite: padding lanes
-  // multiply 0 by some x of their window, which adds nothing unless that x is
-  // inf or NaN, and only then do the kernels mask them.
+  // 1536 x 384) and never read past a row. The copy also tells whether x is
+  // all finite: padding lanes multiply 0 by some x of their window, which
+  // adds nothing unless that x is inf or NaN, and only then do the kernels
+  // mask them.
   const std::size_t row = slice_x_row(in);
   std::unique_ptr<float[], void (*)(void*)> xp(nullptr, std::free);
   xp.reset(static_cast<float*>(std::aligned_alloc(64, batch * row * sizeof(float))));
