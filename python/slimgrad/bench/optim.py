@@ -18,6 +18,7 @@ AdamW on bfloat16 params, run next to it).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator
 
@@ -159,10 +160,12 @@ def _aligned_arrays(size: int, rng: np.random.Generator) -> list[np.ndarray]:
     return out
 
 
+@functools.cache
 def evictor(size: int) -> Callable[[], object]:
     """An untimed setup that leaves the caches as a step case's timed call
     finds them: the probe over 4 arrays of its own (read 4, write 3), as if
-    another implementation had just stepped over its own p, g, m, v."""
+    another implementation had just stepped over its own p, g, m, v. One per
+    size, shared by the cases that use it (4 x 64 MiB at the default size)."""
     other = _aligned_arrays(size, np.random.default_rng(1))
     return lambda: _core.stream_probe(*other)
 
