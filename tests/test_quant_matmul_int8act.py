@@ -144,6 +144,26 @@ def test_tile_sizes_give_every_level_the_same_bits(kw, shape, batches, rng):
                 )
 
 
+# Products this large run on every thread (qgemm.cpp, threaded(): from 2^21
+# multiply-adds on AVX2, 2^23 with VNNI, 2^26 with AMX on 8-bit codes);
+# the shapes above are small enough to run on the calling thread at every
+# level but AVX2's.
+@pytest.mark.parametrize("kw", [SPECS[0], SPECS[5]], ids=str)
+def test_threaded_sizes_give_every_level_the_same_bits(kw, rng):
+    w = rng.standard_normal((520, 1030)).astype(np.float32)
+    qt = quant.quantize(w, **kw)
+    packed = quant.prepack(qt)
+    x = rng.standard_normal((130, 1030)).astype(np.float32)
+    assert 130 * 520 * 1032 >= 2**26
+    with slimgrad.use_isa("scalar"):
+        want = packed.matmul(x)
+    check(want, x, qt.dequantize())
+    for name in ALL_ISAS:
+        for n in THREADS:
+            with slimgrad.use_isa(name), slimgrad.num_threads(n):
+                np.testing.assert_array_equal(packed.matmul(x), want, err_msg=f"{name}, {n}")
+
+
 @pytest.mark.parametrize("fmt", ["Q8_0", "Q4_0"])
 def test_gguf_blocks(isa_all, fmt, rng):
     w = rng.standard_normal((21, 96)).astype(np.float32)

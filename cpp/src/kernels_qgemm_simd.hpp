@@ -366,38 +366,56 @@ __attribute__((target("avx512vnni"))) void tile_vnni(const Packed& p, const std:
   __m512 facc[MR][NV];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) facc[r][v] = _mm512_setzero_ps();
+  // Fewer than 3 rows leave too few independent sums to cover vpdpbusd's
+  // latency (5 cycles; 2 per 5 cycles at one row of x): U sets of sums take
+  // the k steps in turn and are added at the group's end (integers: the
+  // same sums, the same bits).
+  constexpr int U = split ? 1 : MR == 1 ? 4 : MR == 2 ? 2 : 1;
   for (std::size_t g = 0; g < p.n_groups; ++g) {
     const std::size_t k0 = g * p.group, k1 = k0 + p.group < p.kpad ? k0 + p.group : p.kpad;
     // the sums start at (zoff - off) * qsum: those of code + zoff at the end
-    __m512i iacc[MR][NV];
+    __m512i acc[U][MR][NV];
     for (int r = 0; r < MR; ++r) {
       const __m512i start = _mm512_set1_epi32((p.zoff - off) * qsum[(t0 + r) * p.n_groups + g]);
-      for (int v = 0; v < NV; ++v) iacc[r][v] = start;
+      for (int v = 0; v < NV; ++v) {
+        acc[0][r][v] = start;
+        for (int u = 1; u < U; ++u) acc[u][r][v] = _mm512_setzero_si512();
+      }
     }
-    for (std::size_t k = k0; k < k1; k += kstep) {
-      const std::size_t at = (k / kstep) * block;
-      if constexpr (!split) {
-        __m512i wv[NV];
-        for (int v = 0; v < NV; ++v) {
-          wv[v] = _mm512_loadu_si512(wp[v] + at);
-          if constexpr (W == Wt::int8) wv[v] = _mm512_xor_si512(wv[v], flip);
-        }
-        for (int r = 0; r < MR; ++r) {
-          const __m512i xb = _mm512_set1_epi32(load4(xr[r] + k));
-          for (int v = 0; v < NV; ++v) iacc[r][v] = dpbusd(iacc[r][v], wv[v], xb);
-        }
-      } else {
-        __m512i lo[NV], hi[NV];
-        for (int v = 0; v < NV; ++v) split_block<W>(wp[v] + at, lo[v], hi[v]);
-        for (int r = 0; r < MR; ++r) {
-          const __m512i xa = _mm512_set1_epi32(load4(xr[r] + k)), xb = _mm512_set1_epi32(load4(xr[r] + k + 4));
+    for (std::size_t k = k0; k < k1;) {
+      // U steps while they fit, then single steps into the first set
+      const int steps = k + U * kstep <= k1 ? U : 1;
+      for (int u = 0; u < steps; ++u, k += kstep) {
+        const std::size_t at = (k / kstep) * block;
+        if constexpr (!split) {
+          __m512i wv[NV];
           for (int v = 0; v < NV; ++v) {
-            iacc[r][v] = dpbusd(iacc[r][v], lo[v], xa);
-            iacc[r][v] = dpbusd(iacc[r][v], hi[v], xb);
+            wv[v] = _mm512_loadu_si512(wp[v] + at);
+            if constexpr (W == Wt::int8) wv[v] = _mm512_xor_si512(wv[v], flip);
+          }
+          for (int r = 0; r < MR; ++r) {
+            const __m512i xb = _mm512_set1_epi32(load4(xr[r] + k));
+            for (int v = 0; v < NV; ++v) acc[u][r][v] = dpbusd(acc[u][r][v], wv[v], xb);
+          }
+        } else {
+          __m512i lo[NV], hi[NV];
+          for (int v = 0; v < NV; ++v) split_block<W>(wp[v] + at, lo[v], hi[v]);
+          for (int r = 0; r < MR; ++r) {
+            const __m512i xa = _mm512_set1_epi32(load4(xr[r] + k)), xb = _mm512_set1_epi32(load4(xr[r] + k + 4));
+            for (int v = 0; v < NV; ++v) {
+              acc[u][r][v] = dpbusd(acc[u][r][v], lo[v], xa);
+              acc[u][r][v] = dpbusd(acc[u][r][v], hi[v], xb);
+            }
           }
         }
       }
     }
+    __m512i iacc[MR][NV];
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < NV; ++v) {
+        iacc[r][v] = acc[0][r][v];
+        for (int u = 1; u < U; ++u) iacc[r][v] = _mm512_add_epi32(iacc[r][v], acc[u][r][v]);
+      }
     for (int v = 0; v < NV; ++v) {
       const __m512 sc = group_factor16(p, p.scale, p.iscale, s + v, g);
       for (int r = 0; r < MR; ++r) facc[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r][v]), sc, facc[r][v]);

@@ -115,6 +115,22 @@ void group_sums(const Packed& p, const std::int8_t* q, std::size_t r0, std::size
   }
 }
 
+// Whether a product of `macs` multiply-adds (rows x outputs x padded k) is
+// worth waking a second thread: about when it takes ~20 us on one. Measured
+// back to back, 2 threads against 1, one parallel region per call (Intel
+// Xeon VM, PASSIVE workers; docs/quant.md, "Threads at small sizes"):
+// - vpmaddubsw (AVX2), ~15 ps per multiply-add: even at ~1.2M (384 x 384
+//   at batch 8), 1.25-1.44x at 2.4M;
+// - VNNI, ~4 ps: even at ~5M (384 x 384 at batch 32), 1.13-1.32x at 9.4M,
+//   0.40x at batch 1 (4.0 against 10.1 us);
+// - AMX on 8-bit codes, ~1.6 ps: even at ~70M (1.01-1.10x at 67-75M,
+//   0.60-0.67x at 9.4-38M). AMX on 4-bit codes unpacks the nibbles first
+//   and threads as VNNI does (1.23x at 9.4M).
+bool threaded(Dot dot, int bits, std::size_t macs) {
+  const int log2_min = dot == Dot::madd ? 21 : dot == Dot::amx && bits == 8 ? 26 : 23;
+  return macs >= std::size_t{1} << log2_min;
+}
+
 }  // namespace
 
 void gemm(const float* x, std::size_t m, const Packed& p, const float* bias, float* y) {
@@ -155,15 +171,24 @@ void gemm(const float* x, std::size_t m, const Packed& p, const float* bias, flo
       const bool chunk_sums = needs_sums(dot);
       const float* xc = x + r0 * p.k;
       float* yc = y + r0 * p.n;
-      parallel_chunks(mc, 16, [&](std::size_t b, std::size_t e) {
-        kernels::qgemm_quantize_rows<I>(xc, p.k, p.kpad, b, e, qp, xsp);
-        if (chunk_sums) group_sums(p, qp, b, e, qsp);
-      });
-      // blocks of 4 strips (64 outputs): even blocks keep the 2-strip tiles
-      // whole; each thread's panel of weights stays in its L2 across rows of x
-      parallel_chunks(p.strips, 4, [&](std::size_t b, std::size_t e) {
-        kernels::qgemm_strips<I>(p, qp, xsp, chunk_sums ? qsp : nullptr, mc, b, e, dot, bias, yc);
-      });
+      // Rows of x quantized in chunks of 16, then blocks of 4 strips (64
+      // outputs: even blocks keep the 2-strip tiles whole; each thread's
+      // panel of weights stays in its L2 across rows of x), both in one
+      // parallel region: one wake-up of the team per chunk of rows.
+      const std::size_t row_tasks = (mc + 15) / 16, strip_tasks = (p.strips + 3) / 4;
+      parallel_phases(
+          threaded(dot, p.bits, mc * p.n * p.kpad), row_tasks,
+          [&](std::size_t t) {
+            const std::size_t b = t * 16, e = std::min(mc, b + 16);
+            kernels::qgemm_quantize_rows<I>(xc, p.k, p.kpad, b, e, qp, xsp);
+            if (chunk_sums) group_sums(p, qp, b, e, qsp);
+          },
+          strip_tasks,
+          [&](std::size_t t) {
+            kernels::qgemm_strips<I>(p, qp, xsp, chunk_sums ? qsp : nullptr, mc, t * 4, std::min(p.strips, t * 4 + 4),
+                                     dot, bias, yc);
+          },
+          [] { return true; });
     }
   });
 }
