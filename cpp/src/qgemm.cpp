@@ -152,7 +152,8 @@ void gemm(const float* x, std::size_t m, const Packed& p, const float* bias, flo
     return amx && amx_pays(p, mc) ? Dot::amx : vnni ? Dot::vnni : Dot::madd;
   };
   const auto needs_sums = [&](Dot dot) {
-    return p.needs_qsum() || dot == Dot::vnni || (dot == Dot::amx && p.bits != 8);
+    return p.needs_qsum() || dot == Dot::vnni || (dot == Dot::amx && p.bits != 8) ||
+           (dot == Dot::madd && p.bits != 8);  // unsigned 4-bit bytes when widened
   };
   const bool sums = needs_sums(dot_for(chunk)) || needs_sums(dot_for(m % chunk ? m % chunk : chunk));
   // AMX tiles read whole 16-row, 64-byte blocks of the codes (qgemm_strips)

@@ -56,6 +56,10 @@ constexpr std::size_t kTileRows = 4;        // rows of x per micro-kernel tile
 // 4096, 1 thread, min of 15, load ~10): splitting in registers was 1.2-2x
 // faster at 5-16 rows for Q4_K / Q5_K, the panel faster from 32 rows on.
 constexpr std::size_t kWidenRows = 16;
+// The same for the madd path (AVX2), whose tiles take 2 rows of x: bytes
+// from 3 rows on (at 3 and 4 rows as fast or faster for every format, Q6_K
+// 2.0-2.8 -> 1.5-1.6 ms on 4096 x 4096).
+constexpr std::size_t kWidenMaddRows = 2;
 // The integer dot product of the micro-kernels (qgemm_strips): vpmaddubsw
 // (avx2, plain avx512), vpdpbusd (avx512_vnni) or AMX tiles (amx).
 enum class Dot { madd, vnni, amx };
