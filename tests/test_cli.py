@@ -9,6 +9,8 @@ import sys
 
 import numpy as np
 import pytest
+import slimgrad
+from slimgrad import bench
 from slimgrad.cli import main
 
 
@@ -37,12 +39,12 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k not in drop}, **extra}
 
 
-def _program_bench(tmp_path, **env: str) -> tuple[dict, str]:
+def _program_bench(tmp_path, *flags: str, **env: str) -> tuple[dict, str]:
     """(the environment `slimgrad bench` records, its first line), run as the program."""
     out = tmp_path / "bench.json"
     run = subprocess.run(
         [sys.executable, "-m", "slimgrad", "bench", "--suite", "core", "--size", "1000"]
-        + ["--repeats", "1", "--json", str(out)],
+        + ["--repeats", "1", "--json", str(out), *flags],
         env=_clean_env(**env),
         capture_output=True,
         text=True,
@@ -58,6 +60,26 @@ def test_program_bench_cuts_openblas_idle_spin_unless_the_user_chose(tmp_path):
         _program_bench(tmp_path, OPENBLAS_THREAD_TIMEOUT="24")[0]["openblas_thread_timeout"] == "24"
     )
     assert _program_bench(tmp_path, GOTO_THREAD_TIMEOUT="22")[0]["openblas_thread_timeout"] == "22"
+
+
+@pytest.mark.skipif("avx2" not in slimgrad.available_isas(), reason="no AVX2 level here")
+def test_program_bench_like_avx2_runs_every_library_at_avx2(tmp_path):
+    env, first = _program_bench(tmp_path, "--like", "avx2")
+    assert env["slimgrad"]["isa_active"] == "avx2" and "(avx2, " in first
+    assert env["like"] == bench.LIKE["avx2"]  # what the re-run process had
+    assert env["openblas_thread_timeout"] == "20"
+
+
+@pytest.mark.skipif(slimgrad.active_isa() == "avx2", reason="the best level here is avx2")
+def test_bench_like_refuses_to_measure_at_another_level(capsys):
+    # called with a list, main runs in this process: no re-run, so the level
+    # is not the one asked for, and nothing is measured under a wrong label
+    assert main(["bench", "--suite", "core", "--size", "1000", "--like", "avx2"]) == 2
+    captured = capsys.readouterr()
+    assert "stream probe" not in captured.out
+    assert captured.err.startswith(
+        f"slimgrad bench: error: --like avx2: slimgrad runs at level {slimgrad.active_isa()}"
+    )
 
 
 def _blas_name() -> str:

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import json
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -32,7 +33,7 @@ COMMANDS = {
 OPENBLAS_THREAD_TIMEOUT = "20"
 
 
-def _quiet_openblas() -> None:
+def _quiet_openblas(like: str | None = None) -> None:
     """Run this program again with NumPy's OpenBLAS threads idling ~0.4 ms, not 0.1 s.
 
     The bench alternates NumPy's products and our threaded kernels. After each
@@ -43,15 +44,20 @@ def _quiet_openblas() -> None:
     libraries"). OpenBLAS reads ``OPENBLAS_THREAD_TIMEOUT`` once, when NumPy
     loads it, long before this point: hence a new process (``exec``, the same
     command line) with the variable set. A value the user set (or
-    ``GOTO_THREAD_TIMEOUT``) wins; no re-run off POSIX.
+    ``GOTO_THREAD_TIMEOUT``) wins; no re-run off POSIX. With ``like``
+    (``--like avx2``) the new process also gets ``bench.LIKE[like]``, which
+    every library reads once as it loads too.
     """
     from . import bench
 
     if os.name != "posix" or not (sys.executable and sys.orig_argv):
         return
-    if bench.openblas_thread_timeout() is not None:
+    wanted = dict(bench.LIKE[like]) if like else {}
+    if bench.openblas_thread_timeout() is None:
+        wanted["OPENBLAS_THREAD_TIMEOUT"] = OPENBLAS_THREAD_TIMEOUT
+    if all(os.environ.get(key) == value for key, value in wanted.items()):
         return
-    env = dict(os.environ, OPENBLAS_THREAD_TIMEOUT=OPENBLAS_THREAD_TIMEOUT)
+    env = dict(os.environ, **wanted)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, sys.orig_argv, env)
@@ -81,12 +87,23 @@ def _bench(args: argparse.Namespace) -> int:
         except OSError as e:
             raise UsageError(f"--json {args.json}: cannot write ({e.strerror})") from None
     env = bench.environment()
+    like = bench.LIKE.get(args.like, {})
+    if like:
+        if env["slimgrad"]["isa_active"] != args.like:
+            raise UsageError(
+                f"--like {args.like}: slimgrad runs at level {env['slimgrad']['isa_active']} "
+                f"(this CPU or build has no {args.like} level, or the command did not re-run)"
+            )
+        env["like"] = {key: os.environ.get(key) for key in like}
     print(
         f"slimgrad bench on {env.get('cpu', '?')}: slimgrad {env['slimgrad']['version']} "
         f"({env['slimgrad']['isa_active']}, {env['slimgrad']['threads']} threads), "
         f"numpy {env['numpy']} (OPENBLAS_THREAD_TIMEOUT={env['openblas_thread_timeout']}), "
         f"torch {env['torch']}"
     )
+    if like:
+        shown = " ".join(f"{key}={shlex.quote(value)}" for key, value in like.items())
+        print(f"--like {args.like}: {shown}\n{bench.LIKE_CAVEAT}")
     print(
         "median of interleaved repeats; "
         "'vs ours' = peer time / slimgrad time (> 1: slimgrad faster)"
@@ -137,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeats", type=_positive_int, default=7, help="interleaved repeats per case (median)"
     )
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument(
+        "--like",
+        choices=tuple(bench.LIKE),
+        default=None,
+        help="run slimgrad at that level and cap the peers' libraries to it where they allow "
+        "(an AVX2-only CPU, approximately: same memory and clocks)",
+    )
     p.set_defaults(run=_bench)
 
     for name, module_name in COMMANDS.items():
@@ -154,12 +178,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The program (``argv`` None: ``sys.argv``), or a call with a list of arguments.
 
     As the program, ``bench`` first re-runs itself with OpenBLAS's idle spin
-    cut (``_quiet_openblas``); a call with ``argv`` runs in this process as it is.
+    cut (``_quiet_openblas``; with ``--like``, the libraries capped too); a
+    call with ``argv`` runs in this process as it is.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     if argv is None and args.command == "bench":
-        _quiet_openblas()
+        _quiet_openblas(args.like)
     try:
         return int(args.run(args) or 0)
     except (UsageError, ValueError, TypeError, OSError, KeyError) as e:

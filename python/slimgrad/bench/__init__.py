@@ -208,6 +208,27 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+# `slimgrad bench --like avx2`: an AVX2-only x86-64 CPU (AMD Zen 1-3, Intel
+# client chips), approximately, on an AVX-512 one. Our kernels at level avx2,
+# and each peer's library held to its AVX2 code where it has a switch: the
+# variables are read once, as the libraries load, so the command runs itself
+# again with them set (cli._quiet_openblas).
+LIKE: dict[str, dict[str, str]] = {
+    "avx2": {
+        "SLIMGRAD_ISA": "avx2",
+        "OPENBLAS_CORETYPE": "Haswell",  # NumPy's OpenBLAS: its AVX2 sgemm / sgemv
+        "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",  # NumPy's own loops
+        "ATEN_CPU_CAPABILITY": "avx2",  # torch's ATen kernels
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",  # torch's MKL
+        "ONEDNN_MAX_CPU_ISA": "AVX2",  # torch's oneDNN
+    }
+}
+LIKE_CAVEAT = (
+    "peers without a switch keep this CPU's code: torch's dynamic int8 (fbgemm) still uses "
+    "AVX-512 / VNNI; memory, caches and clocks are this machine's"
+)
+
+
 def openblas_thread_timeout() -> str | None:
     """OpenBLAS's idle spin as this process's environment sets it (OpenBLAS read
     it when NumPy loaded it; ``slimgrad bench`` sets 20), or None: its default."""
