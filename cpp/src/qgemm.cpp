@@ -146,8 +146,9 @@ void gemm(const float* x, std::size_t m, const Packed& p, const float* bias, flo
   thread_local std::vector<std::int32_t> qs;
   const std::size_t chunk = std::min(rows, m);
   // Activation sums: for shifts and zero points, for VNNI's unsigned
-  // operand, and for AMX's unsigned 4-bit codes; AMX's signed int8 tiles
-  // need none (a pass over the codes saved: ~10 % of 1024 x 384 x 384).
+  // operand, for AVX2's widened 4-bit bytes (code + 8) and for AMX's
+  // unsigned 4-bit codes; AMX's signed int8 tiles need none (a pass over
+  // the codes saved: ~10 % of 1024 x 384 x 384).
   const auto dot_for = [&](std::size_t mc) {
     return amx && amx_pays(p, mc) ? Dot::amx : vnni ? Dot::vnni : Dot::madd;
   };
