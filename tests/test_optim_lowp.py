@@ -205,6 +205,36 @@ def test_stochastic_special_values(dtype):
         )
 
 
+# NaN payloads the rounding bias would carry into the exponent or the sign
+# (a NaN must stay a NaN, quieted: the high half with bit 0x40 set), and
+# bfloat16 ties (1 + odd multiples of 2^-8: to even).
+NAN_PAYLOADS = np.array(
+    [0x7F800001, 0xFFFFFFFF, 0x7FFFFFFF, 0xFF800001, 0x7FC00000, 0x7F80FFFF], np.uint32
+).view(np.float32)
+TIES = np.float32(1) + np.array([1, 3, 5, 7], np.float32) * np.float32(2.0**-8)
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=HALF_IDS)
+def test_nearest_special_values_give_every_level_the_same_bits(dtype):
+    x = np.tile(np.concatenate([SPECIALS, TIES, NAN_PAYLOADS]), 5)  # full vectors and a tail
+
+    def go():
+        p = np.zeros(x.size, dtype)
+        F.sgd_(p, np.zeros_like(p), step=1, lr=0.0, master=x.copy())
+        return p.view(np.uint16)
+
+    results = run_everywhere(go)
+    want = results[("scalar", 1)]
+    for key, got in results.items():
+        np.testing.assert_array_equal(got, want, err_msg=str(key))
+    nan = np.isnan(x)
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(want[~nan], x[~nan].astype(dtype).view(np.uint16))
+    assert np.isnan(want.view(dtype)[nan].astype(np.float32)).all()
+    if dtype == np.dtype(ml_dtypes.bfloat16):  # quieted, the payload's high half kept
+        np.testing.assert_array_equal(want[nan], (x[nan].view(np.uint32) >> 16).astype(np.uint16) | 0x40)
+
+
 def test_stochastic_depends_on_seed_and_step():
     x = np.full(1000, 1.0 + 2.0**-8, np.float32)  # halfway between two bfloat16 values (ulp 2^-7)
     outs = []

@@ -197,8 +197,11 @@ SLIMGRAD_OPTIM_INLINE void round_stochastic(std::uint16_t* out, Vec<float, I> x,
 }
 
 // Round to nearest even to bfloat16, as simd::store_bf16 (NaN quieted),
-// in fewer instructions for AVX-512: the rounding bias through a mask add,
-// NaN through a masked or, and the high halves picked by one word permute.
+// in fewer instructions: on AVX-512 the rounding bias through a mask add,
+// NaN through a masked or, and the high halves picked by one word permute;
+// on AVX2 the high halves picked by a byte shuffle, not shifted and packed
+// (bfloat16 AdamW without master weights, 16M elements, 2 threads: 10.4 ->
+// 10.0 ms; the step is bound by instructions at 8 lanes).
 template <Isa I>
 SLIMGRAD_OPTIM_INLINE void store_bf16_fast(std::uint16_t* out, Vec<float, I> x) {
 #if defined(__AVX512BW__)
@@ -213,6 +216,21 @@ SLIMGRAD_OPTIM_INLINE void store_bf16_fast(std::uint16_t* out, Vec<float, I> x) 
                                         27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out),
                         _mm512_castsi512_si256(_mm512_permutexvar_epi16(hi, t)));
+    return;
+  }
+#endif
+#if defined(__AVX2__)
+  if constexpr (I == Isa::avx2) {
+    const __m256i bits = _mm256_castps_si256(x.v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    __m256i t = _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7FFF)), lsb);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q));
+    t = _mm256_blendv_epi8(t, _mm256_or_si256(bits, _mm256_set1_epi32(0x400000)), nan);
+    // the high half of every 32-bit lane to the low 8 bytes of its 128-bit lane
+    const __m256i hi = _mm256_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1, 2, 3, 6, 7, 10,
+                                        11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(t, hi), 0x08);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(packed));
     return;
   }
 #endif
