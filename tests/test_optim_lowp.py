@@ -232,7 +232,9 @@ def test_nearest_special_values_give_every_level_the_same_bits(dtype):
         np.testing.assert_array_equal(want[~nan], x[~nan].astype(dtype).view(np.uint16))
     assert np.isnan(want.view(dtype)[nan].astype(np.float32)).all()
     if dtype == np.dtype(ml_dtypes.bfloat16):  # quieted, the payload's high half kept
-        np.testing.assert_array_equal(want[nan], (x[nan].view(np.uint32) >> 16).astype(np.uint16) | 0x40)
+        np.testing.assert_array_equal(
+            want[nan], (x[nan].view(np.uint32) >> 16).astype(np.uint16) | 0x40
+        )
 
 
 def test_stochastic_depends_on_seed_and_step():
