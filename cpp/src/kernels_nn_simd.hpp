@@ -348,7 +348,7 @@ void gelu_forward_f32(const float* x, float* y, std::size_t n, bool tanh_approx)
   // x (and dy) 2 KiB ahead: the erf and exp polynomials keep the out-of-order
   // window full (4096 x 1024 fwd+bwd: 2.07-2.69 -> 1.78-1.82 ms at 2 threads).
   for (; i + V::width <= n; i += V::width) {
-    simd::prefetch(x + i, 2048);
+    simd::prefetch(x + i, simd::kPrefetchAhead);
     const V v = V::load(x + i);
     (v * gelu_terms<I>(v, tanh_approx).cdf).store(y + i);
   }
@@ -363,8 +363,8 @@ void gelu_backward_f32(const float* x, const float* dy, float* dx, std::size_t n
   using V = Vec<float, I>;
   std::size_t i = 0;
   for (; i + V::width <= n; i += V::width) {
-    simd::prefetch(x + i, 2048);
-    simd::prefetch(dy + i, 2048);
+    simd::prefetch(x + i, simd::kPrefetchAhead);
+    simd::prefetch(dy + i, simd::kPrefetchAhead);
     (V::load(dy + i) * gelu_terms<I>(V::load(x + i), tanh_approx).dcdf).store(dx + i);
   }
   if (i < n) {
@@ -389,7 +389,7 @@ void dropout_batches(const Gen& gen, const T* x, T* out, std::size_t n, std::uin
     if (g == base && n - i >= E) {
       // x 2 KiB ahead: the Philox rounds keep the out-of-order window full
       // (4096 x 1024 fwd+bwd: 2.03-2.08 -> 1.81-1.90 ms at 2 threads).
-      for (std::size_t q = 0; q < E * sizeof(T); q += 64) simd::prefetch(x + i, 2048 + q);
+      for (std::size_t q = 0; q < E * sizeof(T); q += 64) simd::prefetch(x + i, simd::kPrefetchAhead + q);
       gen.apply(x + i, out + i, base / 4, scale);
       i += E;
       continue;

@@ -80,10 +80,6 @@ void for_vecs_aligned(std::size_t n, const void* anchor, Body&& body) {
 
 }  // namespace
 
-// How far ahead the passes with a square root and a division prefetch their
-// streams (docs/optim.md, "Software prefetch").
-inline constexpr std::size_t kAheadBytes = 2048;
-
 // ------------------------------------------------------------------ LAMB
 template <class V, class T>
 V lamb_r(V p, V m, V v, const LambCoef<T>& c) {
@@ -100,7 +96,7 @@ void lamb_moments(const T* p, const T* g, T* m, T* v, std::size_t n, const LambC
   for_vecs<V>(n, [&](std::size_t i, std::size_t k) {
     for (const void* q : {static_cast<const void*>(p + i), static_cast<const void*>(g + i),
                           static_cast<const void*>(m + i), static_cast<const void*>(v + i)})
-      prefetch(q, kAheadBytes);
+      prefetch(q, kPrefetchAhead);
     const V gi = ld<V>(g + i, k), pi = ld<V>(p + i, k);
     const V mi = fma(b1, ld<V>(m + i, k), omb1 * gi);
     const V vi = fma(b2, ld<V>(v + i, k), omb2 * gi * gi);
@@ -121,7 +117,7 @@ void lamb_apply(T* p, const T* m, const T* v, std::size_t n, const LambCoef<T>& 
   for_vecs_aligned<V>(n, p, [&](std::size_t i, std::size_t k) {
     for (const void* q : {static_cast<const void*>(p + i), static_cast<const void*>(m + i),
                           static_cast<const void*>(v + i)})
-      prefetch(q, kAheadBytes);
+      prefetch(q, kPrefetchAhead);
     const V pi = ld<V>(p + i, k);
     st(p + i, k, fma(nl, lamb_r(pi, ld<V>(m + i, k), ld<V>(v + i, k), c), pi));
   });
@@ -236,7 +232,7 @@ double adafactor_factored_norm(const T* g, const T* row, const T* col, std::size
     const V rv = V::set1(row[r]);
     V s = V::zero();
     for_vecs<V>(cols, [&](std::size_t i, std::size_t k) {
-      prefetch(g + r * ld_ + i, kAheadBytes);
+      prefetch(g + r * ld_ + i, kPrefetchAhead);
       const V u = first_lanes(
           factored_u<V, T>(ld<V>(g + r * ld_ + i, k), rv, ld<V>(col + i, k), rm, e, maximize), k);
       s = fma(u, u, s);
@@ -255,8 +251,8 @@ void adafactor_factored_apply(T* p, const T* g, const T* row, const T* col, std:
     const V rv = V::set1(row[r]);
     T* pr = p + r * ld_;
     for_vecs<V>(cols, [&](std::size_t i, std::size_t k) {
-      prefetch(g + r * ld_ + i, kAheadBytes);
-      prefetch(pr + i, kAheadBytes);
+      prefetch(g + r * ld_ + i, kPrefetchAhead);
+      prefetch(pr + i, kPrefetchAhead);
       const V u = factored_u<V, T>(ld<V>(g + r * ld_ + i, k), rv, ld<V>(col + i, k), rm, e, maximize);
       st(pr + i, k, fma(na, u, ld<V>(pr + i, k) * d));
     });

@@ -258,13 +258,6 @@ inline std::size_t count_packed_digits(std::size_t n, Key* buf, std::uint32_t* h
   return i;
 }
 
-// How far ahead of its loads the histogram pass prefetches x, in bytes: its
-// compares, digit extraction and left-packing keep the out-of-order window
-// full, and without it the 4096 x 4096 float32 selection took 5.3-5.5 ms at
-// 1 thread instead of 4.5 (docs/prune.md). The AVX2 pass is slower in its
-// arithmetic and showed no difference (7.9 ms either way): not prefetched.
-inline constexpr std::size_t kSelectAhead = 2048;
-
 template <Isa I, class T>
 KeyOf<T> histogram(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> base, KeyOf<T> prefix,
                    int hi, int lo, std::uint32_t* hist, std::size_t* below, std::uint8_t* codes) {
@@ -279,7 +272,12 @@ KeyOf<T> histogram(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T
   __m512i vmax = _mm512_setzero_si512();
   alignas(64) Key buf[kPackBlock + KV::W];
   i = count_packed_digits<KV::W>(n, buf, hist, bins, [&](std::size_t at, Key* out) {
-    simd::prefetch(x + at, kSelectAhead);
+    // x prefetched ahead: the compares, digit extraction and left-packing
+    // keep the out-of-order window full, and without it the 4096 x 4096
+    // float32 selection took 5.3-5.5 ms at 1 thread instead of 4.5
+    // (docs/prune.md). The AVX2 pass below is slower in its arithmetic and
+    // showed no difference (7.9 ms either way): not prefetched.
+    simd::prefetch(x + at, simd::kPrefetchAhead);
     const __m512i raw = KV::raw(x + at);
     vmax = KV::max(vmax, raw);
     const __m512i key = keys512<T>(prior, at, raw);

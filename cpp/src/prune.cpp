@@ -230,10 +230,10 @@ KeyOf<T> histogram_pass(const std::vector<PruneSegment>& segments, const std::ve
 // The one-pass selection (large arrays, 0 < k < total). One read of the
 // weights histograms the guessed key range [lo_key, hi_key] (guess_range) by
 // its top kCodeBits digit (as the radix select's first pass does by 11
-// bits) and writes each element's code into its keep byte. If the k-th key lies in the range and its
-// digit's bucket is small, one pass over the codes (a quarter of float32's
-// bytes) turns them into the masks and lists that bucket, which is ranked in
-// memory. nullopt when the guess missed or the bucket is large (many equal
+// bits) and writes each element's code into its keep byte. If the k-th key
+// lies in the range and its digit's bucket is small, one pass over the
+// codes (a quarter of float32's bytes) turns them into the masks and lists
+// that bucket, which is ranked in memory. nullopt when the guess missed or the bucket is large (many equal
 // keys): the masks are then scratch, and the caller runs the radix select.
 // Why: the radix select reads the weights twice (histogram, write pass); a
 // read of 4096 x 4096 float32 from memory takes ~2 ms here, two thirds of a

@@ -146,7 +146,8 @@ void gemm(const float* x, std::size_t m, const Packed& p, const float* bias, flo
   thread_local std::vector<std::int32_t> qs;
   const std::size_t chunk = std::min(rows, m);
   // Activation sums: for shifts and zero points, for VNNI's unsigned
-  // operand, for AVX2's widened 4-bit bytes (code + 8) and for AMX's
+  // operand, for AVX2's widened 4-bit bytes (code + 8; from 3 rows of x,
+  // computed at any row count: a pass over m x k bytes) and for AMX's
   // unsigned 4-bit codes; AMX's signed int8 tiles need none (a pass over
   // the codes saved: ~10 % of 1024 x 384 x 384).
   const auto dot_for = [&](std::size_t mc) {
@@ -154,7 +155,7 @@ void gemm(const float* x, std::size_t m, const Packed& p, const float* bias, flo
   };
   const auto needs_sums = [&](Dot dot) {
     return p.needs_qsum() || dot == Dot::vnni || (dot == Dot::amx && p.bits != 8) ||
-           (dot == Dot::madd && p.bits != 8);  // unsigned 4-bit bytes when widened
+           (dot == Dot::madd && p.bits != 8);
   };
   const bool sums = needs_sums(dot_for(chunk)) || needs_sums(dot_for(m % chunk ? m % chunk : chunk));
   // AMX tiles read whole 16-row, 64-byte blocks of the codes (qgemm_strips)

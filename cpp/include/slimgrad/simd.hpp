@@ -94,6 +94,10 @@ inline bool any(bool m) { return m; }
 inline void prefetch(const void* q, std::size_t bytes) {
   __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(q) + bytes), 0, 3);
 }
+// How far ahead (bytes) such loops prefetch their streams: 2 KiB, what the
+// optimizer, LAMB, Adafactor, GELU, dropout and magnitude-histogram passes
+// were measured with (docs/optim.md, "Software prefetch").
+inline constexpr std::size_t kPrefetchAhead = 2048;
 
 // Half-type loads are templates on the ISA (they differ only in return type).
 template <Isa I> Vec<float, I> load_f16(const std::uint16_t* p);
