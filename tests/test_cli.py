@@ -108,7 +108,7 @@ def _idle_spin_seconds(timeout: str) -> float:
 @pytest.mark.skipif("openblas" not in _blas_name(), reason="NumPy is not built on OpenBLAS")
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: OpenBLAS starts no worker threads")
 def test_openblas_honours_the_timeout_the_program_sets():
-    # The premise of _quiet_openblas: OpenBLAS's workers spin ~0.1 s after a
+    # The premise of _rerun_with_bench_environment: OpenBLAS's workers spin ~0.1 s after a
     # product by default (2^28 cycles), ~0.4 ms with the program's value.
     # (measured here: 44-51 ms of CPU against 0.1-3 ms, on a quiet and a busy
     # machine; the 90 ms leave room for the spinner's smaller share of a core

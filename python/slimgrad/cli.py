@@ -29,12 +29,13 @@ COMMANDS = {
 }
 
 # OpenBLAS's idle spin in `slimgrad bench`: 2^20 time-stamp cycles, ~0.4 ms at
-# 2.6 GHz (OpenBLAS's default is 2^28, ~0.1 s). See _quiet_openblas.
+# 2.6 GHz (OpenBLAS's default is 2^28, ~0.1 s). See _rerun_with_bench_environment.
 OPENBLAS_THREAD_TIMEOUT = "20"
 
 
-def _quiet_openblas(like: str | None = None) -> None:
-    """Run this program again with NumPy's OpenBLAS threads idling ~0.4 ms, not 0.1 s.
+def _rerun_with_bench_environment(like: str | None = None) -> None:
+    """Run this program again with NumPy's OpenBLAS threads idling ~0.4 ms, not 0.1 s
+    (and, with ``like``, every library held to that instruction set).
 
     The bench alternates NumPy's products and our threaded kernels. After each
     product OpenBLAS's workers spin for 2^28 cycles (~0.1 s) before they
@@ -178,13 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The program (``argv`` None: ``sys.argv``), or a call with a list of arguments.
 
     As the program, ``bench`` first re-runs itself with OpenBLAS's idle spin
-    cut (``_quiet_openblas``; with ``--like``, the libraries capped too); a
+    cut (``_rerun_with_bench_environment``; with ``--like``, the libraries capped too); a
     call with ``argv`` runs in this process as it is.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     if argv is None and args.command == "bench":
-        _quiet_openblas(args.like)
+        _rerun_with_bench_environment(args.like)
     try:
         return int(args.run(args) or 0)
     except (UsageError, ValueError, TypeError, OSError, KeyError) as e:

@@ -212,7 +212,7 @@ def format_table(results: list[Result]) -> str:
 # client chips), approximately, on an AVX-512 one. Our kernels at level avx2,
 # and each peer's library held to its AVX2 code where it has a switch: the
 # variables are read once, as the libraries load, so the command runs itself
-# again with them set (cli._quiet_openblas).
+# again with them set (cli._rerun_with_bench_environment).
 LIKE: dict[str, dict[str, str]] = {
     "avx2": {
         "SLIMGRAD_ISA": "avx2",
