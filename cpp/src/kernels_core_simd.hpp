@@ -39,6 +39,7 @@ double sum_squares(const T* x, std::size_t n) {
   V s0 = V::zero(), s1 = V::zero(), s2 = V::zero(), s3 = V::zero();
   std::size_t i = 0;
   for (; i + 4 * W <= n; i += 4 * W) {
+    prefetch_ahead(x + i, 4 * W * sizeof(T));
     const V a = V::load(x + i), b = V::load(x + i + W), c = V::load(x + i + 2 * W),
             d = V::load(x + i + 3 * W);
     s0 = fma(a, a, s0);

@@ -130,6 +130,7 @@ double sum_abs(const T* x, std::size_t n) {
   V s0 = V::zero(), s1 = V::zero();
   std::size_t i = 0;
   for (; i + 2 * V::width <= n; i += 2 * V::width) {
+    prefetch_ahead(x + i, 2 * V::width * sizeof(T));
     s0 = s0 + abs(V::load(x + i));
     s1 = s1 + abs(V::load(x + i + V::width));
   }
@@ -142,6 +143,7 @@ double max_abs(const T* x, std::size_t n) {
   using V = Vec<T, I>;
   V a = V::zero(), bad = V::zero();
   for_vecs<V>(n, [&](std::size_t i, std::size_t k) {
+    prefetch(x + i, kPrefetchAhead);
     const V xi = ld<V>(x + i, k);
     a = max(a, abs(xi));
     bad = bad + (xi - xi);  // NaN once any element was NaN or inf

@@ -429,6 +429,7 @@ std::size_t find_nonfinite_half(const std::uint16_t* x, std::size_t n, bool bf16
     return bf16 ? load_bf16<I>(x + j) : load_f16<I>(x + j);
   };
   for (; i + 4 * W <= n; i += 4 * W) {
+    prefetch_ahead(x + i, 4 * W * sizeof(*x));
     const auto ok = mask_and(mask_and(isfinite(ld(i)), isfinite(ld(i + W))),
                              mask_and(isfinite(ld(i + 2 * W)), isfinite(ld(i + 3 * W))));
     if (!all(ok)) break;
