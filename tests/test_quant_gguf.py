@@ -77,6 +77,31 @@ def test_identical_everywhere_on_a_large_tensor(rng):
             np.testing.assert_array_equal(a, b, err_msg=str(key))
 
 
+@pytest.mark.parametrize(
+    "where",
+    [[0], [31], [32 * 16], [32 * 17 + 5, 32 * 40], [32 * 17 + 5, 32 * 1500], [32 * 1500, 32 * 2047 + 31]],
+)
+def test_first_nonfinite_is_named_everywhere(where, rng):
+    # 2048 blocks: two chunks of 1024, each checked in runs of 16 blocks just
+    # before they are quantized; a chunk stops at its first bad value, and the
+    # first position over all chunks is the one named.
+    w = rng.standard_normal((2, 32 * 1024)).astype(np.float32)
+    flat = w.reshape(-1)
+    for i, k in enumerate(where):
+        flat[k] = np.inf if i else np.nan  # the first is NaN, a later one inf
+    before = w.copy()
+    first = np.unravel_index(where[0], w.shape)
+    pattern = rf"w: non-finite value nan at index \({first[0]}, {first[1]}\)"
+
+    def call():
+        with pytest.raises(ValueError, match=pattern):
+            sg.quantize(w, "Q4_0")
+        return True
+
+    assert all(run_everywhere(call).values())
+    np.testing.assert_array_equal(w.view(np.uint32), before.view(np.uint32))
+
+
 def test_accepts_gguf_enum_and_float64(rng):
     w = rng.standard_normal((2, 64))
     np.testing.assert_array_equal(

@@ -417,20 +417,31 @@ std::vector<Param> parameters(const float* x, const Spec& s, const std::vector<S
 namespace slimgrad::quant {
 
 // Blocks are independent: fixed chunks of 1024 blocks (32K values) per item.
-// Each chunk is checked for NaN/inf just before it is quantized (while it
-// is in cache) instead of in a separate pass over memory.
+// Each run of 16 blocks (2 KiB) is checked for NaN/inf just before it is
+// quantized, so the quantizer reads it from L1, and the check's prefetch
+// (2 KiB ahead) brings in the next run while this one's codes are computed:
+// memory and arithmetic overlap. (Checking a whole chunk first, then
+// quantizing it from L2, left them in turn: the check was 40 % of a Q4_0
+// call's samples.) A chunk stops at its first non-finite value; the caller
+// drops the output.
 std::ptrdiff_t gguf_quantize(GgufType type, const float* x, std::size_t n_blocks, std::uint8_t* out) {
   const std::size_t ts = gguf_type_size(type);
-  constexpr std::size_t kBlocks = 1024;
+  constexpr std::size_t kBlocks = 1024, kRun = 16;
   std::vector<std::size_t> first(num_chunks(n_blocks, kBlocks), kNone);
   dispatch([&](auto isa) {
     constexpr Isa I = decltype(isa)::value;
     parallel_chunks(n_blocks, kBlocks, [&](std::size_t b, std::size_t e) {
-      const float* xb = x + kGgufBlock * b;
-      const std::size_t n = kGgufBlock * (e - b);
-      const std::size_t k = kernels::find_nonfinite<I, float>(xb, n);
-      if (k < n) first[b / kBlocks] = kGgufBlock * b + k;
-      kernels::gguf_quantize<I>(static_cast<int>(type), xb, e - b, out + ts * b);
+      for (std::size_t r = b; r < e; r += kRun) {
+        const std::size_t blocks = std::min(kRun, e - r);
+        const float* xr = x + kGgufBlock * r;
+        const std::size_t n = kGgufBlock * blocks;
+        const std::size_t k = kernels::find_nonfinite<I, float>(xr, n);
+        if (k < n) {
+          first[b / kBlocks] = kGgufBlock * r + k;
+          return;
+        }
+        kernels::gguf_quantize<I>(static_cast<int>(type), xr, blocks, out + ts * r);
+      }
     });
   });
   const std::size_t bad = first.empty() ? kNone : *std::min_element(first.begin(), first.end());
