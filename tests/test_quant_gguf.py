@@ -79,7 +79,14 @@ def test_identical_everywhere_on_a_large_tensor(rng):
 
 @pytest.mark.parametrize(
     "where",
-    [[0], [31], [32 * 16], [32 * 17 + 5, 32 * 40], [32 * 17 + 5, 32 * 1500], [32 * 1500, 32 * 2047 + 31]],
+    [
+        [0],
+        [31],
+        [32 * 16],
+        [32 * 17 + 5, 32 * 40],
+        [32 * 17 + 5, 32 * 1500],
+        [32 * 1500, 32 * 2047 + 31],
+    ],
 )
 def test_first_nonfinite_is_named_everywhere(where, rng):
     # 2048 blocks: two chunks of 1024, each checked in runs of 16 blocks just
