@@ -140,6 +140,7 @@ std::size_t quant_minmax(const float* x, std::size_t n, float* lo, float* hi) {
   auto ok = isfinite(a);
   std::size_t i = 0;
   for (; i + 2 * W <= n; i += 2 * W) {
+    prefetch_ahead(x + i, 2 * W * sizeof(float));
     const V u = V::load(x + i), v = V::load(x + i + W);
     a = min(a, u);
     b = max(b, u);
