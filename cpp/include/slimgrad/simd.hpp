@@ -100,9 +100,10 @@ inline void prefetch(const void* q, std::size_t bytes) {
 inline constexpr std::size_t kPrefetchAhead = 2048;
 // prefetch() of every cache line of [q, q + bytes), kPrefetchAhead ahead: for
 // a loop step that reads `bytes` of one stream. Read-only scans need it too:
-// on the Intel Xeon VM (model 167) a 64 MiB find_nonfinite after other
-// arrays' traffic ran at 27 GB/s on 2 threads with the hardware prefetchers
-// alone and 35 GB/s with it (docs/optim.md, "Software prefetch").
+// on an Intel Xeon VM (family 6 model 167) a 64 MiB find_nonfinite after
+// other arrays' traffic ran at 27 GB/s on 2 threads with the hardware
+// prefetchers alone and 35 GB/s with it (docs/optim.md, "Read-only scans
+// prefetch too").
 inline void prefetch_ahead(const void* q, std::size_t bytes) {
   for (std::size_t b = 0; b < bytes; b += 64) prefetch(q, kPrefetchAhead + b);
 }
