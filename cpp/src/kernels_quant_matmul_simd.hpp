@@ -137,7 +137,10 @@ float gemv_row(const QMatmulArgs& a, std::size_t r) {
       const std::uint8_t* src = row + g * gs * Bits / 8;
       const float* xg = a.xp + g * gs;
       V ga = V::zero(), gb = V::zero();
-      for (std::size_t c = 0; c < gs; c += 32) MOps<I>::template chunk<Bits, Signed>(src + c * Bits / 8, xg + c, ga, gb);
+      for (std::size_t c = 0; c < gs; c += 32) {
+        if ((g * gs + c) * Bits / 8 % 64 == 0) prefetch(src + c * Bits / 8, kPrefetchAhead);  // once a line
+        MOps<I>::template chunk<Bits, Signed>(src + c * Bits / 8, xg + c, ga, gb);
+      }
       acc[g & 1] = fma(V::set1(sc[a.param_stride ? g : 0]), ga + gb, acc[g & 1]);
     }
   }
@@ -191,6 +194,10 @@ void gemv_rows_lut(const QMatmulArgs& a, std::size_t r0, float* y) {
     const std::size_t off = g * gs / 2;
     const float* xg = a.xp + g * gs;
     for (std::size_t c = 0; c < gs; c += 32) {
+      if ((off + c / 2) % 64 == 0) {  // once a line: the next pair of rows, at this offset
+        prefetch(w0 + off + c / 2, 2 * a.row_bytes);
+        if constexpr (Two) prefetch(w1 + off + c / 2, 2 * a.row_bytes);
+      }
       const __m512 xe = _mm512_loadu_ps(xg + c), xo = _mm512_loadu_ps(xg + c + 16);
       const __m128i b0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w0 + off + c / 2));
       acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(b0), t0), xe, acc0);
@@ -223,6 +230,10 @@ void gemv_two_rows(const QMatmulArgs& a, std::size_t r, float* y0, float* y1) {
     const float* xg = a.xp + g * gs;
     V a0 = V::zero(), b0 = V::zero(), a1 = V::zero(), b1 = V::zero();
     for (std::size_t c = 0; c < gs; c += 32) {
+      if ((off + c * Bits / 8) % 64 == 0) {  // once a line: the next pair of rows, at this offset
+        prefetch(w0 + off + c * Bits / 8, 2 * a.row_bytes);
+        prefetch(w1 + off + c * Bits / 8, 2 * a.row_bytes);
+      }
       MOps<I>::template chunk<Bits, Signed>(w0 + off + c * Bits / 8, xg + c, a0, b0);
       MOps<I>::template chunk<Bits, Signed>(w1 + off + c * Bits / 8, xg + c, a1, b1);
     }
