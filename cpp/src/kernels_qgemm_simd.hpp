@@ -257,7 +257,7 @@ void tile_madd(const Packed& p, const std::uint8_t* wp, const std::int8_t* q, co
       iacc[r][0] = iacc[r][1] = _mm256_set1_epi32(qsum ? (p.zoff - off) * qsum[(t0 + r) * p.n_groups + g] : 0);
     for (std::size_t k = k0; k < k1; k += kstep) {
       const std::uint8_t* src = wp + (k / kstep) * block;
-      simd::prefetch_ahead(src, block);
+      simd::prefetch_ahead(src, block);  // the strip's stream, as in tile_vnni
       if constexpr (Wide) {
         // two 4-k blocks (8 k; kpad and groups are multiples of 8) summed
         // in int16 before vpmaddwd, as the in-register path does
@@ -481,6 +481,8 @@ __attribute__((target("avx512vnni"))) void tile_vnni(const Packed& p, const std:
     std::size_t k = k0;
     for (; k + U * kstep <= k1; k += U * kstep)  // U steps, one per set of sums
       for (int u = 0; u < U; ++u) {
+        // every strip's stream 2 KiB ahead: weights read from memory (a model's
+        // decoding step) otherwise arrive too late (docs/quant.md)
         for (int v = 0; v < NV; ++v) simd::prefetch_ahead(wp[v] + (k / kstep + u) * block, block);
         vnni_step<MR, NV, W>(wp, (k / kstep + u) * block, xr, k + u * kstep, acc[u]);
       }
