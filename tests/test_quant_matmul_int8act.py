@@ -112,6 +112,11 @@ TILE_CASES = [
     (dict(bits=4), (20, 1024), (32, 33)),
     (dict(bits=4, granularity="group", group_size=128), (33, 1160), (32, 47, 65)),
     (dict(bits=4, granularity="group", group_size=256), (50, 1300), (48,)),
+    # VNNI's tiles of 4 strips (a whole strip task of 64 outputs), then a
+    # task of one short strip; 4-bit codes past kWidenRows rows through the
+    # widened byte panel
+    (dict(bits=8), (70, 300), (1, 2, 3, 4, 7)),
+    (dict(bits=4, granularity="group", group_size=32), (67, 256), (1, 17, 22)),
 ]
 
 
