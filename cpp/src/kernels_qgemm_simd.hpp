@@ -377,13 +377,7 @@ inline __m512 group_factor16(const Packed& p, const float* f, const std::int8_t*
   return _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)));
 }
 
-// acc + vpdpbusd(u, s) as inline asm: with GCC 12's builtin the tiles'
-// accumulators went through register copies and a stack spill and reload
-// every k step (measured 5-10 % at 64 rows of x).
-__attribute__((always_inline)) inline __m512i dpbusd(__m512i acc, __m512i u, __m512i s) {
-  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s));
-  return acc;
-}
+using simd::dpbusd;  // inline asm: GCC's builtin spilled the tiles' sums
 
 // How a strip's weight bytes enter vpdpbusd as unsigned values u = code + Off.
 enum class Wt {

@@ -354,7 +354,7 @@ __attribute__((target("avx512vnni"))) void s8_vnni(const std::int8_t* a, std::si
       __m512i s = _mm512_setzero_si512();
       for (std::size_t k = 0; k < K; k += 64) {
         const __mmask64 mk = K - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (K - k)) - 1;
-        s = _mm512_dpbusd_epi32(s, ones, _mm512_maskz_loadu_epi8(mk, br[i] + k));
+        s = dpbusd(s, ones, _mm512_maskz_loadu_epi8(mk, br[i] + k));
       }
       bsum[i] = _mm512_reduce_add_epi32(s);
     }
@@ -372,7 +372,7 @@ __attribute__((target("avx512vnni"))) void s8_vnni(const std::int8_t* a, std::si
         for (int j = 0; j < 4; ++j) bv[j] = _mm512_loadu_si512(br[j] + k);
         for (int i = 0; i < 4; ++i) {
           const __m512i av = _mm512_xor_si512(_mm512_loadu_si512(ar[i] + k), flip);  // a + 128, unsigned
-          for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, bv[j]);
+          for (int j = 0; j < 4; ++j) acc[i][j] = dpbusd(acc[i][j], av, bv[j]);
         }
       }
       if (k < K) {  // padded bytes: a becomes 128 but meets b's zeros
@@ -381,7 +381,7 @@ __attribute__((target("avx512vnni"))) void s8_vnni(const std::int8_t* a, std::si
         for (int j = 0; j < 4; ++j) bv[j] = _mm512_maskz_loadu_epi8(mk, br[j] + k);
         for (int i = 0; i < 4; ++i) {
           const __m512i av = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mk, ar[i] + k), flip);
-          for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, bv[j]);
+          for (int j = 0; j < 4; ++j) acc[i][j] = dpbusd(acc[i][j], av, bv[j]);
         }
       }
       for (std::size_t i = 0; i < nm; ++i)
