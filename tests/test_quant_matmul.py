@@ -85,12 +85,26 @@ def test_matmul_out_and_errors(rng):
 
 @pytest.mark.parametrize(
     "mk",
-    [(1, 1), (3, 15), (4, 16), (5, 17), (37, 63), (8, 64), (9, 65), (33, 1000), (70, 1100)],
+    [
+        (1, 1),
+        (3, 15),
+        (4, 16),
+        (5, 17),
+        (7, 257),
+        (37, 63),
+        (8, 64),
+        (9, 65),
+        (33, 1000),
+        (70, 1100),
+    ],
     ids=str,
 )
 def test_matmul_int8_exact(isa_all, threads, mk, rng):
     # AMX (level amx): 32 x 32 blocks of 16 x 16 tiles, k in steps of 64;
-    # n = 45 and 97 end in partial blocks, 97 also passes whole ones
+    # n = 45 and 97 end in partial blocks, 97 also passes whole ones.
+    # VNNI from 4 rows: blocks of 64 columns (97: a whole one and a short
+    # one of 3 strips, the last of one column), tiles of 4 / 3 / 2 / 1 rows
+    # (m = 8 / 7 / 70 / 5), k past a step of 4 (15, 17, 63, 65, 257).
     m, k = mk
     for n in (1, 3, 4, 6, 45, 97):
         a = rng.integers(-128, 128, (m, k)).astype(np.int8)

@@ -16,8 +16,9 @@
 //  - int8 x int8 -> int32: AVX2 widens both to int16 and uses vpmaddwd
 //    (exact for every int8 value, unlike vpmaddubsw's sign trick, which
 //    fails for -128 and can saturate); AVX512 with VNNI (cpuid at run time)
-//    uses vpdpbusd on (a + 128) as unsigned in 4 x 4 tiles and subtracts
-//    128 * sum(b), exact in int32.
+//    packs b by blocks of 64 rows into qgemm's strips as b + 128 (unsigned)
+//    and runs 4 x 64 tiles of a's signed 4-byte broadcasts, minus
+//    128 * sum(a row): exact in int32.
 #pragma once
 
 #include <immintrin.h>
@@ -341,9 +342,150 @@ void s8_madd(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::siz
 }
 
 #if defined(__AVX512F__)
+// ------------------------------------------- int8 x int8 -> int32, VNNI
+// Columns of c in blocks of 64: the block's 64 rows of b are packed once into
+// 4 strips of 16 (per step of 4 k, 64 bytes = 16 rows x 4 consecutive k, as
+// b + 128: vpdpbusd's unsigned operand; zero past N and K), then every row of
+// a passes over the panel as 4-byte signed broadcasts, 4 rows x 64 columns
+// per tile (16 sums, qgemm's W8A8 tile). Each sum starts at -128 * sum(a
+// row), so it ends as the signed product (int32 adds wrap; the end is exact).
+// Before (thirteenth session), a 4 x 4 tile of dot products along k with a
+// horizontal sum per output ran at 0.82x torch._int_mm at 64 x 4096 x 4096
+// on Zen 5 (docs/quant.md).
+constexpr std::size_t kS8Block = 64;
+
+// r[t] <- (r[0][t], r[1][t], ..., r[15][t]): a 16 x 16 transpose of dwords.
+__attribute__((always_inline)) inline void transpose16_epi32(__m512i (&r)[16]) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 8; ++i) {  // lane l: rows 2i, 2i+1 at dwords 4l, 4l+1 / 4l+2, 4l+3
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // u[4i + c], lane l: rows 4i..4i+3 at dword 4l + c
+    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {  // lane i of r[4l + c]: lane l of u[4i + c]
+    const __m512i s0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), s1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xEE);
+    const __m512i s2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44);
+    const __m512i s3 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xEE);
+    r[c] = _mm512_shuffle_i32x4(s0, s2, 0x88);
+    r[4 + c] = _mm512_shuffle_i32x4(s0, s2, 0xDD);
+    r[8 + c] = _mm512_shuffle_i32x4(s1, s3, 0x88);
+    r[12 + c] = _mm512_shuffle_i32x4(s1, s3, 0xDD);
+  }
+}
+
+// Rows [n0, n1) of b (n1 - n0 <= 64) into panel: strip v at v * steps * 64.
+void s8_pack_block(const std::int8_t* b, std::size_t K, std::size_t n0, std::size_t n1, std::size_t steps,
+                   std::uint8_t* panel) {
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (std::size_t v = 0; v < kS8Block / 16; ++v) {
+    std::uint8_t* dst = panel + v * steps * 64;
+    for (std::size_t k = 0; k < K; k += 64) {
+      const __mmask64 mk = K - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (K - k)) - 1;
+      __m512i r[16];
+      for (std::size_t j = 0; j < 16; ++j) {
+        const std::size_t n = n0 + 16 * v + j;
+        r[j] = n < n1 ? _mm512_xor_si512(_mm512_maskz_loadu_epi8(mk, b + n * K + k), _mm512_maskz_mov_epi8(mk, flip))
+                      : _mm512_setzero_si512();
+      }
+      transpose16_epi32(r);
+      const std::size_t t0 = k / 4, count = steps - t0 < 16 ? steps - t0 : 16;
+      for (std::size_t t = 0; t < count; ++t) _mm512_storeu_si512(dst + (t0 + t) * 64, r[t]);
+    }
+  }
+}
+
+// k bytes of a row from k on (fewer than 4 at the row's end: zero padded),
+// as one int32 lane pattern
+inline std::int32_t s8_word(const std::int8_t* row, std::size_t k, std::size_t K) {
+  std::int32_t w = 0;
+  std::memcpy(&w, row + k, K - k < 4 ? K - k : 4);
+  return w;
+}
+
+template <int MR>
+__attribute__((target("avx512vnni"))) void s8_tile(const std::uint8_t* panel, std::size_t steps,
+                                                   const std::int8_t* a, std::size_t K, std::size_t m0,
+                                                   const std::int32_t* asum, std::size_t n0, std::size_t n1,
+                                                   std::int32_t* c, std::size_t N) {
+  constexpr int NV = kS8Block / 16;
+  const std::int8_t* ar[MR];
+  for (int r = 0; r < MR; ++r) ar[r] = a + (m0 + r) * K;
+  __m512i acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_set1_epi32(-128 * asum[r]);
+  const auto step = [&](std::size_t t, const std::int32_t* words) __attribute__((always_inline)) {
+    __m512i w[NV];
+    for (int v = 0; v < NV; ++v) w[v] = _mm512_loadu_si512(panel + (v * steps + t) * 64);
+    for (int r = 0; r < MR; ++r) {
+      const __m512i xb = _mm512_set1_epi32(words[r]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = dpbusd(acc[r][v], w[v], xb);
+    }
+  };
+  const std::size_t full = K / 4;
+  for (std::size_t t = 0; t < full; ++t) {
+    std::int32_t words[MR];
+    for (int r = 0; r < MR; ++r) std::memcpy(&words[r], ar[r] + 4 * t, 4);
+    step(t, words);
+  }
+  if (full < steps) {
+    std::int32_t words[MR];
+    for (int r = 0; r < MR; ++r) words[r] = s8_word(ar[r], 4 * full, K);
+    step(full, words);
+  }
+  for (int v = 0; v < NV; ++v) {
+    const std::size_t c0 = n0 + 16 * static_cast<std::size_t>(v);
+    if (c0 >= n1) break;
+    const __mmask16 mask = static_cast<__mmask16>(n1 - c0 >= 16 ? 0xFFFF : (1u << (n1 - c0)) - 1);
+    for (int r = 0; r < MR; ++r) _mm512_mask_storeu_epi32(c + (m0 + r) * N + c0, mask, acc[r][v]);
+  }
+}
+
 __attribute__((target("avx512vnni"))) void s8_vnni(const std::int8_t* a, std::size_t M, const std::int8_t* b,
                                                    std::size_t K, std::size_t n0, std::size_t n1, std::int32_t* c,
                                                    std::size_t N) {
+  const std::size_t steps = (K + 3) / 4;
+  thread_local std::vector<std::uint8_t> panel;
+  thread_local std::vector<std::int32_t> asum;
+  if (panel.size() < kS8Block * 4 * steps) panel.resize(kS8Block * 4 * steps);
+  if (asum.size() < M) asum.resize(M);
+  // the rows' sums, once per block: M x K / 64 vpdpbusd against 64 per tile
+  // row and k step of 64 (1.6 %)
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (std::size_t m = 0; m < M; ++m) {
+    __m512i s = _mm512_setzero_si512();
+    for (std::size_t k = 0; k < K; k += 64) {
+      const __mmask64 mk = K - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (K - k)) - 1;
+      s = dpbusd(s, ones, _mm512_maskz_loadu_epi8(mk, a + m * K + k));
+    }
+    asum[m] = _mm512_reduce_add_epi32(s);
+  }
+  for (std::size_t n = n0; n < n1; n += kS8Block) {
+    const std::size_t e = n1 - n < kS8Block ? n1 : n + kS8Block;
+    s8_pack_block(b, K, n, e, steps, panel.data());
+    std::size_t m = 0;
+    for (; m + 4 <= M; m += 4) s8_tile<4>(panel.data(), steps, a, K, m, asum.data() + m, n, e, c, N);
+    switch (M - m) {
+      case 3: s8_tile<3>(panel.data(), steps, a, K, m, asum.data() + m, n, e, c, N); break;
+      case 2: s8_tile<2>(panel.data(), steps, a, K, m, asum.data() + m, n, e, c, N); break;
+      case 1: s8_tile<1>(panel.data(), steps, a, K, m, asum.data() + m, n, e, c, N); break;
+      default: break;
+    }
+  }
+}
+
+// Fewer than kS8PanelRows rows of a (a GEMV, mostly): dot products along k
+// of 4 rows of a by 4 rows of b as stored (a + 128 unsigned, minus
+// 128 * sum(b row)) and a horizontal sum per output; packing b would cost
+// as much as the product (Zen 5, 1 x 384 x 384: 27-34 us this way, 43-46
+// packed).
+__attribute__((target("avx512vnni"))) void s8_vnni_dot(const std::int8_t* a, std::size_t M, const std::int8_t* b,
+                                                       std::size_t K, std::size_t n0, std::size_t n1,
+                                                       std::int32_t* c, std::size_t N) {
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80)), ones = _mm512_set1_epi8(1);
   for (std::size_t n = n0; n < n1; n += 4) {
     const std::size_t nn = n1 - n < 4 ? n1 - n : 4;
@@ -487,7 +629,8 @@ void matmul_s8_cols(const std::int8_t* a, std::size_t M, const std::int8_t* b, s
   (void)bsum;
 #if defined(__AVX512F__)
   if (a_tiles) return s8_amx(a_tiles, M, b, K, n0, n1, c, N);
-  if (quant::has_avx512_vnni()) return s8_vnni(a, M, b, K, n0, n1, c, N);
+  if (quant::has_avx512_vnni())
+    return M < kS8PanelRows ? s8_vnni_dot(a, M, b, K, n0, n1, c, N) : s8_vnni(a, M, b, K, n0, n1, c, N);
 #endif
   (void)a_tiles;
   s8_madd(a, M, b, K, n0, n1, c, N, scratch);

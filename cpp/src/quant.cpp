@@ -571,6 +571,17 @@ void matmul_s8(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::s
     });
     return;
   }
+  if (has_avx512_vnni() && M >= kernels::kS8PanelRows) {
+    // blocks of 64 columns, all rows of a each: the block's rows of b are
+    // packed once into strips (kernels::s8_vnni)
+    dispatch([&](auto isa) {
+      parallel_chunks((N + 63) / 64, 1, [&](std::size_t lo, std::size_t hi) {
+        kernels::matmul_s8_cols<decltype(isa)::value>(a, M, b, K, lo * 64, std::min(N, hi * 64), nullptr, c, N,
+                                                     nullptr, nullptr);
+      });
+    });
+    return;
+  }
   constexpr std::size_t kM = 64;  // rows of a per item; columns come in blocks of 4
   const std::size_t nb = (N + 3) / 4, mb = (M + kM - 1) / kM;
   dispatch([&](auto isa) {

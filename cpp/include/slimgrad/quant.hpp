@@ -252,6 +252,9 @@ struct QMatmulArgs {
 // Rows [r0, r1) of y. scratch: 64 * in floats (batched path).
 template <Isa I>
 void qmatmul_rows(const QMatmulArgs& a, std::size_t r0, std::size_t r1, float* scratch);
+// From this many rows of a, VNNI packs b by blocks of 64 rows (matmul_s8
+// hands the kernel one block per call); fewer take dot products along k.
+constexpr std::size_t kS8PanelRows = 4;
 // c[m, n] = sum_k a[m, k] * b[n, k] for n in [n0, n1), all m (int32, exact).
 // scratch: 4 * K int16 (widened rows of b). bsum[n] = sum_k b[n, k].
 // a_tiles: a in quant::S8Tiles's layout for AMX tiles (avx512 unit, level
