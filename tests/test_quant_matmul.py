@@ -38,8 +38,10 @@ def check(y, x, qt):
     assert np.all(np.abs(y - ref) <= MATMUL_RTOL * bound + 1e-30)
 
 
+# (40, 4196): rows dequantized in pieces of 4096 codes, a group of 50 across
+# the piece boundary, panels of 2W rows and a ragged one
 @pytest.mark.parametrize("kw", FUSED + FALLBACK, ids=str)
-@pytest.mark.parametrize("shape", [(1, 1), (5, 33), (37, 1000), (19, 512)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1), (5, 33), (37, 1000), (19, 512), (40, 4196)], ids=str)
 def test_matmul_matches_dequantized_product(isa, kw, shape, rng):
     w = rng.standard_normal(shape).astype(np.float32)
     qt = quant.quantize(w, **kw)

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "kernels_amx_x86.hpp"
+#include "kernels_quant_ops_x86.hpp"
 #include "slimgrad/quant.hpp"
 #include "slimgrad/simd.hpp"
 
@@ -248,20 +249,120 @@ void gemv_two_rows(const QMatmulArgs& a, std::size_t r, float* y0, float* y1) {
 // Row r of W as floats, exactly dequantize()'s values.
 template <Isa I>
 void dequant_row(const QMatmulArgs& a, std::size_t r, float* out) {
+  using V = Vec<float, I>;
+  using Q = QOps<I>;
+  constexpr std::size_t W = V::width;
   const std::uint8_t* row = a.w + r * a.row_bytes;
   std::uint8_t codes[4096];
-  for (std::size_t g = 0; g < a.n_groups; ++g) {
-    const std::size_t j0 = g * a.group_size;
-    const std::size_t j1 = (a.in - j0 < a.group_size) ? a.in : j0 + a.group_size;
-    const std::size_t p = r * a.param_stride + g;
-    for (std::size_t j = j0; j < j1; j += 4096) {  // j stays even: pieces start on a byte
-      const std::size_t n = j1 - j < 4096 ? j1 - j : 4096;
-      const std::uint8_t* src = row + j;
-      if (a.bits == 4) {
-        quant_unpack<I>(row + j / 2, n, 4, a.is_signed, codes);
-        src = codes;
+  // Pieces of 4096 codes (4-bit ones unpacked once per piece), then each
+  // group's scale * (code - zp) in registers, as quant_dequant computes it.
+  // Why: a call to unpack and one to dequantize per group of 32 was ~1.7 ms
+  // of the 4096 x 4096 int4 product at batch 64 (Zen 5, docs/quant.md).
+  for (std::size_t j = 0; j < a.in; j += 4096) {  // j stays even: pieces start on a byte
+    const std::size_t n = a.in - j < 4096 ? a.in - j : 4096;
+    const std::uint8_t* src = row + j;
+    if (a.bits == 4) {
+      quant_unpack<I>(row + j / 2, n, 4, a.is_signed, codes);
+      src = codes;
+    }
+    for (std::size_t i = 0; i < n;) {
+      const std::size_t g = (j + i) / a.group_size;
+      const std::size_t e = std::min(n, (g + 1) * a.group_size - j);  // the group's end in this piece
+      const std::size_t p = r * a.param_stride + g;
+      const V vs = V::set1(a.scale[p]), vz = V::set1(static_cast<float>(a.zp[p]));
+      for (; i + 16 <= e; i += W) (vs * (Q::load_codes(src + i, a.is_signed) - vz)).store(out + j + i);
+      while (i < e) {  // the loads above read 8 (avx2) or 16 (avx512) bytes
+        const std::size_t k = e - i < W ? e - i : W;
+        std::uint8_t tmp[16] = {};
+        float res[W];
+        std::memcpy(tmp, src + i, k);
+        (vs * (Q::load_codes(tmp, a.is_signed) - vz)).store(res);
+        std::memcpy(out + j + i, res, k * sizeof(float));
+        i += k;
       }
-      quant_dequant<I>(src, a.is_signed, n, a.scale[p], static_cast<float>(a.zp[p]), out + j);
+    }
+  }
+}
+
+#if defined(__AVX512F__)
+// r[t] <- (r[0][t], r[1][t], ..., r[15][t]): a 16 x 16 transpose of dwords.
+__attribute__((always_inline)) inline void transpose16_epi32(__m512i (&r)[16]) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 8; ++i) {  // lane l: rows 2i, 2i+1 at dwords 4l, 4l+1 / 4l+2, 4l+3
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // u[4i + c], lane l: rows 4i..4i+3 at dword 4l + c
+    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {  // lane i of r[4l + c]: lane l of u[4i + c]
+    const __m512i s0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), s1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xEE);
+    const __m512i s2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44);
+    const __m512i s3 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xEE);
+    r[c] = _mm512_shuffle_i32x4(s0, s2, 0x88);
+    r[4 + c] = _mm512_shuffle_i32x4(s0, s2, 0xDD);
+    r[8 + c] = _mm512_shuffle_i32x4(s1, s3, 0x88);
+    r[12 + c] = _mm512_shuffle_i32x4(s1, s3, 0xDD);
+  }
+}
+#endif
+
+// 8 x 8 floats: r[t] <- (r[0][t], ..., r[7][t]).
+inline void transpose8_ps(__m256 (&r)[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {
+    u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    r[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
+    r[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
+  }
+}
+
+// panel[j * 2W + i] = rows[i * stride + j] for the 2W rows and j < count:
+// W x W blocks through registers (a scalar copy per element took as long as
+// the products at batch 8: docs/quant.md); a last block narrower than W goes
+// through a zero-padded copy.
+template <Isa I>
+void transpose_panel(const float* rows, std::size_t stride, std::size_t count, float* panel) {
+  constexpr std::size_t W = Vec<float, I>::width, PR = 2 * W;
+  for (std::size_t j0 = 0; j0 < count; j0 += W) {
+    const std::size_t cols = count - j0 < W ? count - j0 : W;
+    for (std::size_t h = 0; h < 2; ++h) {
+      float pad[W * W];
+      const float* src = rows + h * W * stride + j0;
+      std::size_t step = stride;
+      if (cols < W) {
+        std::memset(pad, 0, sizeof pad);
+        for (std::size_t i = 0; i < W; ++i) std::memcpy(pad + i * W, src + i * stride, cols * sizeof(float));
+        src = pad;
+        step = W;
+      }
+#if defined(__AVX512F__)
+      if constexpr (W == 16) {
+        __m512i v[16];
+        for (std::size_t i = 0; i < 16; ++i) v[i] = _mm512_castps_si512(_mm512_loadu_ps(src + i * step));
+        transpose16_epi32(v);
+        for (std::size_t t = 0; t < cols; ++t) _mm512_storeu_ps(panel + (j0 + t) * PR + h * W, _mm512_castsi512_ps(v[t]));
+        continue;
+      }
+#endif
+      if constexpr (W == 8) {
+        __m256 v[8];
+        for (std::size_t i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(src + i * step);
+        transpose8_ps(v);
+        for (std::size_t t = 0; t < cols; ++t) _mm256_storeu_ps(panel + (j0 + t) * PR + h * W, v[t]);
+      }
     }
   }
 }
@@ -270,6 +371,9 @@ void dequant_row(const QMatmulArgs& a, std::size_t r, float* out) {
 // values), transposed so that column j of the panel is 2W consecutive floats,
 // then multiplied as outer products: for each j, 2 panel vectors times a
 // broadcast x[b, j] for BB rows of x at once (2 * BB accumulators, FMA-bound).
+// (Chunks of 256 columns, to keep the panel in L1 while the rows of x pass,
+// were slower: 4096 x 4096 at batch 512, 36-38 -> 44-45 ms on Zen 5; the
+// rows of x then came in 1 KiB pieces.)
 template <Isa I>
 void batched_rows(const QMatmulArgs& a, std::size_t r0, std::size_t r1, float* scratch) {
   using V = Vec<float, I>;
@@ -282,9 +386,7 @@ void batched_rows(const QMatmulArgs& a, std::size_t r0, std::size_t r1, float* s
     const std::size_t nr = r1 - r < PR ? r1 - r : PR;
     for (std::size_t k = 0; k < nr; ++k) dequant_row<I>(a, r + k, rows + k * in);
     for (std::size_t k = nr; k < PR; ++k) std::memset(rows + k * in, 0, in * sizeof(float));
-    for (std::size_t j0 = 0; j0 < in; j0 += 64)  // transpose in column strips (cache friendly)
-      for (std::size_t i = 0; i < PR; ++i)
-        for (std::size_t j = j0; j < j0 + 64 && j < in; ++j) panel[j * PR + i] = rows[i * in + j];
+    transpose_panel<I>(rows, in, in, panel);
     for (std::size_t b = 0; b < a.batch; b += BB) {
       const std::size_t nb = a.batch - b < BB ? a.batch - b : BB;
       const float* xr[BB];
@@ -353,30 +455,6 @@ void s8_madd(const std::int8_t* a, std::size_t M, const std::int8_t* b, std::siz
 // horizontal sum per output ran at 0.82x torch._int_mm at 64 x 4096 x 4096
 // on Zen 5 (docs/quant.md).
 constexpr std::size_t kS8Block = 64;
-
-// r[t] <- (r[0][t], r[1][t], ..., r[15][t]): a 16 x 16 transpose of dwords.
-__attribute__((always_inline)) inline void transpose16_epi32(__m512i (&r)[16]) {
-  __m512i t[16], u[16];
-  for (int i = 0; i < 8; ++i) {  // lane l: rows 2i, 2i+1 at dwords 4l, 4l+1 / 4l+2, 4l+3
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {  // u[4i + c], lane l: rows 4i..4i+3 at dword 4l + c
-    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  for (int c = 0; c < 4; ++c) {  // lane i of r[4l + c]: lane l of u[4i + c]
-    const __m512i s0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), s1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xEE);
-    const __m512i s2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44);
-    const __m512i s3 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xEE);
-    r[c] = _mm512_shuffle_i32x4(s0, s2, 0x88);
-    r[4 + c] = _mm512_shuffle_i32x4(s0, s2, 0xDD);
-    r[8 + c] = _mm512_shuffle_i32x4(s1, s3, 0x88);
-    r[12 + c] = _mm512_shuffle_i32x4(s1, s3, 0xDD);
-  }
-}
 
 // Rows [n0, n1) of b (n1 - n0 <= 64) into panel: strip v at v * steps * 64.
 void s8_pack_block(const std::int8_t* b, std::size_t K, std::size_t n0, std::size_t n1, std::size_t steps,
