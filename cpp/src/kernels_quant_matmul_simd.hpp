@@ -256,8 +256,10 @@ void dequant_row(const QMatmulArgs& a, std::size_t r, float* out) {
   std::uint8_t codes[4096];
   // Pieces of 4096 codes (4-bit ones unpacked once per piece), then each
   // group's scale * (code - zp) in registers, as quant_dequant computes it.
-  // Why: a call to unpack and one to dequantize per group of 32 was ~1.7 ms
-  // of the 4096 x 4096 int4 product at batch 64 (Zen 5, docs/quant.md).
+  // Why: a call to unpack and one to dequantize per group of 32 codes cost
+  // about what the group's arithmetic does (with the panel's old scalar
+  // transpose, 4096 x 4096 int4 at batch 8 took 5.0-5.2 ms, now 2.9-3.6 on
+  // Zen 5: docs/quant.md).
   for (std::size_t j = 0; j < a.in; j += 4096) {  // j stays even: pieces start on a byte
     const std::size_t n = a.in - j < 4096 ? a.in - j : 4096;
     const std::uint8_t* src = row + j;
@@ -464,11 +466,11 @@ void s8_pack_block(const std::int8_t* b, std::size_t K, std::size_t n0, std::siz
     std::uint8_t* dst = panel + v * steps * 64;
     for (std::size_t k = 0; k < K; k += 64) {
       const __mmask64 mk = K - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (K - k)) - 1;
+      const __m512i flip_k = _mm512_maskz_mov_epi8(mk, flip);  // k past K stays 0
       __m512i r[16];
       for (std::size_t j = 0; j < 16; ++j) {
         const std::size_t n = n0 + 16 * v + j;
-        r[j] = n < n1 ? _mm512_xor_si512(_mm512_maskz_loadu_epi8(mk, b + n * K + k), _mm512_maskz_mov_epi8(mk, flip))
-                      : _mm512_setzero_si512();
+        r[j] = n < n1 ? _mm512_xor_si512(_mm512_maskz_loadu_epi8(mk, b + n * K + k), flip_k) : _mm512_setzero_si512();
       }
       transpose16_epi32(r);
       const std::size_t t0 = k / 4, count = steps - t0 < 16 ? steps - t0 : 16;
@@ -531,8 +533,8 @@ __attribute__((target("avx512vnni"))) void s8_vnni(const std::int8_t* a, std::si
   thread_local std::vector<std::int32_t> asum;
   if (panel.size() < kS8Block * 4 * steps) panel.resize(kS8Block * 4 * steps);
   if (asum.size() < M) asum.resize(M);
-  // the rows' sums, once per block: M x K / 64 vpdpbusd against 64 per tile
-  // row and k step of 64 (1.6 %)
+  // a's row sums, once per call (matmul_s8 hands over one block of 64
+  // columns): K / 64 vpdpbusd per row of a against the block's K (1.6 %)
   const __m512i ones = _mm512_set1_epi8(1);
   for (std::size_t m = 0; m < M; ++m) {
     __m512i s = _mm512_setzero_si512();
