@@ -580,8 +580,9 @@ void strips_vnni(const Packed& p, const std::int8_t* q, const float* xs, const s
   const std::size_t sb = p.strip_bytes();
   std::size_t s = s0;
   // 4 strips: 16 sums per 4 broadcasts of x; 4096 x 4096 at batch 64, one
-  // thread, Zen 5: 3.03-3.10 ms with 2 strips, 2.43-2.71 with 4 (vpdpbusd
-  // 2 per cycle at latency 4 there: 8 sums leave it half idle)
+  // thread, Zen 5: 2.95-3.12 ms with 2 strips, 2.43-2.71 with 4 (vpdpbusd
+  // issues 2 per cycle at a latency of 4 there: 8 chains of sums only just
+  // cover it, with the loads and broadcasts between them)
   if (s1 - s0 == 4) return rows_vnni<4, Wt::int8>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y);
   for (; s + 2 <= s1; s += 2) rows_vnni<2, Wt::int8>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y);
   if (s < s1) rows_vnni<1, Wt::int8>(p, p.w + s * sb, sb, q, xs, qsum, m, s, bias, y);
