@@ -140,6 +140,12 @@ def test_matmul_int8_k_limit(isa_all):
     assert k == 131071
     a = np.full((1, k), -128, np.int8)
     np.testing.assert_array_equal(quant.matmul_int8(a, a), [[k * 128 * 128]])
+    # 4 rows and more take VNNI's packed path, whose sums start at
+    # -128 * sum(a row) and wrap on the way: both extremes at this K
+    a = np.full((5, k), -128, np.int8)
+    b = np.stack([np.full(k, -128, np.int8), np.full(k, 127, np.int8)])
+    want = np.array([[k * 128 * 128, -k * 128 * 127]] * 5, np.int64)
+    np.testing.assert_array_equal(quant.matmul_int8(a, b), want)
     a = np.full((1, k + 1), -128, np.int8)
     out = np.full((1, 1), 7, np.int32)
     with pytest.raises(ValueError) as e:
