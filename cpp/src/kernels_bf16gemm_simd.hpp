@@ -115,31 +115,6 @@ inline void pack_sym(const std::uint16_t* a, std::size_t m, std::size_t r0, std:
 }
 
 #if defined(__AVX512F__)
-// out[j] = column j of the 16 x 16 dword matrix a[0..15] (rows): 32-bit and
-// 64-bit interleaves within 128-bit lanes, then two 128-bit lane shuffles.
-inline void transpose16(const __m512i a[16], __m512i out[16]) {
-  __m512i b[16], c[16];
-  for (int i = 0; i < 16; i += 2) {
-    b[i] = _mm512_unpacklo_epi32(a[i], a[i + 1]);
-    b[i + 1] = _mm512_unpackhi_epi32(a[i], a[i + 1]);
-  }
-  for (int g = 0; g < 16; g += 4) {  // c[g + q], lane L: rows g..g+3 of column 4L + q
-    c[g] = _mm512_unpacklo_epi64(b[g], b[g + 2]);
-    c[g + 1] = _mm512_unpackhi_epi64(b[g], b[g + 2]);
-    c[g + 2] = _mm512_unpacklo_epi64(b[g + 1], b[g + 3]);
-    c[g + 3] = _mm512_unpackhi_epi64(b[g + 1], b[g + 3]);
-  }
-  for (int q = 0; q < 4; ++q) {
-    const __m512i d = _mm512_shuffle_i32x4(c[q], c[4 + q], 0x88), e = _mm512_shuffle_i32x4(c[q], c[4 + q], 0xdd);
-    const __m512i f = _mm512_shuffle_i32x4(c[8 + q], c[12 + q], 0x88),
-                  g = _mm512_shuffle_i32x4(c[8 + q], c[12 + q], 0xdd);
-    out[q] = _mm512_shuffle_i32x4(d, f, 0x88);
-    out[8 + q] = _mm512_shuffle_i32x4(d, f, 0xdd);
-    out[4 + q] = _mm512_shuffle_i32x4(e, g, 0x88);
-    out[12 + q] = _mm512_shuffle_i32x4(e, g, 0xdd);
-  }
-}
-
 // 16 pairs from pair q of rows row0..row0+nr-1 (zero past `rows`),
 // transposed: dst[j * stride + r] for the nr valid lanes r.
 inline void transpose_block(const std::uint16_t* src, std::size_t ld, std::size_t rows, std::size_t row0,
@@ -147,7 +122,7 @@ inline void transpose_block(const std::uint16_t* src, std::size_t ld, std::size_
   __m512i a[16], t[16];
   for (std::size_t i = 0; i < 16; ++i)
     a[i] = i < nr && row0 + i < rows ? _mm512_loadu_si512(src + (row0 + i) * ld + 2 * q) : _mm512_setzero_si512();
-  transpose16(a, t);
+  simd::transpose16(a, t);
   const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
   for (std::size_t j = 0; j < 16; ++j) _mm512_mask_storeu_epi32(dst + j * stride, mask, t[j]);
 }
@@ -302,7 +277,7 @@ inline void amx_rows(const std::uint32_t* pm, std::size_t P16, std::uint32_t* ds
     for (std::size_t rg = 0; rg < kAmxBlock; rg += 16) {
       __m512i a[16], t[16];
       for (std::size_t i = 0; i < 16; ++i) a[i] = _mm512_loadu_si512(pm + (q + i) * kAmxBlock + rg);
-      transpose16(a, t);
+      simd::transpose16(a, t);
       for (std::size_t j = 0; j < 16; ++j) _mm512_storeu_si512(dst + q * kAmxBlock + (rg + j) * 16, t[j]);
     }
 }

@@ -286,51 +286,6 @@ void dequant_row(const QMatmulArgs& a, std::size_t r, float* out) {
   }
 }
 
-#if defined(__AVX512F__)
-// r[t] <- (r[0][t], r[1][t], ..., r[15][t]): a 16 x 16 transpose of dwords.
-__attribute__((always_inline)) inline void transpose16_epi32(__m512i (&r)[16]) {
-  __m512i t[16], u[16];
-  for (int i = 0; i < 8; ++i) {  // lane l: rows 2i, 2i+1 at dwords 4l, 4l+1 / 4l+2, 4l+3
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {  // u[4i + c], lane l: rows 4i..4i+3 at dword 4l + c
-    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  for (int c = 0; c < 4; ++c) {  // lane i of r[4l + c]: lane l of u[4i + c]
-    const __m512i s0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), s1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xEE);
-    const __m512i s2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44);
-    const __m512i s3 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xEE);
-    r[c] = _mm512_shuffle_i32x4(s0, s2, 0x88);
-    r[4 + c] = _mm512_shuffle_i32x4(s0, s2, 0xDD);
-    r[8 + c] = _mm512_shuffle_i32x4(s1, s3, 0x88);
-    r[12 + c] = _mm512_shuffle_i32x4(s1, s3, 0xDD);
-  }
-}
-#endif
-
-// 8 x 8 floats: r[t] <- (r[0][t], ..., r[7][t]).
-inline void transpose8_ps(__m256 (&r)[8]) {
-  __m256 t[8], u[8];
-  for (int i = 0; i < 4; ++i) {
-    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 2; ++i) {
-    u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-    u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-    u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-  for (int c = 0; c < 4; ++c) {
-    r[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
-    r[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
-  }
-}
-
 // panel[j * 2W + i] = rows[i * stride + j] for the 2W rows and j < count:
 // W x W blocks through registers (a scalar copy per element took as long as
 // the products at batch 8: docs/quant.md); a last block narrower than W goes
@@ -350,20 +305,24 @@ void transpose_panel(const float* rows, std::size_t stride, std::size_t count, f
         src = pad;
         step = W;
       }
+      float* dst = panel + j0 * PR + h * W;
 #if defined(__AVX512F__)
       if constexpr (W == 16) {
-        __m512i v[16];
+        __m512i v[16], t[16];
         for (std::size_t i = 0; i < 16; ++i) v[i] = _mm512_castps_si512(_mm512_loadu_ps(src + i * step));
-        transpose16_epi32(v);
-        for (std::size_t t = 0; t < cols; ++t) _mm512_storeu_ps(panel + (j0 + t) * PR + h * W, _mm512_castsi512_ps(v[t]));
+        transpose16(v, t);
+        for (std::size_t c = 0; c < cols; ++c) _mm512_storeu_ps(dst + c * PR, _mm512_castsi512_ps(t[c]));
         continue;
       }
 #endif
       if constexpr (W == 8) {
-        __m256 v[8];
-        for (std::size_t i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(src + i * step);
-        transpose8_ps(v);
-        for (std::size_t t = 0; t < cols; ++t) _mm256_storeu_ps(panel + (j0 + t) * PR + h * W, v[t]);
+        if (cols == W) {
+          transpose8x8(src, step, dst, PR);
+        } else {  // only the block's first `cols` columns exist in the panel
+          float t[W * W];
+          transpose8x8(src, step, t, W);
+          for (std::size_t c = 0; c < cols; ++c) std::memcpy(dst + c * PR, t + c * W, W * sizeof(float));
+        }
       }
     }
   }
@@ -472,11 +431,22 @@ void s8_pack_block(const std::int8_t* b, std::size_t K, std::size_t n0, std::siz
         const std::size_t n = n0 + 16 * v + j;
         r[j] = n < n1 ? _mm512_xor_si512(_mm512_maskz_loadu_epi8(mk, b + n * K + k), flip_k) : _mm512_setzero_si512();
       }
-      transpose16_epi32(r);
+      __m512i cols[16];  // cols[t]: step t0 + t, 16 rows x 4 k
+      transpose16(r, cols);
       const std::size_t t0 = k / 4, count = steps - t0 < 16 ? steps - t0 : 16;
-      for (std::size_t t = 0; t < count; ++t) _mm512_storeu_si512(dst + (t0 + t) * 64, r[t]);
+      for (std::size_t t = 0; t < count; ++t) _mm512_storeu_si512(dst + (t0 + t) * 64, cols[t]);
     }
   }
+}
+
+// The sum of K signed bytes (vpdpbusd against ones; past K, masked to zero).
+__attribute__((target("avx512vnni"))) inline std::int32_t s8_row_sum(const std::int8_t* row, std::size_t K) {
+  __m512i s = _mm512_setzero_si512();
+  for (std::size_t k = 0; k < K; k += 64) {
+    const __mmask64 mk = K - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (K - k)) - 1;
+    s = dpbusd(s, _mm512_set1_epi8(1), _mm512_maskz_loadu_epi8(mk, row + k));
+  }
+  return _mm512_reduce_add_epi32(s);
 }
 
 // k bytes of a row from k on (fewer than 4 at the row's end: zero padded),
@@ -535,15 +505,7 @@ __attribute__((target("avx512vnni"))) void s8_vnni(const std::int8_t* a, std::si
   if (asum.size() < M) asum.resize(M);
   // a's row sums, once per call (matmul_s8 hands over one block of 64
   // columns): K / 64 vpdpbusd per row of a against the block's K (1.6 %)
-  const __m512i ones = _mm512_set1_epi8(1);
-  for (std::size_t m = 0; m < M; ++m) {
-    __m512i s = _mm512_setzero_si512();
-    for (std::size_t k = 0; k < K; k += 64) {
-      const __mmask64 mk = K - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (K - k)) - 1;
-      s = dpbusd(s, ones, _mm512_maskz_loadu_epi8(mk, a + m * K + k));
-    }
-    asum[m] = _mm512_reduce_add_epi32(s);
-  }
+  for (std::size_t m = 0; m < M; ++m) asum[m] = s8_row_sum(a + m * K, K);
   for (std::size_t n = n0; n < n1; n += kS8Block) {
     const std::size_t e = n1 - n < kS8Block ? n1 : n + kS8Block;
     s8_pack_block(b, K, n, e, steps, panel.data());
@@ -566,20 +528,13 @@ __attribute__((target("avx512vnni"))) void s8_vnni(const std::int8_t* a, std::si
 __attribute__((target("avx512vnni"))) void s8_vnni_dot(const std::int8_t* a, std::size_t M, const std::int8_t* b,
                                                        std::size_t K, std::size_t n0, std::size_t n1,
                                                        std::int32_t* c, std::size_t N) {
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80)), ones = _mm512_set1_epi8(1);
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   for (std::size_t n = n0; n < n1; n += 4) {
     const std::size_t nn = n1 - n < 4 ? n1 - n : 4;
     const std::int8_t* br[4];
     for (std::size_t i = 0; i < 4; ++i) br[i] = b + (n + (i < nn ? i : 0)) * K;
     std::int32_t bsum[4];
-    for (int i = 0; i < 4; ++i) {
-      __m512i s = _mm512_setzero_si512();
-      for (std::size_t k = 0; k < K; k += 64) {
-        const __mmask64 mk = K - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (K - k)) - 1;
-        s = dpbusd(s, ones, _mm512_maskz_loadu_epi8(mk, br[i] + k));
-      }
-      bsum[i] = _mm512_reduce_add_epi32(s);
-    }
+    for (int i = 0; i < 4; ++i) bsum[i] = s8_row_sum(br[i], K);
     // 4 rows of a x 4 rows of b per tile: 16 accumulators, 8 loads per 16 vpdpbusd
     for (std::size_t m = 0; m < M; m += 4) {
       const std::size_t nm = M - m < 4 ? M - m : 4;

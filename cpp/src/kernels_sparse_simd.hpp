@@ -125,7 +125,7 @@ void pack_panel(const float* x, std::size_t batch, std::size_t in, std::size_t p
 #if defined(__AVX2__) && defined(__FMA__)
   for (; c0 + 8 <= in; c0 += 8) {
     std::size_t j = 0;
-    for (; j + 8 <= nb; j += 8) transpose8x8(x + (b0 + j) * in + c0, in, xt + c0 * w + j, w);
+    for (; j + 8 <= nb; j += 8) simd::transpose8x8(x + (b0 + j) * in + c0, in, xt + c0 * w + j, w);
     rest(c0, c0 + 8, j);
   }
 #endif

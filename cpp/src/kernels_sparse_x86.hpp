@@ -39,6 +39,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include "slimgrad/simd.hpp"
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #endif
@@ -242,29 +244,6 @@ void panel24(const float* xt, const L& w24, std::size_t r, std::size_t k0, std::
     for (std::size_t j = 0; j < NV; ++j) T::store(buf + i * PW + j * T::L, acc[i][j]);
 }
 
-// dst[j * ld_dst + i] = src[i * ld_src + j] for an 8 x 8 block (AVX:
-// unpack, shuffle, 128-bit lane swap).
-SLIMGRAD_INLINE void transpose8x8(const float* src, std::size_t ld_src, float* dst, std::size_t ld_dst) {
-  __m256 r[8], t[8];
-  for (std::size_t i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld_src);
-  for (std::size_t i = 0; i < 8; i += 2) {
-    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (std::size_t i = 0; i < 8; i += 4)
-    for (std::size_t h = 0; h < 2; ++h) {
-      r[i + h] = _mm256_shuffle_ps(t[i + h], t[i + h + 2], 0x44);
-      r[i + h + 2] = _mm256_shuffle_ps(t[i + h], t[i + h + 2], 0xEE);
-    }
-  // r[0..3] hold columns 0, 2, 1, 3 of rows 0-3 (low lane) and 4, 6, 5, 7
-  // (high lane); r[4..7] the same for rows 4-7.
-  const std::size_t col[4] = {0, 2, 1, 3};
-  for (std::size_t c = 0; c < 4; ++c) {
-    _mm256_storeu_ps(dst + col[c] * ld_dst, _mm256_permute2f128_ps(r[c], r[c + 4], 0x20));
-    _mm256_storeu_ps(dst + (col[c] + 4) * ld_dst, _mm256_permute2f128_ps(r[c], r[c + 4], 0x31));
-  }
-}
-
 // y[j * out + i] = buf[i * width + j] for i < rows, j < nb: the panel's
 // partial sums (rows x batch columns) into y (batch x rows), 8 x 8 blocks
 // in registers (a scalar transpose cost ~10 % of a batch-512 product).
@@ -273,7 +252,7 @@ inline void store_transposed(const float* buf, std::size_t rows, std::size_t nb,
   std::size_t j = 0;
   for (; j + 8 <= nb; j += 8) {
     std::size_t i = 0;
-    for (; i + 8 <= rows; i += 8) transpose8x8(buf + i * width + j, width, y + j * out + i, out);
+    for (; i + 8 <= rows; i += 8) simd::transpose8x8(buf + i * width + j, width, y + j * out + i, out);
     for (; i < rows; ++i)
       for (std::size_t c = j; c < j + 8; ++c) y[c * out + i] = buf[i * width + c];
   }

@@ -236,6 +236,29 @@ inline F8 mul_in_double(F8 x, double r) {
   const __m128 hi = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x.v, 1)), vr));
   return {_mm256_set_m128(hi, lo)};
 }
+// dst[j * ld_dst + i] = src[i * ld_src + j] for an 8 x 8 block of floats
+// (unpack, shuffle, 128-bit lane swap).
+__attribute__((always_inline)) inline void transpose8x8(const float* src, std::size_t ld_src, float* dst,
+                                                        std::size_t ld_dst) {
+  __m256 r[8], t[8];
+  for (std::size_t i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld_src);
+  for (std::size_t i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (std::size_t i = 0; i < 8; i += 4)
+    for (std::size_t h = 0; h < 2; ++h) {
+      r[i + h] = _mm256_shuffle_ps(t[i + h], t[i + h + 2], 0x44);
+      r[i + h + 2] = _mm256_shuffle_ps(t[i + h], t[i + h + 2], 0xEE);
+    }
+  // r[0..3] hold columns 0, 2, 1, 3 of rows 0-3 (low lane) and 4, 6, 5, 7
+  // (high lane); r[4..7] the same for rows 4-7.
+  const std::size_t col[4] = {0, 2, 1, 3};
+  for (std::size_t c = 0; c < 4; ++c) {
+    _mm256_storeu_ps(dst + col[c] * ld_dst, _mm256_permute2f128_ps(r[c], r[c + 4], 0x20));
+    _mm256_storeu_ps(dst + (col[c] + 4) * ld_dst, _mm256_permute2f128_ps(r[c], r[c + 4], 0x31));
+  }
+}
 #endif  // __AVX2__
 
 #if defined(__AVX512F__)
@@ -294,6 +317,30 @@ inline void store_bf16(std::uint16_t* p, F16 a) {
 __attribute__((always_inline)) inline __m512i dpbusd(__m512i acc, __m512i u, __m512i s) {
   asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s));
   return acc;
+}
+// out[j] = column j of the 16 x 16 dword matrix a[0..15] (rows): 32-bit and
+// 64-bit interleaves within 128-bit lanes, then two 128-bit lane shuffles.
+inline void transpose16(const __m512i a[16], __m512i out[16]) {
+  __m512i b[16], c[16];
+  for (int i = 0; i < 16; i += 2) {
+    b[i] = _mm512_unpacklo_epi32(a[i], a[i + 1]);
+    b[i + 1] = _mm512_unpackhi_epi32(a[i], a[i + 1]);
+  }
+  for (int g = 0; g < 16; g += 4) {  // c[g + q], lane L: rows g..g+3 of column 4L + q
+    c[g] = _mm512_unpacklo_epi64(b[g], b[g + 2]);
+    c[g + 1] = _mm512_unpackhi_epi64(b[g], b[g + 2]);
+    c[g + 2] = _mm512_unpacklo_epi64(b[g + 1], b[g + 3]);
+    c[g + 3] = _mm512_unpackhi_epi64(b[g + 1], b[g + 3]);
+  }
+  for (int q = 0; q < 4; ++q) {
+    const __m512i d = _mm512_shuffle_i32x4(c[q], c[4 + q], 0x88), e = _mm512_shuffle_i32x4(c[q], c[4 + q], 0xdd);
+    const __m512i f = _mm512_shuffle_i32x4(c[8 + q], c[12 + q], 0x88),
+                  g = _mm512_shuffle_i32x4(c[8 + q], c[12 + q], 0xdd);
+    out[q] = _mm512_shuffle_i32x4(d, f, 0x88);
+    out[8 + q] = _mm512_shuffle_i32x4(d, f, 0xdd);
+    out[4 + q] = _mm512_shuffle_i32x4(e, g, 0x88);
+    out[12 + q] = _mm512_shuffle_i32x4(e, g, 0xdd);
+  }
 }
 #endif  // __AVX512F__
 
