@@ -65,6 +65,22 @@ def test_forward_matches_float64_reference(isa, threads, dtype, shape, rng):
     np.testing.assert_allclose(y, ref, rtol=RTOL[dtype], atol=ATOL[dtype])
 
 
+@pytest.mark.parametrize("shape", [(2048, 3), (64, 2, 33)], ids=str)
+def test_variance_stable_far_from_zero(isa, threads, shape, rng):
+    # Mean 1e6, standard deviation 1 and an outlier first row: summing x and
+    # x^2 in double would lose ~12 digits here (the variance off by ~1e-4);
+    # the per-block shift by a value of the block loses at most log10 of the
+    # block's count.
+    x = rng.standard_normal(shape) + 1e6
+    x[0] += 1e3
+    bn = make(shape, np.float64, rng, momentum=1.0)
+    y = bn.forward(x)
+    axes = (0,) if x.ndim == 2 else (0, 2)
+    np.testing.assert_allclose(bn.running_mean, x.mean(axis=axes), rtol=1e-13, atol=0)
+    np.testing.assert_allclose(bn.running_var, x.var(axis=axes, ddof=1), rtol=1e-9, atol=0)
+    np.testing.assert_allclose(y, reference_forward(x, bn.weight, bn.bias, bn.eps), rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("shape", [(8, 5), (33, 17), (4, 3, 9), (16, 12, 5)], ids=str)
 @pytest.mark.parametrize(

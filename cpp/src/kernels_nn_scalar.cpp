@@ -24,22 +24,15 @@ void dropout_ref(const T* x, T* out, std::size_t n, std::uint64_t first, std::ui
 }
 
 template <class T>
-void sum_ref(const T* x, std::size_t rows, std::size_t c, std::size_t l, double* acc) {
-  for (std::size_t r = 0; r < rows; ++r)
-    for (std::size_t ch = 0; ch < c; ++ch) {
-      const T* p = x + (r * c + ch) * l;
-      for (std::size_t j = 0; j < l; ++j) acc[ch] += static_cast<double>(p[j]);
-    }
-}
-
-template <class T>
-void sqdev_ref(const T* x, std::size_t rows, std::size_t c, std::size_t l, const double* mean, double* acc) {
+void shifted_sums_ref(const T* x, std::size_t rows, std::size_t c, std::size_t l, const double* shift, double* s1,
+                      double* s2) {
   for (std::size_t r = 0; r < rows; ++r)
     for (std::size_t ch = 0; ch < c; ++ch) {
       const T* p = x + (r * c + ch) * l;
       for (std::size_t j = 0; j < l; ++j) {
-        const double d = static_cast<double>(p[j]) - mean[ch];
-        acc[ch] += d * d;
+        const double d = static_cast<double>(p[j]) - shift[ch];
+        s1[ch] += d;
+        s2[ch] += d * d;
       }
     }
 }
@@ -88,13 +81,9 @@ void input_grad_ref(const T* x, const T* dy, T* dx, std::size_t rows, std::size_
     dropout_ref(x, out, n, first, seed, stream, threshold, scale);                                              \
   }                                                                                                             \
   template <>                                                                                                   \
-  void bn_sum<Isa::scalar, T>(const T* x, std::size_t rows, std::size_t c, std::size_t l, double* acc) {        \
-    sum_ref(x, rows, c, l, acc);                                                                                \
-  }                                                                                                             \
-  template <>                                                                                                   \
-  void bn_sqdev<Isa::scalar, T>(const T* x, std::size_t rows, std::size_t c, std::size_t l, const double* mean, \
-                                double* acc) {                                                                  \
-    sqdev_ref(x, rows, c, l, mean, acc);                                                                        \
+  void bn_shifted_sums<Isa::scalar, T>(const T* x, std::size_t rows, std::size_t c, std::size_t l,               \
+                                       const double* shift, double* s1, double* s2) {                           \
+    shifted_sums_ref(x, rows, c, l, shift, s1, s2);                                                             \
   }                                                                                                             \
   template <>                                                                                                   \
   void bn_dot<Isa::scalar, T>(const T* x, const T* dy, std::size_t rows, std::size_t c, std::size_t l,          \

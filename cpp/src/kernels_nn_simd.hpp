@@ -141,37 +141,39 @@ constexpr std::size_t kRowGroup = 4;
 
 }  // namespace
 
-// Per-channel sums in double added to acc: of x (Dev = false, bn_sum) or of
-// (x - mean)^2 (Dev = true, bn_sqdev), one loop structure for both.
-template <bool Dev, Isa I, class T>
-void bn_accumulate(const T* x, std::size_t rows, std::size_t c, std::size_t l, const double* mean, double* acc) {
+// Per-channel sums of d = x - shift[ch] and of d^2, in double.
+template <Isa I, class T>
+void bn_shifted_sums(const T* x, std::size_t rows, std::size_t c, std::size_t l, const double* shift, double* s1,
+                     double* s2) {
   using D = Vec<double, I>;
   constexpr std::size_t W = D::width;
-  const auto add = [](D a, D v, D m) {
-    if constexpr (Dev) {
-      const D d = v - m;
-      return fma(d, d, a);
-    } else {
-      return a + v;
-    }
-  };
   if (l == 1) {
     for (std::size_t r0 = 0; r0 < rows; r0 += kRowGroup) {
       const std::size_t nr = rows - r0 < kRowGroup ? rows - r0 : kRowGroup;
       const T* xr = x + r0 * c;
       std::size_t ch = 0;
       for (; ch + W <= c; ch += W) {
-        const D m = Dev ? D::load(mean + ch) : D::zero();
-        D a = D::load(acc + ch);
-        for (std::size_t r = 0; r < nr; ++r) a = add(a, load_wide<I>(xr + r * c + ch), m);
-        a.store(acc + ch);
+        const D k = D::load(shift + ch);
+        D a = D::load(s1 + ch), q = D::load(s2 + ch);
+        for (std::size_t r = 0; r < nr; ++r) {
+          const D d = load_wide<I>(xr + r * c + ch) - k;
+          a = a + d;
+          q = fma(d, d, q);
+        }
+        a.store(s1 + ch);
+        q.store(s2 + ch);
       }
-      if (ch < c) {  // padded lanes: x = 0 and mean = 0, so they add 0
-        const std::size_t k = c - ch;
-        const D m = Dev ? load_partial<D>(mean + ch, k) : D::zero();
-        D a = load_partial<D>(acc + ch, k);
-        for (std::size_t r = 0; r < nr; ++r) a = add(a, load_wide_partial<I>(xr + r * c + ch, k), m);
-        store_partial(acc + ch, k, a);
+      if (ch < c) {  // padded lanes: x = 0 and shift = 0, so they add 0
+        const std::size_t n = c - ch;
+        const D k = load_partial<D>(shift + ch, n);
+        D a = load_partial<D>(s1 + ch, n), q = load_partial<D>(s2 + ch, n);
+        for (std::size_t r = 0; r < nr; ++r) {
+          const D d = load_wide_partial<I>(xr + r * c + ch, n) - k;
+          a = a + d;
+          q = fma(d, d, q);
+        }
+        store_partial(s1 + ch, n, a);
+        store_partial(s2 + ch, n, q);
       }
     }
     return;
@@ -179,34 +181,25 @@ void bn_accumulate(const T* x, std::size_t rows, std::size_t c, std::size_t l, c
   for (std::size_t r = 0; r < rows; ++r)
     for (std::size_t ch = 0; ch < c; ++ch) {
       const T* p = x + (r * c + ch) * l;
-      const D m = D::set1(Dev ? mean[ch] : 0.0);
-      D s0 = D::zero(), s1 = D::zero();
+      const D k = D::set1(shift[ch]);
+      D a0 = D::zero(), a1 = D::zero(), q0 = D::zero(), q1 = D::zero();
       std::size_t j = 0;
       for (; j + 2 * W <= l; j += 2 * W) {
-        s0 = add(s0, load_wide<I>(p + j), m);
-        s1 = add(s1, load_wide<I>(p + j + W), m);
+        const D d0 = load_wide<I>(p + j) - k, d1 = load_wide<I>(p + j + W) - k;
+        a0 = a0 + d0;
+        a1 = a1 + d1;
+        q0 = fma(d0, d0, q0);
+        q1 = fma(d1, d1, q1);
       }
-      double t = reduce_sum(s0 + s1);
+      double t1 = reduce_sum(a0 + a1), t2 = reduce_sum(q0 + q1);
       for (; j < l; ++j) {
-        if constexpr (Dev) {
-          const double d = static_cast<double>(p[j]) - mean[ch];
-          t += d * d;
-        } else {
-          t += static_cast<double>(p[j]);
-        }
+        const double d = static_cast<double>(p[j]) - shift[ch];
+        t1 += d;
+        t2 += d * d;
       }
-      acc[ch] += t;
+      s1[ch] += t1;
+      s2[ch] += t2;
     }
-}
-
-template <Isa I, class T>
-void bn_sum(const T* x, std::size_t rows, std::size_t c, std::size_t l, double* acc) {
-  bn_accumulate<false, I>(x, rows, c, l, nullptr, acc);
-}
-
-template <Isa I, class T>
-void bn_sqdev(const T* x, std::size_t rows, std::size_t c, std::size_t l, const double* mean, double* acc) {
-  bn_accumulate<true, I>(x, rows, c, l, mean, acc);
 }
 
 template <Isa I, class T>
@@ -412,9 +405,8 @@ void dropout_batches(const Gen& gen, const T* x, T* out, std::size_t n, std::uin
 
 namespace slimgrad::kernels {
 #define SLIMGRAD_NN_INSTANTIATE(T)                                                                              \
-  template void bn_sum<SLIMGRAD_UNIT_ISA, T>(const T*, std::size_t, std::size_t, std::size_t, double*);         \
-  template void bn_sqdev<SLIMGRAD_UNIT_ISA, T>(const T*, std::size_t, std::size_t, std::size_t, const double*,  \
-                                       double*);                                                                \
+  template void bn_shifted_sums<SLIMGRAD_UNIT_ISA, T>(const T*, std::size_t, std::size_t, std::size_t,           \
+                                                      const double*, double*, double*);                          \
   template void bn_dot<SLIMGRAD_UNIT_ISA, T>(const T*, const T*, std::size_t, std::size_t, std::size_t, const double*,\
                                      double*, double*);                                                         \
   template void bn_normalize<SLIMGRAD_UNIT_ISA, T>(const T*, T*, std::size_t, std::size_t, std::size_t, const T*,\

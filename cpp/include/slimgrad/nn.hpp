@@ -17,9 +17,10 @@
 // BatchNorm: the input is viewed as (n, c, l) (l = 1 for a 2-D (n, c) input).
 // Per-channel sums run in double (also for float32 input, as torch's CPU
 // kernel does), over fixed blocks of rows whose partials are added in block
-// order: the statistics are identical for any thread count. Variance: a
-// two-pass mean and sum of squared deviations per block of rows (the block
-// is re-read from cache), blocks merged in order with Chan et al.'s update.
+// order: the statistics are identical for any thread count. Variance: per
+// block of rows, one pass of sums shifted by a value of the block (mean and
+// sum of squared deviations follow exactly), blocks merged in order with
+// Chan et al.'s update.
 #pragma once
 
 #include <cstddef>
@@ -37,12 +38,10 @@ void dropout(const T* x, T* out, std::size_t n, std::uint64_t first, std::uint64
 
 // The BatchNorm kernels work on `rows` rows of a (rows, c, l) C-contiguous
 // block and accumulate into per-channel double arrays the caller zeroed.
-// acc[ch] += sum over rows, l of x
+// With d = x - shift[ch] in double: s1[ch] += sum d;  s2[ch] += sum d^2
 template <Isa I, class T>
-void bn_sum(const T* x, std::size_t rows, std::size_t c, std::size_t l, double* acc);
-// acc[ch] += sum of (x - mean[ch])^2
-template <Isa I, class T>
-void bn_sqdev(const T* x, std::size_t rows, std::size_t c, std::size_t l, const double* mean, double* acc);
+void bn_shifted_sums(const T* x, std::size_t rows, std::size_t c, std::size_t l, const double* shift, double* s1,
+                     double* s2);
 // sum_dy[ch] += sum dy;  sum_dy_xmu[ch] += sum dy * (x - mean[ch])
 template <Isa I, class T>
 void bn_dot(const T* x, const T* dy, std::size_t rows, std::size_t c, std::size_t l, const double* mean,
