@@ -78,7 +78,9 @@ def test_variance_stable_far_from_zero(isa, threads, shape, rng):
     axes = (0,) if x.ndim == 2 else (0, 2)
     np.testing.assert_allclose(bn.running_mean, x.mean(axis=axes), rtol=1e-13, atol=0)
     np.testing.assert_allclose(bn.running_var, x.var(axis=axes, ddof=1), rtol=1e-9, atol=0)
-    np.testing.assert_allclose(y, reference_forward(x, bn.weight, bn.bias, bn.eps), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+        y, reference_forward(x, bn.weight, bn.bias, bn.eps), rtol=1e-9, atol=1e-9
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
