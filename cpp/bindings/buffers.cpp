@@ -108,7 +108,8 @@ Array check_array(py::handle obj, const std::string& name, std::initializer_list
   for (DType d : dtypes) dtype_ok = dtype_ok || d == a.dtype;
   if (!dtype_ok || !native_order(dt) || !(a.arr.flags() & py::array::c_style))
     throw py::type_error(name + ": expected " + expected() + ", got " + describe(obj));
-  if (shape && a.shape() != *shape)
+  // (compared in place: a.shape() would allocate a vector on every call)
+  if (shape && !std::equal(shape->begin(), shape->end(), a.arr.shape(), a.arr.shape() + a.arr.ndim()))
     throw py::value_error(name + ": expected " + expected() + ", got " + describe(obj));
   const auto itemsize = static_cast<std::uintptr_t>(dt.itemsize());
   const auto addr = reinterpret_cast<std::uintptr_t>(a.arr.data());
