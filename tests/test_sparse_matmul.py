@@ -425,6 +425,35 @@ def _bad_csr_cases(rng):
     ]
 
 
+def test_packed_weight_refuses_bad_x_with_its_message(isa, rng):
+    """A packed weight's call goes straight to the kernel, which checks x;
+    an x it refuses comes back to sparse_matmul's own path: 1-D and 3-D x
+    are reshaped, a strided x copied, anything else refused naming x."""
+    w = rng.standard_normal((20, 32)).astype(np.float32)
+    w[rng.random(w.shape) < 0.9] = 0
+    x = rng.standard_normal((3, 32)).astype(np.float32)
+    for weight in (compress_24(w), to_csr(w)):
+        packed = prune.pack_sparse(weight)  # the layout of this level
+        y = sparse_matmul(x, weight)
+        np.testing.assert_array_equal(sparse_matmul(x[1], packed), sparse_matmul(x[1:2], packed)[0])
+        np.testing.assert_array_equal(sparse_matmul(x[None], packed)[0], sparse_matmul(x, packed))
+        np.testing.assert_allclose(sparse_matmul(x, packed), y, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(
+            sparse_matmul(np.asfortranarray(x), packed), sparse_matmul(x, packed)
+        )
+        bad = [
+            (x.astype(np.float64), TypeError, "x: expected a float32 ndarray"),
+            (x.tolist(), TypeError, "x: expected a float32 ndarray"),
+            (x[:, :31].copy(), ValueError, "x"),
+            (np.float32(1.0), TypeError, "x: expected a float32 ndarray"),
+        ]
+        for xb, error, match in bad:
+            before = np.array(xb, copy=True)
+            with pytest.raises(error, match=match):
+                sparse_matmul(xb, packed)
+            np.testing.assert_array_equal(np.asarray(xb), before)
+
+
 @pytest.mark.parametrize("cases", [_bad_24_cases, _bad_csr_cases], ids=["2:4", "csr"])
 def test_bad_input_raises_and_changes_nothing(cases, isa, rng):
     _, bad = cases(rng)
