@@ -83,6 +83,20 @@ def test_variance_stable_far_from_zero(isa, threads, shape, rng):
     )
 
 
+@pytest.mark.parametrize("shape", [(9, 3), (2048, 3), (64, 3, 33)], ids=str)
+def test_nan_in_a_channel_spreads_like_torch(shape, rng):
+    # A NaN makes its channel's mean, variance and outputs NaN (torch's
+    # behaviour); the other channels are unaffected. One block and several.
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[shape[0] // 2, 1] = np.nan
+    bn = make(shape, np.float32, rng)
+    y = bn.forward(x)
+    assert np.isnan(bn.running_mean[1]) and np.isnan(bn.running_var[1])
+    assert np.isnan(y[:, 1]).all()
+    assert np.isfinite(bn.running_mean[[0, 2]]).all() and np.isfinite(bn.running_var[[0, 2]]).all()
+    assert np.isfinite(y[:, [0, 2]]).all()
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("shape", [(8, 5), (33, 17), (4, 3, 9), (16, 12, 5)], ids=str)
 @pytest.mark.parametrize(

@@ -1,7 +1,6 @@
 // Threaded, dispatched entry points of the nn kernels (see nn.hpp).
 #include "slimgrad/nn.hpp"
 
-#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <sstream>
@@ -155,7 +154,8 @@ void batch_norm_forward_train(const T* x, T* y, BnShape s, const T* weight, cons
       for (std::size_t ch = 0; ch < c; ++ch) {
         const double d = s1[ch] / count;
         mean[ch] += d;
-        m2[ch] = std::max(0.0, m2[ch] - s1[ch] * d);
+        const double v = m2[ch] - s1[ch] * d;
+        m2[ch] = v < 0.0 ? 0.0 : v;  // rounding below 0 clamped; NaN stays NaN
       }
     });
   });
