@@ -306,12 +306,14 @@ def _slice_steps(rows: np.ndarray) -> list[int]:
     """The packing sparse.hpp defines, for one slice's rows (bool, up to 16
     x in): the window start of each step. Windows of 32 columns start at
     multiples of 16; the window at b has as many steps as the most values a
-    row has left below b + 16, and each step takes every row's next value
-    if it lies in the window."""
+    row has left below b + 16, rounded up to an even count (pairs of steps
+    share a window), and each step takes every row's next value if it lies
+    in the window."""
     left = [list(np.flatnonzero(r)) for r in rows]
     bases = []
     for b in range(0, rows.shape[1], 16):
-        for _ in range(max((sum(c < b + 16 for c in cols) for cols in left), default=0)):
+        most = max((sum(c < b + 16 for c in cols) for cols in left), default=0)
+        for _ in range(most + most % 2):
             bases.append(b)
             for cols in left:
                 if cols and cols[0] < b + 32:
@@ -340,6 +342,8 @@ def test_packed_csr_layout(shape, rng):
         t0 = starts[s]
         assert starts[s + 1] - t0 == -(-len(want) // 4) * 4
         np.testing.assert_array_equal(base[t0 : t0 + len(want)], want)
+        pairs = base[t0 : starts[s + 1]]
+        np.testing.assert_array_equal(pairs[0::2], pairs[1::2])  # the kernel loads x per pair
         last = np.full(16, -1)
         for t in range(t0, starts[s + 1]):
             for lane in range(16):

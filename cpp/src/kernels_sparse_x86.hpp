@@ -528,9 +528,10 @@ void tile24_avx512(const float* x, std::size_t in, const float* values, const st
 }
 
 // One slice (16 rows, a lane each) x NB batch rows. Per step: one values
-// load and, per batch row, the step's 32-column window of x as two aligned
-// loads and one vpermt2ps by the step's column byte (the low 5 bits of the
-// lane's word, shifted by 8 per step). Four accumulators per batch row, by
+// load and, per batch row, one vpermt2ps by the step's column byte (the low
+// 5 bits of the lane's word, shifted by 8 per step) from the step's
+// 32-column window of x, two aligned loads once per pair of steps (which
+// share the window, sparse.hpp). Four accumulators per batch row, by
 // step % 4, so consecutive FMAs never wait on each other. Masked: padding
 // lanes take 0 instead of x (needed only when x holds inf or NaN).
 template <bool Masked, std::size_t NB>
@@ -541,27 +542,28 @@ void slice_avx512(const float* xp, std::size_t row, const float* values, const s
   for (auto& a : acc)
     for (auto& v : a) v = _mm512_setzero_ps();
   const __m512i pad = _mm512_set1_epi32(kSlicePad);
+  static_assert(kSliceWindowSteps == 2, "x is loaded once per pair of steps");
+  const auto pick = [&](__m512 lo, __m512i c, __m512 hi) SLIMGRAD_LAMBDA_INLINE {
+    if constexpr (Masked) return _mm512_maskz_permutex2var_ps(_mm512_testn_epi32_mask(c, pad), lo, c, hi);
+    else return _mm512_permutex2var_ps(lo, c, hi);
+  };
   for (std::size_t t = t0; t < t1; t += 4) {
     const __m512i words = _mm512_loadu_si512(index + kSliceRows * t);
-    auto step = [&](auto kk) SLIMGRAD_LAMBDA_INLINE {
+    auto pair = [&](auto kk) SLIMGRAD_LAMBDA_INLINE {  // steps t + k and t + k + 1: one window
       constexpr int k = decltype(kk)::value;
-      const __m512i c = k == 0 ? words : _mm512_srli_epi32(words, 8 * k);
-      const __m512 w = _mm512_loadu_ps(values + kSliceRows * (t + k));
+      const __m512i c0 = k == 0 ? words : _mm512_srli_epi32(words, 8 * k);
+      const __m512i c1 = _mm512_srli_epi32(words, 8 * (k + 1));
+      const __m512 w0 = _mm512_loadu_ps(values + kSliceRows * (t + k));
+      const __m512 w1 = _mm512_loadu_ps(values + kSliceRows * (t + k + 1));
       const float* xb = xp + base[t + k];
       for (std::size_t j = 0; j < NB; ++j) {
         const __m512 lo = _mm512_load_ps(xb + j * row), hi = _mm512_load_ps(xb + j * row + 16);
-        __m512 xv;
-        if constexpr (Masked)
-          xv = _mm512_maskz_permutex2var_ps(_mm512_testn_epi32_mask(c, pad), lo, c, hi);
-        else
-          xv = _mm512_permutex2var_ps(lo, c, hi);
-        acc[j][k] = _mm512_fmadd_ps(w, xv, acc[j][k]);
+        acc[j][k] = _mm512_fmadd_ps(w0, pick(lo, c0, hi), acc[j][k]);
+        acc[j][k + 1] = _mm512_fmadd_ps(w1, pick(lo, c1, hi), acc[j][k + 1]);
       }
     };
-    step(std::integral_constant<int, 0>{});
-    step(std::integral_constant<int, 1>{});
-    step(std::integral_constant<int, 2>{});
-    step(std::integral_constant<int, 3>{});
+    pair(std::integral_constant<int, 0>{});
+    pair(std::integral_constant<int, 2>{});
   }
   const std::size_t r0 = s * kSliceRows;
   const __mmask16 m = mask16(out - r0);

@@ -179,8 +179,8 @@ namespace {
 // One slice's steps (the packing sparse.hpp defines): each lane's values in
 // column order; per window [b, b + kSliceCols), b a multiple of
 // kSliceStride from 0, as many steps as the most values a lane still has
-// left of b + kSliceStride, and at each step every lane takes its next value
-// if it lies in the window. order: scratch for the lanes' value indices.
+// left of b + kSliceStride (rounded up to a multiple of kSliceWindowSteps),
+// and at each step every lane takes its next value if it lies in the window. order: scratch for the lanes' value indices.
 // Calls window(step, base) per step and place(step, lane, p) per stored value p;
 // returns the slice's steps before padding to a multiple of 4.
 template <class P, class Place, class Window>
@@ -207,6 +207,7 @@ std::size_t plan_slice(const std::int32_t* cols, const P* indptr, std::size_t ou
       while (next[lane] + n < end[lane] && col(next[lane] + n) < b + kSliceStride) ++n;
       steps = std::max(steps, n);
     }
+    steps = (steps + kSliceWindowSteps - 1) / kSliceWindowSteps * kSliceWindowSteps;
     for (std::size_t k = 0; k < steps; ++k, ++t) {
       window(t, b);
       for (std::size_t lane = 0; lane < rows; ++lane)

@@ -100,9 +100,13 @@ void spmm_csr(const float* x, std::size_t batch, std::size_t in, const float* da
 // and shifting it by 8 the next step's. The packing: each lane takes its
 // row's values in column order; the windows start at 0, kSliceStride,
 // 2 kSliceStride ... below in, and the window at b has as many steps as the
-// most values a lane has left in columns below b + kSliceStride, at each of
-// which every lane takes its next value if it lies in the window (so values
-// in the window's second half can ride along on a lane that is idle there).
+// most values a lane has left in columns below b + kSliceStride, rounded up
+// to a multiple of kSliceWindowSteps, at each of which every lane takes its
+// next value if it lies in the window (so values in the window's second half
+// can ride along on a lane that is idle there). So steps 2p and 2p + 1 share
+// their window (base[2p] == base[2p + 1]) and the AVX-512 kernel loads x once
+// per pair: its three 64-byte loads a step bound it (values, two of x), and
+// the rounding adds 5-7 % steps at 90 % sparsity (docs/sparse.md).
 // Each y entry is summed as acc[t % 4] = fma(value, x, acc[t % 4]) over the
 // slice's steps t, then (acc0 + acc1) + (acc2 + acc3): every ISA and thread
 // count gives the same bits. Why: at batch 1 a CSR row of ~40 values paid
@@ -112,7 +116,7 @@ void spmm_csr(const float* x, std::size_t batch, std::size_t in, const float* da
 // fewer steps than disjoint 32-column blocks at 90 % sparsity: a step is
 // padded wherever a lane has nothing in its window. AVX-512 only: AVX2 runs
 // the plain reference loop.
-inline constexpr std::size_t kSliceRows = 16, kSliceCols = 32, kSliceStride = 16;
+inline constexpr std::size_t kSliceRows = 16, kSliceCols = 32, kSliceStride = 16, kSliceWindowSteps = 2;
 inline constexpr std::uint8_t kSlicePad = 0x80;
 // The padded length of each x row the kernels read: every window lies inside.
 inline std::size_t slice_x_row(std::size_t in) {
