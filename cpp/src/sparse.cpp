@@ -180,7 +180,8 @@ namespace {
 // column order; per window [b, b + kSliceCols), b a multiple of
 // kSliceStride from 0, as many steps as the most values a lane still has
 // left of b + kSliceStride (rounded up to a multiple of kSliceWindowSteps),
-// and at each step every lane takes its next value if it lies in the window. order: scratch for the lanes' value indices.
+// and at each step every lane takes its next value if it lies in the window.
+// order: scratch for the lanes' value indices.
 // Calls window(step, base) per step and place(step, lane, p) per stored value p;
 // returns the slice's steps before padding to a multiple of 4.
 template <class P, class Place, class Window>
