@@ -519,7 +519,6 @@ void qmatmul(const float* x, std::size_t batch, const Spec& s, const std::uint8_
   // waking a PASSIVE worker costs more than the work (Zen 5 VM, int8 per
   // channel, 384x384 at batch 1: 38 us on 2 threads, 9 us on 1).
   constexpr std::size_t kSerialMacs = std::size_t(1) << 21;
-  const bool threaded = batch * s.rows * s.cols >= kSerialMacs;
   dispatch([&](auto isa) {
     // batched: chunks of 32 rows = whole panels of the avx512 kernel (2 x 16)
     const std::size_t grain = batch == 1 ? 16 : 32;
@@ -528,10 +527,7 @@ void qmatmul(const float* x, std::size_t batch, const Spec& s, const std::uint8_
       if (batch > 1 && scratch.size() < 64 * s.cols) scratch.resize(64 * s.cols);
       kernels::qmatmul_rows<decltype(isa)::value>(a, b, e, scratch.data());
     };
-    if (threaded)
-      parallel_chunks(s.rows, grain, chunk);
-    else
-      for (std::size_t b = 0; b < s.rows; b += grain) chunk(b, std::min(s.rows, b + grain));
+    parallel_chunks_if(batch * s.rows * s.cols >= kSerialMacs, s.rows, grain, chunk);
   });
 }
 

@@ -34,8 +34,7 @@ constexpr std::size_t kPanelGroupBytes = std::size_t{512} << 10;
 // not depend on who computes it.
 template <class Body>
 void over_row_chunks(std::size_t out, std::size_t work, Body&& body, std::size_t grain = kSparseRowGrain) {
-  if (work >= kMinParallelWork) return parallel_chunks(out, grain, body);
-  for (std::size_t r0 = 0; r0 < out; r0 += grain) body(r0, std::min(out, r0 + grain));
+  parallel_chunks_if(work >= kMinParallelWork, out, grain, body);
 }
 }  // namespace
 
@@ -273,14 +272,12 @@ void spmm_slices(const float* x, std::size_t batch, std::size_t in, const float*
   const std::size_t bytes = batch * row * sizeof(float);
   constexpr std::size_t kKeptXBytes = std::size_t(1) << 18;
   std::unique_ptr<float[], void (*)(void*)> fresh(nullptr, std::free);
-  thread_local std::unique_ptr<float[], void (*)(void*)> kept(nullptr, std::free);
-  thread_local std::size_t kept_bytes = 0;
+  thread_local std::unique_ptr<float[], void (*)(void*)> kept(nullptr, std::free);  // kKeptXBytes once made
   float* xp = nullptr;
   if (bytes <= kKeptXBytes) {
-    if (kept_bytes < bytes) {
+    if (!kept) {
       kept.reset(static_cast<float*>(std::aligned_alloc(64, kKeptXBytes)));
       if (!kept) throw std::bad_alloc();
-      kept_bytes = kKeptXBytes;
     }
     xp = kept.get();
   } else {

@@ -98,6 +98,15 @@ void parallel_chunks(std::size_t n, std::size_t grain, Body&& body) {
   });
 }
 
+// parallel_chunks if `threaded` (work enough to pay for waking the team),
+// else the same chunks in order on the calling thread: the chunking, and so
+// every result, is the same either way.
+template <class Body>
+void parallel_chunks_if(bool threaded, std::size_t n, std::size_t grain, Body&& body) {
+  if (threaded) return parallel_chunks(n, grain, body);
+  for (std::size_t b = 0; b < n; b += grain) body(b, std::min(n, b + grain));
+}
+
 // Two phases in one parallel region: first(i) for i < n_first, then, if
 // proceed() (called once the first phase is done; it must read only the first
 // phase's results, so every thread gets the same answer), second(j) for
