@@ -629,13 +629,13 @@ __attribute__((target("amx-tile,amx-int8"))) void s8_amx(const std::int8_t* a_ti
 template <Isa I>
 void qmatmul_rows(const QMatmulArgs& a, std::size_t r0, std::size_t r1, float* scratch) {
   if (a.batch == 1) {
-    // pairs pay off for 4-bit codes (conversion-bound); 8-bit rows are load-bound
-    const bool pairs = a.bits == 4 && a.param_stride != 0 && a.group_size % 32 == 0 && a.in % a.group_size == 0;
-    // 8-bit rows of up to 2048 codes in pairs too: there the row is a chain of
+    const bool full_groups = a.param_stride != 0 && a.group_size % 32 == 0 && a.in % a.group_size == 0;
+    // pairs pay off for 4-bit codes (conversion-bound); 8-bit rows are
+    // load-bound when long, but a row of up to 2048 codes is a chain of
     // dependent FMAs, not a stream (int8 per channel at batch 1, 1 thread:
     // 384x384 8.9 -> 8.0 us, 1536x384 23 -> 19 us)
-    const bool pairs8 = a.bits == 8 && a.param_stride != 0 && a.group_size % 32 == 0 && a.in % a.group_size == 0 &&
-                        a.in <= 2048;
+    const bool pairs = a.bits == 4 && full_groups;
+    const bool pairs8 = a.bits == 8 && full_groups && a.in <= 2048;
     auto run = [&](auto one, auto two) {
       std::size_t r = r0;
       if (pairs || pairs8)
