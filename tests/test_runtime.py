@@ -224,6 +224,40 @@ def test_output_cache_reuses_a_freed_block_of_the_same_size():
     assert bn.forward(w).ctypes.data == y_addr
 
 
+def _vm_flags(addr: int) -> list[str] | None:
+    """The VmFlags of the mapping holding ``addr`` (Linux /proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0] if line.strip() else ""
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo <= addr < hi
+            elif inside and head == "VmFlags:":
+                return line.split()[1:]
+    return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="huge-page advice is Linux only")
+def test_output_cache_asks_large_blocks_for_huge_pages():
+    import numpy as np
+    from slimgrad import _core
+
+    _core.release_cached_outputs()
+    big = _core.empty((1 << 20,), np.float32)  # 4 MiB: 2 MiB aligned and advised
+    below = _core.empty(((1 << 20) - 1024,), np.float32)  # 4 MiB - 4 KiB: plain pages
+    assert big.ctypes.data % (2 << 20) == 0
+    assert below.ctypes.data % 64 == 0
+    # MADV_HUGEPAGE on its mapping ("below" may share NumPy's advised heap: not checked)
+    assert "hg" in (_vm_flags(big.ctypes.data) or [])
+    addr = big.ctypes.data
+    del big
+    again = _core.empty((1024, 1024), np.int32)  # the same block, reused
+    assert again.ctypes.data == addr
+    again[...] = 7  # fully writable
+    assert int(again.sum()) == 7 << 20
+
+
 def test_output_cache_limit_from_the_environment():
     code = (
         "import numpy as np, slimgrad; from slimgrad import _core\n"

@@ -7,10 +7,36 @@
 #include <new>
 #include <string>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace slimgrad::bind {
 namespace {
 
 constexpr std::size_t kPage = 4096;
+constexpr std::size_t kHugePage = std::size_t(2) << 20;
+constexpr std::size_t kHugePageMinBytes = std::size_t(4) << 20;  // NumPy's threshold for the same advice
+
+// A new block of `bytes` (a multiple of kPage). From 4 MiB on (Linux), it
+// starts on a 2 MiB boundary and asks for transparent huge pages, as NumPy
+// does for its own arrays: a pass through 4 KiB pages takes a TLB miss
+// every 4 KiB (Zen 5 VM, one thread, 4096 x 1024 float32: BatchNorm1d's
+// eval forward 1.10-1.11 -> 0.96-0.99 ms, forward + backward 4.7-4.9 ->
+// 4.2-4.4 ms). The advice may be refused (THP off): nothing else changes.
+void* allocate(std::size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (bytes >= kHugePageMinBytes) {
+    void* p = nullptr;
+    if (posix_memalign(&p, kHugePage, bytes) != 0) throw std::bad_alloc();
+    madvise(p, bytes, MADV_HUGEPAGE);
+    return p;
+  }
+#endif
+  void* p = std::aligned_alloc(64, bytes);
+  if (!p) throw std::bad_alloc();
+  return p;
+}
 
 std::size_t limit_from_env() {
   const char* env = std::getenv("SLIMGRAD_OUTPUT_CACHE_MB");
@@ -37,9 +63,7 @@ class Cache {
           return p;
         }
     }
-    void* p = std::aligned_alloc(64, bytes);
-    if (!p) throw std::bad_alloc();
-    return p;
+    return allocate(bytes);
   }
 
   void give(void* p, std::size_t bytes) {

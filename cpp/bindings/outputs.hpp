@@ -12,8 +12,9 @@
 // compression loop.
 //
 // Only outputs of at least kMinCachedBytes go through it (glibc serves small
-// ones well); blocks are 64-byte aligned and matched by exact (page-rounded)
-// size; at most
+// ones well); blocks are 64-byte aligned (from 4 MiB on Linux, 2 MiB aligned
+// and advised to use transparent huge pages, as NumPy advises its own) and
+// matched by exact (page-rounded) size; at most
 // SLIMGRAD_OUTPUT_CACHE_MB (default 256, 0 = off) of freed blocks are kept,
 // the oldest dropped first; release_cached_outputs() frees them all.
 #pragma once
