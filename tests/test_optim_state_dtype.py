@@ -208,6 +208,87 @@ def test_every_isa_and_thread_count(dtype, state_dtype, master, rounding):
                     )
 
 
+# Plain Adam / AdamW on bfloat16 params and moments, no master, nearest
+# rounding: the AVX2 level runs its own loop (16 values per stream at a time,
+# kernels_optim_simd.hpp). Sizes and start offsets cover its head (up to the
+# param's 32-byte boundary), its blocks and its tail; lerp weights of 0.1 and
+# 0.7 (the loop takes w < 0.5 only), with and without weight decay.
+PLAIN = [
+    ("AdamW", dict(weight_decay=0.1)),
+    ("Adam", dict()),
+    ("AdamW", dict(weight_decay=0.1, betas=(0.3, 0.999))),
+]
+
+
+@pytest.mark.parametrize("name, kw", PLAIN, ids=["adamw", "adam", "adamw-beta0.3"])
+def test_plain_bf16_adam_every_isa_and_thread_count(name, kw):
+    sizes = [15, 16, 17, 31, 33, 47, 4097, 70_001]
+    starts = [0, 1, 5, 3, 0, 7, 2, 1]  # elements into a larger buffer: other alignments
+    rng = np.random.default_rng(11)
+    p0 = [rng.standard_normal(n).astype(BF16) for n in sizes]
+    grads = [[(rng.standard_normal(n) * 0.1).astype(BF16) for n in sizes] for _ in range(3)]
+
+    def go():
+        ps = []
+        for p, k in zip(p0, starts):
+            buf = np.zeros(p.size + 8, BF16)
+            buf[k : k + p.size] = p
+            ps.append(buf[k : k + p.size])
+        opt = getattr(optim, name)(
+            ps, lr=1e-2, **kw, state_dtype="bfloat16", master_weights=False
+        )
+        for g in grads:
+            opt.step(g)
+        return [p.copy() for p in ps], opt.state_dict()["state"]
+
+    results = run_everywhere(go)
+    for i, n in enumerate(sizes):
+        ep, _, est = emulate(
+            name,
+            dict(lr=1e-2, **kw),
+            p0[i],
+            [g[i] for g in grads],
+            state_dtype="bfloat16",
+            master=False,
+        )
+        for key, (ps, st) in results.items():
+            np.testing.assert_array_equal(bits(ps[i]), bits(ep), err_msg=f"{key} size {n}")
+            for s in ("exp_avg", "exp_avg_sq"):
+                want = bits(est[s].astype(BF16))
+                np.testing.assert_array_equal(bits(st[i][s]), want, err_msg=f"{key} {s} {n}")
+
+
+@pytest.mark.parametrize("name, kw", PLAIN[:2], ids=["adamw", "adam"])
+def test_plain_bf16_adam_special_values_give_every_level_the_same_bits(name, kw):
+    # NaN, infinities, huge and tiny values in params and gradients (nonfinite
+    # "ignore"): every (ISA, thread count) gives the scalar reference's bits.
+    n = 100
+    rng = np.random.default_rng(12)
+    specials = np.array([np.nan, np.inf, -np.inf, 3e38, -3e38, 1e-38, -0.0, 0.0], np.float32)
+    p0 = rng.standard_normal(n).astype(np.float32)
+    g0 = rng.standard_normal(n).astype(np.float32)
+    p0[rng.choice(n, 24, replace=False)] = rng.choice(specials, 24)
+    g0[rng.choice(n, 24, replace=False)] = rng.choice(specials, 24)
+    p0, g0 = p0.astype(BF16), g0.astype(BF16)
+
+    def go():
+        p = p0.copy()
+        opt = getattr(optim, name)(
+            [p], lr=1e-2, **kw, state_dtype="bfloat16", master_weights=False, nonfinite="ignore"
+        )
+        opt.step([g0])
+        opt.step([g0])
+        st = opt.state[0]
+        return p, st["exp_avg"].copy(), st["exp_avg_sq"].copy()
+
+    results = run_everywhere(go)
+    first = results[next(iter(results))]
+    assert np.isnan(first[0].astype(np.float32)).any()  # the specials reached the update
+    for key, arrays in results.items():
+        for a, b in zip(arrays, first):
+            np.testing.assert_array_equal(bits(a), bits(b), err_msg=str(key))
+
+
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=["float32", "bfloat16"])
 def test_flatten_arena_steps_like_separate_arrays(dtype):
     # Arena: params, grads and (packed) bfloat16 state each lie back to back, so
