@@ -234,9 +234,7 @@ def test_plain_bf16_adam_every_isa_and_thread_count(name, kw):
             buf = np.zeros(p.size + 8, BF16)
             buf[k : k + p.size] = p
             ps.append(buf[k : k + p.size])
-        opt = getattr(optim, name)(
-            ps, lr=1e-2, **kw, state_dtype="bfloat16", master_weights=False
-        )
+        opt = getattr(optim, name)(ps, lr=1e-2, **kw, state_dtype="bfloat16", master_weights=False)
         for g in grads:
             opt.step(g)
         return [p.copy() for p in ps], opt.state_dict()["state"]
