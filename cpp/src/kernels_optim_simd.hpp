@@ -315,74 +315,110 @@ struct Streams {
   }
 };
 
-#if defined(__AVX2__)
 // Adam / AdamW on bfloat16 params, gradients and moments without a master
-// copy, rounded to nearest even, at AVX2: torch's fused bfloat16 step. The
-// generic runner spent ~4 cycles per element here (one thread, Zen 5 at
-// level avx2: 16-17 ms for 16M elements against torch's 10.7): with 16
-// registers its flag branches, spills and reloaded constants filled the
-// loop. This loop takes 16 values per stream at a time and widens them with
-// one unpack per half (a bfloat16 is the high half of its float): the
-// halves hold values 0-3 and 8-11, 4-7 and 12-15 of the 16, every stream in
-// the same order, and one pack per store puts them back in order. Each
-// element meets the same operations in the same order as in the generic
-// runner (so as the scalar reference): the bits are the same.
+// copy, rounded to nearest even: torch's fused bfloat16 step. The generic
+// runner spent ~4 cycles per element here at level avx2: with 16 registers
+// its flag branches, spills and reloaded constants filled the loop. (Zen 5,
+// one thread, 16M elements, nonfinite="ignore": level avx2 16.5-16.8 ->
+// 12.5-12.7 ms, where torch's fused step takes 11.4-11.6; level avx512
+// 8.3-8.4 -> 6.4-6.6 ms.) This loop takes two vectors' worth of values per stream at a time and widens them
+// with one unpack per half (a bfloat16 is the high half of its float): per
+// 128-bit lane, the halves hold values 0-3 and 4-7 of that lane's 8, every
+// stream in the same order, and one pack per store puts them back in order.
+// Each element meets the same operations in the same order as in the
+// generic runner (so as the scalar reference): the bits are the same.
 namespace {
 
-struct Bf16x16 {
-  __m256 lo, hi;
-};
-SLIMGRAD_OPTIM_INLINE Bf16x16 widen16(const std::uint16_t* q) {
-  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
-  const __m256i z = _mm256_setzero_si256();
-  return {_mm256_castsi256_ps(_mm256_unpacklo_epi16(z, v)), _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, v))};
-}
-// store_bf16_fast's rounding, the bfloat16 bits left in the low half of each lane
-SLIMGRAD_OPTIM_INLINE __m256i bf16_low_bits(__m256 x) {
-  const __m256i bits = _mm256_castps_si256(x);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-  __m256i t = _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7FFF)), lsb);
-  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-  t = _mm256_blendv_epi8(t, _mm256_or_si256(bits, _mm256_set1_epi32(0x400000)), nan);
-  return _mm256_srli_epi32(t, 16);
-}
-SLIMGRAD_OPTIM_INLINE void narrow16(std::uint16_t* q, __m256 lo, __m256 hi) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_packus_epi32(bf16_low_bits(lo), bf16_low_bits(hi)));
-}
+template <Isa I>
+struct Bf16Pack;  // widen / narrow two vectors of float lanes
 
-// Elements [i, e) in blocks of 16; returns where it stopped (fewer than 16 left).
-template <bool Decay>
-std::size_t adam_bf16_avx2(const StepConsts<float>& k, std::uint16_t* p, const std::uint16_t* g, std::uint16_t* m,
-                           std::uint16_t* v, std::size_t i, std::size_t e) {
-  using V = simd::F8;
+#if defined(__AVX2__)
+template <>
+struct Bf16Pack<Isa::avx2> {
+  using V = Vec<float, Isa::avx2>;
+  static SLIMGRAD_OPTIM_INLINE void widen(const std::uint16_t* q, V& lo, V& hi) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+    const __m256i z = _mm256_setzero_si256();
+    lo.v = _mm256_castsi256_ps(_mm256_unpacklo_epi16(z, v));
+    hi.v = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, v));
+  }
+  // store_bf16_fast's rounding, the bfloat16 bits left in the low half of each lane
+  static SLIMGRAD_OPTIM_INLINE __m256i low_bits(V x) {
+    const __m256i bits = _mm256_castps_si256(x.v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    __m256i t = _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7FFF)), lsb);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q));
+    t = _mm256_blendv_epi8(t, _mm256_or_si256(bits, _mm256_set1_epi32(0x400000)), nan);
+    return _mm256_srli_epi32(t, 16);
+  }
+  static SLIMGRAD_OPTIM_INLINE void narrow(std::uint16_t* q, V lo, V hi) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_packus_epi32(low_bits(lo), low_bits(hi)));
+  }
+};
+#endif
+
+#if defined(__AVX512BW__)
+template <>
+struct Bf16Pack<Isa::avx512> {
+  using V = Vec<float, Isa::avx512>;
+  static SLIMGRAD_OPTIM_INLINE void widen(const std::uint16_t* q, V& lo, V& hi) {
+    const __m512i v = _mm512_loadu_si512(q);
+    const __m512i z = _mm512_setzero_si512();
+    lo.v = _mm512_castsi512_ps(_mm512_unpacklo_epi16(z, v));
+    hi.v = _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, v));
+  }
+  static SLIMGRAD_OPTIM_INLINE __m512i low_bits(V x) {  // as store_bf16_fast
+    const __m512i bits = _mm512_castps_si512(x.v);
+    const __mmask16 odd = _mm512_test_epi32_mask(bits, _mm512_set1_epi32(0x10000));
+    __m512i t = _mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF));
+    t = _mm512_mask_add_epi32(t, odd, t, _mm512_set1_epi32(1));
+    const __mmask16 nan = _mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q);
+    t = _mm512_mask_or_epi32(t, nan, bits, _mm512_set1_epi32(0x400000));
+    return _mm512_srli_epi32(t, 16);
+  }
+  static SLIMGRAD_OPTIM_INLINE void narrow(std::uint16_t* q, V lo, V hi) {
+    _mm512_storeu_si512(q, _mm512_packus_epi32(low_bits(lo), low_bits(hi)));
+  }
+};
+#endif
+
+// Elements [i, e) in blocks of 2 W; returns where it stopped (fewer left).
+template <Isa I, bool Decay>
+std::size_t adam_bf16(const StepConsts<float>& k, std::uint16_t* p, const std::uint16_t* g, std::uint16_t* m,
+                      std::uint16_t* v, std::size_t i, std::size_t e) {
+  using V = Vec<float, I>;
+  using P = Bf16Pack<I>;
+  constexpr std::size_t B = 2 * V::width;
   const V wd_scale = V::set1(k.wd_scale), w = V::set1(k.w), decay = V::set1(k.decay);
   const V omd = V::set1(k.one_minus_decay), neg_c0 = V::set1(k.neg_c0), eps = V::set1(k.eps);
   const double inv_c1 = k.inv_c1;
-  // Rule<Algo::adam>::simd for one half, after update()'s prologue
-  const auto half = [&](V pf, V gf, V mf, V vf, V& mo, V& vo) SLIMGRAD_LAMBDA_INLINE {
+  // Rule<Algo::adam>::simd for one vector, after update()'s prologue
+  const auto update = [&](V pf, V gf, V& mf, V& vf) SLIMGRAD_LAMBDA_INLINE {
     if constexpr (Decay) pf = pf * wd_scale;
-    mo = mf + w * (gf - mf);  // vlerp with w < 0.5
-    vo = vf * decay + (omd * gf) * gf;
-    return pf + (neg_c0 * mo) / (simd::mul_in_double(sqrt(vo), inv_c1) + eps);
+    mf = mf + w * (gf - mf);  // vlerp with w < 0.5
+    vf = vf * decay + (omd * gf) * gf;
+    return pf + (neg_c0 * mf) / (simd::mul_in_double(sqrt(vf), inv_c1) + eps);
   };
-  for (; i + 16 <= e; i += 16) {
-    if (i % 32 == 0)
+  for (; i + B <= e; i += B) {
+    if (i % 32 == 0)  // once a 64-byte line
       for (const void* q : {static_cast<const void*>(p), static_cast<const void*>(g), static_cast<const void*>(m),
                             static_cast<const void*>(v)})
         simd::prefetch(q, (i + 512) * sizeof(std::uint16_t));
-    const Bf16x16 pv = widen16(p + i), gv = widen16(g + i), mv = widen16(m + i), vv = widen16(v + i);
-    V m0, v0, m1, v1;
-    const V p0 = half(V{pv.lo}, V{gv.lo}, V{mv.lo}, V{vv.lo}, m0, v0);
-    const V p1 = half(V{pv.hi}, V{gv.hi}, V{mv.hi}, V{vv.hi}, m1, v1);
-    narrow16(m + i, m0.v, m1.v);
-    narrow16(v + i, v0.v, v1.v);
-    narrow16(p + i, p0.v, p1.v);
+    V p0, p1, g0, g1, m0, m1, v0, v1;
+    P::widen(p + i, p0, p1);
+    P::widen(g + i, g0, g1);
+    P::widen(m + i, m0, m1);
+    P::widen(v + i, v0, v1);
+    p0 = update(p0, g0, m0, v0);
+    p1 = update(p1, g1, m1, v1);
+    P::narrow(m + i, m0, m1);
+    P::narrow(v + i, v0, v1);
+    P::narrow(p + i, p0, p1);
   }
   return i;
 }
 
 }  // namespace
-#endif  // __AVX2__
 
 template <Isa I, Algo A, class T, bool Bf16State>
 void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
@@ -482,17 +518,18 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
         });
       };
 #if defined(__AVX2__)
-      if constexpr (I == Isa::avx2 && A == Algo::adam && Bf16State) {
+      if constexpr ((I == Isa::avx2 || I == Isa::avx512) && A == Algo::adam && Bf16State) {
         const bool plain = bf16 && !a.stochastic && !k.maximize && !k.amsgrad && !k.has_gscale && k.c1_by_mul &&
                            k.w < 0.5f && (!k.has_wd || k.decoupled);
         if (plain) {
-          // the first elements up to p's 32-byte boundary, then blocks of 16, then the rest
+          // the first elements up to p's boundary of a block, then blocks of 2 W, then the rest
+          constexpr std::size_t kBlockBytes = 4 * W;
           const auto addr = reinterpret_cast<std::uintptr_t>(p + b);
-          std::size_t i = addr % 2 ? b : std::min(e, b + (32 - addr % 32) % 32 / 2);
+          std::size_t i = addr % 2 ? b : std::min(e, b + (kBlockBytes - addr % kBlockBytes) % kBlockBytes / 2);
           generic(b, i);
           auto* m = static_cast<std::uint16_t*>(s.s[0]);
           auto* v = static_cast<std::uint16_t*>(s.s[1]);
-          i = k.has_wd ? adam_bf16_avx2<true>(k, p, g, m, v, i, e) : adam_bf16_avx2<false>(k, p, g, m, v, i, e);
+          i = k.has_wd ? adam_bf16<I, true>(k, p, g, m, v, i, e) : adam_bf16<I, false>(k, p, g, m, v, i, e);
           generic(i, e);
           return;
         }
