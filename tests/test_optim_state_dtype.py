@@ -208,11 +208,12 @@ def test_every_isa_and_thread_count(dtype, state_dtype, master, rounding):
                     )
 
 
-# Plain Adam / AdamW on bfloat16 params and moments, no master, nearest
-# rounding: the AVX2 level runs its own loop (16 values per stream at a time,
-# kernels_optim_simd.hpp). Sizes and start offsets cover its head (up to the
-# param's 32-byte boundary), its blocks and its tail; lerp weights of 0.1 and
-# 0.7 (the loop takes w < 0.5 only), with and without weight decay.
+# Plain Adam / AdamW with bfloat16 moments and nearest rounding, on bfloat16
+# params without a master or on float32 params: the avx2 and avx512 levels run
+# their own loop (two vectors per stream at a time, kernels_optim_simd.hpp,
+# adam_bf16_state). Sizes and start offsets cover its head (up to the param's
+# block boundary), its blocks and its tail; lerp weights of 0.1 and 0.7 (the
+# loop takes w < 0.5 only), with and without weight decay.
 PLAIN = [
     ("AdamW", dict(weight_decay=0.1)),
     ("Adam", dict()),
@@ -220,21 +221,25 @@ PLAIN = [
 ]
 
 
+@pytest.mark.parametrize("dtype", [BF16, F32], ids=["bfloat16", "float32"])
 @pytest.mark.parametrize("name, kw", PLAIN, ids=["adamw", "adam", "adamw-beta0.3"])
-def test_plain_bf16_adam_every_isa_and_thread_count(name, kw):
+def test_plain_bf16_adam_every_isa_and_thread_count(name, kw, dtype):
     sizes = [15, 16, 17, 31, 33, 47, 4097, 70_001]
     starts = [0, 1, 5, 3, 0, 7, 2, 1]  # elements into a larger buffer: other alignments
     rng = np.random.default_rng(11)
-    p0 = [rng.standard_normal(n).astype(BF16) for n in sizes]
-    grads = [[(rng.standard_normal(n) * 0.1).astype(BF16) for n in sizes] for _ in range(3)]
+    p0 = [rng.standard_normal(n).astype(dtype) for n in sizes]
+    grads = [[(rng.standard_normal(n) * 0.1).astype(dtype) for n in sizes] for _ in range(3)]
+    layout = dict(state_dtype="bfloat16")
+    if dtype == BF16:
+        layout["master_weights"] = False
 
     def go():
         ps = []
         for p, k in zip(p0, starts):
-            buf = np.zeros(p.size + 8, BF16)
+            buf = np.zeros(p.size + 8, dtype)
             buf[k : k + p.size] = p
             ps.append(buf[k : k + p.size])
-        opt = getattr(optim, name)(ps, lr=1e-2, **kw, state_dtype="bfloat16", master_weights=False)
+        opt = getattr(optim, name)(ps, lr=1e-2, **kw, **layout)
         for g in grads:
             opt.step(g)
         return [p.copy() for p in ps], opt.state_dict()["state"]
@@ -256,8 +261,9 @@ def test_plain_bf16_adam_every_isa_and_thread_count(name, kw):
                 np.testing.assert_array_equal(bits(st[i][s]), want, err_msg=f"{key} {s} {n}")
 
 
+@pytest.mark.parametrize("dtype", [BF16, F32], ids=["bfloat16", "float32"])
 @pytest.mark.parametrize("name, kw", PLAIN[:2], ids=["adamw", "adam"])
-def test_plain_bf16_adam_special_values_give_every_level_the_same_bits(name, kw):
+def test_plain_bf16_adam_special_values_give_every_level_the_same_bits(name, kw, dtype):
     # NaN, infinities, huge and tiny values in params and gradients (nonfinite
     # "ignore"): every (ISA, thread count) gives the scalar reference's bits.
     n = 100
@@ -267,13 +273,14 @@ def test_plain_bf16_adam_special_values_give_every_level_the_same_bits(name, kw)
     g0 = rng.standard_normal(n).astype(np.float32)
     p0[rng.choice(n, 24, replace=False)] = rng.choice(specials, 24)
     g0[rng.choice(n, 24, replace=False)] = rng.choice(specials, 24)
-    p0, g0 = p0.astype(BF16), g0.astype(BF16)
+    p0, g0 = p0.astype(dtype), g0.astype(dtype)
+    layout = dict(state_dtype="bfloat16", nonfinite="ignore")
+    if dtype == BF16:
+        layout["master_weights"] = False
 
     def go():
         p = p0.copy()
-        opt = getattr(optim, name)(
-            [p], lr=1e-2, **kw, state_dtype="bfloat16", master_weights=False, nonfinite="ignore"
-        )
+        opt = getattr(optim, name)([p], lr=1e-2, **kw, **layout)
         opt.step([g0])
         opt.step([g0])
         st = opt.state[0]
@@ -287,7 +294,6 @@ def test_plain_bf16_adam_special_values_give_every_level_the_same_bits(name, kw)
             np.testing.assert_array_equal(bits(a), bits(b), err_msg=str(key))
 
 
-@pytest.mark.parametrize("dtype", [F32, BF16], ids=["float32", "bfloat16"])
 def test_flatten_arena_steps_like_separate_arrays(dtype):
     # Arena: params, grads and (packed) bfloat16 state each lie back to back, so
     # the kernel merges the arrays into one range; the bits must not change.

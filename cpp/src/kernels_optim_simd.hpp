@@ -315,26 +315,29 @@ struct Streams {
   }
 };
 
-// Adam / AdamW on bfloat16 params, gradients and moments without a master
-// copy, rounded to nearest even: torch's fused bfloat16 step. The generic
-// runner spent ~4 cycles per element here at level avx2: with 16 registers
-// its flag branches, spills and reloaded constants filled the loop. (Zen 5,
-// one thread, 16M elements, nonfinite="ignore": level avx2 16.5-16.8 ->
-// 12.5-12.7 ms, where torch's fused step takes 11.4-11.6; level avx512
-// 8.3-8.4 -> 6.4-6.6 ms.) This loop takes two vectors' worth of values per stream at a time and widens them
-// with one unpack per half (a bfloat16 is the high half of its float): per
+// Adam / AdamW with bfloat16 moments rounded to nearest even, on bfloat16
+// params and gradients without a master copy (torch's fused bfloat16 step)
+// or on float32 ones. The generic runner spent ~4 cycles per element on the
+// bfloat16 layout at level avx2: with 16 registers its flag branches, spills
+// and reloaded constants filled the loop. (Zen 5, one thread, 16M elements,
+// nonfinite="ignore": level avx2 16.5-16.8 -> 12.5-12.7 ms, where torch's
+// fused step takes 11.4-11.6; level avx512 8.3-8.4 -> 6.4-6.6 ms; float32
+// params at avx2 11.3-12.4 -> 10.4-10.5 ms: docs/optim.md.) This loop takes
+// two vectors' worth of values per stream at a time and widens bfloat16 with
+// one unpack per half (a bfloat16 is the high half of its float): per
 // 128-bit lane, the halves hold values 0-3 and 4-7 of that lane's 8, every
-// stream in the same order, and one pack per store puts them back in order.
-// Each element meets the same operations in the same order as in the
-// generic runner (so as the scalar reference): the bits are the same.
+// stream in the same order (float32 params through lane permutes), and one
+// pack per store puts them back in order. Each element meets the same
+// operations in the same order as in the generic runner (so as the scalar
+// reference): the bits are the same.
 namespace {
 
 template <Isa I>
-struct Bf16Pack;  // widen / narrow two vectors of float lanes
+struct PackedLanes;  // two vectors of float lanes in the unpack order, from and to memory
 
 #if defined(__AVX2__)
 template <>
-struct Bf16Pack<Isa::avx2> {
+struct PackedLanes<Isa::avx2> {
   using V = Vec<float, Isa::avx2>;
   static SLIMGRAD_OPTIM_INLINE void widen(const std::uint16_t* q, V& lo, V& hi) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
@@ -354,12 +357,22 @@ struct Bf16Pack<Isa::avx2> {
   static SLIMGRAD_OPTIM_INLINE void narrow(std::uint16_t* q, V lo, V hi) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_packus_epi32(low_bits(lo), low_bits(hi)));
   }
+  // 16 floats in the same order: lo = the first 4 of each 8, hi = the last 4
+  static SLIMGRAD_OPTIM_INLINE void load(const float* q, V& lo, V& hi) {
+    const __m256 a = _mm256_loadu_ps(q), b = _mm256_loadu_ps(q + 8);
+    lo.v = _mm256_permute2f128_ps(a, b, 0x20);
+    hi.v = _mm256_permute2f128_ps(a, b, 0x31);
+  }
+  static SLIMGRAD_OPTIM_INLINE void store(float* q, V lo, V hi) {
+    _mm256_storeu_ps(q, _mm256_permute2f128_ps(lo.v, hi.v, 0x20));
+    _mm256_storeu_ps(q + 8, _mm256_permute2f128_ps(lo.v, hi.v, 0x31));
+  }
 };
 #endif
 
 #if defined(__AVX512BW__)
 template <>
-struct Bf16Pack<Isa::avx512> {
+struct PackedLanes<Isa::avx512> {
   using V = Vec<float, Isa::avx512>;
   static SLIMGRAD_OPTIM_INLINE void widen(const std::uint16_t* q, V& lo, V& hi) {
     const __m512i v = _mm512_loadu_si512(q);
@@ -379,15 +392,28 @@ struct Bf16Pack<Isa::avx512> {
   static SLIMGRAD_OPTIM_INLINE void narrow(std::uint16_t* q, V lo, V hi) {
     _mm512_storeu_si512(q, _mm512_packus_epi32(low_bits(lo), low_bits(hi)));
   }
+  // 32 floats in the same order: lo = the first 4 of each 8, hi = the last 4
+  static SLIMGRAD_OPTIM_INLINE void load(const float* q, V& lo, V& hi) {
+    const __m512 a = _mm512_loadu_ps(q), b = _mm512_loadu_ps(q + 16);
+    lo.v = _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27), b);
+    hi.v = _mm512_permutex2var_ps(a, _mm512_setr_epi32(4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31), b);
+  }
+  static SLIMGRAD_OPTIM_INLINE void store(float* q, V lo, V hi) {
+    const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+    _mm512_storeu_ps(q, _mm512_permutex2var_ps(lo.v, first, hi.v));
+    _mm512_storeu_ps(q + 16, _mm512_permutex2var_ps(lo.v, second, hi.v));
+  }
 };
 #endif
 
 // Elements [i, e) in blocks of 2 W; returns where it stopped (fewer left).
-template <Isa I, bool Decay>
-std::size_t adam_bf16(const StepConsts<float>& k, std::uint16_t* p, const std::uint16_t* g, std::uint16_t* m,
-                      std::uint16_t* v, std::size_t i, std::size_t e) {
+// E: the params' and gradients' element type, bfloat16 (uint16_t) or float.
+template <Isa I, bool Decay, class E>
+std::size_t adam_bf16_state(const StepConsts<float>& k, E* p, const E* g, std::uint16_t* m, std::uint16_t* v,
+                            std::size_t i, std::size_t e) {
   using V = Vec<float, I>;
-  using P = Bf16Pack<I>;
+  using P = PackedLanes<I>;
   constexpr std::size_t B = 2 * V::width;
   const V wd_scale = V::set1(k.wd_scale), w = V::set1(k.w), decay = V::set1(k.decay);
   const V omd = V::set1(k.one_minus_decay), neg_c0 = V::set1(k.neg_c0), eps = V::set1(k.eps);
@@ -399,21 +425,32 @@ std::size_t adam_bf16(const StepConsts<float>& k, std::uint16_t* p, const std::u
     vf = vf * decay + (omd * gf) * gf;
     return pf + (neg_c0 * mf) / (simd::mul_in_double(sqrt(vf), inv_c1) + eps);
   };
+  constexpr bool f32 = std::is_same_v<E, float>;
   for (; i + B <= e; i += B) {
-    if (i % 32 == 0)  // once a 64-byte line
-      for (const void* q : {static_cast<const void*>(p), static_cast<const void*>(g), static_cast<const void*>(m),
-                            static_cast<const void*>(v)})
-        simd::prefetch(q, (i + 512) * sizeof(std::uint16_t));
+    if (i % 32 == 0) {  // once per 64 bytes of the moments; params and gradients 512 elements ahead too
+      simd::prefetch(m, (i + 512) * sizeof(std::uint16_t));
+      simd::prefetch(v, (i + 512) * sizeof(std::uint16_t));
+      for (std::size_t b = 0; b < 32 * sizeof(E); b += 64) {
+        simd::prefetch(p, (i + 512) * sizeof(E) + b);
+        simd::prefetch(g, (i + 512) * sizeof(E) + b);
+      }
+    }
     V p0, p1, g0, g1, m0, m1, v0, v1;
-    P::widen(p + i, p0, p1);
-    P::widen(g + i, g0, g1);
+    if constexpr (f32) {
+      P::load(p + i, p0, p1);
+      P::load(g + i, g0, g1);
+    } else {
+      P::widen(p + i, p0, p1);
+      P::widen(g + i, g0, g1);
+    }
     P::widen(m + i, m0, m1);
     P::widen(v + i, v0, v1);
     p0 = update(p0, g0, m0, v0);
     p1 = update(p1, g1, m1, v1);
     P::narrow(m + i, m0, m1);
     P::narrow(v + i, v0, v1);
-    P::narrow(p + i, p0, p1);
+    if constexpr (f32) P::store(p + i, p0, p1);
+    else P::narrow(p + i, p0, p1);
   }
   return i;
 }
@@ -480,6 +517,32 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
   // A fused clip: the gradient times grad_scale (a uniform branch), as the oracle.
   const V gscale = V::set1(k.gscale);
   const auto clip = [&](V x) SLIMGRAD_LAMBDA_INLINE { return k.has_gscale ? x * gscale : x; };
+  // Plain Adam / AdamW with bfloat16 moments on float32 or bfloat16 params
+  // (adam_bf16_state): generic(b, e) up to p's 64-byte boundary (or its
+  // block's), the blocks, generic(b, e) for the rest. False when the step
+  // is not plain: the caller runs generic over everything.
+  const auto plain_adam = [&](auto* p, const auto* g, auto&& generic) SLIMGRAD_LAMBDA_INLINE -> bool {
+#if defined(__AVX2__)
+    if constexpr ((I == Isa::avx2 || I == Isa::avx512) && A == Algo::adam && Bf16State &&
+                  std::is_same_v<T, float>) {
+      if (a.stochastic || k.maximize || k.amsgrad || k.has_gscale || !k.c1_by_mul || !(k.w < 0.5f) ||
+          (k.has_wd && !k.decoupled))
+        return false;
+      using E = std::remove_pointer_t<decltype(p)>;
+      constexpr std::size_t kAlign = 2 * W * sizeof(E) < 64 ? 2 * W * sizeof(E) : 64;
+      const auto addr = reinterpret_cast<std::uintptr_t>(p + b);
+      std::size_t i = addr % sizeof(E) ? b : std::min(e, b + (kAlign - addr % kAlign) % kAlign / sizeof(E));
+      generic(b, i);
+      auto* m = static_cast<std::uint16_t*>(s.s[0]);
+      auto* v = static_cast<std::uint16_t*>(s.s[1]);
+      i = k.has_wd ? adam_bf16_state<I, true>(k, p, g, m, v, i, e) : adam_bf16_state<I, false>(k, p, g, m, v, i, e);
+      generic(i, e);
+      return true;
+    }
+#endif
+    (void)p, (void)g, (void)generic;
+    return false;
+  };
 
   if constexpr (std::is_same_v<T, double>) {
     double* p = static_cast<double*>(s.p);
@@ -490,9 +553,12 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
   } else if (a.storage == Storage::f32) {
     float* p = static_cast<float*>(s.p);
     const float* g = static_cast<const float*>(s.g);
-    sweep(p, [&](std::size_t i, std::size_t n, auto io) SLIMGRAD_LAMBDA_INLINE {
-      io.st(p + i, update<A>(k, c, io.ld(p + i), clip(io.ld(g + i)), states(i, n, io)));
-    });
+    const auto generic = [&](std::size_t b, std::size_t e) SLIMGRAD_LAMBDA_INLINE {
+      sweep_range(p, b, e, [&](std::size_t i, std::size_t n, auto io) SLIMGRAD_LAMBDA_INLINE {
+        io.st(p + i, update<A>(k, c, io.ld(p + i), clip(io.ld(g + i)), states(i, n, io)));
+      });
+    };
+    if (!plain_adam(p, g, generic)) generic(b, e);
   } else {
     auto* p = static_cast<std::uint16_t*>(s.p);
     const auto* g = static_cast<const std::uint16_t*>(s.g);
@@ -517,25 +583,7 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
           store_half<I, F>(p + i, x, n, bf16, a.stochastic, key, s.offset + i);
         });
       };
-#if defined(__AVX2__)
-      if constexpr ((I == Isa::avx2 || I == Isa::avx512) && A == Algo::adam && Bf16State) {
-        const bool plain = bf16 && !a.stochastic && !k.maximize && !k.amsgrad && !k.has_gscale && k.c1_by_mul &&
-                           k.w < 0.5f && (!k.has_wd || k.decoupled);
-        if (plain) {
-          // the first elements up to p's boundary of a block, then blocks of 2 W, then the rest
-          constexpr std::size_t kBlockBytes = 4 * W;
-          const auto addr = reinterpret_cast<std::uintptr_t>(p + b);
-          std::size_t i = addr % 2 ? b : std::min(e, b + (kBlockBytes - addr % kBlockBytes) % kBlockBytes / 2);
-          generic(b, i);
-          auto* m = static_cast<std::uint16_t*>(s.s[0]);
-          auto* v = static_cast<std::uint16_t*>(s.s[1]);
-          i = k.has_wd ? adam_bf16<I, true>(k, p, g, m, v, i, e) : adam_bf16<I, false>(k, p, g, m, v, i, e);
-          generic(i, e);
-          return;
-        }
-      }
-#endif
-      generic(b, e);
+      if (!(bf16 && plain_adam(p, g, generic))) generic(b, e);
     }
   }
 }
