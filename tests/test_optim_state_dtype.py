@@ -294,6 +294,7 @@ def test_plain_bf16_adam_special_values_give_every_level_the_same_bits(name, kw,
             np.testing.assert_array_equal(bits(a), bits(b), err_msg=str(key))
 
 
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=["float32", "bfloat16"])
 def test_flatten_arena_steps_like_separate_arrays(dtype):
     # Arena: params, grads and (packed) bfloat16 state each lie back to back, so
     # the kernel merges the arrays into one range; the bits must not change.
