@@ -196,12 +196,6 @@ SLIMGRAD_OPTIM_INLINE void round_stochastic(std::uint16_t* out, Vec<float, I> x,
   }
 }
 
-// Round to nearest even to bfloat16, as simd::store_bf16 (NaN quieted),
-// in fewer instructions: on AVX-512 the rounding bias through a mask add,
-// NaN through a masked or, and the high halves picked by one word permute;
-// on AVX2 the high halves picked by a byte shuffle, not shifted and packed
-// (bfloat16 AdamW without master weights, 16M elements, 2 threads: 10.4 ->
-// 10.0 ms; the step is bound by instructions at 8 lanes).
 // x rounded to bfloat16 (nearest even, NaN quieted): the bfloat16 bits in
 // the high half of each 32-bit lane, the low half left over. (Anonymous: one
 // copy per ISA unit, as sr_round8 / sr_round16.)
@@ -227,6 +221,12 @@ SLIMGRAD_OPTIM_INLINE __m256i bf16_rne_high(Vec<float, Isa::avx2> x) {
 #endif
 }  // namespace
 
+// Round to nearest even to bfloat16, as simd::store_bf16 (NaN quieted),
+// in fewer instructions: on AVX-512 the rounding bias through a mask add,
+// NaN through a masked or, and the high halves picked by one word permute;
+// on AVX2 the high halves picked by a byte shuffle, not shifted and packed
+// (bfloat16 AdamW without master weights, 16M elements, 2 threads: 10.4 ->
+// 10.0 ms; the step is bound by instructions at 8 lanes).
 template <Isa I>
 SLIMGRAD_OPTIM_INLINE void store_bf16_fast(std::uint16_t* out, Vec<float, I> x) {
 #if defined(__AVX512BW__)
@@ -426,15 +426,9 @@ std::size_t adam_bf16_state(const StepConsts<float>& k, E* p, const E* g, std::u
     return pf + (neg_c0 * mf) / (simd::mul_in_double(sqrt(vf), inv_c1) + eps);
   };
   constexpr bool f32 = std::is_same_v<E, float>;
+  // No software prefetch: 512 elements ahead in every stream measured the
+  // same as none (1 and 2 threads, avx2 and avx512; docs/optim.md).
   for (; i + B <= e; i += B) {
-    if (i % 32 == 0) {  // once per 64 bytes of the moments; params and gradients 512 elements ahead too
-      simd::prefetch(m, (i + 512) * sizeof(std::uint16_t));
-      simd::prefetch(v, (i + 512) * sizeof(std::uint16_t));
-      for (std::size_t b = 0; b < 32 * sizeof(E); b += 64) {
-        simd::prefetch(p, (i + 512) * sizeof(E) + b);
-        simd::prefetch(g, (i + 512) * sizeof(E) + b);
-      }
-    }
     V p0, p1, g0, g1, m0, m1, v0, v1;
     if constexpr (f32) {
       P::load(p + i, p0, p1);
@@ -517,10 +511,11 @@ void run(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
   // A fused clip: the gradient times grad_scale (a uniform branch), as the oracle.
   const V gscale = V::set1(k.gscale);
   const auto clip = [&](V x) SLIMGRAD_LAMBDA_INLINE { return k.has_gscale ? x * gscale : x; };
-  // Plain Adam / AdamW with bfloat16 moments on float32 or bfloat16 params
-  // (adam_bf16_state): generic(b, e) up to p's 64-byte boundary (or its
-  // block's), the blocks, generic(b, e) for the rest. False when the step
-  // is not plain: the caller runs generic over everything.
+  // Plain Adam / AdamW with bfloat16 moments on float32 or bfloat16 params:
+  // generic(b, i) over the elements before p's first 64-byte boundary (a
+  // block's, when blocks are smaller), adam_bf16_state over the blocks,
+  // generic over the rest. False when the step is not plain: the caller
+  // runs generic over everything.
   const auto plain_adam = [&](auto* p, const auto* g, auto&& generic) SLIMGRAD_LAMBDA_INLINE -> bool {
 #if defined(__AVX2__)
     if constexpr ((I == Isa::avx2 || I == Isa::avx512) && A == Algo::adam && Bf16State &&
