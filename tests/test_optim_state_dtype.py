@@ -210,28 +210,32 @@ def test_every_isa_and_thread_count(dtype, state_dtype, master, rounding):
 
 # Plain Adam / AdamW with bfloat16 moments and nearest rounding, on bfloat16
 # params without a master or on float32 params: the avx2 and avx512 levels run
-# their own loop (two vectors per stream at a time, kernels_optim_simd.hpp,
-# adam_bf16_state). Sizes and start offsets cover its head (up to the param's
-# block boundary), its blocks and its tail; lerp weights of 0.1 and 0.7 (the
-# loop takes w < 0.5 only), with and without weight decay.
+# their own loop there (kernels_optim_simd.hpp, adam_bf16_state). Sizes and
+# start offsets cover its head (up to a 64-byte or block boundary), its blocks
+# and its tail; lerp weights of 0.1 and 0.7 (the loop takes w < 0.5 only),
+# with and without weight decay.
 PLAIN = [
     ("AdamW", dict(weight_decay=0.1)),
     ("Adam", dict()),
     ("AdamW", dict(weight_decay=0.1, betas=(0.3, 0.999))),
 ]
+PLAIN_IDS = ["adamw", "adam", "adamw-beta0.3"]
+# (param dtype, the optimizer's layout options)
+PLAIN_LAYOUTS = [
+    (BF16, dict(state_dtype="bfloat16", master_weights=False)),
+    (F32, dict(state_dtype="bfloat16")),
+]
+PLAIN_LAYOUT_IDS = ["bf16-bf16state", "f32-bf16state"]
 
 
-@pytest.mark.parametrize("dtype", [BF16, F32], ids=["bfloat16", "float32"])
-@pytest.mark.parametrize("name, kw", PLAIN, ids=["adamw", "adam", "adamw-beta0.3"])
-def test_plain_bf16_adam_every_isa_and_thread_count(name, kw, dtype):
+@pytest.mark.parametrize("dtype, layout", PLAIN_LAYOUTS, ids=PLAIN_LAYOUT_IDS)
+@pytest.mark.parametrize("name, kw", PLAIN, ids=PLAIN_IDS)
+def test_plain_adam_every_isa_and_thread_count(name, kw, dtype, layout):
     sizes = [15, 16, 17, 31, 33, 47, 4097, 70_001]
     starts = [0, 1, 5, 3, 0, 7, 2, 1]  # elements into a larger buffer: other alignments
     rng = np.random.default_rng(11)
     p0 = [rng.standard_normal(n).astype(dtype) for n in sizes]
     grads = [[(rng.standard_normal(n) * 0.1).astype(dtype) for n in sizes] for _ in range(3)]
-    layout = dict(state_dtype="bfloat16")
-    if dtype == BF16:
-        layout["master_weights"] = False
 
     def go():
         ps = []
@@ -261,9 +265,9 @@ def test_plain_bf16_adam_every_isa_and_thread_count(name, kw, dtype):
                 np.testing.assert_array_equal(bits(st[i][s]), want, err_msg=f"{key} {s} {n}")
 
 
-@pytest.mark.parametrize("dtype", [BF16, F32], ids=["bfloat16", "float32"])
-@pytest.mark.parametrize("name, kw", PLAIN[:2], ids=["adamw", "adam"])
-def test_plain_bf16_adam_special_values_give_every_level_the_same_bits(name, kw, dtype):
+@pytest.mark.parametrize("dtype, layout", PLAIN_LAYOUTS, ids=PLAIN_LAYOUT_IDS)
+@pytest.mark.parametrize("name, kw", PLAIN[:2], ids=PLAIN_IDS[:2])
+def test_plain_adam_special_values_give_every_level_the_same_bits(name, kw, dtype, layout):
     # NaN, infinities, huge and tiny values in params and gradients (nonfinite
     # "ignore"): every (ISA, thread count) gives the scalar reference's bits.
     n = 100
@@ -274,13 +278,10 @@ def test_plain_bf16_adam_special_values_give_every_level_the_same_bits(name, kw,
     p0[rng.choice(n, 24, replace=False)] = rng.choice(specials, 24)
     g0[rng.choice(n, 24, replace=False)] = rng.choice(specials, 24)
     p0, g0 = p0.astype(dtype), g0.astype(dtype)
-    layout = dict(state_dtype="bfloat16", nonfinite="ignore")
-    if dtype == BF16:
-        layout["master_weights"] = False
 
     def go():
         p = p0.copy()
-        opt = getattr(optim, name)([p], lr=1e-2, **kw, **layout)
+        opt = getattr(optim, name)([p], lr=1e-2, **kw, **layout, nonfinite="ignore")
         opt.step([g0])
         opt.step([g0])
         st = opt.state[0]
