@@ -146,6 +146,23 @@ def test_layout_of_fields(rng):
     np.testing.assert_array_equal(data >> 4, codes[..., 1::2].astype(np.uint8) & 0xF)
 
 
+def test_kernel_spec_is_kept_until_the_layout_changes(rng):
+    # QuantizedTensor keeps the spec dict it hands the kernels; a changed
+    # layout attribute must give a new one (a stale spec would describe the
+    # old shape to the kernels).
+    w = rng.standard_normal((4, 8)).astype(np.float32)
+    qt = quant.quantize(w, 8, granularity="tensor")
+    first = qt._core_spec()
+    assert qt._core_spec() is first
+    assert (first["rows"], first["cols"]) == (4, 8)
+    expected = qt.dequantize()
+    qt.data, qt.shape = qt.data.reshape(8, 4), (8, 4)
+    spec = qt._core_spec()
+    assert spec is not first and (spec["rows"], spec["cols"]) == (8, 4)
+    np.testing.assert_array_equal(qt.dequantize(), expected.reshape(8, 4))
+    assert qt._core_spec(rounding="stochastic") is not spec  # options: built each call
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_pack_unpack_round_trip(isa, bits, symmetric, rng):

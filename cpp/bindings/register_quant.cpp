@@ -16,13 +16,16 @@ using quant::Spec;
 
 // spec[key] as T; a missing key or a value of the wrong type is a ValueError
 // naming the key (not pybind11's "Unable to cast Python instance").
+// One lookup per key (contains() and d[key] each built the key string: 30
+// per spec, a visible part of a small product's call).
 template <class T> T get(const py::dict& d, const char* key) {
-  if (!d.contains(key)) throw py::value_error(std::string("spec: missing '") + key + "'");
+  PyObject* v = PyDict_GetItemString(d.ptr(), key);  // borrowed, or null when missing
+  if (v == nullptr) throw py::value_error(std::string("spec: missing '") + key + "'");
   try {
-    return d[key].cast<T>();
+    return py::handle(v).cast<T>();
   } catch (const py::cast_error&) {
     throw py::value_error(std::string("spec['") + key + "']: expected a value of the right type, got " +
-                          describe(d[key]));
+                          describe(py::handle(v)));
   }
 }
 

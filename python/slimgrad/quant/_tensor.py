@@ -221,15 +221,23 @@ class QuantizedTensor:
         }
 
     def _core_spec(self, **extra: Any) -> dict[str, Any]:
-        return _core_spec(
+        layout = (
             self.shape,
             self.bits,
             self.symmetric,
             self.granularity,
             self.axis,
             self.group_size,
-            **extra,
         )
+        if extra:
+            return _core_spec(*layout, **extra)
+        # The plain spec is kept with the layout it was made from: building it
+        # took ~0.7 us of a small product's call (the kernels only read it).
+        cached = getattr(self, "_spec_cache", None)
+        if cached is None or cached[0] != layout:
+            cached = (layout, _core_spec(*layout))
+            self._spec_cache = cached
+        return cached[1]
 
     def expand(self, values: np.ndarray) -> np.ndarray:
         """Per-parameter ``values`` (shaped like ``scale``) broadcast to one per element."""
