@@ -115,6 +115,80 @@ def test_misleading_sample_falls_back_to_exact(rng):
         np.testing.assert_array_equal(prune.magnitude_mask(w, s), expected)
 
 
+def histogram_reference(x, prior, base, prefix, hi, lo):
+    """kernels::histogram in NumPy integers: digit counts of the candidates,
+    keys below base, the largest raw key, and the one-pass codes."""
+    bits = 32 if x.dtype == np.float32 else 64
+    utype = np.uint32 if bits == 32 else np.uint64
+    raw = x.view(utype) & utype(2 ** (bits - 1) - 1)
+    key = raw if prior is None else np.where(prior, raw + utype(1), utype(0))
+    k = key - utype(base)  # wraps below base, as the kernel's unsigned keys do
+    cand = (k >> utype(hi)) == utype(prefix)
+    digit = ((k >> utype(lo)) & utype(2 ** (hi - lo) - 1)).astype(np.int64)
+    hist = np.bincount(digit[cand], minlength=2 ** (hi - lo))
+    below = int(np.count_nonzero(key < utype(base)))
+    codes = np.where(cand, 1 + digit, np.where(key < utype(base), 0, 255)).astype(np.uint8)
+    return hist.tolist(), below, int(raw.max(initial=0)), codes
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n", [1, 31, 33, 64, 1000, 4133])
+def test_histogram_pass_every_isa(isa, dtype, n, rng):
+    """The pass both selections start with (the radix select's digits and the
+    one-pass selection's codes), on its own: counts, keys below base, the
+    largest key and the codes equal NumPy's on every level, with tails, a
+    prior mask, a NaN and infinities. Its results only steer the selection
+    (a wrong count sends it to the exact fallback), so masks alone would not
+    show a wrong one."""
+    from slimgrad._core import prune as core_prune
+
+    x = (rng.standard_normal(n) * np.exp(rng.uniform(-5, 5, n))).astype(dtype)
+    x[rng.integers(0, n, max(1, n // 50))] = np.inf
+    x[rng.integers(0, n, max(1, n // 100))] = -0.0
+    if n > 40:
+        x[n - 3] = np.nan
+    prior = rng.random(n) < 0.7
+    bits = 31 if dtype == np.float32 else 63
+    median = int(np.median(np.abs(x[np.isfinite(x)]).view(np.uint32 if bits == 31 else np.uint64)))
+    for p in (None, prior):
+        for base, prefix, hi, lo, codes in [
+            (0, 0, bits, bits - 11, False),  # the radix select's first pass
+            (median // 2, 0, bits - 3, bits - 14, False),
+            (median // 2, 1, bits - 12, bits - 23, False),  # a later digit
+            (median // 2, 0, bits - 4, bits - 11, True),  # one-pass codes
+            (median, 0, bits - 20, bits - 27, True),
+        ]:
+            hist, below, top, got_codes = core_prune._histogram(x, p, base, prefix, hi, lo, codes)
+            want = histogram_reference(x, p, base, prefix, hi, lo)
+            assert (hist, below, top) == want[:3], (base, prefix, hi, lo)
+            if codes:
+                np.testing.assert_array_equal(got_codes, want[3])
+
+
+@pytest.mark.parametrize("bits", [31, 63])
+def test_sample_order_statistics_are_exact(bits, rng):
+    """The range guess of a large selection takes order statistics of its
+    16384-key sample by a histogram of the top 11 bits: exact on spread
+    keys, on keys crowded in one bucket or equal, and on keys at 2**bits (a
+    NaN key plus a prior mask's 1), which fall in the last bucket."""
+    from slimgrad._core import prune as core_prune
+
+    top = 2**bits
+    spread = rng.integers(0, top, 16384, dtype=np.uint64)
+    crowded = (top // 2 + rng.integers(0, 1000, 16384)).astype(np.uint64)  # one bucket
+    ties = np.repeat(rng.integers(0, top, 5, dtype=np.uint64), [1, 7000, 3, 9000, 374])
+    edge = np.concatenate(
+        [spread[:1000], np.full(30, top, np.uint64), np.full(5, top - 1, np.uint64)]
+    )
+    for keys in (spread, crowded, ties, edge):
+        keys = rng.permutation(keys)
+        ranks = sorted({0, 1, keys.size // 3, keys.size // 2, keys.size - 2, keys.size - 1})
+        got = core_prune._keys_at_ranks(keys.tolist(), ranks, bits)
+        assert got == np.sort(keys)[ranks].tolist()
+    with pytest.raises(ValueError, match=r"ranks: expected ranks below len\(keys\) \(3\), got 3"):
+        core_prune._keys_at_ranks([1, 2, 3], [3], bits)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_one_pass_selection_everywhere(isa, threads, dtype, rng):
     """Large selections write codes into the masks in one read of the weights

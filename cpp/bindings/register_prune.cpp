@@ -3,8 +3,11 @@
 // Masks are returned as new bool arrays, allocated here with the GIL held;
 // inputs are only read, except in apply_masks_, which zeroes in place. Every
 // argument is checked before any work, so an error changes nothing.
+#include <optional>
 #include <string>
 #include <vector>
+
+#include <pybind11/stl.h>
 
 #include "buffers.hpp"
 #include "outputs.hpp"
@@ -176,6 +179,66 @@ void apply_masks_py(py::sequence masks, py::sequence groups, py::sequence names)
   apply_masks(plan);
 }
 
+// _keys_at_ranks(keys, ranks, bits): the order statistics magnitude
+// selection takes of its key sample (keys_at_ranks), for the tests; bits 31
+// (float32 keys, held in uint32) or 63 (float64 keys, in uint64).
+py::list keys_at_ranks_py(const std::vector<std::uint64_t>& keys, const std::vector<std::size_t>& ranks, int bits) {
+  if (bits != 31 && bits != 63) throw py::value_error("bits: expected 31 or 63, got " + std::to_string(bits));
+  for (const std::size_t r : ranks)
+    if (r >= keys.size())
+      throw py::value_error("ranks: expected ranks below len(keys) (" + std::to_string(keys.size()) + "), got " +
+                            std::to_string(r));
+  py::list out;
+  if (bits == 31) {
+    std::vector<std::uint32_t> narrow;
+    for (const std::uint64_t k : keys) {
+      if (k >> 32) throw py::value_error("keys: expected keys below 2**32 for bits=31, got " + std::to_string(k));
+      narrow.push_back(static_cast<std::uint32_t>(k));
+    }
+    for (const std::uint32_t k : keys_at_ranks(narrow, ranks, bits)) out.append(k);
+  } else {
+    for (const std::uint64_t k : keys_at_ranks(keys, ranks, bits)) out.append(k);
+  }
+  return out;
+}
+
+// _histogram(x, prior, base, prefix, hi, lo, codes) -> (hist, below,
+// max_raw, codes or None): one histogram pass over x at the current level
+// (histogram_at_level), for the tests.
+template <class T>
+py::tuple histogram_of(const Array& x, const std::uint8_t* prior, std::uint64_t base, std::uint64_t prefix, int hi,
+                       int lo, bool want_codes) {
+  std::vector<std::size_t> hist;
+  std::size_t below = 0;
+  py::object codes = py::none();
+  std::uint8_t* out = nullptr;
+  if (want_codes) {
+    py::array a = py::array_t<std::uint8_t>(static_cast<py::ssize_t>(x.size()));
+    out = static_cast<std::uint8_t*>(a.mutable_data());
+    codes = a;
+  }
+  const KeyOf<T> max_raw = histogram_at_level<T>(x.ptr<T>(), prior, x.size(), static_cast<KeyOf<T>>(base),
+                                                 static_cast<KeyOf<T>>(prefix), hi, lo, hist, &below, out);
+  return py::make_tuple(hist, below, static_cast<std::uint64_t>(max_raw), codes);
+}
+
+py::tuple histogram_py(py::handle x, py::object prior, std::uint64_t base, std::uint64_t prefix, int hi, int lo,
+                       bool codes) {
+  const Array xa = check_array(x, "x", {DType::f32, DType::f64}, Access::read);
+  const int bits = xa.dtype == DType::f32 ? KeyTraits<float>::bits : KeyTraits<double>::bits;
+  const int most = codes ? kCodeBits : kDigitBits;
+  if (lo < 0 || hi < lo || hi - lo > most || hi > bits)
+    throw py::value_error("hi, lo: expected 0 <= lo <= hi <= " + std::to_string(bits) + " and hi - lo <= " +
+                          std::to_string(most) + ", got " + std::to_string(hi) + ", " + std::to_string(lo));
+  if (codes && prefix != 0) throw py::value_error("prefix: expected 0 with codes, got " + std::to_string(prefix));
+  const auto shape = xa.shape();
+  std::optional<Array> pa;
+  if (!prior.is_none()) pa = check_array(prior, "prior", {DType::boolean}, Access::read, &shape);
+  const std::uint8_t* p = pa ? pa->ptr<std::uint8_t>() : nullptr;
+  return xa.dtype == DType::f32 ? histogram_of<float>(xa, p, base, prefix, hi, lo, codes)
+                                : histogram_of<double>(xa, p, base, prefix, hi, lo, codes);
+}
+
 }  // namespace
 
 void register_prune(py::module_& m) {
@@ -184,6 +247,9 @@ void register_prune(py::module_& m) {
   m.def("nm_keep", &nm_keep_py, py::arg("w"), py::arg("name"), py::arg("inner"), py::arg("n"), py::arg("m"));
   m.def("apply_masks_", &apply_masks_py, py::arg("masks"), py::arg("groups"), py::arg("names"));
   m.def("check_weights_", &check_weights_py, py::arg("arrays"), py::arg("names"));
+  m.def("_histogram", &histogram_py, py::arg("x"), py::arg("prior"), py::arg("base"), py::arg("prefix"),
+        py::arg("hi"), py::arg("lo"), py::arg("codes"));
+  m.def("_keys_at_ranks", &keys_at_ranks_py, py::arg("keys"), py::arg("ranks"), py::arg("bits"));
 }
 
 }  // namespace slimgrad::bind

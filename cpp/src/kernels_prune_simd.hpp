@@ -1,9 +1,11 @@
 // Prune kernels written once, instantiated by the per-ISA units the
 // build generates (CMakeLists.txt). All the work is on integer keys (|x| bits), so
 // every path is exact and agrees with the scalar oracle bit for bit.
-//  - Intrinsics: 256-bit AVX2 integer ops (and, shifts, compares, shuffles)
-//    plus BMI2: pdep spreads a lane mask into 0/1 mask bytes, pdep + pext
-//    build the permutation that left-packs histogram candidates. N:M with
+//  - Intrinsics: 256-bit AVX2 integer ops (and, shifts, compares, shuffles).
+//    A lane mask becomes 0/1 mask bytes, or the permutation that left-packs
+//    histogram candidates, by a 256-entry table (kLaneTables), not by BMI2's
+//    pdep / pext: AMD's AVX2-only Zen 1 and Zen 2 run those in microcode, at
+//    tens to hundreds of cycles each (Zen 3 and later, Intel: 3). N:M with
 //    m = 4 ranks each group with three in-lane rotations. N:M along an outer
 //    axis (inner >= width, m <= 16) vectorizes across the inner axis; other
 //    N:M shapes use the scalar kernel.
@@ -24,6 +26,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "slimgrad/prune.hpp"
 #include "slimgrad/simd.hpp"
@@ -93,7 +96,9 @@ struct KeyVec<double> {
   static __m256i add(__m256i a, __m256i b) { return _mm256_add_epi64(a, b); }
   static __m256i sub(__m256i a, __m256i b) { return _mm256_sub_epi64(a, b); }
   static __m256i srl(__m256i a, int s) { return _mm256_srl_epi64(a, _mm_cvtsi32_si128(s)); }
-  static unsigned lanes32(unsigned bits) { return _pdep_u32(bits, 0x55u) * 3u; }  // two per key
+  static unsigned lanes32(unsigned bits) {  // two per key
+    return ((bits & 1u) | (bits & 2u) << 1 | (bits & 4u) << 2 | (bits & 8u) << 3) * 3u;
+  }
   static __m256i eq(__m256i a, __m256i b) { return _mm256_cmpeq_epi64(a, b); }
   static __m256i gt(__m256i a, __m256i b) { return _mm256_cmpgt_epi64(a, b); }
   static __m256i max(__m256i a, __m256i b) { return _mm256_blendv_epi8(b, a, _mm256_cmpgt_epi64(a, b)); }
@@ -128,16 +133,49 @@ inline __m256i keys(const T* x, const std::uint8_t* prior, std::size_t i, __m256
   return _mm256_andnot_si256(KV::was_pruned(prior + i), KV::add(raw, KV::one()));
 }
 
-// Moves the 32-bit lanes selected by `lanes` (bit j = lane j) to the front,
-// in order: the permutation comes from pext on the identity 0..7.
+// Per 8-bit lane mask m, 8 bytes: spread[m] has byte j = bit j of m;
+// pack[m] has byte j = the lane of m's j-th set bit (0 past the last), the
+// permutation that left-packs those lanes. 4 KiB, in L1 during a pass.
+struct LaneTables {
+  std::uint64_t spread[256], pack[256];
+  constexpr LaneTables() : spread(), pack() {
+    for (unsigned m = 0; m < 256; ++m)
+      for (unsigned lane = 0, set = 0; lane < 8; ++lane)
+        if (m >> lane & 1u) {
+          spread[m] |= std::uint64_t(1) << (8 * lane);
+          pack[m] |= std::uint64_t(lane) << (8 * set++);
+        }
+  }
+};
+inline constexpr LaneTables kLaneTables{};
+
+// Moves the 32-bit lanes selected by `lanes` (bit j = lane j) to the front, in order.
 inline __m256i left_pack(__m256i v, unsigned lanes) {
-  const std::uint64_t spread = _pdep_u64(lanes, 0x0101010101010101ull) * 0xFF;
-  const std::uint64_t order = _pext_u64(0x0706050403020100ull, spread);
-  return _mm256_permutevar8x32_epi32(v, _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(order))));
+  const __m128i order = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(&kLaneTables.pack[lanes]));
+  return _mm256_permutevar8x32_epi32(v, _mm256_cvtepu8_epi32(order));
 }
 
 // Lane mask bits (one per lane) -> one 0/1 byte per lane.
-inline std::uint64_t spread_bits(unsigned bits) { return _pdep_u64(bits, 0x0101010101010101ull); }
+inline std::uint64_t spread_bits(unsigned bits) { return kLaneTables.spread[bits]; }
+
+// 32 codes (int32 lanes of vectors a, b, c, d, each <= 255) -> 32 bytes in
+// order, one store; ab = packus_epi32(a, b), cd = packus_epi32(c, d) (packed
+// as they come, so that fewer vectors are live at once).
+inline void store_codes32(std::uint8_t* p, __m256i ab, __m256i cd) {
+  // per 128-bit half, dwords: a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7
+  const __m256i bytes = _mm256_packus_epi16(ab, cd);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                      _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+}
+
+template <class T>
+inline std::size_t hsum(__m256i v) {
+  alignas(32) KeyOf<T> t[KeyVec<T>::W];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(t), v);
+  std::size_t s = 0;
+  for (std::size_t j = 0; j < KeyVec<T>::W; ++j) s += static_cast<std::size_t>(t[j]);
+  return s;
+}
 
 template <class T>
 inline KeyOf<T> hmax(__m256i v) {
@@ -295,24 +333,51 @@ KeyOf<T> histogram(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T
   using KV = KeyVec<T>;
   const __m256i vbase = KV::set1(base), vprefix = KV::set1(prefix), vmask = KV::set1(digit_mask);
   __m256i vmax = _mm256_setzero_si256();
-  alignas(32) Key buf[kPackBlock + KV::W];
-  i = count_packed_digits<KV::W>(n, buf, hist, bins, [&](std::size_t at, Key* out) {
+  // Keys under base, per lane (a piece has at most kGrain elements, so a
+  // lane's count fits), added up once at the end.
+  __m256i vunder = _mm256_setzero_si256();
+  alignas(32) Key buf[kPackBlock + 4 * KV::W];
+  // One vector: its candidates' digits left-packed at out (returns how many)
+  // and, with codes, its codes.
+  const auto step = [&](std::size_t at, Key* out, __m256i& code) {
     const __m256i raw = raw_keys<T>(x + at);
     vmax = KV::max(vmax, raw);
     const __m256i key = keys(x, prior, at, raw);
     // Keys and base are below 2^31 (2^63): a signed compare orders them.
     const __m256i under_base = KV::gt(vbase, key);
-    under += static_cast<std::size_t>(__builtin_popcount(KV::bits(under_base)));
+    vunder = KV::sub(vunder, under_base);
     const __m256i k = KV::sub(key, vbase);
     const __m256i cand_lanes = KV::eq(KV::srl(k, hi), vprefix);
     const unsigned cand = KV::bits(cand_lanes);
     const __m256i d = _mm256_and_si256(KV::srl(k, lo), vmask);
     if (codes)
-      KV::store_codes(codes + at, _mm256_blendv_epi8(_mm256_andnot_si256(under_base, KV::set1(kCodeAbove)),
-                                                     KV::add(d, KV::one()), cand_lanes));
+      code = _mm256_blendv_epi8(_mm256_andnot_si256(under_base, KV::set1(kCodeAbove)), KV::add(d, KV::one()),
+                                cand_lanes);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), left_pack(d, KV::lanes32(cand)));
     return static_cast<std::size_t>(__builtin_popcount(cand));
-  });
+  };
+  if constexpr (std::is_same_v<T, float>) {
+    // Four vectors at a time, so that their 32 codes go out in one store
+    // (per vector, the narrowing to 8 bytes took 8 instructions).
+    i = count_packed_digits<4 * KV::W>(n, buf, hist, bins, [&](std::size_t at, Key* out) {
+      __m256i a, b, c, d;
+      std::size_t got = step(at, out, a);
+      got += step(at + KV::W, out + got, b);
+      const __m256i ab = codes ? _mm256_packus_epi32(a, b) : a;
+      got += step(at + 2 * KV::W, out + got, c);
+      got += step(at + 3 * KV::W, out + got, d);
+      if (codes) store_codes32(codes + at, ab, _mm256_packus_epi32(c, d));
+      return got;
+    });
+  } else {
+    i = count_packed_digits<KV::W>(n, buf, hist, bins, [&](std::size_t at, Key* out) {
+      __m256i code;
+      const std::size_t got = step(at, out, code);
+      if (codes) KV::store_codes(codes + at, code);
+      return got;
+    });
+  }
+  under += hsum<T>(vunder);
   max_raw = hmax<T>(vmax);
 #endif
   for (; i < n; ++i) {

@@ -109,6 +109,43 @@ KeyOf<T> key_of(const PruneSegment& s, std::size_t i) {
   return s.prior[i] ? k + 1 : 0;
 }
 
+// Order statistics of a few thousand keys (key_at(r): the r-th smallest,
+// from 0) without std::nth_element over all of them, whose compares
+// mispredict about every other time on random keys: two over guess_range's
+// 16384 keys took ~180 us on the Zen 5 VM, this 30-50 us. One histogram of
+// the keys' top kDigitBits bits finds the bucket holding rank r; only that
+// bucket (a few hundred keys unless many are equal) is selected among.
+// Buckets are key intervals (the last one open above: a prior mask's +1 can
+// carry a NaN key to 2^bits), so the result is exact.
+template <class Key>
+class SampleRanks {
+ public:
+  SampleRanks(const std::vector<Key>& keys, int bits)
+      : keys_(keys), shift_(std::max(bits - kDigitBits, 0)), hist_(kBins, 0) {
+    for (const Key k : keys_) ++hist_[bucket_of(k)];
+  }
+  Key key_at(std::size_t r) const {
+    std::size_t b = 0, before = 0;
+    while (before + hist_[b] <= r) before += hist_[b++];
+    std::vector<Key> bucket(hist_[b] + 1);  // +1: the slot a non-member writes, without a branch
+    std::size_t n = 0;
+    for (const Key k : keys_) {
+      bucket[n] = k;
+      n += bucket_of(k) == b;
+    }
+    bucket.pop_back();
+    std::nth_element(bucket.begin(), bucket.begin() + static_cast<std::ptrdiff_t>(r - before), bucket.end());
+    return bucket[r - before];
+  }
+
+ private:
+  static constexpr std::size_t kBins = std::size_t(1) << kDigitBits;
+  std::size_t bucket_of(Key k) const { return std::min(static_cast<std::size_t>(k >> shift_), kBins - 1); }
+  const std::vector<Key>& keys_;
+  int shift_;
+  std::vector<std::size_t> hist_;
+};
+
 // A key range [lo, hi] that very likely holds the k-th smallest key, from
 // a fixed, evenly spaced sample (so the same for every thread count): the
 // sample ranks k / total * S +- 4 standard deviations of a binomial. If the
@@ -118,28 +155,29 @@ template <class T>
 std::pair<KeyOf<T>, KeyOf<T>> guess_range(const std::vector<PruneSegment>& segments, std::size_t total,
                                           std::size_t k) {
   using Key = KeyOf<T>;
-  constexpr std::size_t S = 16384;
-  std::vector<Key> sample;
-  sample.reserve(S);
-  std::size_t seg = 0, seg_begin = 0;
-  for (std::size_t j = 0; j < S; ++j) {
-    const std::size_t v = (2 * j + 1) * total / (2 * S);  // virtual index
-    while (v >= seg_begin + segments[seg].n) seg_begin += segments[seg++].n;
-    sample.push_back(key_of<T>(segments[seg], v - seg_begin));
-  }
+  constexpr std::size_t S = 16384, kParts = 16;
+  // Each key is a cache miss, and on 4 KiB pages a page walk too (the keys
+  // are total / S elements apart): 16384 took 370-470 us on one thread of
+  // the Zen 5 VM after other traffic, 10-15 % of a 4096 x 4096 selection at
+  // 2 threads. So the threads gather parts of the sample (the same keys for
+  // any thread count).
+  std::vector<Key> sample(S);
+  for_units(kParts, total, [&](std::size_t part) {
+    std::size_t seg = 0, seg_begin = 0;
+    for (std::size_t j = part * S / kParts; j < (part + 1) * S / kParts; ++j) {
+      const std::size_t v = (2 * j + 1) * total / (2 * S);  // virtual index
+      while (v >= seg_begin + segments[seg].n) seg_begin += segments[seg++].n;
+      sample[j] = key_of<T>(segments[seg], v - seg_begin);
+    }
+  });
   const double p = static_cast<double>(k) / static_cast<double>(total);
   const auto margin = static_cast<std::ptrdiff_t>(4.0 * std::sqrt(S * p * (1.0 - p)) + 8.0);
   const auto center = static_cast<std::ptrdiff_t>(p * S);
   const std::ptrdiff_t lo_rank = center - margin, hi_rank = center + margin;
   Key lo = 0, hi = KeyTraits<T>::inf + 1;  // the whole range of non-NaN keys
-  if (lo_rank > 0) {
-    std::nth_element(sample.begin(), sample.begin() + lo_rank, sample.end());
-    lo = sample[static_cast<std::size_t>(lo_rank)];
-  }
-  if (hi_rank < static_cast<std::ptrdiff_t>(S) - 1) {
-    std::nth_element(sample.begin() + std::max<std::ptrdiff_t>(lo_rank, 0), sample.begin() + hi_rank, sample.end());
-    hi = sample[static_cast<std::size_t>(hi_rank)];
-  }
+  const SampleRanks<Key> ranks(sample, KeyTraits<T>::bits);
+  if (lo_rank > 0) lo = ranks.key_at(static_cast<std::size_t>(lo_rank));
+  if (hi_rank < static_cast<std::ptrdiff_t>(S) - 1) hi = ranks.key_at(static_cast<std::size_t>(hi_rank));
   return {lo, hi};
 }
 
@@ -482,8 +520,42 @@ void apply_masks(const std::vector<MaskGroup>& groups) {
   });
 }
 
+template <class Key>
+std::vector<Key> keys_at_ranks(const std::vector<Key>& keys, const std::vector<std::size_t>& ranks, int bits) {
+  const SampleRanks<Key> order(keys, bits);
+  std::vector<Key> out;
+  for (const std::size_t r : ranks) out.push_back(order.key_at(r));
+  return out;
+}
+
+template <class T>
+KeyOf<T> histogram_at_level(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> base, KeyOf<T> prefix,
+                            int hi, int lo, std::vector<std::size_t>& hist, std::size_t* below,
+                            std::uint8_t* codes) {
+  const std::size_t bins = std::size_t(1) << (hi - lo);
+  std::vector<std::uint32_t> copies(kHistCopies * bins, 0);
+  KeyOf<T> max_raw = 0;
+  *below = 0;
+  dispatch([&](auto isa) {
+    max_raw = kernels::histogram<decltype(isa)::value, T>(x, prior, n, base, prefix, hi, lo, copies.data(), below,
+                                                         codes);
+  });
+  hist.assign(bins, 0);
+  for (std::size_t c = 0; c < copies.size(); ++c) hist[c % bins] += copies[c];
+  return max_raw;
+}
+
 template NanPosition magnitude_keep<float>(const std::vector<PruneSegment>&, std::size_t);
 template NanPosition magnitude_keep<double>(const std::vector<PruneSegment>&, std::size_t);
+template KeyOf<float> histogram_at_level(const float*, const std::uint8_t*, std::size_t, KeyOf<float>, KeyOf<float>,
+                                         int, int, std::vector<std::size_t>&, std::size_t*, std::uint8_t*);
+template KeyOf<double> histogram_at_level(const double*, const std::uint8_t*, std::size_t, KeyOf<double>,
+                                          KeyOf<double>, int, int, std::vector<std::size_t>&, std::size_t*,
+                                          std::uint8_t*);
+template std::vector<std::uint32_t> keys_at_ranks(const std::vector<std::uint32_t>&, const std::vector<std::size_t>&,
+                                                  int);
+template std::vector<std::uint64_t> keys_at_ranks(const std::vector<std::uint64_t>&, const std::vector<std::size_t>&,
+                                                  int);
 template std::ptrdiff_t nm_keep<float>(const float*, std::size_t, std::size_t, int, int, std::uint8_t*);
 template std::ptrdiff_t nm_keep<double>(const double*, std::size_t, std::size_t, int, int, std::uint8_t*);
 

@@ -159,6 +159,20 @@ struct NanPosition {
 template <class T>
 NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_t k);
 
+// The keys of the given ranks (0-based, each below keys.size()) among keys,
+// exactly: the order statistics magnitude selection takes of its sample
+// (bits: the keys' width, KeyTraits<T>::bits; larger keys are allowed).
+// Exposed for the tests.
+template <class Key>
+std::vector<Key> keys_at_ranks(const std::vector<Key>& keys, const std::vector<std::size_t>& ranks, int bits);
+
+// kernels::histogram over one array at the current level, on one thread,
+// its copies merged into hist (2^(hi-lo) counts): for the tests.
+template <class T>
+KeyOf<T> histogram_at_level(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> base, KeyOf<T> prefix,
+                            int hi, int lo, std::vector<std::size_t>& hist, std::size_t* below,
+                            std::uint8_t* codes);
+
 // N:M masks of a C-contiguous array viewed as (rows, m, inner); returns the
 // first NaN's flat index (keep then holds no valid mask) or -1.
 template <class T>
