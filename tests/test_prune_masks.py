@@ -103,16 +103,48 @@ def test_magnitude_mask_large_arrays(dtype, kind, rng):
 
 
 def test_misleading_sample_falls_back_to_exact(rng):
-    # The selection samples 16384 evenly spaced entries; make exactly those
-    # tiny, so the guessed range around the median is far too low.
-    samples = 16384
-    positions = (2 * np.arange(samples) + 1) * LARGE // (2 * samples)
+    # Make exactly the sampled entries tiny, so the guessed range around the
+    # median is far too low.
+    from slimgrad._core import prune as core_prune
+
+    positions = np.array(core_prune._sample_indices(LARGE))
     w = (1 + rng.random(LARGE)).astype(np.float32)
-    w[positions] = rng.random(samples).astype(np.float32) * 1e-3
+    w[positions] = rng.random(positions.size).astype(np.float32) * 1e-3
+    assert np.count_nonzero(w < 1) == positions.size == 16384
     order = reference_order(w)
     for s in [0.01, 0.3, 0.5, 0.97]:
         expected = mask_from_order(order, count(s, LARGE), w.shape)
         np.testing.assert_array_equal(prune.magnitude_mask(w, s), expected)
+
+
+@pytest.mark.parametrize("total", [2**18 + 7, 4096 * 4096, 11008 * 4096, 3 * 2**31 + 5])
+def test_sample_spreads_over_every_column(total):
+    """The range guess samples one key per stratum of total / 16384 at a
+    hashed offset: so it reaches most columns of a 4096-wide matrix, where
+    evenly spaced keys (1024 apart) hit 4 columns, and a guess from weights
+    whose columns differ in scale (as an LLM's) missed on every call."""
+    from slimgrad._core import prune as core_prune
+
+    idx = np.array(core_prune._sample_indices(total), dtype=np.uint64)
+    j = np.arange(idx.size, dtype=np.uint64)
+    strata = j * np.uint64(total) // np.uint64(idx.size)
+    assert np.all(idx >= strata)
+    assert np.all(idx[:-1] < strata[1:]) and idx[-1] < total
+    columns = np.unique(idx % np.uint64(4096)).size
+    assert columns > 3900, columns  # 16384 random draws reach ~4021 of 4096
+    with pytest.raises(ValueError, match="total: expected at least 16384, got 100"):
+        core_prune._sample_indices(100)
+
+
+def test_column_scaled_weights_select_exactly(rng):
+    """Columns of very different scales (the case the stratified sample is
+    for): exact at every sparsity."""
+    w = (rng.standard_normal((2048, 512)) * np.exp(rng.normal(0, 1.0, 512))).astype(np.float32)
+    order = reference_order(w)
+    for s in [0.1, 0.5, 0.9]:
+        np.testing.assert_array_equal(
+            prune.magnitude_mask(w, s), mask_from_order(order, count(s, w.size), w.shape)
+        )
 
 
 def histogram_reference(x, prior, base, prefix, hi, lo):

@@ -239,6 +239,17 @@ py::tuple histogram_py(py::handle x, py::object prior, std::uint64_t base, std::
                                 : histogram_of<double>(xa, p, base, prefix, hi, lo, codes);
 }
 
+// _sample_indices(total): where a selection over `total` keys samples them
+// (sample_index), for the tests.
+std::vector<std::size_t> sample_indices_py(std::size_t total) {
+  if (total < kSampleKeys)
+    throw py::value_error("total: expected at least " + std::to_string(kSampleKeys) + ", got " +
+                          std::to_string(total));
+  std::vector<std::size_t> out;
+  for (std::size_t j = 0; j < kSampleKeys; ++j) out.push_back(sample_index(j, total, kSampleKeys));
+  return out;
+}
+
 }  // namespace
 
 void register_prune(py::module_& m) {
@@ -249,6 +260,7 @@ void register_prune(py::module_& m) {
   m.def("check_weights_", &check_weights_py, py::arg("arrays"), py::arg("names"));
   m.def("_histogram", &histogram_py, py::arg("x"), py::arg("prior"), py::arg("base"), py::arg("prefix"),
         py::arg("hi"), py::arg("lo"), py::arg("codes"));
+  m.def("_sample_indices", &sample_indices_py, py::arg("total"));
   m.def("_keys_at_ranks", &keys_at_ranks_py, py::arg("keys"), py::arg("ranks"), py::arg("bits"));
 }
 

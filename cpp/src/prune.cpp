@@ -7,7 +7,7 @@
 // digit, above) goes into its mask byte; then one pass over the codes writes
 // the masks and lists the k-th key's bucket, ranked in memory. When the
 // guess misses or that bucket is large (many equal keys), the radix select:
-//  1. A fixed, evenly spaced sample of 16384 keys guesses a narrow key range
+//  1. A fixed, stratified sample of 16384 keys guesses a narrow key range
 //     [lo, hi] around the k-th smallest; one pass counts exactly the keys
 //     below lo and inside [lo, hi] (and finds the largest key: NaN check).
 //     If the k-th is inside, the radix select runs on key - lo over only
@@ -146,16 +146,36 @@ class SampleRanks {
   std::vector<std::size_t> hist_;
 };
 
-// A key range [lo, hi] that very likely holds the k-th smallest key, from
-// a fixed, evenly spaced sample (so the same for every thread count): the
-// sample ranks k / total * S +- 4 standard deviations of a binomial. If the
-// guess is wrong the caller notices from exact counts and falls back to the
-// full key range; the result is exact either way.
+}  // namespace
+
+// Flat index of the j-th of S sample keys among `total`: one per stratum
+// [j total / S, (j + 1) total / S), at an offset a fixed hash of j picks.
+// Evenly spaced keys fell on the same few columns of a matrix whose row
+// length divides total / S times a small number (4096 x 4096: columns 512,
+// 1536, 2560 and 3584 only); with weights whose columns differ in scale, as
+// an LLM's do, the guess then missed every time and the selection took the
+// radix select's four reads (9.2 against 2.5 ms, docs/prune.md).
+std::size_t sample_index(std::size_t j, std::size_t total, std::size_t S) {
+  const std::size_t begin = j * total / S, end = (j + 1) * total / S;
+  std::uint64_t z = (static_cast<std::uint64_t>(j) + 1) * 0x9E3779B97F4A7C15ull;  // splitmix64's mix
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return begin + static_cast<std::size_t>(z % (end - begin));
+}
+
+namespace {
+
+// A key range [lo, hi] that very likely holds the k-th smallest key, from a
+// fixed stratified sample (sample_index: the same for every thread count):
+// the sample ranks k / total * S +- 4 standard deviations of a binomial. If
+// the guess is wrong the caller notices from exact counts and falls back to
+// the full key range; the result is exact either way.
 template <class T>
 std::pair<KeyOf<T>, KeyOf<T>> guess_range(const std::vector<PruneSegment>& segments, std::size_t total,
                                           std::size_t k) {
   using Key = KeyOf<T>;
-  constexpr std::size_t S = 16384, kParts = 16;
+  constexpr std::size_t S = kSampleKeys, kParts = 16;
   // Each key is a cache miss, and on 4 KiB pages a page walk too (the keys
   // are total / S elements apart): 16384 took 370-470 us on one thread of
   // the Zen 5 VM after other traffic, 10-15 % of a 4096 x 4096 selection at
@@ -165,7 +185,7 @@ std::pair<KeyOf<T>, KeyOf<T>> guess_range(const std::vector<PruneSegment>& segme
   for_units(kParts, total, [&](std::size_t part) {
     std::size_t seg = 0, seg_begin = 0;
     for (std::size_t j = part * S / kParts; j < (part + 1) * S / kParts; ++j) {
-      const std::size_t v = (2 * j + 1) * total / (2 * S);  // virtual index
+      const std::size_t v = sample_index(j, total, S);  // a flat index over all segments
       while (v >= seg_begin + segments[seg].n) seg_begin += segments[seg++].n;
       sample[j] = key_of<T>(segments[seg], v - seg_begin);
     }
