@@ -147,6 +147,24 @@ def test_column_scaled_weights_select_exactly(rng):
         )
 
 
+def test_large_selection_ranks_a_large_bucket(threads, rng):
+    """From 2**24 keys on, the k-th key's bucket may hold up to total / 1024
+    elements and still be ranked in memory (one pass over the weights, not
+    the radix select's extra reads): 2**25 keys whose bucket around the
+    median holds ~25600 (15000 set there, 4 keys in all; a selection under
+    2**24 keys ranks at most 16384), pruned exactly, ties by flat index."""
+    n = 2**25
+    w = rng.standard_normal(n).astype(np.float32)
+    k = n // 2
+    median = np.partition(np.abs(w), k)[k]
+    near = rng.choice(n, 15000, replace=False)  # about as many on either side: still around rank k
+    w[near] = median * (1 + np.float32(1e-7) * rng.integers(0, 4, near.size))  # 4 keys, ~3750 each
+    flat = np.arange(n, dtype=np.uint64)
+    key = (np.abs(w).view(np.uint32).astype(np.uint64) << np.uint64(25)) | flat
+    kth = np.partition(key, k)[k]  # the first key kept: (|w|, flat index) order
+    np.testing.assert_array_equal(prune.magnitude_mask(w, 0.5), key >= kth)
+
+
 def histogram_reference(x, prior, base, prefix, hi, lo):
     """kernels::histogram in NumPy integers: digit counts of the candidates,
     keys below base, the largest raw key, and the one-pass codes."""

@@ -243,6 +243,11 @@ void keep_ranked(const std::vector<PruneSegment>& segments, const std::vector<st
       if (std::make_pair(e.key, rank++) >= first_kept) segments[e.segment].keep[e.index] = 1;
 }
 
+// Room for one piece's listed elements, when `count` are listed in all: a
+// piece holds at most kGrain elements (plan_work), and each piece's list is
+// copied out before the next, so a task needs no more, whatever the total.
+std::size_t piece_room(std::size_t count) { return std::min(count, kGrain); }
+
 // The write pass when the k-th key lies in a small bucket [amb_lo, bound):
 // keys >= bound are kept, keys below are pruned, and the bucket's elements
 // (amb_count of them) are listed per task and ranked: the first amb_rem
@@ -253,13 +258,14 @@ void write_and_rank(const std::vector<PruneSegment>& segments, const std::vector
                     std::size_t amb_rem) {
   using Key = KeyOf<T>;
   std::vector<std::vector<Listed<T>>> lists(tasks);
-  std::vector<Key> keys(tasks * amb_count);
-  std::vector<std::uint32_t> pos(tasks * amb_count);
+  const std::size_t room = piece_room(amb_count);
+  std::vector<Key> keys(tasks * room);
+  std::vector<std::uint32_t> pos(tasks * room);
   dispatch([&](auto isa) {
     for_task_pieces(pieces, tasks, [&](std::size_t t, const Piece& pc) {
       const PruneSegment& s = segments[pc.array];
-      Key* kt = keys.data() + t * amb_count;
-      std::uint32_t* pt = pos.data() + t * amb_count;
+      Key* kt = keys.data() + t * room;
+      std::uint32_t* pt = pos.data() + t * room;
       const std::size_t got = kernels::threshold_keep<decltype(isa)::value, T>(
           data<T>(s) + pc.begin, prior_at(s, pc.begin), pc.end - pc.begin, bound, amb_lo, s.keep + pc.begin, kt, pt);
       for (std::size_t j = 0; j < got; ++j) lists[t].push_back({kt[j], pc.array, pc.begin + pt[j]});
@@ -312,7 +318,8 @@ KeyOf<T> histogram_pass(const std::vector<PruneSegment>& segments, const std::ve
 // back).
 template <class T>
 std::optional<NanPosition> coded_select(const std::vector<PruneSegment>& segments, const std::vector<Piece>& pieces,
-                                        std::size_t tasks, std::size_t k, KeyOf<T> lo_key, KeyOf<T> hi_key) {
+                                        std::size_t tasks, std::size_t total, std::size_t k, KeyOf<T> lo_key,
+                                        KeyOf<T> hi_key) {
   const int hi = bit_width(static_cast<std::uint64_t>(hi_key - lo_key)), lo = std::max(hi - kCodeBits, 0);
   std::vector<std::size_t> hist;
   std::size_t under = 0;
@@ -323,16 +330,17 @@ std::optional<NanPosition> coded_select(const std::vector<PruneSegment>& segment
   if (!(under < k && k <= under + in_range)) return std::nullopt;
   std::size_t rem = k - under, b = 0;  // to prune among the candidates, from bucket 0
   while (rem > hist[b]) rem -= hist[b++];
-  if (hist[b] > kCollectMax) return std::nullopt;
+  if (hist[b] > collect_max(total)) return std::nullopt;
   // Codes above 1 + b are kept, below pruned; the bucket's first rem by
   // (key, position) stay pruned.
   const auto code = static_cast<std::uint8_t>(1 + b);
-  std::vector<std::uint32_t> pos(tasks * hist[b]);
+  const std::size_t room = piece_room(hist[b]);
+  std::vector<std::uint32_t> pos(tasks * room);
   std::vector<std::vector<Listed<T>>> lists(tasks);
   dispatch([&](auto isa) {
     for_task_pieces(pieces, tasks, [&](std::size_t t, const Piece& pc) {
       const PruneSegment& s = segments[pc.array];
-      std::uint32_t* pt = pos.data() + t * hist[b];
+      std::uint32_t* pt = pos.data() + t * room;
       const std::size_t got =
           kernels::codes_keep<decltype(isa)::value>(s.keep + pc.begin, pc.end - pc.begin, code, pt);
       for (std::size_t j = 0; j < got; ++j)
@@ -359,7 +367,7 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
   Key lo_key = 0, hi_key = 0;
   if (sampled) {
     std::tie(lo_key, hi_key) = guess_range<T>(segments, total, k);
-    if (const auto done = coded_select<T>(segments, pieces, tasks, k, lo_key, hi_key)) return *done;
+    if (const auto done = coded_select<T>(segments, pieces, tasks, total, k, lo_key, hi_key)) return *done;
   }
 
   // One radix pass: merged histogram of the candidates' digit [lo, hi) of
@@ -410,7 +418,7 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
         bound = bucket_end;
         break;
       }
-      if (hist[b] <= kCollectMax) {  // few enough to rank in memory
+      if (hist[b] <= collect_max(total)) {  // few enough to rank in memory
         bound = bucket_end;
         amb_lo = base + (prefix << lo);
         amb_rem = rem;

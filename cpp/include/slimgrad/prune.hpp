@@ -14,6 +14,7 @@
 // contiguous range, and threaded, dispatched entry points.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -85,10 +86,14 @@ inline constexpr int kDigitBits = 11;
 // digits (ties, zeros) then increment different counters, so the increments
 // do not wait on each other through memory.
 inline constexpr int kHistCopies = 4;
-// When the bucket holding the k-th key has at most this many elements, the
-// write pass lists them and ranks them in memory instead of another radix
-// pass (memory: this many entries per thread, whatever the array size).
-inline constexpr std::size_t kCollectMax = 1 << 14;
+// When the bucket holding the k-th key (among `total` keys) has at most this
+// many elements, the write pass lists them and ranks them in memory instead
+// of another radix pass: 2^14, or total / 1024 for large selections. A
+// fixed 2^14 sent every selection of more than ~50M keys (where the one-pass
+// selection's bucket holds ~total / 4000) to the radix select's extra reads:
+// 10^8 float32 keys took 34 ms instead of 15 (Zen 5, docs/prune.md). The
+// listed elements take ~40 bytes each (their key and place, then the ranking).
+inline std::size_t collect_max(std::size_t total) { return std::max<std::size_t>(std::size_t(1) << 14, total >> 10); }
 
 // The one-pass selection's codes (magnitude_keep): the first pass writes,
 // per element, kCodeBelow for a key below the guessed range, 1 + its digit
