@@ -252,6 +252,42 @@ def _slices_agree_everywhere(x, c, w):
     return _one_order(lambda: slimgrad._core.sparse.spmm_slices(x, *arrays, *c.shape), x, w)
 
 
+@pytest.mark.parametrize("shape", [(64, 96), (37, 70)], ids=str)
+@pytest.mark.parametrize("batch", [1, 3, 8, 9])
+def test_reordered_csr_slices_agree_everywhere(shape, batch, rng):
+    """A weight whose row lengths vary (one dense row in every 16, as
+    magnitude pruning leaves some rows long) is sliced by row length, and
+    its sums are scattered back to W's rows: within float32 rounding of
+    float64 on every ISA and thread count, with the same bits everywhere,
+    and pack_sparse's product equal to them."""
+    out, inp = shape
+    w = rng.standard_normal((out, inp)).astype(np.float32)
+    w[rng.random(w.shape) < 0.9] = 0
+    w[1::16] = rng.standard_normal((len(range(1, out, 16)), inp))
+    c = to_csr(w)
+    assert _slices(c)[4].size == out  # reordered
+    x = rng.standard_normal((batch, inp)).astype(np.float32)
+    y = _slices_agree_everywhere(x, c, w)
+    with slimgrad.use_isa("avx512" if "avx512" in ISAS else ISAS[-1]):
+        packed = prune.pack_sparse(c)
+    if packed.layout == "csr slices":
+        np.testing.assert_array_equal(sparse_matmul(x, packed), y)
+
+
+def test_spmm_slices_rows_must_match_out(rng):
+    w = rng.standard_normal((20, 16)).astype(np.float32)
+    values, index, base, starts, rows = _slices(to_csr(w))
+    x = rng.standard_normal((2, 16)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"rows: expected 0 or 20 entries \(out_features\), got"):
+        slimgrad._core.sparse.spmm_slices(
+            x, values, index, base, starts, np.zeros(5, np.int32), 20, 16
+        )
+    with pytest.raises(TypeError, match="rows"):
+        slimgrad._core.sparse.spmm_slices(
+            x, values, index, base, starts, rows.astype(np.int64), 20, 16
+        )
+
+
 def test_pack_sparse_takes_csr_slices_under_avx512(rng):
     w = rng.standard_normal((40, 70)).astype(np.float32)
     w[rng.random(w.shape) < 0.9] = 0
@@ -322,23 +358,45 @@ def _slice_steps(rows: np.ndarray) -> list[int]:
     return bases
 
 
-@pytest.mark.parametrize("shape", [(35, 100), (16, 48), (20, 7), (3, 130)])
-def test_packed_csr_layout(shape, rng):
-    """The slices hold every stored value once, at its row's lane, in a step
-    whose window holds its column, each lane's values in column order, with
-    the steps sparse.hpp defines; the rest is padding (value 0, index 0x80)."""
+@pytest.mark.parametrize("uneven", [False, True], ids=["random", "uneven"])
+@pytest.mark.parametrize("shape", [(35, 100), (16, 48), (20, 7), (3, 130), (64, 96)])
+def test_packed_csr_layout(shape, uneven, rng):
+    """The slices hold W's rows in W's order or, when that takes at most 5/6
+    of the steps, ordered by their count of stored values, most first, ties
+    in row order (rows; empty for W's order); every stored value once, at
+    its row's lane, in a step whose window holds its column, each lane's
+    values in column order, with the steps sparse.hpp defines; the rest is
+    padding (value 0, index 0x80)."""
     out, inp = shape
     w = rng.standard_normal((out, inp)).astype(np.float32)
     w[rng.random(w.shape) < 0.7] = 0
     w[0, :] = 0  # an empty row
     w[-1, : min(inp, 20)] = 1.0  # a dense run: steps beyond the window's half
-    values, index, base, starts = _slices(to_csr(w))
+    if uneven:  # one dense row in every 16: each slice of W's order waits for it
+        w[1::16] = 1.0
+    values, index, base, starts, rows = _slices(to_csr(w))
     slices = -(-out // 16)
+
+    def steps(order):
+        return sum(
+            -(-len(_slice_steps(w[order][16 * s : 16 * s + 16] != 0)) // 4) * 4
+            for s in range(slices)
+        )
+
+    by_count = np.argsort(-(w != 0).sum(1), kind="stable")
+    reorder = 6 * steps(by_count) <= 5 * steps(np.arange(out))
+    if reorder:
+        np.testing.assert_array_equal(rows, by_count)
+    else:
+        assert rows.size == 0
+    if uneven and out >= 32:
+        assert reorder
+    w_in_order = w[rows] if rows.size else w
     assert starts[0] == 0 and np.all(np.diff(starts) % 4 == 0) and starts.size == slices + 1
     assert values.size == index.size == 16 * base.size == 16 * starts[-1]
     rebuilt = np.zeros((16 * slices, inp), np.float32)
     for s in range(slices):
-        want = _slice_steps(w[16 * s : 16 * s + 16] != 0)
+        want = _slice_steps(w_in_order[16 * s : 16 * s + 16] != 0)
         t0 = starts[s]
         assert starts[s + 1] - t0 == -(-len(want) // 4) * 4
         np.testing.assert_array_equal(base[t0 : t0 + len(want)], want)
@@ -355,7 +413,7 @@ def test_packed_csr_layout(shape, rng):
                 assert col < 32 and c > last[lane]  # in the window, in column order
                 last[lane] = c
                 rebuilt[16 * s + lane, c] = values[16 * t + lane]
-    np.testing.assert_array_equal(rebuilt[:out], w)
+    np.testing.assert_array_equal(rebuilt[:out], w_in_order)
     assert not rebuilt[out:].any()
 
 

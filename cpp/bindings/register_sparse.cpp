@@ -202,36 +202,42 @@ py::array spmm_csr_py(py::handle x, py::handle data, py::handle indices, py::han
 }
 
 // pack_csr_slices(data, indices, indptr, out, in) -> (values, index, base,
-// starts): W's CSR regrouped for spmm_slices (layout in sparse.hpp). Checks
-// the CSR first, as spmm_csr does.
+// starts, rows): W's CSR regrouped for spmm_slices (layout in sparse.hpp);
+// rows is empty when the slices keep W's row order. Checks the CSR first,
+// as spmm_csr does.
 py::tuple pack_csr_slices_py(py::handle data, py::handle indices, py::handle indptr, std::size_t out,
                              std::size_t in) {
   const CsrArrays csr = check_csr(data, indices, indptr, out, in, false, nullptr);
   const std::size_t slices = (out + kSliceRows - 1) / kSliceRows;
   py::array_t<std::int64_t> starts(static_cast<py::ssize_t>(slices + 1));
+  py::array_t<std::int32_t> order(static_cast<py::ssize_t>(out));
   const std::int32_t* cols = csr.indices.ptr<std::int32_t>();
+  const bool reordered = csr.indptr.dtype == DType::i32
+                             ? csr_slice_rows(cols, csr.indptr.ptr<std::int32_t>(), out, in, order.mutable_data())
+                             : csr_slice_rows(cols, csr.indptr.ptr<std::int64_t>(), out, in, order.mutable_data());
   if (csr.indptr.dtype == DType::i32)
-    csr_slice_starts(cols, csr.indptr.ptr<std::int32_t>(), out, in, starts.mutable_data());
+    csr_slice_starts(cols, csr.indptr.ptr<std::int32_t>(), order.data(), out, in, starts.mutable_data());
   else
-    csr_slice_starts(cols, csr.indptr.ptr<std::int64_t>(), out, in, starts.mutable_data());
+    csr_slice_starts(cols, csr.indptr.ptr<std::int64_t>(), order.data(), out, in, starts.mutable_data());
   const auto steps = static_cast<py::ssize_t>(starts.data()[slices]);
   py::array_t<float> values(steps * static_cast<py::ssize_t>(kSliceRows));
   py::array_t<std::uint8_t> index(steps * static_cast<py::ssize_t>(kSliceRows));
   py::array_t<std::int32_t> base(steps);
   if (csr.indptr.dtype == DType::i32)
-    pack_csr_slices(csr.data.ptr<float>(), cols, csr.indptr.ptr<std::int32_t>(), out, in, starts.data(),
-                    values.mutable_data(), index.mutable_data(), base.mutable_data());
+    pack_csr_slices(csr.data.ptr<float>(), cols, csr.indptr.ptr<std::int32_t>(), order.data(), out, in,
+                    starts.data(), values.mutable_data(), index.mutable_data(), base.mutable_data());
   else
-    pack_csr_slices(csr.data.ptr<float>(), cols, csr.indptr.ptr<std::int64_t>(), out, in, starts.data(),
-                    values.mutable_data(), index.mutable_data(), base.mutable_data());
-  return py::make_tuple(values, index, base, starts);
+    pack_csr_slices(csr.data.ptr<float>(), cols, csr.indptr.ptr<std::int64_t>(), order.data(), out, in,
+                    starts.data(), values.mutable_data(), index.mutable_data(), base.mutable_data());
+  return py::make_tuple(values, index, base, starts, reordered ? order : py::array_t<std::int32_t>(0));
 }
 
-// spmm_slices(x, values, index, base, starts, out, in) -> y = x @ W^T from
-// pack_csr_slices' arrays, which it trusts (pack_sparse keeps them in
-// buffers nobody can write); checks x, dtypes and that the sizes agree.
+// spmm_slices(x, values, index, base, starts, rows, out, in) -> y = x @ W^T
+// from pack_csr_slices' arrays (rows empty: W's order), which it trusts
+// (pack_sparse keeps them in buffers nobody can write); checks x, dtypes and
+// that the sizes agree.
 py::array spmm_slices_py(py::handle x, py::handle values, py::handle index, py::handle base, py::handle starts,
-                         std::size_t out, std::size_t checked_in) {
+                         py::handle rows, std::size_t out, std::size_t checked_in) {
   const Array xa = check_x(x);
   const auto batch = static_cast<std::size_t>(xa.dim(0)), in = static_cast<std::size_t>(xa.dim(1));
   if (checked_in != in)
@@ -246,12 +252,17 @@ py::array spmm_slices_py(py::handle x, py::handle values, py::handle index, py::
   const Array va = check_array(values, "values", {DType::f32}, Access::read, &lanes_shape);
   const Array ia = check_array(index, "index", {DType::u8}, Access::read, &lanes_shape);
   const Array ba = check_array(base, "base", {DType::i32}, Access::read, &steps_shape);
+  const Array ra = check_array(rows, "rows", {DType::i32}, Access::read);
+  if (ra.size() != 0 && ra.size() != out)
+    throw py::value_error("rows: expected 0 or " + std::to_string(out) + " entries (out_features), got " +
+                          describe(rows));
+  const bool reordered = ra.size() != 0;
   py::array y = new_y(batch, out);
   auto* yp = static_cast<float*>(y.mutable_data());
   {
     py::gil_scoped_release release;
     spmm_slices(xa.ptr<float>(), batch, in, va.ptr<float>(), ia.ptr<std::uint8_t>(), ba.ptr<std::int32_t>(),
-                sa.ptr<std::int64_t>(), out, yp);
+                sa.ptr<std::int64_t>(), reordered ? ra.ptr<std::int32_t>() : nullptr, out, yp);
   }
   return y;
 }
@@ -271,9 +282,9 @@ void register_sparse(py::module_& m) {
         "y = x @ W^T for W (out, in) in CSR (float32 data, int32 indices, int32/int64 indptr); new y.");
   m.def("pack_csr_slices", &pack_csr_slices_py, py::arg("data"), py::arg("indices"), py::arg("indptr"),
         py::arg("out_features"), py::arg("in_features"),
-        "W's CSR regrouped for spmm_slices: (values float32, index uint8, base int32, starts int64).");
+        "W's CSR regrouped for spmm_slices: (values float32, index uint8, base int32, starts int64, rows int32).");
   m.def("spmm_slices", &spmm_slices_py, py::arg("x"), py::arg("values"), py::arg("index"), py::arg("base"),
-        py::arg("starts"), py::arg("out_features"), py::arg("in_features"),
+        py::arg("starts"), py::arg("rows"), py::arg("out_features"), py::arg("in_features"),
         "y = x @ W^T from pack_csr_slices' arrays (trusted: keep them unwritable); new y.");
 }
 

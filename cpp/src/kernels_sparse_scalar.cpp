@@ -12,8 +12,8 @@ template void gemm24_slices_rows<Isa::scalar>(const float*, const float*, bool, 
                                              const float*, const std::uint32_t*, std::size_t, std::size_t,
                                              std::size_t, float*);
 template void spmm_slices_rows<Isa::scalar>(const float*, std::size_t, std::size_t, bool, const float*,
-                                           const std::uint8_t*, const std::int32_t*, const std::int64_t*, std::size_t,
-                                           std::size_t, std::size_t, float*);
+                                           const std::uint8_t*, const std::int32_t*, const std::int64_t*,
+                                           const std::int32_t*, std::size_t, std::size_t, std::size_t, float*);
 template void spmm_csr_rows<Isa::scalar, std::int32_t>(const float*, std::size_t, std::size_t, const float*,
                                                     const std::int32_t*, const std::int32_t*, std::size_t,
                                                     std::size_t, std::size_t, float*);

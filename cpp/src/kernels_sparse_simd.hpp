@@ -65,7 +65,7 @@ void spmm_csr_portable(const float* x, std::size_t batch, std::size_t in, const 
 // lane by lane, std::fma so that it has the SIMD kernels' bits.
 void spmm_slices_portable(const float* xp, std::size_t batch, std::size_t row, const float* values,
                           const std::uint8_t* index, const std::int32_t* base, const std::int64_t* starts,
-                          std::size_t out, std::size_t s0, std::size_t s1, float* y) {
+                          const std::int32_t* slice_rows, std::size_t out, std::size_t s0, std::size_t s1, float* y) {
   for (std::size_t s = s0; s < s1; ++s) {
     const auto t0 = static_cast<std::size_t>(starts[s]), t1 = static_cast<std::size_t>(starts[s + 1]);
     const std::size_t r0 = s * kSliceRows, rows = std::min(kSliceRows, out - r0);
@@ -78,7 +78,8 @@ void spmm_slices_portable(const float* xp, std::size_t batch, std::size_t row, c
           if (c & kSlicePad) continue;
           acc[(t - t0) & 3] = std::fma(values[kSliceRows * t + lane], xb[base[t] + c], acc[(t - t0) & 3]);
         }
-        y[b * out + r0 + lane] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+        const std::size_t r = slice_rows ? static_cast<std::size_t>(slice_rows[r0 + lane]) : r0 + lane;
+        y[b * out + r] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
       }
   }
 }
@@ -228,7 +229,7 @@ void gemm24_slices_rows(const float* x, const float* xt, bool k_order, std::size
 template <Isa I>
 void spmm_slices_rows(const float* xp, std::size_t batch, std::size_t row, bool masked, const float* values,
                       const std::uint8_t* index, const std::int32_t* base, const std::int64_t* starts,
-                      std::size_t out, std::size_t s0, std::size_t s1, float* y) {
+                      const std::int32_t* rows, std::size_t out, std::size_t s0, std::size_t s1, float* y) {
 #if defined(__AVX512F__)
   if constexpr (I == Isa::avx512) {
     auto run = [&](auto mask) {
@@ -238,7 +239,8 @@ void spmm_slices_rows(const float* xp, std::size_t batch, std::size_t row, bool 
           with_count(std::min(kSliceBatch, batch - b0), [&](auto nb) {
             constexpr std::size_t NB = decltype(nb)::value;
             if constexpr (NB <= kSliceBatch)
-              slice_avx512<Masked, NB>(xp + b0 * row, row, values, index, base, starts, s, y + b0 * out, out);
+              slice_avx512<Masked, NB>(xp + b0 * row, row, values, index, base, starts, rows, s, y + b0 * out,
+                                       out);
           });
     };
     return masked ? run(std::true_type{}) : run(std::false_type{});
@@ -249,7 +251,7 @@ void spmm_slices_rows(const float* xp, std::size_t batch, std::size_t row, bool 
   // kernel, so pack_sparse keeps CSR below AVX-512 and this plain loop
   // (hardware FMA in the AVX2 unit) only serves ISA switches and tests.
   (void)masked;
-  spmm_slices_portable(xp, batch, row, values, index, base, starts, out, s0, s1, y);
+  spmm_slices_portable(xp, batch, row, values, index, base, starts, rows, out, s0, s1, y);
 }
 
 template <Isa I, class P>
@@ -288,7 +290,7 @@ template void gemm24_slices_rows<SLIMGRAD_UNIT_ISA>(const float*, const float*, 
                                                     std::size_t, std::size_t, float*);
 template void spmm_slices_rows<SLIMGRAD_UNIT_ISA>(const float*, std::size_t, std::size_t, bool, const float*,
                                                   const std::uint8_t*, const std::int32_t*, const std::int64_t*,
-                                                  std::size_t, std::size_t, std::size_t, float*);
+                                                  const std::int32_t*, std::size_t, std::size_t, std::size_t, float*);
 template void spmm_csr_rows<SLIMGRAD_UNIT_ISA, std::int32_t>(const float*, std::size_t, std::size_t, const float*,
                                                              const std::int32_t*, const std::int32_t*, std::size_t,
                                                              std::size_t, std::size_t, float*);

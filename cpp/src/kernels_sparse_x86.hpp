@@ -533,10 +533,13 @@ void tile24_avx512(const float* x, std::size_t in, const float* values, const st
 // 32-column window of x, two aligned loads once per pair of steps (which
 // share the window, sparse.hpp). Four accumulators per batch row, by
 // step % 4, so consecutive FMAs never wait on each other. Masked: padding
-// lanes take 0 instead of x (needed only when x holds inf or NaN).
+// lanes take 0 instead of x (needed only when x holds inf or NaN). The
+// sums go to the lanes' rows of y: rows r0.. (rows == nullptr), or the
+// slice order's rows by one scatter per batch row.
 template <bool Masked, std::size_t NB>
 void slice_avx512(const float* xp, std::size_t row, const float* values, const std::uint8_t* index,
-                  const std::int32_t* base, const std::int64_t* starts, std::size_t s, float* y, std::size_t out) {
+                  const std::int32_t* base, const std::int64_t* starts, const std::int32_t* rows, std::size_t s,
+                  float* y, std::size_t out) {
   const auto t0 = static_cast<std::size_t>(starts[s]), t1 = static_cast<std::size_t>(starts[s + 1]);
   __m512 acc[NB][4];
   for (auto& a : acc)
@@ -567,9 +570,12 @@ void slice_avx512(const float* xp, std::size_t row, const float* values, const s
   }
   const std::size_t r0 = s * kSliceRows;
   const __mmask16 m = mask16(out - r0);
-  for (std::size_t j = 0; j < NB; ++j)
-    _mm512_mask_storeu_ps(y + j * out + r0, m,
-                          _mm512_add_ps(_mm512_add_ps(acc[j][0], acc[j][1]), _mm512_add_ps(acc[j][2], acc[j][3])));
+  const __m512i to = rows ? _mm512_maskz_loadu_epi32(m, rows + r0) : _mm512_setzero_si512();
+  for (std::size_t j = 0; j < NB; ++j) {
+    const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[j][0], acc[j][1]), _mm512_add_ps(acc[j][2], acc[j][3]));
+    if (rows) _mm512_mask_i32scatter_ps(y + j * out, m, to, sum, 4);
+    else _mm512_mask_storeu_ps(y + j * out + r0, m, sum);
+  }
 }
 
 // S slices from s (16 rows each, a lane per row) x NB batch rows of the 2:4

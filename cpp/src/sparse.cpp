@@ -180,19 +180,21 @@ namespace {
 // kSliceStride from 0, as many steps as the most values a lane still has
 // left of b + kSliceStride (rounded up to a multiple of kSliceWindowSteps),
 // and at each step every lane takes its next value if it lies in the window.
-// order: scratch for the lanes' value indices.
+// order: scratch for the lanes' value indices. Lane l holds W's row
+// slice_rows[s * kSliceRows + l] (csr_slice_rows).
 // Calls window(step, base) per step and place(step, lane, p) per stored value p;
 // returns the slice's steps before padding to a multiple of 4.
 template <class P, class Place, class Window>
-std::size_t plan_slice(const std::int32_t* cols, const P* indptr, std::size_t out, std::size_t in, std::size_t s,
-                       std::vector<std::size_t>& order, Place&& place, Window&& window) {
+std::size_t plan_slice(const std::int32_t* cols, const P* indptr, const std::int32_t* slice_rows, std::size_t out,
+                       std::size_t in, std::size_t s, std::vector<std::size_t>& order, Place&& place,
+                       Window&& window) {
   const std::size_t r0 = s * kSliceRows, rows = std::min(out - r0, kSliceRows);
   std::size_t next[kSliceRows], end[kSliceRows];  // each lane's run in order
   order.clear();
   for (std::size_t lane = 0; lane < rows; ++lane) {
     next[lane] = order.size();
-    for (auto p = static_cast<std::size_t>(indptr[r0 + lane]); p < static_cast<std::size_t>(indptr[r0 + lane + 1]);
-         ++p)
+    const auto r = static_cast<std::size_t>(slice_rows[r0 + lane]);
+    for (auto p = static_cast<std::size_t>(indptr[r]); p < static_cast<std::size_t>(indptr[r + 1]); ++p)
       order.push_back(p);
     end[lane] = order.size();
     std::stable_sort(order.begin() + static_cast<std::ptrdiff_t>(next[lane]), order.end(),
@@ -219,20 +221,37 @@ std::size_t plan_slice(const std::int32_t* cols, const P* indptr, std::size_t ou
 }  // namespace
 
 template <class P>
-void csr_slice_starts(const std::int32_t* cols, const P* indptr, std::size_t out, std::size_t in,
-                      std::int64_t* starts) {
+bool csr_slice_rows(const std::int32_t* cols, const P* indptr, std::size_t out, std::size_t in, std::int32_t* rows) {
+  std::vector<std::int32_t> sorted(out);
+  for (std::size_t r = 0; r < out; ++r) rows[r] = sorted[r] = static_cast<std::int32_t>(r);
+  std::stable_sort(sorted.begin(), sorted.end(), [&](std::int32_t a, std::int32_t b) {
+    return indptr[a + 1] - indptr[a] > indptr[b + 1] - indptr[b];
+  });
+  std::vector<std::int64_t> starts((out + kSliceRows - 1) / kSliceRows + 1);
+  csr_slice_starts(cols, indptr, rows, out, in, starts.data());
+  const std::int64_t own = starts.back();
+  csr_slice_starts(cols, indptr, sorted.data(), out, in, starts.data());
+  if (6 * starts.back() > 5 * own) return false;
+  std::copy(sorted.begin(), sorted.end(), rows);
+  return true;
+}
+
+template <class P>
+void csr_slice_starts(const std::int32_t* cols, const P* indptr, const std::int32_t* rows, std::size_t out,
+                      std::size_t in, std::int64_t* starts) {
   const std::size_t slices = (out + kSliceRows - 1) / kSliceRows;
   std::vector<std::size_t> order;
   starts[0] = 0;
   for (std::size_t s = 0; s < slices; ++s) {
-    const std::size_t n = plan_slice(cols, indptr, out, in, s, order, [](auto...) {}, [](auto...) {});
+    const std::size_t n = plan_slice(cols, indptr, rows, out, in, s, order, [](auto...) {}, [](auto...) {});
     starts[s + 1] = starts[s] + static_cast<std::int64_t>((n + 3) / 4 * 4);
   }
 }
 
 template <class P>
-void pack_csr_slices(const float* data, const std::int32_t* cols, const P* indptr, std::size_t out, std::size_t in,
-                     const std::int64_t* starts, float* values, std::uint8_t* index, std::int32_t* base) {
+void pack_csr_slices(const float* data, const std::int32_t* cols, const P* indptr, const std::int32_t* rows,
+                     std::size_t out, std::size_t in, const std::int64_t* starts, float* values, std::uint8_t* index,
+                     std::int32_t* base) {
   const std::size_t slices = (out + kSliceRows - 1) / kSliceRows;
   const auto total = static_cast<std::size_t>(starts[slices]);
   std::fill(values, values + kSliceRows * total, 0.0f);
@@ -242,7 +261,7 @@ void pack_csr_slices(const float* data, const std::int32_t* cols, const P* indpt
   for (std::size_t s = 0; s < slices; ++s) {
     const auto t0 = static_cast<std::size_t>(starts[s]);
     plan_slice(
-        cols, indptr, out, in, s, order,
+        cols, indptr, rows, out, in, s, order,
         [&](std::size_t step, std::size_t lane, std::size_t p) {
           const std::size_t u = t0 + step;
           values[kSliceRows * u + lane] = data[p];
@@ -254,7 +273,8 @@ void pack_csr_slices(const float* data, const std::int32_t* cols, const P* indpt
 }
 
 void spmm_slices(const float* x, std::size_t batch, std::size_t in, const float* values, const std::uint8_t* index,
-                 const std::int32_t* base, const std::int64_t* starts, std::size_t out, float* y) {
+                 const std::int32_t* base, const std::int64_t* starts, const std::int32_t* rows, std::size_t out,
+                 float* y) {
   if (batch == 0 || out == 0) return;
   // x on cache lines, each row padded with zeros to slice_x_row(in), past
   // its last window: the kernels load a window as two aligned vectors
@@ -304,19 +324,25 @@ void spmm_slices(const float* x, std::size_t batch, std::size_t in, const float*
     constexpr Isa I = decltype(isa)::value;
     // Chunks of kSparseRowGrain rows, as the CSR and 2:4 products.
     over_row_chunks(slices, work, [&](std::size_t s0, std::size_t s1) {
-      kernels::spmm_slices_rows<I>(xp, batch, row, !finite, values, index, base, starts, out, s0, s1, y);
+      kernels::spmm_slices_rows<I>(xp, batch, row, !finite, values, index, base, starts, rows, out, s0, s1, y);
     }, kSparseRowGrain / kSliceRows);
   });
 }
 
-template void csr_slice_starts<std::int32_t>(const std::int32_t*, const std::int32_t*, std::size_t, std::size_t,
-                                             std::int64_t*);
-template void csr_slice_starts<std::int64_t>(const std::int32_t*, const std::int64_t*, std::size_t, std::size_t,
-                                             std::int64_t*);
-template void pack_csr_slices<std::int32_t>(const float*, const std::int32_t*, const std::int32_t*, std::size_t,
-                                            std::size_t, const std::int64_t*, float*, std::uint8_t*, std::int32_t*);
-template void pack_csr_slices<std::int64_t>(const float*, const std::int32_t*, const std::int64_t*, std::size_t,
-                                            std::size_t, const std::int64_t*, float*, std::uint8_t*, std::int32_t*);
+template bool csr_slice_rows<std::int32_t>(const std::int32_t*, const std::int32_t*, std::size_t, std::size_t,
+                                           std::int32_t*);
+template bool csr_slice_rows<std::int64_t>(const std::int32_t*, const std::int64_t*, std::size_t, std::size_t,
+                                           std::int32_t*);
+template void csr_slice_starts<std::int32_t>(const std::int32_t*, const std::int32_t*, const std::int32_t*,
+                                             std::size_t, std::size_t, std::int64_t*);
+template void csr_slice_starts<std::int64_t>(const std::int32_t*, const std::int64_t*, const std::int32_t*,
+                                             std::size_t, std::size_t, std::int64_t*);
+template void pack_csr_slices<std::int32_t>(const float*, const std::int32_t*, const std::int32_t*, const std::int32_t*,
+                                            std::size_t, std::size_t, const std::int64_t*, float*, std::uint8_t*,
+                                            std::int32_t*);
+template void pack_csr_slices<std::int64_t>(const float*, const std::int32_t*, const std::int64_t*, const std::int32_t*,
+                                            std::size_t, std::size_t, const std::int64_t*, float*, std::uint8_t*,
+                                            std::int32_t*);
 
 template void spmm_csr<std::int32_t>(const float*, std::size_t, std::size_t, const float*, const std::int32_t*,
                                      const std::int32_t*, std::size_t, float*);

@@ -17,13 +17,13 @@ def pack_24_slices(values: typing.Any, positions: typing.Any) -> tuple:
     """
 def pack_csr_slices(data: typing.Any, indices: typing.Any, indptr: typing.Any, out_features: typing.SupportsInt | typing.SupportsIndex, in_features: typing.SupportsInt | typing.SupportsIndex) -> tuple:
     """
-    W's CSR regrouped for spmm_slices: (values float32, index uint8, base int32, starts int64).
+    W's CSR regrouped for spmm_slices: (values float32, index uint8, base int32, starts int64, rows int32).
     """
 def spmm_csr(x: typing.Any, data: typing.Any, indices: typing.Any, indptr: typing.Any, out_features: typing.SupportsInt | typing.SupportsIndex, prechecked: bool = False, checked_in: typing.SupportsInt | typing.SupportsIndex = 0) -> numpy.ndarray:
     """
     y = x @ W^T for W (out, in) in CSR (float32 data, int32 indices, int32/int64 indptr); new y.
     """
-def spmm_slices(x: typing.Any, values: typing.Any, index: typing.Any, base: typing.Any, starts: typing.Any, out_features: typing.SupportsInt | typing.SupportsIndex, in_features: typing.SupportsInt | typing.SupportsIndex) -> numpy.ndarray:
+def spmm_slices(x: typing.Any, values: typing.Any, index: typing.Any, base: typing.Any, starts: typing.Any, rows: typing.Any, out_features: typing.SupportsInt | typing.SupportsIndex, in_features: typing.SupportsInt | typing.SupportsIndex) -> numpy.ndarray:
     """
     y = x @ W^T from pack_csr_slices' arrays (trusted: keep them unwritable); new y.
     """

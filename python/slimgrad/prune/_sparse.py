@@ -72,8 +72,9 @@ class SparseWeight:
     per row: a 2:4 weight under AVX2 or AVX-512 (``layout="2:4 slices"``:
     ``values, ctrl``, the same bytes as the 2:4 arrays but for rows padded
     to 16), a CSR under AVX-512 (``layout="csr slices"``: ``values, index,
-    base, starts``, with padding about 2x the stored values at 90 %
-    sparsity, docs/sparse.md).
+    base, starts, rows``, rows ordered by their count of stored values,
+    with padding about 1.6x the stored values at 90 % sparsity,
+    docs/sparse.md).
     Because the arrays cannot change, products skip the per-call structure
     checks (the 2:4 positions pass, CSR's indptr and column-range passes):
     at batch 1 on MiniLM-sized weights those passes cost as much as the
@@ -124,8 +125,8 @@ class SparseWeight:
         # function up in the module another ~0.1 us at batch 1 on 384x384).
         out_f, in_f = self.shape
         if self.layout == "csr slices":
-            spmm, (values, index, base, starts) = _core_sparse.spmm_slices, self.arrays
-            self._product = lambda x: spmm(x, values, index, base, starts, out_f, in_f)
+            spmm, (values, index, base, starts, rows) = _core_sparse.spmm_slices, self.arrays
+            self._product = lambda x: spmm(x, values, index, base, starts, rows, out_f, in_f)
             return
         if self.layout == "2:4 slices":
             gemm, (values, ctrl) = _core_sparse.gemm24_slices, self.arrays
