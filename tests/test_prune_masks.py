@@ -117,23 +117,29 @@ def test_misleading_sample_falls_back_to_exact(rng):
         np.testing.assert_array_equal(prune.magnitude_mask(w, s), expected)
 
 
-@pytest.mark.parametrize("total", [2**18 + 7, 4096 * 4096, 11008 * 4096, 3 * 2**31 + 5])
+@pytest.mark.parametrize("total", [2**18, 2**18 + 7, 4096 * 4096, 11008 * 4096, 3 * 2**31 + 5])
 def test_sample_spreads_over_every_column(total):
-    """The range guess samples one key per stratum of total / 16384 at a
-    hashed offset: so it reaches most columns of a 4096-wide matrix, where
-    evenly spaced keys (1024 apart) hit 4 columns, and a guess from weights
-    whose columns differ in scale (as an LLM's) missed on every call."""
+    """The range guess samples 4096 groups of 4 keys 4 apart (a cache line or
+    two), one group per stratum of total / 4096 at a hashed offset: so it
+    reaches most columns of a 4096-wide matrix, where evenly spaced keys
+    (1024 apart) hit 4 columns, and a guess from weights whose columns
+    differ in scale (as an LLM's) missed on every call."""
     from slimgrad._core import prune as core_prune
 
     idx = np.array(core_prune._sample_indices(total), dtype=np.uint64)
-    j = np.arange(idx.size, dtype=np.uint64)
-    strata = j * np.uint64(total) // np.uint64(idx.size)
-    assert np.all(idx >= strata)
-    assert np.all(idx[:-1] < strata[1:]) and idx[-1] < total
+    assert idx.size == 16384
+    groups = idx.reshape(4096, 4)
+    np.testing.assert_array_equal(np.diff(groups, axis=1), 4)
+    g = np.arange(4096, dtype=np.uint64)
+    begin, end = (
+        g * np.uint64(total) // np.uint64(4096),
+        (g + 1) * np.uint64(total) // np.uint64(4096),
+    )
+    assert np.all(groups[:, 0] >= begin) and np.all(groups[:, 3] < end)
     columns = np.unique(idx % np.uint64(4096)).size
-    assert columns > 3900, columns  # 16384 random draws reach ~4021 of 4096
-    with pytest.raises(ValueError, match="total: expected at least 16384, got 100"):
-        core_prune._sample_indices(100)
+    assert columns > 3800, columns  # 4096 random groups of 4 reach ~3870-4020 of 4096
+    with pytest.raises(ValueError, match="total: expected at least 262144, got 262143"):
+        core_prune._sample_indices(2**18 - 1)
 
 
 def test_column_scaled_weights_select_exactly(rng):

@@ -242,11 +242,11 @@ py::tuple histogram_py(py::handle x, py::object prior, std::uint64_t base, std::
 // _sample_indices(total): where a selection over `total` keys samples them
 // (sample_index), for the tests.
 std::vector<std::size_t> sample_indices_py(std::size_t total) {
-  if (total < kSampleKeys)
-    throw py::value_error("total: expected at least " + std::to_string(kSampleKeys) + ", got " +
+  if (total < kSampledFrom)
+    throw py::value_error("total: expected at least " + std::to_string(kSampledFrom) + ", got " +
                           std::to_string(total));
   std::vector<std::size_t> out;
-  for (std::size_t j = 0; j < kSampleKeys; ++j) out.push_back(sample_index(j, total, kSampleKeys));
+  for (std::size_t j = 0; j < kSampleKeys; ++j) out.push_back(sample_index(j, total));
   return out;
 }
 

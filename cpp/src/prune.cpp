@@ -29,6 +29,7 @@
 #include <optional>
 #include <tuple>
 
+#include "slimgrad/simd.hpp"
 #include "slimgrad/threading.hpp"
 
 namespace slimgrad {
@@ -148,20 +149,31 @@ class SampleRanks {
 
 }  // namespace
 
-// Flat index of the j-th of S sample keys among `total`: one per stratum
-// [j total / S, (j + 1) total / S), at an offset a fixed hash of j picks.
-// Evenly spaced keys fell on the same few columns of a matrix whose row
-// length divides total / S times a small number (4096 x 4096: columns 512,
-// 1536, 2560 and 3584 only); with weights whose columns differ in scale, as
-// an LLM's do, the guess then missed every time and the selection took the
-// radix select's four reads (9.2 against 2.5 ms, docs/prune.md).
-std::size_t sample_index(std::size_t j, std::size_t total, std::size_t S) {
-  const std::size_t begin = j * total / S, end = (j + 1) * total / S;
-  std::uint64_t z = (static_cast<std::uint64_t>(j) + 1) * 0x9E3779B97F4A7C15ull;  // splitmix64's mix
+// Flat index of sample key j among `total` (total >= kSampledFrom): keys
+// come in groups of kSampleRun, kSampleGap apart (a cache line or two), one
+// group per stratum [g total / G, (g + 1) total / G) of the G = kSampleKeys
+// / kSampleRun groups, at an offset a fixed hash of g picks.
+// - Hashed offsets: evenly spaced keys fell on the same few columns of a
+//   matrix whose row length divides total / S times a small number (4096 x
+//   4096: columns 512, 1536, 2560 and 3584 only); with weights whose columns
+//   differ in scale, as an LLM's do, the guess then missed every time and
+//   the selection took the radix select's four reads (9.2 against 2.5 ms,
+//   docs/prune.md).
+// - Groups: each key was a cache miss and, on 4 KiB pages, a page walk.
+// - No division: G is a power of two, and the offset scales the hash by
+//   the stratum's room (a 64 x 64 -> 128-bit product's high half).
+std::size_t sample_index(std::size_t j, std::size_t total) {
+  constexpr std::size_t groups = kSampleKeys / kSampleRun, span = (kSampleRun - 1) * kSampleGap + 1;
+  static_assert((groups & (groups - 1)) == 0, "strata by shifts");
+  const std::size_t g = j / kSampleRun;
+  const std::size_t begin = g * total / groups, end = (g + 1) * total / groups;
+  std::uint64_t z = (static_cast<std::uint64_t>(g) + 1) * 0x9E3779B97F4A7C15ull;  // splitmix64's mix
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   z ^= z >> 31;
-  return begin + static_cast<std::size_t>(z % (end - begin));
+  const auto room = static_cast<std::uint64_t>(end - begin - span + 1);
+  const auto offset = static_cast<std::size_t>((static_cast<unsigned __int128>(z) * room) >> 64);
+  return begin + offset + (j % kSampleRun) * kSampleGap;
 }
 
 namespace {
@@ -175,21 +187,30 @@ template <class T>
 std::pair<KeyOf<T>, KeyOf<T>> guess_range(const std::vector<PruneSegment>& segments, std::size_t total,
                                           std::size_t k) {
   using Key = KeyOf<T>;
-  constexpr std::size_t S = kSampleKeys, kParts = 16;
-  // Each key is a cache miss, and on 4 KiB pages a page walk too (the keys
-  // are total / S elements apart): 16384 took 370-470 us on one thread of
-  // the Zen 5 VM after other traffic, 10-15 % of a 4096 x 4096 selection at
-  // 2 threads. So the threads gather parts of the sample (the same keys for
-  // any thread count).
+  constexpr std::size_t S = kSampleKeys, kPart = 1024;
+  // Each group of keys is a cache miss, and on 4 KiB pages a page walk too
+  // (groups are 4 total / S elements apart). Loaded as their positions came,
+  // with ~60 instructions an iteration, only ~2 misses were in flight: 16384
+  // keys a line apart took 370-470 us on one thread of the Zen 5 VM after
+  // other traffic, 10-15 % of a 4096 x 4096 selection at 2 threads. So each
+  // part first finds its keys and prefetches their lines, then loads them:
+  // 80-120 us (on two threads, 95-115 us with the wake-up: so one).
   std::vector<Key> sample(S);
-  for_units(kParts, total, [&](std::size_t part) {
-    std::size_t seg = 0, seg_begin = 0;
-    for (std::size_t j = part * S / kParts; j < (part + 1) * S / kParts; ++j) {
-      const std::size_t v = sample_index(j, total, S);  // a flat index over all segments
+  std::pair<const PruneSegment*, std::size_t> at[kPart];
+  std::size_t seg = 0, seg_begin = 0;
+  for (std::size_t j0 = 0; j0 < S; j0 += kPart) {
+    for (std::size_t j = j0; j < j0 + kPart; ++j) {
+      const std::size_t v = sample_index(j, total);  // a flat index over all segments
       while (v >= seg_begin + segments[seg].n) seg_begin += segments[seg++].n;
-      sample[j] = key_of<T>(segments[seg], v - seg_begin);
+      at[j - j0] = {&segments[seg], v - seg_begin};
+      if (j % kSampleRun == 0) {  // the group's first and last key: one line or two
+        simd::prefetch(data<T>(segments[seg]) + (v - seg_begin), 0);
+        simd::prefetch(data<T>(segments[seg]) + (v - seg_begin), (kSampleRun - 1) * kSampleGap * sizeof(T));
+        if (segments[seg].prior) simd::prefetch(segments[seg].prior + (v - seg_begin), 0);
+      }
     }
-  });
+    for (std::size_t j = j0; j < j0 + kPart; ++j) sample[j] = key_of<T>(*at[j - j0].first, at[j - j0].second);
+  }
   const double p = static_cast<double>(k) / static_cast<double>(total);
   const auto margin = static_cast<std::ptrdiff_t>(4.0 * std::sqrt(S * p * (1.0 - p)) + 8.0);
   const auto center = static_cast<std::ptrdiff_t>(p * S);
@@ -361,7 +382,7 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
   std::size_t total = 0;
   for (const PruneSegment& s : segments) total += s.n;
   const std::size_t tasks = task_count(total, pieces.size());
-  const bool sampled = total >= (std::size_t(1) << 18) && k > 0 && k < total;
+  const bool sampled = total >= kSampledFrom && k > 0 && k < total;
   // The guessed key range around the k-th key: the one-pass selection's,
   // then the radix select's first pass if that one gives up.
   Key lo_key = 0, hi_key = 0;

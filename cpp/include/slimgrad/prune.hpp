@@ -164,12 +164,13 @@ struct NanPosition {
 template <class T>
 NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_t k);
 
-// Magnitude selections of 2^18 keys and more guess the k-th key's range from
-// a sample of this many keys, at sample_index(j, total, kSampleKeys) for j
+// Magnitude selections of kSampledFrom keys and more guess the k-th key's
+// range from a sample of kSampleKeys keys, at sample_index(j, total) for j
 // in [0, kSampleKeys) in the flat order of all arrays (exposed for the
-// tests; total >= kSampleKeys).
-inline constexpr std::size_t kSampleKeys = 16384;
-std::size_t sample_index(std::size_t j, std::size_t total, std::size_t S);
+// tests).
+inline constexpr std::size_t kSampledFrom = std::size_t(1) << 18;
+inline constexpr std::size_t kSampleKeys = 16384, kSampleRun = 4, kSampleGap = 4;
+std::size_t sample_index(std::size_t j, std::size_t total);
 
 // The keys of the given ranks (0-based, each below keys.size()) among keys,
 // exactly: the order statistics magnitude selection takes of its sample
