@@ -244,21 +244,44 @@ struct Listed {
 template <class T>
 void keep_ranked(const std::vector<PruneSegment>& segments, const std::vector<std::vector<Listed<T>>>& lists,
                  std::size_t pruned) {
+  using Key = KeyOf<T>;
   std::size_t count = 0;
-  for (const auto& l : lists) count += l.size();
+  Key lo = ~Key(0), hi = 0;
+  for (const auto& l : lists)
+    for (const Listed<T>& e : l) {
+      ++count;
+      lo = std::min(lo, e.key);
+      hi = std::max(hi, e.key);
+    }
   if (pruned >= count) return;
   // The lists are in flat order, so (key, rank in that order) orders by
-  // (key, position), and a selection, not a sort, splits the first `pruned`
-  // from the kept. No concatenated copy of the lists: that buffer (24 bytes
-  // per entry, 5K entries for 4096 x 4096) was mapped and unmapped on every
-  // call: ~130 us of the 0.4 ms this took (Zen 5, docs/prune.md).
-  std::vector<std::pair<KeyOf<T>, std::size_t>> order;
-  order.reserve(count);
+  // (key, position), and the first kept is the pair of rank `pruned`. A
+  // histogram of the keys' top bits (bins are key intervals) finds its bin,
+  // and a selection runs among that bin's pairs only: nth_element over all
+  // of them (5-10K for the buckets here) took 55-135 us, its compares
+  // mispredicted about every other time (Zen 5, docs/prune.md). No
+  // concatenated copy of the lists either: mapped and unmapped on every
+  // call, that buffer cost ~130 us.
+  constexpr std::size_t kBins = std::size_t(1) << kDigitBits;
+  int shift = 0;
+  while (((hi - lo) >> shift) >= kBins) ++shift;
+  std::vector<std::size_t> hist(kBins, 0);
   for (const auto& l : lists)
-    for (const Listed<T>& e : l) order.push_back({e.key, order.size()});
-  std::nth_element(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(pruned), order.end());
-  const std::pair<KeyOf<T>, std::size_t> first_kept = order[pruned];
-  std::size_t rank = 0;  // the keep bytes in flat order: ascending addresses
+    for (const Listed<T>& e : l) ++hist[static_cast<std::size_t>((e.key - lo) >> shift)];
+  std::size_t bin = 0, before = 0;
+  while (before + hist[bin] <= pruned) before += hist[bin++];
+  std::vector<std::pair<Key, std::size_t>> in_bin;
+  in_bin.reserve(hist[bin]);
+  std::size_t rank = 0;
+  for (const auto& l : lists)
+    for (const Listed<T>& e : l) {
+      if (static_cast<std::size_t>((e.key - lo) >> shift) == bin) in_bin.push_back({e.key, rank});
+      ++rank;
+    }
+  const auto nth = in_bin.begin() + static_cast<std::ptrdiff_t>(pruned - before);
+  std::nth_element(in_bin.begin(), nth, in_bin.end());
+  const std::pair<Key, std::size_t> first_kept = *nth;
+  rank = 0;  // the keep bytes in flat order: ascending addresses
   for (const auto& l : lists)
     for (const Listed<T>& e : l)
       if (std::make_pair(e.key, rank++) >= first_kept) segments[e.segment].keep[e.index] = 1;
@@ -364,10 +387,25 @@ std::optional<NanPosition> coded_select(const std::vector<PruneSegment>& segment
       std::uint32_t* pt = pos.data() + t * room;
       const std::size_t got =
           kernels::codes_keep<decltype(isa)::value>(s.keep + pc.begin, pc.end - pc.begin, code, pt);
-      for (std::size_t j = 0; j < got; ++j)
-        lists[t].push_back({key_of<T>(s, pc.begin + pt[j]), pc.array, pc.begin + pt[j]});
+      for (std::size_t j = 0; j < got; ++j) lists[t].push_back({0, pc.array, pc.begin + pt[j]});
     });
   });
+  // The bucket's keys, read from the weights: every one a cache miss (the
+  // pass over them ended long ago), so in batches whose lines are all
+  // prefetched first. Read right after codes_keep listed each, with few
+  // other instructions to overlap them, they took ~20 % of the selection's
+  // serial time here (perf, Zen 5).
+  constexpr std::size_t kBatch = 256;
+  for (auto& list : lists)
+    for (std::size_t i0 = 0; i0 < list.size(); i0 += kBatch) {
+      const std::size_t i1 = std::min(list.size(), i0 + kBatch);
+      for (std::size_t i = i0; i < i1; ++i) {
+        const PruneSegment& s = segments[list[i].segment];
+        simd::prefetch(data<T>(s) + list[i].index, 0);
+        if (s.prior) simd::prefetch(s.prior + list[i].index, 0);
+      }
+      for (std::size_t i = i0; i < i1; ++i) list[i].key = key_of<T>(segments[list[i].segment], list[i].index);
+    }
   keep_ranked(segments, lists, rem);
   return NanPosition{};
 }
