@@ -56,7 +56,7 @@ def _module_names(module: types.ModuleType) -> set[str]:
     return {
         n
         for n, v in vars(module).items()
-        if not n.startswith("_") and not isinstance(v, types.ModuleType)
+        if not n.startswith("__") and not isinstance(v, types.ModuleType)
     }
 
 
