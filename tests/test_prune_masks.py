@@ -224,9 +224,10 @@ def test_histogram_pass_every_isa(isa, dtype, n, rng):
 @pytest.mark.parametrize("bits", [31, 63])
 def test_sample_order_statistics_are_exact(bits, rng):
     """The range guess of a large selection takes order statistics of its
-    16384-key sample by a histogram of the top 11 bits: exact on spread
-    keys, on keys crowded in one bucket or equal, and on keys at 2**bits (a
-    NaN key plus a prior mask's 1), which fall in the last bucket."""
+    16384-key sample (and the ranking its bucket's first kept element) by a
+    histogram of the keys' top 11 bits above the smallest: exact on spread
+    keys, on keys crowded in one bin or equal, and on keys up to 2**bits (a
+    NaN key plus a prior mask's 1)."""
     from slimgrad._core import prune as core_prune
 
     top = 2**bits

@@ -195,9 +195,9 @@ py::list keys_at_ranks_py(const std::vector<std::uint64_t>& keys, const std::vec
       if (k >> 32) throw py::value_error("keys: expected keys below 2**32 for bits=31, got " + std::to_string(k));
       narrow.push_back(static_cast<std::uint32_t>(k));
     }
-    for (const std::uint32_t k : keys_at_ranks(narrow, ranks, bits)) out.append(k);
+    for (const std::uint32_t k : keys_at_ranks(narrow, ranks)) out.append(k);
   } else {
-    for (const std::uint64_t k : keys_at_ranks(keys, ranks, bits)) out.append(k);
+    for (const std::uint64_t k : keys_at_ranks(keys, ranks)) out.append(k);
   }
   return out;
 }

@@ -110,42 +110,47 @@ KeyOf<T> key_of(const PruneSegment& s, std::size_t i) {
   return s.prior[i] ? k + 1 : 0;
 }
 
-// Order statistics of a few thousand keys (key_at(r): the r-th smallest,
-// from 0) without std::nth_element over all of them, whose compares
-// mispredict about every other time on random keys: two over guess_range's
-// 16384 keys took ~180 us on the Zen 5 VM, this 30-50 us. One histogram of
-// the keys' top kDigitBits bits finds the bucket holding rank r; only that
-// bucket (a few hundred keys unless many are equal) is selected among.
-// Buckets are key intervals (the last one open above: a prior mask's +1 can
-// carry a NaN key to 2^bits), so the result is exact.
-template <class Key>
-class SampleRanks {
- public:
-  SampleRanks(const std::vector<Key>& keys, int bits)
-      : keys_(keys), shift_(std::max(bits - kDigitBits, 0)), hist_(kBins, 0) {
-    for (const Key k : keys_) ++hist_[bucket_of(k)];
-  }
-  Key key_at(std::size_t r) const {
-    std::size_t b = 0, before = 0;
-    while (before + hist_[b] <= r) before += hist_[b++];
-    std::vector<Key> bucket(hist_[b] + 1);  // +1: the slot a non-member writes, without a branch
-    std::size_t n = 0;
-    for (const Key k : keys_) {
-      bucket[n] = k;
-      n += bucket_of(k) == b;
-    }
-    bucket.pop_back();
-    std::nth_element(bucket.begin(), bucket.begin() + static_cast<std::ptrdiff_t>(r - before), bucket.end());
-    return bucket[r - before];
-  }
+// The pair (key, rank in visiting order) of rank r among the keys
+// for_each(f) visits (calling f(key) for each, in the same order each time;
+// r below their count): the order statistic of the range guess's sample,
+// and the first kept element of a listed bucket, whose visiting order is
+// flat position (the tie rule). A histogram of the keys' top bits above the
+// smallest (bins are key intervals) finds the bin holding rank r, and only
+// that bin's pairs (a few unless many keys are equal) are selected among.
+// Why not nth_element over all pairs: its compares mispredict about every
+// other time on random keys (two over the 16384-key sample took ~180 us on
+// the Zen 5 VM, a 5-10K-key bucket 55-135 us; this 30-50 us).
+template <class Key, class ForEach>
+std::pair<Key, std::size_t> pair_at_rank(ForEach&& for_each, std::size_t r) {
+  Key lo = ~Key(0), hi = 0;
+  for_each([&](Key k) {
+    lo = std::min(lo, k);
+    hi = std::max(hi, k);
+  });
+  constexpr std::size_t kBins = std::size_t(1) << kDigitBits;
+  int shift = 0;
+  while (((hi - lo) >> shift) >= kBins) ++shift;
+  const auto bin_of = [&](Key k) { return static_cast<std::size_t>((k - lo) >> shift); };
+  std::vector<std::size_t> hist(kBins, 0);
+  for_each([&](Key k) { ++hist[bin_of(k)]; });
+  std::size_t bin = 0, before = 0;
+  while (before + hist[bin] <= r) before += hist[bin++];
+  std::vector<std::pair<Key, std::size_t>> in_bin;
+  in_bin.reserve(hist[bin]);
+  std::size_t rank = 0;
+  for_each([&](Key k) {
+    if (bin_of(k) == bin) in_bin.push_back({k, rank});
+    ++rank;
+  });
+  const auto nth = in_bin.begin() + static_cast<std::ptrdiff_t>(r - before);
+  std::nth_element(in_bin.begin(), nth, in_bin.end());
+  return *nth;
+}
 
- private:
-  static constexpr std::size_t kBins = std::size_t(1) << kDigitBits;
-  std::size_t bucket_of(Key k) const { return std::min(static_cast<std::size_t>(k >> shift_), kBins - 1); }
-  const std::vector<Key>& keys_;
-  int shift_;
-  std::vector<std::size_t> hist_;
-};
+template <class Key>
+Key key_at_rank(const std::vector<Key>& keys, std::size_t r) {
+  return pair_at_rank<Key>([&](auto&& f) { for (const Key k : keys) f(k); }, r).first;
+}
 
 }  // namespace
 
@@ -216,9 +221,8 @@ std::pair<KeyOf<T>, KeyOf<T>> guess_range(const std::vector<PruneSegment>& segme
   const auto center = static_cast<std::ptrdiff_t>(p * S);
   const std::ptrdiff_t lo_rank = center - margin, hi_rank = center + margin;
   Key lo = 0, hi = KeyTraits<T>::inf + 1;  // the whole range of non-NaN keys
-  const SampleRanks<Key> ranks(sample, KeyTraits<T>::bits);
-  if (lo_rank > 0) lo = ranks.key_at(static_cast<std::size_t>(lo_rank));
-  if (hi_rank < static_cast<std::ptrdiff_t>(S) - 1) hi = ranks.key_at(static_cast<std::size_t>(hi_rank));
+  if (lo_rank > 0) lo = key_at_rank(sample, static_cast<std::size_t>(lo_rank));
+  if (hi_rank < static_cast<std::ptrdiff_t>(S) - 1) hi = key_at_rank(sample, static_cast<std::size_t>(hi_rank));
   return {lo, hi};
 }
 
@@ -244,44 +248,20 @@ struct Listed {
 template <class T>
 void keep_ranked(const std::vector<PruneSegment>& segments, const std::vector<std::vector<Listed<T>>>& lists,
                  std::size_t pruned) {
-  using Key = KeyOf<T>;
   std::size_t count = 0;
-  Key lo = ~Key(0), hi = 0;
-  for (const auto& l : lists)
-    for (const Listed<T>& e : l) {
-      ++count;
-      lo = std::min(lo, e.key);
-      hi = std::max(hi, e.key);
-    }
+  for (const auto& l : lists) count += l.size();
   if (pruned >= count) return;
   // The lists are in flat order, so (key, rank in that order) orders by
-  // (key, position), and the first kept is the pair of rank `pruned`. A
-  // histogram of the keys' top bits (bins are key intervals) finds its bin,
-  // and a selection runs among that bin's pairs only: nth_element over all
-  // of them (5-10K for the buckets here) took 55-135 us, its compares
-  // mispredicted about every other time (Zen 5, docs/prune.md). No
-  // concatenated copy of the lists either: mapped and unmapped on every
-  // call, that buffer cost ~130 us.
-  constexpr std::size_t kBins = std::size_t(1) << kDigitBits;
-  int shift = 0;
-  while (((hi - lo) >> shift) >= kBins) ++shift;
-  std::vector<std::size_t> hist(kBins, 0);
-  for (const auto& l : lists)
-    for (const Listed<T>& e : l) ++hist[static_cast<std::size_t>((e.key - lo) >> shift)];
-  std::size_t bin = 0, before = 0;
-  while (before + hist[bin] <= pruned) before += hist[bin++];
-  std::vector<std::pair<Key, std::size_t>> in_bin;
-  in_bin.reserve(hist[bin]);
-  std::size_t rank = 0;
-  for (const auto& l : lists)
-    for (const Listed<T>& e : l) {
-      if (static_cast<std::size_t>((e.key - lo) >> shift) == bin) in_bin.push_back({e.key, rank});
-      ++rank;
-    }
-  const auto nth = in_bin.begin() + static_cast<std::ptrdiff_t>(pruned - before);
-  std::nth_element(in_bin.begin(), nth, in_bin.end());
-  const std::pair<Key, std::size_t> first_kept = *nth;
-  rank = 0;  // the keep bytes in flat order: ascending addresses
+  // (key, position), and the first kept is the pair of rank `pruned`. No
+  // concatenated copy of the lists: mapped and unmapped on every call, that
+  // buffer cost ~130 us (Zen 5, docs/prune.md).
+  const auto first_kept = pair_at_rank<KeyOf<T>>(
+      [&](auto&& f) {
+        for (const auto& l : lists)
+          for (const Listed<T>& e : l) f(e.key);
+      },
+      pruned);
+  std::size_t rank = 0;  // the keep bytes in flat order: ascending addresses
   for (const auto& l : lists)
     for (const Listed<T>& e : l)
       if (std::make_pair(e.key, rank++) >= first_kept) segments[e.segment].keep[e.index] = 1;
@@ -608,10 +588,9 @@ void apply_masks(const std::vector<MaskGroup>& groups) {
 }
 
 template <class Key>
-std::vector<Key> keys_at_ranks(const std::vector<Key>& keys, const std::vector<std::size_t>& ranks, int bits) {
-  const SampleRanks<Key> order(keys, bits);
+std::vector<Key> keys_at_ranks(const std::vector<Key>& keys, const std::vector<std::size_t>& ranks) {
   std::vector<Key> out;
-  for (const std::size_t r : ranks) out.push_back(order.key_at(r));
+  for (const std::size_t r : ranks) out.push_back(key_at_rank(keys, r));
   return out;
 }
 
@@ -639,10 +618,8 @@ template KeyOf<float> histogram_at_level(const float*, const std::uint8_t*, std:
 template KeyOf<double> histogram_at_level(const double*, const std::uint8_t*, std::size_t, KeyOf<double>,
                                           KeyOf<double>, int, int, std::vector<std::size_t>&, std::size_t*,
                                           std::uint8_t*);
-template std::vector<std::uint32_t> keys_at_ranks(const std::vector<std::uint32_t>&, const std::vector<std::size_t>&,
-                                                  int);
-template std::vector<std::uint64_t> keys_at_ranks(const std::vector<std::uint64_t>&, const std::vector<std::size_t>&,
-                                                  int);
+template std::vector<std::uint32_t> keys_at_ranks(const std::vector<std::uint32_t>&, const std::vector<std::size_t>&);
+template std::vector<std::uint64_t> keys_at_ranks(const std::vector<std::uint64_t>&, const std::vector<std::size_t>&);
 template std::ptrdiff_t nm_keep<float>(const float*, std::size_t, std::size_t, int, int, std::uint8_t*);
 template std::ptrdiff_t nm_keep<double>(const double*, std::size_t, std::size_t, int, int, std::uint8_t*);
 

@@ -173,11 +173,10 @@ inline constexpr std::size_t kSampleKeys = 16384, kSampleRun = 4, kSampleGap = 4
 std::size_t sample_index(std::size_t j, std::size_t total);
 
 // The keys of the given ranks (0-based, each below keys.size()) among keys,
-// exactly: the order statistics magnitude selection takes of its sample
-// (bits: the keys' width, KeyTraits<T>::bits; larger keys are allowed).
+// exactly: the order statistics magnitude selection takes of its sample.
 // Exposed for the tests.
 template <class Key>
-std::vector<Key> keys_at_ranks(const std::vector<Key>& keys, const std::vector<std::size_t>& ranks, int bits);
+std::vector<Key> keys_at_ranks(const std::vector<Key>& keys, const std::vector<std::size_t>& ranks);
 
 // kernels::histogram over one array at the current level, on one thread,
 // its copies merged into hist (2^(hi-lo) counts): for the tests.
