@@ -212,13 +212,10 @@ py::tuple pack_csr_slices_py(py::handle data, py::handle indices, py::handle ind
   py::array_t<std::int64_t> starts(static_cast<py::ssize_t>(slices + 1));
   py::array_t<std::int32_t> order(static_cast<py::ssize_t>(out));
   const std::int32_t* cols = csr.indices.ptr<std::int32_t>();
-  const bool reordered = csr.indptr.dtype == DType::i32
-                             ? csr_slice_rows(cols, csr.indptr.ptr<std::int32_t>(), out, in, order.mutable_data())
-                             : csr_slice_rows(cols, csr.indptr.ptr<std::int64_t>(), out, in, order.mutable_data());
-  if (csr.indptr.dtype == DType::i32)
-    csr_slice_starts(cols, csr.indptr.ptr<std::int32_t>(), order.data(), out, in, starts.mutable_data());
-  else
-    csr_slice_starts(cols, csr.indptr.ptr<std::int64_t>(), order.data(), out, in, starts.mutable_data());
+  const bool reordered =
+      csr.indptr.dtype == DType::i32
+          ? csr_slice_rows(cols, csr.indptr.ptr<std::int32_t>(), out, in, order.mutable_data(), starts.mutable_data())
+          : csr_slice_rows(cols, csr.indptr.ptr<std::int64_t>(), out, in, order.mutable_data(), starts.mutable_data());
   const auto steps = static_cast<py::ssize_t>(starts.data()[slices]);
   py::array_t<float> values(steps * static_cast<py::ssize_t>(kSliceRows));
   py::array_t<std::uint8_t> index(steps * static_cast<py::ssize_t>(kSliceRows));

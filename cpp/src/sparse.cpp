@@ -221,18 +221,20 @@ std::size_t plan_slice(const std::int32_t* cols, const P* indptr, const std::int
 }  // namespace
 
 template <class P>
-bool csr_slice_rows(const std::int32_t* cols, const P* indptr, std::size_t out, std::size_t in, std::int32_t* rows) {
+bool csr_slice_rows(const std::int32_t* cols, const P* indptr, std::size_t out, std::size_t in, std::int32_t* rows,
+                    std::int64_t* starts) {
   std::vector<std::int32_t> sorted(out);
   for (std::size_t r = 0; r < out; ++r) rows[r] = sorted[r] = static_cast<std::int32_t>(r);
   std::stable_sort(sorted.begin(), sorted.end(), [&](std::int32_t a, std::int32_t b) {
     return indptr[a + 1] - indptr[a] > indptr[b + 1] - indptr[b];
   });
-  std::vector<std::int64_t> starts((out + kSliceRows - 1) / kSliceRows + 1);
-  csr_slice_starts(cols, indptr, rows, out, in, starts.data());
-  const std::int64_t own = starts.back();
-  csr_slice_starts(cols, indptr, sorted.data(), out, in, starts.data());
-  if (6 * starts.back() > 5 * own) return false;
+  const std::size_t slices = (out + kSliceRows - 1) / kSliceRows;
+  std::vector<std::int64_t> by_count(slices + 1);
+  csr_slice_starts(cols, indptr, sorted.data(), out, in, by_count.data());
+  csr_slice_starts(cols, indptr, rows, out, in, starts);
+  if (6 * by_count.back() > 5 * starts[slices]) return false;
   std::copy(sorted.begin(), sorted.end(), rows);
+  std::copy(by_count.begin(), by_count.end(), starts);
   return true;
 }
 
@@ -330,9 +332,9 @@ void spmm_slices(const float* x, std::size_t batch, std::size_t in, const float*
 }
 
 template bool csr_slice_rows<std::int32_t>(const std::int32_t*, const std::int32_t*, std::size_t, std::size_t,
-                                           std::int32_t*);
+                                           std::int32_t*, std::int64_t*);
 template bool csr_slice_rows<std::int64_t>(const std::int32_t*, const std::int64_t*, std::size_t, std::size_t,
-                                           std::int32_t*);
+                                           std::int32_t*, std::int64_t*);
 template void csr_slice_starts<std::int32_t>(const std::int32_t*, const std::int32_t*, const std::int32_t*,
                                              std::size_t, std::size_t, std::int64_t*);
 template void csr_slice_starts<std::int64_t>(const std::int32_t*, const std::int64_t*, const std::int32_t*,

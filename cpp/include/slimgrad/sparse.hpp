@@ -133,12 +133,14 @@ inline std::size_t slice_x_row(std::size_t in) {
 
 // rows (out entries): W's rows in slice order: by stored values descending
 // (ties in row order) if that makes at most 5/6 of the steps of W's own
-// order, else W's order; returns whether they were reordered. The caller
-// has checked the CSR (as for spmm_csr).
+// order, else W's order; starts as csr_slice_starts gives for that order;
+// returns whether they were reordered. The caller has checked the CSR (as
+// for spmm_csr).
 template <class P>
-bool csr_slice_rows(const std::int32_t* cols, const P* indptr, std::size_t out, std::size_t in, std::int32_t* rows);
+bool csr_slice_rows(const std::int32_t* cols, const P* indptr, std::size_t out, std::size_t in, std::int32_t* rows,
+                    std::int64_t* starts);
 // starts (out / kSliceRows rounded up, + 1 entries): the first step of each
-// slice, then the total.
+// slice (its lanes holding W's rows `rows`, in order), then the total.
 template <class P>
 void csr_slice_starts(const std::int32_t* cols, const P* indptr, const std::int32_t* rows, std::size_t out,
                       std::size_t in, std::int64_t* starts);
