@@ -75,3 +75,32 @@ def test_stream_probe_adds_g_to_three_arrays(isa, threads, n, offset, rng):
     _core.stream_probe(p, g, m, v)
     for got, want in zip((p, m, v), expected):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_widen_half_is_exact_for_every_bit_pattern(isa, threads, half):
+    """float16 / bfloat16 -> float32 (what the mask functions read for
+    half-precision weights): every one of the 65536 bit patterns, at odd
+    offsets and lengths (vector tails), equals NumPy's / ml_dtypes' astype;
+    NaN stays NaN. A new array of x's shape; x is not touched."""
+    import ml_dtypes
+
+    dtype = np.dtype(np.float16) if half == "float16" else np.dtype(ml_dtypes.bfloat16)
+    bits = np.arange(65536, dtype=np.uint16)
+    for start, stop in [(0, 65536), (3, 65536 - 5), (7, 40)]:
+        x = bits[start:stop].view(dtype).reshape(-1, 1)
+        before = x.copy()
+        y = _core.widen_half(x)
+        want = x.astype(np.float32)
+        assert y.dtype == np.float32 and y.shape == x.shape
+        nan = np.isnan(want)
+        np.testing.assert_array_equal(np.isnan(y), nan)
+        np.testing.assert_array_equal(y.view(np.uint32)[~nan], want.view(np.uint32)[~nan])
+        np.testing.assert_array_equal(x.view(np.uint16), before.view(np.uint16))
+
+
+def test_widen_half_rejects_other_dtypes_and_layouts():
+    with pytest.raises(TypeError, match="x: expected"):
+        _core.widen_half(np.ones(4, np.float32))
+    with pytest.raises(TypeError, match="x: expected"):
+        _core.widen_half(np.ones(8, np.float16)[::2])

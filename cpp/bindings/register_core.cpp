@@ -84,6 +84,18 @@ void bind_kernels(py::module_& m) {
   def_reduction(m, "squared_norm", [](const auto* x, std::size_t n) { return squared_norm(x, n); });
   def_reduction(m, "find_nonfinite", [](const auto* x, std::size_t n) { return find_nonfinite(x, n); });
 
+  // widen_half(x) -> a new float32 array of x's shape: x (float16 or
+  // bfloat16, any C-contiguous shape) widened exactly.
+  m.def("widen_half", [](py::handle x) {
+    const Array xa = check_array(x, "x", {DType::f16, DType::bf16}, Access::read);
+    py::array y = new_output(py::dtype("float32"), xa.shape());
+    {
+      py::gil_scoped_release release;
+      widen_half(xa.ptr<std::uint16_t>(), static_cast<float*>(y.mutable_data()), xa.size(), xa.dtype == DType::bf16);
+    }
+    return y;
+  }, py::arg("x"));
+
   m.def("stream_probe", [](py::handle p, py::handle g, py::handle mm, py::handle v) {
     const Array pa = check_array(p, "p", {DType::f32}, Access::write);
     const Array ga = check_like(g, "g", pa, Access::read);

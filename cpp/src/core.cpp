@@ -51,6 +51,14 @@ void stream_probe(float* p, const float* g, float* m, float* v, std::size_t n) {
   });
 }
 
+void widen_half(const std::uint16_t* x, float* y, std::size_t n, bool bf16) {
+  dispatch([&](auto isa) {
+    parallel_for(n, kGrain, [&](std::size_t b, std::size_t e) {
+      kernels::widen_half<decltype(isa)::value>(x + b, y + b, e - b, bf16);
+    });
+  });
+}
+
 template void axpy<float>(float*, const float*, float, std::size_t);
 template void axpy<double>(double*, const double*, double, std::size_t);
 template double squared_norm<float>(const float*, std::size_t);

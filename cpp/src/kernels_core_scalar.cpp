@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "slimgrad/core.hpp"
+#include "slimgrad/simd.hpp"
 
 namespace slimgrad::kernels {
 
@@ -39,6 +40,11 @@ std::size_t find_nonfinite<Isa::scalar, double>(const double* x, std::size_t n) 
   for (std::size_t i = 0; i < n; ++i)
     if (!std::isfinite(x[i])) return i;
   return n;
+}
+
+template <>
+void widen_half<Isa::scalar>(const std::uint16_t* x, float* y, std::size_t n, bool bf16) {
+  for (std::size_t i = 0; i < n; ++i) y[i] = bf16 ? simd::bf16_to_float(x[i]) : simd::half_to_float(x[i]);
 }
 
 template <>

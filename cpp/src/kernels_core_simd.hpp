@@ -66,6 +66,19 @@ std::size_t find_nonfinite(const T* x, std::size_t n) {
 }
 
 template <Isa I>
+void widen_half(const std::uint16_t* x, float* y, std::size_t n, bool bf16) {
+  constexpr std::size_t W = simd::Vec<float, I>::width;
+  std::size_t i = 0;
+  if (bf16) {
+    for (; i + W <= n; i += W) simd::load_bf16<I>(x + i).store(y + i);
+    for (; i < n; ++i) y[i] = simd::bf16_to_float(x[i]);
+  } else {
+    for (; i + W <= n; i += W) simd::load_f16<I>(x + i).store(y + i);
+    for (; i < n; ++i) y[i] = simd::half_to_float(x[i]);
+  }
+}
+
+template <Isa I>
 void stream_probe(float* p, const float* g, float* m, float* v, std::size_t n) {
   using V = simd::Vec<float, I>;
   std::size_t i = 0;
@@ -104,5 +117,6 @@ template double sum_squares<SLIMGRAD_UNIT_ISA, double>(const double*, std::size_
 template std::size_t find_nonfinite<SLIMGRAD_UNIT_ISA, float>(const float*, std::size_t);
 template std::size_t find_nonfinite<SLIMGRAD_UNIT_ISA, double>(const double*, std::size_t);
 template void stream_probe<SLIMGRAD_UNIT_ISA>(float*, const float*, float*, float*, std::size_t);
+template void widen_half<SLIMGRAD_UNIT_ISA>(const std::uint16_t*, float*, std::size_t, bool);
 }  // namespace slimgrad::kernels
 #endif  // SLIMGRAD_UNIT_ISA

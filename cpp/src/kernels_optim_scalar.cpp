@@ -111,11 +111,6 @@ std::size_t find_nonfinite_half<Isa::scalar>(const std::uint16_t* x, std::size_t
 }
 
 template <>
-void widen_half<Isa::scalar>(const std::uint16_t* x, float* out, std::size_t n, bool bf16) {
-  for (std::size_t i = 0; i < n; ++i) out[i] = bf16 ? simd::bf16_to_float(x[i]) : simd::half_to_float(x[i]);
-}
-
-template <>
 void optim_step<Isa::scalar>(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
   // Multipass rows never reach optim_step (the binding refuses them).
   dispatch_rule(a.algo, [&](auto row) {

@@ -611,14 +611,6 @@ std::size_t find_nonfinite_half(const std::uint16_t* x, std::size_t n, bool bf16
 }
 
 template <Isa I>
-void widen_half(const std::uint16_t* x, float* out, std::size_t n, bool bf16) {
-  constexpr std::size_t W = Vec<float, I>::width;
-  std::size_t i = 0;
-  for (; i + W <= n; i += W) (bf16 ? load_bf16<I>(x + i) : load_f16<I>(x + i)).store(out + i);
-  for (; i < n; ++i) out[i] = bf16 ? simd::bf16_to_float(x[i]) : simd::half_to_float(x[i]);
-}
-
-template <Isa I>
 void optim_step(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) {
   if (a.storage == Storage::f64)
     optim_simd::run_algo<I, double, false>(a, s, b, e);
@@ -637,6 +629,5 @@ void optim_step(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e) 
 namespace slimgrad::kernels {
 template void optim_step<SLIMGRAD_UNIT_ISA>(const StepArgs&, const Slot&, std::size_t, std::size_t);
 template std::size_t find_nonfinite_half<SLIMGRAD_UNIT_ISA>(const std::uint16_t*, std::size_t, bool);
-template void widen_half<SLIMGRAD_UNIT_ISA>(const std::uint16_t*, float*, std::size_t, bool);
 }  // namespace slimgrad::kernels
 #endif  // SLIMGRAD_UNIT_ISA

@@ -12,7 +12,7 @@ from ._core_stubs import quant as quant
 from ._core_stubs import distill as distill
 from ._core_stubs import gptq as gptq
 from ._core_stubs import sparse as sparse
-__all__: list[str] = ['active_isa', 'available_isas', 'axpy_', 'best_isa', 'built_isas', 'cached_output_bytes', 'compiler', 'distill', 'empty', 'find_nonfinite', 'get_num_threads', 'gptq', 'nn', 'openmp_enabled', 'optim', 'prune', 'quant', 'release_cached_outputs', 'set_active_isa', 'set_num_threads', 'sparse', 'squared_norm', 'stream_probe']
+__all__: list[str] = ['active_isa', 'available_isas', 'axpy_', 'best_isa', 'built_isas', 'cached_output_bytes', 'compiler', 'distill', 'empty', 'find_nonfinite', 'get_num_threads', 'gptq', 'nn', 'openmp_enabled', 'optim', 'prune', 'quant', 'release_cached_outputs', 'set_active_isa', 'set_num_threads', 'sparse', 'squared_norm', 'stream_probe', 'widen_half']
 def active_isa() -> str:
     ...
 def available_isas() -> list:
@@ -42,5 +42,7 @@ def set_num_threads(n: typing.SupportsInt | typing.SupportsIndex) -> None:
 def squared_norm(x: typing.Any) -> float:
     ...
 def stream_probe(p: typing.Any, g: typing.Any, m: typing.Any, v: typing.Any) -> None:
+    ...
+def widen_half(x: typing.Any) -> numpy.ndarray:
     ...
 compiler: str

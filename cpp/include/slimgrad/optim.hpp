@@ -119,9 +119,6 @@ void optim_step(const StepArgs& a, const Slot& s, std::size_t b, std::size_t e);
 // group of vectors at a time, like the core's find_nonfinite.
 template <Isa I>
 std::size_t find_nonfinite_half(const std::uint16_t* x, std::size_t n, bool bf16);
-// out[i] = x[i] widened to float32 (exact), for i < n.
-template <Isa I>
-void widen_half(const std::uint16_t* x, float* out, std::size_t n, bool bf16);
 }  // namespace kernels
 
 // Steps every slot. With check, first scans all gradients; if one holds a
