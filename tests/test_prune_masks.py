@@ -154,17 +154,17 @@ def test_column_scaled_weights_select_exactly(rng):
 
 
 def test_large_selection_ranks_a_large_bucket(threads, rng):
-    """From 2**24 keys on, the k-th key's bucket may hold up to total / 1024
+    """From 2**24 keys on, the k-th key's bucket may hold up to total / 256
     elements and still be ranked in memory (one pass over the weights, not
     the radix select's extra reads): 2**25 keys whose bucket around the
-    median holds ~25600 (15000 set there, 4 keys in all; a selection under
-    2**24 keys ranks at most 16384), pruned exactly, ties by flat index."""
+    median holds ~90000 (80000 set there, 4 keys in all; a selection under
+    2**24 keys ranks at most 65536), pruned exactly, ties by flat index."""
     n = 2**25
     w = rng.standard_normal(n).astype(np.float32)
     k = n // 2
     median = np.partition(np.abs(w), k)[k]
-    near = rng.choice(n, 15000, replace=False)  # about as many on either side: still around rank k
-    w[near] = median * (1 + np.float32(1e-7) * rng.integers(0, 4, near.size))  # 4 keys, ~3750 each
+    near = rng.choice(n, 80000, replace=False)  # about as many on either side: still around rank k
+    w[near] = median * (1 + np.float32(1e-7) * rng.integers(0, 4, near.size))  # 4 keys, ~20000 each
     flat = np.arange(n, dtype=np.uint64)
     key = (np.abs(w).view(np.uint32).astype(np.uint64) << np.uint64(25)) | flat
     kth = np.partition(key, k)[k]  # the first key kept: (|w|, flat index) order
@@ -317,6 +317,19 @@ def test_half_dtypes_rank_like_float32(dtype, rng):
     w = make("ties", 5000, np.float32, rng).astype(dtype)
     w[::7] = rng.standard_normal(w[::7].size).astype(dtype)
     for s in SPARSITIES:
+        np.testing.assert_array_equal(
+            prune.magnitude_mask(w, s), reference_mask(w.astype(np.float32), count(s, w.size))
+        )
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16], ids=["float16", "bfloat16"])
+def test_large_half_weights_select_exactly(isa, threads, dtype, rng):
+    """A selection over 2**20 half-precision weights (widened on the threads)
+    runs the sampled one-pass path with the heavy ties of their few distinct
+    magnitudes (bfloat16: thousands of equal keys at the median): exact, ties by
+    flat index."""
+    w = rng.standard_normal((1024, 1024)).astype(dtype)
+    for s in (0.3, 0.5, 0.9):
         np.testing.assert_array_equal(
             prune.magnitude_mask(w, s), reference_mask(w.astype(np.float32), count(s, w.size))
         )

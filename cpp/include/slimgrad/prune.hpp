@@ -88,12 +88,17 @@ inline constexpr int kDigitBits = 11;
 inline constexpr int kHistCopies = 4;
 // When the bucket holding the k-th key (among `total` keys) has at most this
 // many elements, the write pass lists them and ranks them in memory instead
-// of another radix pass: 2^14, or total / 1024 for large selections. A
-// fixed 2^14 sent every selection of more than ~50M keys (where the one-pass
-// selection's bucket holds ~total / 4000) to the radix select's extra reads:
-// 10^8 float32 keys took 34 ms instead of 15 (Zen 5, docs/prune.md). The
-// listed elements take ~40 bytes each (their key and place, then the ranking).
-inline std::size_t collect_max(std::size_t total) { return std::max<std::size_t>(std::size_t(1) << 14, total >> 10); }
+// of another radix pass: 2^16, total / 256 for large selections, at most 2^24
+// (~40 bytes each: the key and place, then the ranking; 670 MB at most).
+// - A fixed 2^14 sent every selection of more than ~50M keys (whose bucket
+//   holds ~total / 4000) to the radix select's extra reads: 10^8 float32
+//   keys took 34 ms instead of 15 (Zen 5, docs/prune.md).
+// - Weights widened from bfloat16 have few distinct magnitudes: the k-th
+//   key's value alone has ~0.16 % of a normal matrix's elements (26K of 16M),
+//   and 4096 x 4096 took 11.5 ms against 5.2-6.5 now.
+inline std::size_t collect_max(std::size_t total) {
+  return std::max<std::size_t>(std::size_t(1) << 16, std::min<std::size_t>(total >> 8, std::size_t(1) << 24));
+}
 
 // The one-pass selection's codes (magnitude_keep): the first pass writes,
 // per element, kCodeBelow for a key below the guessed range, 1 + its digit
