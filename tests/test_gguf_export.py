@@ -355,3 +355,38 @@ def test_imatrix_reaches_the_k_quantizers(tmp_path, capsys):
         plain = kquants.quantize(w[name], t.tensor_type.name)
         np.testing.assert_array_equal(np.asarray(t.data).reshape(ours.shape), ours)
         assert not np.array_equal(ours, plain)  # the importances changed the blocks
+
+
+@pytest.mark.parametrize("half", ["bfloat16", "float16"])
+def test_half_precision_checkpoint_exports_its_exact_values(tmp_path, half):
+    """A float16 / bfloat16 checkpoint (an LLM's usual dtype) is widened
+    exactly (on the threads, not by NumPy's astype) before quantizing: its
+    GGUF holds the same tensors as the export of the float32 checkpoint of
+    the same values."""
+    import shutil
+
+    import ml_dtypes
+    from safetensors.numpy import load_file, save_file
+
+    dtype = np.float16 if half == "float16" else ml_dtypes.bfloat16
+    hf = load_file(os.path.join(minilm_dir(), "model.safetensors"))
+    halves = {k: v.astype(dtype) for k, v in hf.items() if v.dtype == np.float32}
+    dirs = {}
+    for kind, tensors in (
+        ("half", halves),
+        ("f32", {k: v.astype(np.float32) for k, v in halves.items()}),
+    ):
+        d = tmp_path / kind
+        shutil.copytree(minilm_dir(), d)
+        full = {k: v for k, v in hf.items() if k not in tensors} | tensors
+        save_file(full, str(d / "model.safetensors"))
+        dirs[kind] = d
+    readers = {}
+    for kind, d in dirs.items():
+        export_gguf(d, tmp_path / f"{kind}.gguf", "Q8_0")
+        readers[kind] = {t.name: t for t in gguf.GGUFReader(tmp_path / f"{kind}.gguf").tensors}
+    assert set(readers["half"]) == set(readers["f32"]) == EXPECTED_NAMES
+    for name, t in readers["half"].items():
+        other = readers["f32"][name]
+        assert t.tensor_type == other.tensor_type, name
+        np.testing.assert_array_equal(np.asarray(t.data), np.asarray(other.data), err_msg=name)

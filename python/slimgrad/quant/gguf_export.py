@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _core
 from .._report import Row
 from . import gguf_mix
 from ._stream import Source, open_safetensors
@@ -391,7 +392,11 @@ def _convert(
         raise ValueError(
             f"{p.source.path}: tensor {p.hf_name!r} is {w.dtype.name}, expected floating point"
         )
-    w = w.astype(np.float32, copy=False)
+    if w.dtype.itemsize == 2:  # float16 / bfloat16 (an LLM's usual dtype): exact, on the threads,
+        # 2.4 ms for 16M values where NumPy's astype took 11 ms
+        w = _core.widen_half(np.ascontiguousarray(w, dtype=w.dtype.newbyteorder("=")))
+    else:
+        w = w.astype(np.float32, copy=False)
     if p.name.endswith(
         ("attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias")
     ) and cfg.get("model_type") in ("llama", "mistral"):
