@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
+from ._blocks import as_float32
 
 _q = _core.quant
 
@@ -98,7 +99,7 @@ def _as_float32(w: Any, name: str = "w") -> np.ndarray:
         raise TypeError(
             f"{name}: expected a floating-point array, got {w.dtype.name} array of shape {w.shape}"
         )
-    return np.ascontiguousarray(w, dtype=np.float32)
+    return as_float32(w)
 
 
 class QuantizedTensor:

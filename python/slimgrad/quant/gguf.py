@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ._blocks import blocks_shape, check_float_array, nonfinite_error, type_name
+from ._blocks import as_float32, blocks_shape, check_float_array, nonfinite_error, type_name
 
 # The traits table of quant.hpp (one row per format, in GgufType order).
 _FORMATS = _core.quant.gguf_formats()
@@ -75,7 +75,7 @@ def _quantize(w: np.ndarray, type: Any, label: str) -> np.ndarray:
         raise ValueError(
             f"{label}: expected a last axis that is a multiple of {BLOCK_SIZE}, got shape {w.shape}"
         )
-    wf = np.ascontiguousarray(w, dtype=np.float32)
+    wf = as_float32(w)
     out = _core.empty((*w.shape[:-1], w.shape[-1] // BLOCK_SIZE * TYPE_SIZE[name]), np.uint8)
     bad = _core.quant.gguf_quantize(wf, TYPES.index(name), out)
     if bad >= 0:  # checked while quantizing; the partial output is dropped

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ._blocks import blocks_shape, check_float_array, nonfinite_error, type_name
+from ._blocks import as_float32, blocks_shape, check_float_array, nonfinite_error, type_name
 
 TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 BLOCK_SIZE = 256
@@ -120,7 +120,7 @@ def quantize(w: np.ndarray, type: Any, imatrix: np.ndarray | None = None) -> np.
         if not np.isfinite(qw).all():
             bad = int(np.flatnonzero(~np.isfinite(qw))[0])
             raise nonfinite_error("imatrix", qw.reshape(imatrix.shape), bad)
-    wf = np.ascontiguousarray(w, dtype=np.float32)
+    wf = as_float32(w)
     out = _core.empty((*w.shape[:-1], n_per_row // BLOCK_SIZE * TYPE_SIZE[name]), np.uint8)
     groups = w.shape[0] if per_expert else 1
     wg, og = wf.reshape(groups, -1), out.reshape(groups, -1)
