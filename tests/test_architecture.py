@@ -28,6 +28,7 @@ LAYERS = {
     "_safetensors": 1,
     "_report": 1,
     "_second_order": 1,
+    "_float32": 1,
     "optim": 2,
     "schedule": 2,
     "nn": 2,

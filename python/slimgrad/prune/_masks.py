@@ -24,6 +24,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .. import _core
+from .._float32 import as_float32
 
 _core_prune = _core.prune
 
@@ -65,7 +66,7 @@ def _as_keyable(w: object) -> object:
         return w
     native = w.dtype.newbyteorder("=")
     if native in _half_dtypes():
-        return _core.widen_half(np.ascontiguousarray(w, dtype=native))
+        return as_float32(w)
     if native in _KEY_DTYPES and not (w.flags.c_contiguous and w.dtype.isnative):
         return np.ascontiguousarray(w, dtype=native)
     return w

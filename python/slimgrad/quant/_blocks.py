@@ -1,6 +1,5 @@
 """Argument checks shared by the block formats (``gguf.py``: Q4_0 ... Q8_0,
-``kquants.py``: Q2_K ... Q6_K): one message per mistake, whichever format;
-and the float32 copy every quantizer reads."""
+``kquants.py``: Q2_K ... Q6_K): one message per mistake, whichever format."""
 
 from __future__ import annotations
 
@@ -9,18 +8,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-
-from .. import _core
-
-
-def as_float32(w: np.ndarray) -> np.ndarray:
-    """``w`` (a checked floating-point array) as float32, C-contiguous: itself
-    when it is, float16 / bfloat16 (a checkpoint's usual dtypes) widened
-    exactly by ``_core.widen_half`` on the threads (16M bfloat16 values: 2.4
-    ms, where NumPy's astype took 11), anything else by NumPy."""
-    if w.dtype.itemsize == 2:
-        return _core.widen_half(np.ascontiguousarray(w, dtype=w.dtype.newbyteorder("=")))
-    return np.ascontiguousarray(w, dtype=np.float32)
 
 
 def type_name(type: Any, types: Sequence[str]) -> str:

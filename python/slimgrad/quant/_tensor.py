@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ._blocks import as_float32
+from .._float32 import as_float32
 
 _q = _core.quant
 

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ._blocks import as_float32, blocks_shape, check_float_array, nonfinite_error, type_name
+from .._float32 import as_float32
+from ._blocks import blocks_shape, check_float_array, nonfinite_error, type_name
 
 # The traits table of quant.hpp (one row per format, in GgufType order).
 _FORMATS = _core.quant.gguf_formats()

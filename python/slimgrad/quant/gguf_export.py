@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from .._float32 import as_float32
 from .._report import Row
 from . import gguf_mix
-from ._blocks import as_float32
 from ._stream import Source, open_safetensors
 
 __all__ = ["ARCHES", "export_gguf"]

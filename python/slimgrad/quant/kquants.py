@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ._blocks import as_float32, blocks_shape, check_float_array, nonfinite_error, type_name
+from .._float32 import as_float32
+from ._blocks import blocks_shape, check_float_array, nonfinite_error, type_name
 
 TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 BLOCK_SIZE = 256
