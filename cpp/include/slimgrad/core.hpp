@@ -1,5 +1,6 @@
 // Core elementwise kernels shared by the optimizers and utilities:
-// an in-place axpy, a fixed-order squared norm and a finite check.
+// an in-place axpy, a fixed-order squared norm, a finite check and the
+// exact float16 / bfloat16 -> float32 widening.
 //
 // Two layers, the pattern every area follows:
 //  - slimgrad::kernels::<fn><Isa, T>: single-threaded kernels on one
