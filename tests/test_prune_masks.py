@@ -188,12 +188,13 @@ def histogram_reference(x, prior, base, prefix, hi, lo):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("n", [1, 31, 33, 64, 1000, 4133])
-def test_histogram_pass_every_isa(isa, dtype, n, rng):
+@pytest.mark.parametrize("n", [1, 31, 33, 64, 1000, 4133, 70_001])
+def test_histogram_pass_every_isa(isa, threads, dtype, n, rng):
     """The pass both selections start with (the radix select's digits and the
     one-pass selection's codes), on its own: counts, keys below base, the
-    largest key and the codes equal NumPy's on every level, with tails, a
-    prior mask, a NaN and infinities. Its results only steer the selection
+    largest key and the codes equal NumPy's on every level and thread count
+    (70001 keys: three pieces, their counts merged), with tails, a prior
+    mask, a NaN and infinities. Its results only steer the selection
     (a wrong count sends it to the exact fallback), so masks alone would not
     show a wrong one."""
     from slimgrad._core import prune as core_prune

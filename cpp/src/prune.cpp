@@ -598,17 +598,15 @@ template <class T>
 KeyOf<T> histogram_at_level(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> base, KeyOf<T> prefix,
                             int hi, int lo, std::vector<std::size_t>& hist, std::size_t* below,
                             std::uint8_t* codes) {
-  const std::size_t bins = std::size_t(1) << (hi - lo);
-  std::vector<std::uint32_t> copies(kHistCopies * bins, 0);
-  KeyOf<T> max_raw = 0;
-  *below = 0;
-  dispatch([&](auto isa) {
-    max_raw = kernels::histogram<decltype(isa)::value, T>(x, prior, n, base, prefix, hi, lo, copies.data(), below,
-                                                         codes);
-  });
-  hist.assign(bins, 0);
-  for (std::size_t c = 0; c < copies.size(); ++c) hist[c % bins] += copies[c];
-  return max_raw;
+  if (n == 0) {  // no pieces: nothing to count
+    hist.assign(std::size_t(1) << (hi - lo), 0);
+    *below = 0;
+    return 0;
+  }
+  const std::vector<PruneSegment> segments{{x, prior, n, codes}};
+  const std::vector<Piece> pieces = split(segments);
+  return histogram_pass<T>(segments, pieces, task_count(n, pieces.size()), base, prefix, hi, lo, codes != nullptr,
+                           hist, below);
 }
 
 template NanPosition magnitude_keep<float>(const std::vector<PruneSegment>&, std::size_t);

@@ -183,8 +183,10 @@ std::size_t sample_index(std::size_t j, std::size_t total);
 template <class Key>
 std::vector<Key> keys_at_ranks(const std::vector<Key>& keys, const std::vector<std::size_t>& ranks);
 
-// kernels::histogram over one array at the current level, on one thread,
-// its copies merged into hist (2^(hi-lo) counts): for the tests.
+// The selections' histogram pass (kernels::histogram over pieces and
+// tasks, counts merged into hist: 2^(hi-lo) of them) over one array at the
+// current level and thread count, codes written to `codes` when not null:
+// for the tests.
 template <class T>
 KeyOf<T> histogram_at_level(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T> base, KeyOf<T> prefix,
                             int hi, int lo, std::vector<std::size_t>& hist, std::size_t* below,
