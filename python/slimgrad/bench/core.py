@@ -50,3 +50,19 @@ def cases(size: int) -> Iterator[Case]:
     if torch is not None:
         finite["torch isfinite().all()"] = lambda: bool(torch.isfinite(tg).all())
     yield Case("find_nonfinite float32", finite, bytes=4 * size)
+
+    # What the masks and quantizers read in place of half-precision weights
+    # (slimgrad/_float32.py): a new float32 array per call, for every peer.
+    import ml_dtypes
+
+    for name, half in (("bfloat16", ml_dtypes.bfloat16), ("float16", np.float16)):
+        h = g.astype(half)
+        widen = {
+            "slimgrad": lambda h=h: _core.widen_half(h),
+            "numpy astype": lambda h=h: h.astype(np.float32),
+        }
+        if torch is not None:
+            th = torch.from_numpy(h.view(np.uint16).astype(np.int16))
+            th = th.view(torch.bfloat16 if name == "bfloat16" else torch.float16)
+            widen["torch .float()"] = lambda th=th: th.float()
+        yield Case(f"widen {name} -> float32", widen, bytes=6 * size)
