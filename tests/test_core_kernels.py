@@ -104,3 +104,13 @@ def test_widen_half_rejects_other_dtypes_and_layouts():
         _core.widen_half(np.ones(4, np.float32))
     with pytest.raises(TypeError, match="x: expected"):
         _core.widen_half(np.ones(8, np.float16)[::2])
+
+
+def test_widen_half_empty_scalar_and_read_only_inputs():
+    import ml_dtypes
+
+    assert _core.widen_half(np.empty((0, 3), np.float16)).shape == (0, 3)
+    assert float(_core.widen_half(np.array(1.5, ml_dtypes.bfloat16))) == 1.5
+    ro = np.arange(8, dtype=np.float16)
+    ro.flags.writeable = False  # only read: accepted, and left as it was
+    np.testing.assert_array_equal(_core.widen_half(ro), np.arange(8, dtype=np.float32))

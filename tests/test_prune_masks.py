@@ -6,6 +6,8 @@ contract is exact (count, order, tie rule), so masks must be equal, not close.
 
 from __future__ import annotations
 
+import re
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -334,6 +336,18 @@ def test_large_half_weights_select_exactly(isa, threads, dtype, rng):
         np.testing.assert_array_equal(
             prune.magnitude_mask(w, s), reference_mask(w.astype(np.float32), count(s, w.size))
         )
+
+
+def test_half_weights_nan_is_named_and_nothing_changes(rng):
+    """A NaN in bfloat16 weights (read through their float32 copy) is reported
+    at its index in the weights, which stay as they were."""
+    w = rng.standard_normal((600, 600)).astype(ml_dtypes.bfloat16)
+    w[5, 7] = np.nan
+    before = w.view(np.uint16).copy()
+    message = "w: NaN at index (5, 7) (flat index 3007); NaN weights have no magnitude to rank"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        prune.magnitude_mask(w, 0.5)
+    np.testing.assert_array_equal(w.view(np.uint16), before)
 
 
 def test_multidimensional_shapes(rng):
