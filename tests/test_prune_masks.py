@@ -14,7 +14,8 @@ import pytest
 from conftest import EDGE_SIZES, run_everywhere
 from slimgrad import prune
 
-DTYPES = [np.float32, np.float64]
+# float16 and bfloat16 are ranked from their own bits (15-bit keys), not widened.
+DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16]
 SPARSITIES = [0.0, 0.3, 0.5, 0.77, 1.0]
 TIE_SIZES = [0, 1, 7, 8, 9, 33, 4097, 32769, 100_003]
 
@@ -49,9 +50,9 @@ def make(kind: str, n: int, dtype, rng) -> np.ndarray:
         w[rng.random(n) < 0.2] = -0.0
         return w
     if kind == "denormal":
-        tiny = np.finfo(dtype).smallest_subnormal
-        w = (rng.integers(-5, 6, n) * tiny).astype(dtype)
-        w[rng.random(n) < 0.1] = np.finfo(dtype).tiny  # the smallest normal
+        tiny = ml_dtypes.finfo(dtype).smallest_subnormal
+        w = (rng.integers(-5, 6, n) * np.float64(tiny)).astype(dtype)
+        w[rng.random(n) < 0.1] = ml_dtypes.finfo(dtype).tiny  # the smallest normal
         return w
     if kind == "inf":
         w = rng.standard_normal(n).astype(dtype)
@@ -173,12 +174,25 @@ def test_large_selection_ranks_a_large_bucket(threads, rng):
     np.testing.assert_array_equal(prune.magnitude_mask(w, 0.5), key >= kth)
 
 
+def key_bits(dtype) -> int:
+    """Bits of the selection keys of a dtype: |x|'s bits, sign cleared."""
+    return 8 * np.dtype(dtype).itemsize - 1
+
+
+def raw_keys(x: np.ndarray) -> np.ndarray:
+    """The raw keys of x as the kernels hold them: uint32 lanes for float32
+    and the halves, uint64 for float64."""
+    bits = key_bits(x.dtype)
+    utype = np.uint64 if bits == 63 else np.uint32
+    bits_of = x.view({15: np.uint16, 31: np.uint32, 63: np.uint64}[bits]).astype(utype)
+    return bits_of & utype(2**bits - 1)
+
+
 def histogram_reference(x, prior, base, prefix, hi, lo):
     """kernels::histogram in NumPy integers: digit counts of the candidates,
     keys below base, the largest raw key, and the one-pass codes."""
-    bits = 32 if x.dtype == np.float32 else 64
-    utype = np.uint32 if bits == 32 else np.uint64
-    raw = x.view(utype) & utype(2 ** (bits - 1) - 1)
+    raw = raw_keys(x)
+    utype = raw.dtype.type
     key = raw if prior is None else np.where(prior, raw + utype(1), utype(0))
     k = key - utype(base)  # wraps below base, as the kernel's unsigned keys do
     cand = (k >> utype(hi)) == utype(prefix)
@@ -207,15 +221,17 @@ def test_histogram_pass_every_isa(isa, threads, dtype, n, rng):
     if n > 40:
         x[n - 3] = np.nan
     prior = rng.random(n) < 0.7
-    bits = 31 if dtype == np.float32 else 63
-    median = int(np.median(np.abs(x[np.isfinite(x)]).view(np.uint32 if bits == 31 else np.uint64)))
+    bits = key_bits(dtype)
+    median = int(np.median(raw_keys(x[np.isfinite(x.astype(np.float64))])))
+    # Digits of a long key, of a short one (the halves' 15 bits: 11 + 4)
+    deep = [(bits - 12, bits - 23, bits - 20, bits - 27)] if bits > 15 else [(4, 0, 3, 0)]
     for p in (None, prior):
         for base, prefix, hi, lo, codes in [
             (0, 0, bits, bits - 11, False),  # the radix select's first pass
             (median // 2, 0, bits - 3, bits - 14, False),
-            (median // 2, 1, bits - 12, bits - 23, False),  # a later digit
+            (median // 2, 1, deep[0][0], deep[0][1], False),  # a later digit
             (median // 2, 0, bits - 4, bits - 11, True),  # one-pass codes
-            (median, 0, bits - 20, bits - 27, True),
+            (median, 0, deep[0][2], deep[0][3], True),
         ]:
             hist, below, top, got_codes = core_prune._histogram(x, p, base, prefix, hi, lo, codes)
             want = histogram_reference(x, p, base, prefix, hi, lo)
@@ -282,11 +298,13 @@ def test_one_pass_selection_everywhere(isa, threads, dtype, rng):
         prune.magnitude_mask(w, 0.5)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("n", [1000, LARGE])
-def test_prior_mask_prunes_previously_pruned_first(n, rng):
+def test_prior_mask_prunes_previously_pruned_first(n, dtype, rng):
     from slimgrad.prune._masks import _select
 
-    w = make("ties", n, np.float32, rng)
+    w = make("ties", n, dtype, rng)
+    w[::5] = rng.standard_normal(w[::5].size).astype(dtype)
     prior = rng.random(n) < 0.7  # False = pruned before
     # Reference: previously pruned first (in flat order), then by |w|.
     a = np.where(prior, np.abs(w.astype(np.float64)), -1.0)
@@ -327,10 +345,10 @@ def test_half_dtypes_rank_like_float32(dtype, rng):
 
 @pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16], ids=["float16", "bfloat16"])
 def test_large_half_weights_select_exactly(isa, threads, dtype, rng):
-    """A selection over 2**20 half-precision weights (widened on the threads)
-    runs the sampled one-pass path with the heavy ties of their few distinct
-    magnitudes (bfloat16: thousands of equal keys at the median): exact, ties by
-    flat index."""
+    """A selection over 2**20 half-precision weights runs the sampled
+    one-pass path with the heavy ties of their few distinct magnitudes
+    (bfloat16: thousands of equal keys at the median, a bucket of one key):
+    exact, ties by flat index."""
     w = rng.standard_normal((1024, 1024)).astype(dtype)
     for s in (0.3, 0.5, 0.9):
         np.testing.assert_array_equal(
@@ -338,16 +356,64 @@ def test_large_half_weights_select_exactly(isa, threads, dtype, rng):
         )
 
 
-def test_half_weights_nan_is_named_and_nothing_changes(rng):
-    """A NaN in bfloat16 weights (read through their float32 copy) is reported
-    at its index in the weights, which stay as they were."""
-    w = rng.standard_normal((600, 600)).astype(ml_dtypes.bfloat16)
-    w[5, 7] = np.nan
-    before = w.view(np.uint16).copy()
-    message = "w: NaN at index (5, 7) (flat index 3007); NaN weights have no magnitude to rank"
-    with pytest.raises(ValueError, match=re.escape(message)):
-        prune.magnitude_mask(w, 0.5)
-    np.testing.assert_array_equal(w.view(np.uint16), before)
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16], ids=["float16", "bfloat16"])
+def test_half_weights_nan_is_named_and_nothing_changes(isa, threads, dtype, rng):
+    """A NaN in half-precision weights (a key above the format's inf: each
+    NaN bit pattern, the smallest of either sign too) is reported at its index
+    in the weights, which stay as they were; inf alone is no NaN."""
+    w = rng.standard_normal((600, 600)).astype(dtype)
+    w[0, ::3] = np.inf
+    inf_bits = int(np.array(np.inf, dtype).view(np.uint16))
+    assert prune.magnitude_mask(w, 0.5)[0, ::3].all()  # the largest keys: kept
+    for nan_bits in (inf_bits + 1, 0x7FFF, 0x8000 | (inf_bits + 1), 0xFFFF):
+        bad = w.copy()
+        bad.view(np.uint16)[5, 7] = nan_bits
+        before = bad.view(np.uint16).copy()
+        message = "w: NaN at index (5, 7) (flat index 3007); NaN weights have no magnitude to rank"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            prune.magnitude_mask(bad, 0.5)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            prune.nm_mask(bad)
+        np.testing.assert_array_equal(bad.view(np.uint16), before)
+
+
+def test_half_weights_are_ranked_without_a_float32_copy(monkeypatch, rng):
+    """float16 and bfloat16 arrays, alone or all of one dtype in a global
+    selection (a bfloat16 model), are ranked from their own bits: no float32
+    copy is made, and the masks equal the reference. Mixed with other dtypes
+    they are widened (the selection reads one dtype), with the same masks."""
+    from slimgrad.prune import _masks
+
+    parts = {
+        "a": rng.standard_normal((300, 1000)).astype(ml_dtypes.bfloat16),
+        "b": (rng.standard_normal(5001) * 3).astype(ml_dtypes.bfloat16),
+    }
+    flat = np.concatenate([p.ravel() for p in parts.values()])
+    reference = mask_from_order(reference_order(flat), count(0.6, flat.size), flat.shape)
+
+    def no_copy(w):
+        raise AssertionError("a half-precision array was widened to float32")
+
+    with monkeypatch.context() as m:
+        m.setattr(_masks, "as_float32", no_copy)
+        got = prune.global_magnitude_masks(parts, 0.6)
+        np.testing.assert_array_equal(np.concatenate([g.ravel() for g in got.values()]), reference)
+        half = parts["a"].astype(np.float16)
+        np.testing.assert_array_equal(
+            prune.magnitude_mask(half, 0.3), reference_mask(half, count(0.3, half.size))
+        )
+        np.testing.assert_array_equal(prune.nm_mask(half), reference_nm(half, 2, 4, -1))
+    mixed = {
+        "a": parts["a"],
+        "f16": parts["b"].astype(np.float16),
+        "f32": parts["b"].astype(np.float32),
+    }
+    flat = np.concatenate([p.astype(np.float32).ravel() for p in mixed.values()])
+    got = prune.global_magnitude_masks(mixed, 0.6)
+    np.testing.assert_array_equal(
+        np.concatenate([g.ravel() for g in got.values()]),
+        mask_from_order(reference_order(flat), count(0.6, flat.size), flat.shape),
+    )
 
 
 def test_multidimensional_shapes(rng):
@@ -455,8 +521,9 @@ def test_nm_mask_matches_reference(isa, dtype, shape, axis, nm, rng):
         assert (per_group == n).all()
 
 
-def test_nm_mask_large_is_valid(isa, threads, rng):
-    w = make("ties", 4096 * 33, np.float32, rng).reshape(33, 4096)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_nm_mask_large_is_valid(isa, threads, dtype, rng):
+    w = make("ties", 4096 * 33, dtype, rng).reshape(33, 4096)
     mask = prune.nm_mask(w)
     np.testing.assert_array_equal(mask, reference_nm(w, 2, 4, -1))
 
@@ -522,11 +589,14 @@ def test_every_isa_and_thread_count_identical(rng):
     w = make("ties", 300_007, np.float32, rng)
     d = make("inf", 300_007, np.float64, rng)
     v = make("normal", 4 * 100_003, np.float32, rng).reshape(-1, 4)
+    h = make("normal", 300_007, ml_dtypes.bfloat16, rng)
 
     def run():
         return (
             prune.magnitude_mask(w, 0.61),
             prune.magnitude_mask(d, 0.37),
+            prune.magnitude_mask(h, 0.45),
+            prune.nm_mask(h[:300_000].reshape(-1, 4)),
             prune.global_magnitude_masks({"a": w, "b": w[:1001].copy()}, 0.5)["b"],
             prune.nm_mask(v),
             prune.nm_mask(d[:300_000].reshape(-1, 8), 3, 8),
@@ -589,19 +659,35 @@ BAD = [
         "int weights",
         lambda w: prune.magnitude_mask(w.astype(np.int32), 0.5),
         TypeError,
-        "w: expected float32 or float64 C-contiguous array, got int32 array of shape (4, 8)",
+        "w: expected float16, bfloat16, float32 or float64 C-contiguous array, got int32 array of shape (4, 8)",
     ),
     (
         "list",
         lambda w: prune.magnitude_mask(w.tolist(), 0.5),
         TypeError,
-        "w: expected float32 or float64 C-contiguous array, got list",
+        "w: expected float16, bfloat16, float32 or float64 C-contiguous array, got list",
     ),
     (
         "mixed global",
         lambda w: prune.global_magnitude_masks({"a": w, "b": w.astype(np.float64)}, 0.5),
         TypeError,
         "weights['b']: expected float32 C-contiguous array, got float64 array of shape (4, 8)",
+    ),
+    (
+        "mixed global, bfloat16 first",  # widened to float32, which float64 cannot join
+        lambda w: prune.global_magnitude_masks(
+            {"a": w.astype(ml_dtypes.bfloat16), "b": w.astype(np.float64)}, 0.5
+        ),
+        TypeError,
+        "weights['b']: expected float32 C-contiguous array, got float64 array of shape (4, 8)",
+    ),
+    (
+        "mixed global, float16 second",
+        lambda w: prune.global_magnitude_masks(
+            {"a": w.astype(np.float64), "b": w.astype(np.float16)}, 0.5
+        ),
+        TypeError,
+        "weights['b']: expected float64 C-contiguous array, got float32 array of shape (4, 8)",
     ),
     (
         "nm indivisible",

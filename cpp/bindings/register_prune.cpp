@@ -32,6 +32,25 @@ std::string index_str(std::size_t flat, const std::vector<py::ssize_t>& shape) {
 
 py::array new_mask(const Array& like) { return new_output(py::dtype("bool"), like.shape()); }
 
+// The element types a selection reads in place; float16 and bfloat16 too,
+// as their bits (no float32 copy).
+const std::initializer_list<DType> kKeyed = {DType::f16, DType::bf16, DType::f32, DType::f64};
+
+// f(T{}) for the element type T of dtype d (one of kKeyed).
+template <class F>
+decltype(auto) with_element_type(DType d, F&& f) {
+  switch (d) {
+    case DType::f32:
+      return f(float{});
+    case DType::f64:
+      return f(double{});
+    case DType::f16:
+      return f(Float16{});
+    default:
+      return f(BFloat16{});
+  }
+}
+
 // magnitude_keep(arrays, names, k, priors) -> list of bool masks (True = kept)
 py::list magnitude_keep_py(py::sequence arrays, py::sequence names, std::size_t k, py::object priors) {
   const std::size_t count = py::len(arrays);
@@ -43,7 +62,7 @@ py::list magnitude_keep_py(py::sequence arrays, py::sequence names, std::size_t 
   for (std::size_t i = 0; i < count; ++i) {
     const std::string name = py::str(names[i]);
     if (i == 0)
-      ws.push_back(check_array(arrays[i], name, {DType::f32, DType::f64}, Access::read));
+      ws.push_back(check_array(arrays[i], name, kKeyed, Access::read));
     else  // one key width for the whole selection
       ws.push_back(check_array(arrays[i], name, {ws[0].dtype}, Access::read));
     if (have_priors) {
@@ -81,8 +100,8 @@ py::list magnitude_keep_py(py::sequence arrays, py::sequence names, std::size_t 
   NanPosition nan;
   {
     py::gil_scoped_release release;  // ws, ps and out hold every buffer for the call
-    nan = (count > 0 && ws[0].dtype == DType::f32) ? magnitude_keep<float>(segments, k)
-                                                   : magnitude_keep<double>(segments, k);
+    if (count > 0)
+      nan = with_element_type(ws[0].dtype, [&](auto t) { return magnitude_keep<decltype(t)>(segments, k); });
   }
   if (nan.found) raise_nan(ws[nan.segment], nan.index);
   return out;
@@ -90,7 +109,7 @@ py::list magnitude_keep_py(py::sequence arrays, py::sequence names, std::size_t 
 
 // nm_keep(w, name, inner, n, m) -> bool mask; w is viewed as (rows, m, inner).
 py::array nm_keep_py(py::handle w, const std::string& name, std::size_t inner, int n, int m) {
-  const Array wa = check_array(w, name, {DType::f32, DType::f64}, Access::read);
+  const Array wa = check_array(w, name, kKeyed, Access::read);
   if (m < 1 || n < 0 || n > m) throw py::value_error("n, m: expected 0 <= n <= m and m >= 1");
   const std::size_t row = static_cast<std::size_t>(m) * inner;
   if (row == 0 || wa.size() % row != 0)
@@ -101,8 +120,9 @@ py::array nm_keep_py(py::handle w, const std::string& name, std::size_t inner, i
   std::ptrdiff_t nan;
   {
     py::gil_scoped_release release;
-    nan = wa.dtype == DType::f32 ? nm_keep(wa.ptr<float>(), wa.size() / row, inner, n, m, keep)
-                                 : nm_keep(wa.ptr<double>(), wa.size() / row, inner, n, m, keep);
+    nan = with_element_type(wa.dtype, [&](auto t) {
+      return nm_keep(wa.ptr<decltype(t)>(), wa.size() / row, inner, n, m, keep);
+    });
   }
   if (nan >= 0) raise_nan(wa, static_cast<std::size_t>(nan));
   return out;
@@ -224,8 +244,8 @@ py::tuple histogram_of(const Array& x, const std::uint8_t* prior, std::uint64_t 
 
 py::tuple histogram_py(py::handle x, py::object prior, std::uint64_t base, std::uint64_t prefix, int hi, int lo,
                        bool codes) {
-  const Array xa = check_array(x, "x", {DType::f32, DType::f64}, Access::read);
-  const int bits = xa.dtype == DType::f32 ? KeyTraits<float>::bits : KeyTraits<double>::bits;
+  const Array xa = check_array(x, "x", kKeyed, Access::read);
+  const int bits = with_element_type(xa.dtype, [](auto t) { return KeyTraits<decltype(t)>::bits; });
   const int most = codes ? kCodeBits : kDigitBits;
   if (lo < 0 || hi < lo || hi - lo > most || hi > bits)
     throw py::value_error("hi, lo: expected 0 <= lo <= hi <= " + std::to_string(bits) + " and hi - lo <= " +
@@ -235,8 +255,8 @@ py::tuple histogram_py(py::handle x, py::object prior, std::uint64_t base, std::
   std::optional<Array> pa;
   if (!prior.is_none()) pa = check_array(prior, "prior", {DType::boolean}, Access::read, &shape);
   const std::uint8_t* p = pa ? pa->ptr<std::uint8_t>() : nullptr;
-  return xa.dtype == DType::f32 ? histogram_of<float>(xa, p, base, prefix, hi, lo, codes)
-                                : histogram_of<double>(xa, p, base, prefix, hi, lo, codes);
+  return with_element_type(
+      xa.dtype, [&](auto t) { return histogram_of<decltype(t)>(xa, p, base, prefix, hi, lo, codes); });
 }
 
 // _sample_indices(total): where a selection over `total` keys samples them

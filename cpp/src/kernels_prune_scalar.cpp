@@ -82,7 +82,7 @@ void nm_keep_ref(const T* x, std::size_t rows, std::size_t inner, int n, int m, 
 template <class T>
 std::size_t find_nan_ref(const T* x, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i)
-    if (std::isnan(x[i])) return i;
+    if (raw_key(x[i]) > KeyTraits<T>::inf) return i;  // NaN's keys are above inf's
   return n;
 }
 
@@ -125,6 +125,8 @@ void apply_keep_ref(U* a, const std::uint8_t* keep, std::size_t n) {
 
 SLIMGRAD_PRUNE_SCALAR(float)
 SLIMGRAD_PRUNE_SCALAR(double)
+SLIMGRAD_PRUNE_SCALAR(Float16)
+SLIMGRAD_PRUNE_SCALAR(BFloat16)
 #undef SLIMGRAD_PRUNE_SCALAR
 
 template <>

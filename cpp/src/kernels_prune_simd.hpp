@@ -18,6 +18,8 @@
 //    in a third of the instructions per element.
 //  - Keys of float32 are below 2^31 and of float64 below 2^63 (sign bit
 //    cleared, +1 for a prior mask), so signed integer compares order them.
+//    float16 and bfloat16 keys (below 2^15) are zero-extended into float's
+//    32-bit lanes as they are loaded; from there on, float's code runs.
 //  - Tails (n % width elements) run the same integer logic in a scalar loop:
 //    no rounding is involved, so no padded copy is needed.
 //  - Helpers live in an unnamed namespace: each ISA file gets its own copy,
@@ -42,11 +44,15 @@ template <>
 void nm_keep<Isa::scalar, float>(const float*, std::size_t, std::size_t, int, int, std::uint8_t*);
 template <>
 void nm_keep<Isa::scalar, double>(const double*, std::size_t, std::size_t, int, int, std::uint8_t*);
+template <>
+void nm_keep<Isa::scalar, Float16>(const Float16*, std::size_t, std::size_t, int, int, std::uint8_t*);
+template <>
+void nm_keep<Isa::scalar, BFloat16>(const BFloat16*, std::size_t, std::size_t, int, int, std::uint8_t*);
 
 namespace {
 
 #if defined(__AVX2__)
-// Integer key vectors: 8 x int32 for float, 4 x int64 for double.
+// Integer key vectors: 8 x int32 for float (and the halves), 4 x int64 for double.
 template <class T>
 struct KeyVec;
 
@@ -118,11 +124,22 @@ struct KeyVec<double> {
   }
 };
 
+// Half keys sit in float's 32-bit lanes: after the load, every kernel is float's.
+template <>
+struct KeyVec<Float16> : KeyVec<float> {};
+template <>
+struct KeyVec<BFloat16> : KeyVec<float> {};
+
 // W raw keys at p (the vector raw_key).
 template <class T>
 inline __m256i raw_keys(const T* p) {
   using Key = typename KeyVec<T>::Key;
-  return _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), KeyVec<T>::set1(~Key(0) >> 1));
+  constexpr Key mask = (Key(1) << KeyTraits<T>::bits) - 1;
+  if constexpr (is_half_v<T>)  // 8 halves, zero-extended
+    return _mm256_and_si256(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
+                            KeyVec<T>::set1(mask));
+  else
+    return _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), KeyVec<T>::set1(mask));
 }
 
 template <class T>
@@ -255,6 +272,18 @@ struct KeyVec512<double> {
   }
 };
 
+// Halves: 16 keys zero-extended into float's lanes.
+struct KeyVec512Half : KeyVec512<float> {
+  static __m512i raw(const void* p) {
+    return _mm512_and_si512(_mm512_cvtepu16_epi32(_mm256_loadu_si256(static_cast<const __m256i*>(p))),
+                            _mm512_set1_epi32(0x7fff));
+  }
+};
+template <>
+struct KeyVec512<Float16> : KeyVec512Half {};
+template <>
+struct KeyVec512<BFloat16> : KeyVec512Half {};
+
 // The selection keys of W elements from their raw keys (see keys()).
 template <class T>
 inline __m512i keys512(const std::uint8_t* prior, std::size_t i, __m512i raw) {
@@ -356,7 +385,7 @@ KeyOf<T> histogram(const T* x, const std::uint8_t* prior, std::size_t n, KeyOf<T
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), left_pack(d, KV::lanes32(cand)));
     return static_cast<std::size_t>(__builtin_popcount(cand));
   };
-  if constexpr (std::is_same_v<T, float>) {
+  if constexpr (KV::W == 8) {  // 32-bit keys: float and the halves
     // Four vectors at a time, so that their 32 codes go out in one store
     // (per vector, the narrowing to 8 bytes took 8 instructions).
     i = count_packed_digits<4 * KV::W>(n, buf, hist, bins, [&](std::size_t at, Key* out) {
@@ -580,10 +609,25 @@ void nm_keep(const T* x, std::size_t rows, std::size_t inner, int n, int m, std:
 
 template <Isa I, class T>
 std::size_t find_nan(const T* x, std::size_t n) {
-  using V = simd::Vec<T, I>;
-  // x <= x is false only for NaN.
-  return simd::find_first_failing<V>(
-      x, n, [](V a) { return simd::le(a, a); }, [](T a) { return !std::isnan(a); });
+  if constexpr (is_half_v<T>) {  // a key above inf's (no float arithmetic on halves)
+    std::size_t i = 0;
+#if defined(__AVX2__)
+    const __m256i mask = _mm256_set1_epi16(0x7fff), inf = _mm256_set1_epi16(static_cast<short>(KeyTraits<T>::inf));
+    for (; i + 16 <= n; i += 16) {
+      const __m256i k = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)), mask);
+      const __m256i nan = _mm256_cmpgt_epi16(k, inf);  // keys below 2^15: a signed compare orders them
+      if (!_mm256_testz_si256(nan, nan)) break;  // the scalar loop finds which
+    }
+#endif
+    for (; i < n; ++i)
+      if (raw_key(x[i]) > KeyTraits<T>::inf) return i;
+    return n;
+  } else {
+    using V = simd::Vec<T, I>;
+    // x <= x is false only for NaN.
+    return simd::find_first_failing<V>(
+        x, n, [](V a) { return simd::le(a, a); }, [](T a) { return !std::isnan(a); });
+  }
 }
 
 template <Isa I, class U>
@@ -643,6 +687,8 @@ namespace slimgrad::kernels {
   template std::size_t find_nan<SLIMGRAD_UNIT_ISA, T>(const T*, std::size_t);
 SLIMGRAD_PRUNE_INSTANTIATE(float)
 SLIMGRAD_PRUNE_INSTANTIATE(double)
+SLIMGRAD_PRUNE_INSTANTIATE(Float16)
+SLIMGRAD_PRUNE_INSTANTIATE(BFloat16)
 #undef SLIMGRAD_PRUNE_INSTANTIATE
 template std::size_t codes_keep<SLIMGRAD_UNIT_ISA>(std::uint8_t*, std::size_t, std::uint8_t, std::uint32_t*);
 template void apply_keep<SLIMGRAD_UNIT_ISA, std::uint8_t>(std::uint8_t*, const std::uint8_t*, std::size_t);

@@ -25,7 +25,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <optional>
 #include <tuple>
 
@@ -103,11 +102,7 @@ NanPosition first_nan(const std::vector<PruneSegment>& segments) {
 // The selection key of element i of a segment, as the kernels compute it.
 template <class T>
 KeyOf<T> key_of(const PruneSegment& s, std::size_t i) {
-  KeyOf<T> k;
-  std::memcpy(&k, static_cast<const T*>(s.x) + i, sizeof(T));
-  k &= ~KeyOf<T>(0) >> 1;
-  if (!s.prior) return k;
-  return s.prior[i] ? k + 1 : 0;
+  return kernels::key_at(data<T>(s), s.prior, i);
 }
 
 // The pair (key, rank in visiting order) of rank r among the keys
@@ -370,6 +365,13 @@ std::optional<NanPosition> coded_select(const std::vector<PruneSegment>& segment
       for (std::size_t j = 0; j < got; ++j) lists[t].push_back({0, pc.array, pc.begin + pt[j]});
     });
   });
+  if (lo == 0) {  // a code per key: the bucket's keys are all equal, ranked by position alone
+    std::size_t rank = 0;
+    for (const auto& l : lists)
+      for (const Listed<T>& e : l)
+        if (rank++ >= rem) segments[e.segment].keep[e.index] = 1;
+    return NanPosition{};
+  }
   // The bucket's keys, read from the weights: every one a cache miss (the
   // pass over them ended long ago), so in batches whose lines are all
   // prefetched first. Read right after codes_keep listed each, with few
@@ -609,16 +611,17 @@ KeyOf<T> histogram_at_level(const T* x, const std::uint8_t* prior, std::size_t n
                            hist, below);
 }
 
-template NanPosition magnitude_keep<float>(const std::vector<PruneSegment>&, std::size_t);
-template NanPosition magnitude_keep<double>(const std::vector<PruneSegment>&, std::size_t);
-template KeyOf<float> histogram_at_level(const float*, const std::uint8_t*, std::size_t, KeyOf<float>, KeyOf<float>,
-                                         int, int, std::vector<std::size_t>&, std::size_t*, std::uint8_t*);
-template KeyOf<double> histogram_at_level(const double*, const std::uint8_t*, std::size_t, KeyOf<double>,
-                                          KeyOf<double>, int, int, std::vector<std::size_t>&, std::size_t*,
-                                          std::uint8_t*);
+#define SLIMGRAD_PRUNE_ENTRIES(T)                                                                              \
+  template NanPosition magnitude_keep<T>(const std::vector<PruneSegment>&, std::size_t);                       \
+  template KeyOf<T> histogram_at_level(const T*, const std::uint8_t*, std::size_t, KeyOf<T>, KeyOf<T>, int, int, \
+                                       std::vector<std::size_t>&, std::size_t*, std::uint8_t*);                 \
+  template std::ptrdiff_t nm_keep<T>(const T*, std::size_t, std::size_t, int, int, std::uint8_t*);
+SLIMGRAD_PRUNE_ENTRIES(float)
+SLIMGRAD_PRUNE_ENTRIES(double)
+SLIMGRAD_PRUNE_ENTRIES(Float16)
+SLIMGRAD_PRUNE_ENTRIES(BFloat16)
+#undef SLIMGRAD_PRUNE_ENTRIES
 template std::vector<std::uint32_t> keys_at_ranks(const std::vector<std::uint32_t>&, const std::vector<std::size_t>&);
 template std::vector<std::uint64_t> keys_at_ranks(const std::vector<std::uint64_t>&, const std::vector<std::size_t>&);
-template std::ptrdiff_t nm_keep<float>(const float*, std::size_t, std::size_t, int, int, std::uint8_t*);
-template std::ptrdiff_t nm_keep<double>(const double*, std::size_t, std::size_t, int, int, std::uint8_t*);
 
 }  // namespace slimgrad

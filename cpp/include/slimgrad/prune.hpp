@@ -5,6 +5,7 @@
 // unsigned integer (sign bit cleared): for non-NaN values it orders exactly
 // like |x| (+0.0 and -0.0 share key 0, denormals sit above 0, +-inf on top),
 // and NaN keys are larger than the key of inf, which is how NaN is detected.
+// Element types: float, double, Float16 and BFloat16 (one per selection).
 //
 // With a `prior` keep mask (the Pruner's previous mask), positions it pruned
 // get key 0 and every other key is shifted up by one: previously pruned
@@ -39,8 +40,32 @@ struct KeyTraits<double> {
   static constexpr int bits = 63;
   static constexpr Key inf = 0x7FF0000000000000ull;
 };
+// float16 and bfloat16 elements, read as their bits: the selection ranks
+// them without widening them to float32 (half the bytes read, and no float32
+// copy of a half-precision model). Their keys have 15 bits, held in 32-bit
+// lanes so that the vector kernels are float's after the load.
+struct Float16 {
+  std::uint16_t bits;
+};
+struct BFloat16 {
+  std::uint16_t bits;
+};
+template <>
+struct KeyTraits<Float16> {
+  using Key = std::uint32_t;
+  static constexpr int bits = 15;
+  static constexpr Key inf = 0x7C00u;
+};
+template <>
+struct KeyTraits<BFloat16> {
+  using Key = std::uint32_t;
+  static constexpr int bits = 15;
+  static constexpr Key inf = 0x7F80u;
+};
 template <class T>
 using KeyOf = typename KeyTraits<T>::Key;
+template <class T>
+inline constexpr bool is_half_v = sizeof(T) == 2;
 
 namespace kernels {
 // Internal linkage: each ISA file compiles its own copy (no ODR trap).
@@ -48,9 +73,9 @@ namespace {
 // The selection key of x: its bits with the sign cleared (|x| orders as an integer).
 template <class T>
 KeyOf<T> raw_key(T x) {
-  KeyOf<T> k;
+  KeyOf<T> k = 0;  // a half fills the low 16 bits (x86 is little-endian)
   std::memcpy(&k, &x, sizeof(T));
-  return k & (~KeyOf<T>(0) >> 1);
+  return k & ((KeyOf<T>(1) << KeyTraits<T>::bits) - 1);
 }
 // With a prior mask, previously pruned positions come first (key 0) and the
 // others move up by one.
@@ -149,7 +174,7 @@ void apply_keep(U* a, const std::uint8_t* keep, std::size_t n);
 
 // One array of a magnitude selection.
 struct PruneSegment {
-  const void* x;               // float or double, n elements, C order
+  const void* x;               // n elements of the selection's type, C order
   const std::uint8_t* prior;   // nullptr or n bytes: 0 = pruned before
   std::size_t n;
   std::uint8_t* keep;          // out: n bytes, 1 = kept

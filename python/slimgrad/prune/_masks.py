@@ -5,14 +5,17 @@ the weight is **kept** and ``False`` where it is pruned (``w * mask`` prunes).
 Weights are only read. Magnitude and N:M selection run in C++ on the IEEE
 bits of ``|w|`` (exact, no sort); ``-0.0`` and ``0.0`` have the same
 magnitude, ``inf`` is the largest, and a NaN raises ``ValueError`` naming its
-position. float32 and float64 arrays that are C-contiguous in native byte
-order are read in place (no copy); other layouts (strided views,
-transposes) and byte orders are first copied to a C-contiguous native array
-(an explicit copy: the mask functions only read ``w``). float16 and bfloat16
-arrays are first converted to float32 (an explicit copy; the conversion is
-exact, so the order of magnitudes is unchanged). Other dtypes raise
-``TypeError``. Arrays written in place (the :class:`Pruner`'s parameters)
-keep the strict contract: C-contiguous, native, writable, never copied.
+position. float32, float64, float16 and bfloat16 arrays that are
+C-contiguous in native byte order are read in place (no copy: a bfloat16
+model is ranked from its own 2 bytes a weight); other layouts (strided
+views, transposes) and byte orders are first copied to a C-contiguous
+native array (an explicit copy: the mask functions only read ``w``). A
+selection over several arrays reads one dtype: when float16 or bfloat16
+arrays are mixed with other dtypes, those are converted to float32 (an
+explicit copy; exact, so the order of magnitudes is unchanged). Other
+dtypes raise ``TypeError``. Arrays written in place (the :class:`Pruner`'s
+parameters) keep the strict contract: C-contiguous, native, writable, never
+copied.
 """
 
 from __future__ import annotations
@@ -37,39 +40,40 @@ __all__ = [
 ]
 
 
-def _half_dtypes() -> tuple:
-    try:
-        import ml_dtypes
-
-        return (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
-    except ImportError:  # pragma: no cover - ml_dtypes is a dependency
-        return (np.dtype(np.float16),)
+# The dtypes the selection reads in place, by name.
+_HALVES, _WIDE = ("float16", "bfloat16"), ("float32", "float64")
 
 
-_KEY_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+def _native(a: object) -> str:
+    """The native-order dtype's name of an array (not the dtype: NumPy takes
+    ``dtype == None`` for float64), or "" for anything else."""
+    return a.dtype.newbyteorder("=").name if isinstance(a, np.ndarray) else ""
 
 
-def _as_keyable(w: object) -> object:
-    """The array the C++ selection reads: ``w`` itself when it can, else an explicit copy.
+def _keyable(arrays: list) -> list:
+    """The arrays one C++ selection reads: each array itself when it can, else an explicit copy.
 
-    float32 / float64, C-contiguous, native byte order: ``w`` unchanged (read
-    in place, no copy). Other layouts or byte orders of these dtypes: a
-    C-contiguous native copy (the mask functions only read ``w``, so a copy
-    is safe; arrays written in place, such as the Pruner's, keep the strict
-    no-copy contract and are checked elsewhere). float16 / bfloat16: a
-    C-contiguous float32 copy (exact), widened by ``_core.widen_half`` on
-    the threads into a reused output block (NumPy's ``astype`` took 10-25 ms
-    for 16M values, 4-10x the selection itself). Anything else goes to C++
-    unchanged, which raises ``TypeError`` naming the argument.
+    float32 / float64 / float16 / bfloat16, C-contiguous, native byte order:
+    the array unchanged (read in place, no copy). Other layouts or byte
+    orders of these dtypes: a C-contiguous native copy (the mask functions
+    only read, so a copy is safe; arrays written in place, such as the
+    Pruner's, keep the strict no-copy contract and are checked elsewhere).
+    The selection reads one dtype, so float16 / bfloat16 arrays among other
+    dtypes become float32 copies (exact), widened by ``_core.widen_half`` on
+    the threads (NumPy's ``astype`` took 10-25 ms for 16M values). Anything
+    else goes to C++ unchanged, which raises ``TypeError`` naming the
+    argument (so do float32 and float64 mixed).
     """
-    if not isinstance(w, np.ndarray):
-        return w
-    native = w.dtype.newbyteorder("=")
-    if native in _half_dtypes():
-        return as_float32(w)
-    if native in _KEY_DTYPES and not (w.flags.c_contiguous and w.dtype.isnative):
-        return np.ascontiguousarray(w, dtype=native)
-    return w
+    widen = len({_native(a) for a in arrays}) > 1
+    out = []
+    for a in arrays:
+        name = _native(a)
+        if name in _HALVES and widen:
+            a = as_float32(a)
+        elif name in _HALVES + _WIDE and not (a.flags.c_contiguous and a.dtype.isnative):
+            a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
+        out.append(a)
+    return out
 
 
 def _check_fraction(value: object, name: str) -> float:
@@ -88,7 +92,7 @@ def _count(fraction: float, size: int) -> int:
 
 def _select(arrays: list, names: list, k: int, priors: list | None = None) -> list:
     """Masks pruning exactly ``k`` of all the arrays together (C++ radix select)."""
-    return list(_core_prune.magnitude_keep([_as_keyable(a) for a in arrays], names, k, priors))
+    return list(_core_prune.magnitude_keep(_keyable(arrays), names, k, priors))
 
 
 def magnitude_mask(w: np.ndarray, sparsity: float) -> np.ndarray:
@@ -97,9 +101,9 @@ def magnitude_mask(w: np.ndarray, sparsity: float) -> np.ndarray:
     Parameters
     ----------
     w : ndarray
-        float32 or float64 (read in place when C-contiguous and native,
-        else copied to such an array first) or float16 / bfloat16
-        (converted to float32). Any layout; only read.
+        float32, float64, float16 or bfloat16: read in place when
+        C-contiguous and native, else copied to such an array first. Any
+        layout; only read.
     sparsity : float
         Fraction of entries to prune, in ``[0, 1]``. The count is
         ``round(sparsity * w.size)``, rounded half to even.
@@ -121,9 +125,10 @@ def magnitude_mask(w: np.ndarray, sparsity: float) -> np.ndarray:
 
     Notes
     -----
-    O(n): a radix select over the bits of ``|w|`` (three passes of 11-bit
-    histograms for float32) and one pass writing the mask; the result is the
-    same for every ISA and thread count.
+    O(n): one pass over ``w`` guessing the threshold's range from a sample
+    and writing a code per element, one pass over the codes; a radix select
+    over the bits of ``|w|`` when the guess misses. The result is the same
+    for every ISA and thread count.
     """
     s = _check_fraction(sparsity, "sparsity")
     size = int(w.size) if isinstance(w, np.ndarray) else 0
@@ -136,16 +141,18 @@ def global_magnitude_masks(weights: Mapping[str, np.ndarray], sparsity: float) -
     Exactly ``round(sparsity * total)`` entries are pruned over all arrays
     together (``total`` = the sum of their sizes), smallest magnitudes first;
     ties are pruned in the dict's order, then by flat index. The arrays are
-    not concatenated: the selection reads C-contiguous native float32 /
-    float64 arrays in place, so the memory used is the masks plus a few
-    histograms (other layouts, byte orders and half dtypes cost a copy each,
-    as in :func:`magnitude_mask`).
+    not concatenated: the selection reads C-contiguous native arrays in
+    place, so the memory used is the masks plus a few histograms (other
+    layouts and byte orders cost a copy each, as in
+    :func:`magnitude_mask`). A bfloat16 model is ranked from its own bytes:
+    no float32 copy of its weights.
 
     Parameters
     ----------
     weights : mapping of name to ndarray
-        All float32 or all float64 (float16 / bfloat16 entries are converted
-        to float32); any layout (see :func:`magnitude_mask`). Only read.
+        All of one dtype: float32, float64, float16 or bfloat16. float16 /
+        bfloat16 entries among other dtypes are converted to float32 (a
+        copy each); any layout (see :func:`magnitude_mask`). Only read.
     sparsity : float
         Fraction in ``[0, 1]`` of all entries to prune.
 
@@ -168,7 +175,7 @@ def global_magnitude_masks(weights: Mapping[str, np.ndarray], sparsity: float) -
         raise TypeError(f"weights: expected a dict of arrays, got {type(weights).__name__}")
     s = _check_fraction(sparsity, "sparsity")
     names = list(weights)
-    arrays = [_as_keyable(weights[n]) for n in names]
+    arrays = [weights[n] for n in names]
     total = sum(int(a.size) for a in arrays if isinstance(a, np.ndarray))
     masks = _select(arrays, [f"weights[{n!r}]" for n in names], _count(s, total))
     return dict(zip(names, masks))
@@ -202,9 +209,8 @@ def nm_mask(w: np.ndarray, n: int = 2, m: int = 4, axis: int = -1) -> np.ndarray
     Parameters
     ----------
     w : ndarray
-        float32 / float64 (read in place when C-contiguous and native, else
-        copied first) or float16 / bfloat16 (converted to float32). Any
-        layout; only read.
+        float32, float64, float16 or bfloat16 (read in place when
+        C-contiguous and native, else copied first). Any layout; only read.
     n, m : int
         Keep ``n`` of every ``m`` (``0 <= n <= m``, ``m >= 1``).
     axis : int
@@ -238,7 +244,7 @@ def nm_mask(w: np.ndarray, n: int = 2, m: int = 4, axis: int = -1) -> np.ndarray
     inner = math.prod(w.shape[ax + 1 :])
     if w.size == 0:
         return np.ones(w.shape, dtype=bool)
-    return _core_prune.nm_keep(_as_keyable(w), "w", inner, n, m)
+    return _core_prune.nm_keep(_keyable([w])[0], "w", inner, n, m)
 
 
 def _first_nan(w: np.ndarray, name: str) -> None:
