@@ -262,6 +262,49 @@ void keep_ranked(const std::vector<PruneSegment>& segments, const std::vector<st
       if (std::make_pair(e.key, rank++) >= first_kept) segments[e.segment].keep[e.index] = 1;
 }
 
+// Where a selection lists its bucket: per-task lists, and per-task room
+// for one piece's positions (and keys). Kept between calls on the calling
+// thread, cleared, not freed. Why: a bucket of 42K equal bfloat16 keys
+// (4096 x 4096 at 50 %) filled ~2 MB of fresh memory per call, and its ~580
+// page faults (~3 us each on these VMs) took 1.7 ms of a 5.3 ms selection
+// at one thread. More than kKeptListBytes is freed after the call, so a
+// rare huge bucket does not stay.
+inline constexpr std::size_t kKeptListBytes = std::size_t(32) << 20;
+template <class T>
+class ListScratch {
+ public:
+  ListScratch(std::size_t tasks, std::size_t room) : s_(storage()) {
+    s_.lists.resize(std::max(s_.lists.size(), tasks));
+    for (auto& l : s_.lists) l.clear();
+    s_.pos.resize(tasks * room);
+    s_.keys.resize(tasks * room);
+  }
+  ~ListScratch() {
+    std::size_t bytes = s_.pos.capacity() * sizeof(std::uint32_t) + s_.keys.capacity() * sizeof(KeyOf<T>);
+    for (const auto& l : s_.lists) bytes += l.capacity() * sizeof(Listed<T>);
+    if (bytes > kKeptListBytes) s_ = {};
+  }
+  ListScratch(const ListScratch&) = delete;
+  ListScratch& operator=(const ListScratch&) = delete;
+  // lists()[t]: task t's listed elements, in flat order (more lists than
+  // tasks may be there, empty).
+  std::vector<std::vector<Listed<T>>>& lists() { return s_.lists; }
+  std::uint32_t* pos(std::size_t offset) { return s_.pos.data() + offset; }
+  KeyOf<T>* keys(std::size_t offset) { return s_.keys.data() + offset; }
+
+ private:
+  struct Buffers {
+    std::vector<std::vector<Listed<T>>> lists;
+    std::vector<std::uint32_t> pos;
+    std::vector<KeyOf<T>> keys;
+  };
+  static Buffers& storage() {
+    thread_local Buffers b;
+    return b;
+  }
+  Buffers& s_;
+};
+
 // Room for one piece's listed elements, when `count` are listed in all: a
 // piece holds at most kGrain elements (plan_work), and each piece's list is
 // copied out before the next, so a task needs no more, whatever the total.
@@ -276,15 +319,14 @@ void write_and_rank(const std::vector<PruneSegment>& segments, const std::vector
                     std::size_t tasks, KeyOf<T> bound, KeyOf<T> amb_lo, std::size_t amb_count,
                     std::size_t amb_rem) {
   using Key = KeyOf<T>;
-  std::vector<std::vector<Listed<T>>> lists(tasks);
   const std::size_t room = piece_room(amb_count);
-  std::vector<Key> keys(tasks * room);
-  std::vector<std::uint32_t> pos(tasks * room);
+  ListScratch<T> scratch(tasks, room);
+  auto& lists = scratch.lists();
   dispatch([&](auto isa) {
     for_task_pieces(pieces, tasks, [&](std::size_t t, const Piece& pc) {
       const PruneSegment& s = segments[pc.array];
-      Key* kt = keys.data() + t * room;
-      std::uint32_t* pt = pos.data() + t * room;
+      Key* kt = scratch.keys(t * room);
+      std::uint32_t* pt = scratch.pos(t * room);
       const std::size_t got = kernels::threshold_keep<decltype(isa)::value, T>(
           data<T>(s) + pc.begin, prior_at(s, pc.begin), pc.end - pc.begin, bound, amb_lo, s.keep + pc.begin, kt, pt);
       for (std::size_t j = 0; j < got; ++j) lists[t].push_back({kt[j], pc.array, pc.begin + pt[j]});
@@ -354,12 +396,12 @@ std::optional<NanPosition> coded_select(const std::vector<PruneSegment>& segment
   // (key, position) stay pruned.
   const auto code = static_cast<std::uint8_t>(1 + b);
   const std::size_t room = piece_room(hist[b]);
-  std::vector<std::uint32_t> pos(tasks * room);
-  std::vector<std::vector<Listed<T>>> lists(tasks);
+  ListScratch<T> scratch(tasks, room);
+  auto& lists = scratch.lists();
   dispatch([&](auto isa) {
     for_task_pieces(pieces, tasks, [&](std::size_t t, const Piece& pc) {
       const PruneSegment& s = segments[pc.array];
-      std::uint32_t* pt = pos.data() + t * room;
+      std::uint32_t* pt = scratch.pos(t * room);
       const std::size_t got =
           kernels::codes_keep<decltype(isa)::value>(s.keep + pc.begin, pc.end - pc.begin, code, pt);
       for (std::size_t j = 0; j < got; ++j) lists[t].push_back({0, pc.array, pc.begin + pt[j]});

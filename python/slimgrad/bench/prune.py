@@ -61,6 +61,26 @@ def cases(size: int) -> Iterator[Case]:
         impls["torch topk"] = torch_topk
     yield Case(f"magnitude_mask {size}x{size} f32", impls, bytes=w.nbytes * 4 + w.size)
 
+    # A half-precision checkpoint's weights, ranked from their own 2 bytes.
+    # NumPy's partition of bfloat16 itself (ml_dtypes' generic compare) took
+    # ~2 s, so its peer ranks a float32 copy, as a NumPy user would.
+    ml_dtypes = optional_import("ml_dtypes")
+    if ml_dtypes is not None:
+        h = w.astype(ml_dtypes.bfloat16)
+        impls = {
+            "slimgrad": lambda: prune.magnitude_mask(h, SPARSITY),
+            "numpy astype+partition": lambda: _numpy_magnitude(h.astype(np.float32), k),
+        }
+        if torch is not None:
+            th = torch.from_numpy(h.view(np.int16)).view(torch.bfloat16)
+
+            def torch_kth_bf16():
+                a = th.abs()
+                return a > torch.kthvalue(a.flatten(), k).values
+
+            impls["torch kthvalue"] = torch_kth_bf16
+        yield Case(f"magnitude_mask {size}x{size} bf16", impls, bytes=h.nbytes + w.size)
+
     # Global: the same number of weights as 16 layers of different shapes.
     rows = size * size // 16 // 1024
     layers = {
