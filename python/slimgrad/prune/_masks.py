@@ -229,7 +229,12 @@ def nm_mask(w: np.ndarray, n: int = 2, m: int = 4, axis: int = -1) -> np.ndarray
         ``w.shape[axis]`` not divisible by ``m``, bad n / m / axis, a 0-d
         array, or a NaN weight.
     """
-    w = _check_array(w)
+    return _nm_mask(w, n, m, axis, "w")
+
+
+def _nm_mask(w: np.ndarray, n: int, m: int, axis: int, name: str) -> np.ndarray:
+    """:func:`nm_mask`, with ``w`` called ``name`` in error messages."""
+    w = _check_array(w, name)
     for value, label in ((n, "n"), (m, "m")):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError(f"{label}: expected an int, got {type(value).__name__}")
@@ -237,14 +242,14 @@ def nm_mask(w: np.ndarray, n: int = 2, m: int = 4, axis: int = -1) -> np.ndarray
     if m < 1 or not 0 <= n <= m:
         raise ValueError(f"n, m: expected 0 <= n <= m and m >= 1, got n={n}, m={m}")
     if w.ndim == 0:
-        raise ValueError("w: expected an array with at least one dimension, got a 0-d array")
+        raise ValueError(f"{name}: expected an array with at least one dimension, got a 0-d array")
     ax = _axis(w, axis)
     if w.shape[ax] % m:
-        raise ValueError(f"w: length {w.shape[ax]} along axis {ax} is not divisible by m={m}")
+        raise ValueError(f"{name}: length {w.shape[ax]} along axis {ax} is not divisible by m={m}")
     inner = math.prod(w.shape[ax + 1 :])
     if w.size == 0:
         return np.ones(w.shape, dtype=bool)
-    return _core_prune.nm_keep(_keyable([w])[0], "w", inner, n, m)
+    return _core_prune.nm_keep(_keyable([w])[0], name, inner, n, m)
 
 
 def _first_nan(w: np.ndarray, name: str) -> None:

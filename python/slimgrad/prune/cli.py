@@ -30,7 +30,7 @@ from .._cli_common import (
     selected,
 )
 from .._report import Row
-from ._masks import _first_nan, global_magnitude_masks, magnitude_mask, nm_mask
+from ._masks import _count, _nm_mask, _select
 
 EXAMPLES = """examples:
   slimgrad prune model.safetensors -o pruned.safetensors --sparsity 0.5
@@ -112,12 +112,13 @@ def run(args: argparse.Namespace) -> int:
                 why[name] = f"kept (last axis {info.shape[-1]} not divisible by {nm[1]})"
             else:
                 targets.append(name)
+        # The selections get the tensors' names, so that a NaN is reported
+        # as "<tensor>: NaN at index ..." (found by the selection's own pass).
         global_masks = None
         if args.global_:
-            views = {n: src.array(n) for n in targets}
-            for n, w in views.items():
-                _first_nan(w, n)
-            global_masks = global_magnitude_masks(views, args.sparsity)
+            views = [src.array(n) for n in targets]  # in place: a bfloat16 model is not widened
+            total = sum(v.size for v in views)
+            global_masks = dict(zip(targets, _select(views, targets, _count(args.sparsity, total))))
             del views
         out: dict[str, st.Entry] = {}
         rows, zeros_total, size_total = [], 0, 0
@@ -137,13 +138,12 @@ def run(args: argparse.Namespace) -> int:
                 )
                 continue
             w = np.array(src.array(name))  # a writable copy, pruned in place
-            _first_nan(w, name)  # the mask functions would name it `w`: name the tensor
             if global_masks is not None:
                 mask = global_masks[name]
             elif nm is not None:
-                mask = nm_mask(w, *nm)
+                mask = _nm_mask(w, *nm, -1, name)
             else:
-                mask = magnitude_mask(w, args.sparsity)
+                mask = _select([w], [name], _count(args.sparsity, w.size))[0]
             _core.prune.apply_masks_([mask], [[w]], [[name]])
             out[name] = st.to_entry(w, name)
             size = math.prod(info.shape)
