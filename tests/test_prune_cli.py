@@ -223,3 +223,22 @@ def test_nan_weight_error_names_the_tensor(tmp_path, rng, capsys, how):
         "NaN weights have no magnitude to rank\n"
     )
     assert not out_path.exists()
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [np.float16, ml_dtypes.bfloat16, np.float32, np.float64],
+    ids=lambda d: np.dtype(d).name,
+)
+def test_zero_count_takes_both_signs(dtype, rng):
+    """The report's zero count (on the bits of half-precision tensors) counts
+    +0.0 and -0.0 and nothing else (denormals, infinities, NaN are not zero)."""
+    from slimgrad.prune.cli import _zeros
+
+    w = rng.standard_normal(10_001).astype(dtype)
+    w[::3] = 0.0
+    w[1::7] = -0.0
+    w[2::11] = np.inf
+    w[5::13] = np.nan
+    w[4::17] = ml_dtypes.finfo(dtype).smallest_subnormal
+    assert _zeros(w) == int(np.count_nonzero(w.astype(np.float64) == 0.0))
