@@ -357,3 +357,27 @@ def test_table_totals_are_bytes_written(tmp_path, rng, capsys):
     written = sum(int(t.n_bytes) for t in gguf_tensors(out).values())
     assert code == 0 and total[2] == f"{written:,}"
     assert total[1] == f"{sum(math.prod(a.shape) * a.itemsize for a in tensors.values()):,}"
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [ml_dtypes.bfloat16, np.float16, np.float32, np.float64],
+    ids=lambda d: np.dtype(d).name,
+)
+def test_reported_error_matches_float64(dtype, rng):
+    """The report's relative error (float32 differences, float64 sums) equals
+    the float64 computation to 1e-6 relative: close reconstructions, w_hat
+    far from w (zeros, flipped signs), and the zero-norm cases."""
+    from slimgrad.quant.cli import _rel_error
+
+    w = (rng.standard_normal((37, 129)) * np.exp(rng.uniform(-8, 8, 129))).astype(dtype)
+    w32 = w.astype(np.float32)
+    for w_hat in (
+        w32 * (1 + rng.uniform(-0.01, 0.01, w.shape)).astype(np.float32),
+        np.where(rng.random(w.shape) < 0.3, 0, -w32).astype(np.float32),
+    ):
+        want = rel_error(w, w_hat)
+        assert _rel_error(w, w_hat.copy()) == pytest.approx(want, rel=1e-6)
+    zero = np.zeros((3, 5), dtype)
+    assert _rel_error(zero, np.zeros((3, 5), np.float32)) == 0.0
+    assert _rel_error(zero, np.ones((3, 5), np.float32)) == float("inf")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -294,9 +295,26 @@ def _run_gguf_tensors_only(args: argparse.Namespace, ftype: str) -> int:
 
 
 def _rel_error(w: np.ndarray, w_hat: np.ndarray) -> float:
-    w64 = w.astype(np.float64)
-    norm = float(np.linalg.norm(w64))
-    diff = float(np.linalg.norm(w64 - w_hat.astype(np.float64)))
+    """``||w - w_hat|| / ||w||`` (sums in float64) for the report; ``w_hat``,
+    a float32 temporary, is overwritten by the differences.
+
+    The differences are taken in float32: exact wherever ``w_hat`` is within a
+    factor 2 of ``w`` (Sterbenz), within 2**-24 relative elsewhere, for a
+    figure printed to 4 digits. In float64 through NumPy (ml_dtypes' astype
+    and fresh arrays) it took 0.3 s of a 45M-value bfloat16 tensor, 70 % of
+    ``slimgrad quantize``'s time on a bfloat16 checkpoint.
+    """
+    from .. import _core
+    from .._float32 import as_float32
+
+    if w.dtype == np.float64 or w_hat.dtype != np.float32:
+        w64 = w.astype(np.float64)
+        norm = float(np.linalg.norm(w64))
+        diff = float(np.linalg.norm(w64 - w_hat.astype(np.float64)))
+    else:
+        w32 = as_float32(w)
+        norm = math.sqrt(_core.squared_norm(w32))
+        diff = math.sqrt(_core.squared_norm(np.subtract(w32, w_hat, out=w_hat)))
     return diff / norm if norm else (0.0 if diff == 0 else float("inf"))
 
 
