@@ -320,6 +320,7 @@ def _rel_error(w: np.ndarray, w_hat: np.ndarray) -> float:
 
 # -- integer: slimgrad safetensors / compressed-tensors -----------------------------------
 def _run_integer(args: argparse.Namespace, fmt: str) -> int:
+    from .. import _core
     from .. import _safetensors as st
     from .._cli_common import (
         UsageError,
@@ -329,6 +330,7 @@ def _run_integer(args: argparse.Namespace, fmt: str) -> int:
         refuse_quantized,
         selected,
     )
+    from .._float32 import as_float32
     from .._report import Row
     from . import compressed, io
     from ._stream import open_safetensors
@@ -377,15 +379,19 @@ def _run_integer(args: argparse.Namespace, fmt: str) -> int:
                 )
                 continue
             w = np.asarray(src.array(name))
-            if args.nonfinite == "raise" and not np.isfinite(w).all():
-                bad = int(np.flatnonzero(~np.isfinite(w.reshape(-1)))[0])
+            # Widened once, for the check, the quantizer and the report (a
+            # float64 tensor is checked and reported on its own values).
+            w32 = as_float32(w)
+            exact = w if w.dtype == np.float64 else w32
+            bad = _core.find_nonfinite(exact) if args.nonfinite == "raise" else -1
+            if bad >= 0:
                 raise ValueError(
                     f"{name}: non-finite value {w.reshape(-1)[bad]} at index "
                     f"{tuple(int(i) for i in np.unravel_index(bad, w.shape))} "
                     "(--nonfinite propagate keeps going)"
                 )
             qt = quantize(
-                w,
+                w32,
                 args.bits,
                 symmetric=not args.asymmetric,
                 granularity="group" if args.group_size else "channel",
@@ -394,7 +400,7 @@ def _run_integer(args: argparse.Namespace, fmt: str) -> int:
                 clip=args.clip,
                 nonfinite=args.nonfinite,
             )
-            err = f"{_rel_error(w, qt.dequantize()):.3e}"
+            err = f"{_rel_error(exact, qt.dequantize()):.3e}"
             if fmt == "compressed-tensors":
                 parts = compressed.tensors(name, qt)
                 targets.append(name[: -len(".weight")])
