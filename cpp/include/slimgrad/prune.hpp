@@ -50,18 +50,16 @@ struct Float16 {
 struct BFloat16 {
   std::uint16_t bits;
 };
-template <>
-struct KeyTraits<Float16> {
+template <std::uint32_t Inf>
+struct HalfKeyTraits {
   using Key = std::uint32_t;
   static constexpr int bits = 15;
-  static constexpr Key inf = 0x7C00u;
+  static constexpr Key inf = Inf;
 };
 template <>
-struct KeyTraits<BFloat16> {
-  using Key = std::uint32_t;
-  static constexpr int bits = 15;
-  static constexpr Key inf = 0x7F80u;
-};
+struct KeyTraits<Float16> : HalfKeyTraits<0x7C00u> {};
+template <>
+struct KeyTraits<BFloat16> : HalfKeyTraits<0x7F80u> {};
 template <class T>
 using KeyOf = typename KeyTraits<T>::Key;
 template <class T>

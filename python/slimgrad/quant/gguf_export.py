@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _core
 from .._float32 import as_float32
 from .._report import Row
 from . import gguf_mix
@@ -409,11 +410,12 @@ def _convert(
         import ml_dtypes
 
         return w.astype(ml_dtypes.bfloat16).view(np.uint16), ""
-    bad = np.flatnonzero(~np.isfinite(w.reshape(-1)))
-    if bad.size:
+    w = np.ascontiguousarray(w)
+    bad = _core.find_nonfinite(w)
+    if bad >= 0:
         raise ValueError(
             f"{p.source.path}: tensor {p.hf_name!r}: non-finite value "
-            f"{w.reshape(-1)[bad[0]]} at flat index {int(bad[0])}"
+            f"{w.reshape(-1)[bad]} at flat index {bad}"
         )
     imp = None if imatrix is None else imatrix.get(p.name)
     blocks = gguf_mix.quantize_blocks(w, t, imp, label=p.hf_name)
@@ -428,15 +430,23 @@ def _file_type(ftype: str, plans: Sequence[_Plan]) -> str:
 
 
 def _rel_error(w: np.ndarray, blocks: np.ndarray, type: str, rows: int = 1024) -> float:
-    """||w - dequant|| / ||w|| in chunks of rows (no second full-size float copy)."""
+    """||w - dequant|| / ||w|| of C-contiguous float32 ``w``, in chunks of rows
+    (no second full-size float copy).
+
+    The differences are float32 (exact wherever the dequantized value is
+    within a factor 2 of w, Sterbenz; 2**-24 relative elsewhere), summed in
+    float64 by slimgrad's squared_norm. NumPy float64 chunks took 5.3 s of a
+    2.2 GB bfloat16 llama's 8.8 s export to Q8_0 (seventeenth session).
+    """
     w2 = w.reshape(-1, w.shape[-1])
     b2 = blocks.reshape(w2.shape[0], -1)
-    num = den = 0.0
+    num = 0.0
     for i in range(0, w2.shape[0], rows):
-        chunk = w2[i : i + rows].astype(np.float64)
+        chunk = w2[i : i + rows]
         back = gguf_mix.dequantize_blocks(np.ascontiguousarray(b2[i : i + rows]), type, chunk.shape)
-        num += float(np.sum((chunk - back) ** 2))
-        den += float(np.sum(chunk * chunk))
+        back = np.require(back, np.float32, ["C", "W"])  # a writable float32 temporary
+        num += _core.squared_norm(np.subtract(chunk, back, out=back))
+    den = _core.squared_norm(w2)
     return (num / den) ** 0.5 if den else 0.0
 
 
