@@ -106,6 +106,50 @@ def test_widen_half_rejects_other_dtypes_and_layouts():
         _core.widen_half(np.ones(8, np.float16)[::2])
 
 
+def narrowing_cases(rng) -> np.ndarray:
+    """float32 values for a rounding to float16 / bfloat16: random bit patterns
+    (NaN, inf, denormals, both signs), every midpoint between consecutive
+    finite float16 values and its neighbours (ties to even, just above and
+    below), and every bfloat16 value plus 0x7FFF, 0x8000 and 0x8001 (its ties)."""
+    random = rng.integers(0, 2**32, 200_003, dtype=np.uint64).astype(np.uint32)
+    f16 = np.arange(0x7C00, dtype=np.uint16).view(np.float16).astype(np.float64)
+    mids = ((f16[:-1] + f16[1:]) / 2).astype(np.float32).view(np.uint32)
+    high = np.arange(0x8000, dtype=np.uint32) << 16
+    bits = np.concatenate(
+        [mids - 1, mids, mids + 1, high, high + 0x7FFF, high + 0x8000, high + 0x8001]
+    )
+    cases = np.concatenate([random, bits, bits | 0x80000000])
+    return rng.permutation(cases).view(np.float32)  # every kind in the vector tails too
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_narrow_half_rounds_like_numpy(isa, threads, half, rng):
+    """float32 -> float16 / bfloat16 bits (a GGUF export's F16 / BF16
+    tensors): round to nearest even, as NumPy's / ml_dtypes' astype, on
+    every tie and its neighbours, at odd offsets and lengths (vector tails);
+    NaN stays NaN; x is not touched."""
+    import ml_dtypes
+
+    dtype = np.dtype(np.float16) if half == "float16" else np.dtype(ml_dtypes.bfloat16)
+    x = narrowing_cases(rng)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = x.astype(dtype).view(np.uint16)
+    for start, stop in [(0, x.size), (3, x.size - 5), (7, 40)]:
+        part = x[start:stop]
+        before = part.copy()
+        got = _core.narrow_half(part, half == "bfloat16")
+        assert got.dtype == np.uint16 and got.shape == part.shape
+        nan = np.isnan(part)
+        np.testing.assert_array_equal(got[~nan], want[start:stop][~nan])
+        assert np.isnan(got[nan].view(dtype).astype(np.float32)).all()
+        np.testing.assert_array_equal(part.view(np.uint32), before.view(np.uint32))
+    with pytest.raises(TypeError, match="x: expected float32 C-contiguous array"):
+        _core.narrow_half(np.ones(4, np.float64), False)
+    with pytest.raises(TypeError, match="x: expected float32 C-contiguous array"):
+        _core.narrow_half(x[::2], True)
+    assert _core.narrow_half(np.empty((0, 3), np.float32), True).shape == (0, 3)
+
+
 def test_widen_half_empty_scalar_and_read_only_inputs():
     import ml_dtypes
 

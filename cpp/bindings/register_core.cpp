@@ -96,6 +96,19 @@ void bind_kernels(py::module_& m) {
     return y;
   }, py::arg("x"));
 
+  // narrow_half(x, bf16) -> a new uint16 array of x's shape: the float16
+  // (bf16=False) or bfloat16 bits of x (float32, any C-contiguous shape),
+  // rounded to nearest even.
+  m.def("narrow_half", [](py::handle x, bool bf16) {
+    const Array xa = check_array(x, "x", {DType::f32}, Access::read);
+    py::array y = new_output(py::dtype("uint16"), xa.shape());
+    {
+      py::gil_scoped_release release;
+      narrow_half(xa.ptr<float>(), static_cast<std::uint16_t*>(y.mutable_data()), xa.size(), bf16);
+    }
+    return y;
+  }, py::arg("x"), py::arg("bf16"));
+
   m.def("stream_probe", [](py::handle p, py::handle g, py::handle mm, py::handle v) {
     const Array pa = check_array(p, "p", {DType::f32}, Access::write);
     const Array ga = check_like(g, "g", pa, Access::read);

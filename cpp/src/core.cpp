@@ -59,6 +59,14 @@ void widen_half(const std::uint16_t* x, float* y, std::size_t n, bool bf16) {
   });
 }
 
+void narrow_half(const float* x, std::uint16_t* y, std::size_t n, bool bf16) {
+  dispatch([&](auto isa) {
+    parallel_for(n, kGrain, [&](std::size_t b, std::size_t e) {
+      kernels::narrow_half<decltype(isa)::value>(x + b, y + b, e - b, bf16);
+    });
+  });
+}
+
 template void axpy<float>(float*, const float*, float, std::size_t);
 template void axpy<double>(double*, const double*, double, std::size_t);
 template double squared_norm<float>(const float*, std::size_t);

@@ -48,6 +48,11 @@ void widen_half<Isa::scalar>(const std::uint16_t* x, float* y, std::size_t n, bo
 }
 
 template <>
+void narrow_half<Isa::scalar>(const float* x, std::uint16_t* y, std::size_t n, bool bf16) {
+  for (std::size_t i = 0; i < n; ++i) y[i] = bf16 ? simd::float_to_bf16(x[i]) : simd::float_to_half(x[i]);
+}
+
+template <>
 void stream_probe<Isa::scalar>(float* p, const float* g, float* m, float* v, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) {
     p[i] += g[i];

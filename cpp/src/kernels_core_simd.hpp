@@ -79,6 +79,20 @@ void widen_half(const std::uint16_t* x, float* y, std::size_t n, bool bf16) {
 }
 
 template <Isa I>
+void narrow_half(const float* x, std::uint16_t* y, std::size_t n, bool bf16) {
+  using V = simd::Vec<float, I>;
+  constexpr std::size_t W = V::width;
+  std::size_t i = 0;
+  if (bf16) {
+    for (; i + W <= n; i += W) simd::store_bf16(y + i, V::load(x + i));
+    for (; i < n; ++i) y[i] = simd::float_to_bf16(x[i]);
+  } else {
+    for (; i + W <= n; i += W) simd::store_f16(y + i, V::load(x + i));
+    for (; i < n; ++i) y[i] = simd::float_to_half(x[i]);
+  }
+}
+
+template <Isa I>
 void stream_probe(float* p, const float* g, float* m, float* v, std::size_t n) {
   using V = simd::Vec<float, I>;
   std::size_t i = 0;
@@ -118,5 +132,6 @@ template std::size_t find_nonfinite<SLIMGRAD_UNIT_ISA, float>(const float*, std:
 template std::size_t find_nonfinite<SLIMGRAD_UNIT_ISA, double>(const double*, std::size_t);
 template void stream_probe<SLIMGRAD_UNIT_ISA>(float*, const float*, float*, float*, std::size_t);
 template void widen_half<SLIMGRAD_UNIT_ISA>(const std::uint16_t*, float*, std::size_t, bool);
+template void narrow_half<SLIMGRAD_UNIT_ISA>(const float*, std::uint16_t*, std::size_t, bool);
 }  // namespace slimgrad::kernels
 #endif  // SLIMGRAD_UNIT_ISA

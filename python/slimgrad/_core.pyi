@@ -12,7 +12,7 @@ from ._core_stubs import quant as quant
 from ._core_stubs import distill as distill
 from ._core_stubs import gptq as gptq
 from ._core_stubs import sparse as sparse
-__all__: list[str] = ['active_isa', 'available_isas', 'axpy_', 'best_isa', 'built_isas', 'cached_output_bytes', 'compiler', 'distill', 'empty', 'find_nonfinite', 'get_num_threads', 'gptq', 'nn', 'openmp_enabled', 'optim', 'prune', 'quant', 'release_cached_outputs', 'set_active_isa', 'set_num_threads', 'sparse', 'squared_norm', 'stream_probe', 'widen_half']
+__all__: list[str] = ['active_isa', 'available_isas', 'axpy_', 'best_isa', 'built_isas', 'cached_output_bytes', 'compiler', 'distill', 'empty', 'find_nonfinite', 'get_num_threads', 'gptq', 'narrow_half', 'nn', 'openmp_enabled', 'optim', 'prune', 'quant', 'release_cached_outputs', 'set_active_isa', 'set_num_threads', 'sparse', 'squared_norm', 'stream_probe', 'widen_half']
 def active_isa() -> str:
     ...
 def available_isas() -> list:
@@ -30,6 +30,8 @@ def empty(shape: tuple, dtype: typing.Any) -> numpy.ndarray:
 def find_nonfinite(x: typing.Any) -> int:
     ...
 def get_num_threads() -> int:
+    ...
+def narrow_half(x: typing.Any, bf16: bool) -> numpy.ndarray:
     ...
 def openmp_enabled() -> bool:
     ...

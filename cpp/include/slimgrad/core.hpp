@@ -35,6 +35,11 @@ void stream_probe(float* p, const float* g, float* m, float* v, std::size_t n);
 // float16: simd::load_bf16 / load_f16, the tail by the scalar conversions.
 template <Isa I>
 void widen_half(const std::uint16_t* x, float* y, std::size_t n, bool bf16);
+// y[i] = x[i] rounded to nearest even to bfloat16 (bf16) or IEEE float16
+// (NaN stays NaN, quieted): simd::store_bf16 / store_f16, the tail by the
+// scalar conversions.
+template <Isa I>
+void narrow_half(const float* x, std::uint16_t* y, std::size_t n, bool bf16);
 }  // namespace kernels
 
 template <class T>
@@ -53,5 +58,8 @@ void stream_probe(float* p, const float* g, float* m, float* v, std::size_t n);
 // astype took 10 ms (bfloat16, ml_dtypes) and 25 ms (float16) for 16M
 // values here, 4-10x the magnitude selection that followed.
 void widen_half(const std::uint16_t* x, float* y, std::size_t n, bool bf16);
+// float32 -> float16 / bfloat16, threaded: a GGUF export's F16 / BF16
+// tensors. NumPy's astype took 6-15 ms per 16M values.
+void narrow_half(const float* x, std::uint16_t* y, std::size_t n, bool bf16);
 
 }  // namespace slimgrad

@@ -404,12 +404,12 @@ def _convert(
     t = p.choice.type
     if t == "F32":
         return np.ascontiguousarray(w), ""
+    # Rounded to nearest even on the threads (NumPy's astype: 6-15 ms per
+    # 16M values, most of a half-precision export's CPU time).
     if t == "F16":
-        return w.astype(np.float16), ""
+        return _core.narrow_half(np.ascontiguousarray(w), False).view(np.float16), ""
     if t == "BF16":
-        import ml_dtypes
-
-        return w.astype(ml_dtypes.bfloat16).view(np.uint16), ""
+        return _core.narrow_half(np.ascontiguousarray(w), True), ""
     w = np.ascontiguousarray(w)
     bad = _core.find_nonfinite(w)
     if bad >= 0:
