@@ -66,3 +66,13 @@ def cases(size: int) -> Iterator[Case]:
             th = th.view(torch.bfloat16 if name == "bfloat16" else torch.float16)
             widen["torch .float()"] = lambda th=th: th.float()
         yield Case(f"widen {name} -> float32", widen, bytes=6 * size)
+
+        # The other way: a GGUF export's F16 / BF16 tensors (gguf_export.py).
+        narrow = {
+            "slimgrad": lambda bf16=name == "bfloat16": _core.narrow_half(g, bf16),
+            "numpy astype": lambda half=half: g.astype(half),
+        }
+        if torch is not None:
+            to = torch.bfloat16 if name == "bfloat16" else torch.float16
+            narrow["torch .to()"] = lambda to=to: tg.to(to)
+        yield Case(f"narrow float32 -> {name}", narrow, bytes=6 * size)
