@@ -175,6 +175,41 @@ def test_stale_temporary_files_are_cleaned_by_the_next_write(tmp_path):
     assert not stale.exists() and alive.exists() and other.exists()
 
 
+def test_deferred_tensors_are_made_in_order_and_a_failure_leaves_no_file(tmp_path):
+    """A writer's deferred tensors (the prune command's pruned copies) are made
+    one at a time, in order, while the file is written, and give the same file
+    as eager entries; a make() that raises or makes the wrong byte count
+    leaves the target as it was and no temporary file."""
+    a, b = np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(5, np.float16)
+    made = []
+
+    def deferred(name, arr):
+        def make():
+            made.append(name)
+            return st.to_entry(arr).data
+
+        return st.Deferred(st.code_of(arr.dtype), list(arr.shape), arr.nbytes, make)
+
+    eager, lazy = tmp_path / "eager.safetensors", tmp_path / "lazy.safetensors"
+    st.write(eager, {"a": st.to_entry(a), "b": st.to_entry(b)}, {"k": "v"})
+    st.write(lazy, {"a": deferred("a", a), "b": deferred("b", b)}, {"k": "v"})
+    assert made == ["a", "b"] and lazy.read_bytes() == eager.read_bytes()
+
+    before = lazy.read_bytes()
+
+    def fails():
+        raise ValueError("w: NaN at index (1,)")
+
+    short = st.Deferred("F32", [2, 3], a.nbytes, lambda: b"\0" * 8)
+    for entry, message in [
+        (st.Deferred("F32", [2, 3], a.nbytes, fails), r"w: NaN at index \(1,\)"),
+        (short, "b: made 8 bytes, expected 24"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            st.write(lazy, {"a": st.to_entry(a), "b": entry}, None)
+        assert lazy.read_bytes() == before and _stray(tmp_path) == []
+
+
 def test_output_mode_follows_umask(tmp_path):
     old = os.umask(0o027)
     try:

@@ -12,7 +12,9 @@ slimgrad already quantized is refused: prune the float checkpoint, then quantize
 from __future__ import annotations
 
 import argparse
+import functools
 import math
+from typing import Any
 
 import numpy as np
 
@@ -130,46 +132,47 @@ def run(args: argparse.Namespace) -> int:
             total = sum(v.size for v in views)
             global_masks = dict(zip(targets, _select(views, targets, _count(args.sparsity, total))))
             del views
-        out: dict[str, st.Entry] = {}
-        rows, zeros_total, size_total = [], 0, 0
-        for name, info in progress(src.tensors.items(), len(src.tensors), "prune"):
+        # Each tensor is made while the output is written, one at a time
+        # (st.Deferred): the process holds one pruned copy, not all of them.
+        rows: dict[str, Row] = {}
+        totals = {"zeros": 0, "size": 0}
+        ticks = progress(iter(src.tensors), len(src.tensors), "prune")
+
+        def written(name: str, info: Any) -> memoryview | bytes:
+            next(ticks, None)
             if name not in targets:
-                out[name] = st.Entry(info.dtype, list(info.shape), src.raw(name))
-                rows.append(
-                    Row(
-                        name,
-                        info.shape,
-                        info.dtype,
-                        info.dtype,
-                        info.nbytes,
-                        info.nbytes,
-                        why[name],
-                    )
+                rows[name] = Row(
+                    name, info.shape, info.dtype, info.dtype, info.nbytes, info.nbytes, why[name]
                 )
-                continue
+                return src.raw(name)
             w = np.array(src.array(name))  # a writable copy, pruned in place
             if global_masks is not None:
-                mask = global_masks[name]
+                mask = global_masks.pop(name)
             elif nm is not None:
                 mask = _nm_mask(w, *nm, -1, name)
             else:
                 mask = _select([w], [name], _count(args.sparsity, w.size))[0]
             _core.prune.apply_masks_([mask], [[w]], [[name]])
-            out[name] = st.to_entry(w, name)
-            size = math.prod(info.shape)
-            zeros = _zeros(w)
-            zeros_total += zeros
-            size_total += size
+            zeros, size = _zeros(w), math.prod(info.shape)
+            totals["zeros"] += zeros
+            totals["size"] += size
             note = f"{zeros / size:.2%} zero" if size else "-"
-            rows.append(
-                Row(
-                    name, info.shape, info.dtype, info.dtype, info.nbytes, len(out[name].data), note
-                )
+            data = st.to_entry(w, name).data
+            rows[name] = Row(name, info.shape, info.dtype, info.dtype, info.nbytes, len(data), note)
+            return data
+
+        out = {
+            name: st.Deferred(
+                info.dtype, list(info.shape), info.nbytes, functools.partial(written, name, info)
             )
+            for name, info in src.tensors.items()
+        }
         try:
             st.write(args.output, out, src.metadata or None)
         except OSError as e:  # its filename is the temporary file: report the output instead
             raise UsageError(f"{args.output}: cannot write ({e.strerror or e})") from None
+        next(ticks, None)  # closes the bar
+    zeros_total, size_total = totals["zeros"], totals["size"]
     share = zeros_total / size_total if size_total else 0.0
     how = (
         f"{nm[0]}:{nm[1]}"
@@ -177,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         else f"sparsity {args.sparsity}" + (" global" if args.global_ else "")
     )
     print_table(
-        rows,
+        [rows[name] for name in out],
         f"{how}: {zeros_total} of {size_total} weights in {len(targets)} pruned "
         f"tensors are zero ({share:.2%}); wrote {args.output}",
     )
