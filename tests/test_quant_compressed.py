@@ -52,6 +52,27 @@ def test_values_decompressed_by_the_package_equal_ours(bits, symmetric, group_si
     assert ct.__version__
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_words_from_packed_codes_equal_the_repacked_codes(bits, symmetric):
+    """weight_packed taken straight from slimgrad's packed codes (rows that
+    fill whole int32 words: a top-bit flip per code) equals packing the
+    unpacked codes, for every width; other rows take the repacking path."""
+    rng = np.random.default_rng(bits)
+    for cols in (32, 64, 96, 160, 8, 40):
+        w = rng.standard_normal((7, cols)).astype(np.float32)
+        qt = quantize(w, bits, symmetric=symmetric, granularity="group", group_size=8)
+        fast = compressed._words_of_packed(qt)
+        off = 0 if symmetric else 1 << (bits - 1)
+        slow = compressed.pack_int32(qt.codes().astype(np.int16) - off, bits)
+        if cols * bits % 32:
+            assert fast is None
+            continue
+        assert fast.dtype == slow.dtype == np.int32 and fast.shape == slow.shape
+        np.testing.assert_array_equal(fast, slow)
+        np.testing.assert_array_equal(compressed.tensors("l.weight", qt)["l.weight_packed"], slow)
+
+
 def test_3d_or_per_tensor_weights_are_refused():
     qt = quantize(np.ones((4, 8), np.float32), 8, granularity="tensor")
     with pytest.raises(ValueError, match="layer.weight: compressed-tensors stores 2-D"):

@@ -54,6 +54,30 @@ def pack_int32(codes: np.ndarray, bits: int) -> np.ndarray:
     return np.ascontiguousarray(words).astype(np.int32).reshape(*codes.shape[:-1], -1)
 
 
+def _words_of_packed(qt: QuantizedTensor) -> np.ndarray | None:
+    """compressed-tensors' int32 words straight from ``qt.data``, or None when
+    a row does not fill whole words (``cols * bits % 32``).
+
+    Both formats are little-endian bitstreams per row; compressed-tensors
+    stores ``code + 2**(bits - 1)``, which for a ``bits``-bit two's
+    complement code is the code with its top bit flipped (asymmetric codes
+    are stored as they are). One XOR over the packed bytes instead of
+    unpacking, widening and repacking every code: 42 ms -> ~2 ms per 45M int4
+    codes (seventeenth session).
+    """
+    rows, cols = qt.shape
+    if cols * qt.bits % 32:
+        return None
+    raw = np.ascontiguousarray(qt.data).reshape(rows, -1).view(np.uint8)
+    if qt.symmetric:  # the top bit of each of the 8 codes that fill `bits` bytes
+        period = np.zeros(qt.bits, np.uint8)
+        for j in range(8):
+            top = j * qt.bits + qt.bits - 1
+            period[top // 8] |= 1 << (top % 8)
+        raw = raw ^ np.tile(period, cols // 8)
+    return np.ascontiguousarray(raw).view("<i4").astype(np.int32, copy=False)
+
+
 def tensors(name: str, qt: QuantizedTensor) -> dict[str, np.ndarray]:
     """The stored tensors of the quantized weight ``name`` (``"L.weight"``)."""
     if (
@@ -67,10 +91,12 @@ def tensors(name: str, qt: QuantizedTensor) -> dict[str, np.ndarray]:
         )
     layer = name[: -len(".weight")] if name.endswith(".weight") else name
     off = 0 if qt.symmetric else 1 << (qt.bits - 1)
-    codes = qt.codes().astype(np.int16) - off
+    packed = _words_of_packed(qt)
+    if packed is None:
+        packed = pack_int32(qt.codes().astype(np.int16) - off, qt.bits)
     scale = qt.scale.reshape(qt.shape[0], -1).astype(np.float32)
     out = {
-        f"{layer}.weight_packed": pack_int32(codes, qt.bits),
+        f"{layer}.weight_packed": packed,
         f"{layer}.weight_scale": scale,
         f"{layer}.weight_shape": np.array(qt.shape, np.int64),
     }
