@@ -104,6 +104,28 @@ def test_global_and_bfloat16(tmp_path, rng, capsys):
     np.testing.assert_array_equal(got["b"].array(), b * masks["b"])
 
 
+@pytest.mark.parametrize("sparsity", ["0.3", "0.5", "0.9"])
+def test_global_ties_across_tensors(tmp_path, rng, capsys, sparsity):
+    """--global makes each tensor's mask from its count of the global
+    selection: with a few values shared by every tensor (the k-th value's
+    copies spread over several tensors), the output equals the library's
+    global masks, ties pruned in tensor order, then by flat index."""
+    tensors = {
+        f"layer.{i}.weight": rng.integers(-3, 4, (24, 40)).astype(ml_dtypes.bfloat16)
+        for i in range(5)
+    }
+    path, out_path = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
+    st.write(str(path), {n: st.to_entry(a) for n, a in tensors.items()}, None)
+    code, _, _ = _run([path, "-o", out_path, "--sparsity", sparsity, "--global"], capsys)
+    assert code == 0
+    got, _ = st.read(str(out_path))
+    masks = prune.global_magnitude_masks(tensors, float(sparsity))
+    for name, a in tensors.items():
+        np.testing.assert_array_equal(
+            got[name].array(), np.where(masks[name], a, 0).astype(a.dtype)
+        )
+
+
 # Every user error: exit 2, nothing on stdout, exactly "slimgrad prune: error: <message>"
 # as one line on stderr, and no file written (no output, no temporary file).
 USER_ERRORS = {

@@ -460,6 +460,36 @@ def test_global_matches_reference_on_concatenation(isa, threads, dtype, rng):
             assert masks[k].shape == parts[k].shape
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_global_selection_as_counts_per_array(isa, threads, dtype, rng):
+    """The global selection as one count per array (what the prune command
+    makes each tensor's mask from, with no mask of the whole model): each
+    array's own selection of its count equals its part of the global masks,
+    with the k-th value's copies spread over several arrays, empty arrays,
+    a large sampled size, and mixed half / float32 dtypes; a NaN is named."""
+    from slimgrad.prune._masks import _global_counts, _select
+
+    cases = [
+        [make("ties", n, dtype, rng) for n in (1000, 7, 0, 33_333, 70_001)],
+        [make("normal", n, dtype, rng) for n in (LARGE, 3, 4097)],
+    ]
+    if np.dtype(dtype).itemsize == 2:
+        cases.append([make("ties", 5000, dtype, rng), make("ties", 3000, np.float32, rng)])
+    for parts in cases:
+        names = [f"a{i}" for i in range(len(parts))]
+        total = sum(p.size for p in parts)
+        for s in (0.0, 0.3, 0.5, 0.77, 1.0):
+            k = count(s, total)
+            counts = _global_counts(parts, names, k)
+            assert sum(counts) == k
+            for part, name, c, want in zip(parts, names, counts, _select(parts, names, k)):
+                np.testing.assert_array_equal(_select([part], [name], c)[0], want)
+    bad = make("normal", 100, dtype, rng)
+    bad[42] = np.nan
+    with pytest.raises(ValueError, match=re.escape("b: NaN at index (42,)")):
+        _global_counts([make("normal", 9, dtype, rng), bad], ["a", "b"], 10)
+
+
 def test_global_single_array_equals_magnitude_mask(rng):
     w = make("ties", 70_001, np.float32, rng)
     for s in SPARSITIES:

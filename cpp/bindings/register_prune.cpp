@@ -51,13 +51,15 @@ decltype(auto) with_element_type(DType d, F&& f) {
   }
 }
 
-// magnitude_keep(arrays, names, k, priors) -> list of bool masks (True = kept)
-py::list magnitude_keep_py(py::sequence arrays, py::sequence names, std::size_t k, py::object priors) {
+// The arguments of a selection, checked: the arrays (one dtype) into ws,
+// their prior masks (when priors is not None) into ps; k at most their
+// total size, which is returned.
+std::size_t check_selection(py::sequence arrays, py::sequence names, std::size_t k, py::object priors,
+                            std::vector<Array>& ws, std::vector<Array>& ps) {
   const std::size_t count = py::len(arrays);
   if (py::len(names) != count) throw py::value_error("names: expected one name per array");
   const bool have_priors = !priors.is_none();
   if (have_priors && py::len(priors) != count) throw py::value_error("priors: expected one mask per array");
-  std::vector<Array> ws, ps;
   std::size_t total = 0;
   for (std::size_t i = 0; i < count; ++i) {
     const std::string name = py::str(names[i]);
@@ -74,6 +76,15 @@ py::list magnitude_keep_py(py::sequence arrays, py::sequence names, std::size_t 
   if (k > total)
     throw py::value_error("k: expected at most " + std::to_string(total) + " (the number of weights), got " +
                           std::to_string(k));
+  return total;
+}
+
+// magnitude_keep(arrays, names, k, priors) -> list of bool masks (True = kept)
+py::list magnitude_keep_py(py::sequence arrays, py::sequence names, std::size_t k, py::object priors) {
+  std::vector<Array> ws, ps;
+  const std::size_t total = check_selection(arrays, names, k, priors, ws, ps);
+  const std::size_t count = ws.size();
+  const bool have_priors = !priors.is_none();
   // Several masks are views into one buffer: one allocation instead of one
   // per array, which for many mid-sized arrays saves more time (fresh pages
   // faulted in one by one) than the selection itself takes.
@@ -104,6 +115,26 @@ py::list magnitude_keep_py(py::sequence arrays, py::sequence names, std::size_t 
       nan = with_element_type(ws[0].dtype, [&](auto t) { return magnitude_keep<decltype(t)>(segments, k); });
   }
   if (nan.found) raise_nan(ws[nan.segment], nan.index);
+  return out;
+}
+
+// magnitude_counts(arrays, names, k) -> list of counts: the global selection
+// of k as one count per array (magnitude_counts in prune.hpp).
+py::list magnitude_counts_py(py::sequence arrays, py::sequence names, std::size_t k) {
+  std::vector<Array> ws, ps;
+  check_selection(arrays, names, k, py::none(), ws, ps);
+  std::vector<PruneSegment> segments;
+  for (const Array& w : ws) segments.push_back({w.arr.data(), nullptr, w.size(), nullptr});
+  std::vector<std::size_t> counts;
+  NanPosition nan;
+  {
+    py::gil_scoped_release release;  // ws holds every buffer for the call
+    if (!ws.empty())
+      nan = with_element_type(ws[0].dtype, [&](auto t) { return magnitude_counts<decltype(t)>(segments, k, counts); });
+  }
+  if (nan.found) raise_nan(ws[nan.segment], nan.index);
+  py::list out;
+  for (const std::size_t c : counts) out.append(c);
   return out;
 }
 
@@ -275,6 +306,7 @@ std::vector<std::size_t> sample_indices_py(std::size_t total) {
 void register_prune(py::module_& m) {
   m.def("magnitude_keep", &magnitude_keep_py, py::arg("arrays"), py::arg("names"), py::arg("k"),
         py::arg("priors") = py::none());
+  m.def("magnitude_counts", &magnitude_counts_py, py::arg("arrays"), py::arg("names"), py::arg("k"));
   m.def("nm_keep", &nm_keep_py, py::arg("w"), py::arg("name"), py::arg("inner"), py::arg("n"), py::arg("m"));
   m.def("apply_masks_", &apply_masks_py, py::arg("masks"), py::arg("groups"), py::arg("names"));
   m.def("check_weights_", &check_weights_py, py::arg("arrays"), py::arg("names"));

@@ -573,6 +573,56 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
 }
 
 template <class T>
+NanPosition magnitude_counts(const std::vector<PruneSegment>& segments, std::size_t k,
+                             std::vector<std::size_t>& counts) {
+  using Key = KeyOf<T>;
+  counts.assign(segments.size(), 0);
+  const std::vector<Piece> pieces = split(segments);
+  if (pieces.empty()) return {};
+  std::size_t total = 0;
+  for (const PruneSegment& s : segments) total += s.n;
+  const std::size_t tasks = task_count(total, pieces.size());
+  // Radix passes over the whole key, most significant digit first, until the
+  // k-th key T is one key: rem of its copies are then pruned, in flat order.
+  std::vector<std::size_t> hist;
+  std::size_t below = 0;
+  int hi = KeyTraits<T>::bits, lo = std::max(hi - kDigitBits, 0);
+  if (histogram_pass<T>(segments, pieces, tasks, 0, 0, hi, lo, false, hist, &below) > KeyTraits<T>::inf)
+    return first_nan<T>(segments);
+  if (k == 0) return {};
+  std::size_t rem = k;
+  Key prefix = 0;
+  while (true) {
+    std::size_t b = 0;
+    while (rem > hist[b]) rem -= hist[b++];
+    prefix = (prefix << (hi - lo)) | static_cast<Key>(b);
+    if (lo == 0) break;
+    hi = lo;
+    lo = std::max(hi - kDigitBits, 0);
+    histogram_pass<T>(segments, pieces, tasks, 0, prefix, hi, lo, false, hist, &below);
+  }
+  // Per piece: the keys below T and equal to T (a histogram of one bin
+  // based at T), summed per segment; T's copies go to the segments in order.
+  std::vector<std::size_t> under(pieces.size(), 0), equal(pieces.size(), 0);
+  dispatch([&](auto isa) {
+    for_units(pieces.size(), total, [&](std::size_t p) {
+      const PruneSegment& s = segments[pieces[p].array];
+      std::uint32_t one[kHistCopies] = {};
+      kernels::histogram<decltype(isa)::value, T>(data<T>(s) + pieces[p].begin, prior_at(s, pieces[p].begin),
+                                                  pieces[p].end - pieces[p].begin, prefix, 0, 0, 0, one, &under[p],
+                                                  nullptr);
+      for (const std::uint32_t c : one) equal[p] += c;
+    });
+  });
+  for (std::size_t p = 0; p < pieces.size(); ++p) {
+    const std::size_t ties = std::min(rem, equal[p]);
+    counts[pieces[p].array] += under[p] + ties;
+    rem -= ties;
+  }
+  return {};
+}
+
+template <class T>
 std::ptrdiff_t nm_keep(const T* x, std::size_t rows, std::size_t inner, int n, int m, std::uint8_t* keep) {
   const std::size_t row = static_cast<std::size_t>(m) * inner;
   const std::size_t grain = std::max<std::size_t>(1, kGrain / std::max<std::size_t>(row, 1));
@@ -655,6 +705,8 @@ KeyOf<T> histogram_at_level(const T* x, const std::uint8_t* prior, std::size_t n
 
 #define SLIMGRAD_PRUNE_ENTRIES(T)                                                                              \
   template NanPosition magnitude_keep<T>(const std::vector<PruneSegment>&, std::size_t);                       \
+  template NanPosition magnitude_counts<T>(const std::vector<PruneSegment>&, std::size_t,                       \
+                                           std::vector<std::size_t>&);                                          \
   template KeyOf<T> histogram_at_level(const T*, const std::uint8_t*, std::size_t, KeyOf<T>, KeyOf<T>, int, int, \
                                        std::vector<std::size_t>&, std::size_t*, std::uint8_t*);                 \
   template std::ptrdiff_t nm_keep<T>(const T*, std::size_t, std::size_t, int, int, std::uint8_t*);

@@ -192,6 +192,20 @@ struct NanPosition {
 template <class T>
 NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_t k);
 
+// The selection of magnitude_keep as one count per segment, without masks:
+// pruning the counts[s] smallest keys of segment s alone (ties lower index
+// first) gives exactly its part of the global selection (the keys below the
+// k-th key T, and its share of the T-valued keys, which go in (segment,
+// index) order). Radix passes until T is one key, then a pass counting each
+// segment's keys below and equal to T; memory O(bins x threads). Why: a
+// caller that makes each array's mask as it writes it (the prune command)
+// needs no mask of the whole model (one byte a weight: 70 GB for 70B).
+// keep in the segments is not used. Returns the first NaN, if any, with no
+// counts.
+template <class T>
+NanPosition magnitude_counts(const std::vector<PruneSegment>& segments, std::size_t k,
+                             std::vector<std::size_t>& counts);
+
 // Magnitude selections of kSampledFrom keys and more guess the k-th key's
 // range from a sample of kSampleKeys keys, at sample_index(j, total) for j
 // in [0, kSampleKeys) in the flat order of all arrays (exposed for the

@@ -3,7 +3,7 @@ from __future__ import annotations
 import collections.abc
 import numpy
 import typing
-__all__: list[str] = ['apply_masks_', 'check_weights_', 'magnitude_keep', 'nm_keep']
+__all__: list[str] = ['apply_masks_', 'check_weights_', 'magnitude_counts', 'magnitude_keep', 'nm_keep']
 def _histogram(x: typing.Any, prior: typing.Any, base: typing.SupportsInt | typing.SupportsIndex, prefix: typing.SupportsInt | typing.SupportsIndex, hi: typing.SupportsInt | typing.SupportsIndex, lo: typing.SupportsInt | typing.SupportsIndex, codes: bool) -> tuple:
     ...
 def _keys_at_ranks(keys: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], ranks: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], bits: typing.SupportsInt | typing.SupportsIndex) -> list:
@@ -13,6 +13,8 @@ def _sample_indices(total: typing.SupportsInt | typing.SupportsIndex) -> list[in
 def apply_masks_(masks: collections.abc.Sequence, groups: collections.abc.Sequence, names: collections.abc.Sequence) -> None:
     ...
 def check_weights_(arrays: collections.abc.Sequence, names: collections.abc.Sequence) -> None:
+    ...
+def magnitude_counts(arrays: collections.abc.Sequence, names: collections.abc.Sequence, k: typing.SupportsInt | typing.SupportsIndex) -> list:
     ...
 def magnitude_keep(arrays: collections.abc.Sequence, names: collections.abc.Sequence, k: typing.SupportsInt | typing.SupportsIndex, priors: typing.Any = None) -> list:
     ...

@@ -95,6 +95,13 @@ def _select(arrays: list, names: list, k: int, priors: list | None = None) -> li
     return list(_core_prune.magnitude_keep(_keyable(arrays), names, k, priors))
 
 
+def _global_counts(arrays: list, names: list, k: int) -> list:
+    """The selection of ``k`` over all the arrays as one count per array:
+    ``_select([a], [name], count)`` of each array alone gives its part of
+    ``_select(arrays, names, k)``, with no mask of them all in memory."""
+    return list(_core_prune.magnitude_counts(_keyable(arrays), names, k))
+
+
 def magnitude_mask(w: np.ndarray, sparsity: float) -> np.ndarray:
     """Mask pruning the ``round(sparsity * w.size)`` smallest ``|w|``.
 

@@ -32,7 +32,7 @@ from .._cli_common import (
     selected,
 )
 from .._report import Row
-from ._masks import _count, _nm_mask, _select
+from ._masks import _count, _global_counts, _nm_mask, _select
 
 EXAMPLES = """examples:
   slimgrad prune model.safetensors -o pruned.safetensors --sparsity 0.5
@@ -126,11 +126,14 @@ def run(args: argparse.Namespace) -> int:
                 targets.append(name)
         # The selections get the tensors' names, so that a NaN is reported
         # as "<tensor>: NaN at index ..." (found by the selection's own pass).
-        global_masks = None
+        # --global: the global selection as one count per tensor, so that each
+        # tensor's mask is made as it is written (no mask of the whole model).
+        global_counts = None
         if args.global_:
             views = [src.array(n) for n in targets]  # in place: a bfloat16 model is not widened
             total = sum(v.size for v in views)
-            global_masks = dict(zip(targets, _select(views, targets, _count(args.sparsity, total))))
+            counts = _global_counts(views, targets, _count(args.sparsity, total))
+            global_counts = dict(zip(targets, counts))
             del views
         # Each tensor is made while the output is written, one at a time
         # (st.Deferred): the process holds one pruned copy, not all of them.
@@ -146,10 +149,10 @@ def run(args: argparse.Namespace) -> int:
                 )
                 return src.raw(name)
             w = np.array(src.array(name))  # a writable copy, pruned in place
-            if global_masks is not None:
-                mask = global_masks.pop(name)
-            elif nm is not None:
+            if nm is not None:
                 mask = _nm_mask(w, *nm, -1, name)
+            elif global_counts is not None:
+                mask = _select([w], [name], global_counts[name])[0]
             else:
                 mask = _select([w], [name], _count(args.sparsity, w.size))[0]
             _core.prune.apply_masks_([mask], [[w]], [[name]])
