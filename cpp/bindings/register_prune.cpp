@@ -32,11 +32,12 @@ std::string index_str(std::size_t flat, const std::vector<py::ssize_t>& shape) {
 
 py::array new_mask(const Array& like) { return new_output(py::dtype("bool"), like.shape()); }
 
-// The element types a selection reads in place; float16 and bfloat16 too,
-// as their bits (no float32 copy).
-const std::initializer_list<DType> kKeyed = {DType::f16, DType::bf16, DType::f32, DType::f64};
+// The float dtypes of the prune area: the selections read them in place
+// (float16 and bfloat16 as their bits, no float32 copy), the Pruner zeroes
+// weights and moments of them in place.
+const std::initializer_list<DType> kFloatDtypes = {DType::f16, DType::bf16, DType::f32, DType::f64};
 
-// f(T{}) for the element type T of dtype d (one of kKeyed).
+// f(T{}) for the element type T of dtype d (one of kFloatDtypes).
 template <class F>
 decltype(auto) with_element_type(DType d, F&& f) {
   switch (d) {
@@ -64,7 +65,7 @@ std::size_t check_selection(py::sequence arrays, py::sequence names, std::size_t
   for (std::size_t i = 0; i < count; ++i) {
     const std::string name = py::str(names[i]);
     if (i == 0)
-      ws.push_back(check_array(arrays[i], name, kKeyed, Access::read));
+      ws.push_back(check_array(arrays[i], name, kFloatDtypes, Access::read));
     else  // one key width for the whole selection
       ws.push_back(check_array(arrays[i], name, {ws[0].dtype}, Access::read));
     if (have_priors) {
@@ -140,7 +141,7 @@ py::list magnitude_counts_py(py::sequence arrays, py::sequence names, std::size_
 
 // nm_keep(w, name, inner, n, m) -> bool mask; w is viewed as (rows, m, inner).
 py::array nm_keep_py(py::handle w, const std::string& name, std::size_t inner, int n, int m) {
-  const Array wa = check_array(w, name, kKeyed, Access::read);
+  const Array wa = check_array(w, name, kFloatDtypes, Access::read);
   if (m < 1 || n < 0 || n > m) throw py::value_error("n, m: expected 0 <= n <= m and m >= 1");
   const std::size_t row = static_cast<std::size_t>(m) * inner;
   if (row == 0 || wa.size() % row != 0)
@@ -161,7 +162,7 @@ py::array nm_keep_py(py::handle w, const std::string& name, std::size_t inner, i
 
 // The Pruner's weights: zeroed in place, so writable, C-contiguous, native.
 Array check_weight(py::handle obj, const std::string& name) {
-  return check_array(obj, name, {DType::f16, DType::bf16, DType::f32, DType::f64}, Access::write);
+  return check_array(obj, name, kFloatDtypes, Access::write);
 }
 
 bool is_integer_array(py::handle obj) {
@@ -176,7 +177,7 @@ bool is_integer_array(py::handle obj) {
 Array check_moment(py::handle obj, const std::string& name, const Array& w) {
   const auto shape = w.shape();
   if (!is_integer_array(obj))
-    return check_array(obj, name, {DType::f16, DType::bf16, DType::f32, DType::f64}, Access::write, &shape);
+    return check_array(obj, name, kFloatDtypes, Access::write, &shape);
   Array a = check_array(obj, name, {DType::i8, DType::u8, DType::i16, DType::u16, DType::i32, DType::u32, DType::i64,
                                     DType::u64},
                         Access::write);
@@ -275,7 +276,7 @@ py::tuple histogram_of(const Array& x, const std::uint8_t* prior, std::uint64_t 
 
 py::tuple histogram_py(py::handle x, py::object prior, std::uint64_t base, std::uint64_t prefix, int hi, int lo,
                        bool codes) {
-  const Array xa = check_array(x, "x", kKeyed, Access::read);
+  const Array xa = check_array(x, "x", kFloatDtypes, Access::read);
   const int bits = with_element_type(xa.dtype, [](auto t) { return KeyTraits<decltype(t)>::bits; });
   const int most = codes ? kCodeBits : kDigitBits;
   if (lo < 0 || hi < lo || hi - lo > most || hi > bits)

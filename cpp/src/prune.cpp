@@ -221,6 +221,14 @@ std::pair<KeyOf<T>, KeyOf<T>> guess_range(const std::vector<PruneSegment>& segme
   return {lo, hi};
 }
 
+// The bucket of hist holding the rem-th smallest of the keys it counts (1 <=
+// rem <= their total); rem becomes the rank inside that bucket (1-based).
+std::size_t bucket_of(const std::vector<std::size_t>& hist, std::size_t& rem) {
+  std::size_t b = 0;
+  while (rem > hist[b]) rem -= hist[b++];
+  return b;
+}
+
 int bit_width(std::uint64_t v) {
   int w = 0;
   while (v) {
@@ -389,8 +397,8 @@ std::optional<NanPosition> coded_select(const std::vector<PruneSegment>& segment
   std::size_t in_range = 0;
   for (const std::size_t c : hist) in_range += c;
   if (!(under < k && k <= under + in_range)) return std::nullopt;
-  std::size_t rem = k - under, b = 0;  // to prune among the candidates, from bucket 0
-  while (rem > hist[b]) rem -= hist[b++];
+  std::size_t rem = k - under;  // to prune among the candidates
+  const std::size_t b = bucket_of(hist, rem);
   if (hist[b] > collect_max(total)) return std::nullopt;
   // Codes above 1 + b are kept, below pruned; the bucket's first rem by
   // (key, position) stay pruned.
@@ -491,9 +499,7 @@ NanPosition magnitude_keep(const std::vector<PruneSegment>& segments, std::size_
     std::size_t rem = k - below;  // to prune among the candidates
     Key prefix = 0;               // digits chosen so far: the candidates' (key - base) >> hi
     while (true) {
-      std::size_t b = 0, count_below = 0;
-      while (count_below + hist[b] < rem) count_below += hist[b++];
-      rem -= count_below;
+      const std::size_t b = bucket_of(hist, rem);
       prefix = (prefix << (hi - lo)) | static_cast<Key>(b);
       // Clamped so that it stays a valid (signed-comparable) key bound.
       const Key bucket_end = std::min<Key>(base + ((prefix + 1) << lo), KeyTraits<T>::inf + 2);
@@ -593,9 +599,7 @@ NanPosition magnitude_counts(const std::vector<PruneSegment>& segments, std::siz
   std::size_t rem = k;
   Key prefix = 0;
   while (true) {
-    std::size_t b = 0;
-    while (rem > hist[b]) rem -= hist[b++];
-    prefix = (prefix << (hi - lo)) | static_cast<Key>(b);
+    prefix = (prefix << (hi - lo)) | static_cast<Key>(bucket_of(hist, rem));
     if (lo == 0) break;
     hi = lo;
     lo = std::max(hi - kDigitBits, 0);
