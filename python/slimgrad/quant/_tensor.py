@@ -211,15 +211,15 @@ class QuantizedTensor:
 
     def spec(self) -> dict[str, Any]:
         """The quantization spec as plain values (what ``save`` writes as metadata)."""
-        return {
-            "bits": self.bits,
-            "symmetric": self.symmetric,
-            "granularity": self.granularity,
-            "axis": self.axis,
-            "group_size": self.group_size,
-            "shape": list(self.shape),
-            "dtype": self.source_dtype.name,
-        }
+        return _spec(
+            self.shape,
+            self.bits,
+            self.symmetric,
+            self.granularity,
+            self.axis,
+            self.group_size,
+            self.source_dtype,
+        )
 
     def _core_spec(self, **extra: Any) -> dict[str, Any]:
         layout = (
@@ -374,6 +374,28 @@ def _scale_shape(
     if granularity == "channel":
         return (shape[axis],)
     return (*shape[:-1], -(-shape[-1] // group_size))
+
+
+def _spec(
+    shape: tuple[int, ...],
+    bits: int,
+    symmetric: bool,
+    granularity: str,
+    axis: int,
+    group_size: int,
+    dtype: Any,
+) -> dict[str, Any]:
+    """:meth:`QuantizedTensor.spec` of a tensor quantized so, known before it is
+    (a writer that streams the tensors puts the specs in the header first)."""
+    return {
+        "bits": int(bits),
+        "symmetric": bool(symmetric),
+        "granularity": granularity,
+        "axis": int(axis),
+        "group_size": int(group_size),
+        "shape": [int(s) for s in shape],
+        "dtype": np.dtype(dtype).name,
+    }
 
 
 def _empty_data(shape: tuple[int, ...], bits: int, symmetric: bool, alloc: bool = True) -> Any:

@@ -320,21 +320,12 @@ def _rel_error(w: np.ndarray, w_hat: np.ndarray) -> float:
 
 # -- integer: slimgrad safetensors / compressed-tensors -----------------------------------
 def _run_integer(args: argparse.Namespace, fmt: str) -> int:
-    from .. import _core
+    from contextlib import ExitStack
+
     from .. import _safetensors as st
-    from .._cli_common import (
-        UsageError,
-        compile_patterns,
-        print_table,
-        progress,
-        refuse_quantized,
-        selected,
-    )
-    from .._float32 import as_float32
-    from .._report import Row
-    from . import compressed, io
+    from .._cli_common import UsageError, compile_patterns, print_table, refuse_quantized
+    from . import io
     from ._stream import open_safetensors
-    from ._tensor import quantize
     from .gguf_export import _weight_files
 
     include = compile_patterns("--include", args.include)
@@ -345,6 +336,7 @@ def _run_integer(args: argparse.Namespace, fmt: str) -> int:
             f"{args.input}: compressed-tensors output needs the model's "
             "config.json next to the weights"
         )
+    sharded = False
     if os.path.isdir(args.input):
         if fmt != "compressed-tensors":
             raise UsageError(
@@ -352,88 +344,208 @@ def _run_integer(args: argparse.Namespace, fmt: str) -> int:
                 "folder is read by --format gguf and compressed-tensors)"
             )
         files = _weight_files(Path(args.input))[1]
-        if len(files) != 1:
-            raise UsageError(f"{args.input}: sharded checkpoints are not supported here yet")
-        path = str(files[0])
+        sharded = (Path(args.input) / "model.safetensors.index.json").exists()
     else:
-        path = args.input
-    scheme = f"int{args.bits}/{'asym' if args.asymmetric else 'sym'}/" + (
-        f"g{args.group_size}" if args.group_size else "channel"
-    )
-    rows: list[Row] = []
-    out: dict[str, st.Entry] = {}
-    specs: dict[str, Any] = {}
-    targets: list[str] = []
-    with open_safetensors(path) as src:
-        refuse_quantized(path, src.metadata, src.tensors, "quantize")
-        for name, info in progress(src.tensors.items(), len(src.tensors), "quantize"):
-            ok, why = selected(name, include, exclude)
-            matrix = len(info.shape) == 2 and info.dtype in io.FLOAT_CODES and 0 not in info.shape
-            if fmt == "compressed-tensors" and not name.endswith(".weight"):
-                matrix, why = False, why or "kept (not a layer weight)"
-            if not (ok and matrix):
-                out[name] = st.Entry(info.dtype, list(info.shape), src.raw(name))
-                reason = why if matrix else "kept (not a 2-D float tensor)"
-                rows.append(
-                    Row(name, info.shape, info.dtype, info.dtype, info.nbytes, info.nbytes, reason)
-                )
-                continue
-            w = np.asarray(src.array(name))
-            # Widened once, for the check, the quantizer and the report (a
-            # float64 tensor is checked and reported on its own values).
-            w32 = as_float32(w)
-            exact = w if w.dtype == np.float64 else w32
-            bad = _core.find_nonfinite(exact) if args.nonfinite == "raise" else -1
-            if bad >= 0:
-                raise ValueError(
-                    f"{name}: non-finite value {w.reshape(-1)[bad]} at index "
-                    f"{tuple(int(i) for i in np.unravel_index(bad, w.shape))} "
-                    "(--nonfinite propagate keeps going)"
-                )
-            qt = quantize(
-                w32,
-                args.bits,
-                symmetric=not args.asymmetric,
-                granularity="group" if args.group_size else "channel",
-                group_size=args.group_size or 128,
-                rounding=args.rounding,
-                clip=args.clip,
-                nonfinite=args.nonfinite,
-            )
-            err = f"{_rel_error(exact, qt.dequantize()):.3e}"
-            if fmt == "compressed-tensors":
-                parts = compressed.tensors(name, qt)
-                targets.append(name[: -len(".weight")])
-            else:
-                stored, spec = io._layout({name: qt})
-                parts, specs[name] = stored, spec[name]
-            size = 0
-            for key, a in parts.items():
-                out[key] = st.to_entry(a, key)
-                size += a.nbytes
-            rows.append(Row(name, info.shape, info.dtype, scheme, info.nbytes, size, err))
-        metadata = dict(src.metadata)
+        files = [Path(args.input)]
+    with ExitStack() as stack:
+        sources = [stack.enter_context(open_safetensors(str(p))) for p in files]
+        for path, src in zip(files, sources):
+            refuse_quantized(str(path), src.metadata, src.tensors, "quantize")
+        output = _IntegerOutput(
+            args,
+            fmt,
+            include,
+            exclude,
+            sum(len(src.tensors) for src in sources),
+        )
+        shards = [output.plan(src) for src in sources]
         if fmt == "compressed-tensors":
-            metadata["format"] = "pt"  # what transformers expects of a torch checkpoint
-            _write_compressed_folder(args, folder, out, metadata, targets)
+            names = [p.name for p in files] if sharded else ["model.safetensors"]
+            _write_compressed_folder(args, folder, output.targets, sources, shards, names, sharded)
         else:
-            meta = io._metadata({**metadata, "source": os.path.basename(path)}, specs)
+            meta = io._metadata(
+                {**sources[0].metadata, "source": os.path.basename(args.input)}, output.specs
+            )
             try:
-                st.write(args.output, out, meta)
+                st.write(args.output, shards[0], meta)
             except OSError as e:
                 raise UsageError(f"{args.output}: cannot write ({e.strerror or e})") from None
-    print_table(rows, f"{scheme}, {fmt}; wrote {args.output}")
+        output.close()
+    print_table(output.table(), f"{output.scheme}, {fmt}; wrote {args.output}")
     return 0
+
+
+class _IntegerOutput:
+    """The output tensors of ``slimgrad quantize --format safetensors / compressed-tensors``,
+    each quantized while the file is written (st.Deferred).
+
+    :meth:`plan` lays out one input file's output from its header alone (every
+    stored tensor's dtype and shape follows from the weight's shape and the
+    options), so the header is written first and the process holds one
+    quantized weight at a time, not the whole output (7 GB for a 7B model at
+    int8). A weight is quantized when its first stored tensor is written; its
+    other tensors follow it in the file.
+    """
+
+    def __init__(
+        self, args: argparse.Namespace, fmt: str, include: Any, exclude: Any, total: int
+    ) -> None:
+        from .._cli_common import progress
+
+        self.args, self.fmt, self.include, self.exclude = args, fmt, include, exclude
+        self.scheme = f"int{args.bits}/{'asym' if args.asymmetric else 'sym'}/" + (
+            f"g{args.group_size}" if args.group_size else "channel"
+        )
+        self.specs: dict[str, Any] = {}  # slimgrad's metadata, per quantized weight
+        self.targets: list[str] = []  # compressed-tensors' quantized layers
+        self._rows: dict[str, Any] = {}  # input name -> Row (a quantized one once made)
+        self._stored: set[str] = set()
+        self._made: dict[str, dict[str, np.ndarray]] = {}  # a weight's tensors not yet written
+        self._ticks = progress(iter(range(total)), total, "quantize")
+
+    def plan(self, src: Any) -> dict[str, Any]:
+        """stored name -> st.Deferred for the input file ``src``, in file order."""
+        import functools
+
+        from .. import _safetensors as st
+        from .._cli_common import UsageError, selected
+        from .._report import Row
+        from . import compressed, io
+        from ._tensor import _spec
+
+        args, out = self.args, {}
+
+        def add(key: str, code: str, shape: Any, nbytes: int, make: Any) -> None:
+            if key in self._stored:
+                raise UsageError(
+                    f"{src.path}: tensor {name!r}: the stored tensor {key!r} "
+                    "is also another tensor's name"
+                )
+            self._stored.add(key)
+            out[key] = st.Deferred(code, list(shape), nbytes, make)
+
+        for name, info in src.tensors.items():
+            ok, why = selected(name, self.include, self.exclude)
+            matrix = len(info.shape) == 2 and info.dtype in io.FLOAT_CODES and 0 not in info.shape
+            if self.fmt == "compressed-tensors" and not name.endswith(".weight"):
+                matrix, why = False, why or "kept (not a layer weight)"
+            if not (ok and matrix):
+                reason = why if matrix else "kept (not a 2-D float tensor)"
+                self._rows[name] = Row(
+                    name, info.shape, info.dtype, info.dtype, info.nbytes, info.nbytes, reason
+                )
+                add(
+                    name,
+                    info.dtype,
+                    info.shape,
+                    info.nbytes,
+                    functools.partial(self._kept, src, name),
+                )
+                continue
+            self._rows[name] = None  # filled when it is quantized
+            if self.fmt == "compressed-tensors":
+                layout = compressed.layout(
+                    name, info.shape, args.bits, not args.asymmetric, args.group_size
+                )
+                self.targets.append(name[: -len(".weight")])
+            else:
+                self.specs[name] = _spec(
+                    info.shape,
+                    args.bits,
+                    not args.asymmetric,
+                    "group" if args.group_size else "channel",
+                    0,
+                    args.group_size or 128,
+                    st.DTYPES[info.dtype],
+                )
+                layout = io._stored_layout(name, self.specs[name])
+            for key, (dt, shape) in layout.items():
+                make = functools.partial(self._part, src, name, layout, key)
+                add(key, st.code_of(dt), shape, dt.itemsize * math.prod(shape), make)
+        return out
+
+    def _kept(self, src: Any, name: str) -> memoryview | bytes:
+        next(self._ticks, None)
+        return src.raw(name)
+
+    def _part(self, src: Any, name: str, layout: dict, key: str) -> memoryview | bytes:
+        from .. import _safetensors as st
+
+        if name not in self._made:
+            self._made[name] = self._quantize(src, name)
+        a = self._made[name].pop(key)
+        if not self._made[name]:
+            del self._made[name]
+        if (a.dtype, a.shape) != layout[key]:  # a defect of layout(), never the input's fault
+            raise RuntimeError(
+                f"{key}: made {a.dtype.name} {a.shape}, the header says "
+                f"{layout[key][0].name} {layout[key][1]}"
+            )
+        return st.to_entry(a, key).data
+
+    def _quantize(self, src: Any, name: str) -> dict[str, np.ndarray]:
+        """The stored tensors of the weight ``name``; fills its table row."""
+        from .. import _core
+        from .._float32 import as_float32
+        from .._report import Row
+        from . import compressed, io
+        from ._tensor import quantize
+
+        next(self._ticks, None)
+        args, info = self.args, src.tensors[name]
+        w = np.asarray(src.array(name))
+        # Widened once, for the check, the quantizer and the report (a
+        # float64 tensor is checked and reported on its own values).
+        w32 = as_float32(w)
+        exact = w if w.dtype == np.float64 else w32
+        bad = _core.find_nonfinite(exact) if args.nonfinite == "raise" else -1
+        if bad >= 0:
+            raise ValueError(
+                f"{name}: non-finite value {w.reshape(-1)[bad]} at index "
+                f"{tuple(int(i) for i in np.unravel_index(bad, w.shape))} "
+                "(--nonfinite propagate keeps going)"
+            )
+        qt = quantize(
+            w32,
+            args.bits,
+            symmetric=not args.asymmetric,
+            granularity="group" if args.group_size else "channel",
+            group_size=args.group_size or 128,
+            rounding=args.rounding,
+            clip=args.clip,
+            nonfinite=args.nonfinite,
+        )
+        qt.source_dtype = w.dtype.newbyteorder("=")  # what was quantized, not its float32 copy
+        err = f"{_rel_error(exact, qt.dequantize()):.3e}"
+        if self.fmt == "compressed-tensors":
+            parts = compressed.tensors(name, qt)
+        else:
+            parts = io._layout({name: qt})[0]
+            if qt.spec() != self.specs[name]:  # the header is written: it must hold
+                raise RuntimeError(f"{name}: quantized as {qt.spec()}, the header says otherwise")
+        size = sum(a.nbytes for a in parts.values())
+        self._rows[name] = Row(name, info.shape, info.dtype, self.scheme, info.nbytes, size, err)
+        return parts
+
+    def close(self) -> None:
+        next(self._ticks, None)  # closes the bar
+
+    def table(self) -> list[Any]:
+        return list(self._rows.values())
 
 
 def _write_compressed_folder(
     args: argparse.Namespace,
     folder: Path | None,
-    out: dict,
-    metadata: dict[str, str],
     targets: list[str],
+    sources: list[Any],
+    shards: list[dict[str, Any]],
+    names: list[str],
+    sharded: bool,
 ) -> None:
-    """The model folder with the quantized weights and config, built aside then renamed."""
+    """The model folder with the quantized weights and config, built aside then
+    renamed. A sharded input gives the same shards and a new index (its
+    ``weight_map`` naming the stored tensors)."""
     from .. import _safetensors as st
     from . import compressed
 
@@ -463,7 +575,19 @@ def _write_compressed_folder(
         )
         with open(tmp / "config.json", "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)
-        st.write(str(tmp / "model.safetensors"), out, metadata)
+        weight_map, total = {}, 0
+        for src, shard, name in zip(sources, shards, names):
+            metadata = {**src.metadata, "format": "pt"}  # what transformers expects of torch
+            st.write(str(tmp / name), shard, metadata)
+            weight_map.update(dict.fromkeys(shard, name))
+            total += sum(t.nbytes for t in shard.values())
+        if sharded:
+            with open(folder / "model.safetensors.index.json", encoding="utf-8") as f:
+                index = json.load(f)
+            index["metadata"] = {**index.get("metadata", {}), "total_size": total}
+            index["weight_map"] = weight_map
+            with open(tmp / "model.safetensors.index.json", "w", encoding="utf-8") as f:
+                json.dump(index, f, indent=2)
         mask = os.umask(0o022)
         os.umask(mask)
         os.chmod(tmp, 0o777 & ~mask)

@@ -28,7 +28,7 @@ import numpy as np
 
 from ._tensor import QuantizedTensor
 
-__all__ = ["FORMAT", "pack_int32", "quantization_config", "tensors"]
+__all__ = ["FORMAT", "layout", "pack_int32", "quantization_config", "tensors"]
 
 FORMAT = "pack-quantized"
 
@@ -103,6 +103,26 @@ def tensors(name: str, qt: QuantizedTensor) -> dict[str, np.ndarray]:
     if not qt.symmetric:
         zp = qt.zero_point.reshape(scale.shape).astype(np.int16) - off
         out[f"{layer}.weight_zero_point"] = np.ascontiguousarray(pack_int32(zp.T, qt.bits).T)
+    return out
+
+
+def layout(
+    name: str, shape: Sequence[int], bits: int, symmetric: bool, group_size: int | None
+) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """(dtype, shape) of each tensor :func:`tensors` stores for the weight
+    ``name`` of ``shape`` (out, in) quantized per channel or per
+    ``group_size`` columns, in the same order, known before it is quantized:
+    a writer that streams the tensors writes the header first."""
+    rows, cols = (int(s) for s in shape)
+    layer = name[: -len(".weight")] if name.endswith(".weight") else name
+    groups = -(-cols // group_size) if group_size else 1
+    out = {
+        f"{layer}.weight_packed": (np.dtype(np.int32), (rows, -(-cols * bits // 32))),
+        f"{layer}.weight_scale": (np.dtype(np.float32), (rows, groups)),
+        f"{layer}.weight_shape": (np.dtype(np.int64), (2,)),
+    }
+    if not symmetric:  # packed along the output axis
+        out[f"{layer}.weight_zero_point"] = (np.dtype(np.int32), (-(-rows * bits // 32), groups))
     return out
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import _safetensors as st
 from .._safetensors import CODES, DTYPES, to_array, to_entry  # noqa: F401 (re-exported)
-from ._tensor import QuantizedTensor
+from ._tensor import QuantizedTensor, _empty_data, _scale_shape
 
 META_KEY = "slimgrad.quant"
 FORMAT_VERSION = 1
@@ -125,6 +125,23 @@ def _layout(
                 f"tensors[{name!r}]: expected a QuantizedTensor or ndarray, got {type(t).__name__}"
             )
     return stored, specs
+
+
+def _stored_layout(name: str, spec: Mapping[str, Any]) -> dict[str, tuple[np.dtype, tuple]]:
+    """(dtype, shape) of each tensor :func:`_layout` stores for the quantized
+    tensor ``name`` of ``spec`` (:meth:`QuantizedTensor.spec`), known before it
+    is quantized: a writer that streams the tensors writes the header first."""
+    shape = tuple(spec["shape"])
+    dshape, dtypes = _empty_data(shape, spec["bits"], spec["symmetric"], alloc=False)
+    # a per-tensor scale, shape (), is stored with shape (1,) (ascontiguousarray)
+    sshape = _scale_shape(shape, spec["granularity"], spec["axis"], spec["group_size"]) or (1,)
+    out = {
+        name: (np.dtype(dtypes[0]), tuple(dshape)),
+        f"{name}.scale": (np.dtype(np.float32), sshape),
+    }
+    if not spec["symmetric"]:
+        out[f"{name}.zero_point"] = (np.dtype(np.int32), sshape)
+    return out
 
 
 def _metadata(metadata: Mapping[str, str] | None, specs: dict[str, Any]) -> dict[str, str]:
