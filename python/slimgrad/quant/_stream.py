@@ -6,7 +6,9 @@ Dtypes the ``safetensors`` package gives NumPy come through
 ``safetensors.safe_open`` (a memory map: only the tensor asked for is paged
 in); bfloat16 and float8, which it does not give NumPy, are read-only views
 of the file's own memory map, as ``ml_dtypes`` arrays, so their bytes pass
-through unchanged. Peak memory is the tensor being worked on, not the file.
+through unchanged (copied when the file places them at an address that is
+not a multiple of their size, which the format allows). Peak memory is the
+tensor being worked on, not the file.
 """
 
 from __future__ import annotations
@@ -72,7 +74,11 @@ class Source:
                     f"{self.path}: tensor {name!r} has dtype {info.dtype}, which NumPy cannot hold"
                 )
             dt = DTYPES[info.dtype].newbyteorder("<")
-            return self.raw(name).view(dt).reshape(info.shape)
+            view = self.raw(name).view(dt).reshape(info.shape)
+            # The format does not align the data: a header whose length is not
+            # a multiple of 8 leaves a bfloat16 tensor at an odd address, which
+            # the kernels refuse. Such a tensor is copied (aligned) instead.
+            return view if view.flags.aligned else np.array(view)
         from safetensors import safe_open
 
         # a fresh memory map per tensor, closed right after: the pages of tensors
