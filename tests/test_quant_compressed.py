@@ -54,12 +54,32 @@ def test_values_decompressed_by_the_package_equal_ours(bits, symmetric, group_si
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
 @pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("group_size", [None, 32, 48])
+def test_layout_is_what_tensors_stores(bits, symmetric, group_size):
+    """The layout a streaming writer puts in the header before quantizing is
+    the dtype, shape and order of what :func:`compressed.tensors` makes."""
+    rng = np.random.default_rng(bits)
+    for shape in [(1, 1), (5, 31), (33, 100), (64, 96), (7, 128)]:
+        qt = quantize(
+            rng.standard_normal(shape).astype(np.float32),
+            bits,
+            symmetric=symmetric,
+            granularity="group" if group_size else "channel",
+            group_size=group_size or 128,
+        )
+        made = {k: (a.dtype, a.shape) for k, a in compressed.tensors("l.weight", qt).items()}
+        want = compressed.layout("l.weight", shape, bits, symmetric, group_size)
+        assert list(made.items()) == list(want.items()), shape
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
 def test_words_from_packed_codes_equal_the_repacked_codes(bits, symmetric):
     """weight_packed taken straight from slimgrad's packed codes (rows that
     fill whole int32 words: a top-bit flip per code) equals packing the
     unpacked codes, for every width; other rows take the repacking path."""
     rng = np.random.default_rng(bits)
-    for cols in (32, 64, 96, 160, 8, 40):
+    for cols in (32, 64, 96, 160, 8, 40, 100, 12, 4):  # 8 bits: whole words, half a period
         w = rng.standard_normal((7, cols)).astype(np.float32)
         qt = quantize(w, bits, symmetric=symmetric, granularity="group", group_size=8)
         fast = compressed._words_of_packed(qt)

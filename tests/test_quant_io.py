@@ -51,6 +51,27 @@ def test_save_load_round_trip(tmp_path, rng):
         np.testing.assert_array_equal(r.dequantize(), q.dequantize())
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4, 7, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_stored_layout_is_what_save_stores(bits, symmetric, rng):
+    """The layout a streaming writer puts in the header from the spec alone
+    is the dtype, shape and order of what ``save`` stores for the tensor."""
+    from slimgrad.quant import io
+
+    for shape, kind in [
+        ((5, 31), {"granularity": "channel"}),
+        ((6, 9), {"granularity": "channel", "axis": 1}),
+        ((3, 4, 100), {"granularity": "group", "group_size": 32}),
+        ((7,), {"granularity": "tensor"}),
+        ((33, 128), {"granularity": "group", "group_size": 128}),
+    ]:
+        w = rng.standard_normal(shape).astype(np.float16)
+        qt = quant.quantize(w, bits, symmetric=symmetric, **kind)
+        stored = io._layout({"w": qt})[0]
+        made = {k: (a.dtype, a.shape) for k, a in stored.items()}
+        assert list(made.items()) == list(io._stored_layout("w", qt.spec()).items()), kind
+
+
 def test_save_refuses_collisions_and_keeps_old_file(tmp_path, rng):
     w = rng.standard_normal((4, 8)).astype(np.float32)
     path = tmp_path / "q.safetensors"

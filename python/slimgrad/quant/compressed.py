@@ -74,7 +74,9 @@ def _words_of_packed(qt: QuantizedTensor) -> np.ndarray | None:
         for j in range(8):
             top = j * qt.bits + qt.bits - 1
             period[top // 8] |= 1 << (top % 8)
-        raw = raw ^ np.tile(period, cols // 8)
+        # a row holds cols * bits / 8 bytes: whole periods, or (8 bits, cols
+        # a multiple of 4 but not 8) half of one at the end
+        raw = raw ^ np.tile(period, -(-cols // 8))[: cols * qt.bits // 8]
     return np.ascontiguousarray(raw).view("<i4").astype(np.int32, copy=False)
 
 
