@@ -9,14 +9,16 @@ Three outputs:
   choices. A lone safetensors file without ``config.json`` gets the tensors only
   (``general.architecture = slimgrad``, not runnable by llama.cpp; ``Q8_0``/``Q5_x``/``Q4_x``).
 * ``--format compressed-tensors``: OUT is a new folder with ``model.safetensors``
-  (``weight_packed`` / ``weight_scale`` / ``weight_zero_point`` / ``weight_shape``),
-  ``config.json`` with its ``quantization_config``, and the other files of the model
-  folder; ``--bits`` 2..8, per output channel or ``--group-size``.
+  (``weight_packed`` / ``weight_scale`` / ``weight_zero_point`` / ``weight_shape``;
+  a sharded input gives the same shards and a new index), ``config.json`` with its
+  ``quantization_config``, and the other files of the model folder; ``--bits``
+  2..8, per output channel or ``--group-size``.
 * ``--format safetensors`` (default otherwise): slimgrad's own layout, read back by
   ``slimgrad.quant.load``.
 
-Tensors are read one at a time from the memory-mapped input; a progress bar runs on
-stderr; the table lists every tensor (one format with ``slimgrad prune``).
+Tensors are read one at a time from the memory-mapped input and written as they are
+made; a progress bar runs on stderr; the table lists every tensor (one format with
+``slimgrad prune``).
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "input",
         metavar="IN",
-        help="model folder (config.json + model.safetensors) or a .safetensors",
+        help="model folder (config.json + model.safetensors, or its shards and index) "
+        "or a .safetensors",
     )
     parser.add_argument(
         "-o",
