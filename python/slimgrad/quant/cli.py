@@ -27,8 +27,6 @@ import argparse
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -172,8 +170,8 @@ def run(args: argparse.Namespace) -> int:
 def _run_gguf(args: argparse.Namespace) -> int:
     from .._cli_common import UsageError, compile_patterns, print_table
     from . import gguf_mix
-    from ._stream import open_safetensors
-    from .gguf_export import _weight_files, export_gguf
+    from ._stream import model_files, open_safetensors
+    from .gguf_export import export_gguf
 
     ftype = args.type or "Q8_0"
     if ftype not in gguf_mix.FILE_TYPES:
@@ -205,7 +203,7 @@ def _run_gguf(args: argparse.Namespace) -> int:
     _refuse_quantized_folder(args.input, "quantize")
     imatrix = _imatrix(args.imatrix) if args.imatrix else None
     total = 0
-    for f in _weight_files(Path(args.input))[1]:
+    for f in model_files(args.input)[1]:
         with open_safetensors(f) as src:
             total += len(src.tensors)
     rows = export_gguf(
@@ -252,10 +250,9 @@ def _imatrix(path: str) -> dict[str, np.ndarray]:
 
 def _refuse_quantized_folder(source: str, command: str) -> None:
     from .._cli_common import refuse_quantized
-    from ._stream import open_safetensors
-    from .gguf_export import _weight_files
+    from ._stream import model_files, open_safetensors
 
-    for f in _weight_files(Path(source))[1]:
+    for f in model_files(source)[1]:
         with open_safetensors(f) as src:
             refuse_quantized(str(f), src.metadata, src.tensors, command)
 
@@ -328,8 +325,7 @@ def _run_integer(args: argparse.Namespace, fmt: str) -> int:
     from .. import _safetensors as st
     from .._cli_common import UsageError, compile_patterns, print_table, refuse_quantized
     from . import io
-    from ._stream import open_safetensors
-    from .gguf_export import _weight_files
+    from ._stream import model_files, open_safetensors
 
     include = compile_patterns("--include", args.include)
     exclude = compile_patterns("--exclude", args.exclude)
@@ -339,17 +335,12 @@ def _run_integer(args: argparse.Namespace, fmt: str) -> int:
             f"{args.input}: compressed-tensors output needs the model's "
             "config.json next to the weights"
         )
-    sharded = False
-    if os.path.isdir(args.input):
-        if fmt != "compressed-tensors":
-            raise UsageError(
-                f"{args.input}: is a directory, not a safetensors file (a model "
-                "folder is read by --format gguf and compressed-tensors)"
-            )
-        files = _weight_files(Path(args.input))[1]
-        sharded = (Path(args.input) / "model.safetensors.index.json").exists()
-    else:
-        files = [Path(args.input)]
+    if os.path.isdir(args.input) and fmt != "compressed-tensors":
+        raise UsageError(
+            f"{args.input}: is a directory, not a safetensors file (a model "
+            "folder is read by --format gguf and compressed-tensors)"
+        )
+    _, files, index = model_files(args.input)
     with ExitStack() as stack:
         sources = [stack.enter_context(open_safetensors(str(p))) for p in files]
         for path, src in zip(files, sources):
@@ -363,8 +354,13 @@ def _run_integer(args: argparse.Namespace, fmt: str) -> int:
         )
         shards = [output.plan(src) for src in sources]
         if fmt == "compressed-tensors":
-            names = [p.name for p in files] if sharded else ["model.safetensors"]
-            _write_compressed_folder(args, folder, output.targets, sources, shards, names, sharded)
+            names = [p.name for p in files] if index else ["model.safetensors"]
+            # what transformers expects of a torch checkpoint: "format": "pt"
+            written = [
+                (name, shard, {**src.metadata, "format": "pt"})
+                for name, shard, src in zip(names, shards, sources)
+            ]
+            _write_compressed_folder(args, folder, output.targets, written, index)
         else:
             meta = io._metadata(
                 {**sources[0].metadata, "source": os.path.basename(args.input)}, output.specs
@@ -539,38 +535,18 @@ class _IntegerOutput:
 
 def _write_compressed_folder(
     args: argparse.Namespace,
-    folder: Path | None,
+    folder: Path,
     targets: list[str],
-    sources: list[Any],
-    shards: list[dict[str, Any]],
-    names: list[str],
-    sharded: bool,
+    shards: list[tuple[str, dict[str, Any], dict]],
+    index: dict | None,
 ) -> None:
-    """The model folder with the quantized weights and config, built aside then
-    renamed. A sharded input gives the same shards and a new index (its
-    ``weight_map`` naming the stored tensors)."""
-    from .. import _safetensors as st
+    """The model folder: the quantized weights in the input's shards (and a
+    new index), ``config.json`` with its ``quantization_config``, the rest of
+    the input folder copied; built aside, then renamed."""
+    from .._cli_common import write_model_folder, write_shards
     from . import compressed
 
-    assert folder is not None
-    final = Path(args.output)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent.resolve()))
-    try:
-        for item in folder.iterdir():  # tokenizer, pooling config, README, ...
-            if item.suffix in (
-                ".safetensors",
-                ".bin",
-                ".gguf",
-                ".pt",
-                ".pth",
-                ".h5",
-                ".msgpack",
-            ) or item.name in ("config.json", "model.safetensors.index.json"):
-                continue
-            if item.is_dir():
-                shutil.copytree(item, tmp / item.name)
-            else:
-                shutil.copy2(item, tmp / item.name)
+    def fill(tmp: Path) -> None:
         with open(folder / "config.json", encoding="utf-8") as f:
             config = json.load(f)
         config["quantization_config"] = compressed.quantization_config(
@@ -578,25 +554,6 @@ def _write_compressed_folder(
         )
         with open(tmp / "config.json", "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)
-        weight_map, total = {}, 0
-        for src, shard, name in zip(sources, shards, names):
-            metadata = {**src.metadata, "format": "pt"}  # what transformers expects of torch
-            st.write(str(tmp / name), shard, metadata)
-            weight_map.update(dict.fromkeys(shard, name))
-            total += sum(t.nbytes for t in shard.values())
-        if sharded:
-            with open(folder / "model.safetensors.index.json", encoding="utf-8") as f:
-                index = json.load(f)
-            index["metadata"] = {**index.get("metadata", {}), "total_size": total}
-            index["weight_map"] = weight_map
-            with open(tmp / "model.safetensors.index.json", "w", encoding="utf-8") as f:
-                json.dump(index, f, indent=2)
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)
-        if final.exists():
-            final.rmdir()  # checked empty before any work
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        write_shards(tmp, shards, index)
+
+    write_model_folder(folder, args.output, fill)

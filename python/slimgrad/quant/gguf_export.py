@@ -41,7 +41,7 @@ from .. import _core
 from .._float32 import as_float32
 from .._report import Row
 from . import gguf_mix
-from ._stream import Source, open_safetensors
+from ._stream import Source, model_files, open_safetensors
 
 __all__ = ["ARCHES", "export_gguf"]
 
@@ -94,23 +94,6 @@ _REQUIRED = (
     "num_attention_heads",
     "vocab_size",
 )
-
-
-def _weight_files(source: Path) -> tuple[Path, list[Path]]:
-    """(model folder, safetensors files) for a folder or one .safetensors file."""
-    if source.is_file():
-        return source.parent, [source]
-    if not source.is_dir():
-        raise FileNotFoundError(f"{source}: no such file or folder")
-    index = source / "model.safetensors.index.json"
-    if index.exists():
-        with open(index, encoding="utf-8") as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-        return source, [source / name for name in files]
-    single = source / "model.safetensors"
-    if not single.exists():
-        raise FileNotFoundError(f"{source}: no model.safetensors or model.safetensors.index.json")
-    return source, [single]
 
 
 def _hf_name(arch: str, name: str) -> str:
@@ -508,7 +491,7 @@ def export_gguf(
 
     from .io import _atomic
 
-    folder, files = _weight_files(Path(source))
+    folder, files, _ = model_files(source)
     cfg = _config(folder)
     arch = cfg["model_type"]
     n_head = cfg.get("num_attention_heads", 1)
