@@ -152,9 +152,9 @@ USER_ERRORS = {
         "{short}: tensor 'x': F32 (2, 2) needs 16 bytes, data_offsets [0, 4] hold 4",
     ),
     "missing": ("{missing} -o {out} --sparsity 0.5", "{missing}: no such file"),
-    "input-folder": (
+    "input-folder-without-weights": (
         "{folder} -o {out} --sparsity 0.5",
-        "{folder}: is a directory, not a safetensors file",
+        "{folder}: no model.safetensors or model.safetensors.index.json",
     ),
     "output-folder": (
         "{inp} -o {folder} --sparsity 0.5",
@@ -264,3 +264,107 @@ def test_zero_count_takes_both_signs(dtype, rng):
     w[5::13] = np.nan
     w[4::17] = ml_dtypes.finfo(dtype).smallest_subnormal
     assert _zeros(w) == int(np.count_nonzero(w.astype(np.float64) == 0.0))
+
+
+# -- model folders: one file or shards with an index ------------------------------------
+def _sharded_folder(folder, tensors, shards=2):
+    """A Hugging Face-like model folder: config, a tokenizer file, the tensors
+    dealt round-robin into ``shards`` files and their index."""
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "tokenizer.json").write_text('{"version": "1.0"}')
+    names = list(tensors)
+    weight_map = {}
+    for k in range(shards):
+        file = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: tensors[n] for n in names[k::shards]}
+        st.write(
+            str(folder / file), {n: st.to_entry(a, n) for n, a in part.items()}, {"format": "pt"}
+        )
+        weight_map.update(dict.fromkeys(part, file))
+    size = sum(a.nbytes for a in tensors.values())
+    index = {"metadata": {"total_size": size}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    return index
+
+
+@pytest.mark.parametrize(
+    "how", [["--sparsity", "0.6", "--global"], ["--nm", "2:4"], ["--sparsity", "0.3"]]
+)
+def test_sharded_folder_is_pruned_like_one_file(tmp_path, rng, capsys, how):
+    """A sharded model folder gives a model folder with the same shards, the
+    same index and the other files copied; each tensor is what pruning the
+    same tensors in one file gives (--global ranks across the shards)."""
+    tensors = {
+        f"model.layers.{i}.{kind}.weight": rng.standard_normal((16, 24)).astype(dtype)
+        for i in range(3)
+        for kind, dtype in (("q_proj", ml_dtypes.bfloat16), ("up_proj", np.float32))
+    }
+    tensors["model.norm.weight"] = np.ones(24, np.float32)
+    index = _sharded_folder(tmp_path / "model", tensors, shards=3)
+    one = tmp_path / "one.safetensors"
+    st.write(str(one), {n: st.to_entry(a, n) for n, a in tensors.items()}, {"format": "pt"})
+
+    code, table_one, err = _run([one, "-o", tmp_path / "one-out.safetensors", *how], capsys)
+    assert (code, err) == (0, "")
+    code, table, err = _run([tmp_path / "model", "-o", tmp_path / "out", *how], capsys)
+    assert (code, err) == (0, "")
+    want, _ = st.read(str(tmp_path / "one-out.safetensors"))
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        p.name for p in (tmp_path / "model").iterdir()
+    )
+    for file in ("config.json", "tokenizer.json"):
+        assert (out / file).read_bytes() == (tmp_path / "model" / file).read_bytes()
+    assert json.loads((out / "model.safetensors.index.json").read_text()) == index
+    got = {}
+    for file in sorted(set(index["weight_map"].values())):
+        shard, meta = st.read(str(out / file))
+        assert meta == {"format": "pt"}
+        assert all(index["weight_map"][n] == file for n in shard)
+        got.update(shard)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert bytes(got[name].data) == bytes(want[name].data), name
+    # the same rows (in shard order), the same totals; the output path aside
+    rows, rows_one = table.splitlines(), table_one.splitlines()
+    assert sorted(rows[:-1]) == sorted(rows_one[:-1])
+    assert rows[-1].split("wrote")[0] == rows_one[-1].split("wrote")[0]
+    assert sum(bytes(got[n].data) != tensors[n].tobytes() for n in got) == 6  # pruned
+
+
+@pytest.mark.parametrize(
+    "index, message",
+    [
+        ("not json", "{index}: not a JSON index (Expecting value: line 1 column 1 (char 0))"),
+        ('{"weight_map": []}', "{index}: expected an object with a non-empty weight_map"),
+        (
+            '{"weight_map": {"w": "../in.safetensors"}}',
+            "{index}: weight_map['w']: expected a .safetensors file name in the folder, "
+            "got '../in.safetensors'",
+        ),
+        (
+            '{"weight_map": {"w": "model-2.safetensors"}}',
+            "{index}: weight_map['w']: no shard {folder}/model-2.safetensors",
+        ),
+        (
+            '{"weight_map": {"w": "a.safetensors", "v": "b.safetensors"}}',
+            "{folder}/b.safetensors: tensor 'w' is also in another shard",
+        ),
+    ],
+    ids=["not-json", "no-map", "path-outside", "missing-shard", "twice"],
+)
+def test_bad_index_is_one_line_and_nothing_is_written(tmp_path, capsys, index, message):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for file in ("a.safetensors", "b.safetensors"):
+        st.write(str(folder / file), {"w": st.to_entry(np.ones((4, 4), np.float32))}, None)
+    st.write(
+        str(tmp_path / "in.safetensors"), {"w": st.to_entry(np.ones((4, 4), np.float32))}, None
+    )
+    (folder / "model.safetensors.index.json").write_text(index)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    code, out, err = _run([folder, "-o", tmp_path / "out", "--sparsity", "0.5"], capsys)
+    names = {"index": folder / "model.safetensors.index.json", "folder": folder}
+    assert (code, out, err) == (2, "", f"slimgrad prune: error: {message.format(**names)}\n")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

@@ -3,10 +3,13 @@
 Float tensors (F16, BF16, F32, F64) of at least 2 dimensions are pruned;
 embeddings, norms, biases, the pooler and the output head are kept unless
 ``--include`` names them, ``--exclude`` keeps more. Everything kept is copied
-byte for byte, as is the metadata. Tensors are read one at a time from the
-memory-mapped input (``--global`` ranks all pruned tensors together, reading
-them through the memory map); a progress bar runs on stderr. A checkpoint
-slimgrad already quantized is refused: prune the float checkpoint, then quantize.
+byte for byte, as is the metadata. IN is a .safetensors file (OUT: a file) or
+a Hugging Face model folder, one file or shards with their index (OUT: a new
+model folder, the same shards, the other files copied). Tensors are read one
+at a time from the memory-mapped input and written as they are pruned
+(``--global`` ranks all pruned tensors of every shard together, reading them
+through the memory map); a progress bar runs on stderr. A checkpoint slimgrad
+already quantized is refused: prune the float checkpoint, then quantize.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -30,12 +34,15 @@ from .._cli_common import (
     refuse_gguf,
     refuse_quantized,
     selected,
+    write_model_folder,
+    write_shards,
 )
 from .._report import Row
 from ._masks import _count, _global_counts, _nm_mask, _select
 
 EXAMPLES = """examples:
   slimgrad prune model.safetensors -o pruned.safetensors --sparsity 0.5
+  slimgrad prune ./Llama-3.2-1B -o ./Llama-3.2-1B-2of4 --nm 2:4
   slimgrad prune model.safetensors -o pruned.safetensors --nm 2:4 --exclude 'layer\\.0\\.'
   slimgrad prune model.safetensors -o pruned.safetensors --sparsity 0.3 --global \\
       --include pooler
@@ -46,13 +53,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.split("\n\n", 1)[1]
     parser.epilog = EXAMPLES
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("input", metavar="IN.safetensors", help="checkpoint to prune")
+    parser.add_argument(
+        "input", metavar="IN", help="checkpoint to prune: a .safetensors file or a model folder"
+    )
     parser.add_argument(
         "-o",
         "--output",
         required=True,
-        metavar="OUT.safetensors",
-        help="where to write the pruned checkpoint (written atomically)",
+        metavar="OUT",
+        help="where to write the pruned checkpoint (written atomically; a new "
+        "folder for a model folder)",
     )
     how = parser.add_mutually_exclusive_group(required=True)
     how.add_argument(
@@ -94,7 +104,9 @@ def _zeros(w: np.ndarray) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..quant._stream import open_safetensors
+    from contextlib import ExitStack
+
+    from ..quant._stream import model_files, open_safetensors
 
     nm = parse_nm(args.nm) if args.nm is not None else None
     if nm is None and not 0.0 <= args.sparsity <= 1.0:
@@ -103,45 +115,59 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--global: only with --sparsity")
     include = compile_patterns("--include", args.include)
     exclude = compile_patterns("--exclude", args.exclude)
-    check_paths(args.input, args.output)
+    as_folder = os.path.isdir(args.input)
+    check_paths(args.input, args.output, output_is_folder=as_folder)
     refuse_gguf(args.input, "prune")
     try:
-        src = open_safetensors(args.input)
+        folder, files, index = model_files(args.input)
     except OSError as e:
         raise UsageError(str(e)) from None
-    with src:
-        refuse_quantized(args.input, src.metadata, src.tensors, "prune")
-        targets, why = [], {}
-        for name, info in src.tensors.items():
-            ok, reason = selected(name, include, exclude)
-            if info.dtype not in st.FLOAT_DTYPES:
-                why[name] = "kept (not float)"
-            elif len(info.shape) < 2:
-                why[name] = "kept (< 2-D)"
-            elif not ok:
-                why[name] = reason
-            elif nm is not None and info.shape[-1] % nm[1]:
-                why[name] = f"kept (last axis {info.shape[-1]} not divisible by {nm[1]})"
-            else:
-                targets.append(name)
+    with ExitStack() as stack:
+        try:
+            sources = [stack.enter_context(open_safetensors(f)) for f in files]
+        except OSError as e:
+            raise UsageError(str(e)) from None
+        targets: dict[str, Any] = {}  # pruned tensor -> its file
+        why: dict[str, str] = {}
+        for path, src in zip(files, sources):
+            refuse_quantized(str(path), src.metadata, src.tensors, "prune")
+            for name, info in src.tensors.items():
+                if name in why or name in targets:
+                    raise UsageError(f"{path}: tensor {name!r} is also in another shard")
+                ok, reason = selected(name, include, exclude)
+                if info.dtype not in st.FLOAT_DTYPES:
+                    why[name] = "kept (not float)"
+                elif len(info.shape) < 2:
+                    why[name] = "kept (< 2-D)"
+                elif not ok:
+                    why[name] = reason
+                elif nm is not None and info.shape[-1] % nm[1]:
+                    why[name] = f"kept (last axis {info.shape[-1]} not divisible by {nm[1]})"
+                else:
+                    targets[name] = src
         # The selections get the tensors' names, so that a NaN is reported
         # as "<tensor>: NaN at index ..." (found by the selection's own pass).
-        # --global: the global selection as one count per tensor, so that each
-        # tensor's mask is made as it is written (no mask of the whole model).
+        # --global: the global selection (over every shard) as one count per
+        # tensor, so that each tensor's mask is made as it is written (no
+        # mask of the whole model).
         global_counts = None
         if args.global_:
-            views = [src.array(n) for n in targets]  # in place: a bfloat16 model is not widened
+            names = list(targets)
+            views = [
+                targets[n].array(n) for n in names
+            ]  # in place: a bfloat16 model is not widened
             total = sum(v.size for v in views)
-            counts = _global_counts(views, targets, _count(args.sparsity, total))
-            global_counts = dict(zip(targets, counts))
+            global_counts = dict(
+                zip(names, _global_counts(views, names, _count(args.sparsity, total)))
+            )
             del views
         # Each tensor is made while the output is written, one at a time
         # (st.Deferred): the process holds one pruned copy, not all of them.
         rows: dict[str, Row] = {}
         totals = {"zeros": 0, "size": 0}
-        ticks = progress(iter(src.tensors), len(src.tensors), "prune")
+        ticks = progress(iter(range(len(why) + len(targets))), len(why) + len(targets), "prune")
 
-        def written(name: str, info: Any) -> memoryview | bytes:
+        def written(src: Any, name: str, info: Any) -> memoryview | bytes:
             next(ticks, None)
             if name not in targets:
                 rows[name] = Row(
@@ -164,14 +190,29 @@ def run(args: argparse.Namespace) -> int:
             rows[name] = Row(name, info.shape, info.dtype, info.dtype, info.nbytes, len(data), note)
             return data
 
-        out = {
-            name: st.Deferred(
-                info.dtype, list(info.shape), info.nbytes, functools.partial(written, name, info)
+        shards = [
+            (
+                path.name,
+                {
+                    name: st.Deferred(
+                        info.dtype,
+                        list(info.shape),
+                        info.nbytes,
+                        functools.partial(written, src, name, info),
+                    )
+                    for name, info in src.tensors.items()
+                },
+                src.metadata or None,
             )
-            for name, info in src.tensors.items()
-        }
+            for path, src in zip(files, sources)
+        ]
         try:
-            st.write(args.output, out, src.metadata or None)
+            if as_folder:
+                write_model_folder(
+                    folder, args.output, lambda tmp: write_shards(tmp, shards, index)
+                )
+            else:
+                st.write(args.output, shards[0][1], shards[0][2])
         except OSError as e:  # its filename is the temporary file: report the output instead
             raise UsageError(f"{args.output}: cannot write ({e.strerror or e})") from None
         next(ticks, None)  # closes the bar
@@ -183,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         else f"sparsity {args.sparsity}" + (" global" if args.global_ else "")
     )
     print_table(
-        [rows[name] for name in out],
+        [rows[name] for _, shard, _ in shards for name in shard],
         f"{how}: {zeros_total} of {size_total} weights in {len(targets)} pruned "
         f"tensors are zero ({share:.2%}); wrote {args.output}",
     )
