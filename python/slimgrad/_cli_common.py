@@ -208,6 +208,6 @@ def write_shards(
         )
     if index is not None:
         index = {**index, "metadata": {**index.get("metadata", {}), "total_size": total}}
-        index["weight_map"] = weight_map
+        index["weight_map"] = dict(sorted(weight_map.items()))  # as transformers writes it
         with open(folder / "model.safetensors.index.json", "w", encoding="utf-8") as f:
             json.dump(index, f, indent=2)
