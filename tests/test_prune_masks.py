@@ -490,6 +490,39 @@ def test_global_selection_as_counts_per_array(isa, threads, dtype, rng):
         _global_counts([make("normal", 9, dtype, rng), bad], ["a", "b"], 10)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_public_global_counts_give_the_global_masks_one_array_at_a_time(dtype, rng):
+    """``magnitude_mask(w, counts[name] / w.size)`` of each array alone is its
+    global mask (the documented use), ties spread over arrays, odd sizes,
+    non-contiguous views; the counts add up to the global count; the errors
+    are global_magnitude_masks'."""
+    parts = {
+        "a": make("ties", 1000, dtype, rng),
+        "b": make("ties", 7, dtype, rng),
+        "c": make("normal", 2 * 33_333, dtype, rng)[::2],
+        "d": make("ties", 70_007, dtype, rng).reshape(7, 10_001),
+    }
+    total = sum(p.size for p in parts.values())
+    for s in (0.0, 0.3, 0.5, 0.77, 1.0):
+        counts = prune.global_magnitude_counts(parts, s)
+        masks = prune.global_magnitude_masks(parts, s)
+        assert list(counts) == list(parts) and sum(counts.values()) == count(s, total)
+        assert all(type(c) is int for c in counts.values())
+        for name, w in parts.items():
+            np.testing.assert_array_equal(
+                prune.magnitude_mask(w, counts[name] / w.size), masks[name]
+            )
+    bad = dict(parts, b=parts["b"].copy())
+    bad["b"][3] = np.nan
+    with pytest.raises(ValueError, match=re.escape("weights['b']: NaN at index (3,)")):
+        prune.global_magnitude_counts(bad, 0.5)
+    with pytest.raises(ValueError, match="sparsity: expected a number in"):
+        prune.global_magnitude_counts(parts, 1.5)
+    with pytest.raises(TypeError, match="weights: expected a dict of arrays"):
+        prune.global_magnitude_counts([parts["a"]], 0.5)
+    assert prune.global_magnitude_counts({}, 0.5) == {}
+
+
 def test_global_single_array_equals_magnitude_mask(rng):
     w = make("ties", 70_001, np.float32, rng)
     for s in SPARSITIES:

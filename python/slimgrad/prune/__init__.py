@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._calibrated import sparsegpt, wanda_mask
 from ._masks import (
+    global_magnitude_counts,
     global_magnitude_masks,
     magnitude_mask,
     nm_mask,
@@ -40,6 +41,7 @@ __all__ = [
     "compress_24",
     "decompress_24",
     "from_csr",
+    "global_magnitude_counts",
     "global_magnitude_masks",
     "magnitude_mask",
     "nm_mask",

@@ -32,6 +32,7 @@ from .._float32 import as_float32
 _core_prune = _core.prune
 
 __all__ = [
+    "global_magnitude_counts",
     "global_magnitude_masks",
     "magnitude_mask",
     "nm_mask",
@@ -186,6 +187,40 @@ def global_magnitude_masks(weights: Mapping[str, np.ndarray], sparsity: float) -
     total = sum(int(a.size) for a in arrays if isinstance(a, np.ndarray))
     masks = _select(arrays, [f"weights[{n!r}]" for n in names], _count(s, total))
     return dict(zip(names, masks))
+
+
+def global_magnitude_counts(weights: Mapping[str, np.ndarray], sparsity: float) -> dict:
+    """:func:`global_magnitude_masks` as the number of entries pruned in each
+    array, without a mask of them all (one byte per weight: 70 GB for a 70B
+    model).
+
+    ``magnitude_mask(w, counts[name] / w.size)`` of each array alone is its
+    mask of :func:`global_magnitude_masks`, ties included, so a model can be
+    pruned one array at a time (``slimgrad prune --global`` does so while it
+    writes the output). The counts add up to ``round(sparsity * total)``.
+
+    Parameters and errors are those of :func:`global_magnitude_masks`.
+
+    Returns
+    -------
+    dict of name to int
+        In the order of ``weights``.
+
+    Notes
+    -----
+    Radix passes over the whole key until the k-th magnitude ``T`` is known,
+    then one pass counting each array's entries below and equal to ``T``;
+    ``T``'s copies to prune go to the arrays in order. Memory: a few
+    histograms.
+    """
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"weights: expected a dict of arrays, got {type(weights).__name__}")
+    s = _check_fraction(sparsity, "sparsity")
+    names = list(weights)
+    arrays = [weights[n] for n in names]
+    total = sum(int(a.size) for a in arrays if isinstance(a, np.ndarray))
+    counts = _global_counts(arrays, [f"weights[{n!r}]" for n in names], _count(s, total))
+    return dict(zip(names, (int(c) for c in counts)))
 
 
 def _axis(w: np.ndarray, axis: object, name: str = "axis") -> int:
