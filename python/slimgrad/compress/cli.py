@@ -1,4 +1,4 @@
-"""compress a BERT-family model with calibrated methods (GPTQ, AWQ, Wanda, SparseGPT)
+"""compress a model with calibrated methods (GPTQ, AWQ, Wanda, SparseGPT)
 
 ``slimgrad compress MODEL_DIR -o OUT.safetensors --method gptq --bits 4
 --group-size 128 [--prune wanda --sparsity 0.5 | --nm 2:4] [--calib FILE]
@@ -9,6 +9,13 @@ table and the embedding cosine against the float model on held-out
 sentences, and writes OUT: slimgrad's quantized safetensors (every other
 parameter in float32), or with ``--format gguf`` / ``-o OUT.gguf`` a GGUF that
 llama.cpp runs, whose quality it measures again from the file.
+
+A llama-family folder (llama, mistral, qwen2; one file or shards) takes
+``--method gptq`` or ``rtn``: its decoder layers are quantized one at a time
+on the calibration text cut into ``--seq-len`` token windows (GPTQ's
+sequential recipe), OUT is a compressed-tensors folder that transformers and
+vLLM load, and the held-out text's perplexity is printed for the float and
+the quantized model.
 """
 
 from __future__ import annotations
@@ -41,9 +48,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     from ._pipeline import METHODS, PRUNERS
 
-    parser.add_argument("model", metavar="MODEL_DIR", help="Hugging Face BERT directory")
     parser.add_argument(
-        "-o", "--output", required=True, metavar="OUT", help="file to write (.safetensors)"
+        "model", metavar="MODEL_DIR", help="Hugging Face BERT or llama-family directory"
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="file to write (.safetensors, .gguf); for a llama-family model a new folder",
     )
     parser.add_argument(
         "--method", choices=METHODS, default="gptq", help="quantizer (default gptq)"
@@ -83,6 +96,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="PNG",
         help="also write the per-layer sensitivity (2/3/4/8 bits, gguf: 4/5/8; one layer at "
         "a time) as a plot",
+    )
+    parser.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="llama-family models: tokens per calibration and held-out window (default 512)",
     )
     parser.add_argument(
         "--format",
@@ -216,7 +235,24 @@ def _table(reports: Sequence) -> str:
     return "\n".join(lines)
 
 
+def _model_type(folder: str) -> str | None:
+    import json
+
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return None  # the BERT loader reports it
+    return cfg.get("model_type") if isinstance(cfg, dict) else None
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..models.llama import ARCHITECTURES
+
+    if os.path.isdir(args.model) and _model_type(args.model) in ARCHITECTURES:
+        return _run_llama(args)
+    if args.seq_len is not None:
+        raise UsageError("--seq-len: only for llama-family models")
     _check(args)
     recipe = _recipe(args)
     calib_text = _sentences(args.calib, "calibration.txt", "--calib")
@@ -319,6 +355,106 @@ def run(args: argparse.Namespace) -> int:
     for name, value in result.folded.items():
         tensors[name] = value
     quant.save(args.output, tensors, {"slimgrad.compress": _describe(recipes)})
+    print(f"wrote {args.output}")
+    return 0
+
+
+DEFAULT_SEQ_LEN = 512
+
+
+def _run_llama(args: argparse.Namespace) -> int:
+    """A llama-family folder: GPTQ / RTN layer by layer into a compressed-tensors folder."""
+    from .._cli_common import check_paths
+    from ._pipeline import Recipe
+
+    refused = [
+        flag
+        for flag, given in (
+            ("--prune", args.prune),
+            ("--sparsity", args.sparsity is not None),
+            ("--nm", args.nm),
+            ("--budget-bytes", args.budget_bytes is not None),
+            ("--plot", args.plot),
+            ("--imatrix-out", args.imatrix_out),
+            ("--format", args.format),
+        )
+        if given
+    ]
+    if refused:
+        raise UsageError(
+            f"{', '.join(refused)}: not for llama-family models yet (they take --method, "
+            "--bits, --group-size, --calib, --heldout, --seq-len; OUT is a compressed-tensors "
+            "folder)"
+        )
+    if args.method not in ("gptq", "rtn"):
+        raise UsageError(
+            f"--method {args.method}: llama-family models take gptq or rtn (AWQ's scales are "
+            "folded for BERT-family models only)"
+        )
+    if not 2 <= args.bits <= 8:
+        raise UsageError(f"--bits: expected 2..8 for a llama-family model, got {args.bits}")
+    if args.group_size is not None and args.group_size < 0:
+        raise UsageError(f"--group-size: expected >= 0, got {args.group_size}")
+    seq_len = DEFAULT_SEQ_LEN if args.seq_len is None else args.seq_len
+    if seq_len < 2:
+        raise UsageError(f"--seq-len: expected at least 2 tokens, got {seq_len}")
+    check_paths(args.model, args.output, output_is_folder=True)
+    calib_text = _sentences(args.calib, "calibration.txt", "--calib")
+    heldout = _sentences(args.heldout, "heldout.txt", "--heldout")
+
+    from tokenizers import Tokenizer
+    from tqdm import tqdm
+
+    from ..models import llama
+    from ._llama import Sequential, token_windows, write_folder
+
+    started = time.perf_counter()
+    try:
+        checkpoint = llama.Checkpoint(args.model)
+        checkpoint.check()
+    except (OSError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    path = os.path.join(args.model, "tokenizer.json")
+    if not os.path.exists(path):
+        raise UsageError(f"{args.model}: no tokenizer.json (the calibration text is tokenized)")
+    tokenizer = Tokenizer.from_file(path)
+    windows = {}
+    for label, lines in (("--calib", calib_text), ("--heldout", heldout)):
+        windows[label] = token_windows(tokenizer, lines, seq_len)
+        if not len(windows[label]):
+            raise UsageError(
+                f"{label}: the text is shorter than one window of --seq-len {seq_len} tokens"
+            )
+    group = 128 if args.group_size is None else args.group_size
+    # symmetric codes, as llm-compressor's W4A16 preset: what vLLM's int kernels take
+    recipe = Recipe(method=args.method, bits=args.bits, group_size=group or None, symmetric=True)
+    layers = checkpoint.config.num_layers
+    calib_ids = windows["--calib"]
+    print(
+        f"calibrating on {calib_ids.shape[0]} windows of {seq_len} tokens, "
+        f"{layers} layers one at a time...",
+        file=sys.stderr,
+    )
+    bar = tqdm(total=layers, desc="compressing", unit="layer", file=sys.stderr, leave=False)
+    sequential = Sequential(
+        checkpoint, recipe, calib_ids, windows["--heldout"], lambda i: bar.update()
+    )
+    try:
+        write_folder(checkpoint, sequential, args.output, recipe)
+    except OSError as e:
+        raise UsageError(f"{args.output}: cannot write ({e.strerror or e})") from None
+    finally:
+        bar.close()
+    print(_table(sequential.reports))
+    before, after = sequential.perplexities()
+    total = sum(r.nbytes for r in sequential.reports)
+    dense = sum(r.shape[0] * r.shape[1] * 2 for r in sequential.reports)
+    print(
+        f"Linear weights: {total} bytes ({total / dense:.1%} of 16-bit {dense}); held-out "
+        f"perplexity: float {before:.3f}, {args.method} int{args.bits} {after:.3f} over "
+        f"{windows['--heldout'].shape[0]} windows of {seq_len} tokens; "
+        f"{time.perf_counter() - started:.1f} s"
+    )
     print(f"wrote {args.output}")
     return 0
 

@@ -1,0 +1,213 @@
+"""GPTQ (or round-to-nearest) of a llama-family checkpoint, one decoder layer at a
+time, written as a compressed-tensors folder that transformers and vLLM load.
+
+GPTQ's sequential recipe: the calibration tokens' hidden states go through
+the layers already quantized; in each layer every group of Linear layers that
+read one input (q/k/v, o, gate/up, down; ``models.llama.GROUPS``) is
+quantized right before it runs, from the Hessian ``X^T X`` of the input the
+quantized layers before it produce, and the layer runs on with the
+quantized weights. The held-out tokens go through the float layers and the
+quantized ones alongside, so the perplexity of both comes at the end without
+another pass over the model.
+
+Memory: one decoder layer's float32 weights, the calibration and held-out
+hidden states, and the quantized layers not yet written. The output is
+written while the layers are quantized (``st.Deferred``): each shard's
+tensors are ordered by layer, so a layer's codes are written soon after it
+is quantized. Embeddings, norms and the head are copied as they are (GPTQ
+leaves ``lm_head`` in float, as the reference and llm-compressor do).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..models import llama
+from ..models.calibration import hessian_accumulate
+from ._pipeline import LayerReport, Recipe, relative_error
+
+_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)\.weight")
+LINEARS = tuple(n for group in llama.GROUPS.values() for n in group)
+
+
+def token_windows(tokenizer: Any, lines: list[str], length: int) -> np.ndarray:
+    """The text of ``lines`` (joined by newlines) as token windows
+    (n, ``length``) int64, each starting with the tokenizer's BOS when it
+    adds one; the tail shorter than a window is dropped."""
+    ids = tokenizer.encode("\n".join(lines), add_special_tokens=False).ids
+    bos = [i for i in tokenizer.encode("", add_special_tokens=True).ids]
+    step = length - len(bos)
+    windows = [bos + ids[s : s + step] for s in range(0, len(ids) - step + 1, step)]
+    return np.array(windows, dtype=np.int64).reshape(-1, length)
+
+
+def quantized_name(name: str) -> tuple[int, str] | None:
+    """(layer index, Linear name within the layer) of a weight GPTQ quantizes, else None."""
+    m = _LAYER.fullmatch(name)
+    return (int(m.group(1)), m.group(2)) if m and m.group(2) in LINEARS else None
+
+
+@dataclass
+class Sequential:
+    """The checkpoint's decoder layers quantized in order (:meth:`quantized`
+    runs as many as needed); :attr:`reports` and :meth:`perplexities` after."""
+
+    checkpoint: llama.Checkpoint
+    recipe: Recipe
+    calib_ids: np.ndarray
+    heldout_ids: np.ndarray
+    progress: Callable[[int], None] = lambda layer: None
+    reports: list[LayerReport] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        cfg = self.checkpoint.config
+        embed = self.checkpoint.tensor("model.embed_tokens.weight")
+        self._x = embed[self.calib_ids]  # calibration, through the quantized layers
+        self._float = embed[self.heldout_ids]  # held-out, through the float layers
+        self._quant = self._float.copy()  # held-out, through the quantized layers
+        length = max(self.calib_ids.shape[1], self.heldout_ids.shape[1])
+        self._rope = llama.rope_tables(cfg, length)
+        self._done = 0
+        self._pending: dict[str, Any] = {}  # weight name -> QuantizedTensor, until written
+
+    def quantized(self, name: str) -> Any:
+        """The QuantizedTensor of the weight ``name`` (quantizing the layers up to its own)."""
+        layer, _ = quantized_name(name) or (None, None)
+        assert layer is not None, name
+        while self._done <= layer:
+            self._advance()
+        return self._pending.pop(name)
+
+    def _advance(self) -> None:
+        from .. import quant
+
+        i, cfg, r = self._done, self.checkpoint.config, self.recipe
+        weights = self.checkpoint.layer(i)
+        used: dict[str, np.ndarray] = {}
+
+        def hook(group: str, rows: np.ndarray, floats: dict[str, np.ndarray]) -> dict:
+            started = time.perf_counter()
+            H = np.zeros((rows.shape[1], rows.shape[1]), np.float64)
+            hessian_accumulate(rows, H)
+            names = list(floats)
+            options = {"bits": r.bits, "group_size": r.group_size, "symmetric": r.symmetric}
+            if r.method == "gptq":
+                qts = quant.gptq_shared([floats[n] for n in names], H, damp=r.damp, **options)
+            else:
+                kind = "group" if r.group_size else "channel"
+                qts = [
+                    quant.quantize(
+                        floats[n],
+                        r.bits,
+                        symmetric=r.symmetric,
+                        granularity=kind,
+                        group_size=r.group_size or 128,
+                        name=f"model.layers.{i}.{n}.weight",
+                    )
+                    for n in names
+                ]
+            seconds = (time.perf_counter() - started) / len(names)
+            for n, qt in zip(names, qts):
+                w_hat = qt.dequantize()
+                self._pending[f"model.layers.{i}.{n}.weight"] = qt
+                used[f"{n}.weight"] = w_hat
+                err = relative_error(floats[n], w_hat, H)
+                self.reports.append(
+                    LayerReport(
+                        f"model.layers.{i}.{n}", w_hat.shape, r, qt.nbytes, 1.0, err, seconds
+                    )
+                )
+            return {n: used[f"{n}.weight"] for n in names}
+
+        self._x = llama.decoder_layer(self._x, weights, cfg, self._rope, hook)
+        self._float = llama.decoder_layer(self._float, weights, cfg, self._rope)
+        self._quant = llama.decoder_layer(self._quant, {**weights, **used}, cfg, self._rope)
+        self._done += 1
+        self.progress(i)
+
+    def perplexities(self) -> tuple[float, float]:
+        """Held-out perplexity of the float model and of the quantized one
+        (every layer must have been quantized)."""
+        ckpt, cfg = self.checkpoint, self.checkpoint.config
+        assert self._done == cfg.num_layers
+        norm, head = ckpt.tensor("model.norm.weight"), ckpt.head()
+        out = []
+        for x in (self._float, self._quant):
+            nll = 0.0
+            for seq, ids in zip(x, self.heldout_ids):
+                z = llama.rms_norm(seq[:-1], norm, cfg.rms_norm_eps) @ head.T
+                z = z.astype(np.float64)
+                z -= z.max(axis=-1, keepdims=True)
+                logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+                nll -= float(logp[np.arange(len(ids) - 1), ids[1:]].sum())
+            out.append(
+                math.exp(nll / (self.heldout_ids.shape[0] * (self.heldout_ids.shape[1] - 1)))
+            )
+        return out[0], out[1]
+
+
+def write_folder(
+    checkpoint: llama.Checkpoint, sequential: Sequential, output: str, recipe: Recipe
+) -> None:
+    """The compressed-tensors folder: every shard of the checkpoint with its
+    quantized weights (ordered by layer), a new index, ``config.json`` with
+    the ``quantization_config``, the other files copied."""
+    import json
+
+    from .. import _safetensors as st
+    from .._cli_common import write_model_folder, write_shards
+    from ..quant import compressed
+
+    symmetric, bits, group = recipe.symmetric, recipe.bits, recipe.group_size
+    made: dict[str, dict[str, np.ndarray]] = {}  # weight -> its stored tensors not yet written
+
+    def part(name: str, key: str) -> memoryview | bytes:
+        if name not in made:
+            made[name] = compressed.tensors(name, sequential.quantized(name))
+        a = made[name].pop(key)
+        if not made[name]:
+            del made[name]
+        return st.to_entry(a, key).data
+
+    def order(name: str) -> tuple[int, str]:
+        found = quantized_name(name)
+        return (-1, "") if found is None else (found[0], name)
+
+    shards, targets = [], []
+    for path, src in zip(checkpoint.files, checkpoint.sources):
+        tensors: dict[str, Any] = {}
+        for name in sorted(src.tensors, key=order):  # stable: the rest keeps its order
+            info = src.tensors[name]
+            if quantized_name(name) is None:
+                tensors[name] = st.Deferred(
+                    info.dtype, list(info.shape), info.nbytes, functools.partial(src.raw, name)
+                )
+                continue
+            targets.append(name[: -len(".weight")])
+            for key, (dt, shape) in compressed.layout(
+                name, info.shape, bits, symmetric, group
+            ).items():
+                nbytes = dt.itemsize * math.prod(shape)
+                make = functools.partial(part, name, key)
+                tensors[key] = st.Deferred(st.code_of(dt), list(shape), nbytes, make)
+        name = path.name if checkpoint.index else "model.safetensors"
+        shards.append((name, tensors, {**src.metadata, "format": "pt"}))
+
+    def fill(tmp: Path) -> None:
+        config = json.loads((checkpoint.folder / "config.json").read_text(encoding="utf-8"))
+        config["quantization_config"] = compressed.quantization_config(
+            targets, bits, symmetric, group
+        )
+        (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        write_shards(tmp, shards, checkpoint.index)
+
+    write_model_folder(checkpoint.folder, output, fill)

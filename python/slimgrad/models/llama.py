@@ -1,0 +1,292 @@
+"""A llama-family decoder (llama, mistral, qwen2) in NumPy float32, one layer at a time.
+
+What calibrated compression of a large language model needs: the checkpoint
+stays in its memory map (:class:`Checkpoint`), a decoder layer's weights are
+read when that layer runs (:meth:`Checkpoint.layer`), and the layer's forward
+(:func:`decoder_layer`) hands each group of Linear layers that read one input
+(q/k/v, o, gate/up, down) to a callback that may record the input and choose
+the weights to use: GPTQ quantizes each group right before it runs, on the
+inputs the already-quantized layers produce (``compress.llama``).
+
+The computation is transformers' ``LlamaForCausalLM`` in eager mode, float32:
+RMSNorm ``x / sqrt(mean(x^2) + eps) * w``; rotary embeddings on the halves of
+each head (``rotate_half``) with ``rope_theta``; grouped-query attention with
+a causal mask; ``down(silu(gate(x)) * up(x))``; the final norm and the head
+(``lm_head``, or the token embedding when tied). q/k/v biases (qwen2's
+``attention_bias``) and MLP biases are applied when the checkpoint has them.
+Rotary scaling (``rope_type`` other than ``default``: llama 3's, yarn, ...)
+and sliding windows are refused, not approximated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._float32 import as_float32
+
+__all__ = ["ARCHITECTURES", "Checkpoint", "Config", "decoder_layer", "logits", "rope_tables"]
+
+ARCHITECTURES = ("llama", "mistral", "qwen2")
+# the Linear layers of a decoder layer, grouped by the input they read
+GROUPS = {
+    "self_attn.q_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "self_attn.o_proj": ("self_attn.o_proj",),
+    "mlp.gate_proj": ("mlp.gate_proj", "mlp.up_proj"),
+    "mlp.down_proj": ("mlp.down_proj",),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The hyperparameters of ``config.json`` the forward pass reads."""
+
+    model_type: str
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    vocab_size: int
+    tie_word_embeddings: bool
+
+    @classmethod
+    def read(cls, path: str | Path) -> Config:
+        """The config of ``path/config.json``; ``ValueError`` naming the file
+        and the key for what is missing, wrong or not supported."""
+        path = Path(path) / "config.json"
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such file") from None
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ValueError(f"{path}: not JSON ({e})") from None
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{path}: expected a JSON object")
+        arch = cfg.get("model_type")
+        if arch not in ARCHITECTURES:
+            raise ValueError(
+                f"{path}: model_type: expected one of {', '.join(ARCHITECTURES)}, got {arch!r}"
+            )
+
+        def integer(key: str, default: int | None = None) -> int:
+            value = cfg.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{path}: {key}: expected a positive integer, got {value!r}")
+            return value
+
+        def number(key: str, value: Any) -> float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{path}: {key}: expected a positive number, got {value!r}")
+            return float(value)
+
+        rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+        if not isinstance(rope, dict):
+            raise ValueError(f"{path}: rope_parameters: expected an object, got {rope!r}")
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        if kind != "default":
+            raise ValueError(
+                f"{path}: rope_type {kind!r}: only the default rotary embedding is "
+                "supported (scaled variants such as llama 3's are not)"
+            )
+        if cfg.get("sliding_window") and cfg.get("use_sliding_window", arch == "mistral"):
+            raise ValueError(f"{path}: sliding_window: sliding-window attention is not supported")
+        hidden, heads = integer("hidden_size"), integer("num_attention_heads")
+        head_dim = integer("head_dim", cfg.get("head_dim") or hidden // heads)
+        kv_heads = integer("num_key_value_heads", cfg.get("num_key_value_heads") or heads)
+        if heads % kv_heads or head_dim % 2:
+            raise ValueError(
+                f"{path}: expected num_attention_heads ({heads}) a multiple of "
+                f"num_key_value_heads ({kv_heads}) and an even head_dim ({head_dim})"
+            )
+        return cls(
+            model_type=arch,
+            hidden_size=hidden,
+            intermediate_size=integer("intermediate_size"),
+            num_layers=integer("num_hidden_layers"),
+            num_heads=heads,
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
+            rms_norm_eps=number("rms_norm_eps", cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=number("rope_theta", rope.get("rope_theta", cfg.get("rope_theta", 1e4))),
+            vocab_size=integer("vocab_size"),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        )
+
+
+class Checkpoint:
+    """A Hugging Face llama-family folder read through its memory map: the
+    config, and each tensor as float32 when asked for (the file stays on
+    disk; a 7B model is never in memory at once)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        from ..quant._stream import model_files, open_safetensors
+
+        self.folder = Path(folder)
+        self.config = Config.read(self.folder)
+        _, self.files, self.index = model_files(self.folder)
+        self.sources = [open_safetensors(f) for f in self.files]
+        self.where = {name: src for src in self.sources for name in src.tensors}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.where
+
+    def tensor(self, name: str) -> np.ndarray:
+        """The tensor ``name`` as float32 (a copy, or the file's own float32
+        bytes read-only); ``KeyError`` naming the checkpoint if absent."""
+        if name not in self.where:
+            raise KeyError(f"{self.folder}: no tensor {name!r}")
+        return as_float32(np.asarray(self.where[name].array(name)))
+
+    def check(self) -> None:
+        """``ValueError`` naming the checkpoint and the tensor when a tensor the
+        forward pass reads is missing or has the wrong shape."""
+        cfg = self.config
+        hidden, inner = cfg.hidden_size, cfg.intermediate_size
+        q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        want = {
+            "model.embed_tokens.weight": (cfg.vocab_size, hidden),
+            "model.norm.weight": (hidden,),
+        }
+        if not cfg.tie_word_embeddings:
+            want["lm_head.weight"] = (cfg.vocab_size, hidden)
+        for i in range(cfg.num_layers):
+            for name, shape in {
+                "input_layernorm": (hidden,),
+                "post_attention_layernorm": (hidden,),
+                "self_attn.q_proj": (q, hidden),
+                "self_attn.k_proj": (kv, hidden),
+                "self_attn.v_proj": (kv, hidden),
+                "self_attn.o_proj": (hidden, q),
+                "mlp.gate_proj": (inner, hidden),
+                "mlp.up_proj": (inner, hidden),
+                "mlp.down_proj": (hidden, inner),
+            }.items():
+                want[f"model.layers.{i}.{name}.weight"] = shape
+        for name, shape in want.items():
+            if name not in self.where:
+                raise ValueError(f"{self.folder}: no tensor {name!r} (config.json expects it)")
+            got = self.where[name].tensors[name].shape
+            if got != shape:
+                raise ValueError(
+                    f"{self.folder}: tensor {name!r}: expected shape {shape} from config.json, "
+                    f"got {got}"
+                )
+
+    def layer(self, i: int) -> dict[str, np.ndarray]:
+        """Decoder layer ``i``'s tensors by their names within the layer
+        (``self_attn.q_proj.weight``, ``input_layernorm.weight``, ...)."""
+        prefix = f"model.layers.{i}."
+        return {n[len(prefix) :]: self.tensor(n) for n in self.where if n.startswith(prefix)}
+
+    def head(self) -> np.ndarray:
+        """The output projection (vocab, hidden): ``lm_head``, or the tied embedding."""
+        if "lm_head.weight" in self.where and not self.config.tie_word_embeddings:
+            return self.tensor("lm_head.weight")
+        return self.tensor("model.embed_tokens.weight")
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """``x / sqrt(mean(x^2, -1) + eps) * weight`` (float32, as transformers)."""
+    var = np.mean(np.square(x), axis=-1, keepdims=True)
+    return (x / np.sqrt(var + np.float32(eps))) * weight
+
+
+def rope_tables(cfg: Config, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(cos, sin), each (length, head_dim) float32, for positions 0..length-1."""
+    half = np.arange(0, cfg.head_dim, 2, dtype=np.int64).astype(np.float32) / cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta**half)
+    angles = np.outer(np.arange(length, dtype=np.float32), inv_freq.astype(np.float32))
+    angles = np.concatenate([angles, angles], axis=-1)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def _rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """transformers' ``x * cos + rotate_half(x) * sin`` on (..., T, head_dim)."""
+    half = x.shape[-1] // 2
+    turned = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + turned * sin
+
+
+def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    y = x @ w.T
+    return y if b is None else y + b
+
+
+# (group, input rows (tokens, in), the layer's float32 weights by name) ->
+# the weights to use for the group's layers (the same names)
+Hook = Callable[[str, np.ndarray, dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def decoder_layer(
+    x: np.ndarray,
+    weights: dict[str, np.ndarray],
+    cfg: Config,
+    rope: tuple[np.ndarray, np.ndarray],
+    hook: Hook | None = None,
+) -> np.ndarray:
+    """One decoder layer on ``x`` (batch, T, hidden) float32; returns the new hidden states.
+
+    ``weights``: :meth:`Checkpoint.layer`'s. Before each group of
+    :data:`GROUPS` runs, ``hook(group, rows, {name: weight})`` (when given)
+    gets the group's input as (batch * T, in) rows and returns the weights
+    to run it with.
+    """
+    batch, length, hidden = x.shape
+    heads, kv, dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+
+    def run(group: str, inputs: np.ndarray) -> list[np.ndarray]:
+        rows = np.ascontiguousarray(inputs.reshape(-1, inputs.shape[-1]))
+        used = {n: weights[f"{n}.weight"] for n in GROUPS[group]}
+        if hook is not None:
+            used = hook(group, rows, used)
+        outs = []
+        for n in GROUPS[group]:
+            y = _linear(rows, used[n], weights.get(f"{n}.bias"))
+            outs.append(y.reshape(batch, length, -1))
+        return outs
+
+    h = rms_norm(x, weights["input_layernorm.weight"], cfg.rms_norm_eps)
+    q, k, v = run("self_attn.q_proj", h)
+    cos, sin = rope[0][:length], rope[1][:length]
+    q = _rotate(q.reshape(batch, length, heads, dim).transpose(0, 2, 1, 3), cos, sin)
+    k = _rotate(k.reshape(batch, length, kv, dim).transpose(0, 2, 1, 3), cos, sin)
+    v = v.reshape(batch, length, kv, dim).transpose(0, 2, 1, 3)
+    q = q.reshape(batch, kv, heads // kv, length, dim)  # query heads per key/value head
+    causal = np.triu(np.full((length, length), -np.inf, np.float32), 1)
+    context = np.empty((batch, heads, length, dim), np.float32)
+    for b in range(batch):  # one sequence's scores at a time: heads * T * T floats
+        scores = (q[b] @ k[b, :, None].swapaxes(-1, -2)) * np.float32(1.0 / math.sqrt(dim))
+        scores += causal
+        scores -= scores.max(axis=-1, keepdims=True)
+        probs = np.exp(scores)
+        probs /= probs.sum(axis=-1, keepdims=True)
+        context[b] = (probs @ v[b, :, None]).reshape(heads, length, dim)
+    (attn,) = run("self_attn.o_proj", context.transpose(0, 2, 1, 3).reshape(batch, length, -1))
+    x = x + attn
+    h = rms_norm(x, weights["post_attention_layernorm.weight"], cfg.rms_norm_eps)
+    gate, up = run("mlp.gate_proj", h)
+    act = gate / (1.0 + np.exp(-gate)) * up  # silu(gate) * up
+    (down,) = run("mlp.down_proj", act)
+    return x + down
+
+
+def logits(checkpoint: Checkpoint, ids: np.ndarray) -> np.ndarray:
+    """The next-token logits (batch, T, vocab) float32 of token ``ids`` (batch, T)."""
+    cfg = checkpoint.config
+    ids = np.asarray(ids)
+    x = checkpoint.tensor("model.embed_tokens.weight")[ids]
+    rope = rope_tables(cfg, ids.shape[1])
+    for i in range(cfg.num_layers):
+        x = decoder_layer(x, checkpoint.layer(i), cfg, rope)
+    x = rms_norm(x, checkpoint.tensor("model.norm.weight"), cfg.rms_norm_eps)
+    return x @ checkpoint.head().T

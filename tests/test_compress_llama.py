@@ -1,0 +1,277 @@
+"""llama-family models: the NumPy forward against transformers, and `slimgrad compress`
+on a llama folder (GPTQ layer by layer into compressed-tensors) checked through
+transformers: the weights it loads, its logits, its perplexity, and GPTQ's
+sequential inputs recomputed by transformers' own modules."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from slimgrad import _safetensors as st
+from slimgrad import cli, quant
+from slimgrad.models import llama
+
+CALIB = "the quick brown fox jumps over the lazy dog near the river bank at dawn\n" * 40
+
+
+def _tokenizer(folder):
+    """A byte-level BPE of 300 tokens trained on the calibration text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(CALIB.splitlines(), trainer)
+    tok.save(str(folder / "tokenizer.json"))
+
+
+def _model(tmp_path, arch="llama", shard=None, **extra):
+    """A random transformers model of ``arch`` saved (in shards of ``shard``) with a tokenizer."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config_class = {
+        "llama": transformers.LlamaConfig,
+        "qwen2": transformers.Qwen2Config,
+        "mistral": transformers.MistralConfig,
+    }[arch]
+    cfg = config_class(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        initializer_range=0.2,
+        **extra,
+    )
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    folder = tmp_path / arch
+    model.save_pretrained(folder, **({"max_shard_size": shard} if shard else {}))
+    _tokenizer(folder)
+    return folder, model
+
+
+@pytest.mark.parametrize(
+    "arch, extra",
+    [
+        ("llama", {}),
+        ("llama", {"tie_word_embeddings": True, "rope_theta": 500.0}),
+        ("qwen2", {}),  # q/k/v biases
+        ("mistral", {"sliding_window": None}),
+    ],
+    ids=["llama", "llama-tied", "qwen2", "mistral"],
+)
+def test_forward_equals_transformers(tmp_path, arch, extra):
+    torch = pytest.importorskip("torch")
+    folder, model = _model(tmp_path, arch, **extra)
+    ids = np.random.default_rng(0).integers(0, 300, (3, 23))
+    with torch.no_grad():
+        want = model(torch.from_numpy(ids)).logits.double().numpy()
+    got = llama.logits(llama.Checkpoint(folder), ids)
+    assert got.dtype == np.float32
+    assert np.abs(got - want).max() < 1e-5 * np.abs(want).max(), np.abs(got - want).max()
+
+
+def _folder(tmp_path, config, tensors):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    st.write(str(folder / "model.safetensors"), {n: st.to_entry(a) for n, a in tensors.items()}, {})
+    return folder
+
+
+def test_config_and_tensors_are_checked(tmp_path):
+    base = {
+        "model_type": "llama",
+        "hidden_size": 8,
+        "intermediate_size": 12,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "vocab_size": 11,
+    }
+    tensors = {"model.embed_tokens.weight": np.zeros((11, 8), np.float32)}
+    cases = [
+        ({"model_type": "bert"}, "model_type: expected one of llama, mistral, qwen2, got 'bert'"),
+        ({"hidden_size": 0}, "hidden_size: expected a positive integer, got 0"),
+        (
+            {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+            "rope_type 'llama3': only the default rotary embedding is supported",
+        ),
+        ({"model_type": "mistral", "sliding_window": 4096}, "sliding_window: sliding-window"),
+        ({"num_key_value_heads": 3}, "num_attention_heads (2) a multiple of num_key_value_heads"),
+    ]
+    for change, message in cases:
+        folder = _folder(tmp_path, {**base, **change}, tensors)
+        with pytest.raises(ValueError, match=re_escape(message)):
+            llama.Checkpoint(folder)
+        shutil.rmtree(folder)
+    folder = _folder(tmp_path, base, tensors)
+    with pytest.raises(ValueError, match=re_escape("no tensor 'model.norm.weight'")):
+        llama.Checkpoint(folder).check()
+    shutil.rmtree(folder)
+    folder = _folder(tmp_path, base, {"model.embed_tokens.weight": np.zeros((11, 9), np.float32)})
+    with pytest.raises(ValueError, match=re_escape("expected shape (11, 8) from config.json")):
+        llama.Checkpoint(folder).check()
+
+
+def re_escape(text):
+    import re
+
+    return re.escape(text)
+
+
+def _run(argv, capsys):
+    code = cli.main(["compress", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _dense_weights(model, layers=2):
+    """The Linear weights transformers runs a compressed-tensors model with
+    (compressed-tensors decompresses each on its first forward)."""
+    import torch
+
+    with torch.no_grad():
+        model(torch.zeros((1, 2), dtype=torch.long))
+    out = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+    out = {n: w for n, w in out.items() if n.endswith("_proj.weight")}
+    assert len(out) == 7 * layers, sorted(out)
+    return out
+
+
+def _perplexity(logits, ids):
+    z = logits[:, :-1].astype(np.float64)
+    z -= z.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    picked = np.take_along_axis(logp, ids[:, 1:, None], -1)
+    return math.exp(-picked.mean())
+
+
+def test_gptq_folder_loads_in_transformers(tmp_path, capsys):
+    """A model saved in shards, compressed with GPTQ int4 g32: the same shards
+    and an index; transformers loads the folder, its weights are on the int4
+    group grid and differ from the float ones, its logits are the NumPy
+    forward's with those weights; the printed float perplexity is
+    transformers' own on the held-out windows; every Linear has a row."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("compressed_tensors")
+    from slimgrad.compress._llama import token_windows
+    from tokenizers import Tokenizer
+
+    folder, model = _model(tmp_path, shard="60KB")
+    assert len(list(folder.glob("model-*.safetensors"))) > 1
+    (tmp_path / "calib.txt").write_text(CALIB)
+    held = "a lazy dog sleeps by the quick river while the fox waits\n" * 8
+    (tmp_path / "held.txt").write_text(held)
+    out = tmp_path / "q"
+    argv = [folder, "-o", out, "--bits", "4", "--group-size", "32", "--seq-len", "32"]
+    argv += ["--calib", tmp_path / "calib.txt", "--heldout", tmp_path / "held.txt"]
+    code, table, err = _run(argv, capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.glob("*.safetensors")) == sorted(
+        p.name for p in folder.glob("*.safetensors")
+    )
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert "model.layers.1.mlp.down_proj.weight_packed" in index["weight_map"]
+    assert len([ln for ln in table.splitlines() if ln.startswith("model.layers.")]) == 7 * 2
+
+    q = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    weights = _dense_weights(q)
+    floats = {n: p.detach().numpy() for n, p in model.named_parameters()}
+    for name, w in weights.items():
+        groups = w.reshape(-1, 32)  # symmetric int4: at most 15 values (-7..7) a group
+        assert max(len(np.unique(g)) for g in groups) <= 15, name
+        assert not np.array_equal(w, floats[name]), name
+    ckpt = llama.Checkpoint(folder)
+    read = ckpt.tensor
+    ckpt.tensor = lambda n: weights[n] if n.endswith("_proj.weight") else read(n)
+    ids = np.random.default_rng(1).integers(0, 300, (2, 31))
+    with torch.no_grad():
+        theirs = q(torch.from_numpy(ids)).logits.numpy()
+    assert np.abs(llama.logits(ckpt, ids) - theirs).max() < 1e-5 * np.abs(theirs).max()
+
+    windows = token_windows(
+        Tokenizer.from_file(str(folder / "tokenizer.json")), held.splitlines(), 32
+    )
+    with torch.no_grad():
+        want = _perplexity(model(torch.from_numpy(windows)).logits.numpy(), windows)
+        after = _perplexity(q(torch.from_numpy(windows)).logits.numpy(), windows)
+    line = next(ln for ln in table.splitlines() if "held-out perplexity" in ln)
+    printed = line.split("float ")[1].split(",")[0]
+    assert float(printed) == pytest.approx(want, rel=1e-4)
+    assert float(line.split("gptq int4 ")[1].split()[0]) == pytest.approx(after, rel=1e-4)
+
+
+def test_gptq_runs_each_group_on_the_quantized_layers_inputs(tmp_path, capsys):
+    """GPTQ's sequential recipe, recomputed with transformers' modules: layer
+    0's o_proj is GPTQ of the Hessian of its input with q/k/v already
+    quantized, layer 1's q/k/v of the input layer 0 (quantized) gives; and
+    --method rtn stores plain round-to-nearest codes."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("compressed_tensors")
+    from slimgrad.compress._llama import token_windows
+    from tokenizers import Tokenizer
+
+    folder, model = _model(tmp_path)
+    (tmp_path / "calib.txt").write_text(CALIB)
+    runs = {}
+    for method in ("gptq", "rtn"):
+        out = tmp_path / method
+        argv = [folder, "-o", out, "--method", method, "--bits", "4", "--group-size", "32"]
+        code, _, err = _run([*argv, "--seq-len", "32", "--calib", tmp_path / "calib.txt"], capsys)
+        assert code == 0, err
+        q = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+        runs[method] = _dense_weights(q)
+    floats = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+    for name, w in floats.items():
+        if name.endswith("_proj.weight"):
+            rtn = quant.quantize(w, 4, symmetric=True, granularity="group", group_size=32)
+            np.testing.assert_array_equal(runs["rtn"][name], rtn.dequantize())
+
+    windows = token_windows(
+        Tokenizer.from_file(str(folder / "tokenizer.json")), CALIB.splitlines(), 32
+    )
+    gptq = runs["gptq"]
+    captured = {}
+
+    def capture(name):
+        def hook(module, args):
+            captured[name] = args[0].detach().reshape(-1, args[0].shape[-1]).double().numpy()
+
+        return hook
+
+    layers = model.model.layers
+    handles = [
+        layers[0].self_attn.o_proj.register_forward_pre_hook(capture("o0")),
+        layers[1].self_attn.q_proj.register_forward_pre_hook(capture("q1")),
+    ]
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("model.layers.0.") and name.endswith("_proj.weight"):
+                p.copy_(torch.from_numpy(gptq[name]))  # layer 0 quantized, as GPTQ ran it
+        model(torch.from_numpy(windows))
+    for h in handles:
+        h.remove()
+    for key, targets in (
+        ("o0", ["model.layers.0.self_attn.o_proj.weight"]),
+        ("q1", [f"model.layers.1.self_attn.{p}_proj.weight" for p in "qkv"]),
+    ):
+        x = captured[key]
+        H = x.T @ x
+        ref = quant.gptq_shared(
+            [floats[t] for t in targets], H, bits=4, group_size=32, symmetric=True
+        )
+        for t, qt in zip(targets, ref):
+            same = np.mean(np.isclose(qt.dequantize(), gptq[t], rtol=0, atol=1e-6))
+            assert same > 0.99, (t, same)  # float32 vs float64 inputs: rare ties flip
