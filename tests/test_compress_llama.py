@@ -275,3 +275,55 @@ def test_gptq_runs_each_group_on_the_quantized_layers_inputs(tmp_path, capsys):
         for t, qt in zip(targets, ref):
             same = np.mean(np.isclose(qt.dequantize(), gptq[t], rtol=0, atol=1e-6))
             assert same > 0.99, (t, same)  # float32 vs float64 inputs: rare ties flip
+
+
+def test_windows_start_with_the_tokens_put_before_a_text(tmp_path):
+    from slimgrad.compress._llama import token_windows
+    from tokenizers import Tokenizer, processors
+
+    _tokenizer(tmp_path)
+    tok = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    plain = tok.encode("\n".join(CALIB.splitlines()), add_special_tokens=False).ids
+    w = token_windows(tok, CALIB.splitlines(), 16)
+    assert w.shape == (len(plain) // 16, 16)  # qwen2-like: no special tokens
+    np.testing.assert_array_equal(w.reshape(-1), plain[: w.size])
+    tok.add_special_tokens(["<s>", "</s>"])
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
+    )
+    w = token_windows(tok, CALIB.splitlines(), 16)
+    assert (w[:, 0] == bos).all() and eos not in w  # BOS before each window, EOS nowhere
+    np.testing.assert_array_equal(w[:, 1:].reshape(-1), plain[: w.shape[0] * 15])
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--prune", "wanda", "--sparsity", "0.5"], "--prune, --sparsity: not for llama-family"),
+        (["--method", "awq"], "--method awq: llama-family models take gptq or rtn"),
+        (["--bits", "0"], "--bits: expected 2..8 for a llama-family model, got 0"),
+        (["--seq-len", "1"], "--seq-len: expected at least 2 tokens, got 1"),
+        (["--seq-len", "100000"], "--calib: the text is shorter than one window"),
+        (["--format", "gguf"], "--format: not for llama-family models yet"),
+    ],
+    ids=["prune", "awq", "bits", "seq-len", "short-text", "gguf"],
+)
+def test_llama_user_errors_are_one_line_and_write_nothing(tmp_path, capsys, extra, message):
+    folder, _ = _model(tmp_path)
+    capsys.readouterr()  # transformers' save
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, out, err = _run([folder, "-o", tmp_path / "q", *extra], capsys)
+    assert (code, out) == (2, "")
+    assert err.startswith("slimgrad compress: error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_llama_without_tokenizer_is_refused(tmp_path, capsys):
+    folder, _ = _model(tmp_path)
+    capsys.readouterr()  # transformers' save
+    (folder / "tokenizer.json").unlink()
+    code, out, err = _run([folder, "-o", tmp_path / "q"], capsys)
+    assert (code, out) == (2, "") and "no tokenizer.json" in err
+    assert not (tmp_path / "q").exists()

@@ -41,12 +41,16 @@ LINEARS = tuple(n for group in llama.GROUPS.values() for n in group)
 
 def token_windows(tokenizer: Any, lines: list[str], length: int) -> np.ndarray:
     """The text of ``lines`` (joined by newlines) as token windows
-    (n, ``length``) int64, each starting with the tokenizer's BOS when it
-    adds one; the tail shorter than a window is dropped."""
+    (n, ``length``) int64, each starting with the special tokens the
+    tokenizer puts before a text (llama's and mistral's BOS; none for
+    qwen2); the tail shorter than a window is dropped."""
     ids = tokenizer.encode("\n".join(lines), add_special_tokens=False).ids
-    bos = [i for i in tokenizer.encode("", add_special_tokens=True).ids]
-    step = length - len(bos)
-    windows = [bos + ids[s : s + step] for s in range(0, len(ids) - step + 1, step)]
+    plain = tokenizer.encode("a", add_special_tokens=False).ids
+    marked = tokenizer.encode("a", add_special_tokens=True).ids
+    start = marked.index(plain[0]) if plain and plain[0] in marked else 0
+    prefix = marked[:start]
+    step = length - len(prefix)
+    windows = [prefix + ids[s : s + step] for s in range(0, len(ids) - step + 1, step)]
     return np.array(windows, dtype=np.int64).reshape(-1, length)
 
 

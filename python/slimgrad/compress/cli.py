@@ -364,7 +364,7 @@ DEFAULT_SEQ_LEN = 512
 
 def _run_llama(args: argparse.Namespace) -> int:
     """A llama-family folder: GPTQ / RTN layer by layer into a compressed-tensors folder."""
-    from .._cli_common import check_paths
+    from .._cli_common import check_paths, refuse_quantized
     from ._pipeline import Recipe
 
     refused = [
@@ -411,6 +411,8 @@ def _run_llama(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         checkpoint = llama.Checkpoint(args.model)
+        for path, src in zip(checkpoint.files, checkpoint.sources):
+            refuse_quantized(str(path), src.metadata, src.tensors, "compress")
         checkpoint.check()
     except (OSError, ValueError) as e:
         raise UsageError(str(e)) from None
