@@ -33,7 +33,7 @@ import numpy as np
 
 from ..models import llama
 from ..models.calibration import hessian_accumulate
-from ._pipeline import LayerReport, Recipe, relative_error
+from ._pipeline import LayerReport, Recipe, compress_layer, relative_error
 
 _LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)\.weight")
 LINEARS = tuple(n for group in llama.GROUPS.values() for n in group)
@@ -94,43 +94,38 @@ class Sequential:
     def _advance(self) -> None:
         from .. import quant
 
-        i, cfg, r = self._done, self.checkpoint.config, self.recipe
+        i, cfg = self._done, self.checkpoint.config
         weights = self.checkpoint.layer(i)
         used: dict[str, np.ndarray] = {}
 
         def hook(group: str, rows: np.ndarray, floats: dict[str, np.ndarray]) -> dict:
             started = time.perf_counter()
-            H = np.zeros((rows.shape[1], rows.shape[1]), np.float64)
-            hessian_accumulate(rows, H)
-            names = list(floats)
-            options = {"bits": r.bits, "group_size": r.group_size, "symmetric": r.symmetric}
-            if r.method == "gptq":
-                qts = quant.gptq_shared([floats[n] for n in names], H, damp=r.damp, **options)
-            else:
-                kind = "group" if r.group_size else "channel"
-                qts = [
-                    quant.quantize(
-                        floats[n],
-                        r.bits,
-                        symmetric=r.symmetric,
-                        granularity=kind,
-                        group_size=r.group_size or 128,
-                        name=f"model.layers.{i}.{n}.weight",
-                    )
-                    for n in names
-                ]
-            seconds = (time.perf_counter() - started) / len(names)
-            for n, qt in zip(names, qts):
-                w_hat = qt.dequantize()
+            d = rows.shape[1]
+            H, abs_sum, sq_sum = np.zeros((d, d)), np.zeros(d), np.zeros(d)
+            hessian_accumulate(rows, H, abs_sum, sq_sum)
+            act_mean, act_norm = abs_sum / rows.shape[0], np.sqrt(sq_sum)
+            with quant.reuse_factors():  # the group's layers share H: one factor
+                made = {
+                    n: compress_layer(w, H, act_mean, act_norm, self.recipe)
+                    for n, w in floats.items()
+                }
+            seconds = (time.perf_counter() - started) / len(made)
+            for n, (qt, w_hat) in made.items():
                 self._pending[f"model.layers.{i}.{n}.weight"] = qt
                 used[f"{n}.weight"] = w_hat
                 err = relative_error(floats[n], w_hat, H)
                 self.reports.append(
                     LayerReport(
-                        f"model.layers.{i}.{n}", w_hat.shape, r, qt.nbytes, 1.0, err, seconds
+                        f"model.layers.{i}.{n}",
+                        w_hat.shape,
+                        self.recipe,
+                        qt.nbytes,
+                        1.0,
+                        err,
+                        seconds,
                     )
                 )
-            return {n: used[f"{n}.weight"] for n in names}
+            return {n: w_hat for n, (_, w_hat) in made.items()}
 
         self._x = llama.decoder_layer(self._x, weights, cfg, self._rope, hook)
         self._float = llama.decoder_layer(self._float, weights, cfg, self._rope)
