@@ -179,14 +179,8 @@ def global_magnitude_masks(weights: Mapping[str, np.ndarray], sparsity: float) -
     ValueError
         sparsity outside ``[0, 1]`` or a NaN weight (named with its index).
     """
-    if not isinstance(weights, Mapping):
-        raise TypeError(f"weights: expected a dict of arrays, got {type(weights).__name__}")
-    s = _check_fraction(sparsity, "sparsity")
-    names = list(weights)
-    arrays = [weights[n] for n in names]
-    total = sum(int(a.size) for a in arrays if isinstance(a, np.ndarray))
-    masks = _select(arrays, [f"weights[{n!r}]" for n in names], _count(s, total))
-    return dict(zip(names, masks))
+    names, arrays, labels, k = _global_selection(weights, sparsity)
+    return dict(zip(names, _select(arrays, labels, k)))
 
 
 def global_magnitude_counts(weights: Mapping[str, np.ndarray], sparsity: float) -> dict:
@@ -213,14 +207,20 @@ def global_magnitude_counts(weights: Mapping[str, np.ndarray], sparsity: float) 
     ``T``'s copies to prune go to the arrays in order. Memory: a few
     histograms.
     """
+    names, arrays, labels, k = _global_selection(weights, sparsity)
+    return dict(zip(names, (int(c) for c in _global_counts(arrays, labels, k))))
+
+
+def _global_selection(weights: Mapping[str, np.ndarray], sparsity: float) -> tuple:
+    """(names, arrays, their labels in messages, entries to prune) of a
+    global selection's arguments, checked."""
     if not isinstance(weights, Mapping):
         raise TypeError(f"weights: expected a dict of arrays, got {type(weights).__name__}")
     s = _check_fraction(sparsity, "sparsity")
     names = list(weights)
     arrays = [weights[n] for n in names]
     total = sum(int(a.size) for a in arrays if isinstance(a, np.ndarray))
-    counts = _global_counts(arrays, [f"weights[{n!r}]" for n in names], _count(s, total))
-    return dict(zip(names, (int(c) for c in counts)))
+    return names, arrays, [f"weights[{n!r}]" for n in names], _count(s, total)
 
 
 def _axis(w: np.ndarray, axis: object, name: str = "axis") -> int:

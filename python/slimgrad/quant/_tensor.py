@@ -211,25 +211,14 @@ class QuantizedTensor:
 
     def spec(self) -> dict[str, Any]:
         """The quantization spec as plain values (what ``save`` writes as metadata)."""
-        return _spec(
-            self.shape,
-            self.bits,
-            self.symmetric,
-            self.granularity,
-            self.axis,
-            self.group_size,
-            self.source_dtype,
-        )
+        return _spec(*self._layout(), self.source_dtype)
+
+    def _layout(self) -> tuple:
+        """(shape, bits, symmetric, granularity, axis, group_size): how the codes lie."""
+        return (self.shape, self.bits, self.symmetric, self.granularity, self.axis, self.group_size)
 
     def _core_spec(self, **extra: Any) -> dict[str, Any]:
-        layout = (
-            self.shape,
-            self.bits,
-            self.symmetric,
-            self.granularity,
-            self.axis,
-            self.group_size,
-        )
+        layout = self._layout()
         if extra:
             return _core_spec(*layout, **extra)
         # The plain spec is kept with the layout it was made from: building it
