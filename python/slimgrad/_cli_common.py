@@ -1,19 +1,14 @@
 """What ``slimgrad quantize`` and ``slimgrad prune`` share: path checks, the
-"already quantized" refusal, include/exclude patterns, the progress bar, the
-table and the writing of a model folder (its shards and index).
+"already quantized" refusal, include/exclude patterns, the progress bar and the table.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import sys
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TypeVar
 
 from ._report import Row, print_table  # noqa: F401 (re-exported for the CLIs)
 from .errors import UsageError
@@ -30,8 +25,6 @@ __all__ = [
     "refuse_quantized",
     "same_file",
     "selected",
-    "write_model_folder",
-    "write_shards",
 ]
 
 T = TypeVar("T")
@@ -154,60 +147,3 @@ def parse_nm(text: str) -> tuple[int, int]:
     if not 0 < n < m:
         raise UsageError(f"--nm: expected 0 < N < M (keep N of every M), got {text!r}")
     return n, m
-
-
-# files of a model folder that hold weights: not copied into a new model folder
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".h5", ".msgpack")
-
-
-def write_model_folder(folder: Path, output: str, fill: Callable[[Path], None]) -> None:
-    """A new model folder at ``output``: the files of ``folder`` that are not
-    weights (config, tokenizer, README, ...) are copied into a folder built
-    next to ``output``, ``fill(tmp)`` writes the weights there (and may
-    replace ``config.json``), and the folder is renamed to ``output``. A
-    failure leaves nothing; ``output`` is new or an empty folder (checked
-    by :func:`check_paths` before any work)."""
-    final = Path(output)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent.resolve()))
-    try:
-        for item in folder.iterdir():
-            if item.suffix in _WEIGHT_SUFFIXES or item.name == "model.safetensors.index.json":
-                continue
-            if item.is_dir():
-                shutil.copytree(item, tmp / item.name)
-            else:
-                shutil.copy2(item, tmp / item.name)
-        fill(tmp)
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)  # what mkdir gives, not mkdtemp's 0700
-        if final.exists():
-            final.rmdir()
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
-def write_shards(
-    folder: Path, shards: Sequence[tuple[str, dict[str, Any], dict | None]], index: dict | None
-) -> None:
-    """Writes each ``(file name, tensors, metadata)`` of ``shards`` into
-    ``folder`` and, for a sharded checkpoint (``index`` given: the input's
-    ``model.safetensors.index.json``), a new index: its ``weight_map`` names
-    the file of every tensor written, its ``total_size`` their bytes, the
-    rest of it is kept."""
-    from . import _safetensors as st
-
-    weight_map, total = {}, 0
-    for name, tensors, metadata in shards:
-        st.write(str(folder / name), tensors, metadata)
-        weight_map.update(dict.fromkeys(tensors, name))
-        total += sum(
-            t.nbytes if isinstance(t, st.Deferred) else len(t.data) for t in tensors.values()
-        )
-    if index is not None:
-        index = {**index, "metadata": {**index.get("metadata", {}), "total_size": total}}
-        index["weight_map"] = dict(sorted(weight_map.items()))  # as transformers writes it
-        with open(folder / "model.safetensors.index.json", "w", encoding="utf-8") as f:
-            json.dump(index, f, indent=2)

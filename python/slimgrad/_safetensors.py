@@ -1,4 +1,5 @@
-"""The package's one safetensors reader and one atomic file writer.
+"""The package's one safetensors reader and one atomic file writer, and the
+Hugging Face model folders made of them (one file, or shards with an index).
 
 The format: an 8-byte little-endian header length ``n``, ``n`` bytes of JSON
 ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}``
@@ -30,8 +31,11 @@ import json
 import os
 import re
 import secrets
+import shutil
 import struct
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import ml_dtypes
@@ -74,6 +78,7 @@ BITS = {
 # what safetensors.numpy reads (the rest is read here, raw)
 _PACKAGE_READS = {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16", "F32", "F64"}
 
+INDEX = "model.safetensors.index.json"  # a sharded checkpoint's map: tensor -> shard file
 MAX_HEADER = 100 * 2**20  # bytes of JSON header (the safetensors package's own limit)
 MAX_DEPTH = 8  # JSON nesting of the header (a valid one has 3)
 MAX_DIMS = 64  # dimensions of one tensor
@@ -419,3 +424,103 @@ def write(
                 del data  # before the next tensor is made
 
     atomic(path, fill)
+
+
+# -- model folders: one file, or shards with their index ----------------------------
+def model_files(source: str | os.PathLike) -> tuple[Path, list[Path], dict | None]:
+    """(model folder, safetensors files, index) of a model folder or one
+    .safetensors file. A folder holds ``model.safetensors`` or shards listed
+    by ``model.safetensors.index.json`` (its ``weight_map``: tensor -> file
+    in the folder); the index is returned as read (None without one).
+
+    Raises ``FileNotFoundError`` for a missing folder, weights or shard and
+    ``ValueError`` naming the index and the entry for an index that is not
+    a JSON object whose ``weight_map`` maps tensor names to file names in the
+    folder (a path elsewhere is refused).
+    """
+    source = Path(source)
+    if source.is_file():
+        return source.parent, [source], None
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: no such file or folder")
+    path = source / INDEX
+    if not path.exists():
+        single = source / "model.safetensors"
+        if not single.exists():
+            raise FileNotFoundError(f"{source}: no model.safetensors or {INDEX}")
+        return source, [single], None
+    if path.stat().st_size > MAX_HEADER:
+        raise ValueError(f"{path}: an index of {path.stat().st_size} bytes, limit {MAX_HEADER}")
+    try:
+        index = load_json(path.read_bytes(), MAX_DEPTH)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path}: not a JSON index ({e})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{path}: expected an object with a non-empty weight_map")
+    files = []
+    for name, file in weight_map.items():
+        plain = isinstance(file, str) and Path(file).name == file
+        if not (plain and file.endswith(".safetensors")):
+            raise ValueError(
+                f"{path}: weight_map[{name!r}]: expected a .safetensors file name in the "
+                f"folder, got {file!r}"
+            )
+        if file not in files:
+            if not (source / file).is_file():
+                raise FileNotFoundError(f"{path}: weight_map[{name!r}]: no shard {source / file}")
+            files.append(file)
+    return source, [source / file for file in sorted(files)], index
+
+
+# files of a model folder that hold weights: not copied into a new model folder
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".h5", ".msgpack")
+
+
+def write_model_folder(folder: Path, output: str, fill: Callable[[Path], None]) -> None:
+    """A new model folder at ``output``: the files of ``folder`` that are not
+    weights (config, tokenizer, README, ...) are copied into a folder built
+    next to ``output``, ``fill(tmp)`` writes the weights there (and may
+    replace ``config.json``), and the folder is renamed to ``output``. A
+    failure leaves nothing; ``output`` is new or an empty folder (the
+    commands check it before any work)."""
+    final = Path(output)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent.resolve()))
+    try:
+        for item in folder.iterdir():
+            if item.suffix in _WEIGHT_SUFFIXES or item.name == INDEX:
+                continue
+            if item.is_dir():
+                shutil.copytree(item, tmp / item.name)
+            else:
+                shutil.copy2(item, tmp / item.name)
+        fill(tmp)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # what mkdir gives, not mkdtemp's 0700
+        if final.exists():
+            final.rmdir()
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def write_shards(
+    folder: Path, shards: Sequence[tuple[str, dict[str, Any], dict | None]], index: dict | None
+) -> None:
+    """Writes each ``(file name, tensors, metadata)`` of ``shards`` into
+    ``folder`` and, for a sharded checkpoint (``index`` given: the input's
+    ``model.safetensors.index.json``), a new index: its ``weight_map`` names
+    the file of every tensor written, its ``total_size`` their bytes, the
+    rest of it is kept."""
+    weight_map, total = {}, 0
+    for name, tensors, metadata in shards:
+        write(str(folder / name), tensors, metadata)
+        weight_map.update(dict.fromkeys(tensors, name))
+        total += sum(t.nbytes if isinstance(t, Deferred) else len(t.data) for t in tensors.values())
+    if index is not None:
+        index = {**index, "metadata": {**index.get("metadata", {}), "total_size": total}}
+        index["weight_map"] = dict(sorted(weight_map.items()))  # as transformers writes it
+        with open(folder / INDEX, "w", encoding="utf-8") as f:
+            json.dump(index, f, indent=2)

@@ -163,7 +163,6 @@ def write_folder(
     import json
 
     from .. import _safetensors as st
-    from .._cli_common import write_model_folder, write_shards
     from ..quant import compressed
 
     symmetric, bits, group = recipe.symmetric, recipe.bits, recipe.group_size
@@ -207,6 +206,6 @@ def write_folder(
             targets, bits, symmetric, group
         )
         (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-        write_shards(tmp, shards, checkpoint.index)
+        st.write_shards(tmp, shards, checkpoint.index)
 
-    write_model_folder(checkpoint.folder, output, fill)
+    st.write_model_folder(checkpoint.folder, output, fill)

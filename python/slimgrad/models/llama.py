@@ -129,7 +129,8 @@ class Checkpoint:
     disk; a 7B model is never in memory at once)."""
 
     def __init__(self, folder: str | Path) -> None:
-        from ..quant._stream import model_files, open_safetensors
+        from .._safetensors import model_files
+        from ..quant._stream import open_safetensors
 
         self.folder = Path(folder)
         self.config = Config.read(self.folder)

@@ -34,8 +34,6 @@ from .._cli_common import (
     refuse_gguf,
     refuse_quantized,
     selected,
-    write_model_folder,
-    write_shards,
 )
 from .._report import Row
 from ._masks import _count, _global_counts, _nm_mask, _select
@@ -106,7 +104,7 @@ def _zeros(w: np.ndarray) -> int:
 def run(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
-    from ..quant._stream import model_files, open_safetensors
+    from ..quant._stream import open_safetensors
 
     nm = parse_nm(args.nm) if args.nm is not None else None
     if nm is None and not 0.0 <= args.sparsity <= 1.0:
@@ -119,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     check_paths(args.input, args.output, output_is_folder=as_folder)
     refuse_gguf(args.input, "prune")
     try:
-        folder, files, index = model_files(args.input)
+        folder, files, index = st.model_files(args.input)
     except OSError as e:
         raise UsageError(str(e)) from None
     with ExitStack() as stack:
@@ -208,8 +206,8 @@ def run(args: argparse.Namespace) -> int:
         ]
         try:
             if as_folder:
-                write_model_folder(
-                    folder, args.output, lambda tmp: write_shards(tmp, shards, index)
+                st.write_model_folder(
+                    folder, args.output, lambda tmp: st.write_shards(tmp, shards, index)
                 )
             else:
                 st.write(args.output, shards[0][1], shards[0][2])

@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from .._safetensors import DTYPES, MAX_DEPTH, MAX_HEADER, load_json, read_header
+from .._safetensors import DTYPES, read_header
 
-__all__ = ["INDEX", "Info", "Source", "model_files", "open_safetensors"]
+__all__ = ["Info", "Source", "open_safetensors"]
 
 _NOT_IN_SAFE_OPEN = ("BF16", "F8_E4M3", "F8_E5M2")
-INDEX = "model.safetensors.index.json"  # a sharded checkpoint's map: tensor -> shard file
 
 
 @dataclass(frozen=True)
@@ -110,49 +108,3 @@ def open_safetensors(path: str | os.PathLike) -> Source:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
     return Source(path)
-
-
-def model_files(source: str | os.PathLike) -> tuple[Path, list[Path], dict | None]:
-    """(model folder, safetensors files, index) of a model folder or one
-    .safetensors file. A folder holds ``model.safetensors`` or shards listed
-    by ``model.safetensors.index.json`` (its ``weight_map``: tensor -> file
-    in the folder); the index is returned as read (None without one).
-
-    Raises ``FileNotFoundError`` for a missing folder, weights or shard and
-    ``ValueError`` naming the index and the entry for an index that is not
-    a JSON object whose ``weight_map`` maps tensor names to file names in the
-    folder (a path elsewhere is refused).
-    """
-    source = Path(source)
-    if source.is_file():
-        return source.parent, [source], None
-    if not source.is_dir():
-        raise FileNotFoundError(f"{source}: no such file or folder")
-    path = source / INDEX
-    if not path.exists():
-        single = source / "model.safetensors"
-        if not single.exists():
-            raise FileNotFoundError(f"{source}: no model.safetensors or {INDEX}")
-        return source, [single], None
-    if path.stat().st_size > MAX_HEADER:
-        raise ValueError(f"{path}: an index of {path.stat().st_size} bytes, limit {MAX_HEADER}")
-    try:
-        index = load_json(path.read_bytes(), MAX_DEPTH)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"{path}: not a JSON index ({e})") from None
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise ValueError(f"{path}: expected an object with a non-empty weight_map")
-    files = []
-    for name, file in weight_map.items():
-        plain = isinstance(file, str) and Path(file).name == file
-        if not (plain and file.endswith(".safetensors")):
-            raise ValueError(
-                f"{path}: weight_map[{name!r}]: expected a .safetensors file name in the "
-                f"folder, got {file!r}"
-            )
-        if file not in files:
-            if not (source / file).is_file():
-                raise FileNotFoundError(f"{path}: weight_map[{name!r}]: no shard {source / file}")
-            files.append(file)
-    return source, [source / file for file in sorted(files)], index

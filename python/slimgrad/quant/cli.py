@@ -169,8 +169,9 @@ def run(args: argparse.Namespace) -> int:
 # -- GGUF ------------------------------------------------------------------------------
 def _run_gguf(args: argparse.Namespace) -> int:
     from .._cli_common import UsageError, compile_patterns, print_table
+    from .._safetensors import model_files
     from . import gguf_mix
-    from ._stream import model_files, open_safetensors
+    from ._stream import open_safetensors
     from .gguf_export import export_gguf
 
     ftype = args.type or "Q8_0"
@@ -250,7 +251,8 @@ def _imatrix(path: str) -> dict[str, np.ndarray]:
 
 def _refuse_quantized_folder(source: str, command: str) -> None:
     from .._cli_common import refuse_quantized
-    from ._stream import model_files, open_safetensors
+    from .._safetensors import model_files
+    from ._stream import open_safetensors
 
     for f in model_files(source)[1]:
         with open_safetensors(f) as src:
@@ -324,8 +326,9 @@ def _run_integer(args: argparse.Namespace, fmt: str) -> int:
 
     from .. import _safetensors as st
     from .._cli_common import UsageError, compile_patterns, print_table, refuse_quantized
+    from .._safetensors import model_files
     from . import io
-    from ._stream import model_files, open_safetensors
+    from ._stream import open_safetensors
 
     include = compile_patterns("--include", args.include)
     exclude = compile_patterns("--exclude", args.exclude)
@@ -543,7 +546,7 @@ def _write_compressed_folder(
     """The model folder: the quantized weights in the input's shards (and a
     new index), ``config.json`` with its ``quantization_config``, the rest of
     the input folder copied; built aside, then renamed."""
-    from .._cli_common import write_model_folder, write_shards
+    from .._safetensors import write_model_folder, write_shards
     from . import compressed
 
     def fill(tmp: Path) -> None:

@@ -40,8 +40,9 @@ import numpy as np
 from .. import _core
 from .._float32 import as_float32
 from .._report import Row
+from .._safetensors import model_files
 from . import gguf_mix
-from ._stream import Source, model_files, open_safetensors
+from ._stream import Source, open_safetensors
 
 __all__ = ["ARCHES", "export_gguf"]
 
