@@ -177,3 +177,35 @@ def test_llama_cpp_runs_the_file(llama, tmp_path):
     with torch.no_grad():
         ref = model(torch.tensor([ids])).logits[0].double().numpy()
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-3)
+
+
+def test_given_blocks_are_written_in_llama_cpp_layout(llama, tmp_path):
+    """Replacement blocks (GPTQ's codes, say) of q and k get the rows of
+    llama.cpp's RoPE layout like float tensors do: every Linear given as
+    Q4_0 blocks of slimgrad's int4 codes, the file's logits equal
+    transformers' with the blocks' dequantized weights."""
+    from slimgrad import quant
+    from slimgrad.quant import gguf as blocks
+
+    folder, model, tok = llama
+    replace, dequantized = {}, {}
+    for name, p in model.named_parameters():
+        if name.endswith("_proj.weight"):
+            qt = quant.quantize(
+                p.detach().numpy(), 4, symmetric=True, granularity="group", group_size=32
+            )
+            kind, data = blocks.from_quantized(qt)
+            replace[name] = (kind, data.view(np.uint8))
+            dequantized[name] = blocks.dequantize(data.view(np.uint8), kind, qt.shape)
+    export_gguf(folder, tmp_path / "q.gguf", "F32", replace=replace)
+    _, w = read(tmp_path / "q.gguf")
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in dequantized.items()}
+    quantized = transformers.LlamaForCausalLM(model.config).eval()
+    quantized.load_state_dict({**model.state_dict(), **state})
+    for text in TEXT:
+        ids = tok.encode(text).ids
+        with torch.no_grad():
+            ref = quantized(torch.tensor([ids])).logits[0].double().numpy()
+            plain = model(torch.tensor([ids])).logits[0].double().numpy()
+        np.testing.assert_allclose(forward(w, ids), ref, rtol=0, atol=1e-4)
+        assert np.abs(ref - plain).max() > 1e-3  # the blocks were used

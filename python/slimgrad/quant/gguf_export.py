@@ -101,6 +101,18 @@ def _hf_name(arch: str, name: str) -> str:
     return name[len("bert.") :] if arch == "bert" and name.startswith("bert.") else name
 
 
+def _rope_heads(name: str, cfg: dict[str, Any]) -> int:
+    """The heads whose rows :func:`_permute` reorders for the GGUF tensor
+    ``name`` (llama / mistral q and k), else 0."""
+    if cfg.get("model_type") not in ("llama", "mistral"):
+        return 0
+    if name.endswith(("attn_q.weight", "attn_q.bias")):
+        return cfg["num_attention_heads"]
+    if name.endswith(("attn_k.weight", "attn_k.bias")):
+        return cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    return 0
+
+
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """HF's rotate-half q/k rows to GGML's interleaved RoPE pairs (the converter's permute)."""
     rows = w.shape[0]
@@ -370,20 +382,20 @@ def _convert(
     p: _Plan, cfg: dict[str, Any], imatrix: dict[str, np.ndarray] | None
 ) -> tuple[np.ndarray, str]:
     """(array the writer gets, note) for one planned tensor."""
-    if isinstance(p.given, tuple):
-        return np.ascontiguousarray(p.given[1]), ""
+    heads = _rope_heads(p.name, cfg)
+    if isinstance(p.given, tuple):  # blocks: each row's bytes move with the row
+        blocks = np.ascontiguousarray(p.given[1])
+        if heads:
+            rows = blocks.reshape(p.shape[0], -1)
+            blocks = np.ascontiguousarray(_permute(rows, heads)).reshape(blocks.shape)
+        return blocks, ""
     w = np.asarray(p.source.array(p.hf_name) if p.given is None else p.given)
     if w.dtype.kind not in "f" and w.dtype.name != "bfloat16":
         raise ValueError(
             f"{p.source.path}: tensor {p.hf_name!r} is {w.dtype.name}, expected floating point"
         )
     w = as_float32(w)
-    if p.name.endswith(
-        ("attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias")
-    ) and cfg.get("model_type") in ("llama", "mistral"):
-        heads = cfg["num_attention_heads"]
-        if ".attn_k." in p.name:
-            heads = cfg.get("num_key_value_heads", heads)
+    if heads:
         w = _permute(w, heads)
     t = p.choice.type
     if t == "F32":
