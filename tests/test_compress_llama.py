@@ -41,7 +41,7 @@ def _model(tmp_path, arch="llama", shard=None, **extra):
         "qwen2": transformers.Qwen2Config,
         "mistral": transformers.MistralConfig,
     }[arch]
-    cfg = config_class(
+    sizes = dict(
         vocab_size=300,
         hidden_size=64,
         intermediate_size=96,
@@ -50,8 +50,8 @@ def _model(tmp_path, arch="llama", shard=None, **extra):
         num_key_value_heads=2,
         max_position_embeddings=128,
         initializer_range=0.2,
-        **extra,
     )
+    cfg = config_class(**{**sizes, **extra})
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
     folder = tmp_path / arch
@@ -305,9 +305,9 @@ def test_windows_start_with_the_tokens_put_before_a_text(tmp_path):
         (["--bits", "0"], "--bits: expected 2..8 for a llama-family model, got 0"),
         (["--seq-len", "1"], "--seq-len: expected at least 2 tokens, got 1"),
         (["--seq-len", "100000"], "--calib: the text is shorter than one window"),
-        (["--format", "gguf"], "--format: not for llama-family models yet"),
+        (["--format", "gguf", "--group-size", "48"], "--group-size 48: GGUF blocks hold 32"),
     ],
-    ids=["prune", "awq", "bits", "seq-len", "short-text", "gguf"],
+    ids=["prune", "awq", "bits", "seq-len", "short-text", "gguf-group"],
 )
 def test_llama_user_errors_are_one_line_and_write_nothing(tmp_path, capsys, extra, message):
     folder, _ = _model(tmp_path)
@@ -327,3 +327,58 @@ def test_llama_without_tokenizer_is_refused(tmp_path, capsys):
     code, out, err = _run([folder, "-o", tmp_path / "q"], capsys)
     assert (code, out) == (2, "") and "no tokenizer.json" in err
     assert not (tmp_path / "q").exists()
+
+
+def test_gguf_output_holds_the_codes_and_its_perplexity_is_read_back(tmp_path, capsys):
+    """``-o OUT.gguf``: the Linear layers in Q4_0 blocks of the same GPTQ
+    codes as the compressed-tensors folder (only the scales in float16), the
+    rest typed as ``slimgrad quantize --type Q4_0`` types it (the same file
+    size); the printed read-back perplexity is the one an independent
+    GGUF-layout forward (the gguf package's dequantization, llama.cpp's
+    interleaved RoPE: tests/test_gguf_export_llama.py) computes."""
+    gguf = pytest.importorskip("gguf")
+    pytest.importorskip("transformers")
+    pytest.importorskip("compressed_tensors")
+    import test_gguf_export_llama as layout
+    from slimgrad.compress._llama import token_windows
+    from tokenizers import Tokenizer
+
+    cfg = {k: v for k, v in layout.CFG.items() if k != "max_position_embeddings"}
+    folder, model = _model(tmp_path, **cfg)
+    capsys.readouterr()
+    (tmp_path / "calib.txt").write_text(CALIB)
+    common = ["--bits", "4", "--group-size", "32", "--seq-len", "32"]
+    common += ["--calib", tmp_path / "calib.txt", "--heldout", tmp_path / "calib.txt"]
+    code, table, err = _run([folder, "-o", tmp_path / "q.gguf", *common], capsys)
+    assert code == 0, err
+    code, _, err = _run([folder, "-o", tmp_path / "q", *common], capsys)
+    assert code == 0, err
+    reader = gguf.GGUFReader(str(tmp_path / "q.gguf"))
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert {types[f"blk.{i}.{n}.weight"] for i in range(2) for n in ("attn_q", "ffn_down")} == {
+        "Q4_0"
+    }
+    assert reader.get_field("general.file_type").contents() == 2  # MOSTLY_Q4_0
+
+    # the same codes as the compressed-tensors folder: equal up to float16 scales
+    import transformers
+
+    dense = _dense_weights(transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "q").eval())
+    _, w = layout.read(tmp_path / "q.gguf")
+    down = w["blk.1.ffn_down.weight"]
+    np.testing.assert_allclose(
+        down, dense["model.layers.1.mlp.down_proj.weight"], rtol=2e-3, atol=1e-6
+    )
+
+    windows = token_windows(
+        Tokenizer.from_file(str(folder / "tokenizer.json")), CALIB.splitlines(), 32
+    )
+    nll = 0.0
+    for ids in windows:
+        z = layout.forward(w, ids)[:-1]
+        z = z - z.max(-1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+        nll -= logp[np.arange(len(ids) - 1), ids[1:]].sum()
+    want = math.exp(nll / (windows.shape[0] * (windows.shape[1] - 1)))
+    line = next(ln for ln in table.splitlines() if "as read back from the file" in ln)
+    assert float(line.rsplit("perplexity ", 1)[1]) == pytest.approx(want, rel=1e-4)

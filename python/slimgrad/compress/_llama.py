@@ -20,6 +20,7 @@ leaves ``lm_head`` in float, as the reference and llm-compressor do).
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import re
@@ -139,19 +140,11 @@ class Sequential:
         ckpt, cfg = self.checkpoint, self.checkpoint.config
         assert self._done == cfg.num_layers
         norm, head = ckpt.tensor("model.norm.weight"), ckpt.head()
-        out = []
-        for x in (self._float, self._quant):
-            nll = 0.0
-            for seq, ids in zip(x, self.heldout_ids):
-                z = llama.rms_norm(seq[:-1], norm, cfg.rms_norm_eps) @ head.T
-                z = z.astype(np.float64)
-                z -= z.max(axis=-1, keepdims=True)
-                logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-                nll -= float(logp[np.arange(len(ids) - 1), ids[1:]].sum())
-            out.append(
-                math.exp(nll / (self.heldout_ids.shape[0] * (self.heldout_ids.shape[1] - 1)))
-            )
-        return out[0], out[1]
+        before, after = (
+            perplexity(llama.rms_norm(x, norm, cfg.rms_norm_eps), head, self.heldout_ids)
+            for x in (self._float, self._quant)
+        )
+        return before, after
 
 
 def write_folder(
@@ -209,3 +202,69 @@ def write_folder(
         st.write_shards(tmp, shards, checkpoint.index)
 
     st.write_model_folder(checkpoint.folder, output, fill)
+
+
+def write_gguf(checkpoint: llama.Checkpoint, sequential: Sequential, output: str) -> None:
+    """A GGUF llama.cpp runs: every layer quantized (in order), its codes in
+    llama.cpp blocks (``quant.gguf.from_quantized``: 2..4-bit codes in Q4_0,
+    5 in Q5_0, 6..8 in Q8_0; only the scales rounded to float16), the rest
+    as ``slimgrad quantize --type`` of that block type writes it.
+    ``ValueError`` (nothing written) for codes without a block form."""
+    from ..quant import export_gguf
+    from ..quant import gguf as blocks
+
+    replace = {}
+    for i in range(checkpoint.config.num_layers):
+        for n in LINEARS:
+            name = f"model.layers.{i}.{n}.weight"
+            kind, data = blocks.from_quantized(sequential.quantized(name))
+            replace[name] = (kind, data.view(np.uint8))
+    # the file type of the codes' blocks: the embedding and the head get what
+    # llama-quantize gives them in that type (Q4_0: Q4_0 and Q6_K), so the file
+    # is the size of llama.cpp's own and differs only in the Linear codes
+    kinds = [kind for kind, _ in replace.values()]
+    export_gguf(checkpoint.folder, output, max(set(kinds), key=kinds.count), replace=replace)
+
+
+def gguf_perplexity(checkpoint: llama.Checkpoint, path: str, ids: np.ndarray) -> float:
+    """The perplexity of token windows ``ids`` with every tensor read back from
+    the GGUF at ``path`` (llama.cpp's names and RoPE row order undone), run by
+    the NumPy forward."""
+    import gguf
+
+    from ..quant import gguf_mix
+
+    cfg = checkpoint.config
+    tensors = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_layers)
+
+    def read(name: str) -> np.ndarray:
+        t = tensors[names.get_name(name, try_suffixes=(".weight",))]
+        shape = tuple(int(s) for s in reversed(t.shape))
+        if t.tensor_type.name in ("F32", "F16"):
+            w = np.asarray(t.data, np.float32).reshape(shape)
+        else:
+            w = gguf_mix.dequantize_blocks(np.ascontiguousarray(t.data), t.tensor_type.name, shape)
+        heads = {"q_proj": cfg.num_heads, "k_proj": cfg.num_kv_heads}.get(name.split(".")[-2])
+        if heads:  # back from llama.cpp's interleaved pairs to the halves of each head
+            rows = w.shape[0]
+            w = w.reshape(heads, rows // heads // 2, 2, -1).swapaxes(1, 2).reshape(w.shape)
+        return np.ascontiguousarray(w, np.float32)
+
+    from_file = copy.copy(checkpoint)  # the same config and files, tensors from the GGUF
+    from_file.tensor = read  # type: ignore[method-assign]
+    head = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
+    return perplexity(llama.hidden_states(from_file, ids), read(head), ids)
+
+
+def perplexity(hidden: np.ndarray, head: np.ndarray, ids: np.ndarray) -> float:
+    """``exp`` of the mean next-token negative log-likelihood (float64) of the
+    windows ``ids`` (n, T) from their final hidden states (n, T, hidden) and
+    the head (vocab, hidden), one window's logits at a time."""
+    nll = 0.0
+    for x, seq in zip(hidden, ids):
+        z = (x[:-1] @ head.T).astype(np.float64)
+        z -= z.max(axis=-1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+        nll -= float(logp[np.arange(len(seq) - 1), seq[1:]].sum())
+    return math.exp(nll / (ids.shape[0] * (ids.shape[1] - 1)))

@@ -376,7 +376,6 @@ def _run_llama(args: argparse.Namespace) -> int:
             ("--budget-bytes", args.budget_bytes is not None),
             ("--plot", args.plot),
             ("--imatrix-out", args.imatrix_out),
-            ("--format", args.format),
         )
         if given
     ]
@@ -384,7 +383,7 @@ def _run_llama(args: argparse.Namespace) -> int:
         raise UsageError(
             f"{', '.join(refused)}: not for llama-family models yet (they take --method, "
             "--bits, --group-size, --calib, --heldout, --seq-len; OUT is a compressed-tensors "
-            "folder)"
+            "folder or a .gguf)"
         )
     if args.method not in ("gptq", "rtn"):
         raise UsageError(
@@ -395,10 +394,20 @@ def _run_llama(args: argparse.Namespace) -> int:
         raise UsageError(f"--bits: expected 2..8 for a llama-family model, got {args.bits}")
     if args.group_size is not None and args.group_size < 0:
         raise UsageError(f"--group-size: expected >= 0, got {args.group_size}")
+    gguf = _format(args) == "gguf"
+    if gguf and _group_size(args) % 32:
+        raise UsageError(
+            f"--group-size {args.group_size}: GGUF blocks hold 32 values; give a multiple of 32"
+        )
+    if gguf and _model_type(args.model) not in ("llama", "mistral"):
+        raise UsageError(
+            f"--format gguf: the GGUF export takes llama and mistral, not "
+            f"{_model_type(args.model)}; write a compressed-tensors folder instead"
+        )
     seq_len = DEFAULT_SEQ_LEN if args.seq_len is None else args.seq_len
     if seq_len < 2:
         raise UsageError(f"--seq-len: expected at least 2 tokens, got {seq_len}")
-    check_paths(args.model, args.output, output_is_folder=True)
+    check_paths(args.model, args.output, output_is_folder=not gguf)
     calib_text = _sentences(args.calib, "calibration.txt", "--calib")
     heldout = _sentences(args.heldout, "heldout.txt", "--heldout")
 
@@ -406,7 +415,7 @@ def _run_llama(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..models import llama
-    from ._llama import Sequential, token_windows, write_folder
+    from ._llama import Sequential, gguf_perplexity, token_windows, write_folder, write_gguf
 
     started = time.perf_counter()
     try:
@@ -427,8 +436,9 @@ def _run_llama(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"{label}: the text is shorter than one window of --seq-len {seq_len} tokens"
             )
-    group = 128 if args.group_size is None else args.group_size
-    # symmetric codes, as llm-compressor's W4A16 preset: what vLLM's int kernels take
+    group = _group_size(args)  # 128; 32 for GGUF, whose blocks hold 32 values
+    # symmetric codes, as llm-compressor's W4A16 preset: what vLLM's int kernels
+    # take, and what GGUF's Q4_0 / Q5_0 / Q8_0 blocks hold
     recipe = Recipe(method=args.method, bits=args.bits, group_size=group or None, symmetric=True)
     layers = checkpoint.config.num_layers
     calib_ids = windows["--calib"]
@@ -442,7 +452,10 @@ def _run_llama(args: argparse.Namespace) -> int:
         checkpoint, recipe, calib_ids, windows["--heldout"], lambda i: bar.update()
     )
     try:
-        write_folder(checkpoint, sequential, args.output, recipe)
+        if gguf:
+            write_gguf(checkpoint, sequential, args.output)
+        else:
+            write_folder(checkpoint, sequential, args.output, recipe)
     except OSError as e:
         raise UsageError(f"{args.output}: cannot write ({e.strerror or e})") from None
     finally:
@@ -457,6 +470,13 @@ def _run_llama(args: argparse.Namespace) -> int:
         f"{windows['--heldout'].shape[0]} windows of {seq_len} tokens; "
         f"{time.perf_counter() - started:.1f} s"
     )
+    if gguf:
+        read_back = gguf_perplexity(checkpoint, args.output, windows["--heldout"])
+        print(
+            f"wrote {args.output}; as read back from the file (float16 block scales; the "
+            f"embedding and head as llama-quantize types them): perplexity {read_back:.3f}"
+        )
+        return 0
     print(f"wrote {args.output}")
     return 0
 

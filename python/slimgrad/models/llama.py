@@ -31,7 +31,15 @@ import numpy as np
 
 from .._float32 import as_float32
 
-__all__ = ["ARCHITECTURES", "Checkpoint", "Config", "decoder_layer", "logits", "rope_tables"]
+__all__ = [
+    "ARCHITECTURES",
+    "Checkpoint",
+    "Config",
+    "decoder_layer",
+    "hidden_states",
+    "logits",
+    "rope_tables",
+]
 
 ARCHITECTURES = ("llama", "mistral", "qwen2")
 # the Linear layers of a decoder layer, grouped by the input they read
@@ -281,13 +289,18 @@ def decoder_layer(
     return x + down
 
 
-def logits(checkpoint: Checkpoint, ids: np.ndarray) -> np.ndarray:
-    """The next-token logits (batch, T, vocab) float32 of token ``ids`` (batch, T)."""
+def hidden_states(checkpoint: Checkpoint, ids: np.ndarray) -> np.ndarray:
+    """The final (normed) hidden states (batch, T, hidden) float32 of token
+    ``ids`` (batch, T): what the head turns into logits."""
     cfg = checkpoint.config
     ids = np.asarray(ids)
     x = checkpoint.tensor("model.embed_tokens.weight")[ids]
     rope = rope_tables(cfg, ids.shape[1])
     for i in range(cfg.num_layers):
         x = decoder_layer(x, checkpoint.layer(i), cfg, rope)
-    x = rms_norm(x, checkpoint.tensor("model.norm.weight"), cfg.rms_norm_eps)
-    return x @ checkpoint.head().T
+    return rms_norm(x, checkpoint.tensor("model.norm.weight"), cfg.rms_norm_eps)
+
+
+def logits(checkpoint: Checkpoint, ids: np.ndarray) -> np.ndarray:
+    """The next-token logits (batch, T, vocab) float32 of token ``ids`` (batch, T)."""
+    return hidden_states(checkpoint, ids) @ checkpoint.head().T
