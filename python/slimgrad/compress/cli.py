@@ -14,8 +14,9 @@ A llama-family folder (llama, mistral, qwen2; one file or shards) takes
 ``--method gptq`` or ``rtn``: its decoder layers are quantized one at a time
 on the calibration text cut into ``--seq-len`` token windows (GPTQ's
 sequential recipe), OUT is a compressed-tensors folder that transformers and
-vLLM load, and the held-out text's perplexity is printed for the float and
-the quantized model.
+vLLM load (or, for llama and mistral, ``-o OUT.gguf``: the codes in llama.cpp's
+blocks), and the held-out text's perplexity is printed for the float and the
+quantized model.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--output",
         required=True,
         metavar="OUT",
-        help="file to write (.safetensors, .gguf); for a llama-family model a new folder",
+        help="file to write (.safetensors, .gguf); for a llama-family model a new folder "
+        "(compressed-tensors) or a .gguf",
     )
     parser.add_argument(
         "--method", choices=METHODS, default="gptq", help="quantizer (default gptq)"
@@ -363,7 +365,8 @@ DEFAULT_SEQ_LEN = 512
 
 
 def _run_llama(args: argparse.Namespace) -> int:
-    """A llama-family folder: GPTQ / RTN layer by layer into a compressed-tensors folder."""
+    """A llama-family folder: GPTQ / RTN layer by layer into a compressed-tensors
+    folder or a GGUF."""
     from .._cli_common import check_paths, refuse_quantized
     from ._pipeline import Recipe
 
