@@ -382,3 +382,39 @@ def test_gguf_output_holds_the_codes_and_its_perplexity_is_read_back(tmp_path, c
     want = math.exp(nll / (windows.shape[0] * (windows.shape[1] - 1)))
     line = next(ln for ln in table.splitlines() if "as read back from the file" in ln)
     assert float(line.rsplit("perplexity ", 1)[1]) == pytest.approx(want, rel=1e-4)
+
+
+def test_a_layer_in_chunks_equals_one_pass(tmp_path):
+    """The sequences run a chunk at a time (the memory of a 7B model's
+    calibration): the same hidden states, and a hook sees the same inputs,
+    as all sequences at once."""
+    folder, _ = _model(tmp_path)
+    ckpt = llama.Checkpoint(folder)
+    cfg, weights = ckpt.config, ckpt.layer(1)
+    x = np.random.default_rng(2).standard_normal((5, 9, cfg.hidden_size)).astype(np.float32)
+    rope = llama.rope_tables(cfg, 9)
+    seen = {}
+
+    def hook(chunk):
+        def record(group, chunks, floats):
+            rows = np.concatenate(list(chunks()))
+            seen.setdefault(group, {})[chunk] = rows
+            return {n: w * np.float32(0.9) for n, w in floats.items()}  # "quantized"
+
+        return record
+
+    for chunk in (5, 2, 1):
+        plain = llama.decoder_layer(x, weights, cfg, rope, chunk=chunk)
+        hooked = llama.decoder_layer(x, weights, cfg, rope, hook(chunk), chunk=chunk)
+        if chunk == 5:
+            want_plain, want_hooked = plain, hooked
+        # float32 GEMMs of other row counts round differently: 1e-5 of the scale
+        tol = 1e-5 * np.abs(want_plain).max()
+        np.testing.assert_allclose(plain, want_plain, rtol=0, atol=tol)
+        np.testing.assert_allclose(hooked, want_hooked, rtol=0, atol=tol)
+    assert np.abs(want_plain - want_hooked).max() > 100 * tol  # the hook's weights were used
+    for group, rows in seen.items():
+        assert rows[5].shape == (45, rows[5].shape[1]), group
+        tol = 1e-5 * np.abs(rows[5]).max()
+        np.testing.assert_allclose(rows[2], rows[5], rtol=0, atol=tol)
+        np.testing.assert_allclose(rows[1], rows[5], rtol=0, atol=tol)

@@ -41,7 +41,7 @@ from ..models.calibration import hessian_accumulate
 from ._pipeline import LayerReport, Recipe, compress_layer, relative_error
 
 _LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)\.weight")
-LINEARS = tuple(n for group in llama.GROUPS.values() for n in group)
+LINEARS = llama.LINEARS
 
 
 def token_windows(tokenizer: Any, lines: list[str], length: int) -> np.ndarray:
@@ -103,12 +103,14 @@ class Sequential:
         weights = self.checkpoint.layer(i)
         used: dict[str, np.ndarray] = {}
 
-        def hook(group: str, rows: np.ndarray, floats: dict[str, np.ndarray]) -> dict:
+        def hook(group: str, chunks: Callable, floats: dict[str, np.ndarray]) -> dict:
             started = time.perf_counter()
-            d = rows.shape[1]
-            H, abs_sum, sq_sum = np.zeros((d, d)), np.zeros(d), np.zeros(d)
-            hessian_accumulate(rows, H, abs_sum, sq_sum)
-            act_mean, act_norm = abs_sum / rows.shape[0], np.sqrt(sq_sum)
+            d = next(iter(floats.values())).shape[1]
+            H, abs_sum, sq_sum, tokens = np.zeros((d, d)), np.zeros(d), np.zeros(d), 0
+            for rows in chunks():
+                hessian_accumulate(rows, H, abs_sum, sq_sum)
+                tokens += rows.shape[0]
+            act_mean, act_norm = abs_sum / tokens, np.sqrt(sq_sum)
             with quant.reuse_factors():  # the group's layers share H: one factor
                 made = {
                     n: compress_layer(w, H, act_mean, act_norm, self.recipe)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ GROUPS = {
     "mlp.gate_proj": ("mlp.gate_proj", "mlp.up_proj"),
     "mlp.down_proj": ("mlp.down_proj",),
 }
+LINEARS = tuple(n for group in GROUPS.values() for n in group)
 
 
 @dataclass(frozen=True)
@@ -227,13 +228,43 @@ def _rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
 
 
 def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    y = x @ w.T
+    """``x @ w.T + b`` over the last axis, as one GEMM of all the rows (a
+    (batch, T, in) @ (in, out) product in NumPy is one small GEMM per sequence)."""
+    y = (x.reshape(-1, x.shape[-1]) @ w.T).reshape(*x.shape[:-1], w.shape[0])
     return y if b is None else y + b
 
 
-# (group, input rows (tokens, in), the layer's float32 weights by name) ->
-# the weights to use for the group's layers (the same names)
-Hook = Callable[[str, np.ndarray, dict[str, np.ndarray]], dict[str, np.ndarray]]
+# (group, a function giving the group's input as row chunks (tokens, in), the
+# layer's float32 weights by name) -> the weights to run the group with
+Hook = Callable[[str, Callable[[], Iterator[np.ndarray]], dict[str, np.ndarray]], dict]
+
+CHUNK_FLOATS = 1 << 25  # a chunk's MLP activations (tokens x intermediate): 128 MiB
+
+
+def _attention(h: np.ndarray, w: dict, b: dict, cfg: Config, rope: tuple) -> np.ndarray:
+    """The attention context (batch, T, heads * head_dim) of normed inputs ``h``."""
+    batch, length, _ = h.shape
+    heads, kv, dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+
+    def project(name: str, n: int) -> np.ndarray:
+        y = _linear(h, w[name], b.get(name)).reshape(batch, length, n, dim)
+        return y.transpose(0, 2, 1, 3)
+
+    cos, sin = rope[0][:length], rope[1][:length]
+    q = _rotate(project("self_attn.q_proj", heads), cos, sin)
+    k = _rotate(project("self_attn.k_proj", kv), cos, sin)
+    v = project("self_attn.v_proj", kv)
+    q = q.reshape(batch, kv, heads // kv, length, dim)  # query heads per key/value head
+    causal = np.triu(np.full((length, length), -np.inf, np.float32), 1)
+    context = np.empty((batch, heads, length, dim), np.float32)
+    for i in range(batch):  # one sequence's scores at a time: heads * T * T floats
+        scores = (q[i] @ k[i, :, None].swapaxes(-1, -2)) * np.float32(1.0 / math.sqrt(dim))
+        scores += causal
+        scores -= scores.max(axis=-1, keepdims=True)
+        probs = np.exp(scores)
+        probs /= probs.sum(axis=-1, keepdims=True)
+        context[i] = (probs @ v[i, :, None]).reshape(heads, length, dim)
+    return context.transpose(0, 2, 1, 3).reshape(batch, length, heads * dim)
 
 
 def decoder_layer(
@@ -242,51 +273,72 @@ def decoder_layer(
     cfg: Config,
     rope: tuple[np.ndarray, np.ndarray],
     hook: Hook | None = None,
+    chunk: int | None = None,
 ) -> np.ndarray:
     """One decoder layer on ``x`` (batch, T, hidden) float32; returns the new hidden states.
 
-    ``weights``: :meth:`Checkpoint.layer`'s. Before each group of
-    :data:`GROUPS` runs, ``hook(group, rows, {name: weight})`` (when given)
-    gets the group's input as (batch * T, in) rows and returns the weights
-    to run it with.
+    ``weights``: :meth:`Checkpoint.layer`'s. The sequences run ``chunk`` at a
+    time (default: as many as keep a chunk's MLP activations within
+    :data:`CHUNK_FLOATS`), so the memory is a few copies of ``x``, not of its
+    MLP activations. With a ``hook``, before each group of :data:`GROUPS`
+    runs, ``hook(group, chunks, {name: weight})`` gets a function yielding
+    the group's input as (tokens, in) row chunks, and returns the weights to
+    run the group with; the layer is then run in stages, each group's input
+    coming from the groups before it as the hook chose them (the MLP's
+    activations are computed twice).
     """
     batch, length, hidden = x.shape
-    heads, kv, dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    if chunk is None:
+        chunk = max(1, CHUNK_FLOATS // (length * cfg.intermediate_size))
+    spans = [slice(s, s + chunk) for s in range(0, batch, chunk)]
+    used = {n: weights[f"{n}.weight"] for n in LINEARS}
+    biases = {n: weights[f"{n}.bias"] for n in LINEARS if f"{n}.bias" in weights}
+    eps = cfg.rms_norm_eps
 
-    def run(group: str, inputs: np.ndarray) -> list[np.ndarray]:
-        rows = np.ascontiguousarray(inputs.reshape(-1, inputs.shape[-1]))
-        used = {n: weights[f"{n}.weight"] for n in GROUPS[group]}
+    def stage(group: str, inputs: Callable[[slice], np.ndarray]) -> None:
         if hook is not None:
-            used = hook(group, rows, used)
-        outs = []
-        for n in GROUPS[group]:
-            y = _linear(rows, used[n], weights.get(f"{n}.bias"))
-            outs.append(y.reshape(batch, length, -1))
-        return outs
+            rows = _rows(inputs, spans)
+            used.update(hook(group, rows, {n: used[n] for n in GROUPS[group]}))
 
-    h = rms_norm(x, weights["input_layernorm.weight"], cfg.rms_norm_eps)
-    q, k, v = run("self_attn.q_proj", h)
-    cos, sin = rope[0][:length], rope[1][:length]
-    q = _rotate(q.reshape(batch, length, heads, dim).transpose(0, 2, 1, 3), cos, sin)
-    k = _rotate(k.reshape(batch, length, kv, dim).transpose(0, 2, 1, 3), cos, sin)
-    v = v.reshape(batch, length, kv, dim).transpose(0, 2, 1, 3)
-    q = q.reshape(batch, kv, heads // kv, length, dim)  # query heads per key/value head
-    causal = np.triu(np.full((length, length), -np.inf, np.float32), 1)
-    context = np.empty((batch, heads, length, dim), np.float32)
-    for b in range(batch):  # one sequence's scores at a time: heads * T * T floats
-        scores = (q[b] @ k[b, :, None].swapaxes(-1, -2)) * np.float32(1.0 / math.sqrt(dim))
-        scores += causal
-        scores -= scores.max(axis=-1, keepdims=True)
-        probs = np.exp(scores)
-        probs /= probs.sum(axis=-1, keepdims=True)
-        context[b] = (probs @ v[b, :, None]).reshape(heads, length, dim)
-    (attn,) = run("self_attn.o_proj", context.transpose(0, 2, 1, 3).reshape(batch, length, -1))
-    x = x + attn
-    h = rms_norm(x, weights["post_attention_layernorm.weight"], cfg.rms_norm_eps)
-    gate, up = run("mlp.gate_proj", h)
-    act = gate / (1.0 + np.exp(-gate)) * up  # silu(gate) * up
-    (down,) = run("mlp.down_proj", act)
-    return x + down
+    def attn_in(s: slice) -> np.ndarray:
+        return rms_norm(x[s], weights["input_layernorm.weight"], eps)
+
+    stage("self_attn.q_proj", attn_in)
+    context = np.empty((batch, length, cfg.num_heads * cfg.head_dim), np.float32)
+    for s in spans:
+        context[s] = _attention(attn_in(s), used, biases, cfg, rope)
+    stage("self_attn.o_proj", lambda s: context[s])
+    out = np.empty_like(x)
+    for s in spans:
+        out[s] = x[s] + _linear(
+            context[s], used["self_attn.o_proj"], biases.get("self_attn.o_proj")
+        )
+
+    def mlp_in(s: slice) -> np.ndarray:
+        return rms_norm(out[s], weights["post_attention_layernorm.weight"], eps)
+
+    def act(s: slice) -> np.ndarray:
+        h = mlp_in(s)
+        gate = _linear(h, used["mlp.gate_proj"], biases.get("mlp.gate_proj"))
+        up = _linear(h, used["mlp.up_proj"], biases.get("mlp.up_proj"))
+        return gate / (1.0 + np.exp(-gate)) * up  # silu(gate) * up
+
+    stage("mlp.gate_proj", mlp_in)
+    stage("mlp.down_proj", act)
+    for s in spans:
+        out[s] += _linear(act(s), used["mlp.down_proj"], biases.get("mlp.down_proj"))
+    return out
+
+
+def _rows(inputs: Callable[[slice], np.ndarray], spans: list[slice]) -> Callable:
+    """A function yielding ``inputs(s)`` for every span as C-contiguous (tokens, in) rows."""
+
+    def chunks() -> Iterator[np.ndarray]:
+        for s in spans:
+            a = inputs(s)
+            yield np.ascontiguousarray(a.reshape(-1, a.shape[-1]))
+
+    return chunks
 
 
 def hidden_states(checkpoint: Checkpoint, ids: np.ndarray) -> np.ndarray:
