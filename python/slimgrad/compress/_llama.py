@@ -12,7 +12,9 @@ quantized ones alongside, so the perplexity of both comes at the end without
 another pass over the model.
 
 Memory: one decoder layer's float32 weights, the calibration and held-out
-hidden states, and the quantized layers not yet written. The output is
+hidden states (the layer runs them a chunk of sequences at a time, so its MLP
+activations are never held for all of them), and the quantized layers not
+yet written. The output is
 written while the layers are quantized (``st.Deferred``): each shard's
 tensors are ordered by layer, so a layer's codes are written soon after it
 is quantized. Embeddings, norms and the head are copied as they are (GPTQ

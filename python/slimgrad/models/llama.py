@@ -287,7 +287,7 @@ def decoder_layer(
     coming from the groups before it as the hook chose them (the MLP's
     activations are computed twice).
     """
-    batch, length, hidden = x.shape
+    batch, length, _ = x.shape
     if chunk is None:
         chunk = max(1, CHUNK_FLOATS // (length * cfg.intermediate_size))
     spans = [slice(s, s + chunk) for s in range(0, batch, chunk)]
