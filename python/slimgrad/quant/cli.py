@@ -326,7 +326,6 @@ def _run_integer(args: argparse.Namespace, fmt: str) -> int:
 
     from .. import _safetensors as st
     from .._cli_common import UsageError, compile_patterns, print_table, refuse_quantized
-    from .._safetensors import model_files
     from . import io
     from ._stream import open_safetensors
 
@@ -343,7 +342,7 @@ def _run_integer(args: argparse.Namespace, fmt: str) -> int:
             f"{args.input}: is a directory, not a safetensors file (a model "
             "folder is read by --format gguf and compressed-tensors)"
         )
-    _, files, index = model_files(args.input)
+    _, files, index = st.model_files(args.input)
     with ExitStack() as stack:
         sources = [stack.enter_context(open_safetensors(str(p))) for p in files]
         for path, src in zip(files, sources):
