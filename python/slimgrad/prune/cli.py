@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             sources = [stack.enter_context(open_safetensors(f)) for f in files]
         except OSError as e:
             raise UsageError(str(e)) from None
-        targets: dict[str, Any] = {}  # pruned tensor -> its file
+        targets: dict[str, Any] = {}  # pruned tensor -> the source file holding it
         why: dict[str, str] = {}
         for path, src in zip(files, sources):
             refuse_quantized(str(path), src.metadata, src.tensors, "prune")
@@ -151,9 +151,8 @@ def run(args: argparse.Namespace) -> int:
         global_counts = None
         if args.global_:
             names = list(targets)
-            views = [
-                targets[n].array(n) for n in names
-            ]  # in place: a bfloat16 model is not widened
+            # read in place: a bfloat16 model is not widened
+            views = [targets[n].array(n) for n in names]
             total = sum(v.size for v in views)
             global_counts = dict(
                 zip(names, _global_counts(views, names, _count(args.sparsity, total)))
@@ -163,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
         # (st.Deferred): the process holds one pruned copy, not all of them.
         rows: dict[str, Row] = {}
         totals = {"zeros": 0, "size": 0}
-        ticks = progress(iter(range(len(why) + len(targets))), len(why) + len(targets), "prune")
+        count = len(why) + len(targets)  # every tensor of every shard
+        ticks = progress(iter(range(count)), count, "prune")
 
         def written(src: Any, name: str, info: Any) -> memoryview | bytes:
             next(ticks, None)
