@@ -67,8 +67,9 @@ def _model(tmp_path, arch="llama", shard=None, **extra):
         ("llama", {"tie_word_embeddings": True, "rope_theta": 500.0}),
         ("qwen2", {}),  # q/k/v biases
         ("mistral", {"sliding_window": None}),
+        ("mistral", {"sliding_window": 23}),  # no longer than the window: full attention
     ],
-    ids=["llama", "llama-tied", "qwen2", "mistral"],
+    ids=["llama", "llama-tied", "qwen2", "mistral", "mistral-window"],
 )
 def test_forward_equals_transformers(tmp_path, arch, extra):
     torch = pytest.importorskip("torch")
@@ -106,7 +107,7 @@ def test_config_and_tensors_are_checked(tmp_path):
             {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
             "rope_type 'llama3': only the default rotary embedding is supported",
         ),
-        ({"model_type": "mistral", "sliding_window": 4096}, "sliding_window: sliding-window"),
+        ({"model_type": "mistral", "sliding_window": "4k"}, "sliding_window: expected an"),
         ({"num_key_value_heads": 3}, "num_attention_heads (2) a multiple of num_key_value_heads"),
     ]
     for change, message in cases:
@@ -418,3 +419,18 @@ def test_a_layer_in_chunks_equals_one_pass(tmp_path):
         tol = 1e-5 * np.abs(rows[5]).max()
         np.testing.assert_allclose(rows[2], rows[5], rtol=0, atol=tol)
         np.testing.assert_allclose(rows[1], rows[5], rtol=0, atol=tol)
+
+
+def test_sequences_longer_than_the_sliding_window_are_refused(tmp_path, capsys):
+    folder, _ = _model(tmp_path, "mistral", sliding_window=16)
+    capsys.readouterr()
+    ckpt = llama.Checkpoint(folder)
+    assert ckpt.config.sliding_window == 16
+    x = np.zeros((1, 17, ckpt.config.hidden_size), np.float32)
+    rope = llama.rope_tables(ckpt.config, 17)
+    with pytest.raises(ValueError, match="longer than the sliding attention window"):
+        llama.decoder_layer(x, ckpt.layer(0), ckpt.config, rope)
+    code, out, err = _run([folder, "-o", tmp_path / "q", "--seq-len", "32"], capsys)
+    assert (code, out) == (2, "")
+    assert "--seq-len 32: longer than the model's sliding attention window (16)" in err
+    assert not (tmp_path / "q").exists()

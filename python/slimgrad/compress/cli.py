@@ -430,6 +430,12 @@ def _run_llama(args: argparse.Namespace) -> int:
         checkpoint.check()
     except (OSError, ValueError) as e:
         raise UsageError(str(e)) from None
+    window = checkpoint.config.sliding_window
+    if window is not None and seq_len > window:
+        raise UsageError(
+            f"--seq-len {seq_len}: longer than the model's sliding attention window "
+            f"({window}); give at most {window}"
+        )
     path = os.path.join(args.model, "tokenizer.json")
     if not os.path.exists(path):
         raise UsageError(f"{args.model}: no tokenizer.json (the calibration text is tokenized)")

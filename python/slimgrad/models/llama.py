@@ -15,7 +15,9 @@ a causal mask; ``down(silu(gate(x)) * up(x))``; the final norm and the head
 (``lm_head``, or the token embedding when tied). q/k/v biases (qwen2's
 ``attention_bias``) and MLP biases are applied when the checkpoint has them.
 Rotary scaling (``rope_type`` other than ``default``: llama 3's, yarn, ...)
-and sliding windows are refused, not approximated.
+is refused, not approximated. A sliding attention window (mistral) equals
+full causal attention on sequences no longer than the window, so it is
+accepted and such longer sequences are refused.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class Config:
     rope_theta: float
     vocab_size: int
     tie_word_embeddings: bool
+    sliding_window: int | None = None  # tokens a query attends to, when limited
 
     @classmethod
     def read(cls, path: str | Path) -> Config:
@@ -107,8 +110,11 @@ class Config:
                 f"{path}: rope_type {kind!r}: only the default rotary embedding is "
                 "supported (scaled variants such as llama 3's are not)"
             )
-        if cfg.get("sliding_window") and cfg.get("use_sliding_window", arch == "mistral"):
-            raise ValueError(f"{path}: sliding_window: sliding-window attention is not supported")
+        window = cfg.get("sliding_window")
+        if not cfg.get("use_sliding_window", arch == "mistral"):
+            window = None
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int)):
+            raise ValueError(f"{path}: sliding_window: expected an integer, got {window!r}")
         hidden, heads = integer("hidden_size"), integer("num_attention_heads")
         head_dim = integer("head_dim", cfg.get("head_dim") or hidden // heads)
         kv_heads = integer("num_key_value_heads", cfg.get("num_key_value_heads") or heads)
@@ -129,6 +135,7 @@ class Config:
             rope_theta=number("rope_theta", rope.get("rope_theta", cfg.get("rope_theta", 1e4))),
             vocab_size=integer("vocab_size"),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            sliding_window=window or None,
         )
 
 
@@ -288,6 +295,11 @@ def decoder_layer(
     activations are computed twice).
     """
     batch, length, _ = x.shape
+    if cfg.sliding_window is not None and length > cfg.sliding_window:
+        raise ValueError(
+            f"sequences of {length} tokens: longer than the sliding attention window "
+            f"({cfg.sliding_window}), which is not computed here"
+        )
     if chunk is None:
         chunk = max(1, CHUNK_FLOATS // (length * cfg.intermediate_size))
     spans = [slice(s, s + chunk) for s in range(0, batch, chunk)]
