@@ -40,7 +40,7 @@ EXAMPLES = """examples:
   slimgrad compress MODEL_DIR -o s50.safetensors --prune sparsegpt --sparsity 0.5 --bits 8
   slimgrad compress MODEL_DIR -o mixed.safetensors --budget-bytes 9000000 --calib my.txt
   slimgrad compress MODEL_DIR -o q4.gguf --method gptq --bits 4
-  slimgrad compress ./Llama-3.2-1B -o ./Llama-3.2-1B-gptq-int4 --bits 4 --group-size 128
+  slimgrad compress ./Qwen2.5-0.5B -o ./Qwen2.5-0.5B-gptq-int4 --bits 4 --group-size 128
   slimgrad compress ./TinyLlama -o tinyllama-gptq-q4_0.gguf --bits 4 --calib my.txt
 """
 
