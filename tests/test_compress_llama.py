@@ -16,6 +16,15 @@ from slimgrad import cli, quant
 from slimgrad.models import llama
 
 CALIB = "the quick brown fox jumps over the lazy dog near the river bank at dawn\n" * 40
+# llama 3's rotary rescaling, with a context short enough that the test's
+# frequencies fall in all three bands (kept, interpolated, divided)
+LLAMA3 = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
 
 
 def _tokenizer(folder):
@@ -68,8 +77,9 @@ def _model(tmp_path, arch="llama", shard=None, **extra):
         ("qwen2", {}),  # q/k/v biases
         ("mistral", {"sliding_window": None}),
         ("mistral", {"sliding_window": 23}),  # no longer than the window: full attention
+        ("llama", {"rope_theta": 500.0, "rope_scaling": LLAMA3}),
     ],
-    ids=["llama", "llama-tied", "qwen2", "mistral", "mistral-window"],
+    ids=["llama", "llama-tied", "qwen2", "mistral", "mistral-window", "llama3-rope"],
 )
 def test_forward_equals_transformers(tmp_path, arch, extra):
     torch = pytest.importorskip("torch")
@@ -104,8 +114,12 @@ def test_config_and_tensors_are_checked(tmp_path):
         ({"model_type": "bert"}, "model_type: expected one of llama, mistral, qwen2, got 'bert'"),
         ({"hidden_size": 0}, "hidden_size: expected a positive integer, got 0"),
         (
+            {"rope_scaling": {"rope_type": "yarn", "factor": 8.0}},
+            "rope_type 'yarn': the default and llama 3's rotary embeddings are supported",
+        ),
+        (
             {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
-            "rope_type 'llama3': only the default rotary embedding is supported",
+            "rope_parameters.low_freq_factor: expected a positive number, got None",
         ),
         ({"model_type": "mistral", "sliding_window": "4k"}, "sliding_window: expected an"),
         ({"num_key_value_heads": 3}, "num_attention_heads (2) a multiple of num_key_value_heads"),
@@ -434,3 +448,19 @@ def test_sequences_longer_than_the_sliding_window_are_refused(tmp_path, capsys):
     assert (code, out) == (2, "")
     assert "--seq-len 32: longer than the model's sliding attention window (16)" in err
     assert not (tmp_path / "q").exists()
+
+
+def test_llama3_rotary_rescaling_is_computed_and_not_exported_to_gguf(tmp_path, capsys):
+    """llama 3's rotary rescaling changes the logits (so the forward test above
+    checks it), and GGUF output of such a model is refused before any work:
+    the GGUF export does not write llama.cpp's rope_freqs."""
+    folder, _ = _model(tmp_path, rope_theta=500.0, rope_scaling=LLAMA3)
+    capsys.readouterr()
+    cfg = llama.Checkpoint(folder).config
+    assert cfg.rope_llama3 == (8.0, 1.0, 4.0, 64.0)
+    default = llama.rope_tables(llama.Config(**{**cfg.__dict__, "rope_llama3": None}), 8)
+    scaled = llama.rope_tables(cfg, 8)
+    assert not np.allclose(default[0], scaled[0])
+    code, out, err = _run([folder, "-o", tmp_path / "q.gguf"], capsys)
+    assert (code, out) == (2, "") and "does not write llama 3's rotary rescaling" in err
+    assert not (tmp_path / "q.gguf").exists()

@@ -209,3 +209,42 @@ def test_given_blocks_are_written_in_llama_cpp_layout(llama, tmp_path):
             plain = model(torch.tensor([ids])).logits[0].double().numpy()
         np.testing.assert_allclose(forward(w, ids), ref, rtol=0, atol=1e-4)
         assert np.abs(ref - plain).max() > 1e-3  # the blocks were used
+
+
+def test_rope_from_transformers_5_configs(llama, tmp_path):
+    """transformers 5 saves ``rope_parameters`` (with ``rope_theta`` inside)
+    instead of top-level ``rope_theta`` / ``rope_scaling``: the export reads
+    the base from there (it wrote the default 10000 before), and refuses
+    llama 3's rescaling, which it does not write (llama.cpp's rope_freqs),
+    leaving no file."""
+    for scaling, theta in (
+        (None, 500.0),
+        (
+            {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+            500.0,
+        ),
+    ):
+        config = transformers.LlamaConfig(
+            vocab_size=300, **{**CFG, "rope_theta": theta}, rope_scaling=scaling
+        )
+        folder = tmp_path / ("llama3" if scaling else "plain")
+        transformers.LlamaForCausalLM(config).save_pretrained(str(folder))
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (folder / name).write_bytes((llama[0] / name).read_bytes())
+        saved = json.loads((folder / "config.json").read_text())
+        assert "rope_theta" not in saved and saved["rope_parameters"]["rope_theta"] == theta
+        out = tmp_path / f"{folder.name}.gguf"
+        if scaling:
+            with pytest.raises(ValueError, match="rope_scaling type 'llama3' is not supported"):
+                export_gguf(folder, out, "F32")
+            assert not out.exists()
+        else:
+            export_gguf(folder, out, "F32")
+            field = gguf.GGUFReader(str(out)).get_field("llama.rope.freq_base")
+            assert field.contents() == pytest.approx(theta)

@@ -430,6 +430,11 @@ def _run_llama(args: argparse.Namespace) -> int:
         checkpoint.check()
     except (OSError, ValueError) as e:
         raise UsageError(str(e)) from None
+    if gguf and checkpoint.config.rope_llama3 is not None:
+        raise UsageError(
+            "--format gguf: the GGUF export does not write llama 3's rotary rescaling "
+            "(llama.cpp's rope_freqs); write a compressed-tensors folder instead"
+        )
     window = checkpoint.config.sliding_window
     if window is not None and seq_len > window:
         raise UsageError(

@@ -14,8 +14,9 @@ each head (``rotate_half``) with ``rope_theta``; grouped-query attention with
 a causal mask; ``down(silu(gate(x)) * up(x))``; the final norm and the head
 (``lm_head``, or the token embedding when tied). q/k/v biases (qwen2's
 ``attention_bias``) and MLP biases are applied when the checkpoint has them.
-Rotary scaling (``rope_type`` other than ``default``: llama 3's, yarn, ...)
-is refused, not approximated. A sliding attention window (mistral) equals
+The default rotary embedding and llama 3's rescaled one (``rope_type``
+``llama3``) are computed; other scalings (yarn, linear, dynamic) are refused,
+not approximated. A sliding attention window (mistral) equals
 full causal attention on sequences no longer than the window, so it is
 accepted and such longer sequences are refused.
 """
@@ -70,6 +71,9 @@ class Config:
     vocab_size: int
     tie_word_embeddings: bool
     sliding_window: int | None = None  # tokens a query attends to, when limited
+    # llama 3's rotary rescaling: (factor, low_freq_factor, high_freq_factor,
+    # original_max_position_embeddings), or None for the default rotary embedding
+    rope_llama3: tuple[float, float, float, float] | None = None
 
     @classmethod
     def read(cls, path: str | Path) -> Config:
@@ -105,11 +109,22 @@ class Config:
         if not isinstance(rope, dict):
             raise ValueError(f"{path}: rope_parameters: expected an object, got {rope!r}")
         kind = rope.get("rope_type", rope.get("type", "default"))
-        if kind != "default":
+        if kind not in ("default", "llama3"):
             raise ValueError(
-                f"{path}: rope_type {kind!r}: only the default rotary embedding is "
-                "supported (scaled variants such as llama 3's are not)"
+                f"{path}: rope_type {kind!r}: the default and llama 3's rotary "
+                "embeddings are supported (not yarn, linear, dynamic, ...)"
             )
+        llama3 = None
+        if kind == "llama3":  # llama 3.1+'s frequency-dependent rescaling
+            keys = ("factor", "low_freq_factor", "high_freq_factor")
+            llama3 = tuple(number(f"rope_parameters.{k}", rope.get(k)) for k in keys)
+            old = rope.get("original_max_position_embeddings")
+            llama3 += (number("rope_parameters.original_max_position_embeddings", old),)
+            if llama3[2] <= llama3[1]:
+                raise ValueError(
+                    f"{path}: rope_parameters: expected high_freq_factor > low_freq_factor, "
+                    f"got {llama3[2]} and {llama3[1]}"
+                )
         window = cfg.get("sliding_window")
         if not cfg.get("use_sliding_window", arch == "mistral"):
             window = None
@@ -136,6 +151,7 @@ class Config:
             vocab_size=integer("vocab_size"),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             sliding_window=window or None,
+            rope_llama3=llama3,
         )
 
 
@@ -221,7 +237,16 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
 def rope_tables(cfg: Config, length: int) -> tuple[np.ndarray, np.ndarray]:
     """(cos, sin), each (length, head_dim) float32, for positions 0..length-1."""
     half = np.arange(0, cfg.head_dim, 2, dtype=np.int64).astype(np.float32) / cfg.head_dim
-    inv_freq = 1.0 / (cfg.rope_theta**half)
+    inv_freq = (1.0 / (cfg.rope_theta**half)).astype(np.float32)
+    if cfg.rope_llama3 is not None:
+        # long wavelengths divided by the factor, short ones kept, the band
+        # between interpolated (transformers' _compute_llama3_parameters)
+        factor, low, high, old = cfg.rope_llama3
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > old / low, inv_freq / factor, inv_freq)
+        smooth = (old / wavelen - low) / (high - low)
+        mid = ~(wavelen < old / high) & ~(wavelen > old / low)
+        inv_freq = np.where(mid, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
     angles = np.outer(np.arange(length, dtype=np.float32), inv_freq.astype(np.float32))
     angles = np.concatenate([angles, angles], axis=-1)
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)

@@ -237,16 +237,18 @@ def _write_llama(w: Any, cfg: dict[str, Any], folder: Path) -> None:
     w.add_head_count(n_head)
     w.add_head_count_kv(cfg.get("num_key_value_heads", n_head))
     w.add_layer_norm_rms_eps(cfg.get("rms_norm_eps", 1e-6))
-    w.add_rope_freq_base(cfg.get("rope_theta", 10000.0))
+    # transformers 5 writes rope_parameters (rope_theta inside), earlier ones
+    # rope_theta and rope_scaling at the top
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    w.add_rope_freq_base(cfg.get("rope_theta") or rope.get("rope_theta") or 10000.0)
     w.add_rope_dimension_count(head_dim)
     if head_dim != cfg["hidden_size"] // n_head:
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
-    scaling = cfg.get("rope_scaling") or {}
-    kind = scaling.get("rope_type", scaling.get("type"))
+    kind = rope.get("rope_type", rope.get("type"))
     if kind == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        w.add_rope_scaling_factor(scaling["factor"])
+        w.add_rope_scaling_factor(rope["factor"])
     elif kind not in (None, "default"):
         raise ValueError(
             f"{folder / 'config.json'}: rope_scaling type {kind!r} is not "
