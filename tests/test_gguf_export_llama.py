@@ -248,3 +248,19 @@ def test_rope_from_transformers_5_configs(llama, tmp_path):
             export_gguf(folder, out, "F32")
             field = gguf.GGUFReader(str(out)).get_field("llama.rope.freq_base")
             assert field.contents() == pytest.approx(theta)
+
+
+def test_a_folder_without_vocabulary_is_named(llama, tmp_path):
+    """No tokenizer.json / tokenizer.model: the message names the folder and
+    the files (it read "<output>: cannot write (No such file or directory)")."""
+    folder = tmp_path / "weights-only"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (folder / name).write_bytes((llama[0] / name).read_bytes())
+    with pytest.raises(FileNotFoundError) as e:
+        export_gguf(folder, tmp_path / "o.gguf", "Q8_0")
+    assert (
+        str(e.value)
+        == f"{folder}: no tokenizer.json or tokenizer.model (the GGUF holds the vocabulary)"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights-only"]

@@ -523,6 +523,14 @@ def export_gguf(
             has_imatrix=imatrix is not None,
         )
 
+    # checked here: inside the writer a missing file reads as "cannot write" the output
+    vocab = (
+        ("tokenizer.json", "vocab.txt") if arch == "bert" else ("tokenizer.json", "tokenizer.model")
+    )
+    if not any((folder / name).exists() for name in vocab):
+        raise FileNotFoundError(
+            f"{folder}: no {' or '.join(vocab)} (the GGUF holds the vocabulary)"
+        )
     sources = [open_safetensors(f) for f in files]
     try:
         plans, skipped = _plan(arch, cfg, sources, ftype, choose, replace or {})
