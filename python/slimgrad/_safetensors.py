@@ -495,9 +495,7 @@ def write_model_folder(folder: Path, output: str, fill: Callable[[Path], None]) 
             else:
                 shutil.copy2(item, tmp / item.name)
         fill(tmp)
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)  # what mkdir gives, not mkdtemp's 0700
+        os.chmod(tmp, 0o777 & ~_umask())  # what mkdir gives, not mkdtemp's 0700
         if final.exists():
             final.rmdir()
         os.replace(tmp, final)

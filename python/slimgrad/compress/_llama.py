@@ -33,7 +33,6 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -161,8 +160,6 @@ def write_folder(
     """The compressed-tensors folder: every shard of the checkpoint with its
     quantized weights (ordered by layer), a new index, ``config.json`` with
     the ``quantization_config``, the other files copied."""
-    import json
-
     from .. import _safetensors as st
     from ..quant import compressed
 
@@ -201,15 +198,9 @@ def write_folder(
         name = path.name if checkpoint.index else "model.safetensors"
         shards.append((name, tensors, {**src.metadata, "format": "pt"}))
 
-    def fill(tmp: Path) -> None:
-        config = json.loads((checkpoint.folder / "config.json").read_text(encoding="utf-8"))
-        config["quantization_config"] = compressed.quantization_config(
-            targets, bits, symmetric, group
-        )
-        (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-        st.write_shards(tmp, shards, checkpoint.index)
-
-    st.write_model_folder(checkpoint.folder, output, fill)
+    compressed.write_folder(
+        checkpoint.folder, output, shards, checkpoint.index, targets, bits, symmetric, group
+    )
 
 
 def write_gguf(checkpoint: llama.Checkpoint, sequential: Sequential, output: str) -> None:
@@ -241,6 +232,7 @@ def gguf_perplexity(checkpoint: llama.Checkpoint, path: str, ids: np.ndarray) ->
     import gguf
 
     from ..quant import gguf_mix
+    from ..quant.gguf_export import _unpermute
 
     cfg = checkpoint.config
     tensors = {t.name: t for t in gguf.GGUFReader(path).tensors}
@@ -255,8 +247,7 @@ def gguf_perplexity(checkpoint: llama.Checkpoint, path: str, ids: np.ndarray) ->
             w = gguf_mix.dequantize_blocks(np.ascontiguousarray(t.data), t.tensor_type.name, shape)
         heads = {"q_proj": cfg.num_heads, "k_proj": cfg.num_kv_heads}.get(name.split(".")[-2])
         if heads:  # back from llama.cpp's interleaved pairs to the halves of each head
-            rows = w.shape[0]
-            w = w.reshape(heads, rows // heads // 2, 2, -1).swapaxes(1, 2).reshape(w.shape)
+            w = _unpermute(w, heads)
         return np.ascontiguousarray(w, np.float32)
 
     from_file = copy.copy(checkpoint)  # the same config and files, tensors from the GGUF

@@ -24,7 +24,6 @@ made; a progress bar runs on stderr; the table lists every tensor (one format wi
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 from pathlib import Path
@@ -326,7 +325,7 @@ def _run_integer(args: argparse.Namespace, fmt: str) -> int:
 
     from .. import _safetensors as st
     from .._cli_common import UsageError, compile_patterns, print_table, refuse_quantized
-    from . import io
+    from . import compressed, io
     from ._stream import open_safetensors
 
     include = compile_patterns("--include", args.include)
@@ -362,7 +361,16 @@ def _run_integer(args: argparse.Namespace, fmt: str) -> int:
                 (name, shard, {**src.metadata, "format": "pt"})
                 for name, shard, src in zip(names, shards, sources)
             ]
-            _write_compressed_folder(args, folder, output.targets, written, index)
+            compressed.write_folder(
+                folder,
+                args.output,
+                written,
+                index,
+                output.targets,
+                args.bits,
+                not args.asymmetric,
+                args.group_size,
+            )
         else:
             meta = io._metadata(
                 {**sources[0].metadata, "source": os.path.basename(args.input)}, output.specs
@@ -533,29 +541,3 @@ class _IntegerOutput:
 
     def table(self) -> list[Any]:
         return list(self._rows.values())
-
-
-def _write_compressed_folder(
-    args: argparse.Namespace,
-    folder: Path,
-    targets: list[str],
-    shards: list[tuple[str, dict[str, Any], dict]],
-    index: dict | None,
-) -> None:
-    """The model folder: the quantized weights in the input's shards (and a
-    new index), ``config.json`` with its ``quantization_config``, the rest of
-    the input folder copied; built aside, then renamed."""
-    from .._safetensors import write_model_folder, write_shards
-    from . import compressed
-
-    def fill(tmp: Path) -> None:
-        with open(folder / "config.json", encoding="utf-8") as f:
-            config = json.load(f)
-        config["quantization_config"] = compressed.quantization_config(
-            targets, args.bits, not args.asymmetric, args.group_size
-        )
-        with open(tmp / "config.json", "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2)
-        write_shards(tmp, shards, index)
-
-    write_model_folder(folder, args.output, fill)

@@ -21,14 +21,16 @@ as targets (:func:`quantization_config`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ._tensor import QuantizedTensor
 
-__all__ = ["FORMAT", "layout", "pack_int32", "quantization_config", "tensors"]
+__all__ = ["FORMAT", "layout", "pack_int32", "quantization_config", "tensors", "write_folder"]
 
 FORMAT = "pack-quantized"
 
@@ -159,3 +161,31 @@ def quantization_config(
         "kv_cache_scheme": None,
         "sparsity_config": {},
     }
+
+
+def write_folder(
+    source: Path,
+    output: str,
+    shards: Sequence[tuple[str, dict[str, Any], dict | None]],
+    index: dict | None,
+    targets: Sequence[str],
+    bits: int,
+    symmetric: bool,
+    group_size: int | None,
+) -> None:
+    """The compressed-tensors model folder ``output``: the ``shards`` (file name,
+    tensors, metadata; ``_safetensors.write_shards``, with a new index for a
+    sharded ``source``), ``source``'s ``config.json`` with the
+    ``quantization_config`` of ``targets``, the other files of ``source``
+    copied; built aside, then renamed (``_safetensors.write_model_folder``)."""
+    from .. import _safetensors as st
+
+    def fill(tmp: Path) -> None:
+        with open(source / "config.json", encoding="utf-8") as f:
+            config = json.load(f)
+        config["quantization_config"] = quantization_config(targets, bits, symmetric, group_size)
+        with open(tmp / "config.json", "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2)
+        st.write_shards(tmp, shards, index)
+
+    st.write_model_folder(source, output, fill)

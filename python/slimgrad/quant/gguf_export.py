@@ -119,6 +119,12 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """The inverse of :func:`_permute`: GGML's interleaved pairs back to HF's halves."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
 # -- metadata --------------------------------------------------------------------------
 def _pooling(folder: Path) -> int | None:
     """sentence-transformers pooling as llama.cpp's pooling type (1 mean, 2 cls, 3 last)."""

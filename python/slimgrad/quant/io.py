@@ -55,12 +55,6 @@ def check_output(path: str | os.PathLike) -> None:
         raise PermissionError(f"{os.fspath(path)}: folder {parent} is not writable")
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return mask
-
-
 def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """``write(tmp)`` then rename over ``path``: :func:`slimgrad._safetensors.atomic`
     (stale temporary files cleaned, mode as ``open(path, "w")``) with the
